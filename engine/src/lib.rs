@@ -1,2 +1,49 @@
-//! Inference Lab's engine (map of the crate is filled in as modules land).
+//! # Inference Lab's engine
+//!
+//! vLLM's design in small, readable Rust. A request travels through these modules in order:
+//!
+//! ```text
+//! llm::LLM::generate                       the offline API
+//!  └ llm_engine::LLMEngine::add_request    tokenize, validate → sequence::Sequence
+//!  └ llm_engine::LLMEngine::step           one iteration of the engine loop:
+//!     ├ core::scheduler::Scheduler::schedule        who runs, how many tokens each
+//!     │   ├ core::scheduling_policy                 FCFS order, preemption victim
+//!     │   └ core::block_manager / block_allocator   paged KV blocks, ref counts
+//!     ├ executor::Executor::execute_model           run the step on the worker(s)
+//!     │   ├ worker::model_runner::prepare_inputs    ids, positions, slot mapping,
+//!     │   │                                         attention::AttentionMetadata
+//!     │   └ model_executor::llama                   the forward pass over backend::Backend
+//!     │       └ ops::*                              CPU kernels: linear, rms_norm, rotary,
+//!     │                                             reshape_and_cache, paged_attention
+//!     ├ sampler::sample                             greedy / temperature / top-k / top-p
+//!     └ Scheduler::update_from_output               append tokens, stop, free blocks
+//! ```
+//!
+//! Models come from Hugging Face directories (`config`, `model_executor::safetensors_loader`,
+//! `tokenizer`, `chat_template`), from `model_loader` (GGUF → Hugging Face conversion, used by
+//! `lab fetch-model smollm2`), or are built in code (`tiny_model`, `model_executor::random_weights`).
+pub mod attention;
+pub mod backend;
+pub mod chat_template;
+pub mod config;
+pub mod core;
+pub mod error;
+pub mod executor;
+pub mod llm;
+pub mod llm_engine;
+pub mod model_executor;
 pub mod model_loader;
+pub mod model_source;
+pub mod ops;
+pub mod sampler;
+pub mod sampling_params;
+pub mod sequence;
+pub mod tiny_model;
+pub mod tokenizer;
+pub mod worker;
+
+pub use config::EngineConfig;
+pub use error::{EngineError, Result};
+pub use llm::LLM;
+pub use llm_engine::{LLMEngine, Prompt, RequestOutput};
+pub use sampling_params::SamplingParams;

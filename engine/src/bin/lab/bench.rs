@@ -1,0 +1,168 @@
+//! `lab bench`: prefill and decode throughput at batch 1 and 8, next to the machine's ceiling.
+//!
+//! Workloads (fixed so runs compare across machines and against transformers' baseline,
+//! `docs/baseline-transformers.md`):
+//! - prefill: 1 × 512-token prompt, and 8 × 128-token prompts, in one step each;
+//! - decode: 1 and 8 prompts of 16 tokens, 64 new tokens each (greedy, EOS ignored);
+//!   decode tok/s counts the 63 tokens after the first, over the steps that made them.
+//!
+//! Ceilings: a batch-1 decode step reads every weight once, so memory bandwidth (measured
+//! here by streaming a large buffer) over weight bytes bounds tokens/s; prefill is bound by
+//! arithmetic, 2 FLOPs per weight per token, against `--peak-gflops`.
+
+use std::time::Instant;
+
+use clap::Args;
+use engine::{LLMEngine, Prompt, SamplingParams};
+use rayon::prelude::*;
+
+use crate::ModelArgs;
+
+#[derive(Args)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// Measured runs per workload (the best is reported, after one warm-up run).
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// The machine's f32 GEMM peak in GFLOP/s, for the prefill ceiling (113 = torch's sgemm
+    /// on the 2-core reference machine, see shared docs).
+    #[arg(long, default_value_t = 113.0)]
+    peak_gflops: f64,
+    /// Also print the results as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Row {
+    name: &'static str,
+    tokens_per_s: f64,
+    ceiling: f64,
+}
+
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let mut config = args.model.engine_config();
+    config.scheduler.max_num_batched_tokens = config.scheduler.max_num_batched_tokens.max(1024);
+    let model = args.model.load()?;
+    let c = model.config.clone();
+    let mut engine = LLMEngine::new(model, config)?;
+
+    let weight_params = weight_params(&c);
+    let weight_bytes = weight_params as f64 * 4.0;
+    let bandwidth = measure_read_bandwidth();
+    let decode_ceiling = bandwidth / weight_bytes; // steps per second at batch 1
+    let prefill_ceiling = args.peak_gflops * 1e9 / (2.0 * weight_params as f64);
+    eprintln!(
+        "model {} ({:.0} M weights, {:.0} MB f32), {} threads, read bandwidth {:.1} GB/s",
+        args.model.model,
+        weight_params as f64 / 1e6,
+        weight_bytes / 1e6,
+        rayon::current_num_threads(),
+        bandwidth / 1e9
+    );
+
+    let mut rows = Vec::new();
+    for (name, batch, len) in [("prefill b=1 x512", 1, 512), ("prefill b=8 x128", 8, 128)] {
+        let best = best_of(args.runs, || prefill_time(&mut engine, batch, len, c.vocab_size))?;
+        rows.push(Row { name, tokens_per_s: (batch * len) as f64 / best, ceiling: prefill_ceiling });
+    }
+    for (name, batch) in [("decode b=1", 1), ("decode b=8", 8)] {
+        let best = best_of(args.runs, || decode_time(&mut engine, batch, c.vocab_size))?;
+        let ceiling = if batch == 1 { decode_ceiling } else { prefill_ceiling };
+        rows.push(Row { name, tokens_per_s: (batch * 63) as f64 / best, ceiling });
+    }
+
+    println!("{:<18} {:>12} {:>12} {:>10}", "workload", "tokens/s", "ceiling", "of ceiling");
+    for r in &rows {
+        println!(
+            "{:<18} {:>12.1} {:>12.1} {:>9.0}%",
+            r.name,
+            r.tokens_per_s,
+            r.ceiling,
+            100.0 * r.tokens_per_s / r.ceiling
+        );
+    }
+    println!("(decode b=1 ceiling: bandwidth / weight bytes; others: {} GFLOP/s / 2·weights)", args.peak_gflops);
+    if args.json {
+        let v: Vec<_> = rows
+            .iter()
+            .map(|r| serde_json::json!({"workload": r.name, "tokens_per_s": r.tokens_per_s, "ceiling": r.ceiling}))
+            .collect();
+        println!("{}", serde_json::to_string(&v)?);
+    }
+    Ok(())
+}
+
+/// Weights touched per token: every matrix, the LM head once more if tied (the embedding
+/// lookup reads one row, the LM head the whole matrix).
+fn weight_params(c: &engine::config::ModelConfig) -> usize {
+    let (h, i, d) = (c.hidden_size, c.intermediate_size, c.head_dim);
+    let attn = h * (c.num_attention_heads * d) * 2 + h * (c.num_key_value_heads * d) * 2;
+    let mlp = 3 * h * i;
+    c.num_hidden_layers * (attn + mlp + 2 * h) + c.vocab_size * h + h
+}
+
+fn best_of(runs: usize, mut f: impl FnMut() -> anyhow::Result<f64>) -> anyhow::Result<f64> {
+    f()?; // warm-up: page in weights, grow allocations
+    let mut best = f64::INFINITY;
+    for _ in 0..runs.max(1) {
+        best = best.min(f()?);
+    }
+    Ok(best)
+}
+
+/// Deterministic prompt ids away from the special tokens.
+fn prompt(seed: usize, len: usize, vocab: usize) -> Vec<u32> {
+    let lo = 16.min(vocab - 1);
+    (0..len).map(|i| (lo + (seed * 7919 + i * 104_729) % (vocab - lo)) as u32).collect()
+}
+
+fn add(engine: &mut LLMEngine, batch: usize, len: usize, max_tokens: usize, vocab: usize) -> anyhow::Result<()> {
+    let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(max_tokens) };
+    for b in 0..batch {
+        engine.add_request(Prompt::TokenIds(prompt(b, len, vocab)), params.clone())?;
+    }
+    Ok(())
+}
+
+/// Seconds of the one step that prefills `batch` prompts of `len` tokens.
+fn prefill_time(engine: &mut LLMEngine, batch: usize, len: usize, vocab: usize) -> anyhow::Result<f64> {
+    add(engine, batch, len, 1, vocab)?;
+    let t = Instant::now();
+    while engine.has_unfinished_requests() {
+        engine.step()?;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Seconds of the 63 decode steps after the prefill step.
+fn decode_time(engine: &mut LLMEngine, batch: usize, vocab: usize) -> anyhow::Result<f64> {
+    add(engine, batch, 16, 64, vocab)?;
+    engine.step()?; // prefill + first token
+    let t = Instant::now();
+    while engine.has_unfinished_requests() {
+        engine.step()?;
+    }
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Streaming read bandwidth with all threads, bytes per second (best of 5 over 512 MiB).
+fn measure_read_bandwidth() -> f64 {
+    let buf = vec![1.0f32; 128 << 20];
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let s: f32 = buf.par_chunks(1 << 16).map(|c| {
+            let mut acc = [0.0f32; 8];
+            for x in c.chunks_exact(8) {
+                for l in 0..8 {
+                    acc[l] += x[l];
+                }
+            }
+            acc.iter().sum::<f32>()
+        }).sum();
+        std::hint::black_box(s);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    (buf.len() * 4) as f64 / best
+}

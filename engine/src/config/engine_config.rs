@@ -1,0 +1,69 @@
+//! The engine's knobs: how the KV cache is cut into blocks and how much a step may schedule.
+
+use crate::error::{EngineError, Result};
+
+/// Paged KV cache geometry (vLLM's `CacheConfig`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CacheConfig {
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Blocks in the cache; `None` sizes the cache from `kv_cache_memory_bytes`.
+    pub num_kv_blocks: Option<usize>,
+    /// Memory budget for the KV cache when `num_kv_blocks` is not given.
+    pub kv_cache_memory_bytes: usize,
+}
+
+/// Per-step limits (vLLM's `SchedulerConfig`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SchedulerConfig {
+    /// At most this many sequences run in one step.
+    pub max_num_seqs: usize,
+    /// Token budget of one step: prefill chunks plus one token per decode.
+    pub max_num_batched_tokens: usize,
+    /// Let a prompt be split over steps when it does not fit the remaining budget.
+    pub enable_chunked_prefill: bool,
+}
+
+/// Everything the engine needs besides the model itself.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EngineConfig {
+    pub cache: CacheConfig,
+    pub scheduler: SchedulerConfig,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            cache: CacheConfig {
+                block_size: 16,
+                num_kv_blocks: None,
+                kv_cache_memory_bytes: 1 << 30,
+            },
+            scheduler: SchedulerConfig {
+                max_num_seqs: 64,
+                max_num_batched_tokens: 2048,
+                enable_chunked_prefill: true,
+            },
+        }
+    }
+}
+
+impl EngineConfig {
+    /// Rejects values that cannot work, with a message naming the flag.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(EngineError::InvalidArgument(m.to_string()));
+        if self.cache.block_size == 0 {
+            return bad("--block-size must be at least 1");
+        }
+        if self.cache.num_kv_blocks == Some(0) {
+            return bad("--num-kv-blocks must be at least 1");
+        }
+        if self.scheduler.max_num_seqs == 0 {
+            return bad("--max-num-seqs must be at least 1");
+        }
+        if self.scheduler.max_num_batched_tokens == 0 {
+            return bad("--max-num-batched-tokens must be at least 1");
+        }
+        Ok(())
+    }
+}

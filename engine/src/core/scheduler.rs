@@ -1,0 +1,222 @@
+//! The scheduler: each step, decide which requests run and how many tokens each computes
+//! (vLLM v1's `Scheduler`, with v0's waiting/running queues kept explicit for teaching).
+//!
+//! One rule covers prefill, chunked prefill, decode and mixed batches: every scheduled
+//! sequence gets `min(uncomputed tokens, remaining budget)` new tokens. A running sequence in
+//! decode has one uncomputed token; a new prompt has all of its tokens; a prompt larger than
+//! the budget is cut into chunks over several steps. When the KV cache cannot hold a running
+//! sequence's new tokens, the least important running sequence is preempted by recompute: its
+//! blocks are freed and it returns to the waiting queue to be prefilled again later.
+
+use std::collections::{HashMap, VecDeque};
+
+use super::block_manager::BlockManager;
+use super::scheduler_output::{ScheduledSequence, SchedulerOutput};
+use super::scheduling_policy::SchedulingPolicy;
+use crate::config::SchedulerConfig;
+use crate::sequence::{FinishReason, SeqId, Sequence, SequenceStatus};
+
+/// Waiting and running queues over a block manager.
+pub struct Scheduler {
+    config: SchedulerConfig,
+    policy: Box<dyn SchedulingPolicy>,
+    pub block_manager: BlockManager,
+    seqs: HashMap<SeqId, Sequence>,
+    /// Not yet running (new, or preempted), served in policy order.
+    waiting: VecDeque<SeqId>,
+    /// Have KV blocks and are being prefilled or decoded.
+    running: Vec<SeqId>,
+    /// Token ids that end a request unless it sets `ignore_eos`.
+    eos_token_ids: Vec<u32>,
+    /// Longest sequence (prompt + output) the cache and model can hold.
+    max_model_len: usize,
+}
+
+impl Scheduler {
+    pub fn new(
+        config: SchedulerConfig,
+        policy: Box<dyn SchedulingPolicy>,
+        block_manager: BlockManager,
+        eos_token_ids: Vec<u32>,
+        max_model_len: usize,
+    ) -> Self {
+        Scheduler {
+            config,
+            policy,
+            block_manager,
+            seqs: HashMap::new(),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            eos_token_ids,
+            max_model_len,
+        }
+    }
+
+    /// Queues a new request. The engine has already checked that it fits the cache.
+    pub fn add_sequence(&mut self, seq: Sequence) {
+        self.waiting.push_back(seq.seq_id);
+        self.seqs.insert(seq.seq_id, seq);
+    }
+
+    pub fn has_unfinished(&self) -> bool {
+        !self.waiting.is_empty() || !self.running.is_empty()
+    }
+
+    pub fn num_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn num_running(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn sequence(&self, id: SeqId) -> Option<&Sequence> {
+        self.seqs.get(&id)
+    }
+
+    /// For the sampler, which advances the sequence's generator.
+    pub fn sequence_mut(&mut self, id: SeqId) -> Option<&mut Sequence> {
+        self.seqs.get_mut(&id)
+    }
+
+    // ANCHOR: schedule
+    /// Builds the next step's batch under the token budget, preempting if blocks run out.
+    pub fn schedule(&mut self) -> SchedulerOutput {
+        let mut budget = self.config.max_num_batched_tokens;
+        let mut out = SchedulerOutput::default();
+        self.sort_by_policy();
+
+        // 1. Running sequences first: they hold blocks already, and finishing them frees
+        //    memory. Victims are taken from the back (least important), so a sequence that
+        //    was already scheduled this step is never preempted.
+        let mut i = 0;
+        while i < self.running.len() && budget > 0 {
+            let id = self.running[i];
+            let seq = &self.seqs[&id];
+            let num_new = seq.num_uncomputed_tokens().min(budget);
+            let total = seq.num_computed_tokens + num_new;
+            loop {
+                if self.block_manager.allocate_slots(id, total) {
+                    out.scheduled.push(self.scheduled_sequence(id, num_new));
+                    budget -= num_new;
+                    i += 1;
+                    break;
+                }
+                let victim = self.running.pop().expect("running holds at least `id`");
+                self.preempt(victim);
+                out.preempted.push(victim);
+                if victim == id {
+                    break; // it was the least important itself; the loop ends with it
+                }
+            }
+        }
+
+        // 2. Admit waiting sequences while budget, sequence slots and blocks last. After a
+        //    preemption the cache is full: admitting more would only cause more preemption.
+        while out.preempted.is_empty()
+            && budget > 0
+            && self.running.len() < self.config.max_num_seqs
+        {
+            let Some(&id) = self.waiting.front() else { break };
+            let seq = &self.seqs[&id];
+            let uncomputed = seq.num_uncomputed_tokens();
+            let num_new = uncomputed.min(budget);
+            // Without chunked prefill a prompt waits for a step with room for all of it,
+            // unless it can never fit one step (a long sequence preempted for recompute):
+            // then it is chunked anyway, or it would wait forever.
+            let fits_a_step = uncomputed <= self.config.max_num_batched_tokens;
+            if num_new < uncomputed && !self.config.enable_chunked_prefill && fits_a_step {
+                break;
+            }
+            let total = seq.num_computed_tokens + num_new;
+            if !self.block_manager.allocate_slots(id, total) {
+                break;
+            }
+            self.waiting.pop_front();
+            self.running.push(id);
+            self.seqs.get_mut(&id).unwrap().status = SequenceStatus::Running;
+            out.scheduled.push(self.scheduled_sequence(id, num_new));
+            budget -= num_new;
+        }
+        out
+    }
+    // ANCHOR_END: schedule
+
+    fn sort_by_policy(&mut self) {
+        let (seqs, policy) = (&self.seqs, &self.policy);
+        let cmp = |a: &SeqId, b: &SeqId| policy.compare(&seqs[a], &seqs[b]);
+        self.running.sort_by(cmp);
+        self.waiting.make_contiguous().sort_by(cmp);
+    }
+
+    fn scheduled_sequence(&self, id: SeqId, num_new: usize) -> ScheduledSequence {
+        let seq = &self.seqs[&id];
+        let start = seq.num_computed_tokens;
+        ScheduledSequence {
+            seq_id: id,
+            token_ids: (start..start + num_new).map(|i| seq.token_at(i)).collect(),
+            start_position: start,
+            block_table: self.block_manager.block_table(id).to_vec(),
+            needs_logits: start + num_new == seq.num_tokens(),
+        }
+    }
+
+    // ANCHOR: preempt
+    /// Preemption by recompute: drop the sequence's KV blocks and send it back to wait. Its
+    /// generated tokens are kept; when it runs again, prompt and output are prefilled together.
+    fn preempt(&mut self, id: SeqId) {
+        self.block_manager.free(id);
+        let seq = self.seqs.get_mut(&id).unwrap();
+        seq.num_computed_tokens = 0;
+        seq.status = SequenceStatus::Waiting;
+        seq.num_preemptions += 1;
+        self.waiting.push_front(id);
+    }
+    // ANCHOR_END: preempt
+
+    /// Applies a step's results: advances computed counts, appends sampled tokens, and
+    /// finishes requests that hit a stop condition. `sampled` holds one token for each
+    /// scheduled sequence with `needs_logits`, in batch order. Returns finished sequences.
+    pub fn update_from_output(
+        &mut self,
+        output: &SchedulerOutput,
+        sampled: &[u32],
+    ) -> Vec<Sequence> {
+        let mut sampled = sampled.iter();
+        let mut finished = Vec::new();
+        for s in &output.scheduled {
+            let seq = self.seqs.get_mut(&s.seq_id).expect("scheduled sequence exists");
+            seq.num_computed_tokens += s.token_ids.len();
+            if !s.needs_logits {
+                continue;
+            }
+            let token = *sampled.next().expect("one sampled token per sequence needing logits");
+            seq.output_token_ids.push(token);
+            if let Some(reason) = self.check_stop(s.seq_id, token) {
+                finished.push(self.finish(s.seq_id, reason));
+            }
+        }
+        finished
+    }
+
+    fn check_stop(&self, id: SeqId, token: u32) -> Option<FinishReason> {
+        let seq = &self.seqs[&id];
+        let p = &seq.params;
+        if (!p.ignore_eos && self.eos_token_ids.contains(&token)) || p.stop_token_ids.contains(&token)
+        {
+            return Some(FinishReason::Stop);
+        }
+        if seq.output_token_ids.len() >= p.max_tokens || seq.num_tokens() >= self.max_model_len {
+            return Some(FinishReason::Length);
+        }
+        None
+    }
+
+    fn finish(&mut self, id: SeqId, reason: FinishReason) -> Sequence {
+        self.block_manager.free(id);
+        self.running.retain(|&r| r != id);
+        let mut seq = self.seqs.remove(&id).unwrap();
+        seq.status = SequenceStatus::Finished(reason);
+        seq
+    }
+}

@@ -1,0 +1,67 @@
+//! The offline API, shaped like vLLM's `LLM`: give it prompts, get back completions.
+
+use crate::chat_template::ChatMessage;
+use crate::config::EngineConfig;
+use crate::error::{EngineError, Result};
+use crate::llm_engine::{LLMEngine, Prompt, RequestOutput};
+use crate::model_source::LoadedModel;
+use crate::sampling_params::SamplingParams;
+
+/// A model and an engine around it.
+pub struct LLM {
+    pub engine: LLMEngine,
+}
+
+impl LLM {
+    pub fn new(model: LoadedModel, config: EngineConfig) -> Result<Self> {
+        Ok(LLM { engine: LLMEngine::new(model, config)? })
+    }
+
+    // ANCHOR: generate
+    /// Generates a completion for every prompt, all batched together by the scheduler.
+    /// Outputs come back in the order of `prompts`.
+    pub fn generate(
+        &mut self,
+        prompts: &[impl AsRef<str>],
+        params: &SamplingParams,
+    ) -> Result<Vec<RequestOutput>> {
+        let prompts = prompts.iter().map(|p| Prompt::Text(p.as_ref().to_string())).collect();
+        self.generate_prompts(prompts, params)
+    }
+    // ANCHOR_END: generate
+
+    /// Like [`LLM::generate`], for prompts given as text or token ids.
+    pub fn generate_prompts(
+        &mut self,
+        prompts: Vec<Prompt>,
+        params: &SamplingParams,
+    ) -> Result<Vec<RequestOutput>> {
+        // Validate everything before running anything: a bad prompt fails the call up front.
+        let mut ids = Vec::with_capacity(prompts.len());
+        for (i, p) in prompts.into_iter().enumerate() {
+            let id = self.engine.add_request(p, params.clone()).map_err(|e| match e {
+                EngineError::InvalidRequest(m) => {
+                    EngineError::InvalidRequest(format!("prompt {}: {m}", i + 1))
+                }
+                other => other,
+            })?;
+            ids.push(id);
+        }
+        let mut outputs = Vec::with_capacity(ids.len());
+        while self.engine.has_unfinished_requests() {
+            outputs.extend(self.engine.step()?);
+        }
+        outputs.sort_by_key(|o| o.request_id);
+        Ok(outputs)
+    }
+
+    /// Applies the model's chat template to one user message per prompt, with the assistant
+    /// turn opened, as transformers' `apply_chat_template(add_generation_prompt=True)`.
+    pub fn chat_prompt(&self, user_message: &str) -> Result<String> {
+        let template = self.engine.tokenizer.chat_template.as_ref().ok_or_else(|| {
+            EngineError::ChatTemplate("this model has no chat template; drop --chat".into())
+        })?;
+        let msg = ChatMessage { role: "user".into(), content: user_message.into() };
+        template.apply(&[msg], true)
+    }
+}

@@ -1,0 +1,194 @@
+//! The engine loop (vLLM's `LLMEngine`): add requests, then `step()` until all are done.
+//!
+//! One step = schedule → execute → sample → update:
+//! the scheduler picks the batch and its tokens, the executor runs the model and returns the
+//! logits of each sequence that reached its last token, the sampler picks their next tokens,
+//! and the scheduler appends them, checks stop conditions and frees finished requests' blocks.
+
+use crate::config::EngineConfig;
+use crate::core::block_allocator::RefCountingAllocator;
+use crate::core::block_manager::BlockManager;
+use crate::core::scheduler::Scheduler;
+use crate::core::scheduling_policy::Fcfs;
+use crate::error::{EngineError, Result};
+use crate::executor::Executor;
+use crate::backend::cpu_backend::CpuBackend;
+use crate::model_executor::llama::LlamaForCausalLM;
+use crate::model_source::LoadedModel;
+use crate::sampler::sample;
+use crate::sampling_params::SamplingParams;
+use crate::sequence::{FinishReason, SeqId, Sequence, SequenceStatus};
+use crate::tokenizer::Tokenizer;
+use crate::worker::cache_engine::num_blocks_for_budget;
+use crate::worker::model_runner::ModelRunner;
+
+/// A prompt as text (tokenized by the engine) or as token ids.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    Text(String),
+    TokenIds(Vec<u32>),
+}
+
+/// A finished request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestOutput {
+    pub request_id: SeqId,
+    pub prompt_token_ids: Vec<u32>,
+    pub token_ids: Vec<u32>,
+    /// Generated text, special tokens left out.
+    pub text: String,
+    pub finish_reason: FinishReason,
+    pub num_preemptions: usize,
+}
+
+/// Counters over the engine's life, for tests, benches and the tracer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngineStats {
+    pub num_steps: usize,
+    pub num_preemptions: usize,
+    pub num_batched_tokens: usize,
+    pub max_batched_tokens_in_a_step: usize,
+}
+
+/// The engine: tokenizer, scheduler and executor.
+pub struct LLMEngine {
+    pub tokenizer: Tokenizer,
+    pub scheduler: Scheduler,
+    executor: Box<dyn Executor>,
+    pub config: EngineConfig,
+    /// Longest sequence (prompt + output) one request may reach.
+    pub max_model_len: usize,
+    pub num_kv_blocks: usize,
+    next_seq_id: u64,
+    pub stats: EngineStats,
+}
+
+impl LLMEngine {
+    /// An engine on the CPU backend.
+    pub fn new(model: LoadedModel, config: EngineConfig) -> Result<Self> {
+        config.validate()?;
+        let c = &model.config;
+        let block_size = config.cache.block_size;
+        let num_kv_blocks = config
+            .cache
+            .num_kv_blocks
+            .unwrap_or_else(|| num_blocks_for_budget(c, block_size, config.cache.kv_cache_memory_bytes));
+        let max_model_len = c.max_position_embeddings.min(num_kv_blocks * block_size);
+        let block_manager =
+            BlockManager::new(block_size, Box::new(RefCountingAllocator::new(num_kv_blocks)));
+        let scheduler = Scheduler::new(
+            config.scheduler,
+            Box::new(Fcfs),
+            block_manager,
+            model.eos_token_ids.clone(),
+            max_model_len,
+        );
+        let backend = CpuBackend;
+        let weights = model.weights.upload(&backend);
+        let llama = LlamaForCausalLM::new(model.config, backend, weights);
+        let executor = Box::new(ModelRunner::new(llama, num_kv_blocks, block_size));
+        Ok(LLMEngine {
+            tokenizer: model.tokenizer,
+            scheduler,
+            executor,
+            config,
+            max_model_len,
+            num_kv_blocks,
+            next_seq_id: 0,
+            stats: EngineStats::default(),
+        })
+    }
+
+    pub fn model_config(&self) -> &crate::config::ModelConfig {
+        self.executor.model_config()
+    }
+
+    // ANCHOR: add_request
+    /// Validates and queues a request; returns its id.
+    pub fn add_request(&mut self, prompt: Prompt, params: SamplingParams) -> Result<SeqId> {
+        params.validate()?;
+        let ids = match prompt {
+            Prompt::Text(text) => self.tokenizer.encode(&text)?,
+            Prompt::TokenIds(ids) => ids,
+        };
+        if ids.is_empty() {
+            return Err(EngineError::InvalidRequest("the prompt is empty".into()));
+        }
+        let vocab = self.model_config().vocab_size;
+        if let Some(bad) = ids.iter().find(|&&id| id as usize >= vocab) {
+            return Err(EngineError::InvalidRequest(format!(
+                "prompt token id {bad} is outside the vocabulary (size {vocab})"
+            )));
+        }
+        if ids.len() >= self.max_model_len {
+            return Err(EngineError::InvalidRequest(format!(
+                "the prompt has {} tokens, but at most {} fit with room for one new token \
+                 (KV cache: {} blocks of {} tokens; model: {} positions); use a shorter \
+                 prompt or raise --num-kv-blocks",
+                ids.len(),
+                self.max_model_len - 1,
+                self.num_kv_blocks,
+                self.config.cache.block_size,
+                self.model_config().max_position_embeddings,
+            )));
+        }
+        let sched = &self.config.scheduler;
+        if !sched.enable_chunked_prefill && ids.len() > sched.max_num_batched_tokens {
+            return Err(EngineError::InvalidRequest(format!(
+                "the prompt has {} tokens, more than --max-num-batched-tokens ({}), and \
+                 chunked prefill is off",
+                ids.len(),
+                sched.max_num_batched_tokens
+            )));
+        }
+        let id = SeqId(self.next_seq_id);
+        self.next_seq_id += 1;
+        self.scheduler.add_sequence(Sequence::new(id, ids, params));
+        Ok(id)
+    }
+    // ANCHOR_END: add_request
+
+    pub fn has_unfinished_requests(&self) -> bool {
+        self.scheduler.has_unfinished()
+    }
+
+    // ANCHOR: step
+    /// Runs one step; returns the requests that finished in it.
+    pub fn step(&mut self) -> Result<Vec<RequestOutput>> {
+        let out = self.scheduler.schedule();
+        if out.is_empty() {
+            return Ok(Vec::new());
+        }
+        let logits = self.executor.execute_model(&out);
+        let vocab = self.model_config().vocab_size;
+        let mut rows = logits.chunks_exact(vocab);
+        let mut sampled = Vec::new();
+        for s in out.scheduled.iter().filter(|s| s.needs_logits) {
+            let row = rows.next().expect("one logits row per sampling sequence");
+            let seq = self.scheduler.sequence_mut(s.seq_id).expect("scheduled sequence exists");
+            sampled.push(sample(row, &seq.params, &mut seq.rng));
+        }
+        self.stats.num_steps += 1;
+        self.stats.num_preemptions += out.preempted.len();
+        self.stats.num_batched_tokens += out.num_batched_tokens();
+        self.stats.max_batched_tokens_in_a_step =
+            self.stats.max_batched_tokens_in_a_step.max(out.num_batched_tokens());
+        let finished = self.scheduler.update_from_output(&out, &sampled);
+        finished.into_iter().map(|seq| self.to_output(seq)).collect()
+    }
+    // ANCHOR_END: step
+
+    fn to_output(&self, seq: Sequence) -> Result<RequestOutput> {
+        let SequenceStatus::Finished(finish_reason) = seq.status else {
+            unreachable!("only finished sequences are returned")
+        };
+        Ok(RequestOutput {
+            request_id: seq.seq_id,
+            text: self.tokenizer.decode(&seq.output_token_ids, true)?,
+            prompt_token_ids: seq.prompt_token_ids,
+            token_ids: seq.output_token_ids,
+            finish_reason,
+            num_preemptions: seq.num_preemptions,
+        })
+    }
+}

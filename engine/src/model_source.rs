@@ -1,0 +1,106 @@
+//! Resolves `--model tiny | smollm2 | PATH` into a config, weights and a tokenizer.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::ModelConfig;
+use crate::config::model_config::token_ids;
+use crate::error::{EngineError, Result};
+use crate::model_executor::random_weights::random_weights;
+use crate::model_executor::safetensors_loader::load_weights;
+use crate::model_executor::weights::{HostTensor, LlamaWeights};
+use crate::tiny_model::{tiny_config, tiny_tokenizer};
+use crate::tokenizer::Tokenizer;
+
+/// Seed of the tiny model and of `--random-weights` unless told otherwise.
+pub const DEFAULT_WEIGHT_SEED: u64 = 0;
+
+/// Where a model comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSpec {
+    /// Built in code, random weights.
+    Tiny,
+    /// A name `lab fetch-model` knows (downloaded and converted on first use).
+    Known(String),
+    /// A Hugging Face model directory.
+    Dir(PathBuf),
+}
+
+impl ModelSpec {
+    pub fn parse(s: &str) -> Self {
+        if s == "tiny" {
+            ModelSpec::Tiny
+        } else if known_models().contains(&s) {
+            ModelSpec::Known(s.to_string())
+        } else {
+            ModelSpec::Dir(PathBuf::from(s))
+        }
+    }
+}
+
+/// Everything needed to build an engine.
+pub struct LoadedModel {
+    pub name: String,
+    pub config: ModelConfig,
+    pub weights: LlamaWeights<HostTensor>,
+    pub tokenizer: Tokenizer,
+    /// Tokens that end generation (generation_config.json, else config.json).
+    pub eos_token_ids: Vec<u32>,
+}
+
+/// Loads a model; with `random_weights`, only its config and tokenizer are read and the
+/// weights are drawn from `seed`.
+pub fn load_model(spec: &ModelSpec, random: bool, seed: u64) -> Result<LoadedModel> {
+    let dir = match spec {
+        ModelSpec::Tiny => {
+            let config = tiny_config();
+            return Ok(LoadedModel {
+                name: "tiny".into(),
+                weights: random_weights(&config, seed),
+                eos_token_ids: config.eos_token_ids.clone(),
+                config,
+                tokenizer: tiny_tokenizer(),
+            });
+        }
+        ModelSpec::Known(name) => fetch(name)
+            .map_err(|e| EngineError::Io(format!("cannot fetch model `{name}`: {e}")))?,
+        ModelSpec::Dir(dir) => dir.clone(),
+    };
+    load_dir(&dir, random, seed)
+}
+
+fn load_dir(dir: &Path, random: bool, seed: u64) -> Result<LoadedModel> {
+    if !dir.is_dir() {
+        return Err(EngineError::InvalidArgument(format!(
+            "model `{}` is neither `tiny`, a known model name ({}), nor a directory",
+            dir.display(),
+            known_models().join(", ")
+        )));
+    }
+    let config = ModelConfig::from_dir(dir)?;
+    let tokenizer = Tokenizer::from_dir(dir)?;
+    if tokenizer.vocab_size() > config.vocab_size {
+        return Err(EngineError::Tokenizer(format!(
+            "tokenizer.json has {} tokens but config.json's vocab_size is {}",
+            tokenizer.vocab_size(),
+            config.vocab_size
+        )));
+    }
+    let weights = if random { random_weights(&config, seed) } else { load_weights(dir, &config)? };
+    let eos_token_ids = generation_eos(dir)?.unwrap_or_else(|| config.eos_token_ids.clone());
+    Ok(LoadedModel { name: dir.display().to_string(), config, weights, tokenizer, eos_token_ids })
+}
+
+/// `eos_token_id` of `generation_config.json`, if the file exists.
+fn generation_eos(dir: &Path) -> Result<Option<Vec<u32>>> {
+    let Ok(text) = std::fs::read_to_string(dir.join("generation_config.json")) else {
+        return Ok(None);
+    };
+    let json: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| EngineError::Config(format!("generation_config.json: invalid JSON: {e}")))?;
+    let ids = token_ids(&json.get("eos_token_id").cloned())?;
+    Ok((!ids.is_empty()).then_some(ids))
+}
+
+// TEMP until model_loader::fetch_model lands
+fn known_models() -> &'static [&'static str] { &["smollm2"] }
+fn fetch(_n: &str) -> std::result::Result<PathBuf, String> { Err("not yet".into()) }

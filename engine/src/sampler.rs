@@ -1,0 +1,63 @@
+//! Picks the next token from a row of logits (vLLM's `Sampler`).
+//!
+//! Greedy is argmax, ties to the lowest id, exactly as transformers. Random sampling applies,
+//! in vLLM's order: temperature, top-k, top-p, then draws from the renormalized distribution
+//! with the request's own generator.
+
+use rand::Rng;
+
+use crate::sampling_params::SamplingParams;
+
+// ANCHOR: sample
+/// Chooses one token id from `logits` `[vocab]`.
+pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut impl Rng) -> u32 {
+    if params.is_greedy() {
+        return argmax(logits);
+    }
+    // Candidates sorted by logit, largest first (stable: ties keep id order).
+    let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
+    ids.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
+    if let Some(k) = params.top_k {
+        ids.truncate(k.max(1));
+    }
+    // Softmax of logits / temperature over the candidates.
+    let max = logits[ids[0] as usize];
+    let mut probs: Vec<f32> =
+        ids.iter().map(|&i| ((logits[i as usize] - max) / params.temperature).exp()).collect();
+    let total: f32 = probs.iter().sum();
+    probs.iter_mut().for_each(|p| *p /= total);
+    // Top-p: the smallest prefix whose mass reaches p (always at least one token).
+    if params.top_p < 1.0 {
+        let mut mass = 0.0;
+        let keep = probs
+            .iter()
+            .position(|&p| {
+                mass += p;
+                mass >= params.top_p
+            })
+            .map_or(probs.len(), |i| i + 1);
+        ids.truncate(keep);
+        probs.truncate(keep);
+    }
+    let total: f32 = probs.iter().sum();
+    let mut draw = rng.random::<f32>() * total;
+    for (&id, &p) in ids.iter().zip(&probs) {
+        if draw < p {
+            return id;
+        }
+        draw -= p;
+    }
+    *ids.last().expect("at least one candidate")
+}
+// ANCHOR_END: sample
+
+/// Index of the largest value; the first one on ties.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}

@@ -1,0 +1,71 @@
+//! How one request wants its tokens chosen and when it wants to stop (vLLM's `SamplingParams`).
+
+use crate::error::{EngineError, Result};
+
+/// Sampling and stopping parameters of one request.
+///
+/// `temperature == 0` means greedy: the argmax of the raw logits, ties to the lowest id (as
+/// transformers does). Otherwise logits are divided by the temperature, cut to the `top_k`
+/// largest and to the smallest set whose probability reaches `top_p`, and sampled with a
+/// per-request generator seeded by `seed`, so a request draws the same tokens whether it runs
+/// alone or batched with others.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    pub temperature: f32,
+    /// Keep the `k` most likely tokens; `None` keeps all.
+    pub top_k: Option<usize>,
+    /// Keep the smallest set of tokens whose probability mass reaches `p`; 1.0 keeps all.
+    pub top_p: f32,
+    /// Seed of this request's generator; `None` draws one from the OS.
+    pub seed: Option<u64>,
+    /// Generate at most this many tokens.
+    pub max_tokens: usize,
+    /// Extra token ids that end the request (the model's EOS ids always do, unless ignored).
+    pub stop_token_ids: Vec<u32>,
+    /// Keep generating past EOS (for benchmarks and exact-length comparisons).
+    pub ignore_eos: bool,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            temperature: 1.0,
+            top_k: None,
+            top_p: 1.0,
+            seed: None,
+            max_tokens: 16,
+            stop_token_ids: vec![],
+            ignore_eos: false,
+        }
+    }
+}
+
+impl SamplingParams {
+    /// Greedy decoding of up to `max_tokens` tokens.
+    pub fn greedy(max_tokens: usize) -> Self {
+        SamplingParams { temperature: 0.0, max_tokens, ..Default::default() }
+    }
+
+    /// Rejects values that have no meaning, naming the parameter.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(EngineError::Sampling(m));
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return bad(format!("temperature must be >= 0, got {}", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
+        }
+        if self.top_k == Some(0) {
+            return bad("top_k must be at least 1 (omit it to keep all tokens)".into());
+        }
+        if self.max_tokens == 0 {
+            return bad("max_tokens must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    /// True when decoding is deterministic argmax.
+    pub fn is_greedy(&self) -> bool {
+        self.temperature == 0.0
+    }
+}

@@ -1,0 +1,101 @@
+//! One request's state as it moves through the engine (vLLM's `Request` / `Sequence`).
+//!
+//! The single mechanism behind prefill, chunked prefill, decode and recompute: a sequence has
+//! `num_tokens()` tokens (prompt + generated) and `num_computed_tokens` of them already have
+//! their keys and values in the KV cache. Each step the scheduler grants it some new tokens;
+//! when the computed count catches up with the token count, the model's last logits give the
+//! next token. Preemption by recompute simply resets `num_computed_tokens` to 0.
+
+use rand::rngs::StdRng;
+
+use crate::sampling_params::SamplingParams;
+
+/// Identifies a sequence; assigned in arrival order, so smaller means earlier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeqId(pub u64);
+
+/// Where a sequence is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SequenceStatus {
+    Waiting,
+    Running,
+    Finished(FinishReason),
+}
+
+/// Why a request stopped (the strings are vLLM's and OpenAI's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// Hit an EOS or stop token.
+    Stop,
+    /// Hit `max_tokens` or the longest sequence the cache/model can hold.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// A request's tokens, progress and sampling state.
+#[derive(Debug, Clone)]
+pub struct Sequence {
+    pub seq_id: SeqId,
+    pub prompt_token_ids: Vec<u32>,
+    pub output_token_ids: Vec<u32>,
+    /// Tokens whose keys/values are in the KV cache.
+    pub num_computed_tokens: usize,
+    pub status: SequenceStatus,
+    pub params: SamplingParams,
+    /// This request's own generator: batching never changes what it draws.
+    pub rng: StdRng,
+    /// How many times it was preempted (for tests and the tracer).
+    pub num_preemptions: usize,
+}
+
+impl Sequence {
+    pub fn new(seq_id: SeqId, prompt_token_ids: Vec<u32>, params: SamplingParams) -> Self {
+        use rand::SeedableRng;
+        let rng = match params.seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        Sequence {
+            seq_id,
+            prompt_token_ids,
+            output_token_ids: Vec::new(),
+            num_computed_tokens: 0,
+            status: SequenceStatus::Waiting,
+            params,
+            rng,
+            num_preemptions: 0,
+        }
+    }
+
+    /// Prompt plus generated tokens.
+    pub fn num_tokens(&self) -> usize {
+        self.prompt_token_ids.len() + self.output_token_ids.len()
+    }
+
+    /// Token at position `i` of prompt ++ output.
+    pub fn token_at(&self, i: usize) -> u32 {
+        let p = self.prompt_token_ids.len();
+        if i < p {
+            self.prompt_token_ids[i]
+        } else {
+            self.output_token_ids[i - p]
+        }
+    }
+
+    /// Tokens not yet in the KV cache.
+    pub fn num_uncomputed_tokens(&self) -> usize {
+        self.num_tokens() - self.num_computed_tokens
+    }
+
+    pub fn is_finished(&self) -> bool {
+        matches!(self.status, SequenceStatus::Finished(_))
+    }
+}

@@ -1,0 +1,79 @@
+//! Batching, chunked prefill and preemption never change what a request generates: each
+//! prompt's tokens are the same alone as in any batch. The tiny model makes this fast.
+
+use engine::config::EngineConfig;
+use engine::model_source::{load_model, ModelSpec};
+use engine::{SamplingParams, LLM};
+
+const PROMPTS: [&str; 8] = [
+    "The capital of France is",
+    "1, 2, 3, 4,",
+    "def fibonacci(n):",
+    "Über café — naïve 東京 🚀",
+    "a",
+    "Once upon a time, in a land far, far away, there lived a",
+    "<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n",
+    "The quick brown fox jumps over the lazy dog. The quick brown fox",
+];
+
+fn llm(config: EngineConfig) -> LLM {
+    LLM::new(load_model(&ModelSpec::Tiny, false, 0).unwrap(), config).unwrap()
+}
+
+fn generate(config: EngineConfig, prompts: &[&str], params: &SamplingParams) -> (Vec<Vec<u32>>, usize) {
+    let mut llm = llm(config);
+    let out = llm.generate(prompts, params).unwrap();
+    assert_eq!(out.len(), prompts.len());
+    (out.into_iter().map(|o| o.token_ids).collect(), llm.engine.stats.num_preemptions)
+}
+
+fn alone(params: &SamplingParams) -> Vec<Vec<u32>> {
+    PROMPTS.iter().map(|p| generate(EngineConfig::default(), &[p], params).0.remove(0)).collect()
+}
+
+fn check(config: EngineConfig, params: &SamplingParams) -> usize {
+    let (batched, preemptions) = generate(config, &PROMPTS, params);
+    assert_eq!(batched, alone(params), "batched output differs from each prompt alone");
+    preemptions
+}
+
+fn greedy() -> SamplingParams {
+    SamplingParams { ignore_eos: true, ..SamplingParams::greedy(24) }
+}
+
+#[test]
+fn batched_equals_alone() {
+    check(EngineConfig::default(), &greedy());
+}
+
+#[test]
+fn seeded_sampling_is_batch_invariant() {
+    let params = SamplingParams { temperature: 0.9, top_k: Some(50), top_p: 0.9, seed: Some(7), ..greedy() };
+    check(EngineConfig::default(), &params);
+}
+
+#[test]
+fn preemption_by_recompute_changes_nothing() {
+    let mut config = EngineConfig::default();
+    config.cache.block_size = 4;
+    config.cache.num_kv_blocks = Some(24); // 96 slots for 8 requests of up to ~90 tokens each
+    let preemptions = check(config, &greedy());
+    assert!(preemptions > 0, "the cache was meant to be too small: no preemption happened");
+}
+
+#[test]
+fn chunked_prefill_changes_nothing() {
+    let mut config = EngineConfig::default();
+    config.scheduler.max_num_batched_tokens = 5; // every prompt longer than 5 bytes is chunked
+    check(config, &greedy());
+}
+
+#[test]
+fn every_step_respects_the_token_budget() {
+    let mut config = EngineConfig::default();
+    config.scheduler.max_num_batched_tokens = 7;
+    config.scheduler.max_num_seqs = 3;
+    let mut llm = llm(config);
+    llm.generate(&PROMPTS, &greedy()).unwrap();
+    assert!(llm.engine.stats.max_batched_tokens_in_a_step <= 7);
+}
