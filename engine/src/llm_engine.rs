@@ -39,6 +39,8 @@ pub struct RequestOutput {
     pub text: String,
     pub finish_reason: FinishReason,
     pub num_preemptions: usize,
+    /// Raw logits of each generated token, if the request asked for them.
+    pub logits: Vec<Vec<f32>>,
 }
 
 /// Counters over the engine's life, for tests, benches and the tracer.
@@ -167,6 +169,9 @@ impl LLMEngine {
             let row = rows.next().expect("one logits row per sampling sequence");
             let seq = self.scheduler.sequence_mut(s.seq_id).expect("scheduled sequence exists");
             sampled.push(sample(row, &seq.params, &mut seq.rng));
+            if seq.params.output_logits {
+                seq.logits.push(row.to_vec());
+            }
         }
         self.stats.num_steps += 1;
         self.stats.num_preemptions += out.preempted.len();
@@ -189,6 +194,7 @@ impl LLMEngine {
             token_ids: seq.output_token_ids,
             finish_reason,
             num_preemptions: seq.num_preemptions,
+            logits: seq.logits,
         })
     }
 }

@@ -24,6 +24,9 @@ pub struct SamplingParams {
     pub stop_token_ids: Vec<u32>,
     /// Keep generating past EOS (for benchmarks and exact-length comparisons).
     pub ignore_eos: bool,
+    /// Return each step's raw logits in the output (for tests and inspection tools; costs
+    /// `vocab_size` floats per generated token).
+    pub output_logits: bool,
 }
 
 impl Default for SamplingParams {
@@ -36,6 +39,7 @@ impl Default for SamplingParams {
             max_tokens: 16,
             stop_token_ids: vec![],
             ignore_eos: false,
+            output_logits: false,
         }
     }
 }

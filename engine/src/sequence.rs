@@ -54,6 +54,8 @@ pub struct Sequence {
     pub rng: StdRng,
     /// How many times it was preempted (for tests and the tracer).
     pub num_preemptions: usize,
+    /// Raw logits of each generated token, if `params.output_logits`.
+    pub logits: Vec<Vec<f32>>,
 }
 
 impl Sequence {
@@ -72,6 +74,7 @@ impl Sequence {
             params,
             rng,
             num_preemptions: 0,
+            logits: Vec::new(),
         }
     }
 

@@ -68,6 +68,7 @@ struct RawConfig {
     rms_norm_eps: Option<f64>,
     hidden_act: Option<String>,
     attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
     tie_word_embeddings: Option<bool>,
     bos_token_id: Option<serde_json::Value>,
     eos_token_id: Option<serde_json::Value>,
@@ -152,6 +153,9 @@ impl ModelConfig {
             if act != "silu" {
                 return Err(bad(format!("hidden_act `{act}` is not supported (only silu)")));
             }
+        }
+        if raw.mlp_bias == Some(true) {
+            return Err(bad("mlp_bias = true is not supported"));
         }
         let rope_params = raw.rope_parameters.as_ref();
         let rope_theta = raw

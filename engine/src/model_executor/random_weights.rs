@@ -41,20 +41,34 @@ fn fill(seed: u64, name: &str, rows: usize, cols: usize, center: f32, scale: f32
     HostTensor { data, rows, cols }
 }
 
-/// Weights with the scale of a trained model's at init: norms near 1, projections
+/// One tensor with the scale of a trained model's at init: norms near 1, projections
 /// `~U(±1/√in)`, so activations neither vanish nor explode over many layers.
+pub fn random_tensor(seed: u64, name: &str, rows: usize, cols: usize) -> HostTensor {
+    if name.ends_with("norm.weight") {
+        fill(seed, name, rows, cols, 1.0, 0.1)
+    } else if name.ends_with("embed_tokens.weight") || name == "lm_head.weight" {
+        fill(seed, name, rows, cols, 0.0, 1.0)
+    } else {
+        fill(seed, name, rows, cols, 0.0, 1.0 / (cols as f32).sqrt())
+    }
+}
+
+/// A whole model's random weights, fused for the forward pass.
 pub fn random_weights(config: &ModelConfig, seed: u64) -> LlamaWeights<HostTensor> {
-    let result: Result<_, std::convert::Infallible> = assemble(config, |name, [rows, cols]| {
-        Ok(if name.ends_with("norm.weight") {
-            fill(seed, name, rows, cols, 1.0, 0.1)
-        } else if name.ends_with("embed_tokens.weight") || name == "lm_head.weight" {
-            fill(seed, name, rows, cols, 0.0, 1.0)
-        } else {
-            fill(seed, name, rows, cols, 0.0, 1.0 / (cols as f32).sqrt())
-        })
-    });
+    let result: Result<_, std::convert::Infallible> =
+        assemble(config, |name, [rows, cols]| Ok(random_tensor(seed, name, rows, cols)));
     match result {
         Ok(w) => w,
         Err(never) => match never {},
     }
+}
+
+/// The same weights under their Hugging Face names, unfused (to write a model directory).
+pub fn random_named_tensors(config: &ModelConfig, seed: u64) -> Vec<(String, HostTensor)> {
+    let mut named = Vec::new();
+    let _: Result<_, std::convert::Infallible> = assemble(config, |name, [rows, cols]| {
+        named.push((name.to_string(), random_tensor(seed, name, rows, cols)));
+        Ok(HostTensor { data: vec![], rows: 0, cols: 0 })
+    });
+    named
 }

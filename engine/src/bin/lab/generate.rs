@@ -63,6 +63,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         max_tokens: args.max_tokens,
         stop_token_ids: args.stop_token_ids.clone(),
         ignore_eos: args.ignore_eos,
+        output_logits: false,
     };
     params.validate()?; // before loading the model
     let mut llm = LLM::new(args.model.load()?, args.model.engine_config())?;
