@@ -29,20 +29,29 @@ fn bad(msg: String) -> EngineError {
 
 impl ChatTemplate {
     pub fn new(source: String, bos_token: String, eos_token: String) -> Self {
-        ChatTemplate { source, bos_token, eos_token }
+        ChatTemplate {
+            source,
+            bos_token,
+            eos_token,
+        }
     }
 
     /// `chat_template.jinja`, else `tokenizer_config.json`'s `chat_template` (a string, or a
     /// list of named templates of which we take `default`). `None` if the model has none.
     pub fn from_dir(dir: &Path) -> Result<Option<Self>> {
-        let config: serde_json::Value = match std::fs::read_to_string(dir.join("tokenizer_config.json")) {
-            Ok(text) => serde_json::from_str(&text)
-                .map_err(|e| bad(format!("tokenizer_config.json: invalid JSON: {e}")))?,
-            Err(_) => serde_json::Value::Null,
-        };
+        let config: serde_json::Value =
+            match std::fs::read_to_string(dir.join("tokenizer_config.json")) {
+                Ok(text) => serde_json::from_str(&text)
+                    .map_err(|e| bad(format!("tokenizer_config.json: invalid JSON: {e}")))?,
+                Err(_) => serde_json::Value::Null,
+            };
         let token = |key: &str| match config.get(key) {
             Some(serde_json::Value::String(s)) => s.clone(),
-            Some(v) => v.get("content").and_then(|c| c.as_str()).unwrap_or_default().to_string(),
+            Some(v) => v
+                .get("content")
+                .and_then(|c| c.as_str())
+                .unwrap_or_default()
+                .to_string(),
             None => String::new(),
         };
         let source = if let Ok(text) = std::fs::read_to_string(dir.join("chat_template.jinja")) {
@@ -68,9 +77,15 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
         env.add_template("chat", &self.source)
             .map_err(|e| bad(format!("cannot parse: {e}")))?;
         let ctx = minijinja::context! {

@@ -14,7 +14,9 @@ pub struct LLM {
 
 impl LLM {
     pub fn new(model: LoadedModel, config: EngineConfig) -> Result<Self> {
-        Ok(LLM { engine: LLMEngine::new(model, config)? })
+        Ok(LLM {
+            engine: LLMEngine::new(model, config)?,
+        })
     }
 
     // ANCHOR: generate
@@ -25,7 +27,10 @@ impl LLM {
         prompts: &[impl AsRef<str>],
         params: &SamplingParams,
     ) -> Result<Vec<RequestOutput>> {
-        let prompts = prompts.iter().map(|p| Prompt::Text(p.as_ref().to_string())).collect();
+        let prompts = prompts
+            .iter()
+            .map(|p| Prompt::Text(p.as_ref().to_string()))
+            .collect();
         self.generate_prompts(prompts, params)
     }
     // ANCHOR_END: generate
@@ -39,12 +44,15 @@ impl LLM {
         // Validate everything before running anything: a bad prompt fails the call up front.
         let mut ids = Vec::with_capacity(prompts.len());
         for (i, p) in prompts.into_iter().enumerate() {
-            let id = self.engine.add_request(p, params.clone()).map_err(|e| match e {
-                EngineError::InvalidRequest(m) => {
-                    EngineError::InvalidRequest(format!("prompt {}: {m}", i + 1))
-                }
-                other => other,
-            })?;
+            let id = self
+                .engine
+                .add_request(p, params.clone())
+                .map_err(|e| match e {
+                    EngineError::InvalidRequest(m) => {
+                        EngineError::InvalidRequest(format!("prompt {}: {m}", i + 1))
+                    }
+                    other => other,
+                })?;
             ids.push(id);
         }
         let mut outputs = Vec::with_capacity(ids.len());
@@ -58,10 +66,18 @@ impl LLM {
     /// Applies the model's chat template to one user message per prompt, with the assistant
     /// turn opened, as transformers' `apply_chat_template(add_generation_prompt=True)`.
     pub fn chat_prompt(&self, user_message: &str) -> Result<String> {
-        let template = self.engine.tokenizer.chat_template.as_ref().ok_or_else(|| {
-            EngineError::ChatTemplate("this model has no chat template; drop --chat".into())
-        })?;
-        let msg = ChatMessage { role: "user".into(), content: user_message.into() };
+        let template = self
+            .engine
+            .tokenizer
+            .chat_template
+            .as_ref()
+            .ok_or_else(|| {
+                EngineError::ChatTemplate("this model has no chat template; drop --chat".into())
+            })?;
+        let msg = ChatMessage {
+            role: "user".into(),
+            content: user_message.into(),
+        };
         template.apply(&[msg], true)
     }
 }

@@ -5,6 +5,7 @@
 //! logits of each sequence that reached its last token, the sampler picks their next tokens,
 //! and the scheduler appends them, checks stop conditions and frees finished requests' blocks.
 
+use crate::backend::cpu_backend::CpuBackend;
 use crate::config::EngineConfig;
 use crate::core::block_allocator::RefCountingAllocator;
 use crate::core::block_manager::BlockManager;
@@ -12,7 +13,6 @@ use crate::core::scheduler::Scheduler;
 use crate::core::scheduling_policy::Fcfs;
 use crate::error::{EngineError, Result};
 use crate::executor::Executor;
-use crate::backend::cpu_backend::CpuBackend;
 use crate::model_executor::llama::LlamaForCausalLM;
 use crate::model_source::LoadedModel;
 use crate::sampler::sample;
@@ -71,13 +71,14 @@ impl LLMEngine {
         config.validate()?;
         let c = &model.config;
         let block_size = config.cache.block_size;
-        let num_kv_blocks = config
-            .cache
-            .num_kv_blocks
-            .unwrap_or_else(|| num_blocks_for_budget(c, block_size, config.cache.kv_cache_memory_bytes));
+        let num_kv_blocks = config.cache.num_kv_blocks.unwrap_or_else(|| {
+            num_blocks_for_budget(c, block_size, config.cache.kv_cache_memory_bytes)
+        });
         let max_model_len = c.max_position_embeddings.min(num_kv_blocks * block_size);
-        let block_manager =
-            BlockManager::new(block_size, Box::new(RefCountingAllocator::new(num_kv_blocks)));
+        let block_manager = BlockManager::new(
+            block_size,
+            Box::new(RefCountingAllocator::new(num_kv_blocks)),
+        );
         let scheduler = Scheduler::new(
             config.scheduler,
             Box::new(Fcfs),
@@ -167,7 +168,10 @@ impl LLMEngine {
         let mut sampled = Vec::new();
         for s in out.scheduled.iter().filter(|s| s.needs_logits) {
             let row = rows.next().expect("one logits row per sampling sequence");
-            let seq = self.scheduler.sequence_mut(s.seq_id).expect("scheduled sequence exists");
+            let seq = self
+                .scheduler
+                .sequence_mut(s.seq_id)
+                .expect("scheduled sequence exists");
             sampled.push(sample(row, &seq.params, &mut seq.rng));
             if seq.params.output_logits {
                 seq.logits.push(row.to_vec());
@@ -176,10 +180,15 @@ impl LLMEngine {
         self.stats.num_steps += 1;
         self.stats.num_preemptions += out.preempted.len();
         self.stats.num_batched_tokens += out.num_batched_tokens();
-        self.stats.max_batched_tokens_in_a_step =
-            self.stats.max_batched_tokens_in_a_step.max(out.num_batched_tokens());
+        self.stats.max_batched_tokens_in_a_step = self
+            .stats
+            .max_batched_tokens_in_a_step
+            .max(out.num_batched_tokens());
         let finished = self.scheduler.update_from_output(&out, &sampled);
-        finished.into_iter().map(|seq| self.to_output(seq)).collect()
+        finished
+            .into_iter()
+            .map(|seq| self.to_output(seq))
+            .collect()
     }
     // ANCHOR_END: step
 

@@ -2,8 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::ModelConfig;
 use crate::config::model_config::token_ids;
+use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 use crate::model_executor::random_weights::random_weights;
 use crate::model_executor::safetensors_loader::load_weights;
@@ -29,7 +29,7 @@ impl ModelSpec {
     pub fn parse(s: &str) -> Self {
         if s == "tiny" {
             ModelSpec::Tiny
-        } else if known_models().contains(&s) {
+        } else if crate::model_loader::fetch_model::known_models().contains(&s) {
             ModelSpec::Known(s.to_string())
         } else {
             ModelSpec::Dir(PathBuf::from(s))
@@ -61,7 +61,7 @@ pub fn load_model(spec: &ModelSpec, random: bool, seed: u64) -> Result<LoadedMod
                 tokenizer: tiny_tokenizer(),
             });
         }
-        ModelSpec::Known(name) => fetch(name)
+        ModelSpec::Known(name) => crate::model_loader::fetch_model::fetch_model(name)
             .map_err(|e| EngineError::Io(format!("cannot fetch model `{name}`: {e}")))?,
         ModelSpec::Dir(dir) => dir.clone(),
     };
@@ -73,7 +73,7 @@ fn load_dir(dir: &Path, random: bool, seed: u64) -> Result<LoadedModel> {
         return Err(EngineError::InvalidArgument(format!(
             "model `{}` is neither `tiny`, a known model name ({}), nor a directory",
             dir.display(),
-            known_models().join(", ")
+            crate::model_loader::fetch_model::known_models().join(", ")
         )));
     }
     let config = ModelConfig::from_dir(dir)?;
@@ -85,9 +85,19 @@ fn load_dir(dir: &Path, random: bool, seed: u64) -> Result<LoadedModel> {
             config.vocab_size
         )));
     }
-    let weights = if random { random_weights(&config, seed) } else { load_weights(dir, &config)? };
+    let weights = if random {
+        random_weights(&config, seed)
+    } else {
+        load_weights(dir, &config)?
+    };
     let eos_token_ids = generation_eos(dir)?.unwrap_or_else(|| config.eos_token_ids.clone());
-    Ok(LoadedModel { name: dir.display().to_string(), config, weights, tokenizer, eos_token_ids })
+    Ok(LoadedModel {
+        name: dir.display().to_string(),
+        config,
+        weights,
+        tokenizer,
+        eos_token_ids,
+    })
 }
 
 /// `eos_token_id` of `generation_config.json`, if the file exists.
@@ -100,7 +110,3 @@ fn generation_eos(dir: &Path) -> Result<Option<Vec<u32>>> {
     let ids = token_ids(&json.get("eos_token_id").cloned())?;
     Ok((!ids.is_empty()).then_some(ids))
 }
-
-// TEMP until model_loader::fetch_model lands
-fn known_models() -> &'static [&'static str] { &["smollm2"] }
-fn fetch(_n: &str) -> std::result::Result<PathBuf, String> { Err("not yet".into()) }

@@ -22,8 +22,10 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut impl Rng) -> u3
     }
     // Softmax of logits / temperature over the candidates.
     let max = logits[ids[0] as usize];
-    let mut probs: Vec<f32> =
-        ids.iter().map(|&i| ((logits[i as usize] - max) / params.temperature).exp()).collect();
+    let mut probs: Vec<f32> = ids
+        .iter()
+        .map(|&i| ((logits[i as usize] - max) / params.temperature).exp())
+        .collect();
     let total: f32 = probs.iter().sum();
     probs.iter_mut().for_each(|p| *p /= total);
     // Top-p: the smallest prefix whose mass reaches p (always at least one token).

@@ -49,7 +49,10 @@ pub fn tiny_tokenizer_json() -> String {
         vocab.insert(s.to_string(), i.into());
     }
     for b in 0..=255u8 {
-        vocab.insert(byte_to_char(b).to_string(), (SPECIAL_TOKENS.len() + b as usize).into());
+        vocab.insert(
+            byte_to_char(b).to_string(),
+            (SPECIAL_TOKENS.len() + b as usize).into(),
+        );
     }
     let added: Vec<_> = SPECIAL_TOKENS
         .iter()
@@ -119,13 +122,22 @@ pub fn write_tiny_model_dir(dir: &std::path::Path, seed: u64) -> crate::Result<(
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = named
         .into_iter()
         .map(|(name, t)| {
-            let shape = if t.rows == 1 { vec![t.cols] } else { vec![t.rows, t.cols] };
-            (name, shape, t.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+            let shape = if t.rows == 1 {
+                vec![t.cols]
+            } else {
+                vec![t.rows, t.cols]
+            };
+            (
+                name,
+                shape,
+                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            )
         })
         .collect();
     let views = bytes.iter().map(|(name, shape, data)| {
-        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
-            .expect("shape matches data");
+        let view =
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
+                .expect("shape matches data");
         (name.clone(), view)
     });
     safetensors::tensor::serialize_to_file(views, None, &dir.join("model.safetensors"))

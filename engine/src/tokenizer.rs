@@ -16,9 +16,8 @@ impl Tokenizer {
     /// Loads `<dir>/tokenizer.json` and the chat template beside it.
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
-        let bytes = std::fs::read(&path).map_err(|e| {
-            EngineError::Tokenizer(format!("cannot read {}: {e}", path.display()))
-        })?;
+        let bytes = std::fs::read(&path)
+            .map_err(|e| EngineError::Tokenizer(format!("cannot read {}: {e}", path.display())))?;
         let mut tok = Self::from_json_bytes(&bytes)
             .map_err(|e| EngineError::Tokenizer(format!("{}: {e}", path.display())))?;
         tok.chat_template = ChatTemplate::from_dir(dir)?;
@@ -29,7 +28,10 @@ impl Tokenizer {
     pub fn from_json_bytes(bytes: &[u8]) -> Result<Self> {
         let inner = tokenizers::Tokenizer::from_bytes(bytes)
             .map_err(|e| EngineError::Tokenizer(format!("invalid tokenizer.json: {e}")))?;
-        Ok(Tokenizer { inner, chat_template: None })
+        Ok(Tokenizer {
+            inner,
+            chat_template: None,
+        })
     }
 
     /// Token ids of `text` as `tokenizer(text)` in transformers gives them: special-token

@@ -20,25 +20,42 @@ fn llm(config: EngineConfig) -> LLM {
     LLM::new(load_model(&ModelSpec::Tiny, false, 0).unwrap(), config).unwrap()
 }
 
-fn generate(config: EngineConfig, prompts: &[&str], params: &SamplingParams) -> (Vec<Vec<u32>>, usize) {
+fn generate(
+    config: EngineConfig,
+    prompts: &[&str],
+    params: &SamplingParams,
+) -> (Vec<Vec<u32>>, usize) {
     let mut llm = llm(config);
     let out = llm.generate(prompts, params).unwrap();
     assert_eq!(out.len(), prompts.len());
-    (out.into_iter().map(|o| o.token_ids).collect(), llm.engine.stats.num_preemptions)
+    (
+        out.into_iter().map(|o| o.token_ids).collect(),
+        llm.engine.stats.num_preemptions,
+    )
 }
 
 fn alone(params: &SamplingParams) -> Vec<Vec<u32>> {
-    PROMPTS.iter().map(|p| generate(EngineConfig::default(), &[p], params).0.remove(0)).collect()
+    PROMPTS
+        .iter()
+        .map(|p| generate(EngineConfig::default(), &[p], params).0.remove(0))
+        .collect()
 }
 
 fn check(config: EngineConfig, params: &SamplingParams) -> usize {
     let (batched, preemptions) = generate(config, &PROMPTS, params);
-    assert_eq!(batched, alone(params), "batched output differs from each prompt alone");
+    assert_eq!(
+        batched,
+        alone(params),
+        "batched output differs from each prompt alone"
+    );
     preemptions
 }
 
 fn greedy() -> SamplingParams {
-    SamplingParams { ignore_eos: true, ..SamplingParams::greedy(24) }
+    SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(24)
+    }
 }
 
 #[test]
@@ -48,7 +65,13 @@ fn batched_equals_alone() {
 
 #[test]
 fn seeded_sampling_is_batch_invariant() {
-    let params = SamplingParams { temperature: 0.9, top_k: Some(50), top_p: 0.9, seed: Some(7), ..greedy() };
+    let params = SamplingParams {
+        temperature: 0.9,
+        top_k: Some(50),
+        top_p: 0.9,
+        seed: Some(7),
+        ..greedy()
+    };
     check(EngineConfig::default(), &params);
 }
 
@@ -58,7 +81,10 @@ fn preemption_by_recompute_changes_nothing() {
     config.cache.block_size = 4;
     config.cache.num_kv_blocks = Some(24); // 96 slots for 8 requests of up to ~90 tokens each
     let preemptions = check(config, &greedy());
-    assert!(preemptions > 0, "the cache was meant to be too small: no preemption happened");
+    assert!(
+        preemptions > 0,
+        "the cache was meant to be too small: no preemption happened"
+    );
 }
 
 #[test]

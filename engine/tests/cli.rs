@@ -7,9 +7,16 @@ use std::process::Command;
 use engine::tiny_model::write_tiny_model_dir;
 
 fn lab(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lab")).args(args).output().expect("lab runs");
+    let out = Command::new(env!("CARGO_BIN_EXE_lab"))
+        .args(args)
+        .output()
+        .expect("lab runs");
     let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (out.status.code().unwrap_or(-1), s(&out.stdout), s(&out.stderr))
+    (
+        out.status.code().unwrap_or(-1),
+        s(&out.stdout),
+        s(&out.stderr),
+    )
 }
 
 /// A fresh copy of the tiny model's directory, to break in one way.
@@ -22,7 +29,13 @@ fn model_dir(name: &str) -> PathBuf {
 
 /// Runs `lab generate` on `dir` and expects exactly one line of error naming `needle`.
 fn expect_error(dir: &Path, extra: &[&str], needle: &str) {
-    let mut args = vec!["generate", "--model", dir.to_str().unwrap(), "--prompt", "hello"];
+    let mut args = vec![
+        "generate",
+        "--model",
+        dir.to_str().unwrap(),
+        "--prompt",
+        "hello",
+    ];
     args.extend_from_slice(extra);
     let (code, stdout, stderr) = lab(&args);
     assert_ne!(code, 0, "expected failure for {needle}; stdout: {stdout}");
@@ -31,14 +44,28 @@ fn expect_error(dir: &Path, extra: &[&str], needle: &str) {
     let lines: Vec<_> = stderr.lines().collect();
     assert_eq!(lines.len(), 1, "expected a one-line error, got: {stderr}");
     assert!(lines[0].starts_with("error: "), "{stderr}");
-    assert!(stderr.contains(needle), "error should mention {needle:?}: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "error should mention {needle:?}: {stderr}"
+    );
 }
 
 #[test]
 fn generate_json_contract() {
     let (code, stdout, stderr) = lab(&[
-        "generate", "--model", "tiny", "--prompt", "Hello", "--prompt", "Bye",
-        "--max-tokens", "5", "--temperature", "0", "--ignore-eos", "--json",
+        "generate",
+        "--model",
+        "tiny",
+        "--prompt",
+        "Hello",
+        "--prompt",
+        "Bye",
+        "--max-tokens",
+        "5",
+        "--temperature",
+        "0",
+        "--ignore-eos",
+        "--json",
     ]);
     assert_eq!(code, 0, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(&stdout).expect("stdout is one JSON array");
@@ -47,7 +74,11 @@ fn generate_json_contract() {
     for (o, prompt) in arr.iter().zip(["Hello", "Bye"]) {
         assert_eq!(o["prompt"], prompt, "input order kept");
         assert_eq!(o["token_ids"].as_array().unwrap().len(), 5);
-        assert_eq!(o["prompt_token_ids"].as_array().unwrap().len(), prompt.len(), "one id per byte");
+        assert_eq!(
+            o["prompt_token_ids"].as_array().unwrap().len(),
+            prompt.len(),
+            "one id per byte"
+        );
         assert_eq!(o["finish_reason"], "length");
         assert!(o["text"].is_string());
     }
@@ -57,9 +88,23 @@ fn generate_json_contract() {
 fn model_directory_equals_model_in_code() {
     let dir = model_dir("same");
     let run = |model: &str| {
-        lab(&["generate", "--model", model, "--prompt", "abc", "--max-tokens", "8", "--ignore-eos", "--json"]).1
+        lab(&[
+            "generate",
+            "--model",
+            model,
+            "--prompt",
+            "abc",
+            "--max-tokens",
+            "8",
+            "--ignore-eos",
+            "--json",
+        ])
+        .1
     };
-    assert_eq!(run(dir.to_str().unwrap()).replace(dir.to_str().unwrap(), ""), run("tiny"));
+    assert_eq!(
+        run(dir.to_str().unwrap()).replace(dir.to_str().unwrap(), ""),
+        run("tiny")
+    );
 }
 
 #[test]
@@ -67,14 +112,23 @@ fn truncated_safetensors() {
     let dir = model_dir("trunc");
     let f = dir.join("model.safetensors");
     let len = std::fs::metadata(&f).unwrap().len();
-    std::fs::File::options().write(true).open(&f).unwrap().set_len(len / 2).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
     expect_error(&dir, &[], "model.safetensors");
 }
 
 #[test]
 fn garbled_safetensors() {
     let dir = model_dir("garbled");
-    std::fs::write(dir.join("model.safetensors"), b"\xff\xff\xff\xff\x00\x00\x00\x00garbage").unwrap();
+    std::fs::write(
+        dir.join("model.safetensors"),
+        b"\xff\xff\xff\xff\x00\x00\x00\x00garbage",
+    )
+    .unwrap();
     expect_error(&dir, &[], "not a valid safetensors file");
 }
 
@@ -87,7 +141,7 @@ fn edit_header(dir: &Path, edit: impl FnOnce(&mut serde_json::Map<String, serde_
         serde_json::from_slice(&bytes[8..8 + n]).unwrap();
     edit(&mut header);
     let mut text = serde_json::to_string(&header).unwrap();
-    while text.len() % 8 != 0 {
+    while !text.len().is_multiple_of(8) {
         text.push(' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();
@@ -134,7 +188,11 @@ fn bad_config_json() {
     expect_error(&dir, &[], "config.json");
     let text = std::fs::read_to_string(model_dir("config2").join("config.json")).unwrap();
     let dir = model_dir("config3");
-    std::fs::write(dir.join("config.json"), text.replace("\"num_hidden_layers\": 2,", "")).unwrap();
+    std::fs::write(
+        dir.join("config.json"),
+        text.replace("\"num_hidden_layers\": 2,", ""),
+    )
+    .unwrap();
     expect_error(&dir, &[], "num_hidden_layers");
 }
 
@@ -153,7 +211,15 @@ fn bad_requests_and_sampling_values() {
     assert_ne!(code, 0);
     assert!(stderr.contains("empty"), "{stderr}");
     let long = "x".repeat(100);
-    let (code, _, stderr) = lab(&["generate", "--model", d, "--prompt", &long, "--num-kv-blocks", "4"]);
+    let (code, _, stderr) = lab(&[
+        "generate",
+        "--model",
+        d,
+        "--prompt",
+        &long,
+        "--num-kv-blocks",
+        "4",
+    ]);
     assert_ne!(code, 0);
     assert!(stderr.contains("the prompt has 100 tokens"), "{stderr}");
     for (flag, value, needle) in [

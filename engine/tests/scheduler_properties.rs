@@ -27,23 +27,45 @@ struct Workload {
 }
 
 fn workload() -> impl Strategy<Value = Workload> {
-    (1usize..=16, 1usize..=40, 1usize..=8, 1usize..=96, any::<bool>())
+    (
+        1usize..=16,
+        1usize..=40,
+        1usize..=8,
+        1usize..=96,
+        any::<bool>(),
+    )
         .prop_flat_map(|(block_size, num_blocks, max_num_seqs, budget, chunked)| {
             let capacity = block_size * num_blocks;
             // Prompts leave room for at least one token; without chunking they must fit a step.
-            let max_prompt = if chunked { capacity - 1 } else { (capacity - 1).min(budget) };
-            let request = (1..=max_prompt.max(1), 1usize..=24, 0usize..30, any::<bool>());
-            (Just((block_size, num_blocks, max_num_seqs, budget, chunked)), prop::collection::vec(request, 1..16))
+            let max_prompt = if chunked {
+                capacity - 1
+            } else {
+                (capacity - 1).min(budget)
+            };
+            let request = (
+                1..=max_prompt.max(1),
+                1usize..=24,
+                0usize..30,
+                any::<bool>(),
+            );
+            (
+                Just((block_size, num_blocks, max_num_seqs, budget, chunked)),
+                prop::collection::vec(request, 1..16),
+            )
         })
-        .prop_filter("a prompt needs room for one token", |((bs, nb, ..), _)| bs * nb >= 2)
-        .prop_map(|((block_size, num_blocks, max_num_seqs, budget, chunked), requests)| Workload {
-            block_size,
-            num_blocks,
-            max_num_seqs,
-            budget,
-            chunked,
-            requests,
+        .prop_filter("a prompt needs room for one token", |((bs, nb, ..), _)| {
+            bs * nb >= 2
         })
+        .prop_map(
+            |((block_size, num_blocks, max_num_seqs, budget, chunked), requests)| Workload {
+                block_size,
+                num_blocks,
+                max_num_seqs,
+                budget,
+                chunked,
+                requests,
+            },
+        )
 }
 
 fn check_blocks(s: &Scheduler, num_blocks: usize) {
@@ -58,7 +80,11 @@ fn check_blocks(s: &Scheduler, num_blocks: usize) {
         assert_eq!(n, 1, "block {b:?} is in {n} block tables");
         assert_eq!(bm.ref_count(b), 1, "block {b:?} has the wrong ref count");
     }
-    assert_eq!(owners.len() + bm.num_free_blocks(), num_blocks, "a block leaked");
+    assert_eq!(
+        owners.len() + bm.num_free_blocks(),
+        num_blocks,
+        "a block leaked"
+    );
 }
 
 fn run(w: &Workload) {
@@ -68,11 +94,17 @@ fn run(w: &Workload) {
         max_num_batched_tokens: w.budget,
         enable_chunked_prefill: w.chunked,
     };
-    let bm = BlockManager::new(w.block_size, Box::new(RefCountingAllocator::new(w.num_blocks)));
+    let bm = BlockManager::new(
+        w.block_size,
+        Box::new(RefCountingAllocator::new(w.num_blocks)),
+    );
     let mut s = Scheduler::new(config, Box::new(Fcfs), bm, vec![EOS], capacity);
     let mut eos_at = HashMap::new();
     for (i, &(len, max_tokens, eos_step, ignore_eos)) in w.requests.iter().enumerate() {
-        let params = SamplingParams { ignore_eos, ..SamplingParams::greedy(max_tokens) };
+        let params = SamplingParams {
+            ignore_eos,
+            ..SamplingParams::greedy(max_tokens)
+        };
         s.add_sequence(Sequence::new(SeqId(i as u64), vec![7; len], params));
         eos_at.insert(SeqId(i as u64), eos_step);
     }
@@ -82,15 +114,33 @@ fn run(w: &Workload) {
         steps += 1;
         assert!(steps < 100_000, "no progress: the scheduler is stuck");
         let out = s.schedule();
-        assert!(!out.is_empty(), "a step with unfinished requests scheduled nothing");
-        assert!(out.num_batched_tokens() <= w.budget, "token budget exceeded");
-        assert!(out.scheduled.len() <= w.max_num_seqs, "max_num_seqs exceeded");
+        assert!(
+            !out.is_empty(),
+            "a step with unfinished requests scheduled nothing"
+        );
+        assert!(
+            out.num_batched_tokens() <= w.budget,
+            "token budget exceeded"
+        );
+        assert!(
+            out.scheduled.len() <= w.max_num_seqs,
+            "max_num_seqs exceeded"
+        );
         let mut seen = HashSet::new();
         for sc in &out.scheduled {
-            assert!(seen.insert(sc.seq_id), "sequence scheduled twice in one step");
-            assert!(!out.preempted.contains(&sc.seq_id), "scheduled and preempted");
+            assert!(
+                seen.insert(sc.seq_id),
+                "sequence scheduled twice in one step"
+            );
+            assert!(
+                !out.preempted.contains(&sc.seq_id),
+                "scheduled and preempted"
+            );
             let end = sc.start_position + sc.token_ids.len();
-            assert!(sc.block_table.len() >= blocks_needed(end, w.block_size), "too few blocks");
+            assert!(
+                sc.block_table.len() >= blocks_needed(end, w.block_size),
+                "too few blocks"
+            );
             assert!(!sc.token_ids.is_empty());
         }
         check_blocks(&s, w.num_blocks);
@@ -100,19 +150,35 @@ fn run(w: &Workload) {
             .filter(|sc| sc.needs_logits)
             .map(|sc| {
                 let seq = s.sequence(sc.seq_id).unwrap();
-                if seq.output_token_ids.len() == eos_at[&sc.seq_id] { EOS } else { 9 }
+                if seq.output_token_ids.len() == eos_at[&sc.seq_id] {
+                    EOS
+                } else {
+                    9
+                }
             })
             .collect();
         for seq in s.update_from_output(&out, &sampled) {
-            assert!(finished.insert(seq.seq_id), "{:?} finished twice", seq.seq_id);
+            assert!(
+                finished.insert(seq.seq_id),
+                "{:?} finished twice",
+                seq.seq_id
+            );
             let p = &seq.params;
             assert!(seq.output_token_ids.len() <= p.max_tokens);
             assert!(seq.num_tokens() <= capacity);
         }
         check_blocks(&s, w.num_blocks);
     }
-    assert_eq!(finished.len(), w.requests.len(), "every request finishes exactly once");
-    assert_eq!(s.block_manager.num_free_blocks(), w.num_blocks, "all blocks free at the end");
+    assert_eq!(
+        finished.len(),
+        w.requests.len(),
+        "every request finishes exactly once"
+    );
+    assert_eq!(
+        s.block_manager.num_free_blocks(),
+        w.num_blocks,
+        "all blocks free at the end"
+    );
 }
 
 proptest! {
@@ -127,11 +193,19 @@ proptest! {
 fn out_of_blocks_preempts_the_latest_arrival() {
     // 4 blocks of 4 tokens; two 8-token prompts fill 2 blocks each. When both need a third
     // block, the later one (seq 1) is preempted so the earlier one can grow.
-    let config = SchedulerConfig { max_num_seqs: 8, max_num_batched_tokens: 64, enable_chunked_prefill: true };
+    let config = SchedulerConfig {
+        max_num_seqs: 8,
+        max_num_batched_tokens: 64,
+        enable_chunked_prefill: true,
+    };
     let bm = BlockManager::new(4, Box::new(RefCountingAllocator::new(4)));
     let mut s = Scheduler::new(config, Box::new(Fcfs), bm, vec![], 16);
     for i in 0..2 {
-        s.add_sequence(Sequence::new(SeqId(i), vec![5; 8], SamplingParams::greedy(8)));
+        s.add_sequence(Sequence::new(
+            SeqId(i),
+            vec![5; 8],
+            SamplingParams::greedy(8),
+        ));
     }
     let out = s.schedule();
     assert_eq!(out.scheduled.len(), 2);
@@ -140,6 +214,14 @@ fn out_of_blocks_preempts_the_latest_arrival() {
     assert_eq!(out.preempted, vec![SeqId(1)]);
     assert_eq!(out.scheduled.len(), 1);
     assert_eq!(out.scheduled[0].seq_id, SeqId(0));
-    assert_eq!(s.sequence(SeqId(1)).unwrap().num_computed_tokens, 0, "recompute from scratch");
-    assert_eq!(s.sequence(SeqId(1)).unwrap().output_token_ids, vec![1], "outputs are kept");
+    assert_eq!(
+        s.sequence(SeqId(1)).unwrap().num_computed_tokens,
+        0,
+        "recompute from scratch"
+    );
+    assert_eq!(
+        s.sequence(SeqId(1)).unwrap().output_token_ids,
+        vec![1],
+        "outputs are kept"
+    );
 }

@@ -23,17 +23,21 @@ impl Backend for CpuBackend {
         "cpu"
     }
 
-    fn from_host(&self, data: Vec<f32>, rows: usize, cols: usize) -> CpuTensor {
-        assert_eq!(data.len(), rows * cols, "from_host: data is not {rows}x{cols}");
+    fn upload(&self, data: Vec<f32>, rows: usize, cols: usize) -> CpuTensor {
+        assert_eq!(data.len(), rows * cols, "upload: data is not {rows}x{cols}");
         CpuTensor { data, rows, cols }
     }
 
-    fn to_host(&self, t: &CpuTensor) -> Vec<f32> {
+    fn download(&self, t: &CpuTensor) -> Vec<f32> {
         t.data.clone()
     }
 
     fn zeros(&self, rows: usize, cols: usize) -> CpuTensor {
-        CpuTensor { data: vec![0.0; rows * cols], rows, cols }
+        CpuTensor {
+            data: vec![0.0; rows * cols],
+            rows,
+            cols,
+        }
     }
 
     fn shape(&self, t: &CpuTensor) -> (usize, usize) {
@@ -46,13 +50,27 @@ impl Backend for CpuBackend {
         for &id in ids {
             data.extend_from_slice(&table.data[id as usize * h..][..h]);
         }
-        CpuTensor { data, rows: ids.len(), cols: h }
+        CpuTensor {
+            data,
+            rows: ids.len(),
+            cols: h,
+        }
     }
 
     fn linear(&self, x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>) -> CpuTensor {
-        assert_eq!(x.cols, w.cols, "linear: x has {} columns, weight expects {}", x.cols, w.cols);
+        assert_eq!(
+            x.cols, w.cols,
+            "linear: x has {} columns, weight expects {}",
+            x.cols, w.cols
+        );
         let mut out = self.zeros(x.rows, w.rows);
-        ops::linear::linear(&mut out.data, &x.data, &w.data, bias.map(|b| &b.data[..]), x.rows);
+        ops::linear::linear(
+            &mut out.data,
+            &x.data,
+            &w.data,
+            bias.map(|b| &b.data[..]),
+            x.rows,
+        );
         out
     }
 
@@ -147,6 +165,10 @@ impl Backend for CpuBackend {
         for &r in rows {
             data.extend_from_slice(&x.data[r * x.cols..(r + 1) * x.cols]);
         }
-        CpuTensor { data, rows: rows.len(), cols: x.cols }
+        CpuTensor {
+            data,
+            rows: rows.len(),
+            cols: x.cols,
+        }
     }
 }

@@ -17,8 +17,8 @@ pub trait Backend: Send + Sync {
 
     fn name(&self) -> &'static str;
     /// Copies host data `[rows, cols]` to the backend.
-    fn from_host(&self, data: Vec<f32>, rows: usize, cols: usize) -> Self::Tensor;
-    fn to_host(&self, t: &Self::Tensor) -> Vec<f32>;
+    fn upload(&self, data: Vec<f32>, rows: usize, cols: usize) -> Self::Tensor;
+    fn download(&self, t: &Self::Tensor) -> Vec<f32>;
     fn zeros(&self, rows: usize, cols: usize) -> Self::Tensor;
     /// `(rows, cols)`.
     fn shape(&self, t: &Self::Tensor) -> (usize, usize);
@@ -26,8 +26,12 @@ pub trait Backend: Send + Sync {
     /// Rows `ids` of `table` `[vocab, hidden]` → `[ids.len(), hidden]`.
     fn embedding(&self, table: &Self::Tensor, ids: &[u32]) -> Self::Tensor;
     /// `x · wᵀ + bias`: `[t, in] × [out, in]ᵀ → [t, out]`.
-    fn linear(&self, x: &Self::Tensor, w: &Self::Tensor, bias: Option<&Self::Tensor>)
-        -> Self::Tensor;
+    fn linear(
+        &self,
+        x: &Self::Tensor,
+        w: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+    ) -> Self::Tensor;
     fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f32) -> Self::Tensor;
     /// `residual += x; x = rms_norm(residual)`.
     fn fused_add_rms_norm(

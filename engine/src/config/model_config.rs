@@ -133,8 +133,10 @@ impl ModelConfig {
         };
         let hidden_size = need(raw.hidden_size, "hidden_size")?;
         let num_attention_heads = need(raw.num_attention_heads, "num_attention_heads")?;
-        let num_key_value_heads =
-            need(raw.num_key_value_heads.or(Some(num_attention_heads)), "num_key_value_heads")?;
+        let num_key_value_heads = need(
+            raw.num_key_value_heads.or(Some(num_attention_heads)),
+            "num_key_value_heads",
+        )?;
         if num_attention_heads % num_key_value_heads != 0 {
             return Err(bad(format!(
                 "num_attention_heads ({num_attention_heads}) is not a multiple of \
@@ -147,11 +149,15 @@ impl ModelConfig {
             None => return Err(bad("hidden_size is not a multiple of num_attention_heads")),
         };
         if head_dim % 2 != 0 {
-            return Err(bad(format!("head_dim ({head_dim}) must be even for rotary embeddings")));
+            return Err(bad(format!(
+                "head_dim ({head_dim}) must be even for rotary embeddings"
+            )));
         }
         if let Some(act) = &raw.hidden_act {
             if act != "silu" {
-                return Err(bad(format!("hidden_act `{act}` is not supported (only silu)")));
+                return Err(bad(format!(
+                    "hidden_act `{act}` is not supported (only silu)"
+                )));
             }
         }
         if raw.mlp_bias == Some(true) {
@@ -160,20 +166,30 @@ impl ModelConfig {
         let rope_params = raw.rope_parameters.as_ref();
         let rope_theta = raw
             .rope_theta
-            .or_else(|| rope_params.and_then(|p| p.get("rope_theta")).and_then(|v| v.as_f64()))
+            .or_else(|| {
+                rope_params
+                    .and_then(|p| p.get("rope_theta"))
+                    .and_then(|v| v.as_f64())
+            })
             .unwrap_or(10000.0);
         if rope_theta <= 0.0 || !rope_theta.is_finite() {
-            return Err(bad(format!("rope_theta must be positive, got {rope_theta}")));
+            return Err(bad(format!(
+                "rope_theta must be positive, got {rope_theta}"
+            )));
         }
         let scaling = raw.rope_scaling.as_ref().or(rope_params);
         let rope_scaling = parse_rope_scaling(scaling)?;
         let rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-6);
         if rms_norm_eps <= 0.0 || !rms_norm_eps.is_finite() {
-            return Err(bad(format!("rms_norm_eps must be positive, got {rms_norm_eps}")));
+            return Err(bad(format!(
+                "rms_norm_eps must be positive, got {rms_norm_eps}"
+            )));
         }
         let bos = token_ids(&raw.bos_token_id)?;
         Ok(ModelConfig {
-            attention_bias: raw.attention_bias.unwrap_or(architecture == "Qwen2ForCausalLM"),
+            attention_bias: raw
+                .attention_bias
+                .unwrap_or(architecture == "Qwen2ForCausalLM"),
             architecture,
             hidden_size,
             intermediate_size: need(raw.intermediate_size, "intermediate_size")?,
@@ -209,8 +225,13 @@ impl ModelConfig {
 /// Accepts no scaling, `default`, or Llama-3 scaling; anything else is an error rather than a
 /// silently different model.
 fn parse_rope_scaling(v: Option<&serde_json::Value>) -> Result<Option<Llama3RopeScaling>> {
-    let Some(v) = v.filter(|v| !v.is_null()) else { return Ok(None) };
-    let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str());
+    let Some(v) = v.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let kind = v
+        .get("rope_type")
+        .or_else(|| v.get("type"))
+        .and_then(|t| t.as_str());
     match kind {
         None | Some("default") => Ok(None),
         Some("llama3") => {
@@ -223,8 +244,7 @@ fn parse_rope_scaling(v: Option<&serde_json::Value>) -> Result<Option<Llama3Rope
                 factor: num("factor")?,
                 low_freq_factor: num("low_freq_factor")?,
                 high_freq_factor: num("high_freq_factor")?,
-                original_max_position_embeddings: num("original_max_position_embeddings")?
-                    as usize,
+                original_max_position_embeddings: num("original_max_position_embeddings")? as usize,
             }))
         }
         Some(other) => Err(bad(format!("rope scaling type `{other}` is not supported"))),

@@ -33,7 +33,10 @@ impl RefCountingAllocator {
     pub fn new(num_blocks: usize) -> Self {
         // Reverse so that block 0 is handed out first: easier to read in traces.
         let free_list = (0..num_blocks as u32).rev().map(BlockId).collect();
-        RefCountingAllocator { free_list, ref_counts: vec![0; num_blocks] }
+        RefCountingAllocator {
+            free_list,
+            ref_counts: vec![0; num_blocks],
+        }
     }
 }
 

@@ -20,7 +20,11 @@ pub struct BlockManager {
 
 impl BlockManager {
     pub fn new(block_size: usize, allocator: Box<dyn BlockAllocator>) -> Self {
-        BlockManager { block_size, allocator, block_tables: HashMap::new() }
+        BlockManager {
+            block_size,
+            allocator,
+            block_tables: HashMap::new(),
+        }
     }
 
     pub fn block_size(&self) -> usize {
@@ -38,7 +42,10 @@ impl BlockManager {
         }
         let table = self.block_tables.entry(seq).or_default();
         for _ in 0..need {
-            let block = self.allocator.allocate().expect("free count was checked above");
+            let block = self
+                .allocator
+                .allocate()
+                .expect("free count was checked above");
             table.push(block);
         }
         true

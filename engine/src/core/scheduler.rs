@@ -117,7 +117,9 @@ impl Scheduler {
             && budget > 0
             && self.running.len() < self.config.max_num_seqs
         {
-            let Some(&id) = self.waiting.front() else { break };
+            let Some(&id) = self.waiting.front() else {
+                break;
+            };
             let seq = &self.seqs[&id];
             let uncomputed = seq.num_uncomputed_tokens();
             let num_new = uncomputed.min(budget);
@@ -185,12 +187,17 @@ impl Scheduler {
         let mut sampled = sampled.iter();
         let mut finished = Vec::new();
         for s in &output.scheduled {
-            let seq = self.seqs.get_mut(&s.seq_id).expect("scheduled sequence exists");
+            let seq = self
+                .seqs
+                .get_mut(&s.seq_id)
+                .expect("scheduled sequence exists");
             seq.num_computed_tokens += s.token_ids.len();
             if !s.needs_logits {
                 continue;
             }
-            let token = *sampled.next().expect("one sampled token per sequence needing logits");
+            let token = *sampled
+                .next()
+                .expect("one sampled token per sequence needing logits");
             seq.output_token_ids.push(token);
             if let Some(reason) = self.check_stop(s.seq_id, token) {
                 finished.push(self.finish(s.seq_id, reason));
@@ -202,7 +209,8 @@ impl Scheduler {
     fn check_stop(&self, id: SeqId, token: u32) -> Option<FinishReason> {
         let seq = &self.seqs[&id];
         let p = &seq.params;
-        if (!p.ignore_eos && self.eos_token_ids.contains(&token)) || p.stop_token_ids.contains(&token)
+        if (!p.ignore_eos && self.eos_token_ids.contains(&token))
+            || p.stop_token_ids.contains(&token)
         {
             return Some(FinishReason::Stop);
         }

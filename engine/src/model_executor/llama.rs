@@ -28,8 +28,13 @@ pub struct LlamaForCausalLM<B: Backend> {
 impl<B: Backend> LlamaForCausalLM<B> {
     pub fn new(config: ModelConfig, backend: B, weights: LlamaWeights<B::Tensor>) -> Self {
         let max_pos = config.max_position_embeddings;
-        let cache = backend.from_host(cos_sin_cache(&config, max_pos), max_pos, config.head_dim);
-        LlamaForCausalLM { config, backend, weights, cos_sin_cache: cache }
+        let cache = backend.upload(cos_sin_cache(&config, max_pos), max_pos, config.head_dim);
+        LlamaForCausalLM {
+            config,
+            backend,
+            weights,
+            cos_sin_cache: cache,
+        }
     }
 
     // ANCHOR: forward
@@ -37,8 +42,8 @@ impl<B: Backend> LlamaForCausalLM<B> {
     /// `kv_cache`, and returns logits `[logits_indices.len(), vocab]` for the requested rows.
     pub fn forward(
         &self,
-        input_ids: &[u32],       // [num_tokens]
-        positions: &[usize],     // [num_tokens]
+        input_ids: &[u32],   // [num_tokens]
+        positions: &[usize], // [num_tokens]
         meta: &AttentionMetadata,
         kv_cache: &mut KvCache<B>,
         logits_indices: &[usize], // rows whose next-token logits we need
@@ -54,14 +59,33 @@ impl<B: Backend> LlamaForCausalLM<B> {
         for (i, layer) in w.layers.iter().enumerate() {
             // Attention block.
             let qkv = b.linear(&hidden, &layer.qkv_proj, layer.qkv_bias.as_ref());
-            let mut parts = b.split_columns(&qkv, &[q_width, kv_width, kv_width]).into_iter();
-            let (mut q, mut k, v) = (parts.next().unwrap(), parts.next().unwrap(), parts.next().unwrap());
+            let mut parts = b
+                .split_columns(&qkv, &[q_width, kv_width, kv_width])
+                .into_iter();
+            let (mut q, mut k, v) = (
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+                parts.next().unwrap(),
+            );
             b.rotary_embedding(positions, &mut q, &mut k, d, &self.cos_sin_cache);
             let (key_cache, value_cache) = kv_cache.layer_mut(i);
             b.reshape_and_cache(&k, &v, key_cache, value_cache, &meta.slot_mapping);
-            let attn = b.paged_attention(&q, key_cache, value_cache, c.num_key_value_heads, d, scale, meta);
+            let attn = b.paged_attention(
+                &q,
+                key_cache,
+                value_cache,
+                c.num_key_value_heads,
+                d,
+                scale,
+                meta,
+            );
             hidden = b.linear(&attn, &layer.o_proj, None);
-            b.fused_add_rms_norm(&mut hidden, &mut residual, &layer.post_attention_layernorm, eps);
+            b.fused_add_rms_norm(
+                &mut hidden,
+                &mut residual,
+                &layer.post_attention_layernorm,
+                eps,
+            );
 
             // MLP block (SwiGLU).
             let gate_up = b.linear(&hidden, &layer.gate_up_proj, None);

@@ -31,13 +31,15 @@ fn name_seed(seed: u64, name: &str) -> u64 {
 fn fill(seed: u64, name: &str, rows: usize, cols: usize, center: f32, scale: f32) -> HostTensor {
     let base = name_seed(seed, name);
     let mut data = vec![0.0f32; rows * cols];
-    data.par_chunks_mut(4096).enumerate().for_each(|(chunk, out)| {
-        let mut state = base ^ (chunk as u64).wrapping_mul(0xA24B_AED4_963E_E407);
-        for v in out {
-            let unit = (splitmix64(&mut state) >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
-            *v = center + scale * (2.0 * unit - 1.0);
-        }
-    });
+    data.par_chunks_mut(4096)
+        .enumerate()
+        .for_each(|(chunk, out)| {
+            let mut state = base ^ (chunk as u64).wrapping_mul(0xA24B_AED4_963E_E407);
+            for v in out {
+                let unit = (splitmix64(&mut state) >> 40) as f32 / (1u64 << 24) as f32; // [0, 1)
+                *v = center + scale * (2.0 * unit - 1.0);
+            }
+        });
     HostTensor { data, rows, cols }
 }
 
@@ -55,8 +57,9 @@ pub fn random_tensor(seed: u64, name: &str, rows: usize, cols: usize) -> HostTen
 
 /// A whole model's random weights, fused for the forward pass.
 pub fn random_weights(config: &ModelConfig, seed: u64) -> LlamaWeights<HostTensor> {
-    let result: Result<_, std::convert::Infallible> =
-        assemble(config, |name, [rows, cols]| Ok(random_tensor(seed, name, rows, cols)));
+    let result: Result<_, std::convert::Infallible> = assemble(config, |name, [rows, cols]| {
+        Ok(random_tensor(seed, name, rows, cols))
+    });
     match result {
         Ok(w) => w,
         Err(never) => match never {},
@@ -68,7 +71,11 @@ pub fn random_named_tensors(config: &ModelConfig, seed: u64) -> Vec<(String, Hos
     let mut named = Vec::new();
     let _: Result<_, std::convert::Infallible> = assemble(config, |name, [rows, cols]| {
         named.push((name.to_string(), random_tensor(seed, name, rows, cols)));
-        Ok(HostTensor { data: vec![], rows: 0, cols: 0 })
+        Ok(HostTensor {
+            data: vec![],
+            rows: 0,
+            cols: 0,
+        })
     });
     named
 }

@@ -32,8 +32,10 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .get("weight_map")
             .and_then(|m| m.as_object())
             .ok_or_else(|| bad(format!("{}: no `weight_map` object", index.display())))?;
-        let mut files: Vec<String> =
-            map.values().filter_map(|v| v.as_str().map(String::from)).collect();
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect();
         files.sort();
         files.dedup();
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
@@ -64,7 +66,10 @@ pub fn load_weights(dir: &Path, config: &ModelConfig) -> Result<LlamaWeights<Hos
     let mut parsed = Vec::with_capacity(files.len());
     for (path, map) in files.iter().zip(&maps) {
         let st = SafeTensors::deserialize(map).map_err(|e| {
-            bad(format!("{} is not a valid safetensors file ({e}); re-download it", path.display()))
+            bad(format!(
+                "{} is not a valid safetensors file ({e}); re-download it",
+                path.display()
+            ))
         })?;
         parsed.push(st);
     }
@@ -75,10 +80,12 @@ pub fn load_weights(dir: &Path, config: &ModelConfig) -> Result<LlamaWeights<Hos
         }
     }
     assemble(config, |name, shape| {
-        let i = *owner.get(name).ok_or_else(|| {
-            bad(format!("tensor `{name}` is missing from {}", dir.display()))
-        })?;
-        let view = parsed[i].tensor(name).map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
+        let i = *owner
+            .get(name)
+            .ok_or_else(|| bad(format!("tensor `{name}` is missing from {}", dir.display())))?;
+        let view = parsed[i]
+            .tensor(name)
+            .map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
         read_tensor(name, &files[i], view, shape)
     })
 }
@@ -99,7 +106,10 @@ fn read_tensor(
     }
     let bytes = view.data();
     let data: Vec<f32> = match view.dtype() {
-        Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect(),
         Dtype::F16 => bytes
             .chunks_exact(2)
             .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
@@ -115,7 +125,11 @@ fn read_tensor(
         }
     };
     if data.len() != rows * cols {
-        return Err(bad(format!("tensor `{name}` holds {} values, expected {}", data.len(), rows * cols)));
+        return Err(bad(format!(
+            "tensor `{name}` holds {} values, expected {}",
+            data.len(),
+            rows * cols
+        )));
     }
     Ok(HostTensor { data, rows, cols })
 }

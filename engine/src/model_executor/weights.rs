@@ -52,7 +52,7 @@ impl HostTensor {
 impl LlamaWeights<HostTensor> {
     /// Moves every tensor to the backend.
     pub fn upload<B: Backend>(self, b: &B) -> LlamaWeights<B::Tensor> {
-        let up = |t: HostTensor| b.from_host(t.data, t.rows, t.cols);
+        let up = |t: HostTensor| b.upload(t.data, t.rows, t.cols);
         LlamaWeights {
             embed_tokens: up(self.embed_tokens),
             layers: self
@@ -96,7 +96,11 @@ pub fn assemble<E>(
                 .map(|(n, w)| g(&format!("self_attn.{n}_proj.bias"), [1, w]))
                 .collect::<Result<Vec<_>, E>>()?;
             let data = parts.into_iter().flat_map(|p| p.data).collect::<Vec<_>>();
-            Some(HostTensor { rows: 1, cols: data.len(), data })
+            Some(HostTensor {
+                rows: 1,
+                cols: data.len(),
+                data,
+            })
         } else {
             None
         };

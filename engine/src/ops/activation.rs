@@ -15,16 +15,22 @@ pub fn silu_and_mul(
     x: &[f32],       // [num_tokens, 2 * d]: gate then up
     num_tokens: usize,
 ) {
-    assert_eq!(out.len() * 2, x.len(), "silu_and_mul: x must be twice as wide as out");
+    assert_eq!(
+        out.len() * 2,
+        x.len(),
+        "silu_and_mul: x must be twice as wide as out"
+    );
     if num_tokens == 0 {
         return;
     }
     let d = out.len() / num_tokens;
-    out.par_chunks_mut(d).zip(x.par_chunks(2 * d)).for_each(|(o, x)| {
-        let (gate, up) = x.split_at(d);
-        for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
-            *o = silu(g) * u;
-        }
-    });
+    out.par_chunks_mut(d)
+        .zip(x.par_chunks(2 * d))
+        .for_each(|(o, x)| {
+            let (gate, up) = x.split_at(d);
+            for ((o, &g), &u) in o.iter_mut().zip(gate).zip(up) {
+                *o = silu(g) * u;
+            }
+        });
 }
 // ANCHOR_END: silu_and_mul

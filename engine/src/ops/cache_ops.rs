@@ -7,11 +7,11 @@
 // ANCHOR: reshape_and_cache
 /// Copies token `t`'s key and value into row `slot_mapping[t]` of the caches.
 pub fn reshape_and_cache(
-    key: &[f32],            // [num_tokens, num_kv_heads, head_dim]
-    value: &[f32],          // [num_tokens, num_kv_heads, head_dim]
-    key_cache: &mut [f32],  // [num_blocks, block_size, num_kv_heads, head_dim]
+    key: &[f32],             // [num_tokens, num_kv_heads, head_dim]
+    value: &[f32],           // [num_tokens, num_kv_heads, head_dim]
+    key_cache: &mut [f32],   // [num_blocks, block_size, num_kv_heads, head_dim]
     value_cache: &mut [f32], // [num_blocks, block_size, num_kv_heads, head_dim]
-    slot_mapping: &[u64],   // [num_tokens]
+    slot_mapping: &[u64],    // [num_tokens]
 ) {
     let n = slot_mapping.len();
     if n == 0 {

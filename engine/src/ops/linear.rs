@@ -18,10 +18,10 @@ use rayon::prelude::*;
 // ANCHOR: linear
 /// `out[t, n] = Σ_k x[t, k] · weight[n, k]` (+ `bias[n]`).
 pub fn linear(
-    out: &mut [f32],       // [num_tokens, out_features]
-    x: &[f32],             // [num_tokens, in_features]
-    weight: &[f32],        // [out_features, in_features]
-    bias: Option<&[f32]>,  // [out_features]
+    out: &mut [f32],      // [num_tokens, out_features]
+    x: &[f32],            // [num_tokens, in_features]
+    weight: &[f32],       // [out_features, in_features]
+    bias: Option<&[f32]>, // [out_features]
     num_tokens: usize,
 ) {
     if num_tokens == 0 {
@@ -33,19 +33,22 @@ pub fn linear(
     // Work in [n, t] so that each task owns a contiguous piece of the result.
     let mut out_t = vec![0.0f32; n * num_tokens];
     let use_fma = fma_available();
-    out_t.par_chunks_mut(ROWS_PER_TASK * num_tokens).enumerate().for_each(|(task, o)| {
-        let rows = &weight[task * ROWS_PER_TASK * k..][..(o.len() / num_tokens) * k];
-        if use_fma {
+    out_t
+        .par_chunks_mut(ROWS_PER_TASK * num_tokens)
+        .enumerate()
+        .for_each(|(task, o)| {
+            let rows = &weight[task * ROWS_PER_TASK * k..][..(o.len() / num_tokens) * k];
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: kernel-launch boundary; `fma_available` checked at run time that this
-            // CPU has AVX2 and FMA, the only requirement of the target-feature function.
-            unsafe {
-                row_tile_avx2(o, x, rows, num_tokens, k)
+            if use_fma {
+                // SAFETY: kernel-launch boundary; `fma_available` checked at run time that this
+                // CPU has AVX2 and FMA, the only requirement of the target-feature function.
+                unsafe { row_tile_avx2(o, x, rows, num_tokens, k) };
+                return;
             }
-        } else {
-            row_tile::<false>(o, x, rows, num_tokens, k)
-        }
-    });
+            {
+                row_tile(o, x, rows, num_tokens, k)
+            }
+        });
     for (r, row) in out_t.chunks(num_tokens).enumerate() {
         let b = bias.map_or(0.0, |b| b[r]);
         for (j, &v) in row.iter().enumerate() {
@@ -70,16 +73,10 @@ fn fma_available() -> bool {
     }
 }
 
-/// The same Rust as `row_tile`, compiled with 8-wide AVX2 vectors and fused multiply-add.
+/// `row_tile` with the micro-kernel in AVX2 registers (see `micro_avx2`).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn row_tile_avx2(out: &mut [f32], x: &[f32], rows: &[f32], t: usize, k: usize) {
-    row_tile::<true>(out, x, rows, t, k)
-}
-
-/// `out[r, j] = rows[r] · x[j]` for every weight row `r` of the tile and every token `j`.
-#[inline(always)]
-fn row_tile<const FMA: bool>(out: &mut [f32], x: &[f32], rows: &[f32], t: usize, k: usize) {
     let num_rows = rows.len() / k;
     let mut j = 0;
     while j < t {
@@ -89,14 +86,86 @@ fn row_tile<const FMA: bool>(out: &mut [f32], x: &[f32], rows: &[f32], t: usize,
             let nr = (num_rows - r).min(2);
             let w = &rows[r * k..(r + nr) * k];
             match (nr, nt) {
-                (2, 4) => store(out, t, r, j, micro::<2, 4, FMA>(w, x, j, k)),
-                (2, 3) => store(out, t, r, j, micro::<2, 3, FMA>(w, x, j, k)),
-                (2, 2) => store(out, t, r, j, micro::<2, 2, FMA>(w, x, j, k)),
-                (2, _) => store(out, t, r, j, micro::<2, 1, FMA>(w, x, j, k)),
-                (_, 4) => store(out, t, r, j, micro::<1, 4, FMA>(w, x, j, k)),
-                (_, 3) => store(out, t, r, j, micro::<1, 3, FMA>(w, x, j, k)),
-                (_, 2) => store(out, t, r, j, micro::<1, 2, FMA>(w, x, j, k)),
-                (_, _) => store(out, t, r, j, micro::<1, 1, FMA>(w, x, j, k)),
+                (2, 4) => store(out, t, r, j, micro_avx2::<2, 4>(w, x, j, k)),
+                (2, 3) => store(out, t, r, j, micro_avx2::<2, 3>(w, x, j, k)),
+                (2, 2) => store(out, t, r, j, micro_avx2::<2, 2>(w, x, j, k)),
+                (2, _) => store(out, t, r, j, micro_avx2::<2, 1>(w, x, j, k)),
+                (_, 4) => store(out, t, r, j, micro_avx2::<1, 4>(w, x, j, k)),
+                (_, 3) => store(out, t, r, j, micro_avx2::<1, 3>(w, x, j, k)),
+                (_, 2) => store(out, t, r, j, micro_avx2::<1, 2>(w, x, j, k)),
+                (_, _) => store(out, t, r, j, micro_avx2::<1, 1>(w, x, j, k)),
+            }
+            r += nr;
+        }
+        j += nt;
+    }
+}
+
+/// `micro::<R, NT, true>` written with AVX2 intrinsics, because the compiler does not keep
+/// the 2×4 accumulators of the portable version in registers. Same arithmetic, in the same
+/// order: 8 lanes of fused multiply-adds over k, the fixed-tree lane sum, then the tail.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+fn micro_avx2<const R: usize, const NT: usize>(
+    w: &[f32], // [R, k]
+    x: &[f32], // [tokens, k]
+    j0: usize,
+    k: usize,
+) -> [[f32; NT]; R] {
+    use std::arch::x86_64::*;
+    let w = &w[..R * k];
+    let x = &x[j0 * k..(j0 + NT) * k];
+    let main = k - k % 8;
+    let mut acc = [[_mm256_setzero_ps(); NT]; R];
+    let mut c = 0;
+    while c < main {
+        let mut xv = [_mm256_setzero_ps(); NT];
+        for (i, xv) in xv.iter_mut().enumerate() {
+            // SAFETY: kernel boundary. `x` was sliced to NT rows of k floats and
+            // c + 8 <= main <= k, so the 8 floats read lie inside row i.
+            *xv = unsafe { _mm256_loadu_ps(x.as_ptr().add(i * k + c)) };
+        }
+        for (r, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: as above, for the R rows of k floats of `w`.
+            let wv = unsafe { _mm256_loadu_ps(w.as_ptr().add(r * k + c)) };
+            for (acc, xv) in acc.iter_mut().zip(xv.iter()) {
+                *acc = _mm256_fmadd_ps(wv, *xv, *acc);
+            }
+        }
+        c += 8;
+    }
+    let mut result = [[0.0f32; NT]; R];
+    for r in 0..R {
+        for i in 0..NT {
+            let mut lanes = [0.0f32; 8];
+            // SAFETY: `lanes` holds exactly 8 floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[r][i]) };
+            let tail: f32 = (main..k).map(|c| w[r * k + c] * x[i * k + c]).sum();
+            result[r][i] = horizontal_sum(&lanes) + tail;
+        }
+    }
+    result
+}
+
+/// `out[r, j] = rows[r] · x[j]` for every weight row `r` of the tile and every token `j`.
+fn row_tile(out: &mut [f32], x: &[f32], rows: &[f32], t: usize, k: usize) {
+    let num_rows = rows.len() / k;
+    let mut j = 0;
+    while j < t {
+        let nt = (t - j).min(4);
+        let mut r = 0;
+        while r < num_rows {
+            let nr = (num_rows - r).min(2);
+            let w = &rows[r * k..(r + nr) * k];
+            match (nr, nt) {
+                (2, 4) => store(out, t, r, j, micro::<2, 4>(w, x, j, k)),
+                (2, 3) => store(out, t, r, j, micro::<2, 3>(w, x, j, k)),
+                (2, 2) => store(out, t, r, j, micro::<2, 2>(w, x, j, k)),
+                (2, _) => store(out, t, r, j, micro::<2, 1>(w, x, j, k)),
+                (_, 4) => store(out, t, r, j, micro::<1, 4>(w, x, j, k)),
+                (_, 3) => store(out, t, r, j, micro::<1, 3>(w, x, j, k)),
+                (_, 2) => store(out, t, r, j, micro::<1, 2>(w, x, j, k)),
+                (_, _) => store(out, t, r, j, micro::<1, 1>(w, x, j, k)),
             }
             r += nr;
         }
@@ -117,10 +186,11 @@ fn store<const R: usize, const NT: usize>(
     }
 }
 
-/// Dot products of `R` weight rows with tokens `j0..j0 + NT`, eight lanes at a time. Every
-/// (row, token) pair follows the same operation order for any `R`, `NT`: batch invariance.
+/// Dot products of `R` weight rows with tokens `j0..j0 + NT`, eight lanes at a time (the
+/// portable version, for CPUs without AVX2/FMA). Every (row, token) pair follows the same
+/// operation order for any `R`, `NT`: batch invariance.
 #[inline(always)]
-fn micro<const R: usize, const NT: usize, const FMA: bool>(
+fn micro<const R: usize, const NT: usize>(
     w: &[f32],
     x: &[f32],
     j0: usize,
@@ -136,7 +206,7 @@ fn micro<const R: usize, const NT: usize, const FMA: bool>(
             for (acc, xs) in acc.iter_mut().zip(xs.iter()) {
                 let xc = &xs[c..c + 8];
                 for l in 0..8 {
-                    acc[l] = if FMA { wc[l].mul_add(xc[l], acc[l]) } else { acc[l] + wc[l] * xc[l] };
+                    acc[l] += wc[l] * xc[l];
                 }
             }
         }
@@ -160,7 +230,12 @@ fn horizontal_sum(a: &[f32; 8]) -> f32 {
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
-    let tail: f32 = ac.remainder().iter().zip(bc.remainder()).map(|(x, y)| x * y).sum();
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
     for (x, y) in ac.zip(bc) {
         for l in 0..8 {
             acc[l] += x[l] * y[l];

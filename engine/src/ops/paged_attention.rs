@@ -7,13 +7,14 @@ use super::linear::dot;
 use crate::attention::attention_metadata::AttentionMetadata;
 
 // ANCHOR: paged_attention
+#[allow(clippy::too_many_arguments)] // mirrors the CUDA kernel's signature
 /// For each query token, attends over its sequence's cached tokens up to and including its
 /// own position. Query head `h` uses KV head `h / (num_heads / num_kv_heads)` (GQA).
 pub fn paged_attention(
-    out: &mut [f32],       // [num_tokens, num_heads, head_dim]
-    query: &[f32],         // [num_tokens, num_heads, head_dim]
-    key_cache: &[f32],     // [num_blocks, block_size, num_kv_heads, head_dim]
-    value_cache: &[f32],   // [num_blocks, block_size, num_kv_heads, head_dim]
+    out: &mut [f32],     // [num_tokens, num_heads, head_dim]
+    query: &[f32],       // [num_tokens, num_heads, head_dim]
+    key_cache: &[f32],   // [num_blocks, block_size, num_kv_heads, head_dim]
+    value_cache: &[f32], // [num_blocks, block_size, num_kv_heads, head_dim]
     num_kv_heads: usize,
     head_dim: usize,
     scale: f32,
@@ -47,8 +48,9 @@ pub fn paged_attention(
             slot * kv_row + kv_offset
         };
         // Scores for keys 0..=pos, then a numerically stable softmax.
-        let mut scores: Vec<f32> =
-            (0..=pos).map(|p| dot(q, &key_cache[row_of(p)..][..head_dim]) * scale).collect();
+        let mut scores: Vec<f32> = (0..=pos)
+            .map(|p| dot(q, &key_cache[row_of(p)..][..head_dim]) * scale)
+            .collect();
         let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let mut sum = 0.0;
         for s in scores.iter_mut() {

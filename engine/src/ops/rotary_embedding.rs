@@ -33,7 +33,8 @@ fn llama3_scale(freq: f64, s: &Llama3RopeScaling) -> f64 {
     } else if wavelen > low_freq_wavelen {
         freq / s.factor
     } else {
-        let smooth = (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+        let smooth =
+            (old_len / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
         (1.0 - smooth) * freq / s.factor + smooth * freq
     }
 }
@@ -58,9 +59,9 @@ pub fn cos_sin_cache(config: &ModelConfig, max_position: usize) -> Vec<f32> {
 /// Rotates every head of `query` and `key` in place by its token's position.
 /// For pair `(x, y) = (v[i], v[i + d/2])`: `x' = x·cos − y·sin`, `y' = y·cos + x·sin`.
 pub fn rotary_embedding(
-    positions: &[usize],   // [num_tokens]
-    query: &mut [f32],     // [num_tokens, num_heads, head_dim]
-    key: &mut [f32],       // [num_tokens, num_kv_heads, head_dim]
+    positions: &[usize], // [num_tokens]
+    query: &mut [f32],   // [num_tokens, num_heads, head_dim]
+    key: &mut [f32],     // [num_tokens, num_kv_heads, head_dim]
     head_dim: usize,
     cos_sin_cache: &[f32], // [max_position, head_dim]
 ) {
@@ -81,7 +82,12 @@ pub fn rotary_embedding(
         return;
     }
     let (qw, kw) = (query.len() / n, key.len() / n);
-    query.par_chunks_mut(qw).zip(positions).for_each(|(q, &p)| rotate(q, p));
-    key.par_chunks_mut(kw).zip(positions).for_each(|(k, &p)| rotate(k, p));
+    query
+        .par_chunks_mut(qw)
+        .zip(positions)
+        .for_each(|(q, &p)| rotate(q, p));
+    key.par_chunks_mut(kw)
+        .zip(positions)
+        .for_each(|(k, &p)| rotate(k, p));
 }
 // ANCHOR_END: rotary_embedding

@@ -18,7 +18,11 @@ impl<B: Backend> KvCache<B> {
         let layers = (0..config.num_hidden_layers)
             .map(|_| (backend.zeros(rows, cols), backend.zeros(rows, cols)))
             .collect();
-        KvCache { layers, num_blocks, block_size }
+        KvCache {
+            layers,
+            num_blocks,
+            block_size,
+        }
     }
 
     /// Layer `i`'s (key cache, value cache).
@@ -31,12 +35,24 @@ impl<B: Backend> KvCache<B> {
 // ANCHOR: kv_bytes_per_block
 /// Bytes one KV block takes over all layers: keys and values (2) × layers × block_size ×
 /// kv_heads × head_dim × bytes per element.
-pub fn kv_cache_bytes_per_block(config: &ModelConfig, block_size: usize, dtype_bytes: usize) -> usize {
-    2 * config.num_hidden_layers * block_size * config.num_key_value_heads * config.head_dim * dtype_bytes
+pub fn kv_cache_bytes_per_block(
+    config: &ModelConfig,
+    block_size: usize,
+    dtype_bytes: usize,
+) -> usize {
+    2 * config.num_hidden_layers
+        * block_size
+        * config.num_key_value_heads
+        * config.head_dim
+        * dtype_bytes
 }
 // ANCHOR_END: kv_bytes_per_block
 
 /// Blocks that fit a memory budget (at least 1).
-pub fn num_blocks_for_budget(config: &ModelConfig, block_size: usize, budget_bytes: usize) -> usize {
+pub fn num_blocks_for_budget(
+    config: &ModelConfig,
+    block_size: usize,
+    budget_bytes: usize,
+) -> usize {
     (budget_bytes / kv_cache_bytes_per_block(config, block_size, 4)).max(1)
 }

@@ -15,8 +15,8 @@ use crate::worker::cache_engine::KvCache;
 /// The flat inputs of one step.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ModelInput {
-    pub input_ids: Vec<u32>,    // [num_tokens]
-    pub positions: Vec<usize>,  // [num_tokens]
+    pub input_ids: Vec<u32>,   // [num_tokens]
+    pub positions: Vec<usize>, // [num_tokens]
     pub attn_metadata: AttentionMetadata,
     /// Row of each sequence's last token, for the sequences that sample this step.
     pub logits_indices: Vec<usize>,
@@ -28,14 +28,20 @@ pub fn prepare_inputs(out: &SchedulerOutput, block_size: usize) -> ModelInput {
     let mut input = ModelInput::default();
     let meta = &mut input.attn_metadata;
     meta.block_size = block_size;
-    meta.max_blocks_per_seq = out.scheduled.iter().map(|s| s.block_table.len()).max().unwrap_or(0);
+    meta.max_blocks_per_seq = out
+        .scheduled
+        .iter()
+        .map(|s| s.block_table.len())
+        .max()
+        .unwrap_or(0);
     meta.query_start_loc.push(0);
     for s in &out.scheduled {
         for (j, &token) in s.token_ids.iter().enumerate() {
             let pos = s.start_position + j;
             input.input_ids.push(token);
             input.positions.push(pos);
-            meta.slot_mapping.push(slot_for_position(&s.block_table, block_size, pos).0);
+            meta.slot_mapping
+                .push(slot_for_position(&s.block_table, block_size, pos).0);
         }
         meta.query_start_loc.push(input.input_ids.len());
         meta.seq_lens.push(s.start_position + s.token_ids.len());
@@ -75,6 +81,6 @@ impl<B: Backend> ModelRunner<B> {
             &mut self.kv_cache,
             &input.logits_indices,
         );
-        self.model.backend.to_host(&logits)
+        self.model.backend.download(&logits)
     }
 }

@@ -63,16 +63,33 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
 
     let mut rows = Vec::new();
     for (name, batch, len) in [("prefill b=1 x512", 1, 512), ("prefill b=8 x128", 8, 128)] {
-        let best = best_of(args.runs, || prefill_time(&mut engine, batch, len, c.vocab_size))?;
-        rows.push(Row { name, tokens_per_s: (batch * len) as f64 / best, ceiling: prefill_ceiling });
+        let best = best_of(args.runs, || {
+            prefill_time(&mut engine, batch, len, c.vocab_size)
+        })?;
+        rows.push(Row {
+            name,
+            tokens_per_s: (batch * len) as f64 / best,
+            ceiling: prefill_ceiling,
+        });
     }
     for (name, batch) in [("decode b=1", 1), ("decode b=8", 8)] {
         let best = best_of(args.runs, || decode_time(&mut engine, batch, c.vocab_size))?;
-        let ceiling = if batch == 1 { decode_ceiling } else { prefill_ceiling };
-        rows.push(Row { name, tokens_per_s: (batch * 63) as f64 / best, ceiling });
+        let ceiling = if batch == 1 {
+            decode_ceiling
+        } else {
+            prefill_ceiling
+        };
+        rows.push(Row {
+            name,
+            tokens_per_s: (batch * 63) as f64 / best,
+            ceiling,
+        });
     }
 
-    println!("{:<18} {:>12} {:>12} {:>10}", "workload", "tokens/s", "ceiling", "of ceiling");
+    println!(
+        "{:<18} {:>12} {:>12} {:>10}",
+        "workload", "tokens/s", "ceiling", "of ceiling"
+    );
     for r in &rows {
         println!(
             "{:<18} {:>12.1} {:>12.1} {:>9.0}%",
@@ -82,7 +99,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             100.0 * r.tokens_per_s / r.ceiling
         );
     }
-    println!("(decode b=1 ceiling: bandwidth / weight bytes; others: {} GFLOP/s / 2·weights)", args.peak_gflops);
+    println!(
+        "(decode b=1 ceiling: bandwidth / weight bytes; others: {} GFLOP/s / 2·weights)",
+        args.peak_gflops
+    );
     if args.json {
         let v: Vec<_> = rows
             .iter()
@@ -114,11 +134,22 @@ fn best_of(runs: usize, mut f: impl FnMut() -> anyhow::Result<f64>) -> anyhow::R
 /// Deterministic prompt ids away from the special tokens.
 fn prompt(seed: usize, len: usize, vocab: usize) -> Vec<u32> {
     let lo = 16.min(vocab - 1);
-    (0..len).map(|i| (lo + (seed * 7919 + i * 104_729) % (vocab - lo)) as u32).collect()
+    (0..len)
+        .map(|i| (lo + (seed * 7919 + i * 104_729) % (vocab - lo)) as u32)
+        .collect()
 }
 
-fn add(engine: &mut LLMEngine, batch: usize, len: usize, max_tokens: usize, vocab: usize) -> anyhow::Result<()> {
-    let params = SamplingParams { ignore_eos: true, ..SamplingParams::greedy(max_tokens) };
+fn add(
+    engine: &mut LLMEngine,
+    batch: usize,
+    len: usize,
+    max_tokens: usize,
+    vocab: usize,
+) -> anyhow::Result<()> {
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(max_tokens)
+    };
     for b in 0..batch {
         engine.add_request(Prompt::TokenIds(prompt(b, len, vocab)), params.clone())?;
     }
@@ -126,7 +157,12 @@ fn add(engine: &mut LLMEngine, batch: usize, len: usize, max_tokens: usize, voca
 }
 
 /// Seconds of the one step that prefills `batch` prompts of `len` tokens.
-fn prefill_time(engine: &mut LLMEngine, batch: usize, len: usize, vocab: usize) -> anyhow::Result<f64> {
+fn prefill_time(
+    engine: &mut LLMEngine,
+    batch: usize,
+    len: usize,
+    vocab: usize,
+) -> anyhow::Result<f64> {
     add(engine, batch, len, 1, vocab)?;
     let t = Instant::now();
     while engine.has_unfinished_requests() {
@@ -152,15 +188,18 @@ fn measure_read_bandwidth() -> f64 {
     let mut best = f64::INFINITY;
     for _ in 0..5 {
         let t = Instant::now();
-        let s: f32 = buf.par_chunks(1 << 16).map(|c| {
-            let mut acc = [0.0f32; 8];
-            for x in c.chunks_exact(8) {
-                for l in 0..8 {
-                    acc[l] += x[l];
+        let s: f32 = buf
+            .par_chunks(1 << 16)
+            .map(|c| {
+                let mut acc = [0.0f32; 8];
+                for x in c.chunks_exact(8) {
+                    for l in 0..8 {
+                        acc[l] += x[l];
+                    }
                 }
-            }
-            acc.iter().sum::<f32>()
-        }).sum();
+                acc.iter().sum::<f32>()
+            })
+            .sum();
         std::hint::black_box(s);
         best = best.min(t.elapsed().as_secs_f64());
     }

@@ -48,7 +48,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read --prompts-file {}", path.display()))?;
         let list: Vec<String> = serde_json::from_str(&text).with_context(|| {
-            format!("--prompts-file {} must be a JSON array of strings", path.display())
+            format!(
+                "--prompts-file {} must be a JSON array of strings",
+                path.display()
+            )
         })?;
         prompts.extend(list);
     }
@@ -68,7 +71,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     params.validate()?; // before loading the model
     let mut llm = LLM::new(args.model.load()?, args.model.engine_config())?;
     let texts: Vec<String> = if args.chat {
-        prompts.iter().map(|p| llm.chat_prompt(p)).collect::<Result<_, _>>()?
+        prompts
+            .iter()
+            .map(|p| llm.chat_prompt(p))
+            .collect::<Result<_, _>>()?
     } else {
         prompts.clone()
     };
@@ -91,7 +97,12 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&array)?);
     } else {
         for (prompt, o) in prompts.iter().zip(&outputs) {
-            println!("prompt: {prompt:?}\noutput: {:?}  [{} tokens, {}]\n", o.text, o.token_ids.len(), o.finish_reason.as_str());
+            println!(
+                "prompt: {prompt:?}\noutput: {:?}  [{} tokens, {}]\n",
+                o.text,
+                o.token_ids.len(),
+                o.finish_reason.as_str()
+            );
         }
     }
     Ok(())

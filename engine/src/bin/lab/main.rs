@@ -10,7 +10,11 @@ mod generate;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "lab", version, about = "Inference Lab: a small, real LLM serving engine")]
+#[command(
+    name = "lab",
+    version,
+    about = "Inference Lab: a small, real LLM serving engine"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -70,7 +74,11 @@ impl ModelArgs {
         use engine::model_source::{load_model, ModelSpec};
         let config = self.engine_config();
         config.validate()?; // fail on bad knobs before loading 500 MB of weights
-        Ok(load_model(&ModelSpec::parse(&self.model), self.random_weights, self.weights_seed)?)
+        Ok(load_model(
+            &ModelSpec::parse(&self.model),
+            self.random_weights,
+            self.weights_seed,
+        )?)
     }
 }
 
@@ -89,7 +97,7 @@ fn main() {
 }
 
 fn fetch_model(name: &str) -> anyhow::Result<()> {
-    let dir = std::path::PathBuf::from(name); // TEMP
+    let dir = engine::model_loader::fetch_model::fetch_model(name)?;
     println!("{}", dir.display());
     Ok(())
 }
