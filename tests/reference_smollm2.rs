@@ -24,25 +24,52 @@ fn llm(dir: &std::path::Path, config: EngineConfig) -> LLM {
 
 #[test]
 fn tokenizer_matches_transformers() {
-    let Some(dir) = model_or_skip("tokenizer_matches_transformers") else { return };
+    let Some(dir) = model_or_skip("tokenizer_matches_transformers") else {
+        return;
+    };
     let tok = engine::tokenizer::Tokenizer::from_dir(&dir).unwrap();
     let r = reference();
     for case in &r.tokenizer_cases {
-        assert_eq!(tok.encode(&case.text).unwrap(), case.ids, "ids of {:?}", case.text);
-        assert_eq!(tok.decode(&case.ids, false).unwrap(), case.decoded, "decode of {:?}", case.text);
+        assert_eq!(
+            tok.encode(&case.text).unwrap(),
+            case.ids,
+            "ids of {:?}",
+            case.text
+        );
+        assert_eq!(
+            tok.decode(&case.ids, false).unwrap(),
+            case.decoded,
+            "decode of {:?}",
+            case.text
+        );
     }
     for g in &r.generations {
-        assert_eq!(tok.encode(&g.prompt).unwrap(), g.prompt_token_ids, "prompt {}", g.id);
+        assert_eq!(
+            tok.encode(&g.prompt).unwrap(),
+            g.prompt_token_ids,
+            "prompt {}",
+            g.id
+        );
     }
 }
 
 #[test]
 fn chat_template_matches_transformers() {
-    let Some(dir) = model_or_skip("chat_template_matches_transformers") else { return };
+    let Some(dir) = model_or_skip("chat_template_matches_transformers") else {
+        return;
+    };
     let llm = llm(&dir, EngineConfig::default());
     for g in reference().generations.iter().filter(|g| g.chat) {
-        let user = g.chat_user_message.as_deref().expect("chat prompts record the message");
-        assert_eq!(llm.chat_prompt(user).unwrap(), g.prompt, "chat prompt {}", g.id);
+        let user = g
+            .chat_user_message
+            .as_deref()
+            .expect("chat prompts record the message");
+        assert_eq!(
+            llm.chat_prompt(user).unwrap(),
+            g.prompt,
+            "chat prompt {}",
+            g.id
+        );
     }
 }
 
@@ -53,10 +80,19 @@ fn check_generations(r: &Reference, llm: &mut LLM) {
         output_logits: true,
         ..SamplingParams::greedy(r.new_tokens)
     };
-    let prompts = r.generations.iter().map(|g| Prompt::TokenIds(g.prompt_token_ids.clone())).collect();
+    let prompts = r
+        .generations
+        .iter()
+        .map(|g| Prompt::TokenIds(g.prompt_token_ids.clone()))
+        .collect();
     let outputs = llm.generate_prompts(prompts, &params).unwrap();
     for (g, o) in r.generations.iter().zip(&outputs) {
-        if let Some(step) = g.token_ids.iter().zip(&o.token_ids).position(|(a, b)| a != b) {
+        if let Some(step) = g
+            .token_ids
+            .iter()
+            .zip(&o.token_ids)
+            .position(|(a, b)| a != b)
+        {
             panic!(
                 "prompt {}: token {step} is {} but transformers gives {} (its top-2 margin there: {})\n\
                  ours:   {:?}\nthem:   {:?}",
@@ -77,13 +113,16 @@ fn check_generations(r: &Reference, llm: &mut LLM) {
 
 #[test]
 fn greedy_generation_matches_transformers() {
-    let Some(dir) = model_or_skip("greedy_generation_matches_transformers") else { return };
+    let Some(dir) = model_or_skip("greedy_generation_matches_transformers") else {
+        return;
+    };
     check_generations(&reference(), &mut llm(&dir, EngineConfig::default()));
 }
 
 #[test]
 fn matches_transformers_under_preemption_and_chunked_prefill() {
-    let Some(dir) = model_or_skip("matches_transformers_under_preemption_and_chunked_prefill") else {
+    let Some(dir) = model_or_skip("matches_transformers_under_preemption_and_chunked_prefill")
+    else {
         return;
     };
     let r = reference();
@@ -95,6 +134,9 @@ fn matches_transformers_under_preemption_and_chunked_prefill() {
     config.scheduler.max_num_batched_tokens = 64;
     let mut llm = llm(&dir, config);
     check_generations(&r, &mut llm);
-    assert!(llm.engine.stats.num_preemptions > 0, "expected preemptions with 40 blocks");
+    assert!(
+        llm.engine.stats.num_preemptions > 0,
+        "expected preemptions with 40 blocks"
+    );
     assert!(llm.engine.stats.max_batched_tokens_in_a_step <= 64);
 }

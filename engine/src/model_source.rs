@@ -68,16 +68,39 @@ pub fn load_model(spec: &ModelSpec, random: bool, seed: u64) -> Result<LoadedMod
     load_dir(&dir, random, seed)
 }
 
-fn load_dir(dir: &Path, random: bool, seed: u64) -> Result<LoadedModel> {
-    if !dir.is_dir() {
+fn load_dir(path: &Path, random: bool, seed: u64) -> Result<LoadedModel> {
+    // A lone config file (e.g. engine/configs/llama-2-7b.json) is a shape to fill randomly.
+    let is_config_file = path.is_file() && path.extension().is_some_and(|e| e == "json");
+    if !path.is_dir() && !is_config_file {
         return Err(EngineError::InvalidArgument(format!(
-            "model `{}` is neither `tiny`, a known model name ({}), nor a directory",
-            dir.display(),
+            "model `{}` is neither `tiny`, a known model name ({}), a model directory, nor a \
+             config.json file",
+            path.display(),
             crate::model_loader::fetch_model::known_models().join(", ")
         )));
     }
-    let config = ModelConfig::from_dir(dir)?;
-    let tokenizer = Tokenizer::from_dir(dir)?;
+    if is_config_file && !random {
+        return Err(EngineError::InvalidArgument(format!(
+            "{} is a config file without weights: add --random-weights",
+            path.display()
+        )));
+    }
+    let (config, dir) = if is_config_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| EngineError::Config(format!("cannot read {}: {e}", path.display())))?;
+        let config = ModelConfig::from_json(&text)
+            .map_err(|e| EngineError::Config(format!("{}: {e}", path.display())))?;
+        (config, path.parent().unwrap_or(Path::new(".")).to_path_buf())
+    } else {
+        (ModelConfig::from_dir(path)?, path.to_path_buf())
+    };
+    // Random weights need no real vocabulary: without a tokenizer.json, use the byte-level
+    // one of the tiny model (its 259 ids fit any vocabulary).
+    let tokenizer = if random && (is_config_file || !dir.join("tokenizer.json").exists()) {
+        tiny_tokenizer()
+    } else {
+        Tokenizer::from_dir(&dir)?
+    };
     if tokenizer.vocab_size() > config.vocab_size {
         return Err(EngineError::Tokenizer(format!(
             "tokenizer.json has {} tokens but config.json's vocab_size is {}",
@@ -85,19 +108,13 @@ fn load_dir(dir: &Path, random: bool, seed: u64) -> Result<LoadedModel> {
             config.vocab_size
         )));
     }
-    let weights = if random {
-        random_weights(&config, seed)
-    } else {
-        load_weights(dir, &config)?
-    };
-    let eos_token_ids = generation_eos(dir)?.unwrap_or_else(|| config.eos_token_ids.clone());
-    Ok(LoadedModel {
-        name: dir.display().to_string(),
-        config,
-        weights,
-        tokenizer,
-        eos_token_ids,
-    })
+    let weights = if random { random_weights(&config, seed) } else { load_weights(&dir, &config)? };
+    let eos_token_ids = match is_config_file {
+        true => None,
+        false => generation_eos(&dir)?,
+    }
+    .unwrap_or_else(|| config.eos_token_ids.clone());
+    Ok(LoadedModel { name: path.display().to_string(), config, weights, tokenizer, eos_token_ids })
 }
 
 /// `eos_token_id` of `generation_config.json`, if the file exists.

@@ -250,3 +250,57 @@ fn parse_rope_scaling(v: Option<&serde_json::Value>) -> Result<Option<Llama3Rope
         Some(other) => Err(bad(format!("rope scaling type `{other}` is not supported"))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LLAMA: &str = r#"{"architectures": ["LlamaForCausalLM"], "hidden_size": 64,
+        "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "vocab_size": 100, "eos_token_id": [5, 6]}"#;
+
+    fn with(extra: &str) -> Result<ModelConfig> {
+        ModelConfig::from_json(&LLAMA.replacen('{', &format!("{{{extra}"), 1))
+    }
+
+    #[test]
+    fn defaults_and_derived_values() {
+        let c = ModelConfig::from_json(LLAMA).unwrap();
+        assert_eq!(c.head_dim, 16);
+        assert_eq!(c.num_queries_per_kv(), 2);
+        assert_eq!(c.rope_theta, 10000.0);
+        assert_eq!(c.eos_token_ids, vec![5, 6]);
+        assert!(!c.attention_bias && !c.tie_word_embeddings);
+    }
+
+    #[test]
+    fn transformers5_rope_parameters_and_llama3_scaling() {
+        let c = with(r#""rope_parameters": {"rope_theta": 500000.0, "rope_type": "llama3",
+            "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8192},"#)
+        .unwrap();
+        assert_eq!(c.rope_theta, 500000.0);
+        assert_eq!(c.rope_scaling.unwrap().factor, 32.0);
+    }
+
+    #[test]
+    fn qwen2_has_attention_bias() {
+        let c = ModelConfig::from_json(&LLAMA.replace("LlamaForCausalLM", "Qwen2ForCausalLM"));
+        assert!(c.unwrap().attention_bias);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let err = |json: &str| ModelConfig::from_json(json).unwrap_err().to_string();
+        assert!(err("{").contains("invalid JSON"));
+        assert!(err(&LLAMA.replace("LlamaForCausalLM", "GPT2LMHeadModel")).contains("not supported"));
+        assert!(err(&LLAMA.replace(r#""hidden_size": 64,"#, "")).contains("hidden_size"));
+        assert!(err(&LLAMA.replace(r#""num_key_value_heads": 2"#, r#""num_key_value_heads": 3"#))
+            .contains("multiple"));
+        assert!(with(r#""rope_scaling": {"rope_type": "yarn", "factor": 4.0},"#)
+            .unwrap_err()
+            .to_string()
+            .contains("yarn"));
+        assert!(with(r#""hidden_act": "gelu","#).unwrap_err().to_string().contains("gelu"));
+    }
+}

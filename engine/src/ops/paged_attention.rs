@@ -37,35 +37,49 @@ pub fn paged_attention(
         row_info.extend((0..end - start).map(|j| (s, first_pos + j)));
     }
 
-    out.par_chunks_mut(head_dim).enumerate().for_each(|(i, o)| {
-        let (t, h) = (i / num_heads, i % num_heads);
+    // One task per (token, KV head): the `group` query heads that share a KV head read each
+    // cached key and value once, from the block table, block by block.
+    let tasks = out.par_chunks_mut(group * head_dim).enumerate();
+    tasks.for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, o)| {
+        let (t, kvh) = (i / num_kv_heads, i % num_kv_heads);
         let (s, pos) = row_info[t];
-        let q = &query[t * width + h * head_dim..][..head_dim];
         let table = meta.block_table(s);
-        let kv_offset = (h / group) * head_dim;
-        let row_of = |p: usize| {
+        let q = &query[t * width + kvh * group * head_dim..][..group * head_dim];
+        let kv_offset = kvh * head_dim;
+        let num_keys = pos + 1; // causal: keys 0..=pos
+        // Cache row of each key position, following the block table.
+        let rows = (0..num_keys).map(|p| {
             let slot = table[p / meta.block_size] as usize * meta.block_size + p % meta.block_size;
             slot * kv_row + kv_offset
-        };
-        // Scores for keys 0..=pos, then a numerically stable softmax.
-        let mut scores: Vec<f32> = (0..=pos)
-            .map(|p| dot(q, &key_cache[row_of(p)..][..head_dim]) * scale)
-            .collect();
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
+        });
+        // scores[p * group + g] = q_g · k_p * scale
+        scores.clear();
+        for row in rows.clone() {
+            let k = &key_cache[row..][..head_dim];
+            scores.extend(q.chunks_exact(head_dim).map(|qg| dot(qg, k) * scale));
+        }
+        // Softmax per query head, numerically stable (subtract the max).
+        let mut sums = vec![0.0f32; group];
+        let mut maxes = vec![f32::NEG_INFINITY; group];
+        for (j, &v) in scores.iter().enumerate() {
+            maxes[j % group] = maxes[j % group].max(v);
+        }
+        for (j, v) in scores.iter_mut().enumerate() {
+            *v = (*v - maxes[j % group]).exp();
+            sums[j % group] += *v;
         }
         o.fill(0.0);
-        for (p, &w) in scores.iter().enumerate() {
-            let v = &value_cache[row_of(p)..][..head_dim];
-            for (o, &v) in o.iter_mut().zip(v) {
-                *o += w * v;
+        for (p, row) in rows.enumerate() {
+            let v = &value_cache[row..][..head_dim];
+            for (g, og) in o.chunks_exact_mut(head_dim).enumerate() {
+                let w = scores[p * group + g];
+                og.iter_mut().zip(v).for_each(|(o, &v)| *o += w * v);
             }
         }
-        let inv = 1.0 / sum;
-        o.iter_mut().for_each(|o| *o *= inv);
+        for (g, og) in o.chunks_exact_mut(head_dim).enumerate() {
+            let inv = 1.0 / sums[g];
+            og.iter_mut().for_each(|o| *o *= inv);
+        }
     });
 }
 // ANCHOR_END: paged_attention

@@ -91,3 +91,44 @@ pub fn rotary_embedding(
         .for_each(|(k, &p)| rotate(k, p));
 }
 // ANCHOR_END: rotary_embedding
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn llama3_scaling_keeps_high_and_divides_low_frequencies() {
+        let s = Llama3RopeScaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192,
+        };
+        let plain = inv_freq(128, 500000.0, None);
+        let scaled = inv_freq(128, 500000.0, Some(&s));
+        // Wavelength 2π/f below 8192/4 = 2048 tokens: unchanged.
+        assert_eq!(plain[0], scaled[0]);
+        // Wavelength above 8192 tokens: divided by the factor.
+        let last = plain.len() - 1;
+        assert!((scaled[last] - plain[last] / 8.0).abs() < 1e-12);
+        // In between: between the two.
+        for (p, q) in plain.iter().zip(&scaled) {
+            assert!(*q <= *p && *q >= *p / 8.0 * 0.999);
+        }
+    }
+
+    #[test]
+    fn rotation_preserves_norm_and_position_zero_is_identity() {
+        let cfg = crate::tiny_model::tiny_config();
+        let cache = cos_sin_cache(&cfg, 64);
+        let d = cfg.head_dim;
+        let q0: Vec<f32> = (0..d).map(|i| i as f32 * 0.1 - 0.5).collect();
+        let (mut q, mut k) = (q0.clone(), q0.clone());
+        rotary_embedding(&[0], &mut q, &mut k, d, &cache);
+        assert_eq!(q, q0);
+        rotary_embedding(&[37], &mut q, &mut k, d, &cache);
+        let norm = |v: &[f32]| v.iter().map(|x| x * x).sum::<f32>();
+        assert!((norm(&q) - norm(&q0)).abs() < 1e-4);
+        assert_ne!(q, q0);
+    }
+}
