@@ -90,7 +90,10 @@ fn load_dir(path: &Path, random: bool, seed: u64) -> Result<LoadedModel> {
             .map_err(|e| EngineError::Config(format!("cannot read {}: {e}", path.display())))?;
         let config = ModelConfig::from_json(&text)
             .map_err(|e| EngineError::Config(format!("{}: {e}", path.display())))?;
-        (config, path.parent().unwrap_or(Path::new(".")).to_path_buf())
+        (
+            config,
+            path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+        )
     } else {
         (ModelConfig::from_dir(path)?, path.to_path_buf())
     };
@@ -108,13 +111,23 @@ fn load_dir(path: &Path, random: bool, seed: u64) -> Result<LoadedModel> {
             config.vocab_size
         )));
     }
-    let weights = if random { random_weights(&config, seed) } else { load_weights(&dir, &config)? };
+    let weights = if random {
+        random_weights(&config, seed)
+    } else {
+        load_weights(&dir, &config)?
+    };
     let eos_token_ids = match is_config_file {
         true => None,
         false => generation_eos(&dir)?,
     }
     .unwrap_or_else(|| config.eos_token_ids.clone());
-    Ok(LoadedModel { name: path.display().to_string(), config, weights, tokenizer, eos_token_ids })
+    Ok(LoadedModel {
+        name: path.display().to_string(),
+        config,
+        weights,
+        tokenizer,
+        eos_token_ids,
+    })
 }
 
 /// `eos_token_id` of `generation_config.json`, if the file exists.

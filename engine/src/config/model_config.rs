@@ -275,9 +275,11 @@ mod tests {
 
     #[test]
     fn transformers5_rope_parameters_and_llama3_scaling() {
-        let c = with(r#""rope_parameters": {"rope_theta": 500000.0, "rope_type": "llama3",
+        let c = with(
+            r#""rope_parameters": {"rope_theta": 500000.0, "rope_type": "llama3",
             "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 8192},"#)
+            "original_max_position_embeddings": 8192},"#,
+        )
         .unwrap();
         assert_eq!(c.rope_theta, 500000.0);
         assert_eq!(c.rope_scaling.unwrap().factor, 32.0);
@@ -293,14 +295,23 @@ mod tests {
     fn errors_name_the_problem() {
         let err = |json: &str| ModelConfig::from_json(json).unwrap_err().to_string();
         assert!(err("{").contains("invalid JSON"));
-        assert!(err(&LLAMA.replace("LlamaForCausalLM", "GPT2LMHeadModel")).contains("not supported"));
+        assert!(
+            err(&LLAMA.replace("LlamaForCausalLM", "GPT2LMHeadModel")).contains("not supported")
+        );
         assert!(err(&LLAMA.replace(r#""hidden_size": 64,"#, "")).contains("hidden_size"));
-        assert!(err(&LLAMA.replace(r#""num_key_value_heads": 2"#, r#""num_key_value_heads": 3"#))
-            .contains("multiple"));
-        assert!(with(r#""rope_scaling": {"rope_type": "yarn", "factor": 4.0},"#)
+        assert!(
+            err(&LLAMA.replace(r#""num_key_value_heads": 2"#, r#""num_key_value_heads": 3"#))
+                .contains("multiple")
+        );
+        assert!(
+            with(r#""rope_scaling": {"rope_type": "yarn", "factor": 4.0},"#)
+                .unwrap_err()
+                .to_string()
+                .contains("yarn")
+        );
+        assert!(with(r#""hidden_act": "gelu","#)
             .unwrap_err()
             .to_string()
-            .contains("yarn"));
-        assert!(with(r#""hidden_act": "gelu","#).unwrap_err().to_string().contains("gelu"));
+            .contains("gelu"));
     }
 }
