@@ -20,6 +20,8 @@ pub enum EngineError {
     InvalidArgument(String),
     #[error("{0}")]
     Io(String),
+    #[error("internal error (a bug, please report it): {0}")]
+    Internal(String),
 }
 
 /// Result with [`EngineError`].

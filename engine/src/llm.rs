@@ -41,19 +41,24 @@ impl LLM {
         prompts: Vec<Prompt>,
         params: &SamplingParams,
     ) -> Result<Vec<RequestOutput>> {
-        // Validate everything before running anything: a bad prompt fails the call up front.
+        // Validate everything before running anything: a bad prompt fails the whole call up
+        // front, and the prompts queued before it are withdrawn so none is left behind.
         let mut ids = Vec::with_capacity(prompts.len());
         for (i, p) in prompts.into_iter().enumerate() {
-            let id = self
-                .engine
-                .add_request(p, params.clone())
-                .map_err(|e| match e {
-                    EngineError::InvalidRequest(m) => {
-                        EngineError::InvalidRequest(format!("prompt {}: {m}", i + 1))
+            match self.engine.add_request(p, params.clone()) {
+                Ok(id) => ids.push(id),
+                Err(e) => {
+                    for &id in &ids {
+                        self.engine.abort_request(id);
                     }
-                    other => other,
-                })?;
-            ids.push(id);
+                    return Err(match e {
+                        EngineError::InvalidRequest(m) => {
+                            EngineError::InvalidRequest(format!("prompt {}: {m}", i + 1))
+                        }
+                        other => other,
+                    });
+                }
+            }
         }
         let mut outputs = Vec::with_capacity(ids.len());
         while self.engine.has_unfinished_requests() {

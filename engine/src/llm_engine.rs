@@ -151,6 +151,11 @@ impl LLMEngine {
     }
     // ANCHOR_END: add_request
 
+    /// Drops a queued or running request; its blocks return to the pool.
+    pub fn abort_request(&mut self, id: SeqId) -> bool {
+        self.scheduler.abort_sequence(id)
+    }
+
     pub fn has_unfinished_requests(&self) -> bool {
         self.scheduler.has_unfinished()
     }
@@ -160,6 +165,13 @@ impl LLMEngine {
     pub fn step(&mut self) -> Result<Vec<RequestOutput>> {
         let out = self.scheduler.schedule();
         if out.is_empty() {
+            if self.has_unfinished_requests() {
+                // Cannot happen by construction (a lone request always fits the cache); if it
+                // did, looping would hang the caller, so say so instead.
+                return Err(EngineError::Internal(
+                    "the scheduler made no progress with requests pending".into(),
+                ));
+            }
             return Ok(Vec::new());
         }
         let logits = self.executor.execute_model(&out);

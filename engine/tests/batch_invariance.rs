@@ -103,3 +103,21 @@ fn every_step_respects_the_token_budget() {
     llm.generate(&PROMPTS, &greedy()).unwrap();
     assert!(llm.engine.stats.max_batched_tokens_in_a_step <= 7);
 }
+
+#[test]
+fn a_rejected_prompt_leaves_nothing_behind() {
+    let mut llm = llm(EngineConfig::default());
+    let err = llm
+        .generate(&["fine", ""], &greedy())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("prompt 2"), "{err}");
+    assert!(
+        !llm.engine.has_unfinished_requests(),
+        "prompt 1 was withdrawn"
+    );
+    let free = llm.engine.scheduler.block_manager.num_free_blocks();
+    assert_eq!(free, llm.engine.num_kv_blocks);
+    // The engine is still usable and returns exactly the new request.
+    assert_eq!(llm.generate(&["again"], &greedy()).unwrap().len(), 1);
+}

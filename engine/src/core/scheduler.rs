@@ -206,6 +206,18 @@ impl Scheduler {
         finished
     }
 
+    /// Removes a request wherever it is, freeing its blocks (vLLM's `abort_request`).
+    /// Returns false if it is unknown or already finished.
+    pub fn abort_sequence(&mut self, id: SeqId) -> bool {
+        if self.seqs.remove(&id).is_none() {
+            return false;
+        }
+        self.block_manager.free(id);
+        self.running.retain(|&r| r != id);
+        self.waiting.retain(|&w| w != id);
+        true
+    }
+
     fn check_stop(&self, id: SeqId, token: u32) -> Option<FinishReason> {
         let seq = &self.seqs[&id];
         let p = &seq.params;
