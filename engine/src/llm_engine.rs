@@ -74,7 +74,10 @@ impl LLMEngine {
         let num_kv_blocks = config.cache.num_kv_blocks.unwrap_or_else(|| {
             num_blocks_for_budget(c, block_size, config.cache.kv_cache_memory_bytes)
         });
-        let max_model_len = c.max_position_embeddings.min(num_kv_blocks * block_size);
+        let max_model_len = c
+            .max_position_embeddings
+            .min(num_kv_blocks * block_size)
+            .min(c.sliding_window.unwrap_or(usize::MAX));
         let block_manager = BlockManager::new(
             block_size,
             Box::new(RefCountingAllocator::new(num_kv_blocks)),

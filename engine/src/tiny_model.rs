@@ -27,6 +27,7 @@ pub fn tiny_config() -> ModelConfig {
         rms_norm_eps: 1e-5,
         attention_bias: false,
         tie_word_embeddings: false,
+        sliding_window: None,
         bos_token_id: Some(1),
         eos_token_ids: vec![2],
     }

@@ -43,6 +43,9 @@ pub struct ModelConfig {
     /// q/k/v projections have a bias (Qwen2 always; Llama when `attention_bias` is true).
     pub attention_bias: bool,
     pub tie_word_embeddings: bool,
+    /// Attention looks back at most this many tokens (Mistral). We attend to the whole
+    /// context, so the engine caps sequence length at the window, where both agree.
+    pub sliding_window: Option<usize>,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
 }
@@ -69,6 +72,8 @@ struct RawConfig {
     hidden_act: Option<String>,
     attention_bias: Option<bool>,
     mlp_bias: Option<bool>,
+    sliding_window: Option<usize>,
+    use_sliding_window: Option<bool>,
     tie_word_embeddings: Option<bool>,
     bos_token_id: Option<serde_json::Value>,
     eos_token_id: Option<serde_json::Value>,
@@ -177,7 +182,12 @@ impl ModelConfig {
                 "rope_theta must be positive, got {rope_theta}"
             )));
         }
-        let scaling = raw.rope_scaling.as_ref().or(rope_params);
+        // transformers 5 writes `rope_scaling: null` beside `rope_parameters`: skip the null.
+        let scaling = raw
+            .rope_scaling
+            .as_ref()
+            .filter(|v| !v.is_null())
+            .or(rope_params);
         let rope_scaling = parse_rope_scaling(scaling)?;
         let rms_norm_eps = raw.rms_norm_eps.unwrap_or(1e-6);
         if rms_norm_eps <= 0.0 || !rms_norm_eps.is_finite() {
@@ -206,6 +216,10 @@ impl ModelConfig {
             rope_scaling,
             rms_norm_eps,
             tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            // Qwen2 carries a window but only uses it with `use_sliding_window: true`.
+            sliding_window: raw
+                .sliding_window
+                .filter(|_| raw.use_sliding_window != Some(false)),
             bos_token_id: bos.first().copied(),
             eos_token_ids: token_ids(&raw.eos_token_id)?,
         })
