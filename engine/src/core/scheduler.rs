@@ -200,6 +200,7 @@ impl Scheduler {
     }
     // ANCHOR_END: preempt
 
+    // ANCHOR: update_from_output
     /// Applies a step's results: advances computed counts, appends sampled tokens, and
     /// finishes requests that hit a stop condition. `sampled` holds one token for each
     /// scheduled sequence with `needs_logits`, in batch order. Returns finished sequences.
@@ -229,6 +230,7 @@ impl Scheduler {
         }
         finished
     }
+    // ANCHOR_END: update_from_output
 
     fn check_stop(&self, id: SeqId, token: u32) -> Option<FinishReason> {
         let seq = &self.seqs[&id];

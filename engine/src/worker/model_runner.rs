@@ -78,6 +78,7 @@ impl<B: Backend> ModelRunner<B> {
         }
     }
 
+    // ANCHOR: execute_model
     /// Runs one step; returns logits `[num sequences sampling, vocab]` on the host.
     pub fn execute_model(&mut self, out: &SchedulerOutput) -> Vec<f32> {
         let input = (self.prepare_inputs)(out, self.kv_cache.block_size);
@@ -93,4 +94,5 @@ impl<B: Backend> ModelRunner<B> {
         );
         self.model.backend.download(&logits)
     }
+    // ANCHOR_END: execute_model
 }
