@@ -22,8 +22,8 @@ use engine::worker::model_runner::ModelInput;
 #[cfg(reference)]
 pub use engine::worker::model_runner::prepare_inputs;
 
+// Your `prepare_inputs` calls your slot mapping.
 #[cfg(not(reference))]
-#[allow(unused_imports)]
 use crate::slot_mapping::slot_for_position;
 
 // HINT: start from `ModelInput::default()`; set `attn_metadata.block_size` and
