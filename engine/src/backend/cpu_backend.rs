@@ -12,19 +12,26 @@ pub struct CpuTensor {
     pub cols: usize,
 }
 
+/// `ops::rms_norm::rms_norm`'s signature.
+pub type RmsNormFn = fn(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32);
+/// `ops::rms_norm::fused_add_rms_norm`'s signature.
+pub type FusedAddRmsNormFn = fn(x: &mut [f32], residual: &mut [f32], weight: &[f32], eps: f32);
+/// `ops::rotary_embedding::rotary_embedding`'s signature.
+pub type RotaryEmbeddingFn = fn(
+    positions: &[usize],
+    query: &mut [f32],
+    key: &mut [f32],
+    head_dim: usize,
+    cos_sin_cache: &[f32],
+);
+
 /// The kernels the CPU backend calls that a learner may replace (stage 3), as plain function
 /// pointers with the signatures of [`crate::ops`]. `Default` is the engine's own.
 #[derive(Debug, Clone, Copy)]
 pub struct CpuKernels {
-    pub rms_norm: fn(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32),
-    pub fused_add_rms_norm: fn(x: &mut [f32], residual: &mut [f32], weight: &[f32], eps: f32),
-    pub rotary_embedding: fn(
-        positions: &[usize],
-        query: &mut [f32],
-        key: &mut [f32],
-        head_dim: usize,
-        cos_sin_cache: &[f32],
-    ),
+    pub rms_norm: RmsNormFn,
+    pub fused_add_rms_norm: FusedAddRmsNormFn,
+    pub rotary_embedding: RotaryEmbeddingFn,
 }
 
 impl Default for CpuKernels {
