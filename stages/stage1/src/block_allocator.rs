@@ -12,7 +12,9 @@
 //!
 //! Test: `cargo test -p stage1 --test block_allocator`.
 
+#[cfg(not(reference))]
 use engine::core::block::BlockId;
+#[cfg(not(reference))]
 use engine::core::block_allocator::BlockAllocator;
 
 #[cfg(reference)]

@@ -82,7 +82,7 @@ proptest! {
     #[test]
     fn select_victim_and_preempt_match_the_engine(
         ids in prop::sample::subsequence((0u64..40).collect::<Vec<_>>(), 0..12).prop_shuffle(),
-        waiting in prop::collection::vec(40u64..60, 0..3),
+        waiting in prop::sample::subsequence((40u64..60).collect::<Vec<_>>(), 0..3),
     ) {
         let mut yours = scheduler_running(&ids, &waiting);
         let mut engine = scheduler_running(&ids, &waiting);

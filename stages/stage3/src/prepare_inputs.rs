@@ -16,7 +16,9 @@
 //!
 //! Test: `cargo test -p stage3 --test prepare_inputs` (needs exercise 1).
 
+#[cfg(not(reference))]
 use engine::core::scheduler_output::SchedulerOutput;
+#[cfg(not(reference))]
 use engine::worker::model_runner::ModelInput;
 
 #[cfg(reference)]

@@ -17,6 +17,7 @@
 //!
 //! Test: `cargo test -p stage3 --test slot_mapping`.
 
+#[cfg(not(reference))]
 use engine::core::block::{BlockId, SlotId};
 
 #[cfg(reference)]
