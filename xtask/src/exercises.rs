@@ -188,3 +188,32 @@ pub fn check_stage(ws: &Workspace, stage: &str) -> Vec<Row> {
     }
     rows
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_libtest;
+
+    #[test]
+    fn reads_outcomes_and_failure_output() {
+        let out = "running 2 tests\n\
+                   test a ... ok\n\
+                   test b ... FAILED\n\
+                   \n\
+                   failures:\n\
+                   \n\
+                   ---- b stdout ----\n\
+                   thread 'b' panicked at x.rs:1:1:\n\
+                   not yet implemented: stage1: b\n\
+                   \n\
+                   failures:\n    b\n\
+                   \n\
+                   test result: FAILED. 1 passed; 1 failed\n";
+        let r = parse_libtest(out);
+        assert_eq!(r.len(), 2);
+        assert!(r[0].passed && !r[1].passed);
+        assert!(r[1]
+            .failure_output
+            .contains("not yet implemented: stage1: b"));
+        assert!(r[0].failure_output.is_empty());
+    }
+}
