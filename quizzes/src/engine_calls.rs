@@ -159,7 +159,8 @@ fn schedule_mixed_batch(args: &Args) -> Result<f64, String> {
     }
     if !contexts.is_empty() {
         let warm = s.schedule();
-        if warm.scheduled.len() != contexts.len() || warm.scheduled.iter().any(|x| !x.needs_logits) {
+        if warm.scheduled.len() != contexts.len() || warm.scheduled.iter().any(|x| !x.needs_logits)
+        {
             return Err("the decode contexts do not fit one step".into());
         }
         finish_step(&mut s, &warm);
@@ -266,7 +267,10 @@ fn prepare(args: &Args) -> Result<f64, String> {
             token_ids: vec![7; int(t, "num_tokens")?],
             start_position: start,
             block_table: table(t)?,
-            needs_logits: t.get("needs_logits").and_then(|b| b.as_bool()).unwrap_or(true),
+            needs_logits: t
+                .get("needs_logits")
+                .and_then(|b| b.as_bool())
+                .unwrap_or(true),
         });
     }
     let input = prepare_inputs(&out, block_size);

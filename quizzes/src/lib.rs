@@ -176,8 +176,8 @@ fn parse_check(v: &toml::Value) -> Result<Check, String> {
 
 /// Reads and parses a quiz file.
 pub fn load_quiz(path: &Path) -> Result<QuizFile, String> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     parse_quiz(path, &text)
 }
 
@@ -192,14 +192,32 @@ pub fn format_number(value: f64, decimals: u32) -> String {
     format!("{:.*}", decimals as usize, value)
 }
 
-/// The number an answer spelling means: "13.48 GB", "1,024" and "129" all read as numbers;
-/// `None` when the text does not start with one.
+/// The number an answer spelling means: "13.48 GB", "slot 129", "1,024" and "6 738 415 616"
+/// all read as numbers; `None` when the text holds none.
 pub fn parse_number(text: &str) -> Option<f64> {
-    let cleaned: String = text.trim().chars().filter(|&c| c != ',' && c != '_').collect();
-    let end = cleaned
-        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-'))
-        .unwrap_or(cleaned.len());
-    cleaned[..end].parse().ok()
+    let chars: Vec<char> = text.trim().chars().collect();
+    // Drop thousands separators: commas, underscores, and spaces between two digits.
+    let mut cleaned = String::new();
+    for (i, &c) in chars.iter().enumerate() {
+        let between_digits = i > 0
+            && i + 1 < chars.len()
+            && chars[i - 1].is_ascii_digit()
+            && chars[i + 1].is_ascii_digit();
+        if c == ',' || c == '_' || (c == ' ' && between_digits) {
+            continue;
+        }
+        cleaned.push(c);
+    }
+    let is_num = |c: char| c.is_ascii_digit() || c == '.' || c == '-';
+    let start = cleaned.find(|c: char| c.is_ascii_digit() || c == '.')?;
+    let start = if start > 0 && cleaned[..start].ends_with('-') {
+        start - 1
+    } else {
+        start
+    };
+    let rest = &cleaned[start..];
+    let end = rest.find(|c: char| !is_num(c)).unwrap_or(rest.len());
+    rest[..end].parse().ok()
 }
 
 /// Checks one question; `Err` names the file and question and says what the engine computes.

@@ -90,8 +90,11 @@ fn an_answer_off_by_one_unit_fails_naming_its_question() {
             for delta in [unit, -unit] {
                 let mut wrong = q.clone();
                 wrong.answer = format_number(value + delta, check.decimals);
-                let err = check_question(&quiz.path, &wrong)
-                    .expect_err(&format!("{} accepted {:?}", q.label(), wrong.answer));
+                let err = check_question(&quiz.path, &wrong).expect_err(&format!(
+                    "{} accepted {:?}",
+                    q.label(),
+                    wrong.answer
+                ));
                 assert!(
                     err.contains(&format!("question {} (", q.number))
                         && err.contains(&*quiz.path.file_name().unwrap().to_string_lossy()),
@@ -119,7 +122,10 @@ fn errata_token_49_does_not_fit_a_three_block_table() {
     assert!(blocks_needed(50, 16) > table.len());
     // Position 49 is in logical block 3, which does not exist: the engine panics.
     let refused = std::panic::catch_unwind(|| slot_for_position(&table, 16, 49));
-    assert!(refused.is_err(), "the engine mapped position 49 with 3 blocks");
+    assert!(
+        refused.is_err(),
+        "the engine mapped position 49 with 3 blocks"
+    );
     // Slot 129 (block 8, offset 1) belongs to position 33.
     assert_eq!(slot_for_position(&table, 16, 33).0, 129);
     // With a fourth block, position 49 has a slot in that block.
