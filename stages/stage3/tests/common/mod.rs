@@ -4,7 +4,7 @@
 
 use engine::config::{CacheConfig, EngineConfig, SchedulerConfig};
 use engine::model_source::{load_model, ModelSpec};
-use engine::{EngineParts, Prompt, SamplingParams, LLM};
+use engine::{EngineParts, Prompt, RequestOutput, SamplingParams, LLM};
 use proptest::test_runner::Config;
 
 /// Proptest settings: `cases` random inputs, and no `*.proptest-regressions` files written
@@ -71,9 +71,7 @@ pub fn random() -> SamplingParams {
 pub fn generate_tiny(parts: EngineParts, params: &SamplingParams) -> Vec<Vec<u32>> {
     let model = load_model(&ModelSpec::Tiny, false, 0).expect("the tiny model is built in code");
     let mut llm = LLM::with_parts(model, mixed_batch_config(), parts).expect("engine starts");
-    let out = llm
-        .generate_prompts(prompts(), params)
-        .expect("generation runs");
+    let out = run_to_completion(&mut llm, prompts(), params);
     out.into_iter().map(|o| o.token_ids).collect()
 }
 
@@ -107,9 +105,7 @@ pub fn check_smollm2(what: &str, parts: EngineParts) {
         .iter()
         .map(|g| Prompt::TokenIds(g.prompt_token_ids.clone()))
         .collect();
-    let out = llm
-        .generate_prompts(prompts, &params)
-        .expect("generation runs");
+    let out = run_to_completion(&mut llm, prompts, &params);
     for (o, g) in out.iter().zip(cases) {
         assert_eq!(
             o.token_ids,
@@ -129,4 +125,30 @@ pub fn assert_close(what: &str, yours: &[f32], engine: &[f32], tol: f32) {
             "{what}: element {i} is {a}, the engine's is {b}"
         );
     }
+}
+
+/// Runs `prompts` to completion on `llm`, step by step: a wrong part can make the engine stop
+/// making progress (say, an allocator that loses blocks), and that should fail, not hang.
+pub fn run_to_completion(
+    llm: &mut LLM,
+    prompts: Vec<Prompt>,
+    params: &SamplingParams,
+) -> Vec<RequestOutput> {
+    for p in prompts {
+        llm.engine
+            .add_request(p, params.clone())
+            .expect("valid request");
+    }
+    let mut out = Vec::new();
+    let mut steps = 0;
+    while llm.engine.has_unfinished_requests() {
+        steps += 1;
+        assert!(
+            steps <= 5_000,
+            "the engine made no progress in 5000 steps: a part schedules nothing or loses blocks"
+        );
+        out.extend(llm.engine.step().expect("the step runs"));
+    }
+    out.sort_by_key(|o| o.request_id);
+    out
 }
