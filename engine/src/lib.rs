@@ -19,6 +19,10 @@
 //!     └ Scheduler::update_from_output               append tokens, stop, free blocks
 //! ```
 //!
+//! Every part a course stage has the learner rewrite (allocator, policy, schedule, input
+//! preparation, kernels, sampler) is a field of `engine_parts::EngineParts`, passed to
+//! `LLMEngine::with_parts`; `LLMEngine::new` uses the engine's own.
+//!
 //! Models come from Hugging Face directories (`config`, `model_executor::safetensors_loader`,
 //! `tokenizer`, `chat_template`), from `model_loader` (GGUF → Hugging Face conversion, used by
 //! `lab fetch-model smollm2`), or are built in code (`tiny_model`, `model_executor::random_weights`).
@@ -27,6 +31,7 @@ pub mod backend;
 pub mod chat_template;
 pub mod config;
 pub mod core;
+pub mod engine_parts;
 pub mod error;
 pub mod executor;
 pub mod llm;
@@ -43,6 +48,7 @@ pub mod tokenizer;
 pub mod worker;
 
 pub use config::EngineConfig;
+pub use engine_parts::EngineParts;
 pub use error::{EngineError, Result};
 pub use llm::LLM;
 pub use llm_engine::{LLMEngine, Prompt, RequestOutput};

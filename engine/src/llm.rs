@@ -2,6 +2,7 @@
 
 use crate::chat_template::ChatMessage;
 use crate::config::EngineConfig;
+use crate::engine_parts::EngineParts;
 use crate::error::{EngineError, Result};
 use crate::llm_engine::{LLMEngine, Prompt, RequestOutput};
 use crate::model_source::LoadedModel;
@@ -16,6 +17,17 @@ impl LLM {
     pub fn new(model: LoadedModel, config: EngineConfig) -> Result<Self> {
         Ok(LLM {
             engine: LLMEngine::new(model, config)?,
+        })
+    }
+
+    /// Like [`LLM::new`], with some of the engine's parts replaced (see [`EngineParts`]).
+    pub fn with_parts(
+        model: LoadedModel,
+        config: EngineConfig,
+        parts: EngineParts,
+    ) -> Result<Self> {
+        Ok(LLM {
+            engine: LLMEngine::with_parts(model, config, parts)?,
         })
     }
 

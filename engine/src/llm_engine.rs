@@ -7,15 +7,13 @@
 
 use crate::backend::cpu_backend::CpuBackend;
 use crate::config::EngineConfig;
-use crate::core::block_allocator::RefCountingAllocator;
 use crate::core::block_manager::BlockManager;
 use crate::core::scheduler::Scheduler;
-use crate::core::scheduling_policy::Fcfs;
+use crate::engine_parts::{EngineParts, SampleFn, ScheduleFn};
 use crate::error::{EngineError, Result};
 use crate::executor::Executor;
 use crate::model_executor::llama::LlamaForCausalLM;
 use crate::model_source::LoadedModel;
-use crate::sampler::sample;
 use crate::sampling_params::SamplingParams;
 use crate::sequence::{FinishReason, SeqId, Sequence, SequenceStatus};
 use crate::tokenizer::Tokenizer;
@@ -63,11 +61,24 @@ pub struct LLMEngine {
     pub num_kv_blocks: usize,
     next_seq_id: u64,
     pub stats: EngineStats,
+    /// `Scheduler::schedule` unless replaced (see [`EngineParts`]).
+    schedule: ScheduleFn,
+    /// `sampler::sample` unless replaced.
+    sample: SampleFn,
 }
 
 impl LLMEngine {
     /// An engine on the CPU backend.
     pub fn new(model: LoadedModel, config: EngineConfig) -> Result<Self> {
+        Self::with_parts(model, config, EngineParts::default())
+    }
+
+    /// An engine on the CPU backend built from the given parts (a learner's, in the stages).
+    pub fn with_parts(
+        model: LoadedModel,
+        config: EngineConfig,
+        parts: EngineParts,
+    ) -> Result<Self> {
         config.validate()?;
         let c = &model.config;
         let block_size = config.cache.block_size;
@@ -78,21 +89,22 @@ impl LLMEngine {
             .max_position_embeddings
             .min(num_kv_blocks * block_size)
             .min(c.sliding_window.unwrap_or(usize::MAX));
-        let block_manager = BlockManager::new(
-            block_size,
-            Box::new(RefCountingAllocator::new(num_kv_blocks)),
-        );
+        let block_manager = BlockManager::new(block_size, (parts.allocator)(num_kv_blocks));
         let scheduler = Scheduler::new(
             config.scheduler,
-            Box::new(Fcfs),
+            parts.policy,
             block_manager,
             model.eos_token_ids.clone(),
             max_model_len,
         );
-        let backend = CpuBackend;
+        let backend = CpuBackend {
+            kernels: parts.kernels,
+        };
         let weights = model.weights.upload(&backend);
         let llama = LlamaForCausalLM::new(model.config, backend, weights);
-        let executor = Box::new(ModelRunner::new(llama, num_kv_blocks, block_size));
+        let mut runner = ModelRunner::new(llama, num_kv_blocks, block_size);
+        runner.prepare_inputs = parts.prepare_inputs;
+        let executor = Box::new(runner);
         Ok(LLMEngine {
             tokenizer: model.tokenizer,
             scheduler,
@@ -102,6 +114,8 @@ impl LLMEngine {
             num_kv_blocks,
             next_seq_id: 0,
             stats: EngineStats::default(),
+            schedule: parts.schedule,
+            sample: parts.sample,
         })
     }
 
@@ -166,7 +180,7 @@ impl LLMEngine {
     // ANCHOR: step
     /// Runs one step; returns the requests that finished in it.
     pub fn step(&mut self) -> Result<Vec<RequestOutput>> {
-        let out = self.scheduler.schedule();
+        let out = (self.schedule)(&mut self.scheduler);
         if out.is_empty() {
             if self.has_unfinished_requests() {
                 // Cannot happen by construction (a lone request always fits the cache); if it
@@ -187,7 +201,7 @@ impl LLMEngine {
                 .scheduler
                 .sequence_mut(s.seq_id)
                 .expect("scheduled sequence exists");
-            sampled.push(sample(row, &seq.params, &mut seq.rng));
+            sampled.push((self.sample)(row, &seq.params, &mut seq.rng));
             if seq.params.output_logits {
                 seq.logits.push(row.to_vec());
             }

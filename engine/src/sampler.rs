@@ -53,6 +53,7 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut impl Rng) -> u3
 }
 // ANCHOR_END: sample
 
+// ANCHOR: argmax
 /// Index of the largest value; the first one on ties.
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -63,3 +64,4 @@ pub fn argmax(logits: &[f32]) -> u32 {
     }
     best as u32
 }
+// ANCHOR_END: argmax

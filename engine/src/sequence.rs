@@ -93,10 +93,12 @@ impl Sequence {
         }
     }
 
+    // ANCHOR: num_uncomputed_tokens
     /// Tokens not yet in the KV cache.
     pub fn num_uncomputed_tokens(&self) -> usize {
         self.num_tokens() - self.num_computed_tokens
     }
+    // ANCHOR_END: num_uncomputed_tokens
 
     pub fn is_finished(&self) -> bool {
         matches!(self.status, SequenceStatus::Finished(_))

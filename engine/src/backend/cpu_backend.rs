@@ -12,9 +12,43 @@ pub struct CpuTensor {
     pub cols: usize,
 }
 
+/// `ops::rms_norm::rms_norm`'s signature.
+pub type RmsNormFn = fn(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32);
+/// `ops::rms_norm::fused_add_rms_norm`'s signature.
+pub type FusedAddRmsNormFn = fn(x: &mut [f32], residual: &mut [f32], weight: &[f32], eps: f32);
+/// `ops::rotary_embedding::rotary_embedding`'s signature.
+pub type RotaryEmbeddingFn = fn(
+    positions: &[usize],
+    query: &mut [f32],
+    key: &mut [f32],
+    head_dim: usize,
+    cos_sin_cache: &[f32],
+);
+
+/// The kernels the CPU backend calls that a learner may replace (stage 3), as plain function
+/// pointers with the signatures of [`crate::ops`]. `Default` is the engine's own.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuKernels {
+    pub rms_norm: RmsNormFn,
+    pub fused_add_rms_norm: FusedAddRmsNormFn,
+    pub rotary_embedding: RotaryEmbeddingFn,
+}
+
+impl Default for CpuKernels {
+    fn default() -> Self {
+        CpuKernels {
+            rms_norm: ops::rms_norm::rms_norm,
+            fused_add_rms_norm: ops::rms_norm::fused_add_rms_norm,
+            rotary_embedding: ops::rotary_embedding::rotary_embedding,
+        }
+    }
+}
+
 /// Runs the model on the CPU.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct CpuBackend;
+pub struct CpuBackend {
+    pub kernels: CpuKernels,
+}
 
 impl Backend for CpuBackend {
     type Tensor = CpuTensor;
@@ -76,12 +110,12 @@ impl Backend for CpuBackend {
 
     fn rms_norm(&self, x: &CpuTensor, weight: &CpuTensor, eps: f32) -> CpuTensor {
         let mut out = self.zeros(x.rows, x.cols);
-        ops::rms_norm::rms_norm(&mut out.data, &x.data, &weight.data, eps);
+        (self.kernels.rms_norm)(&mut out.data, &x.data, &weight.data, eps);
         out
     }
 
     fn fused_add_rms_norm(&self, x: &mut CpuTensor, res: &mut CpuTensor, w: &CpuTensor, eps: f32) {
-        ops::rms_norm::fused_add_rms_norm(&mut x.data, &mut res.data, &w.data, eps);
+        (self.kernels.fused_add_rms_norm)(&mut x.data, &mut res.data, &w.data, eps);
     }
 
     fn rotary_embedding(
@@ -92,7 +126,7 @@ impl Backend for CpuBackend {
         head_dim: usize,
         cos_sin_cache: &CpuTensor,
     ) {
-        ops::rotary_embedding::rotary_embedding(
+        (self.kernels.rotary_embedding)(
             positions,
             &mut q.data,
             &mut k.data,

@@ -25,6 +25,7 @@ pub struct Llama3RopeScaling {
     pub original_max_position_embeddings: usize,
 }
 
+// ANCHOR: model_config
 /// The model's shape and numerics, validated.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -49,6 +50,7 @@ pub struct ModelConfig {
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
 }
+// ANCHOR_END: model_config
 
 /// `config.json` as written by transformers; every field optional so that we can name what
 /// is missing instead of failing inside serde.
@@ -225,10 +227,12 @@ impl ModelConfig {
         })
     }
 
+    // ANCHOR: num_queries_per_kv
     /// Number of query heads that share one KV head (the "G" of GQA).
     pub fn num_queries_per_kv(&self) -> usize {
         self.num_attention_heads / self.num_key_value_heads
     }
+    // ANCHOR_END: num_queries_per_kv
 
     /// Width of the q, k and v projections together.
     pub fn qkv_size(&self) -> usize {

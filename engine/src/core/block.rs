@@ -24,7 +24,9 @@ pub fn slot_for_position(block_table: &[BlockId], block_size: usize, position: u
 }
 // ANCHOR_END: slot_for_position
 
+// ANCHOR: blocks_needed
 /// Blocks needed to hold `num_tokens` tokens.
 pub fn blocks_needed(num_tokens: usize, block_size: usize) -> usize {
     num_tokens.div_ceil(block_size)
 }
+// ANCHOR_END: blocks_needed

@@ -22,10 +22,11 @@ pub struct Scheduler {
     policy: Box<dyn SchedulingPolicy>,
     pub block_manager: BlockManager,
     seqs: HashMap<SeqId, Sequence>,
-    /// Not yet running (new, or preempted), served in policy order.
-    waiting: VecDeque<SeqId>,
+    /// Not yet running (new, or preempted), served in policy order. Public, with `running`,
+    /// so that a schedule function written outside the engine (stage 1) can drive them.
+    pub waiting: VecDeque<SeqId>,
     /// Have KV blocks and are being prefilled or decoded.
-    running: Vec<SeqId>,
+    pub running: Vec<SeqId>,
     /// Token ids that end a request unless it sets `ignore_eos`.
     eos_token_ids: Vec<u32>,
     /// Longest sequence (prompt + output) the cache and model can hold.
@@ -70,6 +71,16 @@ impl Scheduler {
         self.running.len()
     }
 
+    /// The per-step limits this scheduler enforces.
+    pub fn config(&self) -> &SchedulerConfig {
+        &self.config
+    }
+
+    /// The policy that orders the queues and picks preemption victims.
+    pub fn policy(&self) -> &dyn SchedulingPolicy {
+        self.policy.as_ref()
+    }
+
     pub fn sequence(&self, id: SeqId) -> Option<&Sequence> {
         self.seqs.get(&id)
     }
@@ -102,7 +113,7 @@ impl Scheduler {
                     i += 1;
                     break;
                 }
-                let victim = self.running.pop().expect("running holds at least `id`");
+                let victim = self.select_victim().expect("running holds at least `id`");
                 self.preempt(victim);
                 out.preempted.push(victim);
                 if victim == id {
@@ -144,14 +155,16 @@ impl Scheduler {
     }
     // ANCHOR_END: schedule
 
-    fn sort_by_policy(&mut self) {
+    /// Sorts both queues from most to least important.
+    pub fn sort_by_policy(&mut self) {
         let (seqs, policy) = (&self.seqs, &self.policy);
         let cmp = |a: &SeqId, b: &SeqId| policy.compare(&seqs[a], &seqs[b]);
         self.running.sort_by(cmp);
         self.waiting.make_contiguous().sort_by(cmp);
     }
 
-    fn scheduled_sequence(&self, id: SeqId, num_new: usize) -> ScheduledSequence {
+    /// `id`'s next `num_new` uncomputed tokens, with its current block table.
+    pub fn scheduled_sequence(&self, id: SeqId, num_new: usize) -> ScheduledSequence {
         let seq = &self.seqs[&id];
         let start = seq.num_computed_tokens;
         ScheduledSequence {
@@ -164,9 +177,20 @@ impl Scheduler {
     }
 
     // ANCHOR: preempt
+    /// The running sequence to preempt first: the one the policy ranks least important.
+    /// (`running` is sorted by policy during `schedule`, so this is its last element.)
+    pub fn select_victim(&self) -> Option<SeqId> {
+        let (seqs, policy) = (&self.seqs, &self.policy);
+        self.running
+            .iter()
+            .copied()
+            .max_by(|a, b| policy.compare(&seqs[a], &seqs[b]))
+    }
+
     /// Preemption by recompute: drop the sequence's KV blocks and send it back to wait. Its
     /// generated tokens are kept; when it runs again, prompt and output are prefilled together.
-    fn preempt(&mut self, id: SeqId) {
+    pub fn preempt(&mut self, id: SeqId) {
+        self.running.retain(|&r| r != id);
         self.block_manager.free(id);
         let seq = self.seqs.get_mut(&id).unwrap();
         seq.num_computed_tokens = 0;
@@ -176,6 +200,7 @@ impl Scheduler {
     }
     // ANCHOR_END: preempt
 
+    // ANCHOR: update_from_output
     /// Applies a step's results: advances computed counts, appends sampled tokens, and
     /// finishes requests that hit a stop condition. `sampled` holds one token for each
     /// scheduled sequence with `needs_logits`, in batch order. Returns finished sequences.
@@ -205,6 +230,7 @@ impl Scheduler {
         }
         finished
     }
+    // ANCHOR_END: update_from_output
 
     /// Removes a request wherever it is, freeing its blocks (vLLM's `abort_request`).
     /// Returns false if it is unknown or already finished.

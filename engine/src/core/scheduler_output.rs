@@ -3,6 +3,7 @@
 use super::block::BlockId;
 use crate::sequence::SeqId;
 
+// ANCHOR: scheduled_sequence
 /// One sequence's share of a step: `token_ids` are its tokens at positions
 /// `start_position..start_position + token_ids.len()`, to be computed into the cache.
 #[derive(Debug, Clone, PartialEq)]
@@ -17,6 +18,7 @@ pub struct ScheduledSequence {
     /// False for the non-final chunks of a chunked prefill.
     pub needs_logits: bool,
 }
+// ANCHOR_END: scheduled_sequence
 
 /// The step's batch, in the order the runner lays it out.
 #[derive(Debug, Clone, Default, PartialEq)]

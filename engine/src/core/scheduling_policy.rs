@@ -9,13 +9,16 @@ use std::cmp::Ordering;
 
 use crate::sequence::Sequence;
 
+// ANCHOR: policy_trait
 /// Orders requests from most to least important.
 pub trait SchedulingPolicy: Send {
     /// `Less` when `a` should be served before `b`.
     fn compare(&self, a: &Sequence, b: &Sequence) -> Ordering;
     fn name(&self) -> &'static str;
 }
+// ANCHOR_END: policy_trait
 
+// ANCHOR: fcfs
 /// First come, first served: earlier arrivals first; the latest arrival is preempted first.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Fcfs;
@@ -30,3 +33,4 @@ impl SchedulingPolicy for Fcfs {
         "fcfs"
     }
 }
+// ANCHOR_END: fcfs

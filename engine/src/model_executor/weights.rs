@@ -74,6 +74,7 @@ impl LlamaWeights<HostTensor> {
     }
 }
 
+// ANCHOR: assemble
 /// Assembles fused weights from a source of named host tensors (file or random).
 pub fn assemble<E>(
     c: &ModelConfig,
@@ -128,3 +129,4 @@ pub fn assemble<E>(
         },
     })
 }
+// ANCHOR_END: assemble

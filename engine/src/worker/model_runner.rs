@@ -22,6 +22,10 @@ pub struct ModelInput {
     pub logits_indices: Vec<usize>,
 }
 
+/// A function that lays out a step's batch, like [`prepare_inputs`] (stage 3 swaps in the
+/// learner's).
+pub type PrepareInputsFn = fn(out: &SchedulerOutput, block_size: usize) -> ModelInput;
+
 // ANCHOR: prepare_inputs
 /// Lays out a scheduled batch: token ids, positions, slot mapping, block tables.
 pub fn prepare_inputs(out: &SchedulerOutput, block_size: usize) -> ModelInput {
@@ -60,17 +64,24 @@ pub fn prepare_inputs(out: &SchedulerOutput, block_size: usize) -> ModelInput {
 pub struct ModelRunner<B: Backend> {
     pub model: LlamaForCausalLM<B>,
     pub kv_cache: KvCache<B>,
+    /// Lays out each step's batch; [`prepare_inputs`] unless replaced.
+    pub prepare_inputs: PrepareInputsFn,
 }
 
 impl<B: Backend> ModelRunner<B> {
     pub fn new(model: LlamaForCausalLM<B>, num_blocks: usize, block_size: usize) -> Self {
         let kv_cache = KvCache::new(&model.backend, &model.config, num_blocks, block_size);
-        ModelRunner { model, kv_cache }
+        ModelRunner {
+            model,
+            kv_cache,
+            prepare_inputs,
+        }
     }
 
+    // ANCHOR: execute_model
     /// Runs one step; returns logits `[num sequences sampling, vocab]` on the host.
     pub fn execute_model(&mut self, out: &SchedulerOutput) -> Vec<f32> {
-        let input = prepare_inputs(out, self.kv_cache.block_size);
+        let input = (self.prepare_inputs)(out, self.kv_cache.block_size);
         if input.input_ids.is_empty() {
             return Vec::new();
         }
@@ -83,4 +94,5 @@ impl<B: Backend> ModelRunner<B> {
         );
         self.model.backend.download(&logits)
     }
+    // ANCHOR_END: execute_model
 }

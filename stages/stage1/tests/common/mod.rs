@@ -1,0 +1,148 @@
+//! Shared by the stage 1 tests: run the tiny model (and SmolLM2, when fetched) on an engine
+//! built from given parts, and compare with the engine's own parts.
+#![allow(dead_code)]
+
+use engine::config::{CacheConfig, EngineConfig, SchedulerConfig};
+use engine::llm_engine::EngineStats;
+use engine::model_source::{load_model, ModelSpec};
+use engine::{EngineParts, Prompt, RequestOutput, SamplingParams, LLM};
+use proptest::test_runner::Config;
+
+/// Proptest settings: `cases` random inputs, and no `*.proptest-regressions` files written
+/// next to the tests when one fails (a stub fails every time).
+pub fn proptest_config(cases: u32) -> Config {
+    Config {
+        failure_persistence: None,
+        ..Config::with_cases(cases)
+    }
+}
+
+/// A cache so small, and a budget so tight, that the engine chunks prompts and preempts.
+pub fn tight_config() -> EngineConfig {
+    EngineConfig {
+        cache: CacheConfig {
+            block_size: 4,
+            num_kv_blocks: Some(24),
+            kv_cache_memory_bytes: 0,
+        },
+        scheduler: SchedulerConfig {
+            max_num_seqs: 4,
+            max_num_batched_tokens: 40,
+            enable_chunked_prefill: true,
+        },
+    }
+}
+
+/// Like [`tight_config`], without chunked prefill.
+pub fn unchunked_config() -> EngineConfig {
+    let mut c = tight_config();
+    c.scheduler.enable_chunked_prefill = false;
+    c
+}
+
+/// Six prompts of 5 to 40 byte tokens (ids 3..259 of the tiny model).
+fn prompts() -> Vec<Prompt> {
+    [5, 17, 40, 9, 23, 31]
+        .iter()
+        .enumerate()
+        .map(|(p, &len)| {
+            Prompt::TokenIds(
+                (0..len)
+                    .map(|i| 3 + ((p * 31 + i * 7) % 256) as u32)
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// Greedy tokens of every prompt on the tiny model, and the engine's counters.
+pub fn generate_tiny(parts: EngineParts, config: EngineConfig) -> (Vec<Vec<u32>>, EngineStats) {
+    let model = load_model(&ModelSpec::Tiny, false, 0).expect("the tiny model is built in code");
+    let mut llm = LLM::with_parts(model, config, parts).expect("engine starts");
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(16)
+    };
+    let out = run_to_completion(&mut llm, prompts(), &params);
+    (
+        out.into_iter().map(|o| o.token_ids).collect(),
+        llm.engine.stats.clone(),
+    )
+}
+
+/// Asserts that `parts` generate exactly the reference engine's tokens, with the same steps
+/// and preemptions; returns the number of preemptions.
+pub fn assert_same_as_engine(
+    what: &str,
+    parts: fn() -> EngineParts,
+    config: EngineConfig,
+) -> usize {
+    let (yours, your_stats) = generate_tiny(parts(), config);
+    let (engine, engine_stats) = generate_tiny(EngineParts::default(), config);
+    assert_eq!(
+        yours, engine,
+        "with {what}, the engine generates other tokens"
+    );
+    assert_eq!(
+        your_stats, engine_stats,
+        "with {what}, the engine took other steps (num_steps, preemptions, batched tokens)"
+    );
+    engine_stats.num_preemptions
+}
+
+/// If SmolLM2 is fetched (`lab fetch-model smollm2`), checks that `parts` reproduce the first
+/// tokens transformers generated for two reference prompts, batched; otherwise says it skipped.
+pub fn check_smollm2(what: &str, parts: EngineParts) {
+    let Some(dir) = integration_tests::smollm2_dir() else {
+        eprintln!("skipping the SmolLM2 check: not fetched (run `lab fetch-model smollm2`)");
+        return;
+    };
+    let reference = integration_tests::reference();
+    let cases = [&reference.generations[0], &reference.generations[2]];
+    let n = 8;
+    let model = load_model(&ModelSpec::Dir(dir), false, 0).expect("SmolLM2 loads");
+    let mut llm = LLM::with_parts(model, tight_config(), parts).expect("engine starts");
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(n)
+    };
+    let prompts = cases
+        .iter()
+        .map(|g| Prompt::TokenIds(g.prompt_token_ids.clone()))
+        .collect();
+    let out = run_to_completion(&mut llm, prompts, &params);
+    for (o, g) in out.iter().zip(cases) {
+        assert_eq!(
+            o.token_ids,
+            g.token_ids[..n],
+            "with {what}, SmolLM2 does not generate transformers' tokens for prompt {}",
+            g.id
+        );
+    }
+}
+
+/// Runs `prompts` to completion on `llm`, step by step: a wrong part can make the engine stop
+/// making progress (say, an allocator that loses blocks), and that should fail, not hang.
+pub fn run_to_completion(
+    llm: &mut LLM,
+    prompts: Vec<Prompt>,
+    params: &SamplingParams,
+) -> Vec<RequestOutput> {
+    for p in prompts {
+        llm.engine
+            .add_request(p, params.clone())
+            .expect("valid request");
+    }
+    let mut out = Vec::new();
+    let mut steps = 0;
+    while llm.engine.has_unfinished_requests() {
+        steps += 1;
+        assert!(
+            steps <= 5_000,
+            "the engine made no progress in 5000 steps: a part schedules nothing or loses blocks"
+        );
+        out.extend(llm.engine.step().expect("the step runs"));
+    }
+    out.sort_by_key(|o| o.request_id);
+    out
+}
