@@ -12,12 +12,12 @@
 //!
 //! Test: `cargo test -p stage1 --test block_allocator`.
 
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 use engine::core::block::BlockId;
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 use engine::core::block_allocator::BlockAllocator;
 
-#[cfg(reference)]
+#[cfg(feature = "reference")]
 pub use engine::core::block_allocator::RefCountingAllocator;
 
 // HINT: two vectors are enough.
@@ -30,13 +30,13 @@ pub use engine::core::block_allocator::RefCountingAllocator;
 //   with a message naming the block.
 
 /// A free list plus one reference count per block.
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 #[derive(Debug, Clone)]
 pub struct RefCountingAllocator {
     // TODO(stage1): your fields (see the HINT above).
 }
 
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 impl RefCountingAllocator {
     /// An allocator of `num_blocks` blocks, all free.
     pub fn new(num_blocks: usize) -> Self {
@@ -44,7 +44,7 @@ impl RefCountingAllocator {
     }
 }
 
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 impl BlockAllocator for RefCountingAllocator {
     /// Takes a free block and sets its count to 1; `None` when every block is in use.
     fn allocate(&mut self) -> Option<BlockId> {

@@ -18,15 +18,15 @@
 //!
 //! Test: `cargo test -p stage1 --test preemption`.
 
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 use std::cmp::Ordering;
 
 use engine::core::scheduler::Scheduler;
 use engine::sequence::SeqId;
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 use engine::{core::scheduling_policy::SchedulingPolicy, sequence::Sequence};
 
-#[cfg(reference)]
+#[cfg(feature = "reference")]
 pub use engine::core::scheduling_policy::Fcfs;
 
 // HINT (Fcfs): `SeqId` derives `Ord`, and ids grow with arrival time: `a.seq_id.cmp(&b.seq_id)`.
@@ -42,11 +42,11 @@ pub use engine::core::scheduling_policy::Fcfs;
 //   4. put it at the *front* of `s.waiting` (it was running, so it goes before newer arrivals).
 
 /// First come, first served: earlier arrivals first; the latest arrival is preempted first.
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Fcfs;
 
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 impl SchedulingPolicy for Fcfs {
     /// `Less` when `a` should be served before `b`.
     fn compare(&self, a: &Sequence, b: &Sequence) -> Ordering {
@@ -60,26 +60,26 @@ impl SchedulingPolicy for Fcfs {
 
 /// The running sequence to preempt first: the one `s.policy()` ranks least important, or
 /// `None` when no sequence is running.
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 pub fn select_victim(s: &Scheduler) -> Option<SeqId> {
     todo!("stage1: select_victim in stages/stage1/src/preemption.rs — the running sequence that s.policy() ranks last (max_by compare)")
 }
 
 /// Preemption by recompute: `id` leaves `running`, loses its KV blocks and computed tokens,
 /// counts one more preemption, and waits at the front of the waiting queue.
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 pub fn preempt(s: &mut Scheduler, id: SeqId) {
     todo!("stage1: preempt in stages/stage1/src/preemption.rs — remove from running, free blocks, reset num_computed_tokens, status Waiting, num_preemptions += 1, push_front on waiting")
 }
 
 /// The engine's [`Scheduler::select_victim`].
-#[cfg(reference)]
+#[cfg(feature = "reference")]
 pub fn select_victim(s: &Scheduler) -> Option<SeqId> {
     s.select_victim()
 }
 
 /// The engine's [`Scheduler::preempt`].
-#[cfg(reference)]
+#[cfg(feature = "reference")]
 pub fn preempt(s: &mut Scheduler, id: SeqId) {
     s.preempt(id)
 }

@@ -30,10 +30,10 @@
 
 use engine::core::scheduler::Scheduler;
 use engine::core::scheduler_output::SchedulerOutput;
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 use engine::sequence::SequenceStatus;
 
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 use crate::preemption::{preempt, select_victim};
 
 // HINT: the shape of the function:
@@ -52,13 +52,13 @@ use crate::preemption::{preempt, select_victim};
 // the least important end, and step 1 walks from the most important end.
 
 /// Builds the next step's batch under the token budget, preempting if blocks run out.
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 pub fn schedule(s: &mut Scheduler) -> SchedulerOutput {
     todo!("stage1: schedule in stages/stage1/src/scheduler.rs — running sequences first (preempting with select_victim/preempt when allocate_slots fails), then admit waiting ones while budget, max_num_seqs and blocks last; rules in the module docs")
 }
 
 /// The engine's [`Scheduler::schedule`].
-#[cfg(reference)]
+#[cfg(feature = "reference")]
 pub fn schedule(s: &mut Scheduler) -> SchedulerOutput {
     s.schedule()
 }

@@ -26,11 +26,11 @@
 //! [`engine_parts`] puts your pieces into an [`EngineParts`]; the tests build an engine from it
 //! and check that it generates exactly the tokens of the engine's own parts. Run
 //! `cargo test -p stage3`: every test fails with `not yet implemented: stage3: ...` until you
-//! write the function it names. `RUSTFLAGS="--cfg reference"` swaps every exercise for the
+//! write the function it names. `cargo test -p stage3 --features reference` swaps every exercise for the
 //! engine's implementation (that is how `cargo xtask check` proves the tests pass).
 
 // The stubs ignore their arguments (and some imports) until you fill them in.
-#![cfg_attr(not(reference), allow(unused_variables, unused_imports, dead_code))]
+#![cfg_attr(not(feature = "reference"), allow(unused_variables, unused_imports, dead_code))]
 
 pub mod prepare_inputs;
 pub mod rms_norm;

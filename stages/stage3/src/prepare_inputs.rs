@@ -16,16 +16,16 @@
 //!
 //! Test: `cargo test -p stage3 --test prepare_inputs` (needs exercise 1).
 
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 use engine::core::scheduler_output::SchedulerOutput;
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 use engine::worker::model_runner::ModelInput;
 
-#[cfg(reference)]
+#[cfg(feature = "reference")]
 pub use engine::worker::model_runner::prepare_inputs;
 
 // Your `prepare_inputs` calls your slot mapping.
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 use crate::slot_mapping::slot_for_position;
 
 // HINT: start from `ModelInput::default()`; set `attn_metadata.block_size` and
@@ -41,7 +41,7 @@ use crate::slot_mapping::slot_for_position;
 //   The tests compare the whole `ModelInput` with the engine's, so match these exactly.
 
 /// Lays out a scheduled batch: token ids, positions, slot mapping, block tables.
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 pub fn prepare_inputs(out: &SchedulerOutput, block_size: usize) -> ModelInput {
     todo!("stage3: prepare_inputs in stages/stage3/src/prepare_inputs.rs — flatten the scheduled sequences into input_ids, positions, slot_mapping, query_start_loc, seq_lens, padded block_tables, logits_indices")
 }

@@ -17,7 +17,7 @@
 //!
 //! Test: `cargo test -p stage3 --test rms_norm`.
 
-#[cfg(reference)]
+#[cfg(feature = "reference")]
 pub use engine::ops::rms_norm::{fused_add_rms_norm, rms_norm};
 
 // HINT: `hidden_size = weight.len()`; walk the rows with `chunks(h)` / `chunks_mut(h)` zipped
@@ -29,7 +29,7 @@ pub use engine::ops::rms_norm::{fused_add_rms_norm, rms_norm};
 // Going further: the engine parallelizes over rows with rayon's `par_chunks_mut`.
 
 /// `out[t] = x[t] / sqrt(mean(x[t]²) + eps) * weight`, for every token `t`.
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 pub fn rms_norm(
     out: &mut [f32], // [num_tokens, hidden_size]
     x: &[f32],       // [num_tokens, hidden_size]
@@ -41,7 +41,7 @@ pub fn rms_norm(
 
 /// The pre-norm residual step of a decoder layer: `residual += x`, then
 /// `x = rms_norm(residual)`, row by row.
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 pub fn fused_add_rms_norm(
     x: &mut [f32],        // [num_tokens, hidden_size]; in: layer output, out: normed
     residual: &mut [f32], // [num_tokens, hidden_size]; in: residual stream, out: updated

@@ -19,7 +19,7 @@
 //!
 //! Test: `cargo test -p stage3 --test rotary_embedding`.
 
-#[cfg(reference)]
+#[cfg(feature = "reference")]
 pub use engine::ops::rotary_embedding::rotary_embedding;
 
 // HINT: the number of tokens is `positions.len()`; a token's row of `query` is
@@ -30,7 +30,7 @@ pub use engine::ops::rotary_embedding::rotary_embedding;
 //   Read both old values before writing either. An empty batch (no positions) does nothing.
 
 /// Rotates every head of `query` and `key` in place by its token's position.
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 pub fn rotary_embedding(
     positions: &[usize], // [num_tokens]
     query: &mut [f32],   // [num_tokens, num_heads, head_dim]

@@ -20,12 +20,12 @@
 //!
 //! Test: `cargo test -p stage3 --test sampler`.
 
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 use engine::sampling_params::SamplingParams;
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 use rand::Rng;
 
-#[cfg(reference)]
+#[cfg(feature = "reference")]
 pub use engine::sampler::sample;
 
 // HINT: `let mut ids: Vec<u32> = (0..logits.len() as u32).collect();`
@@ -35,7 +35,7 @@ pub use engine::sampler::sample;
 //   lowest id on ties.
 
 /// Chooses one token id from `logits` `[vocab]`.
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut impl Rng) -> u32 {
     todo!("stage3: sample in stages/stage3/src/sampler.rs — greedy argmax (lowest id on ties); else sort, top-k, softmax(logits / temperature), top-p, one draw of rng.random::<f32>()")
 }

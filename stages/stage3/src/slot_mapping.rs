@@ -17,10 +17,10 @@
 //!
 //! Test: `cargo test -p stage3 --test slot_mapping`.
 
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 use engine::core::block::{BlockId, SlotId};
 
-#[cfg(reference)]
+#[cfg(feature = "reference")]
 pub use engine::core::block::slot_for_position;
 
 // HINT: `block_table[position / block_size]` is the block; the slot is
@@ -30,7 +30,7 @@ pub use engine::core::block::slot_for_position;
 //   is an engine bug): plain slice indexing does that.
 
 /// The cache slot of the token at `position` of a sequence with this block table.
-#[cfg(not(reference))]
+#[cfg(not(feature = "reference"))]
 pub fn slot_for_position(block_table: &[BlockId], block_size: usize, position: usize) -> SlotId {
     todo!("stage3: slot_for_position in stages/stage3/src/slot_mapping.rs — block block_table[position / block_size], offset position % block_size, slot = block * block_size + offset")
 }
