@@ -32,6 +32,11 @@
 // The stubs ignore their arguments (and some imports) until you fill them in.
 #![cfg_attr(not(feature = "reference"), allow(unused_variables, unused_imports, dead_code))]
 
+// Maintainers only: plausible wrong solutions that the tests must catch (see mutants/mod.rs).
+#[cfg(feature = "mutants")]
+#[path = "../mutants/mod.rs"]
+mod mutants;
+
 pub mod prepare_inputs;
 pub mod rms_norm;
 pub mod rotary_embedding;
