@@ -6,19 +6,32 @@
 
 use super::block::BlockId;
 
+// ANCHOR: allocator_trait
 /// Allocation of physical blocks with reference counts.
+///
+/// The block manager calls it when a block table grows (`allocate`) and when a sequence lets
+/// its blocks go on finish or preemption (`free`), on the scheduler's path every step: every
+/// operation should be O(1).
 pub trait BlockAllocator: Send {
     /// Takes a free block (reference count 1), or `None` when all are in use.
     fn allocate(&mut self) -> Option<BlockId>;
     /// Adds an owner to an allocated block.
+    ///
+    /// Panics if `block` is free: forking a block nobody owns is a bug in the caller.
     fn fork(&mut self, block: BlockId);
     /// Drops one owner; the block is free again when none remain.
+    ///
+    /// Panics if `block` is already free (a double free): the caller has lost track of who
+    /// owns it, and the panic says so where it happens rather than steps later.
     fn free(&mut self, block: BlockId);
     /// Owners of `block` (0 when free).
     fn ref_count(&self, block: BlockId) -> u32;
+    /// Blocks `allocate` can still hand out.
     fn num_free_blocks(&self) -> usize;
+    /// Blocks in the cache, free or not.
     fn num_total_blocks(&self) -> usize;
 }
+// ANCHOR_END: allocator_trait
 
 // ANCHOR: allocator
 /// A free list plus a reference count per block.

@@ -1,14 +1,14 @@
 //! Exercise 1: a block allocator with reference counts (vLLM's `BlockAllocator`).
 //!
 //! The KV cache is `num_blocks` fixed-size blocks. The block manager asks the allocator for a
-//! block whenever a sequence's block table must grow, and gives blocks back when a sequence
+//! block when a sequence's block table must grow, and gives blocks back when a sequence
 //! finishes or is preempted. A block can have several owners (two sequences sharing a prompt
-//! prefix, a beam-search fork), so the allocator counts owners and only recycles a block when
-//! the last one frees it.
+//! prefix, a beam-search fork), so the allocator counts owners and recycles a block only when
+//! the last one lets go.
 //!
 //! Implement [`BlockAllocator`] for [`RefCountingAllocator`]; the engine's trait documents each
-//! method. Every operation should be O(1): the scheduler calls them for every block of every
-//! step.
+//! method, including the two misuses that must panic. Keep every operation O(1): the
+//! allocator sits on the scheduler's path every step.
 //!
 //! Test: `cargo test -p stage1 --test block_allocator`.
 
@@ -17,48 +17,45 @@ use engine::core::block::BlockId;
 #[cfg(not(feature = "reference"))]
 use engine::core::block_allocator::BlockAllocator;
 
-#[cfg(feature = "reference")]
+#[cfg(feature = "mutants")]
+pub use crate::mutants::block_allocator::RefCountingAllocator;
+#[cfg(all(feature = "reference", not(feature = "mutants")))]
 pub use engine::core::block_allocator::RefCountingAllocator;
 
-// HINT: two vectors are enough.
-//   - a free list `Vec<BlockId>`: `allocate` pops from it, `free` pushes onto it (a stack makes
-//     both O(1); fill it so that `pop` returns block 0 first, which reads well in traces);
-//   - `ref_counts: Vec<u32>`, indexed by `block.0 as usize`: 1 after `allocate`, +1 on `fork`,
-//     −1 on `free`; reaching 0 puts the block back on the free list.
-//   `num_free_blocks` is the free list's length; `num_total_blocks` is `ref_counts.len()`.
-//   Forking or freeing a block whose count is already 0 is a bug in the caller: `assert!` it,
-//   with a message naming the block.
+// HINT: two questions must be answered without a scan: "which block is free?" (a stack of
+// free blocks pushes and pops in O(1)) and "how many owners has block b?" (one count per
+// block, indexed by its number). A block moves on or off the stack only when its count
+// crosses zero. A fork or free of a block nobody owns is the caller's bug: panic, and name
+// the block in the message.
 
-/// A free list plus one reference count per block.
+// ANCHOR: stub
+/// Hands out KV blocks and counts their owners.
 #[cfg(not(feature = "reference"))]
 #[derive(Debug, Clone)]
 pub struct RefCountingAllocator {
-    // TODO(stage1): your fields (see the HINT above).
+    // TODO(stage1): your fields.
 }
 
 #[cfg(not(feature = "reference"))]
 impl RefCountingAllocator {
     /// An allocator of `num_blocks` blocks, all free.
     pub fn new(num_blocks: usize) -> Self {
-        todo!("stage1: RefCountingAllocator::new in stages/stage1/src/block_allocator.rs — make `num_blocks` free blocks with reference count 0")
+        todo!("stage1: RefCountingAllocator::new in stages/stage1/src/block_allocator.rs — `num_blocks` blocks, all free, none owned")
     }
 }
 
 #[cfg(not(feature = "reference"))]
 impl BlockAllocator for RefCountingAllocator {
-    /// Takes a free block and sets its count to 1; `None` when every block is in use.
     fn allocate(&mut self) -> Option<BlockId> {
-        todo!("stage1: RefCountingAllocator::allocate — pop a free block, set its reference count to 1")
+        todo!("stage1: RefCountingAllocator::allocate — a free block, now with one owner; None when none is free")
     }
 
-    /// One more owner of an allocated block.
     fn fork(&mut self, block: BlockId) {
-        todo!("stage1: RefCountingAllocator::fork — add one to the block's reference count (assert it was allocated)")
+        todo!("stage1: RefCountingAllocator::fork — one more owner of an allocated block; panic on a free one")
     }
 
-    /// One owner fewer; at 0 the block is free again.
     fn free(&mut self, block: BlockId) {
-        todo!("stage1: RefCountingAllocator::free — subtract one from the count; at 0 push the block back on the free list")
+        todo!("stage1: RefCountingAllocator::free — one owner fewer; free again after the last; panic on a double free")
     }
 
     fn ref_count(&self, block: BlockId) -> u32 {
@@ -75,3 +72,4 @@ impl BlockAllocator for RefCountingAllocator {
         todo!("stage1: RefCountingAllocator::num_total_blocks — the `num_blocks` given to `new`")
     }
 }
+// ANCHOR_END: stub

@@ -26,11 +26,19 @@
 //! engine's implementation (that is how `cargo xtask check` proves the tests pass).
 
 // The stubs ignore their arguments (and some imports) until you fill them in.
-#![cfg_attr(not(feature = "reference"), allow(unused_variables, unused_imports, dead_code))]
+#![cfg_attr(
+    not(feature = "reference"),
+    allow(unused_variables, unused_imports, dead_code)
+)]
 
 pub mod block_allocator;
 pub mod preemption;
 pub mod scheduler;
+
+// Maintainers only: plausible wrong solutions that `cargo xtask check` proves the tests catch.
+#[cfg(feature = "mutants")]
+#[path = "../mutants/mod.rs"]
+mod mutants;
 
 use engine::EngineParts;
 

@@ -7,28 +7,32 @@
 //! larger than the budget is cut into chunks over several steps.
 //!
 //! Your `schedule` gets the engine's [`Scheduler`] and must decide exactly what the engine's
-//! own would (the tests compare the two step by step), so follow these rules:
+//! own would (the tests compare the two step by step, under several policies). The contract:
 //!
-//! 0. `budget = s.config().max_num_batched_tokens`; call `s.sort_by_policy()`.
-//! 1. **Running sequences first**, in order (`i` walks `s.running` while `budget > 0`):
-//!    `num_new = min(uncomputed, budget)`, `total = num_computed_tokens + num_new`.
-//!    If `s.block_manager.allocate_slots(id, total)` succeeds, push
-//!    `s.scheduled_sequence(id, num_new)`, spend the budget, go to the next sequence.
-//!    Otherwise preempt [`select_victim`] (with [`preempt`]), record it in `out.preempted`,
-//!    and retry; if the victim was `id` itself, stop retrying (it is no longer running, and
-//!    as the least important it was the last one: the loop ends).
-//! 2. **Then admit waiting sequences**, from the front of `s.waiting`, but only if nothing was
-//!    preempted this step (the cache is full: admitting more would only preempt more), while
-//!    `budget > 0` and `s.running.len() < max_num_seqs`. For the front sequence:
-//!    `num_new = min(uncomputed, budget)`. If it would be cut (`num_new < uncomputed`) while
-//!    chunked prefill is off (`enable_chunked_prefill`) and the whole sequence fits one step
-//!    (`uncomputed <= max_num_batched_tokens`), stop: it waits for a step with room for all
-//!    of it. If `allocate_slots` fails, stop. Otherwise move it from `waiting` to the back of
-//!    `running`, set its status to `Running`, push its `ScheduledSequence`, spend the budget.
+//! - **Order.** Both queues are put in policy order before anything is decided
+//!   (`Scheduler` has a method for it). The tests use policies other than FCFS.
+//! - **Budget.** The step starts with `max_num_batched_tokens`; each scheduled sequence gets
+//!   `min(uncomputed, budget left)` tokens, and nothing is scheduled once the budget is 0.
+//! - **Blocks first.** A sequence's tokens are granted only once its block table holds them
+//!   (`block_manager.allocate_slots`, which is all or nothing). Its `ScheduledSequence`
+//!   (`s.scheduled_sequence`) is taken after that, so it carries the grown table.
+//! - **Running sequences first**, from the most important. When one cannot get its blocks,
+//!   the least important running sequence is preempted (exercise 2), recorded in
+//!   `out.preempted`, and the allocation is tried again. If the sequence preempted is the
+//!   one asking, it is not scheduled, and no running sequence after it is either.
+//! - **Then waiting sequences**, from the front, moved to the back of `running` with status
+//!   `Running` when admitted, while budget is left and fewer than `max_num_seqs` run, and
+//!   only if nothing was preempted in this step. Admission *stops* (it never skips to the
+//!   next one) at the first waiting sequence that cannot get its blocks, or that would be cut
+//!   while chunked prefill is off although all of it fits one step's budget. (One that can
+//!   never fit a step, a long sequence preempted for recompute, is chunked anyway.)
+//! - `out.scheduled` lists the granted sequences in the order they were granted.
 //!
 //! Test: `cargo test -p stage1 --test scheduler` (needs exercises 1 and 2 first).
 
+#[cfg(not(feature = "mutants"))]
 use engine::core::scheduler::Scheduler;
+#[cfg(not(feature = "mutants"))]
 use engine::core::scheduler_output::SchedulerOutput;
 #[cfg(not(feature = "reference"))]
 use engine::sequence::SequenceStatus;
@@ -36,29 +40,26 @@ use engine::sequence::SequenceStatus;
 #[cfg(not(feature = "reference"))]
 use crate::preemption::{preempt, select_victim};
 
-// HINT: the shape of the function:
-//     let mut budget = ...; let mut out = SchedulerOutput::default(); s.sort_by_policy();
-//     let mut i = 0;
-//     while i < s.running.len() && budget > 0 {
-//         let id = s.running[i];
-//         ... loop { if allocate_slots(..) { push; budget -= num_new; i += 1; break; }
-//                    let victim = select_victim(s).expect(..); preempt(s, victim); ...
-//                    if victim == id { break; } }
-//     }
-//     while out.preempted.is_empty() && budget > 0 && s.running.len() < max_num_seqs { ... }
-// Read a sequence with `s.sequence(id).unwrap()`; copy the numbers you need out of it before
-// calling `&mut self` methods (`allocate_slots`, `preempt`), or the borrow checker objects.
-// Why is a preempted victim never a sequence already scheduled this step? Victims come from
-// the least important end, and step 1 walks from the most important end.
+// HINT: two loops, one per queue. The borrow checker will object if you hold a `&Sequence`
+// (from `s.sequence(id)`) across a call that takes `&mut s`: copy the numbers you need first.
+// Why can a preemption never hit a sequence already scheduled in this step? Think about
+// which end of the running queue victims come from, and which end you schedule from. And
+// why does admission stop after a preemption, or at a sequence that does not fit, rather than
+// look further down the queue?
 
+// ANCHOR: stub
 /// Builds the next step's batch under the token budget, preempting if blocks run out.
 #[cfg(not(feature = "reference"))]
 pub fn schedule(s: &mut Scheduler) -> SchedulerOutput {
-    todo!("stage1: schedule in stages/stage1/src/scheduler.rs — running sequences first (preempting with select_victim/preempt when allocate_slots fails), then admit waiting ones while budget, max_num_seqs and blocks last; rules in the module docs")
+    todo!("stage1: schedule in stages/stage1/src/scheduler.rs — running sequences first (preempting when blocks run out), then waiting ones; the contract is in the module docs")
 }
+// ANCHOR_END: stub
 
 /// The engine's [`Scheduler::schedule`].
-#[cfg(feature = "reference")]
+#[cfg(all(feature = "reference", not(feature = "mutants")))]
 pub fn schedule(s: &mut Scheduler) -> SchedulerOutput {
     s.schedule()
 }
+
+#[cfg(feature = "mutants")]
+pub use crate::mutants::scheduler::schedule;

@@ -2,6 +2,8 @@
 
 mod common;
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
 use engine::core::block::BlockId;
 use engine::core::block_allocator::{self as reference, BlockAllocator};
 use engine::EngineParts;
@@ -73,17 +75,56 @@ proptest! {
     }
 }
 
+/// Worked by hand: one block, two owners (a fork), freed twice.
 #[test]
-fn a_freed_block_is_reused() {
+fn a_block_is_recycled_only_after_its_last_owner_frees_it() {
     let mut a = RefCountingAllocator::new(1);
     let b = a.allocate().expect("one free block");
     assert_eq!(a.allocate(), None, "no block is left");
     a.fork(b);
+    assert_eq!(a.ref_count(b), 2, "fork adds an owner");
     a.free(b);
-    assert_eq!(a.allocate(), None, "the block still has an owner");
+    assert_eq!(a.ref_count(b), 1, "one owner is left after the first free");
+    assert_eq!(
+        a.allocate(),
+        None,
+        "the block was handed out again while its other owner still holds it"
+    );
     a.free(b);
     assert_eq!(a.ref_count(b), 0);
-    assert_eq!(a.allocate(), Some(b), "the last free returns the block");
+    assert_eq!(a.num_free_blocks(), 1, "the last free returns the block");
+    assert_eq!(
+        a.allocate(),
+        Some(b),
+        "a freed block can be allocated again"
+    );
+}
+
+/// The trait: freeing a block that has no owner panics. Silently ignoring it would hide the
+/// caller's bug until the block is handed out twice, far from the cause.
+#[test]
+fn a_double_free_panics() {
+    let mut a = RefCountingAllocator::new(2);
+    let b = a.allocate().expect("a free block");
+    a.free(b);
+    let second = catch_unwind(AssertUnwindSafe(|| a.free(b)));
+    assert!(
+        second.is_err(),
+        "freeing {b:?} a second time returned normally; the trait says it panics"
+    );
+}
+
+/// The trait: forking a block that has no owner panics.
+#[test]
+fn forking_a_free_block_panics() {
+    let mut a = RefCountingAllocator::new(2);
+    let b = a.allocate().expect("a free block");
+    a.free(b);
+    let fork = catch_unwind(AssertUnwindSafe(|| a.fork(b)));
+    assert!(
+        fork.is_err(),
+        "forking the free block {b:?} returned normally; the trait says it panics"
+    );
 }
 
 fn your_allocator() -> EngineParts {

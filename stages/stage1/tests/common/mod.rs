@@ -1,20 +1,147 @@
-//! Shared by the stage 1 tests: run the tiny model (and SmolLM2, when fetched) on an engine
-//! built from given parts, and compare with the engine's own parts.
+//! Shared by the stage 1 tests: proptest settings, policies other than FCFS, schedulers in a
+//! chosen state, and runs of the tiny model (and SmolLM2, when fetched) on an engine built
+//! from given parts, compared with the engine's own parts.
 #![allow(dead_code)]
 
+use std::cmp::Ordering;
+
 use engine::config::{CacheConfig, EngineConfig, SchedulerConfig};
+use engine::core::block_allocator::RefCountingAllocator;
+use engine::core::block_manager::BlockManager;
+use engine::core::scheduler::Scheduler;
+use engine::core::scheduling_policy::{Fcfs, SchedulingPolicy};
 use engine::llm_engine::EngineStats;
 use engine::model_source::{load_model, ModelSpec};
-use engine::{EngineParts, Prompt, RequestOutput, SamplingParams, LLM};
-use proptest::test_runner::Config;
+use engine::sampling_params::SamplingParams;
+use engine::sequence::{SeqId, Sequence, SequenceStatus};
+use engine::{EngineParts, Prompt, RequestOutput, LLM};
+use proptest::prelude::*;
+use proptest::test_runner::{Config, RngSeed};
 
-/// Proptest settings: `cases` random inputs, and no `*.proptest-regressions` files written
-/// next to the tests when one fails (a stub fails every time).
+/// Proptest settings: `cases` random inputs drawn from a fixed seed, so a failure shows up on
+/// every run, the same way (no `*.proptest-regressions` files are written: a stub fails
+/// every time anyway).
 pub fn proptest_config(cases: u32) -> Config {
     Config {
         failure_persistence: None,
+        rng_seed: RngSeed::Fixed(0x1ab_5eed),
         ..Config::with_cases(cases)
     }
+}
+
+/// Token id the fake model of the step-by-step tests treats as end of sequence.
+pub const EOS: u32 = 2;
+
+/// Shortest prompt first, then earlier arrival. A fixed order, like FCFS, so every request
+/// still finishes; unlike FCFS, it is not the order in which requests enter the queues, so a
+/// scheduler that forgets to sort shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct ShortestPromptFirst;
+
+impl SchedulingPolicy for ShortestPromptFirst {
+    fn compare(&self, a: &Sequence, b: &Sequence) -> Ordering {
+        let key = |s: &Sequence| (s.prompt_token_ids.len(), s.seq_id);
+        key(a).cmp(&key(b))
+    }
+
+    fn name(&self) -> &'static str {
+        "shortest-prompt-first"
+    }
+}
+
+/// Last come, first served: FCFS reversed.
+#[derive(Debug, Clone, Copy)]
+pub struct LatestFirst;
+
+impl SchedulingPolicy for LatestFirst {
+    fn compare(&self, a: &Sequence, b: &Sequence) -> Ordering {
+        b.seq_id.cmp(&a.seq_id)
+    }
+
+    fn name(&self) -> &'static str {
+        "latest-first"
+    }
+}
+
+/// The policies the random tests draw from.
+#[derive(Debug, Clone, Copy)]
+pub enum Policy {
+    Fcfs,
+    ShortestPromptFirst,
+    LatestFirst,
+}
+
+impl Policy {
+    pub fn boxed(self) -> Box<dyn SchedulingPolicy> {
+        match self {
+            Policy::Fcfs => Box::new(Fcfs),
+            Policy::ShortestPromptFirst => Box::new(ShortestPromptFirst),
+            Policy::LatestFirst => Box::new(LatestFirst),
+        }
+    }
+}
+
+pub fn policy() -> impl Strategy<Value = Policy> {
+    prop_oneof![
+        Just(Policy::Fcfs),
+        Just(Policy::ShortestPromptFirst),
+        Just(Policy::LatestFirst),
+    ]
+}
+
+/// A scheduler with no requests over `num_blocks` blocks of `block_size` tokens.
+pub fn empty_scheduler(
+    block_size: usize,
+    num_blocks: usize,
+    config: SchedulerConfig,
+    policy: Box<dyn SchedulingPolicy>,
+) -> Scheduler {
+    let blocks = BlockManager::new(block_size, Box::new(RefCountingAllocator::new(num_blocks)));
+    Scheduler::new(config, policy, blocks, vec![EOS], block_size * num_blocks)
+}
+
+/// A request of `prompt_len` tokens that has generated `output_len` tokens (all made up).
+pub fn sequence(id: u64, prompt_len: usize, output_len: usize) -> Sequence {
+    let mut s = Sequence::new(
+        SeqId(id),
+        (0..prompt_len)
+            .map(|i| 3 + (i as u32 + id as u32) % 200)
+            .collect(),
+        SamplingParams::greedy(64),
+    );
+    s.output_token_ids = (0..output_len).map(|i| 100 + i as u32).collect();
+    s
+}
+
+/// Adds a waiting request (at the back of the waiting queue).
+pub fn add_waiting(s: &mut Scheduler, id: u64, prompt_len: usize, output_len: usize) {
+    s.add_sequence(sequence(id, prompt_len, output_len));
+}
+
+/// Adds a request as if it had been running for a while: at the back of the running queue,
+/// with the KV cache (and the blocks) of its first `computed` tokens.
+pub fn add_running(
+    s: &mut Scheduler,
+    id: u64,
+    prompt_len: usize,
+    output_len: usize,
+    computed: usize,
+) {
+    let id = SeqId(id);
+    s.add_sequence(sequence(id.0, prompt_len, output_len));
+    s.waiting.retain(|&w| w != id);
+    s.running.push(id);
+    assert!(
+        s.block_manager.allocate_slots(id, computed),
+        "test setup: the cache is too small for {id:?}"
+    );
+    let q = s.sequence_mut(id).unwrap();
+    assert!(
+        computed <= q.num_tokens(),
+        "test setup: {id:?} computes more than it has"
+    );
+    q.num_computed_tokens = computed;
+    q.status = SequenceStatus::Running;
 }
 
 /// A cache so small, and a budget so tight, that the engine chunks prompts and preempts.
