@@ -12,6 +12,12 @@
 //!
 //! and requires a failing test: a mutant that passes is a hole in the exercise's tests.
 
+pub mod prepare_inputs;
+pub mod rms_norm;
+pub mod rotary_embedding;
+pub mod sampler;
+pub mod slot_mapping;
+
 /// Whether the mutant `name` is selected (the environment variable `INFERENCE_LAB_MUTANT`).
 pub fn active(name: &str) -> bool {
     std::env::var("INFERENCE_LAB_MUTANT").is_ok_and(|v| v == name)

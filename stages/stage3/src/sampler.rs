@@ -1,22 +1,15 @@
 //! Exercise 5: sampling, from a row of logits to the next token (vLLM's `Sampler`).
 //!
-//! - **Greedy** (`params.is_greedy()`, i.e. temperature 0): the argmax of the logits; on ties
-//!   the lowest token id, as transformers.
-//! - **Random**, in vLLM's order:
-//!   1. sort the token ids by logit, largest first (a *stable* sort: ties keep id order);
-//!   2. **top-k**: keep the first `k` (`params.top_k`, at least 1; `None` keeps all);
-//!   3. **temperature** and softmax over the kept candidates:
-//!      `p_i = exp((logit_i − max) / temperature)`, divided by their sum (subtracting the
-//!      largest logit keeps `exp` from overflowing);
-//!   4. **top-p**: keep the shortest prefix whose probabilities sum to at least `top_p`
-//!      (always at least one token; `top_p >= 1` keeps all);
-//!   5. **draw**: `u = rng.random::<f32>() * (sum of kept p)`; walk the candidates
-//!      subtracting each `p` from `u`; return the first with `u < p` (the last if rounding
-//!      leaves none).
+//! - **Greedy** (`params.is_greedy()`, i.e. temperature 0): the token with the largest logit;
+//!   among equal largest logits, the lowest id, as transformers.
+//! - **Random**: a distribution is built from the logits, cut down by top-k and top-p, and one
+//!   token is drawn from what is left with the request's own generator (`rng`, seeded by
+//!   `params.seed`, so batching never changes what a request draws).
 //!
-//! Each request has its own generator (`rng`), seeded by `params.seed`, so batching never
-//! changes what a request draws. Draw exactly one `f32` per call and follow the steps in this
-//! order: the tests compare your tokens with the engine's for the same seed.
+//! The tests compare your tokens with the engine's for the same seed, draw after draw, so the
+//! contract is exact: the steps in the engine's order, how each cut treats ties and its
+//! boundary, and how the one random number becomes a token. It is in the book's Stage 3
+//! chapter, "Sampling", with examples worked by hand.
 //!
 //! Test: `cargo test -p stage3 --test sampler`.
 
@@ -25,17 +18,21 @@ use engine::sampling_params::SamplingParams;
 #[cfg(not(feature = "reference"))]
 use rand::Rng;
 
-#[cfg(feature = "reference")]
+#[cfg(feature = "mutants")]
+pub use crate::mutants::sampler::sample;
+#[cfg(all(feature = "reference", not(feature = "mutants")))]
 pub use engine::sampler::sample;
 
-// HINT: `let mut ids: Vec<u32> = (0..logits.len() as u32).collect();`
-//   `ids.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));` sorts largest
-//   first and is stable. `total_cmp` orders floats without the `partial_cmp` unwrap.
-//   For greedy, a loop that replaces the best only on a strictly larger value keeps the
-//   lowest id on ties.
+// HINT: sort token ids, not logits, so you keep track of which token is which. Rust's
+//   `sort_by` is stable; `f32::total_cmp` orders floats without `partial_cmp`'s `Option`.
+// HINT: work the chapter's examples by hand first, the boundary one included (two equal
+//   logits, `top_p = 0.5`): how many tokens survive?
+// HINT: draw exactly one `rng.random::<f32>()` per call, and only for random sampling.
 
-/// Chooses one token id from `logits` `[vocab]`.
 #[cfg(not(feature = "reference"))]
+// ANCHOR: stub
+/// Chooses one token id from `logits` `[vocab]`.
 pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut impl Rng) -> u32 {
-    todo!("stage3: sample in stages/stage3/src/sampler.rs — greedy argmax (lowest id on ties); else sort, top-k, softmax(logits / temperature), top-p, one draw of rng.random::<f32>()")
+    todo!("stage3: sample in stages/stage3/src/sampler.rs — greedy: the largest logit, lowest id on ties; random: sort, top-k, temperature and softmax, top-p, one draw")
 }
+// ANCHOR_END: stub

@@ -55,6 +55,66 @@ fn a_constant_row_normalizes_to_the_weight() {
     );
 }
 
+/// The chapter's example: `[3, 4]` has mean square 12.5; with `eps = 0.5` it is 13 under the
+/// root.
+#[test]
+fn the_chapters_example() {
+    let mut out = [0.0; 2];
+    rms_norm(&mut out, &[3.0, 4.0], &[1.0, 1.0], 0.0);
+    common::assert_close(
+        "rms_norm([3, 4], eps 0)",
+        &out,
+        &[0.848_528, 1.131_371],
+        1e-5,
+    );
+    rms_norm(&mut out, &[3.0, 4.0], &[1.0, 1.0], 0.5);
+    common::assert_close(
+        "rms_norm([3, 4], eps 0.5)",
+        &out,
+        &[0.832_050, 1.109_4],
+        1e-5,
+    );
+    rms_norm(&mut out, &[3.0, 4.0], &[2.0, -1.0], 0.0);
+    common::assert_close(
+        "rms_norm([3, 4], weight [2, -1])",
+        &out,
+        &[1.697_056, -1.131_371],
+        1e-5,
+    );
+}
+
+/// Rows are normalized one by one, over `hidden_size` (the weight's length) values each.
+#[test]
+fn each_row_has_its_own_root_mean_square() {
+    let mut out = [0.0; 4];
+    rms_norm(&mut out, &[3.0, 4.0, 0.0, 2.0], &[1.0, 1.0], 0.0);
+    let r = 2f32.sqrt();
+    common::assert_close("two rows", &out, &[0.848_528, 1.131_371, 0.0, r], 1e-5);
+}
+
+/// With epsilon under the root, a row of zeros normalizes to zeros (not NaN).
+#[test]
+fn a_row_of_zeros_stays_zero() {
+    let mut out = [f32::NAN; 3];
+    rms_norm(&mut out, &[0.0; 3], &[1.0, 2.0, 3.0], 1e-5);
+    assert_eq!(out, [0.0; 3], "rms_norm of a row of zeros");
+}
+
+/// The fused step leaves two results: the new residual stream and its norm.
+#[test]
+fn fused_add_rms_norm_writes_both_buffers() {
+    let mut x = [1.0, 2.0];
+    let mut residual = [2.0, 2.0];
+    fused_add_rms_norm(&mut x, &mut residual, &[1.0, 1.0], 0.0);
+    common::assert_close("residual after residual += x", &residual, &[3.0, 4.0], 1e-6);
+    common::assert_close(
+        "x after x = rms_norm(residual)",
+        &x,
+        &[0.848_528, 1.131_371],
+        1e-5,
+    );
+}
+
 fn your_rms_norm() -> EngineParts {
     EngineParts {
         kernels: CpuKernels {

@@ -57,6 +57,48 @@ fn position_zero_changes_nothing() {
     assert_eq!(q, q0, "position 0 rotates by angle 0");
 }
 
+/// The chapter's example: head_dim 4, rope_theta 10000, so pair 0 = (v[0], v[2]) turns by
+/// `p · 1` and pair 1 = (v[1], v[3]) by `p · 0.01` radians. Queries (2 heads) and the key
+/// (1 head) of a token at position 1.
+#[test]
+fn the_chapters_example_pairs_halves_not_neighbours() {
+    let config = engine::config::ModelConfig {
+        head_dim: 4,
+        rope_theta: 10000.0,
+        rope_scaling: None,
+        ..tiny_config()
+    };
+    let cache = cos_sin_cache(&config, 4);
+    let mut q = vec![1.0, 0.0, 0.0, 0.0, /* head 2 */ 0.0, 1.0, 0.0, 0.0];
+    let mut k = vec![2.0, 0.0, 0.0, 1.0];
+    rotary_embedding(&[1], &mut q, &mut k, 4, &cache);
+    let (c0, s0) = (1f32.cos(), 1f32.sin());
+    let (c1, s1) = (0.01f32.cos(), 0.01f32.sin());
+    // (1, 0) turned by 1 rad lands in v[0] and v[2]; v[1] and v[3] stay 0.
+    common::assert_close("query head 0", &q[..4], &[c0, 0.0, s0, 0.0], 1e-6);
+    common::assert_close("query head 1", &q[4..], &[0.0, c1, 0.0, s1], 1e-6);
+    // Keys turn by the same angles: pair 0 (2, 0) → (2cos 1, 2sin 1); pair 1 (0, 1) → (−sin 0.01, cos 0.01).
+    common::assert_close("key", &k, &[2.0 * c0, -s1, 2.0 * s0, c1], 1e-6);
+}
+
+/// Rotation keeps every pair's length, for queries and keys alike.
+#[test]
+fn rotation_keeps_lengths() {
+    let cache = cos_sin_cache(&tiny_config(), 64);
+    let q0: Vec<f32> = (0..64).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+    let k0: Vec<f32> = q0[..32].iter().map(|v| v * 0.5 - 1.0).collect();
+    let (mut q, mut k) = (q0.clone(), k0.clone());
+    rotary_embedding(&[5, 41], &mut q, &mut k, 16, &cache);
+    let norms = |v: &[f32]| -> Vec<f32> {
+        v.chunks(16)
+            .flat_map(|h| (0..8).map(move |i| (h[i] * h[i] + h[i + 8] * h[i + 8]).sqrt()))
+            .collect()
+    };
+    common::assert_close("query pair lengths", &norms(&q), &norms(&q0), 1e-5);
+    common::assert_close("key pair lengths", &norms(&k), &norms(&k0), 1e-5);
+    assert_ne!(k, k0, "the keys must be rotated too");
+}
+
 fn your_rotary() -> EngineParts {
     EngineParts {
         kernels: CpuKernels {

@@ -56,6 +56,126 @@ proptest! {
     }
 }
 
+/// A generator whose every `rng.random::<f32>()` is `u`: the draw is chosen, not left to luck,
+/// so each boundary below is hit on every run.
+struct FixedDraw(u32);
+
+impl FixedDraw {
+    /// `u` in `[0, 1)`, a multiple of 2⁻²⁴ (rand's `f32` takes the top 24 bits of a `u32`).
+    fn at(u: f64) -> Self {
+        assert!((0.0..1.0).contains(&u));
+        FixedDraw(((u * (1u64 << 24) as f64) as u32) << 8)
+    }
+}
+
+impl rand::RngCore for FixedDraw {
+    fn next_u32(&mut self) -> u32 {
+        self.0
+    }
+    fn next_u64(&mut self) -> u64 {
+        (self.0 as u64) << 32
+    }
+    fn fill_bytes(&mut self, dst: &mut [u8]) {
+        dst.fill(0)
+    }
+}
+
+/// Draws spread over `[0, 1)`, the largest just below 1.
+const DRAWS: [f64; 6] = [0.0, 0.2, 0.45, 0.55, 0.8, 1.0 - 1.0 / 16_777_216.0];
+
+fn random(temperature: f32, top_k: Option<usize>, top_p: f32) -> SamplingParams {
+    SamplingParams {
+        temperature,
+        top_k,
+        top_p,
+        ..SamplingParams::default()
+    }
+}
+
+/// The chapter's example: probabilities 0.5, 0.3, 0.15, 0.05 and top-p 0.75 keep two tokens,
+/// renormalized to 0.625 and 0.375; the draw `u` is scaled by the kept mass 0.8 and walked
+/// down them: `u < 0.625` gives token 0, otherwise token 1.
+#[test]
+fn the_chapters_top_p_example() {
+    let logits = [0.5f32.ln(), 0.3f32.ln(), 0.15f32.ln(), 0.05f32.ln()];
+    let params = random(1.0, None, 0.75);
+    for (u, token) in [
+        (0.0, 0),
+        (0.2, 0),
+        (0.6, 0),
+        (0.62, 0),
+        (0.63, 1),
+        (0.9, 1),
+        (0.99, 1),
+    ] {
+        assert_eq!(
+            sample(&logits, &params, &mut FixedDraw::at(u)),
+            token,
+            "draw u = {u} with probabilities [0.5, 0.3, 0.15, 0.05], top_p 0.75"
+        );
+    }
+}
+
+/// Top-p keeps the shortest prefix whose mass *reaches* p. Two equal logits have probability
+/// 0.5 each: with top_p = 0.5 the first alone reaches it, so only token 0 is ever drawn.
+#[test]
+fn top_p_keeps_the_prefix_that_reaches_p_exactly() {
+    let params = random(1.0, None, 0.5);
+    for u in DRAWS {
+        assert_eq!(
+            sample(&[2.0, 2.0], &params, &mut FixedDraw::at(u)),
+            0,
+            "logits [2, 2], top_p 0.5, draw u = {u}: token 0's 0.5 already reaches top_p"
+        );
+    }
+}
+
+/// Top-k comes first and renormalizes, then top-p acts on the renormalized probabilities.
+/// Four equal logits, top_k 2: the two survivors have 0.5 each, so top_p 0.45 keeps one.
+/// (Top-p over all four, 0.25 each, would keep two.)
+#[test]
+fn top_k_comes_before_top_p() {
+    let params = random(1.0, Some(2), 0.45);
+    for u in DRAWS {
+        assert_eq!(
+            sample(&[1.0, 1.0, 1.0, 1.0], &params, &mut FixedDraw::at(u)),
+            0,
+            "logits [1, 1, 1, 1], top_k 2, top_p 0.45, draw u = {u}"
+        );
+    }
+}
+
+/// Temperature comes before top-p. Logits [1, 0] at temperature 0.5 give probabilities
+/// 0.881 and 0.119, so top_p 0.85 keeps token 0 alone. (At temperature 1 they are 0.731 and
+/// 0.269, and top-p would keep both.)
+#[test]
+fn temperature_comes_before_top_p() {
+    let params = random(0.5, None, 0.85);
+    for u in DRAWS {
+        assert_eq!(
+            sample(&[1.0, 0.0], &params, &mut FixedDraw::at(u)),
+            0,
+            "logits [1, 0], temperature 0.5, top_p 0.85, draw u = {u}"
+        );
+    }
+}
+
+/// Temperature sharpens (below 1) or flattens (above 1) the distribution: with logits
+/// [ln 3, 0] (probabilities 0.75 and 0.25 at temperature 1) and temperature 2 the
+/// probabilities are 3^½ / (3^½ + 1) = 0.634 and 0.366.
+#[test]
+fn temperature_divides_the_logits() {
+    let params = random(2.0, None, 1.0);
+    let logits = [3f32.ln(), 0.0];
+    for (u, token) in [(0.6, 0), (0.63, 0), (0.64, 1), (0.7, 1)] {
+        assert_eq!(
+            sample(&logits, &params, &mut FixedDraw::at(u)),
+            token,
+            "logits [ln 3, 0], temperature 2, draw u = {u}"
+        );
+    }
+}
+
 #[test]
 fn greedy_takes_the_lowest_id_on_ties() {
     let mut rng = StdRng::seed_from_u64(0);
