@@ -1,8 +1,16 @@
 //! Picks the next token from a row of logits (vLLM's `Sampler`).
 //!
-//! Greedy is argmax, ties to the lowest id, exactly as transformers. Random sampling applies,
-//! in vLLM's order: temperature, top-k, top-p, then draws from the renormalized distribution
-//! with the request's own generator.
+//! Greedy is argmax, ties to the lowest id, exactly as transformers. Random sampling sorts the
+//! candidates, keeps the top k, applies the temperature and softmax to them, keeps the top-p
+//! prefix, then draws once from the renormalized distribution with the request's own
+//! generator.
+//!
+//! vLLM v1 divides by the temperature first, then applies top-k and top-p
+//! (`vllm/v1/sample/sampler.py`). The distribution is the same: dividing logits by a positive
+//! temperature keeps their order, so top-k keeps the same tokens either way, and in both
+//! engines top-p sees the tempered probabilities. What differs: vLLM's top-k keeps every token
+//! tied with the k-th logit (ours keeps exactly k, lowest ids first), and vLLM draws with an
+//! exponential race, not one uniform number, so the same seed gives other tokens.
 
 use rand::Rng;
 

@@ -13,7 +13,7 @@ use engine::core::block_manager::BlockManager;
 use engine::core::scheduler::Scheduler;
 use engine::core::scheduler_output::{ScheduledSequence, SchedulerOutput};
 use engine::core::scheduling_policy::Fcfs;
-use engine::model_executor::weights::{assemble, HostTensor};
+use engine::model_executor::weights::{parameter_count, weight_bytes};
 use engine::sampling_params::SamplingParams;
 use engine::sequence::{SeqId, Sequence};
 use engine::worker::cache_engine::{kv_cache_bytes_per_block, num_blocks_for_budget};
@@ -35,6 +35,7 @@ pub const FUNCTIONS: &[&str] = &[
     "prepare_inputs",
     "rms_norm",
     "sample_support",
+    "argmax",
 ];
 
 type Args = toml::Table;
@@ -104,21 +105,6 @@ pub fn model_config(name: &str) -> Result<ModelConfig, String> {
     };
     let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     ModelConfig::from_json(&text).map_err(|e| e.to_string())
-}
-
-/// Parameters of a model, counted over the shapes the engine's weight loader asks for.
-pub fn parameter_count(config: &ModelConfig) -> u64 {
-    let mut total = 0u64;
-    let result: Result<_, std::convert::Infallible> = assemble(config, |_, [rows, cols]| {
-        total += (rows * cols) as u64;
-        Ok(HostTensor {
-            data: Vec::new(),
-            rows: 0,
-            cols: 0,
-        })
-    });
-    drop(result);
-    total
 }
 
 fn scheduler(block_size: usize, num_blocks: usize, budget: usize) -> Scheduler {
@@ -320,6 +306,21 @@ fn sample_support(args: &Args) -> Result<f64, String> {
     Ok(seen.len() as f64)
 }
 
+/// The token the engine's greedy `argmax` picks from `vocab_size` logits that are all 0 except
+/// 1 at each of `largest` (equal largest logits, a tie when there are several).
+fn argmax(args: &Args) -> Result<f64, String> {
+    let mut logits = vec![0.0; int(args, "vocab_size")?];
+    for id in ints(args, "largest")? {
+        *logits
+            .get_mut(id)
+            .ok_or_else(|| format!("id {id} is not below vocab_size"))? = 1.0;
+    }
+    if logits.is_empty() {
+        return Err("vocab_size must be at least 1".into());
+    }
+    Ok(engine::sampler::argmax(&logits) as f64)
+}
+
 /// Calls the engine function a `check.fn` names.
 pub fn call(name: &str, args: &Args) -> Result<f64, String> {
     let model = || model_config(text(args, "model")?);
@@ -351,7 +352,7 @@ pub fn call(name: &str, args: &Args) -> Result<f64, String> {
         ) as f64,
         "num_queries_per_kv" => model()?.num_queries_per_kv() as f64,
         "parameter_count" => parameter_count(&model()?) as f64,
-        "weight_bytes" => parameter_count(&model()?) as f64 * int(args, "bits")? as f64 / 8.0,
+        "weight_bytes" => weight_bytes(&model()?, int(args, "bits")? as u64) as f64,
         "schedule_mixed_batch" => schedule_mixed_batch(args)?,
         "fcfs_preemption" => fcfs_preemption(args)?,
         "chunked_prefill" => chunked_prefill(args)?,
@@ -359,6 +360,7 @@ pub fn call(name: &str, args: &Args) -> Result<f64, String> {
         "prepare_inputs" => prepare(args)?,
         "rms_norm" => rms_norm(args)?,
         "sample_support" => sample_support(args)?,
+        "argmax" => argmax(args)?,
         other => {
             return Err(format!(
                 "unknown check function `{other}` (known: {})",

@@ -10,8 +10,9 @@
 //! mdbook-quiz ignores the table; this crate reads it, calls the engine function it names
 //! ([`engine_calls::call`], a table from names to engine calls), formats the result the way the
 //! prompt asks (`scale` divides it, `decimals` rounds it) and compares it with `answer.answer`
-//! and every `answer.alternatives` entry. A wrong answer is an error naming the file and the
-//! question.
+//! and every `answer.alternatives` entry. A multiple-choice question whose answer is a number
+//! can carry a `check` too: its answer must be the engine's value and no distractor may be. A
+//! wrong answer is an error naming the file and the question.
 //!
 //! ```text
 //! quizzes/stage1.toml ─ parse ─> Question { prompt, answer, check }
@@ -42,6 +43,8 @@ pub struct Question {
     pub prompt: String,
     pub answer: String,
     pub alternatives: Vec<String>,
+    /// A multiple-choice question's wrong choices (`prompt.distractors`).
+    pub distractors: Vec<String>,
     pub check: Option<Check>,
 }
 
@@ -116,14 +119,18 @@ pub fn parse_quiz(path: &Path, text: &str) -> Result<QuizFile, String> {
             _ if kind == "Tracing" => String::new(),
             _ => return Err(format!("{}: missing answer.answer", where_())),
         };
-        let alternatives = text_at(q, "answer", "alternatives")
-            .and_then(|v| v.as_array())
-            .map(|a| {
-                a.iter()
-                    .filter_map(|v| v.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let strings = |outer: &str, inner: &str| -> Vec<String> {
+            text_at(q, outer, inner)
+                .and_then(|v| v.as_array())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let alternatives = strings("answer", "alternatives");
+        let distractors = strings("prompt", "distractors");
         let check = match q.get("check") {
             None => None,
             Some(c) => Some(parse_check(c).map_err(|e| format!("{}: {e}", where_()))?),
@@ -134,6 +141,7 @@ pub fn parse_quiz(path: &Path, text: &str) -> Result<QuizFile, String> {
             prompt,
             answer,
             alternatives,
+            distractors,
             check,
         });
     }
@@ -226,8 +234,11 @@ pub fn check_question(file: &Path, q: &Question) -> Result<(), String> {
         return Ok(());
     };
     let fail = |msg: String| Err(format!("{} {}: {msg}", file.display(), q.label()));
-    if q.kind != "ShortAnswer" {
-        return fail(format!("`check` is only for ShortAnswer, not {}", q.kind));
+    if q.kind != "ShortAnswer" && q.kind != "MultipleChoice" {
+        return fail(format!(
+            "`check` is for ShortAnswer and MultipleChoice, not {}",
+            q.kind
+        ));
     }
     let expected = match expected_answer(check) {
         Ok(e) => e,
@@ -240,6 +251,15 @@ pub fn check_question(file: &Path, q: &Question) -> Result<(), String> {
         ));
     }
     let want = parse_number(&expected).expect("a formatted number parses");
+    // A distractor that means the engine's answer would make a right choice count as wrong.
+    for d in &q.distractors {
+        if d.trim().parse::<f64>().is_ok_and(|v| v == want) {
+            return fail(format!(
+                "distractor {d:?} is the engine's answer ({})",
+                check.function
+            ));
+        }
+    }
     for alt in &q.alternatives {
         match parse_number(alt) {
             Some(v) if v == want => {}

@@ -23,7 +23,13 @@ fn every_numeric_answer_matches_the_engine() {
 fn every_numeric_short_answer_names_what_computes_it() {
     for quiz in all_quizzes() {
         for q in &quiz.questions {
-            if q.kind == "ShortAnswer" && parse_number(&q.answer).is_some() {
+            let numeric = match q.kind.as_str() {
+                "ShortAnswer" => parse_number(&q.answer).is_some(),
+                // A choice that is just a number ("4") is computed too, e.g. a greedy tie.
+                "MultipleChoice" => q.answer.trim().parse::<f64>().is_ok(),
+                _ => false,
+            };
+            if numeric {
                 assert!(
                     q.check.is_some(),
                     "{} {} has a numeric answer but no `check`",
@@ -32,6 +38,102 @@ fn every_numeric_short_answer_names_what_computes_it() {
                 );
             }
         }
+    }
+}
+
+/// The stage 3 greedy-tie question: ids 17 and 4 share the largest logit, and the engine's
+/// `argmax` decides. Swapping the answer with the distractor "17" must fail, and so must a
+/// distractor equal to the engine's answer.
+#[test]
+fn the_greedy_tie_question_is_decided_by_the_engines_argmax() {
+    let quiz = all_quizzes()
+        .into_iter()
+        .find(|q| q.path.ends_with("stage3.toml"))
+        .expect("stage3.toml");
+    let q = quiz
+        .questions
+        .iter()
+        .find(|q| q.kind == "MultipleChoice" && q.prompt.contains("17 and 4"))
+        .expect("the greedy-tie question");
+    let check = q
+        .check
+        .as_ref()
+        .expect("the greedy-tie question has a check");
+    assert_eq!(check.function, "argmax");
+    assert_eq!(check_question(&quiz.path, q), Ok(()));
+    let mut swapped = q.clone();
+    swapped.answer = "17".into();
+    swapped.distractors = q
+        .distractors
+        .iter()
+        .map(|d| if d == "17" { "4".into() } else { d.clone() })
+        .collect();
+    let err = check_question(&quiz.path, &swapped).expect_err("17 accepted as the answer");
+    assert!(err.contains("the engine's argmax gives \"4\""), "{err}");
+    let mut both = q.clone();
+    both.distractors.push("4".into());
+    let err = check_question(&quiz.path, &both).expect_err("a distractor 4 accepted");
+    assert!(err.contains("distractor \"4\""), "{err}");
+}
+
+/// Words of `text` outside code spans with an underscore between two letters or digits.
+fn bare_underscores(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    // Odd-numbered pieces between backticks are code spans.
+    for piece in text.split('`').step_by(2) {
+        for word in piece.split_whitespace() {
+            let b = word.as_bytes();
+            if (1..b.len().saturating_sub(1)).any(|k| {
+                b[k] == b'_' && b[k - 1].is_ascii_alphanumeric() && b[k + 1].is_ascii_alphanumeric()
+            }) {
+                found.push(word.to_string());
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn bare_underscores_are_found_outside_code_spans_only() {
+    assert_eq!(
+        bare_underscores("2 · layers · kv_heads · `head_dim` · bytes"),
+        ["kv_heads"]
+    );
+    assert!(bare_underscores("`max_model_len` = min(4096, 1600), _emphasis_ meant").is_empty());
+}
+
+/// mdbook-quiz renders Markdown, where `a_b_c` turns `b` into italics: an identifier with an
+/// underscore must be in backticks.
+#[test]
+fn identifiers_with_underscores_are_in_backticks() {
+    let mut found = Vec::new();
+    for path in quiz_files() {
+        let table: toml::Table = toml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        for (i, q) in table["questions"].as_array().unwrap().iter().enumerate() {
+            let mut texts = Vec::new();
+            collect_strings(q, &mut texts);
+            for word in texts.iter().flat_map(|t| bare_underscores(t)) {
+                found.push(format!("{} question {}: {word}", path.display(), i + 1));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "put these in backticks:\n{}",
+        found.join("\n")
+    );
+}
+
+/// Every string a question shows (prompt, answer, distractors, context), not its `check`/`id`.
+fn collect_strings(v: &toml::Value, out: &mut Vec<String>) {
+    match v {
+        toml::Value::String(s) => out.push(s.clone()),
+        toml::Value::Array(a) => a.iter().for_each(|v| collect_strings(v, out)),
+        toml::Value::Table(t) => t
+            .iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "check" | "id" | "type"))
+            .for_each(|(_, v)| collect_strings(v, out)),
+        _ => {}
     }
 }
 
@@ -109,33 +211,6 @@ fn an_answer_off_by_one_unit_fails_naming_its_question() {
         }
     }
     assert!(mutated >= 10, "only {mutated} numeric answers were mutated");
-}
-
-/// Errata: a source claimed token 49 of a 50-token sequence with block table [5, 12, 8] (block
-/// size 16) goes to slot 8·16 + 1 = 129. The engine disagrees.
-#[test]
-fn errata_token_49_does_not_fit_a_three_block_table() {
-    use engine::core::block::{blocks_needed, slot_for_position, BlockId};
-    let table = [BlockId(5), BlockId(12), BlockId(8)];
-    // 50 tokens need 4 blocks; the table has 3.
-    assert_eq!(blocks_needed(50, 16), 4);
-    assert!(blocks_needed(50, 16) > table.len());
-    // Position 49 is in logical block 3, which does not exist: the engine panics.
-    let refused = std::panic::catch_unwind(|| slot_for_position(&table, 16, 49));
-    assert!(
-        refused.is_err(),
-        "the engine mapped position 49 with 3 blocks"
-    );
-    // Slot 129 (block 8, offset 1) belongs to position 33.
-    assert_eq!(slot_for_position(&table, 16, 33).0, 129);
-    // With a fourth block, position 49 has a slot in that block.
-    let four = [BlockId(5), BlockId(12), BlockId(8), BlockId(20)];
-    assert_eq!(slot_for_position(&four, 16, 49).0, 20 * 16 + 1);
-    // And the quiz checker reports the refusal instead of crashing.
-    let args: toml::Table =
-        toml::from_str("block_table = [5, 12, 8]\nblock_size = 16\nposition = 49").unwrap();
-    let err = quizzes::engine_calls::call("slot_for_position", &args).unwrap_err();
-    assert!(err.contains("refuses position 49"), "{err}");
 }
 
 #[test]

@@ -5,10 +5,11 @@ use engine::config::ModelConfig;
 use engine::core::block::{blocks_needed, slot_for_position, BlockId};
 use engine::core::block_allocator::RefCountingAllocator;
 use engine::core::block_manager::BlockManager;
+use engine::model_executor::weights::{parameter_count, weight_bytes};
 use engine::sequence::SeqId;
 use engine::worker::cache_engine::{kv_cache_bytes_per_block, num_blocks_for_budget};
 use proptest::prelude::*;
-use quizzes::engine_calls::{call, parameter_count};
+use quizzes::engine_calls::call;
 
 fn args(text: &str) -> toml::Table {
     toml::from_str(text).unwrap()
@@ -105,6 +106,15 @@ proptest! {
         let per_layer = h * (q_heads + 2 * kv) * d + q_heads * d * h + 3 * h * i + 2 * h;
         let embeddings = v * h * if tied { 1 } else { 2 };
         prop_assert_eq!(parameter_count(&c), (embeddings + layers * per_layer + h) as u64);
+    }
+
+    /// bytes = ⌈params · bits / 8⌉, and the quiz's `weight_bytes` check is the engine's.
+    #[test]
+    fn weight_bytes_formula(layers in 1usize..40, half_dim in 1usize..16, bits in 1u64..33) {
+        let c = config(layers, 2, 2, 2 * half_dim, false);
+        let params = parameter_count(&c);
+        prop_assert_eq!(weight_bytes(&c, bits), (params * bits).div_ceil(8));
+        prop_assert_eq!(weight_bytes(&c, 16), 2 * params);
     }
 
     /// A mixed batch processes Σ prompt lengths + one token per decode, and allocates

@@ -130,3 +130,28 @@ pub fn assemble<E>(
     })
 }
 // ANCHOR_END: assemble
+
+// ANCHOR: weight_bytes
+/// Parameters of a model: the sum of the shapes [`assemble`] asks for (no weights are read or
+/// made). A tied LM head is counted once, with the embeddings.
+pub fn parameter_count(config: &ModelConfig) -> u64 {
+    let mut total = 0u64;
+    let counted: Result<_, std::convert::Infallible> = assemble(config, |_, [rows, cols]| {
+        total += (rows * cols) as u64;
+        Ok(HostTensor {
+            data: Vec::new(),
+            rows: 0,
+            cols: 0,
+        })
+    });
+    drop(counted);
+    total
+}
+
+/// Bytes the weights take at `bits_per_parameter` bits each (16 for FP16/BF16, 8 for INT8, 4
+/// for INT4), rounded up to whole bytes. Quantized formats add scale factors on top (about a
+/// bit per weight for GGUF's Q4_1); this counts the parameters alone.
+pub fn weight_bytes(config: &ModelConfig, bits_per_parameter: u64) -> u64 {
+    (parameter_count(config) * bits_per_parameter).div_ceil(8)
+}
+// ANCHOR_END: weight_bytes

@@ -24,6 +24,7 @@ pub fn rms_norm(
 }
 // ANCHOR_END: rms_norm
 
+// ANCHOR: fused_add_rms_norm
 /// The pre-norm residual step of a decoder layer in one pass: `residual += x`, then
 /// `x = rms_norm(residual)`. Saves a read and a write of the hidden states per layer.
 pub fn fused_add_rms_norm(
@@ -46,3 +47,4 @@ pub fn fused_add_rms_norm(
             }
         });
 }
+// ANCHOR_END: fused_add_rms_norm

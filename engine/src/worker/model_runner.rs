@@ -12,6 +12,7 @@ use crate::core::scheduler_output::SchedulerOutput;
 use crate::model_executor::llama::LlamaForCausalLM;
 use crate::worker::cache_engine::KvCache;
 
+// ANCHOR: model_input
 /// The flat inputs of one step.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ModelInput {
@@ -21,6 +22,7 @@ pub struct ModelInput {
     /// Row of each sequence's last token, for the sequences that sample this step.
     pub logits_indices: Vec<usize>,
 }
+// ANCHOR_END: model_input
 
 /// A function that lays out a step's batch, like [`prepare_inputs`] (stage 3 swaps in the
 /// learner's).

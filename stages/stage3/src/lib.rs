@@ -9,7 +9,8 @@
 //! 3. rms_norm           rms_norm,            the normalization before attention and the MLP
 //!                       fused_add_rms_norm
 //! 4. rotary_embedding   rotary_embedding     positions, encoded by rotating q and k
-//! 5. sampler            sample               greedy, temperature, top-k, top-p
+//! 5. paged_attention    paged_attention      attention over keys/values found by block table
+//! 6. sampler            sample               greedy, temperature, top-k, top-p
 //! ```
 //!
 //! Data flow, with your code in brackets:
@@ -18,19 +19,27 @@
 //! SchedulerOutput ─ [prepare_inputs] ─ [slot_for_position] per token
 //!   └ ModelInput { input_ids, positions, AttentionMetadata, logits_indices }
 //!       └ LlamaForCausalLM::forward on the CPU backend:
-//!           embed ─ [rms_norm] ─ qkv ─ [rotary_embedding] ─ cache ─ attention ─ o_proj
-//!                 ─ [fused_add_rms_norm] ─ MLP ─ [fused_add_rms_norm] ─ … ─ lm_head
+//!           embed ─ [rms_norm] ─ then each layer:
+//!             qkv_proj ─ [rotary_embedding] ─ reshape_and_cache ─ [paged_attention] ─ o_proj
+//!             ─ [fused_add_rms_norm] ─ gate_up_proj ─ silu_and_mul ─ down_proj
+//!             ─ [fused_add_rms_norm] (the next layer's input norm, or the final norm)
+//!           ─ lm_head, on the rows in logits_indices only
 //!       └ logits ─ [sample] ─ next token
 //! ```
 //!
 //! [`engine_parts`] puts your pieces into an [`EngineParts`]; the tests build an engine from it
 //! and check that it generates exactly the tokens of the engine's own parts. Run
 //! `cargo test -p stage3`: every test fails with `not yet implemented: stage3: ...` until you
-//! write the function it names. `cargo test -p stage3 --features reference` swaps every exercise for the
-//! engine's implementation (that is how `cargo xtask check` proves the tests pass).
+//! write the function it names. `cargo test -p stage3 --features reference` swaps every
+//! exercise for the engine's implementation (that is how `cargo xtask check` proves the tests
+//! pass; it also runs the plausible wrong solutions in `mutants/` and requires the tests to
+//! catch each one).
 
 // The stubs ignore their arguments (and some imports) until you fill them in.
-#![cfg_attr(not(feature = "reference"), allow(unused_variables, unused_imports, dead_code))]
+#![cfg_attr(
+    not(feature = "reference"),
+    allow(unused_variables, unused_imports, dead_code)
+)]
 
 // Maintainers only: plausible wrong solutions that the tests must catch (see mutants/mod.rs).
 #[cfg(feature = "mutants")]

@@ -5,14 +5,14 @@
 //! [`AttentionMetadata`](engine::attention::attention_metadata::AttentionMetadata) tells
 //! attention which rows belong to which sequence, how long each sequence's context is, and
 //! where each row's key and value go in the cache; `logits_indices` says which rows are
-//! sampled. An example (ranges are Rust's, half-open: `0..3` is positions 0, 1 and 2):
+//! sampled. An example:
 //!
 //! ```text
-//! scheduled: A = first prefill chunk, positions 0..3, samples nothing yet;
+//! scheduled: A = first prefill chunk, positions 0 to 2, samples nothing yet;
 //!            B = decode at position 9
 //! input_ids        [a0 a1 a2 b9]       positions [0 1 2 9]
 //! slot_mapping     [slot(A,0) slot(A,1) slot(A,2) slot(B,9)]
-//! query_start_loc  [0 3 4]             A owns rows 0..3, B rows 3..4
+//! query_start_loc  [0 3 4]             A owns rows 0 to 2, B row 3
 //! seq_lens         [3 10]              tokens in each sequence's cache after this step
 //! block_tables     A's table, B's table, each padded with 0 to the longest
 //! logits_indices   [3]                 B's last row; A's chunk is not its last

@@ -1,4 +1,4 @@
-//! Exercise 5: sampling, from a row of logits to the next token (vLLM's `Sampler`).
+//! Exercise 6: sampling, from a row of logits to the next token (vLLM's `Sampler`).
 //!
 //! - **Greedy** (`params.is_greedy()`, i.e. temperature 0): the token with the largest logit;
 //!   among equal largest logits, the lowest id, as transformers.

@@ -98,7 +98,7 @@ fn the_chapters_mixed_batch() {
     assert_eq!(
         m.query_start_loc,
         [0, 1, 21],
-        "query_start_loc: A owns rows 0..1, B rows 1..21"
+        "query_start_loc: A owns row 0, B rows 1 to 20"
     );
     assert_eq!(
         m.seq_lens,
@@ -126,7 +126,7 @@ fn the_chapters_mixed_batch() {
 /// `start_position`, and its sequence's context includes the earlier chunks.
 #[test]
 fn a_middle_chunk_and_a_decode() {
-    // Block size 4. A: chunk of positions 8..14 of a longer prompt (table [5, 1, 6, 2]);
+    // Block size 4. A: chunk of positions 8 to 13 of a longer prompt (table [5, 1, 6, 2]);
     // B: decode at position 9 (table [3, 8, 7]).
     let out = SchedulerOutput {
         scheduled: vec![
@@ -142,7 +142,7 @@ fn a_middle_chunk_and_a_decode() {
     assert_eq!(
         m.query_start_loc,
         [0, 6, 7],
-        "query_start_loc: A owns rows 0..6, B 6..7"
+        "query_start_loc: A owns rows 0 to 5, B row 6"
     );
     assert_eq!(
         m.seq_lens,

@@ -74,7 +74,7 @@ fn the_chapters_example() {
     }
 }
 
-/// Three blocks of 16 hold positions 0..48. Position 49 has no block: a published example put
+/// Three blocks of 16 hold positions 0 to 47. Position 49 has no block: a published example put
 /// it in slot 129 (the last block, offset 1), which is position 33's slot. Overwriting another
 /// token's key and value is silent corruption; the contract is to panic.
 #[test]
