@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+use engine::attention::attention_metadata::AttentionMetadata;
 use engine::config::{CacheConfig, EngineConfig, ModelConfig, SchedulerConfig};
 use engine::core::block::{blocks_needed, slot_for_position, BlockId};
 use engine::core::block_allocator::RefCountingAllocator;
@@ -36,6 +37,8 @@ pub const FUNCTIONS: &[&str] = &[
     "rms_norm",
     "sample_support",
     "argmax",
+    "paged_attention_reads",
+    "paged_attention_kv_head",
 ];
 
 type Args = toml::Table;
@@ -306,6 +309,90 @@ fn sample_support(args: &Args) -> Result<f64, String> {
     Ok(seen.len() as f64)
 }
 
+/// What the engine's paged attention reads for one query row: a sequence of `seq_len` tokens
+/// whose last `query_len` (default 1: a decode) are this step's rows; row `row` (default the
+/// last) attends. Every cache slot's value is one-hot on the slot's number and every key is
+/// zero, so the row's output is nonzero exactly at the slots it read. `output`: `keys` (how
+/// many slots) or `blocks` (how many distinct cache blocks).
+fn paged_attention_reads(args: &Args) -> Result<f64, String> {
+    let (block_size, seq_len) = (int(args, "block_size")?, int(args, "seq_len")?);
+    let query_len = int(args, "query_len").unwrap_or(1);
+    let row = int(args, "row").unwrap_or(query_len.saturating_sub(1));
+    if block_size == 0 || query_len == 0 || query_len > seq_len || row >= query_len {
+        return Err("need block_size > 0 and 0 <= row < query_len <= seq_len".into());
+    }
+    let num_blocks = seq_len.div_ceil(block_size);
+    let slots = num_blocks * block_size;
+    // A scattered table: logical block i lives in physical block num_blocks - 1 - i.
+    let table: Vec<u32> = (0..num_blocks as u32).rev().collect();
+    let slot_of = |p: usize| table[p / block_size] as usize * block_size + p % block_size;
+    let meta = AttentionMetadata {
+        slot_mapping: (seq_len - query_len..seq_len)
+            .map(|p| slot_of(p) as u64)
+            .collect(),
+        query_start_loc: vec![0, query_len],
+        seq_lens: vec![seq_len],
+        block_tables: table,
+        max_blocks_per_seq: num_blocks,
+        block_size,
+    };
+    let keys = vec![0.0; slots * slots];
+    let mut values = vec![0.0; slots * slots];
+    for s in 0..slots {
+        values[s * slots + s] = 1.0;
+    }
+    let query = vec![1.0; query_len * slots];
+    let mut out = vec![0.0; query_len * slots];
+    engine::ops::paged_attention::paged_attention(
+        &mut out, &query, &keys, &values, 1, slots, 1.0, &meta,
+    );
+    let read: Vec<usize> = (0..slots)
+        .filter(|&s| out[row * slots + s] != 0.0)
+        .collect();
+    let value = match text(args, "output")? {
+        "keys" => read.len(),
+        "blocks" => {
+            let blocks: std::collections::BTreeSet<usize> =
+                read.iter().map(|s| s / block_size).collect();
+            blocks.len()
+        }
+        other => return Err(format!("unknown output `{other}`")),
+    };
+    Ok(value as f64)
+}
+
+/// Which KV head the engine's paged attention gives query head `query_head` of `num_heads`,
+/// with `num_kv_heads` KV heads: every value of KV head j is j, so the head's output is j.
+fn paged_attention_kv_head(args: &Args) -> Result<f64, String> {
+    let (heads, kv_heads) = (int(args, "num_heads")?, int(args, "num_kv_heads")?);
+    let h = int(args, "query_head")?;
+    if kv_heads == 0 || heads % kv_heads != 0 || h >= heads {
+        return Err("need num_kv_heads dividing num_heads and query_head < num_heads".into());
+    }
+    let meta = AttentionMetadata {
+        slot_mapping: vec![0],
+        query_start_loc: vec![0, 1],
+        seq_lens: vec![1],
+        block_tables: vec![0],
+        max_blocks_per_seq: 1,
+        block_size: 1,
+    };
+    let keys = vec![0.0; kv_heads];
+    let values: Vec<f32> = (0..kv_heads).map(|j| j as f32).collect();
+    let mut out = vec![f32::NAN; heads];
+    engine::ops::paged_attention::paged_attention(
+        &mut out,
+        &vec![1.0; heads],
+        &keys,
+        &values,
+        kv_heads,
+        1,
+        1.0,
+        &meta,
+    );
+    Ok(out[h] as f64)
+}
+
 /// The token the engine's greedy `argmax` picks from `vocab_size` logits that are all 0 except
 /// 1 at each of `largest` (equal largest logits, a tie when there are several).
 fn argmax(args: &Args) -> Result<f64, String> {
@@ -361,6 +448,8 @@ pub fn call(name: &str, args: &Args) -> Result<f64, String> {
         "rms_norm" => rms_norm(args)?,
         "sample_support" => sample_support(args)?,
         "argmax" => argmax(args)?,
+        "paged_attention_reads" => paged_attention_reads(args)?,
+        "paged_attention_kv_head" => paged_attention_kv_head(args)?,
         other => {
             return Err(format!(
                 "unknown check function `{other}` (known: {})",

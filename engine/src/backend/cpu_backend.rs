@@ -24,6 +24,17 @@ pub type RotaryEmbeddingFn = fn(
     head_dim: usize,
     cos_sin_cache: &[f32],
 );
+/// `ops::paged_attention::paged_attention`'s signature.
+pub type PagedAttentionFn = fn(
+    out: &mut [f32],
+    query: &[f32],
+    key_cache: &[f32],
+    value_cache: &[f32],
+    num_kv_heads: usize,
+    head_dim: usize,
+    scale: f32,
+    meta: &AttentionMetadata,
+);
 
 /// The kernels the CPU backend calls that a learner may replace (stage 3), as plain function
 /// pointers with the signatures of [`crate::ops`]. `Default` is the engine's own.
@@ -32,6 +43,7 @@ pub struct CpuKernels {
     pub rms_norm: RmsNormFn,
     pub fused_add_rms_norm: FusedAddRmsNormFn,
     pub rotary_embedding: RotaryEmbeddingFn,
+    pub paged_attention: PagedAttentionFn,
 }
 
 impl Default for CpuKernels {
@@ -40,6 +52,7 @@ impl Default for CpuKernels {
             rms_norm: ops::rms_norm::rms_norm,
             fused_add_rms_norm: ops::rms_norm::fused_add_rms_norm,
             rotary_embedding: ops::rotary_embedding::rotary_embedding,
+            paged_attention: ops::paged_attention::paged_attention,
         }
     }
 }
@@ -163,7 +176,7 @@ impl Backend for CpuBackend {
         meta: &AttentionMetadata,
     ) -> CpuTensor {
         let mut out = self.zeros(q.rows, q.cols);
-        ops::paged_attention::paged_attention(
+        (self.kernels.paged_attention)(
             &mut out.data,
             &q.data,
             &key_cache.data,

@@ -47,9 +47,11 @@ pub fn paged_attention(
         let q = &query[t * width + kvh * group * head_dim..][..group * head_dim];
         let kv_offset = kvh * head_dim;
         let num_keys = pos + 1; // causal: keys 0..=pos
-                                // Cache row of each key position, following the block table.
+
+        // Cache row of each key position, following the block table.
+        let b = meta.block_size;
         let rows = (0..num_keys).map(|p| {
-            let slot = table[p / meta.block_size] as usize * meta.block_size + p % meta.block_size;
+            let slot = table[p / b] as usize * b + p % b;
             slot * kv_row + kv_offset
         });
         // scores[p * group + g] = q_g · k_p * scale

@@ -12,6 +12,7 @@
 //!
 //! and requires a failing test: a mutant that passes is a hole in the exercise's tests.
 
+pub mod paged_attention;
 pub mod prepare_inputs;
 pub mod rms_norm;
 pub mod rotary_embedding;

@@ -46,6 +46,7 @@
 #[path = "../mutants/mod.rs"]
 mod mutants;
 
+pub mod paged_attention;
 pub mod prepare_inputs;
 pub mod rms_norm;
 pub mod rotary_embedding;
@@ -64,6 +65,7 @@ pub fn engine_parts() -> EngineParts {
             rms_norm: rms_norm::rms_norm,
             fused_add_rms_norm: rms_norm::fused_add_rms_norm,
             rotary_embedding: rotary_embedding::rotary_embedding,
+            paged_attention: paged_attention::paged_attention,
         },
         sample: sampler::sample,
         ..EngineParts::default()
