@@ -40,36 +40,34 @@ pub struct RefCountingAllocator {
 impl RefCountingAllocator {
     /// An allocator of `num_blocks` blocks, all free.
     pub fn new(num_blocks: usize) -> Self {
-        todo!("stage1: RefCountingAllocator::new in stages/stage1/src/block_allocator.rs — `num_blocks` blocks, all free, none owned")
+        todo!("stage1: RefCountingAllocator::new in stages/stage1/src/block_allocator.rs")
     }
 }
 
 #[cfg(not(feature = "reference"))]
 impl BlockAllocator for RefCountingAllocator {
     fn allocate(&mut self) -> Option<BlockId> {
-        todo!("stage1: RefCountingAllocator::allocate — a free block, now with one owner; None when none is free")
+        todo!("stage1: RefCountingAllocator::allocate — a free block, one owner; or None")
     }
 
     fn fork(&mut self, block: BlockId) {
-        todo!("stage1: RefCountingAllocator::fork — one more owner of an allocated block; panic on a free one")
+        todo!("stage1: RefCountingAllocator::fork — one owner more; panic on a free block")
     }
 
     fn free(&mut self, block: BlockId) {
-        todo!("stage1: RefCountingAllocator::free — one owner fewer; free again after the last; panic on a double free")
+        todo!("stage1: RefCountingAllocator::free — one owner fewer; panic on a double free")
     }
 
     fn ref_count(&self, block: BlockId) -> u32 {
-        todo!(
-            "stage1: RefCountingAllocator::ref_count — the block's number of owners (0 when free)"
-        )
+        todo!("stage1: RefCountingAllocator::ref_count — the block's owners (0 when free)")
     }
 
     fn num_free_blocks(&self) -> usize {
-        todo!("stage1: RefCountingAllocator::num_free_blocks — how many blocks `allocate` can still hand out")
+        todo!("stage1: RefCountingAllocator::num_free_blocks — blocks `allocate` can hand out")
     }
 
     fn num_total_blocks(&self) -> usize {
-        todo!("stage1: RefCountingAllocator::num_total_blocks — the `num_blocks` given to `new`")
+        todo!("stage1: RefCountingAllocator::num_total_blocks — the `num_blocks` of `new`")
     }
 }
 // ANCHOR_END: stub

@@ -22,8 +22,9 @@
 //! [`engine_parts`] puts your pieces into an [`EngineParts`]; the tests build an engine from it
 //! and check that it generates exactly the tokens of the engine's own parts. Run
 //! `cargo test -p stage1`: every test fails with `not yet implemented: stage1: ...` until you
-//! write the function it names. `cargo test -p stage1 --features reference` swaps every exercise for the
-//! engine's implementation (that is how `cargo xtask check` proves the tests pass).
+//! write the function it names. `cargo test -p stage1 --features reference` swaps every
+//! exercise for the engine's implementation (that is how `cargo xtask check` proves the tests
+//! pass).
 
 // The stubs ignore their arguments (and some imports) until you fill them in.
 #![cfg_attr(

@@ -53,7 +53,7 @@ pub struct Fcfs;
 impl SchedulingPolicy for Fcfs {
     /// `Less` when `a` should be served before `b`.
     fn compare(&self, a: &Sequence, b: &Sequence) -> Ordering {
-        todo!("stage1: Fcfs::compare in stages/stage1/src/preemption.rs — the earlier arrival is served first")
+        todo!("stage1: Fcfs::compare in stages/stage1/src/preemption.rs — earlier arrival first")
     }
 
     fn name(&self) -> &'static str {
@@ -65,7 +65,7 @@ impl SchedulingPolicy for Fcfs {
 /// `None` when no sequence is running. The running queue may be in any order.
 #[cfg(not(feature = "reference"))]
 pub fn select_victim(s: &Scheduler) -> Option<SeqId> {
-    todo!("stage1: select_victim in stages/stage1/src/preemption.rs — the running sequence that s.policy() ranks least important")
+    todo!("stage1: select_victim in stages/stage1/src/preemption.rs — whom s.policy() ranks last")
 }
 
 /// Preemption by recompute of the running sequence `id`. Afterwards:
@@ -75,7 +75,7 @@ pub fn select_victim(s: &Scheduler) -> Option<SeqId> {
 /// - its prompt and output tokens are unchanged, and no other sequence changed.
 #[cfg(not(feature = "reference"))]
 pub fn preempt(s: &mut Scheduler, id: SeqId) {
-    todo!("stage1: preempt in stages/stage1/src/preemption.rs — recompute-preemption: see the doc comment for the state afterwards")
+    todo!("stage1: preempt in stages/stage1/src/preemption.rs — its doc gives the state afterwards")
 }
 // ANCHOR_END: stub
 

@@ -51,7 +51,7 @@ use crate::preemption::{preempt, select_victim};
 /// Builds the next step's batch under the token budget, preempting if blocks run out.
 #[cfg(not(feature = "reference"))]
 pub fn schedule(s: &mut Scheduler) -> SchedulerOutput {
-    todo!("stage1: schedule in stages/stage1/src/scheduler.rs — running sequences first (preempting when blocks run out), then waiting ones; the contract is in the module docs")
+    todo!("stage1: schedule in stages/stage1/src/scheduler.rs — the contract is in the module docs")
 }
 // ANCHOR_END: stub
 

@@ -75,6 +75,26 @@ proptest! {
     }
 }
 
+/// The chapter's worked example: three blocks, one of them forked.
+#[test]
+fn the_chapters_worked_example() {
+    let mut a = RefCountingAllocator::new(3);
+    let counts = |a: &RefCountingAllocator, blocks: &[BlockId]| -> Vec<u32> {
+        blocks.iter().map(|&b| a.ref_count(b)).collect()
+    };
+    let x = a.allocate().expect("3 free blocks");
+    let y = a.allocate().expect("2 free blocks");
+    assert_ne!(x, y);
+    assert_eq!((counts(&a, &[x, y]), a.num_free_blocks()), (vec![1, 1], 1));
+    a.fork(x);
+    assert_eq!((counts(&a, &[x, y]), a.num_free_blocks()), (vec![2, 1], 1));
+    a.free(x);
+    assert_eq!((counts(&a, &[x, y]), a.num_free_blocks()), (vec![1, 1], 1));
+    a.free(x);
+    assert_eq!((counts(&a, &[x, y]), a.num_free_blocks()), (vec![0, 1], 2));
+    assert_eq!(a.num_total_blocks(), 3);
+}
+
 /// Worked by hand: one block, two owners (a fork), freed twice.
 #[test]
 fn a_block_is_recycled_only_after_its_last_owner_frees_it() {

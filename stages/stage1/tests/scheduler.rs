@@ -136,6 +136,29 @@ fn granted(out: &SchedulerOutput) -> Vec<(u64, usize)> {
         .collect()
 }
 
+/// The chapter's worked example (blocks of 4, 8 blocks, budget 8, chunked prefill on):
+/// request 0 decodes at position 8 and needs a third block, request 1 decodes within its
+/// second block, request 2 (10 tokens) gets the 6 tokens of budget left, and request 3 none.
+#[test]
+fn the_chapters_worked_example() {
+    let mut s = empty_scheduler(4, 8, config(8, true), Policy::Fcfs.boxed());
+    add_running(&mut s, 0, 8, 1, 8);
+    add_running(&mut s, 1, 5, 1, 5);
+    add_waiting(&mut s, 2, 10, 0);
+    add_waiting(&mut s, 3, 3, 0);
+    let out = schedule(&mut s);
+    assert_eq!(granted(&out), vec![(0, 1), (1, 1), (2, 6)]);
+    let starts: Vec<usize> = out.scheduled.iter().map(|q| q.start_position).collect();
+    let tables: Vec<usize> = out.scheduled.iter().map(|q| q.block_table.len()).collect();
+    let logits: Vec<bool> = out.scheduled.iter().map(|q| q.needs_logits).collect();
+    assert_eq!(starts, vec![8, 5, 0]);
+    assert_eq!(tables, vec![3, 2, 2]);
+    assert_eq!(logits, vec![true, true, false]);
+    assert!(out.preempted.is_empty());
+    assert_eq!(s.block_manager.num_free_blocks(), 1);
+    assert_eq!(Vec::from(s.waiting.clone()), vec![SeqId(3)]);
+}
+
 /// Worked by hand: under shortest-prompt-first, request 1 (4 tokens) is admitted before
 /// request 0 (12 tokens), which arrived first; the budget of 4 has no room for both.
 #[test]
