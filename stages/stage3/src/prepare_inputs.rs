@@ -51,6 +51,10 @@ use crate::slot_mapping::slot_for_position;
 // ANCHOR: stub
 /// Lays out a scheduled batch: token ids, positions, slot mapping, block tables.
 pub fn prepare_inputs(out: &SchedulerOutput, block_size: usize) -> ModelInput {
-    todo!("stage3: prepare_inputs in stages/stage3/src/prepare_inputs.rs — lay the scheduled sequences out as one flat batch: input_ids, positions, AttentionMetadata, logits_indices")
+    todo!(
+        "stage3: prepare_inputs in stages/stage3/src/prepare_inputs.rs — lay the \
+         scheduled sequences out as one flat batch: input_ids, positions, \
+         AttentionMetadata, logits_indices"
+    )
 }
 // ANCHOR_END: stub

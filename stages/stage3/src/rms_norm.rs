@@ -39,7 +39,10 @@ pub fn rms_norm(
     weight: &[f32],  // [hidden_size]
     eps: f32,
 ) {
-    todo!("stage3: rms_norm in stages/stage3/src/rms_norm.rs — normalize each row of x (weight.len() values) to unit root mean square, times weight")
+    todo!(
+        "stage3: rms_norm in stages/stage3/src/rms_norm.rs — normalize each row of x \
+         (weight.len() values) to unit root mean square, times weight"
+    )
 }
 // ANCHOR_END: stub
 
@@ -53,6 +56,9 @@ pub fn fused_add_rms_norm(
     weight: &[f32],       // [hidden_size]
     eps: f32,
 ) {
-    todo!("stage3: fused_add_rms_norm in stages/stage3/src/rms_norm.rs — add x into residual, then write the RMSNorm of residual into x")
+    todo!(
+        "stage3: fused_add_rms_norm in stages/stage3/src/rms_norm.rs — add x into \
+         residual, then write the RMSNorm of residual into x"
+    )
 }
 // ANCHOR_END: stub_fused

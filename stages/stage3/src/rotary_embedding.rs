@@ -42,6 +42,10 @@ pub fn rotary_embedding(
     head_dim: usize,
     cos_sin_cache: &[f32], // [max_position, head_dim]
 ) {
-    todo!("stage3: rotary_embedding in stages/stage3/src/rotary_embedding.rs — turn every head of every token of query and key by the angles of its position (row `position` of cos_sin_cache)")
+    todo!(
+        "stage3: rotary_embedding in stages/stage3/src/rotary_embedding.rs — turn every \
+         head of every token of query and key by the angles of its position (row \
+         `position` of cos_sin_cache)"
+    )
 }
 // ANCHOR_END: stub

@@ -33,6 +33,9 @@ pub use engine::sampler::sample;
 // ANCHOR: stub
 /// Chooses one token id from `logits` `[vocab]`.
 pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut impl Rng) -> u32 {
-    todo!("stage3: sample in stages/stage3/src/sampler.rs — greedy: the largest logit, lowest id on ties; random: sort, top-k, temperature and softmax, top-p, one draw")
+    todo!(
+        "stage3: sample in stages/stage3/src/sampler.rs — greedy: the largest logit, \
+         lowest id on ties; random: sort, top-k, temperature and softmax, top-p, one draw"
+    )
 }
 // ANCHOR_END: stub

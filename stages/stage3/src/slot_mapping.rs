@@ -37,6 +37,9 @@ pub use engine::core::block::slot_for_position;
 // ANCHOR: stub
 /// The cache slot of the token at `position` of a sequence with this block table.
 pub fn slot_for_position(block_table: &[BlockId], block_size: usize, position: usize) -> SlotId {
-    todo!("stage3: slot_for_position in stages/stage3/src/slot_mapping.rs — the KV-cache slot of the token at `position`, found through `block_table`")
+    todo!(
+        "stage3: slot_for_position in stages/stage3/src/slot_mapping.rs — the KV-cache \
+         slot of the token at `position`, found through `block_table`"
+    )
 }
 // ANCHOR_END: stub
