@@ -3,16 +3,20 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Instant;
 
 use crate::{Row, Workspace};
 
-/// The two ways the stage crates are built.
+/// The ways a stage crate is built: its Cargo features.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Config {
     /// The learner's files as committed: `todo!()` bodies.
     Stub,
-    /// `RUSTFLAGS="--cfg reference"`: every exercise is the engine's implementation.
+    /// `--features reference`: every exercise is the engine's implementation.
     Reference,
+    /// `--features mutants`: the reference, except that the functions of `mutants/` switch
+    /// to a wrong version when `INFERENCE_LAB_MUTANT` names one of theirs.
+    Mutants,
 }
 
 impl Config {
@@ -20,25 +24,25 @@ impl Config {
         match self {
             Config::Stub => "stub",
             Config::Reference => "reference",
+            Config::Mutants => "mutants",
+        }
+    }
+
+    /// The stage crate's feature, if any.
+    pub fn feature(self) -> Option<&'static str> {
+        match self {
+            Config::Stub => None,
+            Config::Reference => Some("reference"),
+            Config::Mutants => Some("mutants"),
         }
     }
 }
 
-/// A `cargo` command for one configuration, run from the workspace root, with its own
-/// target directory and RUSTFLAGS (any inherited flags are dropped, so both builds are
-/// reproducible).
-pub fn cargo(ws: &Workspace, config: Config) -> Command {
+/// A `cargo` command run from the workspace root, with no mutant selected.
+pub fn cargo(ws: &Workspace) -> Command {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(&ws.root)
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .env_remove("RUSTFLAGS");
-    match config {
-        Config::Stub => cmd.env("CARGO_TARGET_DIR", &ws.stub_target),
-        Config::Reference => cmd
-            .env("CARGO_TARGET_DIR", &ws.reference_target)
-            .env("RUSTFLAGS", "--cfg reference"),
-    };
+    cmd.current_dir(&ws.root).env_remove(crate::mutants::ENV);
     cmd
 }
 
@@ -57,7 +61,7 @@ pub fn stages(root: &Path) -> Vec<String> {
 }
 
 /// The stage's test targets (`tests/*.rs`), one per exercise (plus any end-to-end file).
-fn test_targets(root: &Path, stage: &str) -> Vec<String> {
+pub fn test_targets(root: &Path, stage: &str) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(root.join("stages").join(stage).join("tests"))
         .map(|dir| {
             dir.filter_map(|e| e.ok())
@@ -72,35 +76,63 @@ fn test_targets(root: &Path, stage: &str) -> Vec<String> {
 }
 
 /// Outcome of one test in libtest's output.
-struct TestResult {
-    name: String,
-    passed: bool,
+pub struct TestResult {
+    pub name: String,
+    pub passed: bool,
     /// The captured output of a failed test (its `---- name stdout ----` section).
-    failure_output: String,
+    pub failure_output: String,
 }
 
-/// Runs one test target; `None` if it did not build or run (the output is printed).
-fn run_tests(ws: &Workspace, config: Config, stage: &str, target: &str) -> Option<Vec<TestResult>> {
-    println!("== {stage}/{target} ({})", config.name());
-    let out = cargo(ws, config)
-        .args([
-            "test",
-            "-p",
-            stage,
-            "--test",
-            target,
-            "--no-fail-fast",
-            "--color",
-            "never",
-        ])
-        .output()
-        .expect("cargo runs");
+/// One `cargo test` of one test target: the tests' outcomes, `None` if it did not build or
+/// run (its output is then printed), and its wall time.
+pub struct TestRun {
+    pub tests: Option<Vec<TestResult>>,
+    pub seconds: f64,
+}
+
+/// Runs one test target of a stage in one configuration, with `mutant` selected if given.
+///
+/// Where failing is the expected outcome (stubs, mutants), proptest does not shrink: the
+/// first failing input is enough, and shrinking a failure of the whole engine is slow.
+pub fn run_tests(
+    ws: &Workspace,
+    config: Config,
+    stage: &str,
+    target: &str,
+    mutant: Option<&str>,
+) -> TestRun {
+    let mut cmd = cargo(ws);
+    cmd.args(["test", "-p", stage]);
+    if let Some(feature) = config.feature() {
+        cmd.args(["--features", feature]);
+    }
+    cmd.args(["--test", target, "--no-fail-fast", "--color", "never"]);
+    if let Some(name) = mutant {
+        cmd.env(crate::mutants::ENV, name);
+    }
+    if config == Config::Stub || mutant.is_some() {
+        cmd.env("PROPTEST_MAX_SHRINK_ITERS", "0");
+    }
+    let label = match mutant {
+        Some(name) => format!("mutant {name}"),
+        None => config.name().to_string(),
+    };
+    println!("== {stage}/{target} ({label})");
+    let start = Instant::now();
+    let out = cmd.output().expect("cargo runs");
+    let seconds = start.elapsed().as_secs_f64();
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !stdout.contains("test result:") {
         eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-        return None;
+        return TestRun {
+            tests: None,
+            seconds,
+        };
     }
-    Some(parse_libtest(&stdout))
+    TestRun {
+        tests: Some(parse_libtest(&stdout)),
+        seconds,
+    }
 }
 
 /// Reads `test NAME ... ok|FAILED` lines and the `---- NAME stdout ----` sections.
@@ -134,59 +166,77 @@ fn parse_libtest(stdout: &str) -> Vec<TestResult> {
     results
 }
 
-/// The stub and reference checks of every exercise of one stage, one row each.
-pub fn check_stage(ws: &Workspace, stage: &str) -> Vec<Row> {
+/// The stub check of every exercise of one stage, one row each: every test fails, and its
+/// output names the stage's `todo!`.
+pub fn check_stubs(ws: &Workspace, stage: &str) -> Vec<Row> {
     let todo = format!("not yet implemented: {stage}:");
-    let mut rows = Vec::new();
-    for target in test_targets(&ws.root, stage) {
-        let name = format!("{stage}/{target}");
-        // Stub: every test fails, and its output names the todo!.
-        let row = match run_tests(ws, Config::Stub, stage, &target) {
-            None => Row::new(format!("{name} stub"), false, "did not build or run"),
-            Some(tests) => {
-                let wrong: Vec<&str> = tests
-                    .iter()
-                    .filter(|t| t.passed || !t.failure_output.contains(&todo))
-                    .map(|t| t.name.as_str())
-                    .collect();
-                let ok = !tests.is_empty() && wrong.is_empty();
-                let detail = if tests.is_empty() {
-                    "no tests".to_string()
-                } else if ok {
-                    format!("{}/{} fail with `{todo} ...`", tests.len(), tests.len())
-                } else {
-                    format!("pass or fail without the todo!: {}", wrong.join(", "))
-                };
-                Row::new(format!("{name} stub"), ok, detail)
-            }
-        };
-        rows.push(row);
-        // Reference: every test passes.
-        let row = match run_tests(ws, Config::Reference, stage, &target) {
-            None => Row::new(format!("{name} reference"), false, "did not build or run"),
-            Some(tests) => {
-                let failed: Vec<&str> = tests
-                    .iter()
-                    .filter(|t| !t.passed)
-                    .map(|t| t.name.as_str())
-                    .collect();
-                for t in tests.iter().filter(|t| !t.passed) {
-                    eprintln!("---- {} ----\n{}", t.name, t.failure_output);
+    test_targets(&ws.root, stage)
+        .into_iter()
+        .map(|target| {
+            let name = format!("{stage}/{target} stub");
+            let run = run_tests(ws, Config::Stub, stage, &target, None);
+            let row = match run.tests {
+                None => Row::new(name, false, "did not build or run"),
+                Some(tests) => {
+                    let wrong: Vec<&str> = tests
+                        .iter()
+                        .filter(|t| t.passed || !t.failure_output.contains(&todo))
+                        .map(|t| t.name.as_str())
+                        .collect();
+                    let ok = !tests.is_empty() && wrong.is_empty();
+                    let detail = if tests.is_empty() {
+                        "no tests".to_string()
+                    } else if ok {
+                        format!("{}/{} fail with `{todo} ...`", tests.len(), tests.len())
+                    } else {
+                        format!("pass or fail without the todo!: {}", wrong.join(", "))
+                    };
+                    Row::new(name, ok, detail)
                 }
-                let ok = !tests.is_empty() && failed.is_empty();
-                let detail = if tests.is_empty() {
-                    "no tests".to_string()
-                } else if ok {
-                    format!("{}/{} pass", tests.len(), tests.len())
-                } else {
-                    format!("failed: {}", failed.join(", "))
-                };
-                Row::new(format!("{name} reference"), ok, detail)
-            }
-        };
-        rows.push(row);
-    }
-    rows
+            };
+            row.timed(run.seconds)
+        })
+        .collect()
+}
+
+/// The reference check of every exercise of one stage, one row each: every test passes.
+pub fn check_reference(ws: &Workspace, stage: &str) -> Vec<Row> {
+    test_targets(&ws.root, stage)
+        .into_iter()
+        .map(|target| {
+            let name = format!("{stage}/{target} reference");
+            let run = run_tests(ws, Config::Reference, stage, &target, None);
+            let row = match run.tests {
+                None => Row::new(name, false, "did not build or run"),
+                Some(tests) => {
+                    let failed = failed_tests(&tests);
+                    let ok = !tests.is_empty() && failed.is_empty();
+                    let detail = if tests.is_empty() {
+                        "no tests".to_string()
+                    } else if ok {
+                        format!("{}/{} pass", tests.len(), tests.len())
+                    } else {
+                        format!("failed: {}", failed.join(", "))
+                    };
+                    Row::new(name, ok, detail)
+                }
+            };
+            row.timed(run.seconds)
+        })
+        .collect()
+}
+
+/// The names of the failed tests; their output is printed (a reference that fails is a bug
+/// to read about).
+pub fn failed_tests(tests: &[TestResult]) -> Vec<&str> {
+    tests
+        .iter()
+        .filter(|t| !t.passed)
+        .map(|t| {
+            eprintln!("---- {} ----\n{}", t.name, t.failure_output);
+            t.name.as_str()
+        })
+        .collect()
 }
 
 #[cfg(test)]
