@@ -1,0 +1,59 @@
+// Shared by every kernel file: the Rust side compiles each `.cu` file as this header followed by
+// the file (NVRTC sees one source; it has no access to our source folder at run time).
+//
+// bf16 is the storage type of activations, weights and the KV cache; arithmetic is f32.
+// A `uint4` moves 16 bytes = 8 bf16 in one load or store: the widest access a thread can issue,
+// and the way to keep HBM busy with fewer instructions.
+#include <cuda_bf16.h>
+
+typedef unsigned int u32;
+typedef unsigned long long u64;
+
+// NVRTC has no <cmath>: spell the special values out.
+#ifndef INFINITY
+#define INFINITY __int_as_float(0x7f800000)
+#endif
+#define QUIET_NAN __int_as_float(0x7fc00000)
+
+// Eight bf16 values unpacked to f32.
+struct f32x8 {
+    float v[8];
+};
+
+__device__ __forceinline__ f32x8 unpack8(uint4 raw) {
+    f32x8 out;
+    const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        float2 f = __bfloat1622float2(pairs[i]);
+        out.v[2 * i] = f.x;
+        out.v[2 * i + 1] = f.y;
+    }
+    return out;
+}
+
+__device__ __forceinline__ uint4 pack8(const f32x8& x) {
+    uint4 raw;
+    __nv_bfloat162* pairs = reinterpret_cast<__nv_bfloat162*>(&raw);
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        pairs[i] = __floats2bfloat162_rn(x.v[2 * i], x.v[2 * i + 1]);
+    }
+    return raw;
+}
+
+// Sum over the block; every thread gets the result. `scratch` holds one float per warp.
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) {
+        v += __shfl_xor_sync(0xffffffffu, v, offset);
+    }
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int num_warps = (blockDim.x + 31) / 32;
+    __syncthreads();  // scratch may still be read by a previous call
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float total = 0.0f;
+    for (int w = 0; w < num_warps; w++) total += scratch[w];
+    return total;
+}

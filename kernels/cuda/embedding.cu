@@ -1,0 +1,26 @@
+// Token embedding lookup: out[t] = table[ids[t]], the CUDA twin of CpuBackend::embedding.
+// One block per token. An id past the table writes a row of NaN rather than reading outside
+// it: the error shows up in the logits instead of as a silent wrong answer or a fault.
+
+extern "C" __global__ void embedding_kernel(
+    __nv_bfloat16* __restrict__ out,          // [num_tokens, hidden_size]
+    const u32* __restrict__ ids,              // [num_tokens]
+    const __nv_bfloat16* __restrict__ table,  // [vocab_size, hidden_size]
+    u32 vocab_size, u32 hidden_size) {
+    const size_t t = blockIdx.x;
+    const u32 id = ids[t];
+    __nv_bfloat16* o = out + t * hidden_size;
+    if (id >= vocab_size) {
+        for (u32 i = threadIdx.x; i < hidden_size; i += blockDim.x) o[i] = __float2bfloat16(QUIET_NAN);
+        return;
+    }
+    const __nv_bfloat16* row = table + (size_t)id * hidden_size;
+    const bool vec = hidden_size % 8 == 0 &&
+        ((reinterpret_cast<size_t>(out) | reinterpret_cast<size_t>(table)) & 15) == 0;
+    if (vec) {
+        for (u32 i = threadIdx.x; i < hidden_size / 8; i += blockDim.x)
+            reinterpret_cast<uint4*>(o)[i] = reinterpret_cast<const uint4*>(row)[i];
+    } else {
+        for (u32 i = threadIdx.x; i < hidden_size; i += blockDim.x) o[i] = row[i];
+    }
+}

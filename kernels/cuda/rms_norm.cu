@@ -1,0 +1,149 @@
+// RMSNorm, the CUDA twin of engine/src/ops/rms_norm.rs.
+//
+// One block per token row. Pass 1 sums the squares (f32), one block-wide reduction gives
+// 1/rms, pass 2 scales and writes. Rows whose width is a multiple of 8 (and 16-byte aligned)
+// move as uint4 vectors, and each thread keeps its first CACHED_VECS vectors in registers so
+// that pass 2 reads nothing from memory again: each byte crosses HBM once in, once out.
+//
+// Rounding follows transformers: the fused add rounds the new residual to bf16 first (it is
+// stored in bf16), the norm is computed from that rounded value in f32, and the output is
+// rounded once.
+
+#define CACHED_VECS 4
+
+__device__ __forceinline__ bool aligned16(const void* p) {
+    return (reinterpret_cast<size_t>(p) & 15) == 0;
+}
+
+extern "C" __global__ void rms_norm_kernel(
+    __nv_bfloat16* __restrict__ out,           // [num_tokens, hidden_size]
+    const __nv_bfloat16* __restrict__ x,       // [num_tokens, hidden_size]
+    const __nv_bfloat16* __restrict__ weight,  // [hidden_size]
+    float eps, u32 hidden_size) {
+    __shared__ float scratch[32];
+    const size_t row = (size_t)blockIdx.x * hidden_size;
+    const bool vec = hidden_size % 8 == 0 && aligned16(out) && aligned16(x) && aligned16(weight);
+    if (vec) {
+        const u32 nvec = hidden_size / 8;
+        const uint4* xv = reinterpret_cast<const uint4*>(x + row);
+        const uint4* wv = reinterpret_cast<const uint4*>(weight);
+        uint4* ov = reinterpret_cast<uint4*>(out + row);
+        uint4 cache[CACHED_VECS];
+        float sum_sq = 0.0f;
+#pragma unroll
+        for (int j = 0; j < CACHED_VECS; j++) {
+            const u32 i = threadIdx.x + j * blockDim.x;
+            if (i < nvec) {
+                cache[j] = xv[i];
+                f32x8 f = unpack8(cache[j]);
+                for (int k = 0; k < 8; k++) sum_sq += f.v[k] * f.v[k];
+            }
+        }
+        for (u32 i = threadIdx.x + CACHED_VECS * blockDim.x; i < nvec; i += blockDim.x) {
+            f32x8 f = unpack8(xv[i]);
+            for (int k = 0; k < 8; k++) sum_sq += f.v[k] * f.v[k];
+        }
+        const float inv_rms = rsqrtf(block_sum(sum_sq, scratch) / hidden_size + eps);
+#pragma unroll
+        for (int j = 0; j < CACHED_VECS; j++) {
+            const u32 i = threadIdx.x + j * blockDim.x;
+            if (i < nvec) {
+                f32x8 f = unpack8(cache[j]), w = unpack8(wv[i]);
+                // transformers: weight * (x * inv_rms).to(bf16)
+                for (int k = 0; k < 8; k++)
+                    f.v[k] = w.v[k] * __bfloat162float(__float2bfloat16(f.v[k] * inv_rms));
+                ov[i] = pack8(f);
+            }
+        }
+        for (u32 i = threadIdx.x + CACHED_VECS * blockDim.x; i < nvec; i += blockDim.x) {
+            f32x8 f = unpack8(xv[i]), w = unpack8(wv[i]);
+            for (int k = 0; k < 8; k++)
+                f.v[k] = w.v[k] * __bfloat162float(__float2bfloat16(f.v[k] * inv_rms));
+            ov[i] = pack8(f);
+        }
+    } else {
+        float sum_sq = 0.0f;
+        for (u32 i = threadIdx.x; i < hidden_size; i += blockDim.x) {
+            const float v = __bfloat162float(x[row + i]);
+            sum_sq += v * v;
+        }
+        const float inv_rms = rsqrtf(block_sum(sum_sq, scratch) / hidden_size + eps);
+        for (u32 i = threadIdx.x; i < hidden_size; i += blockDim.x) {
+            const float n = __bfloat162float(__float2bfloat16(__bfloat162float(x[row + i]) * inv_rms));
+            out[row + i] = __float2bfloat16(__bfloat162float(weight[i]) * n);
+        }
+    }
+}
+
+// residual += x; x = rms_norm(residual) * weight. Both buffers are updated in place.
+extern "C" __global__ void fused_add_rms_norm_kernel(
+    __nv_bfloat16* __restrict__ x,             // [num_tokens, hidden_size]; in: layer output, out: normed
+    __nv_bfloat16* __restrict__ residual,      // [num_tokens, hidden_size]; in: stream, out: stream + x
+    const __nv_bfloat16* __restrict__ weight,  // [hidden_size]
+    float eps, u32 hidden_size) {
+    __shared__ float scratch[32];
+    const size_t row = (size_t)blockIdx.x * hidden_size;
+    const bool vec = hidden_size % 8 == 0 && aligned16(x) && aligned16(residual) && aligned16(weight);
+    if (vec) {
+        const u32 nvec = hidden_size / 8;
+        uint4* xv = reinterpret_cast<uint4*>(x + row);
+        uint4* rv = reinterpret_cast<uint4*>(residual + row);
+        const uint4* wv = reinterpret_cast<const uint4*>(weight);
+        uint4 cache[CACHED_VECS];
+        float sum_sq = 0.0f;
+        // Pass 1: r = bf16(x + r), stored; sum of squares of the stored value.
+#pragma unroll
+        for (int j = 0; j < CACHED_VECS; j++) {
+            const u32 i = threadIdx.x + j * blockDim.x;
+            if (i < nvec) {
+                f32x8 a = unpack8(xv[i]), r = unpack8(rv[i]);
+                for (int k = 0; k < 8; k++) r.v[k] += a.v[k];
+                cache[j] = pack8(r);
+                rv[i] = cache[j];
+                r = unpack8(cache[j]);
+                for (int k = 0; k < 8; k++) sum_sq += r.v[k] * r.v[k];
+            }
+        }
+        for (u32 i = threadIdx.x + CACHED_VECS * blockDim.x; i < nvec; i += blockDim.x) {
+            f32x8 a = unpack8(xv[i]), r = unpack8(rv[i]);
+            for (int k = 0; k < 8; k++) r.v[k] += a.v[k];
+            const uint4 packed = pack8(r);
+            rv[i] = packed;
+            r = unpack8(packed);
+            for (int k = 0; k < 8; k++) sum_sq += r.v[k] * r.v[k];
+        }
+        const float inv_rms = rsqrtf(block_sum(sum_sq, scratch) / hidden_size + eps);
+        // Pass 2: x = weight * bf16(r * inv_rms). Each thread re-reads only what it wrote.
+#pragma unroll
+        for (int j = 0; j < CACHED_VECS; j++) {
+            const u32 i = threadIdx.x + j * blockDim.x;
+            if (i < nvec) {
+                f32x8 r = unpack8(cache[j]), w = unpack8(wv[i]);
+                for (int k = 0; k < 8; k++)
+                    r.v[k] = w.v[k] * __bfloat162float(__float2bfloat16(r.v[k] * inv_rms));
+                xv[i] = pack8(r);
+            }
+        }
+        for (u32 i = threadIdx.x + CACHED_VECS * blockDim.x; i < nvec; i += blockDim.x) {
+            f32x8 r = unpack8(rv[i]), w = unpack8(wv[i]);
+            for (int k = 0; k < 8; k++)
+                r.v[k] = w.v[k] * __bfloat162float(__float2bfloat16(r.v[k] * inv_rms));
+            xv[i] = pack8(r);
+        }
+    } else {
+        float sum_sq = 0.0f;
+        for (u32 i = threadIdx.x; i < hidden_size; i += blockDim.x) {
+            const __nv_bfloat16 r = __float2bfloat16(
+                __bfloat162float(x[row + i]) + __bfloat162float(residual[row + i]));
+            residual[row + i] = r;
+            const float v = __bfloat162float(r);
+            sum_sq += v * v;
+        }
+        const float inv_rms = rsqrtf(block_sum(sum_sq, scratch) / hidden_size + eps);
+        for (u32 i = threadIdx.x; i < hidden_size; i += blockDim.x) {
+            const float n = __bfloat162float(
+                __float2bfloat16(__bfloat162float(residual[row + i]) * inv_rms));
+            x[row + i] = __float2bfloat16(__bfloat162float(weight[i]) * n);
+        }
+    }
+}

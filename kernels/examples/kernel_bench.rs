@@ -1,0 +1,229 @@
+//! Times RMSNorm, reshape_and_cache and decode paged attention at large sizes and compares
+//! their achieved bandwidth with a device-to-device copy measured in the same run.
+//!
+//! Run on the GPU machine: `kernel_bench` (built by `scripts/gpu-check.sh build`).
+//! Method: random data (never zeros), buffers far larger than the 50 MB L2, 5 warm-up
+//! launches, then 20 launches each between two CUDA events; the median is reported.
+//! Bytes counted are the bytes a kernel must move at minimum (reads + writes).
+
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use half::bf16;
+use kernels::cudarc::driver::{sys, CudaSlice, CudaStream};
+use kernels::paged_attention::{DecodeShape, SplitKWorkspace};
+use kernels::Gpu;
+
+const WARMUP: usize = 5;
+const REPS: usize = 20;
+
+/// Median milliseconds of `f` over REPS timed launches.
+fn time_ms(gpu: &Gpu, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    for _ in 0..WARMUP {
+        f()?;
+    }
+    let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let mut times = Vec::with_capacity(REPS);
+    for _ in 0..REPS {
+        let (start, end) = (gpu.ctx.new_event(flags)?, gpu.ctx.new_event(flags)?);
+        start.record(&gpu.stream)?;
+        f()?;
+        end.record(&gpu.stream)?;
+        times.push(start.elapsed_ms(&end)? as f64);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[REPS / 2])
+}
+
+/// `n` random bf16 values: a 32 MiB random chunk uploaded once, then tiled on the device.
+fn random_bf16(stream: &Arc<CudaStream>, n: usize, seed: u64) -> Result<CudaSlice<bf16>> {
+    let chunk = n.min(16 << 20);
+    let mut x = seed | 1;
+    let host: Vec<bf16> = (0..chunk)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            bf16::from_f32(((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0)
+        })
+        .collect();
+    let src = stream.clone_htod(&host)?;
+    let mut buf = unsafe_alloc(stream, n)?;
+    let mut at = 0;
+    while at < n {
+        let len = chunk.min(n - at);
+        stream.memcpy_dtod(&src.slice(..len), &mut buf.slice_mut(at..at + len))?;
+        at += len;
+    }
+    Ok(buf)
+}
+
+fn unsafe_alloc(stream: &Arc<CudaStream>, n: usize) -> Result<CudaSlice<bf16>> {
+    // SAFETY: every element is written (tiled copies or the kernel under test) before it is
+    // read back; bf16 has no invalid bit patterns.
+    Ok(unsafe { stream.alloc::<bf16>(n) }?)
+}
+
+struct Row {
+    kernel: String,
+    size: String,
+    ms: f64,
+    gbs: f64,
+}
+
+fn main() -> Result<()> {
+    let gpu = match Gpu::open(0) {
+        Ok(g) => g,
+        Err(e) => bail!("kernel_bench needs a GPU: {e}"),
+    };
+    let s = &gpu.stream;
+    let k = &gpu.kernels;
+    let name = gpu.ctx.name()?;
+    let mut rows: Vec<Row> = Vec::new();
+    let mut push = |kernel: &str, size: String, ms: f64, bytes: f64| {
+        let gbs = bytes / (ms * 1e-3) / 1e9;
+        println!("{kernel:<28} {size:<44} {ms:>9.4} ms {gbs:>8.0} GB/s");
+        rows.push(Row {
+            kernel: kernel.into(),
+            size,
+            ms,
+            gbs,
+        });
+    };
+
+    // Device-to-device copy, 1 GiB: the ceiling the others are measured against.
+    let n = 1usize << 29; // bf16 elements = 1 GiB
+    let src = random_bf16(s, n, 1)?;
+    let mut dst = unsafe_alloc(s, n)?;
+    let ms = time_ms(&gpu, || Ok(s.memcpy_dtod(&src, &mut dst)?))?;
+    push("copy (d2d)", "1 GiB".into(), ms, 2.0 * (n * 2) as f64);
+    drop((src, dst));
+
+    // RMSNorm: 32768 tokens x 4096 (the size gpu.md's naive figure used).
+    let (t, h) = (32768usize, 4096usize);
+    let x = random_bf16(s, t * h, 2)?;
+    let w = random_bf16(s, h, 3)?;
+    let mut out = unsafe_alloc(s, t * h)?;
+    let ms = time_ms(&gpu, || {
+        Ok(k.rms_norm
+            .rms_norm(s, &mut out.as_view_mut(), &x.as_view(), &w.as_view(), 1e-5)?)
+    })?;
+    push(
+        "rms_norm",
+        format!("[{t}, {h}] bf16"),
+        ms,
+        (2 * t * h * 2 + h * 2) as f64,
+    );
+    let mut r = random_bf16(s, t * h, 4)?;
+    let ms = time_ms(&gpu, || {
+        let (xv, rv) = (&mut out.as_view_mut(), &mut r.as_view_mut());
+        Ok(k.rms_norm
+            .fused_add_rms_norm(s, xv, rv, &w.as_view(), 1e-5)?)
+    })?;
+    push(
+        "fused_add_rms_norm",
+        format!("[{t}, {h}] bf16"),
+        ms,
+        (4 * t * h * 2 + h * 2) as f64,
+    );
+    drop((x, w, out, r));
+
+    // reshape_and_cache: a 65536-token prefill, 8 KV heads x 128, block size 16, blocks in
+    // shuffled order.
+    let (t, row, bs) = (65536usize, 8 * 128, 16usize);
+    let num_blocks = t / bs;
+    let mut order: Vec<u64> = (0..num_blocks as u64).collect();
+    let mut x = 7u64;
+    for i in (1..order.len()).rev() {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        order.swap(i, (x >> 33) as usize % (i + 1));
+    }
+    let slots: Vec<u64> = (0..t)
+        .map(|i| order[i / bs] * bs as u64 + (i % bs) as u64)
+        .collect();
+    let dslots = s.clone_htod(&slots)?;
+    let (key, value) = (random_bf16(s, t * row, 5)?, random_bf16(s, t * row, 6)?);
+    let (mut kc, mut vc) = (unsafe_alloc(s, t * row)?, unsafe_alloc(s, t * row)?);
+    let ms = time_ms(&gpu, || {
+        let (kcv, vcv) = (&mut kc.as_view_mut(), &mut vc.as_view_mut());
+        let (kv, vv) = (&key.as_view(), &value.as_view());
+        Ok(k.reshape_and_cache
+            .reshape_and_cache(s, kv, vv, kcv, vcv, &dslots.as_view(), row)?)
+    })?;
+    push(
+        "reshape_and_cache",
+        format!("{t} tokens x {row} (k and v) bf16"),
+        ms,
+        (4 * t * row * 2 + t * 8) as f64,
+    );
+    drop((key, value, kc, vc));
+
+    // Decode paged attention: 1 GiB of KV cache read per call, block size 16, shuffled blocks.
+    let mut ws = SplitKWorkspace::new(s, 1, 128)?;
+    for (seqs, ctx_len, nh, nkv, d) in [
+        (64, 4096, 32, 8, 128),
+        (128, 4096, 32, 8, 64),
+        (8, 32768, 32, 8, 64),
+        (512, 1024, 32, 8, 64),
+    ] {
+        let max_blocks = ctx_len / bs;
+        let num_blocks = seqs * max_blocks;
+        let mut tables: Vec<u32> = (0..num_blocks as u32).collect();
+        for i in (1..tables.len()).rev() {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            tables.swap(i, (x >> 33) as usize % (i + 1));
+        }
+        let kv_len = num_blocks * bs * nkv * d;
+        let (kc, vc) = (random_bf16(s, kv_len, 8)?, random_bf16(s, kv_len, 9)?);
+        let q = random_bf16(s, seqs * nh * d, 10)?;
+        let mut out = unsafe_alloc(s, seqs * nh * d)?;
+        let (dt, dl) = (
+            s.clone_htod(&tables)?,
+            s.clone_htod(&vec![ctx_len as u32; seqs])?,
+        );
+        let shape = DecodeShape {
+            num_seqs: seqs,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: d,
+            block_size: bs,
+            max_blocks_per_seq: max_blocks,
+        };
+        let scale = 1.0 / (d as f32).sqrt();
+        let ms = time_ms(&gpu, || {
+            Ok(k.paged_attention.decode(
+                s,
+                &mut ws,
+                &mut out.as_view_mut(),
+                &q.as_view(),
+                &kc.as_view(),
+                &vc.as_view(),
+                &dt.as_view(),
+                &dl.as_view(),
+                &shape,
+                scale,
+                ctx_len,
+            )?)
+        })?;
+        let bytes = 2 * kv_len * 2 + 2 * seqs * nh * d * 2 + num_blocks * 4;
+        let size = format!("{seqs} seqs x {ctx_len} tok, {nh}/{nkv} heads, d {d}");
+        push("paged_attention decode", size, ms, bytes as f64);
+    }
+
+    let copy = rows[0].gbs;
+    println!("\nkernel_bench on {name}: median of {REPS} after {WARMUP} warm-up, CUDA events");
+    println!("| kernel | size | ms | GB/s | of copy |");
+    println!("| --- | --- | ---: | ---: | ---: |");
+    for r in &rows {
+        let pct = 100.0 * r.gbs / copy;
+        println!(
+            "| {} | {} | {:.4} | {:.0} | {:.0}% |",
+            r.kernel, r.size, r.ms, r.gbs, pct
+        );
+    }
+    Ok(())
+}

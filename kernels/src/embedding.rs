@@ -1,0 +1,57 @@
+//! Token embedding lookup, the twin of `CpuBackend::embedding`. Kernel: `cuda/embedding.cu`.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, PushKernelArg};
+use half::bf16;
+
+use crate::error::{check_len, to_u32, Result};
+use crate::row_launch;
+
+pub(crate) const FILE: &str = "embedding.cu";
+pub(crate) const SOURCE: &str = include_str!("../cuda/embedding.cu");
+
+/// The compiled lookup kernel.
+#[derive(Debug, Clone)]
+pub struct Embedding {
+    kernel: CudaFunction,
+}
+
+impl Embedding {
+    pub(crate) fn load(module: &Arc<CudaModule>) -> Result<Self> {
+        Ok(Self {
+            kernel: module.load_function("embedding_kernel")?,
+        })
+    }
+
+    /// `out[t] = table[ids[t]]`; an id at or past `vocab_size` gives a row of NaN.
+    pub fn embedding(
+        &self,
+        stream: &Arc<CudaStream>,
+        out: &mut CudaViewMut<'_, bf16>, // [num_tokens, hidden_size]
+        ids: &CudaView<'_, u32>,         // [num_tokens]
+        table: &CudaView<'_, bf16>,      // [vocab_size, hidden_size]
+        hidden_size: usize,
+    ) -> Result<()> {
+        const K: &str = "embedding";
+        let n = ids.len();
+        check_len(K, "out", out.len(), n * hidden_size)?;
+        let vocab = table.len().checked_div(hidden_size).unwrap_or(0);
+        check_len(K, "table", table.len(), vocab * hidden_size)?;
+        if n == 0 || hidden_size == 0 {
+            return Ok(());
+        }
+        let (v, h) = (
+            to_u32(K, "vocab_size", vocab)?,
+            to_u32(K, "hidden_size", hidden_size)?,
+        );
+        let cfg = row_launch(n, crate::vector_units(hidden_size))?;
+        let mut launch = stream.launch_builder(&self.kernel);
+        launch.arg(out).arg(ids).arg(table).arg(&v).arg(&h);
+        // SAFETY: the signature matches embedding_kernel (out, ids, table, u32, u32); out holds
+        // num_tokens rows (checked), and the kernel reads table row ids[t] only when
+        // ids[t] < vocab_size.
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
+    }
+}

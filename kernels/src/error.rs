@@ -1,0 +1,60 @@
+//! One error type for the crate. Driver and compiler errors keep their source.
+
+use cudarc::driver::DriverError;
+
+/// What can go wrong between "is there a GPU?" and a finished launch.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// No usable driver or device: run on the CPU, or on a machine with an NVIDIA GPU.
+    #[error("no CUDA driver ({0})")]
+    Unavailable(String),
+    /// NVRTC (from the CUDA toolkit) is missing: install the toolkit or set CUDA_HOME.
+    #[error("no NVRTC ({0}); install the CUDA toolkit or set CUDA_HOME")]
+    NoCompiler(String),
+    /// A kernel source did not compile; the log is NVRTC's.
+    #[error("NVRTC could not compile {file}: {log}")]
+    Compile { file: &'static str, log: String },
+    /// A CUDA driver call (allocation, copy, module load, launch) failed.
+    #[error("CUDA driver call failed: {0}")]
+    Driver(#[from] DriverError),
+    /// A buffer's length does not match the shape passed with it.
+    #[error("{kernel}: `{buffer}` holds {got} elements, the shape needs {want}")]
+    Shape {
+        kernel: &'static str,
+        buffer: &'static str,
+        got: usize,
+        want: usize,
+    },
+    /// A shape the kernels were not built for (e.g. a head size without an instantiation).
+    #[error("{kernel}: {what}")]
+    Unsupported { kernel: &'static str, what: String },
+}
+
+pub type Result<T, E = KernelError> = std::result::Result<T, E>;
+
+/// Checks that a buffer has exactly the length its shape implies.
+pub(crate) fn check_len(
+    kernel: &'static str,
+    buffer: &'static str,
+    got: usize,
+    want: usize,
+) -> Result<()> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(KernelError::Shape {
+            kernel,
+            buffer,
+            got,
+            want,
+        })
+    }
+}
+
+/// Kernel arguments are 32-bit: refuse sizes that would not fit rather than wrap.
+pub(crate) fn to_u32(kernel: &'static str, what: &'static str, v: usize) -> Result<u32> {
+    u32::try_from(v).map_err(|_| KernelError::Unsupported {
+        kernel,
+        what: format!("{what} = {v} does not fit in 32 bits"),
+    })
+}

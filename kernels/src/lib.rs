@@ -1,0 +1,162 @@
+//! Inference Lab's CUDA kernels: the GPU twins of the engine's CPU ops (`engine::ops`), in
+//! bf16 with f32 arithmetic, compiled from CUDA C by NVRTC when the program starts.
+//!
+//! # Map
+//! ```text
+//! cuda/*.cu ──include_str!──► compile.rs (NVRTC, sm_90) ──PTX──► Kernels::load (one module per file)
+//!
+//! one step of a decoder layer, as the engine will call it:
+//!   embedding.rs          ids ─► hidden states
+//!   rms_norm.rs           RMSNorm, and the fused residual add + RMSNorm
+//!   rotary_embedding.rs   rotate q and k by position
+//!   reshape_and_cache.rs  write k, v into the paged KV cache (slot_mapping)
+//!   paged_attention.rs    decode attention through block tables: single pass or split-K
+//!   silu_and_mul.rs       the MLP's activation
+//!   sampling.rs           argmax over logits, on the device
+//! error.rs                KernelError: every wrapper returns Result; cudarc errors mapped
+//! ```
+//! Layouts and metadata mean what they mean on the CPU: the KV cache is
+//! `[num_blocks, block_size, num_kv_heads, head_dim]` per layer, a slot is a row of it, and
+//! block tables and sequence lengths are those of `engine::attention::AttentionMetadata`
+//! (as `u32` on the device; slots as `u64`).
+//!
+//! # No GPU
+//! cudarc loads the driver at run time and panics at the first driver call if it is missing.
+//! [`gpu_available`] looks for the libraries without calling into them; [`Gpu::open`] calls
+//! it first, so a program without a GPU gets [`KernelError::Unavailable`], never a panic.
+
+pub mod compile;
+pub mod embedding;
+pub mod error;
+pub mod paged_attention;
+pub mod reshape_and_cache;
+pub mod rms_norm;
+pub mod rotary_embedding;
+pub mod sampling;
+pub mod silu_and_mul;
+
+use std::sync::Arc;
+
+pub use cudarc;
+use cudarc::driver::{CudaContext, CudaModule, CudaStream, LaunchConfig};
+pub use error::{KernelError, Result};
+
+/// Whether this machine can run the kernels: the driver library (libcuda) and NVRTC can be
+/// loaded. Makes no driver call, so it is safe where cudarc would panic.
+pub fn gpu_available() -> Result<()> {
+    // SAFETY: `is_culib_present` only tries to dlopen the library by its known names and
+    // returns whether that worked; it calls no function of the library.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(KernelError::Unavailable(
+            "libcuda, the NVIDIA driver library, was not found".into(),
+        ));
+    }
+    // SAFETY: as above, for libnvrtc.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        return Err(KernelError::NoCompiler("libnvrtc was not found".into()));
+    }
+    Ok(())
+}
+
+/// Every kernel of the crate, compiled and loaded into one context.
+#[derive(Debug, Clone)]
+pub struct Kernels {
+    pub embedding: embedding::Embedding,
+    pub rms_norm: rms_norm::RmsNorm,
+    pub rotary_embedding: rotary_embedding::RotaryEmbedding,
+    pub reshape_and_cache: reshape_and_cache::ReshapeAndCache,
+    pub paged_attention: paged_attention::PagedAttention,
+    pub silu_and_mul: silu_and_mul::SiluAndMul,
+    pub sampling: sampling::Sampling,
+}
+
+impl Kernels {
+    /// Compiles every `.cu` file (in parallel: NVRTC takes ~0.1 s per file) and loads them.
+    pub fn load(ctx: &Arc<CudaContext>) -> Result<Self> {
+        const SOURCES: [(&str, &str); 7] = [
+            (embedding::FILE, embedding::SOURCE),
+            (rms_norm::FILE, rms_norm::SOURCE),
+            (rotary_embedding::FILE, rotary_embedding::SOURCE),
+            (reshape_and_cache::FILE, reshape_and_cache::SOURCE),
+            (paged_attention::FILE, paged_attention::SOURCE),
+            (silu_and_mul::FILE, silu_and_mul::SOURCE),
+            (sampling::FILE, sampling::SOURCE),
+        ];
+        let ptx = std::thread::scope(|s| {
+            let jobs: Vec<_> = SOURCES
+                .iter()
+                .map(|&(file, src)| s.spawn(move || compile::compile(file, src)))
+                .collect();
+            jobs.into_iter()
+                .map(|j| j.join().expect("NVRTC compile thread panicked"))
+                .collect::<Result<Vec<_>>>()
+        })?;
+        let modules = ptx
+            .into_iter()
+            .map(|p| ctx.load_module(p))
+            .collect::<Result<Vec<Arc<CudaModule>>, _>>()?;
+        Ok(Self {
+            embedding: embedding::Embedding::load(&modules[0])?,
+            rms_norm: rms_norm::RmsNorm::load(&modules[1])?,
+            rotary_embedding: rotary_embedding::RotaryEmbedding::load(&modules[2])?,
+            reshape_and_cache: reshape_and_cache::ReshapeAndCache::load(&modules[3])?,
+            paged_attention: paged_attention::PagedAttention::load(&modules[4])?,
+            silu_and_mul: silu_and_mul::SiluAndMul::load(&modules[5])?,
+            sampling: sampling::Sampling::load(&modules[6])?,
+        })
+    }
+}
+
+/// One GPU, ready: its context, the stream the kernels run on, the kernels.
+#[derive(Debug)]
+pub struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub kernels: Kernels,
+}
+
+impl Gpu {
+    /// Opens GPU `ordinal` and compiles the kernels. Without a driver or device:
+    /// [`KernelError::Unavailable`] (no panic).
+    pub fn open(ordinal: usize) -> Result<Self> {
+        gpu_available()?;
+        match CudaContext::device_count() {
+            Ok(n) if n as usize > ordinal => {}
+            Ok(n) => {
+                return Err(KernelError::Unavailable(format!(
+                    "driver found, {n} device(s), asked for device {ordinal}"
+                )))
+            }
+            Err(e) => return Err(KernelError::Unavailable(format!("driver found, but {e}"))),
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        let stream = ctx.default_stream();
+        let kernels = Kernels::load(&ctx)?;
+        Ok(Self {
+            ctx,
+            stream,
+            kernels,
+        })
+    }
+}
+
+/// Work items per row of `width` bf16: 16-byte vectors (8 values) when the width allows them,
+/// as the kernels decide.
+pub(crate) fn vector_units(width: usize) -> usize {
+    if width.is_multiple_of(8) {
+        width / 8
+    } else {
+        width
+    }
+}
+
+/// Launch shape for the row kernels: one block per row, threads for `units` work items per
+/// row (a warp multiple, at most 256; wider rows loop).
+pub(crate) fn row_launch(rows: usize, units: usize) -> Result<LaunchConfig> {
+    let threads = (units.div_ceil(32) * 32).clamp(32, 256) as u32;
+    Ok(LaunchConfig {
+        grid_dim: (error::to_u32("row kernel", "rows", rows)?, 1, 1),
+        block_dim: (threads, 1, 1),
+        shared_mem_bytes: 0,
+    })
+}

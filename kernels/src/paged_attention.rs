@@ -1,0 +1,238 @@
+//! Decode attention over the paged KV cache, the twin of `engine::ops::paged_attention` for
+//! decode batches (one query row per sequence, at position `seq_len - 1`).
+//! Kernel: `cuda/paged_attention.cu`.
+//!
+//! Single pass when every context fits one partition of [`PARTITION_SIZE`] tokens; split-K
+//! beyond that: each partition of a sequence gets its own block, and a reduce kernel merges
+//! their softmax states. The merge needs a workspace, allocated once ([`SplitKWorkspace`]) and
+//! grown only when a batch needs more.
+
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, LaunchConfig,
+    PushKernelArg,
+};
+use half::bf16;
+
+use crate::error::{check_len, to_u32, KernelError, Result};
+
+pub(crate) const FILE: &str = "paged_attention.cu";
+pub(crate) const SOURCE: &str = include_str!("../cuda/paged_attention.cu");
+
+/// Tokens per split-K partition. A context longer than this is split.
+pub const PARTITION_SIZE: usize = 512;
+/// Threads per block (`NUM_THREADS` in the kernel).
+const THREADS: u32 = 128;
+/// Head sizes with an instantiation, and query heads per block (largest dividing the group).
+const HEAD_DIMS: [usize; 2] = [64, 128];
+const HEADS_PER_BLOCK: [usize; 5] = [8, 4, 3, 2, 1];
+
+/// The shape of a decode batch's attention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecodeShape {
+    pub num_seqs: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub block_size: usize,
+    pub max_blocks_per_seq: usize,
+}
+
+/// Scratch for split-K: per (sequence, head, partition) the partial sum of values, the max
+/// score and the sum of exponentials.
+#[derive(Debug)]
+pub struct SplitKWorkspace {
+    tmp_out: CudaSlice<f32>,    // [num_seqs, num_heads, max_partitions, head_dim]
+    max_logits: CudaSlice<f32>, // [num_seqs, num_heads, max_partitions]
+    exp_sums: CudaSlice<f32>,   // [num_seqs, num_heads, max_partitions]
+}
+
+impl SplitKWorkspace {
+    /// A workspace for up to `rows = num_seqs * num_heads * max_partitions` partial results.
+    pub fn new(stream: &Arc<CudaStream>, rows: usize, head_dim: usize) -> Result<Self> {
+        let rows = rows.max(1);
+        Ok(Self {
+            tmp_out: stream.alloc_zeros(rows * head_dim.max(1))?,
+            max_logits: stream.alloc_zeros(rows)?,
+            exp_sums: stream.alloc_zeros(rows)?,
+        })
+    }
+
+    fn ensure(&mut self, stream: &Arc<CudaStream>, rows: usize, head_dim: usize) -> Result<()> {
+        if self.max_logits.len() < rows || self.tmp_out.len() < rows * head_dim {
+            *self = Self::new(stream, rows, head_dim)?;
+        }
+        Ok(())
+    }
+}
+
+/// The compiled decode kernels, by head size.
+#[derive(Debug, Clone)]
+pub struct PagedAttention {
+    /// `decode[d][h]`: head size `HEAD_DIMS[d]`, `HEADS_PER_BLOCK[h]` query heads per block.
+    decode: Vec<Vec<CudaFunction>>,
+    reduce: Vec<CudaFunction>,
+}
+
+/// Number of partitions for the longest context in the batch (1 = single pass).
+pub fn num_partitions(max_seq_len: usize) -> usize {
+    max_seq_len.div_ceil(PARTITION_SIZE).max(1)
+}
+
+impl PagedAttention {
+    pub(crate) fn load(module: &Arc<CudaModule>) -> Result<Self> {
+        let mut decode = Vec::new();
+        let mut reduce = Vec::new();
+        for d in HEAD_DIMS {
+            let per_d = HEADS_PER_BLOCK
+                .iter()
+                .map(|h| module.load_function(&format!("paged_attention_decode_d{d}_h{h}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            decode.push(per_d);
+            reduce.push(module.load_function(&format!("paged_attention_reduce_d{d}"))?);
+        }
+        Ok(Self { decode, reduce })
+    }
+
+    /// `out[s, h] = softmax(q[s, h] · K[s]ᵀ · scale) · V[s]` over the `seq_lens[s]` cached tokens
+    /// of sequence `s`, read through its block table. Query head `h` uses KV head
+    /// `h / (num_heads / num_kv_heads)`. `max_seq_len` (the largest of `seq_lens`, known to the
+    /// scheduler) sizes the grid. Contract, not checked on the device: `1 <= seq_lens[s] <=
+    /// max_seq_len`, and block-table entries name blocks inside the caches.
+    #[allow(clippy::too_many_arguments)] // mirrors the kernel's signature
+    pub fn decode(
+        &self,
+        stream: &Arc<CudaStream>,
+        workspace: &mut SplitKWorkspace,
+        out: &mut CudaViewMut<'_, bf16>, // [num_seqs, num_heads, head_dim]
+        query: &CudaView<'_, bf16>,      // [num_seqs, num_heads, head_dim]
+        key_cache: &CudaView<'_, bf16>,  // [num_blocks, block_size, num_kv_heads, head_dim]
+        value_cache: &CudaView<'_, bf16>, // [num_blocks, block_size, num_kv_heads, head_dim]
+        block_tables: &CudaView<'_, u32>, // [num_seqs, max_blocks_per_seq]
+        seq_lens: &CudaView<'_, u32>,    // [num_seqs]
+        shape: &DecodeShape,
+        scale: f32,
+        max_seq_len: usize,
+    ) -> Result<()> {
+        const K: &str = "paged_attention";
+        let s = shape;
+        let unsupported = |what: String| KernelError::Unsupported { kernel: K, what };
+        let d = HEAD_DIMS
+            .iter()
+            .position(|&d| d == s.head_dim)
+            .ok_or_else(|| {
+                unsupported(format!("head_dim {} (built: {HEAD_DIMS:?})", s.head_dim))
+            })?;
+        if s.num_kv_heads == 0 || !s.num_heads.is_multiple_of(s.num_kv_heads) {
+            return Err(unsupported(format!(
+                "num_heads {} is not a multiple of num_kv_heads {}",
+                s.num_heads, s.num_kv_heads
+            )));
+        }
+        if max_seq_len > s.max_blocks_per_seq * s.block_size {
+            return Err(unsupported(format!(
+                "max_seq_len {max_seq_len} exceeds the block table ({} blocks of {})",
+                s.max_blocks_per_seq, s.block_size
+            )));
+        }
+        let group = s.num_heads / s.num_kv_heads;
+        let h = HEADS_PER_BLOCK
+            .iter()
+            .position(|&h| group.is_multiple_of(h))
+            .expect("1 divides every group");
+        let width = s.num_heads * s.head_dim;
+        check_len(K, "query", query.len(), s.num_seqs * width)?;
+        check_len(K, "out", out.len(), s.num_seqs * width)?;
+        check_len(
+            K,
+            "block_tables",
+            block_tables.len(),
+            s.num_seqs * s.max_blocks_per_seq,
+        )?;
+        check_len(K, "seq_lens", seq_lens.len(), s.num_seqs)?;
+        let kv_row = s.block_size * s.num_kv_heads * s.head_dim;
+        check_len(
+            K,
+            "key_cache",
+            key_cache.len(),
+            key_cache.len() / kv_row.max(1) * kv_row,
+        )?;
+        check_len(K, "value_cache", value_cache.len(), key_cache.len())?;
+        if s.num_seqs == 0 || max_seq_len == 0 {
+            return Ok(());
+        }
+
+        let parts = num_partitions(max_seq_len);
+        // Single pass: one partition as long as the longest context.
+        let partition_size = if parts == 1 {
+            max_seq_len
+        } else {
+            PARTITION_SIZE
+        };
+        workspace.ensure(stream, s.num_seqs * s.num_heads * parts, s.head_dim)?;
+        let args = [
+            to_u32(K, "num_heads", s.num_heads)?,
+            to_u32(K, "num_kv_heads", s.num_kv_heads)?,
+            to_u32(K, "block_size", s.block_size)?,
+            to_u32(K, "max_blocks_per_seq", s.max_blocks_per_seq)?,
+            to_u32(K, "partition_size", partition_size)?,
+        ];
+        let cfg = LaunchConfig {
+            grid_dim: (
+                to_u32(K, "head chunks", s.num_heads / HEADS_PER_BLOCK[h])?,
+                to_u32(K, "num_seqs", s.num_seqs)?,
+                to_u32(K, "partitions", parts)?,
+            ),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let ws = workspace;
+        let mut launch = stream.launch_builder(&self.decode[d][h]);
+        launch
+            .arg(&mut *out)
+            .arg(&mut ws.tmp_out)
+            .arg(&mut ws.max_logits);
+        launch
+            .arg(&mut ws.exp_sums)
+            .arg(query)
+            .arg(key_cache)
+            .arg(value_cache);
+        launch.arg(block_tables).arg(seq_lens).arg(&scale);
+        for a in &args {
+            launch.arg(a);
+        }
+        // SAFETY: the signature matches paged_attention_decode_d*_h* (DECODE_ARGS); out and
+        // query hold num_seqs * num_heads * head_dim elements, the tables their shapes
+        // (checked above); the workspace holds num_seqs * num_heads * parts rows (ensured).
+        // Cache reads follow block tables and seq_lens, whose contents the caller guarantees
+        // (documented above).
+        unsafe { launch.launch(cfg) }?;
+        if parts == 1 {
+            return Ok(());
+        }
+
+        let reduce_cfg = LaunchConfig {
+            grid_dim: (
+                cfg.grid_dim.0 * HEADS_PER_BLOCK[h] as u32,
+                cfg.grid_dim.1,
+                1,
+            ),
+            block_dim: (s.head_dim as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (max_parts, psize) = (cfg.grid_dim.2, args[4]);
+        let mut launch = stream.launch_builder(&self.reduce[d]);
+        launch
+            .arg(out)
+            .arg(&ws.tmp_out)
+            .arg(&ws.max_logits)
+            .arg(&ws.exp_sums);
+        launch.arg(seq_lens).arg(&max_parts).arg(&psize);
+        // SAFETY: the signature matches paged_attention_reduce_d* (out, tmp_out, max_logits,
+        // exp_sums, seq_lens, u32, u32); the grid is (num_heads, num_seqs), each block reads the
+        // ceil(seq_len / partition_size) <= max_parts partitions the decode kernel wrote.
+        unsafe { launch.launch(reduce_cfg) }?;
+        Ok(())
+    }
+}

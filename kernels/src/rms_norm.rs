@@ -1,0 +1,91 @@
+//! RMSNorm and its fused residual add, the twins of `engine::ops::rms_norm`.
+//! Kernel: `cuda/rms_norm.cu` (one block per token; 16-byte vectors; the row kept in
+//! registers between the two passes).
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, PushKernelArg};
+use half::bf16;
+
+use crate::error::{check_len, to_u32, Result};
+use crate::{row_launch, vector_units};
+
+pub(crate) const FILE: &str = "rms_norm.cu";
+pub(crate) const SOURCE: &str = include_str!("../cuda/rms_norm.cu");
+
+/// The compiled RMSNorm kernels.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    plain: CudaFunction,
+    fused_add: CudaFunction,
+}
+
+impl RmsNorm {
+    pub(crate) fn load(module: &Arc<CudaModule>) -> Result<Self> {
+        Ok(Self {
+            plain: module.load_function("rms_norm_kernel")?,
+            fused_add: module.load_function("fused_add_rms_norm_kernel")?,
+        })
+    }
+
+    /// `out[t] = x[t] / sqrt(mean(x[t]²) + eps) * weight`, with `hidden_size = weight.len()`.
+    pub fn rms_norm(
+        &self,
+        stream: &Arc<CudaStream>,
+        out: &mut CudaViewMut<'_, bf16>, // [num_tokens, hidden_size]
+        x: &CudaView<'_, bf16>,          // [num_tokens, hidden_size]
+        weight: &CudaView<'_, bf16>,     // [hidden_size]
+        eps: f32,
+    ) -> Result<()> {
+        let (num_tokens, hidden) = rows("rms_norm", x.len(), weight.len())?;
+        check_len("rms_norm", "out", out.len(), x.len())?;
+        if num_tokens == 0 {
+            return Ok(());
+        }
+        let h = to_u32("rms_norm", "hidden_size", hidden)?;
+        let cfg = row_launch(num_tokens, vector_units(hidden))?;
+        let mut launch = stream.launch_builder(&self.plain);
+        launch.arg(out).arg(x).arg(weight).arg(&eps).arg(&h);
+        // SAFETY: the signature matches rms_norm_kernel (out, x, weight, float, u32); out and x
+        // hold num_tokens * hidden_size elements and weight hidden_size (checked above), and the
+        // kernel touches only rows 0..gridDim.x of that width.
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
+    }
+
+    /// In place: `residual += x`, then `x = rms_norm(residual) * weight`.
+    pub fn fused_add_rms_norm(
+        &self,
+        stream: &Arc<CudaStream>,
+        x: &mut CudaViewMut<'_, bf16>, // [num_tokens, hidden_size]
+        residual: &mut CudaViewMut<'_, bf16>, // [num_tokens, hidden_size]
+        weight: &CudaView<'_, bf16>,   // [hidden_size]
+        eps: f32,
+    ) -> Result<()> {
+        let (num_tokens, hidden) = rows("fused_add_rms_norm", x.len(), weight.len())?;
+        check_len("fused_add_rms_norm", "residual", residual.len(), x.len())?;
+        if num_tokens == 0 {
+            return Ok(());
+        }
+        let h = to_u32("fused_add_rms_norm", "hidden_size", hidden)?;
+        let cfg = row_launch(num_tokens, vector_units(hidden))?;
+        let mut launch = stream.launch_builder(&self.fused_add);
+        launch.arg(x).arg(residual).arg(weight).arg(&eps).arg(&h);
+        // SAFETY: the signature matches fused_add_rms_norm_kernel (x, residual, weight, float,
+        // u32); x and residual hold num_tokens * hidden_size elements, weight hidden_size.
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
+    }
+}
+
+/// `(num_tokens, hidden_size)` of a `[num_tokens, hidden_size]` buffer and its weight.
+fn rows(kernel: &'static str, len: usize, hidden: usize) -> Result<(usize, usize)> {
+    if hidden == 0 {
+        return Err(crate::KernelError::Unsupported {
+            kernel,
+            what: "hidden_size is 0".into(),
+        });
+    }
+    check_len(kernel, "x", len, len.div_ceil(hidden) * hidden)?;
+    Ok((len / hidden, hidden))
+}

@@ -1,0 +1,166 @@
+//! Decode paged attention against an f64 reference that follows the block tables, for short
+//! contexts (single pass), long ones (4000+ tokens: split-K with partial last partitions),
+//! GQA groups 1, 3, 4, 6 and 8, head sizes 64 and 128. Blocks are handed out in random order,
+//! and queries are scaled so that softmax is peaked: a missed or misplaced key of weight moves
+//! the output well past the bound.
+mod common;
+
+use common::{assert_close, gpu_or_skip, poisoned, to_f64, Rng, BF16_BOUND};
+use kernels::paged_attention::{num_partitions, DecodeShape, SplitKWorkspace, PARTITION_SIZE};
+
+struct Case {
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    block_size: usize,
+    seq_lens: &'static [usize],
+}
+
+const CASES: [Case; 5] = [
+    // SmolLM2-135M's heads, short contexts: single pass.
+    Case {
+        num_heads: 9,
+        num_kv_heads: 3,
+        head_dim: 64,
+        block_size: 16,
+        seq_lens: &[1, 17, 500],
+    },
+    // Llama-3.2-1B's heads, long contexts: split-K, uneven partitions, a 1-token sequence.
+    Case {
+        num_heads: 32,
+        num_kv_heads: 8,
+        head_dim: 64,
+        block_size: 16,
+        seq_lens: &[4099, 1, 513, 2000],
+    },
+    // head_dim 128, 8 query heads per KV head, odd block size.
+    Case {
+        num_heads: 8,
+        num_kv_heads: 1,
+        head_dim: 128,
+        block_size: 7,
+        seq_lens: &[4500, 37],
+    },
+    // Multi-head (group 1), head_dim 128.
+    Case {
+        num_heads: 4,
+        num_kv_heads: 4,
+        head_dim: 128,
+        block_size: 32,
+        seq_lens: &[777, 5, 512],
+    },
+    // Group 6: two blocks of 3 query heads per KV head.
+    Case {
+        num_heads: 12,
+        num_kv_heads: 2,
+        head_dim: 64,
+        block_size: 16,
+        seq_lens: &[600, 1025],
+    },
+];
+
+#[test]
+fn decode_matches_f64_reference() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let (s, k) = (&gpu.stream, &gpu.kernels.paged_attention);
+    let mut rng = Rng::fresh("paged_attention");
+    let mut ws = SplitKWorkspace::new(s, 1, 64).unwrap();
+    let mut split_k_seen = false;
+    for c in &CASES {
+        let (nh, nkv, d, bs) = (c.num_heads, c.num_kv_heads, c.head_dim, c.block_size);
+        let n = c.seq_lens.len();
+        let max_len = *c.seq_lens.iter().max().unwrap();
+        split_k_seen |= num_partitions(max_len) > 1;
+        let max_blocks = max_len.div_ceil(bs);
+        let needed: usize = c.seq_lens.iter().map(|l| l.div_ceil(bs)).sum();
+        let num_blocks = needed + 3; // some blocks belong to nobody
+                                     // Hand out blocks in random order; pad tables with 0 as the engine does.
+        let order = rng.permutation(num_blocks);
+        let mut tables = vec![0u32; n * max_blocks];
+        let mut next = 0;
+        for (i, &len) in c.seq_lens.iter().enumerate() {
+            for b in 0..len.div_ceil(bs) {
+                tables[i * max_blocks + b] = order[next] as u32;
+                next += 1;
+            }
+        }
+        let kv_len = num_blocks * bs * nkv * d;
+        let (kc, vc) = (rng.bf16s(kv_len, 1.0), rng.bf16s(kv_len, 1.0));
+        let q = rng.bf16s(n * nh * d, 3.0);
+        let scale = 1.0 / (d as f32).sqrt();
+        let lens32: Vec<u32> = c.seq_lens.iter().map(|&l| l as u32).collect();
+
+        let dq = s.clone_htod(&q).unwrap();
+        let (dkc, dvc) = (s.clone_htod(&kc).unwrap(), s.clone_htod(&vc).unwrap());
+        let (dt, dl) = (
+            s.clone_htod(&tables).unwrap(),
+            s.clone_htod(&lens32).unwrap(),
+        );
+        let mut out = poisoned(s, n * nh * d);
+        let shape = DecodeShape {
+            num_seqs: n,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: d,
+            block_size: bs,
+            max_blocks_per_seq: max_blocks,
+        };
+        k.decode(
+            s,
+            &mut ws,
+            &mut out.as_view_mut(),
+            &dq.as_view(),
+            &dkc.as_view(),
+            &dvc.as_view(),
+            &dt.as_view(),
+            &dl.as_view(),
+            &shape,
+            scale,
+            max_len,
+        )
+        .unwrap();
+        let got = s.clone_dtoh(&out).unwrap();
+
+        // f64 reference, following the block tables.
+        let (qf, kf, vf) = (to_f64(&q), to_f64(&kc), to_f64(&vc));
+        let mut want = vec![0.0f64; n * nh * d];
+        for (i, &len) in c.seq_lens.iter().enumerate() {
+            for h in 0..nh {
+                let kvh = h / (nh / nkv);
+                let qv = &qf[(i * nh + h) * d..][..d];
+                let row = |p: usize| {
+                    let slot = tables[i * max_blocks + p / bs] as usize * bs + p % bs;
+                    (slot * nkv + kvh) * d
+                };
+                let scores: Vec<f64> = (0..len)
+                    .map(|p| {
+                        let kr = &kf[row(p)..][..d];
+                        qv.iter().zip(kr).map(|(a, b)| a * b).sum::<f64>() * scale as f64
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let w: Vec<f64> = scores.iter().map(|x| (x - m).exp()).collect();
+                let sum: f64 = w.iter().sum();
+                let o = &mut want[(i * nh + h) * d..][..d];
+                for (p, wp) in w.iter().enumerate() {
+                    let vr = &vf[row(p)..][..d];
+                    o.iter_mut().zip(vr).for_each(|(o, v)| *o += wp / sum * v);
+                }
+            }
+        }
+        let mode = if num_partitions(max_len) > 1 {
+            "split-K"
+        } else {
+            "single pass"
+        };
+        let what = format!(
+            "decode {nh}/{nkv} heads, d {d}, block {bs}, lens {:?} ({mode})",
+            c.seq_lens
+        );
+        assert_close(&what, &got, &want, BF16_BOUND);
+    }
+    assert!(
+        split_k_seen,
+        "some case must be longer than PARTITION_SIZE = {PARTITION_SIZE}"
+    );
+}

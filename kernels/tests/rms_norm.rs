@@ -1,0 +1,86 @@
+//! RMSNorm and fused add + RMSNorm against an f64 reference, at widths that take the vector
+//! path (multiples of 8), the scalar path (not), and rows longer than the register cache.
+mod common;
+
+use common::{assert_close, gpu_or_skip, poisoned, to_f64, Rng, BF16_BOUND};
+
+const EPS: f32 = 1e-5;
+/// (num_tokens, hidden_size): SmolLM2, Llama-3.2-1B at 7 tokens, odd widths, a long row.
+const SHAPES: [(usize, usize); 5] = [(1, 576), (7, 2048), (33, 100), (3, 13), (5, 8200)];
+
+fn reference(x: &[f64], w: &[f64]) -> Vec<f64> {
+    let h = w.len();
+    x.chunks(h)
+        .flat_map(|row| {
+            let inv = 1.0 / (row.iter().map(|v| v * v).sum::<f64>() / h as f64 + EPS as f64).sqrt();
+            row.iter().zip(w).map(move |(v, w)| v * inv * w)
+        })
+        .collect()
+}
+
+#[test]
+fn rms_norm_matches_f64_reference() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let (s, k) = (&gpu.stream, &gpu.kernels.rms_norm);
+    let mut rng = Rng::fresh("rms_norm");
+    for (t, h) in SHAPES {
+        let x = rng.bf16s(t * h, 2.0);
+        let w = rng
+            .bf16s(h, 0.3)
+            .iter()
+            .map(|v| *v + half::bf16::ONE)
+            .collect::<Vec<_>>();
+        let (dx, dw) = (s.clone_htod(&x).unwrap(), s.clone_htod(&w).unwrap());
+        let mut out = poisoned(s, t * h);
+        k.rms_norm(s, &mut out.as_view_mut(), &dx.as_view(), &dw.as_view(), EPS)
+            .unwrap();
+        let got = s.clone_dtoh(&out).unwrap();
+        let want = reference(&to_f64(&x), &to_f64(&w));
+        assert_close(&format!("rms_norm [{t}, {h}]"), &got, &want, BF16_BOUND);
+    }
+}
+
+#[test]
+fn fused_add_rms_norm_matches_f64_reference() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let (s, k) = (&gpu.stream, &gpu.kernels.rms_norm);
+    let mut rng = Rng::fresh("fused_add_rms_norm");
+    for (t, h) in SHAPES {
+        let x = rng.bf16s(t * h, 1.0);
+        let r = rng.bf16s(t * h, 3.0);
+        let w = rng
+            .bf16s(h, 0.3)
+            .iter()
+            .map(|v| *v + half::bf16::ONE)
+            .collect::<Vec<_>>();
+        let (mut dx, mut dr) = (s.clone_htod(&x).unwrap(), s.clone_htod(&r).unwrap());
+        let dw = s.clone_htod(&w).unwrap();
+        k.fused_add_rms_norm(
+            s,
+            &mut dx.as_view_mut(),
+            &mut dr.as_view_mut(),
+            &dw.as_view(),
+            EPS,
+        )
+        .unwrap();
+        let sum: Vec<f64> = to_f64(&x)
+            .iter()
+            .zip(to_f64(&r))
+            .map(|(a, b)| a + b)
+            .collect();
+        let want = reference(&sum, &to_f64(&w));
+        let (got_x, got_r) = (s.clone_dtoh(&dx).unwrap(), s.clone_dtoh(&dr).unwrap());
+        assert_close(
+            &format!("fused_add residual [{t}, {h}]"),
+            &got_r,
+            &sum,
+            BF16_BOUND,
+        );
+        assert_close(
+            &format!("fused_add normed [{t}, {h}]"),
+            &got_x,
+            &want,
+            BF16_BOUND,
+        );
+    }
+}

@@ -1,0 +1,52 @@
+//! Device argmax against the CPU rule (first index of the maximum), with many ties: logits are
+//! drawn from a few values, so the lowest-id rule is exercised in every row.
+mod common;
+
+use common::{gpu_or_skip, Rng};
+use half::bf16;
+
+fn cpu_argmax(row: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+#[test]
+fn argmax_picks_the_lowest_id_among_the_largest() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let (s, k) = (&gpu.stream, &gpu.kernels.sampling);
+    let mut rng = Rng::fresh("argmax");
+    // (num_seqs, vocab_size, distinct values): heavy ties, a few ties, real vocabularies.
+    for (n, vocab, levels) in [(4, 49152, 7), (3, 128256, 1000), (5, 7, 2), (64, 1000, 50)] {
+        let mut logits: Vec<f32> = (0..n * vocab)
+            .map(|_| bf16::from_f32(rng.below(levels) as f32 * 0.25 - 3.0).to_f32())
+            .collect();
+        logits[..vocab].fill(-1.0); // an all-equal row: id 0
+        let want: Vec<u32> = logits.chunks(vocab).map(cpu_argmax).collect();
+        let as_bf16: Vec<bf16> = logits.iter().map(|&v| bf16::from_f32(v)).collect();
+        let (d32, d16) = (
+            s.clone_htod(&logits).unwrap(),
+            s.clone_htod(&as_bf16).unwrap(),
+        );
+        let mut out = s.clone_htod(&vec![u32::MAX; n]).unwrap();
+        k.argmax(s, &mut out.as_view_mut(), &d16.as_view()).unwrap();
+        assert_eq!(
+            s.clone_dtoh(&out).unwrap(),
+            want,
+            "bf16 argmax [{n}, {vocab}]"
+        );
+        let mut out = s.clone_htod(&vec![u32::MAX; n]).unwrap();
+        k.argmax_f32(s, &mut out.as_view_mut(), &d32.as_view())
+            .unwrap();
+        assert_eq!(
+            s.clone_dtoh(&out).unwrap(),
+            want,
+            "f32 argmax [{n}, {vocab}]"
+        );
+        println!("argmax [{n}, {vocab}], {levels} distinct values: exact");
+    }
+}
