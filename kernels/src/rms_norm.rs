@@ -4,11 +4,16 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{
+    CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg,
+};
 use half::bf16;
 
 use crate::error::{check_len, to_u32, Result};
-use crate::{row_launch, vector_units};
+use crate::vector_units;
+
+/// `CACHED_VECS` in the kernel: 16-byte vectors each thread keeps in registers.
+const CACHED_VECS: usize = 4;
 
 pub(crate) const FILE: &str = "rms_norm.cu";
 pub(crate) const SOURCE: &str = include_str!("../cuda/rms_norm.cu");
@@ -43,7 +48,7 @@ impl RmsNorm {
             return Ok(());
         }
         let h = to_u32("rms_norm", "hidden_size", hidden)?;
-        let cfg = row_launch(num_tokens, vector_units(hidden))?;
+        let cfg = norm_launch(num_tokens, hidden)?;
         let mut launch = stream.launch_builder(&self.plain);
         launch.arg(out).arg(x).arg(weight).arg(&eps).arg(&h);
         // SAFETY: the signature matches rms_norm_kernel (out, x, weight, float, u32); out and x
@@ -68,7 +73,7 @@ impl RmsNorm {
             return Ok(());
         }
         let h = to_u32("fused_add_rms_norm", "hidden_size", hidden)?;
-        let cfg = row_launch(num_tokens, vector_units(hidden))?;
+        let cfg = norm_launch(num_tokens, hidden)?;
         let mut launch = stream.launch_builder(&self.fused_add);
         launch.arg(x).arg(residual).arg(weight).arg(&eps).arg(&h);
         // SAFETY: the signature matches fused_add_rms_norm_kernel (x, residual, weight, float,
@@ -88,4 +93,19 @@ fn rows(kernel: &'static str, len: usize, hidden: usize) -> Result<(usize, usize
     }
     check_len(kernel, "x", len, len.div_ceil(hidden) * hidden)?;
     Ok((len / hidden, hidden))
+}
+
+/// One block per row, with just enough threads that each holds CACHED_VECS vectors: fewer
+/// threads per row means more rows resident per SM and more loads in flight. On an H200,
+/// RMSNorm [32768, 4096] went from 78% of copy bandwidth (256 threads per row) to 86%
+/// (128 threads); see README.
+fn norm_launch(rows: usize, hidden: usize) -> Result<LaunchConfig> {
+    let units = vector_units(hidden);
+    let per_thread = if units == hidden { 1 } else { CACHED_VECS };
+    let threads = (units.div_ceil(per_thread).div_ceil(32) * 32).clamp(32, 1024);
+    Ok(LaunchConfig {
+        grid_dim: (to_u32("rms_norm", "num_tokens", rows)?, 1, 1),
+        block_dim: (threads as u32, 1, 1),
+        shared_mem_bytes: 0,
+    })
 }
