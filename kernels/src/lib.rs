@@ -72,7 +72,7 @@ pub struct Kernels {
 
 impl Kernels {
     /// Compiles every `.cu` file, in parallel (NVRTC takes 0.05-0.3 s per file, and seconds for
-/// paged_attention's ten instantiations on a slow CPU), and loads them.
+    /// paged_attention's ten instantiations on a slow CPU), and loads them.
     pub fn load(ctx: &Arc<CudaContext>) -> Result<Self> {
         const SOURCES: [(&str, &str); 7] = [
             (embedding::FILE, embedding::SOURCE),
