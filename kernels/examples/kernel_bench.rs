@@ -1,5 +1,6 @@
 //! Times RMSNorm, reshape_and_cache and decode paged attention at large sizes and compares
-//! their achieved bandwidth with a device-to-device copy measured in the same run.
+//! their achieved bandwidth with a device-to-device copy measured in the same run; times
+//! prefill attention in TFLOP/s against the bf16 GEMM ceiling of docs/gpu.md.
 //!
 //! Run on the GPU machine: `kernel_bench` (built by `scripts/gpu-check.sh build`).
 //! Method: random data (never zeros), buffers far larger than the 50 MB L2, 5 warm-up
@@ -12,10 +13,14 @@ use anyhow::{bail, Result};
 use half::bf16;
 use kernels::cudarc::driver::{sys, CudaSlice, CudaStream};
 use kernels::paged_attention::{DecodeShape, SplitKWorkspace};
+use kernels::prefill_attention::PrefillShape;
 use kernels::Gpu;
 
 const WARMUP: usize = 5;
 const REPS: usize = 20;
+/// bf16 GEMM 8192³ on the H200 through PyTorch (docs/gpu.md): the tensor-core ceiling that
+/// prefill attention's TFLOP/s are compared with (not re-measured here: no cuBLAS in this crate).
+const BF16_GEMM_TFLOPS: f64 = 771.0;
 
 /// Median milliseconds of `f` over REPS timed launches.
 fn time_ms(gpu: &Gpu, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
@@ -214,6 +219,70 @@ fn main() -> Result<()> {
         push("paged_attention decode", size, ms, bytes as f64);
     }
 
+    // Prefill attention: whole prompts (no cached prefix), block size 16, shuffled blocks.
+    // FLOPs: causal attention computes q·k for the n(n+1)/2 (row, key) pairs of a sequence and
+    // adds p·v for the same pairs, d multiply-adds each, a multiply-add counted as 2 FLOPs:
+    // 4·d·n(n+1)/2 per head (≈ 4·n²·d/2). Softmax's exponentials are not counted.
+    let mut flop_rows: Vec<(String, f64, f64)> = Vec::new();
+    for (seqs, n, nh, nkv, d) in [
+        (8usize, 1024usize, 32usize, 8usize, 128usize),
+        (8, 1024, 32, 8, 64),
+        (2, 8192, 32, 8, 128),
+    ] {
+        let max_blocks = n / bs;
+        let num_blocks = seqs * max_blocks;
+        let mut tables: Vec<u32> = (0..num_blocks as u32).collect();
+        for i in (1..tables.len()).rev() {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            tables.swap(i, (x >> 33) as usize % (i + 1));
+        }
+        let kv_len = num_blocks * bs * nkv * d;
+        let (kc, vc) = (random_bf16(s, kv_len, 11)?, random_bf16(s, kv_len, 12)?);
+        let q = random_bf16(s, seqs * n * nh * d, 13)?;
+        let mut out = unsafe_alloc(s, seqs * n * nh * d)?;
+        let qsl: Vec<u32> = (0..=seqs as u32).map(|i| i * n as u32).collect();
+        let (dt, dl, dqsl) = (
+            s.clone_htod(&tables)?,
+            s.clone_htod(&vec![n as u32; seqs])?,
+            s.clone_htod(&qsl)?,
+        );
+        let shape = PrefillShape {
+            num_seqs: seqs,
+            num_tokens: seqs * n,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: d,
+            block_size: bs,
+            max_blocks_per_seq: max_blocks,
+        };
+        let scale = 1.0 / (d as f32).sqrt();
+        let ms = time_ms(&gpu, || {
+            Ok(k.prefill_attention.forward(
+                s,
+                &mut out.as_view_mut(),
+                &q.as_view(),
+                &kc.as_view(),
+                &vc.as_view(),
+                &dt.as_view(),
+                &dl.as_view(),
+                &dqsl.as_view(),
+                &shape,
+                scale,
+                n,
+            )?)
+        })?;
+        let flops = (seqs * nh) as f64 * 4.0 * d as f64 * (n * (n + 1) / 2) as f64;
+        let tflops = flops / (ms * 1e-3) / 1e12;
+        let size = format!("{seqs} x {n} tok, {nh}/{nkv} heads, d {d}");
+        println!(
+            "{:<28} {size:<44} {ms:>9.4} ms {tflops:>8.1} TFLOP/s",
+            "prefill_attention"
+        );
+        flop_rows.push((size, ms, tflops));
+    }
+
     let copy = rows[0].gbs;
     println!("\nkernel_bench on {name}: median of {REPS} after {WARMUP} warm-up, CUDA events");
     println!("| kernel | size | ms | GB/s | of copy |");
@@ -224,6 +293,12 @@ fn main() -> Result<()> {
             "| {} | {} | {:.4} | {:.0} | {:.0}% |",
             r.kernel, r.size, r.ms, r.gbs, pct
         );
+    }
+    println!("\n| kernel | size | ms | TFLOP/s | of bf16 GEMM ({BF16_GEMM_TFLOPS:.0}) |");
+    println!("| --- | --- | ---: | ---: | ---: |");
+    for (size, ms, tf) in &flop_rows {
+        let pct = 100.0 * tf / BF16_GEMM_TFLOPS;
+        println!("| prefill_attention | {size} | {ms:.4} | {tf:.1} | {pct:.1}% |");
     }
     Ok(())
 }

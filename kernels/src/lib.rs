@@ -11,6 +11,8 @@
 //!   rotary_embedding.rs   rotate q and k by position
 //!   reshape_and_cache.rs  write k, v into the paged KV cache (slot_mapping)
 //!   paged_attention.rs    decode attention through block tables: single pass or split-K
+//!   prefill_attention.rs  attention for mixed batches (prefill, chunks, decode), tiled
+//!                         FlashAttention-2 style on tensor cores
 //!   silu_and_mul.rs       the MLP's activation
 //!   sampling.rs           argmax over logits, on the device
 //! error.rs                KernelError: every wrapper returns Result; cudarc errors mapped
@@ -29,6 +31,7 @@ pub mod compile;
 pub mod embedding;
 pub mod error;
 pub mod paged_attention;
+pub mod prefill_attention;
 pub mod reshape_and_cache;
 pub mod rms_norm;
 pub mod rotary_embedding;
@@ -66,6 +69,7 @@ pub struct Kernels {
     pub rotary_embedding: rotary_embedding::RotaryEmbedding,
     pub reshape_and_cache: reshape_and_cache::ReshapeAndCache,
     pub paged_attention: paged_attention::PagedAttention,
+    pub prefill_attention: prefill_attention::PrefillAttention,
     pub silu_and_mul: silu_and_mul::SiluAndMul,
     pub sampling: sampling::Sampling,
 }
@@ -74,7 +78,7 @@ impl Kernels {
     /// Compiles every `.cu` file, in parallel (NVRTC takes 0.05-0.3 s per file, and seconds for
     /// paged_attention's ten instantiations on a slow CPU), and loads them.
     pub fn load(ctx: &Arc<CudaContext>) -> Result<Self> {
-        const SOURCES: [(&str, &str); 7] = [
+        const SOURCES: [(&str, &str); 8] = [
             (embedding::FILE, embedding::SOURCE),
             (rms_norm::FILE, rms_norm::SOURCE),
             (rotary_embedding::FILE, rotary_embedding::SOURCE),
@@ -82,6 +86,7 @@ impl Kernels {
             (paged_attention::FILE, paged_attention::SOURCE),
             (silu_and_mul::FILE, silu_and_mul::SOURCE),
             (sampling::FILE, sampling::SOURCE),
+            (prefill_attention::FILE, prefill_attention::SOURCE),
         ];
         let ptx = std::thread::scope(|s| {
             let jobs: Vec<_> = SOURCES
@@ -104,6 +109,7 @@ impl Kernels {
             paged_attention: paged_attention::PagedAttention::load(&modules[4])?,
             silu_and_mul: silu_and_mul::SiluAndMul::load(&modules[5])?,
             sampling: sampling::Sampling::load(&modules[6])?,
+            prefill_attention: prefill_attention::PrefillAttention::load(&modules[7])?,
         })
     }
 }
