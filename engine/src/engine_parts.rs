@@ -10,22 +10,18 @@
 //! stage 3   prepare_inputs  kernels  sample  (worker::model_runner, ops::*, sampler)
 //! ```
 
-use rand::rngs::StdRng;
-
 use crate::backend::cpu_backend::CpuKernels;
 use crate::core::block_allocator::{BlockAllocator, RefCountingAllocator};
 use crate::core::scheduler::Scheduler;
 use crate::core::scheduler_output::SchedulerOutput;
 use crate::core::scheduling_policy::{Fcfs, SchedulingPolicy};
-use crate::sampling_params::SamplingParams;
+pub use crate::sampler::SampleFn;
 use crate::worker::model_runner::{prepare_inputs, PrepareInputsFn};
 
 /// Builds the block allocator of a cache of `num_blocks` blocks.
 pub type AllocatorFn = fn(num_blocks: usize) -> Box<dyn BlockAllocator>;
 /// Decides one step's batch, like [`Scheduler::schedule`].
 pub type ScheduleFn = fn(scheduler: &mut Scheduler) -> SchedulerOutput;
-/// Picks a token from one row of logits, like [`crate::sampler::sample`].
-pub type SampleFn = fn(logits: &[f32], params: &SamplingParams, rng: &mut StdRng) -> u32;
 
 /// The replaceable parts; `Default` gives the engine's own.
 pub struct EngineParts {
@@ -35,6 +31,7 @@ pub struct EngineParts {
     pub prepare_inputs: PrepareInputsFn,
     /// RMSNorm and rotary kernels of the CPU backend.
     pub kernels: CpuKernels,
+    /// Called by the model runner, on the worker, for each sequence that samples.
     pub sample: SampleFn,
 }
 

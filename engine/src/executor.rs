@@ -1,16 +1,24 @@
-//! The executor runs a scheduled step on the model's worker(s) and returns logits. With one
-//! worker it is the model runner itself; tensor and pipeline parallelism add executors that
-//! drive several workers behind the same trait.
+//! The executor runs a scheduled step on the model's worker(s) and returns the sampled tokens
+//! (logits only when a request asks). With one worker it is the model runner itself; tensor and
+//! pipeline parallelism add executors that drive several workers behind the same trait.
 
 use crate::backend::Backend;
 use crate::config::ModelConfig;
 use crate::core::scheduler_output::SchedulerOutput;
+use crate::outputs::ModelRunnerOutput;
+use crate::sampling_params::SamplingParams;
+use crate::sequence::SeqId;
 use crate::worker::model_runner::ModelRunner;
 
 /// Runs steps of the model.
 pub trait Executor: Send {
-    /// Logits `[sequences with needs_logits, vocab]`, row-major, in batch order.
-    fn execute_model(&mut self, scheduler_output: &SchedulerOutput) -> Vec<f32>;
+    /// Tells the worker(s) how a new request samples, once, at its arrival (vLLM v1 sends this
+    /// in the first `SchedulerOutput` that schedules the request).
+    fn add_request(&mut self, id: SeqId, params: &SamplingParams, seed: u64);
+    /// Tells the worker(s) that requests finished or were aborted.
+    fn remove_requests(&mut self, ids: &[SeqId]);
+    /// Runs one step; one sampled token per sequence with `needs_logits`, in batch order.
+    fn execute_model(&mut self, scheduler_output: &SchedulerOutput) -> ModelRunnerOutput;
     fn model_config(&self) -> &ModelConfig;
     fn backend_name(&self) -> &'static str;
 }
@@ -20,7 +28,15 @@ impl<B: Backend + 'static> Executor for ModelRunner<B>
 where
     B::Tensor: 'static,
 {
-    fn execute_model(&mut self, scheduler_output: &SchedulerOutput) -> Vec<f32> {
+    fn add_request(&mut self, id: SeqId, params: &SamplingParams, seed: u64) {
+        ModelRunner::add_request(self, id, params, seed)
+    }
+
+    fn remove_requests(&mut self, ids: &[SeqId]) {
+        ModelRunner::remove_requests(self, ids)
+    }
+
+    fn execute_model(&mut self, scheduler_output: &SchedulerOutput) -> ModelRunnerOutput {
         ModelRunner::execute_model(self, scheduler_output)
     }
 

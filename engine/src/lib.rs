@@ -12,10 +12,12 @@
 //!     ├ executor::Executor::execute_model           run the step on the worker(s)
 //!     │   ├ worker::model_runner::prepare_inputs    ids, positions, slot mapping,
 //!     │   │                                         attention::AttentionMetadata
-//!     │   └ model_executor::llama                   the forward pass over backend::Backend
-//!     │       └ ops::*                              CPU kernels: linear, rms_norm, rotary,
-//!     │                                             reshape_and_cache, paged_attention
-//!     ├ sampler::sample                             greedy / temperature / top-k / top-p
+//!     │   ├ model_executor::llama                   the forward pass over backend::Backend
+//!     │   │   └ ops::*                              CPU kernels: linear, rms_norm, rotary,
+//!     │   │                                         reshape_and_cache, paged_attention
+//!     │   └ sampler::sample                         greedy / temperature / top-k / top-p,
+//!     │                                             with a philox::uniform draw per token
+//!     │                                             → outputs::ModelRunnerOutput (token ids)
 //!     └ Scheduler::update_from_output               append tokens, stop, free blocks
 //! ```
 //!
@@ -40,6 +42,8 @@ pub mod model_executor;
 pub mod model_loader;
 pub mod model_source;
 pub mod ops;
+pub mod outputs;
+pub mod philox;
 pub mod sampler;
 pub mod sampling_params;
 pub mod sequence;

@@ -1,15 +1,16 @@
 //! The engine loop (vLLM's `LLMEngine`): add requests, then `step()` until all are done.
 //!
-//! One step = schedule → execute → sample → update:
-//! the scheduler picks the batch and its tokens, the executor runs the model and returns the
-//! logits of each sequence that reached its last token, the sampler picks their next tokens,
-//! and the scheduler appends them, checks stop conditions and frees finished requests' blocks.
+//! One step = schedule → execute → update:
+//! the scheduler picks the batch and its tokens, the executor runs the model and samples the
+//! next token of each sequence that reached its last token (on the worker, where the logits
+//! are), and the scheduler appends them, checks stop conditions and frees finished requests'
+//! blocks.
 
 use crate::backend::cpu_backend::CpuBackend;
 use crate::config::EngineConfig;
 use crate::core::block_manager::BlockManager;
 use crate::core::scheduler::Scheduler;
-use crate::engine_parts::{EngineParts, SampleFn, ScheduleFn};
+use crate::engine_parts::{EngineParts, ScheduleFn};
 use crate::error::{EngineError, Result};
 use crate::executor::Executor;
 use crate::model_executor::llama::LlamaForCausalLM;
@@ -63,8 +64,6 @@ pub struct LLMEngine {
     pub stats: EngineStats,
     /// `Scheduler::schedule` unless replaced (see [`EngineParts`]).
     schedule: ScheduleFn,
-    /// `sampler::sample` unless replaced.
-    sample: SampleFn,
 }
 
 impl LLMEngine {
@@ -104,6 +103,7 @@ impl LLMEngine {
         let llama = LlamaForCausalLM::new(model.config, backend, weights);
         let mut runner = ModelRunner::new(llama, num_kv_blocks, block_size);
         runner.prepare_inputs = parts.prepare_inputs;
+        runner.sample = parts.sample;
         let executor = Box::new(runner);
         Ok(LLMEngine {
             tokenizer: model.tokenizer,
@@ -115,7 +115,6 @@ impl LLMEngine {
             next_seq_id: 0,
             stats: EngineStats::default(),
             schedule: parts.schedule,
-            sample: parts.sample,
         })
     }
 
@@ -163,6 +162,10 @@ impl LLMEngine {
         }
         let id = SeqId(self.next_seq_id);
         self.next_seq_id += 1;
+        // Drawn once, here: an unseeded request stays random, and every token it samples is
+        // still a pure function of (seed, position).
+        let seed = params.seed.unwrap_or_else(fresh_seed);
+        self.executor.add_request(id, &params, seed);
         self.scheduler.add_sequence(Sequence::new(id, ids, params));
         Ok(id)
     }
@@ -170,6 +173,7 @@ impl LLMEngine {
 
     /// Drops a queued or running request; its blocks return to the pool.
     pub fn abort_request(&mut self, id: SeqId) -> bool {
+        self.executor.remove_requests(&[id]);
         self.scheduler.abort_sequence(id)
     }
 
@@ -191,19 +195,12 @@ impl LLMEngine {
             }
             return Ok(Vec::new());
         }
-        let logits = self.executor.execute_model(&out);
-        let vocab = self.model_config().vocab_size;
-        let mut rows = logits.chunks_exact(vocab);
-        let mut sampled = Vec::new();
-        for s in out.scheduled.iter().filter(|s| s.needs_logits) {
-            let row = rows.next().expect("one logits row per sampling sequence");
-            let seq = self
-                .scheduler
-                .sequence_mut(s.seq_id)
-                .expect("scheduled sequence exists");
-            sampled.push((self.sample)(row, &seq.params, &mut seq.rng));
-            if seq.params.output_logits {
-                seq.logits.push(row.to_vec());
+        let output = self.executor.execute_model(&out);
+        let sampling = out.scheduled.iter().filter(|s| s.needs_logits);
+        for (s, row) in sampling.zip(output.logits) {
+            if let Some(row) = row {
+                let seq = self.scheduler.sequence_mut(s.seq_id);
+                seq.expect("scheduled sequence exists").logits.push(row);
             }
         }
         self.stats.num_steps += 1;
@@ -213,7 +210,11 @@ impl LLMEngine {
             .stats
             .max_batched_tokens_in_a_step
             .max(out.num_batched_tokens());
-        let finished = self.scheduler.update_from_output(&out, &sampled);
+        let finished = self
+            .scheduler
+            .update_from_output(&out, &output.sampled_token_ids);
+        let ids: Vec<SeqId> = finished.iter().map(|seq| seq.seq_id).collect();
+        self.executor.remove_requests(&ids);
         finished
             .into_iter()
             .map(|seq| self.to_output(seq))
@@ -235,4 +236,15 @@ impl LLMEngine {
             logits: seq.logits,
         })
     }
+}
+
+/// A seed for a request that gave none, without a dependency: the standard library's
+/// `RandomState` is keyed from the operating system's randomness (once per thread, and every
+/// new one differs); the time is only the input it hashes.
+fn fresh_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    hasher.write_u128(now.map_or(0, |d| d.as_nanos()));
+    hasher.finish()
 }

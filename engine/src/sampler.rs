@@ -1,9 +1,13 @@
-//! Picks the next token from a row of logits (vLLM's `Sampler`).
+//! Picks the next token from a row of logits (vLLM's `Sampler`). The model runner calls it,
+//! on the worker, for each sequence that samples this step; only the token ids leave the
+//! worker (see `outputs::ModelRunnerOutput`).
 //!
 //! Greedy is argmax, ties to the lowest id, exactly as transformers. Random sampling sorts the
 //! candidates, keeps the top k, applies the temperature and softmax to them, keeps the top-p
-//! prefix, then draws once from the renormalized distribution with the request's own
-//! generator.
+//! prefix, then walks the renormalized distribution with one uniform number, `draw`. The caller
+//! computes the draw from the request's seed and the token's position
+//! ([`crate::philox::uniform`]), so the sampler holds no generator and a given
+//! (logits, params, draw) always gives the same token.
 //!
 //! vLLM v1 divides by the temperature first, then applies top-k and top-p
 //! (`vllm/v1/sample/sampler.py`). The distribution is the same: dividing logits by a positive
@@ -12,13 +16,16 @@
 //! tied with the k-th logit (ours keeps exactly k, lowest ids first), and vLLM draws with an
 //! exponential race, not one uniform number, so the same seed gives other tokens.
 
-use rand::Rng;
-
 use crate::sampling_params::SamplingParams;
 
+/// Picks a token from one row of logits with a uniform draw in `[0, 1)`, like [`sample`] (the
+/// pluggable part of `EngineParts`; stage 3 swaps in the learner's).
+pub type SampleFn = fn(logits: &[f32], params: &SamplingParams, draw: f32) -> u32;
+
 // ANCHOR: sample
-/// Chooses one token id from `logits` `[vocab]`.
-pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut impl Rng) -> u32 {
+/// Chooses one token id from `logits` `[vocab]`, using `draw` (uniform in `[0, 1)`) if the
+/// request samples at random; greedy ignores it.
+pub fn sample(logits: &[f32], params: &SamplingParams, draw: f32) -> u32 {
     if params.is_greedy() {
         return argmax(logits);
     }
@@ -50,7 +57,7 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut impl Rng) -> u3
         probs.truncate(keep);
     }
     let total: f32 = probs.iter().sum();
-    let mut draw = rng.random::<f32>() * total;
+    let mut draw = draw * total;
     for (&id, &p) in ids.iter().zip(&probs) {
         if draw < p {
             return id;

@@ -6,9 +6,9 @@ use crate::error::{EngineError, Result};
 ///
 /// `temperature == 0` means greedy: the argmax of the raw logits, ties to the lowest id (as
 /// transformers does). Otherwise logits are divided by the temperature, cut to the `top_k`
-/// largest and to the smallest set whose probability reaches `top_p`, and sampled with a
-/// per-request generator seeded by `seed`, so a request draws the same tokens whether it runs
-/// alone or batched with others.
+/// largest and to the smallest set whose probability reaches `top_p`, and sampled with the
+/// random number `philox::uniform(seed, position)` of the new token's position, so a request
+/// draws the same tokens whether it runs alone or batched with others, preempted or not.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SamplingParams {
     pub temperature: f32,
@@ -16,7 +16,7 @@ pub struct SamplingParams {
     pub top_k: Option<usize>,
     /// Keep the smallest set of tokens whose probability mass reaches `p`; 1.0 keeps all.
     pub top_p: f32,
-    /// Seed of this request's generator; `None` draws one from the OS.
+    /// Seed of this request's random numbers; `None` draws one when the request arrives.
     pub seed: Option<u64>,
     /// Generate at most this many tokens.
     pub max_tokens: usize,

@@ -6,8 +6,6 @@
 //! when the computed count catches up with the token count, the model's last logits give the
 //! next token. Preemption by recompute simply resets `num_computed_tokens` to 0.
 
-use rand::rngs::StdRng;
-
 use crate::sampling_params::SamplingParams;
 
 /// Identifies a sequence; assigned in arrival order, so smaller means earlier.
@@ -50,8 +48,6 @@ pub struct Sequence {
     pub num_computed_tokens: usize,
     pub status: SequenceStatus,
     pub params: SamplingParams,
-    /// This request's own generator: batching never changes what it draws.
-    pub rng: StdRng,
     /// How many times it was preempted (for tests and the tracer).
     pub num_preemptions: usize,
     /// Raw logits of each generated token, if `params.output_logits`.
@@ -60,11 +56,6 @@ pub struct Sequence {
 
 impl Sequence {
     pub fn new(seq_id: SeqId, prompt_token_ids: Vec<u32>, params: SamplingParams) -> Self {
-        use rand::SeedableRng;
-        let rng = match params.seed {
-            Some(seed) => StdRng::seed_from_u64(seed),
-            None => StdRng::from_os_rng(),
-        };
         Sequence {
             seq_id,
             prompt_token_ids,
@@ -72,7 +63,6 @@ impl Sequence {
             num_computed_tokens: 0,
             status: SequenceStatus::Waiting,
             params,
-            rng,
             num_preemptions: 0,
             logits: Vec::new(),
         }

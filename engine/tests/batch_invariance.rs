@@ -63,16 +63,43 @@ fn batched_equals_alone() {
     check(EngineConfig::default(), &greedy());
 }
 
-#[test]
-fn seeded_sampling_is_batch_invariant() {
-    let params = SamplingParams {
+fn seeded() -> SamplingParams {
+    SamplingParams {
         temperature: 0.9,
         top_k: Some(50),
         top_p: 0.9,
         seed: Some(7),
         ..greedy()
+    }
+}
+
+#[test]
+fn seeded_sampling_is_batch_invariant() {
+    check(EngineConfig::default(), &seeded());
+}
+
+/// A token's random number depends on (seed, position) only, so recomputing a preempted
+/// request, or prefilling it in chunks, draws exactly the same numbers.
+#[test]
+fn seeded_sampling_survives_preemption_and_chunked_prefill() {
+    let mut config = EngineConfig::default();
+    config.cache.block_size = 4;
+    config.cache.num_kv_blocks = Some(24);
+    config.scheduler.max_num_batched_tokens = 5;
+    let preemptions = check(config, &seeded());
+    assert!(preemptions > 0, "no preemption happened");
+}
+
+/// Without a seed, a request gets a fresh one: the same prompt twice samples differently
+/// (at temperature 1 over 24 tokens, two identical outputs are vanishingly unlikely).
+#[test]
+fn unseeded_requests_draw_different_tokens() {
+    let params = SamplingParams {
+        temperature: 1.0,
+        ..greedy()
     };
-    check(EngineConfig::default(), &params);
+    let (out, _) = generate(EngineConfig::default(), &[PROMPTS[0], PROMPTS[0]], &params);
+    assert_ne!(out[0], out[1]);
 }
 
 #[test]

@@ -290,10 +290,9 @@ fn rms_norm(args: &Args) -> Result<f64, String> {
         .ok_or_else(|| "index out of range".into())
 }
 
-/// How many distinct tokens the engine's sampler draws from these logits over `draws` seeds:
-/// the size of the candidate set that survives top-k and top-p.
+/// How many distinct tokens the engine's sampler picks from these logits over `draws` evenly
+/// spaced draws in `[0, 1)`: the size of the candidate set that survives top-k and top-p.
 fn sample_support(args: &Args) -> Result<f64, String> {
-    use rand::SeedableRng;
     let logits = floats(args, "logits")?;
     let params = SamplingParams {
         temperature: float(args, "temperature")? as f32,
@@ -302,9 +301,10 @@ fn sample_support(args: &Args) -> Result<f64, String> {
         ..SamplingParams::default()
     };
     let mut seen = std::collections::BTreeSet::new();
-    for seed in 0..int(args, "draws")? as u64 {
-        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-        seen.insert(engine::sampler::sample(&logits, &params, &mut rng));
+    let draws = int(args, "draws")?;
+    for i in 0..draws {
+        let draw = i as f32 / draws as f32;
+        seen.insert(engine::sampler::sample(&logits, &params, draw));
     }
     Ok(seen.len() as f64)
 }

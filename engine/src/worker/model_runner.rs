@@ -1,15 +1,29 @@
-//! Turns the scheduler's decision into the model's inputs, runs the model, returns logits
-//! (vLLM's `GPUModelRunner`, on any backend).
+//! Turns the scheduler's decision into the model's inputs, runs the model, samples, and
+//! returns the sampled token ids (vLLM's `GPUModelRunner`, on any backend).
 //!
 //! The batch is flat: every scheduled sequence's new tokens one after another, with no
 //! padding. A decode contributes one row, a prefill chunk many; `AttentionMetadata` tells
 //! attention where each sequence's rows start and how long its context is.
+//!
+//! The runner samples where the logits are, so that only token ids go back to the engine
+//! ([`ModelRunnerOutput`]). For that it keeps, per request, what sampling needs (vLLM v1's
+//! `CachedRequestState`): the parameters and the seed, given once when the request arrives.
+//! The random number for a token is a pure function of (seed, position) ([`philox::uniform`]),
+//! so the runner keeps no generator state, and a preempted and recomputed request draws exactly
+//! what it would have drawn.
+
+use std::collections::HashMap;
 
 use crate::attention::attention_metadata::AttentionMetadata;
 use crate::backend::Backend;
 use crate::core::block::slot_for_position;
 use crate::core::scheduler_output::SchedulerOutput;
 use crate::model_executor::llama::LlamaForCausalLM;
+use crate::outputs::ModelRunnerOutput;
+use crate::philox;
+use crate::sampler::{self, SampleFn};
+use crate::sampling_params::SamplingParams;
+use crate::sequence::SeqId;
 use crate::worker::cache_engine::KvCache;
 
 // ANCHOR: model_input
@@ -62,12 +76,23 @@ pub fn prepare_inputs(out: &SchedulerOutput, block_size: usize) -> ModelInput {
 }
 // ANCHOR_END: prepare_inputs
 
-/// Owns the model and its KV cache on one backend.
+/// What the runner keeps about a request between its arrival and its end.
+#[derive(Debug, Clone)]
+struct CachedRequestState {
+    params: SamplingParams,
+    /// The request's seed, or the one drawn for it at arrival if it gave none.
+    seed: u64,
+}
+
+/// Owns the model and its KV cache on one backend, and samples.
 pub struct ModelRunner<B: Backend> {
     pub model: LlamaForCausalLM<B>,
     pub kv_cache: KvCache<B>,
     /// Lays out each step's batch; [`prepare_inputs`] unless replaced.
     pub prepare_inputs: PrepareInputsFn,
+    /// Picks each token; [`sampler::sample`] unless replaced.
+    pub sample: SampleFn,
+    requests: HashMap<SeqId, CachedRequestState>,
 }
 
 impl<B: Backend> ModelRunner<B> {
@@ -77,15 +102,32 @@ impl<B: Backend> ModelRunner<B> {
             model,
             kv_cache,
             prepare_inputs,
+            sample: sampler::sample,
+            requests: HashMap::new(),
+        }
+    }
+
+    /// Remembers a new request's sampling parameters and seed until [`Self::remove_requests`].
+    pub fn add_request(&mut self, id: SeqId, params: &SamplingParams, seed: u64) {
+        let params = params.clone();
+        self.requests
+            .insert(id, CachedRequestState { params, seed });
+    }
+
+    /// Forgets finished or aborted requests.
+    pub fn remove_requests(&mut self, ids: &[SeqId]) {
+        for id in ids {
+            self.requests.remove(id);
         }
     }
 
     // ANCHOR: execute_model
-    /// Runs one step; returns logits `[num sequences sampling, vocab]` on the host.
-    pub fn execute_model(&mut self, out: &SchedulerOutput) -> Vec<f32> {
+    /// Runs one step: the forward pass, then one sampled token per sequence with
+    /// `needs_logits`, in batch order.
+    pub fn execute_model(&mut self, out: &SchedulerOutput) -> ModelRunnerOutput {
         let input = (self.prepare_inputs)(out, self.kv_cache.block_size);
         if input.input_ids.is_empty() {
-            return Vec::new();
+            return ModelRunnerOutput::default();
         }
         let logits = self.model.forward(
             &input.input_ids,
@@ -94,7 +136,27 @@ impl<B: Backend> ModelRunner<B> {
             &mut self.kv_cache,
             &input.logits_indices,
         );
-        self.model.backend.download(&logits)
+        // On the CPU backend this is the tensor itself; a GPU backend samples in a kernel
+        // instead, with the same draw, and downloads only the rows asked for.
+        let logits = self.model.backend.download(&logits); // [sampling sequences, vocab]
+        let vocab = self.model.config.vocab_size;
+        let mut rows = logits.chunks_exact(vocab);
+        let mut output = ModelRunnerOutput::default();
+        for s in out.scheduled.iter().filter(|s| s.needs_logits) {
+            let row = rows.next().expect("one logits row per sampling sequence");
+            let req = self
+                .requests
+                .get(&s.seq_id)
+                .expect("request added at arrival");
+            // The position of the token being sampled: the one after the chunk's last.
+            let position = s.start_position + s.token_ids.len();
+            let draw = philox::uniform(req.seed, position);
+            let token = (self.sample)(row, &req.params, draw);
+            output.sampled_token_ids.push(token);
+            let asked = req.params.output_logits;
+            output.logits.push(asked.then(|| row.to_vec()));
+        }
+        output
     }
     // ANCHOR_END: execute_model
 }

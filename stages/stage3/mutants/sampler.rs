@@ -12,10 +12,9 @@
 //!   cuts the tail the walk falls off the end and the last candidate wins too often.
 //!
 //! Each wrong version follows the engine's pipeline (stable sort, top-k, temperature and
-//! softmax, top-p, one `f32` draw walked down the kept probabilities) except for its mistake.
+//! softmax, top-p, the draw walked down the kept probabilities) except for its mistake.
 
 use engine::sampling_params::SamplingParams;
-use rand::Rng;
 
 use super::active;
 
@@ -58,7 +57,7 @@ fn top_p_keep(probs: &[f32], top_p: f32, strict: bool) -> usize {
         .map_or(probs.len(), |i| i + 1)
 }
 
-fn wrong_sample(logits: &[f32], params: &SamplingParams, rng: &mut impl Rng, m: Mistake) -> u32 {
+fn wrong_sample(logits: &[f32], params: &SamplingParams, draw: f32, m: Mistake) -> u32 {
     let mut ids: Vec<u32> = (0..logits.len() as u32).collect();
     ids.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
     let k = params.top_k.map_or(ids.len(), |k| k.max(1));
@@ -86,7 +85,7 @@ fn wrong_sample(logits: &[f32], params: &SamplingParams, rng: &mut impl Rng, m: 
     };
     probs.truncate(ids.len());
     let total: f32 = probs.iter().sum();
-    let mut draw = rng.random::<f32>();
+    let mut draw = draw;
     if m != Mistake::DrawNotScaled {
         draw *= total;
     }
@@ -99,7 +98,7 @@ fn wrong_sample(logits: &[f32], params: &SamplingParams, rng: &mut impl Rng, m: 
     *ids.last().expect("at least one candidate")
 }
 
-pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut impl Rng) -> u32 {
+pub fn sample(logits: &[f32], params: &SamplingParams, draw: f32) -> u32 {
     let greedy = params.is_greedy();
     if greedy && active("sampler_greedy_last_max") {
         let mut best = 0;
@@ -122,7 +121,7 @@ pub fn sample(logits: &[f32], params: &SamplingParams, rng: &mut impl Rng) -> u3
     .into_iter()
     .find(|(name, _)| active(name));
     match mistake {
-        Some((_, m)) if !greedy => wrong_sample(logits, params, rng, m),
-        _ => engine::sampler::sample(logits, params, rng),
+        Some((_, m)) if !greedy => wrong_sample(logits, params, draw, m),
+        _ => engine::sampler::sample(logits, params, draw),
     }
 }

@@ -1,13 +1,12 @@
-//! Exercise 5: your `sample` against the engine's on random logits and parameters, then
+//! Exercise 6: your `sample` against the engine's on random logits and parameters, then
 //! inside the engine.
 
 mod common;
 
+use engine::philox;
 use engine::sampler as reference;
 use engine::{EngineParts, SamplingParams};
 use proptest::prelude::*;
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 use stage3::sampler::sample;
 
 fn params() -> impl Strategy<Value = SamplingParams> {
@@ -32,14 +31,15 @@ fn logits() -> impl Strategy<Value = Vec<f32>> {
 proptest! {
     #![proptest_config(common::proptest_config(256))]
 
-    /// Same logits, parameters and seed: the same tokens, draw after draw.
+    /// Same logits, parameters and draws: the same tokens. The draws are the engine's, for a
+    /// random seed at the positions of four consecutive tokens.
     #[test]
     fn matches_the_engine(logits in logits(), params in params(), seed in any::<u64>()) {
-        let (mut a, mut b) = (StdRng::seed_from_u64(seed), StdRng::seed_from_u64(seed));
-        for draw in 0..4 {
+        for position in 0..4 {
+            let draw = philox::uniform(seed, position);
             prop_assert_eq!(
-                sample(&logits, &params, &mut a),
-                reference::sample(&logits, &params, &mut b),
+                sample(&logits, &params, draw),
+                reference::sample(&logits, &params, draw),
                 "draw {} with {:?}", draw, params
             );
         }
@@ -47,41 +47,22 @@ proptest! {
 
     /// Whatever the draw, a token outside the top k is never chosen.
     #[test]
-    fn top_k_keeps_the_k_largest(logits in logits(), k in 1usize..5, seed in any::<u64>()) {
+    fn top_k_keeps_the_k_largest(logits in logits(), k in 1usize..5, draw in draw()) {
         let params = SamplingParams { top_k: Some(k), ..SamplingParams::default() };
-        let mut rng = StdRng::seed_from_u64(seed);
-        let token = sample(&logits, &params, &mut rng) as usize;
+        let token = sample(&logits, &params, draw) as usize;
         let larger = logits.iter().filter(|&&v| v > logits[token]).count();
         prop_assert!(larger < k, "token {} has {} larger logits, top_k {}", token, larger, k);
     }
 }
 
-/// A generator whose every `rng.random::<f32>()` is `u`: the draw is chosen, not left to luck,
-/// so each boundary below is hit on every run.
-struct FixedDraw(u32);
-
-impl FixedDraw {
-    /// `u` in `[0, 1)`, a multiple of 2⁻²⁴ (rand's `f32` takes the top 24 bits of a `u32`).
-    fn at(u: f64) -> Self {
-        assert!((0.0..1.0).contains(&u));
-        FixedDraw(((u * (1u64 << 24) as f64) as u32) << 8)
-    }
+/// A draw as the engine makes them: a multiple of 2⁻²⁴ in `[0, 1)`.
+fn draw() -> impl Strategy<Value = f32> {
+    (0u32..1 << 24).prop_map(|i| i as f32 / 16_777_216.0)
 }
 
-impl rand::RngCore for FixedDraw {
-    fn next_u32(&mut self) -> u32 {
-        self.0
-    }
-    fn next_u64(&mut self) -> u64 {
-        (self.0 as u64) << 32
-    }
-    fn fill_bytes(&mut self, dst: &mut [u8]) {
-        dst.fill(0)
-    }
-}
-
-/// Draws spread over `[0, 1)`, the largest just below 1.
-const DRAWS: [f64; 6] = [0.0, 0.2, 0.45, 0.55, 0.8, 1.0 - 1.0 / 16_777_216.0];
+/// Draws spread over `[0, 1)`, the largest just below 1. The draw is an argument, so each
+/// boundary below is hit on every run, not left to luck.
+const DRAWS: [f32; 6] = [0.0, 0.2, 0.45, 0.55, 0.8, 1.0 - 1.0 / 16_777_216.0];
 
 fn random(temperature: f32, top_k: Option<usize>, top_p: f32) -> SamplingParams {
     SamplingParams {
@@ -109,7 +90,7 @@ fn the_chapters_top_p_example() {
         (0.99, 1),
     ] {
         assert_eq!(
-            sample(&logits, &params, &mut FixedDraw::at(u)),
+            sample(&logits, &params, u),
             token,
             "draw u = {u} with probabilities [0.5, 0.3, 0.15, 0.05], top_p 0.75"
         );
@@ -123,7 +104,7 @@ fn top_p_keeps_the_prefix_that_reaches_p_exactly() {
     let params = random(1.0, None, 0.5);
     for u in DRAWS {
         assert_eq!(
-            sample(&[2.0, 2.0], &params, &mut FixedDraw::at(u)),
+            sample(&[2.0, 2.0], &params, u),
             0,
             "logits [2, 2], top_p 0.5, draw u = {u}: token 0's 0.5 already reaches top_p"
         );
@@ -138,7 +119,7 @@ fn top_k_comes_before_top_p() {
     let params = random(1.0, Some(2), 0.45);
     for u in DRAWS {
         assert_eq!(
-            sample(&[1.0, 1.0, 1.0, 1.0], &params, &mut FixedDraw::at(u)),
+            sample(&[1.0, 1.0, 1.0, 1.0], &params, u),
             0,
             "logits [1, 1, 1, 1], top_k 2, top_p 0.45, draw u = {u}"
         );
@@ -153,7 +134,7 @@ fn temperature_comes_before_top_p() {
     let params = random(0.5, None, 0.85);
     for u in DRAWS {
         assert_eq!(
-            sample(&[1.0, 0.0], &params, &mut FixedDraw::at(u)),
+            sample(&[1.0, 0.0], &params, u),
             0,
             "logits [1, 0], temperature 0.5, top_p 0.85, draw u = {u}"
         );
@@ -169,7 +150,7 @@ fn temperature_divides_the_logits() {
     let logits = [3f32.ln(), 0.0];
     for (u, token) in [(0.6, 0), (0.63, 0), (0.64, 1), (0.7, 1)] {
         assert_eq!(
-            sample(&logits, &params, &mut FixedDraw::at(u)),
+            sample(&logits, &params, u),
             token,
             "logits [ln 3, 0], temperature 2, draw u = {u}"
         );
@@ -178,10 +159,11 @@ fn temperature_divides_the_logits() {
 
 #[test]
 fn greedy_takes_the_lowest_id_on_ties() {
-    let mut rng = StdRng::seed_from_u64(0);
     let greedy = SamplingParams::greedy(1);
-    assert_eq!(sample(&[0.0, 3.0, 1.0, 3.0], &greedy, &mut rng), 1);
-    assert_eq!(sample(&[-1.0], &greedy, &mut rng), 0);
+    for u in DRAWS {
+        assert_eq!(sample(&[0.0, 3.0, 1.0, 3.0], &greedy, u), 1, "draw u = {u}");
+        assert_eq!(sample(&[-1.0], &greedy, u), 0, "draw u = {u}");
+    }
 }
 
 fn your_sampler() -> EngineParts {

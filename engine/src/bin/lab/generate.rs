@@ -28,7 +28,8 @@ pub struct GenerateArgs {
     top_k: Option<usize>,
     #[arg(long, default_value_t = 1.0)]
     top_p: f32,
-    /// Seed of each request's sampler.
+    /// Seed of each request's random draws (the same seed gives the same tokens on any batch);
+    /// without it, each request gets a fresh one.
     #[arg(long)]
     seed: Option<u64>,
     /// Generate past end-of-sequence tokens.
