@@ -13,7 +13,7 @@ use anyhow::{bail, Result};
 use half::bf16;
 use kernels::cudarc::driver::{sys, CudaSlice, CudaStream};
 use kernels::paged_attention::{DecodeShape, SplitKWorkspace};
-use kernels::prefill_attention::PrefillShape;
+use kernels::prefill_attention::{PrefillShape, BLOCK_MS};
 use kernels::Gpu;
 
 const WARMUP: usize = 5;
@@ -258,29 +258,32 @@ fn main() -> Result<()> {
             max_blocks_per_seq: max_blocks,
         };
         let scale = 1.0 / (d as f32).sqrt();
-        let ms = time_ms(&gpu, || {
-            Ok(k.prefill_attention.forward(
-                s,
-                &mut out.as_view_mut(),
-                &q.as_view(),
-                &kc.as_view(),
-                &vc.as_view(),
-                &dt.as_view(),
-                &dl.as_view(),
-                &dqsl.as_view(),
-                &shape,
-                scale,
-                n,
-            )?)
-        })?;
-        let flops = (seqs * nh) as f64 * 4.0 * d as f64 * (n * (n + 1) / 2) as f64;
-        let tflops = flops / (ms * 1e-3) / 1e12;
-        let size = format!("{seqs} x {n} tok, {nh}/{nkv} heads, d {d}");
-        println!(
-            "{:<28} {size:<44} {ms:>9.4} ms {tflops:>8.1} TFLOP/s",
-            "prefill_attention"
-        );
-        flop_rows.push((size, ms, tflops));
+        for block_m in BLOCK_MS {
+            let pa = k.prefill_attention.clone().with_block_m(block_m)?;
+            let ms = time_ms(&gpu, || {
+                Ok(pa.forward(
+                    s,
+                    &mut out.as_view_mut(),
+                    &q.as_view(),
+                    &kc.as_view(),
+                    &vc.as_view(),
+                    &dt.as_view(),
+                    &dl.as_view(),
+                    &dqsl.as_view(),
+                    &shape,
+                    scale,
+                    n,
+                )?)
+            })?;
+            let flops = (seqs * nh) as f64 * 4.0 * d as f64 * (n * (n + 1) / 2) as f64;
+            let tflops = flops / (ms * 1e-3) / 1e12;
+            let size = format!("{seqs} x {n} tok, {nh}/{nkv} heads, d {d}, tile {block_m}");
+            println!(
+                "{:<28} {size:<44} {ms:>9.4} ms {tflops:>8.1} TFLOP/s",
+                "prefill_attention"
+            );
+            flop_rows.push((size, ms, tflops));
+        }
     }
 
     let copy = rows[0].gbs;

@@ -7,13 +7,15 @@
 //! owns query rows `query_start_loc[s]..query_start_loc[s + 1]`, the last `n_new` of its
 //! `seq_lens[s]` positions, and its keys and values (already written by `reshape_and_cache`)
 //! are read through its block table. A block of the kernel takes one sequence, one query head
-//! and a tile of [`BLOCK_M`] rows; the grid is sized by the longest chunk, `max_query_len`.
+//! and a tile of 64 or 128 rows ([`BLOCK_MS`]); the grid is sized by the longest chunk,
+//! `max_query_len`.
 //!
 //! For decode-only batches `paged_attention::decode` is the better kernel: here a chunk of one
-//! row still occupies a block of [`BLOCK_M`] rows (three of its four warps idle).
+//! row still occupies a whole block (one warp of 16 rows computes, the others only help load).
 
 use std::sync::Arc;
 
+use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{
     CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg,
 };
@@ -24,12 +26,24 @@ use crate::error::{check_len, to_u32, KernelError, Result};
 pub(crate) const FILE: &str = "prefill_attention.cu";
 pub(crate) const SOURCE: &str = include_str!("../cuda/prefill_attention.cu");
 
-/// Query rows per block (`BLOCK_M` in the kernel: 4 warps of 16 rows).
-pub const BLOCK_M: usize = 64;
-/// Threads per block.
-const THREADS: u32 = 128;
+/// Query rows per block, by variant: 4 or 8 warps of 16 rows (`W` in the kernel).
+/// [`DEFAULT_BLOCK_M`] is the one `forward` uses unless [`PrefillAttention::with_block_m`]
+/// picks the other.
+pub const BLOCK_MS: [usize; 2] = [64, 128];
+/// The faster variant on the H200 for prompts (6-16% over 64 rows, kernels/README.md); 64
+/// wastes less on short chunks.
+pub const DEFAULT_BLOCK_M: usize = 128;
+/// Keys per shared-memory tile (`BLOCK_N` in the kernel).
+const BLOCK_N: usize = 64;
 /// Head sizes with an instantiation.
 const HEAD_DIMS: [usize; 2] = [64, 128];
+
+/// Dynamic shared memory of one block: two stages of a key tile and a value tile, rows padded
+/// by 8 bf16 (`2 * 2 * BLOCK_N * (D + 8) * 2` bytes; 69,632 for head size 128, past the 48 KiB
+/// a kernel gets without asking).
+const fn shared_bytes(head_dim: usize) -> usize {
+    2 * 2 * BLOCK_N * (head_dim + 8) * 2
+}
 
 /// The shape of a mixed batch's attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,19 +58,50 @@ pub struct PrefillShape {
     pub max_blocks_per_seq: usize,
 }
 
-/// The compiled prefill kernels, by head size.
+/// The compiled prefill kernels, by head size and tile height.
 #[derive(Debug, Clone)]
 pub struct PrefillAttention {
-    kernels: Vec<CudaFunction>,
+    /// `kernels[d][m]`: head size `HEAD_DIMS[d]`, `BLOCK_MS[m]` query rows per block.
+    kernels: Vec<Vec<CudaFunction>>,
+    block_m: usize,
 }
 
 impl PrefillAttention {
     pub(crate) fn load(module: &Arc<CudaModule>) -> Result<Self> {
-        let kernels = HEAD_DIMS
-            .iter()
-            .map(|d| module.load_function(&format!("prefill_attention_d{d}")))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self { kernels })
+        let mut kernels = Vec::new();
+        for d in HEAD_DIMS {
+            let mut per_d = Vec::new();
+            for m in BLOCK_MS {
+                let f = module.load_function(&format!("prefill_attention_d{d}_w{}", m / 16))?;
+                f.set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    shared_bytes(d) as i32,
+                )?;
+                per_d.push(f);
+            }
+            kernels.push(per_d);
+        }
+        Ok(Self {
+            kernels,
+            block_m: DEFAULT_BLOCK_M,
+        })
+    }
+
+    /// The same kernels with `block_m` query rows per block (one of [`BLOCK_MS`]).
+    pub fn with_block_m(mut self, block_m: usize) -> Result<Self> {
+        if !BLOCK_MS.contains(&block_m) {
+            return Err(KernelError::Unsupported {
+                kernel: "prefill_attention",
+                what: format!("block_m {block_m} (built: {BLOCK_MS:?})"),
+            });
+        }
+        self.block_m = block_m;
+        Ok(self)
+    }
+
+    /// Query rows per block of this variant.
+    pub fn block_m(&self) -> usize {
+        self.block_m
     }
 
     /// For every query row `r` of sequence `s` at position `p`:
@@ -121,12 +166,12 @@ impl PrefillAttention {
 
         let cfg = LaunchConfig {
             grid_dim: (
-                to_u32(K, "query tiles", max_query_len.div_ceil(BLOCK_M))?,
+                to_u32(K, "query tiles", max_query_len.div_ceil(self.block_m))?,
                 to_u32(K, "num_seqs", s.num_seqs)?,
                 to_u32(K, "num_heads", s.num_heads)?,
             ),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
+            block_dim: (2 * self.block_m as u32, 1, 1), // a warp per 16 rows
+            shared_mem_bytes: shared_bytes(s.head_dim) as u32,
         };
         let args = [
             to_u32(K, "num_heads", s.num_heads)?,
@@ -134,18 +179,23 @@ impl PrefillAttention {
             to_u32(K, "block_size", s.block_size)?,
             to_u32(K, "max_blocks_per_seq", s.max_blocks_per_seq)?,
         ];
-        let mut launch = stream.launch_builder(&self.kernels[d]);
+        let m = BLOCK_MS
+            .iter()
+            .position(|&m| m == self.block_m)
+            .expect("checked");
+        let mut launch = stream.launch_builder(&self.kernels[d][m]);
         launch.arg(out).arg(query).arg(key_cache).arg(value_cache);
         launch.arg(block_tables).arg(seq_lens).arg(query_start_loc);
         launch.arg(&scale);
         for a in &args {
             launch.arg(a);
         }
-        // SAFETY: the signature matches prefill_attention_d* (out, query, key_cache,
+        // SAFETY: the signature matches prefill_attention_d*_w* (out, query, key_cache,
         // value_cache, block_tables, seq_lens, query_start_loc, f32, 4 x u32); out and query
         // hold num_tokens * num_heads * head_dim elements and the tables their shapes (checked
         // above). Rows and cache reads follow query_start_loc, seq_lens and block tables, whose
-        // contents the caller guarantees (documented above).
+        // contents the caller guarantees (documented above). The dynamic shared memory is what
+        // the kernel indexes, and its limit was raised to that at load.
         unsafe { launch.launch(cfg) }?;
         Ok(())
     }

@@ -14,7 +14,7 @@ mod common;
 
 use common::{assert_close, gpu_or_skip, poisoned, to_f64, Rng, BF16_BOUND};
 use half::bf16;
-use kernels::prefill_attention::PrefillShape;
+use kernels::prefill_attention::{PrefillShape, BLOCK_MS};
 
 struct Case {
     num_heads: usize,
@@ -78,8 +78,12 @@ fn cases(rng: &mut Rng) -> Vec<Case> {
 #[test]
 fn prefill_matches_f64_reference() {
     let Some(gpu) = gpu_or_skip() else { return };
-    let (s, k) = (&gpu.stream, &gpu.kernels.prefill_attention);
+    let s = &gpu.stream;
     let mut rng = Rng::fresh("prefill_attention");
+    let variants = BLOCK_MS.map(|m| {
+        let k = gpu.kernels.prefill_attention.clone();
+        k.with_block_m(m).unwrap()
+    });
     for c in cases(&mut rng) {
         let (nh, nkv, d, bs) = (c.num_heads, c.num_kv_heads, c.head_dim, c.block_size);
         let n = c.chunks.len();
@@ -125,7 +129,6 @@ fn prefill_matches_f64_reference() {
         let dt = s.clone_htod(&tables).unwrap();
         let dl = s.clone_htod(&to32(&seq_lens)).unwrap();
         let dqsl = s.clone_htod(&to32(&qsl)).unwrap();
-        let mut out = poisoned(s, num_tokens * nh * d);
         let shape = PrefillShape {
             num_seqs: n,
             num_tokens,
@@ -135,21 +138,6 @@ fn prefill_matches_f64_reference() {
             block_size: bs,
             max_blocks_per_seq: max_blocks,
         };
-        k.forward(
-            s,
-            &mut out.as_view_mut(),
-            &dq.as_view(),
-            &dkc.as_view(),
-            &dvc.as_view(),
-            &dt.as_view(),
-            &dl.as_view(),
-            &dqsl.as_view(),
-            &shape,
-            scale,
-            max_query_len,
-        )
-        .unwrap();
-        let got = s.clone_dtoh(&out).unwrap();
 
         // f64 reference: row j of sequence i sits at position seq_len - n_new + j and sees
         // keys 0..=that position, read through the block table.
@@ -179,10 +167,30 @@ fn prefill_matches_f64_reference() {
                 }
             }
         }
-        let what = format!(
-            "prefill {nh}/{nkv} heads, d {d}, block {bs}, (prefix, new) {:?}",
-            c.chunks
-        );
-        assert_close(&what, &got, &want, BF16_BOUND);
+        // Both variants (64- and 128-row tiles) on the same batch, each into a fresh NaN output.
+        for k in &variants {
+            let mut out = poisoned(s, num_tokens * nh * d);
+            k.forward(
+                s,
+                &mut out.as_view_mut(),
+                &dq.as_view(),
+                &dkc.as_view(),
+                &dvc.as_view(),
+                &dt.as_view(),
+                &dl.as_view(),
+                &dqsl.as_view(),
+                &shape,
+                scale,
+                max_query_len,
+            )
+            .unwrap();
+            let got = s.clone_dtoh(&out).unwrap();
+            let what = format!(
+                "prefill {nh}/{nkv} heads, d {d}, block {bs}, tile {}, (prefix, new) {:?}",
+                k.block_m(),
+                c.chunks
+            );
+            assert_close(&what, &got, &want, BF16_BOUND);
+        }
     }
 }
