@@ -2,21 +2,85 @@
 // for the decode case: one query row per sequence, at position seq_len - 1, attending to cached
 // tokens 0..seq_len (its own key is already in the cache: reshape_and_cache ran first).
 //
-// Work split. A block takes one sequence, HEADS query heads that share one KV head (GQA: the
-// KV rows are read once for all of them), and one partition of the context. Within the block,
-// a "thread group" of head_dim/8 threads holds one key row, 8 dims per thread as one 16-byte
-// load; each group walks TOKENS tokens at a time (more loads in flight per thread) and keeps a
-// running softmax (max m, sum l, weighted sum of values acc), rescaled when m grows. At the end
-// the groups' states are merged through shared memory in a fixed order (deterministic).
+// Decode attention does ~1 multiply-add per byte of KV it reads, so it is bound by HBM, and the
+// whole design is about keeping enough bytes in flight with little arithmetic in the way.
 //
-// Single pass: one partition per sequence, the block writes the normalized output.
-// Split-K, for long contexts: the context is cut into partitions of `partition_size` tokens so
-// that more blocks share a long sequence; each writes its unnormalized (m, l, acc) to a
-// workspace and paged_attention_reduce_kernel merges them:
+// Work split. A block (4 warps) takes one sequence, HEADS query heads that share one KV head
+// (GQA: each K/V row is read once for all of them), and one partition of the context. It walks
+// the partition in tiles of TILE = 32 tokens:
+//
+//   copy   K and V rows of future tiles stream into a ring of STAGES shared-memory buffers
+//          with cp.async (global -> shared without passing through registers): STAGES - 1
+//          tiles are in flight while the block computes on one. Registers no longer bound the
+//          bytes in flight (the previous version loaded into registers: 128 of them per
+//          thread, and a prefetch pushed that to 166 and lost occupancy).
+//   q·k    lane t of every warp takes token t of the tile; warp w takes a quarter of the head
+//          dims. Each thread reads its key slice once, converts it to f32 once, and dots it
+//          with all HEADS query heads (q sits in shared memory, read as broadcasts). The four
+//          warps' partial dots are summed through shared memory: no shuffle per token.
+//   softmax  warp h (of HEADS) sums the partials of head h for the 32 tokens and updates the
+//          running max m and sum l once per tile (two 5-step warp reductions per 32 tokens,
+//          not per token); p = exp(score - m) goes to shared memory, with the factor that
+//          rescales what was accumulated so far.
+//   p·V    each thread owns 8 dims (one 16-byte chunk) of the output for all HEADS heads and a
+//          few tokens of the tile; a warp reads whole V rows, 16 bytes per lane, conflict-free.
+//
+// Shared memory rows are swizzled: chunk c of row r is stored at c ^ (r % 8). Without it the 32
+// lanes of the q·k step, which read the same chunk of 32 different 256-byte rows, would all hit
+// the same 4 banks (8-way conflicts); with it every 8 lanes cover all 32 banks.
+//
+// Single pass: one partition per sequence (contexts up to MAX_PARTITION tokens), the block
+// writes the normalized output. Split-K, for long contexts: partitions of `partition_size`
+// tokens, so that more blocks share a long sequence; each writes its unnormalized (m, l, acc) to
+// a workspace and paged_attention_reduce_kernel merges them:
 //     M = max_p m_p,  out = sum_p exp(m_p - M) acc_p / sum_p exp(m_p - M) l_p.
 
 #define NUM_THREADS 128
-#define TOKENS 4
+#define NUM_WARPS (NUM_THREADS / 32)
+#define TILE 32             // tokens per pipeline stage: one per lane in q·k
+#define MAX_PARTITION 512   // = PARTITION_SIZE on the Rust side: longest partition a block takes
+
+// Ring depth: STAGES - 1 tiles in flight per block (a tile is TILE * D * 2 bytes of K plus as
+// much V: 16 KB at D = 128, 8 KB at D = 64). Measured on the H200: a deeper ring is slower,
+// because it costs resident blocks (shared memory) and the blocks' arithmetic between barriers,
+// not bytes in flight, is what limits this kernel. 3 stages at D = 128 (4 blocks per SM, as
+// the 107 registers allow) and 4 at D = 64 (5 blocks) keep ~100 KB in flight per SM.
+// The Rust side mirrors this to size the dynamic shared memory (paged_attention.rs).
+template <int D>
+struct Ring {
+    static constexpr int STAGES = D == 128 ? 3 : 4;
+    static constexpr int CHUNKS = D / 8;  // 16-byte chunks per K or V row
+    static constexpr int STAGE_CHUNKS = 2 * TILE * CHUNKS;
+};
+
+// 16 bytes global -> shared, asynchronously. `valid == false` writes zeros instead (src-size
+// 0): a token past the end of the context then has k = 0 and v = 0, never stale bits that
+// could be NaN (p = 0 times NaN is NaN).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+    const u32 dst = (u32)__cvta_generic_to_shared(smem);
+    const int src_bytes = valid ? 16 : 0;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem),
+                 "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+// Wait until at most N of this thread's committed groups are still in flight.
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ int swizzle(int row, int chunk) { return chunk ^ (row & 7); }
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
+    return v;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
 
 template <int D, int HEADS>
 __device__ __forceinline__ void paged_attention_decode(
@@ -31,10 +95,22 @@ __device__ __forceinline__ void paged_attention_decode(
     const u32* __restrict__ seq_lens,               // [num_seqs]
     float scale, u32 num_heads, u32 num_kv_heads, u32 block_size, u32 max_blocks_per_seq,
     u32 partition_size) {
-    constexpr int TPT = D / 8;  // threads per key row
-    constexpr int NUM_GROUPS = NUM_THREADS / TPT;
-    __shared__ float s_acc[NUM_GROUPS][HEADS][D];
-    __shared__ float s_m[NUM_GROUPS][HEADS], s_l[NUM_GROUPS][HEADS];
+    using R = Ring<D>;
+    constexpr int CHUNKS = R::CHUNKS, STAGES = R::STAGES;
+    constexpr int WARP_CHUNKS = CHUNKS / NUM_WARPS;     // q·k: chunks of a row per warp
+    constexpr int GROUPS = NUM_THREADS / CHUNKS;        // p·V: token groups (8 or 16)
+    constexpr int GROUP_TOKENS = TILE / GROUPS;         // p·V: tokens per group per tile
+    constexpr int HEADS_PER_WARP = (HEADS + NUM_WARPS - 1) / NUM_WARPS;  // softmax
+    static_assert(CHUNKS >= 8 && CHUNKS % NUM_WARPS == 0 && TILE % GROUPS == 0, "layout");
+    static_assert(GROUPS * HEADS * D * 4 <= STAGES * R::STAGE_CHUNKS * 16, "merge fits the ring");
+
+    // [STAGES][K, V][TILE][CHUNKS] uint4, chunks swizzled; reused for the final merge.
+    extern __shared__ uint4 s_ring[];
+    __shared__ __align__(16) float s_q[HEADS][D];   // query rows, times scale (read as float4)
+    __shared__ u32 s_table[MAX_PARTITION + 1];      // this partition's block-table entries
+    __shared__ float s_part[NUM_WARPS][HEADS][TILE];  // q·k partial dots, one per warp
+    __shared__ float s_p[HEADS][TILE];              // softmax weights of the tile
+    __shared__ float s_corr[HEADS], s_m[HEADS], s_l[HEADS];
 
     const u32 first_head = blockIdx.x * HEADS, seq = blockIdx.y, part = blockIdx.z;
     const u32 kv_head = first_head / (num_heads / num_kv_heads);
@@ -42,115 +118,171 @@ __device__ __forceinline__ void paged_attention_decode(
     const u32 start = part * partition_size;
     if (start >= seq_len) return;  // this sequence is shorter than the longest one
     const u32 end = min(start + partition_size, seq_len);
-    const int group = threadIdx.x / TPT, lane = threadIdx.x % TPT;
-    const u32* table = block_tables + (size_t)seq * max_blocks_per_seq;
+    const u32 num_tiles = (end - start + TILE - 1) / TILE;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
-    float q[HEADS][8], m[HEADS], l[HEADS], acc[HEADS][8];
+    // The partition's block-table entries, once: the copies below then find a row's address
+    // without a dependent global load in front of each tile.
+    const u32 first_block = start / block_size;
+    const u32 num_entries = (end - 1) / block_size - first_block + 1;  // <= MAX_PARTITION + 1
+    const u32* table = block_tables + (size_t)seq * max_blocks_per_seq + first_block;
+    for (u32 i = threadIdx.x; i < num_entries; i += NUM_THREADS) s_table[i] = table[i];
+    __syncthreads();
+
+    // Thread i copies chunks i, i + 128, ... of the tile: a warp reads two (D = 128) or four
+    // (D = 64) whole rows, contiguous 256- or 128-byte runs of the cache.
+    auto load_tile = [&](u32 tile, int stage) {
+        uint4* k_dst = s_ring + stage * R::STAGE_CHUNKS;
+        uint4* v_dst = k_dst + TILE * CHUNKS;
 #pragma unroll
-    for (int h = 0; h < HEADS; h++) {
-        const size_t q_row = ((size_t)seq * num_heads + first_head + h) * D;
-        const f32x8 f = unpack8(reinterpret_cast<const uint4*>(query + q_row)[lane]);
-#pragma unroll
-        for (int k = 0; k < 8; k++) {
-            q[h][k] = f.v[k] * scale;
-            acc[h][k] = 0.0f;
+        for (int i = 0; i < TILE * CHUNKS / NUM_THREADS; i++) {
+            const int idx = i * NUM_THREADS + threadIdx.x;
+            const int r = idx / CHUNKS, c = idx % CHUNKS;
+            const u32 tok = start + tile * TILE + r;
+            const bool valid = tok < end;
+            size_t offset = 0;  // a valid address even when nothing is read from it
+            if (valid) {
+                const u32 block = s_table[tok / block_size - first_block];
+                const size_t row = ((size_t)block * block_size + tok % block_size) * num_kv_heads + kv_head;
+                offset = row * D + c * 8;
+            }
+            const int slot = r * CHUNKS + swizzle(r, c);
+            cp_async16(k_dst + slot, key_cache + offset, valid);
+            cp_async16(v_dst + slot, value_cache + offset, valid);
         }
-        m[h] = -INFINITY;
-        l[h] = 0.0f;
+    };
+    // Fill the ring. A group is committed even when empty so that "group t" is always tile t.
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < num_tiles) load_tile(s, s);
+        cp_async_commit();
+    }
+    // q (HEADS consecutive heads are contiguous), while the first tiles are on their way.
+    const __nv_bfloat16* q_rows = query + ((size_t)seq * num_heads + first_head) * D;
+    for (int i = threadIdx.x; i < HEADS * D; i += NUM_THREADS) {
+        s_q[i / D][i % D] = __bfloat162float(q_rows[i]) * scale;
     }
 
-    // Every group runs the same number of iterations, so the whole warp takes part in each
-    // shuffle; tokens past `end` are masked instead of skipped.
-    for (u32 base = start; base < end; base += NUM_GROUPS * TOKENS) {
-        uint4 k_raw[TOKENS], v_raw[TOKENS];
-        bool valid[TOKENS];
+    // Running softmax of the heads this warp owns (h = warp, warp + 4): same on every lane.
+    float m_run[HEADS_PER_WARP], l_run[HEADS_PER_WARP];
 #pragma unroll
-        for (int j = 0; j < TOKENS; j++) {
-            const u32 tok = base + group * TOKENS + j;
-            valid[j] = tok < end;
-            k_raw[j] = v_raw[j] = make_uint4(0, 0, 0, 0);
-            if (valid[j]) {
-                const u32 block = table[tok / block_size];
-                const size_t row = ((size_t)block * block_size + tok % block_size) * num_kv_heads + kv_head;
-                k_raw[j] = reinterpret_cast<const uint4*>(key_cache + row * D)[lane];
-                v_raw[j] = reinterpret_cast<const uint4*>(value_cache + row * D)[lane];
-            }
-        }
-        float score[TOKENS][HEADS];
+    for (int j = 0; j < HEADS_PER_WARP; j++) {
+        m_run[j] = -INFINITY;
+        l_run[j] = 0.0f;
+    }
+    // p·V: this thread's chunk (8 output dims) and token group.
+    const int chunk = threadIdx.x % CHUNKS, group = threadIdx.x / CHUNKS;
+    float acc[HEADS][8];
 #pragma unroll
-        for (int j = 0; j < TOKENS; j++) {
-            const f32x8 k = unpack8(k_raw[j]);
+    for (int h = 0; h < HEADS; h++)
+#pragma unroll
+        for (int i = 0; i < 8; i++) acc[h][i] = 0.0f;
+
+    for (u32 t = 0; t < num_tiles; t++) {
+        cp_async_wait<STAGES - 2>();  // this thread's copies of tile t have landed
+        __syncthreads();              // everyone's have, and tile t - 1 is no longer read
+        if (t + STAGES - 1 < num_tiles) load_tile(t + STAGES - 1, (t + STAGES - 1) % STAGES);
+        cp_async_commit();
+        const uint4* k_s = s_ring + (t % STAGES) * R::STAGE_CHUNKS;
+        const uint4* v_s = k_s + TILE * CHUNKS;
+
+        // q·k: token `lane`, dims of this warp's quarter, every head.
+        float dot[HEADS];
+#pragma unroll
+        for (int h = 0; h < HEADS; h++) dot[h] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < WARP_CHUNKS; j++) {
+            const int c = warp * WARP_CHUNKS + j;
+            const f32x8 k = unpack8(k_s[lane * CHUNKS + swizzle(lane, c)]);
 #pragma unroll
             for (int h = 0; h < HEADS; h++) {
-                float dot = 0.0f;
-#pragma unroll
-                for (int i = 0; i < 8; i++) dot += q[h][i] * k.v[i];
-#pragma unroll
-                for (int offset = TPT / 2; offset > 0; offset /= 2)
-                    dot += __shfl_xor_sync(0xffffffffu, dot, offset);
-                score[j][h] = valid[j] ? dot : -INFINITY;
+                const float4 q0 = *reinterpret_cast<const float4*>(&s_q[h][c * 8]);
+                const float4 q1 = *reinterpret_cast<const float4*>(&s_q[h][c * 8 + 4]);
+                dot[h] += q0.x * k.v[0] + q0.y * k.v[1] + q0.z * k.v[2] + q0.w * k.v[3] +
+                          q1.x * k.v[4] + q1.y * k.v[5] + q1.z * k.v[6] + q1.w * k.v[7];
             }
         }
-        f32x8 v[TOKENS];
 #pragma unroll
-        for (int j = 0; j < TOKENS; j++) v[j] = unpack8(v_raw[j]);
+        for (int h = 0; h < HEADS; h++) s_part[warp][h][lane] = dot[h];
+        __syncthreads();
+
+        // Softmax update, one warp per head: 32 scores, one max and one sum.
+        const bool valid = start + t * TILE + lane < end;
+#pragma unroll
+        for (int j = 0; j < HEADS_PER_WARP; j++) {
+            const int h = warp + j * NUM_WARPS;
+            if (h < HEADS) {  // warp-uniform
+                float score = 0.0f;
+#pragma unroll
+                for (int w = 0; w < NUM_WARPS; w++) score += s_part[w][h][lane];
+                score = valid ? score : -INFINITY;
+                // The tile has at least one valid token, so m_new is finite; on the first tile
+                // m_run = -inf and corr = exp(-inf) = 0.
+                const float m_new = fmaxf(m_run[j], warp_max(score));
+                const float corr = __expf(m_run[j] - m_new);
+                const float p = valid ? __expf(score - m_new) : 0.0f;
+                l_run[j] = l_run[j] * corr + warp_sum(p);
+                m_run[j] = m_new;
+                s_p[h][lane] = p;
+                if (lane == 0) s_corr[h] = corr;
+            }
+        }
+        __syncthreads();
+
+        // p·V: rescale what this thread accumulated, add its tokens of the tile.
 #pragma unroll
         for (int h = 0; h < HEADS; h++) {
-            float m_new = m[h];
+            const float corr = s_corr[h];
 #pragma unroll
-            for (int j = 0; j < TOKENS; j++) m_new = fmaxf(m_new, score[j][h]);
-            if (m_new == -INFINITY) continue;  // no valid token seen yet by this group
-            const float corr = __expf(m[h] - m_new);
-            float p[TOKENS];
+            for (int i = 0; i < 8; i++) acc[h][i] *= corr;
+        }
 #pragma unroll
-            for (int j = 0; j < TOKENS; j++) p[j] = __expf(score[j][h] - m_new);
-            float l_new = l[h] * corr;
+        for (int j = 0; j < GROUP_TOKENS; j++) {
+            const int r = group * GROUP_TOKENS + j;
+            const f32x8 v = unpack8(v_s[r * CHUNKS + swizzle(r, chunk)]);
 #pragma unroll
-            for (int j = 0; j < TOKENS; j++) l_new += p[j];
-            l[h] = l_new;
-            m[h] = m_new;
+            for (int h = 0; h < HEADS; h++) {
+                const float p = s_p[h][r];
 #pragma unroll
-            for (int i = 0; i < 8; i++) {
-                float a = acc[h][i] * corr;
-#pragma unroll
-                for (int j = 0; j < TOKENS; j++) a += p[j] * v[j].v[i];
-                acc[h][i] = a;
+                for (int i = 0; i < 8; i++) acc[h][i] += p * v.v[i];
             }
         }
     }
 
-    // Merge the groups' running softmaxes, then write.
+    // Merge the token groups (they share m, so a plain sum) through the now idle ring.
+    cp_async_wait<0>();
+    __syncthreads();
+    float* s_acc = reinterpret_cast<float*>(s_ring);  // [GROUPS][HEADS][D]
 #pragma unroll
     for (int h = 0; h < HEADS; h++) {
-        if (lane == 0) {
-            s_m[group][h] = m[h];
-            s_l[group][h] = l[h];
-        }
+        float4* dst = reinterpret_cast<float4*>(&s_acc[(group * HEADS + h) * D + chunk * 8]);
+        dst[0] = make_float4(acc[h][0], acc[h][1], acc[h][2], acc[h][3]);
+        dst[1] = make_float4(acc[h][4], acc[h][5], acc[h][6], acc[h][7]);
+    }
 #pragma unroll
-        for (int i = 0; i < 8; i++) s_acc[group][h][lane * 8 + i] = acc[h][i];
+    for (int j = 0; j < HEADS_PER_WARP; j++) {
+        const int h = warp + j * NUM_WARPS;
+        if (h < HEADS && lane == 0) {
+            s_m[h] = m_run[j];
+            s_l[h] = l_run[j];
+        }
     }
     __syncthreads();
     const u32 num_partitions = gridDim.z;
     for (int idx = threadIdx.x; idx < HEADS * D; idx += NUM_THREADS) {
         const int h = idx / D, d = idx % D;
-        float big_m = -INFINITY;
-        for (int g = 0; g < NUM_GROUPS; g++) big_m = fmaxf(big_m, s_m[g][h]);
-        float big_l = 0.0f, o = 0.0f;
-        for (int g = 0; g < NUM_GROUPS; g++) {
-            if (s_m[g][h] == -INFINITY) continue;  // a group that saw no token
-            const float f = __expf(s_m[g][h] - big_m);
-            big_l += s_l[g][h] * f;
-            o += s_acc[g][h][d] * f;
-        }
+        float o = 0.0f;
+#pragma unroll
+        for (int g = 0; g < GROUPS; g++) o += s_acc[(g * HEADS + h) * D + d];
         const size_t head_row = (size_t)seq * num_heads + first_head + h;
         if (num_partitions == 1) {
-            out[head_row * D + d] = __float2bfloat16(o / big_l);
+            out[head_row * D + d] = __float2bfloat16(o / s_l[h]);
         } else {
             const size_t p = head_row * num_partitions + part;
             tmp_out[p * D + d] = o;
             if (d == 0) {
-                max_logits[p] = big_m;
-                exp_sums[p] = big_l;
+                max_logits[p] = s_m[h];
+                exp_sums[p] = s_l[h];
             }
         }
     }
@@ -183,7 +315,8 @@ __device__ __forceinline__ void paged_attention_reduce(
 }
 
 // The entry points NVRTC exports, one per (head_dim, query heads per block). The Rust side
-// picks HEADS as the largest of 8, 4, 3, 2, 1 that divides num_heads / num_kv_heads.
+// picks HEADS as the largest of 8, 4, 3, 2, 1 that divides num_heads / num_kv_heads, and
+// launches with Ring<D>'s bytes of dynamic shared memory.
 #define DECODE_ARGS                                                                            \
     __nv_bfloat16 *out, float *tmp_out, float *max_logits, float *exp_sums,                    \
         const __nv_bfloat16 *query, const __nv_bfloat16 *key_cache,                            \

@@ -6,9 +6,14 @@
 //! beyond that: each partition of a sequence gets its own block, and a reduce kernel merges
 //! their softmax states. The merge needs a workspace, allocated once ([`SplitKWorkspace`]) and
 //! grown only when a batch needs more.
+//!
+//! Inside a block, K/V tiles of 32 tokens stream into a ring of shared-memory buffers with
+//! `cp.async` while the block computes on an earlier tile (the kernel's header explains the
+//! layout); the ring is dynamic shared memory, sized by the head size.
 
 use std::sync::Arc;
 
+use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{
     CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, LaunchConfig,
     PushKernelArg,
@@ -20,10 +25,21 @@ use crate::error::{check_len, to_u32, KernelError, Result};
 pub(crate) const FILE: &str = "paged_attention.cu";
 pub(crate) const SOURCE: &str = include_str!("../cuda/paged_attention.cu");
 
-/// Tokens per split-K partition. A context longer than this is split.
+/// Tokens per split-K partition. A context longer than this is split. The kernel keeps a
+/// partition's block-table entries in shared memory (`MAX_PARTITION` there, the same 512).
 pub const PARTITION_SIZE: usize = 512;
 /// Threads per block (`NUM_THREADS` in the kernel).
 const THREADS: u32 = 128;
+/// Tokens per pipeline stage (`TILE` in the kernel).
+const TILE: usize = 32;
+
+/// Dynamic shared memory of the decode kernel: its ring of K/V tiles, `Ring<D>` in the kernel
+/// (`STAGES` tiles of `TILE` K rows and as many V rows of `head_dim` bf16). Past the 48 KB that
+/// a kernel gets by default, hence the opt-in at load time.
+fn ring_bytes(head_dim: usize) -> usize {
+    let stages = if head_dim == 128 { 3 } else { 4 };
+    stages * 2 * TILE * head_dim * 2
+}
 /// Head sizes with an instantiation, and query heads per block (largest dividing the group).
 const HEAD_DIMS: [usize; 2] = [64, 128];
 const HEADS_PER_BLOCK: [usize; 5] = [8, 4, 3, 2, 1];
@@ -85,10 +101,15 @@ impl PagedAttention {
         let mut decode = Vec::new();
         let mut reduce = Vec::new();
         for d in HEAD_DIMS {
-            let per_d = HEADS_PER_BLOCK
-                .iter()
-                .map(|h| module.load_function(&format!("paged_attention_decode_d{d}_h{h}")))
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut per_d = Vec::new();
+            for h in HEADS_PER_BLOCK {
+                let f = module.load_function(&format!("paged_attention_decode_d{d}_h{h}"))?;
+                f.set_attribute(
+                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    ring_bytes(d) as i32,
+                )?;
+                per_d.push(f);
+            }
             decode.push(per_d);
             reduce.push(module.load_function(&format!("paged_attention_reduce_d{d}"))?);
         }
@@ -185,7 +206,7 @@ impl PagedAttention {
                 to_u32(K, "partitions", parts)?,
             ),
             block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: ring_bytes(s.head_dim) as u32,
         };
         let ws = workspace;
         let mut launch = stream.launch_builder(&self.decode[d][h]);
