@@ -1,6 +1,7 @@
-//! Times RMSNorm, reshape_and_cache and decode paged attention at large sizes and compares
-//! their achieved bandwidth with a device-to-device copy measured in the same run; times
-//! prefill attention in TFLOP/s against the bf16 GEMM ceiling of docs/gpu.md.
+//! Times RMSNorm, reshape_and_cache, decode paged attention and a decode-shaped GEMM at large
+//! sizes and compares their achieved bandwidth with a device-to-device copy measured in the same
+//! run; times prefill attention and an 8192³ GEMM (cuBLAS, `linear`) in TFLOP/s against the bf16
+//! GEMM ceiling of docs/gpu.md.
 //!
 //! Run on the GPU machine: `kernel_bench` (built by `scripts/gpu-check.sh build`).
 //! Method: random data (never zeros), buffers far larger than the 50 MB L2, 5 warm-up
@@ -12,14 +13,16 @@ use std::sync::Arc;
 use anyhow::{bail, Result};
 use half::bf16;
 use kernels::cudarc::driver::{sys, CudaSlice, CudaStream};
-use kernels::paged_attention::{DecodeShape, SplitKWorkspace};
+use kernels::linear::Linear;
+use kernels::paged_attention::{DecodeShape, SplitKWorkspace, D128_STAGES};
 use kernels::prefill_attention::{PrefillShape, BLOCK_MS};
 use kernels::Gpu;
 
 const WARMUP: usize = 5;
 const REPS: usize = 20;
 /// bf16 GEMM 8192³ on the H200 through PyTorch (docs/gpu.md): the tensor-core ceiling that
-/// prefill attention's TFLOP/s are compared with (not re-measured here: no cuBLAS in this crate).
+/// prefill attention's and `linear`'s TFLOP/s are compared with (`linear` 8192³ below measures
+/// the same GEMM through our cuBLAS call, in the same run).
 const BF16_GEMM_TFLOPS: f64 = 771.0;
 
 /// Median milliseconds of `f` over REPS timed launches.
@@ -103,6 +106,30 @@ fn main() -> Result<()> {
     let ms = time_ms(&gpu, || Ok(s.memcpy_dtod(&src, &mut dst)?))?;
     push("copy (d2d)", "1 GiB".into(), ms, 2.0 * (n * 2) as f64);
     drop((src, dst));
+
+    // linear (cuBLAS bf16): a decode-shaped GEMM, 16 tokens x 8192 -> 8192 (gpu.md: 0.049 ms,
+    // 2722 GB/s through PyTorch). GB/s counts the weights only (128 MiB; x and out are 0.5 MiB).
+    let lin = Linear::new(s, 16)?;
+    let mut flop_rows: Vec<(String, String, f64, f64)> = Vec::new();
+    for (m, n, kk) in [(16usize, 8192usize, 8192usize), (8192, 8192, 8192)] {
+        let (x, w) = (random_bf16(s, m * kk, 20)?, random_bf16(s, n * kk, 21)?);
+        let mut out = unsafe_alloc(s, m * n)?;
+        let ms = time_ms(&gpu, || {
+            Ok(lin.forward(&mut out.as_view_mut(), &x.as_view(), &w.as_view(), None, m)?)
+        })?;
+        let size = format!("[{m}, {kk}] x [{n}, {kk}]^T bf16");
+        if m == 16 {
+            push("linear (decode, weights)", size, ms, (n * kk * 2) as f64);
+        } else {
+            let tflops = 2.0 * (m * n * kk) as f64 / (ms * 1e-3) / 1e12;
+            println!(
+                "{:<28} {size:<44} {ms:>9.4} ms {tflops:>8.1} TFLOP/s",
+                "linear"
+            );
+            flop_rows.push(("linear".into(), size, ms, tflops));
+        }
+    }
+    drop(lin);
 
     // RMSNorm: 32768 tokens x 4096 (the size gpu.md's naive figure used).
     let (t, h) = (32768usize, 4096usize);
@@ -199,31 +226,44 @@ fn main() -> Result<()> {
             max_blocks_per_seq: max_blocks,
         };
         let scale = 1.0 / (d as f32).sqrt();
-        let ms = time_ms(&gpu, || {
-            Ok(k.paged_attention.decode(
-                s,
-                &mut ws,
-                &mut out.as_view_mut(),
-                &q.as_view(),
-                &kc.as_view(),
-                &vc.as_view(),
-                &dt.as_view(),
-                &dl.as_view(),
-                &shape,
-                scale,
-                ctx_len,
-            )?)
-        })?;
-        let bytes = 2 * kv_len * 2 + 2 * seqs * nh * d * 2 + num_blocks * 4;
-        let size = format!("{seqs} seqs x {ctx_len} tok, {nh}/{nkv} heads, d {d}");
-        push("paged_attention decode", size, ms, bytes as f64);
+        // Head size 128: both ring depths built, timed one after the other.
+        let stages: &[usize] = if d == 128 { &D128_STAGES } else { &[0] };
+        for &st in stages {
+            let pa = if st == 0 {
+                k.paged_attention.clone()
+            } else {
+                k.paged_attention.clone().with_d128_stages(st)?
+            };
+            let ms = time_ms(&gpu, || {
+                Ok(pa.decode(
+                    s,
+                    &mut ws,
+                    &mut out.as_view_mut(),
+                    &q.as_view(),
+                    &kc.as_view(),
+                    &vc.as_view(),
+                    &dt.as_view(),
+                    &dl.as_view(),
+                    &shape,
+                    scale,
+                    ctx_len,
+                )?)
+            })?;
+            let bytes = 2 * kv_len * 2 + 2 * seqs * nh * d * 2 + num_blocks * 4;
+            let ring = if st == 0 {
+                String::new()
+            } else {
+                format!(", {st}-stage ring")
+            };
+            let size = format!("{seqs} seqs x {ctx_len} tok, {nh}/{nkv} heads, d {d}{ring}");
+            push("paged_attention decode", size, ms, bytes as f64);
+        }
     }
 
     // Prefill attention: whole prompts (no cached prefix), block size 16, shuffled blocks.
     // FLOPs: causal attention computes q·k for the n(n+1)/2 (row, key) pairs of a sequence and
     // adds p·v for the same pairs, d multiply-adds each, a multiply-add counted as 2 FLOPs:
     // 4·d·n(n+1)/2 per head (≈ 4·n²·d/2). Softmax's exponentials are not counted.
-    let mut flop_rows: Vec<(String, f64, f64)> = Vec::new();
     for (seqs, n, nh, nkv, d) in [
         (8usize, 1024usize, 32usize, 8usize, 128usize),
         (8, 1024, 32, 8, 64),
@@ -282,7 +322,7 @@ fn main() -> Result<()> {
                 "{:<28} {size:<44} {ms:>9.4} ms {tflops:>8.1} TFLOP/s",
                 "prefill_attention"
             );
-            flop_rows.push((size, ms, tflops));
+            flop_rows.push(("prefill_attention".into(), size, ms, tflops));
         }
     }
 
@@ -299,9 +339,9 @@ fn main() -> Result<()> {
     }
     println!("\n| kernel | size | ms | TFLOP/s | of bf16 GEMM ({BF16_GEMM_TFLOPS:.0}) |");
     println!("| --- | --- | ---: | ---: | ---: |");
-    for (size, ms, tf) in &flop_rows {
+    for (kernel, size, ms, tf) in &flop_rows {
         let pct = 100.0 * tf / BF16_GEMM_TFLOPS;
-        println!("| prefill_attention | {size} | {ms:.4} | {tf:.1} | {pct:.1}% |");
+        println!("| {kernel} | {size} | {ms:.4} | {tf:.1} | {pct:.1}% |");
     }
     Ok(())
 }

@@ -17,6 +17,9 @@ pub enum KernelError {
     /// A CUDA driver call (allocation, copy, module load, launch) failed.
     #[error("CUDA driver call failed: {0}")]
     Driver(#[from] DriverError),
+    /// A cuBLAS call (handle creation, GEMM) failed.
+    #[error("cuBLAS call failed: {0}")]
+    Blas(#[from] cudarc::cublas::result::CublasError),
     /// A buffer's length does not match the shape passed with it.
     #[error("{kernel}: `{buffer}` holds {got} elements, the shape needs {want}")]
     Shape {

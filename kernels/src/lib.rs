@@ -13,6 +13,7 @@
 //!   paged_attention.rs    decode attention through block tables: single pass or split-K
 //!   prefill_attention.rs  attention for mixed batches (prefill, chunks, decode), tiled
 //!                         FlashAttention-2 style on tensor cores
+//!   linear.rs             every projection (qkv, o, gate/up, down, lm head): cuBLAS bf16 GEMM
 //!   silu_and_mul.rs       the MLP's activation
 //!   sampling.rs           argmax over logits, on the device
 //! error.rs                KernelError: every wrapper returns Result; cudarc errors mapped
@@ -30,6 +31,7 @@
 pub mod compile;
 pub mod embedding;
 pub mod error;
+pub mod linear;
 pub mod paged_attention;
 pub mod prefill_attention;
 pub mod reshape_and_cache;

@@ -36,10 +36,25 @@ const TILE: usize = 32;
 /// Dynamic shared memory of the decode kernel: its ring of K/V tiles, `Ring<D>` in the kernel
 /// (`STAGES` tiles of `TILE` K rows and as many V rows of `head_dim` bf16). Past the 48 KB that
 /// a kernel gets by default, hence the opt-in at load time.
-fn ring_bytes(head_dim: usize) -> usize {
-    let stages = if head_dim == 128 { 3 } else { 4 };
+fn ring_bytes(head_dim: usize, stages: usize) -> usize {
     stages * 2 * TILE * head_dim * 2
 }
+/// Ring depth of the plain instantiations (`Ring<D>::STAGES` in the kernel, no suffix).
+fn default_stages(head_dim: usize) -> usize {
+    if head_dim == 128 {
+        3
+    } else {
+        4
+    }
+}
+/// Ring depths built at head size 128: 2 (the `_s2` kernels, launched by default: 79% of copy
+/// against 77% for 3 stages in the same H200 run, kernels/README.md) and 3 (the plain
+/// instantiation), both kept so that one run can time them side by side
+/// ([`PagedAttention::with_d128_stages`]).
+pub const D128_STAGES: [usize; 2] = [3, 2];
+/// The ring depth launched at head size 128 unless [`PagedAttention::with_d128_stages`] says
+/// otherwise.
+pub const DEFAULT_D128_STAGES: usize = 2;
 /// Head sizes with an instantiation, and query heads per block (largest dividing the group).
 const HEAD_DIMS: [usize; 2] = [64, 128];
 const HEADS_PER_BLOCK: [usize; 5] = [8, 4, 3, 2, 1];
@@ -88,6 +103,10 @@ impl SplitKWorkspace {
 pub struct PagedAttention {
     /// `decode[d][h]`: head size `HEAD_DIMS[d]`, `HEADS_PER_BLOCK[h]` query heads per block.
     decode: Vec<Vec<CudaFunction>>,
+    /// The 2-stage head-size-128 variant, by `HEADS_PER_BLOCK[h]`.
+    decode_d128_s2: Vec<CudaFunction>,
+    /// Which ring depth head size 128 launches (one of [`D128_STAGES`]).
+    d128_stages: usize,
     reduce: Vec<CudaFunction>,
 }
 
@@ -98,22 +117,58 @@ pub fn num_partitions(max_seq_len: usize) -> usize {
 
 impl PagedAttention {
     pub(crate) fn load(module: &Arc<CudaModule>) -> Result<Self> {
+        let load = |name: String, bytes: usize| -> Result<CudaFunction> {
+            let f = module.load_function(&name)?;
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                bytes as i32,
+            )?;
+            Ok(f)
+        };
         let mut decode = Vec::new();
         let mut reduce = Vec::new();
         for d in HEAD_DIMS {
             let mut per_d = Vec::new();
             for h in HEADS_PER_BLOCK {
-                let f = module.load_function(&format!("paged_attention_decode_d{d}_h{h}"))?;
-                f.set_attribute(
-                    CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                    ring_bytes(d) as i32,
-                )?;
-                per_d.push(f);
+                let bytes = ring_bytes(d, default_stages(d));
+                per_d.push(load(format!("paged_attention_decode_d{d}_h{h}"), bytes)?);
             }
             decode.push(per_d);
             reduce.push(module.load_function(&format!("paged_attention_reduce_d{d}"))?);
         }
-        Ok(Self { decode, reduce })
+        let decode_d128_s2 = HEADS_PER_BLOCK
+            .iter()
+            .map(|h| {
+                load(
+                    format!("paged_attention_decode_d128_s2_h{h}"),
+                    ring_bytes(128, 2),
+                )
+            })
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            decode,
+            decode_d128_s2,
+            d128_stages: DEFAULT_D128_STAGES,
+            reduce,
+        })
+    }
+
+    /// The same kernels, launching the head-size-128 ring with `stages` buffers (one of
+    /// [`D128_STAGES`]); other head sizes are unchanged.
+    pub fn with_d128_stages(mut self, stages: usize) -> Result<Self> {
+        if !D128_STAGES.contains(&stages) {
+            return Err(KernelError::Unsupported {
+                kernel: "paged_attention",
+                what: format!("{stages} ring stages at head size 128 (built: {D128_STAGES:?})"),
+            });
+        }
+        self.d128_stages = stages;
+        Ok(self)
+    }
+
+    /// Ring depth launched at head size 128.
+    pub fn d128_stages(&self) -> usize {
+        self.d128_stages
     }
 
     /// `out[s, h] = softmax(q[s, h] · K[s]ᵀ · scale) · V[s]` over the `seq_lens[s]` cached tokens
@@ -199,6 +254,11 @@ impl PagedAttention {
             to_u32(K, "max_blocks_per_seq", s.max_blocks_per_seq)?,
             to_u32(K, "partition_size", partition_size)?,
         ];
+        let (kernel, stages) = if s.head_dim == 128 && self.d128_stages == 2 {
+            (&self.decode_d128_s2[h], 2)
+        } else {
+            (&self.decode[d][h], default_stages(s.head_dim))
+        };
         let cfg = LaunchConfig {
             grid_dim: (
                 to_u32(K, "head chunks", s.num_heads / HEADS_PER_BLOCK[h])?,
@@ -206,10 +266,10 @@ impl PagedAttention {
                 to_u32(K, "partitions", parts)?,
             ),
             block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: ring_bytes(s.head_dim) as u32,
+            shared_mem_bytes: ring_bytes(s.head_dim, stages) as u32,
         };
         let ws = workspace;
-        let mut launch = stream.launch_builder(&self.decode[d][h]);
+        let mut launch = stream.launch_builder(kernel);
         launch
             .arg(&mut *out)
             .arg(&mut ws.tmp_out)
