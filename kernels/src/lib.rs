@@ -15,7 +15,7 @@
 //!                         FlashAttention-2 style on tensor cores
 //!   linear.rs             every projection (qkv, o, gate/up, down, lm head): cuBLAS bf16 GEMM
 //!   silu_and_mul.rs       the MLP's activation
-//!   sampling.rs           argmax over logits, on the device
+//!   sampling.rs           argmax, and temperature/top-k/top-p with a Philox draw, on the device
 //! error.rs                KernelError: every wrapper returns Result; cudarc errors mapped
 //! ```
 //! Layouts and metadata mean what they mean on the CPU: the KV cache is

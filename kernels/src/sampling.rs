@@ -1,6 +1,14 @@
-//! Greedy sampling on the device, the twin of `engine::sampler::argmax`: the lowest id among
-//! the largest logits, so that only `[num_seqs]` ids cross to the host, not `[num_seqs, vocab]`
-//! logits. Kernel: `cuda/sampling.cu`.
+//! Sampling on the device, so that only `[num_seqs]` ids cross to the host, not
+//! `[num_seqs, vocab]` logits. Kernel: `cuda/sampling.cu`.
+//!
+//! - [`Sampling::argmax`]: the twin of `engine::sampler::argmax` (the lowest id among the
+//!   largest logits).
+//! - [`Sampling::sample`]: the twin of `engine::sampler::sample` for a batch of rows, each with
+//!   its temperature (0 = greedy), top-k (0 = off), top-p (1 = off), seed and position; the
+//!   draw is `engine::philox::uniform(seed, position)`, computed on the device by a twin of
+//!   Philox4x32-10. Top-k, top-p and the draw are thresholds in the CPU's sorted order, found
+//!   by radix selection over a 64-bit (logit, id) key: no sort, any vocabulary size; weights
+//!   are summed in fixed point, so a row gives the same token on every run (see the `.cu`).
 
 use std::sync::Arc;
 
@@ -17,11 +25,30 @@ pub(crate) const SOURCE: &str = include_str!("../cuda/sampling.cu");
 /// Threads per row: a vocabulary is long (49k..128k), so a full block per row.
 const THREADS: u32 = 1024;
 
-/// The compiled argmax kernels (bf16 logits, as the LM head writes them, and f32).
+/// The compiled sampling kernels (bf16 logits, as the LM head writes them, and f32).
 #[derive(Debug, Clone)]
 pub struct Sampling {
     argmax_bf16: CudaFunction,
     argmax_f32: CudaFunction,
+    sample_bf16: CudaFunction,
+    sample_f32: CudaFunction,
+    philox: CudaFunction,
+}
+
+/// Each row's sampling parameters, on the device, `[num_seqs]` each (a request's
+/// `SamplingParams`, with its seed, and the position of the token it samples).
+#[derive(Debug, Clone, Copy)]
+pub struct RowParams<'a> {
+    /// 0 = greedy (argmax, lowest id on ties).
+    pub temperature: &'a CudaView<'a, f32>,
+    /// Keep the k largest logits (equal logits: lowest ids first); 0 = keep all.
+    pub top_k: &'a CudaView<'a, u32>,
+    /// Keep the shortest prefix whose probability reaches top_p; 1.0 = keep all.
+    pub top_p: &'a CudaView<'a, f32>,
+    /// The request's seed: Philox's key.
+    pub seed: &'a CudaView<'a, u64>,
+    /// The sampled token's position: Philox's counter.
+    pub position: &'a CudaView<'a, u64>,
 }
 
 impl Sampling {
@@ -29,6 +56,9 @@ impl Sampling {
         Ok(Self {
             argmax_bf16: module.load_function("argmax_bf16_kernel")?,
             argmax_f32: module.load_function("argmax_f32_kernel")?,
+            sample_bf16: module.load_function("sample_bf16_kernel")?,
+            sample_f32: module.load_function("sample_f32_kernel")?,
+            philox: module.load_function("philox_kernel")?,
         })
     }
 
@@ -62,6 +92,96 @@ impl Sampling {
         launch.arg(out).arg(logits).arg(&vocab);
         // SAFETY: as in `argmax`, with f32 logits.
         unsafe { launch.launch(cfg(out_len(logits.len(), vocab))) }?;
+        Ok(())
+    }
+
+    /// `out[s]` = the token `engine::sampler::sample` picks from `logits[s]` with row `s`'s
+    /// parameters and the draw `engine::philox::uniform(seed[s], position[s])`.
+    pub fn sample(
+        &self,
+        stream: &Arc<CudaStream>,
+        out: &mut CudaViewMut<'_, u32>, // [num_seqs]
+        logits: &CudaView<'_, bf16>,    // [num_seqs, vocab_size]
+        params: &RowParams<'_>,
+    ) -> Result<()> {
+        self.launch_sample(&self.sample_bf16, "sample", stream, out, logits, params)
+    }
+
+    /// As [`Sampling::sample`], for f32 logits.
+    pub fn sample_f32(
+        &self,
+        stream: &Arc<CudaStream>,
+        out: &mut CudaViewMut<'_, u32>, // [num_seqs]
+        logits: &CudaView<'_, f32>,     // [num_seqs, vocab_size]
+        params: &RowParams<'_>,
+    ) -> Result<()> {
+        self.launch_sample(&self.sample_f32, "sample_f32", stream, out, logits, params)
+    }
+
+    fn launch_sample<T: cudarc::driver::DeviceRepr>(
+        &self,
+        function: &CudaFunction,
+        kernel: &'static str,
+        stream: &Arc<CudaStream>,
+        out: &mut CudaViewMut<'_, u32>,
+        logits: &CudaView<'_, T>,
+        p: &RowParams<'_>,
+    ) -> Result<()> {
+        let n = out.len();
+        check_len(kernel, "temperature", p.temperature.len(), n)?;
+        check_len(kernel, "top_k", p.top_k.len(), n)?;
+        check_len(kernel, "top_p", p.top_p.len(), n)?;
+        check_len(kernel, "seed", p.seed.len(), n)?;
+        check_len(kernel, "position", p.position.len(), n)?;
+        let Some(vocab) = self.check(kernel, n, logits.len())? else {
+            return Ok(());
+        };
+        let mut launch = stream.launch_builder(function);
+        launch
+            .arg(out)
+            .arg(logits)
+            .arg(p.temperature)
+            .arg(p.top_k)
+            .arg(p.top_p)
+            .arg(p.seed)
+            .arg(p.position)
+            .arg(&vocab);
+        // SAFETY: the signature matches sample_*_kernel (out, logits, temperature, top_k,
+        // top_p, seed, position, u32); every per-row buffer holds num_seqs and logits num_seqs
+        // rows of vocab_size (checked), one block per row.
+        unsafe { launch.launch(cfg(out_len(logits.len(), vocab))) }?;
+        Ok(())
+    }
+
+    /// The device's Philox4x32-10, for checking it against `engine::philox`: for each
+    /// (seed, position), `bits[4i..4i + 4]` = `philox4x32_10([position, 0, 0], seed)` and
+    /// `uniforms[i]` = `uniform(seed, position)`.
+    pub fn philox(
+        &self,
+        stream: &Arc<CudaStream>,
+        bits: &mut CudaViewMut<'_, u32>,     // [n, 4]
+        uniforms: &mut CudaViewMut<'_, f32>, // [n]
+        seeds: &CudaView<'_, u64>,           // [n]
+        positions: &CudaView<'_, u64>,       // [n]
+    ) -> Result<()> {
+        let n = seeds.len();
+        check_len("philox", "bits", bits.len(), 4 * n)?;
+        check_len("philox", "uniforms", uniforms.len(), n)?;
+        check_len("philox", "positions", positions.len(), n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let n32 = to_u32("philox", "n", n)?;
+        let mut launch = stream.launch_builder(&self.philox);
+        launch
+            .arg(bits)
+            .arg(uniforms)
+            .arg(seeds)
+            .arg(positions)
+            .arg(&n32);
+        // SAFETY: the signature matches philox_kernel (uint4*, float*, u64*, u64*, u32); bits
+        // holds 4n u32 (n uint4; cudarc allocations are 256-byte aligned), the others n.
+        unsafe { launch.launch(LaunchConfig::for_num_elems(n32)) }?;
         Ok(())
     }
 
