@@ -20,6 +20,10 @@ pub enum EngineError {
     InvalidArgument(String),
     #[error("{0}")]
     Io(String),
+    /// The compute backend failed (kept whole, so the binary can tell a dtype it does not
+    /// support from a device that ran out of memory).
+    #[error(transparent)]
+    Backend(#[from] crate::backend::BackendError),
     #[error("internal error (a bug, please report it): {0}")]
     Internal(String),
 }

@@ -5,6 +5,7 @@
 use crate::backend::Backend;
 use crate::config::ModelConfig;
 use crate::core::scheduler_output::SchedulerOutput;
+use crate::error::Result;
 use crate::outputs::ModelRunnerOutput;
 use crate::sampling_params::SamplingParams;
 use crate::sequence::SeqId;
@@ -18,7 +19,8 @@ pub trait Executor: Send {
     /// Tells the worker(s) that requests finished or were aborted.
     fn remove_requests(&mut self, ids: &[SeqId]);
     /// Runs one step; one sampled token per sequence with `needs_logits`, in batch order.
-    fn execute_model(&mut self, scheduler_output: &SchedulerOutput) -> ModelRunnerOutput;
+    /// Fails if the backend does (out of memory, a failed launch).
+    fn execute_model(&mut self, scheduler_output: &SchedulerOutput) -> Result<ModelRunnerOutput>;
     fn model_config(&self) -> &ModelConfig;
     fn backend_name(&self) -> &'static str;
 }
@@ -36,8 +38,8 @@ where
         ModelRunner::remove_requests(self, ids)
     }
 
-    fn execute_model(&mut self, scheduler_output: &SchedulerOutput) -> ModelRunnerOutput {
-        ModelRunner::execute_model(self, scheduler_output)
+    fn execute_model(&mut self, scheduler_output: &SchedulerOutput) -> Result<ModelRunnerOutput> {
+        Ok(ModelRunner::execute_model(self, scheduler_output)?)
     }
 
     fn model_config(&self) -> &ModelConfig {

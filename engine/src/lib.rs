@@ -12,6 +12,7 @@
 //!     ├ executor::Executor::execute_model           run the step on the worker(s)
 //!     │   ├ worker::model_runner::prepare_inputs    ids, positions, slot mapping,
 //!     │   │                                         attention::AttentionMetadata
+//!     │   ├ backend::Backend::prepare_step          that layout into the backend, once a step
 //!     │   ├ model_executor::llama                   the forward pass over backend::Backend
 //!     │   │   └ ops::*                              CPU kernels: linear, rms_norm, rotary,
 //!     │   │                                         reshape_and_cache, paged_attention

@@ -99,9 +99,9 @@ impl LLMEngine {
         let backend = CpuBackend {
             kernels: parts.kernels,
         };
-        let weights = model.weights.upload(&backend);
-        let llama = LlamaForCausalLM::new(model.config, backend, weights);
-        let mut runner = ModelRunner::new(llama, num_kv_blocks, block_size);
+        let weights = model.weights.upload(&backend)?;
+        let llama = LlamaForCausalLM::new(model.config, backend, weights)?;
+        let mut runner = ModelRunner::new(llama, num_kv_blocks, block_size)?;
         runner.prepare_inputs = parts.prepare_inputs;
         runner.sample = parts.sample;
         let executor = Box::new(runner);
@@ -195,7 +195,7 @@ impl LLMEngine {
             }
             return Ok(Vec::new());
         }
-        let output = self.executor.execute_model(&out);
+        let output = self.executor.execute_model(&out)?;
         let sampling = out.scheduled.iter().filter(|s| s.needs_logits);
         for (s, row) in sampling.zip(output.logits) {
             if let Some(row) = row {

@@ -11,9 +11,8 @@
 
 use std::sync::Mutex;
 
-use engine::attention::attention_metadata::AttentionMetadata;
 use engine::backend::cpu_backend::{CpuBackend, CpuTensor};
-use engine::backend::Backend;
+use engine::backend::{Backend, DType, Result};
 use engine::config::ModelConfig;
 use engine::core::block::BlockId;
 use engine::core::scheduler_output::{ScheduledSequence, SchedulerOutput};
@@ -22,7 +21,7 @@ use engine::model_executor::random_weights::{random_tensor, random_weights};
 use engine::sequence::SeqId;
 use engine::tiny_model::tiny_config;
 use engine::worker::cache_engine::KvCache;
-use engine::worker::model_runner::prepare_inputs;
+use engine::worker::model_runner::{prepare_inputs, ModelInput};
 
 /// The CPU backend, recording the name of each kernel it runs. At each `paged_attention` it
 /// also records whether the cache already holds, in this step's slots, the keys and values the
@@ -53,32 +52,43 @@ fn holds(cache: &[f32], rows: &[f32], slots: &[u64]) -> bool {
 
 impl Backend for Recorder {
     type Tensor = CpuTensor;
+    type StepMetadata = ModelInput;
 
     fn name(&self) -> &'static str {
         "recorder"
     }
-    fn upload(&self, data: Vec<f32>, rows: usize, cols: usize) -> CpuTensor {
-        self.cpu.upload(data, rows, cols)
+    fn default_dtype(&self) -> DType {
+        self.cpu.default_dtype()
     }
-    fn download(&self, t: &CpuTensor) -> Vec<f32> {
+    fn upload(&self, data: Vec<f32>, rows: usize, cols: usize, dtype: DType) -> Result<CpuTensor> {
+        self.cpu.upload(data, rows, cols, dtype)
+    }
+    fn download(&self, t: &CpuTensor) -> Result<Vec<f32>> {
         self.cpu.download(t)
     }
-    fn zeros(&self, rows: usize, cols: usize) -> CpuTensor {
-        self.cpu.zeros(rows, cols)
+    fn zeros(&self, rows: usize, cols: usize, dtype: DType) -> Result<CpuTensor> {
+        self.cpu.zeros(rows, cols, dtype)
     }
     fn shape(&self, t: &CpuTensor) -> (usize, usize) {
         self.cpu.shape(t)
     }
-    fn embedding(&self, table: &CpuTensor, ids: &[u32]) -> CpuTensor {
-        self.log("embedding");
-        self.cpu.embedding(table, ids)
+    fn dtype(&self, t: &CpuTensor) -> DType {
+        self.cpu.dtype(t)
     }
-    fn linear(&self, x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>) -> CpuTensor {
+    fn prepare_step(&self, input: ModelInput) -> Result<ModelInput> {
+        self.log("prepare_step");
+        self.cpu.prepare_step(input)
+    }
+    fn embedding(&self, table: &CpuTensor, step: &ModelInput) -> Result<CpuTensor> {
+        self.log("embedding");
+        self.cpu.embedding(table, step)
+    }
+    fn linear(&self, x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>) -> Result<CpuTensor> {
         // Named by the weight's shape [out, in].
         self.log(format!("linear {}x{}", w.rows, w.cols));
         self.cpu.linear(x, w, bias)
     }
-    fn rms_norm(&self, x: &CpuTensor, weight: &CpuTensor, eps: f32) -> CpuTensor {
+    fn rms_norm(&self, x: &CpuTensor, weight: &CpuTensor, eps: f32) -> Result<CpuTensor> {
         self.log("rms_norm");
         self.cpu.rms_norm(x, weight, eps)
     }
@@ -88,21 +98,21 @@ impl Backend for Recorder {
         residual: &mut CpuTensor,
         weight: &CpuTensor,
         eps: f32,
-    ) {
+    ) -> Result<()> {
         self.log("fused_add_rms_norm");
         self.cpu.fused_add_rms_norm(x, residual, weight, eps)
     }
     fn rotary_embedding(
         &self,
-        positions: &[usize],
+        step: &ModelInput,
         q: &mut CpuTensor,
         k: &mut CpuTensor,
         head_dim: usize,
         cos_sin_cache: &CpuTensor,
-    ) {
+    ) -> Result<()> {
         self.log("rotary_embedding");
         self.cpu
-            .rotary_embedding(positions, q, k, head_dim, cos_sin_cache)
+            .rotary_embedding(step, q, k, head_dim, cos_sin_cache)
     }
     fn reshape_and_cache(
         &self,
@@ -110,12 +120,12 @@ impl Backend for Recorder {
         v: &CpuTensor,
         key_cache: &mut CpuTensor,
         value_cache: &mut CpuTensor,
-        slot_mapping: &[u64],
-    ) {
+        step: &ModelInput,
+    ) -> Result<()> {
         self.log("reshape_and_cache");
         *self.written.lock().unwrap() = Some((k.data.clone(), v.data.clone()));
         self.cpu
-            .reshape_and_cache(k, v, key_cache, value_cache, slot_mapping)
+            .reshape_and_cache(k, v, key_cache, value_cache, step)
     }
     fn paged_attention(
         &self,
@@ -125,14 +135,12 @@ impl Backend for Recorder {
         num_kv_heads: usize,
         head_dim: usize,
         scale: f32,
-        meta: &AttentionMetadata,
-    ) -> CpuTensor {
+        step: &ModelInput,
+    ) -> Result<CpuTensor> {
         self.log("paged_attention");
+        let slots = &step.attn_metadata.slot_mapping;
         let ready = match &*self.written.lock().unwrap() {
-            Some((k, v)) => {
-                holds(&key_cache.data, k, &meta.slot_mapping)
-                    && holds(&value_cache.data, v, &meta.slot_mapping)
-            }
+            Some((k, v)) => holds(&key_cache.data, k, slots) && holds(&value_cache.data, v, slots),
             None => false,
         };
         self.cache_ready.lock().unwrap().push(ready);
@@ -143,20 +151,20 @@ impl Backend for Recorder {
             num_kv_heads,
             head_dim,
             scale,
-            meta,
+            step,
         )
     }
-    fn silu_and_mul(&self, x: &CpuTensor) -> CpuTensor {
+    fn silu_and_mul(&self, x: &CpuTensor) -> Result<CpuTensor> {
         self.log("silu_and_mul");
         self.cpu.silu_and_mul(x)
     }
-    fn split_columns(&self, x: &CpuTensor, widths: &[usize]) -> Vec<CpuTensor> {
+    fn split_columns(&self, x: &CpuTensor, widths: &[usize]) -> Result<Vec<CpuTensor>> {
         self.log(format!("split_columns {widths:?}"));
         self.cpu.split_columns(x, widths)
     }
-    fn gather_rows(&self, x: &CpuTensor, rows: &[usize]) -> CpuTensor {
+    fn gather_rows(&self, x: &CpuTensor, step: &ModelInput) -> Result<CpuTensor> {
         self.log("gather_rows");
-        self.cpu.gather_rows(x, rows)
+        self.cpu.gather_rows(x, step)
     }
 }
 
@@ -165,9 +173,9 @@ impl Backend for Recorder {
 fn run_two_steps() -> (Vec<Vec<String>>, Vec<bool>, ModelConfig) {
     let config = tiny_config();
     let rec = Recorder::default();
-    let weights = random_weights(&config, 7).upload(&rec);
-    let model = LlamaForCausalLM::new(config.clone(), rec, weights);
-    let mut cache = KvCache::new(&model.backend, &config, 8, 4);
+    let weights = random_weights(&config, 7).upload(&rec).unwrap();
+    let model = LlamaForCausalLM::new(config.clone(), rec, weights).unwrap();
+    let mut cache = KvCache::new(&model.backend, &config, 8, 4).unwrap();
     let table = vec![BlockId(3), BlockId(1)];
     let mut steps = Vec::new();
     for (start, ids) in [(0, vec![10, 11, 12, 13, 14]), (5, vec![15])] {
@@ -182,13 +190,8 @@ fn run_two_steps() -> (Vec<Vec<String>>, Vec<bool>, ModelConfig) {
             preempted: vec![],
         };
         let input = prepare_inputs(&out, 4);
-        model.forward(
-            &input.input_ids,
-            &input.positions,
-            &input.attn_metadata,
-            &mut cache,
-            &input.logits_indices,
-        );
+        let step = model.backend.prepare_step(input).unwrap();
+        model.forward(&step, &mut cache).unwrap();
         steps.push(std::mem::take(&mut *model.backend.calls.lock().unwrap()));
     }
     let ready = model.backend.cache_ready.lock().unwrap().clone();
@@ -200,7 +203,13 @@ fn run_two_steps() -> (Vec<Vec<String>>, Vec<bool>, ModelConfig) {
 fn expected_calls(c: &ModelConfig) -> Vec<String> {
     let (h, d) = (c.hidden_size, c.head_dim);
     let (q, kv) = (c.num_attention_heads * d, c.num_key_value_heads * d);
-    let mut calls = vec!["embedding".to_string(), "rms_norm".to_string()];
+    // The step's metadata goes to the backend once, before any layer: no layer takes a host
+    // slice, so a GPU copies it once per step, not once per layer.
+    let mut calls = vec![
+        "prepare_step".to_string(),
+        "embedding".to_string(),
+        "rms_norm".to_string(),
+    ];
     for _ in 0..c.num_hidden_layers {
         calls.extend([
             format!("linear {}x{h}", q + 2 * kv), // one fused qkv_proj

@@ -1,60 +1,23 @@
 //! The CPU backend: f32 tensors in host memory, kernels from [`crate::ops`], threads from rayon.
+//!
+//! It is the reference the other backends are checked against, so it computes in f32 only and
+//! rejects other dtypes with [`BackendError::UnsupportedDType`]. Its memory is the host's, so
+//! a step's metadata needs no copy: [`Backend::prepare_step`] keeps the [`ModelInput`] as is.
 
-use super::Backend;
+pub use super::cpu_kernels::{
+    CpuKernels, FusedAddRmsNormFn, PagedAttentionFn, RmsNormFn, RotaryEmbeddingFn,
+};
+use super::{Backend, BackendError, DType, Result};
 use crate::attention::attention_metadata::AttentionMetadata;
 use crate::ops;
+use crate::worker::model_runner::ModelInput;
 
-/// A row-major `[rows, cols]` f32 matrix in host memory.
+/// A row-major `[rows, cols]` f32 matrix in host memory (its dtype is always [`DType::F32`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CpuTensor {
     pub data: Vec<f32>,
     pub rows: usize,
     pub cols: usize,
-}
-
-/// `ops::rms_norm::rms_norm`'s signature.
-pub type RmsNormFn = fn(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32);
-/// `ops::rms_norm::fused_add_rms_norm`'s signature.
-pub type FusedAddRmsNormFn = fn(x: &mut [f32], residual: &mut [f32], weight: &[f32], eps: f32);
-/// `ops::rotary_embedding::rotary_embedding`'s signature.
-pub type RotaryEmbeddingFn = fn(
-    positions: &[usize],
-    query: &mut [f32],
-    key: &mut [f32],
-    head_dim: usize,
-    cos_sin_cache: &[f32],
-);
-/// `ops::paged_attention::paged_attention`'s signature.
-pub type PagedAttentionFn = fn(
-    out: &mut [f32],
-    query: &[f32],
-    key_cache: &[f32],
-    value_cache: &[f32],
-    num_kv_heads: usize,
-    head_dim: usize,
-    scale: f32,
-    meta: &AttentionMetadata,
-);
-
-/// The kernels the CPU backend calls that a learner may replace (stage 3), as plain function
-/// pointers with the signatures of [`crate::ops`]. `Default` is the engine's own.
-#[derive(Debug, Clone, Copy)]
-pub struct CpuKernels {
-    pub rms_norm: RmsNormFn,
-    pub fused_add_rms_norm: FusedAddRmsNormFn,
-    pub rotary_embedding: RotaryEmbeddingFn,
-    pub paged_attention: PagedAttentionFn,
-}
-
-impl Default for CpuKernels {
-    fn default() -> Self {
-        CpuKernels {
-            rms_norm: ops::rms_norm::rms_norm,
-            fused_add_rms_norm: ops::rms_norm::fused_add_rms_norm,
-            rotary_embedding: ops::rotary_embedding::rotary_embedding,
-            paged_attention: ops::paged_attention::paged_attention,
-        }
-    }
 }
 
 /// Runs the model on the CPU.
@@ -63,54 +26,114 @@ pub struct CpuBackend {
     pub kernels: CpuKernels,
 }
 
-impl Backend for CpuBackend {
-    type Tensor = CpuTensor;
-
-    fn name(&self) -> &'static str {
-        "cpu"
+impl CpuBackend {
+    fn check_dtype(op: &'static str, dtype: DType) -> Result<()> {
+        match dtype {
+            DType::F32 => Ok(()),
+            _ => Err(BackendError::UnsupportedDType {
+                backend: "cpu",
+                op,
+                dtype,
+                supported: DType::F32,
+            }),
+        }
     }
 
-    fn upload(&self, data: Vec<f32>, rows: usize, cols: usize) -> CpuTensor {
-        assert_eq!(data.len(), rows * cols, "upload: data is not {rows}x{cols}");
-        CpuTensor { data, rows, cols }
-    }
-
-    fn download(&self, t: &CpuTensor) -> Vec<f32> {
-        t.data.clone()
-    }
-
-    fn zeros(&self, rows: usize, cols: usize) -> CpuTensor {
+    fn f32_zeros(rows: usize, cols: usize) -> CpuTensor {
         CpuTensor {
             data: vec![0.0; rows * cols],
             rows,
             cols,
         }
     }
+}
+
+/// `Err(ShapeMismatch)` unless `ok`; the detail is built only on failure.
+fn ensure(ok: bool, op: &'static str, detail: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(BackendError::shape(op, detail()))
+    }
+}
+
+impl Backend for CpuBackend {
+    type Tensor = CpuTensor;
+    type StepMetadata = ModelInput;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn default_dtype(&self) -> DType {
+        DType::F32
+    }
+
+    fn upload(&self, data: Vec<f32>, rows: usize, cols: usize, dtype: DType) -> Result<CpuTensor> {
+        Self::check_dtype("upload", dtype)?;
+        let n = data.len();
+        ensure(n == rows * cols, "upload", || {
+            format!("{n} elements are not a {rows}x{cols} matrix")
+        })?;
+        Ok(CpuTensor { data, rows, cols })
+    }
+
+    fn download(&self, t: &CpuTensor) -> Result<Vec<f32>> {
+        Ok(t.data.clone())
+    }
+
+    fn zeros(&self, rows: usize, cols: usize, dtype: DType) -> Result<CpuTensor> {
+        Self::check_dtype("zeros", dtype)?;
+        Ok(Self::f32_zeros(rows, cols))
+    }
 
     fn shape(&self, t: &CpuTensor) -> (usize, usize) {
         (t.rows, t.cols)
     }
 
-    fn embedding(&self, table: &CpuTensor, ids: &[u32]) -> CpuTensor {
-        let h = table.cols;
+    fn dtype(&self, _t: &CpuTensor) -> DType {
+        DType::F32
+    }
+
+    fn prepare_step(&self, input: ModelInput) -> Result<ModelInput> {
+        let (t, meta) = (input.input_ids.len(), &input.attn_metadata);
+        ensure(input.positions.len() == t, "prepare_step", || {
+            format!("{} positions for {t} tokens", input.positions.len())
+        })?;
+        ensure(meta.num_tokens() == t, "prepare_step", || {
+            format!("{} slots for {t} tokens", meta.num_tokens())
+        })?;
+        Ok(input)
+    }
+
+    fn embedding(&self, table: &CpuTensor, step: &ModelInput) -> Result<CpuTensor> {
+        let (ids, h) = (&step.input_ids, table.cols);
         let mut data = Vec::with_capacity(ids.len() * h);
         for &id in ids {
-            data.extend_from_slice(&table.data[id as usize * h..][..h]);
+            let row = table.data.get(id as usize * h..(id as usize + 1) * h);
+            let row = row.ok_or_else(|| {
+                let vocab = table.rows;
+                BackendError::shape("embedding", format!("token id {id} >= vocabulary {vocab}"))
+            })?;
+            data.extend_from_slice(row);
         }
-        CpuTensor {
+        Ok(CpuTensor {
             data,
             rows: ids.len(),
             cols: h,
-        }
+        })
     }
 
-    fn linear(&self, x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>) -> CpuTensor {
-        assert_eq!(
-            x.cols, w.cols,
-            "linear: x has {} columns, weight expects {}",
-            x.cols, w.cols
-        );
-        let mut out = self.zeros(x.rows, w.rows);
+    fn linear(&self, x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>) -> Result<CpuTensor> {
+        ensure(x.cols == w.cols, "linear", || {
+            format!("x has {} columns, weight [{}, {}]", x.cols, w.rows, w.cols)
+        })?;
+        if let Some(b) = bias {
+            ensure(b.data.len() == w.rows, "linear", || {
+                format!("bias of {} for {} outputs", b.data.len(), w.rows)
+            })?;
+        }
+        let mut out = Self::f32_zeros(x.rows, w.rows);
         ops::linear::linear(
             &mut out.data,
             &x.data,
@@ -118,34 +141,55 @@ impl Backend for CpuBackend {
             bias.map(|b| &b.data[..]),
             x.rows,
         );
-        out
+        Ok(out)
     }
 
-    fn rms_norm(&self, x: &CpuTensor, weight: &CpuTensor, eps: f32) -> CpuTensor {
-        let mut out = self.zeros(x.rows, x.cols);
+    fn rms_norm(&self, x: &CpuTensor, weight: &CpuTensor, eps: f32) -> Result<CpuTensor> {
+        ensure(weight.data.len() == x.cols, "rms_norm", || {
+            format!("weight of {} for rows of {}", weight.data.len(), x.cols)
+        })?;
+        let mut out = Self::f32_zeros(x.rows, x.cols);
         (self.kernels.rms_norm)(&mut out.data, &x.data, &weight.data, eps);
-        out
+        Ok(out)
     }
 
-    fn fused_add_rms_norm(&self, x: &mut CpuTensor, res: &mut CpuTensor, w: &CpuTensor, eps: f32) {
+    fn fused_add_rms_norm(
+        &self,
+        x: &mut CpuTensor,
+        res: &mut CpuTensor,
+        w: &CpuTensor,
+        eps: f32,
+    ) -> Result<()> {
+        let (xs, rs) = ((x.rows, x.cols), (res.rows, res.cols));
+        ensure(
+            xs == rs && w.data.len() == x.cols,
+            "fused_add_rms_norm",
+            || format!("x {xs:?}, residual {rs:?}, weight of {}", w.data.len()),
+        )?;
         (self.kernels.fused_add_rms_norm)(&mut x.data, &mut res.data, &w.data, eps);
+        Ok(())
     }
 
     fn rotary_embedding(
         &self,
-        positions: &[usize],
+        step: &ModelInput,
         q: &mut CpuTensor,
         k: &mut CpuTensor,
         head_dim: usize,
         cos_sin_cache: &CpuTensor,
-    ) {
+    ) -> Result<()> {
+        let t = step.positions.len();
+        ensure(q.rows == t && k.rows == t, "rotary_embedding", || {
+            format!("q has {} rows, k {}, for {t} positions", q.rows, k.rows)
+        })?;
         (self.kernels.rotary_embedding)(
-            positions,
+            &step.positions,
             &mut q.data,
             &mut k.data,
             head_dim,
             &cos_sin_cache.data,
         );
+        Ok(())
     }
 
     fn reshape_and_cache(
@@ -154,15 +198,34 @@ impl Backend for CpuBackend {
         v: &CpuTensor,
         key_cache: &mut CpuTensor,
         value_cache: &mut CpuTensor,
-        slot_mapping: &[u64],
-    ) {
+        step: &ModelInput,
+    ) -> Result<()> {
+        let slots = &step.attn_metadata.slot_mapping;
+        let fits = k.rows == slots.len() && (v.rows, v.cols) == (k.rows, k.cols);
+        ensure(
+            fits && k.cols == key_cache.cols,
+            "reshape_and_cache",
+            || {
+                let n = slots.len();
+                format!(
+                    "k {}x{}, v {}x{}, {n} slots",
+                    k.rows, k.cols, v.rows, v.cols
+                )
+            },
+        )?;
+        let num_slots = key_cache.rows.min(value_cache.rows) as u64;
+        if let Some(&bad) = slots.iter().find(|&&s| s >= num_slots) {
+            let detail = format!("slot {bad} outside a cache of {num_slots} slots");
+            return Err(BackendError::shape("reshape_and_cache", detail));
+        }
         ops::cache_ops::reshape_and_cache(
             &k.data,
             &v.data,
             &mut key_cache.data,
             &mut value_cache.data,
-            slot_mapping,
+            slots,
         );
+        Ok(())
     }
 
     fn paged_attention(
@@ -173,9 +236,13 @@ impl Backend for CpuBackend {
         num_kv_heads: usize,
         head_dim: usize,
         scale: f32,
-        meta: &AttentionMetadata,
-    ) -> CpuTensor {
-        let mut out = self.zeros(q.rows, q.cols);
+        step: &ModelInput,
+    ) -> Result<CpuTensor> {
+        let meta: &AttentionMetadata = &step.attn_metadata;
+        ensure(q.rows == meta.num_tokens(), "paged_attention", || {
+            format!("q has {} rows for {} tokens", q.rows, meta.num_tokens())
+        })?;
+        let mut out = Self::f32_zeros(q.rows, q.cols);
         (self.kernels.paged_attention)(
             &mut out.data,
             &q.data,
@@ -186,17 +253,25 @@ impl Backend for CpuBackend {
             scale,
             meta,
         );
-        out
+        Ok(out)
     }
 
-    fn silu_and_mul(&self, x: &CpuTensor) -> CpuTensor {
-        let mut out = self.zeros(x.rows, x.cols / 2);
+    fn silu_and_mul(&self, x: &CpuTensor) -> Result<CpuTensor> {
+        ensure(x.cols.is_multiple_of(2), "silu_and_mul", || {
+            format!("{} columns do not split into gate and up", x.cols)
+        })?;
+        let mut out = Self::f32_zeros(x.rows, x.cols / 2);
         ops::activation::silu_and_mul(&mut out.data, &x.data, x.rows);
-        out
+        Ok(out)
     }
 
-    fn split_columns(&self, x: &CpuTensor, widths: &[usize]) -> Vec<CpuTensor> {
-        let mut parts: Vec<CpuTensor> = widths.iter().map(|&w| self.zeros(x.rows, w)).collect();
+    fn split_columns(&self, x: &CpuTensor, widths: &[usize]) -> Result<Vec<CpuTensor>> {
+        let total: usize = widths.iter().sum();
+        ensure(total == x.cols, "split_columns", || {
+            format!("widths {widths:?} for {} columns", x.cols)
+        })?;
+        let mut parts: Vec<CpuTensor> =
+            widths.iter().map(|&w| Self::f32_zeros(x.rows, w)).collect();
         for (r, row) in x.data.chunks(x.cols).enumerate() {
             let mut start = 0;
             for (p, &w) in parts.iter_mut().zip(widths) {
@@ -204,18 +279,23 @@ impl Backend for CpuBackend {
                 start += w;
             }
         }
-        parts
+        Ok(parts)
     }
 
-    fn gather_rows(&self, x: &CpuTensor, rows: &[usize]) -> CpuTensor {
+    fn gather_rows(&self, x: &CpuTensor, step: &ModelInput) -> Result<CpuTensor> {
+        let rows = &step.logits_indices;
+        if let Some(&bad) = rows.iter().find(|&&r| r >= x.rows) {
+            let detail = format!("row {bad} of a {}-row tensor", x.rows);
+            return Err(BackendError::shape("gather_rows", detail));
+        }
         let mut data = Vec::with_capacity(rows.len() * x.cols);
         for &r in rows {
             data.extend_from_slice(&x.data[r * x.cols..(r + 1) * x.cols]);
         }
-        CpuTensor {
+        Ok(CpuTensor {
             data,
             rows: rows.len(),
             cols: x.cols,
-        }
+        })
     }
 }

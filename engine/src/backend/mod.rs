@@ -3,63 +3,116 @@
 //! The Llama forward pass is written once, against this trait. The CPU backend (f32, rayon
 //! threads) is the reference everyone can run; a CUDA backend implements the same operations
 //! with NVRTC-compiled kernels and cuBLAS, so the model code never changes.
+//!
+//! Three rules make the trait fit a GPU as well as the CPU:
+//! - **Tensors carry a dtype** ([`DType`]). The CPU computes in f32; a GPU keeps bf16. Weights
+//!   and the KV cache are created in [`Backend::default_dtype`]; an op given a dtype it cannot
+//!   compute in returns [`BackendError::UnsupportedDType`] naming the op.
+//! - **Ops that can fail return `Result`.** Allocation, copies and kernel launches fail on a
+//!   device; shape mismatches are reported, not asserted. Nothing here panics on bad input.
+//! - **A step's metadata is prepared once.** The runner hands the host [`ModelInput`] to
+//!   [`Backend::prepare_step`], one call per step, and every layer then reads the backend's
+//!   [`Backend::StepMetadata`]: no layer takes a host slice. On a GPU that means one
+//!   host→device copy per step instead of one per layer, and a decode step whose kernels read
+//!   only device buffers at fixed addresses, which a CUDA graph can capture and replay.
 pub mod cpu_backend;
+pub mod cpu_kernels;
+pub mod dtype;
+pub mod error;
 
-use crate::attention::attention_metadata::AttentionMetadata;
+pub use dtype::DType;
+pub use error::BackendError;
+
+use crate::worker::model_runner::ModelInput;
+
+/// Result with [`BackendError`].
+pub type Result<T, E = BackendError> = std::result::Result<T, E>;
 
 /// Kernels of a decoder-only transformer over 2-D tensors `[rows, cols]`.
 ///
 /// Activations are `[num_tokens, width]`; heads are views of the width. Weights use
 /// Hugging Face's layout `[out_features, in_features]`.
 pub trait Backend: Send + Sync {
-    /// A 2-D f32 tensor in this backend's memory.
+    /// A 2-D tensor `[rows, cols]` of [`Backend::dtype`] elements in this backend's memory.
     type Tensor: Send + Sync;
+    /// One step's batch layout in this backend's memory, built by [`Backend::prepare_step`]:
+    /// input ids, positions, slot mapping, block tables, sequence lengths, query start
+    /// locations and logits indices (the fields of [`ModelInput`]).
+    ///
+    /// A CUDA backend keeps persistent device buffers in the kernels' types (`u32` ids,
+    /// positions, block tables, seq_lens and query_start_loc; `u64` slots), block tables padded
+    /// to a fixed width (`max_model_len / block_size`) so that a captured graph's arguments
+    /// never change, and fills them with one copy per step. The CPU backend's memory is the
+    /// host's, so it keeps the [`ModelInput`] itself.
+    type StepMetadata: Send + Sync;
 
     fn name(&self) -> &'static str;
-    /// Copies host data `[rows, cols]` to the backend.
-    fn upload(&self, data: Vec<f32>, rows: usize, cols: usize) -> Self::Tensor;
-    fn download(&self, t: &Self::Tensor) -> Vec<f32>;
-    fn zeros(&self, rows: usize, cols: usize) -> Self::Tensor;
+    /// The dtype this backend keeps weights, activations and the KV cache in (vLLM's
+    /// `model_config.dtype`).
+    fn default_dtype(&self) -> DType;
+    /// Copies host data `[rows, cols]` to the backend, converted to `dtype`.
+    fn upload(
+        &self,
+        data: Vec<f32>,
+        rows: usize,
+        cols: usize,
+        dtype: DType,
+    ) -> Result<Self::Tensor>;
+    /// Copies `t` `[rows, cols]` to the host as f32.
+    fn download(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
+    /// A `[rows, cols]` tensor of zeros in `dtype`.
+    fn zeros(&self, rows: usize, cols: usize, dtype: DType) -> Result<Self::Tensor>;
     /// `(rows, cols)`.
     fn shape(&self, t: &Self::Tensor) -> (usize, usize);
+    /// The element type of `t`.
+    fn dtype(&self, t: &Self::Tensor) -> DType;
 
-    /// Rows `ids` of `table` `[vocab, hidden]` → `[ids.len(), hidden]`.
-    fn embedding(&self, table: &Self::Tensor, ids: &[u32]) -> Self::Tensor;
-    /// `x · wᵀ + bias`: `[t, in] × [out, in]ᵀ → [t, out]`.
+    /// Moves a step's host layout into the backend, once per step; the layers below read only
+    /// the result.
+    fn prepare_step(&self, input: ModelInput) -> Result<Self::StepMetadata>;
+
+    /// Rows `step.input_ids` of `table` `[vocab, hidden]` → `[num_tokens, hidden]`.
+    fn embedding(&self, table: &Self::Tensor, step: &Self::StepMetadata) -> Result<Self::Tensor>;
+    /// `x · wᵀ + bias`: `[t, in] × [out, in]ᵀ (+ [1, out]) → [t, out]`.
     fn linear(
         &self,
         x: &Self::Tensor,
         w: &Self::Tensor,
         bias: Option<&Self::Tensor>,
-    ) -> Self::Tensor;
-    fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f32) -> Self::Tensor;
-    /// `residual += x; x = rms_norm(residual)`.
+    ) -> Result<Self::Tensor>;
+    /// `x` `[t, hidden]` normalized and scaled by `weight` `[1, hidden]` → `[t, hidden]`.
+    fn rms_norm(&self, x: &Self::Tensor, weight: &Self::Tensor, eps: f32) -> Result<Self::Tensor>;
+    /// `residual += x; x = rms_norm(residual)`, all `[t, hidden]`, `weight` `[1, hidden]`.
     fn fused_add_rms_norm(
         &self,
         x: &mut Self::Tensor,
         residual: &mut Self::Tensor,
         weight: &Self::Tensor,
         eps: f32,
-    );
-    /// Rotates `q` `[t, heads·d]` and `k` `[t, kv_heads·d]` in place by position.
+    ) -> Result<()>;
+    /// Rotates `q` `[t, heads·d]` and `k` `[t, kv_heads·d]` in place by `step.positions`,
+    /// reading cosines and sines from `cos_sin_cache` `[max_position, d]` (f32 on every
+    /// backend, as the CUDA kernel reads it).
     fn rotary_embedding(
         &self,
-        positions: &[usize],
+        step: &Self::StepMetadata,
         q: &mut Self::Tensor,
         k: &mut Self::Tensor,
         head_dim: usize,
         cos_sin_cache: &Self::Tensor,
-    );
-    /// Writes `k`, `v` `[t, kv_heads·d]` into cache rows `slot_mapping`.
+    ) -> Result<()>;
+    /// Writes `k`, `v` `[t, kv_heads·d]` into rows `step.slot_mapping` of `key_cache` and
+    /// `value_cache` `[num_blocks·block_size, kv_heads·d]`.
     fn reshape_and_cache(
         &self,
         k: &Self::Tensor,
         v: &Self::Tensor,
         key_cache: &mut Self::Tensor,
         value_cache: &mut Self::Tensor,
-        slot_mapping: &[u64],
-    );
-    /// Causal attention of `q` `[t, heads·d]` over the paged cache → `[t, heads·d]`.
+        step: &Self::StepMetadata,
+    ) -> Result<()>;
+    /// Causal attention of `q` `[t, heads·d]` over the paged caches
+    /// `[num_blocks·block_size, kv_heads·d]`, following `step`'s block tables → `[t, heads·d]`.
     #[allow(clippy::too_many_arguments)]
     fn paged_attention(
         &self,
@@ -69,12 +122,12 @@ pub trait Backend: Send + Sync {
         num_kv_heads: usize,
         head_dim: usize,
         scale: f32,
-        meta: &AttentionMetadata,
-    ) -> Self::Tensor;
+        step: &Self::StepMetadata,
+    ) -> Result<Self::Tensor>;
     /// `[t, 2d] → [t, d]`: `silu(gate) * up`.
-    fn silu_and_mul(&self, x: &Self::Tensor) -> Self::Tensor;
-    /// Splits columns into pieces of the given widths (q, k, v of a fused projection).
-    fn split_columns(&self, x: &Self::Tensor, widths: &[usize]) -> Vec<Self::Tensor>;
-    /// Rows `rows` of `x`, in that order.
-    fn gather_rows(&self, x: &Self::Tensor, rows: &[usize]) -> Self::Tensor;
+    fn silu_and_mul(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    /// Splits `x` `[t, Σ widths]` into `[t, width]` pieces (q, k, v of a fused projection).
+    fn split_columns(&self, x: &Self::Tensor, widths: &[usize]) -> Result<Vec<Self::Tensor>>;
+    /// Rows `step.logits_indices` of `x` `[t, hidden]`, in that order → `[num_logits, hidden]`.
+    fn gather_rows(&self, x: &Self::Tensor, step: &Self::StepMetadata) -> Result<Self::Tensor>;
 }

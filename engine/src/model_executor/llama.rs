@@ -8,8 +8,7 @@
 //! Only the rows that need logits (each sequence's last scheduled token) go through the final
 //! norm's output projection: a 600-token prefill computes one row of logits, not 600.
 
-use crate::attention::attention_metadata::AttentionMetadata;
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError, DType, Result};
 use crate::config::ModelConfig;
 use crate::ops::rotary_embedding::cos_sin_cache;
 use crate::worker::cache_engine::KvCache;
@@ -26,50 +25,50 @@ pub struct LlamaForCausalLM<B: Backend> {
 }
 
 impl<B: Backend> LlamaForCausalLM<B> {
-    pub fn new(config: ModelConfig, backend: B, weights: LlamaWeights<B::Tensor>) -> Self {
-        let max_pos = config.max_position_embeddings;
-        let cache = backend.upload(cos_sin_cache(&config, max_pos), max_pos, config.head_dim);
-        LlamaForCausalLM {
+    /// Fails if the backend cannot hold the rotary table.
+    pub fn new(config: ModelConfig, backend: B, weights: LlamaWeights<B::Tensor>) -> Result<Self> {
+        let (max_pos, d) = (config.max_position_embeddings, config.head_dim);
+        // f32 on every backend: the CUDA rotary kernel reads f32 cos/sin too
+        // (kernels/src/rotary_embedding.rs), so the rotation is as exact as the CPU's.
+        let cache = backend.upload(cos_sin_cache(&config, max_pos), max_pos, d, DType::F32)?;
+        Ok(LlamaForCausalLM {
             config,
             backend,
             weights,
             cos_sin_cache: cache,
-        }
+        })
     }
 
     // ANCHOR: forward
-    /// Runs the batch's tokens through the model, writing their keys and values into
-    /// `kv_cache`, and returns logits `[logits_indices.len(), vocab]` for the requested rows.
+    /// Runs the step's tokens through the model, writing their keys and values into
+    /// `kv_cache`, and returns logits `[step.logits_indices.len(), vocab]` for the rows that
+    /// sample. `step` is the batch layout already in the backend's memory
+    /// ([`Backend::prepare_step`]): no layer copies anything from the host.
     pub fn forward(
         &self,
-        input_ids: &[u32],   // [num_tokens]
-        positions: &[usize], // [num_tokens]
-        meta: &AttentionMetadata,
+        step: &B::StepMetadata, // ids, positions, slots, block tables, logits rows
         kv_cache: &mut KvCache<B>,
-        logits_indices: &[usize], // rows whose next-token logits we need
-    ) -> B::Tensor {
+    ) -> Result<B::Tensor> {
         let (b, c, w) = (&self.backend, &self.config, &self.weights);
         let eps = c.rms_norm_eps as f32;
         let d = c.head_dim;
         let (q_width, kv_width) = (c.num_attention_heads * d, c.num_key_value_heads * d);
         let scale = 1.0 / (d as f32).sqrt();
 
-        let mut residual = b.embedding(&w.embed_tokens, input_ids); // [t, hidden]
-        let mut hidden = b.rms_norm(&residual, &w.layers[0].input_layernorm, eps);
+        let mut residual = b.embedding(&w.embed_tokens, step)?; // [t, hidden]
+        let mut hidden = b.rms_norm(&residual, &w.layers[0].input_layernorm, eps)?;
         for (i, layer) in w.layers.iter().enumerate() {
             // Attention block.
-            let qkv = b.linear(&hidden, &layer.qkv_proj, layer.qkv_bias.as_ref());
-            let mut parts = b
-                .split_columns(&qkv, &[q_width, kv_width, kv_width])
-                .into_iter();
-            let (mut q, mut k, v) = (
-                parts.next().unwrap(),
-                parts.next().unwrap(),
-                parts.next().unwrap(),
-            );
-            b.rotary_embedding(positions, &mut q, &mut k, d, &self.cos_sin_cache);
+            let qkv = b.linear(&hidden, &layer.qkv_proj, layer.qkv_bias.as_ref())?;
+            let [mut q, mut k, v]: [B::Tensor; 3] = b
+                .split_columns(&qkv, &[q_width, kv_width, kv_width])?
+                .try_into()
+                .map_err(|p: Vec<_>| {
+                    BackendError::shape("split_columns", format!("{} parts", p.len()))
+                })?;
+            b.rotary_embedding(step, &mut q, &mut k, d, &self.cos_sin_cache)?;
             let (key_cache, value_cache) = kv_cache.layer_mut(i);
-            b.reshape_and_cache(&k, &v, key_cache, value_cache, &meta.slot_mapping);
+            b.reshape_and_cache(&k, &v, key_cache, value_cache, step)?;
             let attn = b.paged_attention(
                 &q,
                 key_cache,
@@ -77,27 +76,27 @@ impl<B: Backend> LlamaForCausalLM<B> {
                 c.num_key_value_heads,
                 d,
                 scale,
-                meta,
-            );
-            hidden = b.linear(&attn, &layer.o_proj, None);
+                step,
+            )?;
+            hidden = b.linear(&attn, &layer.o_proj, None)?;
             b.fused_add_rms_norm(
                 &mut hidden,
                 &mut residual,
                 &layer.post_attention_layernorm,
                 eps,
-            );
+            )?;
 
             // MLP block (SwiGLU).
-            let gate_up = b.linear(&hidden, &layer.gate_up_proj, None);
-            hidden = b.linear(&b.silu_and_mul(&gate_up), &layer.down_proj, None);
+            let gate_up = b.linear(&hidden, &layer.gate_up_proj, None)?;
+            hidden = b.linear(&b.silu_and_mul(&gate_up)?, &layer.down_proj, None)?;
             let next_norm = match w.layers.get(i + 1) {
                 Some(next) => &next.input_layernorm,
                 None => &w.norm,
             };
-            b.fused_add_rms_norm(&mut hidden, &mut residual, next_norm, eps);
+            b.fused_add_rms_norm(&mut hidden, &mut residual, next_norm, eps)?;
         }
         // `hidden` is now norm(final residual); project only the rows we sample from.
-        let last = b.gather_rows(&hidden, logits_indices);
+        let last = b.gather_rows(&hidden, step)?; // [num_logits, hidden]
         b.linear(&last, w.lm_head.as_ref().unwrap_or(&w.embed_tokens), None)
     }
     // ANCHOR_END: forward

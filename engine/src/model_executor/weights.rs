@@ -5,7 +5,7 @@
 //! `MergedColumnParallelLinear` do): one pass over the activations instead of three, and one
 //! weight stream instead of three for a decode step.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Result};
 use crate::config::ModelConfig;
 
 /// One decoder layer's weights, shapes `[out_features, in_features]`.
@@ -50,27 +50,27 @@ impl HostTensor {
 }
 
 impl LlamaWeights<HostTensor> {
-    /// Moves every tensor to the backend.
-    pub fn upload<B: Backend>(self, b: &B) -> LlamaWeights<B::Tensor> {
-        let up = |t: HostTensor| b.upload(t.data, t.rows, t.cols);
-        LlamaWeights {
-            embed_tokens: up(self.embed_tokens),
-            layers: self
-                .layers
-                .into_iter()
-                .map(|l| LayerWeights {
-                    input_layernorm: up(l.input_layernorm),
-                    qkv_proj: up(l.qkv_proj),
-                    qkv_bias: l.qkv_bias.map(up),
-                    o_proj: up(l.o_proj),
-                    post_attention_layernorm: up(l.post_attention_layernorm),
-                    gate_up_proj: up(l.gate_up_proj),
-                    down_proj: up(l.down_proj),
-                })
-                .collect(),
-            norm: up(self.norm),
-            lm_head: self.lm_head.map(up),
-        }
+    /// Moves every tensor to the backend, in the backend's [`Backend::default_dtype`].
+    pub fn upload<B: Backend>(self, b: &B) -> Result<LlamaWeights<B::Tensor>> {
+        let dtype = b.default_dtype();
+        let up = |t: HostTensor| b.upload(t.data, t.rows, t.cols, dtype);
+        let layers = self.layers.into_iter().map(|l| {
+            Ok(LayerWeights {
+                input_layernorm: up(l.input_layernorm)?,
+                qkv_proj: up(l.qkv_proj)?,
+                qkv_bias: l.qkv_bias.map(up).transpose()?,
+                o_proj: up(l.o_proj)?,
+                post_attention_layernorm: up(l.post_attention_layernorm)?,
+                gate_up_proj: up(l.gate_up_proj)?,
+                down_proj: up(l.down_proj)?,
+            })
+        });
+        Ok(LlamaWeights {
+            embed_tokens: up(self.embed_tokens)?,
+            layers: layers.collect::<Result<_>>()?,
+            norm: up(self.norm)?,
+            lm_head: self.lm_head.map(up).transpose()?,
+        })
     }
 }
 

@@ -1,6 +1,6 @@
 //! Allocates the paged KV cache (vLLM's `CacheEngine`) and sizes it from a memory budget.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Result};
 use crate::config::ModelConfig;
 
 /// Per layer, a key cache and a value cache, each `[num_blocks · block_size, kv_heads · head_dim]`
@@ -12,17 +12,30 @@ pub struct KvCache<B: Backend> {
 }
 
 impl<B: Backend> KvCache<B> {
-    pub fn new(backend: &B, config: &ModelConfig, num_blocks: usize, block_size: usize) -> Self {
+    /// Allocates every layer's caches in the backend's [`Backend::default_dtype`]; fails if
+    /// they do not fit.
+    pub fn new(
+        backend: &B,
+        config: &ModelConfig,
+        num_blocks: usize,
+        block_size: usize,
+    ) -> Result<Self> {
         let rows = num_blocks * block_size;
         let cols = config.num_key_value_heads * config.head_dim;
+        let dtype = backend.default_dtype();
         let layers = (0..config.num_hidden_layers)
-            .map(|_| (backend.zeros(rows, cols), backend.zeros(rows, cols)))
-            .collect();
-        KvCache {
+            .map(|_| {
+                Ok((
+                    backend.zeros(rows, cols, dtype)?,
+                    backend.zeros(rows, cols, dtype)?,
+                ))
+            })
+            .collect::<Result<_>>()?;
+        Ok(KvCache {
             layers,
             num_blocks,
             block_size,
-        }
+        })
     }
 
     /// Layer `i`'s (key cache, value cache).

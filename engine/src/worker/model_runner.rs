@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 
 use crate::attention::attention_metadata::AttentionMetadata;
-use crate::backend::Backend;
+use crate::backend::{Backend, Result};
 use crate::core::block::slot_for_position;
 use crate::core::scheduler_output::SchedulerOutput;
 use crate::model_executor::llama::LlamaForCausalLM;
@@ -27,7 +27,8 @@ use crate::sequence::SeqId;
 use crate::worker::cache_engine::KvCache;
 
 // ANCHOR: model_input
-/// The flat inputs of one step.
+/// The flat inputs of one step, on the host. [`Backend::prepare_step`] moves them to the
+/// backend once per step; the layers read only the backend's copy.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ModelInput {
     pub input_ids: Vec<u32>,   // [num_tokens]
@@ -96,15 +97,16 @@ pub struct ModelRunner<B: Backend> {
 }
 
 impl<B: Backend> ModelRunner<B> {
-    pub fn new(model: LlamaForCausalLM<B>, num_blocks: usize, block_size: usize) -> Self {
-        let kv_cache = KvCache::new(&model.backend, &model.config, num_blocks, block_size);
-        ModelRunner {
+    /// Allocates the KV cache; fails if the backend cannot hold it.
+    pub fn new(model: LlamaForCausalLM<B>, num_blocks: usize, block_size: usize) -> Result<Self> {
+        let kv_cache = KvCache::new(&model.backend, &model.config, num_blocks, block_size)?;
+        Ok(ModelRunner {
             model,
             kv_cache,
             prepare_inputs,
             sample: sampler::sample,
             requests: HashMap::new(),
-        }
+        })
     }
 
     /// Remembers a new request's sampling parameters and seed until [`Self::remove_requests`].
@@ -124,21 +126,17 @@ impl<B: Backend> ModelRunner<B> {
     // ANCHOR: execute_model
     /// Runs one step: the forward pass, then one sampled token per sequence with
     /// `needs_logits`, in batch order.
-    pub fn execute_model(&mut self, out: &SchedulerOutput) -> ModelRunnerOutput {
+    pub fn execute_model(&mut self, out: &SchedulerOutput) -> Result<ModelRunnerOutput> {
         let input = (self.prepare_inputs)(out, self.kv_cache.block_size);
         if input.input_ids.is_empty() {
-            return ModelRunnerOutput::default();
+            return Ok(ModelRunnerOutput::default());
         }
-        let logits = self.model.forward(
-            &input.input_ids,
-            &input.positions,
-            &input.attn_metadata,
-            &mut self.kv_cache,
-            &input.logits_indices,
-        );
+        // The step's layout moves to the backend once; every layer reads that copy.
+        let step = self.model.backend.prepare_step(input)?;
+        let logits = self.model.forward(&step, &mut self.kv_cache)?;
         // On the CPU backend this is the tensor itself; a GPU backend samples in a kernel
         // instead, with the same draw, and downloads only the rows asked for.
-        let logits = self.model.backend.download(&logits); // [sampling sequences, vocab]
+        let logits = self.model.backend.download(&logits)?; // [sampling sequences, vocab]
         let vocab = self.model.config.vocab_size;
         let mut rows = logits.chunks_exact(vocab);
         let mut output = ModelRunnerOutput::default();
@@ -156,7 +154,7 @@ impl<B: Backend> ModelRunner<B> {
             let asked = req.params.output_logits;
             output.logits.push(asked.then(|| row.to_vec()));
         }
-        output
+        Ok(output)
     }
     // ANCHOR_END: execute_model
 }
