@@ -72,6 +72,20 @@ fn unsafe_alloc(stream: &Arc<CudaStream>, n: usize) -> Result<CudaSlice<bf16>> {
     Ok(unsafe { stream.alloc::<bf16>(n) }?)
 }
 
+/// `0..n` in a shuffled order (Fisher-Yates driven by a 64-bit LCG whose state `x` carries
+/// over between calls), so cache blocks are not laid out in sequence order, as after a real
+/// run of allocations and frees.
+fn shuffled(n: usize, x: &mut u64) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..n as u32).collect();
+    for i in (1..order.len()).rev() {
+        *x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        order.swap(i, (*x >> 33) as usize % (i + 1));
+    }
+    order
+}
+
 struct Row {
     kernel: String,
     size: String,
@@ -164,16 +178,10 @@ fn main() -> Result<()> {
     // shuffled order.
     let (t, row, bs) = (65536usize, 8 * 128, 16usize);
     let num_blocks = t / bs;
-    let mut order: Vec<u64> = (0..num_blocks as u64).collect();
     let mut x = 7u64;
-    for i in (1..order.len()).rev() {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        order.swap(i, (x >> 33) as usize % (i + 1));
-    }
+    let order = shuffled(num_blocks, &mut x);
     let slots: Vec<u64> = (0..t)
-        .map(|i| order[i / bs] * bs as u64 + (i % bs) as u64)
+        .map(|i| order[i / bs] as u64 * bs as u64 + (i % bs) as u64)
         .collect();
     let dslots = s.clone_htod(&slots)?;
     let (key, value) = (random_bf16(s, t * row, 5)?, random_bf16(s, t * row, 6)?);
@@ -202,13 +210,7 @@ fn main() -> Result<()> {
     ] {
         let max_blocks = ctx_len / bs;
         let num_blocks = seqs * max_blocks;
-        let mut tables: Vec<u32> = (0..num_blocks as u32).collect();
-        for i in (1..tables.len()).rev() {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            tables.swap(i, (x >> 33) as usize % (i + 1));
-        }
+        let tables = shuffled(num_blocks, &mut x);
         let kv_len = num_blocks * bs * nkv * d;
         let (kc, vc) = (random_bf16(s, kv_len, 8)?, random_bf16(s, kv_len, 9)?);
         let q = random_bf16(s, seqs * nh * d, 10)?;
@@ -271,13 +273,7 @@ fn main() -> Result<()> {
     ] {
         let max_blocks = n / bs;
         let num_blocks = seqs * max_blocks;
-        let mut tables: Vec<u32> = (0..num_blocks as u32).collect();
-        for i in (1..tables.len()).rev() {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            tables.swap(i, (x >> 33) as usize % (i + 1));
-        }
+        let tables = shuffled(num_blocks, &mut x);
         let kv_len = num_blocks * bs * nkv * d;
         let (kc, vc) = (random_bf16(s, kv_len, 11)?, random_bf16(s, kv_len, 12)?);
         let q = random_bf16(s, seqs * n * nh * d, 13)?;
