@@ -1,4 +1,6 @@
 //! `lab bench`: prefill and decode throughput at batch 1 and 8, next to the machine's ceiling.
+//! (`--workload nano-vllm` and `--workload decode-b1` are the serving benchmark instead:
+//! `serving_bench`.)
 //!
 //! Workloads (fixed so runs compare across machines and against transformers' baseline,
 //! `docs/baseline-transformers.md`):
@@ -16,13 +18,31 @@ use clap::Args;
 use engine::{LLMEngine, Prompt, SamplingParams};
 use rayon::prelude::*;
 
+use crate::serving_bench::ServingArgs;
 use crate::ModelArgs;
+
+/// What `lab bench` measures.
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum Workload {
+    /// Prefill and decode throughput at batch 1 and 8, against the machine's ceilings.
+    PrefillDecode,
+    /// nano-vllm's bench.py workload on one engine, then batch-1 decode ms/token.
+    NanoVllm,
+    /// Batch-1 decode ms/token alone.
+    DecodeB1,
+}
 
 #[derive(Args)]
 pub struct BenchArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// Measured runs per workload (the best is reported, after one warm-up run).
+    /// Which benchmark to run.
+    #[arg(long, value_enum, default_value_t = Workload::PrefillDecode)]
+    workload: Workload,
+    #[command(flatten)]
+    serving: ServingArgs,
+    /// Measured runs per workload (the best is reported, after one warm-up run; batch-1
+    /// decode of the serving workloads reports the median).
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// The machine's f32 matrix-multiply rate in GFLOP/s, for the compute ceiling. The default,
@@ -42,6 +62,16 @@ struct Row {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.workload != Workload::PrefillDecode {
+        let decode_only = args.workload == Workload::DecodeB1;
+        return crate::serving_bench::run(
+            &args.model,
+            &args.serving,
+            decode_only,
+            args.runs,
+            args.json,
+        );
+    }
     let mut config = args.model.engine_config();
     config.scheduler.max_num_batched_tokens = config.scheduler.max_num_batched_tokens.max(1024);
     let model = args.model.load()?;

@@ -2,10 +2,15 @@
 //!
 //! - `lab generate` runs prompts through the engine (text or `--json`).
 //! - `lab fetch-model smollm2` downloads and converts the real model once.
-//! - `lab bench` measures prefill and decode throughput.
+//! - `lab bench` measures prefill and decode throughput; `--workload nano-vllm` runs
+//!   nano-vllm's benchmark workload (throughput, TTFT, TPOT) and batch-1 decode.
 
 mod bench;
+mod decode_b1;
 mod generate;
+mod nano_vllm;
+mod py_random;
+mod serving_bench;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -29,7 +34,7 @@ enum Command {
         /// Model name; known: smollm2.
         name: String,
     },
-    /// Measure prefill and decode throughput at batch 1 and 8.
+    /// Measure prefill and decode throughput at batch 1 and 8, or a serving workload.
     Bench(bench::BenchArgs),
 }
 

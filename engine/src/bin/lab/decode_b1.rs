@@ -1,0 +1,77 @@
+//! Batch-1 decode latency: milliseconds per token for one request alone.
+//!
+//! At batch 1 a decode step reads every weight to make one token, so this figure sits on
+//! the memory-bandwidth roofline (or, when it is far above it, shows launch and host
+//! overheads). Defined as transformers is timed in `scripts/bench_transformers_gpu.py`:
+//! `(time(129 new tokens) - time(1 new token)) / 128`, i.e. the 128 decode steps after the
+//! prefill step, for a fixed 128-token prompt (the first 128 ids of nano-vllm's first prompt:
+//! `random.seed(0); randint(100, 1024); [randint(0, 10000) for _ in range(128)]`).
+
+use std::time::Instant;
+
+use engine::{LLMEngine, Prompt, SamplingParams};
+
+use crate::nano_vllm::fit_vocab;
+use crate::py_random::PyRandom;
+
+/// Prompt tokens, and decode steps timed after the prefill.
+pub const PROMPT_LEN: usize = 128;
+pub const DECODE_STEPS: usize = 128;
+
+/// The fixed prompt (ids may exceed a toy vocabulary; the caller wraps them).
+pub fn prompt() -> Vec<u32> {
+    let mut rng = PyRandom::new(0);
+    rng.randint(100, 1024); // nano-vllm's first prompt length, drawn first
+    (0..PROMPT_LEN)
+        .map(|_| rng.randint(0, 10_000) as u32)
+        .collect()
+}
+
+/// Median milliseconds per decode token over `runs` runs, after one warm-up run. Greedy, EOS
+/// ignored. The engine must be idle (the steps timed are this request's alone).
+pub fn ms_per_token(engine: &mut LLMEngine, runs: usize) -> anyhow::Result<f64> {
+    let ids = fit_vocab(&prompt(), engine.model_config().vocab_size);
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(1 + DECODE_STEPS)
+    };
+    let mut times = Vec::with_capacity(runs);
+    for run in 0..=runs.max(1) {
+        let id = engine.add_request(Prompt::TokenIds(ids.clone()), params.clone())?;
+        // Prefill (several steps if the token budget chunks it) up to the first token.
+        let sequence = |e: &LLMEngine| e.scheduler.sequence(id).map(|s| s.output_token_ids.len());
+        while sequence(engine) == Some(0) {
+            engine.step()?;
+        }
+        let t = Instant::now();
+        let mut steps = 0;
+        while engine.has_unfinished_requests() {
+            engine.step()?;
+            steps += 1;
+        }
+        let s = t.elapsed().as_secs_f64();
+        anyhow::ensure!(
+            steps == DECODE_STEPS,
+            "batch-1 decode took {steps} steps after the prefill, not {DECODE_STEPS} \
+             (is the KV cache or the model's context shorter than {} tokens?)",
+            PROMPT_LEN + DECODE_STEPS + 1
+        );
+        if run > 0 {
+            times.push(1e3 * s / DECODE_STEPS as f64);
+        }
+    }
+    Ok(crate::nano_vllm::percentile(&times, 50.0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_prompt_is_the_start_of_nano_vllms_first() {
+        let p = prompt();
+        assert_eq!(p.len(), PROMPT_LEN);
+        assert_eq!(p[..4], [6311, 6890, 663, 4242]); // printed by CPython
+        assert_eq!(p[126..], [3584, 741]);
+    }
+}

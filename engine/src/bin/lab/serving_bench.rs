@@ -1,0 +1,148 @@
+//! `lab bench --workload nano-vllm` and `--workload decode-b1`: the serving benchmark.
+//!
+//! `nano-vllm` runs nano-vllm's workload (`nano_vllm`) on one engine, then the batch-1 decode
+//! figure (`decode_b1`) on the same engine; `decode-b1` runs only the latter. The report's
+//! JSON keys are the ones `scripts/bench_transformers_gpu.py` prints, so the two compare
+//! field by field.
+
+use clap::Args;
+use engine::LLMEngine;
+
+use crate::nano_vllm::{percentile, ServingResult};
+use crate::{decode_b1, nano_vllm, ModelArgs};
+
+/// The workload's size (nano-vllm's `bench.py` values by default).
+#[derive(Args)]
+pub struct ServingArgs {
+    /// nano-vllm workload: requests, all submitted at t = 0.
+    #[arg(long, default_value_t = 256)]
+    num_requests: usize,
+    /// nano-vllm workload: longest prompt; lengths are uniform in 100..=this (all equal to
+    /// this when it is below 100).
+    #[arg(long, default_value_t = 1024)]
+    max_input_len: usize,
+    /// nano-vllm workload: longest output; lengths are uniform in 100..=this (likewise).
+    #[arg(long, default_value_t = 1024)]
+    max_output_len: usize,
+    /// nano-vllm workload: run only its first N requests (drawn as in the full workload, so
+    /// the same requests as the transformers script's `--limit N`).
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+/// Loads the model, runs the workload (unless `decode_only`) and batch-1 decode, and prints
+/// the report (and one JSON line with `json`).
+pub fn run(
+    model: &ModelArgs,
+    args: &ServingArgs,
+    decode_only: bool,
+    runs: usize,
+    json: bool,
+) -> anyhow::Result<()> {
+    let n = args.num_requests;
+    anyhow::ensure!(n >= 1, "--num-requests must be at least 1");
+    anyhow::ensure!(
+        args.max_input_len >= 1 && args.max_output_len >= 1,
+        "--max-input-len and --max-output-len must be at least 1"
+    );
+    let limit = args.limit.unwrap_or(n);
+    anyhow::ensure!(
+        (1..=n).contains(&limit),
+        "--limit {limit} must be between 1 and --num-requests ({n})"
+    );
+    let config = model.engine_config();
+    let mut engine = LLMEngine::new(model.load()?, config)?;
+    let vocab = engine.model_config().vocab_size;
+    eprintln!(
+        "model {} ({} layers, vocab {vocab}), {} KV blocks of {}, max {} seqs and {} tokens a step",
+        model.model,
+        engine.model_config().num_hidden_layers,
+        engine.num_kv_blocks,
+        engine.config.cache.block_size,
+        engine.config.scheduler.max_num_seqs,
+        engine.config.scheduler.max_num_batched_tokens,
+    );
+    if vocab <= 10_000 {
+        eprintln!("note: ids above the vocabulary ({vocab}) wrap around it (id % {vocab})");
+    }
+
+    let mut report = serde_json::json!({
+        "engine": "inference-lab",
+        "workload": if decode_only { "decode-b1" } else { "nano-vllm" },
+        "model": model.model,
+    });
+    if !decode_only {
+        let mut w = nano_vllm::workload(n, args.max_input_len, args.max_output_len);
+        w.prompts.truncate(limit);
+        w.max_tokens.truncate(limit);
+        let r = nano_vllm::run(&mut engine, &w)?;
+        print_result(&r);
+        let fields = result_json(&r);
+        report.as_object_mut().unwrap().extend(fields);
+        report["max_num_seqs"] = engine.config.scheduler.max_num_seqs.into();
+        report["max_num_batched_tokens"] = engine.config.scheduler.max_num_batched_tokens.into();
+        report["num_kv_blocks"] = engine.num_kv_blocks.into();
+    }
+    let ms = decode_b1::ms_per_token(&mut engine, runs)?;
+    println!(
+        "batch-1 decode: {ms:.3} ms/token (median of {}; {} tokens after a {}-token prompt)",
+        runs.max(1),
+        decode_b1::DECODE_STEPS,
+        decode_b1::PROMPT_LEN
+    );
+    report["decode_b1_ms_per_token"] = ms.into();
+    if json {
+        println!("{report}");
+    }
+    Ok(())
+}
+
+fn print_result(r: &ServingResult) {
+    println!(
+        "nano-vllm workload: {} requests at t=0, {} prompt + {} output tokens",
+        r.requests, r.prompt_tokens, r.output_tokens
+    );
+    println!(
+        "  {:.2} s, {} steps, {} preemptions: {:.1} output tok/s, {:.1} total tok/s",
+        r.wall_s,
+        r.steps,
+        r.preemptions,
+        r.output_tokens as f64 / r.wall_s,
+        (r.prompt_tokens + r.output_tokens) as f64 / r.wall_s
+    );
+    let named = [
+        ("TTFT", &r.ttft_s),
+        ("TPOT", &r.tpot_s),
+        ("E2E latency", &r.latency_s),
+    ];
+    for (name, v) in named {
+        let [p50, p90, p99] = [50.0, 90.0, 99.0].map(|p| 1e3 * percentile(v, p));
+        println!("  {name} ms: p50 {p50:.2}  p90 {p90:.2}  p99 {p99:.2}");
+    }
+}
+
+fn result_json(r: &ServingResult) -> serde_json::Map<String, serde_json::Value> {
+    let mut m = serde_json::json!({
+        "requests": r.requests,
+        "prompt_tokens": r.prompt_tokens,
+        "output_tokens": r.output_tokens,
+        "wall_s": r.wall_s,
+        "output_tok_per_s": r.output_tokens as f64 / r.wall_s,
+        "total_tok_per_s": (r.prompt_tokens + r.output_tokens) as f64 / r.wall_s,
+        "steps": r.steps,
+        "preemptions": r.preemptions,
+    });
+    for (name, v) in [
+        ("ttft", &r.ttft_s),
+        ("tpot", &r.tpot_s),
+        ("latency", &r.latency_s),
+    ] {
+        for p in [50, 90, 99] {
+            m[format!("{name}_ms_p{p}")] = (1e3 * percentile(v, p as f64)).into();
+        }
+    }
+    match m {
+        serde_json::Value::Object(map) => map,
+        _ => unreachable!("built as an object"),
+    }
+}
