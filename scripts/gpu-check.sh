@@ -24,8 +24,20 @@ for line in sys.stdin:
 ' | while read -r name exe; do
         strip -o "gpu-bin/tests/$name" "$exe" # the device run carries 64 MiB at most
     done
+    # The engine's GPU tests (CUDA engine against the CPU engine).
+    cargo test -p engine --release --no-run --test cuda_engine --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["target"]["name"], m["executable"])
+' | while read -r name exe; do
+        strip -o "gpu-bin/tests/engine-$name" "$exe"
+    done
     cargo build -p kernels --release --example kernel_bench
     strip -o gpu-bin/kernel_bench target/release/examples/kernel_bench
+    cargo build -p engine --release --bin lab
+    strip -o gpu-bin/lab target/release/lab
     du -sh gpu-bin
     exit 0
 fi

@@ -7,18 +7,22 @@
 //! blocks.
 
 use crate::backend::cpu_backend::CpuBackend;
+use crate::backend::cuda_backend::CudaBackend;
+use crate::backend::{Backend, StepLimits};
 use crate::config::EngineConfig;
+use crate::config::{Device, ModelConfig};
 use crate::core::block_manager::BlockManager;
 use crate::core::scheduler::Scheduler;
 use crate::engine_parts::{EngineParts, ScheduleFn};
 use crate::error::{EngineError, Result};
 use crate::executor::Executor;
 use crate::model_executor::llama::LlamaForCausalLM;
+use crate::model_executor::weights::{HostTensor, LlamaWeights};
 use crate::model_source::LoadedModel;
 use crate::sampling_params::SamplingParams;
 use crate::sequence::{FinishReason, SeqId, Sequence, SequenceStatus};
 use crate::tokenizer::Tokenizer;
-use crate::worker::cache_engine::num_blocks_for_budget;
+use crate::worker::cache_engine::kv_cache_bytes_per_block;
 use crate::worker::model_runner::ModelRunner;
 
 /// A prompt as text (tokenized by the engine) or as token ids.
@@ -67,51 +71,59 @@ pub struct LLMEngine {
 }
 
 impl LLMEngine {
-    /// An engine on the CPU backend.
+    /// An engine on `config.device` with the engine's own parts.
     pub fn new(model: LoadedModel, config: EngineConfig) -> Result<Self> {
         Self::with_parts(model, config, EngineParts::default())
     }
 
-    /// An engine on the CPU backend built from the given parts (a learner's, in the stages).
+    /// An engine built from the given parts (a learner's, in the stages). The learner's
+    /// kernels are CPU kernels: on a GPU the engine's own CUDA kernels run instead.
     pub fn with_parts(
         model: LoadedModel,
         config: EngineConfig,
         parts: EngineParts,
     ) -> Result<Self> {
         config.validate()?;
-        let c = &model.config;
-        let block_size = config.cache.block_size;
-        let num_kv_blocks = config.cache.num_kv_blocks.unwrap_or_else(|| {
-            num_blocks_for_budget(c, block_size, config.cache.kv_cache_memory_bytes)
-        });
-        let max_model_len = c
-            .max_position_embeddings
-            .min(num_kv_blocks * block_size)
-            .min(c.sliding_window.unwrap_or(usize::MAX));
-        let block_manager = BlockManager::new(block_size, (parts.allocator)(num_kv_blocks));
+        let device = config.device.resolve()?;
+        let _span = tracing::info_span!("engine_start", %device).entered();
+        let LoadedModel {
+            name: _,
+            config: model_config,
+            weights,
+            tokenizer,
+            eos_token_ids,
+        } = model;
+        let built = match device {
+            Device::Cpu => {
+                let backend = CpuBackend {
+                    kernels: parts.kernels,
+                };
+                build_executor(backend, model_config, weights, &config, &parts)?
+            }
+            Device::Cuda(ordinal) => {
+                let backend = CudaBackend::new(ordinal)?.with_cuda_graphs(config.cuda_graphs);
+                build_executor(backend, model_config, weights, &config, &parts)?
+            }
+            Device::Auto => unreachable!("resolve() never returns Auto"),
+        };
+        let block_manager = BlockManager::new(
+            config.cache.block_size,
+            (parts.allocator)(built.num_kv_blocks),
+        );
         let scheduler = Scheduler::new(
             config.scheduler,
             parts.policy,
             block_manager,
-            model.eos_token_ids.clone(),
-            max_model_len,
+            eos_token_ids,
+            built.max_model_len,
         );
-        let backend = CpuBackend {
-            kernels: parts.kernels,
-        };
-        let weights = model.weights.upload(&backend)?;
-        let llama = LlamaForCausalLM::new(model.config, backend, weights)?;
-        let mut runner = ModelRunner::new(llama, num_kv_blocks, block_size)?;
-        runner.prepare_inputs = parts.prepare_inputs;
-        runner.sample = parts.sample;
-        let executor = Box::new(runner);
         Ok(LLMEngine {
-            tokenizer: model.tokenizer,
+            tokenizer,
             scheduler,
-            executor,
+            executor: built.executor,
             config,
-            max_model_len,
-            num_kv_blocks,
+            max_model_len: built.max_model_len,
+            num_kv_blocks: built.num_kv_blocks,
             next_seq_id: 0,
             stats: EngineStats::default(),
             schedule: parts.schedule,
@@ -247,4 +259,58 @@ fn fresh_seed() -> u64 {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
     hasher.write_u128(now.map_or(0, |d| d.as_nanos()));
     hasher.finish()
+}
+
+/// A model runner on its backend, and the cache geometry it was given.
+struct BuiltExecutor {
+    executor: Box<dyn Executor>,
+    num_kv_blocks: usize,
+    max_model_len: usize,
+}
+
+/// Loads the weights onto `backend`, sizes the KV cache from what the backend has left
+/// (`--num-kv-blocks` wins if given), and builds the model runner.
+fn build_executor<B: Backend + 'static>(
+    backend: B,
+    model_config: ModelConfig,
+    weights: LlamaWeights<HostTensor>,
+    config: &EngineConfig,
+    parts: &EngineParts,
+) -> Result<BuiltExecutor>
+where
+    B::Tensor: 'static,
+{
+    let c = &model_config;
+    let block_size = config.cache.block_size;
+    let weights = weights.upload(&backend)?;
+    let num_kv_blocks = match config.cache.num_kv_blocks {
+        Some(n) => n,
+        None => {
+            let budget = backend.kv_cache_budget(config, c)?;
+            let dtype_bytes = backend.default_dtype().size_in_bytes();
+            (budget / kv_cache_bytes_per_block(c, block_size, dtype_bytes)).max(1)
+        }
+    };
+    let max_model_len = c
+        .max_position_embeddings
+        .min(num_kv_blocks * block_size)
+        .min(c.sliding_window.unwrap_or(usize::MAX));
+    let limits = StepLimits {
+        max_num_tokens: config.scheduler.max_num_batched_tokens,
+        max_num_seqs: config.scheduler.max_num_seqs,
+        max_model_len,
+        block_size,
+        num_heads: c.num_attention_heads,
+        head_dim: c.head_dim,
+    };
+    let mut llama = LlamaForCausalLM::new(model_config, backend, weights)?;
+    llama.backend.plan_steps(&limits)?;
+    let mut runner = ModelRunner::new(llama, num_kv_blocks, block_size)?;
+    runner.prepare_inputs = parts.prepare_inputs;
+    runner.sample = parts.sample;
+    Ok(BuiltExecutor {
+        executor: Box::new(runner),
+        num_kv_blocks,
+        max_model_len,
+    })
 }

@@ -80,3 +80,47 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 // ANCHOR_END: argmax
+
+/// How one row of logits is sampled this step, as the worker hands it to the backend: the
+/// request's sampling parameters, its seed, and the position of the token being chosen (the
+/// draw is [`crate::philox::uniform`]`(seed, position)` on every backend).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SampleRow {
+    /// 0 = greedy.
+    pub temperature: f32,
+    pub top_k: Option<usize>,
+    pub top_p: f32,
+    pub seed: u64,
+    /// Position of the token being sampled (one past the last token fed this step).
+    pub position: usize,
+    /// Whether the request wants this row's raw logits back.
+    pub output_logits: bool,
+}
+
+impl SampleRow {
+    pub fn new(params: &SamplingParams, seed: u64, position: usize) -> Self {
+        SampleRow {
+            temperature: params.temperature,
+            top_k: params.top_k,
+            top_p: params.top_p,
+            seed,
+            position,
+            output_logits: params.output_logits,
+        }
+    }
+
+    /// The parameters a [`SampleFn`] reads (temperature, top-k, top-p).
+    pub fn params(&self) -> SamplingParams {
+        SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            ..SamplingParams::default()
+        }
+    }
+
+    /// This row's uniform draw in `[0, 1)`.
+    pub fn draw(&self) -> f32 {
+        crate::philox::uniform(self.seed, self.position)
+    }
+}

@@ -5,6 +5,10 @@
 // `block * block_size + offset` is row `slot` of a [num_slots, num_kv_heads * head_dim] matrix
 // and a token's key is one contiguous copy. One block per token; rows that are a multiple of 8
 // wide move as 16-byte vectors.
+//
+// A slot of PADDING_SLOT (all ones) marks a padding row: a decode batch padded up to the size of a
+// captured CUDA graph has rows that belong to no sequence, and their keys go nowhere.
+#define PADDING_SLOT 0xffffffffffffffffull
 
 extern "C" __global__ void reshape_and_cache_kernel(
     const __nv_bfloat16* __restrict__ key,    // [num_tokens, num_kv_heads, head_dim]
@@ -14,6 +18,7 @@ extern "C" __global__ void reshape_and_cache_kernel(
     const u64* __restrict__ slot_mapping,     // [num_tokens]
     u32 row) {                                // num_kv_heads * head_dim
     const u32 t = blockIdx.x;
+    if (slot_mapping[t] == PADDING_SLOT) return;
     const size_t src = (size_t)t * row;
     const size_t dst = (size_t)slot_mapping[t] * row;
     const bool vec = row % 8 == 0 &&

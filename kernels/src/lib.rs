@@ -15,6 +15,7 @@
 //!                         FlashAttention-2 style on tensor cores
 //!   linear.rs             every projection (qkv, o, gate/up, down, lm head): cuBLAS bf16 GEMM
 //!   silu_and_mul.rs       the MLP's activation
+//!   split_columns.rs      fused qkv output → q, k, v
 //!   sampling.rs           argmax, and temperature/top-k/top-p with a Philox draw, on the device
 //! error.rs                KernelError: every wrapper returns Result; cudarc errors mapped
 //! ```
@@ -39,6 +40,7 @@ pub mod rms_norm;
 pub mod rotary_embedding;
 pub mod sampling;
 pub mod silu_and_mul;
+pub mod split_columns;
 
 use std::sync::Arc;
 
@@ -74,13 +76,14 @@ pub struct Kernels {
     pub prefill_attention: prefill_attention::PrefillAttention,
     pub silu_and_mul: silu_and_mul::SiluAndMul,
     pub sampling: sampling::Sampling,
+    pub split_columns: split_columns::SplitColumns,
 }
 
 impl Kernels {
     /// Compiles every `.cu` file, in parallel (NVRTC takes 0.05-0.3 s per file, and seconds for
     /// paged_attention's ten instantiations on a slow CPU), and loads them.
     pub fn load(ctx: &Arc<CudaContext>) -> Result<Self> {
-        const SOURCES: [(&str, &str); 8] = [
+        const SOURCES: [(&str, &str); 9] = [
             (embedding::FILE, embedding::SOURCE),
             (rms_norm::FILE, rms_norm::SOURCE),
             (rotary_embedding::FILE, rotary_embedding::SOURCE),
@@ -89,6 +92,7 @@ impl Kernels {
             (silu_and_mul::FILE, silu_and_mul::SOURCE),
             (sampling::FILE, sampling::SOURCE),
             (prefill_attention::FILE, prefill_attention::SOURCE),
+            (split_columns::FILE, split_columns::SOURCE),
         ];
         let ptx = std::thread::scope(|s| {
             let jobs: Vec<_> = SOURCES
@@ -112,11 +116,13 @@ impl Kernels {
             silu_and_mul: silu_and_mul::SiluAndMul::load(&modules[5])?,
             sampling: sampling::Sampling::load(&modules[6])?,
             prefill_attention: prefill_attention::PrefillAttention::load(&modules[7])?,
+            split_columns: split_columns::SplitColumns::load(&modules[8])?,
         })
     }
 }
 
-/// One GPU, ready: its context, the stream the kernels run on, the kernels.
+/// One GPU, ready: its context, the stream the kernels run on (one, created by [`Gpu::open`];
+/// cross-stream event tracking is off), the kernels.
 #[derive(Debug)]
 pub struct Gpu {
     pub ctx: Arc<CudaContext>,
@@ -139,7 +145,12 @@ impl Gpu {
             Err(e) => return Err(KernelError::Unavailable(format!("driver found, but {e}"))),
         }
         let ctx = CudaContext::new(ordinal)?;
-        let stream = ctx.default_stream();
+        // SAFETY: everything this crate and the engine launch goes to the one stream made
+        // below, in program order, so no buffer needs cudarc's cross-stream events (which would
+        // add an event record per argument per launch, and nodes to every captured graph).
+        unsafe { ctx.disable_event_tracking() };
+        // Not the legacy default stream: CUDA graphs can only be captured on a stream of our own.
+        let stream = ctx.new_stream()?;
         let kernels = Kernels::load(&ctx)?;
         Ok(Self {
             ctx,

@@ -22,19 +22,26 @@
 use std::sync::Arc;
 
 use cudarc::cublas::{sys::cublasOperation_t, CudaBlas, Gemm, GemmConfig};
-use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut};
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr};
 use half::bf16;
 
 use crate::error::{check_len, KernelError, Result};
 
 const K: &str = "linear";
 
+/// cuBLAS's scratch space: 32 MiB, what NVIDIA recommends for Hopper.
+const WORKSPACE_BYTES: usize = 32 << 20;
+
 /// A cuBLAS handle bound to one stream, created once (handle creation allocates and takes
 /// milliseconds), plus the column of ones the bias broadcast multiplies.
+///
+/// The handle is given its workspace up front (`cublasSetWorkspace`): a GEMM recorded into a
+/// CUDA graph must not allocate, and with its own workspace cuBLAS never does.
 #[derive(Debug)]
 pub struct Linear {
     blas: CudaBlas,
     ones: CudaSlice<bf16>, // [max_tokens]
+    _workspace: CudaSlice<u8>,
 }
 
 impl Linear {
@@ -47,9 +54,25 @@ impl Linear {
                 "libcublas, from the CUDA toolkit, was not found".into(),
             ));
         }
+        let blas = CudaBlas::new(stream.clone())?;
+        let workspace = stream.alloc_zeros::<u8>(WORKSPACE_BYTES)?;
+        {
+            let (ptr, _sync) = workspace.device_ptr(stream);
+            // SAFETY: FFI call on a live handle; the workspace is WORKSPACE_BYTES of device
+            // memory owned by this struct, so it outlives every GEMM the handle runs.
+            unsafe {
+                cudarc::cublas::sys::cublasSetWorkspace_v2(
+                    *blas.handle(),
+                    ptr as *mut std::ffi::c_void,
+                    WORKSPACE_BYTES,
+                )
+            }
+            .result()?;
+        }
         Ok(Self {
-            blas: CudaBlas::new(stream.clone())?,
+            blas,
             ones: stream.clone_htod(&vec![bf16::ONE; max_tokens.max(1)])?,
+            _workspace: workspace,
         })
     }
 

@@ -240,12 +240,10 @@ impl PagedAttention {
         }
 
         let parts = num_partitions(max_seq_len);
-        // Single pass: one partition as long as the longest context.
-        let partition_size = if parts == 1 {
-            max_seq_len
-        } else {
-            PARTITION_SIZE
-        };
+        // Always PARTITION_SIZE, also in a single pass (the kernel stops at each sequence's
+        // end): the launch then depends on the batch only through the number of partitions,
+        // so a CUDA graph captured for (num_seqs, parts) stays right while contexts grow.
+        let partition_size = PARTITION_SIZE;
         workspace.ensure(stream, s.num_seqs * s.num_heads * parts, s.head_dim)?;
         let args = [
             to_u32(K, "num_heads", s.num_heads)?,

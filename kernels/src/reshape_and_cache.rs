@@ -14,6 +14,10 @@ use crate::row_launch;
 pub(crate) const FILE: &str = "reshape_and_cache.cu";
 pub(crate) const SOURCE: &str = include_str!("../cuda/reshape_and_cache.cu");
 
+/// The slot of a padding row: its key and value are not written. A decode batch padded up to a
+/// captured CUDA graph's size carries rows that belong to no sequence.
+pub const PADDING_SLOT: u64 = u64::MAX;
+
 /// The compiled cache-write kernel.
 #[derive(Debug, Clone)]
 pub struct ReshapeAndCache {
@@ -29,7 +33,8 @@ impl ReshapeAndCache {
 
     /// Copies token `t`'s key and value into row `slot_mapping[t]` of the caches.
     /// `row = num_kv_heads * head_dim`. Slots must be below the cache's row count: the
-    /// engine's block manager guarantees it; the device does not check.
+    /// engine's block manager guarantees it; the device does not check. Rows whose slot is
+    /// [`PADDING_SLOT`] are skipped.
     #[allow(clippy::too_many_arguments)] // mirrors the kernel's signature
     pub fn reshape_and_cache(
         &self,

@@ -1,8 +1,10 @@
 //! reshape_and_cache is a copy, so the check is exact: every written row equals its token's
-//! key/value bit for bit, and every other row of the (NaN-poisoned) cache is untouched.
+//! key/value bit for bit, and every other row of the (NaN-poisoned) cache is untouched, padding
+//! rows (slot `PADDING_SLOT`) included.
 mod common;
 
 use common::{gpu_or_skip, poisoned, Rng};
+use kernels::reshape_and_cache::PADDING_SLOT;
 
 #[test]
 fn reshape_and_cache_writes_exactly_the_mapped_rows() {
@@ -18,9 +20,11 @@ fn reshape_and_cache_writes_exactly_the_mapped_rows() {
     ] {
         let row = nkv * d;
         let slots_total = nb * bs;
+        // Every fifth token is a padding row (PADDING_SLOT): written nowhere.
         let slots: Vec<u64> = rng.permutation(slots_total)[..t]
             .iter()
-            .map(|&v| v as u64)
+            .enumerate()
+            .map(|(tok, &v)| if tok % 5 == 4 { PADDING_SLOT } else { v as u64 })
             .collect();
         let (key, value) = (rng.bf16s(t * row, 1.0), rng.bf16s(t * row, 1.0));
         let (dk, dv) = (s.clone_htod(&key).unwrap(), s.clone_htod(&value).unwrap());
@@ -42,7 +46,9 @@ fn reshape_and_cache_writes_exactly_the_mapped_rows() {
         let (kc, vc) = (s.clone_dtoh(&kc).unwrap(), s.clone_dtoh(&vc).unwrap());
         let mut written = vec![None; slots_total];
         for (tok, &slot) in slots.iter().enumerate() {
-            written[slot as usize] = Some(tok);
+            if slot != PADDING_SLOT {
+                written[slot as usize] = Some(tok);
+            }
         }
         for (slot, w) in written.iter().enumerate() {
             let (kr, vr) = (&kc[slot * row..][..row], &vc[slot * row..][..row]);

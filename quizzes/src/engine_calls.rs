@@ -230,6 +230,7 @@ fn max_model_len(args: &Args) -> Result<f64, String> {
             block_size: int(args, "block_size")?,
             num_kv_blocks: Some(int(args, "num_kv_blocks")?),
             kv_cache_memory_bytes: 0,
+            ..EngineConfig::default().cache
         },
         ..EngineConfig::default()
     };

@@ -24,6 +24,10 @@ pub enum BackendError {
     /// The operands' shapes do not fit together (a bug in the caller, or a corrupt model).
     #[error("{op}: shapes do not fit: {detail}")]
     ShapeMismatch { op: &'static str, detail: String },
+    /// The model, its activations and a KV cache do not fit the memory allowed; the message
+    /// says what took how much and which knob to turn.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
     /// The device or its driver failed (out of memory, a refused launch, a failed copy); the
     /// driver's own error is kept as the source.
     #[error("{op} failed on the {backend} device")]

@@ -17,16 +17,59 @@
 //!   only device buffers at fixed addresses, which a CUDA graph can capture and replay.
 pub mod cpu_backend;
 pub mod cpu_kernels;
+pub mod cuda_backend;
+pub mod cuda_graph;
+pub mod cuda_step;
+pub mod cuda_tensor;
 pub mod dtype;
 pub mod error;
 
 pub use dtype::DType;
 pub use error::BackendError;
 
+use crate::config::{EngineConfig, ModelConfig};
+use crate::outputs::ModelRunnerOutput;
+use crate::sampler::{SampleFn, SampleRow};
 use crate::worker::model_runner::ModelInput;
 
 /// Result with [`BackendError`].
 pub type Result<T, E = BackendError> = std::result::Result<T, E>;
+
+/// What every backend's step metadata keeps on the host: how each logits row is sampled.
+pub trait StepSampling {
+    /// `[num_logits]` in the order of the logits rows.
+    fn sample_rows(&self) -> &[SampleRow];
+}
+
+impl StepSampling for ModelInput {
+    fn sample_rows(&self) -> &[SampleRow] {
+        &self.sample_rows
+    }
+}
+
+/// The largest step the engine will schedule, known once the KV cache is sized
+/// ([`Backend::plan_steps`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepLimits {
+    /// Tokens in one step (`max_num_batched_tokens`).
+    pub max_num_tokens: usize,
+    /// Sequences in one step (`max_num_seqs`).
+    pub max_num_seqs: usize,
+    /// Longest sequence, prompt and output (`max_model_len`).
+    pub max_model_len: usize,
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Query heads and head size: attention's workspaces are sized from them once.
+    pub num_heads: usize,
+    pub head_dim: usize,
+}
+
+impl StepLimits {
+    /// Block-table width that holds the longest sequence.
+    pub fn max_blocks_per_seq(&self) -> usize {
+        self.max_model_len.div_ceil(self.block_size.max(1))
+    }
+}
 
 /// Kernels of a decoder-only transformer over 2-D tensors `[rows, cols]`.
 ///
@@ -44,7 +87,7 @@ pub trait Backend: Send + Sync {
     /// to a fixed width (`max_model_len / block_size`) so that a captured graph's arguments
     /// never change, and fills them with one copy per step. The CPU backend's memory is the
     /// host's, so it keeps the [`ModelInput`] itself.
-    type StepMetadata: Send + Sync;
+    type StepMetadata: Send + Sync + StepSampling;
 
     fn name(&self) -> &'static str;
     /// The dtype this backend keeps weights, activations and the KV cache in (vLLM's
@@ -130,4 +173,50 @@ pub trait Backend: Send + Sync {
     fn split_columns(&self, x: &Self::Tensor, widths: &[usize]) -> Result<Vec<Self::Tensor>>;
     /// Rows `step.logits_indices` of `x` `[t, hidden]`, in that order → `[num_logits, hidden]`.
     fn gather_rows(&self, x: &Self::Tensor, step: &Self::StepMetadata) -> Result<Self::Tensor>;
+
+    /// Tells the backend the largest steps it will be given, once the KV cache is sized and
+    /// before the first step, so that it can allocate per-step buffers once (a CUDA graph
+    /// replays fixed addresses). The CPU backend needs nothing.
+    fn plan_steps(&mut self, _limits: &StepLimits) -> Result<()> {
+        Ok(())
+    }
+
+    /// Bytes the KV cache may take, asked once the weights are loaded. The CPU gives the
+    /// configured budget; a GPU what `--gpu-memory-utilization` leaves after the weights and
+    /// the activations of the largest step.
+    fn kv_cache_budget(&self, engine: &EngineConfig, _model: &ModelConfig) -> Result<usize> {
+        Ok(engine.cache.kv_cache_memory_bytes)
+    }
+
+    /// One step: `forward` computes the logits `[num_logits, vocab]` of the step's sampling
+    /// rows, then each row is sampled as `step`'s sample rows say. Returns the sampled ids, and
+    /// the logits of the rows that asked for them.
+    ///
+    /// This default downloads the logits and samples on the host with `host_sample` (the
+    /// engine's [`crate::sampler::sample`], or a learner's): right for the CPU, whose
+    /// "download" is the tensor itself. A GPU backend samples in a kernel and may replay a
+    /// recorded graph of the whole step instead of calling `forward`.
+    fn run_step(
+        &self,
+        step: &Self::StepMetadata,
+        forward: &mut dyn FnMut() -> Result<Self::Tensor>,
+        host_sample: SampleFn,
+    ) -> Result<ModelRunnerOutput> {
+        let logits = forward()?;
+        let (rows, vocab) = self.shape(&logits);
+        let logits = self.download(&logits)?; // [num_logits, vocab]
+        let sample_rows = step.sample_rows();
+        if rows != sample_rows.len() {
+            let detail = format!("{rows} logits rows for {} sample rows", sample_rows.len());
+            return Err(BackendError::shape("run_step", detail));
+        }
+        let mut output = ModelRunnerOutput::default();
+        for (row, how) in logits.chunks_exact(vocab.max(1)).zip(sample_rows) {
+            output
+                .sampled_token_ids
+                .push(host_sample(row, &how.params(), how.draw()));
+            output.logits.push(how.output_logits.then(|| row.to_vec()));
+        }
+        Ok(output)
+    }
 }

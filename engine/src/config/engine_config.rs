@@ -1,5 +1,6 @@
 //! The engine's knobs: how the KV cache is cut into blocks and how much a step may schedule.
 
+use super::device::Device;
 use crate::error::{EngineError, Result};
 
 /// Paged KV cache geometry (vLLM's `CacheConfig`).
@@ -9,8 +10,12 @@ pub struct CacheConfig {
     pub block_size: usize,
     /// Blocks in the cache; `None` sizes the cache from `kv_cache_memory_bytes`.
     pub num_kv_blocks: Option<usize>,
-    /// Memory budget for the KV cache when `num_kv_blocks` is not given.
+    /// Memory budget for the KV cache on the CPU when `num_kv_blocks` is not given.
     pub kv_cache_memory_bytes: usize,
+    /// On a GPU, the fraction of its memory the engine may use (weights, activations and KV
+    /// cache); the KV cache gets what the weights and activations leave (vLLM's
+    /// `--gpu-memory-utilization`).
+    pub gpu_memory_utilization: f32,
 }
 
 /// Per-step limits (vLLM's `SchedulerConfig`).
@@ -29,6 +34,11 @@ pub struct SchedulerConfig {
 pub struct EngineConfig {
     pub cache: CacheConfig,
     pub scheduler: SchedulerConfig,
+    /// Where the model runs.
+    pub device: Device,
+    /// Record decode steps as CUDA graphs and replay them (GPU only; vLLM's opposite flag is
+    /// `--enforce-eager`).
+    pub cuda_graphs: bool,
 }
 
 impl Default for EngineConfig {
@@ -38,12 +48,16 @@ impl Default for EngineConfig {
                 block_size: 16,
                 num_kv_blocks: None,
                 kv_cache_memory_bytes: 1 << 30,
+                gpu_memory_utilization: 0.9,
             },
             scheduler: SchedulerConfig {
                 max_num_seqs: 64,
                 max_num_batched_tokens: 2048,
                 enable_chunked_prefill: true,
             },
+            // The library runs where it is told; `lab` defaults to `--device auto`.
+            device: Device::Cpu,
+            cuda_graphs: true,
         }
     }
 }
@@ -63,6 +77,12 @@ impl EngineConfig {
         }
         if self.scheduler.max_num_batched_tokens == 0 {
             return bad("--max-num-batched-tokens must be at least 1");
+        }
+        let u = self.cache.gpu_memory_utilization;
+        if !(u > 0.0 && u <= 1.0) {
+            return bad(&format!(
+                "--gpu-memory-utilization must be in (0, 1], got {u}"
+            ));
         }
         Ok(())
     }

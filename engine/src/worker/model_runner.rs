@@ -20,8 +20,7 @@ use crate::core::block::slot_for_position;
 use crate::core::scheduler_output::SchedulerOutput;
 use crate::model_executor::llama::LlamaForCausalLM;
 use crate::outputs::ModelRunnerOutput;
-use crate::philox;
-use crate::sampler::{self, SampleFn};
+use crate::sampler::{self, SampleFn, SampleRow};
 use crate::sampling_params::SamplingParams;
 use crate::sequence::SeqId;
 use crate::worker::cache_engine::KvCache;
@@ -36,6 +35,9 @@ pub struct ModelInput {
     pub attn_metadata: AttentionMetadata,
     /// Row of each sequence's last token, for the sequences that sample this step.
     pub logits_indices: Vec<usize>,
+    /// How each of those rows is sampled, in the same order. Filled by the model runner from
+    /// the requests' parameters after [`prepare_inputs`] (which leaves it empty).
+    pub sample_rows: Vec<SampleRow>,
 }
 // ANCHOR_END: model_input
 
@@ -127,34 +129,30 @@ impl<B: Backend> ModelRunner<B> {
     /// Runs one step: the forward pass, then one sampled token per sequence with
     /// `needs_logits`, in batch order.
     pub fn execute_model(&mut self, out: &SchedulerOutput) -> Result<ModelRunnerOutput> {
-        let input = (self.prepare_inputs)(out, self.kv_cache.block_size);
+        let mut input = (self.prepare_inputs)(out, self.kv_cache.block_size);
         if input.input_ids.is_empty() {
             return Ok(ModelRunnerOutput::default());
         }
-        // The step's layout moves to the backend once; every layer reads that copy.
-        let step = self.model.backend.prepare_step(input)?;
-        let logits = self.model.forward(&step, &mut self.kv_cache)?;
-        // On the CPU backend this is the tensor itself; a GPU backend samples in a kernel
-        // instead, with the same draw, and downloads only the rows asked for.
-        let logits = self.model.backend.download(&logits)?; // [sampling sequences, vocab]
-        let vocab = self.model.config.vocab_size;
-        let mut rows = logits.chunks_exact(vocab);
-        let mut output = ModelRunnerOutput::default();
         for s in out.scheduled.iter().filter(|s| s.needs_logits) {
-            let row = rows.next().expect("one logits row per sampling sequence");
             let req = self
                 .requests
                 .get(&s.seq_id)
                 .expect("request added at arrival");
             // The position of the token being sampled: the one after the chunk's last.
             let position = s.start_position + s.token_ids.len();
-            let draw = philox::uniform(req.seed, position);
-            let token = (self.sample)(row, &req.params, draw);
-            output.sampled_token_ids.push(token);
-            let asked = req.params.output_logits;
-            output.logits.push(asked.then(|| row.to_vec()));
+            input
+                .sample_rows
+                .push(SampleRow::new(&req.params, req.seed, position));
         }
-        Ok(output)
+        // The step's layout moves to the backend once; every layer reads that copy.
+        let step = self.model.backend.prepare_step(input)?;
+        let (model, kv_cache) = (&self.model, &mut self.kv_cache);
+        // The backend runs the forward pass and samples where the logits are: on the CPU with
+        // `self.sample`; on a GPU in a kernel with the same draw (or by replaying a recorded
+        // CUDA graph of the whole step), copying back only the token ids.
+        model
+            .backend
+            .run_step(&step, &mut || model.forward(&step, kv_cache), self.sample)
     }
     // ANCHOR_END: execute_model
 }

@@ -151,12 +151,14 @@ pub fn tight_config() -> EngineConfig {
             block_size: 4,
             num_kv_blocks: Some(24),
             kv_cache_memory_bytes: 0,
+            ..EngineConfig::default().cache
         },
         scheduler: SchedulerConfig {
             max_num_seqs: 4,
             max_num_batched_tokens: 40,
             enable_chunked_prefill: true,
         },
+        ..EngineConfig::default()
     }
 }
 

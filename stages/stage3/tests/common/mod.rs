@@ -29,12 +29,14 @@ pub fn mixed_batch_config() -> EngineConfig {
             block_size: 4,
             num_kv_blocks: Some(64),
             kv_cache_memory_bytes: 0,
+            ..EngineConfig::default().cache
         },
         scheduler: SchedulerConfig {
             max_num_seqs: 8,
             max_num_batched_tokens: 24,
             enable_chunked_prefill: true,
         },
+        ..EngineConfig::default()
     }
 }
 

@@ -1,0 +1,667 @@
+//! The CUDA backend: bf16 tensors on one NVIDIA GPU, our NVRTC-compiled kernels (`kernels/`)
+//! and cuBLAS for the projections.
+//!
+//! Every op launches on the GPU's one stream and returns at once; the host waits only where it
+//! reads a result (the sampled ids, once per step). Outputs are allocated from CUDA's
+//! stream-ordered pool and written in full by their kernel before anything reads them.
+//! A decode step may instead replay a recorded CUDA graph ([`super::cuda_graph`]).
+//!
+//! Each op opens a `tracing` span (target `kernel`) around its launch: on the host that is
+//! the launch cost, not the kernel's run time, which the tracer measures with CUDA events.
+
+use std::sync::{Arc, Mutex};
+
+use half::bf16;
+use kernels::cudarc::driver::{CudaSlice, CudaStream};
+use kernels::paged_attention::{num_partitions, DecodeShape, SplitKWorkspace};
+use kernels::prefill_attention::PrefillShape;
+use kernels::sampling::RowParams;
+use kernels::{Gpu, KernelError};
+use rayon::prelude::*;
+
+use super::cuda_graph::{capture_sizes, padded_size, CudaGraphs, GraphKey};
+use super::cuda_step::{self, device, CudaStepMetadata, StepPool};
+use super::cuda_tensor::{CudaData, CudaTensor};
+use super::{Backend, BackendError, DType, Result, StepLimits, StepSampling};
+use crate::config::{EngineConfig, ModelConfig};
+use crate::outputs::ModelRunnerOutput;
+use crate::sampler::SampleFn;
+use crate::worker::model_runner::ModelInput;
+
+/// Runs the model on GPU `ordinal`.
+pub struct CudaBackend {
+    gpu: Gpu,
+    linear: kernels::linear::Linear,
+    split_k: Mutex<SplitKWorkspace>,
+    steps: StepPool,
+    limits: StepLimits,
+    generation: Mutex<u64>,
+    graphs: Mutex<CudaGraphs>,
+    /// Decode batch sizes that replay a graph; empty when graphs are off.
+    capture_sizes: Vec<usize>,
+}
+
+/// A kernel-crate error as a backend error of `op`.
+fn kernel(op: &'static str) -> impl FnOnce(KernelError) -> BackendError {
+    move |e| device(op, e)
+}
+
+fn shape(ok: bool, op: &'static str, detail: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(BackendError::shape(op, detail()))
+    }
+}
+
+impl CudaBackend {
+    /// Opens GPU `ordinal` and compiles the kernels (NVRTC, a second or so). Without a usable
+    /// GPU: an error that says why.
+    pub fn new(ordinal: usize) -> Result<Self> {
+        let gpu = Gpu::open(ordinal).map_err(kernel("open the GPU"))?;
+        let linear = kernels::linear::Linear::new(&gpu.stream, 1).map_err(kernel("cuBLAS"))?;
+        let split_k = SplitKWorkspace::new(&gpu.stream, 1, 1).map_err(kernel("workspace"))?;
+        Ok(CudaBackend {
+            linear,
+            split_k: Mutex::new(split_k),
+            steps: Arc::new(Mutex::new(None)),
+            limits: StepLimits {
+                max_num_tokens: 1,
+                max_num_seqs: 1,
+                max_model_len: 1,
+                block_size: 1,
+                num_heads: 1,
+                head_dim: 1,
+            },
+            generation: Mutex::new(0),
+            graphs: Mutex::new(CudaGraphs::default()),
+            capture_sizes: Vec::new(),
+            gpu,
+        })
+    }
+
+    /// Replays decode steps as CUDA graphs (on by default in the engine; see
+    /// [`super::cuda_graph`]). Takes effect at [`Backend::plan_steps`].
+    pub fn with_cuda_graphs(mut self, on: bool) -> Self {
+        self.capture_sizes = if on { vec![1] } else { Vec::new() };
+        self
+    }
+
+    /// The stream every op runs on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.gpu.stream
+    }
+
+    /// (free, total) bytes of GPU memory now.
+    pub fn memory(&self) -> Result<(usize, usize)> {
+        self.gpu
+            .ctx
+            .mem_get_info()
+            .map_err(|e| device("query free memory", e))
+    }
+
+    /// Graphs recorded so far.
+    pub fn num_graphs(&self) -> usize {
+        self.graphs.lock().map(|g| g.len()).unwrap_or(0)
+    }
+
+    /// An uninitialized `[rows, cols]` bf16 tensor, for a kernel to fill completely.
+    fn empty(&self, op: &'static str, rows: usize, cols: usize) -> Result<CudaTensor> {
+        // SAFETY: FFI allocation from the stream-ordered pool; every caller passes the tensor
+        // to a kernel that writes each of its rows × cols elements before anything reads it.
+        let data =
+            unsafe { self.gpu.stream.alloc::<bf16>(rows * cols) }.map_err(|e| device(op, e))?;
+        Ok(CudaTensor::bf16(data, rows, cols))
+    }
+
+    /// Samples `logits` `[step.num_logits, vocab]` into `out` on the device.
+    fn sample_into(
+        &self,
+        logits: &CudaTensor,
+        step: &CudaStepMetadata,
+        out: &mut CudaSlice<u32>,
+    ) -> Result<()> {
+        let _span = tracing::trace_span!("kernel", op = "sample").entered();
+        let b = step.bufs();
+        let n = step.num_logits;
+        shape(logits.rows == n, "sample", || {
+            format!("{} logits rows for {n} sampling rows", logits.rows)
+        })?;
+        let (t, k, p, s, pos) = (
+            b.temperature.slice(0..n),
+            b.top_k.slice(0..n),
+            b.top_p.slice(0..n),
+            b.seed.slice(0..n),
+            b.position.slice(0..n),
+        );
+        let params = RowParams {
+            temperature: &t,
+            top_k: &k,
+            top_p: &p,
+            seed: &s,
+            position: &pos,
+        };
+        let logits = logits.view_bf16("sample")?;
+        let mut out = out.slice_mut(0..n);
+        self.gpu
+            .kernels
+            .sampling
+            .sample(&self.gpu.stream, &mut out, &logits, &params)
+            .map_err(kernel("sample"))
+    }
+}
+
+/// Bytes of activations the largest step keeps alive at once, times two for the allocator's
+/// slack: per token the residual stream and hidden state, the fused qkv and its three parts,
+/// attention's output, gate/up and its activation, all bf16; plus bf16 logits for every
+/// sequence, the split-K workspace and cuBLAS's.
+pub fn activation_bytes(model: &ModelConfig, engine: &EngineConfig) -> usize {
+    let c = model;
+    let t = engine.scheduler.max_num_batched_tokens;
+    let s = engine.scheduler.max_num_seqs;
+    let qkv = (c.num_attention_heads + 2 * c.num_key_value_heads) * c.head_dim;
+    let per_token =
+        2 * c.hidden_size + 2 * qkv + c.num_attention_heads * c.head_dim + 3 * c.intermediate_size;
+    let logits = s * c.vocab_size;
+    let partitions = num_partitions(c.max_position_embeddings);
+    let split_k = s * c.num_attention_heads * partitions * (c.head_dim + 2) * 4;
+    2 * 2 * (t * per_token + logits) + split_k + (64 << 20)
+}
+
+impl Backend for CudaBackend {
+    type Tensor = CudaTensor;
+    type StepMetadata = CudaStepMetadata;
+
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+
+    fn default_dtype(&self) -> DType {
+        DType::BF16
+    }
+
+    fn upload(&self, data: Vec<f32>, rows: usize, cols: usize, dtype: DType) -> Result<CudaTensor> {
+        let n = data.len();
+        shape(n == rows * cols, "upload", || {
+            format!("{n} elements are not a {rows}x{cols} matrix")
+        })?;
+        let stream = &self.gpu.stream;
+        let data = match dtype {
+            DType::BF16 => {
+                let host: Vec<bf16> = data.par_iter().map(|&v| bf16::from_f32(v)).collect();
+                CudaData::BF16(stream.clone_htod(&host).map_err(|e| device("upload", e))?)
+            }
+            DType::F32 => CudaData::F32(stream.clone_htod(&data).map_err(|e| device("upload", e))?),
+            DType::F16 => {
+                return Err(BackendError::UnsupportedDType {
+                    backend: "cuda",
+                    op: "upload",
+                    dtype,
+                    supported: DType::BF16,
+                })
+            }
+        };
+        Ok(CudaTensor { data, rows, cols })
+    }
+
+    fn download(&self, t: &CudaTensor) -> Result<Vec<f32>> {
+        let stream = &self.gpu.stream;
+        let dev = |e| device("download", e);
+        Ok(match &t.data {
+            CudaData::BF16(s) => {
+                let host = stream.clone_dtoh(s).map_err(dev)?;
+                host.into_par_iter().map(f32::from).collect()
+            }
+            CudaData::F32(s) => stream.clone_dtoh(s).map_err(dev)?,
+        })
+    }
+
+    fn zeros(&self, rows: usize, cols: usize, dtype: DType) -> Result<CudaTensor> {
+        let stream = &self.gpu.stream;
+        let dev = |e| device("zeros", e);
+        let data = match dtype {
+            DType::BF16 => CudaData::BF16(stream.alloc_zeros(rows * cols).map_err(dev)?),
+            DType::F32 => CudaData::F32(stream.alloc_zeros(rows * cols).map_err(dev)?),
+            DType::F16 => {
+                return Err(BackendError::UnsupportedDType {
+                    backend: "cuda",
+                    op: "zeros",
+                    dtype,
+                    supported: DType::BF16,
+                })
+            }
+        };
+        Ok(CudaTensor { data, rows, cols })
+    }
+
+    fn shape(&self, t: &CudaTensor) -> (usize, usize) {
+        (t.rows, t.cols)
+    }
+
+    fn dtype(&self, t: &CudaTensor) -> DType {
+        t.dtype()
+    }
+
+    fn plan_steps(&mut self, limits: &StepLimits) -> Result<()> {
+        self.limits = *limits;
+        if !self.capture_sizes.is_empty() {
+            self.capture_sizes = capture_sizes(limits.max_num_seqs);
+        }
+        // Split-K scratch for the largest decode batch at the longest context, allocated now:
+        // a recorded graph keeps its address, so it must never be reallocated later.
+        let rows = limits.max_num_seqs * limits.num_heads * num_partitions(limits.max_model_len);
+        *self.split_k.lock().map_err(|_| poisoned())? =
+            SplitKWorkspace::new(&self.gpu.stream, rows, limits.head_dim)
+                .map_err(kernel("workspace"))?;
+        // cuBLAS's bias broadcast needs a column of ones as long as the largest step.
+        self.linear = kernels::linear::Linear::new(&self.gpu.stream, limits.max_num_tokens)
+            .map_err(kernel("cuBLAS"))?;
+        let mut generation = self.generation.lock().map_err(|_| poisoned())?;
+        *generation += 1;
+        let bufs = cuda_step::StepBuffers::new(&self.gpu.stream, *limits, *generation)?;
+        *self.steps.lock().map_err(|_| poisoned())? = Some(bufs);
+        Ok(())
+    }
+
+    fn prepare_step(&self, input: ModelInput) -> Result<CudaStepMetadata> {
+        let _span = tracing::trace_span!("prepare_step", tokens = input.input_ids.len()).entered();
+        let wants_logits = input.sample_rows.iter().any(|r| r.output_logits);
+        let n = input.attn_metadata.num_seqs();
+        let pad_to = match wants_logits {
+            true => None,
+            false => padded_size(n, &self.capture_sizes),
+        };
+        let mut generation = self.generation.lock().map_err(|_| poisoned())?;
+        cuda_step::prepare(
+            &self.gpu.stream,
+            &self.steps,
+            self.limits,
+            &mut generation,
+            input,
+            pad_to,
+        )
+    }
+
+    fn embedding(&self, table: &CudaTensor, step: &CudaStepMetadata) -> Result<CudaTensor> {
+        let _span = tracing::trace_span!("kernel", op = "embedding").entered();
+        let (n, h) = (step.num_tokens, table.cols);
+        let mut out = self.empty("embedding", n, h)?;
+        let ids = step.bufs().input_ids.slice(0..n);
+        let table = table.view_bf16("embedding")?;
+        self.gpu
+            .kernels
+            .embedding
+            .embedding(
+                &self.gpu.stream,
+                &mut out.view_bf16_mut("embedding")?,
+                &ids,
+                &table,
+                h,
+            )
+            .map_err(kernel("embedding"))?;
+        Ok(out)
+    }
+
+    fn linear(
+        &self,
+        x: &CudaTensor,
+        w: &CudaTensor,
+        bias: Option<&CudaTensor>,
+    ) -> Result<CudaTensor> {
+        let _span = tracing::trace_span!("kernel", op = "linear", n = w.rows, k = w.cols).entered();
+        shape(x.cols == w.cols, "linear", || {
+            format!("x has {} columns, weight [{}, {}]", x.cols, w.rows, w.cols)
+        })?;
+        let mut out = self.empty("linear", x.rows, w.rows)?;
+        let bias = bias.map(|b| b.view_bf16("linear")).transpose()?;
+        self.linear
+            .forward(
+                &mut out.view_bf16_mut("linear")?,
+                &x.view_bf16("linear")?,
+                &w.view_bf16("linear")?,
+                bias.as_ref(),
+                x.rows,
+            )
+            .map_err(kernel("linear"))?;
+        Ok(out)
+    }
+
+    fn rms_norm(&self, x: &CudaTensor, weight: &CudaTensor, eps: f32) -> Result<CudaTensor> {
+        let _span = tracing::trace_span!("kernel", op = "rms_norm").entered();
+        let mut out = self.empty("rms_norm", x.rows, x.cols)?;
+        self.gpu
+            .kernels
+            .rms_norm
+            .rms_norm(
+                &self.gpu.stream,
+                &mut out.view_bf16_mut("rms_norm")?,
+                &x.view_bf16("rms_norm")?,
+                &weight.view_bf16("rms_norm")?,
+                eps,
+            )
+            .map_err(kernel("rms_norm"))?;
+        Ok(out)
+    }
+
+    fn fused_add_rms_norm(
+        &self,
+        x: &mut CudaTensor,
+        residual: &mut CudaTensor,
+        weight: &CudaTensor,
+        eps: f32,
+    ) -> Result<()> {
+        let _span = tracing::trace_span!("kernel", op = "fused_add_rms_norm").entered();
+        const OP: &str = "fused_add_rms_norm";
+        self.gpu
+            .kernels
+            .rms_norm
+            .fused_add_rms_norm(
+                &self.gpu.stream,
+                &mut x.view_bf16_mut(OP)?,
+                &mut residual.view_bf16_mut(OP)?,
+                &weight.view_bf16(OP)?,
+                eps,
+            )
+            .map_err(kernel(OP))
+    }
+
+    fn rotary_embedding(
+        &self,
+        step: &CudaStepMetadata,
+        q: &mut CudaTensor,
+        k: &mut CudaTensor,
+        head_dim: usize,
+        cos_sin_cache: &CudaTensor,
+    ) -> Result<()> {
+        let _span = tracing::trace_span!("kernel", op = "rotary_embedding").entered();
+        const OP: &str = "rotary_embedding";
+        let t = step.num_tokens;
+        shape(q.rows == t && k.rows == t && head_dim > 0, OP, || {
+            format!("q has {} rows, k {}, for {t} positions", q.rows, k.rows)
+        })?;
+        let (heads, kv_heads) = (q.cols / head_dim, k.cols / head_dim);
+        let positions = step.bufs().positions.slice(0..t);
+        self.gpu
+            .kernels
+            .rotary_embedding
+            .rotary_embedding(
+                &self.gpu.stream,
+                &positions,
+                &mut q.view_bf16_mut(OP)?,
+                &mut k.view_bf16_mut(OP)?,
+                &cos_sin_cache.view_f32(OP)?,
+                heads,
+                kv_heads,
+                head_dim,
+            )
+            .map_err(kernel(OP))
+    }
+
+    fn reshape_and_cache(
+        &self,
+        k: &CudaTensor,
+        v: &CudaTensor,
+        key_cache: &mut CudaTensor,
+        value_cache: &mut CudaTensor,
+        step: &CudaStepMetadata,
+    ) -> Result<()> {
+        let _span = tracing::trace_span!("kernel", op = "reshape_and_cache").entered();
+        const OP: &str = "reshape_and_cache";
+        let t = step.num_tokens;
+        shape(k.rows == t && k.cols == key_cache.cols, OP, || {
+            format!(
+                "k {}x{} for {t} slots, cache rows of {}",
+                k.rows, k.cols, key_cache.cols
+            )
+        })?;
+        let slots = step.bufs().slot_mapping.slice(0..t);
+        self.gpu
+            .kernels
+            .reshape_and_cache
+            .reshape_and_cache(
+                &self.gpu.stream,
+                &k.view_bf16(OP)?,
+                &v.view_bf16(OP)?,
+                &mut key_cache.view_bf16_mut(OP)?,
+                &mut value_cache.view_bf16_mut(OP)?,
+                &slots,
+                k.cols,
+            )
+            .map_err(kernel(OP))
+    }
+
+    fn paged_attention(
+        &self,
+        q: &CudaTensor,
+        key_cache: &CudaTensor,
+        value_cache: &CudaTensor,
+        num_kv_heads: usize,
+        head_dim: usize,
+        scale: f32,
+        step: &CudaStepMetadata,
+    ) -> Result<CudaTensor> {
+        const OP: &str = "paged_attention";
+        shape(q.rows == step.num_tokens && head_dim > 0, OP, || {
+            format!("q has {} rows for {} tokens", q.rows, step.num_tokens)
+        })?;
+        let mut out = self.empty(OP, q.rows, q.cols)?;
+        let b = step.bufs();
+        let (s, width) = (step.num_seqs, step.max_blocks_per_seq);
+        let tables = b.block_tables.slice(0..s * width);
+        let seq_lens = b.seq_lens.slice(0..s);
+        let (qv, kc, vc) = (
+            q.view_bf16(OP)?,
+            key_cache.view_bf16(OP)?,
+            value_cache.view_bf16(OP)?,
+        );
+        let stream = &self.gpu.stream;
+        if step.is_decode {
+            let _span = tracing::trace_span!("kernel", op = "paged_attention_decode").entered();
+            let shape = DecodeShape {
+                num_seqs: s,
+                num_heads: q.cols / head_dim,
+                num_kv_heads,
+                head_dim,
+                block_size: step.block_size,
+                max_blocks_per_seq: width,
+            };
+            let mut ws = self.split_k.lock().map_err(|_| poisoned())?;
+            self.gpu
+                .kernels
+                .paged_attention
+                .decode(
+                    stream,
+                    &mut ws,
+                    &mut out.view_bf16_mut(OP)?,
+                    &qv,
+                    &kc,
+                    &vc,
+                    &tables,
+                    &seq_lens,
+                    &shape,
+                    scale,
+                    step.max_seq_len,
+                )
+                .map_err(kernel(OP))?;
+        } else {
+            let _span = tracing::trace_span!("kernel", op = "prefill_attention").entered();
+            let shape = PrefillShape {
+                num_seqs: s,
+                num_tokens: step.num_tokens,
+                num_heads: q.cols / head_dim,
+                num_kv_heads,
+                head_dim,
+                block_size: step.block_size,
+                max_blocks_per_seq: width,
+            };
+            let qsl = b.query_start_loc.slice(0..s + 1);
+            self.gpu
+                .kernels
+                .prefill_attention
+                .forward(
+                    stream,
+                    &mut out.view_bf16_mut(OP)?,
+                    &qv,
+                    &kc,
+                    &vc,
+                    &tables,
+                    &seq_lens,
+                    &qsl,
+                    &shape,
+                    scale,
+                    step.max_query_len,
+                )
+                .map_err(kernel(OP))?;
+        }
+        Ok(out)
+    }
+
+    fn silu_and_mul(&self, x: &CudaTensor) -> Result<CudaTensor> {
+        let _span = tracing::trace_span!("kernel", op = "silu_and_mul").entered();
+        shape(x.cols.is_multiple_of(2), "silu_and_mul", || {
+            format!("{} columns do not split into gate and up", x.cols)
+        })?;
+        let mut out = self.empty("silu_and_mul", x.rows, x.cols / 2)?;
+        self.gpu
+            .kernels
+            .silu_and_mul
+            .silu_and_mul(
+                &self.gpu.stream,
+                &mut out.view_bf16_mut("silu_and_mul")?,
+                &x.view_bf16("silu_and_mul")?,
+                x.rows,
+            )
+            .map_err(kernel("silu_and_mul"))?;
+        Ok(out)
+    }
+
+    fn split_columns(&self, x: &CudaTensor, widths: &[usize]) -> Result<Vec<CudaTensor>> {
+        let _span = tracing::trace_span!("kernel", op = "split_columns").entered();
+        const OP: &str = "split_columns";
+        let total: usize = widths.iter().sum();
+        shape(total == x.cols && widths.len() == 3, OP, || {
+            format!("widths {widths:?} for {} columns (three parts)", x.cols)
+        })?;
+        let mut parts = widths
+            .iter()
+            .map(|&w| self.empty(OP, x.rows, w))
+            .collect::<Result<Vec<_>>>()?;
+        {
+            let [a, b, c] = &mut parts[..] else {
+                unreachable!("three parts checked above")
+            };
+            self.gpu
+                .kernels
+                .split_columns
+                .split3(
+                    &self.gpu.stream,
+                    [
+                        &mut a.view_bf16_mut(OP)?,
+                        &mut b.view_bf16_mut(OP)?,
+                        &mut c.view_bf16_mut(OP)?,
+                    ],
+                    &x.view_bf16(OP)?,
+                    x.rows,
+                )
+                .map_err(kernel(OP))?;
+        }
+        Ok(parts)
+    }
+
+    fn gather_rows(&self, x: &CudaTensor, step: &CudaStepMetadata) -> Result<CudaTensor> {
+        let _span = tracing::trace_span!("kernel", op = "gather_rows").entered();
+        // A row gather is an embedding lookup with `x` as the table.
+        let n = step.num_logits;
+        let mut out = self.empty("gather_rows", n, x.cols)?;
+        let rows = step.bufs().logits_indices.slice(0..n);
+        self.gpu
+            .kernels
+            .embedding
+            .embedding(
+                &self.gpu.stream,
+                &mut out.view_bf16_mut("gather_rows")?,
+                &rows,
+                &x.view_bf16("gather_rows")?,
+                x.cols,
+            )
+            .map_err(kernel("gather_rows"))?;
+        Ok(out)
+    }
+
+    fn kv_cache_budget(&self, engine: &EngineConfig, model: &ModelConfig) -> Result<usize> {
+        let (free, total) = self.memory()?;
+        let allowed = (total as f64 * engine.cache.gpu_memory_utilization as f64) as usize;
+        let used = total - free; // weights, kernels, the CUDA context, other processes
+        let activations = activation_bytes(model, engine);
+        allowed
+            .checked_sub(used + activations)
+            .filter(|&b| b > 0)
+            .ok_or_else(|| {
+                let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+                BackendError::OutOfMemory(format!(
+                    "no room for a KV cache: {:.2} GiB of {:.2} GiB allowed by \
+                     --gpu-memory-utilization {} are taken by the weights and the context ({:.2} \
+                     GiB) and activations ({:.2} GiB); raise --gpu-memory-utilization or lower \
+                     --max-num-batched-tokens / --max-num-seqs",
+                    gib(used + activations),
+                    gib(allowed),
+                    engine.cache.gpu_memory_utilization,
+                    gib(used),
+                    gib(activations)
+                ))
+            })
+    }
+
+    fn run_step(
+        &self,
+        step: &CudaStepMetadata,
+        forward: &mut dyn FnMut() -> Result<CudaTensor>,
+        _host_sample: SampleFn, // sampling runs in a kernel with the same draw
+    ) -> Result<ModelRunnerOutput> {
+        let rows = step.sample_rows();
+        let wants_logits = rows.iter().any(|r| r.output_logits);
+        let mut sampled = step.bufs().sampled.lock().map_err(|_| poisoned())?;
+        let mut logits_host = None;
+        let mut run = || -> Result<()> {
+            let logits = forward()?; // [num_logits, vocab]
+            self.sample_into(&logits, step, &mut sampled)?;
+            if wants_logits {
+                logits_host = Some((self.download(&logits)?, logits.cols));
+            }
+            Ok(())
+        };
+        let graphable = step.is_decode && !wants_logits && !self.capture_sizes.is_empty();
+        if graphable && self.capture_sizes.contains(&step.num_seqs) {
+            let key = GraphKey {
+                num_seqs: step.num_seqs,
+                num_partitions: num_partitions(step.max_seq_len),
+            };
+            let generation = step.bufs().generation;
+            let mut graphs = self.graphs.lock().map_err(|_| poisoned())?;
+            graphs.run(&self.gpu.stream, key, generation, &mut run)?;
+        } else {
+            run()?;
+        }
+        let ids = self
+            .gpu
+            .stream
+            .clone_dtoh(&sampled.slice(0..rows.len()))
+            .map_err(|e| device("read sampled ids", e))?;
+        let mut output = ModelRunnerOutput {
+            sampled_token_ids: ids,
+            logits: Vec::with_capacity(rows.len()),
+        };
+        for (i, r) in rows.iter().enumerate() {
+            let row = match (&logits_host, r.output_logits) {
+                (Some((all, vocab)), true) => Some(all[i * vocab..(i + 1) * vocab].to_vec()),
+                _ => None,
+            };
+            output.logits.push(row);
+        }
+        Ok(output)
+    }
+}
+
+fn poisoned() -> BackendError {
+    BackendError::shape("cuda backend", "a previous step panicked holding a lock")
+}
