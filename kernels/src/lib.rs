@@ -65,6 +65,45 @@ pub fn gpu_available() -> Result<()> {
     Ok(())
 }
 
+/// The oldest GPU generation the kernels run on: they are compiled to PTX for sm_90 (Hopper;
+/// `cp.async`, bf16 `mma.sync`), which newer GPUs can JIT but older ones cannot run.
+pub const MIN_COMPUTE_CAPABILITY: (i32, i32) = (9, 0);
+
+/// Checks that GPU `ordinal` exists and is new enough for the kernels ([`MIN_COMPUTE_CAPABILITY`]).
+/// Calls [`gpu_available`] first, so it never panics on a machine without a driver.
+pub fn check_device(ordinal: usize) -> Result<()> {
+    gpu_available()?;
+    let count = CudaContext::device_count()
+        .map_err(|e| KernelError::Unavailable(format!("driver found, but {e}")))?;
+    if ordinal >= count as usize {
+        return Err(KernelError::Unavailable(format!(
+            "driver found, {count} device(s), asked for device {ordinal}"
+        )));
+    }
+    let dev = cudarc::driver::result::device::get(ordinal as i32)?;
+    use cudarc::driver::sys::CUdevice_attribute as A;
+    // SAFETY: `dev` was returned by `device::get` just above.
+    let (major, minor) = unsafe {
+        (
+            cudarc::driver::result::device::get_attribute(
+                dev,
+                A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+            )?,
+            cudarc::driver::result::device::get_attribute(
+                dev,
+                A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+            )?,
+        )
+    };
+    if (major, minor) < MIN_COMPUTE_CAPABILITY {
+        let (want_major, want_minor) = MIN_COMPUTE_CAPABILITY;
+        return Err(KernelError::Unavailable(format!(
+            "GPU {ordinal} is sm_{major}{minor}; the kernels need sm_{want_major}{want_minor} (Hopper) or newer"
+        )));
+    }
+    Ok(())
+}
+
 /// Every kernel of the crate, compiled and loaded into one context.
 #[derive(Debug, Clone)]
 pub struct Kernels {
@@ -134,16 +173,7 @@ impl Gpu {
     /// Opens GPU `ordinal` and compiles the kernels. Without a driver or device:
     /// [`KernelError::Unavailable`] (no panic).
     pub fn open(ordinal: usize) -> Result<Self> {
-        gpu_available()?;
-        match CudaContext::device_count() {
-            Ok(n) if n as usize > ordinal => {}
-            Ok(n) => {
-                return Err(KernelError::Unavailable(format!(
-                    "driver found, {n} device(s), asked for device {ordinal}"
-                )))
-            }
-            Err(e) => return Err(KernelError::Unavailable(format!("driver found, but {e}"))),
-        }
+        check_device(ordinal)?;
         let ctx = CudaContext::new(ordinal)?;
         // SAFETY: everything this crate and the engine launch goes to the one stream made
         // below, in program order, so no buffer needs cudarc's cross-stream events (which would

@@ -56,18 +56,19 @@ impl Device {
     pub fn resolve(self) -> Result<Device> {
         match self {
             Device::Cpu => Ok(Device::Cpu),
-            Device::Cuda(n) => match cuda_device_count() {
-                Ok(count) if n < count => Ok(Device::Cuda(n)),
-                Ok(count) => Err(EngineError::InvalidArgument(format!(
-                    "--device cuda:{n}: this machine has {count} CUDA device(s); use --device cpu"
+            Device::Cuda(n) => match (cuda_device_count(), check_gpu(n)) {
+                (Ok(count), _) if n >= count => Err(EngineError::InvalidArgument(format!(
+                    "--device {self}: this machine has {count} CUDA device(s); use --device cpu"
                 ))),
-                Err(why) => Err(EngineError::InvalidArgument(format!(
+                (_, Ok(())) => Ok(Device::Cuda(n)),
+                (_, Err(why)) => Err(EngineError::InvalidArgument(format!(
                     "--device {self}: no usable GPU: {why}; use --device cpu"
                 ))),
             },
-            Device::Auto => Ok(match cuda_device_count() {
-                Ok(count) if count > 0 => Device::Cuda(0),
-                _ => Device::Cpu,
+            // A GPU the kernels cannot run on (too old) is not "usable": the CPU it is.
+            Device::Auto => Ok(match check_gpu(0) {
+                Ok(()) => Device::Cuda(0),
+                Err(_) => Device::Cpu,
             }),
         }
     }
@@ -79,6 +80,11 @@ fn cuda_device_count() -> std::result::Result<usize, String> {
     kernels::cudarc::driver::CudaContext::device_count()
         .map(|n| n as usize)
         .map_err(|e| format!("the driver reports {e}"))
+}
+
+/// Whether GPU `n` can run the kernels (exists, new enough), or why not.
+fn check_gpu(n: usize) -> std::result::Result<(), String> {
+    kernels::check_device(n).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]
