@@ -4,72 +4,26 @@
 //! GEMM ceiling of docs/gpu.md.
 //!
 //! Run on the GPU machine: `kernel_bench` (built by `scripts/gpu-check.sh build`).
-//! Method: random data (never zeros), buffers far larger than the 50 MB L2, 5 warm-up
-//! launches, then 20 launches each between two CUDA events; the median is reported.
-//! Bytes counted are the bytes a kernel must move at minimum (reads + writes).
-
-use std::sync::Arc;
+//! Method (`kernels::roofline`, which also measures the copy and the 8192³ GEMM): random data
+//! (never zeros), buffers far larger than the 50 MB L2, 5 warm-up launches, then 20 launches
+//! each between two CUDA events; the median is reported. Bytes counted are the bytes a kernel
+//! must move at minimum (reads + writes).
 
 use anyhow::{bail, Result};
-use half::bf16;
-use kernels::cudarc::driver::{sys, CudaSlice, CudaStream};
 use kernels::linear::Linear;
 use kernels::paged_attention::{DecodeShape, SplitKWorkspace, D128_STAGES};
 use kernels::prefill_attention::{PrefillShape, BLOCK_MS};
+use kernels::roofline::{self, random_bf16, uninit_bf16, REPS, WARMUP};
 use kernels::Gpu;
 
-const WARMUP: usize = 5;
-const REPS: usize = 20;
 /// bf16 GEMM 8192³ on the H200 through PyTorch (docs/gpu.md): the tensor-core ceiling that
-/// prefill attention's and `linear`'s TFLOP/s are compared with (`linear` 8192³ below measures
-/// the same GEMM through our cuBLAS call, in the same run).
+/// prefill attention's and `linear`'s TFLOP/s are compared with (`linear` 8192³, the first
+/// TFLOP/s row, is the same GEMM through our cuBLAS call, measured by `kernels::roofline`).
 const BF16_GEMM_TFLOPS: f64 = 771.0;
 
-/// Median milliseconds of `f` over REPS timed launches.
-fn time_ms(gpu: &Gpu, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
-    for _ in 0..WARMUP {
-        f()?;
-    }
-    let flags = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
-    let mut times = Vec::with_capacity(REPS);
-    for _ in 0..REPS {
-        let (start, end) = (gpu.ctx.new_event(flags)?, gpu.ctx.new_event(flags)?);
-        start.record(&gpu.stream)?;
-        f()?;
-        end.record(&gpu.stream)?;
-        times.push(start.elapsed_ms(&end)? as f64);
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[REPS / 2])
-}
-
-/// `n` random bf16 values: a 32 MiB random chunk uploaded once, then tiled on the device.
-fn random_bf16(stream: &Arc<CudaStream>, n: usize, seed: u64) -> Result<CudaSlice<bf16>> {
-    let chunk = n.min(16 << 20);
-    let mut x = seed | 1;
-    let host: Vec<bf16> = (0..chunk)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            bf16::from_f32(((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 4.0)
-        })
-        .collect();
-    let src = stream.clone_htod(&host)?;
-    let mut buf = unsafe_alloc(stream, n)?;
-    let mut at = 0;
-    while at < n {
-        let len = chunk.min(n - at);
-        stream.memcpy_dtod(&src.slice(..len), &mut buf.slice_mut(at..at + len))?;
-        at += len;
-    }
-    Ok(buf)
-}
-
-fn unsafe_alloc(stream: &Arc<CudaStream>, n: usize) -> Result<CudaSlice<bf16>> {
-    // SAFETY: every element is written (tiled copies or the kernel under test) before it is
-    // read back; bf16 has no invalid bit patterns.
-    Ok(unsafe { stream.alloc::<bf16>(n) }?)
+/// Median milliseconds of `f` (see `roofline::time_ms`).
+fn time_ms(gpu: &Gpu, f: impl FnMut() -> Result<()>) -> Result<f64> {
+    roofline::time_ms(&gpu.ctx, &gpu.stream, f)
 }
 
 /// `0..n` in a shuffled order (Fisher-Yates driven by a 64-bit LCG whose state `x` carries
@@ -100,7 +54,6 @@ fn main() -> Result<()> {
     };
     let s = &gpu.stream;
     let k = &gpu.kernels;
-    let name = gpu.ctx.name()?;
     let mut rows: Vec<Row> = Vec::new();
     let mut push = |kernel: &str, size: String, ms: f64, bytes: f64| {
         let gbs = bytes / (ms * 1e-3) / 1e9;
@@ -113,43 +66,42 @@ fn main() -> Result<()> {
         });
     };
 
-    // Device-to-device copy, 1 GiB: the ceiling the others are measured against.
-    let n = 1usize << 29; // bf16 elements = 1 GiB
-    let src = random_bf16(s, n, 1)?;
-    let mut dst = unsafe_alloc(s, n)?;
-    let ms = time_ms(&gpu, || Ok(s.memcpy_dtod(&src, &mut dst)?))?;
-    push("copy (d2d)", "1 GiB".into(), ms, 2.0 * (n * 2) as f64);
-    drop((src, dst));
+    // The ceilings (kernels::roofline): device-to-device copy, 1 GiB, which the others'
+    // GB/s are measured against; linear (cuBLAS bf16) at 8192³ in TFLOP/s.
+    let ceilings = roofline::measure_on(&gpu.ctx, s)?;
+    push(
+        "copy (d2d)",
+        "1 GiB".into(),
+        ceilings.copy_ms,
+        roofline::COPY_BYTES as f64 * 2.0,
+    );
+    let g = roofline::GEMM_SIZE;
+    let size = format!("[{g}, {g}] x [{g}, {g}]^T bf16");
+    let (ms, tflops) = (ceilings.gemm_ms, ceilings.gemm_tflop_s);
+    println!(
+        "{:<28} {size:<44} {ms:>9.4} ms {tflops:>8.1} TFLOP/s",
+        "linear"
+    );
+    let mut flop_rows: Vec<(String, String, f64, f64)> = vec![("linear".into(), size, ms, tflops)];
 
     // linear (cuBLAS bf16): a decode-shaped GEMM, 16 tokens x 8192 -> 8192 (gpu.md: 0.049 ms,
     // 2722 GB/s through PyTorch). GB/s counts the weights only (128 MiB; x and out are 0.5 MiB).
     let lin = Linear::new(s, 16)?;
-    let mut flop_rows: Vec<(String, String, f64, f64)> = Vec::new();
-    for (m, n, kk) in [(16usize, 8192usize, 8192usize), (8192, 8192, 8192)] {
-        let (x, w) = (random_bf16(s, m * kk, 20)?, random_bf16(s, n * kk, 21)?);
-        let mut out = unsafe_alloc(s, m * n)?;
-        let ms = time_ms(&gpu, || {
-            Ok(lin.forward(&mut out.as_view_mut(), &x.as_view(), &w.as_view(), None, m)?)
-        })?;
-        let size = format!("[{m}, {kk}] x [{n}, {kk}]^T bf16");
-        if m == 16 {
-            push("linear (decode, weights)", size, ms, (n * kk * 2) as f64);
-        } else {
-            let tflops = 2.0 * (m * n * kk) as f64 / (ms * 1e-3) / 1e12;
-            println!(
-                "{:<28} {size:<44} {ms:>9.4} ms {tflops:>8.1} TFLOP/s",
-                "linear"
-            );
-            flop_rows.push(("linear".into(), size, ms, tflops));
-        }
-    }
-    drop(lin);
+    let (m, n, kk) = (16usize, 8192usize, 8192usize);
+    let (x, w) = (random_bf16(s, m * kk, 20)?, random_bf16(s, n * kk, 21)?);
+    let mut out = uninit_bf16(s, m * n)?;
+    let ms = time_ms(&gpu, || {
+        Ok(lin.forward(&mut out.as_view_mut(), &x.as_view(), &w.as_view(), None, m)?)
+    })?;
+    let size = format!("[{m}, {kk}] x [{n}, {kk}]^T bf16");
+    push("linear (decode, weights)", size, ms, (n * kk * 2) as f64);
+    drop((lin, x, w, out));
 
     // RMSNorm: 32768 tokens x 4096 (the size gpu.md's naive figure used).
     let (t, h) = (32768usize, 4096usize);
     let x = random_bf16(s, t * h, 2)?;
     let w = random_bf16(s, h, 3)?;
-    let mut out = unsafe_alloc(s, t * h)?;
+    let mut out = uninit_bf16(s, t * h)?;
     let ms = time_ms(&gpu, || {
         Ok(k.rms_norm
             .rms_norm(s, &mut out.as_view_mut(), &x.as_view(), &w.as_view(), 1e-5)?)
@@ -185,7 +137,7 @@ fn main() -> Result<()> {
         .collect();
     let dslots = s.clone_htod(&slots)?;
     let (key, value) = (random_bf16(s, t * row, 5)?, random_bf16(s, t * row, 6)?);
-    let (mut kc, mut vc) = (unsafe_alloc(s, t * row)?, unsafe_alloc(s, t * row)?);
+    let (mut kc, mut vc) = (uninit_bf16(s, t * row)?, uninit_bf16(s, t * row)?);
     let ms = time_ms(&gpu, || {
         let (kcv, vcv) = (&mut kc.as_view_mut(), &mut vc.as_view_mut());
         let (kv, vv) = (&key.as_view(), &value.as_view());
@@ -214,7 +166,7 @@ fn main() -> Result<()> {
         let kv_len = num_blocks * bs * nkv * d;
         let (kc, vc) = (random_bf16(s, kv_len, 8)?, random_bf16(s, kv_len, 9)?);
         let q = random_bf16(s, seqs * nh * d, 10)?;
-        let mut out = unsafe_alloc(s, seqs * nh * d)?;
+        let mut out = uninit_bf16(s, seqs * nh * d)?;
         let (dt, dl) = (
             s.clone_htod(&tables)?,
             s.clone_htod(&vec![ctx_len as u32; seqs])?,
@@ -277,7 +229,7 @@ fn main() -> Result<()> {
         let kv_len = num_blocks * bs * nkv * d;
         let (kc, vc) = (random_bf16(s, kv_len, 11)?, random_bf16(s, kv_len, 12)?);
         let q = random_bf16(s, seqs * n * nh * d, 13)?;
-        let mut out = unsafe_alloc(s, seqs * n * nh * d)?;
+        let mut out = uninit_bf16(s, seqs * n * nh * d)?;
         let qsl: Vec<u32> = (0..=seqs as u32).map(|i| i * n as u32).collect();
         let (dt, dl, dqsl) = (
             s.clone_htod(&tables)?,
@@ -323,7 +275,10 @@ fn main() -> Result<()> {
     }
 
     let copy = rows[0].gbs;
-    println!("\nkernel_bench on {name}: median of {REPS} after {WARMUP} warm-up, CUDA events");
+    println!(
+        "\nkernel_bench on {}: median of {REPS} after {WARMUP} warm-up, CUDA events",
+        ceilings.device_name
+    );
     println!("| kernel | size | ms | GB/s | of copy |");
     println!("| --- | --- | ---: | ---: | ---: |");
     for r in &rows {

@@ -18,6 +18,7 @@
 //!   split_columns.rs      fused qkv output → q, k, v
 //!   sampling.rs           argmax, and temperature/top-k/top-p with a Philox draw, on the device
 //! error.rs                KernelError: every wrapper returns Result; cudarc errors mapped
+//! roofline.rs             the ceilings the kernels are compared with: copy GB/s, GEMM TFLOP/s
 //! ```
 //! Layouts and metadata mean what they mean on the CPU: the KV cache is
 //! `[num_blocks, block_size, num_kv_heads, head_dim]` per layer, a slot is a row of it, and
@@ -37,6 +38,7 @@ pub mod paged_attention;
 pub mod prefill_attention;
 pub mod reshape_and_cache;
 pub mod rms_norm;
+pub mod roofline;
 pub mod rotary_embedding;
 pub mod sampling;
 pub mod silu_and_mul;

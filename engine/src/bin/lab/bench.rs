@@ -11,6 +11,10 @@
 //! Ceilings: a batch-1 decode step reads every weight once, so memory bandwidth (measured
 //! here by streaming a large buffer) over weight bytes bounds tokens/s; prefill is bound by
 //! arithmetic, 2 FLOPs per weight per token, against `--peak-gflops`.
+//!
+//! On a GPU the ceilings are measured on it first (`roofline`: copy bandwidth, bf16 GEMM
+//! TFLOP/s), the weights are bf16, and every row's ceiling is the roofline's
+//! `min(tokens a step makes × bandwidth / weight bytes, GEMM FLOP/s / (2 · weights))`.
 
 use std::time::Instant;
 
@@ -20,6 +24,8 @@ use rayon::prelude::*;
 
 use crate::serving_bench::ServingArgs;
 use crate::ModelArgs;
+
+pub mod roofline;
 
 /// What `lab bench` measures.
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
@@ -73,24 +79,48 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     let mut config = args.model.engine_config();
+    let device = config.device.resolve()?;
+    let gpu = roofline::measure(device)?; // before the engine takes the GPU's memory
     config.scheduler.max_num_batched_tokens = config.scheduler.max_num_batched_tokens.max(1024);
     let model = args.model.load()?;
     let c = model.config.clone();
     let mut engine = LLMEngine::new(model, config)?;
 
     let weight_params = weight_params(&c);
-    let weight_bytes = weight_params as f64 * 4.0;
-    let bandwidth = measure_read_bandwidth();
-    let decode_ceiling = bandwidth / weight_bytes; // steps per second at batch 1
-    let prefill_ceiling = args.peak_gflops * 1e9 / (2.0 * weight_params as f64);
-    eprintln!(
-        "model {} ({:.0} M weights, {:.0} MB f32), {} threads, read bandwidth {:.1} GB/s",
-        args.model.model,
-        weight_params as f64 / 1e6,
-        weight_bytes / 1e6,
-        rayon::current_num_threads(),
-        bandwidth / 1e9
-    );
+    let (decode_ceiling, prefill_ceiling) = match &gpu {
+        None => {
+            let weight_bytes = weight_params as f64 * 4.0;
+            let bandwidth = measure_read_bandwidth();
+            eprintln!(
+                "model {} ({:.0} M weights, {:.0} MB f32), {} threads, read bandwidth {:.1} GB/s",
+                args.model.model,
+                weight_params as f64 / 1e6,
+                weight_bytes / 1e6,
+                rayon::current_num_threads(),
+                bandwidth / 1e9
+            );
+            (
+                bandwidth / weight_bytes, // steps per second at batch 1
+                args.peak_gflops * 1e9 / (2.0 * weight_params as f64),
+            )
+        }
+        Some(ceilings) => {
+            let weight_bytes = roofline::weight_bytes_read(&c);
+            eprintln!(
+                "model {} ({:.0} M weights, {:.0} MB bf16 read per decode step), on {device}",
+                args.model.model,
+                weight_params as f64 / 1e6,
+                weight_bytes / 1e6,
+            );
+            (
+                ceilings.copy_gb_s * 1e9 / weight_bytes,
+                ceilings.gemm_tflop_s * 1e12 / (2.0 * weight_params as f64),
+            )
+        }
+    };
+    // Steps per second bound by memory, times tokens a step makes, against the compute bound.
+    let roof =
+        |tokens_per_step: usize| (tokens_per_step as f64 * decode_ceiling).min(prefill_ceiling);
 
     let mut rows = Vec::new();
     for (name, batch, len) in [("prefill b=1 x512", 1, 512), ("prefill b=8 x128", 8, 128)] {
@@ -100,12 +130,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         rows.push(Row {
             name,
             tokens_per_s: (batch * len) as f64 / best,
-            ceiling: prefill_ceiling,
+            ceiling: if gpu.is_some() {
+                roof(batch * len)
+            } else {
+                prefill_ceiling
+            },
         });
     }
     for (name, batch) in [("decode b=1", 1), ("decode b=8", 8)] {
         let best = best_of(args.runs, || decode_time(&mut engine, batch, c.vocab_size))?;
-        let ceiling = if batch == 1 {
+        let ceiling = if gpu.is_some() {
+            roof(batch)
+        } else if batch == 1 {
             decode_ceiling
         } else {
             prefill_ceiling
@@ -130,14 +166,32 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             100.0 * r.tokens_per_s / r.ceiling
         );
     }
-    println!(
-        "(decode b=1 ceiling: bandwidth / weight bytes; others: {} GFLOP/s / 2·weights)",
-        args.peak_gflops
-    );
+    match &gpu {
+        None => println!(
+            "(decode b=1 ceiling: bandwidth / weight bytes; others: {} GFLOP/s / 2·weights)",
+            args.peak_gflops
+        ),
+        Some(g) => println!(
+            "(ceiling: min(tokens a step makes × {:.0} GB/s / bf16 weight bytes, {:.1} TFLOP/s / \
+             2·weights), the copy and GEMM measured above)",
+            g.copy_gb_s, g.gemm_tflop_s
+        ),
+    }
     if args.json {
         let v: Vec<_> = rows
             .iter()
-            .map(|r| serde_json::json!({"workload": r.name, "tokens_per_s": r.tokens_per_s, "ceiling": r.ceiling}))
+            .map(|r| {
+                let mut row = serde_json::json!({
+                    "workload": r.name,
+                    "tokens_per_s": r.tokens_per_s,
+                    "ceiling": r.ceiling,
+                    "device": device.to_string(),
+                });
+                if let Some(g) = &gpu {
+                    row["ceilings"] = roofline::json(g);
+                }
+                row
+            })
             .collect();
         println!("{}", serde_json::to_string(&v)?);
     }

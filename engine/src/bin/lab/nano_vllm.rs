@@ -76,6 +76,8 @@ pub struct ServingResult {
     pub tpot_s: Vec<f64>,
     pub steps: usize,
     pub preemptions: usize,
+    /// Tokens the steps processed (prompts, decodes, and prompts recomputed after preemption).
+    pub batched_tokens: usize,
 }
 
 /// Submits every request at t = 0 and steps until all are done.
@@ -154,6 +156,7 @@ pub fn run(engine: &mut LLMEngine, w: &Workload) -> anyhow::Result<ServingResult
         tpot_s,
         steps: engine.stats.num_steps - before.num_steps,
         preemptions: engine.stats.num_preemptions - before.num_preemptions,
+        batched_tokens: engine.stats.num_batched_tokens - before.num_batched_tokens,
     })
 }
 

@@ -4,10 +4,15 @@
 //! figure (`decode_b1`) on the same engine; `decode-b1` runs only the latter. The report's
 //! JSON keys are the ones `scripts/bench_transformers_gpu.py` prints, so the two compare
 //! field by field.
+//!
+//! On a GPU the ceilings are measured first (`bench::roofline`) and each figure is also given
+//! against them: batch-1 decode as GB/s read (% of copy), the workload as the linear layers'
+//! TFLOP/s (% of the GEMM) and decode attention's KV-cache reads in GB/s (extra JSON keys).
 
 use clap::Args;
 use engine::LLMEngine;
 
+use crate::bench::roofline;
 use crate::nano_vllm::{percentile, ServingResult};
 use crate::{decode_b1, nano_vllm, ModelArgs};
 
@@ -51,8 +56,11 @@ pub fn run(
         "--limit {limit} must be between 1 and --num-requests ({n})"
     );
     let config = model.engine_config();
+    let device = config.device.resolve()?;
+    let gpu = roofline::measure(device)?; // before the engine takes the GPU's memory
     let mut engine = LLMEngine::new(model.load()?, config)?;
     let vocab = engine.model_config().vocab_size;
+    let c = engine.model_config().clone();
     eprintln!(
         "model {} ({} layers, vocab {vocab}), {} KV blocks of {}, max {} seqs and {} tokens a step",
         model.model,
@@ -70,7 +78,11 @@ pub fn run(
         "engine": "inference-lab",
         "workload": if decode_only { "decode-b1" } else { "nano-vllm" },
         "model": model.model,
+        "device": device.to_string(),
     });
+    if let Some(g) = &gpu {
+        report["ceilings"] = roofline::json(g);
+    }
     if !decode_only {
         let mut w = nano_vllm::workload(n, args.max_input_len, args.max_output_len);
         w.prompts.truncate(limit);
@@ -82,6 +94,39 @@ pub fn run(
         report["max_num_seqs"] = engine.config.scheduler.max_num_seqs.into();
         report["max_num_batched_tokens"] = engine.config.scheduler.max_num_batched_tokens.into();
         report["num_kv_blocks"] = engine.num_kv_blocks.into();
+        report["batched_tokens"] = r.batched_tokens.into();
+        if let Some(g) = &gpu {
+            // Linear layers: every processed token through the projections, every output token
+            // through the LM head. Decode attention: each output token after the first reads
+            // its request's whole context.
+            let flops = roofline::linear_flops(&c, r.batched_tokens, r.output_tokens);
+            let tflop_s = flops / r.wall_s / 1e12;
+            let context: f64 = w
+                .prompts
+                .iter()
+                .zip(&w.max_tokens)
+                .map(|(p, &m)| roofline::decode_context_tokens(p.len(), m))
+                .sum();
+            let kv_bytes = context * roofline::kv_bytes_per_token(&c);
+            let (kv_gb_s, kv_pct) = roofline::gb_s(kv_bytes, r.wall_s, g);
+            println!(
+                "  linear layers: {tflop_s:.1} TFLOP/s, {:.1}% of the GEMM ceiling (2 × projection \
+                 weights × {} tokens processed + 2 × LM head × {} sampled; attention excluded)",
+                100.0 * tflop_s / g.gemm_tflop_s,
+                r.batched_tokens,
+                r.output_tokens
+            );
+            println!(
+                "  decode attention: {:.1} GB of KV cache read, {kv_gb_s:.0} GB/s over the whole \
+                 run ({kv_pct:.1}% of copy)",
+                kv_bytes / 1e9
+            );
+            report["linear_tflop_s"] = tflop_s.into();
+            report["linear_of_gemm"] = (tflop_s / g.gemm_tflop_s).into();
+            report["decode_kv_bytes"] = kv_bytes.into();
+            report["decode_kv_gb_s"] = kv_gb_s.into();
+            report["decode_kv_of_copy"] = (kv_pct / 100.0).into();
+        }
     }
     let ms = decode_b1::ms_per_token(&mut engine, runs)?;
     println!(
@@ -91,6 +136,25 @@ pub fn run(
         decode_b1::PROMPT_LEN
     );
     report["decode_b1_ms_per_token"] = ms.into();
+    if let Some(g) = &gpu {
+        // Bytes a decode token reads: the bf16 weights, and K and V of its context, which
+        // grows from PROMPT_LEN + 1 to PROMPT_LEN + DECODE_STEPS over the timed steps.
+        let (prompt, steps) = (decode_b1::PROMPT_LEN, decode_b1::DECODE_STEPS);
+        let context = roofline::decode_context_tokens(prompt, 1 + steps) / steps as f64;
+        let weights = roofline::weight_bytes_read(&c);
+        let kv = context * roofline::kv_bytes_per_token(&c);
+        let (gb_s, pct) = roofline::gb_s(weights + kv, ms * 1e-3, g);
+        println!(
+            "  {:.1} MB read per token ({:.1} MB bf16 weights + {:.2} MB KV at a mean context of \
+             {context}): {gb_s:.0} GB/s, {pct:.1}% of copy",
+            (weights + kv) / 1e6,
+            weights / 1e6,
+            kv / 1e6
+        );
+        report["decode_b1_bytes_per_token"] = (weights + kv).into();
+        report["decode_b1_gb_s"] = gb_s.into();
+        report["decode_b1_of_copy"] = (pct / 100.0).into();
+    }
     if json {
         println!("{report}");
     }
