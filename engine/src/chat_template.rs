@@ -69,6 +69,15 @@ impl ChatTemplate {
         Ok(source.map(|s| ChatTemplate::new(s, token("bos_token"), token("eos_token"))))
     }
 
+    /// The `tokenizer_config.json` that [`ChatTemplate::from_dir`] reads back as this template.
+    pub fn tokenizer_config_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "chat_template": self.source,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+        })
+    }
+
     // ANCHOR: apply_chat_template
     /// Renders `messages`, ending with the assistant's turn opener when
     /// `add_generation_prompt` is set (as transformers' `apply_chat_template(tokenize=False)`).

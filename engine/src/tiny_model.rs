@@ -92,55 +92,16 @@ pub fn tiny_tokenizer() -> Tokenizer {
     tok
 }
 
-/// Writes the tiny model as a Hugging Face directory (`config.json`, `model.safetensors`,
-/// `tokenizer.json`, `tokenizer_config.json`): the smallest real model directory, for tests
-/// of the loaders and for looking at what such a directory holds.
+/// Writes the tiny model as a Hugging Face directory (`config.json`, `generation_config.json`,
+/// f32 `model.safetensors`, `tokenizer.json`, `tokenizer_config.json`) at `dir`, which must
+/// not exist yet: the smallest real model directory, for tests of the loaders and for looking
+/// at what such a directory holds.
 pub fn write_tiny_model_dir(dir: &std::path::Path, seed: u64) -> crate::Result<()> {
-    use crate::error::EngineError;
-    let io = |e: std::io::Error| EngineError::Io(format!("cannot write {}: {e}", dir.display()));
-    std::fs::create_dir_all(dir).map_err(io)?;
-    let c = tiny_config();
-    let config = serde_json::json!({
-        "architectures": [c.architecture], "model_type": "llama",
-        "hidden_size": c.hidden_size, "intermediate_size": c.intermediate_size,
-        "num_hidden_layers": c.num_hidden_layers, "num_attention_heads": c.num_attention_heads,
-        "num_key_value_heads": c.num_key_value_heads, "head_dim": c.head_dim,
-        "vocab_size": c.vocab_size, "max_position_embeddings": c.max_position_embeddings,
-        "rope_theta": c.rope_theta, "rms_norm_eps": c.rms_norm_eps, "hidden_act": "silu",
-        "tie_word_embeddings": c.tie_word_embeddings, "bos_token_id": c.bos_token_id,
-        "eos_token_id": c.eos_token_ids[0], "torch_dtype": "float32",
-    });
-    let tok_config = serde_json::json!({
-        "chat_template": TINY_CHAT_TEMPLATE, "bos_token": SPECIAL_TOKENS[1],
-        "eos_token": SPECIAL_TOKENS[2], "add_bos_token": false,
-    });
-    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("JSON value");
-    std::fs::write(dir.join("config.json"), pretty(&config)).map_err(io)?;
-    std::fs::write(dir.join("tokenizer_config.json"), pretty(&tok_config)).map_err(io)?;
-    std::fs::write(dir.join("tokenizer.json"), tiny_tokenizer_json()).map_err(io)?;
-
-    let named = crate::model_executor::random_weights::random_named_tensors(&c, seed);
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = named
-        .into_iter()
-        .map(|(name, t)| {
-            let shape = if t.rows == 1 {
-                vec![t.cols]
-            } else {
-                vec![t.rows, t.cols]
-            };
-            (
-                name,
-                shape,
-                t.data.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            )
-        })
-        .collect();
-    let views = bytes.iter().map(|(name, shape, data)| {
-        let view =
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), data)
-                .expect("shape matches data");
-        (name.clone(), view)
-    });
-    safetensors::tensor::serialize_to_file(views, None, &dir.join("model.safetensors"))
-        .map_err(|e| EngineError::Io(format!("cannot write model.safetensors: {e}")))
+    use crate::model_loader::hf_writer::{save_model, DiskDtype};
+    use crate::model_source::{load_model, ModelSpec};
+    save_model(
+        load_model(&ModelSpec::Tiny, false, seed)?,
+        DiskDtype::F32,
+        dir,
+    )
 }

@@ -45,6 +45,13 @@ impl Tokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// The tokenizer as `tokenizer.json` text (what [`Tokenizer::from_json_bytes`] reads back).
+    pub fn to_json(&self) -> Result<String> {
+        self.inner
+            .to_string(false)
+            .map_err(|e| EngineError::Tokenizer(format!("cannot serialize the tokenizer: {e}")))
+    }
+
     /// Text of `ids`, optionally without special tokens.
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String> {
         self.inner

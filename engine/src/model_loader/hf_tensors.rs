@@ -244,11 +244,19 @@ pub fn write_safetensors(plan: Vec<PlannedTensor>, path: &Path) -> Result<(), Co
             },
         )
     });
-    // transformers refuses a safetensors file whose metadata does not say which framework wrote it.
-    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(views, Some(metadata), path)?;
+    serialize_for_pytorch(views, path)?;
     progress.finish_and_clear();
     error.take().map_or(Ok(()), Err)
+}
+
+/// Serializes `views` to `path` as a `model.safetensors` transformers accepts: it refuses a
+/// file whose metadata does not say which framework wrote it (`"format": "pt"`).
+pub fn serialize_for_pytorch<V: View>(
+    views: impl IntoIterator<Item = (String, V)>,
+    path: &Path,
+) -> Result<(), safetensors::SafeTensorError> {
+    let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
+    safetensors::serialize_to_file(views, Some(metadata), path)
 }
 
 #[cfg(test)]

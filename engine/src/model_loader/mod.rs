@@ -17,6 +17,11 @@
 //!
 //! Entry points: [`fetch_model::fetch_model`] (`lab fetch-model smollm2`) and
 //! [`gguf_to_hf::convert_gguf_to_hf`] (any Llama-family GGUF on disk).
+//!
+//! The other way, [`hf_writer::save_model`] writes a model the engine holds (random weights of
+//! a real shape, say) as a Hugging Face directory (`lab save-model`), for transformers to load;
+//! [`random_conditioning`] first rescales random weights so that such a model's greedy tokens
+//! depend on its whole context.
 pub mod dequant;
 pub mod fetch_model;
 pub mod gguf;
@@ -24,7 +29,9 @@ pub mod gguf_metadata;
 pub mod gguf_to_hf;
 pub mod gguf_tokenizer;
 pub mod hf_tensors;
+pub mod hf_writer;
 pub mod partial_dir;
+pub mod random_conditioning;
 pub mod wheel;
 
 #[cfg(test)]

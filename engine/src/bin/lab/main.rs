@@ -2,6 +2,7 @@
 //!
 //! - `lab generate` runs prompts through the engine (text or `--json`).
 //! - `lab fetch-model smollm2` downloads and converts the real model once.
+//! - `lab save-model` writes a model (random weights of a shape) as a Hugging Face directory.
 //! - `lab bench` measures prefill and decode throughput; `--workload nano-vllm` runs
 //!   nano-vllm's benchmark workload (throughput, TTFT, TPOT) and batch-1 decode.
 
@@ -10,6 +11,7 @@ mod decode_b1;
 mod generate;
 mod nano_vllm;
 mod py_random;
+mod save_model;
 mod serving_bench;
 
 use clap::{Args, Parser, Subcommand};
@@ -36,6 +38,8 @@ enum Command {
     },
     /// Measure prefill and decode throughput at batch 1 and 8, or a serving workload.
     Bench(bench::BenchArgs),
+    /// Write a model (e.g. random weights of a config's shape) as a Hugging Face directory.
+    SaveModel(save_model::SaveModelArgs),
 }
 
 /// Which model, and the engine's knobs: shared by `generate` and `bench`.
@@ -93,6 +97,7 @@ fn main() {
         Command::Generate(args) => generate::run(args),
         Command::FetchModel { name } => fetch_model(&name),
         Command::Bench(args) => bench::run(args),
+        Command::SaveModel(args) => save_model::run(args),
     };
     if let Err(e) = result {
         // One line: what was wrong, and the causes after colons.
