@@ -58,7 +58,8 @@ pub struct ModelArgs {
     /// Tokens per KV-cache block.
     #[arg(long, default_value_t = 16)]
     pub block_size: usize,
-    /// KV-cache blocks (default: as many as fit 1 GiB).
+    /// KV-cache blocks (default: as many as fit 1 GiB on the CPU; on a GPU, what
+    /// --gpu-memory-utilization leaves).
     #[arg(long)]
     pub num_kv_blocks: Option<usize>,
     /// Most sequences in one step.
@@ -67,6 +68,18 @@ pub struct ModelArgs {
     /// Token budget of one step (prefill chunks + decodes).
     #[arg(long, default_value_t = 2048)]
     pub max_num_batched_tokens: usize,
+    /// Where to run: cpu, cuda (cuda:N for GPU N), or auto (a GPU if one is usable, else the
+    /// CPU).
+    #[arg(long, default_value = "auto")]
+    pub device: engine::config::Device,
+    /// On a GPU, the fraction of its memory the engine may take; the KV cache gets what the
+    /// weights and activations leave (ignored with --num-kv-blocks).
+    #[arg(long, default_value_t = 0.9)]
+    pub gpu_memory_utilization: f32,
+    /// On a GPU, launch every kernel of every step instead of replaying decode steps as CUDA
+    /// graphs (slower; for debugging and for measuring what graphs save).
+    #[arg(long)]
+    pub enforce_eager: bool,
 }
 
 impl ModelArgs {
@@ -76,6 +89,9 @@ impl ModelArgs {
         c.cache.num_kv_blocks = self.num_kv_blocks;
         c.scheduler.max_num_seqs = self.max_num_seqs;
         c.scheduler.max_num_batched_tokens = self.max_num_batched_tokens;
+        c.device = self.device;
+        c.cache.gpu_memory_utilization = self.gpu_memory_utilization;
+        c.cuda_graphs = !self.enforce_eager;
         c
     }
 
