@@ -21,6 +21,21 @@ use kernels::Gpu;
 /// TFLOP/s row, is the same GEMM through our cuBLAS call, measured by `kernels::roofline`).
 const BF16_GEMM_TFLOPS: f64 = 771.0;
 
+/// Median milliseconds of one of `reps` launches of `f`, recorded once as a CUDA graph and
+/// replayed: the kernels' time on the GPU, without the host's launch cost (which, for kernels of
+/// a few microseconds, is what timing launches from the host measures). As in a decode step.
+fn graph_ms(gpu: &Gpu, reps: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    f()?; // warm-up (and any lazy setup) outside the capture
+    let s = &gpu.stream;
+    s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+    let recorded = (0..reps).try_for_each(|_| f());
+    let graph = s.end_capture(CUgraphInstantiate_flags(0))?;
+    recorded?;
+    let graph = graph.ok_or_else(|| anyhow::anyhow!("empty capture"))?;
+    Ok(time_ms(gpu, || Ok(graph.launch()?))? / reps as f64)
+}
+
 /// Median milliseconds of `f` (see `roofline::time_ms`).
 fn time_ms(gpu: &Gpu, f: impl FnMut() -> Result<()>) -> Result<f64> {
     roofline::time_ms(&gpu.ctx, &gpu.stream, f)
@@ -96,6 +111,36 @@ fn main() -> Result<()> {
     let size = format!("[{m}, {kk}] x [{n}, {kk}]^T bf16");
     push("linear (decode, weights)", size, ms, (n * kk * 2) as f64);
     drop((lin, x, w, out));
+
+    // Decode projections, 1, 4 and 8 tokens: our GEMV against cuBLAS on the same operands, at
+    // SmolLM2-135M's qkv and down, and Llama-3.2-1B's gate/up and LM head. GB/s = weights read.
+    // Timed inside a CUDA graph of 50 launches (graph_ms), as a decode step runs them.
+    const BACK_TO_BACK: usize = 50;
+    let lin = Linear::new(s, 8)?;
+    for (n, kk) in [
+        (960usize, 576usize),
+        (576, 1536),
+        (16384, 2048),
+        (128256, 2048),
+    ] {
+        let w = random_bf16(s, n * kk, 22)?;
+        for m in [1usize, 4, 8] {
+            let x = random_bf16(s, m * kk, 23)?;
+            let mut out = uninit_bf16(s, m * n)?;
+            let size = format!("[{m}, {kk}] x [{n}, {kk}]^T");
+            let ms = graph_ms(&gpu, BACK_TO_BACK, || {
+                let (o, xv, wv) = (&mut out.as_view_mut(), &x.as_view(), &w.as_view());
+                Ok(k.gemv.forward(s, o, xv, wv, None, m)?)
+            })?;
+            push("gemv", size.clone(), ms, (n * kk * 2) as f64);
+            let ms = graph_ms(&gpu, BACK_TO_BACK, || {
+                let (o, xv, wv) = (&mut out.as_view_mut(), &x.as_view(), &w.as_view());
+                Ok(lin.forward(o, xv, wv, None, m)?)
+            })?;
+            push("linear (cuBLAS, same)", size, ms, (n * kk * 2) as f64);
+        }
+    }
+    drop(lin);
 
     // RMSNorm: 32768 tokens x 4096 (the size gpu.md's naive figure used).
     let (t, h) = (32768usize, 4096usize);

@@ -14,6 +14,7 @@
 //!   prefill_attention.rs  attention for mixed batches (prefill, chunks, decode), tiled
 //!                         FlashAttention-2 style on tensor cores
 //!   linear.rs             every projection (qkv, o, gate/up, down, lm head): cuBLAS bf16 GEMM
+//!   gemv.rs               the same for 1..8 tokens (decode): a plain weight stream
 //!   silu_and_mul.rs       the MLP's activation
 //!   split_columns.rs      fused qkv output → q, k, v
 //!   sampling.rs           argmax, and temperature/top-k/top-p with a Philox draw, on the device
@@ -33,6 +34,7 @@
 pub mod compile;
 pub mod embedding;
 pub mod error;
+pub mod gemv;
 pub mod linear;
 pub mod paged_attention;
 pub mod prefill_attention;
@@ -118,13 +120,14 @@ pub struct Kernels {
     pub silu_and_mul: silu_and_mul::SiluAndMul,
     pub sampling: sampling::Sampling,
     pub split_columns: split_columns::SplitColumns,
+    pub gemv: gemv::Gemv,
 }
 
 impl Kernels {
     /// Compiles every `.cu` file, in parallel (NVRTC takes 0.05-0.3 s per file, and seconds for
     /// paged_attention's ten instantiations on a slow CPU), and loads them.
     pub fn load(ctx: &Arc<CudaContext>) -> Result<Self> {
-        const SOURCES: [(&str, &str); 9] = [
+        const SOURCES: [(&str, &str); 10] = [
             (embedding::FILE, embedding::SOURCE),
             (rms_norm::FILE, rms_norm::SOURCE),
             (rotary_embedding::FILE, rotary_embedding::SOURCE),
@@ -134,6 +137,7 @@ impl Kernels {
             (sampling::FILE, sampling::SOURCE),
             (prefill_attention::FILE, prefill_attention::SOURCE),
             (split_columns::FILE, split_columns::SOURCE),
+            (gemv::FILE, gemv::SOURCE),
         ];
         let ptx = std::thread::scope(|s| {
             let jobs: Vec<_> = SOURCES
@@ -158,6 +162,7 @@ impl Kernels {
             sampling: sampling::Sampling::load(&modules[6])?,
             prefill_attention: prefill_attention::PrefillAttention::load(&modules[7])?,
             split_columns: split_columns::SplitColumns::load(&modules[8])?,
+            gemv: gemv::Gemv::load(&modules[9])?,
         })
     }
 }

@@ -7,38 +7,10 @@
 //! dimension or a missing bias gives errors near 1, and an unwritten (NaN-poisoned) element NaN.
 mod common;
 
-use common::{assert_close, gpu_or_skip, poisoned, to_f64, Rng, BF16_BOUND};
+use common::{
+    assert_close, gpu_or_skip, linear_reference as reference, poisoned, to_f64, Rng, BF16_BOUND,
+};
 use kernels::linear::Linear;
-
-/// `out[t, j] = Σ_i x[t, i] · w[j, i] + bias[j]` in f64, rows split over the CPU's threads.
-fn reference(x: &[f64], w: &[f64], bias: Option<&[f64]>, m: usize, n: usize, k: usize) -> Vec<f64> {
-    let mut out = vec![0.0f64; m * n];
-    let threads = std::thread::available_parallelism().map_or(4, |p| p.get());
-    let rows_per = n.div_ceil(threads);
-    // Work in [n, m] so that each thread owns a contiguous range of weight rows.
-    let mut out_t = vec![0.0f64; n * m];
-    std::thread::scope(|s| {
-        for (c, chunk) in out_t.chunks_mut(rows_per * m).enumerate() {
-            s.spawn(move || {
-                for (r, o) in chunk.chunks_mut(m).enumerate() {
-                    let j = c * rows_per + r;
-                    let wr = &w[j * k..][..k];
-                    for (t, o) in o.iter_mut().enumerate() {
-                        let xr = &x[t * k..][..k];
-                        *o = xr.iter().zip(wr).map(|(a, b)| a * b).sum::<f64>()
-                            + bias.map_or(0.0, |b| b[j]);
-                    }
-                }
-            });
-        }
-    });
-    for (j, row) in out_t.chunks(m).enumerate() {
-        for (t, &v) in row.iter().enumerate() {
-            out[t * n + j] = v;
-        }
-    }
-    out
-}
 
 #[test]
 fn linear_matches_f64_reference() {

@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use half::bf16;
 use kernels::cudarc::driver::{CudaSlice, CudaStream};
+use kernels::gemv::Gemv;
 use kernels::paged_attention::{num_partitions, DecodeShape, SplitKWorkspace};
 use kernels::prefill_attention::PrefillShape;
 use kernels::sampling::RowParams;
@@ -314,15 +315,20 @@ impl Backend for CudaBackend {
         })?;
         let mut out = self.empty("linear", x.rows, w.rows)?;
         let bias = bias.map(|b| b.view_bf16("linear")).transpose()?;
-        self.linear
-            .forward(
-                &mut out.view_bf16_mut("linear")?,
-                &x.view_bf16("linear")?,
-                &w.view_bf16("linear")?,
-                bias.as_ref(),
-                x.rows,
-            )
-            .map_err(kernel("linear"))?;
+        let (o, xv, wv) = (
+            &mut out.view_bf16_mut("linear")?,
+            &x.view_bf16("linear")?,
+            &w.view_bf16("linear")?,
+        );
+        // A small decode batch through a small matrix streams the weights through our GEMV;
+        // cuBLAS takes the rest (measured: kernels/src/gemv.rs, `Gemv::preferred`).
+        let result = if Gemv::preferred(x.rows, w.rows, x.cols) {
+            let stream = &self.gpu.stream;
+            (self.gpu.kernels.gemv).forward(stream, o, xv, wv, bias.as_ref(), x.rows)
+        } else {
+            self.linear.forward(o, xv, wv, bias.as_ref(), x.rows)
+        };
+        result.map_err(kernel("linear"))?;
         Ok(out)
     }
 

@@ -1,0 +1,124 @@
+//! `y = x · Wᵀ (+ bias)` for 1 to [`MAX_TOKENS`] tokens: the projections of a small decode
+//! batch, where cuBLAS's tiled GEMMs cost several microseconds more than streaming the weights.
+//! Kernel: `cuda/gemv.cu`. Same contract and layout as [`crate::linear::Linear::forward`]
+//! (weights `[out_features, in_features]`, f32 sums rounded once to bf16), for the shapes
+//! [`Gemv::supports`] accepts; the engine uses cuBLAS for the rest.
+
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, DevicePtr, LaunchConfig,
+    PushKernelArg,
+};
+use half::bf16;
+
+use crate::error::{check_len, to_u32, KernelError, Result};
+
+pub(crate) const FILE: &str = "gemv.cu";
+pub(crate) const SOURCE: &str = include_str!("../cuda/gemv.cu");
+
+/// Most tokens one launch takes (the kernel keeps `tokens × rows` sums in registers).
+pub const MAX_TOKENS: usize = 8;
+/// Threads per block (`GEMV_THREADS` in the kernel).
+const THREADS: u32 = 256;
+
+/// Output features per warp for `m` tokens (`ROWS` of the kernel's entry points).
+fn rows_per_warp(m: usize) -> usize {
+    if m == 1 {
+        4
+    } else {
+        2
+    }
+}
+
+/// The compiled kernels, one per token count.
+#[derive(Debug, Clone)]
+pub struct Gemv {
+    by_tokens: Vec<CudaFunction>, // [MAX_TOKENS], index m - 1
+}
+
+impl Gemv {
+    pub(crate) fn load(module: &Arc<CudaModule>) -> Result<Self> {
+        let by_tokens = (1..=MAX_TOKENS)
+            .map(|m| module.load_function(&format!("gemv_m{m}")))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { by_tokens })
+    }
+
+    /// Whether [`Gemv::forward`] takes `num_tokens` rows of `in_features`: 1 to
+    /// [`MAX_TOKENS`] tokens and whole 16-byte chunks per row.
+    pub fn supports(num_tokens: usize, in_features: usize) -> bool {
+        (1..=MAX_TOKENS).contains(&num_tokens) && in_features > 0 && in_features.is_multiple_of(8)
+    }
+
+    /// Whether this kernel beats cuBLAS for `num_tokens` tokens through an `[n, k]` weight,
+    /// as measured on the H200 inside CUDA graphs (kernel_bench, kernels/README.md): for
+    /// weights up to ~4 MB and up to 4 tokens it takes 2.6-3.9 µs where cuBLAS takes 3.3-4.3;
+    /// for larger matrices or 8 tokens cuBLAS streams closer to the copy bandwidth. Outside a
+    /// graph it also saves cuBLAS's host-side cost per call (a few µs).
+    pub fn preferred(num_tokens: usize, n: usize, k: usize) -> bool {
+        Self::supports(num_tokens, k) && num_tokens <= 4 && n * k <= 2 << 20
+    }
+
+    /// `out[t, j] = Σ_i x[t, i] · weight[j, i]` (+ `bias[j]`), sums in f32, rounded to bf16.
+    pub fn forward(
+        &self,
+        stream: &Arc<CudaStream>,
+        out: &mut CudaViewMut<'_, bf16>, // [num_tokens, out_features]
+        x: &CudaView<'_, bf16>,          // [num_tokens, in_features]
+        weight: &CudaView<'_, bf16>,     // [out_features, in_features]
+        bias: Option<&CudaView<'_, bf16>>, // [out_features]
+        num_tokens: usize,
+    ) -> Result<()> {
+        const K: &str = "gemv";
+        let k = x.len() / num_tokens.max(1);
+        if !Self::supports(num_tokens, k) {
+            return Err(KernelError::Unsupported {
+                kernel: K,
+                what: format!("{num_tokens} tokens of {k} features (1..={MAX_TOKENS}, k % 8 == 0)"),
+            });
+        }
+        let n = out.len() / num_tokens;
+        check_len(K, "x", x.len(), num_tokens * k)?;
+        check_len(K, "out", out.len(), num_tokens * n)?;
+        check_len(K, "weight", weight.len(), n * k)?;
+        if let Some(b) = bias {
+            check_len(K, "bias", b.len(), n)?;
+        }
+        // The kernel reads x and W as 16-byte vectors.
+        let aligned = {
+            let (xp, _x) = x.device_ptr(stream);
+            let (wp, _w) = weight.device_ptr(stream);
+            (xp | wp) % 16 == 0
+        };
+        if !aligned {
+            return Err(KernelError::Unsupported {
+                kernel: K,
+                what: "x or weight is not 16-byte aligned".into(),
+            });
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let rows_per_block = (THREADS as usize / 32) * rows_per_warp(num_tokens);
+        let cfg = LaunchConfig {
+            grid_dim: (to_u32(K, "blocks", n.div_ceil(rows_per_block))?, 1, 1),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (n32, k32) = (to_u32(K, "n", n)?, to_u32(K, "k", k)?);
+        let null: u64 = 0;
+        let mut launch = stream.launch_builder(&self.by_tokens[num_tokens - 1]);
+        launch.arg(out).arg(x).arg(weight);
+        match bias {
+            Some(b) => launch.arg(b),
+            None => launch.arg(&null), // a null `const bf16*`: no bias
+        };
+        launch.arg(&n32).arg(&k32);
+        // SAFETY: the signature matches gemv_m* (out, x, w, bias or null, u32 n, u32 k); x holds
+        // num_tokens rows of k, weight n rows of k, out num_tokens rows of n, bias n (checked),
+        // k % 8 == 0 and x, weight are 16-byte aligned (checked); the kernel clamps rows to n.
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
+    }
+}
