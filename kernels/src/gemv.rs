@@ -2,7 +2,15 @@
 //! batch, where cuBLAS's tiled GEMMs cost several microseconds more than streaming the weights.
 //! Kernel: `cuda/gemv.cu`. Same contract and layout as [`crate::linear::Linear::forward`]
 //! (weights `[out_features, in_features]`, f32 sums rounded once to bf16), for the shapes
-//! [`Gemv::supports`] accepts; the engine uses cuBLAS for the rest.
+//! [`Gemv::supports`] accepts.
+//!
+//! Not used by the engine, and kept for what it measured (H200, kernels/README.md): launched
+//! alone inside a CUDA graph it takes 2.6-3.9 µs where cuBLAS takes 2.9-4.4 at SmolLM2-135M's
+//! sizes (and is slower than cuBLAS on large matrices or at 8 tokens), yet the engine's
+//! batch-1 decode step with it was slower (1.58 against 1.23 ms/token, same run). At these
+//! sizes a kernel's cost is its latency, not its bytes, and cuBLAS's kernels start sooner in a
+//! graph. Outside a graph the GEMV saves cuBLAS's host cost per call (eager batch-1 decode
+//! measured 2.08 ms/token with it and 3.04 without, in two runs on different days' machines).
 
 use std::sync::Arc;
 
@@ -49,15 +57,6 @@ impl Gemv {
     /// [`MAX_TOKENS`] tokens and whole 16-byte chunks per row.
     pub fn supports(num_tokens: usize, in_features: usize) -> bool {
         (1..=MAX_TOKENS).contains(&num_tokens) && in_features > 0 && in_features.is_multiple_of(8)
-    }
-
-    /// Whether this kernel beats cuBLAS for `num_tokens` tokens through an `[n, k]` weight,
-    /// as measured on the H200 inside CUDA graphs (kernel_bench, kernels/README.md): for
-    /// weights up to ~4 MB and up to 4 tokens it takes 2.6-3.9 µs where cuBLAS takes 3.3-4.3;
-    /// for larger matrices or 8 tokens cuBLAS streams closer to the copy bandwidth. Outside a
-    /// graph it also saves cuBLAS's host-side cost per call (a few µs).
-    pub fn preferred(num_tokens: usize, n: usize, k: usize) -> bool {
-        Self::supports(num_tokens, k) && num_tokens <= 4 && n * k <= 2 << 20
     }
 
     /// `out[t, j] = Σ_i x[t, i] · weight[j, i]` (+ `bias[j]`), sums in f32, rounded to bf16.

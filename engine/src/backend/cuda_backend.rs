@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 
 use half::bf16;
 use kernels::cudarc::driver::{CudaSlice, CudaStream};
-use kernels::gemv::Gemv;
 use kernels::paged_attention::{num_partitions, DecodeShape, SplitKWorkspace};
 use kernels::prefill_attention::PrefillShape;
 use kernels::sampling::RowParams;
@@ -315,19 +314,16 @@ impl Backend for CudaBackend {
         })?;
         let mut out = self.empty("linear", x.rows, w.rows)?;
         let bias = bias.map(|b| b.view_bf16("linear")).transpose()?;
-        let (o, xv, wv) = (
+        // cuBLAS for every size. Our own GEMV (kernels/src/gemv.rs) is faster per launch at
+        // decode sizes, yet made whole decode steps slower inside the CUDA graph (measured:
+        // kernels/README.md), so the engine does not use it.
+        let result = self.linear.forward(
             &mut out.view_bf16_mut("linear")?,
             &x.view_bf16("linear")?,
             &w.view_bf16("linear")?,
+            bias.as_ref(),
+            x.rows,
         );
-        // A small decode batch through a small matrix streams the weights through our GEMV;
-        // cuBLAS takes the rest (measured: kernels/src/gemv.rs, `Gemv::preferred`).
-        let result = if Gemv::preferred(x.rows, w.rows, x.cols) {
-            let stream = &self.gpu.stream;
-            (self.gpu.kernels.gemv).forward(stream, o, xv, wv, bias.as_ref(), x.rows)
-        } else {
-            self.linear.forward(o, xv, wv, bias.as_ref(), x.rows)
-        };
         result.map_err(kernel("linear"))?;
         Ok(out)
     }
