@@ -17,6 +17,7 @@
 //!   gemv.rs               the same for 1..8 tokens (decode): a plain weight stream
 //!   silu_and_mul.rs       the MLP's activation
 //!   split_columns.rs      fused qkv output → q, k, v
+//!   qkv_rotary_cache.rs   split + rotary + reshape_and_cache in one launch (what the engine runs)
 //!   sampling.rs           argmax, and temperature/top-k/top-p with a Philox draw, on the device
 //! error.rs                KernelError: every wrapper returns Result; cudarc errors mapped
 //! roofline.rs             the ceilings the kernels are compared with: copy GB/s, GEMM TFLOP/s
@@ -38,6 +39,7 @@ pub mod gemv;
 pub mod linear;
 pub mod paged_attention;
 pub mod prefill_attention;
+pub mod qkv_rotary_cache;
 pub mod reshape_and_cache;
 pub mod rms_norm;
 pub mod roofline;
@@ -121,13 +123,14 @@ pub struct Kernels {
     pub sampling: sampling::Sampling,
     pub split_columns: split_columns::SplitColumns,
     pub gemv: gemv::Gemv,
+    pub qkv_rotary_cache: qkv_rotary_cache::QkvRotaryCache,
 }
 
 impl Kernels {
     /// Compiles every `.cu` file, in parallel (NVRTC takes 0.05-0.3 s per file, and seconds for
     /// paged_attention's ten instantiations on a slow CPU), and loads them.
     pub fn load(ctx: &Arc<CudaContext>) -> Result<Self> {
-        const SOURCES: [(&str, &str); 10] = [
+        const SOURCES: [(&str, &str); 11] = [
             (embedding::FILE, embedding::SOURCE),
             (rms_norm::FILE, rms_norm::SOURCE),
             (rotary_embedding::FILE, rotary_embedding::SOURCE),
@@ -138,6 +141,7 @@ impl Kernels {
             (prefill_attention::FILE, prefill_attention::SOURCE),
             (split_columns::FILE, split_columns::SOURCE),
             (gemv::FILE, gemv::SOURCE),
+            (qkv_rotary_cache::FILE, qkv_rotary_cache::SOURCE),
         ];
         let ptx = std::thread::scope(|s| {
             let jobs: Vec<_> = SOURCES
@@ -163,6 +167,7 @@ impl Kernels {
             prefill_attention: prefill_attention::PrefillAttention::load(&modules[7])?,
             split_columns: split_columns::SplitColumns::load(&modules[8])?,
             gemv: gemv::Gemv::load(&modules[9])?,
+            qkv_rotary_cache: qkv_rotary_cache::QkvRotaryCache::load(&modules[10])?,
         })
     }
 }

@@ -6,6 +6,9 @@
 //! stream-ordered pool and written in full by their kernel before anything reads them.
 //! A decode step may instead replay a recorded CUDA graph ([`super::cuda_graph`]).
 //!
+//! Where one launch can do the work of several, the backend overrides the trait's default:
+//! `qkv_rotary_and_cache` is one kernel here, three calls on the CPU.
+//!
 //! Each op opens a `tracing` span (target `kernel`) around its launch: on the host that is
 //! the launch cost, not the kernel's run time, which the tracer measures with CUDA events.
 
@@ -15,6 +18,7 @@ use half::bf16;
 use kernels::cudarc::driver::{CudaSlice, CudaStream};
 use kernels::paged_attention::{num_partitions, DecodeShape, SplitKWorkspace};
 use kernels::prefill_attention::PrefillShape;
+use kernels::qkv_rotary_cache::QkvShape;
 use kernels::sampling::RowParams;
 use kernels::{Gpu, KernelError};
 use rayon::prelude::*;
@@ -568,6 +572,49 @@ impl Backend for CudaBackend {
                 .map_err(kernel(OP))?;
         }
         Ok(parts)
+    }
+
+    fn qkv_rotary_and_cache(
+        &self,
+        qkv: &CudaTensor,
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+        cos_sin_cache: &CudaTensor,
+        key_cache: &mut CudaTensor,
+        value_cache: &mut CudaTensor,
+        step: &CudaStepMetadata,
+    ) -> Result<CudaTensor> {
+        let _span = tracing::trace_span!("kernel", op = "qkv_rotary_cache").entered();
+        const OP: &str = "qkv_rotary_and_cache";
+        let t = step.num_tokens;
+        let width = (num_heads + 2 * num_kv_heads) * head_dim;
+        shape(qkv.rows == t && qkv.cols == width, OP, || {
+            format!("qkv {}x{} for {t} tokens of {width}", qkv.rows, qkv.cols)
+        })?;
+        let mut q = self.empty(OP, t, num_heads * head_dim)?;
+        let b = step.bufs();
+        let shape = QkvShape {
+            num_heads,
+            num_kv_heads,
+            head_dim,
+        };
+        self.gpu
+            .kernels
+            .qkv_rotary_cache
+            .forward(
+                &self.gpu.stream,
+                &mut q.view_bf16_mut(OP)?,
+                &mut key_cache.view_bf16_mut(OP)?,
+                &mut value_cache.view_bf16_mut(OP)?,
+                &qkv.view_bf16(OP)?,
+                &b.positions.slice(0..t),
+                &b.slot_mapping.slice(0..t),
+                &cos_sin_cache.view_f32(OP)?,
+                shape,
+            )
+            .map_err(kernel(OP))?;
+        Ok(q)
     }
 
     fn gather_rows(&self, x: &CudaTensor, step: &CudaStepMetadata) -> Result<CudaTensor> {

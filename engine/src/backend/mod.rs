@@ -171,6 +171,34 @@ pub trait Backend: Send + Sync {
     fn silu_and_mul(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
     /// Splits `x` `[t, Σ widths]` into `[t, width]` pieces (q, k, v of a fused projection).
     fn split_columns(&self, x: &Self::Tensor, widths: &[usize]) -> Result<Vec<Self::Tensor>>;
+    /// The steps between the fused qkv projection and attention: splits `qkv`
+    /// `[t, (heads + 2·kv_heads)·d]` into q, k and v, rotates q and k by `step`'s positions,
+    /// writes k and v into rows `step.slot_mapping` of the caches, and returns q
+    /// `[t, heads·d]`. This default makes the three calls above; a backend may do them in one
+    /// pass (the CUDA backend does: one kernel launch instead of three, and no k and v tensors).
+    #[allow(clippy::too_many_arguments)]
+    fn qkv_rotary_and_cache(
+        &self,
+        qkv: &Self::Tensor,
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+        cos_sin_cache: &Self::Tensor,
+        key_cache: &mut Self::Tensor,
+        value_cache: &mut Self::Tensor,
+        step: &Self::StepMetadata,
+    ) -> Result<Self::Tensor> {
+        let (q_width, kv_width) = (num_heads * head_dim, num_kv_heads * head_dim);
+        let [mut q, mut k, v]: [Self::Tensor; 3] = self
+            .split_columns(qkv, &[q_width, kv_width, kv_width])?
+            .try_into()
+            .map_err(|p: Vec<_>| {
+                BackendError::shape("split_columns", format!("{} parts", p.len()))
+            })?;
+        self.rotary_embedding(step, &mut q, &mut k, head_dim, cos_sin_cache)?;
+        self.reshape_and_cache(&k, &v, key_cache, value_cache, step)?;
+        Ok(q)
+    }
     /// Rows `step.logits_indices` of `x` `[t, hidden]`, in that order → `[num_logits, hidden]`.
     fn gather_rows(&self, x: &Self::Tensor, step: &Self::StepMetadata) -> Result<Self::Tensor>;
 

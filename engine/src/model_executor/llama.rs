@@ -8,7 +8,7 @@
 //! Only the rows that need logits (each sequence's last scheduled token) go through the final
 //! norm's output projection: a 600-token prefill computes one row of logits, not 600.
 
-use crate::backend::{Backend, BackendError, DType, Result};
+use crate::backend::{Backend, DType, Result};
 use crate::config::ModelConfig;
 use crate::ops::rotary_embedding::cos_sin_cache;
 use crate::worker::cache_engine::KvCache;
@@ -52,7 +52,6 @@ impl<B: Backend> LlamaForCausalLM<B> {
         let (b, c, w) = (&self.backend, &self.config, &self.weights);
         let eps = c.rms_norm_eps as f32;
         let d = c.head_dim;
-        let (q_width, kv_width) = (c.num_attention_heads * d, c.num_key_value_heads * d);
         let scale = 1.0 / (d as f32).sqrt();
 
         let mut residual = b.embedding(&w.embed_tokens, step)?; // [t, hidden]
@@ -60,15 +59,18 @@ impl<B: Backend> LlamaForCausalLM<B> {
         for (i, layer) in w.layers.iter().enumerate() {
             // Attention block.
             let qkv = b.linear(&hidden, &layer.qkv_proj, layer.qkv_bias.as_ref())?;
-            let [mut q, mut k, v]: [B::Tensor; 3] = b
-                .split_columns(&qkv, &[q_width, kv_width, kv_width])?
-                .try_into()
-                .map_err(|p: Vec<_>| {
-                    BackendError::shape("split_columns", format!("{} parts", p.len()))
-                })?;
-            b.rotary_embedding(step, &mut q, &mut k, d, &self.cos_sin_cache)?;
+            // Split q, k, v; rotate q and k by position; write k and v into the cache.
             let (key_cache, value_cache) = kv_cache.layer_mut(i);
-            b.reshape_and_cache(&k, &v, key_cache, value_cache, step)?;
+            let q = b.qkv_rotary_and_cache(
+                &qkv,
+                c.num_attention_heads,
+                c.num_key_value_heads,
+                d,
+                &self.cos_sin_cache,
+                key_cache,
+                value_cache,
+                step,
+            )?;
             let attn = b.paged_attention(
                 &q,
                 key_cache,
