@@ -17,8 +17,7 @@ use crate::engine_parts::{EngineParts, ScheduleFn};
 use crate::error::{EngineError, Result};
 use crate::executor::Executor;
 use crate::model_executor::llama::LlamaForCausalLM;
-use crate::model_executor::weights::{HostTensor, LlamaWeights};
-use crate::model_source::LoadedModel;
+use crate::model_source::{LoadedModel, ModelWeights};
 use crate::sampling_params::SamplingParams;
 use crate::sequence::{FinishReason, SeqId, Sequence, SequenceStatus};
 use crate::tokenizer::Tokenizer;
@@ -273,7 +272,7 @@ struct BuiltExecutor {
 fn build_executor<B: Backend + 'static>(
     backend: B,
     model_config: ModelConfig,
-    weights: LlamaWeights<HostTensor>,
+    weights: ModelWeights,
     config: &EngineConfig,
     parts: &EngineParts,
 ) -> Result<BuiltExecutor>
@@ -282,7 +281,9 @@ where
 {
     let c = &model_config;
     let block_size = config.cache.block_size;
-    let weights = weights.upload(&backend)?;
+    // Tensor by tensor onto the backend, in its dtype.
+    let dtype = backend.default_dtype();
+    let weights = weights.load_into(c, |t| Ok(backend.upload(t.data, t.rows, t.cols, dtype)?))?;
     let num_kv_blocks = match config.cache.num_kv_blocks {
         Some(n) => n,
         None => {

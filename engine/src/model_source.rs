@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use crate::config::model_config::token_ids;
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
-use crate::model_executor::random_weights::random_weights;
-use crate::model_executor::safetensors_loader::load_weights;
-use crate::model_executor::weights::{HostTensor, LlamaWeights};
+use crate::model_executor::random_weights::random_tensor;
+use crate::model_executor::safetensors_loader::{check_weights, load_weights_into};
+use crate::model_executor::weights::{assemble_into, HostTensor, LlamaWeights};
 use crate::tiny_model::{tiny_config, tiny_tokenizer};
 use crate::tokenizer::Tokenizer;
 
@@ -37,14 +37,68 @@ impl ModelSpec {
     }
 }
 
+/// Where a model's weights come from. Files and seeds are read (or drawn) tensor by tensor
+/// when the engine puts the weights on its backend ([`ModelWeights::load_into`]), so a model
+/// on its way to a GPU never sits whole in host memory: one fused tensor at a time does.
+pub enum ModelWeights {
+    /// Already in host memory, f32 (weights built or changed in code).
+    Host(LlamaWeights<HostTensor>),
+    /// Drawn from a seed, by tensor name (the tiny model, `--random-weights`).
+    Random { seed: u64 },
+    /// The safetensors files of a Hugging Face directory (checked when the model was loaded).
+    Safetensors(PathBuf),
+}
+
+impl ModelWeights {
+    /// Builds the weights for `config`, handing each fused tensor to `up` (a backend's upload)
+    /// as soon as it is ready.
+    pub fn load_into<T>(
+        self,
+        config: &ModelConfig,
+        up: impl FnMut(HostTensor) -> Result<T>,
+    ) -> Result<LlamaWeights<T>> {
+        match self {
+            ModelWeights::Host(w) => w.try_map(up),
+            ModelWeights::Random { seed } => assemble_into(
+                config,
+                |name, [rows, cols]| Ok(random_tensor(seed, name, rows, cols)),
+                up,
+            ),
+            ModelWeights::Safetensors(dir) => load_weights_into(&dir, config, up),
+        }
+    }
+
+    /// All the weights in host memory, f32 (to change or save them).
+    pub fn into_host(self, config: &ModelConfig) -> Result<LlamaWeights<HostTensor>> {
+        self.load_into(config, Ok)
+    }
+}
+
 /// Everything needed to build an engine.
 pub struct LoadedModel {
     pub name: String,
     pub config: ModelConfig,
-    pub weights: LlamaWeights<HostTensor>,
+    pub weights: ModelWeights,
     pub tokenizer: Tokenizer,
     /// Tokens that end generation (generation_config.json, else config.json).
     pub eos_token_ids: Vec<u32>,
+}
+
+impl LoadedModel {
+    /// The weights in host memory, f32, read or drawn now if they were not yet (to change or
+    /// compare them); they stay there, as [`ModelWeights::Host`].
+    pub fn host_weights(&mut self) -> Result<&mut LlamaWeights<HostTensor>> {
+        let source = std::mem::replace(&mut self.weights, ModelWeights::Random { seed: 0 });
+        let host = match source {
+            ModelWeights::Host(w) => w,
+            other => other.into_host(&self.config)?,
+        };
+        self.weights = ModelWeights::Host(host);
+        match &mut self.weights {
+            ModelWeights::Host(w) => Ok(w),
+            _ => unreachable!("set just above"),
+        }
+    }
 }
 
 /// Loads a model; with `random_weights`, only its config and tokenizer are read and the
@@ -55,7 +109,7 @@ pub fn load_model(spec: &ModelSpec, random: bool, seed: u64) -> Result<LoadedMod
             let config = tiny_config();
             return Ok(LoadedModel {
                 name: "tiny".into(),
-                weights: random_weights(&config, seed),
+                weights: ModelWeights::Random { seed },
                 eos_token_ids: config.eos_token_ids.clone(),
                 config,
                 tokenizer: tiny_tokenizer(),
@@ -112,9 +166,10 @@ fn load_dir(path: &Path, random: bool, seed: u64) -> Result<LoadedModel> {
         )));
     }
     let weights = if random {
-        random_weights(&config, seed)
+        ModelWeights::Random { seed }
     } else {
-        load_weights(&dir, &config)?
+        check_weights(&dir, &config)?; // bad files fail here, before any device is set up
+        ModelWeights::Safetensors(dir.clone())
     };
     let eos_token_ids = match is_config_file {
         true => None,

@@ -9,8 +9,7 @@
 //! Without a GPU every test prints `skipped: ...` and passes.
 
 use engine::config::{Device, ModelConfig};
-use engine::model_executor::random_weights::random_weights;
-use engine::model_source::LoadedModel;
+use engine::model_source::{LoadedModel, ModelWeights};
 use engine::tiny_model::{tiny_config, tiny_tokenizer};
 use engine::{EngineConfig, LLMEngine, Prompt, RequestOutput, SamplingParams, LLM};
 
@@ -44,7 +43,7 @@ fn model(c: &ModelConfig) -> LoadedModel {
     LoadedModel {
         name: format!("random d{}", c.head_dim),
         config: c.clone(),
-        weights: random_weights(c, 7),
+        weights: ModelWeights::Random { seed: 7 },
         tokenizer: tiny_tokenizer(),
         eos_token_ids: c.eos_token_ids.clone(),
     }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
-use super::weights::{assemble, HostTensor, LlamaWeights};
+use super::weights::{assemble, assemble_into, HostTensor, LlamaWeights};
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
 
@@ -52,6 +52,52 @@ pub fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// Reads all weights `config` calls for from the safetensors files in `dir`.
 pub fn load_weights(dir: &Path, config: &ModelConfig) -> Result<LlamaWeights<HostTensor>> {
+    load_weights_into(dir, config, Ok)
+}
+
+/// Checks that `dir` holds every tensor `config` calls for, with the right shape, a supported
+/// dtype and all its bytes, reading only the files' headers: bad files fail when the model is
+/// loaded, before any device is set up, and the weights are read later, tensor by tensor.
+pub fn check_weights(dir: &Path, config: &ModelConfig) -> Result<()> {
+    with_tensors(dir, |get| {
+        let checked: Result<_> = assemble(config, |name, shape| {
+            let (file, view) = get(name)?;
+            check_tensor(name, file, &view, shape)?;
+            Ok(HostTensor {
+                data: Vec::new(),
+                rows: 0,
+                cols: 0,
+            })
+        });
+        checked.map(drop)
+    })
+}
+
+/// Reads the weights tensor by tensor, handing each fused tensor to `up` as soon as it is
+/// built (see [`assemble_into`]): with `up` a backend's upload, at most one fused tensor is in
+/// host memory at a time.
+pub fn load_weights_into<T>(
+    dir: &Path,
+    config: &ModelConfig,
+    up: impl FnMut(HostTensor) -> Result<T>,
+) -> Result<LlamaWeights<T>> {
+    with_tensors(dir, |get| {
+        assemble_into(
+            config,
+            |name, shape| {
+                let (file, view) = get(name)?;
+                read_tensor(name, file, view, shape)
+            },
+            up,
+        )
+    })
+}
+
+/// A tensor's file and view, by name.
+type GetTensor<'a> = dyn Fn(&str) -> Result<(&'a Path, safetensors::tensor::TensorView<'a>)> + 'a;
+
+/// Maps and parses the files of `dir`, then runs `f` with a lookup by tensor name.
+fn with_tensors<R>(dir: &Path, f: impl FnOnce(&GetTensor<'_>) -> Result<R>) -> Result<R> {
     let files = weight_files(dir)?;
     let mut maps = Vec::with_capacity(files.len());
     for path in &files {
@@ -79,15 +125,49 @@ pub fn load_weights(dir: &Path, config: &ModelConfig) -> Result<LlamaWeights<Hos
             owner.insert(name.to_string(), i);
         }
     }
-    assemble(config, |name, shape| {
+    let get = |name: &str| {
         let i = *owner
             .get(name)
             .ok_or_else(|| bad(format!("tensor `{name}` is missing from {}", dir.display())))?;
         let view = parsed[i]
             .tensor(name)
             .map_err(|e| bad(format!("tensor `{name}`: {e}")))?;
-        read_tensor(name, &files[i], view, shape)
-    })
+        Ok((files[i].as_path(), view))
+    };
+    f(&get)
+}
+
+/// Shape, dtype and length of one tensor, without reading its values.
+fn check_tensor(
+    name: &str,
+    file: &Path,
+    view: &safetensors::tensor::TensorView<'_>,
+    [rows, cols]: [usize; 2],
+) -> Result<()> {
+    let got = view.shape();
+    if !(got == [rows, cols] || (rows == 1 && got == [cols])) {
+        return Err(bad(format!(
+            "tensor `{name}` in {} has shape {got:?}, expected [{rows}, {cols}] from config.json",
+            file.display()
+        )));
+    }
+    let size = match view.dtype() {
+        Dtype::F32 => 4,
+        Dtype::F16 | Dtype::BF16 => 2,
+        other => {
+            return Err(bad(format!(
+                "tensor `{name}` has dtype {other:?}; only F32, F16 and BF16 are supported"
+            )))
+        }
+    };
+    if view.data().len() != rows * cols * size {
+        return Err(bad(format!(
+            "tensor `{name}` holds {} values, expected {}",
+            view.data().len() / size,
+            rows * cols
+        )));
+    }
+    Ok(())
 }
 
 fn read_tensor(

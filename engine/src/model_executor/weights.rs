@@ -49,87 +49,105 @@ impl HostTensor {
     }
 }
 
-impl LlamaWeights<HostTensor> {
-    /// Moves every tensor to the backend, in the backend's [`Backend::default_dtype`].
-    pub fn upload<B: Backend>(self, b: &B) -> Result<LlamaWeights<B::Tensor>> {
-        let dtype = b.default_dtype();
-        let up = |t: HostTensor| b.upload(t.data, t.rows, t.cols, dtype);
-        let layers = self.layers.into_iter().map(|l| {
-            Ok(LayerWeights {
-                input_layernorm: up(l.input_layernorm)?,
-                qkv_proj: up(l.qkv_proj)?,
-                qkv_bias: l.qkv_bias.map(up).transpose()?,
-                o_proj: up(l.o_proj)?,
-                post_attention_layernorm: up(l.post_attention_layernorm)?,
-                gate_up_proj: up(l.gate_up_proj)?,
-                down_proj: up(l.down_proj)?,
-            })
-        });
+impl<T> LlamaWeights<T> {
+    /// The same weights with `f` applied to every tensor, in [`assemble_into`]'s order.
+    pub fn try_map<U, E>(self, mut f: impl FnMut(T) -> Result<U, E>) -> Result<LlamaWeights<U>, E> {
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in self.layers {
+            layers.push(LayerWeights {
+                qkv_proj: f(l.qkv_proj)?,
+                qkv_bias: l.qkv_bias.map(&mut f).transpose()?,
+                input_layernorm: f(l.input_layernorm)?,
+                o_proj: f(l.o_proj)?,
+                post_attention_layernorm: f(l.post_attention_layernorm)?,
+                gate_up_proj: f(l.gate_up_proj)?,
+                down_proj: f(l.down_proj)?,
+            });
+        }
         Ok(LlamaWeights {
-            embed_tokens: up(self.embed_tokens)?,
-            layers: layers.collect::<Result<_>>()?,
-            norm: up(self.norm)?,
-            lm_head: self.lm_head.map(up).transpose()?,
+            embed_tokens: f(self.embed_tokens)?,
+            layers,
+            norm: f(self.norm)?,
+            lm_head: self.lm_head.map(f).transpose()?,
         })
     }
 }
 
+impl LlamaWeights<HostTensor> {
+    /// Moves every tensor to the backend, in the backend's [`Backend::default_dtype`].
+    pub fn upload<B: Backend>(self, b: &B) -> Result<LlamaWeights<B::Tensor>> {
+        let dtype = b.default_dtype();
+        self.try_map(|t| b.upload(t.data, t.rows, t.cols, dtype))
+    }
+}
+
 // ANCHOR: assemble
-/// Assembles fused weights from a source of named host tensors (file or random).
-pub fn assemble<E>(
+/// Assembles fused weights from a source of named host tensors (file or random), handing each
+/// finished tensor to `up` as soon as it is built (a backend's upload: the model then never
+/// sits whole in host memory; only one fused tensor at a time does).
+pub fn assemble_into<T, E>(
     c: &ModelConfig,
     mut get: impl FnMut(&str, [usize; 2]) -> Result<HostTensor, E>,
-) -> Result<LlamaWeights<HostTensor>, E> {
+    mut up: impl FnMut(HostTensor) -> Result<T, E>,
+) -> Result<LlamaWeights<T>, E> {
     let (h, d) = (c.hidden_size, c.head_dim);
     let (q, kv) = (c.num_attention_heads * d, c.num_key_value_heads * d);
     let mut layers = Vec::with_capacity(c.num_hidden_layers);
     for i in 0..c.num_hidden_layers {
         let p = format!("model.layers.{i}");
         let mut g = |name: &str, shape| get(&format!("{p}.{name}"), shape);
-        let qkv_proj = HostTensor::stack_rows(vec![
+        let qkv_proj = up(HostTensor::stack_rows(vec![
             g("self_attn.q_proj.weight", [q, h])?,
             g("self_attn.k_proj.weight", [kv, h])?,
             g("self_attn.v_proj.weight", [kv, h])?,
-        ]);
+        ]))?;
         let qkv_bias = if c.attention_bias {
             let parts = [("q", q), ("k", kv), ("v", kv)]
                 .into_iter()
                 .map(|(n, w)| g(&format!("self_attn.{n}_proj.bias"), [1, w]))
                 .collect::<Result<Vec<_>, E>>()?;
             let data = parts.into_iter().flat_map(|p| p.data).collect::<Vec<_>>();
-            Some(HostTensor {
+            Some(up(HostTensor {
                 rows: 1,
                 cols: data.len(),
                 data,
-            })
+            })?)
         } else {
             None
         };
         layers.push(LayerWeights {
-            input_layernorm: g("input_layernorm.weight", [1, h])?,
+            input_layernorm: up(g("input_layernorm.weight", [1, h])?)?,
             qkv_proj,
             qkv_bias,
-            o_proj: g("self_attn.o_proj.weight", [h, q])?,
-            post_attention_layernorm: g("post_attention_layernorm.weight", [1, h])?,
-            gate_up_proj: HostTensor::stack_rows(vec![
+            o_proj: up(g("self_attn.o_proj.weight", [h, q])?)?,
+            post_attention_layernorm: up(g("post_attention_layernorm.weight", [1, h])?)?,
+            gate_up_proj: up(HostTensor::stack_rows(vec![
                 g("mlp.gate_proj.weight", [c.intermediate_size, h])?,
                 g("mlp.up_proj.weight", [c.intermediate_size, h])?,
-            ]),
-            down_proj: g("mlp.down_proj.weight", [h, c.intermediate_size])?,
+            ]))?,
+            down_proj: up(g("mlp.down_proj.weight", [h, c.intermediate_size])?)?,
         });
     }
     Ok(LlamaWeights {
-        embed_tokens: get("model.embed_tokens.weight", [c.vocab_size, h])?,
+        embed_tokens: up(get("model.embed_tokens.weight", [c.vocab_size, h])?)?,
         layers,
-        norm: get("model.norm.weight", [1, h])?,
+        norm: up(get("model.norm.weight", [1, h])?)?,
         lm_head: if c.tie_word_embeddings {
             None
         } else {
-            Some(get("lm_head.weight", [c.vocab_size, h])?)
+            Some(up(get("lm_head.weight", [c.vocab_size, h])?)?)
         },
     })
 }
 // ANCHOR_END: assemble
+
+/// [`assemble_into`] keeping every tensor on the host.
+pub fn assemble<E>(
+    c: &ModelConfig,
+    get: impl FnMut(&str, [usize; 2]) -> Result<HostTensor, E>,
+) -> Result<LlamaWeights<HostTensor>, E> {
+    assemble_into(c, get, Ok)
+}
 
 // ANCHOR: weight_bytes
 /// Parameters of a model: the sum of the shapes [`assemble`] asks for (no weights are read or

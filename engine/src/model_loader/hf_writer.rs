@@ -276,7 +276,7 @@ pub fn save_model(model: LoadedModel, dtype: DiskDtype, dest: &Path) -> Result<(
             &template.tokenizer_config_json(),
         )?;
     }
-    let named = unfuse(&model.config, model.weights);
+    let named = unfuse(&model.config, model.weights.into_host(&model.config)?);
     write_safetensors(&named, dtype, &path("model.safetensors"))?;
     dir.persist(dest).map_err(io)
 }

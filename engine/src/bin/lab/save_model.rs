@@ -69,7 +69,8 @@ pub fn run(args: SaveModelArgs) -> anyhow::Result<()> {
         args.random_weights,
         args.weights_seed,
     )?;
-    condition(&model.config, &mut model.weights, how)?;
+    let config = model.config.clone();
+    condition(&config, model.host_weights()?, how)?;
     let dtype = match args.dtype {
         Dtype::Bf16 => DiskDtype::Bf16,
         Dtype::F32 => DiskDtype::F32,
