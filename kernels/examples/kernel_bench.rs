@@ -1,7 +1,7 @@
 //! Times RMSNorm, reshape_and_cache, decode paged attention and a decode-shaped GEMM at large
 //! sizes and compares their achieved bandwidth with a device-to-device copy measured in the same
 //! run; times prefill attention and an 8192³ GEMM (cuBLAS, `linear`) in TFLOP/s against the bf16
-//! GEMM ceiling of docs/gpu.md.
+//! GEMM ceiling of docs/gpu.md; times random sampling against its first version.
 //!
 //! Run on the GPU machine: `kernel_bench` (built by `scripts/gpu-check.sh build`).
 //! Method (`kernels::roofline`, which also measures the copy and the 8192³ GEMM): random data
@@ -14,6 +14,7 @@ use kernels::linear::Linear;
 use kernels::paged_attention::{DecodeShape, SplitKWorkspace, D128_STAGES};
 use kernels::prefill_attention::{PrefillShape, BLOCK_MS};
 use kernels::roofline::{self, random_bf16, uninit_bf16, REPS, WARMUP};
+use kernels::sampling::RowParams;
 use kernels::Gpu;
 
 /// bf16 GEMM 8192³ on the H200 through PyTorch (docs/gpu.md): the tensor-core ceiling that
@@ -53,6 +54,25 @@ fn shuffled(n: usize, x: &mut u64) -> Vec<u32> {
         order.swap(i, (*x >> 33) as usize % (i + 1));
     }
     order
+}
+
+/// `n` bf16 logits drawn from a normal distribution (Box-Muller over a 64-bit LCG), with the
+/// spread of a language model head's output (std ~2-3), not uniform noise.
+fn normal_bf16(n: usize, std: f64, seed: u64) -> Vec<half::bf16> {
+    let mut x = seed;
+    let mut uniform = || {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    (0..n)
+        .map(|_| {
+            let (u, v) = (uniform(), uniform());
+            let z = (-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos();
+            half::bf16::from_f64(std * z)
+        })
+        .collect()
 }
 
 struct Row {
@@ -257,6 +277,59 @@ fn main() -> Result<()> {
             let size = format!("{seqs} seqs x {ctx_len} tok, {nh}/{nkv} heads, d {d}{ring}");
             push("paged_attention decode", size, ms, bytes as f64);
         }
+    }
+
+    // Random sampling at temperature 0.6 (nano-vllm's workload: [256, 49152]; Llama-3's vocab:
+    // [64, 128256]), the kernel against its first version (`sample_reference`, same tokens;
+    // 324 us by Nsight Compute on [256, 49152] in a decode step), on the same normal logits
+    // (std 2.5, bf16). Timed inside a CUDA graph of 20 launches; GB/s = the logits read once.
+    // Between launches the logits stay in L2 (25 MB < 50 MB), as they may after the LM head.
+    const SAMPLE_REPS: usize = 20;
+    let occ = k.sampling.sample_occupancy()?;
+    println!(
+        "sample kernel: {} registers, {} B local, {} B shared, {} blocks of {} threads per SM",
+        occ.registers, occ.local_bytes, occ.shared_bytes, occ.blocks_per_sm, occ.threads
+    );
+    for (seqs, vocab, top_k, top_p) in [
+        (256usize, 49152usize, 0u32, 1.0f32),
+        (256, 49152, 50, 0.9),
+        (64, 128256, 0, 1.0),
+    ] {
+        let logits = s.clone_htod(&normal_bf16(seqs * vocab, 2.5, 30))?;
+        let temperature = s.clone_htod(&vec![0.6f32; seqs])?;
+        let top_ks = s.clone_htod(&vec![top_k; seqs])?;
+        let top_ps = s.clone_htod(&vec![top_p; seqs])?;
+        let seeds: Vec<u64> = (0..seqs as u64).map(|i| i * 7919 + 1).collect();
+        let positions: Vec<u64> = (0..seqs as u64).map(|i| 100 + i).collect();
+        let (seeds, positions) = (s.clone_htod(&seeds)?, s.clone_htod(&positions)?);
+        let (tv, kv, pv) = (temperature.as_view(), top_ks.as_view(), top_ps.as_view());
+        let (sv, qv) = (seeds.as_view(), positions.as_view());
+        let params = RowParams {
+            temperature: &tv,
+            top_k: &kv,
+            top_p: &pv,
+            seed: &sv,
+            position: &qv,
+        };
+        let (mut new, mut old) = (s.alloc_zeros::<u32>(seqs)?, s.alloc_zeros::<u32>(seqs)?);
+        let lv = logits.as_view();
+        let size = match top_k {
+            0 => format!("[{seqs}, {vocab}] bf16, T 0.6"),
+            _ => format!("[{seqs}, {vocab}] bf16, T 0.6, top-k {top_k}, top-p {top_p}"),
+        };
+        let bytes = (seqs * vocab * 2) as f64;
+        let ms = graph_ms(&gpu, SAMPLE_REPS, || {
+            Ok(k.sampling.sample(s, &mut new.as_view_mut(), &lv, &params)?)
+        })?;
+        push("sample_bf16", size.clone(), ms, bytes);
+        let ms = graph_ms(&gpu, SAMPLE_REPS, || {
+            Ok(k.sampling
+                .sample_reference(s, &mut old.as_view_mut(), &lv, &params)?)
+        })?;
+        push("sample_bf16 (reference)", size, ms, bytes);
+        let (new, old) = (s.clone_dtoh(&new)?, s.clone_dtoh(&old)?);
+        let same = new.iter().zip(&old).filter(|(a, b)| a == b).count();
+        println!("  sample_bf16 and its reference: {same} of {seqs} tokens identical");
     }
 
     // Prefill attention: whole prompts (no cached prefix), block size 16, shuffled blocks.

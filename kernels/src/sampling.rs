@@ -6,9 +6,14 @@
 //! - [`Sampling::sample`]: the twin of `engine::sampler::sample` for a batch of rows, each with
 //!   its temperature (0 = greedy), top-k (0 = off), top-p (1 = off), seed and position; the
 //!   draw is `engine::philox::uniform(seed, position)`, computed on the device by a twin of
-//!   Philox4x32-10. Top-k, top-p and the draw are thresholds in the CPU's sorted order, found
-//!   by radix selection over a 64-bit (logit, id) key: no sort, any vocabulary size; weights
-//!   are summed in fixed point, so a row gives the same token on every run (see the `.cu`).
+//!   Philox4x32-10. Top-k, top-p and the draw are thresholds in the CPU's sorted order of
+//!   (logit, id), found by radix selection over the logit's bits, then the id by counting:
+//!   no sort, any vocabulary size; weights are summed in fixed point, so a row gives the same
+//!   token on every run (see the `.cu`).
+//! - [`Sampling::sample_reference`]: the first version of the same sampler
+//!   (`cuda/sampling_reference.cu`): the same function, so the same token on every row, by more
+//!   passes over the row and contended 64-bit atomics. Kept as the test's oracle and
+//!   `kernel_bench`'s baseline.
 
 use std::sync::Arc;
 
@@ -20,9 +25,17 @@ use half::bf16;
 use crate::error::{check_len, to_u32, Result};
 
 pub(crate) const FILE: &str = "sampling.cu";
-pub(crate) const SOURCE: &str = include_str!("../cuda/sampling.cu");
+/// `sampling.cu`, then the first version (`sampling_reference.cu`, which uses its helpers),
+/// as one program.
+pub(crate) const SOURCE: &str = concat!(
+    include_str!("../cuda/sampling.cu"),
+    "\n#line 1 \"sampling_reference.cu\"\n",
+    include_str!("../cuda/sampling_reference.cu"),
+);
 
-/// Threads per row: a vocabulary is long (49k..128k), so a full block per row.
+/// Threads per row: a vocabulary is long (49k..128k), so a full block per row. The sample
+/// kernels are compiled for at most this many (`SAMPLE_THREADS` in `sampling.cu`), with two
+/// blocks per SM, so that a batch of 256 rows runs in one wave on 132 SMs.
 const THREADS: u32 = 1024;
 
 /// The compiled sampling kernels (bf16 logits, as the LM head writes them, and f32).
@@ -32,6 +45,8 @@ pub struct Sampling {
     argmax_f32: CudaFunction,
     sample_bf16: CudaFunction,
     sample_f32: CudaFunction,
+    sample_bf16_reference: CudaFunction,
+    sample_f32_reference: CudaFunction,
     philox: CudaFunction,
 }
 
@@ -58,6 +73,8 @@ impl Sampling {
             argmax_f32: module.load_function("argmax_f32_kernel")?,
             sample_bf16: module.load_function("sample_bf16_kernel")?,
             sample_f32: module.load_function("sample_f32_kernel")?,
+            sample_bf16_reference: module.load_function("sample_bf16_reference_kernel")?,
+            sample_f32_reference: module.load_function("sample_f32_reference_kernel")?,
             philox: module.load_function("philox_kernel")?,
         })
     }
@@ -116,6 +133,42 @@ impl Sampling {
         params: &RowParams<'_>,
     ) -> Result<()> {
         self.launch_sample(&self.sample_f32, "sample_f32", stream, out, logits, params)
+    }
+
+    /// As [`Sampling::sample`], by the first version of the kernel (same tokens, slower).
+    pub fn sample_reference(
+        &self,
+        stream: &Arc<CudaStream>,
+        out: &mut CudaViewMut<'_, u32>, // [num_seqs]
+        logits: &CudaView<'_, bf16>,    // [num_seqs, vocab_size]
+        params: &RowParams<'_>,
+    ) -> Result<()> {
+        let f = &self.sample_bf16_reference;
+        self.launch_sample(f, "sample_reference", stream, out, logits, params)
+    }
+
+    /// As [`Sampling::sample_f32`], by the first version of the kernel (same tokens, slower).
+    pub fn sample_f32_reference(
+        &self,
+        stream: &Arc<CudaStream>,
+        out: &mut CudaViewMut<'_, u32>, // [num_seqs]
+        logits: &CudaView<'_, f32>,     // [num_seqs, vocab_size]
+        params: &RowParams<'_>,
+    ) -> Result<()> {
+        let f = &self.sample_f32_reference;
+        self.launch_sample(f, "sample_f32_reference", stream, out, logits, params)
+    }
+
+    /// How the bf16 sample kernel fits an SM, as the driver reports it: for `kernel_bench`.
+    pub fn sample_occupancy(&self) -> Result<KernelOccupancy> {
+        let f = &self.sample_bf16;
+        Ok(KernelOccupancy {
+            registers: f.num_regs()?,
+            local_bytes: f.local_size_bytes()?,
+            shared_bytes: f.shared_size_bytes()?,
+            blocks_per_sm: f.occupancy_max_active_blocks_per_multiprocessor(THREADS, 0, None)?,
+            threads: THREADS,
+        })
     }
 
     fn launch_sample<T: cudarc::driver::DeviceRepr>(
@@ -202,6 +255,21 @@ impl Sampling {
         to_u32(kernel, "num_seqs", num_seqs)?;
         to_u32(kernel, "vocab_size", vocab).map(Some)
     }
+}
+
+/// A kernel's resources and how many of its blocks one SM can hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelOccupancy {
+    /// Registers per thread.
+    pub registers: i32,
+    /// Local memory per thread (register spills), bytes.
+    pub local_bytes: i32,
+    /// Static shared memory per block, bytes.
+    pub shared_bytes: i32,
+    /// Blocks of `threads` threads resident on one SM at once.
+    pub blocks_per_sm: u32,
+    /// Threads per block.
+    pub threads: u32,
 }
 
 fn out_len(len: usize, vocab: u32) -> u32 {

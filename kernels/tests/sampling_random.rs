@@ -1,6 +1,8 @@
 //! The device sampler against the CPU's: `engine::sampler::sample(row, params,
 //! engine::philox::uniform(seed, position))`, token for token, and the device's Philox4x32-10
-//! against `engine::philox`, bit for bit.
+//! against `engine::philox`, bit for bit; and the sampler against its first version
+//! (`sample_reference`), which computes the same function: token for token on every row,
+//! excluded or not.
 //!
 //! Exclusions. The CPU sums f32 probabilities one by one in sorted order; the device sums
 //! exact fixed-point weights. Where the CPU's cumulative mass lies within [`EPS`] of top_p or
@@ -215,12 +217,40 @@ fn run_device(
     // Poisoned: an unwritten row keeps u32::MAX, never a token.
     let mut out32 = s.clone_htod(&vec![u32::MAX; n]).unwrap();
     let mut out16 = s.clone_htod(&vec![u32::MAX; n]).unwrap();
+    let mut ref32 = s.clone_htod(&vec![u32::MAX; n]).unwrap();
+    let mut ref16 = s.clone_htod(&vec![u32::MAX; n]).unwrap();
     let k = &gpu.kernels.sampling;
     k.sample_f32(s, &mut out32.as_view_mut(), &d32.as_view(), &params)
         .unwrap();
     k.sample(s, &mut out16.as_view_mut(), &d16.as_view(), &params)
         .unwrap();
-    (s.clone_dtoh(&out32).unwrap(), s.clone_dtoh(&out16).unwrap())
+    k.sample_f32_reference(s, &mut ref32.as_view_mut(), &d32.as_view(), &params)
+        .unwrap();
+    k.sample_reference(s, &mut ref16.as_view_mut(), &d16.as_view(), &params)
+        .unwrap();
+    let (got32, got16) = (s.clone_dtoh(&out32).unwrap(), s.clone_dtoh(&out16).unwrap());
+    let (ref32, ref16) = (s.clone_dtoh(&ref32).unwrap(), s.clone_dtoh(&ref16).unwrap());
+    let differ = |got: &[u32], want: &[u32]| -> Vec<String> {
+        let rows = got
+            .iter()
+            .zip(want)
+            .enumerate()
+            .filter(|(_, (g, w))| g != w);
+        rows.map(|(i, (g, w))| format!("row {i}: {g} vs {w}"))
+            .collect()
+    };
+    let (d32, d16) = (differ(&got32, &ref32), differ(&got16, &ref16));
+    assert!(
+        d32.is_empty(),
+        "sample_f32 vs its reference:\n{}",
+        d32.join("\n")
+    );
+    assert!(
+        d16.is_empty(),
+        "sample vs its reference:\n{}",
+        d16.join("\n")
+    );
+    (got32, got16)
 }
 
 #[test]
