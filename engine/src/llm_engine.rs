@@ -83,7 +83,21 @@ impl LLMEngine {
         parts: EngineParts,
     ) -> Result<Self> {
         config.validate()?;
-        let device = config.device.resolve()?;
+        let device = match (config.device, config.device.resolve()?) {
+            // `auto` means "the GPU if it can run this model": the tiny model's 16-wide heads,
+            // say, have no CUDA kernels, so it runs on the CPU.
+            (Device::Auto, Device::Cuda(n)) if CudaBackend::supports(&model.config).is_ok() => {
+                Device::Cuda(n)
+            }
+            (Device::Auto, Device::Cuda(_)) => Device::Cpu,
+            (_, Device::Cuda(n)) => {
+                CudaBackend::supports(&model.config).map_err(|why| {
+                    EngineError::InvalidArgument(format!("--device cuda: {why}; use --device cpu"))
+                })?;
+                Device::Cuda(n)
+            }
+            (_, resolved) => resolved,
+        };
         let _span = tracing::info_span!("engine_start", %device).entered();
         let LoadedModel {
             name: _,

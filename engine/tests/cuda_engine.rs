@@ -196,3 +196,28 @@ fn cuda_without_gpu_is_a_one_line_error() {
     );
     assert!(!err.contains('\n'), "{err}");
 }
+
+/// The kernels' head sizes decide: the tiny model (16-wide heads) is refused with the reason,
+/// and `--device auto` runs it on the CPU even where a GPU is present.
+#[test]
+fn unsupported_shapes_are_refused_up_front_and_auto_falls_back_to_the_cpu() {
+    use engine::backend::cuda_backend::CudaBackend;
+    let why = CudaBackend::supports(&tiny_config()).unwrap_err();
+    assert!(why.contains("head sizes") && why.contains("16"), "{why}");
+    assert!(CudaBackend::supports(&config(64)).is_ok());
+    assert!(CudaBackend::supports(&config(128)).is_ok());
+    let tiny = LoadedModel {
+        name: "tiny".into(),
+        config: tiny_config(),
+        weights: ModelWeights::Random { seed: 0 },
+        tokenizer: tiny_tokenizer(),
+        eos_token_ids: tiny_config().eos_token_ids,
+    };
+    let auto = EngineConfig {
+        device: Device::Auto,
+        ..engine_config(Device::Auto, true)
+    };
+    let mut llm = LLM::new(tiny, auto).unwrap();
+    let out = llm.generate(&["hi"], &SamplingParams::greedy(3)).unwrap();
+    assert_eq!(out[0].token_ids.len(), 3);
+}

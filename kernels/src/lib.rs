@@ -71,6 +71,9 @@ pub fn gpu_available() -> Result<()> {
     Ok(())
 }
 
+/// Head sizes the attention kernels (decode and prefill) are instantiated for.
+pub const HEAD_DIMS: [usize; 2] = [64, 128];
+
 /// The oldest GPU generation the kernels run on: they are compiled to PTX for sm_90 (Hopper;
 /// `cp.async`, bf16 `mma.sync`), which newer GPUs can JIT but older ones cannot run.
 pub const MIN_COMPUTE_CAPABILITY: (i32, i32) = (9, 0);

@@ -21,6 +21,7 @@ use cudarc::driver::{
 use half::bf16;
 
 use crate::error::{check_len, to_u32, KernelError, Result};
+use crate::HEAD_DIMS;
 
 pub(crate) const FILE: &str = "paged_attention.cu";
 pub(crate) const SOURCE: &str = include_str!("../cuda/paged_attention.cu");
@@ -55,8 +56,8 @@ pub const D128_STAGES: [usize; 2] = [3, 2];
 /// The ring depth launched at head size 128 unless [`PagedAttention::with_d128_stages`] says
 /// otherwise.
 pub const DEFAULT_D128_STAGES: usize = 2;
-/// Head sizes with an instantiation, and query heads per block (largest dividing the group).
-const HEAD_DIMS: [usize; 2] = [64, 128];
+/// Head sizes with an instantiation: `crate::HEAD_DIMS`. Query heads per block (largest
+/// dividing the group):
 const HEADS_PER_BLOCK: [usize; 5] = [8, 4, 3, 2, 1];
 
 /// The shape of a decode batch's attention.

@@ -22,6 +22,7 @@ use cudarc::driver::{
 use half::bf16;
 
 use crate::error::{check_len, to_u32, KernelError, Result};
+use crate::HEAD_DIMS;
 
 pub(crate) const FILE: &str = "prefill_attention.cu";
 pub(crate) const SOURCE: &str = include_str!("../cuda/prefill_attention.cu");
@@ -35,8 +36,6 @@ pub const BLOCK_MS: [usize; 2] = [64, 128];
 pub const DEFAULT_BLOCK_M: usize = 128;
 /// Keys per shared-memory tile (`BLOCK_N` in the kernel).
 const BLOCK_N: usize = 64;
-/// Head sizes with an instantiation.
-const HEAD_DIMS: [usize; 2] = [64, 128];
 
 /// Dynamic shared memory of one block: two stages of a key tile and a value tile, rows padded
 /// by 8 bf16 (`2 * 2 * BLOCK_N * (D + 8) * 2` bytes; 69,632 for head size 128, past the 48 KiB

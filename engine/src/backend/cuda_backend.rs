@@ -84,6 +84,30 @@ impl CudaBackend {
         })
     }
 
+    /// Whether the kernels can run `model`: an attention head size they are built for
+    /// ([`kernels::HEAD_DIMS`]) and whole groups of query heads per KV head. Checked before
+    /// anything is loaded, so an unsupported model fails at start with the reason (or, under
+    /// `--device auto`, runs on the CPU).
+    pub fn supports(model: &ModelConfig) -> std::result::Result<(), String> {
+        let (d, h, kv) = (
+            model.head_dim,
+            model.num_attention_heads,
+            model.num_key_value_heads,
+        );
+        if !kernels::HEAD_DIMS.contains(&d) {
+            return Err(format!(
+                "the CUDA kernels are built for head sizes {:?}; this model's is {d}",
+                kernels::HEAD_DIMS
+            ));
+        }
+        if kv == 0 || !h.is_multiple_of(kv) {
+            return Err(format!(
+                "{h} query heads do not split into groups of {kv} KV heads"
+            ));
+        }
+        Ok(())
+    }
+
     /// Replays decode steps as CUDA graphs (on by default in the engine; see
     /// [`super::cuda_graph`]). Takes effect at [`Backend::plan_steps`].
     pub fn with_cuda_graphs(mut self, on: bool) -> Self {
