@@ -218,6 +218,10 @@ fn unsupported_shapes_are_refused_up_front_and_auto_falls_back_to_the_cpu() {
         ..engine_config(Device::Auto, true)
     };
     let mut llm = LLM::new(tiny, auto).unwrap();
-    let out = llm.generate(&["hi"], &SamplingParams::greedy(3)).unwrap();
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(3)
+    };
+    let out = llm.generate(&["hi"], &params).unwrap();
     assert_eq!(out[0].token_ids.len(), 3);
 }
