@@ -22,6 +22,7 @@ use std::sync::Arc;
 use kernels::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use kernels::cudarc::driver::{CudaGraph, CudaStream};
 
+use super::cuda_step::device;
 use super::{BackendError, Result};
 
 /// Decode batch sizes with a graph: 1, 2, 4, then every multiple of 8 up to `max_num_seqs`
@@ -116,14 +117,6 @@ impl CudaGraphs {
         graph.launch().map_err(|e| device("cuda graph launch", e))?;
         self.graphs.insert(key, Recorded(graph));
         Ok(())
-    }
-}
-
-fn device(op: &'static str, e: impl std::error::Error + Send + Sync + 'static) -> BackendError {
-    BackendError::Device {
-        backend: "cuda",
-        op,
-        source: Box::new(e),
     }
 }
 
