@@ -24,8 +24,9 @@ for line in sys.stdin:
 ' | while read -r name exe; do
         strip -o "gpu-bin/tests/$name" "$exe" # the device run carries 64 MiB at most
     done
-    # The engine's GPU tests (CUDA engine against the CPU engine).
-    cargo test -p engine --release --no-run --test cuda_engine --message-format=json 2>/dev/null | python3 -c '
+    # The engine's GPU tests (CUDA engine against the CPU engine; the kernel sequence of a
+    # forward step against the book's data file).
+    cargo test -p engine --release --no-run --test cuda_engine --test kernel_sequence --message-format=json 2>/dev/null | python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)

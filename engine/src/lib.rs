@@ -29,6 +29,9 @@
 //! Models come from Hugging Face directories (`config`, `model_executor::safetensors_loader`,
 //! `tokenizer`, `chat_template`), from `model_loader` (GGUF → Hugging Face conversion, used by
 //! `lab fetch-model smollm2`), or are built in code (`tiny_model`, `model_executor::random_weights`).
+//!
+//! Every backend op opens a `tracing` span named `kernel`; `kernel_log::record` lists them, in
+//! order, for the steps run inside it (the kernel sequence of a forward step).
 pub mod attention;
 pub mod backend;
 pub mod chat_template;
@@ -37,6 +40,7 @@ pub mod core;
 pub mod engine_parts;
 pub mod error;
 pub mod executor;
+pub mod kernel_log;
 pub mod llm;
 pub mod llm_engine;
 pub mod model_executor;

@@ -3,10 +3,15 @@
 //! It is the reference the other backends are checked against, so it computes in f32 only and
 //! rejects other dtypes with [`BackendError::UnsupportedDType`]. Its memory is the host's, so
 //! a step's metadata needs no copy: [`Backend::prepare_step`] keeps the [`ModelInput`] as is.
+//!
+//! Each op opens the same `kernel` span, with the same `op` name, as the CUDA backend's
+//! launch of it, so [`crate::kernel_log`] records the same sequence on both (except that the
+//! CPU runs `qkv_rotary_and_cache` as the trait's three calls, where the GPU has one kernel).
 
 pub use super::cpu_kernels::{
     CpuKernels, FusedAddRmsNormFn, PagedAttentionFn, RmsNormFn, RotaryEmbeddingFn,
 };
+use super::cuda_step::is_decode;
 use super::{Backend, BackendError, DType, Result};
 use crate::attention::attention_metadata::AttentionMetadata;
 use crate::ops;
@@ -45,6 +50,15 @@ impl CpuBackend {
             rows,
             cols,
         }
+    }
+}
+
+/// The CUDA backend's name for attention over `step`: its decode kernel runs a batch where
+/// every sequence feeds one token and samples it, its prefill kernel every other batch.
+fn attention_op(step: &ModelInput) -> &'static str {
+    match is_decode(step) {
+        true => "paged_attention_decode",
+        false => "prefill_attention",
     }
 }
 
@@ -107,6 +121,7 @@ impl Backend for CpuBackend {
     }
 
     fn embedding(&self, table: &CpuTensor, step: &ModelInput) -> Result<CpuTensor> {
+        let _span = tracing::trace_span!("kernel", op = "embedding").entered();
         let (ids, h) = (&step.input_ids, table.cols);
         let mut data = Vec::with_capacity(ids.len() * h);
         for &id in ids {
@@ -125,6 +140,7 @@ impl Backend for CpuBackend {
     }
 
     fn linear(&self, x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>) -> Result<CpuTensor> {
+        let _span = tracing::trace_span!("kernel", op = "linear").entered();
         ensure(x.cols == w.cols, "linear", || {
             format!("x has {} columns, weight [{}, {}]", x.cols, w.rows, w.cols)
         })?;
@@ -145,6 +161,7 @@ impl Backend for CpuBackend {
     }
 
     fn rms_norm(&self, x: &CpuTensor, weight: &CpuTensor, eps: f32) -> Result<CpuTensor> {
+        let _span = tracing::trace_span!("kernel", op = "rms_norm").entered();
         ensure(weight.data.len() == x.cols, "rms_norm", || {
             format!("weight of {} for rows of {}", weight.data.len(), x.cols)
         })?;
@@ -160,6 +177,7 @@ impl Backend for CpuBackend {
         w: &CpuTensor,
         eps: f32,
     ) -> Result<()> {
+        let _span = tracing::trace_span!("kernel", op = "fused_add_rms_norm").entered();
         let (xs, rs) = ((x.rows, x.cols), (res.rows, res.cols));
         ensure(
             xs == rs && w.data.len() == x.cols,
@@ -178,6 +196,7 @@ impl Backend for CpuBackend {
         head_dim: usize,
         cos_sin_cache: &CpuTensor,
     ) -> Result<()> {
+        let _span = tracing::trace_span!("kernel", op = "rotary_embedding").entered();
         let t = step.positions.len();
         ensure(q.rows == t && k.rows == t, "rotary_embedding", || {
             format!("q has {} rows, k {}, for {t} positions", q.rows, k.rows)
@@ -200,6 +219,7 @@ impl Backend for CpuBackend {
         value_cache: &mut CpuTensor,
         step: &ModelInput,
     ) -> Result<()> {
+        let _span = tracing::trace_span!("kernel", op = "reshape_and_cache").entered();
         let slots = &step.attn_metadata.slot_mapping;
         let fits = k.rows == slots.len() && (v.rows, v.cols) == (k.rows, k.cols);
         ensure(
@@ -238,6 +258,8 @@ impl Backend for CpuBackend {
         scale: f32,
         step: &ModelInput,
     ) -> Result<CpuTensor> {
+        // The CUDA backend's names, chosen by the same test (evaluated only when recorded).
+        let _span = tracing::trace_span!("kernel", op = attention_op(step)).entered();
         let meta: &AttentionMetadata = &step.attn_metadata;
         ensure(q.rows == meta.num_tokens(), "paged_attention", || {
             format!("q has {} rows for {} tokens", q.rows, meta.num_tokens())
@@ -257,6 +279,7 @@ impl Backend for CpuBackend {
     }
 
     fn silu_and_mul(&self, x: &CpuTensor) -> Result<CpuTensor> {
+        let _span = tracing::trace_span!("kernel", op = "silu_and_mul").entered();
         ensure(x.cols.is_multiple_of(2), "silu_and_mul", || {
             format!("{} columns do not split into gate and up", x.cols)
         })?;
@@ -266,6 +289,7 @@ impl Backend for CpuBackend {
     }
 
     fn split_columns(&self, x: &CpuTensor, widths: &[usize]) -> Result<Vec<CpuTensor>> {
+        let _span = tracing::trace_span!("kernel", op = "split_columns").entered();
         let total: usize = widths.iter().sum();
         ensure(total == x.cols, "split_columns", || {
             format!("widths {widths:?} for {} columns", x.cols)
@@ -283,6 +307,7 @@ impl Backend for CpuBackend {
     }
 
     fn gather_rows(&self, x: &CpuTensor, step: &ModelInput) -> Result<CpuTensor> {
+        let _span = tracing::trace_span!("kernel", op = "gather_rows").entered();
         let rows = &step.logits_indices;
         if let Some(&bad) = rows.iter().find(|&&r| r >= x.rows) {
             let detail = format!("row {bad} of a {}-row tensor", x.rows);

@@ -238,6 +238,8 @@ pub trait Backend: Send + Sync {
             let detail = format!("{rows} logits rows for {} sample rows", sample_rows.len());
             return Err(BackendError::shape("run_step", detail));
         }
+        // The CUDA backend's sampling kernel has this name too.
+        let _span = tracing::trace_span!("kernel", op = "sample").entered();
         let mut output = ModelRunnerOutput::default();
         for (row, how) in logits.chunks_exact(vocab.max(1)).zip(sample_rows) {
             output

@@ -1,0 +1,262 @@
+//! The kernel sequence of one forward step, as the engine records it, against the book's data
+//! file `book/src/stage4/forward-step-kernels.toml` (the chapter "The forward step on the GPU"
+//! includes it).
+//!
+//! The engine runs a small random Llama (3 layers, heads of 64, so that the CUDA kernels can
+//! run it too) one step at a time, and `engine::kernel_log::record` lists the `kernel` spans of
+//! each step. On the CPU (CI) the list must be the file's, with the one fused GPU kernel
+//! replaced by the three CPU ops the file's `[cpu]` table names: so this fails if the model's
+//! op order changes. On a GPU (`scripts/gpu-check.sh`) the CUDA backend's list must be the
+//! file's exactly, with CUDA graphs off; with them on, a replayed decode step is one
+//! `cuda_graph_replay`. Without a GPU those tests print `skipped: ...` and pass.
+
+use engine::config::{Device, ModelConfig};
+use engine::kernel_log::{self, GRAPH_REPLAY};
+use engine::model_source::{LoadedModel, ModelWeights};
+use engine::tiny_model::{tiny_config, tiny_tokenizer};
+use engine::{EngineConfig, LLMEngine, Prompt, SamplingParams};
+
+/// Where the data file is, for messages.
+const DATA: &str = "book/src/stage4/forward-step-kernels.toml";
+/// Its text, compiled in: the GPU check carries test binaries built here to a machine where
+/// the repository may sit at another path.
+const DATA_TEXT: &str = include_str!("../../book/src/stage4/forward-step-kernels.toml");
+
+/// One kind of step in the data file.
+#[derive(Debug)]
+struct StepKernels {
+    before: Vec<String>,
+    per_layer: Vec<String>,
+    after: Vec<String>,
+}
+
+impl StepKernels {
+    /// The whole step for a model of `layers` layers.
+    fn expand(&self, layers: usize) -> Vec<String> {
+        let mut all = self.before.clone();
+        for _ in 0..layers {
+            all.extend(self.per_layer.iter().cloned());
+        }
+        all.extend(self.after.iter().cloned());
+        all
+    }
+}
+
+/// The data file: the CUDA backend's decode and prefill steps, and the CPU's substitutions.
+struct Book {
+    decode: StepKernels,
+    prefill: StepKernels,
+    cpu: toml::Table,
+}
+
+fn strings(v: Option<&toml::Value>, what: &str) -> Vec<String> {
+    v.and_then(|v| v.as_array())
+        .unwrap_or_else(|| panic!("{DATA}: `{what}` is not a list"))
+        .iter()
+        .map(|s| {
+            s.as_str()
+                .unwrap_or_else(|| panic!("{DATA}: `{what}` holds a non-string"))
+                .to_string()
+        })
+        .collect()
+}
+
+fn book() -> Book {
+    let t: toml::Table = toml::from_str(DATA_TEXT).unwrap_or_else(|e| panic!("{DATA}: {e}"));
+    let step = |name: &str| {
+        let s = t[name].as_table().expect("a table per kind of step");
+        StepKernels {
+            before: strings(s.get("before"), &format!("{name}.before")),
+            per_layer: strings(s.get("per_layer"), &format!("{name}.per_layer")),
+            after: strings(s.get("after"), &format!("{name}.after")),
+        }
+    };
+    Book {
+        decode: step("decode"),
+        prefill: step("prefill"),
+        cpu: t["cpu"].as_table().expect("a [cpu] table").clone(),
+    }
+}
+
+impl Book {
+    /// The CPU backend's sequence for the GPU's `gpu`: each op the `[cpu]` table names is
+    /// replaced by the ops it lists.
+    fn on_cpu(&self, gpu: &[String]) -> Vec<String> {
+        gpu.iter()
+            .flat_map(|op| match self.cpu.get(op) {
+                Some(v) => strings(Some(v), op),
+                None => vec![op.clone()],
+            })
+            .collect()
+    }
+}
+
+/// Three layers, 4 query and 2 KV heads of 64: a shape both backends run.
+fn config() -> ModelConfig {
+    let mut c = tiny_config();
+    c.head_dim = 64;
+    c.num_attention_heads = 4;
+    c.num_key_value_heads = 2;
+    c.hidden_size = 256;
+    c.intermediate_size = 512;
+    c.num_hidden_layers = 3;
+    c
+}
+
+fn engine(device: Device, graphs: bool) -> LLMEngine {
+    let c = config();
+    let model = LoadedModel {
+        name: "random d64".into(),
+        config: c.clone(),
+        weights: ModelWeights::Random { seed: 7 },
+        tokenizer: tiny_tokenizer(),
+        eos_token_ids: c.eos_token_ids.clone(),
+    };
+    let mut e = EngineConfig {
+        device,
+        cuda_graphs: graphs,
+        ..EngineConfig::default()
+    };
+    e.cache.block_size = 16;
+    e.cache.num_kv_blocks = Some(64);
+    e.scheduler.max_num_seqs = 4;
+    e.scheduler.max_num_batched_tokens = 64;
+    LLMEngine::new(model, e).unwrap()
+}
+
+fn add(engine: &mut LLMEngine, prompt_len: u32) {
+    let params = SamplingParams {
+        temperature: 0.0,
+        max_tokens: 8,
+        ignore_eos: true,
+        ..SamplingParams::default()
+    };
+    let ids = (0..prompt_len).map(|i| 3 + i * 7 % 200).collect();
+    engine.add_request(Prompt::TokenIds(ids), params).unwrap();
+}
+
+/// The ops of one `engine.step()`.
+fn step(engine: &mut LLMEngine) -> Vec<String> {
+    let (out, ops) = kernel_log::record(|| engine.step());
+    out.unwrap();
+    ops
+}
+
+/// What one engine records: a 5-token prefill, a decode, a step that decodes that request
+/// while it prefills a second one (a mixed batch), and a decode of both.
+struct Recorded {
+    prefill: Vec<String>,
+    decode: Vec<String>,
+    mixed: Vec<String>,
+    decode_two: Vec<String>,
+}
+
+fn record(device: Device) -> Recorded {
+    let mut e = engine(device, false);
+    add(&mut e, 5);
+    let prefill = step(&mut e);
+    let decode = step(&mut e);
+    add(&mut e, 9);
+    let mixed = step(&mut e);
+    let decode_two = step(&mut e);
+    Recorded {
+        prefill,
+        decode,
+        mixed,
+        decode_two,
+    }
+}
+
+fn gpu_or_skip() -> bool {
+    match Device::Cuda(0).resolve() {
+        Ok(_) => true,
+        Err(e) => {
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "skipped: {e}");
+            false
+        }
+    }
+}
+
+fn show(what: &str, ops: &[String]) {
+    eprintln!("{what} ({} ops): {}", ops.len(), ops.join(" "));
+}
+
+#[test]
+fn the_cpu_backend_runs_the_books_sequence_with_its_three_unfused_ops() {
+    let (book, layers) = (book(), config().num_hidden_layers);
+    let got = record(Device::Cpu);
+    show("cpu prefill", &got.prefill);
+    show("cpu decode", &got.decode);
+    let prefill = book.on_cpu(&book.prefill.expand(layers));
+    let decode = book.on_cpu(&book.decode.expand(layers));
+    assert_eq!(got.prefill, prefill, "prefill step");
+    assert_eq!(got.decode, decode, "decode step");
+    assert_eq!(
+        got.mixed, prefill,
+        "a mixed batch runs the prefill sequence"
+    );
+    assert_eq!(got.decode_two, decode, "a batch of two decodes");
+    // The substitution is the only difference: without it the sequences differ.
+    assert_ne!(got.decode, book.decode.expand(layers));
+}
+
+#[test]
+fn the_cuda_backend_launches_exactly_the_books_sequence() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let (book, layers) = (book(), config().num_hidden_layers);
+    let got = record(Device::Cuda(0));
+    show("cuda prefill", &got.prefill);
+    show("cuda decode", &got.decode);
+    let prefill = book.prefill.expand(layers);
+    let decode = book.decode.expand(layers);
+    assert_eq!(got.prefill, prefill, "prefill step");
+    assert_eq!(got.decode, decode, "decode step");
+    assert_eq!(
+        got.mixed, prefill,
+        "a mixed batch runs the prefill sequence"
+    );
+    assert_eq!(got.decode_two, decode, "a batch of two decodes");
+}
+
+/// With CUDA graphs on, a decode batch size's first step runs eagerly, the second is recorded
+/// (its ops are seen while the graph captures them), and from the third on the whole step is
+/// one graph launch.
+#[test]
+fn a_replayed_decode_step_is_one_graph_launch() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let (book, layers) = (book(), config().num_hidden_layers);
+    let mut e = engine(Device::Cuda(0), true);
+    add(&mut e, 5);
+    assert_eq!(step(&mut e), book.prefill.expand(layers), "prefill: eager");
+    let decode = book.decode.expand(layers);
+    assert_eq!(step(&mut e), decode, "first decode: eager");
+    assert_eq!(step(&mut e), decode, "second decode: captured");
+    for k in 3..=5 {
+        assert_eq!(step(&mut e), [GRAPH_REPLAY], "decode {k}: replayed");
+    }
+}
+
+#[test]
+fn the_data_file_lists_one_attention_kernel_per_layer_and_the_same_ops_otherwise() {
+    let book = book();
+    let attention = |s: &StepKernels| {
+        s.per_layer
+            .iter()
+            .filter(|op| op.contains("attention"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(attention(&book.decode), ["paged_attention_decode"]);
+    assert_eq!(attention(&book.prefill), ["prefill_attention"]);
+    let other = |s: &StepKernels| {
+        let mut all = s.expand(2);
+        all.retain(|op| !op.contains("attention"));
+        all
+    };
+    assert_eq!(other(&book.decode), other(&book.prefill));
+}
