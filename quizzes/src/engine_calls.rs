@@ -43,14 +43,14 @@ pub const FUNCTIONS: &[&str] = &[
 
 type Args = toml::Table;
 
-fn int(args: &Args, key: &str) -> Result<usize, String> {
+pub(crate) fn int(args: &Args, key: &str) -> Result<usize, String> {
     args.get(key)
         .and_then(|v| v.as_integer())
         .and_then(|i| usize::try_from(i).ok())
         .ok_or_else(|| format!("argument `{key}` must be a non-negative integer"))
 }
 
-fn float(args: &Args, key: &str) -> Result<f64, String> {
+pub(crate) fn float(args: &Args, key: &str) -> Result<f64, String> {
     match args.get(key) {
         Some(toml::Value::Float(f)) => Ok(*f),
         Some(toml::Value::Integer(i)) => Ok(*i as f64),
@@ -82,7 +82,7 @@ fn floats(args: &Args, key: &str) -> Result<Vec<f32>, String> {
         .collect()
 }
 
-fn text<'a>(args: &'a Args, key: &str) -> Result<&'a str, String> {
+pub(crate) fn text<'a>(args: &'a Args, key: &str) -> Result<&'a str, String> {
     args.get(key)
         .and_then(|v| v.as_str())
         .ok_or_else(|| format!("argument `{key}` must be a string"))
@@ -310,17 +310,18 @@ fn sample_support(args: &Args) -> Result<f64, String> {
     Ok(seen.len() as f64)
 }
 
-/// What the engine's paged attention reads for one query row: a sequence of `seq_len` tokens
-/// whose last `query_len` (default 1: a decode) are this step's rows; row `row` (default the
-/// last) attends. Every cache slot's value is one-hot on the slot's number and every key is
-/// zero, so the row's output is nonzero exactly at the slots it read. `output`: `keys` (how
-/// many slots) or `blocks` (how many distinct cache blocks).
-fn paged_attention_reads(args: &Args) -> Result<f64, String> {
-    let (block_size, seq_len) = (int(args, "block_size")?, int(args, "seq_len")?);
-    let query_len = int(args, "query_len").unwrap_or(1);
-    let row = int(args, "row").unwrap_or(query_len.saturating_sub(1));
-    if block_size == 0 || query_len == 0 || query_len > seq_len || row >= query_len {
-        return Err("need block_size > 0 and 0 <= row < query_len <= seq_len".into());
+/// The cache slots the engine's paged attention reads for each query row of a sequence of
+/// `seq_len` tokens whose last `query_len` are this step's rows (1: a decode), with blocks of
+/// `block_size`: one list per row, in row order. Every cache slot's value is one-hot on the
+/// slot's number and every key is zero, so a row's output is nonzero exactly at the slots it
+/// read.
+pub(crate) fn attention_read_slots(
+    block_size: usize,
+    seq_len: usize,
+    query_len: usize,
+) -> Result<Vec<Vec<usize>>, String> {
+    if block_size == 0 || query_len == 0 || query_len > seq_len {
+        return Err("need block_size > 0 and 0 < query_len <= seq_len".into());
     }
     let num_blocks = seq_len.div_ceil(block_size);
     let slots = num_blocks * block_size;
@@ -347,9 +348,23 @@ fn paged_attention_reads(args: &Args) -> Result<f64, String> {
     engine::ops::paged_attention::paged_attention(
         &mut out, &query, &keys, &values, 1, slots, 1.0, &meta,
     );
-    let read: Vec<usize> = (0..slots)
-        .filter(|&s| out[row * slots + s] != 0.0)
-        .collect();
+    Ok(out
+        .chunks_exact(slots)
+        .map(|row| (0..slots).filter(|&s| row[s] != 0.0).collect())
+        .collect())
+}
+
+/// What the engine's paged attention reads for one query row ([`attention_read_slots`]): row
+/// `row` (default the last) of `query_len` (default 1: a decode). `output`: `keys` (how many
+/// slots) or `blocks` (how many distinct cache blocks).
+fn paged_attention_reads(args: &Args) -> Result<f64, String> {
+    let (block_size, seq_len) = (int(args, "block_size")?, int(args, "seq_len")?);
+    let query_len = int(args, "query_len").unwrap_or(1);
+    let row = int(args, "row").unwrap_or(query_len.saturating_sub(1));
+    if row >= query_len {
+        return Err("need row < query_len".into());
+    }
+    let read = attention_read_slots(block_size, seq_len, query_len)?.swap_remove(row);
     let value = match text(args, "output")? {
         "keys" => read.len(),
         "blocks" => {
@@ -451,10 +466,14 @@ pub fn call(name: &str, args: &Args) -> Result<f64, String> {
         "argmax" => argmax(args)?,
         "paged_attention_reads" => paged_attention_reads(args)?,
         "paged_attention_kv_head" => paged_attention_kv_head(args)?,
+        other if crate::gpu_calls::FUNCTIONS.contains(&other) => {
+            crate::gpu_calls::call(other, args)?
+        }
         other => {
             return Err(format!(
-                "unknown check function `{other}` (known: {})",
-                FUNCTIONS.join(", ")
+                "unknown check function `{other}` (known: {}, {})",
+                FUNCTIONS.join(", "),
+                crate::gpu_calls::FUNCTIONS.join(", ")
             ))
         }
     };

@@ -8,8 +8,9 @@
 //! ```
 //!
 //! mdbook-quiz ignores the table; this crate reads it, calls the engine function it names
-//! ([`engine_calls::call`], a table from names to engine calls), formats the result the way the
-//! prompt asks (`scale` divides it, `decimals` rounds it) and compares it with `answer.answer`
+//! ([`engine_calls::call`], a table from names to engine calls; Stage 4's are in
+//! [`gpu_calls`]), formats the result the way the prompt asks (`scale` divides it, `decimals`
+//! rounds it) and compares it with `answer.answer`
 //! and every `answer.alternatives` entry. A multiple-choice question whose answer is a number
 //! can carry a `check` too: its answer must be the engine's value and no distractor may be. A
 //! wrong answer is an error naming the file and the question.
@@ -19,6 +20,7 @@
 //!                                   └ engine_calls::call(fn, args) ─> f64 ─ format ─> compare
 //! ```
 pub mod engine_calls;
+pub mod gpu_calls;
 
 use std::path::{Path, PathBuf};
 

@@ -190,3 +190,93 @@ fn fcfs_victim_is_the_latest_arrival() {
         assert_eq!(victim as usize, n - 1);
     }
 }
+
+fn cost(n: usize, q: usize, h: usize, kv: usize, d: usize, output: &str) -> f64 {
+    call(
+        "attention_cost",
+        &args(&format!(
+            "seq_len = {n}\nquery_len = {q}\nnum_heads = {h}\nnum_kv_heads = {kv}\n\
+             head_dim = {d}\ndtype_bytes = 2\noutput = \"{output}\""
+        )),
+    )
+    .unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(32))]
+
+    /// Attention over the engine's paged attention: a chunk of q rows ending a sequence of n
+    /// tokens computes q·(n − q) + q·(q + 1)/2 (row, key) pairs (a decode: n; a whole prompt:
+    /// n·(n + 1)/2); 4·d·H FLOPs a pair; 2·(2·q·H·d + 2·n·KV·d) bytes in bf16.
+    #[test]
+    fn attention_cost_formulas(
+        n in 1usize..100, q_seed in any::<usize>(), kv in 1usize..4, group in 1usize..4,
+        d in 1usize..9,
+    ) {
+        let q = 1 + q_seed % n;
+        let h = kv * group;
+        let pairs = q * (n - q) + q * (q + 1) / 2;
+        prop_assert_eq!(cost(n, q, h, kv, d, "pairs"), pairs as f64);
+        prop_assert_eq!(cost(n, q, h, kv, d, "qk_flops"), (2 * d * h * pairs) as f64);
+        prop_assert_eq!(cost(n, q, h, kv, d, "flops"), (4 * d * h * pairs) as f64);
+        prop_assert_eq!(cost(n, q, h, kv, d, "bytes"), (2 * (2 * q * h * d + 2 * n * kv * d)) as f64);
+    }
+
+    /// A decode's intensity is H·n / (H + n·KV): below the group size H / KV, and closer to it
+    /// the longer the context.
+    #[test]
+    fn decode_intensity_approaches_the_group_size(n in 1usize..300, kv in 1usize..4, group in 1usize..5) {
+        let h = kv * group;
+        let i = cost(n, 1, h, kv, 64, "intensity");
+        let formula = (h * n) as f64 / (h + n * kv) as f64;
+        prop_assert!((i - formula).abs() < 1e-12 * formula.max(1.0));
+        prop_assert!(i < group as f64);
+    }
+
+    /// A warp of 32 threads loading `e`-byte elements `s` elements apart moves whole 32-byte
+    /// sectors: contiguous (s = 1) is e sectors, 100% efficient; once e·s ≥ 32 every thread
+    /// has a sector of its own, 32 sectors, e/32 efficient.
+    #[test]
+    fn warp_load_formulas(e in prop::sample::select(vec![1usize, 2, 4, 8, 16]), s in 1usize..40) {
+        let run = |output: &str| call("warp_load", &args(&format!(
+            "elem_bytes = {e}\nstride = {s}\noutput = \"{output}\""
+        ))).unwrap();
+        if s == 1 {
+            prop_assert_eq!(run("sectors"), e as f64);
+            prop_assert_eq!(run("efficiency_percent"), 100.0);
+        }
+        if e * s >= 32 {
+            prop_assert_eq!(run("sectors"), 32.0);
+            prop_assert_eq!(run("efficiency_percent"), 100.0 * e as f64 / 32.0);
+        }
+        prop_assert_eq!(run("bytes_moved"), 32.0 * run("sectors"));
+    }
+}
+
+/// The kernel count of a step is (before + after) + layers · per layer: the same constant
+/// and slope for every model; the CPU runs the fused qkv kernel as several ops.
+#[test]
+fn kernel_launches_formula() {
+    let count = |model: &str, step: &str, backend: &str, output: &str| {
+        call(
+            "kernel_launches",
+            &args(&format!(
+                "model = \"{model}\"\nstep = \"{step}\"\nbackend = \"{backend}\"\noutput = \"{output}\""
+            )),
+        )
+        .unwrap() as usize
+    };
+    let mut outside_layers = std::collections::BTreeSet::new();
+    for model in ["tiny", "smollm2-135m", "llama-3.2-1b", "llama-2-7b"] {
+        let layers = quizzes::engine_calls::model_config(model)
+            .unwrap()
+            .num_hidden_layers;
+        for step in ["decode", "prefill"] {
+            let per_layer = count(model, step, "cuda", "per_layer");
+            let total = count(model, step, "cuda", "total");
+            outside_layers.insert(total - layers * per_layer);
+            assert!(count(model, step, "cpu", "per_layer") > per_layer);
+        }
+    }
+    assert_eq!(outside_layers.len(), 1, "{outside_layers:?}");
+}

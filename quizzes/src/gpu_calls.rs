@@ -1,0 +1,158 @@
+//! The Stage 4 quiz's check functions: the kernel sequence of a forward step, the cost of
+//! attention, CUDA graph sizes and a warp's memory transactions.
+//!
+//! - `kernel_launches` counts the kernel sequence the book's data file lists
+//!   (`book/src/stage4/forward-step-kernels.toml`), which `engine/tests/kernel_sequence.rs`
+//!   checks against the launches the engine records, for a model's number of layers.
+//! - `attention_cost` takes the (query row, key) pairs from the engine's own paged attention
+//!   (which slots each row reads, [`crate::engine_calls::attention_read_slots`]) and prices
+//!   each pair in FLOPs; bytes are the least traffic an attention kernel can have.
+//! - `cuda_graph_size` asks the engine's CUDA graph code which batch sizes it captures.
+//! - `warp_load` counts the 32-byte sectors one warp's load touches.
+
+use engine::backend::cuda_graph::{capture_sizes, padded_size};
+
+use crate::engine_calls::{attention_read_slots, int, model_config, text};
+
+type Args = toml::Table;
+
+/// The names [`call`] answers.
+pub const FUNCTIONS: &[&str] = &[
+    "kernel_launches",
+    "attention_cost",
+    "cuda_graph_size",
+    "warp_load",
+];
+
+/// The book's kernel sequence (the CUDA backend's; `[cpu]` lists the CPU's substitutions).
+const KERNELS: &str = include_str!("../../book/src/stage4/forward-step-kernels.toml");
+
+fn list(v: Option<&toml::Value>, what: &str) -> Result<Vec<String>, String> {
+    let bad = || format!("forward-step-kernels.toml: `{what}` is not a list of names");
+    v.and_then(|v| v.as_array())
+        .ok_or_else(bad)?
+        .iter()
+        .map(|s| s.as_str().map(str::to_string).ok_or_else(bad))
+        .collect()
+}
+
+/// Kernel launches of one forward step of `model`: `step` is `decode` or `prefill`, `backend`
+/// `cuda` (default) or `cpu`; `output` is `total` or `per_layer`.
+fn kernel_launches(args: &Args) -> Result<f64, String> {
+    let book: toml::Table = toml::from_str(KERNELS).map_err(|e| e.to_string())?;
+    let name = text(args, "step")?;
+    let step = book
+        .get(name)
+        .and_then(|s| s.as_table())
+        .ok_or_else(|| format!("no step `{name}` in the data file"))?;
+    let ops = |part: &str| list(step.get(part), &format!("{name}.{part}"));
+    let per_op = |op: &String| -> Result<usize, String> {
+        match args
+            .get("backend")
+            .and_then(|b| b.as_str())
+            .unwrap_or("cuda")
+        {
+            "cuda" => Ok(1),
+            "cpu" => match book["cpu"].get(op) {
+                Some(v) => Ok(list(Some(v), op)?.len()),
+                None => Ok(1),
+            },
+            other => Err(format!("unknown backend `{other}`")),
+        }
+    };
+    let count = |part: &str| -> Result<usize, String> { ops(part)?.iter().map(per_op).sum() };
+    let layers = model_config(text(args, "model")?)?.num_hidden_layers;
+    let per_layer = count("per_layer")?;
+    Ok(match text(args, "output")? {
+        "total" => count("before")? + layers * per_layer + count("after")?,
+        "per_layer" => per_layer,
+        other => return Err(format!("unknown output `{other}`")),
+    } as f64)
+}
+
+/// One layer's attention for one sequence of `seq_len` tokens whose last `query_len` are this
+/// step's rows (1: a decode; `seq_len`: a whole prompt), with `num_heads` query heads and
+/// `num_kv_heads` KV heads of size `head_dim`, stored in `dtype_bytes` per element.
+///
+/// - `pairs`: (query row, key) pairs the engine's paged attention computes, counted from what
+///   it reads: `query_len · (seq_len − query_len) + query_len · (query_len + 1) / 2` (causal).
+/// - `qk_flops`: q·k for every pair and query head, `head_dim` multiply-adds of 2 FLOPs each
+///   (how the GEMM ceiling's TFLOP/s count): `2 · head_dim · num_heads · pairs`.
+/// - `flops`: that and p·V, as many again: `4 · head_dim · num_heads · pairs` (the softmax's
+///   exponentials and sums, a few per pair, are left out).
+/// - `bytes`: the least a kernel moves: q read and the output written once
+///   (`query_len · num_heads · head_dim` each), K and V read once
+///   (`seq_len · num_kv_heads · head_dim` each).
+/// - `intensity`: `flops / bytes`, FLOPs per byte.
+fn attention_cost(args: &Args) -> Result<f64, String> {
+    let (n, q) = (int(args, "seq_len")?, int(args, "query_len")?);
+    let (h, kv, d) = (
+        int(args, "num_heads")?,
+        int(args, "num_kv_heads")?,
+        int(args, "head_dim")?,
+    );
+    let elem = int(args, "dtype_bytes")? as f64;
+    let pairs: usize = attention_read_slots(16, n, q)?.iter().map(Vec::len).sum();
+    let pairs = pairs as f64;
+    let qk_flops = 2.0 * (d * h) as f64 * pairs;
+    let flops = 2.0 * qk_flops;
+    let bytes = elem * (2 * q * h * d + 2 * n * kv * d) as f64;
+    Ok(match text(args, "output")? {
+        "pairs" => pairs,
+        "qk_flops" => qk_flops,
+        "flops" => flops,
+        "bytes" => bytes,
+        "intensity" => flops / bytes,
+        other => return Err(format!("unknown output `{other}`")),
+    })
+}
+
+/// The engine's CUDA graph sizes for `max_num_seqs`: `output` `padded` is the batch a decode
+/// of `num_seqs` sequences replays as (0: none, it runs eagerly), `num_sizes` how many sizes
+/// have a graph.
+fn cuda_graph_size(args: &Args) -> Result<f64, String> {
+    let sizes = capture_sizes(int(args, "max_num_seqs")?);
+    Ok(match text(args, "output")? {
+        "padded" => padded_size(int(args, "num_seqs")?, &sizes).unwrap_or(0),
+        "num_sizes" => sizes.len(),
+        other => return Err(format!("unknown output `{other}`")),
+    } as f64)
+}
+
+/// Bytes the memory system moves at a time for a global load (an L2 sector).
+pub const SECTOR_BYTES: usize = 32;
+
+/// One warp's load: thread `i` of 32 reads `elem_bytes` at element `i · stride` of an array
+/// that starts on a sector boundary. The memory system moves whole 32-byte sectors, so the
+/// warp costs every sector any thread touches. `output`: `sectors`, `bytes_moved`, or
+/// `efficiency_percent`: the distinct bytes asked for ÷ the bytes moved (Nsight Compute's
+/// global load efficiency; Stage 4's execution model counts the same way).
+fn warp_load(args: &Args) -> Result<f64, String> {
+    let (elem, stride) = (int(args, "elem_bytes")?, int(args, "stride")?);
+    if elem == 0 {
+        return Err("elem_bytes must be at least 1".into());
+    }
+    let bytes: std::collections::BTreeSet<usize> = (0..32)
+        .flat_map(|i| i * stride * elem..(i * stride + 1) * elem)
+        .collect();
+    let sectors: std::collections::BTreeSet<usize> =
+        bytes.iter().map(|b| b / SECTOR_BYTES).collect();
+    let moved = sectors.len() * SECTOR_BYTES;
+    Ok(match text(args, "output")? {
+        "sectors" => sectors.len() as f64,
+        "bytes_moved" => moved as f64,
+        "efficiency_percent" => 100.0 * bytes.len() as f64 / moved as f64,
+        other => return Err(format!("unknown output `{other}`")),
+    })
+}
+
+/// Calls the Stage 4 check function `name`.
+pub fn call(name: &str, args: &Args) -> Result<f64, String> {
+    match name {
+        "kernel_launches" => kernel_launches(args),
+        "attention_cost" => attention_cost(args),
+        "cuda_graph_size" => cuda_graph_size(args),
+        "warp_load" => warp_load(args),
+        other => Err(format!("`{other}` is not a Stage 4 check function")),
+    }
+}
