@@ -1,0 +1,26 @@
+//! Plausible wrong solutions of the stage 4 exercises, kept beside the reference (maintainers
+//! only: built with `--features mutants`, never by a learner).
+//!
+//! Each file here has the signature of one exercise. With no mutant selected it is the
+//! reference; with `INFERENCE_LAB_MUTANT=<name>` set it makes the mistake that `name` stands
+//! for. `mutants.toml` lists every name with the test target that must catch it, and
+//! `cargo xtask check` runs, for each one,
+//!
+//! ```text
+//! INFERENCE_LAB_MUTANT=<name> cargo test -p stage4 --features mutants --test <test>
+//! ```
+//!
+//! and requires a failing test: a mutant that passes is a hole in the exercise's tests. Several
+//! of these give the right numbers and differ only in the memory traffic they cause: the tests
+//! that catch them are the ones that count sectors.
+
+pub mod block_reduce;
+pub mod paged_attention;
+pub mod reshape_and_cache;
+pub mod rms_norm;
+pub mod roofline;
+
+/// Whether the mutant `name` is selected (the environment variable `INFERENCE_LAB_MUTANT`).
+pub fn active(name: &str) -> bool {
+    std::env::var("INFERENCE_LAB_MUTANT").is_ok_and(|v| v == name)
+}
