@@ -35,6 +35,16 @@ for line in sys.stdin:
 ' | while read -r name exe; do
         strip -o "gpu-bin/tests/engine-$name" "$exe"
     done
+    # Stage 4's `.cu` exercises, on their reference solutions (the learners' stubs fail by design).
+    cargo test -p stage4 --features reference --release --no-run --test cuda --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["test"]:
+        print(m["target"]["name"], m["executable"])
+' | while read -r name exe; do
+        strip -o "gpu-bin/tests/stage4-$name" "$exe"
+    done
     cargo build -p kernels --release --example kernel_bench
     strip -o gpu-bin/kernel_bench target/release/examples/kernel_bench
     cargo build -p engine --release --bin lab

@@ -9,14 +9,12 @@
 //! stubs. Inputs are fresh every run; the seed is printed, and `KERNELS_SEED=<seed>` repeats a
 //! run (as the kernels crate's tests do).
 
-use std::io::Write;
-use std::sync::Arc;
+mod common;
 
+use common::{assert_close, compile, config, gpu_or_skip, Rng};
 use engine::attention::attention_metadata::AttentionMetadata;
 use engine::ops::{cache_ops, paged_attention, rms_norm};
-use kernels::cudarc::driver::{CudaContext, CudaModule, CudaStream, LaunchConfig, PushKernelArg};
-use kernels::cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions};
-use kernels::KernelError;
+use kernels::cudarc::driver::PushKernelArg;
 use stage4::reshape_and_cache::PADDING_SLOT;
 
 /// The sources under test: yours, or with `--features reference` the reference ones.
@@ -37,118 +35,13 @@ mod sources {
     pub const PAGED_ATTENTION: &str = include_str!("reference/paged_attention_decode.cu");
 }
 
-/// The GPU's context and a stream, or `None` after printing why the test is skipped.
-fn gpu_or_skip() -> Option<(Arc<CudaContext>, Arc<CudaStream>)> {
-    match kernels::check_device(0) {
-        Ok(()) => {
-            let ctx = CudaContext::new(0).expect("open GPU 0");
-            let stream = ctx.new_stream().expect("create a stream");
-            Some((ctx, stream))
-        }
-        Err(e @ (KernelError::Unavailable(_) | KernelError::NoCompiler(_))) => {
-            // Straight to stderr: the harness captures `eprintln!` of passing tests.
-            let _ = writeln!(std::io::stderr(), "skipped: {e}");
-            None
-        }
-        Err(e) => panic!("opening the GPU failed: {e}"),
-    }
-}
-
-/// Compiles `files` (name, source), concatenated in order, into one module, for the GPU the
-/// engine's kernels are compiled for (`kernels::compile::ARCH`).
-fn compile(ctx: &Arc<CudaContext>, files: &[(&str, &str)]) -> Arc<CudaModule> {
-    let source: String = files
-        .iter()
-        .map(|(name, src)| format!("#line 1 \"{}/{name}\"\n{src}\n", sources::DIR))
-        .collect();
-    let name = files.last().expect("a file").0;
-    let opts = CompileOptions {
-        arch: Some(kernels::compile::ARCH),
-        name: Some(name.to_string()),
-        options: vec!["--std=c++17".to_string()],
-        ..Default::default()
-    };
-    let ptx = compile_ptx_with_opts(source, opts).unwrap_or_else(|e| match e {
-        CompileError::CompileError { log, .. } => {
-            panic!("NVRTC could not compile {name}:\n{}", log.to_string_lossy())
-        }
-        other => panic!("NVRTC could not compile {name}: {other}"),
-    });
-    ctx.load_module(ptx).expect("load the compiled module")
-}
-
-/// SplitMix64, seeded from the clock (or `KERNELS_SEED`), the seed printed.
-struct Rng(u64);
-
-impl Rng {
-    fn fresh(test: &str) -> Rng {
-        let seed = std::env::var("KERNELS_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-            });
-        println!("{test}: KERNELS_SEED={seed}");
-        Rng(seed)
-    }
-
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `[-scale, scale)`.
-    fn f32s(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| scale * ((self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0))
-            .collect()
-    }
-
-    /// A random permutation of `0..n`.
-    fn permutation(&mut self, n: usize) -> Vec<usize> {
-        let mut v: Vec<usize> = (0..n).collect();
-        for i in (1..n).rev() {
-            v.swap(i, (self.next() % (i as u64 + 1)) as usize);
-        }
-        v
-    }
-}
-
-/// Elementwise `|got − want| <= tol · (1 + |want|)`; a NaN says the kernel left it unwritten.
-fn assert_close(what: &str, got: &[f32], want: &[f32], tol: f32) {
-    let mut worst = 0.0f32;
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        assert!(
-            !g.is_nan() || w.is_nan(),
-            "{what}: element {i} is NaN: the kernel did not write it (is the .cu file still \
-             the stub?)"
-        );
-        let err = (g - w).abs() / (1.0 + w.abs());
-        assert!(err <= tol, "{what}: element {i} is {g}, it should be {w}");
-        worst = worst.max(err);
-    }
-    println!("{what}: max error {worst:.1e} relative to 1 + |x| (bound {tol:.0e})");
-}
-
-fn config(grid: (usize, usize), threads: usize, shared_bytes: usize) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (grid.0 as u32, grid.1 as u32, 1),
-        block_dim: (threads as u32, 1, 1),
-        shared_mem_bytes: shared_bytes as u32,
-    }
-}
-
 #[test]
 fn rms_norm_cu_matches_the_engine() {
     let Some((ctx, s)) = gpu_or_skip() else {
         return;
     };
     let module = compile(
+        sources::DIR,
         &ctx,
         &[
             ("block_reduce.cuh", sources::BLOCK_REDUCE),
@@ -182,6 +75,7 @@ fn reshape_and_cache_cu_writes_exactly_the_mapped_slots() {
         return;
     };
     let module = compile(
+        sources::DIR,
         &ctx,
         &[("reshape_and_cache.cu", sources::RESHAPE_AND_CACHE)],
     );
@@ -291,6 +185,7 @@ fn paged_attention_decode_cu_matches_the_engine() {
         return;
     };
     let module = compile(
+        sources::DIR,
         &ctx,
         &[
             ("block_reduce.cuh", sources::BLOCK_REDUCE),
