@@ -36,8 +36,27 @@ fn list(v: Option<&toml::Value>, what: &str) -> Result<Vec<String>, String> {
         .collect()
 }
 
+/// The CPU's ops for the GPU's `gpu` launches, by the data file's `[cpu]` table: a list
+/// replaces every launch of an op, `{ first, then }` its first launch in the step and the rest.
+fn on_cpu(cpu: &toml::Table, gpu: &[String]) -> Result<Vec<String>, String> {
+    let mut seen = std::collections::HashSet::new();
+    let mut all = Vec::new();
+    for op in gpu {
+        let first = seen.insert(op.clone());
+        all.extend(match cpu.get(op) {
+            Some(toml::Value::Table(t)) => {
+                let which = if first { "first" } else { "then" };
+                list(t.get(which), &format!("cpu.{op}.{which}"))?
+            }
+            Some(v) => list(Some(v), &format!("cpu.{op}"))?,
+            None => vec![op.clone()],
+        });
+    }
+    Ok(all)
+}
+
 /// Kernel launches of one forward step of `model`: `step` is `decode` or `prefill`, `backend`
-/// `cuda` (default) or `cpu`; `output` is `total` or `per_layer`.
+/// `cuda` (default) or `cpu`; `output` is `total` or `per_layer` (a layer after the first).
 fn kernel_launches(args: &Args) -> Result<f64, String> {
     let book: toml::Table = toml::from_str(KERNELS).map_err(|e| e.to_string())?;
     let name = text(args, "step")?;
@@ -46,26 +65,29 @@ fn kernel_launches(args: &Args) -> Result<f64, String> {
         .and_then(|s| s.as_table())
         .ok_or_else(|| format!("no step `{name}` in the data file"))?;
     let ops = |part: &str| list(step.get(part), &format!("{name}.{part}"));
-    let per_op = |op: &String| -> Result<usize, String> {
+    let layers = model_config(text(args, "model")?)?.num_hidden_layers;
+    let (before, per_layer, after) = (ops("before")?, ops("per_layer")?, ops("after")?);
+    // The whole step for `n` layers, on the backend asked for.
+    let launches = |n: usize| -> Result<usize, String> {
+        let mut all = before.clone();
+        (0..n).for_each(|_| all.extend(per_layer.iter().cloned()));
+        all.extend(after.iter().cloned());
         match args
             .get("backend")
             .and_then(|b| b.as_str())
             .unwrap_or("cuda")
         {
-            "cuda" => Ok(1),
-            "cpu" => match book["cpu"].get(op) {
-                Some(v) => Ok(list(Some(v), op)?.len()),
-                None => Ok(1),
-            },
+            "cuda" => Ok(all.len()),
+            "cpu" => {
+                let cpu = book["cpu"].as_table().ok_or("no [cpu] table")?;
+                Ok(on_cpu(cpu, &all)?.len())
+            }
             other => Err(format!("unknown backend `{other}`")),
         }
     };
-    let count = |part: &str| -> Result<usize, String> { ops(part)?.iter().map(per_op).sum() };
-    let layers = model_config(text(args, "model")?)?.num_hidden_layers;
-    let per_layer = count("per_layer")?;
     Ok(match text(args, "output")? {
-        "total" => count("before")? + layers * per_layer + count("after")?,
-        "per_layer" => per_layer,
+        "total" => launches(layers)?,
+        "per_layer" => launches(2)? - launches(1)?,
         other => return Err(format!("unknown output `{other}`")),
     } as f64)
 }
