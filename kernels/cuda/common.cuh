@@ -57,3 +57,29 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
     for (int w = 0; w < num_warps; w++) total += scratch[w];
     return total;
 }
+
+// SiLU, x·sigmoid(x): SwiGLU's activation (silu_and_mul.cu, and gemv.cu's fused epilogue).
+__device__ __forceinline__ float silu(float x) { return x / (1.0f + __expf(-x)); }
+
+// Programmatic dependent launch (sm_90). A decode step is hundreds of kernels of a few
+// microseconds each, and between two of them the GPU drains the first grid before it starts
+// the second. Launched with the PDL attribute (kernels/src/launch.rs), a kernel's blocks may
+// start while the previous kernel still runs; each kernel therefore
+//   1. may prepare what does not depend on the previous kernel (a GEMV loads its weights),
+//   2. waits for the previous grid to finish and its writes to be visible: `griddepcontrol.wait`
+//      (a no-op when launched without the attribute), before reading any activation,
+//   3. lets the next kernel start early: `griddepcontrol.launch_dependents`.
+// Every kernel calls (2) before it reads or writes anything another kernel touches, so the
+// order of reads and writes is the stream's order, as without PDL.
+__device__ __forceinline__ void wait_for_previous_kernel() {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+}
+__device__ __forceinline__ void allow_next_kernel() {
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+// Steps 2 and 3, for kernels with nothing to prepare.
+#define PDL_ENTRY()                 \
+    do {                            \
+        wait_for_previous_kernel(); \
+        allow_next_kernel();        \
+    } while (0)

@@ -7,6 +7,7 @@ extern "C" __global__ void embedding_kernel(
     const u32* __restrict__ ids,              // [num_tokens]
     const __nv_bfloat16* __restrict__ table,  // [vocab_size, hidden_size]
     u32 vocab_size, u32 hidden_size) {
+    PDL_ENTRY();
     const size_t t = blockIdx.x;
     const u32 id = ids[t];
     __nv_bfloat16* o = out + t * hidden_size;

@@ -12,6 +12,11 @@
 // in L1/L2). Partial sums (f32) are reduced across the warp with shuffles; lane 0 adds the bias
 // and writes bf16. Requires k % 8 == 0 and 16-byte aligned rows (the Rust side checks and
 // otherwise uses cuBLAS).
+//
+// At these sizes a kernel costs its latency (a few µs inside a CUDA graph) more than its bytes,
+// so the GEMV also takes the work of its neighbours in a decoder layer: the residual add and
+// RMSNorm before the qkv and gate/up projections, and SiLU·mul after gate/up. A decode layer
+// is then six kernels instead of nine (kernels/README.md has the measurement).
 
 #define GEMV_THREADS 256
 #define UNROLL 4  // 16-byte chunks of each row a lane loads at once
@@ -23,80 +28,199 @@ __device__ __forceinline__ float dot8(const f32x8& a, const f32x8& b) {
     return s;
 }
 
-template <int M, int ROWS>
+// The UNROLL chunks c0, c0 + 32, ... of the ROWS rows `rows` of W, for one lane. Past the end
+// of a row the last valid chunk is loaded again (and never used).
+template <int ROWS>
+__device__ __forceinline__ void load_chunks(
+    uint4 (&wraw)[UNROLL][ROWS],
+    const __nv_bfloat16* __restrict__ w,  // [n, k]
+    const u32 (&rows)[ROWS], u32 c0, u32 k, u32 chunks) {
+#pragma unroll
+    for (int u = 0; u < UNROLL; u++) {
+        const u32 c = min(c0 + 32 * u, chunks - 1);
+#pragma unroll
+        for (int r = 0; r < ROWS; r++)
+            wraw[u][r] = __ldg(reinterpret_cast<const uint4*>(w + (size_t)rows[r] * k) + c);
+    }
+}
+
+// What the GEMV multiplies by W, chunk c of token t, as f32.
+//
+// Plain: x[t] itself. With the RMSNorm prologue (NORM): the input is the residual stream
+// s = bf16(delta + residual) (or residual alone for the first layer, delta null), normalized
+// exactly as rms_norm.cu does it, value by value: bf16(gamma * bf16(s * inv_rms[t])). So the
+// fused kernel multiplies W by the same bf16 values the norm kernel would have written; only
+// inv_rms may differ in its last bit (the sum of squares is added in another order).
+struct Input {
+    const uint4* x;         // plain: [M, chunks]
+    const uint4* delta;     // NORM: [M, chunks] or null
+    const uint4* residual;  // NORM: [M, chunks]
+    const uint4* gamma;     // NORM: [chunks]
+    u32 chunks;
+};
+
+__device__ __forceinline__ f32x8 stream_chunk(const Input& in, int t, u32 c) {
+    f32x8 s = unpack8(__ldg(in.residual + (size_t)t * in.chunks + c));
+    if (in.delta) {
+        const f32x8 d = unpack8(__ldg(in.delta + (size_t)t * in.chunks + c));
+#pragma unroll
+        for (int i = 0; i < 8; i++) s.v[i] += d.v[i];
+        s = unpack8(pack8(s));  // the stream is stored in bf16
+    }
+    return s;
+}
+
+template <bool NORM>
+__device__ __forceinline__ f32x8 input_chunk(const Input& in, int t, u32 c, float inv_rms) {
+    if (!NORM) return unpack8(__ldg(in.x + (size_t)t * in.chunks + c));
+    f32x8 s = stream_chunk(in, t, c);
+    const f32x8 g = unpack8(__ldg(in.gamma + c));
+#pragma unroll
+    for (int i = 0; i < 8; i++) s.v[i] = g.v[i] * __bfloat162float(__float2bfloat16(s.v[i] * inv_rms));
+    return unpack8(pack8(s));  // the norm's output is bf16
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+    return v;
+}
+
+// y = x · Wᵀ (+ bias) for M tokens, with an optional RMSNorm prologue (NORM) and an optional
+// SiLU·mul epilogue (GLU: W is gate_up [2d, k]; the warp's rows are gate rows f.. and the up rows
+// d + f..; it writes silu(gate) · up [M, d], rounding gate and up to bf16 first, as the unfused
+// kernels store them). n is W's row count.
+template <int M, int ROWS, bool NORM, bool GLU>
 __device__ __forceinline__ void gemv(
-    __nv_bfloat16* __restrict__ out,           // [M, n]
-    const __nv_bfloat16* __restrict__ x,       // [M, k]
+    __nv_bfloat16* __restrict__ out,           // [M, GLU ? n / 2 : n]
+    __nv_bfloat16* __restrict__ residual_out,  // NORM with delta: [M, k], the new stream
+    const Input in,
+    float eps,
     const __nv_bfloat16* __restrict__ w,       // [n, k]
-    const __nv_bfloat16* __restrict__ bias,    // [n] or null
+    const __nv_bfloat16* __restrict__ bias,    // [n] or null (not with GLU)
     u32 n, u32 k) {
+    constexpr int F = GLU ? ROWS / 2 : ROWS;  // output features per warp
     const u32 lane = threadIdx.x % 32;
     const u32 warp = (blockIdx.x * GEMV_THREADS + threadIdx.x) / 32;
-    const u32 row0 = warp * ROWS;
-    if (row0 >= n) return;
+    const u32 width = GLU ? n / 2 : n;  // output features
+    const u32 f0 = warp * F;
     const u32 chunks = k / 8;
-    const uint4* xv = reinterpret_cast<const uint4*>(x);
+    const bool active = f0 < width;
+    u32 rows[ROWS];  // rows of W this warp reads; past the end, the last feature again (unused)
+#pragma unroll
+    for (int r = 0; r < ROWS; r++) {
+        const u32 f = min(f0 + (r % F), width - 1);
+        rows[r] = (GLU && r >= F) ? width + f : f;
+    }
+
+    // UNROLL chunks per lane are loaded before any is used, so a short row (k = 576: at most 3
+    // chunks per lane) costs one trip to memory, not one per chunk. The first batch is loaded
+    // before waiting for the previous kernel (weights never depend on it): under programmatic
+    // dependent launch that load overlaps the previous kernel's tail (common.cuh).
+    uint4 wraw[UNROLL][ROWS];
+    if (active) load_chunks<ROWS>(wraw, w, rows, lane, k, chunks);
+    wait_for_previous_kernel();
+    allow_next_kernel();
+
+    // One warp of the grid stores the new residual stream (every warp computes it for itself;
+    // the stream read above stays unchanged, as other blocks still read it).
+    if (NORM && in.delta && residual_out && warp == 0) {
+        for (int t = 0; t < M; t++)
+            for (u32 c = lane; c < chunks; c += 32)
+                reinterpret_cast<uint4*>(residual_out)[(size_t)t * chunks + c] = pack8(stream_chunk(in, t, c));
+    }
+    if (!active) return;
+
+    float inv_rms[M];
+#pragma unroll
+    for (int t = 0; t < M; t++) {
+        inv_rms[t] = 1.0f;
+        if (NORM) {
+            float sum_sq = 0.0f;
+            for (u32 c = lane; c < chunks; c += 32) {
+                const f32x8 s = stream_chunk(in, t, c);
+#pragma unroll
+                for (int i = 0; i < 8; i++) sum_sq += s.v[i] * s.v[i];
+            }
+            inv_rms[t] = rsqrtf(warp_sum(sum_sq) / k + eps);
+        }
+    }
+
     float acc[ROWS][M];
 #pragma unroll
     for (int r = 0; r < ROWS; r++)
 #pragma unroll
         for (int t = 0; t < M; t++) acc[r][t] = 0.0f;
-
-    // UNROLL chunks per lane are loaded before any is used, so a short row (k = 576: at most 3
-    // chunks per lane) costs one trip to memory, not one per chunk.
     for (u32 c0 = lane; c0 < chunks; c0 += 32 * UNROLL) {
-        uint4 wraw[UNROLL][ROWS];
-#pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
-            const u32 c = min(c0 + 32 * u, chunks - 1);  // past the end: reload, then skipped
-#pragma unroll
-            for (int r = 0; r < ROWS; r++) {
-                const u32 row = min(row0 + r, n - 1);  // rows past n recompute the last (discarded)
-                wraw[u][r] = __ldg(reinterpret_cast<const uint4*>(w + (size_t)row * k) + c);
-            }
-        }
+        if (c0 != lane) load_chunks<ROWS>(wraw, w, rows, c0, k, chunks);
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
             const u32 c = c0 + 32 * u;
             if (c >= chunks) break;
 #pragma unroll
             for (int t = 0; t < M; t++) {
-                const f32x8 xf = unpack8(__ldg(xv + (size_t)t * chunks + c));
+                const f32x8 xf = input_chunk<NORM>(in, t, c, inv_rms[t]);
 #pragma unroll
                 for (int r = 0; r < ROWS; r++) acc[r][t] += dot8(unpack8(wraw[u][r]), xf);
             }
         }
     }
 #pragma unroll
-    for (int r = 0; r < ROWS; r++) {
+    for (int r = 0; r < ROWS; r++)
+#pragma unroll
+        for (int t = 0; t < M; t++) acc[r][t] = warp_sum(acc[r][t]);
+    if (lane != 0) return;
+#pragma unroll
+    for (int r = 0; r < F; r++) {
+        const u32 f = f0 + r;
+        if (f >= width) break;
 #pragma unroll
         for (int t = 0; t < M; t++) {
-            float v = acc[r][t];
-#pragma unroll
-            for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-            acc[r][t] = v;
-        }
-    }
-    if (lane == 0) {
-#pragma unroll
-        for (int r = 0; r < ROWS; r++) {
-            const u32 row = row0 + r;
-            if (row >= n) break;
-            const float b = bias ? __bfloat162float(bias[row]) : 0.0f;
-#pragma unroll
-            for (int t = 0; t < M; t++) out[(size_t)t * n + row] = __float2bfloat16(acc[r][t] + b);
+            float y;
+            if (GLU) {
+                const float g = __bfloat162float(__float2bfloat16(acc[r][t]));
+                const float up = __bfloat162float(__float2bfloat16(acc[F + r][t]));
+                y = silu(g) * up;
+            } else {
+                y = acc[r][t] + (bias ? __bfloat162float(bias[f]) : 0.0f);
+            }
+            out[(size_t)t * width + f] = __float2bfloat16(y);
         }
     }
 }
 
-// One entry point per token count (the accumulators live in registers, so M is a template
-// argument); 2 rows per warp (4 at M = 1, for more loads in flight).
+// Entry points, one per token count (the accumulators live in registers, so M is a template
+// argument); 2 rows per warp (4 at M = 1, for more loads in flight):
+//   gemv_m{M}           y = x · Wᵀ (+ bias)
+//   gemv_norm_m{M}      residual_out = delta + residual; y = rms_norm(residual_out) · Wᵀ (+ bias)
+//   gemv_norm_glu_m{M}  the same, then silu(gate) · up
 #define GEMV_ENTRY(M, ROWS)                                                                    \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_m##M(                      \
         __nv_bfloat16* __restrict__ out, const __nv_bfloat16* __restrict__ x,                   \
         const __nv_bfloat16* __restrict__ w, const __nv_bfloat16* __restrict__ bias, u32 n,     \
         u32 k) {                                                                               \
-        gemv<M, ROWS>(out, x, w, bias, n, k);                                                  \
+        const Input in = {reinterpret_cast<const uint4*>(x), nullptr, nullptr, nullptr, k / 8}; \
+        gemv<M, ROWS, false, false>(out, nullptr, in, 0.0f, w, bias, n, k);                    \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_norm_m##M(                 \
+        __nv_bfloat16* __restrict__ out, __nv_bfloat16* __restrict__ residual_out,              \
+        const __nv_bfloat16* __restrict__ delta, const __nv_bfloat16* __restrict__ residual,    \
+        const __nv_bfloat16* __restrict__ gamma, float eps, const __nv_bfloat16* __restrict__ w, \
+        const __nv_bfloat16* __restrict__ bias, u32 n, u32 k) {                                 \
+        const Input in = {nullptr, reinterpret_cast<const uint4*>(delta),                       \
+                          reinterpret_cast<const uint4*>(residual),                             \
+                          reinterpret_cast<const uint4*>(gamma), k / 8};                        \
+        gemv<M, ROWS, true, false>(out, residual_out, in, eps, w, bias, n, k);                 \
+    }                                                                                          \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_norm_glu_m##M(             \
+        __nv_bfloat16* __restrict__ out, __nv_bfloat16* __restrict__ residual_out,              \
+        const __nv_bfloat16* __restrict__ delta, const __nv_bfloat16* __restrict__ residual,    \
+        const __nv_bfloat16* __restrict__ gamma, float eps, const __nv_bfloat16* __restrict__ w, \
+        u32 n, u32 k) {                                                                        \
+        const Input in = {nullptr, reinterpret_cast<const uint4*>(delta),                       \
+                          reinterpret_cast<const uint4*>(residual),                             \
+                          reinterpret_cast<const uint4*>(gamma), k / 8};                        \
+        gemv<M, ROWS, true, true>(out, residual_out, in, eps, w, nullptr, n, k);               \
     }
 GEMV_ENTRY(1, 4)
 GEMV_ENTRY(2, 2)

@@ -334,17 +334,20 @@ __device__ __forceinline__ void paged_attention_reduce(
 #define DECODE(D, H)                                                                           \
     extern "C" __global__ void __launch_bounds__(NUM_THREADS)                                  \
         paged_attention_decode_d##D##_h##H(DECODE_ARGS) {                                      \
+        PDL_ENTRY();                                                                           \
         paged_attention_decode<D, H, Ring<D>::STAGES>(DECODE_NAMES);                           \
     }
 #define DECODE_S2(D, H)                                                                        \
     extern "C" __global__ void __launch_bounds__(NUM_THREADS)                                  \
         paged_attention_decode_d##D##_s2_h##H(DECODE_ARGS) {                                   \
+        PDL_ENTRY();                                                                           \
         paged_attention_decode<D, H, 2>(DECODE_NAMES);                                         \
     }
 #define REDUCE(D)                                                                              \
     extern "C" __global__ void paged_attention_reduce_d##D(                                    \
         __nv_bfloat16 *out, const float *tmp_out, const float *max_logits,                     \
         const float *exp_sums, const u32 *seq_lens, u32 max_partitions, u32 partition_size) {  \
+        PDL_ENTRY();                                                                           \
         paged_attention_reduce<D>(out, tmp_out, max_logits, exp_sums, seq_lens,                \
                                   max_partitions, partition_size);                             \
     }

@@ -286,6 +286,7 @@ __device__ __forceinline__ void prefill_attention(
         const __nv_bfloat16 *value_cache, const u32 *block_tables, const u32 *seq_lens,         \
         const u32 *query_start_loc, float scale, u32 num_heads, u32 num_kv_heads,              \
         u32 block_size, u32 max_blocks_per_seq) {                                              \
+        PDL_ENTRY();                                                                           \
         prefill_attention<D, W>(out, query, key_cache, value_cache, block_tables, seq_lens,       \
                              query_start_loc, scale, num_heads, num_kv_heads, block_size,      \
                              max_blocks_per_seq);                                              \

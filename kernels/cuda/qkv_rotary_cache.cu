@@ -19,6 +19,7 @@ extern "C" __global__ void qkv_rotary_cache_kernel(
     const u64* __restrict__ slot_mapping,     // [num_tokens]
     const float* __restrict__ cos_sin_cache,  // [max_position, head_dim]: head_dim/2 cos, then sin
     u32 num_heads, u32 num_kv_heads, u32 head_dim) {
+    PDL_ENTRY();
     const u32 t = blockIdx.x;
     const u32 half = head_dim / 2;
     const u32 kv_row = num_kv_heads * head_dim;

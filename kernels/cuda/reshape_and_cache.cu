@@ -25,6 +25,7 @@ extern "C" __global__ void reshape_and_cache_kernel(
         ((reinterpret_cast<size_t>(key) | reinterpret_cast<size_t>(value) |
           reinterpret_cast<size_t>(key_cache) | reinterpret_cast<size_t>(value_cache)) & 15) == 0;
     if (vec) {
+    PDL_ENTRY();
         const uint4* k = reinterpret_cast<const uint4*>(key + src);
         const uint4* v = reinterpret_cast<const uint4*>(value + src);
         uint4* kc = reinterpret_cast<uint4*>(key_cache + dst);

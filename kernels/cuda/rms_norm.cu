@@ -20,6 +20,7 @@ extern "C" __global__ void rms_norm_kernel(
     const __nv_bfloat16* __restrict__ x,       // [num_tokens, hidden_size]
     const __nv_bfloat16* __restrict__ weight,  // [hidden_size]
     float eps, u32 hidden_size) {
+    PDL_ENTRY();
     __shared__ float scratch[32];
     const size_t row = (size_t)blockIdx.x * hidden_size;
     const bool vec = hidden_size % 8 == 0 && aligned16(out) && aligned16(x) && aligned16(weight);
@@ -81,6 +82,7 @@ extern "C" __global__ void fused_add_rms_norm_kernel(
     __nv_bfloat16* __restrict__ residual,      // [num_tokens, hidden_size]; in: stream, out: stream + x
     const __nv_bfloat16* __restrict__ weight,  // [hidden_size]
     float eps, u32 hidden_size) {
+    PDL_ENTRY();
     __shared__ float scratch[32];
     const size_t row = (size_t)blockIdx.x * hidden_size;
     const bool vec = hidden_size % 8 == 0 && aligned16(x) && aligned16(residual) && aligned16(weight);

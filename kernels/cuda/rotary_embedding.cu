@@ -11,6 +11,7 @@ extern "C" __global__ void rotary_embedding_kernel(
     __nv_bfloat16* __restrict__ key,          // [num_tokens, num_kv_heads, head_dim], rotated in place
     const float* __restrict__ cos_sin_cache,  // [max_position, head_dim]: head_dim/2 cos, then sin
     u32 num_heads, u32 num_kv_heads, u32 head_dim) {
+    PDL_ENTRY();
     const u32 t = blockIdx.x;
     const u32 half = head_dim / 2;
     const float* cos = cos_sin_cache + (size_t)positions[t] * head_dim;

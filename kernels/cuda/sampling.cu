@@ -38,6 +38,7 @@ extern "C" __global__ void argmax_bf16_kernel(
     u32* __restrict__ out,                     // [num_seqs]
     const __nv_bfloat16* __restrict__ logits,  // [num_seqs, vocab_size]
     u32 vocab_size) {
+    PDL_ENTRY();
     const __nv_bfloat16* row = logits + (size_t)blockIdx.x * vocab_size;
     float best = -INFINITY;
     u32 best_id = 0xffffffffu;
@@ -50,6 +51,7 @@ extern "C" __global__ void argmax_f32_kernel(
     u32* __restrict__ out,            // [num_seqs]
     const float* __restrict__ logits, // [num_seqs, vocab_size]
     u32 vocab_size) {
+    PDL_ENTRY();
     const float* row = logits + (size_t)blockIdx.x * vocab_size;
     float best = -INFINITY;
     u32 best_id = 0xffffffffu;
@@ -141,6 +143,7 @@ extern "C" __global__ void philox_kernel(
     const u64* __restrict__ seeds,      // [n]
     const u64* __restrict__ positions,  // [n]
     u32 n) {
+    PDL_ENTRY();
     const u32 i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= n) return;
     bits[i] = philox4x32_10(make_uint4((u32)positions[i], (u32)(positions[i] >> 32), 0u, 0u),
@@ -600,6 +603,7 @@ __device__ void sample_row(u32* out, const T* row, u32 vocab, float temperature,
         const u64* __restrict__ seed,           /* [num_seqs] */                                  \
         const u64* __restrict__ position,       /* [num_seqs] */                                  \
         u32 vocab_size) {                                                                         \
+        PDL_ENTRY();                                                                              \
         const u32 s = blockIdx.x;                                                                 \
         sample_row(out, logits + (size_t)s * vocab_size, vocab_size, temperature[s], top_k[s],    \
                    top_p[s], seed[s], position[s]);                                               \

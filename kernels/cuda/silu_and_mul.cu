@@ -3,12 +3,11 @@
 // transformers rounds silu's output to bf16 before the product, a difference below bf16 noise).
 // One block per token; rows that are a multiple of 8 wide move as 16-byte vectors.
 
-__device__ __forceinline__ float silu(float x) { return x / (1.0f + __expf(-x)); }
-
 extern "C" __global__ void silu_and_mul_kernel(
     __nv_bfloat16* __restrict__ out,      // [num_tokens, d]
     const __nv_bfloat16* __restrict__ x,  // [num_tokens, 2 * d]: gate then up
     u32 d) {
+    PDL_ENTRY();
     const size_t t = blockIdx.x;
     const __nv_bfloat16* gate = x + t * 2 * d;
     const __nv_bfloat16* up = gate + d;

@@ -9,6 +9,7 @@ extern "C" __global__ void split_columns_kernel(
     __nv_bfloat16* __restrict__ out2,     // [num_rows, w2]
     const __nv_bfloat16* __restrict__ x,  // [num_rows, w0 + w1 + w2]
     u32 w0, u32 w1, u32 w2) {
+    PDL_ENTRY();
     const size_t r = blockIdx.x;
     const u32 width = w0 + w1 + w2;
     const __nv_bfloat16* row = x + r * width;

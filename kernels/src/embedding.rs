@@ -1,8 +1,9 @@
 //! Token embedding lookup, the twin of `CpuBackend::embedding`. Kernel: `cuda/embedding.cu`.
 
+use crate::launch::Launch;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut};
 use half::bf16;
 
 use crate::error::{check_len, to_u32, Result};
@@ -46,7 +47,7 @@ impl Embedding {
             to_u32(K, "hidden_size", hidden_size)?,
         );
         let cfg = row_launch(n, crate::vector_units(hidden_size))?;
-        let mut launch = stream.launch_builder(&self.kernel);
+        let mut launch = Launch::new(stream, &self.kernel);
         launch.arg(out).arg(ids).arg(table).arg(&v).arg(&h);
         // SAFETY: the signature matches embedding_kernel (out, ids, table, u32, u32); out holds
         // num_tokens rows (checked), and the kernel reads table row ids[t] only when

@@ -12,11 +12,11 @@
 //! graph. Outside a graph the GEMV saves cuBLAS's host cost per call (eager batch-1 decode
 //! measured 2.08 ms/token with it and 3.04 without, in two runs on different days' machines).
 
+use crate::launch::Launch;
 use std::sync::Arc;
 
 use cudarc::driver::{
     CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, DevicePtr, LaunchConfig,
-    PushKernelArg,
 };
 use half::bf16;
 
@@ -39,18 +39,175 @@ fn rows_per_warp(m: usize) -> usize {
     }
 }
 
-/// The compiled kernels, one per token count.
+/// The compiled kernels, one per token count and variant.
 #[derive(Debug, Clone)]
 pub struct Gemv {
     by_tokens: Vec<CudaFunction>, // [MAX_TOKENS], index m - 1
+    norm: Vec<CudaFunction>,      // the same with the RMSNorm prologue
+    norm_glu: Vec<CudaFunction>,  // ... and the SiLU·mul epilogue
+}
+
+/// The RMSNorm before a projection, as `fused_add_rms_norm` (or `rms_norm` for the first
+/// layer) would run it: the residual stream is `residual + delta`, stored in `residual_out`.
+pub struct NormInput<'a, 'b> {
+    /// The previous block's output, `[num_tokens, k]`; `None` before the first layer.
+    pub delta: Option<&'a CudaView<'b, bf16>>,
+    /// The residual stream so far, `[num_tokens, k]`.
+    pub residual: &'a CudaView<'b, bf16>,
+    /// The norm's weight, `[k]`.
+    pub gamma: &'a CudaView<'b, bf16>,
+    pub eps: f32,
+}
+
+/// What follows the projection in the same launch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Epilogue {
+    /// `out = y (+ bias)`, `[num_tokens, n]`.
+    Plain,
+    /// `W` is gate_up `[2d, k]`: `out = silu(gate) · up`, `[num_tokens, d]`, no bias.
+    SiluAndMul,
 }
 
 impl Gemv {
     pub(crate) fn load(module: &Arc<CudaModule>) -> Result<Self> {
-        let by_tokens = (1..=MAX_TOKENS)
-            .map(|m| module.load_function(&format!("gemv_m{m}")))
-            .collect::<Result<_, _>>()?;
-        Ok(Self { by_tokens })
+        let load = |prefix: &str| {
+            (1..=MAX_TOKENS)
+                .map(|m| module.load_function(&format!("{prefix}_m{m}")))
+                .collect::<Result<Vec<_>, _>>()
+        };
+        Ok(Self {
+            by_tokens: load("gemv")?,
+            norm: load("gemv_norm")?,
+            norm_glu: load("gemv_norm_glu")?,
+        })
+    }
+
+    /// `residual_out = residual + delta; out = rms_norm(residual_out) · Wᵀ`, then the
+    /// epilogue, in one launch: a decode layer's norm, projection and (for gate/up) activation.
+    /// `residual_out` is written only when `delta` is given, and must not alias `residual`
+    /// (other blocks still read the old stream while one block writes the new one).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_norm(
+        &self,
+        stream: &Arc<CudaStream>,
+        out: &mut CudaViewMut<'_, bf16>, // [num_tokens, n or n / 2]
+        residual_out: Option<&mut CudaViewMut<'_, bf16>>, // [num_tokens, k]
+        input: &NormInput<'_, '_>,
+        weight: &CudaView<'_, bf16>,       // [n, k]
+        bias: Option<&CudaView<'_, bf16>>, // [n], Plain only
+        epilogue: Epilogue,
+        num_tokens: usize,
+    ) -> Result<()> {
+        const K: &str = "gemv_norm";
+        let k = input.gamma.len();
+        if !Self::supports(num_tokens, k) {
+            return Err(KernelError::Unsupported {
+                kernel: K,
+                what: format!("{num_tokens} tokens of {k} features (1..={MAX_TOKENS}, k % 8 == 0)"),
+            });
+        }
+        let n = weight.len() / k;
+        check_len(K, "weight", weight.len(), n * k)?;
+        check_len(K, "residual", input.residual.len(), num_tokens * k)?;
+        let width = match epilogue {
+            Epilogue::Plain => n,
+            Epilogue::SiluAndMul => {
+                if !n.is_multiple_of(2) || bias.is_some() {
+                    return Err(KernelError::Unsupported {
+                        kernel: K,
+                        what: format!("SiLU·mul needs an even gate_up ({n} rows) and no bias"),
+                    });
+                }
+                n / 2
+            }
+        };
+        check_len(K, "out", out.len(), num_tokens * width)?;
+        if let Some(b) = bias {
+            check_len(K, "bias", b.len(), n)?;
+        }
+        if let Some(d) = input.delta {
+            check_len(K, "delta", d.len(), num_tokens * k)?;
+            match &residual_out {
+                Some(r) => check_len(K, "residual_out", r.len(), num_tokens * k)?,
+                None => {
+                    return Err(KernelError::Unsupported {
+                        kernel: K,
+                        what: "a delta without residual_out to store the new stream".into(),
+                    })
+                }
+            }
+        }
+        let aligned = {
+            let mut bits = 0u64;
+            for v in [input.residual, input.gamma, weight]
+                .into_iter()
+                .chain(input.delta)
+            {
+                bits |= v.device_ptr(stream).0;
+            }
+            if let Some(r) = &residual_out {
+                bits |= r.device_ptr(stream).0;
+            }
+            bits.is_multiple_of(16)
+        };
+        if !aligned {
+            return Err(KernelError::Unsupported {
+                kernel: K,
+                what: "an operand is not 16-byte aligned".into(),
+            });
+        }
+        if width == 0 {
+            return Ok(());
+        }
+        let rows = rows_per_warp(num_tokens);
+        let features_per_block = (THREADS as usize / 32)
+            * match epilogue {
+                Epilogue::Plain => rows,
+                Epilogue::SiluAndMul => rows / 2,
+            };
+        let cfg = LaunchConfig {
+            grid_dim: (
+                to_u32(K, "blocks", width.div_ceil(features_per_block))?,
+                1,
+                1,
+            ),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (n32, k32) = (to_u32(K, "n", n)?, to_u32(K, "k", k)?);
+        let null: u64 = 0;
+        let function = match epilogue {
+            Epilogue::Plain => &self.norm[num_tokens - 1],
+            Epilogue::SiluAndMul => &self.norm_glu[num_tokens - 1],
+        };
+        let mut launch = Launch::new(stream, function);
+        launch.arg(out);
+        match residual_out {
+            Some(r) => launch.arg(r),
+            None => launch.arg(&null),
+        };
+        match input.delta {
+            Some(d) => launch.arg(d),
+            None => launch.arg(&null),
+        };
+        launch
+            .arg(input.residual)
+            .arg(input.gamma)
+            .arg(&input.eps)
+            .arg(weight);
+        if epilogue == Epilogue::Plain {
+            match bias {
+                Some(b) => launch.arg(b),
+                None => launch.arg(&null),
+            };
+        }
+        launch.arg(&n32).arg(&k32);
+        // SAFETY: the arguments follow gemv_norm_m* (out, residual_out or null, delta or null,
+        // residual, gamma, float eps, w, bias or null, u32 n, u32 k) or gemv_norm_glu_m* (the
+        // same without bias); every length was checked above against num_tokens, k and n,
+        // operands are 16-byte aligned, and residual_out is given whenever delta is.
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
     }
 
     /// Whether [`Gemv::forward`] takes `num_tokens` rows of `in_features`: 1 to
@@ -107,7 +264,7 @@ impl Gemv {
         };
         let (n32, k32) = (to_u32(K, "n", n)?, to_u32(K, "k", k)?);
         let null: u64 = 0;
-        let mut launch = stream.launch_builder(&self.by_tokens[num_tokens - 1]);
+        let mut launch = Launch::new(stream, &self.by_tokens[num_tokens - 1]);
         launch.arg(out).arg(x).arg(weight);
         match bias {
             Some(b) => launch.arg(b),

@@ -19,6 +19,7 @@
 //!   split_columns.rs      fused qkv output → q, k, v
 //!   qkv_rotary_cache.rs   split + rotary + reshape_and_cache in one launch (what the engine runs)
 //!   sampling.rs           argmax, and temperature/top-k/top-p with a Philox draw, on the device
+//! launch.rs               every launch, with programmatic dependent launch (PDL)
 //! error.rs                KernelError: every wrapper returns Result; cudarc errors mapped
 //! roofline.rs             the ceilings the kernels are compared with: copy GB/s, GEMM TFLOP/s
 //! ```
@@ -36,6 +37,7 @@ pub mod compile;
 pub mod embedding;
 pub mod error;
 pub mod gemv;
+pub mod launch;
 pub mod linear;
 pub mod paged_attention;
 pub mod prefill_attention;

@@ -11,12 +11,12 @@
 //! `cp.async` while the block computes on an earlier tile (the kernel's header explains the
 //! layout); the ring is dynamic shared memory, sized by the head size.
 
+use crate::launch::Launch;
 use std::sync::Arc;
 
 use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{
     CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, LaunchConfig,
-    PushKernelArg,
 };
 use half::bf16;
 
@@ -268,7 +268,7 @@ impl PagedAttention {
             shared_mem_bytes: ring_bytes(s.head_dim, stages) as u32,
         };
         let ws = workspace;
-        let mut launch = stream.launch_builder(kernel);
+        let mut launch = Launch::new(stream, kernel);
         launch
             .arg(&mut *out)
             .arg(&mut ws.tmp_out)
@@ -302,7 +302,7 @@ impl PagedAttention {
             shared_mem_bytes: 0,
         };
         let (max_parts, psize) = (cfg.grid_dim.2, args[4]);
-        let mut launch = stream.launch_builder(&self.reduce[d]);
+        let mut launch = Launch::new(stream, &self.reduce[d]);
         launch
             .arg(out)
             .arg(&ws.tmp_out)

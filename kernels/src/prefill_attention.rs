@@ -13,12 +13,11 @@
 //! For decode-only batches `paged_attention::decode` is the better kernel: here a chunk of one
 //! row still occupies a whole block (one warp of 16 rows computes, the others only help load).
 
+use crate::launch::Launch;
 use std::sync::Arc;
 
 use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{
-    CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, LaunchConfig};
 use half::bf16;
 
 use crate::error::{check_len, to_u32, KernelError, Result};
@@ -182,7 +181,7 @@ impl PrefillAttention {
             .iter()
             .position(|&m| m == self.block_m)
             .expect("checked");
-        let mut launch = stream.launch_builder(&self.kernels[d][m]);
+        let mut launch = Launch::new(stream, &self.kernels[d][m]);
         launch.arg(out).arg(query).arg(key_cache).arg(value_cache);
         launch.arg(block_tables).arg(seq_lens).arg(query_start_loc);
         launch.arg(&scale);

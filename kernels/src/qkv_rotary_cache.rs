@@ -3,9 +3,10 @@
 //! [`crate::reshape_and_cache`] in one launch, with their exact results.
 //! Kernel: `cuda/qkv_rotary_cache.cu`.
 
+use crate::launch::Launch;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut};
 use half::bf16;
 
 use crate::error::{check_len, to_u32, KernelError, Result};
@@ -94,7 +95,7 @@ impl QkvRotaryCache {
             to_u32(K, "head_dim", head_dim)?,
         );
         let cfg = row_launch(n, (num_heads + num_kv_heads) * head_dim / 2)?;
-        let mut launch = stream.launch_builder(&self.kernel);
+        let mut launch = Launch::new(stream, &self.kernel);
         launch.arg(q_out).arg(key_cache).arg(value_cache).arg(qkv);
         launch.arg(positions).arg(slot_mapping).arg(cos_sin_cache);
         launch.arg(&nh).arg(&nkv).arg(&d);

@@ -3,9 +3,10 @@
 //! `[num_blocks, block_size, num_kv_heads, head_dim]` per layer, a slot being a row.
 //! Kernel: `cuda/reshape_and_cache.cu`.
 
+use crate::launch::Launch;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut};
 use half::bf16;
 
 use crate::error::{check_len, to_u32, Result};
@@ -62,7 +63,7 @@ impl ReshapeAndCache {
         }
         let r = to_u32(K, "row", row)?;
         let cfg = row_launch(n, crate::vector_units(row))?;
-        let mut launch = stream.launch_builder(&self.kernel);
+        let mut launch = Launch::new(stream, &self.kernel);
         launch.arg(key).arg(value).arg(key_cache).arg(value_cache);
         launch.arg(slot_mapping).arg(&r);
         // SAFETY: the signature matches reshape_and_cache_kernel (key, value, key_cache,

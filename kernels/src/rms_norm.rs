@@ -2,11 +2,10 @@
 //! Kernel: `cuda/rms_norm.cu` (one block per token; 16-byte vectors; the row kept in
 //! registers between the two passes).
 
+use crate::launch::Launch;
 use std::sync::Arc;
 
-use cudarc::driver::{
-    CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, LaunchConfig};
 use half::bf16;
 
 use crate::error::{check_len, to_u32, Result};
@@ -49,7 +48,7 @@ impl RmsNorm {
         }
         let h = to_u32("rms_norm", "hidden_size", hidden)?;
         let cfg = norm_launch(num_tokens, hidden)?;
-        let mut launch = stream.launch_builder(&self.plain);
+        let mut launch = Launch::new(stream, &self.plain);
         launch.arg(out).arg(x).arg(weight).arg(&eps).arg(&h);
         // SAFETY: the signature matches rms_norm_kernel (out, x, weight, float, u32); out and x
         // hold num_tokens * hidden_size elements and weight hidden_size (checked above), and the
@@ -74,7 +73,7 @@ impl RmsNorm {
         }
         let h = to_u32("fused_add_rms_norm", "hidden_size", hidden)?;
         let cfg = norm_launch(num_tokens, hidden)?;
-        let mut launch = stream.launch_builder(&self.fused_add);
+        let mut launch = Launch::new(stream, &self.fused_add);
         launch.arg(x).arg(residual).arg(weight).arg(&eps).arg(&h);
         // SAFETY: the signature matches fused_add_rms_norm_kernel (x, residual, weight, float,
         // u32); x and residual hold num_tokens * hidden_size elements, weight hidden_size.

@@ -2,9 +2,10 @@
 //! Kernel: `cuda/rotary_embedding.cu`. The cos/sin cache is the engine's f32 table, uploaded
 //! once (`engine::ops::rotary_embedding::cos_sin_cache` builds it).
 
+use crate::launch::Launch;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut};
 use half::bf16;
 
 use crate::error::{check_len, to_u32, KernelError, Result};
@@ -65,7 +66,7 @@ impl RotaryEmbedding {
             to_u32(K, "head_dim", head_dim)?,
         );
         let cfg = row_launch(n, (num_heads + num_kv_heads) * head_dim / 2)?;
-        let mut launch = stream.launch_builder(&self.kernel);
+        let mut launch = Launch::new(stream, &self.kernel);
         launch.arg(positions).arg(query).arg(key).arg(cos_sin_cache);
         launch.arg(&nh).arg(&nkv).arg(&d);
         // SAFETY: the signature matches rotary_embedding_kernel (positions, query, key, cache,

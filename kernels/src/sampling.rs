@@ -15,11 +15,10 @@
 //!   passes over the row and contended 64-bit atomics. Kept as the test's oracle and
 //!   `kernel_bench`'s baseline.
 
+use crate::launch::Launch;
 use std::sync::Arc;
 
-use cudarc::driver::{
-    CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, LaunchConfig};
 use half::bf16;
 
 use crate::error::{check_len, to_u32, Result};
@@ -88,7 +87,7 @@ impl Sampling {
     ) -> Result<()> {
         let vocab = self.check("argmax", out.len(), logits.len())?;
         let Some(vocab) = vocab else { return Ok(()) };
-        let mut launch = stream.launch_builder(&self.argmax_bf16);
+        let mut launch = Launch::new(stream, &self.argmax_bf16);
         launch.arg(out).arg(logits).arg(&vocab);
         // SAFETY: the signature matches argmax_bf16_kernel (out, logits, u32); logits holds
         // num_seqs rows of vocab_size and out num_seqs (checked), one block per row.
@@ -105,7 +104,7 @@ impl Sampling {
     ) -> Result<()> {
         let vocab = self.check("argmax_f32", out.len(), logits.len())?;
         let Some(vocab) = vocab else { return Ok(()) };
-        let mut launch = stream.launch_builder(&self.argmax_f32);
+        let mut launch = Launch::new(stream, &self.argmax_f32);
         launch.arg(out).arg(logits).arg(&vocab);
         // SAFETY: as in `argmax`, with f32 logits.
         unsafe { launch.launch(cfg(out_len(logits.len(), vocab))) }?;
@@ -189,7 +188,7 @@ impl Sampling {
         let Some(vocab) = self.check(kernel, n, logits.len())? else {
             return Ok(());
         };
-        let mut launch = stream.launch_builder(function);
+        let mut launch = Launch::new(stream, function);
         launch
             .arg(out)
             .arg(logits)
@@ -225,7 +224,7 @@ impl Sampling {
             return Ok(());
         }
         let n32 = to_u32("philox", "n", n)?;
-        let mut launch = stream.launch_builder(&self.philox);
+        let mut launch = Launch::new(stream, &self.philox);
         launch
             .arg(bits)
             .arg(uniforms)

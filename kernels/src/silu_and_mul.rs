@@ -1,9 +1,10 @@
 //! SwiGLU's activation, the twin of `engine::ops::activation::silu_and_mul`.
 //! Kernel: `cuda/silu_and_mul.cu`.
 
+use crate::launch::Launch;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut};
 use half::bf16;
 
 use crate::error::{check_len, to_u32, Result};
@@ -46,7 +47,7 @@ impl SiluAndMul {
         }
         let d32 = to_u32(K, "d", d)?;
         let cfg = row_launch(num_tokens, crate::vector_units(d))?;
-        let mut launch = stream.launch_builder(&self.kernel);
+        let mut launch = Launch::new(stream, &self.kernel);
         launch.arg(out).arg(x).arg(&d32);
         // SAFETY: the signature matches silu_and_mul_kernel (out, x, u32); out holds
         // num_tokens * d elements and x twice that (checked above).

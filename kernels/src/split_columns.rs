@@ -1,9 +1,10 @@
 //! Splitting a fused projection's output (`[q | k | v]` per row) into contiguous parts, the
 //! twin of `CpuBackend::split_columns`. Kernel: `cuda/split_columns.cu`.
 
+use crate::launch::Launch;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut};
 use half::bf16;
 
 use crate::error::{check_len, to_u32, Result};
@@ -54,7 +55,7 @@ impl SplitColumns {
         ];
         let cfg = row_launch(num_rows, crate::vector_units(width))?;
         let [p0, p1, p2] = parts;
-        let mut launch = stream.launch_builder(&self.kernel);
+        let mut launch = Launch::new(stream, &self.kernel);
         launch.arg(p0).arg(p1).arg(p2).arg(x);
         launch.arg(&w32[0]).arg(&w32[1]).arg(&w32[2]);
         // SAFETY: the signature matches split_columns_kernel (3 outputs, x, 3 x u32); each

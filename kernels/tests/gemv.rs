@@ -65,3 +65,108 @@ fn gemv_refuses_what_it_cannot_do() {
     assert!(!Gemv::supports(1, 12)); // not whole 16-byte chunks
     assert!(Gemv::supports(MAX_TOKENS, 8));
 }
+
+/// The fused launch (`forward_norm`) against the unfused kernels it replaces, run on the same
+/// inputs: `fused_add_rms_norm` (or `rms_norm` without a delta), then `gemv`, then
+/// `silu_and_mul`. The new residual stream must be bit for bit the stored one; the output may
+/// differ only where the norm's 1/rms differs in its last bit (its sum of squares is added in
+/// another order), far below bf16 noise: relative L2 ≤ 1e-3 (a missed token, row or chunk,
+/// or a wrong gate/up pairing, gives errors near 1; unwritten outputs stay NaN).
+#[test]
+fn fused_norm_gemv_matches_the_unfused_kernels() {
+    use kernels::gemv::{Epilogue, NormInput};
+    let Some(gpu) = gpu_or_skip() else { return };
+    let (s, k_) = (&gpu.stream, &gpu.kernels);
+    let mut rng = Rng::fresh("gemv_norm");
+    let eps = 1e-5f32;
+    // (n, k, epilogue): SmolLM2's qkv and gate/up, Llama-3.2-1B's qkv and gate/up, ragged.
+    for (n, k, epilogue) in [
+        (960, 576, Epilogue::Plain),
+        (3072, 576, Epilogue::SiluAndMul),
+        (3072, 2048, Epilogue::Plain),
+        (16384, 2048, Epilogue::SiluAndMul),
+        (17, 8, Epilogue::Plain),
+        (34, 16, Epilogue::SiluAndMul),
+    ] {
+        let w = s
+            .clone_htod(&rng.bf16s(n * k, 1.0 / (k as f64).sqrt()))
+            .unwrap();
+        let gamma = s.clone_htod(&rng.bf16s(k, 1.0)).unwrap();
+        let width = if epilogue == Epilogue::Plain {
+            n
+        } else {
+            n / 2
+        };
+        for m in 1..=MAX_TOKENS {
+            let residual = s.clone_htod(&rng.bf16s(m * k, 1.0)).unwrap();
+            let delta = s.clone_htod(&rng.bf16s(m * k, 1.0)).unwrap();
+            for with_delta in [false, true] {
+                // Unfused.
+                let mut x = s.clone_htod(&s.clone_dtoh(&delta).unwrap()).unwrap();
+                let mut r = s.clone_htod(&s.clone_dtoh(&residual).unwrap()).unwrap();
+                let normed = if with_delta {
+                    let (mut xv, mut rv) = (x.as_view_mut(), r.as_view_mut());
+                    k_.rms_norm
+                        .fused_add_rms_norm(s, &mut xv, &mut rv, &gamma.as_view(), eps)
+                        .unwrap();
+                    x.clone()
+                } else {
+                    let mut out = poisoned(s, m * k);
+                    let rv = residual.as_view();
+                    k_.rms_norm
+                        .rms_norm(s, &mut out.as_view_mut(), &rv, &gamma.as_view(), eps)
+                        .unwrap();
+                    out
+                };
+                let mut y = poisoned(s, m * n);
+                let nv = normed.as_view();
+                k_.gemv
+                    .forward(s, &mut y.as_view_mut(), &nv, &w.as_view(), None, m)
+                    .unwrap();
+                let want = if epilogue == Epilogue::Plain {
+                    y
+                } else {
+                    let mut act = poisoned(s, m * width);
+                    let yv = y.as_view();
+                    k_.silu_and_mul
+                        .silu_and_mul(s, &mut act.as_view_mut(), &yv, m)
+                        .unwrap();
+                    act
+                };
+                // Fused.
+                let mut out = poisoned(s, m * width);
+                let mut r_out = poisoned(s, m * k);
+                let (dv, rv, gv) = (delta.as_view(), residual.as_view(), gamma.as_view());
+                let input = NormInput {
+                    delta: with_delta.then_some(&dv),
+                    residual: &rv,
+                    gamma: &gv,
+                    eps,
+                };
+                let mut r_out_view = r_out.as_view_mut();
+                k_.gemv
+                    .forward_norm(
+                        s,
+                        &mut out.as_view_mut(),
+                        with_delta.then_some(&mut r_out_view),
+                        &input,
+                        &w.as_view(),
+                        None,
+                        epilogue,
+                        m,
+                    )
+                    .unwrap();
+                let what =
+                    format!("gemv_norm {epilogue:?} [{m}, {k}] x [{n}, {k}]^T, delta {with_delta}");
+                let got = s.clone_dtoh(&out).unwrap();
+                let want = to_f64(&s.clone_dtoh(&want).unwrap());
+                assert_close(&what, &got, &want, 1e-3);
+                if with_delta {
+                    let (got_r, want_r) =
+                        (s.clone_dtoh(&r_out).unwrap(), s.clone_dtoh(&r).unwrap());
+                    assert!(got_r == want_r, "{what}: the new residual stream differs");
+                }
+            }
+        }
+    }
+}

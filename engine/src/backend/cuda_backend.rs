@@ -2,12 +2,14 @@
 //! and cuBLAS for the projections.
 //!
 //! Every op launches on the GPU's one stream and returns at once; the host waits only where it
-//! reads a result (the sampled ids, once per step). Outputs are allocated from CUDA's
-//! stream-ordered pool and written in full by their kernel before anything reads them.
+//! reads a result (the sampled ids, once per step). Outputs come from a caching
+//! allocator ([`super::cuda_allocator`]) and are written in full by their kernel before anything reads them.
 //! A decode step may instead replay a recorded CUDA graph ([`super::cuda_graph`]).
 //!
 //! Where one launch can do the work of several, the backend overrides the trait's default:
-//! `qkv_rotary_and_cache` is one kernel here, three calls on the CPU.
+//! `qkv_rotary_and_cache` is one kernel here, three calls on the CPU; for decode batches of a
+//! few tokens `add_rms_norm_linear` and `add_rms_norm_gate_up` are one GEMV each (norm,
+//! projection and activation), so a decoder layer is six launches.
 //!
 //! Each op opens a `tracing` span (target `kernel`) around its launch: on the host that is
 //! the launch cost, not the kernel's run time, which the tracer measures with CUDA events.
@@ -16,6 +18,7 @@ use std::sync::{Arc, Mutex};
 
 use half::bf16;
 use kernels::cudarc::driver::{CudaSlice, CudaStream};
+use kernels::gemv::{Epilogue, Gemv, NormInput};
 use kernels::paged_attention::{num_partitions, DecodeShape, SplitKWorkspace};
 use kernels::prefill_attention::PrefillShape;
 use kernels::qkv_rotary_cache::QkvShape;
@@ -23,6 +26,7 @@ use kernels::sampling::RowParams;
 use kernels::{Gpu, KernelError};
 use rayon::prelude::*;
 
+use super::cuda_allocator::{self, CachingAllocator};
 use super::cuda_graph::{capture_sizes, padded_size, CudaGraphs, GraphKey};
 use super::cuda_step::{self, device, CudaStepMetadata, StepPool};
 use super::cuda_tensor::{CudaData, CudaTensor};
@@ -32,11 +36,33 @@ use crate::outputs::ModelRunnerOutput;
 use crate::sampler::SampleFn;
 use crate::worker::model_runner::ModelInput;
 
+/// Most tokens a projection runs through the GEMV rather than cuBLAS: past 4 tokens the GEMV
+/// streams large weights at well under cuBLAS's bandwidth (kernels/README.md: Llama-3.2-1B's
+/// gate/up at 8 tokens, 45% of copy against 88%).
+const GEMV_MAX_TOKENS: usize = 4;
+
+/// Largest weight (elements) the GEMV takes. Below it a projection is a few µs of latency,
+/// which the GEMV shortens (it starts loading weights under the previous kernel, and takes the
+/// norm and activation with it); above it the time is the bytes, which cuBLAS streams faster
+/// (H200, 2026-11-28: the Llama-3.2-1B shape's batch-1 decode took 1.45 ms/token with every
+/// projection on the GEMV, norms and activation fused in, and 1.29 with cuBLAS; the
+/// SmolLM2-135M shape, 0.75 against 1.05).
+const GEMV_MAX_WEIGHTS: usize = 1 << 22;
+
+/// Whether a projection of `tokens` rows through `w` `[n, k]` runs on the GEMV.
+fn use_gemv(tokens: usize, w: &CudaTensor) -> bool {
+    tokens <= GEMV_MAX_TOKENS
+        && w.rows * w.cols < GEMV_MAX_WEIGHTS
+        && Gemv::supports(tokens, w.cols)
+}
+
 /// Runs the model on GPU `ordinal`.
 pub struct CudaBackend {
     gpu: Gpu,
     linear: kernels::linear::Linear,
     split_k: Mutex<SplitKWorkspace>,
+    /// Where every op's output comes from (no allocation per op once warm).
+    activations: CachingAllocator,
     steps: StepPool,
     limits: StepLimits,
     generation: Mutex<u64>,
@@ -68,6 +94,7 @@ impl CudaBackend {
         Ok(CudaBackend {
             linear,
             split_k: Mutex::new(split_k),
+            activations: CachingAllocator::new(gpu.stream.clone(), cuda_allocator::UNLIMITED),
             steps: Arc::new(Mutex::new(None)),
             limits: StepLimits {
                 max_num_tokens: 1,
@@ -134,12 +161,11 @@ impl CudaBackend {
     }
 
     /// An uninitialized `[rows, cols]` bf16 tensor, for a kernel to fill completely.
+    /// Every caller passes the tensor to a kernel that writes each of its rows × cols elements
+    /// before anything reads it.
     fn empty(&self, op: &'static str, rows: usize, cols: usize) -> Result<CudaTensor> {
-        // SAFETY: FFI allocation from the stream-ordered pool; every caller passes the tensor
-        // to a kernel that writes each of its rows × cols elements before anything reads it.
-        let data =
-            unsafe { self.gpu.stream.alloc::<bf16>(rows * cols) }.map_err(|e| device(op, e))?;
-        Ok(CudaTensor::bf16(data, rows, cols))
+        let data = self.activations.alloc(op, rows * cols)?;
+        Ok(CudaTensor::pooled(data, rows, cols))
     }
 
     /// Samples `logits` `[step.num_logits, vocab]` into `out` on the device.
@@ -196,6 +222,101 @@ pub fn activation_bytes(model: &ModelConfig, engine: &EngineConfig) -> usize {
     2 * 2 * (t * per_token + logits) + split_k + (64 << 20)
 }
 
+/// A norm + projection (+ activation) to run as one GEMV launch.
+struct NormGemv<'a> {
+    op: &'static str,
+    norm: &'a CudaTensor,
+    eps: f32,
+    w: &'a CudaTensor,
+    bias: Option<&'a CudaTensor>,
+    epilogue: Epilogue,
+}
+
+impl CudaBackend {
+    /// `residual += delta; out = rms_norm(residual) · Wᵀ` (then the epilogue) in one GEMV
+    /// launch, for decode batches of up to [`GEMV_MAX_TOKENS`]; `None` when the shapes are not
+    /// the GEMV's (the caller then makes the separate calls). The new residual stream goes to a
+    /// fresh buffer: other blocks of the launch still read the old one.
+    fn norm_gemv(
+        &self,
+        f: &NormGemv<'_>,
+        delta: Option<&CudaTensor>,
+        residual: &mut CudaTensor,
+    ) -> Result<Option<CudaTensor>> {
+        let (t, hidden) = (residual.rows, residual.cols);
+        if !use_gemv(t, f.w) {
+            return Ok(None);
+        }
+        let _span = tracing::trace_span!("kernel", op = f.op).entered();
+        shape(
+            f.w.cols == hidden && f.norm.rows * f.norm.cols == hidden,
+            f.op,
+            || {
+                format!(
+                    "residual [{t}, {hidden}], norm [{}, {}], weight [{}, {}]",
+                    f.norm.rows, f.norm.cols, f.w.rows, f.w.cols
+                )
+            },
+        )?;
+        if let Some(d) = delta {
+            shape(d.rows == t && d.cols == hidden, f.op, || {
+                format!(
+                    "delta [{}, {}] for residual [{t}, {hidden}]",
+                    d.rows, d.cols
+                )
+            })?;
+        }
+        let width = match f.epilogue {
+            Epilogue::Plain => f.w.rows,
+            Epilogue::SiluAndMul => f.w.rows / 2,
+        };
+        let mut out = self.empty(f.op, t, width)?;
+        let mut new_residual = match delta {
+            Some(_) => Some(self.empty(f.op, t, hidden)?),
+            None => None,
+        };
+        let result = {
+            let (rv, gv, wv) = (
+                residual.view_bf16(f.op)?,
+                f.norm.view_bf16(f.op)?,
+                f.w.view_bf16(f.op)?,
+            );
+            let dv = delta.map(|d| d.view_bf16(f.op)).transpose()?;
+            let bv = f.bias.map(|b| b.view_bf16(f.op)).transpose()?;
+            let mut r_out = new_residual
+                .as_mut()
+                .map(|r| r.view_bf16_mut(f.op))
+                .transpose()?;
+            let input = NormInput {
+                delta: dv.as_ref(),
+                residual: &rv,
+                gamma: &gv,
+                eps: f.eps,
+            };
+            self.gpu.kernels.gemv.forward_norm(
+                &self.gpu.stream,
+                &mut out.view_bf16_mut(f.op)?,
+                r_out.as_mut(),
+                &input,
+                &wv,
+                bv.as_ref(),
+                f.epilogue,
+                t,
+            )
+        };
+        match result {
+            Ok(()) => {}
+            // Unaligned operands or an odd gate/up: the separate kernels do it.
+            Err(KernelError::Unsupported { .. }) => return Ok(None),
+            Err(e) => return Err(device(f.op, e)),
+        }
+        if let Some(r) = new_residual {
+            *residual = r;
+        }
+        Ok(Some(out))
+    }
+}
+
 impl Backend for CudaBackend {
     type Tensor = CudaTensor;
     type StepMetadata = CudaStepMetadata;
@@ -238,6 +359,10 @@ impl Backend for CudaBackend {
         Ok(match &t.data {
             CudaData::BF16(s) => {
                 let host = stream.clone_dtoh(s).map_err(dev)?;
+                host.into_par_iter().map(f32::from).collect()
+            }
+            CudaData::Pooled(p) => {
+                let host = stream.clone_dtoh(&p.view()).map_err(dev)?;
                 host.into_par_iter().map(f32::from).collect()
             }
             CudaData::F32(s) => stream.clone_dtoh(s).map_err(dev)?,
@@ -342,16 +467,21 @@ impl Backend for CudaBackend {
         })?;
         let mut out = self.empty("linear", x.rows, w.rows)?;
         let bias = bias.map(|b| b.view_bf16("linear")).transpose()?;
-        // cuBLAS for every size. Our own GEMV (kernels/src/gemv.rs) is faster per launch at
-        // decode sizes, yet made whole decode steps slower inside the CUDA graph (measured:
-        // kernels/README.md), so the engine does not use it.
-        let result = self.linear.forward(
-            &mut out.view_bf16_mut("linear")?,
-            &x.view_bf16("linear")?,
-            &w.view_bf16("linear")?,
-            bias.as_ref(),
-            x.rows,
+        let (mut y, xv, wv) = (
+            out.view_bf16_mut("linear")?,
+            x.view_bf16("linear")?,
+            w.view_bf16("linear")?,
         );
+        // A decode batch of up to GEMV_MAX_TOKENS tokens through a small weight: our GEMV, a
+        // plain stream of the weights that starts loading them while the previous kernel
+        // finishes (programmatic dependent launch, kernels/src/launch.rs). cuBLAS otherwise.
+        let stream = &self.gpu.stream;
+        let result = if use_gemv(x.rows, w) {
+            let gemv = &self.gpu.kernels.gemv;
+            gemv.forward(stream, &mut y, &xv, &wv, bias.as_ref(), x.rows)
+        } else {
+            self.linear.forward(&mut y, &xv, &wv, bias.as_ref(), x.rows)
+        };
         result.map_err(kernel("linear"))?;
         Ok(out)
     }
@@ -598,6 +728,53 @@ impl Backend for CudaBackend {
         Ok(parts)
     }
 
+    fn add_rms_norm_linear(
+        &self,
+        delta: Option<CudaTensor>,
+        residual: &mut CudaTensor,
+        norm: &CudaTensor,
+        eps: f32,
+        w: &CudaTensor,
+        bias: Option<&CudaTensor>,
+    ) -> Result<CudaTensor> {
+        let fused = NormGemv {
+            op: "add_rms_norm_linear",
+            norm,
+            eps,
+            w,
+            bias,
+            epilogue: Epilogue::Plain,
+        };
+        if let Some(out) = self.norm_gemv(&fused, delta.as_ref(), residual)? {
+            return Ok(out);
+        }
+        let x = self.add_rms_norm(delta, residual, norm, eps)?;
+        self.linear(&x, w, bias)
+    }
+
+    fn add_rms_norm_gate_up(
+        &self,
+        delta: Option<CudaTensor>,
+        residual: &mut CudaTensor,
+        norm: &CudaTensor,
+        eps: f32,
+        w: &CudaTensor,
+    ) -> Result<CudaTensor> {
+        let fused = NormGemv {
+            op: "add_rms_norm_gate_up",
+            norm,
+            eps,
+            w,
+            bias: None,
+            epilogue: Epilogue::SiluAndMul,
+        };
+        if let Some(out) = self.norm_gemv(&fused, delta.as_ref(), residual)? {
+            return Ok(out);
+        }
+        let x = self.add_rms_norm(delta, residual, norm, eps)?;
+        self.silu_and_mul(&self.linear(&x, w, None)?)
+    }
+
     fn qkv_rotary_and_cache(
         &self,
         qkv: &CudaTensor,
@@ -666,6 +843,8 @@ impl Backend for CudaBackend {
         let allowed = (total as f64 * engine.cache.gpu_memory_utilization as f64) as usize;
         let used = total - free; // weights, kernels, the CUDA context, other processes
         let activations = activation_bytes(model, engine);
+        // The caching allocator may keep what was reserved for activations, no more.
+        self.activations.set_limit(activations);
         allowed
             .checked_sub(used + activations)
             .filter(|&b| b > 0)

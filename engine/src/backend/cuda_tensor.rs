@@ -4,6 +4,7 @@
 use half::bf16;
 use kernels::cudarc::driver::{CudaSlice, CudaView, CudaViewMut};
 
+use super::cuda_allocator::PooledSlice;
 use super::{BackendError, DType, Result};
 
 /// The elements, typed: the kernels are written per element type, so the type is checked once
@@ -12,6 +13,8 @@ use super::{BackendError, DType, Result};
 pub enum CudaData {
     BF16(CudaSlice<bf16>),
     F32(CudaSlice<f32>),
+    /// bf16 activations from the backend's caching allocator.
+    Pooled(PooledSlice),
 }
 
 /// A row-major `[rows, cols]` matrix on the GPU.
@@ -31,9 +34,18 @@ impl CudaTensor {
         }
     }
 
+    /// A `[rows, cols]` bf16 tensor in a buffer of the caching allocator.
+    pub fn pooled(data: PooledSlice, rows: usize, cols: usize) -> Self {
+        CudaTensor {
+            data: CudaData::Pooled(data),
+            rows,
+            cols,
+        }
+    }
+
     pub fn dtype(&self) -> DType {
         match self.data {
-            CudaData::BF16(_) => DType::BF16,
+            CudaData::BF16(_) | CudaData::Pooled(_) => DType::BF16,
             CudaData::F32(_) => DType::F32,
         }
     }
@@ -51,6 +63,7 @@ impl CudaTensor {
     pub fn view_bf16(&self, op: &'static str) -> Result<CudaView<'_, bf16>> {
         match &self.data {
             CudaData::BF16(s) => Ok(s.as_view()),
+            CudaData::Pooled(p) => Ok(p.view()),
             CudaData::F32(_) => Err(self.wrong(op, DType::BF16)),
         }
     }
@@ -60,6 +73,7 @@ impl CudaTensor {
         let e = self.wrong(op, DType::BF16);
         match &mut self.data {
             CudaData::BF16(s) => Ok(s.as_view_mut()),
+            CudaData::Pooled(p) => Ok(p.view_mut()),
             CudaData::F32(_) => Err(e),
         }
     }
@@ -68,7 +82,7 @@ impl CudaTensor {
     pub fn view_f32(&self, op: &'static str) -> Result<CudaView<'_, f32>> {
         match &self.data {
             CudaData::F32(s) => Ok(s.as_view()),
-            CudaData::BF16(_) => Err(self.wrong(op, DType::F32)),
+            CudaData::BF16(_) | CudaData::Pooled(_) => Err(self.wrong(op, DType::F32)),
         }
     }
 }

@@ -17,6 +17,7 @@
 //!   only device buffers at fixed addresses, which a CUDA graph can capture and replay.
 pub mod cpu_backend;
 pub mod cpu_kernels;
+pub mod cuda_allocator;
 pub mod cuda_backend;
 pub mod cuda_graph;
 pub mod cuda_step;
@@ -198,6 +199,56 @@ pub trait Backend: Send + Sync {
         self.rotary_embedding(step, &mut q, &mut k, head_dim, cos_sin_cache)?;
         self.reshape_and_cache(&k, &v, key_cache, value_cache, step)?;
         Ok(q)
+    }
+    /// A block's way into the residual stream: `residual += delta` (when there is a delta:
+    /// every block but the first layer's attention), then `rms_norm(residual)` with `weight`
+    /// `[1, hidden]` → `[t, hidden]`, the input of the next block. `delta` is consumed: its
+    /// memory holds the result, as `fused_add_rms_norm` does in place.
+    fn add_rms_norm(
+        &self,
+        delta: Option<Self::Tensor>,
+        residual: &mut Self::Tensor,
+        weight: &Self::Tensor,
+        eps: f32,
+    ) -> Result<Self::Tensor> {
+        match delta {
+            Some(mut x) => {
+                self.fused_add_rms_norm(&mut x, residual, weight, eps)?;
+                Ok(x)
+            }
+            None => self.rms_norm(residual, weight, eps),
+        }
+    }
+    /// [`Backend::add_rms_norm`] then the block's first projection `w` `[n, hidden]`
+    /// (+ `bias`) → `[t, n]`. This default makes the calls one after the other; a backend may
+    /// make them one pass (the CUDA backend does for small decode batches: a GEMV that
+    /// normalizes its own input, one launch instead of two).
+    #[allow(clippy::too_many_arguments)]
+    fn add_rms_norm_linear(
+        &self,
+        delta: Option<Self::Tensor>,
+        residual: &mut Self::Tensor,
+        norm: &Self::Tensor,
+        eps: f32,
+        w: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+    ) -> Result<Self::Tensor> {
+        let x = self.add_rms_norm(delta, residual, norm, eps)?;
+        self.linear(&x, w, bias)
+    }
+    /// The MLP's way in: [`Backend::add_rms_norm`], the fused gate/up projection `w`
+    /// `[2·inter, hidden]`, then SiLU·mul → `[t, inter]`. Three calls by default; one launch on
+    /// the CUDA backend for small decode batches.
+    fn add_rms_norm_gate_up(
+        &self,
+        delta: Option<Self::Tensor>,
+        residual: &mut Self::Tensor,
+        norm: &Self::Tensor,
+        eps: f32,
+        w: &Self::Tensor,
+    ) -> Result<Self::Tensor> {
+        let x = self.add_rms_norm(delta, residual, norm, eps)?;
+        self.silu_and_mul(&self.linear(&x, w, None)?)
     }
     /// Rows `step.logits_indices` of `x` `[t, hidden]`, in that order → `[num_logits, hidden]`.
     fn gather_rows(&self, x: &Self::Tensor, step: &Self::StepMetadata) -> Result<Self::Tensor>;

@@ -55,10 +55,19 @@ impl<B: Backend> LlamaForCausalLM<B> {
         let scale = 1.0 / (d as f32).sqrt();
 
         let mut residual = b.embedding(&w.embed_tokens, step)?; // [t, hidden]
-        let mut hidden = b.rms_norm(&residual, &w.layers[0].input_layernorm, eps)?;
+                                                                // The last block's output, not yet added into the residual stream (none before the
+                                                                // first layer). Each block adds it as its first step, fused with its RMSNorm.
+        let mut delta: Option<B::Tensor> = None;
         for (i, layer) in w.layers.iter().enumerate() {
-            // Attention block.
-            let qkv = b.linear(&hidden, &layer.qkv_proj, layer.qkv_bias.as_ref())?;
+            // Attention block: residual += delta; qkv = rms_norm(residual) · W_qkvᵀ.
+            let qkv = b.add_rms_norm_linear(
+                delta.take(),
+                &mut residual,
+                &layer.input_layernorm,
+                eps,
+                &layer.qkv_proj,
+                layer.qkv_bias.as_ref(),
+            )?;
             // Split q, k, v; rotate q and k by position; write k and v into the cache.
             let (key_cache, value_cache) = kv_cache.layer_mut(i);
             let q = b.qkv_rotary_and_cache(
@@ -80,24 +89,20 @@ impl<B: Backend> LlamaForCausalLM<B> {
                 scale,
                 step,
             )?;
-            hidden = b.linear(&attn, &layer.o_proj, None)?;
-            b.fused_add_rms_norm(
-                &mut hidden,
+            let attn_out = b.linear(&attn, &layer.o_proj, None)?;
+
+            // MLP block (SwiGLU): residual += attn_out; silu(gate) · up of the normed stream.
+            let act = b.add_rms_norm_gate_up(
+                Some(attn_out),
                 &mut residual,
                 &layer.post_attention_layernorm,
                 eps,
+                &layer.gate_up_proj,
             )?;
-
-            // MLP block (SwiGLU).
-            let gate_up = b.linear(&hidden, &layer.gate_up_proj, None)?;
-            hidden = b.linear(&b.silu_and_mul(&gate_up)?, &layer.down_proj, None)?;
-            let next_norm = match w.layers.get(i + 1) {
-                Some(next) => &next.input_layernorm,
-                None => &w.norm,
-            };
-            b.fused_add_rms_norm(&mut hidden, &mut residual, next_norm, eps)?;
+            delta = Some(b.linear(&act, &layer.down_proj, None)?);
         }
-        // `hidden` is now norm(final residual); project only the rows we sample from.
+        let hidden = b.add_rms_norm(delta, &mut residual, &w.norm, eps)?;
+        // `hidden` is norm(final residual); project only the rows we sample from.
         let last = b.gather_rows(&hidden, step)?; // [num_logits, hidden]
         b.linear(&last, w.lm_head.as_ref().unwrap_or(&w.embed_tokens), None)
     }

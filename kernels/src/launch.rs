@@ -1,0 +1,153 @@
+//! Kernel launches with programmatic dependent launch (PDL, sm_90; `cuLaunchKernelEx`).
+//!
+//! In a decode step of a small model most kernels run for a few microseconds, and between two
+//! kernels of a stream the GPU waits for the first grid to drain before the second one's blocks
+//! start. With the PDL attribute the next kernel's blocks may start as soon as every block of
+//! the previous one has called `griddepcontrol.launch_dependents`; they then wait in
+//! `griddepcontrol.wait` until that kernel has finished and its writes are visible. What a
+//! kernel does before the wait (a GEMV loads its weights) overlaps the previous kernel's tail.
+//! The device side of the protocol is in `cuda/common.cuh`; every kernel of the crate follows it,
+//! and a kernel launched without the attribute (or after a cuBLAS kernel) simply starts when the
+//! previous one ends, as it would without PDL. Graph capture records the dependency as a
+//! programmatic edge, so replays keep the overlap.
+//!
+//! The builder mirrors cudarc's `launch_builder` (`.arg(...)` in kernel-signature order, then
+//! `launch(cfg)`), so each wrapper reads as before; it does not record cudarc's cross-stream
+//! events, which [`crate::Gpu::open`] turns off (every launch is on one stream).
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::driver::sys::{
+    self, CUlaunchAttribute, CUlaunchAttributeID, CUlaunchAttributeValue, CUlaunchConfig,
+};
+use cudarc::driver::{
+    CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut,
+    DriverError, LaunchConfig,
+};
+
+/// One argument, as the kernel receives it: a device address, or a plain value's bytes.
+enum Arg {
+    Ptr(sys::CUdeviceptr),
+    Value(*const c_void),
+}
+
+/// A launch being built: the function, its stream, its arguments in order.
+pub struct Launch<'a> {
+    stream: &'a Arc<CudaStream>,
+    func: &'a CudaFunction,
+    args: Vec<Arg>,
+}
+
+/// What can be passed to [`Launch::arg`]: device buffers (by their address) and the scalar
+/// types the kernels take (by value).
+/// A scalar is read through its reference when the launch is made, so it must live as long
+/// as the builder (`'a`), as with cudarc's builder.
+pub trait KernelArg<'a> {
+    #[doc(hidden)]
+    fn push(self, launch: &mut Launch<'a>);
+}
+
+impl<'a> Launch<'a> {
+    pub fn new(stream: &'a Arc<CudaStream>, func: &'a CudaFunction) -> Self {
+        Launch {
+            stream,
+            func,
+            args: Vec::with_capacity(16),
+        }
+    }
+
+    /// Appends the next kernel argument.
+    pub fn arg<A: KernelArg<'a>>(&mut self, a: A) -> &mut Self {
+        a.push(self);
+        self
+    }
+
+    /// Launches on the stream with the PDL attribute.
+    ///
+    /// # Safety
+    /// As for cudarc's `LaunchArgs::launch`: the arguments must match the kernel's signature
+    /// in number, order and type, and the kernel must stay within the buffers it is given.
+    /// Scalars are read through the references given to [`Launch::arg`], which outlive `self`.
+    pub unsafe fn launch(&mut self, cfg: LaunchConfig) -> Result<(), DriverError> {
+        let mut params: Vec<*mut c_void> = self
+            .args
+            .iter()
+            .map(|a| match a {
+                Arg::Ptr(p) => p as *const sys::CUdeviceptr as *mut c_void,
+                Arg::Value(v) => *v as *mut c_void,
+            })
+            .collect();
+        let mut attr = CUlaunchAttribute {
+            id: CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value: CUlaunchAttributeValue {
+                programmaticStreamSerializationAllowed: 1,
+            },
+        };
+        let config = CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: `config` and `attr` live across the call; `params` holds one pointer per
+        // kernel parameter, each to a live CUdeviceptr in `self.args` or to a caller's scalar
+        // (the caller's contract above); the function belongs to the stream's context.
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &config,
+                self.func.cu_function(),
+                params.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()
+    }
+}
+
+impl<'a, T> KernelArg<'a> for &CudaSlice<T> {
+    fn push(self, l: &mut Launch<'a>) {
+        let (p, _sync) = self.device_ptr(l.stream);
+        l.args.push(Arg::Ptr(p));
+    }
+}
+
+impl<'a, T> KernelArg<'a> for &mut CudaSlice<T> {
+    fn push(self, l: &mut Launch<'a>) {
+        let (p, _sync) = self.device_ptr_mut(l.stream);
+        l.args.push(Arg::Ptr(p));
+    }
+}
+
+impl<'a, T> KernelArg<'a> for &CudaView<'_, T> {
+    fn push(self, l: &mut Launch<'a>) {
+        let (p, _sync) = self.device_ptr(l.stream);
+        l.args.push(Arg::Ptr(p));
+    }
+}
+
+impl<'a, T> KernelArg<'a> for &mut CudaViewMut<'_, T> {
+    fn push(self, l: &mut Launch<'a>) {
+        let (p, _sync) = self.device_ptr_mut(l.stream);
+        l.args.push(Arg::Ptr(p));
+    }
+}
+
+/// Scalars by value: the kernel copies `size_of::<T>()` bytes from the reference at launch.
+macro_rules! scalar_arg {
+    ($($t:ty),*) => {$(
+        impl<'a> KernelArg<'a> for &'a $t {
+            fn push(self, l: &mut Launch<'a>) {
+                l.args.push(Arg::Value(self as *const $t as *const c_void));
+            }
+        }
+    )*};
+}
+scalar_arg!(u32, i32, u64, i64, f32, f64);
