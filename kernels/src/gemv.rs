@@ -4,15 +4,16 @@
 //! (weights `[out_features, in_features]`, f32 sums rounded once to bf16), for the shapes
 //! [`Gemv::supports`] accepts.
 //!
-//! Not used by the engine, and kept for what it measured (H200, kernels/README.md): launched
-//! alone inside a CUDA graph it takes 2.6-3.9 µs where cuBLAS takes 2.9-4.4 at SmolLM2-135M's
-//! sizes (and is slower than cuBLAS on large matrices or at 8 tokens), yet the engine's
-//! batch-1 decode step with it was slower (1.58 against 1.23 ms/token, same run). At these
-//! sizes a kernel's cost is its latency, not its bytes, and cuBLAS's kernels start sooner in a
-//! graph. Outside a graph the GEMV saves cuBLAS's host cost per call (eager batch-1 decode
-//! measured 2.08 ms/token with it and 3.04 without, in two runs on different days' machines).
+//! The engine's decode path for small weights (`engine/src/backend/cuda_backend.rs`, up to 4
+//! tokens). Launched alone inside a CUDA graph it took 2.6-3.9 µs where cuBLAS took 2.9-4.4 at
+//! SmolLM2-135M's sizes, yet it first made the engine's batch-1 decode slower (1.58 against
+//! 1.23 ms/token). It became a gain (1.05 → 0.87 ms, H200, 2026-11-28) once the step's
+//! activations stopped being graph allocation nodes and every kernel used programmatic
+//! dependent launch, which lets the GEMV load its weights under the previous kernel's tail; and
+//! more (0.75 ms) with [`Gemv::forward_norm`], which also does the RMSNorm before the projection
+//! and SiLU·mul after gate/up. On large matrices cuBLAS streams faster, so the engine keeps it
+//! there.
 
-use crate::launch::Launch;
 use std::sync::Arc;
 
 use cudarc::driver::{
@@ -21,6 +22,7 @@ use cudarc::driver::{
 use half::bf16;
 
 use crate::error::{check_len, to_u32, KernelError, Result};
+use crate::launch::Launch;
 
 pub(crate) const FILE: &str = "gemv.cu";
 pub(crate) const SOURCE: &str = include_str!("../cuda/gemv.cu");
