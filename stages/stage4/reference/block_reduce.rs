@@ -2,7 +2,7 @@
 
 use crate::gpu::{block_dim, shared, sync_threads, thread_idx, warp_max, warp_sum, WARP_SIZE};
 
-// ANCHOR: block_sum
+// ANCHOR: block_reduce
 /// The sum of `value` over every thread of the block, returned to every thread.
 pub async fn block_sum(value: f32) -> f32 {
     let scratch = shared::<f32>(WARP_SIZE); // one slot per warp: 32 warps at most
@@ -21,7 +21,6 @@ pub async fn block_sum(value: f32) -> f32 {
     }
     total
 }
-// ANCHOR_END: block_sum
 
 /// The maximum of `value` over every thread of the block, returned to every thread.
 pub async fn block_max(value: f32) -> f32 {
@@ -39,3 +38,4 @@ pub async fn block_max(value: f32) -> f32 {
     }
     max
 }
+// ANCHOR_END: block_reduce

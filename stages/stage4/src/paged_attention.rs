@@ -38,6 +38,7 @@ pub use crate::mutants::paged_attention::paged_attention_decode_kernel;
 #[cfg(all(feature = "reference", not(feature = "mutants")))]
 pub use crate::reference::paged_attention::paged_attention_decode_kernel;
 
+// ANCHOR: shape
 /// The sizes a decode launch needs besides its buffers.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct DecodeShape {
@@ -51,6 +52,7 @@ pub struct DecodeShape {
     /// `1 / sqrt(head_dim)`.
     pub scale: f32,
 }
+// ANCHOR_END: shape
 
 // HINT: step 1 with one *warp* per token: lane `l` takes dims `l`, `l + 32`, ... of q·k[j],
 //   `warp_sum` adds them up, lane 0 stores the score. Warp `w` of `n` takes tokens `w`,
