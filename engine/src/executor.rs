@@ -2,7 +2,7 @@
 //! (logits only when a request asks). With one worker it is the model runner itself; tensor and
 //! pipeline parallelism add executors that drive several workers behind the same trait.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, DeviceTime};
 use crate::config::ModelConfig;
 use crate::core::scheduler_output::SchedulerOutput;
 use crate::error::Result;
@@ -23,6 +23,8 @@ pub trait Executor: Send {
     fn execute_model(&mut self, scheduler_output: &SchedulerOutput) -> Result<ModelRunnerOutput>;
     fn model_config(&self) -> &ModelConfig;
     fn backend_name(&self) -> &'static str;
+    /// The backend's device time so far ([`Backend::device_time`]).
+    fn device_time(&self) -> Option<DeviceTime>;
 }
 
 /// One worker in this process.
@@ -48,5 +50,9 @@ where
 
     fn backend_name(&self) -> &'static str {
         self.model.backend.name()
+    }
+
+    fn device_time(&self) -> Option<DeviceTime> {
+        self.model.backend.device_time()
     }
 }

@@ -147,6 +147,12 @@ impl LLMEngine {
         self.executor.model_config()
     }
 
+    /// Device time of the steps so far, where the backend measures it (the GPU): a benchmark
+    /// subtracts two readings to split a step's wall time into the device's and the host's.
+    pub fn device_time(&self) -> Option<crate::backend::DeviceTime> {
+        self.executor.device_time()
+    }
+
     // ANCHOR: add_request
     /// Validates and queues a request; returns its id.
     pub fn add_request(&mut self, prompt: Prompt, params: SamplingParams) -> Result<SeqId> {

@@ -17,7 +17,8 @@
 use std::sync::{Arc, Mutex};
 
 use half::bf16;
-use kernels::cudarc::driver::{CudaSlice, CudaStream};
+use kernels::cudarc::driver::sys::CUevent_flags;
+use kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream};
 use kernels::gemv::{Epilogue, Gemv, NormInput};
 use kernels::paged_attention::{num_partitions, DecodeShape, SplitKWorkspace};
 use kernels::prefill_attention::PrefillShape;
@@ -30,7 +31,7 @@ use super::cuda_allocator::{self, CachingAllocator};
 use super::cuda_graph::{capture_sizes, padded_size, CudaGraphs, GraphKey};
 use super::cuda_step::{self, device, CudaStepMetadata, StepPool};
 use super::cuda_tensor::{CudaData, CudaTensor};
-use super::{Backend, BackendError, DType, Result, StepLimits, StepSampling};
+use super::{Backend, BackendError, DType, DeviceTime, Result, StepLimits, StepSampling};
 use crate::config::{EngineConfig, ModelConfig};
 use crate::outputs::ModelRunnerOutput;
 use crate::sampler::SampleFn;
@@ -69,6 +70,22 @@ pub struct CudaBackend {
     graphs: Mutex<CudaGraphs>,
     /// Decode batch sizes that replay a graph; empty when graphs are off.
     capture_sizes: Vec<usize>,
+    /// Events around each step's device work, and the time they measured so far.
+    step_timer: Mutex<StepTimer>,
+}
+
+/// Two events recorded on the stream before a step's first kernel and after its sampler; read
+/// once the sampled ids are back (the stream has passed both by then).
+struct StepTimer {
+    events: (CudaEvent, CudaEvent),
+    time: DeviceTime,
+}
+
+/// An event that records a timestamp (CUDA's default events do; `disable_timing` ones not).
+fn timing_event(gpu: &Gpu) -> Result<CudaEvent> {
+    gpu.ctx
+        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+        .map_err(|e| device("create a timing event", e))
 }
 
 /// A kernel-crate error as a backend error of `op`.
@@ -107,6 +124,10 @@ impl CudaBackend {
             generation: Mutex::new(0),
             graphs: Mutex::new(CudaGraphs::default()),
             capture_sizes: Vec::new(),
+            step_timer: Mutex::new(StepTimer {
+                events: (timing_event(&gpu)?, timing_event(&gpu)?),
+                time: DeviceTime::default(),
+            }),
             gpu,
         })
     }
@@ -182,11 +203,11 @@ impl CudaBackend {
             format!("{} logits rows for {n} sampling rows", logits.rows)
         })?;
         let (t, k, p, s, pos) = (
-            b.temperature.slice(0..n),
-            b.top_k.slice(0..n),
-            b.top_p.slice(0..n),
-            b.seed.slice(0..n),
-            b.position.slice(0..n),
+            b.temperature().slice(0..n),
+            b.top_k().slice(0..n),
+            b.top_p().slice(0..n),
+            b.seed().slice(0..n),
+            b.position().slice(0..n),
         );
         let params = RowParams {
             temperature: &t,
@@ -439,7 +460,7 @@ impl Backend for CudaBackend {
         let _span = tracing::trace_span!("kernel", op = "embedding").entered();
         let (n, h) = (step.num_tokens, table.cols);
         let mut out = self.empty("embedding", n, h)?;
-        let ids = step.bufs().input_ids.slice(0..n);
+        let ids = step.bufs().input_ids().slice(0..n);
         let table = table.view_bf16("embedding")?;
         self.gpu
             .kernels
@@ -540,7 +561,7 @@ impl Backend for CudaBackend {
             format!("q has {} rows, k {}, for {t} positions", q.rows, k.rows)
         })?;
         let (heads, kv_heads) = (q.cols / head_dim, k.cols / head_dim);
-        let positions = step.bufs().positions.slice(0..t);
+        let positions = step.bufs().positions().slice(0..t);
         self.gpu
             .kernels
             .rotary_embedding
@@ -574,7 +595,7 @@ impl Backend for CudaBackend {
                 k.rows, k.cols, key_cache.cols
             )
         })?;
-        let slots = step.bufs().slot_mapping.slice(0..t);
+        let slots = step.bufs().slot_mapping().slice(0..t);
         self.gpu
             .kernels
             .reshape_and_cache
@@ -607,8 +628,8 @@ impl Backend for CudaBackend {
         let mut out = self.empty(OP, q.rows, q.cols)?;
         let b = step.bufs();
         let (s, width) = (step.num_seqs, step.max_blocks_per_seq);
-        let tables = b.block_tables.slice(0..s * width);
-        let seq_lens = b.seq_lens.slice(0..s);
+        let tables = b.block_tables().slice(0..s * width);
+        let seq_lens = b.seq_lens().slice(0..s);
         let (qv, kc, vc) = (
             q.view_bf16(OP)?,
             key_cache.view_bf16(OP)?,
@@ -654,7 +675,7 @@ impl Backend for CudaBackend {
                 block_size: step.block_size,
                 max_blocks_per_seq: width,
             };
-            let qsl = b.query_start_loc.slice(0..s + 1);
+            let qsl = b.query_start_loc().slice(0..s + 1);
             self.gpu
                 .kernels
                 .prefill_attention
@@ -809,8 +830,8 @@ impl Backend for CudaBackend {
                 &mut key_cache.view_bf16_mut(OP)?,
                 &mut value_cache.view_bf16_mut(OP)?,
                 &qkv.view_bf16(OP)?,
-                &b.positions.slice(0..t),
-                &b.slot_mapping.slice(0..t),
+                &b.positions().slice(0..t),
+                &b.slot_mapping().slice(0..t),
                 &cos_sin_cache.view_f32(OP)?,
                 shape,
             )
@@ -823,7 +844,7 @@ impl Backend for CudaBackend {
         // A row gather is an embedding lookup with `x` as the table.
         let n = step.num_logits;
         let mut out = self.empty("gather_rows", n, x.cols)?;
-        let rows = step.bufs().logits_indices.slice(0..n);
+        let rows = step.bufs().logits_indices().slice(0..n);
         self.gpu
             .kernels
             .embedding
@@ -836,6 +857,10 @@ impl Backend for CudaBackend {
             )
             .map_err(kernel("gather_rows"))?;
         Ok(out)
+    }
+
+    fn device_time(&self) -> Option<DeviceTime> {
+        self.step_timer.lock().ok().map(|t| t.time)
     }
 
     fn kv_cache_budget(&self, engine: &EngineConfig, model: &ModelConfig) -> Result<usize> {
@@ -882,6 +907,10 @@ impl Backend for CudaBackend {
             }
             Ok(())
         };
+        let mut timer = self.step_timer.lock().map_err(|_| poisoned())?;
+        let stream = &self.gpu.stream;
+        let record = |e: &CudaEvent| e.record(stream).map_err(|e| device("record an event", e));
+        record(&timer.events.0)?;
         let graphable = step.is_decode && !wants_logits && !self.capture_sizes.is_empty();
         if graphable && self.capture_sizes.contains(&step.num_seqs) {
             let key = GraphKey {
@@ -894,11 +923,19 @@ impl Backend for CudaBackend {
         } else {
             run()?;
         }
+        record(&timer.events.1)?;
         let ids = self
             .gpu
             .stream
             .clone_dtoh(&sampled.slice(0..rows.len()))
             .map_err(|e| device("read sampled ids", e))?;
+        // The copy above waited for the stream, so both events are complete.
+        let (start, end) = &timer.events;
+        let ms = start
+            .elapsed_ms(end)
+            .map_err(|e| device("read an event", e))?;
+        timer.time.total += std::time::Duration::from_secs_f64(f64::from(ms) / 1e3);
+        timer.time.steps += 1;
         let mut output = ModelRunnerOutput {
             sampled_token_ids: ids,
             logits: Vec::with_capacity(rows.len()),

@@ -13,29 +13,81 @@
 
 use std::sync::{Arc, Mutex};
 
-use kernels::cudarc::driver::{CudaSlice, CudaStream};
+use kernels::cudarc::driver::{CudaSlice, CudaStream, CudaView};
 use kernels::reshape_and_cache::PADDING_SLOT;
 
 use super::{BackendError, Result, StepLimits, StepSampling};
 use crate::sampler::SampleRow;
 use crate::worker::model_runner::ModelInput;
 
-/// Device buffers for the largest step; a step uses a prefix of each.
+/// Where each of a step's arrays sits in the packed buffer (bytes), for the step's sizes:
+/// one after the other, each at a 16-byte boundary. A step's arrays are filled on the host in
+/// this layout and copied with one host-to-device copy (each copy from pageable memory costs
+/// the host several microseconds, and a step has twelve arrays). A decode step that replays a
+/// graph always has the same sizes, so the same offsets: the addresses the graph recorded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Packing {
+    tokens: usize,
+    seqs: usize,
+    width: usize,
+    input_ids: usize,       // u32 [tokens]
+    positions: usize,       // u32 [tokens]
+    slot_mapping: usize,    // u64 [tokens]
+    query_start_loc: usize, // u32 [seqs + 1]
+    seq_lens: usize,        // u32 [seqs]
+    block_tables: usize,    // u32 [seqs, width]
+    logits_indices: usize,  // u32 [logits]
+    // How each logits row samples, [logits] each (kernels::sampling::RowParams).
+    temperature: usize, // f32
+    top_k: usize,       // u32
+    top_p: usize,       // f32
+    seed: usize,        // u64
+    position: usize,    // u64
+    /// Bytes used.
+    end: usize,
+}
+
+impl Packing {
+    /// The layout for `tokens` rows, `seqs` sequences (also the most logits rows) and block
+    /// tables `width` wide.
+    pub fn new(tokens: usize, seqs: usize, width: usize) -> Self {
+        let mut at = 0;
+        let mut next = |bytes: usize| {
+            let offset = at;
+            at = (at + bytes).next_multiple_of(16);
+            offset
+        };
+        let mut p = Packing {
+            tokens,
+            seqs,
+            width,
+            input_ids: next(4 * tokens),
+            positions: next(4 * tokens),
+            slot_mapping: next(8 * tokens),
+            query_start_loc: next(4 * (seqs + 1)),
+            seq_lens: next(4 * seqs),
+            block_tables: next(4 * seqs * width),
+            logits_indices: next(4 * seqs),
+            temperature: next(4 * seqs),
+            top_k: next(4 * seqs),
+            top_p: next(4 * seqs),
+            seed: next(8 * seqs),
+            position: next(8 * seqs),
+            end: 0,
+        };
+        p.end = at;
+        p
+    }
+}
+
+/// Device memory for the largest step; a step's arrays are packed at its start ([`Packing`]).
 #[derive(Debug)]
 pub struct StepBuffers {
-    pub input_ids: CudaSlice<u32>,       // [max_tokens]
-    pub positions: CudaSlice<u32>,       // [max_tokens]
-    pub slot_mapping: CudaSlice<u64>,    // [max_tokens]
-    pub query_start_loc: CudaSlice<u32>, // [max_seqs + 1]
-    pub seq_lens: CudaSlice<u32>,        // [max_seqs]
-    pub block_tables: CudaSlice<u32>,    // [max_seqs, width]
-    pub logits_indices: CudaSlice<u32>,  // [max_seqs]
-    // How each logits row samples, `[max_seqs]` each (kernels::sampling::RowParams).
-    pub temperature: CudaSlice<f32>,
-    pub top_k: CudaSlice<u32>,
-    pub top_p: CudaSlice<f32>,
-    pub seed: CudaSlice<u64>,
-    pub position: CudaSlice<u64>,
+    packed: CudaSlice<u8>,
+    /// The current step's layout.
+    packing: Packing,
+    /// The host side of the one copy, reused from step to step.
+    staging: Vec<u8>,
     /// `[max_seqs]` the sampled ids, written on the device and read back after the step.
     pub sampled: Mutex<CudaSlice<u32>>,
     pub limits: StepLimits,
@@ -43,29 +95,87 @@ pub struct StepBuffers {
     pub generation: u64,
 }
 
+/// The current step's array `$name` of `$t`, `$len` elements (a field of [`Packing`]).
+macro_rules! packed_view {
+    ($(#[$doc:meta])* $name:ident: $t:ty, $len:expr) => {
+        $(#[$doc])*
+        pub fn $name(&self) -> CudaView<'_, $t> {
+            let p = &self.packing;
+            let len = $len(p);
+            let at = p.$name;
+            // SAFETY: `Packing::new` placed this array at a 16-byte aligned offset with room
+            // for `len` elements of `$t` below `p.end`, and the buffer holds at least `p.end`
+            // bytes (checked in `prepare`); `$t` is plain data, any bytes are a valid value.
+            unsafe { self.packed.slice(at..p.end).transmute::<$t>(len) }
+                .expect("the packing leaves room for every array")
+        }
+    };
+}
+
 impl StepBuffers {
     pub fn new(stream: &Arc<CudaStream>, limits: StepLimits, generation: u64) -> Result<Self> {
         let (t, s) = (limits.max_num_tokens.max(1), limits.max_num_seqs.max(1));
         let width = limits.max_blocks_per_seq().max(1);
         let dev = |e| device("allocate step buffers", e);
+        let capacity = Packing::new(t, s, width).end;
         Ok(StepBuffers {
-            input_ids: stream.alloc_zeros(t).map_err(dev)?,
-            positions: stream.alloc_zeros(t).map_err(dev)?,
-            slot_mapping: stream.alloc_zeros(t).map_err(dev)?,
-            query_start_loc: stream.alloc_zeros(s + 1).map_err(dev)?,
-            seq_lens: stream.alloc_zeros(s).map_err(dev)?,
-            block_tables: stream.alloc_zeros(s * width).map_err(dev)?,
-            logits_indices: stream.alloc_zeros(s).map_err(dev)?,
-            temperature: stream.alloc_zeros(s).map_err(dev)?,
-            top_k: stream.alloc_zeros(s).map_err(dev)?,
-            top_p: stream.alloc_zeros(s).map_err(dev)?,
-            seed: stream.alloc_zeros(s).map_err(dev)?,
-            position: stream.alloc_zeros(s).map_err(dev)?,
+            packed: stream.alloc_zeros(capacity).map_err(dev)?,
+            packing: Packing::default(),
+            staging: Vec::with_capacity(capacity),
             sampled: Mutex::new(stream.alloc_zeros(s).map_err(dev)?),
             limits,
             generation,
         })
     }
+
+    packed_view!(
+        /// `[tokens]` token ids.
+        input_ids: u32, |p: &Packing| p.tokens
+    );
+    packed_view!(
+        /// `[tokens]` positions.
+        positions: u32, |p: &Packing| p.tokens
+    );
+    packed_view!(
+        /// `[tokens]` cache slots ([`PADDING_SLOT`] for padding rows).
+        slot_mapping: u64, |p: &Packing| p.tokens
+    );
+    packed_view!(
+        /// `[seqs + 1]` each sequence's first row.
+        query_start_loc: u32, |p: &Packing| p.seqs + 1
+    );
+    packed_view!(
+        /// `[seqs]` context lengths.
+        seq_lens: u32, |p: &Packing| p.seqs
+    );
+    packed_view!(
+        /// `[seqs, width]` block tables.
+        block_tables: u32, |p: &Packing| p.seqs * p.width
+    );
+    packed_view!(
+        /// `[logits]` the rows that sample (at most `seqs`).
+        logits_indices: u32, |p: &Packing| p.seqs
+    );
+    packed_view!(
+        /// `[logits]` temperatures.
+        temperature: f32, |p: &Packing| p.seqs
+    );
+    packed_view!(
+        /// `[logits]` top-k (0: off).
+        top_k: u32, |p: &Packing| p.seqs
+    );
+    packed_view!(
+        /// `[logits]` top-p.
+        top_p: f32, |p: &Packing| p.seqs
+    );
+    packed_view!(
+        /// `[logits]` seeds.
+        seed: u64, |p: &Packing| p.seqs
+    );
+    packed_view!(
+        /// `[logits]` positions of the token drawn (the Philox counter).
+        position: u64, |p: &Packing| p.seqs
+    );
 }
 
 /// Where a backend keeps its step buffers between steps.
@@ -211,27 +321,37 @@ pub fn prepare(
     let width = bufs.limits.max_blocks_per_seq().max(1);
 
     let host = layout(&input, padded, width)?;
-    let dev = |e| device("copy step metadata", e);
-    macro_rules! upload {
-        ($field:ident) => {
-            if !host.$field.is_empty() {
-                let mut dst = bufs.$field.slice_mut(0..host.$field.len());
-                stream.memcpy_htod(&host.$field, &mut dst).map_err(dev)?;
-            }
-        };
+    let packing = Packing::new(tokens, seqs, width);
+    check(packing.end <= bufs.packed.len(), || {
+        format!(
+            "{} bytes of step arrays in a {}-byte buffer",
+            packing.end,
+            bufs.packed.len()
+        )
+    })?;
+    let staging = &mut bufs.staging;
+    staging.clear();
+    staging.resize(packing.end, 0);
+    macro_rules! pack {
+        ($($field:ident),*) => {$(
+            let bytes: Vec<u8> = host.$field.iter().flat_map(|v| v.to_le_bytes()).collect();
+            staging[packing.$field..packing.$field + bytes.len()].copy_from_slice(&bytes);
+        )*};
     }
-    upload!(input_ids);
-    upload!(positions);
-    upload!(slot_mapping);
-    upload!(query_start_loc);
-    upload!(seq_lens);
-    upload!(block_tables);
-    upload!(logits_indices);
-    upload!(temperature);
-    upload!(top_k);
-    upload!(top_p);
-    upload!(seed);
-    upload!(position);
+    pack!(
+        input_ids,
+        positions,
+        slot_mapping,
+        query_start_loc,
+        seq_lens,
+        block_tables
+    );
+    pack!(logits_indices, temperature, top_k, top_p, seed, position);
+    let mut dst = bufs.packed.slice_mut(0..packing.end);
+    stream
+        .memcpy_htod(&bufs.staging[..], &mut dst)
+        .map_err(|e| device("copy step metadata", e))?;
+    bufs.packing = packing;
 
     Ok(CudaStepMetadata {
         num_tokens: tokens,

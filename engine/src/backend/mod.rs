@@ -48,6 +48,13 @@ impl StepSampling for ModelInput {
     }
 }
 
+/// Time measured on the device across steps ([`Backend::device_time`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct DeviceTime {
+    pub total: std::time::Duration,
+    pub steps: u64,
+}
+
 /// The largest step the engine will schedule, known once the KV cache is sized
 /// ([`Backend::plan_steps`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -252,6 +259,13 @@ pub trait Backend: Send + Sync {
     }
     /// Rows `step.logits_indices` of `x` `[t, hidden]`, in that order → `[num_logits, hidden]`.
     fn gather_rows(&self, x: &Self::Tensor, step: &Self::StepMetadata) -> Result<Self::Tensor>;
+
+    /// Device time the steps have taken so far, and how many steps: the span from a step's
+    /// first kernel to its sampled ids, measured on the device (CUDA events), for benchmarks
+    /// that separate the GPU's time from the host's. `None` where ops run on the host.
+    fn device_time(&self) -> Option<DeviceTime> {
+        None
+    }
 
     /// Tells the backend the largest steps it will be given, once the KV cache is sized and
     /// before the first step, so that it can allocate per-step buffers once (a CUDA graph

@@ -27,15 +27,26 @@ pub fn prompt() -> Vec<u32> {
         .collect()
 }
 
+/// Batch-1 decode time per token, median over the timed runs.
+pub struct DecodeB1 {
+    /// Wall time: host and device together, as a user sees it.
+    pub ms_per_token: f64,
+    /// The device's part, where the backend measures it (GPU): from each step's first kernel
+    /// to its sampled ids. The rest of the wall time is the host's (scheduling, preparing the
+    /// step's inputs, launching, reading the ids back), during which the device waits.
+    pub device_ms_per_token: Option<f64>,
+}
+
 /// Median milliseconds per decode token over `runs` runs, after one warm-up run. Greedy, EOS
 /// ignored. The engine must be idle (the steps timed are this request's alone).
-pub fn ms_per_token(engine: &mut LLMEngine, runs: usize) -> anyhow::Result<f64> {
+pub fn ms_per_token(engine: &mut LLMEngine, runs: usize) -> anyhow::Result<DecodeB1> {
     let ids = fit_vocab(&prompt(), engine.model_config().vocab_size);
     let params = SamplingParams {
         ignore_eos: true,
         ..SamplingParams::greedy(1 + DECODE_STEPS)
     };
     let mut times = Vec::with_capacity(runs);
+    let mut device_times = Vec::with_capacity(runs);
     for run in 0..=runs.max(1) {
         let id = engine.add_request(Prompt::TokenIds(ids.clone()), params.clone())?;
         // Prefill (several steps if the token budget chunks it) up to the first token.
@@ -44,6 +55,7 @@ pub fn ms_per_token(engine: &mut LLMEngine, runs: usize) -> anyhow::Result<f64> 
             engine.step()?;
         }
         let t = Instant::now();
+        let device_before = engine.device_time();
         let mut steps = 0;
         while engine.has_unfinished_requests() {
             engine.step()?;
@@ -58,9 +70,17 @@ pub fn ms_per_token(engine: &mut LLMEngine, runs: usize) -> anyhow::Result<f64> 
         );
         if run > 0 {
             times.push(1e3 * s / DECODE_STEPS as f64);
+            if let (Some(a), Some(b)) = (device_before, engine.device_time()) {
+                let device = (b.total - a.total).as_secs_f64();
+                device_times.push(1e3 * device / DECODE_STEPS as f64);
+            }
         }
     }
-    Ok(crate::nano_vllm::percentile(&times, 50.0))
+    let median = |v: &[f64]| crate::nano_vllm::percentile(v, 50.0);
+    Ok(DecodeB1 {
+        ms_per_token: median(&times),
+        device_ms_per_token: (!device_times.is_empty()).then(|| median(&device_times)),
+    })
 }
 
 #[cfg(test)]

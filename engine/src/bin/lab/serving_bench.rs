@@ -128,7 +128,8 @@ pub fn run(
             report["decode_kv_of_copy"] = (kv_pct / 100.0).into();
         }
     }
-    let ms = decode_b1::ms_per_token(&mut engine, runs)?;
+    let b1 = decode_b1::ms_per_token(&mut engine, runs)?;
+    let ms = b1.ms_per_token;
     println!(
         "batch-1 decode: {ms:.3} ms/token (median of {}; {} tokens after a {}-token prompt)",
         runs.max(1),
@@ -136,6 +137,14 @@ pub fn run(
         decode_b1::PROMPT_LEN
     );
     report["decode_b1_ms_per_token"] = ms.into();
+    if let Some(device) = b1.device_ms_per_token {
+        println!(
+            "  of which the device: {device:.3} ms/token (first kernel to sampled ids); the \
+             host's part, {:.3} ms, is time the device waits",
+            ms - device
+        );
+        report["decode_b1_device_ms_per_token"] = device.into();
+    }
     if let Some(g) = &gpu {
         // Bytes a decode token reads: the bf16 weights, and K and V of its context, which
         // grows from PROMPT_LEN + 1 to PROMPT_LEN + DECODE_STEPS over the timed steps.
