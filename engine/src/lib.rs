@@ -37,6 +37,7 @@ pub mod backend;
 pub mod chat_template;
 pub mod config;
 pub mod core;
+pub mod distributed;
 pub mod engine_parts;
 pub mod error;
 pub mod executor;

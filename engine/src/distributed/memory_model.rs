@@ -1,0 +1,289 @@
+//! What one GPU holds when a model is split by tensor parallelism (TP, each layer's matrices cut
+//! across ranks) and pipeline parallelism (PP, the layers cut into consecutive stages): its
+//! shard of the weights, the KV cache of its layers and heads, and the room the cache gets.
+//!
+//! Every count follows the sharding vLLM does (and issue 9 asks the engine to do): q/k/v
+//! column-parallel by heads, o_proj row-parallel, gate/up column-parallel, down row-parallel,
+//! embedding and LM head vocab-parallel, norms replicated. All on-GPU tensors are bf16.
+
+use crate::config::ModelConfig;
+
+/// Bytes of one bf16 value (weights, KV cache and activations on the GPU).
+pub const BF16_BYTES: u64 = 2;
+
+/// Bytes set aside per GPU for what is not a tensor of ours: the CUDA context, cuBLAS's
+/// workspace and NCCL's buffers. An allowance (vLLM measures it by profiling; we have not
+/// measured it per TP size), not a figure from our runs.
+pub const RUNTIME_RESERVE_BYTES: u64 = 512 << 20;
+
+// ANCHOR: tp_split_error
+/// Why `tp` ranks cannot split this model's layers, or `None` when they can. The query heads
+/// must divide evenly; KV heads either divide evenly or, when there are fewer KV heads than
+/// ranks, each is replicated on `tp / kv_heads` ranks (which then must be whole); the MLP's
+/// intermediate width must divide evenly too. These are vLLM's rules.
+pub fn tp_split_error(c: &ModelConfig, tp: usize) -> Option<String> {
+    let (heads, kv) = (c.num_attention_heads, c.num_key_value_heads);
+    if tp == 0 {
+        Some("TP size must be at least 1".into())
+    } else if !heads.is_multiple_of(tp) {
+        Some(format!("{heads} query heads do not divide by TP={tp}"))
+    } else if kv >= tp && !kv.is_multiple_of(tp) {
+        Some(format!("{kv} KV heads do not divide by TP={tp}"))
+    } else if kv < tp && !tp.is_multiple_of(kv) {
+        Some(format!(
+            "TP={tp} is not a multiple of the {kv} KV heads it would replicate"
+        ))
+    } else if !c.intermediate_size.is_multiple_of(tp) {
+        let i = c.intermediate_size;
+        Some(format!("intermediate size {i} does not divide by TP={tp}"))
+    } else {
+        None
+    }
+}
+// ANCHOR_END: tp_split_error
+
+/// KV heads one TP rank holds: its share when there are at least as many KV heads as ranks,
+/// else one (each KV head replicated on `tp / kv_heads` ranks, as vLLM does), so the KV cache
+/// stops shrinking once TP passes the KV head count.
+pub fn kv_heads_per_rank(num_kv_heads: usize, tp: usize) -> usize {
+    (num_kv_heads / tp).max(1)
+}
+
+/// Layers of each pipeline stage, split as vLLM's `get_pp_indices`: `layers / pp` each, and the
+/// remainder one apiece to the stages before the last, counted back from the second-to-last
+/// (the last stage already carries the final norm and the LM head). Needs `1 <= pp <= layers`.
+pub fn layers_per_stage(layers: usize, pp: usize) -> Vec<usize> {
+    let mut stages = vec![layers / pp; pp];
+    for i in 0..layers % pp {
+        stages[pp - 2 - i] += 1;
+    }
+    stages
+}
+
+/// Rows of the vocabulary one rank holds in a vocab-parallel embedding or LM head: the
+/// vocabulary cut into `tp` equal ranges, the last padded (vocab / TP rounded up).
+pub fn vocab_rows_per_rank(vocab_size: usize, tp: usize) -> usize {
+    vocab_size.div_ceil(tp)
+}
+
+/// Parameters of one decoder layer on one TP rank: its heads' columns of q/k/v (KV heads as
+/// [`kv_heads_per_rank`]), its rows of o_proj, its `intermediate / tp` slice of gate, up and
+/// down, and both RMSNorm weights (replicated: every rank normalizes the whole hidden vector).
+pub fn layer_params_per_rank(c: &ModelConfig, tp: usize) -> u64 {
+    let (h, d) = (c.hidden_size as u64, c.head_dim as u64);
+    let q = (c.num_attention_heads / tp) as u64 * d;
+    let kv = kv_heads_per_rank(c.num_key_value_heads, tp) as u64 * d;
+    let i = (c.intermediate_size / tp) as u64;
+    let bias = if c.attention_bias { q + 2 * kv } else { 0 };
+    h * (q + 2 * kv) + bias + q * h + 3 * h * i + 2 * h
+}
+
+// ANCHOR: weight_bytes_per_gpu
+/// bf16 bytes of weights on one GPU of a stage with `layers` layers: the layers' TP shards, the
+/// embedding's vocab shard on the first stage, the final norm and the LM head's vocab shard on
+/// the last. A tied LM head is the embedding matrix: stored once when one stage is both first
+/// and last, but the last stage needs its own copy when PP > 1.
+pub fn weight_bytes_per_gpu(
+    c: &ModelConfig,
+    tp: usize,
+    layers: usize,
+    first: bool,
+    last: bool,
+) -> u64 {
+    let table = (vocab_rows_per_rank(c.vocab_size, tp) * c.hidden_size) as u64;
+    let mut params = layers as u64 * layer_params_per_rank(c, tp);
+    if first {
+        params += table;
+    }
+    if last {
+        params += c.hidden_size as u64; // final norm
+        if !(first && c.tie_word_embeddings) {
+            params += table; // LM head
+        }
+    }
+    params * BF16_BYTES
+}
+// ANCHOR_END: weight_bytes_per_gpu
+
+/// bf16 bytes one token of context takes in one GPU's KV cache: K and V, for each of its
+/// stage's `layers`, for each KV head its rank holds, `head_dim` values each.
+pub fn kv_bytes_per_token_per_gpu(c: &ModelConfig, tp: usize, layers: usize) -> u64 {
+    let heads = kv_heads_per_rank(c.num_key_value_heads, tp) as u64;
+    2 * layers as u64 * heads * c.head_dim as u64 * BF16_BYTES
+}
+
+/// Bytes one GPU keeps for a step's activations (our definition of the reserve): for each of
+/// `max_batched_tokens` tokens the bf16 residual stream, normed hidden state and all-reduce
+/// buffer (3 × hidden), the rank's q/k/v, attention output and gate/up/product widths; f32
+/// logits over the whole vocabulary for `max_seqs` sampled rows (gathered before sampling);
+/// all doubled for allocator slack (as the CUDA backend's budget does), plus
+/// [`RUNTIME_RESERVE_BYTES`].
+pub fn activation_reserve_bytes(
+    c: &ModelConfig,
+    tp: usize,
+    max_batched_tokens: usize,
+    max_seqs: usize,
+) -> u64 {
+    let d = c.head_dim;
+    let q = c.num_attention_heads / tp * d;
+    let kv = kv_heads_per_rank(c.num_key_value_heads, tp) * d;
+    let per_token = 3 * c.hidden_size + (q + 2 * kv) + q + 3 * (c.intermediate_size / tp);
+    let tokens = (max_batched_tokens * per_token) as u64 * BF16_BYTES;
+    let logits = (max_seqs * c.vocab_size) as u64 * 4;
+    2 * (tokens + logits) + RUNTIME_RESERVE_BYTES
+}
+
+/// Bytes left for the KV cache on one GPU: its memory times the utilization the engine may
+/// take, less its weights and activation reserve. Negative when those do not fit.
+pub fn kv_room_bytes(memory_bytes: u64, utilization: f64, weights: u64, reserve: u64) -> i64 {
+    (memory_bytes as f64 * utilization).floor() as i64 - weights as i64 - reserve as i64
+}
+
+/// Tokens of context whose KV fits in `room` bytes at `per_token` bytes each (0 when the room
+/// is negative).
+pub fn max_kv_tokens(room: i64, per_token: u64) -> u64 {
+    if room <= 0 || per_token == 0 {
+        0
+    } else {
+        room as u64 / per_token
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model_executor::weights::parameter_count;
+    use proptest::prelude::*;
+
+    fn config(name: &str) -> ModelConfig {
+        let path = format!("{}/configs/{name}.json", env!("CARGO_MANIFEST_DIR"));
+        ModelConfig::from_json(&std::fs::read_to_string(path).unwrap()).unwrap()
+    }
+
+    /// A random Llama shape whose heads split over `tp`, with `kv` KV heads.
+    fn shape(
+        heads: usize,
+        kv: usize,
+        d: usize,
+        i: usize,
+        layers: usize,
+        vocab: usize,
+        tied: bool,
+    ) -> ModelConfig {
+        ModelConfig::from_json(&format!(
+            r#"{{"architectures": ["LlamaForCausalLM"], "hidden_size": {h}, "head_dim": {d},
+            "intermediate_size": {i}, "num_hidden_layers": {layers}, "num_attention_heads": {heads},
+            "num_key_value_heads": {kv}, "vocab_size": {vocab}, "tie_word_embeddings": {tied}}}"#,
+            h = heads * d
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn unsplit_weights_are_the_published_parameter_counts() {
+        // The counts transformers reports for these models.
+        for (name, params) in [
+            ("llama-2-70b", 68_976_648_192u64),
+            ("llama-3-8b", 8_030_261_248),
+            ("llama-3-70b", 70_553_706_496),
+        ] {
+            let c = config(name);
+            assert_eq!(parameter_count(&c), params, "{name}");
+            let w = weight_bytes_per_gpu(&c, 1, c.num_hidden_layers, true, true);
+            assert_eq!(w, 2 * params, "{name}");
+        }
+    }
+
+    #[test]
+    fn llama_2_70b_at_tp8_by_hand() {
+        let c = config("llama-2-70b");
+        // One rank of one layer: q 8 heads × 128, k and v one KV head × 128 each, o 1024 rows,
+        // gate/up/down 28672 / 8 = 3584 wide, two norms of 8192.
+        let layer = 8192 * (1024 + 2 * 128) + 1024 * 8192 + 3 * 8192 * 3584 + 2 * 8192;
+        assert_eq!(layer_params_per_rank(&c, 8), layer);
+        // 80 layers, embedding and LM head 32000 / 8 rows each, final norm.
+        let all = 80 * layer + 2 * 4000 * 8192 + 8192;
+        assert_eq!(weight_bytes_per_gpu(&c, 8, 80, true, true), 2 * all);
+        // K and V, 80 layers, 1 of 8 KV heads, 128 wide, 2 bytes; TP=1 holds all 8 heads.
+        assert_eq!(kv_bytes_per_token_per_gpu(&c, 8, 80), 2 * 80 * 128 * 2);
+        assert_eq!(kv_bytes_per_token_per_gpu(&c, 1, 80), 327_680);
+        // Past 8 ranks a KV head is replicated: the cache per GPU stops shrinking.
+        assert_eq!(kv_heads_per_rank(8, 16), 1);
+        assert_eq!(tp_split_error(&c, 16), None);
+        assert!(tp_split_error(&c, 3).unwrap().contains("64 query heads"));
+    }
+
+    #[test]
+    fn smollm2_splits_by_three_not_two() {
+        let c = config("smollm2-135m");
+        assert_eq!(tp_split_error(&c, 3), None);
+        assert!(tp_split_error(&c, 2).unwrap().contains("9 query heads"));
+        let c = shape(4, 2, 8, 30, 2, 10, false);
+        assert!(tp_split_error(&c, 4).unwrap().contains("intermediate"));
+        let c = shape(6, 2, 8, 24, 2, 10, false);
+        assert!(tp_split_error(&c, 3).unwrap().contains("KV heads"));
+    }
+
+    #[test]
+    fn vllm_layer_split_and_kv_room() {
+        assert_eq!(layers_per_stage(80, 3), vec![27, 27, 26]);
+        assert_eq!(layers_per_stage(32, 5), vec![6, 6, 7, 7, 6]);
+        assert_eq!(layers_per_stage(7, 7), vec![1; 7]);
+        // 10 GB at 0.9, less 5 GB and 1 GB: 3 GB, i.e. 3e9 / 1000 tokens.
+        let room = kv_room_bytes(10_000_000_000, 0.9, 5_000_000_000, 1_000_000_000);
+        assert_eq!(room, 3_000_000_000);
+        assert_eq!(max_kv_tokens(room, 1000), 3_000_000);
+        assert_eq!(max_kv_tokens(-5, 1000), 0);
+    }
+
+    #[test]
+    fn the_activation_reserve_grows_with_the_step_and_shrinks_with_tp() {
+        let c = config("llama-2-70b");
+        // tp = 8: 3 × 8192 + (1024 + 256) + 1024 + 3 × 3584 per token, 2 bytes, 2048 tokens;
+        // 64 × 32000 f32 logits; doubled; plus the runtime allowance.
+        let per_token = 3 * 8192 + 1280 + 1024 + 3 * 3584;
+        let expect = 2 * (2048 * per_token * 2 + 64 * 32000 * 4) + RUNTIME_RESERVE_BYTES;
+        assert_eq!(activation_reserve_bytes(&c, 8, 2048, 64), expect);
+        assert!(activation_reserve_bytes(&c, 1, 2048, 64) > expect);
+    }
+
+    proptest! {
+        /// Summed over every GPU, the shards are the model's parameters plus exactly what is
+        /// stored more than once: norms on every TP rank, replicated KV heads, the padding of
+        /// the last vocab shard, and a tied table's second copy when PP > 1.
+        #[test]
+        fn shards_add_up_to_the_model(
+            kv in 1usize..5, group in 1usize..4, d in 1usize..5, mult in 1usize..4,
+            layers in 1usize..10, vocab in 1usize..200, tied: bool, tp_pick in 0usize..8,
+            pp_pick in 0usize..10,
+        ) {
+            let heads = kv * group;
+            let d = 2 * d;
+            let divisors: Vec<usize> = (1..=2 * heads).filter(|&t| {
+                heads % t == 0 && (if kv >= t { kv % t == 0 } else { t % kv == 0 })
+            }).collect();
+            let tp = divisors[tp_pick % divisors.len()];
+            let c = shape(heads, kv, d, 12 * mult * tp, layers, vocab, tied);
+            prop_assert_eq!(tp_split_error(&c, tp), None);
+            let pp = 1 + pp_pick % layers;
+            let stages = layers_per_stage(layers, pp);
+            prop_assert_eq!(stages.iter().sum::<usize>(), layers);
+            let total: u64 = stages.iter().enumerate()
+                .map(|(s, &l)| tp as u64 * weight_bytes_per_gpu(&c, tp, l, s == 0, s == pp - 1))
+                .sum();
+            let h = (heads * d) as u64;
+            let (t, l) = (tp as u64, layers as u64);
+            let norms = (t - 1) * (2 * h * l + h);
+            let kv_copies = (t * kv_heads_per_rank(kv, tp) as u64 - kv as u64) * d as u64 * 2 * h * l;
+            let tables = if tied && pp == 1 { 1 } else { 2 };
+            let padding = tables * (t * vocab.div_ceil(tp) as u64 - vocab as u64) * h;
+            let tied_copy = if tied && pp > 1 { vocab as u64 * h } else { 0 };
+            let expect = parameter_count(&c) + norms + kv_copies + padding + tied_copy;
+            prop_assert_eq!(total, 2 * expect);
+            // KV per token: the stages' layers and the ranks' heads cover every head of
+            // every layer, replicated heads counted once per copy.
+            let kv_total: u64 = stages.iter().map(|&l| t * kv_bytes_per_token_per_gpu(&c, tp, l)).sum();
+            prop_assert_eq!(kv_total, 2 * l * (t * kv_heads_per_rank(kv, tp) as u64) * d as u64 * 2);
+        }
+    }
+}
