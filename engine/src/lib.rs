@@ -32,6 +32,11 @@
 //!
 //! Every backend op opens a `tracing` span named `kernel`; `kernel_log::record` lists them, in
 //! order, for the steps run inside it (the kernel sequence of a forward step).
+//!
+//! `distributed` holds what splitting a model over ranks needs: `distributed::Communicator`
+//! (all-reduce, all-gather, reduce-scatter, broadcast, send/recv, barrier, each counting its
+//! bytes and time; `CpuCommunicator` runs ranks as threads with the `ring` all-reduce), and the
+//! parallelism planner.
 pub mod attention;
 pub mod backend;
 pub mod chat_template;

@@ -5,8 +5,20 @@
 //!   `memory_model` (what each GPU holds) and `comm_model` (what the ranks exchange, and
 //!   how long that and a decode step take); `plan_inputs` holds what it is asked,
 //!   `plan_reasons` chooses and says why in words.
+//! - `communicator`: the `Communicator` trait a rank's worker calls (all-reduce, all-gather,
+//!   reduce-scatter, broadcast, send/recv, barrier), its `CommError`, and `comm_stats`, the
+//!   bytes and time every call records. `cpu_communicator`: ranks as threads of one process
+//!   over channels, all-reduce by the `ring` algorithm (explained there, with N = 4 worked).
 pub mod comm_model;
+pub mod comm_stats;
+pub mod communicator;
+pub mod cpu_communicator;
 pub mod memory_model;
 pub mod plan_inputs;
 pub mod plan_reasons;
 pub mod planner;
+pub mod ring;
+
+pub use comm_stats::{CommStats, OpStats};
+pub use communicator::{CallTag, CommError, CommOp, Communicator};
+pub use cpu_communicator::CpuCommunicator;
