@@ -11,9 +11,15 @@ use crate::config::ModelConfig;
 pub const TIE: f64 = 0.02;
 
 /// Index of the candidate to recommend: the runnable one with the best figure for `goal`,
-/// near-ties going to the simpler split. `None` when nothing runs.
+/// near-ties going to the simpler split. A TP group that spans nodes is chosen only when
+/// nothing else runs: its all-reduces would cross the network, whose latency we have not
+/// measured (the estimate charges NVLink's). `None` when nothing runs.
 pub fn choose(candidates: &[Candidate], goal: Goal) -> Option<usize> {
-    let runnable = || (0..candidates.len()).filter(|&i| candidates[i].problem.is_none());
+    let runs = |i: &usize| candidates[*i].problem.is_none();
+    let in_node = |i: &usize| runs(i) && !candidates[*i].tp_crosses_nodes;
+    let any_in_node = (0..candidates.len()).any(|i| in_node(&i));
+    let runnable =
+        || (0..candidates.len()).filter(move |i| if any_in_node { in_node(i) } else { runs(i) });
     let c = |i: usize| &candidates[i];
     match goal {
         Goal::Latency => {
@@ -116,6 +122,20 @@ pub fn explain(
             )
         });
     }
+    if let Some(wide) = candidates
+        .iter()
+        .find(|c| c.tp_crosses_nodes && c.problem.is_none())
+    {
+        if !r.tp_crosses_nodes {
+            why.push(format!(
+                "{} would spread each all-reduce over {} nodes' network; not recommended \
+                 (estimated {} per step, with a latency we have not measured there).",
+                split(wide),
+                wide.tp.div_ceil(hw.gpus_per_node),
+                ms(wide.latency_s)
+            ));
+        }
+    }
     why.extend(against_pipelines(r, candidates, goal));
     why.extend(against_more_tp(r, candidates, goal));
     if let Some(small) = candidates
@@ -128,12 +148,18 @@ pub fn explain(
     }
     if r.tp * r.pp < hw.gpus {
         why.push(match goal {
-            Goal::Latency => format!(
-                "It uses {} of {} GPUs: more would add communication for less than {:.0}% \
-                 faster steps; the others can serve a second copy.",
+            Goal::Latency if r.replicas > 1 => format!(
+                "It uses {} of {} GPUs; the other {} can serve {} more copies.",
                 r.tp * r.pp,
                 hw.gpus,
-                super::plan_reasons::TIE * 100.0
+                hw.gpus - r.tp * r.pp,
+                r.replicas - 1
+            ),
+            Goal::Latency => format!(
+                "It uses {} of {} GPUs: no split with more, within a node, is over {:.0}% faster.",
+                r.tp * r.pp,
+                hw.gpus,
+                TIE * 100.0
             ),
             Goal::Throughput => format!(
                 "The {} GPUs hold {} copies side by side (data parallelism).",
@@ -177,7 +203,9 @@ fn against_pipelines(r: &Candidate, all: &[Candidate], goal: Goal) -> Option<Str
             ms(r.latency_s)
         ),
         Goal::Throughput => format!(
-            "{} would run at {:.0} tokens/s: its bubble at {} micro-batches is {:.0}% efficiency.",
+            "{} would give {:.0} tokens/s: with {} micro-batches its stages work {:.0}% of \
+             the time, and each micro-batch reads a stage's weights again, so at decode \
+             splitting the batch does not share the weight reads.",
             split(alt),
             alt.throughput_tokens_per_s,
             alt.micro_batches,
@@ -189,7 +217,7 @@ fn against_pipelines(r: &Candidate, all: &[Candidate], goal: Goal) -> Option<Str
 /// What the next larger TP group would give.
 fn against_more_tp(r: &Candidate, all: &[Candidate], goal: Goal) -> Option<String> {
     let next = (all.iter())
-        .filter(|c| c.pp == r.pp && c.tp > r.tp && c.problem.is_none())
+        .filter(|c| c.pp == r.pp && c.tp > r.tp && c.problem.is_none() && !c.tp_crosses_nodes)
         .min_by_key(|c| c.tp)?;
     Some(match goal {
         Goal::Latency => format!(

@@ -5,11 +5,13 @@
 //! - `lab save-model` writes a model (random weights of a shape) as a Hugging Face directory.
 //! - `lab bench` measures prefill and decode throughput; `--workload nano-vllm` runs
 //!   nano-vllm's benchmark workload (throughput, TTFT, TPOT) and batch-1 decode.
+//! - `lab plan` recommends a tensor × pipeline parallel split of a model over GPUs.
 
 mod bench;
 mod decode_b1;
 mod generate;
 mod nano_vllm;
+mod plan;
 mod py_random;
 mod save_model;
 mod serving_bench;
@@ -40,6 +42,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Write a model (e.g. random weights of a config's shape) as a Hugging Face directory.
     SaveModel(save_model::SaveModelArgs),
+    /// Recommend a TP×PP split of a model over GPUs (memory, communication, time), and why.
+    Plan(plan::PlanArgs),
 }
 
 /// Which model, and the engine's knobs: shared by `generate` and `bench`.
@@ -114,6 +118,7 @@ fn main() {
         Command::FetchModel { name } => fetch_model(&name),
         Command::Bench(args) => bench::run(args),
         Command::SaveModel(args) => save_model::run(args),
+        Command::Plan(args) => plan::run(args),
     };
     if let Err(e) = result {
         // One line: what was wrong, and the causes after colons.

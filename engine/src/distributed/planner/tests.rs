@@ -139,3 +139,19 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_tp_group_stays_inside_a_node_unless_nothing_else_runs() {
+    let c = config("llama-2-70b");
+    let w = Workload::for_model(&c);
+    let p = plan(&c, &h200s(16), &w, Goal::Latency).unwrap();
+    let tp16 = find(&p.candidates, 16, 1);
+    assert!(tp16.tp_crosses_nodes && tp16.latency_s < p.candidates[p.recommended].latency_s);
+    assert_eq!(p.candidates[p.recommended].tp, 8);
+    assert!(p.reasons.join(" ").contains("over 2 nodes' network"));
+    // Nodes of 2 GPUs too small for TP=2's 69 GB: only PP, or TP across nodes, would run.
+    let mut hw = Hardware::new(4, 60.0, Interconnect::NvLink);
+    hw.gpus_per_node = 1;
+    let p = plan(&c, &hw, &w, Goal::Latency).unwrap();
+    assert!(p.candidates[p.recommended].problem.is_none());
+}
