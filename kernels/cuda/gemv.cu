@@ -70,14 +70,18 @@ __device__ __forceinline__ f32x8 stream_chunk(const Input& in, int t, u32 c) {
     return s;
 }
 
-template <bool NORM>
-__device__ __forceinline__ f32x8 input_chunk(const Input& in, int t, u32 c, float inv_rms) {
-    if (!NORM) return unpack8(__ldg(in.x + (size_t)t * in.chunks + c));
-    f32x8 s = stream_chunk(in, t, c);
+// Chunk c of the stream s, normalized: bf16(gamma * bf16(s * inv_rms)).
+__device__ __forceinline__ f32x8 normed_chunk(f32x8 s, const Input& in, u32 c, float inv_rms) {
     const f32x8 g = unpack8(__ldg(in.gamma + c));
 #pragma unroll
     for (int i = 0; i < 8; i++) s.v[i] = g.v[i] * __bfloat162float(__float2bfloat16(s.v[i] * inv_rms));
     return unpack8(pack8(s));  // the norm's output is bf16
+}
+
+template <bool NORM>
+__device__ __forceinline__ f32x8 input_chunk(const Input& in, int t, u32 c, float inv_rms) {
+    if (!NORM) return unpack8(__ldg(in.x + (size_t)t * in.chunks + c));
+    return normed_chunk(stream_chunk(in, t, c), in, c, inv_rms);
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -131,13 +135,31 @@ __device__ __forceinline__ void gemv(
     }
     if (!active) return;
 
+    // The norm needs each token's sum of squares over the whole row before any product. For 1-2
+    // tokens the lane keeps the stream chunks it reads for that sum (those of the first pass of
+    // the loop below: all of them when k <= 32 * UNROLL * 8 = 1024), so the products reuse them
+    // instead of reading the input a second time; a dependent trip to memory fewer.
+    constexpr bool KEEP = NORM && M <= 2;
+    f32x8 kept[KEEP ? UNROLL : 1][KEEP ? M : 1];
     float inv_rms[M];
 #pragma unroll
     for (int t = 0; t < M; t++) {
         inv_rms[t] = 1.0f;
         if (NORM) {
             float sum_sq = 0.0f;
-            for (u32 c = lane; c < chunks; c += 32) {
+            // The first UNROLL chunks unrolled, so that `kept` is indexed by constants (held in
+            // registers, not local memory); then the rest of a long row, in the same order.
+#pragma unroll
+            for (int u = 0; u < UNROLL; u++) {
+                const u32 c = lane + 32 * u;
+                if (c < chunks) {
+                    const f32x8 s = stream_chunk(in, t, c);
+                    if (KEEP) kept[KEEP ? u : 0][KEEP ? t : 0] = s;
+#pragma unroll
+                    for (int i = 0; i < 8; i++) sum_sq += s.v[i] * s.v[i];
+                }
+            }
+            for (u32 c = lane + 32 * UNROLL; c < chunks; c += 32) {
                 const f32x8 s = stream_chunk(in, t, c);
 #pragma unroll
                 for (int i = 0; i < 8; i++) sum_sq += s.v[i] * s.v[i];
@@ -159,7 +181,9 @@ __device__ __forceinline__ void gemv(
             if (c >= chunks) break;
 #pragma unroll
             for (int t = 0; t < M; t++) {
-                const f32x8 xf = input_chunk<NORM>(in, t, c, inv_rms[t]);
+                const f32x8 xf = (KEEP && c0 == lane)
+                    ? normed_chunk(kept[KEEP ? u : 0][KEEP ? t : 0], in, c, inv_rms[t])
+                    : input_chunk<NORM>(in, t, c, inv_rms[t]);
 #pragma unroll
                 for (int r = 0; r < ROWS; r++) acc[r][t] += dot8(unpack8(wraw[u][r]), xf);
             }
