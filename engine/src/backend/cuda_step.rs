@@ -5,8 +5,11 @@
 //! recorded CUDA graph replays their addresses. A step borrows the buffers from the backend's
 //! pool ([`StepPool`]) and gives them back when it is dropped.
 //!
-//! Block tables are copied at a fixed width (the longest sequence's block count), not the
-//! batch's widest table, so the kernels' `max_blocks_per_seq` argument never changes. A decode
+//! Block tables are copied at the batch's widest table rounded up to a power of two (at most
+//! the longest sequence's block count): the copy stays proportional to the contexts in the
+//! batch (Llama-3.2-1B allows 131,072 positions, 8,192 blocks: at the full width, 256 sequences
+//! made 8 MB of block tables a step), and the kernels' `max_blocks_per_seq` argument takes few
+//! values, each a graph of its own ([`super::cuda_graph::GraphKey`]). A decode
 //! batch that will replay a graph is padded to the graph's size with rows that belong to no
 //! sequence: token 0 at position 0, a slot of [`PADDING_SLOT`] (the cache write skips it), a
 //! context of one token through block 0, sampled greedily and then ignored.
@@ -318,7 +321,7 @@ pub fn prepare(
         pooled = Some(StepBuffers::new(stream, need, *next_generation)?);
     }
     let mut bufs = pooled.expect("filled above");
-    let width = bufs.limits.max_blocks_per_seq().max(1);
+    let width = block_table_width(meta.max_blocks_per_seq, bufs.limits.max_blocks_per_seq());
 
     let host = layout(&input, padded, width)?;
     let packing = Packing::new(tokens, seqs, width);
@@ -330,13 +333,11 @@ pub fn prepare(
         )
     })?;
     let staging = &mut bufs.staging;
-    staging.clear();
-    staging.resize(packing.end, 0);
+    if staging.len() < packing.end {
+        staging.resize(packing.end, 0); // the gaps between arrays are never read
+    }
     macro_rules! pack {
-        ($($field:ident),*) => {$(
-            let bytes: Vec<u8> = host.$field.iter().flat_map(|v| v.to_le_bytes()).collect();
-            staging[packing.$field..packing.$field + bytes.len()].copy_from_slice(&bytes);
-        )*};
+        ($($field:ident),*) => {$( put_all(&mut staging[packing.$field..], &host.$field); )*};
     }
     pack!(
         input_ids,
@@ -366,6 +367,38 @@ pub fn prepare(
         bufs: Some(bufs),
         pool: pool.clone(),
     })
+}
+
+/// Block-table width for a batch whose widest table has `needed` blocks, in buffers of
+/// `capacity` blocks per sequence: the next power of two, so that growing contexts change it
+/// (and record a new graph) only when they double.
+pub fn block_table_width(needed: usize, capacity: usize) -> usize {
+    needed.max(1).next_power_of_two().min(capacity.max(1))
+}
+
+/// Values that go into the packed buffer as the bytes the GPU reads (little-endian).
+trait Packed: Copy {
+    const SIZE: usize;
+    fn put(self, out: &mut [u8]);
+}
+
+macro_rules! packed {
+    ($($t:ty),*) => {$(
+        impl Packed for $t {
+            const SIZE: usize = size_of::<$t>();
+            fn put(self, out: &mut [u8]) {
+                out.copy_from_slice(&self.to_le_bytes());
+            }
+        }
+    )*};
+}
+packed!(u32, u64, f32);
+
+/// Writes `src` at the start of `dst`.
+fn put_all<T: Packed>(dst: &mut [u8], src: &[T]) {
+    for (d, &v) in dst.chunks_exact_mut(T::SIZE).zip(src) {
+        v.put(d);
+    }
 }
 
 /// The host arrays of `input`, block tables at `width`, padded to `padded` sequences.
@@ -459,5 +492,51 @@ pub(crate) fn device(
         backend: "cuda",
         op,
         source: Box::new(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_tables_are_as_wide_as_the_batch_needs_rounded_to_a_power_of_two() {
+        assert_eq!(block_table_width(0, 8192), 1);
+        assert_eq!(block_table_width(1, 8192), 1);
+        assert_eq!(block_table_width(9, 8192), 16);
+        assert_eq!(block_table_width(128, 8192), 128);
+        assert_eq!(block_table_width(129, 8192), 256);
+        assert_eq!(block_table_width(5000, 6000), 6000); // capped by the buffers
+    }
+
+    #[test]
+    fn packed_arrays_are_aligned_disjoint_and_in_bounds() {
+        for (t, s, w) in [(1, 1, 1), (7, 3, 5), (16384, 256, 128), (13, 13, 1)] {
+            let p = Packing::new(t, s, w);
+            let spans = [
+                (p.input_ids, 4 * t),
+                (p.positions, 4 * t),
+                (p.slot_mapping, 8 * t),
+                (p.query_start_loc, 4 * (s + 1)),
+                (p.seq_lens, 4 * s),
+                (p.block_tables, 4 * s * w),
+                (p.logits_indices, 4 * s),
+                (p.temperature, 4 * s),
+                (p.top_k, 4 * s),
+                (p.top_p, 4 * s),
+                (p.seed, 8 * s),
+                (p.position, 8 * s),
+            ];
+            for pair in spans.windows(2) {
+                let ((a, len), (b, _)) = (pair[0], pair[1]);
+                assert_eq!(a % 16, 0);
+                assert!(a + len <= b, "{t} {s} {w}: arrays overlap");
+            }
+            let (last, len) = spans[spans.len() - 1];
+            assert!(last + len <= p.end);
+        }
+        let mut out = [0u8; 12];
+        put_all(&mut out, &[1u32, 0x0102_0304, u32::MAX]);
+        assert_eq!(out, [1, 0, 0, 0, 4, 3, 2, 1, 255, 255, 255, 255]);
     }
 }
