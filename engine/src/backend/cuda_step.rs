@@ -350,7 +350,7 @@ pub fn prepare(
     pack!(logits_indices, temperature, top_k, top_p, seed, position);
     let mut dst = bufs.packed.slice_mut(0..packing.end);
     stream
-        .memcpy_htod(&bufs.staging[..], &mut dst)
+        .memcpy_htod(&bufs.staging[..packing.end], &mut dst)
         .map_err(|e| device("copy step metadata", e))?;
     bufs.packing = packing;
 
