@@ -916,7 +916,6 @@ impl Backend for CudaBackend {
             let key = GraphKey {
                 num_seqs: step.num_seqs,
                 num_partitions: num_partitions(step.max_seq_len),
-                block_table_width: step.max_blocks_per_seq,
             };
             let generation = step.bufs().generation;
             let mut graphs = self.graphs.lock().map_err(|_| poisoned())?;

@@ -7,9 +7,9 @@
 //! - a step's inputs live in persistent buffers filled before each replay
 //!   ([`super::cuda_step::StepBuffers`]), never in fresh allocations;
 //! - anything in a kernel's arguments must be the same on every step of a graph: the batch is
-//!   padded up to one of a few sizes ([`capture_sizes`]), block tables a power-of-two width, and
+//!   padded up to one of a few sizes ([`capture_sizes`]), block tables have a fixed width, and
 //!   decode attention's grid depends only on its number of split-K partitions. A graph is
-//!   therefore recorded per [`GraphKey`] (padded batch size, partitions, block-table width);
+//!   therefore recorded per [`GraphKey`] (padded batch size, partitions);
 //! - a step's temporaries are allocated and freed inside the recording (stream-ordered
 //!   allocations become graph memory nodes), and the sampled ids land in a persistent buffer.
 //!
@@ -50,8 +50,6 @@ pub struct GraphKey {
     pub num_seqs: usize,
     /// Split-K partitions of decode attention (`kernels::paged_attention::num_partitions`).
     pub num_partitions: usize,
-    /// Block-table width the step was laid out at (`cuda_step::block_table_width`).
-    pub block_table_width: usize,
 }
 
 /// An instantiated graph. cudarc's `CudaGraph` holds raw driver handles and so is neither

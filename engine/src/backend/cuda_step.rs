@@ -5,11 +5,11 @@
 //! recorded CUDA graph replays their addresses. A step borrows the buffers from the backend's
 //! pool ([`StepPool`]) and gives them back when it is dropped.
 //!
-//! Block tables are copied at the batch's widest table rounded up to a power of two (at most
-//! the longest sequence's block count): the copy stays proportional to the contexts in the
-//! batch (Llama-3.2-1B allows 131,072 positions, 8,192 blocks: at the full width, 256 sequences
-//! made 8 MB of block tables a step), and the kernels' `max_blocks_per_seq` argument takes few
-//! values, each a graph of its own ([`super::cuda_graph::GraphKey`]). A decode
+//! Block tables are copied at a fixed width (the longest sequence's block count), not the
+//! batch's widest table, so the kernels' `max_blocks_per_seq` argument never changes. (That
+//! costs a model with a long context dearly: Llama-3.2-1B allows 131,072 positions, 8,192
+//! blocks, and a batch of 256 copies 8 MB of block tables a step. Copying only what changed,
+//! as vLLM v1 does, is the way out; a width per graph is another.) A decode
 //! batch that will replay a graph is padded to the graph's size with rows that belong to no
 //! sequence: token 0 at position 0, a slot of [`PADDING_SLOT`] (the cache write skips it), a
 //! context of one token through block 0, sampled greedily and then ignored.
@@ -321,7 +321,7 @@ pub fn prepare(
         pooled = Some(StepBuffers::new(stream, need, *next_generation)?);
     }
     let mut bufs = pooled.expect("filled above");
-    let width = block_table_width(meta.max_blocks_per_seq, bufs.limits.max_blocks_per_seq());
+    let width = bufs.limits.max_blocks_per_seq().max(1);
 
     let host = layout(&input, padded, width)?;
     let packing = Packing::new(tokens, seqs, width);
@@ -367,13 +367,6 @@ pub fn prepare(
         bufs: Some(bufs),
         pool: pool.clone(),
     })
-}
-
-/// Block-table width for a batch whose widest table has `needed` blocks, in buffers of
-/// `capacity` blocks per sequence: the next power of two, so that growing contexts change it
-/// (and record a new graph) only when they double.
-pub fn block_table_width(needed: usize, capacity: usize) -> usize {
-    needed.max(1).next_power_of_two().min(capacity.max(1))
 }
 
 /// Values that go into the packed buffer as the bytes the GPU reads (little-endian).
@@ -498,16 +491,6 @@ pub(crate) fn device(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn block_tables_are_as_wide_as_the_batch_needs_rounded_to_a_power_of_two() {
-        assert_eq!(block_table_width(0, 8192), 1);
-        assert_eq!(block_table_width(1, 8192), 1);
-        assert_eq!(block_table_width(9, 8192), 16);
-        assert_eq!(block_table_width(128, 8192), 128);
-        assert_eq!(block_table_width(129, 8192), 256);
-        assert_eq!(block_table_width(5000, 6000), 6000); // capped by the buffers
-    }
 
     #[test]
     fn packed_arrays_are_aligned_disjoint_and_in_bounds() {
