@@ -16,81 +16,29 @@
 
 use std::sync::{Arc, Mutex};
 
-use kernels::cudarc::driver::{CudaSlice, CudaStream, CudaView};
+use kernels::cudarc::driver::{CudaSlice, CudaStream};
 use kernels::reshape_and_cache::PADDING_SLOT;
 
 use super::{BackendError, Result, StepLimits, StepSampling};
 use crate::sampler::SampleRow;
 use crate::worker::model_runner::ModelInput;
 
-/// Where each of a step's arrays sits in the packed buffer (bytes), for the step's sizes:
-/// one after the other, each at a 16-byte boundary. A step's arrays are filled on the host in
-/// this layout and copied with one host-to-device copy (each copy from pageable memory costs
-/// the host several microseconds, and a step has twelve arrays). A decode step that replays a
-/// graph always has the same sizes, so the same offsets: the addresses the graph recorded.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Packing {
-    tokens: usize,
-    seqs: usize,
-    width: usize,
-    input_ids: usize,       // u32 [tokens]
-    positions: usize,       // u32 [tokens]
-    slot_mapping: usize,    // u64 [tokens]
-    query_start_loc: usize, // u32 [seqs + 1]
-    seq_lens: usize,        // u32 [seqs]
-    block_tables: usize,    // u32 [seqs, width]
-    logits_indices: usize,  // u32 [logits]
-    // How each logits row samples, [logits] each (kernels::sampling::RowParams).
-    temperature: usize, // f32
-    top_k: usize,       // u32
-    top_p: usize,       // f32
-    seed: usize,        // u64
-    position: usize,    // u64
-    /// Bytes used.
-    end: usize,
-}
-
-impl Packing {
-    /// The layout for `tokens` rows, `seqs` sequences (also the most logits rows) and block
-    /// tables `width` wide.
-    pub fn new(tokens: usize, seqs: usize, width: usize) -> Self {
-        let mut at = 0;
-        let mut next = |bytes: usize| {
-            let offset = at;
-            at = (at + bytes).next_multiple_of(16);
-            offset
-        };
-        let mut p = Packing {
-            tokens,
-            seqs,
-            width,
-            input_ids: next(4 * tokens),
-            positions: next(4 * tokens),
-            slot_mapping: next(8 * tokens),
-            query_start_loc: next(4 * (seqs + 1)),
-            seq_lens: next(4 * seqs),
-            block_tables: next(4 * seqs * width),
-            logits_indices: next(4 * seqs),
-            temperature: next(4 * seqs),
-            top_k: next(4 * seqs),
-            top_p: next(4 * seqs),
-            seed: next(8 * seqs),
-            position: next(8 * seqs),
-            end: 0,
-        };
-        p.end = at;
-        p
-    }
-}
-
-/// Device memory for the largest step; a step's arrays are packed at its start ([`Packing`]).
+/// Device buffers for the largest step; a step uses a prefix of each.
 #[derive(Debug)]
 pub struct StepBuffers {
-    packed: CudaSlice<u8>,
-    /// The current step's layout.
-    packing: Packing,
-    /// The host side of the one copy, reused from step to step.
-    staging: Vec<u8>,
+    pub input_ids: CudaSlice<u32>,       // [max_tokens]
+    pub positions: CudaSlice<u32>,       // [max_tokens]
+    pub slot_mapping: CudaSlice<u64>,    // [max_tokens]
+    pub query_start_loc: CudaSlice<u32>, // [max_seqs + 1]
+    pub seq_lens: CudaSlice<u32>,        // [max_seqs]
+    pub block_tables: CudaSlice<u32>,    // [max_seqs, width]
+    pub logits_indices: CudaSlice<u32>,  // [max_seqs]
+    // How each logits row samples, `[max_seqs]` each (kernels::sampling::RowParams).
+    pub temperature: CudaSlice<f32>,
+    pub top_k: CudaSlice<u32>,
+    pub top_p: CudaSlice<f32>,
+    pub seed: CudaSlice<u64>,
+    pub position: CudaSlice<u64>,
     /// `[max_seqs]` the sampled ids, written on the device and read back after the step.
     pub sampled: Mutex<CudaSlice<u32>>,
     pub limits: StepLimits,
@@ -98,87 +46,29 @@ pub struct StepBuffers {
     pub generation: u64,
 }
 
-/// The current step's array `$name` of `$t`, `$len` elements (a field of [`Packing`]).
-macro_rules! packed_view {
-    ($(#[$doc:meta])* $name:ident: $t:ty, $len:expr) => {
-        $(#[$doc])*
-        pub fn $name(&self) -> CudaView<'_, $t> {
-            let p = &self.packing;
-            let len = $len(p);
-            let at = p.$name;
-            // SAFETY: `Packing::new` placed this array at a 16-byte aligned offset with room
-            // for `len` elements of `$t` below `p.end`, and the buffer holds at least `p.end`
-            // bytes (checked in `prepare`); `$t` is plain data, any bytes are a valid value.
-            unsafe { self.packed.slice(at..p.end).transmute::<$t>(len) }
-                .expect("the packing leaves room for every array")
-        }
-    };
-}
-
 impl StepBuffers {
     pub fn new(stream: &Arc<CudaStream>, limits: StepLimits, generation: u64) -> Result<Self> {
         let (t, s) = (limits.max_num_tokens.max(1), limits.max_num_seqs.max(1));
         let width = limits.max_blocks_per_seq().max(1);
         let dev = |e| device("allocate step buffers", e);
-        let capacity = Packing::new(t, s, width).end;
         Ok(StepBuffers {
-            packed: stream.alloc_zeros(capacity).map_err(dev)?,
-            packing: Packing::default(),
-            staging: Vec::with_capacity(capacity),
+            input_ids: stream.alloc_zeros(t).map_err(dev)?,
+            positions: stream.alloc_zeros(t).map_err(dev)?,
+            slot_mapping: stream.alloc_zeros(t).map_err(dev)?,
+            query_start_loc: stream.alloc_zeros(s + 1).map_err(dev)?,
+            seq_lens: stream.alloc_zeros(s).map_err(dev)?,
+            block_tables: stream.alloc_zeros(s * width).map_err(dev)?,
+            logits_indices: stream.alloc_zeros(s).map_err(dev)?,
+            temperature: stream.alloc_zeros(s).map_err(dev)?,
+            top_k: stream.alloc_zeros(s).map_err(dev)?,
+            top_p: stream.alloc_zeros(s).map_err(dev)?,
+            seed: stream.alloc_zeros(s).map_err(dev)?,
+            position: stream.alloc_zeros(s).map_err(dev)?,
             sampled: Mutex::new(stream.alloc_zeros(s).map_err(dev)?),
             limits,
             generation,
         })
     }
-
-    packed_view!(
-        /// `[tokens]` token ids.
-        input_ids: u32, |p: &Packing| p.tokens
-    );
-    packed_view!(
-        /// `[tokens]` positions.
-        positions: u32, |p: &Packing| p.tokens
-    );
-    packed_view!(
-        /// `[tokens]` cache slots ([`PADDING_SLOT`] for padding rows).
-        slot_mapping: u64, |p: &Packing| p.tokens
-    );
-    packed_view!(
-        /// `[seqs + 1]` each sequence's first row.
-        query_start_loc: u32, |p: &Packing| p.seqs + 1
-    );
-    packed_view!(
-        /// `[seqs]` context lengths.
-        seq_lens: u32, |p: &Packing| p.seqs
-    );
-    packed_view!(
-        /// `[seqs, width]` block tables.
-        block_tables: u32, |p: &Packing| p.seqs * p.width
-    );
-    packed_view!(
-        /// `[logits]` the rows that sample (at most `seqs`).
-        logits_indices: u32, |p: &Packing| p.seqs
-    );
-    packed_view!(
-        /// `[logits]` temperatures.
-        temperature: f32, |p: &Packing| p.seqs
-    );
-    packed_view!(
-        /// `[logits]` top-k (0: off).
-        top_k: u32, |p: &Packing| p.seqs
-    );
-    packed_view!(
-        /// `[logits]` top-p.
-        top_p: f32, |p: &Packing| p.seqs
-    );
-    packed_view!(
-        /// `[logits]` seeds.
-        seed: u64, |p: &Packing| p.seqs
-    );
-    packed_view!(
-        /// `[logits]` positions of the token drawn (the Philox counter).
-        position: u64, |p: &Packing| p.seqs
-    );
 }
 
 /// Where a backend keeps its step buffers between steps.
@@ -324,35 +214,27 @@ pub fn prepare(
     let width = bufs.limits.max_blocks_per_seq().max(1);
 
     let host = layout(&input, padded, width)?;
-    let packing = Packing::new(tokens, seqs, width);
-    check(packing.end <= bufs.packed.len(), || {
-        format!(
-            "{} bytes of step arrays in a {}-byte buffer",
-            packing.end,
-            bufs.packed.len()
-        )
-    })?;
-    let staging = &mut bufs.staging;
-    if staging.len() < packing.end {
-        staging.resize(packing.end, 0); // the gaps between arrays are never read
+    let dev = |e| device("copy step metadata", e);
+    macro_rules! upload {
+        ($field:ident) => {
+            if !host.$field.is_empty() {
+                let mut dst = bufs.$field.slice_mut(0..host.$field.len());
+                stream.memcpy_htod(&host.$field, &mut dst).map_err(dev)?;
+            }
+        };
     }
-    macro_rules! pack {
-        ($($field:ident),*) => {$( put_all(&mut staging[packing.$field..], &host.$field); )*};
-    }
-    pack!(
-        input_ids,
-        positions,
-        slot_mapping,
-        query_start_loc,
-        seq_lens,
-        block_tables
-    );
-    pack!(logits_indices, temperature, top_k, top_p, seed, position);
-    let mut dst = bufs.packed.slice_mut(0..packing.end);
-    stream
-        .memcpy_htod(&bufs.staging[..packing.end], &mut dst)
-        .map_err(|e| device("copy step metadata", e))?;
-    bufs.packing = packing;
+    upload!(input_ids);
+    upload!(positions);
+    upload!(slot_mapping);
+    upload!(query_start_loc);
+    upload!(seq_lens);
+    upload!(block_tables);
+    upload!(logits_indices);
+    upload!(temperature);
+    upload!(top_k);
+    upload!(top_p);
+    upload!(seed);
+    upload!(position);
 
     Ok(CudaStepMetadata {
         num_tokens: tokens,
@@ -367,31 +249,6 @@ pub fn prepare(
         bufs: Some(bufs),
         pool: pool.clone(),
     })
-}
-
-/// Values that go into the packed buffer as the bytes the GPU reads (little-endian).
-trait Packed: Copy {
-    const SIZE: usize;
-    fn put(self, out: &mut [u8]);
-}
-
-macro_rules! packed {
-    ($($t:ty),*) => {$(
-        impl Packed for $t {
-            const SIZE: usize = size_of::<$t>();
-            fn put(self, out: &mut [u8]) {
-                out.copy_from_slice(&self.to_le_bytes());
-            }
-        }
-    )*};
-}
-packed!(u32, u64, f32);
-
-/// Writes `src` at the start of `dst`.
-fn put_all<T: Packed>(dst: &mut [u8], src: &[T]) {
-    for (d, &v) in dst.chunks_exact_mut(T::SIZE).zip(src) {
-        v.put(d);
-    }
 }
 
 /// The host arrays of `input`, block tables at `width`, padded to `padded` sequences.
@@ -485,41 +342,5 @@ pub(crate) fn device(
         backend: "cuda",
         op,
         source: Box::new(e),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn packed_arrays_are_aligned_disjoint_and_in_bounds() {
-        for (t, s, w) in [(1, 1, 1), (7, 3, 5), (16384, 256, 128), (13, 13, 1)] {
-            let p = Packing::new(t, s, w);
-            let spans = [
-                (p.input_ids, 4 * t),
-                (p.positions, 4 * t),
-                (p.slot_mapping, 8 * t),
-                (p.query_start_loc, 4 * (s + 1)),
-                (p.seq_lens, 4 * s),
-                (p.block_tables, 4 * s * w),
-                (p.logits_indices, 4 * s),
-                (p.temperature, 4 * s),
-                (p.top_k, 4 * s),
-                (p.top_p, 4 * s),
-                (p.seed, 8 * s),
-                (p.position, 8 * s),
-            ];
-            for pair in spans.windows(2) {
-                let ((a, len), (b, _)) = (pair[0], pair[1]);
-                assert_eq!(a % 16, 0);
-                assert!(a + len <= b, "{t} {s} {w}: arrays overlap");
-            }
-            let (last, len) = spans[spans.len() - 1];
-            assert!(last + len <= p.end);
-        }
-        let mut out = [0u8; 12];
-        put_all(&mut out, &[1u32, 0x0102_0304, u32::MAX]);
-        assert_eq!(out, [1, 0, 0, 0, 4, 3, 2, 1, 255, 255, 255, 255]);
     }
 }
