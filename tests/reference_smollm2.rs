@@ -140,3 +140,15 @@ fn matches_transformers_under_preemption_and_chunked_prefill() {
     );
     assert!(llm.engine.stats.max_batched_tokens_in_a_step <= 64);
 }
+
+/// Tensor parallelism over 3 ranks (SmolLM2 has 9 query and 3 KV heads: one KV head each),
+/// one thread per rank on the CPU communicator: still transformers' tokens and logits.
+#[test]
+fn tensor_parallel_3_matches_transformers() {
+    let Some(dir) = model_or_skip("tensor_parallel_3_matches_transformers") else {
+        return;
+    };
+    let mut config = EngineConfig::default();
+    config.parallel.tensor_parallel_size = 3;
+    check_generations(&reference(), &mut llm(&dir, config));
+}

@@ -5,6 +5,7 @@
 use crate::backend::{Backend, DeviceTime};
 use crate::config::ModelConfig;
 use crate::core::scheduler_output::SchedulerOutput;
+use crate::distributed::CommStats;
 use crate::error::Result;
 use crate::outputs::ModelRunnerOutput;
 use crate::sampling_params::SamplingParams;
@@ -25,6 +26,10 @@ pub trait Executor: Send {
     fn backend_name(&self) -> &'static str;
     /// The backend's device time so far ([`Backend::device_time`]).
     fn device_time(&self) -> Option<DeviceTime>;
+    /// Each rank's communicator counters, in rank order; empty for a single worker.
+    fn comm_stats(&mut self) -> Vec<CommStats> {
+        Vec::new()
+    }
 }
 
 /// One worker in this process.

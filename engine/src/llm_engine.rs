@@ -13,10 +13,12 @@ use crate::config::EngineConfig;
 use crate::config::{Device, ModelConfig};
 use crate::core::block_manager::BlockManager;
 use crate::core::scheduler::Scheduler;
+use crate::distributed::thread_executor::{self, ThreadExecutor};
 use crate::engine_parts::{EngineParts, ScheduleFn};
 use crate::error::{EngineError, Result};
 use crate::executor::Executor;
 use crate::model_executor::llama::LlamaForCausalLM;
+use crate::model_executor::tensor_parallel::check_tensor_parallel;
 use crate::model_source::{LoadedModel, ModelWeights};
 use crate::sampling_params::SamplingParams;
 use crate::sequence::{FinishReason, SeqId, Sequence, SequenceStatus};
@@ -98,7 +100,20 @@ impl LLMEngine {
             }
             (_, resolved) => resolved,
         };
-        let _span = tracing::info_span!("engine_start", %device).entered();
+        let tp = config.parallel.tensor_parallel_size;
+        if tp > 1 {
+            if let Device::Cuda(_) = device {
+                return Err(EngineError::InvalidArgument(
+                    "tensor parallelism runs on the CPU communicator; NCCL is not built yet \
+                     (use --device cpu)"
+                        .into(),
+                ));
+            }
+            let name = std::path::Path::new(&model.name).file_name();
+            let name = name.map_or(model.name.clone(), |n| n.to_string_lossy().into_owned());
+            check_tensor_parallel(&model.config, &name, tp)?;
+        }
+        let _span = tracing::info_span!("engine_start", %device, tp).entered();
         let LoadedModel {
             name: _,
             config: model_config,
@@ -107,10 +122,18 @@ impl LLMEngine {
             eos_token_ids,
         } = model;
         let built = match device {
+            Device::Cpu if tp > 1 => {
+                let timeout = thread_executor::DEFAULT_TIMEOUT;
+                let executor =
+                    ThreadExecutor::new(weights, model_config, &config, &parts, timeout)?;
+                BuiltExecutor {
+                    num_kv_blocks: executor.num_kv_blocks,
+                    max_model_len: executor.max_model_len,
+                    executor: Box::new(executor),
+                }
+            }
             Device::Cpu => {
-                let backend = CpuBackend {
-                    kernels: parts.kernels,
-                };
+                let backend = CpuBackend::new(parts.kernels);
                 build_executor(backend, model_config, weights, &config, &parts)?
             }
             Device::Cuda(ordinal) => {
@@ -151,6 +174,12 @@ impl LLMEngine {
     /// subtracts two readings to split a step's wall time into the device's and the host's.
     pub fn device_time(&self) -> Option<crate::backend::DeviceTime> {
         self.executor.device_time()
+    }
+
+    /// Each tensor-parallel rank's communicator counters so far, in rank order (empty with
+    /// one rank): how many collectives a step made, and the bytes they moved.
+    pub fn comm_stats(&mut self) -> Vec<crate::distributed::CommStats> {
+        self.executor.comm_stats()
     }
 
     // ANCHOR: add_request

@@ -7,13 +7,23 @@
 //! Each op opens the same `kernel` span, with the same `op` name, as the CUDA backend's
 //! launch of it, so [`crate::kernel_log`] records the same sequence on both (except that the
 //! CPU runs `qkv_rotary_and_cache` as the trait's three calls, where the GPU has one kernel).
+//!
+//! A backend built [`with_communicator`](CpuBackend::with_communicator) is one rank of a
+//! tensor-parallel group: its weights are that rank's shard
+//! ([`crate::model_executor::tensor_parallel`]), its embedding table a vocabulary slice, and
+//! [`Backend::all_reduce`] / [`Backend::all_gather_columns`] go through the communicator, each in
+//! a `kernel` span (`all_reduce`, `all_gather`). Without one (world size 1) they do nothing and
+//! open no span, so a single CPU's kernel sequence is what it always was.
 
 pub use super::cpu_kernels::{
     CpuKernels, FusedAddRmsNormFn, PagedAttentionFn, RmsNormFn, RotaryEmbeddingFn,
 };
+use std::sync::Mutex;
+
 use super::cuda_step::is_decode;
 use super::{Backend, BackendError, DType, Result};
 use crate::attention::attention_metadata::AttentionMetadata;
+use crate::distributed::{CommStats, Communicator};
 use crate::ops;
 use crate::worker::model_runner::ModelInput;
 
@@ -25,13 +35,74 @@ pub struct CpuTensor {
     pub cols: usize,
 }
 
-/// Runs the model on the CPU.
-#[derive(Debug, Default, Clone, Copy)]
+/// Runs the model on the CPU: whole (the default), or as one rank of a tensor-parallel group.
+#[derive(Default)]
 pub struct CpuBackend {
     pub kernels: CpuKernels,
+    /// This rank's end of its group; `None` runs the whole model. A mutex because the
+    /// communicator's calls take `&mut` and the backend's ops `&self`; only this rank's thread
+    /// ever takes it.
+    comm: Option<Mutex<Box<dyn Communicator>>>,
+    /// `(rank, world_size)`, read without the lock; `(0, 1)` without a communicator.
+    rank_world: (usize, usize),
+}
+
+impl std::fmt::Debug for CpuBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuBackend")
+            .field("kernels", &self.kernels)
+            .field("rank", &self.rank())
+            .field("world_size", &self.world_size())
+            .finish()
+    }
 }
 
 impl CpuBackend {
+    /// The whole model on the CPU with `kernels` (the engine's, or a learner's).
+    pub fn new(kernels: CpuKernels) -> Self {
+        CpuBackend {
+            kernels,
+            comm: None,
+            rank_world: (0, 1),
+        }
+    }
+
+    /// One rank of a tensor-parallel group: the collectives go through `comm`, and the
+    /// weights it is given must be this rank's shard.
+    pub fn with_communicator(kernels: CpuKernels, comm: Box<dyn Communicator>) -> Self {
+        let rank_world = (comm.rank(), comm.world_size());
+        CpuBackend {
+            kernels,
+            comm: Some(Mutex::new(comm)),
+            rank_world,
+        }
+    }
+
+    /// This rank's index in its group (0 without a communicator).
+    pub fn rank(&self) -> usize {
+        self.rank_world.0
+    }
+
+    /// The group's size (1 without a communicator).
+    pub fn world_size(&self) -> usize {
+        self.rank_world.1
+    }
+
+    /// What this rank's collectives have cost so far; `None` without a communicator.
+    pub fn comm_stats(&self) -> Option<CommStats> {
+        let comm = self.comm.as_ref()?;
+        // A poisoned lock only means a panic elsewhere on this thread; the counts still hold.
+        let comm = comm.lock().unwrap_or_else(|p| p.into_inner());
+        Some(comm.stats().clone())
+    }
+
+    /// Runs `f` on the communicator; `None` when there is none or the group has one rank.
+    fn with_comm<R>(&self, f: impl FnOnce(&mut dyn Communicator) -> R) -> Option<R> {
+        let comm = self.comm.as_ref().filter(|_| self.world_size() > 1)?;
+        let mut comm = comm.lock().unwrap_or_else(|p| p.into_inner());
+        Some(f(comm.as_mut()))
+    }
+
     fn check_dtype(op: &'static str, dtype: DType) -> Result<()> {
         match dtype {
             DType::F32 => Ok(()),
@@ -122,6 +193,9 @@ impl Backend for CpuBackend {
 
     fn embedding(&self, table: &CpuTensor, step: &ModelInput) -> Result<CpuTensor> {
         let _span = tracing::trace_span!("kernel", op = "embedding").entered();
+        if self.world_size() > 1 {
+            return self.vocab_parallel_embedding(table, step);
+        }
         let (ids, h) = (&step.input_ids, table.cols);
         let mut data = Vec::with_capacity(ids.len() * h);
         for &id in ids {
@@ -322,5 +396,64 @@ impl Backend for CpuBackend {
             rows: rows.len(),
             cols: x.cols,
         })
+    }
+
+    fn all_reduce(&self, x: &mut CpuTensor) -> Result<()> {
+        if self.world_size() == 1 {
+            return Ok(());
+        }
+        let _span = tracing::trace_span!("kernel", op = "all_reduce").entered();
+        self.with_comm(|c| c.all_reduce_sum(&mut x.data))
+            .unwrap_or(Ok(()))?;
+        Ok(())
+    }
+
+    fn all_gather_columns(&self, x: CpuTensor, cols: usize) -> Result<CpuTensor> {
+        let (n, c) = (self.world_size(), x.cols);
+        ensure(cols <= n * c, "all_gather_columns", || {
+            format!("{cols} columns wanted from {n} ranks of {c}")
+        })?;
+        if n == 1 {
+            return Ok(x); // the whole tensor already: no copy, no span
+        }
+        let _span = tracing::trace_span!("kernel", op = "all_gather").entered();
+        // The communicator gathers whole buffers in rank order: [rank][row][col]. The model
+        // wants each row's rank blocks side by side: [row][rank][col].
+        let mut by_rank = vec![0.0; n * x.data.len()];
+        self.with_comm(|comm| comm.all_gather(&x.data, &mut by_rank))
+            .unwrap_or(Ok(()))?;
+        let mut out = Self::f32_zeros(x.rows, cols);
+        for (i, row) in out.data.chunks_exact_mut(cols.max(1)).enumerate() {
+            for (r, dst) in row.chunks_mut(c.max(1)).enumerate() {
+                let src = r * x.data.len() + i * c;
+                dst.copy_from_slice(&by_rank[src..src + dst.len()]);
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl CpuBackend {
+    /// [`Backend::embedding`] over a vocabulary-parallel table (vLLM's
+    /// `VocabParallelEmbedding`): every rank's shard has the same number of rows (the vocabulary
+    /// padded to a multiple of the ranks), so rank `r` holds ids `r·rows .. (r+1)·rows`. An id
+    /// outside them gives a row of zeros, and the all-reduce that follows adds in the one
+    /// rank that holds it.
+    fn vocab_parallel_embedding(&self, table: &CpuTensor, step: &ModelInput) -> Result<CpuTensor> {
+        let (ids, h, rows) = (&step.input_ids, table.cols, table.rows);
+        let start = self.rank() * rows;
+        let vocab = self.world_size() * rows;
+        let mut out = Self::f32_zeros(ids.len(), h);
+        for (&id, dst) in ids.iter().zip(out.data.chunks_exact_mut(h.max(1))) {
+            let id = id as usize;
+            if id >= vocab {
+                let detail = format!("token id {id} >= vocabulary {vocab}");
+                return Err(BackendError::shape("embedding", detail));
+            }
+            if (start..start + rows).contains(&id) {
+                dst.copy_from_slice(&table.data[(id - start) * h..(id - start + 1) * h]);
+            }
+        }
+        Ok(out)
     }
 }

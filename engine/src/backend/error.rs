@@ -37,6 +37,10 @@ pub enum BackendError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// A tensor-parallel collective failed: a peer rank died, hung past the timeout, or issued
+    /// another call (the communicator's own message names the rank and the peer).
+    #[error(transparent)]
+    Collective(#[from] crate::distributed::CommError),
 }
 
 impl BackendError {

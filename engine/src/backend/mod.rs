@@ -260,6 +260,29 @@ pub trait Backend: Send + Sync {
     /// Rows `step.logits_indices` of `x` `[t, hidden]`, in that order → `[num_logits, hidden]`.
     fn gather_rows(&self, x: &Self::Tensor, step: &Self::StepMetadata) -> Result<Self::Tensor>;
 
+    // ANCHOR: collectives
+    /// Tensor parallelism's sum: `x` becomes the element-wise sum of every rank's `x` (after a
+    /// row-parallel projection, each rank holds a partial sum of the full output). A backend
+    /// that is not one rank of a group is the whole sum already: this default does nothing.
+    fn all_reduce(&self, _x: &mut Self::Tensor) -> Result<()> {
+        Ok(())
+    }
+
+    /// Tensor parallelism's gather of a column-parallel output: every rank's `x` `[t, c]`, in
+    /// rank order, side by side → `[t, world·c]`, of which the first `cols` columns are kept
+    /// (the vocabulary a vocab-parallel LM head padded to a multiple of the ranks, as vLLM's
+    /// `LogitsProcessor` trims it). `x` is taken by value: one rank's gather is `x` itself, and
+    /// this default returns it without a copy.
+    fn all_gather_columns(&self, x: Self::Tensor, cols: usize) -> Result<Self::Tensor> {
+        let (_, have) = self.shape(&x);
+        if have != cols {
+            let detail = format!("{have} columns on one rank, {cols} wanted");
+            return Err(BackendError::shape("all_gather_columns", detail));
+        }
+        Ok(x)
+    }
+    // ANCHOR_END: collectives
+
     /// Device time the steps have taken so far, and how many steps: the span from a step's
     /// first kernel to its sampled ids, measured on the device (CUDA events), for benchmarks
     /// that separate the GPU's time from the host's. `None` where ops run on the host.

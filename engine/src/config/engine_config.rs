@@ -29,6 +29,23 @@ pub struct SchedulerConfig {
     pub enable_chunked_prefill: bool,
 }
 
+/// How the model is split over ranks (vLLM's `ParallelConfig`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParallelConfig {
+    /// Ranks that each hold a slice of every layer (`--tensor-parallel-size`, `--tp`): 1 runs
+    /// the model whole; more runs one thread per rank over the CPU communicator
+    /// ([`crate::distributed::thread_executor`]).
+    pub tensor_parallel_size: usize,
+}
+
+impl Default for ParallelConfig {
+    fn default() -> Self {
+        ParallelConfig {
+            tensor_parallel_size: 1,
+        }
+    }
+}
+
 /// Everything the engine needs besides the model itself.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct EngineConfig {
@@ -39,6 +56,7 @@ pub struct EngineConfig {
     /// Record decode steps as CUDA graphs and replay them (GPU only; vLLM's opposite flag is
     /// `--enforce-eager`).
     pub cuda_graphs: bool,
+    pub parallel: ParallelConfig,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +76,7 @@ impl Default for EngineConfig {
             // The library runs where it is told; `lab` defaults to `--device auto`.
             device: Device::Cpu,
             cuda_graphs: true,
+            parallel: ParallelConfig::default(),
         }
     }
 }
@@ -77,6 +96,9 @@ impl EngineConfig {
         }
         if self.scheduler.max_num_batched_tokens == 0 {
             return bad("--max-num-batched-tokens must be at least 1");
+        }
+        if self.parallel.tensor_parallel_size == 0 {
+            return bad("--tensor-parallel-size must be at least 1");
         }
         let u = self.cache.gpu_memory_utilization;
         if !(u > 0.0 && u <= 1.0) {

@@ -9,6 +9,9 @@
 //!   reduce-scatter, broadcast, send/recv, barrier), its `CommError`, and `comm_stats`, the
 //!   bytes and time every call records. `cpu_communicator`: ranks as threads of one process
 //!   over channels, all-reduce by the `ring` algorithm (explained there, with N = 4 worked).
+//! - `thread_executor`: tensor parallelism with one thread per rank over `CpuCommunicator`,
+//!   each rank a worker with its shard of the weights
+//!   (`crate::model_executor::tensor_parallel`), behind the engine's `Executor` trait.
 pub mod comm_model;
 pub mod comm_stats;
 pub mod communicator;
@@ -18,7 +21,9 @@ pub mod plan_inputs;
 pub mod plan_reasons;
 pub mod planner;
 pub mod ring;
+pub mod thread_executor;
 
 pub use comm_stats::{CommStats, OpStats};
 pub use communicator::{CallTag, CommError, CommOp, Communicator};
 pub use cpu_communicator::CpuCommunicator;
+pub use thread_executor::ThreadExecutor;

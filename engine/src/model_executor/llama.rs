@@ -7,6 +7,12 @@
 //! ```
 //! Only the rows that need logits (each sequence's last scheduled token) go through the final
 //! norm's output projection: a 600-token prefill computes one row of logits, not 600.
+//!
+//! Under tensor parallelism every rank runs this same code on its shard of the weights
+//! ([`super::tensor_parallel`]): each holds a slice of the heads, of the MLP and of the
+//! vocabulary, so four places need the other ranks: the embedding, o_proj and down_proj each
+//! give a partial sum that [`Backend::all_reduce`] completes, and the LM head's slice of the
+//! logits is gathered with [`Backend::all_gather_columns`]. With one rank both do nothing.
 
 use crate::backend::{Backend, DType, Result};
 use crate::config::ModelConfig;
@@ -54,9 +60,11 @@ impl<B: Backend> LlamaForCausalLM<B> {
         let d = c.head_dim;
         let scale = 1.0 / (d as f32).sqrt();
 
-        let mut residual = b.embedding(&w.embed_tokens, step)?; // [t, hidden]
-                                                                // The last block's output, not yet added into the residual stream (none before the
-                                                                // first layer). Each block adds it as its first step, fused with its RMSNorm.
+        // [t, hidden]; a rank's vocabulary slice gives zeros for ids it does not hold.
+        let mut residual = b.embedding(&w.embed_tokens, step)?;
+        b.all_reduce(&mut residual)?;
+        // The last block's output, not yet added into the residual stream (none before the
+        // first layer). Each block adds it as its first step, fused with its RMSNorm.
         let mut delta: Option<B::Tensor> = None;
         for (i, layer) in w.layers.iter().enumerate() {
             // Attention block: residual += delta; qkv = rms_norm(residual) · W_qkvᵀ.
@@ -89,7 +97,9 @@ impl<B: Backend> LlamaForCausalLM<B> {
                 scale,
                 step,
             )?;
-            let attn_out = b.linear(&attn, &layer.o_proj, None)?;
+            // Row-parallel: this rank's heads' share of the output; the sum of all ranks' is it.
+            let mut attn_out = b.linear(&attn, &layer.o_proj, None)?;
+            b.all_reduce(&mut attn_out)?;
 
             // MLP block (SwiGLU): residual += attn_out; silu(gate) · up of the normed stream.
             let act = b.add_rms_norm_gate_up(
@@ -99,12 +109,15 @@ impl<B: Backend> LlamaForCausalLM<B> {
                 eps,
                 &layer.gate_up_proj,
             )?;
-            delta = Some(b.linear(&act, &layer.down_proj, None)?);
+            let mut mlp_out = b.linear(&act, &layer.down_proj, None)?; // row-parallel too
+            b.all_reduce(&mut mlp_out)?;
+            delta = Some(mlp_out);
         }
         let hidden = b.add_rms_norm(delta, &mut residual, &w.norm, eps)?;
         // `hidden` is norm(final residual); project only the rows we sample from.
         let last = b.gather_rows(&hidden, step)?; // [num_logits, hidden]
-        b.linear(&last, w.lm_head.as_ref().unwrap_or(&w.embed_tokens), None)
+        let logits = b.linear(&last, w.lm_head.as_ref().unwrap_or(&w.embed_tokens), None)?;
+        b.all_gather_columns(logits, c.vocab_size) // this rank's vocabulary slice → all of it
     }
     // ANCHOR_END: forward
 }

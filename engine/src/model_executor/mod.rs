@@ -1,5 +1,7 @@
-//! The model: its weights (from safetensors or random), and the Llama forward pass.
+//! The model: its weights (from safetensors or random), the Llama forward pass, and each
+//! tensor-parallel rank's shard of the weights (`tensor_parallel`).
 pub mod llama;
 pub mod random_weights;
 pub mod safetensors_loader;
+pub mod tensor_parallel;
 pub mod weights;

@@ -93,6 +93,21 @@ pub fn load_weights_into<T>(
     })
 }
 
+/// Runs `f` with a reader of the tensors of `dir` by Hugging Face name (`read(name, shape)`),
+/// each checked against `shape` and widened to f32: for loaders that choose what to read, such
+/// as a tensor-parallel rank's ([`super::tensor_parallel::load_shard_into`]).
+pub fn with_tensor_reader<R>(
+    dir: &Path,
+    f: impl FnOnce(&mut dyn FnMut(&str, [usize; 2]) -> Result<HostTensor>) -> Result<R>,
+) -> Result<R> {
+    with_tensors(dir, |get| {
+        f(&mut |name, shape| {
+            let (file, view) = get(name)?;
+            read_tensor(name, file, view, shape)
+        })
+    })
+}
+
 /// A tensor's file and view, by name.
 type GetTensor<'a> = dyn Fn(&str) -> Result<(&'a Path, safetensors::tensor::TensorView<'a>)> + 'a;
 

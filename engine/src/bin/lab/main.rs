@@ -84,6 +84,10 @@ pub struct ModelArgs {
     /// graphs (slower; for debugging and for measuring what graphs save).
     #[arg(long)]
     pub enforce_eager: bool,
+    /// Split every layer over this many ranks (tensor parallelism), one thread each over the
+    /// CPU communicator; it must divide the model's attention heads.
+    #[arg(long, visible_alias = "tp", default_value_t = 1)]
+    pub tensor_parallel_size: usize,
 }
 
 impl ModelArgs {
@@ -96,6 +100,7 @@ impl ModelArgs {
         c.device = self.device;
         c.cache.gpu_memory_utilization = self.gpu_memory_utilization;
         c.cuda_graphs = !self.enforce_eager;
+        c.parallel.tensor_parallel_size = self.tensor_parallel_size;
         c
     }
 

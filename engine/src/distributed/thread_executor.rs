@@ -1,0 +1,403 @@
+//! [`ThreadExecutor`]: tensor parallelism in one process, one thread per rank.
+//!
+//! Each rank's thread owns a whole worker: a [`CpuBackend`] holding that rank's
+//! [`CpuCommunicator`], the rank's shard of the weights
+//! ([`tensor_parallel::load_shard_into`]), a KV cache of its own KV heads (the same number of
+//! blocks on every rank, so one block table serves them all) and a [`ModelRunner`]. The engine
+//! thread drives them over channels, as vLLM's `MultiprocExecutor` drives its worker processes:
+//! every rank gets every command (a step's `SchedulerOutput`, a new request's sampling
+//! parameters, finished ids) and runs the same forward pass on its shard, meeting the others in
+//! the collectives. Every rank gathers the same logits and draws with the same seed, so every
+//! rank samples the same tokens; rank 0's are returned (and checked against the others').
+//!
+//! Failure: a rank whose step fails or panics reports it and, when its thread ends, drops its
+//! communicator, so the other ranks' collectives fail at once ([`CommError::PeerGone`]); a rank
+//! that hangs makes the others' collectives time out. Once one rank has reported an error the
+//! executor waits at most the group's timeout for the rest, then returns the first error; it
+//! refuses every later step, because the ranks are no longer in step.
+//!
+//! [`CommError::PeerGone`]: crate::distributed::CommError::PeerGone
+
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use super::comm_stats::CommStats;
+use super::cpu_communicator::CpuCommunicator;
+use crate::backend::cpu_backend::CpuBackend;
+use crate::backend::cpu_backend::CpuKernels;
+use crate::backend::{Backend, DeviceTime, StepLimits};
+use crate::config::{EngineConfig, ModelConfig};
+use crate::core::scheduler_output::SchedulerOutput;
+use crate::engine_parts::EngineParts;
+use crate::error::{EngineError, Result};
+use crate::executor::Executor;
+use crate::model_executor::llama::LlamaForCausalLM;
+use crate::model_executor::tensor_parallel::{self, TpShard};
+use crate::model_source::ModelWeights;
+use crate::outputs::ModelRunnerOutput;
+use crate::sampler::SampleFn;
+use crate::sampling_params::SamplingParams;
+use crate::sequence::SeqId;
+use crate::worker::cache_engine::kv_cache_bytes_per_block;
+use crate::worker::model_runner::ModelRunner;
+use crate::worker::model_runner::PrepareInputsFn;
+
+/// How long a rank waits for a peer in a collective, and the executor for the last ranks once
+/// one has failed, unless told otherwise.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What the engine thread asks of every rank.
+enum Command {
+    Execute(Arc<SchedulerOutput>),
+    AddRequest(SeqId, SamplingParams, u64),
+    RemoveRequests(Vec<SeqId>),
+    CommStats,
+}
+
+/// What a rank answers.
+enum Reply {
+    /// Its worker is built, or why not.
+    Ready(Result<()>),
+    Output(Result<ModelRunnerOutput>),
+    /// Boxed: a rank's counters are a large table, and every reply would carry its size.
+    Stats(Option<Box<CommStats>>),
+}
+
+/// The parts of [`EngineParts`] a rank's worker runs (the others are the scheduler's).
+#[derive(Clone, Copy)]
+struct RankParts {
+    kernels: CpuKernels,
+    prepare_inputs: PrepareInputsFn,
+    sample: SampleFn,
+}
+
+/// The cache geometry every rank shares.
+#[derive(Debug, Clone, Copy)]
+struct Geometry {
+    num_kv_blocks: usize,
+    block_size: usize,
+    limits: StepLimits,
+}
+
+/// Tensor-parallel ranks as threads of this process (see the [module docs](self)).
+pub struct ThreadExecutor {
+    /// The whole model's shape (what the engine validates requests against).
+    config: ModelConfig,
+    commands: Vec<Sender<Command>>,
+    replies: Receiver<(usize, Reply)>,
+    threads: Vec<JoinHandle<()>>,
+    timeout: Duration,
+    /// Set by the first failed step: the ranks are out of step from then on.
+    failed: Option<String>,
+    /// KV blocks on every rank, and the longest sequence they hold.
+    pub num_kv_blocks: usize,
+    pub max_model_len: usize,
+}
+
+impl ThreadExecutor {
+    /// Starts `engine.parallel.tensor_parallel_size` ranks, each loading its shard of
+    /// `weights`, and returns once all are ready (or the first error). The KV cache gets as many
+    /// blocks as `engine.cache` allows the whole group (`--num-kv-blocks`, or the CPU budget
+    /// shared by the ranks).
+    pub fn new(
+        weights: ModelWeights,
+        config: ModelConfig,
+        engine: &EngineConfig,
+        parts: &EngineParts,
+        timeout: Duration,
+    ) -> Result<Self> {
+        let tp = engine.parallel.tensor_parallel_size;
+        let local = tensor_parallel::rank_config(&config, tp);
+        let block_size = engine.cache.block_size;
+        let num_kv_blocks = engine.cache.num_kv_blocks.unwrap_or_else(|| {
+            // The budget is the host's, for all ranks together (they share its memory).
+            let per_block = tp * kv_cache_bytes_per_block(&local, block_size, 4);
+            (engine.cache.kv_cache_memory_bytes / per_block).max(1)
+        });
+        let max_model_len = config
+            .max_position_embeddings
+            .min(num_kv_blocks * block_size)
+            .min(config.sliding_window.unwrap_or(usize::MAX));
+        let geometry = Geometry {
+            num_kv_blocks,
+            block_size,
+            limits: StepLimits {
+                max_num_tokens: engine.scheduler.max_num_batched_tokens,
+                max_num_seqs: engine.scheduler.max_num_seqs,
+                max_model_len,
+                block_size,
+                num_heads: local.num_attention_heads,
+                head_dim: local.head_dim,
+            },
+        };
+        let weights = Arc::new(weights);
+        let (reply_tx, replies) = mpsc::channel();
+        let mut executor = ThreadExecutor {
+            config: config.clone(),
+            commands: Vec::with_capacity(tp),
+            replies,
+            threads: Vec::with_capacity(tp),
+            timeout,
+            failed: None,
+            num_kv_blocks,
+            max_model_len,
+        };
+        for comm in CpuCommunicator::group(tp, timeout) {
+            let (tx, rx) = mpsc::channel();
+            let rank = Rank {
+                shard: TpShard {
+                    rank: executor.threads.len(),
+                    size: tp,
+                },
+                comm,
+                weights: Arc::clone(&weights),
+                config: config.clone(),
+                geometry,
+                parts: RankParts {
+                    kernels: parts.kernels,
+                    prepare_inputs: parts.prepare_inputs,
+                    sample: parts.sample,
+                },
+                replies: reply_tx.clone(),
+            };
+            let thread = std::thread::Builder::new()
+                .name(format!("tp-rank-{}", rank.shard.rank))
+                .spawn(move || rank.run(rx))
+                .map_err(|e| EngineError::Io(format!("cannot start a rank's thread: {e}")))?;
+            executor.commands.push(tx);
+            executor.threads.push(thread);
+        }
+        drop(reply_tx); // only the ranks hold senders: all gone means all ended
+        executor.gather(None)?; // every rank's `Ready`, or the first error
+        Ok(executor)
+    }
+
+    /// Sends `command()` to every rank (with `None`, sends nothing: the ranks' first replies
+    /// are their `Ready`) and collects one reply from each, in rank order. Fails with the first
+    /// error a rank reports, once the others have answered or the timeout has passed.
+    fn gather(&mut self, command: Option<&dyn Fn() -> Command>) -> Result<Vec<Reply>> {
+        if let Some(why) = &self.failed {
+            return Err(EngineError::Internal(format!(
+                "the tensor-parallel group failed earlier ({why}); build a new engine"
+            )));
+        }
+        if let Some(command) = command {
+            for (rank, tx) in self.commands.iter().enumerate() {
+                if tx.send(command()).is_err() {
+                    let why = format!("rank {rank}'s worker thread has ended");
+                    self.failed = Some(why.clone());
+                    return Err(EngineError::Internal(why));
+                }
+            }
+        }
+        let n = self.commands.len();
+        let mut got: Vec<Option<Reply>> = (0..n).map(|_| None).collect();
+        let mut first_error: Option<EngineError> = None;
+        while got.iter().any(Option::is_none) {
+            // Until a rank fails, a step takes as long as it takes; after, the rest have the
+            // group's timeout to report (their collectives fail within it).
+            let next = match first_error {
+                None => self
+                    .replies
+                    .recv()
+                    .map_err(|_| RecvTimeoutError::Disconnected),
+                Some(_) => self.replies.recv_timeout(self.timeout),
+            };
+            let Ok((rank, reply)) = next else { break };
+            match reply {
+                Reply::Ready(Err(e)) | Reply::Output(Err(e)) => {
+                    first_error.get_or_insert(e);
+                    got[rank] = Some(Reply::Stats(None)); // answered, with an error
+                }
+                reply => got[rank] = Some(reply),
+            }
+        }
+        if let Some(e) = first_error {
+            self.failed = Some(e.to_string());
+            return Err(e);
+        }
+        if got.iter().any(Option::is_none) {
+            let why = "a tensor-parallel rank's thread ended without answering".to_string();
+            self.failed = Some(why.clone());
+            return Err(EngineError::Internal(why));
+        }
+        Ok(got.into_iter().flatten().collect())
+    }
+
+    /// Sends a command that needs no answer; a rank that is gone is noticed at the next step.
+    fn tell(&self, command: impl Fn() -> Command) {
+        for tx in &self.commands {
+            let _ = tx.send(command());
+        }
+    }
+}
+
+impl Executor for ThreadExecutor {
+    fn add_request(&mut self, id: SeqId, params: &SamplingParams, seed: u64) {
+        self.tell(|| Command::AddRequest(id, params.clone(), seed));
+    }
+
+    fn remove_requests(&mut self, ids: &[SeqId]) {
+        self.tell(|| Command::RemoveRequests(ids.to_vec()));
+    }
+
+    fn execute_model(&mut self, scheduler_output: &SchedulerOutput) -> Result<ModelRunnerOutput> {
+        let out = Arc::new(scheduler_output.clone());
+        let replies = self.gather(Some(&|| Command::Execute(Arc::clone(&out))))?;
+        let mut outputs = replies.into_iter().map(|r| match r {
+            Reply::Output(Ok(o)) => Ok(o),
+            _ => Err(EngineError::Internal(
+                "a rank answered a step with something else".into(),
+            )),
+        });
+        let first = outputs.next().expect("at least one rank")?;
+        // Same logits, same seeds: the ranks must agree, or their shards do not add up.
+        for (rank, other) in outputs.enumerate() {
+            if other?.sampled_token_ids != first.sampled_token_ids {
+                let why = format!("rank {} sampled other tokens than rank 0", rank + 1);
+                self.failed = Some(why.clone());
+                return Err(EngineError::Internal(why));
+            }
+        }
+        Ok(first)
+    }
+
+    fn model_config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn backend_name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn device_time(&self) -> Option<DeviceTime> {
+        None
+    }
+
+    fn comm_stats(&mut self) -> Vec<CommStats> {
+        match self.gather(Some(&|| Command::CommStats)) {
+            Ok(replies) => replies
+                .into_iter()
+                .filter_map(|r| match r {
+                    Reply::Stats(s) => s.map(|s| *s),
+                    _ => None,
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl Drop for ThreadExecutor {
+    /// Closing the command channels ends each rank's loop; then every thread is joined.
+    fn drop(&mut self) {
+        self.commands.clear();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// What one rank's thread starts with.
+struct Rank {
+    shard: TpShard,
+    comm: CpuCommunicator,
+    weights: Arc<ModelWeights>,
+    /// The whole model's shape; the rank runs [`tensor_parallel::rank_config`] of it.
+    config: ModelConfig,
+    geometry: Geometry,
+    parts: RankParts,
+    replies: Sender<(usize, Reply)>,
+}
+
+impl Rank {
+    /// Builds this rank's worker, then serves commands until the channel closes or a step
+    /// fails (the rank's communicator is dropped with it, so its peers fail at once too).
+    fn run(self, commands: Receiver<Command>) {
+        let (rank, replies) = (self.shard.rank, self.replies.clone());
+        let _span = tracing::info_span!("tp_rank", rank, world = self.shard.size).entered();
+        let built = catch_unwind(AssertUnwindSafe(|| self.build()))
+            .unwrap_or_else(|p| Err(panicked(rank, "loading its shard", p)));
+        let mut runner = match built {
+            Ok(runner) => runner,
+            Err(e) => {
+                let _ = replies.send((rank, Reply::Ready(Err(e))));
+                return;
+            }
+        };
+        if replies.send((rank, Reply::Ready(Ok(())))).is_err() {
+            return;
+        }
+        while let Ok(command) = commands.recv() {
+            let reply = match command {
+                Command::Execute(out) => {
+                    let result = catch_unwind(AssertUnwindSafe(|| runner.execute_model(&out)));
+                    let result = match result {
+                        Ok(r) => r.map_err(EngineError::from),
+                        Err(p) => Err(panicked(rank, "running a step", p)),
+                    };
+                    let failed = result.is_err();
+                    let _ = replies.send((rank, Reply::Output(result)));
+                    if failed {
+                        return; // drops the communicator: the peers fail now, not at a timeout
+                    }
+                    continue;
+                }
+                Command::AddRequest(id, params, seed) => {
+                    runner.add_request(id, &params, seed);
+                    continue;
+                }
+                Command::RemoveRequests(ids) => {
+                    runner.remove_requests(&ids);
+                    continue;
+                }
+                Command::CommStats => Reply::Stats(runner.model.backend.comm_stats().map(Box::new)),
+            };
+            if replies.send((rank, reply)).is_err() {
+                return;
+            }
+        }
+    }
+
+    /// The rank's backend, shard, model and KV cache.
+    fn build(self) -> Result<ModelRunner<CpuBackend>> {
+        let Rank {
+            shard,
+            comm,
+            weights,
+            config,
+            geometry: g,
+            parts,
+            ..
+        } = self;
+        let backend = CpuBackend::with_communicator(parts.kernels, Box::new(comm));
+        let dtype = backend.default_dtype();
+        let shard_weights = tensor_parallel::load_shard_into(&weights, &config, shard, |t| {
+            Ok(backend.upload(t.data, t.rows, t.cols, dtype)?)
+        })?;
+        drop(weights);
+        let local = tensor_parallel::rank_config(&config, shard.size);
+        let mut llama = LlamaForCausalLM::new(local, backend, shard_weights)?;
+        llama.backend.plan_steps(&g.limits)?;
+        let mut runner = ModelRunner::new(llama, g.num_kv_blocks, g.block_size)?;
+        runner.prepare_inputs = parts.prepare_inputs;
+        runner.sample = parts.sample;
+        Ok(runner)
+    }
+}
+
+/// A rank's panic as an engine error, with the panic's message when it has one.
+fn panicked(rank: usize, doing: &str, payload: Box<dyn Any + Send>) -> EngineError {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    EngineError::Internal(format!(
+        "tensor-parallel rank {rank} panicked while {doing}: {message}"
+    ))
+}
