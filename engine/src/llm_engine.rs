@@ -13,7 +13,7 @@ use crate::config::EngineConfig;
 use crate::config::{Device, ModelConfig};
 use crate::core::block_manager::BlockManager;
 use crate::core::scheduler::Scheduler;
-use crate::distributed::thread_executor::{self, ThreadExecutor};
+use crate::distributed::thread_executor::ThreadExecutor;
 use crate::engine_parts::{EngineParts, ScheduleFn};
 use crate::error::{EngineError, Result};
 use crate::executor::Executor;
@@ -123,9 +123,7 @@ impl LLMEngine {
         } = model;
         let built = match device {
             Device::Cpu if tp > 1 => {
-                let timeout = thread_executor::DEFAULT_TIMEOUT;
-                let executor =
-                    ThreadExecutor::new(weights, model_config, &config, &parts, timeout)?;
+                let executor = ThreadExecutor::new(weights, model_config, &config, &parts)?;
                 BuiltExecutor {
                     num_kv_blocks: executor.num_kv_blocks,
                     max_model_len: executor.max_model_len,

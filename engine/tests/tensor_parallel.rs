@@ -277,6 +277,36 @@ fn a_rank_that_panics_fails_the_step_and_every_later_one() {
     assert!(again.contains("failed earlier"), "{again}");
 }
 
+/// The engine's fused add + RMSNorm, after a pause on tensor-parallel rank 1's thread.
+fn fused_add_rms_norm_slow_on_rank_1(x: &mut [f32], res: &mut [f32], w: &[f32], eps: f32) {
+    if std::thread::current().name() == Some("tp-rank-1") {
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+    }
+    engine::ops::rms_norm::fused_add_rms_norm(x, res, w, eps)
+}
+
+#[test]
+fn a_hung_rank_fails_the_step_after_the_timeout() {
+    let mut parts = EngineParts::default();
+    parts.kernels.fused_add_rms_norm = fused_add_rms_norm_slow_on_rank_1;
+    let mut config = engine_config(2);
+    config.parallel.collective_timeout = std::time::Duration::from_millis(200);
+    let shape = shape(4, 2, 300, false);
+    let mut engine = LLMEngine::with_parts(model(&shape, "test", 0), config, parts).unwrap();
+    engine
+        .add_request(Prompt::TokenIds(vec![1, 2, 3]), SamplingParams::greedy(4))
+        .unwrap();
+    let start = std::time::Instant::now();
+    let err = engine.step().expect_err("rank 0 times out").to_string();
+    // Rank 0 waits 200 ms for rank 1, fails, and the executor waits 200 ms more for rank 1.
+    assert!(
+        err.contains("rank 0: all_reduce timed out") && err.contains("rank 1"),
+        "{err}"
+    );
+    assert!(start.elapsed() < std::time::Duration::from_millis(1400));
+    drop(engine); // joins rank 1 once it wakes and finds rank 0 gone
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 8, ..ProptestConfig::default() })]
 

@@ -36,12 +36,16 @@ pub struct ParallelConfig {
     /// the model whole; more runs one thread per rank over the CPU communicator
     /// ([`crate::distributed::thread_executor`]).
     pub tensor_parallel_size: usize,
+    /// How long a rank waits for a peer in a collective before the step fails (a hung rank
+    /// ends in an error after this, not in a hang). A dead rank is noticed at once.
+    pub collective_timeout: std::time::Duration,
 }
 
 impl Default for ParallelConfig {
     fn default() -> Self {
         ParallelConfig {
             tensor_parallel_size: 1,
+            collective_timeout: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -99,6 +103,9 @@ impl EngineConfig {
         }
         if self.parallel.tensor_parallel_size == 0 {
             return bad("--tensor-parallel-size must be at least 1");
+        }
+        if self.parallel.collective_timeout.is_zero() {
+            return bad("the collective timeout must be longer than zero");
         }
         let u = self.cache.gpu_memory_utilization;
         if !(u > 0.0 && u <= 1.0) {

@@ -46,10 +46,6 @@ use crate::worker::cache_engine::kv_cache_bytes_per_block;
 use crate::worker::model_runner::ModelRunner;
 use crate::worker::model_runner::PrepareInputsFn;
 
-/// How long a rank waits for a peer in a collective, and the executor for the last ranks once
-/// one has failed, unless told otherwise.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// What the engine thread asks of every rank.
 enum Command {
     Execute(Arc<SchedulerOutput>),
@@ -102,15 +98,16 @@ impl ThreadExecutor {
     /// Starts `engine.parallel.tensor_parallel_size` ranks, each loading its shard of
     /// `weights`, and returns once all are ready (or the first error). The KV cache gets as many
     /// blocks as `engine.cache` allows the whole group (`--num-kv-blocks`, or the CPU budget
-    /// shared by the ranks).
+    /// shared by the ranks). A collective waits `engine.parallel.collective_timeout` for a peer;
+    /// once a rank has failed, the executor waits as long for the others to report.
     pub fn new(
         weights: ModelWeights,
         config: ModelConfig,
         engine: &EngineConfig,
         parts: &EngineParts,
-        timeout: Duration,
     ) -> Result<Self> {
         let tp = engine.parallel.tensor_parallel_size;
+        let timeout = engine.parallel.collective_timeout;
         let local = tensor_parallel::rank_config(&config, tp);
         let block_size = engine.cache.block_size;
         let num_kv_blocks = engine.cache.num_kv_blocks.unwrap_or_else(|| {
