@@ -25,6 +25,7 @@
 use std::collections::HashMap;
 use std::ops::Range;
 
+use super::pipeline_parallel::PpStage;
 use super::random_weights::random_tensor;
 use super::safetensors_loader::with_tensor_reader;
 use super::weights::{assemble, assemble_into, HostTensor, LlamaWeights};
@@ -211,25 +212,57 @@ pub fn load_shard_into<T>(
     weights: &ModelWeights,
     config: &ModelConfig,
     shard: TpShard,
+    up: impl FnMut(HostTensor) -> Result<T>,
+) -> Result<LlamaWeights<T>> {
+    let whole = PpStage::whole(config.num_hidden_layers);
+    load_stage_shard_into(weights, config, shard, &whole, up)
+}
+// ANCHOR_END: load_shard
+
+/// [`load_shard_into`] for one pipeline stage: only the stage's layers (numbered from 0 in
+/// the result) and the other tensors it holds ([`PpStage::holds`]) are read; the embedding
+/// table, final norm or LM head of a stage that does not hold them are `[0, cols]` tensors.
+pub fn load_stage_shard_into<T>(
+    weights: &ModelWeights,
+    config: &ModelConfig,
+    shard: TpShard,
+    stage: &PpStage,
     mut up: impl FnMut(HostTensor) -> Result<T>,
 ) -> Result<LlamaWeights<T>> {
-    let local = rank_config(config, shard.size);
+    let mut local = rank_config(config, shard.size);
+    local.num_hidden_layers = stage.layers.len();
     let shapes = full_shapes(config);
     let shape_of = |name: &str| {
         shapes.get(name).copied().ok_or_else(|| {
             EngineError::Internal(format!("tensor `{name}` has no shape in the full model"))
         })
     };
+    // The stage's layer i is the model's layer `stage.layers.start + i`.
+    let whole_name = |name: &str| match name.strip_prefix("model.layers.") {
+        Some(rest) => {
+            let (i, tensor) = rest.split_once('.').unwrap_or((rest, ""));
+            let i = i.parse::<usize>().unwrap_or(usize::MAX);
+            format!("model.layers.{}.{tensor}", stage.layers.start + i)
+        }
+        None => name.to_string(),
+    };
+    let tied = config.tie_word_embeddings;
     let mut sharded = |read: &mut dyn FnMut(&str, [usize; 2]) -> Result<HostTensor>| {
         assemble_into(
             &local,
             |name, _| {
-                Ok(shard_tensor(
-                    config,
-                    shard,
-                    name,
-                    &read(name, shape_of(name)?)?,
-                ))
+                let name = whole_name(name);
+                let [_, cols] = shape_of(&name)?;
+                if !stage.holds(&name, tied) {
+                    let data = Vec::new();
+                    return Ok(HostTensor {
+                        data,
+                        rows: 0,
+                        cols,
+                    });
+                }
+                let whole = read(&name, shape_of(&name)?)?;
+                Ok(shard_tensor(config, shard, &name, &whole))
             },
             &mut up,
         )
@@ -242,7 +275,6 @@ pub fn load_shard_into<T>(
         ModelWeights::Host(w) => sharded(&mut |name, _| unfused(config, w, name)),
     }
 }
-// ANCHOR_END: load_shard
 
 /// The Hugging Face tensor `name`, cut back out of fused host weights (q, k, v from `qkv_proj`;
 /// gate and up from `gate_up_proj`).
