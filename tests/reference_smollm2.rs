@@ -152,3 +152,17 @@ fn tensor_parallel_3_matches_transformers() {
     config.parallel.tensor_parallel_size = 3;
     check_generations(&reference(), &mut llm(&dir, config));
 }
+
+/// Tensor × pipeline parallelism, 3 × 2 ranks: layers 0..15 and 15..30 in two stages of three
+/// TP ranks each; the last stage holds its own copy of the tied embedding as its LM head, read
+/// from the safetensors file. Still transformers' tokens and logits.
+#[test]
+fn tp_3_times_pp_2_matches_transformers() {
+    let Some(dir) = model_or_skip("tp_3_times_pp_2_matches_transformers") else {
+        return;
+    };
+    let mut config = EngineConfig::default();
+    config.parallel.tensor_parallel_size = 3;
+    config.parallel.pipeline_parallel_size = 2;
+    check_generations(&reference(), &mut llm(&dir, config));
+}

@@ -5,7 +5,7 @@
 use crate::backend::{Backend, DeviceTime};
 use crate::config::ModelConfig;
 use crate::core::scheduler_output::SchedulerOutput;
-use crate::distributed::CommStats;
+use crate::distributed::{CommStats, StageTimes};
 use crate::error::Result;
 use crate::outputs::ModelRunnerOutput;
 use crate::sampling_params::SamplingParams;
@@ -28,6 +28,11 @@ pub trait Executor: Send {
     fn device_time(&self) -> Option<DeviceTime>;
     /// Each rank's communicator counters, in rank order; empty for a single worker.
     fn comm_stats(&mut self) -> Vec<CommStats> {
+        Vec::new()
+    }
+    /// Each rank's busy and idle time over the steps so far, in rank order; empty for a single
+    /// worker.
+    fn stage_times(&self) -> Vec<StageTimes> {
         Vec::new()
     }
 }

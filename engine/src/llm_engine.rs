@@ -18,6 +18,7 @@ use crate::engine_parts::{EngineParts, ScheduleFn};
 use crate::error::{EngineError, Result};
 use crate::executor::Executor;
 use crate::model_executor::llama::LlamaForCausalLM;
+use crate::model_executor::pipeline_parallel::check_pipeline_parallel;
 use crate::model_executor::tensor_parallel::check_tensor_parallel;
 use crate::model_source::{LoadedModel, ModelWeights};
 use crate::sampling_params::SamplingParams;
@@ -101,19 +102,21 @@ impl LLMEngine {
             (_, resolved) => resolved,
         };
         let tp = config.parallel.tensor_parallel_size;
-        if tp > 1 {
+        let pp = config.parallel.pipeline_parallel_size;
+        if tp > 1 || pp > 1 {
             if let Device::Cuda(_) = device {
                 return Err(EngineError::InvalidArgument(
-                    "tensor parallelism runs on the CPU communicator; NCCL is not built yet \
-                     (use --device cpu)"
+                    "tensor and pipeline parallelism run on the CPU communicator; NCCL is not \
+                     built yet (use --device cpu)"
                         .into(),
                 ));
             }
             let name = std::path::Path::new(&model.name).file_name();
             let name = name.map_or(model.name.clone(), |n| n.to_string_lossy().into_owned());
             check_tensor_parallel(&model.config, &name, tp)?;
+            check_pipeline_parallel(&model.config, &name, pp)?;
         }
-        let _span = tracing::info_span!("engine_start", %device, tp).entered();
+        let _span = tracing::info_span!("engine_start", %device, tp, pp).entered();
         let LoadedModel {
             name: _,
             config: model_config,
@@ -122,7 +125,7 @@ impl LLMEngine {
             eos_token_ids,
         } = model;
         let built = match device {
-            Device::Cpu if tp > 1 => {
+            Device::Cpu if tp > 1 || pp > 1 => {
                 let executor = ThreadExecutor::new(weights, model_config, &config, &parts)?;
                 BuiltExecutor {
                     num_kv_blocks: executor.num_kv_blocks,
@@ -174,10 +177,17 @@ impl LLMEngine {
         self.executor.device_time()
     }
 
-    /// Each tensor-parallel rank's communicator counters so far, in rank order (empty with
-    /// one rank): how many collectives a step made, and the bytes they moved.
+    /// Each rank's communicator counters so far, in world-rank order (empty with one rank):
+    /// how many collectives a step made, and the bytes they moved; under pipeline parallelism
+    /// a rank's TP collectives and its sends to and receives from the next and previous stages.
     pub fn comm_stats(&mut self) -> Vec<crate::distributed::CommStats> {
         self.executor.comm_stats()
+    }
+
+    /// Each rank's busy and idle time over the steps so far, in world-rank order (empty with
+    /// one rank): under pipeline parallelism, how much of each step a stage sat in the bubble.
+    pub fn stage_times(&self) -> Vec<crate::distributed::StageTimes> {
+        self.executor.stage_times()
     }
 
     // ANCHOR: add_request

@@ -36,6 +36,11 @@ pub struct ParallelConfig {
     /// the model whole; more runs one thread per rank over the CPU communicator
     /// ([`crate::distributed::thread_executor`]).
     pub tensor_parallel_size: usize,
+    /// Stages the layers are split into (`--pipeline-parallel-size`, `--pp`), each a group of
+    /// `tensor_parallel_size` ranks: `tp × pp` threads in all. 1 runs every layer on every
+    /// rank; more runs contiguous layer ranges per stage
+    /// ([`crate::model_executor::pipeline_parallel`]).
+    pub pipeline_parallel_size: usize,
     /// How long a rank waits for a peer in a collective before the step fails (a hung rank
     /// ends in an error after this, not in a hang). A dead rank is noticed at once.
     pub collective_timeout: std::time::Duration,
@@ -45,6 +50,7 @@ impl Default for ParallelConfig {
     fn default() -> Self {
         ParallelConfig {
             tensor_parallel_size: 1,
+            pipeline_parallel_size: 1,
             collective_timeout: std::time::Duration::from_secs(60),
         }
     }
@@ -103,6 +109,9 @@ impl EngineConfig {
         }
         if self.parallel.tensor_parallel_size == 0 {
             return bad("--tensor-parallel-size must be at least 1");
+        }
+        if self.parallel.pipeline_parallel_size == 0 {
+            return bad("--pipeline-parallel-size must be at least 1");
         }
         if self.parallel.collective_timeout.is_zero() {
             return bad("the collective timeout must be longer than zero");

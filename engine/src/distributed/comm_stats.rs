@@ -64,6 +64,14 @@ impl CommStats {
         total
     }
 
+    /// Adds every count of `other` to these (a rank's two groups' counters as one table: a
+    /// pipeline rank's TP collectives and its PP sends and receives).
+    pub fn merge(&mut self, other: &CommStats) {
+        for (mine, theirs) in self.ops.iter_mut().zip(&other.ops) {
+            mine.add(theirs);
+        }
+    }
+
     /// Adds one call of kind `op`. A communicator calls this once per call, failed or not.
     pub fn record(
         &mut self,

@@ -9,14 +9,20 @@
 //!   reduce-scatter, broadcast, send/recv, barrier), its `CommError`, and `comm_stats`, the
 //!   bytes and time every call records. `cpu_communicator`: ranks as threads of one process
 //!   over channels, all-reduce by the `ring` algorithm (explained there, with N = 4 worked).
-//! - `thread_executor`: tensor parallelism with one thread per rank over `CpuCommunicator`,
-//!   each rank a worker with its shard of the weights
-//!   (`crate::model_executor::tensor_parallel`), behind the engine's `Executor` trait.
+//! - `thread_executor`: tensor and pipeline parallelism with one thread per rank over
+//!   `CpuCommunicator`, each rank a worker with its shard of the weights
+//!   (`crate::model_executor::tensor_parallel`) for its stage's layers
+//!   (`crate::model_executor::pipeline_parallel`), behind the engine's `Executor` trait.
+//!   `parallel_state`: rank ↔ (pp_rank, tp_rank) and each rank's TP and PP groups;
+//!   `pipeline_stage`: a stage's sends and receives of the hidden state, and its busy and
+//!   idle time.
 pub mod comm_model;
 pub mod comm_stats;
 pub mod communicator;
 pub mod cpu_communicator;
 pub mod memory_model;
+pub mod parallel_state;
+pub mod pipeline_stage;
 pub mod plan_inputs;
 pub mod plan_reasons;
 pub mod planner;
@@ -26,4 +32,5 @@ pub mod thread_executor;
 pub use comm_stats::{CommStats, OpStats};
 pub use communicator::{CallTag, CommError, CommOp, Communicator};
 pub use cpu_communicator::CpuCommunicator;
+pub use pipeline_stage::StageTimes;
 pub use thread_executor::ThreadExecutor;

@@ -1,4 +1,16 @@
-//! [`ThreadExecutor`]: tensor parallelism in one process, one thread per rank.
+//! [`ThreadExecutor`]: tensor and pipeline parallelism in one process, one thread per rank.
+//!
+//! `tp × pp` ranks, laid out as [`super::parallel_state`] says (TP rank fastest). Under
+//! pipeline parallelism (pp > 1) a rank runs its stage's layers only
+//! ([`crate::model_executor::pipeline_parallel`]), its weights are its TP shard of those
+//! layers ([`tensor_parallel::load_stage_shard_into`]) and its KV cache holds those layers
+//! only; a step goes through the stages one after the other, each stage's ranks receiving the
+//! previous stage's hidden state and sending theirs on ([`StageLink`]), and only the last
+//! stage samples: its tokens are the step's. This pipeline is synchronous (one batch in flight):
+//! while one stage computes the others wait, and each rank's busy and idle time is measured
+//! ([`ThreadExecutor::stage_times`]) so that the bubble can be seen. Keeping several
+//! micro-batches in flight, with the engine step split into submit and complete, is the
+//! follow-up.
 //!
 //! Each rank's thread owns a whole worker: a [`CpuBackend`] holding that rank's
 //! [`CpuCommunicator`], the rank's shard of the weights
@@ -23,10 +35,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::comm_stats::CommStats;
 use super::cpu_communicator::CpuCommunicator;
+use super::parallel_state::{build_groups, RankLayout};
+use super::pipeline_stage::{StageLink, StageTimes};
 use crate::backend::cpu_backend::CpuBackend;
 use crate::backend::cpu_backend::CpuKernels;
 use crate::backend::{Backend, DeviceTime, StepLimits};
@@ -36,6 +50,7 @@ use crate::engine_parts::EngineParts;
 use crate::error::{EngineError, Result};
 use crate::executor::Executor;
 use crate::model_executor::llama::LlamaForCausalLM;
+use crate::model_executor::pipeline_parallel::PpStage;
 use crate::model_executor::tensor_parallel::{self, TpShard};
 use crate::model_source::ModelWeights;
 use crate::outputs::ModelRunnerOutput;
@@ -58,7 +73,9 @@ enum Command {
 enum Reply {
     /// Its worker is built, or why not.
     Ready(Result<()>),
-    Output(Result<ModelRunnerOutput>),
+    /// A step's output (empty on a stage before the last), and the time the rank computed
+    /// and the time it waited on the previous stage.
+    Output(Result<ModelRunnerOutput>, Duration, Duration),
     /// Boxed: a rank's counters are a large table, and every reply would carry its size.
     Stats(Option<Box<CommStats>>),
 }
@@ -79,10 +96,14 @@ struct Geometry {
     limits: StepLimits,
 }
 
-/// Tensor-parallel ranks as threads of this process (see the [module docs](self)).
+/// Tensor- and pipeline-parallel ranks as threads of this process (see the
+/// [module docs](self)).
 pub struct ThreadExecutor {
     /// The whole model's shape (what the engine validates requests against).
     config: ModelConfig,
+    layout: RankLayout,
+    /// Per world rank, its steps' busy and idle time.
+    times: Vec<StageTimes>,
     commands: Vec<Sender<Command>>,
     replies: Receiver<(usize, Reply)>,
     threads: Vec<JoinHandle<()>>,
@@ -95,8 +116,8 @@ pub struct ThreadExecutor {
 }
 
 impl ThreadExecutor {
-    /// Starts `engine.parallel.tensor_parallel_size` ranks, each loading its shard of
-    /// `weights`, and returns once all are ready (or the first error). The KV cache gets as many
+    /// Starts `tensor_parallel_size × pipeline_parallel_size` ranks, each loading its shard of
+    /// its stage of `weights`, and returns once all are ready (or the first error). The KV cache gets as many
     /// blocks as `engine.cache` allows the whole group (`--num-kv-blocks`, or the CPU budget
     /// shared by the ranks). A collective waits `engine.parallel.collective_timeout` for a peer;
     /// once a rank has failed, the executor waits as long for the others to report.
@@ -107,11 +128,18 @@ impl ThreadExecutor {
         parts: &EngineParts,
     ) -> Result<Self> {
         let tp = engine.parallel.tensor_parallel_size;
+        let layout = RankLayout {
+            tp,
+            pp: engine.parallel.pipeline_parallel_size,
+        };
+        let world = layout.world_size();
         let timeout = engine.parallel.collective_timeout;
         let local = tensor_parallel::rank_config(&config, tp);
         let block_size = engine.cache.block_size;
         let num_kv_blocks = engine.cache.num_kv_blocks.unwrap_or_else(|| {
-            // The budget is the host's, for all ranks together (they share its memory).
+            // The budget is the host's, for all ranks together (they share its memory). Each
+            // stage holds its own layers' blocks, so the stages together hold every layer
+            // once per TP rank: a block costs `tp` times one rank's whole-model block.
             let per_block = tp * kv_cache_bytes_per_block(&local, block_size, 4);
             (engine.cache.kv_cache_memory_bytes / per_block).max(1)
         });
@@ -135,22 +163,31 @@ impl ThreadExecutor {
         let (reply_tx, replies) = mpsc::channel();
         let mut executor = ThreadExecutor {
             config: config.clone(),
-            commands: Vec::with_capacity(tp),
+            layout,
+            times: vec![StageTimes::default(); world],
+            commands: Vec::with_capacity(world),
             replies,
-            threads: Vec::with_capacity(tp),
+            threads: Vec::with_capacity(world),
             timeout,
             failed: None,
             num_kv_blocks,
             max_model_len,
         };
-        for comm in CpuCommunicator::group(tp, timeout) {
+        for groups in build_groups(layout, timeout) {
             let (tx, rx) = mpsc::channel();
+            let name = match layout.pp {
+                1 => format!("tp-rank-{}", groups.tp_rank),
+                _ => format!("pp-{}-tp-{}", groups.pp_rank, groups.tp_rank),
+            };
             let rank = Rank {
+                world_rank: groups.world_rank,
                 shard: TpShard {
-                    rank: executor.threads.len(),
+                    rank: groups.tp_rank,
                     size: tp,
                 },
-                comm,
+                stage: PpStage::new(config.num_hidden_layers, groups.pp_rank, layout.pp),
+                comm: groups.tp,
+                link: groups.pp.map(StageLink::new),
                 weights: Arc::clone(&weights),
                 config: config.clone(),
                 geometry,
@@ -162,7 +199,7 @@ impl ThreadExecutor {
                 replies: reply_tx.clone(),
             };
             let thread = std::thread::Builder::new()
-                .name(format!("tp-rank-{}", rank.shard.rank))
+                .name(name)
                 .spawn(move || rank.run(rx))
                 .map_err(|e| EngineError::Io(format!("cannot start a rank's thread: {e}")))?;
             executor.commands.push(tx);
@@ -179,7 +216,7 @@ impl ThreadExecutor {
     fn gather(&mut self, command: Option<&dyn Fn() -> Command>) -> Result<Vec<Reply>> {
         if let Some(why) = &self.failed {
             return Err(EngineError::Internal(format!(
-                "the tensor-parallel group failed earlier ({why}); build a new engine"
+                "the parallel group failed earlier ({why}); build a new engine"
             )));
         }
         if let Some(command) = command {
@@ -206,7 +243,7 @@ impl ThreadExecutor {
             };
             let Ok((rank, reply)) = next else { break };
             match reply {
-                Reply::Ready(Err(e)) | Reply::Output(Err(e)) => {
+                Reply::Ready(Err(e)) | Reply::Output(Err(e), ..) => {
                     first_error.get_or_insert(e);
                     got[rank] = Some(Reply::Stats(None)); // answered, with an error
                 }
@@ -218,7 +255,7 @@ impl ThreadExecutor {
             return Err(e);
         }
         if got.iter().any(Option::is_none) {
-            let why = "a tensor-parallel rank's thread ended without answering".to_string();
+            let why = "a parallel rank's thread ended without answering".to_string();
             self.failed = Some(why.clone());
             return Err(EngineError::Internal(why));
         }
@@ -244,18 +281,32 @@ impl Executor for ThreadExecutor {
 
     fn execute_model(&mut self, scheduler_output: &SchedulerOutput) -> Result<ModelRunnerOutput> {
         let out = Arc::new(scheduler_output.clone());
+        let start = Instant::now();
         let replies = self.gather(Some(&|| Command::Execute(Arc::clone(&out))))?;
-        let mut outputs = replies.into_iter().map(|r| match r {
-            Reply::Output(Ok(o)) => Ok(o),
-            _ => Err(EngineError::Internal(
-                "a rank answered a step with something else".into(),
-            )),
-        });
-        let first = outputs.next().expect("at least one rank")?;
+        let wall = start.elapsed();
+        let mut outputs = Vec::with_capacity(replies.len());
+        for (rank, reply) in replies.into_iter().enumerate() {
+            let Reply::Output(Ok(o), busy, recv_wait) = reply else {
+                return Err(EngineError::Internal(
+                    "a rank answered a step with something else".into(),
+                ));
+            };
+            // What the step's wall time holds beyond this rank's own work is its bubble.
+            let t = &mut self.times[rank];
+            t.steps += 1;
+            t.busy += busy;
+            t.recv_wait += recv_wait;
+            t.idle += wall.saturating_sub(busy);
+            outputs.push(o);
+        }
+        // Only the last stage samples: its first TP rank's tokens are the step's.
+        let last = self.layout.world_rank(self.layout.pp - 1, 0);
+        let mut outputs = outputs.into_iter().enumerate().skip(last);
+        let (_, first) = outputs.next().expect("at least one rank");
         // Same logits, same seeds: the ranks must agree, or their shards do not add up.
-        for (rank, other) in outputs.enumerate() {
-            if other?.sampled_token_ids != first.sampled_token_ids {
-                let why = format!("rank {} sampled other tokens than rank 0", rank + 1);
+        for (rank, other) in outputs {
+            if other.sampled_token_ids != first.sampled_token_ids {
+                let why = format!("rank {rank} sampled other tokens than rank {last}");
                 self.failed = Some(why.clone());
                 return Err(EngineError::Internal(why));
             }
@@ -273,6 +324,10 @@ impl Executor for ThreadExecutor {
 
     fn device_time(&self) -> Option<DeviceTime> {
         None
+    }
+
+    fn stage_times(&self) -> Vec<StageTimes> {
+        self.times.clone()
     }
 
     fn comm_stats(&mut self) -> Vec<CommStats> {
@@ -301,8 +356,13 @@ impl Drop for ThreadExecutor {
 
 /// What one rank's thread starts with.
 struct Rank {
+    world_rank: usize,
     shard: TpShard,
+    stage: PpStage,
+    /// Its stage's TP group.
     comm: CpuCommunicator,
+    /// Its link to the neighbouring stages (`None` without pipeline parallelism).
+    link: Option<StageLink>,
     weights: Arc<ModelWeights>,
     /// The whole model's shape; the rank runs [`tensor_parallel::rank_config`] of it.
     config: ModelConfig,
@@ -314,11 +374,25 @@ struct Rank {
 impl Rank {
     /// Builds this rank's worker, then serves commands until the channel closes or a step
     /// fails (the rank's communicator is dropped with it, so its peers fail at once too).
-    fn run(self, commands: Receiver<Command>) {
-        let (rank, replies) = (self.shard.rank, self.replies.clone());
-        let _span = tracing::info_span!("tp_rank", rank, world = self.shard.size).entered();
+    fn run(mut self, commands: Receiver<Command>) {
+        let (rank, replies) = (self.world_rank, self.replies.clone());
+        let who = match self.stage.size {
+            1 => format!("tensor-parallel rank {rank}"),
+            _ => format!(
+                "rank {rank} (pipeline stage {}, tensor-parallel rank {})",
+                self.stage.rank, self.shard.rank
+            ),
+        };
+        let _span = tracing::info_span!(
+            "rank",
+            rank,
+            tp_rank = self.shard.rank,
+            pp_rank = self.stage.rank
+        )
+        .entered();
+        let mut link = self.link.take();
         let built = catch_unwind(AssertUnwindSafe(|| self.build()))
-            .unwrap_or_else(|p| Err(panicked(rank, "loading its shard", p)));
+            .unwrap_or_else(|p| Err(panicked(&who, "loading its shard", p)));
         let mut runner = match built {
             Ok(runner) => runner,
             Err(e) => {
@@ -332,13 +406,19 @@ impl Rank {
         while let Ok(command) = commands.recv() {
             let reply = match command {
                 Command::Execute(out) => {
-                    let result = catch_unwind(AssertUnwindSafe(|| runner.execute_model(&out)));
+                    let start = Instant::now();
+                    let result = catch_unwind(AssertUnwindSafe(|| match link.as_mut() {
+                        Some(link) => runner.execute_stage(&out, link),
+                        None => runner.execute_model(&out),
+                    }));
                     let result = match result {
                         Ok(r) => r.map_err(EngineError::from),
-                        Err(p) => Err(panicked(rank, "running a step", p)),
+                        Err(p) => Err(panicked(&who, "running a step", p)),
                     };
+                    let recv_wait = link.as_mut().map_or(Duration::ZERO, StageLink::take_waited);
+                    let busy = start.elapsed().saturating_sub(recv_wait);
                     let failed = result.is_err();
-                    let _ = replies.send((rank, Reply::Output(result)));
+                    let _ = replies.send((rank, Reply::Output(result, busy, recv_wait)));
                     if failed {
                         return; // drops the communicator: the peers fail now, not at a timeout
                     }
@@ -352,7 +432,14 @@ impl Rank {
                     runner.remove_requests(&ids);
                     continue;
                 }
-                Command::CommStats => Reply::Stats(runner.model.backend.comm_stats().map(Box::new)),
+                Command::CommStats => {
+                    // The TP group's collectives and the PP group's sends and receives.
+                    let mut stats = runner.model.backend.comm_stats().unwrap_or_default();
+                    if let Some(link) = &link {
+                        stats.merge(link.stats());
+                    }
+                    Reply::Stats(Some(Box::new(stats)))
+                }
             };
             if replies.send((rank, reply)).is_err() {
                 return;
@@ -364,6 +451,7 @@ impl Rank {
     fn build(self) -> Result<ModelRunner<CpuBackend>> {
         let Rank {
             shard,
+            stage,
             comm,
             weights,
             config,
@@ -373,12 +461,15 @@ impl Rank {
         } = self;
         let backend = CpuBackend::with_communicator(parts.kernels, Box::new(comm));
         let dtype = backend.default_dtype();
-        let shard_weights = tensor_parallel::load_shard_into(&weights, &config, shard, |t| {
-            Ok(backend.upload(t.data, t.rows, t.cols, dtype)?)
-        })?;
+        let shard_weights =
+            tensor_parallel::load_stage_shard_into(&weights, &config, shard, &stage, |t| {
+                Ok(backend.upload(t.data, t.rows, t.cols, dtype)?)
+            })?;
         drop(weights);
-        let local = tensor_parallel::rank_config(&config, shard.size);
-        let mut llama = LlamaForCausalLM::new(local, backend, shard_weights)?;
+        // The rank's shape: its heads and MLP slice, its stage's layers (and so its KV cache).
+        let mut local = tensor_parallel::rank_config(&config, shard.size);
+        local.num_hidden_layers = stage.layers.len();
+        let mut llama = LlamaForCausalLM::new(local, backend, shard_weights)?.with_stage(stage);
         llama.backend.plan_steps(&g.limits)?;
         let mut runner = ModelRunner::new(llama, g.num_kv_blocks, g.block_size)?;
         runner.prepare_inputs = parts.prepare_inputs;
@@ -388,13 +479,11 @@ impl Rank {
 }
 
 /// A rank's panic as an engine error, with the panic's message when it has one.
-fn panicked(rank: usize, doing: &str, payload: Box<dyn Any + Send>) -> EngineError {
+fn panicked(who: &str, doing: &str, payload: Box<dyn Any + Send>) -> EngineError {
     let message = payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "no message".into());
-    EngineError::Internal(format!(
-        "tensor-parallel rank {rank} panicked while {doing}: {message}"
-    ))
+    EngineError::Internal(format!("{who} panicked while {doing}: {message}"))
 }

@@ -15,10 +15,11 @@
 use std::collections::HashMap;
 
 use crate::attention::attention_metadata::AttentionMetadata;
-use crate::backend::{Backend, Result};
+use crate::backend::{Backend, BackendError, Result};
 use crate::core::block::slot_for_position;
 use crate::core::scheduler_output::SchedulerOutput;
-use crate::model_executor::llama::LlamaForCausalLM;
+use crate::distributed::pipeline_stage::StageLink;
+use crate::model_executor::llama::{Hidden, LlamaForCausalLM, StageOutput};
 use crate::outputs::ModelRunnerOutput;
 use crate::sampler::{self, SampleFn, SampleRow};
 use crate::sampling_params::SamplingParams;
@@ -129,9 +130,26 @@ impl<B: Backend> ModelRunner<B> {
     /// Runs one step: the forward pass, then one sampled token per sequence with
     /// `needs_logits`, in batch order.
     pub fn execute_model(&mut self, out: &SchedulerOutput) -> Result<ModelRunnerOutput> {
+        let Some(input) = self.model_input(out) else {
+            return Ok(ModelRunnerOutput::default());
+        };
+        // The step's layout moves to the backend once; every layer reads that copy.
+        let step = self.model.backend.prepare_step(input)?;
+        let (model, kv_cache) = (&self.model, &mut self.kv_cache);
+        // The backend runs the forward pass and samples where the logits are: on the CPU with
+        // `self.sample`; on a GPU in a kernel with the same draw (or by replaying a recorded
+        // CUDA graph of the whole step), copying back only the token ids.
+        model
+            .backend
+            .run_step(&step, &mut || model.forward(&step, kv_cache), self.sample)
+    }
+    // ANCHOR_END: execute_model
+
+    /// The step's inputs with their sample rows; `None` when nothing is scheduled.
+    fn model_input(&self, out: &SchedulerOutput) -> Option<ModelInput> {
         let mut input = (self.prepare_inputs)(out, self.kv_cache.block_size);
         if input.input_ids.is_empty() {
-            return Ok(ModelRunnerOutput::default());
+            return None;
         }
         for s in out.scheduled.iter().filter(|s| s.needs_logits) {
             let req = self
@@ -144,15 +162,62 @@ impl<B: Backend> ModelRunner<B> {
                 .sample_rows
                 .push(SampleRow::new(&req.params, req.seed, position));
         }
-        // The step's layout moves to the backend once; every layer reads that copy.
+        Some(input)
+    }
+
+    /// Runs this rank's pipeline stage of one step ([`LlamaForCausalLM::forward_stage`]):
+    /// every stage but the first receives the previous stage's [`Hidden`] state over `link`,
+    /// runs its layers, and every stage but the last sends its state on and returns no
+    /// tokens; the last samples, as [`Self::execute_model`] does. Every stage is given the
+    /// same `out`, so they agree on the step's tokens and on an empty step.
+    pub fn execute_stage(
+        &mut self,
+        out: &SchedulerOutput,
+        link: &mut StageLink,
+    ) -> Result<ModelRunnerOutput> {
+        let Some(input) = self.model_input(out) else {
+            return Ok(ModelRunnerOutput::default());
+        };
+        let tokens = input.input_ids.len();
         let step = self.model.backend.prepare_step(input)?;
         let (model, kv_cache) = (&self.model, &mut self.kv_cache);
-        // The backend runs the forward pass and samples where the logits are: on the CPU with
-        // `self.sample`; on a GPU in a kernel with the same draw (or by replaying a recorded
-        // CUDA graph of the whole step), copying back only the token ids.
-        model
-            .backend
-            .run_step(&step, &mut || model.forward(&step, kv_cache), self.sample)
+        let (b, hidden) = (&model.backend, model.config.hidden_size);
+        let dtype = b.default_dtype();
+        let receive = |link: &mut StageLink| -> Result<Option<Hidden<B::Tensor>>> {
+            if model.stage.is_first() {
+                return Ok(None);
+            }
+            let h = link.recv_hidden(tokens, hidden)?;
+            let delta = match h.delta {
+                Some(d) => Some(b.upload(d, tokens, hidden, dtype)?),
+                None => None,
+            };
+            let residual = b.upload(h.residual, tokens, hidden, dtype)?;
+            Ok(Some(Hidden { delta, residual }))
+        };
+        if model.stage.is_last() {
+            let mut forward = || match model.forward_stage(&step, kv_cache, receive(link)?)? {
+                StageOutput::Logits(logits) => Ok(logits),
+                StageOutput::Hidden(_) => Err(BackendError::shape(
+                    "execute_stage",
+                    "the last stage ended without logits",
+                )),
+            };
+            return b.run_step(&step, &mut forward, self.sample);
+        }
+        let from_prev = receive(link)?;
+        match model.forward_stage(&step, kv_cache, from_prev)? {
+            StageOutput::Hidden(Hidden {
+                delta: Some(delta),
+                residual,
+            }) => {
+                link.send_hidden(&b.download(&delta)?, &b.download(&residual)?)?;
+                Ok(ModelRunnerOutput::default())
+            }
+            _ => Err(BackendError::shape(
+                "execute_stage",
+                "a stage before the last must run at least one layer",
+            )),
+        }
     }
-    // ANCHOR_END: execute_model
 }

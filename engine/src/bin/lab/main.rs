@@ -88,6 +88,11 @@ pub struct ModelArgs {
     /// CPU communicator; it must divide the model's attention heads.
     #[arg(long, visible_alias = "tp", default_value_t = 1)]
     pub tensor_parallel_size: usize,
+    /// Split the layers into this many stages (pipeline parallelism), each of
+    /// --tensor-parallel-size ranks, one thread per rank over the CPU communicator; at most the
+    /// model's layer count.
+    #[arg(long, visible_alias = "pp", default_value_t = 1)]
+    pub pipeline_parallel_size: usize,
 }
 
 impl ModelArgs {
@@ -101,6 +106,7 @@ impl ModelArgs {
         c.cache.gpu_memory_utilization = self.gpu_memory_utilization;
         c.cuda_graphs = !self.enforce_eager;
         c.parallel.tensor_parallel_size = self.tensor_parallel_size;
+        c.parallel.pipeline_parallel_size = self.pipeline_parallel_size;
         c
     }
 

@@ -1,0 +1,340 @@
+//! Pipeline parallelism (and TP×PP) on the CPU, one thread per rank, against one rank.
+//!
+//! At TP 1 a pipeline runs exactly the ops one rank runs, in the same order, on the same
+//! numbers: the stages only hand the residual stream and the last block's output from one
+//! thread to the next. So PP alone must give bit-identical logits, and the tests say so. With
+//! TP 2 the row-parallel partial sums are added in another order, so TP×PP is compared as
+//! `tests/tensor_parallel.rs` compares TP: logits within `LOGIT_TOLERANCE`, greedy tokens equal
+//! wherever the one-rank top-2 margin exceeds twice that, and almost every token compared.
+
+use std::time::{Duration, Instant};
+
+use engine::config::ModelConfig;
+use engine::distributed::{CommOp, StageTimes};
+use engine::model_executor::pipeline_parallel::get_pp_indices;
+use engine::model_source::{LoadedModel, ModelWeights};
+use engine::tiny_model::{tiny_config, tiny_tokenizer};
+use engine::{EngineConfig, EngineParts, LLMEngine, Prompt, RequestOutput, SamplingParams};
+
+const LOGIT_TOLERANCE: f32 = 1e-4;
+const MARGIN: f32 = 2.0 * LOGIT_TOLERANCE;
+
+/// A small Llama of `layers` layers: 4 query heads and 2 KV heads of 16, 300 ids.
+fn shape(layers: usize, tied: bool) -> ModelConfig {
+    ModelConfig {
+        num_hidden_layers: layers,
+        vocab_size: 300,
+        tie_word_embeddings: tied,
+        ..tiny_config()
+    }
+}
+
+fn model(config: &ModelConfig, seed: u64) -> LoadedModel {
+    LoadedModel {
+        name: "test".into(),
+        config: config.clone(),
+        weights: ModelWeights::Random { seed },
+        tokenizer: tiny_tokenizer(),
+        eos_token_ids: vec![],
+    }
+}
+
+fn engine_config(tp: usize, pp: usize) -> EngineConfig {
+    let mut c = EngineConfig::default();
+    c.cache.block_size = 4;
+    c.cache.num_kv_blocks = Some(64);
+    c.parallel.tensor_parallel_size = tp;
+    c.parallel.pipeline_parallel_size = pp;
+    c
+}
+
+fn engine(config: &ModelConfig, tp: usize, pp: usize) -> LLMEngine {
+    LLMEngine::new(model(config, 5), engine_config(tp, pp)).unwrap()
+}
+
+/// Prompts of 3 to 19 tokens: several in a batch, so steps mix prefill and decode.
+fn prompts(n: usize) -> Vec<Vec<u32>> {
+    (0..n)
+        .map(|p| {
+            (0..3 + (p * 7) % 17)
+                .map(|i| ((p * 31 + i * 13 + 5) % 259) as u32)
+                .collect()
+        })
+        .collect()
+}
+
+/// Greedy outputs with logits, in request order, and the number of steps taken.
+fn generate(
+    engine: &mut LLMEngine,
+    prompts: &[Vec<u32>],
+    max_tokens: usize,
+) -> (Vec<RequestOutput>, u64) {
+    let mut params = SamplingParams::greedy(max_tokens);
+    params.ignore_eos = true;
+    params.output_logits = true;
+    for p in prompts {
+        engine
+            .add_request(Prompt::TokenIds(p.clone()), params.clone())
+            .unwrap();
+    }
+    let (mut done, mut steps) = (Vec::new(), 0);
+    while engine.has_unfinished_requests() {
+        done.extend(engine.step().unwrap());
+        steps += 1;
+    }
+    done.sort_by_key(|o| o.request_id);
+    (done, steps)
+}
+
+fn top2_margin(logits: &[f32]) -> f32 {
+    let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
+    for &x in logits {
+        if x > a {
+            (a, b) = (x, a);
+        } else if x > b {
+            b = x;
+        }
+    }
+    a - b
+}
+
+/// Compares as the module docs say; returns (tokens compared, tokens).
+fn compare(want: &[RequestOutput], got: &[RequestOutput], what: &str) -> (usize, usize) {
+    let (mut compared, mut total) = (0, 0);
+    for (w, g) in want.iter().zip(got) {
+        total += w.token_ids.len();
+        for k in 0..w.token_ids.len() {
+            let (wl, gl) = (&w.logits[k], &g.logits[k]);
+            let diff = wl
+                .iter()
+                .zip(gl)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0, f32::max);
+            assert!(
+                diff <= LOGIT_TOLERANCE,
+                "{what}: token {k}: logits differ by {diff}"
+            );
+            if top2_margin(wl) <= MARGIN {
+                if w.token_ids[k] != g.token_ids[k] {
+                    break;
+                }
+            } else {
+                assert_eq!(
+                    w.token_ids[k], g.token_ids[k],
+                    "{what}: request {:?} token {k}",
+                    w.request_id
+                );
+            }
+            compared += 1;
+        }
+    }
+    (compared, total)
+}
+
+#[test]
+fn pp_alone_gives_the_same_logits_bit_for_bit() {
+    // 5 layers: PP 2 runs 3 + 2, PP 3 runs 2 + 2 + 1 (the remainder before the last stage).
+    for tied in [false, true] {
+        let config = shape(5, tied);
+        let prompts = prompts(5);
+        let (want, _) = generate(&mut engine(&config, 1, 1), &prompts, 10);
+        for pp in [2, 3, 5] {
+            let (got, _) = generate(&mut engine(&config, 1, pp), &prompts, 10);
+            for (w, g) in want.iter().zip(&got) {
+                assert_eq!(w.token_ids, g.token_ids, "PP {pp} tied {tied}");
+                assert_eq!(w.logits, g.logits, "PP {pp} tied {tied}: logits");
+            }
+        }
+    }
+}
+
+#[test]
+fn tp_2_times_pp_2_matches_one_rank() {
+    for tied in [false, true] {
+        let config = shape(4, tied);
+        let prompts = prompts(5);
+        let (want, _) = generate(&mut engine(&config, 1, 1), &prompts, 10);
+        for (tp, pp) in [(2, 2), (2, 3)] {
+            let what = format!("TP {tp} × PP {pp}, tied {tied}");
+            let (got, _) = generate(&mut engine(&config, tp, pp), &prompts, 10);
+            let (compared, total) = compare(&want, &got, &what);
+            assert!(
+                compared * 10 >= total * 9,
+                "{what}: {compared} of {total} compared"
+            );
+        }
+    }
+}
+
+#[test]
+fn more_stages_than_layers_is_refused() {
+    let err = LLMEngine::new(model(&shape(3, false), 0), engine_config(1, 4))
+        .err()
+        .expect("PP 4 of 3 layers must be refused")
+        .to_string();
+    assert!(
+        err.contains("test has 3 layers; --pipeline-parallel-size must be at most 3"),
+        "{err}"
+    );
+    let err = LLMEngine::new(model(&shape(3, false), 0), engine_config(1, 0))
+        .err()
+        .expect("PP 0 is refused")
+        .to_string();
+    assert!(
+        err.contains("--pipeline-parallel-size must be at least 1"),
+        "{err}"
+    );
+}
+
+/// One prefill step of `t` tokens: every stage boundary is one send per TP slice of
+/// 2 × t × hidden f32 (delta and residual, fused), received once by the next stage; each
+/// stage's TP collectives are its own layers' (two all-reduces each, one more on the stage
+/// that embeds, and the logits' gather on the last).
+#[test]
+fn one_step_sends_the_hidden_state_once_per_boundary() {
+    let config = shape(5, false);
+    let hidden = config.hidden_size;
+    for (tp, pp) in [(1, 2), (1, 3), (2, 2), (2, 3)] {
+        let mut engine = engine(&config, tp, pp);
+        let prompt: Vec<u32> = (0..7).collect();
+        let (out, steps) = generate(&mut engine, std::slice::from_ref(&prompt), 1);
+        assert_eq!((out[0].token_ids.len(), steps), (1, 1));
+        let stats = engine.comm_stats();
+        assert_eq!(stats.len(), tp * pp);
+        let bytes = (2 * prompt.len() * hidden * 4) as u64;
+        let mut sends = 0;
+        for (rank, s) in stats.iter().enumerate() {
+            let (stage, what) = (rank / tp, format!("TP {tp} PP {pp} rank {rank}"));
+            let send = s.op(CommOp::Send);
+            let recv = s.op(CommOp::Recv);
+            let sends_here = u64::from(stage + 1 < pp);
+            assert_eq!(
+                (send.calls, send.tensor_bytes, send.sent_bytes),
+                (sends_here, sends_here * bytes, sends_here * bytes),
+                "{what}"
+            );
+            let recvs_here = u64::from(stage > 0);
+            assert_eq!(
+                (recv.calls, recv.tensor_bytes),
+                (recvs_here, recvs_here * bytes),
+                "{what}"
+            );
+            sends += send.calls;
+            let layers = get_pp_indices(config.num_hidden_layers, stage, pp).len() as u64;
+            let all_reduces = if tp == 1 {
+                0
+            } else {
+                2 * layers + u64::from(stage == 0)
+            };
+            assert_eq!(s.op(CommOp::AllReduce).calls, all_reduces, "{what}");
+            let gathers = u64::from(tp > 1 && stage + 1 == pp);
+            assert_eq!(s.op(CommOp::AllGather).calls, gathers, "{what}");
+            assert_eq!(s.total().failures, 0);
+        }
+        assert_eq!(
+            sends,
+            ((pp - 1) * tp) as u64,
+            "TP {tp} PP {pp}: (pp − 1) sends per slice"
+        );
+    }
+}
+
+#[test]
+fn every_stage_reports_busy_and_idle_time_of_every_step() {
+    let config = shape(4, false);
+    let mut engine = engine(&config, 1, 3);
+    let (_, steps) = generate(&mut engine, &prompts(3), 4);
+    let times: Vec<StageTimes> = engine.stage_times();
+    assert_eq!(times.len(), 3);
+    let wall = times[0].busy + times[0].idle;
+    for (stage, t) in times.iter().enumerate() {
+        assert_eq!(t.steps, steps, "stage {stage}");
+        assert!(t.busy > Duration::ZERO, "stage {stage}");
+        // busy + idle is the steps' wall time, the same for every stage.
+        assert_eq!(t.busy + t.idle, wall, "stage {stage}");
+        assert!((0.0..1.0).contains(&t.idle_fraction()));
+    }
+    assert_eq!(
+        times[0].recv_wait,
+        Duration::ZERO,
+        "the first stage receives nothing"
+    );
+    // A later stage waits at least while the stage before it computes.
+    assert!(times[1].recv_wait > Duration::ZERO && times[2].recv_wait > Duration::ZERO);
+    assert!(engine_single_has_no_stage_times());
+}
+
+fn engine_single_has_no_stage_times() -> bool {
+    engine(&shape(2, false), 1, 1).stage_times().is_empty()
+}
+
+/// The engine's fused add + RMSNorm, except on stage 1's thread (TP rank 0).
+fn fused_add_rms_norm_failing_on_stage_1(x: &mut [f32], res: &mut [f32], w: &[f32], eps: f32) {
+    if std::thread::current().name() == Some("pp-1-tp-0") {
+        panic!("injected failure");
+    }
+    engine::ops::rms_norm::fused_add_rms_norm(x, res, w, eps)
+}
+
+#[test]
+fn a_stage_that_panics_fails_the_step_not_hangs() {
+    for tp in [1, 2] {
+        let mut parts = EngineParts::default();
+        parts.kernels.fused_add_rms_norm = fused_add_rms_norm_failing_on_stage_1;
+        let config = shape(3, false);
+        let mut engine =
+            LLMEngine::with_parts(model(&config, 0), engine_config(tp, 3), parts).unwrap();
+        engine
+            .add_request(Prompt::TokenIds(vec![1, 2, 3]), SamplingParams::greedy(4))
+            .unwrap();
+        let start = Instant::now();
+        let err = engine.step().expect_err("the step fails").to_string();
+        assert!(
+            err.contains("pipeline stage 1, tensor-parallel rank 0) panicked")
+                && err.contains("injected failure"),
+            "{err}"
+        );
+        // Stage 2 learns at once that stage 1 is gone, not after the 60 s timeout.
+        assert!(start.elapsed() < Duration::from_secs(20));
+        let again = engine.step().expect_err("later steps fail too").to_string();
+        assert!(again.contains("failed earlier"), "{again}");
+    }
+}
+
+/// `lab generate --pp 2` and `--tp 2 --pp 2` print what the default prints.
+#[test]
+fn lab_generate_with_pp_prints_the_same_text() {
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lab"))
+            .args(["generate", "--device", "cpu", "--max-tokens", "12"])
+            .args(["--prompt", "hello world", "--prompt", "pipeline parallel"])
+            .args(extra)
+            .output()
+            .expect("lab runs");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, one, err) = run(&[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(one.contains("output:"), "{one}");
+    for extra in [
+        &["--pp", "2"][..],
+        &["--tp", "2", "--pp", "2"],
+        &["--pipeline-parallel-size", "2"],
+    ] {
+        let (code, text, err) = run(extra);
+        assert_eq!(code, Some(0), "{extra:?}: {err}");
+        assert_eq!(text, one, "{extra:?}");
+    }
+    // The built-in tiny model has 2 layers.
+    let (code, _, err) = run(&["--pp", "3"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("--pipeline-parallel-size must be at most 2"),
+        "{err}"
+    );
+}
