@@ -338,3 +338,61 @@ fn lab_generate_with_pp_prints_the_same_text() {
         "{err}"
     );
 }
+
+/// The engine's fused add + RMSNorm, after a pause on stage 0's thread.
+fn fused_add_rms_norm_slow_on_stage_0(x: &mut [f32], res: &mut [f32], w: &[f32], eps: f32) {
+    if std::thread::current().name() == Some("pp-0-tp-0") {
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    engine::ops::rms_norm::fused_add_rms_norm(x, res, w, eps)
+}
+
+#[test]
+fn a_hung_stage_fails_the_next_one_after_the_timeout() {
+    let mut parts = EngineParts::default();
+    parts.kernels.fused_add_rms_norm = fused_add_rms_norm_slow_on_stage_0;
+    let mut config = engine_config(1, 2);
+    config.parallel.collective_timeout = Duration::from_millis(200);
+    let mut engine = LLMEngine::with_parts(model(&shape(2, false), 0), config, parts).unwrap();
+    engine
+        .add_request(Prompt::TokenIds(vec![1, 2, 3]), SamplingParams::greedy(4))
+        .unwrap();
+    let start = Instant::now();
+    let err = engine.step().expect_err("stage 1 times out").to_string();
+    // Stage 1 waits 200 ms for stage 0's state, fails, and the executor waits 200 ms more.
+    assert!(
+        err.contains("rank 1: recv timed out") && err.contains("waiting for rank 0"),
+        "{err}"
+    );
+    assert!(start.elapsed() < Duration::from_millis(1400));
+    drop(engine); // joins stage 0 once it wakes and finds stage 1 gone
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 8, ..Default::default() })]
+
+    /// Random layer counts, stage counts and TP sizes: one step's logits match one rank's
+    /// (bit for bit without TP).
+    #[test]
+    fn one_step_logits_match_one_rank(
+        layers in 1usize..7,
+        pp in 1usize..5,
+        tp in 1usize..3,
+        tied in proptest::prelude::any::<bool>(),
+        seed in 0u64..1000,
+    ) {
+        let pp = pp.min(layers);
+        let config = shape(layers, tied);
+        let one = LLMEngine::new(model(&config, seed), engine_config(1, 1)).unwrap();
+        let many = LLMEngine::new(model(&config, seed), engine_config(tp, pp)).unwrap();
+        let prompts = prompts(3);
+        let (want, _) = generate(&mut { one }, &prompts, 2);
+        let (got, _) = generate(&mut { many }, &prompts, 2);
+        for (w, g) in want.iter().zip(&got) {
+            let diff = w.logits[0].iter().zip(&g.logits[0]).map(|(a, b)| (a - b).abs());
+            let diff = diff.fold(0.0, f32::max);
+            let tolerance = if tp == 1 { 0.0 } else { LOGIT_TOLERANCE };
+            proptest::prop_assert!(diff <= tolerance, "TP {} PP {} of {} layers: {}", tp, pp, layers, diff);
+        }
+    }
+}
