@@ -14,10 +14,10 @@ use engine::distributed::{CommOp, StageTimes};
 use engine::model_executor::pipeline_parallel::get_pp_indices;
 use engine::model_source::{LoadedModel, ModelWeights};
 use engine::tiny_model::{tiny_config, tiny_tokenizer};
-use engine::{EngineConfig, EngineParts, LLMEngine, Prompt, RequestOutput, SamplingParams};
+use engine::{EngineConfig, EngineParts, LLMEngine, Prompt, SamplingParams};
 
-const LOGIT_TOLERANCE: f32 = 1e-4;
-const MARGIN: f32 = 2.0 * LOGIT_TOLERANCE;
+mod common;
+use common::greedy_compare::{compare, generate, LOGIT_TOLERANCE};
 
 /// A small Llama of `layers` layers: 4 query heads and 2 KV heads of 16, 300 ids.
 fn shape(layers: usize, tied: bool) -> ModelConfig {
@@ -61,74 +61,6 @@ fn prompts(n: usize) -> Vec<Vec<u32>> {
                 .collect()
         })
         .collect()
-}
-
-/// Greedy outputs with logits, in request order, and the number of steps taken.
-fn generate(
-    engine: &mut LLMEngine,
-    prompts: &[Vec<u32>],
-    max_tokens: usize,
-) -> (Vec<RequestOutput>, u64) {
-    let mut params = SamplingParams::greedy(max_tokens);
-    params.ignore_eos = true;
-    params.output_logits = true;
-    for p in prompts {
-        engine
-            .add_request(Prompt::TokenIds(p.clone()), params.clone())
-            .unwrap();
-    }
-    let (mut done, mut steps) = (Vec::new(), 0);
-    while engine.has_unfinished_requests() {
-        done.extend(engine.step().unwrap());
-        steps += 1;
-    }
-    done.sort_by_key(|o| o.request_id);
-    (done, steps)
-}
-
-fn top2_margin(logits: &[f32]) -> f32 {
-    let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
-    for &x in logits {
-        if x > a {
-            (a, b) = (x, a);
-        } else if x > b {
-            b = x;
-        }
-    }
-    a - b
-}
-
-/// Compares as the module docs say; returns (tokens compared, tokens).
-fn compare(want: &[RequestOutput], got: &[RequestOutput], what: &str) -> (usize, usize) {
-    let (mut compared, mut total) = (0, 0);
-    for (w, g) in want.iter().zip(got) {
-        total += w.token_ids.len();
-        for k in 0..w.token_ids.len() {
-            let (wl, gl) = (&w.logits[k], &g.logits[k]);
-            let diff = wl
-                .iter()
-                .zip(gl)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max);
-            assert!(
-                diff <= LOGIT_TOLERANCE,
-                "{what}: token {k}: logits differ by {diff}"
-            );
-            if top2_margin(wl) <= MARGIN {
-                if w.token_ids[k] != g.token_ids[k] {
-                    break;
-                }
-            } else {
-                assert_eq!(
-                    w.token_ids[k], g.token_ids[k],
-                    "{what}: request {:?} token {k}",
-                    w.request_id
-                );
-            }
-            compared += 1;
-        }
-    }
-    (compared, total)
 }
 
 #[test]

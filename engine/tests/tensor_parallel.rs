@@ -13,13 +13,11 @@ use engine::config::ModelConfig;
 use engine::distributed::{CommOp, CommStats};
 use engine::model_source::{LoadedModel, ModelWeights};
 use engine::tiny_model::{tiny_config, tiny_tokenizer};
-use engine::{EngineConfig, EngineParts, LLMEngine, Prompt, RequestOutput, SamplingParams};
+use engine::{EngineConfig, EngineParts, LLMEngine, Prompt, SamplingParams};
 use proptest::prelude::*;
 
-/// Largest difference allowed between a logit at TP = 1 and at TP > 1.
-const LOGIT_TOLERANCE: f32 = 1e-4;
-/// A TP = 1 top-2 margin above this makes the greedy token certain under that tolerance.
-const MARGIN: f32 = 2.0 * LOGIT_TOLERANCE;
+mod common;
+use common::greedy_compare::{compare, generate, LOGIT_TOLERANCE};
 
 /// A small Llama: `heads` query heads and `kv` KV heads of 16, `vocab` ids (the tiny model's
 /// byte tokenizer's 259 fit), two layers.
@@ -68,81 +66,12 @@ fn prompts(n: usize, vocab: usize) -> Vec<Vec<u32>> {
         .collect()
 }
 
-/// Greedy outputs with logits, in request order.
-fn generate(engine: &mut LLMEngine, prompts: &[Vec<u32>], max_tokens: usize) -> Vec<RequestOutput> {
-    let mut params = SamplingParams::greedy(max_tokens);
-    params.ignore_eos = true;
-    params.output_logits = true;
-    for p in prompts {
-        engine
-            .add_request(Prompt::TokenIds(p.clone()), params.clone())
-            .unwrap();
-    }
-    let mut done = Vec::new();
-    while engine.has_unfinished_requests() {
-        done.extend(engine.step().unwrap());
-    }
-    done.sort_by_key(|o| o.request_id);
-    done
-}
-
-/// The gap between the largest logit and the next.
-fn top2_margin(logits: &[f32]) -> f32 {
-    let (mut a, mut b) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
-    for &x in logits {
-        if x > a {
-            (a, b) = (x, a);
-        } else if x > b {
-            b = x;
-        }
-    }
-    a - b
-}
-
-/// Compares `got` with `want` as the module docs say; returns (tokens compared, tokens).
-fn compare(want: &[RequestOutput], got: &[RequestOutput], what: &str) -> (usize, usize) {
-    let (mut compared, mut total) = (0, 0);
-    for (w, g) in want.iter().zip(got) {
-        total += w.token_ids.len();
-        for k in 0..w.token_ids.len() {
-            let (wl, gl) = (&w.logits[k], &g.logits[k]);
-            assert_eq!(wl.len(), gl.len(), "{what}: logits width");
-            let diff = wl
-                .iter()
-                .zip(gl)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0, f32::max);
-            assert!(
-                diff <= LOGIT_TOLERANCE,
-                "{what}: request {:?} token {k}: logits differ by {diff}",
-                w.request_id
-            );
-            if top2_margin(wl) <= MARGIN {
-                // A near tie: the runs may rightly choose differently from here.
-                if w.token_ids[k] != g.token_ids[k] {
-                    break;
-                }
-            } else {
-                assert_eq!(
-                    w.token_ids[k],
-                    g.token_ids[k],
-                    "{what}: request {:?} token {k} (margin {})",
-                    w.request_id,
-                    top2_margin(wl)
-                );
-            }
-            compared += 1;
-        }
-    }
-    (compared, total)
-}
-
 /// Runs `config` at TP = 1 and at each of `tps` and compares them.
 fn check_matches_one_rank(config: &ModelConfig, tps: &[usize], max_tokens: usize) {
     let prompts = prompts(5, 259.min(config.vocab_size));
-    let want = generate(&mut engine(config, 1, 3), &prompts, max_tokens);
+    let want = generate(&mut engine(config, 1, 3), &prompts, max_tokens).0;
     for &tp in tps {
-        let got = generate(&mut engine(config, tp, 3), &prompts, max_tokens);
+        let got = generate(&mut engine(config, tp, 3), &prompts, max_tokens).0;
         let (compared, total) = compare(&want, &got, &format!("TP {tp}"));
         assert!(
             compared * 10 >= total * 9,
@@ -213,7 +142,7 @@ fn one_step_makes_two_all_reduces_per_layer_plus_one_and_one_gather() {
         let (layers, hidden) = (config.num_hidden_layers, config.hidden_size);
         let mut engine = engine(&config, tp, 1);
         let prompt: Vec<u32> = (0..7).collect();
-        let out = generate(&mut engine, std::slice::from_ref(&prompt), 1); // one step: the prefill
+        let out = generate(&mut engine, std::slice::from_ref(&prompt), 1).0; // one step: the prefill
         assert_eq!(out[0].token_ids.len(), 1);
         let stats: Vec<CommStats> = engine.comm_stats();
         assert_eq!(stats.len(), tp);
@@ -326,8 +255,8 @@ proptest! {
         let kv = if heads.is_multiple_of(kv) { kv } else { tp };
         let config = shape(heads, kv, vocab, tied);
         let prompts = prompts(3, 259);
-        let want = generate(&mut engine(&config, 1, seed), &prompts, 2);
-        let got = generate(&mut engine(&config, tp, seed), &prompts, 2);
+        let want = generate(&mut engine(&config, 1, seed), &prompts, 2).0;
+        let got = generate(&mut engine(&config, tp, seed), &prompts, 2).0;
         for (w, g) in want.iter().zip(&got) {
             // The first token's logits come from the same prompt in both runs.
             let diff = w.logits[0].iter().zip(&g.logits[0]).map(|(a, b)| (a - b).abs());
