@@ -105,6 +105,18 @@ pub fn weight_bytes_per_gpu(
 }
 // ANCHOR_END: weight_bytes_per_gpu
 
+// ANCHOR: stage_weight_bytes_per_gpu
+/// bf16 bytes of weights on one GPU of each pipeline stage of a `tp × pp` split, in stage order:
+/// the stage's layers as [`layers_per_stage`], the embedding on stage 0, the final norm and LM
+/// head on stage `pp − 1` (see [`weight_bytes_per_gpu`]). Needs `1 <= pp <= layers`.
+pub fn stage_weight_bytes_per_gpu(c: &ModelConfig, tp: usize, pp: usize) -> Vec<u64> {
+    let stages = layers_per_stage(c.num_hidden_layers, pp);
+    (stages.iter().enumerate())
+        .map(|(s, &l)| weight_bytes_per_gpu(c, tp, l, s == 0, s == pp - 1))
+        .collect()
+}
+// ANCHOR_END: stage_weight_bytes_per_gpu
+
 /// bf16 bytes one token of context takes in one GPU's KV cache: K and V, for each of its
 /// stage's `layers`, for each KV head its rank holds, `head_dim` values each.
 pub fn kv_bytes_per_token_per_gpu(c: &ModelConfig, tp: usize, layers: usize) -> u64 {
@@ -148,6 +160,58 @@ pub fn max_kv_tokens(room: i64, per_token: u64) -> u64 {
         room as u64 / per_token
     }
 }
+
+/// bf16 bytes one token of context takes on one GPU of each stage of a `tp × pp` split.
+pub fn stage_kv_bytes_per_token_per_gpu(c: &ModelConfig, tp: usize, pp: usize) -> Vec<u64> {
+    (layers_per_stage(c.num_hidden_layers, pp).iter())
+        .map(|&l| kv_bytes_per_token_per_gpu(c, tp, l))
+        .collect()
+}
+
+// ANCHOR: kv_tokens_per_gpu
+/// Tokens of context whose KV cache every GPU of a `tp × pp` split has room for: on each stage,
+/// its GPU's memory × `utilization` less its weights and `reserve_bytes`, over its bytes per
+/// token; the least over the stages, since a sequence's tokens live on every stage (0 when a
+/// stage's weights and reserve do not fit). Needs `1 <= pp <= layers`.
+pub fn kv_tokens_per_gpu(
+    c: &ModelConfig,
+    tp: usize,
+    pp: usize,
+    memory_bytes: u64,
+    utilization: f64,
+    reserve_bytes: u64,
+) -> u64 {
+    let weights = stage_weight_bytes_per_gpu(c, tp, pp);
+    let kv = stage_kv_bytes_per_token_per_gpu(c, tp, pp);
+    (weights.iter().zip(&kv))
+        .map(|(&w, &per_token)| {
+            let room = kv_room_bytes(memory_bytes, utilization, w, reserve_bytes);
+            max_kv_tokens(room, per_token)
+        })
+        .min()
+        .expect("at least one stage")
+}
+// ANCHOR_END: kv_tokens_per_gpu
+
+// ANCHOR: fits
+/// Whether a `tp × pp` split runs: TP splits the layers ([`tp_split_error`]), every stage has a
+/// layer (`1 <= pp <= layers`), and every GPU has room for at least one sequence of
+/// `context_tokens` (at least 1) besides its weights and `reserve_bytes`
+/// ([`kv_tokens_per_gpu`]). The planner's candidates run exactly when this holds.
+pub fn fits(
+    c: &ModelConfig,
+    (tp, pp): (usize, usize),
+    memory_bytes: u64,
+    utilization: f64,
+    reserve_bytes: u64,
+    context_tokens: usize,
+) -> bool {
+    tp_split_error(c, tp).is_none()
+        && (1..=c.num_hidden_layers).contains(&pp)
+        && kv_tokens_per_gpu(c, tp, pp, memory_bytes, utilization, reserve_bytes)
+            >= context_tokens.max(1) as u64
+}
+// ANCHOR_END: fits
 
 #[cfg(test)]
 mod tests {

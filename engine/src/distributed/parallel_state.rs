@@ -59,6 +59,17 @@ impl RankLayout {
     pub fn pp_group(&self, tp_rank: usize) -> Vec<usize> {
         (0..self.pp).map(|p| self.world_rank(p, tp_rank)).collect()
     }
+
+    /// The TP group world rank `rank` all-reduces with (itself included): its stage's ranks.
+    pub fn tp_group_of(&self, rank: usize) -> Vec<usize> {
+        self.tp_group(self.coords(rank).0)
+    }
+
+    /// The PP group world rank `rank` sends and receives in (itself included): its slice's
+    /// rank on every stage.
+    pub fn pp_group_of(&self, rank: usize) -> Vec<usize> {
+        self.pp_group(self.coords(rank).1)
+    }
 }
 
 /// One rank's place and its two communicators.
@@ -111,6 +122,8 @@ mod tests {
         assert_eq!(layout.world_rank(2, 0), 4);
         assert_eq!(layout.tp_group(1), [2, 3]);
         assert_eq!(layout.pp_group(1), [1, 3, 5]);
+        assert_eq!(layout.tp_group_of(3), [2, 3]);
+        assert_eq!(layout.pp_group_of(3), [1, 3, 5]);
         for g in build_groups(layout, Duration::from_secs(1)) {
             assert_eq!(layout.coords(g.world_rank), (g.pp_rank, g.tp_rank));
             assert_eq!((g.tp.rank(), g.tp.world_size()), (g.tp_rank, 2));

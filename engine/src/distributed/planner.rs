@@ -113,20 +113,14 @@ pub fn evaluate(
         return None;
     }
     let stages = mem::layers_per_stage(c.num_hidden_layers, pp);
-    let per_stage: Vec<(u64, u64)> = (stages.iter().enumerate())
-        .map(|(s, &l)| {
-            let weights = mem::weight_bytes_per_gpu(c, tp, l, s == 0, s == pp - 1);
-            (weights, mem::kv_bytes_per_token_per_gpu(c, tp, l))
-        })
+    let per_stage: Vec<(u64, u64)> = (mem::stage_weight_bytes_per_gpu(c, tp, pp).into_iter())
+        .zip(mem::stage_kv_bytes_per_token_per_gpu(c, tp, pp))
         .collect();
     let reserve = mem::activation_reserve_bytes(c, tp, w.max_batched_tokens, w.max_seqs);
     let room = |weights| mem::kv_room_bytes(hw.gpu_memory_bytes, w.utilization, weights, reserve);
     let kv_room = per_stage.iter().map(|&(wb, _)| room(wb)).min().unwrap();
-    let max_kv_tokens = (per_stage
-        .iter()
-        .map(|&(wb, kv)| mem::max_kv_tokens(room(wb), kv)))
-    .min()
-    .unwrap();
+    let (memory, utilization) = (hw.gpu_memory_bytes, w.utilization);
+    let max_kv_tokens = mem::kv_tokens_per_gpu(c, tp, pp, memory, utilization, reserve);
 
     let node_link = hw.interconnect.link();
     let network = comm::network_link();
@@ -172,6 +166,7 @@ pub fn evaluate(
     let layer_bytes = comm::all_reduce_bytes(1, c.hidden_size) * comm::ALL_REDUCES_PER_LAYER as u64;
     let all_reduce = if tp > 1 { layer_bytes } else { 0 };
     let heaviest = per_stage.iter().max_by_key(|p| p.0).unwrap();
+    // The same test as `mem::fits`, split by cause for the message.
     let problem = if kv_room <= 0 {
         let need = (heaviest.0 + reserve) as f64 / 1e9;
         let usable = hw.gpu_memory_bytes as f64 * w.utilization / 1e9;

@@ -155,3 +155,32 @@ fn a_tp_group_stays_inside_a_node_unless_nothing_else_runs() {
     let p = plan(&c, &hw, &w, Goal::Latency).unwrap();
     assert!(p.candidates[p.recommended].problem.is_none());
 }
+
+/// A candidate runs exactly when `memory_model::fits` says its split fits: the same weights,
+/// reserve and context, whatever the memory.
+#[test]
+fn a_candidate_runs_exactly_when_the_memory_model_says_it_fits() {
+    for name in ["llama-2-70b", "llama-3-8b", "smollm2-135m"] {
+        let c = config(name);
+        let w = Workload::for_model(&c);
+        for gb in [1.0, 20.0, 24.0, 40.0, 80.0, 141.0] {
+            let hw = Hardware::new(8, gb, Interconnect::NvLink);
+            for cand in candidates(&c, &hw, &w) {
+                let reserve = cand.activation_reserve_bytes;
+                let (memory, utilization) = (hw.gpu_memory_bytes, w.utilization);
+                let fits = mem::fits(
+                    &c,
+                    (cand.tp, cand.pp),
+                    memory,
+                    utilization,
+                    reserve,
+                    w.context_tokens,
+                );
+                assert_eq!(fits, cand.problem.is_none(), "{name} {gb} GB {cand:?}");
+                let tokens =
+                    mem::kv_tokens_per_gpu(&c, cand.tp, cand.pp, memory, utilization, reserve);
+                assert_eq!(tokens, cand.max_kv_tokens);
+            }
+        }
+    }
+}
