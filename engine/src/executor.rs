@@ -35,6 +35,11 @@ pub trait Executor: Send {
     fn stage_times(&self) -> Vec<StageTimes> {
         Vec::new()
     }
+    /// What the pipeline ran in the last step (which stage ran which micro-batch when);
+    /// `None` without pipeline parallelism.
+    fn pipeline_schedule(&self) -> Option<crate::distributed::ExecutedSchedule> {
+        None
+    }
 }
 
 /// One worker in this process.

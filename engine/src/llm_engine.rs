@@ -190,6 +190,12 @@ impl LLMEngine {
         self.executor.stage_times()
     }
 
+    /// Under pipeline parallelism, the schedule the last step ran: each stage's micro-batches
+    /// in order, in wall-clock time and in ticks (`None` with one stage).
+    pub fn pipeline_schedule(&self) -> Option<crate::distributed::ExecutedSchedule> {
+        self.executor.pipeline_schedule()
+    }
+
     // ANCHOR: add_request
     /// Validates and queues a request; returns its id.
     pub fn add_request(&mut self, prompt: Prompt, params: SamplingParams) -> Result<SeqId> {

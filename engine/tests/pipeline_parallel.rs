@@ -10,7 +10,7 @@
 use std::time::{Duration, Instant};
 
 use engine::config::ModelConfig;
-use engine::distributed::{CommOp, StageTimes};
+use engine::distributed::{CommOp, ExecutedSchedule, StageTimes};
 use engine::model_executor::pipeline_parallel::get_pp_indices;
 use engine::model_source::{LoadedModel, ModelWeights};
 use engine::tiny_model::{tiny_config, tiny_tokenizer};
@@ -325,6 +325,158 @@ proptest::proptest! {
             let diff = diff.fold(0.0, f32::max);
             let tolerance = if tp == 1 { 0.0 } else { LOGIT_TOLERANCE };
             proptest::prop_assert!(diff <= tolerance, "TP {} PP {} of {} layers: {}", tp, pp, layers, diff);
+        }
+    }
+}
+
+fn engine_with_micro_batches(config: &ModelConfig, tp: usize, pp: usize, m: usize) -> LLMEngine {
+    let mut c = engine_config(tp, pp);
+    c.parallel.pipeline_micro_batches = Some(m);
+    LLMEngine::new(model(config, 5), c).unwrap()
+}
+
+/// Splitting a step's sequences into micro-batches changes no bit: the kernels are batch
+/// invariant and every sequence is computed whole within its micro-batch.
+#[test]
+fn micro_batches_give_the_same_logits_bit_for_bit() {
+    let config = shape(5, false);
+    let prompts = prompts(7);
+    let (want, _) = generate(&mut engine(&config, 1, 1), &prompts, 6);
+    for (pp, m) in [(2, 1), (2, 3), (3, 2), (3, 7), (4, 16)] {
+        let (got, _) = generate(
+            &mut engine_with_micro_batches(&config, 1, pp, m),
+            &prompts,
+            6,
+        );
+        for (w, g) in want.iter().zip(&got) {
+            assert_eq!(w.token_ids, g.token_ids, "PP {pp} M {m}");
+            assert_eq!(w.logits, g.logits, "PP {pp} M {m}: logits");
+        }
+    }
+    let (got, _) = generate(
+        &mut engine_with_micro_batches(&config, 2, 2, 3),
+        &prompts,
+        6,
+    );
+    let (compared, total) = compare(&want, &got, "TP 2 × PP 2, M 3");
+    assert!(compared * 10 >= total * 9, "{compared} of {total} compared");
+}
+
+#[test]
+fn zero_micro_batches_is_refused() {
+    let mut c = engine_config(1, 2);
+    c.parallel.pipeline_micro_batches = Some(0);
+    let err = LLMEngine::new(model(&shape(2, false), 0), c)
+        .err()
+        .expect("refused");
+    assert!(
+        err.to_string()
+            .contains("--pipeline-micro-batches must be at least 1"),
+        "{err}"
+    );
+}
+
+/// One step of `m` prefills through `pp` stages of a 4-layer model: the schedule it ran.
+fn one_step_schedule(pp: usize, m: usize, tp: usize) -> (LLMEngine, ExecutedSchedule) {
+    let mut engine = engine_with_micro_batches(&shape(4, false), tp, pp, m);
+    for p in prompts(m) {
+        engine
+            .add_request(Prompt::TokenIds(p), SamplingParams::greedy(2))
+            .unwrap();
+    }
+    engine.step().unwrap();
+    let schedule = engine
+        .pipeline_schedule()
+        .expect("a pipeline records its schedule");
+    (engine, schedule)
+}
+
+/// Three stages, three micro-batches: every stage runs 0, 1, 2 in order, stage s runs m at
+/// tick s + m, each boundary carries one send per micro-batch, and the bubble is 2/5.
+#[test]
+fn three_stages_overlap_three_micro_batches() {
+    let (mut engine, s) = one_step_schedule(3, 3, 1);
+    assert_eq!((s.step, s.num_stages, s.num_micro_batches), (0, 3, 3));
+    for stage in 0..3 {
+        assert_eq!(s.stage_order(stage), [0, 1, 2], "stage {stage}");
+    }
+    for i in &s.items {
+        assert_eq!(
+            (i.tick_start, i.tick_end),
+            (
+                (i.stage + i.micro_batch) as u64,
+                (i.stage + i.micro_batch + 1) as u64
+            )
+        );
+        assert_eq!(i.num_seqs, 1);
+        assert!(i.wall_end > i.wall_start && i.wall_end <= s.wall, "{i:?}");
+    }
+    assert!(s.overlaps());
+    let b = s.bubble();
+    assert_eq!(
+        (b.idle, b.total),
+        (6, 15),
+        "3 stages × 5 ticks, 9 of them busy"
+    );
+    for (rank, st) in engine.comm_stats().iter().enumerate() {
+        let sends = st.op(CommOp::Send).calls;
+        assert_eq!(
+            sends,
+            if rank < 2 { 3 } else { 0 },
+            "rank {rank}: one send per micro-batch"
+        );
+    }
+    // Per stage, busy and idle of the step add up to its wall time.
+    for stage in 0..3 {
+        assert_eq!(s.busy(stage) + s.idle(stage), s.wall);
+    }
+}
+
+/// With one stage there is no pipeline and no schedule.
+#[test]
+fn one_stage_records_no_schedule() {
+    let (out, _) = generate(
+        &mut engine_with_micro_batches(&shape(2, false), 2, 1, 4),
+        &prompts(2),
+        1,
+    );
+    assert_eq!(out.len(), 2);
+    assert!(engine_with_micro_batches(&shape(2, false), 2, 1, 4)
+        .pipeline_schedule()
+        .is_none());
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 12, ..Default::default() })]
+
+    /// Random micro-batch and stage counts: the schedule the engine ran, in ticks (each
+    /// stage-forward of a micro-batch one tick, started at max(the stage's free time, its
+    /// input's arrival)), has the bubble 1 − M/(M + S − 1) exactly, every stage runs the
+    /// micro-batches in order, and stages overlap whenever M > 1 and S > 1 (a pipeline that
+    /// serialized its micro-batches would take M·S ticks and fail both). S = 1 runs no
+    /// pipeline: nothing idles, and no schedule is recorded.
+    #[test]
+    fn the_executed_bubble_is_one_minus_m_over_m_plus_s_minus_1(m in 1usize..=8, s in 1usize..=4, tp in 1usize..=2) {
+        if s == 1 {
+            let e = engine_with_micro_batches(&shape(4, false), tp, 1, m);
+            proptest::prop_assert!(e.pipeline_schedule().is_none());
+            return Ok(());
+        }
+        let (_, sched) = one_step_schedule(s, m, tp);
+        proptest::prop_assert_eq!(sched.num_micro_batches, m);
+        proptest::prop_assert_eq!(sched.items.len(), m * s);
+        let b = sched.bubble();
+        // idle / total == (S − 1) / (M + S − 1), in integers.
+        proptest::prop_assert_eq!(b.total, (s * (m + s - 1)) as u64);
+        proptest::prop_assert_eq!(b.idle * (m + s - 1) as u64, b.total * (s - 1) as u64);
+        let efficiency = m as f64 / (m + s - 1) as f64;
+        proptest::prop_assert!((b.efficiency() - efficiency).abs() < 1e-12);
+        for stage in 0..s {
+            proptest::prop_assert_eq!(sched.stage_order(stage), (0..m).collect::<Vec<_>>());
+        }
+        proptest::prop_assert_eq!(sched.overlaps(), m > 1);
+        for stage in 0..s {
+            proptest::prop_assert_eq!(sched.busy(stage) + sched.idle(stage), sched.wall);
         }
     }
 }

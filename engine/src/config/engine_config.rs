@@ -41,6 +41,12 @@ pub struct ParallelConfig {
     /// rank; more runs contiguous layer ranges per stage
     /// ([`crate::model_executor::pipeline_parallel`]).
     pub pipeline_parallel_size: usize,
+    /// Micro-batches a step's sequences are split into under pipeline parallelism
+    /// (`--pipeline-micro-batches`), so that the stages overlap; `None` takes
+    /// `pipeline_parallel_size` (enough to keep every stage busy once the pipeline is full, as
+    /// vLLM keeps `pp` batches in flight). A step never has more micro-batches than sequences.
+    /// Ignored without pipeline parallelism.
+    pub pipeline_micro_batches: Option<usize>,
     /// How long a rank waits for a peer in a collective before the step fails (a hung rank
     /// ends in an error after this, not in a hang). A dead rank is noticed at once.
     pub collective_timeout: std::time::Duration,
@@ -51,6 +57,7 @@ impl Default for ParallelConfig {
         ParallelConfig {
             tensor_parallel_size: 1,
             pipeline_parallel_size: 1,
+            pipeline_micro_batches: None,
             collective_timeout: std::time::Duration::from_secs(60),
         }
     }
@@ -112,6 +119,9 @@ impl EngineConfig {
         }
         if self.parallel.pipeline_parallel_size == 0 {
             return bad("--pipeline-parallel-size must be at least 1");
+        }
+        if self.parallel.pipeline_micro_batches == Some(0) {
+            return bad("--pipeline-micro-batches must be at least 1");
         }
         if self.parallel.collective_timeout.is_zero() {
             return bad("the collective timeout must be longer than zero");

@@ -14,14 +14,16 @@
 //!   (`crate::model_executor::tensor_parallel`) for its stage's layers
 //!   (`crate::model_executor::pipeline_parallel`), behind the engine's `Executor` trait.
 //!   `parallel_state`: rank ↔ (pp_rank, tp_rank) and each rank's TP and PP groups;
-//!   `pipeline_stage`: a stage's sends and receives of the hidden state, and its busy and
-//!   idle time.
+//!   `pipeline_stage`: a stage's sends and receives of the hidden state, micro-batch by
+//!   micro-batch, and its busy and idle time; `pipeline_schedule`: which stage runs which
+//!   micro-batch when, the bubble, and the schedule a step executed.
 pub mod comm_model;
 pub mod comm_stats;
 pub mod communicator;
 pub mod cpu_communicator;
 pub mod memory_model;
 pub mod parallel_state;
+pub mod pipeline_schedule;
 pub mod pipeline_stage;
 pub mod plan_inputs;
 pub mod plan_reasons;
@@ -32,5 +34,6 @@ pub mod thread_executor;
 pub use comm_stats::{CommStats, OpStats};
 pub use communicator::{CallTag, CommError, CommOp, Communicator};
 pub use cpu_communicator::CpuCommunicator;
+pub use pipeline_schedule::ExecutedSchedule;
 pub use pipeline_stage::StageTimes;
 pub use thread_executor::ThreadExecutor;

@@ -6,11 +6,13 @@
 //! layers ([`tensor_parallel::load_stage_shard_into`]) and its KV cache holds those layers
 //! only; a step goes through the stages one after the other, each stage's ranks receiving the
 //! previous stage's hidden state and sending theirs on ([`StageLink`]), and only the last
-//! stage samples: its tokens are the step's. This pipeline is synchronous (one batch in flight):
-//! while one stage computes the others wait, and each rank's busy and idle time is measured
-//! ([`ThreadExecutor::stage_times`]) so that the bubble can be seen. Keeping several
-//! micro-batches in flight, with the engine step split into submit and complete, is the
-//! follow-up.
+//! stage samples: its tokens are the step's. A step's sequences go through the pipeline in
+//! micro-batches (`ParallelConfig::pipeline_micro_batches`, by default as many as stages), each
+//! stage sending one on as soon as it is done and starting the next
+//! ([`super::pipeline_stage::run_micro_batches`]), so the stages overlap; the step still ends
+//! before the next is scheduled. Each rank's busy and idle time is measured
+//! ([`ThreadExecutor::stage_times`]), and the schedule each step ran is recorded
+//! ([`ThreadExecutor::pipeline_schedule`]) so that the bubble can be seen.
 //!
 //! Each rank's thread owns a whole worker: a [`CpuBackend`] holding that rank's
 //! [`CpuCommunicator`], the rank's shard of the weights
@@ -40,7 +42,8 @@ use std::time::{Duration, Instant};
 use super::comm_stats::CommStats;
 use super::cpu_communicator::CpuCommunicator;
 use super::parallel_state::{build_groups, RankLayout};
-use super::pipeline_stage::{StageLink, StageTimes};
+use super::pipeline_schedule::{ExecutedItem, ExecutedSchedule};
+use super::pipeline_stage::{run_micro_batches, StageLink, StageTimes};
 use crate::backend::cpu_backend::CpuBackend;
 use crate::backend::cpu_backend::CpuKernels;
 use crate::backend::{Backend, DeviceTime, StepLimits};
@@ -63,7 +66,8 @@ use crate::worker::model_runner::PrepareInputsFn;
 
 /// What the engine thread asks of every rank.
 enum Command {
-    Execute(Arc<SchedulerOutput>),
+    /// A step: its batch, its number, and when the executor sent it (the schedule's zero).
+    Execute(Arc<SchedulerOutput>, u64, Instant),
     AddRequest(SeqId, SamplingParams, u64),
     RemoveRequests(Vec<SeqId>),
     CommStats,
@@ -73,9 +77,14 @@ enum Command {
 enum Reply {
     /// Its worker is built, or why not.
     Ready(Result<()>),
-    /// A step's output (empty on a stage before the last), and the time the rank computed
-    /// and the time it waited on the previous stage.
-    Output(Result<ModelRunnerOutput>, Duration, Duration),
+    /// A step's output (empty on a stage before the last), the time the rank computed and
+    /// the time it waited on the previous stage, and the micro-batches it ran.
+    Output(
+        Result<ModelRunnerOutput>,
+        Duration,
+        Duration,
+        Vec<ExecutedItem>,
+    ),
     /// Boxed: a rank's counters are a large table, and every reply would carry its size.
     Stats(Option<Box<CommStats>>),
 }
@@ -104,6 +113,9 @@ pub struct ThreadExecutor {
     layout: RankLayout,
     /// Per world rank, its steps' busy and idle time.
     times: Vec<StageTimes>,
+    /// Steps run so far, and what the pipeline ran in the last one.
+    steps: u64,
+    schedule: Option<ExecutedSchedule>,
     commands: Vec<Sender<Command>>,
     replies: Receiver<(usize, Reply)>,
     threads: Vec<JoinHandle<()>>,
@@ -165,6 +177,8 @@ impl ThreadExecutor {
             config: config.clone(),
             layout,
             times: vec![StageTimes::default(); world],
+            steps: 0,
+            schedule: None,
             commands: Vec::with_capacity(world),
             replies,
             threads: Vec::with_capacity(world),
@@ -173,7 +187,20 @@ impl ThreadExecutor {
             num_kv_blocks,
             max_model_len,
         };
+        let micro_batches = engine.parallel.pipeline_micro_batches.unwrap_or(layout.pp);
+        // Per TP slice, a channel per stage boundary for the pipeline's ticks.
+        let mut ticks_in: Vec<Option<Receiver<u64>>> = (0..world).map(|_| None).collect();
+        let mut ticks_out: Vec<Option<Sender<u64>>> = (0..world).map(|_| None).collect();
+        for p in 1..layout.pp {
+            for t in 0..tp {
+                let (tx, rx) = mpsc::channel();
+                ticks_out[layout.world_rank(p - 1, t)] = Some(tx);
+                ticks_in[layout.world_rank(p, t)] = Some(rx);
+            }
+        }
         for groups in build_groups(layout, timeout) {
+            let r = groups.world_rank;
+            let (from_prev, to_next) = (ticks_in[r].take(), ticks_out[r].take());
             let (tx, rx) = mpsc::channel();
             let name = match layout.pp {
                 1 => format!("tp-rank-{}", groups.tp_rank),
@@ -187,7 +214,10 @@ impl ThreadExecutor {
                 },
                 stage: PpStage::new(config.num_hidden_layers, groups.pp_rank, layout.pp),
                 comm: groups.tp,
-                link: groups.pp.map(StageLink::new),
+                link: groups
+                    .pp
+                    .map(|c| StageLink::new(c).with_ticks(from_prev, to_next)),
+                micro_batches,
                 weights: Arc::clone(&weights),
                 config: config.clone(),
                 geometry,
@@ -281,12 +311,19 @@ impl Executor for ThreadExecutor {
 
     fn execute_model(&mut self, scheduler_output: &SchedulerOutput) -> Result<ModelRunnerOutput> {
         let out = Arc::new(scheduler_output.clone());
-        let start = Instant::now();
-        let replies = self.gather(Some(&|| Command::Execute(Arc::clone(&out))))?;
+        let (step, start) = (self.steps, Instant::now());
+        let replies = self.gather(Some(&|| Command::Execute(Arc::clone(&out), step, start)))?;
         let wall = start.elapsed();
+        self.steps += 1;
         let mut outputs = Vec::with_capacity(replies.len());
+        let mut schedule = ExecutedSchedule {
+            step,
+            num_stages: self.layout.pp,
+            wall,
+            ..ExecutedSchedule::default()
+        };
         for (rank, reply) in replies.into_iter().enumerate() {
-            let Reply::Output(Ok(o), busy, recv_wait) = reply else {
+            let Reply::Output(Ok(o), busy, recv_wait, items) = reply else {
                 return Err(EngineError::Internal(
                     "a rank answered a step with something else".into(),
                 ));
@@ -297,7 +334,15 @@ impl Executor for ThreadExecutor {
             t.busy += busy;
             t.recv_wait += recv_wait;
             t.idle += wall.saturating_sub(busy);
+            // A stage's TP ranks run the same items: its first rank's stand for the stage.
+            if self.layout.coords(rank).1 == 0 {
+                schedule.items.extend(items);
+            }
             outputs.push(o);
+        }
+        if self.layout.pp > 1 {
+            schedule.num_micro_batches = schedule.stage_order(0).len();
+            self.schedule = Some(schedule);
         }
         // Only the last stage samples: its first TP rank's tokens are the step's.
         let last = self.layout.world_rank(self.layout.pp - 1, 0);
@@ -328,6 +373,10 @@ impl Executor for ThreadExecutor {
 
     fn stage_times(&self) -> Vec<StageTimes> {
         self.times.clone()
+    }
+
+    fn pipeline_schedule(&self) -> Option<ExecutedSchedule> {
+        self.schedule.clone()
     }
 
     fn comm_stats(&mut self) -> Vec<CommStats> {
@@ -363,6 +412,8 @@ struct Rank {
     comm: CpuCommunicator,
     /// Its link to the neighbouring stages (`None` without pipeline parallelism).
     link: Option<StageLink>,
+    /// Micro-batches per step under pipeline parallelism.
+    micro_batches: usize,
     weights: Arc<ModelWeights>,
     /// The whole model's shape; the rank runs [`tensor_parallel::rank_config`] of it.
     config: ModelConfig,
@@ -391,6 +442,7 @@ impl Rank {
         )
         .entered();
         let mut link = self.link.take();
+        let micro_batches = self.micro_batches;
         let built = catch_unwind(AssertUnwindSafe(|| self.build()))
             .unwrap_or_else(|p| Err(panicked(&who, "loading its shard", p)));
         let mut runner = match built {
@@ -405,20 +457,24 @@ impl Rank {
         }
         while let Ok(command) = commands.recv() {
             let reply = match command {
-                Command::Execute(out) => {
+                Command::Execute(out, step, step_start) => {
                     let start = Instant::now();
+                    let m = micro_batches;
                     let result = catch_unwind(AssertUnwindSafe(|| match link.as_mut() {
-                        Some(link) => runner.execute_stage(&out, link),
-                        None => runner.execute_model(&out),
+                        Some(link) => {
+                            run_micro_batches(&mut runner, link, &out, m, step, step_start)
+                        }
+                        None => runner.execute_model(&out).map(|o| (o, Vec::new())),
                     }));
-                    let result = match result {
-                        Ok(r) => r.map_err(EngineError::from),
-                        Err(p) => Err(panicked(&who, "running a step", p)),
+                    let (result, items) = match result {
+                        Ok(Ok((o, items))) => (Ok(o), items),
+                        Ok(Err(e)) => (Err(EngineError::from(e)), Vec::new()),
+                        Err(p) => (Err(panicked(&who, "running a step", p)), Vec::new()),
                     };
                     let recv_wait = link.as_mut().map_or(Duration::ZERO, StageLink::take_waited);
                     let busy = start.elapsed().saturating_sub(recv_wait);
                     let failed = result.is_err();
-                    let _ = replies.send((rank, Reply::Output(result, busy, recv_wait)));
+                    let _ = replies.send((rank, Reply::Output(result, busy, recv_wait, items)));
                     if failed {
                         return; // drops the communicator: the peers fail now, not at a timeout
                     }

@@ -93,6 +93,11 @@ pub struct ModelArgs {
     /// model's layer count.
     #[arg(long, visible_alias = "pp", default_value_t = 1)]
     pub pipeline_parallel_size: usize,
+    /// Under pipeline parallelism, split each step's sequences into this many micro-batches
+    /// so that the stages overlap (default: --pipeline-parallel-size; never more than the
+    /// step's sequences).
+    #[arg(long)]
+    pub pipeline_micro_batches: Option<usize>,
 }
 
 impl ModelArgs {
@@ -107,6 +112,7 @@ impl ModelArgs {
         c.cuda_graphs = !self.enforce_eager;
         c.parallel.tensor_parallel_size = self.tensor_parallel_size;
         c.parallel.pipeline_parallel_size = self.pipeline_parallel_size;
+        c.parallel.pipeline_micro_batches = self.pipeline_micro_batches;
         c
     }
 
