@@ -8,6 +8,7 @@
 //! ```text
 //! stage 1   allocator  policy  schedule      (core::*)
 //! stage 3   prepare_inputs  kernels  sample  (worker::model_runner, ops::*, sampler)
+//! stage 5   shard_tensor                     (model_executor::tensor_parallel)
 //! ```
 
 use crate::backend::cpu_backend::CpuKernels;
@@ -15,6 +16,7 @@ use crate::core::block_allocator::{BlockAllocator, RefCountingAllocator};
 use crate::core::scheduler::Scheduler;
 use crate::core::scheduler_output::SchedulerOutput;
 use crate::core::scheduling_policy::{Fcfs, SchedulingPolicy};
+pub use crate::model_executor::tensor_parallel::ShardTensorFn;
 pub use crate::sampler::SampleFn;
 use crate::worker::model_runner::{prepare_inputs, PrepareInputsFn};
 
@@ -33,6 +35,8 @@ pub struct EngineParts {
     pub kernels: CpuKernels,
     /// Called by the model runner, on the worker, for each sequence that samples.
     pub sample: SampleFn,
+    /// Cuts each tensor-parallel rank's part out of a whole weight, as it loads (stage 5).
+    pub shard_tensor: ShardTensorFn,
 }
 
 impl Default for EngineParts {
@@ -44,6 +48,7 @@ impl Default for EngineParts {
             prepare_inputs,
             kernels: CpuKernels::default(),
             sample: crate::sampler::sample,
+            shard_tensor: crate::model_executor::tensor_parallel::shard_tensor,
         }
     }
 }

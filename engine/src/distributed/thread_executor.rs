@@ -95,6 +95,7 @@ struct RankParts {
     kernels: CpuKernels,
     prepare_inputs: PrepareInputsFn,
     sample: SampleFn,
+    shard_tensor: tensor_parallel::ShardTensorFn,
 }
 
 /// The cache geometry every rank shares.
@@ -225,6 +226,7 @@ impl ThreadExecutor {
                     kernels: parts.kernels,
                     prepare_inputs: parts.prepare_inputs,
                     sample: parts.sample,
+                    shard_tensor: parts.shard_tensor,
                 },
                 replies: reply_tx.clone(),
             };
@@ -517,10 +519,14 @@ impl Rank {
         } = self;
         let backend = CpuBackend::with_communicator(parts.kernels, Box::new(comm));
         let dtype = backend.default_dtype();
-        let shard_weights =
-            tensor_parallel::load_stage_shard_into(&weights, &config, shard, &stage, |t| {
-                Ok(backend.upload(t.data, t.rows, t.cols, dtype)?)
-            })?;
+        let shard_weights = tensor_parallel::load_stage_shard_with(
+            &weights,
+            &config,
+            shard,
+            &stage,
+            parts.shard_tensor,
+            |t| Ok(backend.upload(t.data, t.rows, t.cols, dtype)?),
+        )?;
         drop(weights);
         // The rank's shape: its heads and MLP slice, its stage's layers (and so its KV cache).
         let mut local = tensor_parallel::rank_config(&config, shard.size);

@@ -159,6 +159,13 @@ pub fn vocab_parallel(t: &HostTensor, shard: TpShard) -> HostTensor {
     }
 }
 
+/// Cuts a rank's part out of one whole tensor, as [`shard_tensor`] does: what
+/// [`load_stage_shard_with`] calls for every tensor a rank loads (stage 5 swaps in the
+/// learner's, through `EngineParts::shard_tensor`).
+pub type ShardTensorFn =
+    fn(config: &ModelConfig, shard: TpShard, name: &str, t: &HostTensor) -> HostTensor;
+
+// ANCHOR: shard_tensor
 /// Rank `shard`'s part of the tensor `name` (a Hugging Face name, e.g.
 /// `model.layers.3.self_attn.q_proj.weight`) of a model of shape `config`.
 pub fn shard_tensor(
@@ -188,6 +195,7 @@ pub fn shard_tensor(
         }, // norms: replicated
     }
 }
+// ANCHOR_END: shard_tensor
 
 /// Every tensor [`assemble`] asks for, by name, with its whole shape.
 fn full_shapes(config: &ModelConfig) -> HashMap<String, [usize; 2]> {
@@ -227,6 +235,19 @@ pub fn load_stage_shard_into<T>(
     config: &ModelConfig,
     shard: TpShard,
     stage: &PpStage,
+    up: impl FnMut(HostTensor) -> Result<T>,
+) -> Result<LlamaWeights<T>> {
+    load_stage_shard_with(weights, config, shard, stage, shard_tensor, up)
+}
+
+/// [`load_stage_shard_into`] with `shard_fn` in place of [`shard_tensor`]. A shard whose shape
+/// is not the rank's ([`rank_config`]) is an error naming the tensor, not a wrong model.
+pub fn load_stage_shard_with<T>(
+    weights: &ModelWeights,
+    config: &ModelConfig,
+    shard: TpShard,
+    stage: &PpStage,
+    shard_fn: ShardTensorFn,
     mut up: impl FnMut(HostTensor) -> Result<T>,
 ) -> Result<LlamaWeights<T>> {
     let mut local = rank_config(config, shard.size);
@@ -250,7 +271,7 @@ pub fn load_stage_shard_into<T>(
     let mut sharded = |read: &mut dyn FnMut(&str, [usize; 2]) -> Result<HostTensor>| {
         assemble_into(
             &local,
-            |name, _| {
+            |name, local_shape| {
                 let name = whole_name(name);
                 let [_, cols] = shape_of(&name)?;
                 if !stage.holds(&name, tied) {
@@ -262,7 +283,9 @@ pub fn load_stage_shard_into<T>(
                     });
                 }
                 let whole = read(&name, shape_of(&name)?)?;
-                Ok(shard_tensor(config, shard, &name, &whole))
+                let part = shard_fn(config, shard, &name, &whole);
+                check_shard_shape(config, shard, &name, local_shape, &part)?;
+                Ok(part)
             },
             &mut up,
         )
@@ -274,6 +297,35 @@ pub fn load_stage_shard_into<T>(
         ModelWeights::Safetensors(dir) => with_tensor_reader(dir, |read| sharded(read)),
         ModelWeights::Host(w) => sharded(&mut |name, _| unfused(config, w, name)),
     }
+}
+
+/// Refuses a shard whose shape is not the one the rank's model runs (`local`, from
+/// [`rank_config`]; the vocabulary tables hold [`vocab_rows_per_rank`] rows), so that a wrong
+/// [`ShardTensorFn`] is a clear error rather than a model that computes nonsense.
+fn check_shard_shape(
+    config: &ModelConfig,
+    shard: TpShard,
+    name: &str,
+    [rows, cols]: [usize; 2],
+    part: &HostTensor,
+) -> Result<()> {
+    let vocab = name == "model.embed_tokens.weight" || name == "lm_head.weight";
+    let rows = match vocab {
+        true => vocab_rows_per_rank(config.vocab_size, shard.size),
+        false => rows,
+    };
+    if (part.rows, part.cols) == (rows, cols) && part.data.len() == rows * cols {
+        return Ok(());
+    }
+    Err(EngineError::InvalidArgument(format!(
+        "the shard of `{name}` for tensor-parallel rank {} of {} is [{}, {}] ({} values), but \
+         that rank's model needs [{rows}, {cols}]",
+        shard.rank,
+        shard.size,
+        part.rows,
+        part.cols,
+        part.data.len()
+    )))
 }
 
 /// The Hugging Face tensor `name`, cut back out of fused host weights (q, k, v from `qkv_proj`;
