@@ -480,3 +480,78 @@ proptest::proptest! {
         }
     }
 }
+
+/// The chapter's measurement (`cargo test -p engine --test pipeline_parallel -- --ignored
+/// --nocapture measure`): one prefill step of a 8-layer Llama of hidden size 512 (random
+/// weights) through 4 stages, for one request and for 8 requests in 1, 4 and 8 micro-batches;
+/// prints what each stage ran, in ticks and in wall-clock time, and each stage's busy and idle
+/// time. Not asserted against bounds: the times are this machine's.
+#[test]
+#[ignore]
+fn measure_the_pipeline_on_this_cpu() {
+    let config = ModelConfig {
+        hidden_size: 512,
+        intermediate_size: 1536,
+        num_hidden_layers: 8,
+        num_attention_heads: 8,
+        num_key_value_heads: 4,
+        head_dim: 64,
+        ..shape(8, false)
+    };
+    let run = |requests: usize, m: usize| {
+        let mut c = engine_config(1, 4);
+        c.cache.num_kv_blocks = Some(256);
+        c.parallel.pipeline_micro_batches = Some(m);
+        let mut engine = LLMEngine::new(model(&config, 1), c).unwrap();
+        // Warm up the threads and caches with one step of the same shape, then measure.
+        for round in 0..2 {
+            for r in 0..requests {
+                let prompt: Vec<u32> = (0..32)
+                    .map(|i| ((r * 37 + i * 11 + round) % 250) as u32)
+                    .collect();
+                engine
+                    .add_request(Prompt::TokenIds(prompt), SamplingParams::greedy(1))
+                    .unwrap();
+            }
+            while engine.has_unfinished_requests() {
+                engine.step().unwrap();
+            }
+        }
+        engine.pipeline_schedule().unwrap()
+    };
+    for (requests, m) in [(1, 1), (8, 1), (8, 4), (8, 8)] {
+        let s = run(requests, m);
+        let b = s.bubble();
+        println!(
+            "\n{requests} request(s) of 32 tokens, S = 4, M = {m}: step {:.2} ms, bubble in ticks {}/{} = {:.3} (formula {:.3})",
+            s.wall.as_secs_f64() * 1e3,
+            b.idle,
+            b.total,
+            b.fraction(),
+            1.0 - m as f64 / (m + 3) as f64
+        );
+        println!("stage  mb  seqs  ticks   start ms   end ms  recv wait ms");
+        for i in &s.items {
+            println!(
+                "{:>5} {:>3} {:>5} {:>3}..{:<3} {:>8.2} {:>8.2} {:>10.2}",
+                i.stage,
+                i.micro_batch,
+                i.num_seqs,
+                i.tick_start,
+                i.tick_end,
+                i.wall_start.as_secs_f64() * 1e3,
+                i.wall_end.as_secs_f64() * 1e3,
+                i.recv_wait.as_secs_f64() * 1e3
+            );
+        }
+        for stage in 0..4 {
+            let (busy, idle) = (s.busy(stage), s.idle(stage));
+            println!(
+                "stage {stage}: busy {:.2} ms, idle {:.2} ms ({:.0}% idle)",
+                busy.as_secs_f64() * 1e3,
+                idle.as_secs_f64() * 1e3,
+                100.0 * idle.as_secs_f64() / s.wall.as_secs_f64()
+            );
+        }
+    }
+}
