@@ -256,11 +256,16 @@ fn lab_generate_with_pp_prints_the_same_text() {
         &["--pp", "2"][..],
         &["--tp", "2", "--pp", "2"],
         &["--pipeline-parallel-size", "2"],
+        &["--pp", "2", "--pipeline-micro-batches", "2"],
     ] {
         let (code, text, err) = run(extra);
         assert_eq!(code, Some(0), "{extra:?}: {err}");
         assert_eq!(text, one, "{extra:?}");
     }
+    let (code, _, err) = run(&["--pp", "2", "--pipeline-micro-batches", "0"]);
+    assert_eq!(code, Some(1));
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("--pipeline-micro-batches must be at least 1"), "{err}");
     // The built-in tiny model has 2 layers.
     let (code, _, err) = run(&["--pp", "3"]);
     assert_eq!(code, Some(1));

@@ -33,6 +33,10 @@ use crate::model_executor::llama::Hidden;
 use crate::outputs::ModelRunnerOutput;
 use crate::worker::model_runner::ModelRunner;
 
+/// The name of the `tracing` span each micro-batch opens on each stage, with fields `step`,
+/// `stage`, `micro_batch` and `seqs`.
+pub const MICRO_BATCH_SPAN: &str = "pp_micro_batch";
+
 /// Busy and waiting time of one rank's steps.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct StageTimes {
@@ -184,7 +188,7 @@ pub fn run_micro_batches<B: Backend>(
     let mut items = Vec::with_capacity(ranges.len());
     for (micro_batch, range) in ranges.into_iter().enumerate() {
         let _span = tracing::debug_span!(
-            "pp_micro_batch",
+            MICRO_BATCH_SPAN,
             step,
             stage,
             micro_batch,
