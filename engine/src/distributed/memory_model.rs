@@ -42,12 +42,14 @@ pub fn tp_split_error(c: &ModelConfig, tp: usize) -> Option<String> {
 }
 // ANCHOR_END: tp_split_error
 
+// ANCHOR: kv_heads_per_rank
 /// KV heads one TP rank holds: its share when there are at least as many KV heads as ranks,
 /// else one (each KV head replicated on `tp / kv_heads` ranks, as vLLM does), so the KV cache
 /// stops shrinking once TP passes the KV head count.
 pub fn kv_heads_per_rank(num_kv_heads: usize, tp: usize) -> usize {
     (num_kv_heads / tp).max(1)
 }
+// ANCHOR_END: kv_heads_per_rank
 
 /// Layers of each pipeline stage, split as vLLM's `get_pp_indices`: `layers / pp` each, and the
 /// remainder one apiece to the stages before the last, counted back from the second-to-last
@@ -66,6 +68,7 @@ pub fn vocab_rows_per_rank(vocab_size: usize, tp: usize) -> usize {
     vocab_size.div_ceil(tp)
 }
 
+// ANCHOR: layer_params_per_rank
 /// Parameters of one decoder layer on one TP rank: its heads' columns of q/k/v (KV heads as
 /// [`kv_heads_per_rank`]), its rows of o_proj, its `intermediate / tp` slice of gate, up and
 /// down, and both RMSNorm weights (replicated: every rank normalizes the whole hidden vector).
@@ -77,6 +80,7 @@ pub fn layer_params_per_rank(c: &ModelConfig, tp: usize) -> u64 {
     let bias = if c.attention_bias { q + 2 * kv } else { 0 };
     h * (q + 2 * kv) + bias + q * h + 3 * h * i + 2 * h
 }
+// ANCHOR_END: layer_params_per_rank
 
 // ANCHOR: weight_bytes_per_gpu
 /// bf16 bytes of weights on one GPU of a stage with `layers` layers: the layers' TP shards, the
@@ -117,12 +121,14 @@ pub fn stage_weight_bytes_per_gpu(c: &ModelConfig, tp: usize, pp: usize) -> Vec<
 }
 // ANCHOR_END: stage_weight_bytes_per_gpu
 
+// ANCHOR: kv_bytes_per_token_per_gpu
 /// bf16 bytes one token of context takes in one GPU's KV cache: K and V, for each of its
 /// stage's `layers`, for each KV head its rank holds, `head_dim` values each.
 pub fn kv_bytes_per_token_per_gpu(c: &ModelConfig, tp: usize, layers: usize) -> u64 {
     let heads = kv_heads_per_rank(c.num_key_value_heads, tp) as u64;
     2 * layers as u64 * heads * c.head_dim as u64 * BF16_BYTES
 }
+// ANCHOR_END: kv_bytes_per_token_per_gpu
 
 /// Bytes one GPU keeps for a step's activations (our definition of the reserve): for each of
 /// `max_batched_tokens` tokens the bf16 residual stream, normed hidden state and all-reduce

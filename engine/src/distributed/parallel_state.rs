@@ -34,6 +34,7 @@ pub struct RankLayout {
     pub pp: usize,
 }
 
+// ANCHOR: rank_layout
 impl RankLayout {
     /// `tp × pp`.
     pub fn world_size(&self) -> usize {
@@ -71,6 +72,7 @@ impl RankLayout {
         self.pp_group(self.coords(rank).1)
     }
 }
+// ANCHOR_END: rank_layout
 
 /// One rank's place and its two communicators.
 #[derive(Debug)]

@@ -90,8 +90,8 @@ fn a_tied_head_is_copied_to_the_last_stage() {
         stage_weight_bytes_per_gpu(&c, 3, 2),
         [2 * (15 * layer + table), 2 * (15 * layer + table + 576)]
     );
-    // KV heads past their count: 3 KV heads at TP 9, one per rank.
-    assert_eq!(kv_bytes_per_token_per_gpu(&c, 9, 30), 2 * 30 * 64 * 2);
+    // KV per token at TP 3: 1 of the 3 KV heads, 30 layers, K and V of 64, 2 bytes.
+    assert_eq!(kv_bytes_per_token_per_gpu(&c, 3, 30), 2 * 30 * 64 * 2);
 }
 
 fn h200s(gpus: usize, gb: f64) -> Hardware {
@@ -274,4 +274,52 @@ proptest! {
             "tp {} pp {} memory {} context {}: {:?}", tp, pp, mem, context, cand.problem
         );
     }
+}
+
+/// The chapter shows `lab plan`'s table for Llama-2-70B on 8 GPUs of 141 GB
+/// (book/src/stage7/plan-llama-2-70b-8-h200-latency.txt): your weights, KV per token, KV
+/// tokens and verdict give every row's figures.
+#[test]
+fn the_chapters_plan_table() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../book/src/stage7/plan-llama-2-70b-8-h200-latency.txt"
+    );
+    let text = std::fs::read_to_string(path).expect("the chapter's plan table");
+    let c = config("llama-2-70b");
+    let w = Workload::for_model(&c);
+    let mut rows = 0;
+    for line in text.lines() {
+        let cols: Vec<&str> = line.split_whitespace().filter(|&c| c != "*").collect();
+        let Some(split) = cols.first().and_then(|s| s.strip_prefix("TP=")) else {
+            continue;
+        };
+        let (tp, pp) = split.split_once("×PP=").expect("TP=a×PP=b");
+        let (tp, pp): (usize, usize) = (tp.parse().unwrap(), pp.parse().unwrap());
+        let weights = *stage_weight_bytes_per_gpu(&c, tp, pp).iter().max().unwrap();
+        assert_eq!(cols[2], format!("{:.1}", weights as f64 / 1e9), "{line}");
+        let kv = (layers_per_stage(80, pp).iter())
+            .map(|&l| kv_bytes_per_token_per_gpu(&c, tp, l))
+            .max()
+            .unwrap();
+        assert_eq!(cols[3], format!("{:.1}", kv as f64 / 1e3), "{line}");
+        let reserve = engine_mm::activation_reserve_bytes(&c, tp, w.max_batched_tokens, w.max_seqs);
+        let memory = 141_000_000_000;
+        let tokens = kv_tokens_per_gpu(&c, tp, pp, memory, w.utilization, reserve);
+        assert_eq!(cols[5], tokens.to_string(), "{line}");
+        let runs = fits(
+            &c,
+            (tp, pp),
+            memory,
+            w.utilization,
+            reserve,
+            w.context_tokens,
+        );
+        assert_eq!(runs, !line.contains("need"), "{line}");
+        rows += 1;
+    }
+    assert_eq!(
+        rows, 15,
+        "every split of 8 GPUs that 64 heads and 8 KV heads allow"
+    );
 }
