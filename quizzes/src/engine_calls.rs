@@ -469,6 +469,9 @@ pub fn call(name: &str, args: &Args) -> Result<f64, String> {
         other if crate::gpu_calls::FUNCTIONS.contains(&other) => {
             crate::gpu_calls::call(other, args)?
         }
+        other if crate::hybrid_calls::FUNCTIONS.contains(&other) => {
+            crate::hybrid_calls::call(other, args)?
+        }
         other if crate::pp_calls::FUNCTIONS.contains(&other) => crate::pp_calls::call(other, args)?,
         other => {
             return Err(format!(
