@@ -472,6 +472,7 @@ pub fn call(name: &str, args: &Args) -> Result<f64, String> {
         other if crate::hybrid_calls::FUNCTIONS.contains(&other) => {
             crate::hybrid_calls::call(other, args)?
         }
+        other if crate::tp_calls::FUNCTIONS.contains(&other) => crate::tp_calls::call(other, args)?,
         other if crate::pp_calls::FUNCTIONS.contains(&other) => crate::pp_calls::call(other, args)?,
         other => {
             return Err(format!(

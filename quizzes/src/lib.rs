@@ -23,6 +23,7 @@ pub mod engine_calls;
 pub mod gpu_calls;
 pub mod hybrid_calls;
 pub mod pp_calls;
+pub mod tp_calls;
 
 use std::path::{Path, PathBuf};
 
