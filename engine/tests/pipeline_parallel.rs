@@ -265,7 +265,10 @@ fn lab_generate_with_pp_prints_the_same_text() {
     let (code, _, err) = run(&["--pp", "2", "--pipeline-micro-batches", "0"]);
     assert_eq!(code, Some(1));
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.contains("--pipeline-micro-batches must be at least 1"), "{err}");
+    assert!(
+        err.contains("--pipeline-micro-batches must be at least 1"),
+        "{err}"
+    );
     // The built-in tiny model has 2 layers.
     let (code, _, err) = run(&["--pp", "3"]);
     assert_eq!(code, Some(1));
@@ -457,8 +460,11 @@ proptest::proptest! {
     /// Random micro-batch and stage counts: the schedule the engine ran, in ticks (each
     /// stage-forward of a micro-batch one tick, started at max(the stage's free time, its
     /// input's arrival)), has the bubble 1 − M/(M + S − 1) exactly, every stage runs the
-    /// micro-batches in order, and stages overlap whenever M > 1 and S > 1 (a pipeline that
-    /// serialized its micro-batches would take M·S ticks and fail both). S = 1 runs no
+    /// micro-batches in order, and stages overlap whenever M > 1 and S > 1 (a pipeline whose
+    /// stage 0 waited for the last stage's tick before its next micro-batch would take M·S
+    /// ticks and fail both). The ticks travel with the activations only: a pipeline serialized
+    /// through another channel (a barrier after each micro-batch) keeps these ticks and is
+    /// caught in wall-clock time by `stages_overlap_in_wall_clock_time`. S = 1 runs no
     /// pipeline: nothing idles, and no schedule is recorded.
     #[test]
     fn the_executed_bubble_is_one_minus_m_over_m_plus_s_minus_1(m in 1usize..=8, s in 1usize..=4, tp in 1usize..=2) {
@@ -559,4 +565,56 @@ fn measure_the_pipeline_on_this_cpu() {
             );
         }
     }
+}
+
+/// The engine's fused add + RMSNorm after a 10 ms sleep, on every rank: each stage-forward
+/// then takes tens of milliseconds, almost none of it on a core, so on any machine the stages
+/// can overlap in wall-clock time.
+fn fused_add_rms_norm_sleeping(x: &mut [f32], res: &mut [f32], w: &[f32], eps: f32) {
+    std::thread::sleep(Duration::from_millis(10));
+    engine::ops::rms_norm::fused_add_rms_norm(x, res, w, eps)
+}
+
+/// In wall-clock time too: stage s − 1 starts micro-batch m before stage s has finished m − 1
+/// (a pipeline that serialized its micro-batches, through any channel, would not), and the
+/// step takes well under the sum of its items.
+#[test]
+fn stages_overlap_in_wall_clock_time() {
+    let mut parts = EngineParts::default();
+    parts.kernels.fused_add_rms_norm = fused_add_rms_norm_sleeping;
+    let mut c = engine_config(1, 3);
+    c.parallel.pipeline_micro_batches = Some(3);
+    let mut engine = LLMEngine::with_parts(model(&shape(3, false), 0), c, parts).unwrap();
+    for p in prompts(3) {
+        engine
+            .add_request(Prompt::TokenIds(p), SamplingParams::greedy(1))
+            .unwrap();
+    }
+    engine.step().unwrap();
+    let s = engine.pipeline_schedule().unwrap();
+    let item = |stage: usize, mb: usize| {
+        s.items
+            .iter()
+            .find(|i| i.stage == stage && i.micro_batch == mb)
+            .unwrap()
+    };
+    for stage in 1..3 {
+        for mb in 1..3 {
+            let (earlier, later) = (item(stage - 1, mb), item(stage, mb - 1));
+            assert!(
+                earlier.wall_start < later.wall_end,
+                "stage {} started micro-batch {mb} at {:?}, after stage {stage} finished {} at {:?}",
+                stage - 1,
+                earlier.wall_start,
+                mb - 1,
+                later.wall_end
+            );
+        }
+    }
+    let sum: Duration = (0..3).map(|stage| s.busy(stage)).sum();
+    assert!(
+        s.wall.as_secs_f64() < 0.8 * sum.as_secs_f64(),
+        "step {:?}, items {sum:?}",
+        s.wall
+    );
 }
