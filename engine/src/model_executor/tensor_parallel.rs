@@ -424,6 +424,36 @@ mod tests {
         }
     }
 
+    /// A shard function that cuts o_proj by rows (the wrong axis) is refused at load, naming
+    /// the tensor and both shapes; the engine's own loads.
+    #[test]
+    fn a_shard_of_the_wrong_shape_is_an_error_naming_the_tensor() {
+        fn rows_for_o_proj(c: &ModelConfig, s: TpShard, name: &str, t: &HostTensor) -> HostTensor {
+            match name.contains("o_proj") {
+                true => {
+                    column_parallel(t, s.rank * t.rows / s.size..(s.rank + 1) * t.rows / s.size)
+                }
+                false => shard_tensor(c, s, name, t),
+            }
+        }
+        let c = tiny_config();
+        let w = ModelWeights::Random { seed: 1 };
+        let stage = PpStage::whole(c.num_hidden_layers);
+        let shard = TpShard { rank: 1, size: 2 };
+        assert!(load_stage_shard_with(&w, &c, shard, &stage, shard_tensor, Ok).is_ok());
+        let err = load_stage_shard_with(&w, &c, shard, &stage, rows_for_o_proj, Ok)
+            .err()
+            .expect("a wrong shard must be refused")
+            .to_string();
+        assert!(
+            err.contains(
+                "the shard of `model.layers.0.self_attn.o_proj.weight` for tensor-parallel rank 1 \
+                 of 2 is [32, 64] (2048 values), but that rank's model needs [64, 32]"
+            ),
+            "{err}"
+        );
+    }
+
     #[test]
     fn vocab_shards_pad_with_zeros_and_cover_the_table() {
         let t = HostTensor {
