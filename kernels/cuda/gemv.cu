@@ -13,6 +13,14 @@
 // and writes bf16. Requires k % 8 == 0 and 16-byte aligned rows (the Rust side checks and
 // otherwise uses cuBLAS).
 //
+// Split-K (SPLIT = 8, the `_split` entry points): the block's 8 warps share ROWS features and
+// divide k between them, thread i taking chunks i, i + 256, ...; the warps' partial sums meet in
+// shared memory. A matrix with few rows and long ones (Llama-3.2-1B's o_proj and down: 2048
+// rows) gives the plain split only 64 blocks for 132 SMs, each warp walking 2048-8192 columns
+// one round trip after another; split, it has 512 blocks that each need one or two trips. The
+// Rust side splits when the plain grid would leave SMs short of blocks and a row takes a warp
+// more than one round trip.
+//
 // At these sizes a kernel costs its latency (a few µs inside a CUDA graph) more than its bytes,
 // so the GEMV also takes the work of its neighbours in a decoder layer: the residual add and
 // RMSNorm before the qkv and gate/up projections, and SiLU·mul after gate/up. A decode layer
@@ -28,16 +36,17 @@ __device__ __forceinline__ float dot8(const f32x8& a, const f32x8& b) {
     return s;
 }
 
-// The UNROLL chunks c0, c0 + 32, ... of the ROWS rows `rows` of W, for one lane. Past the end
+// The UNROLL chunks c0, c0 + STRIDE, ... of the ROWS rows `rows` of W, for one lane. Past the end
 // of a row the last valid chunk is loaded again (and never used).
-template <int ROWS>
+// STRIDE is the chunk stride of one thread: 32 (a warp per row group) or 256 (split-K).
+template <int ROWS, int STRIDE>
 __device__ __forceinline__ void load_chunks(
     uint4 (&wraw)[UNROLL][ROWS],
     const __nv_bfloat16* __restrict__ w,  // [n, k]
     const u32 (&rows)[ROWS], u32 c0, u32 k, u32 chunks) {
 #pragma unroll
     for (int u = 0; u < UNROLL; u++) {
-        const u32 c = min(c0 + 32 * u, chunks - 1);
+        const u32 c = min(c0 + STRIDE * u, chunks - 1);
 #pragma unroll
         for (int r = 0; r < ROWS; r++)
             wraw[u][r] = __ldg(reinterpret_cast<const uint4*>(w + (size_t)rows[r] * k) + c);
@@ -93,8 +102,9 @@ __device__ __forceinline__ float warp_sum(float v) {
 // y = x · Wᵀ (+ bias) for M tokens, with an optional RMSNorm prologue (NORM) and an optional
 // SiLU·mul epilogue (GLU: W is gate_up [2d, k]; the warp's rows are gate rows f.. and the up rows
 // d + f..; it writes silu(gate) · up [M, d], rounding gate and up to bf16 first, as the unfused
-// kernels store them). n is W's row count.
-template <int M, int ROWS, bool NORM, bool GLU>
+// kernels store them). n is W's row count. SPLIT: warps that share a row group (1, or 8 for
+// split-K, the whole block).
+template <int M, int ROWS, bool NORM, bool GLU, int SPLIT>
 __device__ __forceinline__ void gemv(
     __nv_bfloat16* __restrict__ out,           // [M, GLU ? n / 2 : n]
     __nv_bfloat16* __restrict__ residual_out,  // NORM with delta: [M, k], the new stream
@@ -103,11 +113,15 @@ __device__ __forceinline__ void gemv(
     const __nv_bfloat16* __restrict__ w,       // [n, k]
     const __nv_bfloat16* __restrict__ bias,    // [n] or null (not with GLU)
     u32 n, u32 k) {
-    constexpr int F = GLU ? ROWS / 2 : ROWS;  // output features per warp
+    static_assert(SPLIT == 1 || SPLIT * 32 == GEMV_THREADS, "split-K takes the whole block");
+    constexpr int F = GLU ? ROWS / 2 : ROWS;  // output features per row group
+    constexpr int STRIDE = 32 * SPLIT;        // chunks between one thread's consecutive chunks
     const u32 lane = threadIdx.x % 32;
-    const u32 warp = (blockIdx.x * GEMV_THREADS + threadIdx.x) / 32;
+    const u32 first = threadIdx.x % STRIDE;   // this thread's first chunk of a row
+    const u32 warp = (blockIdx.x * GEMV_THREADS + threadIdx.x) / 32;  // in the grid
+    const u32 group = SPLIT == 1 ? warp : blockIdx.x;                 // the row group
     const u32 width = GLU ? n / 2 : n;  // output features
-    const u32 f0 = warp * F;
+    const u32 f0 = group * F;
     const u32 chunks = k / 8;
     const bool active = f0 < width;
     u32 rows[ROWS];  // rows of W this warp reads; past the end, the last feature again (unused)
@@ -122,7 +136,7 @@ __device__ __forceinline__ void gemv(
     // before waiting for the previous kernel (weights never depend on it): under programmatic
     // dependent launch that load overlaps the previous kernel's tail (common.cuh).
     uint4 wraw[UNROLL][ROWS];
-    if (active) load_chunks<ROWS>(wraw, w, rows, lane, k, chunks);
+    if (active) load_chunks<ROWS, STRIDE>(wraw, w, rows, first, k, chunks);
     wait_for_previous_kernel();
     allow_next_kernel();
 
@@ -137,9 +151,12 @@ __device__ __forceinline__ void gemv(
 
     // The norm needs each token's sum of squares over the whole row before any product. For 1-2
     // tokens the lane keeps the stream chunks it reads for that sum (those of the first pass of
-    // the loop below: all of them when k <= 32 * UNROLL * 8 = 1024), so the products reuse them
-    // instead of reading the input a second time; a dependent trip to memory fewer.
+    // the loop below: all of them when k <= STRIDE * UNROLL * 8), so the products reuse them
+    // instead of reading the input a second time; a dependent trip to memory fewer. Split-K:
+    // each warp sums its own chunks, and the block adds the eight sums in shared memory (in one
+    // fixed order, so every thread gets the same inv_rms).
     constexpr bool KEEP = NORM && M <= 2;
+    __shared__ float s_sum[SPLIT > 1 ? SPLIT : 1][SPLIT > 1 ? ROWS * M : 1];
     f32x8 kept[KEEP ? UNROLL : 1][KEEP ? M : 1];
     float inv_rms[M];
 #pragma unroll
@@ -151,7 +168,7 @@ __device__ __forceinline__ void gemv(
             // registers, not local memory); then the rest of a long row, in the same order.
 #pragma unroll
             for (int u = 0; u < UNROLL; u++) {
-                const u32 c = lane + 32 * u;
+                const u32 c = first + STRIDE * u;
                 if (c < chunks) {
                     const f32x8 s = stream_chunk(in, t, c);
                     if (KEEP) kept[KEEP ? u : 0][KEEP ? t : 0] = s;
@@ -159,12 +176,21 @@ __device__ __forceinline__ void gemv(
                     for (int i = 0; i < 8; i++) sum_sq += s.v[i] * s.v[i];
                 }
             }
-            for (u32 c = lane + 32 * UNROLL; c < chunks; c += 32) {
+            for (u32 c = first + STRIDE * UNROLL; c < chunks; c += STRIDE) {
                 const f32x8 s = stream_chunk(in, t, c);
 #pragma unroll
                 for (int i = 0; i < 8; i++) sum_sq += s.v[i] * s.v[i];
             }
-            inv_rms[t] = rsqrtf(warp_sum(sum_sq) / k + eps);
+            sum_sq = warp_sum(sum_sq);
+            if (SPLIT > 1) {
+                if (lane == 0) s_sum[SPLIT > 1 ? threadIdx.x / 32 : 0][t] = sum_sq;
+                __syncthreads();
+                sum_sq = 0.0f;
+#pragma unroll
+                for (int w = 0; w < SPLIT; w++) sum_sq += s_sum[w][t];
+                __syncthreads();  // s_sum is reused for the products' sums below
+            }
+            inv_rms[t] = rsqrtf(sum_sq / k + eps);
         }
     }
 
@@ -173,15 +199,15 @@ __device__ __forceinline__ void gemv(
     for (int r = 0; r < ROWS; r++)
 #pragma unroll
         for (int t = 0; t < M; t++) acc[r][t] = 0.0f;
-    for (u32 c0 = lane; c0 < chunks; c0 += 32 * UNROLL) {
-        if (c0 != lane) load_chunks<ROWS>(wraw, w, rows, c0, k, chunks);
+    for (u32 c0 = first; c0 < chunks; c0 += STRIDE * UNROLL) {
+        if (c0 != first) load_chunks<ROWS, STRIDE>(wraw, w, rows, c0, k, chunks);
 #pragma unroll
         for (int u = 0; u < UNROLL; u++) {
-            const u32 c = c0 + 32 * u;
+            const u32 c = c0 + STRIDE * u;
             if (c >= chunks) break;
 #pragma unroll
             for (int t = 0; t < M; t++) {
-                const f32x8 xf = (KEEP && c0 == lane)
+                const f32x8 xf = (KEEP && c0 == first)
                     ? normed_chunk(kept[KEEP ? u : 0][KEEP ? t : 0], in, c, inv_rms[t])
                     : input_chunk<NORM>(in, t, c, inv_rms[t]);
 #pragma unroll
@@ -193,7 +219,27 @@ __device__ __forceinline__ void gemv(
     for (int r = 0; r < ROWS; r++)
 #pragma unroll
         for (int t = 0; t < M; t++) acc[r][t] = warp_sum(acc[r][t]);
-    if (lane != 0) return;
+    if (SPLIT > 1) {
+        // The eight warps' sums of each (row, token), added by thread 0 in warp order.
+        if (lane == 0)
+#pragma unroll
+            for (int r = 0; r < ROWS; r++)
+#pragma unroll
+                for (int t = 0; t < M; t++) s_sum[SPLIT > 1 ? threadIdx.x / 32 : 0][r * M + t] = acc[r][t];
+        __syncthreads();
+        if (threadIdx.x != 0) return;
+#pragma unroll
+        for (int r = 0; r < ROWS; r++)
+#pragma unroll
+            for (int t = 0; t < M; t++) {
+                float sum = 0.0f;
+#pragma unroll
+                for (int w = 0; w < SPLIT; w++) sum += s_sum[w][r * M + t];
+                acc[r][t] = sum;
+            }
+    } else if (lane != 0) {
+        return;
+    }
 #pragma unroll
     for (int r = 0; r < F; r++) {
         const u32 f = f0 + r;
@@ -218,34 +264,36 @@ __device__ __forceinline__ void gemv(
 //   gemv_m{M}           y = x · Wᵀ (+ bias)
 //   gemv_norm_m{M}      residual_out = delta + residual; y = rms_norm(residual_out) · Wᵀ (+ bias)
 //   gemv_norm_glu_m{M}  the same, then silu(gate) · up
-#define GEMV_ENTRY(M, ROWS)                                                                    \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_m##M(                      \
-        __nv_bfloat16* __restrict__ out, const __nv_bfloat16* __restrict__ x,                   \
-        const __nv_bfloat16* __restrict__ w, const __nv_bfloat16* __restrict__ bias, u32 n,     \
-        u32 k) {                                                                               \
-        const Input in = {reinterpret_cast<const uint4*>(x), nullptr, nullptr, nullptr, k / 8}; \
-        gemv<M, ROWS, false, false>(out, nullptr, in, 0.0f, w, bias, n, k);                    \
-    }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_norm_m##M(                 \
-        __nv_bfloat16* __restrict__ out, __nv_bfloat16* __restrict__ residual_out,              \
-        const __nv_bfloat16* __restrict__ delta, const __nv_bfloat16* __restrict__ residual,    \
-        const __nv_bfloat16* __restrict__ gamma, float eps, const __nv_bfloat16* __restrict__ w, \
-        const __nv_bfloat16* __restrict__ bias, u32 n, u32 k) {                                 \
-        const Input in = {nullptr, reinterpret_cast<const uint4*>(delta),                       \
-                          reinterpret_cast<const uint4*>(residual),                             \
-                          reinterpret_cast<const uint4*>(gamma), k / 8};                        \
-        gemv<M, ROWS, true, false>(out, residual_out, in, eps, w, bias, n, k);                 \
-    }                                                                                          \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_norm_glu_m##M(             \
-        __nv_bfloat16* __restrict__ out, __nv_bfloat16* __restrict__ residual_out,              \
-        const __nv_bfloat16* __restrict__ delta, const __nv_bfloat16* __restrict__ residual,    \
-        const __nv_bfloat16* __restrict__ gamma, float eps, const __nv_bfloat16* __restrict__ w, \
-        u32 n, u32 k) {                                                                        \
-        const Input in = {nullptr, reinterpret_cast<const uint4*>(delta),                       \
-                          reinterpret_cast<const uint4*>(residual),                             \
-                          reinterpret_cast<const uint4*>(gamma), k / 8};                        \
-        gemv<M, ROWS, true, true>(out, residual_out, in, eps, w, nullptr, n, k);               \
+// and each again with the suffix `_split`: split-K over the block's 8 warps.
+#define GEMV_VARIANT(M, ROWS, SPLIT, SUFFIX)                                                       \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_m##M##SUFFIX(                  \
+        __nv_bfloat16* __restrict__ out, const __nv_bfloat16* __restrict__ x,                      \
+        const __nv_bfloat16* __restrict__ w, const __nv_bfloat16* __restrict__ bias, u32 n,        \
+        u32 k) {                                                                                   \
+        const Input in = {reinterpret_cast<const uint4*>(x), nullptr, nullptr, nullptr, k / 8};    \
+        gemv<M, ROWS, false, false, SPLIT>(out, nullptr, in, 0.0f, w, bias, n, k);                 \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_norm_m##M##SUFFIX(             \
+        __nv_bfloat16* __restrict__ out, __nv_bfloat16* __restrict__ residual_out,                 \
+        const __nv_bfloat16* __restrict__ delta, const __nv_bfloat16* __restrict__ residual,       \
+        const __nv_bfloat16* __restrict__ gamma, float eps, const __nv_bfloat16* __restrict__ w,   \
+        const __nv_bfloat16* __restrict__ bias, u32 n, u32 k) {                                    \
+        const Input in = {nullptr, reinterpret_cast<const uint4*>(delta),                          \
+                          reinterpret_cast<const uint4*>(residual),                                \
+                          reinterpret_cast<const uint4*>(gamma), k / 8};                           \
+        gemv<M, ROWS, true, false, SPLIT>(out, residual_out, in, eps, w, bias, n, k);              \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_norm_glu_m##M##SUFFIX(         \
+        __nv_bfloat16* __restrict__ out, __nv_bfloat16* __restrict__ residual_out,                 \
+        const __nv_bfloat16* __restrict__ delta, const __nv_bfloat16* __restrict__ residual,       \
+        const __nv_bfloat16* __restrict__ gamma, float eps, const __nv_bfloat16* __restrict__ w,   \
+        u32 n, u32 k) {                                                                            \
+        const Input in = {nullptr, reinterpret_cast<const uint4*>(delta),                          \
+                          reinterpret_cast<const uint4*>(residual),                                \
+                          reinterpret_cast<const uint4*>(gamma), k / 8};                           \
+        gemv<M, ROWS, true, true, SPLIT>(out, residual_out, in, eps, w, nullptr, n, k);            \
     }
+#define GEMV_ENTRY(M, ROWS) GEMV_VARIANT(M, ROWS, 1, ) GEMV_VARIANT(M, ROWS, 8, _split)
 GEMV_ENTRY(1, 4)
 GEMV_ENTRY(2, 2)
 GEMV_ENTRY(3, 2)

@@ -10,6 +10,7 @@
 //! must move at minimum (reads + writes).
 
 use anyhow::{bail, Result};
+use kernels::gemv::SplitK;
 use kernels::linear::Linear;
 use kernels::paged_attention::{DecodeShape, SplitKWorkspace, D128_STAGES};
 use kernels::prefill_attention::{PrefillShape, BLOCK_MS};
@@ -132,29 +133,55 @@ fn main() -> Result<()> {
     push("linear (decode, weights)", size, ms, (n * kk * 2) as f64);
     drop((lin, x, w, out));
 
-    // Decode projections, 1, 4 and 8 tokens: our GEMV against cuBLAS on the same operands, at
-    // SmolLM2-135M's qkv and down, and Llama-3.2-1B's gate/up and LM head. GB/s = weights read.
-    // Timed inside a CUDA graph of 50 launches (graph_ms), as a decode step runs them.
+    // Decode projections, 1, 2 and 4 tokens (the engine's GEMV range): our GEMV, warp per row
+    // group and split-K, against cuBLAS on the same operands, at SmolLM2-135M's qkv and down and
+    // every projection of Llama-3.2-1B (qkv, o, gate/up, down, LM head). GB/s = weights read.
+    // Timed inside a CUDA graph of 50 launches (graph_ms), as a decode step runs them; the
+    // launches cycle through copies of W that together exceed the 50 MB L2 twice, so that each
+    // reads its weights from HBM as a decode step does (one copy when W alone is that large).
     const BACK_TO_BACK: usize = 50;
+    const L2_BYTES: usize = 50 << 20;
     let lin = Linear::new(s, 8)?;
+    let never = k.gemv.clone().with_split_k(SplitK::Never);
+    let always = k.gemv.clone().with_split_k(SplitK::Always);
     for (n, kk) in [
         (960usize, 576usize),
         (576, 1536),
+        (3072, 2048),
+        (2048, 2048),
         (16384, 2048),
+        (2048, 8192),
         (128256, 2048),
     ] {
-        let w = random_bf16(s, n * kk, 22)?;
-        for m in [1usize, 4, 8] {
+        let copies = (2 * L2_BYTES).div_ceil(n * kk * 2);
+        let ws = (0..copies)
+            .map(|c| random_bf16(s, n * kk, 22 + c as u64))
+            .collect::<Result<Vec<_>, _>>()?;
+        for m in [1usize, 2, 4] {
             let x = random_bf16(s, m * kk, 23)?;
             let mut out = uninit_bf16(s, m * n)?;
             let size = format!("[{m}, {kk}] x [{n}, {kk}]^T");
+            for (name, g) in [("gemv", &never), ("gemv split-K", &always)] {
+                let mut i = 0;
+                let ms = graph_ms(&gpu, BACK_TO_BACK, || {
+                    i += 1;
+                    let (o, xv, wv) = (
+                        &mut out.as_view_mut(),
+                        &x.as_view(),
+                        &ws[i % copies].as_view(),
+                    );
+                    Ok(g.forward(s, o, xv, wv, None, m)?)
+                })?;
+                push(name, size.clone(), ms, (n * kk * 2) as f64);
+            }
+            let mut i = 0;
             let ms = graph_ms(&gpu, BACK_TO_BACK, || {
-                let (o, xv, wv) = (&mut out.as_view_mut(), &x.as_view(), &w.as_view());
-                Ok(k.gemv.forward(s, o, xv, wv, None, m)?)
-            })?;
-            push("gemv", size.clone(), ms, (n * kk * 2) as f64);
-            let ms = graph_ms(&gpu, BACK_TO_BACK, || {
-                let (o, xv, wv) = (&mut out.as_view_mut(), &x.as_view(), &w.as_view());
+                i += 1;
+                let (o, xv, wv) = (
+                    &mut out.as_view_mut(),
+                    &x.as_view(),
+                    &ws[i % copies].as_view(),
+                );
                 Ok(lin.forward(o, xv, wv, None, m)?)
             })?;
             push("linear (cuBLAS, same)", size, ms, (n * kk * 2) as f64);

@@ -12,7 +12,12 @@
 //! dependent launch, which lets the GEMV load its weights under the previous kernel's tail; and
 //! more (0.75 ms) with [`Gemv::forward_norm`], which also does the RMSNorm before the projection
 //! and SiLU·mul after gate/up. On large matrices cuBLAS streams faster, so the engine keeps it
-//! there.
+//! there for batches of 2-4 tokens.
+//!
+//! A matrix with few, long rows (Llama-3.2-1B's o_proj and down: 2048 rows of 2048 and 8192)
+//! gives the warp-per-rows split too few blocks for the GPU's SMs, each warp walking its rows
+//! one round trip after another; those launches take the split-K entry points instead
+//! ([`SplitK`]), where a block's eight warps share the rows and divide k.
 
 use std::sync::Arc;
 
@@ -32,6 +37,21 @@ pub const MAX_TOKENS: usize = 8;
 /// Threads per block (`GEMV_THREADS` in the kernel).
 const THREADS: u32 = 256;
 
+/// 16-byte chunks of a row one lane loads per trip to memory (`UNROLL` in the kernel).
+const UNROLL: usize = 4;
+
+/// When a launch uses the split-K entry points (the block's warps share rows and divide k).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitK {
+    /// When the plain grid would give the SMs fewer than two blocks each and a warp would need
+    /// more than one trip to memory per row ([`Gemv::splits`]).
+    Auto,
+    /// Never (the bench's baseline).
+    Never,
+    /// Always (the bench's other side).
+    Always,
+}
+
 /// Output features per warp for `m` tokens (`ROWS` of the kernel's entry points).
 fn rows_per_warp(m: usize) -> usize {
     if m == 1 {
@@ -44,9 +64,12 @@ fn rows_per_warp(m: usize) -> usize {
 /// The compiled kernels, one per token count and variant.
 #[derive(Debug, Clone)]
 pub struct Gemv {
-    by_tokens: Vec<CudaFunction>, // [MAX_TOKENS], index m - 1
-    norm: Vec<CudaFunction>,      // the same with the RMSNorm prologue
-    norm_glu: Vec<CudaFunction>,  // ... and the SiLU·mul epilogue
+    by_tokens: Vec<CudaFunction>,  // [MAX_TOKENS], index m - 1
+    norm: Vec<CudaFunction>,       // the same with the RMSNorm prologue
+    norm_glu: Vec<CudaFunction>,   // ... and the SiLU·mul epilogue
+    split: [Vec<CudaFunction>; 3], // the three again, split-K (`_split`)
+    num_sms: usize,
+    split_k: SplitK,
 }
 
 /// The RMSNorm before a projection, as `fused_add_rms_norm` (or `rms_norm` for the first
@@ -71,17 +94,48 @@ pub enum Epilogue {
 }
 
 impl Gemv {
-    pub(crate) fn load(module: &Arc<CudaModule>) -> Result<Self> {
-        let load = |prefix: &str| {
+    pub(crate) fn load(module: &Arc<CudaModule>, num_sms: usize) -> Result<Self> {
+        let load = |prefix: &str, suffix: &str| {
             (1..=MAX_TOKENS)
-                .map(|m| module.load_function(&format!("{prefix}_m{m}")))
+                .map(|m| module.load_function(&format!("{prefix}_m{m}{suffix}")))
                 .collect::<Result<Vec<_>, _>>()
         };
         Ok(Self {
-            by_tokens: load("gemv")?,
-            norm: load("gemv_norm")?,
-            norm_glu: load("gemv_norm_glu")?,
+            by_tokens: load("gemv", "")?,
+            norm: load("gemv_norm", "")?,
+            norm_glu: load("gemv_norm_glu", "")?,
+            split: [
+                load("gemv", "_split")?,
+                load("gemv_norm", "_split")?,
+                load("gemv_norm_glu", "_split")?,
+            ],
+            num_sms,
+            split_k: SplitK::Auto,
         })
+    }
+
+    /// The same kernels with another split-K rule (the bench times each against the other).
+    pub fn with_split_k(mut self, split_k: SplitK) -> Self {
+        self.split_k = split_k;
+        self
+    }
+
+    /// Whether a launch of `features` output features (row groups of `per_warp`) over rows of
+    /// `k` takes the split-K entry points. Splitting pays when the plain grid is short of
+    /// blocks (under two per SM: an SM then has one or two blocks' loads in flight and idles
+    /// in between) and a lane would walk a row in more than one trip to memory; with rows of at
+    /// most 32 × UNROLL chunks (k ≤ 1024) there is only one trip, and splitting adds a
+    /// shared-memory reduction for nothing.
+    pub fn splits(&self, features: usize, per_warp: usize, k: usize) -> bool {
+        match self.split_k {
+            SplitK::Never => false,
+            SplitK::Always => true,
+            SplitK::Auto => {
+                let warps_per_block = THREADS as usize / 32;
+                let plain_blocks = features.div_ceil(per_warp * warps_per_block);
+                plain_blocks < 2 * self.num_sms && k / 8 > 32 * UNROLL
+            }
+        }
     }
 
     /// `residual_out = residual + delta; out = rms_norm(residual_out) · Wᵀ`, then the
@@ -162,11 +216,13 @@ impl Gemv {
             return Ok(());
         }
         let rows = rows_per_warp(num_tokens);
-        let features_per_block = (THREADS as usize / 32)
-            * match epilogue {
-                Epilogue::Plain => rows,
-                Epilogue::SiluAndMul => rows / 2,
-            };
+        let per_group = match epilogue {
+            Epilogue::Plain => rows,
+            Epilogue::SiluAndMul => rows / 2,
+        };
+        let split = self.splits(width, per_group, k);
+        // Split-K: a block per row group; otherwise a row group per warp.
+        let features_per_block = per_group * if split { 1 } else { THREADS as usize / 32 };
         let cfg = LaunchConfig {
             grid_dim: (
                 to_u32(K, "blocks", width.div_ceil(features_per_block))?,
@@ -178,9 +234,11 @@ impl Gemv {
         };
         let (n32, k32) = (to_u32(K, "n", n)?, to_u32(K, "k", k)?);
         let null: u64 = 0;
-        let function = match epilogue {
-            Epilogue::Plain => &self.norm[num_tokens - 1],
-            Epilogue::SiluAndMul => &self.norm_glu[num_tokens - 1],
+        let function = match (epilogue, split) {
+            (Epilogue::Plain, false) => &self.norm[num_tokens - 1],
+            (Epilogue::SiluAndMul, false) => &self.norm_glu[num_tokens - 1],
+            (Epilogue::Plain, true) => &self.split[1][num_tokens - 1],
+            (Epilogue::SiluAndMul, true) => &self.split[2][num_tokens - 1],
         };
         let mut launch = Launch::new(stream, function);
         launch.arg(out);
@@ -204,7 +262,7 @@ impl Gemv {
             };
         }
         launch.arg(&n32).arg(&k32);
-        // SAFETY: the arguments follow gemv_norm_m* (out, residual_out or null, delta or null,
+        // SAFETY: the arguments follow gemv_norm_m* and its _split twin (out, residual_out or null, delta or null,
         // residual, gamma, float eps, w, bias or null, u32 n, u32 k) or gemv_norm_glu_m* (the
         // same without bias); every length was checked above against num_tokens, k and n,
         // operands are 16-byte aligned, and residual_out is given whenever delta is.
@@ -258,7 +316,9 @@ impl Gemv {
         if n == 0 {
             return Ok(());
         }
-        let rows_per_block = (THREADS as usize / 32) * rows_per_warp(num_tokens);
+        let rows = rows_per_warp(num_tokens);
+        let split = self.splits(n, rows, k);
+        let rows_per_block = rows * if split { 1 } else { THREADS as usize / 32 };
         let cfg = LaunchConfig {
             grid_dim: (to_u32(K, "blocks", n.div_ceil(rows_per_block))?, 1, 1),
             block_dim: (THREADS, 1, 1),
@@ -266,14 +326,19 @@ impl Gemv {
         };
         let (n32, k32) = (to_u32(K, "n", n)?, to_u32(K, "k", k)?);
         let null: u64 = 0;
-        let mut launch = Launch::new(stream, &self.by_tokens[num_tokens - 1]);
+        let function = if split {
+            &self.split[0][num_tokens - 1]
+        } else {
+            &self.by_tokens[num_tokens - 1]
+        };
+        let mut launch = Launch::new(stream, function);
         launch.arg(out).arg(x).arg(weight);
         match bias {
             Some(b) => launch.arg(b),
             None => launch.arg(&null), // a null `const bf16*`: no bias
         };
         launch.arg(&n32).arg(&k32);
-        // SAFETY: the signature matches gemv_m* (out, x, w, bias or null, u32 n, u32 k); x holds
+        // SAFETY: the signature matches gemv_m* and gemv_m*_split (out, x, w, bias or null, u32 n, u32 k); x holds
         // num_tokens rows of k, weight n rows of k, out num_tokens rows of n, bias n (checked),
         // k % 8 == 0 and x, weight are 16-byte aligned (checked); the kernel clamps rows to n.
         unsafe { launch.launch(cfg) }?;

@@ -157,6 +157,10 @@ impl Kernels {
                 .map(|j| j.join().expect("NVRTC compile thread panicked"))
                 .collect::<Result<Vec<_>>>()
         })?;
+        // The GEMV's split-K rule compares its grid with the SMs it has to fill.
+        let num_sms = ctx.attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )? as usize;
         let modules = ptx
             .into_iter()
             .map(|p| ctx.load_module(p))
@@ -171,7 +175,7 @@ impl Kernels {
             sampling: sampling::Sampling::load(&modules[6])?,
             prefill_attention: prefill_attention::PrefillAttention::load(&modules[7])?,
             split_columns: split_columns::SplitColumns::load(&modules[8])?,
-            gemv: gemv::Gemv::load(&modules[9])?,
+            gemv: gemv::Gemv::load(&modules[9], num_sms)?,
             qkv_rotary_cache: qkv_rotary_cache::QkvRotaryCache::load(&modules[10])?,
         })
     }

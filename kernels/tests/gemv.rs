@@ -8,13 +8,16 @@
 mod common;
 
 use common::{assert_close, gpu_or_skip, linear_reference, poisoned, to_f64, Rng, BF16_BOUND};
-use kernels::gemv::{Gemv, MAX_TOKENS};
+use kernels::gemv::{Gemv, SplitK, MAX_TOKENS};
 
 #[test]
 fn gemv_matches_f64_reference() {
     let Some(gpu) = gpu_or_skip() else { return };
-    let (s, g) = (&gpu.stream, &gpu.kernels.gemv);
+    let s = &gpu.stream;
     let mut rng = Rng::fresh("gemv");
+    // Both entry points on every shape: a warp per row group, and split-K.
+    let splits =
+        [SplitK::Never, SplitK::Always].map(|m| (m, gpu.kernels.gemv.clone().with_split_k(m)));
     // (n, k): SmolLM2's qkv, gate/up and down; Llama-3.2-1B's qkv and down; ragged sizes.
     for (n, k) in [
         (960, 576),
@@ -34,7 +37,10 @@ fn gemv_matches_f64_reference() {
             let x = rng.bf16s(m * k, 1.0);
             let dx = s.clone_htod(&x).unwrap();
             let xf = to_f64(&x);
-            for b in [false, true] {
+            for (b, (split, g)) in [false, true]
+                .into_iter()
+                .flat_map(|b| splits.iter().map(move |g| (b, g)))
+            {
                 let mut out = poisoned(s, m * n);
                 let dbias = db.as_view();
                 g.forward(
@@ -49,7 +55,7 @@ fn gemv_matches_f64_reference() {
                 let got = s.clone_dtoh(&out).unwrap();
                 let want = linear_reference(&xf, &wf, b.then_some(&bf[..]), m, n, k);
                 let what = format!(
-                    "gemv [{m}, {k}] x [{n}, {k}]^T{}",
+                    "gemv [{m}, {k}] x [{n}, {k}]^T{}, split-K {split:?}",
                     if b { " + bias" } else { "" }
                 );
                 assert_close(&what, &got, &want, BF16_BOUND);
@@ -84,6 +90,7 @@ fn fused_norm_gemv_matches_the_unfused_kernels() {
         (960, 576, Epilogue::Plain),
         (3072, 576, Epilogue::SiluAndMul),
         (3072, 2048, Epilogue::Plain),
+        (2048, 2048, Epilogue::Plain),
         (16384, 2048, Epilogue::SiluAndMul),
         (17, 8, Epilogue::Plain),
         (34, 16, Epilogue::SiluAndMul),
@@ -100,7 +107,11 @@ fn fused_norm_gemv_matches_the_unfused_kernels() {
         for m in 1..=MAX_TOKENS {
             let residual = s.clone_htod(&rng.bf16s(m * k, 1.0)).unwrap();
             let delta = s.clone_htod(&rng.bf16s(m * k, 1.0)).unwrap();
-            for with_delta in [false, true] {
+            for (with_delta, split) in [false, true]
+                .into_iter()
+                .flat_map(|d| [SplitK::Never, SplitK::Always].map(|m| (d, m)))
+            {
+                let gemv = k_.gemv.clone().with_split_k(split);
                 // Unfused.
                 let mut x = s.clone_htod(&s.clone_dtoh(&delta).unwrap()).unwrap();
                 let mut r = s.clone_htod(&s.clone_dtoh(&residual).unwrap()).unwrap();
@@ -120,8 +131,7 @@ fn fused_norm_gemv_matches_the_unfused_kernels() {
                 };
                 let mut y = poisoned(s, m * n);
                 let nv = normed.as_view();
-                k_.gemv
-                    .forward(s, &mut y.as_view_mut(), &nv, &w.as_view(), None, m)
+                gemv.forward(s, &mut y.as_view_mut(), &nv, &w.as_view(), None, m)
                     .unwrap();
                 let want = if epilogue == Epilogue::Plain {
                     y
@@ -144,20 +154,19 @@ fn fused_norm_gemv_matches_the_unfused_kernels() {
                     eps,
                 };
                 let mut r_out_view = r_out.as_view_mut();
-                k_.gemv
-                    .forward_norm(
-                        s,
-                        &mut out.as_view_mut(),
-                        with_delta.then_some(&mut r_out_view),
-                        &input,
-                        &w.as_view(),
-                        None,
-                        epilogue,
-                        m,
-                    )
-                    .unwrap();
+                gemv.forward_norm(
+                    s,
+                    &mut out.as_view_mut(),
+                    with_delta.then_some(&mut r_out_view),
+                    &input,
+                    &w.as_view(),
+                    None,
+                    epilogue,
+                    m,
+                )
+                .unwrap();
                 let what =
-                    format!("gemv_norm {epilogue:?} [{m}, {k}] x [{n}, {k}]^T, delta {with_delta}");
+                    format!("gemv_norm {epilogue:?} [{m}, {k}] x [{n}, {k}]^T, delta {with_delta}, split-K {split:?}");
                 let got = s.clone_dtoh(&out).unwrap();
                 let want = to_f64(&s.clone_dtoh(&want).unwrap());
                 assert_close(&what, &got, &want, 1e-3);
