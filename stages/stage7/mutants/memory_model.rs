@@ -19,11 +19,19 @@ use engine::distributed::memory_model::{
     kv_room_bytes, layers_per_stage, max_kv_tokens, tp_split_error, vocab_rows_per_rank, BF16_BYTES,
 };
 
-use super::{active, any_active};
+use super::active;
+
+/// This file's mutants.
+const MUTANTS: [&str; 4] = [
+    "memory_tables_on_every_stage",
+    "memory_tied_head_once",
+    "memory_kv_heads_divided_by_tp",
+    "memory_layers_divided_by_tp",
+];
 
 /// Whether one of this file's mutants is selected.
 fn mutated() -> bool {
-    any_active("memory_")
+    MUTANTS.iter().any(|&m| active(m))
 }
 
 pub fn kv_heads_per_rank(num_kv_heads: usize, tp: usize) -> usize {

@@ -19,8 +19,3 @@ pub mod parallel_state;
 pub fn active(name: &str) -> bool {
     std::env::var("INFERENCE_LAB_MUTANT").is_ok_and(|v| v == name)
 }
-
-/// Whether any mutant whose name starts with `prefix` is selected.
-pub fn any_active(prefix: &str) -> bool {
-    std::env::var("INFERENCE_LAB_MUTANT").is_ok_and(|v| v.starts_with(prefix))
-}
