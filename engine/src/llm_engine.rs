@@ -365,6 +365,7 @@ where
         max_model_len,
         block_size,
         num_heads: c.num_attention_heads,
+        num_kv_heads: c.num_key_value_heads,
         head_dim: c.head_dim,
     };
     let mut llama = LlamaForCausalLM::new(model_config, backend, weights)?;

@@ -30,10 +30,17 @@
 // the same 4 banks (8-way conflicts); with it every 8 lanes cover all 32 banks.
 //
 // Single pass: one partition per sequence (contexts up to MAX_PARTITION tokens), the block
-// writes the normalized output. Split-K, for long contexts: partitions of `partition_size`
-// tokens, so that more blocks share a long sequence; each writes its unnormalized (m, l, acc) to
-// a workspace and paged_attention_reduce_kernel merges them:
+// writes the normalized output. Split-K: the grid's z dimension gives each sequence P blocks,
+// and each takes one partition of its context (partition_tokens below: an even split into P,
+// in whole tiles, but never under `min_partition` tokens); each writes its unnormalized
+// (m, l, acc) to a workspace and paged_attention_reduce_kernel merges them:
 //     M = max_p m_p,  out = sum_p exp(m_p - M) acc_p / sum_p exp(m_p - M) l_p.
+// Split-K serves two ends. Long contexts: a partition holds at most MAX_PARTITION tokens (its
+// block-table entries sit in shared memory), so the Rust side makes P at least
+// ceil(max_seq_len / 512) and keeps min_partition = 512. Small batches: one block per sequence
+// and KV head is 3 blocks for SmolLM2 at batch 1, on a GPU of 132 SMs, each walking the whole
+// context tile after tile; there the Rust side asks for more partitions, min_partition = one
+// tile, and each block walks a few tiles.
 
 #define NUM_THREADS 128
 #define NUM_WARPS (NUM_THREADS / 32)
@@ -76,6 +83,13 @@ __device__ __forceinline__ void cp_async_wait() {
 
 __device__ __forceinline__ int swizzle(int row, int chunk) { return chunk ^ (row & 7); }
 
+// Tokens per partition of a context of seq_len tokens split num_partitions ways: an even split
+// rounded up to whole tiles, at least min_partition. The decode and reduce kernels must agree.
+__device__ __forceinline__ u32 partition_tokens(u32 seq_len, u32 num_partitions, u32 min_partition) {
+    const u32 even = ((seq_len + num_partitions - 1) / num_partitions + TILE - 1) / TILE * TILE;
+    return max(even, min_partition);
+}
+
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
     for (int offset = 16; offset > 0; offset /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
@@ -99,7 +113,7 @@ __device__ __forceinline__ void paged_attention_decode(
     const u32* __restrict__ block_tables,           // [num_seqs, max_blocks_per_seq]
     const u32* __restrict__ seq_lens,               // [num_seqs]
     float scale, u32 num_heads, u32 num_kv_heads, u32 block_size, u32 max_blocks_per_seq,
-    u32 partition_size) {
+    u32 min_partition) {
     using R = Ring<D, S>;
     constexpr int CHUNKS = R::CHUNKS, STAGES = R::STAGES;
     constexpr int WARP_CHUNKS = CHUNKS / NUM_WARPS;     // q·k: chunks of a row per warp
@@ -120,6 +134,7 @@ __device__ __forceinline__ void paged_attention_decode(
     const u32 first_head = blockIdx.x * HEADS, seq = blockIdx.y, part = blockIdx.z;
     const u32 kv_head = first_head / (num_heads / num_kv_heads);
     const u32 seq_len = seq_lens[seq];
+    const u32 partition_size = partition_tokens(seq_len, gridDim.z, min_partition);
     const u32 start = part * partition_size;
     if (start >= seq_len) return;  // this sequence is shorter than the longest one
     const u32 end = min(start + partition_size, seq_len);
@@ -300,9 +315,11 @@ __device__ __forceinline__ void paged_attention_reduce(
     const float* __restrict__ max_logits,  // [num_seqs, num_heads, max_partitions]
     const float* __restrict__ exp_sums,    // [num_seqs, num_heads, max_partitions]
     const u32* __restrict__ seq_lens,      // [num_seqs]
-    u32 max_partitions, u32 partition_size) {
+    u32 max_partitions, u32 min_partition) {
     const u32 head = blockIdx.x, seq = blockIdx.y, num_heads = gridDim.x;
-    const u32 used = (seq_lens[seq] + partition_size - 1) / partition_size;
+    const u32 seq_len = seq_lens[seq];
+    const u32 partition_size = partition_tokens(seq_len, max_partitions, min_partition);
+    const u32 used = (seq_len + partition_size - 1) / partition_size;
     const size_t head_row = (size_t)seq * num_heads + head;
     const float* ml = max_logits + head_row * max_partitions;
     const float* es = exp_sums + head_row * max_partitions;
@@ -327,10 +344,10 @@ __device__ __forceinline__ void paged_attention_reduce(
         const __nv_bfloat16 *query, const __nv_bfloat16 *key_cache,                            \
         const __nv_bfloat16 *value_cache, const u32 *block_tables, const u32 *seq_lens,         \
         float scale, u32 num_heads, u32 num_kv_heads, u32 block_size, u32 max_blocks_per_seq,   \
-        u32 partition_size
+        u32 min_partition
 #define DECODE_NAMES                                                                           \
     out, tmp_out, max_logits, exp_sums, query, key_cache, value_cache, block_tables, seq_lens, \
-        scale, num_heads, num_kv_heads, block_size, max_blocks_per_seq, partition_size
+        scale, num_heads, num_kv_heads, block_size, max_blocks_per_seq, min_partition
 #define DECODE(D, H)                                                                           \
     extern "C" __global__ void __launch_bounds__(NUM_THREADS)                                  \
         paged_attention_decode_d##D##_h##H(DECODE_ARGS) {                                      \
@@ -346,10 +363,10 @@ __device__ __forceinline__ void paged_attention_reduce(
 #define REDUCE(D)                                                                              \
     extern "C" __global__ void paged_attention_reduce_d##D(                                    \
         __nv_bfloat16 *out, const float *tmp_out, const float *max_logits,                     \
-        const float *exp_sums, const u32 *seq_lens, u32 max_partitions, u32 partition_size) {  \
+        const float *exp_sums, const u32 *seq_lens, u32 max_partitions, u32 min_partition) {   \
         PDL_ENTRY();                                                                           \
         paged_attention_reduce<D>(out, tmp_out, max_logits, exp_sums, seq_lens,                \
-                                  max_partitions, partition_size);                             \
+                                  max_partitions, min_partition);                              \
     }
 
 DECODE(64, 1) DECODE(64, 2) DECODE(64, 3) DECODE(64, 4) DECODE(64, 8)

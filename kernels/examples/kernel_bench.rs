@@ -306,6 +306,69 @@ fn main() -> Result<()> {
         }
     }
 
+    // Decode attention at small batches, where a step's time is latency: SmolLM2-135M's and
+    // Llama-3.2-1B's heads, contexts of decode-b1 (128-256 tokens) and longer, the small-batch
+    // split on and off, inside a CUDA graph of 50 launches as a decode step runs it.
+    for (seqs, ctx_len, nh, nkv) in [
+        (1usize, 192usize, 9usize, 3usize),
+        (1, 2048, 9, 3),
+        (1, 192, 32, 8),
+        (4, 192, 32, 8),
+        (1, 2048, 32, 8),
+    ] {
+        let d = 64;
+        let max_blocks = ctx_len.div_ceil(bs);
+        let num_blocks = seqs * max_blocks;
+        let tables = shuffled(num_blocks, &mut x);
+        let kv_len = num_blocks * bs * nkv * d;
+        let (kc, vc) = (random_bf16(s, kv_len, 8)?, random_bf16(s, kv_len, 9)?);
+        let q = random_bf16(s, seqs * nh * d, 10)?;
+        let mut out = uninit_bf16(s, seqs * nh * d)?;
+        let (dt, dl) = (
+            s.clone_htod(&tables)?,
+            s.clone_htod(&vec![ctx_len as u32; seqs])?,
+        );
+        let shape = DecodeShape {
+            num_seqs: seqs,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: d,
+            block_size: bs,
+            max_blocks_per_seq: max_blocks,
+        };
+        let scale = 1.0 / (d as f32).sqrt();
+        for split in [false, true] {
+            let pa = k.paged_attention.clone().with_small_batch_split(split);
+            let p = pa.partitions(seqs, nh, nkv, ctx_len);
+            let ms = graph_ms(&gpu, 50, || {
+                Ok(pa.decode(
+                    s,
+                    &mut ws,
+                    &mut out.as_view_mut(),
+                    &q.as_view(),
+                    &kc.as_view(),
+                    &vc.as_view(),
+                    &dt.as_view(),
+                    &dl.as_view(),
+                    &shape,
+                    scale,
+                    ctx_len,
+                )?)
+            })?;
+            let bytes = 2 * kv_len * 2 + 2 * seqs * nh * d * 2 + num_blocks * 4;
+            let size = format!(
+                "{seqs} seqs x {ctx_len} tok, {nh}/{nkv} heads, {} partitions",
+                p.count
+            );
+            push(
+                "paged_attention decode, small batch",
+                size,
+                ms,
+                bytes as f64,
+            );
+        }
+    }
+
     // Random sampling at temperature 0.6 (nano-vllm's workload: [256, 49152]; Llama-3's vocab:
     // [64, 128256]), the kernel against its first version (`sample_reference`, same tokens;
     // 324 us by Nsight Compute on [256, 49152] in a decode step), on the same normal logits

@@ -157,7 +157,7 @@ impl Kernels {
                 .map(|j| j.join().expect("NVRTC compile thread panicked"))
                 .collect::<Result<Vec<_>>>()
         })?;
-        // The GEMV's split-K rule compares its grid with the SMs it has to fill.
+        // The GEMV's and decode attention's split-K rules compare their grids with the SMs.
         let num_sms = ctx.attribute(
             cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
         )? as usize;
@@ -170,7 +170,7 @@ impl Kernels {
             rms_norm: rms_norm::RmsNorm::load(&modules[1])?,
             rotary_embedding: rotary_embedding::RotaryEmbedding::load(&modules[2])?,
             reshape_and_cache: reshape_and_cache::ReshapeAndCache::load(&modules[3])?,
-            paged_attention: paged_attention::PagedAttention::load(&modules[4])?,
+            paged_attention: paged_attention::PagedAttention::load(&modules[4], num_sms)?,
             silu_and_mul: silu_and_mul::SiluAndMul::load(&modules[5])?,
             sampling: sampling::Sampling::load(&modules[6])?,
             prefill_attention: prefill_attention::PrefillAttention::load(&modules[7])?,

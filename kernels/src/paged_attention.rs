@@ -2,10 +2,11 @@
 //! decode batches (one query row per sequence, at position `seq_len - 1`).
 //! Kernel: `cuda/paged_attention.cu`.
 //!
-//! Single pass when every context fits one partition of [`PARTITION_SIZE`] tokens; split-K
-//! beyond that: each partition of a sequence gets its own block, and a reduce kernel merges
-//! their softmax states. The merge needs a workspace, allocated once ([`SplitKWorkspace`]) and
-//! grown only when a batch needs more.
+//! Single pass when every context fits one partition of [`PARTITION_SIZE`] tokens and the batch
+//! alone gives the GPU enough blocks; split-K otherwise ([`PagedAttention::partitions`]): each
+//! partition of a sequence gets its own block, and a reduce kernel merges their softmax states.
+//! The merge needs a workspace, allocated once ([`SplitKWorkspace`], sized by
+//! [`PagedAttention::workspace_rows`]) and grown only when a batch needs more.
 //!
 //! Inside a block, K/V tiles of 32 tokens stream into a ring of shared-memory buffers with
 //! `cp.async` while the block computes on an earlier tile (the kernel's header explains the
@@ -26,9 +27,11 @@ use crate::HEAD_DIMS;
 pub(crate) const FILE: &str = "paged_attention.cu";
 pub(crate) const SOURCE: &str = include_str!("../cuda/paged_attention.cu");
 
-/// Tokens per split-K partition. A context longer than this is split. The kernel keeps a
+/// Most tokens of a split-K partition. A context longer than this is split. The kernel keeps a
 /// partition's block-table entries in shared memory (`MAX_PARTITION` there, the same 512).
 pub const PARTITION_SIZE: usize = 512;
+/// Most partitions a small batch's contexts are split into to give the GPU more blocks.
+pub const MAX_SMALL_BATCH_SPLIT: usize = 16;
 /// Threads per block (`NUM_THREADS` in the kernel).
 const THREADS: u32 = 128;
 /// Tokens per pipeline stage (`TILE` in the kernel).
@@ -59,6 +62,17 @@ pub const DEFAULT_D128_STAGES: usize = 2;
 /// Head sizes with an instantiation: `crate::HEAD_DIMS`. Query heads per block (largest
 /// dividing the group):
 const HEADS_PER_BLOCK: [usize; 5] = [8, 4, 3, 2, 1];
+
+/// Query heads per block for `num_heads` query heads over `num_kv_heads` KV heads: the largest
+/// of [`HEADS_PER_BLOCK`] that divides the group (each K/V row read once for all of them).
+/// `num_kv_heads` must divide `num_heads` (checked by `decode`).
+fn heads_per_block(num_heads: usize, num_kv_heads: usize) -> usize {
+    let group = num_heads / num_kv_heads.max(1);
+    HEADS_PER_BLOCK
+        .into_iter()
+        .find(|&h| group.is_multiple_of(h))
+        .unwrap_or(1)
+}
 
 /// The shape of a decode batch's attention.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,15 +123,35 @@ pub struct PagedAttention {
     /// Which ring depth head size 128 launches (one of [`D128_STAGES`]).
     d128_stages: usize,
     reduce: Vec<CudaFunction>,
+    /// The GPU's SMs, which a small batch's partitions are meant to fill.
+    num_sms: usize,
+    /// Whether small batches are split to fill the SMs (the bench times both).
+    small_batch_split: bool,
 }
 
-/// Number of partitions for the longest context in the batch (1 = single pass).
-pub fn num_partitions(max_seq_len: usize) -> usize {
+/// How a launch splits each sequence's context: `count` blocks per sequence and head group
+/// (the grid's z), each taking an even share of the context in whole tiles, but at least
+/// `min_tokens` (`partition_tokens` in the kernel). A CUDA graph recorded for one
+/// `Partitions` stays right while contexts grow, as long as this stays the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Partitions {
+    pub count: usize,
+    pub min_tokens: usize,
+}
+
+/// The most partitions [`PagedAttention::partitions`] gives a batch whose contexts are at most
+/// `max_model_len` tokens: what a split-K workspace is sized for, per sequence and head.
+pub fn max_partitions(max_model_len: usize) -> usize {
+    long_context_partitions(max_model_len).max(MAX_SMALL_BATCH_SPLIT)
+}
+
+/// Partitions that keep every partition of the longest context within [`PARTITION_SIZE`].
+fn long_context_partitions(max_seq_len: usize) -> usize {
     max_seq_len.div_ceil(PARTITION_SIZE).max(1)
 }
 
 impl PagedAttention {
-    pub(crate) fn load(module: &Arc<CudaModule>) -> Result<Self> {
+    pub(crate) fn load(module: &Arc<CudaModule>, num_sms: usize) -> Result<Self> {
         let load = |name: String, bytes: usize| -> Result<CudaFunction> {
             let f = module.load_function(&name)?;
             f.set_attribute(
@@ -151,7 +185,53 @@ impl PagedAttention {
             decode_d128_s2,
             d128_stages: DEFAULT_D128_STAGES,
             reduce,
+            num_sms,
+            small_batch_split: true,
         })
+    }
+
+    /// The same kernels, splitting small batches' contexts over more blocks or not.
+    pub fn with_small_batch_split(mut self, split: bool) -> Self {
+        self.small_batch_split = split;
+        self
+    }
+
+    /// How a decode batch of `num_seqs` sequences, the longest `max_seq_len` tokens, is split.
+    ///
+    /// Without a split a batch runs `num_seqs × head groups` blocks (a head group: the query
+    /// heads of one KV head, or a part of them): 3 for SmolLM2-135M at batch 1, 8 for
+    /// Llama-3.2-1B, on a GPU of 132 SMs, each block walking its whole context one tile after
+    /// another. A small batch is therefore split into up to [`MAX_SMALL_BATCH_SPLIT`]
+    /// partitions, as many as keep the grid near two blocks per SM, of at least one tile each;
+    /// the reduce kernel that merges them costs less than the walk it shortens. A long context
+    /// is split into partitions of at most [`PARTITION_SIZE`] tokens whatever the batch. The
+    /// count depends on the batch size, and on `max_seq_len` only past `count × 512` tokens, so
+    /// CUDA graphs keyed by it stay few.
+    pub fn partitions(
+        &self,
+        num_seqs: usize,
+        num_heads: usize,
+        num_kv_heads: usize,
+        max_seq_len: usize,
+    ) -> Partitions {
+        let long = long_context_partitions(max_seq_len);
+        let blocks = num_seqs * (num_heads / heads_per_block(num_heads, num_kv_heads));
+        let small = if self.small_batch_split {
+            (2 * self.num_sms / blocks.max(1)).clamp(1, MAX_SMALL_BATCH_SPLIT)
+        } else {
+            1
+        };
+        if small > long {
+            Partitions {
+                count: small,
+                min_tokens: TILE,
+            }
+        } else {
+            Partitions {
+                count: long,
+                min_tokens: PARTITION_SIZE,
+            }
+        }
     }
 
     /// The same kernels, launching the head-size-128 ring with `stages` buffers (one of
@@ -213,11 +293,10 @@ impl PagedAttention {
                 s.max_blocks_per_seq, s.block_size
             )));
         }
-        let group = s.num_heads / s.num_kv_heads;
         let h = HEADS_PER_BLOCK
             .iter()
-            .position(|&h| group.is_multiple_of(h))
-            .expect("1 divides every group");
+            .position(|&h| h == heads_per_block(s.num_heads, s.num_kv_heads))
+            .expect("heads_per_block returns one of HEADS_PER_BLOCK");
         let width = s.num_heads * s.head_dim;
         check_len(K, "query", query.len(), s.num_seqs * width)?;
         check_len(K, "out", out.len(), s.num_seqs * width)?;
@@ -240,18 +319,18 @@ impl PagedAttention {
             return Ok(());
         }
 
-        let parts = num_partitions(max_seq_len);
-        // Always PARTITION_SIZE, also in a single pass (the kernel stops at each sequence's
-        // end): the launch then depends on the batch only through the number of partitions,
-        // so a CUDA graph captured for (num_seqs, parts) stays right while contexts grow.
-        let partition_size = PARTITION_SIZE;
+        // The launch depends on the batch only through `Partitions` (each block finds its
+        // share of its own sequence's context on the device), so a CUDA graph captured for
+        // (num_seqs, partitions) stays right while contexts grow.
+        let p = self.partitions(s.num_seqs, s.num_heads, s.num_kv_heads, max_seq_len);
+        let (parts, partition_size) = (p.count, p.min_tokens);
         workspace.ensure(stream, s.num_seqs * s.num_heads * parts, s.head_dim)?;
         let args = [
             to_u32(K, "num_heads", s.num_heads)?,
             to_u32(K, "num_kv_heads", s.num_kv_heads)?,
             to_u32(K, "block_size", s.block_size)?,
             to_u32(K, "max_blocks_per_seq", s.max_blocks_per_seq)?,
-            to_u32(K, "partition_size", partition_size)?,
+            to_u32(K, "min_partition", partition_size)?,
         ];
         let (kernel, stages) = if s.head_dim == 128 && self.d128_stages == 2 {
             (&self.decode_d128_s2[h], 2)
@@ -311,7 +390,8 @@ impl PagedAttention {
         launch.arg(seq_lens).arg(&max_parts).arg(&psize);
         // SAFETY: the signature matches paged_attention_reduce_d* (out, tmp_out, max_logits,
         // exp_sums, seq_lens, u32, u32); the grid is (num_heads, num_seqs), each block reads the
-        // ceil(seq_len / partition_size) <= max_parts partitions the decode kernel wrote.
+        // partitions of its sequence the decode kernel wrote (at most max_parts: both kernels
+        // compute a partition's tokens with the same partition_tokens).
         unsafe { launch.launch(reduce_cfg) }?;
         Ok(())
     }

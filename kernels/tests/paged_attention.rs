@@ -1,14 +1,13 @@
 //! Decode paged attention against an f64 reference that follows the block tables, for short
 //! contexts (single pass), long ones (4000+ tokens: split-K with partial last partitions),
-//! GQA groups 1, 3, 4, 6 and 8, head sizes 64 and 128. Blocks are handed out in random order,
+//! single sequences split to fill the GPU (with that split turned off too), GQA groups 1, 3,
+//! 4, 6 and 8, head sizes 64 and 128. Blocks are handed out in random order,
 //! and queries are scaled so that softmax is peaked: a missed or misplaced key of weight moves
 //! the output well past the bound.
 mod common;
 
 use common::{assert_close, gpu_or_skip, poisoned, to_f64, Rng, BF16_BOUND};
-use kernels::paged_attention::{
-    num_partitions, DecodeShape, SplitKWorkspace, D128_STAGES, PARTITION_SIZE,
-};
+use kernels::paged_attention::{DecodeShape, SplitKWorkspace, D128_STAGES, PARTITION_SIZE};
 
 struct Case {
     num_heads: usize,
@@ -18,7 +17,31 @@ struct Case {
     seq_lens: &'static [usize],
 }
 
-const CASES: [Case; 5] = [
+const CASES: [Case; 8] = [
+    // Batch 1 (SmolLM2's heads): split over many blocks, the last partition partial.
+    Case {
+        num_heads: 9,
+        num_kv_heads: 3,
+        head_dim: 64,
+        block_size: 16,
+        seq_lens: &[190],
+    },
+    // Batch 1, one token: only the first partition has work.
+    Case {
+        num_heads: 9,
+        num_kv_heads: 3,
+        head_dim: 64,
+        block_size: 16,
+        seq_lens: &[1],
+    },
+    // Batch 1 (Llama-3.2-1B's heads), long: the small-batch split, partitions of 288 tokens.
+    Case {
+        num_heads: 32,
+        num_kv_heads: 8,
+        head_dim: 64,
+        block_size: 16,
+        seq_lens: &[4099],
+    },
     // SmolLM2-135M's heads, short contexts: single pass.
     Case {
         num_heads: 9,
@@ -67,12 +90,11 @@ fn decode_matches_f64_reference() {
     let (s, k) = (&gpu.stream, &gpu.kernels.paged_attention);
     let mut rng = Rng::fresh("paged_attention");
     let mut ws = SplitKWorkspace::new(s, 1, 64).unwrap();
-    let mut split_k_seen = false;
+    let (mut long_split_seen, mut small_split_seen) = (false, false);
     for c in &CASES {
         let (nh, nkv, d, bs) = (c.num_heads, c.num_kv_heads, c.head_dim, c.block_size);
         let n = c.seq_lens.len();
         let max_len = *c.seq_lens.iter().max().unwrap();
-        split_k_seen |= num_partitions(max_len) > 1;
         let max_blocks = max_len.div_ceil(bs);
         let needed: usize = c.seq_lens.iter().map(|l| l.div_ceil(bs)).sum();
         let num_blocks = needed + 3; // some blocks belong to nobody
@@ -107,15 +129,20 @@ fn decode_matches_f64_reference() {
             block_size: bs,
             max_blocks_per_seq: max_blocks,
         };
-        // Head size 128 is built with two ring depths: run each (fresh poisoned output).
+        // Head size 128 is built with two ring depths: run each (fresh poisoned output), with
+        // and without the small-batch split.
         let stages: &[usize] = if d == 128 { &D128_STAGES } else { &[0] };
         let mut gots = Vec::new();
-        for &st in stages {
+        for (&st, small_split) in stages.iter().flat_map(|st| [(st, true), (st, false)]) {
             let variant = if st == 0 {
                 k.clone()
             } else {
                 k.clone().with_d128_stages(st).unwrap()
-            };
+            }
+            .with_small_batch_split(small_split);
+            let p = variant.partitions(n, nh, nkv, max_len);
+            long_split_seen |= p.count > 1 && p.min_tokens == PARTITION_SIZE;
+            small_split_seen |= p.count > 1 && p.min_tokens < PARTITION_SIZE;
             variant
                 .decode(
                     s,
@@ -131,7 +158,7 @@ fn decode_matches_f64_reference() {
                     max_len,
                 )
                 .unwrap();
-            gots.push((st, s.clone_dtoh(&out).unwrap()));
+            gots.push((st, p, s.clone_dtoh(&out).unwrap()));
             out = poisoned(s, n * nh * d);
         }
 
@@ -162,26 +189,26 @@ fn decode_matches_f64_reference() {
                 }
             }
         }
-        let mode = if num_partitions(max_len) > 1 {
-            "split-K"
-        } else {
-            "single pass"
-        };
         let what = format!(
-            "decode {nh}/{nkv} heads, d {d}, block {bs}, lens {:?} ({mode})",
+            "decode {nh}/{nkv} heads, d {d}, block {bs}, lens {:?}",
             c.seq_lens
         );
-        for (st, got) in &gots {
+        for (st, p, got) in &gots {
             let ring = if *st == 0 {
                 String::new()
             } else {
                 format!(", {st}-stage ring")
             };
-            assert_close(&format!("{what}{ring}"), got, &want, BF16_BOUND);
+            let mode = format!(
+                ", {} partitions of at least {} tokens",
+                p.count, p.min_tokens
+            );
+            assert_close(&format!("{what}{ring}{mode}"), got, &want, BF16_BOUND);
         }
     }
     assert!(
-        split_k_seen,
+        long_split_seen,
         "some case must be longer than PARTITION_SIZE = {PARTITION_SIZE}"
     );
+    assert!(small_split_seen, "some case must split a small batch");
 }

@@ -20,7 +20,7 @@ use half::bf16;
 use kernels::cudarc::driver::sys::CUevent_flags;
 use kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream};
 use kernels::gemv::{Epilogue, Gemv, NormInput};
-use kernels::paged_attention::{num_partitions, DecodeShape, SplitKWorkspace};
+use kernels::paged_attention::{max_partitions, DecodeShape, SplitKWorkspace};
 use kernels::prefill_attention::PrefillShape;
 use kernels::qkv_rotary_cache::QkvShape;
 use kernels::sampling::RowParams;
@@ -123,6 +123,7 @@ impl CudaBackend {
                 max_model_len: 1,
                 block_size: 1,
                 num_heads: 1,
+                num_kv_heads: 1,
                 head_dim: 1,
             },
             generation: Mutex::new(0),
@@ -242,7 +243,7 @@ pub fn activation_bytes(model: &ModelConfig, engine: &EngineConfig) -> usize {
     let per_token =
         2 * c.hidden_size + 2 * qkv + c.num_attention_heads * c.head_dim + 3 * c.intermediate_size;
     let logits = s * c.vocab_size;
-    let partitions = num_partitions(c.max_position_embeddings);
+    let partitions = max_partitions(c.max_position_embeddings);
     let split_k = s * c.num_attention_heads * partitions * (c.head_dim + 2) * 4;
     2 * 2 * (t * per_token + logits) + split_k + (64 << 20)
 }
@@ -427,7 +428,7 @@ impl Backend for CudaBackend {
         }
         // Split-K scratch for the largest decode batch at the longest context, allocated now:
         // a recorded graph keeps its address, so it must never be reallocated later.
-        let rows = limits.max_num_seqs * limits.num_heads * num_partitions(limits.max_model_len);
+        let rows = limits.max_num_seqs * limits.num_heads * max_partitions(limits.max_model_len);
         *self.split_k.lock().map_err(|_| poisoned())? =
             SplitKWorkspace::new(&self.gpu.stream, rows, limits.head_dim)
                 .map_err(kernel("workspace"))?;
@@ -919,7 +920,12 @@ impl Backend for CudaBackend {
         if graphable && self.capture_sizes.contains(&step.num_seqs) {
             let key = GraphKey {
                 num_seqs: step.num_seqs,
-                num_partitions: num_partitions(step.max_seq_len),
+                partitions: self.gpu.kernels.paged_attention.partitions(
+                    step.num_seqs,
+                    self.limits.num_heads,
+                    self.limits.num_kv_heads,
+                    step.max_seq_len,
+                ),
             };
             let generation = step.bufs().generation;
             let mut graphs = self.graphs.lock().map_err(|_| poisoned())?;

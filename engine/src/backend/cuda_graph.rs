@@ -8,7 +8,8 @@
 //!   ([`super::cuda_step::StepBuffers`]), never in fresh allocations;
 //! - anything in a kernel's arguments must be the same on every step of a graph: the batch is
 //!   padded up to one of a few sizes ([`capture_sizes`]), block tables have a fixed width, and
-//!   decode attention's grid depends only on its number of split-K partitions. A graph is
+//!   decode attention's launch depends only on how it splits contexts (a partition count that
+//!   changes with the batch size and only every 512 × count tokens of context). A graph is
 //!   therefore recorded per [`GraphKey`] (padded batch size, partitions);
 //! - a step's temporaries are allocated and freed inside the recording (stream-ordered
 //!   allocations become graph memory nodes), and the sampled ids land in a persistent buffer.
@@ -48,8 +49,8 @@ pub fn padded_size(num_seqs: usize, sizes: &[usize]) -> Option<usize> {
 pub struct GraphKey {
     /// Rows in the padded batch.
     pub num_seqs: usize,
-    /// Split-K partitions of decode attention (`kernels::paged_attention::num_partitions`).
-    pub num_partitions: usize,
+    /// How decode attention splits contexts (`kernels::paged_attention::PagedAttention::partitions`).
+    pub partitions: kernels::paged_attention::Partitions,
 }
 
 /// An instantiated graph. cudarc's `CudaGraph` holds raw driver handles and so is neither

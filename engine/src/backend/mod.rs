@@ -67,8 +67,10 @@ pub struct StepLimits {
     pub max_model_len: usize,
     /// Tokens per KV block.
     pub block_size: usize,
-    /// Query heads and head size: attention's workspaces are sized from them once.
+    /// Query heads, KV heads and head size: attention's workspaces are sized from them once,
+    /// and decode attention's split depends on the heads.
     pub num_heads: usize,
+    pub num_kv_heads: usize,
     pub head_dim: usize,
 }
 

@@ -169,6 +169,7 @@ impl ThreadExecutor {
                 max_model_len,
                 block_size,
                 num_heads: local.num_attention_heads,
+                num_kv_heads: local.num_key_value_heads,
                 head_dim: local.head_dim,
             },
         };
