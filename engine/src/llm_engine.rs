@@ -12,6 +12,7 @@ use crate::backend::{Backend, StepLimits};
 use crate::config::EngineConfig;
 use crate::config::{Device, ModelConfig};
 use crate::core::block_manager::BlockManager;
+use crate::core::prefix_cache::PrefixCacheStats;
 use crate::core::scheduler::Scheduler;
 use crate::distributed::thread_executor::ThreadExecutor;
 use crate::engine_parts::{EngineParts, ScheduleFn};
@@ -55,7 +56,15 @@ pub struct EngineStats {
     pub num_preemptions: usize,
     pub num_batched_tokens: usize,
     pub max_batched_tokens_in_a_step: usize,
+    /// Prefix cache lookups, queried and hit tokens, evictions so far (all 0 when it is off).
+    pub prefix_cache: PrefixCacheStats,
+    /// The same counts for the last step alone.
+    pub last_step_prefix_cache: PrefixCacheStats,
 }
+
+/// The span around each step's scheduling, with the step's index in `step` (0 for the first
+/// step): the scheduler's own spans (such as the prefix cache's) open inside it.
+pub const SCHEDULE_SPAN: &str = "schedule";
 
 /// The engine: tokenizer, scheduler and executor.
 pub struct LLMEngine {
@@ -146,7 +155,8 @@ impl LLMEngine {
         let block_manager = BlockManager::new(
             config.cache.block_size,
             (parts.allocator)(built.num_kv_blocks),
-        );
+        )
+        .with_prefix_caching(config.cache.enable_prefix_caching);
         let scheduler = Scheduler::new(
             config.scheduler,
             parts.policy,
@@ -258,7 +268,10 @@ impl LLMEngine {
     // ANCHOR: step
     /// Runs one step; returns the requests that finished in it.
     pub fn step(&mut self) -> Result<Vec<RequestOutput>> {
-        let out = (self.schedule)(&mut self.scheduler);
+        let out = {
+            let _span = tracing::debug_span!(SCHEDULE_SPAN, step = self.stats.num_steps).entered();
+            (self.schedule)(&mut self.scheduler)
+        };
         if out.is_empty() {
             if self.has_unfinished_requests() {
                 // Cannot happen by construction (a lone request always fits the cache); if it
@@ -284,6 +297,9 @@ impl LLMEngine {
             .stats
             .max_batched_tokens_in_a_step
             .max(out.num_batched_tokens());
+        let prefix_cache = self.scheduler.block_manager.prefix_cache_stats();
+        self.stats.last_step_prefix_cache = prefix_cache.since(&self.stats.prefix_cache);
+        self.stats.prefix_cache = prefix_cache;
         let finished = self
             .scheduler
             .update_from_output(&out, &output.sampled_token_ids);

@@ -16,6 +16,15 @@ pub struct CacheConfig {
     /// cache); the KV cache gets what the weights and activations leave (vLLM's
     /// `--gpu-memory-utilization`).
     pub gpu_memory_utilization: f32,
+    /// Keep the KV of full blocks after their request ends and reuse it for any later request
+    /// whose tokens begin the same way (automatic prefix caching, vLLM's
+    /// `--enable-prefix-caching`; [`crate::core::prefix_cache`]). On by default, as in vLLM V1:
+    /// a hit skips the prefill of the shared prefix (a system prompt, a chat history, a
+    /// preempted request's own tokens), while a miss costs only a hash per full block, and a
+    /// cached block takes no memory a new request could use (it is evicted when a fresh block
+    /// is needed). On the CPU, greedy outputs are the same with it on or off, bit for bit
+    /// (`engine/tests/prefix_caching.rs`).
+    pub enable_prefix_caching: bool,
 }
 
 /// Per-step limits (vLLM's `SchedulerConfig`).
@@ -84,6 +93,7 @@ impl Default for EngineConfig {
                 num_kv_blocks: None,
                 kv_cache_memory_bytes: 1 << 30,
                 gpu_memory_utilization: 0.9,
+                enable_prefix_caching: true,
             },
             scheduler: SchedulerConfig {
                 max_num_seqs: 64,

@@ -1,7 +1,10 @@
 //! The engine core: block allocation, block tables, scheduling policy and the scheduler.
 pub mod block;
 pub mod block_allocator;
+pub mod block_hash;
 pub mod block_manager;
+pub mod evictor;
+pub mod prefix_cache;
 pub mod scheduler;
 pub mod scheduler_output;
 pub mod scheduling_policy;

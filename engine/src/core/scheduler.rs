@@ -132,7 +132,11 @@ impl Scheduler {
                 break;
             };
             let seq = &self.seqs[&id];
-            let uncomputed = seq.num_uncomputed_tokens();
+            // Prefix caching: the longest cached prefix of full blocks is computed already
+            // and costs no budget (no blocks are found when caching is off).
+            let cached = self.block_manager.get_computed_blocks(seq);
+            let computed = seq.num_computed_tokens + cached.num_tokens;
+            let uncomputed = seq.num_tokens() - computed;
             let num_new = uncomputed.min(budget);
             // Without chunked prefill a prompt waits for a step with room for all of it,
             // unless it can never fit one step (a long sequence preempted for recompute):
@@ -141,13 +145,18 @@ impl Scheduler {
             if num_new < uncomputed && !self.config.enable_chunked_prefill && fits_a_step {
                 break;
             }
-            let total = seq.num_computed_tokens + num_new;
-            if !self.block_manager.allocate_slots(id, total) {
+            let total = computed + num_new;
+            if !self
+                .block_manager
+                .allocate_slots_with_prefix(id, total, &cached)
+            {
                 break;
             }
             self.waiting.pop_front();
             self.running.push(id);
-            self.seqs.get_mut(&id).unwrap().status = SequenceStatus::Running;
+            let seq = self.seqs.get_mut(&id).unwrap();
+            seq.status = SequenceStatus::Running;
+            seq.num_computed_tokens = computed;
             out.scheduled.push(self.scheduled_sequence(id, num_new));
             budget -= num_new;
         }
@@ -217,6 +226,8 @@ impl Scheduler {
                 .get_mut(&s.seq_id)
                 .expect("scheduled sequence exists");
             seq.num_computed_tokens += s.token_ids.len();
+            // Full blocks whose KV this step finished can now be found by later requests.
+            self.block_manager.cache_full_blocks(seq);
             if !s.needs_logits {
                 continue;
             }

@@ -151,6 +151,10 @@ pub fn tight_config() -> EngineConfig {
             block_size: 4,
             num_kv_blocks: Some(24),
             kv_cache_memory_bytes: 0,
+            // Stage 1's `schedule` is the one before prefix caching: the engine's own looks up
+            // cached blocks at admission (core::prefix_cache), which would save it steps that
+            // a correct stage 1 scheduler takes.
+            enable_prefix_caching: false,
             ..EngineConfig::default().cache
         },
         scheduler: SchedulerConfig {
