@@ -5,6 +5,7 @@
 use crate::backend::{Backend, DeviceTime};
 use crate::config::ModelConfig;
 use crate::core::scheduler_output::SchedulerOutput;
+use crate::core::swap_space::SwapOps;
 use crate::distributed::{CommStats, StageTimes};
 use crate::error::Result;
 use crate::outputs::ModelRunnerOutput;
@@ -22,6 +23,16 @@ pub trait Executor: Send {
     /// Runs one step; one sampled token per sequence with `needs_logits`, in batch order.
     /// Fails if the backend does (out of memory, a failed launch).
     fn execute_model(&mut self, scheduler_output: &SchedulerOutput) -> Result<ModelRunnerOutput>;
+    /// Makes the step's swap copies ([`SwapOps`]) before its `execute_model`. An executor
+    /// without a swap space fails on any copy.
+    fn swap_blocks(&mut self, ops: &SwapOps) -> Result<()> {
+        if ops.is_empty() {
+            return Ok(());
+        }
+        Err(crate::error::EngineError::InvalidArgument(
+            "swap preemption needs one worker; use --preemption-mode recompute".into(),
+        ))
+    }
     fn model_config(&self) -> &ModelConfig;
     fn backend_name(&self) -> &'static str;
     /// The backend's device time so far ([`Backend::device_time`]).
@@ -64,6 +75,10 @@ where
     }
 
     fn backend_name(&self) -> &'static str {
+    fn swap_blocks(&mut self, ops: &SwapOps) -> Result<()> {
+        Ok(ModelRunner::swap_blocks(self, ops)?)
+    }
+
         self.model.backend.name()
     }
 

@@ -53,11 +53,21 @@ impl LLM {
         prompts: Vec<Prompt>,
         params: &SamplingParams,
     ) -> Result<Vec<RequestOutput>> {
+        let requests = prompts.into_iter().map(|p| (p, params.clone())).collect();
+        self.generate_requests(requests)
+    }
+
+    /// Like [`LLM::generate_prompts`], each prompt with its own parameters (its priority and
+    /// tenant, say).
+    pub fn generate_requests(
+        &mut self,
+        requests: Vec<(Prompt, SamplingParams)>,
+    ) -> Result<Vec<RequestOutput>> {
         // Validate everything before running anything: a bad prompt fails the whole call up
         // front, and the prompts queued before it are withdrawn so none is left behind.
-        let mut ids = Vec::with_capacity(prompts.len());
-        for (i, p) in prompts.into_iter().enumerate() {
-            match self.engine.add_request(p, params.clone()) {
+        let mut ids = Vec::with_capacity(requests.len());
+        for (i, (p, params)) in requests.into_iter().enumerate() {
+            match self.engine.add_request(p, params) {
                 Ok(id) => ids.push(id),
                 Err(e) => {
                     for &id in &ids {

@@ -12,8 +12,10 @@ use crate::backend::{Backend, StepLimits};
 use crate::config::EngineConfig;
 use crate::config::{Device, ModelConfig};
 use crate::core::block_manager::BlockManager;
+use crate::core::preemption::PreemptionMode;
 use crate::core::prefix_cache::PrefixCacheStats;
 use crate::core::scheduler::Scheduler;
+use crate::core::step_stats::StepStats;
 use crate::distributed::thread_executor::ThreadExecutor;
 use crate::engine_parts::{EngineParts, ScheduleFn};
 use crate::error::{EngineError, Result};
@@ -56,14 +58,19 @@ pub struct EngineStats {
     pub num_preemptions: usize,
     pub num_batched_tokens: usize,
     pub max_batched_tokens_in_a_step: usize,
+    /// Sequences swapped out and back in (preemption by swap), and the blocks copied each way.
+    pub num_swapped_out: usize,
+    pub num_swapped_in: usize,
+    pub blocks_swapped_out: usize,
+    pub blocks_swapped_in: usize,
     /// Prefix cache lookups, queried and hit tokens, evictions so far (all 0 when it is off).
     pub prefix_cache: PrefixCacheStats,
     /// The same counts for the last step alone.
     pub last_step_prefix_cache: PrefixCacheStats,
 }
 
-/// The span around each step's scheduling, with the step's index in `step` (0 for the first
-/// step): the scheduler's own spans (such as the prefix cache's) open inside it.
+/// The span around each step's scheduling, with the step's number in `step` (from 1, as
+/// [`StepStats::step`]): the scheduler's own spans (such as the prefix cache's) open inside it.
 pub const SCHEDULE_SPAN: &str = "schedule";
 
 /// The engine: tokenizer, scheduler and executor.
@@ -79,6 +86,12 @@ pub struct LLMEngine {
     pub stats: EngineStats,
     /// `Scheduler::schedule` unless replaced (see [`EngineParts`]).
     schedule: ScheduleFn,
+    /// What the last step did (`None` before the first).
+    last_step_stats: Option<StepStats>,
+    /// Every step's [`StepStats`], in order, while [`LLMEngine::record_step_stats`] is on
+    /// (off by default: a long-running engine would keep them all).
+    pub step_stats: Vec<StepStats>,
+    pub record_step_stats: bool,
 }
 
 impl LLMEngine {
@@ -137,6 +150,7 @@ impl LLMEngine {
             Device::Cpu if tp > 1 || pp > 1 => {
                 let executor = ThreadExecutor::new(weights, model_config, &config, &parts)?;
                 BuiltExecutor {
+                    num_swap_blocks: 0, // validate() refuses swap with several ranks
                     num_kv_blocks: executor.num_kv_blocks,
                     max_model_len: executor.max_model_len,
                     executor: Box::new(executor),
@@ -163,7 +177,8 @@ impl LLMEngine {
             block_manager,
             eos_token_ids,
             built.max_model_len,
-        );
+        )
+        .with_preemption(config.preemption, built.num_swap_blocks);
         Ok(LLMEngine {
             tokenizer,
             scheduler,
@@ -174,7 +189,16 @@ impl LLMEngine {
             next_seq_id: 0,
             stats: EngineStats::default(),
             schedule: parts.schedule,
+            last_step_stats: None,
+            step_stats: Vec::new(),
+            record_step_stats: false,
         })
+    }
+
+    /// What the last step scheduled, preempted and swapped, and the blocks it left free
+    /// (`None` before the first step).
+    pub fn last_step_stats(&self) -> Option<&StepStats> {
+        self.last_step_stats.as_ref()
     }
 
     pub fn model_config(&self) -> &crate::config::ModelConfig {
@@ -269,9 +293,33 @@ impl LLMEngine {
     /// Runs one step; returns the requests that finished in it.
     pub fn step(&mut self) -> Result<Vec<RequestOutput>> {
         let out = {
-            let _span = tracing::debug_span!(SCHEDULE_SPAN, step = self.stats.num_steps).entered();
+            let step = self.stats.num_steps + 1;
+            let _span = tracing::debug_span!(SCHEDULE_SPAN, step).entered();
             (self.schedule)(&mut self.scheduler)
         };
+        let swaps = self.scheduler.take_swaps();
+        // Lookups happen in `schedule`: this reading closes the step's prefix cache counts.
+        let prefix_cache = self.scheduler.block_manager.prefix_cache_stats();
+        self.stats.last_step_prefix_cache = prefix_cache.since(&self.stats.prefix_cache);
+        self.stats.prefix_cache = prefix_cache;
+        // The copies go first: a block swapped out may be written by this step's forward.
+        self.executor.swap_blocks(&swaps)?;
+        let mut stats = StepStats::of_step(self.stats.num_steps + 1, &out, &swaps, &self.scheduler);
+        stats.prefix_cache_queried_tokens = self.stats.last_step_prefix_cache.queried_tokens;
+        stats.prefix_cache_hit_tokens = self.stats.last_step_prefix_cache.hit_tokens;
+        self.stats.num_swapped_out += stats.num_swapped_out;
+        self.stats.num_swapped_in += stats.num_swapped_in;
+        self.stats.blocks_swapped_out += stats.blocks_swapped_out;
+        self.stats.blocks_swapped_in += stats.blocks_swapped_in;
+        self.last_step_stats = Some(stats);
+        if self.record_step_stats {
+            self.step_stats.push(stats);
+        }
+        if out.is_empty() && !swaps.is_empty() {
+            // Only swaps this step (every running sequence yielded): the next step runs them.
+            self.stats.num_steps += 1;
+            return Ok(Vec::new());
+        }
         if out.is_empty() {
             if self.has_unfinished_requests() {
                 // Cannot happen by construction (a lone request always fits the cache); if it
@@ -297,9 +345,6 @@ impl LLMEngine {
             .stats
             .max_batched_tokens_in_a_step
             .max(out.num_batched_tokens());
-        let prefix_cache = self.scheduler.block_manager.prefix_cache_stats();
-        self.stats.last_step_prefix_cache = prefix_cache.since(&self.stats.prefix_cache);
-        self.stats.prefix_cache = prefix_cache;
         let finished = self
             .scheduler
             .update_from_output(&out, &output.sampled_token_ids);
@@ -343,6 +388,8 @@ fn fresh_seed() -> u64 {
 struct BuiltExecutor {
     executor: Box<dyn Executor>,
     num_kv_blocks: usize,
+    /// Host blocks of the swap space (0 unless the preemption mode is swap).
+    num_swap_blocks: usize,
     max_model_len: usize,
 }
 
@@ -389,9 +436,23 @@ where
     let mut runner = ModelRunner::new(llama, num_kv_blocks, block_size)?;
     runner.prepare_inputs = parts.prepare_inputs;
     runner.sample = parts.sample;
+    // The swap space holds blocks in the cache's own dtype, every layer's keys and values.
+    let num_swap_blocks = match config.preemption.mode {
+        PreemptionMode::Swap => {
+            let dtype_bytes = runner.model.backend.default_dtype().size_in_bytes();
+            let block_bytes =
+                kv_cache_bytes_per_block(&runner.model.config, block_size, dtype_bytes);
+            config.preemption.swap_space_bytes / block_bytes.max(1)
+        }
+        PreemptionMode::Recompute => 0,
+    };
+    runner
+        .kv_cache
+        .allocate_swap_space(&runner.model.backend, num_swap_blocks);
     Ok(BuiltExecutor {
         executor: Box::new(runner),
         num_kv_blocks,
+        num_swap_blocks,
         max_model_len,
     })
 }

@@ -27,6 +27,15 @@ pub struct SamplingParams {
     /// Return each step's raw logits in the output (for tests and inspection tools; costs
     /// `vocab_size` floats per generated token).
     pub output_logits: bool,
+    /// Scheduling priority under the `priority` and `qos` policies: lower runs first (vLLM's
+    /// convention); 0 by default. Other policies ignore it.
+    pub priority: i32,
+    /// The tenant the request is billed to under the `fair` and `qos` policies, which share
+    /// the engine's tokens among tenants by weight; empty is the default tenant.
+    pub tenant: String,
+    /// Under the `qos` policy, the request should finish within this long of its arrival; once
+    /// it is late it is served before every request that is not (earliest deadline first).
+    pub deadline: Option<std::time::Duration>,
 }
 
 impl Default for SamplingParams {
@@ -40,6 +49,9 @@ impl Default for SamplingParams {
             stop_token_ids: vec![],
             ignore_eos: false,
             output_logits: false,
+            priority: 0,
+            tenant: String::new(),
+            deadline: None,
         }
     }
 }

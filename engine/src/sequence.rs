@@ -17,6 +17,8 @@ pub struct SeqId(pub u64);
 pub enum SequenceStatus {
     Waiting,
     Running,
+    /// Preempted by swap: its KV blocks are in the host swap space, its computed count kept.
+    Swapped,
     Finished(FinishReason),
 }
 
@@ -52,6 +54,8 @@ pub struct Sequence {
     pub num_preemptions: usize,
     /// Raw logits of each generated token, if `params.output_logits`.
     pub logits: Vec<Vec<f32>>,
+    /// When the engine queued it: SLA deadlines count from here.
+    pub arrival_time: std::time::Instant,
 }
 
 impl Sequence {
@@ -65,6 +69,7 @@ impl Sequence {
             params,
             num_preemptions: 0,
             logits: Vec::new(),
+            arrival_time: std::time::Instant::now(),
         }
     }
 

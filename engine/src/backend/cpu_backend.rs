@@ -21,7 +21,8 @@ pub use super::cpu_kernels::{
 use std::sync::Mutex;
 
 use super::cuda_step::is_decode;
-use super::{Backend, BackendError, DType, Result};
+use super::swap_blocks::check_swap;
+use super::{Backend, BackendError, DType, HostData, HostKvBlocks, Result, SwapDirection};
 use crate::attention::attention_metadata::AttentionMetadata;
 use crate::distributed::{CommStats, Communicator};
 use crate::ops;
@@ -360,6 +361,30 @@ impl Backend for CpuBackend {
         let mut out = Self::f32_zeros(x.rows, x.cols / 2);
         ops::activation::silu_and_mul(&mut out.data, &x.data, x.rows);
         Ok(out)
+    }
+
+    fn swap_blocks(
+        &self,
+        cache: &mut CpuTensor,
+        host: &mut HostKvBlocks,
+        mapping: &[(u32, u32)],
+        direction: SwapDirection,
+    ) -> Result<()> {
+        let _span = tracing::trace_span!("kernel", op = "swap_blocks").entered();
+        check_swap("cpu", cache.rows, cache.cols, DType::F32, host, mapping)?;
+        let n = host.block_len();
+        let HostData::F32(host_data) = &mut host.data else {
+            unreachable!("check_swap compared the dtypes")
+        };
+        for &(device, block) in mapping {
+            let d = device as usize * n..(device as usize + 1) * n;
+            let h = block as usize * n..(block as usize + 1) * n;
+            match direction {
+                SwapDirection::Out => host_data[h].copy_from_slice(&cache.data[d]),
+                SwapDirection::In => cache.data[d].copy_from_slice(&host_data[h]),
+            }
+        }
+        Ok(())
     }
 
     fn split_columns(&self, x: &CpuTensor, widths: &[usize]) -> Result<Vec<CpuTensor>> {

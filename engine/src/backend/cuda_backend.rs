@@ -764,6 +764,16 @@ impl Backend for CudaBackend {
         bias: Option<&CudaTensor>,
     ) -> Result<CudaTensor> {
         let fused = NormGemv {
+    fn swap_blocks(
+        &self,
+        cache: &mut CudaTensor,
+        host: &mut super::HostKvBlocks,
+        mapping: &[(u32, u32)],
+        direction: super::SwapDirection,
+    ) -> Result<()> {
+        super::swap_blocks::cuda_swap_blocks(&self.gpu.stream, cache, host, mapping, direction)
+    }
+
             op: "add_rms_norm_linear",
             norm,
             eps,

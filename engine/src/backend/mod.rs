@@ -24,9 +24,11 @@ pub mod cuda_step;
 pub mod cuda_tensor;
 pub mod dtype;
 pub mod error;
+pub mod swap_blocks;
 
 pub use dtype::DType;
 pub use error::BackendError;
+pub use swap_blocks::{HostData, HostKvBlocks, SwapDirection};
 
 use crate::config::{EngineConfig, ModelConfig};
 use crate::outputs::ModelRunnerOutput;
@@ -179,6 +181,30 @@ pub trait Backend: Send + Sync {
     ) -> Result<Self::Tensor>;
     /// `[t, 2d] → [t, d]`: `silu(gate) * up`.
     fn silu_and_mul(&self, x: &Self::Tensor) -> Result<Self::Tensor>;
+    // ANCHOR: swap_blocks
+    /// Copies whole KV blocks between `cache` `[num_blocks·block_size, cols]` (one layer's
+    /// keys or values) and `host` (the same layout in host memory, `host.block_size` rows a
+    /// block), in `direction`: for each `(device block, host block)` pair of `mapping`, the
+    /// block's rows, bit for bit (the host keeps the cache's dtype). Fails, copying nothing,
+    /// if a block is out of range, the widths or dtypes differ; the copies are done when it
+    /// returns. This default, for a backend that has no copy, says so (the engine's two
+    /// backends both have one).
+    fn swap_blocks(
+        &self,
+        _cache: &mut Self::Tensor,
+        _host: &mut HostKvBlocks,
+        _mapping: &[(u32, u32)],
+        _direction: SwapDirection,
+    ) -> Result<()> {
+        Err(BackendError::shape(
+            "swap_blocks",
+            format!(
+                "the {} backend cannot swap; use --preemption-mode recompute",
+                self.name()
+            ),
+        ))
+    }
+    // ANCHOR_END: swap_blocks
     /// Splits `x` `[t, Σ widths]` into `[t, width]` pieces (q, k, v of a fused projection).
     fn split_columns(&self, x: &Self::Tensor, widths: &[usize]) -> Result<Vec<Self::Tensor>>;
     /// The steps between the fused qkv projection and attention: splits `qkv`

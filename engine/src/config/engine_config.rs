@@ -83,6 +83,9 @@ pub struct EngineConfig {
     /// `--enforce-eager`).
     pub cuda_graphs: bool,
     pub parallel: ParallelConfig,
+    /// How a running sequence yields its KV blocks when the cache is full, which one does,
+    /// and the host swap space (`--preemption-mode`, `--preemption-victim`, `--swap-space`).
+    pub preemption: crate::core::preemption::PreemptionConfig,
 }
 
 impl Default for EngineConfig {
@@ -104,6 +107,7 @@ impl Default for EngineConfig {
             device: Device::Cpu,
             cuda_graphs: true,
             parallel: ParallelConfig::default(),
+            preemption: Default::default(),
         }
     }
 }
@@ -135,6 +139,14 @@ impl EngineConfig {
         }
         if self.parallel.collective_timeout.is_zero() {
             return bad("the collective timeout must be longer than zero");
+        }
+        let parallel = self.parallel.tensor_parallel_size * self.parallel.pipeline_parallel_size;
+        if self.preemption.mode == crate::core::preemption::PreemptionMode::Swap && parallel > 1 {
+            return bad(
+                "--preemption-mode swap runs with one worker for now (each rank would \
+                 need its own swap space); use recompute with --tensor-parallel-size or \
+                 --pipeline-parallel-size",
+            );
         }
         let u = self.cache.gpu_memory_utilization;
         if !(u > 0.0 && u <= 1.0) {

@@ -5,18 +5,27 @@
 //! sequence gets `min(uncomputed tokens, remaining budget)` new tokens. A running sequence in
 //! decode has one uncomputed token; a new prompt has all of its tokens; a prompt larger than
 //! the budget is cut into chunks over several steps. When the KV cache cannot hold a running
-//! sequence's new tokens, the least important running sequence is preempted by recompute: its
-//! blocks are freed and it returns to the waiting queue to be prefilled again later.
+//! sequence's new tokens, a running sequence is preempted ([`super::preemption`]): by
+//! recompute (its blocks are freed and it returns to the waiting queue to be prefilled again
+//! later) or by swap (its blocks are copied to the host and it waits in the swapped queue,
+//! its computed tokens kept, until there is room to copy them back).
+//!
+//! Three queues, served in this order each step: running, then swapped (they resume before
+//! any new admission: their work is done and holds host memory), then waiting.
+
+mod swapping;
 
 use std::collections::{HashMap, VecDeque};
 
 use super::block_manager::BlockManager;
+use super::preemption::PreemptionConfig;
 use super::scheduler_output::{ScheduledSequence, SchedulerOutput};
 use super::scheduling_policy::SchedulingPolicy;
+use super::swap_space::{SwapOps, SwapSpace};
 use crate::config::SchedulerConfig;
 use crate::sequence::{FinishReason, SeqId, Sequence, SequenceStatus};
 
-/// Waiting and running queues over a block manager.
+/// Waiting, running and swapped queues over a block manager and a swap space.
 pub struct Scheduler {
     config: SchedulerConfig,
     policy: Box<dyn SchedulingPolicy>,
@@ -27,6 +36,13 @@ pub struct Scheduler {
     pub waiting: VecDeque<SeqId>,
     /// Have KV blocks and are being prefilled or decoded.
     pub running: Vec<SeqId>,
+    /// Preempted by swap: their KV blocks are in `swap_space`, waiting to be copied back.
+    pub swapped: VecDeque<SeqId>,
+    preemption: PreemptionConfig,
+    /// Host blocks of the swapped sequences (none unless the mode is swap).
+    pub swap_space: SwapSpace,
+    /// The block copies the current step needs, until the engine takes them.
+    swaps: SwapOps,
     /// Token ids that end a request unless it sets `ignore_eos`.
     eos_token_ids: Vec<u32>,
     /// Longest sequence (prompt + output) the cache and model can hold.
@@ -48,19 +64,46 @@ impl Scheduler {
             seqs: HashMap::new(),
             waiting: VecDeque::new(),
             running: Vec::new(),
+            swapped: VecDeque::new(),
+            preemption: PreemptionConfig::default(),
+            swap_space: SwapSpace::new(0),
+            swaps: SwapOps::default(),
             eos_token_ids,
             max_model_len,
         }
     }
 
+    /// Preempts as `preemption` says, swapping into a host space of `num_swap_blocks` blocks.
+    pub fn with_preemption(mut self, preemption: PreemptionConfig, num_swap_blocks: usize) -> Self {
+        self.preemption = preemption;
+        self.swap_space = SwapSpace::new(num_swap_blocks);
+        self
+    }
+
+    /// How this scheduler preempts.
+    pub fn preemption(&self) -> &PreemptionConfig {
+        &self.preemption
+    }
+
     /// Queues a new request. The engine has already checked that it fits the cache.
     pub fn add_sequence(&mut self, seq: Sequence) {
+        self.policy.on_arrival(&seq);
         self.waiting.push_back(seq.seq_id);
         self.seqs.insert(seq.seq_id, seq);
     }
 
     pub fn has_unfinished(&self) -> bool {
-        !self.waiting.is_empty() || !self.running.is_empty()
+        !self.waiting.is_empty() || !self.running.is_empty() || !self.swapped.is_empty()
+    }
+
+    pub fn num_swapped(&self) -> usize {
+        self.swapped.len()
+    }
+
+    /// The block copies the last `schedule` asked for (swap-outs, then swap-ins), which the
+    /// worker must make before the step's forward pass; empties the list.
+    pub fn take_swaps(&mut self) -> SwapOps {
+        std::mem::take(&mut self.swaps)
     }
 
     pub fn num_waiting(&self) -> usize {
@@ -92,14 +135,16 @@ impl Scheduler {
 
     // ANCHOR: schedule
     /// Builds the next step's batch under the token budget, preempting if blocks run out.
+    /// Block copies for swaps wait in [`Scheduler::take_swaps`].
     pub fn schedule(&mut self) -> SchedulerOutput {
         let mut budget = self.config.max_num_batched_tokens;
         let mut out = SchedulerOutput::default();
+        self.policy.begin_step(std::time::Instant::now());
         self.sort_by_policy();
 
         // 1. Running sequences first: they hold blocks already, and finishing them frees
-        //    memory. Victims are taken from the back (least important), so a sequence that
-        //    was already scheduled this step is never preempted.
+        //    memory. Victims are taken from those not yet scheduled this step (the sequence
+        //    itself last), so a sequence that was already scheduled is never preempted.
         let mut i = 0;
         while i < self.running.len() && budget > 0 {
             let id = self.running[i];
@@ -108,23 +153,31 @@ impl Scheduler {
             let total = seq.num_computed_tokens + num_new;
             loop {
                 if self.block_manager.allocate_slots(id, total) {
-                    out.scheduled.push(self.scheduled_sequence(id, num_new));
+                    self.push_scheduled(&mut out, id, num_new);
                     budget -= num_new;
                     i += 1;
                     break;
                 }
-                let victim = self.select_victim().expect("running holds at least `id`");
-                self.preempt(victim);
-                out.preempted.push(victim);
+                let victim = self.select_victim_after(i);
+                self.preempt_victim(victim, &mut out);
                 if victim == id {
                     break; // it was the least important itself; the loop ends with it
                 }
             }
         }
 
-        // 2. Admit waiting sequences while budget, sequence slots and blocks last. After a
+        // 2. Resume swapped sequences, unless this step preempted (the cache is full, and a
+        //    step never swaps both ways: see `swap_space`).
+        let preempted = !out.preempted.is_empty() || !self.swaps.swapped_out.is_empty();
+        if !preempted {
+            budget = self.resume_swapped(&mut out, budget);
+        }
+
+        // 3. Admit waiting sequences while budget, sequence slots and blocks last. After a
         //    preemption the cache is full: admitting more would only cause more preemption.
-        while out.preempted.is_empty()
+        //    Swapped sequences come first: nothing new starts while one still waits.
+        while !preempted
+            && self.swapped.is_empty()
             && budget > 0
             && self.running.len() < self.config.max_num_seqs
         {
@@ -157,19 +210,30 @@ impl Scheduler {
             let seq = self.seqs.get_mut(&id).unwrap();
             seq.status = SequenceStatus::Running;
             seq.num_computed_tokens = computed;
-            out.scheduled.push(self.scheduled_sequence(id, num_new));
+            self.push_scheduled(&mut out, id, num_new);
             budget -= num_new;
         }
         out
     }
     // ANCHOR_END: schedule
 
-    /// Sorts both queues from most to least important.
+    /// Sorts the queues from most to least important.
     pub fn sort_by_policy(&mut self) {
         let (seqs, policy) = (&self.seqs, &self.policy);
         let cmp = |a: &SeqId, b: &SeqId| policy.compare(&seqs[a], &seqs[b]);
         self.running.sort_by(cmp);
         self.waiting.make_contiguous().sort_by(cmp);
+        self.swapped.make_contiguous().sort_by(cmp);
+    }
+
+    /// Adds `id`'s next `num_new` tokens to the batch and tells the policy.
+    fn push_scheduled(&mut self, out: &mut SchedulerOutput, id: SeqId, num_new: usize) {
+        self.policy.on_scheduled(&self.seqs[&id], num_new);
+        // Prefix caching: full blocks this step computes can be hit by requests after this one.
+        let seq = &self.seqs[&id];
+        let end = seq.num_computed_tokens + num_new;
+        self.block_manager.cache_full_blocks(seq, end);
+        out.scheduled.push(self.scheduled_sequence(id, num_new));
     }
 
     /// `id`'s next `num_new` uncomputed tokens, with its current block table.
@@ -226,8 +290,6 @@ impl Scheduler {
                 .get_mut(&s.seq_id)
                 .expect("scheduled sequence exists");
             seq.num_computed_tokens += s.token_ids.len();
-            // Full blocks whose KV this step finished can now be found by later requests.
-            self.block_manager.cache_full_blocks(seq);
             if !s.needs_logits {
                 continue;
             }
@@ -246,12 +308,15 @@ impl Scheduler {
     /// Removes a request wherever it is, freeing its blocks (vLLM's `abort_request`).
     /// Returns false if it is unknown or already finished.
     pub fn abort_sequence(&mut self, id: SeqId) -> bool {
-        if self.seqs.remove(&id).is_none() {
+        let Some(seq) = self.seqs.remove(&id) else {
             return false;
-        }
+        };
+        self.policy.on_finished(&seq);
         self.block_manager.free(id);
+        self.swap_space.free(id);
         self.running.retain(|&r| r != id);
         self.waiting.retain(|&w| w != id);
+        self.swapped.retain(|&w| w != id);
         true
     }
 
@@ -273,6 +338,7 @@ impl Scheduler {
         self.block_manager.free(id);
         self.running.retain(|&r| r != id);
         let mut seq = self.seqs.remove(&id).unwrap();
+        self.policy.on_finished(&seq);
         seq.status = SequenceStatus::Finished(reason);
         seq
     }

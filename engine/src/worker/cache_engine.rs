@@ -1,7 +1,8 @@
 //! Allocates the paged KV cache (vLLM's `CacheEngine`) and sizes it from a memory budget.
 
-use crate::backend::{Backend, Result};
+use crate::backend::{Backend, HostKvBlocks, Result, SwapDirection};
 use crate::config::ModelConfig;
+use crate::core::swap_space::SwapOps;
 
 /// Per layer, a key cache and a value cache, each `[num_blocks · block_size, kv_heads · head_dim]`
 /// (that is `[num_blocks, block_size, num_kv_heads, head_dim]` flattened to rows of slots).
@@ -9,6 +10,9 @@ pub struct KvCache<B: Backend> {
     layers: Vec<(B::Tensor, B::Tensor)>,
     pub num_blocks: usize,
     pub block_size: usize,
+    /// Per layer, the host swap space's keys and values (vLLM's `cpu_cache`); empty until
+    /// [`KvCache::allocate_swap_space`].
+    swap: Vec<(HostKvBlocks, HostKvBlocks)>,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -35,8 +39,59 @@ impl<B: Backend> KvCache<B> {
             layers,
             num_blocks,
             block_size,
+            swap: Vec::new(),
         })
     }
+
+    /// Allocates a host swap space of `num_blocks` blocks per layer, in the cache's dtype.
+    pub fn allocate_swap_space(&mut self, backend: &B, num_blocks: usize) {
+        let dtype = backend.default_dtype();
+        self.swap = self
+            .layers
+            .iter()
+            .map(|(k, _)| {
+                let cols = backend.shape(k).1;
+                let host = HostKvBlocks::zeros(dtype, num_blocks, self.block_size, cols);
+                (host.clone(), host)
+            })
+            .collect();
+    }
+
+    // ANCHOR: swap
+    /// Makes a step's block copies, every layer's keys and values: first the swap-outs,
+    /// then the swap-ins (the scheduler never asks for both in one step, so the order only
+    /// matters as a rule: device blocks freed by a swap-out are read before anyone reuses them).
+    pub fn swap(&mut self, backend: &B, ops: &SwapOps) -> Result<()> {
+        let _span = tracing::debug_span!(
+            "swap_blocks",
+            out = ops.swap_out.len(),
+            r#in = ops.swap_in.len()
+        )
+        .entered();
+        let pairs = |copies: &[crate::core::swap_space::BlockCopy]| -> Vec<(u32, u32)> {
+            copies.iter().map(|c| (c.device.0, c.host.0)).collect()
+        };
+        for (copies, direction) in [
+            (pairs(&ops.swap_out), SwapDirection::Out),
+            (pairs(&ops.swap_in), SwapDirection::In),
+        ] {
+            if copies.is_empty() {
+                continue;
+            }
+            if self.swap.is_empty() {
+                return Err(crate::backend::BackendError::shape(
+                    "swap_blocks",
+                    "this cache has no swap space (--swap-space 0)",
+                ));
+            }
+            for ((k, v), (hk, hv)) in self.layers.iter_mut().zip(&mut self.swap) {
+                backend.swap_blocks(k, hk, &copies, direction)?;
+                backend.swap_blocks(v, hv, &copies, direction)?;
+            }
+        }
+        Ok(())
+    }
+    // ANCHOR_END: swap
 
     /// Layer `i`'s (key cache, value cache).
     pub fn layer_mut(&mut self, i: usize) -> (&mut B::Tensor, &mut B::Tensor) {

@@ -126,6 +126,12 @@ impl<B: Backend> ModelRunner<B> {
         }
     }
 
+    /// Makes a step's swap copies between the KV cache and the host swap space, before the
+    /// step's forward pass.
+    pub fn swap_blocks(&mut self, ops: &crate::core::swap_space::SwapOps) -> Result<()> {
+        self.kv_cache.swap(&self.model.backend, ops)
+    }
+
     // ANCHOR: execute_model
     /// Runs one step: the forward pass, then one sampled token per sequence with
     /// `needs_logits`, in batch order.

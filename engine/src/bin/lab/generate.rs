@@ -2,7 +2,11 @@
 
 use anyhow::{bail, Context};
 use clap::Args;
+use engine::core::scheduling_policy::policy_from_name;
+use engine::engine_parts::EngineParts;
 use engine::{Prompt, SamplingParams, LLM};
+
+use crate::step_stats;
 
 use crate::ModelArgs;
 
@@ -13,10 +17,23 @@ pub struct GenerateArgs {
     /// A prompt (repeat for several; all run batched).
     #[arg(long = "prompt")]
     prompts: Vec<String>,
-    /// A JSON file holding an array of prompts, each a string or an array of token ids
-    /// (e.g. `["Hello", [1, 2, 3]]`): ids go to the model as they are, untokenized.
+    /// A JSON file holding an array of prompts, each a string, an array of token ids
+    /// (e.g. `["Hello", [1, 2, 3]]`: ids go to the model as they are, untokenized), or an
+    /// object `{"prompt": ..., "priority": 1, "tenant": "a", "deadline_ms": 500}` (all but
+    /// `prompt` optional).
     #[arg(long)]
     prompts_file: Option<std::path::PathBuf>,
+    /// Who goes first: fcfs, priority (lower value first), fair (tenants share tokens by
+    /// weight) or qos (overdue first, then tenants by weight, then priority).
+    #[arg(long, default_value = "fcfs")]
+    scheduling_policy: String,
+    /// A tenant's weight under fair and qos, as NAME=WEIGHT (repeatable; others weigh 1).
+    #[arg(long = "tenant-weight", value_parser = parse_tenant_weight)]
+    tenant_weights: Vec<(String, f64)>,
+    /// Print what each step scheduled, preempted and swapped, and the free blocks, as a table
+    /// on stderr (stdout keeps the completions or the --json array).
+    #[arg(long)]
+    stats: bool,
     /// Wrap each prompt as a user message in the model's chat template.
     #[arg(long)]
     chat: bool,
@@ -84,6 +101,54 @@ fn top2(logits: &[f32]) -> Top2 {
 enum PromptItem {
     Text(String),
     TokenIds(Vec<u32>),
+    /// A prompt with its scheduling fields.
+    Request(RequestItem),
+}
+
+/// `{"prompt": ..., "priority": .., "tenant": .., "deadline_ms": ..}` in `--prompts-file`.
+#[derive(serde::Deserialize, serde::Serialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct RequestItem {
+    prompt: Box<PromptItem>,
+    #[serde(default)]
+    priority: i32,
+    #[serde(default)]
+    tenant: String,
+    #[serde(default)]
+    deadline_ms: Option<u64>,
+}
+
+impl PromptItem {
+    /// The text or ids, and the request's scheduling fields set on `params`.
+    fn split(&self, params: &SamplingParams) -> anyhow::Result<(PromptItem, SamplingParams)> {
+        match self {
+            PromptItem::Request(r) => {
+                if matches!(*r.prompt, PromptItem::Request(_)) {
+                    bail!("--prompts-file: a \"prompt\" must be a string or token ids");
+                }
+                let params = SamplingParams {
+                    priority: r.priority,
+                    tenant: r.tenant.clone(),
+                    deadline: r.deadline_ms.map(std::time::Duration::from_millis),
+                    ..params.clone()
+                };
+                Ok(((*r.prompt).clone(), params))
+            }
+            other => Ok((other.clone(), params.clone())),
+        }
+    }
+}
+
+fn parse_tenant_weight(s: &str) -> Result<(String, f64), String> {
+    let (name, weight) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=WEIGHT"))?;
+    let weight: f64 = weight
+        .parse()
+        .ok()
+        .filter(|w: &f64| w.is_finite() && *w > 0.0)
+        .ok_or_else(|| format!("{weight:?} is not a positive number"))?;
+    Ok((name.to_string(), weight))
 }
 
 fn read_prompts_file(path: &std::path::Path) -> anyhow::Result<Vec<PromptItem>> {
@@ -103,14 +168,18 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.prompts_file {
         prompts.extend(read_prompts_file(path)?);
     }
+    let policy = policy_from_name(&args.scheduling_policy, &args.tenant_weights)?;
+    if !args.tenant_weights.is_empty() && !matches!(policy.name(), "fair" | "qos") {
+        bail!("--tenant-weight applies to --scheduling-policy fair or qos");
+    }
     if prompts.is_empty() {
         bail!("no prompts: give --prompt TEXT (repeatable) or --prompts-file FILE");
     }
     if args.chat {
-        if let Some(i) = prompts
-            .iter()
-            .position(|p| matches!(p, PromptItem::TokenIds(_)))
-        {
+        if let Some(i) = prompts.iter().position(|p| match p {
+            PromptItem::Request(r) => matches!(*r.prompt, PromptItem::TokenIds(_)),
+            other => matches!(other, PromptItem::TokenIds(_)),
+        }) {
             bail!(
                 "--chat wraps text in a template, but prompt {} is token ids",
                 i + 1
@@ -126,9 +195,22 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         stop_token_ids: args.stop_token_ids.clone(),
         ignore_eos: args.ignore_eos,
         output_logits: args.logit_margins,
+        ..SamplingParams::default()
     };
     params.validate()?; // before loading the model
-    let mut llm = LLM::new(args.model.load()?, args.model.engine_config())?;
+    let (prompts, request_params): (Vec<PromptItem>, Vec<SamplingParams>) = prompts
+        .iter()
+        .map(|p| p.split(&params))
+        .collect::<anyhow::Result<Vec<_>>>()?
+        .into_iter()
+        .unzip();
+    let parts = EngineParts {
+        policy,
+        ..EngineParts::default()
+    };
+    let config = args.model.engine_config();
+    let mut llm = LLM::with_parts(args.model.load()?, config, parts)?;
+    llm.engine.record_step_stats = args.stats;
     // What the engine is given: with --chat, each text wrapped in the template.
     let inputs: Vec<PromptItem> = prompts
         .iter()
@@ -137,14 +219,22 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             other => Ok(other.clone()),
         })
         .collect::<Result<_, _>>()?;
-    let engine_prompts = inputs
+    let requests = inputs
         .iter()
-        .map(|p| match p {
-            PromptItem::Text(t) => Prompt::Text(t.clone()),
-            PromptItem::TokenIds(ids) => Prompt::TokenIds(ids.clone()),
+        .zip(request_params)
+        .map(|(p, params)| match p {
+            PromptItem::Text(t) => (Prompt::Text(t.clone()), params),
+            PromptItem::TokenIds(ids) => (Prompt::TokenIds(ids.clone()), params),
+            PromptItem::Request(_) => unreachable!("split above"),
         })
         .collect();
-    let outputs = llm.generate_prompts(engine_prompts, &params)?;
+    let outputs = llm.generate_requests(requests)?;
+    if args.stats {
+        eprint!(
+            "{}",
+            step_stats::table(&llm.engine.step_stats, &llm.engine.stats)
+        );
+    }
     if args.json {
         let array: Vec<_> = inputs
             .iter()
@@ -174,6 +264,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
             let prompt = match prompt {
                 PromptItem::Text(t) => format!("{t:?}"),
                 PromptItem::TokenIds(ids) => format!("{} token ids", ids.len()),
+                PromptItem::Request(_) => unreachable!("split above"),
             };
             println!(
                 "prompt: {prompt}\noutput: {:?}  [{} tokens, {}]\n",

@@ -15,6 +15,7 @@ mod plan;
 mod py_random;
 mod save_model;
 mod serving_bench;
+mod step_stats;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -98,6 +99,19 @@ pub struct ModelArgs {
     /// step's sequences).
     #[arg(long)]
     pub pipeline_micro_batches: Option<usize>,
+    /// When the KV cache is full, how a running sequence yields its blocks: `recompute`
+    /// (drop them, prefill again later; the default, see engine::core::preemption) or `swap`
+    /// (copy them to host memory and back).
+    #[arg(long, default_value_t = engine::core::preemption::PreemptionMode::default())]
+    pub preemption_mode: engine::core::preemption::PreemptionMode,
+    /// Which running sequence is preempted: policy (the one the scheduling policy ranks
+    /// last), lowest-priority, latest-arrival or most-blocks.
+    #[arg(long, default_value = "policy")]
+    pub preemption_victim: engine::core::preemption::VictimSelection,
+    /// Host memory for swapped-out KV blocks, in GiB (fractions allowed), with
+    /// --preemption-mode swap; a victim that does not fit is recomputed instead.
+    #[arg(long, default_value_t = 4.0)]
+    pub swap_space: f64,
 }
 
 impl ModelArgs {
@@ -113,6 +127,11 @@ impl ModelArgs {
         c.parallel.tensor_parallel_size = self.tensor_parallel_size;
         c.parallel.pipeline_parallel_size = self.pipeline_parallel_size;
         c.parallel.pipeline_micro_batches = self.pipeline_micro_batches;
+        c.preemption.mode = self.preemption_mode;
+        c.preemption.victim = self.preemption_victim;
+        // A bad value is refused in `load` (swap_space_bytes); here it is only converted.
+        c.preemption.swap_space_bytes =
+            engine::core::preemption::swap_space_bytes(self.swap_space).unwrap_or(0);
         c
     }
 
@@ -120,6 +139,7 @@ impl ModelArgs {
         use engine::model_source::{load_model, ModelSpec};
         let config = self.engine_config();
         config.validate()?; // fail on bad knobs before loading 500 MB of weights
+        engine::core::preemption::swap_space_bytes(self.swap_space)?;
         Ok(load_model(
             &ModelSpec::parse(&self.model),
             self.random_weights,
