@@ -51,6 +51,11 @@ pub trait Executor: Send {
     fn pipeline_schedule(&self) -> Option<crate::distributed::ExecutedSchedule> {
         None
     }
+    /// What telling the ranks each step has cost (deltas against whole outputs); `None` for a
+    /// single worker, which is told nothing.
+    fn broadcast_stats(&self) -> Option<crate::distributed::BroadcastStats> {
+        None
+    }
 }
 
 /// One worker in this process.
@@ -70,15 +75,15 @@ where
         Ok(ModelRunner::execute_model(self, scheduler_output)?)
     }
 
+    fn swap_blocks(&mut self, ops: &SwapOps) -> Result<()> {
+        Ok(ModelRunner::swap_blocks(self, ops)?)
+    }
+
     fn model_config(&self) -> &ModelConfig {
         &self.model.config
     }
 
     fn backend_name(&self) -> &'static str {
-    fn swap_blocks(&mut self, ops: &SwapOps) -> Result<()> {
-        Ok(ModelRunner::swap_blocks(self, ops)?)
-    }
-
         self.model.backend.name()
     }
 

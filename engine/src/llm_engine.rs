@@ -16,6 +16,7 @@ use crate::core::preemption::PreemptionMode;
 use crate::core::prefix_cache::PrefixCacheStats;
 use crate::core::scheduler::Scheduler;
 use crate::core::step_stats::StepStats;
+use crate::distributed::process_executor::ProcessExecutor;
 use crate::distributed::thread_executor::ThreadExecutor;
 use crate::engine_parts::{EngineParts, ScheduleFn};
 use crate::error::{EngineError, Result};
@@ -147,6 +148,18 @@ impl LLMEngine {
             eos_token_ids,
         } = model;
         let built = match device {
+            Device::Cpu if (tp > 1 || pp > 1) && config.parallel.launch.is_some() => {
+                // Launched (`lab launch`): this process is rank 0, the others are processes.
+                let launch = config.parallel.launch.expect("checked in the guard");
+                let executor =
+                    ProcessExecutor::new(weights, model_config, &config, &parts, &launch)?;
+                BuiltExecutor {
+                    num_swap_blocks: 0, // validate() refuses swap with several ranks
+                    num_kv_blocks: executor.num_kv_blocks,
+                    max_model_len: executor.max_model_len,
+                    executor: Box::new(executor),
+                }
+            }
             Device::Cpu if tp > 1 || pp > 1 => {
                 let executor = ThreadExecutor::new(weights, model_config, &config, &parts)?;
                 BuiltExecutor {
@@ -228,6 +241,12 @@ impl LLMEngine {
     /// in order, in wall-clock time and in ticks (`None` with one stage).
     pub fn pipeline_schedule(&self) -> Option<crate::distributed::ExecutedSchedule> {
         self.executor.pipeline_schedule()
+    }
+
+    /// With several ranks, what telling them each step has cost: the bytes of the deltas
+    /// sent against those of whole scheduler outputs (`None` with one rank).
+    pub fn broadcast_stats(&self) -> Option<crate::distributed::BroadcastStats> {
+        self.executor.broadcast_stats()
     }
 
     // ANCHOR: add_request

@@ -59,6 +59,10 @@ pub struct ParallelConfig {
     /// How long a rank waits for a peer in a collective before the step fails (a hung rank
     /// ends in an error after this, not in a hang). A dead rank is noticed at once.
     pub collective_timeout: std::time::Duration,
+    /// Set in a process started by `lab launch`: its place in the launch. The ranks are then
+    /// processes ([`crate::distributed::process_executor`]) instead of threads; `None` runs
+    /// every rank as a thread of this process.
+    pub launch: Option<crate::distributed::bootstrap::LaunchSpec>,
 }
 
 impl Default for ParallelConfig {
@@ -68,6 +72,7 @@ impl Default for ParallelConfig {
             pipeline_parallel_size: 1,
             pipeline_micro_batches: None,
             collective_timeout: std::time::Duration::from_secs(60),
+            launch: None,
         }
     }
 }

@@ -72,6 +72,11 @@ impl CommStats {
         }
     }
 
+    /// Sets the totals of kind `op` (a table that crossed from another process).
+    pub fn set(&mut self, op: CommOp, stats: OpStats) {
+        self.ops[op.index()] = stats;
+    }
+
     /// Adds one call of kind `op`. A communicator calls this once per call, failed or not.
     pub fn record(
         &mut self,

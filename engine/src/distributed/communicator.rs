@@ -148,10 +148,12 @@ pub enum CommError {
         peer: usize,
         timeout: Duration,
     },
-    /// The peer's communicator was dropped (its thread ended or panicked).
+    /// The peer's communicator was dropped (its thread ended or panicked), or its socket closed
+    /// (its process ended or was killed).
     #[error(
         "rank {rank}: {op} failed because rank {peer} is gone \
-         (its communicator was dropped: its thread ended, failed or panicked)"
+         (its communicator was dropped or its socket closed: its thread or process ended, \
+         failed or was killed)"
     )]
     PeerGone {
         op: CommOp,

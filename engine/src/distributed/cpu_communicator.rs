@@ -18,14 +18,20 @@
 //!   communicator was dropped (its thread ended or panicked) fails at once with
 //!   [`CommError::PeerGone`]. A rank that fails drops its communicator when its thread ends, so
 //!   its neighbours fail at once too: one dead rank ends the whole group quickly.
+//!
+//! The collectives only post [`Message`]s to an [`Outbox`] per peer and take them from a
+//! channel per peer. In one process the outbox is the channel's sender; between processes
+//! ([`super::tcp_communicator`]) it writes to a socket, and a reader thread per socket feeds
+//! the same kind of channel. So the ring, the tags, the timeouts and the [`CommStats`] are one
+//! code path whatever carries the bytes.
 
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use super::comm_stats::CommStats;
 use super::communicator::{CallTag, CommError, CommOp, Communicator, COLLECTIVE_SPAN};
 use super::ring::ring_chunk;
-use messages::Message;
+pub(in crate::distributed) use messages::{Message, Outbox, PostError};
 
 mod messages;
 
@@ -38,8 +44,8 @@ pub struct CpuCommunicator {
     rank: usize,
     world_size: usize,
     timeout: Duration,
-    /// `to[peer]`: the channel from this rank to `peer` (`None` at `rank`).
-    to: Vec<Option<Sender<Message>>>,
+    /// `to[peer]`: where this rank's messages to `peer` go (`None` at `rank`).
+    to: Vec<Option<Box<dyn Outbox>>>,
     /// `from[peer]`: the messages `peer` sent to this rank, in order (`None` at `rank`).
     from: Vec<Option<Receiver<Message>>>,
     /// Collectives issued so far: the next one's sequence number.
@@ -60,34 +66,47 @@ impl CpuCommunicator {
     /// gives no communicators.
     pub fn group(world_size: usize, timeout: Duration) -> Vec<CpuCommunicator> {
         let n = world_size;
-        let mut to: Vec<Vec<Option<Sender<Message>>>> =
+        let mut to: Vec<Vec<Option<Box<dyn Outbox>>>> =
             (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
         let mut from: Vec<Vec<Option<Receiver<Message>>>> =
             (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
         for src in 0..n {
             for dst in (0..n).filter(|&dst| dst != src) {
-                let (tx, rx) = mpsc::channel();
-                to[src][dst] = Some(tx);
+                let (tx, rx) = mpsc::channel::<Message>();
+                to[src][dst] = Some(Box::new(tx));
                 from[dst][src] = Some(rx);
             }
         }
         to.into_iter()
             .zip(from)
             .enumerate()
-            .map(|(rank, (to, from))| CpuCommunicator {
-                rank,
-                world_size: n,
-                timeout,
-                to,
-                from,
-                collectives: 0,
-                sends: vec![0; n],
-                recvs: vec![0; n],
-                sent_in_call: 0,
-                broken: false,
-                stats: CommStats::default(),
-            })
+            .map(|(rank, (to, from))| CpuCommunicator::from_links(rank, n, timeout, to, from))
             .collect()
+    }
+
+    /// Rank `rank`'s end of a group whose messages to peer `p` go to `to[p]` and whose
+    /// messages from `p` arrive on `from[p]` (both `None` at `rank`): the constructor every
+    /// transport shares.
+    pub(in crate::distributed) fn from_links(
+        rank: usize,
+        world_size: usize,
+        timeout: Duration,
+        to: Vec<Option<Box<dyn Outbox>>>,
+        from: Vec<Option<Receiver<Message>>>,
+    ) -> Self {
+        CpuCommunicator {
+            rank,
+            world_size,
+            timeout,
+            to,
+            from,
+            collectives: 0,
+            sends: vec![0; world_size],
+            recvs: vec![0; world_size],
+            sent_in_call: 0,
+            broken: false,
+            stats: CommStats::default(),
+        }
     }
 
     /// The group's receive timeout.

@@ -17,9 +17,19 @@
 //!   `pipeline_stage`: a stage's sends and receives of the hidden state, micro-batch by
 //!   micro-batch, and its busy and idle time; `pipeline_schedule`: which stage runs which
 //!   micro-batch when, the bubble, and the schedule a step executed.
+//!   `rank_worker`: one rank's worker and the commands it serves, the same in a thread and
+//!   in a process; `step_delta`: each step tells the ranks only what changed (new requests,
+//!   new blocks, finished ids), and counts the bytes against whole outputs.
+//! - Ranks as processes (`lab launch`): `bootstrap` (the rendezvous at rank 0 over TCP, the
+//!   hook for NCCL's unique id, a socket per pair of ranks per group), `tcp_communicator`
+//!   (`CpuCommunicator`'s collectives over those sockets), `process_executor` (rank 0, the
+//!   driver) and `process_worker` (every other rank), `control_messages` (the driver's
+//!   commands and the ranks' replies as bytes) and `wire` (the byte format).
+pub mod bootstrap;
 pub mod comm_model;
 pub mod comm_stats;
 pub mod communicator;
+pub mod control_messages;
 pub mod cpu_communicator;
 pub mod memory_model;
 pub mod parallel_state;
@@ -28,12 +38,20 @@ pub mod pipeline_stage;
 pub mod plan_inputs;
 pub mod plan_reasons;
 pub mod planner;
+pub mod process_executor;
+pub mod process_worker;
+pub mod rank_worker;
 pub mod ring;
+pub mod step_delta;
+pub mod tcp_communicator;
 pub mod thread_executor;
+pub mod wire;
 
 pub use comm_stats::{CommStats, OpStats};
 pub use communicator::{CallTag, CommError, CommOp, Communicator};
 pub use cpu_communicator::CpuCommunicator;
 pub use pipeline_schedule::ExecutedSchedule;
 pub use pipeline_stage::StageTimes;
+pub use process_executor::ProcessExecutor;
+pub use step_delta::BroadcastStats;
 pub use thread_executor::ThreadExecutor;

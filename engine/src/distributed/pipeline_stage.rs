@@ -21,7 +21,7 @@
 //! the pipeline computes exactly what one rank does (and the engine's kernels are batch
 //! invariant, so splitting the batch changes no bit either).
 
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 use super::communicator::{CommError, CommOp, Communicator};
@@ -121,11 +121,21 @@ impl StageLink {
         self.waited += start.elapsed();
         result?;
         if let Some(ticks) = &self.ticks_in {
-            // Sent before the activations, so it is here once they are.
-            self.clock.arrival = ticks.try_recv().map_err(|_| CommError::PeerGone {
-                op: CommOp::Recv,
-                rank: self.stage(),
-                peer: self.stage() - 1,
+            // Sent before the activations: in one process it is here once they are; between
+            // processes it travels on its own socket and may trail them a little.
+            let (rank, peer, timeout) = (self.stage(), self.stage() - 1, self.comm.timeout());
+            self.clock.arrival = ticks.recv_timeout(timeout).map_err(|e| match e {
+                RecvTimeoutError::Timeout => CommError::Timeout {
+                    op: CommOp::Recv,
+                    rank,
+                    peer,
+                    timeout,
+                },
+                RecvTimeoutError::Disconnected => CommError::PeerGone {
+                    op: CommOp::Recv,
+                    rank,
+                    peer,
+                },
             })?;
         }
         let residual = buf.split_off(n);

@@ -19,9 +19,10 @@
 //! ([`tensor_parallel::load_shard_into`]), a KV cache of its own KV heads (the same number of
 //! blocks on every rank, so one block table serves them all) and a [`ModelRunner`]. The engine
 //! thread drives them over channels, as vLLM's `MultiprocExecutor` drives its worker processes:
-//! every rank gets every command (a step's `SchedulerOutput`, a new request's sampling
-//! parameters, finished ids) and runs the same forward pass on its shard, meeting the others in
-//! the collectives. Every rank gathers the same logits and draws with the same seed, so every
+//! every rank gets every command (what changed in a step's `SchedulerOutput`, a
+//! [`StepDelta`](super::step_delta::StepDelta), and a new request's sampling parameters) and
+//! runs the same forward pass on its shard ([`RankWorker`]), meeting the others in the
+//! collectives. Every rank gathers the same logits and draws with the same seed, so every
 //! rank samples the same tokens; rank 0's are returned (and checked against the others').
 //!
 //! Failure: a rank whose step fails or panics reports it and, when its thread ends, drops its
@@ -32,79 +33,33 @@
 //!
 //! [`CommError::PeerGone`]: crate::distributed::CommError::PeerGone
 
-use std::any::Any;
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use std::net::TcpStream;
+
 use super::comm_stats::CommStats;
-use super::cpu_communicator::CpuCommunicator;
+use super::control_messages::{decode_reply, encode_command};
 use super::parallel_state::{build_groups, RankLayout};
-use super::pipeline_schedule::{ExecutedItem, ExecutedSchedule};
-use super::pipeline_stage::{run_micro_batches, StageLink, StageTimes};
-use crate::backend::cpu_backend::CpuBackend;
-use crate::backend::cpu_backend::CpuKernels;
-use crate::backend::{Backend, DeviceTime, StepLimits};
+use super::pipeline_schedule::ExecutedSchedule;
+use super::pipeline_stage::{StageLink, StageTimes};
+use super::rank_worker::{Command, Geometry, RankParts, RankSpec, RankWorker, Reply};
+use super::step_delta::StepEncoder;
+use super::wire::{read_frame, write_frame};
+use crate::backend::DeviceTime;
 use crate::config::{EngineConfig, ModelConfig};
 use crate::core::scheduler_output::SchedulerOutput;
 use crate::engine_parts::EngineParts;
 use crate::error::{EngineError, Result};
 use crate::executor::Executor;
-use crate::model_executor::llama::LlamaForCausalLM;
 use crate::model_executor::pipeline_parallel::PpStage;
-use crate::model_executor::tensor_parallel::{self, TpShard};
+use crate::model_executor::tensor_parallel::TpShard;
 use crate::model_source::ModelWeights;
 use crate::outputs::ModelRunnerOutput;
-use crate::sampler::SampleFn;
 use crate::sampling_params::SamplingParams;
 use crate::sequence::SeqId;
-use crate::worker::cache_engine::kv_cache_bytes_per_block;
-use crate::worker::model_runner::ModelRunner;
-use crate::worker::model_runner::PrepareInputsFn;
-
-/// What the engine thread asks of every rank.
-enum Command {
-    /// A step: its batch, its number, and when the executor sent it (the schedule's zero).
-    Execute(Arc<SchedulerOutput>, u64, Instant),
-    AddRequest(SeqId, SamplingParams, u64),
-    RemoveRequests(Vec<SeqId>),
-    CommStats,
-}
-
-/// What a rank answers.
-enum Reply {
-    /// Its worker is built, or why not.
-    Ready(Result<()>),
-    /// A step's output (empty on a stage before the last), the time the rank computed and
-    /// the time it waited on the previous stage, and the micro-batches it ran.
-    Output(
-        Result<ModelRunnerOutput>,
-        Duration,
-        Duration,
-        Vec<ExecutedItem>,
-    ),
-    /// Boxed: a rank's counters are a large table, and every reply would carry its size.
-    Stats(Option<Box<CommStats>>),
-}
-
-/// The parts of [`EngineParts`] a rank's worker runs (the others are the scheduler's).
-#[derive(Clone, Copy)]
-struct RankParts {
-    kernels: CpuKernels,
-    prepare_inputs: PrepareInputsFn,
-    sample: SampleFn,
-    shard_tensor: tensor_parallel::ShardTensorFn,
-}
-
-/// The cache geometry every rank shares.
-#[derive(Debug, Clone, Copy)]
-struct Geometry {
-    num_kv_blocks: usize,
-    block_size: usize,
-    limits: StepLimits,
-}
 
 /// Tensor- and pipeline-parallel ranks as threads of this process (see the
 /// [module docs](self)).
@@ -123,6 +78,8 @@ pub struct ThreadExecutor {
     timeout: Duration,
     /// Set by the first failed step: the ranks are out of step from then on.
     failed: Option<String>,
+    /// What the ranks hold of each request; each step sends only what changed.
+    encoder: StepEncoder,
     /// KV blocks on every rank, and the longest sequence they hold.
     pub num_kv_blocks: usize,
     pub max_model_len: usize,
@@ -147,48 +104,8 @@ impl ThreadExecutor {
         };
         let world = layout.world_size();
         let timeout = engine.parallel.collective_timeout;
-        let local = tensor_parallel::rank_config(&config, tp);
-        let block_size = engine.cache.block_size;
-        let num_kv_blocks = engine.cache.num_kv_blocks.unwrap_or_else(|| {
-            // The budget is the host's, for all ranks together (they share its memory). Each
-            // stage holds its own layers' blocks, so the stages together hold every layer
-            // once per TP rank: a block costs `tp` times one rank's whole-model block.
-            let per_block = tp * kv_cache_bytes_per_block(&local, block_size, 4);
-            (engine.cache.kv_cache_memory_bytes / per_block).max(1)
-        });
-        let max_model_len = config
-            .max_position_embeddings
-            .min(num_kv_blocks * block_size)
-            .min(config.sliding_window.unwrap_or(usize::MAX));
-        let geometry = Geometry {
-            num_kv_blocks,
-            block_size,
-            limits: StepLimits {
-                max_num_tokens: engine.scheduler.max_num_batched_tokens,
-                max_num_seqs: engine.scheduler.max_num_seqs,
-                max_model_len,
-                block_size,
-                num_heads: local.num_attention_heads,
-                num_kv_heads: local.num_key_value_heads,
-                head_dim: local.head_dim,
-            },
-        };
+        let geometry = Geometry::new(&config, engine);
         let weights = Arc::new(weights);
-        let (reply_tx, replies) = mpsc::channel();
-        let mut executor = ThreadExecutor {
-            config: config.clone(),
-            layout,
-            times: vec![StageTimes::default(); world],
-            steps: 0,
-            schedule: None,
-            commands: Vec::with_capacity(world),
-            replies,
-            threads: Vec::with_capacity(world),
-            timeout,
-            failed: None,
-            num_kv_blocks,
-            max_model_len,
-        };
         let micro_batches = engine.parallel.pipeline_micro_batches.unwrap_or(layout.pp);
         // Per TP slice, a channel per stage boundary for the pipeline's ticks.
         let mut ticks_in: Vec<Option<Receiver<u64>>> = (0..world).map(|_| None).collect();
@@ -200,41 +117,78 @@ impl ThreadExecutor {
                 ticks_in[layout.world_rank(p, t)] = Some(rx);
             }
         }
-        for groups in build_groups(layout, timeout) {
-            let r = groups.world_rank;
-            let (from_prev, to_next) = (ticks_in[r].take(), ticks_out[r].take());
+        let ranks = build_groups(layout, timeout)
+            .into_iter()
+            .map(|groups| {
+                let r = groups.world_rank;
+                let (from_prev, to_next) = (ticks_in[r].take(), ticks_out[r].take());
+                RankHandle::Thread(Box::new(RankSpec {
+                    world_rank: groups.world_rank,
+                    shard: TpShard {
+                        rank: groups.tp_rank,
+                        size: tp,
+                    },
+                    stage: PpStage::new(config.num_hidden_layers, groups.pp_rank, layout.pp),
+                    comm: groups.tp,
+                    link: groups
+                        .pp
+                        .map(|c| StageLink::new(c).with_ticks(from_prev, to_next)),
+                    micro_batches,
+                    weights: Arc::clone(&weights),
+                    config: config.clone(),
+                    geometry,
+                    parts: RankParts::from(parts),
+                }))
+            })
+            .collect();
+        Self::start(config, layout, timeout, geometry, ranks)
+    }
+
+    /// Starts each rank where its handle says (in world-rank order) and returns once all are
+    /// ready, or with the first error. A remote rank gets a forwarding thread that writes
+    /// each command to its control socket and a reader thread that turns its frames into
+    /// replies, so the executor drives threads and processes the same way.
+    pub(super) fn start(
+        config: ModelConfig,
+        layout: RankLayout,
+        timeout: Duration,
+        geometry: Geometry,
+        ranks: Vec<RankHandle>,
+    ) -> Result<Self> {
+        let world = ranks.len();
+        let (reply_tx, replies) = mpsc::channel();
+        let mut executor = ThreadExecutor {
+            config,
+            layout,
+            times: vec![StageTimes::default(); world],
+            steps: 0,
+            schedule: None,
+            commands: Vec::with_capacity(world),
+            replies,
+            threads: Vec::with_capacity(world),
+            timeout,
+            failed: None,
+            encoder: StepEncoder::default(),
+            num_kv_blocks: geometry.num_kv_blocks,
+            max_model_len: geometry.max_model_len,
+        };
+        for (rank, handle) in ranks.into_iter().enumerate() {
             let (tx, rx) = mpsc::channel();
-            let name = match layout.pp {
-                1 => format!("tp-rank-{}", groups.tp_rank),
-                _ => format!("pp-{}-tp-{}", groups.pp_rank, groups.tp_rank),
-            };
-            let rank = Rank {
-                world_rank: groups.world_rank,
-                shard: TpShard {
-                    rank: groups.tp_rank,
-                    size: tp,
-                },
-                stage: PpStage::new(config.num_hidden_layers, groups.pp_rank, layout.pp),
-                comm: groups.tp,
-                link: groups
-                    .pp
-                    .map(|c| StageLink::new(c).with_ticks(from_prev, to_next)),
-                micro_batches,
-                weights: Arc::clone(&weights),
-                config: config.clone(),
-                geometry,
-                parts: RankParts {
-                    kernels: parts.kernels,
-                    prepare_inputs: parts.prepare_inputs,
-                    sample: parts.sample,
-                    shard_tensor: parts.shard_tensor,
-                },
-                replies: reply_tx.clone(),
-            };
-            let thread = std::thread::Builder::new()
-                .name(name)
-                .spawn(move || rank.run(rx))
-                .map_err(|e| EngineError::Io(format!("cannot start a rank's thread: {e}")))?;
+            let replies = reply_tx.clone();
+            let thread = match handle {
+                RankHandle::Thread(spec) => {
+                    let (p, t) = layout.coords(rank);
+                    let name = match layout.pp {
+                        1 => format!("tp-rank-{t}"),
+                        _ => format!("pp-{p}-tp-{t}"),
+                    };
+                    std::thread::Builder::new()
+                        .name(name)
+                        .spawn(move || serve(*spec, rx, replies))
+                }
+                RankHandle::Remote(stream) => remote_rank(rank, stream, rx, replies),
+            }
+            .map_err(|e| EngineError::Io(format!("cannot start a rank's thread: {e}")))?;
             executor.commands.push(tx);
             executor.threads.push(thread);
         }
@@ -295,6 +249,12 @@ impl ThreadExecutor {
         Ok(got.into_iter().flatten().collect())
     }
 
+    /// What the step broadcasts have cost so far: steps, and bytes sent as deltas against
+    /// what the whole outputs would have cost (per rank; every rank gets the same).
+    pub fn step_encoder(&self) -> &StepEncoder {
+        &self.encoder
+    }
+
     /// Sends a command that needs no answer; a rank that is gone is noticed at the next step.
     fn tell(&self, command: impl Fn() -> Command) {
         for tx in &self.commands {
@@ -309,13 +269,14 @@ impl Executor for ThreadExecutor {
     }
 
     fn remove_requests(&mut self, ids: &[SeqId]) {
-        self.tell(|| Command::RemoveRequests(ids.to_vec()));
+        // Told with the next step, as vLLM's `finished_req_ids`.
+        self.encoder.finish(ids);
     }
 
     fn execute_model(&mut self, scheduler_output: &SchedulerOutput) -> Result<ModelRunnerOutput> {
-        let out = Arc::new(scheduler_output.clone());
+        let delta = Arc::new(self.encoder.encode(scheduler_output));
         let (step, start) = (self.steps, Instant::now());
-        let replies = self.gather(Some(&|| Command::Execute(Arc::clone(&out), step, start)))?;
+        let replies = self.gather(Some(&|| Command::Execute(Arc::clone(&delta), step, start)))?;
         let wall = start.elapsed();
         self.steps += 1;
         let mut outputs = Vec::with_capacity(replies.len());
@@ -382,6 +343,10 @@ impl Executor for ThreadExecutor {
         self.schedule.clone()
     }
 
+    fn broadcast_stats(&self) -> Option<crate::distributed::BroadcastStats> {
+        Some(self.encoder.stats())
+    }
+
     fn comm_stats(&mut self) -> Vec<CommStats> {
         match self.gather(Some(&|| Command::CommStats)) {
             Ok(replies) => replies
@@ -406,147 +371,87 @@ impl Drop for ThreadExecutor {
     }
 }
 
-/// What one rank's thread starts with.
-struct Rank {
-    world_rank: usize,
-    shard: TpShard,
-    stage: PpStage,
-    /// Its stage's TP group.
-    comm: CpuCommunicator,
-    /// Its link to the neighbouring stages (`None` without pipeline parallelism).
-    link: Option<StageLink>,
-    /// Micro-batches per step under pipeline parallelism.
-    micro_batches: usize,
-    weights: Arc<ModelWeights>,
-    /// The whole model's shape; the rank runs [`tensor_parallel::rank_config`] of it.
-    config: ModelConfig,
-    geometry: Geometry,
-    parts: RankParts,
-    replies: Sender<(usize, Reply)>,
+/// Where a rank runs.
+pub(super) enum RankHandle {
+    /// A thread of this process, built from its spec (boxed: a spec holds two communicators).
+    Thread(Box<RankSpec>),
+    /// Another process, behind its control socket (it has built its own worker).
+    Remote(TcpStream),
 }
 
-impl Rank {
-    /// Builds this rank's worker, then serves commands until the channel closes or a step
-    /// fails (the rank's communicator is dropped with it, so its peers fail at once too).
-    fn run(mut self, commands: Receiver<Command>) {
-        let (rank, replies) = (self.world_rank, self.replies.clone());
-        let who = match self.stage.size {
-            1 => format!("tensor-parallel rank {rank}"),
-            _ => format!(
-                "rank {rank} (pipeline stage {}, tensor-parallel rank {})",
-                self.stage.rank, self.shard.rank
-            ),
-        };
-        let _span = tracing::info_span!(
-            "rank",
-            rank,
-            tp_rank = self.shard.rank,
-            pp_rank = self.stage.rank
-        )
-        .entered();
-        let mut link = self.link.take();
-        let micro_batches = self.micro_batches;
-        let built = catch_unwind(AssertUnwindSafe(|| self.build()))
-            .unwrap_or_else(|p| Err(panicked(&who, "loading its shard", p)));
-        let mut runner = match built {
-            Ok(runner) => runner,
-            Err(e) => {
-                let _ = replies.send((rank, Reply::Ready(Err(e))));
-                return;
-            }
-        };
-        if replies.send((rank, Reply::Ready(Ok(())))).is_err() {
-            return;
-        }
-        while let Ok(command) = commands.recv() {
-            let reply = match command {
-                Command::Execute(out, step, step_start) => {
-                    let start = Instant::now();
-                    let m = micro_batches;
-                    let result = catch_unwind(AssertUnwindSafe(|| match link.as_mut() {
-                        Some(link) => {
-                            run_micro_batches(&mut runner, link, &out, m, step, step_start)
+/// A remote rank's two threads: one forwards commands to its socket (returned, joined on
+/// drop), one reads its replies (detached: it ends when the socket closes). When the socket
+/// ends, the reader reports the rank gone, once.
+fn remote_rank(
+    rank: usize,
+    stream: TcpStream,
+    commands: Receiver<Command>,
+    replies: Sender<(usize, Reply)>,
+) -> std::io::Result<JoinHandle<()>> {
+    let mut reader = stream.try_clone()?;
+    std::thread::Builder::new()
+        .name(format!("rank-{rank}-replies"))
+        .spawn(move || {
+            let gone = loop {
+                match read_frame(&mut reader) {
+                    Ok(Some(frame)) => match decode_reply(&frame) {
+                        Ok(reply) => {
+                            if replies.send((rank, reply)).is_err() {
+                                return;
+                            }
                         }
-                        None => runner.execute_model(&out).map(|o| (o, Vec::new())),
-                    }));
-                    let (result, items) = match result {
-                        Ok(Ok((o, items))) => (Ok(o), items),
-                        Ok(Err(e)) => (Err(EngineError::from(e)), Vec::new()),
-                        Err(p) => (Err(panicked(&who, "running a step", p)), Vec::new()),
-                    };
-                    let recv_wait = link.as_mut().map_or(Duration::ZERO, StageLink::take_waited);
-                    let busy = start.elapsed().saturating_sub(recv_wait);
-                    let failed = result.is_err();
-                    let _ = replies.send((rank, Reply::Output(result, busy, recv_wait, items)));
-                    if failed {
-                        return; // drops the communicator: the peers fail now, not at a timeout
+                        Err(e) => {
+                            break format!("rank {rank} sent a reply this driver cannot read: {e}")
+                        }
+                    },
+                    Ok(None) => {
+                        break format!(
+                            "rank {rank}'s process closed its connection (it ended or was killed)"
+                        )
                     }
-                    continue;
-                }
-                Command::AddRequest(id, params, seed) => {
-                    runner.add_request(id, &params, seed);
-                    continue;
-                }
-                Command::RemoveRequests(ids) => {
-                    runner.remove_requests(&ids);
-                    continue;
-                }
-                Command::CommStats => {
-                    // The TP group's collectives and the PP group's sends and receives.
-                    let mut stats = runner.model.backend.comm_stats().unwrap_or_default();
-                    if let Some(link) = &link {
-                        stats.merge(link.stats());
-                    }
-                    Reply::Stats(Some(Box::new(stats)))
+                    Err(e) => break format!("rank {rank}'s connection broke: {e}"),
                 }
             };
-            if replies.send((rank, reply)).is_err() {
-                return;
+            let _ = replies.send((rank, Reply::Ready(Err(EngineError::Io(gone)))));
+        })?;
+    std::thread::Builder::new()
+        .name(format!("rank-{rank}-commands"))
+        .spawn(move || {
+            let mut stream = stream;
+            for command in commands {
+                if write_frame(&mut stream, &encode_command(&command)).is_err() {
+                    return; // the reader reports it
+                }
             }
-        }
-    }
-
-    /// The rank's backend, shard, model and KV cache.
-    fn build(self) -> Result<ModelRunner<CpuBackend>> {
-        let Rank {
-            shard,
-            stage,
-            comm,
-            weights,
-            config,
-            geometry: g,
-            parts,
-            ..
-        } = self;
-        let backend = CpuBackend::with_communicator(parts.kernels, Box::new(comm));
-        let dtype = backend.default_dtype();
-        let shard_weights = tensor_parallel::load_stage_shard_with(
-            &weights,
-            &config,
-            shard,
-            &stage,
-            parts.shard_tensor,
-            |t| Ok(backend.upload(t.data, t.rows, t.cols, dtype)?),
-        )?;
-        drop(weights);
-        // The rank's shape: its heads and MLP slice, its stage's layers (and so its KV cache).
-        let mut local = tensor_parallel::rank_config(&config, shard.size);
-        local.num_hidden_layers = stage.layers.len();
-        let mut llama = LlamaForCausalLM::new(local, backend, shard_weights)?.with_stage(stage);
-        llama.backend.plan_steps(&g.limits)?;
-        let mut runner = ModelRunner::new(llama, g.num_kv_blocks, g.block_size)?;
-        runner.prepare_inputs = parts.prepare_inputs;
-        runner.sample = parts.sample;
-        Ok(runner)
-    }
+            // The executor is dropped: the rank ends.
+            let _ = write_frame(&mut stream, &encode_command(&Command::Shutdown));
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+        })
 }
 
-/// A rank's panic as an engine error, with the panic's message when it has one.
-fn panicked(who: &str, doing: &str, payload: Box<dyn Any + Send>) -> EngineError {
-    let message = payload
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "no message".into());
-    EngineError::Internal(format!("{who} panicked while {doing}: {message}"))
+/// One rank's thread: builds its worker, then serves commands until the channel closes or a
+/// step fails (the rank's communicator is dropped with the worker, so its peers fail at once
+/// too).
+fn serve(spec: RankSpec, commands: Receiver<Command>, replies: Sender<(usize, Reply)>) {
+    let rank = spec.world_rank;
+    let _span = spec.span().entered();
+    let mut worker = match RankWorker::build(spec) {
+        Ok(worker) => worker,
+        Err(e) => {
+            let _ = replies.send((rank, Reply::Ready(Err(e))));
+            return;
+        }
+    };
+    if replies.send((rank, Reply::Ready(Ok(())))).is_err() {
+        return;
+    }
+    while let Ok(command) = commands.recv() {
+        let Some(reply) = worker.handle(command) else {
+            continue;
+        };
+        let failed = matches!(reply, Reply::Output(Err(_), ..));
+        if replies.send((rank, reply)).is_err() || failed {
+            return; // drops the communicator: the peers fail now, not at a timeout
+        }
+    }
 }

@@ -34,6 +34,10 @@ pub struct GenerateArgs {
     /// on stderr (stdout keeps the completions or the --json array).
     #[arg(long)]
     stats: bool,
+    /// Write each rank's communicator counters and the step broadcast's bytes to this JSON
+    /// file (with --tp or --pp; under `lab launch`, rank 0 writes it).
+    #[arg(long)]
+    comm_stats_json: Option<std::path::PathBuf>,
     /// Wrap each prompt as a user message in the model's chat template.
     #[arg(long)]
     chat: bool,
@@ -208,7 +212,10 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         policy,
         ..EngineParts::default()
     };
-    let config = args.model.engine_config();
+    let mut config = args.model.engine_config();
+    if crate::launch::serve_if_worker(&args.model, &mut config, &parts)? {
+        return Ok(()); // a rank other than 0 of `lab launch`: it served rank 0
+    }
     let mut llm = LLM::with_parts(args.model.load()?, config, parts)?;
     llm.engine.record_step_stats = args.stats;
     // What the engine is given: with --chat, each text wrapped in the template.
@@ -229,6 +236,9 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         })
         .collect();
     let outputs = llm.generate_requests(requests)?;
+    if let Some(path) = &args.comm_stats_json {
+        crate::launch::write_comm_stats(path, &mut llm.engine)?;
+    }
     if args.stats {
         eprint!(
             "{}",

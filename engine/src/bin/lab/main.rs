@@ -5,11 +5,14 @@
 //! - `lab save-model` writes a model (random weights of a shape) as a Hugging Face directory.
 //! - `lab bench` measures prefill and decode throughput; `--workload nano-vllm` runs
 //!   nano-vllm's benchmark workload (throughput, TTFT, TPOT) and batch-1 decode.
+//! - `lab launch` runs `generate` as one process per rank (tensor and pipeline parallelism
+//!   across processes, and hosts).
 //! - `lab plan` recommends a tensor × pipeline parallel split of a model over GPUs.
 
 mod bench;
 mod decode_b1;
 mod generate;
+mod launch;
 mod nano_vllm;
 mod plan;
 mod py_random;
@@ -43,6 +46,8 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Write a model (e.g. random weights of a config's shape) as a Hugging Face directory.
     SaveModel(save_model::SaveModelArgs),
+    /// Run `generate` as one process per rank: `lab launch --nproc-per-node N -- generate ...`.
+    Launch(launch::LaunchArgs),
     /// Recommend a TP×PP split of a model over GPUs (memory, communication, time), and why.
     Plan(plan::PlanArgs),
 }
@@ -99,6 +104,10 @@ pub struct ModelArgs {
     /// step's sequences).
     #[arg(long)]
     pub pipeline_micro_batches: Option<usize>,
+    /// Seconds a rank waits for a peer in a collective before failing (a hung rank ends the
+    /// group with an error after this; a dead one is noticed at once).
+    #[arg(long, default_value_t = 60.0)]
+    pub collective_timeout: f64,
     /// When the KV cache is full, how a running sequence yields its blocks: `recompute`
     /// (drop them, prefill again later; the default, see engine::core::preemption) or `swap`
     /// (copy them to host memory and back).
@@ -127,6 +136,9 @@ impl ModelArgs {
         c.parallel.tensor_parallel_size = self.tensor_parallel_size;
         c.parallel.pipeline_parallel_size = self.pipeline_parallel_size;
         c.parallel.pipeline_micro_batches = self.pipeline_micro_batches;
+        // A bad value falls to zero, which validate() refuses with the flag's message.
+        c.parallel.collective_timeout =
+            std::time::Duration::try_from_secs_f64(self.collective_timeout).unwrap_or_default();
         c.preemption.mode = self.preemption_mode;
         c.preemption.victim = self.preemption_victim;
         // A bad value is refused in `load` (swap_space_bytes); here it is only converted.
@@ -156,6 +168,7 @@ fn main() {
         Command::Bench(args) => bench::run(args),
         Command::SaveModel(args) => save_model::run(args),
         Command::Plan(args) => plan::run(args),
+        Command::Launch(args) => launch::run(args),
     };
     if let Err(e) = result {
         // One line: what was wrong, and the causes after colons.

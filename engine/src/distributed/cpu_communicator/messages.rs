@@ -1,16 +1,39 @@
 //! The tagged messages a [`CpuCommunicator`]'s ranks exchange: sending, receiving with the
 //! group's timeout, and checking that what arrives belongs to the call in progress.
 
-use std::sync::mpsc::RecvTimeoutError;
+use std::sync::mpsc::{RecvTimeoutError, Sender};
 
 use super::{CpuCommunicator, F32_BYTES};
 use crate::distributed::communicator::{CallTag, CommError, CommOp};
 
 /// One message between two ranks: which call it belongs to, and its payload.
-#[derive(Debug)]
-pub(super) struct Message {
-    tag: CallTag,
-    data: Vec<f32>,
+#[derive(Debug, Clone, PartialEq)]
+pub(in crate::distributed) struct Message {
+    pub tag: CallTag,
+    pub data: Vec<f32>,
+}
+
+/// Why a message could not be posted to a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::distributed) enum PostError {
+    /// The peer's end is closed (its communicator was dropped, its process died).
+    Gone,
+    /// The peer stopped taking messages for longer than the group's timeout (a socket whose
+    /// buffers stayed full: the peer is hung).
+    TimedOut,
+}
+
+/// Where one rank's messages to one peer go, in order.
+pub(in crate::distributed) trait Outbox: Send + std::fmt::Debug {
+    /// Hands `message` on toward the peer; it arrives after every message posted before it.
+    fn post(&mut self, message: Message) -> Result<(), PostError>;
+}
+
+/// In one process: the unbounded channel to the peer's thread (never blocks).
+impl Outbox for Sender<Message> {
+    fn post(&mut self, message: Message) -> Result<(), PostError> {
+        self.send(message).map_err(|_| PostError::Gone)
+    }
 }
 
 impl CpuCommunicator {
@@ -50,18 +73,28 @@ impl CpuCommunicator {
         tag: CallTag,
         data: &[f32],
     ) -> Result<(), CommError> {
-        let Some(tx) = &self.to[peer] else {
+        let (rank, timeout) = (self.rank, self.timeout);
+        let Some(outbox) = self.to[peer].as_mut() else {
             return Err(self.bad_rank(tag.op, peer));
         };
         let message = Message {
             tag,
             data: data.to_vec(),
         };
-        // An unbounded channel: `send` fails only when the receiving end is gone.
-        tx.send(message).map_err(|_| CommError::PeerGone {
-            op: tag.op,
-            rank: self.rank,
-            peer,
+        // A channel never blocks and fails only when the receiving end is gone; a socket can
+        // also stay full past the timeout.
+        outbox.post(message).map_err(|e| match e {
+            PostError::Gone => CommError::PeerGone {
+                op: tag.op,
+                rank,
+                peer,
+            },
+            PostError::TimedOut => CommError::Timeout {
+                op: tag.op,
+                rank,
+                peer,
+                timeout,
+            },
         })?;
         self.sent_in_call += (data.len() * F32_BYTES) as u64;
         Ok(())

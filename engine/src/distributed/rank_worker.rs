@@ -1,0 +1,287 @@
+//! [`RankWorker`]: one rank's worker (its shard, its stage, its KV cache, its model runner) and
+//! the commands it serves, whether it lives in a thread ([`super::thread_executor`]) or in a
+//! process of its own ([`super::process_executor`]).
+//!
+//! A worker keeps, besides its runner, the per-request state a [`StepDelta`] is applied to
+//! ([`StepDecoder`]): each step it rebuilds the whole [`SchedulerOutput`] from what changed and
+//! runs it, as vLLM v1's workers keep their `CachedRequestState`s.
+//!
+//! [`SchedulerOutput`]: crate::core::scheduler_output::SchedulerOutput
+
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::comm_stats::CommStats;
+use super::cpu_communicator::CpuCommunicator;
+use super::pipeline_schedule::ExecutedItem;
+use super::pipeline_stage::{run_micro_batches, StageLink};
+use super::step_delta::{StepDecoder, StepDelta};
+use crate::backend::cpu_backend::{CpuBackend, CpuKernels};
+use crate::backend::{Backend, StepLimits};
+use crate::config::{EngineConfig, ModelConfig};
+use crate::engine_parts::EngineParts;
+use crate::error::{EngineError, Result};
+use crate::model_executor::llama::LlamaForCausalLM;
+use crate::model_executor::pipeline_parallel::PpStage;
+use crate::model_executor::tensor_parallel::{self, TpShard};
+use crate::model_source::ModelWeights;
+use crate::outputs::ModelRunnerOutput;
+use crate::sampler::SampleFn;
+use crate::sampling_params::SamplingParams;
+use crate::sequence::SeqId;
+use crate::worker::cache_engine::kv_cache_bytes_per_block;
+use crate::worker::model_runner::{ModelRunner, PrepareInputsFn};
+
+/// What the driver asks of every rank.
+#[derive(Debug, Clone)]
+pub enum Command {
+    /// A step: what changed since the last one, its number, and when this rank was given it
+    /// (the zero of its micro-batches' wall-clock times).
+    Execute(Arc<StepDelta>, u64, Instant),
+    AddRequest(SeqId, SamplingParams, u64),
+    CommStats,
+    /// The driver is done: the rank ends (processes only; threads end when their channel
+    /// closes).
+    Shutdown,
+}
+
+/// What a rank answers.
+#[derive(Debug)]
+pub enum Reply {
+    /// Its worker is built, or why not.
+    Ready(Result<()>),
+    /// A step's output (empty on a stage before the last), the time the rank computed and
+    /// the time it waited on the previous stage, and the micro-batches it ran.
+    Output(
+        Result<ModelRunnerOutput>,
+        Duration,
+        Duration,
+        Vec<ExecutedItem>,
+    ),
+    /// Boxed: a rank's counters are a large table, and every reply would carry its size.
+    Stats(Option<Box<CommStats>>),
+}
+
+/// The parts of [`EngineParts`] a rank's worker runs (the others are the scheduler's).
+#[derive(Clone, Copy)]
+pub struct RankParts {
+    pub kernels: CpuKernels,
+    pub prepare_inputs: PrepareInputsFn,
+    pub sample: SampleFn,
+    pub shard_tensor: tensor_parallel::ShardTensorFn,
+}
+
+impl From<&EngineParts> for RankParts {
+    fn from(parts: &EngineParts) -> Self {
+        RankParts {
+            kernels: parts.kernels,
+            prepare_inputs: parts.prepare_inputs,
+            sample: parts.sample,
+            shard_tensor: parts.shard_tensor,
+        }
+    }
+}
+
+/// The cache geometry every rank shares.
+#[derive(Debug, Clone, Copy)]
+pub struct Geometry {
+    pub num_kv_blocks: usize,
+    pub block_size: usize,
+    /// The longest sequence the blocks hold.
+    pub max_model_len: usize,
+    pub limits: StepLimits,
+}
+
+impl Geometry {
+    /// The KV cache gets as many blocks as `engine.cache` allows the whole group
+    /// (`--num-kv-blocks`, or the CPU budget shared by the ranks).
+    pub fn new(config: &ModelConfig, engine: &EngineConfig) -> Self {
+        let tp = engine.parallel.tensor_parallel_size;
+        let local = tensor_parallel::rank_config(config, tp);
+        let block_size = engine.cache.block_size;
+        let num_kv_blocks = engine.cache.num_kv_blocks.unwrap_or_else(|| {
+            // The budget is the host's, for all ranks together (they share its memory). Each
+            // stage holds its own layers' blocks, so the stages together hold every layer
+            // once per TP rank: a block costs `tp` times one rank's whole-model block.
+            let per_block = tp * kv_cache_bytes_per_block(&local, block_size, 4);
+            (engine.cache.kv_cache_memory_bytes / per_block).max(1)
+        });
+        let max_model_len = config
+            .max_position_embeddings
+            .min(num_kv_blocks * block_size)
+            .min(config.sliding_window.unwrap_or(usize::MAX));
+        Geometry {
+            num_kv_blocks,
+            block_size,
+            max_model_len,
+            limits: StepLimits {
+                max_num_tokens: engine.scheduler.max_num_batched_tokens,
+                max_num_seqs: engine.scheduler.max_num_seqs,
+                max_model_len,
+                block_size,
+                num_heads: local.num_attention_heads,
+                num_kv_heads: local.num_key_value_heads,
+                head_dim: local.head_dim,
+            },
+        }
+    }
+}
+
+/// What one rank's worker is built from.
+pub struct RankSpec {
+    pub world_rank: usize,
+    pub shard: TpShard,
+    pub stage: PpStage,
+    /// Its stage's TP group.
+    pub comm: CpuCommunicator,
+    /// Its link to the neighbouring stages (`None` without pipeline parallelism).
+    pub link: Option<StageLink>,
+    /// Micro-batches per step under pipeline parallelism.
+    pub micro_batches: usize,
+    pub weights: Arc<ModelWeights>,
+    /// The whole model's shape; the rank runs [`tensor_parallel::rank_config`] of it.
+    pub config: ModelConfig,
+    pub geometry: Geometry,
+    pub parts: RankParts,
+}
+
+impl RankSpec {
+    /// How errors name this rank.
+    pub fn who(&self) -> String {
+        match self.stage.size {
+            1 => format!("tensor-parallel rank {}", self.world_rank),
+            _ => format!(
+                "rank {} (pipeline stage {}, tensor-parallel rank {})",
+                self.world_rank, self.stage.rank, self.shard.rank
+            ),
+        }
+    }
+
+    /// The `rank` span every command of this rank runs in.
+    pub fn span(&self) -> tracing::Span {
+        tracing::info_span!(
+            "rank",
+            rank = self.world_rank,
+            tp_rank = self.shard.rank,
+            pp_rank = self.stage.rank
+        )
+    }
+}
+
+/// One rank's worker (see the [module docs](self)).
+pub struct RankWorker {
+    runner: ModelRunner<CpuBackend>,
+    link: Option<StageLink>,
+    micro_batches: usize,
+    who: String,
+    requests: StepDecoder,
+}
+
+impl RankWorker {
+    /// Loads the rank's shard, builds its model and KV cache; a panic while loading is an
+    /// error naming the rank.
+    pub fn build(mut spec: RankSpec) -> Result<Self> {
+        let (who, link, micro_batches) = (spec.who(), spec.link.take(), spec.micro_batches);
+        let runner = catch_unwind(AssertUnwindSafe(|| build_runner(spec)))
+            .unwrap_or_else(|p| Err(panicked(&who, "loading its shard", p)))?;
+        Ok(RankWorker {
+            runner,
+            link,
+            micro_batches,
+            who,
+            requests: StepDecoder::default(),
+        })
+    }
+
+    /// Serves one command; `None` for those that need no answer. After a reply carrying an
+    /// error the rank must stop (its peers are out of step).
+    pub fn handle(&mut self, command: Command) -> Option<Reply> {
+        match command {
+            Command::Execute(delta, step, step_start) => {
+                Some(self.execute(&delta, step, step_start))
+            }
+            Command::AddRequest(id, params, seed) => {
+                self.runner.add_request(id, &params, seed);
+                None
+            }
+            Command::CommStats => {
+                // The TP group's collectives and the PP group's sends and receives.
+                let mut stats = self.runner.model.backend.comm_stats().unwrap_or_default();
+                if let Some(link) = &self.link {
+                    stats.merge(link.stats());
+                }
+                Some(Reply::Stats(Some(Box::new(stats))))
+            }
+            Command::Shutdown => None,
+        }
+    }
+
+    /// One step: rebuild it from the delta, run this rank's part, time it.
+    fn execute(&mut self, delta: &StepDelta, step: u64, step_start: Instant) -> Reply {
+        let start = Instant::now();
+        let m = self.micro_batches;
+        let (runner, link, requests) = (&mut self.runner, &mut self.link, &mut self.requests);
+        runner.remove_requests(&delta.finished);
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            let out = requests.decode(delta).map_err(EngineError::Internal)?;
+            match link.as_mut() {
+                Some(link) => Ok(run_micro_batches(runner, link, &out, m, step, step_start)?),
+                None => Ok(runner.execute_model(&out).map(|o| (o, Vec::new()))?),
+            }
+        }));
+        let (result, items) = match result {
+            Ok(Ok((o, items))) => (Ok(o), items),
+            Ok(Err(e)) => (Err(e), Vec::new()),
+            Err(p) => (Err(panicked(&self.who, "running a step", p)), Vec::new()),
+        };
+        let recv_wait = link.as_mut().map_or(Duration::ZERO, StageLink::take_waited);
+        let busy = start.elapsed().saturating_sub(recv_wait);
+        Reply::Output(result, busy, recv_wait, items)
+    }
+}
+
+/// The rank's backend, shard, model and KV cache.
+fn build_runner(spec: RankSpec) -> Result<ModelRunner<CpuBackend>> {
+    let RankSpec {
+        shard,
+        stage,
+        comm,
+        weights,
+        config,
+        geometry: g,
+        parts,
+        ..
+    } = spec;
+    let backend = CpuBackend::with_communicator(parts.kernels, Box::new(comm));
+    let dtype = backend.default_dtype();
+    let shard_weights = tensor_parallel::load_stage_shard_with(
+        &weights,
+        &config,
+        shard,
+        &stage,
+        parts.shard_tensor,
+        |t| Ok(backend.upload(t.data, t.rows, t.cols, dtype)?),
+    )?;
+    drop(weights);
+    // The rank's shape: its heads and MLP slice, its stage's layers (and so its KV cache).
+    let mut local = tensor_parallel::rank_config(&config, shard.size);
+    local.num_hidden_layers = stage.layers.len();
+    let mut llama = LlamaForCausalLM::new(local, backend, shard_weights)?.with_stage(stage);
+    llama.backend.plan_steps(&g.limits)?;
+    let mut runner = ModelRunner::new(llama, g.num_kv_blocks, g.block_size)?;
+    runner.prepare_inputs = parts.prepare_inputs;
+    runner.sample = parts.sample;
+    Ok(runner)
+}
+
+/// A rank's panic as an engine error, with the panic's message when it has one.
+pub fn panicked(who: &str, doing: &str, payload: Box<dyn Any + Send>) -> EngineError {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into());
+    EngineError::Internal(format!("{who} panicked while {doing}: {message}"))
+}
