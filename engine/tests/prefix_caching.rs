@@ -83,6 +83,22 @@ fn a_whole_prompt_hit_still_computes_the_last_block() {
 }
 
 #[test]
+fn a_request_hits_blocks_computed_earlier_in_the_same_step() {
+    // Both arrive together. Request 0's blocks are registered as it is scheduled; request 1,
+    // scheduled after it in the same batch, shares its first two blocks and computes only its
+    // own tail (the step writes request 0's KV before attention reads it).
+    let mut s = scheduler(16, 64);
+    add(&mut s, 0, prompt(10..19), 1);
+    add(&mut s, 1, [prompt(10..18), prompt(60..63)].concat(), 1);
+    let (out, _) = step(&mut s);
+    let (zero, one) = (&out.scheduled[0], &out.scheduled[1]);
+    assert_eq!((zero.seq_id, zero.start_position), (SeqId(0), 0));
+    assert_eq!((one.seq_id, one.start_position), (SeqId(1), 8));
+    assert_eq!(one.block_table[..2], zero.block_table[..2]);
+    assert_eq!(out.num_batched_tokens(), 9 + 3);
+}
+
+#[test]
 fn a_hit_is_free_of_budget_and_starts_computing_after_the_prefix() {
     // Budget 5: without the cache, the 13-token prompt would take 3 steps; with 8 cached
     // tokens it takes one step of its 5 new tokens, beside nothing else.
@@ -199,7 +215,7 @@ fn eviction_under_pressure_never_takes_a_block_someone_holds() {
     assert!(bm.allocate_slots(a.seq_id, 9));
     let mut a = a;
     a.num_computed_tokens = 9;
-    bm.cache_full_blocks(&a);
+    bm.cache_full_blocks(&a, 9);
     let cached = bm.block_table(a.seq_id)[..2].to_vec();
     bm.free(a.seq_id);
     assert_eq!(bm.num_parked_blocks(), 2);
@@ -310,7 +326,7 @@ fn eviction_takes_the_least_recently_used_block_and_a_sequence_tail_first() {
         let mut q = Sequence::new(SeqId(id), p, SamplingParams::greedy(1));
         assert!(bm.allocate_slots(q.seq_id, 4));
         q.num_computed_tokens = 4;
-        bm.cache_full_blocks(&q);
+        bm.cache_full_blocks(&q, 4);
         bm.free(q.seq_id);
     }
     assert_eq!(bm.num_parked_blocks(), 4);
@@ -321,4 +337,103 @@ fn eviction_takes_the_least_recently_used_block_and_a_sequence_tail_first() {
     };
     assert_eq!(found(&bm, prompt(10..14)), 2, "a0 stays, a1 went");
     assert_eq!(found(&bm, prompt(20..24)), 4, "request 1 is more recent");
+}
+
+// ---- Tracing: each admission's lookup, inside its step's `schedule` span ----
+
+mod spans {
+    use std::sync::{Arc, Mutex};
+
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::subscriber::Interest;
+    use tracing::{Event, Metadata, Subscriber};
+
+    /// A span's name, its fields as text, and its parent's index in the log.
+    pub type Logged = (String, Vec<(String, String)>, Option<usize>);
+
+    /// Keeps the `schedule` and `prefix_cache` spans, with the span each was opened in.
+    #[derive(Clone, Default)]
+    pub struct Log {
+        pub spans: Arc<Mutex<Vec<Logged>>>,
+        entered: Arc<Mutex<Vec<usize>>>,
+    }
+
+    struct Fields<'a>(&'a mut Vec<(String, String)>);
+
+    impl Visit for Fields<'_> {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0
+                .push((field.name().to_string(), format!("{value:?}")));
+        }
+    }
+
+    impl Subscriber for Log {
+        fn register_callsite(&self, meta: &'static Metadata<'static>) -> Interest {
+            if self.enabled(meta) {
+                Interest::sometimes()
+            } else {
+                Interest::never()
+            }
+        }
+        fn enabled(&self, meta: &Metadata<'_>) -> bool {
+            meta.is_span() && ["schedule", "prefix_cache"].contains(&meta.name())
+        }
+        fn new_span(&self, span: &Attributes<'_>) -> Id {
+            let mut fields = Vec::new();
+            span.record(&mut Fields(&mut fields));
+            let parent = self.entered.lock().unwrap().last().copied();
+            let mut spans = self.spans.lock().unwrap();
+            spans.push((span.metadata().name().to_string(), fields, parent));
+            Id::from_u64(spans.len() as u64)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, _: &Event<'_>) {}
+        fn enter(&self, id: &Id) {
+            self.entered
+                .lock()
+                .unwrap()
+                .push(id.into_u64() as usize - 1);
+        }
+        fn exit(&self, _: &Id) {
+            self.entered.lock().unwrap().pop();
+        }
+    }
+}
+
+#[test]
+fn each_lookup_opens_a_span_with_request_step_and_hit_tokens() {
+    let log = spans::Log::default();
+    let mut e = engine(true, 64, 2048);
+    tracing::subscriber::with_default(log.clone(), || {
+        tokens(&mut e, &[vec![prompt(10..19)], vec![prompt(10..20)]], 2);
+    });
+    let spans = log.spans.lock().unwrap();
+    let field = |i: usize, k: &str| {
+        let f = &spans[i].1;
+        f.iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    let lookups: Vec<(String, String, String, String)> = (0..spans.len())
+        .filter(|&i| spans[i].0 == "prefix_cache")
+        .map(|i| {
+            let step = spans[i].2.expect("opened inside the schedule span");
+            assert_eq!(spans[step].0, "schedule");
+            (
+                field(step, "step"),
+                field(i, "request_id"),
+                field(i, "queried_tokens"),
+                field(i, "hit_tokens"),
+            )
+        })
+        .collect();
+    let s = |v: &[&str; 4]| v.map(String::from).into();
+    assert_eq!(
+        lookups,
+        [s(&["1", "0", "9", "0"]), s(&["3", "1", "10", "8"])],
+        "(step, request, queried, hit): request 1 arrives after step 2 and hits 2 blocks"
+    );
 }

@@ -3,8 +3,9 @@
 //!
 //! - the scheduler with a *simulated* KV cache (no model): every slot a step writes holds the
 //!   KV of its sequence's whole prefix (a value chained over the tokens), and every position a
-//!   sequence reads back must hold its own prefix's value. A hit on the wrong block, a block
-//!   evicted or written while someone still holds it, all show up as a wrong value. After
+//!   sequence reads back must hold its own prefix's value. A hit on the wrong block, or on a
+//!   block not computed yet, a block evicted or overwritten while someone still holds it, all
+//!   show up as a wrong value. After
 //!   every step: no block leaked or owned twice; at the end every request finished once and
 //!   the outputs (a function of what was read) equal the run with the cache off;
 //! - the tiny model: greedy tokens with the cache on equal the tokens with it off.
@@ -176,24 +177,20 @@ fn simulate(w: &Workload, prefix_caching: bool) -> (Vec<Vec<u32>>, usize) {
         assert!(step < 10_000, "no progress: the scheduler is stuck");
         let out = s.schedule();
         check_blocks(&s, w.num_blocks);
-        // Write every scheduled token's KV, then read each sampling sequence's context.
+        // In batch order, each sequence writes its tokens' KV, then reads its whole context:
+        // the strictest order a step may run in (micro-batches of one), so a hit on a block
+        // computed in this step is right only if its writer comes earlier in the batch.
+        let mut sampled = Vec::new();
         for x in &out.scheduled {
             let seq = s.sequence(x.seq_id).unwrap();
-            for pos in x.start_position..x.start_position + x.token_ids.len() {
-                let block = x.block_table[pos / w.block_size];
-                assert_eq!(
-                    s.block_manager.ref_count(block),
-                    1,
-                    "a shared block is written"
-                );
+            let end = x.start_position + x.token_ids.len();
+            for pos in x.start_position..end {
                 let slot = slot_for_position(&x.block_table, w.block_size, pos).0 as usize;
                 kv[slot] = Some(kv_value(seq, pos));
             }
-        }
-        let mut sampled = Vec::new();
-        for x in out.scheduled.iter().filter(|x| x.needs_logits) {
-            let seq = s.sequence(x.seq_id).unwrap();
-            let end = x.start_position + x.token_ids.len();
+            if !x.needs_logits {
+                continue;
+            }
             let mut read = 0u64;
             for pos in 0..end {
                 let slot = slot_for_position(&x.block_table, w.block_size, pos).0 as usize;

@@ -9,7 +9,7 @@
 //! admitted first asks [`BlockManager::get_computed_blocks`] which of its full blocks are
 //! already in the cache; [`BlockManager::allocate_slots_with_prefix`] then shares those
 //! (one owner more each) and allocates the rest, and [`BlockManager::cache_full_blocks`]
-//! registers each block once a step has computed it. Reference counts say who owns a block;
+//! registers each full block as the step that computes it is scheduled. Reference counts say who owns a block;
 //! the cache keeps the last reference of a registered block nobody owns (a *parked* block,
 //! see [`super::prefix_cache`]), so the allocator, a learner's in stage 1, needs no change.
 
@@ -181,9 +181,13 @@ impl BlockManager {
     }
 
     // ANCHOR: cache_full_blocks
-    /// Registers `seq`'s full blocks whose KV is now computed (its first
-    /// `num_computed_tokens` tokens), so later requests can find them. Called after each step.
-    pub fn cache_full_blocks(&mut self, seq: &Sequence) {
+    /// Registers `seq`'s full blocks among its first `num_tokens` tokens, so that requests
+    /// scheduled after it can find them (vLLM v1's `cache_blocks`). The scheduler calls it as
+    /// it schedules `seq`, with the tokens computed once this step has run: a block may be hit
+    /// in the very step that computes it, because a step writes every scheduled token's keys
+    /// and values into the cache before attention reads it (layer by layer, and micro-batch
+    /// after micro-batch in batch order), and a request that hits comes later in the batch.
+    pub fn cache_full_blocks(&mut self, seq: &Sequence, num_tokens: usize) {
         let (Some(cache), Some(table)) = (
             self.prefix_cache.as_mut(),
             self.block_tables.get(&seq.seq_id),
@@ -192,7 +196,7 @@ impl BlockManager {
         };
         let bs = self.block_size;
         let hashes = self.seq_hashes.entry(seq.seq_id).or_default();
-        let full = (seq.num_computed_tokens / bs).min(table.len());
+        let full = (num_tokens.min(seq.num_tokens()) / bs).min(table.len());
         let start = hashes.len();
         for (k, &block) in table.iter().enumerate().take(full).skip(start) {
             let tokens: Vec<u32> = (k * bs..(k + 1) * bs).map(|i| seq.token_at(i)).collect();

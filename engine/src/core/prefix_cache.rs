@@ -6,8 +6,9 @@
 //! computing it again, a new request takes the blocks another computed, if they are still
 //! there. Three rules make that safe and cheap:
 //!
-//! - A block is *registered* under its [`BlockHash`] once its KV has been computed (all its
-//!   tokens), never before: a request that hits it reads finished KV, whatever the batch.
+//! - A block is *registered* under its [`BlockHash`] when the step that computes all its
+//!   tokens is scheduled, never before: a request that hits it is scheduled after, in that
+//!   step or a later one, and a step writes the cache before attention reads it.
 //! - Only full blocks are shared, so no request ever writes into a shared block: the hitting
 //!   request's own tokens start at a block boundary, in blocks of its own.
 //! - A registered block whose owners all finished is *parked* rather than freed: its KV stays
@@ -87,7 +88,7 @@ impl PrefixCache {
         (cached.tokens == tokens).then_some(cached.block)
     }
 
-    /// Registers `block`, whose KV for `tokens` is computed, under `hash`. Does nothing if
+    /// Registers `block`, whose KV for `tokens` is computed by now, under `hash`. Does nothing if
     /// the hash already has a block (another request computed the same prefix first: the
     /// first copy is the one shared) or if `block` is registered already.
     pub fn insert(&mut self, hash: BlockHash, block: BlockId, tokens: Vec<u32>) {

@@ -72,6 +72,14 @@ pub struct ModelArgs {
     /// --gpu-memory-utilization leaves).
     #[arg(long)]
     pub num_kv_blocks: Option<usize>,
+    /// Keep the KV of full blocks and reuse it for later prompts that begin the same way
+    /// (automatic prefix caching). On by default: a hit skips prefill work, a miss costs a hash
+    /// per block, and cached blocks are evicted when the space is needed.
+    #[arg(long, overrides_with = "no_enable_prefix_caching")]
+    pub enable_prefix_caching: bool,
+    /// Turn automatic prefix caching off: every prompt is computed in full.
+    #[arg(long, overrides_with = "enable_prefix_caching")]
+    pub no_enable_prefix_caching: bool,
     /// Most sequences in one step.
     #[arg(long, default_value_t = 64)]
     pub max_num_seqs: usize,
@@ -128,6 +136,10 @@ impl ModelArgs {
         let mut c = engine::EngineConfig::default();
         c.cache.block_size = self.block_size;
         c.cache.num_kv_blocks = self.num_kv_blocks;
+        // The last of the two flags wins (clap keeps one); neither keeps the engine's default.
+        if self.enable_prefix_caching || self.no_enable_prefix_caching {
+            c.cache.enable_prefix_caching = self.enable_prefix_caching;
+        }
         c.scheduler.max_num_seqs = self.max_num_seqs;
         c.scheduler.max_num_batched_tokens = self.max_num_batched_tokens;
         c.device = self.device;
