@@ -24,7 +24,9 @@ pub struct ScheduledSequence {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct SchedulerOutput {
     pub scheduled: Vec<ScheduledSequence>,
-    /// Sequences preempted by recompute during this step.
+    /// Sequences preempted by recompute during this step. (Those preempted by swap, and the
+    /// block copies a swap needs, are in [`super::scheduler::Scheduler::take_swaps`]: the
+    /// worker makes the copies before this batch runs.)
     pub preempted: Vec<SeqId>,
 }
 
