@@ -49,6 +49,16 @@ pub fn table(steps: &[StepStats], totals: &EngineStats) -> String {
             s.prefix_cache_hit_tokens
         );
     }
+    // Before the totals line, which stays last.
+    let p = &totals.prefix_cache;
+    let _ = writeln!(
+        t,
+        "prefix cache: {} of {} queried tokens cached ({:.1}%), {} blocks evicted",
+        p.hit_tokens,
+        p.queried_tokens,
+        100.0 * p.hit_rate(),
+        p.num_evictions
+    );
     let prefill: usize = steps.iter().map(|s| s.num_prefill_tokens).sum();
     let decode: usize = steps.iter().map(|s| s.num_decode_tokens).sum();
     let _ = writeln!(
@@ -61,15 +71,6 @@ pub fn table(steps: &[StepStats], totals: &EngineStats) -> String {
         totals.blocks_swapped_out,
         totals.num_swapped_in,
         totals.blocks_swapped_in
-    );
-    let p = &totals.prefix_cache;
-    let _ = writeln!(
-        t,
-        "prefix cache: {} of {} queried tokens cached ({:.1}%), {} blocks evicted",
-        p.hit_tokens,
-        p.queried_tokens,
-        100.0 * p.hit_rate(),
-        p.num_evictions
     );
     t
 }
