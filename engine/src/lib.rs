@@ -8,7 +8,8 @@
 //!  └ llm_engine::LLMEngine::step           one iteration of the engine loop:
 //!     ├ core::scheduler::Scheduler::schedule        who runs, how many tokens each
 //!     │   ├ core::scheduling_policy                 FCFS order, preemption victim
-//!     │   └ core::block_manager / block_allocator   paged KV blocks, ref counts
+//!     │   ├ core::block_manager / block_allocator   paged KV blocks, ref counts
+//!     │   └ core::prefix_cache / block_hash         cached prefix blocks, found by hash
 //!     ├ executor::Executor::execute_model           run the step on the worker(s)
 //!     │   ├ worker::model_runner::prepare_inputs    ids, positions, slot mapping,
 //!     │   │                                         attention::AttentionMetadata
