@@ -400,3 +400,83 @@ fn bad_flags_are_one_line_errors() {
     assert!(policy_from_name("lottery", &[]).is_err());
     assert!(policy_from_name("fair", &[("a".into(), 0.0)]).is_err());
 }
+
+#[test]
+fn cpu_swap_blocks_round_trip_and_refuse_bad_input() {
+    use engine::backend::cpu_backend::{CpuBackend, CpuTensor};
+    use engine::backend::{Backend, DType, HostData, HostKvBlocks, SwapDirection};
+    let b = CpuBackend::default();
+    // 4 device blocks of 2 rows of width 3; block k's rows hold 10k, 10k+1, ...
+    let data: Vec<f32> = (0..4)
+        .flat_map(|k| (0..6).map(move |i| (10 * k + i) as f32))
+        .collect();
+    let mut cache = CpuTensor {
+        data: data.clone(),
+        rows: 8,
+        cols: 3,
+    };
+    let mut host = HostKvBlocks::zeros(DType::F32, 2, 2, 3);
+    b.swap_blocks(&mut cache, &mut host, &[(3, 0), (1, 1)], SwapDirection::Out)
+        .unwrap();
+    let HostData::F32(h) = &host.data else {
+        panic!("f32 host blocks")
+    };
+    assert_eq!(&h[..6], &data[18..24]);
+    assert_eq!(&h[6..], &data[6..12]);
+    cache.data.fill(-1.0);
+    b.swap_blocks(&mut cache, &mut host, &[(0, 0), (2, 1)], SwapDirection::In)
+        .unwrap();
+    assert_eq!(&cache.data[..6], &data[18..24]);
+    assert_eq!(&cache.data[12..18], &data[6..12]);
+    assert!(cache.data[6..12].iter().all(|&x| x == -1.0), "untouched");
+    // A block outside either side, another width, another dtype: errors, nothing copied.
+    let before = cache.data.clone();
+    for mapping in [[(4u32, 0u32)], [(0, 2)]] {
+        let err = b.swap_blocks(&mut cache, &mut host, &mapping, SwapDirection::In);
+        assert!(err.unwrap_err().to_string().contains("swap_blocks"));
+    }
+    let mut wide = HostKvBlocks::zeros(DType::F32, 2, 2, 4);
+    assert!(b
+        .swap_blocks(&mut cache, &mut wide, &[(0, 0)], SwapDirection::In)
+        .is_err());
+    let mut bf16 = HostKvBlocks::zeros(DType::BF16, 2, 2, 3);
+    assert!(b
+        .swap_blocks(&mut cache, &mut bf16, &[(0, 0)], SwapDirection::In)
+        .is_err());
+    assert_eq!(cache.data, before);
+    let HostData::BF16(z) = &bf16.data else {
+        panic!("bf16 host blocks")
+    };
+    assert!(z.iter().all(|x| x.to_f32() == 0.0) && z.len() == 12);
+}
+
+#[test]
+fn a_swap_that_does_not_fit_changes_nothing() {
+    use engine::core::block_allocator::RefCountingAllocator;
+    use engine::core::block_manager::BlockManager;
+    use engine::core::swap_space::SwapSpace;
+    use engine::sequence::SeqId;
+    let mut bm = BlockManager::new(4, Box::new(RefCountingAllocator::new(8)));
+    let (a, b) = (SeqId(0), SeqId(1));
+    assert!(bm.allocate_slots(a, 12) && bm.allocate_slots(b, 8));
+    let mut swap = SwapSpace::new(4);
+    let copies = swap.swap_out(&mut bm, a).expect("3 blocks fit 4");
+    assert_eq!(copies.len(), 3);
+    assert!(bm.block_table(a).is_empty());
+    assert_eq!(bm.num_free_blocks(), 6);
+    // b's 2 blocks do not fit the 1 host block left.
+    assert!(swap.swap_out(&mut bm, b).is_none());
+    assert_eq!(bm.block_table(b).len(), 2);
+    assert_eq!(swap.num_free_blocks(), 1);
+    // Back in: fresh device blocks, one per host block, in order.
+    let back = swap.swap_in(&mut bm, a, 12).expect("6 free device blocks");
+    assert_eq!(
+        back.iter().map(|c| c.host).collect::<Vec<_>>(),
+        copies.iter().map(|c| c.host).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        back.iter().map(|c| c.device).collect::<Vec<_>>(),
+        bm.block_table(a)
+    );
+    assert_eq!(swap.num_free_blocks(), 4);
+}

@@ -5,6 +5,7 @@
 //! element type (bf16 for a GPU's cache, f32 for the CPU's): no conversion either way.
 
 use half::bf16;
+use half::vec::HalfBitsVecExt;
 
 use super::DType;
 
@@ -33,7 +34,9 @@ impl HostKvBlocks {
     pub fn zeros(dtype: DType, num_blocks: usize, block_size: usize, cols: usize) -> Self {
         let n = num_blocks * block_size * cols;
         let data = match dtype {
-            DType::BF16 => HostData::BF16(vec![bf16::ZERO; n]),
+            // Zeroed u16 bits come from the allocator already zero (no pass over gigabytes of
+            // swap space at start-up), then are reinterpreted in place as bf16 zeros.
+            DType::BF16 => HostData::BF16(vec![0u16; n].reinterpret_into()),
             DType::F32 | DType::F16 => HostData::F32(vec![0.0; n]),
         };
         HostKvBlocks {

@@ -38,6 +38,8 @@ impl Scheduler {
     /// by recompute otherwise (a swap that does not fit falls back, and says so in the log).
     pub fn preempt_victim(&mut self, victim: SeqId, out: &mut SchedulerOutput) {
         if self.preemption.mode == PreemptionMode::Swap {
+            let blocks = self.block_manager.block_table(victim).len();
+            let _span = tracing::debug_span!("swap_out", seq = victim.0, blocks).entered();
             if let Some(copies) = self.swap_space.swap_out(&mut self.block_manager, victim) {
                 self.running.retain(|&r| r != victim);
                 let seq = self
@@ -53,7 +55,7 @@ impl Scheduler {
             }
             tracing::info!(
                 seq = victim.0,
-                blocks = self.block_manager.block_table(victim).len(),
+                blocks,
                 free_swap_blocks = self.swap_space.num_free_blocks(),
                 "swap space full: preempting by recompute instead (raise --swap-space)"
             );
