@@ -339,6 +339,44 @@ fn eviction_takes_the_least_recently_used_block_and_a_sequence_tail_first() {
     assert_eq!(found(&bm, prompt(20..24)), 4, "request 1 is more recent");
 }
 
+#[test]
+fn same_step_hits_are_right_across_ranks_and_micro_batches() {
+    // A hit on a block computed in the same step is right only if its writer runs first: on
+    // every tensor-parallel rank, and on every pipeline stage, where the step's sequences go
+    // through in micro-batches in batch order (the writer's micro-batch first).
+    let system = prompt(30..47);
+    let wave: Vec<Vec<u32>> = (0..4)
+        .map(|i| [system.clone(), prompt(60 + i..64 + i)].concat())
+        .collect();
+    for (tp, pp, micro) in [
+        (2, 1, None),
+        (1, 2, Some(2)),
+        (1, 2, Some(4)),
+        (2, 2, Some(3)),
+    ] {
+        let run = |caching: bool| {
+            let mut c = EngineConfig::default();
+            c.cache.block_size = BS;
+            c.cache.num_kv_blocks = Some(64);
+            c.cache.enable_prefix_caching = caching;
+            c.parallel.tensor_parallel_size = tp;
+            c.parallel.pipeline_parallel_size = pp;
+            c.parallel.pipeline_micro_batches = micro;
+            let model = load_model(&ModelSpec::Tiny, false, 0).unwrap();
+            let mut e = LLMEngine::new(model, c).unwrap();
+            let t = tokens(&mut e, std::slice::from_ref(&wave), 0);
+            (t, e.stats.prefix_cache.hit_tokens)
+        };
+        let ((on, hits), (off, _)) = (run(true), run(false));
+        assert_eq!(on, off, "tp {tp}, pp {pp}, micro-batches {micro:?}");
+        assert_eq!(
+            hits,
+            3 * 16,
+            "three requests hit the first's 4 blocks in step 1"
+        );
+    }
+}
+
 // ---- Tracing: each admission's lookup, inside its step's `schedule` span ----
 
 mod spans {
