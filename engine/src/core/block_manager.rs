@@ -76,7 +76,14 @@ impl BlockManager {
     /// Grows `seq`'s block table so it can hold `num_tokens` tokens in total. Returns false,
     /// changing nothing, if the free blocks are too few.
     pub fn allocate_slots(&mut self, seq: SeqId, num_tokens: usize) -> bool {
-        self.allocate_slots_with_prefix(seq, num_tokens, &ComputedBlocks::default())
+        let have = self.block_tables.get(&seq).map_or(0, Vec::len);
+        let need = blocks_needed(num_tokens, self.block_size).saturating_sub(have);
+        if need > self.num_free_blocks() {
+            return false;
+        }
+        let fresh: Vec<BlockId> = (0..need).map(|_| self.allocate_block()).collect();
+        self.block_tables.entry(seq).or_default().extend(fresh);
+        true
     }
     // ANCHOR_END: allocate_slots
 
@@ -157,16 +164,18 @@ impl BlockManager {
                 self.seq_hashes.insert(seq, prefix.hashes.clone());
             }
         }
-        let fresh: Vec<BlockId> = (0..need).map(|_| self.allocate_block()).collect();
-        let table = self.block_tables.entry(seq).or_default();
-        table.extend(&prefix.blocks);
-        table.extend(fresh);
-        true
+        self.block_tables
+            .entry(seq)
+            .or_default()
+            .extend(&prefix.blocks);
+        let grown = self.allocate_slots(seq, num_tokens);
+        debug_assert!(grown, "the room was checked above");
+        grown
     }
     // ANCHOR_END: allocate_slots_with_prefix
 
-    /// A fresh block: a free one if any, else the least recently used parked block, evicted.
-    /// The caller has checked that one exists.
+    /// A fresh block: a free one if any, else the least recently used parked block, evicted
+    /// (prefix caching). The caller has checked that one exists.
     fn allocate_block(&mut self) -> BlockId {
         if let Some(block) = self.allocator.allocate() {
             return block;
