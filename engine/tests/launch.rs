@@ -190,10 +190,12 @@ fn wait_at_most(child: &mut Child, limit: Duration) -> Option<(i32, String)> {
     None
 }
 
-/// A generation long enough to be running when a rank is stopped (it would take seconds).
+/// A generation long enough to be running when a rank is stopped: 3 × 3000 steps, one
+/// request at a time (seconds, where stopping a rank takes 1.5 s).
 fn long_run(split: &[&str], model: &[&str], timeout_secs: &str) -> Vec<String> {
     let mut args = generate_args(model, split, 3000);
     args.extend(["--collective-timeout".into(), timeout_secs.into()]);
+    args.extend(["--max-num-seqs".into(), "1".into()]);
     args
 }
 

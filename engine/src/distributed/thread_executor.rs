@@ -25,6 +25,10 @@
 //! collectives. Every rank gathers the same logits and draws with the same seed, so every
 //! rank samples the same tokens; rank 0's are returned (and checked against the others').
 //!
+//! The same driver serves ranks that are processes ([`super::process_executor`]): there a rank
+//! is a [`RankHandle::Remote`], a thread that writes its commands to its control socket and
+//! one that reads its replies into the same channel, so everything below holds for both.
+//!
 //! Failure: a rank whose step fails or panics reports it and, when its thread ends, drops its
 //! communicator, so the other ranks' collectives fail at once ([`CommError::PeerGone`]); a rank
 //! that hangs makes the others' collectives time out. Once one rank has reported an error the
