@@ -4,8 +4,8 @@
 //!
 //! The engine runs a small random Llama (3 layers, heads of 64, so that the CUDA kernels can
 //! run it too) one step at a time, and `engine::kernel_log::record` lists the `kernel` spans of
-//! each step. On the CPU (CI) the list must be the file's, with the one fused GPU kernel
-//! replaced by the three CPU ops the file's `[cpu]` table names: so this fails if the model's
+//! each step. On the CPU (CI) the list must be the file's, with each fused GPU kernel
+//! replaced by the CPU ops the file's `[cpu]` table names: so this fails if the model's
 //! op order changes. On a GPU (`scripts/gpu-check.sh`) the CUDA backend's list must be the
 //! file's exactly, with CUDA graphs off; with them on, a replayed decode step is one
 //! `cuda_graph_replay`. Without a GPU those tests print `skipped: ...` and pass.
@@ -201,7 +201,7 @@ fn show(what: &str, ops: &[String]) {
 }
 
 #[test]
-fn the_cpu_backend_runs_the_books_sequence_with_its_three_unfused_ops() {
+fn the_cpu_backend_runs_the_books_sequence_with_its_unfused_ops() {
     let (book, layers) = (book(), config().num_hidden_layers);
     let got = record(Device::Cpu);
     show("cpu prefill", &got.prefill);

@@ -99,28 +99,100 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-// y = x · Wᵀ (+ bias) for M tokens, with an optional RMSNorm prologue (NORM) and an optional
-// SiLU·mul epilogue (GLU: W is gate_up [2d, k]; the warp's rows are gate rows f.. and the up rows
-// d + f..; it writes silu(gate) · up [M, d], rounding gate and up to bf16 first, as the unfused
-// kernels store them). n is W's row count. SPLIT: warps that share a row group (1, or 8 for
-// split-K, the whole block).
-template <int M, int ROWS, bool NORM, bool GLU, int SPLIT>
+// What follows the products (the epilogue).
+#define EPI_PLAIN 0  // out = y (+ bias)
+#define EPI_GLU 1    // out = silu(gate) · up
+#define EPI_ROPE 2   // q, k rotated by position; q out, k and v into the paged cache
+
+#define PADDING_SLOT 0xffffffffffffffffull
+
+// EPI_ROPE's operands: those of qkv_rotary_cache.cu, whose arithmetic it repeats.
+struct Rope {
+    __nv_bfloat16* key_cache;    // [num_blocks, block_size, num_kv_heads, head_dim]
+    __nv_bfloat16* value_cache;  // [num_blocks, block_size, num_kv_heads, head_dim]
+    const u32* positions;        // [M]
+    const u64* slot_mapping;     // [M]; PADDING_SLOT: write q only
+    const float* cos_sin_cache;  // [max_position, head_dim]: head_dim/2 cos, then sin
+    u32 num_heads, num_kv_heads, head_dim;
+};
+
+// Row pair p of the qkv projection for EPI_ROPE: head u = p / (d/2) of the row [q | k | v]
+// (query heads, then KV heads, then value heads), element i = p % (d/2): rows u·d + i and
+// u·d + i + d/2, the two values rotary embedding turns together.
+__device__ __forceinline__ u32 rope_row(u32 p, u32 head_dim) {
+    const u32 half = head_dim / 2;
+    return (p / half) * head_dim + p % half;
+}
+
+// What the EPI_ROPE epilogue of one row pair and token reads besides the products: the
+// token's slot and the rotation's cosine and sine. Loaded at the kernel's start, before it
+// waits for the previous kernel (they are the step's inputs, copied before its first kernel, and
+// a constant table), so that the epilogue does not end the kernel with a chain of dependent
+// loads (slot, position, then the table).
+struct RopeOperands {
+    u64 slot;
+    float c, s;
+};
+
+__device__ __forceinline__ RopeOperands rope_operands(const Rope& r, u32 p, int t) {
+    const u32 half = r.head_dim / 2;
+    const float* cos = r.cos_sin_cache + (size_t)r.positions[t] * r.head_dim;
+    return {r.slot_mapping[t], cos[p % half], cos[half + p % half]};
+}
+
+// The EPI_ROPE epilogue for row pair p of token t, whose projections are x (row rope_row) and
+// y (that row + d/2), rounded to bf16 first as the unfused projection stores them.
+__device__ __forceinline__ void rope_store(const Rope& r, __nv_bfloat16* __restrict__ q_out,
+                                           u32 p, int t, float x, float y, RopeOperands o) {
+    const u32 half = r.head_dim / 2, u = p / half, i = p % half;
+    const u32 kv_row = r.num_kv_heads * r.head_dim;
+    const u64 slot = o.slot;
+    __nv_bfloat16* dst;
+    bool rotate = true;
+    if (u < r.num_heads) {
+        dst = q_out + ((size_t)t * r.num_heads + u) * r.head_dim;
+    } else if (slot == PADDING_SLOT) {
+        return;  // a padding row: q only
+    } else if (u < r.num_heads + r.num_kv_heads) {
+        dst = r.key_cache + (size_t)slot * kv_row + (u - r.num_heads) * r.head_dim;
+    } else {
+        dst = r.value_cache + (size_t)slot * kv_row + (u - r.num_heads - r.num_kv_heads) * r.head_dim;
+        rotate = false;
+    }
+    if (rotate) {
+        const float c = o.c, sn = o.s;
+        const float x0 = x;
+        x = x0 * c - y * sn;
+        y = y * c + x0 * sn;
+    }
+    dst[i] = __float2bfloat16(x);
+    dst[i + half] = __float2bfloat16(y);
+}
+
+// y = x · Wᵀ (+ bias) for M tokens, with an optional RMSNorm prologue (NORM) and an epilogue
+// (EPI): plain; SiLU·mul (W is gate_up [2d, k]; the warp's rows are gate rows f.. and the up
+// rows d + f..; it writes silu(gate) · up [M, d], rounding gate and up to bf16 first, as the
+// unfused kernels store them); or rotary + cache (W is qkv; the warp's rows are row pairs
+// (rope_row(p), + d/2), rotated together). n is W's row count. SPLIT: warps that share a row
+// group (1, or 8 for split-K, the whole block).
+template <int M, int ROWS, bool NORM, int EPI, int SPLIT>
 __device__ __forceinline__ void gemv(
-    __nv_bfloat16* __restrict__ out,           // [M, GLU ? n / 2 : n]
+    __nv_bfloat16* __restrict__ out,           // [M, EPI_GLU ? n / 2 : n]; EPI_ROPE: q [M, H·d]
     __nv_bfloat16* __restrict__ residual_out,  // NORM with delta: [M, k], the new stream
     const Input in,
     float eps,
     const __nv_bfloat16* __restrict__ w,       // [n, k]
-    const __nv_bfloat16* __restrict__ bias,    // [n] or null (not with GLU)
-    u32 n, u32 k) {
+    const __nv_bfloat16* __restrict__ bias,    // [n] or null (not with EPI_GLU)
+    u32 n, u32 k, const Rope rope) {
     static_assert(SPLIT == 1 || SPLIT * 32 == GEMV_THREADS, "split-K takes the whole block");
-    constexpr int F = GLU ? ROWS / 2 : ROWS;  // output features per row group
+    constexpr bool PAIRS = EPI != EPI_PLAIN;  // rows come in pairs: (gate, up) or a rotary pair
+    constexpr int F = PAIRS ? ROWS / 2 : ROWS;  // output features (or pairs) per row group
     constexpr int STRIDE = 32 * SPLIT;        // chunks between one thread's consecutive chunks
     const u32 lane = threadIdx.x % 32;
     const u32 first = threadIdx.x % STRIDE;   // this thread's first chunk of a row
     const u32 warp = (blockIdx.x * GEMV_THREADS + threadIdx.x) / 32;  // in the grid
     const u32 group = SPLIT == 1 ? warp : blockIdx.x;                 // the row group
-    const u32 width = GLU ? n / 2 : n;  // output features
+    const u32 width = PAIRS ? n / 2 : n;  // output features, or row pairs
     const u32 f0 = group * F;
     const u32 chunks = k / 8;
     const bool active = f0 < width;
@@ -128,7 +200,9 @@ __device__ __forceinline__ void gemv(
 #pragma unroll
     for (int r = 0; r < ROWS; r++) {
         const u32 f = min(f0 + (r % F), width - 1);
-        rows[r] = (GLU && r >= F) ? width + f : f;
+        if (EPI == EPI_GLU) rows[r] = r >= F ? width + f : f;
+        else if (EPI == EPI_ROPE) rows[r] = rope_row(f, rope.head_dim) + (r >= F ? rope.head_dim / 2 : 0);
+        else rows[r] = f;
     }
 
     // UNROLL chunks per lane are loaded before any is used, so a short row (k = 576: at most 3
@@ -137,6 +211,16 @@ __device__ __forceinline__ void gemv(
     // dependent launch that load overlaps the previous kernel's tail (common.cuh).
     uint4 wraw[UNROLL][ROWS];
     if (active) load_chunks<ROWS, STRIDE>(wraw, w, rows, first, k, chunks);
+    // The thread that writes the outputs (lane 0, or thread 0 under split-K) loads what the
+    // rotary epilogue needs now, under the same wait.
+    constexpr int RF = EPI == EPI_ROPE ? F : 1, RM = EPI == EPI_ROPE ? M : 1;
+    RopeOperands rope_in[RF][RM];
+    if (EPI == EPI_ROPE && active && (SPLIT > 1 ? threadIdx.x == 0 : lane == 0)) {
+#pragma unroll
+        for (int r = 0; r < RF; r++)
+#pragma unroll
+            for (int t = 0; t < RM; t++) rope_in[r][t] = rope_operands(rope, min(f0 + r, width - 1), t);
+    }
     wait_for_previous_kernel();
     allow_next_kernel();
 
@@ -246,8 +330,15 @@ __device__ __forceinline__ void gemv(
         if (f >= width) break;
 #pragma unroll
         for (int t = 0; t < M; t++) {
+            if (EPI == EPI_ROPE) {
+                const u32 ra = rows[r], rb = rows[F + r];
+                const float x = __bfloat162float(__float2bfloat16(acc[r][t] + (bias ? __bfloat162float(bias[ra]) : 0.0f)));
+                const float y = __bfloat162float(__float2bfloat16(acc[F + r][t] + (bias ? __bfloat162float(bias[rb]) : 0.0f)));
+                rope_store(rope, out, f, t, x, y, rope_in[EPI == EPI_ROPE ? r : 0][EPI == EPI_ROPE ? t : 0]);
+                continue;
+            }
             float y;
-            if (GLU) {
+            if (EPI == EPI_GLU) {
                 const float g = __bfloat162float(__float2bfloat16(acc[r][t]));
                 const float up = __bfloat162float(__float2bfloat16(acc[F + r][t]));
                 y = silu(g) * up;
@@ -264,6 +355,8 @@ __device__ __forceinline__ void gemv(
 //   gemv_m{M}           y = x · Wᵀ (+ bias)
 //   gemv_norm_m{M}      residual_out = delta + residual; y = rms_norm(residual_out) · Wᵀ (+ bias)
 //   gemv_norm_glu_m{M}  the same, then silu(gate) · up
+//   gemv_norm_rope_m{M} the norm, the qkv projection, then qkv_rotary_cache.cu's work: q
+//                       rotated to q_out, k rotated and v into the paged cache
 // and each again with the suffix `_split`: split-K over the block's 8 warps.
 #define GEMV_VARIANT(M, ROWS, SPLIT, SUFFIX)                                                       \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_m##M##SUFFIX(                  \
@@ -271,7 +364,7 @@ __device__ __forceinline__ void gemv(
         const __nv_bfloat16* __restrict__ w, const __nv_bfloat16* __restrict__ bias, u32 n,        \
         u32 k) {                                                                                   \
         const Input in = {reinterpret_cast<const uint4*>(x), nullptr, nullptr, nullptr, k / 8};    \
-        gemv<M, ROWS, false, false, SPLIT>(out, nullptr, in, 0.0f, w, bias, n, k);                 \
+        gemv<M, ROWS, false, EPI_PLAIN, SPLIT>(out, nullptr, in, 0.0f, w, bias, n, k, Rope{});     \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_norm_m##M##SUFFIX(             \
         __nv_bfloat16* __restrict__ out, __nv_bfloat16* __restrict__ residual_out,                 \
@@ -281,7 +374,7 @@ __device__ __forceinline__ void gemv(
         const Input in = {nullptr, reinterpret_cast<const uint4*>(delta),                          \
                           reinterpret_cast<const uint4*>(residual),                                \
                           reinterpret_cast<const uint4*>(gamma), k / 8};                           \
-        gemv<M, ROWS, true, false, SPLIT>(out, residual_out, in, eps, w, bias, n, k);              \
+        gemv<M, ROWS, true, EPI_PLAIN, SPLIT>(out, residual_out, in, eps, w, bias, n, k, Rope{});  \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_norm_glu_m##M##SUFFIX(         \
         __nv_bfloat16* __restrict__ out, __nv_bfloat16* __restrict__ residual_out,                 \
@@ -291,7 +384,22 @@ __device__ __forceinline__ void gemv(
         const Input in = {nullptr, reinterpret_cast<const uint4*>(delta),                          \
                           reinterpret_cast<const uint4*>(residual),                                \
                           reinterpret_cast<const uint4*>(gamma), k / 8};                           \
-        gemv<M, ROWS, true, true, SPLIT>(out, residual_out, in, eps, w, nullptr, n, k);            \
+        gemv<M, ROWS, true, EPI_GLU, SPLIT>(out, residual_out, in, eps, w, nullptr, n, k, Rope{}); \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_norm_rope_m##M##SUFFIX(        \
+        __nv_bfloat16* __restrict__ q_out, __nv_bfloat16* __restrict__ residual_out,               \
+        const __nv_bfloat16* __restrict__ delta, const __nv_bfloat16* __restrict__ residual,       \
+        const __nv_bfloat16* __restrict__ gamma, float eps, const __nv_bfloat16* __restrict__ w,   \
+        const __nv_bfloat16* __restrict__ bias, u32 n, u32 k,                                      \
+        __nv_bfloat16* __restrict__ key_cache, __nv_bfloat16* __restrict__ value_cache,            \
+        const u32* __restrict__ positions, const u64* __restrict__ slot_mapping,                   \
+        const float* __restrict__ cos_sin_cache, u32 num_heads, u32 num_kv_heads, u32 head_dim) {  \
+        const Input in = {nullptr, reinterpret_cast<const uint4*>(delta),                          \
+                          reinterpret_cast<const uint4*>(residual),                                \
+                          reinterpret_cast<const uint4*>(gamma), k / 8};                           \
+        const Rope rope = {key_cache, value_cache, positions, slot_mapping, cos_sin_cache,         \
+                           num_heads, num_kv_heads, head_dim};                                     \
+        gemv<M, ROWS, true, EPI_ROPE, SPLIT>(q_out, residual_out, in, eps, w, bias, n, k, rope);   \
     }
 #define GEMV_ENTRY(M, ROWS) GEMV_VARIANT(M, ROWS, 1, ) GEMV_VARIANT(M, ROWS, 8, _split)
 GEMV_ENTRY(1, 4)

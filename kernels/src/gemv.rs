@@ -28,6 +28,7 @@ use half::bf16;
 
 use crate::error::{check_len, to_u32, KernelError, Result};
 use crate::launch::Launch;
+use crate::qkv_rotary_cache::QkvShape;
 
 pub(crate) const FILE: &str = "gemv.cu";
 pub(crate) const SOURCE: &str = include_str!("../cuda/gemv.cu");
@@ -67,7 +68,8 @@ pub struct Gemv {
     by_tokens: Vec<CudaFunction>,  // [MAX_TOKENS], index m - 1
     norm: Vec<CudaFunction>,       // the same with the RMSNorm prologue
     norm_glu: Vec<CudaFunction>,   // ... and the SiLU·mul epilogue
-    split: [Vec<CudaFunction>; 3], // the three again, split-K (`_split`)
+    norm_rope: Vec<CudaFunction>,  // the RMSNorm prologue and the rotary + cache epilogue
+    split: [Vec<CudaFunction>; 4], // the four again, split-K (`_split`)
     num_sms: usize,
     split_k: SplitK,
 }
@@ -82,6 +84,20 @@ pub struct NormInput<'a, 'b> {
     /// The norm's weight, `[k]`.
     pub gamma: &'a CudaView<'b, bf16>,
     pub eps: f32,
+}
+
+/// The rotary embedding and the cache write after a qkv projection
+/// ([`Gemv::forward_norm_rope`]): the operands of [`crate::qkv_rotary_cache`].
+pub struct RotaryCache<'a, 'b> {
+    /// `[num_blocks, block_size, num_kv_heads, head_dim]` each.
+    pub key_cache: &'a mut CudaViewMut<'b, bf16>,
+    pub value_cache: &'a mut CudaViewMut<'b, bf16>,
+    /// `[num_tokens]`: each token's position, and its cache slot (`PADDING_SLOT`: none).
+    pub positions: &'a CudaView<'b, u32>,
+    pub slot_mapping: &'a CudaView<'b, u64>,
+    /// `[max_position, head_dim]`: head_dim / 2 cosines, then as many sines.
+    pub cos_sin_cache: &'a CudaView<'b, f32>,
+    pub shape: QkvShape,
 }
 
 /// What follows the projection in the same launch.
@@ -104,14 +120,26 @@ impl Gemv {
             by_tokens: load("gemv", "")?,
             norm: load("gemv_norm", "")?,
             norm_glu: load("gemv_norm_glu", "")?,
+            norm_rope: load("gemv_norm_rope", "")?,
             split: [
                 load("gemv", "_split")?,
                 load("gemv_norm", "_split")?,
                 load("gemv_norm_glu", "_split")?,
+                load("gemv_norm_rope", "_split")?,
             ],
             num_sms,
             split_k: SplitK::Auto,
         })
+    }
+
+    /// Whether [`Gemv::forward_norm_rope`] is worth its launch for `num_tokens` rows through a
+    /// qkv projection of `n` rows of `k`: when the launch is not split-K. Measured on the H200
+    /// (2026-11-29, batch-1 decode, same run): with the warp-per-rows split the fused launch
+    /// saves its separate rotary kernel (SmolLM2-135M's shape, 0.617 → 0.572 ms of device time
+    /// per token); split-K, where one thread per block runs the epilogue after the block's
+    /// reduction, it was 1% slower than the two launches (Llama-3.2-1B's, 1.159 → 1.171 ms).
+    pub fn fuses_rotary(&self, num_tokens: usize, n: usize, k: usize) -> bool {
+        Self::supports(num_tokens, k) && !self.splits(n / 2, rows_per_warp(num_tokens) / 2, k)
     }
 
     /// The same kernels with another split-K rule (the bench times each against the other).
@@ -154,6 +182,105 @@ impl Gemv {
         epilogue: Epilogue,
         num_tokens: usize,
     ) -> Result<()> {
+        self.norm_launch(
+            stream,
+            out,
+            residual_out,
+            input,
+            weight,
+            bias,
+            epilogue,
+            None,
+            num_tokens,
+        )
+    }
+
+    /// The attention block's way in, in one launch: `residual_out = residual + delta`, `qkv =
+    /// rms_norm(residual_out) · W_qkvᵀ (+ bias)`, then what [`crate::qkv_rotary_cache`] does
+    /// with `qkv`: q rotated by each token's position into `q_out`, k rotated and v into the
+    /// paged cache at the token's slot, with its results bit for bit (same rounding to bf16 of
+    /// each projection before the rotation). The projection's rows are taken in rotary pairs
+    /// (element i and i + head_dim/2 of a head), so one warp holds both values it rotates.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_norm_rope(
+        &self,
+        stream: &Arc<CudaStream>,
+        q_out: &mut CudaViewMut<'_, bf16>, // [num_tokens, num_heads · head_dim]
+        residual_out: Option<&mut CudaViewMut<'_, bf16>>, // [num_tokens, k]
+        input: &NormInput<'_, '_>,
+        weight: &CudaView<'_, bf16>, // [(num_heads + 2 num_kv_heads) · head_dim, k]
+        bias: Option<&CudaView<'_, bf16>>, // [n]
+        rope: &mut RotaryCache<'_, '_>,
+        num_tokens: usize,
+    ) -> Result<()> {
+        const K: &str = "gemv_norm_rope";
+        let QkvShape {
+            num_heads,
+            num_kv_heads,
+            head_dim,
+        } = rope.shape;
+        if head_dim == 0 || !head_dim.is_multiple_of(2) || num_kv_heads == 0 {
+            return Err(KernelError::Unsupported {
+                kernel: K,
+                what: format!("head_dim {head_dim} (even, > 0), {num_kv_heads} KV heads"),
+            });
+        }
+        let kv_row = num_kv_heads * head_dim;
+        check_len(K, "q_out", q_out.len(), num_tokens * num_heads * head_dim)?;
+        check_len(
+            K,
+            "weight rows",
+            weight.len() / input.gamma.len().max(1),
+            num_heads * head_dim + 2 * kv_row,
+        )?;
+        check_len(K, "positions", rope.positions.len(), num_tokens)?;
+        check_len(K, "slot_mapping", rope.slot_mapping.len(), num_tokens)?;
+        check_len(
+            K,
+            "value_cache",
+            rope.value_cache.len(),
+            rope.key_cache.len(),
+        )?;
+        check_len(
+            K,
+            "key_cache",
+            rope.key_cache.len(),
+            rope.key_cache.len() / kv_row * kv_row,
+        )?;
+        check_len(
+            K,
+            "cos_sin_cache",
+            rope.cos_sin_cache.len(),
+            rope.cos_sin_cache.len() / head_dim * head_dim,
+        )?;
+        self.norm_launch(
+            stream,
+            q_out,
+            residual_out,
+            input,
+            weight,
+            bias,
+            Epilogue::Plain,
+            Some(rope),
+            num_tokens,
+        )
+    }
+
+    /// The launch behind [`Gemv::forward_norm`] and [`Gemv::forward_norm_rope`] (`rope` given:
+    /// the rotary + cache epilogue, `out` is q).
+    #[allow(clippy::too_many_arguments)]
+    fn norm_launch(
+        &self,
+        stream: &Arc<CudaStream>,
+        out: &mut CudaViewMut<'_, bf16>,
+        residual_out: Option<&mut CudaViewMut<'_, bf16>>,
+        input: &NormInput<'_, '_>,
+        weight: &CudaView<'_, bf16>,
+        bias: Option<&CudaView<'_, bf16>>,
+        epilogue: Epilogue,
+        rope: Option<&mut RotaryCache<'_, '_>>,
+        num_tokens: usize,
+    ) -> Result<()> {
         const K: &str = "gemv_norm";
         let k = input.gamma.len();
         if !Self::supports(num_tokens, k) {
@@ -166,6 +293,15 @@ impl Gemv {
         check_len(K, "weight", weight.len(), n * k)?;
         check_len(K, "residual", input.residual.len(), num_tokens * k)?;
         let width = match epilogue {
+            Epilogue::Plain if rope.is_some() => {
+                if !n.is_multiple_of(2) {
+                    return Err(KernelError::Unsupported {
+                        kernel: K,
+                        what: format!("rotary pairs of a qkv of {n} rows"),
+                    });
+                }
+                n / 2 // row pairs
+            }
             Epilogue::Plain => n,
             Epilogue::SiluAndMul => {
                 if !n.is_multiple_of(2) || bias.is_some() {
@@ -177,7 +313,9 @@ impl Gemv {
                 n / 2
             }
         };
-        check_len(K, "out", out.len(), num_tokens * width)?;
+        if rope.is_none() {
+            check_len(K, "out", out.len(), num_tokens * width)?;
+        }
         if let Some(b) = bias {
             check_len(K, "bias", b.len(), n)?;
         }
@@ -217,8 +355,8 @@ impl Gemv {
         }
         let rows = rows_per_warp(num_tokens);
         let per_group = match epilogue {
-            Epilogue::Plain => rows,
-            Epilogue::SiluAndMul => rows / 2,
+            Epilogue::Plain if rope.is_none() => rows,
+            _ => rows / 2, // (gate, up) or rotary pairs
         };
         let split = self.splits(width, per_group, k);
         // Split-K: a block per row group; otherwise a row group per warp.
@@ -234,11 +372,16 @@ impl Gemv {
         };
         let (n32, k32) = (to_u32(K, "n", n)?, to_u32(K, "k", k)?);
         let null: u64 = 0;
-        let function = match (epilogue, split) {
-            (Epilogue::Plain, false) => &self.norm[num_tokens - 1],
-            (Epilogue::SiluAndMul, false) => &self.norm_glu[num_tokens - 1],
-            (Epilogue::Plain, true) => &self.split[1][num_tokens - 1],
-            (Epilogue::SiluAndMul, true) => &self.split[2][num_tokens - 1],
+        let variant = match (epilogue, rope.is_some()) {
+            (Epilogue::Plain, false) => 1,
+            (Epilogue::SiluAndMul, _) => 2,
+            (Epilogue::Plain, true) => 3,
+        };
+        let function = match (variant, split) {
+            (_, true) => &self.split[variant][num_tokens - 1],
+            (1, false) => &self.norm[num_tokens - 1],
+            (2, false) => &self.norm_glu[num_tokens - 1],
+            _ => &self.norm_rope[num_tokens - 1],
         };
         let mut launch = Launch::new(stream, function);
         launch.arg(out);
@@ -262,7 +405,29 @@ impl Gemv {
             };
         }
         launch.arg(&n32).arg(&k32);
-        // SAFETY: the arguments follow gemv_norm_m* and its _split twin (out, residual_out or null, delta or null,
+        let shape32;
+        if let Some(r) = rope {
+            let s = r.shape;
+            shape32 = [
+                to_u32(K, "num_heads", s.num_heads)?,
+                to_u32(K, "num_kv_heads", s.num_kv_heads)?,
+                to_u32(K, "head_dim", s.head_dim)?,
+            ];
+            launch
+                .arg(&mut *r.key_cache)
+                .arg(&mut *r.value_cache)
+                .arg(r.positions)
+                .arg(r.slot_mapping)
+                .arg(r.cos_sin_cache);
+            for a in &shape32 {
+                launch.arg(a);
+            }
+        }
+        // SAFETY: with `rope`, the arguments follow gemv_norm_rope_m* (as gemv_norm_m*, then
+        // key_cache, value_cache, positions, slot_mapping, cos_sin_cache, u32 num_heads,
+        // num_kv_heads, head_dim; lengths checked by forward_norm_rope, cache rows and table rows
+        // read at slot_mapping[t] and positions[t], which the caller guarantees in range, as for
+        // qkv_rotary_cache). Otherwise they follow gemv_norm_m* and its _split twin (out, residual_out or null, delta or null,
         // residual, gamma, float eps, w, bias or null, u32 n, u32 k) or gemv_norm_glu_m* (the
         // same without bias); every length was checked above against num_tokens, k and n,
         // operands are 16-byte aligned, and residual_out is given whenever delta is.

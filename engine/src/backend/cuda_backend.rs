@@ -8,8 +8,9 @@
 //!
 //! Where one launch can do the work of several, the backend overrides the trait's default:
 //! `qkv_rotary_and_cache` is one kernel here, three calls on the CPU; for decode batches of a
-//! few tokens `add_rms_norm_linear` and `add_rms_norm_gate_up` are one GEMV each (norm,
-//! projection and activation), so a decoder layer is six launches.
+//! few tokens `add_rms_norm_qkv_rotary_cache` and `add_rms_norm_gate_up` are one GEMV each
+//! (norm, projection, then rotary and the cache write, or the activation), so a decoder layer
+//! is five launches.
 //!
 //! Each op opens a `tracing` span (target `kernel`) around its launch: on the host that is
 //! the launch cost, not the kernel's run time, which the tracer measures with CUDA events.
@@ -19,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use half::bf16;
 use kernels::cudarc::driver::sys::CUevent_flags;
 use kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream};
-use kernels::gemv::{Epilogue, Gemv, NormInput};
+use kernels::gemv::{Epilogue, Gemv, NormInput, RotaryCache};
 use kernels::paged_attention::{max_partitions, DecodeShape, SplitKWorkspace};
 use kernels::prefill_attention::PrefillShape;
 use kernels::qkv_rotary_cache::QkvShape;
@@ -258,16 +259,27 @@ struct NormGemv<'a> {
     epilogue: Epilogue,
 }
 
+/// The qkv projection's rotary + cache epilogue ([`Backend::add_rms_norm_qkv_rotary_cache`]).
+struct RotaryCacheArgs<'a> {
+    shape: QkvShape,
+    cos_sin_cache: &'a CudaTensor,
+    key_cache: &'a mut CudaTensor,
+    value_cache: &'a mut CudaTensor,
+    step: &'a CudaStepMetadata,
+}
+
 impl CudaBackend {
     /// `residual += delta; out = rms_norm(residual) · Wᵀ` (then the epilogue) in one GEMV
     /// launch, for decode batches of up to [`GEMV_MAX_TOKENS`]; `None` when the shapes are not
     /// the GEMV's (the caller then makes the separate calls). The new residual stream goes to a
-    /// fresh buffer: other blocks of the launch still read the old one.
+    /// fresh buffer: other blocks of the launch still read the old one. With `rope`, `W` is the
+    /// qkv projection and `out` is q, rotated; k and v go into the caches.
     fn norm_gemv(
         &self,
         f: &NormGemv<'_>,
         delta: Option<&CudaTensor>,
         residual: &mut CudaTensor,
+        rope: Option<RotaryCacheArgs<'_>>,
     ) -> Result<Option<CudaTensor>> {
         let (t, hidden) = (residual.rows, residual.cols);
         if !use_gemv(t, f.w) {
@@ -292,9 +304,10 @@ impl CudaBackend {
                 )
             })?;
         }
-        let width = match f.epilogue {
-            Epilogue::Plain => f.w.rows,
-            Epilogue::SiluAndMul => f.w.rows / 2,
+        let width = match (&rope, f.epilogue) {
+            (Some(r), _) => r.shape.num_heads * r.shape.head_dim,
+            (None, Epilogue::Plain) => f.w.rows,
+            (None, Epilogue::SiluAndMul) => f.w.rows / 2,
         };
         let mut out = self.empty(f.op, t, width)?;
         let mut new_residual = match delta {
@@ -319,16 +332,46 @@ impl CudaBackend {
                 gamma: &gv,
                 eps: f.eps,
             };
-            self.gpu.kernels.gemv.forward_norm(
-                &self.gpu.stream,
-                &mut out.view_bf16_mut(f.op)?,
-                r_out.as_mut(),
-                &input,
-                &wv,
-                bv.as_ref(),
-                f.epilogue,
-                t,
-            )
+            let gemv = &self.gpu.kernels.gemv;
+            match rope {
+                None => gemv.forward_norm(
+                    &self.gpu.stream,
+                    &mut out.view_bf16_mut(f.op)?,
+                    r_out.as_mut(),
+                    &input,
+                    &wv,
+                    bv.as_ref(),
+                    f.epilogue,
+                    t,
+                ),
+                Some(r) => {
+                    let b = r.step.bufs();
+                    let (mut kc, mut vc) = (
+                        r.key_cache.view_bf16_mut(f.op)?,
+                        r.value_cache.view_bf16_mut(f.op)?,
+                    );
+                    let (positions, slots) = (b.positions.slice(0..t), b.slot_mapping.slice(0..t));
+                    let table = r.cos_sin_cache.view_f32(f.op)?;
+                    let mut cache = RotaryCache {
+                        key_cache: &mut kc,
+                        value_cache: &mut vc,
+                        positions: &positions,
+                        slot_mapping: &slots,
+                        cos_sin_cache: &table,
+                        shape: r.shape,
+                    };
+                    gemv.forward_norm_rope(
+                        &self.gpu.stream,
+                        &mut out.view_bf16_mut(f.op)?,
+                        r_out.as_mut(),
+                        &input,
+                        &wv,
+                        bv.as_ref(),
+                        &mut cache,
+                        t,
+                    )
+                }
+            }
         };
         match result {
             Ok(()) => {}
@@ -721,6 +764,16 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
+    fn swap_blocks(
+        &self,
+        cache: &mut CudaTensor,
+        host: &mut super::HostKvBlocks,
+        mapping: &[(u32, u32)],
+        direction: super::SwapDirection,
+    ) -> Result<()> {
+        super::swap_blocks::cuda_swap_blocks(&self.gpu.stream, cache, host, mapping, direction)
+    }
+
     fn split_columns(&self, x: &CudaTensor, widths: &[usize]) -> Result<Vec<CudaTensor>> {
         let _span = tracing::trace_span!("kernel", op = "split_columns").entered();
         const OP: &str = "split_columns";
@@ -764,16 +817,6 @@ impl Backend for CudaBackend {
         bias: Option<&CudaTensor>,
     ) -> Result<CudaTensor> {
         let fused = NormGemv {
-    fn swap_blocks(
-        &self,
-        cache: &mut CudaTensor,
-        host: &mut super::HostKvBlocks,
-        mapping: &[(u32, u32)],
-        direction: super::SwapDirection,
-    ) -> Result<()> {
-        super::swap_blocks::cuda_swap_blocks(&self.gpu.stream, cache, host, mapping, direction)
-    }
-
             op: "add_rms_norm_linear",
             norm,
             eps,
@@ -781,7 +824,7 @@ impl Backend for CudaBackend {
             bias,
             epilogue: Epilogue::Plain,
         };
-        if let Some(out) = self.norm_gemv(&fused, delta.as_ref(), residual)? {
+        if let Some(out) = self.norm_gemv(&fused, delta.as_ref(), residual, None)? {
             return Ok(out);
         }
         let x = self.add_rms_norm(delta, residual, norm, eps)?;
@@ -804,11 +847,65 @@ impl Backend for CudaBackend {
             bias: None,
             epilogue: Epilogue::SiluAndMul,
         };
-        if let Some(out) = self.norm_gemv(&fused, delta.as_ref(), residual)? {
+        if let Some(out) = self.norm_gemv(&fused, delta.as_ref(), residual, None)? {
             return Ok(out);
         }
         let x = self.add_rms_norm(delta, residual, norm, eps)?;
         self.silu_and_mul(&self.linear(&x, w, None)?)
+    }
+
+    fn add_rms_norm_qkv_rotary_cache(
+        &self,
+        delta: Option<CudaTensor>,
+        residual: &mut CudaTensor,
+        norm: &CudaTensor,
+        eps: f32,
+        w: &CudaTensor,
+        bias: Option<&CudaTensor>,
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+        cos_sin_cache: &CudaTensor,
+        key_cache: &mut CudaTensor,
+        value_cache: &mut CudaTensor,
+        step: &CudaStepMetadata,
+    ) -> Result<CudaTensor> {
+        let fused = NormGemv {
+            op: "add_rms_norm_qkv_rotary_cache",
+            norm,
+            eps,
+            w,
+            bias,
+            epilogue: Epilogue::Plain,
+        };
+        let rope = RotaryCacheArgs {
+            shape: QkvShape {
+                num_heads,
+                num_kv_heads,
+                head_dim,
+            },
+            cos_sin_cache,
+            key_cache: &mut *key_cache,
+            value_cache: &mut *value_cache,
+            step,
+        };
+        let (t, gemv) = (residual.rows, &self.gpu.kernels.gemv);
+        if gemv.fuses_rotary(t, w.rows, w.cols) {
+            if let Some(q) = self.norm_gemv(&fused, delta.as_ref(), residual, Some(rope))? {
+                return Ok(q);
+            }
+        }
+        let qkv = self.add_rms_norm_linear(delta, residual, norm, eps, w, bias)?;
+        self.qkv_rotary_and_cache(
+            &qkv,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            cos_sin_cache,
+            key_cache,
+            value_cache,
+            step,
+        )
     }
 
     fn qkv_rotary_and_cache(

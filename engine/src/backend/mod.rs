@@ -285,6 +285,40 @@ pub trait Backend: Send + Sync {
         let x = self.add_rms_norm(delta, residual, norm, eps)?;
         self.silu_and_mul(&self.linear(&x, w, None)?)
     }
+    /// The attention block's way in, up to attention: [`Backend::add_rms_norm_linear`] through
+    /// the qkv projection `w` `[(heads + 2·kv_heads)·d, hidden]` (+ `bias`), then
+    /// [`Backend::qkv_rotary_and_cache`] → q `[t, heads·d]`, k and v in the caches. Two calls
+    /// by default; one launch on the CUDA backend for small decode batches (a GEMV that
+    /// normalizes its input, projects, rotates and writes the cache).
+    #[allow(clippy::too_many_arguments)]
+    fn add_rms_norm_qkv_rotary_cache(
+        &self,
+        delta: Option<Self::Tensor>,
+        residual: &mut Self::Tensor,
+        norm: &Self::Tensor,
+        eps: f32,
+        w: &Self::Tensor,
+        bias: Option<&Self::Tensor>,
+        num_heads: usize,
+        num_kv_heads: usize,
+        head_dim: usize,
+        cos_sin_cache: &Self::Tensor,
+        key_cache: &mut Self::Tensor,
+        value_cache: &mut Self::Tensor,
+        step: &Self::StepMetadata,
+    ) -> Result<Self::Tensor> {
+        let qkv = self.add_rms_norm_linear(delta, residual, norm, eps, w, bias)?;
+        self.qkv_rotary_and_cache(
+            &qkv,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            cos_sin_cache,
+            key_cache,
+            value_cache,
+            step,
+        )
+    }
     /// Rows `step.logits_indices` of `x` `[t, hidden]`, in that order → `[num_logits, hidden]`.
     fn gather_rows(&self, x: &Self::Tensor, step: &Self::StepMetadata) -> Result<Self::Tensor>;
 

@@ -130,19 +130,16 @@ impl<B: Backend> LlamaForCausalLM<B> {
             }
         };
         for (i, layer) in w.layers.iter().enumerate() {
-            // Attention block: residual += delta; qkv = rms_norm(residual) · W_qkvᵀ.
-            let qkv = b.add_rms_norm_linear(
+            // Attention block: residual += delta; qkv = rms_norm(residual) · W_qkvᵀ; split q, k,
+            // v; rotate q and k by position; write k and v into the cache.
+            let (key_cache, value_cache) = kv_cache.layer_mut(i);
+            let q = b.add_rms_norm_qkv_rotary_cache(
                 delta.take(),
                 &mut residual,
                 &layer.input_layernorm,
                 eps,
                 &layer.qkv_proj,
                 layer.qkv_bias.as_ref(),
-            )?;
-            // Split q, k, v; rotate q and k by position; write k and v into the cache.
-            let (key_cache, value_cache) = kv_cache.layer_mut(i);
-            let q = b.qkv_rotary_and_cache(
-                &qkv,
                 c.num_attention_heads,
                 c.num_key_value_heads,
                 d,
