@@ -10,9 +10,10 @@
 //! must move at minimum (reads + writes).
 
 use anyhow::{bail, Result};
+use kernels::cudarc::driver::CudaSlice;
 use kernels::gemv::SplitK;
 use kernels::linear::Linear;
-use kernels::paged_attention::{DecodeShape, SplitKWorkspace, D128_STAGES};
+use kernels::paged_attention::{DecodeShape, PagedAttention, SplitKWorkspace, D128_STAGES};
 use kernels::prefill_attention::{PrefillShape, BLOCK_MS};
 use kernels::roofline::{self, random_bf16, uninit_bf16, REPS, WARMUP};
 use kernels::sampling::RowParams;
@@ -81,6 +82,75 @@ struct Row {
     size: String,
     ms: f64,
     gbs: f64,
+}
+
+/// One decode batch's attention operands: `seqs` sequences of `ctx_len` cached tokens each,
+/// `nh` query and `nkv` KV heads of `d`, blocks of `bs` tokens handed out in shuffled order.
+struct DecodeInputs {
+    shape: DecodeShape,
+    ctx_len: usize,
+    kc: CudaSlice<half::bf16>,
+    vc: CudaSlice<half::bf16>,
+    q: CudaSlice<half::bf16>,
+    out: CudaSlice<half::bf16>,
+    tables: CudaSlice<u32>,
+    seq_lens: CudaSlice<u32>,
+    /// Bytes one call must move: K and V, q in and out, the block tables.
+    bytes: usize,
+}
+
+impl DecodeInputs {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        gpu: &Gpu,
+        seqs: usize,
+        ctx_len: usize,
+        nh: usize,
+        nkv: usize,
+        d: usize,
+        bs: usize,
+        x: &mut u64,
+    ) -> Result<Self> {
+        let s = &gpu.stream;
+        let max_blocks = ctx_len.div_ceil(bs);
+        let num_blocks = seqs * max_blocks;
+        let kv_len = num_blocks * bs * nkv * d;
+        Ok(Self {
+            shape: DecodeShape {
+                num_seqs: seqs,
+                num_heads: nh,
+                num_kv_heads: nkv,
+                head_dim: d,
+                block_size: bs,
+                max_blocks_per_seq: max_blocks,
+            },
+            ctx_len,
+            kc: random_bf16(s, kv_len, 8)?,
+            vc: random_bf16(s, kv_len, 9)?,
+            q: random_bf16(s, seqs * nh * d, 10)?,
+            out: uninit_bf16(s, seqs * nh * d)?,
+            tables: s.clone_htod(&shuffled(num_blocks, x))?,
+            seq_lens: s.clone_htod(&vec![ctx_len as u32; seqs])?,
+            bytes: 2 * kv_len * 2 + 2 * seqs * nh * d * 2 + num_blocks * 4,
+        })
+    }
+
+    fn run(&mut self, gpu: &Gpu, pa: &PagedAttention, ws: &mut SplitKWorkspace) -> Result<()> {
+        let scale = 1.0 / (self.shape.head_dim as f32).sqrt();
+        Ok(pa.decode(
+            &gpu.stream,
+            ws,
+            &mut self.out.as_view_mut(),
+            &self.q.as_view(),
+            &self.kc.as_view(),
+            &self.vc.as_view(),
+            &self.tables.as_view(),
+            &self.seq_lens.as_view(),
+            &self.shape,
+            scale,
+            self.ctx_len,
+        )?)
+    }
 }
 
 fn main() -> Result<()> {
@@ -252,26 +322,7 @@ fn main() -> Result<()> {
         (8, 32768, 32, 8, 64),
         (512, 1024, 32, 8, 64),
     ] {
-        let max_blocks = ctx_len / bs;
-        let num_blocks = seqs * max_blocks;
-        let tables = shuffled(num_blocks, &mut x);
-        let kv_len = num_blocks * bs * nkv * d;
-        let (kc, vc) = (random_bf16(s, kv_len, 8)?, random_bf16(s, kv_len, 9)?);
-        let q = random_bf16(s, seqs * nh * d, 10)?;
-        let mut out = uninit_bf16(s, seqs * nh * d)?;
-        let (dt, dl) = (
-            s.clone_htod(&tables)?,
-            s.clone_htod(&vec![ctx_len as u32; seqs])?,
-        );
-        let shape = DecodeShape {
-            num_seqs: seqs,
-            num_heads: nh,
-            num_kv_heads: nkv,
-            head_dim: d,
-            block_size: bs,
-            max_blocks_per_seq: max_blocks,
-        };
-        let scale = 1.0 / (d as f32).sqrt();
+        let mut inp = DecodeInputs::new(&gpu, seqs, ctx_len, nh, nkv, d, bs, &mut x)?;
         // Head size 128: both ring depths built, timed one after the other.
         let stages: &[usize] = if d == 128 { &D128_STAGES } else { &[0] };
         for &st in stages {
@@ -280,29 +331,14 @@ fn main() -> Result<()> {
             } else {
                 k.paged_attention.clone().with_d128_stages(st)?
             };
-            let ms = time_ms(&gpu, || {
-                Ok(pa.decode(
-                    s,
-                    &mut ws,
-                    &mut out.as_view_mut(),
-                    &q.as_view(),
-                    &kc.as_view(),
-                    &vc.as_view(),
-                    &dt.as_view(),
-                    &dl.as_view(),
-                    &shape,
-                    scale,
-                    ctx_len,
-                )?)
-            })?;
-            let bytes = 2 * kv_len * 2 + 2 * seqs * nh * d * 2 + num_blocks * 4;
+            let ms = time_ms(&gpu, || inp.run(&gpu, &pa, &mut ws))?;
             let ring = if st == 0 {
                 String::new()
             } else {
                 format!(", {st}-stage ring")
             };
             let size = format!("{seqs} seqs x {ctx_len} tok, {nh}/{nkv} heads, d {d}{ring}");
-            push("paged_attention decode", size, ms, bytes as f64);
+            push("paged_attention decode", size, ms, inp.bytes as f64);
         }
     }
 
@@ -316,46 +352,11 @@ fn main() -> Result<()> {
         (4, 192, 32, 8),
         (1, 2048, 32, 8),
     ] {
-        let d = 64;
-        let max_blocks = ctx_len.div_ceil(bs);
-        let num_blocks = seqs * max_blocks;
-        let tables = shuffled(num_blocks, &mut x);
-        let kv_len = num_blocks * bs * nkv * d;
-        let (kc, vc) = (random_bf16(s, kv_len, 8)?, random_bf16(s, kv_len, 9)?);
-        let q = random_bf16(s, seqs * nh * d, 10)?;
-        let mut out = uninit_bf16(s, seqs * nh * d)?;
-        let (dt, dl) = (
-            s.clone_htod(&tables)?,
-            s.clone_htod(&vec![ctx_len as u32; seqs])?,
-        );
-        let shape = DecodeShape {
-            num_seqs: seqs,
-            num_heads: nh,
-            num_kv_heads: nkv,
-            head_dim: d,
-            block_size: bs,
-            max_blocks_per_seq: max_blocks,
-        };
-        let scale = 1.0 / (d as f32).sqrt();
+        let mut inp = DecodeInputs::new(&gpu, seqs, ctx_len, nh, nkv, 64, bs, &mut x)?;
         for split in [false, true] {
             let pa = k.paged_attention.clone().with_small_batch_split(split);
             let p = pa.partitions(seqs, nh, nkv, ctx_len);
-            let ms = graph_ms(&gpu, 50, || {
-                Ok(pa.decode(
-                    s,
-                    &mut ws,
-                    &mut out.as_view_mut(),
-                    &q.as_view(),
-                    &kc.as_view(),
-                    &vc.as_view(),
-                    &dt.as_view(),
-                    &dl.as_view(),
-                    &shape,
-                    scale,
-                    ctx_len,
-                )?)
-            })?;
-            let bytes = 2 * kv_len * 2 + 2 * seqs * nh * d * 2 + num_blocks * 4;
+            let ms = graph_ms(&gpu, 50, || inp.run(&gpu, &pa, &mut ws))?;
             let size = format!(
                 "{seqs} seqs x {ctx_len} tok, {nh}/{nkv} heads, {} partitions",
                 p.count
@@ -364,7 +365,7 @@ fn main() -> Result<()> {
                 "paged_attention decode, small batch",
                 size,
                 ms,
-                bytes as f64,
+                inp.bytes as f64,
             );
         }
     }
