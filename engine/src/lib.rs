@@ -59,6 +59,7 @@ pub mod philox;
 pub mod sampler;
 pub mod sampling_params;
 pub mod sequence;
+pub mod simulator;
 pub mod tiny_model;
 pub mod tokenizer;
 pub mod worker;

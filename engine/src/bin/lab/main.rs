@@ -8,6 +8,7 @@
 //! - `lab launch` runs `generate` as one process per rank (tensor and pipeline parallelism
 //!   across processes, and hosts).
 //! - `lab plan` recommends a tensor × pipeline parallel split of a model over GPUs.
+//! - `lab simulate` compares continuous and static batching on a simulated clock.
 
 mod bench;
 mod decode_b1;
@@ -17,7 +18,9 @@ mod nano_vllm;
 mod plan;
 mod py_random;
 mod save_model;
+mod scheduler_bench;
 mod serving_bench;
+mod simulate;
 mod step_stats;
 
 use clap::{Args, Parser, Subcommand};
@@ -50,6 +53,8 @@ enum Command {
     Launch(launch::LaunchArgs),
     /// Recommend a TP×PP split of a model over GPUs (memory, communication, time), and why.
     Plan(plan::PlanArgs),
+    /// Continuous vs static batching on a simulated clock, decided by the engine's scheduler.
+    Simulate(Box<simulate::SimulateArgs>),
 }
 
 /// Which model, and the engine's knobs: shared by `generate` and `bench`.
@@ -181,6 +186,7 @@ fn main() {
         Command::SaveModel(args) => save_model::run(args),
         Command::Plan(args) => plan::run(args),
         Command::Launch(args) => launch::run(args),
+        Command::Simulate(args) => simulate::run(*args),
     };
     if let Err(e) = result {
         // One line: what was wrong, and the causes after colons.
