@@ -28,6 +28,10 @@ pub enum KernelError {
         got: usize,
         want: usize,
     },
+    /// An NCCL call failed, or NCCL is missing (its errors carry no `std::error::Error`, so the
+    /// message is their debug form).
+    #[error("NCCL: {0}")]
+    Nccl(String),
     /// A shape the kernels were not built for (e.g. a head size without an instantiation).
     #[error("{kernel}: {what}")]
     Unsupported { kernel: &'static str, what: String },

@@ -39,6 +39,7 @@ pub mod error;
 pub mod gemv;
 pub mod launch;
 pub mod linear;
+pub mod nccl;
 pub mod paged_attention;
 pub mod prefill_attention;
 pub mod qkv_rotary_cache;

@@ -1,0 +1,101 @@
+//! NCCL all-reduce over every GPU of the machine against the sum computed on the host. Needs
+//! two GPUs and libnccl; otherwise it prints `skipped: ...` and passes (CI has neither).
+//! Run it with `NCCL_NVLS_ENABLE=0` on our GPU machines (`scripts/gpu-check.sh` sets it).
+mod common;
+
+use std::io::Write;
+
+use common::Rng;
+use half::bf16;
+use kernels::cudarc::driver::CudaContext;
+use kernels::nccl::{nccl_available, NcclGroup};
+
+/// The GPUs' streams, or `None` (with the reason printed) when there are fewer than two or no
+/// NCCL.
+fn streams_or_skip() -> Option<Vec<std::sync::Arc<kernels::cudarc::driver::CudaStream>>> {
+    let skip = |why: String| {
+        let _ = writeln!(std::io::stderr(), "skipped: {why}");
+        None
+    };
+    if let Err(e) = kernels::gpu_available().and_then(|()| nccl_available()) {
+        return skip(e.to_string());
+    }
+    let n = match CudaContext::device_count() {
+        Ok(n) => n as usize,
+        Err(e) => return skip(format!("driver found, but {e}")),
+    };
+    if n < 2 {
+        return skip(format!(
+            "an all-reduce needs two GPUs; this machine has {n}"
+        ));
+    }
+    Some(
+        (0..n)
+            .map(|i| CudaContext::new(i).expect("GPU context").default_stream())
+            .collect(),
+    )
+}
+
+#[test]
+fn all_reduce_sums_every_rank_exactly() {
+    let Some(streams) = streams_or_skip() else {
+        return;
+    };
+    let group = NcclGroup::new(streams.clone()).expect("NCCL group");
+    let n = group.world_size();
+    let mut rng = Rng::fresh("nccl");
+    // Lengths that are and are not multiples of the rank count and of NCCL's chunking.
+    for len in [1usize, 7, 4096, 1 << 20, (1 << 20) + 3] {
+        // Small integers: every partial sum is exact in bf16, so the result must be exact
+        // whatever order NCCL adds in.
+        let host: Vec<Vec<bf16>> = (0..n)
+            .map(|_| {
+                (0..len)
+                    .map(|_| bf16::from_f32((rng.below(17) as f32) - 8.0))
+                    .collect()
+            })
+            .collect();
+        let mut bufs: Vec<_> = host
+            .iter()
+            .zip(&streams)
+            .map(|(h, s)| s.clone_htod(h).unwrap())
+            .collect();
+        group.all_reduce_sum(&mut bufs).unwrap();
+        let want: Vec<f32> = (0..len)
+            .map(|i| host.iter().map(|h| h[i].to_f32()).sum())
+            .collect();
+        for (r, (buf, s)) in bufs.iter().zip(&streams).enumerate() {
+            let got = s.clone_dtoh(buf).unwrap();
+            let bad = got.iter().zip(&want).position(|(g, w)| g.to_f32() != *w);
+            assert!(
+                bad.is_none(),
+                "rank {r} of {n}, {len} elements: element {bad:?} differs"
+            );
+        }
+    }
+}
+
+#[test]
+fn all_reduce_refuses_mismatched_buffers() {
+    let Some(streams) = streams_or_skip() else {
+        return;
+    };
+    let group = NcclGroup::new(streams.clone()).expect("NCCL group");
+    let mut one: Vec<_> = streams[..1]
+        .iter()
+        .map(|s| s.alloc_zeros::<bf16>(8).unwrap())
+        .collect();
+    assert!(
+        group.all_reduce_sum(&mut one).is_err(),
+        "one buffer for several ranks"
+    );
+    let mut uneven: Vec<_> = streams
+        .iter()
+        .enumerate()
+        .map(|(i, s)| s.alloc_zeros::<bf16>(8 + i).unwrap())
+        .collect();
+    assert!(
+        group.all_reduce_sum(&mut uneven).is_err(),
+        "buffers of different lengths"
+    );
+}
