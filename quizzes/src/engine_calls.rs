@@ -474,6 +474,9 @@ pub fn call(name: &str, args: &Args) -> Result<f64, String> {
         }
         other if crate::tp_calls::FUNCTIONS.contains(&other) => crate::tp_calls::call(other, args)?,
         other if crate::pp_calls::FUNCTIONS.contains(&other) => crate::pp_calls::call(other, args)?,
+        other if crate::batching_calls::FUNCTIONS.contains(&other) => {
+            crate::batching_calls::call(other, args)?
+        }
         other => {
             return Err(format!(
                 "unknown check function `{other}` (known: {}, {})",

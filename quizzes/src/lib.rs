@@ -19,6 +19,7 @@
 //! quizzes/stage1.toml ─ parse ─> Question { prompt, answer, check }
 //!                                   └ engine_calls::call(fn, args) ─> f64 ─ format ─> compare
 //! ```
+pub mod batching_calls;
 pub mod engine_calls;
 pub mod gpu_calls;
 pub mod hybrid_calls;

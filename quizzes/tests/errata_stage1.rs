@@ -329,3 +329,141 @@ fn errata_a_position_has_its_block_before_it_is_scheduled() {
         }
     }
 }
+
+/// One request of the source's Q5 pseudo-code: tenant, overdue or not, and its priority
+/// string ('high', 'normal', or anything else a client may send).
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct SourceRequest {
+    id: u64,
+    tenant: &'static str,
+    overdue: bool,
+    priority: &'static str,
+}
+
+/// The source's `schedule()` as written, with the undefined `budget` taken as one budget of
+/// `budget` requests for the step: tenants visited in order, each tenant's list built by
+/// concatenating its overdue, 'high' and 'normal' requests.
+fn source_q5_order(tenants: &[&str], queue: &[SourceRequest], budget: usize) -> Vec<u64> {
+    let mut scheduled = Vec::new();
+    for &t in tenants {
+        let mine: Vec<&SourceRequest> = queue.iter().filter(|r| r.tenant == t).collect();
+        let order = mine
+            .iter()
+            .filter(|r| r.overdue)
+            .chain(mine.iter().filter(|r| r.priority == "high"))
+            .chain(mine.iter().filter(|r| r.priority == "normal"));
+        for r in order {
+            if scheduled.len() < budget {
+                scheduled.push(r.id);
+            }
+        }
+    }
+    scheduled
+}
+
+/// Week 3 review, Q5: "Priority: SLA-violating > high-priority > normal", inside a loop over
+/// tenants. Overdue-first holds only within a tenant: tenant B's overdue request waits behind
+/// every request of tenant A that fits the step. A request whose priority is neither 'high'
+/// nor 'normal' is never listed, so never scheduled. The engine's `qos` policy serves the
+/// overdue request first across tenants, and a request of any priority is served.
+#[test]
+fn errata_q5_overdue_first_only_within_a_tenant_and_other_priorities_starve() {
+    let r = |id, tenant, overdue, priority| SourceRequest {
+        id,
+        tenant,
+        overdue,
+        priority,
+    };
+    let queue = [
+        r(0, "a", false, "normal"),
+        r(1, "a", false, "normal"),
+        r(2, "a", false, "low"),
+        r(3, "b", true, "normal"),
+    ];
+    // A budget of two requests: tenant A fills it, B's overdue request waits.
+    assert_eq!(source_q5_order(&["a", "b"], &queue, 2), vec![0, 1]);
+    // Any budget: request 2 ("low") never appears; request 3 appears twice.
+    assert_eq!(source_q5_order(&["a", "b"], &queue, 100), vec![0, 1, 3, 3]);
+
+    // The engine's qos policy on the same queue (overdue = a deadline of 0), one request per
+    // step: the overdue request first, then the rest, each once, "low" (priority 1) included.
+    let policy = engine::core::scheduling_policy::policy_from_name("qos", &[]).unwrap();
+    let mut s = scheduler_with(16, 64, 10, policy);
+    for q in &queue {
+        let mut params = SamplingParams::greedy(1);
+        params.tenant = q.tenant.to_string();
+        params.priority = i32::from(q.priority == "low");
+        params.deadline = q.overdue.then_some(std::time::Duration::ZERO);
+        s.add_sequence(Sequence::new(SeqId(q.id), vec![5; 10], params));
+    }
+    let mut order = Vec::new();
+    while s.has_unfinished() {
+        let out = s.schedule();
+        order.extend(ids(&out));
+        finish_step(&mut s, &out);
+        assert!(order.len() <= queue.len(), "a request was scheduled twice");
+    }
+    assert_eq!(order[0], 3, "the overdue request of tenant b goes first");
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(sorted, vec![0, 1, 2, 3], "every request once");
+}
+
+/// Week 3 review, Q5: "tenant_budget = self.total_budget * tenant_config.weight". With weights
+/// 3 and 1 (the usual way to say "three times as much") the budgets add up to 4 steps' worth;
+/// only weights normalized to sum to 1 give a step's budget. The engine's `fair` policy shares
+/// by weight over time instead (tokens / weight, furthest behind first): over 40 one-request
+/// steps the weights 3 and 1 give A 30 steps, 75% of the tokens, and a tenant arriving late is
+/// served one step after it arrives, where FCFS makes it wait behind all 100 of A's requests.
+#[test]
+fn errata_q5_weights_share_tokens_in_the_engines_fair_policy() {
+    let (total_budget, weights) = (512.0, [3.0, 1.0]);
+    let budgets: f64 = weights.iter().map(|w| total_budget * w).sum();
+    assert_eq!(
+        budgets,
+        4.0 * total_budget,
+        "the source's budgets, unnormalized"
+    );
+
+    let share = |policy: &str, late_b: bool| -> (usize, usize) {
+        let weights = [("a".to_string(), 3.0), ("b".to_string(), 1.0)];
+        let weights = if late_b { &weights[..0] } else { &weights[..] };
+        let policy = engine::core::scheduling_policy::policy_from_name(policy, weights).unwrap();
+        let mut s = scheduler_with(16, 1000, 32, policy);
+        let add_tenant = |s: &mut Scheduler, tenant: &str, first: u64, n: u64| {
+            for id in first..first + n {
+                let mut params = SamplingParams::greedy(1);
+                params.tenant = tenant.to_string();
+                s.add_sequence(Sequence::new(SeqId(id), vec![5; 32], params));
+            }
+        };
+        add_tenant(&mut s, "a", 0, 100);
+        if !late_b {
+            add_tenant(&mut s, "b", 100, 100);
+        }
+        let (mut a_steps, mut b_first) = (0, 0);
+        for step in 1..=200 {
+            if late_b && step == 11 {
+                add_tenant(&mut s, "b", 1000, 1);
+            }
+            let out = s.schedule();
+            if out.is_empty() {
+                break;
+            }
+            assert_eq!(out.scheduled.len(), 1, "one 32-token request per step");
+            let id = out.scheduled[0].seq_id.0;
+            if id < 100 && step <= 40 {
+                a_steps += 1;
+            }
+            if id >= 100 && b_first == 0 {
+                b_first = step;
+            }
+            finish_step(&mut s, &out);
+        }
+        (a_steps, b_first)
+    };
+    assert_eq!(share("fair", false).0, 30, "A's 75% of 40 steps");
+    assert_eq!(share("fcfs", false).0, 40, "FCFS: all to A");
+    assert_eq!(share("fair", true).1, 12, "late B served next");
+    assert_eq!(share("fcfs", true).1, 101, "late B behind all of A");
+}
