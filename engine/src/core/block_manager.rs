@@ -13,11 +13,10 @@
 //! the cache keeps the last reference of a registered block nobody owns (a *parked* block,
 //! see [`super::prefix_cache`]), so the allocator, a learner's in stage 1, needs no change.
 
-use std::collections::HashMap;
-
 use super::block::{blocks_needed, BlockId};
 use super::block_allocator::BlockAllocator;
 use super::block_hash::{full_block_hashes, hash_block_tokens, BlockHash};
+use super::id_hash::IdHashMap;
 use super::prefix_cache::{PrefixCache, PrefixCacheStats, PREFIX_CACHE_SPAN};
 use crate::sequence::{SeqId, Sequence};
 
@@ -38,11 +37,11 @@ pub struct ComputedBlocks {
 pub struct BlockManager {
     block_size: usize,
     allocator: Box<dyn BlockAllocator>,
-    block_tables: HashMap<SeqId, Vec<BlockId>>,
+    block_tables: IdHashMap<SeqId, Vec<BlockId>>,
     /// `None` when prefix caching is off.
     prefix_cache: Option<PrefixCache>,
     /// The hash chain of each sequence's computed full blocks, to extend one block at a time.
-    seq_hashes: HashMap<SeqId, Vec<BlockHash>>,
+    seq_hashes: IdHashMap<SeqId, Vec<BlockHash>>,
 }
 
 impl BlockManager {
@@ -51,9 +50,9 @@ impl BlockManager {
         BlockManager {
             block_size,
             allocator,
-            block_tables: HashMap::new(),
+            block_tables: IdHashMap::default(),
             prefix_cache: None,
-            seq_hashes: HashMap::new(),
+            seq_hashes: IdHashMap::default(),
         }
     }
 

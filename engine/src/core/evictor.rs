@@ -6,9 +6,10 @@
 //! goes first: least recently used. A hit on a parked block takes it out again, and when its
 //! owners let go once more it comes back as the newest.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use super::block::BlockId;
+use super::id_hash::IdHashMap;
 
 // ANCHOR: lru_evictor
 /// Parked blocks in least-recently-used order; each operation is O(log n).
@@ -17,7 +18,7 @@ pub struct LruEvictor {
     /// Parked blocks by the tick they were parked at: the first entry is the oldest.
     by_age: BTreeMap<u64, BlockId>,
     /// Each parked block's tick, to take a block out from the middle on a hit.
-    tick_of: HashMap<BlockId, u64>,
+    tick_of: IdHashMap<BlockId, u64>,
     clock: u64,
 }
 

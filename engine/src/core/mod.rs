@@ -5,6 +5,7 @@ pub mod block_hash;
 pub mod block_manager;
 pub mod evictor;
 pub mod fair_share;
+pub mod id_hash;
 pub mod preemption;
 pub mod prefix_cache;
 pub mod qos_policy;

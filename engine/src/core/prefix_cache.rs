@@ -18,11 +18,10 @@
 //! The block manager holds this cache and does the reference counting; this module only
 //! answers "which block holds this prefix?" and "which block goes first?".
 
-use std::collections::HashMap;
-
 use super::block::BlockId;
 use super::block_hash::BlockHash;
 use super::evictor::LruEvictor;
+use super::id_hash::IdHashMap;
 
 /// The span opened when a request is admitted after a lookup, with `request_id`,
 /// `queried_tokens` and `hit_tokens` (0 on a miss), inside the engine's `schedule` span
@@ -74,8 +73,8 @@ struct CachedBlock {
 /// Registered blocks by hash, and the parked ones in eviction order.
 #[derive(Debug, Default, Clone)]
 pub struct PrefixCache {
-    by_hash: HashMap<BlockHash, CachedBlock>,
-    hash_of: HashMap<BlockId, BlockHash>,
+    by_hash: IdHashMap<BlockHash, CachedBlock>,
+    hash_of: IdHashMap<BlockId, BlockHash>,
     parked: LruEvictor,
     pub stats: PrefixCacheStats,
 }

@@ -15,9 +15,10 @@
 
 mod swapping;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use super::block_manager::BlockManager;
+use super::id_hash::IdHashMap;
 use super::preemption::PreemptionConfig;
 use super::scheduler_output::{ScheduledSequence, SchedulerOutput};
 use super::scheduling_policy::SchedulingPolicy;
@@ -30,7 +31,7 @@ pub struct Scheduler {
     config: SchedulerConfig,
     policy: Box<dyn SchedulingPolicy>,
     pub block_manager: BlockManager,
-    seqs: HashMap<SeqId, Sequence>,
+    seqs: IdHashMap<SeqId, Sequence>,
     /// Not yet running (new, or preempted), served in policy order. Public, with `running`,
     /// so that a schedule function written outside the engine (stage 1) can drive them.
     pub waiting: VecDeque<SeqId>,
@@ -61,7 +62,7 @@ impl Scheduler {
             config,
             policy,
             block_manager,
-            seqs: HashMap::new(),
+            seqs: IdHashMap::default(),
             waiting: VecDeque::new(),
             running: Vec::new(),
             swapped: VecDeque::new(),

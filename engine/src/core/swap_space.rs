@@ -13,11 +13,10 @@
 //! a step that preempted nobody, so a host block freed by a swap-in is never the target of a
 //! swap-out before its copy is made.
 
-use std::collections::HashMap;
-
 use super::block::{blocks_needed, BlockId};
 use super::block_allocator::{BlockAllocator, RefCountingAllocator};
 use super::block_manager::BlockManager;
+use super::id_hash::IdHashMap;
 use crate::sequence::SeqId;
 
 // ANCHOR: block_copy
@@ -52,7 +51,7 @@ impl SwapOps {
 /// Host blocks and the swapped-out sequences' tables over them.
 pub struct SwapSpace {
     allocator: RefCountingAllocator,
-    tables: HashMap<SeqId, Vec<BlockId>>,
+    tables: IdHashMap<SeqId, Vec<BlockId>>,
 }
 
 impl SwapSpace {
@@ -61,7 +60,7 @@ impl SwapSpace {
     pub fn new(num_blocks: usize) -> Self {
         SwapSpace {
             allocator: RefCountingAllocator::new(num_blocks),
-            tables: HashMap::new(),
+            tables: IdHashMap::default(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! `lab bench`: prefill and decode throughput at batch 1 and 8, next to the machine's ceiling.
 //! (`--workload nano-vllm` and `--workload decode-b1` are the serving benchmark instead:
-//! `serving_bench`.)
+//! `serving_bench`; `--workload scheduler` times the host's work per step alone:
+//! `scheduler_bench`.)
 //!
 //! Workloads (fixed so runs compare across machines and against transformers' baseline,
 //! `docs/baseline-transformers.md`):
@@ -36,6 +37,9 @@ enum Workload {
     NanoVllm,
     /// Batch-1 decode ms/token alone.
     DecodeB1,
+    /// The host's work per step on nano-vllm's workload without a model (scheduling, stats,
+    /// input layout): `scheduler_bench`.
+    Scheduler,
 }
 
 #[derive(Args)]
@@ -68,6 +72,9 @@ struct Row {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.workload == Workload::Scheduler {
+        return crate::scheduler_bench::run(&args.model, &args.serving, args.runs, args.json);
+    }
     if args.workload != Workload::PrefillDecode {
         let decode_only = args.workload == Workload::DecodeB1;
         return crate::serving_bench::run(

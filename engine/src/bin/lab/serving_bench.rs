@@ -35,6 +35,27 @@ pub struct ServingArgs {
     limit: Option<usize>,
 }
 
+impl ServingArgs {
+    /// The nano-vllm requests these arguments describe (the first `--limit` of them), checked.
+    pub fn workload(&self) -> anyhow::Result<nano_vllm::Workload> {
+        let n = self.num_requests;
+        anyhow::ensure!(n >= 1, "--num-requests must be at least 1");
+        anyhow::ensure!(
+            self.max_input_len >= 1 && self.max_output_len >= 1,
+            "--max-input-len and --max-output-len must be at least 1"
+        );
+        let limit = self.limit.unwrap_or(n);
+        anyhow::ensure!(
+            (1..=n).contains(&limit),
+            "--limit {limit} must be between 1 and --num-requests ({n})"
+        );
+        let mut w = nano_vllm::workload(n, self.max_input_len, self.max_output_len);
+        w.prompts.truncate(limit);
+        w.max_tokens.truncate(limit);
+        Ok(w)
+    }
+}
+
 /// Loads the model, runs the workload (unless `decode_only`) and batch-1 decode, and prints
 /// the report (and one JSON line with `json`).
 pub fn run(
