@@ -79,8 +79,9 @@ impl SimConfig {
             }
             if n + r.output_len > self.max_model_len {
                 return Err(bad(format!(
-                    "request {i}: {n} prompt + {} output tokens exceed the {} the KV cache \
-                     holds ({} blocks of {}); raise --num-kv-blocks or shorten the lengths",
+                    "request {i}: {n} prompt + {} output tokens exceed the longest sequence, \
+                     {} tokens (the model's positions, or {} KV blocks of {}); raise \
+                     --num-kv-blocks or shorten the lengths",
                     r.output_len,
                     self.max_model_len,
                     self.num_kv_blocks,

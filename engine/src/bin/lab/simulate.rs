@@ -196,7 +196,7 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         num_kv_blocks,
         num_swap_blocks: engine_config.preemption.swap_space_bytes
             / kv_cache_bytes_per_block(&shape, bs, dtype_bytes).max(1),
-        max_model_len: num_kv_blocks * bs,
+        max_model_len: (num_kv_blocks * bs).min(shape.max_position_embeddings),
         policy: args.scheduling_policy.clone(),
         tenant_weights: args.tenant_weights.clone(),
     };
