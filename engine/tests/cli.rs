@@ -1,10 +1,13 @@
 //! `lab` as a user runs it: output contract of `generate --json`, and one-line errors with a
 //! non-zero exit for every kind of bad input (never a panic).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use engine::tiny_model::write_tiny_model_dir;
+
+mod common;
+use common::scratch_dir::ScratchDir;
 
 fn lab(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_lab"))
@@ -19,10 +22,9 @@ fn lab(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// A fresh copy of the tiny model's directory, to break in one way.
-fn model_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lab-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+/// A fresh copy of the tiny model's directory, to break in one way (removed when dropped).
+fn model_dir(name: &str) -> ScratchDir {
+    let dir = ScratchDir::child("lab-cli-", name);
     write_tiny_model_dir(&dir, 0).unwrap();
     dir
 }

@@ -6,11 +6,14 @@
 //! other rank with a one-line error, not a hang.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use engine::distributed::bootstrap::LaunchSpec;
+
+mod common;
+use common::scratch_dir::ScratchDir;
 
 const LAB: &str = env!("CARGO_BIN_EXE_lab");
 
@@ -23,13 +26,14 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn temp(name: &str) -> PathBuf {
-    std::env::temp_dir().join(format!("lab-launch-{}-{name}", std::process::id()))
+/// A path for a file of the test's, removed when dropped.
+fn temp(name: &str) -> ScratchDir {
+    ScratchDir::child("lab-launch-", name)
 }
 
 /// The tiny model's shape with 6 query heads and 3 KV heads (TP 3 divides both), random
 /// weights: a config file that `--model ... --random-weights` fills.
-fn six_head_model() -> PathBuf {
+fn six_head_model() -> ScratchDir {
     let path = temp("six-heads.json");
     let config = serde_json::json!({
         "architectures": ["LlamaForCausalLM"],

@@ -4,6 +4,9 @@
 
 use std::process::Command;
 
+mod common;
+use common::scratch_dir::ScratchDir;
+
 fn lab(args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_lab"))
         .args(args)
@@ -17,10 +20,11 @@ fn lab(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn prompts_file(name: &str, json: &str) -> String {
-    let path = std::env::temp_dir().join(format!("lab-preempt-{}-{name}", std::process::id()));
+/// A prompts file holding `json`, removed when dropped.
+fn prompts_file(name: &str, json: &str) -> ScratchDir {
+    let path = ScratchDir::child("lab-preempt-", name);
     std::fs::write(&path, json).unwrap();
-    path.to_string_lossy().into_owned()
+    path
 }
 
 /// Four prompts of 6 token ids, each with a priority and a tenant.
@@ -65,7 +69,7 @@ fn generate(file: &str, extra: &[&str]) -> (String, String) {
 #[test]
 fn swap_on_a_small_cache_gives_the_unconstrained_tokens_and_shows_the_swaps() {
     let file = prompts_file("swap.json", PROMPTS);
-    let (roomy, _) = generate(&file, &[]);
+    let (roomy, _) = generate(file.to_str().unwrap(), &[]);
     for policy in ["fcfs", "priority", "fair", "qos"] {
         let mut flags = vec![
             "--preemption-mode",
@@ -81,7 +85,7 @@ fn swap_on_a_small_cache_gives_the_unconstrained_tokens_and_shows_the_swaps() {
         if matches!(policy, "fair" | "qos") {
             flags.extend(["--tenant-weight", "a=2"]);
         }
-        let (stdout, stderr) = generate(&file, &flags);
+        let (stdout, stderr) = generate(file.to_str().unwrap(), &flags);
         assert_eq!(token_ids(&stdout), token_ids(&roomy), "{policy}");
         // The table's header, then the totals line with a swap count above 0.
         assert!(stderr.contains("swap_out"), "{stderr}");
@@ -107,7 +111,13 @@ fn bad_scheduling_flags_are_one_line_errors() {
         (vec!["--tenant-weight", "a=2"], "applies to"),
         (vec!["--tenant-weight", "a"], "NAME=WEIGHT"),
     ] {
-        let mut args = vec!["generate", "--model", "tiny", "--prompts-file", &file];
+        let mut args = vec![
+            "generate",
+            "--model",
+            "tiny",
+            "--prompts-file",
+            file.to_str().unwrap(),
+        ];
         args.extend_from_slice(&extra);
         let (code, _, stderr) = lab(&args);
         assert_ne!(code, 0, "{extra:?}");
@@ -115,7 +125,13 @@ fn bad_scheduling_flags_are_one_line_errors() {
         assert!(stderr.contains(needle), "{extra:?}: {stderr}");
     }
     let file = prompts_file("nested.json", r#"[{"prompt": {"prompt": "x"}}]"#);
-    let (code, _, stderr) = lab(&["generate", "--model", "tiny", "--prompts-file", &file]);
+    let (code, _, stderr) = lab(&[
+        "generate",
+        "--model",
+        "tiny",
+        "--prompts-file",
+        file.to_str().unwrap(),
+    ]);
     assert_ne!(code, 0);
     assert!(stderr.contains("string or token ids"), "{stderr}");
 }

@@ -3,7 +3,7 @@
 //! exactly what the in-memory model with those rounded weights generates. Also token-id prompts
 //! in `lab generate --prompts-file`, which the GPU check feeds such a directory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use engine::config::EngineConfig;
@@ -12,10 +12,12 @@ use engine::model_loader::hf_writer::{save_model, DiskDtype};
 use engine::model_source::{load_model, LoadedModel, ModelSpec};
 use engine::{Prompt, SamplingParams, LLM};
 
-fn temp_path(name: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("lab-save-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&path);
-    path
+mod common;
+use common::scratch_dir::ScratchDir;
+
+/// A path for the test to write, inside a directory removed when dropped.
+fn temp_path(name: &str) -> ScratchDir {
+    ScratchDir::child("lab-save-", name)
 }
 
 /// Every tensor of the model in a fixed order, with a name for messages.
@@ -81,7 +83,7 @@ fn greedy(model: LoadedModel, prompts: &[Prompt]) -> Vec<Vec<u32>> {
 fn round_trip(spec: ModelSpec, random: bool, name: &str) {
     let dir = temp_path(name);
     save_model(load_model(&spec, random, 5).unwrap(), DiskDtype::Bf16, &dir).unwrap();
-    let mut loaded = load_model(&ModelSpec::Dir(dir.clone()), false, 0).unwrap();
+    let mut loaded = load_model(&ModelSpec::Dir(dir.to_path_buf()), false, 0).unwrap();
     let mut want = load_model(&spec, random, 5).unwrap();
     round_to_bf16(&mut want);
     assert_eq!(loaded.config, want.config);
@@ -129,7 +131,7 @@ fn random_config_with_bias_and_tied_head_round_trips() {
         "attention_bias": true, "tie_word_embeddings": true, "bos_token_id": 1,
         "eos_token_id": [2, 5]}"#;
     std::fs::write(&config, json).unwrap();
-    round_trip(ModelSpec::Dir(config.clone()), true, "config-dir");
+    round_trip(ModelSpec::Dir(config.to_path_buf()), true, "config-dir");
     std::fs::remove_file(config).unwrap();
 }
 

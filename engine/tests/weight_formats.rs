@@ -2,7 +2,7 @@
 //! index, and f32, f16 or bf16 on disk. Each variant of the tiny model must generate exactly
 //! what the same values in plain f32 generate.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use engine::config::EngineConfig;
 use engine::model_source::{load_model, ModelSpec};
@@ -10,9 +10,12 @@ use engine::tiny_model::write_tiny_model_dir;
 use engine::{SamplingParams, LLM};
 use safetensors::{Dtype, SafeTensors};
 
-fn fresh_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("lab-weights-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+mod common;
+use common::scratch_dir::ScratchDir;
+
+/// A fresh copy of the tiny model's directory (removed when dropped).
+fn fresh_dir(name: &str) -> ScratchDir {
+    let dir = ScratchDir::child("lab-weights-", name);
     write_tiny_model_dir(&dir, 0).unwrap();
     dir
 }

@@ -1,1 +1,5 @@
+// Each test binary uses part of what is here.
+#![allow(dead_code)]
+
 pub mod greedy_compare;
+pub mod scratch_dir;
