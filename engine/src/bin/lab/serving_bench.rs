@@ -65,17 +65,8 @@ pub fn run(
     runs: usize,
     json: bool,
 ) -> anyhow::Result<()> {
-    let n = args.num_requests;
-    anyhow::ensure!(n >= 1, "--num-requests must be at least 1");
-    anyhow::ensure!(
-        args.max_input_len >= 1 && args.max_output_len >= 1,
-        "--max-input-len and --max-output-len must be at least 1"
-    );
-    let limit = args.limit.unwrap_or(n);
-    anyhow::ensure!(
-        (1..=n).contains(&limit),
-        "--limit {limit} must be between 1 and --num-requests ({n})"
-    );
+    // Checked before the model loads: a bad flag fails at once.
+    let workload = args.workload()?;
     let config = model.engine_config();
     let device = config.device.resolve()?;
     let gpu = roofline::measure(device)?; // before the engine takes the GPU's memory
@@ -105,9 +96,7 @@ pub fn run(
         report["ceilings"] = roofline::json(g);
     }
     if !decode_only {
-        let mut w = nano_vllm::workload(n, args.max_input_len, args.max_output_len);
-        w.prompts.truncate(limit);
-        w.max_tokens.truncate(limit);
+        let w = workload;
         let r = nano_vllm::run(&mut engine, &w)?;
         print_result(&r);
         let fields = result_json(&r);
