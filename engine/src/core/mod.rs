@@ -1,4 +1,5 @@
 //! The engine core: block allocation, block tables, scheduling policy and the scheduler.
+pub mod batch_composer;
 pub mod block;
 pub mod block_allocator;
 pub mod block_hash;

@@ -17,6 +17,7 @@ mod swapping;
 
 use std::collections::VecDeque;
 
+use super::batch_composer::{running_chunk, waiting_chunk};
 use super::block_manager::BlockManager;
 use super::id_hash::IdHashMap;
 use super::preemption::PreemptionConfig;
@@ -150,7 +151,7 @@ impl Scheduler {
         while i < self.running.len() && budget > 0 {
             let id = self.running[i];
             let seq = &self.seqs[&id];
-            let num_new = seq.num_uncomputed_tokens().min(budget);
+            let num_new = running_chunk(seq.num_uncomputed_tokens(), budget);
             let total = seq.num_computed_tokens + num_new;
             loop {
                 if self.block_manager.allocate_slots(id, total) {
@@ -191,14 +192,10 @@ impl Scheduler {
             let cached = self.block_manager.get_computed_blocks(seq);
             let computed = seq.num_computed_tokens + cached.num_tokens;
             let uncomputed = seq.num_tokens() - computed;
-            let num_new = uncomputed.min(budget);
-            // Without chunked prefill a prompt waits for a step with room for all of it,
-            // unless it can never fit one step (a long sequence preempted for recompute):
-            // then it is chunked anyway, or it would wait forever.
-            let fits_a_step = uncomputed <= self.config.max_num_batched_tokens;
-            if num_new < uncomputed && !self.config.enable_chunked_prefill && fits_a_step {
+            // Without chunked prefill a prompt that would be cut waits (see `waiting_chunk`).
+            let Some(num_new) = waiting_chunk(uncomputed, budget, &self.config) else {
                 break;
-            }
+            };
             let total = computed + num_new;
             if !self
                 .block_manager

@@ -76,7 +76,7 @@ impl Scheduler {
             };
             let seq = &self.seqs[&id];
             let computed = seq.num_computed_tokens;
-            let num_new = seq.num_uncomputed_tokens().min(budget);
+            let num_new = super::running_chunk(seq.num_uncomputed_tokens(), budget);
             let total = computed + num_new;
             let block_size = self.block_manager.block_size();
             // All or nothing: blocks for the copied-back tokens and the new ones, or wait.
