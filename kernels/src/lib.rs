@@ -19,6 +19,7 @@
 //!   split_columns.rs      fused qkv output → q, k, v
 //!   qkv_rotary_cache.rs   split + rotary + reshape_and_cache in one launch (what the engine runs)
 //!   sampling.rs           argmax, and temperature/top-k/top-p with a Philox draw, on the device
+//! copy_rows.rs            a step's block tables: the used corner of a wide device matrix
 //! launch.rs               every launch, with programmatic dependent launch (PDL)
 //! error.rs                KernelError: every wrapper returns Result; cudarc errors mapped
 //! roofline.rs             the ceilings the kernels are compared with: copy GB/s, GEMM TFLOP/s
@@ -34,6 +35,7 @@
 //! it first, so a program without a GPU gets [`KernelError::Unavailable`], never a panic.
 
 pub mod compile;
+pub mod copy_rows;
 pub mod embedding;
 pub mod error;
 pub mod gemv;

@@ -5,11 +5,12 @@
 //! recorded CUDA graph replays their addresses. A step borrows the buffers from the backend's
 //! pool ([`StepPool`]) and gives them back when it is dropped.
 //!
-//! Block tables are copied at a fixed width (the longest sequence's block count), not the
-//! batch's widest table, so the kernels' `max_blocks_per_seq` argument never changes. (That
-//! costs a model with a long context dearly: Llama-3.2-1B allows 131,072 positions, 8,192
-//! blocks, and a batch of 256 copies 8 MB of block tables a step. Copying only what changed,
-//! as vLLM v1 does, is the way out; a width per graph is another.) A decode
+//! Block tables sit on the device at a fixed width (the longest sequence's block count), not
+//! the batch's widest table, so the kernels' `max_blocks_per_seq` argument never changes and
+//! one graph serves every context length. A step copies only the used corner of that matrix:
+//! its rows as wide as its longest table ([`kernels::copy_rows`]). Copying whole rows cost a
+//! model with a long context dearly: Llama-3.2-1B allows 131,072 positions, 8,192 blocks, and
+//! a batch of 256 copied 8 MB a step. A decode
 //! batch that will replay a graph is padded to the graph's size with rows that belong to no
 //! sequence: token 0 at position 0, a slot of [`PADDING_SLOT`] (the cache write skips it), a
 //! context of one token through block 0, sampled greedily and then ignored.
@@ -126,7 +127,10 @@ struct HostStep {
     slot_mapping: Vec<u64>,
     query_start_loc: Vec<u32>,
     seq_lens: Vec<u32>,
+    /// `[seqs, block_table_width]`: each row as wide as the step's longest table, not the
+    /// device buffer's full width.
     block_tables: Vec<u32>,
+    block_table_width: usize,
     logits_indices: Vec<u32>,
     temperature: Vec<f32>,
     top_k: Vec<u32>,
@@ -228,7 +232,16 @@ pub fn prepare(
     upload!(slot_mapping);
     upload!(query_start_loc);
     upload!(seq_lens);
-    upload!(block_tables);
+    // [seqs, used] into the first columns of [max_seqs, width]; what lies right of the
+    // corner (earlier steps' entries) is never read: a kernel stops at a sequence's length.
+    kernels::copy_rows::copy_rows_htod(
+        stream,
+        &host.block_tables,
+        host.block_table_width,
+        &mut bufs.block_tables,
+        width,
+    )
+    .map_err(|e| device("copy step metadata", e))?;
     upload!(logits_indices);
     upload!(temperature);
     upload!(top_k);
@@ -251,11 +264,21 @@ pub fn prepare(
     })
 }
 
-/// The host arrays of `input`, block tables at `width`, padded to `padded` sequences.
+/// The host arrays of `input`, padded to `padded` sequences, block tables as wide as the
+/// longest (at most `width`, the device buffer's).
 fn layout(input: &ModelInput, padded: usize, width: usize) -> Result<HostStep> {
     let meta = &input.attn_metadata;
     let n = meta.num_seqs();
     let pad = padded - n;
+    // At least one column: a padding row's context is one token through block 0.
+    let used = (0..n)
+        .map(|s| meta.block_table(s).len())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    check(used <= width, || {
+        format!("a block table of {used} blocks for buffers {width} wide")
+    })?;
     let to_u32 = |what: &str, v: usize| {
         u32::try_from(v).map_err(|_| BackendError::shape("prepare_step", format!("{what} {v}")))
     };
@@ -277,7 +300,8 @@ fn layout(input: &ModelInput, padded: usize, width: usize) -> Result<HostStep> {
             .iter()
             .map(|&l| to_u32("sequence length", l))
             .collect::<Result<_>>()?,
-        block_tables: vec![0; padded * width],
+        block_tables: vec![0; padded * used],
+        block_table_width: used,
         logits_indices: input
             .logits_indices
             .iter()
@@ -299,7 +323,7 @@ fn layout(input: &ModelInput, padded: usize, width: usize) -> Result<HostStep> {
     };
     for s in 0..n {
         let row = meta.block_table(s);
-        h.block_tables[s * width..s * width + row.len()].copy_from_slice(row);
+        h.block_tables[s * used..s * used + row.len()].copy_from_slice(row);
     }
     let total = input.input_ids.len();
     for i in 0..pad {
