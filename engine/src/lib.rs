@@ -43,8 +43,12 @@ pub mod backend;
 pub mod chat_template;
 pub mod config;
 pub mod core;
+pub mod detokenizer;
 pub mod distributed;
 pub mod engine_parts;
+/// The OpenAI-compatible HTTP server behind `lab serve` (the `serve` feature).
+#[cfg(feature = "serve")]
+pub mod entrypoints;
 pub mod error;
 pub mod executor;
 pub mod kernel_log;

@@ -143,7 +143,7 @@ impl PromptItem {
     }
 }
 
-fn parse_tenant_weight(s: &str) -> Result<(String, f64), String> {
+pub(crate) fn parse_tenant_weight(s: &str) -> Result<(String, f64), String> {
     let (name, weight) = s
         .split_once('=')
         .ok_or_else(|| format!("{s:?} is not NAME=WEIGHT"))?;

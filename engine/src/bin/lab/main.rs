@@ -9,6 +9,7 @@
 //!   across processes, and hosts).
 //! - `lab plan` recommends a tensor × pipeline parallel split of a model over GPUs.
 //! - `lab simulate` compares continuous and static batching on a simulated clock.
+//! - `lab serve` serves the OpenAI API over HTTP; `lab bench-serve` loads such a server.
 
 mod bench;
 mod decode_b1;
@@ -19,6 +20,8 @@ mod plan;
 mod py_random;
 mod save_model;
 mod scheduler_bench;
+#[cfg(feature = "serve")]
+mod serve;
 mod serving_bench;
 mod simulate;
 mod step_stats;
@@ -55,6 +58,12 @@ enum Command {
     Plan(plan::PlanArgs),
     /// Continuous vs static batching on a simulated clock, decided by the engine's scheduler.
     Simulate(Box<simulate::SimulateArgs>),
+    /// Serve the OpenAI API (completions, chat, streaming) over HTTP, with /metrics.
+    #[cfg(feature = "serve")]
+    Serve(Box<serve::ServeArgs>),
+    /// Send a workload to a running server; report throughput, TTFT and inter-token latency.
+    #[cfg(feature = "serve")]
+    BenchServe(serve::bench::BenchServeArgs),
 }
 
 /// Which model, and the engine's knobs: shared by `generate` and `bench`.
@@ -187,6 +196,10 @@ fn main() {
         Command::Plan(args) => plan::run(args),
         Command::Launch(args) => launch::run(args),
         Command::Simulate(args) => simulate::run(*args),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => serve::run(*args),
+        #[cfg(feature = "serve")]
+        Command::BenchServe(args) => serve::bench::run(args),
     };
     if let Err(e) = result {
         // One line: what was wrong, and the causes after colons.
