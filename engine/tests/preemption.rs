@@ -414,6 +414,7 @@ fn cpu_swap_blocks_round_trip_and_refuse_bad_input() {
         data: data.clone(),
         rows: 8,
         cols: 3,
+        ..Default::default()
     };
     let mut host = HostKvBlocks::zeros(DType::F32, 2, 2, 3);
     b.swap_blocks(&mut cache, &mut host, &[(3, 0), (1, 1)], SwapDirection::Out)

@@ -18,8 +18,9 @@
 pub use super::cpu_kernels::{
     CpuKernels, FusedAddRmsNormFn, PagedAttentionFn, RmsNormFn, RotaryEmbeddingFn,
 };
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
+use super::cpu_gemm::{self, Isa, PackedWeight};
 use super::cuda_step::is_decode;
 use super::swap_blocks::check_swap;
 use super::{Backend, BackendError, DType, HostData, HostKvBlocks, Result, SwapDirection};
@@ -29,17 +30,43 @@ use crate::ops;
 use crate::worker::model_runner::ModelInput;
 
 /// A row-major `[rows, cols]` f32 matrix in host memory (its dtype is always [`DType::F32`]).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct CpuTensor {
     pub data: Vec<f32>,
     pub rows: usize,
     pub cols: usize,
+    /// The same matrix packed into [`cpu_gemm`] panels, made the first time it is a linear
+    /// layer's weight (the engine's warm-up step, for a model's weights) and kept: weights
+    /// are packed once, activations never.
+    pub packed: OnceLock<PackedWeight>,
+}
+
+impl CpuTensor {
+    /// A `[rows, cols]` matrix of `data`, not packed.
+    pub fn new(data: Vec<f32>, rows: usize, cols: usize) -> Self {
+        CpuTensor {
+            data,
+            rows,
+            cols,
+            packed: OnceLock::new(),
+        }
+    }
+}
+
+/// Two tensors are equal when their matrices are; whether one is packed yet does not matter.
+impl PartialEq for CpuTensor {
+    fn eq(&self, other: &Self) -> bool {
+        (self.rows, self.cols, &self.data) == (other.rows, other.cols, &other.data)
+    }
 }
 
 /// Runs the model on the CPU: whole (the default), or as one rank of a tensor-parallel group.
 #[derive(Default)]
 pub struct CpuBackend {
     pub kernels: CpuKernels,
+    /// The instruction set of the linear layers' GEMM ([`Isa::detect`] unless set with
+    /// [`CpuBackend::with_gemm_isa`]).
+    pub gemm_isa: Isa,
     /// This rank's end of its group; `None` runs the whole model. A mutex because the
     /// communicator's calls take `&mut` and the backend's ops `&self`; only this rank's thread
     /// ever takes it.
@@ -52,6 +79,7 @@ impl std::fmt::Debug for CpuBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CpuBackend")
             .field("kernels", &self.kernels)
+            .field("gemm_isa", &self.gemm_isa)
             .field("rank", &self.rank())
             .field("world_size", &self.world_size())
             .finish()
@@ -63,9 +91,17 @@ impl CpuBackend {
     pub fn new(kernels: CpuKernels) -> Self {
         CpuBackend {
             kernels,
+            gemm_isa: Isa::detect(),
             comm: None,
             rank_world: (0, 1),
         }
+    }
+
+    /// The same backend with its GEMM on `isa` (which this CPU must have: see
+    /// [`Isa::available`]); weights already packed for another one keep theirs.
+    pub fn with_gemm_isa(mut self, isa: Isa) -> Self {
+        self.gemm_isa = isa;
+        self
     }
 
     /// One rank of a tensor-parallel group: the collectives go through `comm`, and the
@@ -74,6 +110,7 @@ impl CpuBackend {
         let rank_world = (comm.rank(), comm.world_size());
         CpuBackend {
             kernels,
+            gemm_isa: Isa::detect(),
             comm: Some(Mutex::new(comm)),
             rank_world,
         }
@@ -117,11 +154,7 @@ impl CpuBackend {
     }
 
     fn f32_zeros(rows: usize, cols: usize) -> CpuTensor {
-        CpuTensor {
-            data: vec![0.0; rows * cols],
-            rows,
-            cols,
-        }
+        CpuTensor::new(vec![0.0; rows * cols], rows, cols)
     }
 }
 
@@ -161,7 +194,7 @@ impl Backend for CpuBackend {
         ensure(n == rows * cols, "upload", || {
             format!("{n} elements are not a {rows}x{cols} matrix")
         })?;
-        Ok(CpuTensor { data, rows, cols })
+        Ok(CpuTensor::new(data, rows, cols))
     }
 
     fn download(&self, t: &CpuTensor) -> Result<Vec<f32>> {
@@ -207,11 +240,7 @@ impl Backend for CpuBackend {
             })?;
             data.extend_from_slice(row);
         }
-        Ok(CpuTensor {
-            data,
-            rows: ids.len(),
-            cols: h,
-        })
+        Ok(CpuTensor::new(data, ids.len(), h))
     }
 
     fn linear(&self, x: &CpuTensor, w: &CpuTensor, bias: Option<&CpuTensor>) -> Result<CpuTensor> {
@@ -225,10 +254,13 @@ impl Backend for CpuBackend {
             })?;
         }
         let mut out = Self::f32_zeros(x.rows, w.rows);
-        ops::linear::linear(
+        let packed = w
+            .packed
+            .get_or_init(|| PackedWeight::pack(&w.data, w.rows, w.cols, self.gemm_isa));
+        cpu_gemm::gemm(
             &mut out.data,
             &x.data,
-            &w.data,
+            packed,
             bias.map(|b| &b.data[..]),
             x.rows,
         );
@@ -416,11 +448,7 @@ impl Backend for CpuBackend {
         for &r in rows {
             data.extend_from_slice(&x.data[r * x.cols..(r + 1) * x.cols]);
         }
-        Ok(CpuTensor {
-            data,
-            rows: rows.len(),
-            cols: x.cols,
-        })
+        Ok(CpuTensor::new(data, rows.len(), x.cols))
     }
 
     fn all_reduce(&self, x: &mut CpuTensor) -> Result<()> {

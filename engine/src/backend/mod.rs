@@ -16,6 +16,7 @@
 //!   host→device copy per step instead of one per layer, and a decode step whose kernels read
 //!   only device buffers at fixed addresses, which a CUDA graph can capture and replay.
 pub mod cpu_backend;
+pub mod cpu_gemm;
 pub mod cpu_kernels;
 pub mod cuda_allocator;
 pub mod cuda_backend;

@@ -1,0 +1,269 @@
+//! The CPU's GEMM for every linear layer: `out[t, n] = Σ_k x[t, k] · w[n, k]` (+ `bias[n]`),
+//! packed, cache-blocked, chosen at run time for the CPU it runs on, and **batch invariant**.
+//!
+//! ## The one rule that makes it batch invariant
+//! Every output element is one chain of fused multiply-adds, in the order of `k`:
+//!
+//! ```text
+//! acc = 0;  for k in 0..K { acc = fma(x[t, k], w[n, k], acc) }   out[t, n] = acc + bias[n]
+//! ```
+//!
+//! The chain does not depend on how many tokens run, where a token sits in the batch, which
+//! register tile or which thread computes it: a tile of 12 tokens runs 12 such chains side by
+//! side (one per lane), a decode token runs one. Splitting `K` into blocks of [`KC`] (so a
+//! weight slice stays in L1 while every token passes over it) only parks the chain in memory
+//! between blocks and picks it up again: the sequence of roundings is the same. Every ISA path
+//! does exactly this arithmetic (an FMA is one IEEE rounding on every CPU), so the paths agree
+//! bit for bit with the portable one, which `tests/cpu_gemm.rs` checks.
+//!
+//! A BLAS GEMM is not like this: it splits `K` across threads or picks its blocking from the
+//! matrix shape, so a token's output changes with the batch.
+//!
+//! ## Layout
+//! The weights are packed once ([`PackedWeight::pack`]) into *panels* of `NR` output rows,
+//! `k`-major: `panel[p][k][j] = w[p·NR + j, k]`, the last panel padded with zero rows. A
+//! micro-kernel then reads `NR` consecutive floats per `k` (one or two vector loads), which is
+//! what an outer-product register tile wants. The output is computed panel by panel into
+//! `[panels][tokens][NR]` and scattered to `[tokens, N]` with the bias.
+//!
+//! One file per instruction set, each with its own register tile: [`avx512`], [`avx2`],
+//! `neon` (aarch64 only) and [`portable`] (any CPU, and the reference of the tests).
+
+pub mod avx2;
+pub mod avx512;
+#[cfg(target_arch = "aarch64")]
+pub mod neon;
+pub mod portable;
+
+use rayon::prelude::*;
+
+/// Length of a `K` block: `NR × KC` floats of one panel (32 KB for AVX-512's 32 rows) stay in
+/// L1 while every token tile passes over them. A constant, never derived from the shapes: the
+/// chain of each output is the same whatever it is (see the module doc), and keeping it fixed
+/// keeps the blocking out of any argument about invariance.
+pub const KC: usize = 256;
+
+/// Panels per parallel task: enough work to amortize a task, few enough to balance 2..16
+/// threads on the smallest projection (576 outputs = 18 panels of 32).
+const PANELS_PER_TASK: usize = 2;
+
+/// The instruction set a GEMM runs with, from the fastest this CPU supports down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isa {
+    /// x86-64 AVX-512F: 32 registers of 16 floats.
+    Avx512,
+    /// x86-64 AVX2 + FMA: 16 registers of 8 floats.
+    Avx2,
+    /// aarch64 NEON (Advanced SIMD, always present): 32 registers of 4 floats.
+    Neon,
+    /// Plain Rust with `f32::mul_add`; any CPU.
+    Portable,
+}
+
+/// [`Isa::detect`].
+impl Default for Isa {
+    fn default() -> Self {
+        Isa::detect()
+    }
+}
+
+impl Isa {
+    /// The best instruction set this CPU has, detected at run time; the environment variable
+    /// `LAB_CPU_GEMM` (`avx512`, `avx2`, `neon`, `portable`) picks another one it has, for
+    /// benchmarks (an unknown or unavailable name is ignored).
+    pub fn detect() -> Isa {
+        let available = Isa::available();
+        let wanted = std::env::var("LAB_CPU_GEMM").ok();
+        let wanted = wanted.and_then(|name| available.iter().find(|i| i.name() == name));
+        *wanted.unwrap_or(&available[0])
+    }
+
+    /// The lower-case name `LAB_CPU_GEMM` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Avx512 => "avx512",
+            Isa::Avx2 => "avx2",
+            Isa::Neon => "neon",
+            Isa::Portable => "portable",
+        }
+    }
+
+    /// Every instruction set this CPU can run, best first (the tests run them all).
+    pub fn available() -> Vec<Isa> {
+        let mut isas = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                isas.push(Isa::Avx512);
+            }
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                isas.push(Isa::Avx2);
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        isas.push(Isa::Neon);
+        isas.push(Isa::Portable);
+        isas
+    }
+
+    /// Output rows per panel: the register tile's width (two vectors on x86, four on NEON).
+    pub fn nr(self) -> usize {
+        match self {
+            Isa::Avx512 => avx512::NR,
+            Isa::Avx2 => avx2::NR,
+            Isa::Neon => 16,
+            Isa::Portable => portable::NR,
+        }
+    }
+
+    /// Tokens per register tile.
+    fn mr(self) -> usize {
+        match self {
+            Isa::Avx512 => avx512::MR,
+            Isa::Avx2 => avx2::MR,
+            Isa::Neon => 6,
+            Isa::Portable => portable::MR,
+        }
+    }
+}
+
+/// A weight `[N, K]` packed into panels of `nr` rows for one [`Isa`] (see the module doc).
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedWeight {
+    pub isa: Isa,
+    /// Output features (rows of the unpacked weight).
+    pub n: usize,
+    /// Input features.
+    pub k: usize,
+    /// `[panels][k][nr]`, `panels = ceil(n / nr)`.
+    pub data: Vec<f32>,
+}
+
+impl PackedWeight {
+    /// Packs `weight` `[n, k]` (row-major, Hugging Face's `[out, in]`) for `isa`.
+    pub fn pack(weight: &[f32], n: usize, k: usize, isa: Isa) -> PackedWeight {
+        assert_eq!(weight.len(), n * k, "pack: weight is not {n}x{k}");
+        let nr = isa.nr();
+        let panels = n.div_ceil(nr);
+        let mut data = vec![0.0f32; panels * k * nr];
+        data.par_chunks_mut((k * nr).max(1))
+            .enumerate()
+            .for_each(|(p, panel)| {
+                for j in 0..nr.min(n - p * nr) {
+                    let row = &weight[(p * nr + j) * k..][..k];
+                    for (c, &v) in row.iter().enumerate() {
+                        panel[c * nr + j] = v;
+                    }
+                }
+            });
+        PackedWeight { isa, n, k, data }
+    }
+
+    fn panels(&self) -> usize {
+        self.n.div_ceil(self.isa.nr())
+    }
+}
+
+// ANCHOR: gemm
+/// `out[t, n] = Σ_k x[t, k] · w[n, k]` (+ `bias[n]`) with the packed weight's instruction set.
+/// The result is bitwise the same for every `num_tokens`, every row's place in `x`, every
+/// [`Isa`] and every thread count.
+pub fn gemm(
+    out: &mut [f32],      // [num_tokens, n]
+    x: &[f32],            // [num_tokens, k]
+    w: &PackedWeight,     // [n, k] packed
+    bias: Option<&[f32]>, // [n]
+    num_tokens: usize,
+) {
+    let (n, k, t) = (w.n, w.k, num_tokens);
+    assert_eq!(x.len(), t * k, "gemm: x is not {t}x{k}");
+    assert_eq!(out.len(), t * n, "gemm: out is not {t}x{n}");
+    if t == 0 || n == 0 {
+        return;
+    }
+    let (nr, isa) = (w.isa.nr(), w.isa);
+    // [panels][t][nr]: each task owns whole panels, so it writes one contiguous piece.
+    let mut tiles = vec![0.0f32; w.panels() * t * nr];
+    let panel_len = k * nr;
+    tiles
+        .par_chunks_mut(PANELS_PER_TASK * t * nr)
+        .enumerate()
+        .for_each(|(task, tiles)| {
+            for (i, c) in tiles.chunks_exact_mut(t * nr).enumerate() {
+                let p = task * PANELS_PER_TASK + i;
+                panel_times_x(isa, c, x, &w.data[p * panel_len..][..panel_len], t, k);
+            }
+        });
+    // Scatter [panels][t][nr] → [t, n], adding the bias after the chain.
+    for (p, c) in tiles.chunks_exact(t * nr).enumerate() {
+        let cols = nr.min(n - p * nr);
+        for (row, tile_row) in out.chunks_exact_mut(n).zip(c.chunks_exact(nr)) {
+            let dst = &mut row[p * nr..][..cols];
+            match bias {
+                Some(b) => {
+                    for ((d, &v), &b) in dst.iter_mut().zip(tile_row).zip(&b[p * nr..]) {
+                        *d = v + b;
+                    }
+                }
+                None => dst.copy_from_slice(&tile_row[..cols]),
+            }
+        }
+    }
+}
+// ANCHOR_END: gemm
+
+/// One panel against every token: `c[t][j] = Σ_k x[t, k] · panel[k][j]`, `K` in blocks of
+/// [`KC`], tokens in tiles of the ISA's `MR`.
+fn panel_times_x(
+    isa: Isa,
+    c: &mut [f32], // [t][nr]
+    x: &[f32],     // [t, k]
+    panel: &[f32], // [k][nr]
+    t: usize,
+    k: usize,
+) {
+    let (nr, mr) = (isa.nr(), isa.mr());
+    let mut k0 = 0;
+    while k0 < k {
+        let kc = KC.min(k - k0);
+        let w = &panel[k0 * nr..(k0 + kc) * nr];
+        let first = k0 == 0;
+        let mut t0 = 0;
+        while t0 < t {
+            let rows = mr.min(t - t0);
+            let xs = &x[t0 * k + k0..]; // row r, column k0 + c at xs[r * k + c]
+            let cs = &mut c[t0 * nr..(t0 + rows) * nr];
+            micro_kernel(isa, cs, xs, k, w, rows, kc, first);
+            t0 += rows;
+        }
+        k0 += kc;
+    }
+}
+
+/// Dispatches one register tile to its ISA's micro-kernel.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn micro_kernel(
+    isa: Isa,
+    c: &mut [f32], // [rows][nr]: the chains so far (read unless `first`), then the new ones
+    x: &[f32],     // row r, column c at x[r * x_stride + c]
+    x_stride: usize,
+    w: &[f32], // [kc][nr]
+    rows: usize,
+    kc: usize,
+    first: bool,
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => avx512::tile(c, x, x_stride, w, rows, kc, first),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::tile(c, x, x_stride, w, rows, kc, first),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => neon::tile(c, x, x_stride, w, rows, kc, first),
+        Isa::Portable => portable::tile(c, x, x_stride, w, rows, kc, first),
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("{isa:?} is never detected on this architecture"),
+    }
+}

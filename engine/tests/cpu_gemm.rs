@@ -1,0 +1,113 @@
+//! The CPU GEMM on every instruction set this machine has: each path agrees bit for bit with
+//! the portable one, is batch invariant (a token's row is the same alone, at any place in any
+//! batch), and is close to an f64 reference. Because every path gives the very same bits,
+//! the engine-level tests (`batch_invariance.rs`, the reference-output tests) that run on the
+//! detected path hold on every path.
+
+use engine::backend::cpu_gemm::{gemm, Isa, PackedWeight, KC};
+use proptest::prelude::*;
+
+fn values(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed ^ 0x9e37_79b9_7f4a_7c15;
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn run(isa: Isa, x: &[f32], w: &[f32], b: Option<&[f32]>, t: usize, n: usize) -> Vec<f32> {
+    let k = w.len() / n;
+    let packed = PackedWeight::pack(w, n, k, isa);
+    let mut out = vec![f32::NAN; t * n];
+    gemm(&mut out, x, &packed, b, t);
+    out
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|f| f.to_bits()).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Sizes cross every tile edge: tokens past each ISA's MR, outputs past each NR, and
+    /// `k` past the K block.
+    #[test]
+    fn every_path_equals_portable_and_is_batch_invariant(
+        t in 1usize..30,
+        k in 1usize..(KC + 70),
+        n in 1usize..80,
+        bias: bool,
+        seed: u64,
+    ) {
+        let x = values(t * k, seed);
+        let w = values(n * k, seed ^ 1);
+        let b = values(n, seed ^ 2);
+        let b = bias.then_some(&b[..]);
+        let portable = run(Isa::Portable, &x, &w, b, t, n);
+        for j in 0..t {
+            for r in 0..n {
+                let want: f64 = (0..k)
+                    .map(|c| x[j * k + c] as f64 * w[r * k + c] as f64)
+                    .sum::<f64>()
+                    + b.map_or(0.0, |b| b[r] as f64);
+                let got = portable[j * n + r] as f64;
+                prop_assert!((got - want).abs() < 1e-5 * k as f64, "{got} vs {want}");
+            }
+        }
+        for isa in Isa::available() {
+            let out = run(isa, &x, &w, b, t, n);
+            prop_assert_eq!(bits(&out), bits(&portable), "{:?} differs from portable", isa);
+            // Each token alone, and the batch reversed, give the same bits.
+            for j in 0..t {
+                let alone = run(isa, &x[j * k..(j + 1) * k], &w, b, 1, n);
+                prop_assert_eq!(bits(&alone), bits(&out[j * n..(j + 1) * n]), "{:?}: token {} alone", isa, j);
+            }
+            let rev: Vec<f32> = x.chunks(k).rev().flatten().copied().collect();
+            let out_rev = run(isa, &rev, &w, b, t, n);
+            let back: Vec<f32> = out_rev.chunks(n).rev().flatten().copied().collect();
+            prop_assert_eq!(bits(&back), bits(&out), "{:?}: batch reversed", isa);
+        }
+    }
+}
+
+/// A model-sized projection (SmolLM2-135M's gate/up: 576 → 3072) at the batch sizes the
+/// engine runs: a 512-token prefill, a batch of 8 decodes, one decode.
+#[test]
+fn model_sized_projection_is_the_same_at_every_batch_size() {
+    let (k, n, t) = (576, 3072, 64);
+    let x = values(t * k, 3);
+    let w = values(n * k, 4);
+    let reference = run(Isa::Portable, &x, &w, None, t, n);
+    for isa in Isa::available() {
+        let packed = PackedWeight::pack(&w, n, k, isa);
+        for batch in [t, 8, 1] {
+            for start in (0..t).step_by(batch.max(7)) {
+                let rows = batch.min(t - start);
+                let mut out = vec![0.0; rows * n];
+                gemm(
+                    &mut out,
+                    &x[start * k..(start + rows) * k],
+                    &packed,
+                    None,
+                    rows,
+                );
+                let want = &reference[start * n..(start + rows) * n];
+                assert_eq!(bits(&out), bits(want), "{isa:?}, batch {batch} at {start}");
+            }
+        }
+    }
+}
+
+#[test]
+fn the_detected_path_is_available_and_the_best() {
+    let available = Isa::available();
+    assert_eq!(*available.last().unwrap(), Isa::Portable);
+    if std::env::var("LAB_CPU_GEMM").is_err() {
+        assert_eq!(Isa::detect(), available[0]);
+    }
+}
