@@ -21,8 +21,13 @@ pub struct Server {
 impl Server {
     /// `lab serve --model tiny --device cpu --port 0 <extra>`, once `/health` answers 200.
     pub fn start(extra: &[&str]) -> Server {
+        Self::start_model("tiny", extra)
+    }
+
+    /// [`Server::start`] with another model (a name or a directory).
+    pub fn start_model(model: &str, extra: &[&str]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lab"))
-            .args(["serve", "--model", "tiny", "--device", "cpu", "--port", "0"])
+            .args(["serve", "--model", model, "--device", "cpu", "--port", "0"])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -190,8 +195,13 @@ pub fn stream(server: &Server, path: &str, body: &Value) -> Streamed {
 
 /// `lab generate --model tiny --device cpu --json <args>`: one object per prompt.
 pub fn lab_generate(args: &[&str]) -> Vec<Value> {
+    lab_generate_model("tiny", args)
+}
+
+/// [`lab_generate`] with another model.
+pub fn lab_generate_model(model: &str, args: &[&str]) -> Vec<Value> {
     let out = Command::new(env!("CARGO_BIN_EXE_lab"))
-        .args(["generate", "--model", "tiny", "--device", "cpu", "--json"])
+        .args(["generate", "--model", model, "--device", "cpu", "--json"])
         .args(args)
         .output()
         .expect("lab runs");
