@@ -126,6 +126,10 @@ pub struct ModelArgs {
     /// step's sequences).
     #[arg(long)]
     pub pipeline_micro_batches: Option<usize>,
+    /// Threads of the CPU's kernels (default: one per CPU this process may run on; the
+    /// RAYON_NUM_THREADS environment variable sets the default too).
+    #[arg(long)]
+    pub threads: Option<usize>,
     /// Seconds a rank waits for a peer in a collective before failing (a hung rank ends the
     /// group with an error after this; a dead one is noticed at once).
     #[arg(long, default_value_t = 60.0)]
@@ -178,11 +182,26 @@ impl ModelArgs {
         let config = self.engine_config();
         config.validate()?; // fail on bad knobs before loading 500 MB of weights
         engine::core::preemption::swap_space_bytes(self.swap_space)?;
+        self.set_threads()?;
         Ok(load_model(
             &ModelSpec::parse(&self.model),
             self.random_weights,
             self.weights_seed,
         )?)
+    }
+}
+
+impl ModelArgs {
+    /// Sizes the CPU kernels' thread pool from `--threads`, once, before any kernel runs.
+    fn set_threads(&self) -> anyhow::Result<()> {
+        let Some(n) = self.threads else {
+            return Ok(());
+        };
+        anyhow::ensure!(n > 0, "--threads must be at least 1");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| anyhow::anyhow!("--threads {n}: the thread pool already runs ({e})"))
     }
 }
 
