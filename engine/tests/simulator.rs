@@ -239,3 +239,51 @@ fn bad_workload_specs_are_refused() {
     assert!(simulate_continuous(&c, &requests(&[5]), &ONE_PER_STEP, None).is_err());
     assert!(simulate_static(&c, &requests(&[5]), &ONE_PER_STEP).is_err());
 }
+
+/// The sweeps run the simulator with one setting changed: each point is the run of that
+/// config; the budget's first chunk decides time to first token; the charts are SVG.
+#[test]
+fn sweeps_are_runs_with_one_setting_changed() {
+    use engine::simulator::sweep::{budget_sweep, run_sweeps, time_per_output_token};
+    let c = config(4, 64, 64);
+    let spec = WorkloadSpec {
+        num_requests: 12,
+        arrival: Arrival::Poisson { rate: 0.5 },
+        prompt_len: LengthDist::Uniform(4, 40),
+        output_len: LengthDist::Uniform(2, 12),
+        tenants: vec![],
+        shared_prefix: 0,
+        vocab_size: 100,
+        seed: 3,
+    };
+    let w = spec.generate().unwrap();
+    let points = budget_sweep(&c, &w, &ONE_PER_STEP, &[8, 64]).unwrap();
+    for p in &points {
+        let mut one = c.clone();
+        one.engine.scheduler.max_num_batched_tokens = p.max_num_batched_tokens;
+        let r = simulate_continuous(&one, &w, &ONE_PER_STEP, None).unwrap();
+        assert_eq!(
+            (p.steps, p.ttft_s, p.latency_s),
+            (r.steps, r.ttft_s, r.latency_s)
+        );
+        assert_eq!(p.tpot_s, time_per_output_token(&r, &w));
+    }
+    // A budget of 8 cuts prompts of up to 40 tokens into chunks: first tokens come later.
+    assert!(points[0].ttft_s.mean > points[1].ttft_s.mean);
+    // One step per second, so a request alone decodes one token per second.
+    let alone = simulate_continuous(&c, &w[..1], &ONE_PER_STEP, None).unwrap();
+    assert!((time_per_output_token(&alone, &w[..1]).mean - 1.0).abs() < 1e-9);
+
+    let sweeps = run_sweeps(&c, &spec, &ONE_PER_STEP, &[8, 64], &[1, 4], &[0.25, 0.5]).unwrap();
+    assert_eq!(sweeps.offline_continuous.request_times[11].arrival_s, 0.0);
+    assert_eq!(
+        sweeps.loads[1].continuous.mean_latency_s,
+        sweeps.continuous.latency_s.mean
+    );
+    let charts = sweeps.charts();
+    assert_eq!(charts.len(), 5);
+    for (file, chart) in charts {
+        let svg = chart.to_svg();
+        assert!(file.ends_with(".svg") && svg.starts_with("<svg") && svg.ends_with("</svg>\n"));
+    }
+}

@@ -16,6 +16,7 @@
 //! static_batching  the baseline: fixed batches that run until their longest request ends
 //! metrics       throughput, latency and TTFT percentiles, slot utilization
 //! engine_run    the same workload on the real engine, timed, for the model's error
+//! sweep, plot   one setting swept (token budget, batch size) and SVG charts of the results
 //! ```
 //!
 //! [`Scheduler`]: crate::core::scheduler::Scheduler
@@ -23,8 +24,10 @@
 pub mod calibrate;
 pub mod engine_run;
 pub mod metrics;
+pub mod plot;
 pub mod rng;
 pub mod simulate;
 pub mod static_batching;
 pub mod step_cost;
+pub mod sweep;
 pub mod workload;

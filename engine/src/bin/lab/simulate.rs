@@ -6,6 +6,8 @@
 //! lab simulate --calibrate cpu-cost.json --model smollm2 --device cpu   # fit the CPU model
 //! lab simulate --cost cpu-cost.json --validate --model smollm2 --device cpu --num-requests 24 \
 //!              --prompt-len uniform:16-128 --output-len uniform:4-32 --max-num-seqs 8
+//! lab simulate --num-requests 2000 --shape llama-3-8b --arrival poisson:35 \
+//!              --plots book/src/stage2                   # the book's Stage 2 plots
 //! ```
 
 use std::time::Instant;
@@ -20,6 +22,7 @@ use engine::simulator::metrics::RunReport;
 use engine::simulator::simulate::{simulate_continuous, SimConfig};
 use engine::simulator::static_batching::simulate_static;
 use engine::simulator::step_cost::{GpuCeilings, LinearCost, RooflineCost, StepCost};
+use engine::simulator::sweep::run_sweeps;
 use engine::simulator::workload::{Arrival, LengthDist, SimRequest, WorkloadSpec};
 use engine::worker::cache_engine::kv_cache_bytes_per_block;
 use engine::LLMEngine;
@@ -74,6 +77,10 @@ pub struct SimulateArgs {
     /// Also run the workload on the real engine (--model) and print the model's error.
     #[arg(long)]
     validate: bool,
+    /// Also sweep the token budget and the batch size on this workload and write the book's
+    /// SVG charts and the sweeps' numbers (sweeps.json) into this directory.
+    #[arg(long, value_name = "DIR")]
+    plots: Option<std::path::PathBuf>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
@@ -200,6 +207,9 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         policy: args.scheduling_policy.clone(),
         tenant_weights: args.tenant_weights.clone(),
     };
+    if let Some(dir) = &args.plots {
+        return plots(&args, dir, &config, &spec, cost.model());
+    }
     let t0 = Instant::now();
     let continuous = simulate_continuous(&config, &requests, cost.model(), None)?;
     let static_ = simulate_static(&config, &requests, cost.model())?;
@@ -241,6 +251,122 @@ pub fn run(args: SimulateArgs) -> anyhow::Result<()> {
         100.0 * static_.utilization
     );
     println!("simulated both in {wall_s:.2} s");
+    Ok(())
+}
+
+/// Token budgets of the `--plots` sweep (also the largest prefill chunk).
+const SWEEP_BUDGETS: [usize; 8] = [32, 64, 128, 256, 512, 1024, 2048, 4096];
+/// Batch sizes (`--max-num-seqs`) of the `--plots` sweep.
+const SWEEP_BATCH_SIZES: [usize; 8] = [1, 2, 4, 8, 16, 32, 64, 128];
+/// Arrival rates of the `--plots` load sweep, as fractions of `--arrival poisson:RATE`.
+const SWEEP_LOADS: [f64; 8] = [0.2, 0.4, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6];
+
+/// `--plots DIR`: both sweeps, their charts and numbers written to `dir`, a summary printed.
+fn plots(
+    args: &SimulateArgs,
+    dir: &std::path::Path,
+    config: &SimConfig,
+    spec: &WorkloadSpec,
+    cost: &dyn StepCost,
+) -> anyhow::Result<()> {
+    // The load sweep scales the workload's own Poisson rate (an offline batch has none).
+    let Arrival::Poisson { rate } = spec.arrival else {
+        bail!("--plots needs --arrival poisson:RATE (the load sweep runs at fractions of RATE)");
+    };
+    let rates: Vec<f64> = SWEEP_LOADS.iter().map(|f| f * rate).collect();
+    let t0 = Instant::now();
+    let sweeps = run_sweeps(
+        config,
+        spec,
+        cost,
+        &SWEEP_BUDGETS,
+        &SWEEP_BATCH_SIZES,
+        &rates,
+    )?;
+    let requests = &spec.generate()?;
+    let wall_s = t0.elapsed().as_secs_f64();
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let charts = sweeps.charts();
+    for (file, chart) in &charts {
+        let path = dir.join(file);
+        std::fs::write(&path, chart.to_svg())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    let json = serde_json::json!({
+        "workload": workload_json(args, requests),
+        "cost_model": cost.name(),
+        "shape": args.shape,
+        "num_kv_blocks": config.num_kv_blocks,
+        "max_num_seqs": config.engine.scheduler.max_num_seqs,
+        "max_num_batched_tokens": config.engine.scheduler.max_num_batched_tokens,
+        "sweeps": sweeps,
+        "continuous_over_static": ratios(&sweeps.continuous, &sweeps.static_),
+    });
+    let path = dir.join("sweeps.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&json)? + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    println!("{}", describe_workload(args, requests));
+    println!(
+        "cost model: {} for {}; {} KV blocks, --max-num-seqs {}, --max-num-batched-tokens {}",
+        cost.name(),
+        args.shape,
+        config.num_kv_blocks,
+        config.engine.scheduler.max_num_seqs,
+        config.engine.scheduler.max_num_batched_tokens
+    );
+    print_table(&[&sweeps.continuous, &sweeps.static_]);
+    println!(
+        "{:>8} {:>10} {:>22} {:>22} {:>8}",
+        "budget", "out tok/s", "TTFT p50/p90 ms", "TPOT p50/p99 ms", "steps"
+    );
+    for p in &sweeps.budgets {
+        println!(
+            "{:>8} {:>10.1} {:>22} {:>22} {:>8}",
+            p.max_num_batched_tokens,
+            p.output_tokens_per_s,
+            format!("{:.2}/{:.2}", 1e3 * p.ttft_s.p50, 1e3 * p.ttft_s.p90),
+            format!("{:.3}/{:.3}", 1e3 * p.tpot_s.p50, 1e3 * p.tpot_s.p99),
+            p.steps
+        );
+    }
+    println!(
+        "{:>8} {:>22} {:>22} {:>14}",
+        "seqs", "cont. tok/s, lat s", "static tok/s, lat s", "util c/s"
+    );
+    for p in &sweeps.batch_sizes {
+        let (c, s) = (&p.continuous, &p.static_);
+        println!(
+            "{:>8} {:>22} {:>22} {:>14}",
+            p.max_num_seqs,
+            format!("{:.1}, {:.3}", c.output_tokens_per_s, c.mean_latency_s),
+            format!("{:.1}, {:.3}", s.output_tokens_per_s, s.mean_latency_s),
+            format!(
+                "{:.0}%/{:.0}%",
+                100.0 * c.utilization,
+                100.0 * s.utilization
+            )
+        );
+    }
+    println!(
+        "{:>8} {:>22} {:>22}",
+        "req/s", "cont. tok/s, lat s", "static tok/s, lat s"
+    );
+    for p in &sweeps.loads {
+        let (c, s) = (&p.continuous, &p.static_);
+        println!(
+            "{:>8.1} {:>22} {:>22}",
+            p.rate,
+            format!("{:.1}, {:.3}", c.output_tokens_per_s, c.mean_latency_s),
+            format!("{:.1}, {:.3}", s.output_tokens_per_s, s.mean_latency_s),
+        );
+    }
+    let names: Vec<&str> = charts.iter().map(|(f, _)| *f).collect();
+    println!(
+        "wrote {} and sweeps.json to {} ({} simulations in {wall_s:.1} s)",
+        names.join(", "),
+        dir.display(),
+        4 + SWEEP_BUDGETS.len() + 2 * SWEEP_BATCH_SIZES.len() + 2 * SWEEP_LOADS.len()
+    );
     Ok(())
 }
 
