@@ -7,7 +7,7 @@
 //! Method: 5 warm-up calls, then 20 calls timed one by one with CUDA events on rank 0's stream
 //! after every stream has finished the previous call; the median is reported.
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use half::bf16;
 use kernels::cudarc::driver::{sys::CUevent_flags, CudaContext};
 use kernels::nccl::NcclGroup;
@@ -17,7 +17,10 @@ fn main() -> Result<()> {
     kernels::nccl::nccl_available()?;
     let n = CudaContext::device_count()? as usize;
     if n < 2 {
-        bail!("an all-reduce needs two GPUs; this machine has {n}");
+        // Not an error on a one-GPU machine: there is nothing to measure, and the GPU check
+        // reads this line as the tests' skips.
+        println!("skipped: an all-reduce needs two GPUs; this machine has {n}");
+        return Ok(());
     }
     let streams: Vec<_> = (0..n)
         .map(|i| Ok(CudaContext::new(i)?.default_stream()))
