@@ -18,6 +18,7 @@
 
 use crate::config::SchedulerConfig;
 
+// ANCHOR: batch_plan
 /// Tokens granted to each sequence of one step, in the order they were granted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BatchPlan {
@@ -27,6 +28,7 @@ pub struct BatchPlan {
     /// Tokens for the first `waiting.len()` waiting sequences: those admitted this step.
     pub waiting: Vec<usize>,
 }
+// ANCHOR_END: batch_plan
 
 impl BatchPlan {
     /// Tokens of the whole step: prefill chunks plus one per decode.
