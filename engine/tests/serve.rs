@@ -437,6 +437,15 @@ fn bad_requests_get_clear_4xx_and_the_server_keeps_serving() {
         )
         .unwrap();
     assert_eq!(r.json()["error"]["param"], "temperature");
+    // So is a value out of range.
+    let r = server
+        .client()
+        .post(
+            "/v1/completions",
+            &json!({"prompt": "Hi", "top_p": 1.5}).to_string(),
+        )
+        .unwrap();
+    assert_eq!(r.json()["error"]["param"], "top_p");
     // GET on a POST route: 405, still JSON.
     let r = server.client().get("/v1/completions").unwrap();
     assert_eq!(r.status, 405);
@@ -506,11 +515,19 @@ fn metrics_count_what_was_served() {
         m.contains("vllm:request_success_total{model_name=\"tiny\",finished_reason=\"length\"} 3")
     );
     assert!(m.contains("# TYPE vllm:time_to_first_token_seconds histogram"));
-    // The step log shows each request joining the batch and leaving it.
-    let log = server.stderr();
-    for id in 0..3 {
-        assert!(log.contains(&format!("joined [{id}]")), "{log}");
-        assert!(log.contains(&format!("left [{id} (length)]")), "{log}");
+    // The step log shows each request joining the batch and leaving it (the line of the last
+    // step is printed after the answer is sent: give it a moment to arrive).
+    let wanted: Vec<String> = (0..3)
+        .flat_map(|id| [format!("joined [{id}]"), format!("left [{id} (length)]")])
+        .collect();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let log = server.stderr();
+        if wanted.iter().all(|w| log.contains(w.as_str())) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{log}");
+        std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
 
@@ -616,6 +633,41 @@ fn clients_that_go_away_mid_stream_free_their_blocks() {
         &json!({"prompt": "Still there?", "max_tokens": 4}),
     );
     assert_eq!(r.status, 200);
+}
+
+#[test]
+fn a_client_that_leaves_before_a_non_streaming_answer_aborts_it() {
+    use std::io::Write;
+    let server = Server::start(&[]);
+    let addr = server.url.trim_start_matches("http://");
+    let body = json!({"prompt": "Hi", "max_tokens": 4000, "ignore_eos": true}).to_string();
+    let mut socket = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        socket,
+        "POST /v1/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // Wait until it runs, then hang up without reading the answer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while server.metric("vllm:generation_tokens_total") == 0.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the request never ran"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    drop(socket);
+    server.wait_idle();
+    let m = server.metrics();
+    assert!(m.contains("finished_reason=\"abort\"} 1"), "{m}");
+    let generated =
+        engine::entrypoints::metrics::read_metric(&m, "vllm:generation_tokens_total").unwrap();
+    assert!(
+        generated < 4000.0,
+        "it was aborted, not finished: {generated}"
+    );
 }
 
 #[test]

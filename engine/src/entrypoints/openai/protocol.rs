@@ -273,9 +273,19 @@ impl SamplingFields {
             ignore_eos: self.ignore_eos,
             ..SamplingParams::default()
         };
-        sampling
-            .validate()
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        sampling.validate().map_err(|e| {
+            // The engine's message starts with the parameter's name: name it in `param` too.
+            let message = e.to_string();
+            let known = ["temperature", "top_p", "top_k", "max_tokens"];
+            let param = known.into_iter().find(|p| {
+                let text = message.trim_start_matches("invalid sampling parameters: ");
+                text.starts_with(&format!("{p} "))
+            });
+            match param {
+                Some(p) => ApiError::bad_param(p, message),
+                None => ApiError::bad_request(message),
+            }
+        })?;
         Ok(RequestParams {
             sampling,
             max_tokens,
