@@ -7,6 +7,7 @@
 //!  └ llm_engine::LLMEngine::add_request    tokenize, validate → sequence::Sequence
 //!  └ llm_engine::LLMEngine::step           one iteration of the engine loop:
 //!     ├ core::scheduler::Scheduler::schedule        who runs, how many tokens each
+//!     │   ├ core::batch_composer                    the budget: decodes first, then chunks
 //!     │   ├ core::scheduling_policy                 FCFS order, preemption victim
 //!     │   ├ core::block_manager / block_allocator   paged KV blocks, ref counts
 //!     │   └ core::prefix_cache / block_hash         cached prefix blocks, found by hash
