@@ -176,8 +176,13 @@ fn streams_concatenate_to_the_text_and_stop_strings_cut_both() {
         stops_tested >= 2,
         "only {stops_tested} outputs had a clean stop string"
     );
-    // Requests ended by stop strings were aborted in the engine: nothing is left behind.
+    // Requests ended by stop strings were aborted in the engine: nothing is left behind, and
+    // they count as finished on a stop (twice per prompt: streamed and not), none as aborted.
     server.wait_idle();
+    let m = server.metrics();
+    let stops = format!("finished_reason=\"stop\"}} {}", 2 * stops_tested);
+    assert!(m.contains(&stops), "{stops} in\n{m}");
+    assert!(m.contains("finished_reason=\"abort\"} 0"), "{m}");
 }
 
 #[test]

@@ -35,9 +35,18 @@ pub enum Command {
         outputs: mpsc::UnboundedSender<EngineOutput>,
         reply: oneshot::Sender<Result<Vec<SeqId>>>,
     },
-    /// Drop these requests wherever they are (their client went away, or a stop string ended
-    /// them); unknown or finished ids are ignored.
-    Abort(Vec<SeqId>),
+    /// Drop these requests wherever they are; unknown or finished ids are ignored.
+    Abort(Vec<SeqId>, AbortReason),
+}
+
+/// Why the server drops a request before the engine finished it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortReason {
+    /// Its client went away: counted as aborted.
+    ClientGone,
+    /// A stop string ended it in the server (the engine sees tokens, not text): counted as a
+    /// request that finished on a stop, as vLLM counts it.
+    StopString,
 }
 
 /// What the loop sends a request after a step.
@@ -162,10 +171,10 @@ impl EngineHandle {
     }
 
     /// Drops requests (ignored if they already finished).
-    pub fn abort(&self, ids: Vec<SeqId>) {
+    pub fn abort(&self, ids: Vec<SeqId>, reason: AbortReason) {
         if !ids.is_empty() {
             // If the loop has stopped there is nothing left to free.
-            let _ = self.commands.send(Command::Abort(ids));
+            let _ = self.commands.send(Command::Abort(ids, reason));
         }
     }
 }
@@ -199,6 +208,8 @@ struct EngineLoop {
     live: HashMap<SeqId, Live>,
     /// Requests that left between two steps (aborted), for the step log.
     left: Vec<String>,
+    /// Requests whose receiver was gone when the last step's tokens were sent.
+    gone: Vec<SeqId>,
 }
 
 impl EngineLoop {
@@ -209,6 +220,7 @@ impl EngineLoop {
             options,
             live: HashMap::new(),
             left: Vec::new(),
+            gone: Vec::new(),
         };
         this.update_gauges();
         this
@@ -228,6 +240,7 @@ impl EngineLoop {
             while let Ok(command) = commands.try_recv() {
                 self.handle(command);
             }
+            self.abort_gone();
             if !self.engine.has_unfinished_requests() {
                 self.update_gauges();
                 continue;
@@ -251,13 +264,25 @@ impl EngineLoop {
                 let _span = tracing::info_span!("add_request", %request_id).entered();
                 let _ = reply.send(self.add(requests, outputs));
             }
-            Command::Abort(ids) => {
+            Command::Abort(ids, reason) => {
                 for id in ids {
-                    if self.live.remove(&id).is_some() {
-                        let _span = tracing::info_span!("abort_request", seq = id.0).entered();
-                        self.engine.abort_request(id);
-                        lock(&self.shared.metrics).requests_aborted += 1;
-                        self.left.push(format!("{} (abort)", id.0));
+                    let Some(live) = self.live.remove(&id) else {
+                        continue;
+                    };
+                    let _span = tracing::info_span!("abort_request", seq = id.0, ?reason).entered();
+                    self.engine.abort_request(id);
+                    let mut m = lock(&self.shared.metrics);
+                    match reason {
+                        AbortReason::ClientGone => {
+                            m.requests_aborted += 1;
+                            self.left.push(format!("{} (abort)", id.0));
+                        }
+                        AbortReason::StopString => {
+                            m.requests_stop += 1;
+                            m.e2e_request_latency
+                                .observe(live.arrival.elapsed().as_secs_f64());
+                            self.left.push(format!("{} (stop string)", id.0));
+                        }
                     }
                 }
                 self.update_gauges();
@@ -309,7 +334,6 @@ impl EngineLoop {
         let before: HashSet<SeqId> = self.engine.scheduler.running.iter().copied().collect();
         let finished = self.engine.step()?;
         let now = Instant::now();
-        let mut gone = Vec::new(); // clients that went away
         let mut left = std::mem::take(&mut self.left);
         let mut joined: Vec<SeqId> = self
             .engine
@@ -336,20 +360,29 @@ impl EngineLoop {
             if seq.output_token_ids.len() > live.sent
                 && !send_tokens(live, &seq.output_token_ids, None, now, &self.shared)
             {
-                gone.push(id);
+                self.gone.push(id);
             }
-        }
-        for id in gone {
-            self.live.remove(&id);
-            self.engine.abort_request(id);
-            lock(&self.shared.metrics).requests_aborted += 1;
-            left.push(format!("{} (gone)", id.0));
         }
         self.update_gauges();
         if self.options.log_steps && (!joined.is_empty() || !left.is_empty()) {
             self.log_step(&joined, &left);
         }
         Ok(())
+    }
+
+    /// Aborts the requests nobody listens to any more. They wait until the commands that came
+    /// during the step are handled: a handler that found a stop string sends its abort (with
+    /// that reason) before it lets go of the receiver.
+    fn abort_gone(&mut self) {
+        for id in std::mem::take(&mut self.gone) {
+            if self.live.remove(&id).is_some() {
+                let _span =
+                    tracing::info_span!("abort_request", seq = id.0, reason = "gone").entered();
+                self.engine.abort_request(id);
+                lock(&self.shared.metrics).requests_aborted += 1;
+                self.left.push(format!("{} (gone)", id.0));
+            }
+        }
     }
 
     /// Sends a finished request its last tokens and counts it.

@@ -76,8 +76,8 @@ pub struct Metrics {
     pub prefix_cache_hits: usize,
     pub prompt_tokens: u64,
     pub generation_tokens: u64,
-    /// Requests that finished on a stop condition, on a length limit, and those aborted (their
-    /// client went away, or a stop string ended them in the server).
+    /// Requests that finished on a stop condition (a stop token, or a stop string found by the
+    /// server), on a length limit, and those aborted because their client went away.
     pub requests_stop: u64,
     pub requests_length: u64,
     pub requests_aborted: u64,

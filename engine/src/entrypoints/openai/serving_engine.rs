@@ -13,7 +13,9 @@ use tokio::sync::mpsc;
 
 use super::protocol::{ApiError, RequestParams, Usage};
 use crate::detokenizer::IncrementalDetokenizer;
-use crate::entrypoints::async_llm_engine::{EngineHandle, EngineOutput, EngineStatus, ModelInfo};
+use crate::entrypoints::async_llm_engine::{
+    AbortReason, EngineHandle, EngineOutput, EngineStatus, ModelInfo,
+};
 use crate::sequence::{FinishReason, SeqId};
 use crate::tokenizer::Tokenizer;
 
@@ -141,7 +143,7 @@ impl Drop for Generation {
         if !running.is_empty() {
             tracing::info!(seqs = ?running, "client gone: aborting");
         }
-        self.engine.abort(running);
+        self.engine.abort(running, AbortReason::ClientGone);
     }
 }
 
@@ -230,7 +232,8 @@ impl Generation {
                 self.unfinished -= 1;
                 if finish.is_none() {
                     // Ended here, by a stop string: the engine can stop too.
-                    self.engine.abort(vec![self.seq_ids[index]]);
+                    let id = self.seq_ids[index];
+                    self.engine.abort(vec![id], AbortReason::StopString);
                 }
             }
             if delta.text.is_empty() && delta.finish_reason.is_none() && !with_empty {
