@@ -421,6 +421,18 @@ fn bad_requests_get_clear_4xx_and_the_server_keeps_serving() {
             "tools",
         ),
         ("/v1/nope", "{}".into(), 404, "no route"),
+        (
+            "/v1/completions",
+            json!({"prompt": "Hi", "priority": "high"}).to_string(),
+            400,
+            "priority",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "Hi", "user": 7}).to_string(),
+            400,
+            "user",
+        ),
     ];
     for (path, body, status, needle) in &cases {
         let (got, kind, message) = error_of(&server, path, body);
@@ -677,15 +689,23 @@ fn a_client_that_leaves_before_a_non_streaming_answer_aborts_it() {
 
 #[test]
 fn health_models_and_served_model_name() {
-    let server = Server::start(&["--served-model-name", "my-model"]);
+    let server = Server::start(&[
+        "--served-model-name",
+        "my-model",
+        "--scheduling-policy",
+        "fair",
+        "--tenant-weight",
+        "alice=2",
+    ]);
     let r = server.client().get("/health").unwrap();
     assert_eq!(r.status, 200);
     let models = server.client().get("/v1/models").unwrap().json();
     assert_eq!(models["object"], "list");
     assert_eq!(models["data"][0]["id"], "my-model");
+    // `user` is the tenant under the fair policy; `priority` is vLLM's extra field.
     let r = server.post(
         "/v1/completions",
-        &json!({"model": "my-model", "prompt": "Hi", "max_tokens": 2}),
+        &json!({"model": "my-model", "prompt": "Hi", "max_tokens": 2, "user": "alice", "priority": 1}),
     );
     assert_eq!(r.status, 200);
     assert_eq!(r.json()["model"], "my-model");

@@ -177,6 +177,13 @@ pub struct SamplingFields {
     pub return_token_ids: bool,
     /// vLLM's: decode special tokens too (true skips them, as by default).
     pub skip_special_tokens: Option<bool>,
+    /// vLLM's: scheduling priority under `--scheduling-policy priority` or `qos` (lower first).
+    #[serde(default)]
+    pub priority: i32,
+    /// OpenAI's end-user id: the tenant the request is billed to under `--scheduling-policy
+    /// fair` or `qos` (empty: the default tenant).
+    #[serde(default)]
+    pub user: String,
     /// Known parameters this server does not implement: refused unless neutral.
     pub logprobs: Option<Value>,
     pub top_logprobs: Option<Value>,
@@ -271,6 +278,8 @@ impl SamplingFields {
             max_tokens: 1, // set per prompt
             stop_token_ids: self.stop_token_ids.clone(),
             ignore_eos: self.ignore_eos,
+            priority: self.priority,
+            tenant: self.user.clone(),
             ..SamplingParams::default()
         };
         sampling.validate().map_err(|e| {

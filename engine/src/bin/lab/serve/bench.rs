@@ -93,11 +93,16 @@ fn one_request(
         if let Some(usage) = chunk.get("usage").filter(|u| !u.is_null()) {
             result.prompt_tokens = usage["prompt_tokens"].as_u64().unwrap_or(0) as usize;
         }
+        // Our server (and vLLM's, recent) sends each chunk's token ids; a server that does not
+        // is counted as vLLM's benchmark counts it, one token per chunk with text.
         let tokens: usize = chunk["choices"]
             .as_array()
             .map(|cs| {
                 cs.iter()
-                    .map(|c| c["token_ids"].as_array().map_or(0, Vec::len))
+                    .map(|c| match c["token_ids"].as_array() {
+                        Some(ids) => ids.len(),
+                        None => usize::from(c["text"].as_str().is_some_and(|t| !t.is_empty())),
+                    })
                     .sum()
             })
             .unwrap_or(0);
