@@ -105,7 +105,7 @@ impl LLMEngine {
     /// kernels are CPU kernels: on a GPU the engine's own CUDA kernels run instead.
     pub fn with_parts(
         model: LoadedModel,
-        config: EngineConfig,
+        mut config: EngineConfig,
         parts: EngineParts,
     ) -> Result<Self> {
         config.validate()?;
@@ -127,18 +127,13 @@ impl LLMEngine {
         let tp = config.parallel.tensor_parallel_size;
         let pp = config.parallel.pipeline_parallel_size;
         if tp > 1 || pp > 1 {
-            if let Device::Cuda(_) = device {
-                return Err(EngineError::InvalidArgument(
-                    "tensor and pipeline parallelism run on the CPU communicator; NCCL is not \
-                     built yet (use --device cpu)"
-                        .into(),
-                ));
-            }
             let name = std::path::Path::new(&model.name).file_name();
             let name = name.map_or(model.name.clone(), |n| n.to_string_lossy().into_owned());
             check_tensor_parallel(&model.config, &name, tp)?;
             check_pipeline_parallel(&model.config, &name, pp)?;
         }
+        // The ranks read the device from the config: the resolved one, never `auto`.
+        config.device = device;
         let _span = tracing::info_span!("engine_start", %device, tp, pp).entered();
         let LoadedModel {
             name: _,
@@ -148,7 +143,9 @@ impl LLMEngine {
             eos_token_ids,
         } = model;
         let built = match device {
-            Device::Cpu if (tp > 1 || pp > 1) && config.parallel.launch.is_some() => {
+            Device::Cpu | Device::Cuda(_)
+                if (tp > 1 || pp > 1) && config.parallel.launch.is_some() =>
+            {
                 // Launched (`lab launch`): this process is rank 0, the others are processes.
                 let launch = config.parallel.launch.expect("checked in the guard");
                 let executor =
@@ -160,7 +157,7 @@ impl LLMEngine {
                     executor: Box::new(executor),
                 }
             }
-            Device::Cpu if tp > 1 || pp > 1 => {
+            Device::Cpu | Device::Cuda(_) if tp > 1 || pp > 1 => {
                 let executor = ThreadExecutor::new(weights, model_config, &config, &parts)?;
                 BuiltExecutor {
                     num_swap_blocks: 0, // validate() refuses swap with several ranks

@@ -180,6 +180,55 @@ fn cuda_graph_runs_are_repeatable() {
     }
 }
 
+/// Tensor and pipeline parallelism on the GPU: ranks on the GPUs there are (sharing one
+/// where there is one), collectives through the host. Each layout's greedy tokens agree with
+/// the CPU's as one GPU's do: within bf16 noise (the TP sum rounds each rank's partial result
+/// to bf16 before adding, one more rounding than one GPU).
+#[test]
+fn cuda_tensor_and_pipeline_parallel_match_cpu() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let c = config(64); // 4 heads, 2 KV heads, 3 layers
+    let cpu = run(&c, Device::Cpu, false, true);
+    // TP 2 (a KV head each), TP 4 (KV heads replicated), PP 3 (a layer a stage), TP 2 × PP 2.
+    for (tp, pp) in [(2, 1), (4, 1), (1, 3), (2, 2)] {
+        let mut e = engine_config(Device::Cuda(0), false);
+        e.parallel.tensor_parallel_size = tp;
+        e.parallel.pipeline_parallel_size = pp;
+        let params = SamplingParams {
+            temperature: 0.0,
+            max_tokens: 24,
+            ignore_eos: true,
+            output_logits: true,
+            ..SamplingParams::default()
+        };
+        let mut llm = LLM::new(model(&c), e).unwrap();
+        let gpu = llm.generate_prompts(prompts(), &params).unwrap();
+        for (g, cp) in gpu.iter().zip(&cpu) {
+            let err = rel_l2(&g.logits[0], &cp.logits[0]);
+            assert!(
+                err < 3e-2,
+                "TP {tp} PP {pp}, request {:?}: first logits relative L2 {err}",
+                cp.request_id
+            );
+        }
+        let what = format!("TP {tp} PP {pp}");
+        let (a, n) = compare(&what, &gpu, &cpu);
+        eprintln!("{what} on the GPU: {a} of {n} tokens agree with the CPU before any divergence");
+        assert!(a * 10 >= n * 8, "{what}: too few tokens agree: {a} of {n}");
+        // Every rank of a TP group took part in the all-reduces (counted by its communicator).
+        let stats = llm.engine.comm_stats();
+        assert_eq!(stats.len(), tp * pp, "{what}: one table per rank");
+        if tp > 1 {
+            for (rank, s) in stats.iter().enumerate() {
+                let calls = s.op(engine::distributed::CommOp::AllReduce).calls;
+                assert!(calls > 0, "{what}: rank {rank} counted no all-reduce");
+            }
+        }
+    }
+}
+
 #[test]
 fn cuda_without_gpu_is_a_one_line_error() {
     if Device::Cuda(0).resolve().is_ok() {

@@ -32,3 +32,63 @@ fn embedding_copies_rows_and_flags_bad_ids() {
         println!("embedding [{vocab}, {h}] x {t} tokens: exact");
     }
 }
+
+#[test]
+fn vocab_parallel_embedding_zeroes_other_ranks_rows() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let (s, k) = (&gpu.stream, &gpu.kernels.embedding);
+    let mut rng = Rng::fresh("vocab_parallel_embedding");
+    // (vocab, hidden, ranks): SmolLM2's vocabulary over 3 ranks (it divides), an uneven one
+    // padded to a multiple of 4 as the engine pads it.
+    for (vocab, h, ranks) in [(49152usize, 576usize, 3usize), (1003, 64, 4)] {
+        let rows = vocab.div_ceil(ranks);
+        let table = rng.bf16s(rows * ranks * h, 1.0);
+        let mut ids: Vec<u32> = (0..40).map(|_| rng.below(vocab) as u32).collect();
+        ids.extend([
+            0,
+            (rows - 1) as u32,
+            rows as u32,
+            (vocab - 1) as u32,
+            vocab as u32,
+        ]);
+        let di = s.clone_htod(&ids).unwrap();
+        let mut sum = vec![0.0f32; ids.len() * h];
+        for r in 0..ranks {
+            let shard = s
+                .clone_htod(&table[r * rows * h..(r + 1) * rows * h])
+                .unwrap();
+            let mut out = poisoned(s, ids.len() * h);
+            k.vocab_parallel(
+                s,
+                &mut out.as_view_mut(),
+                &di.as_view(),
+                &shard.as_view(),
+                r * rows,
+                vocab,
+                h,
+            )
+            .unwrap();
+            for (acc, v) in sum.iter_mut().zip(s.clone_dtoh(&out).unwrap()) {
+                *acc += v.to_f32();
+            }
+        }
+        // Summed over the ranks (the all-reduce), every id in the vocabulary is its own row
+        // exactly once; the id past it stays NaN.
+        for (i, &id) in ids.iter().enumerate() {
+            let got = &sum[i * h..][..h];
+            if (id as usize) < vocab {
+                let want: Vec<f32> = table[id as usize * h..][..h]
+                    .iter()
+                    .map(|v| v.to_f32())
+                    .collect();
+                assert_eq!(got, &want[..], "id {id} over {ranks} ranks");
+            } else {
+                assert!(
+                    got.iter().all(|v| v.is_nan()),
+                    "id {id} past the vocabulary must give NaN"
+                );
+            }
+        }
+        println!("vocab-parallel embedding [{vocab}, {h}] over {ranks} ranks: exact");
+    }
+}

@@ -126,14 +126,6 @@ impl CpuBackend {
         self.rank_world.1
     }
 
-    /// What this rank's collectives have cost so far; `None` without a communicator.
-    pub fn comm_stats(&self) -> Option<CommStats> {
-        let comm = self.comm.as_ref()?;
-        // A poisoned lock only means a panic elsewhere on this thread; the counts still hold.
-        let comm = comm.lock().unwrap_or_else(|p| p.into_inner());
-        Some(comm.stats().clone())
-    }
-
     /// Runs `f` on the communicator; `None` when there is none or the group has one rank.
     fn with_comm<R>(&self, f: impl FnOnce(&mut dyn Communicator) -> R) -> Option<R> {
         let comm = self.comm.as_ref().filter(|_| self.world_size() > 1)?;
@@ -449,6 +441,13 @@ impl Backend for CpuBackend {
             data.extend_from_slice(&x.data[r * x.cols..(r + 1) * x.cols]);
         }
         Ok(CpuTensor::new(data, rows.len(), x.cols))
+    }
+
+    fn comm_stats(&self) -> Option<CommStats> {
+        let comm = self.comm.as_ref()?;
+        // A poisoned lock only means a panic elsewhere on this thread; the counts still hold.
+        let comm = comm.lock().unwrap_or_else(|p| p.into_inner());
+        Some(comm.stats().clone())
     }
 
     fn all_reduce(&self, x: &mut CpuTensor) -> Result<()> {

@@ -32,8 +32,10 @@ use super::cuda_allocator::{self, CachingAllocator};
 use super::cuda_graph::{capture_sizes, padded_size, CudaGraphs, GraphKey};
 use super::cuda_step::{self, device, CudaStepMetadata, StepPool};
 use super::cuda_tensor::{CudaData, CudaTensor};
+use super::cuda_tensor_parallel::RankComm;
 use super::{Backend, BackendError, DType, DeviceTime, Result, StepLimits, StepSampling};
 use crate::config::{EngineConfig, ModelConfig};
+use crate::distributed::{CommStats, Communicator};
 use crate::outputs::ModelRunnerOutput;
 use crate::sampler::SampleFn;
 use crate::worker::model_runner::ModelInput;
@@ -77,6 +79,9 @@ pub struct CudaBackend {
     capture_sizes: Vec<usize>,
     /// Events around each step's device work, and the time they measured so far.
     step_timer: Mutex<StepTimer>,
+    /// This rank's end of its tensor-parallel group; `None` runs the whole model
+    /// ([`super::cuda_tensor_parallel`]).
+    comm: Option<RankComm>,
 }
 
 /// Two events recorded on the stream before a step's first kernel and after its sampler; read
@@ -94,7 +99,7 @@ fn timing_event(gpu: &Gpu) -> Result<CudaEvent> {
 }
 
 /// A kernel-crate error as a backend error of `op`.
-fn kernel(op: &'static str) -> impl FnOnce(KernelError) -> BackendError {
+pub(super) fn kernel(op: &'static str) -> impl FnOnce(KernelError) -> BackendError {
     move |e| device(op, e)
 }
 
@@ -134,6 +139,7 @@ impl CudaBackend {
                 events: (timing_event(&gpu)?, timing_event(&gpu)?),
                 time: DeviceTime::default(),
             }),
+            comm: None,
             gpu,
         })
     }
@@ -169,9 +175,31 @@ impl CudaBackend {
         self
     }
 
+    /// One rank of a tensor-parallel group: the collectives go through `comm`, and the
+    /// weights it is given must be this rank's shard. A group of more than one rank runs its
+    /// steps eagerly: its collectives pass through the host, which a CUDA graph cannot hold.
+    pub fn with_communicator(mut self, comm: Box<dyn Communicator>) -> Self {
+        let comm = RankComm::new(comm);
+        if comm.world_size > 1 {
+            self.capture_sizes = Vec::new();
+        }
+        self.comm = Some(comm);
+        self
+    }
+
+    /// This rank's end of its group, when it has one of more than one rank.
+    fn group(&self) -> Option<&RankComm> {
+        self.comm.as_ref().filter(|c| c.world_size > 1)
+    }
+
     /// The stream every op runs on.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.gpu.stream
+    }
+
+    /// The GPU: its context, stream and compiled kernels.
+    pub(super) fn gpu(&self) -> &Gpu {
+        &self.gpu
     }
 
     /// (free, total) bytes of GPU memory now.
@@ -190,7 +218,7 @@ impl CudaBackend {
     /// An uninitialized `[rows, cols]` bf16 tensor, for a kernel to fill completely.
     /// Every caller passes the tensor to a kernel that writes each of its rows × cols elements
     /// before anything reads it.
-    fn empty(&self, op: &'static str, rows: usize, cols: usize) -> Result<CudaTensor> {
+    pub(super) fn empty(&self, op: &'static str, rows: usize, cols: usize) -> Result<CudaTensor> {
         let data = self.activations.alloc(op, rows * cols)?;
         Ok(CudaTensor::pooled(data, rows, cols))
     }
@@ -464,6 +492,28 @@ impl Backend for CudaBackend {
         t.dtype()
     }
 
+    fn all_reduce(&self, x: &mut CudaTensor) -> Result<()> {
+        match self.group() {
+            Some(comm) => self.host_all_reduce(comm, x),
+            None => Ok(()),
+        }
+    }
+
+    fn all_gather_columns(&self, x: CudaTensor, cols: usize) -> Result<CudaTensor> {
+        match self.group() {
+            Some(comm) => self.host_all_gather_columns(comm, x, cols),
+            None if x.cols == cols => Ok(x),
+            None => Err(BackendError::shape(
+                "all_gather_columns",
+                format!("{} columns on one rank, {cols} wanted", x.cols),
+            )),
+        }
+    }
+
+    fn comm_stats(&self) -> Option<CommStats> {
+        self.comm.as_ref().map(RankComm::stats)
+    }
+
     fn plan_steps(&mut self, limits: &StepLimits) -> Result<()> {
         self.limits = *limits;
         if !self.capture_sizes.is_empty() {
@@ -506,6 +556,9 @@ impl Backend for CudaBackend {
 
     fn embedding(&self, table: &CudaTensor, step: &CudaStepMetadata) -> Result<CudaTensor> {
         let _span = tracing::trace_span!("kernel", op = "embedding").entered();
+        if let Some(comm) = self.group() {
+            return self.vocab_parallel_embedding(comm, table, step);
+        }
         let (n, h) = (step.num_tokens, table.cols);
         let mut out = self.empty("embedding", n, h)?;
         let ids = step.bufs().input_ids.slice(0..n);

@@ -23,6 +23,7 @@ pub mod cuda_backend;
 pub mod cuda_graph;
 pub mod cuda_step;
 pub mod cuda_tensor;
+pub mod cuda_tensor_parallel;
 pub mod dtype;
 pub mod error;
 pub mod swap_blocks;
@@ -345,6 +346,12 @@ pub trait Backend: Send + Sync {
         Ok(x)
     }
     // ANCHOR_END: collectives
+
+    /// What this rank's collectives have cost so far (bytes, time, calls); `None` for a
+    /// backend that is not one rank of a group.
+    fn comm_stats(&self) -> Option<crate::distributed::CommStats> {
+        None
+    }
 
     /// Device time the steps have taken so far, and how many steps: the span from a step's
     /// first kernel to its sampled ids, measured on the device (CUDA events), for benchmarks

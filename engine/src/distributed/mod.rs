@@ -18,7 +18,7 @@
 //!   micro-batch, and its busy and idle time; `pipeline_schedule`: which stage runs which
 //!   micro-batch when, the bubble, and the schedule a step executed.
 //!   `rank_worker`: one rank's worker and the commands it serves, the same in a thread and
-//!   in a process; `step_delta`: each step tells the ranks only what changed (new requests,
+//!   in a process, on the CPU or a GPU (`rank_devices`: which GPU, how large a KV cache); `step_delta`: each step tells the ranks only what changed (new requests,
 //!   new blocks, finished ids), and counts the bytes against whole outputs.
 //! - Ranks as processes (`lab launch`): `bootstrap` (the rendezvous at rank 0 over TCP, the
 //!   hook for NCCL's unique id, a socket per pair of ranks per group), `tcp_communicator`
@@ -40,6 +40,7 @@ pub mod plan_reasons;
 pub mod planner;
 pub mod process_executor;
 pub mod process_worker;
+pub mod rank_devices;
 pub mod rank_worker;
 pub mod ring;
 pub mod step_delta;

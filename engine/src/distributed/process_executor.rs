@@ -28,6 +28,7 @@ use super::comm_stats::CommStats;
 use super::parallel_state::RankLayout;
 use super::pipeline_schedule::ExecutedSchedule;
 use super::pipeline_stage::{StageLink, StageTimes};
+use super::rank_devices::rank_device;
 use super::rank_worker::{Geometry, RankParts, RankSpec};
 use super::step_delta::StepEncoder;
 use super::thread_executor::{RankHandle, ThreadExecutor};
@@ -118,12 +119,13 @@ pub(super) fn join_launch(
         pp: engine.parallel.pipeline_parallel_size,
     };
     let groups = bootstrap(spec, layout, engine.parallel.collective_timeout)?;
-    let geometry = Geometry::new(config, engine);
+    let (geometry, num_gpus) = Geometry::for_device(config, engine, layout)?;
     let link = groups
         .pp
         .map(|c| StageLink::new(c).with_ticks(groups.ticks_in, groups.ticks_out));
     let spec = RankSpec {
         world_rank: groups.world_rank,
+        device: rank_device(engine.device, groups.world_rank, num_gpus),
         shard: TpShard {
             rank: groups.tp_rank,
             size: layout.tp,

@@ -19,8 +19,9 @@ use super::pipeline_schedule::ExecutedItem;
 use super::pipeline_stage::{run_micro_batches, StageLink};
 use super::step_delta::{StepDecoder, StepDelta};
 use crate::backend::cpu_backend::{CpuBackend, CpuKernels};
+use crate::backend::cuda_backend::CudaBackend;
 use crate::backend::{Backend, StepLimits};
-use crate::config::{EngineConfig, ModelConfig};
+use crate::config::{Device, EngineConfig, ModelConfig};
 use crate::engine_parts::EngineParts;
 use crate::error::{EngineError, Result};
 use crate::model_executor::llama::LlamaForCausalLM;
@@ -95,6 +96,27 @@ pub struct Geometry {
 }
 
 impl Geometry {
+    /// The geometry for `engine.device`, and the GPUs the ranks are placed on (0 on the CPU):
+    /// on GPUs the cache is sized from their memory ([`super::rank_devices`]) unless
+    /// `--num-kv-blocks` says.
+    pub fn for_device(
+        config: &ModelConfig,
+        engine: &EngineConfig,
+        layout: super::parallel_state::RankLayout,
+    ) -> Result<(Self, usize)> {
+        let Device::Cuda(first) = engine.device else {
+            return Ok((Geometry::new(config, engine), 0));
+        };
+        let num_gpus = super::rank_devices::gpu_count()?;
+        let mut engine = *engine;
+        if engine.cache.num_kv_blocks.is_none() {
+            let blocks =
+                super::rank_devices::kv_blocks_on_gpus(config, &engine, layout, first, num_gpus)?;
+            engine.cache.num_kv_blocks = Some(blocks);
+        }
+        Ok((Geometry::new(config, &engine), num_gpus))
+    }
+
     /// The KV cache gets as many blocks as `engine.cache` allows the whole group
     /// (`--num-kv-blocks`, or the CPU budget shared by the ranks).
     pub fn new(config: &ModelConfig, engine: &EngineConfig) -> Self {
@@ -132,6 +154,8 @@ impl Geometry {
 /// What one rank's worker is built from.
 pub struct RankSpec {
     pub world_rank: usize,
+    /// Where its model runs: the CPU, or its GPU.
+    pub device: Device,
     pub shard: TpShard,
     pub stage: PpStage,
     /// Its stage's TP group.
@@ -170,9 +194,26 @@ impl RankSpec {
     }
 }
 
+/// A rank's model runner on the backend of its device.
+#[allow(clippy::large_enum_variant)] // one per rank, never moved in a loop
+enum RankRunner {
+    Cpu(ModelRunner<CpuBackend>),
+    Cuda(ModelRunner<CudaBackend>),
+}
+
+/// Runs `$body` with `$r` bound to the rank's runner, whichever its backend.
+macro_rules! with_runner {
+    ($runner:expr, $r:ident => $body:expr) => {
+        match $runner {
+            RankRunner::Cpu($r) => $body,
+            RankRunner::Cuda($r) => $body,
+        }
+    };
+}
+
 /// One rank's worker (see the [module docs](self)).
 pub struct RankWorker {
-    runner: ModelRunner<CpuBackend>,
+    runner: RankRunner,
     link: Option<StageLink>,
     micro_batches: usize,
     who: String,
@@ -203,12 +244,13 @@ impl RankWorker {
                 Some(self.execute(&delta, step, step_start))
             }
             Command::AddRequest(id, params, seed) => {
-                self.runner.add_request(id, &params, seed);
+                with_runner!(&mut self.runner, r => r.add_request(id, &params, seed));
                 None
             }
             Command::CommStats => {
                 // The TP group's collectives and the PP group's sends and receives.
-                let mut stats = self.runner.model.backend.comm_stats().unwrap_or_default();
+                let stats = with_runner!(&self.runner, r => r.model.backend.comm_stats());
+                let mut stats = stats.unwrap_or_default();
                 if let Some(link) = &self.link {
                     stats.merge(link.stats());
                 }
@@ -223,13 +265,13 @@ impl RankWorker {
         let start = Instant::now();
         let m = self.micro_batches;
         let (runner, link, requests) = (&mut self.runner, &mut self.link, &mut self.requests);
-        runner.remove_requests(&delta.finished);
+        with_runner!(&mut *runner, r => r.remove_requests(&delta.finished));
         let result = catch_unwind(AssertUnwindSafe(|| {
             let out = requests.decode(delta).map_err(EngineError::Internal)?;
-            match link.as_mut() {
-                Some(link) => Ok(run_micro_batches(runner, link, &out, m, step, step_start)?),
-                None => Ok(runner.execute_model(&out).map(|o| (o, Vec::new()))?),
-            }
+            with_runner!(runner, r => match link.as_mut() {
+                Some(link) => Ok(run_micro_batches(r, link, &out, m, step, step_start)?),
+                None => Ok(r.execute_model(&out).map(|o| (o, Vec::new()))?),
+            })
         }));
         let (result, items) = match result {
             Ok(Ok((o, items))) => (Ok(o), items),
@@ -242,38 +284,81 @@ impl RankWorker {
     }
 }
 
-/// The rank's backend, shard, model and KV cache.
-fn build_runner(spec: RankSpec) -> Result<ModelRunner<CpuBackend>> {
+/// The rank's backend (on its device), shard, model and KV cache.
+fn build_runner(spec: RankSpec) -> Result<RankRunner> {
     let RankSpec {
+        device,
+        comm,
         shard,
         stage,
-        comm,
         weights,
         config,
-        geometry: g,
+        geometry,
         parts,
         ..
     } = spec;
-    let backend = CpuBackend::with_communicator(parts.kernels, Box::new(comm));
-    let dtype = backend.default_dtype();
-    let shard_weights = tensor_parallel::load_stage_shard_with(
-        &weights,
-        &config,
+    let rank = RankModel {
         shard,
-        &stage,
-        parts.shard_tensor,
-        |t| Ok(backend.upload(t.data, t.rows, t.cols, dtype)?),
-    )?;
-    drop(weights);
-    // The rank's shape: its heads and MLP slice, its stage's layers (and so its KV cache).
-    let mut local = tensor_parallel::rank_config(&config, shard.size);
-    local.num_hidden_layers = stage.layers.len();
-    let mut llama = LlamaForCausalLM::new(local, backend, shard_weights)?.with_stage(stage);
-    llama.backend.plan_steps(&g.limits)?;
-    let mut runner = ModelRunner::new(llama, g.num_kv_blocks, g.block_size)?;
-    runner.prepare_inputs = parts.prepare_inputs;
-    runner.sample = parts.sample;
-    Ok(runner)
+        stage,
+        weights,
+        config,
+        geometry,
+        parts,
+    };
+    let comm = Box::new(comm);
+    Ok(match device {
+        // Graphs stay off: the rank's collectives pass through the host (see
+        // `backend::cuda_tensor_parallel`).
+        Device::Cuda(ordinal) => {
+            RankRunner::Cuda(rank.build(CudaBackend::new(ordinal)?.with_communicator(comm))?)
+        }
+        Device::Cpu | Device::Auto => {
+            RankRunner::Cpu(rank.build(CpuBackend::with_communicator(parts.kernels, comm))?)
+        }
+    })
+}
+
+/// What a rank's model is made of, whatever its backend.
+struct RankModel {
+    shard: TpShard,
+    stage: PpStage,
+    weights: Arc<ModelWeights>,
+    config: ModelConfig,
+    geometry: Geometry,
+    parts: RankParts,
+}
+
+impl RankModel {
+    /// Loads the rank's shard onto `backend` and builds its model and KV cache.
+    fn build<B: Backend>(self, backend: B) -> Result<ModelRunner<B>> {
+        let RankModel {
+            shard,
+            stage,
+            weights,
+            config,
+            geometry: g,
+            parts,
+        } = self;
+        let dtype = backend.default_dtype();
+        let shard_weights = tensor_parallel::load_stage_shard_with(
+            &weights,
+            &config,
+            shard,
+            &stage,
+            parts.shard_tensor,
+            |t| Ok(backend.upload(t.data, t.rows, t.cols, dtype)?),
+        )?;
+        drop(weights);
+        // The rank's shape: its heads and MLP slice, its stage's layers (and so its KV cache).
+        let mut local = tensor_parallel::rank_config(&config, shard.size);
+        local.num_hidden_layers = stage.layers.len();
+        let mut llama = LlamaForCausalLM::new(local, backend, shard_weights)?.with_stage(stage);
+        llama.backend.plan_steps(&g.limits)?;
+        let mut runner = ModelRunner::new(llama, g.num_kv_blocks, g.block_size)?;
+        runner.prepare_inputs = parts.prepare_inputs;
+        runner.sample = parts.sample;
+        Ok(runner)
+    }
 }
 
 /// A rank's panic as an engine error, with the panic's message when it has one.

@@ -1,0 +1,122 @@
+//! The CUDA backend as one rank of a tensor-parallel group: its collectives, and the
+//! vocabulary-parallel embedding.
+//!
+//! The collectives here go through a [`Communicator`] on the host: the rank's bf16 tensor is
+//! copied to the host, widened to f32, summed (or gathered) with the other ranks by the
+//! communicator (the CPU ring the book teaches, or TCP between processes), rounded back to
+//! bf16 and copied to the device. That is correct on any number of GPUs, one included (ranks
+//! may share a GPU), and slow: every all-reduce waits for the GPU and crosses PCIe twice, and a
+//! step that talks to the host cannot be recorded as a CUDA graph, so a backend with a group of
+//! more than one rank runs its steps eagerly. NCCL (`kernels::nccl`), which sums on the GPUs
+//! over NVLink inside the stream, is the fast path this stands in for until it is wired in.
+//!
+//! The sum is taken in f32 over each rank's bf16 partial result and rounded once, so a TP
+//! group's output differs from one GPU's in the last bits of bf16 (one GPU rounds the whole
+//! dot product once): greedy tokens agree with TP = 1 until two candidates are that close.
+
+use std::sync::Mutex;
+
+use super::cuda_backend::{kernel, CudaBackend};
+use super::cuda_step::CudaStepMetadata;
+use super::cuda_tensor::CudaTensor;
+use super::{Backend, BackendError, Result};
+use crate::distributed::{CommStats, Communicator};
+
+/// This rank's end of its group, and `(rank, world_size)` read without the lock.
+pub struct RankComm {
+    /// A mutex because the communicator's calls take `&mut` and the backend's ops `&self`;
+    /// only this rank's thread ever takes it.
+    comm: Mutex<Box<dyn Communicator>>,
+    pub rank: usize,
+    pub world_size: usize,
+}
+
+impl RankComm {
+    pub fn new(comm: Box<dyn Communicator>) -> Self {
+        let (rank, world_size) = (comm.rank(), comm.world_size());
+        RankComm {
+            comm: Mutex::new(comm),
+            rank,
+            world_size,
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut dyn Communicator) -> R) -> R {
+        // A poisoned lock only means a panic elsewhere on this thread; the group still holds.
+        let mut comm = self.comm.lock().unwrap_or_else(|p| p.into_inner());
+        f(comm.as_mut())
+    }
+
+    pub fn stats(&self) -> CommStats {
+        self.with(|c| c.stats().clone())
+    }
+}
+
+impl CudaBackend {
+    /// `x` (`[t, c]`, bf16) becomes the sum of every rank's `x`, through the host.
+    pub(super) fn host_all_reduce(&self, comm: &RankComm, x: &mut CudaTensor) -> Result<()> {
+        let _span = tracing::trace_span!("kernel", op = "all_reduce").entered();
+        let (rows, cols) = (x.rows, x.cols);
+        let mut host = self.download(x)?;
+        comm.with(|c| c.all_reduce_sum(&mut host))?;
+        *x = self.upload(host, rows, cols, x.dtype())?;
+        Ok(())
+    }
+
+    /// Every rank's `x` `[t, c]` side by side → `[t, world·c]`, the first `cols` columns kept
+    /// (the CPU backend's `all_gather_columns`, through the host).
+    pub(super) fn host_all_gather_columns(
+        &self,
+        comm: &RankComm,
+        x: CudaTensor,
+        cols: usize,
+    ) -> Result<CudaTensor> {
+        let (n, rows, c) = (comm.world_size, x.rows, x.cols);
+        if cols > n * c {
+            let detail = format!("{cols} columns wanted from {n} ranks of {c}");
+            return Err(BackendError::shape("all_gather_columns", detail));
+        }
+        let _span = tracing::trace_span!("kernel", op = "all_gather").entered();
+        let mine = self.download(&x)?;
+        // The communicator gathers whole buffers in rank order: [rank][row][col]. The model
+        // wants each row's rank blocks side by side: [row][rank][col].
+        let mut by_rank = vec![0.0; n * mine.len()];
+        comm.with(|c| c.all_gather(&mine, &mut by_rank))?;
+        let mut out = vec![0.0; rows * cols];
+        for (i, row) in out.chunks_exact_mut(cols.max(1)).enumerate() {
+            for (r, dst) in row.chunks_mut(c.max(1)).enumerate() {
+                let src = r * mine.len() + i * c;
+                dst.copy_from_slice(&by_rank[src..src + dst.len()]);
+            }
+        }
+        self.upload(out, rows, cols, x.dtype())
+    }
+
+    /// This rank's rows of a vocabulary-parallel table (`[rows, hidden]`, ids `rank·rows ..`
+    /// of `world·rows`): an id another rank holds gives zeros, which the all-reduce after the
+    /// embedding fills in.
+    pub(super) fn vocab_parallel_embedding(
+        &self,
+        comm: &RankComm,
+        table: &CudaTensor,
+        step: &CudaStepMetadata,
+    ) -> Result<CudaTensor> {
+        let (n, h, rows) = (step.num_tokens, table.cols, table.rows);
+        let mut out = self.empty("embedding", n, h)?;
+        let ids = step.bufs().input_ids.slice(0..n);
+        self.gpu()
+            .kernels
+            .embedding
+            .vocab_parallel(
+                self.stream(),
+                &mut out.view_bf16_mut("embedding")?,
+                &ids,
+                &table.view_bf16("embedding")?,
+                comm.rank * rows,
+                comm.world_size * rows,
+                h,
+            )
+            .map_err(kernel("embedding"))?;
+        Ok(out)
+    }
+}

@@ -1,0 +1,113 @@
+//! Which GPU each rank runs on, and how many KV blocks the ranks' GPUs hold together.
+//!
+//! With `--device cuda:F`, world rank `r` takes GPU `(F + r) mod G` of the `G` this process
+//! sees: one rank per GPU when there are enough of them, as vLLM places its workers. With
+//! fewer GPUs than ranks, ranks share them (each rank has its own weights and cache on the
+//! shared GPU); that serves to check tensor parallelism on one GPU, not to speed anything up.
+//!
+//! The KV cache gets what every GPU can give: on GPU `g`, the memory that
+//! `--gpu-memory-utilization` allows, less what is in use now, less each of its ranks'
+//! weights and activations (their shards, from `memory_model`), divided by what one block
+//! costs all of its ranks together (each rank holds its KV heads for its stage's layers). The
+//! smallest over the GPUs is the number of blocks, since every rank holds every block.
+
+use kernels::cudarc::driver::CudaContext;
+
+use super::memory_model::{
+    kv_bytes_per_token_per_gpu, layers_per_stage, stage_weight_bytes_per_gpu,
+};
+use super::parallel_state::RankLayout;
+use crate::backend::cuda_backend::activation_bytes;
+use crate::backend::BackendError;
+use crate::config::{Device, EngineConfig, ModelConfig};
+use crate::error::{EngineError, Result};
+use crate::model_executor::tensor_parallel;
+
+/// The device of world rank `rank` when the group runs on `device` (see the module docs).
+pub fn rank_device(device: Device, rank: usize, num_gpus: usize) -> Device {
+    match device {
+        Device::Cuda(first) => Device::Cuda((first + rank) % num_gpus.max(1)),
+        other => other,
+    }
+}
+
+/// GPUs this process sees. Call only once a GPU is known to be there (`Device::resolve`).
+pub fn gpu_count() -> Result<usize> {
+    CudaContext::device_count()
+        .map(|n| n as usize)
+        .map_err(|e| gpu_error("count the GPUs", e))
+}
+
+/// KV blocks every rank can hold, over the GPUs of `layout`'s ranks placed from `first`.
+pub fn kv_blocks_on_gpus(
+    config: &ModelConfig,
+    engine: &EngineConfig,
+    layout: RankLayout,
+    first: usize,
+    num_gpus: usize,
+) -> Result<usize> {
+    let (tp, pp) = (layout.tp, layout.pp);
+    let weights = stage_weight_bytes_per_gpu(config, tp, pp);
+    let layers = layers_per_stage(config.num_hidden_layers, pp);
+    let local = tensor_parallel::rank_config(config, tp);
+    let activations = activation_bytes(&local, engine) as u64;
+    let block = engine.cache.block_size as u64;
+    // Per GPU: the bytes its ranks take before any cache, and one block's cost to them all.
+    let mut taken = vec![0u64; num_gpus];
+    let mut per_block = vec![0u64; num_gpus];
+    for rank in 0..layout.world_size() {
+        let g = (first + rank) % num_gpus;
+        let (stage, _) = layout.coords(rank);
+        taken[g] += weights[stage] + activations;
+        per_block[g] += kv_bytes_per_token_per_gpu(config, tp, layers[stage]) * block;
+    }
+    let mut blocks = u64::MAX;
+    for g in (0..num_gpus).filter(|&g| per_block[g] > 0) {
+        let ctx = CudaContext::new(g).map_err(|e| gpu_error("open the GPU", e))?;
+        let (free, total) = ctx
+            .mem_get_info()
+            .map_err(|e| gpu_error("query free memory", e))?;
+        let allowed = (total as f64 * engine.cache.gpu_memory_utilization as f64) as u64;
+        let used = (total - free) as u64;
+        let room = allowed.saturating_sub(used + taken[g]);
+        if room < per_block[g] {
+            let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+            return Err(EngineError::from(BackendError::OutOfMemory(format!(
+                "no room for a KV cache on GPU {g}: {:.2} GiB allowed by --gpu-memory-utilization \
+                 {}, {:.2} GiB in use, {:.2} GiB for its ranks' weights and activations; raise \
+                 --gpu-memory-utilization, use more GPUs, or lower --max-num-batched-tokens",
+                gib(allowed),
+                engine.cache.gpu_memory_utilization,
+                gib(used),
+                gib(taken[g]),
+            ))));
+        }
+        blocks = blocks.min(room / per_block[g]);
+    }
+    Ok(blocks.max(1) as usize)
+}
+
+fn gpu_error(op: &'static str, e: kernels::cudarc::driver::DriverError) -> EngineError {
+    EngineError::from(BackendError::Device {
+        backend: "cuda",
+        op,
+        source: Box::new(e),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_take_gpus_in_turn_from_the_first() {
+        let on = |first, rank, n| rank_device(Device::Cuda(first), rank, n);
+        assert_eq!(on(0, 0, 2), Device::Cuda(0));
+        assert_eq!(on(0, 1, 2), Device::Cuda(1));
+        assert_eq!(on(0, 3, 2), Device::Cuda(1)); // 4 ranks on 2 GPUs: two each
+        assert_eq!(on(1, 0, 4), Device::Cuda(1));
+        assert_eq!(on(1, 3, 4), Device::Cuda(0));
+        assert_eq!(on(0, 1, 1), Device::Cuda(0)); // one GPU: every rank shares it
+        assert_eq!(rank_device(Device::Cpu, 3, 0), Device::Cpu);
+    }
+}
