@@ -119,15 +119,12 @@ pub struct Choice {
 pub struct Generation {
     pub prompt_token_ids: Vec<Vec<u32>>,
     pub choices: Vec<Choice>,
-    stop: Vec<String>,
-    /// Stop strings' longest length in characters, less one: how much text to hold back.
-    hold_back: usize,
+    stop: StopStrings,
     outputs: mpsc::UnboundedReceiver<EngineOutput>,
     info: Arc<ModelInfo>,
     engine: EngineHandle,
     seq_ids: Vec<SeqId>,
     unfinished: usize,
-    stop_token_ids: Vec<u32>,
 }
 // ANCHOR_END: generation
 
@@ -179,27 +176,17 @@ impl Generation {
         let choices = prompts
             .iter()
             .flat_map(|p| std::iter::repeat_n(p, params.n))
-            .map(|p| Choice {
-                detokenizer: IncrementalDetokenizer::new(p, params.skip_special_tokens),
-                held: String::new(),
-                text: String::new(),
-                token_ids: Vec::new(),
-                finish_reason: None,
-                stop_reason: None,
-            })
+            .map(|p| Choice::new(p, params.skip_special_tokens))
             .collect::<Vec<_>>();
-        let hold_back = params.stop.iter().map(|s| s.chars().count()).max();
         Ok(Generation {
             prompt_token_ids: prompts,
             unfinished: choices.len(),
             choices,
-            hold_back: hold_back.unwrap_or(1) - 1,
-            stop: params.stop.clone(),
+            stop: StopStrings::new(params.stop.clone(), params.sampling.stop_token_ids.clone()),
             outputs,
             info,
             engine: serving.engine.clone(),
             seq_ids,
-            stop_token_ids: params.sampling.stop_token_ids.clone(),
         })
     }
 
@@ -260,77 +247,127 @@ impl Generation {
         )
     }
 
-    /// Decodes a choice's new tokens, ends it on a stop string or the engine's finish, and
-    /// returns the text that is safe to send.
     fn push(
         &mut self,
         index: usize,
         token_ids: &[u32],
         finish: Option<FinishReason>,
     ) -> Result<Delta, ApiError> {
-        let tokenizer: &Tokenizer = &self.info.tokenizer;
-        let choice = &mut self.choices[index];
-        let mut taken = Vec::with_capacity(token_ids.len());
-        for &id in token_ids {
-            taken.push(id);
-            choice.token_ids.push(id);
-            let piece = choice.detokenizer.push(tokenizer, id)?;
-            choice.held.push_str(&piece);
-            if find_stop(choice, &self.stop) {
-                break;
-            }
-        }
-        if let (None, Some(reason)) = (choice.finish_reason, finish) {
-            let rest = choice.detokenizer.flush(tokenizer)?;
-            choice.held.push_str(&rest);
-            if !find_stop(choice, &self.stop) {
-                choice.finish_reason = Some(reason.as_str());
-                let last = choice.token_ids.last();
-                if let Some(&t) = last.filter(|t| self.stop_token_ids.contains(t)) {
-                    choice.stop_reason = Some(t.into());
-                }
-            }
-        }
-        // Send everything once finished; until then keep back what could begin a stop string.
-        let keep = if choice.finish_reason.is_some() {
-            0
-        } else {
-            self.hold_back
-        };
-        let cut = choice
-            .held
-            .char_indices()
-            .rev()
-            .nth(keep.saturating_sub(1))
-            .map_or(0, |(i, _)| i);
-        let cut = if keep == 0 { choice.held.len() } else { cut };
-        let text: String = choice.held.drain(..cut).collect();
-        choice.text.push_str(&text);
-        Ok(Delta {
-            index,
-            text,
-            token_ids: taken,
-            finish_reason: choice.finish_reason,
-            stop_reason: choice.stop_reason.clone(),
-        })
+        let mut delta =
+            self.choices[index].push(&self.info.tokenizer, &self.stop, token_ids, finish)?;
+        delta.index = index;
+        Ok(delta)
     }
 }
 
-/// Ends `choice` at the earliest stop string in its held text (the string itself is not
-/// output, as OpenAI's `stop`). Returns whether it did.
-fn find_stop(choice: &mut Choice, stop: &[String]) -> bool {
-    let first = stop
-        .iter()
-        .filter_map(|s| choice.held.find(s.as_str()).map(|at| (at, s)))
-        .min_by_key(|&(at, _)| at);
-    match first {
-        Some((at, s)) => {
-            choice.held.truncate(at);
-            choice.finish_reason = Some("stop");
-            choice.stop_reason = Some(Value::String(s.clone()));
-            true
+/// When a choice ends besides the engine's own stops: OpenAI's `stop` strings.
+#[derive(Debug, Clone, Default)]
+pub struct StopStrings {
+    strings: Vec<String>,
+    /// The longest one's length in characters, less one: how much text to hold back.
+    hold_back: usize,
+    /// vLLM's `stop_token_ids`, to name the one that stopped a choice in `stop_reason`.
+    stop_token_ids: Vec<u32>,
+}
+
+impl StopStrings {
+    pub fn new(strings: Vec<String>, stop_token_ids: Vec<u32>) -> Self {
+        let longest = strings.iter().map(|s| s.chars().count()).max();
+        StopStrings {
+            hold_back: longest.unwrap_or(1).saturating_sub(1),
+            strings,
+            stop_token_ids,
         }
-        None => false,
+    }
+}
+
+impl Choice {
+    /// A choice of a request whose prompt is `prompt_token_ids`.
+    pub fn new(prompt_token_ids: &[u32], skip_special_tokens: bool) -> Self {
+        Choice {
+            detokenizer: IncrementalDetokenizer::new(prompt_token_ids, skip_special_tokens),
+            held: String::new(),
+            text: String::new(),
+            token_ids: Vec::new(),
+            finish_reason: None,
+            stop_reason: None,
+        }
+    }
+
+    // ANCHOR: choice_push
+    /// Decodes new tokens, ends the choice on a stop string or the engine's `finish`, and
+    /// returns the text that is safe to send (its `index` is left 0 for the caller to set).
+    pub fn push(
+        &mut self,
+        tokenizer: &Tokenizer,
+        stop: &StopStrings,
+        token_ids: &[u32],
+        finish: Option<FinishReason>,
+    ) -> Result<Delta, ApiError> {
+        let mut taken = Vec::with_capacity(token_ids.len());
+        for &id in token_ids {
+            taken.push(id);
+            self.token_ids.push(id);
+            let piece = self.detokenizer.push(tokenizer, id)?;
+            self.held.push_str(&piece);
+            if self.find_stop(&stop.strings) {
+                break; // the engine's later tokens are dropped: it is told to abort
+            }
+        }
+        if let (None, Some(reason)) = (self.finish_reason, finish) {
+            let rest = self.detokenizer.flush(tokenizer)?;
+            self.held.push_str(&rest);
+            if !self.find_stop(&stop.strings) {
+                self.finish_reason = Some(reason.as_str());
+                let last = self.token_ids.last();
+                if let Some(&t) = last.filter(|t| stop.stop_token_ids.contains(t)) {
+                    self.stop_reason = Some(t.into());
+                }
+            }
+        }
+        // Send everything once finished; until then keep back the last `hold_back` characters,
+        // which could be the start of a stop string that the next token completes.
+        let keep = match self.finish_reason {
+            Some(_) => 0,
+            None => stop.hold_back,
+        };
+        let cut = match keep {
+            0 => self.held.len(),
+            _ => self
+                .held
+                .char_indices()
+                .rev()
+                .nth(keep - 1)
+                .map_or(0, |(i, _)| i),
+        };
+        let text: String = self.held.drain(..cut).collect();
+        self.text.push_str(&text);
+        Ok(Delta {
+            index: 0,
+            text,
+            token_ids: taken,
+            finish_reason: self.finish_reason,
+            stop_reason: self.stop_reason.clone(),
+        })
+    }
+    // ANCHOR_END: choice_push
+
+    /// Ends the choice at the earliest stop string in its held text (the string itself is not
+    /// output, as OpenAI's `stop`). Returns whether it did.
+    fn find_stop(&mut self, stop: &[String]) -> bool {
+        let first = stop
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()).map(|at| (at, s)))
+            .min_by_key(|&(at, _)| at);
+        match first {
+            Some((at, s)) => {
+                self.held.truncate(at);
+                self.finish_reason = Some("stop");
+                self.stop_reason = Some(Value::String(s.clone()));
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -395,4 +432,78 @@ pub fn stream_response(
         Body::from_stream(events),
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tiny_model::tiny_tokenizer;
+
+    /// Feeds `text`'s tokens (one per byte) to a choice one at a time; returns the pieces sent
+    /// and the choice. The engine says "length" with the last token unless a stop came first.
+    fn run(text: &str, stop: &[&str]) -> (Vec<String>, Choice) {
+        let tok = tiny_tokenizer();
+        let stop = StopStrings::new(stop.iter().map(|s| s.to_string()).collect(), vec![]);
+        let ids = tok.encode(text).unwrap();
+        let mut choice = Choice::new(&tok.encode("Say: ").unwrap(), true);
+        let mut pieces = Vec::new();
+        for (i, &id) in ids.iter().enumerate() {
+            let last = (i + 1 == ids.len()).then_some(FinishReason::Length);
+            let d = choice.push(&tok, &stop, &[id], last).unwrap();
+            pieces.push(d.text);
+            if d.finish_reason.is_some() {
+                break;
+            }
+        }
+        (pieces, choice)
+    }
+
+    #[test]
+    fn a_stop_string_across_tokens_never_leaks_even_in_part() {
+        let (pieces, choice) = run("hello wörld ÉND and the rest", &["ÉND"]);
+        assert_eq!(pieces.concat(), "hello wörld ");
+        assert_eq!(choice.text, "hello wörld ");
+        assert_eq!(choice.finish_reason, Some("stop"));
+        assert_eq!(choice.stop_reason, Some(Value::from("ÉND")));
+        // It stopped at the token that completed the string: "D" was the 17th byte.
+        assert_eq!(choice.token_ids.len(), "hello wörld ÉND".len());
+        for p in &pieces {
+            assert!(
+                !p.contains('É'),
+                "{p:?} leaked the start of the stop string"
+            );
+        }
+    }
+
+    #[test]
+    fn the_earliest_stop_string_wins_and_no_stop_sends_everything() {
+        let (pieces, choice) = run("one, two; three", &["; ", "two"]);
+        assert_eq!(pieces.concat(), "one, ");
+        assert_eq!(choice.stop_reason, Some(Value::from("two")));
+        let (pieces, choice) = run("nothing 🎉 to stop", &["xyz"]);
+        assert_eq!(pieces.concat(), "nothing 🎉 to stop");
+        assert_eq!(choice.finish_reason, Some("length"));
+        assert_eq!(choice.stop_reason, None);
+        // Held back: never more than two characters behind, until the end sends the rest.
+        assert!(pieces.iter().all(|p| !p.contains('\u{FFFD}')));
+    }
+
+    #[test]
+    fn a_stop_string_that_only_the_flush_completes_still_stops() {
+        // The text ends inside a character: the flush adds U+FFFD, and the stop is found then.
+        let tok = tiny_tokenizer();
+        let stop = StopStrings::new(vec!["\u{FFFD}".into()], vec![]);
+        let mut choice = Choice::new(&[], true);
+        let ids = tok.encode("ab世").unwrap();
+        let mut sent = String::new();
+        for &id in &ids[..3] {
+            sent += &choice.push(&tok, &stop, &[id], None).unwrap().text;
+        }
+        let d = choice
+            .push(&tok, &stop, &[ids[3]], Some(FinishReason::Length))
+            .unwrap();
+        sent += &d.text;
+        assert_eq!(sent, "ab");
+        assert_eq!(d.finish_reason, Some("stop"));
+    }
 }
