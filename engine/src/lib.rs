@@ -32,6 +32,10 @@
 //! `tokenizer`, `chat_template`), from `model_loader` (GGUF → Hugging Face conversion, used by
 //! `lab fetch-model smollm2`), or are built in code (`tiny_model`, `model_executor::random_weights`).
 //!
+//! `entrypoints` (the `serve` feature) puts the engine behind an OpenAI-compatible HTTP server:
+//! the engine loop runs on its own thread, handlers send it requests and aborts, and each step's
+//! new token ids come back to be detokenized incrementally (`detokenizer`) and streamed.
+//!
 //! Every backend op opens a `tracing` span named `kernel`; `kernel_log::record` lists them, in
 //! order, for the steps run inside it (the kernel sequence of a forward step).
 //!

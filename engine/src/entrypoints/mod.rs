@@ -1,6 +1,7 @@
 //! Serving over HTTP (vLLM's `vllm/entrypoints`): the engine loop on a thread of its own
-//! ([`async_llm_engine`]), an OpenAI-compatible API in front of it ([`openai`]), and the
-//! counters it exposes ([`metrics`]). `lab serve` starts it; `lab bench-serve` loads it.
+//! ([`async_llm_engine`](crate::entrypoints::async_llm_engine)), an OpenAI-compatible API in
+//! front of it ([`openai`](crate::entrypoints::openai)), and the counters it exposes
+//! ([`metrics`](crate::entrypoints::metrics)). `lab serve` starts it; `lab bench-serve` loads it.
 //!
 //! ```text
 //! client ──HTTP──▶ openai::api_server (tokio + axum; one task per request)
