@@ -23,8 +23,9 @@
 //! The weights are packed once ([`PackedWeight::pack`]) into *panels* of `NR` output rows,
 //! `k`-major: `panel[p][k][j] = w[p·NR + j, k]`, the last panel padded with zero rows. A
 //! micro-kernel then reads `NR` consecutive floats per `k` (one or two vector loads), which is
-//! what an outer-product register tile wants. The output is computed panel by panel into
-//! `[panels][tokens][NR]` and scattered to `[tokens, N]` with the bias.
+//! what an outer-product register tile wants. The threads share out (block of [`MC`] tokens,
+//! group of panels) tasks, each writing its own piece of a `[blocks][panels][tokens][NR]`
+//! buffer, which is then scattered to `[tokens, N]` with the bias.
 //!
 //! One file per instruction set, each with its own register tile: [`avx512`], [`avx2`],
 //! `neon` (aarch64 only) and [`portable`] (any CPU, and the reference of the tests).
@@ -46,6 +47,11 @@ pub const KC: usize = 256;
 /// Panels per parallel task: enough work to amortize a task, few enough to balance 2..16
 /// threads on the smallest projection (576 outputs = 18 panels of 32).
 const PANELS_PER_TASK: usize = 2;
+
+/// Tokens per parallel task (a token block): the block's `MC × KC` slice of `x` (128 KB)
+/// stays in L2 while the task's panels pass over it, where the whole of a 512-token `x`
+/// (1.2..3 MB) would be fetched from L3 again for every panel.
+const MC: usize = 128;
 
 /// The instruction set a GEMM runs with, from the fastest this CPU supports down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -184,30 +190,45 @@ pub fn gemm(
         return;
     }
     let (nr, isa) = (w.isa.nr(), w.isa);
-    // [panels][t][nr]: each task owns whole panels, so it writes one contiguous piece.
-    let mut tiles = vec![0.0f32; w.panels() * t * nr];
     let panel_len = k * nr;
-    tiles
-        .par_chunks_mut(PANELS_PER_TASK * t * nr)
-        .enumerate()
-        .for_each(|(task, tiles)| {
-            for (i, c) in tiles.chunks_exact_mut(t * nr).enumerate() {
-                let p = task * PANELS_PER_TASK + i;
-                panel_times_x(isa, c, x, &w.data[p * panel_len..][..panel_len], t, k);
-            }
-        });
-    // Scatter [panels][t][nr] → [t, n], adding the bias after the chain.
-    for (p, c) in tiles.chunks_exact(t * nr).enumerate() {
-        let cols = nr.min(n - p * nr);
-        for (row, tile_row) in out.chunks_exact_mut(n).zip(c.chunks_exact(nr)) {
-            let dst = &mut row[p * nr..][..cols];
-            match bias {
-                Some(b) => {
-                    for ((d, &v), &b) in dst.iter_mut().zip(tile_row).zip(&b[p * nr..]) {
-                        *d = v + b;
+    // Tasks are (token block, panel group) pairs. The result is laid out
+    // [token block][panel][block's tokens][nr], so each task owns one contiguous piece.
+    let mut tiles = vec![0.0f32; w.panels() * t * nr];
+    let mut tasks = Vec::new();
+    let mut rest = &mut tiles[..];
+    for t0 in (0..t).step_by(MC) {
+        let rows = MC.min(t - t0);
+        for p0 in (0..w.panels()).step_by(PANELS_PER_TASK) {
+            let panels = PANELS_PER_TASK.min(w.panels() - p0);
+            let (mine, tail) = rest.split_at_mut(panels * rows * nr);
+            tasks.push((t0, rows, p0, mine));
+            rest = tail;
+        }
+    }
+    tasks.into_par_iter().for_each(|(t0, rows, p0, c)| {
+        let x = &x[t0 * k..(t0 + rows) * k];
+        for (i, c) in c.chunks_exact_mut(rows * nr).enumerate() {
+            let panel = &w.data[(p0 + i) * panel_len..][..panel_len];
+            panel_times_x(isa, c, x, panel, rows, k);
+        }
+    });
+    // Scatter → [t, n], adding the bias after the chain.
+    let mut blocks = tiles.chunks(MC.min(t) * w.panels() * nr);
+    for (t0, block) in (0..t).step_by(MC).zip(&mut blocks) {
+        let rows = MC.min(t - t0);
+        for (p, c) in block.chunks_exact(rows * nr).enumerate() {
+            let cols = nr.min(n - p * nr);
+            let out_rows = out[t0 * n..(t0 + rows) * n].chunks_exact_mut(n);
+            for (row, tile_row) in out_rows.zip(c.chunks_exact(nr)) {
+                let dst = &mut row[p * nr..][..cols];
+                match bias {
+                    Some(b) => {
+                        for ((d, &v), &b) in dst.iter_mut().zip(tile_row).zip(&b[p * nr..]) {
+                            *d = v + b;
+                        }
                     }
+                    None => dst.copy_from_slice(&tile_row[..cols]),
                 }
-                None => dst.copy_from_slice(&tile_row[..cols]),
             }
         }
     }
