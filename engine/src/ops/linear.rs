@@ -12,6 +12,10 @@
 //! - prefill (many tokens) is bound by arithmetic: a tile of weight rows stays in L2 cache
 //!   while all tokens pass over it, two rows by four tokens at a time (eight accumulators of
 //!   eight lanes in AVX2 registers, two weight loads and four token loads per eight FMAs).
+//!
+//! The CPU backend no longer calls this kernel: it runs [`crate::backend::cpu_gemm`], which
+//! packs the weights into panels and keeps one FMA chain per output (the same promise, about
+//! twice as fast). This one stays as the unpacked, readable version of the idea.
 
 use rayon::prelude::*;
 
