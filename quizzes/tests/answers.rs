@@ -148,7 +148,13 @@ fn the_quizzes_cover_the_curriculum() {
         .count();
     assert!(total >= 10, "only {total} questions");
     assert!(checked >= 10, "only {checked} questions are checked");
-    for name in ["stage1.toml", "stage2.toml", "stage3.toml", "stage4.toml", "stage5.toml"] {
+    for name in [
+        "stage1.toml",
+        "stage2.toml",
+        "stage3.toml",
+        "stage4.toml",
+        "stage5.toml",
+    ] {
         assert!(
             quizzes
                 .iter()
