@@ -191,6 +191,9 @@ fn cuda_tensor_and_pipeline_parallel_match_cpu() {
     }
     let c = config(64); // 4 heads, 2 KV heads, 3 layers
     let cpu = run(&c, Device::Cpu, false, true);
+    // With a GPU per TP rank the all-reduces run on NCCL, else through the host.
+    let gpus = engine::distributed::rank_devices::gpu_count().unwrap();
+    eprintln!("{gpus} GPU(s): a TP group of at most {gpus} ranks all-reduces on NCCL, a larger one through the host");
     // TP 2 (a KV head each), TP 4 (KV heads replicated), PP 3 (a layer a stage), TP 2 × PP 2.
     for (tp, pp) in [(2, 1), (4, 1), (1, 3), (2, 2)] {
         let mut e = engine_config(Device::Cuda(0), false);

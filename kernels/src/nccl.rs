@@ -7,16 +7,17 @@
 //! One process, one thread, several GPUs: [`NcclGroup::new`] makes one communicator per GPU
 //! (`ncclCommInitAll`), and every collective call is issued for all of them between
 //! `ncclGroupStart` and `ncclGroupEnd`, as NCCL requires when one thread drives several ranks.
-//! Multi-process groups (one GPU per process, the unique id passed over TCP as
-//! `lab launch` bootstraps the CPU ranks) are not built yet.
+//! One thread (or process) per GPU: each rank makes its own communicator from a shared
+//! [`NcclId`] ([`NcclRank::new`], `ncclCommInitRank`), as the engine's tensor-parallel ranks
+//! do; every rank must call it before any returns.
 //!
 //! On the machines we use, set `NCCL_NVLS_ENABLE=0` before the first NCCL call (docs/gpu.md:
 //! NVLink SHARP multicast is not available to our containers); `scripts/gpu-check.sh` does.
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream};
-use cudarc::nccl::{result as nccl_result, Comm, ReduceOp};
+use cudarc::driver::{CudaSlice, CudaStream, CudaViewMut};
+use cudarc::nccl::{result as nccl_result, Comm, Id, ReduceOp};
 use half::bf16;
 
 use crate::error::{KernelError, Result};
@@ -98,5 +99,69 @@ impl NcclGroup {
         issued?;
         ended?;
         Ok(())
+    }
+}
+
+/// The id every rank of one group passes to [`NcclRank::new`] (`ncclUniqueId`: 128 bytes that
+/// name the group's rendezvous); made once, by one rank or by the process that starts them.
+#[derive(Debug, Clone, Copy)]
+pub struct NcclId(Id);
+
+impl NcclId {
+    pub fn new() -> Result<Self> {
+        nccl_available()?;
+        Id::new()
+            .map(NcclId)
+            .map_err(|e| nccl_error("ncclGetUniqueId", e))
+    }
+}
+
+/// One rank's NCCL communicator, on its GPU's stream: what a thread or process that drives
+/// one GPU holds.
+#[derive(Debug)]
+pub struct NcclRank {
+    comm: Comm,
+}
+
+// SAFETY: an NCCL communicator may be used from any thread as long as calls on it do not
+// overlap (NCCL's thread-safety rule); the rank's worker owns it and is the only caller, so
+// moving it to the thread that serves the rank is sound. cudarc leaves `Comm` !Send only
+// because it holds a raw pointer.
+unsafe impl Send for NcclRank {}
+
+impl NcclRank {
+    /// Rank `rank` of `world_size`, on `stream`'s GPU. Blocks until every rank of the group
+    /// has called it with the same `id`.
+    pub fn new(
+        stream: Arc<CudaStream>,
+        rank: usize,
+        world_size: usize,
+        id: NcclId,
+    ) -> Result<Self> {
+        nccl_available()?;
+        let comm = Comm::from_rank(stream, rank, world_size, id.0).map_err(|e| {
+            nccl_error(
+                "ncclCommInitRank (where NVLink SHARP is unavailable, set NCCL_NVLS_ENABLE=0)",
+                e,
+            )
+        })?;
+        Ok(NcclRank { comm })
+    }
+
+    /// `buf` becomes the element-wise sum of every rank's `buf`, in place, asynchronously on
+    /// the rank's stream (the kernels after it on that stream see the sum).
+    pub fn all_reduce_sum(&self, buf: &mut CudaViewMut<'_, bf16>) -> Result<()> {
+        let _span = tracing::trace_span!(
+            "collective",
+            op = "all_reduce",
+            backend = "nccl",
+            bytes = buf.len() * 2,
+            ranks = self.comm.world_size()
+        )
+        .entered();
+        self.comm
+            .all_reduce_in_place(buf, &ReduceOp::Sum)
+            .map(|_| ())
+            .map_err(|e| nccl_error("ncclAllReduce", e))
     }
 }

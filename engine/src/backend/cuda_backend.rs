@@ -21,6 +21,7 @@ use half::bf16;
 use kernels::cudarc::driver::sys::CUevent_flags;
 use kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream};
 use kernels::gemv::{Epilogue, Gemv, NormInput, RotaryCache};
+use kernels::nccl::NcclRank;
 use kernels::paged_attention::{max_partitions, DecodeShape, SplitKWorkspace};
 use kernels::prefill_attention::PrefillShape;
 use kernels::qkv_rotary_cache::QkvShape;
@@ -178,8 +179,15 @@ impl CudaBackend {
     /// One rank of a tensor-parallel group: the collectives go through `comm`, and the
     /// weights it is given must be this rank's shard. A group of more than one rank runs its
     /// steps eagerly: its collectives pass through the host, which a CUDA graph cannot hold.
-    pub fn with_communicator(mut self, comm: Box<dyn Communicator>) -> Self {
-        let comm = RankComm::new(comm);
+    ///
+    /// With `nccl` (this rank's communicator of the same group, on this backend's GPU) the
+    /// all-reduces run on NCCL instead of the host.
+    pub fn with_communicator(
+        mut self,
+        comm: Box<dyn Communicator>,
+        nccl: Option<NcclRank>,
+    ) -> Self {
+        let comm = RankComm::new(comm, nccl);
         if comm.world_size > 1 {
             self.capture_sizes = Vec::new();
         }
@@ -494,7 +502,7 @@ impl Backend for CudaBackend {
 
     fn all_reduce(&self, x: &mut CudaTensor) -> Result<()> {
         match self.group() {
-            Some(comm) => self.host_all_reduce(comm, x),
+            Some(comm) => self.group_all_reduce(comm, x),
             None => Ok(()),
         }
     }

@@ -1,41 +1,55 @@
 //! The CUDA backend as one rank of a tensor-parallel group: its collectives, and the
 //! vocabulary-parallel embedding.
 //!
-//! The collectives here go through a [`Communicator`] on the host: the rank's bf16 tensor is
-//! copied to the host, widened to f32, summed (or gathered) with the other ranks by the
-//! communicator (the CPU ring the book teaches, or TCP between processes), rounded back to
-//! bf16 and copied to the device. That is correct on any number of GPUs, one included (ranks
-//! may share a GPU), and slow: every all-reduce waits for the GPU and crosses PCIe twice, and a
-//! step that talks to the host cannot be recorded as a CUDA graph, so a backend with a group of
-//! more than one rank runs its steps eagerly. NCCL (`kernels::nccl`), which sums on the GPUs
-//! over NVLink inside the stream, is the fast path this stands in for until it is wired in.
+//! Two ways to sum. With NCCL (each rank of the group on a GPU of its own, libnccl present)
+//! the all-reduce after each row-parallel projection is `ncclAllReduce` in place on the
+//! rank's stream: the GPUs sum over NVLink while the host goes on launching, as vLLM's
+//! workers do. Otherwise the collectives go through the [`Communicator`] on the host: the
+//! rank's bf16 tensor is copied to the host, widened to f32, summed (or gathered) with the
+//! other ranks by the communicator (the CPU ring the book teaches, or TCP between processes),
+//! rounded back to bf16 and copied to the device. That is correct on any number of GPUs, one
+//! included (ranks may share a GPU), and slow: every all-reduce waits for the GPU and crosses
+//! PCIe twice. The logits' all-gather, once a step, always takes the host path.
 //!
-//! The sum is taken in f32 over each rank's bf16 partial result and rounded once, so a TP
-//! group's output differs from one GPU's in the last bits of bf16 (one GPU rounds the whole
-//! dot product once): greedy tokens agree with TP = 1 until two candidates are that close.
+//! A step that talks to the host cannot be recorded as a CUDA graph, so a backend with a group
+//! of more than one rank runs its steps eagerly.
+//!
+//! The sum adds each rank's bf16 partial result, so a TP group's output differs from one
+//! GPU's in the last bits of bf16 (one GPU rounds the whole dot product once): greedy tokens
+//! agree with TP = 1 until two candidates are that close.
 
 use std::sync::Mutex;
+
+use kernels::nccl::NcclRank;
 
 use super::cuda_backend::{kernel, CudaBackend};
 use super::cuda_step::CudaStepMetadata;
 use super::cuda_tensor::CudaTensor;
 use super::{Backend, BackendError, Result};
-use crate::distributed::{CommStats, Communicator};
+use crate::distributed::{CommOp, CommStats, Communicator};
 
 /// This rank's end of its group, and `(rank, world_size)` read without the lock.
 pub struct RankComm {
     /// A mutex because the communicator's calls take `&mut` and the backend's ops `&self`;
     /// only this rank's thread ever takes it.
     comm: Mutex<Box<dyn Communicator>>,
+    /// The group's NCCL communicator, when its ranks have a GPU each (a mutex for the same
+    /// reason: NCCL's calls on one communicator must not overlap).
+    nccl: Option<Mutex<NcclRank>>,
+    /// The NCCL calls' counts: bytes as a ring sends them, no time (the call returns before
+    /// the GPUs have summed; timing it would need events around each call).
+    nccl_stats: Mutex<CommStats>,
     pub rank: usize,
     pub world_size: usize,
 }
 
 impl RankComm {
-    pub fn new(comm: Box<dyn Communicator>) -> Self {
+    pub fn new(comm: Box<dyn Communicator>, nccl: Option<NcclRank>) -> Self {
         let (rank, world_size) = (comm.rank(), comm.world_size());
         RankComm {
             comm: Mutex::new(comm),
+            nccl: nccl.map(Mutex::new),
+            nccl_stats: Mutex::new(CommStats::default()),
             rank,
             world_size,
         }
@@ -47,15 +61,40 @@ impl RankComm {
         f(comm.as_mut())
     }
 
+    /// The host communicator's counts, with the NCCL calls' added.
     pub fn stats(&self) -> CommStats {
-        self.with(|c| c.stats().clone())
+        let mut stats = self.with(|c| c.stats().clone());
+        stats.merge(&self.nccl_stats.lock().unwrap_or_else(|p| p.into_inner()));
+        stats
+    }
+
+    /// Whether the all-reduces run on NCCL.
+    pub fn uses_nccl(&self) -> bool {
+        self.nccl.is_some()
     }
 }
 
 impl CudaBackend {
-    /// `x` (`[t, c]`, bf16) becomes the sum of every rank's `x`, through the host.
-    pub(super) fn host_all_reduce(&self, comm: &RankComm, x: &mut CudaTensor) -> Result<()> {
+    /// `x` (`[t, c]`, bf16) becomes the sum of every rank's `x`: on NCCL when the group has
+    /// it, else through the host.
+    pub(super) fn group_all_reduce(&self, comm: &RankComm, x: &mut CudaTensor) -> Result<()> {
         let _span = tracing::trace_span!("kernel", op = "all_reduce").entered();
+        if let Some(nccl) = &comm.nccl {
+            let bytes = (x.rows * x.cols * 2) as u64;
+            let nccl = nccl.lock().unwrap_or_else(|p| p.into_inner());
+            let result = nccl.all_reduce_sum(&mut x.view_bf16_mut("all_reduce")?);
+            let n = comm.world_size as u64;
+            let mut stats = comm.nccl_stats.lock().unwrap_or_else(|p| p.into_inner());
+            let sent = 2 * (n - 1) * bytes / n;
+            stats.record(
+                CommOp::AllReduce,
+                bytes,
+                sent,
+                Default::default(),
+                result.is_err(),
+            );
+            return result.map_err(kernel("all_reduce"));
+        }
         let (rows, cols) = (x.rows, x.cols);
         let mut host = self.download(x)?;
         comm.with(|c| c.all_reduce_sum(&mut host))?;

@@ -126,6 +126,8 @@ pub(super) fn join_launch(
     let spec = RankSpec {
         world_rank: groups.world_rank,
         device: rank_device(engine.device, groups.world_rank, num_gpus),
+        // Processes sum through the host for now: NCCL's id would travel in the bootstrap.
+        nccl_id: None,
         shard: TpShard {
             rank: groups.tp_rank,
             size: layout.tp,

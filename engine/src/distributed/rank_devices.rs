@@ -12,6 +12,7 @@
 //! smallest over the GPUs is the number of blocks, since every rank holds every block.
 
 use kernels::cudarc::driver::CudaContext;
+use kernels::nccl::{nccl_available, NcclId};
 
 use super::memory_model::{
     kv_bytes_per_token_per_gpu, layers_per_stage, stage_weight_bytes_per_gpu,
@@ -29,6 +30,41 @@ pub fn rank_device(device: Device, rank: usize, num_gpus: usize) -> Device {
         Device::Cuda(first) => Device::Cuda((first + rank) % num_gpus.max(1)),
         other => other,
     }
+}
+
+/// One NCCL id per pipeline stage's TP group when every group has its ranks on distinct GPUs
+/// and NCCL is installed; `None`s (the host path) otherwise, with the reason in the log.
+pub fn nccl_ids(
+    device: Device,
+    layout: RankLayout,
+    num_gpus: usize,
+) -> Result<Vec<Option<NcclId>>> {
+    let none = vec![None; layout.pp];
+    let Device::Cuda(_) = device else {
+        return Ok(none);
+    };
+    if layout.tp < 2 {
+        return Ok(none);
+    }
+    if num_gpus < layout.tp {
+        tracing::info!(
+            tp = layout.tp,
+            num_gpus,
+            "fewer GPUs than TP ranks: ranks share GPUs and all-reduce through the host"
+        );
+        return Ok(none);
+    }
+    if let Err(e) = nccl_available() {
+        tracing::info!(%e, "no NCCL: all-reduces go through the host");
+        return Ok(none);
+    }
+    (0..layout.pp)
+        .map(|_| {
+            NcclId::new()
+                .map(Some)
+                .map_err(|e| EngineError::Internal(e.to_string()))
+        })
+        .collect()
 }
 
 /// GPUs this process sees. Call only once a GPU is known to be there (`Device::resolve`).

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::comm_stats::CommStats;
+use super::communicator::Communicator;
 use super::cpu_communicator::CpuCommunicator;
 use super::pipeline_schedule::ExecutedItem;
 use super::pipeline_stage::{run_micro_batches, StageLink};
@@ -34,6 +35,7 @@ use crate::sampling_params::SamplingParams;
 use crate::sequence::SeqId;
 use crate::worker::cache_engine::kv_cache_bytes_per_block;
 use crate::worker::model_runner::{ModelRunner, PrepareInputsFn};
+use kernels::nccl::{NcclId, NcclRank};
 
 /// What the driver asks of every rank.
 #[derive(Debug, Clone)]
@@ -156,6 +158,9 @@ pub struct RankSpec {
     pub world_rank: usize,
     /// Where its model runs: the CPU, or its GPU.
     pub device: Device,
+    /// Its TP group's NCCL id, when the group's ranks each have a GPU of their own (the
+    /// all-reduces then run on NCCL; see `backend::cuda_tensor_parallel`).
+    pub nccl_id: Option<NcclId>,
     pub shard: TpShard,
     pub stage: PpStage,
     /// Its stage's TP group.
@@ -288,6 +293,7 @@ impl RankWorker {
 fn build_runner(spec: RankSpec) -> Result<RankRunner> {
     let RankSpec {
         device,
+        nccl_id,
         comm,
         shard,
         stage,
@@ -310,7 +316,13 @@ fn build_runner(spec: RankSpec) -> Result<RankRunner> {
         // Graphs stay off: the rank's collectives pass through the host (see
         // `backend::cuda_tensor_parallel`).
         Device::Cuda(ordinal) => {
-            RankRunner::Cuda(rank.build(CudaBackend::new(ordinal)?.with_communicator(comm))?)
+            let backend = CudaBackend::new(ordinal)?;
+            let (tp_rank, tp) = (comm.rank(), comm.world_size());
+            let nccl = nccl_id
+                .map(|id| NcclRank::new(backend.stream().clone(), tp_rank, tp, id))
+                .transpose()
+                .map_err(|e| EngineError::Internal(format!("NCCL for tensor parallelism: {e}")))?;
+            RankRunner::Cuda(rank.build(backend.with_communicator(comm, nccl))?)
         }
         Device::Cpu | Device::Auto => {
             RankRunner::Cpu(rank.build(CpuBackend::with_communicator(parts.kernels, comm))?)

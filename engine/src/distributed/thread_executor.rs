@@ -49,7 +49,7 @@ use super::control_messages::{decode_reply, encode_command};
 use super::parallel_state::{build_groups, RankLayout};
 use super::pipeline_schedule::ExecutedSchedule;
 use super::pipeline_stage::{StageLink, StageTimes};
-use super::rank_devices::rank_device;
+use super::rank_devices::{nccl_ids, rank_device};
 use super::rank_worker::{Command, Geometry, RankParts, RankSpec, RankWorker, Reply};
 use super::step_delta::StepEncoder;
 use super::wire::{read_frame, write_frame};
@@ -110,6 +110,7 @@ impl ThreadExecutor {
         let world = layout.world_size();
         let timeout = engine.parallel.collective_timeout;
         let (geometry, num_gpus) = Geometry::for_device(&config, engine, layout)?;
+        let nccl_ids = nccl_ids(engine.device, layout, num_gpus)?;
         let weights = Arc::new(weights);
         let micro_batches = engine.parallel.pipeline_micro_batches.unwrap_or(layout.pp);
         // Per TP slice, a channel per stage boundary for the pipeline's ticks.
@@ -130,6 +131,7 @@ impl ThreadExecutor {
                 RankHandle::Thread(Box::new(RankSpec {
                     world_rank: groups.world_rank,
                     device: rank_device(engine.device, r, num_gpus),
+                    nccl_id: nccl_ids[groups.pp_rank],
                     shard: TpShard {
                         rank: groups.tp_rank,
                         size: tp,
