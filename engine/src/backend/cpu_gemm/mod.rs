@@ -95,6 +95,7 @@ impl Isa {
     }
 
     /// Every instruction set this CPU can run, best first (the tests run them all).
+    #[allow(clippy::vec_init_then_push)] // which pushes there are depends on the target
     pub fn available() -> Vec<Isa> {
         let mut isas = Vec::new();
         #[cfg(target_arch = "x86_64")]
