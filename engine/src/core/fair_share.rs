@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use super::scheduling_policy::SchedulingPolicy;
 use crate::error::EngineError;
-use crate::sequence::Sequence;
+use crate::sequence::{SeqId, Sequence};
 
 // ANCHOR: tenant_shares
 /// Weights, virtual times and active request counts of the tenants (shared by
@@ -75,7 +75,8 @@ impl TenantShares {
 
     pub fn serve(&mut self, tenant: &str, num_tokens: usize) {
         let w = self.weight(tenant);
-        *self.virtual_time.entry(tenant.to_string()).or_default() += num_tokens as f64 / w;
+        let vt = self.virtual_time.entry(tenant.to_string()).or_default();
+        *vt = advance_virtual_time(*vt, num_tokens, w);
     }
 
     pub fn finish(&mut self, tenant: &str) {
@@ -97,6 +98,23 @@ impl TenantShares {
 }
 // ANCHOR_END: tenant_shares
 
+// ANCHOR: fair_order
+/// A tenant's virtual time `vt` after it is given `num_tokens` more tokens at weight
+/// `weight` (> 0): each token costs `1 / weight`, so a tenant of weight 2 can take twice the
+/// tokens of a tenant of weight 1 before its virtual time has moved as far.
+pub fn advance_virtual_time(vt: f64, num_tokens: usize, weight: f64) -> f64 {
+    vt + num_tokens as f64 / weight
+}
+
+/// Fair-share order of two requests, each given as (its tenant's virtual time, its id):
+/// `Less` when `a` goes first. The tenant further behind first; between equal virtual times
+/// the earlier arrival (ids are handed out in arrival order), so the order is total and two
+/// requests are `Equal` only when they are the same request.
+pub fn fair_order(a: (f64, SeqId), b: (f64, SeqId)) -> Ordering {
+    a.0.total_cmp(&b.0).then(a.1.cmp(&b.1))
+}
+// ANCHOR_END: fair_order
+
 /// Tenants by virtual time, then arrival.
 #[derive(Debug, Clone, Default)]
 pub struct FairShare {
@@ -113,7 +131,8 @@ impl FairShare {
 
 impl SchedulingPolicy for FairShare {
     fn compare(&self, a: &Sequence, b: &Sequence) -> Ordering {
-        self.shares.compare(a, b).then(a.seq_id.cmp(&b.seq_id))
+        let key = |s: &Sequence| (self.shares.virtual_time(&s.params.tenant), s.seq_id);
+        fair_order(key(a), key(b))
     }
 
     fn name(&self) -> &'static str {

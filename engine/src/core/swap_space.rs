@@ -17,6 +17,7 @@ use super::block::{blocks_needed, BlockId};
 use super::block_allocator::{BlockAllocator, RefCountingAllocator};
 use super::block_manager::BlockManager;
 use super::id_hash::IdHashMap;
+use super::preemption::PreemptionMode;
 use crate::sequence::SeqId;
 
 // ANCHOR: block_copy
@@ -48,6 +49,63 @@ impl SwapOps {
     }
 }
 
+// ANCHOR: swap_mapping
+/// The host side of a swap-out: pairs each block of the victim's `device_table`, in table
+/// order, with a fresh block of `host` (its one owner). All or nothing: `None`, taking no
+/// block, when `host` has fewer free blocks than the table is long.
+pub fn swap_out_copies(
+    host: &mut dyn BlockAllocator,
+    device_table: &[BlockId],
+) -> Option<Vec<BlockCopy>> {
+    if device_table.len() > host.num_free_blocks() {
+        return None;
+    }
+    let copies = device_table
+        .iter()
+        .map(|&device| BlockCopy {
+            device,
+            host: host.allocate().expect("free count was checked"),
+        })
+        .collect();
+    Some(copies)
+}
+
+/// The host side of a swap-in: `host_table[i]` is copied into `device_table[i]` (the fresh
+/// device blocks the sequence got, position by position, so its block table reads in the
+/// same order as before the swap-out), and every host block is given back to `host`.
+/// Both tables have one block per position of the sequence's cache.
+pub fn swap_in_copies(
+    host: &mut dyn BlockAllocator,
+    host_table: &[BlockId],
+    device_table: &[BlockId],
+) -> Vec<BlockCopy> {
+    debug_assert_eq!(host_table.len(), device_table.len());
+    let copies = host_table
+        .iter()
+        .zip(device_table)
+        .map(|(&host, &device)| BlockCopy { device, host })
+        .collect();
+    for &block in host_table {
+        host.free(block);
+    }
+    copies
+}
+
+/// How a victim holding `victim_blocks` device blocks gives them back under `mode` when the
+/// swap space has `free_host_blocks` free: by swap only when the mode asks for it and every
+/// block gets a host block; by recompute otherwise (a swap never happens in part).
+pub fn preemption_choice(
+    mode: PreemptionMode,
+    victim_blocks: usize,
+    free_host_blocks: usize,
+) -> PreemptionMode {
+    match mode {
+        PreemptionMode::Swap if victim_blocks <= free_host_blocks => PreemptionMode::Swap,
+        _ => PreemptionMode::Recompute,
+    }
+}
+// ANCHOR_END: swap_mapping
+
 /// Host blocks and the swapped-out sequences' tables over them.
 pub struct SwapSpace {
     allocator: RefCountingAllocator,
@@ -69,17 +127,7 @@ impl SwapSpace {
     /// blocks go back to `blocks`. Returns the copies to make, or `None`, changing nothing,
     /// when the free host blocks are too few.
     pub fn swap_out(&mut self, blocks: &mut BlockManager, seq: SeqId) -> Option<Vec<BlockCopy>> {
-        let table = blocks.block_table(seq).to_vec();
-        if table.len() > self.allocator.num_free_blocks() {
-            return None;
-        }
-        let copies: Vec<BlockCopy> = table
-            .iter()
-            .map(|&device| BlockCopy {
-                device,
-                host: self.allocator.allocate().expect("free count was checked"),
-            })
-            .collect();
+        let copies = swap_out_copies(&mut self.allocator, blocks.block_table(seq))?;
         self.tables
             .insert(seq, copies.iter().map(|c| c.host).collect());
         blocks.free(seq);
@@ -102,16 +150,12 @@ impl SwapSpace {
         if !blocks.block_table(seq).is_empty() || !blocks.allocate_slots(seq, num_tokens) {
             return None;
         }
-        let device = blocks.block_table(seq);
-        let copies = host
-            .iter()
-            .zip(device)
-            .map(|(&host, &device)| BlockCopy { device, host })
-            .collect();
-        for block in self.tables.remove(&seq).expect("looked up above") {
-            self.allocator.free(block);
-        }
-        Some(copies)
+        let host = self.tables.remove(&seq).expect("looked up above");
+        Some(swap_in_copies(
+            &mut self.allocator,
+            &host,
+            blocks.block_table(seq),
+        ))
     }
     // ANCHOR_END: swap_in
 

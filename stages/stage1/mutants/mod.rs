@@ -7,8 +7,10 @@
 //! `INFERENCE_LAB_MUTANT=<name> cargo test -p stage1 --features mutants --test <test>`.
 
 pub mod block_allocator;
+pub mod fair_share;
 pub mod preemption;
 pub mod scheduler;
+pub mod swap_space;
 
 /// Whether the mutant `name` is selected (`INFERENCE_LAB_MUTANT=name`).
 pub fn active(name: &str) -> bool {

@@ -1,13 +1,18 @@
 //! # Stage 1: the scheduler
 //!
 //! Each step the engine asks the scheduler "who runs, and how many tokens each?". You write
-//! the three pieces behind the answer, in this order:
+//! the pieces behind the answer, in this order:
 //!
 //! ```text
 //! 1. block_allocator   RefCountingAllocator   hands out KV blocks, counts their owners
 //! 2. preemption        Fcfs, select_victim,   who matters least, and how to send a
 //!                      preempt                running sequence back to the waiting queue
 //! 3. scheduler         schedule               one step's batch under a token budget
+//! 4. swap_space        swap_out_copies,       preemption by swap: host blocks for a
+//!                      swap_in_copies,        victim's cache and back, or recompute
+//!                      preemption_choice      when it does not fit
+//! 5. fair_share        advance_virtual_time,  which tenant's request goes next
+//!                      fair_order
 //! ```
 //!
 //! Data flow, with your code in brackets:
@@ -33,8 +38,10 @@
 )]
 
 pub mod block_allocator;
+pub mod fair_share;
 pub mod preemption;
 pub mod scheduler;
+pub mod swap_space;
 
 // Maintainers only: plausible wrong solutions that `cargo xtask check` proves the tests catch.
 #[cfg(feature = "mutants")]

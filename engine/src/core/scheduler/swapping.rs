@@ -5,6 +5,7 @@ use super::Scheduler;
 use crate::core::block::blocks_needed;
 use crate::core::preemption::{PreemptionMode, VictimSelection};
 use crate::core::scheduler_output::SchedulerOutput;
+use crate::core::swap_space::preemption_choice;
 use crate::sequence::{SeqId, SequenceStatus};
 
 impl Scheduler {
@@ -37,8 +38,9 @@ impl Scheduler {
     /// Preempts `victim` by swap when the mode says so and its blocks fit the swap space,
     /// by recompute otherwise (a swap that does not fit falls back, and says so in the log).
     pub fn preempt_victim(&mut self, victim: SeqId, out: &mut SchedulerOutput) {
-        if self.preemption.mode == PreemptionMode::Swap {
-            let blocks = self.block_manager.block_table(victim).len();
+        let blocks = self.block_manager.block_table(victim).len();
+        let free_host = self.swap_space.num_free_blocks();
+        if preemption_choice(self.preemption.mode, blocks, free_host) == PreemptionMode::Swap {
             let _span = tracing::debug_span!("swap_out", seq = victim.0, blocks).entered();
             if let Some(copies) = self.swap_space.swap_out(&mut self.block_manager, victim) {
                 self.running.retain(|&r| r != victim);
@@ -53,6 +55,8 @@ impl Scheduler {
                 self.swaps.swapped_out.push(victim);
                 return;
             }
+        }
+        if self.preemption.mode == PreemptionMode::Swap {
             tracing::info!(
                 seq = victim.0,
                 blocks,
@@ -76,7 +80,7 @@ impl Scheduler {
             };
             let seq = &self.seqs[&id];
             let computed = seq.num_computed_tokens;
-            let num_new = super::running_chunk(seq.num_uncomputed_tokens(), budget);
+            let num_new = super::running_chunk(seq.num_uncomputed_tokens(), budget, &self.config);
             let total = computed + num_new;
             let block_size = self.block_manager.block_size();
             // All or nothing: blocks for the copied-back tokens and the new ones, or wait.
