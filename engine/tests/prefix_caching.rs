@@ -22,6 +22,7 @@ fn scheduler(num_blocks: usize, budget: usize) -> Scheduler {
         max_num_seqs: 8,
         max_num_batched_tokens: budget,
         enable_chunked_prefill: true,
+        ..SchedulerConfig::default()
     };
     let bm = BlockManager::new(BS, Box::new(RefCountingAllocator::new(num_blocks)))
         .with_prefix_caching(true);

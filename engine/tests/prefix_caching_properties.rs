@@ -153,6 +153,7 @@ fn simulate(w: &Workload, prefix_caching: bool) -> (Vec<Vec<u32>>, usize) {
         max_num_seqs: w.max_num_seqs,
         max_num_batched_tokens: w.budget,
         enable_chunked_prefill: w.chunked,
+        ..SchedulerConfig::default()
     };
     let bm = BlockManager::new(
         w.block_size,

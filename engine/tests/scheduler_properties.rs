@@ -93,6 +93,7 @@ fn run(w: &Workload) {
         max_num_seqs: w.max_num_seqs,
         max_num_batched_tokens: w.budget,
         enable_chunked_prefill: w.chunked,
+        ..SchedulerConfig::default()
     };
     let bm = BlockManager::new(
         w.block_size,
@@ -197,6 +198,7 @@ fn out_of_blocks_preempts_the_latest_arrival() {
         max_num_seqs: 8,
         max_num_batched_tokens: 64,
         enable_chunked_prefill: true,
+        ..SchedulerConfig::default()
     };
     let bm = BlockManager::new(4, Box::new(RefCountingAllocator::new(4)));
     let mut s = Scheduler::new(config, Box::new(Fcfs), bm, vec![], 16);

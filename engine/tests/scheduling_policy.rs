@@ -20,6 +20,7 @@ fn scheduler(policy: &str, weights: &[(String, f64)], max_num_seqs: usize) -> Sc
         max_num_seqs,
         max_num_batched_tokens: 64,
         enable_chunked_prefill: true,
+        ..SchedulerConfig::default()
     };
     let bm = BlockManager::new(4, Box::new(RefCountingAllocator::new(256)));
     let policy = policy_from_name(policy, weights).expect("known policy");

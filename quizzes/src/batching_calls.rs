@@ -76,6 +76,7 @@ fn scheduler(
         max_num_seqs,
         max_num_batched_tokens: budget,
         enable_chunked_prefill: true,
+        ..SchedulerConfig::default()
     };
     let blocks = BlockManager::new(block_size, Box::new(RefCountingAllocator::new(num_blocks)))
         .with_prefix_caching(prefix_caching);

@@ -115,6 +115,7 @@ fn scheduler(block_size: usize, num_blocks: usize, budget: usize) -> Scheduler {
         max_num_seqs: 256,
         max_num_batched_tokens: budget,
         enable_chunked_prefill: true,
+        ..SchedulerConfig::default()
     };
     let blocks = BlockManager::new(block_size, Box::new(RefCountingAllocator::new(num_blocks)));
     Scheduler::new(config, Box::new(Fcfs), blocks, vec![], usize::MAX)

@@ -32,6 +32,7 @@ fn scheduler_with(
         max_num_seqs: 64,
         max_num_batched_tokens: budget,
         enable_chunked_prefill: true,
+        ..SchedulerConfig::default()
     };
     let blocks = BlockManager::new(block_size, Box::new(RefCountingAllocator::new(num_blocks)));
     Scheduler::new(config, policy, blocks, vec![], block_size * num_blocks)

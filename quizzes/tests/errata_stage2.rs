@@ -19,6 +19,7 @@ fn scheduler(budget: usize, max_num_seqs: usize) -> Scheduler {
         max_num_seqs,
         max_num_batched_tokens: budget,
         enable_chunked_prefill: true,
+        ..SchedulerConfig::default()
     };
     let blocks = BlockManager::new(16, Box::new(RefCountingAllocator::new(100_000)));
     Scheduler::new(config, Box::new(Fcfs), blocks, vec![], usize::MAX)

@@ -36,6 +36,26 @@ pub struct SchedulerConfig {
     pub max_num_batched_tokens: usize,
     /// Let a prompt be split over steps when it does not fit the remaining budget.
     pub enable_chunked_prefill: bool,
+    /// When above 0, one sequence's prefill chunk is at most this many tokens per step
+    /// (vLLM's `long_prefill_token_threshold`), so that one long prompt cannot take the whole
+    /// budget while shorter prompts behind it wait for their first token. 0 (the default)
+    /// leaves a chunk all the budget left. As in vLLM V1 the cap applies with chunked
+    /// prefill off too: a prompt longer than the threshold is then computed in chunks of the
+    /// threshold (the cap is itself a chunking), and each such chunk, like a whole prompt
+    /// shorter than the threshold, waits for a step with room for all of it. A threshold of `max_num_batched_tokens` or more changes
+    /// nothing. Decodes (1 token) are never affected.
+    pub long_prefill_token_threshold: usize,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        SchedulerConfig {
+            max_num_seqs: 64,
+            max_num_batched_tokens: 2048,
+            enable_chunked_prefill: true,
+            long_prefill_token_threshold: 0,
+        }
+    }
 }
 
 /// How the model is split over ranks (vLLM's `ParallelConfig`).
@@ -103,11 +123,7 @@ impl Default for EngineConfig {
                 gpu_memory_utilization: 0.9,
                 enable_prefix_caching: true,
             },
-            scheduler: SchedulerConfig {
-                max_num_seqs: 64,
-                max_num_batched_tokens: 2048,
-                enable_chunked_prefill: true,
-            },
+            scheduler: SchedulerConfig::default(),
             // The library runs where it is told; `lab` defaults to `--device auto`.
             device: Device::Cpu,
             cuda_graphs: true,

@@ -151,7 +151,7 @@ impl Scheduler {
         while i < self.running.len() && budget > 0 {
             let id = self.running[i];
             let seq = &self.seqs[&id];
-            let num_new = running_chunk(seq.num_uncomputed_tokens(), budget);
+            let num_new = running_chunk(seq.num_uncomputed_tokens(), budget, &self.config);
             let total = seq.num_computed_tokens + num_new;
             loop {
                 if self.block_manager.allocate_slots(id, total) {

@@ -19,6 +19,7 @@ fn config() -> SchedulerConfig {
         max_num_seqs: 64,
         max_num_batched_tokens: 1024,
         enable_chunked_prefill: true,
+        ..SchedulerConfig::default()
     }
 }
 

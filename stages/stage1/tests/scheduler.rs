@@ -49,6 +49,7 @@ fn workload() -> impl Strategy<Value = Workload> {
                     max_num_seqs,
                     max_num_batched_tokens: budget,
                     enable_chunked_prefill: chunked,
+                    ..SchedulerConfig::default()
                 };
                 (
                     Just((block_size, num_blocks, config, policy)),
@@ -125,6 +126,7 @@ fn config(max_num_batched_tokens: usize, enable_chunked_prefill: bool) -> Schedu
         max_num_seqs: 4,
         max_num_batched_tokens,
         enable_chunked_prefill,
+        ..SchedulerConfig::default()
     }
 }
 

@@ -5,14 +5,26 @@ use engine::core::batch_composer::{self as reference, BatchPlan};
 
 use super::{active, any_active};
 
-const MUTANTS: [&str; 6] = [
+const MUTANTS: [&str; 7] = [
     "compose_prefill_first",
     "compose_fit_off_by_one",
     "compose_seats_off_by_one",
     "compose_skips_waiting_that_waits",
     "compose_chunks_without_chunked_prefill",
     "compose_running_ignore_budget_end",
+    "compose_ignores_long_prefill_threshold",
 ];
+
+/// The tokens one sequence may take before the budget: capped by the long-prefill threshold,
+/// unless that rule is the one broken.
+fn capped(uncomputed: usize, config: &SchedulerConfig) -> usize {
+    let threshold = config.long_prefill_token_threshold;
+    if threshold == 0 || active("compose_ignores_long_prefill_threshold") {
+        uncomputed
+    } else {
+        uncomputed.min(threshold)
+    }
+}
 
 /// The engine's composer, or a copy of it with one rule broken.
 pub fn compose_batch(config: &SchedulerConfig, running: &[usize], waiting: &[usize]) -> BatchPlan {
@@ -24,7 +36,7 @@ pub fn compose_batch(config: &SchedulerConfig, running: &[usize], waiting: &[usi
     let admit = |plan: &mut BatchPlan, budget: &mut usize| {
         let mut i = 0;
         while i < waiting.len() {
-            let uncomputed = waiting[i];
+            let uncomputed = capped(waiting[i], config);
             let seats_taken = running.len() + plan.waiting.len();
             let seats_full = if active("compose_seats_off_by_one") {
                 seats_taken > config.max_num_seqs
@@ -61,7 +73,7 @@ pub fn compose_batch(config: &SchedulerConfig, running: &[usize], waiting: &[usi
         if budget == 0 && !active("compose_running_ignore_budget_end") {
             break;
         }
-        let n = uncomputed.min(budget);
+        let n = capped(uncomputed, config).min(budget);
         plan.running.push(n);
         budget -= n;
     }

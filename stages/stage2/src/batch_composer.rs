@@ -21,6 +21,11 @@
 //!   forever).
 //! - Admission **stops** at the first waiting sequence that must wait: the ones behind it
 //!   are not tried (that would let later requests overtake it, step after step).
+//! - **Long-prefill threshold.** When `long_prefill_token_threshold` is above 0, no sequence
+//!   (running or waiting) gets more than that many tokens in one step, whatever budget is
+//!   left: read "uncomputed" above as `min(uncomputed, threshold)`. This applies with
+//!   chunked prefill off too (a prompt longer than the threshold then runs in chunks of the
+//!   threshold). 0 means no cap.
 //!
 //! The tests put the same queues into the engine's `Scheduler`, with a cache large enough
 //! for everything, and compare your plan with the batch it schedules.
@@ -41,6 +46,8 @@ pub use engine::core::batch_composer::compose_batch;
 //   Stage 2 chapter (budget 512, four decodes, a 4096-token prompt) by hand first.
 // HINT: "would be cut" means "gets fewer tokens than it has uncomputed". A prompt of exactly
 //   the budget left is not cut.
+// HINT: apply the threshold first, to what a sequence asks for; the budget and the
+//   chunked-prefill rule then see the capped number.
 
 #[cfg(not(feature = "reference"))]
 // ANCHOR: stub

@@ -14,10 +14,21 @@ use proptest::prelude::*;
 use stage2::batch_composer::{compose_batch, BatchPlan};
 
 fn sched_config(max_num_seqs: usize, budget: usize, chunked: bool) -> SchedulerConfig {
+    with_threshold(max_num_seqs, budget, chunked, 0)
+}
+
+/// `sched_config` with a long-prefill threshold (0 is off).
+fn with_threshold(
+    max_num_seqs: usize,
+    budget: usize,
+    chunked: bool,
+    threshold: usize,
+) -> SchedulerConfig {
     SchedulerConfig {
         max_num_seqs,
         max_num_batched_tokens: budget,
         enable_chunked_prefill: chunked,
+        long_prefill_token_threshold: threshold,
     }
 }
 
@@ -84,15 +95,17 @@ proptest! {
         max_num_seqs in 1usize..10,
         budget in 1usize..80,
         chunked in any::<bool>(),
+        threshold in prop_oneof![Just(0usize), 1usize..100],
         running in prop::collection::vec(uncomputed(), 0..8),
         waiting in prop::collection::vec(1usize..120, 0..8),
     ) {
-        let config = sched_config(max_num_seqs, budget, chunked);
+        let config = with_threshold(max_num_seqs, budget, chunked, threshold);
         prop_assert_eq!(
             compose_batch(&config, &running, &waiting),
             engine_plan(config, &running, &waiting),
-            "max_num_seqs {}, budget {}, chunked prefill {}, running {:?}, waiting {:?}",
-            max_num_seqs, budget, chunked, running, waiting
+            "max_num_seqs {}, budget {}, chunked prefill {}, threshold {}, running {:?}, \
+             waiting {:?}",
+            max_num_seqs, budget, chunked, threshold, running, waiting
         );
     }
 }
@@ -182,6 +195,43 @@ fn seats_are_counted_with_the_running_sequences() {
     );
     let full = sched_config(2, 100, true);
     assert!(compose_batch(&full, &[1, 1], &[4]).waiting.is_empty());
+}
+
+/// With a long-prefill threshold, one prompt's chunk is capped, so the budget it leaves
+/// reaches the prompt behind it: the chapter's example with a threshold of 256.
+#[test]
+fn the_long_prefill_threshold_caps_a_chunk() {
+    let config = with_threshold(16, 512, true, 256);
+    let plan = compose_batch(&config, &[1, 1, 1, 1], &[4096, 300]);
+    assert_eq!(
+        plan.running,
+        vec![1, 1, 1, 1],
+        "a decode is below any threshold"
+    );
+    assert_eq!(
+        plan.waiting,
+        vec![256, 252],
+        "the 4096-token prompt gets 256, the 300-token one the 252 left"
+    );
+    // A running prompt's next chunk is capped too.
+    let plan = compose_batch(&with_threshold(16, 100, true, 30), &[80, 1], &[50]);
+    assert_eq!(plan.running, vec![30, 1]);
+    assert_eq!(plan.waiting, vec![30]);
+}
+
+/// With chunked prefill off the threshold still cuts a long prompt (as in vLLM V1), and the
+/// capped chunk, like a whole prompt, waits for a step with room for all of it.
+#[test]
+fn the_threshold_applies_without_chunked_prefill() {
+    let config = with_threshold(64, 64, false, 16);
+    assert_eq!(
+        compose_batch(&config, &[], &[100, 10]).waiting,
+        vec![16, 10]
+    );
+    assert!(
+        compose_batch(&config, &[1; 50], &[100]).waiting.is_empty(),
+        "16 tokens do not fit the 14 left"
+    );
 }
 
 /// Nothing to do: an empty plan.

@@ -100,6 +100,12 @@ pub struct ModelArgs {
     /// Token budget of one step (prefill chunks + decodes).
     #[arg(long, default_value_t = 2048)]
     pub max_num_batched_tokens: usize,
+    /// Cap one prompt's prefill chunk at N tokens per step (vLLM's
+    /// --long-prefill-token-threshold), so that a long prompt leaves budget for the prompts
+    /// behind it to reach their first token; 0 (the default) is no cap. Decodes are never
+    /// capped. It also cuts prompts longer than N when chunked prefill is off.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub long_prefill_token_threshold: usize,
     /// Where to run: cpu, cuda (cuda:N for GPU N), or auto (a GPU if one is usable, else the
     /// CPU).
     #[arg(long, default_value = "auto")]
@@ -160,6 +166,7 @@ impl ModelArgs {
         }
         c.scheduler.max_num_seqs = self.max_num_seqs;
         c.scheduler.max_num_batched_tokens = self.max_num_batched_tokens;
+        c.scheduler.long_prefill_token_threshold = self.long_prefill_token_threshold;
         c.device = self.device;
         c.cache.gpu_memory_utilization = self.gpu_memory_utilization;
         c.cuda_graphs = !self.enforce_eager;

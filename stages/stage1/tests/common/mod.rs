@@ -161,6 +161,7 @@ pub fn tight_config() -> EngineConfig {
             max_num_seqs: 4,
             max_num_batched_tokens: 40,
             enable_chunked_prefill: true,
+            ..SchedulerConfig::default()
         },
         ..EngineConfig::default()
     }

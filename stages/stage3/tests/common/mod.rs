@@ -35,6 +35,7 @@ pub fn mixed_batch_config() -> EngineConfig {
             max_num_seqs: 8,
             max_num_batched_tokens: 24,
             enable_chunked_prefill: true,
+            ..SchedulerConfig::default()
         },
         ..EngineConfig::default()
     }
