@@ -108,11 +108,31 @@ impl NcclGroup {
 pub struct NcclId(Id);
 
 impl NcclId {
+    /// Bytes in an id.
+    pub const LEN: usize = 128;
+
     pub fn new() -> Result<Self> {
         nccl_available()?;
         Id::new()
             .map(NcclId)
             .map_err(|e| nccl_error("ncclGetUniqueId", e))
+    }
+
+    /// The id as bytes, to send to ranks in other processes.
+    pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        self.0.internal().map(|c| c as u8)
+    }
+
+    /// An id received as bytes ([`NcclId::to_bytes`] on the rank that made it).
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let bytes: &[u8; Self::LEN] = bytes.try_into().map_err(|_| {
+            KernelError::Nccl(format!(
+                "an NCCL id is {} bytes, not {}",
+                Self::LEN,
+                bytes.len()
+            ))
+        })?;
+        Ok(NcclId(Id::uninit(bytes.map(|b| b as std::ffi::c_char))))
     }
 }
 
@@ -163,5 +183,20 @@ impl NcclRank {
             .all_reduce_in_place(buf, &ReduceOp::Sum)
             .map(|_| ())
             .map_err(|e| nccl_error("ncclAllReduce", e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An id crosses a process boundary as its 128 bytes (no NCCL call is needed to check it).
+    #[test]
+    fn an_id_round_trips_through_its_bytes() {
+        let bytes: Vec<u8> = (0..NcclId::LEN).map(|i| (i * 37 % 256) as u8).collect();
+        let id = NcclId::from_bytes(&bytes).unwrap();
+        assert_eq!(id.to_bytes().to_vec(), bytes);
+        let short = NcclId::from_bytes(&bytes[..100]).unwrap_err();
+        assert!(short.to_string().contains("128 bytes, not 100"), "{short}");
     }
 }

@@ -11,9 +11,10 @@
 //!    opened for its peers. Rank 0 checks that every rank came exactly once with the same
 //!    world, and answers each with a [`Welcome`]: its rank, the world size and layout, every
 //!    rank's address, and the bytes a collective library needs every rank to share before it
-//!    can build its communicator. That is where a future NCCL backend passes the 128-byte
-//!    `ncclUniqueId` from `ncclGetUniqueId` on rank 0 to every rank's `ncclCommInitRank`
-//!    ([`Welcome::unique_id`]); the CPU communicator needs none, so it is empty. This socket
+//!    can build its communicator. That is where rank 0 passes the 128-byte `ncclUniqueId`s
+//!    from `ncclGetUniqueId`, one per TP group, to every rank's `ncclCommInitRank`
+//!    ([`Shared::unique_id`]) when the ranks run on GPUs of their own; otherwise it is
+//!    empty (the CPU communicator needs none). This socket
 //!    stays open as the driver's control channel ([`ControlLink`]).
 //! 2. **Mesh.** For each group a rank is in (its stage's TP group, its slice's PP group, and
 //!    the tick channels to its neighbouring stages, see [`super::pipeline_stage`]), the higher
@@ -146,10 +147,22 @@ pub struct Welcome {
     pub layout: RankLayout,
     /// Every rank's listener, in rank order.
     pub addrs: Vec<SocketAddr>,
-    /// Bytes rank 0 shares with every rank before the communicators are built: a NCCL
-    /// backend's `ncclUniqueId` (128 bytes from `ncclGetUniqueId`, passed to every rank's
-    /// `ncclCommInitRank` with its rank and the world size). Empty for the CPU communicator.
+    /// What rank 0 decided for every rank.
+    pub shared: Shared,
+}
+
+/// What rank 0 decides for every rank before the communicators are built, so that no rank
+/// decides it alone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Shared {
+    /// Bytes a collective library needs on every rank: the `ncclUniqueId`s (128 bytes each
+    /// from `ncclGetUniqueId`, one per stage's TP group, passed to `ncclCommInitRank`) when
+    /// the ranks run on GPUs of their own. Empty for the host communicators.
     pub unique_id: Vec<u8>,
+    /// KV blocks every rank's cache holds: the scheduler on rank 0 hands out block ids that
+    /// every rank must have, so rank 0 sizes the cache once (each process measuring its own
+    /// GPU memory, while the others load, would not agree).
+    pub num_kv_blocks: usize,
 }
 
 /// Message kinds of the rendezvous (the first byte of each frame).
@@ -203,8 +216,9 @@ impl Welcome {
         w.usize(self.layout.tp).usize(self.layout.pp);
         w.usize(self.addrs.len());
         self.addrs.iter().for_each(|a| put_addr(&mut w, a));
-        w.usize(self.unique_id.len());
-        w.bytes.extend_from_slice(&self.unique_id);
+        w.usize(self.shared.unique_id.len());
+        w.bytes.extend_from_slice(&self.shared.unique_id);
+        w.usize(self.shared.num_kv_blocks);
         w.bytes
     }
 
@@ -226,13 +240,17 @@ impl Welcome {
         let unique_id = (0..k.min(1 << 16))
             .map(|_| r.u8())
             .collect::<io::Result<_>>()?;
+        let num_kv_blocks = r.usize()?;
         r.finish()?;
         Ok(Welcome {
             rank,
             world_size,
             layout,
             addrs,
-            unique_id,
+            shared: Shared {
+                unique_id,
+                num_kv_blocks,
+            },
         })
     }
 }
@@ -260,8 +278,8 @@ pub struct ProcessGroups {
     pub ticks_in: Option<Receiver<u64>>,
     pub ticks_out: Option<Sender<u64>>,
     pub control: ControlLink,
-    /// [`Welcome::unique_id`], for a backend that needs it.
-    pub unique_id: Vec<u8>,
+    /// What rank 0 decided for every rank ([`Welcome::shared`]).
+    pub shared: Shared,
 }
 
 /// A connection of the mesh: which group, which two ranks (in world numbering).
@@ -318,10 +336,14 @@ fn io_err(what: &str, e: impl std::fmt::Display) -> EngineError {
 
 /// Joins the launch as `spec` says, for a model split `layout`; every wait ends after
 /// `timeout` with an error.
+///
+/// `shared` is what rank 0 decides for every rank and hands them in its [`Welcome`]; the other
+/// ranks' argument is ignored, and they read rank 0's in the groups returned.
 pub fn bootstrap(
     spec: &LaunchSpec,
     layout: RankLayout,
     timeout: Duration,
+    shared: Shared,
 ) -> Result<ProcessGroups> {
     spec.validate()?;
     let world = spec.world_size();
@@ -340,7 +362,7 @@ pub fn bootstrap(
     let rank = spec.rank();
     let _span = tracing::info_span!("bootstrap", rank, world).entered();
     let (welcome, control, listener) = if rank == 0 {
-        rendezvous_as_master(spec, layout, deadline)?
+        rendezvous_as_master(spec, layout, deadline, shared)?
     } else {
         rendezvous_as_rank(spec, layout, deadline)?
     };
@@ -383,7 +405,7 @@ pub fn bootstrap(
         ticks_in,
         ticks_out,
         control,
-        unique_id: welcome.unique_id,
+        shared: welcome.shared,
     })
 }
 
@@ -392,6 +414,7 @@ fn rendezvous_as_master(
     spec: &LaunchSpec,
     layout: RankLayout,
     deadline: Instant,
+    shared: Shared,
 ) -> Result<(Welcome, ControlLink, TcpListener)> {
     let world = spec.world_size();
     let master = TcpListener::bind(spec.master).map_err(|e| {
@@ -446,7 +469,7 @@ fn rendezvous_as_master(
         world_size: world,
         layout,
         addrs: addrs.clone(),
-        unique_id: Vec::new(), // the NCCL backend's ncclUniqueId goes here
+        shared: shared.clone(),
     };
     for (rank, stream) in control.iter_mut().enumerate() {
         if let Some(stream) = stream {
@@ -589,7 +612,10 @@ mod tests {
             world_size: 4,
             layout,
             addrs: vec![listen; 4],
-            unique_id: vec![7; 128],
+            shared: Shared {
+                unique_id: vec![7; 128],
+                num_kv_blocks: 12345,
+            },
         };
         assert_eq!(Welcome::from_bytes(&welcome.to_bytes()).unwrap(), welcome);
         assert!(Welcome::from_bytes(&hello.to_bytes()).is_err());

@@ -23,12 +23,12 @@
 
 use std::sync::Arc;
 
-use super::bootstrap::{bootstrap, ControlLink, LaunchSpec};
+use super::bootstrap::{bootstrap, ControlLink, LaunchSpec, Shared};
 use super::comm_stats::CommStats;
 use super::parallel_state::RankLayout;
 use super::pipeline_schedule::ExecutedSchedule;
 use super::pipeline_stage::{StageLink, StageTimes};
-use super::rank_devices::rank_device;
+use super::rank_devices::{nccl_ids, rank_device};
 use super::rank_worker::{Geometry, RankParts, RankSpec};
 use super::step_delta::StepEncoder;
 use super::thread_executor::{RankHandle, ThreadExecutor};
@@ -44,6 +44,7 @@ use crate::model_source::ModelWeights;
 use crate::outputs::ModelRunnerOutput;
 use crate::sampling_params::SamplingParams;
 use crate::sequence::SeqId;
+use kernels::nccl::NcclId;
 
 /// The driver's executor: rank 0 of a launch (see the [module docs](self)).
 pub struct ProcessExecutor {
@@ -118,16 +119,39 @@ pub(super) fn join_launch(
         tp: engine.parallel.tensor_parallel_size,
         pp: engine.parallel.pipeline_parallel_size,
     };
-    let groups = bootstrap(spec, layout, engine.parallel.collective_timeout)?;
-    let (geometry, num_gpus) = Geometry::for_device(config, engine, layout)?;
+    // Rank 0 sizes the KV cache and makes the NCCL ids before anyone loads a weight (the
+    // others wait in the rendezvous), then hands both to every rank.
+    let shared = match spec.rank() {
+        0 => {
+            let (geometry, num_gpus) = Geometry::for_device(config, engine, layout)?;
+            let ids = nccl_ids(engine.device, layout, num_gpus, spec.nproc_per_node)?;
+            Shared {
+                unique_id: ids.iter().flatten().flat_map(|id| id.to_bytes()).collect(),
+                num_kv_blocks: geometry.num_kv_blocks,
+            }
+        }
+        _ => Shared::default(),
+    };
+    let groups = bootstrap(spec, layout, engine.parallel.collective_timeout, shared)?;
+    let mut engine = *engine;
+    engine.cache.num_kv_blocks = Some(groups.shared.num_kv_blocks);
+    let (geometry, num_gpus) = Geometry::for_device(config, &engine, layout)?;
+    // One id per stage's TP group, or none: the host path.
+    let nccl_id = groups
+        .shared
+        .unique_id
+        .chunks(NcclId::LEN)
+        .nth(groups.pp_rank)
+        .map(NcclId::from_bytes)
+        .transpose()
+        .map_err(|e| EngineError::Internal(format!("rank 0's NCCL id: {e}")))?;
     let link = groups
         .pp
         .map(|c| StageLink::new(c).with_ticks(groups.ticks_in, groups.ticks_out));
     let spec = RankSpec {
         world_rank: groups.world_rank,
         device: rank_device(engine.device, groups.world_rank, num_gpus),
-        // Processes sum through the host for now: NCCL's id would travel in the bootstrap.
-        nccl_id: None,
+        nccl_id,
         shard: TpShard {
             rank: groups.tp_rank,
             size: layout.tp,

@@ -34,10 +34,14 @@ pub fn rank_device(device: Device, rank: usize, num_gpus: usize) -> Device {
 
 /// One NCCL id per pipeline stage's TP group when every group has its ranks on distinct GPUs
 /// and NCCL is installed; `None`s (the host path) otherwise, with the reason in the log.
+/// `ranks_per_node` ranks share a node's `num_gpus` GPUs (all of them in one process; a
+/// launch's processes per node): a TP group's consecutive ranks land on distinct GPUs when
+/// the node has at least as many GPUs as the group has ranks there.
 pub fn nccl_ids(
     device: Device,
     layout: RankLayout,
     num_gpus: usize,
+    ranks_per_node: usize,
 ) -> Result<Vec<Option<NcclId>>> {
     let none = vec![None; layout.pp];
     let Device::Cuda(_) = device else {
@@ -46,7 +50,7 @@ pub fn nccl_ids(
     if layout.tp < 2 {
         return Ok(none);
     }
-    if num_gpus < layout.tp {
+    if num_gpus < layout.tp.min(ranks_per_node) {
         tracing::info!(
             tp = layout.tp,
             num_gpus,

@@ -110,7 +110,7 @@ impl ThreadExecutor {
         let world = layout.world_size();
         let timeout = engine.parallel.collective_timeout;
         let (geometry, num_gpus) = Geometry::for_device(&config, engine, layout)?;
-        let nccl_ids = nccl_ids(engine.device, layout, num_gpus)?;
+        let nccl_ids = nccl_ids(engine.device, layout, num_gpus, layout.world_size())?;
         let weights = Arc::new(weights);
         let micro_batches = engine.parallel.pipeline_micro_batches.unwrap_or(layout.pp);
         // Per TP slice, a channel per stage boundary for the pipeline's ticks.
