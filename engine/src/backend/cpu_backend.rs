@@ -20,7 +20,7 @@ pub use super::cpu_kernels::{
 };
 use std::sync::{Mutex, OnceLock};
 
-use super::cpu_gemm::{self, Isa, PackedWeight};
+use super::cpu_gemm::{self, Isa, PackedBlocks, PackedWeight};
 use super::cuda_step::is_decode;
 use super::swap_blocks::check_swap;
 use super::{Backend, BackendError, DType, HostData, HostKvBlocks, Result, SwapDirection};
@@ -39,6 +39,10 @@ pub struct CpuTensor {
     /// layer's weight (the engine's warm-up step, for a model's weights) and kept: weights
     /// are packed once, activations never.
     pub packed: OnceLock<PackedWeight>,
+    /// A weight kept in its GGUF blocks (Q8_0/Q4_1) instead of `data` (then empty): a linear
+    /// layer computes from the blocks ([`cpu_gemm::gemm_blocks`]), bitwise as from the
+    /// dequantized f32 matrix, reading about a quarter of the bytes.
+    pub blocks: Option<PackedBlocks>,
 }
 
 impl CpuTensor {
@@ -49,6 +53,18 @@ impl CpuTensor {
             rows,
             cols,
             packed: OnceLock::new(),
+            blocks: None,
+        }
+    }
+
+    /// A `[n, k]` weight kept in its blocks (see [`CpuTensor::blocks`]).
+    pub fn from_blocks(blocks: PackedBlocks) -> Self {
+        CpuTensor {
+            data: Vec::new(),
+            rows: blocks.n,
+            cols: blocks.k,
+            packed: OnceLock::new(),
+            blocks: Some(blocks),
         }
     }
 }
@@ -56,7 +72,8 @@ impl CpuTensor {
 /// Two tensors are equal when their matrices are; whether one is packed yet does not matter.
 impl PartialEq for CpuTensor {
     fn eq(&self, other: &Self) -> bool {
-        (self.rows, self.cols, &self.data) == (other.rows, other.cols, &other.data)
+        (self.rows, self.cols, &self.data, &self.blocks)
+            == (other.rows, other.cols, &other.data, &other.blocks)
     }
 }
 
@@ -190,6 +207,9 @@ impl Backend for CpuBackend {
     }
 
     fn download(&self, t: &CpuTensor) -> Result<Vec<f32>> {
+        if let Some(b) = &t.blocks {
+            return Ok(b.to_f32());
+        }
         Ok(t.data.clone())
     }
 
@@ -246,6 +266,11 @@ impl Backend for CpuBackend {
             })?;
         }
         let mut out = Self::f32_zeros(x.rows, w.rows);
+        if let Some(blocks) = &w.blocks {
+            let bias = bias.map(|b| &b.data[..]);
+            cpu_gemm::gemm_blocks(&mut out.data, &x.data, blocks, bias, x.rows);
+            return Ok(out);
+        }
         let packed = w
             .packed
             .get_or_init(|| PackedWeight::pack(&w.data, w.rows, w.cols, self.gemm_isa));

@@ -34,7 +34,10 @@ pub mod avx2;
 pub mod avx512;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
+pub mod packed_blocks;
 pub mod portable;
+
+pub use packed_blocks::PackedBlocks;
 
 use rayon::prelude::*;
 
@@ -184,37 +187,80 @@ pub fn gemm(
     bias: Option<&[f32]>, // [n]
     num_tokens: usize,
 ) {
-    let (n, k, t) = (w.n, w.k, num_tokens);
+    gemm_panels(out, x, Panels::F32(w), bias, num_tokens)
+}
+// ANCHOR_END: gemm
+
+/// [`gemm`] from a weight kept in its Q8_0/Q4_1 blocks: each panel's `K` block is dequantized
+/// (into an L1-sized buffer of the task's own) just before the micro-kernel reads it. The
+/// result is bitwise [`gemm`]'s on the dequantized f32 weight (see [`packed_blocks`]).
+pub fn gemm_blocks(
+    out: &mut [f32],      // [num_tokens, n]
+    x: &[f32],            // [num_tokens, k]
+    w: &PackedBlocks,     // [n, k] in blocks
+    bias: Option<&[f32]>, // [n]
+    num_tokens: usize,
+) {
+    gemm_panels(out, x, Panels::Blocks(w), bias, num_tokens)
+}
+
+/// Where the micro-kernel's `[kc][nr]` weight slices come from.
+#[derive(Clone, Copy)]
+enum Panels<'a> {
+    /// Read in place from f32 panels.
+    F32(&'a PackedWeight),
+    /// Dequantized from blocks, one `K` block at a time.
+    Blocks(&'a PackedBlocks),
+}
+
+impl Panels<'_> {
+    fn shape(self) -> (usize, usize, Isa, usize) {
+        match self {
+            Panels::F32(w) => (w.n, w.k, w.isa, w.panels()),
+            Panels::Blocks(w) => (w.n, w.k, w.isa, w.panels()),
+        }
+    }
+}
+
+/// The GEMM's body, shared by both weight kinds: tasks, then the scatter with the bias.
+fn gemm_panels(
+    out: &mut [f32],      // [num_tokens, n]
+    x: &[f32],            // [num_tokens, k]
+    w: Panels,            // [n, k]
+    bias: Option<&[f32]>, // [n]
+    num_tokens: usize,
+) {
+    let (n, k, isa, panels) = w.shape();
+    let t = num_tokens;
     assert_eq!(x.len(), t * k, "gemm: x is not {t}x{k}");
     assert_eq!(out.len(), t * n, "gemm: out is not {t}x{n}");
     if t == 0 || n == 0 {
         return;
     }
-    let (nr, isa) = (w.isa.nr(), w.isa);
-    let panel_len = k * nr;
+    let nr = isa.nr();
     // Tasks are (token block, panel group) pairs. The result is laid out
     // [token block][panel][block's tokens][nr], so each task owns one contiguous piece.
-    let mut tiles = vec![0.0f32; w.panels() * t * nr];
+    let mut tiles = vec![0.0f32; panels * t * nr];
     let mut tasks = Vec::new();
     let mut rest = &mut tiles[..];
     for t0 in (0..t).step_by(MC) {
         let rows = MC.min(t - t0);
-        for p0 in (0..w.panels()).step_by(PANELS_PER_TASK) {
-            let panels = PANELS_PER_TASK.min(w.panels() - p0);
-            let (mine, tail) = rest.split_at_mut(panels * rows * nr);
+        for p0 in (0..panels).step_by(PANELS_PER_TASK) {
+            let group = PANELS_PER_TASK.min(panels - p0);
+            let (mine, tail) = rest.split_at_mut(group * rows * nr);
             tasks.push((t0, rows, p0, mine));
             rest = tail;
         }
     }
     tasks.into_par_iter().for_each(|(t0, rows, p0, c)| {
         let x = &x[t0 * k..(t0 + rows) * k];
+        let mut scratch = Vec::new(); // dequantized K block (blocks only)
         for (i, c) in c.chunks_exact_mut(rows * nr).enumerate() {
-            let panel = &w.data[(p0 + i) * panel_len..][..panel_len];
-            panel_times_x(isa, c, x, panel, rows, k);
+            panel_times_x(isa, c, x, w, p0 + i, rows, k, &mut scratch);
         }
     });
     // Scatter → [t, n], adding the bias after the chain.
-    let mut blocks = tiles.chunks(MC.min(t) * w.panels() * nr);
+    let mut blocks = tiles.chunks(MC.min(t) * panels * nr);
     for (t0, block) in (0..t).step_by(MC).zip(&mut blocks) {
         let rows = MC.min(t - t0);
         for (p, c) in block.chunks_exact(rows * nr).enumerate() {
@@ -234,23 +280,32 @@ pub fn gemm(
         }
     }
 }
-// ANCHOR_END: gemm
 
-/// One panel against every token: `c[t][j] = Σ_k x[t, k] · panel[k][j]`, `K` in blocks of
+/// Panel `p` against every token: `c[t][j] = Σ_k x[t, k] · panel[k][j]`, `K` in blocks of
 /// [`KC`], tokens in tiles of the ISA's `MR`.
+#[allow(clippy::too_many_arguments)]
 fn panel_times_x(
     isa: Isa,
     c: &mut [f32], // [t][nr]
     x: &[f32],     // [t, k]
-    panel: &[f32], // [k][nr]
+    w: Panels,     // panel p: [k][nr]
+    p: usize,
     t: usize,
     k: usize,
+    scratch: &mut Vec<f32>, // [KC][nr], for a dequantized K block
 ) {
     let (nr, mr) = (isa.nr(), isa.mr());
     let mut k0 = 0;
     while k0 < k {
         let kc = KC.min(k - k0);
-        let w = &panel[k0 * nr..(k0 + kc) * nr];
+        let w: &[f32] = match w {
+            Panels::F32(w) => &w.data[(p * k + k0) * nr..(p * k + k0 + kc) * nr],
+            Panels::Blocks(b) => {
+                // Once per (panel, K block), whatever the number of tokens that use it.
+                b.dequantize_panel(p, k0, kc, scratch);
+                scratch
+            }
+        };
         let first = k0 == 0;
         let mut t0 = 0;
         while t0 < t {

@@ -1,0 +1,200 @@
+//! A weight kept in its GGUF blocks (Q8_0 or Q4_1), packed into the GEMM's panels, and
+//! dequantized one `K` block at a time inside the GEMM's `k` loop.
+//!
+//! ## Why the outputs are bitwise those of the f32 path
+//! Dequantizing is arithmetic done one way: Q8_0's value is the `f32` product `d · q`, Q4_1's
+//! is `d · q + m` (gguf-py's, and so transformers', multiply then add). The product is even
+//! exact: `d` is an f16 (11 significant bits) and `q` has at most 8, so `d · q` fits in an
+//! f32's 24 and only Q4_1's `+ m` rounds (which is also why a fused multiply-add would give the
+//! same values). [`PackedBlocks::dequantize_panel`]
+//! computes each element with that very expression, the same as
+//! `gguf_hf::dequant::dequantize` does when the f32 path widens the file. The GEMM then runs
+//! the same micro-kernel on those values in the same `k` order (one FMA chain per output,
+//! `K` blocks of [`KC`]): same inputs, same operations, same bits. Only where the weights
+//! live changes: about 1.1 bytes per weight (Q8_0) or 0.75 (Q4_1) instead of 4.
+//!
+//! ## Layout
+//! Like [`super::PackedWeight`], panels of `nr` output rows, `k`-major, so that a `K` block of
+//! one panel dequantizes into exactly the `[kc][nr]` slice the f32 path reads:
+//! - `scales`, `mins`: `[panels][k / 32][nr]`, the block's `d` (and `m`), widened from f16
+//!   (exact: every f16 is an f32);
+//! - `quants`: Q8_0 `[panels][k][nr]` signed bytes; Q4_1 `[panels][k / 2][nr]` bytes, where
+//!   byte `16·b + i` of a row holds element `32·b + i` in its low nibble and `32·b + 16 + i` in
+//!   its high one (the file's own nibble order, kept).
+//!
+//! The last panel's missing rows are zero blocks (`d = m = 0`), which dequantize to `0.0` as the
+//! f32 path's padding is.
+
+use rayon::prelude::*;
+
+use super::{Isa, KC};
+use gguf_hf::dequant::GgmlType;
+
+/// Elements per quantized block (ggml's `QK8_0`, `QK4_1`).
+pub const QK: usize = 32;
+
+// The K block must hold whole quantized blocks, so a K block never splits one.
+const _: () = assert!(KC.is_multiple_of(QK));
+
+/// A weight `[n, k]` in Q8_0 or Q4_1 blocks, packed into panels of `nr` rows for one [`Isa`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct PackedBlocks {
+    pub isa: Isa,
+    /// [`GgmlType::Q8_0`] or [`GgmlType::Q4_1`].
+    pub format: GgmlType,
+    /// Output features (rows).
+    pub n: usize,
+    /// Input features, a multiple of [`QK`].
+    pub k: usize,
+    /// `[panels][k / QK][nr]`: each block's scale `d`.
+    pub scales: Vec<f32>,
+    /// `[panels][k / QK][nr]`: each block's minimum `m` (Q4_1; empty for Q8_0).
+    pub mins: Vec<f32>,
+    /// Q8_0: `[panels][k][nr]`; Q4_1: `[panels][k / 2][nr]` (see the module doc).
+    pub quants: Vec<u8>,
+}
+
+impl PackedBlocks {
+    /// Packs `bytes`, the GGUF data of an `[n, k]` tensor of `format` (rows of `k / 32` blocks,
+    /// Hugging Face's `[out, in]` order), for `isa`. `Err` for another format, a `k` that is not
+    /// a whole number of blocks, or a length that does not match.
+    pub fn pack(
+        bytes: &[u8],
+        format: GgmlType,
+        n: usize,
+        k: usize,
+        isa: Isa,
+    ) -> Result<Self, String> {
+        if !matches!(format, GgmlType::Q8_0 | GgmlType::Q4_1) {
+            return Err(format!("PackedBlocks: {format:?} is not Q8_0 or Q4_1"));
+        }
+        if !k.is_multiple_of(QK) {
+            return Err(format!("PackedBlocks: k = {k} is not a multiple of {QK}"));
+        }
+        let (row_blocks, bb) = (k / QK, format.block_bytes());
+        if Some(bytes.len()) != n.checked_mul(row_blocks * bb) {
+            return Err(format!(
+                "PackedBlocks: {} bytes for a {n}x{k} {format:?} tensor (want {})",
+                bytes.len(),
+                n * row_blocks * bb
+            ));
+        }
+        let _span = tracing::debug_span!("pack_blocks", n, k, format = ?format).entered();
+        let nr = isa.nr();
+        let panels = n.div_ceil(nr);
+        let q_per_row = if format == GgmlType::Q8_0 { k } else { k / 2 };
+        let mut scales = vec![0.0f32; panels * row_blocks * nr];
+        let mut mins = match format {
+            GgmlType::Q4_1 => vec![0.0f32; panels * row_blocks * nr],
+            _ => Vec::new(),
+        };
+        let mut quants = vec![0u8; panels * q_per_row * nr];
+        for p in 0..panels {
+            for j in 0..nr.min(n - p * nr) {
+                let row = &bytes[(p * nr + j) * row_blocks * bb..][..row_blocks * bb];
+                for (b, block) in row.chunks_exact(bb).enumerate() {
+                    let at = (p * row_blocks + b) * nr + j;
+                    scales[at] = f16_at(block, 0);
+                    let q = match format {
+                        GgmlType::Q4_1 => {
+                            mins[at] = f16_at(block, 2);
+                            &block[4..]
+                        }
+                        _ => &block[2..],
+                    };
+                    let per_block = q.len();
+                    for (i, &v) in q.iter().enumerate() {
+                        quants[(p * q_per_row + b * per_block + i) * nr + j] = v;
+                    }
+                }
+            }
+        }
+        Ok(PackedBlocks {
+            isa,
+            format,
+            n,
+            k,
+            scales,
+            mins,
+            quants,
+        })
+    }
+
+    /// Panels of `nr` rows.
+    pub(super) fn panels(&self) -> usize {
+        self.n.div_ceil(self.isa.nr())
+    }
+
+    /// Bytes this weight takes in memory (the f32 path's is `4 · panels · nr · k`).
+    pub fn bytes(&self) -> usize {
+        (self.scales.len() + self.mins.len()) * 4 + self.quants.len()
+    }
+
+    /// Dequantizes panel `p`'s `K` block `k0..k0 + kc` into `out` `[kc][nr]`: the very values
+    /// (see the module doc) the f32 path's packed panel holds there. `k0` and `kc` are
+    /// multiples of [`QK`].
+    pub fn dequantize_panel(&self, p: usize, k0: usize, kc: usize, out: &mut Vec<f32>) {
+        let nr = self.isa.nr();
+        debug_assert!(k0.is_multiple_of(QK) && kc.is_multiple_of(QK) && k0 + kc <= self.k);
+        out.resize(kc * nr, 0.0);
+        let row_blocks = self.k / QK;
+        for (b, out) in out.chunks_exact_mut(QK * nr).enumerate() {
+            let sb = (p * row_blocks + k0 / QK + b) * nr;
+            let d = &self.scales[sb..][..nr];
+            match self.format {
+                GgmlType::Q8_0 => {
+                    let q = &self.quants[(p * self.k + k0 + b * QK) * nr..][..QK * nr];
+                    for (o, q) in out.chunks_exact_mut(nr).zip(q.chunks_exact(nr)) {
+                        for ((o, &q), &d) in o.iter_mut().zip(q).zip(d) {
+                            *o = d * (q as i8 as f32);
+                        }
+                    }
+                }
+                _ => {
+                    let m = &self.mins[sb..][..nr];
+                    let q_at = (p * (self.k / 2) + (k0 + b * QK) / 2) * nr;
+                    let q = &self.quants[q_at..][..QK / 2 * nr];
+                    let (low, high) = out.split_at_mut(QK / 2 * nr);
+                    for ((lo, hi), q) in low
+                        .chunks_exact_mut(nr)
+                        .zip(high.chunks_exact_mut(nr))
+                        .zip(q.chunks_exact(nr))
+                    {
+                        for j in 0..nr {
+                            // Multiply, round, add, round: gguf-py's `d * q + m`, not an FMA.
+                            lo[j] = d[j] * ((q[j] & 0x0f) as f32) + m[j];
+                            hi[j] = d[j] * ((q[j] >> 4) as f32) + m[j];
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The weight widened to f32 `[n, k]`, row-major (for tests and for a backend that needs
+    /// the matrix itself).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let nr = self.isa.nr();
+        let mut w = vec![0.0f32; self.n * self.k];
+        w.par_chunks_mut((nr * self.k).max(1))
+            .enumerate()
+            .for_each(|(p, rows)| {
+                let mut panel = Vec::new();
+                for k0 in (0..self.k).step_by(KC) {
+                    let kc = KC.min(self.k - k0);
+                    self.dequantize_panel(p, k0, kc, &mut panel);
+                    for (j, row) in rows.chunks_exact_mut(self.k).enumerate() {
+                        for c in 0..kc {
+                            row[k0 + c] = panel[c * nr + j];
+                        }
+                    }
+                }
+            });
+        w
+    }
+}
+
+/// The little-endian f16 at byte `at`, widened to f32 (exactly).
+fn f16_at(block: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([block[at], block[at + 1]]).to_f32()
+}
