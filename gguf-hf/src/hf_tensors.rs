@@ -21,6 +21,7 @@ use std::path::Path;
 use indicatif::{ProgressBar, ProgressStyle};
 use safetensors::{Dtype, View};
 
+use super::dequant::GgmlType;
 use super::gguf::{GgufFile, TensorInfo};
 use super::gguf_to_hf::{ConvertError, LlamaParams};
 
@@ -186,6 +187,40 @@ impl PlannedTensor<'_> {
             None => values,
         })
     }
+
+    /// The tensor's own Q8_0/Q4_1 blocks in HF row order, for an engine that computes from
+    /// the blocks (`None` for a plain F32/F16/BF16 tensor). A row of a 2-D quantized tensor is
+    /// a whole number of blocks, so q/k's un-permutation moves whole rows of bytes and
+    /// dequantizing the result gives exactly [`PlannedTensor::to_f32`].
+    pub fn blocks(&self) -> Result<Option<(GgmlType, Vec<u8>)>, ConvertError> {
+        let ty = self.info.ty;
+        if ty.block_elements() == 1 || self.shape.len() != 2 {
+            return Ok(None);
+        }
+        let bytes = self.file.tensor_bytes(self.info)?;
+        let row_bytes = bytes.len() / self.shape[0].max(1);
+        Ok(Some(match self.unpermute_heads {
+            Some(heads) => (ty, unpermute_byte_rows(bytes, heads, row_bytes)),
+            None => (ty, bytes.to_vec()),
+        }))
+    }
+}
+
+/// [`unpermute_rows`] on rows of `row_bytes` raw bytes (rows of quantized blocks).
+fn unpermute_byte_rows(b: &[u8], n_heads: usize, row_bytes: usize) -> Vec<u8> {
+    let head_dim = b.len() / row_bytes.max(1) / n_heads.max(1);
+    let half = head_dim / 2;
+    let mut out = vec![0u8; b.len()];
+    for head in 0..n_heads {
+        for t in 0..2 {
+            for i in 0..half {
+                let src = (head * head_dim + 2 * i + t) * row_bytes;
+                let dst = (head * head_dim + t * half + i) * row_bytes;
+                out[dst..dst + row_bytes].copy_from_slice(&b[src..src + row_bytes]);
+            }
+        }
+    }
+    out
 }
 
 /// A planned tensor as the safetensors writer sees it: shape now, bytes on demand.

@@ -47,6 +47,11 @@ fn q8_0(n_elements: u64) -> Vec<u8> {
 
 /// A one-layer Llama GGUF whose q projection row r holds the value r everywhere.
 fn tiny_llama(pre: &str) -> GgufBuilder {
+    tiny_llama_with_k(pre, q8_0(HIDDEN * KV_HEADS * HEAD_DIM))
+}
+
+/// [`tiny_llama`] with `k_bytes` as its Q8_0 k projection.
+fn tiny_llama_with_k(pre: &str, k_bytes: Vec<u8>) -> GgufBuilder {
     let mut tokens = vec![
         "<|endoftext|>".to_string(),
         "<|im_start|>".into(),
@@ -97,7 +102,7 @@ fn tiny_llama(pre: &str) -> GgufBuilder {
         "blk.0.attn_k.weight",
         &[HIDDEN, KV_HEADS * HEAD_DIM],
         8,
-        q8_0(HIDDEN * KV_HEADS * HEAD_DIM),
+        k_bytes,
     )
     .tensor(
         "blk.0.attn_v.weight",
@@ -118,6 +123,47 @@ fn tiny_llama(pre: &str) -> GgufBuilder {
 
 fn read_json(path: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The blocks handed to an engine that computes from them dequantize to exactly the f32 tensor
+/// the converter writes, q/k un-permuted included (k's rows differ: row r has scale r + 1).
+#[test]
+fn blocks_in_hf_row_order_dequantize_to_the_converted_tensor() {
+    use super::dequant::{dequantize, GgmlType};
+    use super::gguf::GgufFile;
+    use super::gguf_to_hf::LlamaParams;
+    use super::hf_tensors::plan;
+    let rows = (KV_HEADS * HEAD_DIM) as usize;
+    let k_bytes: Vec<u8> = (0..rows)
+        .flat_map(|r| {
+            let block = [
+                f16::from_f32(r as f32 + 1.0).to_le_bytes().to_vec(),
+                (0..32).map(|k| ((k % 5) as i8 - 2) as u8).collect(),
+            ]
+            .concat();
+            block.repeat(HIDDEN as usize / 32)
+        })
+        .collect();
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tiny_llama_with_k("smollm", k_bytes).write_to(tmp.path(), "tiny.gguf");
+    let file = GgufFile::open(&path).unwrap();
+    let params = LlamaParams::from_gguf(&file.header).unwrap();
+    let mut quantized = 0;
+    for t in plan(&file, &params).unwrap() {
+        let want = t.to_f32().unwrap();
+        match t.blocks().unwrap() {
+            Some((ty, bytes)) => {
+                assert_eq!(ty, GgmlType::Q8_0, "{}", t.hf_name);
+                let mut got = vec![f32::NAN; want.len()];
+                dequantize(ty, &bytes, &mut got);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "{}", t.hf_name);
+                quantized += 1;
+            }
+            None => assert!(t.hf_name.ends_with("norm.weight") || t.hf_name.contains("q_proj")),
+        }
+    }
+    assert_eq!(quantized, 7, "embedding, k, v, o, gate, up, down");
 }
 
 #[test]
