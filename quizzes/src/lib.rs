@@ -24,6 +24,9 @@ pub mod engine_calls;
 pub mod gpu_calls;
 pub mod hybrid_calls;
 pub mod pp_calls;
+pub mod progress;
+pub mod quiz_session;
+pub mod template;
 pub mod tp_calls;
 
 use std::path::{Path, PathBuf};

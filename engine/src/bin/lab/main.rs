@@ -9,6 +9,7 @@
 //!   across processes, and hosts).
 //! - `lab plan` recommends a tensor × pipeline parallel split of a model over GPUs.
 //! - `lab simulate` compares continuous and static batching on a simulated clock.
+//! - `lab quiz` asks a chapter's quiz with fresh numbers (runs the quizzes crate's `lab-quiz`).
 //! - `lab serve` serves the OpenAI API over HTTP; `lab bench-serve` loads such a server.
 
 mod bench;
@@ -18,6 +19,7 @@ mod launch;
 mod nano_vllm;
 mod plan;
 mod py_random;
+mod quiz;
 mod save_model;
 mod scheduler_bench;
 #[cfg(feature = "serve")]
@@ -58,6 +60,8 @@ enum Command {
     Plan(plan::PlanArgs),
     /// Continuous vs static batching on a simulated clock, decided by the engine's scheduler.
     Simulate(Box<simulate::SimulateArgs>),
+    /// A chapter's quiz in the terminal, fresh numbers each time: `lab quiz [CHAPTER] [--seed S]`.
+    Quiz(quiz::QuizArgs),
     /// Serve the OpenAI API (completions, chat, streaming) over HTTP, with /metrics.
     #[cfg(feature = "serve")]
     Serve(Box<serve::ServeArgs>),
@@ -222,6 +226,7 @@ fn main() {
         Command::Plan(args) => plan::run(args),
         Command::Launch(args) => launch::run(args),
         Command::Simulate(args) => simulate::run(*args),
+        Command::Quiz(args) => quiz::run(args),
         #[cfg(feature = "serve")]
         Command::Serve(args) => serve::run(*args),
         #[cfg(feature = "serve")]
