@@ -71,6 +71,7 @@ pub mod sequence;
 pub mod simulator;
 pub mod tiny_model;
 pub mod tokenizer;
+pub mod tracer;
 pub mod worker;
 
 pub use config::EngineConfig;

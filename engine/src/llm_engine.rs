@@ -74,6 +74,10 @@ pub struct EngineStats {
 /// [`StepStats::step`]): the scheduler's own spans (such as the prefix cache's) open inside it.
 pub const SCHEDULE_SPAN: &str = "schedule";
 
+/// The span around each step's forward pass and sampling on the workers (`step`, the batch's
+/// sequences `seqs` and tokens `tokens`): the kernels' and collectives' spans open inside it.
+pub const EXECUTE_SPAN: &str = "execute_model";
+
 /// The engine: tokenizer, scheduler and executor.
 pub struct LLMEngine {
     pub tokenizer: Tokenizer,
@@ -346,7 +350,12 @@ impl LLMEngine {
             }
             return Ok(Vec::new());
         }
-        let output = self.executor.execute_model(&out)?;
+        let output = {
+            let (step, seqs) = (self.stats.num_steps + 1, out.scheduled.len());
+            let tokens = out.num_batched_tokens();
+            let _span = tracing::debug_span!(EXECUTE_SPAN, step, seqs, tokens).entered();
+            self.executor.execute_model(&out)?
+        };
         let sampling = out.scheduled.iter().filter(|s| s.needs_logits);
         for (s, row) in sampling.zip(output.logits) {
             if let Some(row) = row {
@@ -425,7 +434,13 @@ where
     let block_size = config.cache.block_size;
     // Tensor by tensor onto the backend, in its dtype.
     let dtype = backend.default_dtype();
-    let weights = weights.load_into(c, |t| Ok(backend.upload(t.data, t.rows, t.cols, dtype)?))?;
+    let gguf = weights.gguf_path().map(std::path::Path::to_path_buf);
+    let mut weights =
+        weights.load_into(c, |t| Ok(backend.upload(t.data, t.rows, t.cols, dtype)?))?;
+    if let Some(gguf) = gguf {
+        // The CPU backend computes from the GGUF's blocks, with the same bits (see there).
+        let n = crate::model_loader::gguf_blocks::keep_gguf_blocks(&backend, c, &mut weights, &gguf)?; eprintln!("KEPT {n}");
+    }
     let num_kv_blocks = match config.cache.num_kv_blocks {
         Some(n) => n,
         None => {

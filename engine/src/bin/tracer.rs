@@ -1,0 +1,137 @@
+//! `tracer`: one request through the engine, traced from the inside.
+//!
+//! Runs the engine with [`engine::tracer::SpanRecorder`] listening to its spans (every step's
+//! scheduling and forward pass, every op, every collective, on every rank's thread), then
+//! prints a timeline of the steps and a table of where the time went, and writes a Chrome
+//! trace that Perfetto (<https://ui.perfetto.dev>) opens.
+//!
+//!     cargo run --release --bin tracer -- --model smollm2 --prompt "The capital of France is" \
+//!         --max-tokens 16 --tp 3 --trace-out trace.json
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use engine::config::Device;
+use engine::model_source::{load_model, ModelSpec};
+use engine::tracer::{bottlenecks, chrome_trace, RecordedSpan, SpanRecorder};
+use engine::{EngineConfig, SamplingParams, LLM};
+
+#[derive(Parser)]
+#[command(
+    about = "Trace one request through the engine: steps, ops, collectives; a Chrome trace for Perfetto"
+)]
+struct Args {
+    /// `tiny` (built in, random weights), `smollm2` (fetched on first use), or a Hugging Face
+    /// model directory.
+    #[arg(long, default_value = "tiny")]
+    model: String,
+    /// Ignore the directory's weights; draw random ones of the config's shape.
+    #[arg(long)]
+    random_weights: bool,
+    /// `cpu`, `cuda`, `cuda:N` or `auto`.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
+    /// Tensor-parallel ranks.
+    #[arg(long, default_value_t = 1)]
+    tp: usize,
+    /// Pipeline stages.
+    #[arg(long, default_value_t = 1)]
+    pp: usize,
+    #[arg(long, default_value = "The capital of France is")]
+    prompt: String,
+    #[arg(long, default_value_t = 8)]
+    max_tokens: usize,
+    /// Where to write the Chrome trace (JSON).
+    #[arg(long, default_value = "trace.json")]
+    trace_out: std::path::PathBuf,
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<()> {
+    let recorder = SpanRecorder::default();
+    tracing::subscriber::set_global_default(recorder.clone())?;
+    let model = load_model(&ModelSpec::parse(&args.model), args.random_weights, 0)?;
+    let mut config = EngineConfig {
+        device: args.device,
+        ..EngineConfig::default()
+    };
+    config.parallel.tensor_parallel_size = args.tp;
+    config.parallel.pipeline_parallel_size = args.pp;
+    let mut llm = LLM::new(model, config)?;
+    let (loaded, _) = recorder.spans();
+    let out = llm.generate(&[&args.prompt], &SamplingParams::greedy(args.max_tokens))?;
+    let (spans, threads) = recorder.spans();
+    // The request's part of the run: what came after loading.
+    let run = &spans[loaded.len()..];
+    println!("prompt: {:?}\noutput: {:?}\n", args.prompt, out[0].text);
+    print_timeline(run);
+    print_bottlenecks(run);
+    let comm = llm.engine.comm_stats();
+    if !comm.is_empty() {
+        println!("\ncollectives (bytes each rank's communicator counted):");
+        for (rank, s) in comm.iter().enumerate() {
+            let t = s.total();
+            println!(
+                "  rank {rank}: {} calls, {} bytes in tensors, {} bytes sent, {:.3} ms",
+                t.calls,
+                t.tensor_bytes,
+                t.sent_bytes,
+                t.time.as_secs_f64() * 1e3
+            );
+        }
+    }
+    let trace = chrome_trace(run, &threads);
+    std::fs::write(&args.trace_out, serde_json::to_vec(&trace)?)?;
+    println!(
+        "\nChrome trace: {} ({} spans; open it in https://ui.perfetto.dev)",
+        args.trace_out.display(),
+        run.len()
+    );
+    Ok(())
+}
+
+/// One line per step: its scheduling, its forward pass (with the batch), in milliseconds.
+fn print_timeline(spans: &[RecordedSpan]) {
+    println!("| step | schedule ms | execute ms | seqs | tokens |");
+    println!("| ---: | ---: | ---: | ---: | ---: |");
+    let ms = |s: &RecordedSpan| s.duration().as_secs_f64() * 1e3;
+    let field = |s: &RecordedSpan, f: &str| s.fields.get(f).cloned().unwrap_or_default();
+    let schedules: Vec<&RecordedSpan> = spans.iter().filter(|s| s.name == "schedule").collect();
+    for e in spans.iter().filter(|s| s.name == "execute_model") {
+        let step = field(e, "step");
+        let schedule = schedules
+            .iter()
+            .find(|s| field(s, "step") == step)
+            .map_or(0.0, |s| ms(s));
+        println!(
+            "| {step} | {schedule:.3} | {:.3} | {} | {} |",
+            ms(e),
+            field(e, "seqs"),
+            field(e, "tokens")
+        );
+    }
+}
+
+fn print_bottlenecks(spans: &[RecordedSpan]) {
+    println!("\nwhere the time went (own time of each component, all threads):");
+    println!("| component | calls | ms | share |");
+    println!("| --- | ---: | ---: | ---: |");
+    for c in bottlenecks(spans).iter().take(15) {
+        println!(
+            "| {} | {} | {:.3} | {:.1}% |",
+            c.name,
+            c.calls,
+            c.self_time.as_secs_f64() * 1e3,
+            c.share * 100.0
+        );
+    }
+}

@@ -1,0 +1,21 @@
+//! The request tracer's engine side: what the engine's `tracing` spans become once someone
+//! listens (the `tracer` binary does).
+//!
+//! The engine opens spans everywhere it does work: `schedule` and `execute_model` around each
+//! step (with its number), a `kernel` span around every op (its `op`: `rms_norm`,
+//! `paged_attention_decode`, `all_reduce` ...), `collective` spans inside the communicators
+//! (bytes, rank), the pipeline's sends and receives, a `rank` span around everything a rank's
+//! thread does. With no subscriber each costs one relaxed atomic load. [`SpanRecorder`] is a
+//! subscriber that keeps every span's name, fields, thread and start and end times;
+//! [`chrome_trace`] writes them as a Chrome trace (open it in Perfetto), and [`bottlenecks`]
+//! adds them up by component.
+//!
+//! Times are the host's: on the GPU a `kernel` span is the launch, not the kernel's run.
+
+pub mod bottlenecks;
+pub mod chrome_trace;
+pub mod span_recorder;
+
+pub use bottlenecks::{bottlenecks, Component};
+pub use chrome_trace::chrome_trace;
+pub use span_recorder::{RecordedSpan, SpanRecorder};

@@ -1,0 +1,125 @@
+//! The tracer's engine side on a real run: the tiny model with two tensor-parallel ranks, every
+//! span recorded. The Chrome trace has the format's fields, the steps' spans nest the ops, each
+//! rank's thread all-reduces, and the bottleneck table adds up; the `tracer` binary writes a
+//! trace and refuses bad input in one line.
+
+use std::process::Command;
+
+use engine::config::Device;
+use engine::model_source::{load_model, ModelSpec};
+use engine::tracer::{bottlenecks, chrome_trace, SpanRecorder};
+use engine::{EngineConfig, SamplingParams, LLM};
+
+#[test]
+fn a_traced_tensor_parallel_run() {
+    let recorder = SpanRecorder::default();
+    // Global, so that the ranks' threads report too (this is the binary's only test that
+    // installs a subscriber).
+    tracing::subscriber::set_global_default(recorder.clone()).unwrap();
+    let mut config = EngineConfig {
+        device: Device::Cpu,
+        ..EngineConfig::default()
+    };
+    config.parallel.tensor_parallel_size = 2;
+    let mut llm = LLM::new(load_model(&ModelSpec::Tiny, false, 0).unwrap(), config).unwrap();
+    let out = llm
+        .generate(&["hello"], &SamplingParams::greedy(5))
+        .unwrap();
+    assert_eq!(out[0].token_ids.len(), 5);
+    let (spans, threads) = recorder.spans();
+
+    // One execute_model span per step, each with its step number, and a schedule span each.
+    let steps: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.name == "execute_model")
+        .map(|s| s.fields["step"].as_str())
+        .collect();
+    assert_eq!(steps, ["1", "2", "3", "4", "5"]);
+    assert_eq!(spans.iter().filter(|s| s.name == "schedule").count(), 5);
+    for s in &spans {
+        if let (Some(a), Some(b)) = (s.start, s.end) {
+            assert!(a <= b, "{} ends before it starts", s.name);
+        }
+    }
+    // Both ranks' threads all-reduce (the embedding, and after each attention and MLP block).
+    let ar_threads: std::collections::BTreeSet<usize> = spans
+        .iter()
+        .filter(|s| s.component() == "all_reduce")
+        .map(|s| s.thread)
+        .collect();
+    assert_eq!(
+        ar_threads.len(),
+        2,
+        "all-reduces on threads {ar_threads:?} of {threads:?}"
+    );
+    // A rank's ops sit inside its rank span (a parent on the same thread).
+    let linear = spans
+        .iter()
+        .find(|s| s.component() == "linear")
+        .expect("a linear op");
+    let mut p = linear.parent;
+    let mut chain = Vec::new();
+    while let Some(i) = p {
+        chain.push(spans[i].name);
+        p = spans[i].parent;
+    }
+    assert!(chain.contains(&"rank"), "linear's parents: {chain:?}");
+
+    // The bottleneck table's shares add up to one and name the model's ops.
+    let rows = bottlenecks(&spans);
+    let sum: f64 = rows.iter().map(|r| r.share).sum();
+    assert!((sum - 1.0).abs() < 1e-9, "shares add up to {sum}");
+    for op in ["linear", "all_reduce", "paged_attention_decode", "schedule"] {
+        assert!(rows.iter().any(|r| r.name == op), "no {op} row in {rows:?}");
+    }
+
+    // The Chrome trace: complete events with the format's fields, and a name per thread.
+    let trace = chrome_trace(&spans, &threads);
+    let events = trace["traceEvents"].as_array().unwrap();
+    let complete: Vec<_> = events.iter().filter(|e| e["ph"] == "X").collect();
+    assert!(!complete.is_empty());
+    for e in &complete {
+        for key in ["name", "cat", "ts", "dur", "pid", "tid", "args"] {
+            assert!(!e[key].is_null(), "event without {key}: {e}");
+        }
+        assert!(e["dur"].as_f64().unwrap() >= 0.0);
+        assert!((e["tid"].as_u64().unwrap() as usize) < threads.len());
+    }
+    let named = events.iter().filter(|e| e["ph"] == "M").count();
+    assert_eq!(named, threads.len());
+}
+
+#[test]
+fn the_tracer_binary_writes_a_trace_and_refuses_bad_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_tracer"))
+        .args(["--max-tokens", "3", "--trace-out"])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("| step |") && stdout.contains("| component |"),
+        "{stdout}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    assert!(json["traceEvents"].as_array().unwrap().len() > 10);
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_tracer"))
+        .args(["--tp", "3", "--trace-out"])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        err.starts_with("error:") && err.trim().lines().count() == 1,
+        "{err}"
+    );
+}
