@@ -37,7 +37,9 @@
 //! new token ids come back to be detokenized incrementally (`detokenizer`) and streamed.
 //!
 //! Every backend op opens a `tracing` span named `kernel`; `kernel_log::record` lists them, in
-//! order, for the steps run inside it (the kernel sequence of a forward step).
+//! order, for the steps run inside it (the kernel sequence of a forward step). `tracer` records
+//! every span of a run (steps, ops, collectives, on every rank's thread) for the `tracer`
+//! binary: a step timeline, where the time went, and a Chrome trace.
 //!
 //! `distributed` holds what splitting a model over ranks needs: `distributed::Communicator`
 //! (all-reduce, all-gather, reduce-scatter, broadcast, send/recv, barrier, each counting its
