@@ -119,6 +119,8 @@ pub fn run_chapter(
         .cloned()
         .unwrap_or_default();
     let chapter = chapter_name(path);
+    // The last drawn arguments, for a question that says "Same batch" (`template.same`).
+    let mut previous: Option<template::Args> = None;
     let io = |e: std::io::Error| format!("cannot write to the terminal: {e}");
     writeln!(
         out,
@@ -134,7 +136,8 @@ pub fn run_chapter(
             .trim()
             .to_string();
         let (kind, ask) = if let Some(t) = templates.iter().find(|t| t.number == q.number) {
-            let r = t.draw(rng)?;
+            let r = t.draw_after(rng, previous.as_ref())?;
+            previous = Some(r.args.clone());
             let ask = Ask::Number {
                 prompt: r.prompt,
                 answer: r.answer,

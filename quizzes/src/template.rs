@@ -116,6 +116,24 @@ pub const KINDS: &[Kind] = &[
         derive: derive_mixed_batch,
     },
     Kind {
+        name: "mixed_batch_prefill_blocks",
+        check_fn: "schedule_mixed_batch",
+        draw: draw_mixed_batch,
+        derive: derive_mixed_batch,
+    },
+    Kind {
+        name: "mixed_batch_new_blocks",
+        check_fn: "schedule_mixed_batch",
+        draw: draw_mixed_batch,
+        derive: derive_mixed_batch,
+    },
+    Kind {
+        name: "chunked_prefill_first_logits",
+        check_fn: "chunked_prefill",
+        draw: draw_chunked_first_step,
+        derive: derive_chunked_first_step,
+    },
+    Kind {
         name: "weight_bytes",
         check_fn: "weight_bytes",
         draw: draw_weight_bytes,
@@ -136,6 +154,9 @@ pub struct Template {
     pub kind: String,
     pub prompt: String,
     pub context: String,
+    /// Arguments taken from the previous question's draw (`template.same`), for a question
+    /// that says "Same batch": it keeps the previous question's batch and draws the rest.
+    pub same: Vec<String>,
     /// The book's `check` (its args are the book's parameters).
     pub check: Check,
     /// The book's prompt and context, to compare with the rendered template.
@@ -195,6 +216,13 @@ pub fn parse_templates(path: &Path, text: &str) -> Result<Vec<Template>, String>
             kind: kind_name,
             prompt: field("prompt")?,
             context: field("context")?,
+            same: match t.get("same") {
+                None => vec![],
+                Some(v) => v
+                    .as_array()
+                    .and_then(|a| a.iter().map(|x| x.as_str().map(str::to_string)).collect())
+                    .ok_or_else(|| format!("{where_}: `template.same` is a list of names"))?,
+            },
             check,
             book_prompt: q.prompt.clone(),
             book_context: value
@@ -221,6 +249,28 @@ impl Template {
     /// The template with freshly drawn numbers.
     pub fn draw(&self, rng: &mut Rng) -> Result<Rendered, String> {
         self.render((self.kind().draw)(rng, &self.check.args))
+    }
+
+    /// Freshly drawn numbers that keep the `same` arguments of the previous question's draw
+    /// (when there is one): draws until the engine accepts the combination.
+    pub fn draw_after(&self, rng: &mut Rng, previous: Option<&Args>) -> Result<Rendered, String> {
+        let Some(previous) = previous.filter(|_| !self.same.is_empty()) else {
+            return self.draw(rng);
+        };
+        let mut last_error = String::new();
+        for _ in 0..200 {
+            let mut args = (self.kind().draw)(rng, &self.check.args);
+            for key in &self.same {
+                if let Some(v) = previous.get(key) {
+                    args.insert(key.clone(), v.clone());
+                }
+            }
+            match self.render(args) {
+                Ok(r) => return Ok(r),
+                Err(e) => last_error = e,
+            }
+        }
+        Err(format!("no draw fits the previous question: {last_error}"))
     }
 
     /// Computes the answer with the engine and fills the placeholders.
@@ -423,7 +473,14 @@ fn derive_chunked_second_step(args: &Args) -> Result<Values, String> {
 fn draw_mixed_batch(rng: &mut Rng, book: &Args) -> Args {
     let mut args = book.clone();
     let prompts: Vec<u64> = (0..rng.range(1, 4)).map(|_| rng.range(16, 500)).collect();
-    let context = rng.range(17, 200);
+    let block_size = rng.pick(&[8, 16, 32]);
+    // Half the time the decodes' next token starts a new block.
+    let context = if rng.range(0, 1) == 0 {
+        block_size * rng.range(1, 8)
+    } else {
+        rng.range(17, 200)
+    };
+    set(&mut args, "block_size", block_size);
     let decodes = vec![context; rng.range(1, 8) as usize];
     set_list(&mut args, "prefill_lens", &prompts);
     set_list(&mut args, "decode_context_lens", &decodes);
@@ -436,8 +493,19 @@ fn derive_mixed_batch(args: &Args) -> Result<Values, String> {
         .into_iter()
         .map(|x| x as usize)
         .collect();
-    let decodes = ints(args, "decode_context_lens")?.len();
+    let contexts = ints(args, "decode_context_lens")?;
+    let decodes = contexts.len();
+    let context = contexts.first().copied().unwrap_or(0);
+    if contexts.iter().any(|&c| c != context) {
+        return Err("the template's decodes share one context length".into());
+    }
+    let b = int(args, "block_size")?.max(1) as usize;
     let sum: Vec<String> = prompts.iter().map(|p| p.to_string()).collect();
+    let ceil_terms: Vec<String> = prompts.iter().map(|p| format!("⌈{p} / {b}⌉")).collect();
+    let block_counts: Vec<String> = prompts.iter().map(|p| p.div_ceil(b).to_string()).collect();
+    let prefill_blocks: usize = prompts.iter().map(|p| p.div_ceil(b)).sum();
+    let starts_block = (context as usize).is_multiple_of(b);
+    let decode_new = if starts_block { decodes } else { 0 };
     let plural = |n: usize, one: &str, many: &str| if n == 1 { one } else { many }.to_string();
     Ok(values(&[
         ("num_prompts", prompts.len().to_string()),
@@ -446,6 +514,66 @@ fn derive_mixed_batch(args: &Args) -> Result<Values, String> {
         ("num_decodes", decodes.to_string()),
         ("requests_word", plural(decodes, "request", "requests")),
         ("prompt_sum", sum.join(" + ")),
+        ("block_terms", ceil_terms.join(" + ")),
+        ("block_counts", block_counts.join(" + ")),
+        ("prefill_blocks", prefill_blocks.to_string()),
+        ("context", context.to_string()),
+        ("context_blocks", (context as usize).div_ceil(b).to_string()),
+        ("next_token", ordinal(context + 1)),
+        ("decode_block", (context as usize / b).to_string()),
+        (
+            "decode_block_news",
+            if starts_block {
+                "a block it does not have yet, so each decode allocates one"
+            } else {
+                "a block it already has, so the decodes allocate none"
+            }
+            .to_string(),
+        ),
+        ("decode_new", decode_new.to_string()),
+    ]))
+}
+
+/// "1st", "2nd", "49th", "112th".
+fn ordinal(n: u64) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
+}
+
+// The first step of a prompt alone: its logits rows (1 when the chunk reaches the prompt's
+// last token, else 0).
+fn draw_chunked_first_step(rng: &mut Rng, book: &Args) -> Args {
+    let mut args = book.clone();
+    let budget = rng.pick(&[128, 256, 512, 1024, 2048]);
+    set(&mut args, "max_num_batched_tokens", budget);
+    set(&mut args, "prompt_len", rng.range(16, 2 * budget));
+    args
+}
+
+fn derive_chunked_first_step(args: &Args) -> Result<Values, String> {
+    let (n, budget) = (
+        int(args, "prompt_len")?,
+        int(args, "max_num_batched_tokens")?,
+    );
+    if int(args, "step")? != 1 {
+        return Err("this template asks for the first step".into());
+    }
+    let chunk = n.min(budget);
+    let (reaches, rows) = if chunk == n {
+        ("reaches", "1 row")
+    } else {
+        ("does not reach", "0 rows")
+    };
+    Ok(values(&[
+        ("chunk", chunk.to_string()),
+        ("reaches", reaches.to_string()),
+        ("rows", rows.to_string()),
     ]))
 }
 
