@@ -439,7 +439,7 @@ where
         weights.load_into(c, |t| Ok(backend.upload(t.data, t.rows, t.cols, dtype)?))?;
     if let Some(gguf) = gguf {
         // The CPU backend computes from the GGUF's blocks, with the same bits (see there).
-        let n = crate::model_loader::gguf_blocks::keep_gguf_blocks(&backend, c, &mut weights, &gguf)?; eprintln!("KEPT {n}");
+        crate::model_loader::gguf_blocks::keep_gguf_blocks(&backend, c, &mut weights, &gguf)?;
     }
     let num_kv_blocks = match config.cache.num_kv_blocks {
         Some(n) => n,

@@ -47,6 +47,10 @@ pub enum ModelWeights {
     Random { seed: u64 },
     /// The safetensors files of a Hugging Face directory (checked when the model was loaded).
     Safetensors(PathBuf),
+    /// `dir`, converted from the GGUF file `gguf`: loaded as [`ModelWeights::Safetensors`],
+    /// then a backend that computes from blocks (the CPU's) keeps the linear layers in the
+    /// GGUF's Q8_0/Q4_1 blocks instead (`model_loader::gguf_blocks`).
+    Gguf { dir: PathBuf, gguf: PathBuf },
 }
 
 impl ModelWeights {
@@ -64,7 +68,17 @@ impl ModelWeights {
                 |name, [rows, cols]| Ok(random_tensor(seed, name, rows, cols)),
                 up,
             ),
-            ModelWeights::Safetensors(dir) => load_weights_into(&dir, config, up),
+            ModelWeights::Safetensors(dir) | ModelWeights::Gguf { dir, .. } => {
+                load_weights_into(&dir, config, up)
+            }
+        }
+    }
+
+    /// The GGUF file the weights were converted from, if they were.
+    pub fn gguf_path(&self) -> Option<&Path> {
+        match self {
+            ModelWeights::Gguf { gguf, .. } => Some(gguf),
+            _ => None,
         }
     }
 
@@ -117,9 +131,45 @@ pub fn load_model(spec: &ModelSpec, random: bool, seed: u64) -> Result<LoadedMod
         }
         ModelSpec::Known(name) => crate::model_loader::fetch_model::fetch_model(name)
             .map_err(|e| EngineError::Io(format!("cannot fetch model `{name}`: {e}")))?,
+        ModelSpec::Dir(path) if path.extension().is_some_and(|e| e == "gguf") => {
+            return load_gguf(path, random, seed);
+        }
         ModelSpec::Dir(dir) => dir.clone(),
     };
     load_dir(&dir, random, seed)
+}
+
+/// `--model path/x.gguf`: converted once to a Hugging Face directory in the cache
+/// (`<cache>/models/gguf-<stem>-<bytes>`, for the config, tokenizer and f32 weights), and
+/// marked [`ModelWeights::Gguf`] so that the CPU backend computes from the file's blocks.
+fn load_gguf(gguf: &Path, random: bool, seed: u64) -> Result<LoadedModel> {
+    use crate::model_loader::{fetch_model::cache_dir, gguf_to_hf};
+    let _span = tracing::debug_span!("load_gguf").entered();
+    let meta = std::fs::metadata(gguf)
+        .map_err(|e| EngineError::Io(format!("cannot read {}: {e}", gguf.display())))?;
+    let stem = gguf.file_stem().unwrap_or_default().to_string_lossy();
+    let cache = cache_dir().map_err(|e| EngineError::Io(e.to_string()))?;
+    let dir = cache
+        .join("models")
+        .join(format!("gguf-{stem}-{}", meta.len()));
+    let complete = |dir: &Path| gguf_to_hf::HF_FILES.iter().all(|f| dir.join(f).is_file());
+    if !complete(&dir) {
+        // Another process may have finished the same conversion first; theirs is as good.
+        if let Err(e) = gguf_to_hf::convert_gguf_to_hf(gguf, &dir) {
+            if !complete(&dir) {
+                return Err(EngineError::Weights(format!("{}: {e}", gguf.display())));
+            }
+        }
+    }
+    let mut model = load_dir(&dir, random, seed)?;
+    model.name = gguf.display().to_string();
+    if !random {
+        model.weights = ModelWeights::Gguf {
+            dir,
+            gguf: gguf.to_path_buf(),
+        };
+    }
+    Ok(model)
 }
 
 fn load_dir(path: &Path, random: bool, seed: u64) -> Result<LoadedModel> {

@@ -23,6 +23,7 @@ pub mod gguf;
 pub mod gguf_metadata;
 pub mod gguf_to_hf;
 pub mod gguf_tokenizer;
+pub mod gguf_writer;
 pub mod hf_tensors;
 pub mod partial_dir;
 pub mod wheel;

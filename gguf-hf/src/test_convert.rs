@@ -145,7 +145,9 @@ fn blocks_in_hf_row_order_dequantize_to_the_converted_tensor() {
         })
         .collect();
     let tmp = tempfile::tempdir().unwrap();
-    let path = tiny_llama_with_k("smollm", k_bytes).write_to(tmp.path(), "tiny.gguf");
+    let path = tiny_llama_with_k("smollm", k_bytes)
+        .write_to(tmp.path(), "tiny.gguf")
+        .unwrap();
     let file = GgufFile::open(&path).unwrap();
     let params = LlamaParams::from_gguf(&file.header).unwrap();
     let mut quantized = 0;
@@ -169,7 +171,9 @@ fn blocks_in_hf_row_order_dequantize_to_the_converted_tensor() {
 #[test]
 fn converts_a_tiny_llama() {
     let tmp = tempfile::tempdir().unwrap();
-    let gguf = tiny_llama("smollm").write_to(tmp.path(), "tiny.gguf");
+    let gguf = tiny_llama("smollm")
+        .write_to(tmp.path(), "tiny.gguf")
+        .unwrap();
     let dest = tmp.path().join("out/tiny");
     convert_gguf_to_hf(&gguf, &dest).unwrap();
     assert!(HF_FILES.iter().all(|f| dest.join(f).is_file()));
@@ -225,7 +229,11 @@ fn converts_a_tiny_llama() {
 fn gpt2_pre_tokenizer_lets_digits_merge() {
     let tmp = tempfile::tempdir().unwrap();
     let dest = tmp.path().join("m");
-    convert_gguf_to_hf(&tiny_llama("gpt2").write_to(tmp.path(), "t.gguf"), &dest).unwrap();
+    convert_gguf_to_hf(
+        &tiny_llama("gpt2").write_to(tmp.path(), "t.gguf").unwrap(),
+        &dest,
+    )
+    .unwrap();
     let tok = tokenizers::Tokenizer::from_file(dest.join("tokenizer.json")).unwrap();
     assert_eq!(
         tok.encode("12", true).unwrap().get_ids(),
@@ -246,7 +254,7 @@ fn failures_leave_nothing_behind() {
         (tiny_llama("smollm").u32("llama.block_count", 2), "twice"),
     ];
     for (i, (builder, expected)) in cases.into_iter().enumerate() {
-        let gguf = builder.write_to(tmp.path(), &format!("{i}.gguf"));
+        let gguf = builder.write_to(tmp.path(), &format!("{i}.gguf")).unwrap();
         let err = convert_gguf_to_hf(&gguf, &tmp.path().join("out")).unwrap_err();
         assert!(err.to_string().contains(expected), "case {i}: {err}");
     }
@@ -259,7 +267,9 @@ fn failures_leave_nothing_behind() {
         "left behind: {left:?}"
     );
 
-    let gguf = tiny_llama("smollm").write_to(tmp.path(), "ok.gguf");
+    let gguf = tiny_llama("smollm")
+        .write_to(tmp.path(), "ok.gguf")
+        .unwrap();
     std::fs::create_dir(tmp.path().join("exists")).unwrap();
     let err = convert_gguf_to_hf(&gguf, &tmp.path().join("exists")).unwrap_err();
     assert!(matches!(err, ConvertError::DestinationExists(_)), "{err}");

@@ -1,125 +1,10 @@
-//! Test support: build small GGUF files byte by byte, and the GGUF reader's tests.
-//!
-//! Writing the format by hand in tests keeps them independent of any model download, and
-//! lets us make every kind of broken file on purpose.
+//! The GGUF reader's tests, on small files made byte by byte with
+//! [`GgufBuilder`](super::gguf_writer::GgufBuilder): independent of any model download, and
+//! every kind of broken file on purpose.
 
 use super::gguf::{GgufError, GgufFile, GgufHeader};
 use super::gguf_metadata::MetaValue;
-
-/// A GGUF string: `u64` length, then the bytes.
-fn gguf_string(s: &str) -> Vec<u8> {
-    [&(s.len() as u64).to_le_bytes()[..], s.as_bytes()].concat()
-}
-
-/// Builds a little-endian GGUF file in memory.
-pub(crate) struct GgufBuilder {
-    version: u32,
-    alignment: u64,
-    n_kv: u64,
-    kvs: Vec<u8>,
-    tensors: Vec<(String, Vec<u64>, u32, Vec<u8>)>,
-}
-
-impl GgufBuilder {
-    pub fn new() -> Self {
-        Self {
-            version: 3,
-            alignment: 32,
-            n_kv: 0,
-            kvs: vec![],
-            tensors: vec![],
-        }
-    }
-
-    pub fn version(mut self, v: u32) -> Self {
-        self.version = v;
-        self
-    }
-
-    /// A key with value type `ty` and the already-encoded value bytes.
-    pub fn kv(mut self, key: &str, ty: u32, value: &[u8]) -> Self {
-        if key == "general.alignment" && ty == 4 {
-            self.alignment = u32::from_le_bytes(value.try_into().unwrap()) as u64;
-        }
-        self.kvs.extend(gguf_string(key));
-        self.kvs.extend(ty.to_le_bytes());
-        self.kvs.extend(value);
-        self.n_kv += 1;
-        self
-    }
-
-    pub fn u32(self, key: &str, v: u32) -> Self {
-        self.kv(key, 4, &v.to_le_bytes())
-    }
-    pub fn f32(self, key: &str, v: f32) -> Self {
-        self.kv(key, 6, &v.to_le_bytes())
-    }
-    pub fn bool(self, key: &str, v: bool) -> Self {
-        self.kv(key, 7, &[v as u8])
-    }
-    pub fn str(self, key: &str, v: &str) -> Self {
-        self.kv(key, 8, &gguf_string(v))
-    }
-    pub fn str_array(self, key: &str, items: &[&str]) -> Self {
-        let mut v = 8u32.to_le_bytes().to_vec();
-        v.extend((items.len() as u64).to_le_bytes());
-        items.iter().for_each(|s| v.extend(gguf_string(s)));
-        self.kv(key, 9, &v)
-    }
-    pub fn i32_array(self, key: &str, items: &[i32]) -> Self {
-        let mut v = 5u32.to_le_bytes().to_vec();
-        v.extend((items.len() as u64).to_le_bytes());
-        items.iter().for_each(|x| v.extend(x.to_le_bytes()));
-        self.kv(key, 9, &v)
-    }
-
-    /// A tensor with ggml `dims` (innermost first), ggml type id, and raw data bytes.
-    pub fn tensor(mut self, name: &str, dims: &[u64], type_id: u32, data: Vec<u8>) -> Self {
-        self.tensors
-            .push((name.into(), dims.to_vec(), type_id, data));
-        self
-    }
-
-    pub fn tensor_f32(self, name: &str, dims: &[u64], values: &[f32]) -> Self {
-        self.tensor(
-            name,
-            dims,
-            0,
-            values.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        )
-    }
-
-    pub fn build(&self) -> Vec<u8> {
-        let align = |n: usize| n.next_multiple_of(self.alignment as usize);
-        let mut out = b"GGUF".to_vec();
-        out.extend(self.version.to_le_bytes());
-        out.extend((self.tensors.len() as u64).to_le_bytes());
-        out.extend(self.n_kv.to_le_bytes());
-        out.extend(&self.kvs);
-        let mut offset = 0;
-        for (name, dims, ty, data) in &self.tensors {
-            out.extend(gguf_string(name));
-            out.extend((dims.len() as u32).to_le_bytes());
-            dims.iter().for_each(|d| out.extend(d.to_le_bytes()));
-            out.extend(ty.to_le_bytes());
-            out.extend((offset as u64).to_le_bytes());
-            offset = align(offset + data.len());
-        }
-        out.resize(align(out.len()), 0);
-        for (_, _, _, data) in &self.tensors {
-            out.extend(data);
-            out.resize(align(out.len()), 0);
-        }
-        out
-    }
-
-    /// Writes the file into `dir` and returns its path.
-    pub fn write_to(&self, dir: &std::path::Path, name: &str) -> std::path::PathBuf {
-        let path = dir.join(name);
-        std::fs::write(&path, self.build()).unwrap();
-        path
-    }
-}
+pub(crate) use super::gguf_writer::GgufBuilder;
 
 fn small_file() -> GgufBuilder {
     GgufBuilder::new()
@@ -215,7 +100,10 @@ fn custom_alignment_moves_the_data() {
 #[test]
 fn dequantizes_from_a_mapped_file() {
     let dir = tempfile::tempdir().unwrap();
-    let path = small_file().version(2).write_to(dir.path(), "m.gguf");
+    let path = small_file()
+        .version(2)
+        .write_to(dir.path(), "m.gguf")
+        .unwrap();
     let f = GgufFile::open(&path).unwrap();
     let w = f.header.tensor("w.weight").unwrap();
     assert_eq!(f.dequantize(w).unwrap(), [1., 2., 3., 4., 5., 6.]);

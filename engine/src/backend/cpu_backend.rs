@@ -206,6 +206,18 @@ impl Backend for CpuBackend {
         Ok(CpuTensor::new(data, rows, cols))
     }
 
+    fn upload_blocks(
+        &self,
+        format: gguf_hf::dequant::GgmlType,
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<CpuTensor>> {
+        let blocks = PackedBlocks::pack(bytes, format, rows, cols, self.gemm_isa)
+            .map_err(|e| BackendError::shape("upload_blocks", e))?;
+        Ok(Some(CpuTensor::from_blocks(blocks)))
+    }
+
     fn download(&self, t: &CpuTensor) -> Result<Vec<f32>> {
         if let Some(b) = &t.blocks {
             return Ok(b.to_f32());

@@ -115,6 +115,19 @@ pub trait Backend: Send + Sync {
         cols: usize,
         dtype: DType,
     ) -> Result<Self::Tensor>;
+    /// Keeps a linear layer's weight `[rows, cols]` in its GGUF blocks (`bytes`: rows of whole
+    /// Q8_0/Q4_1 blocks) when this backend computes from blocks with the very values of the
+    /// dequantized f32 weight (the CPU backend does); `Ok(None)` (the default) when it does
+    /// not, and the caller keeps the f32 upload.
+    fn upload_blocks(
+        &self,
+        _format: gguf_hf::dequant::GgmlType,
+        _bytes: &[u8],
+        _rows: usize,
+        _cols: usize,
+    ) -> Result<Option<Self::Tensor>> {
+        Ok(None)
+    }
     /// Copies `t` `[rows, cols]` to the host as f32.
     fn download(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
     /// A `[rows, cols]` tensor of zeros in `dtype`.

@@ -294,7 +294,9 @@ pub fn load_stage_shard_with<T>(
         ModelWeights::Random { seed } => {
             sharded(&mut |name, [rows, cols]| Ok(random_tensor(*seed, name, rows, cols)))
         }
-        ModelWeights::Safetensors(dir) => with_tensor_reader(dir, |read| sharded(read)),
+        ModelWeights::Safetensors(dir) | ModelWeights::Gguf { dir, .. } => {
+            with_tensor_reader(dir, |read| sharded(read))
+        }
         ModelWeights::Host(w) => sharded(&mut |name, _| unfused(config, w, name)),
     }
 }

@@ -7,8 +7,9 @@
 //! [`random_conditioning`] first rescales random weights so that such a model's greedy tokens
 //! depend on its whole context.
 pub use gguf_hf::{
-    dequant, fetch_model, gguf, gguf_metadata, gguf_to_hf, gguf_tokenizer, hf_tensors, partial_dir,
-    wheel,
+    dequant, fetch_model, gguf, gguf_metadata, gguf_to_hf, gguf_tokenizer, gguf_writer, hf_tensors,
+    partial_dir, wheel,
 };
+pub mod gguf_blocks;
 pub mod hf_writer;
 pub mod random_conditioning;

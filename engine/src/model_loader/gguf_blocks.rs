@@ -1,0 +1,114 @@
+//! Computing from a GGUF's own blocks: after a model's weights are on the backend (f32, from
+//! the converted safetensors), each linear layer whose GGUF tensors are Q8_0/Q4_1 is handed to
+//! the backend again as blocks ([`Backend::upload_blocks`]); a backend that computes from
+//! blocks (the CPU's) replaces the f32 weight with them, the others keep theirs.
+//!
+//! Why automatic: on the CPU the block GEMM gives the very bits of the f32 GEMM on the
+//! dequantized weights (`cpu_gemm::packed_blocks`), so the output cannot change, while the
+//! bytes a decode step reads drop about fourfold. The embedding table and the norms stay f32
+//! (a lookup and a vector), and so does a tied `lm_head`, which is the embedding table.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use crate::backend::Backend;
+use crate::config::ModelConfig;
+use crate::error::{EngineError, Result};
+use crate::model_executor::weights::LlamaWeights;
+use gguf_hf::dequant::GgmlType;
+use gguf_hf::gguf::GgufFile;
+use gguf_hf::gguf_to_hf::LlamaParams;
+use gguf_hf::hf_tensors::plan;
+
+/// A tensor's blocks by Hugging Face name: `Some((format, bytes))` for a Q8_0/Q4_1 tensor in HF
+/// row order, `None` for a plain one.
+pub type BlockSource<'a> = dyn FnMut(&str) -> Result<Option<(GgmlType, Vec<u8>)>> + 'a;
+
+/// Replaces every linear weight of `weights` whose tensors `get` has in blocks (all parts of a
+/// fused one, in one format) with the backend's block tensor. Returns how many it replaced
+/// (0 on a backend without block tensors).
+pub fn keep_blocks<B: Backend>(
+    backend: &B,
+    c: &ModelConfig,
+    weights: &mut LlamaWeights<B::Tensor>,
+    get: &mut BlockSource,
+) -> Result<usize> {
+    let _span = tracing::debug_span!("keep_blocks").entered();
+    let (h, d, ff) = (c.hidden_size, c.head_dim, c.intermediate_size);
+    let (q, kv) = (c.num_attention_heads * d, c.num_key_value_heads * d);
+    let mut replaced = 0;
+    // The fused weight of `parts` (stacked rows, as `assemble_into` stacks the f32 ones).
+    let mut fused = |parts: &[String], rows: usize, cols: usize| -> Result<Option<B::Tensor>> {
+        let mut format = None;
+        let mut bytes = Vec::new();
+        for name in parts {
+            let Some((ty, b)) = get(name)? else {
+                return Ok(None);
+            };
+            if format.is_some_and(|f| f != ty) {
+                return Ok(None);
+            }
+            format = Some(ty);
+            bytes.extend(b);
+        }
+        let Some(format) = format else {
+            return Ok(None);
+        };
+        Ok(backend.upload_blocks(format, &bytes, rows, cols)?)
+    };
+    for (i, layer) in weights.layers.iter_mut().enumerate() {
+        let p = |n: &str| format!("model.layers.{i}.{n}.weight");
+        let slots = [
+            (
+                &mut layer.qkv_proj,
+                vec![
+                    p("self_attn.q_proj"),
+                    p("self_attn.k_proj"),
+                    p("self_attn.v_proj"),
+                ],
+                q + 2 * kv,
+                h,
+            ),
+            (&mut layer.o_proj, vec![p("self_attn.o_proj")], h, q),
+            (
+                &mut layer.gate_up_proj,
+                vec![p("mlp.gate_proj"), p("mlp.up_proj")],
+                2 * ff,
+                h,
+            ),
+            (&mut layer.down_proj, vec![p("mlp.down_proj")], h, ff),
+        ];
+        for (slot, parts, rows, cols) in slots {
+            if let Some(t) = fused(&parts, rows, cols)? {
+                *slot = t;
+                replaced += 1;
+            }
+        }
+    }
+    if let Some(lm_head) = weights.lm_head.as_mut() {
+        if let Some(t) = fused(&["lm_head.weight".to_string()], c.vocab_size, h)? {
+            *lm_head = t;
+            replaced += 1;
+        }
+    }
+    Ok(replaced)
+}
+
+/// [`keep_blocks`] from the GGUF file at `path` (the one the model directory was converted
+/// from).
+pub fn keep_gguf_blocks<B: Backend>(
+    backend: &B,
+    c: &ModelConfig,
+    weights: &mut LlamaWeights<B::Tensor>,
+    path: &Path,
+) -> Result<usize> {
+    let err = |e: &dyn std::fmt::Display| EngineError::Weights(format!("{}: {e}", path.display()));
+    let file = GgufFile::open(path).map_err(|e| err(&e))?;
+    let params = LlamaParams::from_gguf(&file.header).map_err(|e| err(&e))?;
+    let planned = plan(&file, &params).map_err(|e| err(&e))?;
+    let by_name: HashMap<&str, _> = planned.iter().map(|t| (t.hf_name.as_str(), t)).collect();
+    keep_blocks(backend, c, weights, &mut |name| match by_name.get(name) {
+        Some(t) => t.blocks().map_err(|e| err(&e)),
+        None => Ok(None),
+    })
+}
