@@ -134,6 +134,24 @@ pub const KINDS: &[Kind] = &[
         derive: derive_chunked_first_step,
     },
     Kind {
+        name: "kv_bytes_per_token",
+        check_fn: "kv_cache_bytes_per_block",
+        draw: draw_kv_per_token,
+        derive: derive_kv,
+    },
+    Kind {
+        name: "kv_block_mib",
+        check_fn: "kv_cache_bytes_per_block",
+        draw: draw_kv_block_mib,
+        derive: derive_kv,
+    },
+    Kind {
+        name: "kv_blocks_for_budget",
+        check_fn: "num_blocks_for_budget",
+        draw: draw_kv_budget,
+        derive: derive_kv,
+    },
+    Kind {
         name: "weight_bytes",
         check_fn: "weight_bytes",
         draw: draw_weight_bytes,
@@ -610,4 +628,103 @@ fn derive_weight_bytes(args: &Args) -> Result<Values, String> {
         ("bytes", thousands(bytes)),
         ("gib", format!("{:.2}", bytes as f64 / (1u64 << 30) as f64)),
     ]))
+}
+
+// Bytes of KV cache per token: another model, another element size.
+fn draw_kv_per_token(rng: &mut Rng, book: &Args) -> Args {
+    let mut args = book.clone();
+    let (id, _) = rng.pick(MODELS);
+    args.insert("model".into(), toml::Value::String(id.into()));
+    set(&mut args, "dtype_bytes", rng.pick(&[1, 2, 4]));
+    args
+}
+
+// One block in MiB, an integer: the Llama models at block sizes that make whole MiB.
+fn draw_kv_block_mib(rng: &mut Rng, book: &Args) -> Args {
+    let mut args = book.clone();
+    let (id, block_size) = rng.pick(&[
+        ("llama-2-7b", 2),
+        ("llama-2-7b", 16),
+        ("llama-2-7b", 32),
+        ("llama-2-7b", 64),
+        ("llama-3.2-1b", 32),
+        ("llama-3.2-1b", 64),
+        ("llama-3.2-1b", 128),
+    ]);
+    args.insert("model".into(), toml::Value::String(id.into()));
+    set(&mut args, "block_size", block_size);
+    args
+}
+
+// Blocks for a budget of f32 KV cache: another model, block size and budget.
+fn draw_kv_budget(rng: &mut Rng, book: &Args) -> Args {
+    let mut args = book.clone();
+    let (id, _) = rng.pick(MODELS);
+    args.insert("model".into(), toml::Value::String(id.into()));
+    set(&mut args, "block_size", rng.pick(&[8, 16, 32]));
+    set(
+        &mut args,
+        "budget_bytes",
+        rng.pick(&[1u64 << 28, 1 << 29, 1 << 30, 1 << 31, 1 << 32]),
+    );
+    args
+}
+
+/// "2⁸" … "2³²": a power of two as the book writes it.
+fn power_of_two(exp: u32) -> String {
+    const DIGITS: [char; 10] = ['⁰', '¹', '²', '³', '⁴', '⁵', '⁶', '⁷', '⁸', '⁹'];
+    let sup: String = exp
+        .to_string()
+        .chars()
+        .map(|c| DIGITS[c.to_digit(10).unwrap_or(0) as usize])
+        .collect();
+    format!("2{sup}")
+}
+
+/// The model's shape and the KV sizes the explanations show.
+fn derive_kv(args: &Args) -> Result<Values, String> {
+    let id = engine_calls::text(args, "model")?;
+    let c = model_config(id)?;
+    let name = MODELS
+        .iter()
+        .find(|(m, _)| *m == id)
+        .map_or(id, |(_, name)| name);
+    let block_size = int(args, "block_size")? as usize;
+    let dtype_bytes = args
+        .get("dtype_bytes")
+        .map_or(Ok(4), |_| int(args, "dtype_bytes"))? as usize;
+    let per_token = engine::worker::cache_engine::kv_cache_bytes_per_block(&c, 1, dtype_bytes);
+    let per_block = per_token * block_size;
+    let mut v = values(&[
+        ("model_name", name.to_string()),
+        ("layers", c.num_hidden_layers.to_string()),
+        ("kv_heads", c.num_key_value_heads.to_string()),
+        ("head_dim", c.head_dim.to_string()),
+        (
+            "dtype_name",
+            match dtype_bytes {
+                1 => "FP8",
+                2 => "BF16",
+                _ => "FP32",
+            }
+            .to_string(),
+        ),
+        ("token_bytes", thousands(per_token as u64)),
+        (
+            "token_mib",
+            format!("{}", per_token as f64 / (1u64 << 20) as f64),
+        ),
+        ("block_bytes", thousands(per_block as u64)),
+    ]);
+    if let Ok(budget) = int(args, "budget_bytes") {
+        let blocks = budget as usize / per_block.max(1);
+        v.insert("budget_bytes_text".into(), thousands(budget));
+        v.insert(
+            "budget_gib".into(),
+            format!("{}", budget as f64 / (1u64 << 30) as f64),
+        );
+        v.insert("budget_power".into(), power_of_two(budget.trailing_zeros()));
+        v.insert("tokens".into(), thousands((blocks * block_size) as u64));
+    }
+    Ok(v)
 }
