@@ -129,8 +129,16 @@ pub fn load_model(spec: &ModelSpec, random: bool, seed: u64) -> Result<LoadedMod
                 tokenizer: tiny_tokenizer(),
             });
         }
-        ModelSpec::Known(name) => crate::model_loader::fetch_model::fetch_model(name)
-            .map_err(|e| EngineError::Io(format!("cannot fetch model `{name}`: {e}")))?,
+        ModelSpec::Known(name) => {
+            use crate::model_loader::fetch_model::{fetch_model, fetched_gguf};
+            let dir = fetch_model(name)
+                .map_err(|e| EngineError::Io(format!("cannot fetch model `{name}`: {e}")))?;
+            let mut model = load_dir(&dir, random, seed)?;
+            if let (false, Some(gguf)) = (random, fetched_gguf(name)) {
+                model.weights = ModelWeights::Gguf { dir, gguf };
+            }
+            return Ok(model);
+        }
         ModelSpec::Dir(path) if path.extension().is_some_and(|e| e == "gguf") => {
             return load_gguf(path, random, seed);
         }

