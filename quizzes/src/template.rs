@@ -152,6 +152,18 @@ pub const KINDS: &[Kind] = &[
         derive: derive_kv,
     },
     Kind {
+        name: "queries_per_kv_head",
+        check_fn: "num_queries_per_kv",
+        draw: draw_model,
+        derive: derive_heads,
+    },
+    Kind {
+        name: "ring_sent_ratio",
+        check_fn: "ring_sent_ratio",
+        draw: draw_ring,
+        derive: derive_ring,
+    },
+    Kind {
         name: "weight_bytes",
         check_fn: "weight_bytes",
         draw: draw_weight_bytes,
@@ -727,4 +739,42 @@ fn derive_kv(args: &Args) -> Result<Values, String> {
         v.insert("tokens".into(), thousands((blocks * block_size) as u64));
     }
     Ok(v)
+}
+
+// Another of the models the book knows.
+fn draw_model(rng: &mut Rng, book: &Args) -> Args {
+    let mut args = book.clone();
+    let (id, _) = rng.pick(MODELS);
+    args.insert("model".into(), toml::Value::String(id.into()));
+    args
+}
+
+fn derive_heads(args: &Args) -> Result<Values, String> {
+    let id = engine_calls::text(args, "model")?;
+    let c = model_config(id)?;
+    let name = MODELS
+        .iter()
+        .find(|(m, _)| *m == id)
+        .map_or(id, |(_, name)| name);
+    Ok(values(&[
+        ("model_name", name.to_string()),
+        ("q_heads", c.num_attention_heads.to_string()),
+        ("kv_heads", c.num_key_value_heads.to_string()),
+    ]))
+}
+
+// A ring of 2 to 8 ranks (each draw runs the CPU communicator's all-reduce on that many
+// threads, so the test stays small).
+fn draw_ring(rng: &mut Rng, book: &Args) -> Args {
+    let mut args = book.clone();
+    set(&mut args, "ranks", rng.range(2, 8));
+    args
+}
+
+fn derive_ring(args: &Args) -> Result<Values, String> {
+    let n = int(args, "ranks")?;
+    Ok(values(&[(
+        "sent_steps",
+        (2 * n.saturating_sub(1)).to_string(),
+    )]))
 }
