@@ -1,7 +1,8 @@
 //! `--model path/x.gguf` on the CPU computes from the file's Q8_0/Q4_1 blocks, and gives the
 //! very logits and greedy tokens of the same model loaded as f32 (the Hugging Face directory
 //! the GGUF converts to). The model: a two-layer Llama written as a GGUF here, every linear
-//! layer in blocks (Q8_0 and Q4_1 mixed), an untied LM head, a byte-level GPT-2 tokenizer.
+//! layer in blocks (Q8_0 and Q4_1 mixed), an LM head untied or tied to the embedding table, a
+//! byte-level GPT-2 tokenizer.
 
 use engine::backend::cpu_backend::CpuBackend;
 use engine::backend::{Backend, DType};
@@ -57,7 +58,7 @@ fn blocks(format: GgmlType, n: u64, seed: &mut u64) -> Vec<u8> {
     out
 }
 
-fn write_model(dir: &std::path::Path) -> std::path::PathBuf {
+fn write_model(dir: &std::path::Path, tied: bool) -> std::path::PathBuf {
     let mut tokens = vec![
         "<|endoftext|>".to_string(),
         "<|im_start|>".into(),
@@ -101,7 +102,9 @@ fn write_model(dir: &std::path::Path) -> std::path::PathBuf {
         b.tensor(name, &dims, ty, data)
     };
     b = t(b, "token_embd.weight", [HIDDEN, vocab], q8);
-    b = t(b, "output.weight", [HIDDEN, vocab], q4);
+    if !tied {
+        b = t(b, "output.weight", [HIDDEN, vocab], q4);
+    }
     b = b.tensor_f32("output_norm.weight", &[HIDDEN], &ones);
     let (q, kv) = (HEADS * HEAD_DIM, KV_HEADS * HEAD_DIM);
     for i in 0..LAYERS {
@@ -119,7 +122,12 @@ fn write_model(dir: &std::path::Path) -> std::path::PathBuf {
         b = t(b, &n("ffn_up"), [HIDDEN, FF], q4);
         b = t(b, &n("ffn_down"), [FF, HIDDEN], q8);
     }
-    b.write_to(dir, "tiny-q.gguf").unwrap()
+    let name = if tied {
+        "tiny-tied.gguf"
+    } else {
+        "tiny-q.gguf"
+    };
+    b.write_to(dir, name).unwrap()
 }
 
 #[test]
@@ -128,7 +136,13 @@ fn gguf_blocks_give_the_f32_models_logits_and_tokens() {
     // The conversion goes to the cache: point it at the temporary directory (this test file
     // is its own process, and this its only test).
     std::env::set_var("INFERENCE_LAB_CACHE", tmp.path().join("cache"));
-    let gguf = write_model(tmp.path());
+    for tied in [false, true] {
+        check(&write_model(tmp.path(), tied), tied);
+    }
+}
+
+fn check(gguf: &std::path::Path, tied: bool) {
+    let gguf = gguf.to_path_buf();
 
     let from_gguf = load_model(&ModelSpec::Dir(gguf.clone()), false, 0).unwrap();
     let ModelWeights::Gguf { dir, .. } = &from_gguf.weights else {
@@ -146,13 +160,12 @@ fn gguf_blocks_give_the_f32_models_logits_and_tokens() {
         .unwrap();
     let want = weights.layers[0].gate_up_proj.data.clone();
     let replaced = keep_gguf_blocks(&backend, &config, &mut weights, &gguf).unwrap();
-    assert_eq!(replaced, 4 * LAYERS as usize + 1);
+    assert_eq!(replaced, 4 * LAYERS as usize + 1, "tied: {tied}");
     let layer = &weights.layers[1];
     assert!(layer.qkv_proj.blocks.is_some() && layer.down_proj.blocks.is_some());
-    assert!(
-        weights.embed_tokens.blocks.is_none(),
-        "the embedding stays f32"
-    );
+    let embed = &weights.embed_tokens;
+    assert!(!embed.data.is_empty(), "the lookup keeps f32");
+    assert_eq!(embed.blocks.is_some(), tied, "blocks for the tied LM head");
     let got = backend.download(&weights.layers[0].gate_up_proj).unwrap();
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&got), bits(&want), "blocks widen to the converted f32");
@@ -171,7 +184,7 @@ fn gguf_blocks_give_the_f32_models_logits_and_tokens() {
     let f32_out = run(load_model(&ModelSpec::Dir(f32_dir), false, 0).unwrap());
     let mut distinct = std::collections::HashSet::new();
     for (b, f) in blocks_out.iter().zip(&f32_out) {
-        assert_eq!(b.token_ids, f.token_ids);
+        assert_eq!(b.token_ids, f.token_ids, "tied: {tied}");
         assert_eq!(b.logits.len(), f.logits.len());
         for (lb, lf) in b.logits.iter().zip(&f.logits) {
             assert_eq!(bits(lb), bits(lf), "logits differ");

@@ -39,9 +39,10 @@ pub struct CpuTensor {
     /// layer's weight (the engine's warm-up step, for a model's weights) and kept: weights
     /// are packed once, activations never.
     pub packed: OnceLock<PackedWeight>,
-    /// A weight kept in its GGUF blocks (Q8_0/Q4_1) instead of `data` (then empty): a linear
-    /// layer computes from the blocks ([`cpu_gemm::gemm_blocks`]), bitwise as from the
-    /// dequantized f32 matrix, reading about a quarter of the bytes.
+    /// A weight kept in its GGUF blocks (Q8_0/Q4_1), instead of `data` (then empty) or beside
+    /// it (a tied embedding table: the lookup reads `data`): a linear layer computes from the
+    /// blocks ([`cpu_gemm::gemm_blocks`]), bitwise as from the dequantized f32 matrix, reading
+    /// about a quarter of the bytes.
     pub blocks: Option<PackedBlocks>,
 }
 
@@ -216,6 +217,18 @@ impl Backend for CpuBackend {
         let blocks = PackedBlocks::pack(bytes, format, rows, cols, self.gemm_isa)
             .map_err(|e| BackendError::shape("upload_blocks", e))?;
         Ok(Some(CpuTensor::from_blocks(blocks)))
+    }
+
+    fn attach_blocks(
+        &self,
+        t: &mut CpuTensor,
+        format: gguf_hf::dequant::GgmlType,
+        bytes: &[u8],
+    ) -> Result<bool> {
+        let blocks = PackedBlocks::pack(bytes, format, t.rows, t.cols, self.gemm_isa)
+            .map_err(|e| BackendError::shape("attach_blocks", e))?;
+        t.blocks = Some(blocks);
+        Ok(true)
     }
 
     fn download(&self, t: &CpuTensor) -> Result<Vec<f32>> {

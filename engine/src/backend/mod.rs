@@ -128,6 +128,17 @@ pub trait Backend: Send + Sync {
     ) -> Result<Option<Self::Tensor>> {
         Ok(None)
     }
+    /// [`Backend::upload_blocks`] for a weight that is also read as a matrix (a tied LM head
+    /// is the embedding table): `t` keeps its f32 values for the lookup and gains the blocks
+    /// for linear layers. `Ok(false)` (the default) on a backend without block tensors.
+    fn attach_blocks(
+        &self,
+        _t: &mut Self::Tensor,
+        _format: gguf_hf::dequant::GgmlType,
+        _bytes: &[u8],
+    ) -> Result<bool> {
+        Ok(false)
+    }
     /// Copies `t` `[rows, cols]` to the host as f32.
     fn download(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
     /// A `[rows, cols]` tensor of zeros in `dtype`.

@@ -5,8 +5,9 @@
 //!
 //! Why automatic: on the CPU the block GEMM gives the very bits of the f32 GEMM on the
 //! dequantized weights (`cpu_gemm::packed_blocks`), so the output cannot change, while the
-//! bytes a decode step reads drop about fourfold. The embedding table and the norms stay f32
-//! (a lookup and a vector), and so does a tied `lm_head`, which is the embedding table.
+//! bytes a decode step reads drop about fourfold. The norms stay f32 (vectors), and so does
+//! the embedding table for its lookup; when the LM head is tied to it, the table also gets its
+//! blocks, which the LM head's GEMM reads.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -85,10 +86,20 @@ pub fn keep_blocks<B: Backend>(
             }
         }
     }
-    if let Some(lm_head) = weights.lm_head.as_mut() {
-        if let Some(t) = fused(&["lm_head.weight".to_string()], c.vocab_size, h)? {
-            *lm_head = t;
-            replaced += 1;
+    match weights.lm_head.as_mut() {
+        Some(lm_head) => {
+            if let Some(t) = fused(&["lm_head.weight".to_string()], c.vocab_size, h)? {
+                *lm_head = t;
+                replaced += 1;
+            }
+        }
+        // Tied: the LM head is the embedding table, which the lookup still reads as f32.
+        None => {
+            if let Some((format, bytes)) = get("model.embed_tokens.weight")? {
+                if backend.attach_blocks(&mut weights.embed_tokens, format, &bytes)? {
+                    replaced += 1;
+                }
+            }
         }
     }
     Ok(replaced)
