@@ -7,7 +7,9 @@ use std::process::Command;
 
 use engine::config::Device;
 use engine::model_source::{load_model, ModelSpec};
-use engine::tracer::{bottlenecks, chrome_trace, SpanRecorder};
+use engine::tracer::{
+    bottlenecks, chrome_trace, measured_all_reduce, predicted_all_reduce, SpanRecorder,
+};
 use engine::{EngineConfig, SamplingParams, LLM};
 
 #[test]
@@ -64,6 +66,21 @@ fn a_traced_tensor_parallel_run() {
         p = spans[i].parent;
     }
     assert!(chain.contains(&"rank"), "linear's parents: {chain:?}");
+
+    // The course's all-reduce formulas predict rank 0's counters exactly: (1 + 2 × layers)
+    // all-reduces a step of tokens × hidden f32 values, and a ring sends 2(N−1)/N of each.
+    let tokens: Vec<usize> = spans
+        .iter()
+        .filter(|s| s.name == "execute_model")
+        .map(|s| s.fields["tokens"].parse().unwrap())
+        .collect();
+    let c = llm.engine.model_config().clone();
+    let predicted = predicted_all_reduce(&tokens, c.num_hidden_layers, c.hidden_size, 4, 2);
+    assert_eq!(predicted.calls, 5 * (1 + 2 * c.num_hidden_layers as u64));
+    let comm = llm.engine.comm_stats();
+    for (rank, stats) in comm.iter().enumerate() {
+        assert_eq!(measured_all_reduce(stats), predicted, "rank {rank}");
+    }
 
     // The bottleneck table's shares add up to one and name the model's ops.
     let rows = bottlenecks(&spans);

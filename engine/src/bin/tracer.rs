@@ -13,7 +13,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use engine::config::Device;
 use engine::model_source::{load_model, ModelSpec};
-use engine::tracer::{bottlenecks, chrome_trace, RecordedSpan, SpanRecorder};
+use engine::tracer::{
+    bottlenecks, chrome_trace, measured_all_reduce, predicted_all_reduce, RecordedSpan,
+    SpanRecorder,
+};
 use engine::{EngineConfig, SamplingParams, LLM};
 
 #[derive(Parser)]
@@ -76,6 +79,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     print_timeline(run);
     print_bottlenecks(run);
     let comm = llm.engine.comm_stats();
+    if args.tp > 1 && args.pp == 1 {
+        print_comm_check(run, &llm, &comm[0], args.tp);
+    }
     if !comm.is_empty() {
         println!("\ncollectives (bytes each rank's communicator counted):");
         for (rank, s) in comm.iter().enumerate() {
@@ -134,4 +140,38 @@ fn print_bottlenecks(spans: &[RecordedSpan]) {
             c.share * 100.0
         );
     }
+}
+
+/// The all-reduce traffic the course's formulas give for the steps that ran, beside rank 0's
+/// counters.
+fn print_comm_check(
+    spans: &[RecordedSpan],
+    llm: &LLM,
+    rank0: &engine::distributed::CommStats,
+    tp: usize,
+) {
+    let tokens: Vec<usize> = spans
+        .iter()
+        .filter(|s| s.name == "execute_model")
+        .filter_map(|s| s.fields.get("tokens")?.parse().ok())
+        .collect();
+    let c = llm.engine.model_config();
+    // The CPU engine sums f32 values, the GPU bf16.
+    let value_bytes = match llm.engine.config.device {
+        Device::Cuda(_) => 2,
+        _ => 4,
+    };
+    let p = predicted_all_reduce(&tokens, c.num_hidden_layers, c.hidden_size, value_bytes, tp);
+    let m = measured_all_reduce(rank0);
+    println!(
+        "
+all-reduce traffic of rank 0: the formulas against the counters"
+    );
+    println!("| | calls | tensor bytes | bytes sent |");
+    println!("| --- | ---: | ---: | ---: |");
+    println!("| predicted: (1 + 2 × layers) per step, tokens × hidden each, ring 2(N−1)/N | {} | {} | {:.0} |", p.calls, p.tensor_bytes, p.sent_bytes);
+    println!(
+        "| measured | {} | {} | {:.0} |",
+        m.calls, m.tensor_bytes, m.sent_bytes
+    );
 }

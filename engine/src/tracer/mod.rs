@@ -8,14 +8,17 @@
 //! thread does. With no subscriber each costs one relaxed atomic load. [`SpanRecorder`] is a
 //! subscriber that keeps every span's name, fields, thread and start and end times;
 //! [`chrome_trace`] writes them as a Chrome trace (open it in Perfetto), and [`bottlenecks`]
-//! adds them up by component.
+//! adds them up by component; [`comm_check`] sets the all-reduce traffic the course's
+//! formulas predict beside what the communicators counted.
 //!
 //! Times are the host's: on the GPU a `kernel` span is the launch, not the kernel's run.
 
 pub mod bottlenecks;
 pub mod chrome_trace;
+pub mod comm_check;
 pub mod span_recorder;
 
 pub use bottlenecks::{bottlenecks, Component};
 pub use chrome_trace::chrome_trace;
+pub use comm_check::{measured_all_reduce, predicted_all_reduce, AllReduceTraffic};
 pub use span_recorder::{RecordedSpan, SpanRecorder};
