@@ -82,6 +82,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.tp > 1 && args.pp == 1 {
         print_comm_check(run, &llm, &comm[0], args.tp);
     }
+    if args.pp > 1 {
+        print_pipeline(&llm);
+    }
     if !comm.is_empty() {
         println!("\ncollectives (bytes each rank's communicator counted):");
         for (rank, s) in comm.iter().enumerate() {
@@ -174,4 +177,30 @@ all-reduce traffic of rank 0: the formulas against the counters"
         "| measured | {} | {} | {:.0} |",
         m.calls, m.tensor_bytes, m.sent_bytes
     );
+}
+
+/// Each stage's busy and idle time over the run, against the bubble the formula predicts for
+/// the micro-batches the last step had.
+fn print_pipeline(llm: &LLM) {
+    use engine::distributed::pipeline_schedule::pipeline_efficiency;
+    let Some(schedule) = llm.engine.pipeline_schedule() else {
+        return;
+    };
+    let (m, st) = (schedule.num_micro_batches, schedule.num_stages);
+    println!("\npipeline: {st} stages, {m} micro-batch(es) in the last step");
+    println!(
+        "  predicted efficiency M/(M+S-1) = {:.3}; the last step's schedule, in ticks: {:.3}",
+        pipeline_efficiency(m, st),
+        1.0 - schedule.bubble().fraction()
+    );
+    println!("| stage rank | busy ms | waiting for the previous stage ms | idle share |");
+    println!("| ---: | ---: | ---: | ---: |");
+    for (rank, t) in llm.engine.stage_times().iter().enumerate() {
+        println!(
+            "| {rank} | {:.3} | {:.3} | {:.1}% |",
+            t.busy.as_secs_f64() * 1e3,
+            t.recv_wait.as_secs_f64() * 1e3,
+            t.idle_fraction() * 100.0
+        );
+    }
 }
