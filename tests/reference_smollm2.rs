@@ -119,6 +119,26 @@ fn greedy_generation_matches_transformers() {
     check_generations(&reference(), &mut llm(&dir, EngineConfig::default()));
 }
 
+/// The same from the GGUF's own Q4_1/Q8_0 blocks on the CPU, when the GGUF is kept beside the
+/// directory (`<dir>.gguf`, as `lab fetch-model` keeps it since it computes from blocks).
+#[test]
+fn greedy_generation_from_gguf_blocks_matches_transformers() {
+    let test = "greedy_generation_from_gguf_blocks_matches_transformers";
+    let Some(dir) = model_or_skip(test) else {
+        return;
+    };
+    let name = dir.file_name().unwrap_or_default().to_string_lossy();
+    let gguf = dir.with_file_name(format!("{name}.gguf"));
+    if !gguf.is_file() {
+        eprintln!("skipping {test}: no {}", gguf.display());
+        return;
+    }
+    let mut model = load_model(&ModelSpec::Dir(dir.clone()), false, 0).expect("model loads");
+    model.weights = engine::model_source::ModelWeights::Gguf { dir, gguf };
+    let mut llm = LLM::new(model, EngineConfig::default()).expect("engine starts");
+    check_generations(&reference(), &mut llm);
+}
+
 #[test]
 fn matches_transformers_under_preemption_and_chunked_prefill() {
     let Some(dir) = model_or_skip("matches_transformers_under_preemption_and_chunked_prefill")
