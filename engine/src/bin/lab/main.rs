@@ -73,8 +73,9 @@ enum Command {
 /// Which model, and the engine's knobs: shared by `generate` and `bench`.
 #[derive(Args, Clone)]
 pub struct ModelArgs {
-    /// `tiny` (built in, random weights), `smollm2` (fetched on first use), or a Hugging Face
-    /// model directory.
+    /// `tiny` (built in, random weights), `smollm2` (fetched on first use), a Hugging Face
+    /// model directory, or a `.gguf` file (converted once; on the CPU its Q8_0/Q4_1 weights are
+    /// computed from in their blocks, with the same results).
     #[arg(long, default_value = "tiny")]
     pub model: String,
     /// Ignore the directory's weights; draw random ones of the config's shape.
