@@ -204,6 +204,12 @@ pub fn gemm_blocks(
     gemm_panels(out, x, Panels::Blocks(w), bias, num_tokens)
 }
 
+thread_local! {
+    /// A panel's dequantized `K` block (weights in blocks only): one per thread, reused by
+    /// every task it runs, so a decode step neither allocates nor zeroes one per task.
+    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Where the micro-kernel's `[kc][nr]` weight slices come from.
 #[derive(Clone, Copy)]
 enum Panels<'a> {
@@ -254,10 +260,11 @@ fn gemm_panels(
     }
     tasks.into_par_iter().for_each(|(t0, rows, p0, c)| {
         let x = &x[t0 * k..(t0 + rows) * k];
-        let mut scratch = Vec::new(); // dequantized K block (blocks only)
-        for (i, c) in c.chunks_exact_mut(rows * nr).enumerate() {
-            panel_times_x(isa, c, x, w, p0 + i, rows, k, &mut scratch);
-        }
+        SCRATCH.with_borrow_mut(|scratch| {
+            for (i, c) in c.chunks_exact_mut(rows * nr).enumerate() {
+                panel_times_x(isa, c, x, w, p0 + i, rows, k, scratch);
+            }
+        });
     });
     // Scatter → [t, n], adding the bias after the chain.
     let mut blocks = tiles.chunks(MC.min(t) * panels * nr);
