@@ -1,5 +1,7 @@
 //! Property tests of the scheduler and block manager on random workloads, without a model:
 //! tokens are "sampled" by a fake rule, and after every step the invariants are checked.
+//! 400 workloads by default; `SCHEDULER_CASES=10000 cargo test -p engine --test
+//! scheduler_properties` runs more.
 
 use std::collections::{HashMap, HashSet};
 
@@ -182,8 +184,16 @@ fn run(w: &Workload) {
     );
 }
 
+/// Workloads to draw: `SCHEDULER_CASES`, or 400.
+fn cases() -> u32 {
+    std::env::var("SCHEDULER_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(400))]
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
     #[test]
     fn random_workloads_keep_invariants(w in workload()) {
         run(&w);

@@ -226,17 +226,38 @@ impl ThreadExecutor {
         let n = self.commands.len();
         let mut got: Vec<Option<Reply>> = (0..n).map(|_| None).collect();
         let mut first_error: Option<EngineError> = None;
+        let (start, loading) = (Instant::now(), command.is_none());
+        // While the ranks load, no collective runs, so none of them times out on a rank that
+        // has stopped: once one rank is ready, the others get three times as long as it took,
+        // plus the group's timeout.
+        let mut ready_by: Option<Instant> = None;
         while got.iter().any(Option::is_none) {
             // Until a rank fails, a step takes as long as it takes; after, the rest have the
             // group's timeout to report (their collectives fail within it).
-            let next = match first_error {
-                None => self
+            let next = match (&first_error, ready_by) {
+                (Some(_), _) => self.replies.recv_timeout(self.timeout),
+                (None, Some(by)) => self
+                    .replies
+                    .recv_timeout(by.saturating_duration_since(Instant::now())),
+                (None, None) => self
                     .replies
                     .recv()
                     .map_err(|_| RecvTimeoutError::Disconnected),
-                Some(_) => self.replies.recv_timeout(self.timeout),
             };
+            if let (Err(RecvTimeoutError::Timeout), None, true) = (&next, &first_error, loading) {
+                let waiting: Vec<usize> = (0..n).filter(|&r| got[r].is_none()).collect();
+                let why = format!(
+                    "timed out after {:.1} s waiting for rank(s) {waiting:?} to load (stopped or \
+                     hung?); the other ranks were ready",
+                    start.elapsed().as_secs_f64()
+                );
+                self.failed = Some(why.clone());
+                return Err(EngineError::Internal(why));
+            }
             let Ok((rank, reply)) = next else { break };
+            if loading && ready_by.is_none() {
+                ready_by = Some(Instant::now() + 3 * start.elapsed() + self.timeout);
+            }
             match reply {
                 Reply::Ready(Err(e)) | Reply::Output(Err(e), ..) => {
                     first_error.get_or_insert(e);
