@@ -227,9 +227,11 @@ impl ThreadExecutor {
         let mut got: Vec<Option<Reply>> = (0..n).map(|_| None).collect();
         let mut first_error: Option<EngineError> = None;
         let (start, loading) = (Instant::now(), command.is_none());
-        // While the ranks load, no collective runs, so none of them times out on a rank that
-        // has stopped: once one rank is ready, the others get three times as long as it took,
-        // plus the group's timeout.
+        // A rank that stops where no collective waits on it (while the ranks load, or after
+        // its step's last collective, before its reply) makes no peer time out. So once one
+        // rank has answered, the others get three times as long as it took, plus the group's
+        // timeout: they load the same shards, and a step's ranks end within a few of its
+        // micro-batches of each other.
         let mut ready_by: Option<Instant> = None;
         while got.iter().any(Option::is_none) {
             // Until a rank fails, a step takes as long as it takes; after, the rest have the
@@ -244,18 +246,19 @@ impl ThreadExecutor {
                     .recv()
                     .map_err(|_| RecvTimeoutError::Disconnected),
             };
-            if let (Err(RecvTimeoutError::Timeout), None, true) = (&next, &first_error, loading) {
+            if let (Err(RecvTimeoutError::Timeout), None) = (&next, &first_error) {
                 let waiting: Vec<usize> = (0..n).filter(|&r| got[r].is_none()).collect();
+                let what = if loading { "load" } else { "answer the step" };
                 let why = format!(
-                    "timed out after {:.1} s waiting for rank(s) {waiting:?} to load (stopped or \
-                     hung?); the other ranks were ready",
+                    "timed out after {:.1} s waiting for rank(s) {waiting:?} to {what} (stopped \
+                     or hung?); the other ranks had answered",
                     start.elapsed().as_secs_f64()
                 );
                 self.failed = Some(why.clone());
                 return Err(EngineError::Internal(why));
             }
             let Ok((rank, reply)) = next else { break };
-            if loading && ready_by.is_none() {
+            if ready_by.is_none() {
                 ready_by = Some(Instant::now() + 3 * start.elapsed() + self.timeout);
             }
             match reply {
