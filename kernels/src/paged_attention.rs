@@ -4,8 +4,8 @@
 //!
 //! Single pass when every context fits one partition of [`PARTITION_SIZE`] tokens and the batch
 //! alone gives the GPU enough blocks; split-K otherwise ([`PagedAttention::partitions`]): each
-//! partition of a sequence gets its own block, and a reduce kernel merges their softmax states.
-//! The merge needs a workspace, allocated once ([`SplitKWorkspace`], sized by
+//! partition of a sequence gets its own block, and the last of them to finish merges their
+//! softmax states (one launch either way). The merge needs a workspace, allocated once ([`SplitKWorkspace`], sized by
 //! [`PagedAttention::workspace_rows`]) and grown only when a batch needs more.
 //!
 //! Inside a block, K/V tiles of 32 tokens stream into a ring of shared-memory buffers with
@@ -86,12 +86,14 @@ pub struct DecodeShape {
 }
 
 /// Scratch for split-K: per (sequence, head, partition) the partial sum of values, the max
-/// score and the sum of exponentials.
+/// score and the sum of exponentials; per (sequence, head group) the counter that tells the
+/// last block to finish that it is the last (zero between launches: the kernel resets it).
 #[derive(Debug)]
 pub struct SplitKWorkspace {
     tmp_out: CudaSlice<f32>,    // [num_seqs, num_heads, max_partitions, head_dim]
     max_logits: CudaSlice<f32>, // [num_seqs, num_heads, max_partitions]
     exp_sums: CudaSlice<f32>,   // [num_seqs, num_heads, max_partitions]
+    tickets: CudaSlice<u32>,    // [num_seqs, head groups], at most as many as max_logits
 }
 
 impl SplitKWorkspace {
@@ -102,6 +104,7 @@ impl SplitKWorkspace {
             tmp_out: stream.alloc_zeros(rows * head_dim.max(1))?,
             max_logits: stream.alloc_zeros(rows)?,
             exp_sums: stream.alloc_zeros(rows)?,
+            tickets: stream.alloc_zeros(rows)?,
         })
     }
 
@@ -122,7 +125,6 @@ pub struct PagedAttention {
     decode_d128_s2: Vec<CudaFunction>,
     /// Which ring depth head size 128 launches (one of [`D128_STAGES`]).
     d128_stages: usize,
-    reduce: Vec<CudaFunction>,
     /// The GPU's SMs, which a small batch's partitions are meant to fill.
     num_sms: usize,
     /// Whether small batches are split to fill the SMs (the bench times both).
@@ -161,7 +163,6 @@ impl PagedAttention {
             Ok(f)
         };
         let mut decode = Vec::new();
-        let mut reduce = Vec::new();
         for d in HEAD_DIMS {
             let mut per_d = Vec::new();
             for h in HEADS_PER_BLOCK {
@@ -169,7 +170,6 @@ impl PagedAttention {
                 per_d.push(load(format!("paged_attention_decode_d{d}_h{h}"), bytes)?);
             }
             decode.push(per_d);
-            reduce.push(module.load_function(&format!("paged_attention_reduce_d{d}"))?);
         }
         let decode_d128_s2 = HEADS_PER_BLOCK
             .iter()
@@ -184,7 +184,6 @@ impl PagedAttention {
             decode,
             decode_d128_s2,
             d128_stages: DEFAULT_D128_STAGES,
-            reduce,
             num_sms,
             small_batch_split: true,
         })
@@ -203,7 +202,7 @@ impl PagedAttention {
     /// Llama-3.2-1B, on a GPU of 132 SMs, each block walking its whole context one tile after
     /// another. A small batch is therefore split into up to [`MAX_SMALL_BATCH_SPLIT`]
     /// partitions, as many as keep the grid near two blocks per SM, of at least one tile each;
-    /// the reduce kernel that merges them costs less than the walk it shortens. A long context
+    /// merging them costs less than the walk it shortens. A long context
     /// is split into partitions of at most [`PARTITION_SIZE`] tokens whatever the batch. The
     /// count depends on the batch size, and on `max_seq_len` only past `count × 512` tokens, so
     /// CUDA graphs keyed by it stay few.
@@ -357,7 +356,11 @@ impl PagedAttention {
             .arg(query)
             .arg(key_cache)
             .arg(value_cache);
-        launch.arg(block_tables).arg(seq_lens).arg(&scale);
+        launch
+            .arg(block_tables)
+            .arg(seq_lens)
+            .arg(&mut ws.tickets)
+            .arg(&scale);
         for a in &args {
             launch.arg(a);
         }
@@ -365,34 +368,9 @@ impl PagedAttention {
         // query hold num_seqs * num_heads * head_dim elements, the tables their shapes
         // (checked above); the workspace holds num_seqs * num_heads * parts rows (ensured).
         // Cache reads follow block tables and seq_lens, whose contents the caller guarantees
-        // (documented above).
+        // (documented above). Tickets: one per (sequence, head group), fewer than the
+        // workspace's rows; each launch leaves them at zero.
         unsafe { launch.launch(cfg) }?;
-        if parts == 1 {
-            return Ok(());
-        }
-
-        let reduce_cfg = LaunchConfig {
-            grid_dim: (
-                cfg.grid_dim.0 * HEADS_PER_BLOCK[h] as u32,
-                cfg.grid_dim.1,
-                1,
-            ),
-            block_dim: (s.head_dim as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let (max_parts, psize) = (cfg.grid_dim.2, args[4]);
-        let mut launch = Launch::new(stream, &self.reduce[d]);
-        launch
-            .arg(out)
-            .arg(&ws.tmp_out)
-            .arg(&ws.max_logits)
-            .arg(&ws.exp_sums);
-        launch.arg(seq_lens).arg(&max_parts).arg(&psize);
-        // SAFETY: the signature matches paged_attention_reduce_d* (out, tmp_out, max_logits,
-        // exp_sums, seq_lens, u32, u32); the grid is (num_heads, num_seqs), each block reads the
-        // partitions of its sequence the decode kernel wrote (at most max_parts: both kernels
-        // compute a partition's tokens with the same partition_tokens).
-        unsafe { launch.launch(reduce_cfg) }?;
         Ok(())
     }
 }

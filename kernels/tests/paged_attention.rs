@@ -3,7 +3,9 @@
 //! single sequences split to fill the GPU (with that split turned off too), GQA groups 1, 3,
 //! 4, 6 and 8, head sizes 64 and 128. Blocks are handed out in random order,
 //! and queries are scaled so that softmax is peaked: a missed or misplaced key of weight moves
-//! the output well past the bound.
+//! the output well past the bound. Every launch shares one split-K workspace, as the engine's
+//! do: a merge ticket left non-zero by one launch would leave the next one's output unwritten
+//! (poisoned), and a merge that read a partition before it was written would be off.
 mod common;
 
 use common::{assert_close, gpu_or_skip, poisoned, to_f64, Rng, BF16_BOUND};
