@@ -7,14 +7,15 @@
 //
 // Work split. A block (4 warps) takes one sequence, HEADS query heads that share one KV head
 // (GQA: each K/V row is read once for all of them), and one partition of the context. It walks
-// the partition in tiles of TILE = 32 tokens:
+// the partition in tiles of TT tokens (TT = 32 at head size 128, 64 at head size 64: the same
+// 16 KB of K and V per tile, so the same barriers per byte; see `Tile` below):
 //
 //   copy   K and V rows of future tiles stream into a ring of STAGES shared-memory buffers
 //          with cp.async (global -> shared without passing through registers): STAGES - 1
 //          tiles are in flight while the block computes on one. Registers no longer bound the
 //          bytes in flight (the previous version loaded into registers: 128 of them per
 //          thread, and a prefetch pushed that to 166 and lost occupancy).
-//   q·k    lane t of every warp takes token t of the tile; warp w takes a quarter of the head
+//   q·k    lane t of every warp takes token t of the tile (and t + 32 when TT = 64); warp w takes a quarter of the head
 //          dims. Each thread reads its key slice once, converts it to f32 once, and dots it
 //          with all HEADS query heads (q sits in shared memory, read as broadcasts). The four
 //          warps' partial dots are summed through shared memory: no shuffle per token.
@@ -50,25 +51,23 @@
 
 #define NUM_THREADS 128
 #define NUM_WARPS (NUM_THREADS / 32)
-#define TILE 32             // tokens per pipeline stage: one per lane in q·k
+#define TILE 32             // tokens per lane-row of q·k, and the granule partitions are cut in
 #define MAX_PARTITION 512   // = PARTITION_SIZE on the Rust side: longest partition a block takes
 
-// Ring depth: STAGES - 1 tiles in flight per block (a tile is TILE * D * 2 bytes of K plus as
-// much V: 16 KB at D = 128, 8 KB at D = 64). Measured on the H200: a deeper ring is slower,
-// because it costs resident blocks (shared memory) and the blocks' arithmetic between barriers,
-// not bytes in flight, is what limits this kernel. 3 stages at D = 128 (4 blocks per SM, as
-// the 107 registers allow) and 4 at D = 64 (5 blocks) keep ~100 KB in flight per SM; 2 stages
-// at D = 128 (below) keep less and are faster still.
-// The Rust side mirrors this to size the dynamic shared memory (paged_attention.rs).
-// A second D = 128 instantiation with 2 stages (suffix `_s2`: one tile in flight, smaller ring,
-// more blocks per SM) is what the Rust side launches by default: 79% of copy against 77% for 3
-// stages in the same run on the H200 (kernels/README.md). The 3-stage one is kept so that the
-// bench can time both (PagedAttention::with_d128_stages).
-template <int D, int S = (D == 128 ? 3 : 4)>
+// The ring: S stages of TT tokens' K and V rows; S - 1 tiles are in flight per block while it
+// computes on one. Measured on the H200 (kernels/README.md): a deeper ring is slower, because
+// it costs resident blocks (shared memory), and the block's arithmetic between barriers, not
+// the bytes in flight, is what limits this kernel. At head size 128 (16 KB tiles of 32 tokens)
+// 2 stages reach 79% of copy bandwidth against 77% for 3. At head size 64 a 32-token tile is
+// 8 KB, and the block spends as many barriers and softmax updates on it as on 16 KB at head
+// size 128: with a 4-stage ring that reached 68-69%. So head size 64 takes 64-token tiles (two
+// tokens per lane in q·k and in the softmax), 16 KB per round as at head size 128. The Rust side
+// sizes the dynamic shared memory from the same numbers (`Ring` in paged_attention.rs).
+template <int D, int S, int TT>
 struct Ring {
     static constexpr int STAGES = S;
     static constexpr int CHUNKS = D / 8;  // 16-byte chunks per K or V row
-    static constexpr int STAGE_CHUNKS = 2 * TILE * CHUNKS;
+    static constexpr int STAGE_CHUNKS = 2 * TT * CHUNKS;
 };
 
 // 16 bytes global -> shared, asynchronously. `valid == false` writes zeros instead (src-size
@@ -107,7 +106,7 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
-template <int D, int HEADS, int S>
+template <int D, int HEADS, int S, int TT>
 __device__ __forceinline__ void paged_attention_decode(
     __nv_bfloat16* __restrict__ out,                // [num_seqs, num_heads, head_dim]
     float* __restrict__ tmp_out,                    // [num_seqs, num_heads, max_partitions, head_dim]
@@ -121,21 +120,23 @@ __device__ __forceinline__ void paged_attention_decode(
     u32* __restrict__ tickets,                      // [num_seqs, head groups]; 0 between launches
     float scale, u32 num_heads, u32 num_kv_heads, u32 block_size, u32 max_blocks_per_seq,
     u32 min_partition) {
-    using R = Ring<D, S>;
+    using R = Ring<D, S, TT>;
+    constexpr int TPL = TT / TILE;                      // tokens per lane in q·k and softmax
     constexpr int CHUNKS = R::CHUNKS, STAGES = R::STAGES;
     constexpr int WARP_CHUNKS = CHUNKS / NUM_WARPS;     // q·k: chunks of a row per warp
     constexpr int GROUPS = NUM_THREADS / CHUNKS;        // p·V: token groups (8 or 16)
-    constexpr int GROUP_TOKENS = TILE / GROUPS;         // p·V: tokens per group per tile
+    constexpr int GROUP_TOKENS = TT / GROUPS;           // p·V: tokens per group per tile
     constexpr int HEADS_PER_WARP = (HEADS + NUM_WARPS - 1) / NUM_WARPS;  // softmax
-    static_assert(CHUNKS >= 8 && CHUNKS % NUM_WARPS == 0 && TILE % GROUPS == 0, "layout");
+    static_assert(CHUNKS >= 8 && CHUNKS % NUM_WARPS == 0 && TT % GROUPS == 0, "layout");
+    static_assert(TT == TILE || TT == 2 * TILE, "one or two tokens per lane");
     static_assert(GROUPS * HEADS * D * 4 <= STAGES * R::STAGE_CHUNKS * 16, "merge fits the ring");
 
-    // [STAGES][K, V][TILE][CHUNKS] uint4, chunks swizzled; reused for the final merge.
+    // [STAGES][K, V][TT][CHUNKS] uint4, chunks swizzled; reused for the final merge.
     extern __shared__ uint4 s_ring[];
     __shared__ __align__(16) float s_q[HEADS][D];   // query rows, times scale (read as float4)
     __shared__ u32 s_table[MAX_PARTITION + 1];      // this partition's block-table entries
-    __shared__ float s_part[NUM_WARPS][HEADS][TILE];  // q·k partial dots, one per warp
-    __shared__ float s_p[HEADS][TILE];              // softmax weights of the tile
+    __shared__ float s_part[NUM_WARPS][HEADS][TT];  // q·k partial dots, one per warp
+    __shared__ float s_p[HEADS][TT];                // softmax weights of the tile
     __shared__ float s_corr[HEADS], s_m[HEADS], s_l[HEADS];
 
     const u32 first_head = blockIdx.x * HEADS, seq = blockIdx.y, part = blockIdx.z;
@@ -145,7 +146,7 @@ __device__ __forceinline__ void paged_attention_decode(
     const u32 start = part * partition_size;
     if (start >= seq_len) return;  // this sequence is shorter than the longest one
     const u32 end = min(start + partition_size, seq_len);
-    const u32 num_tiles = (end - start + TILE - 1) / TILE;
+    const u32 num_tiles = (end - start + TT - 1) / TT;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
     // The partition's block-table entries, once: the copies below then find a row's address
@@ -160,12 +161,12 @@ __device__ __forceinline__ void paged_attention_decode(
     // (D = 64) whole rows, contiguous 256- or 128-byte runs of the cache.
     auto load_tile = [&](u32 tile, int stage) {
         uint4* k_dst = s_ring + stage * R::STAGE_CHUNKS;
-        uint4* v_dst = k_dst + TILE * CHUNKS;
+        uint4* v_dst = k_dst + TT * CHUNKS;
 #pragma unroll
-        for (int i = 0; i < TILE * CHUNKS / NUM_THREADS; i++) {
+        for (int i = 0; i < TT * CHUNKS / NUM_THREADS; i++) {
             const int idx = i * NUM_THREADS + threadIdx.x;
             const int r = idx / CHUNKS, c = idx % CHUNKS;
-            const u32 tok = start + tile * TILE + r;
+            const u32 tok = start + tile * TT + r;
             const bool valid = tok < end;
             size_t offset = 0;  // a valid address even when nothing is read from it
             if (valid) {
@@ -211,46 +212,64 @@ __device__ __forceinline__ void paged_attention_decode(
         if (t + STAGES - 1 < num_tiles) load_tile(t + STAGES - 1, (t + STAGES - 1) % STAGES);
         cp_async_commit();
         const uint4* k_s = s_ring + (t % STAGES) * R::STAGE_CHUNKS;
-        const uint4* v_s = k_s + TILE * CHUNKS;
+        const uint4* v_s = k_s + TT * CHUNKS;
 
-        // q·k: token `lane`, dims of this warp's quarter, every head.
-        float dot[HEADS];
+        // q·k: tokens `lane` (and `lane + 32`), dims of this warp's quarter, every head.
+        float dot[TPL][HEADS];
 #pragma unroll
-        for (int h = 0; h < HEADS; h++) dot[h] = 0.0f;
+        for (int u = 0; u < TPL; u++)
+#pragma unroll
+            for (int h = 0; h < HEADS; h++) dot[u][h] = 0.0f;
 #pragma unroll
         for (int j = 0; j < WARP_CHUNKS; j++) {
             const int c = warp * WARP_CHUNKS + j;
-            const f32x8 k = unpack8(k_s[lane * CHUNKS + swizzle(lane, c)]);
 #pragma unroll
-            for (int h = 0; h < HEADS; h++) {
-                const float4 q0 = *reinterpret_cast<const float4*>(&s_q[h][c * 8]);
-                const float4 q1 = *reinterpret_cast<const float4*>(&s_q[h][c * 8 + 4]);
-                dot[h] += q0.x * k.v[0] + q0.y * k.v[1] + q0.z * k.v[2] + q0.w * k.v[3] +
-                          q1.x * k.v[4] + q1.y * k.v[5] + q1.z * k.v[6] + q1.w * k.v[7];
+            for (int u = 0; u < TPL; u++) {
+                const int r = lane + TILE * u;
+                const f32x8 k = unpack8(k_s[r * CHUNKS + swizzle(r, c)]);
+#pragma unroll
+                for (int h = 0; h < HEADS; h++) {
+                    const float4 q0 = *reinterpret_cast<const float4*>(&s_q[h][c * 8]);
+                    const float4 q1 = *reinterpret_cast<const float4*>(&s_q[h][c * 8 + 4]);
+                    dot[u][h] += q0.x * k.v[0] + q0.y * k.v[1] + q0.z * k.v[2] + q0.w * k.v[3] +
+                                 q1.x * k.v[4] + q1.y * k.v[5] + q1.z * k.v[6] + q1.w * k.v[7];
+                }
             }
         }
 #pragma unroll
-        for (int h = 0; h < HEADS; h++) s_part[warp][h][lane] = dot[h];
+        for (int u = 0; u < TPL; u++)
+#pragma unroll
+            for (int h = 0; h < HEADS; h++) s_part[warp][h][lane + TILE * u] = dot[u][h];
         __syncthreads();
 
-        // Softmax update, one warp per head: 32 scores, one max and one sum.
-        const bool valid = start + t * TILE + lane < end;
+        // Softmax update, one warp per head: TT scores, one max and one sum.
 #pragma unroll
         for (int j = 0; j < HEADS_PER_WARP; j++) {
             const int h = warp + j * NUM_WARPS;
             if (h < HEADS) {  // warp-uniform
-                float score = 0.0f;
+                float score[TPL], tile_max = -INFINITY;
 #pragma unroll
-                for (int w = 0; w < NUM_WARPS; w++) score += s_part[w][h][lane];
-                score = valid ? score : -INFINITY;
+                for (int u = 0; u < TPL; u++) {
+                    const int r = lane + TILE * u;
+                    float sc = 0.0f;
+#pragma unroll
+                    for (int w = 0; w < NUM_WARPS; w++) sc += s_part[w][h][r];
+                    score[u] = start + t * TT + r < end ? sc : -INFINITY;
+                    tile_max = fmaxf(tile_max, score[u]);
+                }
                 // The tile has at least one valid token, so m_new is finite; on the first tile
-                // m_run = -inf and corr = exp(-inf) = 0.
-                const float m_new = fmaxf(m_run[j], warp_max(score));
+                // m_run = -inf and corr = exp(-inf) = 0. An invalid token's p is exp(-inf) = 0.
+                const float m_new = fmaxf(m_run[j], warp_max(tile_max));
                 const float corr = __expf(m_run[j] - m_new);
-                const float p = valid ? __expf(score - m_new) : 0.0f;
-                l_run[j] = l_run[j] * corr + warp_sum(p);
+                float p_sum = 0.0f;
+#pragma unroll
+                for (int u = 0; u < TPL; u++) {
+                    const float p = __expf(score[u] - m_new);
+                    s_p[h][lane + TILE * u] = p;
+                    p_sum += p;
+                }
+                l_run[j] = l_run[j] * corr + warp_sum(p_sum);
                 m_run[j] = m_new;
-                s_p[h][lane] = p;
                 if (lane == 0) s_corr[h] = corr;
             }
         }
@@ -344,9 +363,11 @@ __device__ __forceinline__ void paged_attention_decode(
     }
 }
 
-// The entry points NVRTC exports, one per (head_dim, query heads per block). The Rust side
-// picks HEADS as the largest of 8, 4, 3, 2, 1 that divides num_heads / num_kv_heads, and
-// launches with Ring<D>'s bytes of dynamic shared memory.
+// The entry points NVRTC exports, one per (head size D, tile tokens T, ring stages S, query
+// heads per block H): paged_attention_decode_d{D}_t{T}_s{S}_h{H}. The Rust side picks H as the
+// largest of 8, 4, 3, 2, 1 that divides num_heads / num_kv_heads, the ring by head size
+// (`rings` in paged_attention.rs: the default first, the others kept so that one bench run
+// times them side by side), and launches with the ring's bytes of dynamic shared memory.
 #define DECODE_ARGS                                                                            \
     __nv_bfloat16 *out, float *tmp_out, float *max_logits, float *exp_sums,                    \
         const __nv_bfloat16 *query, const __nv_bfloat16 *key_cache,                            \
@@ -356,18 +377,13 @@ __device__ __forceinline__ void paged_attention_decode(
 #define DECODE_NAMES                                                                           \
     out, tmp_out, max_logits, exp_sums, query, key_cache, value_cache, block_tables, seq_lens, \
         tickets, scale, num_heads, num_kv_heads, block_size, max_blocks_per_seq, min_partition
-#define DECODE(D, H)                                                                           \
+#define DECODE(D, T, S, H)                                                                     \
     extern "C" __global__ void __launch_bounds__(NUM_THREADS)                                  \
-        paged_attention_decode_d##D##_h##H(DECODE_ARGS) {                                      \
+        paged_attention_decode_d##D##_t##T##_s##S##_h##H(DECODE_ARGS) {                        \
         PDL_ENTRY();                                                                           \
-        paged_attention_decode<D, H, Ring<D>::STAGES>(DECODE_NAMES);                           \
+        paged_attention_decode<D, H, S, T>(DECODE_NAMES);                                      \
     }
-#define DECODE_S2(D, H)                                                                        \
-    extern "C" __global__ void __launch_bounds__(NUM_THREADS)                                  \
-        paged_attention_decode_d##D##_s2_h##H(DECODE_ARGS) {                                   \
-        PDL_ENTRY();                                                                           \
-        paged_attention_decode<D, H, 2>(DECODE_NAMES);                                         \
-    }
-DECODE(64, 1) DECODE(64, 2) DECODE(64, 3) DECODE(64, 4) DECODE(64, 8)
-DECODE(128, 1) DECODE(128, 2) DECODE(128, 3) DECODE(128, 4) DECODE(128, 8)
-DECODE_S2(128, 1) DECODE_S2(128, 2) DECODE_S2(128, 3) DECODE_S2(128, 4) DECODE_S2(128, 8)
+#define DECODE_HEADS(D, T, S) \
+    DECODE(D, T, S, 1) DECODE(D, T, S, 2) DECODE(D, T, S, 3) DECODE(D, T, S, 4) DECODE(D, T, S, 8)
+DECODE_HEADS(64, 64, 2) DECODE_HEADS(64, 64, 3) DECODE_HEADS(64, 32, 4)
+DECODE_HEADS(128, 32, 2) DECODE_HEADS(128, 32, 3)

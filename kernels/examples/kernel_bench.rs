@@ -13,7 +13,7 @@ use anyhow::{bail, Result};
 use kernels::cudarc::driver::CudaSlice;
 use kernels::gemv::SplitK;
 use kernels::linear::Linear;
-use kernels::paged_attention::{DecodeShape, PagedAttention, SplitKWorkspace, D128_STAGES};
+use kernels::paged_attention::{rings, DecodeShape, PagedAttention, SplitKWorkspace};
 use kernels::prefill_attention::{PrefillShape, BLOCK_MS};
 use kernels::roofline::{self, random_bf16, uninit_bf16, REPS, WARMUP};
 use kernels::sampling::RowParams;
@@ -323,20 +323,11 @@ fn main() -> Result<()> {
         (512, 1024, 32, 8, 64),
     ] {
         let mut inp = DecodeInputs::new(&gpu, seqs, ctx_len, nh, nkv, d, bs, &mut x)?;
-        // Head size 128: both ring depths built, timed one after the other.
-        let stages: &[usize] = if d == 128 { &D128_STAGES } else { &[0] };
-        for &st in stages {
-            let pa = if st == 0 {
-                k.paged_attention.clone()
-            } else {
-                k.paged_attention.clone().with_d128_stages(st)?
-            };
+        // Every ring built for the head size, timed one after the other (the default first).
+        for &ring in rings(d) {
+            let pa = k.paged_attention.clone().with_ring(d, ring)?;
             let ms = time_ms(&gpu, || inp.run(&gpu, &pa, &mut ws))?;
-            let ring = if st == 0 {
-                String::new()
-            } else {
-                format!(", {st}-stage ring")
-            };
+            let ring = format!(", {}-token tiles x {} stages", ring.tile, ring.stages);
             let size = format!("{seqs} seqs x {ctx_len} tok, {nh}/{nkv} heads, d {d}{ring}");
             push("paged_attention decode", size, ms, inp.bytes as f64);
         }

@@ -34,31 +34,62 @@ pub const PARTITION_SIZE: usize = 512;
 pub const MAX_SMALL_BATCH_SPLIT: usize = 16;
 /// Threads per block (`NUM_THREADS` in the kernel).
 const THREADS: u32 = 128;
-/// Tokens per pipeline stage (`TILE` in the kernel).
+/// The granule a partition is cut in (`TILE` in the kernel).
 const TILE: usize = 32;
 
-/// Dynamic shared memory of the decode kernel: its ring of K/V tiles, `Ring<D>` in the kernel
-/// (`STAGES` tiles of `TILE` K rows and as many V rows of `head_dim` bf16). Past the 48 KB that
-/// a kernel gets by default, hence the opt-in at load time.
-fn ring_bytes(head_dim: usize, stages: usize) -> usize {
-    stages * 2 * TILE * head_dim * 2
+/// A decode kernel's ring of K/V tiles in shared memory: `stages` tiles of `tile` tokens
+/// (`Ring<D, S, TT>` in the kernel, which explains the choice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ring {
+    pub tile: usize,
+    pub stages: usize,
 }
-/// Ring depth of the plain instantiations (`Ring<D>::STAGES` in the kernel, no suffix).
-fn default_stages(head_dim: usize) -> usize {
-    if head_dim == 128 {
-        3
-    } else {
-        4
+
+impl Ring {
+    /// Dynamic shared memory of a launch: `stages` tiles of K rows and as many V rows of
+    /// `head_dim` bf16. Past the 48 KB that a kernel gets by default, hence the opt-in at
+    /// load time.
+    fn bytes(self, head_dim: usize) -> usize {
+        self.stages * 2 * self.tile * head_dim * 2
     }
 }
-/// Ring depths built at head size 128: 2 (the `_s2` kernels, launched by default: 79% of copy
-/// against 77% for 3 stages in the same H200 run, kernels/README.md) and 3 (the plain
-/// instantiation), both kept so that one run can time them side by side
-/// ([`PagedAttention::with_d128_stages`]).
-pub const D128_STAGES: [usize; 2] = [3, 2];
-/// The ring depth launched at head size 128 unless [`PagedAttention::with_d128_stages`] says
-/// otherwise.
-pub const DEFAULT_D128_STAGES: usize = 2;
+
+/// The rings built for a head size, the one launched by default first (the others are kept
+/// so that one bench run can time them side by side: [`PagedAttention::with_ring`]). Head size
+/// 64: 64-token tiles in 2 stages, 3 stages, and the 32-token tiles of 4 stages it used before;
+/// head size 128: 32-token tiles in 2 stages (79% of copy bandwidth on the H200 against 77%
+/// for 3, kernels/README.md) and 3.
+pub fn rings(head_dim: usize) -> &'static [Ring] {
+    const D64: [Ring; 3] = [
+        Ring {
+            tile: 64,
+            stages: 2,
+        },
+        Ring {
+            tile: 64,
+            stages: 3,
+        },
+        Ring {
+            tile: 32,
+            stages: 4,
+        },
+    ];
+    const D128: [Ring; 2] = [
+        Ring {
+            tile: 32,
+            stages: 2,
+        },
+        Ring {
+            tile: 32,
+            stages: 3,
+        },
+    ];
+    match head_dim {
+        64 => &D64,
+        128 => &D128,
+        _ => &[],
+    }
+}
 /// Head sizes with an instantiation: `crate::HEAD_DIMS`. Query heads per block (largest
 /// dividing the group):
 const HEADS_PER_BLOCK: [usize; 5] = [8, 4, 3, 2, 1];
@@ -119,12 +150,12 @@ impl SplitKWorkspace {
 /// The compiled decode kernels, by head size.
 #[derive(Debug, Clone)]
 pub struct PagedAttention {
-    /// `decode[d][h]`: head size `HEAD_DIMS[d]`, `HEADS_PER_BLOCK[h]` query heads per block.
-    decode: Vec<Vec<CudaFunction>>,
-    /// The 2-stage head-size-128 variant, by `HEADS_PER_BLOCK[h]`.
-    decode_d128_s2: Vec<CudaFunction>,
-    /// Which ring depth head size 128 launches (one of [`D128_STAGES`]).
-    d128_stages: usize,
+    /// `decode[d][r][h]`: head size `HEAD_DIMS[d]`, ring `rings(HEAD_DIMS[d])[r]`,
+    /// `HEADS_PER_BLOCK[h]` query heads per block.
+    decode: Vec<Vec<Vec<CudaFunction>>>,
+    /// The ring launched per head size (an index into [`rings`]; 0, the default, unless
+    /// [`PagedAttention::with_ring`] chose another).
+    ring: Vec<usize>,
     /// The GPU's SMs, which a small batch's partitions are meant to fill.
     num_sms: usize,
     /// Whether small batches are split to fill the SMs (the bench times both).
@@ -164,26 +195,23 @@ impl PagedAttention {
         };
         let mut decode = Vec::new();
         for d in HEAD_DIMS {
-            let mut per_d = Vec::new();
-            for h in HEADS_PER_BLOCK {
-                let bytes = ring_bytes(d, default_stages(d));
-                per_d.push(load(format!("paged_attention_decode_d{d}_h{h}"), bytes)?);
+            let mut per_ring = Vec::new();
+            for ring in rings(d) {
+                let (t, st) = (ring.tile, ring.stages);
+                let per_h = HEADS_PER_BLOCK
+                    .iter()
+                    .map(|h| {
+                        let name = format!("paged_attention_decode_d{d}_t{t}_s{st}_h{h}");
+                        load(name, ring.bytes(d))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                per_ring.push(per_h);
             }
-            decode.push(per_d);
+            decode.push(per_ring);
         }
-        let decode_d128_s2 = HEADS_PER_BLOCK
-            .iter()
-            .map(|h| {
-                load(
-                    format!("paged_attention_decode_d128_s2_h{h}"),
-                    ring_bytes(128, 2),
-                )
-            })
-            .collect::<Result<_>>()?;
         Ok(Self {
             decode,
-            decode_d128_s2,
-            d128_stages: DEFAULT_D128_STAGES,
+            ring: vec![0; HEAD_DIMS.len()],
             num_sms,
             small_batch_split: true,
         })
@@ -233,22 +261,28 @@ impl PagedAttention {
         }
     }
 
-    /// The same kernels, launching the head-size-128 ring with `stages` buffers (one of
-    /// [`D128_STAGES`]); other head sizes are unchanged.
-    pub fn with_d128_stages(mut self, stages: usize) -> Result<Self> {
-        if !D128_STAGES.contains(&stages) {
+    /// The same kernels, launching `ring` (one of [`rings`]`(head_dim)`) at `head_dim`; other
+    /// head sizes are unchanged.
+    pub fn with_ring(mut self, head_dim: usize, ring: Ring) -> Result<Self> {
+        let d = HEAD_DIMS.iter().position(|&d| d == head_dim);
+        let r = rings(head_dim).iter().position(|&r| r == ring);
+        let (Some(d), Some(r)) = (d, r) else {
             return Err(KernelError::Unsupported {
                 kernel: "paged_attention",
-                what: format!("{stages} ring stages at head size 128 (built: {D128_STAGES:?})"),
+                what: format!(
+                    "{ring:?} at head size {head_dim} (built: {:?})",
+                    rings(head_dim)
+                ),
             });
-        }
-        self.d128_stages = stages;
+        };
+        self.ring[d] = r;
         Ok(self)
     }
 
-    /// Ring depth launched at head size 128.
-    pub fn d128_stages(&self) -> usize {
-        self.d128_stages
+    /// The ring launched at `head_dim`.
+    pub fn ring(&self, head_dim: usize) -> Option<Ring> {
+        let d = HEAD_DIMS.iter().position(|&d| d == head_dim)?;
+        rings(head_dim).get(self.ring[d]).copied()
     }
 
     /// `out[s, h] = softmax(q[s, h] · K[s]ᵀ · scale) · V[s]` over the `seq_lens[s]` cached tokens
@@ -331,11 +365,8 @@ impl PagedAttention {
             to_u32(K, "max_blocks_per_seq", s.max_blocks_per_seq)?,
             to_u32(K, "min_partition", partition_size)?,
         ];
-        let (kernel, stages) = if s.head_dim == 128 && self.d128_stages == 2 {
-            (&self.decode_d128_s2[h], 2)
-        } else {
-            (&self.decode[d][h], default_stages(s.head_dim))
-        };
+        let ring = rings(s.head_dim)[self.ring[d]];
+        let kernel = &self.decode[d][self.ring[d]][h];
         let cfg = LaunchConfig {
             grid_dim: (
                 to_u32(K, "head chunks", s.num_heads / HEADS_PER_BLOCK[h])?,
@@ -343,7 +374,7 @@ impl PagedAttention {
                 to_u32(K, "partitions", parts)?,
             ),
             block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: ring_bytes(s.head_dim, stages) as u32,
+            shared_mem_bytes: ring.bytes(s.head_dim) as u32,
         };
         let ws = workspace;
         let mut launch = Launch::new(stream, kernel);

@@ -9,7 +9,7 @@
 mod common;
 
 use common::{assert_close, gpu_or_skip, poisoned, to_f64, Rng, BF16_BOUND};
-use kernels::paged_attention::{DecodeShape, SplitKWorkspace, D128_STAGES, PARTITION_SIZE};
+use kernels::paged_attention::{rings, DecodeShape, SplitKWorkspace, PARTITION_SIZE};
 
 struct Case {
     num_heads: usize,
@@ -131,17 +131,15 @@ fn decode_matches_f64_reference() {
             block_size: bs,
             max_blocks_per_seq: max_blocks,
         };
-        // Head size 128 is built with two ring depths: run each (fresh poisoned output), with
-        // and without the small-batch split.
-        let stages: &[usize] = if d == 128 { &D128_STAGES } else { &[0] };
+        // Every ring built for the head size (fresh poisoned output each), with and without the
+        // small-batch split.
         let mut gots = Vec::new();
-        for (&st, small_split) in stages.iter().flat_map(|st| [(st, true), (st, false)]) {
-            let variant = if st == 0 {
-                k.clone()
-            } else {
-                k.clone().with_d128_stages(st).unwrap()
-            }
-            .with_small_batch_split(small_split);
+        for (&ring, small_split) in rings(d).iter().flat_map(|r| [(r, true), (r, false)]) {
+            let variant = k
+                .clone()
+                .with_ring(d, ring)
+                .unwrap()
+                .with_small_batch_split(small_split);
             let p = variant.partitions(n, nh, nkv, max_len);
             long_split_seen |= p.count > 1 && p.min_tokens == PARTITION_SIZE;
             small_split_seen |= p.count > 1 && p.min_tokens < PARTITION_SIZE;
@@ -160,7 +158,7 @@ fn decode_matches_f64_reference() {
                     max_len,
                 )
                 .unwrap();
-            gots.push((st, p, s.clone_dtoh(&out).unwrap()));
+            gots.push((ring, p, s.clone_dtoh(&out).unwrap()));
             out = poisoned(s, n * nh * d);
         }
 
@@ -195,12 +193,8 @@ fn decode_matches_f64_reference() {
             "decode {nh}/{nkv} heads, d {d}, block {bs}, lens {:?}",
             c.seq_lens
         );
-        for (st, p, got) in &gots {
-            let ring = if *st == 0 {
-                String::new()
-            } else {
-                format!(", {st}-stage ring")
-            };
+        for (ring, p, got) in &gots {
+            let ring = format!(", {}-token tiles x {} stages", ring.tile, ring.stages);
             let mode = format!(
                 ", {} partitions of at least {} tokens",
                 p.count, p.min_tokens
