@@ -180,6 +180,91 @@ fn cuda_graph_runs_are_repeatable() {
     }
 }
 
+/// The `device_kernel` events of a run: (op, start_us, device_us) in the order they came.
+#[derive(Clone, Default)]
+struct DeviceTimes(std::sync::Arc<std::sync::Mutex<Vec<(String, f64, f64)>>>);
+
+impl tracing::Subscriber for DeviceTimes {
+    fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
+        meta.target() == engine::backend::cuda_kernel_timer::TARGET
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        struct Fields(String, f64, f64);
+        impl tracing::field::Visit for Fields {
+            fn record_str(&mut self, f: &tracing::field::Field, v: &str) {
+                if f.name() == "op" {
+                    self.0 = v.to_string();
+                }
+            }
+            fn record_f64(&mut self, f: &tracing::field::Field, v: f64) {
+                match f.name() {
+                    "start_us" => self.1 = v,
+                    "device_us" => self.2 = v,
+                    _ => {}
+                }
+            }
+            fn record_debug(&mut self, _: &tracing::field::Field, _: &dyn std::fmt::Debug) {}
+        }
+        let mut f = Fields(String::new(), f64::NAN, f64::NAN);
+        event.record(&mut f);
+        self.0.lock().unwrap().push((f.0, f.1, f.2));
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+/// While a subscriber listens for per-op device times, every op of every step reports one
+/// (the steps run eagerly then), placed in step order, and the tokens are those of a run
+/// with CUDA graphs and no listener.
+#[test]
+fn cuda_per_op_device_times_reach_a_listening_subscriber() {
+    if !gpu_or_skip() {
+        return;
+    }
+    let c = config(64);
+    let times = DeviceTimes::default();
+    let events = times.0.clone();
+    let timed = tracing::subscriber::with_default(times, || run(&c, Device::Cuda(0), true, false));
+    let plain = run(&c, Device::Cuda(0), true, false);
+    for (x, y) in timed.iter().zip(&plain) {
+        assert_eq!(x.token_ids, y.token_ids, "request {:?}", x.request_id);
+    }
+    let events = events.lock().unwrap();
+    let count = |op: &str| events.iter().filter(|e| e.0 == op).count();
+    // One sampler per step; 24 tokens for each of 6 prompts take at least 24 steps.
+    let steps = count("sample");
+    assert!(steps >= 24, "{steps} steps reported a sampler");
+    for op in ["embedding", "paged_attention_decode", "linear"] {
+        assert!(
+            count(op) > 0,
+            "no device time for {op}: {:?}",
+            &events[..events.len().min(20)]
+        );
+    }
+    for (op, start, dur) in events.iter() {
+        assert!(*dur > 0.0 && dur.is_finite(), "{op}: device time {dur} µs");
+        assert!(
+            *start >= 0.0 && start.is_finite(),
+            "{op}: starts at {start} µs"
+        );
+    }
+    // Within a step the ops come in launch order: each starts after the previous one started.
+    // A step ends with its sampler.
+    let mut prev = 0.0;
+    for (op, start, _) in events.iter() {
+        assert!(
+            *start >= prev,
+            "{op} starts at {start} µs, before the op launched ahead of it ({prev})"
+        );
+        prev = if op == "sample" { 0.0 } else { *start };
+    }
+}
+
 /// Tensor and pipeline parallelism on the GPU: ranks on the GPUs there are (sharing one
 /// where there is one), collectives through the host. Each layout's greedy tokens agree with
 /// the CPU's as one GPU's do: within bf16 noise (the TP sum rounds each rank's partial result

@@ -31,14 +31,15 @@ use rayon::prelude::*;
 
 use super::cuda_allocator::{self, CachingAllocator};
 use super::cuda_graph::{capture_sizes, padded_size, CudaGraphs, GraphKey};
+use super::cuda_kernel_timer::{self, KernelScope, KernelTimer};
 use super::cuda_step::{self, device, CudaStepMetadata, StepPool};
 use super::cuda_tensor::{CudaData, CudaTensor};
 use super::cuda_tensor_parallel::RankComm;
 use super::{Backend, BackendError, DType, DeviceTime, Result, StepLimits, StepSampling};
 use crate::config::{EngineConfig, ModelConfig};
-use crate::distributed::{CommStats, Communicator};
+use crate::distributed::{CommOp, CommStats, Communicator};
 use crate::outputs::ModelRunnerOutput;
-use crate::sampler::SampleFn;
+use crate::sampler::{SampleFn, SampleRow};
 use crate::worker::model_runner::ModelInput;
 
 /// Most tokens a projection runs through the GEMV rather than cuBLAS: past 4 tokens the GEMV
@@ -80,6 +81,8 @@ pub struct CudaBackend {
     capture_sizes: Vec<usize>,
     /// Events around each step's device work, and the time they measured so far.
     step_timer: Mutex<StepTimer>,
+    /// Events around each op, while the tracer asks for them, and around each NCCL call.
+    kernel_timer: KernelTimer,
     /// This rank's end of its tensor-parallel group; `None` runs the whole model
     /// ([`super::cuda_tensor_parallel`]).
     comm: Option<RankComm>,
@@ -140,6 +143,7 @@ impl CudaBackend {
                 events: (timing_event(&gpu)?, timing_event(&gpu)?),
                 time: DeviceTime::default(),
             }),
+            kernel_timer: KernelTimer::default(),
             comm: None,
             gpu,
         })
@@ -195,6 +199,24 @@ impl CudaBackend {
         self
     }
 
+    /// The scope of one op: its `kernel` span, and its device time when the tracer asks
+    /// ([`super::cuda_kernel_timer`]).
+    pub(super) fn op_scope(&self, op: &'static str) -> KernelScope<'_> {
+        let span = tracing::trace_span!("kernel", op);
+        self.collective_scope(op, None, span)
+    }
+
+    /// [`Self::op_scope`] with its own span, for a collective of kind `comm` (always timed).
+    pub(super) fn collective_scope(
+        &self,
+        op: &'static str,
+        comm: Option<CommOp>,
+        span: tracing::Span,
+    ) -> KernelScope<'_> {
+        let (ctx, stream) = (&self.gpu.ctx, &self.gpu.stream);
+        self.kernel_timer.scope(ctx, stream, op, comm, span)
+    }
+
     /// This rank's end of its group, when it has one of more than one rank.
     fn group(&self) -> Option<&RankComm> {
         self.comm.as_ref().filter(|c| c.world_size > 1)
@@ -231,6 +253,32 @@ impl CudaBackend {
         Ok(CudaTensor::pooled(data, rows, cols))
     }
 
+    /// Sets the logits of `banned`'s (row, id) pairs to -inf, in place, before sampling
+    /// (min_tokens: [`crate::min_tokens`]). The pairs are copied to the device each time: only
+    /// steps with a request below its `min_tokens` have any, and those run eagerly.
+    fn mask_logits(
+        &self,
+        logits: &mut CudaTensor, // [step.num_logits, vocab]
+        step: &CudaStepMetadata,
+        banned: &(Vec<u32>, Vec<u32>),
+    ) -> Result<()> {
+        let _span = tracing::trace_span!("kernel", op = "mask_logits").entered();
+        let n = step.num_logits;
+        shape(logits.rows == n, "mask_logits", || {
+            format!("{} logits rows for {n} sampling rows", logits.rows)
+        })?;
+        let stream = &self.gpu.stream;
+        let dev = |e| device("copy banned token ids", e);
+        let rows = stream.clone_htod(&banned.0).map_err(dev)?;
+        let ids = stream.clone_htod(&banned.1).map_err(dev)?;
+        let mut view = logits.view_bf16_mut("mask_logits")?;
+        self.gpu
+            .kernels
+            .sampling
+            .mask_logits(stream, &mut view, n, &rows.as_view(), &ids.as_view())
+            .map_err(kernel("mask_logits"))
+    }
+
     /// Samples `logits` `[step.num_logits, vocab]` into `out` on the device.
     fn sample_into(
         &self,
@@ -238,7 +286,7 @@ impl CudaBackend {
         step: &CudaStepMetadata,
         out: &mut CudaSlice<u32>,
     ) -> Result<()> {
-        let _span = tracing::trace_span!("kernel", op = "sample").entered();
+        let _span = self.op_scope("sample");
         let b = step.bufs();
         let n = step.num_logits;
         shape(logits.rows == n, "sample", || {
@@ -266,6 +314,19 @@ impl CudaBackend {
             .sample(&self.gpu.stream, &mut out, &logits, &params)
             .map_err(kernel("sample"))
     }
+}
+
+/// The (row, id) pairs whose logits are -inf this step: each row's `banned_token_ids`
+/// (min_tokens), as two `[num_banned]` lists for [`kernels::sampling::Sampling::mask_logits`].
+fn banned_pairs(rows: &[SampleRow]) -> (Vec<u32>, Vec<u32>) {
+    let mut pairs = (Vec::new(), Vec::new());
+    for (r, row) in rows.iter().enumerate() {
+        for &id in &row.banned_token_ids {
+            pairs.0.push(r as u32);
+            pairs.1.push(id);
+        }
+    }
+    pairs
 }
 
 /// Bytes of activations the largest step keeps alive at once, times two for the allocator's
@@ -321,7 +382,7 @@ impl CudaBackend {
         if !use_gemv(t, f.w) {
             return Ok(None);
         }
-        let _span = tracing::trace_span!("kernel", op = f.op).entered();
+        let _span = self.op_scope(f.op);
         shape(
             f.w.cols == hidden && f.norm.rows * f.norm.cols == hidden,
             f.op,
@@ -563,7 +624,7 @@ impl Backend for CudaBackend {
     }
 
     fn embedding(&self, table: &CudaTensor, step: &CudaStepMetadata) -> Result<CudaTensor> {
-        let _span = tracing::trace_span!("kernel", op = "embedding").entered();
+        let _span = self.op_scope("embedding");
         if let Some(comm) = self.group() {
             return self.vocab_parallel_embedding(comm, table, step);
         }
@@ -591,7 +652,10 @@ impl Backend for CudaBackend {
         w: &CudaTensor,
         bias: Option<&CudaTensor>,
     ) -> Result<CudaTensor> {
-        let _span = tracing::trace_span!("kernel", op = "linear", n = w.rows, k = w.cols).entered();
+        let span = tracing::trace_span!("kernel", op = "linear", n = w.rows, k = w.cols);
+        let _span = self
+            .kernel_timer
+            .scope(&self.gpu.ctx, &self.gpu.stream, "linear", None, span);
         shape(x.cols == w.cols, "linear", || {
             format!("x has {} columns, weight [{}, {}]", x.cols, w.rows, w.cols)
         })?;
@@ -617,7 +681,7 @@ impl Backend for CudaBackend {
     }
 
     fn rms_norm(&self, x: &CudaTensor, weight: &CudaTensor, eps: f32) -> Result<CudaTensor> {
-        let _span = tracing::trace_span!("kernel", op = "rms_norm").entered();
+        let _span = self.op_scope("rms_norm");
         let mut out = self.empty("rms_norm", x.rows, x.cols)?;
         self.gpu
             .kernels
@@ -640,7 +704,7 @@ impl Backend for CudaBackend {
         weight: &CudaTensor,
         eps: f32,
     ) -> Result<()> {
-        let _span = tracing::trace_span!("kernel", op = "fused_add_rms_norm").entered();
+        let _span = self.op_scope("fused_add_rms_norm");
         const OP: &str = "fused_add_rms_norm";
         self.gpu
             .kernels
@@ -663,7 +727,7 @@ impl Backend for CudaBackend {
         head_dim: usize,
         cos_sin_cache: &CudaTensor,
     ) -> Result<()> {
-        let _span = tracing::trace_span!("kernel", op = "rotary_embedding").entered();
+        let _span = self.op_scope("rotary_embedding");
         const OP: &str = "rotary_embedding";
         let t = step.num_tokens;
         shape(q.rows == t && k.rows == t && head_dim > 0, OP, || {
@@ -695,7 +759,7 @@ impl Backend for CudaBackend {
         value_cache: &mut CudaTensor,
         step: &CudaStepMetadata,
     ) -> Result<()> {
-        let _span = tracing::trace_span!("kernel", op = "reshape_and_cache").entered();
+        let _span = self.op_scope("reshape_and_cache");
         const OP: &str = "reshape_and_cache";
         let t = step.num_tokens;
         shape(k.rows == t && k.cols == key_cache.cols, OP, || {
@@ -746,7 +810,7 @@ impl Backend for CudaBackend {
         );
         let stream = &self.gpu.stream;
         if step.is_decode {
-            let _span = tracing::trace_span!("kernel", op = "paged_attention_decode").entered();
+            let _span = self.op_scope("paged_attention_decode");
             let shape = DecodeShape {
                 num_seqs: s,
                 num_heads: q.cols / head_dim,
@@ -774,7 +838,7 @@ impl Backend for CudaBackend {
                 )
                 .map_err(kernel(OP))?;
         } else {
-            let _span = tracing::trace_span!("kernel", op = "prefill_attention").entered();
+            let _span = self.op_scope("prefill_attention");
             let shape = PrefillShape {
                 num_seqs: s,
                 num_tokens: step.num_tokens,
@@ -807,7 +871,7 @@ impl Backend for CudaBackend {
     }
 
     fn silu_and_mul(&self, x: &CudaTensor) -> Result<CudaTensor> {
-        let _span = tracing::trace_span!("kernel", op = "silu_and_mul").entered();
+        let _span = self.op_scope("silu_and_mul");
         shape(x.cols.is_multiple_of(2), "silu_and_mul", || {
             format!("{} columns do not split into gate and up", x.cols)
         })?;
@@ -836,7 +900,7 @@ impl Backend for CudaBackend {
     }
 
     fn split_columns(&self, x: &CudaTensor, widths: &[usize]) -> Result<Vec<CudaTensor>> {
-        let _span = tracing::trace_span!("kernel", op = "split_columns").entered();
+        let _span = self.op_scope("split_columns");
         const OP: &str = "split_columns";
         let total: usize = widths.iter().sum();
         shape(total == x.cols && widths.len() == 3, OP, || {
@@ -980,7 +1044,7 @@ impl Backend for CudaBackend {
         value_cache: &mut CudaTensor,
         step: &CudaStepMetadata,
     ) -> Result<CudaTensor> {
-        let _span = tracing::trace_span!("kernel", op = "qkv_rotary_cache").entered();
+        let _span = self.op_scope("qkv_rotary_cache");
         const OP: &str = "qkv_rotary_and_cache";
         let t = step.num_tokens;
         let width = (num_heads + 2 * num_kv_heads) * head_dim;
@@ -1013,7 +1077,7 @@ impl Backend for CudaBackend {
     }
 
     fn gather_rows(&self, x: &CudaTensor, step: &CudaStepMetadata) -> Result<CudaTensor> {
-        let _span = tracing::trace_span!("kernel", op = "gather_rows").entered();
+        let _span = self.op_scope("gather_rows");
         // A row gather is an embedding lookup with `x` as the table.
         let n = step.num_logits;
         let mut out = self.empty("gather_rows", n, x.cols)?;
@@ -1070,21 +1134,34 @@ impl Backend for CudaBackend {
     ) -> Result<ModelRunnerOutput> {
         let rows = step.sample_rows();
         let wants_logits = rows.iter().any(|r| r.output_logits);
+        // min_tokens' bans as (row, id) pairs; a step with any runs eagerly (a graph replays
+        // fixed launches, and how many pairs there are changes from step to step).
+        let banned = banned_pairs(rows);
         let mut sampled = step.bufs().sampled.lock().map_err(|_| poisoned())?;
         let mut logits_host = None;
         let mut run = || -> Result<()> {
-            let logits = forward()?; // [num_logits, vocab]
-            self.sample_into(&logits, step, &mut sampled)?;
+            let mut logits = forward()?; // [num_logits, vocab]
             if wants_logits {
+                // Before the mask: the raw logits, as on the CPU.
                 logits_host = Some((self.download(&logits)?, logits.cols));
             }
+            if !banned.0.is_empty() {
+                self.mask_logits(&mut logits, step, &banned)?;
+            }
+            self.sample_into(&logits, step, &mut sampled)?;
             Ok(())
         };
         let mut timer = self.step_timer.lock().map_err(|_| poisoned())?;
         let stream = &self.gpu.stream;
         let record = |e: &CudaEvent| e.record(stream).map_err(|e| device("record an event", e));
         record(&timer.events.0)?;
-        let graphable = step.is_decode && !wants_logits && !self.capture_sizes.is_empty();
+        // Per-op device times, when the tracer listens: then the step runs eagerly.
+        self.kernel_timer.time_every_op(cuda_kernel_timer::wanted());
+        let graphable = step.is_decode
+            && !wants_logits
+            && banned.0.is_empty()
+            && !self.capture_sizes.is_empty()
+            && !self.kernel_timer.times_every_op();
         if graphable && self.capture_sizes.contains(&step.num_seqs) {
             let key = GraphKey {
                 num_seqs: step.num_seqs,
@@ -1114,6 +1191,8 @@ impl Backend for CudaBackend {
             .map_err(|e| device("read an event", e))?;
         timer.time.total += std::time::Duration::from_secs_f64(f64::from(ms) / 1e3);
         timer.time.steps += 1;
+        let nccl_stats = self.comm.as_ref().map(|c| c.nccl_stats());
+        self.kernel_timer.report(&timer.events.0, nccl_stats);
         let mut output = ModelRunnerOutput {
             sampled_token_ids: ids,
             logits: Vec::with_capacity(rows.len()),

@@ -36,8 +36,9 @@ pub struct RankComm {
     /// The group's NCCL communicator, when its ranks have a GPU each (a mutex for the same
     /// reason: NCCL's calls on one communicator must not overlap).
     nccl: Option<Mutex<NcclRank>>,
-    /// The NCCL calls' counts: bytes as a ring sends them, no time (the call returns before
-    /// the GPUs have summed; timing it would need events around each call).
+    /// The NCCL calls' counts: bytes as a ring sends them, and their device time, added once
+    /// the step is done (the call returns before the GPUs have summed; events around each
+    /// call measure it: [`super::cuda_kernel_timer`]).
     nccl_stats: Mutex<CommStats>,
     pub rank: usize,
     pub world_size: usize,
@@ -61,6 +62,11 @@ impl RankComm {
         f(comm.as_mut())
     }
 
+    /// The NCCL calls' counts, for their device times to be added to.
+    pub(super) fn nccl_stats(&self) -> &Mutex<CommStats> {
+        &self.nccl_stats
+    }
+
     /// The host communicator's counts, with the NCCL calls' added.
     pub fn stats(&self) -> CommStats {
         let mut stats = self.with(|c| c.stats().clone());
@@ -78,7 +84,9 @@ impl CudaBackend {
     /// `x` (`[t, c]`, bf16) becomes the sum of every rank's `x`: on NCCL when the group has
     /// it, else through the host.
     pub(super) fn group_all_reduce(&self, comm: &RankComm, x: &mut CudaTensor) -> Result<()> {
-        let _span = tracing::trace_span!("kernel", op = "all_reduce").entered();
+        let span = tracing::trace_span!("kernel", op = "all_reduce");
+        let nccl_op = comm.nccl.is_some().then_some(CommOp::AllReduce);
+        let _span = self.collective_scope("all_reduce", nccl_op, span);
         if let Some(nccl) = &comm.nccl {
             let bytes = (x.rows * x.cols * 2) as u64;
             let nccl = nccl.lock().unwrap_or_else(|p| p.into_inner());
@@ -90,7 +98,7 @@ impl CudaBackend {
                 CommOp::AllReduce,
                 bytes,
                 sent,
-                Default::default(),
+                Default::default(), // the device time comes after the step
                 result.is_err(),
             );
             return result.map_err(kernel("all_reduce"));
@@ -115,7 +123,7 @@ impl CudaBackend {
             let detail = format!("{cols} columns wanted from {n} ranks of {c}");
             return Err(BackendError::shape("all_gather_columns", detail));
         }
-        let _span = tracing::trace_span!("kernel", op = "all_gather").entered();
+        let _span = self.op_scope("all_gather");
         let mine = self.download(&x)?;
         // The communicator gathers whole buffers in rank order: [rank][row][col]. The model
         // wants each row's rank blocks side by side: [row][rank][col].

@@ -21,6 +21,7 @@ pub mod cpu_kernels;
 pub mod cuda_allocator;
 pub mod cuda_backend;
 pub mod cuda_graph;
+pub mod cuda_kernel_timer;
 pub mod cuda_step;
 pub mod cuda_tensor;
 pub mod cuda_tensor_parallel;
@@ -423,10 +424,20 @@ pub trait Backend: Send + Sync {
         // The CUDA backend's sampling kernel has this name too.
         let _span = tracing::trace_span!("kernel", op = "sample").entered();
         let mut output = ModelRunnerOutput::default();
+        let mut masked = Vec::new(); // a row with min_tokens' bans applied, reused
         for (row, how) in logits.chunks_exact(vocab.max(1)).zip(sample_rows) {
+            let to_sample = match how.banned_token_ids.is_empty() {
+                true => row,
+                false => {
+                    masked.clear();
+                    masked.extend_from_slice(row);
+                    crate::min_tokens::mask_logits(&mut masked, &how.banned_token_ids);
+                    &masked[..]
+                }
+            };
             output
                 .sampled_token_ids
-                .push(host_sample(row, &how.params(), how.draw()));
+                .push(host_sample(to_sample, &how.params(), how.draw()));
             output.logits.push(how.output_logits.then(|| row.to_vec()));
         }
         Ok(output)

@@ -72,6 +72,12 @@ impl CommStats {
         }
     }
 
+    /// Adds time to calls of kind `op` already counted: a GPU collective's device time, known
+    /// only once its stream has passed the events around it.
+    pub fn add_time(&mut self, op: CommOp, time: Duration) {
+        self.ops[op.index()].time += time;
+    }
+
     /// Sets the totals of kind `op` (a table that crossed from another process).
     pub fn set(&mut self, op: CommOp, stats: OpStats) {
         self.ops[op.index()] = stats;
