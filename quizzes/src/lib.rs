@@ -27,6 +27,7 @@ pub mod pp_calls;
 pub mod progress;
 pub mod quiz_session;
 pub mod template;
+pub mod templates;
 pub mod tp_calls;
 
 use std::path::{Path, PathBuf};
