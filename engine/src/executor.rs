@@ -16,7 +16,9 @@ use crate::worker::model_runner::ModelRunner;
 /// Runs steps of the model.
 pub trait Executor: Send {
     /// Tells the worker(s) how a new request samples, once, at its arrival (vLLM v1 sends this
-    /// in the first `SchedulerOutput` that schedules the request).
+    /// in the first `SchedulerOutput` that schedules the request). The engine's copy of the
+    /// parameters lists in `stop_token_ids` every id that ends the request, the model's EOS
+    /// included unless it ignores EOS: what the worker bans until `min_tokens` are out.
     fn add_request(&mut self, id: SeqId, params: &SamplingParams, seed: u64);
     /// Tells the worker(s) that requests finished or were aborted.
     fn remove_requests(&mut self, ids: &[SeqId]);

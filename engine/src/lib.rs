@@ -61,6 +61,7 @@ pub mod executor;
 pub mod kernel_log;
 pub mod llm;
 pub mod llm_engine;
+pub mod min_tokens;
 pub mod model_executor;
 pub mod model_loader;
 pub mod model_source;

@@ -293,7 +293,13 @@ impl LLMEngine {
         // Drawn once, here: an unseeded request stays random, and every token it samples is
         // still a pure function of (seed, position).
         let seed = params.seed.unwrap_or_else(fresh_seed);
-        self.executor.add_request(id, &params, seed);
+        // The worker bans every id that would end the request until `min_tokens` are out, the
+        // model's EOS included: its copy of the parameters lists them all as stop ids.
+        let worker_params = SamplingParams {
+            stop_token_ids: params.all_stop_token_ids(self.scheduler.eos_token_ids()),
+            ..params.clone()
+        };
+        self.executor.add_request(id, &worker_params, seed);
         self.scheduler.add_sequence(Sequence::new(id, ids, params));
         Ok(id)
     }

@@ -95,6 +95,10 @@ pub struct SampleRow {
     pub position: usize,
     /// Whether the request wants this row's raw logits back.
     pub output_logits: bool,
+    /// Token ids this row must not sample: the request's stop ids while it has fewer than
+    /// `min_tokens` output tokens ([`crate::min_tokens`]), else empty. The backend sets their
+    /// logits to -inf before the sampler runs; the raw logits returned are unmasked.
+    pub banned_token_ids: Vec<u32>,
 }
 
 impl SampleRow {
@@ -106,7 +110,14 @@ impl SampleRow {
             seed,
             position,
             output_logits: params.output_logits,
+            banned_token_ids: Vec::new(),
         }
+    }
+
+    /// This row with `banned` kept from being sampled (see [`Self::banned_token_ids`]).
+    pub fn with_banned_token_ids(mut self, banned: &[u32]) -> Self {
+        self.banned_token_ids = banned.to_vec();
+        self
     }
 
     /// The parameters a [`SampleFn`] reads (temperature, top-k, top-p).

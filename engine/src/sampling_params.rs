@@ -24,6 +24,10 @@ pub struct SamplingParams {
     pub stop_token_ids: Vec<u32>,
     /// Keep generating past EOS (for benchmarks and exact-length comparisons).
     pub ignore_eos: bool,
+    /// Generate at least this many tokens before a stop token (EOS or `stop_token_ids`) or a
+    /// stop string may end the request (vLLM's `min_tokens`): until then the stop tokens'
+    /// logits are -inf, so they cannot be sampled. 0 = no floor; at most `max_tokens`.
+    pub min_tokens: usize,
     /// Return each step's raw logits in the output (for tests and inspection tools; costs
     /// `vocab_size` floats per generated token).
     pub output_logits: bool,
@@ -48,6 +52,7 @@ impl Default for SamplingParams {
             max_tokens: 16,
             stop_token_ids: vec![],
             ignore_eos: false,
+            min_tokens: 0,
             output_logits: false,
             priority: 0,
             tenant: String::new(),
@@ -84,7 +89,28 @@ impl SamplingParams {
         if self.max_tokens == 0 {
             return bad("max_tokens must be at least 1".into());
         }
+        if self.min_tokens > self.max_tokens {
+            return bad(format!(
+                "min_tokens ({}) must be at most max_tokens ({})",
+                self.min_tokens, self.max_tokens
+            ));
+        }
         Ok(())
+    }
+
+    /// Every token id that ends this request when sampled: its `stop_token_ids` and, unless it
+    /// ignores EOS, the model's `eos_token_ids` (vLLM's `all_stop_token_ids`). These are the
+    /// ids that `min_tokens` keeps from being sampled; sorted, without repeats.
+    pub fn all_stop_token_ids(&self, eos_token_ids: &[u32]) -> Vec<u32> {
+        let eos = if self.ignore_eos {
+            &[][..]
+        } else {
+            eos_token_ids
+        };
+        let mut ids: Vec<u32> = self.stop_token_ids.iter().chain(eos).copied().collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
     /// True when decoding is deterministic argmax.

@@ -241,6 +241,72 @@ fn n_choices_prompt_lists_and_usage_chunk() {
     assert_eq!(s.chunks.last().unwrap()["choices"], json!([]));
 }
 
+/// The first step k >= 1 whose token is new, and that token: as a stop token id it ends the
+/// greedy answer at k.
+fn fresh_token(tokens: &[u32]) -> (usize, u32) {
+    let k = (1..tokens.len().min(8))
+        .find(|&k| !tokens[..k].contains(&tokens[k]))
+        .expect("a new token before step 8");
+    (k, tokens[k])
+}
+
+/// vLLM's `min_tokens`: a token that ends the greedy answer at step k (as a stop token id) is
+/// kept from being sampled until min_tokens are out, on both endpoints, streamed or not, as
+/// `lab generate --min-tokens` does.
+#[test]
+fn min_tokens_keeps_stop_tokens_out_until_it_is_reached() {
+    let server = Server::start(&[]);
+    let greedy = ["--max-tokens", "12", "--temperature", "0", "--ignore-eos"];
+    for (path, prompt) in [
+        ("/v1/completions", "Hello"),
+        ("/v1/chat/completions", "Hi there"),
+    ] {
+        let chat = path.contains("chat");
+        let lab = |extra: &[&str]| {
+            let mut args = vec!["--prompt", prompt];
+            args.extend(greedy);
+            if chat {
+                args.push("--chat");
+            }
+            args.extend(extra);
+            ids(&lab_generate(&args)[0]["token_ids"])
+        };
+        let free = lab(&[]);
+        let (k, t) = fresh_token(&free);
+        let m = k + 4;
+        let mut body = json!({"max_tokens": 12, "temperature": 0, "ignore_eos": true,
+                              "stop_token_ids": [t], "return_token_ids": true});
+        match chat {
+            true => body["messages"] = json!([{"role": "user", "content": prompt}]),
+            false => body["prompt"] = json!(prompt),
+        }
+        // Without min_tokens, t ends it at step k.
+        let r = server.post(path, &body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let choice = &r.json()["choices"][0];
+        assert_eq!(ids(&choice["token_ids"]), free[..=k], "{path}");
+        assert_eq!(choice["finish_reason"], "stop");
+        assert_eq!(choice["stop_reason"], t);
+        // With min_tokens m > k it goes on: no t among the first m tokens.
+        body["min_tokens"] = json!(m);
+        let r = server.post(path, &body);
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json();
+        let got = ids(&v["choices"][0]["token_ids"]);
+        let (t_s, m_s) = (t.to_string(), m.to_string());
+        let want = lab(&["--stop-token-id", &t_s, "--min-tokens", &m_s]);
+        assert_eq!(got, want, "{path}: HTTP and lab generate --min-tokens");
+        assert!(got.len() >= m && !got[..m].contains(&t), "{path}: {got:?}");
+        assert_eq!(got[..k], free[..k]);
+        assert_ne!(got[k], t);
+        assert_eq!(v["usage"]["completion_tokens"], got.len());
+        body["stream"] = json!(true);
+        let s = stream(&server, path, &body);
+        assert!(s.done);
+        assert_eq!(s.token_ids[0], got, "{path} streamed");
+    }
+}
+
 /// `(status, error.type, error.message)` of a request that must fail.
 fn error_of(server: &Server, path: &str, body: &str) -> (u16, String, String) {
     let r = server
@@ -344,7 +410,28 @@ fn bad_requests_get_clear_4xx_and_the_server_keeps_serving() {
         ),
         (
             "/v1/completions",
-            json!({"prompt": "Hi", "min_tokens": 3}).to_string(),
+            json!({"prompt": "Hi", "min_tokens": 5, "max_tokens": 3}).to_string(),
+            400,
+            "min_tokens (5) is more than max_tokens (3)",
+        ),
+        (
+            // Above completions' default max_tokens (16).
+            "/v1/completions",
+            json!({"prompt": "Hi", "min_tokens": 17}).to_string(),
+            400,
+            "min_tokens (17)",
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "Hi"}], "min_tokens": 9,
+                   "max_completion_tokens": 8})
+            .to_string(),
+            400,
+            "min_tokens (9)",
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": "Hi", "min_tokens": -1}).to_string(),
             400,
             "min_tokens",
         ),

@@ -611,3 +611,31 @@ __device__ void sample_row(u32* out, const T* row, u32 vocab, float temperature,
 
 SAMPLE_KERNEL(sample_f32_kernel, float)
 SAMPLE_KERNEL(sample_bf16_kernel, __nv_bfloat16)
+
+// ---------------------------------------------------------------------------------------------
+// vLLM's min_tokens: until a request has min_tokens output tokens its stop tokens (EOS, its
+// stop_token_ids) cannot be sampled. The host lists the (row, id) pairs to ban this step; one
+// thread per pair sets that logit to -inf, in place, before the sampler runs. The sampler then
+// never picks it: argmax takes a -inf only when the whole row is -inf, and a -inf logit weighs
+// exp(-inf) = 0, which no threshold search above ever selects (they skip bins without weight).
+// Pairs outside the logits (an id past the vocabulary) are skipped.
+// ---------------------------------------------------------------------------------------------
+
+__device__ __forceinline__ void set_neg_inf(float* p) { *p = -INFINITY; }
+__device__ __forceinline__ void set_neg_inf(__nv_bfloat16* p) { *p = __ushort_as_bfloat16((unsigned short)0xFF80u); }
+
+#define MASK_KERNEL(name, T)                                                                      \
+    extern "C" __global__ void name(                                                              \
+        T* __restrict__ logits,          /* [num_seqs, vocab_size], masked in place */            \
+        const u32* __restrict__ rows,    /* [num_banned] the logits row of each pair */           \
+        const u32* __restrict__ ids,     /* [num_banned] the token id of each pair */             \
+        u32 num_banned, u32 num_seqs, u32 vocab_size) {                                           \
+        PDL_ENTRY();                                                                              \
+        const u32 i = blockIdx.x * blockDim.x + threadIdx.x;                                      \
+        if (i >= num_banned) return;                                                              \
+        const u32 row = rows[i], id = ids[i];                                                     \
+        if (row < num_seqs && id < vocab_size) set_neg_inf(logits + (size_t)row * vocab_size + id); \
+    }
+
+MASK_KERNEL(mask_logits_f32_kernel, float)
+MASK_KERNEL(mask_logits_bf16_kernel, __nv_bfloat16)

@@ -10,6 +10,9 @@
 //!   (logit, id), found by radix selection over the logit's bits, then the id by counting:
 //!   no sort, any vocabulary size; weights are summed in fixed point, so a row gives the same
 //!   token on every run (see the `.cu`).
+//! - [`Sampling::mask_logits`]: vLLM's `min_tokens`: sets listed (row, id) logits to -inf in
+//!   place before sampling, so a request's stop tokens cannot be picked until it has
+//!   `min_tokens` tokens. Both samplers then behave as the CPU's on the masked row.
 //! - [`Sampling::sample_reference`]: the first version of the same sampler
 //!   (`cuda/sampling_reference.cu`): the same function, so the same token on every row, by more
 //!   passes over the row and contended 64-bit atomics. Kept as the test's oracle and
@@ -47,6 +50,8 @@ pub struct Sampling {
     sample_bf16_reference: CudaFunction,
     sample_f32_reference: CudaFunction,
     philox: CudaFunction,
+    mask_bf16: CudaFunction,
+    mask_f32: CudaFunction,
 }
 
 /// Each row's sampling parameters, on the device, `[num_seqs]` each (a request's
@@ -75,6 +80,8 @@ impl Sampling {
             sample_bf16_reference: module.load_function("sample_bf16_reference_kernel")?,
             sample_f32_reference: module.load_function("sample_f32_reference_kernel")?,
             philox: module.load_function("philox_kernel")?,
+            mask_bf16: module.load_function("mask_logits_bf16_kernel")?,
+            mask_f32: module.load_function("mask_logits_f32_kernel")?,
         })
     }
 
@@ -156,6 +163,70 @@ impl Sampling {
     ) -> Result<()> {
         let f = &self.sample_f32_reference;
         self.launch_sample(f, "sample_f32_reference", stream, out, logits, params)
+    }
+
+    /// Sets `logits[rows[i], ids[i]]` to -inf for every i, in place (vLLM's `min_tokens`: a
+    /// request's stop tokens, banned until it has `min_tokens` tokens). Pairs outside the
+    /// logits (an id past the vocabulary) are skipped.
+    pub fn mask_logits(
+        &self,
+        stream: &Arc<CudaStream>,
+        logits: &mut CudaViewMut<'_, bf16>, // [num_seqs, vocab_size]
+        num_seqs: usize,
+        rows: &CudaView<'_, u32>, // [num_banned]
+        ids: &CudaView<'_, u32>,  // [num_banned]
+    ) -> Result<()> {
+        let f = &self.mask_bf16;
+        self.launch_mask(f, "mask_logits", stream, logits, num_seqs, rows, ids)
+    }
+
+    /// As [`Sampling::mask_logits`], for f32 logits.
+    pub fn mask_logits_f32(
+        &self,
+        stream: &Arc<CudaStream>,
+        logits: &mut CudaViewMut<'_, f32>, // [num_seqs, vocab_size]
+        num_seqs: usize,
+        rows: &CudaView<'_, u32>, // [num_banned]
+        ids: &CudaView<'_, u32>,  // [num_banned]
+    ) -> Result<()> {
+        let f = &self.mask_f32;
+        self.launch_mask(f, "mask_logits_f32", stream, logits, num_seqs, rows, ids)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch_mask<T: cudarc::driver::DeviceRepr>(
+        &self,
+        function: &CudaFunction,
+        kernel: &'static str,
+        stream: &Arc<CudaStream>,
+        logits: &mut CudaViewMut<'_, T>,
+        num_seqs: usize,
+        rows: &CudaView<'_, u32>,
+        ids: &CudaView<'_, u32>,
+    ) -> Result<()> {
+        let n = rows.len();
+        check_len(kernel, "ids", ids.len(), n)?;
+        let Some(vocab) = self.check(kernel, num_seqs, logits.len())? else {
+            return Ok(());
+        };
+        if n == 0 {
+            return Ok(());
+        }
+        let (n32, seqs32) = (to_u32(kernel, "num_banned", n)?, num_seqs as u32);
+        let mut launch = Launch::new(stream, function);
+        launch
+            .arg(logits)
+            .arg(rows)
+            .arg(ids)
+            .arg(&n32)
+            .arg(&seqs32)
+            .arg(&vocab);
+        // SAFETY: the signature matches mask_logits_*_kernel (logits, rows, ids, u32, u32,
+        // u32); rows and ids hold num_banned each (checked), logits num_seqs rows of
+        // vocab_size (checked; num_seqs fits u32 by `check`); the kernel writes only pairs
+        // with row < num_seqs and id < vocab_size.
+        unsafe { launch.launch(LaunchConfig::for_num_elems(n32)) }?;
+        Ok(())
     }
 
     /// How the bf16 sample kernel fits an SM, as the driver reports it: for `kernel_bench`.

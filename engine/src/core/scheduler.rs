@@ -87,6 +87,11 @@ impl Scheduler {
         &self.preemption
     }
 
+    /// The model's end-of-sequence ids (they end a request unless it sets `ignore_eos`).
+    pub fn eos_token_ids(&self) -> &[u32] {
+        &self.eos_token_ids
+    }
+
     /// Queues a new request. The engine has already checked that it fits the cache.
     pub fn add_sequence(&mut self, seq: Sequence) {
         self.policy.on_arrival(&seq);
@@ -321,8 +326,12 @@ impl Scheduler {
     fn check_stop(&self, id: SeqId, token: u32) -> Option<FinishReason> {
         let seq = &self.seqs[&id];
         let p = &seq.params;
-        if (!p.ignore_eos && self.eos_token_ids.contains(&token))
-            || p.stop_token_ids.contains(&token)
+        // Below min_tokens no stop token ends it (as vLLM's check_stop). The sampler's mask
+        // keeps them from being sampled; this only matters for a sampler that ignores it.
+        let may_stop = seq.output_token_ids.len() >= p.min_tokens;
+        if may_stop
+            && ((!p.ignore_eos && self.eos_token_ids.contains(&token))
+                || p.stop_token_ids.contains(&token))
         {
             return Some(FinishReason::Stop);
         }

@@ -6,9 +6,10 @@
 //! number; the instant a step started does not cross processes, so a rank takes the moment the
 //! frame arrived as its step's zero. An error crosses as its message and comes back as
 //! [`EngineError::Io`] with the same text. A request's sampling parameters cross as what a
-//! worker samples with (temperature, top-k, top-p, seed, whether to return logits); the
-//! stopping and scheduling fields are the scheduler's, on rank 0, and keep their defaults on
-//! the other ranks.
+//! worker samples with (temperature, top-k, top-p, seed, whether to return logits, and for
+//! `min_tokens` the floor and the stop ids it bans until then); the other stopping and
+//! scheduling fields are the scheduler's, on rank 0, and keep their defaults on the other
+//! ranks.
 
 use std::io;
 use std::sync::Arc;
@@ -49,6 +50,7 @@ pub fn encode_command(command: &Command) -> Vec<u8> {
             w.bytes.extend_from_slice(&p.top_p.to_le_bytes());
             w.bool(p.seed.is_some()).u64(p.seed.unwrap_or(0));
             w.bool(p.output_logits);
+            w.usize(p.min_tokens).u32s(&p.stop_token_ids);
         }
         Command::CommStats => {
             w.u8(COMM_STATS);
@@ -84,6 +86,8 @@ pub fn decode_command(bytes: &[u8], received: Instant) -> io::Result<Command> {
                 top_p,
                 seed: p_seed.0.then_some(p_seed.1),
                 output_logits: r.bool()?,
+                min_tokens: r.usize()?,
+                stop_token_ids: r.u32s()?,
                 ..SamplingParams::default()
             };
             Command::AddRequest(id, params, seed)
@@ -253,6 +257,8 @@ mod tests {
             top_p: 0.9,
             seed: Some(11),
             output_logits: true,
+            min_tokens: 4,
+            stop_token_ids: vec![2, 9],
             ..SamplingParams::default()
         };
         let b = encode_command(&Command::AddRequest(SeqId(1), params.clone(), 7));

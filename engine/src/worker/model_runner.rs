@@ -19,6 +19,7 @@ use crate::backend::{Backend, BackendError, Result};
 use crate::core::block::slot_for_position;
 use crate::core::scheduler_output::SchedulerOutput;
 use crate::distributed::pipeline_stage::StageLink;
+use crate::min_tokens;
 use crate::model_executor::llama::{Hidden, LlamaForCausalLM, StageOutput};
 use crate::outputs::ModelRunnerOutput;
 use crate::sampler::{self, SampleFn, SampleRow};
@@ -83,9 +84,16 @@ pub fn prepare_inputs(out: &SchedulerOutput, block_size: usize) -> ModelInput {
 /// What the runner keeps about a request between its arrival and its end.
 #[derive(Debug, Clone)]
 struct CachedRequestState {
+    /// As the engine hands them over: `stop_token_ids` holds every id that would end the
+    /// request (the model's EOS too, unless it ignores EOS), which `min_tokens` bans.
     params: SamplingParams,
     /// The request's seed, or the one drawn for it at arrival if it gave none.
     seed: u64,
+    /// The position of the request's first sampled token: its prompt length. A request first
+    /// samples when its prompt is computed to the end (only the last chunk of a chunked or
+    /// prefix-cached prefill samples), and that token is output 0; so output `i` sits at
+    /// `prompt_len + i`, also when a preempted request is recomputed. Only `min_tokens` needs it.
+    prompt_len: Option<usize>,
 }
 
 /// Owns the model and its KV cache on one backend, and samples.
@@ -115,8 +123,14 @@ impl<B: Backend> ModelRunner<B> {
     /// Remembers a new request's sampling parameters and seed until [`Self::remove_requests`].
     pub fn add_request(&mut self, id: SeqId, params: &SamplingParams, seed: u64) {
         let params = params.clone();
-        self.requests
-            .insert(id, CachedRequestState { params, seed });
+        self.requests.insert(
+            id,
+            CachedRequestState {
+                params,
+                seed,
+                prompt_len: None,
+            },
+        );
     }
 
     /// Forgets finished or aborted requests.
@@ -152,7 +166,7 @@ impl<B: Backend> ModelRunner<B> {
     // ANCHOR_END: execute_model
 
     /// The step's inputs with their sample rows; `None` when nothing is scheduled.
-    fn model_input(&self, out: &SchedulerOutput) -> Option<ModelInput> {
+    fn model_input(&mut self, out: &SchedulerOutput) -> Option<ModelInput> {
         let mut input = (self.prepare_inputs)(out, self.kv_cache.block_size);
         if input.input_ids.is_empty() {
             return None;
@@ -160,13 +174,19 @@ impl<B: Backend> ModelRunner<B> {
         for s in out.scheduled.iter().filter(|s| s.needs_logits) {
             let req = self
                 .requests
-                .get(&s.seq_id)
+                .get_mut(&s.seq_id)
                 .expect("request added at arrival");
             // The position of the token being sampled: the one after the chunk's last.
             let position = s.start_position + s.token_ids.len();
-            input
-                .sample_rows
-                .push(SampleRow::new(&req.params, req.seed, position));
+            let prompt_len = *req.prompt_len.get_or_insert(position);
+            let banned = min_tokens::banned_token_ids(
+                &req.params.stop_token_ids,
+                req.params.min_tokens,
+                position.saturating_sub(prompt_len),
+            );
+            input.sample_rows.push(
+                SampleRow::new(&req.params, req.seed, position).with_banned_token_ids(banned),
+            );
         }
         Some(input)
     }

@@ -60,6 +60,10 @@ pub struct GenerateArgs {
     /// Extra token ids that stop generation (repeatable).
     #[arg(long = "stop-token-id")]
     stop_token_ids: Vec<u32>,
+    /// Generate at least this many tokens: until then EOS and the stop token ids cannot be
+    /// sampled (vLLM's min_tokens; at most --max-tokens).
+    #[arg(long, default_value_t = 0)]
+    min_tokens: usize,
     /// Print one JSON array, one object per prompt, in input order.
     #[arg(long)]
     json: bool,
@@ -198,6 +202,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         max_tokens: args.max_tokens,
         stop_token_ids: args.stop_token_ids.clone(),
         ignore_eos: args.ignore_eos,
+        min_tokens: args.min_tokens,
         output_logits: args.logit_margins,
         ..SamplingParams::default()
     };

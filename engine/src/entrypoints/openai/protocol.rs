@@ -199,9 +199,12 @@ pub struct SamplingFields {
 /// How a request is to be run, checked: the engine's parameters and the server's own.
 #[derive(Debug, Clone)]
 pub struct RequestParams {
-    /// `max_tokens` is set per prompt, from its length, by [`RequestParams::for_prompt`].
+    /// `max_tokens` and `min_tokens` are set per prompt, from its length, by
+    /// [`RequestParams::for_prompt`].
     pub sampling: SamplingParams,
     pub max_tokens: Option<usize>,
+    /// vLLM's: no stop token or stop string ends a choice before it has this many tokens.
+    pub min_tokens: usize,
     pub n: usize,
     pub stop: Vec<String>,
     pub stream: bool,
@@ -252,18 +255,9 @@ impl SamplingFields {
         if stop.iter().any(String::is_empty) {
             return Err(ApiError::bad_param("stop", "a stop string is empty"));
         }
-        let min_tokens = self.min_tokens.unwrap_or(0);
-        if min_tokens > 0 && !(self.ignore_eos && self.stop_token_ids.is_empty()) {
-            // vLLM keeps the stop tokens' logits at -inf until min_tokens are out; our sampler
-            // has no such mask yet, so only the case where no token can stop early is served.
-            return Err(ApiError::bad_param(
-                "min_tokens",
-                "min_tokens > 0 needs a logit mask the engine's sampler does not have yet; it \
-                 is accepted only with ignore_eos and no stop_token_ids",
-            ));
-        }
+        let min_tokens = usize::try_from(self.min_tokens.unwrap_or(0)).unwrap_or(usize::MAX);
         if let Some(max) = max_tokens {
-            if min_tokens as usize > max {
+            if min_tokens > max {
                 return Err(ApiError::bad_param(
                     "min_tokens",
                     format!("min_tokens ({min_tokens}) is more than max_tokens ({max})"),
@@ -278,6 +272,7 @@ impl SamplingFields {
             max_tokens: 1, // set per prompt
             stop_token_ids: self.stop_token_ids.clone(),
             ignore_eos: self.ignore_eos,
+            min_tokens: 0, // set per prompt, with max_tokens
             priority: self.priority,
             tenant: self.user.clone(),
             ..SamplingParams::default()
@@ -285,7 +280,7 @@ impl SamplingFields {
         sampling.validate().map_err(|e| {
             // The engine's message starts with the parameter's name: name it in `param` too.
             let message = e.to_string();
-            let known = ["temperature", "top_p", "top_k", "max_tokens"];
+            let known = ["temperature", "top_p", "top_k", "max_tokens", "min_tokens"];
             let param = known.into_iter().find(|p| {
                 let text = message.trim_start_matches("invalid sampling parameters: ");
                 text.starts_with(&format!("{p} "))
@@ -298,6 +293,7 @@ impl SamplingFields {
         Ok(RequestParams {
             sampling,
             max_tokens,
+            min_tokens,
             n: n as usize,
             stop,
             stream: self.stream,
@@ -390,8 +386,21 @@ impl RequestParams {
                 ),
             ));
         }
+        if self.min_tokens > max_tokens {
+            // max_tokens was not given, and its default (16 for completions, the context's
+            // room for chat) is below min_tokens.
+            return Err(ApiError::bad_param(
+                "min_tokens",
+                format!(
+                    "min_tokens ({}) is more than max_tokens ({max_tokens}, the default for \
+                     this prompt); set max_tokens",
+                    self.min_tokens
+                ),
+            ));
+        }
         Ok(SamplingParams {
             max_tokens,
+            min_tokens: self.min_tokens,
             ..self.sampling.clone()
         })
     }

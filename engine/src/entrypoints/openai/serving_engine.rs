@@ -107,6 +107,9 @@ pub struct Choice {
     detokenizer: IncrementalDetokenizer,
     /// Text decoded but not yet sent: it might be the start of a stop string.
     held: String,
+    /// Bytes at the start of `held` decoded before the choice reached `min_tokens`: a stop
+    /// string must end after them (vLLM checks stop strings only from then on).
+    held_before_min: usize,
     pub text: String,
     pub token_ids: Vec<u32>,
     pub finish_reason: Option<&'static str>,
@@ -182,7 +185,8 @@ impl Generation {
             prompt_token_ids: prompts,
             unfinished: choices.len(),
             choices,
-            stop: StopStrings::new(params.stop.clone(), params.sampling.stop_token_ids.clone()),
+            stop: StopStrings::new(params.stop.clone(), params.sampling.stop_token_ids.clone())
+                .with_min_tokens(params.min_tokens),
             outputs,
             info,
             engine: serving.engine.clone(),
@@ -268,6 +272,9 @@ pub struct StopStrings {
     hold_back: usize,
     /// vLLM's `stop_token_ids`, to name the one that stopped a choice in `stop_reason`.
     stop_token_ids: Vec<u32>,
+    /// vLLM's `min_tokens`: a stop string counts only where it ends in the text of a choice's
+    /// `min_tokens`-th token or later.
+    min_tokens: usize,
 }
 
 impl StopStrings {
@@ -277,7 +284,14 @@ impl StopStrings {
             hold_back: longest.unwrap_or(1).saturating_sub(1),
             strings,
             stop_token_ids,
+            min_tokens: 0,
         }
+    }
+
+    /// These stops, which end a choice only from its `min_tokens`-th token on.
+    pub fn with_min_tokens(mut self, min_tokens: usize) -> Self {
+        self.min_tokens = min_tokens;
+        self
     }
 }
 
@@ -287,6 +301,7 @@ impl Choice {
         Choice {
             detokenizer: IncrementalDetokenizer::new(prompt_token_ids, skip_special_tokens),
             held: String::new(),
+            held_before_min: 0,
             text: String::new(),
             token_ids: Vec::new(),
             finish_reason: None,
@@ -310,6 +325,10 @@ impl Choice {
             self.token_ids.push(id);
             let piece = self.detokenizer.push(tokenizer, id)?;
             self.held.push_str(&piece);
+            if self.token_ids.len() < stop.min_tokens {
+                self.held_before_min = self.held.len(); // no stop may end in this text
+                continue;
+            }
             if self.find_stop(&stop.strings) {
                 break; // the engine's later tokens are dropped: it is told to abort
             }
@@ -317,6 +336,10 @@ impl Choice {
         if let (None, Some(reason)) = (self.finish_reason, finish) {
             let rest = self.detokenizer.flush(tokenizer)?;
             self.held.push_str(&rest);
+            // The engine ended it: any text still held is its last tokens'.
+            if self.token_ids.len() < stop.min_tokens {
+                self.held_before_min = self.held.len();
+            }
             if !self.find_stop(&stop.strings) {
                 self.finish_reason = Some(reason.as_str());
                 let last = self.token_ids.last();
@@ -341,6 +364,7 @@ impl Choice {
                 .map_or(0, |(i, _)| i),
         };
         let text: String = self.held.drain(..cut).collect();
+        self.held_before_min = self.held_before_min.saturating_sub(cut);
         self.text.push_str(&text);
         Ok(Delta {
             index: 0,
@@ -352,12 +376,23 @@ impl Choice {
     }
     // ANCHOR_END: choice_push
 
-    /// Ends the choice at the earliest stop string in its held text (the string itself is not
-    /// output, as OpenAI's `stop`). Returns whether it did.
+    /// Ends the choice at the earliest stop string in its held text that ends after the text
+    /// decoded before `min_tokens` (the string itself is not output, as OpenAI's `stop`).
+    /// Returns whether it did.
     fn find_stop(&mut self, stop: &[String]) -> bool {
+        let (held, floor) = (&self.held, self.held_before_min);
         let first = stop
             .iter()
-            .filter_map(|s| self.held.find(s.as_str()).map(|at| (at, s)))
+            .filter_map(|s| {
+                let at = match floor {
+                    0 => held.find(s.as_str()),
+                    _ => held
+                        .char_indices()
+                        .map(|(i, _)| i)
+                        .find(|&i| i + s.len() > floor && held[i..].starts_with(s.as_str())),
+                };
+                at.map(|at| (at, s))
+            })
             .min_by_key(|&(at, _)| at);
         match first {
             Some((at, s)) => {
@@ -442,8 +477,14 @@ mod tests {
     /// Feeds `text`'s tokens (one per byte) to a choice one at a time; returns the pieces sent
     /// and the choice. The engine says "length" with the last token unless a stop came first.
     fn run(text: &str, stop: &[&str]) -> (Vec<String>, Choice) {
+        run_min(text, stop, 0)
+    }
+
+    /// As [`run`], with stops that count from the `min_tokens`-th token on.
+    fn run_min(text: &str, stop: &[&str], min_tokens: usize) -> (Vec<String>, Choice) {
         let tok = tiny_tokenizer();
-        let stop = StopStrings::new(stop.iter().map(|s| s.to_string()).collect(), vec![]);
+        let stop = StopStrings::new(stop.iter().map(|s| s.to_string()).collect(), vec![])
+            .with_min_tokens(min_tokens);
         let ids = tok.encode(text).unwrap();
         let mut choice = Choice::new(&tok.encode("Say: ").unwrap(), true);
         let mut pieces = Vec::new();
@@ -505,5 +546,29 @@ mod tests {
         sent += &d.text;
         assert_eq!(sent, "ab");
         assert_eq!(d.finish_reason, Some("stop"));
+    }
+
+    #[test]
+    fn before_min_tokens_no_stop_string_ends_a_choice() {
+        // "ab" ends at token 2 and again at token 7; with min_tokens 3 only the second counts.
+        let (pieces, choice) = run_min("ab cd ab ef", &["ab"], 3);
+        assert_eq!(pieces.concat(), "ab cd ");
+        assert_eq!(choice.finish_reason, Some("stop"));
+        assert_eq!(choice.token_ids.len(), "ab cd ab".len());
+        // A stop string that starts before the floor but ends at it counts (vLLM's check
+        // looks back by the string's length): "cd" ends at token 5 = min_tokens.
+        let (pieces, choice) = run_min("ab cd ef", &["cd"], 5);
+        assert_eq!(pieces.concat(), "ab ");
+        assert_eq!(choice.token_ids.len(), 5);
+        // min_tokens 0 or 1 is the plain behaviour.
+        for m in [0, 1] {
+            let (pieces, choice) = run_min("ab cd ab ef", &["ab"], m);
+            assert_eq!(pieces.concat(), "");
+            assert_eq!(choice.token_ids.len(), 2);
+        }
+        // Never reached again: the choice runs to its end with the early stop string in it.
+        let (pieces, choice) = run_min("xx ab cd", &["ab"], 6);
+        assert_eq!(pieces.concat(), "xx ab cd");
+        assert_eq!(choice.finish_reason, Some("length"));
     }
 }
