@@ -193,3 +193,12 @@ pub(crate) fn with_any_model(rng: &mut Rng, book: &Args) -> Args {
     let ids: Vec<&str> = MODELS.iter().map(|(id, _)| *id).collect();
     with_model(rng, book, &ids)
 }
+/// A number as the book writes it: integers exactly, others with up to `max_decimals`
+/// digits and no trailing zeros.
+pub(crate) fn short(v: f64, max_decimals: usize) -> String {
+    if v == v.trunc() {
+        return format!("{}", v as i64);
+    }
+    let s = format!("{v:.max_decimals$}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
