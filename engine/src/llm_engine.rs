@@ -288,6 +288,15 @@ impl LLMEngine {
                 sched.max_num_batched_tokens
             )));
         }
+        let stops = params.all_stop_token_ids(self.scheduler.eos_token_ids());
+        if params.min_tokens > 0 && stops.iter().filter(|&&t| (t as usize) < vocab).count() == vocab
+        {
+            return Err(EngineError::InvalidRequest(format!(
+                "min_tokens is {} but every token of the vocabulary (size {vocab}) is a stop \
+                 token: nothing is left to sample",
+                params.min_tokens
+            )));
+        }
         let id = SeqId(self.next_seq_id);
         self.next_seq_id += 1;
         // Drawn once, here: an unseeded request stays random, and every token it samples is
@@ -296,7 +305,7 @@ impl LLMEngine {
         // The worker bans every id that would end the request until `min_tokens` are out, the
         // model's EOS included: its copy of the parameters lists them all as stop ids.
         let worker_params = SamplingParams {
-            stop_token_ids: params.all_stop_token_ids(self.scheduler.eos_token_ids()),
+            stop_token_ids: stops,
             ..params.clone()
         };
         self.executor.add_request(id, &worker_params, seed);

@@ -191,7 +191,7 @@ fn greedy_goes_past_its_eos_until_min_tokens() {
 }
 
 #[test]
-fn min_tokens_above_max_tokens_is_refused() {
+fn min_tokens_above_max_tokens_or_over_the_whole_vocabulary_is_refused() {
     let mut llm = LLM::new(tiny(vec![2]), cpu_config()).unwrap();
     let params = SamplingParams {
         min_tokens: 5,
@@ -199,6 +199,24 @@ fn min_tokens_above_max_tokens_is_refused() {
     };
     let err = llm.generate_prompts(prompts(), &params).unwrap_err();
     assert!(err.to_string().contains("min_tokens (5)"), "{err}");
+    // Every token a stop token: nothing could be sampled below min_tokens.
+    let vocab = tiny_config().vocab_size as u32;
+    let params = SamplingParams {
+        min_tokens: 1,
+        stop_token_ids: (3..vocab + 5).collect(), // with EOS (2): all but 0 and 1
+        ..greedy(4)
+    };
+    let outs = llm.generate_prompts(prompts(), &params).unwrap();
+    assert!(outs.iter().all(|o| o.token_ids[0] < 2), "{outs:?}");
+    let params = SamplingParams {
+        stop_token_ids: (0..vocab).collect(),
+        ..params
+    };
+    let err = llm.generate_prompts(prompts(), &params).unwrap_err();
+    assert!(
+        err.to_string().contains("nothing is left to sample"),
+        "{err}"
+    );
 }
 
 #[derive(Debug, Clone)]
