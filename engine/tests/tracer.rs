@@ -8,7 +8,8 @@ use std::process::Command;
 use engine::config::Device;
 use engine::model_source::{load_model, ModelSpec};
 use engine::tracer::{
-    bottlenecks, chrome_trace, measured_all_reduce, predicted_all_reduce, SpanRecorder,
+    bottlenecks, chrome_trace, html_timeline, measured_all_reduce, predicted_all_reduce,
+    SpanRecorder,
 };
 use engine::{EngineConfig, SamplingParams, LLM};
 
@@ -104,6 +105,49 @@ fn a_traced_tensor_parallel_run() {
     }
     let named = events.iter().filter(|e| e["ph"] == "M").count();
     assert_eq!(named, threads.len());
+
+    // The HTML page: one lane per thread that ran spans (the engine's and each rank's), one
+    // bar per recorded span with its index, and nothing fetched from anywhere.
+    let html = html_timeline(&spans, &threads, "test <run>");
+    assert!(html.starts_with("<!DOCTYPE html>") && html.trim_end().ends_with("</html>"));
+    let lanes: Vec<&str> = html
+        .split("<div class=\"lane\" data-thread=\"")
+        .skip(1)
+        .map(|l| &l[..l.find('"').unwrap()])
+        .collect();
+    let mut with_spans: Vec<&str> = spans.iter().map(|s| threads[s.thread].as_str()).collect();
+    with_spans.sort();
+    with_spans.dedup();
+    let mut sorted = lanes.clone();
+    sorted.sort();
+    assert_eq!(sorted, with_spans, "one lane per thread");
+    assert_eq!(
+        lanes[0], threads[spans[0].thread],
+        "the engine's lane first"
+    );
+    for rank in ["tp-rank-0", "tp-rank-1"] {
+        assert!(lanes.contains(&rank), "no lane for {rank} in {lanes:?}");
+    }
+    let mut drawn: Vec<usize> = html
+        .split("data-span=\"")
+        .skip(1)
+        .map(|b| b[..b.find('"').unwrap()].parse().unwrap())
+        .collect();
+    drawn.sort();
+    let closed: Vec<usize> = (0..spans.len())
+        .filter(|&i| spans[i].start.is_some() && spans[i].end.is_some())
+        .collect();
+    assert_eq!(drawn, closed, "every recorded span drawn once");
+    assert!(
+        html.contains("<title>test &lt;run&gt;</title>"),
+        "the title escaped"
+    );
+    for external in ["http://", "https://", "src=", "href=", "@import", "url("] {
+        assert!(!html.contains(external), "the page refers to {external}");
+    }
+    for table in ["<h2>Steps</h2>", "<h2>Where the time went</h2>"] {
+        assert!(html.contains(table), "no {table}");
+    }
 }
 
 #[test]
@@ -113,6 +157,8 @@ fn the_tracer_binary_writes_a_trace_and_refuses_bad_input() {
     let out = Command::new(env!("CARGO_BIN_EXE_tracer"))
         .args(["--max-tokens", "3", "--trace-out"])
         .arg(&trace)
+        .arg("--html")
+        .arg(dir.path().join("trace.html"))
         .output()
         .unwrap();
     assert!(
@@ -127,6 +173,15 @@ fn the_tracer_binary_writes_a_trace_and_refuses_bad_input() {
     );
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
     assert!(json["traceEvents"].as_array().unwrap().len() > 10);
+    // The page draws what the Chrome trace holds: as many bars as complete events.
+    let html = std::fs::read_to_string(dir.path().join("trace.html")).unwrap();
+    let complete = json["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ph"] == "X")
+        .count();
+    assert_eq!(html.matches("<rect class=\"span\"").count(), complete);
 
     let bad = Command::new(env!("CARGO_BIN_EXE_tracer"))
         .args(["--tp", "3", "--trace-out"])

@@ -13,9 +13,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use engine::config::Device;
 use engine::model_source::{load_model, ModelSpec};
+use engine::tracer::report::{ms, step_rows};
 use engine::tracer::{
-    bottlenecks, chrome_trace, measured_all_reduce, predicted_all_reduce, RecordedSpan,
-    SpanRecorder,
+    bottlenecks, chrome_trace, html_timeline, measured_all_reduce, predicted_all_reduce,
+    RecordedSpan, SpanRecorder,
 };
 use engine::{EngineConfig, SamplingParams, LLM};
 
@@ -47,6 +48,9 @@ struct Args {
     /// Where to write the Chrome trace (JSON).
     #[arg(long, default_value = "trace.json")]
     trace_out: std::path::PathBuf,
+    /// Also write the trace as a self-contained HTML page: a swimlane per thread, the tables.
+    #[arg(long)]
+    html: Option<std::path::PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -72,9 +76,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     let mut llm = LLM::new(model, config)?;
     let (loaded, _) = recorder.spans();
     let out = llm.generate(&[&args.prompt], &SamplingParams::greedy(args.max_tokens))?;
-    let (spans, threads) = recorder.spans();
     // The request's part of the run: what came after loading.
-    let run = &spans[loaded.len()..];
+    let (run, threads) = recorder.spans_since(loaded.len());
+    let run = &run[..];
     println!("prompt: {:?}\noutput: {:?}\n", args.prompt, out[0].text);
     print_timeline(run);
     print_bottlenecks(run);
@@ -105,27 +109,32 @@ fn run(args: Args) -> anyhow::Result<()> {
         args.trace_out.display(),
         run.len()
     );
+    if let Some(path) = &args.html {
+        let title = format!(
+            "tracer: {} on {}, TP={} PP={}",
+            args.model, llm.engine.config.device, args.tp, args.pp
+        );
+        std::fs::write(path, html_timeline(run, &threads, &title))?;
+        println!("HTML timeline: {} (opens offline)", path.display());
+    }
     Ok(())
 }
 
 /// One line per step: its scheduling, its forward pass (with the batch), in milliseconds.
 fn print_timeline(spans: &[RecordedSpan]) {
-    println!("| step | schedule ms | execute ms | seqs | tokens |");
-    println!("| ---: | ---: | ---: | ---: | ---: |");
-    let ms = |s: &RecordedSpan| s.duration().as_secs_f64() * 1e3;
-    let field = |s: &RecordedSpan, f: &str| s.fields.get(f).cloned().unwrap_or_default();
-    let schedules: Vec<&RecordedSpan> = spans.iter().filter(|s| s.name == "schedule").collect();
-    for e in spans.iter().filter(|s| s.name == "execute_model") {
-        let step = field(e, "step");
-        let schedule = schedules
-            .iter()
-            .find(|s| field(s, "step") == step)
-            .map_or(0.0, |s| ms(s));
+    println!("| step | at ms | schedule ms | execute ms | seqs | tokens | prefill | decode |");
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in step_rows(spans) {
         println!(
-            "| {step} | {schedule:.3} | {:.3} | {} | {} |",
-            ms(e),
-            field(e, "seqs"),
-            field(e, "tokens")
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            r.step,
+            ms(r.at),
+            ms(r.schedule),
+            ms(r.execute),
+            r.seqs,
+            r.tokens,
+            r.prefill_tokens,
+            r.decode_tokens
         );
     }
 }

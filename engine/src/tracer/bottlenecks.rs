@@ -23,7 +23,11 @@ pub struct Component {
 pub fn bottlenecks(spans: &[RecordedSpan]) -> Vec<Component> {
     let mut child_time = vec![Duration::ZERO; spans.len()];
     for s in spans {
-        if let Some(p) = s.parent.filter(|&p| spans[p].thread == s.thread) {
+        // (`get`: a parent outside the list, from a slice not re-indexed, counts as none.)
+        if let Some(p) = s
+            .parent
+            .filter(|&p| spans.get(p).is_some_and(|q| q.thread == s.thread))
+        {
             child_time[p] += s.duration();
         }
     }

@@ -7,18 +7,22 @@
 //! (bytes, rank), the pipeline's sends and receives, a `rank` span around everything a rank's
 //! thread does. With no subscriber each costs one relaxed atomic load. [`SpanRecorder`] is a
 //! subscriber that keeps every span's name, fields, thread and start and end times;
-//! [`chrome_trace`] writes them as a Chrome trace (open it in Perfetto), and [`bottlenecks`]
-//! adds them up by component; [`comm_check`] sets the all-reduce traffic the course's
-//! formulas predict beside what the communicators counted.
+//! [`chrome_trace`] writes them as a Chrome trace (open it in Perfetto), [`html_timeline`] as
+//! a self-contained HTML page with a swimlane per thread, and [`bottlenecks`] adds them up by
+//! component; [`report`] reads the step and request tables off them; [`comm_check`] sets the
+//! all-reduce traffic the course's formulas predict beside what the communicators counted.
 //!
 //! Times are the host's: on the GPU a `kernel` span is the launch, not the kernel's run.
 
 pub mod bottlenecks;
 pub mod chrome_trace;
 pub mod comm_check;
+pub mod html_timeline;
+pub mod report;
 pub mod span_recorder;
 
 pub use bottlenecks::{bottlenecks, Component};
 pub use chrome_trace::chrome_trace;
 pub use comm_check::{measured_all_reduce, predicted_all_reduce, AllReduceTraffic};
+pub use html_timeline::html_timeline;
 pub use span_recorder::{RecordedSpan, SpanRecorder};

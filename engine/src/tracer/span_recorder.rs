@@ -96,6 +96,18 @@ impl SpanRecorder {
         (state.spans.clone(), names)
     }
 
+    /// The spans opened from the `first`-th on (say, after loading: `first` is the length of
+    /// an earlier [`SpanRecorder::spans`]), their `parent` indices counted in the new list; a
+    /// parent opened before `first` (a rank's `rank` span, opened at loading) becomes `None`.
+    pub fn spans_since(&self, first: usize) -> (Vec<RecordedSpan>, Vec<String>) {
+        let (mut spans, threads) = self.spans();
+        let mut later = spans.split_off(first.min(spans.len()));
+        for s in &mut later {
+            s.parent = s.parent.and_then(|p| p.checked_sub(first));
+        }
+        (later, threads)
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         // A panic while recording leaves the spans as they were: still worth reading.
         self.state.lock().unwrap_or_else(|p| p.into_inner())
