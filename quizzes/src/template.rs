@@ -84,6 +84,14 @@ pub struct Kind {
     pub draw: fn(&mut Rng, &Args) -> Args,
     /// The derived numbers the prompt and explanation show, from the arguments.
     pub derive: fn(&Args) -> Result<Values, String>,
+    /// Completes arguments after a "Same batch" question took some from the previous draw
+    /// (`template.same`): e.g. the index of the batch's last row. [`keep`] for most kinds.
+    pub refit: fn(Args) -> Args,
+}
+
+/// A kind's `refit` that changes nothing.
+pub fn keep(args: Args) -> Args {
+    args
 }
 
 /// Every kind of numeric question that has a template, chapter by chapter
@@ -216,7 +224,7 @@ impl Template {
                     args.insert(key.clone(), v.clone());
                 }
             }
-            match self.render(args) {
+            match self.render((self.kind().refit)(args)) {
                 Ok(r) => return Ok(r),
                 Err(e) => last_error = e,
             }

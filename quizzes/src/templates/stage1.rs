@@ -2,7 +2,7 @@
 //! tenants and prefix caching, each answered by the engine's block functions or scheduler.
 
 use super::*;
-use crate::template::{Args, Kind, Rng, Values};
+use crate::template::{keep, Args, Kind, Rng, Values};
 
 /// Stage 1's kinds.
 pub const KINDS: &[Kind] = &[
@@ -11,114 +11,133 @@ pub const KINDS: &[Kind] = &[
         check_fn: "slot_for_position",
         draw: draw_slot,
         derive: derive_slot,
+        refit: keep,
     },
     Kind {
         name: "slot_of_last_token",
         check_fn: "slot_for_position",
         draw: draw_last_token_slot,
         derive: derive_slot,
+        refit: keep,
     },
     Kind {
         name: "blocks_needed",
         check_fn: "blocks_needed",
         draw: draw_blocks_needed,
         derive: derive_blocks_needed,
+        refit: keep,
     },
     Kind {
         name: "chunked_prefill_second_step",
         check_fn: "chunked_prefill",
         draw: draw_chunked_second_step,
         derive: derive_chunked_second_step,
+        refit: keep,
     },
     Kind {
         name: "mixed_batch_tokens",
         check_fn: "schedule_mixed_batch",
         draw: draw_mixed_batch,
         derive: derive_mixed_batch,
+        refit: keep,
     },
     Kind {
         name: "mixed_batch_prefill_blocks",
         check_fn: "schedule_mixed_batch",
         draw: draw_mixed_batch,
         derive: derive_mixed_batch,
+        refit: keep,
     },
     Kind {
         name: "mixed_batch_new_blocks",
         check_fn: "schedule_mixed_batch",
         draw: draw_mixed_batch,
         derive: derive_mixed_batch,
+        refit: keep,
     },
     Kind {
         name: "chunked_prefill_first_logits",
         check_fn: "chunked_prefill",
         draw: draw_chunked_first_step,
         derive: derive_chunked_first_step,
+        refit: keep,
     },
     Kind {
         name: "fcfs_first_victim",
         check_fn: "fcfs_preemption",
         draw: draw_full_cache,
         derive: derive_full_cache,
+        refit: keep,
     },
     Kind {
         name: "fcfs_preemption_step_scheduled",
         check_fn: "fcfs_preemption",
         draw: draw_full_cache,
         derive: derive_full_cache,
+        refit: keep,
     },
     Kind {
         name: "max_model_len",
         check_fn: "max_model_len",
         draw: draw_max_model_len,
         derive: derive_max_model_len,
+        refit: keep,
     },
     Kind {
         name: "fair_share_percent",
         check_fn: "tenant_share",
         draw: draw_fair_share,
         derive: derive_tenants,
+        refit: keep,
     },
     Kind {
         name: "fair_late_tenant_step",
         check_fn: "tenant_share",
         draw: draw_fair_late_tenant,
         derive: derive_tenants,
+        refit: keep,
     },
     Kind {
         name: "qos_overdue_step",
         check_fn: "tenant_share",
         draw: draw_qos_overdue,
         derive: derive_tenants,
+        refit: keep,
     },
     Kind {
         name: "prefix_hit_shared_prefix",
         check_fn: "prefix_hit",
         draw: draw_shared_prefix,
         derive: derive_prefix_hit,
+        refit: keep,
     },
     Kind {
         name: "prefix_hit_same_prompt",
         check_fn: "prefix_hit",
         draw: draw_same_prompt,
         derive: derive_prefix_hit,
+        refit: keep,
     },
     Kind {
         name: "swap_out_blocks",
         check_fn: "preemption_cost",
         draw: draw_preemption_case,
         derive: derive_preemption_case,
+        refit: keep,
     },
     Kind {
         name: "recompute_resume_tokens",
         check_fn: "preemption_cost",
         draw: draw_preemption_case,
         derive: derive_preemption_case,
+        refit: keep,
     },
     Kind {
         name: "swap_fallback_resume_tokens",
         check_fn: "preemption_cost",
         draw: draw_preemption_case,
         derive: derive_preemption_case,
+        refit: keep,
     },
 ];
 

@@ -2,7 +2,7 @@
 //! continuous batching, each answered by driving the engine's scheduler.
 
 use super::*;
-use crate::template::{Args, Kind, Rng, Values};
+use crate::template::{keep, Args, Kind, Rng, Values};
 
 /// Stage 2's kinds.
 pub const KINDS: &[Kind] = &[
@@ -11,60 +11,70 @@ pub const KINDS: &[Kind] = &[
         check_fn: "prefill_steps",
         draw: draw_long_prompt,
         derive: derive_long_prompt,
+        refit: keep,
     },
     Kind {
         name: "long_prompt_with_decodes_step",
         check_fn: "prefill_steps",
         draw: draw_long_prompt,
         derive: derive_long_prompt,
+        refit: keep,
     },
     Kind {
         name: "long_prompt_last_chunk",
         check_fn: "prefill_steps",
         draw: draw_long_prompt_last_chunk,
         derive: derive_long_prompt,
+        refit: keep,
     },
     Kind {
         name: "budget_second_prompt_chunk",
         check_fn: "budget_step",
         draw: draw_two_prompts,
         derive: derive_budget_step,
+        refit: keep,
     },
     Kind {
         name: "budget_prompt_chunk",
         check_fn: "budget_step",
         draw: draw_one_prompt,
         derive: derive_budget_step,
+        refit: keep,
     },
     Kind {
         name: "static_batch_running",
         check_fn: "batching_run",
         draw: draw_batch_run,
         derive: derive_batch_run,
+        refit: keep,
     },
     Kind {
         name: "static_batch_utilization",
         check_fn: "batching_run",
         draw: draw_batch_run,
         derive: derive_batch_run,
+        refit: keep,
     },
     Kind {
         name: "continuous_batch_running",
         check_fn: "batching_run",
         draw: draw_batch_run,
         derive: derive_batch_run,
+        refit: keep,
     },
     Kind {
         name: "continuous_batch_steps",
         check_fn: "batching_run",
         draw: draw_batch_run,
         derive: derive_batch_run,
+        refit: keep,
     },
     Kind {
         name: "continuous_tokens_per_step",
         check_fn: "batching_run",
         draw: draw_batch_run,
         derive: derive_batch_run,
+        refit: keep,
     },
 ];
 

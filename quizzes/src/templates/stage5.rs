@@ -1,7 +1,7 @@
 //! Stage 5's numeric questions: tensor parallelism, counted by the CPU engine's communicators.
 
 use super::*;
-use crate::template::{Args, Kind, Rng, Values};
+use crate::template::{keep, Args, Kind, Rng, Values};
 
 /// Stage 5's kinds.
 pub const KINDS: &[Kind] = &[Kind {
@@ -9,6 +9,7 @@ pub const KINDS: &[Kind] = &[Kind {
     check_fn: "ring_sent_ratio",
     draw: draw_ring,
     derive: derive_ring,
+    refit: keep,
 }];
 
 // A ring of 2 to 8 ranks (each draw runs the CPU communicator's all-reduce on that many
