@@ -12,7 +12,10 @@
 //! The model runner decides, per row, which ids are banned ([`banned_token_ids`]); the backend
 //! applies the mask where the logits are: [`mask_logits`] on the CPU, a kernel on the GPU
 //! (`kernels::sampling::Sampling::mask_logits`). The sampler itself is untouched, so a learner's
-//! sampler (stage 3) gets the floor too.
+//! sampler (stage 3) gets the floor too. On the CPU one guard remains: should a sampler still
+//! return a banned id (the engine's walk can run past its kept tokens by float rounding onto a
+//! zero-probability one; a learner's may not skip -inf), the masked row's argmax is taken. The
+//! GPU sampler never picks a zero-weight token.
 
 /// The ids row sampling must not pick: every stop id of the request (`all_stop_token_ids`, see
 /// [`crate::SamplingParams::all_stop_token_ids`]) while it has fewer than `min_tokens` output

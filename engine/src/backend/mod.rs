@@ -435,9 +435,14 @@ pub trait Backend: Send + Sync {
                     &masked[..]
                 }
             };
-            output
-                .sampled_token_ids
-                .push(host_sample(to_sample, &how.params(), how.draw()));
+            let mut token = host_sample(to_sample, &how.params(), how.draw());
+            if how.banned_token_ids.contains(&token) {
+                // The mask should have made this impossible, but a sampler can still return
+                // an id of probability 0: the engine's walk can run past its kept tokens by
+                // float rounding, and a learner's may not skip -inf. Take the masked argmax.
+                token = crate::sampler::argmax(to_sample);
+            }
+            output.sampled_token_ids.push(token);
             output.logits.push(how.output_logits.then(|| row.to_vec()));
         }
         Ok(output)
