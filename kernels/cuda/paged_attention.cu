@@ -34,14 +34,15 @@
 // writes the normalized output. Split-K: the grid's z dimension gives each sequence P blocks,
 // and each takes one partition of its context (partition_tokens below: an even split into P,
 // in whole tiles, but never under `min_partition` tokens); each writes its unnormalized
-// (m, l, acc) to a workspace, and the last of a sequence's blocks to finish merges them:
+// (m, l, acc) to a workspace, and one of two merges combines them:
 //     M = max_p m_p,  out = sum_p exp(m_p - M) acc_p / sum_p exp(m_p - M) l_p.
-// "Last" is counted, not scheduled: each block, once its partial state is written and fenced,
-// takes a ticket from a per-(sequence, head group) counter; the block that draws the final
-// ticket reads every partition's state back and writes the output, then sets the counter to
-// zero for the next launch. A separate reduce kernel did this before, at the price of one more
-// kernel boundary per layer (a grid drained and another started: a few µs inside a CUDA graph,
-// more than the merge itself). This is the "threadfence reduction" of the CUDA samples.
+// Either a second kernel, paged_attention_reduce (one block per sequence and head), or the
+// last of a sequence's blocks to finish (`tickets` not null): each block, once its partial
+// state is written and fenced, takes a ticket from a per-(sequence, head group) counter; the
+// block that draws the final ticket reads every partition's state back and writes the output,
+// then sets the counter to zero for the next launch (the "threadfence reduction" of the CUDA
+// samples). The second saves a kernel boundary and pays a fence, an atomic and a merge done by
+// fewer threads; the Rust side picks one (`SplitMerge`), and kernel_bench times both.
 // Split-K serves two ends. Long contexts: a partition holds at most MAX_PARTITION tokens (its
 // block-table entries sit in shared memory), so the Rust side makes P at least
 // ceil(max_seq_len / 512) and keeps min_partition = 512. Small batches: one block per sequence
@@ -89,7 +90,7 @@ __device__ __forceinline__ void cp_async_wait() {
 __device__ __forceinline__ int swizzle(int row, int chunk) { return chunk ^ (row & 7); }
 
 // Tokens per partition of a context of seq_len tokens split num_partitions ways: an even split
-// rounded up to whole tiles, at least min_partition. Every block of a sequence computes the same.
+// rounded up to whole tiles, at least min_partition. The decode and reduce kernels must agree.
 __device__ __forceinline__ u32 partition_tokens(u32 seq_len, u32 num_partitions, u32 min_partition) {
     const u32 even = ((seq_len + num_partitions - 1) / num_partitions + TILE - 1) / TILE * TILE;
     return max(even, min_partition);
@@ -117,7 +118,7 @@ __device__ __forceinline__ void paged_attention_decode(
     const __nv_bfloat16* __restrict__ value_cache,  // [num_blocks, block_size, num_kv_heads, head_dim]
     const u32* __restrict__ block_tables,           // [num_seqs, max_blocks_per_seq]
     const u32* __restrict__ seq_lens,               // [num_seqs]
-    u32* __restrict__ tickets,                      // [num_seqs, head groups]; 0 between launches
+    u32* __restrict__ tickets,                      // [num_seqs, head groups], 0 between launches; or null
     float scale, u32 num_heads, u32 num_kv_heads, u32 block_size, u32 max_blocks_per_seq,
     u32 min_partition) {
     using R = Ring<D, S, TT>;
@@ -332,7 +333,7 @@ __device__ __forceinline__ void paged_attention_decode(
             }
         }
     }
-    if (num_partitions == 1) return;
+    if (num_partitions == 1 || tickets == nullptr) return;
 
     // Split-K: the last of this sequence's `used` blocks (those with tokens) merges them. The
     // fence makes this block's partial state visible to the whole GPU before its ticket is
@@ -363,6 +364,34 @@ __device__ __forceinline__ void paged_attention_decode(
     }
 }
 
+template <int D>
+__device__ __forceinline__ void paged_attention_reduce(
+    __nv_bfloat16* __restrict__ out,       // [num_seqs, num_heads, head_dim]
+    const float* __restrict__ tmp_out,     // [num_seqs, num_heads, max_partitions, head_dim]
+    const float* __restrict__ max_logits,  // [num_seqs, num_heads, max_partitions]
+    const float* __restrict__ exp_sums,    // [num_seqs, num_heads, max_partitions]
+    const u32* __restrict__ seq_lens,      // [num_seqs]
+    u32 max_partitions, u32 min_partition) {
+    const u32 head = blockIdx.x, seq = blockIdx.y, num_heads = gridDim.x;
+    const u32 seq_len = seq_lens[seq];
+    const u32 partition_size = partition_tokens(seq_len, max_partitions, min_partition);
+    const u32 used = (seq_len + partition_size - 1) / partition_size;
+    const size_t head_row = (size_t)seq * num_heads + head;
+    const float* ml = max_logits + head_row * max_partitions;
+    const float* es = exp_sums + head_row * max_partitions;
+    float big_m = -INFINITY;
+    for (u32 p = 0; p < used; p++) big_m = fmaxf(big_m, ml[p]);
+    for (u32 d = threadIdx.x; d < D; d += blockDim.x) {
+        float big_l = 0.0f, o = 0.0f;
+        for (u32 p = 0; p < used; p++) {
+            const float f = __expf(ml[p] - big_m);
+            big_l += es[p] * f;
+            o += tmp_out[(head_row * max_partitions + p) * D + d] * f;
+        }
+        out[head_row * D + d] = __float2bfloat16(o / big_l);
+    }
+}
+
 // The entry points NVRTC exports, one per (head size D, tile tokens T, ring stages S, query
 // heads per block H): paged_attention_decode_d{D}_t{T}_s{S}_h{H}. The Rust side picks H as the
 // largest of 8, 4, 3, 2, 1 that divides num_heads / num_kv_heads, the ring by head size
@@ -387,3 +416,12 @@ __device__ __forceinline__ void paged_attention_decode(
     DECODE(D, T, S, 1) DECODE(D, T, S, 2) DECODE(D, T, S, 3) DECODE(D, T, S, 4) DECODE(D, T, S, 8)
 DECODE_HEADS(64, 64, 2) DECODE_HEADS(64, 64, 3) DECODE_HEADS(64, 32, 4)
 DECODE_HEADS(128, 32, 2) DECODE_HEADS(128, 32, 3)
+#define REDUCE(D)                                                                              \
+    extern "C" __global__ void paged_attention_reduce_d##D(                                    \
+        __nv_bfloat16 *out, const float *tmp_out, const float *max_logits,                     \
+        const float *exp_sums, const u32 *seq_lens, u32 max_partitions, u32 min_partition) {   \
+        PDL_ENTRY();                                                                           \
+        paged_attention_reduce<D>(out, tmp_out, max_logits, exp_sums, seq_lens,                \
+                                  max_partitions, min_partition);                              \
+    }
+REDUCE(64) REDUCE(128)

@@ -13,7 +13,7 @@ use anyhow::{bail, Result};
 use kernels::cudarc::driver::CudaSlice;
 use kernels::gemv::SplitK;
 use kernels::linear::Linear;
-use kernels::paged_attention::{rings, DecodeShape, PagedAttention, SplitKWorkspace};
+use kernels::paged_attention::{rings, DecodeShape, PagedAttention, SplitKWorkspace, SplitMerge};
 use kernels::prefill_attention::{PrefillShape, BLOCK_MS};
 use kernels::roofline::{self, random_bf16, uninit_bf16, REPS, WARMUP};
 use kernels::sampling::RowParams;
@@ -334,8 +334,9 @@ fn main() -> Result<()> {
     }
 
     // Decode attention at small batches, where a step's time is latency: SmolLM2-135M's and
-    // Llama-3.2-1B's heads, contexts of decode-b1 (128-256 tokens) and longer, the small-batch
-    // split on and off, inside a CUDA graph of 50 launches as a decode step runs it.
+    // Llama-3.2-1B's heads, contexts of decode-b1 (128-256 tokens) and longer, inside a CUDA
+    // graph of 50 launches as a decode step runs it: no split, then the small-batch split with
+    // partitions of at least 32 or 64 tokens, merged by the reduce kernel or by the last block.
     for (seqs, ctx_len, nh, nkv) in [
         (1usize, 192usize, 9usize, 3usize),
         (1, 2048, 9, 3),
@@ -344,12 +345,25 @@ fn main() -> Result<()> {
         (1, 2048, 32, 8),
     ] {
         let mut inp = DecodeInputs::new(&gpu, seqs, ctx_len, nh, nkv, 64, bs, &mut x)?;
-        for split in [false, true] {
-            let pa = k.paged_attention.clone().with_small_batch_split(split);
-            let p = pa.partitions(seqs, nh, nkv, ctx_len);
-            let ms = graph_ms(&gpu, 50, || inp.run(&gpu, &pa, &mut ws))?;
+        let base = k.paged_attention.clone();
+        let mut variants = vec![(base.clone().with_small_batch_split(false), "no split")];
+        for (min, merge, what) in [
+            (32, SplitMerge::ReduceKernel, "min 32, reduce kernel"),
+            (64, SplitMerge::ReduceKernel, "min 64, reduce kernel"),
+            (32, SplitMerge::LastBlock, "min 32, last block merges"),
+            (64, SplitMerge::LastBlock, "min 64, last block merges"),
+        ] {
+            let pa = base.clone().with_split_min_tokens(min).with_merge(merge);
+            variants.push((pa, what));
+        }
+        for (pa, what) in &variants {
+            let p = pa.partitions(seqs, nh, nkv, 64, ctx_len);
+            // The kernel's partition_tokens: an even split in 32-token granules, at least min.
+            let size = (ctx_len.div_ceil(p.count).div_ceil(32) * 32).max(p.min_tokens);
+            let used = ctx_len.div_ceil(size);
+            let ms = graph_ms(&gpu, 50, || inp.run(&gpu, pa, &mut ws))?;
             let size = format!(
-                "{seqs} seqs x {ctx_len} tok, {nh}/{nkv} heads, {} partitions",
+                "{seqs} seqs x {ctx_len} tok, {nh}/{nkv} heads, {} partitions ({used} used), {what}",
                 p.count
             );
             push(

@@ -4,8 +4,8 @@
 //!
 //! Single pass when every context fits one partition of [`PARTITION_SIZE`] tokens and the batch
 //! alone gives the GPU enough blocks; split-K otherwise ([`PagedAttention::partitions`]): each
-//! partition of a sequence gets its own block, and the last of them to finish merges their
-//! softmax states (one launch either way). The merge needs a workspace, allocated once ([`SplitKWorkspace`], sized by
+//! partition of a sequence gets its own block, and a reduce kernel, or the last of the blocks
+//! to finish ([`SplitMerge`]), merges their softmax states. The merge needs a workspace, allocated once ([`SplitKWorkspace`], sized by
 //! [`PagedAttention::workspace_rows`]) and grown only when a batch needs more.
 //!
 //! Inside a block, K/V tiles of 32 tokens stream into a ring of shared-memory buffers with
@@ -147,6 +147,15 @@ impl SplitKWorkspace {
     }
 }
 
+/// How a split context's partitions are merged (the kernel's header compares the two).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitMerge {
+    /// A second kernel, `paged_attention_reduce`: one block per sequence and query head.
+    ReduceKernel,
+    /// The last of a sequence's blocks to finish, counted with an atomic ticket: one launch.
+    LastBlock,
+}
+
 /// The compiled decode kernels, by head size.
 #[derive(Debug, Clone)]
 pub struct PagedAttention {
@@ -156,6 +165,10 @@ pub struct PagedAttention {
     /// The ring launched per head size (an index into [`rings`]; 0, the default, unless
     /// [`PagedAttention::with_ring`] chose another).
     ring: Vec<usize>,
+    reduce: Vec<CudaFunction>,
+    merge: SplitMerge,
+    /// Fewest tokens of a small batch's partition; `None`: one tile of the ring launched.
+    split_min_tokens: Option<usize>,
     /// The GPU's SMs, which a small batch's partitions are meant to fill.
     num_sms: usize,
     /// Whether small batches are split to fill the SMs (the bench times both).
@@ -209,12 +222,32 @@ impl PagedAttention {
             }
             decode.push(per_ring);
         }
+        let reduce = HEAD_DIMS
+            .iter()
+            .map(|d| module.load_function(&format!("paged_attention_reduce_d{d}")))
+            .collect::<std::result::Result<_, _>>()?;
         Ok(Self {
             decode,
             ring: vec![0; HEAD_DIMS.len()],
+            reduce,
+            merge: SplitMerge::ReduceKernel,
+            split_min_tokens: None,
             num_sms,
             small_batch_split: true,
         })
+    }
+
+    /// The same kernels, merging split contexts with `merge`.
+    pub fn with_merge(mut self, merge: SplitMerge) -> Self {
+        self.merge = merge;
+        self
+    }
+
+    /// The same kernels, cutting a small batch's contexts into partitions of at least `tokens`
+    /// (a multiple of 32; by default one tile of the ring launched).
+    pub fn with_split_min_tokens(mut self, tokens: usize) -> Self {
+        self.split_min_tokens = Some(tokens.div_ceil(TILE).max(1) * TILE);
+        self
     }
 
     /// The same kernels, splitting small batches' contexts over more blocks or not.
@@ -229,8 +262,8 @@ impl PagedAttention {
     /// heads of one KV head, or a part of them): 3 for SmolLM2-135M at batch 1, 8 for
     /// Llama-3.2-1B, on a GPU of 132 SMs, each block walking its whole context one tile after
     /// another. A small batch is therefore split into up to [`MAX_SMALL_BATCH_SPLIT`]
-    /// partitions, as many as keep the grid near two blocks per SM, of at least one tile each;
-    /// merging them costs less than the walk it shortens. A long context
+    /// partitions, as many as keep the grid near two blocks per SM, of at least one tile of
+    /// the ring launched at `head_dim` each; merging them costs less than the walk it shortens. A long context
     /// is split into partitions of at most [`PARTITION_SIZE`] tokens whatever the batch. The
     /// count depends on the batch size, and on `max_seq_len` only past `count × 512` tokens, so
     /// CUDA graphs keyed by it stay few.
@@ -239,6 +272,7 @@ impl PagedAttention {
         num_seqs: usize,
         num_heads: usize,
         num_kv_heads: usize,
+        head_dim: usize,
         max_seq_len: usize,
     ) -> Partitions {
         let long = long_context_partitions(max_seq_len);
@@ -249,9 +283,10 @@ impl PagedAttention {
             1
         };
         if small > long {
+            let tile = self.ring(head_dim).map_or(TILE, |r| r.tile);
             Partitions {
                 count: small,
-                min_tokens: TILE,
+                min_tokens: self.split_min_tokens.unwrap_or(tile),
             }
         } else {
             Partitions {
@@ -355,7 +390,13 @@ impl PagedAttention {
         // The launch depends on the batch only through `Partitions` (each block finds its
         // share of its own sequence's context on the device), so a CUDA graph captured for
         // (num_seqs, partitions) stays right while contexts grow.
-        let p = self.partitions(s.num_seqs, s.num_heads, s.num_kv_heads, max_seq_len);
+        let p = self.partitions(
+            s.num_seqs,
+            s.num_heads,
+            s.num_kv_heads,
+            s.head_dim,
+            max_seq_len,
+        );
         let (parts, partition_size) = (p.count, p.min_tokens);
         workspace.ensure(stream, s.num_seqs * s.num_heads * parts, s.head_dim)?;
         let args = [
@@ -387,11 +428,15 @@ impl PagedAttention {
             .arg(query)
             .arg(key_cache)
             .arg(value_cache);
-        launch
-            .arg(block_tables)
-            .arg(seq_lens)
-            .arg(&mut ws.tickets)
-            .arg(&scale);
+        let merge_in_kernel = self.merge == SplitMerge::LastBlock;
+        let no_tickets = 0u64; // a null pointer: the reduce kernel merges
+        launch.arg(block_tables).arg(seq_lens);
+        if merge_in_kernel {
+            launch.arg(&mut ws.tickets);
+        } else {
+            launch.arg(&no_tickets);
+        }
+        launch.arg(&scale);
         for a in &args {
             launch.arg(a);
         }
@@ -400,8 +445,34 @@ impl PagedAttention {
         // (checked above); the workspace holds num_seqs * num_heads * parts rows (ensured).
         // Cache reads follow block tables and seq_lens, whose contents the caller guarantees
         // (documented above). Tickets: one per (sequence, head group), fewer than the
-        // workspace's rows; each launch leaves them at zero.
+        // workspace's rows; each launch leaves them at zero. Null: the kernel leaves them alone.
         unsafe { launch.launch(cfg) }?;
+        if parts == 1 || merge_in_kernel {
+            return Ok(());
+        }
+
+        let reduce_cfg = LaunchConfig {
+            grid_dim: (
+                cfg.grid_dim.0 * HEADS_PER_BLOCK[h] as u32,
+                cfg.grid_dim.1,
+                1,
+            ),
+            block_dim: (s.head_dim as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let (max_parts, psize) = (cfg.grid_dim.2, args[4]);
+        let mut launch = Launch::new(stream, &self.reduce[d]);
+        launch
+            .arg(out)
+            .arg(&ws.tmp_out)
+            .arg(&ws.max_logits)
+            .arg(&ws.exp_sums);
+        launch.arg(seq_lens).arg(&max_parts).arg(&psize);
+        // SAFETY: the signature matches paged_attention_reduce_d* (out, tmp_out, max_logits,
+        // exp_sums, seq_lens, u32, u32); the grid is (num_heads, num_seqs), each block reads the
+        // partitions of its sequence the decode kernel wrote (at most max_parts: both kernels
+        // compute a partition's tokens with the same partition_tokens).
+        unsafe { launch.launch(reduce_cfg) }?;
         Ok(())
     }
 }

@@ -9,7 +9,7 @@
 mod common;
 
 use common::{assert_close, gpu_or_skip, poisoned, to_f64, Rng, BF16_BOUND};
-use kernels::paged_attention::{rings, DecodeShape, SplitKWorkspace, PARTITION_SIZE};
+use kernels::paged_attention::{rings, DecodeShape, SplitKWorkspace, SplitMerge, PARTITION_SIZE};
 
 struct Case {
     num_heads: usize,
@@ -132,15 +132,22 @@ fn decode_matches_f64_reference() {
             max_blocks_per_seq: max_blocks,
         };
         // Every ring built for the head size (fresh poisoned output each), with and without the
-        // small-batch split.
+        // small-batch split, its partitions merged by either merge.
         let mut gots = Vec::new();
-        for (&ring, small_split) in rings(d).iter().flat_map(|r| [(r, true), (r, false)]) {
+        let splits = [
+            (true, SplitMerge::ReduceKernel),
+            (true, SplitMerge::LastBlock),
+            (false, SplitMerge::ReduceKernel),
+            (false, SplitMerge::LastBlock),
+        ];
+        for (&ring, (small_split, merge)) in rings(d).iter().flat_map(|r| splits.map(|s| (r, s))) {
             let variant = k
                 .clone()
                 .with_ring(d, ring)
                 .unwrap()
+                .with_merge(merge)
                 .with_small_batch_split(small_split);
-            let p = variant.partitions(n, nh, nkv, max_len);
+            let p = variant.partitions(n, nh, nkv, d, max_len);
             long_split_seen |= p.count > 1 && p.min_tokens == PARTITION_SIZE;
             small_split_seen |= p.count > 1 && p.min_tokens < PARTITION_SIZE;
             variant
@@ -158,7 +165,7 @@ fn decode_matches_f64_reference() {
                     max_len,
                 )
                 .unwrap();
-            gots.push((ring, p, s.clone_dtoh(&out).unwrap()));
+            gots.push((ring, merge, p, s.clone_dtoh(&out).unwrap()));
             out = poisoned(s, n * nh * d);
         }
 
@@ -193,8 +200,11 @@ fn decode_matches_f64_reference() {
             "decode {nh}/{nkv} heads, d {d}, block {bs}, lens {:?}",
             c.seq_lens
         );
-        for (ring, p, got) in &gots {
-            let ring = format!(", {}-token tiles x {} stages", ring.tile, ring.stages);
+        for (ring, merge, p, got) in &gots {
+            let ring = format!(
+                ", {}-token tiles x {} stages, {merge:?}",
+                ring.tile, ring.stages
+            );
             let mode = format!(
                 ", {} partitions of at least {} tokens",
                 p.count, p.min_tokens

@@ -1169,6 +1169,7 @@ impl Backend for CudaBackend {
                     step.num_seqs,
                     self.limits.num_heads,
                     self.limits.num_kv_heads,
+                    self.limits.head_dim,
                     step.max_seq_len,
                 ),
             };
