@@ -3,7 +3,9 @@
 //! reader dequantizes (`gguf_hf::dequant`, what `lab fetch-model` writes to safetensors), and
 //! it is batch invariant. Bad input is an `Err`.
 
-use engine::backend::cpu_gemm::{gemm, gemm_blocks, Isa, PackedBlocks, PackedWeight, KC};
+use engine::backend::cpu_gemm::{
+    gemm, gemm_blocks, gemm_blocks_with, Dequantize, Isa, PackedBlocks, PackedWeight, KC,
+};
 use engine::model_loader::dequant::{dequantize, GgmlType};
 use proptest::prelude::*;
 
@@ -51,6 +53,23 @@ fn run_blocks(w: &PackedBlocks, x: &[f32], b: Option<&[f32]>, t: usize) -> Vec<f
     out
 }
 
+/// [`run_blocks`] with the dequantization in registers or through the buffer.
+fn run_blocks_with(
+    w: &PackedBlocks,
+    x: &[f32],
+    b: Option<&[f32]>,
+    t: usize,
+    how: Dequantize,
+) -> Vec<f32> {
+    let mut out = vec![f32::NAN; t * w.n];
+    gemm_blocks_with(&mut out, x, w, b, t, how);
+    out
+}
+
+/// Both places the weights are dequantized in (each instruction set has its own kernel for
+/// the registers).
+const PATHS: [Dequantize; 2] = [Dequantize::InRegisters, Dequantize::Buffer];
+
 fn run_f32(w: &PackedWeight, x: &[f32], b: Option<&[f32]>, t: usize) -> Vec<f32> {
     let mut out = vec![f32::NAN; t * w.n];
     gemm(&mut out, x, w, b, t);
@@ -84,15 +103,18 @@ proptest! {
             let blocks = PackedBlocks::pack(&bytes, format, n, k, isa).unwrap();
             prop_assert_eq!(bits(&blocks.to_f32()), bits(&w), "{:?}: to_f32", isa);
             let want = run_f32(&PackedWeight::pack(&w, n, k, isa), &x, b, t);
-            let got = run_blocks(&blocks, &x, b, t);
-            prop_assert_eq!(bits(&got), bits(&want), "{:?} {:?}: blocks vs f32", isa, format);
-            for j in 0..t {
-                let alone = run_blocks(&blocks, &x[j * k..(j + 1) * k], b, 1);
-                prop_assert_eq!(bits(&alone), bits(&got[j * n..(j + 1) * n]), "{:?}: token {} alone", isa, j);
+            prop_assert_eq!(bits(&run_blocks(&blocks, &x, b, t)), bits(&want), "{:?}: auto", isa);
+            for how in PATHS {
+                let got = run_blocks_with(&blocks, &x, b, t, how);
+                prop_assert_eq!(bits(&got), bits(&want), "{:?} {:?} {:?}: blocks vs f32", isa, how, format);
+                for j in 0..t {
+                    let alone = run_blocks_with(&blocks, &x[j * k..(j + 1) * k], b, 1, how);
+                    prop_assert_eq!(bits(&alone), bits(&got[j * n..(j + 1) * n]), "{:?} {:?}: token {} alone", isa, how, j);
+                }
+                let rev: Vec<f32> = x.chunks(k).rev().flatten().copied().collect();
+                let back: Vec<f32> = run_blocks_with(&blocks, &rev, b, t, how).chunks(n).rev().flatten().copied().collect();
+                prop_assert_eq!(bits(&back), bits(&got), "{:?} {:?}: batch reversed", isa, how);
             }
-            let rev: Vec<f32> = x.chunks(k).rev().flatten().copied().collect();
-            let back: Vec<f32> = run_blocks(&blocks, &rev, b, t).chunks(n).rev().flatten().copied().collect();
-            prop_assert_eq!(bits(&back), bits(&got), "{:?}: batch reversed", isa);
         }
     }
 }
@@ -165,4 +187,51 @@ fn cpu_backend_linear_from_blocks_equals_f32() {
         assert_eq!(bits(&got.data), bits(&want.data), "{format:?}");
         assert_eq!(bits(&b.download(&w_blocks).unwrap()), bits(&w));
     }
+}
+
+/// One instruction set's in-register kernel (`tile_blocks`) against the f32 GEMM of the
+/// portable path on the dequantized weights, on both formats, at 1 to 13 tokens (one register
+/// tile and past it) and an output count that leaves the last panel partial. `false` when
+/// this CPU lacks `isa` (the test then says so and checks nothing).
+fn in_registers_equal_portable_f32(isa: Isa) -> bool {
+    if !Isa::available().contains(&isa) {
+        eprintln!("{isa:?} is not available on this CPU: not checked here");
+        return false;
+    }
+    let (n, k) = (72, 32 * (KC / 32 + 3));
+    for format in [GgmlType::Q8_0, GgmlType::Q4_1] {
+        let bytes = random_blocks(format, n, k, 21);
+        let mut w = vec![0.0f32; n * k];
+        dequantize(format, &bytes, &mut w);
+        let portable = PackedWeight::pack(&w, n, k, Isa::Portable);
+        let blocks = PackedBlocks::pack(&bytes, format, n, k, isa).unwrap();
+        let mut g = Lcg(22);
+        for t in 1..=13 {
+            let x: Vec<f32> = (0..t * k).map(|_| g.unit()).collect();
+            let want = run_f32(&portable, &x, None, t);
+            let got = run_blocks_with(&blocks, &x, None, t, Dequantize::InRegisters);
+            assert_eq!(bits(&got), bits(&want), "{isa:?} {format:?} at {t} tokens");
+        }
+    }
+    true
+}
+
+#[test]
+fn avx512_in_registers_equals_the_f32_path() {
+    in_registers_equal_portable_f32(Isa::Avx512);
+}
+
+#[test]
+fn avx2_in_registers_equals_the_f32_path() {
+    in_registers_equal_portable_f32(Isa::Avx2);
+}
+
+#[test]
+fn neon_in_registers_equals_the_f32_path() {
+    in_registers_equal_portable_f32(Isa::Neon);
+}
+
+#[test]
+fn portable_in_registers_equals_the_f32_path() {
+    assert!(in_registers_equal_portable_f32(Isa::Portable));
 }

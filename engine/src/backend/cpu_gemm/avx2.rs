@@ -9,6 +9,9 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
+#[cfg(target_arch = "x86_64")]
+use super::packed_blocks::{BlockSlice, QK};
+
 /// Output rows per panel (two vectors of 8).
 pub const NR: usize = 16;
 /// Tokens per tile.
@@ -79,6 +82,132 @@ unsafe fn kernel<const R: usize>(
             let xv = _mm256_set1_ps(unsafe { *xp.add(r * x_stride + kk) });
             a[0] = _mm256_fmadd_ps(xv, w0, a[0]);
             a[1] = _mm256_fmadd_ps(xv, w1, a[1]);
+        }
+    }
+    for (r, a) in acc.iter().enumerate() {
+        // SAFETY: as for the loads of c.
+        unsafe {
+            _mm256_storeu_ps(cp.add(r * NR), a[0]);
+            _mm256_storeu_ps(cp.add(r * NR + 8), a[1]);
+        }
+    }
+}
+
+/// [`tile`] from a weight in its blocks, dequantized in registers: per `k`, the panel's 16
+/// quantized values are loaded (two 8-byte loads), widened to 32-bit lanes, converted to f32,
+/// multiplied by the block's scales (and, Q4_1, the minimum added: a separate add, not an FMA)
+/// and fed straight to the FMAs. Those are [`BlockSlice`]'s expressions, lane by lane, so the
+/// weights and every chain are the f32 path's, bit for bit; nothing is stored and read back.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+pub fn tile_blocks(
+    c: &mut [f32], // [rows][NR]
+    x: &[f32],     // row r, column kk at x[r * x_stride + kk]
+    x_stride: usize,
+    w: BlockSlice, // [kc][NR] in blocks
+    rows: usize,
+    kc: usize,
+    first: bool,
+) {
+    let has =
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
+    assert!(has, "no AVX2 + FMA");
+    assert!((1..=MR).contains(&rows) && c.len() >= rows * NR);
+    assert!(kc.is_multiple_of(QK) && w.kc(NR) >= kc && x.len() >= (rows - 1) * x_stride + kc);
+    macro_rules! run {
+        ($($r:literal)*) => {
+            match rows {
+                // SAFETY: AVX2 and FMA were detected just above, and the asserts bound every
+                // access `kernel_blocks` makes: `rows` rows of `c` and `x`, `kc` rows of `w`.
+                $($r => unsafe { kernel_blocks::<$r>(c, x, x_stride, w, kc, first) },)*
+                _ => unreachable!(),
+            }
+        };
+    }
+    run!(1 2 3 4 5 6);
+}
+
+/// [`tile_blocks`] for exactly `R` tokens. Caller guarantees AVX2 + FMA and the bounds
+/// `tile_blocks` asserts.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn kernel_blocks<const R: usize>(
+    c: &mut [f32],
+    x: &[f32],
+    x_stride: usize,
+    w: BlockSlice,
+    kc: usize,
+    first: bool,
+) {
+    let (cp, xp) = (c.as_mut_ptr(), x.as_ptr());
+    let (sp, mp, qp) = (w.scales.as_ptr(), w.mins.as_ptr(), w.quants.as_ptr());
+    let mut acc = [[_mm256_setzero_ps(); 2]; R];
+    if !first {
+        for (r, a) in acc.iter_mut().enumerate() {
+            // SAFETY: row r < R of c holds NR = 16 floats.
+            unsafe {
+                a[0] = _mm256_loadu_ps(cp.add(r * NR));
+                a[1] = _mm256_loadu_ps(cp.add(r * NR + 8));
+            }
+        }
+    }
+    // The FMAs of one `k` for every token: the chains of `tile`, in the same order. (Macros,
+    // not closures, so the intrinsics inline under this function's target feature.)
+    macro_rules! fma_rows {
+        ($kk:expr, $w0:expr, $w1:expr) => {
+            let (kk, w0, w1) = ($kk, $w0, $w1);
+            for (r, a) in acc.iter_mut().enumerate() {
+                // SAFETY: r < R and kk < kc, inside x's (R - 1) * x_stride + kc floats.
+                let xv = _mm256_set1_ps(unsafe { *xp.add(r * x_stride + kk) });
+                a[0] = _mm256_fmadd_ps(xv, w0, a[0]);
+                a[1] = _mm256_fmadd_ps(xv, w1, a[1]);
+            }
+        };
+    }
+    // 8 bytes at `q`, widened to 8 lanes of i32 (signed for Q8_0, unsigned for Q4_1).
+    // SAFETY (both): every `q` passed is inside a row of the block slice, 16 bytes long.
+    macro_rules! widen {
+        (i8, $q:expr) => {
+            _mm256_cvtepi8_epi32(unsafe { _mm_loadl_epi64($q.cast()) })
+        };
+        (u8, $q:expr) => {
+            _mm256_cvtepu8_epi32(unsafe { _mm_loadl_epi64($q.cast()) })
+        };
+    }
+    let low = _mm256_set1_epi32(0x0f);
+    for b in 0..kc / QK {
+        // SAFETY: block b < kc / 32 has NR scales (and minimums) in the slice.
+        let d0 = unsafe { _mm256_loadu_ps(sp.add(b * NR)) };
+        let d1 = unsafe { _mm256_loadu_ps(sp.add(b * NR + 8)) };
+        if !w.q4 {
+            for i in 0..QK {
+                let kk = b * QK + i;
+                let q = qp.wrapping_add(kk * NR); // row kk < kc of the Q8_0 slice
+                let w0 = _mm256_mul_ps(d0, _mm256_cvtepi32_ps(widen!(i8, q)));
+                let w1 = _mm256_mul_ps(d1, _mm256_cvtepi32_ps(widen!(i8, q.wrapping_add(8))));
+                fma_rows!(kk, w0, w1);
+            }
+        } else {
+            // SAFETY: as for the scales.
+            let m0 = unsafe { _mm256_loadu_ps(mp.add(b * NR)) };
+            let m1 = unsafe { _mm256_loadu_ps(mp.add(b * NR + 8)) };
+            // Elements 0..16 of the block are the low nibbles of its 16 byte rows, 16..32
+            // the high ones: two passes over the same bytes keep the chains in `k` order.
+            for high in [false, true] {
+                for i in 0..QK / 2 {
+                    let kk = b * QK + usize::from(high) * QK / 2 + i;
+                    let q = qp.wrapping_add((b * QK / 2 + i) * NR); // byte row < kc / 2
+                    let (q0, q1) = (widen!(u8, q), widen!(u8, q.wrapping_add(8)));
+                    let (q0, q1) = match high {
+                        false => (_mm256_and_si256(q0, low), _mm256_and_si256(q1, low)),
+                        true => (_mm256_srli_epi32::<4>(q0), _mm256_srli_epi32::<4>(q1)),
+                    };
+                    // Multiply, round, add, round: gguf-py's `d * q + m`, not an FMA.
+                    let w0 = _mm256_add_ps(_mm256_mul_ps(d0, _mm256_cvtepi32_ps(q0)), m0);
+                    let w1 = _mm256_add_ps(_mm256_mul_ps(d1, _mm256_cvtepi32_ps(q1)), m1);
+                    fma_rows!(kk, w0, w1);
+                }
+            }
         }
     }
     for (r, a) in acc.iter().enumerate() {

@@ -28,7 +28,10 @@
 //! buffer, which is then scattered to `[tokens, N]` with the bias.
 //!
 //! One file per instruction set, each with its own register tile: [`avx512`], [`avx2`],
-//! `neon` (aarch64 only) and [`portable`] (any CPU, and the reference of the tests).
+//! `neon` (aarch64 only) and [`portable`] (any CPU, and the reference of the tests). Each
+//! has a second micro-kernel, `tile_blocks`, for weights kept in their GGUF blocks
+//! ([`packed_blocks`]): it dequantizes each `k`'s weights in registers and feeds them to the
+//! same FMA chains.
 
 pub mod avx2;
 pub mod avx512;
@@ -37,7 +40,7 @@ pub mod neon;
 pub mod packed_blocks;
 pub mod portable;
 
-pub use packed_blocks::PackedBlocks;
+pub use packed_blocks::{BlockSlice, PackedBlocks};
 
 use rayon::prelude::*;
 
@@ -191,9 +194,10 @@ pub fn gemm(
 }
 // ANCHOR_END: gemm
 
-/// [`gemm`] from a weight kept in its Q8_0/Q4_1 blocks: each panel's `K` block is dequantized
-/// (into an L1-sized buffer of the task's own) just before the micro-kernel reads it. The
-/// result is bitwise [`gemm`]'s on the dequantized f32 weight (see [`packed_blocks`]).
+/// [`gemm`] from a weight kept in its Q8_0/Q4_1 blocks, dequantized inside the micro-kernel,
+/// in registers (or, for a task of many tokens, once per panel `K` block into an L1 buffer:
+/// see [`Dequantize`]). The result is bitwise [`gemm`]'s on the dequantized f32 weight (see
+/// [`packed_blocks`]).
 pub fn gemm_blocks(
     out: &mut [f32],      // [num_tokens, n]
     x: &[f32],            // [num_tokens, k]
@@ -201,7 +205,31 @@ pub fn gemm_blocks(
     bias: Option<&[f32]>, // [n]
     num_tokens: usize,
 ) {
-    gemm_panels(out, x, Panels::Blocks(w), bias, num_tokens)
+    gemm_blocks_with(out, x, w, bias, num_tokens, Dequantize::Auto)
+}
+
+/// [`gemm_blocks`] with the dequantization's place chosen (the tests run every one; the
+/// outputs are the same bits).
+pub fn gemm_blocks_with(
+    out: &mut [f32],      // [num_tokens, n]
+    x: &[f32],            // [num_tokens, k]
+    w: &PackedBlocks,     // [n, k] in blocks
+    bias: Option<&[f32]>, // [n]
+    num_tokens: usize,
+    how: Dequantize,
+) {
+    gemm_panels(out, x, Panels::Blocks(w, how), bias, num_tokens)
+}
+
+/// Where a weight in blocks becomes f32.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dequantize {
+    /// In registers for a task of one register tile of tokens or fewer, else in a buffer.
+    Auto,
+    /// In registers, inside the micro-kernel, for every register tile of tokens.
+    InRegisters,
+    /// Once per panel `K` block, into an L1 buffer the micro-kernel then reads.
+    Buffer,
 }
 
 thread_local! {
@@ -216,14 +244,14 @@ enum Panels<'a> {
     /// Read in place from f32 panels.
     F32(&'a PackedWeight),
     /// Dequantized from blocks, one `K` block at a time.
-    Blocks(&'a PackedBlocks),
+    Blocks(&'a PackedBlocks, Dequantize),
 }
 
 impl Panels<'_> {
     fn shape(self) -> (usize, usize, Isa, usize) {
         match self {
             Panels::F32(w) => (w.n, w.k, w.isa, w.panels()),
-            Panels::Blocks(w) => (w.n, w.k, w.isa, w.panels()),
+            Panels::Blocks(w, _) => (w.n, w.k, w.isa, w.panels()),
         }
     }
 }
@@ -305,13 +333,14 @@ fn panel_times_x(
     let mut k0 = 0;
     while k0 < k {
         let kc = KC.min(k - k0);
-        let w: &[f32] = match w {
-            Panels::F32(w) => &w.data[(p * k + k0) * nr..(p * k + k0 + kc) * nr],
-            Panels::Blocks(b) => {
+        let w = match w {
+            Panels::F32(w) => Slice::F32(&w.data[(p * k + k0) * nr..(p * k + k0 + kc) * nr]),
+            Panels::Blocks(b, how) if in_buffer(how, isa, t) => {
                 // Once per (panel, K block), whatever the number of tokens that use it.
                 b.dequantize_panel(p, k0, kc, scratch);
-                scratch
+                Slice::F32(scratch)
             }
+            Panels::Blocks(b, _) => Slice::Blocks(b.k_block(p, k0, kc)),
         };
         let first = k0 == 0;
         let mut t0 = 0;
@@ -319,10 +348,64 @@ fn panel_times_x(
             let rows = mr.min(t - t0);
             let xs = &x[t0 * k + k0..]; // row r, column k0 + c at xs[r * k + c]
             let cs = &mut c[t0 * nr..(t0 + rows) * nr];
-            micro_kernel(isa, cs, xs, k, w, rows, kc, first);
+            match w {
+                Slice::F32(w) => micro_kernel(isa, cs, xs, k, w, rows, kc, first),
+                Slice::Blocks(w) => micro_kernel_blocks(isa, cs, xs, k, w, rows, kc, first),
+            }
             t0 += rows;
         }
         k0 += kc;
+    }
+}
+
+/// One panel's `K` block as a micro-kernel reads it.
+#[derive(Clone, Copy)]
+enum Slice<'a> {
+    /// `[kc][nr]` f32 weights.
+    F32(&'a [f32]),
+    /// The same weights in their blocks, dequantized in registers by the micro-kernel.
+    Blocks(BlockSlice<'a>),
+}
+
+/// Whether a task of `t` tokens dequantizes its weights into the buffer rather than in
+/// registers. In registers, every register tile of tokens dequantizes the panel again; so up
+/// to one tile (`t ≤ MR`: decode) each weight is dequantized once either way and registers
+/// save the buffer's store and reload, while above it the buffer shares one dequantization
+/// among all the tiles. Measured (`examples/cpu_gemm_blocks_speed.rs`, AVX-512, one core):
+/// registers 1.4× the buffer at 1 token on Q4_1 and 2.7× on the Q8_0 LM head, about equal at
+/// 12, 0.8–0.9× at 16 to 128. Either way the values and the chains are the same, so the
+/// choice changes the speed only.
+fn in_buffer(how: Dequantize, isa: Isa, t: usize) -> bool {
+    match how {
+        Dequantize::Auto => t > isa.mr(),
+        Dequantize::InRegisters => false,
+        Dequantize::Buffer => true,
+    }
+}
+
+/// Dispatches one register tile from blocks to its ISA's micro-kernel.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+fn micro_kernel_blocks(
+    isa: Isa,
+    c: &mut [f32], // [rows][nr]: the chains so far (read unless `first`), then the new ones
+    x: &[f32],     // row r, column c at x[r * x_stride + c]
+    x_stride: usize,
+    w: BlockSlice, // [kc][nr] in blocks
+    rows: usize,
+    kc: usize,
+    first: bool,
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => avx512::tile_blocks(c, x, x_stride, w, rows, kc, first),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => avx2::tile_blocks(c, x, x_stride, w, rows, kc, first),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon => neon::tile_blocks(c, x, x_stride, w, rows, kc, first),
+        Isa::Portable => portable::tile_blocks(c, x, x_stride, w, rows, kc, first),
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("{isa:?} is never detected on this architecture"),
     }
 }
 

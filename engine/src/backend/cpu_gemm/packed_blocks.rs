@@ -1,5 +1,7 @@
 //! A weight kept in its GGUF blocks (Q8_0 or Q4_1), packed into the GEMM's panels, and
-//! dequantized one `K` block at a time inside the GEMM's `k` loop.
+//! dequantized inside the GEMM: in registers by the micro-kernel for a few tokens (decode:
+//! [`BlockSlice`] and each instruction set's `tile_blocks`), or one `K` block at a time into
+//! an L1 buffer for many ([`PackedBlocks::dequantize_panel`]; see `cpu_gemm::Dequantize`).
 //!
 //! ## Why the outputs are bitwise those of the f32 path
 //! Dequantizing is arithmetic done one way: Q8_0's value is the `f32` product `d · q`, Q4_1's
@@ -7,8 +9,9 @@
 //! exact: `d` is an f16 (11 significant bits) and `q` has at most 8, so `d · q` fits in an
 //! f32's 24 and only Q4_1's `+ m` rounds (which is also why a fused multiply-add would give the
 //! same values). [`PackedBlocks::dequantize_panel`]
-//! computes each element with that very expression, the same as
-//! `gguf_hf::dequant::dequantize` does when the f32 path widens the file. The GEMM then runs
+//! and the in-register kernels compute each element with that very expression (the kernels
+//! lane by lane: widen, convert, multiply, add), the same as `gguf_hf::dequant::dequantize`
+//! does when the f32 path widens the file. The GEMM then runs
 //! the same micro-kernel on those values in the same `k` order (one FMA chain per output,
 //! `K` blocks of [`KC`]): same inputs, same operations, same bits. Only where the weights
 //! live changes: about 1.1 bytes per weight (Q8_0) or 0.75 (Q4_1) instead of 4.
@@ -120,6 +123,25 @@ impl PackedBlocks {
         })
     }
 
+    /// Panel `p`'s `K` block `k0..k0 + kc` as it lies in memory, for the micro-kernels that
+    /// dequantize in registers. `k0` and `kc` are multiples of [`QK`].
+    pub fn k_block(&self, p: usize, k0: usize, kc: usize) -> BlockSlice<'_> {
+        let nr = self.isa.nr();
+        assert!(k0.is_multiple_of(QK) && kc.is_multiple_of(QK) && k0 + kc <= self.k);
+        let s = (p * (self.k / QK) + k0 / QK) * nr..(p * (self.k / QK) + (k0 + kc) / QK) * nr;
+        let q4 = self.format == GgmlType::Q4_1;
+        let quants = match q4 {
+            true => &self.quants[(p * self.k + k0) / 2 * nr..(p * self.k + k0 + kc) / 2 * nr],
+            false => &self.quants[(p * self.k + k0) * nr..(p * self.k + k0 + kc) * nr],
+        };
+        BlockSlice {
+            q4,
+            scales: &self.scales[s.clone()],
+            mins: if q4 { &self.mins[s] } else { &[] },
+            quants,
+        }
+    }
+
     /// Panels of `nr` rows.
     pub(super) fn panels(&self) -> usize {
         self.n.div_ceil(self.isa.nr())
@@ -228,6 +250,60 @@ impl PackedBlocks {
                     }
                 }
             });
+        w
+    }
+}
+
+/// One panel's `K` block of `kc` (a multiple of [`QK`]) in its blocks, `nr` rows wide: what a
+/// micro-kernel that dequantizes in registers reads instead of a `[kc][nr]` f32 slice.
+///
+/// The value of weight `(kk, j)` (row `kk` of the block, output `j` of the panel) is, with
+/// `b = kk / 32` and `i = kk % 32`:
+/// - Q8_0: `scales[b][j] · (quants[kk][j] as i8)`, one product (exact);
+/// - Q4_1: `scales[b][j] · q + mins[b][j]`, a product then an add (one rounding), where `q` is
+///   the low nibble of `quants[16·b + i][j]` for `i < 16` and the high nibble of
+///   `quants[16·b + i - 16][j]` otherwise.
+///
+/// Every kernel computes exactly these expressions, so its weights are the f32 path's.
+#[derive(Debug, Clone, Copy)]
+pub struct BlockSlice<'a> {
+    /// Q4_1 (else Q8_0).
+    pub q4: bool,
+    /// `[kc / 32][nr]`.
+    pub scales: &'a [f32],
+    /// `[kc / 32][nr]` for Q4_1, empty for Q8_0.
+    pub mins: &'a [f32],
+    /// Q8_0 `[kc][nr]` signed bytes; Q4_1 `[kc / 2][nr]` bytes of two nibbles.
+    pub quants: &'a [u8],
+}
+
+impl BlockSlice<'_> {
+    /// Rows of `k` this slice holds.
+    pub fn kc(&self, nr: usize) -> usize {
+        self.scales.len() / nr * QK
+    }
+
+    /// Row `kk` of the dequantized block, `[nr]`, by the expressions of the type's doc (the
+    /// portable kernel's, and the reference the SIMD ones are tested against).
+    #[inline(always)]
+    pub fn row<const NR: usize>(&self, kk: usize) -> [f32; NR] {
+        let (b, i) = (kk / QK, kk % QK);
+        let d = &self.scales[b * NR..][..NR];
+        let mut w = [0.0f32; NR];
+        if self.q4 {
+            let m = &self.mins[b * NR..][..NR];
+            let q = &self.quants[(b * QK / 2 + i % (QK / 2)) * NR..][..NR];
+            let shift = if i < QK / 2 { 0 } else { 4 };
+            for j in 0..NR {
+                // Multiply, round, add, round: gguf-py's `d * q + m`, not an FMA.
+                w[j] = d[j] * (((q[j] >> shift) & 0x0f) as f32) + m[j];
+            }
+        } else {
+            let q = &self.quants[kk * NR..][..NR];
+            for j in 0..NR {
+                w[j] = d[j] * (q[j] as i8 as f32);
+            }
+        }
         w
     }
 }
