@@ -57,7 +57,29 @@ fn narrow(layers: usize, tp: usize) -> ModelConfig {
 
 /// Runs one request of `prompt_len` tokens through the CPU engine at `tp` ranks for
 /// `new_tokens` tokens (step 0 is the prefill) and returns rank 0's counters after each step.
+/// A run is deterministic and costs up to seconds, so each is made once per process: the
+/// quiz templates ask several counters (and several outputs) of the same run.
 fn run_steps(
+    config: &ModelConfig,
+    tp: usize,
+    prompt_len: usize,
+    new_tokens: usize,
+) -> Result<Vec<CommStats>, String> {
+    static RUNS: Mutex<Option<HashMap<String, Vec<CommStats>>>> = Mutex::new(None);
+    let key = format!("{config:?} {tp} {prompt_len} {new_tokens}");
+    let cached = || RUNS.lock().ok()?.as_ref()?.get(&key).cloned();
+    if let Some(steps) = cached() {
+        return Ok(steps);
+    }
+    let steps = run_steps_uncached(config, tp, prompt_len, new_tokens)?;
+    if let Ok(mut runs) = RUNS.lock() {
+        runs.get_or_insert_with(HashMap::new)
+            .insert(key.clone(), steps.clone());
+    }
+    Ok(steps)
+}
+
+fn run_steps_uncached(
     config: &ModelConfig,
     tp: usize,
     prompt_len: usize,
