@@ -18,8 +18,26 @@ pub const FUNCTIONS: &[&str] = &["pipeline_executed"];
 
 /// One step of `micro_batches` prompts through `stages` stages in `micro_batches`
 /// micro-batches, on a random-weight Llama of `max(stages, 4)` layers (hidden 64): the
-/// schedule the engine's pipeline ran.
+/// schedule the engine's pipeline ran. Each shape runs once per process (a run starts one
+/// thread per stage; the quiz templates ask several outputs of the same schedule).
 pub fn executed_schedule(stages: usize, micro_batches: usize) -> Result<ExecutedSchedule, String> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static RUNS: Mutex<Option<HashMap<(usize, usize), ExecutedSchedule>>> = Mutex::new(None);
+    let key = (stages, micro_batches);
+    let cached = || RUNS.lock().ok()?.as_ref()?.get(&key).cloned();
+    if let Some(schedule) = cached() {
+        return Ok(schedule);
+    }
+    let schedule = run_schedule(stages, micro_batches)?;
+    if let Ok(mut runs) = RUNS.lock() {
+        runs.get_or_insert_with(HashMap::new)
+            .insert(key, schedule.clone());
+    }
+    Ok(schedule)
+}
+
+fn run_schedule(stages: usize, micro_batches: usize) -> Result<ExecutedSchedule, String> {
     if stages < 2 || micro_batches == 0 {
         return Err("a pipeline needs at least 2 stages and 1 micro-batch".into());
     }
