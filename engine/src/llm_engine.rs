@@ -30,6 +30,7 @@ use crate::sequence::{FinishReason, SeqId, Sequence, SequenceStatus};
 use crate::tokenizer::Tokenizer;
 use crate::worker::cache_engine::kv_cache_bytes_per_block;
 use crate::worker::model_runner::ModelRunner;
+use tracing::field::Empty;
 
 /// A prompt as text (tokenized by the engine) or as token ids.
 #[derive(Debug, Clone, PartialEq)]
@@ -253,6 +254,8 @@ impl LLMEngine {
     // ANCHOR: add_request
     /// Validates and queues a request; returns its id.
     pub fn add_request(&mut self, prompt: Prompt, params: SamplingParams) -> Result<SeqId> {
+        let span = tracing::debug_span!("add_request", request = Empty);
+        let _entered = span.enter();
         params.validate()?;
         let ids = match prompt {
             Prompt::Text(text) => self.tokenizer.encode(&text)?,
@@ -299,6 +302,7 @@ impl LLMEngine {
         }
         let id = SeqId(self.next_seq_id);
         self.next_seq_id += 1;
+        span.record("request", id.0);
         // Drawn once, here: an unseeded request stays random, and every token it samples is
         // still a pure function of (seed, position).
         let seed = params.seed.unwrap_or_else(fresh_seed);
@@ -327,10 +331,21 @@ impl LLMEngine {
     // ANCHOR: step
     /// Runs one step; returns the requests that finished in it.
     pub fn step(&mut self) -> Result<Vec<RequestOutput>> {
-        let out = {
+        let (out, schedule_span) = {
             let step = self.stats.num_steps + 1;
-            let _span = tracing::debug_span!(SCHEDULE_SPAN, step).entered();
-            (self.schedule)(&mut self.scheduler)
+            let span = tracing::debug_span!(
+                SCHEDULE_SPAN,
+                step,
+                prefill_tokens = Empty,
+                decode_tokens = Empty,
+                preempted = Empty,
+                swapped_out = Empty,
+                swapped_in = Empty,
+                prefix_hit_tokens = Empty,
+                requests = Empty
+            );
+            let out = span.in_scope(|| (self.schedule)(&mut self.scheduler));
+            (out, span)
         };
         let swaps = self.scheduler.take_swaps();
         // Lookups happen in `schedule`: this reading closes the step's prefix cache counts.
@@ -346,6 +361,17 @@ impl LLMEngine {
         self.stats.num_swapped_in += stats.num_swapped_in;
         self.stats.blocks_swapped_out += stats.blocks_swapped_out;
         self.stats.blocks_swapped_in += stats.blocks_swapped_in;
+        // The scheduler's decision on its span; nothing is formatted unless someone listens.
+        if !schedule_span.is_disabled() {
+            schedule_span.record("prefill_tokens", stats.num_prefill_tokens);
+            schedule_span.record("decode_tokens", stats.num_decode_tokens);
+            schedule_span.record("preempted", stats.num_preempted);
+            schedule_span.record("swapped_out", stats.num_swapped_out);
+            schedule_span.record("swapped_in", stats.num_swapped_in);
+            schedule_span.record("prefix_hit_tokens", stats.prefix_cache_hit_tokens);
+            let ids = out.scheduled.iter().map(|s| s.seq_id.0.to_string());
+            schedule_span.record("requests", ids.collect::<Vec<_>>().join(" "));
+        }
         self.last_step_stats = Some(stats);
         if self.record_step_stats {
             self.step_stats.push(stats);
@@ -385,9 +411,24 @@ impl LLMEngine {
             .stats
             .max_batched_tokens_in_a_step
             .max(out.num_batched_tokens());
+        let step = self.stats.num_steps;
+        let span = tracing::debug_span!("update_from_output", step, finished = Empty).entered();
         let finished = self
             .scheduler
             .update_from_output(&out, &output.sampled_token_ids);
+        span.record("finished", finished.len());
+        drop(span);
+        for seq in &finished {
+            // A request leaves: its id, the step it finished in, its output's length.
+            let _span = tracing::debug_span!(
+                "finish_request",
+                request = seq.seq_id.0,
+                step,
+                output_tokens = seq.output_token_ids.len(),
+                reason = ?seq.status
+            )
+            .entered();
+        }
         let ids: Vec<SeqId> = finished.iter().map(|seq| seq.seq_id).collect();
         self.executor.remove_requests(&ids);
         finished
@@ -456,6 +497,8 @@ where
         // The CPU backend computes from the GGUF's blocks, with the same bits (see there).
         crate::model_loader::gguf_blocks::keep_gguf_blocks(&backend, c, &mut weights, &gguf)?;
     }
+    // Packed once here, so the CPU backend keeps no row-major copy beside the panels.
+    crate::model_loader::pack_weights::pack_weights(&backend, &mut weights)?;
     let num_kv_blocks = match config.cache.num_kv_blocks {
         Some(n) => n,
         None => {

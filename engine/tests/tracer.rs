@@ -44,6 +44,51 @@ fn a_traced_tensor_parallel_run() {
             assert!(a <= b, "{} ends before it starts", s.name);
         }
     }
+    // Spans from inside, keyed by request and step: the request joins (add_request), every
+    // schedule span lists the batch's requests and its prefill/decode tokens, each rank's
+    // worker_step carries the engine's step number, each layer has its span, and the
+    // request leaves in the step that made its last token.
+    let field = |name: &str, key: &str| -> Vec<String> {
+        let with = spans.iter().filter(|s| s.name == name);
+        with.map(|s| s.fields.get(key).cloned().unwrap_or_default())
+            .collect()
+    };
+    assert_eq!(field("add_request", "request"), ["0"]);
+    assert_eq!(field("schedule", "requests"), ["0"; 5]);
+    let prompt_len = out[0].prompt_token_ids.len().to_string();
+    assert_eq!(
+        field("schedule", "prefill_tokens"),
+        [prompt_len.as_str(), "0", "0", "0", "0"]
+    );
+    assert_eq!(
+        field("schedule", "decode_tokens"),
+        ["0", "1", "1", "1", "1"]
+    );
+    assert_eq!(field("schedule", "preempted"), ["0"; 5]);
+    assert_eq!(field("finish_request", "request"), ["0"]);
+    assert_eq!(field("finish_request", "step"), ["5"]);
+    assert_eq!(field("finish_request", "output_tokens"), ["5"]);
+    let mut worker_steps = field("worker_step", "step");
+    worker_steps.sort();
+    assert_eq!(
+        worker_steps,
+        ["1", "1", "2", "2", "3", "3", "4", "4", "5", "5"]
+    );
+    let layers = llm.engine.model_config().num_hidden_layers;
+    assert_eq!(
+        field("layer", "layer").len(),
+        2 * 5 * layers,
+        "a span per layer, step, rank"
+    );
+    for s in spans.iter().filter(|s| s.component() == "linear") {
+        let parent = &spans[s.parent.expect("inside something")];
+        assert!(
+            ["layer", "worker_step"].contains(&parent.name),
+            "linear inside {}",
+            parent.name
+        );
+    }
+
     // Both ranks' threads all-reduce (the embedding, and after each attention and MLP block).
     let ar_threads: std::collections::BTreeSet<usize> = spans
         .iter()

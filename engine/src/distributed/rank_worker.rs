@@ -267,6 +267,8 @@ impl RankWorker {
 
     /// One step: rebuild it from the delta, run this rank's part, time it.
     fn execute(&mut self, delta: &StepDelta, step: u64, step_start: Instant) -> Reply {
+        // The rank's part of step `step + 1` (the engine's numbering): its ops open inside.
+        let _span = tracing::debug_span!("worker_step", step = step + 1).entered();
         let start = Instant::now();
         let m = self.micro_batches;
         let (runner, link, requests) = (&mut self.runner, &mut self.link, &mut self.requests);

@@ -306,9 +306,15 @@ impl Executor for ThreadExecutor {
     }
 
     fn execute_model(&mut self, scheduler_output: &SchedulerOutput) -> Result<ModelRunnerOutput> {
+        // The hand-off: the step as a delta to every rank, then the wait for their replies
+        // (numbered as the engine's steps, from 1: with several ranks each reaches them).
+        let span = tracing::debug_span!("hand_off", step = self.steps + 1).entered();
         let delta = Arc::new(self.encoder.encode(scheduler_output));
+        drop(span);
         let (step, start) = (self.steps, Instant::now());
+        let span = tracing::debug_span!("wait_for_ranks", step = step + 1).entered();
         let replies = self.gather(Some(&|| Command::Execute(Arc::clone(&delta), step, start)))?;
+        drop(span);
         let wall = start.elapsed();
         self.steps += 1;
         let mut outputs = Vec::with_capacity(replies.len());

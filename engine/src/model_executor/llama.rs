@@ -130,6 +130,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
             }
         };
         for (i, layer) in w.layers.iter().enumerate() {
+            let _span = tracing::trace_span!("layer", layer = i).entered();
             // Attention block: residual += delta; qkv = rms_norm(residual) · W_qkvᵀ; split q, k,
             // v; rotate q and k by position; write k and v into the cache.
             let (key_cache, value_cache) = kv_cache.layer_mut(i);
