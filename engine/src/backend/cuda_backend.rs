@@ -262,7 +262,7 @@ impl CudaBackend {
         step: &CudaStepMetadata,
         banned: &(Vec<u32>, Vec<u32>),
     ) -> Result<()> {
-        let _span = tracing::trace_span!("kernel", op = "mask_logits").entered();
+        let _span = self.op_scope("mask_logits");
         let n = step.num_logits;
         shape(logits.rows == n, "mask_logits", || {
             format!("{} logits rows for {n} sampling rows", logits.rows)
