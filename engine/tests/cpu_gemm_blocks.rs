@@ -235,3 +235,50 @@ fn neon_in_registers_equals_the_f32_path() {
 fn portable_in_registers_equals_the_f32_path() {
     assert!(in_registers_equal_portable_f32(Isa::Portable));
 }
+
+/// A weight packed at load (`Backend::pack_weight`) keeps one copy: its row-major `data` is
+/// dropped, and `linear`, `download`, the row lookup and equality read the panels (f32) or
+/// the blocks (a tied table kept in blocks) with the same bits as before.
+#[test]
+fn packing_at_load_drops_the_row_major_copy_and_changes_no_value() {
+    use engine::backend::cpu_backend::CpuBackend;
+    use engine::backend::{Backend, DType};
+    let (n, k, t) = (40, 96, 3);
+    let b = CpuBackend::default();
+    let bytes = random_blocks(GgmlType::Q4_1, n, k, 31);
+    let mut w = vec![0.0f32; n * k];
+    dequantize(GgmlType::Q4_1, &bytes, &mut w);
+    let mut g = Lcg(32);
+    let x = b
+        .upload((0..t * k).map(|_| g.unit()).collect(), t, k, DType::F32)
+        .unwrap();
+    let plain = b.upload(w.clone(), n, k, DType::F32).unwrap();
+    let want = b.linear(&x, &plain, None).unwrap();
+    // f32: packed into panels, the rows dropped.
+    let mut packed = b.upload(w.clone(), n, k, DType::F32).unwrap();
+    b.pack_weight(&mut packed).unwrap();
+    assert!(packed.data.is_empty() && packed.packed.get().is_some());
+    assert_eq!(
+        bits(&b.linear(&x, &packed, None).unwrap().data),
+        bits(&want.data)
+    );
+    assert_eq!(bits(&b.download(&packed).unwrap()), bits(&w));
+    assert!(packed == plain);
+    // A table with blocks attached (a tied LM head): the rows dropped, the lookup from blocks.
+    let mut table = b.upload(w.clone(), n, k, DType::F32).unwrap();
+    assert!(b.attach_blocks(&mut table, GgmlType::Q4_1, &bytes).unwrap());
+    b.pack_weight(&mut table).unwrap();
+    assert!(table.data.is_empty() && table.packed.get().is_none());
+    assert_eq!(
+        bits(&b.linear(&x, &table, None).unwrap().data),
+        bits(&want.data)
+    );
+    for (r, want_row) in w.chunks_exact(k).enumerate() {
+        for t in [&packed, &table] {
+            let mut row = vec![f32::NAN; k];
+            t.row_into(r, &mut row).unwrap();
+            assert_eq!(bits(&row), bits(want_row), "row {r}");
+        }
+    }
+    assert!(table.row_into(n, &mut vec![0.0; k]).is_none());
+}

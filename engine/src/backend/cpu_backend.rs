@@ -35,9 +35,10 @@ pub struct CpuTensor {
     pub data: Vec<f32>,
     pub rows: usize,
     pub cols: usize,
-    /// The same matrix packed into [`cpu_gemm`] panels, made the first time it is a linear
-    /// layer's weight (the engine's warm-up step, for a model's weights) and kept: weights
-    /// are packed once, activations never.
+    /// The same matrix packed into [`cpu_gemm`] panels: made at load for a model's linear
+    /// weights ([`Backend::pack_weight`], which then empties `data`), or else the first time
+    /// the tensor is a linear layer's weight, and kept: weights are packed once, activations
+    /// never.
     pub packed: OnceLock<PackedWeight>,
     /// A weight kept in its GGUF blocks (Q8_0/Q4_1), instead of `data` (then empty) or beside
     /// it (a tied embedding table: the lookup reads `data`): a linear layer computes from the
@@ -58,6 +59,36 @@ impl CpuTensor {
         }
     }
 
+    /// Row `r` `[cols]` into `dst`, from wherever the matrix lives: the row-major `data`, or
+    /// (a weight packed at load, whose `data` was dropped) the packed panels, or the blocks.
+    /// `None` when `r` is past the last row.
+    pub fn row_into(&self, r: usize, dst: &mut [f32]) -> Option<()> {
+        if r >= self.rows {
+            return None;
+        }
+        if !self.data.is_empty() {
+            dst.copy_from_slice(&self.data[r * self.cols..(r + 1) * self.cols]);
+        } else if let Some(packed) = self.packed.get() {
+            packed.row_into(r, dst);
+        } else if let Some(blocks) = &self.blocks {
+            blocks.row_into(r, dst);
+        } else {
+            dst.copy_from_slice(&self.data[r * self.cols..(r + 1) * self.cols]);
+        }
+        Some(())
+    }
+
+    /// The matrix `[rows, cols]` row-major, from wherever it lives (see
+    /// [`CpuTensor::row_into`]): borrowed when `data` holds it, else widened.
+    pub fn matrix(&self) -> std::borrow::Cow<'_, [f32]> {
+        match (self.data.is_empty(), self.packed.get(), &self.blocks) {
+            (false, _, _) => self.data[..].into(),
+            (true, Some(p), _) => p.to_f32().into(),
+            (true, None, Some(b)) => b.to_f32().into(),
+            (true, None, None) => self.data[..].into(),
+        }
+    }
+
     /// A `[n, k]` weight kept in its blocks (see [`CpuTensor::blocks`]).
     pub fn from_blocks(blocks: PackedBlocks) -> Self {
         CpuTensor {
@@ -70,11 +101,12 @@ impl CpuTensor {
     }
 }
 
-/// Two tensors are equal when their matrices are; whether one is packed yet does not matter.
+/// Two tensors are equal when their matrices are (and their blocks, if any); whether one is
+/// packed yet, and whether its row-major copy was dropped for the panels, does not matter.
 impl PartialEq for CpuTensor {
     fn eq(&self, other: &Self) -> bool {
-        (self.rows, self.cols, &self.data, &self.blocks)
-            == (other.rows, other.cols, &other.data, &other.blocks)
+        (self.rows, self.cols, &self.blocks) == (other.rows, other.cols, &other.blocks)
+            && self.matrix() == other.matrix()
     }
 }
 
@@ -231,9 +263,20 @@ impl Backend for CpuBackend {
         Ok(true)
     }
 
+    fn pack_weight(&self, t: &mut CpuTensor) -> Result<()> {
+        if t.blocks.is_none() && t.packed.get().is_none() {
+            let _span = tracing::debug_span!("pack_weight", rows = t.rows, cols = t.cols).entered();
+            let packed = PackedWeight::pack(&t.data, t.rows, t.cols, self.gemm_isa);
+            let _ = t.packed.set(packed);
+        }
+        // The panels (or the blocks) hold every value: the row-major copy is not needed.
+        t.data = Vec::new();
+        Ok(())
+    }
+
     fn download(&self, t: &CpuTensor) -> Result<Vec<f32>> {
-        if let Some(b) = &t.blocks {
-            return Ok(b.to_f32());
+        if t.data.is_empty() {
+            return Ok(t.matrix().into_owned());
         }
         Ok(t.data.clone())
     }
@@ -268,14 +311,12 @@ impl Backend for CpuBackend {
             return self.vocab_parallel_embedding(table, step);
         }
         let (ids, h) = (&step.input_ids, table.cols);
-        let mut data = Vec::with_capacity(ids.len() * h);
-        for &id in ids {
-            let row = table.data.get(id as usize * h..(id as usize + 1) * h);
-            let row = row.ok_or_else(|| {
+        let mut data = vec![0.0; ids.len() * h];
+        for (&id, dst) in ids.iter().zip(data.chunks_exact_mut(h.max(1))) {
+            table.row_into(id as usize, dst).ok_or_else(|| {
                 let vocab = table.rows;
                 BackendError::shape("embedding", format!("token id {id} >= vocabulary {vocab}"))
             })?;
-            data.extend_from_slice(row);
         }
         Ok(CpuTensor::new(data, ids.len(), h))
     }
@@ -553,7 +594,7 @@ impl CpuBackend {
                 return Err(BackendError::shape("embedding", detail));
             }
             if (start..start + rows).contains(&id) {
-                dst.copy_from_slice(&table.data[(id - start) * h..(id - start + 1) * h]);
+                table.row_into(id - start, dst);
             }
         }
         Ok(out)

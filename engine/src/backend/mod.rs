@@ -140,6 +140,14 @@ pub trait Backend: Send + Sync {
     ) -> Result<bool> {
         Ok(false)
     }
+    /// Readies a weight `[rows, cols]` that linear layers read (and, for a tied embedding
+    /// table, the lookup), once at load. The CPU backend packs it into its GEMM's panels
+    /// (unless it is in blocks) and drops the row-major copy, which would otherwise double the
+    /// model's memory; the lookup and [`Backend::download`] then read the packed form. The
+    /// default does nothing.
+    fn pack_weight(&self, _t: &mut Self::Tensor) -> Result<()> {
+        Ok(())
+    }
     /// Copies `t` `[rows, cols]` to the host as f32.
     fn download(&self, t: &Self::Tensor) -> Result<Vec<f32>>;
     /// A `[rows, cols]` tensor of zeros in `dtype`.

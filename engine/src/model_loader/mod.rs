@@ -12,4 +12,5 @@ pub use gguf_hf::{
 };
 pub mod gguf_blocks;
 pub mod hf_writer;
+pub mod pack_weights;
 pub mod random_conditioning;

@@ -177,6 +177,30 @@ impl PackedWeight {
     fn panels(&self) -> usize {
         self.n.div_ceil(self.isa.nr())
     }
+
+    /// Row `r` of the unpacked weight into `dst` `[k]`.
+    pub fn row_into(&self, r: usize, dst: &mut [f32]) {
+        let nr = self.isa.nr();
+        let (p, j) = (r / nr, r % nr);
+        assert!(
+            r < self.n && dst.len() == self.k,
+            "row_into: row {r} of {}",
+            self.n
+        );
+        let panel = &self.data[p * self.k * nr..(p + 1) * self.k * nr];
+        for (v, w) in dst.iter_mut().zip(panel.chunks_exact(nr)) {
+            *v = w[j];
+        }
+    }
+
+    /// The weight unpacked, `[n, k]` row-major (what [`PackedWeight::pack`] was given).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut w = vec![0.0f32; self.n * self.k];
+        for (r, row) in w.chunks_exact_mut(self.k.max(1)).enumerate() {
+            self.row_into(r, row);
+        }
+        w
+    }
 }
 
 // ANCHOR: gemm

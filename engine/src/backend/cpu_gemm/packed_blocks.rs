@@ -231,6 +231,30 @@ impl PackedBlocks {
         }
     }
 
+    /// Row `r` of the weight widened to f32 into `dst` `[k]` (the embedding lookup of a table
+    /// kept only in blocks): the values [`PackedBlocks::to_f32`] gives, element by element.
+    pub fn row_into(&self, r: usize, dst: &mut [f32]) {
+        let nr = self.isa.nr();
+        let (p, j, row_blocks) = (r / nr, r % nr, self.k / QK);
+        assert!(
+            r < self.n && dst.len() == self.k,
+            "row_into: row {r} of {}",
+            self.n
+        );
+        for (kk, v) in dst.iter_mut().enumerate() {
+            let (b, i) = (kk / QK, kk % QK);
+            let at = (p * row_blocks + b) * nr + j;
+            *v = match self.format {
+                GgmlType::Q4_1 => {
+                    let byte = self.quants[(p * (self.k / 2) + b * QK / 2 + i % (QK / 2)) * nr + j];
+                    let q = if i < QK / 2 { byte & 0x0f } else { byte >> 4 };
+                    self.scales[at] * (q as f32) + self.mins[at]
+                }
+                _ => self.scales[at] * (self.quants[(p * self.k + kk) * nr + j] as i8 as f32),
+            };
+        }
+    }
+
     /// The weight widened to f32 `[n, k]`, row-major (for tests and for a backend that needs
     /// the matrix itself).
     pub fn to_f32(&self) -> Vec<f32> {
