@@ -27,7 +27,7 @@ type Args = toml::Table;
 pub const FUNCTIONS: &[&str] = &["rank_place", "split_memory", "plan"];
 
 /// A config of engine/configs by name (the 70B shapes too), else the quiz crate's names.
-fn model(args: &Args) -> Result<ModelConfig, String> {
+pub(crate) fn model(args: &Args) -> Result<ModelConfig, String> {
     let name = text(args, "model")?;
     let path = format!(
         "{}/../engine/configs/{name}.json",

@@ -172,7 +172,12 @@ pub(crate) const MODELS: &[(&str, &str)] = &[
 
 /// The book's name of a model id (`llama-2-7b` → `Llama-2-7B`); unknown ids as they are.
 pub(crate) fn model_name(id: &str) -> String {
-    const MORE: &[(&str, &str)] = &[("llama-2-70b", "Llama-2-70B"), ("tiny", "the tiny model")];
+    const MORE: &[(&str, &str)] = &[
+        ("llama-2-70b", "Llama-2-70B"),
+        ("llama-3-70b", "Llama-3-70B"),
+        ("llama-3-8b", "Llama-3-8B"),
+        ("tiny", "the tiny model"),
+    ];
     MODELS
         .iter()
         .chain(MORE)
