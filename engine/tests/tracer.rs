@@ -240,3 +240,57 @@ fn the_tracer_binary_writes_a_trace_and_refuses_bad_input() {
         "{err}"
     );
 }
+
+/// `--workload`: three requests arriving a step apart join and leave a running batch; the
+/// request table and the trace show each one's add and finish; a bad spec is one line.
+#[test]
+fn the_tracer_follows_a_workload() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("trace.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_tracer"))
+        .args(["--tp", "2", "--workload", "3,4,3,1", "--trace-out"])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.starts_with("3 requests, 9 output tokens"),
+        "{stdout}"
+    );
+    // Request r arrives after step r, first runs in step r + 1 and makes its third token
+    // two steps later.
+    for r in 0..3 {
+        let row = stdout
+            .lines()
+            .skip_while(|l| !l.starts_with("| request |"))
+            .find(|l| l.starts_with(&format!("| {r} | ")))
+            .unwrap_or_else(|| panic!("no row for request {r}: {stdout}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(
+            cells[3..5],
+            [(r + 1).to_string(), (r + 3).to_string()],
+            "{row}"
+        );
+        assert_eq!(cells[6], "3", "{row}");
+    }
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    let events = json["traceEvents"].as_array().unwrap();
+    let count = |name: &str| events.iter().filter(|e| e["name"] == name).count();
+    assert_eq!((count("add_request"), count("finish_request")), (3, 3));
+
+    let bad = Command::new(env!("CARGO_BIN_EXE_tracer"))
+        .args(["--workload", "3,4", "--trace-out"])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.trim().lines().count() == 1,
+        "{err}"
+    );
+}

@@ -13,12 +13,13 @@ use std::process::ExitCode;
 use clap::Parser;
 use engine::config::Device;
 use engine::model_source::{load_model, ModelSpec};
-use engine::tracer::report::{ms, step_rows};
+use engine::tracer::report::{ms, request_rows, step_rows};
 use engine::tracer::{
-    bottlenecks, chrome_trace, html_timeline, measured_all_reduce, predicted_all_reduce,
-    RecordedSpan, SpanRecorder,
+    bottlenecks, chrome_trace, html_timeline, measure_overhead, measured_all_reduce,
+    parse_workload, predicted_all_reduce, run_workload, RecordedSpan, SpanRecorder,
+    WorkloadRequest,
 };
-use engine::{EngineConfig, SamplingParams, LLM};
+use engine::{EngineConfig, Prompt, SamplingParams, LLM};
 
 #[derive(Parser)]
 #[command(
@@ -51,6 +52,15 @@ struct Args {
     /// Also write the trace as a self-contained HTML page: a swimlane per thread, the tables.
     #[arg(long)]
     html: Option<std::path::PathBuf>,
+    /// A batch of requests instead of `--prompt`: `N,PROMPT,OUTPUT[,EVERY]` (N requests of
+    /// PROMPT tokens making OUTPUT tokens, one arriving every EVERY steps) or a JSONL file of
+    /// `{"prompt"|"prompt_tokens", "max_tokens", "arrival_step"}` lines.
+    #[arg(long)]
+    workload: Option<String>,
+    /// Measure what tracing costs instead: the workload RUNS times with tracing off and on
+    /// (one rank only), medians printed. A benchmark: build with --release.
+    #[arg(long, value_name = "RUNS")]
+    overhead: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -64,6 +74,13 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    let workload = match &args.workload {
+        Some(spec) => Some(parse_workload(spec).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
+    if let Some(runs) = args.overhead {
+        return overhead(&args, workload, runs);
+    }
     let recorder = SpanRecorder::default();
     tracing::subscriber::set_global_default(recorder.clone())?;
     let model = load_model(&ModelSpec::parse(&args.model), args.random_weights, 0)?;
@@ -75,12 +92,24 @@ fn run(args: Args) -> anyhow::Result<()> {
     config.parallel.pipeline_parallel_size = args.pp;
     let mut llm = LLM::new(model, config)?;
     let (loaded, _) = recorder.spans();
-    let out = llm.generate(&[&args.prompt], &SamplingParams::greedy(args.max_tokens))?;
-    // The request's part of the run: what came after loading.
+    match &workload {
+        Some(w) => {
+            let out = run_workload(&mut llm.engine, w)?;
+            let tokens: usize = out.iter().map(|o| o.token_ids.len()).sum();
+            println!("{} requests, {tokens} output tokens\n", out.len());
+        }
+        None => {
+            let out = llm.generate(&[&args.prompt], &SamplingParams::greedy(args.max_tokens))?;
+            println!("prompt: {:?}\noutput: {:?}\n", args.prompt, out[0].text);
+        }
+    }
+    // The requests' part of the run: what came after loading.
     let (run, threads) = recorder.spans_since(loaded.len());
     let run = &run[..];
-    println!("prompt: {:?}\noutput: {:?}\n", args.prompt, out[0].text);
     print_timeline(run);
+    if workload.is_some() {
+        print_requests(run);
+    }
     print_bottlenecks(run);
     let comm = llm.engine.comm_stats();
     if args.tp > 1 && args.pp == 1 {
@@ -117,6 +146,79 @@ fn run(args: Args) -> anyhow::Result<()> {
         std::fs::write(path, html_timeline(run, &threads, &title))?;
         println!("HTML timeline: {} (opens offline)", path.display());
     }
+    if args.model == "tiny" {
+        println!(
+            "\nThis was the built-in tiny model (random weights). The real one, fetched once:\n  \
+             cargo run --release --bin tracer -- --model smollm2 --tp 2 --html trace.html"
+        );
+    }
+    Ok(())
+}
+
+/// One line per request: when it joined, the steps it was first scheduled and finished in.
+fn print_requests(spans: &[RecordedSpan]) {
+    println!(
+        "\n| request | added at ms | first step | finished in step | finished at ms | tokens |"
+    );
+    println!("| ---: | ---: | ---: | ---: | ---: | ---: |");
+    let opt = |d: Option<std::time::Duration>| d.map(ms).unwrap_or_default();
+    for r in request_rows(spans) {
+        println!(
+            "| {} | {} | {} | {} | {} | {} |",
+            r.request,
+            opt(r.added_at),
+            r.first_step.unwrap_or_default(),
+            r.finished_step.unwrap_or_default(),
+            opt(r.finished_at),
+            r.output_tokens
+        );
+    }
+}
+
+/// `--overhead RUNS`: the workload (or the prompt) with tracing off and on, on one rank.
+fn overhead(
+    args: &Args,
+    workload: Option<Vec<WorkloadRequest>>,
+    runs: usize,
+) -> anyhow::Result<()> {
+    if args.tp != 1 || args.pp != 1 {
+        anyhow::bail!("--overhead runs on one rank (the ranks' threads would need a global subscriber): drop --tp/--pp");
+    }
+    let model = load_model(&ModelSpec::parse(&args.model), args.random_weights, 0)?;
+    let config = EngineConfig {
+        device: args.device,
+        ..EngineConfig::default()
+    };
+    let mut llm = LLM::new(model, config)?;
+    let requests = workload.unwrap_or_else(|| {
+        vec![WorkloadRequest {
+            prompt: Prompt::Text(args.prompt.clone()),
+            max_tokens: args.max_tokens,
+            arrival_step: 0,
+        }]
+    });
+    let o = measure_overhead(&mut llm.engine, &requests, runs)?;
+    println!(
+        "tracing overhead: {} on {}, {} request(s), median of {} runs each way",
+        args.model,
+        llm.engine.config.device,
+        requests.len(),
+        o.runs
+    );
+    println!("| tracing | ms per run | vs off |");
+    println!("| --- | ---: | ---: |");
+    println!("| off (no subscriber) | {} | |", ms(o.off));
+    println!(
+        "| on (every span recorded) | {} | {:+.1}% |",
+        ms(o.on),
+        o.on_cost() * 100.0
+    );
+    println!(
+        "\n{} spans a run; a span site with tracing off costs {:.1} ns, {:.4}% of the untraced run",
+        o.spans_per_run,
+        o.disabled_span_ns,
+        o.off_cost() * 100.0
+    );
     Ok(())
 }
 

@@ -10,7 +10,8 @@
 //! [`chrome_trace`] writes them as a Chrome trace (open it in Perfetto), [`html_timeline`] as
 //! a self-contained HTML page with a swimlane per thread, and [`bottlenecks`] adds them up by
 //! component; [`report`] reads the step and request tables off them; [`comm_check`] sets the
-//! all-reduce traffic the course's formulas predict beside what the communicators counted.
+//! all-reduce traffic the course's formulas predict beside what the communicators counted;
+//! [`workload`] is a batch of requests to follow, and [`overhead`] what tracing costs.
 //!
 //! Times are the host's: on the GPU a `kernel` span is the launch, not the kernel's run.
 
@@ -18,11 +19,15 @@ pub mod bottlenecks;
 pub mod chrome_trace;
 pub mod comm_check;
 pub mod html_timeline;
+pub mod overhead;
 pub mod report;
 pub mod span_recorder;
+pub mod workload;
 
 pub use bottlenecks::{bottlenecks, Component};
 pub use chrome_trace::chrome_trace;
 pub use comm_check::{measured_all_reduce, predicted_all_reduce, AllReduceTraffic};
 pub use html_timeline::html_timeline;
+pub use overhead::{measure_overhead, Overhead};
 pub use span_recorder::{RecordedSpan, SpanRecorder};
+pub use workload::{parse_workload, run_workload, WorkloadRequest};
