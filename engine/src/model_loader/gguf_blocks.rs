@@ -123,3 +123,30 @@ pub fn keep_gguf_blocks<B: Backend>(
         None => Ok(None),
     })
 }
+
+/// Bytes of weights a batch-1 decode step streams when the CPU computes from the GGUF at
+/// `path` ([`keep_gguf_blocks`]), in the form the kernels read them: a Q4_1 matrix 24 bytes
+/// per 32 weights and a Q8_0 one 36 (`PackedBlocks` keeps the f16 scale, and Q4_1's minimum,
+/// widened to f32 beside the quantized bytes: the file itself holds 20 and 34), every other
+/// tensor 4 bytes per value (f32). Each matrix counts once; the embedding table counts only
+/// when it is also the LM head (tied), since the lookup reads one row of it.
+pub fn streamed_weight_bytes(path: &Path) -> Result<f64> {
+    let err = |e: &dyn std::fmt::Display| EngineError::Weights(format!("{}: {e}", path.display()));
+    let file = GgufFile::open(path).map_err(|e| err(&e))?;
+    let params = LlamaParams::from_gguf(&file.header).map_err(|e| err(&e))?;
+    let planned = plan(&file, &params).map_err(|e| err(&e))?;
+    let untied = planned.iter().any(|t| t.hf_name == "lm_head.weight");
+    let mut bytes = 0.0;
+    for t in &planned {
+        if untied && t.hf_name == "model.embed_tokens.weight" {
+            continue;
+        }
+        let values = t.shape.iter().product::<usize>() as f64;
+        bytes += match t.blocks().map_err(|e| err(&e))?.map(|(ty, _)| ty) {
+            Some(GgmlType::Q4_1) => values * 24.0 / 32.0,
+            Some(GgmlType::Q8_0) => values * 36.0 / 32.0,
+            _ => values * 4.0,
+        };
+    }
+    Ok(bytes)
+}

@@ -94,47 +94,67 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     config.scheduler.max_num_batched_tokens = config.scheduler.max_num_batched_tokens.max(1024);
     let model = args.model.load()?;
     let c = model.config.clone();
+    // On the CPU a model converted from a GGUF computes from its Q8_0/Q4_1 blocks: a decode
+    // step streams those bytes, not 4 per weight.
+    let blocks = match (&gpu, model.weights.gguf_path()) {
+        (None, Some(gguf)) => Some(engine::model_loader::gguf_blocks::streamed_weight_bytes(
+            gguf,
+        )?),
+        _ => None,
+    };
     let mut engine = LLMEngine::new(model, config)?;
 
     let weight_params = weight_params(&c);
-    let (decode_ceiling, prefill_ceiling) = match &gpu {
-        None => {
-            let weight_bytes = weight_params as f64 * 4.0;
-            let bandwidth = measure_read_bandwidth();
-            let gemv = measure_gemv_bandwidth();
-            eprintln!(
-                "model {} ({:.0} M weights, {:.0} MB f32), {} threads, GEMM on {}, read \
-                 bandwidth {:.1} GB/s; the GEMM at 1 token streams {:.1} GB/s ({:.0}%)",
+    let (decode_ceiling, prefill_ceiling) =
+        match &gpu {
+            None => {
+                let weight_bytes = blocks.unwrap_or(weight_params as f64 * 4.0);
+                let bandwidth = measure_read_bandwidth();
+                let gemv = measure_gemv_bandwidth();
+                eprintln!(
+                "model {} ({:.0} M weights, {:.0} MB {} streamed per decode token), {} threads, \
+                 GEMM on {}, read bandwidth {:.1} GB/s; the f32 GEMM at 1 token streams {:.1} \
+                 GB/s ({:.0}%)",
                 args.model.model,
                 weight_params as f64 / 1e6,
                 weight_bytes / 1e6,
+                if blocks.is_some() { "in GGUF blocks (Q4_1/Q8_0, f32 scales)" } else { "f32" },
                 rayon::current_num_threads(),
                 engine::backend::cpu_gemm::Isa::detect().name(),
                 bandwidth / 1e9,
                 gemv / 1e9,
                 100.0 * gemv / bandwidth,
             );
-            // The faster of the two reads is the better estimate of what memory gives.
-            let bandwidth = bandwidth.max(gemv);
-            (
-                bandwidth / weight_bytes, // steps per second at batch 1
-                args.peak_gflops * 1e9 / (2.0 * weight_params as f64),
-            )
-        }
-        Some(ceilings) => {
-            let weight_bytes = roofline::weight_bytes_read(&c);
-            eprintln!(
-                "model {} ({:.0} M weights, {:.0} MB bf16 read per decode step), on {device}",
-                args.model.model,
-                weight_params as f64 / 1e6,
-                weight_bytes / 1e6,
-            );
-            (
-                ceilings.copy_gb_s * 1e9 / weight_bytes,
-                ceilings.gemm_tflop_s * 1e12 / (2.0 * weight_params as f64),
-            )
-        }
-    };
+                if blocks.is_some() {
+                    let q4 = measure_gemv_blocks_bandwidth();
+                    eprintln!(
+                    "the Q4_1 block GEMM at 1 token streams {:.1} GB/s of blocks ({:.0}% of the \
+                     read): the memory ceiling below is the faster read / block bytes",
+                    q4 / 1e9,
+                    100.0 * q4 / bandwidth,
+                );
+                }
+                // The faster of the two reads is the better estimate of what memory gives.
+                let bandwidth = bandwidth.max(gemv);
+                (
+                    bandwidth / weight_bytes, // steps per second at batch 1
+                    args.peak_gflops * 1e9 / (2.0 * weight_params as f64),
+                )
+            }
+            Some(ceilings) => {
+                let weight_bytes = roofline::weight_bytes_read(&c);
+                eprintln!(
+                    "model {} ({:.0} M weights, {:.0} MB bf16 read per decode step), on {device}",
+                    args.model.model,
+                    weight_params as f64 / 1e6,
+                    weight_bytes / 1e6,
+                );
+                (
+                    ceilings.copy_gb_s * 1e9 / weight_bytes,
+                    ceilings.gemm_tflop_s * 1e12 / (2.0 * weight_params as f64),
+                )
+            }
+        };
     // Steps per second bound by memory, times tokens a step makes, against the compute bound.
     let roof =
         |tokens_per_step: usize| (tokens_per_step as f64 * decode_ceiling).min(prefill_ceiling);
@@ -185,8 +205,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     match &gpu {
         None => println!(
-            "(decode b=1 ceiling: the faster read / weight bytes; others: {} GFLOP/s / \
+            "(decode b=1 ceiling: the faster read / {} weight bytes; others: {} GFLOP/s / \
              2·weights)",
+            if blocks.is_some() { "block" } else { "f32" },
             args.peak_gflops
         ),
         Some(g) => println!(
@@ -330,4 +351,31 @@ fn measure_gemv_bandwidth() -> f64 {
         best = best.min(t.elapsed().as_secs_f64());
     }
     packed.data.len() as f64 * 4.0 / best
+}
+
+/// [`measure_gemv_bandwidth`] for a weight in Q4_1 blocks (the layout and kernel a GGUF
+/// model's decode runs): bytes of blocks per second at one token, over about 192 MiB of blocks.
+fn measure_gemv_blocks_bandwidth() -> f64 {
+    use engine::backend::cpu_gemm::{gemm_blocks, Isa, PackedBlocks};
+    use engine::model_loader::dequant::GgmlType;
+    let k = 576;
+    let n = (256 << 20) / k;
+    // Q4_1 blocks of scale 1/64 and minimum 0 (f16 0x2400, 0x0000) over varied nibbles.
+    let block: Vec<u8> = [0x00, 0x24, 0x00, 0x00]
+        .into_iter()
+        .chain((0..16).map(|i| (i * 37 % 256) as u8))
+        .collect();
+    let bytes = block.repeat(n * k / 32);
+    let packed =
+        PackedBlocks::pack(&bytes, GgmlType::Q4_1, n, k, Isa::detect()).expect("whole Q4_1 blocks");
+    drop(bytes);
+    let (x, mut out) = (vec![1.0f32; k], vec![0.0f32; n]);
+    let mut best = f64::INFINITY;
+    for _ in 0..5 {
+        let t = Instant::now();
+        gemm_blocks(&mut out, &x, &packed, None, 1);
+        std::hint::black_box(&out);
+        best = best.min(t.elapsed().as_secs_f64());
+    }
+    packed.bytes() as f64 / best
 }
