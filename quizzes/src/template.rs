@@ -14,18 +14,23 @@
 //! must give the book's prompt exactly, and the start of the book's context (a test checks
 //! both; the book may add a remark after the context that only fits its own numbers). The
 //! answer is always `engine_calls::call(check.fn, args)`, the same engine call that checks the
-//! book's answer. A [`Kind`] (the registry, one per kind of question) knows how to draw new
-//! `args` within sensible ranges and which derived numbers the explanation shows.
+//! book's answer. A [`Kind`] (one per kind of question, in `quizzes/src/templates/stageN.rs`,
+//! one file per chapter) knows how to draw new `args` within sensible ranges and which derived
+//! numbers the explanation shows; a derived number the engine decides (a chunk, a victim, a
+//! planner's choice) is asked of the engine too, with another `output`. Every numeric question
+//! of the book has a template (`tests/templates.rs` checks it).
+//!
+//! A question that says "Same batch" names the arguments it keeps from the previous question's
+//! draw (`template.same`); its kind's `refit` completes them (the index of the batch's last row,
+//! a position inside the kept block table).
 //!
 //! ```text
-//! book args ─ Kind::draw(rng) ─> args ─ engine_calls::call ─> answer
+//! book args ─ Kind::draw(rng) ─> args ─ engine_value (engine_calls::call, cached) ─> answer
 //!                                  └─ Kind::derive ─> {placeholders} ─ render ─> prompt, context
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::engine_calls;

@@ -170,6 +170,23 @@ pub(crate) const MODELS: &[(&str, &str)] = &[
     ("smollm2-135m", "SmolLM2-135M"),
 ];
 
+/// A model's config by name ([`engine_calls::model_config`]), read once per process.
+pub(crate) fn model_config(name: &str) -> Result<engine::config::ModelConfig, String> {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+    static SEEN: Mutex<Option<HashMap<String, engine::config::ModelConfig>>> = Mutex::new(None);
+    let cached = || SEEN.lock().ok()?.as_ref()?.get(name).cloned();
+    if let Some(c) = cached() {
+        return Ok(c);
+    }
+    let c = engine_calls::model_config(name)?;
+    if let Ok(mut seen) = SEEN.lock() {
+        seen.get_or_insert_with(HashMap::new)
+            .insert(name.to_string(), c.clone());
+    }
+    Ok(c)
+}
+
 /// The book's name of a model id (`llama-2-7b` → `Llama-2-7B`); unknown ids as they are.
 pub(crate) fn model_name(id: &str) -> String {
     const MORE: &[(&str, &str)] = &[

@@ -11,7 +11,7 @@ pub const KINDS: &[Kind] = &[
         check_fn: "slot_for_position",
         draw: draw_slot,
         derive: derive_slot,
-        refit: keep,
+        refit: position_in_table,
     },
     Kind {
         name: "slot_of_last_token",
@@ -154,6 +154,16 @@ fn draw_slot(rng: &mut Rng, book: &Args) -> Args {
         "position",
         rng.range(0, len as u64 * block_size - 1),
     );
+    args
+}
+
+/// A position the block table holds, for a question that keeps the previous question's table
+/// ("same table, another position"): the drawn position wrapped into the table's range.
+fn position_in_table(mut args: Args) -> Args {
+    let len = ints(&args, "block_table").map_or(1, |t| t.len() as u64);
+    let capacity = (len * int(&args, "block_size").unwrap_or(1)).max(1);
+    let p = int(&args, "position").unwrap_or(0);
+    set(&mut args, "position", p % capacity);
     args
 }
 
@@ -454,12 +464,12 @@ fn derive_tenants(args: &Args) -> Result<Values, String> {
         ("arrive_step", field(1, "arrive_step").to_string()),
     ]);
     if let Ok(steps) = int(args, "steps") {
-        // Tenant A's steps: its tokens over the first `steps` steps, one prompt a step.
-        let tokens = engine_with("tenant_share", args, &[("output", s("tokens"))])? as u64;
+        // Tenant A's steps: its share (the engine's percentage) of the steps, one prompt a step.
+        let percent = engine("tenant_share", args)?;
         v.insert("steps".into(), steps.to_string());
         v.insert(
             "a_steps".into(),
-            (tokens / int(args, "prompt_len")?.max(1)).to_string(),
+            ((percent * steps as f64 / 100.0).round() as u64).to_string(),
         );
     }
     Ok(v)

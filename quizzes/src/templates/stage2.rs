@@ -10,7 +10,7 @@ pub const KINDS: &[Kind] = &[
         name: "long_prompt_first_token_step",
         check_fn: "prefill_steps",
         draw: draw_long_prompt,
-        derive: derive_long_prompt,
+        derive: derive_first_token_step,
         refit: keep,
     },
     Kind {
@@ -52,7 +52,7 @@ pub const KINDS: &[Kind] = &[
         name: "static_batch_utilization",
         check_fn: "batching_run",
         draw: draw_batch_run,
-        derive: derive_batch_run,
+        derive: derive_static_utilization,
         refit: keep,
     },
     Kind {
@@ -66,14 +66,14 @@ pub const KINDS: &[Kind] = &[
         name: "continuous_batch_steps",
         check_fn: "batching_run",
         draw: draw_batch_run,
-        derive: derive_batch_run,
+        derive: derive_continuous_steps,
         refit: keep,
     },
     Kind {
         name: "continuous_tokens_per_step",
         check_fn: "batching_run",
         draw: draw_batch_run,
-        derive: derive_batch_run,
+        derive: derive_tokens_per_step,
         refit: keep,
     },
 ];
@@ -111,6 +111,11 @@ fn draw_long_prompt_last_chunk(rng: &mut Rng, book: &Args) -> Args {
     args
 }
 
+fn derive_first_token_step(args: &Args) -> Result<Values, String> {
+    let steps = engine("prefill_steps", args)? as u64;
+    Ok(values(&[("steps_word", ordinal_word(steps))]))
+}
+
 fn derive_long_prompt(args: &Args) -> Result<Values, String> {
     let ask = |output: &str, step: u64| {
         engine_with(
@@ -120,7 +125,10 @@ fn derive_long_prompt(args: &Args) -> Result<Values, String> {
         )
         .map(|v| v as u64)
     };
-    let steps = ask("steps", 1)?;
+    // The step count is asked without `step` (the same question the draw asked).
+    let mut whole = args.clone();
+    whole.remove("step");
+    let steps = engine_with("prefill_steps", &whole, &[("output", s("steps"))])? as u64;
     let chunk = ask("chunk", 1)?;
     let last = ask("chunk", steps)?;
     if int(args, "step").is_ok_and(|s| s != steps) {
@@ -195,17 +203,10 @@ fn draw_batch_run(rng: &mut Rng, book: &Args) -> Args {
     args
 }
 
+/// What every batching question shows: the lengths, slots and counts, no engine run.
 fn derive_batch_run(args: &Args) -> Result<Values, String> {
     let lens = ints(args, "output_lens")?;
     let (b, repeat) = (int(args, "batch_size")?, int(args, "repeat").unwrap_or(1));
-    let run = |mode: &str, output: &str| {
-        engine_with(
-            "batching_run",
-            args,
-            &[("mode", s(mode)), ("output", s(output))],
-        )
-    };
-    let static_steps = run("static", "steps")? as u64;
     let terms: Vec<String> = lens.iter().map(|l| l.to_string()).collect();
     let total: u64 = lens.iter().sum::<u64>() * repeat;
     Ok(values(&[
@@ -219,10 +220,47 @@ fn derive_batch_run(args: &Args) -> Result<Values, String> {
             "longest",
             lens.iter().max().copied().unwrap_or(0).to_string(),
         ),
-        ("static_steps", static_steps.to_string()),
-        ("static_slot_steps", (b * static_steps).to_string()),
-        ("continuous_steps", run("continuous", "steps")?.to_string()),
         ("total_tokens", total.to_string()),
-        ("static_rate", short(run("static", "tokens_per_step")?, 2)),
     ]))
+}
+
+/// The same requests run in another mode or asked for another output.
+fn batching(args: &Args, mode: &str, output: &str) -> Result<f64, String> {
+    engine_with(
+        "batching_run",
+        args,
+        &[("mode", s(mode)), ("output", s(output))],
+    )
+}
+
+fn derive_static_utilization(args: &Args) -> Result<Values, String> {
+    let mut v = derive_batch_run(args)?;
+    let steps = batching(args, "static", "steps")? as u64;
+    v.insert("static_steps".into(), steps.to_string());
+    v.insert(
+        "static_slot_steps".into(),
+        (int(args, "batch_size")? * steps).to_string(),
+    );
+    Ok(v)
+}
+
+fn derive_continuous_steps(args: &Args) -> Result<Values, String> {
+    let mut v = derive_batch_run(args)?;
+    let steps = batching(args, "static", "steps")?;
+    v.insert("static_steps".into(), steps.to_string());
+    Ok(v)
+}
+
+fn derive_tokens_per_step(args: &Args) -> Result<Values, String> {
+    let mut v = derive_continuous_steps(args)?;
+    v.insert(
+        "continuous_steps".into(),
+        batching(args, "continuous", "steps")?.to_string(),
+    );
+    // Static batching's tokens per step: the same tokens over its steps.
+    let static_steps = batching(args, "static", "steps")?;
+    let tokens =
+        (ints(args, "output_lens")?.iter().sum::<u64>() * int(args, "repeat").unwrap_or(1)) as f64;
+    v.insert("static_rate".into(), short(tokens / static_steps, 2));
+    Ok(v)
 }

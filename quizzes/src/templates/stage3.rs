@@ -2,7 +2,6 @@
 //! runner's inputs, RMSNorm, sampling and paged attention.
 
 use super::*;
-use crate::engine_calls::model_config;
 use crate::template::{keep, thousands, Args, Kind, Rng, Values};
 
 /// Stage 3's kinds.

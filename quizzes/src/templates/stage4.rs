@@ -2,7 +2,6 @@
 //! attention and a warp's memory transactions (the engine's own counts, no GPU needed).
 
 use super::*;
-use crate::engine_calls::model_config;
 use crate::template::{keep, thousands, Args, Kind, Rng, Values};
 
 /// Stage 4's kinds.

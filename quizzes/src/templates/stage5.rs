@@ -1,7 +1,6 @@
 //! Stage 5's numeric questions: tensor parallelism, counted by the CPU engine's communicators.
 
 use super::*;
-use crate::engine_calls::model_config;
 use crate::template::{keep, thousands, Args, Kind, Rng, Values};
 
 /// Stage 5's kinds.
