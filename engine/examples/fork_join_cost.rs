@@ -1,0 +1,39 @@
+//! What one parallel region costs on this machine: the time rayon takes to hand tiny tasks to
+//! the pool and wait for them (a fork/join), against the decode step's time it is part of.
+//! A batch-1 decode step of SmolLM2 opens about 150 such regions that split work (4 GEMMs and
+//! attention per layer × 30 layers, the LM head), each over a few tasks.
+//!
+//! `cargo run --release -p engine --example fork_join_cost` (`RAYON_NUM_THREADS` sets the pool)
+use rayon::prelude::*;
+use std::time::Instant;
+
+fn main() {
+    println!("{} threads", rayon::current_num_threads());
+    let mut sink = vec![0u64; 64];
+    for tasks in [2usize, 9, 18] {
+        for spin_us in [0u64, 20] {
+            let reps = 20_000;
+            let mut best = f64::INFINITY;
+            for _ in 0..3 {
+                let start = Instant::now();
+                for i in 0..reps {
+                    // The serial work between two regions (a small op on one thread).
+                    let t = Instant::now();
+                    while t.elapsed().as_micros() < spin_us as u128 {
+                        std::hint::spin_loop();
+                    }
+                    sink[..tasks]
+                        .par_iter_mut()
+                        .for_each(|v| *v = v.wrapping_add(i));
+                }
+                let per = start.elapsed().as_secs_f64() / reps as f64 - spin_us as f64 * 1e-6;
+                best = best.min(per);
+            }
+            println!(
+                "{tasks:>3} tasks, {spin_us:>2} µs of serial work between regions: {:.2} µs per region",
+                best * 1e6
+            );
+        }
+    }
+    std::hint::black_box(&sink);
+}
