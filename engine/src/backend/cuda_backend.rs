@@ -932,6 +932,98 @@ impl Backend for CudaBackend {
         Ok(parts)
     }
 
+    fn paged_attention_o_proj(
+        &self,
+        q: &CudaTensor,
+        key_cache: &CudaTensor,
+        value_cache: &CudaTensor,
+        num_kv_heads: usize,
+        head_dim: usize,
+        scale: f32,
+        o_proj: &CudaTensor,
+        step: &CudaStepMetadata,
+    ) -> Result<CudaTensor> {
+        const OP: &str = "paged_attention_o_proj";
+        let gemv = &self.gpu.kernels.gemv;
+        let t = q.rows;
+        let fused = step.is_decode
+            && use_gemv(t, o_proj)
+            && gemv.merges(t, o_proj.rows, o_proj.cols)
+            && o_proj.cols == q.cols;
+        if !fused {
+            let attn = self.paged_attention(
+                q,
+                key_cache,
+                value_cache,
+                num_kv_heads,
+                head_dim,
+                scale,
+                step,
+            )?;
+            return self.linear(&attn, o_proj, None);
+        }
+        shape(q.rows == step.num_tokens && head_dim > 0, OP, || {
+            format!("q has {} rows for {} tokens", q.rows, step.num_tokens)
+        })?;
+        // Attention without its merge: a split context leaves its partitions' states in the
+        // workspace and the o_proj GEMV merges them (one launch less); an unsplit one writes
+        // `attn` as usual and the plain GEMV follows.
+        let mut attn = self.empty(OP, q.rows, q.cols)?;
+        let b = step.bufs();
+        let (s, width) = (step.num_seqs, step.max_blocks_per_seq);
+        let tables = b.block_tables.slice(0..s * width);
+        let seq_lens = b.seq_lens.slice(0..s);
+        let decode_shape = DecodeShape {
+            num_seqs: s,
+            num_heads: q.cols / head_dim,
+            num_kv_heads,
+            head_dim,
+            block_size: step.block_size,
+            max_blocks_per_seq: width,
+        };
+        let stream = &self.gpu.stream;
+        let mut ws = self.split_k.lock().map_err(|_| poisoned())?;
+        let partitions = {
+            let _span = self.op_scope("paged_attention_decode");
+            self.gpu
+                .kernels
+                .paged_attention
+                .decode_unmerged(
+                    stream,
+                    &mut ws,
+                    &mut attn.view_bf16_mut(OP)?,
+                    &q.view_bf16(OP)?,
+                    &key_cache.view_bf16(OP)?,
+                    &value_cache.view_bf16(OP)?,
+                    &tables,
+                    &seq_lens,
+                    &decode_shape,
+                    scale,
+                    step.max_seq_len,
+                )
+                .map_err(kernel(OP))?
+        };
+        if partitions.count == 1 {
+            drop(ws);
+            return self.linear(&attn, o_proj, None);
+        }
+        let _span = self.op_scope("linear");
+        let mut out = self.empty(OP, t, o_proj.rows)?;
+        gemv.forward_merged(
+            stream,
+            &mut out.view_bf16_mut(OP)?,
+            &ws,
+            &seq_lens,
+            partitions,
+            head_dim,
+            &o_proj.view_bf16(OP)?,
+            None,
+            t,
+        )
+        .map_err(kernel(OP))?;
+        Ok(out)
+    }
+
     fn add_rms_norm_linear(
         &self,
         delta: Option<CudaTensor>,
