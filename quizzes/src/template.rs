@@ -247,8 +247,8 @@ impl Template {
         }
         values.insert("answer".into(), answer.clone());
         Ok(Rendered {
-            prompt: fill(&self.prompt, &values),
-            context: fill(&self.context, &values),
+            prompt: articles(&fill(&self.prompt, &values)),
+            context: articles(&fill(&self.context, &values)),
             args,
             answer,
             decimals: self.check.decimals,
@@ -261,6 +261,40 @@ pub fn fill(text: &str, values: &Values) -> String {
     let mut out = text.to_string();
     for (k, v) in values {
         out = out.replace(&format!("{{{k}}}"), v);
+    }
+    out
+}
+
+/// "a" or "an" before a drawn number or ordinal, as it is spoken: "an 8-token prompt",
+/// "an 11th step", "an eighth", "a 24-token prompt". Other words keep their article.
+pub fn articles(text: &str) -> String {
+    let words: Vec<&str> = text.split_inclusive(char::is_whitespace).collect();
+    let mut out = String::with_capacity(text.len());
+    for (i, w) in words.iter().enumerate() {
+        let bare = w.trim_end();
+        let next = words
+            .get(i + 1)
+            .map_or("", |n| n.trim_start_matches(['*', '`', '(', '_']));
+        let vowel = if next.starts_with(|c: char| c.is_ascii_digit()) {
+            let group: String = next.chars().take_while(|c| c.is_ascii_digit()).collect();
+            Some(group.starts_with('8') || group == "11" || group == "18")
+        } else if next.starts_with("eighth") || next.starts_with("eleventh") {
+            Some(true)
+        } else {
+            None
+        };
+        let fixed = match (bare, vowel) {
+            ("a" | "an", Some(v)) => Some(if v { "an" } else { "a" }),
+            ("A" | "An", Some(v)) => Some(if v { "An" } else { "A" }),
+            _ => None,
+        };
+        match fixed {
+            Some(article) => {
+                out.push_str(article);
+                out.push_str(&w[bare.len()..]);
+            }
+            None => out.push_str(w),
+        }
     }
     out
 }

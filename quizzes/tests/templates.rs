@@ -173,6 +173,27 @@ fn has_placeholder(text: &str) -> bool {
 }
 
 #[test]
+fn drawn_numbers_get_the_article_they_are_spoken_with() {
+    use quizzes::template::articles;
+    assert_eq!(
+        articles("each with an\n24-token prompt"),
+        "each with a\n24-token prompt"
+    );
+    assert_eq!(
+        articles("each with a\n8-token prompt"),
+        "each with an\n8-token prompt"
+    );
+    assert_eq!(
+        articles("A **800-token** prompt, a 11th step"),
+        "An **800-token** prompt, an 11th step"
+    );
+    assert_eq!(
+        articles("a eighth, a 18, a 118, a third block"),
+        "an eighth, an 18, a 118, a third block"
+    );
+}
+
+#[test]
 fn grading_reads_the_answer_as_a_number_within_half_a_unit() {
     assert!(grade("13.48 GB", "13.48", 2));
     assert!(grade("13.477", "13.48", 2));
