@@ -361,6 +361,7 @@ impl LLMEngine {
         self.stats.num_swapped_in += stats.num_swapped_in;
         self.stats.blocks_swapped_out += stats.blocks_swapped_out;
         self.stats.blocks_swapped_in += stats.blocks_swapped_in;
+        // ANCHOR: schedule_span
         // The scheduler's decision on its span; nothing is formatted unless someone listens.
         if !schedule_span.is_disabled() {
             schedule_span.record("prefill_tokens", stats.num_prefill_tokens);
@@ -372,6 +373,7 @@ impl LLMEngine {
             let ids = out.scheduled.iter().map(|s| s.seq_id.0.to_string());
             schedule_span.record("requests", ids.collect::<Vec<_>>().join(" "));
         }
+        // ANCHOR_END: schedule_span
         self.last_step_stats = Some(stats);
         if self.record_step_stats {
             self.step_stats.push(stats);

@@ -18,6 +18,7 @@ pub struct Component {
     pub share: f64,
 }
 
+// ANCHOR: own_time
 /// Components by own time, largest first. A span's own time is its duration less its
 /// children's on the same thread (a rank's thread's spans are its own, not its parent's).
 pub fn bottlenecks(spans: &[RecordedSpan]) -> Vec<Component> {
@@ -55,6 +56,7 @@ pub fn bottlenecks(spans: &[RecordedSpan]) -> Vec<Component> {
     rows.sort_by(|a, b| b.self_time.cmp(&a.self_time).then(a.name.cmp(&b.name)));
     rows
 }
+// ANCHOR_END: own_time
 
 #[cfg(test)]
 mod tests {

@@ -22,6 +22,7 @@ pub struct AllReduceTraffic {
     pub sent_bytes: f64,
 }
 
+// ANCHOR: predicted_all_reduce
 /// What the formulas predict for steps of `step_tokens` tokens through `layers` layers of
 /// width `hidden` over `ranks` ranks, values of `value_bytes` bytes (4 on the CPU, 2 on GPUs).
 pub fn predicted_all_reduce(
@@ -43,6 +44,7 @@ pub fn predicted_all_reduce(
         sent_bytes: ring_traffic_per_gpu(tensor_bytes, ranks),
     }
 }
+// ANCHOR_END: predicted_all_reduce
 
 /// What one rank's communicator counted.
 pub fn measured_all_reduce(stats: &CommStats) -> AllReduceTraffic {
