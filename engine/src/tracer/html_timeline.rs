@@ -54,6 +54,7 @@ pub fn html_timeline(spans: &[RecordedSpan], threads: &[String], title: &str) ->
         ms(end.saturating_sub(zero)),
     );
     h.push_str(&axis(total_us));
+    let colours = colours(spans);
     for t in order {
         let bars = &lanes[&t];
         let rows = bars.iter().map(|b| b.1).max().unwrap_or(0) + 1;
@@ -66,11 +67,12 @@ pub fn html_timeline(spans: &[RecordedSpan], threads: &[String], title: &str) ->
             rows * ROW
         );
         for &(i, d) in bars {
-            h.push_str(&bar(&spans[i], i, d, zero));
+            h.push_str(&bar(&spans[i], i, d, zero, &colours));
         }
         h.push_str("</svg></div></div>\n");
     }
     h.push_str("</div>\n");
+    h.push_str(&legend(spans, &colours));
     h.push_str(&tables(spans));
     let _ = write!(h, "<script>{SCRIPT}</script>\n</body></html>\n");
     h
@@ -89,7 +91,13 @@ fn depth(spans: &[RecordedSpan], i: usize) -> usize {
     d
 }
 
-fn bar(s: &RecordedSpan, i: usize, depth: usize, zero: std::time::Duration) -> String {
+fn bar(
+    s: &RecordedSpan,
+    i: usize,
+    depth: usize,
+    zero: std::time::Duration,
+    colours: &BTreeMap<String, &str>,
+) -> String {
     let (start, end) = (s.start.unwrap_or(zero), s.end.unwrap_or(zero));
     let x = start.saturating_sub(zero).as_secs_f64() * 1e6;
     let w = (end.saturating_sub(start).as_secs_f64() * 1e6).max(0.01);
@@ -108,9 +116,24 @@ fn bar(s: &RecordedSpan, i: usize, depth: usize, zero: std::time::Duration) -> S
         esc(s.name),
         depth * ROW + 1,
         ROW - 2,
-        colour(&s.component()),
+        colours[&s.component()],
         esc(&tip)
     )
+}
+
+/// The colour of each component, largest own time first.
+fn legend(spans: &[RecordedSpan], colours: &BTreeMap<String, &str>) -> String {
+    let mut l = String::from("<p class=\"legend\">");
+    for c in bottlenecks(spans) {
+        let _ = write!(
+            l,
+            "<span><i style=\"background:{}\"></i>{}</span> ",
+            colours[&c.name],
+            esc(&c.name)
+        );
+    }
+    l.push_str("</p>\n");
+    l
 }
 
 /// Ten ticks across the run, in milliseconds, placed by percentage so that they follow zoom.
@@ -129,12 +152,19 @@ fn axis(total_us: f64) -> String {
     a
 }
 
-/// A stable colour per component, so that every `linear` bar looks alike.
-fn colour(component: &str) -> String {
-    let hash = component
-        .bytes()
-        .fold(2166136261u32, |h, b| (h ^ b as u32).wrapping_mul(16777619));
-    format!("hsl({},60%,60%)", hash % 360)
+/// A colour per component, the most distinct ones to the largest (by own time); past the
+/// palette's twenty they repeat.
+fn colours(spans: &[RecordedSpan]) -> BTreeMap<String, &'static str> {
+    const PALETTE: [&str; 20] = [
+        "#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7",
+        "#9c755f", "#bab0ac", "#1f77b4", "#aec7e8", "#98df8a", "#d62728", "#9467bd", "#c5b0d5",
+        "#8c564b", "#e377c2", "#7f7f7f", "#17becf",
+    ];
+    bottlenecks(spans)
+        .into_iter()
+        .enumerate()
+        .map(|(k, c)| (c.name, PALETTE[k % PALETTE.len()]))
+        .collect()
 }
 
 fn tables(spans: &[RecordedSpan]) -> String {
@@ -216,6 +246,8 @@ const STYLE: &str = "body{font:13px sans-serif;margin:1em}\
 .axis{height:16px}.axis span{position:absolute;font-size:10px}\
 rect.span{stroke:#333;stroke-width:0.5px;vector-effect:non-scaling-stroke}\
 rect.span:hover{fill:#f80}\
+.legend span{margin-right:1em;white-space:nowrap}\
+.legend i{display:inline-block;width:1em;height:1em;margin-right:.3em;vertical-align:middle}\
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}";
 
 /// The zoom slider widens every track together.
