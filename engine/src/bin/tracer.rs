@@ -149,7 +149,7 @@ fn run(args: Args) -> anyhow::Result<()> {
     if args.model == "tiny" {
         println!(
             "\nThis was the built-in tiny model (random weights). The real one, fetched once:\n  \
-             cargo run --release --bin tracer -- --model smollm2 --tp 2 --html trace.html"
+             cargo run --release --bin tracer -- --model smollm2 --tp 3 --html trace.html"
         );
     }
     Ok(())
