@@ -33,7 +33,11 @@ fn errata_day21_the_embedding_runs_once_per_forward_pass_not_once_per_layer() {
         .add_request(Prompt::TokenIds((0..5).collect()), params)
         .unwrap();
     let (finished, ops) = kernel_log::record(|| engine.step().unwrap());
-    assert_eq!(finished.len(), 1, "one step: the prefill makes the one token");
+    assert_eq!(
+        finished.len(),
+        1,
+        "one step: the prefill makes the one token"
+    );
     let count = |op: &str| ops.iter().filter(|o| *o == op).count();
     let layers = config.num_hidden_layers;
     // Once per pass, while the layers' own ops run once per layer.
