@@ -83,12 +83,3 @@ __device__ __forceinline__ void allow_next_kernel() {
         wait_for_previous_kernel(); \
         allow_next_kernel();        \
     } while (0)
-
-// Split-K decode attention (paged_attention.cu): tokens per partition of a context of seq_len
-// tokens split num_partitions ways, an even split rounded up to whole 32-token granules, at
-// least min_partition. Here because every kernel that reads the partitions must cut them the
-// same way: the reduce kernel, and the GEMV that merges them in its prologue (gemv.cu).
-__device__ __forceinline__ u32 partition_tokens(u32 seq_len, u32 num_partitions, u32 min_partition) {
-    const u32 even = ((seq_len + num_partitions - 1) / num_partitions + 31) / 32 * 32;
-    return max(even, min_partition);
-}

@@ -87,11 +87,8 @@ __device__ __forceinline__ f32x8 normed_chunk(f32x8 s, const Input& in, u32 c, f
     return unpack8(pack8(s));  // the norm's output is bf16
 }
 
-// MERGED: x sits in this block's shared memory (the attention merge below wrote it), read
-// with a plain load (`__ldg` is for global memory only).
-template <bool NORM, bool MERGED = false>
+template <bool NORM>
 __device__ __forceinline__ f32x8 input_chunk(const Input& in, int t, u32 c, float inv_rms) {
-    if (MERGED) return unpack8(in.x[(size_t)t * in.chunks + c]);
     if (!NORM) return unpack8(__ldg(in.x + (size_t)t * in.chunks + c));
     return normed_chunk(stream_chunk(in, t, c), in, c, inv_rms);
 }
@@ -100,47 +97,6 @@ __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
     return v;
-}
-
-// The o_proj GEMV's input, when decode attention split its contexts (paged_attention.cu):
-// instead of a reduce kernel writing attention's output and this kernel reading it, each
-// block merges the partitions' softmax states into its own shared memory first, exactly as
-// paged_attention_reduce does (the same operations in the same order, so the same bf16
-// values), and multiplies those: one launch less per layer. Every block merges all of x
-// (k = num_heads · head_dim values per token, a few partitions each), which is cheap for the
-// plain GEMV's handful of blocks and why the split-K GEMV (hundreds of blocks) does not merge.
-#define MERGE_MAX_K 4096  // x's width the shared buffer holds: num_heads · head_dim
-struct Partials {
-    const float* tmp_out;     // [M, num_heads, max_partitions, head_dim]
-    const float* max_logits;  // [M, num_heads, max_partitions]
-    const float* exp_sums;    // [M, num_heads, max_partitions]
-    const u32* seq_lens;      // [M]
-    u32 max_partitions, min_partition, head_dim;
-};
-
-// x[t, col] for t < M, col < k, merged from the partitions, into `s_x` (bf16, [M, k]).
-template <int M>
-__device__ __forceinline__ void merge_partitions(__nv_bfloat16* s_x, const Partials& a, u32 k) {
-    const u32 hd = a.head_dim, heads = k / hd;
-    for (u32 i = threadIdx.x; i < M * k; i += GEMV_THREADS) {
-        const u32 t = i / k, col = i % k, head = col / hd, d = col % hd;
-        const u32 seq_len = a.seq_lens[t];
-        const u32 size = partition_tokens(seq_len, a.max_partitions, a.min_partition);
-        const u32 used = (seq_len + size - 1) / size;
-        const size_t head_row = (size_t)t * heads + head;
-        const float* ml = a.max_logits + head_row * a.max_partitions;
-        const float* es = a.exp_sums + head_row * a.max_partitions;
-        float big_m = -INFINITY;
-        for (u32 p = 0; p < used; p++) big_m = fmaxf(big_m, ml[p]);
-        float big_l = 0.0f, o = 0.0f;
-        for (u32 p = 0; p < used; p++) {
-            const float f = __expf(ml[p] - big_m);
-            big_l += es[p] * f;
-            o += a.tmp_out[(head_row * a.max_partitions + p) * hd + d] * f;
-        }
-        s_x[i] = __float2bfloat16(o / big_l);
-    }
-    __syncthreads();
 }
 
 // What follows the products (the epilogue).
@@ -219,7 +175,7 @@ __device__ __forceinline__ void rope_store(const Rope& r, __nv_bfloat16* __restr
 // unfused kernels store them); or rotary + cache (W is qkv; the warp's rows are row pairs
 // (rope_row(p), + d/2), rotated together). n is W's row count. SPLIT: warps that share a row
 // group (1, or 8 for split-K, the whole block).
-template <int M, int ROWS, bool NORM, int EPI, int SPLIT, bool MERGE = false>
+template <int M, int ROWS, bool NORM, int EPI, int SPLIT>
 __device__ __forceinline__ void gemv(
     __nv_bfloat16* __restrict__ out,           // [M, EPI_GLU ? n / 2 : n]; EPI_ROPE: q [M, H·d]
     __nv_bfloat16* __restrict__ residual_out,  // NORM with delta: [M, k], the new stream
@@ -227,9 +183,8 @@ __device__ __forceinline__ void gemv(
     float eps,
     const __nv_bfloat16* __restrict__ w,       // [n, k]
     const __nv_bfloat16* __restrict__ bias,    // [n] or null (not with EPI_GLU)
-    u32 n, u32 k, const Rope rope, const Partials parts = Partials{}) {
+    u32 n, u32 k, const Rope rope) {
     static_assert(SPLIT == 1 || SPLIT * 32 == GEMV_THREADS, "split-K takes the whole block");
-    static_assert(!MERGE || (!NORM && EPI == EPI_PLAIN && SPLIT == 1), "merge: plain GEMV only");
     constexpr bool PAIRS = EPI != EPI_PLAIN;  // rows come in pairs: (gate, up) or a rotary pair
     constexpr int F = PAIRS ? ROWS / 2 : ROWS;  // output features (or pairs) per row group
     constexpr int STRIDE = 32 * SPLIT;        // chunks between one thread's consecutive chunks
@@ -268,14 +223,6 @@ __device__ __forceinline__ void gemv(
     }
     wait_for_previous_kernel();
     allow_next_kernel();
-
-    // The attention merge (MERGE): every thread of the block takes part, active or not.
-    __shared__ uint4 s_x[MERGE ? M * MERGE_MAX_K / 8 : 1];
-    Input input = in;
-    if (MERGE) {
-        merge_partitions<M>(reinterpret_cast<__nv_bfloat16*>(s_x), parts, k);
-        input.x = s_x;
-    }
 
     // One warp of the grid stores the new residual stream (every warp computes it for itself;
     // the stream read above stays unchanged, as other blocks still read it).
@@ -346,7 +293,7 @@ __device__ __forceinline__ void gemv(
             for (int t = 0; t < M; t++) {
                 const f32x8 xf = (KEEP && c0 == first)
                     ? normed_chunk(kept[KEEP ? u : 0][KEEP ? t : 0], in, c, inv_rms[t])
-                    : input_chunk<NORM, MERGE>(input, t, c, inv_rms[t]);
+                    : input_chunk<NORM>(in, t, c, inv_rms[t]);
 #pragma unroll
                 for (int r = 0; r < ROWS; r++) acc[r][t] += dot8(unpack8(wraw[u][r]), xf);
             }
@@ -455,25 +402,6 @@ __device__ __forceinline__ void gemv(
         gemv<M, ROWS, true, EPI_ROPE, SPLIT>(q_out, residual_out, in, eps, w, bias, n, k, rope);   \
     }
 #define GEMV_ENTRY(M, ROWS) GEMV_VARIANT(M, ROWS, 1, ) GEMV_VARIANT(M, ROWS, 8, _split)
-// gemv_merge_m{M}: y = x · Wᵀ (+ bias), x merged from split decode attention's partitions
-// (Partials above); up to 4 tokens (MERGE_MAX_K values each in shared memory).
-#define GEMV_MERGE(M, ROWS)                                                                        \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_merge_m##M(                   \
-        __nv_bfloat16* __restrict__ out, const float* __restrict__ tmp_out,                        \
-        const float* __restrict__ max_logits, const float* __restrict__ exp_sums,                  \
-        const u32* __restrict__ seq_lens, u32 max_partitions, u32 min_partition, u32 head_dim,     \
-        const __nv_bfloat16* __restrict__ w, const __nv_bfloat16* __restrict__ bias, u32 n,        \
-        u32 k) {                                                                                   \
-        const Input in = {nullptr, nullptr, nullptr, nullptr, k / 8};                              \
-        const Partials parts = {tmp_out, max_logits, exp_sums, seq_lens, max_partitions,           \
-                                min_partition, head_dim};                                          \
-        gemv<M, ROWS, false, EPI_PLAIN, 1, true>(out, nullptr, in, 0.0f, w, bias, n, k, Rope{},    \
-                                                 parts);                                           \
-    }
-GEMV_MERGE(1, 4)
-GEMV_MERGE(2, 2)
-GEMV_MERGE(3, 2)
-GEMV_MERGE(4, 2)
 GEMV_ENTRY(1, 4)
 GEMV_ENTRY(2, 2)
 GEMV_ENTRY(3, 2)

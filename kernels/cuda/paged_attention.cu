@@ -32,7 +32,7 @@
 //
 // Single pass: one partition per sequence (contexts up to MAX_PARTITION tokens), the block
 // writes the normalized output. Split-K: the grid's z dimension gives each sequence P blocks,
-// and each takes one partition of its context (partition_tokens in common.cuh: an even split into P,
+// and each takes one partition of its context (partition_tokens below: an even split into P,
 // in whole tiles, but never under `min_partition` tokens); each writes its unnormalized
 // (m, l, acc) to a workspace, and one of two merges combines them:
 //     M = max_p m_p,  out = sum_p exp(m_p - M) acc_p / sum_p exp(m_p - M) l_p.
@@ -88,6 +88,13 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 __device__ __forceinline__ int swizzle(int row, int chunk) { return chunk ^ (row & 7); }
+
+// Tokens per partition of a context of seq_len tokens split num_partitions ways: an even split
+// rounded up to whole tiles, at least min_partition. The decode and reduce kernels must agree.
+__device__ __forceinline__ u32 partition_tokens(u32 seq_len, u32 num_partitions, u32 min_partition) {
+    const u32 even = ((seq_len + num_partitions - 1) / num_partitions + TILE - 1) / TILE * TILE;
+    return max(even, min_partition);
+}
 
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll

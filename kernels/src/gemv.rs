@@ -28,7 +28,6 @@ use half::bf16;
 
 use crate::error::{check_len, to_u32, KernelError, Result};
 use crate::launch::Launch;
-use crate::paged_attention::{Partitions, SplitKWorkspace};
 use crate::qkv_rotary_cache::QkvShape;
 
 pub(crate) const FILE: &str = "gemv.cu";
@@ -38,11 +37,6 @@ pub(crate) const SOURCE: &str = include_str!("../cuda/gemv.cu");
 pub const MAX_TOKENS: usize = 8;
 /// Threads per block (`GEMV_THREADS` in the kernel).
 const THREADS: u32 = 256;
-
-/// Most tokens [`Gemv::forward_merged`] takes, and the widest x it merges
-/// (`MERGE_MAX_K` in the kernel: its shared buffer).
-pub const MERGE_MAX_TOKENS: usize = 4;
-pub const MERGE_MAX_K: usize = 4096;
 
 /// 16-byte chunks of a row one lane loads per trip to memory (`UNROLL` in the kernel).
 const UNROLL: usize = 4;
@@ -76,7 +70,6 @@ pub struct Gemv {
     norm_glu: Vec<CudaFunction>,   // ... and the SiLU·mul epilogue
     norm_rope: Vec<CudaFunction>,  // the RMSNorm prologue and the rotary + cache epilogue
     split: [Vec<CudaFunction>; 4], // the four again, split-K (`_split`)
-    merge: Vec<CudaFunction>,      // [MERGE_MAX_TOKENS]: x merged from attention's partitions
     num_sms: usize,
     split_k: SplitK,
 }
@@ -134,120 +127,9 @@ impl Gemv {
                 load("gemv_norm_glu", "_split")?,
                 load("gemv_norm_rope", "_split")?,
             ],
-            merge: (1..=MERGE_MAX_TOKENS)
-                .map(|m| module.load_function(&format!("gemv_merge_m{m}")))
-                .collect::<Result<Vec<_>, _>>()?,
             num_sms,
             split_k: SplitK::Auto,
         })
-    }
-
-    /// Whether [`Gemv::forward_merged`] takes `num_tokens` rows through `W` `[n, k]`: up to
-    /// [`MERGE_MAX_TOKENS`] tokens of at most [`MERGE_MAX_K`] features, on the plain grid
-    /// (every block merges all of x, which a split-K grid of hundreds of blocks would repeat
-    /// hundreds of times).
-    pub fn merges(&self, num_tokens: usize, n: usize, k: usize) -> bool {
-        (1..=MERGE_MAX_TOKENS).contains(&num_tokens)
-            && k <= MERGE_MAX_K
-            && Self::supports(num_tokens, k)
-            && !self.splits(n, rows_per_warp(num_tokens), k)
-    }
-
-    /// `out = x · Wᵀ (+ bias)` where x is split decode attention's output, merged from the
-    /// partitions' softmax states that [`crate::paged_attention::PagedAttention::decode_unmerged`]
-    /// left in `workspace`, in this kernel's prologue: the reduce kernel's work, one launch
-    /// less. The values multiplied are those the reduce kernel would have written (the same
-    /// operations in the same order). `partitions` is what `decode_unmerged` returned.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_merged(
-        &self,
-        stream: &Arc<CudaStream>,
-        out: &mut CudaViewMut<'_, bf16>, // [num_tokens, n]
-        workspace: &SplitKWorkspace,
-        seq_lens: &CudaView<'_, u32>, // [num_tokens]: one sequence per token (decode)
-        partitions: Partitions,
-        head_dim: usize,
-        weight: &CudaView<'_, bf16>, // [n, k], k = num_heads · head_dim
-        bias: Option<&CudaView<'_, bf16>>, // [n]
-        num_tokens: usize,
-    ) -> Result<()> {
-        const K: &str = "gemv_merge";
-        let n = out.len() / num_tokens.max(1);
-        let k = weight.len() / n.max(1);
-        if !self.merges(num_tokens, n, k) || head_dim == 0 || !k.is_multiple_of(head_dim) {
-            return Err(KernelError::Unsupported {
-                kernel: K,
-                what: format!(
-                    "{num_tokens} tokens, W [{n}, {k}], head_dim {head_dim} (1..={MERGE_MAX_TOKENS} \
-                     tokens, k <= {MERGE_MAX_K} a multiple of 8 and of head_dim, not split-K)"
-                ),
-            });
-        }
-        check_len(K, "out", out.len(), num_tokens * n)?;
-        check_len(K, "weight", weight.len(), n * k)?;
-        check_len(K, "seq_lens", seq_lens.len(), num_tokens)?;
-        if let Some(b) = bias {
-            check_len(K, "bias", b.len(), n)?;
-        }
-        let (tmp_out, max_logits, exp_sums) = workspace.partials();
-        let rows = num_tokens * (k / head_dim) * partitions.count;
-        check_len(K, "workspace", max_logits.len().min(rows), rows)?;
-        check_len(
-            K,
-            "workspace",
-            tmp_out.len().min(rows * head_dim),
-            rows * head_dim,
-        )?;
-        let aligned = {
-            let (wp, _w) = weight.device_ptr(stream);
-            wp % 16 == 0
-        };
-        if !aligned {
-            return Err(KernelError::Unsupported {
-                kernel: K,
-                what: "weight is not 16-byte aligned".into(),
-            });
-        }
-        if n == 0 {
-            return Ok(());
-        }
-        let rows = rows_per_warp(num_tokens);
-        let cfg = LaunchConfig {
-            grid_dim: (
-                to_u32(K, "blocks", n.div_ceil(rows * THREADS as usize / 32))?,
-                1,
-                1,
-            ),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let scalars = [
-            to_u32(K, "partitions", partitions.count)?,
-            to_u32(K, "min_partition", partitions.min_tokens)?,
-            to_u32(K, "head_dim", head_dim)?,
-        ];
-        let (n32, k32) = (to_u32(K, "n", n)?, to_u32(K, "k", k)?);
-        let null: u64 = 0;
-        let mut launch = Launch::new(stream, &self.merge[num_tokens - 1]);
-        launch.arg(out).arg(tmp_out).arg(max_logits).arg(exp_sums);
-        launch.arg(seq_lens);
-        for a in &scalars {
-            launch.arg(a);
-        }
-        launch.arg(weight);
-        match bias {
-            Some(b) => launch.arg(b),
-            None => launch.arg(&null), // a null `const bf16*`: no bias
-        };
-        launch.arg(&n32).arg(&k32);
-        // SAFETY: the signature matches gemv_merge_m* (out, tmp_out, max_logits, exp_sums,
-        // seq_lens, u32 max_partitions, u32 min_partition, u32 head_dim, w, bias or null, u32 n,
-        // u32 k); the workspace holds num_tokens · heads · partitions rows (checked), each
-        // token's partitions are the ones decode_unmerged wrote for the same seq_lens and
-        // Partitions; weight n rows of k, 16-byte aligned; k <= MERGE_MAX_K fits the kernel's
-        // shared buffer (checked); the kernel clamps rows to n.
-        unsafe { launch.launch(cfg) }?;
-        Ok(())
     }
 
     /// Whether [`Gemv::forward_norm_rope`] is worth its launch for `num_tokens` rows through a

@@ -139,13 +139,6 @@ impl SplitKWorkspace {
         })
     }
 
-    /// The partial results, `(tmp_out, max_logits, exp_sums)`, as [`PagedAttention::decode_unmerged`]
-    /// leaves them: `[num_seqs, num_heads, partitions, head_dim]` and `[num_seqs, num_heads,
-    /// partitions]` twice, `partitions` being the launch's count.
-    pub fn partials(&self) -> (&CudaSlice<f32>, &CudaSlice<f32>, &CudaSlice<f32>) {
-        (&self.tmp_out, &self.max_logits, &self.exp_sums)
-    }
-
     fn ensure(&mut self, stream: &Arc<CudaStream>, rows: usize, head_dim: usize) -> Result<()> {
         if self.max_logits.len() < rows || self.tmp_out.len() < rows * head_dim {
             *self = Self::new(stream, rows, head_dim)?;
@@ -347,74 +340,6 @@ impl PagedAttention {
         scale: f32,
         max_seq_len: usize,
     ) -> Result<()> {
-        self.launch_decode(
-            stream,
-            workspace,
-            out,
-            query,
-            key_cache,
-            value_cache,
-            block_tables,
-            seq_lens,
-            shape,
-            scale,
-            max_seq_len,
-            true,
-        )?;
-        Ok(())
-    }
-
-    /// [`Self::decode`] without the merge: when the contexts are split (the returned
-    /// [`Partitions`] count more than one) the partitions' states stay in `workspace` for the
-    /// caller to merge ([`crate::gemv::Gemv::forward_merged`] does it in o_proj's GEMV) and
-    /// `out` is not written; otherwise `out` is attention's output, as from `decode`.
-    #[allow(clippy::too_many_arguments)] // mirrors the kernel's signature
-    pub fn decode_unmerged(
-        &self,
-        stream: &Arc<CudaStream>,
-        workspace: &mut SplitKWorkspace,
-        out: &mut CudaViewMut<'_, bf16>, // [num_seqs, num_heads, head_dim]
-        query: &CudaView<'_, bf16>,      // [num_seqs, num_heads, head_dim]
-        key_cache: &CudaView<'_, bf16>,  // [num_blocks, block_size, num_kv_heads, head_dim]
-        value_cache: &CudaView<'_, bf16>, // [num_blocks, block_size, num_kv_heads, head_dim]
-        block_tables: &CudaView<'_, u32>, // [num_seqs, max_blocks_per_seq]
-        seq_lens: &CudaView<'_, u32>,    // [num_seqs]
-        shape: &DecodeShape,
-        scale: f32,
-        max_seq_len: usize,
-    ) -> Result<Partitions> {
-        self.launch_decode(
-            stream,
-            workspace,
-            out,
-            query,
-            key_cache,
-            value_cache,
-            block_tables,
-            seq_lens,
-            shape,
-            scale,
-            max_seq_len,
-            false,
-        )
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn launch_decode(
-        &self,
-        stream: &Arc<CudaStream>,
-        workspace: &mut SplitKWorkspace,
-        out: &mut CudaViewMut<'_, bf16>,
-        query: &CudaView<'_, bf16>,
-        key_cache: &CudaView<'_, bf16>,
-        value_cache: &CudaView<'_, bf16>,
-        block_tables: &CudaView<'_, u32>,
-        seq_lens: &CudaView<'_, u32>,
-        shape: &DecodeShape,
-        scale: f32,
-        max_seq_len: usize,
-        merge: bool,
-    ) -> Result<Partitions> {
         const K: &str = "paged_attention";
         let s = shape;
         let unsupported = |what: String| KernelError::Unsupported { kernel: K, what };
@@ -458,6 +383,13 @@ impl PagedAttention {
             key_cache.len() / kv_row.max(1) * kv_row,
         )?;
         check_len(K, "value_cache", value_cache.len(), key_cache.len())?;
+        if s.num_seqs == 0 || max_seq_len == 0 {
+            return Ok(());
+        }
+
+        // The launch depends on the batch only through `Partitions` (each block finds its
+        // share of its own sequence's context on the device), so a CUDA graph captured for
+        // (num_seqs, partitions) stays right while contexts grow.
         let p = self.partitions(
             s.num_seqs,
             s.num_heads,
@@ -465,13 +397,6 @@ impl PagedAttention {
             s.head_dim,
             max_seq_len,
         );
-        if s.num_seqs == 0 || max_seq_len == 0 {
-            return Ok(p);
-        }
-
-        // The launch depends on the batch only through `Partitions` (each block finds its
-        // share of its own sequence's context on the device), so a CUDA graph captured for
-        // (num_seqs, partitions) stays right while contexts grow.
         let (parts, partition_size) = (p.count, p.min_tokens);
         workspace.ensure(stream, s.num_seqs * s.num_heads * parts, s.head_dim)?;
         let args = [
@@ -503,7 +428,7 @@ impl PagedAttention {
             .arg(query)
             .arg(key_cache)
             .arg(value_cache);
-        let merge_in_kernel = merge && self.merge == SplitMerge::LastBlock;
+        let merge_in_kernel = self.merge == SplitMerge::LastBlock;
         let no_tickets = 0u64; // a null pointer: the reduce kernel merges
         launch.arg(block_tables).arg(seq_lens);
         if merge_in_kernel {
@@ -522,8 +447,8 @@ impl PagedAttention {
         // (documented above). Tickets: one per (sequence, head group), fewer than the
         // workspace's rows; each launch leaves them at zero. Null: the kernel leaves them alone.
         unsafe { launch.launch(cfg) }?;
-        if parts == 1 || merge_in_kernel || !merge {
-            return Ok(p);
+        if parts == 1 || merge_in_kernel {
+            return Ok(());
         }
 
         let reduce_cfg = LaunchConfig {
@@ -548,6 +473,6 @@ impl PagedAttention {
         // partitions of its sequence the decode kernel wrote (at most max_parts: both kernels
         // compute a partition's tokens with the same partition_tokens).
         unsafe { launch.launch(reduce_cfg) }?;
-        Ok(p)
+        Ok(())
     }
 }

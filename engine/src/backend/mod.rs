@@ -306,33 +306,6 @@ pub trait Backend: Send + Sync {
         let x = self.add_rms_norm(delta, residual, norm, eps)?;
         self.linear(&x, w, bias)
     }
-    /// The attention block's way out: [`Backend::paged_attention`], then the output projection
-    /// `o_proj` `[hidden, heads·d]` → `[t, hidden]`. Two calls by default; on the CUDA backend,
-    /// when a small decode batch splits its contexts, the o_proj GEMV merges the partitions'
-    /// softmax states in its prologue (attention's reduce kernel, one launch less per layer).
-    #[allow(clippy::too_many_arguments)]
-    fn paged_attention_o_proj(
-        &self,
-        q: &Self::Tensor,
-        key_cache: &Self::Tensor,
-        value_cache: &Self::Tensor,
-        num_kv_heads: usize,
-        head_dim: usize,
-        scale: f32,
-        o_proj: &Self::Tensor,
-        step: &Self::StepMetadata,
-    ) -> Result<Self::Tensor> {
-        let attn = self.paged_attention(
-            q,
-            key_cache,
-            value_cache,
-            num_kv_heads,
-            head_dim,
-            scale,
-            step,
-        )?;
-        self.linear(&attn, o_proj, None)
-    }
     /// The MLP's way in: [`Backend::add_rms_norm`], the fused gate/up projection `w`
     /// `[2·inter, hidden]`, then SiLU·mul → `[t, inter]`. Three calls by default; one launch on
     /// the CUDA backend for small decode batches.

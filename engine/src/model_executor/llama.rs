@@ -149,18 +149,17 @@ impl<B: Backend> LlamaForCausalLM<B> {
                 value_cache,
                 step,
             )?;
-            // Attention, then o_proj: row-parallel, this rank's heads' share of the output; the
-            // sum of all ranks' is it.
-            let mut attn_out = b.paged_attention_o_proj(
+            let attn = b.paged_attention(
                 &q,
                 key_cache,
                 value_cache,
                 c.num_key_value_heads,
                 d,
                 scale,
-                &layer.o_proj,
                 step,
             )?;
+            // Row-parallel: this rank's heads' share of the output; the sum of all ranks' is it.
+            let mut attn_out = b.linear(&attn, &layer.o_proj, None)?;
             b.all_reduce(&mut attn_out)?;
 
             // MLP block (SwiGLU): residual += attn_out; silu(gate) · up of the normed stream.
