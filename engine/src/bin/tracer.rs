@@ -15,9 +15,9 @@ use engine::config::Device;
 use engine::model_source::{load_model, ModelSpec};
 use engine::tracer::report::{ms, request_rows, step_rows};
 use engine::tracer::{
-    bottlenecks, chrome_trace, html_timeline, measure_overhead, measured_all_reduce,
-    parse_workload, predicted_all_reduce, run_workload, RecordedSpan, SpanRecorder,
-    WorkloadRequest,
+    bottlenecks, chrome_trace, device_bottlenecks, html_timeline, measure_overhead,
+    measured_all_reduce, parse_workload, predicted_all_reduce, run_workload, RecordedSpan,
+    SpanRecorder, WorkloadRequest,
 };
 use engine::{EngineConfig, Prompt, SamplingParams, LLM};
 
@@ -246,6 +246,22 @@ fn print_bottlenecks(spans: &[RecordedSpan]) {
     println!("| component | calls | ms | share |");
     println!("| --- | ---: | ---: | ---: |");
     for c in bottlenecks(spans).iter().take(15) {
+        println!(
+            "| {} | {} | {:.3} | {:.1}% |",
+            c.name,
+            c.calls,
+            c.self_time.as_secs_f64() * 1e3,
+            c.share * 100.0
+        );
+    }
+    let gpu = device_bottlenecks(spans);
+    if gpu.is_empty() {
+        return;
+    }
+    println!("\nthe GPU's time by op (CUDA events around each op; steps ran without CUDA graphs):");
+    println!("| op | calls | ms | share |");
+    println!("| --- | ---: | ---: | ---: |");
+    for c in gpu.iter().take(15) {
         println!(
             "| {} | {} | {:.3} | {:.1}% |",
             c.name,

@@ -21,7 +21,13 @@ pub struct Component {
 // ANCHOR: own_time
 /// Components by own time, largest first. A span's own time is its duration less its
 /// children's on the same thread (a rank's thread's spans are its own, not its parent's).
+/// The host's spans only: the GPU's ops run beside them ([`device_bottlenecks`]).
 pub fn bottlenecks(spans: &[RecordedSpan]) -> Vec<Component> {
+    table(spans, |s| !s.is_gpu_kernel())
+}
+
+/// The table over the spans `keep` takes.
+fn table(spans: &[RecordedSpan], keep: impl Fn(&RecordedSpan) -> bool) -> Vec<Component> {
     let mut child_time = vec![Duration::ZERO; spans.len()];
     for s in spans {
         // (`get`: a parent outside the list, from a slice not re-indexed, counts as none.)
@@ -33,7 +39,7 @@ pub fn bottlenecks(spans: &[RecordedSpan]) -> Vec<Component> {
         }
     }
     let mut by: BTreeMap<String, (usize, Duration)> = BTreeMap::new();
-    for (s, children) in spans.iter().zip(&child_time) {
+    for (s, children) in spans.iter().zip(&child_time).filter(|(s, _)| keep(s)) {
         let own = s.duration().saturating_sub(*children);
         let e = by.entry(s.component()).or_default();
         e.0 += 1;
@@ -57,6 +63,12 @@ pub fn bottlenecks(spans: &[RecordedSpan]) -> Vec<Component> {
     rows
 }
 // ANCHOR_END: own_time
+
+/// The GPU's ops by device time, largest first (a step timed op by op: the CUDA backend's
+/// per-op events, recorded while the tracer listens), shares of the GPU's total.
+pub fn device_bottlenecks(spans: &[RecordedSpan]) -> Vec<Component> {
+    table(spans, RecordedSpan::is_gpu_kernel)
+}
 
 #[cfg(test)]
 mod tests {

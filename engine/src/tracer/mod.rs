@@ -24,7 +24,7 @@ pub mod report;
 pub mod span_recorder;
 pub mod workload;
 
-pub use bottlenecks::{bottlenecks, Component};
+pub use bottlenecks::{bottlenecks, device_bottlenecks, Component};
 pub use chrome_trace::chrome_trace;
 pub use comm_check::{measured_all_reduce, predicted_all_reduce, AllReduceTraffic};
 pub use html_timeline::html_timeline;
