@@ -286,9 +286,12 @@ fn print_comm_check(
         .filter_map(|s| s.fields.get("tokens")?.parse().ok())
         .collect();
     let c = llm.engine.model_config();
-    // The CPU engine sums f32 values, the GPU bf16.
+    // NCCL sums the GPUs' bf16 values (2 bytes) when each TP rank has a GPU of its own; the
+    // CPU communicator sums f32 (4 bytes), the CPU engine's and, when ranks share a GPU, the
+    // host path's (engine/src/distributed/rank_devices.rs).
+    let own_gpus = || engine::distributed::rank_devices::gpu_count().is_ok_and(|n| n >= tp);
     let value_bytes = match llm.engine.config.device {
-        Device::Cuda(_) => 2,
+        Device::Cuda(_) if own_gpus() => 2,
         _ => 4,
     };
     let p = predicted_all_reduce(&tokens, c.num_hidden_layers, c.hidden_size, value_bytes, tp);

@@ -116,9 +116,17 @@ fn bar(
         esc(s.name),
         depth * ROW + 1,
         ROW - 2,
-        colours[&s.component()],
+        colour(colours, s),
         esc(&tip)
     )
+}
+
+/// A span's colour: its component's; an op's run on the GPU takes the colour of its launch on
+/// the host (the palette is the host's components').
+fn colour<'a>(colours: &BTreeMap<String, &'a str>, s: &RecordedSpan) -> &'a str {
+    let c = s.component();
+    let host = c.strip_suffix(" (GPU)").unwrap_or(&c);
+    colours.get(host).copied().unwrap_or("#7f7f7f")
 }
 
 /// The colour of each component, largest own time first.

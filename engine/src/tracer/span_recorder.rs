@@ -322,6 +322,10 @@ mod tests {
         let dev = device_bottlenecks(&spans);
         assert_eq!(dev[0].name, "linear (GPU)");
         assert_eq!(dev[0].self_time, Duration::from_micros(4));
+        // The HTML page draws them on their lane, in their host op's colour (a GPU run once
+        // made it look up a colour that was not there).
+        let html = crate::tracer::html_timeline(&spans, &threads, "gpu lane");
+        assert!(html.contains("linear (GPU)") && html.contains(" GPU"));
         let trace = chrome_trace(&spans, &threads);
         let lanes = trace["traceEvents"].as_array().unwrap();
         assert!(lanes
