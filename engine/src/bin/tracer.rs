@@ -16,8 +16,8 @@ use engine::model_source::{load_model, ModelSpec};
 use engine::tracer::report::{ms, request_rows, step_rows};
 use engine::tracer::{
     bottlenecks, chrome_trace, device_bottlenecks, html_timeline, measure_overhead,
-    measured_all_reduce, parse_workload, predicted_all_reduce, run_workload, RecordedSpan,
-    SpanRecorder, WorkloadRequest,
+    measured_all_reduce, parse_workload, predicted_all_reduce, run_workload, Component,
+    RecordedSpan, SpanRecorder, WorkloadRequest,
 };
 use engine::{EngineConfig, Prompt, SamplingParams, LLM};
 
@@ -243,25 +243,21 @@ fn print_timeline(spans: &[RecordedSpan]) {
 
 fn print_bottlenecks(spans: &[RecordedSpan]) {
     println!("\nwhere the time went (own time of each component, all threads):");
-    println!("| component | calls | ms | share |");
-    println!("| --- | ---: | ---: | ---: |");
-    for c in bottlenecks(spans).iter().take(15) {
-        println!(
-            "| {} | {} | {:.3} | {:.1}% |",
-            c.name,
-            c.calls,
-            c.self_time.as_secs_f64() * 1e3,
-            c.share * 100.0
-        );
-    }
+    print_components("component", &bottlenecks(spans));
     let gpu = device_bottlenecks(spans);
-    if gpu.is_empty() {
-        return;
+    if !gpu.is_empty() {
+        println!(
+            "\nthe GPU's time by op (CUDA events around each op; steps ran without CUDA graphs):"
+        );
+        print_components("op", &gpu);
     }
-    println!("\nthe GPU's time by op (CUDA events around each op; steps ran without CUDA graphs):");
-    println!("| op | calls | ms | share |");
+}
+
+/// The 15 largest rows of a bottleneck table.
+fn print_components(what: &str, rows: &[Component]) {
+    println!("| {what} | calls | ms | share |");
     println!("| --- | ---: | ---: | ---: |");
-    for c in gpu.iter().take(15) {
+    for c in rows.iter().take(15) {
         println!(
             "| {} | {} | {:.3} | {:.1}% |",
             c.name,
