@@ -167,9 +167,14 @@ def main():
     ap.add_argument("--doc", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..",
                                                   "docs", "baseline-transformers.md"))
     ap.add_argument("--json", default="", help="also dump raw results here")
+    ap.add_argument("--threads", type=int, default=NUM_THREADS,
+                    help="torch threads (the doc's baseline uses 2, the reference machine's cores)")
+    ap.add_argument("--phases", default="",
+                    help="comma-separated subset of the phases to run (default: all); with a "
+                         "subset no doc is written (`lab bench --transformers` uses this)")
     args = ap.parse_args()
 
-    torch.set_num_threads(NUM_THREADS)
+    torch.set_num_threads(args.threads)
     if os.path.isdir(args.model):
         tok = AutoTokenizer.from_pretrained(args.model)
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
@@ -192,6 +197,12 @@ def main():
     # Each phase is retried on its own until it has --clean-runs clean measurements (or
     # --attempts tries): a phase is clean if other processes used <= --max-others cores during it.
     phases = make_phases(model, prose_ids, args.reps)
+    if args.phases:
+        wanted = args.phases.split(",")
+        unknown = [p for p in wanted if p not in phases]
+        if unknown:
+            sys.exit(f"unknown phase(s) {unknown}; known: {list(phases)}")
+        phases = {p: phases[p] for p in wanted}
     attempts = []  # one row per try of a phase
     chosen = {}
     for name, fn in phases.items():
@@ -233,8 +244,9 @@ def main():
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"info": info, "chosen": chosen, "attempts": attempts}, f, indent=1)
-    write_doc(args.doc, info, chosen, attempts, args)
-    print("wrote", os.path.abspath(args.doc))
+    if args.doc and not args.phases:
+        write_doc(args.doc, info, chosen, attempts, args)
+        print("wrote", os.path.abspath(args.doc))
 
 
 def write_doc(path, info, c, attempts, args):

@@ -27,6 +27,7 @@ use crate::serving_bench::ServingArgs;
 use crate::ModelArgs;
 
 pub mod roofline;
+pub mod transformers;
 
 /// What `lab bench` measures.
 #[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
@@ -63,6 +64,21 @@ pub struct BenchArgs {
     /// Also print the results as JSON.
     #[arg(long)]
     json: bool,
+    /// Time Hugging Face transformers on the same four workloads, in the same run, with this
+    /// Python (torch and transformers installed): `scripts/bench_transformers.py` runs after
+    /// each round of ours, and the table gains its tok/s and our ratio to it. CPU only.
+    #[arg(long, value_name = "PYTHON")]
+    transformers: Option<std::path::PathBuf>,
+    /// The Hugging Face directory transformers loads (default: --model, when it is one).
+    #[arg(long, value_name = "DIR")]
+    transformers_model: Option<std::path::PathBuf>,
+    /// Where `bench_transformers.py` is (default: the repository's scripts/).
+    #[arg(long, value_name = "PATH")]
+    transformers_script: Option<std::path::PathBuf>,
+    /// Rounds of the whole bench; with --transformers each round is ours then theirs (A B A B),
+    /// and each round's ratio is printed.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
 }
 
 struct Row {
@@ -159,49 +175,63 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let roof =
         |tokens_per_step: usize| (tokens_per_step as f64 * decode_ceiling).min(prefill_ceiling);
 
-    let mut rows = Vec::new();
-    for (name, batch, len) in [("prefill b=1 x512", 1, 512), ("prefill b=8 x128", 8, 128)] {
-        let best = best_of(args.runs, || {
-            prefill_time(&mut engine, batch, len, c.vocab_size)
-        })?;
-        rows.push(Row {
-            name,
-            tokens_per_s: (batch * len) as f64 / best,
-            ceiling: if gpu.is_some() {
-                roof(batch * len)
+    let measure = |engine: &mut LLMEngine| -> anyhow::Result<Vec<Row>> {
+        let mut rows = Vec::new();
+        for (name, batch, len) in [("prefill b=1 x512", 1, 512), ("prefill b=8 x128", 8, 128)] {
+            let best = best_of(args.runs, || prefill_time(engine, batch, len, c.vocab_size))?;
+            rows.push(Row {
+                name,
+                tokens_per_s: (batch * len) as f64 / best,
+                ceiling: if gpu.is_some() {
+                    roof(batch * len)
+                } else {
+                    prefill_ceiling
+                },
+            });
+        }
+        for (name, batch) in [("decode b=1", 1), ("decode b=8", 8)] {
+            let best = best_of(args.runs, || decode_time(engine, batch, c.vocab_size))?;
+            let ceiling = if gpu.is_some() {
+                roof(batch)
+            } else if batch == 1 {
+                decode_ceiling
             } else {
                 prefill_ceiling
-            },
-        });
-    }
-    for (name, batch) in [("decode b=1", 1), ("decode b=8", 8)] {
-        let best = best_of(args.runs, || decode_time(&mut engine, batch, c.vocab_size))?;
-        let ceiling = if gpu.is_some() {
-            roof(batch)
-        } else if batch == 1 {
-            decode_ceiling
-        } else {
-            prefill_ceiling
-        };
-        rows.push(Row {
-            name,
-            tokens_per_s: (batch * 63) as f64 / best,
-            ceiling,
-        });
-    }
+            };
+            rows.push(Row {
+                name,
+                tokens_per_s: (batch * 63) as f64 / best,
+                ceiling,
+            });
+        }
+        Ok(rows)
+    };
 
-    println!(
-        "{:<18} {:>12} {:>12} {:>10}",
-        "workload", "tokens/s", "ceiling", "of ceiling"
-    );
-    for r in &rows {
-        println!(
-            "{:<18} {:>12.1} {:>12.1} {:>9.0}%",
-            r.name,
-            r.tokens_per_s,
-            r.ceiling,
-            100.0 * r.tokens_per_s / r.ceiling
-        );
+    let mut json_rows = Vec::new();
+    for round in 1..=args.rounds {
+        let rows = measure(&mut engine)?;
+        // transformers runs after ours, in the same round: A B A B over the rounds.
+        let theirs = transformers.as_ref().map(|t| t.run()).transpose()?;
+        if args.rounds > 1 {
+            println!("round {round} of {}", args.rounds);
+        }
+        print_rows(&rows, theirs.as_deref());
+        for r in &rows {
+            let mut row = serde_json::json!({
+                "workload": r.name,
+                "tokens_per_s": r.tokens_per_s,
+                "ceiling": r.ceiling,
+                "device": device.to_string(),
+                "round": round,
+            });
+            if let Some(g) = &gpu {
+                row["ceilings"] = roofline::json(g);
+            }
+            if let Some(t) = theirs_for(theirs.as_deref(), r.name) {
+                row["transformers_tokens_per_s"] = t.into();
+            }
+            json_rows.push(row);
+        }
     }
     match &gpu {
         None => println!(
@@ -216,25 +246,47 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             g.copy_gb_s, g.gemm_tflop_s
         ),
     }
+    if transformers.is_some() {
+        println!(
+            "(transformers: scripts/bench_transformers.py on the same workloads, {} threads, \
+             after our runs in each round)",
+            rayon::current_num_threads()
+        );
+    }
     if args.json {
-        let v: Vec<_> = rows
-            .iter()
-            .map(|r| {
-                let mut row = serde_json::json!({
-                    "workload": r.name,
-                    "tokens_per_s": r.tokens_per_s,
-                    "ceiling": r.ceiling,
-                    "device": device.to_string(),
-                });
-                if let Some(g) = &gpu {
-                    row["ceilings"] = roofline::json(g);
-                }
-                row
-            })
-            .collect();
-        println!("{}", serde_json::to_string(&v)?);
+        println!("{}", serde_json::to_string(&json_rows)?);
     }
     Ok(())
+}
+
+/// The results table; with transformers' tokens/s per workload, two more columns.
+fn print_rows(rows: &[Row], theirs: Option<&[(&str, f64)]>) {
+    print!(
+        "{:<18} {:>12} {:>12} {:>10}",
+        "workload", "tokens/s", "ceiling", "of ceiling"
+    );
+    if theirs.is_some() {
+        print!(" {:>13} {:>9}", "transformers", "lab / tf");
+    }
+    println!();
+    for r in rows {
+        print!(
+            "{:<18} {:>12.1} {:>12.1} {:>9.0}%",
+            r.name,
+            r.tokens_per_s,
+            r.ceiling,
+            100.0 * r.tokens_per_s / r.ceiling
+        );
+        if let Some(t) = theirs_for(theirs, r.name) {
+            print!(" {:>13.1} {:>8.2}×", t, r.tokens_per_s / t);
+        }
+        println!();
+    }
+}
+
+/// transformers' tokens/s for one of our workloads, if it was run.
+fn theirs_for(theirs: Option<&[(&str, f64)]>, name: &str) -> Option<f64> {
+    theirs?.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
 }
 
 /// Weights touched per token: every matrix, the LM head once more if tied (the embedding
