@@ -13,20 +13,12 @@ use engine::model_source::{LoadedModel, ModelWeights};
 use engine::tiny_model::{tiny_config, tiny_tokenizer};
 use engine::{EngineConfig, LLMEngine, Prompt, RequestOutput, SamplingParams, LLM};
 
+mod common;
+use common::gpu::gpu_or_skip;
+
 /// A top1−top2 gap below this (in logits) is within bf16 noise for these models: their logits
 /// spread over a few units, and bf16 carries ~3 significant digits through 3 layers.
 const NOISE_MARGIN: f32 = 0.05;
-
-fn gpu_or_skip() -> bool {
-    match Device::Cuda(0).resolve() {
-        Ok(_) => true,
-        Err(e) => {
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "skipped: {e}");
-            false
-        }
-    }
-}
 
 fn config(head_dim: usize) -> ModelConfig {
     let mut c = tiny_config();

@@ -16,6 +16,9 @@ use engine::model_source::{LoadedModel, ModelWeights};
 use engine::tiny_model::{tiny_config, tiny_tokenizer};
 use engine::{EngineConfig, LLMEngine, Prompt, SamplingParams};
 
+mod common;
+use common::gpu::gpu_or_skip;
+
 /// Where the data file is, for messages.
 const DATA: &str = "book/src/stage4/forward-step-kernels.toml";
 /// Its text, compiled in: the GPU check carries test binaries built here to a machine where
@@ -182,17 +185,6 @@ fn record(device: Device) -> Recorded {
         decode,
         mixed,
         decode_two,
-    }
-}
-
-fn gpu_or_skip() -> bool {
-    match Device::Cuda(0).resolve() {
-        Ok(_) => true,
-        Err(e) => {
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "skipped: {e}");
-            false
-        }
     }
 }
 

@@ -27,6 +27,9 @@ use engine::{philox, EngineConfig, EngineParts, Prompt, RequestOutput, SamplingP
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
+mod common;
+use common::gpu::gpu_or_skip;
+
 fn cases() -> u32 {
     std::env::var("MIN_TOKENS_CASES")
         .ok()
@@ -356,17 +359,6 @@ proptest! {
 }
 
 // ---- GPU ------------------------------------------------------------------------------------
-
-fn gpu_or_skip() -> bool {
-    match Device::Cuda(0).resolve() {
-        Ok(_) => true,
-        Err(e) => {
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "skipped: {e}");
-            false
-        }
-    }
-}
 
 /// The tiny model with a head size the CUDA kernels have (64).
 fn gpu_model(eos_token_ids: Vec<u32>) -> LoadedModel {

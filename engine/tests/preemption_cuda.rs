@@ -11,16 +11,8 @@ use engine::model_source::{LoadedModel, ModelWeights};
 use engine::tiny_model::{tiny_config, tiny_tokenizer};
 use engine::{EngineConfig, LLMEngine, Prompt, SamplingParams};
 
-fn gpu_or_skip() -> bool {
-    match Device::Cuda(0).resolve() {
-        Ok(_) => true,
-        Err(e) => {
-            use std::io::Write;
-            let _ = writeln!(std::io::stderr(), "skipped: {e}");
-            false
-        }
-    }
-}
+mod common;
+use common::gpu::gpu_or_skip;
 
 #[test]
 fn cuda_swap_blocks_round_trip_bit_for_bit() {
