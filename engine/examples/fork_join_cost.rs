@@ -3,12 +3,27 @@
 //! A batch-1 decode step of SmolLM2 opens about 150 such regions that split work (4 GEMMs and
 //! attention per layer × 30 layers, the LM head), each over a few tasks.
 //!
-//! `cargo run --release -p engine --example fork_join_cost` (`RAYON_NUM_THREADS` sets the pool)
+//! The main thread is one of the pool's workers, as in `lab generate` and `lab bench`
+//! ([`engine::backend::cpu_thread_pool`]); with the argument `outside` it is not (rayon's
+//! default, and the engine before that change): every region is then a hand-off to the pool.
+//!
+//! `cargo run --release -p engine --example fork_join_cost [-- outside]` (`RAYON_NUM_THREADS`
+//! sets the pool)
 use rayon::prelude::*;
 use std::time::Instant;
 
-fn main() {
-    println!("{} threads", rayon::current_num_threads());
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let outside = std::env::args().nth(1).as_deref() == Some("outside");
+    let pool = engine::backend::cpu_thread_pool::build_global(None, !outside)?;
+    println!(
+        "{} threads, the main thread {}",
+        pool.threads,
+        if pool.stepping_thread_is_worker {
+            "one of them"
+        } else {
+            "outside the pool"
+        }
+    );
     let mut sink = vec![0u64; 64];
     for tasks in [2usize, 9, 18] {
         for spin_us in [0u64, 20] {
@@ -36,4 +51,5 @@ fn main() {
         }
     }
     std::hint::black_box(&sink);
+    Ok(())
 }

@@ -18,6 +18,7 @@
 pub mod cpu_backend;
 pub mod cpu_gemm;
 pub mod cpu_kernels;
+pub mod cpu_thread_pool;
 pub mod cuda_allocator;
 pub mod cuda_backend;
 pub mod cuda_graph;

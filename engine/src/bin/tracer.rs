@@ -74,6 +74,7 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
+    engine::backend::cpu_thread_pool::build_global(None, args.tp * args.pp == 1)?; // steps here
     let workload = match &args.workload {
         Some(spec) => Some(parse_workload(spec).map_err(anyhow::Error::msg)?),
         None => None,

@@ -106,6 +106,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // and later prefills would compute almost nothing.
     config.cache.enable_prefix_caching = false;
     let device = config.device.resolve()?;
+    // The kernels' pool first (this thread steps the engine), before anything uses rayon.
+    args.model.set_threads()?;
     let gpu = roofline::measure(device)?; // before the engine takes the GPU's memory
     config.scheduler.max_num_batched_tokens = config.scheduler.max_num_batched_tokens.max(1024);
     let model = args.model.load()?;

@@ -204,16 +204,17 @@ impl ModelArgs {
 }
 
 impl ModelArgs {
-    /// Sizes the CPU kernels' thread pool from `--threads`, once, before any kernel runs.
-    fn set_threads(&self) -> anyhow::Result<()> {
-        let Some(n) = self.threads else {
-            return Ok(());
-        };
-        anyhow::ensure!(n > 0, "--threads must be at least 1");
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n)
-            .build_global()
-            .map_err(|e| anyhow::anyhow!("--threads {n}: the thread pool already runs ({e})"))
+    /// Builds the CPU kernels' thread pool (`--threads`, default one per CPU) on the calling
+    /// thread, which must be the one that steps the engine: with one rank it becomes one of
+    /// the pool's workers (see `engine::backend::cpu_thread_pool`). Call it before anything
+    /// uses rayon; a second call from the same thread is a no-op.
+    pub fn set_threads(&self) -> anyhow::Result<()> {
+        if self.threads == Some(0) {
+            anyhow::bail!("--threads must be at least 1");
+        }
+        let one_rank = self.tensor_parallel_size * self.pipeline_parallel_size == 1;
+        engine::backend::cpu_thread_pool::build_global(self.threads, one_rank)?;
+        Ok(())
     }
 }
 

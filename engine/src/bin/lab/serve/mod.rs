@@ -69,6 +69,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let local = listener.local_addr()?;
         println!("listening on http://{local}");
         let model = args.model.clone();
+        // Runs on the engine thread, which steps the engine: `load` builds the CPU kernels'
+        // pool there (the thread one of its workers), not on this thread, which waits on HTTP.
         let load = move || -> engine::Result<LLMEngine> {
             let parts = EngineParts {
                 policy,
