@@ -49,6 +49,9 @@ pub struct KernelTimer {
     /// Time every op (set per step from [`wanted`]); collectives are timed regardless.
     every_op: AtomicBool,
     pending: Mutex<Vec<Pending>>,
+    /// Events whose times have been read, for the next steps: creating an event is a driver
+    /// call, and a tensor-parallel decode step times two collectives per layer, every step.
+    free: Mutex<Vec<CudaEvent>>,
 }
 
 /// An op's `kernel` span and, when timed, its start event; the end event is recorded when the
@@ -67,12 +70,14 @@ struct Timed<'a> {
     start: CudaEvent,
 }
 
-/// An event that records a timestamp (CUDA's default events do; `disable_timing` ones not).
-fn event(ctx: &Arc<CudaContext>) -> Option<CudaEvent> {
-    ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).ok()
-}
-
 impl KernelTimer {
+    /// An event that records a timestamp (CUDA's default events do; `disable_timing` ones
+    /// not): a free one if there is one, else a new one.
+    fn event(&self, ctx: &Arc<CudaContext>) -> Option<CudaEvent> {
+        let reused = self.free.lock().ok().and_then(|mut free| free.pop());
+        reused.or_else(|| ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT)).ok())
+    }
+
     /// Times every op of the coming step, or only the collectives.
     pub fn time_every_op(&self, on: bool) {
         self.every_op.store(on, Ordering::Relaxed);
@@ -96,7 +101,7 @@ impl KernelTimer {
     ) -> KernelScope<'a> {
         let _span = span.entered();
         let timed = (comm.is_some() || self.times_every_op())
-            .then(|| event(ctx))
+            .then(|| self.event(ctx))
             .flatten()
             .filter(|start| start.record(stream).is_ok())
             .map(|start| Timed {
@@ -117,10 +122,11 @@ impl KernelTimer {
             Ok(mut p) => std::mem::take(&mut *p),
             Err(_) => return,
         };
+        let mut read = Vec::with_capacity(2 * pending.len());
         for p in pending {
-            let (Ok(ms), Ok(offset)) =
-                (p.start.elapsed_ms(&p.end), step_start.elapsed_ms(&p.start))
-            else {
+            let times = (p.start.elapsed_ms(&p.end), step_start.elapsed_ms(&p.start));
+            read.extend([p.start, p.end]);
+            let (Ok(ms), Ok(offset)) = times else {
                 continue;
             };
             let (device_us, start_us) = (f64::from(ms) * 1e3, f64::from(offset) * 1e3);
@@ -130,13 +136,17 @@ impl KernelTimer {
             }
             tracing::trace!(target: TARGET, op = p.op, start_us, device_us);
         }
+        // The stream is past them (their times were read): each can be recorded again.
+        if let Ok(mut free) = self.free.lock() {
+            free.extend(read);
+        }
     }
 }
 
 impl Drop for KernelScope<'_> {
     fn drop(&mut self) {
         let Some(t) = self.timed.take() else { return };
-        let Some(end) = event(t.ctx).filter(|e| e.record(t.stream).is_ok()) else {
+        let Some(end) = (t.timer.event(t.ctx)).filter(|e| e.record(t.stream).is_ok()) else {
             return;
         };
         if let Ok(mut pending) = t.timer.pending.lock() {
