@@ -350,6 +350,194 @@ __device__ __forceinline__ void gemv(
     }
 }
 
+// The same norm + projection (+ SiLU·mul), with the norm computed once per block (the `_block`
+// entry points), for large matrices. In `gemv` every warp normalizes the input itself: for
+// Llama-3.2-1B's gate/up at one token that is 4096 warps each reading the residual stream, the
+// delta and gamma (12 KB) through L2 beside the 16 KB of weights it streams, and summing squares
+// before its first product. Here the block's threads do it once into shared memory, then each
+// warp streams its rows dotting them with the shared input: the L2 traffic of the prologue falls
+// by the number of row groups a block takes (8 warps x `groups` groups each).
+//
+// Bit for bit the unfused kernels: the sum of squares is added in rms_norm.cu's order (threads
+// 0..T-1, T = norm_threads(chunks) as kernels/src/rms_norm.rs launches it, thread i taking
+// chunks i, i + T, i + 2T, i + 3T, then block_sum's butterfly and warp order), so 1/rms is the
+// norm kernel's to the last bit, and the products are added in `gemv`'s order (lane l takes
+// chunks l, l + 32, ...; a warp's rows do not change any one row's order).
+//
+// A warp takes `groups` row groups one after another (block b: groups b·8·groups .. ), and loads
+// the next group's first chunks before it reduces and stores the current one, so the stream does
+// not stop while the warp's sums cross the shuffles. Needs chunks <= 4 x GEMV_THREADS (k <= 8192:
+// rms_norm's threads fit the block) and M·k bf16 of dynamic shared memory (the Rust side checks
+// the first, allows the second, and otherwise takes `gemv`).
+
+// Threads rms_norm.rs gives a row of `chunks` 16-byte vectors: 4 vectors each, whole warps.
+__device__ __forceinline__ u32 norm_threads(u32 chunks) {
+    const u32 per_thread = (chunks + 3) / 4;
+    return min(max((per_thread + 31) / 32 * 32, 32u), 1024u);
+}
+
+template <int M, int ROWS, int EPI>
+__device__ __forceinline__ void gemv_block_norm(
+    __nv_bfloat16* __restrict__ out,           // [M, EPI_GLU ? n / 2 : n]
+    __nv_bfloat16* __restrict__ residual_out,  // with delta: [M, k], the new stream
+    const Input in,
+    float eps,
+    const __nv_bfloat16* __restrict__ w,       // [n, k]
+    const __nv_bfloat16* __restrict__ bias,    // [n] or null (not with EPI_GLU)
+    u32 n, u32 k, u32 groups) {
+    static_assert(EPI == EPI_PLAIN || EPI == EPI_GLU, "no rotary epilogue here");
+    constexpr bool PAIRS = EPI == EPI_GLU;
+    constexpr int F = PAIRS ? ROWS / 2 : ROWS;
+    constexpr int WARPS = GEMV_THREADS / 32;
+    extern __shared__ uint4 s_x[];  // [M, chunks]: the stream, then the normed input (bf16)
+    __shared__ float s_part[M][WARPS];
+    const u32 lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const u32 width = PAIRS ? n / 2 : n;
+    const u32 chunks = k / 8;
+    // Row group `g` of this warp: (block · groups + g) · WARPS + warp.
+    auto group_rows = [&](u32 g, u32 (&rows)[ROWS]) {
+        const u32 f0 = ((blockIdx.x * groups + g) * WARPS + warp) * F;
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) {
+            const u32 f = min(f0 + (r % F), width - 1);
+            rows[r] = EPI == EPI_GLU && r >= F ? width + f : f;
+        }
+        return f0;
+    };
+
+    // The first group's first chunks, before waiting for the previous kernel (as in `gemv`).
+    uint4 wraw[UNROLL][ROWS];
+    u32 rows[ROWS];
+    u32 f0 = group_rows(0, rows);
+    if (f0 < width) load_chunks<ROWS, 32>(wraw, w, rows, lane, k, chunks);
+    wait_for_previous_kernel();
+    allow_next_kernel();
+
+    // The norm, as rms_norm.cu computes it: the stream into shared memory, the sum of squares
+    // by threads 0..T-1 in that kernel's order; block 0 also stores the new stream.
+    const u32 T = norm_threads(chunks);
+    const bool store_stream = in.delta && residual_out && blockIdx.x == 0;
+#pragma unroll
+    for (int t = 0; t < M; t++) {
+        if (threadIdx.x < T) {
+            float sum_sq = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                const u32 c = threadIdx.x + j * T;
+                if (c < chunks) {
+                    const f32x8 s = stream_chunk(in, t, c);
+                    const uint4 packed = pack8(s);
+                    s_x[t * chunks + c] = packed;
+                    if (store_stream) reinterpret_cast<uint4*>(residual_out)[(size_t)t * chunks + c] = packed;
+                    for (int i = 0; i < 8; i++) sum_sq += s.v[i] * s.v[i];
+                }
+            }
+#pragma unroll
+            for (int offset = 16; offset > 0; offset /= 2) sum_sq += __shfl_xor_sync(0xffffffffu, sum_sq, offset);
+            if (lane == 0) s_part[t][warp] = sum_sq;
+        }
+    }
+    __syncthreads();
+    float inv_rms[M];
+#pragma unroll
+    for (int t = 0; t < M; t++) {
+        float total = 0.0f;
+        for (u32 v = 0; v < T / 32; v++) total += s_part[t][v];
+        inv_rms[t] = rsqrtf(total / k + eps);
+    }
+    for (u32 c = threadIdx.x; c < chunks; c += GEMV_THREADS)
+#pragma unroll
+        for (int t = 0; t < M; t++)
+            s_x[t * chunks + c] = pack8(normed_chunk(unpack8(s_x[t * chunks + c]), in, c, inv_rms[t]));
+    __syncthreads();
+
+    for (u32 g = 0; g < groups && f0 < width; g++) {
+        float acc[ROWS][M];
+#pragma unroll
+        for (int r = 0; r < ROWS; r++)
+#pragma unroll
+            for (int t = 0; t < M; t++) acc[r][t] = 0.0f;
+        for (u32 c0 = lane; c0 < chunks; c0 += 32 * UNROLL) {
+            if (c0 != lane) load_chunks<ROWS, 32>(wraw, w, rows, c0, k, chunks);
+#pragma unroll
+            for (int u = 0; u < UNROLL; u++) {
+                const u32 c = c0 + 32 * u;
+                if (c >= chunks) break;
+#pragma unroll
+                for (int t = 0; t < M; t++) {
+                    const f32x8 xf = unpack8(s_x[t * chunks + c]);
+#pragma unroll
+                    for (int r = 0; r < ROWS; r++) acc[r][t] += dot8(unpack8(wraw[u][r]), xf);
+                }
+            }
+        }
+        // The next group's first chunks go out before this group's sums are reduced and stored.
+        const u32 cur = f0;
+        u32 next_rows[ROWS];
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) next_rows[r] = rows[r];
+        f0 = g + 1 < groups ? group_rows(g + 1, next_rows) : width;
+        if (f0 < width) load_chunks<ROWS, 32>(wraw, w, next_rows, lane, k, chunks);
+#pragma unroll
+        for (int r = 0; r < ROWS; r++)
+#pragma unroll
+            for (int t = 0; t < M; t++) acc[r][t] = warp_sum(acc[r][t]);
+        if (lane == 0) {
+#pragma unroll
+            for (int r = 0; r < F; r++) {
+                const u32 f = cur + r;
+                if (f >= width) break;
+#pragma unroll
+                for (int t = 0; t < M; t++) {
+                    float y;
+                    if (EPI == EPI_GLU) {
+                        const float gt = __bfloat162float(__float2bfloat16(acc[r][t]));
+                        const float up = __bfloat162float(__float2bfloat16(acc[F + r][t]));
+                        y = silu(gt) * up;
+                    } else {
+                        y = acc[r][t] + (bias ? __bfloat162float(bias[f]) : 0.0f);
+                    }
+                    out[(size_t)t * width + f] = __float2bfloat16(y);
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) rows[r] = next_rows[r];
+    }
+}
+
+// `_block` entry points (the norm once per block), 4 rows per warp up to 2 tokens, 2 beyond (4
+// rows at 3-4 tokens need more than the 128 registers that keep two blocks on an SM).
+#define GEMV_BLOCK_NORM(M, ROWS)                                                                   \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_norm_m##M##_block(             \
+        __nv_bfloat16* __restrict__ out, __nv_bfloat16* __restrict__ residual_out,                 \
+        const __nv_bfloat16* __restrict__ delta, const __nv_bfloat16* __restrict__ residual,       \
+        const __nv_bfloat16* __restrict__ gamma, float eps, const __nv_bfloat16* __restrict__ w,   \
+        const __nv_bfloat16* __restrict__ bias, u32 n, u32 k, u32 groups) {                        \
+        const Input in = {nullptr, reinterpret_cast<const uint4*>(delta),                          \
+                          reinterpret_cast<const uint4*>(residual),                                \
+                          reinterpret_cast<const uint4*>(gamma), k / 8};                           \
+        gemv_block_norm<M, ROWS, EPI_PLAIN>(out, residual_out, in, eps, w, bias, n, k, groups);    \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_norm_glu_m##M##_block(         \
+        __nv_bfloat16* __restrict__ out, __nv_bfloat16* __restrict__ residual_out,                 \
+        const __nv_bfloat16* __restrict__ delta, const __nv_bfloat16* __restrict__ residual,       \
+        const __nv_bfloat16* __restrict__ gamma, float eps, const __nv_bfloat16* __restrict__ w,   \
+        u32 n, u32 k, u32 groups) {                                                                \
+        const Input in = {nullptr, reinterpret_cast<const uint4*>(delta),                          \
+                          reinterpret_cast<const uint4*>(residual),                                \
+                          reinterpret_cast<const uint4*>(gamma), k / 8};                           \
+        gemv_block_norm<M, ROWS, EPI_GLU>(out, residual_out, in, eps, w, nullptr, n, k, groups);   \
+    }
+GEMV_BLOCK_NORM(1, 4)
+GEMV_BLOCK_NORM(2, 4)
+GEMV_BLOCK_NORM(3, 2)
+GEMV_BLOCK_NORM(4, 2)
+GEMV_BLOCK_NORM(5, 2)
+GEMV_BLOCK_NORM(6, 2)
+GEMV_BLOCK_NORM(7, 2)
+GEMV_BLOCK_NORM(8, 2)
+
 // Entry points, one per token count (the accumulators live in registers, so M is a template
 // argument); 2 rows per warp (4 at M = 1, for more loads in flight):
 //   gemv_m{M}           y = x · Wᵀ (+ bias)

@@ -18,6 +18,13 @@
 //! gives the warp-per-rows split too few blocks for the GPU's SMs, each warp walking its rows
 //! one round trip after another; those launches take the split-K entry points instead
 //! ([`SplitK`]), where a block's eight warps share the rows and divide k.
+//!
+//! On large matrices the per-warp norm prologue is itself a cost: every warp of Llama-3.2-1B's
+//! gate/up (4096 of them at one token) reads the residual stream, the delta and gamma through
+//! L2 and sums squares before its first product. [`NormPrologue::PerBlock`] computes the norm
+//! once per block into shared memory instead, in `rms_norm`'s own order (bit for bit the
+//! unfused kernels), and lets a warp stream several row groups; `kernel_bench` times both
+//! against cuBLAS with the separate norm and SiLU·mul kernels. Not yet measured on a GPU.
 
 use std::sync::Arc;
 
@@ -53,6 +60,22 @@ pub enum SplitK {
     Always,
 }
 
+/// Where [`Gemv::forward_norm`] computes the RMSNorm of its input (not the split-K launches,
+/// whose block already shares it, nor [`Gemv::forward_norm_rope`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormPrologue {
+    /// Every warp normalizes the input for itself (`gemv_norm*_m*`): no barrier, but every warp
+    /// reads the residual stream, the delta and gamma (12 KB at k = 2048) through L2 and sums
+    /// squares before its first product. The default: what the engine has measured.
+    PerWarp,
+    /// Once per block, into shared memory (`gemv_norm*_m*_block`), then each warp streams
+    /// `groups_per_warp` row groups one after another (0: as many as it takes for the grid to
+    /// fit one wave of resident blocks). Bit for bit `rms_norm` (or `fused_add_rms_norm`) then
+    /// [`Gemv::forward`]. Where it does not apply (rows longer than 8192, or split-K
+    /// launches that split k) the launch falls back to [`NormPrologue::PerWarp`].
+    PerBlock { groups_per_warp: usize },
+}
+
 /// Output features per warp for `m` tokens (`ROWS` of the kernel's entry points).
 fn rows_per_warp(m: usize) -> usize {
     if m == 1 {
@@ -62,6 +85,19 @@ fn rows_per_warp(m: usize) -> usize {
     }
 }
 
+/// Rows per warp of the `_block` entry points (`GEMV_BLOCK_NORM` in the kernel).
+fn block_rows_per_warp(m: usize) -> usize {
+    if m <= 2 {
+        4
+    } else {
+        2
+    }
+}
+
+/// Longest row (16-byte chunks) the `_block` entry points normalize: rms_norm's threads for
+/// it (4 chunks each) must fit in the GEMV's block.
+const BLOCK_NORM_MAX_CHUNKS: usize = 4 * THREADS as usize;
+
 /// The compiled kernels, one per token count and variant.
 #[derive(Debug, Clone)]
 pub struct Gemv {
@@ -70,8 +106,10 @@ pub struct Gemv {
     norm_glu: Vec<CudaFunction>,   // ... and the SiLU·mul epilogue
     norm_rope: Vec<CudaFunction>,  // the RMSNorm prologue and the rotary + cache epilogue
     split: [Vec<CudaFunction>; 4], // the four again, split-K (`_split`)
+    block: [Vec<CudaFunction>; 2], // norm and norm_glu with the norm once per block (`_block`)
     num_sms: usize,
     split_k: SplitK,
+    norm_prologue: NormPrologue,
 }
 
 /// The RMSNorm before a projection, as `fused_add_rms_norm` (or `rms_norm` for the first
@@ -109,6 +147,20 @@ pub enum Epilogue {
     SiluAndMul,
 }
 
+/// The `_block` kernels (index m - 1) allowed the shared memory their longest rows need:
+/// m tokens of 8192 bf16 (128 KB at 8 tokens), past the 48 KB a launch gets by default.
+fn with_shared(functions: Vec<CudaFunction>) -> Result<Vec<CudaFunction>> {
+    use cudarc::driver::sys::CUfunction_attribute as A;
+    for (i, f) in functions.iter().enumerate() {
+        let bytes = (i + 1) * BLOCK_NORM_MAX_CHUNKS * 16;
+        f.set_attribute(
+            A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            bytes as i32,
+        )?;
+    }
+    Ok(functions)
+}
+
 impl Gemv {
     pub(crate) fn load(module: &Arc<CudaModule>, num_sms: usize) -> Result<Self> {
         let load = |prefix: &str, suffix: &str| {
@@ -127,9 +179,25 @@ impl Gemv {
                 load("gemv_norm_glu", "_split")?,
                 load("gemv_norm_rope", "_split")?,
             ],
+            block: [
+                with_shared(load("gemv_norm", "_block")?)?,
+                with_shared(load("gemv_norm_glu", "_block")?)?,
+            ],
             num_sms,
             split_k: SplitK::Auto,
+            norm_prologue: NormPrologue::PerWarp,
         })
+    }
+
+    /// The same kernels with the norm prologue computed per warp or per block.
+    pub fn with_norm_prologue(mut self, norm_prologue: NormPrologue) -> Self {
+        self.norm_prologue = norm_prologue;
+        self
+    }
+
+    /// The norm prologue [`Gemv::forward_norm`] uses where it applies.
+    pub fn norm_prologue(&self) -> NormPrologue {
+        self.norm_prologue
     }
 
     /// Whether [`Gemv::forward_norm_rope`] is worth its launch for `num_tokens` rows through a
@@ -359,6 +427,77 @@ impl Gemv {
             _ => rows / 2, // (gate, up) or rotary pairs
         };
         let split = self.splits(width, per_group, k);
+        // The norm once per block: its own launch.
+        if let NormPrologue::PerBlock { groups_per_warp } = self.norm_prologue {
+            let shared = num_tokens * k * 2; // the tokens' normed input, bf16
+            if rope.is_none() && !split && k / 8 <= BLOCK_NORM_MAX_CHUNKS {
+                let per_group = match epilogue {
+                    Epilogue::Plain => block_rows_per_warp(num_tokens),
+                    Epilogue::SiluAndMul => block_rows_per_warp(num_tokens) / 2,
+                };
+                let function = match epilogue {
+                    Epilogue::Plain => &self.block[0][num_tokens - 1],
+                    Epilogue::SiluAndMul => &self.block[1][num_tokens - 1],
+                };
+                let warps = THREADS as usize / 32;
+                let groups = width.div_ceil(per_group);
+                let groups_per_warp = match groups_per_warp {
+                    0 => {
+                        // One wave: every block resident at once, each SM's share streamed by
+                        // the warps it holds.
+                        let per_sm = function
+                            .occupancy_max_active_blocks_per_multiprocessor(THREADS, shared, None)?
+                            .max(1) as usize;
+                        groups.div_ceil(warps * per_sm * self.num_sms)
+                    }
+                    g => g,
+                };
+                let cfg = LaunchConfig {
+                    grid_dim: (
+                        to_u32(K, "blocks", groups.div_ceil(warps * groups_per_warp))?,
+                        1,
+                        1,
+                    ),
+                    block_dim: (THREADS, 1, 1),
+                    shared_mem_bytes: to_u32(K, "shared memory", shared)?,
+                };
+                let (n32, k32) = (to_u32(K, "n", n)?, to_u32(K, "k", k)?);
+                let g32 = to_u32(K, "groups per warp", groups_per_warp)?;
+                let null: u64 = 0;
+                let mut launch = Launch::new(stream, function);
+                launch.arg(out);
+                match residual_out {
+                    Some(r) => launch.arg(r),
+                    None => launch.arg(&null),
+                };
+                match input.delta {
+                    Some(d) => launch.arg(d),
+                    None => launch.arg(&null),
+                };
+                launch
+                    .arg(input.residual)
+                    .arg(input.gamma)
+                    .arg(&input.eps)
+                    .arg(weight);
+                if epilogue == Epilogue::Plain {
+                    match bias {
+                        Some(b) => launch.arg(b),
+                        None => launch.arg(&null),
+                    };
+                }
+                launch.arg(&n32).arg(&k32).arg(&g32);
+                // SAFETY: the arguments follow gemv_norm_m*_block (out, residual_out or null,
+                // delta or null, residual, gamma, float eps, w, bias or null, u32 n, u32 k, u32
+                // groups) or gemv_norm_glu_m*_block (the same without bias); every length was
+                // checked above against num_tokens, k and n, operands are 16-byte aligned,
+                // residual_out is given whenever delta is, k / 8 <= 4 x THREADS (the norm's
+                // threads fit the block) and the dynamic shared memory is num_tokens · k bf16,
+                // within the default limit; the grid covers width / per_group row groups of
+                // groups_per_warp per warp, and the kernel clamps rows to n.
+                unsafe { launch.launch(cfg) }?;
+                return Ok(());
+            }
+        }
         // Split-K: a block per row group; otherwise a row group per warp.
         let features_per_block = per_group * if split { 1 } else { THREADS as usize / 32 };
         let cfg = LaunchConfig {

@@ -78,20 +78,41 @@ fn gemv_refuses_what_it_cannot_do() {
 /// differ only where the norm's 1/rms differs in its last bit (its sum of squares is added in
 /// another order), far below bf16 noise: relative L2 ≤ 1e-3 (a missed token, row or chunk,
 /// or a wrong gate/up pairing, gives errors near 1; unwritten outputs stay NaN).
+///
+/// The norm once per block ([`NormPrologue::PerBlock`]) adds its squares in `rms_norm`'s own
+/// order, so its output must equal the unfused one bit for bit; it runs with one row group per
+/// warp, with two (the next group's loads before the current group's reduction) and with the
+/// one-wave grid. Shapes: the two norm-fed projections of SmolLM2-135M and Llama-3.2-1B (qkv,
+/// gate/up), the 1B shape's LM head behind its final norm, the longest row the per-block norm
+/// takes (k = 8192: 256 norm threads) and rows whose norm threads are not a power of two.
 #[test]
 fn fused_norm_gemv_matches_the_unfused_kernels() {
-    use kernels::gemv::{Epilogue, NormInput};
+    use kernels::gemv::{Epilogue, NormInput, NormPrologue};
     let Some(gpu) = gpu_or_skip() else { return };
     let (s, k_) = (&gpu.stream, &gpu.kernels);
     let mut rng = Rng::fresh("gemv_norm");
     let eps = 1e-5f32;
-    // (n, k, epilogue): SmolLM2's qkv and gate/up, Llama-3.2-1B's qkv and gate/up, ragged.
+    // (per-warp or per-block norm, split-K): the unfused reference runs the same split.
+    let warp = NormPrologue::PerWarp;
+    let block = |groups_per_warp| NormPrologue::PerBlock { groups_per_warp };
+    let variants = [
+        (warp, SplitK::Never),
+        (warp, SplitK::Always),
+        (block(1), SplitK::Never),
+        (block(2), SplitK::Never),
+        (block(0), SplitK::Never),
+    ];
+    // (n, k, epilogue): SmolLM2's qkv and gate/up, Llama-3.2-1B's qkv, o-sized and gate/up
+    // and LM head, rows of 8192, ragged (k = 4104: 160 norm threads).
     for (n, k, epilogue) in [
         (960, 576, Epilogue::Plain),
         (3072, 576, Epilogue::SiluAndMul),
         (3072, 2048, Epilogue::Plain),
         (2048, 2048, Epilogue::Plain),
         (16384, 2048, Epilogue::SiluAndMul),
+        (128256, 2048, Epilogue::Plain),
+        (1030, 8192, Epilogue::SiluAndMul),
+        (131, 4104, Epilogue::Plain),
         (17, 8, Epilogue::Plain),
         (34, 16, Epilogue::SiluAndMul),
     ] {
@@ -107,11 +128,15 @@ fn fused_norm_gemv_matches_the_unfused_kernels() {
         for m in 1..=MAX_TOKENS {
             let residual = s.clone_htod(&rng.bf16s(m * k, 1.0)).unwrap();
             let delta = s.clone_htod(&rng.bf16s(m * k, 1.0)).unwrap();
-            for (with_delta, split) in [false, true]
+            for (with_delta, (prologue, split)) in [false, true]
                 .into_iter()
-                .flat_map(|d| [SplitK::Never, SplitK::Always].map(|m| (d, m)))
+                .flat_map(|d| variants.map(|v| (d, v)))
             {
-                let gemv = k_.gemv.clone().with_split_k(split);
+                let gemv = k_
+                    .gemv
+                    .clone()
+                    .with_split_k(split)
+                    .with_norm_prologue(prologue);
                 // Unfused.
                 let mut x = s.clone_htod(&s.clone_dtoh(&delta).unwrap()).unwrap();
                 let mut r = s.clone_htod(&s.clone_dtoh(&residual).unwrap()).unwrap();
@@ -165,11 +190,28 @@ fn fused_norm_gemv_matches_the_unfused_kernels() {
                     m,
                 )
                 .unwrap();
-                let what =
-                    format!("gemv_norm {epilogue:?} [{m}, {k}] x [{n}, {k}]^T, delta {with_delta}, split-K {split:?}");
+                let what = format!(
+                    "gemv_norm {epilogue:?} [{m}, {k}] x [{n}, {k}]^T, delta {with_delta}, \
+                     split-K {split:?}, norm {prologue:?}"
+                );
                 let got = s.clone_dtoh(&out).unwrap();
-                let want = to_f64(&s.clone_dtoh(&want).unwrap());
-                assert_close(&what, &got, &want, 1e-3);
+                let want_bf16 = s.clone_dtoh(&want).unwrap();
+                let want = to_f64(&want_bf16);
+                if prologue == warp {
+                    assert_close(&what, &got, &want, 1e-3);
+                } else {
+                    // Bit for bit (unwritten outputs are NaN and differ from any value).
+                    let differ = (got.iter().zip(&want_bf16))
+                        .filter(|(a, b)| a.to_bits() != b.to_bits())
+                        .count();
+                    assert!(
+                        differ == 0,
+                        "{what}: {differ} of {} outputs differ from the unfused kernels \
+                         (relative L2 {:e})",
+                        got.len(),
+                        common::rel_l2(&to_f64(&got), &want)
+                    );
+                }
                 if with_delta {
                     let (got_r, want_r) =
                         (s.clone_dtoh(&r_out).unwrap(), s.clone_dtoh(&r).unwrap());
