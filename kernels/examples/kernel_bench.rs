@@ -11,7 +11,7 @@
 
 use anyhow::{bail, Result};
 use kernels::cudarc::driver::CudaSlice;
-use kernels::gemv::SplitK;
+use kernels::gemv::{Epilogue, NormInput, NormPrologue, SplitK};
 use kernels::linear::Linear;
 use kernels::paged_attention::{rings, DecodeShape, PagedAttention, SplitKWorkspace, SplitMerge};
 use kernels::prefill_attention::{PrefillShape, BLOCK_MS};
@@ -153,6 +153,167 @@ impl DecodeInputs {
     }
 }
 
+/// One shape and token count of [`fused_norm_gemv`]: microseconds per launch sequence, by name.
+struct FusedRow {
+    what: &'static str,
+    n: usize,
+    k: usize,
+    tokens: usize,
+    times: Vec<(String, f64)>,
+}
+
+/// The norm + projection (+ SiLU·mul) in one GEMV launch against what it replaces, each timed
+/// inside a CUDA graph of 50 back-to-back repetitions (as a decode step runs them), weights
+/// read from HBM (copies cycled as for the GEMV rows above), µs per repetition:
+/// - `fused, per-warp norm`: `Gemv::forward_norm` as the engine runs it today (every warp
+///   normalizes its input; split-K where the engine's rule splits);
+/// - `fused, per-block norm, G groups`: the norm once per block, each warp streaming G row
+///   groups (`one wave`: G from the occupancy, every block resident at once);
+/// - `cuBLAS + norm (+ SiLU)`: `fused_add_rms_norm`, the cuBLAS GEMM, and for gate/up
+///   `silu_and_mul`: the three launches the fused one replaces when the engine takes cuBLAS.
+///
+/// Shapes: Llama-3.2-1B's qkv [3072, 2048] and gate/up [16384, 2048] (the two norm-fed
+/// projections of a layer) and the LM head [128256, 2048] behind the final norm (the engine
+/// does not fuse that one yet). Percent of copy in the table counts the weights only.
+fn fused_norm_gemv(gpu: &Gpu, copy_gb_s: f64) -> Result<Vec<FusedRow>> {
+    const BACK_TO_BACK: usize = 50;
+    const L2_BYTES: usize = 50 << 20;
+    let (s, k_) = (&gpu.stream, &gpu.kernels);
+    let lin = Linear::new(s, 8)?;
+    let block = |groups_per_warp| NormPrologue::PerBlock { groups_per_warp };
+    let variants = [
+        ("fused, per-warp norm", NormPrologue::PerWarp),
+        ("fused, per-block norm, G 1", block(1)),
+        ("fused, per-block norm, G 2", block(2)),
+        ("fused, per-block norm, one wave", block(0)),
+    ];
+    let mut rows = Vec::new();
+    for (what, n, k, epilogue) in [
+        ("1B qkv", 3072usize, 2048usize, Epilogue::Plain),
+        ("1B gate/up", 16384, 2048, Epilogue::SiluAndMul),
+        ("1B LM head", 128256, 2048, Epilogue::Plain),
+    ] {
+        let copies = (2 * L2_BYTES).div_ceil(n * k * 2);
+        let ws = (0..copies)
+            .map(|c| random_bf16(s, n * k, 40 + c as u64))
+            .collect::<Result<Vec<_>, _>>()?;
+        let gamma = random_bf16(s, k, 39)?;
+        let width = if epilogue == Epilogue::Plain {
+            n
+        } else {
+            n / 2
+        };
+        for m in [1usize, 2, 4, 8] {
+            let delta = random_bf16(s, m * k, 41)?;
+            let residual = random_bf16(s, m * k, 42)?;
+            let mut r_out = uninit_bf16(s, m * k)?;
+            let mut out = uninit_bf16(s, m * width)?;
+            let mut times = Vec::new();
+            for (name, prologue) in variants {
+                let g = k_.gemv.clone().with_norm_prologue(prologue);
+                let mut i = 0;
+                let us = 1e3
+                    * graph_ms(gpu, BACK_TO_BACK, || {
+                        i += 1;
+                        let (dv, rv, gv) = (delta.as_view(), residual.as_view(), gamma.as_view());
+                        let input = NormInput {
+                            delta: Some(&dv),
+                            residual: &rv,
+                            gamma: &gv,
+                            eps: 1e-5,
+                        };
+                        Ok(g.forward_norm(
+                            s,
+                            &mut out.as_view_mut(),
+                            Some(&mut r_out.as_view_mut()),
+                            &input,
+                            &ws[i % copies].as_view(),
+                            None,
+                            epilogue,
+                            m,
+                        )?)
+                    })?;
+                times.push((name.to_string(), us));
+            }
+            // Unfused: the norm in place (x becomes the normed input, r the new stream), the
+            // GEMM, then SiLU·mul for gate/up.
+            let mut x = random_bf16(s, m * k, 43)?;
+            let mut r = random_bf16(s, m * k, 44)?;
+            let mut y = uninit_bf16(s, m * n)?;
+            let mut i = 0;
+            let us = 1e3
+                * graph_ms(gpu, BACK_TO_BACK, || {
+                    i += 1;
+                    k_.rms_norm.fused_add_rms_norm(
+                        s,
+                        &mut x.as_view_mut(),
+                        &mut r.as_view_mut(),
+                        &gamma.as_view(),
+                        1e-5,
+                    )?;
+                    lin.forward(
+                        &mut y.as_view_mut(),
+                        &x.as_view(),
+                        &ws[i % copies].as_view(),
+                        None,
+                        m,
+                    )?;
+                    if epilogue == Epilogue::SiluAndMul {
+                        k_.silu_and_mul
+                            .silu_and_mul(s, &mut out.as_view_mut(), &y.as_view(), m)?;
+                    }
+                    Ok(())
+                })?;
+            let name = if epilogue == Epilogue::Plain {
+                "cuBLAS + norm"
+            } else {
+                "cuBLAS + norm + SiLU"
+            };
+            times.push((name.to_string(), us));
+            for (name, us) in &times {
+                let pct = 100.0 * (n * k * 2) as f64 / (us * 1e-6) / 1e9 / copy_gb_s;
+                println!("{what:<12} {m} tok  {name:<32} {us:>9.1} us  {pct:>5.1}% of copy");
+            }
+            rows.push(FusedRow {
+                what,
+                n,
+                k,
+                tokens: m,
+                times,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// The fused-versus-unfused rows as one table: µs and percent of the copy bandwidth (weights
+/// only), one column per variant.
+fn print_fused_table(rows: &[FusedRow], copy_gb_s: f64) {
+    let Some(first) = rows.first() else { return };
+    println!("\nnorm + projection (+ SiLU·mul) inside a CUDA graph, µs (% of copy, weights only):");
+    let names: Vec<&str> = first.times.iter().map(|(n, _)| n.as_str()).collect();
+    println!("| weights | tokens | {} |", names.join(" | "));
+    println!("| --- | ---: |{}", " ---: |".repeat(names.len()));
+    for r in rows {
+        let cells: Vec<String> = r
+            .times
+            .iter()
+            .map(|(_, us)| {
+                let pct = 100.0 * (r.n * r.k * 2) as f64 / (us * 1e-6) / 1e9 / copy_gb_s;
+                format!("{us:.1} ({pct:.0}%)")
+            })
+            .collect();
+        println!(
+            "| {} [{}, {}] | {} | {} |",
+            r.what,
+            r.n,
+            r.k,
+            r.tokens,
+            cells.join(" | ")
+        );
+    }
+}
+
 fn main() -> Result<()> {
     let gpu = match Gpu::open(0) {
         Ok(g) => g,
@@ -258,6 +419,24 @@ fn main() -> Result<()> {
         }
     }
     drop(lin);
+
+    // The norm (+ SiLU·mul) fused into the GEMV against what it replaces, at Llama-3.2-1B's
+    // norm-fed shapes and 1/2/4/8 tokens (its own table at the end). A failure here is printed,
+    // not fatal: the rest of the bench still runs.
+    let copy_gb_s = ceilings.copy_gb_s;
+    let fused = match fused_norm_gemv(&gpu, copy_gb_s) {
+        Ok(rows) => rows,
+        Err(e) => {
+            println!("fused norm + GEMV rows failed: {e:#}");
+            Vec::new()
+        }
+    };
+    for f in &fused {
+        for (name, us) in &f.times {
+            let size = format!("[{}, {k}] x [{}, {k}]^T", f.tokens, f.n, k = f.k);
+            push(name, size, us * 1e-3, (f.n * f.k * 2) as f64);
+        }
+    }
 
     // RMSNorm: 32768 tokens x 4096 (the size gpu.md's naive figure used).
     let (t, h) = (32768usize, 4096usize);
@@ -502,6 +681,7 @@ fn main() -> Result<()> {
             r.kernel, r.size, r.ms, r.gbs, pct
         );
     }
+    print_fused_table(&fused, copy_gb_s);
     println!("\n| kernel | size | ms | TFLOP/s | of bf16 GEMM ({BF16_GEMM_TFLOPS:.0}) |");
     println!("| --- | --- | ---: | ---: | ---: |");
     for (kernel, size, ms, tf) in &flop_rows {
