@@ -3,7 +3,8 @@
 //!
 //! # Map
 //! ```text
-//! cuda/*.cu ──include_str!──► compile.rs (NVRTC, sm_90) ──PTX──► Kernels::load (one module per file)
+//! cuda/*.cu ──include_str!──► compile.rs (NVRTC, sm_90) ──CUBIN──► Kernels::load (one module per file)
+//!                                  └─ kernel_cache.rs: the CUBINs of earlier runs, on disk
 //!
 //! one step of a decoder layer, as the engine will call it:
 //!   embedding.rs          ids ─► hidden states
@@ -39,6 +40,7 @@ pub mod copy_rows;
 pub mod embedding;
 pub mod error;
 pub mod gemv;
+pub mod kernel_cache;
 pub mod launch;
 pub mod linear;
 pub mod nccl;
@@ -79,8 +81,9 @@ pub fn gpu_available() -> Result<()> {
 /// Head sizes the attention kernels (decode and prefill) are instantiated for.
 pub const HEAD_DIMS: [usize; 2] = [64, 128];
 
-/// The oldest GPU generation the kernels run on: they are compiled to PTX for sm_90 (Hopper;
-/// `cp.async`, bf16 `mma.sync`), which newer GPUs can JIT but older ones cannot run.
+/// The oldest GPU generation the kernels run on: they use sm_90's instructions (Hopper;
+/// `cp.async`, bf16 `mma.sync`, programmatic dependent launch) and are compiled at start-up
+/// for the GPU found, which must be this one or newer.
 pub const MIN_COMPUTE_CAPABILITY: (i32, i32) = (9, 0);
 
 /// Checks that GPU `ordinal` exists and is new enough for the kernels ([`MIN_COMPUTE_CAPABILITY`]).
@@ -136,7 +139,8 @@ pub struct Kernels {
 
 impl Kernels {
     /// Compiles every `.cu` file, in parallel (NVRTC takes 0.05-0.3 s per file, and seconds for
-    /// paged_attention's ten instantiations on a slow CPU), and loads them.
+    /// paged_attention's instantiations on a slow CPU), or takes them from the kernel cache,
+    /// and loads them.
     pub fn load(ctx: &Arc<CudaContext>) -> Result<Self> {
         const SOURCES: [(&str, &str); 11] = [
             (embedding::FILE, embedding::SOURCE),
@@ -151,10 +155,16 @@ impl Kernels {
             (gemv::FILE, gemv::SOURCE),
             (qkv_rotary_cache::FILE, qkv_rotary_cache::SOURCE),
         ];
+        use cudarc::driver::sys::CUdevice_attribute as A;
+        let arch = compile::arch((
+            ctx.attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
+            ctx.attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
+        ));
+        let arch = arch.as_str();
         let ptx = std::thread::scope(|s| {
             let jobs: Vec<_> = SOURCES
                 .iter()
-                .map(|&(file, src)| s.spawn(move || compile::compile(file, src)))
+                .map(|&(file, src)| s.spawn(move || compile::compile(file, src, arch)))
                 .collect();
             jobs.into_iter()
                 .map(|j| j.join().expect("NVRTC compile thread panicked"))
