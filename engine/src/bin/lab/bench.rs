@@ -109,6 +109,26 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // The kernels' pool first (this thread steps the engine), before anything uses rayon.
     args.model.set_threads()?;
     let gpu = roofline::measure(device)?; // before the engine takes the GPU's memory
+    anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
+    let transformers = match &args.transformers {
+        None => None,
+        Some(python) => {
+            anyhow::ensure!(
+                gpu.is_none(),
+                "--transformers compares on the CPU; on a GPU, scripts/gpu-bench.sh runs \
+                 transformers beside `lab bench`"
+            );
+            let dir = (args.transformers_model.clone())
+                .unwrap_or_else(|| std::path::PathBuf::from(&args.model.model));
+            Some(transformers::Transformers::new(
+                python.clone(),
+                args.transformers_script.clone(),
+                dir,
+                args.runs,
+                rayon::current_num_threads(),
+            )?)
+        }
+    };
     config.scheduler.max_num_batched_tokens = config.scheduler.max_num_batched_tokens.max(1024);
     let model = args.model.load()?;
     let c = model.config.clone();
