@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use half::bf16;
 use kernels::cudarc::driver::sys::CUevent_flags;
 use kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream};
-use kernels::gemv::{Epilogue, Gemv, NormInput, RotaryCache};
+use kernels::gemv::{Epilogue, Gemv, NormInput, NormPrologue, RotaryCache};
 use kernels::nccl::NcclRank;
 use kernels::paged_attention::{max_partitions, DecodeShape, SplitKWorkspace};
 use kernels::prefill_attention::PrefillShape;
@@ -56,19 +56,98 @@ const GEMV_MAX_TOKENS: usize = 4;
 /// of that shape's projections (H200, 2026-11-29, weights read from HBM: qkv 5.8 µs against
 /// 6.1, o_proj 4.1 against 5.7, gate/up 18.7 against 18.0, down 10.2 against 12.7, LM head
 /// 118 against 125), and it takes the norm and SiLU·mul kernels with it (batch-1 decode
-/// 1.31 → 1.23 ms/token in the same run).
+/// 1.31 → 1.23 ms/token in the same run). `LAB_GEMV_MAX_WEIGHTS` overrides it ([`GemvRule`]).
 const GEMV_MAX_WEIGHTS: usize = 1 << 22;
 
-/// Whether a projection of `tokens` rows through `w` `[n, k]` runs on the GEMV.
-fn use_gemv(tokens: usize, w: &CudaTensor) -> bool {
-    tokens <= GEMV_MAX_TOKENS
-        && (tokens == 1 || w.rows * w.cols < GEMV_MAX_WEIGHTS)
-        && Gemv::supports(tokens, w.cols)
+/// Which projections of a decode batch run on the GEMV rather than cuBLAS, and how the fused
+/// GEMV computes its RMSNorm prologue. The defaults are the rule above; each can be overridden
+/// by an environment variable, read once when the backend opens, so that one build can be run
+/// both ways in one call on the GPU machine (A/B):
+/// - `LAB_GEMV_MAX_WEIGHTS=<elements>`: the GEMV takes 2-4 tokens through weights of fewer
+///   elements than this (default [`GEMV_MAX_WEIGHTS`], 4194304); above it, cuBLAS with the
+///   separate norm and SiLU·mul kernels.
+/// - `LAB_GEMV_MAX_WEIGHTS_M1=<elements>`: the same limit for one token (default none: one
+///   token takes the GEMV at every size; `0` sends every projection to cuBLAS).
+/// - `LAB_GEMV_NORM=warp|block|block:<G>`: where the fused GEMV normalizes its input
+///   ([`NormPrologue`]): in every warp (default, what has been measured), or once per block
+///   with a one-wave grid (`block`) or G row groups per warp (`block:G`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct GemvRule {
+    /// Weights (elements) the GEMV takes at one token: fewer than this.
+    max_weights_one_token: usize,
+    /// The same at 2..=[`GEMV_MAX_TOKENS`] tokens.
+    max_weights: usize,
+    norm_prologue: NormPrologue,
+}
+
+impl Default for GemvRule {
+    fn default() -> Self {
+        GemvRule {
+            max_weights_one_token: usize::MAX,
+            max_weights: GEMV_MAX_WEIGHTS,
+            norm_prologue: NormPrologue::PerWarp,
+        }
+    }
+}
+
+impl GemvRule {
+    /// The rule with what `var` (the environment, or a test's map) overrides; a value that
+    /// does not parse is an error naming the variable.
+    fn from_vars(var: impl Fn(&str) -> Option<String>) -> std::result::Result<Self, String> {
+        let mut rule = GemvRule::default();
+        let elements = |name: &str| -> std::result::Result<Option<usize>, String> {
+            var(name)
+                .map(|v| {
+                    v.trim()
+                        .parse::<usize>()
+                        .map_err(|_| format!("{name}={v}: expected a number of weight elements"))
+                })
+                .transpose()
+        };
+        if let Some(n) = elements("LAB_GEMV_MAX_WEIGHTS")? {
+            rule.max_weights = n;
+        }
+        if let Some(n) = elements("LAB_GEMV_MAX_WEIGHTS_M1")? {
+            rule.max_weights_one_token = n;
+        }
+        if let Some(v) = var("LAB_GEMV_NORM") {
+            let bad =
+                || format!("LAB_GEMV_NORM={v}: expected warp, block or block:<groups per warp>");
+            rule.norm_prologue = match v.trim() {
+                "warp" => NormPrologue::PerWarp,
+                "block" => NormPrologue::PerBlock { groups_per_warp: 0 },
+                other => match other.strip_prefix("block:").map(str::parse::<usize>) {
+                    Some(Ok(g)) if g > 0 => NormPrologue::PerBlock { groups_per_warp: g },
+                    _ => return Err(bad()),
+                },
+            };
+        }
+        Ok(rule)
+    }
+
+    /// Whether a projection of `tokens` rows through `w` `[n, k]` runs on the GEMV.
+    fn takes(&self, tokens: usize, w: &CudaTensor) -> bool {
+        self.takes_shape(tokens, w.rows, w.cols)
+    }
+
+    /// [`GemvRule::takes`] for a weight of `rows` × `cols`.
+    fn takes_shape(&self, tokens: usize, rows: usize, cols: usize) -> bool {
+        let limit = if tokens == 1 {
+            self.max_weights_one_token
+        } else {
+            self.max_weights
+        };
+        tokens <= GEMV_MAX_TOKENS && rows * cols < limit && Gemv::supports(tokens, cols)
+    }
 }
 
 /// Runs the model on GPU `ordinal`.
 pub struct CudaBackend {
     gpu: Gpu,
+    /// The GEMV, with the norm prologue `gemv_rule` asks for.
+    gemv: Gemv,
+    /// Which projections take the GEMV ([`GemvRule`]: defaults, or the environment's).
+    gemv_rule: GemvRule,
     linear: kernels::linear::Linear,
     split_k: Mutex<SplitKWorkspace>,
     /// Where every op's output comes from (no allocation per op once warm).
@@ -122,7 +201,23 @@ impl CudaBackend {
         let gpu = Gpu::open(ordinal).map_err(kernel("open the GPU"))?;
         let linear = kernels::linear::Linear::new(&gpu.stream, 1).map_err(kernel("cuBLAS"))?;
         let split_k = SplitKWorkspace::new(&gpu.stream, 1, 1).map_err(kernel("workspace"))?;
+        let gemv_rule = GemvRule::from_vars(|name| std::env::var(name).ok()).map_err(|e| {
+            BackendError::Device {
+                backend: "cuda",
+                op: "reading the GEMV settings (LAB_GEMV_*)",
+                source: e.into(),
+            }
+        })?;
+        if gemv_rule != GemvRule::default() {
+            tracing::info!(?gemv_rule, "GEMV rule from the environment");
+        }
         Ok(CudaBackend {
+            gemv: gpu
+                .kernels
+                .gemv
+                .clone()
+                .with_norm_prologue(gemv_rule.norm_prologue),
+            gemv_rule,
             linear,
             split_k: Mutex::new(split_k),
             activations: CachingAllocator::new(gpu.stream.clone(), cuda_allocator::UNLIMITED),
@@ -379,7 +474,7 @@ impl CudaBackend {
         rope: Option<RotaryCacheArgs<'_>>,
     ) -> Result<Option<CudaTensor>> {
         let (t, hidden) = (residual.rows, residual.cols);
-        if !use_gemv(t, f.w) {
+        if !self.gemv_rule.takes(t, f.w) {
             return Ok(None);
         }
         let _span = self.op_scope(f.op);
@@ -429,7 +524,7 @@ impl CudaBackend {
                 gamma: &gv,
                 eps: f.eps,
             };
-            let gemv = &self.gpu.kernels.gemv;
+            let gemv = &self.gemv;
             match rope {
                 None => gemv.forward_norm(
                     &self.gpu.stream,
@@ -670,8 +765,8 @@ impl Backend for CudaBackend {
         // plain stream of the weights that starts loading them while the previous kernel
         // finishes (programmatic dependent launch, kernels/src/launch.rs). cuBLAS otherwise.
         let stream = &self.gpu.stream;
-        let result = if use_gemv(x.rows, w) {
-            let gemv = &self.gpu.kernels.gemv;
+        let result = if self.gemv_rule.takes(x.rows, w) {
+            let gemv = &self.gemv;
             gemv.forward(stream, &mut y, &xv, &wv, bias.as_ref(), x.rows)
         } else {
             self.linear.forward(&mut y, &xv, &wv, bias.as_ref(), x.rows)
@@ -1014,7 +1109,7 @@ impl Backend for CudaBackend {
             value_cache: &mut *value_cache,
             step,
         };
-        let (t, gemv) = (residual.rows, &self.gpu.kernels.gemv);
+        let (t, gemv) = (residual.rows, &self.gemv);
         if gemv.fuses_rotary(t, w.rows, w.cols) {
             if let Some(q) = self.norm_gemv(&fused, delta.as_ref(), residual, Some(rope))? {
                 return Ok(q);
@@ -1211,4 +1306,69 @@ impl Backend for CudaBackend {
 
 fn poisoned() -> BackendError {
     BackendError::shape("cuda backend", "a previous step panicked holding a lock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(vars: &[(&str, &str)]) -> std::result::Result<GemvRule, String> {
+        GemvRule::from_vars(|name| {
+            vars.iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn gemv_rule_defaults_to_the_measured_rule() {
+        let r = rule(&[]).unwrap();
+        assert_eq!(r, GemvRule::default());
+        // Llama-3.2-1B: gate/up [16384, 2048] on the GEMV at one token, cuBLAS at 2-4 and 8;
+        // its qkv [3072, 2048] (6.3M elements) likewise; SmolLM2's gate/up [3072, 576] always.
+        assert!(r.takes_shape(1, 16384, 2048) && r.takes_shape(1, 128256, 2048));
+        assert!(!r.takes_shape(2, 16384, 2048) && !r.takes_shape(4, 3072, 2048));
+        assert!(r.takes_shape(4, 3072, 576) && !r.takes_shape(5, 3072, 576));
+        assert_eq!(r.norm_prologue, NormPrologue::PerWarp);
+    }
+
+    #[test]
+    fn gemv_rule_follows_the_environment() {
+        let r = rule(&[
+            ("LAB_GEMV_MAX_WEIGHTS", "1000000000"),
+            ("LAB_GEMV_NORM", "block:2"),
+        ])
+        .unwrap();
+        assert!(r.takes_shape(4, 16384, 2048) && r.takes_shape(2, 128256, 2048));
+        assert!(
+            !r.takes_shape(8, 16384, 2048),
+            "past GEMV_MAX_TOKENS: cuBLAS"
+        );
+        assert_eq!(
+            r.norm_prologue,
+            NormPrologue::PerBlock { groups_per_warp: 2 }
+        );
+        let r = rule(&[("LAB_GEMV_MAX_WEIGHTS_M1", "0"), ("LAB_GEMV_NORM", "block")]).unwrap();
+        assert!(!r.takes_shape(1, 16, 576), "0: every projection on cuBLAS");
+        assert_eq!(
+            r.norm_prologue,
+            NormPrologue::PerBlock { groups_per_warp: 0 }
+        );
+        let r = rule(&[("LAB_GEMV_MAX_WEIGHTS_M1", "4194304")]).unwrap();
+        assert!(r.takes_shape(1, 3072, 576) && !r.takes_shape(1, 2048, 2048));
+    }
+
+    #[test]
+    fn gemv_rule_refuses_what_does_not_parse() {
+        for (name, value) in [
+            ("LAB_GEMV_MAX_WEIGHTS", "4M"),
+            ("LAB_GEMV_MAX_WEIGHTS_M1", "-1"),
+            ("LAB_GEMV_NORM", "blocks"),
+            ("LAB_GEMV_NORM", "block:0"),
+            ("LAB_GEMV_NORM", "block:x"),
+        ] {
+            let e = rule(&[(name, value)]).unwrap_err();
+            assert!(e.starts_with(&format!("{name}={value}:")), "{e}");
+        }
+    }
 }
