@@ -2,6 +2,7 @@
 //! flat row-major buffers with the shape written on every argument, so the two can be
 //! compared element by element.
 pub mod activation;
+pub mod attention_simd;
 pub mod cache_ops;
 pub mod linear;
 pub mod paged_attention;
