@@ -69,8 +69,10 @@ const GEMV_MAX_WEIGHTS: usize = 1 << 22;
 /// - `LAB_GEMV_MAX_WEIGHTS_M1=<elements>`: the same limit for one token (default none: one
 ///   token takes the GEMV at every size; `0` sends every projection to cuBLAS).
 /// - `LAB_GEMV_NORM=warp|block|block:<G>`: where the fused GEMV normalizes its input
-///   ([`NormPrologue`]): in every warp (default, what has been measured), or once per block
-///   with a one-wave grid (`block`) or G row groups per warp (`block:G`).
+///   ([`NormPrologue`]) for weights of at least [`GEMV_MAX_WEIGHTS`] elements (Llama-3.2-1B's
+///   gate/up; smaller ones, all of SmolLM2's, keep the per-warp norm, so that shape is the
+///   A/B's control): in every warp (default, what has been measured), or once per block with
+///   a one-wave grid (`block`) or G row groups per warp (`block:G`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct GemvRule {
     /// Weights (elements) the GEMV takes at one token: fewer than this.
@@ -144,8 +146,9 @@ impl GemvRule {
 /// Runs the model on GPU `ordinal`.
 pub struct CudaBackend {
     gpu: Gpu,
-    /// The GEMV, with the norm prologue `gemv_rule` asks for.
-    gemv: Gemv,
+    /// The GEMV for weights of at least [`GEMV_MAX_WEIGHTS`] elements, with the norm
+    /// prologue `gemv_rule` asks for (smaller ones take `gpu.kernels.gemv`).
+    gemv_large: Gemv,
     /// Which projections take the GEMV ([`GemvRule`]: defaults, or the environment's).
     gemv_rule: GemvRule,
     linear: kernels::linear::Linear,
@@ -212,7 +215,7 @@ impl CudaBackend {
             tracing::info!(?gemv_rule, "GEMV rule from the environment");
         }
         Ok(CudaBackend {
-            gemv: gpu
+            gemv_large: gpu
                 .kernels
                 .gemv
                 .clone()
@@ -524,7 +527,11 @@ impl CudaBackend {
                 gamma: &gv,
                 eps: f.eps,
             };
-            let gemv = &self.gemv;
+            let gemv = if f.w.rows * f.w.cols >= GEMV_MAX_WEIGHTS {
+                &self.gemv_large
+            } else {
+                &self.gpu.kernels.gemv
+            };
             match rope {
                 None => gemv.forward_norm(
                     &self.gpu.stream,
@@ -766,7 +773,7 @@ impl Backend for CudaBackend {
         // finishes (programmatic dependent launch, kernels/src/launch.rs). cuBLAS otherwise.
         let stream = &self.gpu.stream;
         let result = if self.gemv_rule.takes(x.rows, w) {
-            let gemv = &self.gemv;
+            let gemv = &self.gpu.kernels.gemv;
             gemv.forward(stream, &mut y, &xv, &wv, bias.as_ref(), x.rows)
         } else {
             self.linear.forward(&mut y, &xv, &wv, bias.as_ref(), x.rows)
@@ -1109,7 +1116,7 @@ impl Backend for CudaBackend {
             value_cache: &mut *value_cache,
             step,
         };
-        let (t, gemv) = (residual.rows, &self.gemv);
+        let (t, gemv) = (residual.rows, &self.gpu.kernels.gemv);
         if gemv.fuses_rotary(t, w.rows, w.cols) {
             if let Some(q) = self.norm_gemv(&fused, delta.as_ref(), residual, Some(rope))? {
                 return Ok(q);
