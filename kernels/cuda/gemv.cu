@@ -79,12 +79,16 @@ __device__ __forceinline__ f32x8 stream_chunk(const Input& in, int t, u32 c) {
     return s;
 }
 
-// Chunk c of the stream s, normalized: bf16(gamma * bf16(s * inv_rms)).
-__device__ __forceinline__ f32x8 normed_chunk(f32x8 s, const Input& in, u32 c, float inv_rms) {
-    const f32x8 g = unpack8(__ldg(in.gamma + c));
+// A chunk s of the stream normalized with the chunk g of gamma: bf16(g * bf16(s * inv_rms)).
+__device__ __forceinline__ uint4 normed(f32x8 s, const f32x8& g, float inv_rms) {
 #pragma unroll
     for (int i = 0; i < 8; i++) s.v[i] = g.v[i] * __bfloat162float(__float2bfloat16(s.v[i] * inv_rms));
-    return unpack8(pack8(s));  // the norm's output is bf16
+    return pack8(s);  // the norm's output is bf16
+}
+
+// Chunk c of the stream s, normalized.
+__device__ __forceinline__ f32x8 normed_chunk(f32x8 s, const Input& in, u32 c, float inv_rms) {
+    return unpack8(normed(s, unpack8(__ldg(in.gamma + c)), inv_rms));
 }
 
 template <bool NORM>
@@ -405,11 +409,19 @@ __device__ __forceinline__ void gemv_block_norm(
         return f0;
     };
 
-    // The first group's first chunks, before waiting for the previous kernel (as in `gemv`).
+    // The first group's first chunks, before waiting for the previous kernel (as in `gemv`),
+    // and the chunks of gamma this thread normalizes (chunks tid, tid + 256, ...; a weight too).
     uint4 wraw[UNROLL][ROWS];
     u32 rows[ROWS];
     u32 f0 = group_rows(0, rows);
     if (f0 < width) load_chunks<ROWS, 32>(wraw, w, rows, lane, k, chunks);
+    constexpr int GAMMA = 4;  // chunks <= 4 x GEMV_THREADS
+    uint4 gamma[GAMMA];
+#pragma unroll
+    for (int j = 0; j < GAMMA; j++) {
+        const u32 c = threadIdx.x + j * GEMV_THREADS;
+        if (c < chunks) gamma[j] = __ldg(in.gamma + c);
+    }
     wait_for_previous_kernel();
     allow_next_kernel();
 
@@ -445,10 +457,15 @@ __device__ __forceinline__ void gemv_block_norm(
         for (u32 v = 0; v < T / 32; v++) total += s_part[t][v];
         inv_rms[t] = rsqrtf(total / k + eps);
     }
-    for (u32 c = threadIdx.x; c < chunks; c += GEMV_THREADS)
 #pragma unroll
-        for (int t = 0; t < M; t++)
-            s_x[t * chunks + c] = pack8(normed_chunk(unpack8(s_x[t * chunks + c]), in, c, inv_rms[t]));
+    for (int j = 0; j < GAMMA; j++) {
+        const u32 c = threadIdx.x + j * GEMV_THREADS;
+        if (c < chunks) {
+            const f32x8 g = unpack8(gamma[j]);
+#pragma unroll
+            for (int t = 0; t < M; t++) s_x[t * chunks + c] = normed(unpack8(s_x[t * chunks + c]), g, inv_rms[t]);
+        }
+    }
     __syncthreads();
 
     for (u32 g = 0; g < groups && f0 < width; g++) {
