@@ -174,7 +174,9 @@ struct FusedRow {
 ///
 /// Shapes: Llama-3.2-1B's qkv [3072, 2048] and gate/up [16384, 2048] (the two norm-fed
 /// projections of a layer) and the LM head [128256, 2048] behind the final norm (the engine
-/// does not fuse that one yet). Percent of copy in the table counts the weights only.
+/// does not fuse that one yet); and SmolLM2-135M's gate/up [3072, 576], where the engine
+/// keeps the per-warp norm (a launch of a few µs: latency, not bytes), to see what the
+/// per-block norm's barriers cost there. Percent of copy counts the weights only.
 fn fused_norm_gemv(gpu: &Gpu, copy_gb_s: f64) -> Result<Vec<FusedRow>> {
     const BACK_TO_BACK: usize = 50;
     const L2_BYTES: usize = 50 << 20;
@@ -192,6 +194,7 @@ fn fused_norm_gemv(gpu: &Gpu, copy_gb_s: f64) -> Result<Vec<FusedRow>> {
         ("1B qkv", 3072usize, 2048usize, Epilogue::Plain),
         ("1B gate/up", 16384, 2048, Epilogue::SiluAndMul),
         ("1B LM head", 128256, 2048, Epilogue::Plain),
+        ("135M gate/up", 3072, 576, Epilogue::SiluAndMul),
     ] {
         let copies = (2 * L2_BYTES).div_ceil(n * k * 2);
         let ws = (0..copies)
