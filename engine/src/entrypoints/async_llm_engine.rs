@@ -210,6 +210,18 @@ struct EngineLoop {
     left: Vec<String>,
     /// Requests whose receiver was gone when the last step's tokens were sent.
     gone: Vec<SeqId>,
+    /// Requests the engine finished on their length while their handler still listens: a stop
+    /// string the handler finds in the last tokens makes it a stop after all (its abort then
+    /// comes after the finish). Kept until the handler has let go of its receiver.
+    finished_by_length: HashMap<SeqId, Listener>,
+}
+
+/// A finished request's handler, as [`EngineLoop::finished_by_length`] sees it.
+struct Listener {
+    outputs: mpsc::UnboundedSender<EngineOutput>,
+    /// Its receiver was found dropped in the last pass: any abort it sent before has been
+    /// handled by the next, so the entry can go then.
+    closed: bool,
 }
 
 impl EngineLoop {
@@ -221,6 +233,7 @@ impl EngineLoop {
             live: HashMap::new(),
             left: Vec::new(),
             gone: Vec::new(),
+            finished_by_length: HashMap::new(),
         };
         this.update_gauges();
         this
@@ -240,6 +253,7 @@ impl EngineLoop {
             while let Ok(command) = commands.try_recv() {
                 self.handle(command);
             }
+            self.forget_finished();
             self.abort_gone();
             if !self.engine.has_unfinished_requests() {
                 self.update_gauges();
@@ -267,6 +281,14 @@ impl EngineLoop {
             Command::Abort(ids, reason) => {
                 for id in ids {
                     let Some(live) = self.live.remove(&id) else {
+                        // Finished on its length before the handler's stop string came.
+                        if reason == AbortReason::StopString
+                            && self.finished_by_length.remove(&id).is_some()
+                        {
+                            let mut m = lock(&self.shared.metrics);
+                            m.requests_length -= 1;
+                            m.requests_stop += 1;
+                        }
                         continue;
                     };
                     let _span = tracing::info_span!("abort_request", seq = id.0, ?reason).entered();
@@ -350,6 +372,13 @@ impl EngineLoop {
             let reason = out.finish_reason;
             left.push(format!("{} ({})", out.request_id.0, reason.as_str()));
             if let Some(live) = self.live.remove(&out.request_id) {
+                if reason == FinishReason::Length {
+                    let listener = Listener {
+                        outputs: live.outputs.clone(),
+                        closed: false,
+                    };
+                    self.finished_by_length.insert(out.request_id, listener);
+                }
                 self.deliver(live, &out.token_ids, Some(reason), now);
             }
         }
@@ -385,17 +414,30 @@ impl EngineLoop {
         }
     }
 
-    /// Sends a finished request its last tokens and counts it.
+    /// Drops the requests of [`EngineLoop::finished_by_length`] whose handler had let go
+    /// already in the last pass, and marks those that have now.
+    fn forget_finished(&mut self) {
+        self.finished_by_length.retain(|_, l| {
+            let keep = !l.closed;
+            l.closed = l.outputs.is_closed();
+            keep
+        });
+    }
+
+    /// Sends a finished request its last tokens and counts it (before the tokens go, so that
+    /// a handler that sees them finds the count made).
     fn deliver(&self, mut live: Live, tokens: &[u32], reason: Option<FinishReason>, now: Instant) {
-        send_tokens(&mut live, tokens, reason, now, &self.shared);
-        let mut m = lock(&self.shared.metrics);
-        match reason {
-            Some(FinishReason::Stop) => m.requests_stop += 1,
-            Some(FinishReason::Length) => m.requests_length += 1,
-            None => {}
+        {
+            let mut m = lock(&self.shared.metrics);
+            match reason {
+                Some(FinishReason::Stop) => m.requests_stop += 1,
+                Some(FinishReason::Length) => m.requests_length += 1,
+                None => {}
+            }
+            m.e2e_request_latency
+                .observe(now.duration_since(live.arrival).as_secs_f64());
         }
-        m.e2e_request_latency
-            .observe(now.duration_since(live.arrival).as_secs_f64());
+        send_tokens(&mut live, tokens, reason, now, &self.shared);
     }
 
     fn update_gauges(&self) {

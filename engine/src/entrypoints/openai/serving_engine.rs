@@ -221,8 +221,9 @@ impl Generation {
             };
             if delta.finish_reason.is_some() {
                 self.unfinished -= 1;
-                if finish.is_none() {
-                    // Ended here, by a stop string: the engine can stop too.
+                if finish != Some(FinishReason::Stop) && delta.finish_reason == Some("stop") {
+                    // Ended here, by a stop string: the engine can stop too (or, if it has
+                    // just finished on its length, count it as a stop, as the client sees it).
                     let id = self.seq_ids[index];
                     self.engine.abort(vec![id], AbortReason::StopString);
                 }
