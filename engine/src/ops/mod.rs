@@ -4,6 +4,7 @@
 pub mod activation;
 pub mod attention_simd;
 pub mod cache_ops;
+pub mod expf;
 pub mod linear;
 pub mod paged_attention;
 pub mod rms_norm;

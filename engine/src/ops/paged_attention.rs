@@ -4,6 +4,7 @@
 use rayon::prelude::*;
 
 use super::attention_simd::{KeyRows, Simd};
+use super::expf::exp_in_place;
 use crate::attention::attention_metadata::AttentionMetadata;
 
 // ANCHOR: paged_attention
@@ -152,7 +153,8 @@ fn attend_run(
     for (i, sc) in scores.chunks_exact_mut(num_keys).enumerate() {
         let sc = &mut sc[..sees(i / group)];
         let max = max_of(sc);
-        sc.iter_mut().for_each(|v| *v = (*v - max).exp());
+        sc.iter_mut().for_each(|v| *v -= max);
+        exp_in_place(sc); // f32::exp's bits, several at a time
     }
     // 1 / Σ per row and head, each Σ in the order of the keys.
     inv.clear();
