@@ -22,6 +22,11 @@ use crate::kernel_cache;
 /// Included at the top of every kernel file (bf16 vector helpers, block reduction).
 const COMMON: &str = include_str!("../cuda/common.cuh");
 
+/// The oldest architecture the kernels are written for (Hopper: the H200/H100). The engine's
+/// kernels are compiled for the GPU found ([`arch`]); stage 4's exercises compile to PTX for
+/// this one, which the driver assembles for any GPU at least as new.
+pub const ARCH: &str = "sm_90";
+
 /// NVRTC's name of the real architecture with compute capability `(major, minor)`: a CUBIN
 /// runs only on its own architecture, so it is made for the GPU at hand (an sm_90 one would
 /// not load on a newer GPU, where PTX could still have been assembled).
