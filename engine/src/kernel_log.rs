@@ -22,7 +22,8 @@
 //! Nothing is recorded, and nothing costs more than the `tracing` macros' one atomic load per
 //! span, unless [`record`] is running on that thread: the subscriber is never installed
 //! globally. Spans opened on other threads (rayon's workers) are not seen; the backends open
-//! theirs on the thread that calls the op.
+//! theirs on the thread that calls the op, which is seen whether or not it is itself one of
+//! rayon's workers (as `lab` makes the stepping thread: [`crate::backend::cpu_thread_pool`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
