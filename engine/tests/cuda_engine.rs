@@ -20,6 +20,18 @@ use common::gpu::gpu_or_skip;
 /// spread over a few units, and bf16 carries ~3 significant digits through 3 layers.
 const NOISE_MARGIN: f32 = 0.05;
 
+/// The tests that step engines take this lock, one at a time. tracing's interest in a callsite
+/// is process-wide: with an engine stepping on another test thread and no subscriber there,
+/// `cuda_per_op_device_times_reach_a_listening_subscriber` saw no per-op times at all (H200,
+/// 2026-11-29: it failed in a parallel run of this file and passed alone and with
+/// `--test-threads=1`, which is how `scripts/gpu-check.sh` runs it).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    // A test that panicked while holding it says nothing about the next one.
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn config(head_dim: usize) -> ModelConfig {
     let mut c = tiny_config();
     c.head_dim = head_dim;
@@ -149,11 +161,13 @@ fn check_head_dim(head_dim: usize) {
 
 #[test]
 fn cuda_engine_matches_cpu_at_head_dim_64() {
+    let _serial = serial();
     check_head_dim(64);
 }
 
 #[test]
 fn cuda_engine_matches_cpu_at_head_dim_128() {
+    let _serial = serial();
     check_head_dim(128);
 }
 
@@ -161,6 +175,7 @@ fn cuda_engine_matches_cpu_at_head_dim_128() {
 /// one batch size keeps giving right answers while contexts grow.
 #[test]
 fn cuda_graph_runs_are_repeatable() {
+    let _serial = serial();
     if !gpu_or_skip() {
         return;
     }
@@ -215,6 +230,7 @@ impl tracing::Subscriber for DeviceTimes {
 /// with CUDA graphs and no listener.
 #[test]
 fn cuda_per_op_device_times_reach_a_listening_subscriber() {
+    let _serial = serial();
     if !gpu_or_skip() {
         return;
     }
@@ -263,6 +279,7 @@ fn cuda_per_op_device_times_reach_a_listening_subscriber() {
 /// to bf16 before adding, one more rounding than one GPU).
 #[test]
 fn cuda_tensor_and_pipeline_parallel_match_cpu() {
+    let _serial = serial();
     if !gpu_or_skip() {
         return;
     }
@@ -330,6 +347,7 @@ fn cuda_without_gpu_is_a_one_line_error() {
 /// and `--device auto` runs it on the CPU even where a GPU is present.
 #[test]
 fn unsupported_shapes_are_refused_up_front_and_auto_falls_back_to_the_cpu() {
+    let _serial = serial();
     use engine::backend::cuda_backend::CudaBackend;
     let why = CudaBackend::supports(&tiny_config()).unwrap_err();
     assert!(why.contains("head sizes") && why.contains("16"), "{why}");
