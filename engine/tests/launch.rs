@@ -194,10 +194,15 @@ fn wait_at_most(child: &mut Child, limit: Duration) -> Option<(i32, String)> {
     None
 }
 
-/// A generation long enough to be running when a rank is stopped: 3 × 3000 steps, one
-/// request at a time (seconds, where stopping a rank takes 1.5 s).
+/// A generation long enough to be running when a rank is stopped: 24 × 3000 steps, one
+/// request at a time (tens of seconds, where stopping a rank takes 1.5 s). Three requests were
+/// too few once the CPU engine got faster: a clean-clone CI run (2026-11-29) saw ranks 0 and 1
+/// finish all 9000 steps before rank 2 was killed, and exit 0.
 fn long_run(split: &[&str], model: &[&str], timeout_secs: &str) -> Vec<String> {
     let mut args = generate_args(model, split, 3000);
+    for i in 0..21 {
+        args.extend(["--prompt".into(), format!("More work, request {i}")]);
+    }
     args.extend(["--collective-timeout".into(), timeout_secs.into()]);
     args.extend(["--max-num-seqs".into(), "1".into()]);
     args
