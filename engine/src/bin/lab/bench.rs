@@ -26,6 +26,7 @@ use rayon::prelude::*;
 use crate::serving_bench::ServingArgs;
 use crate::ModelArgs;
 
+pub mod llama_cpp;
 pub mod roofline;
 pub mod transformers;
 
@@ -75,8 +76,25 @@ pub struct BenchArgs {
     /// Where `bench_transformers.py` is (default: the repository's scripts/).
     #[arg(long, value_name = "PATH")]
     transformers_script: Option<std::path::PathBuf>,
-    /// Rounds of the whole bench; with --transformers each round is ours then theirs (A B A B),
-    /// and each round's ratio is printed.
+    /// Time a prebuilt llama.cpp (npm's node-llama-cpp) on the batch-1 workloads, in the same
+    /// run, with this node binary: `scripts/bench_llama_cpp.mjs` runs after each round of ours
+    /// (and transformers'), on the same GGUF, and the table gains its tok/s and our ratio to
+    /// it. CPU only; --model must be a .gguf or a fetched model (or see --llama-cpp-model).
+    #[arg(long, value_name = "NODE")]
+    llama_cpp: Option<std::path::PathBuf>,
+    /// Where `bench_llama_cpp.mjs` is (default: the repository's scripts/).
+    #[arg(long, value_name = "PATH")]
+    llama_cpp_script: Option<std::path::PathBuf>,
+    /// The directory where `npm i node-llama-cpp` ran (default: node's own resolution from
+    /// the script's directory).
+    #[arg(long, value_name = "DIR")]
+    llama_cpp_package: Option<std::path::PathBuf>,
+    /// The GGUF llama.cpp loads (default: the one our engine computes from). llama.cpp needs
+    /// the file's tokenizer metadata, which our engine does not read.
+    #[arg(long, value_name = "PATH")]
+    llama_cpp_model: Option<std::path::PathBuf>,
+    /// Rounds of the whole bench; with --transformers or --llama-cpp each round is ours then
+    /// theirs (A B A B), and each round's ratio is printed.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
 }
@@ -129,9 +147,38 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             )?)
         }
     };
+    let llama_script = match &args.llama_cpp {
+        None => None,
+        Some(node) => {
+            anyhow::ensure!(gpu.is_none(), "--llama-cpp compares on the CPU only");
+            Some(llama_cpp::check_before_load(
+                node,
+                args.llama_cpp_script.clone(),
+                args.llama_cpp_package.as_deref(),
+                &args.model.model,
+                args.llama_cpp_model.as_deref(),
+            )?)
+        }
+    };
     config.scheduler.max_num_batched_tokens = config.scheduler.max_num_batched_tokens.max(1024);
     let model = args.model.load()?;
     let c = model.config.clone();
+    let llama = match (&args.llama_cpp, llama_script) {
+        (Some(node), Some(script)) => Some(llama_cpp::LlamaCpp {
+            node: node.clone(),
+            script,
+            package: args.llama_cpp_package.clone(),
+            gguf: llama_cpp::choose_gguf(
+                &args.model.model,
+                args.llama_cpp_model.as_deref(),
+                model.weights.gguf_path(),
+            )?,
+            reps: args.runs,
+            threads: rayon::current_num_threads(),
+            vocab: c.vocab_size,
+        }),
+        _ => None,
+    };
     // On the CPU a model converted from a GGUF computes from its Q8_0/Q4_1 blocks: a decode
     // step streams those bytes, not 4 per weight.
     let blocks = match (&gpu, model.weights.gguf_path()) {
@@ -140,6 +187,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         )?),
         _ => None,
     };
+    if let Some(l) = &llama {
+        l.check()?;
+    }
     let mut engine = LLMEngine::new(model, config)?;
 
     let weight_params = weight_params(&c);
@@ -230,14 +280,24 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     };
 
     let mut json_rows = Vec::new();
+    let mut llama_build = None;
     for round in 1..=args.rounds {
         let rows = measure(&mut engine)?;
         // transformers runs after ours, in the same round: A B A B over the rounds.
         let theirs = transformers.as_ref().map(|t| t.run()).transpose()?;
+        let llamas = llama.as_ref().map(|l| l.run()).transpose()?;
         if args.rounds > 1 {
             println!("round {round} of {}", args.rounds);
         }
-        print_rows(&rows, theirs.as_deref());
+        let mut baselines = Vec::new();
+        if let Some(t) = &theirs {
+            baselines.push(("transformers", "lab / tf", t.as_slice()));
+        }
+        if let Some(l) = &llamas {
+            llama_build = Some(l.build.clone());
+            baselines.push(("llama.cpp", "lab / llama", l.tokens_per_s.as_slice()));
+        }
+        print_rows(&rows, &baselines);
         for r in &rows {
             let mut row = serde_json::json!({
                 "workload": r.name,
@@ -251,6 +311,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             if let Some(t) = theirs_for(theirs.as_deref(), r.name) {
                 row["transformers_tokens_per_s"] = t.into();
+            }
+            let llama_tps = llamas.as_ref().map(|l| l.tokens_per_s.as_slice());
+            if let Some(t) = theirs_for(llama_tps, r.name) {
+                row["llama_cpp_tokens_per_s"] = t.into();
             }
             json_rows.push(row);
         }
@@ -275,20 +339,32 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             rayon::current_num_threads()
         );
     }
+    if let (Some(l), Some(build)) = (&llama, &llama_build) {
+        println!(
+            "(llama.cpp: {build} via scripts/bench_llama_cpp.mjs, batch 1 only, {} threads, on \
+             {}, the same prompt ids, after our runs in each round)",
+            l.threads,
+            l.gguf.display()
+        );
+    }
     if args.json {
         println!("{}", serde_json::to_string(&json_rows)?);
     }
     Ok(())
 }
 
-/// The results table; with transformers' tokens/s per workload, two more columns.
-fn print_rows(rows: &[Row], theirs: Option<&[(&str, f64)]>) {
+/// Another engine's tokens/s per workload: (its name, the ratio's header, the rates).
+type Baseline<'a> = (&'a str, &'a str, &'a [(&'static str, f64)]);
+
+/// The results table; for each baseline (transformers, llama.cpp), two more columns: its
+/// tokens/s and our ratio to it, blank where it did not run that workload.
+fn print_rows(rows: &[Row], baselines: &[Baseline]) {
     print!(
         "{:<18} {:>12} {:>12} {:>10}",
         "workload", "tokens/s", "ceiling", "of ceiling"
     );
-    if theirs.is_some() {
-        print!(" {:>13} {:>9}", "transformers", "lab / tf");
+    for (name, ratio, _) in baselines {
+        print!(" {name:>13} {ratio:>11}");
     }
     println!();
     for r in rows {
@@ -299,14 +375,17 @@ fn print_rows(rows: &[Row], theirs: Option<&[(&str, f64)]>) {
             r.ceiling,
             100.0 * r.tokens_per_s / r.ceiling
         );
-        if let Some(t) = theirs_for(theirs, r.name) {
-            print!(" {:>13.1} {:>8.2}×", t, r.tokens_per_s / t);
+        for (_, _, theirs) in baselines {
+            match theirs_for(Some(theirs), r.name) {
+                Some(t) => print!(" {:>13.1} {:>10.2}×", t, r.tokens_per_s / t),
+                None => print!(" {:>13} {:>11}", "", ""),
+            }
         }
         println!();
     }
 }
 
-/// transformers' tokens/s for one of our workloads, if it was run.
+/// A baseline's tokens/s for one of our workloads, if it was run.
 fn theirs_for(theirs: Option<&[(&str, f64)]>, name: &str) -> Option<f64> {
     theirs?.iter().find(|(n, _)| *n == name).map(|(_, t)| *t)
 }
