@@ -28,6 +28,7 @@ pub mod cuda_tensor;
 pub mod cuda_tensor_parallel;
 pub mod dtype;
 pub mod error;
+pub mod huge_pages;
 pub mod swap_blocks;
 
 pub use dtype::DType;

@@ -44,6 +44,8 @@ pub use packed_blocks::{BlockSlice, PackedBlocks};
 
 use rayon::prelude::*;
 
+use crate::backend::huge_pages::HugePageVec;
+
 /// Length of a `K` block: `NR × KC` floats of one panel (32 KB for AVX-512's 32 rows) stay in
 /// L1 while every token tile passes over them. A constant, never derived from the shapes: the
 /// chain of each output is the same whatever it is (see the module doc), and keeping it fixed
@@ -150,8 +152,8 @@ pub struct PackedWeight {
     pub n: usize,
     /// Input features.
     pub k: usize,
-    /// `[panels][k][nr]`, `panels = ceil(n / nr)`.
-    pub data: Vec<f32>,
+    /// `[panels][k][nr]`, `panels = ceil(n / nr)`, on huge pages (a decode step streams it).
+    pub data: HugePageVec<f32>,
 }
 
 impl PackedWeight {
@@ -160,7 +162,7 @@ impl PackedWeight {
         assert_eq!(weight.len(), n * k, "pack: weight is not {n}x{k}");
         let nr = isa.nr();
         let panels = n.div_ceil(nr);
-        let mut data = vec![0.0f32; panels * k * nr];
+        let mut data = HugePageVec::zeroed(panels * k * nr);
         data.par_chunks_mut((k * nr).max(1))
             .enumerate()
             .for_each(|(p, panel)| {

@@ -31,6 +31,7 @@
 use rayon::prelude::*;
 
 use super::{Isa, KC};
+use crate::backend::huge_pages::HugePageVec;
 use gguf_hf::dequant::GgmlType;
 
 /// Elements per quantized block (ggml's `QK8_0`, `QK4_1`).
@@ -50,11 +51,11 @@ pub struct PackedBlocks {
     /// Input features, a multiple of [`QK`].
     pub k: usize,
     /// `[panels][k / QK][nr]`: each block's scale `d`.
-    pub scales: Vec<f32>,
+    pub scales: HugePageVec<f32>,
     /// `[panels][k / QK][nr]`: each block's minimum `m` (Q4_1; empty for Q8_0).
-    pub mins: Vec<f32>,
+    pub mins: HugePageVec<f32>,
     /// Q8_0: `[panels][k][nr]`; Q4_1: `[panels][k / 2][nr]` (see the module doc).
-    pub quants: Vec<u8>,
+    pub quants: HugePageVec<u8>,
 }
 
 impl PackedBlocks {
@@ -86,12 +87,12 @@ impl PackedBlocks {
         let nr = isa.nr();
         let panels = n.div_ceil(nr);
         let q_per_row = if format == GgmlType::Q8_0 { k } else { k / 2 };
-        let mut scales = vec![0.0f32; panels * row_blocks * nr];
+        let mut scales = HugePageVec::zeroed(panels * row_blocks * nr);
         let mut mins = match format {
-            GgmlType::Q4_1 => vec![0.0f32; panels * row_blocks * nr],
-            _ => Vec::new(),
+            GgmlType::Q4_1 => HugePageVec::zeroed(panels * row_blocks * nr),
+            _ => HugePageVec::default(),
         };
-        let mut quants = vec![0u8; panels * q_per_row * nr];
+        let mut quants = HugePageVec::zeroed(panels * q_per_row * nr);
         for p in 0..panels {
             for j in 0..nr.min(n - p * nr) {
                 let row = &bytes[(p * nr + j) * row_blocks * bb..][..row_blocks * bb];
