@@ -392,6 +392,338 @@ __device__ __forceinline__ void paged_attention_reduce(
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Variant "mma, warp rings" (timed beside the default by kernel_bench; not launched by the
+// engine unless `PagedAttention::with_ring` picks it). Same grid, same partitions, same split-K
+// outputs, same online softmax in f32; two changes to what limits the default kernel, the
+// arithmetic between its three block barriers per tile:
+//
+//   1. No block barrier in the loop. Warp w owns rows w*WT .. w*WT + WT - 1 (WT = TT / 4
+//      tokens) of every tile: it copies them itself (cp.async), waits for its own copies
+//      (cp.async.wait_group + __syncwarp), and keeps its own running softmax (m, l) and
+//      accumulator over its tokens, like a split-K partition inside the block. The four
+//      warps' states are merged once, at the end (M = max m_w, l = sum e^(m_w - M) l_w, the
+//      same formula as the split-K merge). A warp waits only on its own bytes; its next
+//      copies are issued as soon as it (not the slowest warp) is done with a stage.
+//   2. Both products on tensor cores (mma.sync, bf16 in, f32 accumulate), with the GQA heads
+//      as one side of the mma, as FlashInfer does for grouped decode:
+//        q·k  S[heads x 8 tokens] += Q[heads x 16 dims] K^T[16 dims x 8 tokens]  (m16n8k16;
+//             heads fill rows 0..HEADS-1 of the 16, the rest are zero registers)
+//        p·V  O^T[16 dims x 8 heads] += V^T[16 dims x 8 tokens] P^T[8 tokens x 8 heads]
+//             (m16n8k8). The C fragment of q·k, c0/c1 = S[head g][tokens 2t, 2t+1], is
+//             exactly the B fragment of P^T, so p goes from one product to the next in
+//             registers, without shared memory.
+//      Per warp and 8 tokens at head size 128: 8 + 16 mma and 8 ldmatrix, against 36 shared
+//      loads, 256 FMAs and 64 conversions per thread per tile in the default kernel.
+//
+// Numerics. q·k: bf16 products are exact in f32, summed in f32 (q is not pre-scaled: the
+// scale multiplies the f32 score). p·V: p is split into two bf16s, p = hi + lo (|lo| <=
+// 2^-9 |p|), and both are multiplied, so the weights keep ~16 bits (f32 p in the default
+// kernel; one bf16 would round each weight by up to 2^-9). V is bf16, exact. Accumulation f32.
+//
+// Fragment layouts (PTX ISA, "Matrix Fragments for mma.m16n8k16 / m16n8k8"), g = lane / 4,
+// t = lane % 4:
+//   m16n8k16 A: reg0 = A[g][2t, 2t+1], reg1 = A[g+8][2t, 2t+1], reg2 = A[g][2t+8, +9],
+//               reg3 = A[g+8][2t+8, +9];  B: reg0 = B[2t, 2t+1][g], reg1 = B[2t+8, +9][g]
+//   m16n8k8  A: reg0 = A[g][2t, 2t+1], reg1 = A[g+8][2t, 2t+1];  B: reg0 = B[2t, 2t+1][g]
+//   C (both):   c0, c1 = C[g][2t, 2t+1], c2, c3 = C[g+8][2t, 2t+1]
+// ldmatrix.x4 (lane 8j + i gives row i of matrix j): lane (g, t) gets row g, columns 2t, 2t+1
+// of each matrix; with .trans, column g, rows 2t, 2t+1. A K or V row of the ring is one 8x8
+// matrix per 16-byte chunk (8 tokens x 8 dims), so for K (B = K^T, B[k][n] = K[token n][dim
+// k]) plain ldmatrix gives B registers, and for V (A = V^T, A[m][k] = V[token k][dim m])
+// ldmatrix.trans gives A registers. The ring keeps the default kernel's swizzle, so the 8
+// rows of a matrix (8 consecutive tokens, one chunk each) fall in 8 distinct bank groups.
+// ---------------------------------------------------------------------------------------------
+
+__device__ __forceinline__ void mma_bf16_16816(float c[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+__device__ __forceinline__ void mma_bf16_1688(float c[4], u32 a0, u32 a1, u32 b0) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k8.row.col.f32.bf16.bf16.f32 "
+        "{%0, %1, %2, %3}, {%4, %5}, {%6}, {%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(b0));
+}
+// "memory": the ring is written by cp.async and reused across __syncwarp; keep the loads on
+// their side of it.
+__device__ __forceinline__ void ldsm_x4(u32 r[4], const uint4* row) {
+    const u32 at = (u32)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(at) : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_trans(u32 r[4], const uint4* row) {
+    const u32 at = (u32)__cvta_generic_to_shared(row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(at) : "memory");
+}
+__device__ __forceinline__ u32 bf16x2_bits(__nv_bfloat162 v) { return *reinterpret_cast<u32*>(&v); }
+
+template <int D, int HEADS, int S, int TT>
+__device__ __forceinline__ void paged_attention_decode_mma(
+    __nv_bfloat16* __restrict__ out,                // [num_seqs, num_heads, head_dim]
+    float* __restrict__ tmp_out,                    // [num_seqs, num_heads, max_partitions, head_dim]
+    float* __restrict__ max_logits,                 // [num_seqs, num_heads, max_partitions]
+    float* __restrict__ exp_sums,                   // [num_seqs, num_heads, max_partitions]
+    const __nv_bfloat16* __restrict__ query,        // [num_seqs, num_heads, head_dim]
+    const __nv_bfloat16* __restrict__ key_cache,    // [num_blocks, block_size, num_kv_heads, head_dim]
+    const __nv_bfloat16* __restrict__ value_cache,  // [num_blocks, block_size, num_kv_heads, head_dim]
+    const u32* __restrict__ block_tables,           // [num_seqs, max_blocks_per_seq]
+    const u32* __restrict__ seq_lens,               // [num_seqs]
+    u32* __restrict__ tickets,                      // [num_seqs, head groups], 0 between launches; or null
+    float scale, u32 num_heads, u32 num_kv_heads, u32 block_size, u32 max_blocks_per_seq,
+    u32 min_partition) {
+    using R = Ring<D, S, TT>;
+    constexpr int CHUNKS = R::CHUNKS, STAGES = R::STAGES;
+    constexpr int WT = TT / NUM_WARPS;   // tokens of a tile this warp owns
+    constexpr int SUBS = WT / 8;         // 8-token column blocks of q·k (k blocks of p·V)
+    constexpr int KSTEPS = D / 16;       // q·k: 16-dim steps (m16n8k16)
+    constexpr int MTILES = D / 16;       // p·V: 16-dim row blocks of O^T (m16n8k8)
+    constexpr int COPIES = WT * CHUNKS / 32;  // 16-byte copies per lane per tile, K (and V)
+    static_assert(HEADS <= 8, "heads are rows 0..7 of the mma");
+    static_assert(WT % 8 == 0 && KSTEPS % 2 == 0 && MTILES % 2 == 0, "layout");
+    static_assert(WT * CHUNKS % 32 == 0, "whole copies per lane");
+    static_assert(NUM_WARPS * HEADS * D * 4 <= STAGES * R::STAGE_CHUNKS * 16, "merge fits the ring");
+
+    extern __shared__ uint4 s_ring[];               // [STAGES][K, V][TT][CHUNKS], swizzled
+    __shared__ u32 s_table[MAX_PARTITION + 1];
+    __shared__ float s_wm[NUM_WARPS][8], s_wl[NUM_WARPS][8];  // each warp's (m, l) per head
+
+    const u32 first_head = blockIdx.x * HEADS, seq = blockIdx.y, part = blockIdx.z;
+    const u32 kv_head = first_head / (num_heads / num_kv_heads);
+    const u32 seq_len = seq_lens[seq];
+    const u32 partition_size = partition_tokens(seq_len, gridDim.z, min_partition);
+    const u32 start = part * partition_size;
+    if (start >= seq_len) return;
+    const u32 end = min(start + partition_size, seq_len);
+    const u32 num_tiles = (end - start + TT - 1) / TT;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int g = lane / 4, t4 = lane % 4;
+
+    const u32 first_block = start / block_size;
+    const u32 num_entries = (end - 1) / block_size - first_block + 1;
+    const u32* table = block_tables + (size_t)seq * max_blocks_per_seq + first_block;
+    for (u32 i = threadIdx.x; i < num_entries; i += NUM_THREADS) s_table[i] = table[i];
+    __syncthreads();  // the only barrier before the merge
+
+    // This warp's rows of tile `tile`: a lane copies chunks lane, lane + 32, ... of them.
+    auto load_rows = [&](u32 tile, int stage) {
+        uint4* k_dst = s_ring + stage * R::STAGE_CHUNKS;
+        uint4* v_dst = k_dst + TT * CHUNKS;
+#pragma unroll
+        for (int i = 0; i < COPIES; i++) {
+            const int idx = i * 32 + lane;
+            const int r = warp * WT + idx / CHUNKS, c = idx % CHUNKS;
+            const u32 tok = start + tile * TT + r;
+            const bool valid = tok < end;
+            size_t offset = 0;
+            if (valid) {
+                const u32 block = s_table[tok / block_size - first_block];
+                const size_t row = ((size_t)block * block_size + tok % block_size) * num_kv_heads + kv_head;
+                offset = row * D + c * 8;
+            }
+            const int slot = r * CHUNKS + swizzle(r, c);
+            cp_async16(k_dst + slot, key_cache + offset, valid);
+            cp_async16(v_dst + slot, value_cache + offset, valid);
+        }
+    };
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+        if (s < num_tiles) load_rows(s, s);
+        cp_async_commit();
+    }
+
+    // q as the A operand of q·k: row g = head first_head + g (zero past HEADS), bf16 as stored.
+    u32 qa[KSTEPS][2];  // [k step][dims 2t.. , dims 2t+8..]
+    {
+        const __nv_bfloat16* q_row = query + ((size_t)seq * num_heads + first_head + g) * D;
+#pragma unroll
+        for (int ks = 0; ks < KSTEPS; ks++)
+#pragma unroll
+            for (int half = 0; half < 2; half++) {
+                __nv_bfloat162 v = __floats2bfloat162_rn(0.0f, 0.0f);
+                if (g < HEADS) {
+                    v.x = q_row[ks * 16 + half * 8 + 2 * t4];
+                    v.y = q_row[ks * 16 + half * 8 + 2 * t4 + 1];
+                }
+                qa[ks][half] = bf16x2_bits(v);
+            }
+    }
+
+    // This lane's softmax state is head g's (the same on the 4 lanes of a quad; l is the
+    // lane's own share, summed over the quad at the end). acc[mt]: O^T rows (dims) mt*16 + g
+    // and + 8, columns (heads) 2t and 2t + 1.
+    float m_run = -INFINITY, l_run = 0.0f;
+    float acc[MTILES][4];
+#pragma unroll
+    for (int mt = 0; mt < MTILES; mt++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[mt][i] = 0.0f;
+
+    // ldmatrix addresses: lane 8j + i names row i of matrix j; the matrices are chunks.
+    const int lrow = lane % 8, lmat = lane / 8;
+
+    for (u32 t = 0; t < num_tiles; t++) {
+        cp_async_wait<STAGES - 2>();  // this lane's copies of tile t have landed
+        __syncwarp();                 // the warp's have; and its reads of tile t - 1 are done
+        if (t + STAGES - 1 < num_tiles) load_rows(t + STAGES - 1, (t + STAGES - 1) % STAGES);
+        cp_async_commit();
+        const u32 first_tok = start + t * TT + warp * WT;
+        if (first_tok >= end) continue;  // warp-uniform: the tail tile has none of this warp's tokens
+        const uint4* k_s = s_ring + (t % STAGES) * R::STAGE_CHUNKS;
+        const uint4* v_s = k_s + TT * CHUNKS;
+
+        // q·k for this warp's WT tokens, 8 at a time.
+        float sc[SUBS][2];
+#pragma unroll
+        for (int u = 0; u < SUBS; u++) {
+            float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            const int r = warp * WT + u * 8 + lrow;
+#pragma unroll
+            for (int kk = 0; kk < KSTEPS / 2; kk++) {
+                u32 b[4];  // chunks 4kk .. 4kk+3 of 8 rows: B of k steps 2kk and 2kk + 1
+                ldsm_x4(b, k_s + r * CHUNKS + swizzle(r, 4 * kk + lmat));
+                mma_bf16_16816(c, qa[2 * kk][0], 0u, qa[2 * kk][1], 0u, b[0], b[1]);
+                mma_bf16_16816(c, qa[2 * kk + 1][0], 0u, qa[2 * kk + 1][1], 0u, b[2], b[3]);
+            }
+            // c0, c1: head g, tokens 2t, 2t+1 of the 8 (c2, c3: rows 8..15, padding).
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const u32 tok = first_tok + u * 8 + 2 * t4 + e;
+                sc[u][e] = tok < end ? c[e] * scale : -INFINITY;
+            }
+        }
+
+        // Online softmax over the warp's tokens of the tile: max over the quad's 4 lanes.
+        float mx = -INFINITY;
+#pragma unroll
+        for (int u = 0; u < SUBS; u++) mx = fmaxf(mx, fmaxf(sc[u][0], sc[u][1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m_run, mx);  // finite: the warp has a valid token here
+        const float corr = __expf(m_run - m_new);  // 0 on the warp's first tile
+        m_run = m_new;
+        u32 p_hi[SUBS], p_lo[SUBS];
+        float p_sum = 0.0f;
+#pragma unroll
+        for (int u = 0; u < SUBS; u++) {
+            const float p0 = __expf(sc[u][0] - m_new), p1 = __expf(sc[u][1] - m_new);
+            p_sum += p0 + p1;
+            const __nv_bfloat162 hi = __floats2bfloat162_rn(p0, p1);
+            const float2 hf = __bfloat1622float2(hi);
+            p_hi[u] = bf16x2_bits(hi);
+            p_lo[u] = bf16x2_bits(__floats2bfloat162_rn(p0 - hf.x, p1 - hf.y));
+        }
+        l_run = l_run * corr + p_sum;
+
+        // Rescale: this lane's accumulator columns are heads 2t and 2t + 1, whose factors
+        // live on lanes 8t (g = 2t) and 8t + 4 (g = 2t + 1).
+        const float corr0 = __shfl_sync(0xffffffffu, corr, 8 * t4);
+        const float corr1 = __shfl_sync(0xffffffffu, corr, 8 * t4 + 4);
+#pragma unroll
+        for (int mt = 0; mt < MTILES; mt++) {
+            acc[mt][0] *= corr0;
+            acc[mt][1] *= corr1;
+            acc[mt][2] *= corr0;
+            acc[mt][3] *= corr1;
+        }
+
+        // p·V: O^T[dims x heads] += V^T[dims x 8 tokens] P^T[8 tokens x heads].
+#pragma unroll
+        for (int u = 0; u < SUBS; u++) {
+            const int r = warp * WT + u * 8 + lrow;
+#pragma unroll
+            for (int mm = 0; mm < MTILES / 2; mm++) {
+                u32 a[4];  // chunks 4mm .. 4mm+3 transposed: A of row blocks 2mm and 2mm + 1
+                ldsm_x4_trans(a, v_s + r * CHUNKS + swizzle(r, 4 * mm + lmat));
+                mma_bf16_1688(acc[2 * mm], a[0], a[1], p_hi[u]);
+                mma_bf16_1688(acc[2 * mm + 1], a[2], a[3], p_hi[u]);
+                mma_bf16_1688(acc[2 * mm], a[0], a[1], p_lo[u]);
+                mma_bf16_1688(acc[2 * mm + 1], a[2], a[3], p_lo[u]);
+            }
+        }
+    }
+
+    // Merge the four warps' states through the idle ring: s_acc[warp][head][dim].
+    cp_async_wait<0>();
+    l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
+    l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
+    __syncthreads();  // every warp is done with the ring
+    float* s_acc = reinterpret_cast<float*>(s_ring);
+    if (t4 == 0) {
+        s_wm[warp][g] = m_run;  // -inf (and l = 0, acc = 0) for a warp that saw no token
+        s_wl[warp][g] = l_run;
+    }
+#pragma unroll
+    for (int e = 0; e < 2; e++) {
+        const int h = 2 * t4 + e;
+        if (h < HEADS) {
+            float* dst = s_acc + (warp * HEADS + h) * D;
+#pragma unroll
+            for (int mt = 0; mt < MTILES; mt++) {
+                dst[mt * 16 + g] = acc[mt][e];
+                dst[mt * 16 + g + 8] = acc[mt][2 + e];
+            }
+        }
+    }
+    __syncthreads();
+    const u32 num_partitions = gridDim.z;
+    for (int idx = threadIdx.x; idx < HEADS * D; idx += NUM_THREADS) {
+        const int h = idx / D, d = idx % D;
+        float big_m = -INFINITY;
+#pragma unroll
+        for (int w = 0; w < NUM_WARPS; w++) big_m = fmaxf(big_m, s_wm[w][h]);
+        float big_l = 0.0f, o = 0.0f;
+#pragma unroll
+        for (int w = 0; w < NUM_WARPS; w++) {
+            const float f = __expf(s_wm[w][h] - big_m);  // 0 for a warp without tokens
+            big_l += s_wl[w][h] * f;
+            o += s_acc[(w * HEADS + h) * D + d] * f;
+        }
+        const size_t head_row = (size_t)seq * num_heads + first_head + h;
+        if (num_partitions == 1) {
+            out[head_row * D + d] = __float2bfloat16(o / big_l);
+        } else {
+            const size_t p = head_row * num_partitions + part;
+            tmp_out[p * D + d] = o;
+            if (d == 0) {
+                max_logits[p] = big_m;
+                exp_sums[p] = big_l;
+            }
+        }
+    }
+    if (num_partitions == 1 || tickets == nullptr) return;
+
+    // Split-K merged by the last block: as in paged_attention_decode above.
+    __shared__ bool s_last;
+    const u32 used = (seq_len + partition_size - 1) / partition_size;
+    u32* ticket = tickets + (size_t)seq * gridDim.x + blockIdx.x;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(ticket, 1u) == used - 1;
+    __syncthreads();
+    if (!s_last) return;
+    if (threadIdx.x == 0) *ticket = 0;
+    for (int idx = threadIdx.x; idx < HEADS * D; idx += NUM_THREADS) {
+        const int h = idx / D, d = idx % D;
+        const size_t head_row = (size_t)seq * num_heads + first_head + h;
+        const size_t row0 = head_row * num_partitions;
+        float big_m = -INFINITY;
+        for (u32 p = 0; p < used; p++) big_m = fmaxf(big_m, __ldcg(max_logits + row0 + p));
+        float big_l = 0.0f, o = 0.0f;
+        for (u32 p = 0; p < used; p++) {
+            const float f = __expf(__ldcg(max_logits + row0 + p) - big_m);
+            big_l += __ldcg(exp_sums + row0 + p) * f;
+            o += __ldcg(tmp_out + (row0 + p) * D + d) * f;
+        }
+        out[head_row * D + d] = __float2bfloat16(o / big_l);
+    }
+}
+
 // The entry points NVRTC exports, one per (head size D, tile tokens T, ring stages S, query
 // heads per block H): paged_attention_decode_d{D}_t{T}_s{S}_h{H}. The Rust side picks H as the
 // largest of 8, 4, 3, 2, 1 that divides num_heads / num_kv_heads, the ring by head size
@@ -416,6 +748,21 @@ __device__ __forceinline__ void paged_attention_reduce(
     DECODE(D, T, S, 1) DECODE(D, T, S, 2) DECODE(D, T, S, 3) DECODE(D, T, S, 4) DECODE(D, T, S, 8)
 DECODE_HEADS(64, 64, 2) DECODE_HEADS(64, 64, 3) DECODE_HEADS(64, 32, 4)
 DECODE_HEADS(128, 32, 2) DECODE_HEADS(128, 32, 3)
+// The mma variant: paged_attention_decode_mma_d{D}_t{T}_s{S}_h{H}.
+#define DECODE_MMA(D, T, S, H)                                                                 \
+    extern "C" __global__ void __launch_bounds__(NUM_THREADS)                                  \
+        paged_attention_decode_mma_d##D##_t##T##_s##S##_h##H(DECODE_ARGS) {                    \
+        PDL_ENTRY();                                                                           \
+        paged_attention_decode_mma<D, H, S, T>(DECODE_NAMES);                                  \
+    }
+#define DECODE_MMA_HEADS(D, T, S)                                                              \
+    DECODE_MMA(D, T, S, 1) DECODE_MMA(D, T, S, 2) DECODE_MMA(D, T, S, 3) DECODE_MMA(D, T, S, 4) \
+        DECODE_MMA(D, T, S, 8)
+// Two tile sizes per head size, both 2 stages: 16 KB tiles as the default kernel's, and 32 KB
+// (twice the tokens per warp per round: half the waits, softmax reductions and rescales of
+// the accumulator per byte, at the price of resident blocks).
+DECODE_MMA_HEADS(64, 64, 2) DECODE_MMA_HEADS(64, 128, 2)
+DECODE_MMA_HEADS(128, 32, 2) DECODE_MMA_HEADS(128, 64, 2)
 #define REDUCE(D)                                                                              \
     extern "C" __global__ void paged_attention_reduce_d##D(                                    \
         __nv_bfloat16 *out, const float *tmp_out, const float *max_logits,                     \

@@ -505,11 +505,14 @@ fn main() -> Result<()> {
         (512, 1024, 32, 8, 64),
     ] {
         let mut inp = DecodeInputs::new(&gpu, seqs, ctx_len, nh, nkv, d, bs, &mut x)?;
-        // Every ring built for the head size, timed one after the other (the default first).
-        for &ring in rings(d) {
+        // Every ring built for the head size (both kernels), timed one after the other, the
+        // default first and once more last: A B C .. A shows how far the GPU drifted meanwhile.
+        let all = rings(d);
+        for (i, &ring) in all.iter().chain(all.first()).enumerate() {
             let pa = k.paged_attention.clone().with_ring(d, ring)?;
             let ms = time_ms(&gpu, || inp.run(&gpu, &pa, &mut ws))?;
-            let ring = format!(", {}-token tiles x {} stages", ring.tile, ring.stages);
+            let again = if i == all.len() { ", again" } else { "" };
+            let ring = format!(", {}{again}", ring.describe());
             let size = format!("{seqs} seqs x {ctx_len} tok, {nh}/{nkv} heads, d {d}{ring}");
             push("paged_attention decode", size, ms, inp.bytes as f64);
         }

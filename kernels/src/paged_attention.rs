@@ -10,7 +10,8 @@
 //!
 //! Inside a block, K/V tiles of 32 tokens stream into a ring of shared-memory buffers with
 //! `cp.async` while the block computes on an earlier tile (the kernel's header explains the
-//! layout); the ring is dynamic shared memory, sized by the head size.
+//! layout); the ring is dynamic shared memory, sized by the head size. A second kernel, the
+//! mma variant ([`DecodeKernel::MmaWarpRings`]), is built beside it for the bench to time.
 
 use crate::launch::Launch;
 use std::sync::Arc;
@@ -38,14 +39,76 @@ const THREADS: u32 = 128;
 const TILE: usize = 32;
 
 /// A decode kernel's ring of K/V tiles in shared memory: `stages` tiles of `tile` tokens
-/// (`Ring<D, S, TT>` in the kernel, which explains the choice).
+/// (`Ring<D, S, TT>` in the kernel, which explains the choice), and the kernel that walks it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Ring {
     pub tile: usize,
     pub stages: usize,
+    pub kernel: DecodeKernel,
+}
+
+/// The two decode kernels (`cuda/paged_attention.cu`): the same grid, partitions, split-K
+/// outputs and online softmax, different work inside a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DecodeKernel {
+    /// `paged_attention_decode`: the four warps share each tile (three block barriers per
+    /// tile), q·k and p·V on CUDA cores. The default.
+    Shared,
+    /// `paged_attention_decode_mma`: each warp copies, scores and accumulates its own rows of
+    /// every tile with its own running softmax (no block barrier until the final merge of
+    /// the four warps), q·k and p·V on tensor cores (`mma.sync`, f32 accumulation). Built so
+    /// that the bench times it beside the default; launched only when chosen with
+    /// [`PagedAttention::with_ring`].
+    MmaWarpRings,
+}
+
+impl DecodeKernel {
+    /// The kernels' name prefix.
+    fn prefix(self) -> &'static str {
+        match self {
+            DecodeKernel::Shared => "paged_attention_decode",
+            DecodeKernel::MmaWarpRings => "paged_attention_decode_mma",
+        }
+    }
+
+    /// A short label for tables (kernel_bench, test messages).
+    pub fn label(self) -> &'static str {
+        match self {
+            DecodeKernel::Shared => "shared tiles",
+            DecodeKernel::MmaWarpRings => "mma, warp rings",
+        }
+    }
 }
 
 impl Ring {
+    /// The default kernel's ring of `tile` tokens in `stages` stages.
+    const fn shared(tile: usize, stages: usize) -> Self {
+        Self {
+            tile,
+            stages,
+            kernel: DecodeKernel::Shared,
+        }
+    }
+
+    /// The mma variant's ring (each warp owns `tile / 4` rows of every stage).
+    const fn mma(tile: usize, stages: usize) -> Self {
+        Self {
+            tile,
+            stages,
+            kernel: DecodeKernel::MmaWarpRings,
+        }
+    }
+
+    /// `"32-token tiles x 2 stages, shared tiles"`: how tables name the ring.
+    pub fn describe(&self) -> String {
+        format!(
+            "{}-token tiles x {} stages, {}",
+            self.tile,
+            self.stages,
+            self.kernel.label()
+        )
+    }
+
     /// Dynamic shared memory of a launch: `stages` tiles of K rows and as many V rows of
     /// `head_dim` bf16. Past the 48 KB that a kernel gets by default, hence the opt-in at
     /// load time.
@@ -58,31 +121,21 @@ impl Ring {
 /// so that one bench run can time them side by side: [`PagedAttention::with_ring`]). Head size
 /// 64: 64-token tiles in 2 stages, 3 stages, and the 32-token tiles of 4 stages it used before;
 /// head size 128: 32-token tiles in 2 stages (79% of copy bandwidth on the H200 against 77%
-/// for 3, kernels/README.md) and 3.
+/// for 3, kernels/README.md) and 3. Then the mma variant ([`DecodeKernel::MmaWarpRings`],
+/// not yet timed on a GPU) in 2 stages of the default's tile (16 KB) and of twice that.
 pub fn rings(head_dim: usize) -> &'static [Ring] {
-    const D64: [Ring; 3] = [
-        Ring {
-            tile: 64,
-            stages: 2,
-        },
-        Ring {
-            tile: 64,
-            stages: 3,
-        },
-        Ring {
-            tile: 32,
-            stages: 4,
-        },
+    const D64: [Ring; 5] = [
+        Ring::shared(64, 2),
+        Ring::shared(64, 3),
+        Ring::shared(32, 4),
+        Ring::mma(64, 2),
+        Ring::mma(128, 2),
     ];
-    const D128: [Ring; 2] = [
-        Ring {
-            tile: 32,
-            stages: 2,
-        },
-        Ring {
-            tile: 32,
-            stages: 3,
-        },
+    const D128: [Ring; 4] = [
+        Ring::shared(32, 2),
+        Ring::shared(32, 3),
+        Ring::mma(32, 2),
+        Ring::mma(64, 2),
     ];
     match head_dim {
         64 => &D64,
@@ -90,6 +143,13 @@ pub fn rings(head_dim: usize) -> &'static [Ring] {
         _ => &[],
     }
 }
+/// The kernel NVRTC exports for head size `head_dim`, `ring` and `heads` query heads per block
+/// (`DECODE` and `DECODE_MMA` in the kernel file).
+fn decode_kernel_name(head_dim: usize, ring: Ring, heads: usize) -> String {
+    let (prefix, t, s) = (ring.kernel.prefix(), ring.tile, ring.stages);
+    format!("{prefix}_d{head_dim}_t{t}_s{s}_h{heads}")
+}
+
 /// Head sizes with an instantiation: `crate::HEAD_DIMS`. Query heads per block (largest
 /// dividing the group):
 const HEADS_PER_BLOCK: [usize; 5] = [8, 4, 3, 2, 1];
@@ -210,13 +270,9 @@ impl PagedAttention {
         for d in HEAD_DIMS {
             let mut per_ring = Vec::new();
             for ring in rings(d) {
-                let (t, st) = (ring.tile, ring.stages);
                 let per_h = HEADS_PER_BLOCK
                     .iter()
-                    .map(|h| {
-                        let name = format!("paged_attention_decode_d{d}_t{t}_s{st}_h{h}");
-                        load(name, ring.bytes(d))
-                    })
+                    .map(|&h| load(decode_kernel_name(d, *ring, h), ring.bytes(d)))
                     .collect::<Result<Vec<_>>>()?;
                 per_ring.push(per_h);
             }
@@ -440,7 +496,8 @@ impl PagedAttention {
         for a in &args {
             launch.arg(a);
         }
-        // SAFETY: the signature matches paged_attention_decode_d*_h* (DECODE_ARGS); out and
+        // SAFETY: the signature matches paged_attention_decode[_mma]_d*_h* (both DECODE_ARGS);
+        // the dynamic shared memory is the ring's bytes, as the kernel's Ring<D, S, TT>; out and
         // query hold num_seqs * num_heads * head_dim elements, the tables their shapes
         // (checked above); the workspace holds num_seqs * num_heads * parts rows (ensured).
         // Cache reads follow block tables and seq_lens, whose contents the caller guarantees
@@ -474,5 +531,61 @@ impl PagedAttention {
         // compute a partition's tokens with the same partition_tokens).
         unsafe { launch.launch(reduce_cfg) }?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cudarc::nvrtc::{compile_ptx_with_opts, sys, CompileOptions};
+
+    /// Both kernels are built at every head size, the default first.
+    #[test]
+    fn every_head_size_builds_both_kernels_default_first() {
+        for d in HEAD_DIMS {
+            let r = rings(d);
+            assert_eq!(r[0].kernel, DecodeKernel::Shared, "d {d}: default first");
+            for k in [DecodeKernel::Shared, DecodeKernel::MmaWarpRings] {
+                assert!(r.iter().any(|r| r.kernel == k), "d {d}: no {k:?}");
+            }
+            for ring in r {
+                // The mma kernel gives each of the 4 warps whole 8-token column blocks.
+                assert_eq!(ring.tile % 32, 0, "{ring:?}");
+                // sm_90 allows 227 KB of shared memory per block; the static part is < 16 KB.
+                assert!(ring.bytes(d) + 16 * 1024 <= 227 * 1024, "{ring:?} at d {d}");
+            }
+        }
+    }
+
+    /// NVRTC needs no GPU: the kernel file compiles (to PTX for sm_90; the assembler runs at
+    /// start-up on the GPU machine) and exports every name `load` asks for, for both kernels.
+    /// Skipped where libnvrtc is not found (CI).
+    #[test]
+    fn the_kernel_file_exports_every_decode_kernel_load_asks_for() {
+        // SAFETY: only looks for the library; no NVRTC call.
+        if !unsafe { sys::is_culib_present() } {
+            eprintln!("skipped: libnvrtc was not found");
+            return;
+        }
+        let common = include_str!("../cuda/common.cuh");
+        let src = format!("{common}\n#line 1 \"{FILE}\"\n{SOURCE}");
+        let opts = CompileOptions {
+            arch: Some("compute_90"),
+            include_paths: vec![crate::compile::cuda_include_dir()],
+            options: vec!["--std=c++17".to_string()],
+            ..Default::default()
+        };
+        let ptx = compile_ptx_with_opts(src, opts).expect("paged_attention.cu compiles");
+        let ptx = ptx.to_src();
+        for d in HEAD_DIMS {
+            for &ring in rings(d) {
+                for h in HEADS_PER_BLOCK {
+                    let name = decode_kernel_name(d, ring, h);
+                    assert!(ptx.contains(&format!(".entry {name}(")), "{name} missing");
+                }
+            }
+            let reduce = format!(".entry paged_attention_reduce_d{d}(");
+            assert!(ptx.contains(&reduce), "{reduce} missing");
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! Decode paged attention against an f64 reference that follows the block tables, for short
 //! contexts (single pass), long ones (4000+ tokens: split-K with partial last partitions),
-//! single sequences split to fill the GPU (with that split turned off too), GQA groups 1, 3,
-//! 4, 6 and 8, head sizes 64 and 128. Blocks are handed out in random order,
+//! single sequences split to fill the GPU (with that split turned off too), GQA groups 1, 2,
+//! 3, 4, 6 and 8, head sizes 64 and 128, every ring of both decode kernels (`rings`: the
+//! default and the mma variant). Blocks are handed out in random order,
 //! and queries are scaled so that softmax is peaked: a missed or misplaced key of weight moves
 //! the output well past the bound. Every launch shares one split-K workspace, as the engine's
 //! do: a merge ticket left non-zero by one launch would leave the next one's output unwritten
@@ -19,7 +20,7 @@ struct Case {
     seq_lens: &'static [usize],
 }
 
-const CASES: [Case; 8] = [
+const CASES: [Case; 10] = [
     // Batch 1 (SmolLM2's heads): split over many blocks, the last partition partial.
     Case {
         num_heads: 9,
@@ -75,6 +76,24 @@ const CASES: [Case; 8] = [
         head_dim: 128,
         block_size: 32,
         seq_lens: &[777, 5, 512],
+    },
+    // Group 2 (2 query heads per block), head_dim 128: contexts that end inside the first,
+    // second and last warp's rows of a tile (the mma kernel's warps own 8 or 16 rows each),
+    // and a split one.
+    Case {
+        num_heads: 4,
+        num_kv_heads: 2,
+        head_dim: 128,
+        block_size: 16,
+        seq_lens: &[8, 9, 40, 95, 600],
+    },
+    // Group 2, head_dim 64: the same at 64- and 128-token tiles (16 and 32 rows per warp).
+    Case {
+        num_heads: 6,
+        num_kv_heads: 3,
+        head_dim: 64,
+        block_size: 16,
+        seq_lens: &[15, 16, 17, 100, 130],
     },
     // Group 6: two blocks of 3 query heads per KV head.
     Case {
@@ -201,10 +220,7 @@ fn decode_matches_f64_reference() {
             c.seq_lens
         );
         for (ring, merge, p, got) in &gots {
-            let ring = format!(
-                ", {}-token tiles x {} stages, {merge:?}",
-                ring.tile, ring.stages
-            );
+            let ring = format!(", {}, {merge:?}", ring.describe());
             let mode = format!(
                 ", {} partitions of at least {} tokens",
                 p.count, p.min_tokens
