@@ -758,11 +758,12 @@ DECODE_HEADS(128, 32, 2) DECODE_HEADS(128, 32, 3)
 #define DECODE_MMA_HEADS(D, T, S)                                                              \
     DECODE_MMA(D, T, S, 1) DECODE_MMA(D, T, S, 2) DECODE_MMA(D, T, S, 3) DECODE_MMA(D, T, S, 4) \
         DECODE_MMA(D, T, S, 8)
-// Two tile sizes per head size, both 2 stages: 16 KB tiles as the default kernel's, and 32 KB
-// (twice the tokens per warp per round: half the waits, softmax reductions and rescales of
-// the accumulator per byte, at the price of resident blocks).
-DECODE_MMA_HEADS(64, 64, 2) DECODE_MMA_HEADS(64, 128, 2)
-DECODE_MMA_HEADS(128, 32, 2) DECODE_MMA_HEADS(128, 64, 2)
+// Per head size: 16 KB tiles as the default kernel's in 2 and 3 stages (a warp's copies of
+// 1 or 2 tiles in flight while it computes), and 32 KB tiles in 2 stages (twice the tokens
+// per warp per round: half the waits, softmax reductions and rescales of the accumulator per
+// byte, at the price of resident blocks).
+DECODE_MMA_HEADS(64, 64, 2) DECODE_MMA_HEADS(64, 64, 3) DECODE_MMA_HEADS(64, 128, 2)
+DECODE_MMA_HEADS(128, 32, 2) DECODE_MMA_HEADS(128, 32, 3) DECODE_MMA_HEADS(128, 64, 2)
 #define REDUCE(D)                                                                              \
     extern "C" __global__ void paged_attention_reduce_d##D(                                    \
         __nv_bfloat16 *out, const float *tmp_out, const float *max_logits,                     \

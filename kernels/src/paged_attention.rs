@@ -122,19 +122,22 @@ impl Ring {
 /// 64: 64-token tiles in 2 stages, 3 stages, and the 32-token tiles of 4 stages it used before;
 /// head size 128: 32-token tiles in 2 stages (79% of copy bandwidth on the H200 against 77%
 /// for 3, kernels/README.md) and 3. Then the mma variant ([`DecodeKernel::MmaWarpRings`],
-/// not yet timed on a GPU) in 2 stages of the default's tile (16 KB) and of twice that.
+/// not yet timed on a GPU): the default's tile (16 KB) in 2 and 3 stages, and twice that
+/// tile in 2.
 pub fn rings(head_dim: usize) -> &'static [Ring] {
-    const D64: [Ring; 5] = [
+    const D64: [Ring; 6] = [
         Ring::shared(64, 2),
         Ring::shared(64, 3),
         Ring::shared(32, 4),
         Ring::mma(64, 2),
+        Ring::mma(64, 3),
         Ring::mma(128, 2),
     ];
-    const D128: [Ring; 4] = [
+    const D128: [Ring; 5] = [
         Ring::shared(32, 2),
         Ring::shared(32, 3),
         Ring::mma(32, 2),
+        Ring::mma(32, 3),
         Ring::mma(64, 2),
     ];
     match head_dim {
