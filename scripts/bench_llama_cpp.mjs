@@ -197,7 +197,11 @@ async function main() {
         r.others_cores = othersCores(a, cpuSnapshot());
         r.clean = r.others_cores <= 0.25;
         chosen[name] = r;
-        console.log(`  llama.cpp ${name}: ${r.tok_per_s.toFixed(1)} tok/s, others ${r.others_cores.toFixed(2)} cores`);
+        const runs = r.times_s.map((t) => t.toFixed(3)).join(", ");
+        const own = r.llama_cpp_eval_ms_per_token
+            ? `; llama.cpp's own eval ${r.llama_cpp_eval_ms_per_token.toFixed(2)} ms/token over ${r.llama_cpp_eval_runs} steps, warm-up included`
+            : "";
+        console.log(`  llama.cpp ${name}: ${r.tok_per_s.toFixed(1)} tok/s (runs ${runs} s${own}), others ${r.others_cores.toFixed(2)} cores`);
     }
     // ggml picks one of the package's CPU builds (sse42 ... zen4) for this CPU at run time.
     const backend = fs.readFileSync("/proc/self/maps", "utf8").match(/libggml-cpu-[\w-]+\.so/)?.[0];
