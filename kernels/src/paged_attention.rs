@@ -52,13 +52,14 @@ pub struct Ring {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DecodeKernel {
     /// `paged_attention_decode`: the four warps share each tile (three block barriers per
-    /// tile), q·k and p·V on CUDA cores. The default.
+    /// tile), q·k and p·V on CUDA cores. The default until 2026-11-29; kept for the bench and
+    /// for A/B runs ([`PagedAttention::with_kernel`]).
     Shared,
     /// `paged_attention_decode_mma`: each warp copies, scores and accumulates its own rows of
     /// every tile with its own running softmax (no block barrier until the final merge of
-    /// the four warps), q·k and p·V on tensor cores (`mma.sync`, f32 accumulation). Built so
-    /// that the bench times it beside the default; launched only when chosen with
-    /// [`PagedAttention::with_ring`].
+    /// the four warps), q·k and p·V on tensor cores (`mma.sync`, f32 accumulation). The
+    /// default: on the H200 it reached 84% of copy bandwidth at head size 128 and 82% at 64
+    /// where `Shared` reached 76% and 75% (kernel_bench, 2026-11-29, kernels/README.md).
     MmaWarpRings,
 }
 
@@ -118,27 +119,27 @@ impl Ring {
 }
 
 /// The rings built for a head size, the one launched by default first (the others are kept
-/// so that one bench run can time them side by side: [`PagedAttention::with_ring`]). Head size
-/// 64: 64-token tiles in 2 stages, 3 stages, and the 32-token tiles of 4 stages it used before;
-/// head size 128: 32-token tiles in 2 stages (79% of copy bandwidth on the H200 against 77%
-/// for 3, kernels/README.md) and 3. Then the mma variant ([`DecodeKernel::MmaWarpRings`],
-/// not yet timed on a GPU): the default's tile (16 KB) in 2 and 3 stages, and twice that
-/// tile in 2.
+/// so that one bench run can time them side by side: [`PagedAttention::with_ring`]). First the
+/// mma kernel ([`DecodeKernel::MmaWarpRings`]): 16 KB tiles (64 tokens at head size 64, 32 at
+/// 128) in 2 stages, the default (H200, 2026-11-29: 84% of copy bandwidth at head size 128,
+/// 82% at 64), in 3 stages (1 point less), and twice that tile in 2. Then the `Shared` kernel
+/// it replaced: head size 64 in 64-token tiles of 2 and 3 stages and 32-token tiles of 4;
+/// head size 128 in 32-token tiles of 2 (76% in the same run) and 3 stages.
 pub fn rings(head_dim: usize) -> &'static [Ring] {
     const D64: [Ring; 6] = [
-        Ring::shared(64, 2),
-        Ring::shared(64, 3),
-        Ring::shared(32, 4),
         Ring::mma(64, 2),
         Ring::mma(64, 3),
         Ring::mma(128, 2),
+        Ring::shared(64, 2),
+        Ring::shared(64, 3),
+        Ring::shared(32, 4),
     ];
     const D128: [Ring; 5] = [
-        Ring::shared(32, 2),
-        Ring::shared(32, 3),
         Ring::mma(32, 2),
         Ring::mma(32, 3),
         Ring::mma(64, 2),
+        Ring::shared(32, 2),
+        Ring::shared(32, 3),
     ];
     match head_dim {
         64 => &D64,
@@ -373,6 +374,17 @@ impl PagedAttention {
         Ok(self)
     }
 
+    /// The same kernels, launching `kernel`'s first ring (its fastest on the H200) at every
+    /// head size.
+    pub fn with_kernel(mut self, kernel: DecodeKernel) -> Result<Self> {
+        for d in HEAD_DIMS {
+            if let Some(&ring) = rings(d).iter().find(|r| r.kernel == kernel) {
+                self = self.with_ring(d, ring)?;
+            }
+        }
+        Ok(self)
+    }
+
     /// The ring launched at `head_dim`.
     pub fn ring(&self, head_dim: usize) -> Option<Ring> {
         let d = HEAD_DIMS.iter().position(|&d| d == head_dim)?;
@@ -547,7 +559,11 @@ mod tests {
     fn every_head_size_builds_both_kernels_default_first() {
         for d in HEAD_DIMS {
             let r = rings(d);
-            assert_eq!(r[0].kernel, DecodeKernel::Shared, "d {d}: default first");
+            assert_eq!(
+                r[0].kernel,
+                DecodeKernel::MmaWarpRings,
+                "d {d}: default first"
+            );
             for k in [DecodeKernel::Shared, DecodeKernel::MmaWarpRings] {
                 assert!(r.iter().any(|r| r.kernel == k), "d {d}: no {k:?}");
             }

@@ -22,7 +22,9 @@ use kernels::cudarc::driver::sys::CUevent_flags;
 use kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream};
 use kernels::gemv::{Epilogue, Gemv, NormInput, NormPrologue, RotaryCache};
 use kernels::nccl::NcclRank;
-use kernels::paged_attention::{max_partitions, DecodeShape, SplitKWorkspace};
+use kernels::paged_attention::{
+    max_partitions, DecodeKernel, DecodeShape, PagedAttention, SplitKWorkspace,
+};
 use kernels::prefill_attention::PrefillShape;
 use kernels::qkv_rotary_cache::QkvShape;
 use kernels::sampling::RowParams;
@@ -153,6 +155,9 @@ pub struct CudaBackend {
     gemv: Gemv,
     /// Which projections take the GEMV ([`GemvRule`]: defaults, or the environment's).
     gemv_rule: GemvRule,
+    /// The decode attention kernels: the default ring per head size, or the kernel
+    /// `LAB_DECODE_ATTENTION` (`mma` or `shared`) names, for A/B runs.
+    paged_attention: PagedAttention,
     linear: kernels::linear::Linear,
     split_k: Mutex<SplitKWorkspace>,
     /// Where every op's output comes from (no allocation per op once warm).
@@ -216,6 +221,27 @@ impl CudaBackend {
         if gemv_rule != GemvRule::default() {
             tracing::info!(?gemv_rule, "GEMV rule from the environment");
         }
+        let attention_setting = |e: String| BackendError::Device {
+            backend: "cuda",
+            op: "reading LAB_DECODE_ATTENTION",
+            source: e.into(),
+        };
+        let paged_attention = match std::env::var("LAB_DECODE_ATTENTION").ok().as_deref() {
+            None => gpu.kernels.paged_attention.clone(),
+            Some(v) => {
+                let kernel = match v.trim() {
+                    "mma" => DecodeKernel::MmaWarpRings,
+                    "shared" => DecodeKernel::Shared,
+                    _ => {
+                        return Err(attention_setting(format!(
+                            "LAB_DECODE_ATTENTION={v}: expected mma or shared"
+                        )))
+                    }
+                };
+                let pa = gpu.kernels.paged_attention.clone().with_kernel(kernel);
+                pa.map_err(|e| attention_setting(e.to_string()))?
+            }
+        };
         Ok(CudaBackend {
             gemv: gpu
                 .kernels
@@ -223,6 +249,7 @@ impl CudaBackend {
                 .clone()
                 .with_norm_prologue(gemv_rule.norm_prologue),
             gemv_rule,
+            paged_attention,
             linear,
             split_k: Mutex::new(split_k),
             activations: CachingAllocator::new(gpu.stream.clone(), cuda_allocator::UNLIMITED),
@@ -920,9 +947,7 @@ impl Backend for CudaBackend {
                 max_blocks_per_seq: width,
             };
             let mut ws = self.split_k.lock().map_err(|_| poisoned())?;
-            self.gpu
-                .kernels
-                .paged_attention
+            self.paged_attention
                 .decode(
                     stream,
                     &mut ws,
@@ -1265,7 +1290,7 @@ impl Backend for CudaBackend {
         if graphable && self.capture_sizes.contains(&step.num_seqs) {
             let key = GraphKey {
                 num_seqs: step.num_seqs,
-                partitions: self.gpu.kernels.paged_attention.partitions(
+                partitions: self.paged_attention.partitions(
                     step.num_seqs,
                     self.limits.num_heads,
                     self.limits.num_kv_heads,
