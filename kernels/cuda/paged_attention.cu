@@ -107,6 +107,46 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+// Split-K, merged by the last of a sequence's `used` blocks (those with tokens) to finish: a
+// block calls this once its partial state (tmp_out, max_logits, exp_sums of its partition) is
+// written. The fence makes that state visible to the whole GPU before the block draws its
+// ticket, so the block that draws the last ticket reads every partition's final values, and
+// merges them: M = max_p m_p, out = sum_p exp(m_p - M) acc_p / sum_p exp(m_p - M) l_p.
+template <int D, int HEADS>
+__device__ __forceinline__ void merge_partitions_if_last(
+    __nv_bfloat16* __restrict__ out,       // [num_seqs, num_heads, head_dim]
+    const float* __restrict__ tmp_out,     // [num_seqs, num_heads, max_partitions, head_dim]
+    const float* __restrict__ max_logits,  // [num_seqs, num_heads, max_partitions]
+    const float* __restrict__ exp_sums,    // [num_seqs, num_heads, max_partitions]
+    u32* __restrict__ tickets,             // [num_seqs, head groups], 0 between launches
+    u32 seq, u32 seq_len, u32 partition_size, u32 num_heads, u32 first_head) {
+    __shared__ bool s_last;
+    const u32 num_partitions = gridDim.z;
+    const u32 used = (seq_len + partition_size - 1) / partition_size;
+    u32* ticket = tickets + (size_t)seq * gridDim.x + blockIdx.x;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(ticket, 1u) == used - 1;
+    __syncthreads();
+    if (!s_last) return;
+    if (threadIdx.x == 0) *ticket = 0;  // for the next launch, which starts after this grid ends
+    for (int idx = threadIdx.x; idx < HEADS * D; idx += NUM_THREADS) {
+        const int h = idx / D, d = idx % D;
+        const size_t head_row = (size_t)seq * num_heads + first_head + h;
+        const size_t row0 = head_row * num_partitions;
+        // __ldcg: through L2 only, never a line this SM's L1 may hold from before the fence.
+        float big_m = -INFINITY;
+        for (u32 p = 0; p < used; p++) big_m = fmaxf(big_m, __ldcg(max_logits + row0 + p));
+        float big_l = 0.0f, o = 0.0f;
+        for (u32 p = 0; p < used; p++) {
+            const float f = __expf(__ldcg(max_logits + row0 + p) - big_m);
+            big_l += __ldcg(exp_sums + row0 + p) * f;
+            o += __ldcg(tmp_out + (row0 + p) * D + d) * f;
+        }
+        out[head_row * D + d] = __float2bfloat16(o / big_l);
+    }
+}
+
 template <int D, int HEADS, int S, int TT>
 __device__ __forceinline__ void paged_attention_decode(
     __nv_bfloat16* __restrict__ out,                // [num_seqs, num_heads, head_dim]
@@ -334,34 +374,8 @@ __device__ __forceinline__ void paged_attention_decode(
         }
     }
     if (num_partitions == 1 || tickets == nullptr) return;
-
-    // Split-K: the last of this sequence's `used` blocks (those with tokens) merges them. The
-    // fence makes this block's partial state visible to the whole GPU before its ticket is
-    // drawn, so the block that draws the last ticket reads every partition's final values.
-    __shared__ bool s_last;
-    const u32 used = (seq_len + partition_size - 1) / partition_size;
-    u32* ticket = tickets + (size_t)seq * gridDim.x + blockIdx.x;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) s_last = atomicAdd(ticket, 1u) == used - 1;
-    __syncthreads();
-    if (!s_last) return;
-    if (threadIdx.x == 0) *ticket = 0;  // for the next launch, which starts after this grid ends
-    for (int idx = threadIdx.x; idx < HEADS * D; idx += NUM_THREADS) {
-        const int h = idx / D, d = idx % D;
-        const size_t head_row = (size_t)seq * num_heads + first_head + h;
-        const size_t row0 = head_row * num_partitions;
-        // __ldcg: through L2 only, never a line this SM's L1 may hold from before the fence.
-        float big_m = -INFINITY;
-        for (u32 p = 0; p < used; p++) big_m = fmaxf(big_m, __ldcg(max_logits + row0 + p));
-        float big_l = 0.0f, o = 0.0f;
-        for (u32 p = 0; p < used; p++) {
-            const float f = __expf(__ldcg(max_logits + row0 + p) - big_m);
-            big_l += __ldcg(exp_sums + row0 + p) * f;
-            o += __ldcg(tmp_out + (row0 + p) * D + d) * f;
-        }
-        out[head_row * D + d] = __float2bfloat16(o / big_l);
-    }
+    merge_partitions_if_last<D, HEADS>(out, tmp_out, max_logits, exp_sums, tickets, seq, seq_len,
+                                       partition_size, num_heads, first_head);
 }
 
 template <int D>
@@ -697,31 +711,8 @@ __device__ __forceinline__ void paged_attention_decode_mma(
         }
     }
     if (num_partitions == 1 || tickets == nullptr) return;
-
-    // Split-K merged by the last block: as in paged_attention_decode above.
-    __shared__ bool s_last;
-    const u32 used = (seq_len + partition_size - 1) / partition_size;
-    u32* ticket = tickets + (size_t)seq * gridDim.x + blockIdx.x;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) s_last = atomicAdd(ticket, 1u) == used - 1;
-    __syncthreads();
-    if (!s_last) return;
-    if (threadIdx.x == 0) *ticket = 0;
-    for (int idx = threadIdx.x; idx < HEADS * D; idx += NUM_THREADS) {
-        const int h = idx / D, d = idx % D;
-        const size_t head_row = (size_t)seq * num_heads + first_head + h;
-        const size_t row0 = head_row * num_partitions;
-        float big_m = -INFINITY;
-        for (u32 p = 0; p < used; p++) big_m = fmaxf(big_m, __ldcg(max_logits + row0 + p));
-        float big_l = 0.0f, o = 0.0f;
-        for (u32 p = 0; p < used; p++) {
-            const float f = __expf(__ldcg(max_logits + row0 + p) - big_m);
-            big_l += __ldcg(exp_sums + row0 + p) * f;
-            o += __ldcg(tmp_out + (row0 + p) * D + d) * f;
-        }
-        out[head_row * D + d] = __float2bfloat16(o / big_l);
-    }
+    merge_partitions_if_last<D, HEADS>(out, tmp_out, max_logits, exp_sums, tickets, seq, seq_len,
+                                       partition_size, num_heads, first_head);
 }
 
 // The entry points NVRTC exports, one per (head size D, tile tokens T, ring stages S, query
