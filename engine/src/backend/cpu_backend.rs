@@ -139,6 +139,7 @@ impl std::fmt::Debug for CpuBackend {
 impl CpuBackend {
     /// The whole model on the CPU with `kernels` (the engine's, or a learner's).
     pub fn new(kernels: CpuKernels) -> Self {
+        ops::expf::prepare();
         CpuBackend {
             kernels,
             gemm_isa: Isa::detect(),
@@ -158,6 +159,7 @@ impl CpuBackend {
     /// weights it is given must be this rank's shard.
     pub fn with_communicator(kernels: CpuKernels, comm: Box<dyn Communicator>) -> Self {
         let rank_world = (comm.rank(), comm.world_size());
+        ops::expf::prepare();
         CpuBackend {
             kernels,
             gemm_isa: Isa::detect(),

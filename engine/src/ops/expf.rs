@@ -22,6 +22,16 @@
 #[cfg(target_arch = "x86_64")]
 use std::sync::OnceLock;
 
+/// Runs the one-time check of the vector `exp` now (2^18 values, a few milliseconds) rather
+/// than inside the first prefill, where a trace would charge it to attention. The CPU backend
+/// calls it when it is built.
+pub fn prepare() {
+    // No span: it runs once per process, whichever backend is built first, so a span would
+    // appear in one trace and not the next.
+    #[cfg(target_arch = "x86_64")]
+    let _ = vector_is_exact();
+}
+
 /// `v[i] = v[i].exp()` for every element, bitwise `f32::exp`.
 pub fn exp_in_place(v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
