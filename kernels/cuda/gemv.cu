@@ -615,3 +615,284 @@ GEMV_ENTRY(5, 2)
 GEMV_ENTRY(6, 2)
 GEMV_ENTRY(7, 2)
 GEMV_ENTRY(8, 2)
+
+// ---------------------------------------------------------------------------------------------
+// Staged split-K (the `_staged` entry points): the split-K kernel's arithmetic, with a block's
+// whole share of W copied into shared memory (cp.async) before it waits for the previous kernel.
+//
+// Why: Llama-3.2-1B's qkv (12.6 MB) and o_proj (8.4 MB) at one token stream at about half the
+// copy bandwidth where gate/up and down reach ~80% (kernel_bench, H200, 2026-11-29). The split
+// kernel gives them 768 and 512 blocks of 16 KB each: several waves, every block a short burst
+// (one 16-byte load per thread and row), then barriers and a reduction, so an SM spends much of
+// the launch with little in flight, and the ramp at the start and the drain at the end are a
+// large part of a 3-8 µs launch. Here the grid is one wave (about one block per SM, `groups` row
+// groups each), and each block issues all its loads at once: 64-96 KB per SM in flight, all of it
+// before griddepcontrol.wait, so under programmatic dependent launch the weights stream while the
+// previous kernel drains. After the wait only the input (and its norm) is left to read; each
+// row group is then dotted from shared memory as its copies land (cp.async groups, oldest first),
+// its warp sums go to shared memory, and one barrier later the block's first threads finish
+// every output of every group at once (the `_split` kernel has one thread finish a group's).
+//
+// Bit for bit the `_split` entry points: every thread takes the same chunks (i, i + 256, ...) in
+// the same order, the eight warps' sums meet in the same warp order, and the norm's sum of
+// squares is added as there. What changes is which thread runs the epilogue of an output.
+//
+// Needs chunks <= STAGE_X_CHUNKS x GEMV_THREADS (k <= 8192: a thread keeps its input chunks in
+// registers for all its row groups), groups <= STAGE_MAX_GROUPS, and groups · ROWS · k bf16 of
+// dynamic shared memory (the Rust side keeps it <= 100 KB, so two blocks fit an SM: the next
+// kernel's block can start its own copies beside this one).
+
+#define STAGE_MAX_GROUPS 16
+#define STAGE_X_CHUNKS 4
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+    const u32 s = static_cast<u32>(__cvta_generic_to_shared(smem));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+}
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+// Waits until at most `pending` of this thread's copy groups are still in flight (more than 7:
+// waits for 7, which only waits longer).
+__device__ __forceinline__ void cp_async_wait(u32 pending) {
+    switch (pending) {
+        case 0: asm volatile("cp.async.wait_group 0;\n" ::: "memory"); break;
+        case 1: asm volatile("cp.async.wait_group 1;\n" ::: "memory"); break;
+        case 2: asm volatile("cp.async.wait_group 2;\n" ::: "memory"); break;
+        case 3: asm volatile("cp.async.wait_group 3;\n" ::: "memory"); break;
+        case 4: asm volatile("cp.async.wait_group 4;\n" ::: "memory"); break;
+        case 5: asm volatile("cp.async.wait_group 5;\n" ::: "memory"); break;
+        case 6: asm volatile("cp.async.wait_group 6;\n" ::: "memory"); break;
+        default: asm volatile("cp.async.wait_group 7;\n" ::: "memory"); break;
+    }
+}
+
+// Row r of the row group whose first feature (or pair) is f0, as `gemv` picks it.
+template <int ROWS, int EPI>
+__device__ __forceinline__ u32 group_row(u32 f0, int r, u32 width, const Rope& rope) {
+    constexpr int F = EPI != EPI_PLAIN ? ROWS / 2 : ROWS;
+    const u32 f = min(f0 + (r % F), width - 1);
+    if (EPI == EPI_GLU) return r >= F ? width + f : f;
+    if (EPI == EPI_ROPE) return rope_row(f, rope.head_dim) + (r >= F ? rope.head_dim / 2 : 0);
+    return f;
+}
+
+template <int M, int ROWS, bool NORM, int EPI>
+__device__ __forceinline__ void gemv_staged(
+    __nv_bfloat16* __restrict__ out,           // [M, EPI_GLU ? n / 2 : n]; EPI_ROPE: q [M, H·d]
+    __nv_bfloat16* __restrict__ residual_out,  // NORM with delta: [M, k], the new stream
+    const Input in,
+    float eps,
+    const __nv_bfloat16* __restrict__ w,       // [n, k]
+    const __nv_bfloat16* __restrict__ bias,    // [n] or null (not with EPI_GLU)
+    u32 n, u32 k, u32 groups, const Rope rope) {
+    constexpr bool PAIRS = EPI != EPI_PLAIN;
+    constexpr int F = PAIRS ? ROWS / 2 : ROWS;
+    constexpr int WARPS = GEMV_THREADS / 32;
+    constexpr int XC = STAGE_X_CHUNKS;
+    extern __shared__ uint4 s_w[];                      // [groups, ROWS, chunks]: this block's W
+    __shared__ float s_sum[STAGE_MAX_GROUPS][WARPS][ROWS * M];  // every group's warp sums
+    __shared__ float s_sq[WARPS][M];                             // the warps' sums of squares
+    __shared__ RopeOperands s_rope[EPI == EPI_ROPE ? STAGE_MAX_GROUPS * F * M : 1];
+    const u32 tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    const u32 width = PAIRS ? n / 2 : n;
+    const u32 chunks = k / 8;
+    const u32 total = (width + F - 1) / F;  // row groups in the grid
+    const u32 first_group = blockIdx.x * groups;
+    if (first_group >= total) {
+        wait_for_previous_kernel();
+        allow_next_kernel();
+        return;
+    }
+    const u32 count = min(groups, total - first_group);
+
+    // Every copy first, one cp.async group per row group; each thread copies exactly the chunks
+    // it will read (tid, tid + 256, ...), so its own wait makes them visible: no barrier.
+    for (u32 g = 0; g < count; g++) {
+        const u32 f0 = (first_group + g) * F;
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) {
+            const uint4* src = reinterpret_cast<const uint4*>(w + (size_t)group_row<ROWS, EPI>(f0, r, width, rope) * k);
+            uint4* dst = s_w + ((size_t)g * ROWS + r) * chunks;
+            for (u32 c = tid; c < chunks; c += GEMV_THREADS) cp_async16(dst + c, src + c);
+        }
+        cp_async_commit();
+    }
+    // What needs no previous kernel: gamma's chunks, and the rotary epilogue's operands (into
+    // shared memory, by the thread that will use them: output j of group g is thread g·F·M + j).
+    uint4 gamma[NORM ? XC : 1];
+    if (NORM) {
+#pragma unroll
+        for (int u = 0; u < XC; u++) {
+            const u32 c = tid + GEMV_THREADS * u;
+            if (c < chunks) gamma[NORM ? u : 0] = __ldg(in.gamma + c);
+        }
+    }
+    if (EPI == EPI_ROPE && tid < count * F * M) {
+        const u32 g = tid / (F * M), r = tid % (F * M) / M, t = tid % M;
+        s_rope[EPI == EPI_ROPE ? tid : 0] = rope_operands(rope, min((first_group + g) * F + r, width - 1), t);
+    }
+    wait_for_previous_kernel();
+    allow_next_kernel();
+
+    // The input, once for all row groups: x, or the residual stream normalized (sum of squares in
+    // the `_split` kernel's order). Block 0 stores the new stream.
+    uint4 xs[XC][M];
+    if (NORM) {
+        const bool store = in.delta && residual_out && blockIdx.x == 0;
+#pragma unroll
+        for (int t = 0; t < M; t++) {
+            float sum_sq = 0.0f;
+#pragma unroll
+            for (int u = 0; u < XC; u++) {
+                const u32 c = tid + GEMV_THREADS * u;
+                if (c < chunks) {
+                    const f32x8 s = stream_chunk(in, t, c);
+                    xs[u][t] = pack8(s);  // exact: the stream is bf16
+                    if (store) reinterpret_cast<uint4*>(residual_out)[(size_t)t * chunks + c] = xs[u][t];
+#pragma unroll
+                    for (int i = 0; i < 8; i++) sum_sq += s.v[i] * s.v[i];
+                }
+            }
+            sum_sq = warp_sum(sum_sq);
+            if (lane == 0) s_sq[warp][t] = sum_sq;
+        }
+        __syncthreads();
+#pragma unroll
+        for (int t = 0; t < M; t++) {
+            float sum_sq = 0.0f;
+#pragma unroll
+            for (int v = 0; v < WARPS; v++) sum_sq += s_sq[v][t];
+            const float inv_rms = rsqrtf(sum_sq / k + eps);
+#pragma unroll
+            for (int u = 0; u < XC; u++) {
+                const u32 c = tid + GEMV_THREADS * u;
+                if (c < chunks) xs[u][t] = normed(unpack8(xs[u][t]), unpack8(gamma[NORM ? u : 0]), inv_rms);
+            }
+        }
+    } else {
+#pragma unroll
+        for (int t = 0; t < M; t++)
+#pragma unroll
+            for (int u = 0; u < XC; u++) {
+                const u32 c = tid + GEMV_THREADS * u;
+                if (c < chunks) xs[u][t] = __ldg(in.x + (size_t)t * chunks + c);
+            }
+    }
+
+    // Each row group as its copies land: the products, the warp's shuffles, and its sums into
+    // shared memory; no barrier between groups.
+    for (u32 g = 0; g < count; g++) {
+        cp_async_wait(count - 1 - g);  // this row group's copies have landed
+        float acc[ROWS][M];
+#pragma unroll
+        for (int r = 0; r < ROWS; r++)
+#pragma unroll
+            for (int t = 0; t < M; t++) acc[r][t] = 0.0f;
+        const uint4* wg = s_w + (size_t)g * ROWS * chunks;
+#pragma unroll
+        for (int u = 0; u < XC; u++) {
+            const u32 c = tid + GEMV_THREADS * u;
+            if (c >= chunks) break;
+#pragma unroll
+            for (int t = 0; t < M; t++) {
+                const f32x8 xf = unpack8(xs[u][t]);
+#pragma unroll
+                for (int r = 0; r < ROWS; r++) acc[r][t] += dot8(unpack8(wg[(size_t)r * chunks + c]), xf);
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < ROWS; r++)
+#pragma unroll
+            for (int t = 0; t < M; t++) acc[r][t] = warp_sum(acc[r][t]);
+        if (lane == 0)
+#pragma unroll
+            for (int r = 0; r < ROWS; r++)
+#pragma unroll
+                for (int t = 0; t < M; t++) s_sum[g][warp][r * M + t] = acc[r][t];
+    }
+    __syncthreads();
+
+    // The epilogue: thread g·F·M + j finishes output j = r·M + t (feature or pair r, token t)
+    // of row group g, adding the eight warps' sums in the `_split` kernel's order.
+    if (tid >= count * F * M) return;
+    const u32 g = tid / (F * M), r = tid % (F * M) / M, t = tid % M;
+    const u32 f0 = (first_group + g) * F, f = f0 + r;
+    if (f >= width) return;
+    float a = 0.0f, b = 0.0f;  // rows r and F + r (pairs)
+#pragma unroll
+    for (int v = 0; v < WARPS; v++) {
+        a += s_sum[g][v][r * M + t];
+        if (PAIRS) b += s_sum[g][v][(F + r) * M + t];
+    }
+    if (EPI == EPI_ROPE) {
+        const u32 ra = group_row<ROWS, EPI>(f0, r, width, rope), rb = group_row<ROWS, EPI>(f0, F + r, width, rope);
+        const float x = __bfloat162float(__float2bfloat16(a + (bias ? __bfloat162float(bias[ra]) : 0.0f)));
+        const float y = __bfloat162float(__float2bfloat16(b + (bias ? __bfloat162float(bias[rb]) : 0.0f)));
+        rope_store(rope, out, f, t, x, y, s_rope[EPI == EPI_ROPE ? tid : 0]);
+        return;
+    }
+    float y;
+    if (EPI == EPI_GLU) {
+        const float gt = __bfloat162float(__float2bfloat16(a));
+        const float up = __bfloat162float(__float2bfloat16(b));
+        y = silu(gt) * up;
+    } else {
+        y = a + (bias ? __bfloat162float(bias[f]) : 0.0f);
+    }
+    out[(size_t)t * width + f] = __float2bfloat16(y);
+}
+
+// `_staged` entry points, 1 to 3 tokens, rows per group as `gemv_m*` (4 at one token, 2
+// beyond); two blocks per SM (<= 128 registers), so the next kernel's block fits beside this
+// one. (At 4 tokens the input chunks a thread keeps, 64 registers, push it past 128: ptxas
+// spilled ~160 bytes, so 4 tokens keep the `_split` kernels. NVRTC 13.0, sm_90: 72-80
+// registers at one token, 94-117 at two, 127-128 at three, no spills; the `_split` kernels
+// at one token take 94-161.) The arguments are the `_split` ones with `u32 groups` (row groups per
+// block) after k.
+#define GEMV_STAGED(M, ROWS)                                                                       \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_m##M##_staged(              \
+        __nv_bfloat16* __restrict__ out, const __nv_bfloat16* __restrict__ x,                      \
+        const __nv_bfloat16* __restrict__ w, const __nv_bfloat16* __restrict__ bias, u32 n,        \
+        u32 k, u32 groups) {                                                                       \
+        const Input in = {reinterpret_cast<const uint4*>(x), nullptr, nullptr, nullptr, k / 8};    \
+        gemv_staged<M, ROWS, false, EPI_PLAIN>(out, nullptr, in, 0.0f, w, bias, n, k, groups, Rope{}); \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_norm_m##M##_staged(         \
+        __nv_bfloat16* __restrict__ out, __nv_bfloat16* __restrict__ residual_out,                 \
+        const __nv_bfloat16* __restrict__ delta, const __nv_bfloat16* __restrict__ residual,       \
+        const __nv_bfloat16* __restrict__ gamma, float eps, const __nv_bfloat16* __restrict__ w,   \
+        const __nv_bfloat16* __restrict__ bias, u32 n, u32 k, u32 groups) {                        \
+        const Input in = {nullptr, reinterpret_cast<const uint4*>(delta),                          \
+                          reinterpret_cast<const uint4*>(residual),                                \
+                          reinterpret_cast<const uint4*>(gamma), k / 8};                           \
+        gemv_staged<M, ROWS, true, EPI_PLAIN>(out, residual_out, in, eps, w, bias, n, k, groups, Rope{}); \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_norm_glu_m##M##_staged(     \
+        __nv_bfloat16* __restrict__ out, __nv_bfloat16* __restrict__ residual_out,                 \
+        const __nv_bfloat16* __restrict__ delta, const __nv_bfloat16* __restrict__ residual,       \
+        const __nv_bfloat16* __restrict__ gamma, float eps, const __nv_bfloat16* __restrict__ w,   \
+        u32 n, u32 k, u32 groups) {                                                                \
+        const Input in = {nullptr, reinterpret_cast<const uint4*>(delta),                          \
+                          reinterpret_cast<const uint4*>(residual),                                \
+                          reinterpret_cast<const uint4*>(gamma), k / 8};                           \
+        gemv_staged<M, ROWS, true, EPI_GLU>(out, residual_out, in, eps, w, nullptr, n, k, groups, Rope{}); \
+    }                                                                                              \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_norm_rope_m##M##_staged(    \
+        __nv_bfloat16* __restrict__ q_out, __nv_bfloat16* __restrict__ residual_out,               \
+        const __nv_bfloat16* __restrict__ delta, const __nv_bfloat16* __restrict__ residual,       \
+        const __nv_bfloat16* __restrict__ gamma, float eps, const __nv_bfloat16* __restrict__ w,   \
+        const __nv_bfloat16* __restrict__ bias, u32 n, u32 k, u32 groups,                          \
+        __nv_bfloat16* __restrict__ key_cache, __nv_bfloat16* __restrict__ value_cache,            \
+        const u32* __restrict__ positions, const u64* __restrict__ slot_mapping,                   \
+        const float* __restrict__ cos_sin_cache, u32 num_heads, u32 num_kv_heads, u32 head_dim) {  \
+        const Input in = {nullptr, reinterpret_cast<const uint4*>(delta),                          \
+                          reinterpret_cast<const uint4*>(residual),                                \
+                          reinterpret_cast<const uint4*>(gamma), k / 8};                           \
+        const Rope rope = {key_cache, value_cache, positions, slot_mapping, cos_sin_cache,         \
+                           num_heads, num_kv_heads, head_dim};                                     \
+        gemv_staged<M, ROWS, true, EPI_ROPE>(q_out, residual_out, in, eps, w, bias, n, k, groups, rope); \
+    }
+GEMV_STAGED(1, 4)
+GEMV_STAGED(2, 2)
+GEMV_STAGED(3, 2)

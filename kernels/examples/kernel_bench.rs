@@ -11,7 +11,7 @@
 
 use anyhow::{bail, Result};
 use kernels::cudarc::driver::CudaSlice;
-use kernels::gemv::{Epilogue, NormInput, NormPrologue, SplitK};
+use kernels::gemv::{Epilogue, NormInput, NormPrologue, RotaryCache, SplitK, Staging};
 use kernels::linear::Linear;
 use kernels::paged_attention::{rings, DecodeShape, PagedAttention, SplitKWorkspace, SplitMerge};
 use kernels::prefill_attention::{PrefillShape, BLOCK_MS};
@@ -289,6 +289,209 @@ fn fused_norm_gemv(gpu: &Gpu, copy_gb_s: f64) -> Result<Vec<FusedRow>> {
     Ok(rows)
 }
 
+/// Llama-3.2-1B's two small projections of a layer, which the split-K GEMV streams at about
+/// half the copy bandwidth at one token (12:31 UTC, 2026-11-29: qkv with the norm 39%, o_proj
+/// ~49%), as the engine launches them today against the staged split-K kernels
+/// ([`Staging::Shared`]: one wave, each block's W copied into shared memory before the wait),
+/// inside the same CUDA graph of 50 back-to-back launches as the rows above, weights read from
+/// HBM (copies cycled past the L2). Rows (µs per repetition; percent of copy counts weights):
+/// - `1B o_proj` [2048, 2048], `Gemv::forward`: `split-K (engine)` and `split-K staged`;
+/// - `1B qkv` [3072, 2048] behind its norm, `Gemv::forward_norm`: `norm + split-K (engine)` and
+///   `norm + split-K staged`; then with the rotary embedding and the cache write:
+///   `norm + split-K, then qkv_rotary_cache (engine)` (two launches, as the engine runs them
+///   today) and `norm + split-K staged + rotary, one launch` (`forward_norm_rope`, which the
+///   staged kernel keeps fused under split-K).
+///
+/// Each row says which it ran: a staged row whose launch did not stage (a GPU with fewer SMs
+/// than the H200's 132) is an error, not a silent split-K time.
+fn staged_gemv(gpu: &Gpu, copy_gb_s: f64) -> Result<Vec<FusedRow>> {
+    use kernels::qkv_rotary_cache::QkvShape;
+    const BACK_TO_BACK: usize = 50;
+    const L2_BYTES: usize = 50 << 20;
+    const MAX_POS: usize = 4096;
+    let (s, k_) = (&gpu.stream, &gpu.kernels);
+    // The engine's GEMV today (LAB_GEMV_* unset): split-K where Gemv::splits says so, the
+    // per-block norm where it applies (not under split-K), staging off.
+    let engine = k_
+        .gemv
+        .clone()
+        .with_norm_prologue(NormPrologue::PerBlock { groups_per_warp: 1 });
+    let staged = engine.clone().with_staging(Staging::Shared);
+    let shape = QkvShape {
+        num_heads: 32,
+        num_kv_heads: 8,
+        head_dim: 64,
+    };
+    let kv_row = shape.num_kv_heads * shape.head_dim;
+    let mut rows = Vec::new();
+    for (what, n, k) in [("1B o_proj", 2048usize, 2048usize), ("1B qkv", 3072, 2048)] {
+        let qkv = what == "1B qkv";
+        for g in [&engine, &staged] {
+            let want = g.staging() == Staging::Shared;
+            for m in [1usize, 2] {
+                if g.stages(m, n, k, false) != want || (qkv && g.stages(m, n, k, true) != want) {
+                    bail!("{what} at {m} tokens: staged {want} expected, the GEMV's rule differs");
+                }
+            }
+        }
+        let copies = (2 * L2_BYTES).div_ceil(n * k * 2);
+        let ws = (0..copies)
+            .map(|c| random_bf16(s, n * k, 60 + c as u64))
+            .collect::<Result<Vec<_>, _>>()?;
+        let gamma = random_bf16(s, k, 59)?;
+        let table: Vec<f32> = (0..MAX_POS * shape.head_dim)
+            .map(|i| ((i % 97) as f32 / 97.0) - 0.5)
+            .collect();
+        let table = s.clone_htod(&table)?;
+        for m in [1usize, 2] {
+            let x = random_bf16(s, m * k, 61)?;
+            let delta = random_bf16(s, m * k, 62)?;
+            let residual = random_bf16(s, m * k, 63)?;
+            let mut r_out = uninit_bf16(s, m * k)?;
+            let mut out = uninit_bf16(s, m * n)?;
+            let mut q = uninit_bf16(s, m * shape.num_heads * shape.head_dim)?;
+            let slots = 64 * m;
+            let (mut kc, mut vc) = (
+                uninit_bf16(s, slots * kv_row)?,
+                uninit_bf16(s, slots * kv_row)?,
+            );
+            let positions =
+                s.clone_htod(&(0..m as u32).map(|t| 1000 + 7 * t).collect::<Vec<_>>())?;
+            let slot_mapping =
+                s.clone_htod(&(0..m as u64).map(|t| 3 + 5 * t).collect::<Vec<_>>())?;
+            let mut times = Vec::new();
+            if !qkv {
+                for (name, g) in [("split-K (engine)", &engine), ("split-K staged", &staged)] {
+                    let mut i = 0;
+                    let us = 1e3
+                        * graph_ms(gpu, BACK_TO_BACK, || {
+                            i += 1;
+                            Ok(g.forward(
+                                s,
+                                &mut out.as_view_mut(),
+                                &x.as_view(),
+                                &ws[i % copies].as_view(),
+                                None,
+                                m,
+                            )?)
+                        })?;
+                    times.push((name.to_string(), us));
+                }
+            } else {
+                let variants = [
+                    ("norm + split-K (engine)", &engine, false),
+                    ("norm + split-K staged", &staged, false),
+                    (
+                        "norm + split-K, then qkv_rotary_cache (engine)",
+                        &engine,
+                        true,
+                    ),
+                    ("norm + split-K staged + rotary, one launch", &staged, true),
+                ];
+                for (name, g, rotary) in variants {
+                    let mut i = 0;
+                    let us = 1e3
+                        * graph_ms(gpu, BACK_TO_BACK, || {
+                            i += 1;
+                            let (dv, rv, gv) =
+                                (delta.as_view(), residual.as_view(), gamma.as_view());
+                            let input = NormInput {
+                                delta: Some(&dv),
+                                residual: &rv,
+                                gamma: &gv,
+                                eps: 1e-5,
+                            };
+                            let wv = ws[i % copies].as_view();
+                            let (pv, sv, tv) =
+                                (positions.as_view(), slot_mapping.as_view(), table.as_view());
+                            if rotary && g.fuses_rotary(m, n, k) {
+                                let (mut kcv, mut vcv) = (kc.as_view_mut(), vc.as_view_mut());
+                                let mut rope = RotaryCache {
+                                    key_cache: &mut kcv,
+                                    value_cache: &mut vcv,
+                                    positions: &pv,
+                                    slot_mapping: &sv,
+                                    cos_sin_cache: &tv,
+                                    shape,
+                                };
+                                g.forward_norm_rope(
+                                    s,
+                                    &mut q.as_view_mut(),
+                                    Some(&mut r_out.as_view_mut()),
+                                    &input,
+                                    &wv,
+                                    None,
+                                    &mut rope,
+                                    m,
+                                )?;
+                                return Ok(());
+                            }
+                            g.forward_norm(
+                                s,
+                                &mut out.as_view_mut(),
+                                Some(&mut r_out.as_view_mut()),
+                                &input,
+                                &wv,
+                                None,
+                                Epilogue::Plain,
+                                m,
+                            )?;
+                            if rotary {
+                                k_.qkv_rotary_cache.forward(
+                                    s,
+                                    &mut q.as_view_mut(),
+                                    &mut kc.as_view_mut(),
+                                    &mut vc.as_view_mut(),
+                                    &out.as_view(),
+                                    &pv,
+                                    &sv,
+                                    &tv,
+                                    shape,
+                                )?;
+                            }
+                            Ok(())
+                        })?;
+                    times.push((name.to_string(), us));
+                }
+            }
+            for (name, us) in &times {
+                let pct = 100.0 * (n * k * 2) as f64 / (us * 1e-6) / 1e9 / copy_gb_s;
+                println!("{what:<12} {m} tok  {name:<48} {us:>9.1} us  {pct:>5.1}% of copy");
+            }
+            rows.push(FusedRow {
+                what,
+                n,
+                k,
+                tokens: m,
+                times,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// [`staged_gemv`]'s rows as one table, a line per variant (the two shapes have different ones).
+fn print_staged_table(rows: &[FusedRow], copy_gb_s: f64) {
+    if rows.is_empty() {
+        return;
+    }
+    println!(
+        "
+split-K GEMV today vs staged in shared memory, inside a CUDA graph (% of copy, weights only):"
+    );
+    println!("| weights | tokens | launch | µs | of copy |");
+    println!("| --- | ---: | --- | ---: | ---: |");
+    for r in rows {
+        for (name, us) in &r.times {
+            let pct = 100.0 * (r.n * r.k * 2) as f64 / (us * 1e-6) / 1e9 / copy_gb_s;
+            println!(
+                "| {} [{}, {}] | {} | {name} | {us:.1} | {pct:.0}% |",
+                r.what, r.n, r.k, r.tokens
+            );
+        }
+    }
+}
+
 /// The fused-versus-unfused rows as one table: µs and percent of the copy bandwidth (weights
 /// only), one column per variant.
 fn print_fused_table(rows: &[FusedRow], copy_gb_s: f64) {
@@ -435,6 +638,21 @@ fn main() -> Result<()> {
         }
     };
     for f in &fused {
+        for (name, us) in &f.times {
+            let size = format!("[{}, {k}] x [{}, {k}]^T", f.tokens, f.n, k = f.k);
+            push(name, size, us * 1e-3, (f.n * f.k * 2) as f64);
+        }
+    }
+    // Llama-3.2-1B's qkv and o_proj: split-K as the engine runs it against the staged
+    // kernels (their own table at the end). A failure is printed, not fatal.
+    let staged = match staged_gemv(&gpu, copy_gb_s) {
+        Ok(rows) => rows,
+        Err(e) => {
+            println!("staged split-K GEMV rows failed: {e:#}");
+            Vec::new()
+        }
+    };
+    for f in &staged {
         for (name, us) in &f.times {
             let size = format!("[{}, {k}] x [{}, {k}]^T", f.tokens, f.n, k = f.k);
             push(name, size, us * 1e-3, (f.n * f.k * 2) as f64);
@@ -688,6 +906,7 @@ fn main() -> Result<()> {
         );
     }
     print_fused_table(&fused, copy_gb_s);
+    print_staged_table(&staged, copy_gb_s);
     println!("\n| kernel | size | ms | TFLOP/s | of bf16 GEMM ({BF16_GEMM_TFLOPS:.0}) |");
     println!("| --- | --- | ---: | ---: | ---: |");
     for (kernel, size, ms, tf) in &flop_rows {

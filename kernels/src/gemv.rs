@@ -25,6 +25,14 @@
 //! once per block into shared memory instead, in `rms_norm`'s own order (bit for bit the
 //! unfused kernels), and lets a warp stream several row groups; `kernel_bench` times both
 //! against cuBLAS with the separate norm and SiLU·mul kernels. Not yet measured on a GPU.
+//!
+//! Split-K itself leaves the two small projections of the 1B shape (qkv [3072, 2048] and
+//! o_proj [2048, 2048], 12.6 and 8.4 MB) at about half the copy bandwidth at one token: 768 and
+//! 512 blocks that each load 16 KB and then reduce, in several short waves. [`Staging::Shared`]
+//! takes the same launches through the `_staged` entry points instead: one wave of about one
+//! block per SM, each copying its whole share of W (64-96 KB) into shared memory before it
+//! waits for the previous kernel, then the split kernel's arithmetic on it (bit for bit). Not
+//! yet measured on a GPU.
 
 use std::sync::Arc;
 
@@ -85,6 +93,28 @@ fn rows_per_warp(m: usize) -> usize {
     }
 }
 
+/// When a split-K launch stages its weights in shared memory (the `_staged` entry points).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Staging {
+    /// Never: the `_split` entry points (what the engine has measured; the default).
+    Off,
+    /// Where the launch is split-K, takes at most [`STAGED_MAX_TOKENS`] tokens of rows of at
+    /// most 8192, and the whole weight fits one wave of blocks (about one per SM) of at most
+    /// 16 row groups and 100 KB of shared memory each ([`Gemv::stages`]). Bit for bit the
+    /// `_split` entry points.
+    Shared,
+}
+
+/// Most tokens the `_staged` entry points take (`GEMV_STAGED` in the kernel).
+pub const STAGED_MAX_TOKENS: usize = 3;
+/// Row groups one staged block takes at most (`STAGE_MAX_GROUPS`).
+const STAGE_MAX_GROUPS: usize = 16;
+/// Longest row (16-byte chunks) the staged kernel takes: 4 chunks a thread (`STAGE_X_CHUNKS`).
+const STAGE_MAX_CHUNKS: usize = 4 * THREADS as usize;
+/// Shared memory a staged block's weights may take: two blocks then fit in an SM's 228 KB,
+/// so the next kernel's block can start its copies beside this one.
+const STAGE_MAX_BYTES: usize = 100 << 10;
+
 /// Rows per warp of the `_block` entry points (`GEMV_BLOCK_NORM` in the kernel).
 fn block_rows_per_warp(m: usize) -> usize {
     if m <= 2 {
@@ -101,15 +131,17 @@ const BLOCK_NORM_MAX_CHUNKS: usize = 4 * THREADS as usize;
 /// The compiled kernels, one per token count and variant.
 #[derive(Debug, Clone)]
 pub struct Gemv {
-    by_tokens: Vec<CudaFunction>,  // [MAX_TOKENS], index m - 1
-    norm: Vec<CudaFunction>,       // the same with the RMSNorm prologue
-    norm_glu: Vec<CudaFunction>,   // ... and the SiLU·mul epilogue
-    norm_rope: Vec<CudaFunction>,  // the RMSNorm prologue and the rotary + cache epilogue
-    split: [Vec<CudaFunction>; 4], // the four again, split-K (`_split`)
-    block: [Vec<CudaFunction>; 2], // norm and norm_glu with the norm once per block (`_block`)
+    by_tokens: Vec<CudaFunction>,   // [MAX_TOKENS], index m - 1
+    norm: Vec<CudaFunction>,        // the same with the RMSNorm prologue
+    norm_glu: Vec<CudaFunction>,    // ... and the SiLU·mul epilogue
+    norm_rope: Vec<CudaFunction>,   // the RMSNorm prologue and the rotary + cache epilogue
+    split: [Vec<CudaFunction>; 4],  // the four again, split-K (`_split`)
+    block: [Vec<CudaFunction>; 2],  // norm and norm_glu with the norm once per block (`_block`)
+    staged: [Vec<CudaFunction>; 4], // the four of `split` with W staged in shared memory, m <= 3
     num_sms: usize,
     split_k: SplitK,
     norm_prologue: NormPrologue,
+    staging: Staging,
 }
 
 /// The RMSNorm before a projection, as `fused_add_rms_norm` (or `rms_norm` for the first
@@ -161,12 +193,32 @@ fn with_shared(functions: Vec<CudaFunction>) -> Result<Vec<CudaFunction>> {
     Ok(functions)
 }
 
+/// The `_staged` kernels allowed [`STAGE_MAX_BYTES`] of dynamic shared memory, and asking for
+/// the largest shared-memory carveout (two such blocks per SM).
+fn with_stage_shared(functions: Vec<CudaFunction>) -> Result<Vec<CudaFunction>> {
+    use cudarc::driver::sys::CUfunction_attribute as A;
+    for f in &functions {
+        f.set_attribute(
+            A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            STAGE_MAX_BYTES as i32,
+        )?;
+        f.set_attribute(A::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT, 100)?;
+    }
+    Ok(functions)
+}
+
 impl Gemv {
     pub(crate) fn load(module: &Arc<CudaModule>, num_sms: usize) -> Result<Self> {
         let load = |prefix: &str, suffix: &str| {
             (1..=MAX_TOKENS)
                 .map(|m| module.load_function(&format!("{prefix}_m{m}{suffix}")))
                 .collect::<Result<Vec<_>, _>>()
+        };
+        let staged = |prefix: &str| {
+            let functions = (1..=STAGED_MAX_TOKENS)
+                .map(|m| module.load_function(&format!("{prefix}_m{m}_staged")))
+                .collect::<Result<Vec<_>, _>>()?;
+            with_stage_shared(functions)
         };
         Ok(Self {
             by_tokens: load("gemv", "")?,
@@ -183,10 +235,67 @@ impl Gemv {
                 with_shared(load("gemv_norm", "_block")?)?,
                 with_shared(load("gemv_norm_glu", "_block")?)?,
             ],
+            staged: [
+                staged("gemv")?,
+                staged("gemv_norm")?,
+                staged("gemv_norm_glu")?,
+                staged("gemv_norm_rope")?,
+            ],
             num_sms,
             split_k: SplitK::Auto,
             norm_prologue: NormPrologue::PerWarp,
+            staging: Staging::Off,
         })
+    }
+
+    /// The same kernels with split-K launches staged in shared memory or not.
+    pub fn with_staging(mut self, staging: Staging) -> Self {
+        self.staging = staging;
+        self
+    }
+
+    /// Whether split-K launches are staged where they can be.
+    pub fn staging(&self) -> Staging {
+        self.staging
+    }
+
+    /// Row groups per block of the staged launch of `features` output features (or row pairs)
+    /// in groups of `per_group`, each group `rows` rows of `k`, for `num_tokens` tokens; `None`
+    /// where it does not apply (staging off, too many tokens, rows too long, or more weight
+    /// than one wave of blocks holds). The caller has decided the launch is split-K.
+    fn staged_groups(
+        &self,
+        num_tokens: usize,
+        features: usize,
+        per_group: usize,
+        rows: usize,
+        k: usize,
+    ) -> Option<usize> {
+        if self.staging != Staging::Shared
+            || num_tokens > STAGED_MAX_TOKENS
+            || k / 8 > STAGE_MAX_CHUNKS
+        {
+            return None;
+        }
+        let max = (STAGE_MAX_BYTES / (rows * k * 2)).min(STAGE_MAX_GROUPS);
+        let per_block = features.div_ceil(per_group).div_ceil(self.num_sms.max(1));
+        (1..=max).contains(&per_block).then_some(per_block)
+    }
+
+    /// Whether a launch for `num_tokens` tokens through a weight of `n` rows of `k` takes the
+    /// `_staged` entry points; `pairs`: its rows are taken in pairs (SiLU·mul's gate and up,
+    /// or the rotary epilogue's). For the bench and the tests, which must know which kernel
+    /// they time or check.
+    pub fn stages(&self, num_tokens: usize, n: usize, k: usize, pairs: bool) -> bool {
+        if !Self::supports(num_tokens, k) {
+            return false;
+        }
+        let rows = rows_per_warp(num_tokens);
+        let (features, per_group) = if pairs { (n / 2, rows / 2) } else { (n, rows) };
+        self.splits(features, per_group, k)
+            && self
+                .staged_groups(num_tokens, features, per_group, rows, k)
+                .is_some()
     }
 
     /// The same kernels with the norm prologue computed per warp or per block.
@@ -206,8 +315,12 @@ impl Gemv {
     /// saves its separate rotary kernel (SmolLM2-135M's shape, 0.617 → 0.572 ms of device time
     /// per token); split-K, where one thread per block runs the epilogue after the block's
     /// reduction, it was 1% slower than the two launches (Llama-3.2-1B's, 1.159 → 1.171 ms).
+    /// Staged ([`Staging::Shared`]), the epilogue is spread over the block's first threads,
+    /// so a staged split-K launch fuses it too (not yet measured).
     pub fn fuses_rotary(&self, num_tokens: usize, n: usize, k: usize) -> bool {
-        Self::supports(num_tokens, k) && !self.splits(n / 2, rows_per_warp(num_tokens) / 2, k)
+        Self::supports(num_tokens, k)
+            && (!self.splits(n / 2, rows_per_warp(num_tokens) / 2, k)
+                || self.stages(num_tokens, n, k, true))
     }
 
     /// The same kernels with another split-K rule (the bench times each against the other).
@@ -498,8 +611,19 @@ impl Gemv {
                 return Ok(());
             }
         }
-        // Split-K: a block per row group; otherwise a row group per warp.
-        let features_per_block = per_group * if split { 1 } else { THREADS as usize / 32 };
+        // Split-K: a block per row group (staged: `groups` of them); otherwise a row group per
+        // warp.
+        let staged = if split {
+            self.staged_groups(num_tokens, width, per_group, rows, k)
+        } else {
+            None
+        };
+        let features_per_block = per_group
+            * match (staged, split) {
+                (Some(groups), _) => groups,
+                (None, true) => 1,
+                (None, false) => THREADS as usize / 32,
+            };
         let cfg = LaunchConfig {
             grid_dim: (
                 to_u32(K, "blocks", width.div_ceil(features_per_block))?,
@@ -507,7 +631,8 @@ impl Gemv {
                 1,
             ),
             block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
+            // Staged: the block's row groups of W.
+            shared_mem_bytes: to_u32(K, "shared memory", staged.unwrap_or(0) * rows * k * 2)?,
         };
         let (n32, k32) = (to_u32(K, "n", n)?, to_u32(K, "k", k)?);
         let null: u64 = 0;
@@ -517,6 +642,7 @@ impl Gemv {
             (Epilogue::Plain, true) => 3,
         };
         let function = match (variant, split) {
+            _ if staged.is_some() => &self.staged[variant][num_tokens - 1],
             (_, true) => &self.split[variant][num_tokens - 1],
             (1, false) => &self.norm[num_tokens - 1],
             (2, false) => &self.norm_glu[num_tokens - 1],
@@ -544,6 +670,10 @@ impl Gemv {
             };
         }
         launch.arg(&n32).arg(&k32);
+        let groups32 = to_u32(K, "groups", staged.unwrap_or(0))?;
+        if staged.is_some() {
+            launch.arg(&groups32);
+        }
         let shape32;
         if let Some(r) = rope {
             let s = r.shape;
@@ -569,7 +699,10 @@ impl Gemv {
         // qkv_rotary_cache). Otherwise they follow gemv_norm_m* and its _split twin (out, residual_out or null, delta or null,
         // residual, gamma, float eps, w, bias or null, u32 n, u32 k) or gemv_norm_glu_m* (the
         // same without bias); every length was checked above against num_tokens, k and n,
-        // operands are 16-byte aligned, and residual_out is given whenever delta is.
+        // operands are 16-byte aligned, and residual_out is given whenever delta is. The
+        // `_staged` twins take u32 groups after k; staged_groups checked num_tokens <= 3,
+        // k / 8 <= 4 x THREADS and groups <= 16, and the dynamic shared memory (groups · rows ·
+        // k bf16, <= 100 KB) is what the kernel copies W into and within the allowed size.
         unsafe { launch.launch(cfg) }?;
         Ok(())
     }
@@ -622,15 +755,28 @@ impl Gemv {
         }
         let rows = rows_per_warp(num_tokens);
         let split = self.splits(n, rows, k);
-        let rows_per_block = rows * if split { 1 } else { THREADS as usize / 32 };
+        let staged = if split {
+            self.staged_groups(num_tokens, n, rows, rows, k)
+        } else {
+            None
+        };
+        let rows_per_block = rows
+            * match (staged, split) {
+                (Some(groups), _) => groups,
+                (None, true) => 1,
+                (None, false) => THREADS as usize / 32,
+            };
         let cfg = LaunchConfig {
             grid_dim: (to_u32(K, "blocks", n.div_ceil(rows_per_block))?, 1, 1),
             block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: 0,
+            shared_mem_bytes: to_u32(K, "shared memory", staged.unwrap_or(0) * rows * k * 2)?,
         };
         let (n32, k32) = (to_u32(K, "n", n)?, to_u32(K, "k", k)?);
+        let groups32 = to_u32(K, "groups", staged.unwrap_or(0))?;
         let null: u64 = 0;
-        let function = if split {
+        let function = if staged.is_some() {
+            &self.staged[0][num_tokens - 1]
+        } else if split {
             &self.split[0][num_tokens - 1]
         } else {
             &self.by_tokens[num_tokens - 1]
@@ -642,10 +788,62 @@ impl Gemv {
             None => launch.arg(&null), // a null `const bf16*`: no bias
         };
         launch.arg(&n32).arg(&k32);
+        if staged.is_some() {
+            launch.arg(&groups32);
+        }
+        // gemv_m*_staged takes u32 groups after k (<= 16, its shared memory groups · rows · k
+        // bf16 <= 100 KB, num_tokens <= 3 and k / 8 <= 4 x THREADS: checked by staged_groups).
         // SAFETY: the signature matches gemv_m* and gemv_m*_split (out, x, w, bias or null, u32 n, u32 k); x holds
         // num_tokens rows of k, weight n rows of k, out num_tokens rows of n, bias n (checked),
         // k % 8 == 0 and x, weight are 16-byte aligned (checked); the kernel clamps rows to n.
         unsafe { launch.launch(cfg) }?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// NVRTC needs no GPU: where its library is found (CI has none), gemv.cu, with its
+    /// `_staged` entry points (cp.async, up to 100 KB of dynamic shared memory), compiles and
+    /// assembles for the H200's sm_90, and every entry point `Gemv::load` asks for is in it
+    /// (looked up in the PTX, where each is an `.entry`).
+    #[test]
+    fn gemv_cu_compiles_with_every_entry_point() {
+        use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+        // SAFETY: only looks for the library; no NVRTC call.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            eprintln!("skipped: libnvrtc was not found");
+            return;
+        }
+        crate::compile::compile(super::FILE, super::SOURCE, crate::compile::ARCH)
+            .expect("gemv.cu compiles to a CUBIN");
+        let common = include_str!("../cuda/common.cuh");
+        let ptx = compile_ptx_with_opts(
+            format!("{common}\n{}", super::SOURCE),
+            CompileOptions {
+                arch: Some("compute_90"),
+                include_paths: vec![crate::compile::cuda_include_dir()],
+                options: vec!["--std=c++17".into()],
+                ..Default::default()
+            },
+        )
+        .expect("gemv.cu compiles to PTX")
+        .to_src();
+        let has = |name: &str| {
+            ptx.lines()
+                .any(|l| l.contains(".entry") && l.trim_end().ends_with(&format!("{name}(")))
+        };
+        for prefix in ["gemv", "gemv_norm", "gemv_norm_glu", "gemv_norm_rope"] {
+            for m in 1..=super::MAX_TOKENS {
+                for suffix in ["", "_split"] {
+                    let name = format!("{prefix}_m{m}{suffix}");
+                    assert!(has(&name), "{name} is not in the PTX");
+                }
+            }
+            for m in 1..=super::STAGED_MAX_TOKENS {
+                let name = format!("{prefix}_m{m}_staged");
+                assert!(has(&name), "{name} is not in the PTX");
+            }
+        }
     }
 }

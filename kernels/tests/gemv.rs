@@ -221,3 +221,124 @@ fn fused_norm_gemv_matches_the_unfused_kernels() {
         }
     }
 }
+
+/// The staged split-K entry points ([`Staging::Shared`]: a block's share of W copied into
+/// shared memory before the wait, one wave of blocks) against the `_split` ones they replace,
+/// bit for bit (same chunks per thread, same warp order, same norm): `forward` with and without
+/// a bias, `forward_norm` (plain and SiLU·mul, with and without a delta, the new residual
+/// stream too), at 1 to [`STAGED_MAX_TOKENS`] tokens. Shapes: Llama-3.2-1B's qkv and o_proj (the two it is for),
+/// SmolLM2's qkv and gate/up, rows of 8192 (4 chunks a thread), and ragged ones (a last block
+/// with fewer row groups, a last row group cut short, k of one chunk). Each launch is asserted to take the staged kernels
+/// ([`Gemv::stages`]), so the test cannot pass on the split ones; the plain launches are also
+/// checked against the f64 reference.
+#[test]
+fn staged_gemv_equals_split_k_bit_for_bit() {
+    use kernels::gemv::{Epilogue, NormInput, Staging, STAGED_MAX_TOKENS};
+    let Some(gpu) = gpu_or_skip() else { return };
+    let (s, k_) = (&gpu.stream, &gpu.kernels);
+    let mut rng = Rng::fresh("gemv_staged");
+    let eps = 1e-5f32;
+    let split = k_.gemv.clone().with_split_k(SplitK::Always);
+    let staged = split.clone().with_staging(Staging::Shared);
+    let bits = |v: &[half::bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (n, k, epilogue) in [
+        (3072, 2048, Epilogue::Plain),
+        (2048, 2048, Epilogue::Plain),
+        (1030, 1024, Epilogue::Plain),
+        (960, 576, Epilogue::Plain),
+        (576, 1536, Epilogue::SiluAndMul),
+        (66, 8192, Epilogue::SiluAndMul),
+        (131, 40, Epilogue::Plain),
+        (34, 8, Epilogue::SiluAndMul),
+    ] {
+        let pairs = epilogue == Epilogue::SiluAndMul;
+        let width = if pairs { n / 2 } else { n };
+        let w = rng.bf16s(n * k, 1.0 / (k as f64).sqrt());
+        let bias = rng.bf16s(n, 0.5);
+        let (dw, db) = (s.clone_htod(&w).unwrap(), s.clone_htod(&bias).unwrap());
+        let gamma = s.clone_htod(&rng.bf16s(k, 1.0)).unwrap();
+        let (wf, bf) = (to_f64(&w), to_f64(&bias));
+        for m in 1..=STAGED_MAX_TOKENS {
+            assert!(
+                staged.stages(m, n, k, false)
+                    && staged.stages(m, n, k, pairs)
+                    && !split.stages(m, n, k, pairs),
+                "[{n}, {k}] at {m} tokens: the staged kernels must take it"
+            );
+            let x = rng.bf16s(m * k, 1.0);
+            let dx = s.clone_htod(&x).unwrap();
+            // Plain GEMV, with and without bias (pairs or not: all n rows).
+            for b in [false, true] {
+                let dbias = db.as_view();
+                let mut outs = Vec::new();
+                for g in [&split, &staged] {
+                    let mut out = poisoned(s, m * n);
+                    g.forward(
+                        s,
+                        &mut out.as_view_mut(),
+                        &dx.as_view(),
+                        &dw.as_view(),
+                        b.then_some(&dbias),
+                        m,
+                    )
+                    .unwrap();
+                    outs.push(s.clone_dtoh(&out).unwrap());
+                }
+                let what = format!("staged gemv [{m}, {k}] x [{n}, {k}]^T, bias {b}");
+                let want = linear_reference(&to_f64(&x), &wf, b.then_some(&bf[..]), m, n, k);
+                assert_close(&what, &outs[1], &want, BF16_BOUND);
+                assert!(
+                    bits(&outs[0]) == bits(&outs[1]),
+                    "{what}: differs from split-K"
+                );
+            }
+            // Norm-fed, with and without a delta.
+            let residual = s.clone_htod(&rng.bf16s(m * k, 1.0)).unwrap();
+            let delta = s.clone_htod(&rng.bf16s(m * k, 1.0)).unwrap();
+            for with_delta in [false, true] {
+                let (dv, rv, gv) = (delta.as_view(), residual.as_view(), gamma.as_view());
+                let input = NormInput {
+                    delta: with_delta.then_some(&dv),
+                    residual: &rv,
+                    gamma: &gv,
+                    eps,
+                };
+                let mut got = Vec::new();
+                for g in [&split, &staged] {
+                    let mut out = poisoned(s, m * width);
+                    let mut r_out = poisoned(s, m * k);
+                    let mut rv_out = r_out.as_view_mut();
+                    g.forward_norm(
+                        s,
+                        &mut out.as_view_mut(),
+                        with_delta.then_some(&mut rv_out),
+                        &input,
+                        &dw.as_view(),
+                        None,
+                        epilogue,
+                        m,
+                    )
+                    .unwrap();
+                    got.push((s.clone_dtoh(&out).unwrap(), s.clone_dtoh(&r_out).unwrap()));
+                }
+                let what = format!(
+                    "staged gemv_norm {epilogue:?} [{m}, {k}] x [{n}, {k}]^T, delta {with_delta}"
+                );
+                assert!(
+                    got[0].0.iter().all(|v| !v.is_nan()),
+                    "{what}: split-K left outputs unwritten"
+                );
+                assert!(
+                    bits(&got[0].0) == bits(&got[1].0),
+                    "{what}: differs from split-K"
+                );
+                if with_delta {
+                    assert!(
+                        bits(&got[0].1) == bits(&got[1].1),
+                        "{what}: the new residual stream differs"
+                    );
+                }
+            }
+        }
+    }
+}

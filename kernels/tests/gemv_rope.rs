@@ -2,14 +2,15 @@
 //! kernels it replaces, run on the same inputs: `gemv_norm` (the same GEMV entry point with a
 //! plain epilogue) then `qkv_rotary_cache`. q, the new residual stream, every written cache row
 //! and every row left alone (NaN-poisoned) must be equal bit for bit, with padding rows
-//! (`PADDING_SLOT`) writing q only; each entry point (warp per row group, split-K) against
-//! itself. `qkv_rotary_cache` is checked against the separate kernels, and those against f64,
+//! (`PADDING_SLOT`) writing q only; each entry point (warp per row group, split-K, split-K
+//! staged in shared memory) against itself (tests/gemv.rs checks the staged plain launch
+//! against split-K's bit for bit). `qkv_rotary_cache` is checked against the separate kernels, and those against f64,
 //! in their own tests.
 mod common;
 
 use common::{gpu_or_skip, poisoned, Rng};
 use half::bf16;
-use kernels::gemv::{NormInput, RotaryCache, SplitK, MAX_TOKENS};
+use kernels::gemv::{NormInput, RotaryCache, SplitK, Staging, MAX_TOKENS, STAGED_MAX_TOKENS};
 use kernels::qkv_rotary_cache::QkvShape;
 use kernels::reshape_and_cache::PADDING_SLOT;
 
@@ -59,11 +60,23 @@ fn fused_rope_gemv_equals_gemv_then_qkv_rotary_cache() {
                 .collect();
             let dpos = s.clone_htod(&positions).unwrap();
             let dslots = s.clone_htod(&slot_mapping).unwrap();
-            for (with_delta, split) in [false, true]
+            let variants = [
+                (SplitK::Never, Staging::Off),
+                (SplitK::Always, Staging::Off),
+                (SplitK::Always, Staging::Shared),
+            ];
+            for (with_delta, (split, staging)) in [false, true]
                 .into_iter()
-                .flat_map(|d| [SplitK::Never, SplitK::Always].map(|m| (d, m)))
+                .flat_map(|d| variants.map(|v| (d, v)))
             {
-                let gemv = k.gemv.clone().with_split_k(split);
+                let gemv = k.gemv.clone().with_split_k(split).with_staging(staging);
+                if staging == Staging::Shared {
+                    // The staged kernels must be what runs (every shape here fits one wave),
+                    // up to STAGED_MAX_TOKENS; past it, the split ones.
+                    let staged = m <= STAGED_MAX_TOKENS;
+                    assert_eq!(gemv.stages(m, n, hidden, true), staged, "{m} tokens");
+                    assert_eq!(gemv.fuses_rotary(m, n, hidden), staged, "{m} tokens");
+                }
                 let (dv, rv, gv, bv) = (
                     delta.as_view(),
                     residual.as_view(),
@@ -141,7 +154,7 @@ fn fused_rope_gemv_equals_gemv_then_qkv_rotary_cache() {
                 .unwrap();
                 let what = format!(
                     "gemv_norm_rope {nh}/{nkv} heads of {d}, hidden {hidden}, {m} tokens, \
-                     delta {with_delta}, bias {with_bias}, split-K {split:?}"
+                     delta {with_delta}, bias {with_bias}, split-K {split:?}, {staging:?}"
                 );
                 for (name, got, want) in [
                     ("q", &q_got, &q_want),

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use half::bf16;
 use kernels::cudarc::driver::sys::CUevent_flags;
 use kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream};
-use kernels::gemv::{Epilogue, Gemv, NormInput, NormPrologue, RotaryCache};
+use kernels::gemv::{Epilogue, Gemv, NormInput, NormPrologue, RotaryCache, Staging};
 use kernels::nccl::NcclRank;
 use kernels::paged_attention::{
     max_partitions, DecodeKernel, DecodeShape, PagedAttention, SplitKWorkspace,
@@ -78,6 +78,10 @@ const GEMV_MAX_WEIGHTS: usize = 1 << 22;
 ///   norm + SiLU·mul 30.2), its LM head 122.5 against 119.1, SmolLM2's gate/up 4.5 against
 ///   3.8; batch-1 decode of the 1B shape with the per-block norm on its gate/up, 1.14 → 1.00
 ///   ms/token of device time, A B A B in one call.
+/// - `LAB_GEMV_STAGED=1|0`: split-K launches that fit one wave (Llama-3.2-1B's qkv and o_proj
+///   at one token) stage their weights in shared memory before waiting for the previous
+///   kernel ([`Staging::Shared`], bit for bit the split-K kernels), and the qkv launch then
+///   keeps its rotary + cache epilogue. Default 0 (off) until the H200 has timed it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct GemvRule {
     /// Weights (elements) the GEMV takes at one token: fewer than this.
@@ -85,6 +89,8 @@ struct GemvRule {
     /// The same at 2..=[`GEMV_MAX_TOKENS`] tokens.
     max_weights: usize,
     norm_prologue: NormPrologue,
+    /// Whether split-K launches stage their weights in shared memory.
+    staging: Staging,
 }
 
 impl Default for GemvRule {
@@ -93,6 +99,7 @@ impl Default for GemvRule {
             max_weights_one_token: usize::MAX,
             max_weights: GEMV_MAX_WEIGHTS,
             norm_prologue: NormPrologue::PerBlock { groups_per_warp: 1 },
+            staging: Staging::Off,
         }
     }
 }
@@ -127,6 +134,13 @@ impl GemvRule {
                     Some(Ok(g)) if g > 0 => NormPrologue::PerBlock { groups_per_warp: g },
                     _ => return Err(bad()),
                 },
+            };
+        }
+        if let Some(v) = var("LAB_GEMV_STAGED") {
+            rule.staging = match v.trim() {
+                "1" => Staging::Shared,
+                "0" => Staging::Off,
+                _ => return Err(format!("LAB_GEMV_STAGED={v}: expected 1 or 0")),
             };
         }
         Ok(rule)
@@ -247,7 +261,8 @@ impl CudaBackend {
                 .kernels
                 .gemv
                 .clone()
-                .with_norm_prologue(gemv_rule.norm_prologue),
+                .with_norm_prologue(gemv_rule.norm_prologue)
+                .with_staging(gemv_rule.staging),
             gemv_rule,
             paged_attention,
             linear,
@@ -798,7 +813,7 @@ impl Backend for CudaBackend {
         // finishes (programmatic dependent launch, kernels/src/launch.rs). cuBLAS otherwise.
         let stream = &self.gpu.stream;
         let result = if self.gemv_rule.takes(x.rows, w) {
-            let gemv = &self.gpu.kernels.gemv;
+            let gemv = &self.gemv; // the rule's variant (LAB_GEMV_STAGED)
             gemv.forward(stream, &mut y, &xv, &wv, bias.as_ref(), x.rows)
         } else {
             self.linear.forward(&mut y, &xv, &wv, bias.as_ref(), x.rows)
@@ -1139,7 +1154,7 @@ impl Backend for CudaBackend {
             value_cache: &mut *value_cache,
             step,
         };
-        let (t, gemv) = (residual.rows, &self.gpu.kernels.gemv);
+        let (t, gemv) = (residual.rows, &self.gemv);
         if gemv.fuses_rotary(t, w.rows, w.cols) {
             if let Some(q) = self.norm_gemv(&fused, delta.as_ref(), residual, Some(rope))? {
                 return Ok(q);
@@ -1363,6 +1378,7 @@ mod tests {
             r.norm_prologue,
             NormPrologue::PerBlock { groups_per_warp: 1 }
         );
+        assert_eq!(r.staging, Staging::Off);
     }
 
     #[test]
@@ -1391,6 +1407,14 @@ mod tests {
         assert_eq!(r.norm_prologue, NormPrologue::PerWarp);
         let r = rule(&[("LAB_GEMV_MAX_WEIGHTS_M1", "4194304")]).unwrap();
         assert!(r.takes_shape(1, 3072, 576) && !r.takes_shape(1, 2048, 2048));
+        assert_eq!(
+            rule(&[("LAB_GEMV_STAGED", "1")]).unwrap().staging,
+            Staging::Shared
+        );
+        assert_eq!(
+            rule(&[("LAB_GEMV_STAGED", " 0")]).unwrap().staging,
+            Staging::Off
+        );
     }
 
     #[test]
@@ -1401,6 +1425,7 @@ mod tests {
             ("LAB_GEMV_NORM", "blocks"),
             ("LAB_GEMV_NORM", "block:0"),
             ("LAB_GEMV_NORM", "block:x"),
+            ("LAB_GEMV_STAGED", "yes"),
         ] {
             let e = rule(&[(name, value)]).unwrap_err();
             assert!(e.starts_with(&format!("{name}={value}:")), "{e}");
