@@ -846,9 +846,9 @@ __device__ __forceinline__ void gemv_staged(
 // `_staged` entry points, 1 to 3 tokens, rows per group as `gemv_m*` (4 at one token, 2
 // beyond); two blocks per SM (<= 128 registers), so the next kernel's block fits beside this
 // one. (At 4 tokens the input chunks a thread keeps, 64 registers, push it past 128: ptxas
-// spilled ~160 bytes, so 4 tokens keep the `_split` kernels. NVRTC 13.0, sm_90: 72-80
-// registers at one token, 94-117 at two, 127-128 at three, no spills; the `_split` kernels
-// at one token take 94-161.) The arguments are the `_split` ones with `u32 groups` (row groups per
+// spilled ~160 bytes, so 4 tokens keep the `_split` kernels. NVRTC 13.0, sm_90: 68-72
+// registers at one token, 92-94 at two, 126 at three, no spills; the `_split` kernels at one
+// token take 94-161.) The arguments are the `_split` ones with `u32 groups` (row groups per
 // block) after k.
 #define GEMV_STAGED(M, ROWS)                                                                       \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_m##M##_staged(              \
