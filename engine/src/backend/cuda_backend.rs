@@ -165,6 +165,22 @@ impl GemvRule {
     }
 }
 
+/// The decode attention kernel `LAB_DECODE_ATTENTION` asks for (`mma` or `shared`), read
+/// through `var` as [`GemvRule::from_vars`] reads its settings; `None` keeps the default
+/// (`rings()`' first, the mma kernel). Any other value is an error naming the variable.
+fn decode_kernel_from_vars(
+    var: impl Fn(&str) -> Option<String>,
+) -> std::result::Result<Option<DecodeKernel>, String> {
+    match var("LAB_DECODE_ATTENTION") {
+        None => Ok(None),
+        Some(v) => match v.trim() {
+            "mma" => Ok(Some(DecodeKernel::MmaWarpRings)),
+            "shared" => Ok(Some(DecodeKernel::Shared)),
+            _ => Err(format!("LAB_DECODE_ATTENTION={v}: expected mma or shared")),
+        },
+    }
+}
+
 /// Runs the model on GPU `ordinal`.
 pub struct CudaBackend {
     gpu: Gpu,
@@ -243,21 +259,12 @@ impl CudaBackend {
             op: "reading LAB_DECODE_ATTENTION",
             source: e.into(),
         };
-        let paged_attention = match std::env::var("LAB_DECODE_ATTENTION").ok().as_deref() {
+        let paged_attention = match decode_kernel_from_vars(|name| std::env::var(name).ok())
+            .map_err(attention_setting)?
+        {
             None => gpu.kernels.paged_attention.clone(),
-            Some(v) => {
-                let kernel = match v.trim() {
-                    "mma" => DecodeKernel::MmaWarpRings,
-                    "shared" => DecodeKernel::Shared,
-                    _ => {
-                        return Err(attention_setting(format!(
-                            "LAB_DECODE_ATTENTION={v}: expected mma or shared"
-                        )))
-                    }
-                };
-                let pa = gpu.kernels.paged_attention.clone().with_kernel(kernel);
-                pa.map_err(|e| attention_setting(e.to_string()))?
-            }
+            Some(kernel) => (gpu.kernels.paged_attention.clone().with_kernel(kernel))
+                .map_err(|e| attention_setting(e.to_string()))?,
         };
         Ok(CudaBackend {
             gemv: gpu
@@ -1382,6 +1389,28 @@ mod tests {
             NormPrologue::PerBlock { groups_per_warp: 1 }
         );
         assert_eq!(r.staging, Staging::Shared);
+    }
+
+    #[test]
+    fn decode_attention_follows_the_environment() {
+        let read = |vars: &'static [(&'static str, &'static str)]| {
+            decode_kernel_from_vars(move |name| {
+                vars.iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.to_string())
+            })
+        };
+        assert_eq!(read(&[]), Ok(None));
+        assert_eq!(
+            read(&[("LAB_DECODE_ATTENTION", " shared")]),
+            Ok(Some(DecodeKernel::Shared))
+        );
+        assert_eq!(
+            read(&[("LAB_DECODE_ATTENTION", "mma")]),
+            Ok(Some(DecodeKernel::MmaWarpRings))
+        );
+        let err = read(&[("LAB_DECODE_ATTENTION", "fast")]).unwrap_err();
+        assert!(err.contains("LAB_DECODE_ATTENTION=fast"), "{err}");
     }
 
     #[test]
