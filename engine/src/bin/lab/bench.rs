@@ -1,7 +1,8 @@
 //! `lab bench`: prefill and decode throughput at batch 1 and 8, next to the machine's ceiling.
 //! (`--workload nano-vllm` and `--workload decode-b1` are the serving benchmark instead:
-//! `serving_bench`; `--workload scheduler` times the host's work per step alone:
-//! `scheduler_bench`.)
+//! `serving_bench`; `--workload decode --batch-size N` times a decode step of N requests and
+//! its collectives: `decode_batch`; `--workload scheduler` times the host's work per step
+//! alone: `scheduler_bench`.)
 //!
 //! Workloads (fixed so runs compare across machines and against transformers' baseline,
 //! `docs/baseline-transformers.md`):
@@ -39,6 +40,9 @@ enum Workload {
     NanoVllm,
     /// Batch-1 decode ms/token alone.
     DecodeB1,
+    /// A decode step at --batch-size requests, and with several ranks its collectives:
+    /// `decode_batch`.
+    Decode,
     /// The host's work per step on nano-vllm's workload without a model (scheduling, stats,
     /// input layout): `scheduler_bench`.
     Scheduler,
@@ -53,8 +57,12 @@ pub struct BenchArgs {
     workload: Workload,
     #[command(flatten)]
     serving: ServingArgs,
+    /// --workload decode: requests that decode together in each timed step (at most
+    /// --max-num-seqs).
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
     /// Measured runs per workload (the best is reported, after one warm-up run; batch-1
-    /// decode of the serving workloads reports the median).
+    /// decode of the serving workloads, and --workload decode, report the median).
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// The machine's f32 matrix-multiply rate in GFLOP/s, for the compute ceiling. The default,
@@ -106,6 +114,13 @@ struct Row {
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if args.workload == Workload::Decode {
+        return crate::decode_batch::run(&args.model, args.batch_size, args.runs, args.json);
+    }
+    anyhow::ensure!(
+        args.batch_size == 1,
+        "--batch-size is for --workload decode; this workload has its own batches"
+    );
     if args.workload == Workload::Scheduler {
         return crate::scheduler_bench::run(&args.model, &args.serving, args.runs, args.json);
     }

@@ -7,11 +7,9 @@
 //! prefill step, for a fixed 128-token prompt (the first 128 ids of nano-vllm's first prompt:
 //! `random.seed(0); randint(100, 1024); [randint(0, 10000) for _ in range(128)]`).
 
-use std::time::Instant;
+use engine::LLMEngine;
 
-use engine::{LLMEngine, Prompt, SamplingParams};
-
-use crate::nano_vllm::fit_vocab;
+use crate::decode_batch;
 use crate::py_random::PyRandom;
 
 /// Prompt tokens, and decode steps timed after the prefill.
@@ -37,43 +35,19 @@ pub struct DecodeB1 {
     pub device_ms_per_token: Option<f64>,
 }
 
-/// Median milliseconds per decode token over `runs` runs, after one warm-up run. Greedy, EOS
-/// ignored. The engine must be idle (the steps timed are this request's alone).
+/// Median milliseconds per decode token over `runs` runs, after one warm-up run: the decode
+/// window of `decode_batch` at batch 1. Greedy, EOS ignored. The engine must be idle (the
+/// steps timed are this request's alone).
 pub fn ms_per_token(engine: &mut LLMEngine, runs: usize) -> anyhow::Result<DecodeB1> {
-    let ids = fit_vocab(&prompt(), engine.model_config().vocab_size);
-    let params = SamplingParams {
-        ignore_eos: true,
-        ..SamplingParams::greedy(1 + DECODE_STEPS)
-    };
+    let prompts = decode_batch::prompts(1, engine.model_config().vocab_size);
+    decode_batch::decode_window(engine, &prompts)?; // warm-up
     let mut times = Vec::with_capacity(runs);
     let mut device_times = Vec::with_capacity(runs);
-    for run in 0..=runs.max(1) {
-        let id = engine.add_request(Prompt::TokenIds(ids.clone()), params.clone())?;
-        // Prefill (several steps if the token budget chunks it) up to the first token.
-        let sequence = |e: &LLMEngine| e.scheduler.sequence(id).map(|s| s.output_token_ids.len());
-        while sequence(engine) == Some(0) {
-            engine.step()?;
-        }
-        let t = Instant::now();
-        let device_before = engine.device_time();
-        let mut steps = 0;
-        while engine.has_unfinished_requests() {
-            engine.step()?;
-            steps += 1;
-        }
-        let s = t.elapsed().as_secs_f64();
-        anyhow::ensure!(
-            steps == DECODE_STEPS,
-            "batch-1 decode took {steps} steps after the prefill, not {DECODE_STEPS} \
-             (is the KV cache or the model's context shorter than {} tokens?)",
-            PROMPT_LEN + DECODE_STEPS + 1
-        );
-        if run > 0 {
-            times.push(1e3 * s / DECODE_STEPS as f64);
-            if let (Some(a), Some(b)) = (device_before, engine.device_time()) {
-                let device = (b.total - a.total).as_secs_f64();
-                device_times.push(1e3 * device / DECODE_STEPS as f64);
-            }
+    for _ in 0..runs.max(1) {
+        let window = decode_batch::decode_window(engine, &prompts)?;
+        times.push(1e3 * window.wall_s / DECODE_STEPS as f64);
+        if let Some(device) = window.device_s {
+            device_times.push(1e3 * device / DECODE_STEPS as f64);
         }
     }
     let median = |v: &[f64]| crate::nano_vllm::percentile(v, 50.0);

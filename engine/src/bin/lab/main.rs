@@ -14,6 +14,7 @@
 
 mod bench;
 mod decode_b1;
+mod decode_batch;
 mod generate;
 mod launch;
 mod nano_vllm;

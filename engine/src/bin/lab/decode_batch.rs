@@ -1,0 +1,220 @@
+//! `lab bench --workload decode --batch-size N`: one decode step of N requests together, and
+//! with several ranks what that step's collectives cost.
+//!
+//! N requests of decode-b1's fixed 128-token prompt (rotated by the request's index, so they
+//! are N different requests) are prefilled together; then the 128 decode steps in which all N
+//! decode are timed ([`decode_window`]; decode-b1 is the same window at N = 1). Each rank's
+//! communicator counters are read just before and just after the window, so their differences
+//! are the decode steps' own collectives, with no prefill in them.
+//!
+//! What the counters should say: the engine all-reduces a `[N, hidden]` tensor once after the
+//! embedding (each rank holds a slice of the vocabulary; see `model_executor::llama`) and twice
+//! per layer (after the row-parallel o_proj and down_proj); the LM head's logits are
+//! all-gathered, not all-reduced. [`predicted_all_reduce_bytes`] is that closed form, printed
+//! beside the counters.
+
+use std::time::Instant;
+
+use engine::config::Device;
+use engine::distributed::comm_model::ALL_REDUCES_PER_LAYER;
+use engine::distributed::{CommOp, CommStats, OpStats};
+use engine::model_executor::pipeline_parallel::get_pp_indices;
+use engine::{LLMEngine, Prompt, SamplingParams};
+
+use crate::decode_b1::{prompt, DECODE_STEPS, PROMPT_LEN};
+use crate::nano_vllm::fit_vocab;
+
+mod report;
+
+pub use report::run;
+
+/// One timed window: [`DECODE_STEPS`] steps, each decoding every request once.
+pub struct Window {
+    /// Host wall time of the steps.
+    pub wall_s: f64,
+    /// The device's part, where the backend measures it (GPU).
+    pub device_s: Option<f64>,
+    /// Each rank's communicator counters over the window, in world-rank order (empty with
+    /// one rank).
+    pub comm: Vec<CommStats>,
+}
+
+/// decode-b1's prompt fitted to `vocab`, rotated left by `i` for request `i`: N different
+/// prompts of the same length (distinct for N up to [`PROMPT_LEN`]).
+pub fn prompts(n: usize, vocab: usize) -> Vec<Vec<u32>> {
+    let ids = fit_vocab(&prompt(), vocab);
+    (0..n)
+        .map(|i| {
+            let mut p = ids.clone();
+            p.rotate_left(i % PROMPT_LEN);
+            p
+        })
+        .collect()
+}
+
+// ANCHOR: decode_window
+/// Adds `prompts` as requests of `1 + DECODE_STEPS` tokens (greedy, EOS ignored), steps until
+/// every one has its first token, then times the [`DECODE_STEPS`] steps that make the rest.
+/// Every timed step must decode every request and nothing else; if one did not (a preemption,
+/// a KV cache or context too short, prompts that did not reach their first token in the same
+/// step) the window is refused, since its steps would not be steps of this batch. The engine
+/// must be idle.
+pub fn decode_window(engine: &mut LLMEngine, prompts: &[Vec<u32>]) -> anyhow::Result<Window> {
+    let n = prompts.len();
+    let params = SamplingParams {
+        ignore_eos: true,
+        ..SamplingParams::greedy(1 + DECODE_STEPS)
+    };
+    let mut ids = Vec::with_capacity(n);
+    for p in prompts {
+        ids.push(engine.add_request(Prompt::TokenIds(p.clone()), params.clone())?);
+    }
+    // Prefill (several steps if the token budget chunks it) up to every first token.
+    let waiting = |e: &LLMEngine| {
+        let outputs = |id| e.scheduler.sequence(id).map(|s| s.output_token_ids.len());
+        ids.iter().any(|&id| outputs(id) == Some(0))
+    };
+    while waiting(engine) {
+        engine.step()?;
+    }
+    let comm_before = engine.comm_stats();
+    let device_before = engine.device_time();
+    let t = Instant::now();
+    for step in 1..=DECODE_STEPS {
+        engine.step()?;
+        let s = engine.last_step_stats().copied().unwrap_or_default();
+        if s.num_decode_seqs != n || s.num_prefill_seqs != 0 {
+            let (decodes, prefills) = (s.num_decode_seqs, s.num_prefill_seqs);
+            anyhow::bail!(
+                "decode step {step} of {DECODE_STEPS} at batch {n} decoded {decodes} requests \
+                 and prefilled {prefills}, not {n} decodes alone (was a request preempted, or \
+                 is the KV cache or the model's context shorter than {n} × {} tokens? see \
+                 --num-kv-blocks)",
+                PROMPT_LEN + DECODE_STEPS + 1
+            );
+        }
+    }
+    let wall_s = t.elapsed().as_secs_f64();
+    let device_s = match (device_before, engine.device_time()) {
+        (Some(a), Some(b)) => Some((b.total - a.total).as_secs_f64()),
+        _ => None,
+    };
+    let comm_after = engine.comm_stats();
+    anyhow::ensure!(
+        !engine.has_unfinished_requests(),
+        "requests were left after {DECODE_STEPS} decode steps at batch {n}"
+    );
+    let comm = comm_after
+        .iter()
+        .zip(&comm_before)
+        .map(|(a, b)| since(a, b));
+    Ok(Window {
+        wall_s,
+        device_s,
+        comm: comm.collect(),
+    })
+}
+// ANCHOR_END: decode_window
+
+/// The counts of `after` that are not already in `before` (the same rank's, read earlier;
+/// counters only grow, so nothing saturates unless a rank restarted).
+fn since(after: &CommStats, before: &CommStats) -> CommStats {
+    let mut out = CommStats::default();
+    for (op, a) in after.iter() {
+        let b = before.op(op);
+        out.set(
+            op,
+            OpStats {
+                calls: a.calls.saturating_sub(b.calls),
+                failures: a.failures.saturating_sub(b.failures),
+                tensor_bytes: a.tensor_bytes.saturating_sub(b.tensor_bytes),
+                sent_bytes: a.sent_bytes.saturating_sub(b.sent_bytes),
+                time: a.time.saturating_sub(b.time),
+            },
+        );
+    }
+    out
+}
+
+// ANCHOR: predicted_all_reduce_bytes
+/// All-reduce tensor bytes of one decode step of `batch` rows on a rank of pipeline stage
+/// `pp_rank` (of `pp`): two `[batch, hidden]` all-reduces per layer of its stage, and one
+/// more after the embedding on the first stage, of `value_bytes` a value. With one TP rank
+/// there are none.
+pub fn predicted_all_reduce_bytes(
+    c: &engine::config::ModelConfig,
+    (tp, pp, pp_rank): (usize, usize, usize),
+    batch: usize,
+    value_bytes: u64,
+) -> u64 {
+    if tp < 2 {
+        return 0;
+    }
+    let layers = get_pp_indices(c.num_hidden_layers, pp_rank, pp).len();
+    let sites = ALL_REDUCES_PER_LAYER * layers + usize::from(pp_rank == 0);
+    (sites * batch * c.hidden_size) as u64 * value_bytes
+}
+// ANCHOR_END: predicted_all_reduce_bytes
+
+/// The bytes of one value the all-reduces sum, and how they travel: bf16 on NCCL when every
+/// TP rank has a GPU of its own and NCCL loads; f32 through the host's communicator otherwise
+/// (the CPU engine always; the rule is `distributed::rank_devices::nccl_ids`'s).
+pub fn all_reduce_values(device: Device, tp: usize) -> (u64, &'static str) {
+    let own_gpus = || engine::distributed::rank_devices::gpu_count().is_ok_and(|n| n >= tp);
+    match device {
+        Device::Cuda(_) if own_gpus() && kernels::nccl::nccl_available().is_ok() => {
+            (2, "bf16 on NCCL")
+        }
+        Device::Cuda(_) => (4, "f32 through the host"),
+        _ => (4, "f32, CPU communicator"),
+    }
+}
+
+/// Refuses a batch the engine cannot decode in one step.
+pub fn check_batch_size(batch: usize, max_num_seqs: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        (1..=max_num_seqs).contains(&batch),
+        "--batch-size {batch} must be between 1 and the engine's --max-num-seqs \
+         ({max_num_seqs}): a decode step of N requests needs N sequences in one step"
+    );
+    Ok(())
+}
+
+/// The all-reduce row of `stats`.
+pub fn all_reduce(stats: &CommStats) -> &OpStats {
+    stats.op(CommOp::AllReduce)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prompts_are_distinct_rotations_of_decode_b1s() {
+        let p = prompts(4, 259);
+        assert_eq!(p[0], fit_vocab(&prompt(), 259));
+        assert_eq!(p[3][..PROMPT_LEN - 3], p[0][3..]);
+        for (i, a) in p.iter().enumerate() {
+            assert_eq!(a.len(), PROMPT_LEN);
+            assert!(p[i + 1..].iter().all(|b| a != b), "prompt {i} repeats");
+        }
+    }
+
+    #[test]
+    fn the_closed_form_counts_the_embedding_on_the_first_stage_only() {
+        let c = engine::tiny_model::tiny_config(); // 2 layers, hidden 64
+        let row = 64 * 4; // one row of f32
+        assert_eq!(predicted_all_reduce_bytes(&c, (2, 1, 0), 8, 4), 5 * 8 * row);
+        assert_eq!(predicted_all_reduce_bytes(&c, (2, 2, 0), 8, 4), 3 * 8 * row);
+        assert_eq!(predicted_all_reduce_bytes(&c, (2, 2, 1), 8, 4), 2 * 8 * row);
+        assert_eq!(predicted_all_reduce_bytes(&c, (1, 2, 0), 8, 4), 0);
+    }
+
+    #[test]
+    fn batch_size_zero_and_above_max_num_seqs_are_refused() {
+        assert!(check_batch_size(0, 64).is_err());
+        assert!(check_batch_size(65, 64).is_err());
+        assert!(check_batch_size(64, 64).is_ok());
+        assert!(check_batch_size(1, 64).is_ok());
+    }
+}

@@ -1,0 +1,201 @@
+//! Runs [`decode_window`] `--runs` times after a warm-up and prints the medians: a step's wall
+//! and device time, tokens/s, and with several ranks each rank's collectives per step beside
+//! the closed form (and one JSON line with `--json`).
+
+use engine::distributed::CommStats;
+use engine::LLMEngine;
+
+use super::{
+    all_reduce, all_reduce_values, check_batch_size, decode_window, predicted_all_reduce_bytes,
+    prompts, Window,
+};
+use crate::decode_b1::{DECODE_STEPS, PROMPT_LEN};
+use crate::nano_vllm::percentile;
+use crate::ModelArgs;
+
+/// What the time columns are measured with, for the output to say so.
+const CLOCKS: &str = "step time: host wall clock around the steps; collective time: wall time \
+     inside the host communicator's calls, waiting for peers included; for calls on NCCL, \
+     device time between CUDA events around each call";
+
+/// Loads the model, checks `batch`, runs the windows and prints the report.
+pub fn run(model: &ModelArgs, batch: usize, runs: usize, json: bool) -> anyhow::Result<()> {
+    let mut config = model.engine_config();
+    check_batch_size(batch, config.scheduler.max_num_seqs)?; // before the model loads
+                                                             // Every run repeats the same prompts: with prefix caching a later run's prefill would reuse
+                                                             // an earlier run's KV. Only the decode steps are timed, but they should be the same steps
+                                                             // in every run.
+    config.cache.enable_prefix_caching = false;
+    // All N prompts prefill in one step, so that all N reach their first token together and
+    // then decode together (with chunked prefill the first ones would be steps ahead).
+    let budget = &mut config.scheduler.max_num_batched_tokens;
+    *budget = (*budget).max(batch * PROMPT_LEN);
+    let mut engine = LLMEngine::new(model.load()?, config)?;
+    let c = engine.model_config().clone();
+    let (tp, pp) = (model.tensor_parallel_size, model.pipeline_parallel_size);
+    eprintln!(
+        "model {} ({} layers, hidden {}, vocab {}), tp {tp} × pp {pp} on {}, {} KV blocks of {}; \
+         prefix caching off, token budget {} a step",
+        model.model,
+        c.num_hidden_layers,
+        c.hidden_size,
+        c.vocab_size,
+        engine.config.device,
+        engine.num_kv_blocks,
+        engine.config.cache.block_size,
+        engine.config.scheduler.max_num_batched_tokens,
+    );
+
+    let prompts = prompts(batch, c.vocab_size);
+    decode_window(&mut engine, &prompts)?; // warm-up: page in weights, grow allocations
+    let windows = (0..runs.max(1))
+        .map(|_| decode_window(&mut engine, &prompts))
+        .collect::<anyhow::Result<Vec<Window>>>()?;
+    let per_step = |seconds: f64| 1e3 * seconds / DECODE_STEPS as f64;
+    let median = |v: Vec<f64>| percentile(&v, 50.0);
+    let ms = median(windows.iter().map(|w| per_step(w.wall_s)).collect());
+    let device: Vec<f64> = windows
+        .iter()
+        .filter_map(|w| w.device_s.map(per_step))
+        .collect();
+    let device_ms = (!device.is_empty()).then(|| median(device));
+
+    println!(
+        "decode at batch {batch} (tp {tp}, pp {pp}): {ms:.3} ms/step wall, {:.1} tokens/s \
+         (median of {}; {DECODE_STEPS} steps, each decoding all {batch} requests, after \
+         {PROMPT_LEN}-token prompts)",
+        batch as f64 / (ms * 1e-3),
+        windows.len(),
+    );
+    let mut report = serde_json::json!({
+        "engine": "inference-lab",
+        "workload": "decode",
+        "model": model.model,
+        "device": engine.config.device.to_string(),
+        "batch_size": batch,
+        "tp": tp,
+        "pp": pp,
+        "prompt_len": PROMPT_LEN,
+        "decode_steps": DECODE_STEPS,
+        "runs": windows.len(),
+        "ms_per_step": ms,
+        "tokens_per_s": batch as f64 / (ms * 1e-3),
+    });
+    if let Some(device) = device_ms {
+        println!("  of which the device: {device:.3} ms/step (first kernel to sampled ids)");
+        report["device_ms_per_step"] = device.into();
+    }
+    let ranks = windows.last().map_or(0, |w| w.comm.len());
+    if ranks > 1 {
+        let (value_bytes, values) = all_reduce_values(engine.config.device, tp);
+        println!("  per step and rank ({CLOCKS}):");
+        println!(
+            "  | rank | all-reduce calls | tensor bytes | closed form | sent bytes | all-reduce \
+             ms | share of step | all collectives ms | share of step |"
+        );
+        let mut rows = Vec::with_capacity(ranks);
+        let mut differ = Vec::new();
+        for rank in 0..ranks {
+            let of_rank = |w: &Window| w.comm[rank].clone();
+            let stats: Vec<CommStats> = windows.iter().map(of_rank).collect();
+            let predicted = predicted_all_reduce_bytes(&c, (tp, pp, rank / tp), batch, value_bytes);
+            let row = RankRow::new(&stats, predicted);
+            println!(
+                "  | {rank} | {} | {} | {} | {} | {:.3} | {:.1}% | {:.3} | {:.1}% |",
+                row.calls_per_step(),
+                row.tensor_bytes_per_step(),
+                row.predicted_per_step,
+                row.sent_bytes_per_step(),
+                row.all_reduce_ms,
+                100.0 * row.all_reduce_ms / ms,
+                row.comm_ms,
+                100.0 * row.comm_ms / ms,
+            );
+            if row.tensor_bytes != row.predicted_per_step * DECODE_STEPS as u64 {
+                differ.push(rank.to_string());
+            }
+            rows.push(row.json(rank, ms));
+        }
+        println!(
+            "  closed form: per layer 2 all-reduces (after o_proj and down_proj), and 1 after the \
+             embedding on the first stage, each of {batch} rows × {} hidden × {value_bytes} bytes \
+             ({values}); the LM head's logits are all-gathered, in \"all collectives\" only",
+            c.hidden_size
+        );
+        match differ.is_empty() {
+            true => println!("  all-reduce tensor bytes: measured = closed form on every rank"),
+            false => println!(
+                "  all-reduce tensor bytes: measured differs from the closed form on rank(s) {}",
+                differ.join(", ")
+            ),
+        }
+        report["all_reduce_value_bytes"] = value_bytes.into();
+        report["all_reduce_matches_closed_form"] = differ.is_empty().into();
+        report["ranks"] = rows.into();
+    }
+    if json {
+        println!("{report}");
+    }
+    Ok(())
+}
+
+/// One rank's collectives over the timed windows: counts from the last window (every window
+/// makes the same calls), times as medians over the windows.
+struct RankRow {
+    /// All-reduce totals over the last window.
+    calls: u64,
+    tensor_bytes: u64,
+    sent_bytes: u64,
+    /// The closed form for one step.
+    predicted_per_step: u64,
+    all_reduce_ms: f64,
+    comm_ms: f64,
+}
+
+impl RankRow {
+    fn new(windows: &[CommStats], predicted_per_step: u64) -> Self {
+        let last = windows.last().map(all_reduce).copied().unwrap_or_default();
+        let ms_per_step = |f: &dyn Fn(&CommStats) -> std::time::Duration| {
+            let v: Vec<f64> = windows.iter().map(|s| f(s).as_secs_f64()).collect();
+            1e3 * percentile(&v, 50.0) / DECODE_STEPS as f64
+        };
+        RankRow {
+            calls: last.calls,
+            tensor_bytes: last.tensor_bytes,
+            sent_bytes: last.sent_bytes,
+            predicted_per_step,
+            all_reduce_ms: ms_per_step(&|s| all_reduce(s).time),
+            comm_ms: ms_per_step(&|s| s.total().time),
+        }
+    }
+
+    fn calls_per_step(&self) -> f64 {
+        self.calls as f64 / DECODE_STEPS as f64
+    }
+
+    fn tensor_bytes_per_step(&self) -> f64 {
+        self.tensor_bytes as f64 / DECODE_STEPS as f64
+    }
+
+    fn sent_bytes_per_step(&self) -> f64 {
+        self.sent_bytes as f64 / DECODE_STEPS as f64
+    }
+
+    /// The row as JSON; `step_ms` is the median step's wall time.
+    fn json(&self, rank: usize, step_ms: f64) -> serde_json::Value {
+        serde_json::json!({
+            "rank": rank,
+            "all_reduce_calls": self.calls,
+            "all_reduce_tensor_bytes": self.tensor_bytes,
+            "all_reduce_sent_bytes": self.sent_bytes,
+            "all_reduce_calls_per_step": self.calls_per_step(),
+            "all_reduce_tensor_bytes_per_step": self.tensor_bytes_per_step(),
+            "predicted_all_reduce_tensor_bytes_per_step": self.predicted_per_step,
+            "all_reduce_sent_bytes_per_step": self.sent_bytes_per_step(),
+            "all_reduce_ms_per_step": self.all_reduce_ms,
+            "all_reduce_share": self.all_reduce_ms / step_ms,
+            "comm_ms_per_step": self.comm_ms,
+            "comm_share": self.comm_ms / step_ms,
+        })
+    }
+}
