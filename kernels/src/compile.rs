@@ -172,4 +172,20 @@ mod tests {
         assert!(err.to_string().contains("silu_and_mul.cu"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// Every file the engine loads compiles for the H200's sm_90, where NVRTC is found: a
+    /// typo in a kernel fails here, on any machine with the toolkit, not at a GPU run.
+    #[test]
+    fn every_kernel_file_compiles_for_sm_90() {
+        // SAFETY: only looks for the library; no NVRTC call.
+        if !unsafe { sys::is_culib_present() } {
+            eprintln!("skipped: libnvrtc was not found");
+            return;
+        }
+        for (file, source) in crate::SOURCES {
+            let cubin = compile_cubin(file, source, "sm_90", None)
+                .unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(&cubin[..4], b"\x7fELF", "{file}");
+        }
+    }
 }

@@ -121,6 +121,21 @@ pub fn check_device(ordinal: usize) -> Result<()> {
     Ok(())
 }
 
+/// Every kernel file, in the order of the modules [`Kernels::load`] loads.
+pub(crate) const SOURCES: [(&str, &str); 11] = [
+    (embedding::FILE, embedding::SOURCE),
+    (rms_norm::FILE, rms_norm::SOURCE),
+    (rotary_embedding::FILE, rotary_embedding::SOURCE),
+    (reshape_and_cache::FILE, reshape_and_cache::SOURCE),
+    (paged_attention::FILE, paged_attention::SOURCE),
+    (silu_and_mul::FILE, silu_and_mul::SOURCE),
+    (sampling::FILE, sampling::SOURCE),
+    (prefill_attention::FILE, prefill_attention::SOURCE),
+    (split_columns::FILE, split_columns::SOURCE),
+    (gemv::FILE, gemv::SOURCE),
+    (qkv_rotary_cache::FILE, qkv_rotary_cache::SOURCE),
+];
+
 /// Every kernel of the crate, compiled and loaded into one context.
 #[derive(Debug, Clone)]
 pub struct Kernels {
@@ -142,19 +157,6 @@ impl Kernels {
     /// paged_attention's instantiations on a slow CPU), or takes them from the kernel cache,
     /// and loads them.
     pub fn load(ctx: &Arc<CudaContext>) -> Result<Self> {
-        const SOURCES: [(&str, &str); 11] = [
-            (embedding::FILE, embedding::SOURCE),
-            (rms_norm::FILE, rms_norm::SOURCE),
-            (rotary_embedding::FILE, rotary_embedding::SOURCE),
-            (reshape_and_cache::FILE, reshape_and_cache::SOURCE),
-            (paged_attention::FILE, paged_attention::SOURCE),
-            (silu_and_mul::FILE, silu_and_mul::SOURCE),
-            (sampling::FILE, sampling::SOURCE),
-            (prefill_attention::FILE, prefill_attention::SOURCE),
-            (split_columns::FILE, split_columns::SOURCE),
-            (gemv::FILE, gemv::SOURCE),
-            (qkv_rotary_cache::FILE, qkv_rotary_cache::SOURCE),
-        ];
         use cudarc::driver::sys::CUdevice_attribute as A;
         let arch = compile::arch((
             ctx.attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,

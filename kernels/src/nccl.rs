@@ -16,7 +16,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream, CudaViewMut};
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut};
 use cudarc::nccl::{result as nccl_result, Comm, Id, ReduceOp};
 use half::bf16;
 
@@ -183,6 +183,36 @@ impl NcclRank {
             .all_reduce_in_place(buf, &ReduceOp::Sum)
             .map(|_| ())
             .map_err(|e| nccl_error("ncclAllReduce", e))
+    }
+
+    /// `output` becomes every rank's `input`, one after another in rank order (rank r's at
+    /// `output[r · n .. (r + 1) · n]`, n = `input.len()`), asynchronously on the rank's stream.
+    pub fn all_gather(
+        &self,
+        input: &CudaView<'_, bf16>,         // [n]
+        output: &mut CudaViewMut<'_, bf16>, // [world_size · n]
+    ) -> Result<()> {
+        let world = self.comm.world_size();
+        if output.len() != world * input.len() {
+            return Err(KernelError::Shape {
+                kernel: "ncclAllGather",
+                buffer: "output",
+                got: output.len(),
+                want: world * input.len(),
+            });
+        }
+        let _span = tracing::trace_span!(
+            "collective",
+            op = "all_gather",
+            backend = "nccl",
+            bytes = output.len() * 2,
+            ranks = world
+        )
+        .entered();
+        self.comm
+            .all_gather(input, output)
+            .map(|_| ())
+            .map_err(|e| nccl_error("ncclAllGather", e))
     }
 }
 

@@ -1,5 +1,6 @@
 //! Splitting a fused projection's output (`[q | k | v]` per row) into contiguous parts, the
-//! twin of `CpuBackend::split_columns`. Kernel: `cuda/split_columns.cu`.
+//! twin of `CpuBackend::split_columns`; and the other direction, the ranks' column slices of
+//! an all-gather put side by side (tensor parallelism's logits). Kernel: `cuda/split_columns.cu`.
 
 use crate::launch::Launch;
 use std::sync::Arc;
@@ -17,12 +18,14 @@ pub(crate) const SOURCE: &str = include_str!("../cuda/split_columns.cu");
 #[derive(Debug, Clone)]
 pub struct SplitColumns {
     kernel: CudaFunction,
+    gather: CudaFunction,
 }
 
 impl SplitColumns {
     pub(crate) fn load(module: &Arc<CudaModule>) -> Result<Self> {
         Ok(Self {
             kernel: module.load_function("split_columns_kernel")?,
+            gather: module.load_function("gather_rank_columns_kernel")?,
         })
     }
 
@@ -60,6 +63,51 @@ impl SplitColumns {
         launch.arg(&w32[0]).arg(&w32[1]).arg(&w32[2]);
         // SAFETY: the signature matches split_columns_kernel (3 outputs, x, 3 x u32); each
         // part holds num_rows rows of its width and x num_rows rows of their sum (checked).
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
+    }
+
+    /// `out[r, c] = x[c / w, r, c % w]` for `c < cols`: every rank's `[num_rows, w]` slice of
+    /// the columns, as an all-gather lays them out one after another, put side by side. The
+    /// last rank's columns past `cols` (padding of a vocabulary the ranks do not divide) are
+    /// dropped.
+    pub fn gather_ranks(
+        &self,
+        stream: &Arc<CudaStream>,
+        out: &mut CudaViewMut<'_, bf16>, // [num_rows, cols]
+        x: &CudaView<'_, bf16>,          // [ranks, num_rows, w]
+        ranks: usize,
+        num_rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        const K: &str = "gather_rank_columns";
+        check_len(K, "out", out.len(), num_rows * cols)?;
+        if ranks == 0 || num_rows == 0 || cols == 0 {
+            return check_len(K, "x", x.len(), 0);
+        }
+        let w = x.len() / (ranks * num_rows);
+        check_len(K, "x", x.len(), ranks * num_rows * w)?;
+        if cols > ranks * w || cols + w <= ranks * w {
+            // Only the last rank may hold padding, and less than a whole slice of it.
+            let what = format!("{cols} columns from {ranks} ranks of {w}");
+            return Err(crate::error::KernelError::Unsupported { kernel: K, what });
+        }
+        let args = [
+            to_u32(K, "num_rows", num_rows)?,
+            to_u32(K, "w", w)?,
+            to_u32(K, "cols", cols)?,
+        ];
+        let cfg = row_launch(num_rows, crate::vector_units(cols))?;
+        let mut launch = Launch::new(stream, &self.gather);
+        launch
+            .arg(out)
+            .arg(x)
+            .arg(&args[0])
+            .arg(&args[1])
+            .arg(&args[2]);
+        // SAFETY: the signature matches gather_rank_columns_kernel (out, x, 3 x u32); out holds
+        // num_rows rows of cols, x ranks blocks of num_rows rows of w, and every column read,
+        // c - (c / w) · w < w for c < cols <= ranks · w, lies in x (all checked above).
         unsafe { launch.launch(cfg) }?;
         Ok(())
     }

@@ -99,3 +99,52 @@ fn all_reduce_refuses_mismatched_buffers() {
         "buffers of different lengths"
     );
 }
+
+/// One thread per GPU, each a rank of its own (`NcclRank`, as the engine's workers hold them):
+/// every rank's output is every rank's input in rank order. Runs on one GPU too (a group of
+/// one rank, where the gather is a copy), so the call itself is exercised on every GPU machine.
+#[test]
+fn all_gather_lays_ranks_out_in_order() {
+    use kernels::nccl::{NcclId, NcclRank};
+    if let Err(e) = kernels::gpu_available().and_then(|()| nccl_available()) {
+        let _ = writeln!(std::io::stderr(), "skipped: {e}");
+        return;
+    }
+    let n = CudaContext::device_count().expect("device count") as usize;
+    let id = NcclId::new().expect("NCCL id");
+    let bytes = id.to_bytes();
+    // Rank r's values r · 64 + i: small integers, exact in bf16.
+    let len = 37usize; // not a multiple of anything NCCL chunks by
+    let value = |r: usize, i: usize| bf16::from_f32((r * 64 + i) as f32);
+    let got: Vec<Vec<bf16>> = std::thread::scope(|s| {
+        let jobs: Vec<_> = (0..n)
+            .map(|r| {
+                s.spawn(move || {
+                    let stream = CudaContext::new(r).expect("GPU context").default_stream();
+                    let id = NcclId::from_bytes(&bytes).unwrap();
+                    let rank = NcclRank::new(stream.clone(), r, n, id).expect("NCCL rank");
+                    let host: Vec<bf16> = (0..len).map(|i| value(r, i)).collect();
+                    let input = stream.clone_htod(&host).unwrap();
+                    let mut output = stream.alloc_zeros::<bf16>(n * len).unwrap();
+                    rank.all_gather(&input.as_view(), &mut output.as_view_mut())
+                        .unwrap();
+                    let mut short = stream.alloc_zeros::<bf16>(n * len - 1).unwrap();
+                    assert!(
+                        rank.all_gather(&input.as_view(), &mut short.as_view_mut())
+                            .is_err(),
+                        "an output one element short is refused"
+                    );
+                    stream.clone_dtoh(&output).unwrap()
+                })
+            })
+            .collect();
+        jobs.into_iter().map(|j| j.join().unwrap()).collect()
+    });
+    let want: Vec<bf16> = (0..n)
+        .flat_map(|r| (0..len).map(move |i| value(r, i)))
+        .collect();
+    for (r, g) in got.iter().enumerate() {
+        assert_eq!(g, &want, "rank {r} of {n}");
+    }
+    println!("nccl all_gather over {n} GPU(s): exact");
+}

@@ -337,14 +337,14 @@ impl CudaBackend {
     /// steps eagerly: its collectives pass through the host, which a CUDA graph cannot hold.
     ///
     /// With `nccl` (this rank's communicator of the same group, on this backend's GPU) the
-    /// all-reduces run on NCCL instead of the host.
+    /// collectives run on NCCL instead of the host, and decode steps keep their CUDA graphs.
     pub fn with_communicator(
         mut self,
         comm: Box<dyn Communicator>,
         nccl: Option<NcclRank>,
     ) -> Self {
         let comm = RankComm::new(comm, nccl);
-        if comm.world_size > 1 {
+        if comm.world_size > 1 && !comm.uses_nccl() {
             self.capture_sizes = Vec::new();
         }
         self.comm = Some(comm);
@@ -722,7 +722,7 @@ impl Backend for CudaBackend {
 
     fn all_gather_columns(&self, x: CudaTensor, cols: usize) -> Result<CudaTensor> {
         match self.group() {
-            Some(comm) => self.host_all_gather_columns(comm, x, cols),
+            Some(comm) => self.group_all_gather_columns(comm, x, cols),
             None if x.cols == cols => Ok(x),
             None => Err(BackendError::shape(
                 "all_gather_columns",
@@ -1325,7 +1325,17 @@ impl Backend for CudaBackend {
             };
             let generation = step.bufs().generation;
             let mut graphs = self.graphs.lock().map_err(|_| poisoned())?;
-            graphs.run(&self.gpu.stream, key, generation, &mut run)?;
+            let before = self.comm.as_ref().map(RankComm::nccl_reading);
+            let mut record = |recording: bool| {
+                self.kernel_timer.set_recording(recording);
+                let result = run();
+                self.kernel_timer.set_recording(false);
+                result
+            };
+            let how = graphs.run(&self.gpu.stream, key, generation, &mut record)?;
+            if let (Some(comm), Some(before)) = (&self.comm, &before) {
+                comm.count_graph_calls(key, how, before);
+            }
         } else {
             run()?;
         }

@@ -82,14 +82,16 @@ impl CudaGraphs {
     }
 
     /// Runs the step `record` describes, for `key`: eagerly the first time, recorded and
-    /// replayed the second, replayed without calling `record` after that.
+    /// replayed the second, replayed without calling `record` after that. `record` is told
+    /// whether the stream is being recorded (then nothing it launches runs until the replay,
+    /// so it must not time its ops with events); the result says which of the three it was.
     pub fn run(
         &mut self,
         stream: &Arc<CudaStream>,
         key: GraphKey,
         generation: u64,
-        record: &mut dyn FnMut() -> Result<()>,
-    ) -> Result<()> {
+        record: &mut dyn FnMut(bool) -> Result<()>,
+    ) -> Result<GraphRun> {
         if generation != self.generation {
             self.graphs.clear();
             self.warmed_up.clear();
@@ -98,17 +100,22 @@ impl CudaGraphs {
         if let Some(graph) = self.graphs.get(&key) {
             let _span =
                 tracing::trace_span!("cuda_graph_replay", num_seqs = key.num_seqs).entered();
-            return graph.0.launch().map_err(|e| device("cuda graph launch", e));
+            graph
+                .0
+                .launch()
+                .map_err(|e| device("cuda graph launch", e))?;
+            return Ok(GraphRun::Replayed);
         }
         if self.warmed_up.insert(key) {
-            return record();
+            record(false)?;
+            return Ok(GraphRun::Eager);
         }
         let _span = tracing::debug_span!("cuda_graph_capture", num_seqs = key.num_seqs).entered();
         let mode = CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL;
         stream
             .begin_capture(mode)
             .map_err(|e| device("begin graph capture", e))?;
-        let recorded = record();
+        let recorded = record(true);
         // End the capture whatever happened, so the stream leaves capture mode.
         let graph = stream.end_capture(CUgraphInstantiate_flags(0));
         recorded?;
@@ -117,8 +124,19 @@ impl CudaGraphs {
             .ok_or_else(|| BackendError::shape("cuda graph", "the capture recorded nothing"))?;
         graph.launch().map_err(|e| device("cuda graph launch", e))?;
         self.graphs.insert(key, Recorded(graph));
-        Ok(())
+        Ok(GraphRun::Recorded)
     }
+}
+
+/// How [`CudaGraphs::run`] ran a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GraphRun {
+    /// Launched op by op (the first step of a key).
+    Eager,
+    /// Recorded, then replayed once.
+    Recorded,
+    /// Replayed from an earlier recording, without the ops being called on the host.
+    Replayed,
 }
 
 #[cfg(test)]

@@ -48,6 +48,9 @@ struct Pending {
 pub struct KernelTimer {
     /// Time every op (set per step from [`wanted`]); collectives are timed regardless.
     every_op: AtomicBool,
+    /// The stream is being recorded into a CUDA graph: nothing runs until the replay, so no
+    /// op is timed (an event recorded during a capture holds no time to read).
+    recording: AtomicBool,
     pending: Mutex<Vec<Pending>>,
     /// Events whose times have been read, for the next steps: creating an event is a driver
     /// call, and a tensor-parallel decode step times two collectives per layer, every step.
@@ -83,6 +86,11 @@ impl KernelTimer {
         self.every_op.store(on, Ordering::Relaxed);
     }
 
+    /// Whether the ops that follow are being recorded into a CUDA graph (then none is timed).
+    pub fn set_recording(&self, on: bool) {
+        self.recording.store(on, Ordering::Relaxed);
+    }
+
     /// Whether every op of this step is timed (the step must then run eagerly).
     pub fn times_every_op(&self) -> bool {
         self.every_op.load(Ordering::Relaxed)
@@ -100,7 +108,8 @@ impl KernelTimer {
         span: tracing::Span,
     ) -> KernelScope<'a> {
         let _span = span.entered();
-        let timed = (comm.is_some() || self.times_every_op())
+        let wanted = comm.is_some() || self.times_every_op();
+        let timed = (wanted && !self.recording.load(Ordering::Relaxed))
             .then(|| self.event(ctx))
             .flatten()
             .filter(|start| start.record(stream).is_ok())

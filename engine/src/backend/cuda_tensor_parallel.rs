@@ -9,20 +9,25 @@
 //! other ranks by the communicator (the CPU ring the book teaches, or TCP between processes),
 //! rounded back to bf16 and copied to the device. That is correct on any number of GPUs, one
 //! included (ranks may share a GPU), and slow: every all-reduce waits for the GPU and crosses
-//! PCIe twice. The logits' all-gather, once a step, always takes the host path.
+//! PCIe twice. The logits' all-gather, once a step, goes the same way: `ncclAllGather` then a
+//! kernel that puts each row's slices side by side, or through the host.
 //!
-//! A step that talks to the host cannot be recorded as a CUDA graph, so a backend with a group
-//! of more than one rank runs its steps eagerly.
+//! A step that talks to the host cannot be recorded as a CUDA graph, so a backend whose group
+//! sums through the host runs its steps eagerly; on NCCL, decode steps are recorded and
+//! replayed as on one GPU (NCCL's calls can be captured), every rank recording the same
+//! steps, since every rank runs the same scheduler output.
 //!
 //! The sum adds each rank's bf16 partial result, so a TP group's output differs from one
 //! GPU's in the last bits of bf16 (one GPU rounds the whole dot product once): greedy tokens
 //! agree with TP = 1 until two candidates are that close.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use kernels::nccl::NcclRank;
 
 use super::cuda_backend::{kernel, CudaBackend};
+use super::cuda_graph::{GraphKey, GraphRun};
 use super::cuda_step::CudaStepMetadata;
 use super::cuda_tensor::CudaTensor;
 use super::{Backend, BackendError, Result};
@@ -40,6 +45,9 @@ pub struct RankComm {
     /// the step is done (the call returns before the GPUs have summed; events around each
     /// call measure it: [`super::cuda_kernel_timer`]).
     nccl_stats: Mutex<CommStats>,
+    /// The NCCL calls each recorded decode graph makes: counted while the graph was recorded
+    /// (the calls went through this code then), added again at each replay.
+    graph_calls: Mutex<HashMap<GraphKey, CommStats>>,
     pub rank: usize,
     pub world_size: usize,
 }
@@ -51,6 +59,7 @@ impl RankComm {
             comm: Mutex::new(comm),
             nccl: nccl.map(Mutex::new),
             nccl_stats: Mutex::new(CommStats::default()),
+            graph_calls: Mutex::new(HashMap::new()),
             rank,
             world_size,
         }
@@ -72,6 +81,33 @@ impl RankComm {
         let mut stats = self.with(|c| c.stats().clone());
         stats.merge(&self.nccl_stats.lock().unwrap_or_else(|p| p.into_inner()));
         stats
+    }
+
+    /// The NCCL calls' counters now (to compare with after a step is recorded).
+    pub(super) fn nccl_reading(&self) -> CommStats {
+        self.nccl_stats
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Keeps the counters true across CUDA graphs: when `key`'s step was just recorded, the
+    /// calls counted since `before` are the graph's; when it was replayed, they are counted
+    /// again (a replay makes them on the GPU without passing through here).
+    pub(super) fn count_graph_calls(&self, key: GraphKey, run: GraphRun, before: &CommStats) {
+        let mut graphs = self.graph_calls.lock().unwrap_or_else(|p| p.into_inner());
+        match run {
+            GraphRun::Eager => {}
+            GraphRun::Recorded => {
+                graphs.insert(key, self.nccl_reading().since(before));
+            }
+            GraphRun::Replayed => {
+                if let Some(calls) = graphs.get(&key) {
+                    let mut stats = self.nccl_stats.lock().unwrap_or_else(|p| p.into_inner());
+                    stats.merge(calls);
+                }
+            }
+        }
     }
 
     /// Whether the all-reduces run on NCCL.
@@ -111,8 +147,76 @@ impl CudaBackend {
     }
 
     /// Every rank's `x` `[t, c]` side by side → `[t, world·c]`, the first `cols` columns kept
-    /// (the CPU backend's `all_gather_columns`, through the host).
-    pub(super) fn host_all_gather_columns(
+    /// (the CPU backend's `all_gather_columns`): on NCCL when the group has it, else through
+    /// the host.
+    pub(super) fn group_all_gather_columns(
+        &self,
+        comm: &RankComm,
+        x: CudaTensor,
+        cols: usize,
+    ) -> Result<CudaTensor> {
+        match &comm.nccl {
+            Some(nccl) => self.nccl_all_gather_columns(comm, nccl, x, cols),
+            None => self.host_all_gather_columns(comm, x, cols),
+        }
+    }
+
+    /// [`Self::group_all_gather_columns`] on the GPUs: NCCL gathers the ranks' `[t, c]`
+    /// buffers one after another (`[world, t, c]`), and a kernel puts each row's slices side
+    /// by side. Nothing passes through the host, so the step stays a CUDA graph.
+    fn nccl_all_gather_columns(
+        &self,
+        comm: &RankComm,
+        nccl: &Mutex<NcclRank>,
+        x: CudaTensor,
+        cols: usize,
+    ) -> Result<CudaTensor> {
+        let (n, rows, c) = (comm.world_size, x.rows, x.cols);
+        if cols > n * c || cols + c <= n * c {
+            let detail = format!("{cols} columns wanted from {n} ranks of {c}");
+            return Err(BackendError::shape("all_gather_columns", detail));
+        }
+        let mut gathered = self.empty("all_gather", n * rows, c)?; // [n, rows, c]
+        {
+            let span = tracing::trace_span!("kernel", op = "all_gather");
+            let _scope = self.collective_scope("all_gather", Some(CommOp::AllGather), span);
+            let nccl = nccl.lock().unwrap_or_else(|p| p.into_inner());
+            let result = nccl.all_gather(
+                &x.view_bf16("all_gather")?,
+                &mut gathered.view_bf16_mut("all_gather")?,
+            );
+            // NCCL's convention: the whole gathered output; a ring sends all but this rank's.
+            let bytes = (n * rows * c * 2) as u64;
+            let sent = bytes / n as u64 * (n as u64 - 1);
+            let mut stats = comm.nccl_stats.lock().unwrap_or_else(|p| p.into_inner());
+            stats.record(
+                CommOp::AllGather,
+                bytes,
+                sent,
+                Default::default(), // the device time comes after the step
+                result.is_err(),
+            );
+            result.map_err(kernel("all_gather"))?;
+        }
+        let _span = self.op_scope("gather_rank_columns");
+        let mut out = self.empty("all_gather", rows, cols)?;
+        self.gpu()
+            .kernels
+            .split_columns
+            .gather_ranks(
+                self.stream(),
+                &mut out.view_bf16_mut("all_gather")?,
+                &gathered.view_bf16("all_gather")?,
+                n,
+                rows,
+                cols,
+            )
+            .map_err(kernel("gather_rank_columns"))?;
+        Ok(out)
+    }
+
+    /// [`Self::group_all_gather_columns`] through the host.
+    fn host_all_gather_columns(
         &self,
         comm: &RankComm,
         x: CudaTensor,

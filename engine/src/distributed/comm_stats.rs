@@ -72,6 +72,21 @@ impl CommStats {
         }
     }
 
+    /// What was counted after `earlier`, a reading of these same counters: the calls a
+    /// recorded CUDA graph makes, counted once while it was recorded and added again at each
+    /// replay (a replay calls nothing on the host).
+    pub fn since(&self, earlier: &CommStats) -> CommStats {
+        let mut delta = self.clone();
+        for (d, e) in delta.ops.iter_mut().zip(&earlier.ops) {
+            d.calls = d.calls.saturating_sub(e.calls);
+            d.failures = d.failures.saturating_sub(e.failures);
+            d.tensor_bytes = d.tensor_bytes.saturating_sub(e.tensor_bytes);
+            d.sent_bytes = d.sent_bytes.saturating_sub(e.sent_bytes);
+            d.time = d.time.saturating_sub(e.time);
+        }
+        delta
+    }
+
     /// Adds time to calls of kind `op` already counted: a GPU collective's device time, known
     /// only once its stream has passed the events around it.
     pub fn add_time(&mut self, op: CommOp, time: Duration) {
@@ -105,6 +120,29 @@ impl CommStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn since_is_what_was_added_after_a_reading() {
+        let mut stats = CommStats::default();
+        let ms = Duration::from_millis(1);
+        stats.record(CommOp::AllReduce, 400, 600, ms, false);
+        let before = stats.clone();
+        stats.record(CommOp::AllReduce, 100, 150, ms, false);
+        stats.record(CommOp::AllGather, 64, 32, Duration::ZERO, false);
+        let delta = stats.since(&before);
+        assert_eq!(delta.op(CommOp::AllReduce).calls, 1);
+        assert_eq!(delta.op(CommOp::AllReduce).tensor_bytes, 100);
+        assert_eq!(delta.op(CommOp::AllReduce).sent_bytes, 150);
+        assert_eq!(delta.op(CommOp::AllReduce).time, ms);
+        assert_eq!(delta.op(CommOp::AllGather).calls, 1);
+        assert_eq!(delta.total().calls, 2);
+        let mut again = before.clone();
+        again.merge(&delta);
+        assert_eq!(
+            again, stats,
+            "a reading plus what came after is the later reading"
+        );
+    }
 
     #[test]
     fn record_adds_to_its_op_and_to_the_total() {

@@ -104,10 +104,7 @@ pub fn decode_window(engine: &mut LLMEngine, prompts: &[Vec<u32>]) -> anyhow::Re
         !engine.has_unfinished_requests(),
         "requests were left after {DECODE_STEPS} decode steps at batch {n}"
     );
-    let comm = comm_after
-        .iter()
-        .zip(&comm_before)
-        .map(|(a, b)| since(a, b));
+    let comm = comm_after.iter().zip(&comm_before).map(|(a, b)| a.since(b));
     Ok(Window {
         wall_s,
         device_s,
@@ -115,26 +112,6 @@ pub fn decode_window(engine: &mut LLMEngine, prompts: &[Vec<u32>]) -> anyhow::Re
     })
 }
 // ANCHOR_END: decode_window
-
-/// The counts of `after` that are not already in `before` (the same rank's, read earlier;
-/// counters only grow, so nothing saturates unless a rank restarted).
-fn since(after: &CommStats, before: &CommStats) -> CommStats {
-    let mut out = CommStats::default();
-    for (op, a) in after.iter() {
-        let b = before.op(op);
-        out.set(
-            op,
-            OpStats {
-                calls: a.calls.saturating_sub(b.calls),
-                failures: a.failures.saturating_sub(b.failures),
-                tensor_bytes: a.tensor_bytes.saturating_sub(b.tensor_bytes),
-                sent_bytes: a.sent_bytes.saturating_sub(b.sent_bytes),
-                time: a.time.saturating_sub(b.time),
-            },
-        );
-    }
-    out
-}
 
 // ANCHOR: predicted_all_reduce_bytes
 /// All-reduce tensor bytes of one decode step of `batch` rows on a rank of pipeline stage
