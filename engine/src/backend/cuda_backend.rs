@@ -338,12 +338,16 @@ impl CudaBackend {
     ///
     /// With `nccl` (this rank's communicator of the same group, on this backend's GPU) the
     /// collectives run on NCCL instead of the host, and decode steps keep their CUDA graphs.
+    ///
+    /// `timeout` is the group's collective timeout: on NCCL, how long a step's GPU work may
+    /// wait for the peers before the step fails (the host collectives time out by themselves).
     pub fn with_communicator(
         mut self,
         comm: Box<dyn Communicator>,
         nccl: Option<NcclRank>,
+        timeout: std::time::Duration,
     ) -> Self {
-        let comm = RankComm::new(comm, nccl);
+        let comm = RankComm::new(comm, nccl, timeout);
         if comm.world_size > 1 && !comm.uses_nccl() {
             self.capture_sizes = Vec::new();
         }
@@ -1340,6 +1344,9 @@ impl Backend for CudaBackend {
             run()?;
         }
         record(&timer.events.1)?;
+        if let Some(comm) = self.group().filter(|c| c.uses_nccl()) {
+            comm.wait_for_gpu(&timer.events.1)?;
+        }
         let ids = self
             .gpu
             .stream

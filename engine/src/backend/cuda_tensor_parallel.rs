@@ -23,15 +23,18 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use kernels::nccl::NcclRank;
 
 use super::cuda_backend::{kernel, CudaBackend};
 use super::cuda_graph::{GraphKey, GraphRun};
+use super::cuda_step::device;
 use super::cuda_step::CudaStepMetadata;
 use super::cuda_tensor::CudaTensor;
 use super::{Backend, BackendError, Result};
-use crate::distributed::{CommOp, CommStats, Communicator};
+use crate::distributed::{CommError, CommOp, CommStats, Communicator};
+use kernels::cudarc::driver::CudaEvent;
 
 /// This rank's end of its group, and `(rank, world_size)` read without the lock.
 pub struct RankComm {
@@ -48,18 +51,22 @@ pub struct RankComm {
     /// The NCCL calls each recorded decode graph makes: counted while the graph was recorded
     /// (the calls went through this code then), added again at each replay.
     graph_calls: Mutex<HashMap<GraphKey, CommStats>>,
+    /// How long a step's GPU work may wait for the peers (the group's collective timeout).
+    timeout: Duration,
     pub rank: usize,
     pub world_size: usize,
 }
 
 impl RankComm {
-    pub fn new(comm: Box<dyn Communicator>, nccl: Option<NcclRank>) -> Self {
+    /// `timeout`: how long a step on NCCL may wait for its peers before it fails.
+    pub fn new(comm: Box<dyn Communicator>, nccl: Option<NcclRank>, timeout: Duration) -> Self {
         let (rank, world_size) = (comm.rank(), comm.world_size());
         RankComm {
             comm: Mutex::new(comm),
             nccl: nccl.map(Mutex::new),
             nccl_stats: Mutex::new(CommStats::default()),
             graph_calls: Mutex::new(HashMap::new()),
+            timeout,
             rank,
             world_size,
         }
@@ -106,6 +113,34 @@ impl RankComm {
                     let mut stats = self.nccl_stats.lock().unwrap_or_else(|p| p.into_inner());
                     stats.merge(calls);
                 }
+            }
+        }
+    }
+
+    /// Waits until the GPU has passed `done` (recorded after the step's last kernel), at most
+    /// the group's timeout. With NCCL a plain blocking wait could never return: when a peer's
+    /// process dies, this GPU's NCCL kernels wait for its data for ever, and NCCL has no
+    /// timeout of its own. So the host polls the event: yielding for the first milliseconds (a
+    /// decode step is one or two), then sleeping between polls; past the timeout the step
+    /// fails with [`CommError::GpuTimeout`], and dropping the group aborts NCCL's kernels.
+    pub(super) fn wait_for_gpu(&self, done: &CudaEvent) -> Result<()> {
+        let start = Instant::now();
+        loop {
+            if done
+                .try_is_complete()
+                .map_err(|e| device("wait for the step's collectives", e))?
+            {
+                return Ok(());
+            }
+            let waited = start.elapsed();
+            if waited > self.timeout {
+                let (rank, timeout) = (self.rank, self.timeout);
+                return Err(CommError::GpuTimeout { rank, timeout }.into());
+            }
+            if waited < Duration::from_millis(20) {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(Duration::from_micros(200));
             }
         }
     }

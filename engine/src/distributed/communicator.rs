@@ -202,6 +202,14 @@ pub enum CommError {
         peer: usize,
         world_size: usize,
     },
+    /// The GPU did not finish a step whose collectives run on NCCL within the timeout: a
+    /// peer's process died or hung, and NCCL's kernels on this GPU wait for it for ever (NCCL
+    /// has no timeout of its own). The communicator is aborted when it is dropped.
+    #[error(
+        "rank {rank}: the GPU did not finish the step within {timeout:?}; its NCCL collectives \
+         are waiting for a peer rank (did a rank's process die or hang?)"
+    )]
+    GpuTimeout { rank: usize, timeout: Duration },
     /// An earlier call on this communicator failed in the middle of its messages.
     #[error(
         "rank {rank}: {op} refused: an earlier call on this communicator failed, so the ranks' \

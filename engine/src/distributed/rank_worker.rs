@@ -313,9 +313,10 @@ fn build_runner(spec: RankSpec) -> Result<RankRunner> {
         geometry,
         parts,
     };
+    let timeout = comm.timeout();
     let comm = Box::new(comm);
     Ok(match device {
-        // Graphs stay off: the rank's collectives pass through the host (see
+        // On NCCL decode steps replay CUDA graphs; through the host they run eagerly (see
         // `backend::cuda_tensor_parallel`).
         Device::Cuda(ordinal) => {
             let backend = CudaBackend::new(ordinal)?;
@@ -324,7 +325,7 @@ fn build_runner(spec: RankSpec) -> Result<RankRunner> {
                 .map(|id| NcclRank::new(backend.stream().clone(), tp_rank, tp, id))
                 .transpose()
                 .map_err(|e| EngineError::Internal(format!("NCCL for tensor parallelism: {e}")))?;
-            RankRunner::Cuda(rank.build(backend.with_communicator(comm, nccl))?)
+            RankRunner::Cuda(rank.build(backend.with_communicator(comm, nccl, timeout))?)
         }
         Device::Cpu | Device::Auto => {
             RankRunner::Cpu(rank.build(CpuBackend::with_communicator(parts.kernels, comm))?)

@@ -21,10 +21,11 @@ const CLOCKS: &str = "step time: host wall clock around the steps; collective ti
 /// Loads the model, checks `batch`, runs the windows and prints the report.
 pub fn run(model: &ModelArgs, batch: usize, runs: usize, json: bool) -> anyhow::Result<()> {
     let mut config = model.engine_config();
-    check_batch_size(batch, config.scheduler.max_num_seqs)?; // before the model loads
-                                                             // Every run repeats the same prompts: with prefix caching a later run's prefill would reuse
-                                                             // an earlier run's KV. Only the decode steps are timed, but they should be the same steps
-                                                             // in every run.
+    // Checked before the model loads: a bad flag fails at once.
+    check_batch_size(batch, config.scheduler.max_num_seqs)?;
+    // Every run repeats the same prompts: with prefix caching a later run's prefill would reuse
+    // an earlier run's KV. Only the decode steps are timed, but they should be the same steps
+    // in every run.
     config.cache.enable_prefix_caching = false;
     // All N prompts prefill in one step, so that all N reach their first token together and
     // then decode together (with chunked prefill the first ones would be steps ahead).
@@ -88,7 +89,19 @@ pub fn run(model: &ModelArgs, batch: usize, runs: usize, json: bool) -> anyhow::
     let ranks = windows.last().map_or(0, |w| w.comm.len());
     if ranks > 1 {
         let (value_bytes, values) = all_reduce_values(engine.config.device, tp);
+        // On NCCL a collective's time is GPU time, so its share is of the step's GPU time; and
+        // a replayed CUDA graph calls nothing on the host, so nothing times its collectives.
+        let nccl = value_bytes == 2;
+        let untimed = nccl && engine.config.cuda_graphs;
+        let share_of = if nccl { device_ms.unwrap_or(ms) } else { ms };
         println!("  per step and rank ({CLOCKS}):");
+        if untimed {
+            println!(
+                "  (collective times: not measured here: decode steps replay CUDA graphs, whose \
+                 NCCL calls no event surrounds; --enforce-eager times every call, and the shares \
+                 are then of the step's device time)"
+            );
+        }
         println!(
             "  | rank | all-reduce calls | tensor bytes | closed form | sent bytes | all-reduce \
              ms | share of step | all collectives ms | share of step |"
@@ -99,22 +112,24 @@ pub fn run(model: &ModelArgs, batch: usize, runs: usize, json: bool) -> anyhow::
             let of_rank = |w: &Window| w.comm[rank].clone();
             let stats: Vec<CommStats> = windows.iter().map(of_rank).collect();
             let predicted = predicted_all_reduce_bytes(&c, (tp, pp, rank / tp), batch, value_bytes);
-            let row = RankRow::new(&stats, predicted);
+            let row = RankRow::new(&stats, predicted, !untimed);
+            let time = |t: Option<f64>| match t {
+                Some(t) => format!("{t:.3} | {:.1}%", 100.0 * t / share_of),
+                None => "n/a | n/a".to_string(),
+            };
             println!(
-                "  | {rank} | {} | {} | {} | {} | {:.3} | {:.1}% | {:.3} | {:.1}% |",
+                "  | {rank} | {} | {} | {} | {} | {} | {} |",
                 row.calls_per_step(),
                 row.tensor_bytes_per_step(),
                 row.predicted_per_step,
                 row.sent_bytes_per_step(),
-                row.all_reduce_ms,
-                100.0 * row.all_reduce_ms / ms,
-                row.comm_ms,
-                100.0 * row.comm_ms / ms,
+                time(row.all_reduce_ms),
+                time(row.comm_ms),
             );
             if row.tensor_bytes != row.predicted_per_step * DECODE_STEPS as u64 {
                 differ.push(rank.to_string());
             }
-            rows.push(row.json(rank, ms));
+            rows.push(row.json(rank, share_of));
         }
         println!(
             "  closed form: per layer 2 all-reduces (after o_proj and down_proj), and 1 after the \
@@ -148,12 +163,13 @@ struct RankRow {
     sent_bytes: u64,
     /// The closed form for one step.
     predicted_per_step: u64,
-    all_reduce_ms: f64,
-    comm_ms: f64,
+    /// Median times per step; `None` where nothing timed the calls (CUDA graphs on NCCL).
+    all_reduce_ms: Option<f64>,
+    comm_ms: Option<f64>,
 }
 
 impl RankRow {
-    fn new(windows: &[CommStats], predicted_per_step: u64) -> Self {
+    fn new(windows: &[CommStats], predicted_per_step: u64, timed: bool) -> Self {
         let last = windows.last().map(all_reduce).copied().unwrap_or_default();
         let ms_per_step = |f: &dyn Fn(&CommStats) -> std::time::Duration| {
             let v: Vec<f64> = windows.iter().map(|s| f(s).as_secs_f64()).collect();
@@ -164,8 +180,8 @@ impl RankRow {
             tensor_bytes: last.tensor_bytes,
             sent_bytes: last.sent_bytes,
             predicted_per_step,
-            all_reduce_ms: ms_per_step(&|s| all_reduce(s).time),
-            comm_ms: ms_per_step(&|s| s.total().time),
+            all_reduce_ms: timed.then(|| ms_per_step(&|s| all_reduce(s).time)),
+            comm_ms: timed.then(|| ms_per_step(&|s| s.total().time)),
         }
     }
 
@@ -181,7 +197,7 @@ impl RankRow {
         self.sent_bytes as f64 / DECODE_STEPS as f64
     }
 
-    /// The row as JSON; `step_ms` is the median step's wall time.
+    /// The row as JSON; `step_ms` is the median step's time the shares are of.
     fn json(&self, rank: usize, step_ms: f64) -> serde_json::Value {
         serde_json::json!({
             "rank": rank,
@@ -193,9 +209,9 @@ impl RankRow {
             "predicted_all_reduce_tensor_bytes_per_step": self.predicted_per_step,
             "all_reduce_sent_bytes_per_step": self.sent_bytes_per_step(),
             "all_reduce_ms_per_step": self.all_reduce_ms,
-            "all_reduce_share": self.all_reduce_ms / step_ms,
+            "all_reduce_share": self.all_reduce_ms.map(|t| t / step_ms),
             "comm_ms_per_step": self.comm_ms,
-            "comm_share": self.comm_ms / step_ms,
+            "comm_share": self.comm_ms.map(|t| t / step_ms),
         })
     }
 }

@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Tensor parallelism on two GPUs, in one run: the distributed issue's GPU figures.
+#
+#   scripts/gpu-check.sh build        # here (has cargo): gpu-bin/ with lab, tracer, the tests
+#   scripts/gpu-tp-check.sh [PART...] # on a machine with two GPUs or more, from the repo root
+#
+# PARTS (default: all, in this order):
+#   tests   kernels' NCCL tests (all-reduce, all-gather) and the engine's GPU tests (TP 2 and
+#           TP 2 x PP 2 on NCCL against the CPU engine)
+#   bench   decode step of the Llama-2-7B shape (random weights) at batch 32 and 1: TP 1 on one
+#           GPU, TP 2 on two (CUDA graphs on, as users run it), and TP 2 with --enforce-eager,
+#           where every NCCL call is timed, for the communication share of a step
+#   tracer  `tracer --device cuda --tp 2` on the Llama-3.2-1B shape: per-kernel and
+#           per-collective times, all-reduce bytes against the formula
+#   launch  `lab launch --nproc-per-node 2` (one process per GPU, NCCL's id over loopback TCP)
+#           against two threads: the same tokens; then one rank killed mid-run: the other must
+#           end with a one-line error within the collective timeout
+#
+# Logs go to $OUT/tp-logs (./tp-logs when OUT is unset); a summary prints last.
+# Exit status: 0 only if every part that ran passed.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export NCCL_NVLS_ENABLE=0 # NVLink SHARP is not available to our containers (docs/gpu.md)
+export LAB_KERNEL_CACHE=${LAB_KERNEL_CACHE:-/tmp/lab-kernel-cache}
+LOGS="${OUT:+$OUT/}tp-logs"
+mkdir -p "$LOGS"
+PARTS=("${@:-tests bench tracer launch}")
+read -r -a PARTS <<<"${PARTS[*]}"
+LAB=gpu-bin/lab
+SEVEN_B=engine/configs/llama-2-7b.json
+ONE_B=engine/configs/llama-3.2-1b.json
+status=0
+summary=()
+note() { summary+=("$1"); echo "$1"; }
+
+date -u +"%Y-%m-%d %H:%M UTC" | tee "$LOGS/machine.txt"
+nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader | tee -a "$LOGS/machine.txt"
+nvidia-smi topo -m >>"$LOGS/machine.txt" 2>&1
+
+part_tests() {
+    for t in gpu-bin/tests/nccl gpu-bin/tests/engine-cuda_engine; do
+        [[ -x $t ]] || { note "| test $(basename "$t") | missing |"; status=1; continue; }
+        log="$LOGS/test-$(basename "$t").log"
+        timeout 400 "$t" --test-threads=1 --nocapture >"$log" 2>&1
+        rc=$?
+        [[ $rc -ne 0 ]] && status=1
+        note "| test $(basename "$t") | rc $rc | $(grep -h '^test result:' "$log" | tail -1) |"
+        grep -h "agree\|exact\|skipped" "$log" | sed 's/^/    /'
+    done
+}
+
+# One `lab bench --workload decode` run; prints its JSON line's key figures.
+bench_one() {
+    local name=$1
+    shift
+    local log="$LOGS/bench-$name.log"
+    timeout 300 "$LAB" bench --workload decode --runs 3 --json --model "$SEVEN_B" --random-weights \
+        --device cuda "$@" >"$log" 2>&1
+    local rc=$?
+    [[ $rc -ne 0 ]] && status=1
+    python3 - "$name" "$log" "$rc" <<'EOF'
+import json, sys
+name, log, rc = sys.argv[1], sys.argv[2], sys.argv[3]
+rows = [json.loads(l) for l in open(log) if l.startswith("{")]
+if not rows:
+    print(f"| {name} | rc {rc} | no result: see {log} |")
+    sys.exit()
+r = rows[-1]
+ar = [x.get("all_reduce_share") for x in r.get("ranks", [])]
+share = " / ".join("n/a" if s is None else f"{100 * s:.1f}%" for s in ar) or "-"
+comm = [x.get("comm_share") for x in r.get("ranks", [])]
+cshare = " / ".join("n/a" if s is None else f"{100 * s:.1f}%" for s in comm) or "-"
+ok = r.get("all_reduce_matches_closed_form", "-")
+print(f"| {name} | {r['ms_per_step']:.3f} | {r.get('device_ms_per_step', float('nan')):.3f} "
+      f"| {r['tokens_per_s']:.0f} | {share} | {cshare} | {ok} |")
+EOF
+}
+
+part_bench() {
+    echo "| run | ms/step wall | ms/step device | tok/s | all-reduce share (rank 0 / 1) | all collectives | bytes = closed form |" | tee -a "$LOGS/bench.md"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | --- |" | tee -a "$LOGS/bench.md"
+    for b in 32 1; do
+        bench_one "7b-b$b-tp1" --batch-size $b | tee -a "$LOGS/bench.md"
+        bench_one "7b-b$b-tp2" --batch-size $b --tp 2 | tee -a "$LOGS/bench.md"
+        bench_one "7b-b$b-tp2-eager" --batch-size $b --tp 2 --enforce-eager | tee -a "$LOGS/bench.md"
+    done
+    note "bench: $LOGS/bench.md"
+}
+
+part_tracer() {
+    local log="$LOGS/tracer.log"
+    timeout 300 gpu-bin/tracer --device cuda --tp 2 --model "$ONE_B" --random-weights \
+        --max-tokens 16 --trace-out "$LOGS/trace-tp2.json" --html "$LOGS/trace-tp2.html" >"$log" 2>&1
+    local rc=$?
+    [[ $rc -ne 0 ]] && status=1
+    note "| tracer --device cuda --tp 2 | rc $rc | $(grep -A3 'all-reduce traffic' "$log" | tail -2 | tr '\n' ' ') |"
+}
+
+# The rank's pid among `lab generate` processes whose environment says LAB_LOCAL_RANK=$1.
+rank_pid() {
+    for p in $(pgrep -f "lab generate"); do
+        if tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "LAB_LOCAL_RANK=$1"; then
+            echo "$p"
+            return
+        fi
+    done
+}
+
+part_launch() {
+    local args=(generate --device cuda --json --ignore-eos --model "$ONE_B" --random-weights
+        --tp 2 --max-tokens 64 --prompt "Hello" --prompt "The quick brown fox jumps over")
+    timeout 300 "$LAB" "${args[@]}" >"$LOGS/threads.json" 2>"$LOGS/threads.err"
+    local rt=$?
+    timeout 300 "$LAB" launch --nproc-per-node 2 --master-port 29511 -- "${args[@]}" \
+        >"$LOGS/processes.json" 2>"$LOGS/processes.err"
+    local rp=$?
+    if [[ $rt -eq 0 && $rp -eq 0 ]] && cmp -s "$LOGS/threads.json" "$LOGS/processes.json"; then
+        note "| launch: 2 processes vs 2 threads, TP 2 on NCCL | same output |"
+    else
+        status=1
+        note "| launch: 2 processes vs 2 threads | DIFFER or failed (rc $rt / $rp): see $LOGS |"
+    fi
+
+    # A long run, then rank 1 killed: rank 0 must fail with one line within the timeout.
+    local long=(generate --device cuda --ignore-eos --model "$ONE_B" --random-weights --tp 2
+        --max-tokens 20000 --max-num-seqs 1 --collective-timeout 20)
+    for i in $(seq 1 8); do long+=(--prompt "request $i"); done
+    "$LAB" launch --nproc-per-node 2 --master-port 29512 -- "${long[@]}" \
+        >"$LOGS/kill.out" 2>"$LOGS/kill.err" &
+    local launcher=$!
+    sleep 25
+    local victim
+    victim=$(rank_pid 1)
+    if [[ -z $victim ]]; then
+        status=1
+        note "| kill a rank | rank 1 not found running (ended early?): see $LOGS/kill.err |"
+        wait $launcher
+        return
+    fi
+    local t0
+    t0=$(date +%s.%N)
+    kill -9 "$victim"
+    wait $launcher
+    local rc=$?
+    local took
+    took=$(python3 -c "import time; print(f'{time.time() - $t0:.1f}')")
+    note "| kill rank 1 (pid $victim) | launcher rc $rc after ${took} s (timeout 20 s) | $(grep -h 'error' "$LOGS/kill.err" | head -3 | tr '\n' ' ') |"
+    [[ $rc -eq 0 ]] && status=1
+}
+
+for part in "${PARTS[@]}"; do
+    case $part in
+    tests) part_tests ;;
+    bench) part_bench ;;
+    tracer) part_tracer ;;
+    launch) part_launch ;;
+    *) echo "unknown part: $part (tests bench tracer launch)" >&2; exit 2 ;;
+    esac
+done
+echo
+echo "## tensor parallelism on $(nvidia-smi -L | wc -l) GPUs ($(head -1 "$LOGS/machine.txt"))"
+printf '%s\n' "${summary[@]}"
+[[ -f "$LOGS/bench.md" ]] && cat "$LOGS/bench.md"
+exit $status
