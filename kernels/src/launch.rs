@@ -150,4 +150,12 @@ macro_rules! scalar_arg {
         }
     )*};
 }
-scalar_arg!(u32, i32, u64, i64, f32, f64);
+scalar_arg!(
+    u32,
+    i32,
+    u64,
+    i64,
+    f32,
+    f64,
+    crate::custom_all_reduce::PeerPtrs
+);

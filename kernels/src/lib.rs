@@ -20,6 +20,7 @@
 //!   split_columns.rs      fused qkv output → q, k, v
 //!   qkv_rotary_cache.rs   split + rotary + reshape_and_cache in one launch (what the engine runs)
 //!   sampling.rs           argmax, and temperature/top-k/top-p with a Philox draw, on the device
+//! custom_all_reduce.rs    tensor parallelism's small all-reduces, one hop over peer memory
 //! copy_rows.rs            a step's block tables: the used corner of a wide device matrix
 //! launch.rs               every launch, with programmatic dependent launch (PDL)
 //! error.rs                KernelError: every wrapper returns Result; cudarc errors mapped
@@ -37,6 +38,7 @@
 
 pub mod compile;
 pub mod copy_rows;
+pub mod custom_all_reduce;
 pub mod embedding;
 pub mod error;
 pub mod gemv;
@@ -122,7 +124,7 @@ pub fn check_device(ordinal: usize) -> Result<()> {
 }
 
 /// Every kernel file, in the order of the modules [`Kernels::load`] loads.
-pub(crate) const SOURCES: [(&str, &str); 11] = [
+pub(crate) const SOURCES: [(&str, &str); 12] = [
     (embedding::FILE, embedding::SOURCE),
     (rms_norm::FILE, rms_norm::SOURCE),
     (rotary_embedding::FILE, rotary_embedding::SOURCE),
@@ -134,6 +136,7 @@ pub(crate) const SOURCES: [(&str, &str); 11] = [
     (split_columns::FILE, split_columns::SOURCE),
     (gemv::FILE, gemv::SOURCE),
     (qkv_rotary_cache::FILE, qkv_rotary_cache::SOURCE),
+    (custom_all_reduce::FILE, custom_all_reduce::SOURCE),
 ];
 
 /// Every kernel of the crate, compiled and loaded into one context.
@@ -150,6 +153,7 @@ pub struct Kernels {
     pub split_columns: split_columns::SplitColumns,
     pub gemv: gemv::Gemv,
     pub qkv_rotary_cache: qkv_rotary_cache::QkvRotaryCache,
+    pub custom_all_reduce: custom_all_reduce::CustomAllReduce,
 }
 
 impl Kernels {
@@ -192,6 +196,7 @@ impl Kernels {
             split_columns: split_columns::SplitColumns::load(&modules[8])?,
             gemv: gemv::Gemv::load(&modules[9], num_sms)?,
             qkv_rotary_cache: qkv_rotary_cache::QkvRotaryCache::load(&modules[10])?,
+            custom_all_reduce: custom_all_reduce::CustomAllReduce::load(&modules[11])?,
         })
     }
 }

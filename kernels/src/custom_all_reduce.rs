@@ -1,0 +1,192 @@
+//! One-shot all-reduce over peer memory (vLLM's custom all-reduce), for the small all-reduces
+//! of a tensor-parallel decode step: every rank reads every peer's tensor straight from the
+//! peer's GPU and sums it, one hop instead of NCCL's ring. Kernel and protocol:
+//! `cuda/custom_all_reduce.cu`.
+//!
+//! Each rank owns [`PeerBuffers`] (a staging buffer, the flags its peers write, its call
+//! counters) on its GPU; the ranks exchange their addresses ([`PeerBuffers::addresses`]) into
+//! one [`PeerPtrs`] table, the same on every rank, and every rank calls
+//! [`CustomAllReduce::all_reduce`] with the same lengths in the same order (as for any
+//! collective). The GPUs must reach each other's memory: one process, peer access enabled
+//! between every pair ([`enable_peer_access`]); ranks that share one GPU need nothing.
+
+use std::sync::Arc;
+
+use cudarc::driver::{
+    sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut,
+    DevicePtr, LaunchConfig,
+};
+use half::bf16;
+
+use crate::error::{check_len, to_u32, KernelError, Result};
+use crate::launch::Launch;
+
+pub(crate) const FILE: &str = "custom_all_reduce.cu";
+pub(crate) const SOURCE: &str = include_str!("../cuda/custom_all_reduce.cu");
+
+/// Most ranks in a group (`CAR_MAX_RANKS`).
+pub const MAX_RANKS: usize = 8;
+/// Threads per block and most blocks per launch (`CAR_THREADS`, `CAR_MAX_BLOCKS`): every block
+/// spins until the same block of each peer arrives, so a launch must fit the GPU at once.
+const THREADS: usize = 512;
+const MAX_BLOCKS: usize = 32;
+
+/// Every rank's staging buffer and flags, by device address (the kernel's `PeerPtrs`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeerPtrs {
+    data: [u64; MAX_RANKS],
+    flags: [u64; MAX_RANKS],
+}
+
+impl PeerPtrs {
+    /// The table from each rank's [`PeerBuffers::addresses`], in rank order.
+    pub fn new(addresses: &[(u64, u64)]) -> Result<Self> {
+        if addresses.is_empty() || addresses.len() > MAX_RANKS {
+            return Err(KernelError::Unsupported {
+                kernel: "custom_all_reduce",
+                what: format!("{} ranks (1 to {MAX_RANKS} are supported)", addresses.len()),
+            });
+        }
+        let mut t = PeerPtrs::default();
+        for (r, &(data, flags)) in addresses.iter().enumerate() {
+            t.data[r] = data;
+            t.flags[r] = flags;
+        }
+        Ok(t)
+    }
+}
+
+/// One rank's memory for the all-reduce, on its GPU.
+#[derive(Debug)]
+pub struct PeerBuffers {
+    /// `[capacity]`: this rank's addend, where the peers read it.
+    staging: CudaSlice<bf16>,
+    /// `[2, MAX_BLOCKS, MAX_RANKS]`: "rank r reached barrier p of call c" from each peer.
+    flags: CudaSlice<u32>,
+    /// `[MAX_BLOCKS]`: calls so far, per block.
+    counter: CudaSlice<u32>,
+}
+
+impl PeerBuffers {
+    /// Buffers for tensors of up to `capacity` bf16 values, flags and counters zeroed.
+    pub fn new(stream: &Arc<CudaStream>, capacity: usize) -> Result<Self> {
+        Ok(PeerBuffers {
+            staging: stream.alloc_zeros(capacity)?,
+            flags: stream.alloc_zeros(2 * MAX_BLOCKS * MAX_RANKS)?,
+            counter: stream.alloc_zeros(MAX_BLOCKS)?,
+        })
+    }
+
+    /// Values the staging buffer holds: the largest tensor this rank can all-reduce.
+    pub fn capacity(&self) -> usize {
+        self.staging.len()
+    }
+
+    /// (staging, flags) device addresses, for the peers' [`PeerPtrs`].
+    pub fn addresses(&self, stream: &Arc<CudaStream>) -> (u64, u64) {
+        let (data, _) = self.staging.device_ptr(stream);
+        let (flags, _) = self.flags.device_ptr(stream);
+        (data, flags)
+    }
+}
+
+/// Lets `ctx`'s kernels read and write `peer`'s memory (`cuCtxEnablePeerAccess`); already
+/// enabled is fine. An error when the two GPUs cannot reach each other (no NVLink or PCIe
+/// peer path): then the group keeps NCCL.
+pub fn enable_peer_access(ctx: &Arc<CudaContext>, peer: &Arc<CudaContext>) -> Result<()> {
+    if ctx.ordinal() == peer.ordinal() {
+        return Ok(());
+    }
+    ctx.bind_to_thread()?;
+    let mut can = 0;
+    // SAFETY: plain queries of two valid device ordinals, into a local.
+    unsafe {
+        sys::cuDeviceCanAccessPeer(&mut can, ctx.cu_device(), peer.cu_device()).result()?;
+    }
+    if can == 0 {
+        return Err(KernelError::Unsupported {
+            kernel: "custom_all_reduce",
+            what: format!(
+                "GPU {} cannot access GPU {}'s memory",
+                ctx.ordinal(),
+                peer.ordinal()
+            ),
+        });
+    }
+    // SAFETY: `ctx` is current on this thread (bound above) and `peer.cu_ctx()` is a live
+    // context that `peer` keeps alive for the call.
+    match unsafe { sys::cuCtxEnablePeerAccess(peer.cu_ctx(), 0) } {
+        sys::CUresult::CUDA_SUCCESS | sys::CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED => {
+            Ok(())
+        }
+        e => Err(e.result().unwrap_err().into()),
+    }
+}
+
+/// The compiled kernel.
+#[derive(Debug, Clone)]
+pub struct CustomAllReduce {
+    kernel: CudaFunction,
+}
+
+impl CustomAllReduce {
+    pub(crate) fn load(module: &Arc<CudaModule>) -> Result<Self> {
+        Ok(Self {
+            kernel: module.load_function("custom_all_reduce_kernel")?,
+        })
+    }
+
+    /// Whether a tensor of `n` values can take this path with buffers of `capacity`.
+    pub fn fits(n: usize, capacity: usize) -> bool {
+        n > 0 && n.is_multiple_of(8) && n <= capacity
+    }
+
+    /// `out` = the sum over ranks of each rank's `x`, added in rank order in f32 (so every rank
+    /// gets the same bits). Every rank of `peers` must make the same call (same `n`), each on
+    /// its own stream; the launch waits on the GPU for the peers' launches.
+    #[allow(clippy::too_many_arguments)]
+    pub fn all_reduce(
+        &self,
+        stream: &Arc<CudaStream>,
+        out: &mut CudaViewMut<'_, bf16>, // [n]
+        x: &CudaView<'_, bf16>,          // [n]
+        mine: &mut PeerBuffers,
+        peers: &PeerPtrs,
+        rank: usize,
+        ranks: usize,
+    ) -> Result<()> {
+        const K: &str = "custom_all_reduce";
+        let n = x.len();
+        check_len(K, "out", out.len(), n)?;
+        if !Self::fits(n, mine.capacity()) || rank >= ranks || ranks > MAX_RANKS {
+            return Err(KernelError::Unsupported {
+                kernel: K,
+                what: format!(
+                    "{n} values (a multiple of 8, at most {}), rank {rank} of {ranks}",
+                    mine.capacity()
+                ),
+            });
+        }
+        let blocks = (n / 8).div_ceil(THREADS).min(MAX_BLOCKS);
+        let cfg = LaunchConfig {
+            grid_dim: (blocks as u32, 1, 1),
+            block_dim: (THREADS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let args = [
+            to_u32(K, "rank", rank)?,
+            to_u32(K, "ranks", ranks)?,
+            to_u32(K, "n", n)?,
+        ];
+        let mut launch = Launch::new(stream, &self.kernel);
+        launch.arg(out).arg(x).arg(peers).arg(&mut mine.counter);
+        launch.arg(&args[0]).arg(&args[1]).arg(&args[2]);
+        // SAFETY: the signature matches custom_all_reduce_kernel (out, x, PeerPtrs by value,
+        // counter, 3 x u32); out and x hold n values, n fits every rank's staging buffer (each
+        // rank checks its own; the ranks make the same calls), the flags hold
+        // 2 x MAX_BLOCKS x MAX_RANKS words and the grid is at most MAX_BLOCKS blocks.
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
+    }
+}
