@@ -5,11 +5,13 @@
 #   scripts/gpu-tp-check.sh [PART...] # on a machine with two GPUs or more, from the repo root
 #
 # PARTS (default: all, in this order):
-#   tests   kernels' NCCL tests (all-reduce, all-gather) and the engine's GPU tests (TP 2 and
-#           TP 2 x PP 2 on NCCL against the CPU engine)
+#   tests   kernels' NCCL tests (all-reduce, all-gather), the custom all-reduce over peer
+#           access, and the engine's GPU tests (TP 2 and TP 2 x PP 2 on NCCL against the CPU
+#           engine)
 #   bench   decode step of the Llama-2-7B shape (random weights) at batch 32 and 1: TP 1 on one
-#           GPU, TP 2 on two (CUDA graphs on, as users run it), and TP 2 with --enforce-eager,
-#           where every NCCL call is timed, for the communication share of a step
+#           GPU, TP 2 on two (CUDA graphs on, as users run it), TP 2 with --enforce-eager,
+#           where every NCCL call is timed, for the communication share of a step, and TP 2
+#           with --custom-all-reduce on (the one-shot kernel instead of NCCL)
 #   tracer  `tracer --device cuda --tp 2` on the Llama-3.2-1B shape: per-kernel and
 #           per-collective times, all-reduce bytes against the formula
 #   launch  `lab launch --nproc-per-node 2` (one process per GPU, NCCL's id over loopback TCP)
@@ -38,7 +40,7 @@ nvidia-smi --query-gpu=index,name,memory.total --format=csv,noheader | tee -a "$
 nvidia-smi topo -m >>"$LOGS/machine.txt" 2>&1
 
 part_tests() {
-    for t in gpu-bin/tests/nccl gpu-bin/tests/engine-cuda_engine; do
+    for t in gpu-bin/tests/nccl gpu-bin/tests/custom_all_reduce gpu-bin/tests/engine-cuda_engine; do
         [[ -x $t ]] || { note "| test $(basename "$t") | missing |"; status=1; continue; }
         log="$LOGS/test-$(basename "$t").log"
         timeout 400 "$t" --test-threads=1 --nocapture >"$log" 2>&1
@@ -83,6 +85,7 @@ part_bench() {
         bench_one "7b-b$b-tp1" --batch-size $b | tee -a "$LOGS/bench.md"
         bench_one "7b-b$b-tp2" --batch-size $b --tp 2 | tee -a "$LOGS/bench.md"
         bench_one "7b-b$b-tp2-eager" --batch-size $b --tp 2 --enforce-eager | tee -a "$LOGS/bench.md"
+        bench_one "7b-b$b-tp2-custom" --batch-size $b --tp 2 --custom-all-reduce on | tee -a "$LOGS/bench.md"
     done
     note "bench: $LOGS/bench.md"
 }
@@ -107,24 +110,42 @@ rank_pid() {
 }
 
 part_launch() {
-    local args=(generate --device cuda --json --ignore-eos --model "$ONE_B" --random-weights
-        --tp 2 --max-tokens 64 --prompt "Hello" --prompt "The quick brown fox jumps over")
+    # Random weights conditioned as scripts/gpu-engine-check.sh does (unconditioned ones give
+    # one token over and over, which would make "the same tokens" say little); prompts of ids.
+    local dir=/tmp/tp-check-1b prompts="$LOGS/prompts.json"
+    timeout 200 "$LAB" save-model --model "$ONE_B" --random-weights --embed-scale 0.0625 \
+        --query-scale 4 --out "$dir" >"$LOGS/save-model.log" 2>&1 || {
+        status=1
+        note "| launch | save-model failed: see $LOGS/save-model.log |"
+        return
+    }
+    python3 -c 'import json, random, sys
+r = random.Random(0)
+json.dump([[r.randrange(10000) for _ in range(k)] for k in (5, 77, 300)], open(sys.argv[1], "w"))' "$prompts"
+    local gpus
+    gpus=$(nvidia-smi -L | wc -l)
+    local how="on NCCL"
+    [[ $gpus -lt 2 ]] && how="sharing one GPU: sums through the host"
+    local args=(generate --device cuda --json --ignore-eos --model "$dir" --tp 2
+        --max-tokens 64 --prompts-file "$prompts")
     timeout 300 "$LAB" "${args[@]}" >"$LOGS/threads.json" 2>"$LOGS/threads.err"
     local rt=$?
     timeout 300 "$LAB" launch --nproc-per-node 2 --master-port 29511 -- "${args[@]}" \
         >"$LOGS/processes.json" 2>"$LOGS/processes.err"
     local rp=$?
     if [[ $rt -eq 0 && $rp -eq 0 ]] && cmp -s "$LOGS/threads.json" "$LOGS/processes.json"; then
-        note "| launch: 2 processes vs 2 threads, TP 2 on NCCL | same output |"
+        local distinct
+        distinct=$(python3 -c 'import json, sys
+print(len({t for o in json.load(open(sys.argv[1])) for t in o["token_ids"]}))' "$LOGS/threads.json")
+        note "| launch: 2 processes vs 2 threads, TP 2 $how | same output ($distinct distinct tokens) |"
     else
         status=1
         note "| launch: 2 processes vs 2 threads | DIFFER or failed (rc $rt / $rp): see $LOGS |"
     fi
 
     # A long run, then rank 1 killed: rank 0 must fail with one line within the timeout.
-    local long=(generate --device cuda --ignore-eos --model "$ONE_B" --random-weights --tp 2
-        --max-tokens 20000 --max-num-seqs 1 --collective-timeout 20)
-    for i in $(seq 1 8); do long+=(--prompt "request $i"); done
+    local long=(generate --device cuda --ignore-eos --model "$dir" --tp 2 --max-tokens 20000
+        --max-num-seqs 1 --collective-timeout 20 --prompts-file "$prompts")
     "$LAB" launch --nproc-per-node 2 --master-port 29512 -- "${long[@]}" \
         >"$LOGS/kill.out" 2>"$LOGS/kill.err" &
     local launcher=$!
