@@ -43,7 +43,7 @@ part_tests() {
     for t in gpu-bin/tests/nccl gpu-bin/tests/custom_all_reduce gpu-bin/tests/engine-cuda_engine; do
         [[ -x $t ]] || { note "| test $(basename "$t") | missing |"; status=1; continue; }
         log="$LOGS/test-$(basename "$t").log"
-        timeout 400 "$t" --test-threads=1 --nocapture >"$log" 2>&1
+        timeout 200 "$t" --test-threads=1 --nocapture >"$log" 2>&1
         rc=$?
         [[ $rc -ne 0 ]] && status=1
         note "| test $(basename "$t") | rc $rc | $(grep -h '^test result:' "$log" | tail -1) |"
@@ -56,7 +56,7 @@ bench_one() {
     local name=$1
     shift
     local log="$LOGS/bench-$name.log"
-    timeout 300 "$LAB" bench --workload decode --runs 3 --json --model "$SEVEN_B" --random-weights \
+    timeout 200 "$LAB" bench --workload decode --runs "${RUNS:-3}" --json --model "$SEVEN_B" --random-weights \
         --device cuda "$@" >"$log" 2>&1
     local rc=$?
     [[ $rc -ne 0 ]] && status=1
