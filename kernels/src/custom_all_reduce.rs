@@ -8,9 +8,7 @@
 //! one [`PeerPtrs`] table, the same on every rank, and every rank calls
 //! [`CustomAllReduce::all_reduce`] with the same lengths in the same order (as for any
 //! collective). The GPUs must reach each other's memory: one process, peer access enabled
-//! between every pair ([`enable_peer_access`]). Ranks may also share one GPU, each on its own
-//! stream (the tests do), as long as no thread synchronizes the whole device while a rank's
-//! all-reduce waits for a peer's launch; the engine therefore uses it with a GPU per rank only.
+//! between every pair ([`enable_peer_access`]); ranks that share one GPU need nothing.
 
 use std::sync::Arc;
 

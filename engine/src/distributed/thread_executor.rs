@@ -117,7 +117,7 @@ impl ThreadExecutor {
                 let gpus: Vec<Device> = (0..tp)
                     .map(|t| rank_device(engine.device, layout.world_rank(p, t), num_gpus))
                     .collect();
-                custom_all_reduce_group(engine, &gpus)
+                custom_all_reduce_group(engine, &gpus, nccl_ids[p].is_some())
                     .then(|| Arc::new(PeerRendezvous::new(tp, timeout)))
             })
             .collect();
