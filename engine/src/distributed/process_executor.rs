@@ -152,8 +152,6 @@ pub(super) fn join_launch(
         world_rank: groups.world_rank,
         device: rank_device(engine.device, groups.world_rank, num_gpus),
         nccl_id,
-        // Another process's device addresses mean nothing here (that would take CUDA IPC).
-        peers: None,
         shard: TpShard {
             rank: groups.tp_rank,
             size: layout.tp,

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use super::comm_stats::CommStats;
 use super::communicator::Communicator;
 use super::cpu_communicator::CpuCommunicator;
-use super::peer_rendezvous::PeerRendezvous;
 use super::pipeline_schedule::ExecutedItem;
 use super::pipeline_stage::{run_micro_batches, StageLink};
 use super::step_delta::{StepDecoder, StepDelta};
@@ -162,10 +161,6 @@ pub struct RankSpec {
     /// Its TP group's NCCL id, when the group's ranks each have a GPU of their own (the
     /// all-reduces then run on NCCL; see `backend::cuda_tensor_parallel`).
     pub nccl_id: Option<NcclId>,
-    /// Its TP group's meeting point for the custom all-reduce's buffers, when the group sums
-    /// its small all-reduces over peer memory (threads of one process on GPUs; see
-    /// `backend::cuda_tensor_parallel`).
-    pub peers: Option<Arc<PeerRendezvous>>,
     pub shard: TpShard,
     pub stage: PpStage,
     /// Its stage's TP group.
@@ -301,7 +296,6 @@ fn build_runner(spec: RankSpec) -> Result<RankRunner> {
     let RankSpec {
         device,
         nccl_id,
-        peers,
         comm,
         shard,
         stage,
@@ -331,11 +325,7 @@ fn build_runner(spec: RankSpec) -> Result<RankRunner> {
                 .map(|id| NcclRank::new(backend.stream().clone(), tp_rank, tp, id))
                 .transpose()
                 .map_err(|e| EngineError::Internal(format!("NCCL for tensor parallelism: {e}")))?;
-            let mut backend = backend.with_communicator(comm, nccl, timeout);
-            if let Some(peers) = peers {
-                backend = backend.with_custom_all_reduce(&peers)?;
-            }
-            RankRunner::Cuda(rank.build(backend)?)
+            RankRunner::Cuda(rank.build(backend.with_communicator(comm, nccl, timeout))?)
         }
         Device::Cpu | Device::Auto => {
             RankRunner::Cpu(rank.build(CpuBackend::with_communicator(parts.kernels, comm))?)
