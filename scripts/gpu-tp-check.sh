@@ -5,13 +5,12 @@
 #   scripts/gpu-tp-check.sh [PART...] # on a machine with two GPUs or more, from the repo root
 #
 # PARTS (default: all, in this order):
-#   tests   kernels' NCCL tests (all-reduce, all-gather), the custom all-reduce over peer
-#           access, and the engine's GPU tests (TP 2 and TP 2 x PP 2 on NCCL against the CPU
-#           engine)
+#   tests   kernels' NCCL tests (all-reduce, all-gather), the one-shot all-reduce kernel
+#           (kernels::custom_all_reduce, not used by the engine yet), and the engine's GPU tests
+#           (TP 2 and TP 2 x PP 2 on NCCL against the CPU engine)
 #   bench   decode step of the Llama-2-7B shape (random weights) at batch 32 and 1: TP 1 on one
-#           GPU, TP 2 on two (CUDA graphs on, as users run it), TP 2 with --enforce-eager,
-#           where every NCCL call is timed, for the communication share of a step, and TP 2
-#           with --custom-all-reduce on (the one-shot kernel instead of NCCL)
+#           GPU, TP 2 on two (CUDA graphs on, as users run it), and TP 2 with --enforce-eager,
+#           where every NCCL call is timed, for the communication share of a step
 #   tracer  `tracer --device cuda --tp 2` on the Llama-3.2-1B shape: per-kernel and
 #           per-collective times, all-reduce bytes against the formula
 #   launch  `lab launch --nproc-per-node 2` (one process per GPU, NCCL's id over loopback TCP)
@@ -85,7 +84,6 @@ part_bench() {
         bench_one "7b-b$b-tp1" --batch-size $b | tee -a "$LOGS/bench.md"
         bench_one "7b-b$b-tp2" --batch-size $b --tp 2 | tee -a "$LOGS/bench.md"
         bench_one "7b-b$b-tp2-eager" --batch-size $b --tp 2 --enforce-eager | tee -a "$LOGS/bench.md"
-        bench_one "7b-b$b-tp2-custom" --batch-size $b --tp 2 --custom-all-reduce on | tee -a "$LOGS/bench.md"
     done
     note "bench: $LOGS/bench.md"
 }

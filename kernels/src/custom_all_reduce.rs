@@ -9,6 +9,13 @@
 //! [`CustomAllReduce::all_reduce`] with the same lengths in the same order (as for any
 //! collective). The GPUs must reach each other's memory: one process, peer access enabled
 //! between every pair ([`enable_peer_access`]); ranks that share one GPU need nothing.
+//!
+//! Status (2026-11-29): exact on one H200 with 2 and 3 ranks sharing it (each on its own
+//! stream); on two H200s over NVLink the one-rank-per-GPU test did not finish within 10 s and
+//! the next launch met an illegal address, so the engine does not use it yet (NCCL sums).
+//! Wired into the engine with ranks sharing one GPU, engine/tests/cuda_engine.rs hung: a
+//! device-wide synchronization in one rank's thread (a free, a synchronous copy) most likely
+//! waited for a peer's spinning kernel; the engine must use it with a GPU per rank only.
 
 use std::sync::Arc;
 
