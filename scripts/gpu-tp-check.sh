@@ -9,8 +9,9 @@
 #           (kernels::custom_all_reduce, not used by the engine yet), and the engine's GPU tests
 #           (TP 2 and TP 2 x PP 2 on NCCL against the CPU engine)
 #   bench   decode step of the Llama-2-7B shape (random weights) at batch 32 and 1: TP 1 on one
-#           GPU, TP 2 on two (CUDA graphs on, as users run it), and TP 2 with --enforce-eager,
-#           where every NCCL call is timed, for the communication share of a step
+#           GPU; TP 2 on two, eagerly (the default: every NCCL call is timed, for the
+#           communication share of a step), and with LAB_TP_CUDA_GRAPHS=1 (decode steps
+#           replayed as CUDA graphs, NCCL calls inside them)
 #   tracer  `tracer --device cuda --tp 2` on the Llama-3.2-1B shape: per-kernel and
 #           per-collective times, all-reduce bytes against the formula
 #   launch  `lab launch --nproc-per-node 2` (one process per GPU, NCCL's id over loopback TCP)
@@ -48,6 +49,14 @@ part_tests() {
         note "| test $(basename "$t") | rc $rc | $(grep -h '^test result:' "$log" | tail -1) |"
         grep -h "agree\|exact\|skipped" "$log" | sed 's/^/    /'
     done
+    # The engine's TP ranks with CUDA graphs on NCCL (off by default until measured).
+    log="$LOGS/test-engine-cuda_engine-graphs.log"
+    LAB_TP_CUDA_GRAPHS=1 timeout 200 gpu-bin/tests/engine-cuda_engine --test-threads=1 \
+        --nocapture parallel >"$log" 2>&1
+    rc=$?
+    [[ $rc -ne 0 ]] && status=1
+    note "| test engine-cuda_engine, LAB_TP_CUDA_GRAPHS=1 | rc $rc | $(grep -h '^test result:' "$log" | tail -1) |"
+    grep -h "agree" "$log" | sed 's/^/    /'
 }
 
 # One `lab bench --workload decode` run; prints its JSON line's key figures.
@@ -83,7 +92,7 @@ part_bench() {
     for b in 32 1; do
         bench_one "7b-b$b-tp1" --batch-size $b | tee -a "$LOGS/bench.md"
         bench_one "7b-b$b-tp2" --batch-size $b --tp 2 | tee -a "$LOGS/bench.md"
-        bench_one "7b-b$b-tp2-eager" --batch-size $b --tp 2 --enforce-eager | tee -a "$LOGS/bench.md"
+        LAB_TP_CUDA_GRAPHS=1 bench_one "7b-b$b-tp2-graphs" --batch-size $b --tp 2 | tee -a "$LOGS/bench.md"
     done
     note "bench: $LOGS/bench.md"
 }

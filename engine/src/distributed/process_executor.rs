@@ -29,7 +29,7 @@ use super::parallel_state::RankLayout;
 use super::pipeline_schedule::ExecutedSchedule;
 use super::pipeline_stage::{StageLink, StageTimes};
 use super::rank_devices::{nccl_ids, rank_device};
-use super::rank_worker::{Geometry, RankParts, RankSpec};
+use super::rank_worker::{tp_cuda_graphs, Geometry, RankParts, RankSpec};
 use super::step_delta::StepEncoder;
 use super::thread_executor::{RankHandle, ThreadExecutor};
 use crate::backend::DeviceTime;
@@ -151,6 +151,7 @@ pub(super) fn join_launch(
     let spec = RankSpec {
         world_rank: groups.world_rank,
         device: rank_device(engine.device, groups.world_rank, num_gpus),
+        cuda_graphs: tp_cuda_graphs(&engine, nccl_id.is_some()),
         nccl_id,
         shard: TpShard {
             rank: groups.tp_rank,

@@ -161,6 +161,9 @@ pub struct RankSpec {
     /// Its TP group's NCCL id, when the group's ranks each have a GPU of their own (the
     /// all-reduces then run on NCCL; see `backend::cuda_tensor_parallel`).
     pub nccl_id: Option<NcclId>,
+    /// Whether its decode steps replay CUDA graphs: only where a step never touches the host
+    /// (collectives on NCCL, no pipeline stages to receive from); see [`tp_cuda_graphs`].
+    pub cuda_graphs: bool,
     pub shard: TpShard,
     pub stage: PpStage,
     /// Its stage's TP group.
@@ -291,11 +294,23 @@ impl RankWorker {
     }
 }
 
+/// Whether the ranks of a group replay their decode steps as CUDA graphs: with `engine`'s graphs
+/// on, a TP group on NCCL (`nccl`), no pipeline stages (a stage receives its input through the
+/// host, which a recorded graph would replay from a stale address), and, until it has been
+/// measured on two GPUs, `LAB_TP_CUDA_GRAPHS=1` in the environment. Without graphs a rank
+/// launches a step's few hundred kernels one by one, and on the Llama-2-7B shape over two
+/// H200s that made TP 2 no faster than one GPU (the performance page).
+pub fn tp_cuda_graphs(engine: &EngineConfig, nccl: bool) -> bool {
+    let asked = std::env::var("LAB_TP_CUDA_GRAPHS").is_ok_and(|v| v == "1");
+    engine.cuda_graphs && nccl && engine.parallel.pipeline_parallel_size == 1 && asked
+}
+
 /// The rank's backend (on its device), shard, model and KV cache.
 fn build_runner(spec: RankSpec) -> Result<RankRunner> {
     let RankSpec {
         device,
         nccl_id,
+        cuda_graphs,
         comm,
         shard,
         stage,
@@ -316,10 +331,10 @@ fn build_runner(spec: RankSpec) -> Result<RankRunner> {
     let timeout = comm.timeout();
     let comm = Box::new(comm);
     Ok(match device {
-        // On NCCL decode steps replay CUDA graphs; through the host they run eagerly (see
-        // `backend::cuda_tensor_parallel`).
+        // Graphs where the spec allows them (`with_communicator` turns them off again when the
+        // collectives pass through the host; see `backend::cuda_tensor_parallel`).
         Device::Cuda(ordinal) => {
-            let backend = CudaBackend::new(ordinal)?;
+            let backend = CudaBackend::new(ordinal)?.with_cuda_graphs(cuda_graphs);
             let (tp_rank, tp) = (comm.rank(), comm.world_size());
             let nccl = nccl_id
                 .map(|id| NcclRank::new(backend.stream().clone(), tp_rank, tp, id))

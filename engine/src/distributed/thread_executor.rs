@@ -50,7 +50,9 @@ use super::parallel_state::{build_groups, RankLayout};
 use super::pipeline_schedule::ExecutedSchedule;
 use super::pipeline_stage::{StageLink, StageTimes};
 use super::rank_devices::{nccl_ids, rank_device};
-use super::rank_worker::{Command, Geometry, RankParts, RankSpec, RankWorker, Reply};
+use super::rank_worker::{
+    tp_cuda_graphs, Command, Geometry, RankParts, RankSpec, RankWorker, Reply,
+};
 use super::step_delta::StepEncoder;
 use super::wire::{read_frame, write_frame};
 use crate::backend::DeviceTime;
@@ -132,6 +134,7 @@ impl ThreadExecutor {
                     world_rank: groups.world_rank,
                     device: rank_device(engine.device, r, num_gpus),
                     nccl_id: nccl_ids[groups.pp_rank],
+                    cuda_graphs: tp_cuda_graphs(engine, nccl_ids[groups.pp_rank].is_some()),
                     shard: TpShard {
                         rank: groups.tp_rank,
                         size: tp,

@@ -92,14 +92,14 @@ pub fn run(model: &ModelArgs, batch: usize, runs: usize, json: bool) -> anyhow::
         // On NCCL a collective's time is GPU time, so its share is of the step's GPU time; and
         // a replayed CUDA graph calls nothing on the host, so nothing times its collectives.
         let nccl = value_bytes == 2;
-        let untimed = nccl && engine.config.cuda_graphs;
+        let untimed = engine::distributed::rank_worker::tp_cuda_graphs(&engine.config, nccl);
         let share_of = if nccl { device_ms.unwrap_or(ms) } else { ms };
         println!("  per step and rank ({CLOCKS}):");
         if untimed {
             println!(
                 "  (collective times: not measured here: decode steps replay CUDA graphs, whose \
-                 NCCL calls no event surrounds; --enforce-eager times every call, and the shares \
-                 are then of the step's device time)"
+                 NCCL calls no event surrounds; without LAB_TP_CUDA_GRAPHS=1, or with \
+                 --enforce-eager, every call is timed)"
             );
         }
         println!(
