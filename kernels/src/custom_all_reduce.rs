@@ -12,7 +12,9 @@
 //!
 //! Status (2026-11-29): exact on one H200 with 2 and 3 ranks sharing it (each on its own
 //! stream); on two H200s over NVLink the one-rank-per-GPU test did not finish within 10 s and
-//! the next launch met an illegal address, so the engine does not use it yet (NCCL sums).
+//! the next launch met an illegal address, so the engine does not use it yet (NCCL sums). The
+//! likely cause: the buffers come from the devices' memory pools, which peer access alone does
+//! not open; [`enable_peer_access`] now grants the pool access too (not yet run on two GPUs).
 //! Wired into the engine with ranks sharing one GPU, engine/tests/cuda_engine.rs hung: a
 //! device-wide synchronization in one rank's thread (a free, a synchronous copy) most likely
 //! waited for a peer's spinning kernel; the engine must use it with a GPU per rank only.
@@ -124,11 +126,27 @@ pub fn enable_peer_access(ctx: &Arc<CudaContext>, peer: &Arc<CudaContext>) -> Re
     // SAFETY: `ctx` is current on this thread (bound above) and `peer.cu_ctx()` is a live
     // context that `peer` keeps alive for the call.
     match unsafe { sys::cuCtxEnablePeerAccess(peer.cu_ctx(), 0) } {
-        sys::CUresult::CUDA_SUCCESS | sys::CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED => {
-            Ok(())
-        }
-        e => Err(e.result().unwrap_err().into()),
+        sys::CUresult::CUDA_SUCCESS | sys::CUresult::CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED => {}
+        e => return Err(e.result().unwrap_err().into()),
     }
+    // cudarc allocates from the device's default memory pool (`cuMemAllocAsync`), and pool
+    // memory is not opened to peers by cuCtxEnablePeerAccess: the pool must grant access too.
+    // (The likely cause of the illegal address on two H200s, 2026-11-29; not yet run.)
+    let mut pool: sys::CUmemoryPool = std::ptr::null_mut();
+    let access = sys::CUmemAccessDesc {
+        location: sys::CUmemLocation {
+            type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE,
+            id: ctx.ordinal() as i32,
+        },
+        flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+    };
+    // SAFETY: `pool` is a local the driver fills with `peer`'s default pool, a live handle for
+    // as long as the device is; `access` is one initialized descriptor, and count is 1.
+    unsafe {
+        sys::cuDeviceGetDefaultMemPool(&mut pool, peer.cu_device()).result()?;
+        sys::cuMemPoolSetAccess(pool, &access, 1).result()?;
+    }
+    Ok(())
 }
 
 /// The compiled kernel.
