@@ -148,3 +148,69 @@ fn all_gather_lays_ranks_out_in_order() {
     }
     println!("nccl all_gather over {n} GPU(s): exact");
 }
+
+/// The engine's TP ranks may record their decode steps, NCCL calls included, as CUDA graphs
+/// (`LAB_TP_CUDA_GRAPHS=1`): an all-reduce and an all-gather captured once, then replayed on new
+/// inputs written into the same buffers, give each replay's sum and gather. One thread per GPU,
+/// as the engine's ranks; runs on one GPU too (a group of one).
+#[test]
+fn nccl_calls_replay_in_a_cuda_graph() {
+    use kernels::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    use kernels::nccl::{NcclId, NcclRank};
+    if let Err(e) = kernels::gpu_available().and_then(|()| nccl_available()) {
+        let _ = writeln!(std::io::stderr(), "skipped: {e}");
+        return;
+    }
+    let n = CudaContext::device_count().expect("device count") as usize;
+    let bytes = NcclId::new().expect("NCCL id").to_bytes();
+    let len = 4096usize;
+    // Replay k's input on rank r: small integers, exact in bf16 and in their sums.
+    let value = |k: usize, r: usize, i: usize| bf16::from_f32(((k * 7 + r * 3 + i) % 17) as f32);
+    std::thread::scope(|s| {
+        for r in 0..n {
+            s.spawn(move || {
+                let ctx = CudaContext::new(r).expect("GPU context");
+                let stream = ctx.new_stream().unwrap(); // a graph cannot capture the legacy stream
+                let id = NcclId::from_bytes(&bytes).unwrap();
+                let rank = NcclRank::new(stream.clone(), r, n, id).expect("NCCL rank");
+                let mut sum = stream.alloc_zeros::<bf16>(len).unwrap();
+                let input = stream.alloc_zeros::<bf16>(len).unwrap();
+                let mut gathered = stream.alloc_zeros::<bf16>(n * len).unwrap();
+                stream.synchronize().unwrap();
+                stream
+                    .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                    .unwrap();
+                rank.all_reduce_sum(&mut sum.as_view_mut()).unwrap();
+                rank.all_gather(&input.as_view(), &mut gathered.as_view_mut())
+                    .unwrap();
+                let graph = stream
+                    .end_capture(CUgraphInstantiate_flags(0))
+                    .unwrap()
+                    .expect("the capture recorded the calls");
+                let mut input = input;
+                for k in 0..3 {
+                    let mine: Vec<bf16> = (0..len).map(|i| value(k, r, i)).collect();
+                    stream.memcpy_htod(&mine, &mut sum).unwrap();
+                    stream.memcpy_htod(&mine, &mut input).unwrap();
+                    graph.launch().unwrap();
+                    let got_sum = stream.clone_dtoh(&sum).unwrap();
+                    let got_gather = stream.clone_dtoh(&gathered).unwrap();
+                    for (i, got) in got_sum.iter().enumerate() {
+                        let want: f32 = (0..n).map(|q| value(k, q, i).to_f32()).sum();
+                        assert_eq!(got.to_f32(), want, "replay {k}, rank {r}, sum {i}");
+                    }
+                    for q in 0..n {
+                        for i in 0..len {
+                            assert_eq!(
+                                got_gather[q * len + i],
+                                value(k, q, i),
+                                "replay {k}, rank {r}, gathered from {q}, element {i}"
+                            );
+                        }
+                    }
+                }
+            });
+        }
+    });
+    println!("nccl all-reduce and all-gather replayed from a CUDA graph over {n} GPU(s): exact");
+}
