@@ -2,22 +2,10 @@
 //! tensor-parallel ranks (threads on the CPU), the timed window's steps and each rank's
 //! all-reduce bytes against the closed form; and the batch sizes it must refuse.
 
-use std::process::Command;
+mod common;
+use common::lab_cli::lab;
 
 use engine::tiny_model::tiny_config;
-
-fn lab(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lab"))
-        .args(args)
-        .output()
-        .expect("lab runs");
-    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (
-        out.status.code().unwrap_or(-1),
-        s(&out.stdout),
-        s(&out.stderr),
-    )
-}
 
 fn bench(extra: &[&str]) -> (i32, String, String) {
     let mut args = vec![

@@ -2,25 +2,12 @@
 //! non-zero exit for every kind of bad input (never a panic).
 
 use std::path::Path;
-use std::process::Command;
 
 use engine::tiny_model::write_tiny_model_dir;
 
 mod common;
+use common::lab_cli::lab;
 use common::scratch_dir::ScratchDir;
-
-fn lab(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lab"))
-        .args(args)
-        .output()
-        .expect("lab runs");
-    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (
-        out.status.code().unwrap_or(-1),
-        s(&out.stdout),
-        s(&out.stderr),
-    )
-}
 
 /// A fresh copy of the tiny model's directory, to break in one way (removed when dropped).
 fn model_dir(name: &str) -> ScratchDir {

@@ -1,20 +1,8 @@
 //! `lab plan` as a user runs it: the table and its recommendation, the `--json` contract, and
 //! one-line errors with a non-zero exit for bad input (never a panic).
 
-use std::process::Command;
-
-fn lab(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lab"))
-        .args(args)
-        .output()
-        .expect("lab runs");
-    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (
-        out.status.code().unwrap_or(-1),
-        s(&out.stdout),
-        s(&out.stderr),
-    )
-}
+mod common;
+use common::lab_cli::lab;
 
 fn plan(model: &str, gpus: &str, memory: &str, extra: &[&str]) -> (i32, String, String) {
     let mut args = vec![

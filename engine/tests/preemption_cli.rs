@@ -2,23 +2,9 @@
 //! an unconstrained run, the swaps shown on stderr, stdout still the `--json` array; the
 //! scheduling fields of `--prompts-file` objects; one-line errors for bad flags.
 
-use std::process::Command;
-
 mod common;
+use common::lab_cli::lab;
 use common::scratch_dir::ScratchDir;
-
-fn lab(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lab"))
-        .args(args)
-        .output()
-        .expect("lab runs");
-    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (
-        out.status.code().unwrap_or(-1),
-        s(&out.stdout),
-        s(&out.stderr),
-    )
-}
 
 /// A prompts file holding `json`, removed when dropped.
 fn prompts_file(name: &str, json: &str) -> ScratchDir {

@@ -4,7 +4,6 @@
 //! in `lab generate --prompts-file`, which the GPU check feeds such a directory.
 
 use std::path::Path;
-use std::process::Command;
 
 use engine::config::EngineConfig;
 use engine::model_executor::weights::{HostTensor, LlamaWeights};
@@ -13,6 +12,7 @@ use engine::model_source::{load_model, LoadedModel, ModelSpec};
 use engine::{Prompt, SamplingParams, LLM};
 
 mod common;
+use common::lab_cli::lab;
 use common::scratch_dir::ScratchDir;
 
 /// A path for the test to write, inside a directory removed when dropped.
@@ -133,19 +133,6 @@ fn random_config_with_bias_and_tied_head_round_trips() {
     std::fs::write(&config, json).unwrap();
     round_trip(ModelSpec::Dir(config.to_path_buf()), true, "config-dir");
     std::fs::remove_file(config).unwrap();
-}
-
-fn lab(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lab"))
-        .args(args)
-        .output()
-        .expect("lab runs");
-    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    (
-        out.status.code().unwrap_or(-1),
-        s(&out.stdout),
-        s(&out.stderr),
-    )
 }
 
 fn generate_json(model: &Path, prompts_file: &Path) -> serde_json::Value {

@@ -3,4 +3,5 @@
 
 pub mod gpu;
 pub mod greedy_compare;
+pub mod lab_cli;
 pub mod scratch_dir;
