@@ -103,7 +103,9 @@ part_tracer() {
         --max-tokens 16 --trace-out "$LOGS/trace-tp2.json" --html "$LOGS/trace-tp2.html" >"$log" 2>&1
     local rc=$?
     [[ $rc -ne 0 ]] && status=1
-    note "| tracer --device cuda --tp 2 | rc $rc | $(grep -A3 'all-reduce traffic' "$log" | tail -2 | tr '\n' ' ') |"
+    note "| tracer --device cuda --tp 2 | rc $rc | $(grep -h 'all-reduce calls and tensor bytes' "$log") |"
+    grep -A5 'all-reduce traffic' "$log" | sed 's/^/    /'
+    grep -A6 "GPU's time by op" "$log" | sed 's/^/    /'
 }
 
 # The rank's pid among `lab generate` processes whose environment says LAB_LOCAL_RANK=$1.

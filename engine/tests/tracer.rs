@@ -262,6 +262,10 @@ fn the_tracer_follows_a_workload() {
         stdout.starts_with("3 requests, 9 output tokens"),
         "{stdout}"
     );
+    assert!(
+        stdout.contains("all-reduce calls and tensor bytes: measured = predicted"),
+        "the formula's check says whether it holds: {stdout}"
+    );
     // Request r arrives after step r, first runs in step r + 1 and makes its third token
     // two steps later.
     for r in 0..3 {

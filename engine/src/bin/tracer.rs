@@ -304,6 +304,14 @@ all-reduce traffic of rank 0: the formulas against the counters"
         "| measured | {} | {} | {:.0} |",
         m.calls, m.tensor_bytes, m.sent_bytes
     );
+    let equal = (p.calls, p.tensor_bytes) == (m.calls, m.tensor_bytes);
+    println!(
+        "all-reduce calls and tensor bytes: {}",
+        match equal {
+            true => "measured = predicted",
+            false => "measured differs from predicted",
+        }
+    );
 }
 
 /// Each stage's busy and idle time over the run, against the bubble the formula predicts for
