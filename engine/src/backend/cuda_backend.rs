@@ -337,7 +337,8 @@ impl CudaBackend {
     /// steps eagerly: its collectives pass through the host, which a CUDA graph cannot hold.
     ///
     /// With `nccl` (this rank's communicator of the same group, on this backend's GPU) the
-    /// collectives run on NCCL instead of the host, and decode steps keep their CUDA graphs.
+    /// collectives run on NCCL instead of the host, and the backend keeps its CUDA graphs if
+    /// it was built with them (through the host, a group of more than one rank has none).
     ///
     /// `timeout` is the group's collective timeout: on NCCL, how long a step's GPU work may
     /// wait for the peers before the step fails (the host collectives time out by themselves).

@@ -13,9 +13,12 @@
 //! kernel that puts each row's slices side by side, or through the host.
 //!
 //! A step that talks to the host cannot be recorded as a CUDA graph, so a backend whose group
-//! sums through the host runs its steps eagerly; on NCCL, decode steps are recorded and
-//! replayed as on one GPU (NCCL's calls can be captured), every rank recording the same
-//! steps, since every rank runs the same scheduler output.
+//! sums through the host runs its steps eagerly. On NCCL nothing passes through the host, and
+//! a backend built with graphs on records and replays its decode steps as on one GPU (NCCL's
+//! calls can be captured), every rank recording the same steps, since every rank runs the
+//! same scheduler output. The executor turns graphs on for TP ranks only with
+//! `LAB_TP_CUDA_GRAPHS=1` (`distributed::rank_worker::tp_cuda_graphs`): that path has not yet
+//! run on two GPUs.
 //!
 //! The sum adds each rank's bf16 partial result, so a TP group's output differs from one
 //! GPU's in the last bits of bf16 (one GPU rounds the whole dot product once): greedy tokens
@@ -29,8 +32,7 @@ use kernels::nccl::NcclRank;
 
 use super::cuda_backend::{kernel, CudaBackend};
 use super::cuda_graph::{GraphKey, GraphRun};
-use super::cuda_step::device;
-use super::cuda_step::CudaStepMetadata;
+use super::cuda_step::{device, CudaStepMetadata};
 use super::cuda_tensor::CudaTensor;
 use super::{Backend, BackendError, Result};
 use crate::distributed::{CommError, CommOp, CommStats, Communicator};
