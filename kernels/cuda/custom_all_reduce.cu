@@ -76,8 +76,10 @@ extern "C" __global__ void __launch_bounds__(CAR_THREADS) custom_all_reduce_kern
     const PeerPtrs peers,
     u32* __restrict__ counter,            // [gridDim.x]: calls so far, per block (this rank's)
     u32 rank, u32 ranks, u32 n) {         // n % 8 == 0, n <= the staging capacity
+    // Not `allow_next_kernel()` here, as other kernels do: where ranks share a GPU, the next
+    // kernel's blocks, started early, would wait in griddepcontrol.wait on SMs that a peer's
+    // all-reduce needs to start, while this one spins for that peer.
     wait_for_previous_kernel();
-    allow_next_kernel();
     __shared__ u32 s_call;
     if (threadIdx.x == 0) s_call = counter[blockIdx.x] + 1;
     __syncthreads();
@@ -99,4 +101,5 @@ extern "C" __global__ void __launch_bounds__(CAR_THREADS) custom_all_reduce_kern
     }
     peer_barrier(peers, rank, ranks, 1, c);
     if (threadIdx.x == 0) counter[blockIdx.x] = c;
+    allow_next_kernel();
 }

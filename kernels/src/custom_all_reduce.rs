@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{
     sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut,
-    DevicePtr, LaunchConfig,
+    DevicePtr, DevicePtrMut, LaunchConfig,
 };
 use half::bf16;
 
@@ -185,14 +185,46 @@ impl CustomAllReduce {
         let n = x.len();
         check_len(K, "out", out.len(), n)?;
         if !Self::fits(n, mine.capacity()) || rank >= ranks || ranks > MAX_RANKS {
-            return Err(KernelError::Unsupported {
-                kernel: K,
-                what: format!(
-                    "{n} values (a multiple of 8, at most {}), rank {rank} of {ranks}",
-                    mine.capacity()
-                ),
-            });
+            return Err(unsupported(n, mine.capacity(), rank, ranks));
         }
+        let (x, _) = x.device_ptr(stream);
+        let (out, _) = out.device_ptr_mut(stream);
+        self.launch(stream, out, x, n, mine, peers, rank, ranks)
+    }
+
+    /// [`Self::all_reduce`] with `buf` both the addend and the sum (each thread reads its
+    /// values before it writes them).
+    pub fn all_reduce_in_place(
+        &self,
+        stream: &Arc<CudaStream>,
+        buf: &mut CudaViewMut<'_, bf16>, // [n]
+        mine: &mut PeerBuffers,
+        peers: &PeerPtrs,
+        rank: usize,
+        ranks: usize,
+    ) -> Result<()> {
+        let n = buf.len();
+        if !Self::fits(n, mine.capacity()) || rank >= ranks || ranks > MAX_RANKS {
+            return Err(unsupported(n, mine.capacity(), rank, ranks));
+        }
+        let (p, _) = buf.device_ptr_mut(stream);
+        self.launch(stream, p, p, n, mine, peers, rank, ranks)
+    }
+
+    /// The launch, on checked arguments: `out` and `x` are device addresses of n values.
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        &self,
+        stream: &Arc<CudaStream>,
+        out: u64,
+        x: u64,
+        n: usize,
+        mine: &mut PeerBuffers,
+        peers: &PeerPtrs,
+        rank: usize,
+        ranks: usize,
+    ) -> Result<()> {
+        const K: &str = "custom_all_reduce";
         let blocks = (n / 8).div_ceil(THREADS).min(MAX_BLOCKS);
         let cfg = LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
@@ -205,7 +237,8 @@ impl CustomAllReduce {
             to_u32(K, "n", n)?,
         ];
         let mut launch = Launch::new(stream, &self.kernel);
-        launch.arg(out).arg(x).arg(peers).arg(&mut mine.counter);
+        // Addresses by value: the same bits as a pointer argument (out may be x).
+        launch.arg(&out).arg(&x).arg(peers).arg(&mut mine.counter);
         launch.arg(&args[0]).arg(&args[1]).arg(&args[2]);
         // SAFETY: the signature matches custom_all_reduce_kernel (out, x, PeerPtrs by value,
         // counter, 3 x u32); out and x hold n values, n fits every rank's staging buffer (each
@@ -213,5 +246,15 @@ impl CustomAllReduce {
         // 2 x MAX_BLOCKS x MAX_RANKS words and the grid is at most MAX_BLOCKS blocks.
         unsafe { launch.launch(cfg) }?;
         Ok(())
+    }
+}
+
+fn unsupported(n: usize, capacity: usize, rank: usize, ranks: usize) -> KernelError {
+    KernelError::Unsupported {
+        kernel: "custom_all_reduce",
+        what: format!(
+            "{n} values (a multiple of 8, at most {capacity}), rank {rank} of {ranks} (at most \
+             {MAX_RANKS} ranks)"
+        ),
     }
 }

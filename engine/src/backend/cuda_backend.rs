@@ -207,7 +207,7 @@ pub struct CudaBackend {
     kernel_timer: KernelTimer,
     /// This rank's end of its tensor-parallel group; `None` runs the whole model
     /// ([`super::cuda_tensor_parallel`]).
-    comm: Option<RankComm>,
+    pub(super) comm: Option<RankComm>,
 }
 
 /// Two events recorded on the stream before a step's first kernel and after its sampler; read
@@ -1345,7 +1345,7 @@ impl Backend for CudaBackend {
             run()?;
         }
         record(&timer.events.1)?;
-        if let Some(comm) = self.group().filter(|c| c.uses_nccl()) {
+        if let Some(comm) = self.group().filter(|c| c.on_device()) {
             comm.wait_for_gpu(&timer.events.1)?;
         }
         let ids = self

@@ -35,8 +35,10 @@ use super::cuda_graph::{GraphKey, GraphRun};
 use super::cuda_step::{device, CudaStepMetadata};
 use super::cuda_tensor::CudaTensor;
 use super::{Backend, BackendError, Result};
+use crate::distributed::peer_rendezvous::PeerRendezvous;
 use crate::distributed::{CommError, CommOp, CommStats, Communicator};
 use kernels::cudarc::driver::CudaEvent;
+use kernels::custom_all_reduce::{CustomAllReduce, PeerBuffers, PeerPtrs};
 
 /// This rank's end of its group, and `(rank, world_size)` read without the lock.
 pub struct RankComm {
@@ -55,6 +57,9 @@ pub struct RankComm {
     graph_calls: Mutex<HashMap<GraphKey, CommStats>>,
     /// How long a step's GPU work may wait for the peers (the group's collective timeout).
     timeout: Duration,
+    /// The one-shot all-reduce over peer memory, when the group uses it
+    /// ([`CudaBackend::with_custom_all_reduce`]): this rank's buffers and every rank's addresses.
+    custom: Option<Mutex<CustomPeers>>,
     pub rank: usize,
     pub world_size: usize,
 }
@@ -69,6 +74,7 @@ impl RankComm {
             nccl_stats: Mutex::new(CommStats::default()),
             graph_calls: Mutex::new(HashMap::new()),
             timeout,
+            custom: None,
             rank,
             world_size,
         }
@@ -147,16 +153,65 @@ impl RankComm {
         }
     }
 
+    /// Whether a step's collectives run on the GPUs (NCCL or the custom all-reduce), so that a
+    /// dead peer leaves this GPU waiting: the step then waits with [`Self::wait_for_gpu`].
+    pub(super) fn on_device(&self) -> bool {
+        self.nccl.is_some() || self.custom.is_some()
+    }
+
     /// Whether the all-reduces run on NCCL.
     pub fn uses_nccl(&self) -> bool {
         self.nccl.is_some()
     }
 }
 
+/// This rank's end of the custom all-reduce.
+struct CustomPeers {
+    buffers: PeerBuffers,
+    peers: PeerPtrs,
+}
+
+/// The largest all-reduce the custom kernel takes, in bf16 values (8 MiB, vLLM's default): a
+/// decode step's `[batch, hidden]` up to 512 × 8192. Larger ones (prefill) go to NCCL or the
+/// host, where bandwidth, not latency, sets the time.
+const CUSTOM_ALL_REDUCE_CAPACITY: usize = 4 << 20;
+
 impl CudaBackend {
-    /// `x` (`[t, c]`, bf16) becomes the sum of every rank's `x`: on NCCL when the group has
-    /// it, else through the host.
+    /// Sums this rank's group's small all-reduces with the one-shot kernel over peer memory
+    /// (`kernels::custom_all_reduce`): allocates this rank's buffers and trades their addresses
+    /// with the other ranks at `rendezvous` (every rank of the group must call it). Build the
+    /// backend [`with_communicator`](Self::with_communicator) first.
+    pub fn with_custom_all_reduce(mut self, rendezvous: &PeerRendezvous) -> Result<Self> {
+        let stream = self.stream().clone();
+        let buffers = PeerBuffers::new(&stream, CUSTOM_ALL_REDUCE_CAPACITY)
+            .map_err(kernel("custom all-reduce buffers"))?;
+        // The kernel reads the flags and buffers as soon as it runs: zeroed before any peer can.
+        stream
+            .synchronize()
+            .map_err(|e| device("custom all-reduce buffers", e))?;
+        let Some(comm) = self.comm.as_mut() else {
+            let detail = "a custom all-reduce needs a tensor-parallel group";
+            return Err(BackendError::shape("with_custom_all_reduce", detail));
+        };
+        let addresses = rendezvous
+            .exchange(comm.rank, buffers.addresses(&stream))
+            .map_err(|detail| BackendError::shape("custom all-reduce", detail))?;
+        let peers = PeerPtrs::new(&addresses).map_err(kernel("custom all-reduce"))?;
+        comm.custom = Some(Mutex::new(CustomPeers { buffers, peers }));
+        Ok(self)
+    }
+
+    /// `x` (`[t, c]`, bf16) becomes the sum of every rank's `x`: with the custom all-reduce
+    /// when the group has it and `x` fits, else on NCCL when the group has it, else through
+    /// the host. Every rank takes the same path for the same call (it depends only on the
+    /// size, the same on every rank).
     pub(super) fn group_all_reduce(&self, comm: &RankComm, x: &mut CudaTensor) -> Result<()> {
+        let n = x.rows * x.cols;
+        if let Some(custom) = &comm.custom {
+            if CustomAllReduce::fits(n, CUSTOM_ALL_REDUCE_CAPACITY) {
+                return self.custom_all_reduce(comm, custom, x);
+            }
+        }
         let span = tracing::trace_span!("kernel", op = "all_reduce");
         let nccl_op = comm.nccl.is_some().then_some(CommOp::AllReduce);
         let _span = self.collective_scope("all_reduce", nccl_op, span);
@@ -181,6 +236,34 @@ impl CudaBackend {
         comm.with(|c| c.all_reduce_sum(&mut host))?;
         *x = self.upload(host, rows, cols, x.dtype())?;
         Ok(())
+    }
+
+    /// [`Self::group_all_reduce`] with the custom all-reduce, in place.
+    fn custom_all_reduce(
+        &self,
+        comm: &RankComm,
+        custom: &Mutex<CustomPeers>,
+        x: &mut CudaTensor, // [t, c]
+    ) -> Result<()> {
+        let span = tracing::trace_span!("kernel", op = "all_reduce");
+        let _scope = self.collective_scope("all_reduce", Some(CommOp::AllReduce), span);
+        let mut custom = custom.lock().unwrap_or_else(|p| p.into_inner());
+        let CustomPeers { buffers, peers } = &mut *custom;
+        let result = self.gpu().kernels.custom_all_reduce.all_reduce_in_place(
+            self.stream(),
+            &mut x.view_bf16_mut("all_reduce")?,
+            buffers,
+            peers,
+            comm.rank,
+            comm.world_size,
+        );
+        // One hop: each peer reads this rank's whole tensor from its memory.
+        let bytes = (x.rows * x.cols * 2) as u64;
+        let sent = (comm.world_size as u64 - 1) * bytes;
+        let mut stats = comm.nccl_stats.lock().unwrap_or_else(|p| p.into_inner());
+        let failed = result.is_err();
+        stats.record(CommOp::AllReduce, bytes, sent, Default::default(), failed);
+        result.map_err(kernel("custom_all_reduce"))
     }
 
     /// Every rank's `x` `[t, c]` side by side → `[t, world·c]`, the first `cols` columns kept

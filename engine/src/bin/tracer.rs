@@ -283,14 +283,10 @@ fn print_comm_check(
         .filter_map(|s| s.fields.get("tokens")?.parse().ok())
         .collect();
     let c = llm.engine.model_config();
-    // NCCL sums the GPUs' bf16 values (2 bytes) when each TP rank has a GPU of its own; the
-    // CPU communicator sums f32 (4 bytes), the CPU engine's and, when ranks share a GPU, the
-    // host path's (engine/src/distributed/rank_devices.rs).
-    let own_gpus = || engine::distributed::rank_devices::gpu_count().is_ok_and(|n| n >= tp);
-    let value_bytes = match llm.engine.config.device {
-        Device::Cuda(_) if own_gpus() => 2,
-        _ => 4,
-    };
+    // The GPUs sum bf16 values (2 bytes: NCCL, or the custom all-reduce); the CPU
+    // communicator sums f32 (4 bytes), the CPU engine's and the host path's.
+    let value_bytes =
+        engine::distributed::rank_devices::all_reduce_backend(&llm.engine.config).value_bytes();
     let p = predicted_all_reduce(&tokens, c.num_hidden_layers, c.hidden_size, value_bytes, tp);
     let m = measured_all_reduce(rank0);
     println!(

@@ -79,10 +79,52 @@ pub struct ParallelConfig {
     /// How long a rank waits for a peer in a collective before the step fails (a hung rank
     /// ends in an error after this, not in a hang). A dead rank is noticed at once.
     pub collective_timeout: std::time::Duration,
+    /// Where a tensor-parallel group on GPUs sums its small all-reduces with the one-shot
+    /// kernel over peer memory (`--custom-all-reduce`; `kernels::custom_all_reduce`) instead
+    /// of NCCL or the host.
+    pub custom_all_reduce: CustomAllReduce,
     /// Set in a process started by `lab launch`: its place in the launch. The ranks are then
     /// processes ([`crate::distributed::process_executor`]) instead of threads; `None` runs
     /// every rank as a thread of this process.
     pub launch: Option<crate::distributed::bootstrap::LaunchSpec>,
+}
+
+/// When the one-shot all-reduce over peer memory replaces NCCL's or the host's (vLLM's custom
+/// all-reduce; only between the threads of one process, which can share device addresses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CustomAllReduce {
+    /// Where ranks share a GPU (it replaces the sum through the host, which copies every
+    /// all-reduce to the host and back). Across GPUs NCCL stays, until the kernel's
+    /// peer-access path has been measured against it.
+    #[default]
+    Auto,
+    /// Also across GPUs that can reach each other's memory (NVLink or PCIe peer access).
+    On,
+    /// Never.
+    Off,
+}
+
+impl std::str::FromStr for CustomAllReduce {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(CustomAllReduce::Auto),
+            "on" => Ok(CustomAllReduce::On),
+            "off" => Ok(CustomAllReduce::Off),
+            other => Err(format!("`{other}`: expected auto, on or off")),
+        }
+    }
+}
+
+impl std::fmt::Display for CustomAllReduce {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            CustomAllReduce::Auto => "auto",
+            CustomAllReduce::On => "on",
+            CustomAllReduce::Off => "off",
+        })
+    }
 }
 
 impl Default for ParallelConfig {
@@ -92,6 +134,7 @@ impl Default for ParallelConfig {
             pipeline_parallel_size: 1,
             pipeline_micro_batches: None,
             collective_timeout: std::time::Duration::from_secs(60),
+            custom_all_reduce: CustomAllReduce::Auto,
             launch: None,
         }
     }

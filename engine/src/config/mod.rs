@@ -4,5 +4,7 @@ pub mod engine_config;
 pub mod model_config;
 
 pub use device::Device;
-pub use engine_config::{CacheConfig, EngineConfig, ParallelConfig, SchedulerConfig};
+pub use engine_config::{
+    CacheConfig, CustomAllReduce, EngineConfig, ParallelConfig, SchedulerConfig,
+};
 pub use model_config::{Llama3RopeScaling, ModelConfig};

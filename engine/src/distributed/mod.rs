@@ -33,6 +33,7 @@ pub mod control_messages;
 pub mod cpu_communicator;
 pub mod memory_model;
 pub mod parallel_state;
+pub mod peer_rendezvous;
 pub mod pipeline_schedule;
 pub mod pipeline_stage;
 pub mod plan_inputs;

@@ -153,6 +153,8 @@ pub(super) fn join_launch(
         device: rank_device(engine.device, groups.world_rank, num_gpus),
         cuda_graphs: tp_cuda_graphs(&engine, nccl_id.is_some()),
         nccl_id,
+        // Another process's device addresses mean nothing here (that would take CUDA IPC).
+        peers: None,
         shard: TpShard {
             rank: groups.tp_rank,
             size: layout.tp,

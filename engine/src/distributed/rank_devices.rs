@@ -12,6 +12,7 @@
 //! smallest over the GPUs is the number of blocks, since every rank holds every block.
 
 use kernels::cudarc::driver::CudaContext;
+use kernels::custom_all_reduce::enable_peer_access;
 use kernels::nccl::{nccl_available, NcclId};
 
 use super::memory_model::{
@@ -20,7 +21,7 @@ use super::memory_model::{
 use super::parallel_state::RankLayout;
 use crate::backend::cuda_backend::activation_bytes;
 use crate::backend::BackendError;
-use crate::config::{Device, EngineConfig, ModelConfig};
+use crate::config::{CustomAllReduce, Device, EngineConfig, ModelConfig};
 use crate::error::{EngineError, Result};
 use crate::model_executor::tensor_parallel;
 
@@ -47,19 +48,7 @@ pub fn nccl_ids(
     let Device::Cuda(_) = device else {
         return Ok(none);
     };
-    if layout.tp < 2 {
-        return Ok(none);
-    }
-    if num_gpus < layout.tp.min(ranks_per_node) {
-        tracing::info!(
-            tp = layout.tp,
-            num_gpus,
-            "fewer GPUs than TP ranks: ranks share GPUs and all-reduce through the host"
-        );
-        return Ok(none);
-    }
-    if let Err(e) = nccl_available() {
-        tracing::info!(%e, "no NCCL: all-reduces go through the host");
+    if !groups_on_nccl(layout.tp, num_gpus, ranks_per_node) {
         return Ok(none);
     }
     (0..layout.pp)
@@ -69,6 +58,131 @@ pub fn nccl_ids(
                 .map_err(|e| EngineError::Internal(e.to_string()))
         })
         .collect()
+}
+
+/// Whether a TP group of threads on `gpus` (one device per rank) sums its small all-reduces
+/// with the custom all-reduce (`--custom-all-reduce`, [`CustomAllReduce`]): `auto` where ranks
+/// share a GPU and would otherwise sum through the host (`nccl` false); `on` also across GPUs,
+/// once every pair of them has peer access (enabled here, on their primary contexts, which
+/// the ranks' threads then use). Where peer access fails the group keeps NCCL or the host,
+/// with the reason in the log. The same answer for every rank: they decide nothing alone.
+pub fn custom_all_reduce_group(engine: &EngineConfig, gpus: &[Device], nccl: bool) -> bool {
+    if gpus.len() < 2 || !gpus.iter().all(|d| matches!(d, Device::Cuda(_))) {
+        return false;
+    }
+    let wanted = match engine.parallel.custom_all_reduce {
+        CustomAllReduce::Off => false,
+        CustomAllReduce::Auto => !nccl,
+        CustomAllReduce::On => true,
+    };
+    if !wanted {
+        return false;
+    }
+    let mut ordinals: Vec<usize> = gpus
+        .iter()
+        .filter_map(|d| match d {
+            Device::Cuda(o) => Some(*o),
+            _ => None,
+        })
+        .collect();
+    ordinals.sort_unstable();
+    ordinals.dedup();
+    let contexts: std::result::Result<Vec<_>, _> =
+        ordinals.iter().map(|&o| CudaContext::new(o)).collect();
+    let enabled = contexts.map_err(|e| e.to_string()).and_then(|ctxs| {
+        for a in &ctxs {
+            for b in &ctxs {
+                enable_peer_access(a, b).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    });
+    if let Err(e) = enabled {
+        tracing::info!(%e, "no peer access between the group's GPUs: no custom all-reduce");
+        return false;
+    }
+    true
+}
+
+/// Whether TP groups of `tp` ranks on GPUs run their collectives on NCCL (see [`nccl_ids`]);
+/// the reason why not goes to the log.
+fn groups_on_nccl(tp: usize, num_gpus: usize, ranks_per_node: usize) -> bool {
+    if tp < 2 {
+        return false;
+    }
+    if num_gpus < tp.min(ranks_per_node) {
+        tracing::info!(
+            tp,
+            num_gpus,
+            "fewer GPUs than TP ranks: ranks share GPUs, no NCCL"
+        );
+        return false;
+    }
+    if let Err(e) = nccl_available() {
+        tracing::info!(%e, "no NCCL: collectives go through the host");
+        return false;
+    }
+    true
+}
+
+/// How the TP groups of a run in one process sum their all-reduces, as the executor decides
+/// it: what the course's formulas must count each value as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllReduceBackend {
+    /// The CPU engine: the CPU communicator sums f32.
+    Cpu,
+    /// Ranks on GPUs, summing through the host (the CPU communicator, f32).
+    Host,
+    /// NCCL, bf16.
+    Nccl,
+    /// The custom all-reduce over peer memory, bf16 (up to its capacity; a larger all-reduce
+    /// takes NCCL if the group has it, else the host).
+    Custom,
+}
+
+impl AllReduceBackend {
+    /// Bytes each summed value is counted as.
+    pub fn value_bytes(self) -> u64 {
+        match self {
+            AllReduceBackend::Cpu | AllReduceBackend::Host => 4,
+            AllReduceBackend::Nccl | AllReduceBackend::Custom => 2,
+        }
+    }
+
+    /// What sums, in words.
+    pub fn describe(self) -> &'static str {
+        match self {
+            AllReduceBackend::Cpu => "f32, CPU communicator",
+            AllReduceBackend::Host => "f32 through the host",
+            AllReduceBackend::Nccl => "bf16 on NCCL",
+            AllReduceBackend::Custom => "bf16, custom all-reduce over peer memory",
+        }
+    }
+}
+
+/// [`AllReduceBackend`] of a run of `engine`'s TP groups as threads of this process (the
+/// decisions of [`nccl_ids`] and [`custom_all_reduce_group`], for the first stage's group).
+pub fn all_reduce_backend(engine: &EngineConfig) -> AllReduceBackend {
+    let tp = engine.parallel.tensor_parallel_size;
+    let Device::Cuda(_) = engine.device else {
+        return AllReduceBackend::Cpu;
+    };
+    let num_gpus = gpu_count().unwrap_or(0);
+    // Processes of a launch share no addresses: no custom all-reduce between them.
+    let (per_node, threads) = match &engine.parallel.launch {
+        Some(l) => (l.nproc_per_node, false),
+        None => (tp * engine.parallel.pipeline_parallel_size, true),
+    };
+    let nccl = groups_on_nccl(tp, num_gpus, per_node);
+    let gpus: Vec<Device> = (0..tp)
+        .map(|r| rank_device(engine.device, r, num_gpus))
+        .collect();
+    let custom = threads && custom_all_reduce_group(engine, &gpus, nccl);
+    match (custom, nccl) {
+        (true, _) => AllReduceBackend::Custom,
+        (false, true) => AllReduceBackend::Nccl,
+        (false, false) => AllReduceBackend::Host,
+    }
 }
 
 /// GPUs this process sees. Call only once a GPU is known to be there (`Device::resolve`).

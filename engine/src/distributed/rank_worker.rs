@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use super::comm_stats::CommStats;
 use super::communicator::Communicator;
 use super::cpu_communicator::CpuCommunicator;
+use super::peer_rendezvous::PeerRendezvous;
 use super::pipeline_schedule::ExecutedItem;
 use super::pipeline_stage::{run_micro_batches, StageLink};
 use super::step_delta::{StepDecoder, StepDelta};
@@ -164,6 +165,10 @@ pub struct RankSpec {
     /// Whether its decode steps replay CUDA graphs: only where a step never touches the host
     /// (collectives on NCCL, no pipeline stages to receive from); see [`tp_cuda_graphs`].
     pub cuda_graphs: bool,
+    /// Its TP group's meeting point for the custom all-reduce's buffers, when the group sums
+    /// its small all-reduces over peer memory (threads of one process on GPUs; see
+    /// `backend::cuda_tensor_parallel`).
+    pub peers: Option<Arc<PeerRendezvous>>,
     pub shard: TpShard,
     pub stage: PpStage,
     /// Its stage's TP group.
@@ -311,6 +316,7 @@ fn build_runner(spec: RankSpec) -> Result<RankRunner> {
         device,
         nccl_id,
         cuda_graphs,
+        peers,
         comm,
         shard,
         stage,
@@ -340,7 +346,11 @@ fn build_runner(spec: RankSpec) -> Result<RankRunner> {
                 .map(|id| NcclRank::new(backend.stream().clone(), tp_rank, tp, id))
                 .transpose()
                 .map_err(|e| EngineError::Internal(format!("NCCL for tensor parallelism: {e}")))?;
-            RankRunner::Cuda(rank.build(backend.with_communicator(comm, nccl, timeout))?)
+            let mut backend = backend.with_communicator(comm, nccl, timeout);
+            if let Some(peers) = peers {
+                backend = backend.with_custom_all_reduce(&peers)?;
+            }
+            RankRunner::Cuda(rank.build(backend)?)
         }
         Device::Cpu | Device::Auto => {
             RankRunner::Cpu(rank.build(CpuBackend::with_communicator(parts.kernels, comm))?)

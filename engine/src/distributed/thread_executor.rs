@@ -47,16 +47,17 @@ use std::net::TcpStream;
 use super::comm_stats::CommStats;
 use super::control_messages::{decode_reply, encode_command};
 use super::parallel_state::{build_groups, RankLayout};
+use super::peer_rendezvous::PeerRendezvous;
 use super::pipeline_schedule::ExecutedSchedule;
 use super::pipeline_stage::{StageLink, StageTimes};
-use super::rank_devices::{nccl_ids, rank_device};
+use super::rank_devices::{custom_all_reduce_group, nccl_ids, rank_device};
 use super::rank_worker::{
     tp_cuda_graphs, Command, Geometry, RankParts, RankSpec, RankWorker, Reply,
 };
 use super::step_delta::StepEncoder;
 use super::wire::{read_frame, write_frame};
 use crate::backend::DeviceTime;
-use crate::config::{EngineConfig, ModelConfig};
+use crate::config::{Device, EngineConfig, ModelConfig};
 use crate::core::scheduler_output::SchedulerOutput;
 use crate::engine_parts::EngineParts;
 use crate::error::{EngineError, Result};
@@ -113,6 +114,15 @@ impl ThreadExecutor {
         let timeout = engine.parallel.collective_timeout;
         let (geometry, num_gpus) = Geometry::for_device(&config, engine, layout)?;
         let nccl_ids = nccl_ids(engine.device, layout, num_gpus, layout.world_size())?;
+        let peers: Vec<Option<Arc<PeerRendezvous>>> = (0..layout.pp)
+            .map(|p| {
+                let gpus: Vec<Device> = (0..tp)
+                    .map(|t| rank_device(engine.device, layout.world_rank(p, t), num_gpus))
+                    .collect();
+                custom_all_reduce_group(engine, &gpus, nccl_ids[p].is_some())
+                    .then(|| Arc::new(PeerRendezvous::new(tp, timeout)))
+            })
+            .collect();
         let weights = Arc::new(weights);
         let micro_batches = engine.parallel.pipeline_micro_batches.unwrap_or(layout.pp);
         // Per TP slice, a channel per stage boundary for the pipeline's ticks.
@@ -135,6 +145,7 @@ impl ThreadExecutor {
                     device: rank_device(engine.device, r, num_gpus),
                     nccl_id: nccl_ids[groups.pp_rank],
                     cuda_graphs: tp_cuda_graphs(engine, nccl_ids[groups.pp_rank].is_some()),
+                    peers: peers[groups.pp_rank].clone(),
                     shard: TpShard {
                         rank: groups.tp_rank,
                         size: tp,

@@ -15,7 +15,6 @@
 
 use std::time::Instant;
 
-use engine::config::Device;
 use engine::distributed::comm_model::ALL_REDUCES_PER_LAYER;
 use engine::distributed::{CommOp, CommStats, OpStats};
 use engine::model_executor::pipeline_parallel::get_pp_indices;
@@ -133,18 +132,12 @@ pub fn predicted_all_reduce_bytes(
 }
 // ANCHOR_END: predicted_all_reduce_bytes
 
-/// The bytes of one value the all-reduces sum, and how they travel: bf16 on NCCL when every
-/// TP rank has a GPU of its own and NCCL loads; f32 through the host's communicator otherwise
-/// (the CPU engine always; the rule is `distributed::rank_devices::nccl_ids`'s).
-pub fn all_reduce_values(device: Device, tp: usize) -> (u64, &'static str) {
-    let own_gpus = || engine::distributed::rank_devices::gpu_count().is_ok_and(|n| n >= tp);
-    match device {
-        Device::Cuda(_) if own_gpus() && kernels::nccl::nccl_available().is_ok() => {
-            (2, "bf16 on NCCL")
-        }
-        Device::Cuda(_) => (4, "f32 through the host"),
-        _ => (4, "f32, CPU communicator"),
-    }
+/// The bytes of one value the all-reduces sum, and how they travel: bf16 on the GPUs (NCCL,
+/// or the custom all-reduce); f32 through the host's communicator otherwise (the CPU engine
+/// always; the rule is the executor's, `distributed::rank_devices::all_reduce_backend`).
+pub fn all_reduce_values(engine: &engine::EngineConfig) -> (u64, &'static str) {
+    let how = engine::distributed::rank_devices::all_reduce_backend(engine);
+    (how.value_bytes(), how.describe())
 }
 
 /// Refuses a batch the engine cannot decode in one step.

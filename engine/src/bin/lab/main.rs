@@ -146,6 +146,11 @@ pub struct ModelArgs {
     /// group with an error after this; a dead one is noticed at once).
     #[arg(long, default_value_t = 60.0)]
     pub collective_timeout: f64,
+    /// Where a tensor-parallel group on GPUs sums its small all-reduces with the one-shot
+    /// kernel over peer memory (vLLM's custom all-reduce) instead of NCCL or the host: `auto`
+    /// (ranks sharing a GPU), `on` (also across GPUs with peer access), `off`.
+    #[arg(long, default_value_t = engine::config::CustomAllReduce::default())]
+    pub custom_all_reduce: engine::config::CustomAllReduce,
     /// When the KV cache is full, how a running sequence yields its blocks: `recompute`
     /// (drop them, prefill again later; the default, see engine::core::preemption) or `swap`
     /// (copy them to host memory and back).
@@ -182,6 +187,7 @@ impl ModelArgs {
         // A bad value falls to zero, which validate() refuses with the flag's message.
         c.parallel.collective_timeout =
             std::time::Duration::try_from_secs_f64(self.collective_timeout).unwrap_or_default();
+        c.parallel.custom_all_reduce = self.custom_all_reduce;
         c.preemption.mode = self.preemption_mode;
         c.preemption.victim = self.preemption_victim;
         // A bad value is refused in `load` (swap_space_bytes); here it is only converted.

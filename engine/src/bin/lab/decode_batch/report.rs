@@ -88,7 +88,7 @@ pub fn run(model: &ModelArgs, batch: usize, runs: usize, json: bool) -> anyhow::
     }
     let ranks = windows.last().map_or(0, |w| w.comm.len());
     if ranks > 1 {
-        let (value_bytes, values) = all_reduce_values(engine.config.device, tp);
+        let (value_bytes, values) = all_reduce_values(&engine.config);
         // On NCCL a collective's time is GPU time, so its share is of the step's GPU time; and
         // a replayed CUDA graph calls nothing on the host, so nothing times its collectives.
         let nccl = value_bytes == 2;
