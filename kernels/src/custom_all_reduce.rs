@@ -8,16 +8,14 @@
 //! one [`PeerPtrs`] table, the same on every rank, and every rank calls
 //! [`CustomAllReduce::all_reduce`] with the same lengths in the same order (as for any
 //! collective). The GPUs must reach each other's memory: one process, peer access enabled
-//! between every pair ([`enable_peer_access`]); ranks that share one GPU need nothing.
+//! between every pair ([`enable_peer_access`], which also opens the peer's memory pool: cudarc
+//! allocates from the pools, which peer access alone leaves closed). Ranks may also share one
+//! GPU, each on its own stream (the tests do), as long as no thread synchronizes the whole
+//! device while a rank's all-reduce waits for a peer's launch; the engine therefore uses it
+//! with a GPU per rank only.
 //!
-//! Status (2026-11-29): exact on one H200 with 2 and 3 ranks sharing it (each on its own
-//! stream); on two H200s over NVLink the one-rank-per-GPU test did not finish within 10 s and
-//! the next launch met an illegal address, so the engine does not use it yet (NCCL sums). The
-//! likely cause: the buffers come from the devices' memory pools, which peer access alone does
-//! not open; [`enable_peer_access`] now grants the pool access too (not yet run on two GPUs).
-//! Wired into the engine with ranks sharing one GPU, engine/tests/cuda_engine.rs hung: a
-//! device-wide synchronization in one rank's thread (a free, a synchronous copy) most likely
-//! waited for a peer's spinning kernel; the engine must use it with a GPU per rank only.
+//! Measured (2026-11-29, H200s): exact with 2 and 3 ranks sharing one GPU, and with one rank
+//! on each of two GPUs over NVLink.
 
 use std::sync::Arc;
 

@@ -89,19 +89,20 @@ pub struct ParallelConfig {
     pub launch: Option<crate::distributed::bootstrap::LaunchSpec>,
 }
 
-/// When the one-shot all-reduce over peer memory replaces NCCL's or the host's (vLLM's custom
-/// all-reduce; only between the threads of one process, which can share device addresses).
+/// Whether the one-shot all-reduce over peer memory replaces NCCL for a TP group's small
+/// all-reduces (vLLM's custom all-reduce). Only between the threads of one process (they can
+/// share device addresses), and only with one GPU per rank: where ranks share a GPU, a device-
+/// wide synchronization in one rank's thread (a `cuMemFree`, a synchronous copy) would wait
+/// for a peer's all-reduce kernel, which spins until that same thread launches its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CustomAllReduce {
-    /// Where ranks share a GPU (it replaces the sum through the host, which copies every
-    /// all-reduce to the host and back). Across GPUs NCCL stays, until the kernel's
-    /// peer-access path has been measured against it.
+    /// NCCL (or the host) sums every all-reduce. The default until the kernel's peer-access
+    /// path has been measured against NCCL on two GPUs.
     #[default]
-    Auto,
-    /// Also across GPUs that can reach each other's memory (NVLink or PCIe peer access).
-    On,
-    /// Never.
     Off,
+    /// The custom kernel, across GPUs that can reach each other's memory (NVLink or PCIe peer
+    /// access); NCCL for larger all-reduces, and wherever peer access is missing.
+    On,
 }
 
 impl std::str::FromStr for CustomAllReduce {
@@ -109,10 +110,9 @@ impl std::str::FromStr for CustomAllReduce {
 
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
-            "auto" => Ok(CustomAllReduce::Auto),
             "on" => Ok(CustomAllReduce::On),
             "off" => Ok(CustomAllReduce::Off),
-            other => Err(format!("`{other}`: expected auto, on or off")),
+            other => Err(format!("`{other}`: expected on or off")),
         }
     }
 }
@@ -120,7 +120,6 @@ impl std::str::FromStr for CustomAllReduce {
 impl std::fmt::Display for CustomAllReduce {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            CustomAllReduce::Auto => "auto",
             CustomAllReduce::On => "on",
             CustomAllReduce::Off => "off",
         })
@@ -134,7 +133,7 @@ impl Default for ParallelConfig {
             pipeline_parallel_size: 1,
             pipeline_micro_batches: None,
             collective_timeout: std::time::Duration::from_secs(60),
-            custom_all_reduce: CustomAllReduce::Auto,
+            custom_all_reduce: CustomAllReduce::Off,
             launch: None,
         }
     }

@@ -61,21 +61,16 @@ pub fn nccl_ids(
 }
 
 /// Whether a TP group of threads on `gpus` (one device per rank) sums its small all-reduces
-/// with the custom all-reduce (`--custom-all-reduce`, [`CustomAllReduce`]): `auto` where ranks
-/// share a GPU and would otherwise sum through the host (`nccl` false); `on` also across GPUs,
-/// once every pair of them has peer access (enabled here, on their primary contexts, which
-/// the ranks' threads then use). Where peer access fails the group keeps NCCL or the host,
-/// with the reason in the log. The same answer for every rank: they decide nothing alone.
-pub fn custom_all_reduce_group(engine: &EngineConfig, gpus: &[Device], nccl: bool) -> bool {
-    if gpus.len() < 2 || !gpus.iter().all(|d| matches!(d, Device::Cuda(_))) {
+/// with the custom all-reduce (`--custom-all-reduce on`, [`CustomAllReduce`]): only with a GPU
+/// per rank (see [`CustomAllReduce`] for why not on a shared one), once every pair of them has
+/// peer access (enabled here, on their primary contexts, which the ranks' threads then use).
+/// Where it fails the group keeps NCCL or the host, with the reason in the log. The same
+/// answer for every rank: they decide nothing alone.
+pub fn custom_all_reduce_group(engine: &EngineConfig, gpus: &[Device]) -> bool {
+    if engine.parallel.custom_all_reduce == CustomAllReduce::Off || gpus.len() < 2 {
         return false;
     }
-    let wanted = match engine.parallel.custom_all_reduce {
-        CustomAllReduce::Off => false,
-        CustomAllReduce::Auto => !nccl,
-        CustomAllReduce::On => true,
-    };
-    if !wanted {
+    if !gpus.iter().all(|d| matches!(d, Device::Cuda(_))) {
         return false;
     }
     let mut ordinals: Vec<usize> = gpus
@@ -87,6 +82,10 @@ pub fn custom_all_reduce_group(engine: &EngineConfig, gpus: &[Device], nccl: boo
         .collect();
     ordinals.sort_unstable();
     ordinals.dedup();
+    if ordinals.len() < gpus.len() {
+        tracing::info!("ranks share a GPU: no custom all-reduce");
+        return false;
+    }
     let contexts: std::result::Result<Vec<_>, _> =
         ordinals.iter().map(|&o| CudaContext::new(o)).collect();
     let enabled = contexts.map_err(|e| e.to_string()).and_then(|ctxs| {
@@ -177,7 +176,7 @@ pub fn all_reduce_backend(engine: &EngineConfig) -> AllReduceBackend {
     let gpus: Vec<Device> = (0..tp)
         .map(|r| rank_device(engine.device, r, num_gpus))
         .collect();
-    let custom = threads && custom_all_reduce_group(engine, &gpus, nccl);
+    let custom = threads && custom_all_reduce_group(engine, &gpus);
     match (custom, nccl) {
         (true, _) => AllReduceBackend::Custom,
         (false, true) => AllReduceBackend::Nccl,

@@ -119,7 +119,7 @@ impl ThreadExecutor {
                 let gpus: Vec<Device> = (0..tp)
                     .map(|t| rank_device(engine.device, layout.world_rank(p, t), num_gpus))
                     .collect();
-                custom_all_reduce_group(engine, &gpus, nccl_ids[p].is_some())
+                custom_all_reduce_group(engine, &gpus)
                     .then(|| Arc::new(PeerRendezvous::new(tp, timeout)))
             })
             .collect();

@@ -146,9 +146,9 @@ pub struct ModelArgs {
     /// group with an error after this; a dead one is noticed at once).
     #[arg(long, default_value_t = 60.0)]
     pub collective_timeout: f64,
-    /// Where a tensor-parallel group on GPUs sums its small all-reduces with the one-shot
-    /// kernel over peer memory (vLLM's custom all-reduce) instead of NCCL or the host: `auto`
-    /// (ranks sharing a GPU), `on` (also across GPUs with peer access), `off`.
+    /// `on`: a tensor-parallel group with a GPU per rank sums its small all-reduces with the
+    /// one-shot kernel over peer memory (vLLM's custom all-reduce) instead of NCCL; `off` (the
+    /// default): NCCL, or the host where ranks share a GPU.
     #[arg(long, default_value_t = engine::config::CustomAllReduce::default())]
     pub custom_all_reduce: engine::config::CustomAllReduce,
     /// When the KV cache is full, how a running sequence yields its blocks: `recompute`
