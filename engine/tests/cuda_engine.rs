@@ -322,9 +322,22 @@ fn cuda_tensor_and_pipeline_parallel_match_cpu() {
     // With a GPU per TP rank the all-reduces run on NCCL, else through the host.
     let gpus = engine::distributed::rank_devices::gpu_count().unwrap();
     eprintln!("{gpus} GPU(s): a TP group of at most {gpus} ranks all-reduces on NCCL, a larger one through the host");
-    // TP 2 (a KV head each), TP 4 (KV heads replicated), PP 3 (a layer a stage), TP 2 × PP 2.
-    for (tp, pp) in [(2, 1), (4, 1), (1, 3), (2, 2)] {
-        let mut e = engine_config(Device::Cuda(0), false);
+    // TP 2 (a KV head each): eagerly, with its decode steps replayed as CUDA graphs (on NCCL,
+    // when there are two GPUs), and with the custom all-reduce over peer memory in those
+    // graphs (two GPUs; sharing one, the host sums); TP 4 (KV heads replicated); PP 3 (a
+    // layer a stage); TP 2 × PP 2.
+    use engine::config::CustomAllReduce::{Off, On};
+    let mut eager_all_reduces = None;
+    for (tp, pp, graphs, custom) in [
+        (2, 1, false, Off),
+        (2, 1, true, Off),
+        (2, 1, true, On),
+        (4, 1, false, Off),
+        (1, 3, false, Off),
+        (2, 2, false, Off),
+    ] {
+        let mut e = engine_config(Device::Cuda(0), graphs);
+        e.parallel.custom_all_reduce = custom;
         e.parallel.tensor_parallel_size = tp;
         e.parallel.pipeline_parallel_size = pp;
         let params = SamplingParams {
@@ -344,7 +357,15 @@ fn cuda_tensor_and_pipeline_parallel_match_cpu() {
                 cp.request_id
             );
         }
-        let what = format!("TP {tp} PP {pp}");
+        let what = format!(
+            "TP {tp} PP {pp}{}{}",
+            if graphs { ", CUDA graphs" } else { "" },
+            if custom == On {
+                ", custom all-reduce"
+            } else {
+                ""
+            }
+        );
         let (a, n) = compare(&what, &gpu, &cpu);
         eprintln!("{what} on the GPU: {a} of {n} tokens agree with the CPU before any divergence");
         assert!(a * 10 >= n * 8, "{what}: too few tokens agree: {a} of {n}");
@@ -355,6 +376,18 @@ fn cuda_tensor_and_pipeline_parallel_match_cpu() {
             for (rank, s) in stats.iter().enumerate() {
                 let calls = s.op(engine::distributed::CommOp::AllReduce).calls;
                 assert!(calls > 0, "{what}: rank {rank} counted no all-reduce");
+            }
+        }
+        // The same scheduler steps make the same calls, whether a graph replays them or not:
+        // a replay's calls are counted as the recording's.
+        if (tp, pp) == (2, 1) {
+            let calls: Vec<u64> = stats
+                .iter()
+                .map(|s| s.op(engine::distributed::CommOp::AllReduce).calls)
+                .collect();
+            match &eager_all_reduces {
+                None => eager_all_reduces = Some(calls),
+                Some(eager) => assert_eq!(&calls, eager, "{what}: all-reduce calls per rank"),
             }
         }
     }

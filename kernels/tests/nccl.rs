@@ -150,7 +150,7 @@ fn all_gather_lays_ranks_out_in_order() {
 }
 
 /// The engine's TP ranks may record their decode steps, NCCL calls included, as CUDA graphs
-/// (`LAB_TP_CUDA_GRAPHS=1`): an all-reduce and an all-gather captured once, then replayed on new
+/// (on NCCL, without pipeline stages): an all-reduce and an all-gather captured once, then replayed on new
 /// inputs written into the same buffers, give each replay's sum and gather. One thread per GPU,
 /// as the engine's ranks; runs on one GPU too (a group of one).
 #[test]
@@ -170,12 +170,21 @@ fn nccl_calls_replay_in_a_cuda_graph() {
         for r in 0..n {
             s.spawn(move || {
                 let ctx = CudaContext::new(r).expect("GPU context");
+                // SAFETY: everything below runs on the one stream made next, in program order,
+                // so no buffer needs cudarc's cross-stream events; as in `kernels::Gpu::open`,
+                // they are off because their records and waits would break the capture.
+                unsafe { ctx.disable_event_tracking() };
                 let stream = ctx.new_stream().unwrap(); // a graph cannot capture the legacy stream
                 let id = NcclId::from_bytes(&bytes).unwrap();
                 let rank = NcclRank::new(stream.clone(), r, n, id).expect("NCCL rank");
                 let mut sum = stream.alloc_zeros::<bf16>(len).unwrap();
                 let input = stream.alloc_zeros::<bf16>(len).unwrap();
                 let mut gathered = stream.alloc_zeros::<bf16>(n * len).unwrap();
+                // One eager call of each first, as in the engine, whose first step of a batch
+                // size runs eagerly and the second is recorded.
+                rank.all_reduce_sum(&mut sum.as_view_mut()).unwrap();
+                rank.all_gather(&input.as_view(), &mut gathered.as_view_mut())
+                    .unwrap();
                 stream.synchronize().unwrap();
                 stream
                     .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)

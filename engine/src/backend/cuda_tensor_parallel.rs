@@ -16,9 +16,8 @@
 //! sums through the host runs its steps eagerly. On NCCL nothing passes through the host, and
 //! a backend built with graphs on records and replays its decode steps as on one GPU (NCCL's
 //! calls can be captured), every rank recording the same steps, since every rank runs the
-//! same scheduler output. The executor turns graphs on for TP ranks only with
-//! `LAB_TP_CUDA_GRAPHS=1` (`distributed::rank_worker::tp_cuda_graphs`): that path has not yet
-//! run on two GPUs.
+//! same scheduler output (`distributed::rank_worker::tp_cuda_graphs` says when the executor
+//! turns them on).
 //!
 //! The sum adds each rank's bf16 partial result, so a TP group's output differs from one
 //! GPU's in the last bits of bf16 (one GPU rounds the whole dot product once): greedy tokens

@@ -21,6 +21,7 @@ use super::pipeline_schedule::ExecutedItem;
 use super::rank_worker::{Command, Reply};
 use super::step_delta::StepDelta;
 use super::wire::{bad, WireReader, WireWriter};
+use crate::backend::DeviceTime;
 use crate::error::{EngineError, Result};
 use crate::outputs::ModelRunnerOutput;
 use crate::sampling_params::SamplingParams;
@@ -128,7 +129,7 @@ pub fn encode_reply(reply: &Reply) -> Vec<u8> {
             w.u8(READY);
             put_result(&mut w, result, |_, _| {});
         }
-        Reply::Output(result, busy, recv_wait, items) => {
+        Reply::Output(result, busy, recv_wait, items, device) => {
             w.u8(OUTPUT);
             put_result(&mut w, result, |w, o: &ModelRunnerOutput| {
                 w.u32s(&o.sampled_token_ids).usize(o.logits.len());
@@ -146,6 +147,10 @@ pub fn encode_reply(reply: &Reply) -> Vec<u8> {
                     put_duration(&mut w, d);
                 }
             }
+            w.bool(device.is_some());
+            let device = device.unwrap_or_default();
+            w.u64(device.steps);
+            put_duration(&mut w, device.total);
         }
         Reply::Stats(stats) => {
             w.u8(STATS).bool(stats.is_some());
@@ -202,7 +207,9 @@ pub fn decode_reply(bytes: &[u8]) -> io::Result<Reply> {
                     recv_wait: get_duration(&mut r)?,
                 });
             }
-            Reply::Output(result, busy, recv_wait, items)
+            let (some, steps, total) = (r.bool()?, r.u64()?, get_duration(&mut r)?);
+            let device = some.then_some(DeviceTime { total, steps });
+            Reply::Output(result, busy, recv_wait, items, device)
         }
         STATS => {
             let some = r.bool()?;
@@ -286,11 +293,20 @@ mod tests {
             wall_end: 2 * ms,
             recv_wait: ms,
         };
-        let b = encode_reply(&Reply::Output(Ok(out.clone()), ms, ms, vec![item.clone()]));
-        let Reply::Output(Ok(got), busy, _, items) = decode_reply(&b).unwrap() else {
+        let device = Some(DeviceTime {
+            total: 5 * ms,
+            steps: 7,
+        });
+        let reply = Reply::Output(Ok(out.clone()), ms, ms, vec![item.clone()], device);
+        let Reply::Output(Ok(got), busy, _, items, got_device) =
+            decode_reply(&encode_reply(&reply)).unwrap()
+        else {
             panic!("not an output")
         };
-        assert_eq!((got, busy, items), (out, ms, vec![item]));
+        assert_eq!(
+            (got, busy, items, got_device),
+            (out, ms, vec![item], device)
+        );
         let mut stats = CommStats::default();
         stats.record(CommOp::AllReduce, 400, 400, ms, false);
         let b = encode_reply(&Reply::Stats(Some(Box::new(stats.clone()))));

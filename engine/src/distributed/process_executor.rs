@@ -198,7 +198,7 @@ impl Executor for ProcessExecutor {
     }
 
     fn device_time(&self) -> Option<DeviceTime> {
-        None
+        self.inner.device_time()
     }
 
     fn comm_stats(&mut self) -> Vec<CommStats> {

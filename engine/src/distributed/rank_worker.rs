@@ -22,7 +22,7 @@ use super::pipeline_stage::{run_micro_batches, StageLink};
 use super::step_delta::{StepDecoder, StepDelta};
 use crate::backend::cpu_backend::{CpuBackend, CpuKernels};
 use crate::backend::cuda_backend::CudaBackend;
-use crate::backend::{Backend, StepLimits};
+use crate::backend::{Backend, DeviceTime, StepLimits};
 use crate::config::{Device, EngineConfig, ModelConfig};
 use crate::engine_parts::EngineParts;
 use crate::error::{EngineError, Result};
@@ -57,12 +57,14 @@ pub enum Reply {
     /// Its worker is built, or why not.
     Ready(Result<()>),
     /// A step's output (empty on a stage before the last), the time the rank computed and
-    /// the time it waited on the previous stage, and the micro-batches it ran.
+    /// the time it waited on the previous stage, the micro-batches it ran, and its device's
+    /// time over every step so far (GPU ranks).
     Output(
         Result<ModelRunnerOutput>,
         Duration,
         Duration,
         Vec<ExecutedItem>,
+        Option<DeviceTime>,
     ),
     /// Boxed: a rank's counters are a large table, and every reply would carry its size.
     Stats(Option<Box<CommStats>>),
@@ -295,19 +297,19 @@ impl RankWorker {
         };
         let recv_wait = link.as_mut().map_or(Duration::ZERO, StageLink::take_waited);
         let busy = start.elapsed().saturating_sub(recv_wait);
-        Reply::Output(result, busy, recv_wait, items)
+        let device = with_runner!(&*runner, r => r.model.backend.device_time());
+        Reply::Output(result, busy, recv_wait, items, device)
     }
 }
 
 /// Whether the ranks of a group replay their decode steps as CUDA graphs: with `engine`'s graphs
 /// on, a TP group on NCCL (`nccl`), no pipeline stages (a stage receives its input through the
-/// host, which a recorded graph would replay from a stale address), and, until it has been
-/// measured on two GPUs, `LAB_TP_CUDA_GRAPHS=1` in the environment. Without graphs a rank
+/// host, which a recorded graph would replay from a stale address). Without graphs a rank
 /// launches a step's few hundred kernels one by one, and on the Llama-2-7B shape over two
-/// H200s that made TP 2 no faster than one GPU (the performance page).
+/// H200s that made TP 2 no faster than one GPU (the performance page); `--enforce-eager`
+/// turns them off.
 pub fn tp_cuda_graphs(engine: &EngineConfig, nccl: bool) -> bool {
-    let asked = std::env::var("LAB_TP_CUDA_GRAPHS").is_ok_and(|v| v == "1");
-    engine.cuda_graphs && nccl && engine.parallel.pipeline_parallel_size == 1 && asked
+    engine.cuda_graphs && nccl && engine.parallel.pipeline_parallel_size == 1
 }
 
 /// The rank's backend (on its device), shard, model and KV cache.

@@ -77,6 +77,8 @@ pub struct ThreadExecutor {
     layout: RankLayout,
     /// Per world rank, its steps' busy and idle time.
     times: Vec<StageTimes>,
+    /// Rank 0's device time over every step so far, as its last reply said (GPU ranks).
+    device_time: Option<DeviceTime>,
     /// Steps run so far, and what the pipeline ran in the last one.
     steps: u64,
     schedule: Option<ExecutedSchedule>,
@@ -183,6 +185,7 @@ impl ThreadExecutor {
             config,
             layout,
             times: vec![StageTimes::default(); world],
+            device_time: None,
             steps: 0,
             schedule: None,
             commands: Vec::with_capacity(world),
@@ -339,7 +342,7 @@ impl Executor for ThreadExecutor {
             ..ExecutedSchedule::default()
         };
         for (rank, reply) in replies.into_iter().enumerate() {
-            let Reply::Output(Ok(o), busy, recv_wait, items) = reply else {
+            let Reply::Output(Ok(o), busy, recv_wait, items, device) = reply else {
                 return Err(EngineError::Internal(
                     "a rank answered a step with something else".into(),
                 ));
@@ -353,6 +356,9 @@ impl Executor for ThreadExecutor {
             // A stage's TP ranks run the same items: its first rank's stand for the stage.
             if self.layout.coords(rank).1 == 0 {
                 schedule.items.extend(items);
+            }
+            if rank == 0 {
+                self.device_time = device;
             }
             outputs.push(o);
         }
@@ -383,8 +389,11 @@ impl Executor for ThreadExecutor {
         "cpu"
     }
 
+    /// The first rank's device time: a TP group's ranks run the same kernels on the same
+    /// shapes, in step with each other. Not for pipeline stages, whose steps overlap: no one
+    /// stage's time is the step's.
     fn device_time(&self) -> Option<DeviceTime> {
-        None
+        self.device_time.filter(|_| self.layout.pp == 1)
     }
 
     fn stage_times(&self) -> Vec<StageTimes> {

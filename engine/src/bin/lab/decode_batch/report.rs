@@ -98,8 +98,7 @@ pub fn run(model: &ModelArgs, batch: usize, runs: usize, json: bool) -> anyhow::
         if untimed {
             println!(
                 "  (collective times: not measured here: decode steps replay CUDA graphs, whose \
-                 NCCL calls no event surrounds; without LAB_TP_CUDA_GRAPHS=1, or with \
-                 --enforce-eager, every call is timed)"
+                 NCCL calls no event surrounds; with --enforce-eager every call is timed)"
             );
         }
         println!(
