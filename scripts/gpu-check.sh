@@ -48,8 +48,9 @@ for line in sys.stdin:
     cargo build -p kernels --release --example kernel_bench --example nccl_bench
     strip -o gpu-bin/kernel_bench target/release/examples/kernel_bench
     strip -o gpu-bin/nccl_bench target/release/examples/nccl_bench
-    cargo build -p engine --release --bin lab
+    cargo build -p engine --release --bin lab --bin tracer
     strip -o gpu-bin/lab target/release/lab
+    strip -o gpu-bin/tracer target/release/tracer
     du -sh gpu-bin
     exit 0
 fi

@@ -3,7 +3,9 @@
 //! run; times prefill attention and an 8192³ GEMM (cuBLAS, `linear`) in TFLOP/s against the bf16
 //! GEMM ceiling of docs/gpu.md; times random sampling against its first version.
 //!
-//! Run on the GPU machine: `kernel_bench` (built by `scripts/gpu-check.sh build`).
+//! Run on the GPU machine: `kernel_bench` (built by `scripts/gpu-check.sh build`);
+//! `kernel_bench --tp-shapes` times only one layer's projections of the Llama-2-7B shape on one
+//! GPU against one rank of TP 2 (does a kernel on half the weights take half the time?).
 //! Method (`kernels::roofline`, which also measures the copy and the 8192³ GEMM): random data
 //! (never zeros), buffers far larger than the 50 MB L2, 5 warm-up launches, then 20 launches
 //! each between two CUDA events; the median is reported. Bytes counted are the bytes a kernel
@@ -520,11 +522,134 @@ fn print_fused_table(rows: &[FusedRow], copy_gb_s: f64) {
     }
 }
 
+/// Times the decode projections `[m, k] x [n, k]^T` for each `(n, k)` of `shapes` and each `m`
+/// of `tokens`: our GEMV, warp per row group and split-K (where it takes `m` tokens), against
+/// cuBLAS (`linear`) on the same operands; `push(kernel, size, ms, bytes)` gets each, bytes =
+/// the weights read. Timed inside a CUDA graph of 50 launches (graph_ms), as a decode step runs
+/// them; the launches cycle through copies of W that together exceed the 50 MB L2 twice, so
+/// that each reads its weights from HBM as a decode step does (one copy when W alone is that
+/// large).
+fn decode_projections(
+    gpu: &Gpu,
+    shapes: &[(usize, usize)],
+    tokens: &[usize],
+    push: &mut dyn FnMut(&str, String, f64, f64),
+) -> Result<()> {
+    use kernels::gemv::Gemv;
+    const BACK_TO_BACK: usize = 50;
+    const L2_BYTES: usize = 50 << 20;
+    let (s, k) = (&gpu.stream, &gpu.kernels);
+    let max_m = tokens.iter().copied().max().unwrap_or(1);
+    let lin = Linear::new(s, max_m)?;
+    let never = k.gemv.clone().with_split_k(SplitK::Never);
+    let always = k.gemv.clone().with_split_k(SplitK::Always);
+    let engine = k.gemv.clone();
+    for &(n, kk) in shapes {
+        let copies = (2 * L2_BYTES).div_ceil(n * kk * 2);
+        let ws = (0..copies)
+            .map(|c| random_bf16(s, n * kk, 22 + c as u64))
+            .collect::<Result<Vec<_>, _>>()?;
+        for &m in tokens {
+            let x = random_bf16(s, m * kk, 23)?;
+            let mut out = uninit_bf16(s, m * n)?;
+            let size = format!("[{m}, {kk}] x [{n}, {kk}]^T");
+            let gemvs = [
+                ("gemv", &never),
+                ("gemv split-K", &always),
+                ("gemv (engine's rule)", &engine),
+            ];
+            for (name, g) in gemvs.into_iter().filter(|_| Gemv::supports(m, kk)) {
+                let mut i = 0;
+                let ms = graph_ms(gpu, BACK_TO_BACK, || {
+                    i += 1;
+                    let (o, xv, wv) = (
+                        &mut out.as_view_mut(),
+                        &x.as_view(),
+                        &ws[i % copies].as_view(),
+                    );
+                    Ok(g.forward(s, o, xv, wv, None, m)?)
+                })?;
+                push(name, size.clone(), ms, (n * kk * 2) as f64);
+            }
+            let mut i = 0;
+            let ms = graph_ms(gpu, BACK_TO_BACK, || {
+                i += 1;
+                let (o, xv, wv) = (
+                    &mut out.as_view_mut(),
+                    &x.as_view(),
+                    &ws[i % copies].as_view(),
+                );
+                Ok(lin.forward(o, xv, wv, None, m)?)
+            })?;
+            push("linear (cuBLAS, same)", size, ms, (n * kk * 2) as f64);
+        }
+    }
+    Ok(())
+}
+
+/// `kernel_bench --tp-shapes`: the copy bandwidth, then one layer's projections of the
+/// Llama-2-7B shape on one GPU (TP 1) and on one rank of TP 2 (each weight halved along the
+/// dimension tensor parallelism splits), at 1 and 32 tokens, and per token count the layer's
+/// projection time at TP 2 over TP 1: 0.5 if the kernels halved with the bytes.
+fn tp_shapes(gpu: &Gpu) -> Result<()> {
+    let ceilings = roofline::measure_on(&gpu.ctx, &gpu.stream)?;
+    println!(
+        "copy (d2d) 1 GiB: {:.4} ms, {:.0} GB/s",
+        ceilings.copy_ms, ceilings.copy_gb_s
+    );
+    let (h, f) = (4096usize, 11008usize);
+    // (name, TP 1's (n, k), TP 2's): qkv and gate/up split their outputs, o and down their inputs.
+    let layer = [
+        ("qkv", (3 * h, h), (3 * h / 2, h)),
+        ("o_proj", (h, h), (h, h / 2)),
+        ("gate_up", (2 * f, h), (f, h)),
+        ("down", (h, f), (h, f / 2)),
+    ];
+    let tokens = [1usize, 32];
+    // (tp, name, m) -> fastest ms of the variants, as the engine would pick per shape.
+    let mut best = std::collections::BTreeMap::<(usize, &str, usize), f64>::new();
+    for (tp, pick) in [(1usize, 0usize), (2, 1)] {
+        for &(name, tp1, tp2) in &layer {
+            let shape = if pick == 0 { tp1 } else { tp2 };
+            for m in tokens {
+                let mut push = |kernel: &str, size: String, ms: f64, bytes: f64| {
+                    let gbs = bytes / (ms * 1e-3) / 1e9;
+                    let pct = 100.0 * gbs / ceilings.copy_gb_s;
+                    println!(
+                        "tp {tp} {name:<8} {kernel:<24} {size:<30} {:>8.2} µs {gbs:>6.0} GB/s {pct:>4.0}%",
+                        ms * 1e3
+                    );
+                    let e = best.entry((tp, name, m)).or_insert(f64::INFINITY);
+                    *e = e.min(ms);
+                };
+                decode_projections(gpu, &[shape], &[m], &mut push)?;
+            }
+        }
+    }
+    println!("\n| tokens | TP 1 layer µs | TP 2 rank layer µs | TP 2 / TP 1 |");
+    println!("| ---: | ---: | ---: | ---: |");
+    for m in tokens {
+        let sum = |tp| -> f64 {
+            layer
+                .iter()
+                .map(|(name, ..)| best[&(tp, *name, m)])
+                .sum::<f64>()
+                * 1e3
+        };
+        let (one, two) = (sum(1), sum(2));
+        println!("| {m} | {one:.1} | {two:.1} | {:.2} |", two / one);
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let gpu = match Gpu::open(0) {
         Ok(g) => g,
         Err(e) => bail!("kernel_bench needs a GPU: {e}"),
     };
+    if std::env::args().nth(1).as_deref() == Some("--tp-shapes") {
+        return tp_shapes(&gpu);
+    }
     let s = &gpu.stream;
     let k = &gpu.kernels;
     let mut rows: Vec<Row> = Vec::new();
@@ -572,16 +697,8 @@ fn main() -> Result<()> {
 
     // Decode projections, 1, 2 and 4 tokens (the engine's GEMV range): our GEMV, warp per row
     // group and split-K, against cuBLAS on the same operands, at SmolLM2-135M's qkv and down and
-    // every projection of Llama-3.2-1B (qkv, o, gate/up, down, LM head). GB/s = weights read.
-    // Timed inside a CUDA graph of 50 launches (graph_ms), as a decode step runs them; the
-    // launches cycle through copies of W that together exceed the 50 MB L2 twice, so that each
-    // reads its weights from HBM as a decode step does (one copy when W alone is that large).
-    const BACK_TO_BACK: usize = 50;
-    const L2_BYTES: usize = 50 << 20;
-    let lin = Linear::new(s, 8)?;
-    let never = k.gemv.clone().with_split_k(SplitK::Never);
-    let always = k.gemv.clone().with_split_k(SplitK::Always);
-    for (n, kk) in [
+    // every projection of Llama-3.2-1B (qkv, o, gate/up, down, LM head).
+    let shapes = [
         (960usize, 576usize),
         (576, 1536),
         (3072, 2048),
@@ -589,42 +706,8 @@ fn main() -> Result<()> {
         (16384, 2048),
         (2048, 8192),
         (128256, 2048),
-    ] {
-        let copies = (2 * L2_BYTES).div_ceil(n * kk * 2);
-        let ws = (0..copies)
-            .map(|c| random_bf16(s, n * kk, 22 + c as u64))
-            .collect::<Result<Vec<_>, _>>()?;
-        for m in [1usize, 2, 4] {
-            let x = random_bf16(s, m * kk, 23)?;
-            let mut out = uninit_bf16(s, m * n)?;
-            let size = format!("[{m}, {kk}] x [{n}, {kk}]^T");
-            for (name, g) in [("gemv", &never), ("gemv split-K", &always)] {
-                let mut i = 0;
-                let ms = graph_ms(&gpu, BACK_TO_BACK, || {
-                    i += 1;
-                    let (o, xv, wv) = (
-                        &mut out.as_view_mut(),
-                        &x.as_view(),
-                        &ws[i % copies].as_view(),
-                    );
-                    Ok(g.forward(s, o, xv, wv, None, m)?)
-                })?;
-                push(name, size.clone(), ms, (n * kk * 2) as f64);
-            }
-            let mut i = 0;
-            let ms = graph_ms(&gpu, BACK_TO_BACK, || {
-                i += 1;
-                let (o, xv, wv) = (
-                    &mut out.as_view_mut(),
-                    &x.as_view(),
-                    &ws[i % copies].as_view(),
-                );
-                Ok(lin.forward(o, xv, wv, None, m)?)
-            })?;
-            push("linear (cuBLAS, same)", size, ms, (n * kk * 2) as f64);
-        }
-    }
-    drop(lin);
+    ];
+    decode_projections(&gpu, &shapes, &[1, 2, 4], &mut push)?;
 
     // The norm (+ SiLU·mul) fused into the GEMV against what it replaces, at Llama-3.2-1B's
     // norm-fed shapes and 1/2/4/8 tokens (its own table at the end). A failure here is printed,
