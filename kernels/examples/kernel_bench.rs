@@ -522,6 +522,14 @@ fn print_fused_table(rows: &[FusedRow], copy_gb_s: f64) {
     }
 }
 
+/// One launch of a projection: `out = x · Wᵀ` on views of `[m, n]`, `[m, k]` and `[n, k]`.
+type Projection<'a> = dyn Fn(
+        &mut cudarc::driver::CudaViewMut<'_, half::bf16>,
+        &cudarc::driver::CudaView<'_, half::bf16>,
+        &cudarc::driver::CudaView<'_, half::bf16>,
+    ) -> Result<()>
+    + 'a;
+
 /// Times the decode projections `[m, k] x [n, k]^T` for each `(n, k)` of `shapes` and each `m`
 /// of `tokens`: our GEMV, warp per row group and split-K (where it takes `m` tokens), against
 /// cuBLAS (`linear`) on the same operands; `push(kernel, size, ms, bytes)` gets each, bytes =
@@ -558,29 +566,23 @@ fn decode_projections(
                 ("gemv split-K", &always),
                 ("gemv (engine's rule)", &engine),
             ];
-            for (name, g) in gemvs.into_iter().filter(|_| Gemv::supports(m, kk)) {
+            // One graph of BACK_TO_BACK launches of `f`, each on the next copy of W.
+            let mut cycled = |f: &Projection<'_>| {
                 let mut i = 0;
-                let ms = graph_ms(gpu, BACK_TO_BACK, || {
+                graph_ms(gpu, BACK_TO_BACK, || {
                     i += 1;
-                    let (o, xv, wv) = (
+                    f(
                         &mut out.as_view_mut(),
                         &x.as_view(),
                         &ws[i % copies].as_view(),
-                    );
-                    Ok(g.forward(s, o, xv, wv, None, m)?)
-                })?;
+                    )
+                })
+            };
+            for (name, g) in gemvs.into_iter().filter(|_| Gemv::supports(m, kk)) {
+                let ms = cycled(&|o, xv, wv| Ok(g.forward(s, o, xv, wv, None, m)?))?;
                 push(name, size.clone(), ms, (n * kk * 2) as f64);
             }
-            let mut i = 0;
-            let ms = graph_ms(gpu, BACK_TO_BACK, || {
-                i += 1;
-                let (o, xv, wv) = (
-                    &mut out.as_view_mut(),
-                    &x.as_view(),
-                    &ws[i % copies].as_view(),
-                );
-                Ok(lin.forward(o, xv, wv, None, m)?)
-            })?;
+            let ms = cycled(&|o, xv, wv| Ok(lin.forward(o, xv, wv, None, m)?))?;
             push("linear (cuBLAS, same)", size, ms, (n * kk * 2) as f64);
         }
     }

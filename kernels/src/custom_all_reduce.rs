@@ -182,9 +182,6 @@ impl CustomAllReduce {
         const K: &str = "custom_all_reduce";
         let n = x.len();
         check_len(K, "out", out.len(), n)?;
-        if !Self::fits(n, mine.capacity()) || rank >= ranks || ranks > MAX_RANKS {
-            return Err(unsupported(n, mine.capacity(), rank, ranks));
-        }
         let (x, _) = x.device_ptr(stream);
         let (out, _) = out.device_ptr_mut(stream);
         self.launch(stream, out, x, n, mine, peers, rank, ranks)
@@ -201,15 +198,12 @@ impl CustomAllReduce {
         rank: usize,
         ranks: usize,
     ) -> Result<()> {
-        let n = buf.len();
-        if !Self::fits(n, mine.capacity()) || rank >= ranks || ranks > MAX_RANKS {
-            return Err(unsupported(n, mine.capacity(), rank, ranks));
-        }
-        let (p, _) = buf.device_ptr_mut(stream);
+        let (n, (p, _)) = (buf.len(), buf.device_ptr_mut(stream));
         self.launch(stream, p, p, n, mine, peers, rank, ranks)
     }
 
-    /// The launch, on checked arguments: `out` and `x` are device addresses of n values.
+    /// The launch: `out` and `x` are device addresses of n values; refused unless `n` fits the
+    /// staging buffer and `rank` the group.
     #[allow(clippy::too_many_arguments)]
     fn launch(
         &self,
@@ -223,6 +217,9 @@ impl CustomAllReduce {
         ranks: usize,
     ) -> Result<()> {
         const K: &str = "custom_all_reduce";
+        if !Self::fits(n, mine.capacity()) || rank >= ranks || ranks > MAX_RANKS {
+            return Err(unsupported(n, mine.capacity(), rank, ranks));
+        }
         let blocks = (n / 8).div_ceil(THREADS).min(MAX_BLOCKS);
         let cfg = LaunchConfig {
             grid_dim: (blocks as u32, 1, 1),
