@@ -13,7 +13,7 @@
 
 use anyhow::{bail, Result};
 use kernels::cudarc::driver::CudaSlice;
-use kernels::gemv::{Epilogue, NormInput, NormPrologue, RotaryCache, SplitK, Staging};
+use kernels::gemv::{Epilogue, Gemv, NormInput, NormPrologue, RotaryCache, SplitK, Staging};
 use kernels::linear::Linear;
 use kernels::paged_attention::{rings, DecodeShape, PagedAttention, SplitKWorkspace, SplitMerge};
 use kernels::prefill_attention::{PrefillShape, BLOCK_MS};
@@ -180,24 +180,40 @@ struct FusedRow {
 /// keeps the per-warp norm (a launch of a few µs: latency, not bytes), to see what the
 /// per-block norm's barriers cost there. Percent of copy counts the weights only.
 fn fused_norm_gemv(gpu: &Gpu, copy_gb_s: f64) -> Result<Vec<FusedRow>> {
-    const BACK_TO_BACK: usize = 50;
-    const L2_BYTES: usize = 50 << 20;
-    let (s, k_) = (&gpu.stream, &gpu.kernels);
-    let lin = Linear::new(s, 8)?;
     let block = |groups_per_warp| NormPrologue::PerBlock { groups_per_warp };
-    let variants = [
+    let variants: Vec<(&str, Gemv)> = [
         ("fused, per-warp norm", NormPrologue::PerWarp),
         ("fused, per-block norm, G 1", block(1)),
         ("fused, per-block norm, G 2", block(2)),
         ("fused, per-block norm, one wave", block(0)),
-    ];
-    let mut rows = Vec::new();
-    for (what, n, k, epilogue) in [
+    ]
+    .into_iter()
+    .map(|(name, p)| (name, gpu.kernels.gemv.clone().with_norm_prologue(p)))
+    .collect();
+    let shapes = [
         ("1B qkv", 3072usize, 2048usize, Epilogue::Plain),
         ("1B gate/up", 16384, 2048, Epilogue::SiluAndMul),
         ("1B LM head", 128256, 2048, Epilogue::Plain),
         ("135M gate/up", 3072, 576, Epilogue::SiluAndMul),
-    ] {
+    ];
+    fused_norm_rows(gpu, copy_gb_s, &shapes, &[1, 2, 4, 8], &variants)
+}
+
+/// [`fused_norm_gemv`]'s timings for any `shapes` (name, n, k, epilogue), token counts and
+/// GEMV variants, each beside cuBLAS + norm (+ SiLU·mul).
+fn fused_norm_rows(
+    gpu: &Gpu,
+    copy_gb_s: f64,
+    shapes: &[(&'static str, usize, usize, Epilogue)],
+    tokens: &[usize],
+    variants: &[(&str, Gemv)],
+) -> Result<Vec<FusedRow>> {
+    const BACK_TO_BACK: usize = 50;
+    const L2_BYTES: usize = 50 << 20;
+    let (s, k_) = (&gpu.stream, &gpu.kernels);
+    let lin = Linear::new(s, tokens.iter().copied().max().unwrap_or(1))?;
+    let mut rows = Vec::new();
+    for &(what, n, k, epilogue) in shapes {
         let copies = (2 * L2_BYTES).div_ceil(n * k * 2);
         let ws = (0..copies)
             .map(|c| random_bf16(s, n * k, 40 + c as u64))
@@ -208,14 +224,13 @@ fn fused_norm_gemv(gpu: &Gpu, copy_gb_s: f64) -> Result<Vec<FusedRow>> {
         } else {
             n / 2
         };
-        for m in [1usize, 2, 4, 8] {
+        for &m in tokens {
             let delta = random_bf16(s, m * k, 41)?;
             let residual = random_bf16(s, m * k, 42)?;
             let mut r_out = uninit_bf16(s, m * k)?;
             let mut out = uninit_bf16(s, m * width)?;
             let mut times = Vec::new();
-            for (name, prologue) in variants {
-                let g = k_.gemv.clone().with_norm_prologue(prologue);
+            for (name, g) in variants {
                 let mut i = 0;
                 let us = 1e3
                     * graph_ms(gpu, BACK_TO_BACK, || {
@@ -592,7 +607,10 @@ fn decode_projections(
 /// `kernel_bench --tp-shapes`: the copy bandwidth, then one layer's projections of the
 /// Llama-2-7B shape on one GPU (TP 1) and on one rank of TP 2 (each weight halved along the
 /// dimension tensor parallelism splits), at 1 and 32 tokens, and per token count the layer's
-/// projection time at TP 2 over TP 1: 0.5 if the kernels halved with the bytes.
+/// projection time at TP 2 over TP 1: 0.5 if the kernels halved with the bytes. Then the
+/// norm-fed projections (qkv, gate/up) as the engine launches them, fused with the norm, at
+/// one token, under the engine's split-K rule and three others (`LAB_GEMV_SPLIT_BELOW` sets
+/// the engine's).
 fn tp_shapes(gpu: &Gpu) -> Result<()> {
     let ceilings = roofline::measure_on(&gpu.ctx, &gpu.stream)?;
     println!(
@@ -628,6 +646,30 @@ fn tp_shapes(gpu: &Gpu) -> Result<()> {
             }
         }
     }
+    // The engine runs qkv and gate/up fused with the layer's norm (and SiLU·mul): those
+    // launches at both sizes, one token, under the engine's split-K rule and others.
+    let engine = gpu
+        .kernels
+        .gemv
+        .clone()
+        .with_norm_prologue(NormPrologue::PerBlock { groups_per_warp: 1 })
+        .with_staging(Staging::Shared);
+    let variants: Vec<(&str, Gemv)> = [
+        ("fused, engine's rule", SplitK::Auto),
+        ("fused, split below 4 blocks/SM", SplitK::Below(4)),
+        ("fused, split-K always", SplitK::Always),
+        ("fused, split-K never", SplitK::Never),
+    ]
+    .into_iter()
+    .map(|(name, split)| (name, engine.clone().with_split_k(split)))
+    .collect();
+    let fused = [
+        ("TP 1 qkv", 3 * h, h, Epilogue::Plain),
+        ("TP 2 qkv", 3 * h / 2, h, Epilogue::Plain),
+        ("TP 1 gate/up", 2 * f, h, Epilogue::SiluAndMul),
+        ("TP 2 gate/up", f, h, Epilogue::SiluAndMul),
+    ];
+    fused_norm_rows(gpu, ceilings.copy_gb_s, &fused, &[1], &variants)?;
     println!("\n| tokens | TP 1 layer µs | TP 2 rank layer µs | TP 2 / TP 1 |");
     println!("| ---: | ---: | ---: | ---: |");
     for m in tokens {

@@ -60,8 +60,13 @@ const UNROLL: usize = 4;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SplitK {
     /// When the plain grid would give the SMs fewer than two blocks each and a warp would need
-    /// more than one trip to memory per row ([`Gemv::splits`]).
+    /// more than one trip to memory per row ([`Gemv::splits`]): `Below(2)`.
     Auto,
+    /// The same with another number of blocks per SM under which a launch splits (the engine's
+    /// `LAB_GEMV_SPLIT_BELOW`, to measure the rule at other shapes: on the H200 at Llama-2-7B's
+    /// k = 4096, plain grids of 2.6 and 2.9 blocks per SM were 23% and 22% slower than split-K;
+    /// kernel_bench --tp-shapes, 2026-11-29).
+    Below(usize),
     /// Never (the bench's baseline).
     Never,
     /// Always (the bench's other side).
@@ -339,12 +344,23 @@ impl Gemv {
         match self.split_k {
             SplitK::Never => false,
             SplitK::Always => true,
-            SplitK::Auto => {
-                let warps_per_block = THREADS as usize / 32;
-                let plain_blocks = features.div_ceil(per_warp * warps_per_block);
-                plain_blocks < 2 * self.num_sms && k / 8 > 32 * UNROLL
-            }
+            SplitK::Auto => self.splits_below(2, features, per_warp, k),
+            SplitK::Below(blocks_per_sm) => self.splits_below(blocks_per_sm, features, per_warp, k),
         }
+    }
+
+    /// [`SplitK::Below`]: the plain grid gives the SMs fewer than `blocks_per_sm` blocks each,
+    /// and a lane walks a row in more than one trip to memory.
+    fn splits_below(
+        &self,
+        blocks_per_sm: usize,
+        features: usize,
+        per_warp: usize,
+        k: usize,
+    ) -> bool {
+        let warps_per_block = THREADS as usize / 32;
+        let plain_blocks = features.div_ceil(per_warp * warps_per_block);
+        plain_blocks < blocks_per_sm * self.num_sms && k / 8 > 32 * UNROLL
     }
 
     /// `residual_out = residual + delta; out = rms_norm(residual_out) · Wᵀ`, then the

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use half::bf16;
 use kernels::cudarc::driver::sys::CUevent_flags;
 use kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream};
-use kernels::gemv::{Epilogue, Gemv, NormInput, NormPrologue, RotaryCache, Staging};
+use kernels::gemv::{Epilogue, Gemv, NormInput, NormPrologue, RotaryCache, SplitK, Staging};
 use kernels::nccl::NcclRank;
 use kernels::paged_attention::{
     max_partitions, DecodeKernel, DecodeShape, PagedAttention, SplitKWorkspace,
@@ -85,6 +85,11 @@ const GEMV_MAX_WEIGHTS: usize = 1 << 22;
 ///   kernel_bench, 1 token) the 1B o_proj 4.1 → 3.1 µs, its qkv with rotary 11.5 µs in two
 ///   launches → 5.2 in one, and batch-1 decode of the 1B shape 1.053 → 0.969 ms/token of
 ///   device time, A B A B in one call (SmolLM2's launches do not stage: unchanged).
+/// - `LAB_GEMV_SPLIT_BELOW=<blocks per SM>`: a launch over rows longer than 1024 takes the
+///   split-K kernels when its plain grid would give the SMs fewer blocks than this (default 2,
+///   [`SplitK::Auto`]; 0: never). The default was measured on Llama-3.2-1B's shapes (k = 2048);
+///   at Llama-2-7B's k = 4096 split-K was faster up to about 3 blocks per SM in kernel_bench
+///   (`--tp-shapes`, 2026-11-29), not yet in the engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct GemvRule {
     /// Weights (elements) the GEMV takes at one token: fewer than this.
@@ -94,6 +99,8 @@ struct GemvRule {
     norm_prologue: NormPrologue,
     /// Whether split-K launches stage their weights in shared memory.
     staging: Staging,
+    /// When a launch takes the split-K kernels.
+    split_k: SplitK,
 }
 
 impl Default for GemvRule {
@@ -103,6 +110,7 @@ impl Default for GemvRule {
             max_weights: GEMV_MAX_WEIGHTS,
             norm_prologue: NormPrologue::PerBlock { groups_per_warp: 1 },
             staging: Staging::Shared,
+            split_k: SplitK::Auto,
         }
     }
 }
@@ -145,6 +153,12 @@ impl GemvRule {
                 "0" => Staging::Off,
                 _ => return Err(format!("LAB_GEMV_STAGED={v}: expected 1 or 0")),
             };
+        }
+        if let Some(v) = var("LAB_GEMV_SPLIT_BELOW") {
+            let blocks = v.trim().parse::<usize>().map_err(|_| {
+                format!("LAB_GEMV_SPLIT_BELOW={v}: expected a number of blocks per SM")
+            })?;
+            rule.split_k = SplitK::Below(blocks);
         }
         Ok(rule)
     }
@@ -272,7 +286,8 @@ impl CudaBackend {
                 .gemv
                 .clone()
                 .with_norm_prologue(gemv_rule.norm_prologue)
-                .with_staging(gemv_rule.staging),
+                .with_staging(gemv_rule.staging)
+                .with_split_k(gemv_rule.split_k),
             gemv_rule,
             paged_attention,
             linear,
@@ -1465,6 +1480,11 @@ mod tests {
             rule(&[("LAB_GEMV_STAGED", " 0")]).unwrap().staging,
             Staging::Off
         );
+        assert_eq!(rule(&[]).unwrap().split_k, SplitK::Auto);
+        assert_eq!(
+            rule(&[("LAB_GEMV_SPLIT_BELOW", "4")]).unwrap().split_k,
+            SplitK::Below(4)
+        );
     }
 
     #[test]
@@ -1476,6 +1496,7 @@ mod tests {
             ("LAB_GEMV_NORM", "block:0"),
             ("LAB_GEMV_NORM", "block:x"),
             ("LAB_GEMV_STAGED", "yes"),
+            ("LAB_GEMV_SPLIT_BELOW", "2.5"),
         ] {
             let e = rule(&[(name, value)]).unwrap_err();
             assert!(e.starts_with(&format!("{name}={value}:")), "{e}");
