@@ -16,6 +16,9 @@
 #           one-shot all-reduce over peer memory in those graphs)
 #   tracer  `tracer --device cuda --tp 2` on the Llama-3.2-1B shape: per-kernel and
 #           per-collective times, all-reduce bytes against the formula
+#   gemv    (not in the default) the GEMV's split-K rule at the 7B shapes: kernel_bench
+#           --tp-shapes, then the batch-1 decode step, TP 1 and TP 2, with the rule as it is
+#           and with LAB_GEMV_SPLIT_BELOW=4
 #   launch  `lab launch --nproc-per-node 2` (one process per GPU, NCCL's id over loopback TCP)
 #           against two threads: the same tokens; then one rank killed mid-run: the other must
 #           end with a one-line error within the collective timeout
@@ -85,9 +88,13 @@ print(f"| {name} | {r['ms_per_step']:.3f} | {r.get('device_ms_per_step', float('
 EOF
 }
 
-part_bench() {
+bench_header() {
     echo "| run | ms/step wall | ms/step device | tok/s | all-reduce share (rank 0 / 1) | all collectives | bytes = closed form |" | tee -a "$LOGS/bench.md"
     echo "| --- | ---: | ---: | ---: | ---: | ---: | --- |" | tee -a "$LOGS/bench.md"
+}
+
+part_bench() {
+    bench_header
     for b in ${BATCHES:-32 1}; do
         bench_one "7b-b$b-tp1" --batch-size $b | tee -a "$LOGS/bench.md"
         bench_one "7b-b$b-tp2-eager" --batch-size $b --tp 2 --enforce-eager | tee -a "$LOGS/bench.md"
@@ -178,13 +185,34 @@ print(len({t for o in json.load(open(sys.argv[1])) for t in o["token_ids"]}))' "
     [[ $rc -eq 0 ]] && status=1
 }
 
+# The GEMV's split-K rule at the 7B shapes: kernel_bench's projections and fused norm GEMVs at
+# TP 1 and TP 2 sizes, then the decode step with the rule as it is and with
+# LAB_GEMV_SPLIT_BELOW=4 (split-K up to 4 blocks per SM), TP 1 and TP 2, batch 1.
+part_gemv() {
+    local log="$LOGS/kernel_bench-tp-shapes.log"
+    timeout 200 gpu-bin/kernel_bench --tp-shapes >"$log" 2>&1 || status=1
+    grep -h "^copy\|^[Tt][Pp] [12] \|^|" "$log"
+    bench_header
+    for below in default 4; do
+        for tp in 1 2; do
+            if [[ $below == default ]]; then
+                bench_one "7b-b1-tp$tp-split-default" --batch-size 1 --tp $tp
+            else
+                LAB_GEMV_SPLIT_BELOW=$below bench_one "7b-b1-tp$tp-split-below-$below" --batch-size 1 --tp $tp
+            fi
+        done
+    done | tee -a "$LOGS/bench.md"
+    note "gemv: $log, $LOGS/bench.md"
+}
+
 for part in "${PARTS[@]}"; do
     case $part in
     tests) part_tests ;;
     bench) part_bench ;;
     tracer) part_tracer ;;
     launch) part_launch ;;
-    *) echo "unknown part: $part (tests bench tracer launch)" >&2; exit 2 ;;
+    gemv) part_gemv ;;
+    *) echo "unknown part: $part (tests bench tracer launch gemv)" >&2; exit 2 ;;
     esac
 done
 echo
