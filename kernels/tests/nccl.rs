@@ -36,6 +36,16 @@ fn streams_or_skip() -> Option<Vec<std::sync::Arc<kernels::cudarc::driver::CudaS
     )
 }
 
+/// The GPUs there are, one or more, or `None` (with the reason printed) without a GPU or NCCL:
+/// for the tests whose ranks are threads, which run on one GPU too.
+fn gpus_or_skip() -> Option<usize> {
+    if let Err(e) = kernels::gpu_available().and_then(|()| nccl_available()) {
+        let _ = writeln!(std::io::stderr(), "skipped: {e}");
+        return None;
+    }
+    Some(CudaContext::device_count().expect("device count") as usize)
+}
+
 #[test]
 fn all_reduce_sums_every_rank_exactly() {
     let Some(streams) = streams_or_skip() else {
@@ -106,11 +116,9 @@ fn all_reduce_refuses_mismatched_buffers() {
 #[test]
 fn all_gather_lays_ranks_out_in_order() {
     use kernels::nccl::{NcclId, NcclRank};
-    if let Err(e) = kernels::gpu_available().and_then(|()| nccl_available()) {
-        let _ = writeln!(std::io::stderr(), "skipped: {e}");
+    let Some(n) = gpus_or_skip() else {
         return;
-    }
-    let n = CudaContext::device_count().expect("device count") as usize;
+    };
     let id = NcclId::new().expect("NCCL id");
     let bytes = id.to_bytes();
     // Rank r's values r · 64 + i: small integers, exact in bf16.
@@ -149,19 +157,17 @@ fn all_gather_lays_ranks_out_in_order() {
     println!("nccl all_gather over {n} GPU(s): exact");
 }
 
-/// The engine's TP ranks may record their decode steps, NCCL calls included, as CUDA graphs
-/// (on NCCL, without pipeline stages): an all-reduce and an all-gather captured once, then replayed on new
-/// inputs written into the same buffers, give each replay's sum and gather. One thread per GPU,
-/// as the engine's ranks; runs on one GPU too (a group of one).
+/// The engine's TP ranks record their decode steps, NCCL calls included, as CUDA graphs (on
+/// NCCL, without pipeline stages): an all-reduce and an all-gather captured once, then
+/// replayed on new inputs written into the same buffers, give each replay's sum and gather.
+/// One thread per GPU, as the engine's ranks; runs on one GPU too (a group of one).
 #[test]
 fn nccl_calls_replay_in_a_cuda_graph() {
     use kernels::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
     use kernels::nccl::{NcclId, NcclRank};
-    if let Err(e) = kernels::gpu_available().and_then(|()| nccl_available()) {
-        let _ = writeln!(std::io::stderr(), "skipped: {e}");
+    let Some(n) = gpus_or_skip() else {
         return;
-    }
-    let n = CudaContext::device_count().expect("device count") as usize;
+    };
     let bytes = NcclId::new().expect("NCCL id").to_bytes();
     let len = 4096usize;
     // Replay k's input on rank r: small integers, exact in bf16 and in their sums.
