@@ -33,7 +33,7 @@ pub(crate) const SOURCE: &str = include_str!("../cuda/custom_all_reduce.cu");
 
 /// Most ranks in a group (`CAR_MAX_RANKS`).
 pub const MAX_RANKS: usize = 8;
-/// Threads per block and most blocks per launch (`CAR_THREADS`, `CAR_MAX_BLOCKS`): every block
+/// Threads per block and blocks per launch (`CAR_THREADS`, `CAR_MAX_BLOCKS`): every block
 /// spins until the same block of each peer arrives, so a launch must fit the GPU at once.
 const THREADS: usize = 512;
 const MAX_BLOCKS: usize = 32;
@@ -67,27 +67,36 @@ impl PeerPtrs {
 /// One rank's memory for the all-reduce, on its GPU.
 #[derive(Debug)]
 pub struct PeerBuffers {
-    /// `[capacity]`: this rank's addend, where the peers read it.
+    /// `[2, capacity]`: this rank's addend, where the peers read it; call c stages into half
+    /// c % 2, so that no barrier is needed at the end of a call (see the kernel's header).
     staging: CudaSlice<bf16>,
-    /// `[2, MAX_BLOCKS, MAX_RANKS]`: "rank r reached barrier p of call c" from each peer.
+    /// `[MAX_BLOCKS, MAX_RANKS]`: "rank r staged call c in block b" from each peer.
     flags: CudaSlice<u32>,
     /// `[MAX_BLOCKS]`: calls so far, per block.
     counter: CudaSlice<u32>,
 }
 
 impl PeerBuffers {
-    /// Buffers for tensors of up to `capacity` bf16 values, flags and counters zeroed.
+    /// Buffers for tensors of up to `capacity` bf16 values (a multiple of 8), flags and
+    /// counters zeroed. Every rank of a group must use the same capacity: a rank finds a
+    /// peer's second half at the offset of its own.
     pub fn new(stream: &Arc<CudaStream>, capacity: usize) -> Result<Self> {
+        if capacity == 0 || !capacity.is_multiple_of(8) {
+            return Err(KernelError::Unsupported {
+                kernel: "custom_all_reduce",
+                what: format!("a staging capacity of {capacity} values (a positive multiple of 8)"),
+            });
+        }
         Ok(PeerBuffers {
-            staging: stream.alloc_zeros(capacity)?,
-            flags: stream.alloc_zeros(2 * MAX_BLOCKS * MAX_RANKS)?,
+            staging: stream.alloc_zeros(2 * capacity)?,
+            flags: stream.alloc_zeros(MAX_BLOCKS * MAX_RANKS)?,
             counter: stream.alloc_zeros(MAX_BLOCKS)?,
         })
     }
 
-    /// Values the staging buffer holds: the largest tensor this rank can all-reduce.
+    /// Values one staging half holds: the largest tensor this rank can all-reduce.
     pub fn capacity(&self) -> usize {
-        self.staging.len()
+        self.staging.len() / 2
     }
 
     /// (staging, flags) device addresses, for the peers' [`PeerPtrs`].
@@ -220,9 +229,10 @@ impl CustomAllReduce {
         if !Self::fits(n, mine.capacity()) || rank >= ranks || ranks > MAX_RANKS {
             return Err(unsupported(n, mine.capacity(), rank, ranks));
         }
-        let blocks = (n / 8).div_ceil(THREADS).min(MAX_BLOCKS);
+        // Always the whole grid, whatever n: the protocol relies on every block of a call
+        // meeting the same block of each peer (the kernel's header says why).
         let cfg = LaunchConfig {
-            grid_dim: (blocks as u32, 1, 1),
+            grid_dim: (MAX_BLOCKS as u32, 1, 1),
             block_dim: (THREADS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
@@ -230,15 +240,20 @@ impl CustomAllReduce {
             to_u32(K, "rank", rank)?,
             to_u32(K, "ranks", ranks)?,
             to_u32(K, "n", n)?,
+            to_u32(K, "capacity", mine.capacity())?,
         ];
         let mut launch = Launch::new(stream, &self.kernel);
         // Addresses by value: the same bits as a pointer argument (out may be x).
         launch.arg(&out).arg(&x).arg(peers).arg(&mut mine.counter);
-        launch.arg(&args[0]).arg(&args[1]).arg(&args[2]);
+        launch
+            .arg(&args[0])
+            .arg(&args[1])
+            .arg(&args[2])
+            .arg(&args[3]);
         // SAFETY: the signature matches custom_all_reduce_kernel (out, x, PeerPtrs by value,
-        // counter, 3 x u32); out and x hold n values, n fits every rank's staging buffer (each
-        // rank checks its own; the ranks make the same calls), the flags hold
-        // 2 x MAX_BLOCKS x MAX_RANKS words and the grid is at most MAX_BLOCKS blocks.
+        // counter, 4 x u32); out and x hold n values, n fits one half of every rank's staging
+        // buffer (each rank checks its own; the ranks use one capacity and make the same
+        // calls), the flags hold MAX_BLOCKS x MAX_RANKS words and the grid is MAX_BLOCKS blocks.
         unsafe { launch.launch(cfg) }?;
         Ok(())
     }

@@ -10,7 +10,7 @@ use cudarc::driver::{CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut
 use half::bf16;
 
 use crate::error::{check_len, to_u32, KernelError, Result};
-use crate::row_launch;
+use crate::row_tiles_launch;
 
 pub(crate) const FILE: &str = "qkv_rotary_cache.cu";
 pub(crate) const SOURCE: &str = include_str!("../cuda/qkv_rotary_cache.cu");
@@ -94,7 +94,13 @@ impl QkvRotaryCache {
             to_u32(K, "num_kv_heads", num_kv_heads)?,
             to_u32(K, "head_dim", head_dim)?,
         );
-        let cfg = row_launch(n, (num_heads + num_kv_heads) * head_dim / 2)?;
+        // Work items per token: the rotary pairs, then v's row (as the kernel counts it).
+        let v_units = if head_dim.is_multiple_of(8) {
+            kv_row / 8
+        } else {
+            kv_row
+        };
+        let cfg = row_tiles_launch(n, (num_heads + num_kv_heads) * head_dim / 2 + v_units)?;
         let mut launch = Launch::new(stream, &self.kernel);
         launch.arg(q_out).arg(key_cache).arg(value_cache).arg(qkv);
         launch.arg(positions).arg(slot_mapping).arg(cos_sin_cache);

@@ -8,7 +8,7 @@ use cudarc::driver::{CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut
 use half::bf16;
 
 use crate::error::{check_len, to_u32, Result};
-use crate::row_launch;
+use crate::row_tiles_launch;
 
 pub(crate) const FILE: &str = "silu_and_mul.cu";
 pub(crate) const SOURCE: &str = include_str!("../cuda/silu_and_mul.cu");
@@ -46,7 +46,7 @@ impl SiluAndMul {
             return Ok(());
         }
         let d32 = to_u32(K, "d", d)?;
-        let cfg = row_launch(num_tokens, crate::vector_units(d))?;
+        let cfg = row_tiles_launch(num_tokens, crate::vector_units(d))?;
         let mut launch = Launch::new(stream, &self.kernel);
         launch.arg(out).arg(x).arg(&d32);
         // SAFETY: the signature matches silu_and_mul_kernel (out, x, u32); out holds
