@@ -10,10 +10,10 @@
 #           (TP 2 eager, with CUDA graphs, with the custom all-reduce; TP 2 x PP 2 on NCCL;
 #           against the CPU engine)
 #   bench   decode step of the Llama-2-7B shape (random weights) at batch 32 and 1: TP 1 on one
-#           GPU; TP 2 on two, with --enforce-eager (every NCCL call is timed, for the
-#           communication share of a step) and as it runs by default (decode steps replayed
-#           as CUDA graphs, NCCL calls inside them), and with --custom-all-reduce on (the
-#           one-shot all-reduce over peer memory in those graphs)
+#           GPU; TP 2 on two, with --enforce-eager (every all-reduce is timed, for the
+#           communication share of a step), with --custom-all-reduce off (NCCL inside the
+#           decode steps' CUDA graphs) and as it runs by default (the one-shot all-reduce over
+#           peer memory inside those graphs)
 #   tracer  `tracer --device cuda --tp 2` on the Llama-3.2-1B shape: per-kernel and
 #           per-collective times, all-reduce bytes against the formula
 #   gemv    (not in the default) the GEMV's split-K rule at the 7B shapes: kernel_bench
@@ -53,11 +53,11 @@ nvidia-smi topo -m >>"$LOGS/machine.txt" 2>&1
 part_tests() {
     # The one-shot all-reduce spins on flags in peer memory: a broken peer mapping hangs it, so
     # it gets a short limit and runs last.
-    for t in gpu-bin/tests/nccl gpu-bin/tests/engine-cuda_engine gpu-bin/tests/custom_all_reduce; do
+    for t in gpu-bin/tests/nccl gpu-bin/tests/engine-cuda_engine gpu-bin/tests/custom_all_reduce gpu-bin/tests/custom_all_reduce_timeout; do
         [[ -x $t ]] || { note "| test $(basename "$t") | missing |"; status=1; continue; }
         log="$LOGS/test-$(basename "$t").log"
         limit=200
-        [[ $t == */custom_all_reduce ]] && limit=60
+        [[ $t == */custom_all_reduce* ]] && limit=60
         timeout $limit "$t" --test-threads=1 --nocapture >"$log" 2>&1
         rc=$?
         [[ $rc -ne 0 ]] && status=1
@@ -103,8 +103,8 @@ part_bench() {
     for b in ${BATCHES:-32 1}; do
         bench_one "7b-b$b-tp1" --batch-size $b | tee -a "$LOGS/bench.md"
         bench_one "7b-b$b-tp2-eager" --batch-size $b --tp 2 --enforce-eager | tee -a "$LOGS/bench.md"
+        bench_one "7b-b$b-tp2-nccl" --batch-size $b --tp 2 --custom-all-reduce off | tee -a "$LOGS/bench.md"
         bench_one "7b-b$b-tp2" --batch-size $b --tp 2 | tee -a "$LOGS/bench.md"
-        bench_one "7b-b$b-tp2-custom" --batch-size $b --tp 2 --custom-all-reduce on | tee -a "$LOGS/bench.md"
     done
     note "bench: $LOGS/bench.md"
 }

@@ -34,7 +34,10 @@
 //
 // Every block of every rank spins until the same block of each peer arrives: the grid is kept to
 // at most one block per SM (CAR_MAX_BLOCKS, well under the SM count), so all blocks of a launch
-// are resident.
+// are resident. A peer that never arrives (its thread failed before its launch) must not keep
+// this GPU spinning for ever: past `spin_limit_ns` of waiting the kernel traps, which fails this
+// rank's stream with a launch error. (The engine's host gives up at its collective timeout,
+// shorter than the limit it passes here, and reports that; the trap only frees the GPU.)
 
 #define CAR_MAX_RANKS 8
 #define CAR_THREADS 512
@@ -57,7 +60,14 @@ __device__ __forceinline__ u32 load_acquire(const u32* p) {
 
 // The barrier of call c for block b: this block's writes made visible, every peer told, every
 // peer's word awaited.
-__device__ __forceinline__ void peer_barrier(const PeerPtrs& peers, u32 rank, u32 ranks, u32 c) {
+__device__ __forceinline__ u64 global_ns() {
+    u64 t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+__device__ __forceinline__ void peer_barrier(const PeerPtrs& peers, u32 rank, u32 ranks, u32 c,
+                                             u64 spin_limit_ns) {
     __threadfence_system();
     __syncthreads();
     const u32 t = threadIdx.x;
@@ -68,7 +78,9 @@ __device__ __forceinline__ void peer_barrier(const PeerPtrs& peers, u32 rank, u3
         const size_t slot = (size_t)blockIdx.x * ranks;
         store_release(peers.flags[t] + slot + rank, c);
         const u32* mine = peers.flags[rank] + slot + t;
+        const u64 start = global_ns();
         while (load_acquire(mine) < c) {
+            if (global_ns() - start > spin_limit_ns) __trap();
         }
     }
     __syncthreads();
@@ -80,7 +92,8 @@ extern "C" __global__ void __launch_bounds__(CAR_THREADS) custom_all_reduce_kern
     const PeerPtrs peers,
     u32* __restrict__ counter,            // [CAR_MAX_BLOCKS]: calls so far, per block (this rank's)
     u32 rank, u32 ranks, u32 n,           // n % 8 == 0, n <= capacity
-    u32 capacity) {                       // values in one staging half, a multiple of 8
+    u32 capacity,                         // values in one staging half, a multiple of 8
+    u64 spin_limit_ns) {                  // longest wait for a peer before the kernel traps
     // Not `allow_next_kernel()` here, as other kernels do: where ranks share a GPU, the next
     // kernel's blocks, started early, would wait in griddepcontrol.wait on SMs that a peer's
     // all-reduce needs to start, while this one spins for that peer.
@@ -94,7 +107,7 @@ extern "C" __global__ void __launch_bounds__(CAR_THREADS) custom_all_reduce_kern
     uint4* staged = const_cast<uint4*>(peers.data[rank]) + half;
     for (u32 i = blockIdx.x * CAR_THREADS + threadIdx.x; i < vectors; i += stride)
         staged[i] = reinterpret_cast<const uint4*>(x)[i];
-    peer_barrier(peers, rank, ranks, c);
+    peer_barrier(peers, rank, ranks, c, spin_limit_ns);
     for (u32 i = blockIdx.x * CAR_THREADS + threadIdx.x; i < vectors; i += stride) {
         // __ldcv: fetched anew, never from a cache line of an earlier call.
         f32x8 sum = unpack8(__ldcv(peers.data[0] + half + i));

@@ -18,6 +18,7 @@
 //! on each of two GPUs over NVLink.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use cudarc::driver::{
     sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut,
@@ -74,13 +75,16 @@ pub struct PeerBuffers {
     flags: CudaSlice<u32>,
     /// `[MAX_BLOCKS]`: calls so far, per block.
     counter: CudaSlice<u32>,
+    /// How long a launch waits for a peer before it traps (nanoseconds).
+    spin_limit_ns: u64,
 }
 
 impl PeerBuffers {
     /// Buffers for tensors of up to `capacity` bf16 values (a multiple of 8), flags and
     /// counters zeroed. Every rank of a group must use the same capacity: a rank finds a
-    /// peer's second half at the offset of its own.
-    pub fn new(stream: &Arc<CudaStream>, capacity: usize) -> Result<Self> {
+    /// peer's second half at the offset of its own. A launch that has waited `spin_limit`
+    /// for a peer traps (its stream fails with a launch error) instead of spinning for ever.
+    pub fn new(stream: &Arc<CudaStream>, capacity: usize, spin_limit: Duration) -> Result<Self> {
         if capacity == 0 || !capacity.is_multiple_of(8) {
             return Err(KernelError::Unsupported {
                 kernel: "custom_all_reduce",
@@ -91,6 +95,7 @@ impl PeerBuffers {
             staging: stream.alloc_zeros(2 * capacity)?,
             flags: stream.alloc_zeros(MAX_BLOCKS * MAX_RANKS)?,
             counter: stream.alloc_zeros(MAX_BLOCKS)?,
+            spin_limit_ns: u64::try_from(spin_limit.as_nanos()).unwrap_or(u64::MAX),
         })
     }
 
@@ -249,9 +254,10 @@ impl CustomAllReduce {
             .arg(&args[0])
             .arg(&args[1])
             .arg(&args[2])
-            .arg(&args[3]);
+            .arg(&args[3])
+            .arg(&mine.spin_limit_ns);
         // SAFETY: the signature matches custom_all_reduce_kernel (out, x, PeerPtrs by value,
-        // counter, 4 x u32); out and x hold n values, n fits one half of every rank's staging
+        // counter, 4 x u32, u64); out and x hold n values, n fits one half of every rank's staging
         // buffer (each rank checks its own; the ranks use one capacity and make the same
         // calls), the flags hold MAX_BLOCKS x MAX_RANKS words and the grid is MAX_BLOCKS blocks.
         unsafe { launch.launch(cfg) }?;

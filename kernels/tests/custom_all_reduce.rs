@@ -80,7 +80,7 @@ fn check(kernels: &[&Kernels], streams: &[Arc<CudaStream>], what: &str) {
     let mut rng = Rng::fresh("custom_all_reduce");
     let mut buffers: Vec<PeerBuffers> = streams
         .iter()
-        .map(|s| PeerBuffers::new(s, CAPACITY).unwrap())
+        .map(|s| PeerBuffers::new(s, CAPACITY, Duration::from_secs(20)).unwrap())
         .collect();
     let addresses: Vec<_> = buffers
         .iter()

@@ -182,7 +182,14 @@ impl CudaBackend {
     /// backend [`with_communicator`](Self::with_communicator) first.
     pub fn with_custom_all_reduce(mut self, rendezvous: &PeerRendezvous) -> Result<Self> {
         let stream = self.stream().clone();
-        let buffers = PeerBuffers::new(&stream, CUSTOM_ALL_REDUCE_CAPACITY)
+        // The kernel waits for a peer a second longer than the host: the host reports the
+        // timeout (`wait_for_gpu`), and the kernel's trap then frees the GPU.
+        let Some(timeout) = self.comm.as_ref().map(|c| c.timeout) else {
+            let detail = "a custom all-reduce needs a tensor-parallel group";
+            return Err(BackendError::shape("with_custom_all_reduce", detail));
+        };
+        let spin_limit = timeout + Duration::from_secs(1);
+        let buffers = PeerBuffers::new(&stream, CUSTOM_ALL_REDUCE_CAPACITY, spin_limit)
             .map_err(kernel("custom all-reduce buffers"))?;
         // The kernel reads the flags and buffers as soon as it runs: zeroed before any peer can.
         stream

@@ -96,14 +96,15 @@ pub struct ParallelConfig {
 /// for a peer's all-reduce kernel, which spins until that same thread launches its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CustomAllReduce {
-    /// NCCL (or the host) sums every all-reduce. The default: on two H200s the custom kernel
-    /// inside CUDA graphs made the Llama-2-7B decode step 0.04 ms shorter at batch 1 and no
-    /// shorter at batch 32 (the book's performance page), too little for a kernel that spins
-    /// on its peers.
-    #[default]
+    /// NCCL (or the host) sums every all-reduce.
     Off,
     /// The custom kernel, across GPUs that can reach each other's memory (NVLink or PCIe peer
-    /// access); NCCL for larger all-reduces, and wherever peer access is missing.
+    /// access); NCCL for larger all-reduces, and wherever it does not apply (ranks as
+    /// processes, ranks sharing a GPU, no peer access). The default, as in vLLM: on two H200s
+    /// it made the Llama-2-7B decode step at batch 32 0.16 ms shorter than NCCL inside the
+    /// same CUDA graphs (the book's performance page). A peer that never arrives ends the
+    /// step at the collective timeout, as on NCCL.
+    #[default]
     On,
 }
 
@@ -135,7 +136,7 @@ impl Default for ParallelConfig {
             pipeline_parallel_size: 1,
             pipeline_micro_batches: None,
             collective_timeout: std::time::Duration::from_secs(60),
-            custom_all_reduce: CustomAllReduce::Off,
+            custom_all_reduce: CustomAllReduce::default(),
             launch: None,
         }
     }

@@ -147,8 +147,9 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 60.0)]
     pub collective_timeout: f64,
     /// `on`: a tensor-parallel group with a GPU per rank sums its small all-reduces with the
-    /// one-shot kernel over peer memory (vLLM's custom all-reduce) instead of NCCL; `off` (the
-    /// default): NCCL, or the host where ranks share a GPU.
+    /// one-shot kernel over peer memory (vLLM's custom all-reduce) instead of NCCL (the
+    /// default; it applies with a GPU per rank and ranks as threads, NCCL elsewhere); `off`:
+    /// NCCL, or the host where ranks share a GPU.
     #[arg(long, default_value_t = engine::config::CustomAllReduce::default())]
     pub custom_all_reduce: engine::config::CustomAllReduce,
     /// When the KV cache is full, how a running sequence yields its blocks: `recompute`
