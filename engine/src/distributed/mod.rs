@@ -19,7 +19,8 @@
 //!   micro-batch when, the bubble, and the schedule a step executed.
 //!   `rank_worker`: one rank's worker and the commands it serves, the same in a thread and
 //!   in a process, on the CPU or a GPU (`rank_devices`: which GPU, how large a KV cache); `step_delta`: each step tells the ranks only what changed (new requests,
-//!   new blocks, finished ids), and counts the bytes against whole outputs.
+//!   new blocks, finished ids), and counts the bytes against whole outputs; `spin_wait`: how
+//!   the threads wait for each step's hand-off when the ranks are on GPUs.
 //! - Ranks as processes (`lab launch`): `bootstrap` (the rendezvous at rank 0 over TCP, the
 //!   hook for NCCL's unique id, a socket per pair of ranks per group), `tcp_communicator`
 //!   (`CpuCommunicator`'s collectives over those sockets), `process_executor` (rank 0, the
@@ -44,6 +45,7 @@ pub mod process_worker;
 pub mod rank_devices;
 pub mod rank_worker;
 pub mod ring;
+pub mod spin_wait;
 pub mod step_delta;
 pub mod tcp_communicator;
 pub mod thread_executor;

@@ -54,6 +54,7 @@ use super::rank_devices::{custom_all_reduce_group, nccl_ids, rank_device};
 use super::rank_worker::{
     tp_cuda_graphs, Command, Geometry, RankParts, RankSpec, RankWorker, Reply,
 };
+use super::spin_wait::{recv_until, GPU_SPIN};
 use super::step_delta::StepEncoder;
 use super::wire::{read_frame, write_frame};
 use crate::backend::DeviceTime;
@@ -93,6 +94,9 @@ pub struct ThreadExecutor {
     /// KV blocks on every rank, and the longest sequence they hold.
     pub num_kv_blocks: usize,
     pub max_model_len: usize,
+    /// How long this thread polls for the ranks' replies before it sleeps (`spin_wait`):
+    /// [`GPU_SPIN`] when the ranks are threads on GPUs, else zero.
+    spin: Duration,
 }
 
 impl ThreadExecutor {
@@ -196,12 +200,16 @@ impl ThreadExecutor {
             encoder: StepEncoder::default(),
             num_kv_blocks: geometry.num_kv_blocks,
             max_model_len: geometry.max_model_len,
+            spin: Duration::ZERO,
         };
         for (rank, handle) in ranks.into_iter().enumerate() {
             let (tx, rx) = mpsc::channel();
             let replies = reply_tx.clone();
             let thread = match handle {
                 RankHandle::Thread(spec) => {
+                    if matches!(spec.device, Device::Cuda(_)) {
+                        executor.spin = GPU_SPIN;
+                    }
                     let (p, t) = layout.coords(rank);
                     let name = match layout.pp {
                         1 => format!("tp-rank-{t}"),
@@ -255,13 +263,7 @@ impl ThreadExecutor {
             // group's timeout to report (their collectives fail within it).
             let next = match (&first_error, ready_by) {
                 (Some(_), _) => self.replies.recv_timeout(self.timeout),
-                (None, Some(by)) => self
-                    .replies
-                    .recv_timeout(by.saturating_duration_since(Instant::now())),
-                (None, None) => self
-                    .replies
-                    .recv()
-                    .map_err(|_| RecvTimeoutError::Disconnected),
+                (None, by) => recv_until(&self.replies, self.spin, by),
             };
             if let (Err(RecvTimeoutError::Timeout), None) = (&next, &first_error) {
                 let waiting: Vec<usize> = (0..n).filter(|&r| got[r].is_none()).collect();
@@ -494,7 +496,7 @@ fn remote_rank(
 /// step fails (the rank's communicator is dropped with the worker, so its peers fail at once
 /// too).
 fn serve(spec: RankSpec, commands: Receiver<Command>, replies: Sender<(usize, Reply)>) {
-    let rank = spec.world_rank;
+    let (rank, spec_device) = (spec.world_rank, spec.device);
     let _span = spec.span().entered();
     let mut worker = match RankWorker::build(spec) {
         Ok(worker) => worker,
@@ -506,7 +508,11 @@ fn serve(spec: RankSpec, commands: Receiver<Command>, replies: Sender<(usize, Re
     if replies.send((rank, Reply::Ready(Ok(())))).is_err() {
         return;
     }
-    while let Ok(command) = commands.recv() {
+    let spin = match spec_device {
+        Device::Cuda(_) => GPU_SPIN,
+        _ => Duration::ZERO,
+    };
+    while let Ok(command) = recv_until(&commands, spin, None) {
         let Some(reply) = worker.handle(command) else {
             continue;
         };
