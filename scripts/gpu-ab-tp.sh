@@ -5,7 +5,9 @@
 #
 #   scripts/gpu-ab-tp.sh gpu-bin/lab-prev gpu-bin/lab
 #
-# CASES (default "32:1 32:2 32:2:custom"): BATCH:TP[:custom], custom = --custom-all-reduce on.
+# CASES (default "32:1 32:2 32:2:nccl"): BATCH:TP[:nccl|:custom], nccl = --custom-all-reduce
+# off, custom = --custom-all-reduce on (the default since 2026-11-29's evening; before, off).
+# Each run takes about 40 s.
 # Prints one table row per run: wall and device ms/step, and the TP 1 / TP N speed-up of each
 # build against its own TP 1 run of the same batch when that ran first.
 set -u
@@ -15,9 +17,10 @@ date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head
 echo "| case | build | ms/step wall | ms/step device | TP 1 wall / this wall |"
 echo "| --- | --- | ---: | ---: | ---: |"
 declare -A tp1
-for c in ${CASES:-32:1 32:2 32:2:custom}; do
+for c in ${CASES:-32:1 32:2 32:2:nccl}; do
     IFS=: read -r b tp extra <<<"$c"
     args=(--batch-size "$b" --tp "$tp")
+    [[ $extra == nccl ]] && args+=(--custom-all-reduce off)
     [[ $extra == custom ]] && args+=(--custom-all-reduce on)
     for L in "$A" "$B"; do
         j=$(timeout 200 "$L" bench --workload decode --runs "${RUNS:-3}" --json --device cuda \
