@@ -173,7 +173,7 @@ struct CustomPeers {
 /// The largest all-reduce the custom kernel takes, in bf16 values (8 MiB, vLLM's default): a
 /// decode step's `[batch, hidden]` up to 512 × 8192. Larger ones (prefill) go to NCCL or the
 /// host, where bandwidth, not latency, sets the time.
-const CUSTOM_ALL_REDUCE_CAPACITY: usize = 4 << 20;
+pub const CUSTOM_ALL_REDUCE_CAPACITY: usize = 4 << 20;
 
 impl CudaBackend {
     /// Sums this rank's group's small all-reduces with the one-shot kernel over peer memory

@@ -16,8 +16,8 @@ use engine::model_source::{load_model, ModelSpec};
 use engine::tracer::report::{ms, request_rows, step_rows};
 use engine::tracer::{
     bottlenecks, chrome_trace, device_bottlenecks, html_timeline, measure_overhead,
-    measured_all_reduce, parse_workload, predicted_all_reduce, run_workload, Component,
-    RecordedSpan, SpanRecorder, WorkloadRequest,
+    measured_all_reduce, parse_workload, predicted_all_reduce, predicted_all_reduce_one_shot,
+    run_workload, Component, RecordedSpan, SpanRecorder, WorkloadRequest,
 };
 use engine::{EngineConfig, Prompt, SamplingParams, LLM};
 
@@ -285,9 +285,22 @@ fn print_comm_check(
     let c = llm.engine.model_config();
     // The GPUs sum bf16 values (2 bytes: NCCL, or the custom all-reduce); the CPU
     // communicator sums f32 (4 bytes), the CPU engine's and the host path's.
-    let value_bytes =
-        engine::distributed::rank_devices::all_reduce_backend(&llm.engine.config).value_bytes();
-    let p = predicted_all_reduce(&tokens, c.num_hidden_layers, c.hidden_size, value_bytes, tp);
+    use engine::distributed::rank_devices::{all_reduce_backend, AllReduceBackend};
+    let backend = all_reduce_backend(&llm.engine.config);
+    let value_bytes = backend.value_bytes();
+    let (layers, hidden) = (c.num_hidden_layers, c.hidden_size);
+    // The custom all-reduce sends (N−1)× a tensor up to its buffers' capacity, the ring 2(N−1)/N.
+    let (p, how) = match backend {
+        AllReduceBackend::Custom => {
+            let cap = engine::backend::cuda_tensor_parallel::CUSTOM_ALL_REDUCE_CAPACITY;
+            let p = predicted_all_reduce_one_shot(&tokens, layers, hidden, value_bytes, tp, cap);
+            (p, "one-shot (N−1) up to its buffers, ring 2(N−1)/N beyond")
+        }
+        _ => (
+            predicted_all_reduce(&tokens, layers, hidden, value_bytes, tp),
+            "ring 2(N−1)/N",
+        ),
+    };
     let m = measured_all_reduce(rank0);
     println!(
         "
@@ -295,7 +308,10 @@ all-reduce traffic of rank 0: the formulas against the counters"
     );
     println!("| | calls | tensor bytes | bytes sent |");
     println!("| --- | ---: | ---: | ---: |");
-    println!("| predicted: (1 + 2 × layers) per step, tokens × hidden each, ring 2(N−1)/N | {} | {} | {:.0} |", p.calls, p.tensor_bytes, p.sent_bytes);
+    println!(
+        "| predicted: (1 + 2 × layers) per step, tokens × hidden each, {how} | {} | {} | {:.0} |",
+        p.calls, p.tensor_bytes, p.sent_bytes
+    );
     println!(
         "| measured | {} | {} | {:.0} |",
         m.calls, m.tensor_bytes, m.sent_bytes

@@ -26,7 +26,9 @@ pub mod workload;
 
 pub use bottlenecks::{bottlenecks, device_bottlenecks, Component};
 pub use chrome_trace::chrome_trace;
-pub use comm_check::{measured_all_reduce, predicted_all_reduce, AllReduceTraffic};
+pub use comm_check::{
+    measured_all_reduce, predicted_all_reduce, predicted_all_reduce_one_shot, AllReduceTraffic,
+};
 pub use html_timeline::html_timeline;
 pub use overhead::{measure_overhead, Overhead};
 pub use span_recorder::{RecordedSpan, SpanRecorder};
