@@ -194,7 +194,7 @@ impl Executor for ProcessExecutor {
     }
 
     fn backend_name(&self) -> &'static str {
-        "cpu"
+        self.inner.backend_name()
     }
 
     fn device_time(&self) -> Option<DeviceTime> {

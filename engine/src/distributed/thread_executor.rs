@@ -95,8 +95,11 @@ pub struct ThreadExecutor {
     pub num_kv_blocks: usize,
     pub max_model_len: usize,
     /// How long this thread polls for the ranks' replies before it sleeps (`spin_wait`):
-    /// [`GPU_SPIN`] when the ranks are threads on GPUs, else zero.
+    /// [`GPU_SPIN`] when the ranks are on GPUs, else zero.
     spin: Duration,
+    /// The ranks' backend, as [`Executor::backend_name`] says it: that of this process's ranks
+    /// (rank 0 always runs here; a launch's ranks share one `--device`).
+    backend_name: &'static str,
 }
 
 impl ThreadExecutor {
@@ -201,6 +204,7 @@ impl ThreadExecutor {
             num_kv_blocks: geometry.num_kv_blocks,
             max_model_len: geometry.max_model_len,
             spin: Duration::ZERO,
+            backend_name: "cpu",
         };
         for (rank, handle) in ranks.into_iter().enumerate() {
             let (tx, rx) = mpsc::channel();
@@ -209,6 +213,7 @@ impl ThreadExecutor {
                 RankHandle::Thread(spec) => {
                     if matches!(spec.device, Device::Cuda(_)) {
                         executor.spin = GPU_SPIN;
+                        executor.backend_name = "cuda";
                     }
                     let (p, t) = layout.coords(rank);
                     let name = match layout.pp {
@@ -388,7 +393,7 @@ impl Executor for ThreadExecutor {
     }
 
     fn backend_name(&self) -> &'static str {
-        "cpu"
+        self.backend_name
     }
 
     /// The first rank's device time: a TP group's ranks run the same kernels on the same
