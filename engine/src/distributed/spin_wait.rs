@@ -16,9 +16,20 @@
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::time::{Duration, Instant};
 
+use crate::config::Device;
+
 /// How long a rank thread or the engine's thread polls before it sleeps, when the ranks are
 /// on GPUs: longer than a decode step, so that a running engine never sleeps between steps.
 pub const GPU_SPIN: Duration = Duration::from_millis(20);
+
+/// How long a thread waiting on ranks that run on `device` polls: [`GPU_SPIN`] on a GPU,
+/// nothing on the CPU (whose ranks need every core for their kernels).
+pub fn spin_for(device: Device) -> Duration {
+    match device {
+        Device::Cuda(_) => GPU_SPIN,
+        _ => Duration::ZERO,
+    }
+}
 
 /// The next message of `rx`: polled for up to `spin`, then waited for until `deadline` (for
 /// ever with `None`). `Disconnected` once every sender is gone; `Timeout` at the deadline.
@@ -61,6 +72,12 @@ mod tests {
             assert_eq!(got, Ok(delay_ms), "sent after {delay_ms} ms");
             sender.join().unwrap();
         }
+    }
+
+    #[test]
+    fn only_gpu_ranks_poll() {
+        assert_eq!(spin_for(Device::Cpu), Duration::ZERO);
+        assert_eq!(spin_for(Device::Cuda(1)), GPU_SPIN);
     }
 
     #[test]

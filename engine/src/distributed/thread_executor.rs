@@ -54,7 +54,7 @@ use super::rank_devices::{custom_all_reduce_group, nccl_ids, rank_device};
 use super::rank_worker::{
     tp_cuda_graphs, Command, Geometry, RankParts, RankSpec, RankWorker, Reply,
 };
-use super::spin_wait::{recv_until, GPU_SPIN};
+use super::spin_wait::{recv_until, spin_for};
 use super::step_delta::StepEncoder;
 use super::wire::{read_frame, write_frame};
 use crate::backend::DeviceTime;
@@ -94,12 +94,10 @@ pub struct ThreadExecutor {
     /// KV blocks on every rank, and the longest sequence they hold.
     pub num_kv_blocks: usize,
     pub max_model_len: usize,
-    /// How long this thread polls for the ranks' replies before it sleeps (`spin_wait`):
-    /// [`GPU_SPIN`] when the ranks are on GPUs, else zero.
-    spin: Duration,
-    /// The ranks' backend, as [`Executor::backend_name`] says it: that of this process's ranks
-    /// (rank 0 always runs here; a launch's ranks share one `--device`).
-    backend_name: &'static str,
+    /// Rank 0's device (rank 0 always runs in this process; a launch's ranks share one
+    /// `--device`): how long this thread polls for the ranks' replies before it sleeps
+    /// (`spin_wait::spin_for`), and [`Executor::backend_name`].
+    device: Device,
 }
 
 impl ThreadExecutor {
@@ -203,17 +201,15 @@ impl ThreadExecutor {
             encoder: StepEncoder::default(),
             num_kv_blocks: geometry.num_kv_blocks,
             max_model_len: geometry.max_model_len,
-            spin: Duration::ZERO,
-            backend_name: "cpu",
+            device: Device::Cpu,
         };
         for (rank, handle) in ranks.into_iter().enumerate() {
             let (tx, rx) = mpsc::channel();
             let replies = reply_tx.clone();
             let thread = match handle {
                 RankHandle::Thread(spec) => {
-                    if matches!(spec.device, Device::Cuda(_)) {
-                        executor.spin = GPU_SPIN;
-                        executor.backend_name = "cuda";
+                    if rank == 0 {
+                        executor.device = spec.device;
                     }
                     let (p, t) = layout.coords(rank);
                     let name = match layout.pp {
@@ -268,7 +264,7 @@ impl ThreadExecutor {
             // group's timeout to report (their collectives fail within it).
             let next = match (&first_error, ready_by) {
                 (Some(_), _) => self.replies.recv_timeout(self.timeout),
-                (None, by) => recv_until(&self.replies, self.spin, by),
+                (None, by) => recv_until(&self.replies, spin_for(self.device), by),
             };
             if let (Err(RecvTimeoutError::Timeout), None) = (&next, &first_error) {
                 let waiting: Vec<usize> = (0..n).filter(|&r| got[r].is_none()).collect();
@@ -393,7 +389,10 @@ impl Executor for ThreadExecutor {
     }
 
     fn backend_name(&self) -> &'static str {
-        self.backend_name
+        match self.device {
+            Device::Cuda(_) => "cuda",
+            _ => "cpu",
+        }
     }
 
     /// The first rank's device time: a TP group's ranks run the same kernels on the same
@@ -513,11 +512,7 @@ fn serve(spec: RankSpec, commands: Receiver<Command>, replies: Sender<(usize, Re
     if replies.send((rank, Reply::Ready(Ok(())))).is_err() {
         return;
     }
-    let spin = match spec_device {
-        Device::Cuda(_) => GPU_SPIN,
-        _ => Duration::ZERO,
-    };
-    while let Ok(command) = recv_until(&commands, spin, None) {
+    while let Ok(command) = recv_until(&commands, spin_for(spec_device), None) {
         let Some(reply) = worker.handle(command) else {
             continue;
         };
