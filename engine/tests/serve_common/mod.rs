@@ -89,6 +89,21 @@ impl Server {
         r.body
     }
 
+    /// `/metrics` once `settled` holds of it, or as it is after 10 s (the caller asserts). A
+    /// count that comes after the engine is idle needs this: a request the engine finished on
+    /// its length becomes a stop when its handler's stop-string abort arrives, and the handler
+    /// may have answered its client before the engine's loop has read that abort.
+    pub fn metrics_when(&self, settled: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.metrics();
+            if settled(&text) || Instant::now() >= deadline {
+                return text;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// One series' value in `/metrics`.
     pub fn metric(&self, name: &str) -> f64 {
         let text = self.metrics();
