@@ -26,11 +26,13 @@ pub mod cuda_kernel_timer;
 pub mod cuda_step;
 pub mod cuda_tensor;
 pub mod cuda_tensor_parallel;
+pub mod delta;
 pub mod dtype;
 pub mod error;
 pub mod huge_pages;
 pub mod swap_blocks;
 
+pub use delta::Delta;
 pub use dtype::DType;
 pub use error::BackendError;
 pub use swap_blocks::{HostData, HostKvBlocks, SwapDirection};
@@ -273,17 +275,19 @@ pub trait Backend: Send + Sync {
         Ok(q)
     }
     /// A block's way into the residual stream: `residual += delta` (when there is a delta:
-    /// every block but the first layer's attention), then `rms_norm(residual)` with `weight`
-    /// `[1, hidden]` → `[t, hidden]`, the input of the next block. `delta` is consumed: its
-    /// memory holds the result, as `fused_add_rms_norm` does in place.
+    /// every block but the first layer's attention; a [`Delta::Partial`] is all-reduced first),
+    /// then `rms_norm(residual)` with `weight` `[1, hidden]` → `[t, hidden]`, the input of the
+    /// next block. `delta` is consumed: its memory holds the result, as `fused_add_rms_norm`
+    /// does in place. A backend may do the all-reduce, the add and the norm in one pass (the
+    /// CUDA backend does for a group on one-shot all-reduces).
     fn add_rms_norm(
         &self,
-        delta: Option<Self::Tensor>,
+        delta: Delta<Self::Tensor>,
         residual: &mut Self::Tensor,
         weight: &Self::Tensor,
         eps: f32,
     ) -> Result<Self::Tensor> {
-        match delta {
+        match delta.into_whole(self)? {
             Some(mut x) => {
                 self.fused_add_rms_norm(&mut x, residual, weight, eps)?;
                 Ok(x)
@@ -298,7 +302,7 @@ pub trait Backend: Send + Sync {
     #[allow(clippy::too_many_arguments)]
     fn add_rms_norm_linear(
         &self,
-        delta: Option<Self::Tensor>,
+        delta: Delta<Self::Tensor>,
         residual: &mut Self::Tensor,
         norm: &Self::Tensor,
         eps: f32,
@@ -313,7 +317,7 @@ pub trait Backend: Send + Sync {
     /// the CUDA backend for small decode batches.
     fn add_rms_norm_gate_up(
         &self,
-        delta: Option<Self::Tensor>,
+        delta: Delta<Self::Tensor>,
         residual: &mut Self::Tensor,
         norm: &Self::Tensor,
         eps: f32,
@@ -330,7 +334,7 @@ pub trait Backend: Send + Sync {
     #[allow(clippy::too_many_arguments)]
     fn add_rms_norm_qkv_rotary_cache(
         &self,
-        delta: Option<Self::Tensor>,
+        delta: Delta<Self::Tensor>,
         residual: &mut Self::Tensor,
         norm: &Self::Tensor,
         eps: f32,
