@@ -86,42 +86,17 @@ __device__ __forceinline__ void peer_barrier(const PeerPtrs& peers, u32 rank, u3
     __syncthreads();
 }
 
-// Vectors at[0..valid) of every rank's staging buffer, each added over the ranks in rank order
-// in f32 (so every rank adds in the same order and gets the same bits). The loads of two ranks
-// and of every vector are all issued before the first add: over NVLink each round trip is
-// microseconds, and a sum that waited for one load before issuing the next would pay one per
-// vector and rank. __ldcv: fetched anew, never from a cache line of an earlier call.
-template <int COUNT>
-__device__ __forceinline__ void rank_sums(f32x8 (&sum)[COUNT], const PeerPtrs& peers, u32 ranks,
-                                          const size_t (&at)[COUNT], int valid) {
-    for (u32 r = 0; r < ranks; r += 2) {
-        const bool pair = r + 1 < ranks;
-        uint4 a[COUNT], b[COUNT];
+// Vector i of every rank's staging buffer, added in rank order in f32 (so every rank adds in the
+// same order and gets the same bits). __ldcv: fetched anew, never from a cache line of an
+// earlier call.
+__device__ __forceinline__ f32x8 rank_sum(const PeerPtrs& peers, u32 ranks, size_t i) {
+    f32x8 sum = unpack8(__ldcv(peers.data[0] + i));
+    for (u32 r = 1; r < ranks; r++) {
+        const f32x8 v = unpack8(__ldcv(peers.data[r] + i));
 #pragma unroll
-        for (int j = 0; j < COUNT; j++) {
-            if (j < valid) {
-                a[j] = __ldcv(peers.data[r] + at[j]);
-                if (pair) b[j] = __ldcv(peers.data[r + 1] + at[j]);
-            }
-        }
-#pragma unroll
-        for (int j = 0; j < COUNT; j++) {
-            if (j < valid) {
-                const f32x8 va = unpack8(a[j]);
-                if (r == 0) {
-                    sum[j] = va;
-                } else {
-#pragma unroll
-                    for (int e = 0; e < 8; e++) sum[j].v[e] += va.v[e];
-                }
-                if (pair) {
-                    const f32x8 vb = unpack8(b[j]);
-#pragma unroll
-                    for (int e = 0; e < 8; e++) sum[j].v[e] += vb.v[e];
-                }
-            }
-        }
+        for (int j = 0; j < 8; j++) sum.v[j] += v.v[j];
     }
+    return sum;
 }
 
 // Call c of block b: its number (the block's counter + 1) and the staging half it uses.
@@ -151,11 +126,8 @@ extern "C" __global__ void __launch_bounds__(CAR_THREADS) custom_all_reduce_kern
     for (u32 i = blockIdx.x * CAR_THREADS + threadIdx.x; i < vectors; i += stride)
         staged[i] = reinterpret_cast<const uint4*>(x)[i];
     peer_barrier(peers, rank, ranks, c, spin_limit_ns);
-    for (u32 i = blockIdx.x * CAR_THREADS + threadIdx.x; i < vectors; i += stride) {
-        f32x8 sum[1];
-        rank_sums<1>(sum, peers, ranks, {half + i}, 1);
-        reinterpret_cast<uint4*>(out)[i] = pack8(sum[0]);
-    }
+    for (u32 i = blockIdx.x * CAR_THREADS + threadIdx.x; i < vectors; i += stride)
+        reinterpret_cast<uint4*>(out)[i] = pack8(rank_sum(peers, ranks, half + i));
     if (threadIdx.x == 0) counter[blockIdx.x] = c;
     allow_next_kernel();
 }
@@ -223,22 +195,20 @@ extern "C" __global__ void __launch_bounds__(CAR_THREADS) custom_all_reduce_add_
         uint4 r[CACHED];
         float sum_sq = 0.0f;
         if (active) {
-            // This thread's vectors t + jT of the row: the first `valid` of CACHED.
-            const int valid = t >= chunks ? 0 : (int)min((chunks - 1 - t) / T + 1, (u32)CACHED);
-            size_t at[CACHED];
-            uint4 res[CACHED];
-#pragma unroll
-            for (int j = 0; j < CACHED; j++) {
-                at[j] = half + row + t + j * T;
-                if (j < valid) res[j] = rv[row + t + j * T];
-            }
-            f32x8 sum[CACHED];
-            rank_sums<CACHED>(sum, peers, ranks, at, valid);
+            uint4 s[CACHED], res[CACHED];
 #pragma unroll
             for (int j = 0; j < CACHED; j++) {
                 const u32 i = t + j * T;
                 if (i < chunks) {
-                    f32x8 a = unpack8(pack8(sum[j])), v = unpack8(res[j]);  // the all-reduce's bf16
+                    s[j] = pack8(rank_sum(peers, ranks, half + row + i));  // the all-reduce's bf16
+                    res[j] = rv[row + i];
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < CACHED; j++) {
+                const u32 i = t + j * T;
+                if (i < chunks) {
+                    f32x8 a = unpack8(s[j]), v = unpack8(res[j]);
                     for (int e = 0; e < 8; e++) v.v[e] += a.v[e];
                     r[j] = pack8(v);
                     rv[row + i] = r[j];
@@ -270,117 +240,3 @@ extern "C" __global__ void __launch_bounds__(CAR_THREADS) custom_all_reduce_add_
     if (threadIdx.x == 0) counter[blockIdx.x] = c;
     allow_next_kernel();
 }
-
-// The same, a row at a time over the whole block (the `_wide` entry point): thread v sums and
-// adds vectors v, v + 512, ... of the row (as the plain kernel spreads its vectors), keeps the
-// new residual row in shared memory, and the T threads of rms_norm's layout then add its squares
-// from there in fused_add_rms_norm's order; every thread writes its own vectors normalized. One
-// row costs the block one round of remote loads per thread instead of four.
-// PER (1, 2 or 4: the `_wide1` .. `_wide4` entry points) is the most vectors of a row a thread
-// takes, the smallest that covers the row: registers are sized by it, so Llama-2-7B's 512-vector
-// rows do not pay for the 2048-vector ones.
-#define CAR_WIDE_MAX_CHUNKS 2048  // cols <= 16384, as above
-template <int PER>
-__device__ __forceinline__ void all_reduce_add_rms_norm_wide(
-    __nv_bfloat16* __restrict__ x,             // [rows, cols]; in: this rank's addend, out: normed
-    __nv_bfloat16* __restrict__ residual,      // [rows, cols]; in: stream, out: stream + sum
-    const __nv_bfloat16* __restrict__ weight,  // [cols]
-    const PeerPtrs peers,
-    u32* __restrict__ counter,                 // [CAR_MAX_BLOCKS]: calls so far, per block
-    u32 rank, u32 ranks, u32 rows, u32 cols,   // cols % 8 == 0, rows * cols <= capacity
-    u32 capacity, float eps, u64 spin_limit_ns) {
-    const u32 chunks = cols / 8, T = car_norm_threads(chunks), v0 = threadIdx.x;
-    const u32 my_rows = rows > blockIdx.x ? (rows - blockIdx.x + gridDim.x - 1) / gridDim.x : 0;
-    const int valid = v0 >= chunks ? 0 : (int)min((chunks - 1 - v0) / CAR_THREADS + 1, (u32)PER);
-    const uint4* wv = reinterpret_cast<const uint4*>(weight);
-    uint4 w[PER];
-#pragma unroll
-    for (int j = 0; j < PER; j++)
-        if (j < valid) w[j] = wv[v0 + j * CAR_THREADS];
-    wait_for_previous_kernel();
-    const u32 c = next_call(counter);
-    const size_t half = (size_t)(c % 2) * (capacity / 8);
-    uint4* staged = const_cast<uint4*>(peers.data[rank]) + half;
-    uint4* xv = reinterpret_cast<uint4*>(x);
-    for (u32 k = 0; k < my_rows; k++) {
-        const size_t row = (size_t)(blockIdx.x + k * gridDim.x) * chunks;
-        for (u32 i = threadIdx.x; i < chunks; i += CAR_THREADS) staged[row + i] = xv[row + i];
-    }
-    peer_barrier(peers, rank, ranks, c, spin_limit_ns);
-
-    __shared__ uint4 s_row[CAR_WIDE_MAX_CHUNKS];  // the new residual row, bf16
-    __shared__ float scratch[CAR_THREADS / 32];
-    __shared__ float s_inv_rms;
-    uint4* rv = reinterpret_cast<uint4*>(residual);
-    for (u32 k = 0; k < my_rows; k++) {
-        const size_t row = (size_t)(blockIdx.x + k * gridDim.x) * chunks;
-        size_t at[PER];
-        uint4 res[PER];
-#pragma unroll
-        for (int j = 0; j < PER; j++) {
-            at[j] = half + row + v0 + j * CAR_THREADS;
-            if (j < valid) res[j] = rv[row + v0 + j * CAR_THREADS];
-        }
-        f32x8 sum[PER];
-        rank_sums<PER>(sum, peers, ranks, at, valid);
-        uint4 r[PER];
-#pragma unroll
-        for (int j = 0; j < PER; j++) {
-            if (j < valid) {
-                f32x8 a = unpack8(pack8(sum[j])), v = unpack8(res[j]);  // the all-reduce's bf16
-                for (int e = 0; e < 8; e++) v.v[e] += a.v[e];
-                r[j] = pack8(v);
-                rv[row + v0 + j * CAR_THREADS] = r[j];
-                s_row[v0 + j * CAR_THREADS] = r[j];
-            }
-        }
-        __syncthreads();
-        // fused_add_rms_norm's sum of squares: thread t < T adds vectors t, t + T, t + 2T, t + 3T.
-        if (threadIdx.x < T) {
-            float sum_sq = 0.0f;
-            for (int j = 0; j < 4; j++) {
-                const u32 i = threadIdx.x + j * T;
-                if (i < chunks) {
-                    const f32x8 v = unpack8(s_row[i]);
-                    for (int e = 0; e < 8; e++) sum_sq += v.v[e] * v.v[e];
-                }
-            }
-#pragma unroll
-            for (int offset = 16; offset > 0; offset /= 2) sum_sq += __shfl_xor_sync(0xffffffffu, sum_sq, offset);
-            if (threadIdx.x % 32 == 0) scratch[threadIdx.x / 32] = sum_sq;
-        }
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            float total = 0.0f;
-            for (u32 wi = 0; wi < T / 32; wi++) total += scratch[wi];
-            s_inv_rms = rsqrtf(total / cols + eps);
-        }
-        __syncthreads();
-        const float inv_rms = s_inv_rms;
-#pragma unroll
-        for (int j = 0; j < PER; j++) {
-            if (j < valid) {
-                f32x8 v = unpack8(r[j]), g = unpack8(w[j]);
-                for (int e = 0; e < 8; e++) v.v[e] = g.v[e] * __bfloat162float(__float2bfloat16(v.v[e] * inv_rms));
-                xv[row + v0 + j * CAR_THREADS] = pack8(v);
-            }
-        }
-        __syncthreads();  // s_row, scratch and s_inv_rms are reused by the next row
-    }
-    if (threadIdx.x == 0) counter[blockIdx.x] = c;
-    allow_next_kernel();
-}
-
-#define CAR_WIDE(PER)                                                                              \
-    extern "C" __global__ void __launch_bounds__(CAR_THREADS)                                      \
-        custom_all_reduce_add_rms_norm_wide##PER##_kernel(                                         \
-            __nv_bfloat16* __restrict__ x, __nv_bfloat16* __restrict__ residual,                  \
-            const __nv_bfloat16* __restrict__ weight, const PeerPtrs peers,                        \
-            u32* __restrict__ counter, u32 rank, u32 ranks, u32 rows, u32 cols, u32 capacity,      \
-            float eps, u64 spin_limit_ns) {                                                        \
-        all_reduce_add_rms_norm_wide<PER>(x, residual, weight, peers, counter, rank, ranks, rows,  \
-                                          cols, capacity, eps, spin_limit_ns);                     \
-    }
-CAR_WIDE(1)
-CAR_WIDE(2)
-CAR_WIDE(4)

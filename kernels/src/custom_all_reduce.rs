@@ -169,17 +169,6 @@ pub fn enable_peer_access(ctx: &Arc<CudaContext>, peer: &Arc<CudaContext>) -> Re
 pub struct CustomAllReduce {
     kernel: CudaFunction,
     add_rms_norm: CudaFunction,
-    add_rms_norm_wide: [CudaFunction; 3], // at most 1, 2, 4 vectors of a row per thread
-}
-
-/// How [`CustomAllReduce::all_reduce_add_rms_norm_with`] lays a row over a block's threads
-/// (the kernel file's two entry points; the same bits).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NormLayout {
-    /// Groups of rms_norm's thread count, a row each, four vectors per thread.
-    Groups,
-    /// A row at a time over the whole block, one vector per thread (for rows up to 4096).
-    Wide,
 }
 
 impl CustomAllReduce {
@@ -187,11 +176,6 @@ impl CustomAllReduce {
         Ok(Self {
             kernel: module.load_function("custom_all_reduce_kernel")?,
             add_rms_norm: module.load_function("custom_all_reduce_add_rms_norm_kernel")?,
-            add_rms_norm_wide: [
-                module.load_function("custom_all_reduce_add_rms_norm_wide1_kernel")?,
-                module.load_function("custom_all_reduce_add_rms_norm_wide2_kernel")?,
-                module.load_function("custom_all_reduce_add_rms_norm_wide4_kernel")?,
-            ],
         })
     }
 
@@ -252,30 +236,9 @@ impl CustomAllReduce {
     pub fn all_reduce_add_rms_norm(
         &self,
         stream: &Arc<CudaStream>,
-        x: &mut CudaViewMut<'_, bf16>, // [rows, cols]: this rank's addend in, normed out
+        x: &mut CudaViewMut<'_, bf16>,        // [rows, cols]: this rank's addend in, normed out
         residual: &mut CudaViewMut<'_, bf16>, // [rows, cols]: the stream in, stream + sum out
-        weight: &CudaView<'_, bf16>,   // [cols]
-        eps: f32,
-        mine: &mut PeerBuffers,
-        peers: &PeerPtrs,
-        rank: usize,
-        ranks: usize,
-    ) -> Result<()> {
-        let layout = NormLayout::Wide;
-        self.all_reduce_add_rms_norm_with(
-            layout, stream, x, residual, weight, eps, mine, peers, rank, ranks,
-        )
-    }
-
-    /// [`Self::all_reduce_add_rms_norm`] with the kernel's layout chosen (the bench times both).
-    #[allow(clippy::too_many_arguments)]
-    pub fn all_reduce_add_rms_norm_with(
-        &self,
-        layout: NormLayout,
-        stream: &Arc<CudaStream>,
-        x: &mut CudaViewMut<'_, bf16>, // [rows, cols]: this rank's addend in, normed out
-        residual: &mut CudaViewMut<'_, bf16>, // [rows, cols]: the stream in, stream + sum out
-        weight: &CudaView<'_, bf16>,   // [cols]
+        weight: &CudaView<'_, bf16>,          // [cols]
         eps: f32,
         mine: &mut PeerBuffers,
         peers: &PeerPtrs,
@@ -314,21 +277,8 @@ impl CustomAllReduce {
             to_u32(K, "cols", cols)?,
             to_u32(K, "capacity", mine.capacity())?,
         ];
-        let function = match layout {
-            NormLayout::Groups => &self.add_rms_norm,
-            // The fewest vectors per thread that cover a row of cols / 8 vectors.
-            NormLayout::Wide => {
-                let per = (cols / 8).div_ceil(THREADS).max(1).next_power_of_two();
-                &self.add_rms_norm_wide[per.ilog2() as usize]
-            }
-        };
-        let mut launch = Launch::new(stream, function);
-        launch
-            .arg(&xp)
-            .arg(&rp)
-            .arg(&wp)
-            .arg(peers)
-            .arg(&mut mine.counter);
+        let mut launch = Launch::new(stream, &self.add_rms_norm);
+        launch.arg(&xp).arg(&rp).arg(&wp).arg(peers).arg(&mut mine.counter);
         for a in &args {
             launch.arg(a);
         }

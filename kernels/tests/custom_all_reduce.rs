@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::{gpu_or_skip, poisoned, Rng};
 use half::bf16;
 use kernels::cudarc::driver::{CudaContext, CudaStream};
-use kernels::custom_all_reduce::{enable_peer_access, NormLayout, PeerBuffers, PeerPtrs};
+use kernels::custom_all_reduce::{enable_peer_access, PeerBuffers, PeerPtrs};
 use kernels::Kernels;
 
 /// Lengths in call order: one vector, a decode step's [1, 576] and [32, 4096], odd multiples
@@ -133,19 +133,8 @@ fn check(kernels: &[&Kernels], streams: &[Arc<CudaStream>], what: &str) {
     }
     // The fused all-reduce + residual add + RMSNorm against the two calls it replaces, on the
     // same buffers (so its calls and the plain ones share the counters and staging halves).
-    for layout in [NormLayout::Groups, NormLayout::Wide] {
-        for (rows, cols) in NORM_SHAPES {
-            let shape = (rows, cols, layout);
-            check_add_rms_norm(
-                kernels,
-                streams,
-                &mut buffers,
-                &peers,
-                &mut rng,
-                shape,
-                what,
-            );
-        }
+    for (rows, cols) in NORM_SHAPES {
+        check_add_rms_norm(kernels, streams, &mut buffers, &peers, &mut rng, rows, cols, what);
     }
 }
 
@@ -170,7 +159,8 @@ fn check_add_rms_norm(
     buffers: &mut [PeerBuffers],
     peers: &PeerPtrs,
     rng: &mut Rng,
-    (rows, cols, layout): (usize, usize, NormLayout),
+    rows: usize,
+    cols: usize,
     what: &str,
 ) {
     let (ranks, n) = (streams.len(), rows * cols);
@@ -187,8 +177,7 @@ fn check_add_rms_norm(
         streams[r].context().bind_to_thread().unwrap();
         kernels[r]
             .custom_all_reduce
-            .all_reduce_add_rms_norm_with(
-                layout,
+            .all_reduce_add_rms_norm(
                 &streams[r],
                 &mut xs[r].as_view_mut(),
                 &mut res[r].as_view_mut(),
@@ -209,14 +198,7 @@ fn check_add_rms_norm(
         streams[r].context().bind_to_thread().unwrap();
         kernels[r]
             .custom_all_reduce
-            .all_reduce_in_place(
-                &streams[r],
-                &mut sums[r].as_view_mut(),
-                &mut buffers[r],
-                peers,
-                r,
-                ranks,
-            )
+            .all_reduce_in_place(&streams[r], &mut sums[r].as_view_mut(), &mut buffers[r], peers, r, ranks)
             .unwrap();
     }
     finish(streams);
@@ -235,12 +217,7 @@ fn check_add_rms_norm(
     }
     finish(streams);
     let bits = |r: usize, b: &kernels::cudarc::driver::CudaSlice<bf16>| -> Vec<u16> {
-        streams[r]
-            .clone_dtoh(b)
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect()
+        streams[r].clone_dtoh(b).unwrap().iter().map(|v| v.to_bits()).collect()
     };
     for r in 0..ranks {
         for (name, got, want) in [
@@ -250,10 +227,10 @@ fn check_add_rms_norm(
             let bad = got.iter().zip(&want).position(|(g, w)| g != w);
             assert!(
                 bad.is_none(),
-                "{what}: all_reduce_add_rms_norm ({layout:?}), rank {r} of {ranks}, [{rows}, {cols}]: {name} \
+                "{what}: all_reduce_add_rms_norm, rank {r} of {ranks}, [{rows}, {cols}]: {name} \
                  element {bad:?} differs from all_reduce + fused_add_rms_norm"
             );
         }
     }
-    println!("custom all-reduce + add + RMSNorm ({layout:?}), {what}, {ranks} ranks, [{rows}, {cols}]: exact");
+    println!("custom all-reduce + add + RMSNorm, {what}, {ranks} ranks, [{rows}, {cols}]: exact");
 }

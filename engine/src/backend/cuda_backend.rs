@@ -37,7 +37,9 @@ use super::cuda_kernel_timer::{self, KernelScope, KernelTimer};
 use super::cuda_step::{self, device, CudaStepMetadata, StepPool};
 use super::cuda_tensor::{CudaData, CudaTensor};
 use super::cuda_tensor_parallel::RankComm;
-use super::{Backend, BackendError, DType, Delta, DeviceTime, Result, StepLimits, StepSampling};
+use super::{
+    Backend, BackendError, DType, Delta, DeviceTime, Result, StepLimits, StepSampling,
+};
 use crate::config::{EngineConfig, ModelConfig};
 use crate::distributed::{CommOp, CommStats, Communicator};
 use crate::outputs::ModelRunnerOutput;

@@ -183,9 +183,7 @@ fn fuse_norm_from_vars(var: impl Fn(&str) -> Option<String>) -> std::result::Res
         Some(v) => match v.trim() {
             "fused" => Ok(true),
             "separate" => Ok(false),
-            _ => Err(format!(
-                "LAB_ALL_REDUCE_NORM={v}: expected fused or separate"
-            )),
+            _ => Err(format!("LAB_ALL_REDUCE_NORM={v}: expected fused or separate")),
         },
     }
 }
@@ -306,9 +304,9 @@ impl CudaBackend {
     pub(super) fn group_all_reduce_add_rms_norm(
         &self,
         comm: &RankComm,
-        mut x: CudaTensor,         // [t, h]: this rank's share
-        residual: &mut CudaTensor, // [t, h]
-        weight: &CudaTensor,       // [1, h]
+        mut x: CudaTensor,                  // [t, h]: this rank's share
+        residual: &mut CudaTensor,          // [t, h]
+        weight: &CudaTensor,                // [1, h]
         eps: f32,
     ) -> Result<std::result::Result<CudaTensor, CudaTensor>> {
         const OP: &str = "all_reduce_add_rms_norm";
@@ -327,21 +325,17 @@ impl CudaBackend {
         let span = tracing::trace_span!("kernel", op = OP);
         let _scope = self.collective_scope(OP, Some(CommOp::AllReduce), span);
         let CustomPeers { buffers, peers, .. } = &mut *custom;
-        let result = self
-            .gpu()
-            .kernels
-            .custom_all_reduce
-            .all_reduce_add_rms_norm(
-                self.stream(),
-                &mut x.view_bf16_mut(OP)?,
-                &mut residual.view_bf16_mut(OP)?,
-                &weight.view_bf16(OP)?,
-                eps,
-                buffers,
-                peers,
-                comm.rank,
-                comm.world_size,
-            );
+        let result = self.gpu().kernels.custom_all_reduce.all_reduce_add_rms_norm(
+            self.stream(),
+            &mut x.view_bf16_mut(OP)?,
+            &mut residual.view_bf16_mut(OP)?,
+            &weight.view_bf16(OP)?,
+            eps,
+            buffers,
+            peers,
+            comm.rank,
+            comm.world_size,
+        );
         // The all-reduce's traffic, as custom_all_reduce's: each peer reads the whole tensor.
         let bytes = (t * h * 2) as u64;
         let sent = (comm.world_size as u64 - 1) * bytes;
