@@ -38,9 +38,6 @@ pub const MAX_RANKS: usize = 8;
 /// spins until the same block of each peer arrives, so a launch must fit the GPU at once.
 const THREADS: usize = 512;
 const MAX_BLOCKS: usize = 32;
-/// Widest row [`CustomAllReduce::all_reduce_add_rms_norm`] takes: 2048 vectors, which
-/// rms_norm's rule gives 512 threads (4 vectors each), one block's worth.
-const MAX_NORM_COLS: usize = 16384;
 
 /// Every rank's staging buffer and flags, by device address (the kernel's `PeerPtrs`).
 #[repr(C)]
@@ -168,14 +165,12 @@ pub fn enable_peer_access(ctx: &Arc<CudaContext>, peer: &Arc<CudaContext>) -> Re
 #[derive(Debug, Clone)]
 pub struct CustomAllReduce {
     kernel: CudaFunction,
-    add_rms_norm: CudaFunction,
 }
 
 impl CustomAllReduce {
     pub(crate) fn load(module: &Arc<CudaModule>) -> Result<Self> {
         Ok(Self {
             kernel: module.load_function("custom_all_reduce_kernel")?,
-            add_rms_norm: module.load_function("custom_all_reduce_add_rms_norm_kernel")?,
         })
     }
 
@@ -219,77 +214,6 @@ impl CustomAllReduce {
     ) -> Result<()> {
         let (n, (p, _)) = (buf.len(), buf.device_ptr_mut(stream));
         self.launch(stream, p, p, n, mine, peers, rank, ranks)
-    }
-
-    /// Whether `[rows, cols]` can take [`Self::all_reduce_add_rms_norm`] with buffers of
-    /// `capacity`: it fits, and a row is whole 16-byte vectors that one group of at most 512
-    /// threads normalizes (`cols` <= 16384; the kernel's header says why).
-    pub fn fits_add_rms_norm(rows: usize, cols: usize, capacity: usize) -> bool {
-        Self::fits(rows * cols, capacity) && cols.is_multiple_of(8) && cols <= MAX_NORM_COLS
-    }
-
-    /// The all-reduce, then the residual add and RMSNorm that follow it in a decoder layer, in
-    /// one launch: `residual += Σ_ranks x` (the sum rounded to bf16 first, as the plain
-    /// all-reduce stores it), then `x = rms_norm(residual) · weight`, bit for bit the plain
-    /// all-reduce followed by `fused_add_rms_norm`. Every rank of `peers` makes the same call.
-    #[allow(clippy::too_many_arguments)]
-    pub fn all_reduce_add_rms_norm(
-        &self,
-        stream: &Arc<CudaStream>,
-        x: &mut CudaViewMut<'_, bf16>,        // [rows, cols]: this rank's addend in, normed out
-        residual: &mut CudaViewMut<'_, bf16>, // [rows, cols]: the stream in, stream + sum out
-        weight: &CudaView<'_, bf16>,          // [cols]
-        eps: f32,
-        mine: &mut PeerBuffers,
-        peers: &PeerPtrs,
-        rank: usize,
-        ranks: usize,
-    ) -> Result<()> {
-        const K: &str = "custom_all_reduce_add_rms_norm";
-        let cols = weight.len();
-        let rows = x.len().checked_div(cols).unwrap_or(0);
-        check_len(K, "x", x.len(), rows * cols)?;
-        check_len(K, "residual", residual.len(), x.len())?;
-        if !Self::fits_add_rms_norm(rows, cols, mine.capacity())
-            || rank >= ranks
-            || ranks > MAX_RANKS
-        {
-            return Err(unsupported(rows * cols, mine.capacity(), rank, ranks));
-        }
-        let (xp, _) = x.device_ptr_mut(stream);
-        let (rp, _) = residual.device_ptr_mut(stream);
-        let (wp, _) = weight.device_ptr(stream);
-        if [xp, rp, wp].iter().any(|p| p % 16 != 0) {
-            return Err(KernelError::Unsupported {
-                kernel: K,
-                what: "buffers not aligned to 16 bytes".into(),
-            });
-        }
-        let cfg = LaunchConfig {
-            grid_dim: (MAX_BLOCKS as u32, 1, 1),
-            block_dim: (THREADS as u32, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let args = [
-            to_u32(K, "rank", rank)?,
-            to_u32(K, "ranks", ranks)?,
-            to_u32(K, "rows", rows)?,
-            to_u32(K, "cols", cols)?,
-            to_u32(K, "capacity", mine.capacity())?,
-        ];
-        let mut launch = Launch::new(stream, &self.add_rms_norm);
-        launch.arg(&xp).arg(&rp).arg(&wp).arg(peers).arg(&mut mine.counter);
-        for a in &args {
-            launch.arg(a);
-        }
-        launch.arg(&eps).arg(&mine.spin_limit_ns);
-        // SAFETY: the signature matches custom_all_reduce_add_rms_norm_kernel (x, residual,
-        // weight, PeerPtrs by value, counter, 5 x u32, float, u64); x and residual hold rows x
-        // cols values, weight cols, all 16-byte aligned; rows x cols fits one half of every
-        // rank's staging buffer, the flags hold MAX_BLOCKS x MAX_RANKS words and the grid is
-        // MAX_BLOCKS blocks, as the plain kernel's.
-        unsafe { launch.launch(cfg) }?;
-        Ok(())
     }
 
     /// The launch: `out` and `x` are device addresses of n values; refused unless `n` fits the

@@ -37,9 +37,7 @@ use super::cuda_kernel_timer::{self, KernelScope, KernelTimer};
 use super::cuda_step::{self, device, CudaStepMetadata, StepPool};
 use super::cuda_tensor::{CudaData, CudaTensor};
 use super::cuda_tensor_parallel::RankComm;
-use super::{
-    Backend, BackendError, DType, Delta, DeviceTime, Result, StepLimits, StepSampling,
-};
+use super::{Backend, BackendError, DType, DeviceTime, Result, StepLimits, StepSampling};
 use crate::config::{EngineConfig, ModelConfig};
 use crate::distributed::{CommOp, CommStats, Communicator};
 use crate::outputs::ModelRunnerOutput;
@@ -540,26 +538,6 @@ struct RotaryCacheArgs<'a> {
 }
 
 impl CudaBackend {
-    /// [`Self::norm_gemv`] for a block's way in where its GEMV takes the step (few tokens): the
-    /// GEMV adds the delta in its prologue, so a partial one is all-reduced first. `Err` gives
-    /// `delta` back untouched where the GEMV does not take the step.
-    fn norm_gemv_whole(
-        &self,
-        f: &NormGemv<'_>,
-        delta: Delta<CudaTensor>,
-        residual: &mut CudaTensor,
-        rope: Option<RotaryCacheArgs<'_>>,
-    ) -> Result<std::result::Result<CudaTensor, Delta<CudaTensor>>> {
-        if !self.gemv_rule.takes(residual.rows, f.w) {
-            return Ok(Err(delta));
-        }
-        let delta = delta.into_whole(self)?;
-        match self.norm_gemv(f, delta.as_ref(), residual, rope)? {
-            Some(out) => Ok(Ok(out)),
-            None => Ok(Err(Delta::from(delta))),
-        }
-    }
-
     /// `residual += delta; out = rms_norm(residual) · Wᵀ` (then the epilogue) in one GEMV
     /// launch, for decode batches of up to [`GEMV_MAX_TOKENS`]; `None` when the shapes are not
     /// the GEMV's (the caller then makes the separate calls). The new residual stream goes to a
@@ -1124,36 +1102,9 @@ impl Backend for CudaBackend {
         Ok(parts)
     }
 
-    fn add_rms_norm(
-        &self,
-        delta: Delta<CudaTensor>,
-        residual: &mut CudaTensor,
-        weight: &CudaTensor,
-        eps: f32,
-    ) -> Result<CudaTensor> {
-        // A partial delta on one-shot all-reduces: the all-reduce, the add and the norm in one
-        // launch (cuda_tensor_parallel.rs); otherwise the all-reduce, then fused_add_rms_norm.
-        let delta = match (delta, self.group()) {
-            (Delta::Partial(x), Some(comm)) => {
-                match self.group_all_reduce_add_rms_norm(comm, x, residual, weight, eps)? {
-                    Ok(normed) => return Ok(normed),
-                    Err(x) => Delta::Partial(x),
-                }
-            }
-            (delta, _) => delta,
-        };
-        match delta.into_whole(self)? {
-            Some(mut x) => {
-                self.fused_add_rms_norm(&mut x, residual, weight, eps)?;
-                Ok(x)
-            }
-            None => self.rms_norm(residual, weight, eps),
-        }
-    }
-
     fn add_rms_norm_linear(
         &self,
-        delta: Delta<CudaTensor>,
+        delta: Option<CudaTensor>,
         residual: &mut CudaTensor,
         norm: &CudaTensor,
         eps: f32,
@@ -1168,17 +1119,16 @@ impl Backend for CudaBackend {
             bias,
             epilogue: Epilogue::Plain,
         };
-        let delta = match self.norm_gemv_whole(&fused, delta, residual, None)? {
-            Ok(out) => return Ok(out),
-            Err(delta) => delta,
-        };
+        if let Some(out) = self.norm_gemv(&fused, delta.as_ref(), residual, None)? {
+            return Ok(out);
+        }
         let x = self.add_rms_norm(delta, residual, norm, eps)?;
         self.linear(&x, w, bias)
     }
 
     fn add_rms_norm_gate_up(
         &self,
-        delta: Delta<CudaTensor>,
+        delta: Option<CudaTensor>,
         residual: &mut CudaTensor,
         norm: &CudaTensor,
         eps: f32,
@@ -1192,17 +1142,16 @@ impl Backend for CudaBackend {
             bias: None,
             epilogue: Epilogue::SiluAndMul,
         };
-        let delta = match self.norm_gemv_whole(&fused, delta, residual, None)? {
-            Ok(out) => return Ok(out),
-            Err(delta) => delta,
-        };
+        if let Some(out) = self.norm_gemv(&fused, delta.as_ref(), residual, None)? {
+            return Ok(out);
+        }
         let x = self.add_rms_norm(delta, residual, norm, eps)?;
         self.silu_and_mul(&self.linear(&x, w, None)?)
     }
 
     fn add_rms_norm_qkv_rotary_cache(
         &self,
-        delta: Delta<CudaTensor>,
+        delta: Option<CudaTensor>,
         residual: &mut CudaTensor,
         norm: &CudaTensor,
         eps: f32,
@@ -1236,14 +1185,11 @@ impl Backend for CudaBackend {
             step,
         };
         let (t, gemv) = (residual.rows, &self.gemv);
-        let delta = if gemv.fuses_rotary(t, w.rows, w.cols) {
-            match self.norm_gemv_whole(&fused, delta, residual, Some(rope))? {
-                Ok(q) => return Ok(q),
-                Err(delta) => delta,
+        if gemv.fuses_rotary(t, w.rows, w.cols) {
+            if let Some(q) = self.norm_gemv(&fused, delta.as_ref(), residual, Some(rope))? {
+                return Ok(q);
             }
-        } else {
-            delta
-        };
+        }
         let qkv = self.add_rms_norm_linear(delta, residual, norm, eps, w, bias)?;
         self.qkv_rotary_and_cache(
             &qkv,

@@ -168,24 +168,6 @@ impl RankComm {
 struct CustomPeers {
     buffers: PeerBuffers,
     peers: PeerPtrs,
-    /// Whether a partial delta's all-reduce takes the residual add and RMSNorm with it
-    /// ([`CudaBackend::group_all_reduce_add_rms_norm`]; `LAB_ALL_REDUCE_NORM`).
-    fuse_norm: bool,
-}
-
-/// Whether the custom all-reduce fuses the residual add and RMSNorm that follow it:
-/// `LAB_ALL_REDUCE_NORM=fused` (the default) or `separate` (two launches, as before it
-/// existed), read through `var` once when the group opens, so that one build can be run both
-/// ways in one call on the GPU machine (A/B). Any other value is an error naming the variable.
-fn fuse_norm_from_vars(var: impl Fn(&str) -> Option<String>) -> std::result::Result<bool, String> {
-    match var("LAB_ALL_REDUCE_NORM") {
-        None => Ok(true),
-        Some(v) => match v.trim() {
-            "fused" => Ok(true),
-            "separate" => Ok(false),
-            _ => Err(format!("LAB_ALL_REDUCE_NORM={v}: expected fused or separate")),
-        },
-    }
 }
 
 /// The largest all-reduce the custom kernel takes, in bf16 values (8 MiB, vLLM's default): a
@@ -221,13 +203,7 @@ impl CudaBackend {
             .exchange(comm.rank, buffers.addresses(&stream))
             .map_err(|detail| BackendError::shape("custom all-reduce", detail))?;
         let peers = PeerPtrs::new(&addresses).map_err(kernel("custom all-reduce"))?;
-        let fuse_norm = fuse_norm_from_vars(|name| std::env::var(name).ok())
-            .map_err(|detail| BackendError::shape("custom all-reduce", detail))?;
-        comm.custom = Some(Mutex::new(CustomPeers {
-            buffers,
-            peers,
-            fuse_norm,
-        }));
+        comm.custom = Some(Mutex::new(CustomPeers { buffers, peers }));
         Ok(self)
     }
 
@@ -278,7 +254,7 @@ impl CudaBackend {
         let span = tracing::trace_span!("kernel", op = "all_reduce");
         let _scope = self.collective_scope("all_reduce", Some(CommOp::AllReduce), span);
         let mut custom = custom.lock().unwrap_or_else(|p| p.into_inner());
-        let CustomPeers { buffers, peers, .. } = &mut *custom;
+        let CustomPeers { buffers, peers } = &mut *custom;
         let result = self.gpu().kernels.custom_all_reduce.all_reduce_in_place(
             self.stream(),
             &mut x.view_bf16_mut("all_reduce")?,
@@ -294,56 +270,6 @@ impl CudaBackend {
         let failed = result.is_err();
         stats.record(CommOp::AllReduce, bytes, sent, Default::default(), failed);
         result.map_err(kernel("custom_all_reduce"))
-    }
-
-    /// The all-reduce of a partial delta `x` `[t, h]` fused with the residual add and RMSNorm
-    /// that follow it ([`Backend::add_rms_norm`]): `residual += Σ x`, returns
-    /// `rms_norm(residual) · weight` in `x`'s memory, in one launch of the one-shot kernel.
-    /// `Err(x)`, untouched, when the group has no custom all-reduce or the shape does not fit
-    /// it; every rank decides the same (the shape is the same on every rank).
-    pub(super) fn group_all_reduce_add_rms_norm(
-        &self,
-        comm: &RankComm,
-        mut x: CudaTensor,                  // [t, h]: this rank's share
-        residual: &mut CudaTensor,          // [t, h]
-        weight: &CudaTensor,                // [1, h]
-        eps: f32,
-    ) -> Result<std::result::Result<CudaTensor, CudaTensor>> {
-        const OP: &str = "all_reduce_add_rms_norm";
-        let Some(custom) = &comm.custom else {
-            return Ok(Err(x));
-        };
-        let (t, h) = (x.rows, x.cols);
-        let fits = CustomAllReduce::fits_add_rms_norm(t, h, CUSTOM_ALL_REDUCE_CAPACITY);
-        if !fits || (residual.rows, residual.cols) != (t, h) || weight.rows * weight.cols != h {
-            return Ok(Err(x));
-        }
-        let mut custom = custom.lock().unwrap_or_else(|p| p.into_inner());
-        if !custom.fuse_norm {
-            return Ok(Err(x));
-        }
-        let span = tracing::trace_span!("kernel", op = OP);
-        let _scope = self.collective_scope(OP, Some(CommOp::AllReduce), span);
-        let CustomPeers { buffers, peers, .. } = &mut *custom;
-        let result = self.gpu().kernels.custom_all_reduce.all_reduce_add_rms_norm(
-            self.stream(),
-            &mut x.view_bf16_mut(OP)?,
-            &mut residual.view_bf16_mut(OP)?,
-            &weight.view_bf16(OP)?,
-            eps,
-            buffers,
-            peers,
-            comm.rank,
-            comm.world_size,
-        );
-        // The all-reduce's traffic, as custom_all_reduce's: each peer reads the whole tensor.
-        let bytes = (t * h * 2) as u64;
-        let sent = (comm.world_size as u64 - 1) * bytes;
-        let mut stats = comm.nccl_stats.lock().unwrap_or_else(|p| p.into_inner());
-        let failed = result.is_err();
-        stats.record(CommOp::AllReduce, bytes, sent, Default::default(), failed);
-        result.map_err(kernel(OP))?;
-        Ok(Ok(x))
     }
 
     /// Every rank's `x` `[t, c]` side by side → `[t, world·c]`, the first `cols` columns kept
@@ -469,20 +395,5 @@ impl CudaBackend {
             )
             .map_err(kernel("embedding"))?;
         Ok(out)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::fuse_norm_from_vars;
-
-    #[test]
-    fn lab_all_reduce_norm_parses_or_names_itself() {
-        let with = |v: Option<&str>| fuse_norm_from_vars(|_| v.map(String::from));
-        assert_eq!(with(None), Ok(true));
-        assert_eq!(with(Some("fused")), Ok(true));
-        assert_eq!(with(Some(" separate")), Ok(false));
-        let err = with(Some("both")).unwrap_err();
-        assert!(err.contains("LAB_ALL_REDUCE_NORM=both"), "{err}");
     }
 }

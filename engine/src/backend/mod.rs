@@ -26,13 +26,11 @@ pub mod cuda_kernel_timer;
 pub mod cuda_step;
 pub mod cuda_tensor;
 pub mod cuda_tensor_parallel;
-pub mod delta;
 pub mod dtype;
 pub mod error;
 pub mod huge_pages;
 pub mod swap_blocks;
 
-pub use delta::Delta;
 pub use dtype::DType;
 pub use error::BackendError;
 pub use swap_blocks::{HostData, HostKvBlocks, SwapDirection};
@@ -275,19 +273,17 @@ pub trait Backend: Send + Sync {
         Ok(q)
     }
     /// A block's way into the residual stream: `residual += delta` (when there is a delta:
-    /// every block but the first layer's attention; a [`Delta::Partial`] is all-reduced first),
-    /// then `rms_norm(residual)` with `weight` `[1, hidden]` → `[t, hidden]`, the input of the
-    /// next block. `delta` is consumed: its memory holds the result, as `fused_add_rms_norm`
-    /// does in place. A backend may do the all-reduce, the add and the norm in one pass (the
-    /// CUDA backend does for a group on one-shot all-reduces).
+    /// every block but the first layer's attention), then `rms_norm(residual)` with `weight`
+    /// `[1, hidden]` → `[t, hidden]`, the input of the next block. `delta` is consumed: its
+    /// memory holds the result, as `fused_add_rms_norm` does in place.
     fn add_rms_norm(
         &self,
-        delta: Delta<Self::Tensor>,
+        delta: Option<Self::Tensor>,
         residual: &mut Self::Tensor,
         weight: &Self::Tensor,
         eps: f32,
     ) -> Result<Self::Tensor> {
-        match delta.into_whole(self)? {
+        match delta {
             Some(mut x) => {
                 self.fused_add_rms_norm(&mut x, residual, weight, eps)?;
                 Ok(x)
@@ -302,7 +298,7 @@ pub trait Backend: Send + Sync {
     #[allow(clippy::too_many_arguments)]
     fn add_rms_norm_linear(
         &self,
-        delta: Delta<Self::Tensor>,
+        delta: Option<Self::Tensor>,
         residual: &mut Self::Tensor,
         norm: &Self::Tensor,
         eps: f32,
@@ -317,7 +313,7 @@ pub trait Backend: Send + Sync {
     /// the CUDA backend for small decode batches.
     fn add_rms_norm_gate_up(
         &self,
-        delta: Delta<Self::Tensor>,
+        delta: Option<Self::Tensor>,
         residual: &mut Self::Tensor,
         norm: &Self::Tensor,
         eps: f32,
@@ -334,7 +330,7 @@ pub trait Backend: Send + Sync {
     #[allow(clippy::too_many_arguments)]
     fn add_rms_norm_qkv_rotary_cache(
         &self,
-        delta: Delta<Self::Tensor>,
+        delta: Option<Self::Tensor>,
         residual: &mut Self::Tensor,
         norm: &Self::Tensor,
         eps: f32,

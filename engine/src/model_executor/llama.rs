@@ -11,8 +11,7 @@
 //! Under tensor parallelism every rank runs this same code on its shard of the weights
 //! ([`super::tensor_parallel`]): each holds a slice of the heads, of the MLP and of the
 //! vocabulary, so four places need the other ranks: the embedding, o_proj and down_proj each
-//! give a partial sum that an all-reduce completes (o_proj's and down_proj's as the next block
-//! adds them into the residual stream: [`Delta::Partial`]), and the LM head's slice of the
+//! give a partial sum that [`Backend::all_reduce`] completes, and the LM head's slice of the
 //! logits is gathered with [`Backend::all_gather_columns`]. With one rank both do nothing.
 //!
 //! Under pipeline parallelism each stage runs [`LlamaForCausalLM::forward_stage`] over its own
@@ -20,7 +19,7 @@
 //! projects to logits, and between them the residual stream and the last block's output
 //! travel as [`Hidden`].
 
-use crate::backend::{Backend, BackendError, DType, Delta, Result};
+use crate::backend::{Backend, BackendError, DType, Result};
 use crate::config::ModelConfig;
 use crate::ops::rotary_embedding::cos_sin_cache;
 use crate::worker::cache_engine::KvCache;
@@ -122,9 +121,9 @@ impl<B: Backend> LlamaForCausalLM<B> {
                 // [t, hidden]; a rank's vocabulary slice gives zeros for ids it does not hold.
                 let mut residual = b.embedding(&w.embed_tokens, step)?;
                 b.all_reduce(&mut residual)?;
-                (residual, Delta::None)
+                (residual, None)
             }
-            (false, Some(h)) => (h.residual, Delta::from(h.delta)),
+            (false, Some(h)) => (h.residual, h.delta),
             _ => {
                 let detail = "the first stage embeds; every other needs the previous one's state";
                 return Err(BackendError::shape("forward_stage", detail));
@@ -160,23 +159,22 @@ impl<B: Backend> LlamaForCausalLM<B> {
                 step,
             )?;
             // Row-parallel: this rank's heads' share of the output; the sum of all ranks' is it.
-            let attn_out = b.linear(&attn, &layer.o_proj, None)?;
+            let mut attn_out = b.linear(&attn, &layer.o_proj, None)?;
+            b.all_reduce(&mut attn_out)?;
 
-            // MLP block (SwiGLU): residual += Σ attn_out (the all-reduce, then the add);
-            // silu(gate) · up of the normed stream.
+            // MLP block (SwiGLU): residual += attn_out; silu(gate) · up of the normed stream.
             let act = b.add_rms_norm_gate_up(
-                Delta::Partial(attn_out),
+                Some(attn_out),
                 &mut residual,
                 &layer.post_attention_layernorm,
                 eps,
                 &layer.gate_up_proj,
             )?;
-            let mlp_out = b.linear(&act, &layer.down_proj, None)?; // row-parallel too
-            delta = Delta::Partial(mlp_out);
+            let mut mlp_out = b.linear(&act, &layer.down_proj, None)?; // row-parallel too
+            b.all_reduce(&mut mlp_out)?;
+            delta = Some(mlp_out);
         }
         if !self.stage.is_last() {
-            // The next stage gets the whole delta: every rank of this stage's group sums it.
-            let delta = delta.into_whole(b)?;
             return Ok(StageOutput::Hidden(Hidden { delta, residual }));
         }
         let hidden = b.add_rms_norm(delta, &mut residual, &w.norm, eps)?;
