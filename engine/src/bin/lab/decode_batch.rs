@@ -132,6 +132,29 @@ pub fn predicted_all_reduce_bytes(
 }
 // ANCHOR_END: predicted_all_reduce_bytes
 
+// ANCHOR: step_floor_ms
+/// The least time a decode step of `batch` requests can take on a rank of `tp` (one pipeline
+/// stage) at `copy_gb_s` (the copy bandwidth measured in the same run): the bf16 weights of
+/// its shard, read once, plus the K and V rows of every request's context over the KV heads it
+/// holds (KV heads are replicated when there are fewer than ranks), at the window's average
+/// context: the prompt and half the decoded tokens. Norms and the replicated embedding row
+/// are left out, so the figure is a lower bound.
+pub fn step_floor_ms(
+    c: &engine::config::ModelConfig,
+    tp: usize,
+    batch: usize,
+    copy_gb_s: f64,
+) -> f64 {
+    use crate::bench::roofline::{kv_bytes_per_token, weight_bytes_read};
+    let tp = tp.max(1);
+    let weights = weight_bytes_read(c) / tp as f64;
+    let kv_share = c.num_key_value_heads.div_ceil(tp) as f64 / c.num_key_value_heads as f64;
+    let context = (PROMPT_LEN + DECODE_STEPS / 2) as f64;
+    let kv = batch as f64 * context * kv_bytes_per_token(c) * kv_share;
+    1e3 * (weights + kv) / (copy_gb_s * 1e9)
+}
+// ANCHOR_END: step_floor_ms
+
 /// The bytes of one value the all-reduces sum, and how they travel: bf16 on the GPUs (NCCL,
 /// or the custom all-reduce); f32 through the host's communicator otherwise (the CPU engine
 /// always; the rule is the executor's, `distributed::rank_devices::all_reduce_backend`).
@@ -178,6 +201,26 @@ mod tests {
         assert_eq!(predicted_all_reduce_bytes(&c, (2, 2, 0), 8, 4), 3 * 8 * row);
         assert_eq!(predicted_all_reduce_bytes(&c, (2, 2, 1), 8, 4), 2 * 8 * row);
         assert_eq!(predicted_all_reduce_bytes(&c, (1, 2, 0), 8, 4), 0);
+    }
+
+    #[test]
+    fn the_floor_halves_the_weights_per_rank_and_counts_replicated_kv_heads_whole() {
+        let c = engine::tiny_model::tiny_config();
+        let bw = 1.0; // GB/s: the floor is then bytes / 1e6 in ms
+        use crate::bench::roofline::{kv_bytes_per_token, weight_bytes_read};
+        let context = (PROMPT_LEN + DECODE_STEPS / 2) as f64;
+        let kv = 8.0 * context * kv_bytes_per_token(&c);
+        let one = step_floor_ms(&c, 1, 8, bw);
+        assert!((one - (weight_bytes_read(&c) + kv) / 1e6).abs() < 1e-9 * one);
+        // TP over as many ranks as KV heads: each rank holds one KV head.
+        let kvh = c.num_key_value_heads;
+        let split = step_floor_ms(&c, kvh, 8, bw);
+        let want = (weight_bytes_read(&c) / kvh as f64 + kv / kvh as f64) / 1e6;
+        assert!((split - want).abs() < 1e-9 * want, "{split} against {want}");
+        // Twice as many ranks as KV heads: the heads are replicated, each rank reads one.
+        let over = step_floor_ms(&c, 2 * kvh, 8, bw);
+        let want = (weight_bytes_read(&c) / (2 * kvh) as f64 + kv / kvh as f64) / 1e6;
+        assert!((over - want).abs() < 1e-9 * want, "{over} against {want}");
     }
 
     #[test]

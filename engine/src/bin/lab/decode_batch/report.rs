@@ -7,8 +7,9 @@ use engine::LLMEngine;
 
 use super::{
     all_reduce, all_reduce_values, check_batch_size, decode_window, predicted_all_reduce_bytes,
-    prompts, Window,
+    prompts, step_floor_ms, Window,
 };
+use crate::bench::roofline;
 use crate::decode_b1::{DECODE_STEPS, PROMPT_LEN};
 use crate::nano_vllm::percentile;
 use crate::ModelArgs;
@@ -31,6 +32,12 @@ pub fn run(model: &ModelArgs, batch: usize, runs: usize, json: bool) -> anyhow::
     // then decode together (with chunked prefill the first ones would be steps ahead).
     let budget = &mut config.scheduler.max_num_batched_tokens;
     *budget = (*budget).max(batch * PROMPT_LEN);
+    // On a GPU its copy bandwidth, measured in this run before the engine takes the memory:
+    // the step's floor is against it (one GPU's: a group's GPUs are one model). The kernels'
+    // pool first, on this thread, before anything uses rayon (`load` asks again: a no-op).
+    let device = config.device.resolve()?;
+    model.set_threads()?;
+    let ceilings = roofline::measure(device)?;
     let mut engine = LLMEngine::new(model.load()?, config)?;
     let c = engine.model_config().clone();
     let (tp, pp) = (model.tensor_parallel_size, model.pipeline_parallel_size);
@@ -85,6 +92,19 @@ pub fn run(model: &ModelArgs, batch: usize, runs: usize, json: bool) -> anyhow::
     if let Some(device) = device_ms {
         println!("  of which the device: {device:.3} ms/step (first kernel to sampled ids)");
         report["device_ms_per_step"] = device.into();
+    }
+    if let (Some(g), 1) = (&ceilings, pp) {
+        let floor = step_floor_ms(&c, tp, batch, g.copy_gb_s);
+        let of = |t: f64| format!("{:.0}%", 100.0 * floor / t);
+        println!(
+            "  floor: {floor:.3} ms/step (the weights and KV a rank reads, at this run's copy \
+             bandwidth of {:.0} GB/s): wall {}, device {} of it",
+            g.copy_gb_s,
+            of(ms),
+            device_ms.map_or("n/a".into(), of),
+        );
+        report["ceilings"] = roofline::json(g);
+        report["floor_ms_per_step"] = floor.into();
     }
     let ranks = windows.last().map_or(0, |w| w.comm.len());
     if ranks > 1 {
