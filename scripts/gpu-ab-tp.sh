@@ -7,8 +7,8 @@
 #
 # CASES (default "32:1 32:2 32:2:nccl"): BATCH:TP[:nccl|:custom], nccl = --custom-all-reduce
 # off, custom = --custom-all-reduce on (the default since 2026-11-29's evening; before, off).
-# The 7B weights are written once to SEVEN_B_DIR (default /tmp/llama-2-7b-random) and loaded by
-# every run.
+# Each run takes about 40-50 s (making the random weights is most of it; loading the same
+# weights written once by `lab save-model` took longer, about 53 s a run, on 2026-11-29).
 # Prints one table row per run: wall and device ms/step, and the TP 1 / TP N speed-up of each
 # build against its own TP 1 run of the same batch when that ran first.
 set -u
@@ -17,11 +17,6 @@ export NCCL_NVLS_ENABLE=0 # NVLink SHARP is not available to our containers (doc
 date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1
 echo "| case | build | ms/step wall | ms/step device | TP 1 wall / this wall |"
 echo "| --- | --- | ---: | ---: | ---: |"
-# The random weights, written once (about 50 s) for every run to load (drawing them in each run
-# took about 40 s a run): the same values as --random-weights.
-M=${SEVEN_B_DIR:-/tmp/llama-2-7b-random}
-[[ -f $M/config.json ]] || timeout 300 "$B" save-model --model engine/configs/llama-2-7b.json \
-    --random-weights --out "$M" >/dev/null
 declare -A tp1
 for c in ${CASES:-32:1 32:2 32:2:nccl}; do
     IFS=: read -r b tp extra <<<"$c"
@@ -30,7 +25,7 @@ for c in ${CASES:-32:1 32:2 32:2:nccl}; do
     [[ $extra == custom ]] && args+=(--custom-all-reduce on)
     for L in "$A" "$B"; do
         j=$(timeout 200 "$L" bench --workload decode --runs "${RUNS:-3}" --json --device cuda \
-            --model "$M" "${args[@]}" 2>/dev/null | grep '^{' | tail -1)
+            --model engine/configs/llama-2-7b.json --random-weights "${args[@]}" 2>/dev/null | grep '^{' | tail -1)
         row=$(echo "$j" | python3 -c '
 import json, sys
 r = json.load(sys.stdin)

@@ -9,9 +9,9 @@
 #           (kernels::custom_all_reduce, not used by the engine yet), and the engine's GPU tests
 #           (TP 2 eager, with CUDA graphs, with the custom all-reduce; TP 2 x PP 2 on NCCL;
 #           against the CPU engine)
-#   bench   decode step of the Llama-2-7B shape (random weights, written once to SEVEN_B_DIR,
-#           default /tmp/llama-2-7b-random) at batch 32 and 1, beside its floor at the copy
-#           bandwidth measured in each run (`lab bench` prints both): TP 1 on one
+#   bench   decode step of the Llama-2-7B shape (random weights) at batch 32 and 1, beside its
+#           floor at the copy bandwidth measured in each run (`lab bench` prints both; each
+#           run takes about 50 s, most of it making the weights): TP 1 on one
 #           GPU; TP 2 on two, with --enforce-eager (every all-reduce is timed, for the
 #           communication share of a step), with --custom-all-reduce off (NCCL inside the
 #           decode steps' CUDA graphs) and as it runs by default (the one-shot all-reduce over
@@ -68,21 +68,12 @@ part_tests() {
     done
 }
 
-# The Llama-2-7B shape's random weights, written once (about 50 s) and loaded by every bench run
-# (drawing them in each run took about 40 s a run); the same values as --random-weights.
-SEVEN_B_DIR=${SEVEN_B_DIR:-/tmp/llama-2-7b-random}
-seven_b() {
-    [[ -f $SEVEN_B_DIR/config.json ]] || timeout 300 "$LAB" save-model --model "$SEVEN_B" \
-        --random-weights --out "$SEVEN_B_DIR" >"$LOGS/save-7b.log" 2>&1
-}
-
 # One `lab bench --workload decode` run; prints its JSON line's key figures.
 bench_one() {
     local name=$1
     shift
     local log="$LOGS/bench-$name.log"
-    seven_b
-    timeout 200 "$LAB" bench --workload decode --runs "${RUNS:-3}" --json --model "$SEVEN_B_DIR" \
+    timeout 200 "$LAB" bench --workload decode --runs "${RUNS:-3}" --json --model "$SEVEN_B" --random-weights \
         --device cuda "$@" >"$log" 2>&1
     local rc=$?
     [[ $rc -ne 0 ]] && status=1
