@@ -98,7 +98,7 @@ pub fn run(model: &ModelArgs, batch: usize, runs: usize, json: bool) -> anyhow::
         let of = |t: f64| format!("{:.0}%", 100.0 * floor / t);
         println!(
             "  floor: {floor:.3} ms/step (the weights and KV a rank reads, at this run's copy \
-             bandwidth of {:.0} GB/s): wall {}, device {} of it",
+             bandwidth of {:.0} GB/s): {} of the wall time, {} of the device time",
             g.copy_gb_s,
             of(ms),
             device_ms.map_or("n/a".into(), of),
