@@ -12,6 +12,9 @@
 //! per layer (after the row-parallel o_proj and down_proj); the LM head's logits are
 //! all-gathered, not all-reduced. [`predicted_all_reduce_bytes`] is that closed form, printed
 //! beside the counters.
+//!
+//! On a GPU the copy bandwidth is measured first, in the same run, and the step's time is
+//! printed beside its floor at that bandwidth ([`step_floor_ms`]: the bytes a rank must read).
 
 use std::time::Instant;
 
@@ -134,23 +137,32 @@ pub fn predicted_all_reduce_bytes(
 
 // ANCHOR: step_floor_ms
 /// The least time a decode step of `batch` requests can take on a rank of `tp` (one pipeline
-/// stage) at `copy_gb_s` (the copy bandwidth measured in the same run): the bf16 weights of
-/// its shard, read once, plus the K and V rows of every request's context over the KV heads it
-/// holds (KV heads are replicated when there are fewer than ranks), at the window's average
-/// context: the prompt and half the decoded tokens. Norms and the replicated embedding row
-/// are left out, so the figure is a lower bound.
+/// stage) at `copy_gb_s` (the copy bandwidth measured in the same run): the bf16 weights the
+/// rank holds (`memory_model::weight_bytes_per_gpu`, its TP shards and replicated norms), each
+/// read once, except that the embedding lookup reads one row of its table; plus the K
+/// and V rows of every request's context in its KV cache (`kv_bytes_per_token_per_gpu`: KV
+/// heads replicated when there are fewer than ranks), at the window's average context: the
+/// prompt and half the decoded tokens. Every write is left out, so the figure is a lower bound.
 pub fn step_floor_ms(
     c: &engine::config::ModelConfig,
     tp: usize,
     batch: usize,
     copy_gb_s: f64,
 ) -> f64 {
-    use crate::bench::roofline::{kv_bytes_per_token, weight_bytes_read};
-    let tp = tp.max(1);
-    let weights = weight_bytes_read(c) / tp as f64;
-    let kv_share = c.num_key_value_heads.div_ceil(tp) as f64 / c.num_key_value_heads as f64;
+    use engine::distributed::memory_model::{
+        kv_bytes_per_token_per_gpu, vocab_rows_per_rank, weight_bytes_per_gpu, BF16_BYTES,
+    };
+    let (tp, layers) = (tp.max(1), c.num_hidden_layers);
+    let held = weight_bytes_per_gpu(c, tp, layers, true, true) as f64;
+    let row = (c.hidden_size as u64 * BF16_BYTES) as f64;
+    let table = vocab_rows_per_rank(c.vocab_size, tp) as f64 * row;
+    // The lookup reads one row; the LM head reads its table whole (a tied model's one matrix).
+    let weights = match c.tie_word_embeddings {
+        true => held + row,
+        false => held - table + row,
+    };
     let context = (PROMPT_LEN + DECODE_STEPS / 2) as f64;
-    let kv = batch as f64 * context * kv_bytes_per_token(c) * kv_share;
+    let kv = batch as f64 * context * kv_bytes_per_token_per_gpu(c, tp, layers) as f64;
     1e3 * (weights + kv) / (copy_gb_s * 1e9)
 }
 // ANCHOR_END: step_floor_ms
@@ -204,23 +216,39 @@ mod tests {
     }
 
     #[test]
-    fn the_floor_halves_the_weights_per_rank_and_counts_replicated_kv_heads_whole() {
-        let c = engine::tiny_model::tiny_config();
-        let bw = 1.0; // GB/s: the floor is then bytes / 1e6 in ms
+    fn the_floor_is_the_rooflines_bytes_on_one_gpu_and_a_ranks_share_on_several() {
         use crate::bench::roofline::{kv_bytes_per_token, weight_bytes_read};
+        let bw = 1.0; // GB/s: the floor is then bytes / 1e6 in ms
         let context = (PROMPT_LEN + DECODE_STEPS / 2) as f64;
+        let c = engine::tiny_model::tiny_config();
         let kv = 8.0 * context * kv_bytes_per_token(&c);
+        // One GPU: the batch-1 roofline's bytes (computed another way: weights::weight_bytes).
         let one = step_floor_ms(&c, 1, 8, bw);
-        assert!((one - (weight_bytes_read(&c) + kv) / 1e6).abs() < 1e-9 * one);
-        // TP over as many ranks as KV heads: each rank holds one KV head.
+        let want = (weight_bytes_read(&c) + kv) / 1e6;
+        assert!((one - want).abs() < 1e-9 * want, "{one} against {want}");
+        // Smaller with more ranks, until the KV heads replicate: then only the weights shrink.
         let kvh = c.num_key_value_heads;
-        let split = step_floor_ms(&c, kvh, 8, bw);
-        let want = (weight_bytes_read(&c) / kvh as f64 + kv / kvh as f64) / 1e6;
-        assert!((split - want).abs() < 1e-9 * want, "{split} against {want}");
-        // Twice as many ranks as KV heads: the heads are replicated, each rank reads one.
-        let over = step_floor_ms(&c, 2 * kvh, 8, bw);
-        let want = (weight_bytes_read(&c) / (2 * kvh) as f64 + kv / kvh as f64) / 1e6;
-        assert!((over - want).abs() < 1e-9 * want, "{over} against {want}");
+        let (split, over) = (
+            step_floor_ms(&c, kvh, 8, bw),
+            step_floor_ms(&c, 2 * kvh, 8, bw),
+        );
+        assert!(split < one && over < split, "{one} {split} {over}");
+        let kv_of = |tp| step_floor_ms(&c, tp, 8, bw) - step_floor_ms(&c, tp, 0, bw);
+        assert!((kv_of(kvh) - kv / kvh as f64 / 1e6).abs() < 1e-9);
+        assert!((kv_of(2 * kvh) - kv_of(kvh)).abs() < 1e-12);
+        // Untied or tied LM head, the same at one GPU as the roofline.
+        for tied in [false, true] {
+            let c = engine::config::ModelConfig {
+                tie_word_embeddings: tied,
+                ..c.clone()
+            };
+            let got = step_floor_ms(&c, 1, 0, bw);
+            let want = weight_bytes_read(&c) / 1e6;
+            assert!(
+                (got - want).abs() < 1e-9 * want,
+                "tied {tied}: {got} against {want}"
+            );
+        }
     }
 
     #[test]
