@@ -6,12 +6,13 @@
 #
 # PARTS (default: all, in this order):
 #   tests   kernels' NCCL tests (all-reduce, all-gather), the one-shot all-reduce kernel
-#           (kernels::custom_all_reduce, not used by the engine yet), and the engine's GPU tests
+#           (kernels::custom_all_reduce, the engine's default for a TP group of threads with a
+#           GPU each), and the engine's GPU tests
 #           (TP 2 eager, with CUDA graphs, with the custom all-reduce; TP 2 x PP 2 on NCCL;
 #           against the CPU engine)
 #   bench   decode step of the Llama-2-7B shape (random weights) at batch 32 and 1, beside its
 #           floor at the copy bandwidth measured in each run (`lab bench` prints both; each
-#           run takes about 50 s, most of it making the weights): TP 1 on one
+#           run takes 40-50 s, most of it making the weights): TP 1 on one
 #           GPU; TP 2 on two, with --enforce-eager (every all-reduce is timed, for the
 #           communication share of a step), with --custom-all-reduce off (NCCL inside the
 #           decode steps' CUDA graphs) and as it runs by default (the one-shot all-reduce over
