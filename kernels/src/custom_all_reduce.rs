@@ -1,20 +1,20 @@
-//! One-shot all-reduce over peer memory (vLLM's custom all-reduce), for the small all-reduces
-//! of a tensor-parallel decode step: every rank reads every peer's tensor straight from the
-//! peer's GPU and sums it, one hop instead of NCCL's ring. Kernel and protocol:
+//! One-shot all-reduce over peer memory (vLLM's custom all-reduce, in the push form of
+//! TensorRT-LLM's low-latency kernels), for the small all-reduces of a tensor-parallel decode
+//! step: every rank writes its tensor straight into every peer's inbox and sums what it
+//! received, one one-way hop instead of NCCL's ring. Kernel and protocol:
 //! `cuda/custom_all_reduce.cu`.
 //!
-//! Each rank owns [`PeerBuffers`] (a staging buffer, the flags its peers write, its call
-//! counters) on its GPU; the ranks exchange their addresses ([`PeerBuffers::addresses`]) into
-//! one [`PeerPtrs`] table, the same on every rank, and every rank calls
+//! Each rank owns [`PeerBuffers`] (its inbox, where the peers write, and its call counters) on
+//! its GPU; the ranks exchange their inbox addresses ([`PeerBuffers::address`]) into one
+//! [`PeerPtrs`] table, the same on every rank, and every rank calls
 //! [`CustomAllReduce::all_reduce`] with the same lengths in the same order (as for any
 //! collective). The GPUs must reach each other's memory: one process, peer access enabled
 //! between every pair ([`enable_peer_access`], which also opens the peer's memory pool: cudarc
 //! allocates from the pools, which peer access alone leaves closed). Ranks may also share one
 //! GPU, each on its own stream (the tests do), as long as no thread synchronizes the whole
-//! device while a rank's all-reduce waits for a peer's launch; the engine therefore uses it
-//! with a GPU per rank only.
+//! device while a rank's all-reduce waits for a peer's launch.
 //!
-//! Measured (2026-11-29, H200s): exact with 2 and 3 ranks sharing one GPU, and with one rank
+//! Measured (2026-11-30, H200s): exact with 2 and 3 ranks sharing one GPU, and with one rank
 //! on each of two GPUs over NVLink.
 
 use std::sync::Arc;
@@ -34,22 +34,21 @@ pub(crate) const SOURCE: &str = include_str!("../cuda/custom_all_reduce.cu");
 
 /// Most ranks in a group (`CAR_MAX_RANKS`).
 pub const MAX_RANKS: usize = 8;
-/// Threads per block and blocks per launch (`CAR_THREADS`, `CAR_MAX_BLOCKS`): every block
-/// spins until the same block of each peer arrives, so a launch must fit the GPU at once.
+/// Threads per block and blocks per launch (`CAR_THREADS`, `CAR_MAX_BLOCKS`): every thread
+/// waits for its vectors from each peer, so a launch must fit the GPU at once.
 const THREADS: usize = 512;
 const MAX_BLOCKS: usize = 32;
 
-/// Every rank's staging buffer and flags, by device address (the kernel's `PeerPtrs`).
+/// Every rank's inbox, by device address (the kernel's `PeerPtrs`).
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PeerPtrs {
-    data: [u64; MAX_RANKS],
-    flags: [u64; MAX_RANKS],
+    inbox: [u64; MAX_RANKS],
 }
 
 impl PeerPtrs {
-    /// The table from each rank's [`PeerBuffers::addresses`], in rank order.
-    pub fn new(addresses: &[(u64, u64)]) -> Result<Self> {
+    /// The table from each rank's [`PeerBuffers::address`], in rank order.
+    pub fn new(addresses: &[u64]) -> Result<Self> {
         if addresses.is_empty() || addresses.len() > MAX_RANKS {
             return Err(KernelError::Unsupported {
                 kernel: "custom_all_reduce",
@@ -57,10 +56,7 @@ impl PeerPtrs {
             });
         }
         let mut t = PeerPtrs::default();
-        for (r, &(data, flags)) in addresses.iter().enumerate() {
-            t.data[r] = data;
-            t.flags[r] = flags;
-        }
+        t.inbox[..addresses.len()].copy_from_slice(addresses);
         Ok(t)
     }
 }
@@ -68,47 +64,58 @@ impl PeerPtrs {
 /// One rank's memory for the all-reduce, on its GPU.
 #[derive(Debug)]
 pub struct PeerBuffers {
-    /// `[2, capacity]`: this rank's addend, where the peers read it; call c stages into half
-    /// c % 2, so that no barrier is needed at the end of a call (see the kernel's header).
-    staging: CudaSlice<bf16>,
-    /// `[MAX_BLOCKS, MAX_RANKS]`: "rank r staged call c in block b" from each peer.
-    flags: CudaSlice<u32>,
+    /// `[2, ranks, capacity]`: where the peers write their addends, slot s for rank s, call c
+    /// into half c % 2 (the kernel's header says why two halves are enough); every word EMPTY
+    /// (all bits set) until a peer writes it, and again once this rank has read it.
+    inbox: CudaSlice<bf16>,
     /// `[MAX_BLOCKS]`: calls so far, per block.
     counter: CudaSlice<u32>,
+    /// Values one slot holds: the largest tensor this rank can all-reduce.
+    capacity: usize,
+    /// Ranks of the group (slots per half).
+    ranks: usize,
     /// How long a launch waits for a peer before it traps (nanoseconds).
     spin_limit_ns: u64,
 }
 
 impl PeerBuffers {
-    /// Buffers for tensors of up to `capacity` bf16 values (a multiple of 8), flags and
-    /// counters zeroed. Every rank of a group must use the same capacity: a rank finds a
-    /// peer's second half at the offset of its own. A launch that has waited `spin_limit`
-    /// for a peer traps (its stream fails with a launch error) instead of spinning for ever.
-    pub fn new(stream: &Arc<CudaStream>, capacity: usize, spin_limit: Duration) -> Result<Self> {
-        if capacity == 0 || !capacity.is_multiple_of(8) {
+    /// Buffers for a group of `ranks` and tensors of up to `capacity` bf16 values (a multiple
+    /// of 8): the inbox EMPTY, the counters zeroed. Every rank of a group must use the same
+    /// capacity and group: a peer finds its slot at the same offset in every inbox. A launch
+    /// that has waited `spin_limit` for a peer traps (its stream fails with a launch error)
+    /// instead of spinning for ever.
+    pub fn new(
+        stream: &Arc<CudaStream>,
+        capacity: usize,
+        ranks: usize,
+        spin_limit: Duration,
+    ) -> Result<Self> {
+        if capacity == 0 || !capacity.is_multiple_of(8) || ranks == 0 || ranks > MAX_RANKS {
             return Err(KernelError::Unsupported {
                 kernel: "custom_all_reduce",
-                what: format!("a staging capacity of {capacity} values (a positive multiple of 8)"),
+                what: format!(
+                    "an inbox of {capacity} values (a positive multiple of 8) for {ranks} ranks \
+                     (1 to {MAX_RANKS})"
+                ),
             });
         }
         Ok(PeerBuffers {
-            staging: stream.alloc_zeros(2 * capacity)?,
-            flags: stream.alloc_zeros(MAX_BLOCKS * MAX_RANKS)?,
+            inbox: stream.clone_htod(&vec![bf16::from_bits(0xffff); 2 * ranks * capacity])?,
             counter: stream.alloc_zeros(MAX_BLOCKS)?,
+            capacity,
+            ranks,
             spin_limit_ns: u64::try_from(spin_limit.as_nanos()).unwrap_or(u64::MAX),
         })
     }
 
-    /// Values one staging half holds: the largest tensor this rank can all-reduce.
+    /// Values one slot holds: the largest tensor this rank can all-reduce.
     pub fn capacity(&self) -> usize {
-        self.staging.len() / 2
+        self.capacity
     }
 
-    /// (staging, flags) device addresses, for the peers' [`PeerPtrs`].
-    pub fn addresses(&self, stream: &Arc<CudaStream>) -> (u64, u64) {
-        let (data, _) = self.staging.device_ptr(stream);
-        let (flags, _) = self.flags.device_ptr(stream);
-        (data, flags)
+    /// The inbox's device address, for the peers' [`PeerPtrs`].
+    pub fn address(&self, stream: &Arc<CudaStream>) -> u64 {
+        self.inbox.device_ptr(stream).0
     }
 }
 
@@ -217,7 +224,7 @@ impl CustomAllReduce {
     }
 
     /// The launch: `out` and `x` are device addresses of n values; refused unless `n` fits the
-    /// staging buffer and `rank` the group.
+    /// inbox and `rank` the group.
     #[allow(clippy::too_many_arguments)]
     fn launch(
         &self,
@@ -231,11 +238,11 @@ impl CustomAllReduce {
         ranks: usize,
     ) -> Result<()> {
         const K: &str = "custom_all_reduce";
-        if !Self::fits(n, mine.capacity()) || rank >= ranks || ranks > MAX_RANKS {
+        if !Self::fits(n, mine.capacity()) || rank >= ranks || ranks != mine.ranks {
             return Err(unsupported(n, mine.capacity(), rank, ranks));
         }
-        // Always the whole grid, whatever n: the protocol relies on every block of a call
-        // meeting the same block of each peer (the kernel's header says why).
+        // Always the whole grid, whatever n: block b counts the calls of the vectors it
+        // handles, so every call must give it the same ones (the kernel's header says why).
         let cfg = LaunchConfig {
             grid_dim: (MAX_BLOCKS as u32, 1, 1),
             block_dim: (THREADS as u32, 1, 1),
@@ -257,9 +264,10 @@ impl CustomAllReduce {
             .arg(&args[3])
             .arg(&mine.spin_limit_ns);
         // SAFETY: the signature matches custom_all_reduce_kernel (out, x, PeerPtrs by value,
-        // counter, 4 x u32, u64); out and x hold n values, n fits one half of every rank's staging
-        // buffer (each rank checks its own; the ranks use one capacity and make the same
-        // calls), the flags hold MAX_BLOCKS x MAX_RANKS words and the grid is MAX_BLOCKS blocks.
+        // counter, 4 x u32, u64); out and x hold n values, n fits one slot of every rank's
+        // inbox, which has a slot per rank of this call (each rank checks its own; the ranks
+        // use one capacity and group and make the same calls), the counter holds MAX_BLOCKS
+        // words and the grid is MAX_BLOCKS blocks.
         unsafe { launch.launch(cfg) }?;
         Ok(())
     }

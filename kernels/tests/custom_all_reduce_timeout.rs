@@ -16,12 +16,11 @@ fn a_missing_peer_ends_the_wait_with_an_error() {
     let Some(gpu) = gpu_or_skip() else { return };
     let peer_stream = gpu.ctx.new_stream().unwrap();
     let limit = Duration::from_millis(200);
-    let mut mine = PeerBuffers::new(&gpu.stream, 4096, limit).unwrap();
-    let theirs = PeerBuffers::new(&peer_stream, 4096, limit).unwrap();
+    let mut mine = PeerBuffers::new(&gpu.stream, 4096, 2, limit).unwrap();
+    let theirs = PeerBuffers::new(&peer_stream, 4096, 2, limit).unwrap();
     gpu.stream.synchronize().unwrap();
     peer_stream.synchronize().unwrap();
-    let peers =
-        PeerPtrs::new(&[mine.addresses(&gpu.stream), theirs.addresses(&peer_stream)]).unwrap();
+    let peers = PeerPtrs::new(&[mine.address(&gpu.stream), theirs.address(&peer_stream)]).unwrap();
     let x = gpu.stream.clone_htod(&vec![bf16::ONE; 4096]).unwrap();
     let mut out = poisoned(&gpu.stream, 4096);
     // Rank 0 of 2 launches; rank 1 never does.

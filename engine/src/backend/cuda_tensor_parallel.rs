@@ -189,9 +189,10 @@ impl CudaBackend {
             return Err(BackendError::shape("with_custom_all_reduce", detail));
         };
         let spin_limit = timeout + Duration::from_secs(1);
-        let buffers = PeerBuffers::new(&stream, CUSTOM_ALL_REDUCE_CAPACITY, spin_limit)
+        let ranks = self.comm.as_ref().map_or(1, |c| c.world_size);
+        let buffers = PeerBuffers::new(&stream, CUSTOM_ALL_REDUCE_CAPACITY, ranks, spin_limit)
             .map_err(kernel("custom all-reduce buffers"))?;
-        // The kernel reads the flags and buffers as soon as it runs: zeroed before any peer can.
+        // A peer may write into the inbox as soon as it has the address: EMPTY before then.
         stream
             .synchronize()
             .map_err(|e| device("custom all-reduce buffers", e))?;
@@ -200,7 +201,7 @@ impl CudaBackend {
             return Err(BackendError::shape("with_custom_all_reduce", detail));
         };
         let addresses = rendezvous
-            .exchange(comm.rank, buffers.addresses(&stream))
+            .exchange(comm.rank, buffers.address(&stream))
             .map_err(|detail| BackendError::shape("custom all-reduce", detail))?;
         let peers = PeerPtrs::new(&addresses).map_err(kernel("custom all-reduce"))?;
         comm.custom = Some(Mutex::new(CustomPeers { buffers, peers }));
@@ -263,7 +264,7 @@ impl CudaBackend {
             comm.rank,
             comm.world_size,
         );
-        // One hop: each peer reads this rank's whole tensor from its memory.
+        // One hop: this rank writes its whole tensor into each peer's inbox.
         let bytes = (x.rows * x.cols * 2) as u64;
         let sent = (comm.world_size as u64 - 1) * bytes;
         let mut stats = comm.nccl_stats.lock().unwrap_or_else(|p| p.into_inner());

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 /// One group's meeting point (shared by its ranks through an `Arc`).
 #[derive(Debug)]
 pub struct PeerRendezvous {
-    /// Rank r's (staging, flags) addresses, once it has arrived.
-    slots: Mutex<Vec<Option<(u64, u64)>>>,
+    /// Rank r's inbox address, once it has arrived.
+    slots: Mutex<Vec<Option<u64>>>,
     arrived: Condvar,
     timeout: Duration,
 }
@@ -27,9 +27,9 @@ impl PeerRendezvous {
         }
     }
 
-    /// Puts `rank`'s addresses and returns every rank's, in rank order, once all have come;
+    /// Puts `rank`'s inbox address and returns every rank's, in rank order, once all have come;
     /// an error naming the missing ranks after the timeout.
-    pub fn exchange(&self, rank: usize, mine: (u64, u64)) -> Result<Vec<(u64, u64)>, String> {
+    pub fn exchange(&self, rank: usize, mine: u64) -> Result<Vec<u64>, String> {
         let deadline = Instant::now() + self.timeout;
         let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
         let ranks = slots.len();
@@ -77,23 +77,23 @@ mod tests {
                 .rev()
                 .map(|rank| {
                     let r = Arc::clone(&r);
-                    s.spawn(move || r.exchange(rank, (rank as u64, 10 + rank as u64)))
+                    s.spawn(move || r.exchange(rank, 10 + rank as u64))
                 })
                 .collect();
             jobs.into_iter().map(|j| j.join().unwrap()).collect()
         });
         for g in got {
-            assert_eq!(g.unwrap(), vec![(0, 10), (1, 11), (2, 12)]);
+            assert_eq!(g.unwrap(), vec![10, 11, 12]);
         }
     }
 
     #[test]
     fn a_missing_rank_ends_the_wait_with_its_number() {
         let r = PeerRendezvous::new(3, Duration::from_millis(50));
-        let e = r.exchange(0, (1, 2)).unwrap_err();
+        let e = r.exchange(0, 1).unwrap_err();
         assert!(e.contains("rank(s) 1, 2 never"), "{e}");
         assert!(r
-            .exchange(7, (1, 2))
+            .exchange(7, 1)
             .unwrap_err()
             .contains("rank 7 of a group of 3"));
     }

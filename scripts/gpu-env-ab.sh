@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# One build of `lab`, several settings of its environment knobs (LAB_GEMV_*,
+# LAB_DECODE_ATTENTION, ...), side by side in one call on the GPU machine: each round runs every
+# setting once, in order, so that drift of the machine shows as a difference between rounds,
+# not between settings.
+#
+#   SETTINGS="default unstaged:LAB_GEMV_STAGED=0 below4:LAB_GEMV_SPLIT_BELOW=4" \
+#   CASES="7b:32:2 1b:1:1" scripts/gpu-env-ab.sh gpu-bin/lab
+#
+# SETTINGS: NAME[:VAR=VALUE,VAR=VALUE...] each (a bare NAME runs the defaults).
+# CASES: MODEL:BATCH:TP, MODEL one of 7b (Llama-2-7B shape, `--workload decode`: the decode step
+# at BATCH, each run 40-50 s) or 1b / 135m (`--workload decode-b1`, batch-1 decode; BATCH must be
+# 1; the weights are written once under $MODELS, default /tmp/m). ROUNDS (default 2).
+# Prints one table row per run: wall and device ms (per step for 7b, per token for b1).
+set -u
+L=${1:?usage: gpu-env-ab.sh LAB}
+M=${MODELS:-/tmp/m}
+export NCCL_NVLS_ENABLE=0 # NVLink SHARP is not available to our containers (docs/gpu.md)
+date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader | head -1
+echo "| round | case | setting | ms wall | ms device | copy GB/s |"
+echo "| --- | --- | --- | ---: | ---: | ---: |"
+for r in $(seq "${ROUNDS:-2}"); do
+    for c in ${CASES:-7b:32:2}; do
+        IFS=: read -r model b tp <<<"$c"
+        for s in ${SETTINGS:-default}; do
+            name=${s%%:*}
+            vars=()
+            [[ $s == *:* ]] && IFS=, read -r -a vars <<<"${s#*:}"
+            if [[ $model == 7b ]]; then
+                args=(bench --workload decode --runs "${RUNS:-3}" --json --device cuda
+                    --model engine/configs/llama-2-7b.json --random-weights --batch-size "$b" --tp "$tp")
+                keys='"ms_per_step", "device_ms_per_step"'
+            else
+                cfg=llama-3.2-1b
+                [[ $model == 135m ]] && cfg=smollm2-135m
+                [[ -f $M/$cfg/config.json ]] || "$L" save-model --model engine/configs/$cfg.json \
+                    --random-weights --out "$M/$cfg" >/dev/null
+                args=(bench --workload decode-b1 --json --device cuda --model "$M/$cfg" --tp "$tp")
+                keys='"decode_b1_ms_per_token", "decode_b1_device_ms_per_token"'
+            fi
+            j=$(env "${vars[@]}" timeout 200 "$L" "${args[@]}" 2>"/tmp/env-ab-$name.err" | grep '^{' | tail -1)
+            echo "$j" | python3 -c "
+import json, sys
+r = json.load(sys.stdin)
+wall, dev = ($keys)
+print('| %s | %s | %s | %.4f | %.4f | %.0f |' % (*sys.argv[1:4], r[wall], r.get(dev, float('nan')),
+      r.get('ceilings', {}).get('copy_gb_s', float('nan'))))
+" "$r" "$c" "$name" 2>/dev/null || echo "| $r | $c | $name | failed: $(tail -1 "/tmp/env-ab-$name.err") | | |"
+        done
+    done
+done
