@@ -36,7 +36,6 @@ pub trait Executor: Send {
         ))
     }
     fn model_config(&self) -> &ModelConfig;
-    fn backend_name(&self) -> &'static str;
     /// The backend's device time so far ([`Backend::device_time`]).
     fn device_time(&self) -> Option<DeviceTime>;
     /// Each rank's communicator counters, in rank order; empty for a single worker.
@@ -83,10 +82,6 @@ where
 
     fn model_config(&self) -> &ModelConfig {
         &self.model.config
-    }
-
-    fn backend_name(&self) -> &'static str {
-        self.model.backend.name()
     }
 
     fn device_time(&self) -> Option<DeviceTime> {

@@ -20,6 +20,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use cudarc::driver::result::memset_d8_async;
 use cudarc::driver::{
     sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut,
     DevicePtr, DevicePtrMut, LaunchConfig,
@@ -99,8 +100,17 @@ impl PeerBuffers {
                 ),
             });
         }
+        let mut inbox = stream.alloc_zeros::<bf16>(2 * ranks * capacity)?;
+        let bytes = inbox.num_bytes();
+        {
+            // Every byte 0xff: every word EMPTY.
+            let (ptr, _record) = inbox.device_ptr_mut(stream);
+            // SAFETY: `ptr` is the start of `inbox`, allocated just above on `stream`, `bytes`
+            // long; any bit pattern is a valid bf16.
+            unsafe { memset_d8_async(ptr, 0xff, bytes, stream.cu_stream()) }?;
+        }
         Ok(PeerBuffers {
-            inbox: stream.clone_htod(&vec![bf16::from_bits(0xffff); 2 * ranks * capacity])?,
+            inbox,
             counter: stream.alloc_zeros(MAX_BLOCKS)?,
             capacity,
             ranks,

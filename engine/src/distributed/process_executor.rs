@@ -193,10 +193,6 @@ impl Executor for ProcessExecutor {
         self.inner.model_config()
     }
 
-    fn backend_name(&self) -> &'static str {
-        self.inner.backend_name()
-    }
-
     fn device_time(&self) -> Option<DeviceTime> {
         self.inner.device_time()
     }

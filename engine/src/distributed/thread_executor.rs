@@ -96,7 +96,7 @@ pub struct ThreadExecutor {
     pub max_model_len: usize,
     /// Rank 0's device (rank 0 always runs in this process; a launch's ranks share one
     /// `--device`): how long this thread polls for the ranks' replies before it sleeps
-    /// (`spin_wait::spin_for`), and [`Executor::backend_name`].
+    /// (`spin_wait::spin_for`).
     device: Device,
 }
 
@@ -386,13 +386,6 @@ impl Executor for ThreadExecutor {
 
     fn model_config(&self) -> &ModelConfig {
         &self.config
-    }
-
-    fn backend_name(&self) -> &'static str {
-        match self.device {
-            Device::Cuda(_) => "cuda",
-            _ => "cpu",
-        }
     }
 
     /// The first rank's device time: a TP group's ranks run the same kernels on the same
