@@ -92,15 +92,19 @@ comm = [x.get("comm_share") for x in r.get("ranks", [])]
 cshare = " / ".join("n/a" if s is None else f"{100 * s:.1f}%" for s in comm) or "-"
 ok = r.get("all_reduce_matches_closed_form", "-")
 floor = r.get("floor_ms_per_step", float("nan"))
+r0 = (r.get("ranks") or [{}])[0]
+split = "-"
+if "step_ms_per_step" in r0:
+    split = f"{r0['step_ms_per_step']:.3f} / {r0['outside_ms_per_step']:.3f} / {r['engine_ms_per_step']:.3f}"
 copy = r.get("ceilings", {}).get("copy_gb_s", float("nan"))
 print(f"| {name} | {r['ms_per_step']:.3f} | {r.get('device_ms_per_step', float('nan')):.3f} "
-      f"| {r['tokens_per_s']:.0f} | {share} | {cshare} | {ok} | {floor:.3f} | {copy:.0f} |")
+      f"| {r['tokens_per_s']:.0f} | {share} | {cshare} | {ok} | {floor:.3f} | {copy:.0f} | {split} |")
 EOF
 }
 
 bench_header() {
-    echo "| run | ms/step wall | ms/step device | tok/s | all-reduce share (rank 0 / 1) | all collectives | bytes = closed form | floor ms/step | copy GB/s |" | tee -a "$LOGS/bench.md"
-    echo "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |" | tee -a "$LOGS/bench.md"
+    echo "| run | ms/step wall | ms/step device | tok/s | all-reduce share (rank 0 / 1) | all collectives | bytes = closed form | floor ms/step | copy GB/s | rank 0's part / outside it / engine, ms |" | tee -a "$LOGS/bench.md"
+    echo "| --- | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | ---: |" | tee -a "$LOGS/bench.md"
 }
 
 part_bench() {

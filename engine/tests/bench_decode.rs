@@ -75,6 +75,20 @@ fn tp2_batch4_all_reduces_match_the_closed_form() {
         // The collectives run inside the steps: a share of them, never more.
         let share = row["comm_share"].as_f64().unwrap();
         assert!(share > 0.0 && share <= 1.0, "{row}");
+        // A rank's part of the step and the time outside it make the executor's wall time,
+        // which runs inside the step's: what is left, the engine's own, cannot be negative.
+        let part = row["step_ms_per_step"].as_f64().expect("step_ms_per_step");
+        let outside = row["outside_ms_per_step"]
+            .as_f64()
+            .expect("outside_ms_per_step");
+        assert!(part > 0.0 && outside >= 0.0, "{row}");
+        let engine = r["engine_ms_per_step"]
+            .as_f64()
+            .expect("engine_ms_per_step");
+        assert!(
+            engine >= 0.0 && engine < r["ms_per_step"].as_f64().unwrap(),
+            "{r}"
+        );
     }
 }
 

@@ -52,6 +52,16 @@ pub struct StageTimes {
 }
 
 impl StageTimes {
+    /// What was added since `earlier` (a copy taken from the same rank before).
+    pub fn since(&self, earlier: &StageTimes) -> StageTimes {
+        StageTimes {
+            steps: self.steps.saturating_sub(earlier.steps),
+            busy: self.busy.saturating_sub(earlier.busy),
+            recv_wait: self.recv_wait.saturating_sub(earlier.recv_wait),
+            idle: self.idle.saturating_sub(earlier.idle),
+        }
+    }
+
     /// `idle / (busy + idle)`: the share of the steps this stage sat in the bubble.
     pub fn idle_fraction(&self) -> f64 {
         let total = (self.busy + self.idle).as_secs_f64();

@@ -19,7 +19,7 @@
 use std::time::Instant;
 
 use engine::distributed::comm_model::ALL_REDUCES_PER_LAYER;
-use engine::distributed::{CommOp, CommStats, OpStats};
+use engine::distributed::{CommOp, CommStats, OpStats, StageTimes};
 use engine::model_executor::pipeline_parallel::get_pp_indices;
 use engine::{LLMEngine, Prompt, SamplingParams};
 
@@ -39,6 +39,9 @@ pub struct Window {
     /// Each rank's communicator counters over the window, in world-rank order (empty with
     /// one rank).
     pub comm: Vec<CommStats>,
+    /// Each rank's part of the steps and the time outside it over the window, in world-rank
+    /// order (empty with one rank): where a step's host time goes besides the device.
+    pub ranks: Vec<StageTimes>,
 }
 
 /// decode-b1's prompt fitted to `vocab`, rotated left by `i` for request `i`: N different
@@ -80,6 +83,7 @@ pub fn decode_window(engine: &mut LLMEngine, prompts: &[Vec<u32>]) -> anyhow::Re
         engine.step()?;
     }
     let comm_before = engine.comm_stats();
+    let ranks_before = engine.stage_times();
     let device_before = engine.device_time();
     let t = Instant::now();
     for step in 1..=DECODE_STEPS {
@@ -107,10 +111,16 @@ pub fn decode_window(engine: &mut LLMEngine, prompts: &[Vec<u32>]) -> anyhow::Re
         "requests were left after {DECODE_STEPS} decode steps at batch {n}"
     );
     let comm = comm_after.iter().zip(&comm_before).map(|(a, b)| a.since(b));
+    let ranks_after = engine.stage_times();
+    let ranks = ranks_after
+        .iter()
+        .zip(&ranks_before)
+        .map(|(a, b)| a.since(b));
     Ok(Window {
         wall_s,
         device_s,
         comm: comm.collect(),
+        ranks: ranks.collect(),
     })
 }
 // ANCHOR_END: decode_window

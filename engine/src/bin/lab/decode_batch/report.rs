@@ -165,12 +165,68 @@ pub fn run(model: &ModelArgs, batch: usize, runs: usize, json: bool) -> anyhow::
         }
         report["all_reduce_value_bytes"] = value_bytes.into();
         report["all_reduce_matches_closed_form"] = differ.is_empty().into();
+        let split = host_split(&windows, ms, device_ms);
+        for (row, times) in rows.iter_mut().zip(&split.ranks) {
+            row["step_ms_per_step"] = times.0.into();
+            row["outside_ms_per_step"] = times.1.into();
+        }
+        report["engine_ms_per_step"] = split.engine_ms.into();
         report["ranks"] = rows.into();
     }
     if json {
         println!("{report}");
     }
     Ok(())
+}
+
+/// Where a step's wall time goes besides the device, per step (medians over the windows): each
+/// rank's own part of the step (preparing it, running it: on a GPU launching it and waiting
+/// for the device, reading the sampled ids back),
+/// the time outside it while the executor waited (the hand-off both ways, and waiting for the
+/// other ranks), and the engine's own time around the executor (scheduling, the outputs).
+struct HostSplit {
+    /// (its part, outside it), ms per step, in world-rank order.
+    ranks: Vec<(f64, f64)>,
+    /// The step's wall time less the executor's (busy + outside of rank 0), ms per step.
+    engine_ms: f64,
+}
+
+/// [`HostSplit`] from the windows' rank times, printed as a table; `ms` and `device_ms` are
+/// the step's median wall and device times.
+fn host_split(windows: &[Window], ms: f64, device_ms: Option<f64>) -> HostSplit {
+    let ranks = windows.last().map_or(0, |w| w.ranks.len());
+    let per_step = |f: &dyn Fn(&Window) -> f64| {
+        let v: Vec<f64> = windows.iter().map(f).collect();
+        1e3 * percentile(&v, 50.0) / DECODE_STEPS as f64
+    };
+    let times: Vec<(f64, f64)> = (0..ranks)
+        .map(|r| {
+            (
+                per_step(&|w| w.ranks[r].busy.as_secs_f64()),
+                per_step(&|w| w.ranks[r].idle.as_secs_f64()),
+            )
+        })
+        .collect();
+    let executor = times.first().map_or(0.0, |(busy, idle)| busy + idle);
+    // Never below zero unless the ranks' clocks miscount: the executor runs inside the step.
+    let engine_ms = ms - executor;
+    println!(
+        "  where a step's wall time goes, ms per step (host clocks; the device's part is \
+         rank 0's, {}):",
+        device_ms.map_or("not measured here".into(), |d| format!("{d:.3}"))
+    );
+    println!(
+        "  | rank | its part of the step (preparing it, running it, reading the ids back) | \
+         outside it (hand-off both ways, waiting for the other ranks) |"
+    );
+    for (r, (busy, idle)) in times.iter().enumerate() {
+        println!("  | {r} | {busy:.3} | {idle:.3} |");
+    }
+    println!("  the engine around the executor (scheduling, outputs): {engine_ms:.3}");
+    HostSplit {
+        ranks: times,
+        engine_ms,
+    }
 }
 
 /// One rank's collectives over the timed windows: counts from the last window (every window
