@@ -172,7 +172,8 @@ struct CustomPeers {
 
 /// The largest all-reduce the custom kernel takes, in bf16 values (8 MiB, vLLM's default): a
 /// decode step's `[batch, hidden]` up to 512 × 8192. Larger ones (prefill) go to NCCL or the
-/// host, where bandwidth, not latency, sets the time.
+/// host, where bandwidth, not latency, sets the time. Each rank's inbox holds a slot of this
+/// size per rank, twice: 2 × ranks × 8 MiB of its GPU (32 MiB at TP 2).
 pub const CUSTOM_ALL_REDUCE_CAPACITY: usize = 4 << 20;
 
 impl CudaBackend {
