@@ -137,8 +137,9 @@ extern "C" __global__ void __launch_bounds__(CAR_THREADS) custom_all_reduce_kern
             }
         }
         reinterpret_cast<uint4*>(out)[i] = pack8(sum);  // after this thread's reads of x[i]
+        const uint4 empty = make_uint4(CAR_EMPTY, CAR_EMPTY, CAR_EMPTY, CAR_EMPTY);
         for (u32 r = 0; r < ranks; r++) {
-            if (r != rank) mine[r * slot + i] = make_uint4(CAR_EMPTY, CAR_EMPTY, CAR_EMPTY, CAR_EMPTY);
+            if (r != rank) mine[r * slot + i] = empty;
         }
     }
     if (threadIdx.x == 0) counter[blockIdx.x] = c;

@@ -20,7 +20,8 @@ use kernels::Kernels;
 const LENGTHS: [usize; 7] = [8, 576, 131_072, 4104, 8, 1 << 20, 24];
 const CAPACITY: usize = 1 << 20;
 
-/// Waits for every stream, or panics after a few seconds (a deadlock: a rank waiting for values never sent).
+/// Waits for every stream, or panics after a few seconds (a deadlock: a rank waiting for
+/// values never sent).
 fn finish(streams: &[Arc<CudaStream>]) {
     let start = Instant::now();
     for s in streams {

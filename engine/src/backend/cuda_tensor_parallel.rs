@@ -185,12 +185,11 @@ impl CudaBackend {
         let stream = self.stream().clone();
         // The kernel waits for a peer a second longer than the host: the host reports the
         // timeout (`wait_for_gpu`), and the kernel's trap then frees the GPU.
-        let Some(timeout) = self.comm.as_ref().map(|c| c.timeout) else {
+        let Some((timeout, ranks)) = self.comm.as_ref().map(|c| (c.timeout, c.world_size)) else {
             let detail = "a custom all-reduce needs a tensor-parallel group";
             return Err(BackendError::shape("with_custom_all_reduce", detail));
         };
         let spin_limit = timeout + Duration::from_secs(1);
-        let ranks = self.comm.as_ref().map_or(1, |c| c.world_size);
         let buffers = PeerBuffers::new(&stream, CUSTOM_ALL_REDUCE_CAPACITY, ranks, spin_limit)
             .map_err(kernel("custom all-reduce buffers"))?;
         // A peer may write into the inbox as soon as it has the address: EMPTY before then.

@@ -124,9 +124,9 @@ pub fn ring_traffic_per_gpu(bytes: u64, n: usize) -> f64 {
 // ANCHOR_END: all_reduce
 
 /// Bytes that leave each GPU in a one-shot all-reduce of `bytes` over `n` ranks (vLLM's custom
-/// all-reduce, `kernels::custom_all_reduce`): the rank writes its whole tensor into every peer, so
-/// (N−1) × size: more than the ring's 2(N−1)/N from three ranks on, the same at two, in one
-/// hop instead of 2(N−1).
+/// all-reduce, `kernels::custom_all_reduce`): the rank writes its whole tensor into every
+/// peer, so (N−1) × size: more than the ring's 2(N−1)/N from three ranks on, the same at two,
+/// in one hop instead of 2(N−1).
 pub fn one_shot_traffic_per_gpu(bytes: u64, n: usize) -> f64 {
     (n as f64 - 1.0) * bytes as f64
 }

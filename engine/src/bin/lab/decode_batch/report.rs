@@ -181,9 +181,9 @@ pub fn run(model: &ModelArgs, batch: usize, runs: usize, json: bool) -> anyhow::
 
 /// Where a step's wall time goes besides the device, per step (medians over the windows): each
 /// rank's own part of the step (preparing it, running it: on a GPU launching it and waiting
-/// for the device, reading the sampled ids back),
-/// the time outside it while the executor waited (the hand-off both ways, and waiting for the
-/// other ranks), and the engine's own time around the executor (scheduling, the outputs).
+/// for the device, reading the sampled ids back), the time outside it while the executor
+/// waited (the hand-off both ways, and waiting for the other ranks), and the engine's own
+/// time around the executor (scheduling, the outputs).
 struct HostSplit {
     /// (its part, outside it), ms per step, in world-rank order.
     ranks: Vec<(f64, f64)>,
