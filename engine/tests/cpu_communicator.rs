@@ -334,6 +334,8 @@ fn a_recv_with_no_sender_and_a_lonely_barrier_time_out() {
 #[test]
 fn a_dropped_or_panicked_rank_ends_the_group_quickly_with_peer_gone() {
     for panics in [false, true] {
+        // The others start only once rank 2 is gone, so that who notices first is fixed.
+        let gone = std::sync::Barrier::new(4);
         let results = run_group_dropping(4, LONG, |mut comm| {
             if comm.rank() == 2 {
                 if panics {
@@ -342,9 +344,13 @@ fn a_dropped_or_panicked_rank_ends_the_group_quickly_with_peer_gone() {
                         let _owned = comm;
                         panic!("rank 2 fails on purpose (this message is expected)");
                     }));
+                } else {
+                    drop(comm);
                 }
+                gone.wait();
                 return Ok(());
             }
+            gone.wait();
             let mut buf = vec![1.0; 64];
             comm.all_reduce_sum(&mut buf)
         });
@@ -353,8 +359,12 @@ fn a_dropped_or_panicked_rank_ends_the_group_quickly_with_peer_gone() {
                 continue;
             }
             let err = result.clone().unwrap_err();
+            // A rank only talks to its ring neighbours (it sends right, receives from the
+            // left), so the peer it finds gone is one of them.
+            let (left, right) = ((rank + 3) % 4, (rank + 1) % 4);
             assert!(
-                matches!(err, CommError::PeerGone { .. }),
+                matches!(err, CommError::PeerGone { rank: r, peer, .. }
+                    if r == rank && (peer == left || peer == right)),
                 "rank {rank}: {err}"
             );
             assert!(
@@ -362,14 +372,16 @@ fn a_dropped_or_panicked_rank_ends_the_group_quickly_with_peer_gone() {
                 "rank {rank} took {elapsed:?}"
             );
         }
-        // Rank 3 waits on rank 2 first, so it names rank 2; the others may name whichever
-        // peer left first (a rank that fails drops its communicator, and so on around the ring).
-        let err = results[3].0.clone().unwrap_err();
+        // Rank 1's first act is to send to rank 2, already gone: it names rank 2. The others
+        // may name whichever neighbour left first (a rank that fails drops its communicator,
+        // and so on around the ring: rank 3, say, sends to rank 0 before it waits on rank 2,
+        // and rank 0 may have failed by then).
+        let err = results[1].0.clone().unwrap_err();
         assert!(
             matches!(
                 err,
                 CommError::PeerGone {
-                    rank: 3,
+                    rank: 1,
                     peer: 2,
                     ..
                 }
