@@ -686,6 +686,92 @@ fn tp_shapes(gpu: &Gpu) -> Result<()> {
     Ok(())
 }
 
+/// `kernel_bench --lt-algos`: the decode projections of the Llama-2-7B shape (TP 1, and one
+/// rank of TP 2) at 8, 32 and 128 tokens: cuBLAS's GEMM as `linear` calls it, then each of
+/// cuBLASLt's ranked algorithms for the shape (`kernels::linear_lt`), each in a graph of 50
+/// launches over weights far larger than L2. Prints the heuristic's first pick and the fastest.
+fn lt_algos(gpu: &Gpu) -> Result<()> {
+    use kernels::linear_lt::LinearLt;
+    const BACK_TO_BACK: usize = 50;
+    const L2_BYTES: usize = 50 << 20;
+    let ceilings = roofline::measure_on(&gpu.ctx, &gpu.stream)?;
+    let copy = ceilings.copy_gb_s;
+    println!("copy (d2d) 1 GiB: {copy:.0} GB/s");
+    let s = &gpu.stream;
+    let lin = Linear::new(s, 256)?;
+    let lt = LinearLt::new(s)?;
+    let (h, f) = (4096usize, 11008usize);
+    let shapes = [
+        ("tp1 qkv", 3 * h, h),
+        ("tp1 o_proj", h, h),
+        ("tp1 gate_up", 2 * f, h),
+        ("tp1 down", h, f),
+        ("tp2 qkv", 3 * h / 2, h),
+        ("tp2 o_proj", h, h / 2),
+        ("tp2 gate_up", f, h),
+        ("tp2 down", h, f / 2),
+    ];
+    println!("| shape | m | MB | cuBLAS µs (% copy) | Lt first µs | Lt best µs (% copy) | best's rank, config |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | --- |");
+    for (name, n, kk) in shapes {
+        let bytes = (n * kk * 2) as f64;
+        let copies = (2 * L2_BYTES).div_ceil(n * kk * 2);
+        let ws = (0..copies)
+            .map(|c| random_bf16(s, n * kk, 40 + c as u64))
+            .collect::<Result<Vec<_>, _>>()?;
+        for m in [8usize, 32, 128] {
+            let x = random_bf16(s, m * kk, 41)?;
+            let mut out = uninit_bf16(s, m * n)?;
+            let mut i = 0;
+            let base = graph_ms(gpu, BACK_TO_BACK, || {
+                i += 1;
+                Ok(lin.forward(
+                    &mut out.as_view_mut(),
+                    &x.as_view(),
+                    &ws[i % copies].as_view(),
+                    None,
+                    m,
+                )?)
+            })?;
+            let plans = lt.candidates(m, n, kk, 24)?;
+            let mut times = Vec::new();
+            for plan in &plans {
+                let mut i = 0;
+                let ms = graph_ms(gpu, BACK_TO_BACK, || {
+                    i += 1;
+                    Ok(lt.forward(
+                        plan,
+                        &mut out.as_view_mut(),
+                        &x.as_view(),
+                        &ws[i % copies].as_view(),
+                    )?)
+                });
+                times.push(ms.unwrap_or(f64::INFINITY));
+            }
+            let (bi, best) = times
+                .iter()
+                .copied()
+                .enumerate()
+                .min_by(|a, b| a.1.total_cmp(&b.1))
+                .unwrap_or((0, f64::NAN));
+            let pct = |ms: f64| 100.0 * bytes / (ms * 1e-3) / 1e9 / copy;
+            println!(
+                "| {name} | {m} | {:.1} | {:.2} ({:.0}%) | {:.2} | {:.2} ({:.0}%) | {} of {}, {} |",
+                bytes / 1e6,
+                base * 1e3,
+                pct(base),
+                times[0] * 1e3,
+                best * 1e3,
+                pct(best),
+                bi,
+                plans.len(),
+                plans[bi].describe()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let gpu = match Gpu::open(0) {
         Ok(g) => g,
@@ -693,6 +779,9 @@ fn main() -> Result<()> {
     };
     if std::env::args().nth(1).as_deref() == Some("--tp-shapes") {
         return tp_shapes(&gpu);
+    }
+    if std::env::args().nth(1).as_deref() == Some("--lt-algos") {
+        return lt_algos(&gpu);
     }
     let s = &gpu.stream;
     let k = &gpu.kernels;

@@ -19,9 +19,9 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtrMut};
 use crate::{KernelError, Result};
 
 /// Copies `src` (`[rows, used]`, packed) into the first `used` columns of the first `rows`
-/// rows of `dst` (`[_, width]`), on `stream`. The call returns once `src` may be reused (a
-/// pageable source is staged by the driver before the call returns, as with cudarc's
-/// `memcpy_htod`).
+/// rows of `dst` (`[_, width]`), on `stream`. A pageable `src` may be reused when the call
+/// returns (the driver stages it first, as with cudarc's `memcpy_htod`); a page-locked one is
+/// read by the copy engine later, and must stay unchanged until the stream has passed the copy.
 pub fn copy_rows_htod<T: Copy>(
     stream: &Arc<CudaStream>,
     src: &[T], // [rows, used]
@@ -64,7 +64,9 @@ pub fn copy_rows_htod<T: Copy>(
         Height: rows,
     };
     // SAFETY: the source is `rows * used` live values of `T` borrowed for the call (the driver
-    // stages pageable memory before returning); the destination rectangle, `rows` rows of
+    // stages pageable memory before returning; a page-locked source is read by the copy
+    // engine later, so its owner must leave it unchanged until the stream has passed this
+    // copy: `engine`'s step buffers record an event for that); the destination rectangle, `rows` rows of
     // `width` values from `dst`'s start, lies inside `dst` (checked above); the stream belongs
     // to the context `dst` was allocated in.
     unsafe { sys::cuMemcpy2DAsync_v2(&copy, stream.cu_stream()) }

@@ -45,6 +45,7 @@ pub mod gemv;
 pub mod kernel_cache;
 pub mod launch;
 pub mod linear;
+pub mod linear_lt;
 pub mod nccl;
 pub mod paged_attention;
 pub mod prefill_attention;

@@ -465,11 +465,11 @@ impl CudaBackend {
             format!("{} logits rows for {n} sampling rows", logits.rows)
         })?;
         let (t, k, p, s, pos) = (
-            b.temperature.slice(0..n),
-            b.top_k.slice(0..n),
-            b.top_p.slice(0..n),
-            b.seed.slice(0..n),
-            b.position.slice(0..n),
+            b.temperature().slice(0..n),
+            b.top_k().slice(0..n),
+            b.top_p().slice(0..n),
+            b.seed().slice(0..n),
+            b.position().slice(0..n),
         );
         let params = RowParams {
             temperature: &t,
@@ -619,7 +619,8 @@ impl CudaBackend {
                         r.key_cache.view_bf16_mut(f.op)?,
                         r.value_cache.view_bf16_mut(f.op)?,
                     );
-                    let (positions, slots) = (b.positions.slice(0..t), b.slot_mapping.slice(0..t));
+                    let (positions, slots) =
+                        (b.positions().slice(0..t), b.slot_mapping().slice(0..t));
                     let table = r.cos_sin_cache.view_f32(f.op)?;
                     let mut cache = RotaryCache {
                         key_cache: &mut kc,
@@ -802,7 +803,7 @@ impl Backend for CudaBackend {
         }
         let (n, h) = (step.num_tokens, table.cols);
         let mut out = self.empty("embedding", n, h)?;
-        let ids = step.bufs().input_ids.slice(0..n);
+        let ids = step.bufs().input_ids().slice(0..n);
         let table = table.view_bf16("embedding")?;
         self.gpu
             .kernels
@@ -906,7 +907,7 @@ impl Backend for CudaBackend {
             format!("q has {} rows, k {}, for {t} positions", q.rows, k.rows)
         })?;
         let (heads, kv_heads) = (q.cols / head_dim, k.cols / head_dim);
-        let positions = step.bufs().positions.slice(0..t);
+        let positions = step.bufs().positions().slice(0..t);
         self.gpu
             .kernels
             .rotary_embedding
@@ -940,7 +941,7 @@ impl Backend for CudaBackend {
                 k.rows, k.cols, key_cache.cols
             )
         })?;
-        let slots = step.bufs().slot_mapping.slice(0..t);
+        let slots = step.bufs().slot_mapping().slice(0..t);
         self.gpu
             .kernels
             .reshape_and_cache
@@ -974,7 +975,7 @@ impl Backend for CudaBackend {
         let b = step.bufs();
         let (s, width) = (step.num_seqs, step.max_blocks_per_seq);
         let tables = b.block_tables.slice(0..s * width);
-        let seq_lens = b.seq_lens.slice(0..s);
+        let seq_lens = b.seq_lens().slice(0..s);
         let (qv, kc, vc) = (
             q.view_bf16(OP)?,
             key_cache.view_bf16(OP)?,
@@ -1018,7 +1019,7 @@ impl Backend for CudaBackend {
                 block_size: step.block_size,
                 max_blocks_per_seq: width,
             };
-            let qsl = b.query_start_loc.slice(0..s + 1);
+            let qsl = b.query_start_loc().slice(0..s + 1);
             self.gpu
                 .kernels
                 .prefill_attention
@@ -1237,8 +1238,8 @@ impl Backend for CudaBackend {
                 &mut key_cache.view_bf16_mut(OP)?,
                 &mut value_cache.view_bf16_mut(OP)?,
                 &qkv.view_bf16(OP)?,
-                &b.positions.slice(0..t),
-                &b.slot_mapping.slice(0..t),
+                &b.positions().slice(0..t),
+                &b.slot_mapping().slice(0..t),
                 &cos_sin_cache.view_f32(OP)?,
                 shape,
             )
@@ -1251,7 +1252,7 @@ impl Backend for CudaBackend {
         // A row gather is an embedding lookup with `x` as the table.
         let n = step.num_logits;
         let mut out = self.empty("gather_rows", n, x.cols)?;
-        let rows = step.bufs().logits_indices.slice(0..n);
+        let rows = step.bufs().logits_indices().slice(0..n);
         self.gpu
             .kernels
             .embedding

@@ -17,29 +17,38 @@
 
 use std::sync::{Arc, Mutex};
 
-use kernels::cudarc::driver::{CudaSlice, CudaStream};
+use kernels::cudarc::driver::result::memcpy_htod_async;
+use kernels::cudarc::driver::{
+    CudaEvent, CudaSlice, CudaStream, CudaView, DevicePtrMut, DeviceRepr, PinnedHostSlice,
+};
 use kernels::reshape_and_cache::PADDING_SLOT;
 
 use super::{BackendError, Result, StepLimits, StepSampling};
 use crate::sampler::SampleRow;
 use crate::worker::model_runner::ModelInput;
 
-/// Device buffers for the largest step; a step uses a prefix of each.
+/// Device buffers for the largest step, and the pinned host memory a step is staged in.
+///
+/// Every per-step array but the block tables travels in one copy: the host writes them one
+/// after the other into `staging` (page-locked, so the copy is a DMA the host only enqueues),
+/// and one `cuMemcpyHtoDAsync` moves them into `packed` at the same offsets. Twelve copies
+/// from pageable memory, each staged by the driver through a buffer of its own before it
+/// returns, cost the host tens of microseconds a step, time in which the GPU waits.
+///
+/// The offsets are a function of the step's (padded) token and sequence counts only
+/// ([`PackedLayout::new`]): a decode step of n sequences always finds its arrays at the same
+/// addresses, which is what a CUDA graph recorded for n sequences replays.
 #[derive(Debug)]
 pub struct StepBuffers {
-    pub input_ids: CudaSlice<u32>,       // [max_tokens]
-    pub positions: CudaSlice<u32>,       // [max_tokens]
-    pub slot_mapping: CudaSlice<u64>,    // [max_tokens]
-    pub query_start_loc: CudaSlice<u32>, // [max_seqs + 1]
-    pub seq_lens: CudaSlice<u32>,        // [max_seqs]
-    pub block_tables: CudaSlice<u32>,    // [max_seqs, width]
-    pub logits_indices: CudaSlice<u32>,  // [max_seqs]
-    // How each logits row samples, `[max_seqs]` each (kernels::sampling::RowParams).
-    pub temperature: CudaSlice<f32>,
-    pub top_k: CudaSlice<u32>,
-    pub top_p: CudaSlice<f32>,
-    pub seed: CudaSlice<u64>,
-    pub position: CudaSlice<u64>,
+    /// `[packed_bytes]`: the step's arrays, at `layout`'s offsets.
+    packed: CudaSlice<u8>,
+    /// The last step's offsets into `packed` (set by [`prepare`]).
+    layout: PackedLayout,
+    /// Page-locked host bytes: the packed arrays, then the block tables' used corner.
+    staging: PinnedHostSlice<u8>,
+    /// Recorded after the copies out of `staging`: the host may write it again once passed.
+    staged: CudaEvent,
+    pub block_tables: CudaSlice<u32>, // [max_seqs, width]
     /// `[max_seqs]` the sampled ids, written on the device and read back after the step.
     pub sampled: Mutex<CudaSlice<u32>>,
     pub limits: StepLimits,
@@ -47,28 +56,126 @@ pub struct StepBuffers {
     pub generation: u64,
 }
 
+/// Where each array of a step sits in [`StepBuffers`]' packed bytes: `(offset, length)` in
+/// elements of its type, offsets in bytes. 8-byte arrays first, every array 256-byte aligned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct PackedLayout {
+    slot_mapping: (usize, usize),    // u64 [tokens]
+    seed: (usize, usize),            // u64 [seqs]
+    position: (usize, usize),        // u64 [seqs]
+    input_ids: (usize, usize),       // u32 [tokens]
+    positions: (usize, usize),       // u32 [tokens]
+    query_start_loc: (usize, usize), // u32 [seqs + 1]
+    seq_lens: (usize, usize),        // u32 [seqs]
+    logits_indices: (usize, usize),  // u32 [logits]
+    temperature: (usize, usize),     // f32 [logits]
+    top_k: (usize, usize),           // u32 [logits]
+    top_p: (usize, usize),           // f32 [logits]
+    /// Bytes used, up to the end of the last array.
+    bytes: usize,
+}
+
+const PACK_ALIGN: usize = 256;
+
+impl PackedLayout {
+    /// The offsets for a step of `tokens` tokens, `seqs` sequences and `logits` sampled rows.
+    fn new(tokens: usize, seqs: usize, logits: usize) -> Self {
+        let mut end = 0;
+        let mut place = |len: usize, elem: usize| {
+            let at = end;
+            end = (at + len * elem).next_multiple_of(PACK_ALIGN);
+            (at, len)
+        };
+        let l = PackedLayout {
+            slot_mapping: place(tokens, 8),
+            seed: place(logits, 8),
+            position: place(logits, 8),
+            input_ids: place(tokens, 4),
+            positions: place(tokens, 4),
+            query_start_loc: place(seqs + 1, 4),
+            seq_lens: place(seqs, 4),
+            logits_indices: place(logits, 4),
+            temperature: place(logits, 4),
+            top_k: place(logits, 4),
+            top_p: place(logits, 4),
+            bytes: 0,
+        };
+        PackedLayout { bytes: end, ..l }
+    }
+}
+
+/// A typed view of `(offset, len)` in `packed`.
+fn view<T: DeviceRepr>(packed: &CudaSlice<u8>, (at, len): (usize, usize)) -> CudaView<'_, T> {
+    // SAFETY: `at` is 256-byte aligned and `at + len * size_of::<T>()` lies inside `packed`
+    // (PackedLayout::new placed it; StepBuffers::new sized `packed` for the largest step); the
+    // arrays are u32, u64 and f32, for which every bit pattern is a value.
+    unsafe { packed.slice(at..).transmute::<T>(len) }
+        .expect("a packed array lies inside the packed buffer")
+}
+
 impl StepBuffers {
     pub fn new(stream: &Arc<CudaStream>, limits: StepLimits, generation: u64) -> Result<Self> {
         let (t, s) = (limits.max_num_tokens.max(1), limits.max_num_seqs.max(1));
         let width = limits.max_blocks_per_seq().max(1);
         let dev = |e| device("allocate step buffers", e);
+        // A step fits when its tokens and sequences do ([`prepare`]); it samples at most one
+        // row per sequence.
+        let largest = PackedLayout::new(t, s, s).bytes;
+        let ctx = stream.context();
+        // SAFETY: the bytes are uninitialised until `prepare` writes a step's arrays; nothing
+        // reads them before (the first copy out of them is of bytes just written).
+        let staging = unsafe { ctx.alloc_pinned::<u8>(largest + s * width * 4) }.map_err(dev)?;
         Ok(StepBuffers {
-            input_ids: stream.alloc_zeros(t).map_err(dev)?,
-            positions: stream.alloc_zeros(t).map_err(dev)?,
-            slot_mapping: stream.alloc_zeros(t).map_err(dev)?,
-            query_start_loc: stream.alloc_zeros(s + 1).map_err(dev)?,
-            seq_lens: stream.alloc_zeros(s).map_err(dev)?,
+            packed: stream.alloc_zeros(largest).map_err(dev)?,
+            layout: PackedLayout::default(),
+            staging,
+            staged: ctx.new_event(None).map_err(dev)?,
             block_tables: stream.alloc_zeros(s * width).map_err(dev)?,
-            logits_indices: stream.alloc_zeros(s).map_err(dev)?,
-            temperature: stream.alloc_zeros(s).map_err(dev)?,
-            top_k: stream.alloc_zeros(s).map_err(dev)?,
-            top_p: stream.alloc_zeros(s).map_err(dev)?,
-            seed: stream.alloc_zeros(s).map_err(dev)?,
-            position: stream.alloc_zeros(s).map_err(dev)?,
             sampled: Mutex::new(stream.alloc_zeros(s).map_err(dev)?),
             limits,
             generation,
         })
+    }
+
+    /// `[tokens]` the step's token ids.
+    pub fn input_ids(&self) -> CudaView<'_, u32> {
+        view(&self.packed, self.layout.input_ids)
+    }
+    /// `[tokens]` each token's position in its sequence.
+    pub fn positions(&self) -> CudaView<'_, u32> {
+        view(&self.packed, self.layout.positions)
+    }
+    /// `[tokens]` each token's KV cache slot ([`PADDING_SLOT`] for a padding row).
+    pub fn slot_mapping(&self) -> CudaView<'_, u64> {
+        view(&self.packed, self.layout.slot_mapping)
+    }
+    /// `[seqs + 1]` where each sequence's tokens start.
+    pub fn query_start_loc(&self) -> CudaView<'_, u32> {
+        view(&self.packed, self.layout.query_start_loc)
+    }
+    /// `[seqs]` each sequence's context length.
+    pub fn seq_lens(&self) -> CudaView<'_, u32> {
+        view(&self.packed, self.layout.seq_lens)
+    }
+    /// `[logits]` the token rows whose logits are computed.
+    pub fn logits_indices(&self) -> CudaView<'_, u32> {
+        view(&self.packed, self.layout.logits_indices)
+    }
+    /// `[logits]` each sampled row's parameters (kernels::sampling::RowParams).
+    pub fn temperature(&self) -> CudaView<'_, f32> {
+        view(&self.packed, self.layout.temperature)
+    }
+    pub fn top_k(&self) -> CudaView<'_, u32> {
+        view(&self.packed, self.layout.top_k)
+    }
+    pub fn top_p(&self) -> CudaView<'_, f32> {
+        view(&self.packed, self.layout.top_p)
+    }
+    pub fn seed(&self) -> CudaView<'_, u64> {
+        view(&self.packed, self.layout.seed)
+    }
+    pub fn position(&self) -> CudaView<'_, u64> {
+        view(&self.packed, self.layout.position)
     }
 }
 
@@ -218,36 +325,7 @@ pub fn prepare(
     let width = bufs.limits.max_blocks_per_seq().max(1);
 
     let host = layout(&input, padded, width)?;
-    let dev = |e| device("copy step metadata", e);
-    macro_rules! upload {
-        ($field:ident) => {
-            if !host.$field.is_empty() {
-                let mut dst = bufs.$field.slice_mut(0..host.$field.len());
-                stream.memcpy_htod(&host.$field, &mut dst).map_err(dev)?;
-            }
-        };
-    }
-    upload!(input_ids);
-    upload!(positions);
-    upload!(slot_mapping);
-    upload!(query_start_loc);
-    upload!(seq_lens);
-    // [seqs, used] into the first columns of [max_seqs, width]; what lies right of the
-    // corner (earlier steps' entries) is never read: a kernel stops at a sequence's length.
-    kernels::copy_rows::copy_rows_htod(
-        stream,
-        &host.block_tables,
-        host.block_table_width,
-        &mut bufs.block_tables,
-        width,
-    )
-    .map_err(|e| device("copy step metadata", e))?;
-    upload!(logits_indices);
-    upload!(temperature);
-    upload!(top_k);
-    upload!(top_p);
-    upload!(seed);
-    upload!(position);
+    upload(stream, &mut bufs, &host, width)?;
 
     Ok(CudaStepMetadata {
         num_tokens: tokens,
@@ -262,6 +340,84 @@ pub fn prepare(
         bufs: Some(bufs),
         pool: pool.clone(),
     })
+}
+
+/// Writes `host` into the pinned staging bytes and copies it to the device: the packed
+/// arrays in one copy, the block tables' used corner in a second (a 2D copy into the rows of
+/// the `width`-wide device matrix; what lies right of the corner, earlier steps' entries, is
+/// never read: a kernel stops at a sequence's length).
+fn upload(
+    stream: &Arc<CudaStream>,
+    bufs: &mut StepBuffers,
+    host: &HostStep,
+    width: usize,
+) -> Result<()> {
+    let dev = |e| device("copy step metadata", e);
+    let l = PackedLayout::new(
+        host.input_ids.len(),
+        host.seq_lens.len(),
+        host.logits_indices.len(),
+    );
+    let tables = host.block_tables.len() * 4;
+    check(
+        l.bytes <= bufs.packed.len() && l.bytes + tables <= bufs.staging.len(),
+        || {
+            format!(
+                "a step of {} bytes for buffers of {}",
+                l.bytes + tables,
+                bufs.staging.len()
+            )
+        },
+    )?;
+    // The previous step's copies out of `staging` must have happened before it is rewritten.
+    bufs.staged.synchronize().map_err(dev)?;
+    let staging = bufs.staging.as_mut_slice().map_err(dev)?;
+    fn put<T: Copy>(staging: &mut [u8], (at, len): (usize, usize), values: &[T]) {
+        debug_assert_eq!(len, values.len());
+        let bytes = std::mem::size_of_val(values);
+        // SAFETY: plain-old-data values (u32, u64, f32) viewed as their bytes.
+        let raw = unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), bytes) };
+        staging[at..at + bytes].copy_from_slice(raw);
+    }
+    put(staging, l.slot_mapping, &host.slot_mapping);
+    put(staging, l.seed, &host.seed);
+    put(staging, l.position, &host.position);
+    put(staging, l.input_ids, &host.input_ids);
+    put(staging, l.positions, &host.positions);
+    put(staging, l.query_start_loc, &host.query_start_loc);
+    put(staging, l.seq_lens, &host.seq_lens);
+    put(staging, l.logits_indices, &host.logits_indices);
+    put(staging, l.temperature, &host.temperature);
+    put(staging, l.top_k, &host.top_k);
+    put(staging, l.top_p, &host.top_p);
+    put(
+        staging,
+        (l.bytes, host.block_tables.len()),
+        &host.block_tables,
+    );
+    let (packed_host, rest) = staging.split_at(l.bytes);
+    {
+        let (dst, _record) = bufs.packed.device_ptr_mut(stream);
+        // SAFETY: `dst` holds at least `l.bytes` (checked above); the source is page-locked
+        // memory owned by `bufs`, not written again until `staged` (recorded below, after
+        // this copy on the same stream) has been passed.
+        unsafe { memcpy_htod_async(dst, packed_host, stream.cu_stream()) }.map_err(dev)?;
+    }
+    // SAFETY: the staged table bytes are u32 values just written, 4-byte aligned (l.bytes is a
+    // multiple of 256 in a page-aligned allocation).
+    let table_values =
+        unsafe { std::slice::from_raw_parts(rest.as_ptr().cast::<u32>(), host.block_tables.len()) };
+    kernels::copy_rows::copy_rows_htod(
+        stream,
+        table_values,
+        host.block_table_width,
+        &mut bufs.block_tables,
+        width,
+    )
+    .map_err(|e| device("copy step metadata", e))?;
+    bufs.staged.record(stream).map_err(dev)?;
+    bufs.layout = l;
+    Ok(())
 }
 
 /// The host arrays of `input`, padded to `padded` sequences, block tables as wide as the

@@ -381,7 +381,7 @@ impl CudaBackend {
     ) -> Result<CudaTensor> {
         let (n, h, rows) = (step.num_tokens, table.cols, table.rows);
         let mut out = self.empty("embedding", n, h)?;
-        let ids = step.bufs().input_ids.slice(0..n);
+        let ids = step.bufs().input_ids().slice(0..n);
         self.gpu()
             .kernels
             .embedding
