@@ -98,9 +98,13 @@ extern "C" __global__ void __launch_bounds__(CAR_THREADS) custom_all_reduce_kern
     // kernel's blocks, started early, would wait in griddepcontrol.wait on SMs that a peer's
     // all-reduce needs to start, while this one waits for that peer. (With a GPU per rank,
     // letting it start early measured no faster: 3.475 against 3.464 ms a step, above.)
-    wait_for_previous_kernel();
+    // The call count is read before the wait, under the previous kernel's tail: only this
+    // rank's previous all-reduce wrote it, and that one had finished (writes visible) before
+    // the kernel after it passed its wait; a kernel lets the next one start only after its own
+    // wait, so it had finished before this one launched.
     __shared__ u32 s_call;
     if (threadIdx.x == 0) s_call = counter[blockIdx.x] + 1;
+    wait_for_previous_kernel();
     __syncthreads();
     const u32 c = s_call;
     const u32 vectors = n / 8, stride = gridDim.x * CAR_THREADS;
