@@ -1361,6 +1361,8 @@ impl Backend for CudaBackend {
             run()?;
         }
         record(&timer.events.1)?;
+        // The host waits for the step's kernels and reads the ids back.
+        let sync = tracing::trace_span!("sync_output", rows = rows.len()).entered();
         if let Some(comm) = self.group().filter(|c| c.on_device()) {
             comm.wait_for_gpu(&timer.events.1)?;
         }
@@ -1369,6 +1371,7 @@ impl Backend for CudaBackend {
             .stream
             .clone_dtoh(&sampled.slice(0..rows.len()))
             .map_err(|e| device("read sampled ids", e))?;
+        drop(sync);
         // The copy above waited for the stream, so both events are complete.
         let (start, end) = &timer.events;
         let ms = start

@@ -284,7 +284,9 @@ impl RankWorker {
         let (runner, link, requests) = (&mut self.runner, &mut self.link, &mut self.requests);
         with_runner!(&mut *runner, r => r.remove_requests(&delta.finished));
         let result = catch_unwind(AssertUnwindSafe(|| {
-            let out = requests.decode(delta).map_err(EngineError::Internal)?;
+            let out = tracing::debug_span!("decode_step_delta", step = step + 1)
+                .in_scope(|| requests.decode(delta))
+                .map_err(EngineError::Internal)?;
             with_runner!(runner, r => match link.as_mut() {
                 Some(link) => Ok(run_micro_batches(r, link, &out, m, step, step_start)?),
                 None => Ok(r.execute_model(&out).map(|o| (o, Vec::new()))?),

@@ -110,6 +110,8 @@ pub struct StepEncoder {
     pub steps: u64,
     pub delta_bytes: u64,
     pub full_bytes: u64,
+    /// Reused to measure both forms each step (no allocation once grown).
+    scratch: WireWriter,
 }
 
 impl StepEncoder {
@@ -134,23 +136,25 @@ impl StepEncoder {
         let scheduled = out
             .scheduled
             .iter()
-            .map(|s| {
-                let delta = match self.requests.held.get(&s.seq_id) {
-                    Some(h)
-                        if h.next_position == s.start_position
-                            && s.block_table.starts_with(&h.block_table) =>
-                    {
-                        ScheduledDelta::Cached {
-                            seq_id: s.seq_id,
-                            token_ids: s.token_ids.clone(),
-                            new_blocks: s.block_table[h.block_table.len()..].to_vec(),
-                            needs_logits: s.needs_logits,
-                        }
+            .map(|s| match self.requests.held.get_mut(&s.seq_id) {
+                Some(h)
+                    if h.next_position == s.start_position
+                        && s.block_table.starts_with(&h.block_table) =>
+                {
+                    let new_blocks = s.block_table[h.block_table.len()..].to_vec();
+                    h.block_table.extend_from_slice(&new_blocks);
+                    h.next_position = s.start_position + s.token_ids.len();
+                    ScheduledDelta::Cached {
+                        seq_id: s.seq_id,
+                        token_ids: s.token_ids.clone(),
+                        new_blocks,
+                        needs_logits: s.needs_logits,
                     }
-                    _ => ScheduledDelta::New(s.clone()),
-                };
-                self.requests.remember(s);
-                delta
+                }
+                _ => {
+                    self.requests.remember(s);
+                    ScheduledDelta::New(s.clone())
+                }
             })
             .collect();
         let delta = StepDelta {
@@ -159,8 +163,13 @@ impl StepEncoder {
             scheduled,
         };
         self.steps += 1;
-        self.delta_bytes += delta.to_bytes().len() as u64;
-        self.full_bytes += full_bytes(out);
+        let w = &mut self.scratch;
+        w.bytes.clear();
+        delta.write(w);
+        self.delta_bytes += w.bytes.len() as u64;
+        w.bytes.clear();
+        write_full(w, out);
+        self.full_bytes += w.bytes.len() as u64;
         delta
     }
 }
@@ -187,22 +196,25 @@ impl StepDecoder {
                     new_blocks,
                     needs_logits,
                 } => {
-                    let held = self.requests.held.get(seq_id).ok_or_else(|| {
+                    let held = self.requests.held.get_mut(seq_id).ok_or_else(|| {
                         format!(
                             "the step names request {} as cached, but this rank does not hold \
                              it: the driver and the rank are out of step",
                             seq_id.0
                         )
                     })?;
-                    let mut block_table = held.block_table.clone();
-                    block_table.extend_from_slice(new_blocks);
-                    ScheduledSequence {
+                    // The table grows in place; the step's copy is the whole table.
+                    held.block_table.extend_from_slice(new_blocks);
+                    let start_position = held.next_position;
+                    held.next_position += token_ids.len();
+                    scheduled.push(ScheduledSequence {
                         seq_id: *seq_id,
                         token_ids: token_ids.clone(),
-                        start_position: held.next_position,
-                        block_table,
+                        start_position,
+                        block_table: held.block_table.clone(),
                         needs_logits: *needs_logits,
-                    }
+                    });
+                    continue;
                 }
             };
             self.requests.remember(&s);
@@ -218,18 +230,26 @@ impl StepDecoder {
 /// The wire size of `out` sent whole: every sequence as a new one (what each step cost before
 /// deltas, in the same format).
 pub fn full_bytes(out: &SchedulerOutput) -> u64 {
-    StepDelta {
-        finished: Vec::new(),
-        preempted: out.preempted.clone(),
-        scheduled: out
-            .scheduled
-            .iter()
-            .cloned()
-            .map(ScheduledDelta::New)
-            .collect(),
-    }
-    .to_bytes()
-    .len() as u64
+    let mut w = WireWriter::default();
+    write_full(&mut w, out);
+    w.bytes.len() as u64
+}
+
+/// `out` in the wire form of a [`StepDelta`] whose every sequence is new (none finished).
+fn write_full(w: &mut WireWriter, out: &SchedulerOutput) {
+    put_ids(w, &[]);
+    put_ids(w, &out.preempted);
+    w.usize(out.scheduled.len());
+    out.scheduled.iter().for_each(|s| write_new(w, s));
+}
+
+/// A sequence sent whole: kind 0, its id and tokens, where they start, its table, and whether
+/// it samples.
+fn write_new(w: &mut WireWriter, s: &ScheduledSequence) {
+    w.u8(0).varint(s.seq_id.0).u32s(&s.token_ids);
+    w.usize(s.start_position);
+    put_blocks(w, &s.block_table);
+    w.bool(s.needs_logits);
 }
 
 fn put_ids(w: &mut WireWriter, ids: &[SeqId]) {
@@ -245,8 +265,10 @@ fn get_ids(r: &mut WireReader) -> io::Result<Vec<SeqId>> {
 }
 
 fn put_blocks(w: &mut WireWriter, blocks: &[BlockId]) {
-    let raw: Vec<u32> = blocks.iter().map(|b| b.0).collect();
-    w.u32s(&raw);
+    w.usize(blocks.len());
+    blocks.iter().for_each(|b| {
+        w.u32(b.0);
+    });
 }
 
 fn get_blocks(r: &mut WireReader) -> io::Result<Vec<BlockId>> {
@@ -269,12 +291,7 @@ impl StepDelta {
         w.usize(self.scheduled.len());
         for d in &self.scheduled {
             match d {
-                ScheduledDelta::New(s) => {
-                    w.u8(0).varint(s.seq_id.0).u32s(&s.token_ids);
-                    w.usize(s.start_position);
-                    put_blocks(w, &s.block_table);
-                    w.bool(s.needs_logits);
-                }
+                ScheduledDelta::New(s) => write_new(w, s),
                 ScheduledDelta::Cached {
                     seq_id,
                     token_ids,
@@ -390,13 +407,14 @@ mod tests {
     proptest! {
         /// Random steps of a scheduler-like process (requests arrive, grow by random chunks,
         /// gain blocks, are preempted into other blocks, finish): every rank rebuilds every
-        /// step exactly, from the bytes.
+        /// step exactly, from the bytes; the byte counters are those of the wire form.
         #[test]
         fn every_step_round_trips(ops in prop::collection::vec((0u64..6, 0usize..4, any::<bool>()), 1..60)) {
             let (mut enc, mut dec) = (StepEncoder::default(), StepDecoder::default());
             // id -> (position, blocks)
             let mut live: std::collections::BTreeMap<u64, (usize, Vec<u32>)> = Default::default();
             let mut next_block = 0u32;
+            let (mut sent, mut whole) = (0u64, 0u64);
             for (id, action, flag) in ops {
                 let mut preempted = Vec::new();
                 match action {
@@ -425,9 +443,18 @@ mod tests {
                 }
                 let out = step(scheduled, &preempted);
                 let bytes = enc.encode(&out).to_bytes();
+                sent += bytes.len() as u64;
+                let all_new = StepDelta {
+                    finished: Vec::new(),
+                    preempted: out.preempted.clone(),
+                    scheduled: out.scheduled.iter().cloned().map(ScheduledDelta::New).collect(),
+                };
+                prop_assert_eq!(full_bytes(&out), all_new.to_bytes().len() as u64);
+                whole += full_bytes(&out);
                 let delta = StepDelta::read(&mut WireReader::new(&bytes)).unwrap();
                 prop_assert_eq!(dec.decode(&delta).unwrap(), out);
             }
+            prop_assert_eq!((enc.delta_bytes, enc.full_bytes), (sent, whole));
             prop_assert!(enc.delta_bytes <= enc.full_bytes + 16 * enc.steps);
         }
     }

@@ -12,6 +12,9 @@
 //! component; [`report`] reads the step and request tables off them; [`comm_check`] sets the
 //! all-reduce traffic the course's formulas predict beside what the communicators counted;
 //! [`workload`] is a batch of requests to follow, and [`overhead`] what tracing costs.
+//! [`span_totals`] is the other kind of listener: it sums the time inside a few named spans
+//! and leaves everything else off, to split a step's host time while the engine runs as fast
+//! as it does untraced (`lab bench --workload decode --host-spans`).
 //!
 //! Times are the host's: on the GPU a `kernel` span is the launch, not the kernel's run.
 
@@ -22,6 +25,7 @@ pub mod html_timeline;
 pub mod overhead;
 pub mod report;
 pub mod span_recorder;
+pub mod span_totals;
 pub mod workload;
 
 pub use bottlenecks::{bottlenecks, device_bottlenecks, Component};
@@ -32,4 +36,5 @@ pub use comm_check::{
 pub use html_timeline::html_timeline;
 pub use overhead::{measure_overhead, Overhead};
 pub use span_recorder::{RecordedSpan, SpanRecorder};
+pub use span_totals::{SpanTotal, SpanTotals};
 pub use workload::{parse_workload, run_workload, WorkloadRequest};

@@ -167,6 +167,7 @@ impl<B: Backend> ModelRunner<B> {
 
     /// The step's inputs with their sample rows; `None` when nothing is scheduled.
     fn model_input(&mut self, out: &SchedulerOutput) -> Option<ModelInput> {
+        let _span = tracing::debug_span!("prepare_inputs", seqs = out.scheduled.len()).entered();
         let mut input = (self.prepare_inputs)(out, self.kv_cache.block_size);
         if input.input_ids.is_empty() {
             return None;

@@ -61,6 +61,11 @@ pub struct BenchArgs {
     /// --max-num-seqs).
     #[arg(long, default_value_t = 1)]
     batch_size: usize,
+    /// --workload decode: also split each step's host time by span (the engine's step, the
+    /// hand-off to the ranks, each rank's preparing, graph launch and wait for its output),
+    /// µs per step and thread, with only those spans listened to.
+    #[arg(long)]
+    host_spans: bool,
     /// Measured runs per workload (the best is reported, after one warm-up run; batch-1
     /// decode of the serving workloads, and --workload decode, report the median).
     #[arg(long, default_value_t = 3)]
@@ -115,8 +120,10 @@ struct Row {
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.workload == Workload::Decode {
-        return crate::decode_batch::run(&args.model, args.batch_size, args.runs, args.json);
+        let (batch, runs) = (args.batch_size, args.runs);
+        return crate::decode_batch::run(&args.model, batch, runs, args.json, args.host_spans);
     }
+    anyhow::ensure!(!args.host_spans, "--host-spans is for --workload decode");
     anyhow::ensure!(
         args.batch_size == 1,
         "--batch-size is for --workload decode; this workload has its own batches"

@@ -3,6 +3,7 @@
 //! the closed form (and one JSON line with `--json`).
 
 use engine::distributed::CommStats;
+use engine::tracer::SpanTotals;
 use engine::LLMEngine;
 
 use super::{
@@ -19,8 +20,32 @@ const CLOCKS: &str = "step time: host wall clock around the steps; collective ti
      inside the host communicator's calls, waiting for peers included; for calls on NCCL, \
      device time between CUDA events around each call";
 
+/// The spans `--host-spans` sums: the engine's step (scheduling, the executor, the outputs),
+/// the hand-off to the ranks and the wait for them, and in each rank its step, rebuilding it
+/// from the delta, laying out its inputs, its metadata upload, the graph launch and the wait
+/// for its sampled ids.
+const HOST_SPANS: &[&str] = &[
+    "schedule",
+    "execute_model",
+    "update_from_output",
+    "hand_off",
+    "wait_for_ranks",
+    "worker_step",
+    "decode_step_delta",
+    "prepare_inputs",
+    "prepare_step",
+    "cuda_graph_replay",
+    "sync_output",
+];
+
 /// Loads the model, checks `batch`, runs the windows and prints the report.
-pub fn run(model: &ModelArgs, batch: usize, runs: usize, json: bool) -> anyhow::Result<()> {
+pub fn run(
+    model: &ModelArgs,
+    batch: usize,
+    runs: usize,
+    json: bool,
+    host_spans: bool,
+) -> anyhow::Result<()> {
     let mut config = model.engine_config();
     // Checked before the model loads: a bad flag fails at once.
     check_batch_size(batch, config.scheduler.max_num_seqs)?;
@@ -38,6 +63,12 @@ pub fn run(model: &ModelArgs, batch: usize, runs: usize, json: bool) -> anyhow::
     let device = config.device.resolve()?;
     model.set_threads()?;
     let ceilings = roofline::measure(device)?;
+    // Listening before the engine starts, so that its ranks' threads report too.
+    let spans = host_spans.then(|| SpanTotals::new(HOST_SPANS));
+    if let Some(s) = &spans {
+        tracing::subscriber::set_global_default(s.clone())
+            .map_err(|e| anyhow::anyhow!("--host-spans: cannot listen to the spans: {e}"))?;
+    }
     let mut engine = LLMEngine::new(model.load()?, config)?;
     let c = engine.model_config().clone();
     let (tp, pp) = (model.tensor_parallel_size, model.pipeline_parallel_size);
@@ -56,6 +87,9 @@ pub fn run(model: &ModelArgs, batch: usize, runs: usize, json: bool) -> anyhow::
 
     let prompts = prompts(batch, c.vocab_size);
     decode_window(&mut engine, &prompts)?; // warm-up: page in weights, grow allocations
+    if let Some(s) = &spans {
+        s.reset(); // only the timed windows' steps
+    }
     let windows = (0..runs.max(1))
         .map(|_| decode_window(&mut engine, &prompts))
         .collect::<anyhow::Result<Vec<Window>>>()?;
@@ -172,6 +206,20 @@ pub fn run(model: &ModelArgs, batch: usize, runs: usize, json: bool) -> anyhow::
         }
         report["engine_ms_per_step"] = split.engine_ms.into();
         report["ranks"] = rows.into();
+    }
+    if let Some(s) = &spans {
+        // Each window's one prefill step is in the sums too: 1 call in DECODE_STEPS + 1.
+        println!(
+            "  host time by span and thread, µs per call (a call per step; each window's \
+             prefill step included):"
+        );
+        let mut by_span = serde_json::Map::new();
+        for ((name, thread), t) in s.totals() {
+            let us = t.total.as_secs_f64() * 1e6 / t.count.max(1) as f64;
+            println!("    {name:<20} {thread:<16} {us:>9.1}  ({} calls)", t.count);
+            by_span.insert(format!("{name}@{thread}"), us.into());
+        }
+        report["host_spans_us_per_call"] = by_span.into();
     }
     if json {
         println!("{report}");
