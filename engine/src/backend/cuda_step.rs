@@ -372,12 +372,10 @@ fn upload(
     // The previous step's copies out of `staging` must have happened before it is rewritten.
     bufs.staged.synchronize().map_err(dev)?;
     let staging = bufs.staging.as_mut_slice().map_err(dev)?;
-    fn put<T: Copy>(staging: &mut [u8], (at, len): (usize, usize), values: &[T]) {
+    fn put<T: bytemuck::Pod>(staging: &mut [u8], (at, len): (usize, usize), values: &[T]) {
         debug_assert_eq!(len, values.len());
-        let bytes = std::mem::size_of_val(values);
-        // SAFETY: plain-old-data values (u32, u64, f32) viewed as their bytes.
-        let raw = unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<u8>(), bytes) };
-        staging[at..at + bytes].copy_from_slice(raw);
+        let raw: &[u8] = bytemuck::cast_slice(values);
+        staging[at..at + raw.len()].copy_from_slice(raw);
     }
     put(staging, l.slot_mapping, &host.slot_mapping);
     put(staging, l.seed, &host.seed);
@@ -403,10 +401,10 @@ fn upload(
         // this copy on the same stream) has been passed.
         unsafe { memcpy_htod_async(dst, packed_host, stream.cu_stream()) }.map_err(dev)?;
     }
-    // SAFETY: the staged table bytes are u32 values just written, 4-byte aligned (l.bytes is a
-    // multiple of 256 in a page-aligned allocation).
-    let table_values =
-        unsafe { std::slice::from_raw_parts(rest.as_ptr().cast::<u32>(), host.block_tables.len()) };
+    // The table bytes just written, as u32 again (4-byte aligned: l.bytes is a multiple of 256
+    // in a page-aligned allocation).
+    let table_values: &[u32] = bytemuck::try_cast_slice(&rest[..tables])
+        .map_err(|e| BackendError::shape("prepare_step", format!("staged block tables: {e:?}")))?;
     kernels::copy_rows::copy_rows_htod(
         stream,
         table_values,
@@ -522,5 +520,55 @@ pub(crate) fn device(
         backend: "cuda",
         op,
         source: Box::new(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PackedLayout;
+
+    fn arrays(l: &PackedLayout) -> [(usize, usize, usize); 11] {
+        [
+            (l.slot_mapping.0, l.slot_mapping.1, 8),
+            (l.seed.0, l.seed.1, 8),
+            (l.position.0, l.position.1, 8),
+            (l.input_ids.0, l.input_ids.1, 4),
+            (l.positions.0, l.positions.1, 4),
+            (l.query_start_loc.0, l.query_start_loc.1, 4),
+            (l.seq_lens.0, l.seq_lens.1, 4),
+            (l.logits_indices.0, l.logits_indices.1, 4),
+            (l.temperature.0, l.temperature.1, 4),
+            (l.top_k.0, l.top_k.1, 4),
+            (l.top_p.0, l.top_p.1, 4),
+        ]
+    }
+
+    /// Every array aligned, in order, apart from the others and inside `bytes`; and a step
+    /// never needs more bytes than the largest one its buffers were sized for.
+    #[test]
+    fn arrays_are_aligned_apart_and_fit_the_largest_step() {
+        for (t_max, s_max) in [(1, 1), (2048, 256), (8192, 64), (37, 37)] {
+            let largest = PackedLayout::new(t_max, s_max, s_max).bytes;
+            for (t, s, n) in [
+                (1, 1, 1),
+                (t_max, s_max, s_max),
+                (t_max, 1, 1),
+                (s_max, s_max, 1),
+            ] {
+                let (t, s, n) = (t.min(t_max), s.min(s_max), n.min(s.min(s_max)));
+                let l = PackedLayout::new(t, s, n);
+                assert!(l.bytes <= largest, "{t} {s} {n}: {} > {largest}", l.bytes);
+                let mut end = 0;
+                for (at, len, size) in arrays(&l) {
+                    assert_eq!(at % 256, 0);
+                    assert!(at >= end, "overlap at {at}");
+                    end = at + len * size;
+                }
+                assert!(end <= l.bytes);
+                assert_eq!(l.input_ids.1, t);
+                assert_eq!(l.query_start_loc.1, s + 1);
+                assert_eq!(l.top_p.1, n);
+            }
+        }
     }
 }
