@@ -605,6 +605,18 @@ fn decode_projections(
     Ok(())
 }
 
+/// A weight's (out_features n, in_features k).
+type Shape = (usize, usize);
+
+/// One layer's projections of the Llama-2-7B shape (hidden 4096, MLP 11008): (name, TP 1's
+/// (n, k), a TP 2 rank's). qkv and gate/up split their outputs, o and down their inputs.
+const LAYER_7B: [(&str, Shape, Shape); 4] = [
+    ("qkv", (3 * 4096, 4096), (3 * 4096 / 2, 4096)),
+    ("o_proj", (4096, 4096), (4096, 4096 / 2)),
+    ("gate_up", (2 * 11008, 4096), (11008, 4096)),
+    ("down", (4096, 11008), (4096, 11008 / 2)),
+];
+
 /// `kernel_bench --tp-shapes`: the copy bandwidth, then one layer's projections of the
 /// Llama-2-7B shape on one GPU (TP 1) and on one rank of TP 2 (each weight halved along the
 /// dimension tensor parallelism splits), at 1 and 32 tokens, and per token count the layer's
@@ -618,14 +630,8 @@ fn tp_shapes(gpu: &Gpu) -> Result<()> {
         "copy (d2d) 1 GiB: {:.4} ms, {:.0} GB/s",
         ceilings.copy_ms, ceilings.copy_gb_s
     );
+    let layer = LAYER_7B;
     let (h, f) = (4096usize, 11008usize);
-    // (name, TP 1's (n, k), TP 2's): qkv and gate/up split their outputs, o and down their inputs.
-    let layer = [
-        ("qkv", (3 * h, h), (3 * h / 2, h)),
-        ("o_proj", (h, h), (h, h / 2)),
-        ("gate_up", (2 * f, h), (f, h)),
-        ("down", (h, f), (h, f / 2)),
-    ];
     let tokens = [1usize, 32];
     // (tp, name, m) -> fastest ms of the variants, as the engine would pick per shape.
     let mut best = std::collections::BTreeMap::<(usize, &str, usize), f64>::new();
@@ -701,17 +707,12 @@ fn lt_algos(gpu: &Gpu) -> Result<()> {
     let s = &gpu.stream;
     let lin = Linear::new(s, 256)?;
     let lt = LinearLt::new(s)?;
-    let (h, f) = (4096usize, 11008usize);
-    let shapes = [
-        ("tp1 qkv", 3 * h, h),
-        ("tp1 o_proj", h, h),
-        ("tp1 gate_up", 2 * f, h),
-        ("tp1 down", h, f),
-        ("tp2 qkv", 3 * h / 2, h),
-        ("tp2 o_proj", h, h / 2),
-        ("tp2 gate_up", f, h),
-        ("tp2 down", h, f / 2),
-    ];
+    let shapes = [1, 2].into_iter().flat_map(|tp| {
+        LAYER_7B.map(|(name, one, two)| {
+            let (n, k) = if tp == 1 { one } else { two };
+            (format!("tp{tp} {name}"), n, k)
+        })
+    });
     println!("| shape | m | MB | cuBLAS µs (% copy) | Lt first µs | Lt best µs (% copy) | best's rank, config |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | --- |");
     for (name, n, kk) in shapes {
