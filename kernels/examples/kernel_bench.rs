@@ -6,7 +6,8 @@
 //! Run on the GPU machine: `kernel_bench` (built by `scripts/gpu-check.sh build`);
 //! `kernel_bench --tp-shapes` times only one layer's projections of the Llama-2-7B shape on one
 //! GPU against one rank of TP 2 (does a kernel on half the weights take half the time?);
-//! `kernel_bench --lt-algos` times cuBLASLt's ranked algorithms for those projections.
+//! `kernel_bench --lt-algos` times cuBLASLt's ranked algorithms for those projections;
+//! `kernel_bench --skinny` times `skinny_gemm` against cuBLAS on them at 8-32 tokens.
 //! Method (`kernels::roofline`, which also measures the copy and the 8192³ GEMM): random data
 //! (never zeros), buffers far larger than the 50 MB L2, 5 warm-up launches, then 20 launches
 //! each between two CUDA events; the median is reported. Bytes counted are the bytes a kernel
@@ -774,6 +775,113 @@ fn lt_algos(gpu: &Gpu) -> Result<()> {
     Ok(())
 }
 
+/// `kernel_bench --skinny`: the decode projections of the Llama-2-7B shape (TP 1 and a TP 2
+/// rank) at 8, 16 and 32 tokens: cuBLAS as `linear` calls it against `skinny_gemm` at its
+/// default split and at others, each in a graph of 50 launches over weights far larger than
+/// L2; gate/up also with the SiLU·mul epilogue against cuBLAS followed by `silu_and_mul`.
+fn skinny(gpu: &Gpu) -> Result<()> {
+    use kernels::skinny_gemm::{SkinnyGemm, SkinnyGemmWorkspace};
+    const BACK_TO_BACK: usize = 50;
+    const L2_BYTES: usize = 50 << 20;
+    let ceilings = roofline::measure_on(&gpu.ctx, &gpu.stream)?;
+    let copy = ceilings.copy_gb_s;
+    println!("copy (d2d) 1 GiB: {copy:.0} GB/s");
+    let (s, k) = (&gpu.stream, &gpu.kernels);
+    let sg = &k.skinny_gemm;
+    let mut ws = SkinnyGemmWorkspace::new(s, sg.num_sms())?;
+    let lin = Linear::new(s, 256)?;
+    println!("| shape | m | MB | cuBLAS µs (% copy) | skinny, default split µs (% copy) | best split µs (splits) |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    // (label, name, n, k): the 7B layer at TP 1 and 2, then Llama-3.2-1B's and SmolLM2-135M's.
+    let mut shapes: Vec<(String, &str, usize, usize)> = Vec::new();
+    for tp in [1usize, 2] {
+        for (name, one, two) in LAYER_7B {
+            let (n, kk) = if tp == 1 { one } else { two };
+            shapes.push((format!("7B tp{tp}"), name, n, kk));
+        }
+    }
+    for (model, h, f, kv) in [("1B", 2048, 8192, 512), ("135M", 576, 1536, 192)] {
+        shapes.push((model.into(), "qkv", h + 2 * kv, h));
+        shapes.push((model.into(), "o_proj", h, h));
+        shapes.push((model.into(), "gate_up", 2 * f, h));
+        shapes.push((model.into(), "down", h, f));
+    }
+    {
+        for (model, name, n, kk) in shapes {
+            let bytes = (n * kk * 2) as f64;
+            let copies = (2 * L2_BYTES).div_ceil(n * kk * 2);
+            let wts = (0..copies)
+                .map(|c| random_bf16(s, n * kk, 50 + c as u64))
+                .collect::<Result<Vec<_>, _>>()?;
+            let glu = name == "gate_up";
+            for m in [8usize, 16, 32] {
+                let x = random_bf16(s, m * kk, 51)?;
+                let mut y = uninit_bf16(s, m * n)?;
+                let mut act = uninit_bf16(s, m * n / 2)?;
+                let mut i = 0;
+                let base = graph_ms(gpu, BACK_TO_BACK, || {
+                    i += 1;
+                    lin.forward(
+                        &mut y.as_view_mut(),
+                        &x.as_view(),
+                        &wts[i % copies].as_view(),
+                        None,
+                        m,
+                    )?;
+                    if glu {
+                        k.silu_and_mul
+                            .silu_and_mul(s, &mut act.as_view_mut(), &y.as_view(), m)?;
+                    }
+                    Ok(())
+                })?;
+                let epilogue = if glu {
+                    Epilogue::SiluAndMul
+                } else {
+                    Epilogue::Plain
+                };
+                let tiles = SkinnyGemm::row_tiles(n, epilogue);
+                let default = sg.splits(tiles, kk);
+                let mut times = Vec::new();
+                for splits in [default, 1, 2, 3, 4, 6, 8] {
+                    let mut i = 0;
+                    let ms = graph_ms(gpu, BACK_TO_BACK, || {
+                        i += 1;
+                        let out = if glu { &mut act } else { &mut y };
+                        Ok(sg.forward(
+                            s,
+                            &mut ws,
+                            &mut out.as_view_mut(),
+                            &x.as_view(),
+                            &wts[i % copies].as_view(),
+                            m,
+                            epilogue,
+                            Some(splits),
+                        )?)
+                    })?;
+                    times.push((splits, ms));
+                }
+                let pct = |ms: f64| 100.0 * bytes / (ms * 1e-3) / 1e9 / copy;
+                let (bs, best) = times[1..]
+                    .iter()
+                    .copied()
+                    .min_by(|a, b| a.1.total_cmp(&b.1))
+                    .unwrap_or((0, f64::NAN));
+                let label = if glu { "gate_up + SiLU·mul" } else { name };
+                println!(
+                    "| {model} {label} | {m} | {:.1} | {:.2} ({:.0}%) | {:.2} ({:.0}%, {default}) | {:.2} ({bs}) |",
+                    bytes / 1e6,
+                    base * 1e3,
+                    pct(base),
+                    times[0].1 * 1e3,
+                    pct(times[0].1),
+                    best * 1e3,
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let gpu = match Gpu::open(0) {
         Ok(g) => g,
@@ -784,6 +892,9 @@ fn main() -> Result<()> {
     }
     if std::env::args().nth(1).as_deref() == Some("--lt-algos") {
         return lt_algos(&gpu);
+    }
+    if std::env::args().nth(1).as_deref() == Some("--skinny") {
+        return skinny(&gpu);
     }
     let s = &gpu.stream;
     let k = &gpu.kernels;

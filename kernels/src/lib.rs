@@ -56,6 +56,7 @@ pub mod roofline;
 pub mod rotary_embedding;
 pub mod sampling;
 pub mod silu_and_mul;
+pub mod skinny_gemm;
 pub mod split_columns;
 
 use std::sync::Arc;
@@ -125,7 +126,7 @@ pub fn check_device(ordinal: usize) -> Result<()> {
 }
 
 /// Every kernel file, in the order of the modules [`Kernels::load`] loads.
-pub(crate) const SOURCES: [(&str, &str); 12] = [
+pub(crate) const SOURCES: [(&str, &str); 13] = [
     (embedding::FILE, embedding::SOURCE),
     (rms_norm::FILE, rms_norm::SOURCE),
     (rotary_embedding::FILE, rotary_embedding::SOURCE),
@@ -138,6 +139,7 @@ pub(crate) const SOURCES: [(&str, &str); 12] = [
     (gemv::FILE, gemv::SOURCE),
     (qkv_rotary_cache::FILE, qkv_rotary_cache::SOURCE),
     (custom_all_reduce::FILE, custom_all_reduce::SOURCE),
+    (skinny_gemm::FILE, skinny_gemm::SOURCE),
 ];
 
 /// Every kernel of the crate, compiled and loaded into one context.
@@ -155,6 +157,7 @@ pub struct Kernels {
     pub gemv: gemv::Gemv,
     pub qkv_rotary_cache: qkv_rotary_cache::QkvRotaryCache,
     pub custom_all_reduce: custom_all_reduce::CustomAllReduce,
+    pub skinny_gemm: skinny_gemm::SkinnyGemm,
 }
 
 impl Kernels {
@@ -198,6 +201,7 @@ impl Kernels {
             gemv: gemv::Gemv::load(&modules[9], num_sms)?,
             qkv_rotary_cache: qkv_rotary_cache::QkvRotaryCache::load(&modules[10])?,
             custom_all_reduce: custom_all_reduce::CustomAllReduce::load(&modules[11])?,
+            skinny_gemm: skinny_gemm::SkinnyGemm::load(&modules[12], num_sms)?,
         })
     }
 }

@@ -28,6 +28,7 @@ use kernels::paged_attention::{
 use kernels::prefill_attention::PrefillShape;
 use kernels::qkv_rotary_cache::QkvShape;
 use kernels::sampling::RowParams;
+use kernels::skinny_gemm::SkinnyGemmWorkspace;
 use kernels::{Gpu, KernelError};
 use rayon::prelude::*;
 
@@ -179,6 +180,40 @@ impl GemvRule {
     }
 }
 
+/// Which projections of a decode batch too large for the GEMV run on `skinny_gemm` (tensor
+/// cores, weights copied before the previous kernel ends) rather than cuBLAS: those of at most
+/// `max_tokens` tokens, without a bias. `LAB_SKINNY_MAX_TOKENS=<n>` overrides the default
+/// ([`kernels::skinny_gemm::MAX_TOKENS`]; 0: never), so one build runs both ways in one call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SkinnyRule {
+    max_tokens: usize,
+}
+
+impl SkinnyRule {
+    fn from_vars(var: impl Fn(&str) -> Option<String>) -> std::result::Result<Self, String> {
+        let max = kernels::skinny_gemm::MAX_TOKENS;
+        let max_tokens = match var("LAB_SKINNY_MAX_TOKENS") {
+            None => max,
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(n) if n <= max => n,
+                _ => return Err(format!("LAB_SKINNY_MAX_TOKENS={v}: expected 0 to {max}")),
+            },
+        };
+        Ok(SkinnyRule { max_tokens })
+    }
+
+    fn takes(&self, tokens: usize, w: &CudaTensor, bias: Option<&CudaTensor>) -> bool {
+        self.takes_shape(tokens, w.cols, bias.is_some())
+    }
+
+    /// [`SkinnyRule::takes`] for a weight of `cols` input features.
+    fn takes_shape(&self, tokens: usize, cols: usize, bias: bool) -> bool {
+        !bias
+            && tokens <= self.max_tokens
+            && kernels::skinny_gemm::SkinnyGemm::supports(tokens, cols)
+    }
+}
+
 /// The decode attention kernel `LAB_DECODE_ATTENTION` asks for (`mma` or `shared`), read
 /// through `var` as [`GemvRule::from_vars`] reads its settings; `None` keeps the default
 /// (`rings()`' first, the mma kernel). Any other value is an error naming the variable.
@@ -206,6 +241,10 @@ pub struct CudaBackend {
     /// `LAB_DECODE_ATTENTION` (`mma` or `shared`) names, for A/B runs.
     paged_attention: PagedAttention,
     linear: kernels::linear::Linear,
+    /// Which projections take `skinny_gemm`, and its split-K scratch (allocated once: graphs
+    /// keep its address).
+    skinny_rule: SkinnyRule,
+    skinny: Mutex<SkinnyGemmWorkspace>,
     split_k: Mutex<SplitKWorkspace>,
     /// Where every op's output comes from (no allocation per op once warm).
     activations: CachingAllocator,
@@ -268,6 +307,15 @@ impl CudaBackend {
         if gemv_rule != GemvRule::default() {
             tracing::info!(?gemv_rule, "GEMV rule from the environment");
         }
+        let skinny_rule = SkinnyRule::from_vars(|name| std::env::var(name).ok()).map_err(|e| {
+            BackendError::Device {
+                backend: "cuda",
+                op: "reading LAB_SKINNY_MAX_TOKENS",
+                source: e.into(),
+            }
+        })?;
+        let skinny = SkinnyGemmWorkspace::new(&gpu.stream, gpu.kernels.skinny_gemm.num_sms())
+            .map_err(kernel("workspace"))?;
         let attention_setting = |e: String| BackendError::Device {
             backend: "cuda",
             op: "reading LAB_DECODE_ATTENTION",
@@ -291,6 +339,8 @@ impl CudaBackend {
             gemv_rule,
             paged_attention,
             linear,
+            skinny_rule,
+            skinny: Mutex::new(skinny),
             split_k: Mutex::new(split_k),
             activations: CachingAllocator::new(gpu.stream.clone(), cuda_allocator::UNLIMITED),
             steps: Arc::new(Mutex::new(None)),
@@ -376,6 +426,33 @@ impl CudaBackend {
     pub(super) fn op_scope(&self, op: &'static str) -> KernelScope<'_> {
         let span = tracing::trace_span!("kernel", op);
         self.collective_scope(op, None, span)
+    }
+
+    /// `silu(gate) · up` of `x · w_gate_upᵀ` in one `skinny_gemm` launch (the SiLU·mul
+    /// epilogue): `x` `[t, k]`, `w` `[2d, k]` (gate rows, then up rows) → `[t, d]`.
+    fn skinny_gate_up(&self, x: &CudaTensor, w: &CudaTensor) -> Result<CudaTensor> {
+        const OP: &str = "linear_silu_and_mul";
+        let _span = self.op_scope(OP);
+        shape(x.cols == w.cols, OP, || {
+            format!("x has {} columns, weight [{}, {}]", x.cols, w.rows, w.cols)
+        })?;
+        let mut out = self.empty(OP, x.rows, w.rows / 2)?;
+        let mut ws = self.skinny.lock().unwrap_or_else(|p| p.into_inner());
+        self.gpu
+            .kernels
+            .skinny_gemm
+            .forward(
+                &self.gpu.stream,
+                &mut ws,
+                &mut out.view_bf16_mut(OP)?,
+                &x.view_bf16(OP)?,
+                &w.view_bf16(OP)?,
+                x.rows,
+                Epilogue::SiluAndMul,
+                None,
+            )
+            .map_err(kernel(OP))?;
+        Ok(out)
     }
 
     /// [`Self::op_scope`] with its own span, for a collective of kind `comm` (always timed).
@@ -833,6 +910,7 @@ impl Backend for CudaBackend {
             format!("x has {} columns, weight [{}, {}]", x.cols, w.rows, w.cols)
         })?;
         let mut out = self.empty("linear", x.rows, w.rows)?;
+        let bias_tensor = bias;
         let bias = bias.map(|b| b.view_bf16("linear")).transpose()?;
         let (mut y, xv, wv) = (
             out.view_bf16_mut("linear")?,
@@ -842,10 +920,24 @@ impl Backend for CudaBackend {
         // A decode batch of up to GEMV_MAX_TOKENS tokens through a small weight: our GEMV, a
         // plain stream of the weights that starts loading them while the previous kernel
         // finishes (programmatic dependent launch, kernels/src/launch.rs). cuBLAS otherwise.
+        // Up to 32 tokens otherwise: skinny_gemm, which also starts on its weights early.
         let stream = &self.gpu.stream;
         let result = if self.gemv_rule.takes(x.rows, w) {
             let gemv = &self.gemv; // the rule's variant (LAB_GEMV_STAGED)
             gemv.forward(stream, &mut y, &xv, &wv, bias.as_ref(), x.rows)
+        } else if self.skinny_rule.takes(x.rows, w, bias_tensor) {
+            let mut ws = self.skinny.lock().unwrap_or_else(|p| p.into_inner());
+            let sg = &self.gpu.kernels.skinny_gemm;
+            sg.forward(
+                stream,
+                &mut ws,
+                &mut y,
+                &xv,
+                &wv,
+                x.rows,
+                Epilogue::Plain,
+                None,
+            )
         } else {
             self.linear.forward(&mut y, &xv, &wv, bias.as_ref(), x.rows)
         };
@@ -1147,6 +1239,9 @@ impl Backend for CudaBackend {
             return Ok(out);
         }
         let x = self.add_rms_norm(delta, residual, norm, eps)?;
+        if self.skinny_rule.takes(x.rows, w, None) && w.rows % 2 == 0 {
+            return self.skinny_gate_up(&x, w);
+        }
         self.silu_and_mul(&self.linear(&x, w, None)?)
     }
 
@@ -1426,6 +1521,26 @@ mod tests {
             NormPrologue::PerBlock { groups_per_warp: 1 }
         );
         assert_eq!(r.staging, Staging::Shared);
+    }
+
+    #[test]
+    fn skinny_rule_follows_the_environment() {
+        let read = |vars: &'static [(&'static str, &'static str)]| {
+            SkinnyRule::from_vars(move |name| {
+                vars.iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| v.to_string())
+            })
+        };
+        let r = read(&[]).unwrap();
+        assert!(r.takes_shape(32, 4096, false) && r.takes_shape(5, 576, false));
+        assert!(!r.takes_shape(33, 4096, false), "past 32 tokens: cuBLAS");
+        assert!(!r.takes_shape(8, 4096, true), "no bias epilogue");
+        assert!(!r.takes_shape(8, 100, false), "k in whole 16-byte chunks");
+        let off = read(&[("LAB_SKINNY_MAX_TOKENS", "0")]).unwrap();
+        assert!(!off.takes_shape(8, 4096, false));
+        let err = read(&[("LAB_SKINNY_MAX_TOKENS", "64")]).unwrap_err();
+        assert!(err.contains("LAB_SKINNY_MAX_TOKENS=64"), "{err}");
     }
 
     #[test]

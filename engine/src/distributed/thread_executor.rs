@@ -471,9 +471,11 @@ fn remote_rank(
                     }
                     // A killed process's kernel may reset the socket rather than close
                     // it (data was in flight): that, too, means the rank is gone.
-                    Err(e) => break format!(
+                    Err(e) => {
+                        break format!(
                         "rank {rank} is gone: its connection broke ({e}; it ended or was killed)"
-                    ),
+                    )
+                    }
                 }
             };
             let _ = replies.send((rank, Reply::Ready(Err(EngineError::Io(gone)))));

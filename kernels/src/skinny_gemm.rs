@@ -1,0 +1,277 @@
+//! `y = x · Wᵀ` for decode batches of 1 to [`MAX_TOKENS`] tokens through large weights, on
+//! tensor cores, with the weights' first tiles copied before the previous kernel ends
+//! (programmatic dependent launch). Kernel and design: `cuda/skinny_gemm.cu`. Same contract
+//! and layout as [`crate::linear::Linear::forward`] without a bias (weights
+//! `[out_features, in_features]`, f32 sums rounded once to bf16), and an optional SiLU·mul
+//! epilogue for gate_up ([`Epilogue::SiluAndMul`], the fused twin of cuBLAS followed by
+//! `silu_and_mul`).
+//!
+//! Where it sits: between the GEMV (1-4 tokens, [`crate::gemv`]) and cuBLAS (prefill and large
+//! decode batches). Its reason is a TP 2 rank of Llama-2-7B at 32 tokens, where cuBLAS streams
+//! o_proj and down at 59% and 69% of the copy bandwidth (kernels/README.md).
+//!
+//! A launch is `row tiles × splits` blocks: a row tile is 64 weight rows (or 32 gate and 32 up
+//! rows), and when there are few tiles the k range is split ([`SkinnyGemm::splits`]) and the
+//! last block of each tile adds the splits' f32 sums in a fixed order (the same bits on every
+//! run). The splits' sums and tickets live in a [`SkinnyGemmWorkspace`], one per stream.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut};
+use cudarc::driver::{DevicePtr, LaunchConfig};
+use half::bf16;
+
+use crate::error::{check_len, to_u32, KernelError, Result};
+use crate::gemv::Epilogue;
+use crate::launch::Launch;
+
+pub(crate) const FILE: &str = "skinny_gemm.cu";
+pub(crate) const SOURCE: &str = include_str!("../cuda/skinny_gemm.cu");
+
+/// Most tokens one launch takes: 4 tiles of 8 (the kernel's `MT` ≤ 4).
+pub const MAX_TOKENS: usize = 32;
+/// Weight rows per block (`SG_ROWS`), k values per pipeline stage (`SG_KC`), stages (`SG_STAGES`).
+const ROWS: usize = 64;
+const KC: usize = 64;
+const STAGES: usize = 4;
+const THREADS: u32 = 128;
+/// The most blocks a split launch may have: its partial sums are sized by it.
+const MAX_SPLIT_BLOCKS_PER_SM: usize = 4;
+/// A split takes at least this many stages of k (512 values), so that its copies pipeline.
+const MIN_STAGES_PER_SPLIT: usize = 8;
+
+/// The compiled kernels: `[epilogue][token tiles - 1]`.
+#[derive(Debug, Clone)]
+pub struct SkinnyGemm {
+    functions: [Vec<CudaFunction>; 2],
+    num_sms: usize,
+}
+
+/// The splits' f32 sums and the per-tile tickets of split launches on one stream (launches on
+/// one stream run one after another, so they can share it; tickets are zero between launches).
+#[derive(Debug)]
+pub struct SkinnyGemmWorkspace {
+    partials: CudaSlice<f32>, // [split blocks, MAX_TOKENS, ROWS]
+    tickets: CudaSlice<u32>,  // [split blocks]
+}
+
+impl SkinnyGemmWorkspace {
+    /// Room for the largest split launch on a GPU of `num_sms` SMs (2 MiB on an H200).
+    pub fn new(stream: &Arc<CudaStream>, num_sms: usize) -> Result<Self> {
+        let blocks = MAX_SPLIT_BLOCKS_PER_SM * num_sms.max(1);
+        Ok(Self {
+            partials: stream.alloc_zeros(blocks * MAX_TOKENS * ROWS)?,
+            tickets: stream.alloc_zeros(blocks)?,
+        })
+    }
+}
+
+/// Dynamic shared memory of a launch with `tiles` token tiles: the ring of W and x stages.
+fn ring_bytes(tiles: usize) -> usize {
+    STAGES * (ROWS + 8 * tiles) * KC * 2
+}
+
+/// [`SkinnyGemm::splits`] on a GPU of `num_sms` SMs.
+pub fn default_splits(num_sms: usize, tiles: usize, k: usize) -> usize {
+    let stages = k.div_ceil(KC);
+    let wanted = (2 * num_sms).div_ceil(tiles.max(1));
+    let most =
+        (stages / MIN_STAGES_PER_SPLIT).min(MAX_SPLIT_BLOCKS_PER_SM * num_sms / tiles.max(1));
+    wanted.min(most).max(1)
+}
+
+impl SkinnyGemm {
+    pub(crate) fn load(module: &Arc<CudaModule>, num_sms: usize) -> Result<Self> {
+        use cudarc::driver::sys::CUfunction_attribute as A;
+        let load = |prefix: &str| -> Result<Vec<CudaFunction>> {
+            (1..=MAX_TOKENS / 8)
+                .map(|mt| {
+                    let f = module.load_function(&format!("{prefix}_t{mt}"))?;
+                    // The ring of the 4-tile kernels is 48 KB, at the default limit: ask for it.
+                    f.set_attribute(
+                        A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        ring_bytes(mt) as i32,
+                    )?;
+                    Ok(f)
+                })
+                .collect()
+        };
+        Ok(Self {
+            functions: [load("skinny_gemm")?, load("skinny_gemm_glu")?],
+            num_sms,
+        })
+    }
+
+    /// The GPU's SMs, to size a [`SkinnyGemmWorkspace`].
+    pub fn num_sms(&self) -> usize {
+        self.num_sms
+    }
+
+    /// Whether a launch takes `num_tokens` rows of `in_features`: 1 to [`MAX_TOKENS`] tokens
+    /// and whole 16-byte chunks per row.
+    pub fn supports(num_tokens: usize, in_features: usize) -> bool {
+        (1..=MAX_TOKENS).contains(&num_tokens) && in_features > 0 && in_features.is_multiple_of(8)
+    }
+
+    /// Row tiles of a weight of `n` rows: 64 rows each, or 32 output columns of gate_up.
+    pub fn row_tiles(n: usize, epilogue: Epilogue) -> usize {
+        match epilogue {
+            Epilogue::Plain => n.div_ceil(ROWS),
+            Epilogue::SiluAndMul => (n / 2).div_ceil(ROWS / 2),
+        }
+    }
+
+    /// How many ways the k range of a weight of `tiles` row tiles and `k` columns is split: so
+    /// that the grid gives every SM about two blocks, no split has fewer than 512 k values, and
+    /// the grid fits the workspace.
+    pub fn splits(&self, tiles: usize, k: usize) -> usize {
+        default_splits(self.num_sms, tiles, k)
+    }
+
+    /// `out[t, j] = Σ_i x[t, i] · weight[j, i]` (plain), or with [`Epilogue::SiluAndMul`]
+    /// `out[t, j] = silu(y[t, j]) · y[t, d + j]` where `y` is that product and `d = n / 2`.
+    /// `splits`: the k range's split ([`SkinnyGemm::splits`] when `None`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward(
+        &self,
+        stream: &Arc<CudaStream>,
+        workspace: &mut SkinnyGemmWorkspace,
+        out: &mut CudaViewMut<'_, bf16>, // [num_tokens, n] (plain) or [num_tokens, n / 2]
+        x: &CudaView<'_, bf16>,          // [num_tokens, k]
+        weight: &CudaView<'_, bf16>,     // [n, k]
+        num_tokens: usize,
+        epilogue: Epilogue,
+        splits: Option<usize>,
+    ) -> Result<()> {
+        const K: &str = "skinny_gemm";
+        let k = x.len() / num_tokens.max(1);
+        if !Self::supports(num_tokens, k) {
+            return Err(KernelError::Unsupported {
+                kernel: K,
+                what: format!("{num_tokens} tokens of {k} features (1..={MAX_TOKENS}, k % 8 == 0)"),
+            });
+        }
+        check_len(K, "x", x.len(), num_tokens * k)?;
+        let n = weight.len() / k;
+        check_len(K, "weight", weight.len(), n * k)?;
+        let width = match epilogue {
+            Epilogue::Plain => n,
+            Epilogue::SiluAndMul => {
+                if !n.is_multiple_of(2) {
+                    return Err(KernelError::Unsupported {
+                        kernel: K,
+                        what: format!("gate_up with an odd number of rows ({n})"),
+                    });
+                }
+                n / 2
+            }
+        };
+        check_len(K, "out", out.len(), num_tokens * width)?;
+        let aligned = {
+            let (xp, _x) = x.device_ptr(stream);
+            let (wp, _w) = weight.device_ptr(stream);
+            (xp | wp) % 16 == 0
+        };
+        if !aligned {
+            return Err(KernelError::Unsupported {
+                kernel: K,
+                what: "x or weight is not 16-byte aligned".into(),
+            });
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let tiles = Self::row_tiles(n, epilogue);
+        let stages = k.div_ceil(KC);
+        let wanted = splits
+            .unwrap_or_else(|| self.splits(tiles, k))
+            .clamp(1, stages);
+        // Whole stages per split, and no split left empty.
+        let stages_per_split = stages.div_ceil(wanted);
+        let splits = stages.div_ceil(stages_per_split);
+        if splits > 1 && tiles * splits > workspace.tickets.len() {
+            return Err(KernelError::Unsupported {
+                kernel: K,
+                what: format!(
+                    "{tiles} row tiles x {splits} splits: the workspace holds {} split blocks",
+                    workspace.tickets.len()
+                ),
+            });
+        }
+        let token_tiles = num_tokens.div_ceil(8);
+        let cfg = LaunchConfig {
+            grid_dim: (
+                to_u32(K, "row tiles", tiles)?,
+                to_u32(K, "splits", splits)?,
+                1,
+            ),
+            block_dim: (THREADS, 1, 1),
+            shared_mem_bytes: to_u32(K, "shared memory", ring_bytes(token_tiles))?,
+        };
+        let (m32, n32, k32) = (
+            to_u32(K, "num_tokens", num_tokens)?,
+            to_u32(K, "n", n)?,
+            to_u32(K, "k", k)?,
+        );
+        let per_split = to_u32(K, "k per split", stages_per_split * KC)?;
+        let e = match epilogue {
+            Epilogue::Plain => 0,
+            Epilogue::SiluAndMul => 1,
+        };
+        let function = &self.functions[e][token_tiles - 1];
+        let mut launch = Launch::new(stream, function);
+        launch
+            .arg(out)
+            .arg(&mut workspace.partials)
+            .arg(&mut workspace.tickets)
+            .arg(x)
+            .arg(weight)
+            .arg(&m32)
+            .arg(&n32)
+            .arg(&k32)
+            .arg(&per_split);
+        // SAFETY: the arguments follow skinny_gemm*_t{MT} (out, partials, tickets, x, w, u32 m,
+        // n, k, k_per_split); x holds num_tokens <= 8·MT rows of k, weight n rows of k, out
+        // num_tokens rows of n (or n / 2 with SiLU·mul, n even), all checked; k % 8 == 0 and
+        // k_per_split is whole 64-value stages, so every 16-byte copy is inside its row; x and
+        // weight are 16-byte aligned (checked); a split launch's tiles x splits blocks fit the
+        // workspace (checked), whose tickets are zero between launches (the kernel resets
+        // them); the dynamic shared memory is the ring the kernel indexes, within the size
+        // set at load.
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// NVRTC needs no GPU: where its library is found, skinny_gemm.cu compiles for sm_90.
+    #[test]
+    fn skinny_gemm_cu_compiles() {
+        // SAFETY: only looks for the library; no NVRTC call.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            eprintln!("skipped: libnvrtc was not found");
+            return;
+        }
+        crate::compile::compile(super::FILE, super::SOURCE, crate::compile::ARCH)
+            .expect("skinny_gemm.cu compiles to a CUBIN");
+    }
+
+    #[test]
+    fn row_tiles_and_splits() {
+        use super::*;
+        assert_eq!(SkinnyGemm::row_tiles(4096, Epilogue::Plain), 64);
+        assert_eq!(SkinnyGemm::row_tiles(4097, Epilogue::Plain), 65);
+        assert_eq!(SkinnyGemm::row_tiles(2 * 5504, Epilogue::SiluAndMul), 172);
+        assert_eq!(ring_bytes(4), 48 * 1024);
+        // A Llama-2-7B TP 2 rank on an H200 (132 SMs): o_proj [4096, 2048] and down
+        // [4096, 5504] split so that about 264 blocks run, gate_up's 172 tiles in two.
+        assert_eq!(default_splits(132, 64, 2048), 4); // 32 stages: at most 4 of 8
+        assert_eq!(default_splits(132, 64, 5504), 5);
+        assert_eq!(default_splits(132, 172, 4096), 2);
+        assert_eq!(default_splits(132, 344, 4096), 1);
+        assert_eq!(default_splits(132, 1, 256), 1); // too short to split
+                                                    // Never more split blocks than the workspace holds.
+        assert!(64 * default_splits(132, 64, 1 << 20) <= MAX_SPLIT_BLOCKS_PER_SM * 132);
+    }
+}

@@ -1,0 +1,133 @@
+//! skinny_gemm (tensor-core GEMM for 1-32 tokens, split-K with an in-kernel reduction) against
+//! an f64 reference: plain and SiLU·mul epilogues, token counts that fill 1-4 tiles of 8
+//! partly, weights whose rows are not a multiple of the 64-row tile and whose k is not a
+//! multiple of the 64-value stage, and several split counts (the last block of each tile adds
+//! the splits' sums).
+//!
+//! Bound: [`BF16_BOUND`] (see `common`). A wrong fragment mapping, a stage read twice or
+//! skipped, a split's sums lost or a tile's rows swapped give errors near 1; an unwritten
+//! (NaN-poisoned) element gives NaN.
+mod common;
+
+use common::{assert_close, gpu_or_skip, linear_reference, poisoned, to_f64, Rng, BF16_BOUND};
+use kernels::gemv::Epilogue;
+use kernels::skinny_gemm::{SkinnyGemm, SkinnyGemmWorkspace};
+
+fn silu(v: f64) -> f64 {
+    v / (1.0 + (-v).exp())
+}
+
+#[test]
+fn matches_the_f64_reference() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let s = &gpu.stream;
+    let sg = &gpu.kernels.skinny_gemm;
+    let mut ws = SkinnyGemmWorkspace::new(s, sg.num_sms()).unwrap();
+    let mut rng = Rng::fresh("skinny_gemm");
+    let mut checked = 0;
+    // (rows n, k, epilogue): a TP 2 rank's o_proj of Llama-2-7B; a weight of 200 rows
+    // (3 full tiles and 8 rows) and k = 4104 (64 stages and 8 values); gate_up of 2 x 100
+    // rows (3 full 32-column tiles and 4 columns) over SmolLM2's 576; a small odd one.
+    let shapes = [
+        (4096, 2048, Epilogue::Plain),
+        (200, 4104, Epilogue::Plain),
+        (200, 576, Epilogue::SiluAndMul),
+        (328, 200, Epilogue::Plain),
+    ];
+    for (n, k, epilogue) in shapes {
+        let w = rng.bf16s(n * k, 1.0 / (k as f64).sqrt());
+        let dw = s.clone_htod(&w).unwrap();
+        let wf = to_f64(&w);
+        let width = match epilogue {
+            Epilogue::Plain => n,
+            Epilogue::SiluAndMul => n / 2,
+        };
+        for m in [1, 5, 8, 13, 32] {
+            let x = rng.bf16s(m * k, 1.0);
+            let dx = s.clone_htod(&x).unwrap();
+            let y = linear_reference(&to_f64(&x), &wf, None, m, n, k);
+            let want: Vec<f64> = match epilogue {
+                Epilogue::Plain => y,
+                Epilogue::SiluAndMul => (0..m * width)
+                    .map(|i| {
+                        let (t, j) = (i / width, i % width);
+                        silu(y[t * n + j]) * y[t * n + width + j]
+                    })
+                    .collect(),
+            };
+            for splits in [None, Some(1), Some(3), Some(7)] {
+                let mut first = None;
+                // Twice: the second launch finds the tickets the first one reset.
+                for run in 0..2 {
+                    let mut out = poisoned(s, m * width);
+                    sg.forward(
+                        s,
+                        &mut ws,
+                        &mut out.as_view_mut(),
+                        &dx.as_view(),
+                        &dw.as_view(),
+                        m,
+                        epilogue,
+                        splits,
+                    )
+                    .unwrap();
+                    let got = s.clone_dtoh(&out).unwrap();
+                    let what = format!(
+                        "skinny_gemm {epilogue:?} [{m}, {k}] x [{n}, {k}]^T, splits {splits:?}, run {run}"
+                    );
+                    assert_close(&what, &got, &want, BF16_BOUND);
+                    match &first {
+                        None => first = Some(got),
+                        Some(f) => assert!(
+                            f.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{what}: not the same bits as the first run"
+                        ),
+                    }
+                    checked += 1;
+                }
+            }
+        }
+    }
+    println!("skinny_gemm: {checked} launches agree with the f64 reference");
+}
+
+#[test]
+fn refuses_what_it_cannot_take() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let s = &gpu.stream;
+    let sg = &gpu.kernels.skinny_gemm;
+    let mut ws = SkinnyGemmWorkspace::new(s, sg.num_sms()).unwrap();
+    let (x, w) = (poisoned(s, 33 * 64), poisoned(s, 64 * 64));
+    let mut out = poisoned(s, 33 * 64);
+    let too_many = sg.forward(
+        s,
+        &mut ws,
+        &mut out.as_view_mut(),
+        &x.as_view(),
+        &w.as_view(),
+        33,
+        Epilogue::Plain,
+        None,
+    );
+    assert!(too_many.is_err(), "33 tokens are more than a launch takes");
+    let (x, w) = (poisoned(s, 4 * 64), poisoned(s, 63 * 64));
+    let mut out = poisoned(s, 4 * 64);
+    let short = sg.forward(
+        s,
+        &mut ws,
+        &mut out.as_view_mut(),
+        &x.as_view(),
+        &w.as_view(),
+        4,
+        Epilogue::Plain,
+        None,
+    );
+    assert!(
+        short.is_err(),
+        "an output sized for 64 rows against a weight of 63"
+    );
+    assert!(
+        !SkinnyGemm::supports(4, 100),
+        "k must be whole 16-byte chunks"
+    );
+}
