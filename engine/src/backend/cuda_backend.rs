@@ -182,8 +182,11 @@ impl GemvRule {
 
 /// Which projections of a decode batch too large for the GEMV run on `skinny_gemm` (tensor
 /// cores, weights copied before the previous kernel ends) rather than cuBLAS: those of at most
-/// `max_tokens` tokens, without a bias. `LAB_SKINNY_MAX_TOKENS=<n>` overrides the default
-/// ([`kernels::skinny_gemm::MAX_TOKENS`]; 0: never), so one build runs both ways in one call.
+/// `max_tokens` tokens, without a bias. Off by default (0): the kernel was written on
+/// 2026-11-30 when no GPU time was left, and has not yet run on a GPU (its test,
+/// `kernels/tests/skinny_gemm.rs`, and `kernel_bench --skinny` are the first things to run).
+/// `LAB_SKINNY_MAX_TOKENS=<n>` (up to [`kernels::skinny_gemm::MAX_TOKENS`]) turns it on, so
+/// that one build runs both ways in one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SkinnyRule {
     max_tokens: usize,
@@ -193,7 +196,7 @@ impl SkinnyRule {
     fn from_vars(var: impl Fn(&str) -> Option<String>) -> std::result::Result<Self, String> {
         let max = kernels::skinny_gemm::MAX_TOKENS;
         let max_tokens = match var("LAB_SKINNY_MAX_TOKENS") {
-            None => max,
+            None => 0,
             Some(v) => match v.trim().parse::<usize>() {
                 Ok(n) if n <= max => n,
                 _ => return Err(format!("LAB_SKINNY_MAX_TOKENS={v}: expected 0 to {max}")),
@@ -920,7 +923,8 @@ impl Backend for CudaBackend {
         // A decode batch of up to GEMV_MAX_TOKENS tokens through a small weight: our GEMV, a
         // plain stream of the weights that starts loading them while the previous kernel
         // finishes (programmatic dependent launch, kernels/src/launch.rs). cuBLAS otherwise.
-        // Up to 32 tokens otherwise: skinny_gemm, which also starts on its weights early.
+        // Up to LAB_SKINNY_MAX_TOKENS tokens otherwise (off by default): skinny_gemm, which
+        // also starts on its weights early.
         let stream = &self.gpu.stream;
         let result = if self.gemv_rule.takes(x.rows, w) {
             let gemv = &self.gemv; // the rule's variant (LAB_GEMV_STAGED)
@@ -1239,7 +1243,7 @@ impl Backend for CudaBackend {
             return Ok(out);
         }
         let x = self.add_rms_norm(delta, residual, norm, eps)?;
-        if self.skinny_rule.takes(x.rows, w, None) && w.rows % 2 == 0 {
+        if self.skinny_rule.takes(x.rows, w, None) && w.rows.is_multiple_of(2) {
             return self.skinny_gate_up(&x, w);
         }
         self.silu_and_mul(&self.linear(&x, w, None)?)
@@ -1532,7 +1536,11 @@ mod tests {
                     .map(|(_, v)| v.to_string())
             })
         };
-        let r = read(&[]).unwrap();
+        assert!(
+            !read(&[]).unwrap().takes_shape(8, 4096, false),
+            "off until measured"
+        );
+        let r = read(&[("LAB_SKINNY_MAX_TOKENS", "32")]).unwrap();
         assert!(r.takes_shape(32, 4096, false) && r.takes_shape(5, 576, false));
         assert!(!r.takes_shape(33, 4096, false), "past 32 tokens: cuBLAS");
         assert!(!r.takes_shape(8, 4096, true), "no bias epilogue");
