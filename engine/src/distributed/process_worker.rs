@@ -49,11 +49,11 @@ pub fn serve_rank(
         Ok(worker) => worker,
         Err(e) => {
             let message = e.to_string();
-            let _ = send(&mut control, &Reply::Ready(Err(e)));
+            let _ = send(rank, &mut control, &Reply::Ready(Err(e)));
             return Err(EngineError::Io(message));
         }
     };
-    send(&mut control, &Reply::Ready(Ok(())))?;
+    send(rank, &mut control, &Reply::Ready(Ok(())))?;
     loop {
         let frame = read_frame(&mut control).map_err(|e| gone(rank, e.to_string()))?;
         let Some(frame) = frame else {
@@ -72,16 +72,19 @@ pub fn serve_rank(
             Reply::Output(Err(e), ..) => Some(e.to_string()),
             _ => None,
         };
-        send(&mut control, &reply)?;
+        // The step's own failure (a peer gone, say) is the error to report, even when the
+        // driver has ended too and cannot be told.
+        let sent = send(rank, &mut control, &reply);
         if let Some(message) = failed {
             return Err(EngineError::Io(message));
         }
+        sent?;
     }
 }
 
-fn send(control: &mut TcpStream, reply: &Reply) -> Result<()> {
+fn send(rank: usize, control: &mut TcpStream, reply: &Reply) -> Result<()> {
     write_frame(control, &encode_reply(reply))
-        .map_err(|e| EngineError::Io(format!("cannot answer the driver (rank 0): {e}")))
+        .map_err(|e| gone(rank, format!("cannot answer it ({e})")))
 }
 
 fn gone(rank: usize, why: String) -> EngineError {
