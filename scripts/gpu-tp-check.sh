@@ -22,6 +22,9 @@
 #   gemv    (not in the default) the GEMV's split-K rule at the 7B shapes: kernel_bench
 #           --tp-shapes, then the batch-1 decode step, TP 1 and TP 2, with the rule as it is
 #           and with LAB_GEMV_SPLIT_BELOW=4
+#   skinny  (not in the default) skinny_gemm's first run: its test, kernel_bench --skinny,
+#           the engine's GPU tests with LAB_SKINNY_MAX_TOKENS=32, and the 7B decode step at
+#           batch 32, TP 1 and 2, with it and with cuBLAS, two rounds (8 runs: about 6 minutes)
 #   ncu     (not in the default) Nsight Compute over `lab bench --workload decode` runs, each
 #           MODEL:BATCH:TP in PROFILES (default "7b:32:1 1b:1:1"): one decode step's
 #           kernels, each timed alone (scripts/ncu_step.py). TP 2 (ranks as threads, NCCL's
@@ -219,6 +222,35 @@ part_gemv() {
     note "gemv: $log, $LOGS/bench.md"
 }
 
+# skinny_gemm (kernels/cuda/skinny_gemm.cu), first run: its test against the f64 reference,
+# its times against cuBLAS per projection and split, the engine's GPU tests with it on, and the
+# 7B decode step at batch 32 with it on and off, A B A B.
+part_skinny() {
+    local t=gpu-bin/tests/skinny_gemm log="$LOGS/test-skinny_gemm.log"
+    timeout 200 "$t" --test-threads=1 --nocapture >"$log" 2>&1
+    local rc=$?
+    [[ $rc -ne 0 ]] && status=1
+    note "| test skinny_gemm | rc $rc | $(grep -h '^test result:' "$log" | tail -1) |"
+    grep -h "agree\|panicked" "$log" | sed 's/^/    /'
+    [[ $rc -ne 0 ]] && return # its times would mean nothing
+    log="$LOGS/kernel_bench-skinny.log"
+    timeout 200 gpu-bin/kernel_bench --skinny >"$log" 2>&1 || status=1
+    grep -h "^copy\|^|" "$log"
+    log="$LOGS/test-engine-cuda_engine-skinny.log"
+    LAB_SKINNY_MAX_TOKENS=32 timeout 200 gpu-bin/tests/engine-cuda_engine --test-threads=1 >"$log" 2>&1
+    rc=$?
+    [[ $rc -ne 0 ]] && status=1
+    note "| test engine-cuda_engine, LAB_SKINNY_MAX_TOKENS=32 | rc $rc | $(grep -h '^test result:' "$log" | tail -1) |"
+    bench_header
+    for round in 1 2; do
+        for tp in 1 2; do
+            bench_one "7b-b32-tp$tp-cublas-$round" --batch-size 32 --tp $tp
+            LAB_SKINNY_MAX_TOKENS=32 bench_one "7b-b32-tp$tp-skinny-$round" --batch-size 32 --tp $tp
+        done
+    done | tee -a "$LOGS/bench.md"
+    note "skinny: $LOGS/kernel_bench-skinny.log, $LOGS/bench.md"
+}
+
 # One decode step's kernels, each timed alone by Nsight Compute (in the replayed graphs, node by
 # node). The launches skipped first are the prefill and the first decode steps.
 part_ncu() {
@@ -253,8 +285,9 @@ for part in "${PARTS[@]}"; do
     tracer) part_tracer ;;
     launch) part_launch ;;
     gemv) part_gemv ;;
+    skinny) part_skinny ;;
     ncu) part_ncu ;;
-    *) echo "unknown part: $part (tests bench tracer launch gemv ncu)" >&2; exit 2 ;;
+    *) echo "unknown part: $part (tests bench tracer launch gemv skinny ncu)" >&2; exit 2 ;;
     esac
 done
 echo

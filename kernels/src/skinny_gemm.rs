@@ -245,9 +245,11 @@ impl SkinnyGemm {
 
 #[cfg(test)]
 mod tests {
-    /// NVRTC needs no GPU: where its library is found, skinny_gemm.cu compiles for sm_90.
+    /// NVRTC needs no GPU: where its library is found, skinny_gemm.cu compiles for sm_90,
+    /// and every entry point `SkinnyGemm::load` asks for is in it (an `.entry` of the PTX).
     #[test]
-    fn skinny_gemm_cu_compiles() {
+    fn skinny_gemm_cu_compiles_with_every_entry_point() {
+        use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
         // SAFETY: only looks for the library; no NVRTC call.
         if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
             eprintln!("skipped: libnvrtc was not found");
@@ -255,6 +257,27 @@ mod tests {
         }
         crate::compile::compile(super::FILE, super::SOURCE, crate::compile::ARCH)
             .expect("skinny_gemm.cu compiles to a CUBIN");
+        let common = include_str!("../cuda/common.cuh");
+        let ptx = compile_ptx_with_opts(
+            format!("{common}\n{}", super::SOURCE),
+            CompileOptions {
+                arch: Some("compute_90"),
+                include_paths: vec![crate::compile::cuda_include_dir()],
+                options: vec!["--std=c++17".into()],
+                ..Default::default()
+            },
+        )
+        .expect("skinny_gemm.cu compiles to PTX")
+        .to_src();
+        for prefix in ["skinny_gemm", "skinny_gemm_glu"] {
+            for mt in 1..=super::MAX_TOKENS / 8 {
+                let name = format!("{prefix}_t{mt}(");
+                let found = ptx
+                    .lines()
+                    .any(|l| l.contains(".entry") && l.trim_end().ends_with(&name));
+                assert!(found, "{name} is not in the PTX");
+            }
+        }
     }
 
     #[test]
