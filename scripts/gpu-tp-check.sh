@@ -25,6 +25,9 @@
 #   skinny  (not in the default) skinny_gemm's first run: its test, kernel_bench --skinny,
 #           the engine's GPU tests with LAB_SKINNY_MAX_TOKENS=32, and the 7B decode step at
 #           batch 32, TP 1 and 2, with it and with cuBLAS, two rounds (8 runs: about 6 minutes)
+#   early   (not in the default) decode attention's early reads' first run: the kernel test,
+#           the engine's GPU tests with LAB_ATTENTION_EARLY=1, batch-1 decode of the 135M and
+#           1B shapes with it off and on, two rounds (about 3 minutes; one GPU is enough)
 #   ncu     (not in the default) Nsight Compute over `lab bench --workload decode` runs, each
 #           MODEL:BATCH:TP in PROFILES (default "7b:32:1 1b:1:1"): one decode step's
 #           kernels, each timed alone (scripts/ncu_step.py). TP 2 (ranks as threads, NCCL's
@@ -251,6 +254,26 @@ part_skinny() {
     note "skinny: $LOGS/kernel_bench-skinny.log, $LOGS/bench.md"
 }
 
+# Decode attention's early reads (LAB_ATTENTION_EARLY=1), first run: the kernel test (early
+# variants first), the engine's GPU tests with it on, and batch-1 decode of the 135M and 1B
+# shapes with it off and on, two rounds (scripts/gpu-env-ab.sh).
+part_early() {
+    local t=gpu-bin/tests/paged_attention log="$LOGS/test-paged_attention.log"
+    timeout 200 "$t" --test-threads=1 --nocapture >"$log" 2>&1
+    local rc=$?
+    [[ $rc -ne 0 ]] && status=1
+    note "| test paged_attention (early reads included) | rc $rc | $(grep -h '^test result:' "$log" | tail -1) |"
+    [[ $rc -ne 0 ]] && return
+    log="$LOGS/test-engine-cuda_engine-early.log"
+    LAB_ATTENTION_EARLY=1 timeout 200 gpu-bin/tests/engine-cuda_engine --test-threads=1 >"$log" 2>&1
+    rc=$?
+    [[ $rc -ne 0 ]] && status=1
+    note "| test engine-cuda_engine, LAB_ATTENTION_EARLY=1 | rc $rc | $(grep -h '^test result:' "$log" | tail -1) |"
+    SETTINGS="default early:LAB_ATTENTION_EARLY=1" CASES="135m:1:1 1b:1:1" ROUNDS=2 \
+        timeout 400 bash scripts/gpu-env-ab.sh "$LAB" | tee "$LOGS/early-ab.md"
+    note "early: $LOGS/early-ab.md"
+}
+
 # One decode step's kernels, each timed alone by Nsight Compute (in the replayed graphs, node by
 # node). The launches skipped first are the prefill and the first decode steps.
 part_ncu() {
@@ -286,8 +309,9 @@ for part in "${PARTS[@]}"; do
     launch) part_launch ;;
     gemv) part_gemv ;;
     skinny) part_skinny ;;
+    early) part_early ;;
     ncu) part_ncu ;;
-    *) echo "unknown part: $part (tests bench tracer launch gemv skinny ncu)" >&2; exit 2 ;;
+    *) echo "unknown part: $part (tests bench tracer launch gemv skinny early ncu)" >&2; exit 2 ;;
     esac
 done
 echo

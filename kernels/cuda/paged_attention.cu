@@ -490,7 +490,7 @@ __device__ __forceinline__ void paged_attention_decode_mma(
     const u32* __restrict__ seq_lens,               // [num_seqs]
     u32* __restrict__ tickets,                      // [num_seqs, head groups], 0 between launches; or null
     float scale, u32 num_heads, u32 num_kv_heads, u32 block_size, u32 max_blocks_per_seq,
-    u32 min_partition) {
+    u32 min_partition, u32 early) {
     using R = Ring<D, S, TT>;
     constexpr int CHUNKS = R::CHUNKS, STAGES = R::STAGES;
     constexpr int WT = TT / NUM_WARPS;   // tokens of a tile this warp owns
@@ -507,16 +507,24 @@ __device__ __forceinline__ void paged_attention_decode_mma(
     __shared__ u32 s_table[MAX_PARTITION + 1];
     __shared__ float s_wm[NUM_WARPS][8], s_wl[NUM_WARPS][8];  // each warp's (m, l) per head
 
+    // Early (see the header): the step's tables and the context's older K/V rows were written
+    // before the previous kernel started, so they are read before waiting for it; only the
+    // row it writes, each sequence's last token, and q wait.
+    if (!early) {
+        wait_for_previous_kernel();
+        allow_next_kernel();
+    }
     const u32 first_head = blockIdx.x * HEADS, seq = blockIdx.y, part = blockIdx.z;
     const u32 kv_head = first_head / (num_heads / num_kv_heads);
     const u32 seq_len = seq_lens[seq];
     const u32 partition_size = partition_tokens(seq_len, gridDim.z, min_partition);
     const u32 start = part * partition_size;
-    if (start >= seq_len) return;
+    if (start >= seq_len) return;  // early or not: a block may end without waiting
     const u32 end = min(start + partition_size, seq_len);
     const u32 num_tiles = (end - start + TT - 1) / TT;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t4 = lane % 4;
+    const u32 fresh = seq_len - 1;  // the token whose K/V the previous kernel wrote
 
     const u32 first_block = start / block_size;
     const u32 num_entries = (end - 1) / block_size - first_block + 1;
@@ -525,7 +533,9 @@ __device__ __forceinline__ void paged_attention_decode_mma(
     __syncthreads();  // the only barrier before the merge
 
     // This warp's rows of tile `tile`: a lane copies chunks lane, lane + 32, ... of them.
-    auto load_rows = [&](u32 tile, int stage) {
+    // `rows`: ALL_ROWS, or all but the fresh token's (BUT_FRESH), or only it (ONLY_FRESH).
+    enum { ALL_ROWS, BUT_FRESH, ONLY_FRESH };
+    auto load_rows = [&](u32 tile, int stage, int rows = ALL_ROWS) {
         uint4* k_dst = s_ring + stage * R::STAGE_CHUNKS;
         uint4* v_dst = k_dst + TT * CHUNKS;
 #pragma unroll
@@ -533,6 +543,7 @@ __device__ __forceinline__ void paged_attention_decode_mma(
             const int idx = i * 32 + lane;
             const int r = warp * WT + idx / CHUNKS, c = idx % CHUNKS;
             const u32 tok = start + tile * TT + r;
+            if ((rows == BUT_FRESH && tok == fresh) || (rows == ONLY_FRESH && tok != fresh)) continue;
             const bool valid = tok < end;
             size_t offset = 0;
             if (valid) {
@@ -545,10 +556,25 @@ __device__ __forceinline__ void paged_attention_decode_mma(
             cp_async16(v_dst + slot, value_cache + offset, valid);
         }
     };
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; s++) {
-        if (s < num_tiles) load_rows(s, s);
+    if (early) {
+        // Tile 0 but the fresh row before the wait; that row into the same copy group after it
+        // (copies join a group when it is committed), then the other tiles as usual.
+        load_rows(0, 0, BUT_FRESH);
+        wait_for_previous_kernel();
+        allow_next_kernel();
+        load_rows(0, 0, ONLY_FRESH);
         cp_async_commit();
+#pragma unroll
+        for (int s = 1; s < STAGES - 1; s++) {
+            if (s < num_tiles) load_rows(s, s);
+            cp_async_commit();
+        }
+    } else {
+#pragma unroll
+        for (int s = 0; s < STAGES - 1; s++) {
+            if (s < num_tiles) load_rows(s, s);
+            cp_async_commit();
+        }
     }
 
     // q as the A operand of q·k: row g = head first_head + g (zero past HEADS), bf16 as stored.
@@ -725,14 +751,19 @@ __device__ __forceinline__ void paged_attention_decode_mma(
         const __nv_bfloat16 *query, const __nv_bfloat16 *key_cache,                            \
         const __nv_bfloat16 *value_cache, const u32 *block_tables, const u32 *seq_lens,         \
         u32 *tickets, float scale, u32 num_heads, u32 num_kv_heads, u32 block_size, u32 max_blocks_per_seq,   \
-        u32 min_partition
+        u32 min_partition, u32 early
 #define DECODE_NAMES                                                                           \
     out, tmp_out, max_logits, exp_sums, query, key_cache, value_cache, block_tables, seq_lens, \
         tickets, scale, num_heads, num_kv_heads, block_size, max_blocks_per_seq, min_partition
+// `early` (mma kernel only; the shared-tile kernel always waits first): read the block tables
+// and the context's K/V rows before waiting for the previous kernel, all but each sequence's
+// last token, which that kernel writes. The caller's promise: a decode step, whose previous
+// kernel wrote no K/V row but those last tokens', nor the tables.
 #define DECODE(D, T, S, H)                                                                     \
     extern "C" __global__ void __launch_bounds__(NUM_THREADS)                                  \
         paged_attention_decode_d##D##_t##T##_s##S##_h##H(DECODE_ARGS) {                        \
         PDL_ENTRY();                                                                           \
+        (void)early;                                                                           \
         paged_attention_decode<D, H, S, T>(DECODE_NAMES);                                      \
     }
 #define DECODE_HEADS(D, T, S) \
@@ -743,8 +774,7 @@ DECODE_HEADS(128, 32, 2) DECODE_HEADS(128, 32, 3)
 #define DECODE_MMA(D, T, S, H)                                                                 \
     extern "C" __global__ void __launch_bounds__(NUM_THREADS)                                  \
         paged_attention_decode_mma_d##D##_t##T##_s##S##_h##H(DECODE_ARGS) {                    \
-        PDL_ENTRY();                                                                           \
-        paged_attention_decode_mma<D, H, S, T>(DECODE_NAMES);                                  \
+        paged_attention_decode_mma<D, H, S, T>(DECODE_NAMES, early);                           \
     }
 #define DECODE_MMA_HEADS(D, T, S)                                                              \
     DECODE_MMA(D, T, S, 1) DECODE_MMA(D, T, S, 2) DECODE_MMA(D, T, S, 3) DECODE_MMA(D, T, S, 4) \

@@ -235,6 +235,9 @@ pub struct PagedAttention {
     split_min_tokens: Option<usize>,
     /// The GPU's SMs, which a small batch's partitions are meant to fill.
     num_sms: usize,
+    /// Whether the tensor-core kernel reads the tables and the older K/V rows before waiting
+    /// for the previous kernel ([`PagedAttention::with_early_reads`]).
+    early_reads: bool,
     /// Whether small batches are split to fill the SMs (the bench times both).
     small_batch_split: bool,
 }
@@ -293,8 +296,22 @@ impl PagedAttention {
             merge: SplitMerge::ReduceKernel,
             split_min_tokens: None,
             num_sms,
+            early_reads: false,
             small_batch_split: true,
         })
+    }
+
+    /// The same kernels, the tensor-core one (`DecodeKernel::MmaWarpRings`) copying each
+    /// sequence's block-table entries and its context's K/V rows before it waits for the
+    /// previous kernel (programmatic dependent launch), all but the last token's row, which it
+    /// copies after the wait, with q. Only for a decode step launched right after the kernel
+    /// that wrote that step's K/V rows (the last token of each sequence) and nothing else the
+    /// launch reads: then the context streams under that kernel's tail. Off by default: written
+    /// on 2026-11-30 with no GPU time left, not yet measured (`LAB_ATTENTION_EARLY=1` in the
+    /// engine). The shared-tile kernel ignores it.
+    pub fn with_early_reads(mut self, early: bool) -> Self {
+        self.early_reads = early;
+        self
     }
 
     /// The same kernels, merging split contexts with `merge`.
@@ -511,7 +528,11 @@ impl PagedAttention {
         for a in &args {
             launch.arg(a);
         }
-        // SAFETY: the signature matches paged_attention_decode[_mma]_d*_h* (both DECODE_ARGS);
+        let early = u32::from(self.early_reads);
+        launch.arg(&early);
+        // SAFETY: the signature matches paged_attention_decode[_mma]_d*_h* (both DECODE_ARGS,
+        // `early` last: reads before the wait only what the caller promises no earlier kernel
+        // of the step writes, see `with_early_reads`);
         // the dynamic shared memory is the ring's bytes, as the kernel's Ring<D, S, TT>; out and
         // query hold num_seqs * num_heads * head_dim elements, the tables their shapes
         // (checked above); the workspace holds num_seqs * num_heads * parts rows (ensured).

@@ -159,13 +159,23 @@ fn decode_matches_f64_reference() {
             (false, SplitMerge::ReduceKernel),
             (false, SplitMerge::LastBlock),
         ];
-        for (&ring, (small_split, merge)) in rings(d).iter().flat_map(|r| splits.map(|s| (r, s))) {
+        // Early reads first (the tensor-core kernel copies all but each sequence's last K/V
+        // row before its wait): launched before any other variant on this case's data, no
+        // stale shared memory can hold the row it would have missed (a context of 1 token is
+        // that row alone).
+        let variants = [true, false].into_iter().flat_map(|early| {
+            rings(d)
+                .iter()
+                .flat_map(move |r| splits.map(|s| (early, r, s)))
+        });
+        for (early, &ring, (small_split, merge)) in variants {
             let variant = k
                 .clone()
                 .with_ring(d, ring)
                 .unwrap()
                 .with_merge(merge)
-                .with_small_batch_split(small_split);
+                .with_small_batch_split(small_split)
+                .with_early_reads(early);
             let p = variant.partitions(n, nh, nkv, d, max_len);
             long_split_seen |= p.count > 1 && p.min_tokens == PARTITION_SIZE;
             small_split_seen |= p.count > 1 && p.min_tokens < PARTITION_SIZE;
@@ -184,7 +194,7 @@ fn decode_matches_f64_reference() {
                     max_len,
                 )
                 .unwrap();
-            gots.push((ring, merge, p, s.clone_dtoh(&out).unwrap()));
+            gots.push((early, ring, merge, p, s.clone_dtoh(&out).unwrap()));
             out = poisoned(s, n * nh * d);
         }
 
@@ -219,8 +229,8 @@ fn decode_matches_f64_reference() {
             "decode {nh}/{nkv} heads, d {d}, block {bs}, lens {:?}",
             c.seq_lens
         );
-        for (ring, merge, p, got) in &gots {
-            let ring = format!(", {}, {merge:?}", ring.describe());
+        for (early, ring, merge, p, got) in &gots {
+            let ring = format!(", {}, {merge:?}, early reads {early}", ring.describe());
             let mode = format!(
                 ", {} partitions of at least {} tokens",
                 p.count, p.min_tokens

@@ -217,6 +217,19 @@ impl SkinnyRule {
     }
 }
 
+/// Whether decode attention reads the context before waiting for the previous kernel
+/// (`kernels::paged_attention::PagedAttention::with_early_reads`): `LAB_ATTENTION_EARLY=1`;
+/// off (0) by default until it has been measured on a GPU.
+fn early_reads_from_vars(
+    var: impl Fn(&str) -> Option<String>,
+) -> std::result::Result<bool, String> {
+    match var("LAB_ATTENTION_EARLY").as_deref().map(str::trim) {
+        None | Some("0") => Ok(false),
+        Some("1") => Ok(true),
+        Some(v) => Err(format!("LAB_ATTENTION_EARLY={v}: expected 1 or 0")),
+    }
+}
+
 /// The decode attention kernel `LAB_DECODE_ATTENTION` asks for (`mma` or `shared`), read
 /// through `var` as [`GemvRule::from_vars`] reads its settings; `None` keeps the default
 /// (`rings()`' first, the mma kernel). Any other value is an error naming the variable.
@@ -331,6 +344,16 @@ impl CudaBackend {
             Some(kernel) => (gpu.kernels.paged_attention.clone().with_kernel(kernel))
                 .map_err(|e| attention_setting(e.to_string()))?,
         };
+        let early = early_reads_from_vars(|name| std::env::var(name).ok()).map_err(|e| {
+            BackendError::Device {
+                backend: "cuda",
+                op: "reading LAB_ATTENTION_EARLY",
+                source: e.into(),
+            }
+        })?;
+        // A decode step's attention follows the kernel that wrote its K/V rows (the qkv
+        // projection's epilogue or qkv_rotary_cache), the contract of `with_early_reads`.
+        let paged_attention = paged_attention.with_early_reads(early);
         Ok(CudaBackend {
             gemv: gpu
                 .kernels
@@ -1549,6 +1572,19 @@ mod tests {
         assert!(!off.takes_shape(8, 4096, false));
         let err = read(&[("LAB_SKINNY_MAX_TOKENS", "64")]).unwrap_err();
         assert!(err.contains("LAB_SKINNY_MAX_TOKENS=64"), "{err}");
+    }
+
+    #[test]
+    fn early_attention_reads_follow_the_environment() {
+        let read = |v: Option<&'static str>| {
+            early_reads_from_vars(move |name| (name == "LAB_ATTENTION_EARLY").then_some(v?.into()))
+        };
+        assert_eq!(read(None), Ok(false), "off until measured");
+        assert_eq!(read(Some("1")), Ok(true));
+        assert_eq!(read(Some(" 0")), Ok(false));
+        assert!(read(Some("yes"))
+            .unwrap_err()
+            .contains("LAB_ATTENTION_EARLY=yes"));
     }
 
     #[test]
