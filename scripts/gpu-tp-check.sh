@@ -225,25 +225,30 @@ part_gemv() {
     note "gemv: $log, $LOGS/bench.md"
 }
 
+# Runs test binary BIN (VAR=VALUE settings after it) into LOG and notes its result as LABEL;
+# returns its exit status.
+run_test() {
+    local label=$1 bin=$2 log=$3
+    shift 3
+    env "$@" timeout 200 "$bin" --test-threads=1 --nocapture >"$log" 2>&1
+    local rc=$?
+    [[ $rc -ne 0 ]] && status=1
+    note "| test $label | rc $rc | $(grep -h '^test result:' "$log" | tail -1) |"
+    return $rc
+}
+
 # skinny_gemm (kernels/cuda/skinny_gemm.cu), first run: its test against the f64 reference,
 # its times against cuBLAS per projection and split, the engine's GPU tests with it on, and the
 # 7B decode step at batch 32 with it on and off, A B A B.
 part_skinny() {
-    local t=gpu-bin/tests/skinny_gemm log="$LOGS/test-skinny_gemm.log"
-    timeout 200 "$t" --test-threads=1 --nocapture >"$log" 2>&1
-    local rc=$?
-    [[ $rc -ne 0 ]] && status=1
-    note "| test skinny_gemm | rc $rc | $(grep -h '^test result:' "$log" | tail -1) |"
-    grep -h "agree\|panicked" "$log" | sed 's/^/    /'
-    [[ $rc -ne 0 ]] && return # its times would mean nothing
-    log="$LOGS/kernel_bench-skinny.log"
+    # Without a passing test its times would mean nothing.
+    run_test skinny_gemm gpu-bin/tests/skinny_gemm "$LOGS/test-skinny_gemm.log" || return
+    grep -h "agree" "$LOGS/test-skinny_gemm.log" | sed 's/^/    /'
+    local log="$LOGS/kernel_bench-skinny.log"
     timeout 200 gpu-bin/kernel_bench --skinny >"$log" 2>&1 || status=1
     grep -h "^copy\|^|" "$log"
-    log="$LOGS/test-engine-cuda_engine-skinny.log"
-    LAB_SKINNY_MAX_TOKENS=32 timeout 200 gpu-bin/tests/engine-cuda_engine --test-threads=1 >"$log" 2>&1
-    rc=$?
-    [[ $rc -ne 0 ]] && status=1
-    note "| test engine-cuda_engine, LAB_SKINNY_MAX_TOKENS=32 | rc $rc | $(grep -h '^test result:' "$log" | tail -1) |"
+    run_test "engine-cuda_engine, LAB_SKINNY_MAX_TOKENS=32" gpu-bin/tests/engine-cuda_engine \
+        "$LOGS/test-engine-cuda_engine-skinny.log" LAB_SKINNY_MAX_TOKENS=32
     bench_header
     for round in 1 2; do
         for tp in 1 2; do
@@ -251,24 +256,17 @@ part_skinny() {
             LAB_SKINNY_MAX_TOKENS=32 bench_one "7b-b32-tp$tp-skinny-$round" --batch-size 32 --tp $tp
         done
     done | tee -a "$LOGS/bench.md"
-    note "skinny: $LOGS/kernel_bench-skinny.log, $LOGS/bench.md"
+    note "skinny: $log, $LOGS/bench.md"
 }
 
 # Decode attention's early reads (LAB_ATTENTION_EARLY=1), first run: the kernel test (early
 # variants first), the engine's GPU tests with it on, and batch-1 decode of the 135M and 1B
 # shapes with it off and on, two rounds (scripts/gpu-env-ab.sh).
 part_early() {
-    local t=gpu-bin/tests/paged_attention log="$LOGS/test-paged_attention.log"
-    timeout 200 "$t" --test-threads=1 --nocapture >"$log" 2>&1
-    local rc=$?
-    [[ $rc -ne 0 ]] && status=1
-    note "| test paged_attention (early reads included) | rc $rc | $(grep -h '^test result:' "$log" | tail -1) |"
-    [[ $rc -ne 0 ]] && return
-    log="$LOGS/test-engine-cuda_engine-early.log"
-    LAB_ATTENTION_EARLY=1 timeout 200 gpu-bin/tests/engine-cuda_engine --test-threads=1 >"$log" 2>&1
-    rc=$?
-    [[ $rc -ne 0 ]] && status=1
-    note "| test engine-cuda_engine, LAB_ATTENTION_EARLY=1 | rc $rc | $(grep -h '^test result:' "$log" | tail -1) |"
+    run_test "paged_attention (early reads included)" gpu-bin/tests/paged_attention \
+        "$LOGS/test-paged_attention.log" || return
+    run_test "engine-cuda_engine, LAB_ATTENTION_EARLY=1" gpu-bin/tests/engine-cuda_engine \
+        "$LOGS/test-engine-cuda_engine-early.log" LAB_ATTENTION_EARLY=1
     SETTINGS="default early:LAB_ATTENTION_EARLY=1" CASES="135m:1:1 1b:1:1" ROUNDS=2 \
         timeout 400 bash scripts/gpu-env-ab.sh "$LAB" | tee "$LOGS/early-ab.md"
     note "early: $LOGS/early-ab.md"

@@ -137,6 +137,38 @@ unsafe fn compile_program(prog: sys::nvrtcProgram, options: &[String]) -> Result
     Ok(cubin)
 }
 
+/// For the kernel files' own tests: compiles `source` (after `common.cuh`) for sm_90 to a
+/// CUBIN and to PTX, and returns the names of the PTX's `.entry` points; `None` (after printing
+/// why) where NVRTC is not found, as on CI. NVRTC needs no GPU.
+#[cfg(test)]
+pub(crate) fn entry_points(file: &'static str, source: &str) -> Option<Vec<String>> {
+    use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
+    // SAFETY: only looks for the library; no NVRTC call.
+    if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+        eprintln!("skipped: libnvrtc was not found");
+        return None;
+    }
+    compile(file, source, ARCH).unwrap_or_else(|e| panic!("{file} compiles to a CUBIN: {e}"));
+    let ptx = compile_ptx_with_opts(
+        format!("{COMMON}\n{source}"),
+        CompileOptions {
+            arch: Some("compute_90"),
+            include_paths: vec![cuda_include_dir()],
+            options: vec!["--std=c++17".into()],
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("{file} compiles to PTX: {e}"))
+    .to_src();
+    let entries = ptx
+        .lines()
+        .filter(|l| l.contains(".entry"))
+        .filter_map(|l| l.trim_end().strip_suffix('(')?.split_whitespace().last())
+        .map(str::to_string)
+        .collect();
+    Some(entries)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

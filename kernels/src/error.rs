@@ -65,3 +65,24 @@ pub(crate) fn to_u32(kernel: &'static str, what: &'static str, v: usize) -> Resu
         what: format!("{what} = {v} does not fit in 32 bits"),
     })
 }
+
+/// Kernels that read x and W as 16-byte vectors (the GEMV, the skinny GEMM) refuse operands
+/// that do not start on a 16-byte boundary.
+pub(crate) fn check_aligned16(
+    kernel: &'static str,
+    stream: &std::sync::Arc<cudarc::driver::CudaStream>,
+    x: &cudarc::driver::CudaView<'_, half::bf16>,
+    weight: &cudarc::driver::CudaView<'_, half::bf16>,
+) -> Result<()> {
+    use cudarc::driver::DevicePtr;
+    let (xp, _x) = x.device_ptr(stream);
+    let (wp, _w) = weight.device_ptr(stream);
+    if (xp | wp) % 16 == 0 {
+        Ok(())
+    } else {
+        Err(KernelError::Unsupported {
+            kernel,
+            what: "x or weight is not 16-byte aligned".into(),
+        })
+    }
+}

@@ -41,7 +41,7 @@ use cudarc::driver::{
 };
 use half::bf16;
 
-use crate::error::{check_len, to_u32, KernelError, Result};
+use crate::error::{check_aligned16, check_len, to_u32, KernelError, Result};
 use crate::launch::Launch;
 use crate::qkv_rotary_cache::QkvShape;
 
@@ -755,17 +755,7 @@ impl Gemv {
             check_len(K, "bias", b.len(), n)?;
         }
         // The kernel reads x and W as 16-byte vectors.
-        let aligned = {
-            let (xp, _x) = x.device_ptr(stream);
-            let (wp, _w) = weight.device_ptr(stream);
-            (xp | wp) % 16 == 0
-        };
-        if !aligned {
-            return Err(KernelError::Unsupported {
-                kernel: K,
-                what: "x or weight is not 16-byte aligned".into(),
-            });
-        }
+        check_aligned16(K, stream, x, weight)?;
         if n == 0 {
             return Ok(());
         }
@@ -825,30 +815,10 @@ mod tests {
     /// (looked up in the PTX, where each is an `.entry`).
     #[test]
     fn gemv_cu_compiles_with_every_entry_point() {
-        use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
-        // SAFETY: only looks for the library; no NVRTC call.
-        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
-            eprintln!("skipped: libnvrtc was not found");
+        let Some(entries) = crate::compile::entry_points(super::FILE, super::SOURCE) else {
             return;
-        }
-        crate::compile::compile(super::FILE, super::SOURCE, crate::compile::ARCH)
-            .expect("gemv.cu compiles to a CUBIN");
-        let common = include_str!("../cuda/common.cuh");
-        let ptx = compile_ptx_with_opts(
-            format!("{common}\n{}", super::SOURCE),
-            CompileOptions {
-                arch: Some("compute_90"),
-                include_paths: vec![crate::compile::cuda_include_dir()],
-                options: vec!["--std=c++17".into()],
-                ..Default::default()
-            },
-        )
-        .expect("gemv.cu compiles to PTX")
-        .to_src();
-        let has = |name: &str| {
-            ptx.lines()
-                .any(|l| l.contains(".entry") && l.trim_end().ends_with(&format!("{name}(")))
         };
+        let has = |name: &str| entries.iter().any(|e| e == name);
         for prefix in ["gemv", "gemv_norm", "gemv_norm_glu", "gemv_norm_rope"] {
             for m in 1..=super::MAX_TOKENS {
                 for suffix in ["", "_split"] {
