@@ -443,6 +443,12 @@ mod spans {
 
 #[test]
 fn each_lookup_opens_a_span_with_request_step_and_hit_tokens() {
+    // tracing-core caches each callsite's interest for the whole process. While ours is the
+    // only dispatcher registered, a callsite first hit on another test's thread is asked of
+    // *that* thread's default (none) and cached as "never", so this test once saw no span at
+    // all (CI, 2026-11-30). A global default that wants nothing makes two dispatchers, and
+    // every registration then asks ours as well.
+    let _ = tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::default());
     let log = spans::Log::default();
     let mut e = engine(true, 64, 2048);
     tracing::subscriber::with_default(log.clone(), || {
