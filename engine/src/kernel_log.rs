@@ -42,6 +42,7 @@ pub const GRAPH_REPLAY: &str = "cuda_graph_replay";
 /// Runs `f` and returns its result with the `op` of every `kernel` span it opened on this
 /// thread, in order (a CUDA graph replay appears as [`GRAPH_REPLAY`]).
 pub fn record<R>(f: impl FnOnce() -> R) -> (R, Vec<String>) {
+    keep_a_second_dispatcher();
     let log = KernelLog::default();
     let ops = log.ops.clone();
     let result = tracing::subscriber::with_default(log, f);
@@ -49,6 +50,17 @@ pub fn record<R>(f: impl FnOnce() -> R) -> (R, Vec<String>) {
     (result, ops)
 }
 // ANCHOR_END: record
+
+/// tracing-core caches each span callsite's interest for the whole process, asking every
+/// registered dispatcher; but while exactly one is registered it asks only the registering
+/// thread's default. With [`record`]'s subscriber alone, a callsite first reached on another
+/// thread (a test running beside this one) would be cached as "never", and `record` would
+/// miss it for good. A dispatcher that wants nothing, registered once and kept, avoids that:
+/// it records nothing and is nobody's default.
+fn keep_a_second_dispatcher() {
+    static SECOND: std::sync::OnceLock<tracing::Dispatch> = std::sync::OnceLock::new();
+    SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+}
 
 /// A `tracing` subscriber that keeps the op names of `kernel` spans and graph replays.
 #[derive(Default)]
