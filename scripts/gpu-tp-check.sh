@@ -22,12 +22,13 @@
 #   gemv    (not in the default) the GEMV's split-K rule at the 7B shapes: kernel_bench
 #           --tp-shapes, then the batch-1 decode step, TP 1 and TP 2, with the rule as it is
 #           and with LAB_GEMV_SPLIT_BELOW=4
-#   skinny  (not in the default) skinny_gemm's first run: its test, kernel_bench --skinny,
+#   skinny  (not in the default) skinny_gemm against cuBLAS: its test, kernel_bench --skinny,
 #           the engine's GPU tests with LAB_SKINNY_MAX_TOKENS=32, and the 7B decode step at
 #           batch 32, TP 1 and 2, with it and with cuBLAS, two rounds (8 runs: about 6 minutes)
-#   early   (not in the default) decode attention's early reads' first run: the kernel test,
-#           the engine's GPU tests with LAB_ATTENTION_EARLY=1, batch-1 decode of the 135M and
-#           1B shapes with it off and on, two rounds (about 3 minutes; one GPU is enough)
+#   early   (not in the default) decode attention's early reads (the engine's default since
+#           2026-11-30): the kernel test, the engine's GPU tests with LAB_ATTENTION_EARLY=0,
+#           batch-1 decode of the 135M and 1B shapes with it off and on, two rounds (about 3
+#           minutes; one GPU is enough)
 #   ncu     (not in the default) Nsight Compute over `lab bench --workload decode` runs, each
 #           MODEL:BATCH:TP in PROFILES (default "7b:32:1 1b:1:1"): one decode step's
 #           kernels, each timed alone (scripts/ncu_step.py). TP 2 (ranks as threads, NCCL's
@@ -237,7 +238,7 @@ run_test() {
     return $rc
 }
 
-# skinny_gemm (kernels/cuda/skinny_gemm.cu), first run: its test against the f64 reference,
+# skinny_gemm (kernels/cuda/skinny_gemm.cu) against cuBLAS: its test against the f64 reference,
 # its times against cuBLAS per projection and split, the engine's GPU tests with it on, and the
 # 7B decode step at batch 32 with it on and off, A B A B.
 part_skinny() {
@@ -259,15 +260,16 @@ part_skinny() {
     note "skinny: $log, $LOGS/bench.md"
 }
 
-# Decode attention's early reads (LAB_ATTENTION_EARLY=1), first run: the kernel test (early
-# variants first), the engine's GPU tests with it on, and batch-1 decode of the 135M and 1B
-# shapes with it off and on, two rounds (scripts/gpu-env-ab.sh).
+# Decode attention's early reads (on by default; LAB_ATTENTION_EARLY=0 turns them off): the
+# kernel test (early variants first), the engine's GPU tests with them off (the default runs
+# in part tests), and batch-1 decode of the 135M and 1B shapes off and on, two rounds
+# (scripts/gpu-env-ab.sh).
 part_early() {
     run_test "paged_attention (early reads included)" gpu-bin/tests/paged_attention \
         "$LOGS/test-paged_attention.log" || return
-    run_test "engine-cuda_engine, LAB_ATTENTION_EARLY=1" gpu-bin/tests/engine-cuda_engine \
-        "$LOGS/test-engine-cuda_engine-early.log" LAB_ATTENTION_EARLY=1
-    SETTINGS="default early:LAB_ATTENTION_EARLY=1" CASES="135m:1:1 1b:1:1" ROUNDS=2 \
+    run_test "engine-cuda_engine, LAB_ATTENTION_EARLY=0" gpu-bin/tests/engine-cuda_engine \
+        "$LOGS/test-engine-cuda_engine-late.log" LAB_ATTENTION_EARLY=0
+    SETTINGS="late:LAB_ATTENTION_EARLY=0 default" CASES="135m:1:1 1b:1:1" ROUNDS=2 \
         timeout 400 bash scripts/gpu-env-ab.sh "$LAB" | tee "$LOGS/early-ab.md"
     note "early: $LOGS/early-ab.md"
 }

@@ -10,8 +10,14 @@
 // dependent launch the weights stream while the previous kernel (a norm, attention, an
 // all-reduce) drains; the activations, which that kernel wrote, are copied after the wait.
 //
-// Layout. A block owns 64 weight rows (16 per warp) and a range of k (split-K, gridDim.y splits).
-// It walks its k range in stages of 64 k values: per stage a [64 rows × 64 k] tile of W and a
+// Measured (2026-11-30, H200): correct, but slower than cuBLAS at every 7B and 1B projection,
+// 25-70% of copy against 58-88%, and slower the more tokens (the book's performance page has
+// the table). A cp.async per 16 bytes and a barrier per 8 KB stage leave the warps waiting;
+// cuBLAS's Hopper kernels feed wgmma from the Tensor Memory Accelerator. The engine keeps
+// cuBLAS (LAB_SKINNY_MAX_TOKENS turns this on); this file is where a TMA + wgmma kernel starts.
+//
+// Layout. A block owns R = 64 or 128 weight rows (16 per warp) and a range of k (split-K,
+// gridDim.y splits). It walks its k range in stages of 64 k values: per stage a [R rows × 64 k] tile of W and a
 // [8·MT tokens × 64 k] tile of x, copied by cp.async into a ring of SG_STAGES stages, so that
 // three stages are in flight while the fourth is multiplied. Each warp computes its 16 rows for
 // every token: mma.sync m16n8k16 (bf16 in, f32 accumulate), A = its W rows, B = xᵀ, one mma per
@@ -36,13 +42,12 @@
 // paged_attention.cu's merge) adds the splits in order 0, 1, ... and writes the output. The
 // order never depends on which block finishes last, so the result is the same on every run.
 //
-// Epilogues: plain (y rounded once to bf16), or SiLU·mul for gate_up: a block's 64 rows are then
-// 32 gate rows j0.. and the 32 up rows d + j0.. (d = n / 2), and it writes
-// silu(gate) · up for its 32 columns, rounding gate and up to bf16 first, as cuBLAS followed by
+// Epilogues: plain (y rounded once to bf16), or SiLU·mul for gate_up: a block's R rows are then
+// R / 2 gate rows j0.. and the R / 2 up rows d + j0.. (d = n / 2), and it writes
+// silu(gate) · up for its R / 2 columns, rounding gate and up to bf16 first, as cuBLAS followed by
 // silu_and_mul.cu does.
 
-#define SG_THREADS 128
-#define SG_ROWS 64         // weight rows per block: 16 per warp
+// R (a template parameter): weight rows per block, 16 per warp, so 2·R threads. 64 or 128.
 #define SG_CHUNKS 8        // 16-byte chunks per tile row: 64 k values per stage
 #define SG_KC (SG_CHUNKS * 8)
 #define SG_STAGES 4
@@ -67,8 +72,10 @@ __device__ __forceinline__ void sg_wait_ring() {
 }
 __device__ __forceinline__ void sg_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
 
+// Not volatile: the mma has no effect beyond its outputs, so the compiler may interleave the
+// independent mmas of several token tiles (each mma's result feeds the next one of its tile only).
 __device__ __forceinline__ void sg_mma(float c[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-    asm volatile(
+    asm(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
         "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
@@ -76,25 +83,25 @@ __device__ __forceinline__ void sg_mma(float c[4], u32 a0, u32 a1, u32 a2, u32 a
 }
 
 // The weight row that row `r` of row tile `tile` reads, or -1 past the weight's end.
-template <int EPI>
+template <int EPI, int R>
 __device__ __forceinline__ int sg_weight_row(u32 tile, int r, u32 n) {
     if (EPI == SG_EPI_GLU) {
-        const u32 d = n / 2, j = tile * (SG_ROWS / 2) + (r % (SG_ROWS / 2));
+        const u32 d = n / 2, j = tile * (R / 2) + (r % (R / 2));
         if (j >= d) return -1;
-        return (int)(r < SG_ROWS / 2 ? j : d + j);
+        return (int)(r < R / 2 ? j : d + j);
     }
-    const u32 row = tile * SG_ROWS + r;
+    const u32 row = tile * R + r;
     return row < n ? (int)row : -1;
 }
 
-// Writes this tile's outputs from `sums` ([8·MT tokens][SG_ROWS + 4] f32, the tile's full sums).
-template <int MT, int EPI>
+// Writes this tile's outputs from `sums` ([8·MT tokens][R + 4] f32, the tile's full sums).
+template <int MT, int EPI, int R>
 __device__ __forceinline__ void sg_store(__nv_bfloat16* __restrict__ out, const float* sums, u32 tile,
                                          u32 m, u32 n) {
-    constexpr int LD = SG_ROWS + 4;
+    constexpr int LD = R + 4, THREADS = 2 * R;
     if (EPI == SG_EPI_GLU) {
-        const u32 d = n / 2, half = SG_ROWS / 2;
-        for (u32 i = threadIdx.x; i < m * half; i += SG_THREADS) {
+        const u32 d = n / 2, half = R / 2;
+        for (u32 i = threadIdx.x; i < m * half; i += THREADS) {
             const u32 t = i / half, c = i % half, j = tile * half + c;
             if (j >= d) continue;
             const float g = __bfloat162float(__float2bfloat16(sums[t * LD + c]));
@@ -102,24 +109,24 @@ __device__ __forceinline__ void sg_store(__nv_bfloat16* __restrict__ out, const 
             out[(size_t)t * d + j] = __float2bfloat16(silu(g) * up);
         }
     } else {
-        for (u32 i = threadIdx.x; i < m * SG_ROWS; i += SG_THREADS) {
-            const u32 t = i / SG_ROWS, r = i % SG_ROWS, row = tile * SG_ROWS + r;
+        for (u32 i = threadIdx.x; i < m * R; i += THREADS) {
+            const u32 t = i / R, r = i % R, row = tile * R + r;
             if (row < n) out[(size_t)t * n + row] = __float2bfloat16(sums[t * LD + r]);
         }
     }
 }
 
-template <int MT, int EPI>
+template <int MT, int EPI, int R>
 __device__ __forceinline__ void skinny_gemm(
     __nv_bfloat16* __restrict__ out,      // [m, n] (plain) or [m, n / 2] (SiLU·mul)
-    float* __restrict__ partials,         // [row tiles, gridDim.y, 8·MT, SG_ROWS] when gridDim.y > 1
+    float* __restrict__ partials,         // [row tiles, gridDim.y, 8·MT, R] when gridDim.y > 1
     u32* __restrict__ tickets,            // [row tiles], 0 between launches (the last block resets it)
     const __nv_bfloat16* __restrict__ x,  // [m, k]
     const __nv_bfloat16* __restrict__ w,  // [n, k]
     u32 m, u32 n, u32 k, u32 k_per_split) {
-    constexpr int TOKENS = 8 * MT;
-    constexpr int STAGE_CHUNKS = (SG_ROWS + TOKENS) * SG_CHUNKS;
-    constexpr int LD = SG_ROWS + 4;  // the epilogue's f32 rows, padded off the banks of their neighbours
+    constexpr int TOKENS = 8 * MT, THREADS = 2 * R;
+    constexpr int STAGE_CHUNKS = (R + TOKENS) * SG_CHUNKS;
+    constexpr int LD = R + 4;  // the epilogue's f32 rows, padded off the banks of their neighbours
     static_assert(TOKENS * LD * 4 <= SG_STAGES * STAGE_CHUNKS * 16, "the epilogue fits the ring");
     extern __shared__ uint4 sg_ring[];  // [SG_STAGES][W rows, then x rows][SG_CHUNKS], swizzled
     __shared__ u32 s_ticket;
@@ -130,12 +137,12 @@ __device__ __forceinline__ void skinny_gemm(
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
 
     // Each thread copies the same rows and chunks of every stage: work out where once.
-    constexpr int W_COPIES = SG_ROWS * SG_CHUNKS / SG_THREADS;  // 4
+    constexpr int W_COPIES = R * SG_CHUNKS / THREADS;  // 4
     const int chunk = tid % SG_CHUNKS;
     const __nv_bfloat16* w_src[W_COPIES];
 #pragma unroll
     for (int i = 0; i < W_COPIES; i++) {
-        const int row = sg_weight_row<EPI>(tile, i * (SG_THREADS / SG_CHUNKS) + tid / SG_CHUNKS, n);
+        const int row = sg_weight_row<EPI, R>(tile, i * (THREADS / SG_CHUNKS) + tid / SG_CHUNKS, n);
         w_src[i] = row < 0 ? nullptr : w + (size_t)row * k + k_begin + chunk * 8;
     }
     auto load_w = [&](int stage, int slot) {
@@ -143,17 +150,17 @@ __device__ __forceinline__ void skinny_gemm(
         const u32 kk = k_begin + stage * SG_KC + chunk * 8;
 #pragma unroll
         for (int i = 0; i < W_COPIES; i++) {
-            const int r = i * (SG_THREADS / SG_CHUNKS) + tid / SG_CHUNKS;
+            const int r = i * (THREADS / SG_CHUNKS) + tid / SG_CHUNKS;
             const bool valid = w_src[i] != nullptr && kk < k_end;
             sg_copy16(dst + sg_slot(r, chunk), valid ? w_src[i] + stage * SG_KC : w, valid);
         }
     };
     auto load_x = [&](int stage, int slot) {
-        uint4* dst = sg_ring + slot * STAGE_CHUNKS + SG_ROWS * SG_CHUNKS;
+        uint4* dst = sg_ring + slot * STAGE_CHUNKS + R * SG_CHUNKS;
         const u32 kk = k_begin + stage * SG_KC + chunk * 8;
 #pragma unroll
-        for (int i = 0; i < (TOKENS * SG_CHUNKS + SG_THREADS - 1) / SG_THREADS; i++) {
-            const int r = i * (SG_THREADS / SG_CHUNKS) + tid / SG_CHUNKS;
+        for (int i = 0; i < (TOKENS * SG_CHUNKS + THREADS - 1) / THREADS; i++) {
+            const int r = i * (THREADS / SG_CHUNKS) + tid / SG_CHUNKS;
             if (r >= TOKENS) break;
             const bool valid = (u32)r < m && kk < k_end;
             sg_copy16(dst + sg_slot(r, chunk), valid ? x + (size_t)r * k + kk : x, valid);
@@ -190,18 +197,21 @@ __device__ __forceinline__ void skinny_gemm(
         }
         sg_commit();
         const uint4* wt = sg_ring + (i % SG_STAGES) * STAGE_CHUNKS;
-        const uint4* xt = wt + SG_ROWS * SG_CHUNKS;
+        const uint4* xt = wt + R * SG_CHUNKS;
 #pragma unroll
         for (int h = 0; h < 2; h++) {
             const int c = h * 4 + t4;
             const uint4 lo = wt[sg_slot(warp * 16 + g, c)];
             const uint4 hi = wt[sg_slot(warp * 16 + g + 8, c)];
+            uint4 b[MT];
 #pragma unroll
-            for (int tt = 0; tt < MT; tt++) {
-                const uint4 b = xt[sg_slot(tt * 8 + g, c)];
-                sg_mma(acc[tt], lo.x, hi.x, lo.y, hi.y, b.x, b.y);
-                sg_mma(acc[tt], lo.z, hi.z, lo.w, hi.w, b.z, b.w);
-            }
+            for (int tt = 0; tt < MT; tt++) b[tt] = xt[sg_slot(tt * 8 + g, c)];
+            // Every tile's first mma, then every tile's second: MT independent mmas between
+            // two that depend on each other.
+#pragma unroll
+            for (int tt = 0; tt < MT; tt++) sg_mma(acc[tt], lo.x, hi.x, lo.y, hi.y, b[tt].x, b[tt].y);
+#pragma unroll
+            for (int tt = 0; tt < MT; tt++) sg_mma(acc[tt], lo.z, hi.z, lo.w, hi.w, b[tt].z, b[tt].w);
         }
     }
     sg_wait_all();
@@ -219,41 +229,50 @@ __device__ __forceinline__ void skinny_gemm(
     }
     __syncthreads();
     if (splits == 1) {
-        sg_store<MT, EPI>(out, sums, tile, m, n);
+        sg_store<MT, EPI, R>(out, sums, tile, m, n);
         return;
     }
 
     // Split-K: publish this split's sums, then the last block of the tile adds them in order.
-    float* mine = partials + ((size_t)tile * splits + split) * TOKENS * SG_ROWS;
-    for (u32 i = tid; i < m * SG_ROWS; i += SG_THREADS) mine[i] = sums[(i / SG_ROWS) * LD + i % SG_ROWS];
+    float* mine = partials + ((size_t)tile * splits + split) * TOKENS * R;
+    for (u32 i = tid; i < m * R; i += THREADS) mine[i] = sums[(i / R) * LD + i % R];
     __threadfence();  // the sums are visible device-wide before the ticket says so
     __syncthreads();
     if (tid == 0) s_ticket = atomicAdd(&tickets[tile], 1u);
     __syncthreads();
     if (s_ticket != splits - 1) return;
     __threadfence();  // read the other blocks' sums only after seeing every ticket
-    const float* tile_partials = partials + (size_t)tile * splits * TOKENS * SG_ROWS;
-    for (u32 i = tid; i < m * SG_ROWS; i += SG_THREADS) {
+    const float* tile_partials = partials + (size_t)tile * splits * TOKENS * R;
+    for (u32 i = tid; i < m * R; i += THREADS) {
         float total = 0.0f;
-        for (u32 s = 0; s < splits; s++) total += __ldcg(tile_partials + (size_t)s * TOKENS * SG_ROWS + i);
-        sums[(i / SG_ROWS) * LD + i % SG_ROWS] = total;
+        for (u32 s = 0; s < splits; s++) total += __ldcg(tile_partials + (size_t)s * TOKENS * R + i);
+        sums[(i / R) * LD + i % R] = total;
     }
     if (tid == 0) tickets[tile] = 0;  // ready for the next launch
     __syncthreads();
-    sg_store<MT, EPI>(out, sums, tile, m, n);
+    sg_store<MT, EPI, R>(out, sums, tile, m, n);
 }
 
-#define SKINNY_GEMM(MT, EPI, NAME)                                                                  \
-    extern "C" __global__ void __launch_bounds__(SG_THREADS) NAME(                                  \
+#define SKINNY_GEMM(MT, EPI, R, NAME)                                                               \
+    extern "C" __global__ void __launch_bounds__(2 * R) NAME(                                       \
         __nv_bfloat16 *out, float *partials, u32 *tickets, const __nv_bfloat16 *x,                 \
         const __nv_bfloat16 *w, u32 m, u32 n, u32 k, u32 k_per_split) {                            \
-        skinny_gemm<MT, EPI>(out, partials, tickets, x, w, m, n, k, k_per_split);                   \
+        skinny_gemm<MT, EPI, R>(out, partials, tickets, x, w, m, n, k, k_per_split);                \
     }
-SKINNY_GEMM(1, SG_EPI_PLAIN, skinny_gemm_t1)
-SKINNY_GEMM(2, SG_EPI_PLAIN, skinny_gemm_t2)
-SKINNY_GEMM(3, SG_EPI_PLAIN, skinny_gemm_t3)
-SKINNY_GEMM(4, SG_EPI_PLAIN, skinny_gemm_t4)
-SKINNY_GEMM(1, SG_EPI_GLU, skinny_gemm_glu_t1)
-SKINNY_GEMM(2, SG_EPI_GLU, skinny_gemm_glu_t2)
-SKINNY_GEMM(3, SG_EPI_GLU, skinny_gemm_glu_t3)
-SKINNY_GEMM(4, SG_EPI_GLU, skinny_gemm_glu_t4)
+// Row tiles of 64 rows (4 warps) and of 128 (8 warps: half the activation reads per weight byte).
+SKINNY_GEMM(1, SG_EPI_PLAIN, 64, skinny_gemm_t1)
+SKINNY_GEMM(2, SG_EPI_PLAIN, 64, skinny_gemm_t2)
+SKINNY_GEMM(3, SG_EPI_PLAIN, 64, skinny_gemm_t3)
+SKINNY_GEMM(4, SG_EPI_PLAIN, 64, skinny_gemm_t4)
+SKINNY_GEMM(1, SG_EPI_GLU, 64, skinny_gemm_glu_t1)
+SKINNY_GEMM(2, SG_EPI_GLU, 64, skinny_gemm_glu_t2)
+SKINNY_GEMM(3, SG_EPI_GLU, 64, skinny_gemm_glu_t3)
+SKINNY_GEMM(4, SG_EPI_GLU, 64, skinny_gemm_glu_t4)
+SKINNY_GEMM(1, SG_EPI_PLAIN, 128, skinny_gemm_r128_t1)
+SKINNY_GEMM(2, SG_EPI_PLAIN, 128, skinny_gemm_r128_t2)
+SKINNY_GEMM(3, SG_EPI_PLAIN, 128, skinny_gemm_r128_t3)
+SKINNY_GEMM(4, SG_EPI_PLAIN, 128, skinny_gemm_r128_t4)
+SKINNY_GEMM(1, SG_EPI_GLU, 128, skinny_gemm_glu_r128_t1)
+SKINNY_GEMM(2, SG_EPI_GLU, 128, skinny_gemm_glu_r128_t2)
+SKINNY_GEMM(3, SG_EPI_GLU, 128, skinny_gemm_glu_r128_t3)
+SKINNY_GEMM(4, SG_EPI_GLU, 128, skinny_gemm_glu_r128_t4)

@@ -780,7 +780,7 @@ fn lt_algos(gpu: &Gpu) -> Result<()> {
 /// default split and at others, each in a graph of 50 launches over weights far larger than
 /// L2; gate/up also with the SiLU·mul epilogue against cuBLAS followed by `silu_and_mul`.
 fn skinny(gpu: &Gpu) -> Result<()> {
-    use kernels::skinny_gemm::{SkinnyGemm, SkinnyGemmWorkspace};
+    use kernels::skinny_gemm::{SkinnyGemmWorkspace, ROW_TILES};
     const BACK_TO_BACK: usize = 50;
     const L2_BYTES: usize = 50 << 20;
     let ceilings = roofline::measure_on(&gpu.ctx, &gpu.stream)?;
@@ -790,8 +790,12 @@ fn skinny(gpu: &Gpu) -> Result<()> {
     let sg = &k.skinny_gemm;
     let mut ws = SkinnyGemmWorkspace::new(s, sg.num_sms())?;
     let lin = Linear::new(s, 256)?;
-    println!("| shape | m | MB | cuBLAS µs (% copy) | skinny, default split µs (% copy) | best split µs (splits) |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    // Per row tile (64, 128 weight rows a block): the default split, then the best of 1-8.
+    println!(
+        "| shape | m | MB | cuBLAS µs (% copy) | 64 rows: default split µs (% copy, splits) | \
+         best split µs (splits) | 128 rows: default split | best split |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     // (label, name, n, k): the 7B layer at TP 1 and 2, then Llama-3.2-1B's and SmolLM2-135M's.
     let mut shapes: Vec<(String, &str, usize, usize)> = Vec::new();
     for tp in [1usize, 2] {
@@ -839,43 +843,55 @@ fn skinny(gpu: &Gpu) -> Result<()> {
                 } else {
                     Epilogue::Plain
                 };
-                let tiles = SkinnyGemm::row_tiles(n, epilogue);
-                let default = sg.splits(tiles, kk);
-                let mut times = Vec::new();
-                for splits in [default, 1, 2, 3, 4, 6, 8] {
-                    let mut i = 0;
-                    let ms = graph_ms(gpu, BACK_TO_BACK, || {
-                        i += 1;
-                        let out = if glu { &mut act } else { &mut y };
-                        Ok(sg.forward(
-                            s,
-                            &mut ws,
-                            &mut out.as_view_mut(),
-                            &x.as_view(),
-                            &wts[i % copies].as_view(),
-                            m,
-                            epilogue,
-                            Some(splits),
-                        )?)
-                    })?;
-                    times.push((splits, ms));
-                }
                 let pct = |ms: f64| 100.0 * bytes / (ms * 1e-3) / 1e9 / copy;
-                let (bs, best) = times[1..]
-                    .iter()
-                    .copied()
-                    .min_by(|a, b| a.1.total_cmp(&b.1))
-                    .unwrap_or((0, f64::NAN));
                 let label = if glu { "gate_up + SiLU·mul" } else { name };
-                println!(
-                    "| {model} {label} | {m} | {:.1} | {:.2} ({:.0}%) | {:.2} ({:.0}%, {default}) | {:.2} ({bs}) |",
+                let mut row = format!(
+                    "| {model} {label} | {m} | {:.1} | {:.2} ({:.0}%) |",
                     bytes / 1e6,
                     base * 1e3,
-                    pct(base),
-                    times[0].1 * 1e3,
-                    pct(times[0].1),
-                    best * 1e3,
+                    pct(base)
                 );
+                for rows in ROW_TILES {
+                    let sg = sg.clone().with_rows(rows)?;
+                    let tiles = sg.row_tiles(n, epilogue);
+                    let default = sg.splits(tiles, kk);
+                    let mut times = Vec::new();
+                    for splits in [default, 1, 2, 4, 8] {
+                        // A split launch's partial sums must fit the workspace (forward
+                        // refuses more): at most 4 blocks per SM.
+                        if splits > 1 && tiles * splits > 4 * sg.num_sms() {
+                            continue;
+                        }
+                        let mut i = 0;
+                        let ms = graph_ms(gpu, BACK_TO_BACK, || {
+                            i += 1;
+                            let out = if glu { &mut act } else { &mut y };
+                            Ok(sg.forward(
+                                s,
+                                &mut ws,
+                                &mut out.as_view_mut(),
+                                &x.as_view(),
+                                &wts[i % copies].as_view(),
+                                m,
+                                epilogue,
+                                Some(splits),
+                            )?)
+                        })?;
+                        times.push((splits, ms));
+                    }
+                    let (bs, best) = times[1..]
+                        .iter()
+                        .copied()
+                        .min_by(|a, b| a.1.total_cmp(&b.1))
+                        .unwrap_or((0, f64::NAN));
+                    row += &format!(
+                        " {:.2} ({:.0}%, {default}) | {:.2} ({bs}) |",
+                        times[0].1 * 1e3,
+                        pct(times[0].1),
+                        best * 1e3
+                    );
+                }
+                println!("{row}");
             }
         }
     }

@@ -306,9 +306,9 @@ impl PagedAttention {
     /// previous kernel (programmatic dependent launch), all but the last token's row, which it
     /// copies after the wait, with q. Only for a decode step launched right after the kernel
     /// that wrote that step's K/V rows (the last token of each sequence) and nothing else the
-    /// launch reads: then the context streams under that kernel's tail. Off by default: written
-    /// on 2026-11-30 with no GPU time left, not yet measured (`LAB_ATTENTION_EARLY=1` in the
-    /// engine). The shared-tile kernel ignores it.
+    /// launch reads: then the context streams under that kernel's tail. Off unless asked for, as
+    /// the contract is the caller's to keep; the engine's decode steps keep it and ask for it
+    /// (`LAB_ATTENTION_EARLY=0` turns it off there). The shared-tile kernel ignores it.
     pub fn with_early_reads(mut self, early: bool) -> Self {
         self.early_reads = early;
         self

@@ -6,12 +6,14 @@
 //! epilogue for gate_up ([`Epilogue::SiluAndMul`], the fused twin of cuBLAS followed by
 //! `silu_and_mul`).
 //!
-//! Where it sits: between the GEMV (1-4 tokens, [`crate::gemv`]) and cuBLAS (prefill and large
-//! decode batches). Its reason is a TP 2 rank of Llama-2-7B at 32 tokens, where cuBLAS streams
-//! o_proj and down at 59% and 69% of the copy bandwidth (kernels/README.md).
+//! Where it was meant to sit: between the GEMV (1-4 tokens, [`crate::gemv`]) and cuBLAS (prefill
+//! and large decode batches), for a TP 2 rank of Llama-2-7B at 32 tokens, where cuBLAS streams
+//! o_proj and down at 59% and 69% of the copy bandwidth. Measured on an H200 (2026-11-30) it is
+//! slower than cuBLAS there and at every 7B and 1B projection (25-70% of copy), so the engine
+//! uses it only when asked (`LAB_SKINNY_MAX_TOKENS`).
 //!
 //! A launch is `row tiles × splits` blocks: a row tile is 64 weight rows (or 32 gate and 32 up
-//! rows), and when there are few tiles the k range is split ([`SkinnyGemm::splits`]) and the
+//! rows; 128 with [`SkinnyGemm::with_rows`]), and when there are few tiles the k range is split ([`SkinnyGemm::splits`]) and the
 //! last block of each tile adds the splits' f32 sums in a fixed order (the same bits on every
 //! run). The splits' sums and tickets live in a [`SkinnyGemmWorkspace`], one per stream.
 
@@ -30,20 +32,22 @@ pub(crate) const SOURCE: &str = include_str!("../cuda/skinny_gemm.cu");
 
 /// Most tokens one launch takes: 4 tiles of 8 (the kernel's `MT` ≤ 4).
 pub const MAX_TOKENS: usize = 32;
-/// Weight rows per block (`SG_ROWS`), k values per pipeline stage (`SG_KC`), stages (`SG_STAGES`).
-const ROWS: usize = 64;
+/// Weight rows per block (the kernel's `R`, 16 per warp: 2·R threads) that the kernels are
+/// compiled for, the default first; k values per pipeline stage (`SG_KC`), stages (`SG_STAGES`).
+pub const ROW_TILES: [usize; 2] = [64, 128];
+const MAX_ROWS: usize = 128;
 const KC: usize = 64;
 const STAGES: usize = 4;
-const THREADS: u32 = 128;
 /// The most blocks a split launch may have: its partial sums are sized by it.
 const MAX_SPLIT_BLOCKS_PER_SM: usize = 4;
 /// A split takes at least this many stages of k (512 values), so that its copies pipeline.
 const MIN_STAGES_PER_SPLIT: usize = 8;
 
-/// The compiled kernels: `[epilogue][token tiles - 1]`.
+/// The compiled kernels: `[row tile][epilogue][token tiles - 1]`, and the row tile launches use.
 #[derive(Debug, Clone)]
 pub struct SkinnyGemm {
-    functions: [Vec<CudaFunction>; 2],
+    functions: [[Vec<CudaFunction>; 2]; 2],
+    rows: usize,
     num_sms: usize,
 }
 
@@ -51,7 +55,7 @@ pub struct SkinnyGemm {
 /// one stream run one after another, so they can share it; tickets are zero between launches).
 #[derive(Debug)]
 pub struct SkinnyGemmWorkspace {
-    partials: CudaSlice<f32>, // [split blocks, MAX_TOKENS, ROWS]
+    partials: CudaSlice<f32>, // [split blocks, MAX_TOKENS, MAX_ROWS]
     tickets: CudaSlice<u32>,  // [split blocks]
 }
 
@@ -60,15 +64,34 @@ impl SkinnyGemmWorkspace {
     pub fn new(stream: &Arc<CudaStream>, num_sms: usize) -> Result<Self> {
         let blocks = MAX_SPLIT_BLOCKS_PER_SM * num_sms.max(1);
         Ok(Self {
-            partials: stream.alloc_zeros(blocks * MAX_TOKENS * ROWS)?,
+            partials: stream.alloc_zeros(blocks * MAX_TOKENS * MAX_ROWS)?,
             tickets: stream.alloc_zeros(blocks)?,
         })
     }
 }
 
-/// Dynamic shared memory of a launch with `tiles` token tiles: the ring of W and x stages.
-fn ring_bytes(tiles: usize) -> usize {
-    STAGES * (ROWS + 8 * tiles) * KC * 2
+/// Dynamic shared memory of a launch with `rows` weight rows and `tiles` token tiles a block:
+/// the ring of W and x stages.
+fn ring_bytes(rows: usize, tiles: usize) -> usize {
+    STAGES * (rows + 8 * tiles) * KC * 2
+}
+
+/// Row tiles of `rows` rows over a weight of `n` rows (gate_up: `rows / 2` output columns).
+fn row_tiles(rows: usize, n: usize, epilogue: Epilogue) -> usize {
+    match epilogue {
+        Epilogue::Plain => n.div_ceil(rows),
+        Epilogue::SiluAndMul => (n / 2).div_ceil(rows / 2),
+    }
+}
+
+/// The kernel file's entry point for `prefix` (`skinny_gemm` or `skinny_gemm_glu`), row tiles
+/// of `rows` and `mt` token tiles: the default tile has no row suffix.
+fn entry_name(prefix: &str, rows: usize, mt: usize) -> String {
+    if rows == ROW_TILES[0] {
+        format!("{prefix}_t{mt}")
+    } else {
+        format!("{prefix}_r{rows}_t{mt}")
+    }
 }
 
 /// [`SkinnyGemm::splits`] on a GPU of `num_sms` SMs.
@@ -83,23 +106,45 @@ pub fn default_splits(num_sms: usize, tiles: usize, k: usize) -> usize {
 impl SkinnyGemm {
     pub(crate) fn load(module: &Arc<CudaModule>, num_sms: usize) -> Result<Self> {
         use cudarc::driver::sys::CUfunction_attribute as A;
-        let load = |prefix: &str| -> Result<Vec<CudaFunction>> {
+        let load = |prefix: &str, rows: usize| -> Result<Vec<CudaFunction>> {
             (1..=MAX_TOKENS / 8)
                 .map(|mt| {
-                    let f = module.load_function(&format!("{prefix}_t{mt}"))?;
-                    // The ring of the 4-tile kernels is 48 KB, at the default limit: ask for it.
+                    let f = module.load_function(&entry_name(prefix, rows, mt))?;
+                    // Rings past 48 KB (the default limit) must be asked for.
                     f.set_attribute(
                         A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        ring_bytes(mt) as i32,
+                        ring_bytes(rows, mt) as i32,
                     )?;
                     Ok(f)
                 })
                 .collect()
         };
+        let [small, large] = ROW_TILES;
         Ok(Self {
-            functions: [load("skinny_gemm")?, load("skinny_gemm_glu")?],
+            functions: [
+                [load("skinny_gemm", small)?, load("skinny_gemm_glu", small)?],
+                [load("skinny_gemm", large)?, load("skinny_gemm_glu", large)?],
+            ],
+            rows: small,
             num_sms,
         })
+    }
+
+    /// The same kernels with row tiles of `rows` weight rows (one of [`ROW_TILES`]).
+    pub fn with_rows(mut self, rows: usize) -> Result<Self> {
+        if !ROW_TILES.contains(&rows) {
+            return Err(KernelError::Unsupported {
+                kernel: "skinny_gemm",
+                what: format!("row tiles of {rows} rows (compiled: {ROW_TILES:?})"),
+            });
+        }
+        self.rows = rows;
+        Ok(self)
+    }
+
+    /// Weight rows per row tile.
+    pub fn rows(&self) -> usize {
+        self.rows
     }
 
     /// The GPU's SMs, to size a [`SkinnyGemmWorkspace`].
@@ -113,12 +158,10 @@ impl SkinnyGemm {
         (1..=MAX_TOKENS).contains(&num_tokens) && in_features > 0 && in_features.is_multiple_of(8)
     }
 
-    /// Row tiles of a weight of `n` rows: 64 rows each, or 32 output columns of gate_up.
-    pub fn row_tiles(n: usize, epilogue: Epilogue) -> usize {
-        match epilogue {
-            Epilogue::Plain => n.div_ceil(ROWS),
-            Epilogue::SiluAndMul => (n / 2).div_ceil(ROWS / 2),
-        }
+    /// Row tiles of a weight of `n` rows: [`Self::rows`] rows each, or half as many output
+    /// columns of gate_up.
+    pub fn row_tiles(&self, n: usize, epilogue: Epilogue) -> usize {
+        row_tiles(self.rows, n, epilogue)
     }
 
     /// How many ways the k range of a weight of `tiles` row tiles and `k` columns is split: so
@@ -171,7 +214,7 @@ impl SkinnyGemm {
         if n == 0 {
             return Ok(());
         }
-        let tiles = Self::row_tiles(n, epilogue);
+        let tiles = self.row_tiles(n, epilogue);
         let stages = k.div_ceil(KC);
         let wanted = splits
             .unwrap_or_else(|| self.splits(tiles, k))
@@ -195,8 +238,8 @@ impl SkinnyGemm {
                 to_u32(K, "splits", splits)?,
                 1,
             ),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: to_u32(K, "shared memory", ring_bytes(token_tiles))?,
+            block_dim: (to_u32(K, "threads", 2 * self.rows)?, 1, 1),
+            shared_mem_bytes: to_u32(K, "shared memory", ring_bytes(self.rows, token_tiles))?,
         };
         let (m32, n32, k32) = (
             to_u32(K, "num_tokens", num_tokens)?,
@@ -208,7 +251,8 @@ impl SkinnyGemm {
             Epilogue::Plain => 0,
             Epilogue::SiluAndMul => 1,
         };
-        let function = &self.functions[e][token_tiles - 1];
+        let r = usize::from(self.rows != ROW_TILES[0]);
+        let function = &self.functions[r][e][token_tiles - 1];
         let mut launch = Launch::new(stream, function);
         launch
             .arg(out)
@@ -220,12 +264,12 @@ impl SkinnyGemm {
             .arg(&n32)
             .arg(&k32)
             .arg(&per_split);
-        // SAFETY: the arguments follow skinny_gemm*_t{MT} (out, partials, tickets, x, w, u32 m,
-        // n, k, k_per_split); x holds num_tokens <= 8·MT rows of k, weight n rows of k, out
+        // SAFETY: the arguments follow skinny_gemm*[_r{R}]_t{MT} (out, partials, tickets, x, w,
+        // u32 m, n, k, k_per_split), launched with the 2·R threads it is compiled for; x holds num_tokens <= 8·MT rows of k, weight n rows of k, out
         // num_tokens rows of n (or n / 2 with SiLU·mul, n even), all checked; k % 8 == 0 and
         // k_per_split is whole 64-value stages, so every 16-byte copy is inside its row; x and
         // weight are 16-byte aligned (checked); a split launch's tiles x splits blocks fit the
-        // workspace (checked), whose tickets are zero between launches (the kernel resets
+        // workspace (checked; its partials hold MAX_ROWS >= R rows a block), whose tickets are zero between launches (the kernel resets
         // them); the dynamic shared memory is the ring the kernel indexes, within the size
         // set at load.
         unsafe { launch.launch(cfg) }?;
@@ -243,9 +287,11 @@ mod tests {
             return;
         };
         for prefix in ["skinny_gemm", "skinny_gemm_glu"] {
-            for mt in 1..=super::MAX_TOKENS / 8 {
-                let name = format!("{prefix}_t{mt}");
-                assert!(entries.contains(&name), "{name} is not in the PTX");
+            for rows in super::ROW_TILES {
+                for mt in 1..=super::MAX_TOKENS / 8 {
+                    let name = super::entry_name(prefix, rows, mt);
+                    assert!(entries.contains(&name), "{name} is not in the PTX");
+                }
             }
         }
     }
@@ -253,10 +299,17 @@ mod tests {
     #[test]
     fn row_tiles_and_splits() {
         use super::*;
-        assert_eq!(SkinnyGemm::row_tiles(4096, Epilogue::Plain), 64);
-        assert_eq!(SkinnyGemm::row_tiles(4097, Epilogue::Plain), 65);
-        assert_eq!(SkinnyGemm::row_tiles(2 * 5504, Epilogue::SiluAndMul), 172);
-        assert_eq!(ring_bytes(4), 48 * 1024);
+        assert_eq!(row_tiles(64, 4096, Epilogue::Plain), 64);
+        assert_eq!(row_tiles(64, 4097, Epilogue::Plain), 65);
+        assert_eq!(row_tiles(64, 2 * 5504, Epilogue::SiluAndMul), 172);
+        assert_eq!(row_tiles(128, 2 * 5504, Epilogue::SiluAndMul), 86);
+        assert_eq!(entry_name("skinny_gemm", 64, 2), "skinny_gemm_t2");
+        assert_eq!(
+            entry_name("skinny_gemm_glu", 128, 4),
+            "skinny_gemm_glu_r128_t4"
+        );
+        assert_eq!(ring_bytes(64, 4), 48 * 1024);
+        assert_eq!(ring_bytes(128, 4), 80 * 1024);
         // A Llama-2-7B TP 2 rank on an H200 (132 SMs): o_proj [4096, 2048] and down
         // [4096, 5504] split so that about 264 blocks run, gate_up's 172 tiles in two.
         assert_eq!(default_splits(132, 64, 2048), 4); // 32 stages: at most 4 of 8
@@ -264,7 +317,8 @@ mod tests {
         assert_eq!(default_splits(132, 172, 4096), 2);
         assert_eq!(default_splits(132, 344, 4096), 1);
         assert_eq!(default_splits(132, 1, 256), 1); // too short to split
-                                                    // Never more split blocks than the workspace holds.
+
+        // Never more split blocks than the workspace holds.
         assert!(64 * default_splits(132, 64, 1 << 20) <= MAX_SPLIT_BLOCKS_PER_SM * 132);
     }
 }

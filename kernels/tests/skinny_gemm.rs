@@ -1,6 +1,6 @@
 //! skinny_gemm (tensor-core GEMM for 1-32 tokens, split-K with an in-kernel reduction) against
 //! an f64 reference: plain and SiLU·mul epilogues, token counts that fill 1-4 tiles of 8
-//! partly, weights whose rows are not a multiple of the 64-row tile and whose k is not a
+//! partly, weights whose rows are not a multiple of either row tile (64, 128) and whose k is not a
 //! multiple of the 64-value stage, and several split counts (the last block of each tile adds
 //! the splits' sums).
 //!
@@ -11,7 +11,7 @@ mod common;
 
 use common::{assert_close, gpu_or_skip, linear_reference, poisoned, to_f64, Rng, BF16_BOUND};
 use kernels::gemv::Epilogue;
-use kernels::skinny_gemm::{SkinnyGemm, SkinnyGemmWorkspace};
+use kernels::skinny_gemm::{SkinnyGemm, SkinnyGemmWorkspace, ROW_TILES};
 
 fn silu(v: f64) -> f64 {
     v / (1.0 + (-v).exp())
@@ -55,7 +55,11 @@ fn matches_the_f64_reference() {
                     })
                     .collect(),
             };
-            for splits in [None, Some(1), Some(3), Some(7)] {
+            for (rows, splits) in ROW_TILES
+                .into_iter()
+                .flat_map(|r| [None, Some(1), Some(3), Some(7)].map(|s| (r, s)))
+            {
+                let sg = sg.clone().with_rows(rows).unwrap();
                 let mut first = None;
                 // Twice: the second launch finds the tickets the first one reset.
                 for run in 0..2 {
@@ -73,7 +77,8 @@ fn matches_the_f64_reference() {
                     .unwrap();
                     let got = s.clone_dtoh(&out).unwrap();
                     let what = format!(
-                        "skinny_gemm {epilogue:?} [{m}, {k}] x [{n}, {k}]^T, splits {splits:?}, run {run}"
+                        "skinny_gemm {epilogue:?} [{m}, {k}] x [{n}, {k}]^T, {rows}-row tiles, \
+                         splits {splits:?}, run {run}"
                     );
                     assert_close(&what, &got, &want, BF16_BOUND);
                     match &first {

@@ -182,14 +182,16 @@ impl GemvRule {
 
 /// Which projections of a decode batch too large for the GEMV run on `skinny_gemm` (tensor
 /// cores, weights copied before the previous kernel ends) rather than cuBLAS: those of at most
-/// `max_tokens` tokens, without a bias. Off by default (0): the kernel was written on
-/// 2026-11-30 when no GPU time was left, and has not yet run on a GPU (its test,
-/// `kernels/tests/skinny_gemm.rs`, and `kernel_bench --skinny` are the first things to run).
+/// `max_tokens` tokens, without a bias. Off by default (0): on an H200 it is correct but
+/// slower than cuBLAS at every 7B and 1B projection (2026-11-30: the 7B step at batch 32 took
+/// 8.39 ms against 5.15 at TP 1; `kernel_bench --skinny`, the book's performance page).
 /// `LAB_SKINNY_MAX_TOKENS=<n>` (up to [`kernels::skinny_gemm::MAX_TOKENS`]) turns it on, so
-/// that one build runs both ways in one call.
+/// that one build runs both ways in one call; `LAB_SKINNY_ROWS` picks its row tile (64, the
+/// default, or 128: [`kernels::skinny_gemm::ROW_TILES`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SkinnyRule {
     max_tokens: usize,
+    rows: usize,
 }
 
 impl SkinnyRule {
@@ -202,7 +204,15 @@ impl SkinnyRule {
                 _ => return Err(format!("LAB_SKINNY_MAX_TOKENS={v}: expected 0 to {max}")),
             },
         };
-        Ok(SkinnyRule { max_tokens })
+        let tiles = kernels::skinny_gemm::ROW_TILES;
+        let rows = match var("LAB_SKINNY_ROWS") {
+            None => tiles[0],
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(r) if tiles.contains(&r) => r,
+                _ => return Err(format!("LAB_SKINNY_ROWS={v}: expected one of {tiles:?}")),
+            },
+        };
+        Ok(SkinnyRule { max_tokens, rows })
     }
 
     fn takes(&self, tokens: usize, w: &CudaTensor, bias: Option<&CudaTensor>) -> bool {
@@ -218,14 +228,14 @@ impl SkinnyRule {
 }
 
 /// Whether decode attention reads the context before waiting for the previous kernel
-/// (`kernels::paged_attention::PagedAttention::with_early_reads`): `LAB_ATTENTION_EARLY=1`;
-/// off (0) by default until it has been measured on a GPU.
+/// (`kernels::paged_attention::PagedAttention::with_early_reads`): on by default since its first
+/// GPU run (2026-11-30: batch-1 decode 3-4% faster); `LAB_ATTENTION_EARLY=0` turns it off.
 fn early_reads_from_vars(
     var: impl Fn(&str) -> Option<String>,
 ) -> std::result::Result<bool, String> {
     match var("LAB_ATTENTION_EARLY").as_deref().map(str::trim) {
-        None | Some("0") => Ok(false),
-        Some("1") => Ok(true),
+        None | Some("1") => Ok(true),
+        Some("0") => Ok(false),
         Some(v) => Err(format!("LAB_ATTENTION_EARLY={v}: expected 1 or 0")),
     }
 }
@@ -260,6 +270,7 @@ pub struct CudaBackend {
     /// Which projections take `skinny_gemm`, and its split-K scratch (allocated once: graphs
     /// keep its address).
     skinny_rule: SkinnyRule,
+    skinny_gemm: kernels::skinny_gemm::SkinnyGemm, // the rule's row tile
     skinny: Mutex<SkinnyGemmWorkspace>,
     split_k: Mutex<SplitKWorkspace>,
     /// Where every op's output comes from (no allocation per op once warm).
@@ -330,6 +341,9 @@ impl CudaBackend {
                 source: e.into(),
             }
         })?;
+        let skinny_gemm = (gpu.kernels.skinny_gemm.clone())
+            .with_rows(skinny_rule.rows)
+            .map_err(kernel("skinny_gemm"))?;
         let skinny = SkinnyGemmWorkspace::new(&gpu.stream, gpu.kernels.skinny_gemm.num_sms())
             .map_err(kernel("workspace"))?;
         let attention_setting = |e: String| BackendError::Device {
@@ -366,6 +380,7 @@ impl CudaBackend {
             paged_attention,
             linear,
             skinny_rule,
+            skinny_gemm,
             skinny: Mutex::new(skinny),
             split_k: Mutex::new(split_k),
             activations: CachingAllocator::new(gpu.stream.clone(), cuda_allocator::UNLIMITED),
@@ -464,9 +479,7 @@ impl CudaBackend {
         })?;
         let mut out = self.empty(OP, x.rows, w.rows / 2)?;
         let mut ws = self.skinny.lock().unwrap_or_else(|p| p.into_inner());
-        self.gpu
-            .kernels
-            .skinny_gemm
+        self.skinny_gemm
             .forward(
                 &self.gpu.stream,
                 &mut ws,
@@ -954,8 +967,7 @@ impl Backend for CudaBackend {
             gemv.forward(stream, &mut y, &xv, &wv, bias.as_ref(), x.rows)
         } else if self.skinny_rule.takes(x.rows, w, bias_tensor) {
             let mut ws = self.skinny.lock().unwrap_or_else(|p| p.into_inner());
-            let sg = &self.gpu.kernels.skinny_gemm;
-            sg.forward(
+            self.skinny_gemm.forward(
                 stream,
                 &mut ws,
                 &mut y,
@@ -1561,7 +1573,7 @@ mod tests {
         };
         assert!(
             !read(&[]).unwrap().takes_shape(8, 4096, false),
-            "off until measured"
+            "off: slower than cuBLAS"
         );
         let r = read(&[("LAB_SKINNY_MAX_TOKENS", "32")]).unwrap();
         assert!(r.takes_shape(32, 4096, false) && r.takes_shape(5, 576, false));
@@ -1570,6 +1582,10 @@ mod tests {
         assert!(!r.takes_shape(8, 100, false), "k in whole 16-byte chunks");
         let off = read(&[("LAB_SKINNY_MAX_TOKENS", "0")]).unwrap();
         assert!(!off.takes_shape(8, 4096, false));
+        assert_eq!(r.rows, 64);
+        assert_eq!(read(&[("LAB_SKINNY_ROWS", "128")]).unwrap().rows, 128);
+        let err = read(&[("LAB_SKINNY_ROWS", "96")]).unwrap_err();
+        assert!(err.contains("LAB_SKINNY_ROWS=96"), "{err}");
         let err = read(&[("LAB_SKINNY_MAX_TOKENS", "64")]).unwrap_err();
         assert!(err.contains("LAB_SKINNY_MAX_TOKENS=64"), "{err}");
     }
@@ -1579,7 +1595,7 @@ mod tests {
         let read = |v: Option<&'static str>| {
             early_reads_from_vars(move |name| (name == "LAB_ATTENTION_EARLY").then_some(v?.into()))
         };
-        assert_eq!(read(None), Ok(false), "off until measured");
+        assert_eq!(read(None), Ok(true), "on by default");
         assert_eq!(read(Some("1")), Ok(true));
         assert_eq!(read(Some(" 0")), Ok(false));
         assert!(read(Some("yes"))
