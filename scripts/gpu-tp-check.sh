@@ -30,8 +30,8 @@
 #           batch-1 decode of the 135M and 1B shapes with it off and on, two rounds (about 3
 #           minutes; one GPU is enough)
 #   ncu     (not in the default) Nsight Compute over `lab bench --workload decode` runs, each
-#           MODEL:BATCH:TP in PROFILES (default "7b:32:1 1b:1:1"): one decode step's
-#           kernels, each timed alone (scripts/ncu_step.py). TP 2 (ranks as threads, NCCL's
+#           MODEL:BATCH:TP in PROFILES (default "7b:32:1 1b:1:1"; MODEL 7b, 1b or 135m):
+#           one decode step's kernels, each timed alone (scripts/ncu_step.py). TP 2 (ranks as threads, NCCL's
 #           kernels left out of the profile) ended in "free(): invalid pointer" under ncu
 #           on 2026-11-29, before its first profiled kernel; not solved
 #   launch  `lab launch --nproc-per-node 2` (one process per GPU, NCCL's id over loopback TCP)
@@ -288,6 +288,7 @@ part_ncu() {
         IFS=: read -r model b tp <<<"$run"
         local config=$SEVEN_B
         [[ $model == 1b ]] && config=$ONE_B
+        [[ $model == 135m ]] && config=engine/configs/smollm2-135m.json
         local name="$model-b$b-tp$tp"
         timeout 240 "$ncu" --csv --page raw --metrics gpu__time_duration.sum --cache-control none \
             --kernel-name 'regex:^(?!nccl)' --launch-skip "${NCU_SKIP:-4000}" --launch-count "${NCU_COUNT:-1400}" \

@@ -6,14 +6,17 @@
 //! The main thread is one of the pool's workers, as in `lab generate` and `lab bench`
 //! ([`engine::backend::cpu_thread_pool`]); with the argument `outside` it is not (rayon's
 //! default, and the engine before that change): every region is then a hand-off to the pool.
+//! With `hot` the pool's other workers are kept looking for work throughout, as the CPU
+//! backend keeps them during a step ([`engine::backend::cpu_thread_pool::HotWorkers`]).
 //!
-//! `cargo run --release -p engine --example fork_join_cost [-- outside]` (`RAYON_NUM_THREADS`
-//! sets the pool)
+//! `cargo run --release -p engine --example fork_join_cost [-- outside | hot]`
+//! (`RAYON_NUM_THREADS` sets the pool)
 use rayon::prelude::*;
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let outside = std::env::args().nth(1).as_deref() == Some("outside");
+    let hot = std::env::args().nth(1).as_deref() == Some("hot");
     let pool = engine::backend::cpu_thread_pool::build_global(None, !outside)?;
     println!(
         "{} threads, the main thread {}",
@@ -24,9 +27,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "outside the pool"
         }
     );
+    let _hot = hot
+        .then(engine::backend::cpu_thread_pool::HotWorkers::start)
+        .flatten();
+    println!("other workers kept hot: {}", _hot.is_some());
     let mut sink = vec![0u64; 64];
     for tasks in [2usize, 9, 18] {
-        for spin_us in [0u64, 20] {
+        for spin_us in [0u64, 20, 100] {
             let reps = 20_000;
             let mut best = f64::INFINITY;
             for _ in 0..3 {

@@ -3,8 +3,9 @@
 //! it builds the pool, then checks every later call against it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use engine::backend::cpu_thread_pool::{build_global, CpuThreadPool};
+use engine::backend::cpu_thread_pool::{build_global, CpuThreadPool, HotWorkers};
 
 #[test]
 fn builds_once_on_the_stepping_thread_then_answers_or_refuses() {
@@ -41,8 +42,63 @@ fn builds_once_on_the_stepping_thread_then_answers_or_refuses() {
     .join()
     .unwrap();
     assert_eq!(sum, 499_500);
+    // A step keeps the other worker hot: only the stepping thread (worker 0) starts it; work
+    // split here and work handed in from another thread still runs, on the other worker too,
+    // while it loops; once dropped, the pool works as before.
+    assert!(std::thread::spawn(HotWorkers::start)
+        .join()
+        .unwrap()
+        .is_none());
+    {
+        let _hot = hot_workers_once_free();
+        let there = std::sync::Mutex::new(None);
+        rayon::join(
+            || std::thread::sleep(std::time::Duration::from_millis(20)),
+            || *there.lock().unwrap() = rayon::current_thread_index(),
+        );
+        assert_eq!(
+            *there.lock().unwrap(),
+            Some(1),
+            "the other worker took the second half"
+        );
+        let handed_in = std::thread::spawn(|| {
+            use rayon::prelude::*;
+            (0..1000u64).into_par_iter().sum::<u64>()
+        });
+        assert_eq!(handed_in.join().unwrap(), 499_500);
+    }
+    use rayon::prelude::*;
+    assert_eq!((0..1000u64).into_par_iter().sum::<u64>(), 499_500);
+    // A worker busy elsewhere when a step starts: its loop is called off, not begun later
+    // inside one of the step's tasks (where it would wait for the step's end, which waits
+    // for that task): the step's regions still finish.
+    let (busy, done) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let (b, d) = (busy.clone(), done.clone());
+    rayon::spawn(move || {
+        b.store(true, Ordering::Release);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        d.store(true, Ordering::Release);
+    });
+    while !busy.load(Ordering::Acquire) {
+        std::hint::spin_loop();
+    }
+    let hot = HotWorkers::start();
+    assert!(hot.is_none(), "the other worker sleeps in a task: no loop");
+    for _ in 0..100 {
+        assert_eq!((0..1000u64).into_par_iter().sum::<u64>(), 499_500);
+    }
+    while !done.load(Ordering::Acquire) {
+        std::hint::spin_loop();
+    }
+    // Free again: the loop begins.
+    drop(hot_workers_once_free());
     // The kernel log's thread-local subscriber sees the stepping thread's spans when it is
-    // worker 0 as when it is outside the pool: the same ops and the same tokens.
+    // worker 0 (its steps keeping the other worker hot: this binary's only test sets the
+    // variable) as when it is outside the pool (no hot loop there): the same ops and tokens.
+    std::env::set_var("LAB_CPU_HOT_WORKERS", "1");
     let on_worker = traced_run();
     let outside = std::thread::spawn(traced_run).join().unwrap();
     assert_eq!(on_worker.0.len(), 3, "the request finished in three steps");
@@ -52,6 +108,14 @@ fn builds_once_on_the_stepping_thread_then_answers_or_refuses() {
         on_worker.1
     );
     assert_eq!(on_worker, outside);
+}
+
+/// [`HotWorkers::start`] on this thread (worker 0), asked again until the other worker's loop
+/// begins within the wait: a worker woken from sleep on a loaded machine may take longer.
+fn hot_workers_once_free() -> HotWorkers {
+    (0..1000)
+        .find_map(|_| HotWorkers::start())
+        .expect("the other worker's loop begins within 1000 tries")
 }
 
 /// The tiny model's prefill and two decodes of one prompt: its tokens and the kernel log.

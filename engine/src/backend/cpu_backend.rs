@@ -21,12 +21,15 @@ pub use super::cpu_kernels::{
 use std::sync::{Mutex, OnceLock};
 
 use super::cpu_gemm::{self, Isa, PackedBlocks, PackedWeight};
+use super::cpu_thread_pool::HotWorkers;
 use super::cuda_step::is_decode;
 use super::swap_blocks::check_swap;
 use super::{Backend, BackendError, DType, HostData, HostKvBlocks, Result, SwapDirection};
 use crate::attention::attention_metadata::AttentionMetadata;
 use crate::distributed::{CommStats, Communicator};
 use crate::ops;
+use crate::outputs::ModelRunnerOutput;
+use crate::sampler::SampleFn;
 use crate::worker::model_runner::ModelInput;
 
 /// A row-major `[rows, cols]` f32 matrix in host memory (its dtype is always [`DType::F32`]).
@@ -123,6 +126,9 @@ pub struct CpuBackend {
     comm: Option<Mutex<Box<dyn Communicator>>>,
     /// `(rank, world_size)`, read without the lock; `(0, 1)` without a communicator.
     rank_world: (usize, usize),
+    /// Whether a step keeps the pool's other workers hot
+    /// ([`super::cpu_thread_pool::HotWorkers`]): only with `LAB_CPU_HOT_WORKERS=1`.
+    hot_workers: bool,
 }
 
 impl std::fmt::Debug for CpuBackend {
@@ -145,6 +151,7 @@ impl CpuBackend {
             gemm_isa: Isa::detect(),
             comm: None,
             rank_world: (0, 1),
+            hot_workers: hot_workers_from_env(),
         }
     }
 
@@ -165,6 +172,7 @@ impl CpuBackend {
             gemm_isa: Isa::detect(),
             comm: Some(Mutex::new(comm)),
             rank_world,
+            hot_workers: hot_workers_from_env(),
         }
     }
 
@@ -204,6 +212,14 @@ impl CpuBackend {
 
 /// The CUDA backend's name for attention over `step`: its decode kernel runs a batch where
 /// every sequence feeds one token and samples it, its prefill kernel every other batch.
+/// `LAB_CPU_HOT_WORKERS=1` turns [`super::cpu_thread_pool::HotWorkers`] on. Off by default: it
+/// cuts a parallel region's cost after serial work from about 3 µs to under 1 in
+/// `examples/fork_join_cost.rs`, but two sets of eight alternations of batch-1 decode on a
+/// 2-core VM disagreed on whether the engine gained anything (the book's performance page).
+fn hot_workers_from_env() -> bool {
+    std::env::var("LAB_CPU_HOT_WORKERS").is_ok_and(|v| v.trim() == "1")
+}
+
 fn attention_op(step: &ModelInput) -> &'static str {
     match is_decode(step) {
         true => "paged_attention_decode",
@@ -305,6 +321,22 @@ impl Backend for CpuBackend {
             format!("{} slots for {t} tokens", meta.num_tokens())
         })?;
         Ok(input)
+    }
+
+    /// The default step (forward, then sampling on the host); with `LAB_CPU_HOT_WORKERS=1`
+    /// the pool's other workers are kept hot through the forward pass, whose ~150 parallel
+    /// regions may otherwise each wake a sleeping worker.
+    fn run_step(
+        &self,
+        step: &ModelInput,
+        forward: &mut dyn FnMut() -> Result<CpuTensor>,
+        host_sample: SampleFn,
+    ) -> Result<ModelRunnerOutput> {
+        let mut hot_forward = || {
+            let _hot = self.hot_workers.then(HotWorkers::start).flatten();
+            forward()
+        };
+        super::sample_on_host(self, step, &mut hot_forward, host_sample)
     }
 
     fn embedding(&self, table: &CpuTensor, step: &ModelInput) -> Result<CpuTensor> {

@@ -30,8 +30,10 @@
 //! (the stepping thread, pool worker or not), so [`crate::kernel_log::record`]'s thread-local
 //! subscriber and the tracer's global one see the same spans as before.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
+use std::time::{Duration, Instant};
 
 use crate::error::{EngineError, Result};
 
@@ -132,4 +134,141 @@ fn default_threads() -> usize {
         .and_then(|s| s.parse::<usize>().ok())
         .filter(|&n| n > 0)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
+/// The pool's other workers kept looking for work, instead of going to sleep, while the
+/// stepping thread runs one forward pass; they sleep again once this is dropped.
+///
+/// Why: between two parallel regions of a step the stepping thread runs serial work (a norm,
+/// a small attention, the next region's setup) for a few to tens of microseconds. That is long
+/// enough for rayon's idle workers to go to sleep, and a sleeping worker takes microseconds to
+/// wake when the next region's tasks appear: `examples/fork_join_cost.rs` on a 2-core AMD EPYC
+/// measured 3.0-3.4 µs a region after 20 µs of serial work, 0.25-0.85 µs with the workers
+/// kept hot, and a batch-1 decode step of SmolLM2 opens about 150 regions. The step itself
+/// gained at most 2% there (`examples/hot_workers_ab.rs`), so the CPU backend uses this only
+/// with `LAB_CPU_HOT_WORKERS=1`.
+///
+/// How: one job per worker other than 0 ([`rayon::spawn_broadcast`]) that loops on
+/// [`rayon::yield_now`], which runs any task waiting in the pool (a region's stolen half, a
+/// serving thread's tokenizer job) and returns at once when there is none, until the step ends;
+/// idle, it spins, and after [`SPINS_BEFORE_YIELDING`] idle turns also yields its core to the
+/// OS each turn. Each worker loops only while a step runs: an idle engine sleeps as before.
+///
+/// The one trap: rayon runs a queued job wherever a worker looks for work, also while that
+/// worker waits inside another job. A loop that began inside a job of the step (a region's
+/// stolen half waiting for its own halves) would sit on top of it until the step ends, and the
+/// step cannot end without that job: a deadlock. So [`HotWorkers::start`] waits until every
+/// loop has begun, before the step has made any job, and a loop that has not begun within
+/// [`HotWorkers::START_WAIT`] is called off: it returns at once when it does begin. Nor does a
+/// loop begin inside another one (the previous step's, still finishing its last
+/// `yield_now`), which would stack one loop on another step after step.
+#[derive(Debug)]
+pub struct HotWorkers {
+    state: Arc<HotState>,
+}
+
+/// What the stepping thread and the loops share: whether the step runs, and the loops' start.
+#[derive(Debug)]
+struct HotState {
+    stepping: AtomicBool,
+    /// Loops begun, or [`CALLED_OFF`] once the stepping thread stopped waiting for them.
+    started: AtomicUsize,
+}
+
+const CALLED_OFF: usize = usize::MAX;
+
+/// Idle turns of a [`HotWorkers`] loop that only spin before each turn also yields the core to
+/// the OS: 4096 turns took 0.27 ms on the 2-core AMD EPYC, longer than the serial stretches
+/// between a step's regions. (256, 17 µs, was too few there: a region after 20 µs of serial
+/// work cost 3.2 µs again, as with no loop at all.)
+const SPINS_BEFORE_YIELDING: u32 = 4096;
+
+thread_local! {
+    /// Whether this worker runs a [`HotWorkers`] loop (further down its stack, when it runs a
+    /// task inside the loop).
+    static IN_HOT_LOOP: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+impl HotWorkers {
+    /// How long [`HotWorkers::start`] waits for the other workers to begin their loops (a
+    /// sleeping worker wakes in microseconds; one busy with another thread's job may not).
+    pub const START_WAIT: Duration = Duration::from_millis(1);
+
+    /// Starts the hot loop on every other worker, when the calling thread is worker 0 of a
+    /// pool of two or more (the stepping thread of [`build_global`] with `steps_here`); `None`
+    /// otherwise (a rank of a group of threads, a pool of one, a thread outside the pool),
+    /// and when the loops did not all begin within [`HotWorkers::START_WAIT`]: then nothing
+    /// changes.
+    pub fn start() -> Option<Self> {
+        let others = rayon::current_num_threads().checked_sub(1)?;
+        if rayon::current_thread_index() != Some(0) || others == 0 {
+            return None;
+        }
+        let state = Arc::new(HotState {
+            stepping: AtomicBool::new(true),
+            started: AtomicUsize::new(0),
+        });
+        let shared = Arc::clone(&state);
+        rayon::spawn_broadcast(move |ctx| {
+            // Worker 0 is the stepping thread: it runs its copy when it next waits in a join,
+            // and must return at once.
+            if ctx.index() == 0 {
+                return;
+            }
+            // Never inside another step's loop (its last `yield_now` may find this job): the
+            // loops would nest one deeper each step.
+            if IN_HOT_LOOP.get() {
+                return;
+            }
+            // Begin only if the stepping thread still waits for this loop (nothing of the
+            // step has run yet, so this worker is inside none of its jobs).
+            let begun = shared
+                .started
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n != CALLED_OFF).then_some(n + 1)
+                });
+            if begun.is_err() {
+                return;
+            }
+            IN_HOT_LOOP.set(true);
+            let mut idle = 0u32;
+            while shared.stepping.load(Ordering::Acquire) {
+                if rayon::yield_now() == Some(rayon::Yield::Executed) {
+                    idle = 0;
+                } else if idle < SPINS_BEFORE_YIELDING {
+                    idle += 1;
+                    std::hint::spin_loop();
+                } else {
+                    // A long serial stretch: let the OS run another thread on this core (a
+                    // machine running more threads than cores would otherwise lose it).
+                    std::thread::yield_now();
+                }
+            }
+            IN_HOT_LOOP.set(false);
+        });
+        let deadline = Instant::now() + Self::START_WAIT;
+        while state.started.load(Ordering::Acquire) < others {
+            if Instant::now() > deadline {
+                // Call off the loops that have not begun; those that have end with the drop.
+                let late = state
+                    .started
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                        (n < others).then_some(CALLED_OFF)
+                    });
+                if late.is_ok() {
+                    state.stepping.store(false, Ordering::Release);
+                    return None;
+                }
+                break; // the last one began meanwhile
+            }
+            std::hint::spin_loop();
+        }
+        Some(HotWorkers { state })
+    }
+}
+
+impl Drop for HotWorkers {
+    fn drop(&mut self) {
+        self.state.stepping.store(false, Ordering::Release);
+    }
 }

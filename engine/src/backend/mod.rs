@@ -423,38 +423,50 @@ pub trait Backend: Send + Sync {
         forward: &mut dyn FnMut() -> Result<Self::Tensor>,
         host_sample: SampleFn,
     ) -> Result<ModelRunnerOutput> {
-        let logits = forward()?;
-        let (rows, vocab) = self.shape(&logits);
-        let logits = self.download(&logits)?; // [num_logits, vocab]
-        let sample_rows = step.sample_rows();
-        if rows != sample_rows.len() {
-            let detail = format!("{rows} logits rows for {} sample rows", sample_rows.len());
-            return Err(BackendError::shape("run_step", detail));
-        }
-        // The CUDA backend's sampling kernel has this name too.
-        let _span = tracing::trace_span!("kernel", op = "sample").entered();
-        let mut output = ModelRunnerOutput::default();
-        let mut masked = Vec::new(); // a row with min_tokens' bans applied, reused
-        for (row, how) in logits.chunks_exact(vocab.max(1)).zip(sample_rows) {
-            let to_sample = match how.banned_token_ids.is_empty() {
-                true => row,
-                false => {
-                    masked.clear();
-                    masked.extend_from_slice(row);
-                    crate::min_tokens::mask_logits(&mut masked, &how.banned_token_ids);
-                    &masked[..]
-                }
-            };
-            let mut token = host_sample(to_sample, &how.params(), how.draw());
-            if how.banned_token_ids.contains(&token) {
-                // The mask should have made this impossible, but a sampler can still return
-                // an id of probability 0: the engine's walk can run past its kept tokens by
-                // float rounding, and a learner's may not skip -inf. Take the masked argmax.
-                token = crate::sampler::argmax(to_sample);
-            }
-            output.sampled_token_ids.push(token);
-            output.logits.push(how.output_logits.then(|| row.to_vec()));
-        }
-        Ok(output)
+        sample_on_host(self, step, forward, host_sample)
     }
+}
+
+/// [`Backend::run_step`]'s default: `forward`, then the logits downloaded and each sample row
+/// drawn on the host with `host_sample`. A backend that overrides `run_step` to wrap the
+/// forward pass (the CPU's keeps its threads hot) calls this inside.
+pub(crate) fn sample_on_host<B: Backend + ?Sized>(
+    backend: &B,
+    step: &B::StepMetadata,
+    forward: &mut dyn FnMut() -> Result<B::Tensor>,
+    host_sample: SampleFn,
+) -> Result<ModelRunnerOutput> {
+    let logits = forward()?;
+    let (rows, vocab) = backend.shape(&logits);
+    let logits = backend.download(&logits)?; // [num_logits, vocab]
+    let sample_rows = step.sample_rows();
+    if rows != sample_rows.len() {
+        let detail = format!("{rows} logits rows for {} sample rows", sample_rows.len());
+        return Err(BackendError::shape("run_step", detail));
+    }
+    // The CUDA backend's sampling kernel has this name too.
+    let _span = tracing::trace_span!("kernel", op = "sample").entered();
+    let mut output = ModelRunnerOutput::default();
+    let mut masked = Vec::new(); // a row with min_tokens' bans applied, reused
+    for (row, how) in logits.chunks_exact(vocab.max(1)).zip(sample_rows) {
+        let to_sample = match how.banned_token_ids.is_empty() {
+            true => row,
+            false => {
+                masked.clear();
+                masked.extend_from_slice(row);
+                crate::min_tokens::mask_logits(&mut masked, &how.banned_token_ids);
+                &masked[..]
+            }
+        };
+        let mut token = host_sample(to_sample, &how.params(), how.draw());
+        if how.banned_token_ids.contains(&token) {
+            // The mask should have made this impossible, but a sampler can still return
+            // an id of probability 0: the engine's walk can run past its kept tokens by
+            // float rounding, and a learner's may not skip -inf. Take the masked argmax.
+            token = crate::sampler::argmax(to_sample);
+        }
+        output.sampled_token_ids.push(token);
+        output.logits.push(how.output_logits.then(|| row.to_vec()));
+    }
+    Ok(output)
 }
