@@ -225,7 +225,7 @@ impl HotWorkers {
             let begun = shared
                 .started
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n != CALLED_OFF).then_some(n + 1)
+                    (n != CALLED_OFF).then(|| n + 1)
                 });
             if begun.is_err() {
                 return;
