@@ -858,8 +858,8 @@ fn skinny(gpu: &Gpu) -> Result<()> {
                     let mut times = Vec::new();
                     for splits in [default, 1, 2, 4, 8] {
                         // A split launch's partial sums must fit the workspace (forward
-                        // refuses more): at most 4 blocks per SM.
-                        if splits > 1 && tiles * splits > 4 * sg.num_sms() {
+                        // refuses more).
+                        if splits > 1 && tiles * splits > ws.split_blocks() {
                             continue;
                         }
                         let mut i = 0;

@@ -13,8 +13,8 @@
 //! uses it only when asked (`LAB_SKINNY_MAX_TOKENS`).
 //!
 //! A launch is `row tiles × splits` blocks: a row tile is 64 weight rows (or 32 gate and 32 up
-//! rows; 128 with [`SkinnyGemm::with_rows`]), and when there are few tiles the k range is split ([`SkinnyGemm::splits`]) and the
-//! last block of each tile adds the splits' f32 sums in a fixed order (the same bits on every
+//! rows; 128 with [`SkinnyGemm::with_rows`]), and when there are few tiles the k range is split
+//! ([`SkinnyGemm::splits`]) and the last block of each tile adds the splits' f32 sums in a fixed order (the same bits on every
 //! run). The splits' sums and tickets live in a [`SkinnyGemmWorkspace`], one per stream.
 
 use std::sync::Arc;
@@ -35,7 +35,7 @@ pub const MAX_TOKENS: usize = 32;
 /// Weight rows per block (the kernel's `R`, 16 per warp: 2·R threads) that the kernels are
 /// compiled for, the default first; k values per pipeline stage (`SG_KC`), stages (`SG_STAGES`).
 pub const ROW_TILES: [usize; 2] = [64, 128];
-const MAX_ROWS: usize = 128;
+const MAX_ROWS: usize = ROW_TILES[1];
 const KC: usize = 64;
 const STAGES: usize = 4;
 /// The most blocks a split launch may have: its partial sums are sized by it.
@@ -60,13 +60,18 @@ pub struct SkinnyGemmWorkspace {
 }
 
 impl SkinnyGemmWorkspace {
-    /// Room for the largest split launch on a GPU of `num_sms` SMs (2 MiB on an H200).
+    /// Room for the largest split launch on a GPU of `num_sms` SMs (8.3 MiB on an H200's 132).
     pub fn new(stream: &Arc<CudaStream>, num_sms: usize) -> Result<Self> {
         let blocks = MAX_SPLIT_BLOCKS_PER_SM * num_sms.max(1);
         Ok(Self {
             partials: stream.alloc_zeros(blocks * MAX_TOKENS * MAX_ROWS)?,
             tickets: stream.alloc_zeros(blocks)?,
         })
+    }
+
+    /// The most blocks (row tiles × splits) a split launch may have with this workspace.
+    pub fn split_blocks(&self) -> usize {
+        self.tickets.len()
     }
 }
 
@@ -222,12 +227,12 @@ impl SkinnyGemm {
         // Whole stages per split, and no split left empty.
         let stages_per_split = stages.div_ceil(wanted);
         let splits = stages.div_ceil(stages_per_split);
-        if splits > 1 && tiles * splits > workspace.tickets.len() {
+        if splits > 1 && tiles * splits > workspace.split_blocks() {
             return Err(KernelError::Unsupported {
                 kernel: K,
                 what: format!(
                     "{tiles} row tiles x {splits} splits: the workspace holds {} split blocks",
-                    workspace.tickets.len()
+                    workspace.split_blocks()
                 ),
             });
         }
@@ -265,12 +270,12 @@ impl SkinnyGemm {
             .arg(&k32)
             .arg(&per_split);
         // SAFETY: the arguments follow skinny_gemm*[_r{R}]_t{MT} (out, partials, tickets, x, w,
-        // u32 m, n, k, k_per_split), launched with the 2·R threads it is compiled for; x holds num_tokens <= 8·MT rows of k, weight n rows of k, out
-        // num_tokens rows of n (or n / 2 with SiLU·mul, n even), all checked; k % 8 == 0 and
+        // u32 m, n, k, k_per_split), launched with the 2·R threads it is compiled for; x holds
+        // num_tokens <= 8·MT rows of k, weight n rows of k, out num_tokens rows of n (or n / 2 with SiLU·mul, n even), all checked; k % 8 == 0 and
         // k_per_split is whole 64-value stages, so every 16-byte copy is inside its row; x and
         // weight are 16-byte aligned (checked); a split launch's tiles x splits blocks fit the
-        // workspace (checked; its partials hold MAX_ROWS >= R rows a block), whose tickets are zero between launches (the kernel resets
-        // them); the dynamic shared memory is the ring the kernel indexes, within the size
+        // workspace (checked; its partials hold MAX_ROWS >= R rows a block), whose tickets are
+        // zero between launches (the kernel resets them); the dynamic shared memory is the ring the kernel indexes, within the size
         // set at load.
         unsafe { launch.launch(cfg) }?;
         Ok(())

@@ -214,8 +214,8 @@ impl CpuBackend {
 /// every sequence feeds one token and samples it, its prefill kernel every other batch.
 /// `LAB_CPU_HOT_WORKERS=1` turns [`super::cpu_thread_pool::HotWorkers`] on. Off by default: it
 /// cuts a parallel region's cost after serial work from about 3 µs to under 1 in
-/// `examples/fork_join_cost.rs`, but two sets of eight alternations of batch-1 decode on a
-/// 2-core VM disagreed on whether the engine gained anything (the book's performance page).
+/// `examples/fork_join_cost.rs`, but batch-1 decode on a 2-core VM gained at most 2%, and in
+/// one of three paired runs nothing (`examples/hot_workers_ab.rs`; the book's performance page).
 fn hot_workers_from_env() -> bool {
     std::env::var("LAB_CPU_HOT_WORKERS").is_ok_and(|v| v.trim() == "1")
 }

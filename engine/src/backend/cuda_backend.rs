@@ -229,7 +229,7 @@ impl SkinnyRule {
 
 /// Whether decode attention reads the context before waiting for the previous kernel
 /// (`kernels::paged_attention::PagedAttention::with_early_reads`): on by default since its first
-/// GPU run (2026-11-30: batch-1 decode 3-4% faster); `LAB_ATTENTION_EARLY=0` turns it off.
+/// GPU run (2026-11-30: batch-1 decode 2-4% faster on the device); `LAB_ATTENTION_EARLY=0` turns it off.
 fn early_reads_from_vars(
     var: impl Fn(&str) -> Option<String>,
 ) -> std::result::Result<bool, String> {
