@@ -116,6 +116,53 @@ __device__ __forceinline__ void sg_store(__nv_bfloat16* __restrict__ out, const 
     }
 }
 
+// What both main loops end with: this block's accumulators (`acc[tt]` = rows warp·16 + g and
+// + 8, tokens tt·8 + 2·t4 and + 1: the mma.sync m16n8 fragment, and wgmma's per 8 columns) go
+// to `sums` ([8·MT tokens][R + 4] f32 in the block's free shared memory); then either the
+// output is written, or (split-K) this split's sums are published and the last block of the
+// row tile adds every split's in order and writes the output.
+template <int MT, int EPI, int R>
+__device__ __forceinline__ void sg_finish(__nv_bfloat16* __restrict__ out, float* __restrict__ partials,
+                                          u32* __restrict__ tickets, float* sums, const float (&acc)[MT][4],
+                                          u32 m, u32 n) {
+    constexpr int TOKENS = 8 * MT, THREADS = 2 * R, LD = R + 4;
+    __shared__ u32 s_ticket;
+    const u32 tile = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
+#pragma unroll
+    for (int tt = 0; tt < MT; tt++) {
+        const int t0 = tt * 8 + 2 * t4, r0 = warp * 16 + g;
+        sums[t0 * LD + r0] = acc[tt][0];
+        sums[(t0 + 1) * LD + r0] = acc[tt][1];
+        sums[t0 * LD + r0 + 8] = acc[tt][2];
+        sums[(t0 + 1) * LD + r0 + 8] = acc[tt][3];
+    }
+    __syncthreads();
+    if (splits == 1) {
+        sg_store<MT, EPI, R>(out, sums, tile, m, n);
+        return;
+    }
+
+    // Split-K: publish this split's sums, then the last block of the tile adds them in order.
+    float* mine = partials + ((size_t)tile * splits + split) * TOKENS * R;
+    for (u32 i = tid; i < m * R; i += THREADS) mine[i] = sums[(i / R) * LD + i % R];
+    __threadfence();  // the sums are visible device-wide before the ticket says so
+    __syncthreads();
+    if (tid == 0) s_ticket = atomicAdd(&tickets[tile], 1u);
+    __syncthreads();
+    if (s_ticket != splits - 1) return;
+    __threadfence();  // read the other blocks' sums only after seeing every ticket
+    const float* tile_partials = partials + (size_t)tile * splits * TOKENS * R;
+    for (u32 i = tid; i < m * R; i += THREADS) {
+        float total = 0.0f;
+        for (u32 s = 0; s < splits; s++) total += __ldcg(tile_partials + (size_t)s * TOKENS * R + i);
+        sums[(i / R) * LD + i % R] = total;
+    }
+    if (tid == 0) tickets[tile] = 0;  // ready for the next launch
+    __syncthreads();
+    sg_store<MT, EPI, R>(out, sums, tile, m, n);
+}
+
 template <int MT, int EPI, int R>
 __device__ __forceinline__ void skinny_gemm(
     __nv_bfloat16* __restrict__ out,      // [m, n] (plain) or [m, n / 2] (SiLU·mul)
@@ -129,9 +176,8 @@ __device__ __forceinline__ void skinny_gemm(
     constexpr int LD = R + 4;  // the epilogue's f32 rows, padded off the banks of their neighbours
     static_assert(TOKENS * LD * 4 <= SG_STAGES * STAGE_CHUNKS * 16, "the epilogue fits the ring");
     extern __shared__ uint4 sg_ring[];  // [SG_STAGES][W rows, then x rows][SG_CHUNKS], swizzled
-    __shared__ u32 s_ticket;
 
-    const u32 tile = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
+    const u32 tile = blockIdx.x, split = blockIdx.y;
     const u32 k_begin = split * k_per_split, k_end = min(k, k_begin + k_per_split);
     const int num_stages = (int)((k_end - k_begin + SG_KC - 1) / SG_KC);
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
@@ -216,41 +262,225 @@ __device__ __forceinline__ void skinny_gemm(
     }
     sg_wait_all();
     __syncthreads();  // the ring is free for the epilogue's sums
+    sg_finish<MT, EPI, R>(out, partials, tickets, reinterpret_cast<float*>(sg_ring), acc, m, n);
+}
 
-    // This block's sums as [token][row]: c0, c1 = rows g, tokens 2t, 2t+1; c2, c3 = row g + 8.
-    float* sums = reinterpret_cast<float*>(sg_ring);
+// ---------------------------------------------------------------------------------------------
+// The same GEMM on Hopper's own machinery (sm_90a): the Tensor Memory Accelerator copies each
+// stage's tiles, and warpgroup MMA (wgmma) multiplies them straight from shared memory.
+//
+// Why. The main loop above spends a cp.async per 16 bytes per thread, a __syncthreads per
+// stage and a shared-memory load per mma operand, and on an H200 its warps were found waiting
+// (0.56 eligible warps per scheduler, DRAM at 38%). Here one thread asks the TMA for a whole
+// [rows × 64 k] tile with one instruction, the tile lands in shared memory already in the
+// layout wgmma reads (the 128-byte swizzle: 16-byte chunk c of row r at chunk c ^ (r % 8)), and
+// an mbarrier per stage counts its bytes in. A warpgroup (4 warps, 128 threads) multiplies
+// 64 weight rows by the stage's tokens with four wgmma instructions (k = 16 each).
+//
+// The operands. wgmma computes D[64, N] += A[64, 16] · B[16, N] with M fixed at 64, so the
+// weights are A (64 rows a warpgroup) and the tokens are B (N = 8·MT, from 8 to 32): Dᵀ =
+// W · xᵀ. Both are "K-major" (k contiguous in each row), the layout W [n, k] and x [m, k]
+// already have. A shared-memory matrix descriptor names a tile: its address, the stride
+// between groups of 8 rows (8 × 128 bytes) and the swizzle; the k step j of a stage starts
+// 32·j bytes into each 128-byte row. D's registers per thread follow mma.sync's m16n8
+// fragment for each 8 tokens, so the epilogue (sg_finish) is the one above.
+//
+// The ring. All SG_TMA_STAGES slots are filled before the loop: the weights' copies before
+// griddepcontrol.wait (they never depend on the previous kernel), x's after. A slot is copied
+// again as soon as every warpgroup's wgmma has read it. Rows past the weight's end and tokens
+// past m arrive as zeros (the TMA fills what lies outside the tensor), so no thread tests a
+// bound in the loop.
+#define SG_TMA_STAGES(R) ((R) == 64 ? 6 : 5)
+
+// A CUtensorMap: 128 opaque bytes the host encodes (cuTensorMapEncodeTiled), passed by value.
+struct __align__(64) TmaMap {
+    u64 opaque[16];
+};
+
+__device__ __forceinline__ u32 smem_addr(const void* p) {
+    return static_cast<u32>(__cvta_generic_to_shared(p));
+}
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+// One arrival that also says `bytes` more are coming from copies.
+__device__ __forceinline__ void mbar_expect(u32 bar, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+    u32 done = 0;
+    while (!done) {
+        asm volatile(
+            "{\n.reg .pred p;\n"
+            "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+            "selp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+    }
+}
+// Box (c0 = k, c1 = row) of `map` into shared memory at `dst`; its bytes count on `bar`.
+__device__ __forceinline__ void tma_load(u32 dst, const TmaMap* map, int c0, int c1, u32 bar) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes "
+        "[%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
+        "l"(reinterpret_cast<u64>(map)), "r"(c0), "r"(c1), "r"(bar)
+        : "memory");
+}
+// The descriptor of a K-major tile of 128-byte rows at `addr` with the 128-byte swizzle.
+__device__ __forceinline__ u64 wgmma_desc(u32 addr) {
+    return (u64)((addr & 0x3FFFF) >> 4)  // start address, 16-byte units
+           | ((u64)1 << 16)              // leading byte offset: unused by swizzled K-major tiles
+           | ((u64)(1024 >> 4) << 32)    // stride byte offset: 8 rows of 128 bytes
+           | ((u64)1 << 62);             // 128-byte swizzle
+}
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() {
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_wait_all() {
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+}
+// Keeps the compiler from moving the accumulators' registers across the asynchronous wgmma.
+template <int MT>
+__device__ __forceinline__ void wgmma_fence_acc(float (&d)[MT][4]) {
 #pragma unroll
-    for (int tt = 0; tt < MT; tt++) {
-        const int t0 = tt * 8 + 2 * t4, r0 = warp * 16 + g;
-        sums[t0 * LD + r0] = acc[tt][0];
-        sums[(t0 + 1) * LD + r0] = acc[tt][1];
-        sums[t0 * LD + r0 + 8] = acc[tt][2];
-        sums[(t0 + 1) * LD + r0 + 8] = acc[tt][3];
+    for (int tt = 0; tt < MT; tt++)
+#pragma unroll
+        for (int q = 0; q < 4; q++) asm volatile("" : "+f"(d[tt][q])::"memory");
+}
+
+#define SG_D4(t) "+f"(d[t][0]), "+f"(d[t][1]), "+f"(d[t][2]), "+f"(d[t][3])
+// d[64 rows, 8·MT tokens] += A(desc_a)[64, 16] · B(desc_b)[16, 8·MT], both K-major.
+template <int MT>
+__device__ __forceinline__ void wgmma_step(float (&d)[MT][4], u64 desc_a, u64 desc_b);
+template <>
+__device__ __forceinline__ void wgmma_step<1>(float (&d)[1][4], u64 a, u64 b) {
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n8k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3}, %4, %5, 1, 1, 1, 0, 0;\n"
+        : SG_D4(0)
+        : "l"(a), "l"(b));
+}
+template <>
+__device__ __forceinline__ void wgmma_step<2>(float (&d)[2][4], u64 a, u64 b) {
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7}, %8, %9, 1, 1, 1, 0, 0;\n"
+        : SG_D4(0), SG_D4(1)
+        : "l"(a), "l"(b));
+}
+template <>
+__device__ __forceinline__ void wgmma_step<3>(float (&d)[3][4], u64 a, u64 b) {
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n24k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11}, %12, %13, 1, 1, 1, 0, 0;\n"
+        : SG_D4(0), SG_D4(1), SG_D4(2)
+        : "l"(a), "l"(b));
+}
+template <>
+__device__ __forceinline__ void wgmma_step<4>(float (&d)[4][4], u64 a, u64 b) {
+    asm volatile(
+        "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, %16, %17, "
+        "1, 1, 1, 0, 0;\n"
+        : SG_D4(0), SG_D4(1), SG_D4(2), SG_D4(3)
+        : "l"(a), "l"(b));
+}
+#undef SG_D4
+#endif  // __CUDA_ARCH_FEAT_SM90_ALL
+
+template <int MT, int EPI, int R>
+__device__ __forceinline__ void skinny_gemm_tma(
+    __nv_bfloat16* __restrict__ out,  // [m, n] (plain) or [m, n / 2] (SiLU·mul)
+    float* __restrict__ partials,     // [row tiles, gridDim.y, 8·MT, R] when gridDim.y > 1
+    u32* __restrict__ tickets,        // [row tiles], 0 between launches (the last block resets it)
+    const TmaMap* w_map,              // W [n, k] bf16, boxes of [R / 2 rows, 64 k], 128-byte swizzle
+    const TmaMap* x_map,              // x [m, k] bf16, boxes of [8·MT rows, 64 k], 128-byte swizzle
+    u32 m, u32 n, u32 k, u32 k_per_split) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+    constexpr int TOKENS = 8 * MT, S = SG_TMA_STAGES(R);
+    constexpr u32 W_BYTES = R * 128, X_BYTES = TOKENS * 128, STAGE_BYTES = W_BYTES + X_BYTES;
+    static_assert(W_BYTES % 1024 == 0 && X_BYTES % 1024 == 0, "every tile 1024-byte aligned");
+    static_assert(TOKENS * (R + 4) * 4 <= S * STAGE_BYTES, "the epilogue fits the ring");
+    extern __shared__ uint4 sg_ring[];  // [S][W: R rows, x: TOKENS rows][128 bytes], swizzled
+    __shared__ __align__(8) u64 full[S];
+
+    const u32 tile = blockIdx.x, split = blockIdx.y;
+    const u32 k_begin = split * k_per_split, k_end = min(k, k_begin + k_per_split);
+    const int num_stages = (int)((k_end - k_begin + SG_KC - 1) / SG_KC);
+    const int tid = threadIdx.x, wg = tid / 128;
+    // The swizzle's pattern repeats every 1024 bytes: the ring starts on such a boundary (the
+    // launch asks for 1 KB more than the ring for this).
+    const u32 ring = (smem_addr(sg_ring) + 1023) & ~1023u;
+    // The two boxes of W rows a stage copies (plain: the tile's two halves; SiLU·mul: the tile's
+    // gate rows and the matching up rows, d = n / 2 further).
+    const int w_row0 = EPI == SG_EPI_GLU ? (int)(tile * (R / 2)) : (int)(tile * R);
+    const int w_row1 = EPI == SG_EPI_GLU ? (int)(n / 2 + tile * (R / 2)) : (int)(tile * R + R / 2);
+
+    auto copy_w = [&](int stage) {
+        const u32 slot = ring + (stage % S) * STAGE_BYTES, bar = smem_addr(&full[stage % S]);
+        const int kk = (int)(k_begin + stage * SG_KC);
+        tma_load(slot, w_map, kk, w_row0, bar);
+        tma_load(slot + W_BYTES / 2, w_map, kk, w_row1, bar);
+    };
+    auto copy_x = [&](int stage) {
+        const u32 slot = ring + (stage % S) * STAGE_BYTES, bar = smem_addr(&full[stage % S]);
+        tma_load(slot + W_BYTES, x_map, (int)(k_begin + stage * SG_KC), 0, bar);
+    };
+
+    if (tid == 0) {
+        asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<u64>(w_map)) : "memory");
+        asm volatile("prefetch.tensormap [%0];\n" ::"l"(reinterpret_cast<u64>(x_map)) : "memory");
+#pragma unroll
+        for (int s = 0; s < S; s++) mbar_init(smem_addr(&full[s]), 1);
+        // The barriers' initialisation is seen by the TMA (another proxy) before its first copy.
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        for (int s = 0; s < S && s < num_stages; s++) {
+            mbar_expect(smem_addr(&full[s]), STAGE_BYTES);
+            copy_w(s);
+        }
     }
-    __syncthreads();
-    if (splits == 1) {
-        sg_store<MT, EPI, R>(out, sums, tile, m, n);
-        return;
+    __syncthreads();  // the barriers are initialised before anyone waits on them
+    wait_for_previous_kernel();
+    allow_next_kernel();
+    if (tid == 0) {
+        for (int s = 0; s < S && s < num_stages; s++) copy_x(s);
     }
 
-    // Split-K: publish this split's sums, then the last block of the tile adds them in order.
-    float* mine = partials + ((size_t)tile * splits + split) * TOKENS * R;
-    for (u32 i = tid; i < m * R; i += THREADS) mine[i] = sums[(i / R) * LD + i % R];
-    __threadfence();  // the sums are visible device-wide before the ticket says so
-    __syncthreads();
-    if (tid == 0) s_ticket = atomicAdd(&tickets[tile], 1u);
-    __syncthreads();
-    if (s_ticket != splits - 1) return;
-    __threadfence();  // read the other blocks' sums only after seeing every ticket
-    const float* tile_partials = partials + (size_t)tile * splits * TOKENS * R;
-    for (u32 i = tid; i < m * R; i += THREADS) {
-        float total = 0.0f;
-        for (u32 s = 0; s < splits; s++) total += __ldcg(tile_partials + (size_t)s * TOKENS * R + i);
-        sums[(i / R) * LD + i % R] = total;
+    float acc[MT][4];
+#pragma unroll
+    for (int tt = 0; tt < MT; tt++) acc[tt][0] = acc[tt][1] = acc[tt][2] = acc[tt][3] = 0.0f;
+
+    for (int i = 0; i < num_stages; i++) {
+        const int slot = i % S;
+        mbar_wait(smem_addr(&full[slot]), (u32)(i / S) & 1u);
+        const u32 w_tile = ring + slot * STAGE_BYTES + wg * (64 * 128), x_tile = ring + slot * STAGE_BYTES + W_BYTES;
+        wgmma_fence_acc<MT>(acc);
+        wgmma_fence();
+#pragma unroll
+        for (int j = 0; j < SG_KC / 16; j++) {
+            wgmma_step<MT>(acc, wgmma_desc(w_tile + 32 * j), wgmma_desc(x_tile + 32 * j));
+        }
+        wgmma_commit();
+        wgmma_wait_all();
+        wgmma_fence_acc<MT>(acc);
+        __syncthreads();  // every warpgroup has read this slot: copy the stage S later into it
+        if (tid == 0 && i + S < num_stages) {
+            mbar_expect(smem_addr(&full[slot]), STAGE_BYTES);
+            copy_w(i + S);
+            copy_x(i + S);
+        }
     }
-    if (tid == 0) tickets[tile] = 0;  // ready for the next launch
-    __syncthreads();
-    sg_store<MT, EPI, R>(out, sums, tile, m, n);
+    // Every copy issued has been waited for, so the ring is free for the epilogue's sums.
+    float* sums = reinterpret_cast<float*>(reinterpret_cast<char*>(sg_ring) + (ring - smem_addr(sg_ring)));
+    sg_finish<MT, EPI, R>(out, partials, tickets, sums, acc, m, n);
+#else
+    __trap();  // needs sm_90a: the Rust side launches it only on a GPU it was compiled for
+#endif
 }
 
 #define SKINNY_GEMM(MT, EPI, R, NAME)                                                               \
@@ -276,3 +506,27 @@ SKINNY_GEMM(1, SG_EPI_GLU, 128, skinny_gemm_glu_r128_t1)
 SKINNY_GEMM(2, SG_EPI_GLU, 128, skinny_gemm_glu_r128_t2)
 SKINNY_GEMM(3, SG_EPI_GLU, 128, skinny_gemm_glu_r128_t3)
 SKINNY_GEMM(4, SG_EPI_GLU, 128, skinny_gemm_glu_r128_t4)
+
+// The TMA + wgmma main loop: 64 rows a block (one warpgroup) or 128 (two).
+#define SKINNY_GEMM_TMA(MT, EPI, R, NAME)                                                           \
+    extern "C" __global__ void __launch_bounds__(2 * R) NAME(                                       \
+        __nv_bfloat16 *out, float *partials, u32 *tickets, const __grid_constant__ TmaMap w_map,   \
+        const __grid_constant__ TmaMap x_map, u32 m, u32 n, u32 k, u32 k_per_split) {              \
+        skinny_gemm_tma<MT, EPI, R>(out, partials, tickets, &w_map, &x_map, m, n, k, k_per_split);  \
+    }
+SKINNY_GEMM_TMA(1, SG_EPI_PLAIN, 64, skinny_gemm_tma_t1)
+SKINNY_GEMM_TMA(2, SG_EPI_PLAIN, 64, skinny_gemm_tma_t2)
+SKINNY_GEMM_TMA(3, SG_EPI_PLAIN, 64, skinny_gemm_tma_t3)
+SKINNY_GEMM_TMA(4, SG_EPI_PLAIN, 64, skinny_gemm_tma_t4)
+SKINNY_GEMM_TMA(1, SG_EPI_GLU, 64, skinny_gemm_tma_glu_t1)
+SKINNY_GEMM_TMA(2, SG_EPI_GLU, 64, skinny_gemm_tma_glu_t2)
+SKINNY_GEMM_TMA(3, SG_EPI_GLU, 64, skinny_gemm_tma_glu_t3)
+SKINNY_GEMM_TMA(4, SG_EPI_GLU, 64, skinny_gemm_tma_glu_t4)
+SKINNY_GEMM_TMA(1, SG_EPI_PLAIN, 128, skinny_gemm_tma_r128_t1)
+SKINNY_GEMM_TMA(2, SG_EPI_PLAIN, 128, skinny_gemm_tma_r128_t2)
+SKINNY_GEMM_TMA(3, SG_EPI_PLAIN, 128, skinny_gemm_tma_r128_t3)
+SKINNY_GEMM_TMA(4, SG_EPI_PLAIN, 128, skinny_gemm_tma_r128_t4)
+SKINNY_GEMM_TMA(1, SG_EPI_GLU, 128, skinny_gemm_tma_glu_r128_t1)
+SKINNY_GEMM_TMA(2, SG_EPI_GLU, 128, skinny_gemm_tma_glu_r128_t2)
+SKINNY_GEMM_TMA(3, SG_EPI_GLU, 128, skinny_gemm_tma_glu_r128_t3)
+SKINNY_GEMM_TMA(4, SG_EPI_GLU, 128, skinny_gemm_tma_glu_r128_t4)

@@ -780,7 +780,7 @@ fn lt_algos(gpu: &Gpu) -> Result<()> {
 /// default split and at others, each in a graph of 50 launches over weights far larger than
 /// L2; gate/up also with the SiLU·mul epilogue against cuBLAS followed by `silu_and_mul`.
 fn skinny(gpu: &Gpu) -> Result<()> {
-    use kernels::skinny_gemm::{SkinnyGemmWorkspace, ROW_TILES};
+    use kernels::skinny_gemm::{MainLoop, SkinnyGemmWorkspace, ROW_TILES};
     const BACK_TO_BACK: usize = 50;
     const L2_BYTES: usize = 50 << 20;
     let ceilings = roofline::measure_on(&gpu.ctx, &gpu.stream)?;
@@ -790,12 +790,22 @@ fn skinny(gpu: &Gpu) -> Result<()> {
     let sg = &k.skinny_gemm;
     let mut ws = SkinnyGemmWorkspace::new(s, sg.num_sms())?;
     let lin = Linear::new(s, 256)?;
-    // Per row tile (64, 128 weight rows a block): the default split, then the best of 1-8.
+    // Per main loop and row tile (64, 128 weight rows a block): the default split, then the
+    // best of 1-8. The TMA main loop where it was compiled (sm_90a).
+    let mut variants: Vec<(MainLoop, usize)> = ROW_TILES.map(|r| (MainLoop::MmaSync, r)).to_vec();
+    if sg.has_tma() {
+        variants.extend(ROW_TILES.map(|r| (MainLoop::Tma, r)));
+    }
+    let mut header = "| shape | m | MB | cuBLAS µs (% copy) |".to_string();
+    for (main_loop, rows) in &variants {
+        header +=
+            &format!(" {main_loop:?} {rows} rows: default µs (% copy, splits) | best (splits) |");
+    }
+    println!("{header}");
     println!(
-        "| shape | m | MB | cuBLAS µs (% copy) | 64 rows: default split µs (% copy, splits) | \
-         best split µs (splits) | 128 rows: default split | best split |"
+        "| --- | ---: | ---: | ---: |{}",
+        " ---: | ---: |".repeat(variants.len())
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     // (label, name, n, k): the 7B layer at TP 1 and 2, then Llama-3.2-1B's and SmolLM2-135M's.
     let mut shapes: Vec<(String, &str, usize, usize)> = Vec::new();
     for tp in [1usize, 2] {
@@ -851,8 +861,8 @@ fn skinny(gpu: &Gpu) -> Result<()> {
                     base * 1e3,
                     pct(base)
                 );
-                for rows in ROW_TILES {
-                    let sg = sg.clone().with_rows(rows)?;
+                for &(main_loop, rows) in &variants {
+                    let sg = sg.clone().with_rows(rows)?.with_main_loop(main_loop)?;
                     let tiles = sg.row_tiles(n, epilogue);
                     let default = sg.splits(tiles, kk);
                     let mut times = Vec::new();

@@ -29,10 +29,18 @@ pub const ARCH: &str = "sm_90";
 
 /// NVRTC's name of the real architecture with compute capability `(major, minor)`: a CUBIN
 /// runs only on its own architecture, so it is made for the GPU at hand (an sm_90 one would
-/// not load on a newer GPU, where PTX could still have been assembled).
+/// not load on a newer GPU, where PTX could still have been assembled). On Hopper (9.0) that
+/// is `sm_90a`, sm_90 with the features no later GPU keeps (wgmma, used by
+/// `skinny_gemm.cu`'s TMA main loop): the binary is for this GPU only, as every CUBIN is.
 pub fn arch((major, minor): (i32, i32)) -> String {
+    if (major, minor) == (9, 0) {
+        return ARCH_HOPPER_FEATURES.to_string();
+    }
     format!("sm_{major}{minor}")
 }
+
+/// [`arch`] on an H100 or H200: the architecture whose CUBINs may use wgmma.
+pub const ARCH_HOPPER_FEATURES: &str = "sm_90a";
 
 /// Where `cuda_bf16.h` lives: `$CUDA_HOME/include`, else `/usr/local/cuda/include`.
 pub fn cuda_include_dir() -> String {
@@ -205,19 +213,28 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// Every file the engine loads compiles for the H200's sm_90, where NVRTC is found: a
-    /// typo in a kernel fails here, on any machine with the toolkit, not at a GPU run.
+    /// Every file the engine loads compiles for sm_90 and for the sm_90a the engine compiles
+    /// for on an H200, where NVRTC is found (ptxas checks inline assembly): a typo in a kernel fails here, on any machine with the toolkit, not at a GPU run.
     #[test]
-    fn every_kernel_file_compiles_for_sm_90() {
+    fn every_kernel_file_compiles_for_sm_90_and_sm_90a() {
         // SAFETY: only looks for the library; no NVRTC call.
         if !unsafe { sys::is_culib_present() } {
             eprintln!("skipped: libnvrtc was not found");
             return;
         }
         for (file, source) in crate::SOURCES {
-            let cubin = compile_cubin(file, source, "sm_90", None)
-                .unwrap_or_else(|e| panic!("{file}: {e}"));
-            assert_eq!(&cubin[..4], b"\x7fELF", "{file}");
+            for arch in ["sm_90", ARCH_HOPPER_FEATURES] {
+                let cubin = compile_cubin(file, source, arch, None)
+                    .unwrap_or_else(|e| panic!("{file} for {arch}: {e}"));
+                assert_eq!(&cubin[..4], b"\x7fELF", "{file} for {arch}");
+            }
         }
+    }
+
+    #[test]
+    fn hopper_compiles_with_its_own_features() {
+        assert_eq!(arch((9, 0)), "sm_90a");
+        assert_eq!(arch((10, 0)), "sm_100");
+        assert_eq!(arch((8, 9)), "sm_89");
     }
 }

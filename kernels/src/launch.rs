@@ -157,5 +157,6 @@ scalar_arg!(
     i64,
     f32,
     f64,
-    crate::custom_all_reduce::PeerPtrs
+    crate::custom_all_reduce::PeerPtrs,
+    sys::CUtensorMap
 );

@@ -201,7 +201,11 @@ impl Kernels {
             gemv: gemv::Gemv::load(&modules[9], num_sms)?,
             qkv_rotary_cache: qkv_rotary_cache::QkvRotaryCache::load(&modules[10])?,
             custom_all_reduce: custom_all_reduce::CustomAllReduce::load(&modules[11])?,
-            skinny_gemm: skinny_gemm::SkinnyGemm::load(&modules[12], num_sms)?,
+            skinny_gemm: skinny_gemm::SkinnyGemm::load(
+                &modules[12],
+                num_sms,
+                arch == compile::ARCH_HOPPER_FEATURES,
+            )?,
         })
     }
 }

@@ -19,8 +19,11 @@
 
 use std::sync::Arc;
 
+use cudarc::driver::sys::{self, CUtensorMap};
 use cudarc::driver::LaunchConfig;
-use cudarc::driver::{CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut};
+use cudarc::driver::{
+    CudaFunction, CudaModule, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr,
+};
 use half::bf16;
 
 use crate::error::{check_aligned16, check_len, to_u32, KernelError, Result};
@@ -43,11 +46,24 @@ const MAX_SPLIT_BLOCKS_PER_SM: usize = 4;
 /// A split takes at least this many stages of k (512 values), so that its copies pipeline.
 const MIN_STAGES_PER_SPLIT: usize = 8;
 
-/// The compiled kernels: `[row tile][epilogue][token tiles - 1]`, and the row tile launches use.
+/// How a launch copies and multiplies its tiles (`cuda/skinny_gemm.cu` has both).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MainLoop {
+    /// A `cp.async` per 16 bytes per thread, `mma.sync` from registers: any sm_90 GPU.
+    MmaSync,
+    /// The Tensor Memory Accelerator copies whole tiles, `wgmma` multiplies them from shared
+    /// memory: only where the kernels were compiled for sm_90a (an H100 or H200).
+    Tma,
+}
+
+/// The compiled kernels per main loop: `[row tile][epilogue][token tiles - 1]` (the TMA ones
+/// only where they can run), and the row tile and main loop launches use.
 #[derive(Debug, Clone)]
 pub struct SkinnyGemm {
     functions: [[Vec<CudaFunction>; 2]; 2],
+    tma_functions: Option<[[Vec<CudaFunction>; 2]; 2]>,
     rows: usize,
+    main_loop: MainLoop,
     num_sms: usize,
 }
 
@@ -76,9 +92,63 @@ impl SkinnyGemmWorkspace {
 }
 
 /// Dynamic shared memory of a launch with `rows` weight rows and `tiles` token tiles a block:
-/// the ring of W and x stages.
-fn ring_bytes(rows: usize, tiles: usize) -> usize {
-    STAGES * (rows + 8 * tiles) * KC * 2
+/// the ring of W and x stages. The TMA ring has `SG_TMA_STAGES(R)` stages and starts on a
+/// 1024-byte boundary (the swizzle's period), so it asks for 1 KB more to align itself.
+fn ring_bytes(main_loop: MainLoop, rows: usize, tiles: usize) -> usize {
+    match main_loop {
+        MainLoop::MmaSync => STAGES * (rows + 8 * tiles) * KC * 2,
+        MainLoop::Tma => tma_stages(rows) * (rows + 8 * tiles) * KC * 2 + 1024,
+    }
+}
+
+/// `SG_TMA_STAGES(R)` of the kernel file.
+fn tma_stages(rows: usize) -> usize {
+    if rows == 64 {
+        6
+    } else {
+        5
+    }
+}
+
+/// A TMA descriptor of a row-major bf16 matrix `[rows, cols]` at `ptr`, copied in boxes of
+/// `box_rows` rows × 64 columns (one 128-byte row each) with the 128-byte swizzle wgmma reads;
+/// what lies outside the matrix arrives as zeros.
+fn tensor_map(
+    ptr: sys::CUdeviceptr,
+    rows: usize,
+    cols: usize,
+    box_rows: usize,
+) -> Result<CUtensorMap> {
+    use sys::{
+        CUtensorMapDataType as D, CUtensorMapFloatOOBfill as F, CUtensorMapInterleave as I,
+        CUtensorMapL2promotion as P, CUtensorMapSwizzle as S,
+    };
+    let mut map = CUtensorMap { opaque: [0; 16] };
+    let dims = [cols as u64, rows as u64]; // innermost first
+    let strides = [(cols * 2) as u64]; // bytes between rows (the innermost stride is implied)
+    let boxes = [KC as u32, box_rows as u32];
+    let element_strides = [1u32, 1];
+    // SAFETY: every pointer is to a live local array of the rank (2) the call is given (rank -
+    // 1 for the strides); `ptr` is a device address, 16-byte aligned and its row stride a
+    // multiple of 16 (the caller checked both); the call only encodes, reading no device memory.
+    unsafe {
+        sys::cuTensorMapEncodeTiled(
+            &mut map,
+            D::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            2,
+            ptr as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            element_strides.as_ptr(),
+            I::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            S::CU_TENSOR_MAP_SWIZZLE_128B,
+            P::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            F::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+    }
+    .result()?;
+    Ok(map)
 }
 
 /// Row tiles of `rows` rows over a weight of `n` rows (gate_up: `rows / 2` output columns).
@@ -109,30 +179,69 @@ pub fn default_splits(num_sms: usize, tiles: usize, k: usize) -> usize {
 }
 
 impl SkinnyGemm {
-    pub(crate) fn load(module: &Arc<CudaModule>, num_sms: usize) -> Result<Self> {
+    /// `tma`: whether the module was compiled for sm_90a, where the TMA main loop runs.
+    pub(crate) fn load(module: &Arc<CudaModule>, num_sms: usize, tma: bool) -> Result<Self> {
         use cudarc::driver::sys::CUfunction_attribute as A;
-        let load = |prefix: &str, rows: usize| -> Result<Vec<CudaFunction>> {
+        let load = |main_loop: MainLoop, prefix: &str, rows: usize| -> Result<Vec<CudaFunction>> {
             (1..=MAX_TOKENS / 8)
                 .map(|mt| {
                     let f = module.load_function(&entry_name(prefix, rows, mt))?;
                     // Rings past 48 KB (the default limit) must be asked for.
                     f.set_attribute(
                         A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                        ring_bytes(rows, mt) as i32,
+                        ring_bytes(main_loop, rows, mt) as i32,
                     )?;
                     Ok(f)
                 })
                 .collect()
         };
         let [small, large] = ROW_TILES;
+        let family =
+            |main_loop: MainLoop, plain: &str, glu: &str| -> Result<[[Vec<CudaFunction>; 2]; 2]> {
+                Ok([
+                    [load(main_loop, plain, small)?, load(main_loop, glu, small)?],
+                    [load(main_loop, plain, large)?, load(main_loop, glu, large)?],
+                ])
+            };
+        let tma_functions = if tma {
+            Some(family(
+                MainLoop::Tma,
+                "skinny_gemm_tma",
+                "skinny_gemm_tma_glu",
+            )?)
+        } else {
+            None
+        };
         Ok(Self {
-            functions: [
-                [load("skinny_gemm", small)?, load("skinny_gemm_glu", small)?],
-                [load("skinny_gemm", large)?, load("skinny_gemm_glu", large)?],
-            ],
+            functions: family(MainLoop::MmaSync, "skinny_gemm", "skinny_gemm_glu")?,
+            tma_functions,
             rows: small,
+            main_loop: MainLoop::MmaSync,
             num_sms,
         })
+    }
+
+    /// The same kernels with the given main loop; [`MainLoop::Tma`] only where
+    /// [`Self::has_tma`].
+    pub fn with_main_loop(mut self, main_loop: MainLoop) -> Result<Self> {
+        if main_loop == MainLoop::Tma && !self.has_tma() {
+            return Err(KernelError::Unsupported {
+                kernel: "skinny_gemm",
+                what: "the TMA main loop on this GPU (it needs sm_90a: an H100 or H200)".into(),
+            });
+        }
+        self.main_loop = main_loop;
+        Ok(self)
+    }
+
+    /// Whether the TMA + wgmma main loop was compiled for this GPU.
+    pub fn has_tma(&self) -> bool {
+        self.tma_functions.is_some()
+    }
+
+    /// The main loop launches use.
+    pub fn main_loop(&self) -> MainLoop {
+        self.main_loop
     }
 
     /// The same kernels with row tiles of `rows` weight rows (one of [`ROW_TILES`]).
@@ -244,7 +353,11 @@ impl SkinnyGemm {
                 1,
             ),
             block_dim: (to_u32(K, "threads", 2 * self.rows)?, 1, 1),
-            shared_mem_bytes: to_u32(K, "shared memory", ring_bytes(self.rows, token_tiles))?,
+            shared_mem_bytes: to_u32(
+                K,
+                "shared memory",
+                ring_bytes(self.main_loop, self.rows, token_tiles),
+            )?,
         };
         let (m32, n32, k32) = (
             to_u32(K, "num_tokens", num_tokens)?,
@@ -257,26 +370,51 @@ impl SkinnyGemm {
             Epilogue::SiluAndMul => 1,
         };
         let r = usize::from(self.rows != ROW_TILES[0]);
-        let function = &self.functions[r][e][token_tiles - 1];
-        let mut launch = Launch::new(stream, function);
-        launch
-            .arg(out)
-            .arg(&mut workspace.partials)
-            .arg(&mut workspace.tickets)
-            .arg(x)
-            .arg(weight)
-            .arg(&m32)
-            .arg(&n32)
-            .arg(&k32)
-            .arg(&per_split);
-        // SAFETY: the arguments follow skinny_gemm*[_r{R}]_t{MT} (out, partials, tickets, x, w,
-        // u32 m, n, k, k_per_split), launched with the 2·R threads it is compiled for; x holds
-        // num_tokens <= 8·MT rows of k, weight n rows of k, out num_tokens rows of n (or n / 2 with SiLU·mul, n even), all checked; k % 8 == 0 and
-        // k_per_split is whole 64-value stages, so every 16-byte copy is inside its row; x and
-        // weight are 16-byte aligned (checked); a split launch's tiles x splits blocks fit the
-        // workspace (checked; its partials hold MAX_ROWS >= R rows a block), whose tickets are
-        // zero between launches (the kernel resets them); the dynamic shared memory is the ring the kernel indexes, within the size
-        // set at load.
+        let maps;
+        let function;
+        let mut launch;
+        match (self.main_loop, &self.tma_functions) {
+            (MainLoop::Tma, Some(tma)) => {
+                // Boxes of half a row tile (the kernel copies a tile's two halves: plain rows
+                // 0..R/2 and R/2..R, or R/2 gate rows and their R/2 up rows) and of the launch's
+                // token tiles; rows past the matrices' ends arrive as zeros.
+                maps = [
+                    tensor_map(weight.device_ptr(stream).0, n, k, self.rows / 2)?,
+                    tensor_map(x.device_ptr(stream).0, num_tokens, k, 8 * token_tiles)?,
+                ];
+                function = &tma[r][e][token_tiles - 1];
+                launch = Launch::new(stream, function);
+                launch
+                    .arg(out)
+                    .arg(&mut workspace.partials)
+                    .arg(&mut workspace.tickets)
+                    .arg(&maps[0])
+                    .arg(&maps[1]);
+            }
+            _ => {
+                function = &self.functions[r][e][token_tiles - 1];
+                launch = Launch::new(stream, function);
+                launch
+                    .arg(out)
+                    .arg(&mut workspace.partials)
+                    .arg(&mut workspace.tickets)
+                    .arg(x)
+                    .arg(weight);
+            }
+        }
+        launch.arg(&m32).arg(&n32).arg(&k32).arg(&per_split);
+        // SAFETY: the arguments follow skinny_gemm[_tma][_glu][_r{R}]_t{MT} (out, partials,
+        // tickets, then x and w, or the TMA descriptors of w and x, then u32 m, n, k,
+        // k_per_split), launched with the 2·R threads it is compiled for; x holds
+        // num_tokens <= 8·MT rows of k, weight n rows of k, out num_tokens rows of n (or n / 2
+        // with SiLU·mul, n even), all checked; the descriptors describe exactly those
+        // matrices (the TMA reads nothing outside them); k % 8 == 0 and k_per_split is whole
+        // 64-value stages, so every 16-byte copy is inside its row; x and weight are 16-byte
+        // aligned (checked); a split launch's tiles x splits blocks fit the workspace
+        // (checked; its partials hold MAX_ROWS >= R rows a block), whose tickets are zero
+        // between launches (the kernel resets them); the dynamic shared memory is the ring
+        // the kernel indexes, within the size set at load; the TMA kernels exist only where
+        // the module was compiled for sm_90a (`tma_functions`).
         unsafe { launch.launch(cfg) }?;
         Ok(())
     }
@@ -291,7 +429,13 @@ mod tests {
         let Some(entries) = crate::compile::entry_points(super::FILE, super::SOURCE) else {
             return;
         };
-        for prefix in ["skinny_gemm", "skinny_gemm_glu"] {
+        let prefixes = [
+            "skinny_gemm",
+            "skinny_gemm_glu",
+            "skinny_gemm_tma",
+            "skinny_gemm_tma_glu",
+        ];
+        for prefix in prefixes {
             for rows in super::ROW_TILES {
                 for mt in 1..=super::MAX_TOKENS / 8 {
                     let name = super::entry_name(prefix, rows, mt);
@@ -313,8 +457,11 @@ mod tests {
             entry_name("skinny_gemm_glu", 128, 4),
             "skinny_gemm_glu_r128_t4"
         );
-        assert_eq!(ring_bytes(64, 4), 48 * 1024);
-        assert_eq!(ring_bytes(128, 4), 80 * 1024);
+        assert_eq!(ring_bytes(MainLoop::MmaSync, 64, 4), 48 * 1024);
+        assert_eq!(ring_bytes(MainLoop::MmaSync, 128, 4), 80 * 1024);
+        // 6 stages of 8 KB of W and 4 KB of x, 5 of 16 + 4: 2 blocks an SM (227 KB).
+        assert_eq!(ring_bytes(MainLoop::Tma, 64, 4), 73 * 1024);
+        assert_eq!(ring_bytes(MainLoop::Tma, 128, 4), 101 * 1024);
         // A Llama-2-7B TP 2 rank on an H200 (132 SMs): o_proj [4096, 2048] and down
         // [4096, 5504] split so that about 264 blocks run, gate_up's 172 tiles in two.
         assert_eq!(default_splits(132, 64, 2048), 4); // 32 stages: at most 4 of 8

@@ -1,5 +1,5 @@
-//! skinny_gemm (tensor-core GEMM for 1-32 tokens, split-K with an in-kernel reduction) against
-//! an f64 reference: plain and SiLU·mul epilogues, token counts that fill 1-4 tiles of 8
+//! skinny_gemm (tensor-core GEMM for 1-32 tokens, split-K with an in-kernel reduction), both
+//! main loops (mma.sync; TMA + wgmma where compiled), against an f64 reference: plain and SiLU·mul epilogues, token counts that fill 1-4 tiles of 8
 //! partly, weights whose rows are not a multiple of either row tile (64, 128) and whose k is not a
 //! multiple of the 64-value stage, and several split counts (the last block of each tile adds
 //! the splits' sums).
@@ -11,10 +11,21 @@ mod common;
 
 use common::{assert_close, gpu_or_skip, linear_reference, poisoned, to_f64, Rng, BF16_BOUND};
 use kernels::gemv::Epilogue;
-use kernels::skinny_gemm::{SkinnyGemm, SkinnyGemmWorkspace, ROW_TILES};
+use kernels::skinny_gemm::{MainLoop, SkinnyGemm, SkinnyGemmWorkspace, ROW_TILES};
 
 fn silu(v: f64) -> f64 {
     v / (1.0 + (-v).exp())
+}
+
+/// Every main loop compiled for this GPU: mma.sync always, TMA + wgmma on sm_90a.
+fn main_loops(sg: &SkinnyGemm) -> Vec<MainLoop> {
+    let mut loops = vec![MainLoop::MmaSync];
+    if sg.has_tma() {
+        loops.push(MainLoop::Tma);
+    } else {
+        println!("the TMA main loop was not compiled for this GPU (sm_90a only): not tested");
+    }
+    loops
 }
 
 #[test]
@@ -55,11 +66,14 @@ fn matches_the_f64_reference() {
                     })
                     .collect(),
             };
-            for (rows, splits) in ROW_TILES
-                .into_iter()
-                .flat_map(|r| [None, Some(1), Some(3), Some(7)].map(|s| (r, s)))
-            {
-                let sg = sg.clone().with_rows(rows).unwrap();
+            for (main_loop, rows, splits) in main_loops(sg).into_iter().flat_map(|l| {
+                ROW_TILES
+                    .into_iter()
+                    .flat_map(move |r| [None, Some(1), Some(3), Some(7)].map(|s| (l, r, s)))
+            }) {
+                let sg = (sg.clone().with_rows(rows))
+                    .and_then(|sg| sg.with_main_loop(main_loop))
+                    .unwrap();
                 let mut first = None;
                 // Twice: the second launch finds the tickets the first one reset.
                 for run in 0..2 {
@@ -77,8 +91,8 @@ fn matches_the_f64_reference() {
                     .unwrap();
                     let got = s.clone_dtoh(&out).unwrap();
                     let what = format!(
-                        "skinny_gemm {epilogue:?} [{m}, {k}] x [{n}, {k}]^T, {rows}-row tiles, \
-                         splits {splits:?}, run {run}"
+                        "skinny_gemm {main_loop:?} {epilogue:?} [{m}, {k}] x [{n}, {k}]^T, \
+                         {rows}-row tiles, splits {splits:?}, run {run}"
                     );
                     assert_close(&what, &got, &want, BF16_BOUND);
                     match &first {

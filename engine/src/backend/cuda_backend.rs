@@ -28,7 +28,7 @@ use kernels::paged_attention::{
 use kernels::prefill_attention::PrefillShape;
 use kernels::qkv_rotary_cache::QkvShape;
 use kernels::sampling::RowParams;
-use kernels::skinny_gemm::SkinnyGemmWorkspace;
+use kernels::skinny_gemm::{MainLoop, SkinnyGemmWorkspace};
 use kernels::{Gpu, KernelError};
 use rayon::prelude::*;
 
@@ -187,11 +187,15 @@ impl GemvRule {
 /// 8.39 ms against 5.15 at TP 1; `kernel_bench --skinny`, the book's performance page).
 /// `LAB_SKINNY_MAX_TOKENS=<n>` (up to [`kernels::skinny_gemm::MAX_TOKENS`]) turns it on, so
 /// that one build runs both ways in one call; `LAB_SKINNY_ROWS` picks its row tile (64, the
-/// default, or 128: [`kernels::skinny_gemm::ROW_TILES`]).
+/// default, or 128: [`kernels::skinny_gemm::ROW_TILES`]); `LAB_SKINNY_MAIN_LOOP` its main loop
+/// (`tma`: TMA copies and wgmma, the default where compiled, on an H100 or H200; `mma`:
+/// cp.async and mma.sync).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SkinnyRule {
     max_tokens: usize,
     rows: usize,
+    /// `None`: TMA where the GPU has it, mma.sync elsewhere.
+    main_loop: Option<MainLoop>,
 }
 
 impl SkinnyRule {
@@ -212,7 +216,26 @@ impl SkinnyRule {
                 _ => return Err(format!("LAB_SKINNY_ROWS={v}: expected one of {tiles:?}")),
             },
         };
-        Ok(SkinnyRule { max_tokens, rows })
+        let main_loop = match var("LAB_SKINNY_MAIN_LOOP").as_deref().map(str::trim) {
+            None => None,
+            Some("tma") => Some(MainLoop::Tma),
+            Some("mma") => Some(MainLoop::MmaSync),
+            Some(v) => return Err(format!("LAB_SKINNY_MAIN_LOOP={v}: expected tma or mma")),
+        };
+        Ok(SkinnyRule {
+            max_tokens,
+            rows,
+            main_loop,
+        })
+    }
+
+    /// The main loop on a GPU where the TMA one was compiled (`has_tma`) or not.
+    fn main_loop(&self, has_tma: bool) -> MainLoop {
+        self.main_loop.unwrap_or(if has_tma {
+            MainLoop::Tma
+        } else {
+            MainLoop::MmaSync
+        })
     }
 
     fn takes(&self, tokens: usize, w: &CudaTensor, bias: Option<&CudaTensor>) -> bool {
@@ -337,12 +360,16 @@ impl CudaBackend {
         let skinny_rule = SkinnyRule::from_vars(|name| std::env::var(name).ok()).map_err(|e| {
             BackendError::Device {
                 backend: "cuda",
-                op: "reading LAB_SKINNY_MAX_TOKENS",
+                op: "reading LAB_SKINNY_* (MAX_TOKENS, ROWS, MAIN_LOOP)",
                 source: e.into(),
             }
         })?;
         let skinny_gemm = (gpu.kernels.skinny_gemm.clone())
             .with_rows(skinny_rule.rows)
+            .and_then(|sg| {
+                let main_loop = skinny_rule.main_loop(sg.has_tma());
+                sg.with_main_loop(main_loop)
+            })
             .map_err(kernel("skinny_gemm"))?;
         let skinny = SkinnyGemmWorkspace::new(&gpu.stream, gpu.kernels.skinny_gemm.num_sms())
             .map_err(kernel("workspace"))?;
@@ -1588,6 +1615,18 @@ mod tests {
         assert!(err.contains("LAB_SKINNY_ROWS=96"), "{err}");
         let err = read(&[("LAB_SKINNY_MAX_TOKENS", "64")]).unwrap_err();
         assert!(err.contains("LAB_SKINNY_MAX_TOKENS=64"), "{err}");
+        assert_eq!(r.main_loop(true), MainLoop::Tma, "TMA where compiled");
+        assert_eq!(r.main_loop(false), MainLoop::MmaSync);
+        let mma = read(&[("LAB_SKINNY_MAIN_LOOP", "mma")]).unwrap();
+        assert_eq!(mma.main_loop(true), MainLoop::MmaSync);
+        let tma = read(&[("LAB_SKINNY_MAIN_LOOP", "tma")]).unwrap();
+        assert_eq!(
+            tma.main_loop(false),
+            MainLoop::Tma,
+            "asked for: refused at start-up"
+        );
+        let err = read(&[("LAB_SKINNY_MAIN_LOOP", "wgmma")]).unwrap_err();
+        assert!(err.contains("LAB_SKINNY_MAIN_LOOP=wgmma"), "{err}");
     }
 
     #[test]
