@@ -391,13 +391,76 @@ __device__ __forceinline__ void wgmma_step<4>(float (&d)[4][4], u64 a, u64 b) {
         : "l"(a), "l"(b));
 }
 #undef SG_D4
+
+// Thread block clusters (sm_90): the blocks of a cluster run at once on neighbouring SMs and
+// may read each other's shared memory.
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+// The f32 at shared address `addr` of block `rank` of this cluster (the same offset as ours).
+__device__ __forceinline__ float ld_cluster(u32 addr, u32 rank) {
+    u32 remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(addr), "r"(rank));
+    float v;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(remote) : "memory");
+    return v;
+}
+
+// sg_finish for the TMA main loop, whose splits of a row tile are one cluster (1 × splits ×
+// 1, so a block's rank in it is its split): no partial sums in global memory, no ticket. Each
+// block puts its sums in its own shared memory; after a cluster barrier, block s adds up the
+// s-th share of the tile's outputs from every block's shared memory, in split order 0, 1, ...
+// (the same bits on every run, and the same as sg_finish's), and writes them; a second
+// barrier keeps every block's shared memory alive until its peers have read it.
+template <int MT, int EPI, int R>
+__device__ __forceinline__ void sg_finish_cluster(__nv_bfloat16* __restrict__ out, float* sums,
+                                                  const float (&acc)[MT][4], u32 m, u32 n) {
+    constexpr int THREADS = 2 * R, LD = R + 4;
+    const u32 tile = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
+#pragma unroll
+    for (int tt = 0; tt < MT; tt++) {
+        const int t0 = tt * 8 + 2 * t4, r0 = warp * 16 + g;
+        sums[t0 * LD + r0] = acc[tt][0];
+        sums[(t0 + 1) * LD + r0] = acc[tt][1];
+        sums[t0 * LD + r0 + 8] = acc[tt][2];
+        sums[(t0 + 1) * LD + r0 + 8] = acc[tt][3];
+    }
+    if (splits == 1) {
+        __syncthreads();
+        sg_store<MT, EPI, R>(out, sums, tile, m, n);
+        return;
+    }
+    cluster_sync();  // every split's sums are in its block's shared memory
+    const u32 base = smem_addr(sums);
+    const u32 cols = EPI == SG_EPI_GLU ? R / 2 : R, total = m * cols;
+    const u32 share = (total + splits - 1) / splits, begin = split * share, end = min(total, begin + share);
+    for (u32 i = begin + tid; i < end; i += THREADS) {
+        const u32 t = i / cols, c = i % cols;
+        float a = 0.0f, b = 0.0f;
+        for (u32 s = 0; s < splits; s++) {
+            a += ld_cluster(base + 4 * (t * LD + c), s);
+            if (EPI == SG_EPI_GLU) b += ld_cluster(base + 4 * (t * LD + R / 2 + c), s);
+        }
+        if (EPI == SG_EPI_GLU) {
+            const u32 d = n / 2, j = tile * (R / 2) + c;
+            if (j >= d) continue;
+            const float gate = __bfloat162float(__float2bfloat16(a));
+            const float up = __bfloat162float(__float2bfloat16(b));
+            out[(size_t)t * d + j] = __float2bfloat16(silu(gate) * up);
+        } else {
+            const u32 row = tile * R + c;
+            if (row < n) out[(size_t)t * n + row] = __float2bfloat16(a);
+        }
+    }
+    cluster_sync();  // no block leaves while a peer may still read its shared memory
+}
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
+// Launched in clusters of 1 × gridDim.y × 1: a row tile's splits (at most 8) are one cluster.
 template <int MT, int EPI, int R>
 __device__ __forceinline__ void skinny_gemm_tma(
     __nv_bfloat16* __restrict__ out,  // [m, n] (plain) or [m, n / 2] (SiLU·mul)
-    float* __restrict__ partials,     // [row tiles, gridDim.y, 8·MT, R] when gridDim.y > 1
-    u32* __restrict__ tickets,        // [row tiles], 0 between launches (the last block resets it)
     const TmaMap* w_map,              // W [n, k] bf16, boxes of [R / 2 rows, 64 k], 128-byte swizzle
     const TmaMap* x_map,              // x [m, k] bf16, boxes of [8·MT rows, 64 k], 128-byte swizzle
     u32 m, u32 n, u32 k, u32 k_per_split) {
@@ -455,6 +518,9 @@ __device__ __forceinline__ void skinny_gemm_tma(
 #pragma unroll
     for (int tt = 0; tt < MT; tt++) acc[tt][0] = acc[tt][1] = acc[tt][2] = acc[tt][3] = 0.0f;
 
+    // Each stage's wgmma group is waited for before its slot is copied again. (Keeping one
+    // group in flight while the next is issued, wgmma.wait_group 1, measured the same on an
+    // H200, 2026-11-30: the copies, not the multiplies, set the pace.)
     for (int i = 0; i < num_stages; i++) {
         const int slot = i % S;
         mbar_wait(smem_addr(&full[slot]), (u32)(i / S) & 1u);
@@ -477,7 +543,7 @@ __device__ __forceinline__ void skinny_gemm_tma(
     }
     // Every copy issued has been waited for, so the ring is free for the epilogue's sums.
     float* sums = reinterpret_cast<float*>(reinterpret_cast<char*>(sg_ring) + (ring - smem_addr(sg_ring)));
-    sg_finish<MT, EPI, R>(out, partials, tickets, sums, acc, m, n);
+    sg_finish_cluster<MT, EPI, R>(out, sums, acc, m, n);
 #else
     __trap();  // needs sm_90a: the Rust side launches it only on a GPU it was compiled for
 #endif
@@ -510,9 +576,9 @@ SKINNY_GEMM(4, SG_EPI_GLU, 128, skinny_gemm_glu_r128_t4)
 // The TMA + wgmma main loop: 64 rows a block (one warpgroup) or 128 (two).
 #define SKINNY_GEMM_TMA(MT, EPI, R, NAME)                                                           \
     extern "C" __global__ void __launch_bounds__(2 * R) NAME(                                       \
-        __nv_bfloat16 *out, float *partials, u32 *tickets, const __grid_constant__ TmaMap w_map,   \
+        __nv_bfloat16 *out, const __grid_constant__ TmaMap w_map,                                  \
         const __grid_constant__ TmaMap x_map, u32 m, u32 n, u32 k, u32 k_per_split) {              \
-        skinny_gemm_tma<MT, EPI, R>(out, partials, tickets, &w_map, &x_map, m, n, k, k_per_split);  \
+        skinny_gemm_tma<MT, EPI, R>(out, &w_map, &x_map, m, n, k, k_per_split);                    \
     }
 SKINNY_GEMM_TMA(1, SG_EPI_PLAIN, 64, skinny_gemm_tma_t1)
 SKINNY_GEMM_TMA(2, SG_EPI_PLAIN, 64, skinny_gemm_tma_t2)

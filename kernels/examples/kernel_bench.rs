@@ -868,8 +868,11 @@ fn skinny(gpu: &Gpu) -> Result<()> {
                     let mut times = Vec::new();
                     for splits in [default, 1, 2, 4, 8] {
                         // A split launch's partial sums must fit the workspace (forward
-                        // refuses more).
-                        if splits > 1 && tiles * splits > ws.split_blocks() {
+                        // refuses more); the TMA main loop's splits meet in a cluster.
+                        if main_loop == MainLoop::MmaSync
+                            && splits > 1
+                            && tiles * splits > ws.split_blocks()
+                        {
                             continue;
                         }
                         let mut i = 0;

@@ -37,6 +37,7 @@ pub struct Launch<'a> {
     stream: &'a Arc<CudaStream>,
     func: &'a CudaFunction,
     args: Vec<Arg>,
+    cluster: Option<(u32, u32, u32)>,
 }
 
 /// What can be passed to [`Launch::arg`]: device buffers (by their address) and the scalar
@@ -54,7 +55,15 @@ impl<'a> Launch<'a> {
             stream,
             func,
             args: Vec::with_capacity(16),
+            cluster: None,
         }
+    }
+
+    /// Launches the grid in thread block clusters of `dims` blocks (sm_90), which run at once
+    /// and may read each other's shared memory; each grid dimension must divide by its own.
+    pub fn cluster(&mut self, dims: (u32, u32, u32)) -> &mut Self {
+        self.cluster = Some(dims);
+        self
     }
 
     /// Appends the next kernel argument.
@@ -78,13 +87,26 @@ impl<'a> Launch<'a> {
                 Arg::Value(v) => *v as *mut c_void,
             })
             .collect();
-        let mut attr = CUlaunchAttribute {
-            id: CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-            pad: [0; 4],
-            value: CUlaunchAttributeValue {
-                programmaticStreamSerializationAllowed: 1,
+        let mut attrs = [
+            CUlaunchAttribute {
+                id: CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+                pad: [0; 4],
+                value: CUlaunchAttributeValue {
+                    programmaticStreamSerializationAllowed: 1,
+                },
             },
-        };
+            CUlaunchAttribute {
+                id: CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+                pad: [0; 4],
+                value: CUlaunchAttributeValue {
+                    clusterDim: sys::CUlaunchAttributeValue_union__bindgen_ty_1 {
+                        x: self.cluster.map_or(1, |c| c.0),
+                        y: self.cluster.map_or(1, |c| c.1),
+                        z: self.cluster.map_or(1, |c| c.2),
+                    },
+                },
+            },
+        ];
         let config = CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
             gridDimY: cfg.grid_dim.1,
@@ -94,10 +116,10 @@ impl<'a> Launch<'a> {
             blockDimZ: cfg.block_dim.2,
             sharedMemBytes: cfg.shared_mem_bytes,
             hStream: self.stream.cu_stream(),
-            attrs: &mut attr,
-            numAttrs: 1,
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: if self.cluster.is_some() { 2 } else { 1 },
         };
-        // SAFETY: `config` and `attr` live across the call; `params` holds one pointer per
+        // SAFETY: `config` and `attrs` live across the call; `params` holds one pointer per
         // kernel parameter, each to a live CUdeviceptr in `self.args` or to a caller's scalar
         // (the caller's contract above); the function belongs to the stream's context.
         unsafe {

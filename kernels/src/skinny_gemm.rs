@@ -45,6 +45,9 @@ const STAGES: usize = 4;
 const MAX_SPLIT_BLOCKS_PER_SM: usize = 4;
 /// A split takes at least this many stages of k (512 values), so that its copies pipeline.
 const MIN_STAGES_PER_SPLIT: usize = 8;
+/// The most splits of the TMA main loop: a row tile's splits are one cluster, and 8 blocks is
+/// the largest cluster every sm_90 GPU runs.
+const MAX_CLUSTER: usize = 8;
 
 /// How a launch copies and multiplies its tiles (`cuda/skinny_gemm.cu` has both).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -334,9 +337,17 @@ impl SkinnyGemm {
             .unwrap_or_else(|| self.splits(tiles, k))
             .clamp(1, stages);
         // Whole stages per split, and no split left empty.
+        // The TMA main loop's splits of a row tile are one cluster: at most 8 blocks.
+        let wanted = match self.main_loop {
+            MainLoop::Tma => wanted.min(MAX_CLUSTER),
+            MainLoop::MmaSync => wanted,
+        };
         let stages_per_split = stages.div_ceil(wanted);
         let splits = stages.div_ceil(stages_per_split);
-        if splits > 1 && tiles * splits > workspace.split_blocks() {
+        if self.main_loop == MainLoop::MmaSync
+            && splits > 1
+            && tiles * splits > workspace.split_blocks()
+        {
             return Err(KernelError::Unsupported {
                 kernel: K,
                 what: format!(
@@ -385,9 +396,8 @@ impl SkinnyGemm {
                 function = &tma[r][e][token_tiles - 1];
                 launch = Launch::new(stream, function);
                 launch
+                    .cluster((1, to_u32(K, "splits", splits)?, 1))
                     .arg(out)
-                    .arg(&mut workspace.partials)
-                    .arg(&mut workspace.tickets)
                     .arg(&maps[0])
                     .arg(&maps[1]);
             }
@@ -403,9 +413,9 @@ impl SkinnyGemm {
             }
         }
         launch.arg(&m32).arg(&n32).arg(&k32).arg(&per_split);
-        // SAFETY: the arguments follow skinny_gemm[_tma][_glu][_r{R}]_t{MT} (out, partials,
-        // tickets, then x and w, or the TMA descriptors of w and x, then u32 m, n, k,
-        // k_per_split), launched with the 2·R threads it is compiled for; x holds
+        // SAFETY: the arguments follow skinny_gemm[_tma][_glu][_r{R}]_t{MT} (out, then
+        // partials, tickets, x and w, or the TMA descriptors of w and x, then u32 m, n, k,
+        // k_per_split; the TMA kernels in clusters of their splits, at most 8), launched with the 2·R threads it is compiled for; x holds
         // num_tokens <= 8·MT rows of k, weight n rows of k, out num_tokens rows of n (or n / 2
         // with SiLU·mul, n even), all checked; the descriptors describe exactly those
         // matrices (the TMA reads nothing outside them); k % 8 == 0 and k_per_split is whole

@@ -180,34 +180,51 @@ impl GemvRule {
     }
 }
 
-/// Which projections of a decode batch too large for the GEMV run on `skinny_gemm` (tensor
-/// cores, weights copied before the previous kernel ends) rather than cuBLAS: those of at most
-/// `max_tokens` tokens, without a bias. Off by default (0): on an H200 it is correct but
-/// slower than cuBLAS at every 7B and 1B projection (2026-11-30: the 7B step at batch 32 took
-/// 8.39 ms against 5.15 at TP 1; `kernel_bench --skinny`, the book's performance page).
-/// `LAB_SKINNY_MAX_TOKENS=<n>` (up to [`kernels::skinny_gemm::MAX_TOKENS`]) turns it on, so
-/// that one build runs both ways in one call; `LAB_SKINNY_ROWS` picks its row tile (64, the
-/// default, or 128: [`kernels::skinny_gemm::ROW_TILES`]); `LAB_SKINNY_MAIN_LOOP` its main loop
-/// (`tma`: TMA copies and wgmma, the default where compiled, on an H100 or H200; `mma`:
-/// cp.async and mma.sync).
+/// Which projections run on `skinny_gemm` (tensor cores, weights copied before the previous
+/// kernel ends, `kernels/cuda/skinny_gemm.cu`) rather than the GEMV or cuBLAS: those of
+/// `min_tokens..=max_tokens` tokens, without a bias.
+///
+/// By default, where its TMA + wgmma main loop was compiled (an H100 or H200), every decode
+/// batch too large for the GEMV, 5 to 32 tokens: on an H200 (2026-11-30) it made the 7B decode
+/// step at batch 32 faster than cuBLAS, 5.19 → 4.99 ms of device time at TP 1 and 3.39 →
+/// 3.24 at TP 2 (the book's performance page). Elsewhere (its mma.sync main loop, slower than
+/// cuBLAS) it is off. The environment overrides, so that one build runs every way in one call:
+/// `LAB_SKINNY_MAX_TOKENS=<n>` (0 turns it off; at most [`kernels::skinny_gemm::MAX_TOKENS`]),
+/// `LAB_SKINNY_MIN_TOKENS=<n>` (below 5 it takes batches from the GEMV too), `LAB_SKINNY_ROWS`
+/// (the row tile: 64, the default, or 128, [`kernels::skinny_gemm::ROW_TILES`]),
+/// `LAB_SKINNY_MAIN_LOOP` (`tma` or `mma`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SkinnyRule {
+    min_tokens: usize,
     max_tokens: usize,
     rows: usize,
-    /// `None`: TMA where the GPU has it, mma.sync elsewhere.
-    main_loop: Option<MainLoop>,
+    main_loop: MainLoop,
 }
 
 impl SkinnyRule {
-    fn from_vars(var: impl Fn(&str) -> Option<String>) -> std::result::Result<Self, String> {
+    /// The rule on a GPU where the TMA main loop was compiled (`has_tma`) or not.
+    fn from_vars(
+        var: impl Fn(&str) -> Option<String>,
+        has_tma: bool,
+    ) -> std::result::Result<Self, String> {
         let max = kernels::skinny_gemm::MAX_TOKENS;
-        let max_tokens = match var("LAB_SKINNY_MAX_TOKENS") {
-            None => 0,
+        let main_loop = match var("LAB_SKINNY_MAIN_LOOP").as_deref().map(str::trim) {
+            None if has_tma => MainLoop::Tma,
+            None => MainLoop::MmaSync,
+            Some("tma") => MainLoop::Tma,
+            Some("mma") => MainLoop::MmaSync,
+            Some(v) => return Err(format!("LAB_SKINNY_MAIN_LOOP={v}: expected tma or mma")),
+        };
+        let tokens = |name: &str, default: usize| match var(name) {
+            None => Ok(default),
             Some(v) => match v.trim().parse::<usize>() {
-                Ok(n) if n <= max => n,
-                _ => return Err(format!("LAB_SKINNY_MAX_TOKENS={v}: expected 0 to {max}")),
+                Ok(n) if n <= max => Ok(n),
+                _ => Err(format!("{name}={v}: expected 0 to {max}")),
             },
         };
+        let on = main_loop == MainLoop::Tma;
+        let max_tokens = tokens("LAB_SKINNY_MAX_TOKENS", if on { max } else { 0 })?;
+        let min_tokens = tokens("LAB_SKINNY_MIN_TOKENS", GEMV_MAX_TOKENS + 1)?.max(1);
         let tiles = kernels::skinny_gemm::ROW_TILES;
         let rows = match var("LAB_SKINNY_ROWS") {
             None => tiles[0],
@@ -216,25 +233,11 @@ impl SkinnyRule {
                 _ => return Err(format!("LAB_SKINNY_ROWS={v}: expected one of {tiles:?}")),
             },
         };
-        let main_loop = match var("LAB_SKINNY_MAIN_LOOP").as_deref().map(str::trim) {
-            None => None,
-            Some("tma") => Some(MainLoop::Tma),
-            Some("mma") => Some(MainLoop::MmaSync),
-            Some(v) => return Err(format!("LAB_SKINNY_MAIN_LOOP={v}: expected tma or mma")),
-        };
         Ok(SkinnyRule {
+            min_tokens,
             max_tokens,
             rows,
             main_loop,
-        })
-    }
-
-    /// The main loop on a GPU where the TMA one was compiled (`has_tma`) or not.
-    fn main_loop(&self, has_tma: bool) -> MainLoop {
-        self.main_loop.unwrap_or(if has_tma {
-            MainLoop::Tma
-        } else {
-            MainLoop::MmaSync
         })
     }
 
@@ -245,7 +248,7 @@ impl SkinnyRule {
     /// [`SkinnyRule::takes`] for a weight of `cols` input features.
     fn takes_shape(&self, tokens: usize, cols: usize, bias: bool) -> bool {
         !bias
-            && tokens <= self.max_tokens
+            && (self.min_tokens..=self.max_tokens).contains(&tokens)
             && kernels::skinny_gemm::SkinnyGemm::supports(tokens, cols)
     }
 }
@@ -357,19 +360,18 @@ impl CudaBackend {
         if gemv_rule != GemvRule::default() {
             tracing::info!(?gemv_rule, "GEMV rule from the environment");
         }
-        let skinny_rule = SkinnyRule::from_vars(|name| std::env::var(name).ok()).map_err(|e| {
-            BackendError::Device {
-                backend: "cuda",
-                op: "reading LAB_SKINNY_* (MAX_TOKENS, ROWS, MAIN_LOOP)",
-                source: e.into(),
-            }
-        })?;
+        let has_tma = gpu.kernels.skinny_gemm.has_tma();
+        let skinny_rule =
+            SkinnyRule::from_vars(|name| std::env::var(name).ok(), has_tma).map_err(|e| {
+                BackendError::Device {
+                    backend: "cuda",
+                    op: "reading LAB_SKINNY_* (MAX_TOKENS, ROWS, MAIN_LOOP)",
+                    source: e.into(),
+                }
+            })?;
         let skinny_gemm = (gpu.kernels.skinny_gemm.clone())
             .with_rows(skinny_rule.rows)
-            .and_then(|sg| {
-                let main_loop = skinny_rule.main_loop(sg.has_tma());
-                sg.with_main_loop(main_loop)
-            })
+            .and_then(|sg| sg.with_main_loop(skinny_rule.main_loop))
             .map_err(kernel("skinny_gemm"))?;
         let skinny = SkinnyGemmWorkspace::new(&gpu.stream, gpu.kernels.skinny_gemm.num_sms())
             .map_err(kernel("workspace"))?;
@@ -983,16 +985,12 @@ impl Backend for CudaBackend {
             x.view_bf16("linear")?,
             w.view_bf16("linear")?,
         );
-        // A decode batch of up to GEMV_MAX_TOKENS tokens through a small weight: our GEMV, a
-        // plain stream of the weights that starts loading them while the previous kernel
-        // finishes (programmatic dependent launch, kernels/src/launch.rs). cuBLAS otherwise.
-        // Up to LAB_SKINNY_MAX_TOKENS tokens otherwise (off by default): skinny_gemm, which
-        // also starts on its weights early.
+        // A decode batch of 5-32 tokens (SkinnyRule): skinny_gemm, which starts streaming its
+        // weights while the previous kernel finishes (programmatic dependent launch,
+        // kernels/src/launch.rs). Up to GEMV_MAX_TOKENS tokens through a small weight: our
+        // GEMV, a plain stream of the weights that starts early too. cuBLAS otherwise.
         let stream = &self.gpu.stream;
-        let result = if self.gemv_rule.takes(x.rows, w) {
-            let gemv = &self.gemv; // the rule's variant (LAB_GEMV_STAGED)
-            gemv.forward(stream, &mut y, &xv, &wv, bias.as_ref(), x.rows)
-        } else if self.skinny_rule.takes(x.rows, w, bias_tensor) {
+        let result = if self.skinny_rule.takes(x.rows, w, bias_tensor) {
             let mut ws = self.skinny.lock().unwrap_or_else(|p| p.into_inner());
             self.skinny_gemm.forward(
                 stream,
@@ -1004,6 +1002,9 @@ impl Backend for CudaBackend {
                 Epilogue::Plain,
                 None,
             )
+        } else if self.gemv_rule.takes(x.rows, w) {
+            let gemv = &self.gemv; // the rule's variant (LAB_GEMV_STAGED)
+            gemv.forward(stream, &mut y, &xv, &wv, bias.as_ref(), x.rows)
         } else {
             self.linear.forward(&mut y, &xv, &wv, bias.as_ref(), x.rows)
         };
@@ -1591,42 +1592,57 @@ mod tests {
 
     #[test]
     fn skinny_rule_follows_the_environment() {
-        let read = |vars: &'static [(&'static str, &'static str)]| {
-            SkinnyRule::from_vars(move |name| {
-                vars.iter()
-                    .find(|(n, _)| *n == name)
-                    .map(|(_, v)| v.to_string())
-            })
+        let read = |vars: &'static [(&'static str, &'static str)], has_tma: bool| {
+            SkinnyRule::from_vars(
+                move |name| {
+                    vars.iter()
+                        .find(|(n, _)| *n == name)
+                        .map(|(_, v)| v.to_string())
+                },
+                has_tma,
+            )
         };
+        let tma = read(&[], true).unwrap();
+        assert_eq!(tma.main_loop, MainLoop::Tma, "TMA where compiled");
+        assert!(tma.takes_shape(32, 4096, false) && tma.takes_shape(5, 576, false));
+        assert!(!tma.takes_shape(4, 4096, false), "1-4 tokens: the GEMV's");
+        assert!(!tma.takes_shape(33, 4096, false), "past 32 tokens: cuBLAS");
+        assert!(!tma.takes_shape(8, 4096, true), "no bias epilogue");
+        assert!(!tma.takes_shape(8, 100, false), "k in whole 16-byte chunks");
+        let mma = read(&[], false).unwrap();
+        assert_eq!(mma.main_loop, MainLoop::MmaSync);
         assert!(
-            !read(&[]).unwrap().takes_shape(8, 4096, false),
-            "off: slower than cuBLAS"
+            !mma.takes_shape(8, 4096, false),
+            "mma.sync: off, slower than cuBLAS"
         );
-        let r = read(&[("LAB_SKINNY_MAX_TOKENS", "32")]).unwrap();
-        assert!(r.takes_shape(32, 4096, false) && r.takes_shape(5, 576, false));
-        assert!(!r.takes_shape(33, 4096, false), "past 32 tokens: cuBLAS");
-        assert!(!r.takes_shape(8, 4096, true), "no bias epilogue");
-        assert!(!r.takes_shape(8, 100, false), "k in whole 16-byte chunks");
-        let off = read(&[("LAB_SKINNY_MAX_TOKENS", "0")]).unwrap();
+        let r = read(&[("LAB_SKINNY_MAX_TOKENS", "32")], false).unwrap();
+        assert!(r.takes_shape(32, 4096, false), "asked for");
+        let off = read(&[("LAB_SKINNY_MAX_TOKENS", "0")], true).unwrap();
         assert!(!off.takes_shape(8, 4096, false));
-        assert_eq!(r.rows, 64);
-        assert_eq!(read(&[("LAB_SKINNY_ROWS", "128")]).unwrap().rows, 128);
-        let err = read(&[("LAB_SKINNY_ROWS", "96")]).unwrap_err();
-        assert!(err.contains("LAB_SKINNY_ROWS=96"), "{err}");
-        let err = read(&[("LAB_SKINNY_MAX_TOKENS", "64")]).unwrap_err();
-        assert!(err.contains("LAB_SKINNY_MAX_TOKENS=64"), "{err}");
-        assert_eq!(r.main_loop(true), MainLoop::Tma, "TMA where compiled");
-        assert_eq!(r.main_loop(false), MainLoop::MmaSync);
-        let mma = read(&[("LAB_SKINNY_MAIN_LOOP", "mma")]).unwrap();
-        assert_eq!(mma.main_loop(true), MainLoop::MmaSync);
-        let tma = read(&[("LAB_SKINNY_MAIN_LOOP", "tma")]).unwrap();
+        let one = read(&[("LAB_SKINNY_MIN_TOKENS", "1")], true).unwrap();
+        assert!(one.takes_shape(1, 4096, false), "batch 1 too");
+        let zero = read(&[("LAB_SKINNY_MIN_TOKENS", "0")], true).unwrap();
+        assert!(!zero.takes_shape(0, 4096, false), "no empty launch");
+        assert_eq!(tma.rows, 64);
+        assert_eq!(read(&[("LAB_SKINNY_ROWS", "128")], true).unwrap().rows, 128);
+        let asked = read(&[("LAB_SKINNY_MAIN_LOOP", "mma")], true).unwrap();
+        assert_eq!(asked.main_loop, MainLoop::MmaSync);
+        let asked = read(&[("LAB_SKINNY_MAIN_LOOP", "tma")], false).unwrap();
         assert_eq!(
-            tma.main_loop(false),
+            asked.main_loop,
             MainLoop::Tma,
             "asked for: refused at start-up"
         );
-        let err = read(&[("LAB_SKINNY_MAIN_LOOP", "wgmma")]).unwrap_err();
-        assert!(err.contains("LAB_SKINNY_MAIN_LOOP=wgmma"), "{err}");
+        for (name, value) in [
+            ("LAB_SKINNY_ROWS", "96"),
+            ("LAB_SKINNY_MAX_TOKENS", "64"),
+            ("LAB_SKINNY_MIN_TOKENS", "x"),
+            ("LAB_SKINNY_MAIN_LOOP", "wgmma"),
+        ] {
+            let vars: &'static [(&str, &str)] = Box::leak(Box::new([(name, value)]));
+            let err = read(vars, true).unwrap_err();
+            assert!(err.contains(&format!("{name}={value}")), "{err}");
+        }
     }
 
     #[test]
