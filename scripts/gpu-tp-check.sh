@@ -22,9 +22,11 @@
 #   gemv    (not in the default) the GEMV's split-K rule at the 7B shapes: kernel_bench
 #           --tp-shapes, then the batch-1 decode step, TP 1 and TP 2, with the rule as it is
 #           and with LAB_GEMV_SPLIT_BELOW=4
-#   skinny  (not in the default) skinny_gemm against cuBLAS: its test, kernel_bench --skinny,
-#           the engine's GPU tests with LAB_SKINNY_MAX_TOKENS=32, and the 7B decode step at
-#           batch 32, TP 1 and 2, with it and with cuBLAS, two rounds (8 runs: about 6 minutes)
+#   skinny  (not in the default) skinny_gemm against cuBLAS: its test (both main loops),
+#           kernel_bench --skinny, the engine's GPU tests with its mma.sync main loop (the TMA
+#           one is the default, which part tests runs), and the 7B decode step at batch 32,
+#           TP 1 and 2, with it (the default) and with cuBLAS (LAB_SKINNY_MAX_TOKENS=0), two
+#           rounds (8 runs: about 6 minutes)
 #   early   (not in the default) decode attention's early reads (the engine's default since
 #           2026-11-30): the kernel test, the engine's GPU tests with LAB_ATTENTION_EARLY=0,
 #           batch-1 decode of the 135M and 1B shapes with it off and on, two rounds (about 3
@@ -239,8 +241,8 @@ run_test() {
 }
 
 # skinny_gemm (kernels/cuda/skinny_gemm.cu) against cuBLAS: its test against the f64 reference,
-# its times against cuBLAS per projection and split, the engine's GPU tests with it on, and the
-# 7B decode step at batch 32 with it on and off, A B A B.
+# its times against cuBLAS per projection and split, the engine's GPU tests with its other main
+# loop, and the 7B decode step at batch 32 with it on and off, A B A B.
 part_skinny() {
     # Without a passing test its times would mean nothing.
     run_test skinny_gemm gpu-bin/tests/skinny_gemm "$LOGS/test-skinny_gemm.log" || return
@@ -248,13 +250,13 @@ part_skinny() {
     local log="$LOGS/kernel_bench-skinny.log"
     timeout 200 gpu-bin/kernel_bench --skinny >"$log" 2>&1 || status=1
     grep -h "^copy\|^|" "$log"
-    run_test "engine-cuda_engine, LAB_SKINNY_MAX_TOKENS=32" gpu-bin/tests/engine-cuda_engine \
-        "$LOGS/test-engine-cuda_engine-skinny.log" LAB_SKINNY_MAX_TOKENS=32
+    run_test "engine-cuda_engine, skinny_gemm's mma.sync loop" gpu-bin/tests/engine-cuda_engine \
+        "$LOGS/test-engine-cuda_engine-skinny-mma.log" LAB_SKINNY_MAIN_LOOP=mma LAB_SKINNY_MAX_TOKENS=32
     bench_header
     for round in 1 2; do
         for tp in 1 2; do
-            bench_one "7b-b32-tp$tp-cublas-$round" --batch-size 32 --tp $tp
-            LAB_SKINNY_MAX_TOKENS=32 bench_one "7b-b32-tp$tp-skinny-$round" --batch-size 32 --tp $tp
+            LAB_SKINNY_MAX_TOKENS=0 bench_one "7b-b32-tp$tp-cublas-$round" --batch-size 32 --tp $tp
+            bench_one "7b-b32-tp$tp-skinny-$round" --batch-size 32 --tp $tp
         done
     done | tee -a "$LOGS/bench.md"
     note "skinny: $log, $LOGS/bench.md"

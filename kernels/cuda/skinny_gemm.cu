@@ -10,11 +10,15 @@
 // dependent launch the weights stream while the previous kernel (a norm, attention, an
 // all-reduce) drains; the activations, which that kernel wrote, are copied after the wait.
 //
-// Measured (2026-11-30, H200): correct, but slower than cuBLAS at every 7B and 1B projection,
-// 25-70% of copy against 58-88%, and slower the more tokens (the book's performance page has
-// the table). A cp.async per 16 bytes and a barrier per 8 KB stage leave the warps waiting;
-// cuBLAS's Hopper kernels feed wgmma from the Tensor Memory Accelerator. The engine keeps
-// cuBLAS (LAB_SKINNY_MAX_TOKENS turns this on); this file is where a TMA + wgmma kernel starts.
+// Two main loops share the epilogues. The first (cp.async copies, mma.sync) was measured first
+// (2026-11-30, H200): correct, but slower than cuBLAS at every 7B and 1B projection, 25-70% of
+// copy against 58-88%, slower the more tokens; its warps were found waiting. The second (the
+// Tensor Memory Accelerator and wgmma, sm_90a, further down) streams a 7B layer's projections
+// at 66-94% of copy and is level with or ahead of cuBLAS at most of them; with a row tile's
+// splits meeting in a thread block cluster it made the engine's 7B decode step at batch 32
+// about 3-4% faster at TP 1 and TP 2, and the engine uses it by default (the book's
+// performance page has the tables). The first stays as the version a GPU without sm_90a
+// features runs, off by default, and as the comparison.
 //
 // Layout. A block owns R = 64 or 128 weight rows (16 per warp) and a range of k (split-K,
 // gridDim.y splits). It walks its k range in stages of 64 k values: per stage a [R rows × 64 k] tile of W and a
@@ -290,6 +294,14 @@ __device__ __forceinline__ void skinny_gemm(
 // again as soon as every warpgroup's wgmma has read it. Rows past the weight's end and tokens
 // past m arrive as zeros (the TMA fills what lies outside the tensor), so no thread tests a
 // bound in the loop.
+//
+// Split-K in a cluster. A row tile's splits are launched as one thread block cluster (1 ×
+// splits × 1, at most 8), whose blocks run at once on neighbouring SMs and can read each
+// other's shared memory. Each block leaves its f32 sums in its own shared memory; after a
+// cluster barrier, block s adds the s-th share of the tile's outputs from every block, in split
+// order (sg_finish_cluster). The first version wrote the splits' sums to global memory and let
+// the last block to take a ticket add them, as the mma.sync loop does: on the H200 that was
+// 13.97 µs for a TP 2 rank's o_proj at 32 tokens (4 splits), the cluster version 7.50.
 #define SG_TMA_STAGES(R) ((R) == 64 ? 6 : 5)
 
 // A CUtensorMap: 128 opaque bytes the host encodes (cuTensorMapEncodeTiled), passed by value.

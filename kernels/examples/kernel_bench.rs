@@ -7,7 +7,8 @@
 //! `kernel_bench --tp-shapes` times only one layer's projections of the Llama-2-7B shape on one
 //! GPU against one rank of TP 2 (does a kernel on half the weights take half the time?);
 //! `kernel_bench --lt-algos` times cuBLASLt's ranked algorithms for those projections;
-//! `kernel_bench --skinny` times `skinny_gemm` against cuBLAS on them at 8-32 tokens.
+//! `kernel_bench --skinny` times `skinny_gemm` (each main loop compiled for the GPU, each row
+//! tile) against cuBLAS on them at 8-32 tokens.
 //! Method (`kernels::roofline`, which also measures the copy and the 8192³ GEMM): random data
 //! (never zeros), buffers far larger than the 50 MB L2, 5 warm-up launches, then 20 launches
 //! each between two CUDA events; the median is reported. Bytes counted are the bytes a kernel

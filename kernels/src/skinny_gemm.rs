@@ -6,16 +6,19 @@
 //! epilogue for gate_up ([`Epilogue::SiluAndMul`], the fused twin of cuBLAS followed by
 //! `silu_and_mul`).
 //!
-//! Where it was meant to sit: between the GEMV (1-4 tokens, [`crate::gemv`]) and cuBLAS (prefill
-//! and large decode batches), for a TP 2 rank of Llama-2-7B at 32 tokens, where cuBLAS streams
-//! o_proj and down at 59% and 69% of the copy bandwidth. Measured on an H200 (2026-11-30) it is
-//! slower than cuBLAS there and at every 7B and 1B projection (25-70% of copy), so the engine
-//! uses it only when asked (`LAB_SKINNY_MAX_TOKENS`).
+//! Where it sits: between the GEMV (1-4 tokens, [`crate::gemv`]) and cuBLAS (prefill and large
+//! decode batches). Two main loops ([`MainLoop`]): `mma.sync` fed by `cp.async`, slower than
+//! cuBLAS on an H200 (25-70% of copy), and the Tensor Memory Accelerator feeding `wgmma`
+//! (sm_90a only), which streams a 7B layer's projections at 66-94% of copy and took the
+//! engine's 7B decode step at batch 32 from 5.26 to 5.10 ms at TP 1 and from 3.39 to 3.25 at
+//! TP 2 (2026-11-30; the book's performance page). The engine uses the second by default.
 //!
 //! A launch is `row tiles × splits` blocks: a row tile is 64 weight rows (or 32 gate and 32 up
-//! rows; 128 with [`SkinnyGemm::with_rows`]), and when there are few tiles the k range is split
-//! ([`SkinnyGemm::splits`]) and the last block of each tile adds the splits' f32 sums in a fixed order (the same bits on every
-//! run). The splits' sums and tickets live in a [`SkinnyGemmWorkspace`], one per stream.
+//! rows; 128 with [`SkinnyGemm::with_rows`]), and when there are few tiles the k range is
+//! split ([`SkinnyGemm::splits`]) and the splits' f32 sums are added in a fixed order (the same
+//! bits on every run): by the last block of each tile, through a [`SkinnyGemmWorkspace`] (one
+//! per stream), in the mma.sync loop; inside a thread block cluster of the tile's splits, from
+//! shared memory, in the TMA loop.
 
 use std::sync::Arc;
 
