@@ -82,7 +82,8 @@ pub struct SkinnyGemmWorkspace {
 }
 
 impl SkinnyGemmWorkspace {
-    /// Room for the largest split launch on a GPU of `num_sms` SMs (8.3 MiB on an H200's 132).
+    /// Room for the largest split launch of the mma.sync loop on a GPU of `num_sms` SMs (8.3
+    /// MiB on an H200's 132; the TMA loop needs none: `num_sms` 0 gives the smallest, 64 KB).
     pub fn new(stream: &Arc<CudaStream>, num_sms: usize) -> Result<Self> {
         let blocks = MAX_SPLIT_BLOCKS_PER_SM * num_sms.max(1);
         Ok(Self {

@@ -373,8 +373,16 @@ impl CudaBackend {
             .with_rows(skinny_rule.rows)
             .and_then(|sg| sg.with_main_loop(skinny_rule.main_loop))
             .map_err(kernel("skinny_gemm"))?;
-        let skinny = SkinnyGemmWorkspace::new(&gpu.stream, gpu.kernels.skinny_gemm.num_sms())
-            .map_err(kernel("workspace"))?;
+        // Only the mma.sync loop's split launches use the workspace (8.3 MiB on an H200); the
+        // TMA loop adds its splits inside a cluster, so it gets the smallest one (64 KB).
+        let mma_splits = skinny_rule.main_loop == MainLoop::MmaSync && skinny_rule.max_tokens > 0;
+        let workspace_sms = if mma_splits {
+            gpu.kernels.skinny_gemm.num_sms()
+        } else {
+            0
+        };
+        let skinny =
+            SkinnyGemmWorkspace::new(&gpu.stream, workspace_sms).map_err(kernel("workspace"))?;
         let attention_setting = |e: String| BackendError::Device {
             backend: "cuda",
             op: "reading LAB_DECODE_ATTENTION",
