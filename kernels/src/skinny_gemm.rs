@@ -185,6 +185,19 @@ pub fn default_splits(num_sms: usize, tiles: usize, k: usize) -> usize {
     wanted.min(most).max(1)
 }
 
+/// The splits a launch over `k` values makes when `wanted` are asked for, and the 64-value
+/// stages each takes: whole stages per split, no split left empty, and for the TMA main loop
+/// (whose splits of a row tile are one cluster) at most [`MAX_CLUSTER`].
+fn launch_splits(main_loop: MainLoop, wanted: usize, k: usize) -> (usize, usize) {
+    let stages = k.div_ceil(KC);
+    let most = match main_loop {
+        MainLoop::Tma => MAX_CLUSTER.min(stages),
+        MainLoop::MmaSync => stages,
+    };
+    let stages_per_split = stages.div_ceil(wanted.clamp(1, most.max(1)));
+    (stages.div_ceil(stages_per_split), stages_per_split)
+}
+
 impl SkinnyGemm {
     /// `tma`: whether the module was compiled for sm_90a, where the TMA main loop runs.
     pub(crate) fn load(module: &Arc<CudaModule>, num_sms: usize, tma: bool) -> Result<Self> {
@@ -336,18 +349,8 @@ impl SkinnyGemm {
             return Ok(());
         }
         let tiles = self.row_tiles(n, epilogue);
-        let stages = k.div_ceil(KC);
-        let wanted = splits
-            .unwrap_or_else(|| self.splits(tiles, k))
-            .clamp(1, stages);
-        // Whole stages per split, and no split left empty.
-        // The TMA main loop's splits of a row tile are one cluster: at most 8 blocks.
-        let wanted = match self.main_loop {
-            MainLoop::Tma => wanted.min(MAX_CLUSTER),
-            MainLoop::MmaSync => wanted,
-        };
-        let stages_per_split = stages.div_ceil(wanted);
-        let splits = stages.div_ceil(stages_per_split);
+        let wanted = splits.unwrap_or_else(|| self.splits(tiles, k));
+        let (splits, stages_per_split) = launch_splits(self.main_loop, wanted, k);
         if self.main_loop == MainLoop::MmaSync
             && splits > 1
             && tiles * splits > workspace.split_blocks()
@@ -483,6 +486,14 @@ mod tests {
         assert_eq!(default_splits(132, 172, 4096), 2);
         assert_eq!(default_splits(132, 344, 4096), 1);
         assert_eq!(default_splits(132, 1, 256), 1); // too short to split
+
+        // Whole stages, no empty split, clusters of at most 8.
+        assert_eq!(launch_splits(MainLoop::MmaSync, 3, 4096), (3, 22)); // 22 + 22 + 20
+        assert_eq!(launch_splits(MainLoop::MmaSync, 7, 200), (4, 1)); // 4 stages only
+        assert_eq!(launch_splits(MainLoop::MmaSync, 9, 8192), (9, 15));
+        assert_eq!(launch_splits(MainLoop::Tma, 9, 8192), (8, 16));
+        assert_eq!(launch_splits(MainLoop::Tma, 7, 5504), (7, 13)); // 86 stages: 6 x 13 + 8
+        assert_eq!(launch_splits(MainLoop::Tma, 0, 64), (1, 1));
 
         // Never more split blocks than the workspace holds.
         assert!(64 * default_splits(132, 64, 1 << 20) <= MAX_SPLIT_BLOCKS_PER_SM * 132);
