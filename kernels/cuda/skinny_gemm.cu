@@ -98,41 +98,42 @@ __device__ __forceinline__ int sg_weight_row(u32 tile, int r, u32 n) {
     return row < n ? (int)row : -1;
 }
 
+// Output (t, c) of a row tile: plain, row c of the tile from its sum `a`; SiLU·mul, column c
+// from its gate sum `a` and up sum `b`, each rounded to bf16 first, as cuBLAS's output would be.
+template <int EPI, int R>
+__device__ __forceinline__ void sg_store_one(__nv_bfloat16* __restrict__ out, float a, float b, u32 t,
+                                             u32 c, u32 tile, u32 n) {
+    if (EPI == SG_EPI_GLU) {
+        const u32 d = n / 2, j = tile * (R / 2) + c;
+        if (j >= d) return;
+        const float gate = __bfloat162float(__float2bfloat16(a));
+        const float up = __bfloat162float(__float2bfloat16(b));
+        out[(size_t)t * d + j] = __float2bfloat16(silu(gate) * up);
+    } else {
+        const u32 row = tile * R + c;
+        if (row < n) out[(size_t)t * n + row] = __float2bfloat16(a);
+    }
+}
+
 // Writes this tile's outputs from `sums` ([8·MT tokens][R + 4] f32, the tile's full sums).
 template <int MT, int EPI, int R>
 __device__ __forceinline__ void sg_store(__nv_bfloat16* __restrict__ out, const float* sums, u32 tile,
                                          u32 m, u32 n) {
     constexpr int LD = R + 4, THREADS = 2 * R;
-    if (EPI == SG_EPI_GLU) {
-        const u32 d = n / 2, half = R / 2;
-        for (u32 i = threadIdx.x; i < m * half; i += THREADS) {
-            const u32 t = i / half, c = i % half, j = tile * half + c;
-            if (j >= d) continue;
-            const float g = __bfloat162float(__float2bfloat16(sums[t * LD + c]));
-            const float up = __bfloat162float(__float2bfloat16(sums[t * LD + half + c]));
-            out[(size_t)t * d + j] = __float2bfloat16(silu(g) * up);
-        }
-    } else {
-        for (u32 i = threadIdx.x; i < m * R; i += THREADS) {
-            const u32 t = i / R, r = i % R, row = tile * R + r;
-            if (row < n) out[(size_t)t * n + row] = __float2bfloat16(sums[t * LD + r]);
-        }
+    constexpr u32 COLS = EPI == SG_EPI_GLU ? R / 2 : R;  // outputs per token
+    for (u32 i = threadIdx.x; i < m * COLS; i += THREADS) {
+        const u32 t = i / COLS, c = i % COLS;
+        const float up = EPI == SG_EPI_GLU ? sums[t * LD + R / 2 + c] : 0.0f;
+        sg_store_one<EPI, R>(out, sums[t * LD + c], up, t, c, tile, n);
     }
 }
 
-// What both main loops end with: this block's accumulators (`acc[tt]` = rows warp·16 + g and
-// + 8, tokens tt·8 + 2·t4 and + 1: the mma.sync m16n8 fragment, and wgmma's per 8 columns) go
-// to `sums` ([8·MT tokens][R + 4] f32 in the block's free shared memory); then either the
-// output is written, or (split-K) this split's sums are published and the last block of the
-// row tile adds every split's in order and writes the output.
-template <int MT, int EPI, int R>
-__device__ __forceinline__ void sg_finish(__nv_bfloat16* __restrict__ out, float* __restrict__ partials,
-                                          u32* __restrict__ tickets, float* sums, const float (&acc)[MT][4],
-                                          u32 m, u32 n) {
-    constexpr int TOKENS = 8 * MT, THREADS = 2 * R, LD = R + 4;
-    __shared__ u32 s_ticket;
-    const u32 tile = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
-    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
+// A block's accumulators (`acc[tt]` = rows warp·16 + g and + 8, tokens tt·8 + 2·t4 and + 1:
+// the mma.sync m16n8 fragment, and wgmma's per 8 columns) into `sums` ([8·MT tokens][R + 4]).
+template <int MT, int R>
+__device__ __forceinline__ void sg_put_acc(float* sums, const float (&acc)[MT][4]) {
+    constexpr int LD = R + 4;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t4 = lane % 4;
 #pragma unroll
     for (int tt = 0; tt < MT; tt++) {
         const int t0 = tt * 8 + 2 * t4, r0 = warp * 16 + g;
@@ -141,6 +142,21 @@ __device__ __forceinline__ void sg_finish(__nv_bfloat16* __restrict__ out, float
         sums[t0 * LD + r0 + 8] = acc[tt][2];
         sums[(t0 + 1) * LD + r0 + 8] = acc[tt][3];
     }
+}
+
+// What the mma.sync main loop ends with: this block's accumulators go to `sums` (the block's
+// free shared memory, sg_put_acc); then either the output is written, or (split-K) this
+// split's sums are published and the last block of the row tile adds every split's in order
+// and writes the output.
+template <int MT, int EPI, int R>
+__device__ __forceinline__ void sg_finish(__nv_bfloat16* __restrict__ out, float* __restrict__ partials,
+                                          u32* __restrict__ tickets, float* sums, const float (&acc)[MT][4],
+                                          u32 m, u32 n) {
+    constexpr int TOKENS = 8 * MT, THREADS = 2 * R, LD = R + 4;
+    __shared__ u32 s_ticket;
+    const u32 tile = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
+    const int tid = threadIdx.x;
+    sg_put_acc<MT, R>(sums, acc);
     __syncthreads();
     if (splits == 1) {
         sg_store<MT, EPI, R>(out, sums, tile, m, n);
@@ -287,7 +303,7 @@ __device__ __forceinline__ void skinny_gemm(
 // already have. A shared-memory matrix descriptor names a tile: its address, the stride
 // between groups of 8 rows (8 × 128 bytes) and the swizzle; the k step j of a stage starts
 // 32·j bytes into each 128-byte row. D's registers per thread follow mma.sync's m16n8
-// fragment for each 8 tokens, so the epilogue (sg_finish) is the one above.
+// fragment for each 8 tokens, so the epilogue's pieces (sg_put_acc, sg_store) are the ones above.
 //
 // The ring. All SG_TMA_STAGES slots are filled before the loop: the weights' copies before
 // griddepcontrol.wait (they never depend on the previous kernel), x's after. A slot is copied
@@ -429,15 +445,8 @@ __device__ __forceinline__ void sg_finish_cluster(__nv_bfloat16* __restrict__ ou
                                                   const float (&acc)[MT][4], u32 m, u32 n) {
     constexpr int THREADS = 2 * R, LD = R + 4;
     const u32 tile = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
-    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, t4 = lane % 4;
-#pragma unroll
-    for (int tt = 0; tt < MT; tt++) {
-        const int t0 = tt * 8 + 2 * t4, r0 = warp * 16 + g;
-        sums[t0 * LD + r0] = acc[tt][0];
-        sums[(t0 + 1) * LD + r0] = acc[tt][1];
-        sums[t0 * LD + r0 + 8] = acc[tt][2];
-        sums[(t0 + 1) * LD + r0 + 8] = acc[tt][3];
-    }
+    const int tid = threadIdx.x;
+    sg_put_acc<MT, R>(sums, acc);
     if (splits == 1) {
         __syncthreads();
         sg_store<MT, EPI, R>(out, sums, tile, m, n);
@@ -454,16 +463,7 @@ __device__ __forceinline__ void sg_finish_cluster(__nv_bfloat16* __restrict__ ou
             a += ld_cluster(base + 4 * (t * LD + c), s);
             if (EPI == SG_EPI_GLU) b += ld_cluster(base + 4 * (t * LD + R / 2 + c), s);
         }
-        if (EPI == SG_EPI_GLU) {
-            const u32 d = n / 2, j = tile * (R / 2) + c;
-            if (j >= d) continue;
-            const float gate = __bfloat162float(__float2bfloat16(a));
-            const float up = __bfloat162float(__float2bfloat16(b));
-            out[(size_t)t * d + j] = __float2bfloat16(silu(gate) * up);
-        } else {
-            const u32 row = tile * R + c;
-            if (row < n) out[(size_t)t * n + row] = __float2bfloat16(a);
-        }
+        sg_store_one<EPI, R>(out, a, b, t, c, tile, n);
     }
     cluster_sync();  // no block leaves while a peer may still read its shared memory
 }
