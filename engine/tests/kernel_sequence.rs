@@ -141,14 +141,16 @@ fn engine(device: Device, graphs: bool) -> LLMEngine {
     LLMEngine::new(model, e).unwrap()
 }
 
-fn add(engine: &mut LLMEngine, prompt_len: u32) {
+/// A request of `prompt_len` ids from `first` on: prompts of different `first` share no
+/// block, so the prefix cache leaves a second prompt's prefill whole.
+fn add(engine: &mut LLMEngine, first: u32, prompt_len: u32) {
     let params = SamplingParams {
         temperature: 0.0,
         max_tokens: 8,
         ignore_eos: true,
         ..SamplingParams::default()
     };
-    let ids = (0..prompt_len).map(|i| 3 + i * 7 % 200).collect();
+    let ids = (0..prompt_len).map(|i| 3 + (first + i * 7) % 200).collect();
     engine.add_request(Prompt::TokenIds(ids), params).unwrap();
 }
 
@@ -175,10 +177,12 @@ const PROMPT: u32 = 40;
 
 fn record(device: Device) -> Recorded {
     let mut e = engine(device, false);
-    add(&mut e, PROMPT);
+    add(&mut e, 0, PROMPT);
     let prefill = step(&mut e);
     let decode = step(&mut e);
-    add(&mut e, PROMPT + 4);
+    // Not the first prompt's ids: with them the prefix cache would serve its first 32 tokens
+    // and the mixed step would run 13 rows (skinny_gemm on an H100/H200), not 45.
+    add(&mut e, 1, PROMPT + 4);
     let mixed = step(&mut e);
     let decode_two = step(&mut e);
     Recorded {
@@ -242,7 +246,7 @@ fn a_replayed_decode_step_is_one_graph_launch() {
     }
     let (book, layers) = (book(), config().num_hidden_layers);
     let mut e = engine(Device::Cuda(0), true);
-    add(&mut e, PROMPT);
+    add(&mut e, 0, PROMPT);
     assert_eq!(step(&mut e), book.prefill.expand(layers), "prefill: eager");
     let decode = book.decode.expand(layers);
     assert_eq!(step(&mut e), decode, "first decode: eager");
