@@ -83,3 +83,24 @@ __device__ __forceinline__ void allow_next_kernel() {
         wait_for_previous_kernel(); \
         allow_next_kernel();        \
     } while (0)
+
+// Peer inboxes of the one-shot all-reduce (custom_all_reduce.cu has the protocol): rank r's
+// inbox is [2 halves, ranks, capacity] bf16 in r's memory, every 32-bit word EMPTY until a
+// sender writes it. Here because a row-parallel projection (skinny_gemm.cu) can push its
+// output into the peers' inboxes itself, leaving the all-reduce only the receiving half.
+#define CAR_MAX_RANKS 8
+#define CAR_EMPTY 0xffffffffu
+
+struct PeerPtrs {
+    uint4* inbox[CAR_MAX_RANKS];  // rank r's inbox, as 16-byte vectors
+};
+
+// A word of two bf16 values as sent: never EMPTY. Only two NaNs with every bit set make EMPTY;
+// they are sent as two canonical NaNs (0x7fc0), NaNs still.
+__device__ __forceinline__ u32 sendable(u32 w) { return w == CAR_EMPTY ? 0x7fc07fc0u : w; }
+
+// A volatile store is issued where it is written, not merged or held back to the kernel's end:
+// a receiver polls for it.
+__device__ __forceinline__ void store_volatile_u32(u32* p, u32 v) {
+    asm volatile("st.volatile.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}

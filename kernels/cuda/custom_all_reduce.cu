@@ -18,6 +18,15 @@
 // order (its own addend straight from `x`), so every rank gets the same bits, writes the sum,
 // and sets the slots it read back to EMPTY.
 //
+// The send can also happen before this kernel: a row-parallel projection computed by
+// skinny_gemm.cu's pushing epilogue (skinny_gemm_tma_push) writes each pair of its outputs,
+// sendable, into the same slot of every peer's inbox as soon as the pair is summed, reading the
+// call count from `counter[0]` (every block's count is the same between kernels). The
+// receiving entry point (custom_all_reduce_receive_kernel) then skips step 1. The inbox words
+// are the same either way, so the argument below holds for any mix of the two kinds of call.
+// On two H200s, Llama-2-7B shape at batch 32, TP 2: 3.250, 3.219 → 3.168, 3.180 ms of device
+// time a step (A B A B in one call, 2026-11-30; book/src/performance.md).
+//
 // What this saves against the first version (2026-11-29), which staged each rank's addend in
 // its own memory, met the peers at a flag barrier (a system-scope fence, a flag store into each
 // peer, a wait for theirs) and then read every peer's copy across NVLink: the staging copy, the
@@ -42,24 +51,16 @@
 // error. (The engine's host gives up at its collective timeout, shorter than the limit it
 // passes here, and reports that; the trap only frees the GPU.)
 
-#define CAR_MAX_RANKS 8
+// CAR_MAX_RANKS, CAR_EMPTY, PeerPtrs and sendable() are in common.cuh: skinny_gemm.cu's
+// pushing epilogue sends into the same inboxes.
 #define CAR_THREADS 512
 #define CAR_MAX_BLOCKS 32  // the grid (<= one block per SM)
-#define CAR_EMPTY 0xffffffffu
-
-struct PeerPtrs {
-    uint4* inbox[CAR_MAX_RANKS];  // rank r's inbox: [2, ranks, capacity] bf16, as 16-byte vectors
-};
 
 __device__ __forceinline__ u64 global_ns() {
     u64 t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
     return t;
 }
-
-// A word of two bf16 values as sent: never EMPTY. Only two NaNs with every bit set make EMPTY;
-// they are sent as two canonical NaNs (0x7fc0), NaNs still.
-__device__ __forceinline__ u32 sendable(u32 w) { return w == CAR_EMPTY ? 0x7fc07fc0u : w; }
 
 __device__ __forceinline__ uint4 sendable4(uint4 v) {
     return make_uint4(sendable(v.x), sendable(v.y), sendable(v.z), sendable(v.w));
@@ -86,10 +87,14 @@ __device__ __forceinline__ uint4 load_volatile4(const uint4* p) {
     return v;
 }
 
-extern "C" __global__ void __launch_bounds__(CAR_THREADS) custom_all_reduce_kernel(
+// SEND: this kernel sends the addend itself (step 1 below). Without it, the kernel before it
+// (skinny_gemm_tma_push) has already written the addend into every peer's inbox, the same
+// words at the same places, as it computed them; this kernel only receives.
+template <bool SEND>
+__device__ __forceinline__ void custom_all_reduce(
     __nv_bfloat16* __restrict__ out,      // [n]: the sum, on every rank
     const __nv_bfloat16* __restrict__ x,  // [n]: this rank's addend
-    const PeerPtrs peers,
+    const PeerPtrs& peers,
     u32* __restrict__ counter,            // [CAR_MAX_BLOCKS]: calls so far, per block (this rank's)
     u32 rank, u32 ranks, u32 n,           // n % 8 == 0, n <= capacity
     u32 capacity,                         // values in one inbox slot, a multiple of 8
@@ -112,7 +117,7 @@ extern "C" __global__ void __launch_bounds__(CAR_THREADS) custom_all_reduce_kern
     const size_t half = (size_t)(c % 2) * ranks * slot;  // this call's half, in vectors
     const uint4* xv = reinterpret_cast<const uint4*>(x);
     // 1. Send: this rank's values into slot `rank` of every peer's inbox.
-    for (u32 i = blockIdx.x * CAR_THREADS + threadIdx.x; i < vectors; i += stride) {
+    for (u32 i = blockIdx.x * CAR_THREADS + threadIdx.x; SEND && i < vectors; i += stride) {
         const uint4 v = sendable4(xv[i]);
         for (u32 r = 0; r < ranks; r++) {
             if (r != rank) store_volatile4(peers.inbox[r] + half + rank * slot + i, v);
@@ -149,3 +154,13 @@ extern "C" __global__ void __launch_bounds__(CAR_THREADS) custom_all_reduce_kern
     if (threadIdx.x == 0) counter[blockIdx.x] = c;
     allow_next_kernel();
 }
+
+#define CUSTOM_ALL_REDUCE(SEND, NAME)                                                              \
+    extern "C" __global__ void __launch_bounds__(CAR_THREADS)                                     \
+        NAME(__nv_bfloat16* __restrict__ out, const __nv_bfloat16* __restrict__ x,               \
+             const PeerPtrs peers, u32* __restrict__ counter, u32 rank, u32 ranks, u32 n,        \
+             u32 capacity, u64 spin_limit_ns) {                                                  \
+        custom_all_reduce<SEND>(out, x, peers, counter, rank, ranks, n, capacity, spin_limit_ns); \
+    }
+CUSTOM_ALL_REDUCE(true, custom_all_reduce_kernel)
+CUSTOM_ALL_REDUCE(false, custom_all_reduce_receive_kernel)

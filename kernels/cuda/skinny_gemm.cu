@@ -329,6 +329,19 @@ __device__ __forceinline__ u32 smem_addr(const void* p) {
     return static_cast<u32>(__cvta_generic_to_shared(p));
 }
 
+// Where a row-parallel projection's output also goes (o_proj, down_proj under tensor
+// parallelism): into slot `rank` of every peer's inbox of the one-shot all-reduce
+// (custom_all_reduce.cu), each pair of outputs as soon as it is summed, so that the all-reduce
+// after this kernel has nothing left to send and only receives. The push leaves when the
+// tile's sums are ready instead of after the whole grid has finished, been flushed, and an
+// all-reduce kernel has read the output back.
+struct SgPush {
+    PeerPtrs peers;
+    const u32* counter;  // [CAR_MAX_BLOCKS]: this rank's all-reduce calls so far (all equal between kernels)
+    u32 rank, ranks;
+    u32 capacity;        // values in one inbox slot
+};
+
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 __device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
@@ -434,19 +447,64 @@ __device__ __forceinline__ float ld_cluster(u32 addr, u32 rank) {
     return v;
 }
 
+// Outputs (t, c) and (t, c + 1) of a row tile (c even, plain epilogue), as one 32-bit word:
+// into `out`, and, sendable, into every peer's inbox at the same place of this call's half
+// (values from `half` on). A receiver checks 32-bit words, so the two values must arrive as
+// one store, never as two 16-bit ones.
+template <int R>
+__device__ __forceinline__ void sg_store_pair_push(__nv_bfloat16* __restrict__ out, float a, float b, u32 t,
+                                                   u32 c, u32 tile, u32 n, const SgPush& push, size_t half) {
+    const u32 row = tile * R + c;  // n is even, so row + 1 < n whenever row < n
+    if (row >= n) return;
+    const __nv_bfloat162 v = __floats2bfloat162_rn(a, b);  // a in the low half: out[row], as sg_store_one rounds it
+    const u32 w = *reinterpret_cast<const u32*>(&v);
+    const size_t at = (size_t)t * n + row;
+    *reinterpret_cast<u32*>(out + at) = w;
+    const u32 sent = sendable(w);
+    for (u32 r = 0; r < push.ranks; r++) {
+        if (r == push.rank) continue;
+        u32* inbox = reinterpret_cast<u32*>(push.peers.inbox[r]);
+        store_volatile_u32(inbox + (half + (size_t)push.rank * push.capacity + at) / 2, sent);
+    }
+}
+
 // sg_finish for the TMA main loop, whose splits of a row tile are one cluster (1 × splits ×
 // 1, so a block's rank in it is its split): no partial sums in global memory, no ticket. Each
 // block puts its sums in its own shared memory; after a cluster barrier, block s adds up the
 // s-th share of the tile's outputs from every block's shared memory, in split order 0, 1, ...
 // (the same bits on every run, and the same as sg_finish's), and writes them; a second
 // barrier keeps every block's shared memory alive until its peers have read it.
-template <int MT, int EPI, int R>
+// With PUSH, every output goes out in pairs (sg_store_pair_push), in the same split order.
+template <int MT, int EPI, int R, bool PUSH>
 __device__ __forceinline__ void sg_finish_cluster(__nv_bfloat16* __restrict__ out, float* sums,
-                                                  const float (&acc)[MT][4], u32 m, u32 n) {
+                                                  const float (&acc)[MT][4], u32 m, u32 n,
+                                                  const SgPush* push) {
     constexpr int THREADS = 2 * R, LD = R + 4;
     const u32 tile = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
     const int tid = threadIdx.x;
     sg_put_acc<MT, R>(sums, acc);
+    if (PUSH) {
+        static_assert(!PUSH || EPI == SG_EPI_PLAIN, "only a plain projection is all-reduced");
+        // This all-reduce call's number, as the receiving kernel will count it: every block of
+        // the previous all-reduce has finished (this kernel waited for the kernel before it).
+        const size_t half = (size_t)((push->counter[0] + 1) % 2) * push->ranks * push->capacity;
+        const u32 pairs = m * (R / 2);
+        if (splits > 1) cluster_sync();  // every split's sums are in its block's shared memory
+        else __syncthreads();
+        const u32 base = smem_addr(sums);
+        const u32 share = (pairs + splits - 1) / splits, begin = split * share, end = min(pairs, begin + share);
+        for (u32 i = begin + tid; i < end; i += THREADS) {
+            const u32 t = i / (R / 2), c = 2 * (i % (R / 2));
+            float a = 0.0f, b = 0.0f;
+            for (u32 s = 0; s < splits; s++) {
+                a += ld_cluster(base + 4 * (t * LD + c), s);
+                b += ld_cluster(base + 4 * (t * LD + c + 1), s);
+            }
+            sg_store_pair_push<R>(out, a, b, t, c, tile, n, *push, half);
+        }
+        if (splits > 1) cluster_sync();  // no block leaves while a peer may still read its shared memory
+        return;
+    }
     if (splits == 1) {
         __syncthreads();
         sg_store<MT, EPI, R>(out, sums, tile, m, n);
@@ -470,12 +528,14 @@ __device__ __forceinline__ void sg_finish_cluster(__nv_bfloat16* __restrict__ ou
 #endif  // __CUDA_ARCH_FEAT_SM90_ALL
 
 // Launched in clusters of 1 × gridDim.y × 1: a row tile's splits (at most 8) are one cluster.
-template <int MT, int EPI, int R>
+template <int MT, int EPI, int R, bool PUSH>
 __device__ __forceinline__ void skinny_gemm_tma(
     __nv_bfloat16* __restrict__ out,  // [m, n] (plain) or [m, n / 2] (SiLU·mul)
     const TmaMap* w_map,              // W [n, k] bf16, boxes of [R / 2 rows, 64 k], 128-byte swizzle
     const TmaMap* x_map,              // x [m, k] bf16, boxes of [8·MT rows, 64 k], 128-byte swizzle
-    u32 m, u32 n, u32 k, u32 k_per_split) {
+    u32 m, u32 n, u32 k, u32 k_per_split,
+    const SgPush* push) {             // PUSH: the peers' inboxes the output also goes to
+
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
     constexpr int TOKENS = 8 * MT, S = SG_TMA_STAGES(R);
     constexpr u32 W_BYTES = R * 128, X_BYTES = TOKENS * 128, STAGE_BYTES = W_BYTES + X_BYTES;
@@ -555,7 +615,7 @@ __device__ __forceinline__ void skinny_gemm_tma(
     }
     // Every copy issued has been waited for, so the ring is free for the epilogue's sums.
     float* sums = reinterpret_cast<float*>(reinterpret_cast<char*>(sg_ring) + (ring - smem_addr(sg_ring)));
-    sg_finish_cluster<MT, EPI, R>(out, sums, acc, m, n);
+    sg_finish_cluster<MT, EPI, R, PUSH>(out, sums, acc, m, n, push);
 #else
     __trap();  // needs sm_90a: the Rust side launches it only on a GPU it was compiled for
 #endif
@@ -590,7 +650,7 @@ SKINNY_GEMM(4, SG_EPI_GLU, 128, skinny_gemm_glu_r128_t4)
     extern "C" __global__ void __launch_bounds__(2 * R) NAME(                                       \
         __nv_bfloat16 *out, const __grid_constant__ TmaMap w_map,                                  \
         const __grid_constant__ TmaMap x_map, u32 m, u32 n, u32 k, u32 k_per_split) {              \
-        skinny_gemm_tma<MT, EPI, R>(out, &w_map, &x_map, m, n, k, k_per_split);                    \
+        skinny_gemm_tma<MT, EPI, R, false>(out, &w_map, &x_map, m, n, k, k_per_split, nullptr);     \
     }
 SKINNY_GEMM_TMA(1, SG_EPI_PLAIN, 64, skinny_gemm_tma_t1)
 SKINNY_GEMM_TMA(2, SG_EPI_PLAIN, 64, skinny_gemm_tma_t2)
@@ -608,3 +668,20 @@ SKINNY_GEMM_TMA(1, SG_EPI_GLU, 128, skinny_gemm_tma_glu_r128_t1)
 SKINNY_GEMM_TMA(2, SG_EPI_GLU, 128, skinny_gemm_tma_glu_r128_t2)
 SKINNY_GEMM_TMA(3, SG_EPI_GLU, 128, skinny_gemm_tma_glu_r128_t3)
 SKINNY_GEMM_TMA(4, SG_EPI_GLU, 128, skinny_gemm_tma_glu_r128_t4)
+
+// The plain projection that also pushes its output to the peers' all-reduce inboxes.
+#define SKINNY_GEMM_TMA_PUSH(MT, R, NAME)                                                           \
+    extern "C" __global__ void __launch_bounds__(2 * R) NAME(                                       \
+        __nv_bfloat16 *out, const __grid_constant__ TmaMap w_map,                                  \
+        const __grid_constant__ TmaMap x_map, u32 m, u32 n, u32 k, u32 k_per_split,                \
+        const __grid_constant__ SgPush push) {                                                     \
+        skinny_gemm_tma<MT, SG_EPI_PLAIN, R, true>(out, &w_map, &x_map, m, n, k, k_per_split, &push); \
+    }
+SKINNY_GEMM_TMA_PUSH(1, 64, skinny_gemm_tma_push_t1)
+SKINNY_GEMM_TMA_PUSH(2, 64, skinny_gemm_tma_push_t2)
+SKINNY_GEMM_TMA_PUSH(3, 64, skinny_gemm_tma_push_t3)
+SKINNY_GEMM_TMA_PUSH(4, 64, skinny_gemm_tma_push_t4)
+SKINNY_GEMM_TMA_PUSH(1, 128, skinny_gemm_tma_push_r128_t1)
+SKINNY_GEMM_TMA_PUSH(2, 128, skinny_gemm_tma_push_r128_t2)
+SKINNY_GEMM_TMA_PUSH(3, 128, skinny_gemm_tma_push_r128_t3)
+SKINNY_GEMM_TMA_PUSH(4, 128, skinny_gemm_tma_push_r128_t4)

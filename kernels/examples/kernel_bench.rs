@@ -912,6 +912,114 @@ fn skinny(gpu: &Gpu) -> Result<()> {
     Ok(())
 }
 
+/// `kernel_bench --skinny-sweep`: the TMA main loop at every split 1-8 and both row tiles,
+/// 8/16/24/32 tokens, the shapes of `--skinny`, beside cuBLAS (as `linear` calls it) and the
+/// default split: the data a split rule is fitted to. Each row also gives how many blocks an
+/// SM holds (the occupancy calculator) and how many row tiles the weight has.
+fn skinny_sweep(gpu: &Gpu) -> Result<()> {
+    use kernels::skinny_gemm::{MainLoop, SkinnyGemmWorkspace, ROW_TILES};
+    const BACK_TO_BACK: usize = 50;
+    const L2_BYTES: usize = 50 << 20;
+    let ceilings = roofline::measure_on(&gpu.ctx, &gpu.stream)?;
+    println!("copy (d2d) 1 GiB: {:.0} GB/s", ceilings.copy_gb_s);
+    let (s, k) = (&gpu.stream, &gpu.kernels);
+    let sg = k.skinny_gemm.clone().with_main_loop(MainLoop::Tma)?;
+    let mut ws = SkinnyGemmWorkspace::new(s, sg.num_sms())?;
+    let lin = Linear::new(s, 256)?;
+    println!(
+        "| shape | m | MB | cuBLAS µs | default µs (splits) | rows | tiles | blocks/SM | µs at splits 1..8 | clusters resident at splits 1..8 |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |");
+    let mut shapes: Vec<(String, &str, usize, usize)> = Vec::new();
+    for tp in [1usize, 2] {
+        for (name, one, two) in LAYER_7B {
+            let (n, kk) = if tp == 1 { one } else { two };
+            shapes.push((format!("7B tp{tp}"), name, n, kk));
+        }
+    }
+    for (model, h, f, kv) in [("1B", 2048, 8192, 512), ("135M", 576, 1536, 192)] {
+        shapes.push((model.into(), "qkv", h + 2 * kv, h));
+        shapes.push((model.into(), "o_proj", h, h));
+        shapes.push((model.into(), "gate_up", 2 * f, h));
+        shapes.push((model.into(), "down", h, f));
+    }
+    for (model, name, n, kk) in shapes {
+        let bytes = (n * kk * 2) as f64;
+        let copies = (2 * L2_BYTES).div_ceil(n * kk * 2);
+        let wts = (0..copies)
+            .map(|c| random_bf16(s, n * kk, 50 + c as u64))
+            .collect::<Result<Vec<_>, _>>()?;
+        let glu = name == "gate_up";
+        let epilogue = if glu {
+            Epilogue::SiluAndMul
+        } else {
+            Epilogue::Plain
+        };
+        for m in [8usize, 16, 24, 32] {
+            let x = random_bf16(s, m * kk, 51)?;
+            let mut y = uninit_bf16(s, m * n)?;
+            let mut act = uninit_bf16(s, m * n / 2)?;
+            let mut i = 0;
+            let base = graph_ms(gpu, BACK_TO_BACK, || {
+                i += 1;
+                lin.forward(
+                    &mut y.as_view_mut(),
+                    &x.as_view(),
+                    &wts[i % copies].as_view(),
+                    None,
+                    m,
+                )?;
+                if glu {
+                    k.silu_and_mul
+                        .silu_and_mul(s, &mut act.as_view_mut(), &y.as_view(), m)?;
+                }
+                Ok(())
+            })?;
+            let mut run = |sg: &kernels::skinny_gemm::SkinnyGemm, splits: Option<usize>| {
+                let mut i = 0;
+                graph_ms(gpu, BACK_TO_BACK, || {
+                    i += 1;
+                    let out = if glu { &mut act } else { &mut y };
+                    Ok(sg.forward(
+                        s,
+                        &mut ws,
+                        &mut out.as_view_mut(),
+                        &x.as_view(),
+                        &wts[i % copies].as_view(),
+                        m,
+                        epilogue,
+                        splits,
+                    )?)
+                })
+            };
+            let label = if glu { "gate_up + SiLU·mul" } else { name };
+            let tiles0 = sg.row_tiles(n, epilogue);
+            let default = run(&sg, None)?;
+            for rows in ROW_TILES {
+                let sg = sg.clone().with_rows(rows)?;
+                let tiles = sg.row_tiles(n, epilogue);
+                let mut times = Vec::new();
+                let mut clusters = Vec::new();
+                for splits in 1..=8 {
+                    times.push(format!("{:.2}", run(&sg, Some(splits))? * 1e3));
+                    clusters.push(sg.resident_clusters(s, m, epilogue, splits)?.to_string());
+                }
+                times.push(format!("| clusters at once: {}", clusters.join(" ")));
+                println!(
+                    "| {model} {label} | {m} | {:.1} | {:.2} | {:.2} ({}) | {rows} | {tiles} | {} | {} |",
+                    bytes / 1e6,
+                    base * 1e3,
+                    default * 1e3,
+                    sg.splits(tiles0, kk),
+                    sg.blocks_per_sm(m, epilogue)?,
+                    times.join(" ")
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let gpu = match Gpu::open(0) {
         Ok(g) => g,
@@ -925,6 +1033,9 @@ fn main() -> Result<()> {
     }
     if std::env::args().nth(1).as_deref() == Some("--skinny") {
         return skinny(&gpu);
+    }
+    if std::env::args().nth(1).as_deref() == Some("--skinny-sweep") {
+        return skinny_sweep(&gpu);
     }
     let s = &gpu.stream;
     let k = &gpu.kernels;

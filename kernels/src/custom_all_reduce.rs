@@ -178,16 +178,67 @@ pub fn enable_peer_access(ctx: &Arc<CudaContext>, peer: &Arc<CudaContext>) -> Re
     Ok(())
 }
 
-/// The compiled kernel.
+/// Where a projection's output also goes (`SgPush` of `cuda/skinny_gemm.cu`, by value): slot
+/// `rank` of every peer's inbox, in the half of the all-reduce call that follows the
+/// projection. Made by [`PeerBuffers::push_target`]; the receiving half is
+/// [`CustomAllReduce::receive_in_place`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct PushTarget {
+    peers: PeerPtrs,
+    counter: u64,
+    rank: u32,
+    ranks: u32,
+    capacity: u32,
+    _pad: u32,
+}
+
+impl PushTarget {
+    /// Values in one inbox slot: the most a pushing projection may write.
+    pub fn capacity(&self) -> usize {
+        self.capacity as usize
+    }
+}
+
+impl PeerBuffers {
+    /// What a pushing projection (`skinny_gemm`'s `forward_push`) needs to send into the
+    /// peers' inboxes as [`CustomAllReduce::receive_in_place`] will read them: the same
+    /// `peers`, `rank` and `ranks` as that call.
+    pub fn push_target(
+        &mut self,
+        stream: &Arc<CudaStream>,
+        peers: &PeerPtrs,
+        rank: usize,
+        ranks: usize,
+    ) -> Result<PushTarget> {
+        const K: &str = "custom_all_reduce";
+        if rank >= ranks || ranks != self.ranks {
+            return Err(unsupported(0, self.capacity, rank, ranks));
+        }
+        let (counter, _) = self.counter.device_ptr(stream);
+        Ok(PushTarget {
+            peers: *peers,
+            counter,
+            rank: to_u32(K, "rank", rank)?,
+            ranks: to_u32(K, "ranks", ranks)?,
+            capacity: to_u32(K, "capacity", self.capacity)?,
+            _pad: 0,
+        })
+    }
+}
+
+/// The compiled kernels: the whole all-reduce, and its receiving half.
 #[derive(Debug, Clone)]
 pub struct CustomAllReduce {
     kernel: CudaFunction,
+    receive: CudaFunction,
 }
 
 impl CustomAllReduce {
     pub(crate) fn load(module: &Arc<CudaModule>) -> Result<Self> {
         Ok(Self {
             kernel: module.load_function("custom_all_reduce_kernel")?,
+            receive: module.load_function("custom_all_reduce_receive_kernel")?,
         })
     }
 
@@ -215,7 +266,7 @@ impl CustomAllReduce {
         check_len(K, "out", out.len(), n)?;
         let (x, _) = x.device_ptr(stream);
         let (out, _) = out.device_ptr_mut(stream);
-        self.launch(stream, out, x, n, mine, peers, rank, ranks)
+        self.launch(&self.kernel, stream, out, x, n, mine, peers, rank, ranks)
     }
 
     /// [`Self::all_reduce`] with `buf` both the addend and the sum (each thread reads its
@@ -230,7 +281,24 @@ impl CustomAllReduce {
         ranks: usize,
     ) -> Result<()> {
         let (n, (p, _)) = (buf.len(), buf.device_ptr_mut(stream));
-        self.launch(stream, p, p, n, mine, peers, rank, ranks)
+        self.launch(&self.kernel, stream, p, p, n, mine, peers, rank, ranks)
+    }
+
+    /// [`Self::all_reduce_in_place`] after a projection that already sent `buf` to every
+    /// peer (`skinny_gemm`'s `forward_push` with this rank's [`PushTarget`], the kernel just
+    /// before this one on the stream): only the receiving half runs. Every rank of the group
+    /// must send the same way for the same call.
+    pub fn receive_in_place(
+        &self,
+        stream: &Arc<CudaStream>,
+        buf: &mut CudaViewMut<'_, bf16>, // [n]: this rank's addend, already sent; then the sum
+        mine: &mut PeerBuffers,
+        peers: &PeerPtrs,
+        rank: usize,
+        ranks: usize,
+    ) -> Result<()> {
+        let (n, (p, _)) = (buf.len(), buf.device_ptr_mut(stream));
+        self.launch(&self.receive, stream, p, p, n, mine, peers, rank, ranks)
     }
 
     /// The launch: `out` and `x` are device addresses of n values; refused unless `n` fits the
@@ -238,6 +306,7 @@ impl CustomAllReduce {
     #[allow(clippy::too_many_arguments)]
     fn launch(
         &self,
+        kernel: &CudaFunction,
         stream: &Arc<CudaStream>,
         out: u64,
         x: u64,
@@ -264,7 +333,7 @@ impl CustomAllReduce {
             to_u32(K, "n", n)?,
             to_u32(K, "capacity", mine.capacity())?,
         ];
-        let mut launch = Launch::new(stream, &self.kernel);
+        let mut launch = Launch::new(stream, kernel);
         // Addresses by value: the same bits as a pointer argument (out may be x).
         launch.arg(&out).arg(&x).arg(peers).arg(&mut mine.counter);
         launch
@@ -273,7 +342,8 @@ impl CustomAllReduce {
             .arg(&args[2])
             .arg(&args[3])
             .arg(&mine.spin_limit_ns);
-        // SAFETY: the signature matches custom_all_reduce_kernel (out, x, PeerPtrs by value,
+        // SAFETY: the signature matches custom_all_reduce_kernel and
+        // custom_all_reduce_receive_kernel (out, x, PeerPtrs by value,
         // counter, 4 x u32, u64); out and x hold n values, n fits one slot of every rank's
         // inbox, which has a slot per rank of this call (each rank checks its own; the ranks
         // use one capacity and group and make the same calls), the counter holds MAX_BLOCKS

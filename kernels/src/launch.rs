@@ -134,6 +134,49 @@ impl<'a> Launch<'a> {
     }
 }
 
+/// How many clusters of `cluster` blocks of `func` the GPU runs at once, each block of
+/// `threads` threads with `shared_mem_bytes` of dynamic shared memory (the occupancy
+/// calculator: a cluster's blocks share a GPC, so this can be fewer than the SMs' free block
+/// slots divided by the cluster's size).
+pub fn max_active_clusters(
+    stream: &Arc<CudaStream>,
+    func: &CudaFunction,
+    threads: u32,
+    shared_mem_bytes: u32,
+    cluster: (u32, u32, u32),
+) -> Result<usize, DriverError> {
+    let mut attrs = [CUlaunchAttribute {
+        id: CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+        pad: [0; 4],
+        value: CUlaunchAttributeValue {
+            clusterDim: sys::CUlaunchAttributeValue_union__bindgen_ty_1 {
+                x: cluster.0,
+                y: cluster.1,
+                z: cluster.2,
+            },
+        },
+    }];
+    // The grid only has to be a whole number of clusters.
+    let config = CUlaunchConfig {
+        gridDimX: cluster.0,
+        gridDimY: cluster.1,
+        gridDimZ: cluster.2,
+        blockDimX: threads,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: shared_mem_bytes,
+        hStream: stream.cu_stream(),
+        attrs: attrs.as_mut_ptr(),
+        numAttrs: 1,
+    };
+    let mut clusters: std::ffi::c_int = 0;
+    // SAFETY: `config` and `attrs` live across the call, which only reads them and writes
+    // `clusters`; the function belongs to the stream's context.
+    unsafe { sys::cuOccupancyMaxActiveClusters(&mut clusters, func.cu_function(), &config) }
+        .result()?;
+    Ok(clusters.max(0) as usize)
+}
+
 impl<'a, T> KernelArg<'a> for &CudaSlice<T> {
     fn push(self, l: &mut Launch<'a>) {
         let (p, _sync) = self.device_ptr(l.stream);
@@ -180,5 +223,6 @@ scalar_arg!(
     f32,
     f64,
     crate::custom_all_reduce::PeerPtrs,
+    crate::custom_all_reduce::PushTarget,
     sys::CUtensorMap
 );

@@ -29,6 +29,7 @@ use cudarc::driver::{
 };
 use half::bf16;
 
+use crate::custom_all_reduce::PushTarget;
 use crate::error::{check_aligned16, check_len, to_u32, KernelError, Result};
 use crate::gemv::Epilogue;
 use crate::launch::Launch;
@@ -63,11 +64,12 @@ pub enum MainLoop {
 }
 
 /// The compiled kernels per main loop: `[row tile][epilogue][token tiles - 1]` (the TMA ones
-/// only where they can run), and the row tile and main loop launches use.
+/// only where they can run, with a third epilogue: plain, pushing to the all-reduce's peers),
+/// and the row tile and main loop launches use.
 #[derive(Debug, Clone)]
 pub struct SkinnyGemm {
     functions: [[Vec<CudaFunction>; 2]; 2],
-    tma_functions: Option<[[Vec<CudaFunction>; 2]; 2]>,
+    tma_functions: Option<[[Vec<CudaFunction>; 3]; 2]>,
     rows: usize,
     main_loop: MainLoop,
     num_sms: usize,
@@ -224,11 +226,13 @@ impl SkinnyGemm {
                 ])
             };
         let tma_functions = if tma {
-            Some(family(
-                MainLoop::Tma,
-                "skinny_gemm_tma",
-                "skinny_gemm_tma_glu",
-            )?)
+            let [[plain_s, glu_s], [plain_l, glu_l]] =
+                family(MainLoop::Tma, "skinny_gemm_tma", "skinny_gemm_tma_glu")?;
+            let push = "skinny_gemm_tma_push";
+            Some([
+                [plain_s, glu_s, load(MainLoop::Tma, push, small)?],
+                [plain_l, glu_l, load(MainLoop::Tma, push, large)?],
+            ])
         } else {
             None
         };
@@ -276,6 +280,48 @@ impl SkinnyGemm {
         Ok(self)
     }
 
+    /// How many blocks of a launch over `num_tokens` tokens one SM holds at once (the CUDA
+    /// occupancy calculator: the ring of shared memory is what limits it).
+    pub fn blocks_per_sm(&self, num_tokens: usize, epilogue: Epilogue) -> Result<usize> {
+        let token_tiles = num_tokens.clamp(1, MAX_TOKENS).div_ceil(8);
+        let e = usize::from(epilogue == Epilogue::SiluAndMul);
+        let r = usize::from(self.rows != ROW_TILES[0]);
+        let function = match (self.main_loop, &self.tma_functions) {
+            (MainLoop::Tma, Some(tma)) => &tma[r][e][token_tiles - 1],
+            _ => &self.functions[r][e][token_tiles - 1],
+        };
+        let smem = ring_bytes(self.main_loop, self.rows, token_tiles);
+        let threads = 2 * self.rows as u32;
+        Ok(function.occupancy_max_active_blocks_per_multiprocessor(threads, smem, None)? as usize)
+    }
+
+    /// How many clusters of `splits` blocks (the TMA main loop's launch of a row tile) over
+    /// `num_tokens` tokens the GPU runs at once.
+    pub fn resident_clusters(
+        &self,
+        stream: &Arc<CudaStream>,
+        num_tokens: usize,
+        epilogue: Epilogue,
+        splits: usize,
+    ) -> Result<usize> {
+        let token_tiles = num_tokens.clamp(1, MAX_TOKENS).div_ceil(8);
+        let e = usize::from(epilogue == Epilogue::SiluAndMul);
+        let r = usize::from(self.rows != ROW_TILES[0]);
+        let Some(tma) = &self.tma_functions else {
+            return Err(KernelError::Unsupported {
+                kernel: "skinny_gemm",
+                what: "clusters without the TMA main loop".into(),
+            });
+        };
+        let smem = ring_bytes(MainLoop::Tma, self.rows, token_tiles) as u32;
+        let threads = 2 * self.rows as u32;
+        let cluster = (1, splits.clamp(1, MAX_CLUSTER) as u32, 1);
+        let function = &tma[r][e][token_tiles - 1];
+        Ok(crate::launch::max_active_clusters(
+            stream, function, threads, smem, cluster,
+        )?)
+    }
+
     /// Weight rows per row tile.
     pub fn rows(&self) -> usize {
         self.rows
@@ -319,6 +365,69 @@ impl SkinnyGemm {
         num_tokens: usize,
         epilogue: Epilogue,
         splits: Option<usize>,
+    ) -> Result<()> {
+        self.launch(
+            stream, workspace, out, x, weight, num_tokens, epilogue, splits, None,
+        )
+    }
+
+    /// The plain [`Self::forward`] of a row-parallel projection whose output an all-reduce
+    /// sums next: each pair of outputs also goes into slot `rank` of every peer's inbox as
+    /// soon as it is summed, so that the all-reduce only receives
+    /// ([`crate::custom_all_reduce::CustomAllReduce::receive_in_place`] on `out`, the next
+    /// launch on this stream). The TMA main loop only; `out` must fit an inbox slot and `n` be
+    /// even (outputs go out as 32-bit pairs).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_push(
+        &self,
+        stream: &Arc<CudaStream>,
+        workspace: &mut SkinnyGemmWorkspace,
+        out: &mut CudaViewMut<'_, bf16>, // [num_tokens, n]
+        x: &CudaView<'_, bf16>,          // [num_tokens, k]
+        weight: &CudaView<'_, bf16>,     // [n, k]
+        num_tokens: usize,
+        splits: Option<usize>,
+        push: &PushTarget,
+    ) -> Result<()> {
+        let n = weight.len() / (x.len() / num_tokens.max(1)).max(1);
+        if self.main_loop != MainLoop::Tma || !n.is_multiple_of(2) || out.len() > push.capacity() {
+            return Err(KernelError::Unsupported {
+                kernel: "skinny_gemm",
+                what: format!(
+                    "pushing {} outputs of {n} columns with the {:?} main loop (the TMA one, an \
+                     even width, at most {} values)",
+                    out.len(),
+                    self.main_loop,
+                    push.capacity()
+                ),
+            });
+        }
+        let plain = Epilogue::Plain;
+        self.launch(
+            stream,
+            workspace,
+            out,
+            x,
+            weight,
+            num_tokens,
+            plain,
+            splits,
+            Some(push),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn launch(
+        &self,
+        stream: &Arc<CudaStream>,
+        workspace: &mut SkinnyGemmWorkspace,
+        out: &mut CudaViewMut<'_, bf16>, // [num_tokens, n] (plain) or [num_tokens, n / 2]
+        x: &CudaView<'_, bf16>,          // [num_tokens, k]
+        weight: &CudaView<'_, bf16>,     // [n, k]
+        num_tokens: usize,
+        epilogue: Epilogue,
+        splits: Option<usize>,
+        push: Option<&PushTarget>,
     ) -> Result<()> {
         const K: &str = "skinny_gemm";
         let k = x.len() / num_tokens.max(1);
@@ -400,7 +509,7 @@ impl SkinnyGemm {
                     tensor_map(weight.device_ptr(stream).0, n, k, self.rows / 2)?,
                     tensor_map(x.device_ptr(stream).0, num_tokens, k, 8 * token_tiles)?,
                 ];
-                function = &tma[r][e][token_tiles - 1];
+                function = &tma[r][if push.is_some() { 2 } else { e }][token_tiles - 1];
                 launch = Launch::new(stream, function);
                 launch
                     .cluster((1, to_u32(K, "splits", splits)?, 1))
@@ -420,9 +529,13 @@ impl SkinnyGemm {
             }
         }
         launch.arg(&m32).arg(&n32).arg(&k32).arg(&per_split);
-        // SAFETY: the arguments follow skinny_gemm[_tma][_glu][_r{R}]_t{MT} (out, then
+        if let Some(push) = push {
+            launch.arg(push);
+        }
+        // SAFETY: the arguments follow skinny_gemm[_tma][_glu|_push][_r{R}]_t{MT} (out, then
         // partials, tickets, x and w, or the TMA descriptors of w and x, then u32 m, n, k,
-        // k_per_split; the TMA kernels in clusters of their splits, at most 8), launched with the 2·R threads it is compiled for; x holds
+        // k_per_split, then for _push the SgPush by value, whose inboxes each hold a slot
+        // per rank of `capacity` >= out's values, checked, and n even, checked); the TMA kernels in clusters of their splits, at most 8), launched with the 2·R threads it is compiled for; x holds
         // num_tokens <= 8·MT rows of k, weight n rows of k, out num_tokens rows of n (or n / 2
         // with SiLU·mul, n even), all checked; the descriptors describe exactly those
         // matrices (the TMA reads nothing outside them); k % 8 == 0 and k_per_split is whole
@@ -451,6 +564,7 @@ mod tests {
             "skinny_gemm_glu",
             "skinny_gemm_tma",
             "skinny_gemm_tma_glu",
+            "skinny_gemm_tma_push",
         ];
         for prefix in prefixes {
             for rows in super::ROW_TILES {

@@ -20,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use half::bf16;
 use kernels::cudarc::driver::sys::CUevent_flags;
 use kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream};
+use kernels::custom_all_reduce::PushTarget;
 use kernels::gemv::{Epilogue, Gemv, NormInput, NormPrologue, RotaryCache, SplitK, Staging};
 use kernels::nccl::NcclRank;
 use kernels::paged_attention::{
@@ -542,6 +543,49 @@ impl CudaBackend {
         self.kernel_timer.scope(ctx, stream, op, comm, span)
     }
 
+    /// `linear(x, w)` (no bias) through `skinny_gemm`'s epilogue that also pushes the output
+    /// into the peers' all-reduce inboxes (`target`), where the skinny rule takes `x` with the
+    /// TMA main loop and `w` has an even number of rows; `None`, launching nothing, otherwise.
+    pub(super) fn linear_pushing(
+        &self,
+        x: &CudaTensor, // [t, in]
+        w: &CudaTensor, // [out, in]
+        target: &PushTarget,
+    ) -> Result<Option<CudaTensor>> {
+        if !self.skinny_rule.takes(x.rows, w, None)
+            || self.skinny_gemm.main_loop() != MainLoop::Tma
+            || !w.rows.is_multiple_of(2)
+            || x.cols != w.cols
+            || x.rows * w.rows > target.capacity()
+        {
+            return Ok(None);
+        }
+        let span = tracing::trace_span!("kernel", op = "linear", n = w.rows, k = w.cols);
+        let _span = self
+            .kernel_timer
+            .scope(&self.gpu.ctx, &self.gpu.stream, "linear", None, span);
+        let mut out = self.empty("linear", x.rows, w.rows)?;
+        let (mut y, xv, wv) = (
+            out.view_bf16_mut("linear")?,
+            x.view_bf16("linear")?,
+            w.view_bf16("linear")?,
+        );
+        let mut ws = self.skinny.lock().unwrap_or_else(|p| p.into_inner());
+        (self.skinny_gemm)
+            .forward_push(
+                &self.gpu.stream,
+                &mut ws,
+                &mut y,
+                &xv,
+                &wv,
+                x.rows,
+                None,
+                target,
+            )
+            .map_err(kernel("linear"))?;
+        Ok(Some(out))
+    }
+
     /// This rank's end of its group, when it has one of more than one rank.
     fn group(&self) -> Option<&RankComm> {
         self.comm.as_ref().filter(|c| c.world_size > 1)
@@ -892,6 +936,18 @@ impl Backend for CudaBackend {
             Some(comm) => self.group_all_reduce(comm, x),
             None => Ok(()),
         }
+    }
+
+    fn row_parallel_linear(&self, x: &CudaTensor, w: &CudaTensor) -> Result<CudaTensor> {
+        if let Some(comm) = self.group() {
+            // The projection sends its output to the peers itself, where it can.
+            if let Some(y) = self.pushing_row_parallel_linear(comm, x, w)? {
+                return Ok(y);
+            }
+        }
+        let mut y = self.linear(x, w, None)?;
+        self.all_reduce(&mut y)?;
+        Ok(y)
     }
 
     fn all_gather_columns(&self, x: CudaTensor, cols: usize) -> Result<CudaTensor> {

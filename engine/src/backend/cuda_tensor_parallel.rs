@@ -168,6 +168,20 @@ impl RankComm {
 struct CustomPeers {
     buffers: PeerBuffers,
     peers: PeerPtrs,
+    /// Whether row-parallel projections send their output themselves (`LAB_ALL_REDUCE_PUSH`).
+    push: bool,
+}
+
+/// Whether a row-parallel projection that `skinny_gemm` computes pushes its output into the
+/// peers' inboxes itself, leaving the all-reduce only its receiving half
+/// (`CudaBackend::row_parallel_linear`): on unless `LAB_ALL_REDUCE_PUSH=0`. Either way every
+/// rank writes the same words into the same inbox slots, so ranks may even differ in it.
+fn push_from_vars(var: impl Fn(&str) -> Option<String>) -> std::result::Result<bool, String> {
+    match var("LAB_ALL_REDUCE_PUSH").as_deref().map(str::trim) {
+        None | Some("1") => Ok(true),
+        Some("0") => Ok(false),
+        Some(v) => Err(format!("LAB_ALL_REDUCE_PUSH={v}: expected 1 or 0")),
+    }
 }
 
 /// The largest all-reduce the custom kernel takes, in bf16 values (8 MiB, vLLM's default): a
@@ -204,7 +218,13 @@ impl CudaBackend {
             .exchange(comm.rank, buffers.address(&stream))
             .map_err(|detail| BackendError::shape("custom all-reduce", detail))?;
         let peers = PeerPtrs::new(&addresses).map_err(kernel("custom all-reduce"))?;
-        comm.custom = Some(Mutex::new(CustomPeers { buffers, peers }));
+        let push = push_from_vars(|name| std::env::var(name).ok())
+            .map_err(|detail| BackendError::shape("custom all-reduce", detail))?;
+        comm.custom = Some(Mutex::new(CustomPeers {
+            buffers,
+            peers,
+            push,
+        }));
         Ok(self)
     }
 
@@ -245,6 +265,61 @@ impl CudaBackend {
         Ok(())
     }
 
+    /// `row_parallel_linear` as a projection that sends its output to every peer's inbox as
+    /// it computes it (`skinny_gemm`'s pushing epilogue), then the receiving half of the custom
+    /// all-reduce: the same sum, bit for bit, as `linear` then [`Self::group_all_reduce`],
+    /// with one fewer trip through memory and no kernel boundary before the send. `None`,
+    /// launching nothing, where the group has no custom all-reduce, the push is off, the
+    /// output does not fit an inbox slot or `skinny_gemm` does not take the projection.
+    pub(super) fn pushing_row_parallel_linear(
+        &self,
+        comm: &RankComm,
+        x: &CudaTensor, // [t, in / world]
+        w: &CudaTensor, // [out, in / world]
+    ) -> Result<Option<CudaTensor>> {
+        let Some(custom) = &comm.custom else {
+            return Ok(None);
+        };
+        let mut custom = custom.lock().unwrap_or_else(|p| p.into_inner());
+        let CustomPeers {
+            buffers,
+            peers,
+            push,
+        } = &mut *custom;
+        if !*push || !CustomAllReduce::fits(x.rows * w.rows, CUSTOM_ALL_REDUCE_CAPACITY) {
+            return Ok(None);
+        }
+        let (rank, ranks) = (comm.rank, comm.world_size);
+        let target = (buffers.push_target(self.stream(), peers, rank, ranks))
+            .map_err(kernel("custom all-reduce"))?;
+        let Some(mut y) = self.linear_pushing(x, w, &target)? else {
+            return Ok(None);
+        };
+        let span = tracing::trace_span!("kernel", op = "all_reduce");
+        let _scope = self.collective_scope("all_reduce", Some(CommOp::AllReduce), span);
+        let result = self.gpu().kernels.custom_all_reduce.receive_in_place(
+            self.stream(),
+            &mut y.view_bf16_mut("all_reduce")?,
+            buffers,
+            peers,
+            rank,
+            ranks,
+        );
+        // The bytes left with the projection's stores: the whole tensor to each peer.
+        let bytes = (y.rows * y.cols * 2) as u64;
+        let sent = (ranks as u64 - 1) * bytes;
+        let mut stats = comm.nccl_stats.lock().unwrap_or_else(|p| p.into_inner());
+        stats.record(
+            CommOp::AllReduce,
+            bytes,
+            sent,
+            Default::default(),
+            result.is_err(),
+        );
+        result.map_err(kernel("custom_all_reduce"))?;
+        Ok(Some(y))
+    }
+
     /// [`Self::group_all_reduce`] with the custom all-reduce, in place.
     fn custom_all_reduce(
         &self,
@@ -255,7 +330,7 @@ impl CudaBackend {
         let span = tracing::trace_span!("kernel", op = "all_reduce");
         let _scope = self.collective_scope("all_reduce", Some(CommOp::AllReduce), span);
         let mut custom = custom.lock().unwrap_or_else(|p| p.into_inner());
-        let CustomPeers { buffers, peers } = &mut *custom;
+        let CustomPeers { buffers, peers, .. } = &mut *custom;
         let result = self.gpu().kernels.custom_all_reduce.all_reduce_in_place(
             self.stream(),
             &mut x.view_bf16_mut("all_reduce")?,
@@ -396,5 +471,20 @@ impl CudaBackend {
             )
             .map_err(kernel("embedding"))?;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::push_from_vars;
+
+    #[test]
+    fn the_push_follows_the_environment() {
+        let read = |v: Option<&'static str>| push_from_vars(|_| v.map(String::from));
+        assert_eq!(read(None), Ok(true));
+        assert_eq!(read(Some("1")), Ok(true));
+        assert_eq!(read(Some(" 0 ")), Ok(false));
+        let err = read(Some("yes")).unwrap_err();
+        assert!(err.contains("LAB_ALL_REDUCE_PUSH=yes"), "{err}");
     }
 }

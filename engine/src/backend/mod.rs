@@ -367,6 +367,17 @@ pub trait Backend: Send + Sync {
         Ok(())
     }
 
+    /// A row-parallel projection (o_proj, down_proj): `x · wᵀ`, `[t, in] × [out, in]ᵀ →
+    /// [t, out]`, where each rank holds a slice of the `in` columns and so computes a partial
+    /// sum, completed by [`all_reduce`](Self::all_reduce) (vLLM's `RowParallelLinear`). This
+    /// default is exactly those two calls; a backend may fuse them (the CUDA backend's
+    /// projection can send its output to the peers as it computes it).
+    fn row_parallel_linear(&self, x: &Self::Tensor, w: &Self::Tensor) -> Result<Self::Tensor> {
+        let mut y = self.linear(x, w, None)?;
+        self.all_reduce(&mut y)?;
+        Ok(y)
+    }
+
     /// Tensor parallelism's gather of a column-parallel output: every rank's `x` `[t, c]`, in
     /// rank order, side by side → `[t, world·c]`, of which the first `cols` columns are kept
     /// (the vocabulary a vocab-parallel LM head padded to a multiple of the ranks, as vLLM's

@@ -11,7 +11,8 @@
 //! Under tensor parallelism every rank runs this same code on its shard of the weights
 //! ([`super::tensor_parallel`]): each holds a slice of the heads, of the MLP and of the
 //! vocabulary, so four places need the other ranks: the embedding, o_proj and down_proj each
-//! give a partial sum that [`Backend::all_reduce`] completes, and the LM head's slice of the
+//! give a partial sum that [`Backend::all_reduce`] completes (for the two projections, inside
+//! [`Backend::row_parallel_linear`]), and the LM head's slice of the
 //! logits is gathered with [`Backend::all_gather_columns`]. With one rank both do nothing.
 //!
 //! Under pipeline parallelism each stage runs [`LlamaForCausalLM::forward_stage`] over its own
@@ -158,9 +159,9 @@ impl<B: Backend> LlamaForCausalLM<B> {
                 scale,
                 step,
             )?;
-            // Row-parallel: this rank's heads' share of the output; the sum of all ranks' is it.
-            let mut attn_out = b.linear(&attn, &layer.o_proj, None)?;
-            b.all_reduce(&mut attn_out)?;
+            // Row-parallel: this rank's heads' share of the output, summed over the ranks
+            // (linear, then all_reduce).
+            let attn_out = b.row_parallel_linear(&attn, &layer.o_proj)?;
 
             // MLP block (SwiGLU): residual += attn_out; silu(gate) · up of the normed stream.
             let act = b.add_rms_norm_gate_up(
@@ -170,8 +171,7 @@ impl<B: Backend> LlamaForCausalLM<B> {
                 eps,
                 &layer.gate_up_proj,
             )?;
-            let mut mlp_out = b.linear(&act, &layer.down_proj, None)?; // row-parallel too
-            b.all_reduce(&mut mlp_out)?;
+            let mlp_out = b.row_parallel_linear(&act, &layer.down_proj)?; // row-parallel too
             delta = Some(mlp_out);
         }
         if !self.stage.is_last() {
