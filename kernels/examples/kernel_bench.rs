@@ -776,6 +776,25 @@ fn lt_algos(gpu: &Gpu) -> Result<()> {
     Ok(())
 }
 
+/// The projections `--skinny` and `--skinny-sweep` time, as (model, name, n, k): the 7B layer
+/// at TP 1 and a TP 2 rank, then Llama-3.2-1B's and SmolLM2-135M's.
+fn skinny_shapes() -> Vec<(String, &'static str, usize, usize)> {
+    let mut shapes = Vec::new();
+    for tp in [1usize, 2] {
+        for (name, one, two) in LAYER_7B {
+            let (n, kk) = if tp == 1 { one } else { two };
+            shapes.push((format!("7B tp{tp}"), name, n, kk));
+        }
+    }
+    for (model, h, f, kv) in [("1B", 2048, 8192, 512), ("135M", 576, 1536, 192)] {
+        shapes.push((model.into(), "qkv", h + 2 * kv, h));
+        shapes.push((model.into(), "o_proj", h, h));
+        shapes.push((model.into(), "gate_up", 2 * f, h));
+        shapes.push((model.into(), "down", h, f));
+    }
+    shapes
+}
+
 /// `kernel_bench --skinny`: the decode projections of the Llama-2-7B shape (TP 1 and a TP 2
 /// rank) at 8, 16 and 32 tokens: cuBLAS as `linear` calls it against `skinny_gemm` at its
 /// default split and at others, each in a graph of 50 launches over weights far larger than
@@ -807,22 +826,8 @@ fn skinny(gpu: &Gpu) -> Result<()> {
         "| --- | ---: | ---: | ---: |{}",
         " ---: | ---: |".repeat(variants.len())
     );
-    // (label, name, n, k): the 7B layer at TP 1 and 2, then Llama-3.2-1B's and SmolLM2-135M's.
-    let mut shapes: Vec<(String, &str, usize, usize)> = Vec::new();
-    for tp in [1usize, 2] {
-        for (name, one, two) in LAYER_7B {
-            let (n, kk) = if tp == 1 { one } else { two };
-            shapes.push((format!("7B tp{tp}"), name, n, kk));
-        }
-    }
-    for (model, h, f, kv) in [("1B", 2048, 8192, 512), ("135M", 576, 1536, 192)] {
-        shapes.push((model.into(), "qkv", h + 2 * kv, h));
-        shapes.push((model.into(), "o_proj", h, h));
-        shapes.push((model.into(), "gate_up", 2 * f, h));
-        shapes.push((model.into(), "down", h, f));
-    }
     {
-        for (model, name, n, kk) in shapes {
+        for (model, name, n, kk) in skinny_shapes() {
             let bytes = (n * kk * 2) as f64;
             let copies = (2 * L2_BYTES).div_ceil(n * kk * 2);
             let wts = (0..copies)
@@ -930,20 +935,7 @@ fn skinny_sweep(gpu: &Gpu) -> Result<()> {
         "| shape | m | MB | cuBLAS µs | default µs (splits) | rows | tiles | blocks/SM | µs at splits 1..8 | clusters resident at splits 1..8 |"
     );
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |");
-    let mut shapes: Vec<(String, &str, usize, usize)> = Vec::new();
-    for tp in [1usize, 2] {
-        for (name, one, two) in LAYER_7B {
-            let (n, kk) = if tp == 1 { one } else { two };
-            shapes.push((format!("7B tp{tp}"), name, n, kk));
-        }
-    }
-    for (model, h, f, kv) in [("1B", 2048, 8192, 512), ("135M", 576, 1536, 192)] {
-        shapes.push((model.into(), "qkv", h + 2 * kv, h));
-        shapes.push((model.into(), "o_proj", h, h));
-        shapes.push((model.into(), "gate_up", 2 * f, h));
-        shapes.push((model.into(), "down", h, f));
-    }
-    for (model, name, n, kk) in shapes {
+    for (model, name, n, kk) in skinny_shapes() {
         let bytes = (n * kk * 2) as f64;
         let copies = (2 * L2_BYTES).div_ceil(n * kk * 2);
         let wts = (0..copies)
