@@ -20,7 +20,7 @@
 //! per stream), in the mma.sync loop; inside a thread block cluster of the tile's splits, from
 //! shared memory, in the TMA loop.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use cudarc::driver::sys::{self, CUtensorMap};
 use cudarc::driver::LaunchConfig;
@@ -73,7 +73,15 @@ pub struct SkinnyGemm {
     rows: usize,
     main_loop: MainLoop,
     num_sms: usize,
+    /// Whether a launch of the TMA main loop at its default split may take 128-row tiles
+    /// instead of `rows` to stay within one wave ([`Self::with_one_wave`]).
+    one_wave: bool,
+    /// Clusters resident at once per `[row tile][plain, SiLU·mul][token tiles - 1][splits - 1]`
+    /// of the TMA kernels (the occupancy calculator), filled at the first launch that needs it.
+    resident: Arc<OnceLock<ResidentClusters>>,
 }
+
+type ResidentClusters = [[[[usize; MAX_CLUSTER]; MAX_TOKENS / 8]; 2]; 2];
 
 /// The splits' f32 sums and the per-tile tickets of split launches on one stream (launches on
 /// one stream run one after another, so they can share it; tickets are zero between launches).
@@ -242,7 +250,21 @@ impl SkinnyGemm {
             rows: small,
             main_loop: MainLoop::MmaSync,
             num_sms,
+            one_wave: false,
+            resident: Arc::new(OnceLock::new()),
         })
+    }
+
+    /// The same kernels, with launches of the TMA main loop at their default split kept within
+    /// one wave: where a grid of [`Self::rows`]-row tiles and the default split would not fit
+    /// the GPU at once (its clusters of splits must share a GPC: the occupancy calculator
+    /// counts them), it takes 128-row tiles at that split if those fit, else fewer splits.
+    /// A grid that spills runs its last clusters alone, after the rest (Llama-3.2-1B's gate/up
+    /// at 32 tokens: 256 tiles × 2 splits of 64 rows, 198 clusters at once, 25.1 µs; 128 tiles
+    /// × 2 of 128 rows, 132 at once, 19.5 µs on an H200, `kernel_bench --skinny-sweep`).
+    pub fn with_one_wave(mut self, on: bool) -> Self {
+        self.one_wave = on;
+        self
     }
 
     /// The same kernels with the given main loop; [`MainLoop::Tma`] only where
@@ -304,22 +326,88 @@ impl SkinnyGemm {
         epilogue: Epilogue,
         splits: usize,
     ) -> Result<usize> {
+        let table = self.resident_table(stream)?;
         let token_tiles = num_tokens.clamp(1, MAX_TOKENS).div_ceil(8);
         let e = usize::from(epilogue == Epilogue::SiluAndMul);
         let r = usize::from(self.rows != ROW_TILES[0]);
+        Ok(table[r][e][token_tiles - 1][splits.clamp(1, MAX_CLUSTER) - 1])
+    }
+
+    /// Every TMA kernel's clusters resident at once, asked of the occupancy calculator once
+    /// (128 questions, a few milliseconds) and shared by every clone.
+    fn resident_table(&self, stream: &Arc<CudaStream>) -> Result<&ResidentClusters> {
+        if let Some(table) = self.resident.get() {
+            return Ok(table);
+        }
         let Some(tma) = &self.tma_functions else {
             return Err(KernelError::Unsupported {
                 kernel: "skinny_gemm",
                 what: "clusters without the TMA main loop".into(),
             });
         };
-        let smem = ring_bytes(MainLoop::Tma, self.rows, token_tiles) as u32;
-        let threads = 2 * self.rows as u32;
-        let cluster = (1, splits.clamp(1, MAX_CLUSTER) as u32, 1);
-        let function = &tma[r][e][token_tiles - 1];
-        Ok(crate::launch::max_active_clusters(
-            stream, function, threads, smem, cluster,
-        )?)
+        let mut table: ResidentClusters = Default::default();
+        for (r, rows) in ROW_TILES.into_iter().enumerate() {
+            for (e, per_epilogue) in table[r].iter_mut().enumerate() {
+                for (mt, per_tiles) in per_epilogue.iter_mut().enumerate() {
+                    let smem = ring_bytes(MainLoop::Tma, rows, mt + 1) as u32;
+                    let function = &tma[r][e][mt];
+                    for (s, clusters) in per_tiles.iter_mut().enumerate() {
+                        let cluster = (1, s as u32 + 1, 1);
+                        *clusters = crate::launch::max_active_clusters(
+                            stream,
+                            function,
+                            2 * rows as u32,
+                            smem,
+                            cluster,
+                        )?;
+                    }
+                }
+            }
+        }
+        Ok(self.resident.get_or_init(|| table))
+    }
+
+    /// The row tile and split a launch over `n` rows of `k` takes: the given `splits`, or the
+    /// default for [`Self::rows`]-row tiles, kept within one wave where
+    /// [`Self::with_one_wave`] asks for it.
+    fn plan(
+        &self,
+        stream: &Arc<CudaStream>,
+        n: usize,
+        k: usize,
+        num_tokens: usize,
+        epilogue: Epilogue,
+        splits: Option<usize>,
+    ) -> Result<(usize, usize)> {
+        let tiles = self.row_tiles(n, epilogue);
+        if let Some(s) = splits {
+            return Ok((self.rows, s));
+        }
+        let wanted = self.splits(tiles, k);
+        if !self.one_wave || self.main_loop != MainLoop::Tma || self.tma_functions.is_none() {
+            return Ok((self.rows, wanted));
+        }
+        let table = self.resident_table(stream)?;
+        let (e, mt) = (
+            usize::from(epilogue == Epilogue::SiluAndMul),
+            num_tokens.div_ceil(8),
+        );
+        let fits = |rows: usize, splits: usize| {
+            let r = usize::from(rows != ROW_TILES[0]);
+            row_tiles(rows, n, epilogue) <= table[r][e][mt - 1][splits - 1]
+        };
+        let (mut s, _) = launch_splits(MainLoop::Tma, wanted, k);
+        if fits(self.rows, s) {
+            return Ok((self.rows, s));
+        }
+        let large = ROW_TILES[1];
+        if self.rows != large && fits(large, s) {
+            return Ok((large, s));
+        }
+        while s > 1 && !fits(self.rows, s) {
+            s = launch_splits(MainLoop::Tma, s - 1, k).0;
+        }
+        Ok((self.rows, s))
     }
 
     /// Weight rows per row tile.
@@ -457,8 +545,8 @@ impl SkinnyGemm {
         if n == 0 {
             return Ok(());
         }
-        let tiles = self.row_tiles(n, epilogue);
-        let wanted = splits.unwrap_or_else(|| self.splits(tiles, k));
+        let (rows, wanted) = self.plan(stream, n, k, num_tokens, epilogue, splits)?;
+        let tiles = row_tiles(rows, n, epilogue);
         let (splits, stages_per_split) = launch_splits(self.main_loop, wanted, k);
         if self.main_loop == MainLoop::MmaSync
             && splits > 1
@@ -479,11 +567,11 @@ impl SkinnyGemm {
                 to_u32(K, "splits", splits)?,
                 1,
             ),
-            block_dim: (to_u32(K, "threads", 2 * self.rows)?, 1, 1),
+            block_dim: (to_u32(K, "threads", 2 * rows)?, 1, 1),
             shared_mem_bytes: to_u32(
                 K,
                 "shared memory",
-                ring_bytes(self.main_loop, self.rows, token_tiles),
+                ring_bytes(self.main_loop, rows, token_tiles),
             )?,
         };
         let (m32, n32, k32) = (
@@ -496,7 +584,7 @@ impl SkinnyGemm {
             Epilogue::Plain => 0,
             Epilogue::SiluAndMul => 1,
         };
-        let r = usize::from(self.rows != ROW_TILES[0]);
+        let r = usize::from(rows != ROW_TILES[0]);
         let maps;
         let function;
         let mut launch;
@@ -506,7 +594,7 @@ impl SkinnyGemm {
                 // 0..R/2 and R/2..R, or R/2 gate rows and their R/2 up rows) and of the launch's
                 // token tiles; rows past the matrices' ends arrive as zeros.
                 maps = [
-                    tensor_map(weight.device_ptr(stream).0, n, k, self.rows / 2)?,
+                    tensor_map(weight.device_ptr(stream).0, n, k, rows / 2)?,
                     tensor_map(x.device_ptr(stream).0, num_tokens, k, 8 * token_tiles)?,
                 ];
                 function = &tma[r][if push.is_some() { 2 } else { e }][token_tiles - 1];

@@ -110,6 +110,69 @@ fn matches_the_f64_reference() {
     println!("skinny_gemm: {checked} launches agree with the f64 reference");
 }
 
+/// `with_one_wave`: a launch that would spill past one wave of the GPU with 64-row tiles at
+/// its default split takes 128-row tiles (or fewer splits), and still matches the reference:
+/// Llama-3.2-1B's gate/up (2 × 8192 rows over 2048) at 16 and 32 tokens, which spills on an
+/// H200, and a small shape that fits either way.
+#[test]
+fn one_wave_tiles_match_the_f64_reference() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let s = &gpu.stream;
+    let sg = &gpu.kernels.skinny_gemm;
+    if !sg.has_tma() {
+        println!("skipped: the one-wave choice is the TMA main loop's (sm_90a: an H100/H200)");
+        return;
+    }
+    let sg = (sg.clone().with_main_loop(MainLoop::Tma))
+        .unwrap()
+        .with_one_wave(true);
+    let mut ws = SkinnyGemmWorkspace::new(s, sg.num_sms()).unwrap();
+    let mut rng = Rng::fresh("skinny_gemm_one_wave");
+    for (n, k, epilogue) in [
+        (2 * 8192, 2048, Epilogue::SiluAndMul),
+        (328, 200, Epilogue::Plain),
+    ] {
+        let w = rng.bf16s(n * k, 1.0 / (k as f64).sqrt());
+        let (dw, wf) = (s.clone_htod(&w).unwrap(), to_f64(&w));
+        let width = if epilogue == Epilogue::Plain {
+            n
+        } else {
+            n / 2
+        };
+        for m in [16, 32] {
+            let x = rng.bf16s(m * k, 1.0);
+            let dx = s.clone_htod(&x).unwrap();
+            let y = linear_reference(&to_f64(&x), &wf, None, m, n, k);
+            let want: Vec<f64> = (0..m * width)
+                .map(|i| {
+                    let (t, j) = (i / width, i % width);
+                    match epilogue {
+                        Epilogue::Plain => y[i],
+                        Epilogue::SiluAndMul => silu(y[t * n + j]) * y[t * n + width + j],
+                    }
+                })
+                .collect();
+            let mut out = poisoned(s, m * width);
+            let (xv, wv) = (dx.as_view(), dw.as_view());
+            sg.forward(
+                s,
+                &mut ws,
+                &mut out.as_view_mut(),
+                &xv,
+                &wv,
+                m,
+                epilogue,
+                None,
+            )
+            .unwrap();
+            let got = s.clone_dtoh(&out).unwrap();
+            let what = format!("skinny_gemm one wave {epilogue:?} [{m}, {k}] x [{n}, {k}]^T");
+            assert_close(&what, &got, &want, BF16_BOUND);
+            println!("{what}: agrees with the f64 reference");
+        }
+    }
+}
+
 #[test]
 fn refuses_what_it_cannot_take() {
     let Some(gpu) = gpu_or_skip() else { return };

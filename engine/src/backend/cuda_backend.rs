@@ -192,13 +192,17 @@ impl GemvRule {
 /// cuBLAS) it is off. The environment overrides, so that one build runs every way in one call:
 /// `LAB_SKINNY_MAX_TOKENS=<n>` (0 turns it off; at most [`kernels::skinny_gemm::MAX_TOKENS`]),
 /// `LAB_SKINNY_MIN_TOKENS=<n>` (below 5 it takes batches from the GEMV too), `LAB_SKINNY_ROWS`
-/// (the row tile: 64, the default, or 128, [`kernels::skinny_gemm::ROW_TILES`]),
-/// `LAB_SKINNY_MAIN_LOOP` (`tma` or `mma`).
+/// (the row tile: 64, or 128, [`kernels::skinny_gemm::ROW_TILES`], for every launch; unset,
+/// 64 except where a launch would spill past one wave of the GPU and 128-row tiles do not:
+/// `SkinnyGemm::with_one_wave`), `LAB_SKINNY_MAIN_LOOP` (`tma` or `mma`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct SkinnyRule {
     min_tokens: usize,
     max_tokens: usize,
     rows: usize,
+    /// `rows` may give way to 128-row tiles to keep a launch within one wave (no
+    /// `LAB_SKINNY_ROWS` set).
+    one_wave: bool,
     main_loop: MainLoop,
 }
 
@@ -227,10 +231,10 @@ impl SkinnyRule {
         let max_tokens = tokens("LAB_SKINNY_MAX_TOKENS", if on { max } else { 0 })?;
         let min_tokens = tokens("LAB_SKINNY_MIN_TOKENS", GEMV_MAX_TOKENS + 1)?.max(1);
         let tiles = kernels::skinny_gemm::ROW_TILES;
-        let rows = match var("LAB_SKINNY_ROWS") {
-            None => tiles[0],
+        let (rows, one_wave) = match var("LAB_SKINNY_ROWS") {
+            None => (tiles[0], true),
             Some(v) => match v.trim().parse::<usize>() {
-                Ok(r) if tiles.contains(&r) => r,
+                Ok(r) if tiles.contains(&r) => (r, false),
                 _ => return Err(format!("LAB_SKINNY_ROWS={v}: expected one of {tiles:?}")),
             },
         };
@@ -238,6 +242,7 @@ impl SkinnyRule {
             min_tokens,
             max_tokens,
             rows,
+            one_wave,
             main_loop,
         })
     }
@@ -373,6 +378,7 @@ impl CudaBackend {
         let skinny_gemm = (gpu.kernels.skinny_gemm.clone())
             .with_rows(skinny_rule.rows)
             .and_then(|sg| sg.with_main_loop(skinny_rule.main_loop))
+            .map(|sg| sg.with_one_wave(skinny_rule.one_wave))
             .map_err(kernel("skinny_gemm"))?;
         // Only the mma.sync loop's split launches use the workspace (8.3 MiB on an H200); the
         // TMA loop adds its splits inside a cluster, so it gets the smallest one (64 KB).
@@ -1687,8 +1693,19 @@ mod tests {
         assert!(one.takes_shape(1, 4096, false), "batch 1 too");
         let zero = read(&[("LAB_SKINNY_MIN_TOKENS", "0")], true).unwrap();
         assert!(!zero.takes_shape(0, 4096, false), "no empty launch");
-        assert_eq!(tma.rows, 64);
-        assert_eq!(read(&[("LAB_SKINNY_ROWS", "128")], true).unwrap().rows, 128);
+        assert_eq!(
+            (tma.rows, tma.one_wave),
+            (64, true),
+            "64 rows, 128 to stay in one wave"
+        );
+        let fixed = read(&[("LAB_SKINNY_ROWS", "128")], true).unwrap();
+        assert_eq!(
+            (fixed.rows, fixed.one_wave),
+            (128, false),
+            "asked for: every launch"
+        );
+        let fixed = read(&[("LAB_SKINNY_ROWS", "64")], true).unwrap();
+        assert_eq!((fixed.rows, fixed.one_wave), (64, false));
         let asked = read(&[("LAB_SKINNY_MAIN_LOOP", "mma")], true).unwrap();
         assert_eq!(asked.main_loop, MainLoop::MmaSync);
         let asked = read(&[("LAB_SKINNY_MAIN_LOOP", "tma")], false).unwrap();
