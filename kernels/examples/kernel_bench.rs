@@ -776,6 +776,33 @@ fn lt_algos(gpu: &Gpu) -> Result<()> {
     Ok(())
 }
 
+/// Milliseconds of one projection through cuBLAS as `linear` calls it (then `silu_and_mul` for
+/// gate/up), in a graph of 50 launches cycling over `wts` (copies past L2).
+#[allow(clippy::too_many_arguments)]
+fn cublas_ms(
+    gpu: &Gpu,
+    lin: &Linear,
+    x: &CudaSlice<half::bf16>,       // [m, k]
+    y: &mut CudaSlice<half::bf16>,   // [m, n]
+    act: &mut CudaSlice<half::bf16>, // [m, n / 2]
+    wts: &[CudaSlice<half::bf16>],   // each [n, k]
+    m: usize,
+    glu: bool,
+) -> Result<f64> {
+    let (s, k) = (&gpu.stream, &gpu.kernels);
+    let mut i = 0;
+    graph_ms(gpu, 50, || {
+        i += 1;
+        let w = &wts[i % wts.len()];
+        lin.forward(&mut y.as_view_mut(), &x.as_view(), &w.as_view(), None, m)?;
+        if glu {
+            k.silu_and_mul
+                .silu_and_mul(s, &mut act.as_view_mut(), &y.as_view(), m)?;
+        }
+        Ok(())
+    })
+}
+
 /// The projections `--skinny` and `--skinny-sweep` time, as (model, name, n, k): the 7B layer
 /// at TP 1 and a TP 2 rank, then Llama-3.2-1B's and SmolLM2-135M's.
 fn skinny_shapes() -> Vec<(String, &'static str, usize, usize)> {
@@ -838,22 +865,7 @@ fn skinny(gpu: &Gpu) -> Result<()> {
                 let x = random_bf16(s, m * kk, 51)?;
                 let mut y = uninit_bf16(s, m * n)?;
                 let mut act = uninit_bf16(s, m * n / 2)?;
-                let mut i = 0;
-                let base = graph_ms(gpu, BACK_TO_BACK, || {
-                    i += 1;
-                    lin.forward(
-                        &mut y.as_view_mut(),
-                        &x.as_view(),
-                        &wts[i % copies].as_view(),
-                        None,
-                        m,
-                    )?;
-                    if glu {
-                        k.silu_and_mul
-                            .silu_and_mul(s, &mut act.as_view_mut(), &y.as_view(), m)?;
-                    }
-                    Ok(())
-                })?;
+                let base = cublas_ms(gpu, &lin, &x, &mut y, &mut act, &wts, m, glu)?;
                 let epilogue = if glu {
                     Epilogue::SiluAndMul
                 } else {
@@ -951,22 +963,7 @@ fn skinny_sweep(gpu: &Gpu) -> Result<()> {
             let x = random_bf16(s, m * kk, 51)?;
             let mut y = uninit_bf16(s, m * n)?;
             let mut act = uninit_bf16(s, m * n / 2)?;
-            let mut i = 0;
-            let base = graph_ms(gpu, BACK_TO_BACK, || {
-                i += 1;
-                lin.forward(
-                    &mut y.as_view_mut(),
-                    &x.as_view(),
-                    &wts[i % copies].as_view(),
-                    None,
-                    m,
-                )?;
-                if glu {
-                    k.silu_and_mul
-                        .silu_and_mul(s, &mut act.as_view_mut(), &y.as_view(), m)?;
-                }
-                Ok(())
-            })?;
+            let base = cublas_ms(gpu, &lin, &x, &mut y, &mut act, &wts, m, glu)?;
             let mut run = |sg: &kernels::skinny_gemm::SkinnyGemm, splits: Option<usize>| {
                 let mut i = 0;
                 graph_ms(gpu, BACK_TO_BACK, || {
