@@ -29,6 +29,10 @@ use kernels::Gpu;
 /// TFLOP/s row, is the same GEMM through our cuBLAS call, measured by `kernels::roofline`).
 const BF16_GEMM_TFLOPS: f64 = 771.0;
 
+/// Launches of a kernel in each recorded graph the benchmarks time (so that one graph replay
+/// gives their mean without the host's launch cost).
+const BACK_TO_BACK: usize = 50;
+
 /// Median milliseconds of one of `reps` launches of `f`, recorded once as a CUDA graph and
 /// replayed: the kernels' time on the GPU, without the host's launch cost (which, for kernels of
 /// a few microseconds, is what timing launches from the host measures). As in a decode step.
@@ -211,7 +215,6 @@ fn fused_norm_rows(
     tokens: &[usize],
     variants: &[(&str, Gemv)],
 ) -> Result<Vec<FusedRow>> {
-    const BACK_TO_BACK: usize = 50;
     const L2_BYTES: usize = 50 << 20;
     let (s, k_) = (&gpu.stream, &gpu.kernels);
     let lin = Linear::new(s, tokens.iter().copied().max().unwrap_or(1))?;
@@ -326,7 +329,6 @@ fn fused_norm_rows(
 /// than the H200's 132) is an error, not a silent split-K time.
 fn staged_gemv(gpu: &Gpu, copy_gb_s: f64) -> Result<Vec<FusedRow>> {
     use kernels::qkv_rotary_cache::QkvShape;
-    const BACK_TO_BACK: usize = 50;
     const L2_BYTES: usize = 50 << 20;
     const MAX_POS: usize = 4096;
     let (s, k_) = (&gpu.stream, &gpu.kernels);
@@ -562,7 +564,6 @@ fn decode_projections(
     push: &mut dyn FnMut(&str, String, f64, f64),
 ) -> Result<()> {
     use kernels::gemv::Gemv;
-    const BACK_TO_BACK: usize = 50;
     const L2_BYTES: usize = 50 << 20;
     let (s, k) = (&gpu.stream, &gpu.kernels);
     let max_m = tokens.iter().copied().max().unwrap_or(1);
@@ -701,7 +702,6 @@ fn tp_shapes(gpu: &Gpu) -> Result<()> {
 /// launches over weights far larger than L2. Prints the heuristic's first pick and the fastest.
 fn lt_algos(gpu: &Gpu) -> Result<()> {
     use kernels::linear_lt::LinearLt;
-    const BACK_TO_BACK: usize = 50;
     const L2_BYTES: usize = 50 << 20;
     let ceilings = roofline::measure_on(&gpu.ctx, &gpu.stream)?;
     let copy = ceilings.copy_gb_s;
@@ -791,7 +791,7 @@ fn cublas_ms(
 ) -> Result<f64> {
     let (s, k) = (&gpu.stream, &gpu.kernels);
     let mut i = 0;
-    graph_ms(gpu, 50, || {
+    graph_ms(gpu, BACK_TO_BACK, || {
         i += 1;
         let w = &wts[i % wts.len()];
         lin.forward(&mut y.as_view_mut(), &x.as_view(), &w.as_view(), None, m)?;
@@ -800,6 +800,33 @@ fn cublas_ms(
                 .silu_and_mul(s, &mut act.as_view_mut(), &y.as_view(), m)?;
         }
         Ok(())
+    })
+}
+
+/// Milliseconds of one `skinny_gemm` launch at `splits` (its default when `None`), in a graph
+/// of 50 launches cycling over the weights (copies past L2). `launch`: x `[m, k]`, the weight
+/// copies (each `[n, k]`), m, the epilogue.
+fn skinny_ms(
+    gpu: &Gpu,
+    sg: &kernels::skinny_gemm::SkinnyGemm,
+    ws: &mut kernels::skinny_gemm::SkinnyGemmWorkspace,
+    out: &mut CudaSlice<half::bf16>, // [m, n] or [m, n / 2]
+    launch: (
+        &CudaSlice<half::bf16>,
+        &[CudaSlice<half::bf16>],
+        usize,
+        Epilogue,
+    ),
+    splits: Option<usize>,
+) -> Result<f64> {
+    let (x, wts, m, epilogue) = launch;
+    let mut i = 0;
+    graph_ms(gpu, BACK_TO_BACK, || {
+        i += 1;
+        let w = &wts[i % wts.len()];
+        let (xv, wv) = (x.as_view(), w.as_view());
+        let mut o = out.as_view_mut();
+        Ok(sg.forward(&gpu.stream, ws, &mut o, &xv, &wv, m, epilogue, splits)?)
     })
 }
 
@@ -828,7 +855,6 @@ fn skinny_shapes() -> Vec<(String, &'static str, usize, usize)> {
 /// L2; gate/up also with the SiLU·mul epilogue against cuBLAS followed by `silu_and_mul`.
 fn skinny(gpu: &Gpu) -> Result<()> {
     use kernels::skinny_gemm::{MainLoop, SkinnyGemmWorkspace, ROW_TILES};
-    const BACK_TO_BACK: usize = 50;
     const L2_BYTES: usize = 50 << 20;
     let ceilings = roofline::measure_on(&gpu.ctx, &gpu.stream)?;
     let copy = ceilings.copy_gb_s;
@@ -893,21 +919,9 @@ fn skinny(gpu: &Gpu) -> Result<()> {
                         {
                             continue;
                         }
-                        let mut i = 0;
-                        let ms = graph_ms(gpu, BACK_TO_BACK, || {
-                            i += 1;
-                            let out = if glu { &mut act } else { &mut y };
-                            Ok(sg.forward(
-                                s,
-                                &mut ws,
-                                &mut out.as_view_mut(),
-                                &x.as_view(),
-                                &wts[i % copies].as_view(),
-                                m,
-                                epilogue,
-                                Some(splits),
-                            )?)
-                        })?;
+                        let out = if glu { &mut act } else { &mut y };
+                        let launch = (&x, &wts[..], m, epilogue);
+                        let ms = skinny_ms(gpu, &sg, &mut ws, out, launch, Some(splits))?;
                         times.push((splits, ms));
                     }
                     let (bs, best) = times[1..]
@@ -935,7 +949,6 @@ fn skinny(gpu: &Gpu) -> Result<()> {
 /// SM holds (the occupancy calculator) and how many row tiles the weight has.
 fn skinny_sweep(gpu: &Gpu) -> Result<()> {
     use kernels::skinny_gemm::{MainLoop, SkinnyGemmWorkspace, ROW_TILES};
-    const BACK_TO_BACK: usize = 50;
     const L2_BYTES: usize = 50 << 20;
     let ceilings = roofline::measure_on(&gpu.ctx, &gpu.stream)?;
     println!("copy (d2d) 1 GiB: {:.0} GB/s", ceilings.copy_gb_s);
@@ -965,21 +978,8 @@ fn skinny_sweep(gpu: &Gpu) -> Result<()> {
             let mut act = uninit_bf16(s, m * n / 2)?;
             let base = cublas_ms(gpu, &lin, &x, &mut y, &mut act, &wts, m, glu)?;
             let mut run = |sg: &kernels::skinny_gemm::SkinnyGemm, splits: Option<usize>| {
-                let mut i = 0;
-                graph_ms(gpu, BACK_TO_BACK, || {
-                    i += 1;
-                    let out = if glu { &mut act } else { &mut y };
-                    Ok(sg.forward(
-                        s,
-                        &mut ws,
-                        &mut out.as_view_mut(),
-                        &x.as_view(),
-                        &wts[i % copies].as_view(),
-                        m,
-                        epilogue,
-                        splits,
-                    )?)
-                })
+                let out = if glu { &mut act } else { &mut y };
+                skinny_ms(gpu, sg, &mut ws, out, (&x, &wts[..], m, epilogue), splits)
             };
             let label = if glu { "gate_up + SiLU·mul" } else { name };
             let tiles0 = sg.row_tiles(n, epilogue);

@@ -77,8 +77,9 @@ pub struct SkinnyGemm {
     /// instead of `rows` to stay within one wave ([`Self::with_one_wave`]).
     one_wave: bool,
     /// Clusters resident at once per `[row tile][plain, SiLU·mul][token tiles - 1][splits - 1]`
-    /// of the TMA kernels (the occupancy calculator), filled at the first launch that needs it.
-    resident: Arc<OnceLock<ResidentClusters>>,
+    /// of the TMA kernels (the occupancy calculator), filled at the first launch that needs it;
+    /// `None` if the calculator failed, and launches then keep their default split.
+    resident: Arc<OnceLock<Option<ResidentClusters>>>,
 }
 
 type ResidentClusters = [[[[usize; MAX_CLUSTER]; MAX_TOKENS / 8]; 2]; 2];
@@ -326,7 +327,13 @@ impl SkinnyGemm {
         epilogue: Epilogue,
         splits: usize,
     ) -> Result<usize> {
-        let table = self.resident_table(stream)?;
+        let Some(table) = self.resident_table(stream) else {
+            return Err(KernelError::Unsupported {
+                kernel: "skinny_gemm",
+                what: "cluster occupancy (no TMA main loop, or the occupancy calculator failed)"
+                    .into(),
+            });
+        };
         let token_tiles = num_tokens.clamp(1, MAX_TOKENS).div_ceil(8);
         let e = usize::from(epilogue == Epilogue::SiluAndMul);
         let r = usize::from(self.rows != ROW_TILES[0]);
@@ -334,37 +341,38 @@ impl SkinnyGemm {
     }
 
     /// Every TMA kernel's clusters resident at once, asked of the occupancy calculator once
-    /// (128 questions, a few milliseconds) and shared by every clone.
-    fn resident_table(&self, stream: &Arc<CudaStream>) -> Result<&ResidentClusters> {
-        if let Some(table) = self.resident.get() {
-            return Ok(table);
-        }
-        let Some(tma) = &self.tma_functions else {
-            return Err(KernelError::Unsupported {
-                kernel: "skinny_gemm",
-                what: "clusters without the TMA main loop".into(),
-            });
-        };
-        let mut table: ResidentClusters = Default::default();
-        for (r, rows) in ROW_TILES.into_iter().enumerate() {
-            for (e, per_epilogue) in table[r].iter_mut().enumerate() {
-                for (mt, per_tiles) in per_epilogue.iter_mut().enumerate() {
-                    let smem = ring_bytes(MainLoop::Tma, rows, mt + 1) as u32;
-                    let function = &tma[r][e][mt];
-                    for (s, clusters) in per_tiles.iter_mut().enumerate() {
-                        let cluster = (1, s as u32 + 1, 1);
-                        *clusters = crate::launch::max_active_clusters(
-                            stream,
-                            function,
-                            2 * rows as u32,
-                            smem,
-                            cluster,
-                        )?;
+    /// (128 questions, a few milliseconds) and shared by every clone; `None` without the TMA
+    /// kernels or if a question failed (asked once: the answer is kept either way).
+    fn resident_table(&self, stream: &Arc<CudaStream>) -> Option<&ResidentClusters> {
+        let ask = || -> Result<ResidentClusters> {
+            let Some(tma) = &self.tma_functions else {
+                return Err(KernelError::Unsupported {
+                    kernel: "skinny_gemm",
+                    what: "clusters without the TMA main loop".into(),
+                });
+            };
+            let mut table: ResidentClusters = Default::default();
+            for (r, rows) in ROW_TILES.into_iter().enumerate() {
+                for (e, per_epilogue) in table[r].iter_mut().enumerate() {
+                    for (mt, per_tiles) in per_epilogue.iter_mut().enumerate() {
+                        let smem = ring_bytes(MainLoop::Tma, rows, mt + 1) as u32;
+                        let function = &tma[r][e][mt];
+                        for (s, clusters) in per_tiles.iter_mut().enumerate() {
+                            let cluster = (1, s as u32 + 1, 1);
+                            *clusters = crate::launch::max_active_clusters(
+                                stream,
+                                function,
+                                2 * rows as u32,
+                                smem,
+                                cluster,
+                            )?;
+                        }
                     }
                 }
             }
-        }
-        Ok(self.resident.get_or_init(|| table))
+            Ok(table)
+        };
+        self.resident.get_or_init(|| ask().ok()).as_ref()
     }
 
     /// The row tile and split a launch over `n` rows of `k` takes: the given `splits`, or the
@@ -378,16 +386,18 @@ impl SkinnyGemm {
         num_tokens: usize,
         epilogue: Epilogue,
         splits: Option<usize>,
-    ) -> Result<(usize, usize)> {
+    ) -> (usize, usize) {
         let tiles = self.row_tiles(n, epilogue);
         if let Some(s) = splits {
-            return Ok((self.rows, s));
+            return (self.rows, s);
         }
         let wanted = self.splits(tiles, k);
         if !self.one_wave || self.main_loop != MainLoop::Tma || self.tma_functions.is_none() {
-            return Ok((self.rows, wanted));
+            return (self.rows, wanted);
         }
-        let table = self.resident_table(stream)?;
+        let Some(table) = self.resident_table(stream) else {
+            return (self.rows, wanted); // no occupancy figures: the default split
+        };
         let (e, mt) = (
             usize::from(epilogue == Epilogue::SiluAndMul),
             num_tokens.div_ceil(8),
@@ -398,16 +408,16 @@ impl SkinnyGemm {
         };
         let (mut s, _) = launch_splits(MainLoop::Tma, wanted, k);
         if fits(self.rows, s) {
-            return Ok((self.rows, s));
+            return (self.rows, s);
         }
         let large = ROW_TILES[1];
         if self.rows != large && fits(large, s) {
-            return Ok((large, s));
+            return (large, s);
         }
         while s > 1 && !fits(self.rows, s) {
             s = launch_splits(MainLoop::Tma, s - 1, k).0;
         }
-        Ok((self.rows, s))
+        (self.rows, s)
     }
 
     /// Weight rows per row tile.
@@ -545,7 +555,7 @@ impl SkinnyGemm {
         if n == 0 {
             return Ok(());
         }
-        let (rows, wanted) = self.plan(stream, n, k, num_tokens, epilogue, splits)?;
+        let (rows, wanted) = self.plan(stream, n, k, num_tokens, epilogue, splits);
         let tiles = row_tiles(rows, n, epilogue);
         let (splits, stages_per_split) = launch_splits(self.main_loop, wanted, k);
         if self.main_loop == MainLoop::MmaSync
