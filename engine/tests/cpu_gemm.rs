@@ -112,3 +112,30 @@ fn the_detected_path_is_available_and_the_best() {
         assert_eq!(Isa::detect(), available[0]);
     }
 }
+
+/// How far ahead the micro-kernels prefetch the weight changes the speed only: no prefetch, the
+/// default distance and one past the whole weight give the same bits, at decode and prefill
+/// token counts.
+#[test]
+fn prefetch_distance_changes_no_bits() {
+    let (k, n) = (576, 200);
+    let x = values(40 * k, 5);
+    let w = values(n * k, 6);
+    for isa in Isa::available() {
+        let mut packed = PackedWeight::pack(&w, n, k, isa);
+        for t in [1, 8, 40] {
+            let mut outs = Vec::new();
+            for ahead in [0, isa.prefetch_ahead(), 4 * n * k + 4096] {
+                packed.prefetch_ahead = ahead;
+                let mut out = vec![f32::NAN; t * n];
+                gemm(&mut out, &x[..t * k], &packed, None, t);
+                outs.push(bits(&out));
+            }
+            assert_eq!(
+                outs[0], outs[1],
+                "{isa:?}, {t} tokens: the default distance"
+            );
+            assert_eq!(outs[0], outs[2], "{isa:?}, {t} tokens: past the weight");
+        }
+    }
+}

@@ -28,6 +28,7 @@ pub fn tile(
     rows: usize,
     kc: usize,
     first: bool,
+    ahead: usize, // floats: prefetch w this far ahead of each read (0: never)
 ) {
     let has =
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
@@ -39,7 +40,7 @@ pub fn tile(
             match rows {
                 // SAFETY: AVX2 and FMA were detected just above, and the asserts bound every
                 // access `kernel` makes: `rows` rows of `c` and `x`, `kc` rows of `w`.
-                $($r => unsafe { kernel::<$r>(c, x, x_stride, w, kc, first) },)*
+                $($r => unsafe { kernel::<$r>(c, x, x_stride, w, kc, first, ahead) },)*
                 _ => unreachable!(),
             }
         };
@@ -57,6 +58,7 @@ unsafe fn kernel<const R: usize>(
     w: &[f32],
     kc: usize,
     first: bool,
+    ahead: usize,
 ) {
     let (cp, xp, wp) = (c.as_mut_ptr(), x.as_ptr(), w.as_ptr());
     let mut acc = [[_mm256_setzero_ps(); 2]; R];
@@ -70,6 +72,12 @@ unsafe fn kernel<const R: usize>(
         }
     }
     for kk in 0..kc {
+        // The weight stream's next lines, asked for now: a prefetch never faults, so an
+        // address past the slice (another panel's, or none) is harmless.
+        if ahead > 0 {
+            let line = wp.wrapping_add(kk * NR + ahead).cast::<i8>();
+            _mm_prefetch::<_MM_HINT_T0>(line);
+        }
         // SAFETY: kk < kc, and w holds kc rows of 16 floats.
         let (w0, w1) = unsafe {
             (

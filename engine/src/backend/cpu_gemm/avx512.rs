@@ -29,6 +29,7 @@ pub fn tile(
     rows: usize,
     kc: usize,
     first: bool,
+    ahead: usize, // floats: prefetch w this far ahead of each read (0: never)
 ) {
     assert!(
         std::arch::is_x86_feature_detected!("avx512f"),
@@ -41,7 +42,7 @@ pub fn tile(
             match rows {
                 // SAFETY: AVX-512F was detected just above, and the asserts bound every
                 // access `kernel` makes: `rows` rows of `c` and `x`, `kc` rows of `w`.
-                $($r => unsafe { kernel::<$r>(c, x, x_stride, w, kc, first) },)*
+                $($r => unsafe { kernel::<$r>(c, x, x_stride, w, kc, first, ahead) },)*
                 _ => unreachable!(),
             }
         };
@@ -59,6 +60,7 @@ unsafe fn kernel<const R: usize>(
     w: &[f32],
     kc: usize,
     first: bool,
+    ahead: usize,
 ) {
     let (cp, xp, wp) = (c.as_mut_ptr(), x.as_ptr(), w.as_ptr());
     let mut acc = [[_mm512_setzero_ps(); 2]; R];
@@ -72,6 +74,13 @@ unsafe fn kernel<const R: usize>(
         }
     }
     for kk in 0..kc {
+        // The weight stream's next lines, asked for now: a prefetch never faults, so an
+        // address past the slice (another panel's, or none) is harmless.
+        if ahead > 0 {
+            let line = wp.wrapping_add(kk * NR + ahead).cast::<i8>();
+            _mm_prefetch::<_MM_HINT_T0>(line);
+            _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(64));
+        }
         // SAFETY: kk < kc, and w holds kc rows of 32 floats.
         let (w0, w1) = unsafe {
             (

@@ -61,6 +61,16 @@ const PANELS_PER_TASK: usize = 2;
 /// (1.2..3 MB) would be fetched from L3 again for every panel.
 const MC: usize = 128;
 
+/// How far ahead (bytes) the x86 micro-kernels prefetch a weight they stream. A decode step
+/// reads each weight once, and at 8 tokens the FMAs between two cache lines are slow enough
+/// that the hardware's own prefetchers fall behind: on a 2-core Xeon (2026-11-30,
+/// `examples/cpu_gemm_speed.rs`, the 113 MB LM head from memory) 8 tokens streamed 11-14 GB/s
+/// without it and 17-21 GB/s at 4-6 KiB ahead. A distance, not a cache-sized block, so it
+/// holds for every shape; far enough to cover the memory's latency at a core's share of the
+/// bandwidth (about 120 ns × 20 GB/s = 2.4 KB), near enough to stay inside the panel's `K`
+/// block most of the time.
+pub const PREFETCH_AHEAD: usize = 4096;
+
 /// The instruction set a GEMM runs with, from the fastest this CPU supports down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isa {
@@ -133,6 +143,19 @@ impl Isa {
         }
     }
 
+    /// How far ahead of its reads (bytes) the micro-kernel prefetches a streamed weight:
+    /// `LAB_CPU_PREFETCH` (bytes, 0 = never) or [`PREFETCH_AHEAD`] on x86; 0 on the paths that
+    /// do not prefetch (NEON, portable).
+    pub fn prefetch_ahead(self) -> usize {
+        match self {
+            Isa::Avx512 | Isa::Avx2 => std::env::var("LAB_CPU_PREFETCH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(PREFETCH_AHEAD),
+            Isa::Neon | Isa::Portable => 0,
+        }
+    }
+
     /// Tokens per register tile.
     fn mr(self) -> usize {
         match self {
@@ -154,6 +177,9 @@ pub struct PackedWeight {
     pub k: usize,
     /// `[panels][k][nr]`, `panels = ceil(n / nr)`, on huge pages (a decode step streams it).
     pub data: HugePageVec<f32>,
+    /// Bytes ahead of its reads at which the micro-kernel prefetches `data`
+    /// ([`Isa::prefetch_ahead`]; 0 = never). Speed only: the values are the same either way.
+    pub prefetch_ahead: usize,
 }
 
 impl PackedWeight {
@@ -173,7 +199,14 @@ impl PackedWeight {
                     }
                 }
             });
-        PackedWeight { isa, n, k, data }
+        let prefetch_ahead = isa.prefetch_ahead();
+        PackedWeight {
+            isa,
+            n,
+            k,
+            data,
+            prefetch_ahead,
+        }
     }
 
     fn panels(&self) -> usize {
@@ -356,6 +389,11 @@ fn panel_times_x(
     scratch: &mut Vec<f32>, // [KC][nr], for a dequantized K block
 ) {
     let (nr, mr) = (isa.nr(), isa.mr());
+    // In floats; weights in blocks are not prefetched (yet).
+    let ahead = match w {
+        Panels::F32(w) => w.prefetch_ahead / 4,
+        Panels::Blocks(..) => 0,
+    };
     let mut k0 = 0;
     while k0 < k {
         let kc = KC.min(k - k0);
@@ -375,7 +413,7 @@ fn panel_times_x(
             let xs = &x[t0 * k + k0..]; // row r, column k0 + c at xs[r * k + c]
             let cs = &mut c[t0 * nr..(t0 + rows) * nr];
             match w {
-                Slice::F32(w) => micro_kernel(isa, cs, xs, k, w, rows, kc, first),
+                Slice::F32(w) => micro_kernel(isa, cs, xs, k, w, rows, kc, first, ahead),
                 Slice::Blocks(w) => micro_kernel_blocks(isa, cs, xs, k, w, rows, kc, first),
             }
             t0 += rows;
@@ -447,12 +485,13 @@ fn micro_kernel(
     rows: usize,
     kc: usize,
     first: bool,
+    ahead: usize, // floats: how far ahead of its reads the x86 kernels prefetch `w`
 ) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => avx512::tile(c, x, x_stride, w, rows, kc, first),
+        Isa::Avx512 => avx512::tile(c, x, x_stride, w, rows, kc, first, ahead),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::tile(c, x, x_stride, w, rows, kc, first),
+        Isa::Avx2 => avx2::tile(c, x, x_stride, w, rows, kc, first, ahead),
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => neon::tile(c, x, x_stride, w, rows, kc, first),
         Isa::Portable => portable::tile(c, x, x_stride, w, rows, kc, first),
