@@ -282,3 +282,32 @@ fn packing_at_load_drops_the_row_major_copy_and_changes_no_value() {
     }
     assert!(table.row_into(n, &mut vec![0.0; k]).is_none());
 }
+
+/// How far ahead the micro-kernels prefetch a weight's blocks changes the speed only: none, the
+/// default and a distance past the whole weight give the same bits, in registers at decode
+/// token counts (where the prefetch is) and through the buffer.
+#[test]
+fn prefetch_distance_changes_no_bits() {
+    let (n, k) = (70, 3 * 32 + KC);
+    let x: Vec<f32> = {
+        let mut g = Lcg(9);
+        (0..12 * k).map(|_| g.unit()).collect()
+    };
+    for format in [GgmlType::Q8_0, GgmlType::Q4_1] {
+        let bytes = random_blocks(format, n, k, 11);
+        for isa in Isa::available() {
+            let mut w = PackedBlocks::pack(&bytes, format, n, k, isa).unwrap();
+            for t in [1, 8, 12] {
+                for how in PATHS {
+                    let mut outs = Vec::new();
+                    for ahead in [0, isa.prefetch_ahead(), w.bytes() + 4096] {
+                        w.prefetch_ahead = ahead;
+                        outs.push(bits(&run_blocks_with(&w, &x[..t * k], None, t, how)));
+                    }
+                    assert_eq!(outs[0], outs[1], "{format:?} {isa:?} {t} tokens {how:?}");
+                    assert_eq!(outs[0], outs[2], "{format:?} {isa:?} {t} tokens {how:?}");
+                }
+            }
+        }
+    }
+}

@@ -119,6 +119,7 @@ pub fn tile_blocks(
     rows: usize,
     kc: usize,
     first: bool,
+    ahead: usize, // bytes of quants: prefetch the blocks this far ahead (0: never)
 ) {
     assert!(
         std::arch::is_x86_feature_detected!("avx512f"),
@@ -131,7 +132,7 @@ pub fn tile_blocks(
             match rows {
                 // SAFETY: AVX-512F was detected just above, and the asserts bound every
                 // access `kernel_blocks` makes: `rows` rows of `c` and `x`, `kc` rows of `w`.
-                $($r => unsafe { kernel_blocks::<$r>(c, x, x_stride, w, kc, first) },)*
+                $($r => unsafe { kernel_blocks::<$r>(c, x, x_stride, w, kc, first, ahead) },)*
                 _ => unreachable!(),
             }
         };
@@ -150,6 +151,7 @@ unsafe fn kernel_blocks<const R: usize>(
     w: BlockSlice,
     kc: usize,
     first: bool,
+    ahead: usize,
 ) {
     let (cp, xp) = (c.as_mut_ptr(), x.as_ptr());
     let (sp, mp, qp) = (w.scales.as_ptr(), w.mins.as_ptr(), w.quants.as_ptr());
@@ -187,7 +189,12 @@ unsafe fn kernel_blocks<const R: usize>(
         };
     }
     let low = _mm512_set1_epi32(0x0f);
+    // Whole blocks ahead, at least one.
+    let blocks_ahead = ahead.div_ceil(w.block_quant_bytes(NR));
     for b in 0..kc / QK {
+        if ahead > 0 {
+            w.prefetch(b + blocks_ahead, NR);
+        }
         // SAFETY: block b < kc / 32 has NR scales (and minimums) in the slice.
         let d0 = unsafe { _mm512_loadu_ps(sp.add(b * NR)) };
         let d1 = unsafe { _mm512_loadu_ps(sp.add(b * NR + 16)) };

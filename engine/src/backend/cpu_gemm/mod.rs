@@ -389,10 +389,10 @@ fn panel_times_x(
     scratch: &mut Vec<f32>, // [KC][nr], for a dequantized K block
 ) {
     let (nr, mr) = (isa.nr(), isa.mr());
-    // In floats; weights in blocks are not prefetched (yet).
+    // Floats of an f32 panel, bytes of quants of a weight in blocks.
     let ahead = match w {
         Panels::F32(w) => w.prefetch_ahead / 4,
-        Panels::Blocks(..) => 0,
+        Panels::Blocks(b, _) => b.prefetch_ahead,
     };
     let mut k0 = 0;
     while k0 < k {
@@ -414,7 +414,7 @@ fn panel_times_x(
             let cs = &mut c[t0 * nr..(t0 + rows) * nr];
             match w {
                 Slice::F32(w) => micro_kernel(isa, cs, xs, k, w, rows, kc, first, ahead),
-                Slice::Blocks(w) => micro_kernel_blocks(isa, cs, xs, k, w, rows, kc, first),
+                Slice::Blocks(w) => micro_kernel_blocks(isa, cs, xs, k, w, rows, kc, first, ahead),
             }
             t0 += rows;
         }
@@ -459,12 +459,13 @@ fn micro_kernel_blocks(
     rows: usize,
     kc: usize,
     first: bool,
+    ahead: usize, // bytes of quants: how far ahead the x86 kernels prefetch the blocks
 ) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => avx512::tile_blocks(c, x, x_stride, w, rows, kc, first),
+        Isa::Avx512 => avx512::tile_blocks(c, x, x_stride, w, rows, kc, first, ahead),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => avx2::tile_blocks(c, x, x_stride, w, rows, kc, first),
+        Isa::Avx2 => avx2::tile_blocks(c, x, x_stride, w, rows, kc, first, ahead),
         #[cfg(target_arch = "aarch64")]
         Isa::Neon => neon::tile_blocks(c, x, x_stride, w, rows, kc, first),
         Isa::Portable => portable::tile_blocks(c, x, x_stride, w, rows, kc, first),

@@ -56,6 +56,9 @@ pub struct PackedBlocks {
     pub mins: HugePageVec<f32>,
     /// Q8_0: `[panels][k][nr]`; Q4_1: `[panels][k / 2][nr]` (see the module doc).
     pub quants: HugePageVec<u8>,
+    /// Bytes of quants ahead of its reads at which the micro-kernel prefetches this weight's
+    /// blocks ([`Isa::prefetch_ahead`]; 0 = never). Speed only.
+    pub prefetch_ahead: usize,
 }
 
 impl PackedBlocks {
@@ -121,6 +124,7 @@ impl PackedBlocks {
             scales,
             mins,
             quants,
+            prefetch_ahead: isa.prefetch_ahead(),
         })
     }
 
@@ -306,6 +310,39 @@ impl BlockSlice<'_> {
     /// Rows of `k` this slice holds.
     pub fn kc(&self, nr: usize) -> usize {
         self.scales.len() / nr * QK
+    }
+
+    /// Bytes of quants one block of `nr` columns takes.
+    pub fn block_quant_bytes(&self, nr: usize) -> usize {
+        if self.q4 {
+            QK / 2 * nr
+        } else {
+            QK * nr
+        }
+    }
+
+    /// Asks the cache for block `b`'s quants, scales and minimums before they are read (the
+    /// micro-kernels pass a block some way ahead of the one they work on). A prefetch never
+    /// faults, so a block past the slice, which lies in the panel's next `K` block, in the next
+    /// panel or nowhere, is harmless; the pointers are only computed, never dereferenced.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "sse")]
+    #[inline]
+    pub fn prefetch(&self, b: usize, nr: usize) {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let q_bytes = self.block_quant_bytes(nr);
+        let q = self.quants.as_ptr().wrapping_add(b * q_bytes);
+        for line in (0..q_bytes).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(q.wrapping_add(line).cast());
+        }
+        let s = self.scales.as_ptr().wrapping_add(b * nr).cast::<u8>();
+        let m = self.mins.as_ptr().wrapping_add(b * nr).cast::<u8>();
+        for line in (0..nr * 4).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(s.wrapping_add(line).cast());
+            if self.q4 {
+                _mm_prefetch::<_MM_HINT_T0>(m.wrapping_add(line).cast());
+            }
+        }
     }
 
     /// Row `kk` of the dequantized block, `[nr]`, by the expressions of the type's doc (the
