@@ -325,6 +325,10 @@ impl BlockSlice<'_> {
     /// micro-kernels pass a block some way ahead of the one they work on). A prefetch never
     /// faults, so a block past the slice, which lies in the panel's next `K` block, in the next
     /// panel or nowhere, is harmless; the pointers are only computed, never dereferenced.
+    ///
+    /// # Safety
+    /// Calling it needs SSE, which every x86-64 CPU has; the micro-kernels that call it are
+    /// compiled for AVX2 or AVX-512, which include it, so they call it as a safe function.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "sse")]
     #[inline]
