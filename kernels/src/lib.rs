@@ -43,6 +43,7 @@ pub mod embedding;
 pub mod error;
 pub mod gemv;
 pub mod kernel_cache;
+pub mod l2_prefetch;
 pub mod launch;
 pub mod linear;
 pub mod linear_lt;
@@ -126,7 +127,7 @@ pub fn check_device(ordinal: usize) -> Result<()> {
 }
 
 /// Every kernel file, in the order of the modules [`Kernels::load`] loads.
-pub(crate) const SOURCES: [(&str, &str); 13] = [
+pub(crate) const SOURCES: [(&str, &str); 14] = [
     (embedding::FILE, embedding::SOURCE),
     (rms_norm::FILE, rms_norm::SOURCE),
     (rotary_embedding::FILE, rotary_embedding::SOURCE),
@@ -140,6 +141,7 @@ pub(crate) const SOURCES: [(&str, &str); 13] = [
     (qkv_rotary_cache::FILE, qkv_rotary_cache::SOURCE),
     (custom_all_reduce::FILE, custom_all_reduce::SOURCE),
     (skinny_gemm::FILE, skinny_gemm::SOURCE),
+    (l2_prefetch::FILE, l2_prefetch::SOURCE),
 ];
 
 /// Every kernel of the crate, compiled and loaded into one context.
@@ -158,6 +160,7 @@ pub struct Kernels {
     pub qkv_rotary_cache: qkv_rotary_cache::QkvRotaryCache,
     pub custom_all_reduce: custom_all_reduce::CustomAllReduce,
     pub skinny_gemm: skinny_gemm::SkinnyGemm,
+    pub l2_prefetch: l2_prefetch::L2Prefetch,
 }
 
 impl Kernels {
@@ -206,6 +209,7 @@ impl Kernels {
                 num_sms,
                 arch == compile::ARCH_HOPPER_FEATURES,
             )?,
+            l2_prefetch: l2_prefetch::L2Prefetch::load(&modules[13])?,
         })
     }
 }
