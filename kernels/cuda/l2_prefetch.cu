@@ -19,32 +19,21 @@
 // It must: the next kernel's wait is for this grid only, so a grid that ended early would let
 // attention read q, k and v before the projection that writes them had finished.
 
-#define L2_PREFETCH_CHUNK 65536u  // bytes per bulk request
-#define L2_LINE 128u              // bytes per line request
+#define L2_PREFETCH_CHUNK 65536u  // bytes per request
 
 extern "C" __global__ void l2_prefetch_kernel(
     const char* __restrict__ p,  // [parts, part_bytes]: the weight, as bytes
     unsigned long long part_bytes, u32 parts,
-    unsigned long long bytes,    // of each part to ask for, <= part_bytes
-    u32 lines) {                 // 1: one request per 128-byte line; 0: 64 KiB bulk requests
+    unsigned long long bytes) {  // of each part to ask for: a multiple of 16, <= part_bytes
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    const unsigned long long unit = lines ? L2_LINE : L2_PREFETCH_CHUNK;
-    const unsigned long long per_part = (bytes + unit - 1) / unit;
+    const unsigned long long per_part = (bytes + L2_PREFETCH_CHUNK - 1) / L2_PREFETCH_CHUNK;
     const unsigned long long requests = per_part * parts;
     for (unsigned long long i = (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; i < requests;
          i += (unsigned long long)gridDim.x * blockDim.x) {
-        const unsigned long long part = i / per_part, at = (i % per_part) * unit;
+        const unsigned long long part = i / per_part, at = (i % per_part) * L2_PREFETCH_CHUNK;
+        const u32 size = (u32)min((unsigned long long)L2_PREFETCH_CHUNK, bytes - at);
         const char* src = p + part * part_bytes + at;
-        if (lines) {
-            asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"(src) : "memory");
-        } else {
-            // A bulk request must start and end on 16 bytes: skip the part's unaligned head.
-            const size_t skew = (16 - (reinterpret_cast<size_t>(src) & 15)) & 15;
-            const unsigned long long end = min(at + L2_PREFETCH_CHUNK, bytes);
-            if (at + skew >= end) continue;
-            const u32 size = (u32)((end - at - skew) & ~15ull);
-            if (size) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src + skew), "r"(size) : "memory");
-        }
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(size) : "memory");
     }
 #endif
     allow_next_kernel();

@@ -12,10 +12,8 @@ use crate::error::{to_u32, Result};
 pub(crate) const FILE: &str = "l2_prefetch.cu";
 pub(crate) const SOURCE: &str = include_str!("../cuda/l2_prefetch.cu");
 
-/// Bytes one bulk request asks for (`L2_PREFETCH_CHUNK` in the kernel).
+/// Bytes one request asks for (`L2_PREFETCH_CHUNK` in the kernel).
 const CHUNK: usize = 65536;
-/// Bytes one line request asks for (`L2_LINE`).
-const LINE: usize = 128;
 /// Threads per block: each issues one request at a time.
 const THREADS: u32 = 128;
 
@@ -23,29 +21,18 @@ const THREADS: u32 = 128;
 #[derive(Debug, Clone)]
 pub struct L2Prefetch {
     kernel: CudaFunction,
-    /// One request per 128-byte line from up to one block per SM (else 64 KiB bulk requests).
-    lines: bool,
-    num_sms: usize,
 }
 
 impl L2Prefetch {
-    pub(crate) fn load(module: &Arc<CudaModule>, num_sms: usize) -> Result<Self> {
+    pub(crate) fn load(module: &Arc<CudaModule>) -> Result<Self> {
         Ok(Self {
             kernel: module.load_function("l2_prefetch_kernel")?,
-            lines: true,
-            num_sms,
         })
     }
 
-    /// With a request per 128-byte line (`true`, the default) or 64 KiB bulk requests.
-    pub fn with_lines(mut self, lines: bool) -> Self {
-        self.lines = lines;
-        self
-    }
-
-    /// Asks L2 for the first `bytes` of each of `w`'s `parts` equal parts (at most the part).
-    /// Changes no value anywhere; it only moves bytes into the cache. On a GPU older than
-    /// sm_90 the kernel asks for nothing.
+    /// Asks L2 for the first `bytes` of each of `w`'s `parts` equal parts (rounded down to 16
+    /// bytes; at most the part). Changes no value anywhere; it only moves bytes into the cache.
+    /// On a GPU older than sm_90 the kernel asks for nothing.
     pub fn prefetch(
         &self,
         stream: &Arc<CudaStream>,
@@ -55,33 +42,24 @@ impl L2Prefetch {
     ) -> Result<()> {
         const K: &str = "l2_prefetch";
         let part_bytes = w.len() * 2 / parts.max(1);
-        let bytes = bytes.min(part_bytes);
+        let bytes = bytes.min(part_bytes) / 16 * 16;
         if bytes == 0 || parts == 0 {
             return Ok(());
         }
-        let unit = if self.lines { LINE } else { CHUNK };
-        let mut blocks = (bytes.div_ceil(unit) * parts).div_ceil(THREADS as usize);
-        if self.lines {
-            blocks = blocks.min(self.num_sms.max(1));
-        }
-        let blocks = to_u32(K, "blocks", blocks)?;
-        let (part_bytes, bytes) = (part_bytes as u64, bytes as u64);
-        let (parts, lines) = (to_u32(K, "parts", parts)?, u32::from(self.lines));
+        let requests = bytes.div_ceil(CHUNK) * parts;
+        let blocks = to_u32(K, "blocks", requests.div_ceil(THREADS as usize))?;
+        let (part_bytes, parts, bytes) =
+            (part_bytes as u64, to_u32(K, "parts", parts)?, bytes as u64);
         let mut launch = Launch::new(stream, &self.kernel);
-        launch
-            .arg(w)
-            .arg(&part_bytes)
-            .arg(&parts)
-            .arg(&bytes)
-            .arg(&lines);
+        launch.arg(w).arg(&part_bytes).arg(&parts).arg(&bytes);
         let cfg = LaunchConfig {
             grid_dim: (blocks, 1, 1),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: 0,
         };
-        // SAFETY: the signature matches l2_prefetch_kernel (p, u64, u32, u64, u32); the kernel
-        // only issues prefetches of `parts` × `bytes` bytes inside `w` (bytes ≤ part_bytes,
-        // parts × part_bytes ≤ w's bytes) and reads or writes nothing.
+        // SAFETY: the signature matches l2_prefetch_kernel (p, u64, u32, u64); the kernel only
+        // issues prefetches of `parts` × `bytes` bytes inside `w` (bytes ≤ part_bytes, parts ×
+        // part_bytes ≤ w's bytes) and reads or writes nothing.
         unsafe { launch.launch(cfg) }?;
         Ok(())
     }

@@ -209,7 +209,7 @@ impl Kernels {
                 num_sms,
                 arch == compile::ARCH_HOPPER_FEATURES,
             )?,
-            l2_prefetch: l2_prefetch::L2Prefetch::load(&modules[13], num_sms)?,
+            l2_prefetch: l2_prefetch::L2Prefetch::load(&modules[13])?,
         })
     }
 }

@@ -1434,8 +1434,7 @@ impl Backend for CudaBackend {
         let _span = self.op_scope(OP);
         let wv = w.view_bf16(OP)?;
         let kernels = &self.gpu.kernels;
-        let lines = std::env::var("LAB_L2_PREFETCH_BULK").as_deref() != Ok("1");
-        (kernels.l2_prefetch.clone().with_lines(lines))
+        (kernels.l2_prefetch)
             .prefetch(&self.gpu.stream, &wv, 2, self.l2_prefetch_bytes / 2)
             .map_err(kernel(OP))
     }
