@@ -43,7 +43,6 @@ pub mod embedding;
 pub mod error;
 pub mod gemv;
 pub mod kernel_cache;
-pub mod l2_prefetch;
 pub mod launch;
 pub mod linear;
 pub mod linear_lt;
@@ -127,7 +126,7 @@ pub fn check_device(ordinal: usize) -> Result<()> {
 }
 
 /// Every kernel file, in the order of the modules [`Kernels::load`] loads.
-pub(crate) const SOURCES: [(&str, &str); 14] = [
+pub(crate) const SOURCES: [(&str, &str); 13] = [
     (embedding::FILE, embedding::SOURCE),
     (rms_norm::FILE, rms_norm::SOURCE),
     (rotary_embedding::FILE, rotary_embedding::SOURCE),
@@ -141,7 +140,6 @@ pub(crate) const SOURCES: [(&str, &str); 14] = [
     (qkv_rotary_cache::FILE, qkv_rotary_cache::SOURCE),
     (custom_all_reduce::FILE, custom_all_reduce::SOURCE),
     (skinny_gemm::FILE, skinny_gemm::SOURCE),
-    (l2_prefetch::FILE, l2_prefetch::SOURCE),
 ];
 
 /// Every kernel of the crate, compiled and loaded into one context.
@@ -160,7 +158,6 @@ pub struct Kernels {
     pub qkv_rotary_cache: qkv_rotary_cache::QkvRotaryCache,
     pub custom_all_reduce: custom_all_reduce::CustomAllReduce,
     pub skinny_gemm: skinny_gemm::SkinnyGemm,
-    pub l2_prefetch: l2_prefetch::L2Prefetch,
 }
 
 impl Kernels {
@@ -209,7 +206,6 @@ impl Kernels {
                 num_sms,
                 arch == compile::ARCH_HOPPER_FEATURES,
             )?,
-            l2_prefetch: l2_prefetch::L2Prefetch::load(&modules[13])?,
         })
     }
 }

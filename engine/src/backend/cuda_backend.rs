@@ -320,30 +320,7 @@ pub struct CudaBackend {
     /// This rank's end of its tensor-parallel group; `None` runs the whole model
     /// ([`super::cuda_tensor_parallel`]).
     pub(super) comm: Option<RankComm>,
-    /// Bytes of a decode layer's gate/up weight asked of the L2 cache before attention
-    /// ([`Backend::prefetch_gate_up`]); 0 = never (`LAB_L2_PREFETCH`).
-    l2_prefetch_bytes: usize,
 }
-
-/// The share of the L2 cache `prefetch_gate_up` may fill (`LAB_L2_PREFETCH`, a fraction in
-/// [0, 1]; 0 turns it off), by default [`L2_PREFETCH_SHARE`].
-fn l2_prefetch_share_from_vars(
-    var: impl Fn(&str) -> Option<String>,
-) -> std::result::Result<f64, String> {
-    match var("LAB_L2_PREFETCH").as_deref().map(str::trim) {
-        None => Ok(L2_PREFETCH_SHARE),
-        Some(v) => match v.parse::<f64>() {
-            Ok(f) if (0.0..=1.0).contains(&f) => Ok(f),
-            _ => Err(format!(
-                "LAB_L2_PREFETCH={v}: expected a share of the L2 cache from 0 (off) to 1"
-            )),
-        },
-    }
-}
-
-/// Half the L2: the gate/up weight's prefetched part must still be there when the GEMV reads
-/// it, after attention and o_proj have passed their own bytes through the cache.
-const L2_PREFETCH_SHARE: f64 = 0.5;
 
 /// Two events recorded on the stream before a step's first kernel and after its sampler; read
 /// once the sampled ids are back (the stream has passed both by then).
@@ -435,20 +412,6 @@ impl CudaBackend {
         // A decode step's attention follows the kernel that wrote its K/V rows (the qkv
         // projection's epilogue or qkv_rotary_cache), the contract of `with_early_reads`.
         let paged_attention = paged_attention.with_early_reads(early);
-        let share = l2_prefetch_share_from_vars(|name| std::env::var(name).ok()).map_err(|e| {
-            BackendError::Device {
-                backend: "cuda",
-                op: "reading LAB_L2_PREFETCH",
-                source: e.into(),
-            }
-        })?;
-        let l2_bytes = gpu
-            .ctx
-            .attribute(
-                kernels::cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_L2_CACHE_SIZE,
-            )
-            .map_err(|e| device("read the L2 cache's size", e))?;
-        let l2_prefetch_bytes = (f64::from(l2_bytes.max(0)) * share) as usize;
         Ok(CudaBackend {
             gemv: gpu
                 .kernels
@@ -484,7 +447,6 @@ impl CudaBackend {
             }),
             kernel_timer: KernelTimer::default(),
             comm: None,
-            l2_prefetch_bytes,
             gpu,
         })
     }
@@ -1420,25 +1382,6 @@ impl Backend for CudaBackend {
         self.silu_and_mul(&self.linear(&x, w, None)?)
     }
 
-    /// At batch 1-4, where the GEMV runs gate/up, asks L2 for the first part of each half of
-    /// `w` (gate rows, up rows), up to [`L2_PREFETCH_SHARE`] of the cache
-    /// (`kernels/cuda/l2_prefetch.cu` says why).
-    fn prefetch_gate_up(&self, w: &CudaTensor, step: &CudaStepMetadata) -> Result<()> {
-        const OP: &str = "l2_prefetch";
-        if self.l2_prefetch_bytes == 0
-            || !step.is_decode
-            || !self.gemv_rule.takes(step.num_tokens, w)
-        {
-            return Ok(());
-        }
-        let _span = self.op_scope(OP);
-        let wv = w.view_bf16(OP)?;
-        let kernels = &self.gpu.kernels;
-        (kernels.l2_prefetch)
-            .prefetch(&self.gpu.stream, &wv, 2, self.l2_prefetch_bytes / 2)
-            .map_err(kernel(OP))
-    }
-
     fn add_rms_norm_qkv_rotary_cache(
         &self,
         delta: Option<CudaTensor>,
@@ -1794,23 +1737,6 @@ mod tests {
         assert!(read(Some("yes"))
             .unwrap_err()
             .contains("LAB_ATTENTION_EARLY=yes"));
-    }
-
-    #[test]
-    fn l2_prefetch_share_follows_the_environment() {
-        let read = |v: Option<&'static str>| {
-            l2_prefetch_share_from_vars(move |name| {
-                (name == "LAB_L2_PREFETCH").then_some(v?.into())
-            })
-        };
-        assert_eq!(read(None), Ok(L2_PREFETCH_SHARE));
-        assert_eq!(read(Some("0")), Ok(0.0));
-        assert_eq!(read(Some(" 0.25 ")), Ok(0.25));
-        assert_eq!(read(Some("1")), Ok(1.0));
-        for bad in ["1.5", "-0.1", "half", "NaN"] {
-            let err = read(Some(bad)).unwrap_err();
-            assert!(err.contains(&format!("LAB_L2_PREFETCH={bad}")), "{err}");
-        }
     }
 
     #[test]

@@ -322,13 +322,6 @@ pub trait Backend: Send + Sync {
         let x = self.add_rms_norm(delta, residual, norm, eps)?;
         self.silu_and_mul(&self.linear(&x, w, None)?)
     }
-    /// A hint, given before attention, that the MLP's gate/up weight `w` `[2·inter, hidden]`
-    /// is read next after attention and o_proj, kernels that leave the memory mostly idle at
-    /// small batches. Changes no value. This default does nothing; the CUDA backend asks the L2
-    /// cache for part of the weight at batch 1-4 (`LAB_L2_PREFETCH=0` turns it off).
-    fn prefetch_gate_up(&self, _w: &Self::Tensor, _step: &Self::StepMetadata) -> Result<()> {
-        Ok(())
-    }
     /// The attention block's way in, up to attention: [`Backend::add_rms_norm_linear`] through
     /// the qkv projection `w` `[(heads + 2·kv_heads)·d, hidden]` (+ `bias`), then
     /// [`Backend::qkv_rotary_and_cache`] → q `[t, heads·d]`, k and v in the caches. Two calls

@@ -150,9 +150,6 @@ impl<B: Backend> LlamaForCausalLM<B> {
                 value_cache,
                 step,
             )?;
-            // Attention and o_proj read little at small batches: meanwhile the device may
-            // start fetching the MLP's weight (a hint; no value changes).
-            b.prefetch_gate_up(&layer.gate_up_proj, step)?;
             let attn = b.paged_attention(
                 &q,
                 key_cache,
