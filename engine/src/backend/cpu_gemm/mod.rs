@@ -52,9 +52,15 @@ use crate::backend::huge_pages::HugePageVec;
 /// keeps the blocking out of any argument about invariance.
 pub const KC: usize = 256;
 
-/// Panels per parallel task: enough work to amortize a task, few enough to balance 2..16
-/// threads on the smallest projection (576 outputs = 18 panels of 32).
-const PANELS_PER_TASK: usize = 2;
+/// Panels per parallel task: one. A panel is the smallest unit a GEMM can share out (its
+/// outputs' chains run over the whole `K`), and a task of one panel is still 74-196 KB of
+/// SmolLM2's weights, far more work than a task costs. Two panels a task made SmolLM2's
+/// qkv, o_proj and down 15, 9 and 9 tasks: on two threads one thread always ran one task
+/// more (a 5/4 split is 11% longer than an even one). On a 2-core Xeon (2026-11-30,
+/// `examples/decode_weight_stream.rs`, three alternations of two builds) one decode step's
+/// 121 GEMMs streamed at 0.76-0.86 of one large GEMM's rate with two panels a task and
+/// 0.82-1.0 with one.
+const PANELS_PER_TASK: usize = 1;
 
 /// Tokens per parallel task (a token block): the block's `MC × KC` slice of `x` (128 KB)
 /// stays in L2 while the task's panels pass over it, where the whole of a 512-token `x`
