@@ -58,8 +58,8 @@ pub const KC: usize = 256;
 /// qkv, o_proj and down 15, 9 and 9 tasks: on two threads one thread always ran one task
 /// more (a 5/4 split is 11% longer than an even one). On a 2-core Xeon (2026-11-30,
 /// `examples/decode_weight_stream.rs`, three alternations of two builds) one decode step's
-/// 121 GEMMs streamed at 0.76-0.86 of one large GEMM's rate with two panels a task and
-/// 0.82-1.0 with one.
+/// 121 GEMMs streamed at a median 0.81-0.83 of one large GEMM's rate with two panels a task
+/// and 0.87-0.91 with one.
 const PANELS_PER_TASK: usize = 1;
 
 /// Tokens per parallel task (a token block): the block's `MC × KC` slice of `x` (128 KB)
