@@ -150,8 +150,9 @@ impl Isa {
     }
 
     /// How far ahead of its reads (bytes) the micro-kernel prefetches a streamed weight:
-    /// `LAB_CPU_PREFETCH` (bytes, 0 = never) or [`PREFETCH_AHEAD`] on x86; 0 on the paths that
-    /// do not prefetch (NEON, portable).
+    /// `LAB_CPU_PREFETCH` (bytes, 0 = never; a benchmark knob, so like `LAB_CPU_GEMM` a value
+    /// that is not a number is ignored) or [`PREFETCH_AHEAD`] on x86; 0 on the paths that do
+    /// not prefetch (NEON, portable).
     pub fn prefetch_ahead(self) -> usize {
         match self {
             Isa::Avx512 | Isa::Avx2 => std::env::var("LAB_CPU_PREFETCH")
@@ -395,22 +396,23 @@ fn panel_times_x(
     scratch: &mut Vec<f32>, // [KC][nr], for a dequantized K block
 ) {
     let (nr, mr) = (isa.nr(), isa.mr());
-    // Floats of an f32 panel, bytes of quants of a weight in blocks.
-    let ahead = match w {
-        Panels::F32(w) => w.prefetch_ahead / 4,
-        Panels::Blocks(b, _) => b.prefetch_ahead,
-    };
     let mut k0 = 0;
     while k0 < k {
         let kc = KC.min(k - k0);
-        let w = match w {
-            Panels::F32(w) => Slice::F32(&w.data[(p * k + k0) * nr..(p * k + k0 + kc) * nr]),
+        // The slice, and how far ahead the micro-kernel prefetches it: floats of an f32
+        // panel, bytes of quants of a weight in blocks, nothing for the dequantized buffer
+        // (already in L1: the dequantization just wrote it).
+        let (w, ahead) = match w {
+            Panels::F32(w) => (
+                Slice::F32(&w.data[(p * k + k0) * nr..(p * k + k0 + kc) * nr]),
+                w.prefetch_ahead / 4,
+            ),
             Panels::Blocks(b, how) if in_buffer(how, isa, t) => {
                 // Once per (panel, K block), whatever the number of tokens that use it.
                 b.dequantize_panel(p, k0, kc, scratch);
-                Slice::F32(scratch)
+                (Slice::F32(scratch), 0)
             }
-            Panels::Blocks(b, _) => Slice::Blocks(b.k_block(p, k0, kc)),
+            Panels::Blocks(b, _) => (Slice::Blocks(b.k_block(p, k0, kc)), b.prefetch_ahead),
         };
         let first = k0 == 0;
         let mut t0 = 0;
