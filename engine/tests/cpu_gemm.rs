@@ -89,7 +89,7 @@ fn model_sized_projection_is_the_same_at_every_batch_size() {
         for batch in [t, 8, 1] {
             for start in (0..t).step_by(batch.max(7)) {
                 let rows = batch.min(t - start);
-                let mut out = vec![0.0; rows * n];
+                let mut out = vec![f32::NAN; rows * n]; // an element not written fails
                 gemm(
                     &mut out,
                     &x[start * k..(start + rows) * k],
@@ -101,6 +101,20 @@ fn model_sized_projection_is_the_same_at_every_batch_size() {
                 assert_eq!(bits(&out), bits(want), "{isa:?}, batch {batch} at {start}");
             }
         }
+    }
+}
+
+/// No input features: every output is the empty sum plus the bias, even right after a GEMM
+/// that left its chains in the thread's buffers.
+#[test]
+fn no_input_features_gives_the_bias() {
+    let (t, n) = (20, 40);
+    let b = values(n, 7);
+    for isa in Isa::available() {
+        run(isa, &values(t * 9, 8), &values(n * 9, 9), None, t, n);
+        let out = run(isa, &[], &[], Some(&b), t, n);
+        let want: Vec<f32> = (0..t).flat_map(|_| b.iter().map(|b| 0.0 + b)).collect();
+        assert_eq!(bits(&out), bits(&want), "{isa:?}");
     }
 }
 

@@ -24,8 +24,8 @@
 //! `k`-major: `panel[p][k][j] = w[p·NR + j, k]`, the last panel padded with zero rows. A
 //! micro-kernel then reads `NR` consecutive floats per `k` (one or two vector loads), which is
 //! what an outer-product register tile wants. The threads share out (block of [`MC`] tokens,
-//! group of panels) tasks, each writing its own piece of a `[blocks][panels][tokens][NR]`
-//! buffer, which is then scattered to `[tokens, N]` with the bias.
+//! panel) tasks; a task runs its chains in a small per-thread tile `[tokens][NR]` and, when
+//! they are complete, writes that tile (plus the bias) into its rectangle of `[tokens, N]`.
 //!
 //! One file per instruction set, each with its own register tile: [`avx512`], [`avx2`],
 //! `neon` (aarch64 only) and [`portable`] (any CPU, and the reference of the tests). Each
@@ -52,15 +52,14 @@ use crate::backend::huge_pages::HugePageVec;
 /// keeps the blocking out of any argument about invariance.
 pub const KC: usize = 256;
 
-/// Panels per parallel task: one. A panel is the smallest unit a GEMM can share out (its
-/// outputs' chains run over the whole `K`), and a task of one panel is still 74-196 KB of
-/// SmolLM2's weights, far more work than a task costs. Two panels a task made SmolLM2's
-/// qkv, o_proj and down 15, 9 and 9 tasks: on two threads one thread always ran one task
-/// more (a 5/4 split is 11% longer than an even one). On a 2-core Xeon (2026-11-30,
-/// `examples/decode_weight_stream.rs`, three alternations of two builds) one decode step's
-/// 121 GEMMs streamed at a median 0.81-0.83 of one large GEMM's rate with two panels a task
-/// and 0.87-0.91 with one.
-const PANELS_PER_TASK: usize = 1;
+// A parallel task is one panel (of one token block). A panel is the smallest unit a GEMM can
+// share out (its outputs' chains run over the whole `K`), and one panel is still 74-196 KB of
+// SmolLM2's weights, far more work than a task costs. Two panels a task made SmolLM2's qkv,
+// o_proj and down 15, 9 and 9 tasks: on two threads one thread always ran one task more (a
+// 5/4 split is 11% longer than an even one). On a 2-core Xeon (2026-11-30,
+// `examples/decode_weight_stream.rs`, three alternations of two builds) one decode step's 121
+// GEMMs streamed at a median 0.81-0.83 of one large GEMM's rate with two panels a task and
+// 0.87-0.91 with one.
 
 /// Tokens per parallel task (a token block): the block's `MC × KC` slice of `x` (128 KB)
 /// stays in L2 while the task's panels pass over it, where the whole of a 512-token `x`
@@ -298,10 +297,61 @@ pub enum Dequantize {
     Buffer,
 }
 
+/// One thread's buffers, reused by every task it runs, so a step neither allocates nor
+/// zeroes them per task.
+#[derive(Default)]
+struct Scratch {
+    /// The task's chains, `[tokens][nr]`, until they are complete and go to the output.
+    tile: Vec<f32>,
+    /// A panel's dequantized `K` block (weights in blocks only), `[KC][nr]`.
+    dequantized: Vec<f32>,
+}
+
 thread_local! {
-    /// A panel's dequantized `K` block (weights in blocks only): one per thread, reused by
-    /// every task it runs, so a decode step neither allocates nor zeroes one per task.
-    static SCRATCH: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    static SCRATCH: std::cell::RefCell<Scratch> = std::cell::RefCell::new(Scratch::default());
+}
+
+/// `out` `[t, n]` shared by a GEMM's tasks, each of which writes one rectangle (its token
+/// block's rows × its panel's columns). The rectangles are disjoint, but they interleave in
+/// memory (every row holds a piece of every panel), so no safe split of the slice gives them
+/// out; this type hands each task its rows one at a time, bounds checked.
+struct SharedOut {
+    ptr: *mut f32,
+    rows: usize,
+    n: usize,
+}
+
+// SAFETY: `SharedOut` is only a pointer to `out`, which outlives the parallel region that
+// uses it (`gemm_panels` borrows it mutably for that whole time); see `row_mut` for why no two
+// tasks touch the same element.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn new(out: &mut [f32], rows: usize, n: usize) -> SharedOut {
+        assert_eq!(out.len(), rows * n);
+        SharedOut {
+            ptr: out.as_mut_ptr(),
+            rows,
+            n,
+        }
+    }
+
+    /// Columns `col..col + cols` of row `row`.
+    ///
+    /// # Safety
+    /// No two live slices from this call may overlap: the caller is the task that owns the
+    /// rectangle `(row, col..col + cols)` belongs to, and each task asks for each of its rows
+    /// once at a time.
+    #[allow(clippy::mut_from_ref)] // the disjointness is the caller's contract, above
+    unsafe fn row_mut(&self, row: usize, col: usize, cols: usize) -> &mut [f32] {
+        assert!(
+            row < self.rows && col + cols <= self.n,
+            "outside the output"
+        );
+        // SAFETY: inside `out` (asserted); exclusive by the caller's contract.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(row * self.n + col), cols) }
+    }
 }
 
 /// Where the micro-kernel's `[kc][nr]` weight slices come from.
@@ -338,48 +388,39 @@ fn gemm_panels(
         return;
     }
     let nr = isa.nr();
-    // Tasks are (token block, panel group) pairs. The result is laid out
-    // [token block][panel][block's tokens][nr], so each task owns one contiguous piece.
-    let mut tiles = vec![0.0f32; panels * t * nr];
-    let mut tasks = Vec::new();
-    let mut rest = &mut tiles[..];
-    for t0 in (0..t).step_by(MC) {
+    // Tasks are (token block, panel) pairs; each owns the rectangle of `out` at its block's
+    // rows and its panel's columns.
+    let tasks: Vec<(usize, usize)> = (0..t)
+        .step_by(MC)
+        .flat_map(|t0| (0..panels).map(move |p| (t0, p)))
+        .collect();
+    let shared = SharedOut::new(out, t, n);
+    tasks.into_par_iter().for_each(|(t0, p)| {
         let rows = MC.min(t - t0);
-        for p0 in (0..panels).step_by(PANELS_PER_TASK) {
-            let group = PANELS_PER_TASK.min(panels - p0);
-            let (mine, tail) = rest.split_at_mut(group * rows * nr);
-            tasks.push((t0, rows, p0, mine));
-            rest = tail;
-        }
-    }
-    tasks.into_par_iter().for_each(|(t0, rows, p0, c)| {
         let x = &x[t0 * k..(t0 + rows) * k];
-        SCRATCH.with_borrow_mut(|scratch| {
-            for (i, c) in c.chunks_exact_mut(rows * nr).enumerate() {
-                panel_times_x(isa, c, x, w, p0 + i, rows, k, scratch);
+        SCRATCH.with_borrow_mut(|s| {
+            s.tile.resize(rows * nr, 0.0);
+            if k == 0 {
+                s.tile.fill(0.0); // no chain to run: each output is the empty sum
             }
-        });
-    });
-    // Scatter → [t, n], adding the bias after the chain.
-    let mut blocks = tiles.chunks(MC.min(t) * panels * nr);
-    for (t0, block) in (0..t).step_by(MC).zip(&mut blocks) {
-        let rows = MC.min(t - t0);
-        for (p, c) in block.chunks_exact(rows * nr).enumerate() {
-            let cols = nr.min(n - p * nr);
-            let out_rows = out[t0 * n..(t0 + rows) * n].chunks_exact_mut(n);
-            for (row, tile_row) in out_rows.zip(c.chunks_exact(nr)) {
-                let dst = &mut row[p * nr..][..cols];
+            panel_times_x(isa, &mut s.tile, x, w, p, rows, k, &mut s.dequantized);
+            // The complete chains → the output, adding the bias after the chain.
+            let (col, cols) = (p * nr, nr.min(n - p * nr));
+            for (r, chains) in s.tile.chunks_exact(nr).enumerate() {
+                // SAFETY: (token block, panel) pairs are distinct tasks, so this row's
+                // columns `col..col + cols` belong to this task alone.
+                let dst = unsafe { shared.row_mut(t0 + r, col, cols) };
                 match bias {
                     Some(b) => {
-                        for ((d, &v), &b) in dst.iter_mut().zip(tile_row).zip(&b[p * nr..]) {
+                        for ((d, &v), &b) in dst.iter_mut().zip(chains).zip(&b[col..]) {
                             *d = v + b;
                         }
                     }
-                    None => dst.copy_from_slice(&tile_row[..cols]),
+                    None => dst.copy_from_slice(&chains[..cols]),
                 }
             }
-        }
-    }
+        });
+    });
 }
 
 /// Panel `p` against every token: `c[t][j] = Σ_k x[t, k] · panel[k][j]`, `K` in blocks of
