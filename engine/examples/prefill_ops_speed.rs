@@ -3,12 +3,14 @@
 //! time: the GEMM on SmolLM2-135M's four projection shapes at `TOKENS` tokens (default 512),
 //! as GFLOP per CPU-second, then the paged attention of one `TOKENS`-token sequence attending
 //! causally to itself (9 query heads over 3 KV heads of 64, blocks of 16 in reverse order),
-//! 30 layers, as CPU nanoseconds per (query head, key) pair.
+//! 30 layers, as CPU nanoseconds per (query head, key) pair, for every version of its inner
+//! loops this CPU has (`ops::attention_simd::Simd`), alternated.
 //!
 //! `RAYON_NUM_THREADS=1 cargo run --release -p engine --example prefill_ops_speed [-- TOKENS]`
 use engine::attention::attention_metadata::AttentionMetadata;
 use engine::backend::cpu_gemm::{gemm, Isa, PackedWeight};
-use engine::ops::paged_attention::paged_attention;
+use engine::ops::attention_simd::Simd;
+use engine::ops::paged_attention::paged_attention_with;
 
 /// User + system CPU seconds of this process (Linux; `None` elsewhere).
 fn cpu_seconds() -> Option<f64> {
@@ -48,31 +50,49 @@ fn main() {
     };
     let mut out = vec![0.0; q.len()];
     let scale = 1.0 / (d as f32).sqrt();
-    let run = |out: &mut [f32]| paged_attention(out, &q, &k, &v, kv_heads, d, scale, &meta);
-    run(&mut out); // warm-up
-    let (cpu0, wall0) = (cpu_seconds(), std::time::Instant::now());
-    let reps = 3;
-    for _ in 0..reps * layers {
-        run(&mut out);
-    }
-    let wall = wall0.elapsed().as_secs_f64() / reps as f64;
     let pairs = (t * (t + 1) / 2 * kv_heads * group * layers) as f64;
-    let checksum: f64 = out.iter().map(|&x| x as f64).sum();
-    match (cpu0, cpu_seconds()) {
-        (Some(a), Some(b)) => {
-            let cpu = (b - a) / reps as f64;
+    // Every version of the inner loops this CPU has, alternated (A B A B …, the order
+    // reversed each round) so that a machine whose speed drifts treats them alike.
+    let versions = Simd::available(d);
+    let mut cpu_ns = vec![Vec::new(); versions.len()];
+    let rounds = 4;
+    for round in 0..rounds {
+        let mut order: Vec<usize> = (0..versions.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let run = |out: &mut [f32]| {
+                paged_attention_with(versions[i], out, &q, &k, &v, kv_heads, d, scale, &meta)
+            };
+            run(&mut out); // warm-up
+            let (cpu0, wall0) = (cpu_seconds(), std::time::Instant::now());
+            for _ in 0..layers {
+                run(&mut out);
+            }
+            let wall = wall0.elapsed().as_secs_f64();
+            let checksum: f64 = out.iter().map(|&x| x as f64).sum();
+            let cpu = match (cpu0, cpu_seconds()) {
+                (Some(a), Some(b)) => b - a,
+                _ => wall,
+            };
+            cpu_ns[i].push(cpu / pairs * 1e9);
             println!(
-                "{t} tokens, {layers} layers: {:.1} ms CPU, {:.1} ms wall, {:.2} ns CPU per \
-                 (head, key) pair (checksum {checksum:.4})",
+                "{t} tokens, {layers} layers, {:?}: {:.1} ms CPU, {:.1} ms wall, {:.2} ns CPU \
+                 per (head, key) pair (checksum {checksum:.4})",
+                versions[i],
                 cpu * 1e3,
                 wall * 1e3,
                 cpu / pairs * 1e9
             );
         }
-        _ => println!(
-            "{t} tokens, {layers} layers: {:.1} ms wall (checksum {checksum:.4})",
-            wall * 1e3
-        ),
+    }
+    for (v, ns) in versions.iter().zip(&mut cpu_ns) {
+        ns.sort_by(f64::total_cmp);
+        println!(
+            "{v:?}: median {:.2} ns CPU per pair over {rounds} rounds",
+            ns[rounds / 2]
+        );
     }
 }
 

@@ -1,25 +1,60 @@
 //! The two inner loops of the CPU's paged attention, the scores `q · k` and the weighted sum
-//! of values, in AVX registers where the CPU has them, **bitwise** the plain loops.
+//! of values, in vector registers where the CPU has them, **bitwise** the plain loops.
 //!
 //! Bitwise, because attention's arithmetic is part of what the engine promises: every output
 //! is computed in one fixed order whatever the batch, and the reference tests hold the greedy
 //! tokens equal to transformers'. So the vector code does exactly the plain code's roundings,
-//! in the same order, only several at a time:
+//! in the same order, only several at a time. Every multiply-add is **fused** (one rounding,
+//! `f32::mul_add`): it is one instruction instead of two on every CPU with FMA, and on a CPU
+//! without it the plain loops stay exact (a slower library call).
 //!
-//! - a score is [`dot`]: eight partial sums over the head's dimensions (`acc[l] += q[8c+l] ·
-//!   k[8c+l]`, a multiply then an add, never fused), summed from lane 0 to lane 7, then times
-//!   `scale`. One AVX register holds the eight partial sums of one key; eight keys' registers
-//!   are transposed so that one vertical add per lane position sums eight keys' lanes in
-//!   order, at once.
-//! - an output is `Σ_p w[p] · v_p[d]` in the order of `p`, a multiply then an add, then times
-//!   `1 / Σ w`. Lanes are dimensions `d`: each lane is one output's chain.
+//! - a score is [`dot_fused`]: eight partial sums over the head's dimensions (`acc[l] =
+//!   fma(q[8c+l], k[8c+l], acc[l])` for `c` in order), summed from lane 0 to lane 7, then
+//!   times `scale`. With AVX + FMA one register holds the eight partial sums of one key, and
+//!   eight keys' registers are transposed so that one vertical add per lane position sums
+//!   eight keys' lanes in order, at once. With AVX-512 the keys go the other way round: a
+//!   block of keys is first copied dimension-major ([`TransposedKeys`]), so that one register
+//!   holds one dimension of 16 keys; eight registers then hold 16 keys' eight partial sums
+//!   (register `l` takes dimensions `l, l + 8, …`, the chains of lane `l`), and the adds from
+//!   partial sum 0 to 7 are plain vertical adds, no transpose per key.
+//! - an output is `Σ_p w[p] · v_p[d]` as a chain `o = fma(w[p], v_p[d], o)` in the order of
+//!   `p`, then times `1 / Σ w`. Lanes are dimensions `d`: each lane is one output's chain.
+//!   A chain waits for its previous fused multiply-add (4 cycles), so with 16-float registers
+//!   one head of 64 dimensions (4 chains per key) would leave the FMA units idle half the
+//!   time: [`Simd::add_weighted_values_heads`] runs several heads' chains side by side.
 //!
 //! The plain loops ([`scores_portable`], [`add_weighted_values_portable`]) run on other CPUs
-//! and when the head size is not a multiple of 8; `tests` check that the two agree bit for bit.
+//! and when the head size is not a multiple of 8; `tests` check that every version agrees bit
+//! for bit with them.
 
 use std::ops::Range;
 
-use super::linear::dot;
+/// `Σ_i a[i] · b[i]` as attention's scores define it: lane `l` of eight is the fused chain
+/// `acc[l] = fma(a[8c+l], b[8c+l], acc[l])` over `c` in order, the lanes are then added from
+/// 0 to 7 onto the empty sum, and a tail of fewer than eight (heads not a multiple of 8) is
+/// one more fused chain from the empty sum, added last.
+#[inline(always)]
+pub fn dot_fused(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .fold(empty_sum(), |s, (x, y)| x.mul_add(*y, s));
+    for (x, y) in ac.zip(bc) {
+        for l in 0..8 {
+            acc[l] = x[l].mul_add(y[l], acc[l]);
+        }
+    }
+    acc.iter().fold(empty_sum(), |s, &a| s + a) + tail
+}
+
+/// What `[f32]::iter().sum()` starts from (and the sum of no terms, `-0.0`): the lanes of
+/// [`dot_fused`] are added onto it, as a `sum()` would, so the vector code starts there too.
+fn empty_sum() -> f32 {
+    std::iter::empty::<f32>().sum()
+}
 
 /// Where each key (and its value) starts in one layer's caches, checked once to leave a whole
 /// head inside both, so the vector loops read inside the caches without checking again.
@@ -81,7 +116,10 @@ impl<'a> KeyRows<'a> {
 /// Which version of the loops a call runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Simd {
-    /// x86-64 AVX (8 floats a register); heads of a multiple of 8 dimensions.
+    /// x86-64 AVX-512F (16 floats a register); heads of a multiple of 16 dimensions. Its
+    /// scores read keys through [`TransposedKeys`].
+    Avx512,
+    /// x86-64 AVX with FMA (8 floats a register); heads of a multiple of 8 dimensions.
     Avx,
     /// Plain Rust, any CPU and any head size.
     Portable,
@@ -90,15 +128,37 @@ pub enum Simd {
 impl Simd {
     /// The fastest version this CPU runs for heads of `head_dim`.
     pub fn detect(head_dim: usize) -> Simd {
-        #[cfg(target_arch = "x86_64")]
-        if head_dim.is_multiple_of(8) && std::arch::is_x86_feature_detected!("avx") {
-            return Simd::Avx;
-        }
-        let _ = head_dim;
-        Simd::Portable
+        Simd::available(head_dim)[0]
     }
 
-    /// `scores[p] = dot(q, key_cache[rows[p]..][..head_dim]) * scale`.
+    /// Every version this CPU runs for heads of `head_dim`, fastest first (the tests run
+    /// them all).
+    pub fn available(head_dim: usize) -> Vec<Simd> {
+        let mut versions = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if head_dim.is_multiple_of(16) && std::arch::is_x86_feature_detected!("avx512f") {
+                versions.push(Simd::Avx512);
+            }
+            if head_dim.is_multiple_of(8)
+                && std::arch::is_x86_feature_detected!("avx")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                versions.push(Simd::Avx);
+            }
+        }
+        let _ = head_dim;
+        versions.push(Simd::Portable);
+        versions
+    }
+
+    /// Whether this version's scores read keys through [`TransposedKeys`] (and so
+    /// [`Simd::scores`] is not the fast way to call it).
+    pub fn transposes_keys(self) -> bool {
+        self == Simd::Avx512
+    }
+
+    /// `scores[p] = dot_fused(q, key_cache[rows[p]..][..head_dim]) * scale`.
     pub fn scores(
         self,
         scores: &mut [f32], // [rows.len()]
@@ -111,14 +171,19 @@ impl Simd {
         assert_eq!(scores.len(), rows.len(), "one score per key");
         match self {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `Avx` comes from `detect`, which saw AVX and a head size of 8s; `check`
-            // and `KeyRows::new` bound every key inside the cache.
+            // SAFETY: `Avx` comes from `available`, which saw AVX, FMA and a head size of
+            // 8s; `check` and `KeyRows::new` bound every key inside the cache.
             Simd::Avx => unsafe { avx::scores(scores, q, key_cache, rows.rows, scale) },
+            Simd::Avx512 => {
+                let mut keys = TransposedKeys::default();
+                keys.fill(key_cache, rows);
+                keys.scores(self, scores, q, scale);
+            }
             _ => scores_portable(scores, q, key_cache, rows.rows, scale),
         }
     }
 
-    /// `out += Σ_p w[p] · value_cache[rows[p]..][..head_dim]`, in the order of `p`: each
+    /// `out[d] = fma(w[p], value_cache[rows[p] + d], out[d])` for `p` in order: each
     /// element's chain goes on from the value `out` holds (zeros for a first block of keys).
     pub fn add_weighted_values(
         self,
@@ -133,7 +198,118 @@ impl Simd {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as for `scores`.
             Simd::Avx => unsafe { avx::add_weighted_values(out, w, value_cache, rows.rows) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Avx512` comes from `available`, which saw AVX-512F and a head size of
+            // 16s; the rows are bounded as for `scores`.
+            Simd::Avx512 => unsafe { avx512::add_weighted_values(out, w, value_cache, rows.rows) },
             _ => add_weighted_values_portable(out, w, value_cache, rows.rows),
+        }
+    }
+
+    /// [`Simd::add_weighted_values`] for `heads` heads over the same keys at once: head `h`'s
+    /// output is `out[h * head_dim..][..head_dim]` and its weights `w[h * w_stride..]
+    /// [..rows.len()]`. Each head's chains are exactly the single head's; AVX-512 runs
+    /// several heads' chains side by side so that the FMA units are not waiting on one chain.
+    pub fn add_weighted_values_heads(
+        self,
+        out: &mut [f32], // [heads, head_dim]
+        w: &[f32],       // [heads][w_stride], the first rows.len() of each used
+        w_stride: usize,
+        value_cache: &[f32],
+        rows: KeyRows,
+    ) {
+        let head_dim = rows.head_dim;
+        assert!(head_dim > 0 && out.len().is_multiple_of(head_dim));
+        let heads = out.len() / head_dim;
+        assert!(heads == 0 || (heads - 1) * w_stride + rows.len() <= w.len());
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 => {
+                rows.check(value_cache, &out[..head_dim.min(out.len())]);
+                // SAFETY: `Avx512` comes from `available` (AVX-512F, a head size of 16s);
+                // `check` bounds every row, and the asserts every head's weights.
+                unsafe { avx512::add_weighted_values_heads(out, w, w_stride, value_cache, rows) }
+            }
+            _ => {
+                for (h, o) in out.chunks_exact_mut(head_dim).enumerate() {
+                    let w = &w[h * w_stride..][..rows.len()];
+                    self.add_weighted_values(o, w, value_cache, rows);
+                }
+            }
+        }
+    }
+}
+
+/// A block of keys copied dimension-major, `[head_dim][stride]` (`stride` = the keys rounded
+/// up to 16, the extra keys zero), for [`Simd::Avx512`]'s scores: one vector load then holds
+/// one dimension of 16 keys. Filled once per block of keys and read by every query head of
+/// the block's task.
+#[derive(Debug, Default)]
+pub struct TransposedKeys {
+    data: Vec<f32>, // [head_dim][stride]
+    len: usize,
+    stride: usize,
+    head_dim: usize,
+}
+
+impl TransposedKeys {
+    /// Copies the keys at `rows` of `key_cache`, dimension-major.
+    pub fn fill(&mut self, key_cache: &[f32], rows: KeyRows) {
+        assert!(
+            key_cache.len() >= rows.cache_len,
+            "the keys were checked on a larger cache"
+        );
+        let (n, head_dim) = (rows.len(), rows.head_dim);
+        let stride = n.next_multiple_of(16);
+        self.data.clear();
+        self.data.resize(head_dim * stride, 0.0);
+        (self.len, self.stride, self.head_dim) = (n, stride, head_dim);
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") && rows.cache_len <= i32::MAX as usize {
+            // SAFETY: AVX-512F was detected; `KeyRows::new` bounds every key inside the
+            // first `cache_len` floats of the cache (asserted at least that long above), and
+            // those offsets fit the gather's 32-bit indices.
+            return unsafe {
+                avx512::transpose(&mut self.data, stride, key_cache, rows.rows, head_dim)
+            };
+        }
+        for (p, &row) in rows.rows.iter().enumerate() {
+            for (d, &k) in key_cache[row..][..head_dim].iter().enumerate() {
+                self.data[d * stride + p] = k;
+            }
+        }
+    }
+
+    /// How many keys.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// No keys.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// `scores[p] = dot_fused(q, key p) * scale` for the block's first `scores.len()` keys, bitwise
+    /// [`scores_portable`]; with `simd` other than [`Simd::Avx512`], the plain loop over the
+    /// copied keys.
+    pub fn scores(&self, simd: Simd, scores: &mut [f32], q: &[f32], scale: f32) {
+        assert!(scores.len() <= self.len, "more scores than keys");
+        assert_eq!(q.len(), self.head_dim, "a head of {} floats", self.head_dim);
+        match simd {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Avx512` comes from `available` (AVX-512F, a head size of 16s), and
+            // `data` holds `head_dim` rows of `stride >= scores.len()` keys (asserted above).
+            Simd::Avx512 => unsafe { avx512::scores(scores, q, &self.data, self.stride, scale) },
+            _ => {
+                let mut k = vec![0.0; self.head_dim];
+                for (p, s) in scores.iter_mut().enumerate() {
+                    for (d, k) in k.iter_mut().enumerate() {
+                        *k = self.data[d * self.stride + p];
+                    }
+                    *s = dot_fused(q, &k) * scale;
+                }
+            }
         }
     }
 }
@@ -146,9 +322,12 @@ pub fn scores_portable(
     rows: &[usize],
     scale: f32,
 ) {
-    for (s, &row) in scores.iter_mut().zip(rows) {
-        *s = dot(q, &key_cache[row..][..q.len()]) * scale;
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: FMA was detected just above.
+        return unsafe { with_fma::scores(scores, q, key_cache, rows, scale) };
     }
+    scores_plain(scores, q, key_cache, rows, scale)
 }
 
 /// [`Simd::add_weighted_values`] in plain Rust.
@@ -158,9 +337,44 @@ pub fn add_weighted_values_portable(
     value_cache: &[f32],
     rows: &[usize],
 ) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: FMA was detected just above.
+        return unsafe { with_fma::add_weighted_values(out, w, value_cache, rows) };
+    }
+    add_weighted_values_plain(out, w, value_cache, rows)
+}
+
+#[inline(always)]
+fn scores_plain(scores: &mut [f32], q: &[f32], key_cache: &[f32], rows: &[usize], scale: f32) {
+    for (s, &row) in scores.iter_mut().zip(rows) {
+        *s = dot_fused(q, &key_cache[row..][..q.len()]) * scale;
+    }
+}
+
+#[inline(always)]
+fn add_weighted_values_plain(out: &mut [f32], w: &[f32], value_cache: &[f32], rows: &[usize]) {
     for (&wp, &row) in w.iter().zip(rows) {
         let v = &value_cache[row..][..out.len()];
-        out.iter_mut().zip(v).for_each(|(o, &v)| *o += wp * v);
+        out.iter_mut()
+            .zip(v)
+            .for_each(|(o, &v)| *o = wp.mul_add(v, *o));
+    }
+}
+
+/// The plain loops compiled for x86-64 with FMA: there `f32::mul_add` is one instruction,
+/// where a build for baseline x86-64 calls the C library's `fmaf` (exact, but about fifty
+/// times slower). Same code, same bits.
+#[cfg(target_arch = "x86_64")]
+mod with_fma {
+    #[target_feature(enable = "fma")]
+    pub unsafe fn scores(s: &mut [f32], q: &[f32], keys: &[f32], rows: &[usize], scale: f32) {
+        super::scores_plain(s, q, keys, rows, scale)
+    }
+
+    #[target_feature(enable = "fma")]
+    pub unsafe fn add_weighted_values(o: &mut [f32], w: &[f32], values: &[f32], rows: &[usize]) {
+        super::add_weighted_values_plain(o, w, values, rows)
     }
 }
 
@@ -168,17 +382,11 @@ pub fn add_weighted_values_portable(
 mod avx {
     use std::arch::x86_64::*;
 
-    use super::dot;
+    use super::{dot_fused, empty_sum};
 
-    /// What `[f32]::iter().sum()` starts from (and the sum of no terms): [`dot`] adds its
-    /// lanes onto it and adds the empty tail of a head of 8s, so the vector code does too.
-    fn empty_sum() -> f32 {
-        std::iter::empty::<f32>().sum()
-    }
-
-    /// See [`super::Simd::scores`]. Caller guarantees AVX, `q.len() % 8 == 0` and every
-    /// `rows[p] + q.len() <= key_cache.len()`.
-    #[target_feature(enable = "avx")]
+    /// See [`super::Simd::scores`]. Caller guarantees AVX and FMA, `q.len() % 8 == 0` and
+    /// every `rows[p] + q.len() <= key_cache.len()`.
+    #[target_feature(enable = "avx,fma")]
     pub unsafe fn scores(
         scores: &mut [f32],
         q: &[f32],
@@ -191,23 +399,24 @@ mod avx {
         let (zero, scale_v) = (_mm256_set1_ps(empty_sum()), _mm256_set1_ps(scale));
         let mut p = 0;
         while p + 8 <= n {
-            // acc[j] = key p + j's eight partial sums, dimensions in the order of `dot`.
+            // acc[j] = key p + j's eight partial sums, dimensions in `dot_fused`'s order.
             let mut acc = [_mm256_setzero_ps(); 8];
             for c in 0..head_dim / 8 {
                 // SAFETY: 8c + 8 <= head_dim, and rows[p + j] + head_dim <= the cache.
                 let qv = unsafe { _mm256_loadu_ps(q.as_ptr().add(8 * c)) };
                 for (j, a) in acc.iter_mut().enumerate() {
                     let kv = unsafe { _mm256_loadu_ps(kp.add(rows[p + j] + 8 * c)) };
-                    *a = _mm256_add_ps(*a, _mm256_mul_ps(qv, kv));
+                    *a = _mm256_fmadd_ps(qv, kv, *a);
                 }
             }
+            // Then the empty tail of a head of 8s, as `dot_fused` adds it.
             let s = _mm256_add_ps(sum_lanes_in_order(acc, zero), zero);
             // SAFETY: p + 8 <= n = scores.len().
             unsafe { _mm256_storeu_ps(scores.as_mut_ptr().add(p), _mm256_mul_ps(s, scale_v)) };
             p += 8;
         }
         for (s, &row) in scores[p..].iter_mut().zip(&rows[p..]) {
-            *s = dot(q, &key_cache[row..][..head_dim]) * scale;
+            *s = dot_fused(q, &key_cache[row..][..head_dim]) * scale;
         }
     }
 
@@ -248,7 +457,7 @@ mod avx {
 
     /// See [`super::Simd::add_weighted_values`]; the caller guarantees as for [`scores`],
     /// with `out` the head.
-    #[target_feature(enable = "avx")]
+    #[target_feature(enable = "avx,fma")]
     pub unsafe fn add_weighted_values(
         out: &mut [f32],
         w: &[f32],
@@ -273,9 +482,10 @@ mod avx {
         }
     }
 
-    /// `o[d] += Σ_p w[p] · v[rows[p] + d]` for `8 · C` dimensions, one chain per lane.
+    /// `o[d] = fma(w[p], v[rows[p] + d], o[d])` over `p` for `8 · C` dimensions, one chain
+    /// per lane.
     #[inline]
-    #[target_feature(enable = "avx")]
+    #[target_feature(enable = "avx,fma")]
     unsafe fn values<const C: usize>(
         o: &mut [f32], // [8 * C]
         w: &[f32],     // [num_keys]
@@ -290,12 +500,208 @@ mod avx {
             for (c, a) in acc.iter_mut().enumerate() {
                 // SAFETY: the caller's bound on every row.
                 let vv = unsafe { _mm256_loadu_ps(v.add(row + 8 * c)) };
-                *a = _mm256_add_ps(*a, _mm256_mul_ps(e, vv));
+                *a = _mm256_fmadd_ps(e, vv, *a);
             }
         }
         for (c, a) in acc.iter().enumerate() {
             // SAFETY: as above.
             unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(8 * c), *a) };
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{empty_sum, KeyRows};
+
+    /// See [`super::TransposedKeys::scores`]. Caller guarantees AVX-512F, `q.len() % 16 ==
+    /// 0`, and `keys` `[q.len()][stride]` with `stride >= scores.len()`, a multiple of 16.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn scores(
+        scores: &mut [f32], // [n]
+        q: &[f32],          // [head_dim]
+        keys: &[f32],       // [head_dim][stride], dimension-major
+        stride: usize,
+        scale: f32,
+    ) {
+        let (n, head_dim) = (scores.len(), q.len());
+        assert!(keys.len() >= head_dim * stride && stride >= n && stride.is_multiple_of(16));
+        let (z, scale_v) = (_mm512_set1_ps(empty_sum()), _mm512_set1_ps(scale));
+        let (qp, kp) = (q.as_ptr(), keys.as_ptr());
+        // 16 keys per group, two groups per pass: 16 chains, each waiting for its previous
+        // FMA only every 16, enough to keep both FMA units busy.
+        let mut p = 0;
+        while p < n {
+            let two = p + 16 < n;
+            let (mut acc0, mut acc1) = ([_mm512_setzero_ps(); 8], [_mm512_setzero_ps(); 8]);
+            // Dimensions in eights, `l` a constant in the unrolled inner loop, so that the
+            // accumulators stay in registers (an index `d % 8` would put them on the stack).
+            for c in 0..head_dim / 8 {
+                for (l, (a0, a1)) in acc0.iter_mut().zip(&mut acc1).enumerate() {
+                    let d = 8 * c + l;
+                    // SAFETY: d < head_dim; key p + 31 < stride when `two` (stride is a
+                    // multiple of 16 and at least n > p + 16), else p + 15 < stride.
+                    let qd = _mm512_set1_ps(unsafe { *qp.add(d) });
+                    let k0 = unsafe { _mm512_loadu_ps(kp.add(d * stride + p)) };
+                    *a0 = _mm512_fmadd_ps(qd, k0, *a0);
+                    if two {
+                        let k1 = unsafe { _mm512_loadu_ps(kp.add(d * stride + p + 16)) };
+                        *a1 = _mm512_fmadd_ps(qd, k1, *a1);
+                    }
+                }
+            }
+            for (g, acc) in [acc0, acc1].iter().enumerate().take(1 + usize::from(two)) {
+                // ((z + a0) + a1) + … + a7, then the empty tail of a head of 8s, then scale:
+                // `dot_fused`'s order, 16 keys at once.
+                let s = acc.iter().fold(z, |s, &a| _mm512_add_ps(s, a));
+                let s = _mm512_mul_ps(_mm512_add_ps(s, z), scale_v);
+                let left = n - (p + 16 * g);
+                let mask: __mmask16 = if left >= 16 { 0xffff } else { (1 << left) - 1 };
+                // SAFETY: the mask keeps the store inside scores[p + 16g..n].
+                unsafe { _mm512_mask_storeu_ps(scores.as_mut_ptr().add(p + 16 * g), mask, s) };
+            }
+            p += 32;
+        }
+    }
+
+    /// `keys[d * stride + p] = key_cache[rows[p] + d]`: 16 keys' dimension `d` in one
+    /// gather. Caller guarantees AVX-512F, `keys` of `head_dim * stride` floats with a
+    /// `stride` of 16s, at least `rows.len()`, and every `rows[p] + head_dim` at most
+    /// `key_cache.len()`, itself at most `i32::MAX`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn transpose(
+        keys: &mut [f32], // [head_dim][stride]
+        stride: usize,
+        key_cache: &[f32],
+        rows: &[usize], // [n]
+        head_dim: usize,
+    ) {
+        assert!(keys.len() >= head_dim * stride && stride >= rows.len());
+        let (kp, out) = (key_cache.as_ptr(), keys.as_mut_ptr());
+        for (p0, group) in (0..rows.len()).step_by(16).zip(rows.chunks(16)) {
+            let mut idx = [0i32; 16];
+            for (i, &r) in idx.iter_mut().zip(group) {
+                *i = r as i32; // < key_cache.len() <= i32::MAX
+            }
+            let mask: __mmask16 = if group.len() == 16 {
+                0xffff
+            } else {
+                (1 << group.len()) - 1
+            };
+            // SAFETY: idx is 16 i32s.
+            let vi = unsafe { _mm512_loadu_si512(idx.as_ptr().cast()) };
+            for d in 0..head_dim {
+                // SAFETY: the masked lanes read rows[p] + d < key_cache.len(); the others
+                // read nothing and give 0. p0 + 16 <= stride, d < head_dim.
+                unsafe {
+                    let g = _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), mask, vi, kp.add(d));
+                    _mm512_storeu_ps(out.add(d * stride + p0), g);
+                }
+            }
+        }
+    }
+
+    /// See [`super::Simd::add_weighted_values`]; the caller guarantees AVX-512F, a head of
+    /// 16s, and every `rows[p] + out.len() <= value_cache.len()`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn add_weighted_values(
+        out: &mut [f32],
+        w: &[f32],
+        value_cache: &[f32],
+        rows: &[usize],
+    ) {
+        let rows = KeyRows {
+            rows,
+            head_dim: out.len(),
+            cache_len: value_cache.len(),
+        };
+        // SAFETY: one head is `heads` of one, with the caller's guarantees.
+        unsafe { add_weighted_values_heads(out, w, 0, value_cache, rows) }
+    }
+
+    /// See [`super::Simd::add_weighted_values_heads`]. Caller guarantees AVX-512F, a head of
+    /// 16s, every `rows[p] + head_dim <= value_cache.len()`, and every head's weights
+    /// inside `w`.
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn add_weighted_values_heads(
+        out: &mut [f32], // [heads, head_dim]
+        w: &[f32],       // [heads][w_stride]
+        w_stride: usize,
+        value_cache: &[f32],
+        rows: KeyRows,
+    ) {
+        let head_dim = rows.head_dim;
+        let heads = out.len() / head_dim;
+        // Up to 128 dimensions (8 registers) of up to 16 / C heads per pass over the keys:
+        // at most 16 accumulators, and at least 8 chains whenever there are two heads.
+        for d0 in (0..head_dim).step_by(128) {
+            let c = (head_dim - d0).min(128) / 16;
+            let per_pass = (16 / c).clamp(1, 4);
+            let mut h0 = 0;
+            while h0 < heads {
+                let h = per_pass.min(heads - h0);
+                let o = out[h0 * head_dim..].as_mut_ptr().wrapping_add(d0);
+                let wp = w[(h0 * w_stride).min(w.len())..].as_ptr();
+                let v = value_cache.as_ptr().wrapping_add(d0);
+                macro_rules! pass {
+                    ($(($c:literal, $h:literal))*) => {
+                        match (c, h) {
+                            // SAFETY: heads h0..h0 + h hold head_dim floats of `out` and
+                            // their weights; rows[p] + d0 + 16 * C <= rows[p] + head_dim,
+                            // inside the cache.
+                            $(($c, $h) => unsafe {
+                                values::<$c, $h>(o, head_dim, wp, w_stride, v, rows.rows)
+                            },)*
+                            _ => unreachable!("C in 1..=8, H in 1..=4"),
+                        }
+                    };
+                }
+                pass!(
+                    (1, 1)(1, 2)(1, 3)(1, 4)(2, 1)(2, 2)(2, 3)(2, 4)(3, 1)(3, 2)(3, 3)(3, 4)(4, 1)(
+                        4, 2
+                    )(4, 3)(4, 4)(5, 1)(5, 2)(5, 3)(6, 1)(6, 2)(7, 1)(7, 2)(
+                        8, 1
+                    )(8, 2)
+                );
+                h0 += h;
+            }
+        }
+    }
+
+    /// For heads `0..H` and `16 · C` dimensions: `o[h·o_stride + d] = fma(w[h·w_stride + p],
+    /// v[rows[p] + d], o[h·o_stride + d])` over `p` in order, one chain per lane. The `H`
+    /// heads share each value's loads; their `H · C` chains run side by side.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn values<const C: usize, const H: usize>(
+        o: *mut f32, // head h's dimensions at o + h * o_stride
+        o_stride: usize,
+        w: *const f32, // head h's weights at w + h * w_stride, rows.len() of them
+        w_stride: usize,
+        v: *const f32,
+        rows: &[usize],
+    ) {
+        // SAFETY (loads and stores of o and w): the caller's bounds, above.
+        let mut acc: [[__m512; C]; H] = std::array::from_fn(|h| {
+            std::array::from_fn(|c| unsafe { _mm512_loadu_ps(o.add(h * o_stride + 16 * c)) })
+        });
+        for (p, &row) in rows.iter().enumerate() {
+            // SAFETY: the caller's bound on every row.
+            let vv: [__m512; C] =
+                std::array::from_fn(|c| unsafe { _mm512_loadu_ps(v.add(row + 16 * c)) });
+            for (h, a) in acc.iter_mut().enumerate() {
+                let e = _mm512_set1_ps(unsafe { *w.add(h * w_stride + p) });
+                for (a, &vv) in a.iter_mut().zip(&vv) {
+                    *a = _mm512_fmadd_ps(e, vv, *a);
+                }
+            }
+        }
+        for (h, a) in acc.iter().enumerate() {
+            for (c, a) in a.iter().enumerate() {
+                unsafe { _mm512_storeu_ps(o.add(h * o_stride + 16 * c), *a) };
+            }
         }
     }
 }
@@ -323,24 +729,75 @@ mod tests {
     fn every_version_is_bitwise_the_plain_loops() {
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         for head_dim in [8, 16, 24, 64, 72, 128] {
-            let simd = Simd::detect(head_dim);
-            for n in [1, 7, 8, 9, 17, 64, 101] {
-                let slots = n + 5;
-                let cache = values(slots * head_dim, (head_dim * n) as u64);
-                let offsets: Vec<usize> = (0..n).map(|p| (p * 7 + 3) % slots * head_dim).collect();
-                let rows = KeyRows::new(&offsets, head_dim, cache.len());
-                let q = values(head_dim, n as u64);
-                let (mut a, mut b) = (vec![0.0; n], vec![0.0; n]);
-                simd.scores(&mut a, &q, &cache, rows, 0.125);
-                scores_portable(&mut b, &q, &cache, &offsets, 0.125);
-                assert_eq!(bits(&a), bits(&b), "scores, {head_dim} {n}");
-                let (mut oa, mut ob) = (vec![0.0; head_dim], vec![0.0; head_dim]);
-                for k0 in (0..n).step_by(5) {
-                    let k1 = (k0 + 5).min(n);
-                    simd.add_weighted_values(&mut oa, &a[k0..k1], &cache, rows.slice(k0..k1));
+            for simd in Simd::available(head_dim) {
+                for n in [1, 7, 8, 9, 17, 31, 32, 33, 64, 101] {
+                    let slots = n + 5;
+                    let cache = values(slots * head_dim, (head_dim * n) as u64);
+                    let offsets: Vec<usize> =
+                        (0..n).map(|p| (p * 7 + 3) % slots * head_dim).collect();
+                    let rows = KeyRows::new(&offsets, head_dim, cache.len());
+                    let q = values(head_dim, n as u64);
+                    let (mut a, mut b) = (vec![0.0; n], vec![0.0; n]);
+                    simd.scores(&mut a, &q, &cache, rows, 0.125);
+                    scores_portable(&mut b, &q, &cache, &offsets, 0.125);
+                    assert_eq!(bits(&a), bits(&b), "{simd:?} scores, {head_dim} {n}");
+                    let (mut oa, mut ob) = (vec![0.0; head_dim], vec![0.0; head_dim]);
+                    for k0 in (0..n).step_by(5) {
+                        let k1 = (k0 + 5).min(n);
+                        simd.add_weighted_values(&mut oa, &a[k0..k1], &cache, rows.slice(k0..k1));
+                    }
+                    add_weighted_values_portable(&mut ob, &b, &cache, &offsets);
+                    assert_eq!(bits(&oa), bits(&ob), "{simd:?} values, {head_dim} {n}");
+                    // Several heads over the same keys, each with its own weights: each head's
+                    // bits are the single head's, for every count of heads a pass may take.
+                    for heads in [1, 2, 3, 5, 9] {
+                        let stride = n + 3;
+                        let w = values(heads * stride, (heads * n) as u64 + 7);
+                        let mut many = vec![0.0; heads * head_dim];
+                        for k0 in (0..n).step_by(5) {
+                            let k1 = (k0 + 5).min(n);
+                            let o = &mut many[..];
+                            simd.add_weighted_values_heads(
+                                o,
+                                &w[k0..],
+                                stride,
+                                &cache,
+                                rows.slice(k0..k1),
+                            );
+                        }
+                        for h in 0..heads {
+                            let mut one = vec![0.0; head_dim];
+                            add_weighted_values_portable(
+                                &mut one,
+                                &w[h * stride..][..n],
+                                &cache,
+                                &offsets,
+                            );
+                            let got = &many[h * head_dim..][..head_dim];
+                            assert_eq!(
+                                bits(got),
+                                bits(&one),
+                                "{simd:?} {heads} heads, head {h}, {head_dim} {n}"
+                            );
+                        }
+                    }
+                    // Through the dimension-major copy: every prefix of the block.
+                    let mut keys = TransposedKeys::default();
+                    keys.fill(&cache, rows);
+                    for m in [n, n / 2, 1] {
+                        let mut c = vec![f32::NAN; n];
+                        keys.scores(simd, &mut c[..m], &q, 0.125);
+                        assert_eq!(
+                            bits(&c[..m]),
+                            bits(&b[..m]),
+                            "{simd:?} copied keys, {head_dim} {n} {m}"
+                        );
+                        assert!(
+                            c[m..].iter().all(|v| v.is_nan()),
+                            "{simd:?} wrote past {m} scores"
+                        );
+                    }
                 }
-                add_weighted_values_portable(&mut ob, &b, &cache, &offsets);
-                assert_eq!(bits(&oa), bits(&ob), "values, {head_dim} {n}");
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use rayon::prelude::*;
 
-use super::attention_simd::{KeyRows, Simd};
+use super::attention_simd::{KeyRows, Simd, TransposedKeys};
 use super::expf::exp_in_place;
 use crate::attention::attention_metadata::AttentionMetadata;
 
@@ -12,6 +12,34 @@ use crate::attention::attention_metadata::AttentionMetadata;
 /// For each query token, attends over its sequence's cached tokens up to and including its
 /// own position. Query head `h` uses KV head `h / (num_heads / num_kv_heads)` (GQA).
 pub fn paged_attention(
+    out: &mut [f32],     // [num_tokens, num_heads, head_dim]
+    query: &[f32],       // [num_tokens, num_heads, head_dim]
+    key_cache: &[f32],   // [num_blocks, block_size, num_kv_heads, head_dim]
+    value_cache: &[f32], // [num_blocks, block_size, num_kv_heads, head_dim]
+    num_kv_heads: usize,
+    head_dim: usize,
+    scale: f32,
+    meta: &AttentionMetadata,
+) {
+    let simd = Simd::detect(head_dim);
+    paged_attention_with(
+        simd,
+        out,
+        query,
+        key_cache,
+        value_cache,
+        num_kv_heads,
+        head_dim,
+        scale,
+        meta,
+    );
+}
+
+#[allow(clippy::too_many_arguments)]
+/// [`paged_attention`] with the inner loops' version chosen (benchmarks and tests compare
+/// them; every version gives the same bits).
+pub fn paged_attention_with(
+    simd: Simd,
     out: &mut [f32],     // [num_tokens, num_heads, head_dim]
     query: &[f32],       // [num_tokens, num_heads, head_dim]
     key_cache: &[f32],   // [num_blocks, block_size, num_kv_heads, head_dim]
@@ -58,7 +86,6 @@ pub fn paged_attention(
             }
         }
     }
-    let simd = Simd::detect(head_dim);
     let shape = (num_kv_heads, group, head_dim);
     tasks
         .into_par_iter()
@@ -119,7 +146,12 @@ fn attend_run(
     run: Run,
     simd: Simd,
 ) {
-    let Scratch { rows, scores, inv } = s;
+    let Scratch {
+        rows,
+        scores,
+        inv,
+        keys_t,
+    } = s;
     let gw = group * head_dim;
     let width = num_kv_heads * gw;
     let num_rows = out.len() / gw;
@@ -140,12 +172,19 @@ fn attend_run(
     // scores[j][g][p] = q_jg · k_p * scale, for p < sees(j)
     scores.resize(num_rows * group * num_keys, 0.0);
     for k0 in (0..num_keys).step_by(kb) {
+        if simd.transposes_keys() {
+            // Copied dimension-major once, read by every row and head of the task.
+            keys_t.fill(key_cache, keys.slice(k0..(k0 + kb).min(num_keys)));
+        }
         for j in (0..num_rows).filter(|&j| sees(j) > k0) {
             let k1 = (k0 + kb).min(sees(j));
             let q = &query[(run.t0 + j) * width + run.kvh * gw..][..gw];
             for (g, qg) in q.chunks_exact(head_dim).enumerate() {
                 let sc = &mut scores[(j * group + g) * num_keys..][k0..k1];
-                simd.scores(sc, qg, key_cache, keys.slice(k0..k1), scale);
+                match simd.transposes_keys() {
+                    true => keys_t.scores(simd, sc, qg, scale),
+                    false => simd.scores(sc, qg, key_cache, keys.slice(k0..k1), scale),
+                }
             }
         }
     }
@@ -160,16 +199,27 @@ fn attend_run(
     inv.clear();
     sums_in_order(scores, num_keys, |i| sees(i / group), inv);
     // out[j][g] = (Σ_p w[j][g][p] · v_p) / Σ
+    // Head i = j * group + g's output is out[i * head_dim..] and its weights scores[i *
+    // num_keys..]: the rows that see the whole block (all but the last few) are one run of
+    // heads over the same keys, whose chains the vector code can run side by side.
     out.fill(0.0);
     for k0 in (0..num_keys).step_by(kb) {
-        for j in (0..num_rows).filter(|&j| sees(j) > k0) {
-            let k1 = (k0 + kb).min(sees(j));
-            for g in 0..group {
-                let (i, o) = (j * group + g, &mut out[j * gw..][..gw]);
-                let w = &scores[i * num_keys..][k0..k1];
-                let o = &mut o[g * head_dim..][..head_dim];
-                simd.add_weighted_values(o, w, value_cache, keys.slice(k0..k1));
-            }
+        let k1 = (k0 + kb).min(num_keys);
+        let whole = (0..num_rows).find(|&j| sees(j) >= k1).unwrap_or(num_rows);
+        for j in (0..whole).filter(|&j| sees(j) > k0) {
+            let k1 = sees(j); // inside this block
+            let (o, w) = (
+                &mut out[j * gw..][..gw],
+                &scores[j * group * num_keys + k0..],
+            );
+            simd.add_weighted_values_heads(o, w, num_keys, value_cache, keys.slice(k0..k1));
+        }
+        if whole < num_rows {
+            let (o, w) = (
+                &mut out[whole * gw..],
+                &scores[whole * group * num_keys + k0..],
+            );
+            simd.add_weighted_values_heads(o, w, num_keys, value_cache, keys.slice(k0..k1));
         }
     }
     for (o, &inv) in out.chunks_exact_mut(head_dim).zip(inv.iter()) {
@@ -224,19 +274,21 @@ fn sums_in_order(w: &[f32], stride: usize, len: impl Fn(usize) -> usize, inv: &m
 /// One thread's buffers, reused by every task it runs.
 #[derive(Default)]
 struct Scratch {
-    rows: Vec<usize>, // [num_keys]: where each key (and value) starts in the cache
-    scores: Vec<f32>, // [rows, group, num_keys]: scores, then softmax weights
-    inv: Vec<f32>,    // [rows, group]: 1 / Σ of each head's weights
+    rows: Vec<usize>,       // [num_keys]: where each key (and value) starts in the cache
+    scores: Vec<f32>,       // [rows, group, num_keys]: scores, then softmax weights
+    inv: Vec<f32>,          // [rows, group]: 1 / Σ of each head's weights
+    keys_t: TransposedKeys, // one block of keys, dimension-major (AVX-512 only)
 }
 // ANCHOR_END: paged_attention
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ops::linear::dot;
+    use crate::ops::attention_simd::dot_fused;
 
-    /// The kernel as it was before its inner loops were vectorized (2026-11-29), kept to
-    /// check that the vector loops changed no bit.
+    /// The kernel as plain loops over one (token, KV head) at a time, its multiply-adds fused
+    /// as the vector loops' are (since 2026-11-30; before, a multiply then an add): the
+    /// blocked, vectorized kernel must give its bits.
     #[allow(clippy::too_many_arguments)]
     fn plain(
         out: &mut [f32],
@@ -270,7 +322,7 @@ mod tests {
             let mut scores = Vec::new();
             for &row in &rows {
                 let k = &key_cache[row..][..head_dim];
-                scores.extend(q.chunks_exact(head_dim).map(|qg| dot(qg, k) * scale));
+                scores.extend(q.chunks_exact(head_dim).map(|qg| dot_fused(qg, k) * scale));
             }
             let (mut sums, mut maxes) = (vec![0.0f32; group], vec![f32::NEG_INFINITY; group]);
             for (j, &v) in scores.iter().enumerate() {
@@ -285,7 +337,9 @@ mod tests {
                 let v = &value_cache[row..][..head_dim];
                 for (g, og) in o.chunks_exact_mut(head_dim).enumerate() {
                     let w = scores[p * group + g];
-                    og.iter_mut().zip(v).for_each(|(o, &v)| *o += w * v);
+                    og.iter_mut()
+                        .zip(v)
+                        .for_each(|(o, &v)| *o = w.mul_add(v, *o));
                 }
             }
             for (g, og) in o.chunks_exact_mut(head_dim).enumerate() {
