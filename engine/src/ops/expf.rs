@@ -35,29 +35,58 @@ pub fn prepare() {
 /// `v[i] = v[i].exp()` for every element, bitwise `f32::exp`.
 pub fn exp_in_place(v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if vector_is_exact() {
-        // SAFETY: `vector_is_exact` is true only where AVX2 and FMA were detected.
-        unsafe { avx2::exp_in_place(v) };
-        return;
+    match vector_path() {
+        // SAFETY: `vector_path` names a path only where its features were detected.
+        Some(Path::Avx512) => return unsafe { avx512::exp_in_place(v) },
+        // SAFETY: as above.
+        Some(Path::Avx2) => return unsafe { avx2::exp_in_place(v) },
+        None => {}
     }
     v.iter_mut().for_each(|x| *x = x.exp());
+}
+
+/// A vector version of the same steps.
+#[cfg(target_arch = "x86_64")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Path {
+    /// Eight lanes of f64 in AVX-512F registers; the table read by two-register permutes.
+    Avx512,
+    /// Four lanes of f64 in AVX2 + FMA registers; the table read by a gather.
+    Avx2,
 }
 
 /// Whether the vector `exp` gives `f32::exp`'s bits on this machine (checked once).
 #[cfg(target_arch = "x86_64")]
 pub fn vector_is_exact() -> bool {
-    static EXACT: OnceLock<bool> = OnceLock::new();
-    *EXACT.get_or_init(|| {
-        if !(std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma"))
-        {
-            return false;
-        }
-        let mut x = check_inputs();
+    vector_path().is_some()
+}
+
+/// The fastest vector path this machine has that gives `f32::exp`'s bits on every check
+/// input (checked once per process), if any.
+#[cfg(target_arch = "x86_64")]
+pub fn vector_path() -> Option<Path> {
+    static PATH: OnceLock<Option<Path>> = OnceLock::new();
+    *PATH.get_or_init(|| {
+        let x = check_inputs();
         let want: Vec<u32> = x.iter().map(|v| v.exp().to_bits()).collect();
-        // SAFETY: AVX2 and FMA were detected just above.
-        unsafe { avx2::exp_in_place(&mut x) };
-        x.iter().map(|v| v.to_bits()).eq(want)
+        let exact = |run: unsafe fn(&mut [f32])| {
+            let mut y = x.clone();
+            // SAFETY: each caller below passes a path whose features it detected.
+            unsafe { run(&mut y) };
+            y.iter().map(|v| v.to_bits()).eq(want.iter().copied())
+        };
+        let has = |f: &str| match f {
+            "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
+            "avx2" => std::arch::is_x86_feature_detected!("avx2"),
+            _ => std::arch::is_x86_feature_detected!("fma"),
+        };
+        if has("avx512f") && exact(avx512::exp_in_place) {
+            return Some(Path::Avx512);
+        }
+        if has("avx2") && has("fma") && exact(avx2::exp_in_place) {
+            return Some(Path::Avx2);
+        }
+        None
     })
 }
 
@@ -92,7 +121,7 @@ mod avx2 {
     use std::arch::x86_64::*;
 
     /// glibc's `__exp2f_data`: `T[i] = asuint64(2^(i/32)) - (i << 47)`.
-    const T: [u64; 32] = [
+    pub(super) const T: [u64; 32] = [
         0x3ff0000000000000,
         0x3fefd9b0d3158574,
         0x3fefb5586cf9890f,
@@ -127,9 +156,9 @@ mod avx2 {
         0x3fefd0765b6e4540,
     ];
     /// `32 / ln 2`, the rounding shift `0x1.8p52`, and the polynomial's `C0, C1, C2`.
-    const INV_LN2_N: u64 = 0x40471547652b82fe;
-    const SHIFT: u64 = 0x4338000000000000;
-    const C: [u64; 3] = [0x3ebc6af84b912394, 0x3f2ebfce50fac4f3, 0x3f962e42ff0c52d6];
+    pub(super) const INV_LN2_N: u64 = 0x40471547652b82fe;
+    pub(super) const SHIFT: u64 = 0x4338000000000000;
+    pub(super) const C: [u64; 3] = [0x3ebc6af84b912394, 0x3f2ebfce50fac4f3, 0x3f962e42ff0c52d6];
 
     /// See [`super::exp_in_place`]. Caller guarantees AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
@@ -176,6 +205,61 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::avx2::{C, INV_LN2_N, SHIFT, T};
+
+    /// See [`super::exp_in_place`]: the AVX2 steps eight lanes at a time, the 32-entry table
+    /// held in four registers and read with two permutes and a blend instead of a gather.
+    /// Caller guarantees AVX-512F (which includes FMA on 512-bit registers).
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn exp_in_place(v: &mut [f32]) {
+        let d = |bits: u64| _mm512_set1_pd(f64::from_bits(bits));
+        let (inv_ln2_n, shift, one) = (d(INV_LN2_N), d(SHIFT), _mm512_set1_pd(1.0));
+        let (c0, c1, c2) = (d(C[0]), d(C[1]), d(C[2]));
+        // SAFETY: T holds 32 u64s, four registers of eight.
+        let t: [__m512i; 4] =
+            std::array::from_fn(|i| unsafe { _mm512_loadu_si512(T.as_ptr().add(8 * i).cast()) });
+        let (mask_11, top_main) = (_mm256_set1_epi32(0x7ff), _mm256_set1_epi32(0x42a));
+        let (low5, bit4) = (_mm512_set1_epi64(31), _mm512_set1_epi64(16));
+        let mut chunks = v.chunks_exact_mut(8);
+        for x8 in &mut chunks {
+            // SAFETY: x8 holds 8 floats.
+            let x = unsafe { _mm256_loadu_ps(x8.as_ptr()) };
+            // glibc's `abstop = (asuint(x) >> 20) & 0x7ff`; above 0x42a, not the main path.
+            let top = _mm256_and_si256(_mm256_srli_epi32::<20>(_mm256_castps_si256(x)), mask_11);
+            if _mm256_movemask_epi8(_mm256_cmpgt_epi32(top, top_main)) != 0 {
+                x8.iter_mut().for_each(|x| *x = x.exp());
+                continue;
+            }
+            let xd = _mm512_cvtps_pd(x);
+            let kd = _mm512_fmadd_pd(inv_ln2_n, xd, shift);
+            let ki = _mm512_castpd_si512(kd);
+            let kd = _mm512_sub_pd(kd, shift);
+            let r = _mm512_fmsub_pd(inv_ln2_n, xd, kd);
+            // T[ki % 32]: bits 0..3 pick one of 16 entries from a pair of registers, bit 4
+            // picks the pair.
+            let i = _mm512_and_si512(ki, low5);
+            let lo = _mm512_permutex2var_epi64(t[0], i, t[1]);
+            let hi = _mm512_permutex2var_epi64(t[2], i, t[3]);
+            let tk = _mm512_mask_blend_epi64(_mm512_test_epi64_mask(i, bit4), lo, hi);
+            let s = _mm512_castsi512_pd(_mm512_add_epi64(tk, _mm512_slli_epi64::<47>(ki)));
+            let z = _mm512_fmadd_pd(r, c0, c1);
+            let r2 = _mm512_mul_pd(r, r);
+            let y = _mm512_fmadd_pd(r, c2, one);
+            let y = _mm512_mul_pd(_mm512_fmadd_pd(z, r2, y), s);
+            // SAFETY: as for the load.
+            unsafe { _mm256_storeu_ps(x8.as_mut_ptr(), _mm512_cvtpd_ps(y)) };
+        }
+        chunks
+            .into_remainder()
+            .iter_mut()
+            .for_each(|x| *x = x.exp());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -204,6 +288,6 @@ mod tests {
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn reports_which_path() {
-        eprintln!("vector exp exact here: {}", vector_is_exact());
+        eprintln!("vector exp here: {:?}", vector_path());
     }
 }

@@ -140,6 +140,84 @@ fn attend_run(
     query: &[f32],       // [num_tokens, num_heads, head_dim]
     key_cache: &[f32],   // [num_blocks, block_size, num_kv_heads, head_dim]
     value_cache: &[f32], // [num_blocks, block_size, num_kv_heads, head_dim]
+    shape: (usize, usize, usize),
+    scale: f32,
+    meta: &AttentionMetadata,
+    run: Run,
+    simd: Simd,
+) {
+    // With AVX-512 the whole task is compiled for it, so that the plain loops around the
+    // vector ones (the softmax's maximum, subtraction and sums, the final scaling) use its
+    // registers too; each lane does the scalar code's operations, so the bits are the same.
+    #[cfg(target_arch = "x86_64")]
+    if simd == Simd::Avx512 {
+        // SAFETY: `Simd::Avx512` is only detected where the CPU has AVX-512F.
+        return unsafe {
+            attend_run_avx512(
+                s,
+                out,
+                query,
+                key_cache,
+                value_cache,
+                shape,
+                scale,
+                meta,
+                run,
+            )
+        };
+    }
+    attend_run_body(
+        s,
+        out,
+        query,
+        key_cache,
+        value_cache,
+        shape,
+        scale,
+        meta,
+        run,
+        simd,
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_run_avx512(
+    s: &mut Scratch,
+    out: &mut [f32],
+    query: &[f32],
+    key_cache: &[f32],
+    value_cache: &[f32],
+    shape: (usize, usize, usize),
+    scale: f32,
+    meta: &AttentionMetadata,
+    run: Run,
+) {
+    let simd = Simd::Avx512;
+    attend_run_body(
+        s,
+        out,
+        query,
+        key_cache,
+        value_cache,
+        shape,
+        scale,
+        meta,
+        run,
+        simd,
+    )
+}
+
+/// [`attend_run`]'s work, inlined into each version.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attend_run_body(
+    s: &mut Scratch,
+    out: &mut [f32],     // [rows, group, head_dim]
+    query: &[f32],       // [num_tokens, num_heads, head_dim]
+    key_cache: &[f32],   // [num_blocks, block_size, num_kv_heads, head_dim]
+    value_cache: &[f32], // [num_blocks, block_size, num_kv_heads, head_dim]
     (num_kv_heads, group, head_dim): (usize, usize, usize),
     scale: f32,
     meta: &AttentionMetadata,
@@ -231,6 +309,7 @@ fn attend_run(
 /// maximum is the same in any order (a NaN is skipped either way; a `-0.0` found where
 /// `+0.0` would be changes no `v - max` by more than the sign of a zero, and `exp` of either
 /// zero is 1).
+#[inline(always)]
 fn max_of(v: &[f32]) -> f32 {
     let mut m = [f32::NEG_INFINITY; 8];
     let chunks = v.chunks_exact(8);
@@ -248,6 +327,7 @@ fn max_of(v: &[f32]) -> f32 {
 /// Pushes `1 / Σ_p w[i][p]` for every row `i` of `w` `[rows][stride]`, over `p < len(i)`,
 /// each sum a chain in the order of `p` starting from `0.0`. The chains are independent, so
 /// eight run side by side: an add waits for the one before it in its own chain only.
+#[inline(always)]
 fn sums_in_order(w: &[f32], stride: usize, len: impl Fn(usize) -> usize, inv: &mut Vec<f32>) {
     let rows = w.len() / stride.max(1);
     for i0 in (0..rows).step_by(8) {
