@@ -152,10 +152,13 @@ impl Simd {
         versions
     }
 
-    /// Whether this version's scores read keys through [`TransposedKeys`] (and so
-    /// [`Simd::scores`] is not the fast way to call it).
-    pub fn transposes_keys(self) -> bool {
-        self == Simd::Avx512
+    /// Whether this version's scores are fastest through [`TransposedKeys`] when `heads`
+    /// query heads read each block of keys. The copy costs a gather per 16 keys and
+    /// dimension, about what 16 keys' scores for 8 heads cost, so it pays for a prefill's
+    /// runs of rows and not for a decode's single row (whose keys [`Simd::scores`] reads in
+    /// place, 8 lanes at a time).
+    pub fn transposes_keys(self, heads: usize) -> bool {
+        self == Simd::Avx512 && heads >= 8
     }
 
     /// `scores[p] = dot_fused(q, key_cache[rows[p]..][..head_dim]) * scale`.
@@ -174,11 +177,11 @@ impl Simd {
             // SAFETY: `Avx` comes from `available`, which saw AVX, FMA and a head size of
             // 8s; `check` and `KeyRows::new` bound every key inside the cache.
             Simd::Avx => unsafe { avx::scores(scores, q, key_cache, rows.rows, scale) },
-            Simd::Avx512 => {
-                let mut keys = TransposedKeys::default();
-                keys.fill(key_cache, rows);
-                keys.scores(self, scores, q, scale);
-            }
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: AVX-512F includes AVX and FMA, and a head of 16s is one of 8s; the rows
+            // are bounded as above. (Without a copy of the keys the 8-lane loop is the
+            // fastest: see `transposes_keys`.)
+            Simd::Avx512 => unsafe { avx::scores(scores, q, key_cache, rows.rows, scale) },
             _ => scores_portable(scores, q, key_cache, rows.rows, scale),
         }
     }

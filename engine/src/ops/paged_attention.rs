@@ -249,8 +249,9 @@ fn attend_run_body(
 
     // scores[j][g][p] = q_jg · k_p * scale, for p < sees(j)
     scores.resize(num_rows * group * num_keys, 0.0);
+    let transpose = simd.transposes_keys(num_rows * group);
     for k0 in (0..num_keys).step_by(kb) {
-        if simd.transposes_keys() {
+        if transpose {
             // Copied dimension-major once, read by every row and head of the task.
             keys_t.fill(key_cache, keys.slice(k0..(k0 + kb).min(num_keys)));
         }
@@ -259,7 +260,7 @@ fn attend_run_body(
             let q = &query[(run.t0 + j) * width + run.kvh * gw..][..gw];
             for (g, qg) in q.chunks_exact(head_dim).enumerate() {
                 let sc = &mut scores[(j * group + g) * num_keys..][k0..k1];
-                match simd.transposes_keys() {
+                match transpose {
                     true => keys_t.scores(simd, sc, qg, scale),
                     false => simd.scores(sc, qg, key_cache, keys.slice(k0..k1), scale),
                 }
@@ -442,8 +443,9 @@ mod tests {
     }
 
     /// A decode after 70 cached tokens, a 45-token chunk after 20 cached, and a 9-token first
-    /// chunk, in shuffled blocks of 16: the kernel gives the plain loops' bits, for head sizes
-    /// with and without a vector path.
+    /// chunk, in shuffled blocks of 16: every version of the kernel this CPU has gives the
+    /// plain loops' bits, for head sizes with and without a vector path (and with AVX-512,
+    /// tasks that copy their keys dimension-major and tasks that read them in place).
     #[test]
     fn bitwise_the_plain_kernel() {
         let seqs: [(usize, usize); 3] = [(70, 1), (20, 45), (0, 9)];
@@ -477,20 +479,22 @@ mod tests {
             let width = kv_heads * group * head_dim;
             let q = values(meta.num_tokens() * width, 3);
             let scale = 1.0 / (head_dim as f32).sqrt();
-            let mut a = vec![f32::NAN; q.len()];
-            let mut b = a.clone();
-            paged_attention(
-                &mut a, &q, &cache_k, &cache_v, kv_heads, head_dim, scale, &meta,
-            );
+            let mut b = vec![f32::NAN; q.len()];
             plain(
                 &mut b, &q, &cache_k, &cache_v, kv_heads, head_dim, scale, &meta,
             );
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(
-                bits(&a),
-                bits(&b),
-                "head_dim {head_dim}, {kv_heads}x{group} heads"
-            );
+            for simd in Simd::available(head_dim) {
+                let mut a = vec![f32::NAN; q.len()];
+                paged_attention_with(
+                    simd, &mut a, &q, &cache_k, &cache_v, kv_heads, head_dim, scale, &meta,
+                );
+                assert_eq!(
+                    bits(&a),
+                    bits(&b),
+                    "{simd:?}, head_dim {head_dim}, {kv_heads}x{group} heads"
+                );
+            }
         }
     }
 }
