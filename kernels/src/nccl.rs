@@ -120,6 +120,8 @@ impl NcclId {
 
     /// The id as bytes, to send to ranks in other processes.
     pub fn to_bytes(&self) -> [u8; Self::LEN] {
+        // `c_char` is `i8` on x86-64 and `u8` on aarch64: the cast is a no-op on the latter.
+        #[allow(clippy::unnecessary_cast)]
         self.0.internal().map(|c| c as u8)
     }
 

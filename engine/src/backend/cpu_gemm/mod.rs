@@ -510,6 +510,8 @@ fn micro_kernel_blocks(
     first: bool,
     ahead: usize, // bytes of quants: how far ahead the x86 kernels prefetch the blocks
 ) {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = ahead; // only the x86 kernels prefetch
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => avx512::tile_blocks(c, x, x_stride, w, rows, kc, first, ahead),
@@ -537,6 +539,8 @@ fn micro_kernel(
     first: bool,
     ahead: usize, // floats: how far ahead of its reads the x86 kernels prefetch `w`
 ) {
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = ahead; // only the x86 kernels prefetch
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => avx512::tile(c, x, x_stride, w, rows, kc, first, ahead),
