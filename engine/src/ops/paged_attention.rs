@@ -86,22 +86,18 @@ pub fn paged_attention_with(
             }
         }
     }
-    let shape = (num_kv_heads, group, head_dim);
+    let layer = Layer {
+        query,
+        key_cache,
+        value_cache,
+        shape: (num_kv_heads, group, head_dim),
+        scale,
+        meta,
+    };
     tasks
         .into_par_iter()
         .for_each_init(Scratch::default, |s, (run, o)| {
-            attend_run(
-                s,
-                o,
-                query,
-                key_cache,
-                value_cache,
-                shape,
-                scale,
-                meta,
-                run,
-                simd,
-            );
+            attend_run(s, o, &layer, run, simd)
         });
     // [kv head][token] → [token][kv head].
     for (t, row) in out.chunks_exact_mut(width).enumerate() {
@@ -133,16 +129,10 @@ fn key_block(head_dim: usize) -> usize {
 /// row's scores for one block, then, after the softmax, every row's weighted values for one
 /// block, so a block of keys or values comes from L2 once per task, not once per row and
 /// head. Each output element is still one chain over the keys, in order.
-#[allow(clippy::too_many_arguments)]
 fn attend_run(
     s: &mut Scratch,
-    out: &mut [f32],     // [rows, group, head_dim]
-    query: &[f32],       // [num_tokens, num_heads, head_dim]
-    key_cache: &[f32],   // [num_blocks, block_size, num_kv_heads, head_dim]
-    value_cache: &[f32], // [num_blocks, block_size, num_kv_heads, head_dim]
-    shape: (usize, usize, usize),
-    scale: f32,
-    meta: &AttentionMetadata,
+    out: &mut [f32], // [rows, group, head_dim]
+    layer: &Layer,
     run: Run,
     simd: Simd,
 ) {
@@ -152,78 +142,44 @@ fn attend_run(
     #[cfg(target_arch = "x86_64")]
     if simd == Simd::Avx512 {
         // SAFETY: `Simd::Avx512` is only detected where the CPU has AVX-512F.
-        return unsafe {
-            attend_run_avx512(
-                s,
-                out,
-                query,
-                key_cache,
-                value_cache,
-                shape,
-                scale,
-                meta,
-                run,
-            )
-        };
+        return unsafe { attend_run_avx512(s, out, layer, run) };
     }
-    attend_run_body(
-        s,
-        out,
-        query,
-        key_cache,
-        value_cache,
-        shape,
-        scale,
-        meta,
-        run,
-        simd,
-    )
+    attend_run_body(s, out, layer, run, simd)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-#[allow(clippy::too_many_arguments)]
-unsafe fn attend_run_avx512(
-    s: &mut Scratch,
-    out: &mut [f32],
-    query: &[f32],
-    key_cache: &[f32],
-    value_cache: &[f32],
-    shape: (usize, usize, usize),
+unsafe fn attend_run_avx512(s: &mut Scratch, out: &mut [f32], layer: &Layer, run: Run) {
+    attend_run_body(s, out, layer, run, Simd::Avx512)
+}
+
+/// What every task of one call reads.
+struct Layer<'a> {
+    query: &'a [f32],             // [num_tokens, num_heads, head_dim]
+    key_cache: &'a [f32],         // [num_blocks, block_size, num_kv_heads, head_dim]
+    value_cache: &'a [f32],       // [num_blocks, block_size, num_kv_heads, head_dim]
+    shape: (usize, usize, usize), // (num_kv_heads, group, head_dim)
     scale: f32,
-    meta: &AttentionMetadata,
-    run: Run,
-) {
-    let simd = Simd::Avx512;
-    attend_run_body(
-        s,
-        out,
-        query,
-        key_cache,
-        value_cache,
-        shape,
-        scale,
-        meta,
-        run,
-        simd,
-    )
+    meta: &'a AttentionMetadata,
 }
 
 /// [`attend_run`]'s work, inlined into each version.
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
 fn attend_run_body(
     s: &mut Scratch,
-    out: &mut [f32],     // [rows, group, head_dim]
-    query: &[f32],       // [num_tokens, num_heads, head_dim]
-    key_cache: &[f32],   // [num_blocks, block_size, num_kv_heads, head_dim]
-    value_cache: &[f32], // [num_blocks, block_size, num_kv_heads, head_dim]
-    (num_kv_heads, group, head_dim): (usize, usize, usize),
-    scale: f32,
-    meta: &AttentionMetadata,
+    out: &mut [f32], // [rows, group, head_dim]
+    layer: &Layer,
     run: Run,
     simd: Simd,
 ) {
+    let Layer {
+        query,
+        key_cache,
+        value_cache,
+        shape: (num_kv_heads, group, head_dim),
+        scale,
+        meta,
+    } = *layer;
     let Scratch {
         rows,
         scores,
