@@ -366,7 +366,7 @@ fn add_weighted_values_plain(out: &mut [f32], w: &[f32], value_cache: &[f32], ro
 }
 
 /// The plain loops compiled for x86-64 with FMA: there `f32::mul_add` is one instruction,
-/// where a build for baseline x86-64 calls the C library's `fmaf` (exact, but about fifty
+/// where a build for baseline x86-64 calls the C library's `fmaf` (exact, but about thirty
 /// times slower). Same code, same bits.
 #[cfg(target_arch = "x86_64")]
 mod with_fma {
