@@ -1,4 +1,4 @@
-//! `f32::exp` over a whole slice, four lanes at a time where that gives the same bits.
+//! `f32::exp` over a whole slice, four or eight lanes at a time where that gives the same bits.
 //!
 //! Softmax and SwiGLU take an `exp` per score and per activation: 35 M and 24 M of them in a
 //! 512-token prefill of SmolLM2-135M, a few nanoseconds each through the C library. Rust's
@@ -12,11 +12,13 @@
 //! y  = fma(fma(r, C0, C1), r·r, fma(r, C2, 1)) · s,   rounded to f32
 //! ```
 //!
-//! [`exp_in_place`] does exactly that in AVX2 + FMA registers (lanes outside glibc's main path,
-//! `|x| ≥ 88`, infinities and NaN, go to the scalar call). Whether this platform's `f32::exp`
-//! *is* that function is not assumed: the first call checks the vector code against it on
-//! 2^18 inputs spread over the whole range, and if a single bit differs (another C library,
-//! a build without FMA) every later call takes the scalar path. Either way the values are
+//! [`exp_in_place`] does exactly that in vector registers: eight f64 lanes with AVX-512F (the
+//! table held in four registers, read by permutes), else four with AVX2 + FMA (the table read
+//! by a gather); lanes outside glibc's main path, `|x| ≥ 88`, infinities and NaN, go to the
+//! scalar call. Whether this platform's `f32::exp` *is* that function is not assumed: the
+//! first call checks the vector code against it on 2^18 inputs spread over the whole range,
+//! and if a single bit differs (another C library, a build without FMA) that path is not
+//! used, and without one every call is the scalar one. Either way the values are
 //! `f32::exp`'s, so no result of the engine changes.
 
 #[cfg(target_arch = "x86_64")]
@@ -75,15 +77,12 @@ pub fn vector_path() -> Option<Path> {
             unsafe { run(&mut y) };
             y.iter().map(|v| v.to_bits()).eq(want.iter().copied())
         };
-        let has = |f: &str| match f {
-            "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
-            "avx2" => std::arch::is_x86_feature_detected!("avx2"),
-            _ => std::arch::is_x86_feature_detected!("fma"),
-        };
-        if has("avx512f") && exact(avx512::exp_in_place) {
+        if std::arch::is_x86_feature_detected!("avx512f") && exact(avx512::exp_in_place) {
             return Some(Path::Avx512);
         }
-        if has("avx2") && has("fma") && exact(avx2::exp_in_place) {
+        let avx2 = std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma");
+        if avx2 && exact(avx2::exp_in_place) {
             return Some(Path::Avx2);
         }
         None
@@ -281,6 +280,34 @@ mod tests {
         exp_in_place(&mut x);
         let got: Vec<u32> = x.iter().map(|v| v.to_bits()).collect();
         assert_eq!(got, want);
+    }
+
+    /// The two vector versions implement the same steps, so they agree bit for bit with each
+    /// other on every check input, whichever C library is underneath (the first-use check
+    /// only picks the first that matches `f32::exp`, so a broken AVX2 path would otherwise go
+    /// unnoticed on an AVX-512 machine).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn vector_versions_agree() {
+        let has = |f| match f {
+            "avx512f" => std::arch::is_x86_feature_detected!("avx512f"),
+            _ => {
+                std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+            }
+        };
+        if !(has("avx512f") && has("avx2")) {
+            eprintln!("skipped: this CPU has not both AVX-512F and AVX2 + FMA");
+            return;
+        }
+        let (mut a, mut b) = (check_inputs(), check_inputs());
+        // SAFETY: both feature sets were detected just above.
+        unsafe {
+            avx512::exp_in_place(&mut a);
+            avx2::exp_in_place(&mut b);
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&a), bits(&b));
     }
 
     /// On the machine these numbers were measured on (x86-64, glibc with FMA) the vector path
