@@ -315,25 +315,28 @@ thread_local! {
 /// block's rows × its panel's columns). The rectangles are disjoint, but they interleave in
 /// memory (every row holds a piece of every panel), so no safe split of the slice gives them
 /// out; this type hands each task its rows one at a time, bounds checked.
-struct SharedOut {
+struct SharedOut<'a> {
     ptr: *mut f32,
     rows: usize,
     n: usize,
+    /// Holds `out`'s mutable borrow for as long as this exists.
+    _out: std::marker::PhantomData<&'a mut [f32]>,
 }
 
-// SAFETY: `SharedOut` is only a pointer to `out`, which outlives the parallel region that
-// uses it (`gemm_panels` borrows it mutably for that whole time); see `row_mut` for why no two
-// tasks touch the same element.
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
+// SAFETY: `SharedOut` is a pointer to `out` that keeps `out` mutably borrowed for its whole
+// life (the `PhantomData`), so nothing else reads or writes it meanwhile; see `row_mut` for
+// why no two tasks touch the same element.
+unsafe impl Send for SharedOut<'_> {}
+unsafe impl Sync for SharedOut<'_> {}
 
-impl SharedOut {
-    fn new(out: &mut [f32], rows: usize, n: usize) -> SharedOut {
+impl<'a> SharedOut<'a> {
+    fn new(out: &'a mut [f32], rows: usize, n: usize) -> SharedOut<'a> {
         assert_eq!(out.len(), rows * n);
         SharedOut {
             ptr: out.as_mut_ptr(),
             rows,
             n,
+            _out: std::marker::PhantomData,
         }
     }
 
