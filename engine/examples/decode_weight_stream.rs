@@ -12,7 +12,8 @@
 //! pool, each GEMM was a hand-off and cost 20 µs more: this example makes its thread the
 //! pool's worker 0, as the engine does.)
 //!
-//! `cargo run --release -p engine --example decode_weight_stream [-- ROUNDS]`
+//! `cargo run --release -p engine --example decode_weight_stream [-- ROUNDS [TOKENS]]`
+//! (TOKENS: the decode batch, 1 by default; each GEMM then multiplies that many rows).
 //! (`LAB_HUGE_PAGES=off` puts the weights on 4 KiB pages, for comparison).
 use engine::backend::cpu_gemm::{gemm, Isa, PackedWeight};
 use std::time::Instant;
@@ -22,6 +23,10 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(6);
+    let tokens: usize = std::env::args()
+        .nth(2)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(1);
     // This thread becomes the pool's worker 0, as the engine's stepping thread is: each GEMM
     // is then a join, not a hand-off to another thread (`backend::cpu_thread_pool`).
     engine::backend::cpu_thread_pool::build_global(None, true).expect("the pool");
@@ -39,14 +44,14 @@ fn main() {
     let time = |ws: &[PackedWeight]| {
         let start = Instant::now();
         for w in ws {
-            let (x, mut out) = (vec![1.0f32; w.k], vec![0.0f32; w.n]);
-            gemm(&mut out, &x, w, None, 1);
+            let (x, mut out) = (vec![1.0f32; w.k * tokens], vec![0.0f32; w.n * tokens]);
+            gemm(&mut out, &x, w, None, tokens);
             std::hint::black_box(&out);
         }
         start.elapsed().as_secs_f64()
     };
     println!(
-        "{} threads, {}, {:.0} MB per step",
+        "{} threads, {}, {tokens} tokens, {:.0} MB per step",
         rayon::current_num_threads(),
         isa.name(),
         bytes as f64 / 1e6
@@ -75,9 +80,9 @@ fn main() {
     let mut pts = Vec::new();
     for _ in 0..5 {
         for w in &layers[..120] {
-            let (x, mut out) = (vec![1.0f32; w.k], vec![0.0f32; w.n]);
+            let (x, mut out) = (vec![1.0f32; w.k * tokens], vec![0.0f32; w.n * tokens]);
             let t = Instant::now();
-            gemm(&mut out, &x, w, None, 1);
+            gemm(&mut out, &x, w, None, tokens);
             pts.push(((w.data.len() * 4) as f64, t.elapsed().as_secs_f64()));
             std::hint::black_box(&out);
         }

@@ -300,7 +300,7 @@ fn prefetch_distance_changes_no_bits() {
             for t in [1, 8, 12] {
                 for how in PATHS {
                     let mut outs = Vec::new();
-                    for ahead in [0, isa.prefetch_ahead(), w.bytes() + 4096] {
+                    for ahead in [0, isa.blocks_prefetch_ahead(), w.bytes() + 4096] {
                         w.prefetch_ahead = ahead;
                         outs.push(bits(&run_blocks_with(&w, &x[..t * k], None, t, how)));
                     }

@@ -12,6 +12,8 @@ use std::arch::x86_64::*;
 
 #[cfg(target_arch = "x86_64")]
 use super::packed_blocks::{BlockSlice, QK};
+#[cfg(target_arch = "x86_64")]
+use super::PREFETCH_NEAR;
 
 /// Output rows per panel (two vectors of 16).
 pub const NR: usize = 32;
@@ -29,7 +31,7 @@ pub fn tile(
     rows: usize,
     kc: usize,
     first: bool,
-    ahead: usize, // floats: prefetch w this far ahead of each read (0: never)
+    ahead: usize, // floats: prefetch w this far ahead into L2, PREFETCH_NEAR bytes into L1 (0: never)
 ) {
     assert!(
         std::arch::is_x86_feature_detected!("avx512f"),
@@ -74,12 +76,16 @@ unsafe fn kernel<const R: usize>(
         }
     }
     for kk in 0..kc {
-        // The weight stream's next lines, asked for now: a prefetch never faults, so an
+        // The weight stream's lines, asked for at two distances (see `PREFETCH_AHEAD`): far
+        // ahead into L2, near ahead from there into L1. A prefetch never faults, so an
         // address past the slice (another panel's, or none) is harmless.
         if ahead > 0 {
-            let line = wp.wrapping_add(kk * NR + ahead).cast::<i8>();
-            _mm_prefetch::<_MM_HINT_T0>(line);
-            _mm_prefetch::<_MM_HINT_T0>(line.wrapping_add(64));
+            let far = wp.wrapping_add(kk * NR + ahead).cast::<i8>();
+            _mm_prefetch::<_MM_HINT_T1>(far);
+            _mm_prefetch::<_MM_HINT_T1>(far.wrapping_add(64));
+            let near = wp.wrapping_add(kk * NR + PREFETCH_NEAR / 4).cast::<i8>();
+            _mm_prefetch::<_MM_HINT_T0>(near);
+            _mm_prefetch::<_MM_HINT_T0>(near.wrapping_add(64));
         }
         // SAFETY: kk < kc, and w holds kc rows of 32 floats.
         let (w0, w1) = unsafe {

@@ -66,15 +66,35 @@ pub const KC: usize = 256;
 /// (1.2..3 MB) would be fetched from L3 again for every panel.
 const MC: usize = 128;
 
-/// How far ahead (bytes) the x86 micro-kernels prefetch a weight they stream. A decode step
-/// reads each weight once, and at 8 tokens the FMAs between two cache lines are slow enough
-/// that the hardware's own prefetchers fall behind: on a 2-core Xeon (2026-11-30,
+/// How far ahead (bytes) the x86 micro-kernels prefetch an f32 weight they stream into L2;
+/// [`PREFETCH_NEAR`] is how far ahead they then move it from L2 into L1. A decode step reads
+/// each weight once, and at 8 tokens the FMAs between two cache lines are slow enough that the
+/// hardware's own prefetchers fall behind: on a 2-core Xeon (2026-11-30,
 /// `examples/cpu_gemm_speed.rs`, the 113 MB LM head from memory) 8 tokens streamed 11-14 GB/s
-/// without it and 17-21 GB/s at 4-6 KiB ahead. A distance, not a cache-sized block, so it
-/// holds for every shape; far enough to cover the memory's latency at a core's share of the
-/// bandwidth (about 120 ns × 20 GB/s = 2.4 KB), near enough to stay inside the panel's `K`
-/// block most of the time.
-pub const PREFETCH_AHEAD: usize = 4096;
+/// without any prefetch and 17-21 GB/s prefetching into L1 at 4-6 KiB ahead.
+///
+/// Why two distances, as we read it (this VM exposes no hardware counters to confirm it): a
+/// prefetch into L1 holds one of the core's few L1 miss buffers (16 on recent Intel cores)
+/// until its line arrives from memory, so only about 16 lines are in flight, about 8 GB/s a
+/// core at ~120 ns a line: short of a core's share of the memory once the FMAs take time too.
+/// L2 tracks many more misses of its own, so a far prefetch into L2 keeps more lines coming,
+/// and the near prefetch then finds its line in L2. Measured on the same Xeon (2026-11-30,
+/// a 536 MB GEMM, the variants alternated in one process, medians of 9): L2 at 8 KiB plus L1
+/// at 1 KiB streamed 8 tokens at 26.7-26.9 GB/s against 22.1-23.1 with L1 at 4 KiB alone, 4
+/// tokens at 28.9 against 26.2, 12 tokens at 23.6 against 21.8, and 1 token unchanged (29.0
+/// against 29.6). Distances, not cache-sized blocks, so they hold for every shape.
+pub const PREFETCH_AHEAD: usize = 8192;
+
+/// How far ahead (bytes) the x86 micro-kernels move an f32 weight from L2 into L1 (see
+/// [`PREFETCH_AHEAD`]): a few hundred cycles of the kernel at 8 tokens, which covers L2's
+/// latency several times over.
+pub const PREFETCH_NEAR: usize = 1024;
+
+/// How far ahead (bytes of quants) the x86 micro-kernels prefetch a weight kept in its GGUF
+/// blocks, into L1 only: the distance the f32 kernels used before they had two, kept for the
+/// blocks' kernels, which move a quarter of the bytes per FMA; the two-distance scheme is not
+/// measured on them.
+pub const BLOCKS_PREFETCH_AHEAD: usize = 4096;
 
 /// The instruction set a GEMM runs with, from the fastest this CPU supports down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -148,16 +168,27 @@ impl Isa {
         }
     }
 
-    /// How far ahead of its reads (bytes) the micro-kernel prefetches a streamed weight:
-    /// `LAB_CPU_PREFETCH` (bytes, 0 = never; a benchmark knob, so like `LAB_CPU_GEMM` a value
-    /// that is not a number is ignored) or [`PREFETCH_AHEAD`] on x86; 0 on the paths that do
-    /// not prefetch (NEON, portable).
+    /// How far ahead of its reads (bytes) the micro-kernel prefetches a streamed f32 weight
+    /// into L2: `LAB_CPU_PREFETCH` (bytes, 0 = never, which also turns off the near prefetch
+    /// into L1; a benchmark knob, so like `LAB_CPU_GEMM` a value that is not a number is
+    /// ignored) or [`PREFETCH_AHEAD`] on x86; 0 on the paths that do not prefetch (NEON,
+    /// portable).
     pub fn prefetch_ahead(self) -> usize {
+        self.prefetch_or(PREFETCH_AHEAD)
+    }
+
+    /// [`Isa::prefetch_ahead`] for weights in their GGUF blocks: `LAB_CPU_PREFETCH` or
+    /// [`BLOCKS_PREFETCH_AHEAD`] on x86, 0 elsewhere.
+    pub fn blocks_prefetch_ahead(self) -> usize {
+        self.prefetch_or(BLOCKS_PREFETCH_AHEAD)
+    }
+
+    fn prefetch_or(self, default: usize) -> usize {
         match self {
             Isa::Avx512 | Isa::Avx2 => std::env::var("LAB_CPU_PREFETCH")
                 .ok()
                 .and_then(|v| v.parse().ok())
-                .unwrap_or(PREFETCH_AHEAD),
+                .unwrap_or(default),
             Isa::Neon | Isa::Portable => 0,
         }
     }

@@ -57,7 +57,7 @@ pub struct PackedBlocks {
     /// Q8_0: `[panels][k][nr]`; Q4_1: `[panels][k / 2][nr]` (see the module doc).
     pub quants: HugePageVec<u8>,
     /// Bytes of quants ahead of its reads at which the micro-kernel prefetches this weight's
-    /// blocks ([`Isa::prefetch_ahead`]; 0 = never). Speed only.
+    /// blocks ([`Isa::blocks_prefetch_ahead`]; 0 = never). Speed only.
     pub prefetch_ahead: usize,
 }
 
@@ -124,7 +124,7 @@ impl PackedBlocks {
             scales,
             mins,
             quants,
-            prefetch_ahead: isa.prefetch_ahead(),
+            prefetch_ahead: isa.blocks_prefetch_ahead(),
         })
     }
 
