@@ -127,7 +127,7 @@ pub struct CpuBackend {
     /// `(rank, world_size)`, read without the lock; `(0, 1)` without a communicator.
     rank_world: (usize, usize),
     /// Whether a step keeps the pool's other workers hot
-    /// ([`super::cpu_thread_pool::HotWorkers`]): only with `LAB_CPU_HOT_WORKERS=1`.
+    /// ([`super::cpu_thread_pool::HotWorkers`]): unless `LAB_CPU_HOT_WORKERS=0`.
     hot_workers: bool,
 }
 
@@ -210,16 +210,19 @@ impl CpuBackend {
     }
 }
 
-/// The CUDA backend's name for attention over `step`: its decode kernel runs a batch where
-/// every sequence feeds one token and samples it, its prefill kernel every other batch.
-/// `LAB_CPU_HOT_WORKERS=1` turns [`super::cpu_thread_pool::HotWorkers`] on. Off by default: it
-/// cuts a parallel region's cost after serial work from about 3 µs to under 1 in
-/// `examples/fork_join_cost.rs`, but batch-1 decode on a 2-core VM gained at most 2%, and in
-/// one of three paired runs nothing (`examples/hot_workers_ab.rs`; the book's performance page).
+/// Whether steps keep the pool's other workers hot ([`super::cpu_thread_pool::HotWorkers`]):
+/// yes unless `LAB_CPU_HOT_WORKERS=0`. It cuts a parallel region's cost after serial work from
+/// about 3 µs to under 1 (`examples/fork_join_cost.rs`). On a 2-core AMD EPYC the step gained
+/// at most 2% and it was off by default; on a 2-core Intel Xeon (2026-11-30,
+/// `examples/hot_workers_ab.rs`, steps of two engines interleaved) it made SmolLM2's decode
+/// steps 3.5-6% faster: f32 at batch 1 and 8, and from the GGUF's blocks at batch 1, faster
+/// in 80-92% of the pairs. A core spinning while a step runs is what OpenMP runtimes do too.
 fn hot_workers_from_env() -> bool {
-    std::env::var("LAB_CPU_HOT_WORKERS").is_ok_and(|v| v.trim() == "1")
+    std::env::var("LAB_CPU_HOT_WORKERS").map_or(true, |v| v.trim() != "0")
 }
 
+/// The CUDA backend's name for attention over `step`: its decode kernel runs a batch where
+/// every sequence feeds one token and samples it, its prefill kernel every other batch.
 fn attention_op(step: &ModelInput) -> &'static str {
     match is_decode(step) {
         true => "paged_attention_decode",

@@ -145,8 +145,8 @@ fn default_threads() -> usize {
 /// wake when the next region's tasks appear: `examples/fork_join_cost.rs` on a 2-core AMD EPYC
 /// measured 3.0-3.4 µs a region after 20 µs of serial work, 0.25-0.85 µs with the workers
 /// kept hot, and a batch-1 decode step of SmolLM2 opens about 150 regions. The step itself
-/// gained at most 2% there (`examples/hot_workers_ab.rs`), so the CPU backend uses this only
-/// with `LAB_CPU_HOT_WORKERS=1`.
+/// gained at most 2% there (`examples/hot_workers_ab.rs`), 3.5-6% on a 2-core Intel Xeon; the
+/// CPU backend uses it unless `LAB_CPU_HOT_WORKERS=0`.
 ///
 /// How: one job per worker other than 0 ([`rayon::spawn_broadcast`]) that loops on
 /// [`rayon::yield_now`], which runs any task waiting in the pool (a region's stolen half, a
