@@ -39,7 +39,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ..SamplingParams::default()
         };
         for b in 0..batch {
-            let prompt = (0..128u32).map(|i| 100 + (i * 37 + b as u32 * 11) % 1000).collect();
+            let prompt = (0..128u32)
+                .map(|i| 100 + (i * 37 + b as u32 * 11) % 1000)
+                .collect();
             engine.add_request(Prompt::TokenIds(prompt), params.clone())?;
         }
         engine.step()?; // the prefill, untimed
