@@ -12,6 +12,9 @@
 //! pool, each GEMM was a hand-off and cost 20 µs more: this example makes its thread the
 //! pool's worker 0, as the engine does.)
 //!
+//! Last, the 121 GEMMs with one task a job (`PackedWeight::tasks_per_job`, the default)
+//! against rayon's own splitting, alternated ROUNDS times each: medians.
+//!
 //! `cargo run --release -p engine --example decode_weight_stream [-- ROUNDS [TOKENS]]`
 //! (TOKENS: the decode batch, 1 by default; each GEMM then multiplies that many rows).
 //! (`LAB_HUGE_PAGES=off` puts the weights on 4 KiB pages, for comparison).
@@ -32,7 +35,7 @@ fn main() {
     engine::backend::cpu_thread_pool::build_global(None, true).expect("the pool");
     let isa = Isa::detect();
     let pack = |n: usize, k: usize| PackedWeight::pack(&vec![0.01f32; n * k], n, k, isa);
-    let mut layers = Vec::new();
+    let mut layers: Vec<PackedWeight> = Vec::new();
     for _ in 0..30 {
         for (n, k) in [(960, 576), (576, 576), (3072, 576), (576, 1536)] {
             layers.push(pack(n, k));
@@ -112,4 +115,19 @@ fn main() {
             big / step
         );
     }
+    let mut by_split = [Vec::new(), Vec::new()];
+    for i in 0..2 * rounds {
+        let per_job = [1, usize::MAX][i % 2];
+        layers.iter_mut().for_each(|w| w.tasks_per_job = per_job);
+        by_split[i % 2].push(time(&layers));
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    println!(
+        "121 GEMMs, one task a job {:.2} ms, rayon's splitting {:.2} ms (medians of {rounds})",
+        median(&mut by_split[0]) * 1e3,
+        median(&mut by_split[1]) * 1e3
+    );
 }

@@ -153,3 +153,26 @@ fn prefetch_distance_changes_no_bits() {
         }
     }
 }
+
+/// How the GEMM's tasks are handed to threads (one a job, the default, or rayon's own runs of
+/// them) changes the speed only: every output is one task's chain whichever thread runs it.
+#[test]
+fn tasks_per_job_changes_no_bits() {
+    let (k, n) = (300, 500); // 16 panels of 32 (or 32 of 16), the last one partial
+    let x = values(140 * k, 7);
+    let w = values(n * k, 8);
+    for isa in Isa::available() {
+        let mut packed = PackedWeight::pack(&w, n, k, isa);
+        for t in [1, 8, 140] {
+            let mut outs = Vec::new();
+            for per_job in [1, 3, usize::MAX] {
+                packed.tasks_per_job = per_job;
+                let mut out = vec![f32::NAN; t * n];
+                gemm(&mut out, &x[..t * k], &packed, None, t);
+                outs.push(bits(&out));
+            }
+            assert_eq!(outs[0], outs[1], "{isa:?}, {t} tokens: 3 tasks a job");
+            assert_eq!(outs[0], outs[2], "{isa:?}, {t} tokens: rayon's splitting");
+        }
+    }
+}

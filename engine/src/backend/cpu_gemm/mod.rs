@@ -61,6 +61,17 @@ pub const KC: usize = 256;
 // GEMMs streamed at a median 0.81-0.83 of one large GEMM's rate with two panels a task and
 // 0.87-0.91 with one.
 
+/// Most tasks a thread takes as one job: one. Left to itself, rayon halves a parallel loop
+/// only a few times (a number that grows with the threads, renewed when a half is stolen),
+/// then runs each piece as one serial job: of a decode GEMM's 18-96 panels a thread would take runs of 4-24
+/// that the other thread cannot steal from, so the GEMM ended with one thread waiting up to
+/// several panels (5-16 µs each) for the other, 121 times a step. With one task a job, the
+/// threads finish within one panel of each other; a job costs rayon well under a
+/// microsecond. Measured on a 2-core Xeon (2026-11-30, `examples/decode_weight_stream.rs`,
+/// a decode step's 121 GEMMs of SmolLM2 with each setting alternated in one process, medians
+/// of 15): 18.7-18.8 ms against 19.8-20.7 at 1 token, 23.3-24.0 against 25.5-26.4 at 8.
+pub const TASKS_PER_JOB: usize = 1;
+
 /// Tokens per parallel task (a token block): the block's `MC × KC` slice of `x` (128 KB)
 /// stays in L2 while the task's panels pass over it, where the whole of a 512-token `x`
 /// (1.2..3 MB) would be fetched from L3 again for every panel.
@@ -217,6 +228,9 @@ pub struct PackedWeight {
     /// Bytes ahead of its reads at which the micro-kernel prefetches `data`
     /// ([`Isa::prefetch_ahead`]; 0 = never). Speed only: the values are the same either way.
     pub prefetch_ahead: usize,
+    /// Most tasks (panels) a thread takes as one job, the rest of them out of other threads'
+    /// reach ([`TASKS_PER_JOB`]; `usize::MAX`: rayon's own splitting). Speed only.
+    pub tasks_per_job: usize,
 }
 
 impl PackedWeight {
@@ -243,6 +257,7 @@ impl PackedWeight {
             k,
             data,
             prefetch_ahead,
+            tasks_per_job: TASKS_PER_JOB,
         }
     }
 
@@ -404,6 +419,13 @@ impl Panels<'_> {
             Panels::Blocks(w, _) => (w.n, w.k, w.isa, w.panels()),
         }
     }
+
+    fn tasks_per_job(self) -> usize {
+        match self {
+            Panels::F32(w) => w.tasks_per_job,
+            Panels::Blocks(..) => TASKS_PER_JOB,
+        }
+    }
 }
 
 /// The GEMM's body, shared by both weight kinds: tasks, then the scatter with the bias.
@@ -429,32 +451,36 @@ fn gemm_panels(
         .flat_map(|t0| (0..panels).map(move |p| (t0, p)))
         .collect();
     let shared = SharedOut::new(out, t, n);
-    tasks.into_par_iter().for_each(|(t0, p)| {
-        let rows = MC.min(t - t0);
-        let x = &x[t0 * k..(t0 + rows) * k];
-        SCRATCH.with_borrow_mut(|s| {
-            s.tile.resize(rows * nr, 0.0);
-            if k == 0 {
-                s.tile.fill(0.0); // no chain to run: each output is the empty sum
-            }
-            panel_times_x(isa, &mut s.tile, x, w, p, rows, k, &mut s.dequantized);
-            // The complete chains → the output, adding the bias after the chain.
-            let (col, cols) = (p * nr, nr.min(n - p * nr));
-            for (r, chains) in s.tile.chunks_exact(nr).enumerate() {
-                // SAFETY: (token block, panel) pairs are distinct tasks, so this row's
-                // columns `col..col + cols` belong to this task alone.
-                let dst = unsafe { shared.row_mut(t0 + r, col, cols) };
-                match bias {
-                    Some(b) => {
-                        for ((d, &v), &b) in dst.iter_mut().zip(chains).zip(&b[col..]) {
-                            *d = v + b;
-                        }
-                    }
-                    None => dst.copy_from_slice(&chains[..cols]),
+    let per_job = w.tasks_per_job();
+    tasks
+        .into_par_iter()
+        .with_max_len(per_job)
+        .for_each(|(t0, p)| {
+            let rows = MC.min(t - t0);
+            let x = &x[t0 * k..(t0 + rows) * k];
+            SCRATCH.with_borrow_mut(|s| {
+                s.tile.resize(rows * nr, 0.0);
+                if k == 0 {
+                    s.tile.fill(0.0); // no chain to run: each output is the empty sum
                 }
-            }
+                panel_times_x(isa, &mut s.tile, x, w, p, rows, k, &mut s.dequantized);
+                // The complete chains → the output, adding the bias after the chain.
+                let (col, cols) = (p * nr, nr.min(n - p * nr));
+                for (r, chains) in s.tile.chunks_exact(nr).enumerate() {
+                    // SAFETY: (token block, panel) pairs are distinct tasks, so this row's
+                    // columns `col..col + cols` belong to this task alone.
+                    let dst = unsafe { shared.row_mut(t0 + r, col, cols) };
+                    match bias {
+                        Some(b) => {
+                            for ((d, &v), &b) in dst.iter_mut().zip(chains).zip(&b[col..]) {
+                                *d = v + b;
+                            }
+                        }
+                        None => dst.copy_from_slice(&chains[..cols]),
+                    }
+                }
+            });
         });
-    });
 }
 
 /// Panel `p` against every token: `c[t][j] = Σ_k x[t, k] · panel[k][j]`, `K` in blocks of
