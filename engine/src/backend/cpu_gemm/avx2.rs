@@ -30,7 +30,7 @@ pub fn tile(
     rows: usize,
     kc: usize,
     first: bool,
-    ahead: usize, // floats: prefetch w this far ahead into L2, PREFETCH_NEAR bytes into L1 (0: never)
+    ahead: usize, // floats ahead to prefetch w into L2; PREFETCH_NEAR bytes into L1 (0: none)
 ) {
     let has =
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");

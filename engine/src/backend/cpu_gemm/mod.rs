@@ -63,13 +63,14 @@ pub const KC: usize = 256;
 
 /// Most tasks a thread takes as one job: one. Left to itself, rayon halves a parallel loop
 /// only a few times (a number that grows with the threads, renewed when a half is stolen),
-/// then runs each piece as one serial job: of a decode GEMM's 18-96 panels a thread would take runs of 4-24
-/// that the other thread cannot steal from, so the GEMM ended with one thread waiting up to
-/// several panels (5-16 µs each) for the other, 121 times a step. With one task a job, the
-/// threads finish within one panel of each other; a job costs rayon well under a
-/// microsecond. Measured on a 2-core Xeon (2026-11-30, `examples/decode_weight_stream.rs`,
-/// a decode step's 121 GEMMs of SmolLM2 with each setting alternated in one process, medians
-/// of 15): 18.7-18.8 ms against 19.8-20.7 at 1 token, 23.3-24.0 against 25.5-26.4 at 8.
+/// then runs each piece as one serial job: of a decode GEMM's 18-96 panels a thread would
+/// take runs of 4-24 that the other thread cannot steal from, so the GEMM ended with one
+/// thread waiting up to several panels (5-16 µs each) for the other, 121 times a step. With
+/// one task a job, the threads finish within one panel of each other; a job costs rayon well
+/// under a microsecond. Measured on a 2-core Xeon (2026-11-30,
+/// `examples/decode_weight_stream.rs`, a decode step's 121 GEMMs of SmolLM2, the two settings
+/// alternated in one process, medians of 15): 18.7-18.8 ms against 19.8-20.7 at 1 token,
+/// 23.3-24.0 against 25.5-26.4 at 8.
 pub const TASKS_PER_JOB: usize = 1;
 
 /// Tokens per parallel task (a token block): the block's `MC × KC` slice of `x` (128 KB)
@@ -90,7 +91,8 @@ const MC: usize = 128;
 /// core at ~120 ns a line: short of a core's share of the memory once the FMAs take time too.
 /// L2 tracks many more misses of its own, so a far prefetch into L2 keeps more lines coming,
 /// and the near prefetch then finds its line in L2. Measured on the same Xeon (2026-11-30,
-/// a 536 MB GEMM, the variants alternated in one process, medians of 9): L2 at 8 KiB plus L1
+/// a 536 MB GEMM, the variants alternated in one process by a scratch harness, medians of 9;
+/// `examples/gemm_prefetch_ab.rs` compares builds, see the book): L2 at 8 KiB plus L1
 /// at 1 KiB streamed 8 tokens at 26.7-26.9 GB/s against 22.1-23.1 with L1 at 4 KiB alone, 4
 /// tokens at 28.9 against 26.2, 12 tokens at 23.6 against 21.8, and 1 token unchanged (29.0
 /// against 29.6). Distances, not cache-sized blocks, so they hold for every shape.
@@ -103,8 +105,8 @@ pub const PREFETCH_NEAR: usize = 1024;
 
 /// How far ahead (bytes of quants) the x86 micro-kernels prefetch a weight kept in its GGUF
 /// blocks, into L1 only: the distance the f32 kernels used before they had two, kept for the
-/// blocks' kernels, which move a quarter of the bytes per FMA; the two-distance scheme is not
-/// measured on them.
+/// blocks' kernels, which move a quarter of the bytes per FMA or less; the two-distance
+/// scheme is not measured on them.
 pub const BLOCKS_PREFETCH_AHEAD: usize = 4096;
 
 /// The instruction set a GEMM runs with, from the fastest this CPU supports down.
