@@ -52,6 +52,11 @@ cargo fmt --all -- --check
 phase "clippy" "cargo clippy --workspace --all-targets -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+phase "rustdoc" "cargo doc --workspace --no-deps, every link resolved (-D warnings)"
+# The crates are read as course material too: a doc link that resolves to nothing is a dead
+# link in the documentation a learner opens.
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps
+
 phase "build tests" "cargo test --no-run (the test profile)"
 # The JSON lines on stdout name the executables; the one of the `lab` binary fetches the model.
 lab=$(cargo test --no-run --message-format=json-render-diagnostics |

@@ -5,8 +5,9 @@
 //! Single pass when every context fits one partition of [`PARTITION_SIZE`] tokens and the batch
 //! alone gives the GPU enough blocks; split-K otherwise ([`PagedAttention::partitions`]): each
 //! partition of a sequence gets its own block, and a reduce kernel, or the last of the blocks
-//! to finish ([`SplitMerge`]), merges their softmax states. The merge needs a workspace, allocated once ([`SplitKWorkspace`], sized by
-//! [`PagedAttention::workspace_rows`]) and grown only when a batch needs more.
+//! to finish ([`SplitMerge`]), merges their softmax states. The merge needs a workspace,
+//! allocated once ([`SplitKWorkspace`], for sequences × heads × [`max_partitions`] rows) and
+//! grown only when a batch needs more.
 //!
 //! Inside a block, K/V tiles of 32 tokens stream into a ring of shared-memory buffers with
 //! `cp.async` while the block computes on an earlier tile (the kernel's header explains the

@@ -5,7 +5,7 @@
 //!   (`book/src/stage4/forward-step-kernels.toml`), which `engine/tests/kernel_sequence.rs`
 //!   checks against the launches the engine records, for a model's number of layers.
 //! - `attention_cost` takes the (query row, key) pairs from the engine's own paged attention
-//!   (which slots each row reads, [`crate::engine_calls::attention_read_slots`]) and prices
+//!   (which slots each row reads, `engine_calls::attention_read_slots`) and prices
 //!   each pair in FLOPs; bytes are the least traffic an attention kernel can have.
 //! - `cuda_graph_size` asks the engine's CUDA graph code which batch sizes it captures.
 //! - `warp_load` counts the 32-byte sectors one warp's load touches.

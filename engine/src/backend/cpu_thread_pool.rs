@@ -151,7 +151,7 @@ fn default_threads() -> usize {
 /// How: one job per worker other than 0 ([`rayon::spawn_broadcast`]) that loops on
 /// [`rayon::yield_now`], which runs any task waiting in the pool (a region's stolen half, a
 /// serving thread's tokenizer job) and returns at once when there is none, until the step ends;
-/// idle, it spins, and after [`SPINS_BEFORE_YIELDING`] idle turns also yields its core to the
+/// idle, it spins, and after `SPINS_BEFORE_YIELDING` idle turns also yields its core to the
 /// OS each turn. Each worker loops only while a step runs: an idle engine sleeps as before.
 ///
 /// The one trap: rayon runs a queued job wherever a worker looks for work, also while that

@@ -36,7 +36,7 @@ use crate::worker::model_runner::ModelInput;
 /// returns, cost the host tens of microseconds a step, time in which the GPU waits.
 ///
 /// The offsets are a function of the step's (padded) token and sequence counts only
-/// ([`PackedLayout::new`]): a decode step of n sequences always finds its arrays at the same
+/// (`PackedLayout::new`): a decode step of n sequences always finds its arrays at the same
 /// addresses, which is what a CUDA graph recorded for n sequences replays.
 #[derive(Debug)]
 pub struct StepBuffers {

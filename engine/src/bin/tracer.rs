@@ -5,8 +5,10 @@
 //! prints a timeline of the steps and a table of where the time went, and writes a Chrome
 //! trace that Perfetto (<https://ui.perfetto.dev>) opens.
 //!
-//!     cargo run --release --bin tracer -- --model smollm2 --prompt "The capital of France is" \
-//!         --max-tokens 16 --tp 3 --trace-out trace.json
+//! ```sh
+//! cargo run --release --bin tracer -- --model smollm2 --prompt "The capital of France is" \
+//!     --max-tokens 16 --tp 3 --trace-out trace.json
+//! ```
 
 use std::process::ExitCode;
 

@@ -19,7 +19,7 @@
 //!   [`CommError::PeerGone`]. A rank that fails drops its communicator when its thread ends, so
 //!   its neighbours fail at once too: one dead rank ends the whole group quickly.
 //!
-//! The collectives only post [`Message`]s to an [`Outbox`] per peer and take them from a
+//! The collectives only post `Message`s to an `Outbox` per peer and take them from a
 //! channel per peer. In one process the outbox is the channel's sender; between processes
 //! ([`super::tcp_communicator`]) it writes to a socket, and a reader thread per socket feeds
 //! the same kind of channel. So the ring, the tags, the timeouts and the [`CommStats`] are one

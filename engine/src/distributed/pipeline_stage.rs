@@ -11,7 +11,7 @@
 //! steps). [`StageTimes`] adds up each rank's busy time and its waits on the previous stage;
 //! the executor, which sees the whole step, charges the rest of the step's wall time to
 //! `idle`. Each micro-batch a stage runs is recorded as an
-//! [`ExecutedItem`](super::pipeline_schedule::ExecutedItem), in wall-clock time and in ticks
+//! [`ExecutedItem`], in wall-clock time and in ticks
 //! of a [`LogicalClock`] whose value travels with the activations.
 //!
 //! Between stages travels [`Hidden`]: the last block's output and the residual stream, both

@@ -20,6 +20,8 @@
 //! driver's reader sees its control socket end, so every rank stops with a one-line error
 //! naming the rank, and `lab launch` exits non-zero. A hung rank makes its peers' collectives
 //! time out after `--collective-timeout`.
+//!
+//! [`RankWorker`]: super::rank_worker::RankWorker
 
 use std::sync::Arc;
 

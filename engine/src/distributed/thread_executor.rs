@@ -3,7 +3,7 @@
 //! `tp × pp` ranks, laid out as [`super::parallel_state`] says (TP rank fastest). Under
 //! pipeline parallelism (pp > 1) a rank runs its stage's layers only
 //! ([`crate::model_executor::pipeline_parallel`]), its weights are its TP shard of those
-//! layers ([`tensor_parallel::load_stage_shard_into`]) and its KV cache holds those layers
+//! layers ([`load_stage_shard_into`]) and its KV cache holds those layers
 //! only; a step goes through the stages one after the other, each stage's ranks receiving the
 //! previous stage's hidden state and sending theirs on ([`StageLink`]), and only the last
 //! stage samples: its tokens are the step's. A step's sequences go through the pipeline in
@@ -16,7 +16,7 @@
 //!
 //! Each rank's thread owns a whole worker: a [`CpuBackend`] holding that rank's
 //! [`CpuCommunicator`], the rank's shard of the weights
-//! ([`tensor_parallel::load_shard_into`]), a KV cache of its own KV heads (the same number of
+//! ([`load_shard_into`]), a KV cache of its own KV heads (the same number of
 //! blocks on every rank, so one block table serves them all) and a [`ModelRunner`]. The engine
 //! thread drives them over channels, as vLLM's `MultiprocExecutor` drives its worker processes:
 //! every rank gets every command (what changed in a step's `SchedulerOutput`, a
@@ -26,7 +26,7 @@
 //! rank samples the same tokens; rank 0's are returned (and checked against the others').
 //!
 //! The same driver serves ranks that are processes ([`super::process_executor`]): there a rank
-//! is a [`RankHandle::Remote`], a thread that writes its commands to its control socket and
+//! is a `RankHandle::Remote`, a thread that writes its commands to its control socket and
 //! one that reads its replies into the same channel, so everything below holds for both.
 //!
 //! Failure: a rank whose step fails or panics reports it and, when its thread ends, drops its
@@ -36,6 +36,11 @@
 //! refuses every later step, because the ranks are no longer in step.
 //!
 //! [`CommError::PeerGone`]: crate::distributed::CommError::PeerGone
+//! [`load_stage_shard_into`]: crate::model_executor::tensor_parallel::load_stage_shard_into
+//! [`load_shard_into`]: crate::model_executor::tensor_parallel::load_shard_into
+//! [`CpuBackend`]: crate::backend::cpu_backend::CpuBackend
+//! [`CpuCommunicator`]: super::cpu_communicator::CpuCommunicator
+//! [`ModelRunner`]: crate::worker::model_runner::ModelRunner
 
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;

@@ -7,11 +7,12 @@
 //! (bytes, rank), the pipeline's sends and receives, a `rank` span around everything a rank's
 //! thread does. With no subscriber each costs one relaxed atomic load. [`SpanRecorder`] is a
 //! subscriber that keeps every span's name, fields, thread and start and end times;
-//! [`chrome_trace`] writes them as a Chrome trace (open it in Perfetto), [`html_timeline`] as
-//! a self-contained HTML page with a swimlane per thread, and [`bottlenecks`] adds them up by
-//! component; [`report`] reads the step and request tables off them; [`comm_check`] sets the
-//! all-reduce traffic the course's formulas predict beside what the communicators counted;
-//! [`workload`] is a batch of requests to follow, and [`overhead`] what tracing costs.
+//! [`chrome_trace()`] writes them as a Chrome trace (open it in Perfetto),
+//! [`html_timeline()`] as a self-contained HTML page with a swimlane per thread, and
+//! [`bottlenecks()`] adds them up by component; [`report`] reads the step and request tables
+//! off them; [`comm_check`] sets the all-reduce traffic the course's formulas predict beside
+//! what the communicators counted; [`workload`] is a batch of requests to follow, and
+//! [`overhead`] what tracing costs.
 //! [`span_totals`] is the other kind of listener: it sums the time inside a few named spans
 //! and leaves everything else off, to split a step's host time while the engine runs as fast
 //! as it does untraced (`lab bench --workload decode --host-spans`).

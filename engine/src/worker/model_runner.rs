@@ -8,9 +8,9 @@
 //! The runner samples where the logits are, so that only token ids go back to the engine
 //! ([`ModelRunnerOutput`]). For that it keeps, per request, what sampling needs (vLLM v1's
 //! `CachedRequestState`): the parameters and the seed, given once when the request arrives.
-//! The random number for a token is a pure function of (seed, position) ([`philox::uniform`]),
-//! so the runner keeps no generator state, and a preempted and recomputed request draws exactly
-//! what it would have drawn.
+//! The random number for a token is a pure function of (seed, position)
+//! ([`crate::philox::uniform`]), so the runner keeps no generator state, and a preempted and
+//! recomputed request draws exactly what it would have drawn.
 
 use std::collections::HashMap;
 

@@ -2,7 +2,7 @@
 //! block must learn one number that depends on all of them (a sum of squares, a maximum).
 //!
 //! A warp can reduce its 32 values in registers, with five shuffles
-//! ([`warp_sum`](crate::gpu::warp_sum), [`warp_max`](crate::gpu::warp_max)). A block has up
+//! ([`warp_sum`], [`warp_max`]). A block has up
 //! to 32 warps, which cannot see each other's registers: their partial results meet in shared
 //! memory, one slot per warp, with a barrier between the writes and the reads.
 //! vLLM's `blockReduceSum` (csrc/reduction_utils.cuh) and our `block_sum` in

@@ -23,7 +23,7 @@
 //! The weights are packed once ([`PackedWeight::pack`]) into *panels* of `NR` output rows,
 //! `k`-major: `panel[p][k][j] = w[p·NR + j, k]`, the last panel padded with zero rows. A
 //! micro-kernel then reads `NR` consecutive floats per `k` (one or two vector loads), which is
-//! what an outer-product register tile wants. The threads share out (block of [`MC`] tokens,
+//! what an outer-product register tile wants. The threads share out (block of `MC` tokens,
 //! panel) tasks; a task runs its chains in a small per-thread tile `[tokens][NR]` and, when
 //! they are complete, writes that tile (plus the bias) into its rectangle of `[tokens, N]`.
 //!

@@ -16,6 +16,8 @@ use anyhow::{bail, Context};
 #[command(disable_help_flag = true)]
 pub struct QuizArgs {
     /// Passed to `lab-quiz`: [CHAPTER] [--seed S] [--answers FILE] [--progress].
+    // (clap prints this comment as the help: the brackets are the usage's, not links.)
+    #[allow(rustdoc::broken_intra_doc_links)]
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
 }
