@@ -69,15 +69,29 @@ pub fn sample(logits: &[f32], params: &SamplingParams, draw: f32) -> u32 {
 // ANCHOR_END: sample
 
 // ANCHOR: argmax
-/// Index of the largest value; the first one on ties.
+/// Index of the largest value; the first one on ties. A NaN is never the largest (all NaN,
+/// or empty: 0).
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
+    // Two passes, because the obvious single loop (`if v > best { best = i }`) chains every
+    // comparison to the one before it, over the whole vocabulary (49,152 for SmolLM2) for
+    // each sequence of a step. The largest value first, in 16 lanes that the compiler turns
+    // into one vector compare per chunk (a maximum is the same whichever lane finds it):
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = logits.chunks_exact(16);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (m, &v) in lanes.iter_mut().zip(chunk) {
+            if v > *m {
+                *m = v;
+            }
         }
     }
-    best as u32
+    let max = lanes
+        .iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    // Then where it first occurs.
+    logits.iter().position(|&v| v == max).unwrap_or(0) as u32
 }
 // ANCHOR_END: argmax
 
@@ -133,5 +147,65 @@ impl SampleRow {
     /// This row's uniform draw in `[0, 1)`.
     pub fn draw(&self) -> f32 {
         crate::philox::uniform(self.seed, self.position)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::argmax;
+
+    /// The loop `argmax` replaces: the first index whose value beats every earlier one.
+    fn first_largest(v: &[f32]) -> u32 {
+        let mut best = 0;
+        for (i, &x) in v.iter().enumerate() {
+            if x > v[best] {
+                best = i;
+            }
+        }
+        best as u32
+    }
+
+    #[test]
+    fn argmax_is_the_first_largest_at_every_length_and_place() {
+        // Lengths around the 16 lanes, the largest value in a lane, in the tail, tied.
+        for len in [1, 2, 15, 16, 17, 31, 32, 33, 100] {
+            for at in 0..len {
+                let mut v: Vec<f32> = (0..len).map(|i| (i % 7) as f32 - 3.0).collect();
+                v[at] = 10.0;
+                assert_eq!(argmax(&v), at as u32, "len {len}, largest at {at}");
+                let tie = (at + 5) % len;
+                v[tie] = 10.0;
+                assert_eq!(
+                    argmax(&v),
+                    at.min(tie) as u32,
+                    "len {len}, tied at {at}, {tie}"
+                );
+            }
+        }
+        // Pseudo-random rows with many ties, against the one-pass loop.
+        let mut s = 0x9E37_79B9_u32;
+        for len in [49_152, 1_000, 3] {
+            let v: Vec<f32> = (0..len)
+                .map(|_| {
+                    s ^= s << 13;
+                    s ^= s >> 17;
+                    s ^= s << 5;
+                    (s % 50) as f32
+                })
+                .collect();
+            assert_eq!(argmax(&v), first_largest(&v), "len {len}");
+        }
+    }
+
+    #[test]
+    fn argmax_never_picks_nan_and_handles_infinities_and_empty_rows() {
+        assert_eq!(argmax(&[]), 0);
+        assert_eq!(argmax(&[f32::NAN; 20]), 0);
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 20]), 0);
+        let mut v = vec![f32::NAN; 40];
+        v[33] = -1.0;
+        assert_eq!(argmax(&v), 33);
+        v[2] = f32::INFINITY;
+        assert_eq!(argmax(&v), 2);
     }
 }

@@ -302,6 +302,13 @@ impl Backend for CpuBackend {
         Ok(t.data.clone())
     }
 
+    fn download_owned(&self, t: CpuTensor) -> Result<Vec<f32>> {
+        match t.data.len() == t.rows * t.cols {
+            true => Ok(t.data),
+            false => self.download(&t), // packed or in blocks: unpacked into a new vector
+        }
+    }
+
     fn zeros(&self, rows: usize, cols: usize, dtype: DType) -> Result<CpuTensor> {
         Self::check_dtype("zeros", dtype)?;
         Ok(Self::f32_zeros(rows, cols))

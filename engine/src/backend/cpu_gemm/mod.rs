@@ -472,13 +472,16 @@ fn gemm_panels(
                     // SAFETY: (token block, panel) pairs are distinct tasks, so this row's
                     // columns `col..col + cols` belong to this task alone.
                     let dst = unsafe { shared.row_mut(t0 + r, col, cols) };
+                    // Element loops, not `copy_from_slice`: a row is one panel wide (32
+                    // floats on AVX-512), which the compiler copies in a few vector moves
+                    // where `copy_from_slice` of a length it cannot see calls `memmove`.
                     match bias {
                         Some(b) => {
                             for ((d, &v), &b) in dst.iter_mut().zip(chains).zip(&b[col..]) {
                                 *d = v + b;
                             }
                         }
-                        None => dst.copy_from_slice(&chains[..cols]),
+                        None => dst.iter_mut().zip(chains).for_each(|(d, &v)| *d = v),
                     }
                 }
             });
