@@ -35,6 +35,7 @@
 
 pub mod avx2;
 pub mod avx512;
+pub mod fma_peak;
 #[cfg(target_arch = "aarch64")]
 pub mod neon;
 pub mod packed_blocks;

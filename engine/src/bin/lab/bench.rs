@@ -12,7 +12,10 @@
 //!
 //! Ceilings: a batch-1 decode step reads every weight once, so memory bandwidth (measured
 //! here by streaming a large buffer) over weight bytes bounds tokens/s; prefill is bound by
-//! arithmetic, 2 FLOPs per weight per token, against `--peak-gflops`.
+//! arithmetic, 2 FLOPs per weight per token through the layers' projections and per LM-head
+//! weight per sampled row (`roofline::linear_flops`), against the FMA units' peak measured
+//! at start-up (`compute_probe`; `--peak-gflops` sets it instead). Batch 8's ceiling is the
+//! lower of the two.
 //!
 //! On a GPU the ceilings are measured on it first (`roofline`: copy bandwidth, bf16 GEMM
 //! TFLOP/s), the weights are bf16, and every row's ceiling is the roofline's
@@ -26,6 +29,7 @@ use engine::{LLMEngine, Prompt, SamplingParams};
 use crate::serving_bench::ServingArgs;
 use crate::ModelArgs;
 
+pub mod compute_probe;
 pub mod llama_cpp;
 pub mod memory_probe;
 pub mod roofline;
@@ -70,11 +74,11 @@ pub struct BenchArgs {
     /// decode of the serving workloads, and --workload decode, report the median).
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// The machine's f32 matrix-multiply rate in GFLOP/s, for the compute ceiling. The default,
-    /// 134, is the best measured on the 2-core reference machine (transformers' 512-token
-    /// prefill, docs/baseline-transformers.md); torch's plain sgemm reached 113 there.
-    #[arg(long, default_value_t = 134.0)]
-    peak_gflops: f64,
+    /// The CPU's f32 FMA peak in GFLOP/s, for the compute ceiling of prefill and batch 8
+    /// (default: measured at start-up, every thread running FMAs on registers with the GEMM's
+    /// instruction set). Ignored on a GPU, whose GEMM rate is measured on it.
+    #[arg(long)]
+    peak_gflops: Option<f64>,
     /// Also print the results as JSON.
     #[arg(long)]
     json: bool,
@@ -217,6 +221,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let weight_params = weight_params(&c);
     let cpu_weight_bytes = blocks.unwrap_or(weight_params as f64 * 4.0);
     let mut probe = gpu.is_none().then(memory_probe::MemoryProbe::new);
+    // The CPU's FMA peak (FLOP/s): the compute ceiling of each workload is its linear FLOPs at
+    // this rate (`cpu_roof`).
+    let mut cpu_peak = 0.0;
     let (decode_ceiling, prefill_ceiling) =
         match &gpu {
             None => {
@@ -246,11 +253,25 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                     100.0 * q4 / bandwidth,
                 );
                 }
+                let compute = compute_probe::measure();
+                cpu_peak = args.peak_gflops.map_or(compute.peak, |g| g * 1e9);
+                eprintln!(
+                    "FMA peak {:.0} GFLOP/s on {} threads{}; the f32 GEMM at 512 tokens runs \
+                     {:.0} GFLOP/s ({:.0}% of the measured peak)",
+                    cpu_peak / 1e9,
+                    rayon::current_num_threads(),
+                    match args.peak_gflops {
+                        Some(_) => format!(" (--peak-gflops; measured {:.0})", compute.peak / 1e9),
+                        None => String::new(),
+                    },
+                    compute.gemm / 1e9,
+                    100.0 * compute.gemm / compute.peak,
+                );
                 // At start-up, for the header; each batch-1 decode run is then compared with
                 // the ceiling measured right beside it (memory_probe's doc says why).
                 (
                     reads.best() / weight_bytes, // steps per second at batch 1
-                    args.peak_gflops * 1e9 / (2.0 * weight_params as f64),
+                    0.0,                         // per workload: `cpu_roof`
                 )
             }
             Some(ceilings) => {
@@ -270,6 +291,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     // Steps per second bound by memory, times tokens a step makes, against the compute bound.
     let roof =
         |tokens_per_step: usize| (tokens_per_step as f64 * decode_ceiling).min(prefill_ceiling);
+    // The CPU's: a step of `tokens` (of which `sampled` go through the LM head) at the FMA
+    // peak, in tokens/s; with `memory`, no more than that many tokens a step at the rate the
+    // memory streams the weights.
+    let cpu_roof = |tokens: usize, sampled: usize, memory: bool| {
+        let compute = tokens as f64 * cpu_peak / roofline::linear_flops(&c, tokens, sampled);
+        match memory {
+            true => compute.min(tokens as f64 * decode_ceiling),
+            false => compute,
+        }
+    };
 
     let mut measure = |engine: &mut LLMEngine| -> anyhow::Result<Vec<Row>> {
         let mut rows = Vec::new();
@@ -281,7 +312,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 ceiling: if gpu.is_some() {
                     roof(batch * len)
                 } else {
-                    prefill_ceiling
+                    cpu_roof(batch * len, batch, false)
                 },
             });
         }
@@ -299,7 +330,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                         if gpu.is_some() {
                             roof(batch)
                         } else {
-                            prefill_ceiling
+                            cpu_roof(batch, batch, true)
                         },
                     )
                 }
@@ -355,10 +386,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     match &gpu {
         None => println!(
-            "(decode b=1 ceiling: the faster read / {} weight bytes; others: {} GFLOP/s / \
-             2·weights)",
+            "(decode b=1 ceiling: the faster read / {} weight bytes; prefill: {:.0} GFLOP/s / \
+             the step's linear FLOPs; decode b=8: the lower of the two)",
             if blocks.is_some() { "block" } else { "f32" },
-            args.peak_gflops
+            cpu_peak / 1e9
         ),
         Some(g) => println!(
             "(ceiling: min(tokens a step makes × {:.0} GB/s / bf16 weight bytes, {:.1} TFLOP/s / \
