@@ -87,6 +87,9 @@ cargo test
 cargo test -p stage4 --lib
 cargo test -p stage4 --doc
 
+phase "aarch64" "the NEON paths' tests, cross-compiled and run under qemu (scripts/test-aarch64.sh)"
+bash scripts/test-aarch64.sh
+
 phase "mdBook tools" "mdbook 0.5.4 and mdbook-quiz 0.5.0, installed once"
 # The versions the book is written for, built at opt-level 0: that compiles in under half the
 # time (mdbook, measured on 2 cores: 92 s at the usual opt-level 3, 33 s at 0), and they still
