@@ -14,12 +14,13 @@
 //! here by streaming a large buffer) over weight bytes bounds tokens/s; prefill is bound by
 //! arithmetic, 2 FLOPs per weight per token through the layers' projections and per LM-head
 //! weight per sampled row (`roofline::linear_flops`), against the FMA units' peak measured
-//! at start-up (`compute_probe`; `--peak-gflops` sets it instead). Batch 8's ceiling is the
+//! at start-up (`compute_probe`; `--peak-gflops` sets it instead). Each row's ceiling is the
 //! lower of the two.
 //!
 //! On a GPU the ceilings are measured on it first (`roofline`: copy bandwidth, bf16 GEMM
-//! TFLOP/s), the weights are bf16, and every row's ceiling is the roofline's
-//! `min(tokens a step makes × bandwidth / weight bytes, GEMM FLOP/s / (2 · weights))`.
+//! TFLOP/s) and the weights are bf16. On both, every row's ceiling is the roofline's
+//! `min(tokens a step makes × bandwidth / weight bytes, peak FLOP/s / the step's linear
+//! FLOPs)`.
 
 use std::time::Instant;
 
@@ -221,10 +222,9 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let weight_params = weight_params(&c);
     let cpu_weight_bytes = blocks.unwrap_or(weight_params as f64 * 4.0);
     let mut probe = gpu.is_none().then(memory_probe::MemoryProbe::new);
-    // The CPU's FMA peak (FLOP/s): the compute ceiling of each workload is its linear FLOPs at
-    // this rate (`cpu_roof`).
-    let mut cpu_peak = 0.0;
-    let (decode_ceiling, prefill_ceiling) =
+    // Decode steps per second that memory allows (every weight read once a step), and the
+    // FLOP/s the linear layers can run at: the CPU's FMA peak, the GPU's bf16 GEMM rate.
+    let (decode_ceiling, peak_flops) =
         match &gpu {
             None => {
                 let weight_bytes = cpu_weight_bytes;
@@ -254,7 +254,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 );
                 }
                 let compute = compute_probe::measure();
-                cpu_peak = args.peak_gflops.map_or(compute.peak, |g| g * 1e9);
+                let cpu_peak = args.peak_gflops.map_or(compute.peak, |g| g * 1e9);
                 eprintln!(
                     "FMA peak {:.0} GFLOP/s on {} threads{}; the f32 GEMM at 512 tokens runs \
                      {:.0} GFLOP/s ({:.0}% of the measured peak)",
@@ -269,10 +269,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 );
                 // At start-up, for the header; each batch-1 decode run is then compared with
                 // the ceiling measured right beside it (memory_probe's doc says why).
-                (
-                    reads.best() / weight_bytes, // steps per second at batch 1
-                    0.0,                         // per workload: `cpu_roof`
-                )
+                (reads.best() / weight_bytes, cpu_peak)
             }
             Some(ceilings) => {
                 let weight_bytes = roofline::weight_bytes_read(&c);
@@ -284,22 +281,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 );
                 (
                     ceilings.copy_gb_s * 1e9 / weight_bytes,
-                    ceilings.gemm_tflop_s * 1e12 / (2.0 * weight_params as f64),
+                    ceilings.gemm_tflop_s * 1e12,
                 )
             }
         };
-    // Steps per second bound by memory, times tokens a step makes, against the compute bound.
-    let roof =
-        |tokens_per_step: usize| (tokens_per_step as f64 * decode_ceiling).min(prefill_ceiling);
-    // The CPU's: a step of `tokens` (of which `sampled` go through the LM head) at the FMA
-    // peak, in tokens/s; with `memory`, no more than that many tokens a step at the rate the
-    // memory streams the weights.
-    let cpu_roof = |tokens: usize, sampled: usize, memory: bool| {
-        let compute = tokens as f64 * cpu_peak / roofline::linear_flops(&c, tokens, sampled);
-        match memory {
-            true => compute.min(tokens as f64 * decode_ceiling),
-            false => compute,
-        }
+    // A step of `tokens` (of which `sampled` go through the LM head), in tokens/s: no faster
+    // than its linear FLOPs at the peak, nor than the memory streams the weights once a step.
+    let roof = |tokens: usize, sampled: usize| {
+        let compute = tokens as f64 * peak_flops / roofline::linear_flops(&c, tokens, sampled);
+        compute.min(tokens as f64 * decode_ceiling)
     };
 
     let mut measure = |engine: &mut LLMEngine| -> anyhow::Result<Vec<Row>> {
@@ -309,11 +299,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             rows.push(Row {
                 name,
                 tokens_per_s: (batch * len) as f64 / best,
-                ceiling: if gpu.is_some() {
-                    roof(batch * len)
-                } else {
-                    cpu_roof(batch * len, batch, false)
-                },
+                ceiling: roof(batch * len, batch),
             });
         }
         for (name, batch) in [("decode b=1", 1), ("decode b=8", 8)] {
@@ -325,14 +311,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 }
                 _ => {
                     let best = best_of(args.runs, decode)?;
-                    (
-                        best,
-                        if gpu.is_some() {
-                            roof(batch)
-                        } else {
-                            cpu_roof(batch, batch, true)
-                        },
-                    )
+                    (best, roof(batch, batch))
                 }
             };
             rows.push(Row {
@@ -389,11 +368,11 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             "(decode b=1 ceiling: the faster read / {} weight bytes; prefill: {:.0} GFLOP/s / \
              the step's linear FLOPs; decode b=8: the lower of the two)",
             if blocks.is_some() { "block" } else { "f32" },
-            cpu_peak / 1e9
+            peak_flops / 1e9
         ),
         Some(g) => println!(
             "(ceiling: min(tokens a step makes × {:.0} GB/s / bf16 weight bytes, {:.1} TFLOP/s / \
-             2·weights), the copy and GEMM measured above)",
+             the step's linear FLOPs), the copy and GEMM measured above)",
             g.copy_gb_s, g.gemm_tflop_s
         ),
     }
