@@ -35,8 +35,8 @@ fi
 
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -L $sysroot"
-# The engine's unit tests (the FMA peak's chains, attention's and exp's vector paths where
-# aarch64 has them, the sampler), the GEMM against the portable kernel on every ISA this CPU
-# has (NEON and portable), f32 panels and GGUF blocks, and whole engines batch invariant.
+# The engine's unit tests (among them the FMA peak's NEON chains and the sampler), the GEMM
+# against the portable kernel on every ISA this CPU has (NEON and portable), f32 panels and
+# GGUF blocks, and whole engines batch invariant.
 cargo test --target "$target" -p engine --lib --test cpu_gemm --test cpu_gemm_blocks \
     --test batch_invariance

@@ -9,9 +9,9 @@
 //! engine's own GEMM at 512 tokens, which says how much of the peak the kernel reaches when
 //! nothing else is in the way; it is printed, not used as the ceiling.
 
-use std::time::Instant;
-
 use engine::backend::cpu_gemm::{fma_peak, gemm, Isa, PackedWeight};
+
+use super::memory_probe::best_seconds;
 
 /// Rounds of every thread's chains per measurement: about 0.8 GFLOP a thread with AVX-512,
 /// 5 ms at 165 GFLOP/s a core.
@@ -31,30 +31,22 @@ pub struct ComputeCeiling {
 pub fn measure() -> ComputeCeiling {
     let isa = Isa::detect();
     let threads = rayon::current_num_threads();
-    let chains = best_seconds(5, || {
+    let chains = || {
         rayon::broadcast(|_| std::hint::black_box(fma_peak::chains(isa, ITERS)));
-    });
+    };
+    chains(); // untimed: wakes the threads and brings the clock up
+    let chains = best_seconds(5, chains);
     let (n, k, t) = (3072, 576, 512);
     let w = PackedWeight::pack(&vec![0.01f32; n * k], n, k, isa);
     let (x, mut out) = (vec![0.5f32; t * k], vec![0.0f32; t * n]);
-    let gemm_seconds = best_seconds(3, || {
+    let mut multiply = || {
         gemm(&mut out, &x, &w, None, t);
         std::hint::black_box(&out);
-    });
+    };
+    multiply(); // untimed: the weight's first pass from memory
+    let gemm_seconds = best_seconds(3, multiply);
     ComputeCeiling {
         peak: threads as f64 * fma_peak::flops(isa, ITERS) / chains,
         gemm: 2.0 * (n * k * t) as f64 / gemm_seconds,
     }
-}
-
-/// The fastest of `reps` calls, after one untimed call.
-fn best_seconds(reps: usize, mut f: impl FnMut()) -> f64 {
-    f();
-    (0..reps.max(1))
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            start.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
 }

@@ -133,7 +133,8 @@ pub fn gemm_blocks_read() -> f64 {
     packed.bytes() as f64 / best
 }
 
-fn best_seconds(reps: usize, mut f: impl FnMut()) -> f64 {
+/// The fastest of `reps` timed calls of `f` (at least one), in seconds.
+pub(super) fn best_seconds(reps: usize, mut f: impl FnMut()) -> f64 {
     let mut best = f64::INFINITY;
     for _ in 0..reps.max(1) {
         let t = Instant::now();
