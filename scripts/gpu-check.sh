@@ -45,9 +45,11 @@ for line in sys.stdin:
 ' | while read -r name exe; do
         strip -o "gpu-bin/tests/stage4-$name" "$exe"
     done
-    cargo build -p kernels --release --example kernel_bench --example nccl_bench
+    cargo build -p kernels --release --example kernel_bench --example nccl_bench \
+        --example grid_barrier_bench
     strip -o gpu-bin/kernel_bench target/release/examples/kernel_bench
     strip -o gpu-bin/nccl_bench target/release/examples/nccl_bench
+    strip -o gpu-bin/grid_barrier_bench target/release/examples/grid_barrier_bench
     cargo build -p engine --release --bin lab --bin tracer
     strip -o gpu-bin/lab target/release/lab
     strip -o gpu-bin/tracer target/release/tracer

@@ -1,19 +1,11 @@
-//! Device argmax against the CPU rule (first index of the maximum), with many ties: logits are
-//! drawn from a few values, so the lowest-id rule is exercised in every row.
+//! Device argmax against the CPU sampler's (`engine::sampler::argmax`: the first index of the
+//! maximum, a NaN never the maximum), with many ties: logits are drawn from a few values, so
+//! the lowest-id rule is exercised in every row; and rows with NaN and infinities.
 mod common;
 
 use common::{gpu_or_skip, Rng};
+use engine::sampler::argmax as cpu_argmax;
 use half::bf16;
-
-fn cpu_argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
 
 #[test]
 fn argmax_picks_the_lowest_id_among_the_largest() {
@@ -26,6 +18,22 @@ fn argmax_picks_the_lowest_id_among_the_largest() {
             .map(|_| bf16::from_f32(rng.below(levels) as f32 * 0.25 - 3.0).to_f32())
             .collect();
         logits[..vocab].fill(-1.0); // an all-equal row: id 0
+                                    // Rows the CPU and the device must read alike however a model goes wrong: a NaN at
+                                    // id 0 (the old host loop returned it) and later on, a row of NaN (id 0), a row of
+                                    // -inf (id 0), +inf at the end and twice.
+        if n >= 3 && vocab >= 7 {
+            let row = |r: usize| r * vocab..(r + 1) * vocab;
+            logits[vocab] = f32::NAN;
+            logits[vocab + vocab / 2] = f32::NAN;
+            logits[row(2)].fill(f32::NAN);
+            if n >= 4 {
+                logits[row(3)].fill(f32::NEG_INFINITY);
+            }
+            if n >= 5 {
+                logits[5 * vocab - 1] = f32::INFINITY;
+                logits[4 * vocab + 3] = f32::INFINITY;
+            }
+        }
         let want: Vec<u32> = logits.chunks(vocab).map(cpu_argmax).collect();
         let as_bf16: Vec<bf16> = logits.iter().map(|&v| bf16::from_f32(v)).collect();
         let (d32, d16) = (
