@@ -552,15 +552,20 @@ impl Backend for CpuBackend {
         ensure(total == x.cols, "split_columns", || {
             format!("widths {widths:?} for {} columns", x.cols)
         })?;
-        let mut parts: Vec<CpuTensor> =
-            widths.iter().map(|&w| Self::f32_zeros(x.rows, w)).collect();
-        for (r, row) in x.data.chunks(x.cols).enumerate() {
-            let mut start = 0;
-            for (p, &w) in parts.iter_mut().zip(widths) {
-                p.data[r * w..(r + 1) * w].copy_from_slice(&row[start..start + w]);
+        // Each part filled row by row as it is allocated (no zeros written first: at 512
+        // tokens the zeros were as many bytes as the copy).
+        let mut start = 0;
+        let parts = widths
+            .iter()
+            .map(|&w| {
+                let mut data = Vec::with_capacity(x.rows * w);
+                for row in x.data.chunks_exact(x.cols.max(1)).take(x.rows) {
+                    data.extend_from_slice(&row[start..start + w]);
+                }
                 start += w;
-            }
-        }
+                CpuTensor::new(data, x.rows, w)
+            })
+            .collect();
         Ok(parts)
     }
 

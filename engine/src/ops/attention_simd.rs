@@ -186,6 +186,45 @@ impl Simd {
         }
     }
 
+    /// [`Simd::scores`] for several query heads of one KV head, `q` `[heads, head_dim]`:
+    /// head `h`'s scores go to `scores[h * stride..][..rows.len()]`, [`Simd::scores`]' bits.
+    /// With AVX-512 (and its VL extension, for 32 registers of 8 floats) each key is loaded
+    /// once for up to three heads: a decode row's query heads of one KV head (GQA) share
+    /// every load, where one head at a time loaded each key once per head.
+    #[allow(clippy::too_many_arguments)]
+    pub fn scores_heads(
+        self,
+        scores: &mut [f32], // [heads][stride]
+        stride: usize,
+        q: &[f32], // [heads, head_dim]
+        key_cache: &[f32],
+        rows: KeyRows,
+        scale: f32,
+    ) {
+        let head_dim = rows.head_dim;
+        assert!(head_dim > 0 && q.len().is_multiple_of(head_dim));
+        let heads = q.len() / head_dim;
+        assert!(heads == 0 || (heads - 1) * stride + rows.len() <= scores.len());
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx512 if heads > 1 && std::arch::is_x86_feature_detected!("avx512vl") => {
+                rows.check(key_cache, &q[..head_dim]);
+                // SAFETY: `Avx512` comes from `available` (AVX-512F, which implies AVX and
+                // FMA's presence on every CPU that has it, and a head size of 16s); AVX-512VL
+                // was detected just above; `check` bounds every row, the assert every head.
+                unsafe {
+                    avx::scores_heads(scores, stride, q, head_dim, key_cache, rows.rows, scale)
+                }
+            }
+            _ => {
+                for (h, qh) in q.chunks_exact(head_dim).enumerate() {
+                    let sc = &mut scores[h * stride..][..rows.len()];
+                    self.scores(sc, qh, key_cache, rows, scale);
+                }
+            }
+        }
+    }
+
     /// `out[d] = fma(w[p], value_cache[rows[p] + d], out[d])` for `p` in order: each
     /// element's chain goes on from the value `out` holds (zeros for a first block of keys).
     pub fn add_weighted_values(
@@ -420,6 +459,91 @@ mod avx {
         }
         for (s, &row) in scores[p..].iter_mut().zip(&rows[p..]) {
             *s = dot_fused(q, &key_cache[row..][..head_dim]) * scale;
+        }
+    }
+
+    /// [`scores`] for `H` query heads of one KV head at once: each key's chunk is loaded
+    /// once and multiplied into every head's partial sums (`8 · H` accumulators, so `H > 1`
+    /// needs AVX-512VL's 32 registers). Head `h`'s scores go to `scores[h * stride..]`, its
+    /// query is `q[h * head_dim..]`; every score is [`scores`]' bits.
+    #[inline(always)]
+    unsafe fn scores_heads_body<const H: usize>(
+        scores: *mut f32, // [H][stride]
+        stride: usize,
+        q: &[f32], // [H, head_dim]
+        key_cache: &[f32],
+        rows: &[usize],
+        scale: f32,
+    ) {
+        let (n, head_dim) = (rows.len(), q.len() / H);
+        let kp = key_cache.as_ptr();
+        let (zero, scale_v) = (_mm256_set1_ps(empty_sum()), _mm256_set1_ps(scale));
+        let mut p = 0;
+        while p + 8 <= n {
+            let mut acc = [[_mm256_setzero_ps(); 8]; H];
+            let key: [*const f32; 8] = std::array::from_fn(|j| kp.wrapping_add(rows[p + j]));
+            for c in 0..head_dim / 8 {
+                let qv: [__m256; H] = std::array::from_fn(|h| {
+                    // SAFETY: h * head_dim + 8c + 8 <= q.len().
+                    unsafe { _mm256_loadu_ps(q.as_ptr().add(h * head_dim + 8 * c)) }
+                });
+                for (j, &k) in key.iter().enumerate() {
+                    // SAFETY: rows[p + j] + head_dim <= the cache (the caller's bound).
+                    let kv = unsafe { _mm256_loadu_ps(k.add(8 * c)) };
+                    for h in 0..H {
+                        acc[h][j] = _mm256_fmadd_ps(qv[h], kv, acc[h][j]);
+                    }
+                }
+            }
+            for (h, acc) in acc.into_iter().enumerate() {
+                let s = _mm256_add_ps(sum_lanes_in_order(acc, zero), zero);
+                // SAFETY: p + 8 <= n <= stride, head h's row inside the caller's scores.
+                unsafe { _mm256_storeu_ps(scores.add(h * stride + p), _mm256_mul_ps(s, scale_v)) };
+            }
+            p += 8;
+        }
+        for h in 0..H {
+            let qh = &q[h * head_dim..][..head_dim];
+            for (i, &row) in rows.iter().enumerate().skip(p) {
+                // SAFETY: i < n <= stride.
+                unsafe {
+                    *scores.add(h * stride + i) =
+                        dot_fused(qh, &key_cache[row..][..head_dim]) * scale
+                };
+            }
+        }
+    }
+
+    /// [`scores_heads_body`] for up to 3 heads with AVX-512's registers.
+    #[target_feature(enable = "avx512f,avx512vl,fma")]
+    pub unsafe fn scores_heads(
+        scores: &mut [f32], // [heads][stride]
+        stride: usize,
+        q: &[f32], // [heads, head_dim]
+        head_dim: usize,
+        key_cache: &[f32],
+        rows: &[usize],
+        scale: f32,
+    ) {
+        let heads = q.len() / head_dim;
+        assert!(heads == 0 || (heads - 1) * stride + rows.len() <= scores.len());
+        let mut h0 = 0;
+        while h0 < heads {
+            let h = (heads - h0).min(3);
+            let (qh, out) = (
+                &q[h0 * head_dim..][..h * head_dim],
+                scores[h0 * stride..].as_mut_ptr(),
+            );
+            // SAFETY: heads h0..h0 + h have their scores inside `scores` (asserted) and
+            // their queries in `qh`; the rows are the caller's.
+            unsafe {
+                match h {
+                    1 => scores_heads_body::<1>(out, stride, qh, key_cache, rows, scale),
+                    2 => scores_heads_body::<2>(out, stride, qh, key_cache, rows, scale),
+                    _ => scores_heads_body::<3>(out, stride, qh, key_cache, rows, scale),
+                }
+            }
+            h0 += h;
         }
     }
 
@@ -744,6 +868,20 @@ mod tests {
                     simd.scores(&mut a, &q, &cache, rows, 0.125);
                     scores_portable(&mut b, &q, &cache, &offsets, 0.125);
                     assert_eq!(bits(&a), bits(&b), "{simd:?} scores, {head_dim} {n}");
+                    // Several query heads over the same keys: each head's bits are its own
+                    // call's, for every count of heads a pass may take.
+                    for heads in [1, 2, 3, 4, 7] {
+                        let stride = n + 2;
+                        let qs = values(heads * head_dim, (heads + n) as u64);
+                        let mut many = vec![f32::NAN; heads * stride];
+                        simd.scores_heads(&mut many, stride, &qs, &cache, rows, 0.125);
+                        for (h, qh) in qs.chunks_exact(head_dim).enumerate() {
+                            let mut one = vec![0.0; n];
+                            scores_portable(&mut one, qh, &cache, &offsets, 0.125);
+                            let got = &many[h * stride..][..n];
+                            assert_eq!(bits(got), bits(&one), "{simd:?} {heads} heads' scores");
+                        }
+                    }
                     let (mut oa, mut ob) = (vec![0.0; head_dim], vec![0.0; head_dim]);
                     for k0 in (0..n).step_by(5) {
                         let k1 = (k0 + 5).min(n);

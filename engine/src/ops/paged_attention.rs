@@ -196,10 +196,17 @@ fn attend_run_body(
     let (b, kv_row) = (meta.block_size, num_kv_heads * head_dim);
     let table = meta.block_table(run.seq);
     rows.clear();
-    rows.extend((0..num_keys).map(|p| {
-        let slot = table[p / b] as usize * b + p % b;
-        slot * kv_row + run.kvh * head_dim
-    }));
+    // Block by block: no division per key.
+    rows.reserve(num_keys);
+    rows.extend(
+        table
+            .iter()
+            .flat_map(|&block| {
+                let first = block as usize * b;
+                (first..first + b).map(|slot| slot * kv_row + run.kvh * head_dim)
+            })
+            .take(num_keys),
+    );
     let keys = KeyRows::new(rows, head_dim, key_cache.len().min(value_cache.len()));
     let kb = key_block(head_dim);
 
@@ -214,12 +221,15 @@ fn attend_run_body(
         for j in (0..num_rows).filter(|&j| sees(j) > k0) {
             let k1 = (k0 + kb).min(sees(j));
             let q = &query[(run.t0 + j) * width + run.kvh * gw..][..gw];
+            if !transpose {
+                // Every query head of the row in one pass over the block's keys.
+                let sc = &mut scores[j * group * num_keys + k0..];
+                simd.scores_heads(sc, num_keys, q, key_cache, keys.slice(k0..k1), scale);
+                continue;
+            }
             for (g, qg) in q.chunks_exact(head_dim).enumerate() {
                 let sc = &mut scores[(j * group + g) * num_keys..][k0..k1];
-                match transpose {
-                    true => keys_t.scores(simd, sc, qg, scale),
-                    false => simd.scores(sc, qg, key_cache, keys.slice(k0..k1), scale),
-                }
+                keys_t.scores(simd, sc, qg, scale);
             }
         }
     }
@@ -294,6 +304,15 @@ fn sums_in_order(w: &[f32], stride: usize, len: impl Fn(usize) -> usize, inv: &m
         if m == 8 {
             done = (i0..i0 + 8).map(&len).min().unwrap_or(0);
             let w: [&[f32]; 8] = std::array::from_fn(|c| &w[(i0 + c) * stride..][..done]);
+            for p in 0..done {
+                for (s, w) in sum.iter_mut().zip(&w) {
+                    *s += w[p];
+                }
+            }
+        } else if m > 1 {
+            // Fewer rows (a decode row's few query heads): their chains still interleave.
+            done = (i0..i0 + m).map(&len).min().unwrap_or(0);
+            let w: Vec<&[f32]> = (0..m).map(|c| &w[(i0 + c) * stride..][..done]).collect();
             for p in 0..done {
                 for (s, w) in sum.iter_mut().zip(&w) {
                     *s += w[p];
