@@ -209,9 +209,9 @@ impl Simd {
             #[cfg(target_arch = "x86_64")]
             Simd::Avx512 if heads > 1 && std::arch::is_x86_feature_detected!("avx512vl") => {
                 rows.check(key_cache, &q[..head_dim]);
-                // SAFETY: `Avx512` comes from `available` (AVX-512F, which implies AVX and
-                // FMA's presence on every CPU that has it, and a head size of 16s); AVX-512VL
-                // was detected just above; `check` bounds every row, the assert every head.
+                // SAFETY: `Avx512` comes from `available`, which saw AVX-512F (every CPU with
+                // it has AVX and FMA) and a head size of 16s; AVX-512VL was detected just
+                // above; `check` bounds every row, the asserts every head's query and scores.
                 unsafe {
                     avx::scores_heads(scores, stride, q, head_dim, key_cache, rows.rows, scale)
                 }

@@ -312,9 +312,12 @@ fn sums_in_order(w: &[f32], stride: usize, len: impl Fn(usize) -> usize, inv: &m
         } else if m > 1 {
             // Fewer rows (a decode row's few query heads): their chains still interleave.
             done = (i0..i0 + m).map(&len).min().unwrap_or(0);
-            let w: Vec<&[f32]> = (0..m).map(|c| &w[(i0 + c) * stride..][..done]).collect();
+            let w: [&[f32]; 8] = std::array::from_fn(|c| match c < m {
+                true => &w[(i0 + c) * stride..][..done],
+                false => &[],
+            });
             for p in 0..done {
-                for (s, w) in sum.iter_mut().zip(&w) {
+                for (s, w) in sum[..m].iter_mut().zip(&w[..m]) {
                     *s += w[p];
                 }
             }
