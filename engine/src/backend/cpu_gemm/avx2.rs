@@ -178,7 +178,8 @@ unsafe fn kernel_blocks<const R: usize>(
         };
     }
     // 8 bytes at `q`, widened to 8 lanes of i32 (signed for Q8_0, unsigned for Q4_1).
-    // SAFETY (both): every `q` passed is inside a row of the block slice, 16 bytes long.
+    // SAFETY (both): every `q` passed has 8 bytes of the slice from it (half a Q8_0 row of 16,
+    // or a whole Q4_1 row of 8).
     macro_rules! widen {
         (i8, $q:expr) => {
             _mm256_cvtepi8_epi32(unsafe { _mm_loadl_epi64($q.cast()) })
@@ -209,22 +210,18 @@ unsafe fn kernel_blocks<const R: usize>(
             // SAFETY: as for the scales.
             let m0 = unsafe { _mm256_loadu_ps(mp.add(b * NR)) };
             let m1 = unsafe { _mm256_loadu_ps(mp.add(b * NR + 8)) };
-            // Elements 0..16 of the block are the low nibbles of its 16 byte rows, 16..32
-            // the high ones: two passes over the same bytes keep the chains in `k` order.
-            for high in [false, true] {
-                for i in 0..QK / 2 {
-                    let kk = b * QK + usize::from(high) * QK / 2 + i;
-                    let q = qp.wrapping_add((b * QK / 2 + i) * NR); // byte row < kc / 2
-                    let (q0, q1) = (widen!(u8, q), widen!(u8, q.wrapping_add(8)));
-                    let (q0, q1) = match high {
-                        false => (_mm256_and_si256(q0, low), _mm256_and_si256(q1, low)),
-                        true => (_mm256_srli_epi32::<4>(q0), _mm256_srli_epi32::<4>(q1)),
-                    };
-                    // Multiply, round, add, round: gguf-py's `d * q + m`, not an FMA.
-                    let w0 = _mm256_add_ps(_mm256_mul_ps(d0, _mm256_cvtepi32_ps(q0)), m0);
-                    let w1 = _mm256_add_ps(_mm256_mul_ps(d1, _mm256_cvtepi32_ps(q1)), m1);
-                    fma_rows!(kk, w0, w1);
-                }
+            // Row kk of the panel is 8 bytes: the low nibbles are outputs 0..8, the high ones
+            // 8..16 (`BlockSlice`'s layout), so one widening serves both halves.
+            for i in 0..QK {
+                let kk = b * QK + i;
+                let q = widen!(u8, qp.wrapping_add(kk * NR / 2)); // row kk < kc of the slice
+                let (q0, q1) = (_mm256_and_si256(q, low), _mm256_srli_epi32::<4>(q));
+                // gguf-py's `d * q + m` in one FMA: `d · q` (an f16 times a 4-bit integer)
+                // is exact in f32, so the one rounding is the add's, as in a multiply then
+                // an add.
+                let w0 = _mm256_fmadd_ps(d0, _mm256_cvtepi32_ps(q0), m0);
+                let w1 = _mm256_fmadd_ps(d1, _mm256_cvtepi32_ps(q1), m1);
+                fma_rows!(kk, w0, w1);
             }
         }
     }

@@ -111,9 +111,9 @@ unsafe fn kernel<const R: usize>(
 }
 
 /// [`tile`] from a weight in its blocks, dequantized in registers: per `k`, the panel's 32
-/// quantized values are loaded (two 16-byte loads), widened to 32-bit lanes, converted to f32,
-/// multiplied by the block's scales (and, Q4_1, the minimum added: a separate add, not an FMA)
-/// and fed straight to the FMAs. Those are [`BlockSlice`]'s expressions, lane by lane, so the
+/// quantized values are loaded (Q8_0: two 16-byte loads; Q4_1: one, of 32 nibbles), widened
+/// to 32-bit lanes, converted to f32, multiplied by the block's scales (and, Q4_1, the minimum
+/// added) and fed straight to the FMAs. Those are [`BlockSlice`]'s expressions, lane by lane, so the
 /// weights and every chain are the f32 path's, bit for bit; nothing is stored and read back.
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
@@ -185,7 +185,8 @@ unsafe fn kernel_blocks<const R: usize>(
         };
     }
     // 16 bytes at `q`, widened to 16 lanes of i32 (signed for Q8_0, unsigned for Q4_1).
-    // SAFETY (both): every `q` passed is inside a row of the block slice, 32 bytes long.
+    // SAFETY (both): every `q` passed has 16 bytes of the slice from it (half a Q8_0 row of 32,
+    // or a whole Q4_1 row of 16).
     macro_rules! widen {
         (i8, $q:expr) => {
             _mm512_cvtepi8_epi32(unsafe { _mm_loadu_si128($q.cast()) })
@@ -216,22 +217,18 @@ unsafe fn kernel_blocks<const R: usize>(
             // SAFETY: as for the scales.
             let m0 = unsafe { _mm512_loadu_ps(mp.add(b * NR)) };
             let m1 = unsafe { _mm512_loadu_ps(mp.add(b * NR + 16)) };
-            // Elements 0..16 of the block are the low nibbles of its 16 byte rows, 16..32
-            // the high ones: two passes over the same bytes keep the chains in `k` order.
-            for high in [false, true] {
-                for i in 0..QK / 2 {
-                    let kk = b * QK + usize::from(high) * QK / 2 + i;
-                    let q = qp.wrapping_add((b * QK / 2 + i) * NR); // byte row < kc / 2
-                    let (q0, q1) = (widen!(u8, q), widen!(u8, q.wrapping_add(16)));
-                    let (q0, q1) = match high {
-                        false => (_mm512_and_si512(q0, low), _mm512_and_si512(q1, low)),
-                        true => (_mm512_srli_epi32::<4>(q0), _mm512_srli_epi32::<4>(q1)),
-                    };
-                    // Multiply, round, add, round: gguf-py's `d * q + m`, not an FMA.
-                    let w0 = _mm512_add_ps(_mm512_mul_ps(d0, _mm512_cvtepi32_ps(q0)), m0);
-                    let w1 = _mm512_add_ps(_mm512_mul_ps(d1, _mm512_cvtepi32_ps(q1)), m1);
-                    fma_rows!(kk, w0, w1);
-                }
+            // Row kk of the panel is 16 bytes: the low nibbles are outputs 0..16, the high
+            // ones 16..32 (`BlockSlice`'s layout), so one widening serves both halves.
+            for i in 0..QK {
+                let kk = b * QK + i;
+                let q = widen!(u8, qp.wrapping_add(kk * NR / 2)); // row kk < kc of the slice
+                let (q0, q1) = (_mm512_and_si512(q, low), _mm512_srli_epi32::<4>(q));
+                // gguf-py's `d * q + m` in one FMA: `d · q` (an f16 times a 4-bit integer)
+                // is exact in f32, so the one rounding is the add's, as in a multiply then
+                // an add.
+                let w0 = _mm512_fmadd_ps(d0, _mm512_cvtepi32_ps(q0), m0);
+                let w1 = _mm512_fmadd_ps(d1, _mm512_cvtepi32_ps(q1), m1);
+                fma_rows!(kk, w0, w1);
             }
         }
     }

@@ -169,30 +169,25 @@ unsafe fn kernel_blocks<const R: usize>(
             // SAFETY: as for the scales.
             let m: [float32x4_t; 4] =
                 std::array::from_fn(|g| unsafe { vld1q_f32(mp.add(b * NR + 4 * g)) });
-            // Elements 0..16 of the block are the low nibbles of its 16 byte rows, 16..32
-            // the high ones: two passes over the same bytes keep the chains in `k` order.
-            for high in [false, true] {
-                for i in 0..QK / 2 {
-                    let kk = b * QK + usize::from(high) * QK / 2 + i;
-                    // SAFETY: byte row 16·b + i < kc / 2 of the Q4_1 slice holds 16 bytes.
-                    let q = unsafe { vld1q_u8(qp.add((b * QK / 2 + i) * NR)) };
-                    let q = match high {
-                        false => vandq_u8(q, vdupq_n_u8(0x0f)),
-                        true => vshrq_n_u8::<4>(q),
-                    };
-                    let (lo, hi) = (vmovl_u8(vget_low_u8(q)), vmovl_high_u8(q));
-                    let ints = [
-                        vmovl_u16(vget_low_u16(lo)),
-                        vmovl_high_u16(lo),
-                        vmovl_u16(vget_low_u16(hi)),
-                        vmovl_high_u16(hi),
-                    ];
-                    // Multiply, round, add, round: gguf-py's `d * q + m`, not an FMA.
-                    let wv: [float32x4_t; 4] = std::array::from_fn(|g| {
-                        vaddq_f32(vmulq_f32(d[g], vcvtq_f32_u32(ints[g])), m[g])
-                    });
-                    fma_rows!(kk, wv);
-                }
+            // Row kk of the panel is 8 bytes: the low nibbles are outputs 0..8, the high ones
+            // 8..16 (`BlockSlice`'s layout).
+            for i in 0..QK {
+                let kk = b * QK + i;
+                // SAFETY: row kk < kc of the Q4_1 slice holds NR / 2 = 8 bytes.
+                let q = unsafe { vld1_u8(qp.add(kk * NR / 2)) };
+                let q = vcombine_u8(vand_u8(q, vdup_n_u8(0x0f)), vshr_n_u8::<4>(q));
+                let (lo, hi) = (vmovl_u8(vget_low_u8(q)), vmovl_high_u8(q));
+                let ints = [
+                    vmovl_u16(vget_low_u16(lo)),
+                    vmovl_high_u16(lo),
+                    vmovl_u16(vget_low_u16(hi)),
+                    vmovl_high_u16(hi),
+                ];
+                // gguf-py's `d * q + m` in one fused multiply-add: `d · q` (an f16 times a
+                // 4-bit integer) is exact in f32, so the one rounding is the add's.
+                let wv: [float32x4_t; 4] =
+                    std::array::from_fn(|g| vfmaq_f32(m[g], d[g], vcvtq_f32_u32(ints[g])));
+                fma_rows!(kk, wv);
             }
         }
     }

@@ -21,9 +21,12 @@
 //! one panel dequantizes into exactly the `[kc][nr]` slice the f32 path reads:
 //! - `scales`, `mins`: `[panels][k / 32][nr]`, the block's `d` (and `m`), widened from f16
 //!   (exact: every f16 is an f32);
-//! - `quants`: Q8_0 `[panels][k][nr]` signed bytes; Q4_1 `[panels][k / 2][nr]` bytes, where
-//!   byte `16·b + i` of a row holds element `32·b + i` in its low nibble and `32·b + 16 + i` in
-//!   its high one (the file's own nibble order, kept).
+//! - `quants`: Q8_0 `[panels][k][nr]` signed bytes; Q4_1 `[panels][k][nr / 2]` bytes, where
+//!   byte `j` of row `kk` holds output `j`'s nibble in its low half and output `j + nr / 2`'s
+//!   in its high half. (The file pairs elements `i` and `i + 16` of one row's block in a byte
+//!   instead; repacked so that one row `kk` of the panel is `nr / 2` contiguous bytes: a
+//!   micro-kernel widens them once and takes the low nibbles for the panel's first half and
+//!   the high ones for its second, in `k` order, one pass.)
 //!
 //! The last panel's missing rows are zero blocks (`d = m = 0`), which dequantize to `0.0` as the
 //! f32 path's padding is.
@@ -90,6 +93,7 @@ impl PackedBlocks {
         let nr = isa.nr();
         let panels = n.div_ceil(nr);
         let q_per_row = if format == GgmlType::Q8_0 { k } else { k / 2 };
+        let half = nr / 2;
         let mut scales = HugePageVec::zeroed(panels * row_blocks * nr);
         let mut mins = match format {
             GgmlType::Q4_1 => HugePageVec::zeroed(panels * row_blocks * nr),
@@ -102,16 +106,24 @@ impl PackedBlocks {
                 for (b, block) in row.chunks_exact(bb).enumerate() {
                     let at = (p * row_blocks + b) * nr + j;
                     scales[at] = f16_at(block, 0);
-                    let q = match format {
-                        GgmlType::Q4_1 => {
-                            mins[at] = f16_at(block, 2);
-                            &block[4..]
+                    if format == GgmlType::Q4_1 {
+                        mins[at] = f16_at(block, 2);
+                        // The file's byte i holds elements i (low) and i + 16 (high); here
+                        // element e of row j goes to row 32·b + e, byte j % half, the low
+                        // nibble for the panel's first half of rows, the high for its second.
+                        let qs = &block[4..];
+                        let (col, shift) = (j % half, 4 * (j / half));
+                        for e in 0..QK {
+                            let q = match e < QK / 2 {
+                                true => qs[e] & 0x0f,
+                                false => qs[e - QK / 2] >> 4,
+                            };
+                            quants[(p * k + b * QK + e) * half + col] |= q << shift;
                         }
-                        _ => &block[2..],
-                    };
-                    let per_block = q.len();
-                    for (i, &v) in q.iter().enumerate() {
-                        quants[(p * q_per_row + b * per_block + i) * nr + j] = v;
+                    } else {
+                        for (i, &v) in block[2..].iter().enumerate() {
+                            quants[(p * q_per_row + b * QK + i) * nr + j] = v;
+                        }
                     }
                 }
             }
@@ -217,18 +229,15 @@ impl PackedBlocks {
                 }
                 _ => {
                     let m: &[f32; NR] = self.mins[sb..sb + NR].try_into().unwrap();
-                    let q_at = (p * (self.k / 2) + (k0 + b * QK) / 2) * NR;
-                    let q = &self.quants[q_at..][..QK / 2 * NR];
-                    let (low, high) = out.split_at_mut(QK / 2 * NR);
-                    for ((lo, hi), q) in low
-                        .chunks_exact_mut(NR)
-                        .zip(high.chunks_exact_mut(NR))
-                        .zip(q.chunks_exact(NR))
-                    {
-                        for j in 0..NR {
-                            // Multiply, round, add, round: gguf-py's `d * q + m`, not an FMA.
+                    let q_at = (p * self.k + k0 + b * QK) * (NR / 2);
+                    let q = &self.quants[q_at..][..QK * NR / 2];
+                    for (o, q) in out.chunks_exact_mut(NR).zip(q.chunks_exact(NR / 2)) {
+                        let (lo, hi) = o.split_at_mut(NR / 2);
+                        for j in 0..NR / 2 {
+                            // Multiply, round, add, round: gguf-py's `d * q + m`.
                             lo[j] = d[j] * ((q[j] & 0x0f) as f32) + m[j];
-                            hi[j] = d[j] * ((q[j] >> 4) as f32) + m[j];
+                            let h = j + NR / 2;
+                            hi[j] = d[h] * ((q[j] >> 4) as f32) + m[h];
                         }
                     }
                 }
@@ -247,12 +256,13 @@ impl PackedBlocks {
             self.n
         );
         for (kk, v) in dst.iter_mut().enumerate() {
-            let (b, i) = (kk / QK, kk % QK);
+            let b = kk / QK;
             let at = (p * row_blocks + b) * nr + j;
             *v = match self.format {
                 GgmlType::Q4_1 => {
-                    let byte = self.quants[(p * (self.k / 2) + b * QK / 2 + i % (QK / 2)) * nr + j];
-                    let q = if i < QK / 2 { byte & 0x0f } else { byte >> 4 };
+                    let half = nr / 2;
+                    let byte = self.quants[(p * self.k + kk) * half + j % half];
+                    let q = if j < half { byte & 0x0f } else { byte >> 4 };
                     self.scales[at] * (q as f32) + self.mins[at]
                 }
                 _ => self.scales[at] * (self.quants[(p * self.k + kk) * nr + j] as i8 as f32),
@@ -290,10 +300,12 @@ impl PackedBlocks {
 /// `b = kk / 32` and `i = kk % 32`:
 /// - Q8_0: `scales[b][j] · (quants[kk][j] as i8)`, one product (exact);
 /// - Q4_1: `scales[b][j] · q + mins[b][j]`, a product then an add (one rounding), where `q` is
-///   the low nibble of `quants[16·b + i][j]` for `i < 16` and the high nibble of
-///   `quants[16·b + i - 16][j]` otherwise.
+///   the low nibble of `quants[kk][j]` for `j < nr / 2` and the high nibble of
+///   `quants[kk][j - nr / 2]` otherwise.
 ///
-/// Every kernel computes exactly these expressions, so its weights are the f32 path's.
+/// Every kernel computes exactly these values, so its weights are the f32 path's. (The SIMD
+/// kernels compute Q4_1's as one fused multiply-add: the product `d · q` is exact, an f16 times
+/// a 4-bit integer, so rounding it before the add, or not, makes no difference.)
 #[derive(Debug, Clone, Copy)]
 pub struct BlockSlice<'a> {
     /// Q4_1 (else Q8_0).
@@ -302,7 +314,7 @@ pub struct BlockSlice<'a> {
     pub scales: &'a [f32],
     /// `[kc / 32][nr]` for Q4_1, empty for Q8_0.
     pub mins: &'a [f32],
-    /// Q8_0 `[kc][nr]` signed bytes; Q4_1 `[kc / 2][nr]` bytes of two nibbles.
+    /// Q8_0 `[kc][nr]` signed bytes; Q4_1 `[kc][nr / 2]` bytes of two nibbles.
     pub quants: &'a [u8],
 }
 
@@ -353,16 +365,19 @@ impl BlockSlice<'_> {
     /// portable kernel's, and the reference the SIMD ones are tested against).
     #[inline(always)]
     pub fn row<const NR: usize>(&self, kk: usize) -> [f32; NR] {
-        let (b, i) = (kk / QK, kk % QK);
+        let b = kk / QK;
         let d = &self.scales[b * NR..][..NR];
         let mut w = [0.0f32; NR];
         if self.q4 {
             let m = &self.mins[b * NR..][..NR];
-            let q = &self.quants[(b * QK / 2 + i % (QK / 2)) * NR..][..NR];
-            let shift = if i < QK / 2 { 0 } else { 4 };
+            let q = &self.quants[kk * NR / 2..][..NR / 2];
             for j in 0..NR {
-                // Multiply, round, add, round: gguf-py's `d * q + m`, not an FMA.
-                w[j] = d[j] * (((q[j] >> shift) & 0x0f) as f32) + m[j];
+                let q = match j < NR / 2 {
+                    true => q[j] & 0x0f,
+                    false => q[j - NR / 2] >> 4,
+                };
+                // Multiply, round, add, round: gguf-py's `d * q + m`.
+                w[j] = d[j] * (q as f32) + m[j];
             }
         } else {
             let q = &self.quants[kk * NR..][..NR];
