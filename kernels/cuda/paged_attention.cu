@@ -477,7 +477,7 @@ __device__ __forceinline__ void ldsm_x4_trans(u32 r[4], const uint4* row) {
 }
 __device__ __forceinline__ u32 bf16x2_bits(__nv_bfloat162 v) { return *reinterpret_cast<u32*>(&v); }
 
-template <int D, int HEADS, int S, int TT>
+template <int D, int HEADS, int S, int TT, int W>
 __device__ __forceinline__ void paged_attention_decode_mma(
     __nv_bfloat16* __restrict__ out,                // [num_seqs, num_heads, head_dim]
     float* __restrict__ tmp_out,                    // [num_seqs, num_heads, max_partitions, head_dim]
@@ -493,7 +493,7 @@ __device__ __forceinline__ void paged_attention_decode_mma(
     u32 min_partition, u32 early) {
     using R = Ring<D, S, TT>;
     constexpr int CHUNKS = R::CHUNKS, STAGES = R::STAGES;
-    constexpr int WT = TT / NUM_WARPS;   // tokens of a tile this warp owns
+    constexpr int WT = TT / W;   // tokens of a tile this warp owns
     constexpr int SUBS = WT / 8;         // 8-token column blocks of q·k (k blocks of p·V)
     constexpr int KSTEPS = D / 16;       // q·k: 16-dim steps (m16n8k16)
     constexpr int MTILES = D / 16;       // p·V: 16-dim row blocks of O^T (m16n8k8)
@@ -501,11 +501,11 @@ __device__ __forceinline__ void paged_attention_decode_mma(
     static_assert(HEADS <= 8, "heads are rows 0..7 of the mma");
     static_assert(WT % 8 == 0 && KSTEPS % 2 == 0 && MTILES % 2 == 0, "layout");
     static_assert(WT * CHUNKS % 32 == 0, "whole copies per lane");
-    static_assert(NUM_WARPS * HEADS * D * 4 <= STAGES * R::STAGE_CHUNKS * 16, "merge fits the ring");
+    static_assert(W * HEADS * D * 4 <= STAGES * R::STAGE_CHUNKS * 16, "merge fits the ring");
 
     extern __shared__ uint4 s_ring[];               // [STAGES][K, V][TT][CHUNKS], swizzled
     __shared__ u32 s_table[MAX_PARTITION + 1];
-    __shared__ float s_wm[NUM_WARPS][8], s_wl[NUM_WARPS][8];  // each warp's (m, l) per head
+    __shared__ float s_wm[W][8], s_wl[W][8];  // each warp's (m, l) per head
 
     // Early (see the header): the step's tables and the context's older K/V rows were written
     // before the previous kernel started, so they are read before waiting for it; only the
@@ -529,7 +529,7 @@ __device__ __forceinline__ void paged_attention_decode_mma(
     const u32 first_block = start / block_size;
     const u32 num_entries = (end - 1) / block_size - first_block + 1;
     const u32* table = block_tables + (size_t)seq * max_blocks_per_seq + first_block;
-    for (u32 i = threadIdx.x; i < num_entries; i += NUM_THREADS) s_table[i] = table[i];
+    for (u32 i = threadIdx.x; i < num_entries; i += W * 32) s_table[i] = table[i];
     __syncthreads();  // the only barrier before the merge
 
     // This warp's rows of tile `tile`: a lane copies chunks lane, lane + 32, ... of them.
@@ -712,14 +712,14 @@ __device__ __forceinline__ void paged_attention_decode_mma(
     }
     __syncthreads();
     const u32 num_partitions = gridDim.z;
-    for (int idx = threadIdx.x; idx < HEADS * D; idx += NUM_THREADS) {
+    for (int idx = threadIdx.x; idx < HEADS * D; idx += W * 32) {
         const int h = idx / D, d = idx % D;
         float big_m = -INFINITY;
 #pragma unroll
-        for (int w = 0; w < NUM_WARPS; w++) big_m = fmaxf(big_m, s_wm[w][h]);
+        for (int w = 0; w < W; w++) big_m = fmaxf(big_m, s_wm[w][h]);
         float big_l = 0.0f, o = 0.0f;
 #pragma unroll
-        for (int w = 0; w < NUM_WARPS; w++) {
+        for (int w = 0; w < W; w++) {
             const float f = __expf(s_wm[w][h] - big_m);  // 0 for a warp without tokens
             big_l += s_wl[w][h] * f;
             o += s_acc[(w * HEADS + h) * D + d] * f;
@@ -770,11 +770,11 @@ __device__ __forceinline__ void paged_attention_decode_mma(
     DECODE(D, T, S, 1) DECODE(D, T, S, 2) DECODE(D, T, S, 3) DECODE(D, T, S, 4) DECODE(D, T, S, 8)
 DECODE_HEADS(64, 64, 2) DECODE_HEADS(64, 64, 3) DECODE_HEADS(64, 32, 4)
 DECODE_HEADS(128, 32, 2) DECODE_HEADS(128, 32, 3)
-// The mma variant: paged_attention_decode_mma_d{D}_t{T}_s{S}_h{H}.
+// The mma variant: paged_attention_decode_mma_d{D}_t{T}_s{S}_h{H}, 4 warps a block.
 #define DECODE_MMA(D, T, S, H)                                                                 \
     extern "C" __global__ void __launch_bounds__(NUM_THREADS)                                  \
         paged_attention_decode_mma_d##D##_t##T##_s##S##_h##H(DECODE_ARGS) {                    \
-        paged_attention_decode_mma<D, H, S, T>(DECODE_NAMES, early);                           \
+        paged_attention_decode_mma<D, H, S, T, NUM_WARPS>(DECODE_NAMES, early);                \
     }
 #define DECODE_MMA_HEADS(D, T, S)                                                              \
     DECODE_MMA(D, T, S, 1) DECODE_MMA(D, T, S, 2) DECODE_MMA(D, T, S, 3) DECODE_MMA(D, T, S, 4) \
@@ -785,6 +785,23 @@ DECODE_HEADS(128, 32, 2) DECODE_HEADS(128, 32, 3)
 // byte, at the price of resident blocks).
 DECODE_MMA_HEADS(64, 64, 2) DECODE_MMA_HEADS(64, 64, 3) DECODE_MMA_HEADS(64, 128, 2)
 DECODE_MMA_HEADS(128, 32, 2) DECODE_MMA_HEADS(128, 32, 3) DECODE_MMA_HEADS(128, 64, 2)
+// The wide single pass: paged_attention_decode_mma_d{D}_t{T}_s{S}_w{W}_h{H}, W warps a block.
+// For a small batch with short contexts (`PagedAttention::with_wide_single_pass`): one block
+// per sequence and head group takes the whole context, its W warps splitting each tile as the
+// four warps of the kernels above do, and merges their states in shared memory: the split-K
+// partitions become warps, and the reduce kernel (a launch, and a round trip through global
+// memory after a wait) goes away. A tile of T = 16 W tokens gives each warp 16 rows at head
+// size 64 (8 at 128), and one tile holds a decode-b1 context (128-256 tokens): with early reads
+// it is all in flight before the wait.
+#define DECODE_MMA_WIDE(D, T, S, W, H)                                                         \
+    extern "C" __global__ void __launch_bounds__(W * 32)                                       \
+        paged_attention_decode_mma_d##D##_t##T##_s##S##_w##W##_h##H(DECODE_ARGS) {             \
+        paged_attention_decode_mma<D, H, S, T, W>(DECODE_NAMES, early);                        \
+    }
+#define DECODE_MMA_WIDE_HEADS(D, T, S, W)                                                      \
+    DECODE_MMA_WIDE(D, T, S, W, 1) DECODE_MMA_WIDE(D, T, S, W, 2) DECODE_MMA_WIDE(D, T, S, W, 3) \
+        DECODE_MMA_WIDE(D, T, S, W, 4) DECODE_MMA_WIDE(D, T, S, W, 8)
+DECODE_MMA_WIDE_HEADS(64, 256, 2, 16) DECODE_MMA_WIDE_HEADS(128, 128, 2, 16)
 #define REDUCE(D)                                                                              \
     extern "C" __global__ void paged_attention_reduce_d##D(                                    \
         __nv_bfloat16 *out, const float *tmp_out, const float *max_logits,                     \

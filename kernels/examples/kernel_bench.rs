@@ -8,7 +8,8 @@
 //! GPU against one rank of TP 2 (does a kernel on half the weights take half the time?);
 //! `kernel_bench --lt-algos` times cuBLASLt's ranked algorithms for those projections;
 //! `kernel_bench --skinny` times `skinny_gemm` (each main loop compiled for the GPU, each row
-//! tile) against cuBLAS on them at 8-32 tokens.
+//! tile) against cuBLAS on them at 8-32 tokens; `kernel_bench --small-attention` times only
+//! decode attention at small batches (each split and merge, and the wide single pass).
 //! Method (`kernels::roofline`, which also measures the copy and the 8192³ GEMM): random data
 //! (never zeros), buffers far larger than the 50 MB L2, 5 warm-up launches, then 20 launches
 //! each between two CUDA events; the median is reported. Bytes counted are the bytes a kernel
@@ -18,7 +19,9 @@ use anyhow::{bail, Result};
 use kernels::cudarc::driver::CudaSlice;
 use kernels::gemv::{Epilogue, Gemv, NormInput, NormPrologue, RotaryCache, SplitK, Staging};
 use kernels::linear::Linear;
-use kernels::paged_attention::{rings, DecodeShape, PagedAttention, SplitKWorkspace, SplitMerge};
+use kernels::paged_attention::{
+    rings, DecodeShape, PagedAttention, SplitKWorkspace, SplitMerge, PARTITION_SIZE,
+};
 use kernels::prefill_attention::{PrefillShape, BLOCK_MS};
 use kernels::roofline::{self, random_bf16, uninit_bf16, REPS, WARMUP};
 use kernels::sampling::RowParams;
@@ -1009,6 +1012,67 @@ fn skinny_sweep(gpu: &Gpu) -> Result<()> {
     Ok(())
 }
 
+/// Decode attention at small batches (`kernel_bench --small-attention` runs only this), each
+/// variant timed by `push`.
+fn small_batch_attention(
+    gpu: &Gpu,
+    ws: &mut SplitKWorkspace,
+    bs: usize,
+    x: &mut u64,
+    push: &mut impl FnMut(&str, String, f64, f64),
+) -> Result<()> {
+    // Decode attention at small batches, where a step's time is latency: SmolLM2-135M's and
+    // Llama-3.2-1B's heads, contexts of decode-b1 (128-256 tokens) and longer, inside a CUDA
+    // graph of 50 launches as a decode step runs it: no split, then the small-batch split with
+    // partitions of at least 32 or 64 tokens, merged by the reduce kernel or by the last block,
+    // and (contexts up to 512) the wide single pass.
+    for (seqs, ctx_len, nh, nkv) in [
+        (1usize, 192usize, 9usize, 3usize),
+        (1, 448, 9, 3),
+        (1, 2048, 9, 3),
+        (1, 192, 32, 8),
+        (1, 448, 32, 8),
+        (4, 192, 32, 8),
+        (1, 2048, 32, 8),
+    ] {
+        let mut inp = DecodeInputs::new(gpu, seqs, ctx_len, nh, nkv, 64, bs, x)?;
+        let base = gpu.kernels.paged_attention.clone();
+        let mut variants = vec![(base.clone().with_small_batch_split(false), "no split")];
+        for (min, merge, what) in [
+            (32, SplitMerge::ReduceKernel, "min 32, reduce kernel"),
+            (64, SplitMerge::ReduceKernel, "min 64, reduce kernel"),
+            (32, SplitMerge::LastBlock, "min 32, last block merges"),
+            (64, SplitMerge::LastBlock, "min 64, last block merges"),
+        ] {
+            let pa = base.clone().with_split_min_tokens(min).with_merge(merge);
+            variants.push((pa, what));
+        }
+        // One block of 16 warps per head group over the whole context (contexts up to 512).
+        let wide = base.clone().with_wide_single_pass(PARTITION_SIZE);
+        if wide.partitions(seqs, nh, nkv, 64, ctx_len).wide {
+            variants.push((wide, "wide single pass, 16 warps"));
+        }
+        for (pa, what) in &variants {
+            let p = pa.partitions(seqs, nh, nkv, 64, ctx_len);
+            // The kernel's partition_tokens: an even split in 32-token granules, at least min.
+            let size = (ctx_len.div_ceil(p.count).div_ceil(32) * 32).max(p.min_tokens);
+            let used = ctx_len.div_ceil(size);
+            let ms = graph_ms(gpu, 50, || inp.run(gpu, pa, ws))?;
+            let size = format!(
+                "{seqs} seqs x {ctx_len} tok, {nh}/{nkv} heads, {} partitions ({used} used), {what}",
+                p.count
+            );
+            push(
+                "paged_attention decode, small batch",
+                size,
+                ms,
+                inp.bytes as f64,
+            );
+        }
+    }
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let gpu = match Gpu::open(0) {
         Ok(g) => g,
@@ -1025,6 +1089,17 @@ fn main() -> Result<()> {
     }
     if std::env::args().nth(1).as_deref() == Some("--skinny-sweep") {
         return skinny_sweep(&gpu);
+    }
+    if std::env::args().nth(1).as_deref() == Some("--small-attention") {
+        let mut ws = SplitKWorkspace::new(&gpu.stream, 1, 128)?;
+        let mut print = |kernel: &str, size: String, ms: f64, bytes: f64| {
+            let gbs = bytes / (ms * 1e-3) / 1e9;
+            println!(
+                "{kernel:<36} {size:<84} {:>8.2} us {gbs:>6.0} GB/s",
+                ms * 1e3
+            );
+        };
+        return small_batch_attention(&gpu, &mut ws, 16, &mut 7u64, &mut print);
     }
     let s = &gpu.stream;
     let k = &gpu.kernels;
@@ -1195,47 +1270,7 @@ fn main() -> Result<()> {
         }
     }
 
-    // Decode attention at small batches, where a step's time is latency: SmolLM2-135M's and
-    // Llama-3.2-1B's heads, contexts of decode-b1 (128-256 tokens) and longer, inside a CUDA
-    // graph of 50 launches as a decode step runs it: no split, then the small-batch split with
-    // partitions of at least 32 or 64 tokens, merged by the reduce kernel or by the last block.
-    for (seqs, ctx_len, nh, nkv) in [
-        (1usize, 192usize, 9usize, 3usize),
-        (1, 2048, 9, 3),
-        (1, 192, 32, 8),
-        (4, 192, 32, 8),
-        (1, 2048, 32, 8),
-    ] {
-        let mut inp = DecodeInputs::new(&gpu, seqs, ctx_len, nh, nkv, 64, bs, &mut x)?;
-        let base = k.paged_attention.clone();
-        let mut variants = vec![(base.clone().with_small_batch_split(false), "no split")];
-        for (min, merge, what) in [
-            (32, SplitMerge::ReduceKernel, "min 32, reduce kernel"),
-            (64, SplitMerge::ReduceKernel, "min 64, reduce kernel"),
-            (32, SplitMerge::LastBlock, "min 32, last block merges"),
-            (64, SplitMerge::LastBlock, "min 64, last block merges"),
-        ] {
-            let pa = base.clone().with_split_min_tokens(min).with_merge(merge);
-            variants.push((pa, what));
-        }
-        for (pa, what) in &variants {
-            let p = pa.partitions(seqs, nh, nkv, 64, ctx_len);
-            // The kernel's partition_tokens: an even split in 32-token granules, at least min.
-            let size = (ctx_len.div_ceil(p.count).div_ceil(32) * 32).max(p.min_tokens);
-            let used = ctx_len.div_ceil(size);
-            let ms = graph_ms(&gpu, 50, || inp.run(&gpu, pa, &mut ws))?;
-            let size = format!(
-                "{seqs} seqs x {ctx_len} tok, {nh}/{nkv} heads, {} partitions ({used} used), {what}",
-                p.count
-            );
-            push(
-                "paged_attention decode, small batch",
-                size,
-                ms,
-                inp.bytes as f64,
-            );
-        }
-    }
+    small_batch_attention(&gpu, &mut ws, bs, &mut x, &mut push)?;
 
     // Random sampling at temperature 0.6 (nano-vllm's workload: [256, 49152]; Llama-3's vocab:
     // [64, 128256]), the kernel against its first version (`sample_reference`, same tokens;

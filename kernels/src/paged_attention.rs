@@ -5,7 +5,9 @@
 //! Single pass when every context fits one partition of [`PARTITION_SIZE`] tokens and the batch
 //! alone gives the GPU enough blocks; split-K otherwise ([`PagedAttention::partitions`]): each
 //! partition of a sequence gets its own block, and a reduce kernel, or the last of the blocks
-//! to finish ([`SplitMerge`]), merges their softmax states. The merge needs a workspace,
+//! to finish ([`SplitMerge`]), merges their softmax states. A small batch of short contexts
+//! can instead take the wide single pass ([`PagedAttention::with_wide_single_pass`]): one
+//! block of 16 warps per sequence and head group, merged in shared memory, one launch. The merge needs a workspace,
 //! allocated once ([`SplitKWorkspace`], for sequences × heads × [`max_partitions`] rows) and
 //! grown only when a batch needs more.
 //!
@@ -34,8 +36,8 @@ pub(crate) const SOURCE: &str = include_str!("../cuda/paged_attention.cu");
 pub const PARTITION_SIZE: usize = 512;
 /// Most partitions a small batch's contexts are split into to give the GPU more blocks.
 pub const MAX_SMALL_BATCH_SPLIT: usize = 16;
-/// Threads per block (`NUM_THREADS` in the kernel).
-const THREADS: u32 = 128;
+/// Warps per block of every ring but the wide ones (`NUM_WARPS` in the kernel).
+const WARPS: usize = 4;
 /// The granule a partition is cut in (`TILE` in the kernel).
 const TILE: usize = 32;
 
@@ -46,6 +48,8 @@ pub struct Ring {
     pub tile: usize,
     pub stages: usize,
     pub kernel: DecodeKernel,
+    /// Warps a block (4, or 16 for the wide single pass: `PagedAttention::with_wide_single_pass`).
+    pub warps: usize,
 }
 
 /// The two decode kernels (`cuda/paged_attention.cu`): the same grid, partitions, split-K
@@ -89,22 +93,33 @@ impl Ring {
             tile,
             stages,
             kernel: DecodeKernel::Shared,
+            warps: WARPS,
         }
     }
 
     /// The mma variant's ring (each warp owns `tile / 4` rows of every stage).
     const fn mma(tile: usize, stages: usize) -> Self {
+        Self::mma_wide(tile, stages, WARPS)
+    }
+
+    /// The mma variant with `warps` warps a block, each owning `tile / warps` rows of a stage.
+    const fn mma_wide(tile: usize, stages: usize, warps: usize) -> Self {
         Self {
             tile,
             stages,
             kernel: DecodeKernel::MmaWarpRings,
+            warps,
         }
     }
 
     /// `"32-token tiles x 2 stages, shared tiles"`: how tables name the ring.
     pub fn describe(&self) -> String {
+        let warps = match self.warps {
+            WARPS => String::new(),
+            w => format!(", {w} warps"),
+        };
         format!(
-            "{}-token tiles x {} stages, {}",
+            "{}-token tiles x {} stages, {}{warps}",
             self.tile,
             self.stages,
             self.kernel.label()
@@ -125,22 +140,25 @@ impl Ring {
 /// 128) in 2 stages, the default (H200, 2026-11-29: 84% of copy bandwidth at head size 128,
 /// 82% at 64), in 3 stages (1 point less), and twice that tile in 2. Then the `Shared` kernel
 /// it replaced: head size 64 in 64-token tiles of 2 and 3 stages and 32-token tiles of 4;
-/// head size 128 in 32-token tiles of 2 (76% in the same run) and 3 stages.
+/// head size 128 in 32-token tiles of 2 (76% in the same run) and 3 stages. Last, the wide
+/// ring of [`PagedAttention::with_wide_single_pass`] ([`wide_ring`]).
 pub fn rings(head_dim: usize) -> &'static [Ring] {
-    const D64: [Ring; 6] = [
+    const D64: [Ring; 7] = [
         Ring::mma(64, 2),
         Ring::mma(64, 3),
         Ring::mma(128, 2),
         Ring::shared(64, 2),
         Ring::shared(64, 3),
         Ring::shared(32, 4),
+        Ring::mma_wide(256, 2, 16),
     ];
-    const D128: [Ring; 5] = [
+    const D128: [Ring; 6] = [
         Ring::mma(32, 2),
         Ring::mma(32, 3),
         Ring::mma(64, 2),
         Ring::shared(32, 2),
         Ring::shared(32, 3),
+        Ring::mma_wide(128, 2, 16),
     ];
     match head_dim {
         64 => &D64,
@@ -148,11 +166,20 @@ pub fn rings(head_dim: usize) -> &'static [Ring] {
         _ => &[],
     }
 }
+/// The wide ring built for a head size (16 warps, a tile of 16 tokens a warp at head size
+/// 64, 8 at 128), the one [`PagedAttention::with_wide_single_pass`] launches.
+pub fn wide_ring(head_dim: usize) -> Option<Ring> {
+    rings(head_dim).iter().copied().find(|r| r.warps > WARPS)
+}
+
 /// The kernel NVRTC exports for head size `head_dim`, `ring` and `heads` query heads per block
-/// (`DECODE` and `DECODE_MMA` in the kernel file).
+/// (`DECODE`, `DECODE_MMA` and `DECODE_MMA_WIDE` in the kernel file).
 fn decode_kernel_name(head_dim: usize, ring: Ring, heads: usize) -> String {
     let (prefix, t, s) = (ring.kernel.prefix(), ring.tile, ring.stages);
-    format!("{prefix}_d{head_dim}_t{t}_s{s}_h{heads}")
+    match ring.warps {
+        WARPS => format!("{prefix}_d{head_dim}_t{t}_s{s}_h{heads}"),
+        w => format!("{prefix}_d{head_dim}_t{t}_s{s}_w{w}_h{heads}"),
+    }
 }
 
 /// Head sizes with an instantiation: `crate::HEAD_DIMS`. Query heads per block (largest
@@ -241,6 +268,9 @@ pub struct PagedAttention {
     early_reads: bool,
     /// Whether small batches are split to fill the SMs (the bench times both).
     small_batch_split: bool,
+    /// Longest context a small batch runs in one pass of the wide ring instead of split
+    /// (0: never; [`PagedAttention::with_wide_single_pass`]).
+    wide_max_tokens: usize,
 }
 
 /// How a launch splits each sequence's context: `count` blocks per sequence and head group
@@ -251,6 +281,8 @@ pub struct PagedAttention {
 pub struct Partitions {
     pub count: usize,
     pub min_tokens: usize,
+    /// One partition taken by the wide ring's block ([`PagedAttention::with_wide_single_pass`]).
+    pub wide: bool,
 }
 
 /// The most partitions [`PagedAttention::partitions`] gives a batch whose contexts are at most
@@ -299,6 +331,7 @@ impl PagedAttention {
             num_sms,
             early_reads: false,
             small_batch_split: true,
+            wide_max_tokens: 0,
         })
     }
 
@@ -334,6 +367,18 @@ impl PagedAttention {
         self
     }
 
+    /// The same kernels, running a small batch (one [`PagedAttention::partitions`] would split)
+    /// whose contexts are at most `max_tokens` long (capped at [`PARTITION_SIZE`]; 0: never) in
+    /// one pass of the wide ring ([`wide_ring`]): one block of 16 warps per sequence and head
+    /// group, the warps merged in shared memory, no reduce kernel. The split spreads a short
+    /// context over many blocks to shorten its walk, then pays a second launch and a round
+    /// trip through global memory to merge them; the wide block walks the same context in
+    /// one or two tiles.
+    pub fn with_wide_single_pass(mut self, max_tokens: usize) -> Self {
+        self.wide_max_tokens = max_tokens.min(PARTITION_SIZE);
+        self
+    }
+
     /// How a decode batch of `num_seqs` sequences, the longest `max_seq_len` tokens, is split.
     ///
     /// Without a split a batch runs `num_seqs × head groups` blocks (a head group: the query
@@ -360,16 +405,25 @@ impl PagedAttention {
         } else {
             1
         };
-        if small > long {
+        let wide = max_seq_len <= self.wide_max_tokens && wide_ring(head_dim).is_some();
+        if small > long && wide {
+            Partitions {
+                count: 1,
+                min_tokens: PARTITION_SIZE,
+                wide: true,
+            }
+        } else if small > long {
             let tile = self.ring(head_dim).map_or(TILE, |r| r.tile);
             Partitions {
                 count: small,
                 min_tokens: self.split_min_tokens.unwrap_or(tile),
+                wide: false,
             }
         } else {
             Partitions {
                 count: long,
                 min_tokens: PARTITION_SIZE,
+                wide: false,
             }
         }
     }
@@ -495,15 +549,21 @@ impl PagedAttention {
             to_u32(K, "max_blocks_per_seq", s.max_blocks_per_seq)?,
             to_u32(K, "min_partition", partition_size)?,
         ];
-        let ring = rings(s.head_dim)[self.ring[d]];
-        let kernel = &self.decode[d][self.ring[d]][h];
+        let r = match p.wide {
+            true => (rings(s.head_dim).iter())
+                .position(|r| r.warps > WARPS)
+                .expect("wide partitions only where a wide ring is built"),
+            false => self.ring[d],
+        };
+        let ring = rings(s.head_dim)[r];
+        let kernel = &self.decode[d][r][h];
         let cfg = LaunchConfig {
             grid_dim: (
                 to_u32(K, "head chunks", s.num_heads / HEADS_PER_BLOCK[h])?,
                 to_u32(K, "num_seqs", s.num_seqs)?,
                 to_u32(K, "partitions", parts)?,
             ),
-            block_dim: (THREADS, 1, 1),
+            block_dim: (32 * ring.warps as u32, 1, 1),
             shared_mem_bytes: ring.bytes(s.head_dim) as u32,
         };
         let ws = workspace;
@@ -590,8 +650,8 @@ mod tests {
                 assert!(r.iter().any(|r| r.kernel == k), "d {d}: no {k:?}");
             }
             for ring in r {
-                // The mma kernel gives each of the 4 warps whole 8-token column blocks.
-                assert_eq!(ring.tile % 32, 0, "{ring:?}");
+                // The mma kernel gives each of its warps whole 8-token column blocks.
+                assert_eq!(ring.tile % (8 * ring.warps), 0, "{ring:?}");
                 // sm_90 allows 227 KB of shared memory per block; the static part is < 16 KB.
                 assert!(ring.bytes(d) + 16 * 1024 <= 227 * 1024, "{ring:?} at d {d}");
             }

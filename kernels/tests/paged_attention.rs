@@ -2,7 +2,7 @@
 //! contexts (single pass), long ones (4000+ tokens: split-K with partial last partitions),
 //! single sequences split to fill the GPU (with that split turned off too), GQA groups 1, 2,
 //! 3, 4, 6 and 8, head sizes 64 and 128, every ring of both decode kernels (`rings`: the
-//! default and the mma variant). Blocks are handed out in random order,
+//! default and the mma variant), and the wide single pass of small batches. Blocks are handed out in random order,
 //! and queries are scaled so that softmax is peaked: a missed or misplaced key of weight moves
 //! the output well past the bound. Every launch shares one split-K workspace, as the engine's
 //! do: a merge ticket left non-zero by one launch would leave the next one's output unwritten
@@ -10,7 +10,9 @@
 mod common;
 
 use common::{assert_close, gpu_or_skip, poisoned, to_f64, Rng, BF16_BOUND};
-use kernels::paged_attention::{rings, DecodeShape, SplitKWorkspace, SplitMerge, PARTITION_SIZE};
+use kernels::paged_attention::{
+    rings, wide_ring, DecodeShape, SplitKWorkspace, SplitMerge, PARTITION_SIZE,
+};
 
 struct Case {
     num_heads: usize,
@@ -20,7 +22,7 @@ struct Case {
     seq_lens: &'static [usize],
 }
 
-const CASES: [Case; 10] = [
+const CASES: [Case; 11] = [
     // Batch 1 (SmolLM2's heads): split over many blocks, the last partition partial.
     Case {
         num_heads: 9,
@@ -95,6 +97,15 @@ const CASES: [Case; 10] = [
         block_size: 16,
         seq_lens: &[15, 16, 17, 100, 130],
     },
+    // Group 4, head_dim 128, contexts up to PARTITION_SIZE: the wide single pass at head size
+    // 128 (8 rows per warp), contexts ending inside the first and second warp's rows.
+    Case {
+        num_heads: 8,
+        num_kv_heads: 2,
+        head_dim: 128,
+        block_size: 16,
+        seq_lens: &[8, 9, 129, 300, 512],
+    },
     // Group 6: two blocks of 3 query heads per KV head.
     Case {
         num_heads: 12,
@@ -112,6 +123,7 @@ fn decode_matches_f64_reference() {
     let mut rng = Rng::fresh("paged_attention");
     let mut ws = SplitKWorkspace::new(s, 1, 64).unwrap();
     let (mut long_split_seen, mut small_split_seen) = (false, false);
+    let mut wide_seen = [false; 2]; // head sizes 64, 128
     for c in &CASES {
         let (nh, nkv, d, bs) = (c.num_heads, c.num_kv_heads, c.head_dim, c.block_size);
         let n = c.seq_lens.len();
@@ -163,22 +175,34 @@ fn decode_matches_f64_reference() {
         // row before its wait): launched before any other variant on this case's data, no
         // stale shared memory can hold the row it would have missed (a context of 1 token is
         // that row alone).
+        // Each ring with its usual partitions (wide 0), and the default ring with the wide
+        // single pass allowed up to PARTITION_SIZE (taken where the batch is small and its
+        // contexts short enough).
         let variants = [true, false].into_iter().flat_map(|early| {
-            rings(d)
+            let usual = rings(d)
                 .iter()
-                .flat_map(move |r| splits.map(|s| (early, r, s)))
+                .flat_map(move |r| splits.map(|s| (early, *r, s, 0)));
+            let wide = (rings(d).first().copied())
+                .map(|r| (early, r, (true, SplitMerge::ReduceKernel), PARTITION_SIZE));
+            usual.chain(wide)
         });
-        for (early, &ring, (small_split, merge)) in variants {
+        for (early, ring, (small_split, merge), wide) in variants {
             let variant = k
                 .clone()
                 .with_ring(d, ring)
                 .unwrap()
                 .with_merge(merge)
                 .with_small_batch_split(small_split)
-                .with_early_reads(early);
+                .with_early_reads(early)
+                .with_wide_single_pass(wide);
             let p = variant.partitions(n, nh, nkv, d, max_len);
             long_split_seen |= p.count > 1 && p.min_tokens == PARTITION_SIZE;
             small_split_seen |= p.count > 1 && p.min_tokens < PARTITION_SIZE;
+            if p.wide {
+                assert!(wide > 0 && max_len <= wide && p.count == 1, "{p:?}");
+                assert!(wide_ring(d).is_some(), "d {d}");
+                wide_seen[usize::from(d == 128)] = true;
+            }
             variant
                 .decode(
                     s,
@@ -232,8 +256,10 @@ fn decode_matches_f64_reference() {
         for (early, ring, merge, p, got) in &gots {
             let ring = format!(", {}, {merge:?}, early reads {early}", ring.describe());
             let mode = format!(
-                ", {} partitions of at least {} tokens",
-                p.count, p.min_tokens
+                ", {} partitions of at least {} tokens{}",
+                p.count,
+                p.min_tokens,
+                if p.wide { ", wide single pass" } else { "" }
             );
             assert_close(&format!("{what}{ring}{mode}"), got, &want, BF16_BOUND);
         }
@@ -243,4 +269,8 @@ fn decode_matches_f64_reference() {
         "some case must be longer than PARTITION_SIZE = {PARTITION_SIZE}"
     );
     assert!(small_split_seen, "some case must split a small batch");
+    assert_eq!(
+        wide_seen, [true; 2],
+        "the wide single pass at head sizes 64 and 128"
+    );
 }

@@ -272,6 +272,26 @@ fn early_reads_from_vars(
     }
 }
 
+/// The longest context a small decode batch runs in one pass of the wide attention kernel
+/// (`kernels::paged_attention::PagedAttention::with_wide_single_pass`; 0: never, split as
+/// before): `LAB_ATTENTION_WIDE=N` tokens, default [`WIDE_SINGLE_PASS_TOKENS`].
+fn wide_single_pass_from_vars(
+    var: impl Fn(&str) -> Option<String>,
+) -> std::result::Result<usize, String> {
+    match var("LAB_ATTENTION_WIDE") {
+        None => Ok(WIDE_SINGLE_PASS_TOKENS),
+        Some(v) => (v.trim().parse::<usize>())
+            .map_err(|_| format!("LAB_ATTENTION_WIDE={v}: expected a number of tokens (0: off)")),
+    }
+}
+
+/// The wide single pass's default reach in tokens: one tile of the wide ring. Measured on an
+/// H200 (2026-12-01, `kernel_bench --small-attention`, inside a CUDA graph): at 192 tokens it
+/// beat the best split by 0.5-0.6 µs a launch (SmolLM2-135M's and Llama-3.2-1B's heads), at
+/// 448 (two tiles walked one after the other) it lost by 0.6; batch-1 decode 8.7% (135M) and
+/// 4.2% (1B) less device time a token at contexts of 128-256.
+const WIDE_SINGLE_PASS_TOKENS: usize = 256;
+
 /// The decode attention kernel `LAB_DECODE_ATTENTION` asks for (`mma` or `shared`), read
 /// through `var` as [`GemvRule::from_vars`] reads its settings; `None` keeps the default
 /// (`rings()`' first, the mma kernel). Any other value is an error naming the variable.
@@ -411,7 +431,16 @@ impl CudaBackend {
         })?;
         // A decode step's attention follows the kernel that wrote its K/V rows (the qkv
         // projection's epilogue or qkv_rotary_cache), the contract of `with_early_reads`.
-        let paged_attention = paged_attention.with_early_reads(early);
+        let wide = wide_single_pass_from_vars(|name| std::env::var(name).ok()).map_err(|e| {
+            BackendError::Device {
+                backend: "cuda",
+                op: "reading LAB_ATTENTION_WIDE",
+                source: e.into(),
+            }
+        })?;
+        let paged_attention = paged_attention
+            .with_early_reads(early)
+            .with_wide_single_pass(wide);
         Ok(CudaBackend {
             gemv: gpu
                 .kernels
@@ -1737,6 +1766,21 @@ mod tests {
         assert!(read(Some("yes"))
             .unwrap_err()
             .contains("LAB_ATTENTION_EARLY=yes"));
+    }
+
+    #[test]
+    fn wide_single_pass_follows_the_environment() {
+        let read = |v: Option<&'static str>| {
+            wide_single_pass_from_vars(move |name| {
+                (name == "LAB_ATTENTION_WIDE").then_some(v?.into())
+            })
+        };
+        assert_eq!(read(None), Ok(WIDE_SINGLE_PASS_TOKENS));
+        assert_eq!(read(Some(" 512")), Ok(512));
+        assert_eq!(read(Some("0")), Ok(0));
+        assert!(read(Some("all"))
+            .unwrap_err()
+            .contains("LAB_ATTENTION_WIDE=all"));
     }
 
     #[test]
