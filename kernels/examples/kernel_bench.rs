@@ -1033,6 +1033,9 @@ fn small_batch_attention(
         (1, 192, 32, 8),
         (1, 448, 32, 8),
         (4, 192, 32, 8),
+        (16, 192, 9, 3),
+        (40, 192, 9, 3),
+        (16, 192, 32, 8),
         (1, 2048, 32, 8),
     ] {
         let mut inp = DecodeInputs::new(gpu, seqs, ctx_len, nh, nkv, 64, bs, x)?;
