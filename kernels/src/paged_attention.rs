@@ -5,11 +5,11 @@
 //! Single pass when every context fits one partition of [`PARTITION_SIZE`] tokens and the batch
 //! alone gives the GPU enough blocks; split-K otherwise ([`PagedAttention::partitions`]): each
 //! partition of a sequence gets its own block, and a reduce kernel, or the last of the blocks
-//! to finish ([`SplitMerge`]), merges their softmax states. A small batch of short contexts
-//! can instead take the wide single pass ([`PagedAttention::with_wide_single_pass`]): one
-//! block of 16 warps per sequence and head group, merged in shared memory, one launch. The merge needs a workspace,
+//! to finish ([`SplitMerge`]), merges their softmax states. The merge needs a workspace,
 //! allocated once ([`SplitKWorkspace`], for sequences × heads × [`max_partitions`] rows) and
-//! grown only when a batch needs more.
+//! grown only when a batch needs more. A small batch of short contexts can instead take the
+//! wide single pass ([`PagedAttention::with_wide_single_pass`]): one block of 16 warps per
+//! sequence and head group, the warps merged in shared memory, one launch.
 //!
 //! Inside a block, K/V tiles of 32 tokens stream into a ring of shared-memory buffers with
 //! `cp.async` while the block computes on an earlier tile (the kernel's header explains the
@@ -166,6 +166,7 @@ pub fn rings(head_dim: usize) -> &'static [Ring] {
         _ => &[],
     }
 }
+
 /// The wide ring built for a head size (16 warps, a tile of 16 tokens a warp at head size
 /// 64, 8 at 128), the one [`PagedAttention::with_wide_single_pass`] launches.
 pub fn wide_ring(head_dim: usize) -> Option<Ring> {
