@@ -387,8 +387,10 @@ impl PagedAttention {
     /// Llama-3.2-1B, on a GPU of 132 SMs, each block walking its whole context one tile after
     /// another. A small batch is therefore split into up to [`MAX_SMALL_BATCH_SPLIT`]
     /// partitions, as many as keep the grid near two blocks per SM, of at least one tile of
-    /// the ring launched at `head_dim` each; merging them costs less than the walk it shortens. A long context
-    /// is split into partitions of at most [`PARTITION_SIZE`] tokens whatever the batch. The
+    /// the ring launched at `head_dim` each; merging them costs less than the walk it shortens;
+    /// unless its contexts are within the wide single pass's reach
+    /// ([`PagedAttention::with_wide_single_pass`]): then one partition, for the wide ring. A long
+    /// context is split into partitions of at most [`PARTITION_SIZE`] tokens whatever the batch. The
     /// count depends on the batch size, and on `max_seq_len` only past `count × 512` tokens, so
     /// CUDA graphs keyed by it stay few.
     pub fn partitions(

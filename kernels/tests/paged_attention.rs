@@ -2,8 +2,8 @@
 //! contexts (single pass), long ones (4000+ tokens: split-K with partial last partitions),
 //! single sequences split to fill the GPU (with that split turned off too), GQA groups 1, 2,
 //! 3, 4, 6 and 8, head sizes 64 and 128, every ring of both decode kernels (`rings`: the
-//! default and the mma variant), and the wide single pass of small batches. Blocks are handed out in random order,
-//! and queries are scaled so that softmax is peaked: a missed or misplaced key of weight moves
+//! default and the mma variant), and the wide single pass of small batches. Blocks are handed
+//! out in random order, and queries are scaled so that softmax is peaked: a missed or misplaced key of weight moves
 //! the output well past the bound. Every launch shares one split-K workspace, as the engine's
 //! do: a merge ticket left non-zero by one launch would leave the next one's output unwritten
 //! (poisoned), and a merge that read a partition before it was written would be off.
