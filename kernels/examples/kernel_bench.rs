@@ -335,12 +335,12 @@ fn staged_gemv(gpu: &Gpu, copy_gb_s: f64) -> Result<Vec<FusedRow>> {
     const L2_BYTES: usize = 50 << 20;
     const MAX_POS: usize = 4096;
     let (s, k_) = (&gpu.stream, &gpu.kernels);
-    // The engine's GEMV today (LAB_GEMV_* unset): split-K where Gemv::splits says so, the
-    // per-block norm where it applies (not under split-K), staging off.
+    // The engine's GEMV (LAB_GEMV_* unset): split-K where Gemv::splits says so, the
+    // per-block norm in a one-wave grid where it applies (not under split-K); here staging off.
     let engine = k_
         .gemv
         .clone()
-        .with_norm_prologue(NormPrologue::PerBlock { groups_per_warp: 1 });
+        .with_norm_prologue(NormPrologue::PerBlock { groups_per_warp: 0 });
     let staged = engine.clone().with_staging(Staging::Shared);
     let shape = QkvShape {
         num_heads: 32,
@@ -665,7 +665,7 @@ fn tp_shapes(gpu: &Gpu) -> Result<()> {
         .kernels
         .gemv
         .clone()
-        .with_norm_prologue(NormPrologue::PerBlock { groups_per_warp: 1 })
+        .with_norm_prologue(NormPrologue::PerBlock { groups_per_warp: 0 })
         .with_staging(Staging::Shared);
     let variants: Vec<(&str, Gemv)> = [
         ("fused, engine's rule", SplitK::Auto),

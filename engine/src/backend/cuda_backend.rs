@@ -74,12 +74,17 @@ const GEMV_MAX_WEIGHTS: usize = 1 << 22;
 ///   token takes the GEMV at every size; `0` sends every projection to cuBLAS).
 /// - `LAB_GEMV_NORM=warp|block|block:<G>`: where the fused GEMV normalizes its input
 ///   ([`NormPrologue`]): in every warp (`warp`, the first version), or once per block into
-///   shared memory with G row groups per warp (`block:G`; default `block:1`) or a one-wave
-///   grid (`block`). Measured on the H200 (2026-11-29, kernel_bench inside a CUDA graph, 1
-///   token): Llama-3.2-1B's gate/up 26.8 µs per warp, 19.5 per block (82% of copy; cuBLAS +
-///   norm + SiLU·mul 30.2), its LM head 122.5 against 119.1, SmolLM2's gate/up 4.5 against
-///   3.8; batch-1 decode of the 1B shape with the per-block norm on its gate/up, 1.14 → 1.00
-///   ms/token of device time, A B A B in one call.
+///   shared memory with G row groups per warp (`block:G`) or a one-wave grid (`block`, the
+///   default: G as small as keeps every block resident at once, 1 wherever a grid of one
+///   group per warp already fits, as for every SmolLM2-135M projection). Measured on the H200
+///   (2026-11-29, kernel_bench inside a CUDA graph, 1 token): Llama-3.2-1B's gate/up 26.8 µs
+///   per warp, 19.5 per block (82% of copy; cuBLAS + norm + SiLU·mul 30.2), its LM head 122.5
+///   against 119.1, SmolLM2's gate/up 4.5 against 3.8; batch-1 decode of the 1B shape with the
+///   per-block norm on its gate/up, 1.14 → 1.00 ms/token of device time, A B A B in one call.
+///   The one-wave grid (2026-12-01, `scripts/gpu-env-ab.sh`, two rounds): the 1B shape's
+///   batch-1 decode 0.8705, 0.8742 → 0.8325, 0.8319 ms/token of device time against
+///   `block:1` (its gate/up takes 2 groups a warp: 256 blocks for the 264 resident, where
+///   `block:1` ran 512 in two waves); the 135M shape's launches are the same.
 /// - `LAB_GEMV_STAGED=1|0`: split-K launches that fit one wave (Llama-3.2-1B's qkv and o_proj
 ///   at one token) stage their weights in shared memory before waiting for the previous
 ///   kernel ([`Staging::Shared`], bit for bit the split-K kernels), and the qkv launch then
@@ -110,7 +115,7 @@ impl Default for GemvRule {
         GemvRule {
             max_weights_one_token: usize::MAX,
             max_weights: GEMV_MAX_WEIGHTS,
-            norm_prologue: NormPrologue::PerBlock { groups_per_warp: 1 },
+            norm_prologue: NormPrologue::PerBlock { groups_per_warp: 0 },
             staging: Staging::Shared,
             split_k: SplitK::Auto,
         }
@@ -1684,7 +1689,7 @@ mod tests {
         assert!(r.takes_shape(4, 3072, 576) && !r.takes_shape(5, 3072, 576));
         assert_eq!(
             r.norm_prologue,
-            NormPrologue::PerBlock { groups_per_warp: 1 }
+            NormPrologue::PerBlock { groups_per_warp: 0 }
         );
         assert_eq!(r.staging, Staging::Shared);
     }
@@ -1821,8 +1826,17 @@ mod tests {
             r.norm_prologue,
             NormPrologue::PerBlock { groups_per_warp: 2 }
         );
-        let r = rule(&[("LAB_GEMV_MAX_WEIGHTS_M1", "0"), ("LAB_GEMV_NORM", "block")]).unwrap();
+        let r = rule(&[
+            ("LAB_GEMV_MAX_WEIGHTS_M1", "0"),
+            ("LAB_GEMV_NORM", "block:1"),
+        ])
+        .unwrap();
         assert!(!r.takes_shape(1, 16, 576), "0: every projection on cuBLAS");
+        assert_eq!(
+            r.norm_prologue,
+            NormPrologue::PerBlock { groups_per_warp: 1 }
+        );
+        let r = rule(&[("LAB_GEMV_NORM", "block")]).unwrap();
         assert_eq!(
             r.norm_prologue,
             NormPrologue::PerBlock { groups_per_warp: 0 }
