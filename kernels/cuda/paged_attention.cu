@@ -493,7 +493,7 @@ __device__ __forceinline__ void paged_attention_decode_mma(
     u32 min_partition, u32 early) {
     using R = Ring<D, S, TT>;
     constexpr int CHUNKS = R::CHUNKS, STAGES = R::STAGES;
-    constexpr int WT = TT / W;   // tokens of a tile this warp owns
+    constexpr int WT = TT / W;           // tokens of a tile this warp owns
     constexpr int SUBS = WT / 8;         // 8-token column blocks of q·k (k blocks of p·V)
     constexpr int KSTEPS = D / 16;       // q·k: 16-dim steps (m16n8k16)
     constexpr int MTILES = D / 16;       // p·V: 16-dim row blocks of O^T (m16n8k8)
@@ -688,7 +688,7 @@ __device__ __forceinline__ void paged_attention_decode_mma(
         }
     }
 
-    // Merge the four warps' states through the idle ring: s_acc[warp][head][dim].
+    // Merge the W warps' states through the idle ring: s_acc[warp][head][dim].
     cp_async_wait<0>();
     l_run += __shfl_xor_sync(0xffffffffu, l_run, 1);
     l_run += __shfl_xor_sync(0xffffffffu, l_run, 2);
