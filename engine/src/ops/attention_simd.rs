@@ -356,6 +356,55 @@ impl TransposedKeys {
     }
 }
 
+impl TransposedKeys {
+    /// [`TransposedKeys::scores`] for several query heads over the block's first `n` keys, `q`
+    /// `[heads, head_dim]`: head `h`'s scores go to `scores[h * stride..][..n]`, the same bits
+    /// as one call per head. With AVX-512 each 16 keys' dimension is loaded once for up to
+    /// four heads (a prefill row's query heads of one KV head), where one call per head loaded
+    /// it once per head: a load and a broadcast per FMA, more than the load ports give.
+    pub fn scores_heads(
+        &self,
+        simd: Simd,
+        scores: &mut [f32], // [heads][stride]
+        stride: usize,
+        q: &[f32], // [heads, head_dim]
+        n: usize,
+        scale: f32,
+    ) {
+        let head_dim = self.head_dim;
+        assert!(n <= self.len, "more scores than keys");
+        assert!(
+            head_dim > 0 && q.len().is_multiple_of(head_dim),
+            "whole heads"
+        );
+        let heads = q.len() / head_dim;
+        assert!(heads == 0 || (heads - 1) * stride + n <= scores.len());
+        match simd {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Avx512` comes from `available` (AVX-512F, a head size of 16s); `data`
+            // holds `head_dim` rows of `self.stride >= n` keys, a multiple of 16 (`fill`), and
+            // the asserts above keep every head's query and scores inside `q` and `scores`.
+            Simd::Avx512 => unsafe {
+                avx512::scores_heads(
+                    scores.as_mut_ptr(),
+                    stride,
+                    q,
+                    head_dim,
+                    &self.data,
+                    self.stride,
+                    n,
+                    scale,
+                )
+            },
+            _ => {
+                for (h, qh) in q.chunks_exact(head_dim).enumerate() {
+                    self.scores(simd, &mut scores[h * stride..][..n], qh, scale);
+                }
+            }
+        }
+    }
+}
+
 /// [`Simd::scores`] in plain Rust.
 pub fn scores_portable(
     scores: &mut [f32], // [rows.len()]
@@ -693,6 +742,121 @@ mod avx512 {
         }
     }
 
+    /// Scores of `H` query heads for `16 · G` keys from `p` (the last of them masked at
+    /// `n`), the keys dimension-major. `dot_fused` keeps eight partial sums, lane `l` taking
+    /// dimensions `l, l + 8, …`, and adds them onto the empty sum from 0 to 7: partial sum
+    /// `l` is finished before `l + 1` begins, so one accumulator per (head, 16 keys) holds
+    /// it and one more the running sum, where eight registers held all eight at once. That
+    /// leaves room for `H · G` (head, keys) pairs, up to 12, side by side: each key load
+    /// serves `H` heads, each broadcast of a query value `G` groups of keys.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn scores_tile<const H: usize, const G: usize>(
+        sc: *mut f32, // head h's score of key p at sc + h * sc_stride + p
+        sc_stride: usize,
+        q: *const f32, // [H, head_dim]
+        head_dim: usize,
+        keys: *const f32, // [head_dim][stride]
+        stride: usize,
+        p: usize,
+        n: usize,
+        scale: f32,
+    ) {
+        let z = _mm512_set1_ps(empty_sum());
+        let mut sum = [[z; G]; H];
+        for l in 0..8 {
+            let mut acc = [[_mm512_setzero_ps(); G]; H];
+            for c in 0..head_dim / 8 {
+                let d = 8 * c + l;
+                // SAFETY: d < head_dim and p + 16 * G <= stride (the caller's bounds).
+                let k: [__m512; G] = std::array::from_fn(|g| unsafe {
+                    _mm512_loadu_ps(keys.add(d * stride + p + 16 * g))
+                });
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: head h < H of q holds head_dim floats.
+                    let qd = _mm512_set1_ps(unsafe { *q.add(h * head_dim + d) });
+                    for (a, &k) in acc.iter_mut().zip(&k) {
+                        *a = _mm512_fmadd_ps(qd, k, *a);
+                    }
+                }
+            }
+            for (s, a) in sum.iter_mut().zip(&acc) {
+                for (s, &a) in s.iter_mut().zip(a) {
+                    *s = _mm512_add_ps(*s, a);
+                }
+            }
+        }
+        let scale_v = _mm512_set1_ps(scale);
+        for (h, s) in sum.iter().enumerate() {
+            for (g, &s) in s.iter().enumerate() {
+                // The empty tail of a head of 8s, then the scale: `dot_fused`'s order.
+                let s = _mm512_mul_ps(_mm512_add_ps(s, z), scale_v);
+                let first = p + 16 * g;
+                let left = n.saturating_sub(first);
+                let mask: __mmask16 = if left >= 16 { 0xffff } else { (1 << left) - 1 };
+                // SAFETY: the mask keeps the store inside head h's scores[first..n].
+                unsafe { _mm512_mask_storeu_ps(sc.add(h * sc_stride + first), mask, s) };
+            }
+        }
+    }
+
+    /// See [`super::TransposedKeys::scores_heads`]. Caller guarantees AVX-512F, `head_dim` a
+    /// multiple of 16, `keys` `[head_dim][stride]` with `stride >= n` a multiple of 16, and
+    /// `(heads - 1) * sc_stride + n` scores writable at `sc`.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn scores_heads(
+        sc: *mut f32, // [heads][sc_stride]
+        sc_stride: usize,
+        q: &[f32], // [heads, head_dim]
+        head_dim: usize,
+        keys: &[f32], // [head_dim][stride], dimension-major
+        stride: usize,
+        n: usize,
+        scale: f32,
+    ) {
+        assert!(keys.len() >= head_dim * stride && stride >= n && stride.is_multiple_of(16));
+        let heads = q.len() / head_dim;
+        let (qp, kp) = (q.as_ptr(), keys.as_ptr());
+        let groups = n.div_ceil(16);
+        let mut h0 = 0;
+        while h0 < heads {
+            let h = (heads - h0).min(4);
+            // Up to 12 (head, 16 keys) pairs a pass: 3 or 4 groups of keys for 1-4 heads.
+            let per_pass = if h == 4 { 3 } else { 4 };
+            let mut g0 = 0;
+            while g0 < groups {
+                let g = (groups - g0).min(per_pass);
+                let (s, qh, p) = (
+                    sc.wrapping_add(h0 * sc_stride),
+                    qp.wrapping_add(h0 * head_dim),
+                    16 * g0,
+                );
+                macro_rules! tile {
+                    ($(($h:literal, $g:literal))*) => {
+                        match (h, g) {
+                            // SAFETY: heads h0..h0 + h of q and of the scores exist; keys
+                            // p..p + 16 * g lie inside the stride (g0 + g <= groups and
+                            // 16 * groups <= stride); stores are masked at n.
+                            $(($h, $g) => unsafe {
+                                scores_tile::<$h, $g>(s, sc_stride, qh, head_dim, kp, stride, p, n, scale)
+                            },)*
+                            _ => unreachable!("1-4 heads, 1-4 groups"),
+                        }
+                    };
+                }
+                tile!(
+                    (1, 1)(1, 2)(1, 3)(1, 4)(2, 1)(2, 2)(2, 3)(2, 4)(3, 1)(3, 2)(3, 3)(3, 4)(4, 1)(
+                        4, 2
+                    )(4, 3)
+                );
+                g0 += g;
+            }
+            h0 += h;
+        }
+    }
+
     /// `keys[d * stride + p] = key_cache[rows[p] + d]`: 16 keys' dimension `d` in one
     /// gather. Caller guarantees AVX-512F, `keys` of `head_dim * stride` floats with a
     /// `stride` of 16s, at least `rows.len()`, and every `rows[p] + head_dim` at most
@@ -925,6 +1089,28 @@ mod tests {
                     // Through the dimension-major copy: every prefix of the block.
                     let mut keys = TransposedKeys::default();
                     keys.fill(&cache, rows);
+                    for heads in [1, 2, 3, 4, 5, 9] {
+                        let stride = n + 3;
+                        let qs = values(heads * head_dim, (heads + 2 * n) as u64);
+                        for m in [n, n / 2, 1] {
+                            let mut many = vec![f32::NAN; heads * stride];
+                            keys.scores_heads(simd, &mut many, stride, &qs, m, 0.125);
+                            for (h, qh) in qs.chunks_exact(head_dim).enumerate() {
+                                let mut one = vec![0.0; m];
+                                scores_portable(&mut one, qh, &cache, &offsets[..m], 0.125);
+                                let row = &many[h * stride..][..stride];
+                                assert_eq!(
+                                    bits(&row[..m]),
+                                    bits(&one),
+                                    "{simd:?} copied keys, {heads} heads, {head_dim} {n} {m}"
+                                );
+                                assert!(
+                                    row[m..].iter().all(|v| v.is_nan()),
+                                    "{simd:?} {heads} heads wrote past {m} scores"
+                                );
+                            }
+                        }
+                    }
                     for m in [n, n / 2, 1] {
                         let mut c = vec![f32::NAN; n];
                         keys.scores(simd, &mut c[..m], &q, 0.125);

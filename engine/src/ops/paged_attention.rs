@@ -227,10 +227,9 @@ fn attend_run_body(
                 simd.scores_heads(sc, num_keys, q, key_cache, keys.slice(k0..k1), scale);
                 continue;
             }
-            for (g, qg) in q.chunks_exact(head_dim).enumerate() {
-                let sc = &mut scores[(j * group + g) * num_keys..][k0..k1];
-                keys_t.scores(simd, sc, qg, scale);
-            }
+            // The row's query heads together: each key load serves all of them.
+            let sc = &mut scores[j * group * num_keys + k0..];
+            keys_t.scores_heads(simd, sc, num_keys, q, k1 - k0, scale);
         }
     }
     // Softmax per row and query head, numerically stable (subtract the max), in place.
