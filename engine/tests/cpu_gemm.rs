@@ -4,7 +4,10 @@
 //! the engine-level tests (`batch_invariance.rs`, the reference-output tests) that run on the
 //! detected path hold on every path.
 
-use engine::backend::cpu_gemm::{gemm, Isa, PackedWeight, KC};
+use engine::backend::cpu_gemm::{
+    gemm, gemm_silu_and_mul, silu_and_mul_fits, Isa, PackedWeight, KC,
+};
+use engine::ops::activation::silu_and_mul;
 use proptest::prelude::*;
 
 fn values(n: usize, seed: u64) -> Vec<f32> {
@@ -175,4 +178,32 @@ fn tasks_per_job_changes_no_bits() {
             assert_eq!(outs[0], outs[2], "{isa:?}, {t} tokens: rayon's splitting");
         }
     }
+}
+
+/// The gate/up GEMM with SiLU·mul as its epilogue gives the bits of the GEMM followed by
+/// `silu_and_mul`, on every instruction set, past the token block (128) and the register
+/// tiles, `k` past the K block, with gate values large enough that `exp` leaves its main path.
+#[test]
+fn silu_and_mul_epilogue_is_the_gemm_then_silu_and_mul() {
+    for isa in Isa::available() {
+        for (t, k, panels) in [(1, 7, 1), (5, KC + 9, 2), (13, 64, 3), (130, 40, 2)] {
+            let d = panels * isa.nr();
+            assert!(silu_and_mul_fits(2 * d, isa));
+            let x: Vec<f32> = values(t * k, (t * k) as u64)
+                .iter()
+                .map(|v| v * 40.0)
+                .collect();
+            let w = values(2 * d * k, k as u64);
+            let packed = PackedWeight::pack(&w, 2 * d, k, isa);
+            let mut gate_up = vec![f32::NAN; t * 2 * d];
+            gemm(&mut gate_up, &x, &packed, None, t);
+            let mut want = vec![f32::NAN; t * d];
+            silu_and_mul(&mut want, &gate_up, t);
+            let mut got = vec![f32::NAN; t * d];
+            gemm_silu_and_mul(&mut got, &x, &packed, t);
+            assert_eq!(bits(&got), bits(&want), "{isa:?} t={t} k={k} d={d}");
+        }
+    }
+    // Halves of a partial panel do not fit: the backend takes the two calls for them.
+    assert!(!silu_and_mul_fits(2 * 17, Isa::Portable));
 }

@@ -311,3 +311,29 @@ fn prefetch_distance_changes_no_bits() {
         }
     }
 }
+
+/// The epilogue from blocks: `gemm_blocks_silu_and_mul` is `gemm_blocks` then `silu_and_mul`,
+/// bit for bit, on every instruction set, at a decode batch (in registers) and a prefill one
+/// (dequantized into a buffer).
+#[test]
+fn silu_and_mul_epilogue_from_blocks() {
+    use engine::backend::cpu_gemm::gemm_blocks_silu_and_mul;
+    use engine::ops::activation::silu_and_mul;
+    for isa in Isa::available() {
+        for format in [GgmlType::Q8_0, GgmlType::Q4_1] {
+            let (k, d) = (96, 2 * isa.nr());
+            let bytes = random_blocks(format, 2 * d, k, 3);
+            let blocks = PackedBlocks::pack(&bytes, format, 2 * d, k, isa).unwrap();
+            for t in [1, 3, 30] {
+                let mut g = Lcg(t as u64);
+                let x: Vec<f32> = (0..t * k).map(|_| g.unit() * 8.0).collect();
+                let gate_up = run_blocks(&blocks, &x, None, t);
+                let mut want = vec![f32::NAN; t * d];
+                silu_and_mul(&mut want, &gate_up, t);
+                let mut got = vec![f32::NAN; t * d];
+                gemm_blocks_silu_and_mul(&mut got, &x, &blocks, t);
+                assert_eq!(bits(&got), bits(&want), "{isa:?} {format:?} t={t}");
+            }
+        }
+    }
+}

@@ -85,7 +85,8 @@ impl Book {
     /// The CPU backend's sequence for the GPU's `gpu`: each op the `[cpu]` table names is
     /// replaced by the ops it lists. An entry is a list, or a table `{ first = [...], then =
     /// [...] }` for an op whose CPU form differs at its first launch of the step (a fused
-    /// residual add has nothing to add before the first layer).
+    /// residual add has nothing to add before the first layer); a key of several names
+    /// separated by spaces replaces that run of launches (the CPU fuses what the GPU does not).
     fn on_cpu(&self, gpu: &[String]) -> Vec<String> {
         cpu_sequence(&self.cpu, gpu)
     }
@@ -93,19 +94,31 @@ impl Book {
 
 fn cpu_sequence(cpu: &toml::Table, gpu: &[String]) -> Vec<String> {
     let mut seen = std::collections::HashSet::new();
-    gpu.iter()
-        .flat_map(|op| {
-            let first = seen.insert(op.clone());
-            match cpu.get(op) {
-                Some(toml::Value::Table(t)) => {
-                    let which = if first { "first" } else { "then" };
-                    strings(t.get(which), &format!("cpu.{op}.{which}"))
-                }
-                Some(v) => strings(Some(v), &format!("cpu.{op}")),
-                None => vec![op.clone()],
+    let mut all = Vec::new();
+    let mut rest = gpu;
+    while let Some(op) = rest.first() {
+        // A key of several names ("a b") replaces that run of launches as a whole.
+        let run = cpu.iter().find(|(key, _)| {
+            let names: Vec<&str> = key.split(' ').collect();
+            names.len() > 1 && rest.iter().take(names.len()).map(String::as_str).eq(names)
+        });
+        if let Some((key, v)) = run {
+            all.extend(strings(Some(v), &format!("cpu.\"{key}\"")));
+            rest = &rest[key.split(' ').count()..];
+            continue;
+        }
+        let first = seen.insert(op.clone());
+        all.extend(match cpu.get(op) {
+            Some(toml::Value::Table(t)) => {
+                let which = if first { "first" } else { "then" };
+                strings(t.get(which), &format!("cpu.{op}.{which}"))
             }
-        })
-        .collect()
+            Some(v) => strings(Some(v), &format!("cpu.{op}")),
+            None => vec![op.clone()],
+        });
+        rest = &rest[1..];
+    }
+    all
 }
 
 /// Three layers, 4 query and 2 KV heads of 64: a shape both backends run.

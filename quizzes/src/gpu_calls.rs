@@ -37,11 +37,24 @@ fn list(v: Option<&toml::Value>, what: &str) -> Result<Vec<String>, String> {
 }
 
 /// The CPU's ops for the GPU's `gpu` launches, by the data file's `[cpu]` table: a list
-/// replaces every launch of an op, `{ first, then }` its first launch in the step and the rest.
+/// replaces every launch of an op, `{ first, then }` its first launch in the step and the rest,
+/// and a key of several names separated by spaces that run of launches.
 fn on_cpu(cpu: &toml::Table, gpu: &[String]) -> Result<Vec<String>, String> {
     let mut seen = std::collections::HashSet::new();
     let mut all = Vec::new();
-    for op in gpu {
+    let mut rest = gpu;
+    while let Some(op) = rest.first() {
+        // A key of several names ("a b") replaces that run of launches as a whole.
+        let run = cpu.iter().find(|(key, _)| {
+            let names: Vec<&str> = key.split(' ').collect();
+            names.len() > 1 && rest.iter().take(names.len()).map(String::as_str).eq(names)
+        });
+        if let Some((key, v)) = run {
+            all.extend(list(Some(v), &format!("cpu.\"{key}\""))?);
+            rest = &rest[key.split(' ').count()..];
+            continue;
+        }
+        rest = &rest[1..];
         let first = seen.insert(op.clone());
         all.extend(match cpu.get(op) {
             Some(toml::Value::Table(t)) => {

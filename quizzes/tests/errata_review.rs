@@ -42,7 +42,8 @@ fn errata_day21_the_embedding_runs_once_per_forward_pass_not_once_per_layer() {
     let layers = config.num_hidden_layers;
     // Once per pass, while the layers' own ops run once per layer.
     assert_eq!(count("embedding"), 1, "{ops:?}");
-    assert_eq!(count("silu_and_mul"), layers);
+    // The MLP's gate/up GEMM with its SiLU·mul epilogue: once per layer (FC1 below).
+    assert_eq!(count("linear_silu_and_mul"), layers);
     assert_eq!(count("prefill_attention"), layers);
 
     // The source's own per-op times (ms): embedding 2; per layer QKV 5, attention 10, o_proj

@@ -522,6 +522,45 @@ impl Backend for CpuBackend {
         Ok(out)
     }
 
+    /// The MLP's way in as two passes instead of three: [`Backend::add_rms_norm`], then the
+    /// gate/up GEMM with SiLU·mul as its epilogue (`cpu_gemm::gemm_silu_and_mul`), the same
+    /// bits as `linear` then `silu_and_mul` without storing the `[t, 2·inter]` projection or
+    /// reading it back. (Halves that are not whole panels take the three calls.)
+    fn add_rms_norm_gate_up(
+        &self,
+        delta: Option<CpuTensor>,
+        residual: &mut CpuTensor,
+        norm: &CpuTensor,
+        eps: f32,
+        w: &CpuTensor,
+    ) -> Result<CpuTensor> {
+        let x = self.add_rms_norm(delta, residual, norm, eps)?;
+        let fits = match &w.blocks {
+            Some(b) => cpu_gemm::silu_and_mul_fits(b.n, b.isa),
+            None => {
+                let isa = w.packed.get().map_or(self.gemm_isa, |p| p.isa);
+                cpu_gemm::silu_and_mul_fits(w.rows, isa)
+            }
+        };
+        if !fits || x.cols != w.cols {
+            return self.silu_and_mul(&self.linear(&x, w, None)?);
+        }
+        let _span = tracing::trace_span!("kernel", op = "linear_silu_and_mul").entered();
+        let mut out = Self::f32_zeros(x.rows, w.rows / 2);
+        match &w.blocks {
+            Some(blocks) => {
+                cpu_gemm::gemm_blocks_silu_and_mul(&mut out.data, &x.data, blocks, x.rows)
+            }
+            None => {
+                let packed = w
+                    .packed
+                    .get_or_init(|| PackedWeight::pack(&w.data, w.rows, w.cols, self.gemm_isa));
+                cpu_gemm::gemm_silu_and_mul(&mut out.data, &x.data, packed, x.rows);
+            }
+        }
+        Ok(out)
+    }
+
     fn swap_blocks(
         &self,
         cache: &mut CpuTensor,

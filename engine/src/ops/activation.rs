@@ -54,6 +54,21 @@ unsafe fn silu_times_up_avx512(o: &mut [f32], gate: &[f32], up: &[f32]) {
     silu_times_up_plain(o, gate, up)
 }
 
+/// [`silu_and_mul`]'s arithmetic on a gate already in `gate_out` (overwritten with the
+/// result), element by element: `gate_out[i] = silu(gate_out[i]) · up[i]`, the same bits.
+/// The CPU GEMM's fused gate/up epilogue (`cpu_gemm::gemm_silu_and_mul`) runs it on each
+/// task's tile.
+pub fn silu_times_up_in_place(gate_out: &mut [f32], up: &[f32]) {
+    assert_eq!(gate_out.len(), up.len(), "one up value per gate value");
+    // A row of at most a tile: copied so that `silu_times_up` reads the gate it overwrites.
+    let mut gate = [0.0f32; 512];
+    for (o, u) in gate_out.chunks_mut(512).zip(up.chunks(512)) {
+        let g = &mut gate[..o.len()];
+        g.copy_from_slice(o);
+        silu_times_up(o, g, u);
+    }
+}
+
 #[inline(always)]
 fn silu_times_up_plain(o: &mut [f32], gate: &[f32], up: &[f32]) {
     for (o, &g) in o.iter_mut().zip(gate) {
