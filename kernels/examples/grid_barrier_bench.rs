@@ -18,6 +18,14 @@
 //!   block), spun on with acquire loads until every block of this stage has arrived;
 //! - `barrier, red`: the same arriving with `red.release` (an add that returns nothing).
 //!
+//! - `cluster barrier`: one launch in thread block clusters (sm_90), each cluster's blocks
+//!   meeting at the hardware's cluster barrier (`barrier.cluster.arrive.release` /
+//!   `wait.acquire`) after each stage, block `r` of a cluster reading the word of block `r + 1`
+//!   of the same cluster (through global memory, or, `DSMEM`, from that block's shared memory
+//!   with `ld.shared::cluster`). This is the price of a stage boundary inside a kernel that
+//!   fuses stages which depend on each other only within a group of blocks (the heads of one
+//!   KV head, say), against a kernel boundary under PDL.
+//!
 //! Each at one and two blocks per SM (all blocks must be resident at once for the barrier).
 //! Run on the GPU machine: `grid_barrier_bench` (built with `cargo build --release -p kernels
 //! --example grid_barrier_bench`).
@@ -95,6 +103,62 @@ __device__ __forceinline__ void grid_barrier_red(u32* arrived, u32 target) {
     __syncthreads();
 }
 
+__device__ __forceinline__ u32 cluster_rank() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+__device__ __forceinline__ u32 cluster_blocks() {
+    u32 n;
+    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(n));
+    return n;
+}
+// The cluster barrier: release this block's writes (global and shared), acquire the others'.
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+    asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+// Stages inside each cluster: block r of a cluster reads the word block r + 1 of the same
+// cluster wrote in the stage before (global memory, from L2), then the cluster barrier.
+extern "C" __global__ void cluster_stages(u32* words, u32 stages) {
+    const u32 n = gridDim.x, b = blockIdx.x, r = cluster_rank(), size = cluster_blocks();
+    const u32 next = b - r + (r + 1) % size;
+    for (u32 s = 0; s < stages; ++s) {
+        if (threadIdx.x == 0) {
+            const u32 prev = __ldcg(&words[(s & 1) * n + next]);
+            __stcg(&words[((s + 1) & 1) * n + b], prev + 1);
+        }
+        cluster_sync();
+    }
+}
+
+// The same through distributed shared memory: each block keeps its two words in its own shared
+// memory and reads its neighbour's across the cluster (ld.shared::cluster); the last words go
+// to global memory for the check.
+extern "C" __global__ void cluster_stages_dsmem(u32* words, u32 stages) {
+    __shared__ u32 mine[2];
+    const u32 n = gridDim.x, b = blockIdx.x, r = cluster_rank(), size = cluster_blocks();
+    if (threadIdx.x == 0) {
+        mine[0] = 0;
+        mine[1] = 0;
+    }
+    cluster_sync();  // every block's words are set before any is read
+    const u32 local = (u32)__cvta_generic_to_shared(mine);
+    u32 remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"((r + 1) % size));
+    for (u32 s = 0; s < stages; ++s) {
+        if (threadIdx.x == 0) {
+            u32 prev;
+            asm volatile("ld.shared::cluster.u32 %0, [%1];" : "=r"(prev) : "r"(remote + (s & 1) * 4) : "memory");
+            mine[(s + 1) & 1] = prev + 1;
+        }
+        cluster_sync();
+    }
+    if (threadIdx.x == 0) words[(stages & 1) * n + b] = mine[stages & 1];
+    cluster_sync();  // no block leaves while a neighbour may still read its shared memory
+}
+
 extern "C" __global__ void persistent_stages(u32* words, u32* arrived, u32 stages, u32 red) {
     for (u32 s = 0; s < stages; ++s) {
         stage(words, s);
@@ -112,6 +176,8 @@ struct Bench {
     _module: Arc<CudaModule>,
     chain: CudaFunction,
     persistent: CudaFunction,
+    cluster: CudaFunction,
+    cluster_dsmem: CudaFunction,
     sms: u32,
 }
 
@@ -145,6 +211,8 @@ fn main() -> Result<()> {
     let bench = Bench {
         chain: module.load_function("chain_stage")?,
         persistent: module.load_function("persistent_stages")?,
+        cluster: module.load_function("cluster_stages")?,
+        cluster_dsmem: module.load_function("cluster_stages_dsmem")?,
         _module: module,
         gpu,
         sms,
@@ -164,6 +232,18 @@ fn main() -> Result<()> {
             let barrier = bench.barrier_us(blocks, threads, false)?;
             let red = bench.barrier_us(blocks, threads, true)?;
             println!("| {blocks} | {threads} | {pdl:.3} | {plain:.3} | {barrier:.3} | {red:.3} |");
+        }
+    }
+    // Clusters: 128 blocks (a whole number of clusters of every size), one per SM at most.
+    println!();
+    println!("| blocks | threads | cluster | cluster barrier | cluster barrier, DSMEM |");
+    println!("| ---: | ---: | ---: | ---: | ---: |");
+    for threads in [128, 256] {
+        for size in [2, 4, 8, 16] {
+            let global = bench.cluster_us(128, threads, size, false);
+            let dsmem = bench.cluster_us(128, threads, size, true);
+            let show = |r: Result<f64>| r.map_or_else(|e| format!("({e})"), |us| format!("{us:.3}"));
+            println!("| 128 | {threads} | {size} | {} | {} |", show(global), show(dsmem));
         }
     }
     Ok(())
@@ -266,6 +346,47 @@ impl Bench {
             anyhow::Ok(())
         })?;
         self.check(&words, blocks, "barrier")?;
+        Ok(ms * 1e3 / STAGES as f64)
+    }
+
+    /// µs per stage of one launch in clusters of `size` blocks, `STAGES` stages each ended by
+    /// the cluster barrier (the neighbour's word read from global memory, or from its shared
+    /// memory with `dsmem`). Clusters of 16 are beyond the portable 8 and are allowed first.
+    fn cluster_us(&self, blocks: u32, threads: u32, size: u32, dsmem: bool) -> Result<f64> {
+        let func = if dsmem { &self.cluster_dsmem } else { &self.cluster };
+        if size > 8 {
+            // SAFETY: sets one attribute of a function of this context.
+            unsafe {
+                sys::cuFuncSetAttribute(
+                    func.cu_function(),
+                    sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED,
+                    1,
+                )
+            }
+            .result()?;
+        }
+        let s = self.stream();
+        let mut words = s.alloc_zeros::<u32>(2 * blocks as usize)?;
+        let cfg = LaunchConfig {
+            grid_dim: (blocks, 1, 1),
+            block_dim: (threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let ms = roofline::time_ms(&self.gpu.ctx, s, || {
+            s.memset_zeros(&mut words)?;
+            // SAFETY: cluster_stages(_dsmem)(u32* words, u32 stages) touches words[0..2 ·
+            // blocks]; the grid is a whole number of clusters, whose blocks the hardware runs
+            // at once, so every cluster barrier completes.
+            unsafe {
+                Launch::new(s, func)
+                    .cluster((size, 1, 1))
+                    .arg(&mut words)
+                    .arg(&STAGES)
+                    .launch(cfg)?;
+            }
+            anyhow::Ok(())
+        })?;
+        self.check(&words, blocks, if dsmem { "cluster, DSMEM" } else { "cluster" })?;
         Ok(ms * 1e3 / STAGES as f64)
     }
 
