@@ -242,8 +242,13 @@ fn main() -> Result<()> {
         for size in [2, 4, 8, 16] {
             let global = bench.cluster_us(128, threads, size, false);
             let dsmem = bench.cluster_us(128, threads, size, true);
-            let show = |r: Result<f64>| r.map_or_else(|e| format!("({e})"), |us| format!("{us:.3}"));
-            println!("| 128 | {threads} | {size} | {} | {} |", show(global), show(dsmem));
+            let show =
+                |r: Result<f64>| r.map_or_else(|e| format!("({e})"), |us| format!("{us:.3}"));
+            println!(
+                "| 128 | {threads} | {size} | {} | {} |",
+                show(global),
+                show(dsmem)
+            );
         }
     }
     Ok(())
@@ -353,7 +358,11 @@ impl Bench {
     /// the cluster barrier (the neighbour's word read from global memory, or from its shared
     /// memory with `dsmem`). Clusters of 16 are beyond the portable 8 and are allowed first.
     fn cluster_us(&self, blocks: u32, threads: u32, size: u32, dsmem: bool) -> Result<f64> {
-        let func = if dsmem { &self.cluster_dsmem } else { &self.cluster };
+        let func = if dsmem {
+            &self.cluster_dsmem
+        } else {
+            &self.cluster
+        };
         if size > 8 {
             // SAFETY: sets one attribute of a function of this context.
             unsafe {
@@ -386,7 +395,11 @@ impl Bench {
             }
             anyhow::Ok(())
         })?;
-        self.check(&words, blocks, if dsmem { "cluster, DSMEM" } else { "cluster" })?;
+        self.check(
+            &words,
+            blocks,
+            if dsmem { "cluster, DSMEM" } else { "cluster" },
+        )?;
         Ok(ms * 1e3 / STAGES as f64)
     }
 
