@@ -139,12 +139,23 @@ fn attend_run(
     // With AVX-512 the whole task is compiled for it, so that the plain loops around the
     // vector ones (the softmax's maximum, subtraction and sums, the final scaling) use its
     // registers too; each lane does the scalar code's operations, so the bits are the same.
+    // With AVX and FMA, the same for their 8-lane registers (compiled for baseline x86-64,
+    // those loops would run 4 lanes at a time).
     #[cfg(target_arch = "x86_64")]
-    if simd == Simd::Avx512 {
+    match simd {
         // SAFETY: `Simd::Avx512` is only detected where the CPU has AVX-512F.
-        return unsafe { attend_run_avx512(s, out, layer, run) };
+        Simd::Avx512 => return unsafe { attend_run_avx512(s, out, layer, run) },
+        // SAFETY: `Simd::Avx` is only detected where the CPU has AVX and FMA.
+        Simd::Avx => return unsafe { attend_run_avx(s, out, layer, run) },
+        Simd::Portable => {}
     }
     attend_run_body(s, out, layer, run, simd)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx,fma")]
+unsafe fn attend_run_avx(s: &mut Scratch, out: &mut [f32], layer: &Layer, run: Run) {
+    attend_run_body(s, out, layer, run, Simd::Avx)
 }
 
 #[cfg(target_arch = "x86_64")]
