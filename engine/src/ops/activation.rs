@@ -36,15 +36,26 @@ pub fn silu_and_mul(
 // ANCHOR_END: silu_and_mul
 
 /// One row: `o[i] = gate[i] / (1 + exp(-gate[i])) * up[i]`, the exps of the row at once
-/// (`f32::exp`'s bits). With AVX-512 the same loops are compiled for its 16-float registers
-/// (each lane does the scalar code's negation, add, division and multiply, so the bits are
-/// the same).
+/// (`f32::exp`'s bits). With AVX-512 (or AVX) the same loops are compiled for its 16-float
+/// (8-float) registers: each lane does the scalar code's negation, add, division and
+/// multiply, so the bits are the same.
 fn silu_times_up(o: &mut [f32], gate: &[f32], up: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: AVX-512F was detected just above.
         return unsafe { silu_times_up_avx512(o, gate, up) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx") {
+        // SAFETY: AVX was detected just above.
+        return unsafe { silu_times_up_avx(o, gate, up) };
+    }
+    silu_times_up_plain(o, gate, up)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx")]
+unsafe fn silu_times_up_avx(o: &mut [f32], gate: &[f32], up: &[f32]) {
     silu_times_up_plain(o, gate, up)
 }
 

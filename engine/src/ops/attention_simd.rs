@@ -10,13 +10,14 @@
 //!
 //! - a score is [`dot_fused`]: eight partial sums over the head's dimensions (`acc[l] =
 //!   fma(q[8c+l], k[8c+l], acc[l])` for `c` in order), summed from lane 0 to lane 7, then
-//!   times `scale`. With AVX + FMA one register holds the eight partial sums of one key, and
-//!   eight keys' registers are transposed so that one vertical add per lane position sums
-//!   eight keys' lanes in order, at once. With AVX-512 the keys go the other way round: a
-//!   block of keys is first copied dimension-major ([`TransposedKeys`]), so that one register
-//!   holds one dimension of 16 keys; eight registers then hold 16 keys' eight partial sums
-//!   (register `l` takes dimensions `l, l + 8, …`, the chains of lane `l`), and the adds from
-//!   partial sum 0 to 7 are plain vertical adds, no transpose per key.
+//!   times `scale`. For a decode row (a few query heads), with AVX + FMA, one register holds
+//!   the eight partial sums of one key, and eight keys' registers are transposed so that one
+//!   vertical add per lane position sums eight keys' lanes in order, at once. For a prefill's
+//!   runs of rows the keys go the other way round: a block of keys is first copied
+//!   dimension-major ([`TransposedKeys`]), so that one register holds one dimension of 16
+//!   keys (AVX-512) or 8 (AVX); one register per partial sum then runs its chain (register
+//!   `l` takes dimensions `l, l + 8, …`, the chains of lane `l`), and the adds from partial
+//!   sum 0 to 7 are plain vertical adds, no transpose per key.
 //! - an output is `Σ_p w[p] · v_p[d]` as a chain `o = fma(w[p], v_p[d], o)` in the order of
 //!   `p`, then times `1 / Σ w`. Lanes are dimensions `d`: each lane is one output's chain.
 //!   A chain waits for its previous fused multiply-add (4 cycles), so with 16-float registers
@@ -154,11 +155,12 @@ impl Simd {
 
     /// Whether this version's scores are fastest through [`TransposedKeys`] when `heads`
     /// query heads read each block of keys. The copy costs a gather per 16 keys and
-    /// dimension, about what 16 keys' scores for 8 heads cost, so it pays for a prefill's
+    /// dimension with AVX-512 (an 8 × 8 transpose in registers per 8 keys and 8 dimensions
+    /// with AVX), about what 16 keys' scores for 8 heads cost, so it pays for a prefill's
     /// runs of rows and not for a decode's single row (whose keys [`Simd::scores`] reads in
     /// place, 8 lanes at a time).
     pub fn transposes_keys(self, heads: usize) -> bool {
-        self == Simd::Avx512 && heads >= 8
+        matches!(self, Simd::Avx512 | Simd::Avx) && heads >= 8
     }
 
     /// `scores[p] = dot_fused(q, key_cache[rows[p]..][..head_dim]) * scale`.
@@ -283,9 +285,9 @@ impl Simd {
 }
 
 /// A block of keys copied dimension-major, `[head_dim][stride]` (`stride` = the keys rounded
-/// up to 16, the extra keys zero), for [`Simd::Avx512`]'s scores: one vector load then holds
-/// one dimension of 16 keys. Filled once per block of keys and read by every query head of
-/// the block's task.
+/// up to 16, the extra keys zero), for the vector versions' scores: one vector load then holds
+/// one dimension of 16 keys (AVX-512) or 8 (AVX). Filled once per block of keys and read by
+/// every query head of the block's task.
 #[derive(Debug, Default)]
 pub struct TransposedKeys {
     data: Vec<f32>, // [head_dim][stride]
@@ -315,6 +317,15 @@ impl TransposedKeys {
                 avx512::transpose(&mut self.data, stride, key_cache, rows.rows, head_dim)
             };
         }
+        #[cfg(target_arch = "x86_64")]
+        if head_dim.is_multiple_of(8) && std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: AVX was detected and the head is whole eights; `KeyRows::new` bounds
+            // every key inside the first `cache_len` floats of the cache, and `data` holds
+            // `head_dim` rows of `stride` (a multiple of 16) floats.
+            return unsafe {
+                avx::transpose(&mut self.data, stride, key_cache, rows.rows, head_dim)
+            };
+        }
         for (p, &row) in rows.rows.iter().enumerate() {
             for (d, &k) in key_cache[row..][..head_dim].iter().enumerate() {
                 self.data[d * stride + p] = k;
@@ -333,7 +344,7 @@ impl TransposedKeys {
     }
 
     /// `scores[p] = dot_fused(q, key p) * scale` for the block's first `scores.len()` keys, bitwise
-    /// [`scores_portable`]; with `simd` other than [`Simd::Avx512`], the plain loop over the
+    /// [`scores_portable`]; with [`Simd::Portable`], the plain loop over the
     /// copied keys.
     pub fn scores(&self, simd: Simd, scores: &mut [f32], q: &[f32], scale: f32) {
         assert!(scores.len() <= self.len, "more scores than keys");
@@ -343,6 +354,8 @@ impl TransposedKeys {
             // SAFETY: `Avx512` comes from `available` (AVX-512F, a head size of 16s), and
             // `data` holds `head_dim` rows of `stride >= scores.len()` keys (asserted above).
             Simd::Avx512 => unsafe { avx512::scores(scores, q, &self.data, self.stride, scale) },
+            #[cfg(target_arch = "x86_64")]
+            Simd::Avx => self.scores_heads(simd, scores, 0, q, scores.len(), scale),
             _ => {
                 let mut k = vec![0.0; self.head_dim];
                 for (p, s) in scores.iter_mut().enumerate() {
@@ -360,8 +373,9 @@ impl TransposedKeys {
     /// [`TransposedKeys::scores`] for several query heads over the block's first `n` keys, `q`
     /// `[heads, head_dim]`: head `h`'s scores go to `scores[h * stride..][..n]`, the same bits
     /// as one call per head. With AVX-512 each 16 keys' dimension is loaded once for up to
-    /// four heads (a prefill row's query heads of one KV head), where one call per head loaded
-    /// it once per head: a load and a broadcast per FMA, more than the load ports give.
+    /// four heads (a prefill row's query heads of one KV head), with AVX each 8 keys' for up
+    /// to three, where one call per head loaded it once per head: a load and a broadcast per
+    /// FMA, more than the load ports give.
     pub fn scores_heads(
         &self,
         simd: Simd,
@@ -386,6 +400,22 @@ impl TransposedKeys {
             // the asserts above keep every head's query and scores inside `q` and `scores`.
             Simd::Avx512 => unsafe {
                 avx512::scores_heads(
+                    scores.as_mut_ptr(),
+                    stride,
+                    q,
+                    head_dim,
+                    &self.data,
+                    self.stride,
+                    n,
+                    scale,
+                )
+            },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Avx` comes from `available` (AVX and FMA, a head size of 8s); `data`
+            // holds `head_dim` rows of `self.stride >= n` keys, a multiple of 16 (`fill`), and
+            // the asserts above keep every head's query and scores inside `q` and `scores`.
+            Simd::Avx => unsafe {
+                avx::scores_heads_transposed(
                     scores.as_mut_ptr(),
                     stride,
                     q,
@@ -601,6 +631,13 @@ mod avx {
     #[inline]
     #[target_feature(enable = "avx")]
     fn sum_lanes_in_order(a: [__m256; 8], z: __m256) -> __m256 {
+        transpose8(a).iter().fold(z, |s, &l| _mm256_add_ps(s, l))
+    }
+
+    /// Register `i` of the result holds lane `i` of `a[0..8]`, in that order.
+    #[inline]
+    #[target_feature(enable = "avx")]
+    fn transpose8(a: [__m256; 8]) -> [__m256; 8] {
         let t0 = _mm256_unpacklo_ps(a[0], a[1]);
         let t1 = _mm256_unpackhi_ps(a[0], a[1]);
         let t2 = _mm256_unpacklo_ps(a[2], a[3]);
@@ -618,7 +655,7 @@ mod avx {
         let u5 = _mm256_shuffle_ps::<0xEE>(t4, t6);
         let u6 = _mm256_shuffle_ps::<0x44>(t5, t7);
         let u7 = _mm256_shuffle_ps::<0xEE>(t5, t7);
-        let lanes = [
+        [
             _mm256_permute2f128_ps::<0x20>(u0, u4),
             _mm256_permute2f128_ps::<0x20>(u1, u5),
             _mm256_permute2f128_ps::<0x20>(u2, u6),
@@ -627,8 +664,159 @@ mod avx {
             _mm256_permute2f128_ps::<0x31>(u1, u5),
             _mm256_permute2f128_ps::<0x31>(u2, u6),
             _mm256_permute2f128_ps::<0x31>(u3, u7),
-        ];
-        lanes.iter().fold(z, |s, &l| _mm256_add_ps(s, l))
+        ]
+    }
+
+    /// `keys[d * stride + p] = key_cache[rows[p] + d]`, eight keys' eight dimensions at a
+    /// time: eight loads, an 8 × 8 transpose in registers ([`transpose8`]; AVX has no fast
+    /// gather), eight stores. Keys past the last of a group of eight are zeros. Caller
+    /// guarantees AVX, `head_dim` a multiple of 8, `keys` of `head_dim * stride` floats with
+    /// `stride` a multiple of 8 and at least `rows.len()`, and every `rows[p] + head_dim` at
+    /// most `key_cache.len()`.
+    #[target_feature(enable = "avx")]
+    pub unsafe fn transpose(
+        keys: &mut [f32], // [head_dim][stride]
+        stride: usize,
+        key_cache: &[f32],
+        rows: &[usize], // [n]
+        head_dim: usize,
+    ) {
+        assert!(keys.len() >= head_dim * stride && stride >= rows.len());
+        assert!(stride.is_multiple_of(8) && head_dim.is_multiple_of(8));
+        let (kp, out) = (key_cache.as_ptr(), keys.as_mut_ptr());
+        for (p0, group) in (0..rows.len()).step_by(8).zip(rows.chunks(8)) {
+            for c in 0..head_dim / 8 {
+                let v: [__m256; 8] = std::array::from_fn(|j| match group.get(j) {
+                    // SAFETY: rows[p] + 8c + 8 <= rows[p] + head_dim <= the cache.
+                    Some(&r) => unsafe { _mm256_loadu_ps(kp.add(r + 8 * c)) },
+                    None => _mm256_setzero_ps(),
+                });
+                for (l, t) in transpose8(v).into_iter().enumerate() {
+                    // SAFETY: 8c + l < head_dim and p0 + 8 <= stride.
+                    unsafe { _mm256_storeu_ps(out.add((8 * c + l) * stride + p0), t) };
+                }
+            }
+        }
+    }
+
+    /// Scores of `H` query heads for `8 · G` keys from `p` (the last of them masked at `n`),
+    /// the keys dimension-major: [`super::avx512`]'s tile with registers of 8 keys. Partial
+    /// sum `l` of `dot_fused` is one accumulator per (head, 8 keys), finished before `l + 1`
+    /// begins and added onto a running sum, so `H · G` pairs take `2 · H · G` of the 16
+    /// registers, `G` more the keys and one the broadcast query value: up to 6 pairs.
+    #[inline]
+    #[target_feature(enable = "avx,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn scores_tile<const H: usize, const G: usize>(
+        sc: *mut f32, // head h's score of key p at sc + h * sc_stride + p
+        sc_stride: usize,
+        q: *const f32, // [H, head_dim]
+        head_dim: usize,
+        keys: *const f32, // [head_dim][stride]
+        stride: usize,
+        p: usize,
+        n: usize,
+        scale: f32,
+    ) {
+        let z = _mm256_set1_ps(empty_sum());
+        let mut sum = [[z; G]; H];
+        for l in 0..8 {
+            let mut acc = [[_mm256_setzero_ps(); G]; H];
+            for c in 0..head_dim / 8 {
+                let d = 8 * c + l;
+                // SAFETY: d < head_dim and p + 8 * G <= stride (the caller's bounds).
+                let k: [__m256; G] = std::array::from_fn(|g| unsafe {
+                    _mm256_loadu_ps(keys.add(d * stride + p + 8 * g))
+                });
+                for (h, acc) in acc.iter_mut().enumerate() {
+                    // SAFETY: head h < H of q holds head_dim floats.
+                    let qd = _mm256_set1_ps(unsafe { *q.add(h * head_dim + d) });
+                    for (a, &k) in acc.iter_mut().zip(&k) {
+                        *a = _mm256_fmadd_ps(qd, k, *a);
+                    }
+                }
+            }
+            for (s, a) in sum.iter_mut().zip(&acc) {
+                for (s, &a) in s.iter_mut().zip(a) {
+                    *s = _mm256_add_ps(*s, a);
+                }
+            }
+        }
+        let (scale_v, lane) = (
+            _mm256_set1_ps(scale),
+            _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0),
+        );
+        for (h, s) in sum.iter().enumerate() {
+            for (g, &s) in s.iter().enumerate() {
+                // The empty tail of a head of 8s, then the scale: `dot_fused`'s order.
+                let s = _mm256_mul_ps(_mm256_add_ps(s, z), scale_v);
+                let first = p + 8 * g;
+                let left = n.saturating_sub(first);
+                let at = sc.wrapping_add(h * sc_stride + first);
+                if left >= 8 {
+                    // SAFETY: head h's scores[first..first + 8] lie inside its n.
+                    unsafe { _mm256_storeu_ps(at, s) };
+                } else {
+                    // Lanes below `left` only (all ones where `lane < left`).
+                    let left = _mm256_set1_ps(left as f32);
+                    let mask = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LT_OQ>(lane, left));
+                    // SAFETY: the mask keeps the store inside head h's scores[first..n].
+                    unsafe { _mm256_maskstore_ps(at, mask, s) };
+                }
+            }
+        }
+    }
+
+    /// See [`super::TransposedKeys::scores_heads`]. Caller guarantees AVX and FMA, `head_dim`
+    /// a multiple of 8, `keys` `[head_dim][stride]` with `stride >= n` a multiple of 8, and
+    /// `(heads - 1) * sc_stride + n` scores writable at `sc`.
+    #[target_feature(enable = "avx,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn scores_heads_transposed(
+        sc: *mut f32, // [heads][sc_stride]
+        sc_stride: usize,
+        q: &[f32], // [heads, head_dim]
+        head_dim: usize,
+        keys: &[f32], // [head_dim][stride], dimension-major
+        stride: usize,
+        n: usize,
+        scale: f32,
+    ) {
+        assert!(keys.len() >= head_dim * stride && stride >= n && stride.is_multiple_of(8));
+        let heads = q.len() / head_dim;
+        let (qp, kp) = (q.as_ptr(), keys.as_ptr());
+        let groups = n.div_ceil(8);
+        let mut h0 = 0;
+        while h0 < heads {
+            let h = (heads - h0).min(3);
+            // Up to 6 (head, 8 keys) pairs a pass: 4 groups of keys for one head, 2 for 2-3.
+            let per_pass = if h == 1 { 4 } else { 2 };
+            let mut g0 = 0;
+            while g0 < groups {
+                let g = (groups - g0).min(per_pass);
+                let (s, qh, p) = (
+                    sc.wrapping_add(h0 * sc_stride),
+                    qp.wrapping_add(h0 * head_dim),
+                    8 * g0,
+                );
+                macro_rules! tile {
+                    ($(($h:literal, $g:literal))*) => {
+                        match (h, g) {
+                            // SAFETY: heads h0..h0 + h of q and of the scores exist; keys
+                            // p..p + 8 * g lie inside the stride (g0 + g <= groups and
+                            // 8 * groups <= stride); stores are masked at n.
+                            $(($h, $g) => unsafe {
+                                scores_tile::<$h, $g>(s, sc_stride, qh, head_dim, kp, stride, p, n, scale)
+                            },)*
+                            _ => unreachable!("1-3 heads, 1-4 groups"),
+                        }
+                    };
+                }
+                tile!((1, 1)(1, 2)(1, 3)(1, 4)(2, 1)(2, 2)(3, 1)(3, 2));
+                g0 += g;
+            }
+            h0 += h;
+        }
     }
 
     /// See [`super::Simd::add_weighted_values`]; the caller guarantees as for [`scores`],
