@@ -601,6 +601,14 @@ fn panel_times_x(
     scratch: &mut Vec<f32>, // [KC][nr], for a dequantized K block
 ) {
     let (nr, mr) = (isa.nr(), isa.mr());
+    // One token (a batch-1 decode) asks for a new line of weights every one or two FMAs, a
+    // plain stream the hardware's own prefetchers keep up with; software prefetches there
+    // only take load slots. In pairs in one process (`examples/gemm_prefetch_ab.rs`, a decode
+    // step's GEMMs, 7 pairs each): on an AMD EPYC Zen 3 (2026-12-01) f32 at 1 token streamed
+    // 10-15% faster without them, at every distance tried (2-32 KiB), Q4_1 5% faster, while
+    // from 2 tokens up they helped (f32: 1% at 2, 5% at 4, 17-20% at 6-8); on an Intel Xeon
+    // (2026-11-30) 1 token was 2% faster without them.
+    let single = t == 1;
     let mut k0 = 0;
     while k0 < k {
         let kc = KC.min(k - k0);
@@ -619,6 +627,7 @@ fn panel_times_x(
             }
             Panels::Blocks(b, _) => (Slice::Blocks(b.k_block(p, k0, kc)), b.prefetch_ahead),
         };
+        let ahead = if single { 0 } else { ahead };
         let first = k0 == 0;
         let mut t0 = 0;
         while t0 < t {
