@@ -427,6 +427,14 @@ fn print_rows(rows: &[Row], baselines: &[Baseline]) {
         }
         println!();
     }
+    // A ceiling is measured, so a disturbed probe (a VM's core taken away while it ran) can
+    // set it too low; say so rather than let a ratio above 100% pass as a result.
+    for r in rows.iter().filter(|r| r.tokens_per_s > r.ceiling) {
+        println!(
+            "({} ran above its measured ceiling: the probe was disturbed, so that ratio says nothing)",
+            r.name
+        );
+    }
 }
 
 /// A baseline's tokens/s for one of our workloads, if it was run.
