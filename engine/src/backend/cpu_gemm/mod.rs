@@ -182,6 +182,20 @@ impl Isa {
         }
     }
 
+    /// Most tokens for which [`Dequantize::Auto`] dequantizes a weight in blocks in registers
+    /// (each register tile of tokens again) rather than once into the L1 buffer. With
+    /// AVX-512's tile of 12 the two were about equal at 12 tokens and the buffer 10-20%
+    /// faster from 16 (a 2-core Intel Xeon); with AVX2's tile of 6, registers were 1.7-2.4×
+    /// the buffer at 8 tokens, 1.2-1.8× at 16, and about even at 18-32 on Q4_1 (a 2-core AMD
+    /// EPYC Zen 3, 2026-12-01, `examples/cpu_gemm_blocks_speed.rs`): its buffer fills more
+    /// slowly than its registers widen, so a batch of 8, two tiles, lost 2× in the buffer.
+    pub fn blocks_in_registers_up_to(self) -> usize {
+        match self {
+            Isa::Avx2 => 16,
+            _ => self.mr(),
+        }
+    }
+
     /// How far ahead of its reads (bytes) the micro-kernel prefetches a streamed f32 weight
     /// into L2: `LAB_CPU_PREFETCH` (bytes, 0 = never, which also turns off the near prefetch
     /// into L1; a benchmark knob, so like `LAB_CPU_GEMM` a value that is not a number is
@@ -657,13 +671,13 @@ enum Slice<'a> {
 /// registers. In registers, every register tile of tokens dequantizes the panel again; so up
 /// to one tile (`t ≤ MR`: decode) each weight is dequantized once either way and registers
 /// save the buffer's store and reload, while above it the buffer shares one dequantization
-/// among all the tiles. Measured (`examples/cpu_gemm_blocks_speed.rs`, AVX-512, one core):
+/// among all the tiles (from how many tokens that wins: [`Isa::blocks_in_registers_up_to`]). Measured (`examples/cpu_gemm_blocks_speed.rs`, AVX-512, one core):
 /// registers 1.4× the buffer at 1 token on Q4_1 and 2.7× on the Q8_0 LM head, about equal at
 /// 12, 0.8–0.9× at 16 to 128. Either way the values and the chains are the same, so the
 /// choice changes the speed only.
 fn in_buffer(how: Dequantize, isa: Isa, t: usize) -> bool {
     match how {
-        Dequantize::Auto => t > isa.mr(),
+        Dequantize::Auto => t > isa.blocks_in_registers_up_to(),
         Dequantize::InRegisters => false,
         Dequantize::Buffer => true,
     }
