@@ -34,7 +34,8 @@ pub fn measure() -> ComputeCeiling {
     let chains = || {
         rayon::broadcast(|_| std::hint::black_box(fma_peak::chains(isa, ITERS)));
     };
-    chains(); // untimed: wakes the threads and brings the clock up
+    // Untimed: wakes the threads and brings the clock up.
+    chains();
     // The best of many short tries: a VM's core is at times taken away for milliseconds
     // (steal time), and a try in which one thread waited measures half the peak. Best of 5
     // still did so once on a 2-core AMD EPYC VM (2026-12-01: 96 GFLOP/s where 190 was the
