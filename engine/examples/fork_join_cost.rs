@@ -9,7 +9,12 @@
 //! With `hot` the pool's other workers are kept looking for work throughout, as the CPU
 //! backend keeps them during a step ([`engine::backend::cpu_thread_pool::HotWorkers`]).
 //!
-//! `cargo run --release -p engine --example fork_join_cost [-- outside | hot]`
+//! With `tasks` (workers kept hot) it compares two ways of sharing out a region of tasks of
+//! 1 and 5 µs, alternated: rayon's loop, one task a job, and
+//! [`engine::backend::cpu_thread_pool::for_each_task`] (a counter the threads take tasks from),
+//! printing the time a region takes beyond its tasks' own (the best of 5 runs of 2,000).
+//!
+//! `cargo run --release -p engine --example fork_join_cost [-- outside | hot | tasks]`
 //! (`RAYON_NUM_THREADS` sets the pool)
 use rayon::prelude::*;
 use std::time::Instant;
@@ -17,6 +22,9 @@ use std::time::Instant;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let outside = std::env::args().nth(1).as_deref() == Some("outside");
     let hot = std::env::args().nth(1).as_deref() == Some("hot");
+    if std::env::args().nth(1).as_deref() == Some("tasks") {
+        return regions_of_tasks();
+    }
     let pool = engine::backend::cpu_thread_pool::build_global(None, !outside)?;
     println!(
         "{} threads, the main thread {}",
@@ -58,5 +66,53 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     std::hint::black_box(&sink);
+    Ok(())
+}
+
+/// `tasks`: rayon's loop against `for_each_task`, the pool's other workers kept hot.
+fn regions_of_tasks() -> Result<(), Box<dyn std::error::Error>> {
+    use engine::backend::cpu_thread_pool::{build_global, for_each_task, HotWorkers};
+    let threads = build_global(None, true)?.threads;
+    let _hot = HotWorkers::start();
+    // Busy work of a known length, by the clock (a counted loop's speed depends on how the
+    // compiler lays it out at each call site).
+    let spin = |us: f64| {
+        let t = Instant::now();
+        while t.elapsed().as_secs_f64() * 1e6 < us {
+            std::hint::spin_loop();
+        }
+    };
+    println!(
+        "{threads} threads, other workers kept hot: {}; µs a region takes beyond its tasks \
+         (rounds of `threads` tasks × the task's time)",
+        _hot.is_some()
+    );
+    for tasks in [3usize, 18, 36, 60, 96] {
+        for task_us in [1.0f64, 5.0] {
+            let own = tasks.div_ceil(threads) as f64 * task_us;
+            let mut best = [f64::INFINITY; 2];
+            for _ in 0..5 {
+                for (way, best) in best.iter_mut().enumerate() {
+                    let reps = 2000;
+                    let start = Instant::now();
+                    for _ in 0..reps {
+                        match way {
+                            0 => (0..tasks)
+                                .into_par_iter()
+                                .with_max_len(1)
+                                .for_each(|_| spin(task_us)),
+                            _ => for_each_task(tasks, || (), |_, _| spin(task_us)),
+                        }
+                    }
+                    let per = start.elapsed().as_secs_f64() / reps as f64 * 1e6 - own;
+                    *best = best.min(per);
+                }
+            }
+            println!(
+                "{tasks:>3} tasks of {task_us} µs: rayon's loop {:>6.2}, for_each_task {:>6.2}",
+                best[0], best[1]
+            );
+        }
+    }
     Ok(())
 }

@@ -272,3 +272,147 @@ impl Drop for HotWorkers {
         self.state.stepping.store(false, Ordering::Release);
     }
 }
+
+/// Runs `task(state, i)` once for every `i` in `0..tasks` on the pool, each thread taking the
+/// next index from one shared counter until none is left, with a `state` of its own from
+/// `init` (scratch buffers): the parallel loop of the CPU kernels that split their work into
+/// tasks (a GEMM's panels, attention's heads). Each task must write only what is its own: the
+/// results are then the same whichever thread runs which task.
+///
+/// Why not `(0..tasks).into_par_iter()`: rayon splits such a loop in halves, each half waiting
+/// to be stolen by the next idle thread and split again, so the last of `n` threads starts
+/// about `log2(n)` steals after the first, and at the end every join waits for its half. On a
+/// 16-core Intel Xeon (`examples/fork_join_cost.rs tasks`, 2026-12-01) a region of 18 to 96
+/// tasks of 1-5 µs took 10-24 µs beyond its tasks' own time that way, against 5-12 here; on 8
+/// threads 9-21 against 4-10; on 2 cores both are within a microsecond. A decode step of
+/// SmolLM2 opens 121 GEMM regions.
+///
+/// How: the tasks are cut into one contiguous run per participant: a helper job per other
+/// thread that can have a task (`in_place_scope` spawns, each stolen by an idle worker) and
+/// the calling thread when it is a worker of the pool. Each takes its own run's tasks in order
+/// from the run's counter, then helps with what is left of the others'. A helper that no
+/// thread got to before the work ran out is run by the caller as it waits for the scope, and
+/// finds nothing left; so a worker that the OS has descheduled never holds the region up
+/// unless it was already inside a task.
+pub fn for_each_task<S>(
+    tasks: usize,
+    init: impl Fn() -> S + Sync,
+    task: impl Fn(&mut S, usize) + Sync,
+) {
+    let threads = rayon::current_num_threads();
+    let caller_works = rayon::current_thread_index().is_some();
+    if tasks == 0 {
+        return;
+    }
+    if !counter_from_env() {
+        // rayon's loop, one task a job (the engine before 2026-12-01), for the A/B.
+        use rayon::prelude::*;
+        return (0..tasks)
+            .into_par_iter()
+            .with_max_len(1)
+            .for_each_init(&init, |state, i| task(state, i));
+    }
+    if tasks == 1 || threads == 1 && caller_works {
+        let mut state = init();
+        (0..tasks).for_each(|i| task(&mut state, i));
+        return;
+    }
+    // A thread outside the pool (a rank of a group of threads) only hands the work over: its
+    // rank's pool does the tasks, as rayon's own loop would.
+    let helpers = match caller_works {
+        true => (threads - 1).min(tasks - 1),
+        false => threads.min(tasks),
+    };
+    // Each participant's own contiguous run of tasks, then what is left of the others': a
+    // thread streams neighbouring panels one after the other (the hardware prefetcher follows
+    // it from one into the next, where tasks taken in turn from one counter made every thread
+    // jump a panel ahead: 4-10% slower decode on 2 cores), and takes over a late thread's run.
+    let parts = helpers + usize::from(caller_works);
+    let bounds = |p: usize| (p * tasks / parts, (p + 1) * tasks / parts);
+    let next: Vec<AtomicUsize> = (0..parts).map(|p| AtomicUsize::new(bounds(p).0)).collect();
+    let joined = AtomicUsize::new(0);
+    let claim = || {
+        let me = joined.fetch_add(1, Ordering::Relaxed);
+        let mut state = None;
+        for p in (me..parts).chain(0..me) {
+            let end = bounds(p).1;
+            loop {
+                let i = next[p].fetch_add(1, Ordering::Relaxed);
+                if i >= end {
+                    break;
+                }
+                task(state.get_or_insert_with(&init), i);
+            }
+        }
+    };
+    rayon::in_place_scope(|s| {
+        for _ in 0..helpers {
+            s.spawn(|_| claim());
+        }
+        if caller_works {
+            claim();
+        }
+    });
+}
+
+/// Whether [`for_each_task`] shares its tasks out from a counter: yes, unless the environment
+/// variable `LAB_CPU_TASKS` is `rayon` (rayon's splitting, for A/B benchmarks: the values are
+/// the same either way). Read once.
+fn counter_from_env() -> bool {
+    static COUNTER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *COUNTER.get_or_init(|| std::env::var("LAB_CPU_TASKS").as_deref() != Ok("rayon"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[test]
+    fn for_each_task_runs_every_task_once() {
+        for tasks in [0usize, 1, 2, 3, 17, 200] {
+            let seen = Mutex::new(vec![0u32; tasks]);
+            let states = AtomicUsize::new(0);
+            for_each_task(
+                tasks,
+                || {
+                    states.fetch_add(1, Ordering::Relaxed);
+                    Vec::<usize>::new()
+                },
+                |mine, i| {
+                    mine.push(i);
+                    seen.lock().unwrap()[i] += 1;
+                },
+            );
+            assert!(
+                seen.into_inner().unwrap().iter().all(|&c| c == 1),
+                "{tasks} tasks"
+            );
+            // A state per thread that ran a task at least, never one per task.
+            let threads = rayon::current_num_threads() + 1;
+            assert!(
+                states.into_inner() <= threads.min(tasks.max(1)),
+                "{tasks} tasks"
+            );
+        }
+    }
+
+    #[test]
+    fn for_each_task_inside_the_pool() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        let sum = AtomicUsize::new(0);
+        pool.install(|| {
+            for_each_task(
+                100,
+                || (),
+                |_, i| {
+                    sum.fetch_add(i, Ordering::Relaxed);
+                },
+            )
+        });
+        assert_eq!(sum.into_inner(), 4950);
+    }
+}

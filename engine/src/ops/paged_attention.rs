@@ -1,11 +1,12 @@
 //! Causal attention whose keys and values are read from the paged KV cache through each
 //! sequence's block table.
 
-use rayon::prelude::*;
+use std::sync::Mutex;
 
 use super::attention_simd::{KeyRows, Simd, TransposedKeys};
 use super::expf::exp_in_place;
 use crate::attention::attention_metadata::AttentionMetadata;
+use crate::backend::cpu_thread_pool::for_each_task;
 
 // ANCHOR: paged_attention
 #[allow(clippy::too_many_arguments)] // mirrors the CUDA kernel's signature
@@ -94,11 +95,14 @@ pub fn paged_attention_with(
         scale,
         meta,
     };
-    tasks
-        .into_par_iter()
-        .for_each_init(Scratch::default, |s, (run, o)| {
-            attend_run(s, o, &layer, run, simd)
-        });
+    // Each task's output behind a lock of its own, taken once by the one thread that runs it
+    // (never contended: it only hands the `&mut` over to that thread).
+    let tasks: Vec<Mutex<(Run, &mut [f32])>> = tasks.into_iter().map(Mutex::new).collect();
+    for_each_task(tasks.len(), Scratch::default, |s, i| {
+        let mut task = tasks[i].lock().unwrap_or_else(|e| e.into_inner());
+        let (run, ref mut o) = *task;
+        attend_run(s, o, &layer, run, simd)
+    });
     // [kv head][token] → [token][kv head].
     for (t, row) in out.chunks_exact_mut(width).enumerate() {
         for (kvh, dst) in row.chunks_exact_mut(gw).enumerate() {

@@ -45,6 +45,7 @@ pub use packed_blocks::{BlockSlice, PackedBlocks};
 
 use rayon::prelude::*;
 
+use crate::backend::cpu_thread_pool::for_each_task;
 use crate::backend::huge_pages::HugePageVec;
 
 /// Length of a `K` block: `NR × KC` floats of one panel (32 KB for AVX-512's 32 rows) stay in
@@ -71,7 +72,9 @@ pub const KC: usize = 256;
 /// under a microsecond. Measured on a 2-core Xeon (2026-11-30,
 /// `examples/decode_weight_stream.rs`, a decode step's 121 GEMMs of SmolLM2, the two settings
 /// alternated in one process, medians of 15): 18.7-18.8 ms against 19.8-20.7 at 1 token,
-/// 23.3-24.0 against 25.5-26.4 at 8.
+/// 23.3-24.0 against 25.5-26.4 at 8. One task at a time is also how
+/// [`for_each_task`] shares them out, from a counter rather than rayon's halves (since
+/// 2026-12-01: see there); any other value takes rayon's loop with that many a job.
 pub const TASKS_PER_JOB: usize = 1;
 
 /// Tokens per parallel task (a token block): the block's `MC × KC` slice of `x` (128 KB)
@@ -555,50 +558,55 @@ fn gemm_panels_with(
         .flat_map(|t0| (0..task_panels).map(move |p| (t0, p)))
         .collect();
     let shared = SharedOut::new(out, t, width);
-    let per_job = w.tasks_per_job();
-    tasks
-        .into_par_iter()
-        .with_max_len(per_job)
-        .for_each(|(t0, p)| {
-            let rows = MC.min(t - t0);
-            let x = &x[t0 * k..(t0 + rows) * k];
-            SCRATCH.with_borrow_mut(|s| {
-                s.tile.resize(rows * nr, 0.0);
+    let run_task = |(t0, p): (usize, usize)| {
+        let rows = MC.min(t - t0);
+        let x = &x[t0 * k..(t0 + rows) * k];
+        SCRATCH.with_borrow_mut(|s| {
+            s.tile.resize(rows * nr, 0.0);
+            if k == 0 {
+                s.tile.fill(0.0); // no chain to run: each output is the empty sum
+            }
+            panel_times_x(isa, &mut s.tile, x, w, p, rows, k, &mut s.dequantized);
+            if epilogue == Epilogue::SiluAndMul {
+                s.up.resize(rows * nr, 0.0);
                 if k == 0 {
-                    s.tile.fill(0.0); // no chain to run: each output is the empty sum
+                    s.up.fill(0.0);
                 }
-                panel_times_x(isa, &mut s.tile, x, w, p, rows, k, &mut s.dequantized);
-                if epilogue == Epilogue::SiluAndMul {
-                    s.up.resize(rows * nr, 0.0);
-                    if k == 0 {
-                        s.up.fill(0.0);
-                    }
-                    let up = p + task_panels;
-                    panel_times_x(isa, &mut s.up, x, w, up, rows, k, &mut s.dequantized);
-                    // silu(gate) · up over the whole tile, in place of the gate's chains:
-                    // element by element, so the tile's layout is the output rows'.
-                    crate::ops::activation::silu_times_up_in_place(&mut s.tile, &s.up);
-                }
-                // The complete chains → the output, adding the bias after the chain.
-                let (col, cols) = (p * nr, nr.min(width - p * nr));
-                for (r, chains) in s.tile.chunks_exact(nr).enumerate() {
-                    // SAFETY: (token block, panel) pairs are distinct tasks, so this row's
-                    // columns `col..col + cols` belong to this task alone.
-                    let dst = unsafe { shared.row_mut(t0 + r, col, cols) };
-                    // Element loops, not `copy_from_slice`: a row is one panel wide (32
-                    // floats on AVX-512), which the compiler copies in a few vector moves
-                    // where `copy_from_slice` of a length it cannot see calls `memmove`.
-                    match bias {
-                        Some(b) => {
-                            for ((d, &v), &b) in dst.iter_mut().zip(chains).zip(&b[col..]) {
-                                *d = v + b;
-                            }
+                let up = p + task_panels;
+                panel_times_x(isa, &mut s.up, x, w, up, rows, k, &mut s.dequantized);
+                // silu(gate) · up over the whole tile, in place of the gate's chains:
+                // element by element, so the tile's layout is the output rows'.
+                crate::ops::activation::silu_times_up_in_place(&mut s.tile, &s.up);
+            }
+            // The complete chains → the output, adding the bias after the chain.
+            let (col, cols) = (p * nr, nr.min(width - p * nr));
+            for (r, chains) in s.tile.chunks_exact(nr).enumerate() {
+                // SAFETY: (token block, panel) pairs are distinct tasks, so this row's
+                // columns `col..col + cols` belong to this task alone.
+                let dst = unsafe { shared.row_mut(t0 + r, col, cols) };
+                // Element loops, not `copy_from_slice`: a row is one panel wide (32
+                // floats on AVX-512), which the compiler copies in a few vector moves
+                // where `copy_from_slice` of a length it cannot see calls `memmove`.
+                match bias {
+                    Some(b) => {
+                        for ((d, &v), &b) in dst.iter_mut().zip(chains).zip(&b[col..]) {
+                            *d = v + b;
                         }
-                        None => dst.iter_mut().zip(chains).for_each(|(d, &v)| *d = v),
                     }
+                    None => dst.iter_mut().zip(chains).for_each(|(d, &v)| *d = v),
                 }
-            });
+            }
         });
+    };
+    match w.tasks_per_job() {
+        // The default: one task at a time from a shared counter (see `cpu_thread_pool`).
+        1 => for_each_task(tasks.len(), || (), |_, i| run_task(tasks[i])),
+        // For the A/B against rayon's own splitting (`examples/decode_weight_stream.rs`).
+        per_job => tasks
+            .into_par_iter()
+            .with_max_len(per_job)
+            .for_each(run_task),
+    }
 }
 
 /// Panel `p` against every token: `c[t][j] = Σ_k x[t, k] · panel[k][j]`, `K` in blocks of
