@@ -282,10 +282,14 @@ impl Drop for HotWorkers {
 /// Why not `(0..tasks).into_par_iter()`: rayon splits such a loop in halves, each half waiting
 /// to be stolen by the next idle thread and split again, so the last of `n` threads starts
 /// about `log2(n)` steals after the first, and at the end every join waits for its half. On a
-/// 16-core Intel Xeon (`examples/fork_join_cost.rs tasks`, 2026-12-01) a region of 18 to 96
-/// tasks of 1-5 µs took 10-24 µs beyond its tasks' own time that way, against 5-12 here; on 8
-/// threads 9-21 against 4-10; on 2 cores both are within a microsecond. A decode step of
-/// SmolLM2 opens 121 GEMM regions.
+/// 16-core Intel Xeon (`examples/fork_join_cost.rs tasks`, workers kept hot, 2026-12-01) a
+/// region of 18 to 96 tasks of 5 µs took 9.8-17.1 µs beyond its tasks' own time that way,
+/// against 6.9-12.6 here (tasks of 1 µs: 11.4-15.7 against 11.7-13.4; 3 tasks: 4.4-4.8
+/// against 3.0-3.5); on 2 cores both are within a microsecond. A decode step of SmolLM2
+/// opens 121 GEMM regions; in the engine at 16 threads its GEMMs took 5.8 ms a step against
+/// 6.2 (the tracer's spans), batch-1 decode 4% less time (median of four alternations), at 4
+/// threads 8-21% less in every round, at 8 threads 3% more (one round of four faster): the
+/// book's performance page has the runs.
 ///
 /// How: the tasks are cut into one contiguous run per participant: a helper job per other
 /// thread that can have a task (`in_place_scope` spawns, each stolen by an idle worker) and
