@@ -30,7 +30,7 @@
 //! (the stepping thread, pool worker or not), so [`crate::kernel_log::record`]'s thread-local
 //! subscriber and the tracer's global one see the same spans as before.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 use std::time::{Duration, Instant};
@@ -282,19 +282,19 @@ impl Drop for HotWorkers {
 /// Why not `(0..tasks).into_par_iter()`: rayon splits such a loop in halves, each half waiting
 /// to be stolen by the next idle thread and split again, so the last of `n` threads starts
 /// about `log2(n)` steals after the first, and at the end every join waits for its half. On a
-/// 16-core Intel Xeon (`examples/fork_join_cost.rs tasks`, workers kept hot, 2026-12-01) a
+/// 16-core Intel Xeon (`examples/fork_join_cost.rs tasks`, workers kept hot, 2026-12-01; the
+/// same dispatch with helpers taking from the front of the other runs) a
 /// region of 18 to 96 tasks of 5 µs took 9.8-17.1 µs beyond its tasks' own time that way,
 /// against 6.9-12.6 here (tasks of 1 µs: 11.4-15.7 against 11.7-13.4; 3 tasks: 4.4-4.8
 /// against 3.0-3.5); on 2 cores both are within a microsecond. A decode step of SmolLM2
-/// opens 121 GEMM regions; in the engine at 16 threads its GEMMs took 5.8 ms a step against
-/// 6.2 (the tracer's spans), batch-1 decode 4% less time (median of four alternations), at 4
-/// threads 8-21% less in every round, at 8 threads 3% more (one round of four faster): the
-/// book's performance page has the runs.
+/// opens 121 GEMM regions; in the engine, batch-1 decode took 8% less time at 16 threads, 7%
+/// at 8 and 17% at 4 (medians of three alternations with `LAB_CPU_TASKS=rayon`), and on 2
+/// cores the two were even: the book's performance page has the runs.
 ///
 /// How: the tasks are cut into one contiguous run per participant: a helper job per other
 /// thread that can have a task (`in_place_scope` spawns, each stolen by an idle worker) and
 /// the calling thread when it is a worker of the pool. Each takes its own run's tasks in order
-/// from the run's counter, then helps with what is left of the others'. A helper that no
+/// from its front, then helps with what is left of the others' from their backs. A helper that no
 /// thread got to before the work ran out is run by the caller as it waits for the scope, and
 /// finds nothing left; so a worker that the OS has descheduled never holds the region up
 /// unless it was already inside a task.
@@ -308,7 +308,9 @@ pub fn for_each_task<S>(
     if tasks == 0 {
         return;
     }
-    if !counter_from_env() {
+    // (Regions of more than 2^32 tasks, which no kernel makes, also take rayon's loop: a
+    // `TaskRun` counts in 32 bits.)
+    if !counter_from_env() || tasks > u32::MAX as usize {
         // rayon's loop, one task a job (the engine before 2026-12-01), for the A/B.
         use rayon::prelude::*;
         return (0..tasks)
@@ -327,24 +329,25 @@ pub fn for_each_task<S>(
         true => (threads - 1).min(tasks - 1),
         false => threads.min(tasks),
     };
-    // Each participant's own contiguous run of tasks, then what is left of the others': a
-    // thread streams neighbouring panels one after the other (the hardware prefetcher follows
-    // it from one into the next, where tasks taken in turn from one counter made every thread
-    // jump a panel ahead: 4-10% slower decode on 2 cores), and takes over a late thread's run.
+    // Each participant's own contiguous run of tasks, taken from its front, then what is left
+    // of the others', taken from their backs: every thread streams neighbouring panels one
+    // after the other, also once it helps another (the hardware prefetcher follows a thread
+    // from one panel into the next only when the next is its neighbour: tasks taken in turn
+    // from one counter decoded 4-11% slower on 2 cores, and helpers taking from the owner's
+    // front made batch 8 about 8% slower).
     let parts = helpers + usize::from(caller_works);
-    let bounds = |p: usize| (p * tasks / parts, (p + 1) * tasks / parts);
-    let next: Vec<AtomicUsize> = (0..parts).map(|p| AtomicUsize::new(bounds(p).0)).collect();
+    let runs: Vec<TaskRun> = (0..parts)
+        .map(|p| TaskRun::new(p * tasks / parts, (p + 1) * tasks / parts))
+        .collect();
     let joined = AtomicUsize::new(0);
     let claim = || {
         let me = joined.fetch_add(1, Ordering::Relaxed);
         let mut state = None;
-        for p in (me..parts).chain(0..me) {
-            let end = bounds(p).1;
-            loop {
-                let i = next[p].fetch_add(1, Ordering::Relaxed);
-                if i >= end {
-                    break;
-                }
+        while let Some(i) = runs[me].take_front() {
+            task(state.get_or_insert_with(&init), i);
+        }
+        for run in runs[me + 1..].iter().chain(&runs[..me]) {
+            while let Some(i) = run.take_back() {
                 task(state.get_or_insert_with(&init), i);
             }
         }
@@ -357,6 +360,50 @@ pub fn for_each_task<S>(
             claim();
         }
     });
+}
+
+/// One participant's run of [`for_each_task`]'s tasks, `front..back` still to do: its owner
+/// takes them from the front, the others from the back, both ends in one atomic word (front
+/// in the low half, back in the high) so that no task is taken twice.
+struct TaskRun(AtomicU64);
+
+impl TaskRun {
+    /// `start <= end <= u32::MAX` ([`for_each_task`] sends larger regions to rayon's loop).
+    fn new(start: usize, end: usize) -> Self {
+        debug_assert!(start <= end && end <= u32::MAX as usize);
+        TaskRun(AtomicU64::new((end as u64) << 32 | start as u64))
+    }
+
+    /// The first task left, for the run's owner.
+    fn take_front(&self) -> Option<usize> {
+        self.take(|front, back| (front, front + 1, back))
+    }
+
+    /// The last task left, for a helper.
+    fn take_back(&self) -> Option<usize> {
+        self.take(|front, back| (back - 1, front, back - 1))
+    }
+
+    /// `pick(front, back)` → (the task taken, the new front, the new back), while any is left.
+    fn take(&self, pick: impl Fn(u64, u64) -> (u64, u64, u64)) -> Option<usize> {
+        let mut word = self.0.load(Ordering::Relaxed);
+        loop {
+            let (front, back) = (word & u64::from(u32::MAX), word >> 32);
+            if front >= back {
+                return None;
+            }
+            let (task, front, back) = pick(front, back);
+            match self.0.compare_exchange_weak(
+                word,
+                back << 32 | front,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Some(task as usize),
+                Err(now) => word = now,
+            }
+        }
+    }
 }
 
 /// Whether [`for_each_task`] shares its tasks out from a counter: yes, unless the environment
@@ -399,6 +446,19 @@ mod tests {
                 "{tasks} tasks"
             );
         }
+    }
+
+    #[test]
+    fn a_run_gives_each_task_once_from_either_end() {
+        let run = TaskRun::new(3, 8);
+        assert_eq!(run.take_front(), Some(3));
+        assert_eq!(run.take_back(), Some(7));
+        assert_eq!(run.take_back(), Some(6));
+        assert_eq!(run.take_front(), Some(4));
+        assert_eq!(run.take_front(), Some(5));
+        assert_eq!((run.take_front(), run.take_back()), (None, None));
+        let empty = TaskRun::new(2, 2);
+        assert_eq!((empty.take_front(), empty.take_back()), (None, None));
     }
 
     #[test]
