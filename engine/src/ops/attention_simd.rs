@@ -57,6 +57,33 @@ fn empty_sum() -> f32 {
     std::iter::empty::<f32>().sum()
 }
 
+/// The tiles in which the vector versions score a row's query heads against a block of keys
+/// copied dimension-major: `(h0, h, g0, g)` for heads `h0..h0 + h` (at most `max_heads` a
+/// tile) against groups `g0..g0 + g` of keys (at most `per_pass(h)` a tile), heads in the
+/// outer loop, every (head, group) exactly once. AVX and AVX-512 walk them alike and differ
+/// only in those limits (how many accumulators their registers hold).
+fn score_tiles(
+    heads: usize,
+    groups: usize,
+    max_heads: usize,
+    per_pass: impl Fn(usize) -> usize,
+) -> impl Iterator<Item = (usize, usize, usize, usize)> {
+    let (mut h0, mut g0) = (0, 0);
+    std::iter::from_fn(move || {
+        if groups == 0 || h0 >= heads {
+            return None;
+        }
+        let h = (heads - h0).min(max_heads);
+        let g = (groups - g0).min(per_pass(h));
+        let tile = (h0, h, g0, g);
+        g0 += g;
+        if g0 >= groups {
+            (h0, g0) = (h0 + h, 0);
+        }
+        Some(tile)
+    })
+}
+
 /// Where each key (and its value) starts in one layer's caches, checked once to leave a whole
 /// head inside both, so the vector loops read inside the caches without checking again.
 #[derive(Debug, Clone, Copy)]
@@ -785,37 +812,28 @@ mod avx {
         assert!(keys.len() >= head_dim * stride && stride >= n && stride.is_multiple_of(8));
         let heads = q.len() / head_dim;
         let (qp, kp) = (q.as_ptr(), keys.as_ptr());
-        let groups = n.div_ceil(8);
-        let mut h0 = 0;
-        while h0 < heads {
-            let h = (heads - h0).min(3);
-            // Up to 6 (head, 8 keys) pairs a pass: 4 groups of keys for one head, 2 for 2-3.
-            let per_pass = if h == 1 { 4 } else { 2 };
-            let mut g0 = 0;
-            while g0 < groups {
-                let g = (groups - g0).min(per_pass);
-                let (s, qh, p) = (
-                    sc.wrapping_add(h0 * sc_stride),
-                    qp.wrapping_add(h0 * head_dim),
-                    8 * g0,
-                );
-                macro_rules! tile {
-                    ($(($h:literal, $g:literal))*) => {
-                        match (h, g) {
-                            // SAFETY: heads h0..h0 + h of q and of the scores exist; keys
-                            // p..p + 8 * g lie inside the stride (g0 + g <= groups and
-                            // 8 * groups <= stride); stores are masked at n.
-                            $(($h, $g) => unsafe {
-                                scores_tile::<$h, $g>(s, sc_stride, qh, head_dim, kp, stride, p, n, scale)
-                            },)*
-                            _ => unreachable!("1-3 heads, 1-4 groups"),
-                        }
-                    };
-                }
-                tile!((1, 1)(1, 2)(1, 3)(1, 4)(2, 1)(2, 2)(3, 1)(3, 2));
-                g0 += g;
+        // Up to 6 (head, 8 keys) pairs a tile: 4 groups of keys for one head, 2 for 2-3.
+        let tiles = super::score_tiles(heads, n.div_ceil(8), 3, |h| if h == 1 { 4 } else { 2 });
+        for (h0, h, g0, g) in tiles {
+            let (s, qh, p) = (
+                sc.wrapping_add(h0 * sc_stride),
+                qp.wrapping_add(h0 * head_dim),
+                8 * g0,
+            );
+            macro_rules! tile {
+                ($(($h:literal, $g:literal))*) => {
+                    match (h, g) {
+                        // SAFETY: heads h0..h0 + h of q and of the scores exist; keys
+                        // p..p + 8 * g lie inside the stride (g0 + g <= groups and
+                        // 8 * groups <= stride); stores are masked at n.
+                        $(($h, $g) => unsafe {
+                            scores_tile::<$h, $g>(s, sc_stride, qh, head_dim, kp, stride, p, n, scale)
+                        },)*
+                        _ => unreachable!("1-3 heads, 1-4 groups"),
+                    }
+                };
             }
-            h0 += h;
+            tile!((1, 1)(1, 2)(1, 3)(1, 4)(2, 1)(2, 2)(3, 1)(3, 2));
         }
     }
 
@@ -1007,41 +1025,32 @@ mod avx512 {
         assert!(keys.len() >= head_dim * stride && stride >= n && stride.is_multiple_of(16));
         let heads = q.len() / head_dim;
         let (qp, kp) = (q.as_ptr(), keys.as_ptr());
-        let groups = n.div_ceil(16);
-        let mut h0 = 0;
-        while h0 < heads {
-            let h = (heads - h0).min(4);
-            // Up to 12 (head, 16 keys) pairs a pass: 3 or 4 groups of keys for 1-4 heads.
-            let per_pass = if h == 4 { 3 } else { 4 };
-            let mut g0 = 0;
-            while g0 < groups {
-                let g = (groups - g0).min(per_pass);
-                let (s, qh, p) = (
-                    sc.wrapping_add(h0 * sc_stride),
-                    qp.wrapping_add(h0 * head_dim),
-                    16 * g0,
-                );
-                macro_rules! tile {
-                    ($(($h:literal, $g:literal))*) => {
-                        match (h, g) {
-                            // SAFETY: heads h0..h0 + h of q and of the scores exist; keys
-                            // p..p + 16 * g lie inside the stride (g0 + g <= groups and
-                            // 16 * groups <= stride); stores are masked at n.
-                            $(($h, $g) => unsafe {
-                                scores_tile::<$h, $g>(s, sc_stride, qh, head_dim, kp, stride, p, n, scale)
-                            },)*
-                            _ => unreachable!("1-4 heads, 1-4 groups"),
-                        }
-                    };
-                }
-                tile!(
-                    (1, 1)(1, 2)(1, 3)(1, 4)(2, 1)(2, 2)(2, 3)(2, 4)(3, 1)(3, 2)(3, 3)(3, 4)(4, 1)(
-                        4, 2
-                    )(4, 3)
-                );
-                g0 += g;
+        // Up to 12 (head, 16 keys) pairs a tile: 3 or 4 groups of keys for 1-4 heads.
+        let tiles = super::score_tiles(heads, n.div_ceil(16), 4, |h| if h == 4 { 3 } else { 4 });
+        for (h0, h, g0, g) in tiles {
+            let (s, qh, p) = (
+                sc.wrapping_add(h0 * sc_stride),
+                qp.wrapping_add(h0 * head_dim),
+                16 * g0,
+            );
+            macro_rules! tile {
+                ($(($h:literal, $g:literal))*) => {
+                    match (h, g) {
+                        // SAFETY: heads h0..h0 + h of q and of the scores exist; keys
+                        // p..p + 16 * g lie inside the stride (g0 + g <= groups and
+                        // 16 * groups <= stride); stores are masked at n.
+                        $(($h, $g) => unsafe {
+                            scores_tile::<$h, $g>(s, sc_stride, qh, head_dim, kp, stride, p, n, scale)
+                        },)*
+                        _ => unreachable!("1-4 heads, 1-4 groups"),
+                    }
+                };
             }
-            h0 += h;
+            tile!(
+                (1, 1)(1, 2)(1, 3)(1, 4)(2, 1)(2, 2)(2, 3)(2, 4)(3, 1)(3, 2)(3, 3)(3, 4)(4, 1)(
+                    4, 2
+                )(4, 3)
+            );
         }
     }
 
@@ -1188,6 +1197,37 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every (head, group) once, heads in the outer loop, tiles within both limits, for the
+    /// AVX and the AVX-512 limits.
+    #[test]
+    fn score_tiles_cover_every_head_and_group_once() {
+        let avx = |h: usize| if h == 1 { 4 } else { 2 };
+        let avx512 = |h: usize| if h == 4 { 3 } else { 4 };
+        let limits: [(usize, &dyn Fn(usize) -> usize); 2] = [(3, &avx), (4, &avx512)];
+        for (max_heads, per_pass) in limits {
+            for heads in 0..10 {
+                for groups in 0..11 {
+                    let mut seen = vec![0u32; heads * groups];
+                    let mut last_h0 = 0;
+                    for (h0, h, g0, g) in score_tiles(heads, groups, max_heads, per_pass) {
+                        assert!(h >= 1 && h <= max_heads && g >= 1 && g <= per_pass(h));
+                        assert!(h0 >= last_h0, "heads in the outer loop");
+                        last_h0 = h0;
+                        for hh in h0..h0 + h {
+                            for gg in g0..g0 + g {
+                                seen[hh * groups + gg] += 1;
+                            }
+                        }
+                    }
+                    assert!(
+                        seen.iter().all(|&c| c == 1),
+                        "{heads} heads, {groups} groups"
+                    );
+                }
+            }
+        }
+    }
 
     fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
