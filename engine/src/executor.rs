@@ -25,6 +25,20 @@ pub trait Executor: Send {
     /// Runs one step; one sampled token per sequence with `needs_logits`, in batch order.
     /// Fails if the backend does (out of memory, a failed launch).
     fn execute_model(&mut self, scheduler_output: &SchedulerOutput) -> Result<ModelRunnerOutput>;
+    /// Async scheduling: starts a step and returns, possibly before it has run; decodes
+    /// whose input is a placeholder take the token the previous submitted step sampled.
+    /// Only a single worker does this for now (`EngineConfig::validate` refuses the rest).
+    fn submit_model(&mut self, _scheduler_output: &SchedulerOutput) -> Result<()> {
+        Err(crate::error::EngineError::InvalidArgument(
+            "--async-scheduling runs with one worker for now".into(),
+        ))
+    }
+    /// Async scheduling: the oldest submitted step's output, once it has run.
+    fn complete_model(&mut self) -> Result<ModelRunnerOutput> {
+        Err(crate::error::EngineError::InvalidArgument(
+            "--async-scheduling runs with one worker for now".into(),
+        ))
+    }
     /// Makes the step's swap copies ([`SwapOps`]) before its `execute_model`. An executor
     /// without a swap space fails on any copy.
     fn swap_blocks(&mut self, ops: &SwapOps) -> Result<()> {
@@ -74,6 +88,14 @@ where
 
     fn execute_model(&mut self, scheduler_output: &SchedulerOutput) -> Result<ModelRunnerOutput> {
         Ok(ModelRunner::execute_model(self, scheduler_output)?)
+    }
+
+    fn submit_model(&mut self, scheduler_output: &SchedulerOutput) -> Result<()> {
+        Ok(ModelRunner::submit_model(self, scheduler_output)?)
+    }
+
+    fn complete_model(&mut self) -> Result<ModelRunnerOutput> {
+        Ok(ModelRunner::complete_model(self)?)
     }
 
     fn swap_blocks(&mut self, ops: &SwapOps) -> Result<()> {

@@ -15,6 +15,7 @@ use crate::core::block_manager::BlockManager;
 use crate::core::preemption::PreemptionMode;
 use crate::core::prefix_cache::PrefixCacheStats;
 use crate::core::scheduler::Scheduler;
+use crate::core::scheduler_output::SchedulerOutput;
 use crate::core::step_stats::StepStats;
 use crate::distributed::process_executor::ProcessExecutor;
 use crate::distributed::thread_executor::ThreadExecutor;
@@ -98,6 +99,9 @@ pub struct LLMEngine {
     /// (off by default: a long-running engine would keep them all).
     pub step_stats: Vec<StepStats>,
     pub record_step_stats: bool,
+    /// Under async scheduling, the steps submitted and not yet completed, oldest first, with
+    /// their numbers (at most two: the one running and the one queued behind it).
+    in_flight: std::collections::VecDeque<(usize, SchedulerOutput)>,
 }
 
 impl LLMEngine {
@@ -207,6 +211,7 @@ impl LLMEngine {
             last_step_stats: None,
             step_stats: Vec::new(),
             record_step_stats: false,
+            in_flight: std::collections::VecDeque::new(),
         })
     }
 
@@ -331,6 +336,34 @@ impl LLMEngine {
     // ANCHOR: step
     /// Runs one step; returns the requests that finished in it.
     pub fn step(&mut self) -> Result<Vec<RequestOutput>> {
+        if self.config.async_scheduling {
+            return self.step_async();
+        }
+        let Some(out) = self.schedule_step()? else {
+            return Ok(Vec::new());
+        };
+        let output = {
+            let (step, seqs) = (self.stats.num_steps + 1, out.scheduled.len());
+            let tokens = out.num_batched_tokens();
+            let _span = tracing::debug_span!(EXECUTE_SPAN, step, seqs, tokens).entered();
+            self.executor.execute_model(&out)?
+        };
+        self.count_step(&out);
+        let step = self.stats.num_steps;
+        let span = tracing::debug_span!("update_from_output", step, finished = Empty).entered();
+        self.keep_logits(&out, output.logits);
+        let finished = self
+            .scheduler
+            .update_from_output(&out, &output.sampled_token_ids);
+        span.record("finished", finished.len());
+        drop(span);
+        self.finish_requests(finished, step)
+    }
+    // ANCHOR_END: step
+
+    /// Schedules the next step, makes its swap copies and records what it decided; `None`
+    /// when there is no batch to run.
+    fn schedule_step(&mut self) -> Result<Option<SchedulerOutput>> {
         let (out, schedule_span) = {
             let step = self.stats.num_steps + 1;
             let span = tracing::debug_span!(
@@ -381,31 +414,23 @@ impl LLMEngine {
         if out.is_empty() && !swaps.is_empty() {
             // Only swaps this step (every running sequence yielded): the next step runs them.
             self.stats.num_steps += 1;
-            return Ok(Vec::new());
+            return Ok(None);
         }
         if out.is_empty() {
-            if self.has_unfinished_requests() {
+            if self.has_unfinished_requests() && self.in_flight.is_empty() {
                 // Cannot happen by construction (a lone request always fits the cache); if it
                 // did, looping would hang the caller, so say so instead.
                 return Err(EngineError::Internal(
                     "the scheduler made no progress with requests pending".into(),
                 ));
             }
-            return Ok(Vec::new());
+            return Ok(None);
         }
-        let output = {
-            let (step, seqs) = (self.stats.num_steps + 1, out.scheduled.len());
-            let tokens = out.num_batched_tokens();
-            let _span = tracing::debug_span!(EXECUTE_SPAN, step, seqs, tokens).entered();
-            self.executor.execute_model(&out)?
-        };
-        let sampling = out.scheduled.iter().filter(|s| s.needs_logits);
-        for (s, row) in sampling.zip(output.logits) {
-            if let Some(row) = row {
-                let seq = self.scheduler.sequence_mut(s.seq_id);
-                seq.expect("scheduled sequence exists").logits.push(row);
-            }
-        }
+        Ok(Some(out))
+    }
+
+    /// Counts a step that ran `out`.
+    fn count_step(&mut self, out: &SchedulerOutput) {
         self.stats.num_steps += 1;
         self.stats.num_preemptions += out.preempted.len();
         self.stats.num_batched_tokens += out.num_batched_tokens();
@@ -413,13 +438,27 @@ impl LLMEngine {
             .stats
             .max_batched_tokens_in_a_step
             .max(out.num_batched_tokens());
-        let step = self.stats.num_steps;
-        let span = tracing::debug_span!("update_from_output", step, finished = Empty).entered();
-        let finished = self
-            .scheduler
-            .update_from_output(&out, &output.sampled_token_ids);
-        span.record("finished", finished.len());
-        drop(span);
+    }
+
+    /// Keeps the logits rows of the requests that asked for them.
+    fn keep_logits(&mut self, out: &SchedulerOutput, logits: Vec<Option<Vec<f32>>>) {
+        let sampling = out.scheduled.iter().filter(|s| s.needs_logits);
+        for (s, row) in sampling.zip(logits) {
+            if let Some(row) = row {
+                // Gone if it finished while a later step was in flight (async scheduling).
+                if let Some(seq) = self.scheduler.sequence_mut(s.seq_id) {
+                    seq.logits.push(row);
+                }
+            }
+        }
+    }
+
+    /// Tells the workers that `finished` left, and turns them into outputs.
+    fn finish_requests(
+        &mut self,
+        finished: Vec<Sequence>,
+        step: usize,
+    ) -> Result<Vec<RequestOutput>> {
         for seq in &finished {
             // A request leaves: its id, the step it finished in, its output's length.
             let _span = tracing::debug_span!(
@@ -438,7 +477,53 @@ impl LLMEngine {
             .map(|seq| self.to_output(seq))
             .collect()
     }
-    // ANCHOR_END: step
+
+    // ANCHOR: step_async
+    /// One step of async scheduling (vLLM v1's `--async-scheduling`): the next step is
+    /// scheduled and submitted while the previous one still runs on the device, its decodes
+    /// fed by placeholders that the device fills with the previous step's sampled tokens; then
+    /// the previous step's tokens are read back and applied, one step late. The device never
+    /// waits for the host between two steps. The cost: a request that stops is computed one
+    /// token past its end (that token is dropped), and finishes are reported one step later.
+    fn step_async(&mut self) -> Result<Vec<RequestOutput>> {
+        let scheduled = match self.schedule_step()? {
+            Some(out) => {
+                let (step, seqs) = (self.stats.num_steps + 1, out.scheduled.len());
+                let tokens = out.num_batched_tokens();
+                let span = tracing::debug_span!(EXECUTE_SPAN, step, seqs, tokens).entered();
+                self.scheduler.update_after_schedule(&out);
+                self.executor.submit_model(&out)?;
+                drop(span);
+                self.count_step(&out);
+                self.in_flight.push_back((step, out));
+                true
+            }
+            None => false,
+        };
+        // The oldest step completes once another is queued behind it; or when nothing new
+        // was scheduled (its tokens are what the scheduler waits for); or when no request is
+        // left, so that nothing stays in flight once the engine is idle.
+        let mut finished = Vec::new();
+        while !self.in_flight.is_empty()
+            && (self.in_flight.len() > 1 || !scheduled || !self.has_unfinished_requests())
+        {
+            let (step, out) = self.in_flight.pop_front().expect("checked non-empty");
+            let output = {
+                let _span = tracing::debug_span!("wait_for_output", step).entered();
+                self.executor.complete_model()?
+            };
+            let span = tracing::debug_span!("update_from_output", step, finished = Empty).entered();
+            self.keep_logits(&out, output.logits);
+            let done = self
+                .scheduler
+                .update_from_async_output(&out, &output.sampled_token_ids);
+            span.record("finished", done.len());
+            drop(span);
+            finished.extend(self.finish_requests(done, step)?);
+        }
+        Ok(finished)
+    }
+    // ANCHOR_END: step_async
 
     fn to_output(&self, seq: Sequence) -> Result<RequestOutput> {
         let SequenceStatus::Finished(finish_reason) = seq.status else {

@@ -56,7 +56,16 @@ pub struct Sequence {
     pub logits: Vec<Vec<f32>>,
     /// When the engine queued it: SLA deadlines count from here.
     pub arrival_time: std::time::Instant,
+    /// Tokens sampled by steps still in flight, whose values the host does not know yet
+    /// (vLLM v1's `num_output_placeholders`). Only async scheduling has any: it schedules the
+    /// next step before the last one's tokens come back, so each placeholder stands after
+    /// `output_token_ids` until the step that sampled it completes ([`PLACEHOLDER_TOKEN_ID`]).
+    pub num_output_placeholders: usize,
 }
+
+/// What [`Sequence::token_at`] returns for a placeholder: not a vocabulary id. The model runner
+/// replaces it with the token the previous step sampled, on the device.
+pub const PLACEHOLDER_TOKEN_ID: u32 = u32::MAX;
 
 impl Sequence {
     pub fn new(seq_id: SeqId, prompt_token_ids: Vec<u32>, params: SamplingParams) -> Self {
@@ -70,21 +79,34 @@ impl Sequence {
             num_preemptions: 0,
             logits: Vec::new(),
             arrival_time: std::time::Instant::now(),
+            num_output_placeholders: 0,
         }
     }
 
-    /// Prompt plus generated tokens.
+    /// Prompt plus generated tokens, placeholders included: what the scheduler schedules.
     pub fn num_tokens(&self) -> usize {
+        self.num_known_tokens() + self.num_output_placeholders
+    }
+
+    /// Prompt plus the generated tokens whose values are known: what stop conditions count
+    /// and what the prefix cache may hash.
+    pub fn num_known_tokens(&self) -> usize {
         self.prompt_token_ids.len() + self.output_token_ids.len()
     }
 
-    /// Token at position `i` of prompt ++ output.
+    /// Token at position `i` of prompt ++ output ++ placeholders.
     pub fn token_at(&self, i: usize) -> u32 {
         let p = self.prompt_token_ids.len();
         if i < p {
             self.prompt_token_ids[i]
         } else {
-            self.output_token_ids[i - p]
+            let o = &self.output_token_ids;
+            assert!(
+                i < self.num_tokens(),
+                "token {i} of a {}-token sequence",
+                self.num_tokens()
+            );
+            o.get(i - p).copied().unwrap_or(PLACEHOLDER_TOKEN_ID)
         }
     }
 

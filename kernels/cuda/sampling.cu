@@ -661,3 +661,26 @@ __device__ __forceinline__ void set_neg_inf(__nv_bfloat16* p) { *p = __ushort_as
 
 MASK_KERNEL(mask_logits_f32_kernel, float)
 MASK_KERNEL(mask_logits_bf16_kernel, __nv_bfloat16)
+
+// ---------------------------------------------------------------------------------------------
+// Async scheduling (vLLM's --async-scheduling): a step is prepared while the step before it is
+// still running, so a decode's input token (the one that step samples) is not known to the
+// host. The host writes a placeholder and names the row of the previous step's `sampled` that
+// will hold it; this copies those ids into place. It runs on the stream after the previous
+// step's sampler and before this step's embedding, so the token never visits the host first.
+// A row past `num_sampled` leaves the placeholder, which the embedding turns into NaN.
+// ---------------------------------------------------------------------------------------------
+
+#define TAKE_NONE 0xffffffffu
+
+extern "C" __global__ void take_sampled_ids_kernel(
+    u32* __restrict__ input_ids,        // [num_tokens]
+    const u32* __restrict__ from_rows,  // [num_tokens] a row of `sampled`, or TAKE_NONE
+    const u32* __restrict__ sampled,    // [num_sampled] the previous step's sampled ids
+    u32 num_tokens, u32 num_sampled) {
+    PDL_ENTRY();
+    for (u32 t = blockIdx.x * blockDim.x + threadIdx.x; t < num_tokens; t += gridDim.x * blockDim.x) {
+        const u32 r = from_rows[t];
+        if (r != TAKE_NONE && r < num_sampled) input_ids[t] = sampled[r];
+    }
+}

@@ -13,6 +13,8 @@
 //! - [`Sampling::mask_logits`]: vLLM's `min_tokens`: sets listed (row, id) logits to -inf in
 //!   place before sampling, so a request's stop tokens cannot be picked until it has
 //!   `min_tokens` tokens. Both samplers then behave as the CPU's on the masked row.
+//! - [`Sampling::take_sampled_ids`]: async scheduling's hand-over: a step's decodes take
+//!   their input ids from the previous step's sampled ids on the device.
 //! - [`Sampling::sample_reference`]: the first version of the same sampler
 //!   (`cuda/sampling_reference.cu`): the same function, so the same token on every row, by more
 //!   passes over the row and contended 64-bit atomics. Kept as the test's oracle and
@@ -52,7 +54,11 @@ pub struct Sampling {
     philox: CudaFunction,
     mask_bf16: CudaFunction,
     mask_f32: CudaFunction,
+    take_sampled_ids: CudaFunction,
 }
+
+/// In [`Sampling::take_sampled_ids`]' `from_rows`: this input token keeps its id.
+pub const TAKE_NONE: u32 = u32::MAX;
 
 /// Each row's sampling parameters, on the device, `[num_seqs]` each (a request's
 /// `SamplingParams`, with its seed, and the position of the token it samples).
@@ -82,6 +88,7 @@ impl Sampling {
             philox: module.load_function("philox_kernel")?,
             mask_bf16: module.load_function("mask_logits_bf16_kernel")?,
             mask_f32: module.load_function("mask_logits_f32_kernel")?,
+            take_sampled_ids: module.load_function("take_sampled_ids_kernel")?,
         })
     }
 
@@ -191,6 +198,40 @@ impl Sampling {
     ) -> Result<()> {
         let f = &self.mask_f32;
         self.launch_mask(f, "mask_logits_f32", stream, logits, num_seqs, rows, ids)
+    }
+
+    /// Async scheduling: `input_ids[t] = sampled[from_rows[t]]` for every token whose row
+    /// is not [`TAKE_NONE`] (and is below `sampled.len()`): decodes whose input the previous
+    /// step sampled take it on the device, before the host has read it.
+    pub fn take_sampled_ids(
+        &self,
+        stream: &Arc<CudaStream>,
+        input_ids: &mut CudaViewMut<'_, u32>, // [num_tokens]
+        from_rows: &CudaView<'_, u32>,        // [num_tokens]
+        sampled: &CudaView<'_, u32>,          // [num_sampled]
+    ) -> Result<()> {
+        const K: &str = "take_sampled_ids";
+        let n = input_ids.len();
+        check_len(K, "from_rows", from_rows.len(), n)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let (n32, s32) = (
+            to_u32(K, "num_tokens", n)?,
+            to_u32(K, "num_sampled", sampled.len())?,
+        );
+        let mut launch = Launch::new(stream, &self.take_sampled_ids);
+        launch
+            .arg(input_ids)
+            .arg(from_rows)
+            .arg(sampled)
+            .arg(&n32)
+            .arg(&s32);
+        // SAFETY: the signature matches take_sampled_ids_kernel (input_ids, from_rows,
+        // sampled, u32, u32); input_ids and from_rows hold num_tokens each (checked), and the
+        // kernel reads `sampled` only below num_sampled, its length.
+        unsafe { launch.launch(LaunchConfig::for_num_elems(n32)) }?;
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -330,6 +330,10 @@ impl Backend for CpuBackend {
         ensure(meta.num_tokens() == t, "prepare_step", || {
             format!("{} slots for {t} tokens", meta.num_tokens())
         })?;
+        // The CPU runs a step when it is submitted: the model runner fills placeholders itself.
+        ensure(input.from_previous_step.is_empty(), "prepare_step", || {
+            "placeholder ids to take from a step in flight, on a backend without one".into()
+        })?;
         Ok(input)
     }
 

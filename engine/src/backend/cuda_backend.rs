@@ -15,11 +15,12 @@
 //! Each op opens a `tracing` span (target `kernel`) around its launch: on the host that is
 //! the launch cost, not the kernel's run time, which the tracer measures with CUDA events.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 
 use half::bf16;
 use kernels::cudarc::driver::sys::CUevent_flags;
-use kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream};
+use kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream, PinnedHostSlice};
 use kernels::custom_all_reduce::PushTarget;
 use kernels::gemv::{Epilogue, Gemv, NormInput, NormPrologue, RotaryCache, SplitK, Staging};
 use kernels::nccl::NcclRank;
@@ -338,8 +339,10 @@ pub struct CudaBackend {
     graphs: Mutex<CudaGraphs>,
     /// Decode batch sizes that replay a graph; empty when graphs are off.
     capture_sizes: Vec<usize>,
-    /// Events around each step's device work, and the time they measured so far.
+    /// The device time measured so far, and the output slots not in use.
     step_timer: Mutex<StepTimer>,
+    /// Steps submitted under async scheduling whose ids were not read yet, oldest first.
+    in_flight: Mutex<VecDeque<LaunchedStep>>,
     /// Events around each op, while the tracer asks for them, and around each NCCL call.
     kernel_timer: KernelTimer,
     /// This rank's end of its tensor-parallel group; `None` runs the whole model
@@ -347,11 +350,51 @@ pub struct CudaBackend {
     pub(super) comm: Option<RankComm>,
 }
 
-/// Two events recorded on the stream before a step's first kernel and after its sampler; read
-/// once the sampled ids are back (the stream has passed both by then).
+/// The device time of the steps so far, and the output slots of steps not in flight.
 struct StepTimer {
-    events: (CudaEvent, CudaEvent),
+    free: Vec<StepSlot>,
     time: DeviceTime,
+}
+
+/// Where one step's results land on the host: two events recorded on the stream before the
+/// step's first kernel and after its sampler, and page-locked memory the sampled ids are
+/// copied into. A slot stays with its step until the ids are read, so that under async
+/// scheduling the step behind it writes into another slot.
+struct StepSlot {
+    start: CudaEvent,
+    end: CudaEvent,
+    ids: PinnedHostSlice<u32>, // [capacity]
+    /// Recorded after the copy into `ids` (cudarc records none itself: event tracking is off).
+    copied: CudaEvent,
+}
+
+impl StepSlot {
+    fn new(gpu: &Gpu, capacity: usize) -> Result<Self> {
+        // SAFETY: the ids are uninitialised until a step's copy writes them; only the rows a
+        // step copied are read, after that copy (`as_slice` waits for it).
+        let ids = unsafe { gpu.ctx.alloc_pinned_with_flags::<u32>(capacity.max(1), 0) }
+            .map_err(|e| device("allocate pinned memory", e))?;
+        let copied = gpu
+            .ctx
+            .new_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING));
+        Ok(StepSlot {
+            start: timing_event(gpu)?,
+            end: timing_event(gpu)?,
+            ids,
+            copied: copied.map_err(|e| device("create an event", e))?,
+        })
+    }
+}
+
+/// A step whose kernels are queued on the stream, and how to read its output.
+struct LaunchedStep {
+    slot: StepSlot,
+    /// Sampled rows (the real sequences; padding rows are not copied back).
+    rows: usize,
+    /// `[rows]` whether each row's request asked for its logits.
+    wants_logits: Vec<bool>,
+    /// The raw logits `[num_logits, vocab]` and `vocab`, downloaded when a row asked.
+    logits: Option<(Vec<f32>, usize)>,
 }
 
 /// An event that records a timestamp (CUDA's default events do; `disable_timing` ones not).
@@ -476,9 +519,10 @@ impl CudaBackend {
             graphs: Mutex::new(CudaGraphs::default()),
             capture_sizes: Vec::new(),
             step_timer: Mutex::new(StepTimer {
-                events: (timing_event(&gpu)?, timing_event(&gpu)?),
+                free: Vec::new(),
                 time: DeviceTime::default(),
             }),
+            in_flight: Mutex::new(VecDeque::new()),
             kernel_timer: KernelTimer::default(),
             comm: None,
             gpu,
@@ -1042,6 +1086,7 @@ impl Backend for CudaBackend {
             &mut generation,
             input,
             pad_to,
+            &self.gpu.kernels.sampling,
         )
     }
 
@@ -1569,6 +1614,44 @@ impl Backend for CudaBackend {
         forward: &mut dyn FnMut() -> Result<CudaTensor>,
         _host_sample: SampleFn, // sampling runs in a kernel with the same draw
     ) -> Result<ModelRunnerOutput> {
+        let launched = self.launch_step(step, forward)?;
+        self.read_step(launched)
+    }
+
+    fn submit_step(
+        &self,
+        step: &CudaStepMetadata,
+        forward: &mut dyn FnMut() -> Result<CudaTensor>,
+        host_sample: SampleFn,
+    ) -> Result<Option<ModelRunnerOutput>> {
+        // A tensor-parallel rank's step ends in its group's collectives: run it whole.
+        if self.comm.is_some() {
+            return self.run_step(step, forward, host_sample).map(Some);
+        }
+        let launched = self.launch_step(step, forward)?;
+        self.in_flight
+            .lock()
+            .map_err(|_| poisoned())?
+            .push_back(launched);
+        Ok(None)
+    }
+
+    fn wait_step(&self) -> Result<ModelRunnerOutput> {
+        let launched = self.in_flight.lock().map_err(|_| poisoned())?.pop_front();
+        let launched = launched
+            .ok_or_else(|| BackendError::shape("wait_step", "no step was submitted to wait for"))?;
+        self.read_step(launched)
+    }
+}
+
+impl CudaBackend {
+    /// Queues a step on the stream: its forward pass (or the graph recorded for its batch),
+    /// its sampler, and the copy of the sampled ids into a host slot. Returns without waiting.
+    fn launch_step(
+        &self,
+        step: &CudaStepMetadata,
+        forward: &mut dyn FnMut() -> Result<CudaTensor>,
+    ) -> Result<LaunchedStep> {
         let rows = step.sample_rows();
         let wants_logits = rows.iter().any(|r| r.output_logits);
         // min_tokens' bans as (row, id) pairs; a step with any runs eagerly (a graph replays
@@ -1588,10 +1671,16 @@ impl Backend for CudaBackend {
             self.sample_into(&logits, step, &mut sampled)?;
             Ok(())
         };
-        let mut timer = self.step_timer.lock().map_err(|_| poisoned())?;
+        let mut slot = {
+            let mut timer = self.step_timer.lock().map_err(|_| poisoned())?;
+            match timer.free.pop() {
+                Some(slot) if slot.ids.len() >= rows.len() => slot,
+                _ => StepSlot::new(&self.gpu, rows.len().max(self.limits.max_num_seqs))?,
+            }
+        };
         let stream = &self.gpu.stream;
         let record = |e: &CudaEvent| e.record(stream).map_err(|e| device("record an event", e));
-        record(&timer.events.0)?;
+        record(&slot.start)?;
         // Per-op device times, when the tracer listens: then the step runs eagerly.
         self.kernel_timer.time_every_op(cuda_kernel_timer::wanted());
         let graphable = step.is_decode
@@ -1626,33 +1715,65 @@ impl Backend for CudaBackend {
         } else {
             run()?;
         }
-        record(&timer.events.1)?;
-        // The host waits for the step's kernels and reads the ids back.
-        let sync = tracing::trace_span!("sync_output", rows = rows.len()).entered();
-        if let Some(comm) = self.group().filter(|c| c.on_device()) {
-            comm.wait_for_gpu(&timer.events.1)?;
+        record(&slot.end)?;
+        // The ids go to the host in the stream's order: a step queued behind this one may
+        // overwrite `sampled` only after they have left.
+        // (Into the page-locked slot itself: a copy into pageable memory would wait for it.)
+        if !rows.is_empty() {
+            let _copy = tracing::trace_span!("copy_sampled_ids", rows = rows.len()).entered();
+            stream
+                .memcpy_dtoh(&sampled.slice(0..rows.len()), &mut slot.ids)
+                .map_err(|e| device("copy sampled ids", e))?;
         }
-        let ids = self
-            .gpu
-            .stream
-            .clone_dtoh(&sampled.slice(0..rows.len()))
-            .map_err(|e| device("read sampled ids", e))?;
+        record(&slot.copied)?;
+        Ok(LaunchedStep {
+            slot,
+            rows: rows.len(),
+            wants_logits: rows.iter().map(|r| r.output_logits).collect(),
+            logits: logits_host,
+        })
+    }
+
+    /// Waits for a launched step's ids and reads them (and its device time).
+    fn read_step(&self, launched: LaunchedStep) -> Result<ModelRunnerOutput> {
+        let LaunchedStep {
+            slot,
+            rows,
+            wants_logits,
+            logits,
+        } = launched;
+        let sync = tracing::trace_span!("sync_output", rows).entered();
+        if let Some(comm) = self.group().filter(|c| c.on_device()) {
+            comm.wait_for_gpu(&slot.end)?;
+        }
+        // The copy is behind the step's last kernel on the stream: once it is done, so is the
+        // step, and both timing events are complete.
+        slot.copied
+            .synchronize()
+            .map_err(|e| device("wait for a step", e))?;
+        let ids = slot
+            .ids
+            .as_slice()
+            .map_err(|e| device("read sampled ids", e))?[..rows]
+            .to_vec();
         drop(sync);
-        // The copy above waited for the stream, so both events are complete.
-        let (start, end) = &timer.events;
-        let ms = start
-            .elapsed_ms(end)
+        let ms = slot
+            .start
+            .elapsed_ms(&slot.end)
             .map_err(|e| device("read an event", e))?;
+        let nccl_stats = self.comm.as_ref().map(|c| c.nccl_stats());
+        self.kernel_timer.report(&slot.start, nccl_stats);
+        let mut timer = self.step_timer.lock().map_err(|_| poisoned())?;
         timer.time.total += std::time::Duration::from_secs_f64(f64::from(ms) / 1e3);
         timer.time.steps += 1;
-        let nccl_stats = self.comm.as_ref().map(|c| c.nccl_stats());
-        self.kernel_timer.report(&timer.events.0, nccl_stats);
+        timer.free.push(slot);
+        drop(timer);
         let mut output = ModelRunnerOutput {
             sampled_token_ids: ids,
-            logits: Vec::with_capacity(rows.len()),
+            logits: Vec::with_capacity(rows),
         };
-        for (i, r) in rows.iter().enumerate() {
-            let row = match (&logits_host, r.output_logits) {
+        for (i, &wanted) in wants_logits.iter().enumerate() {
+            let row = match (&logits, wanted) {
                 (Some((all, vocab)), true) => Some(all[i * vocab..(i + 1) * vocab].to_vec()),
                 _ => None,
             };

@@ -22,6 +22,7 @@ use kernels::cudarc::driver::{
     CudaEvent, CudaSlice, CudaStream, CudaView, DevicePtrMut, DeviceRepr, PinnedHostSlice,
 };
 use kernels::reshape_and_cache::PADDING_SLOT;
+use kernels::sampling::{Sampling, TAKE_NONE};
 
 use super::{BackendError, Result, StepLimits, StepSampling};
 use crate::sampler::SampleRow;
@@ -65,6 +66,7 @@ struct PackedLayout {
     position: (usize, usize),        // u64 [seqs]
     input_ids: (usize, usize),       // u32 [tokens]
     positions: (usize, usize),       // u32 [tokens]
+    from_rows: (usize, usize),       // u32 [tokens]
     query_start_loc: (usize, usize), // u32 [seqs + 1]
     seq_lens: (usize, usize),        // u32 [seqs]
     logits_indices: (usize, usize),  // u32 [logits]
@@ -92,6 +94,7 @@ impl PackedLayout {
             position: place(logits, 8),
             input_ids: place(tokens, 4),
             positions: place(tokens, 4),
+            from_rows: place(tokens, 4),
             query_start_loc: place(seqs + 1, 4),
             seq_lens: place(seqs, 4),
             logits_indices: place(logits, 4),
@@ -148,6 +151,11 @@ impl StepBuffers {
     /// `[tokens]` each token's KV cache slot ([`PADDING_SLOT`] for a padding row).
     pub fn slot_mapping(&self) -> CudaView<'_, u64> {
         view(&self.packed, self.layout.slot_mapping)
+    }
+    /// `[tokens]` the row of the previous step's sampled ids each token takes as its id
+    /// (async scheduling), or [`TAKE_NONE`].
+    pub fn from_rows(&self) -> CudaView<'_, u32> {
+        view(&self.packed, self.layout.from_rows)
     }
     /// `[seqs + 1]` where each sequence's tokens start.
     pub fn query_start_loc(&self) -> CudaView<'_, u32> {
@@ -231,6 +239,7 @@ impl StepSampling for CudaStepMetadata {
 struct HostStep {
     input_ids: Vec<u32>,
     positions: Vec<u32>,
+    from_rows: Vec<u32>,
     slot_mapping: Vec<u64>,
     query_start_loc: Vec<u32>,
     seq_lens: Vec<u32>,
@@ -267,6 +276,7 @@ pub fn prepare(
     next_generation: &mut u64,
     input: ModelInput,
     pad_to: Option<usize>,
+    sampling: &Sampling,
 ) -> Result<CudaStepMetadata> {
     let meta = &input.attn_metadata;
     let (t, n) = (input.input_ids.len(), meta.num_seqs());
@@ -316,16 +326,40 @@ pub fn prepare(
             && l.max_num_seqs >= seqs
             && l.max_blocks_per_seq() >= meta.max_blocks_per_seq
     });
+    let takes_previous = !input.from_previous_step.is_empty();
     if !fits {
+        // The previous step's sampled ids outlive its buffers when this step takes from them.
+        let previous = match (&pooled, takes_previous) {
+            (Some(old), true) => {
+                let old = old.sampled.lock().map_err(|_| poisoned())?;
+                Some(
+                    stream
+                        .clone_dtod(&*old)
+                        .map_err(|e| device("keep sampled ids", e))?,
+                )
+            }
+            _ => None,
+        };
         drop(pooled.take()); // free the old ones first: the new ones may be large
         *next_generation += 1;
-        pooled = Some(StepBuffers::new(stream, need, *next_generation)?);
+        let new = StepBuffers::new(stream, need, *next_generation)?;
+        if let Some(previous) = previous {
+            let mut sampled = new.sampled.lock().map_err(|_| poisoned())?;
+            let n = previous.len().min(sampled.len());
+            stream
+                .memcpy_dtod(&previous.slice(0..n), &mut sampled.slice_mut(0..n))
+                .map_err(|e| device("keep sampled ids", e))?;
+        }
+        pooled = Some(new);
     }
     let mut bufs = pooled.expect("filled above");
     let width = bufs.limits.max_blocks_per_seq().max(1);
 
     let host = layout(&input, padded, width)?;
     upload(stream, &mut bufs, &host, width)?;
+    if takes_previous {
+        take_sampled_ids(stream, sampling, &mut bufs)?;
+    }
 
     Ok(CudaStepMetadata {
         num_tokens: tokens,
@@ -382,6 +416,7 @@ fn upload(
     put(staging, l.position, &host.position);
     put(staging, l.input_ids, &host.input_ids);
     put(staging, l.positions, &host.positions);
+    put(staging, l.from_rows, &host.from_rows);
     put(staging, l.query_start_loc, &host.query_start_loc);
     put(staging, l.seq_lens, &host.seq_lens);
     put(staging, l.logits_indices, &host.logits_indices);
@@ -418,6 +453,40 @@ fn upload(
     Ok(())
 }
 
+/// Async scheduling: the tokens the previous step sampled (still in `bufs.sampled`, written
+/// by that step's sampler earlier on this stream) become this step's input ids where
+/// `from_rows` names them; queued after the upload, before the step's embedding.
+fn take_sampled_ids(
+    stream: &Arc<CudaStream>,
+    sampling: &Sampling,
+    bufs: &mut StepBuffers,
+) -> Result<()> {
+    let _span = tracing::trace_span!("kernel", op = "take_sampled_ids").entered();
+    let l = bufs.layout;
+    let sampled = bufs.sampled.lock().map_err(|_| poisoned())?;
+    let dev = |e| device("take sampled ids", e);
+    // `from_rows` lies after the input ids in `packed` (PackedLayout::new places them in that
+    // order, apart): split there to hold one mutably and the other not.
+    let (mut head, tail) = bufs.packed.split_at_mut(l.from_rows.0);
+    let (ids_at, n) = l.input_ids;
+    let mut ids = head.slice_mut(ids_at..);
+    // SAFETY: both arrays are u32 (any bits are a value), 256-byte aligned (PackedLayout::new)
+    // and inside `packed`; `transmute*` checks that each view holds `n` elements.
+    let mut ids =
+        unsafe { ids.transmute_mut::<u32>(n) }.ok_or_else(|| layout_error("input ids"))?;
+    let from_rows = unsafe { tail.transmute::<u32>(n) }.ok_or_else(|| layout_error("from_rows"))?;
+    sampling
+        .take_sampled_ids(stream, &mut ids, &from_rows, &sampled.as_view())
+        .map_err(dev)
+}
+
+fn layout_error(what: &str) -> BackendError {
+    BackendError::shape(
+        "prepare_step",
+        format!("{what} outside the packed step buffer"),
+    )
+}
+
 /// The host arrays of `input`, padded to `padded` sequences, block tables as wide as the
 /// longest (at most `width`, the device buffer's).
 fn layout(input: &ModelInput, padded: usize, width: usize) -> Result<HostStep> {
@@ -443,6 +512,7 @@ fn layout(input: &ModelInput, padded: usize, width: usize) -> Result<HostStep> {
             .iter()
             .map(|&p| to_u32("position", p))
             .collect::<Result<_>>()?,
+        from_rows: vec![TAKE_NONE; input.input_ids.len()],
         slot_mapping: meta.slot_mapping.clone(),
         query_start_loc: meta
             .query_start_loc
@@ -475,6 +545,13 @@ fn layout(input: &ModelInput, padded: usize, width: usize) -> Result<HostStep> {
             .map(|r| r.position as u64)
             .collect(),
     };
+    for &(token, row) in &input.from_previous_step {
+        let slot = h.from_rows.get_mut(token);
+        let slot = slot.ok_or_else(|| {
+            BackendError::shape("prepare_step", format!("a placeholder at token {token}"))
+        })?;
+        *slot = to_u32("previous sampled row", row)?;
+    }
     for s in 0..n {
         let row = meta.block_table(s);
         h.block_tables[s * used..s * used + row.len()].copy_from_slice(row);
@@ -483,6 +560,7 @@ fn layout(input: &ModelInput, padded: usize, width: usize) -> Result<HostStep> {
     for i in 0..pad {
         h.input_ids.push(0);
         h.positions.push(0);
+        h.from_rows.push(TAKE_NONE);
         h.slot_mapping.push(PADDING_SLOT);
         h.query_start_loc
             .push(to_u32("query start", total + i + 1)?);
@@ -527,13 +605,14 @@ pub(crate) fn device(
 mod tests {
     use super::PackedLayout;
 
-    fn arrays(l: &PackedLayout) -> [(usize, usize, usize); 11] {
+    fn arrays(l: &PackedLayout) -> [(usize, usize, usize); 12] {
         [
             (l.slot_mapping.0, l.slot_mapping.1, 8),
             (l.seed.0, l.seed.1, 8),
             (l.position.0, l.position.1, 8),
             (l.input_ids.0, l.input_ids.1, 4),
             (l.positions.0, l.positions.1, 4),
+            (l.from_rows.0, l.from_rows.1, 4),
             (l.query_start_loc.0, l.query_start_loc.1, 4),
             (l.seq_lens.0, l.seq_lens.1, 4),
             (l.logits_indices.0, l.logits_indices.1, 4),

@@ -442,6 +442,28 @@ pub trait Backend: Send + Sync {
     ) -> Result<ModelRunnerOutput> {
         sample_on_host(self, step, forward, host_sample)
     }
+
+    /// Async scheduling: like [`Backend::run_step`], but a backend whose device runs apart
+    /// from the host may return `None` as soon as the step is queued; [`Backend::wait_step`]
+    /// then gives its output, steps in the order they were submitted. A step prepared after
+    /// this one may take this one's sampled ids as inputs before the host has seen them
+    /// ([`ModelInput::from_previous_step`]). This default runs the step at once.
+    fn submit_step(
+        &self,
+        step: &Self::StepMetadata,
+        forward: &mut dyn FnMut() -> Result<Self::Tensor>,
+        host_sample: SampleFn,
+    ) -> Result<Option<ModelRunnerOutput>> {
+        self.run_step(step, forward, host_sample).map(Some)
+    }
+
+    /// The output of the oldest step [`Backend::submit_step`] left in flight, once it is done.
+    fn wait_step(&self) -> Result<ModelRunnerOutput> {
+        Err(BackendError::shape(
+            "wait_step",
+            "this backend runs every step when it is submitted",
+        ))
+    }
 }
 
 /// [`Backend::run_step`]'s default: `forward`, then the logits downloaded and each sample row

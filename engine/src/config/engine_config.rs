@@ -156,6 +156,10 @@ pub struct EngineConfig {
     /// How a running sequence yields its KV blocks when the cache is full, which one does,
     /// and the host swap space (`--preemption-mode`, `--preemption-victim`, `--swap-space`).
     pub preemption: crate::core::preemption::PreemptionConfig,
+    /// Schedule and submit each step while the previous one still runs (vLLM's
+    /// `--async-scheduling`; see `LLMEngine::step`): on a GPU the device no longer waits for
+    /// the host between steps. One worker only, for now.
+    pub async_scheduling: bool,
 }
 
 impl Default for EngineConfig {
@@ -174,6 +178,7 @@ impl Default for EngineConfig {
             cuda_graphs: true,
             parallel: ParallelConfig::default(),
             preemption: Default::default(),
+            async_scheduling: false,
         }
     }
 }
@@ -212,6 +217,13 @@ impl EngineConfig {
                 "--preemption-mode swap runs with one worker for now (each rank would \
                  need its own swap space); use recompute with --tensor-parallel-size or \
                  --pipeline-parallel-size",
+            );
+        }
+        if self.async_scheduling && parallel > 1 {
+            return bad(
+                "--async-scheduling runs with one worker for now (the ranks would each need \
+                 the previous step's sampled tokens); leave it out with \
+                 --tensor-parallel-size or --pipeline-parallel-size",
             );
         }
         let u = self.cache.gpu_memory_utilization;

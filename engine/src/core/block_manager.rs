@@ -100,9 +100,9 @@ impl BlockManager {
         if self.block_tables.contains_key(&seq.seq_id) || seq.num_computed_tokens > 0 {
             return ComputedBlocks::default();
         }
-        let max_hit = seq.num_tokens() - 1;
+        let max_hit = seq.num_known_tokens() - 1;
         let mut found = ComputedBlocks {
-            num_queried_tokens: seq.num_tokens(),
+            num_queried_tokens: seq.num_known_tokens(),
             ..ComputedBlocks::default()
         };
         for (hash, tokens) in full_block_hashes(|i| seq.token_at(i), max_hit, self.block_size) {
@@ -204,7 +204,8 @@ impl BlockManager {
         };
         let bs = self.block_size;
         let hashes = self.seq_hashes.entry(seq.seq_id).or_default();
-        let full = (num_tokens.min(seq.num_tokens()) / bs).min(table.len());
+        // A block holding a placeholder (async scheduling) waits: its hash needs the token.
+        let full = (num_tokens.min(seq.num_known_tokens()) / bs).min(table.len());
         let start = hashes.len();
         for (k, &block) in table.iter().enumerate().take(full).skip(start) {
             let tokens: Vec<u32> = (k * bs..(k + 1) * bs).map(|i| seq.token_at(i)).collect();

@@ -308,6 +308,52 @@ impl Scheduler {
     }
     // ANCHOR_END: update_from_output
 
+    /// Async scheduling, as the step `output` is scheduled: what [`Self::update_from_output`]
+    /// would do once the step ran, except the sampled tokens, which are still on the device.
+    /// The scheduled tokens count as computed, and every sequence that samples gets a
+    /// placeholder token, so that the next `schedule` (called before this step's tokens come
+    /// back) already runs its next decode (vLLM v1's `AsyncScheduler._update_after_schedule`).
+    pub fn update_after_schedule(&mut self, output: &SchedulerOutput) {
+        for s in &output.scheduled {
+            let seq = self
+                .seqs
+                .get_mut(&s.seq_id)
+                .expect("scheduled sequence exists");
+            seq.num_computed_tokens += s.token_ids.len();
+            if s.needs_logits {
+                seq.num_output_placeholders += 1;
+            }
+        }
+    }
+
+    /// Async scheduling, once the step `output` has run: each sampled token replaces its
+    /// sequence's oldest placeholder, and stop conditions are checked as in
+    /// [`Self::update_from_output`]. A sequence that finished or was aborted while this step
+    /// was in flight is skipped: the step computed one token too many for it, which is
+    /// dropped. Returns the sequences that finished.
+    pub fn update_from_async_output(
+        &mut self,
+        output: &SchedulerOutput,
+        sampled: &[u32],
+    ) -> Vec<Sequence> {
+        let mut sampled = sampled.iter();
+        let mut finished = Vec::new();
+        for s in output.scheduled.iter().filter(|s| s.needs_logits) {
+            let token = *sampled
+                .next()
+                .expect("one sampled token per sequence needing logits");
+            let Some(seq) = self.seqs.get_mut(&s.seq_id) else {
+                continue; // finished (or aborted) after this step was scheduled
+            };
+            seq.num_output_placeholders -= 1;
+            seq.output_token_ids.push(token);
+            if let Some(reason) = self.check_stop(s.seq_id, token) {
+                finished.push(self.finish(s.seq_id, reason));
+            }
+        }
+        finished
+    }
+
     /// Removes a request wherever it is, freeing its blocks (vLLM's `abort_request`).
     /// Returns false if it is unknown or already finished.
     pub fn abort_sequence(&mut self, id: SeqId) -> bool {
@@ -335,7 +381,9 @@ impl Scheduler {
         {
             return Some(FinishReason::Stop);
         }
-        if seq.output_token_ids.len() >= p.max_tokens || seq.num_tokens() >= self.max_model_len {
+        if seq.output_token_ids.len() >= p.max_tokens
+            || seq.num_known_tokens() >= self.max_model_len
+        {
             return Some(FinishReason::Length);
         }
         None
@@ -344,6 +392,15 @@ impl Scheduler {
     fn finish(&mut self, id: SeqId, reason: FinishReason) -> Sequence {
         self.block_manager.free(id);
         self.running.retain(|&r| r != id);
+        // Under async scheduling a sequence may stop after a step that preempted it.
+        match self.seqs[&id].status {
+            SequenceStatus::Waiting => self.waiting.retain(|&w| w != id),
+            SequenceStatus::Swapped => {
+                self.swapped.retain(|&w| w != id);
+                self.swap_space.free(id);
+            }
+            _ => {}
+        }
         let mut seq = self.seqs.remove(&id).unwrap();
         self.policy.on_finished(&seq);
         seq.status = SequenceStatus::Finished(reason);

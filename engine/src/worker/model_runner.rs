@@ -12,7 +12,7 @@
 //! ([`crate::philox::uniform`]), so the runner keeps no generator state, and a preempted and
 //! recomputed request draws exactly what it would have drawn.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 
 use crate::attention::attention_metadata::AttentionMetadata;
 use crate::backend::{Backend, BackendError, Result};
@@ -24,7 +24,7 @@ use crate::model_executor::llama::{Hidden, LlamaForCausalLM, StageOutput};
 use crate::outputs::ModelRunnerOutput;
 use crate::sampler::{self, SampleFn, SampleRow};
 use crate::sampling_params::SamplingParams;
-use crate::sequence::SeqId;
+use crate::sequence::{SeqId, PLACEHOLDER_TOKEN_ID};
 use crate::worker::cache_engine::KvCache;
 
 // ANCHOR: model_input
@@ -40,6 +40,11 @@ pub struct ModelInput {
     /// How each of those rows is sampled, in the same order. Filled by the model runner from
     /// the requests' parameters after [`prepare_inputs`] (which leaves it empty).
     pub sample_rows: Vec<SampleRow>,
+    /// Async scheduling: `(row of input_ids, row of the previous step's sampled ids)` for each
+    /// input token that the previous step sampled and the host has not seen yet (its id in
+    /// `input_ids` is a placeholder). The backend copies them in on the device. Filled by the
+    /// model runner; empty otherwise.
+    pub from_previous_step: Vec<(usize, usize)>,
 }
 // ANCHOR_END: model_input
 
@@ -105,6 +110,11 @@ pub struct ModelRunner<B: Backend> {
     /// Picks each token; [`sampler::sample`] unless replaced.
     pub sample: SampleFn,
     requests: HashMap<SeqId, CachedRequestState>,
+    /// Async scheduling: the steps submitted and not yet completed, oldest first; `Some` when
+    /// the backend ran the step at once, `None` when its output is the backend's to wait for.
+    in_flight: VecDeque<Option<ModelRunnerOutput>>,
+    /// Async scheduling: each sequence's row among the last submitted step's sampled ids.
+    last_sampled_rows: HashMap<SeqId, usize>,
 }
 
 impl<B: Backend> ModelRunner<B> {
@@ -117,6 +127,8 @@ impl<B: Backend> ModelRunner<B> {
             prepare_inputs,
             sample: sampler::sample,
             requests: HashMap::new(),
+            in_flight: VecDeque::new(),
+            last_sampled_rows: HashMap::new(),
         })
     }
 
@@ -164,6 +176,78 @@ impl<B: Backend> ModelRunner<B> {
             .run_step(&step, &mut || model.forward(&step, kv_cache), self.sample)
     }
     // ANCHOR_END: execute_model
+
+    // ANCHOR: submit_model
+    /// Async scheduling: starts one step and returns, possibly before the device has run it
+    /// ([`Self::complete_model`] gives its output). A decode whose input is a placeholder
+    /// ([`crate::sequence::PLACEHOLDER_TOKEN_ID`]) takes the token its sequence sampled in the
+    /// step submitted just before: from the host when that step's output is already there
+    /// (the CPU runs a step when it is submitted), else on the device.
+    pub fn submit_model(&mut self, out: &SchedulerOutput) -> Result<()> {
+        let Some(mut input) = self.model_input(out) else {
+            self.in_flight.push_back(Some(ModelRunnerOutput::default()));
+            return Ok(());
+        };
+        let mut row = 0;
+        for s in &out.scheduled {
+            for (j, &id) in s.token_ids.iter().enumerate() {
+                if id != PLACEHOLDER_TOKEN_ID {
+                    continue;
+                }
+                let from = self.last_sampled_rows.get(&s.seq_id).copied();
+                let from = from.ok_or_else(|| {
+                    BackendError::shape(
+                        "submit_model",
+                        format!(
+                            "a placeholder of sequence {} that no step sampled",
+                            s.seq_id.0
+                        ),
+                    )
+                })?;
+                input.from_previous_step.push((row + j, from));
+            }
+            row += s.token_ids.len();
+        }
+        let sampling = out.scheduled.iter().filter(|s| s.needs_logits);
+        self.last_sampled_rows = sampling.enumerate().map(|(i, s)| (s.seq_id, i)).collect();
+        if let Some(Some(previous)) = self.in_flight.back() {
+            // Already on the host: fill the placeholders here.
+            for (token, from) in input.from_previous_step.drain(..) {
+                let id = previous.sampled_token_ids.get(from).copied();
+                input.input_ids[token] = id.ok_or_else(|| {
+                    BackendError::shape("submit_model", format!("no sampled row {from}"))
+                })?;
+            }
+        } else if self.in_flight.is_empty() && !input.from_previous_step.is_empty() {
+            return Err(BackendError::shape(
+                "submit_model",
+                "placeholder tokens with no step in flight to take them from",
+            ));
+        }
+        let step = self.model.backend.prepare_step(input)?;
+        let (model, kv_cache) = (&self.model, &mut self.kv_cache);
+        let output = model.backend.submit_step(
+            &step,
+            &mut || model.forward(&step, kv_cache),
+            self.sample,
+        )?;
+        self.in_flight.push_back(output);
+        Ok(())
+    }
+    // ANCHOR_END: submit_model
+
+    /// Async scheduling: the output of the oldest step [`Self::submit_model`] started, once
+    /// it has run.
+    pub fn complete_model(&mut self) -> Result<ModelRunnerOutput> {
+        match self.in_flight.pop_front() {
+            Some(Some(output)) => Ok(output),
+            Some(None) => self.model.backend.wait_step(),
+            None => Err(BackendError::shape(
+                "complete_model",
+                "no step was submitted to complete",
+            )),
+        }
+    }
 
     /// The step's inputs with their sample rows; `None` when nothing is scheduled.
     fn model_input(&mut self, out: &SchedulerOutput) -> Option<ModelInput> {

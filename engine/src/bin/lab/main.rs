@@ -165,6 +165,12 @@ pub struct ModelArgs {
     /// --preemption-mode swap; a victim that does not fit is recomputed instead.
     #[arg(long, default_value_t = 4.0)]
     pub swap_space: f64,
+    /// Schedule and submit each step while the previous one still runs on the device, which
+    /// fills each decode's input with the token it just sampled (vLLM's --async-scheduling):
+    /// the GPU no longer waits for the host between steps; a request that stops costs one
+    /// extra token of compute. One worker only (no --tp/--pp).
+    #[arg(long)]
+    pub async_scheduling: bool,
 }
 
 impl ModelArgs {
@@ -189,6 +195,7 @@ impl ModelArgs {
         c.parallel.collective_timeout =
             std::time::Duration::try_from_secs_f64(self.collective_timeout).unwrap_or_default();
         c.parallel.custom_all_reduce = self.custom_all_reduce;
+        c.async_scheduling = self.async_scheduling;
         c.preemption.mode = self.preemption_mode;
         c.preemption.victim = self.preemption_victim;
         // A bad value is refused in `load` (swap_space_bytes); here it is only converted.

@@ -148,11 +148,18 @@ pub fn run(
     );
     report["decode_b1_ms_per_token"] = ms.into();
     if let Some(device) = b1.device_ms_per_token {
-        println!(
-            "  of which the device: {device:.3} ms/token (first kernel to sampled ids); the \
-             host's part, {:.3} ms, is time the device waits",
-            ms - device
-        );
+        if engine.config.async_scheduling {
+            println!(
+                "  of which the device: {device:.3} ms/token (first kernel to sampled ids); \
+                 async scheduling prepares each step while the one before runs"
+            );
+        } else {
+            println!(
+                "  of which the device: {device:.3} ms/token (first kernel to sampled ids); the \
+                 host's part, {:.3} ms, is time the device waits",
+                ms - device
+            );
+        }
         report["decode_b1_device_ms_per_token"] = device.into();
     }
     if let Some(g) = &gpu {

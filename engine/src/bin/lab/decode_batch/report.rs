@@ -35,6 +35,8 @@ const HOST_SPANS: &[&str] = &[
     "prepare_inputs",
     "prepare_step",
     "cuda_graph_replay",
+    "copy_sampled_ids",
+    "wait_for_output",
     "sync_output",
 ];
 
