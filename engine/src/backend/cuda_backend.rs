@@ -343,6 +343,10 @@ pub struct CudaBackend {
     step_timer: Mutex<StepTimer>,
     /// Steps submitted under async scheduling whose ids were not read yet, oldest first.
     in_flight: Mutex<VecDeque<LaunchedStep>>,
+    /// Where each step's sampled ids are copied to the host, apart from the kernels' stream.
+    download: Arc<CudaStream>,
+    /// Recorded after the last step's ids left the device: the next sampler waits for it.
+    last_copy: Mutex<Option<Arc<CudaEvent>>>,
     /// Events around each op, while the tracer asks for them, and around each NCCL call.
     kernel_timer: KernelTimer,
     /// This rank's end of its tensor-parallel group; `None` runs the whole model
@@ -364,8 +368,9 @@ struct StepSlot {
     start: CudaEvent,
     end: CudaEvent,
     ids: PinnedHostSlice<u32>, // [capacity]
-    /// Recorded after the copy into `ids` (cudarc records none itself: event tracking is off).
-    copied: CudaEvent,
+    /// Recorded on the download stream after the copy into `ids` (cudarc records none itself:
+    /// event tracking is off); the next step's sampler waits for it.
+    copied: Arc<CudaEvent>,
 }
 
 impl StepSlot {
@@ -381,7 +386,7 @@ impl StepSlot {
             start: timing_event(gpu)?,
             end: timing_event(gpu)?,
             ids,
-            copied: copied.map_err(|e| device("create an event", e))?,
+            copied: Arc::new(copied.map_err(|e| device("create an event", e))?),
         })
     }
 }
@@ -523,6 +528,11 @@ impl CudaBackend {
                 time: DeviceTime::default(),
             }),
             in_flight: Mutex::new(VecDeque::new()),
+            download: gpu
+                .ctx
+                .new_stream()
+                .map_err(|e| device("create a stream", e))?,
+            last_copy: Mutex::new(None),
             kernel_timer: KernelTimer::default(),
             comm: None,
             gpu,
@@ -1680,6 +1690,12 @@ impl CudaBackend {
         };
         let stream = &self.gpu.stream;
         let record = |e: &CudaEvent| e.record(stream).map_err(|e| device("record an event", e));
+        // The last step's ids must have left `sampled` before this step's sampler writes it.
+        if let Some(copied) = self.last_copy.lock().map_err(|_| poisoned())?.take() {
+            stream
+                .wait(&copied)
+                .map_err(|e| device("wait for a copy", e))?;
+        }
         record(&slot.start)?;
         // Per-op device times, when the tracer listens: then the step runs eagerly.
         self.kernel_timer.time_every_op(cuda_kernel_timer::wanted());
@@ -1716,16 +1732,21 @@ impl CudaBackend {
             run()?;
         }
         record(&slot.end)?;
-        // The ids go to the host in the stream's order: a step queued behind this one may
-        // overwrite `sampled` only after they have left.
-        // (Into the page-locked slot itself: a copy into pageable memory would wait for it.)
+        // The ids go to the host on a stream of their own, once the step is done, so that the
+        // next step's metadata copies and kernels need not queue behind them; the next step's
+        // sampler, which overwrites `sampled`, waits for them (`last_copy`). Into the
+        // page-locked slot itself: a copy into pageable memory would wait for it.
+        let download = &self.download;
+        let dev = |e| device("copy sampled ids", e);
+        download.wait(&slot.end).map_err(dev)?;
         if !rows.is_empty() {
             let _copy = tracing::trace_span!("copy_sampled_ids", rows = rows.len()).entered();
-            stream
+            download
                 .memcpy_dtoh(&sampled.slice(0..rows.len()), &mut slot.ids)
-                .map_err(|e| device("copy sampled ids", e))?;
+                .map_err(dev)?;
         }
-        record(&slot.copied)?;
+        slot.copied.record(download).map_err(dev)?;
+        *self.last_copy.lock().map_err(|_| poisoned())? = Some(slot.copied.clone());
         Ok(LaunchedStep {
             slot,
             rows: rows.len(),
