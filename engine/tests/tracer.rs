@@ -200,7 +200,7 @@ fn the_tracer_binary_writes_a_trace_and_refuses_bad_input() {
     let dir = tempfile::tempdir().unwrap();
     let trace = dir.path().join("trace.json");
     let out = Command::new(env!("CARGO_BIN_EXE_tracer"))
-        .args(["--max-tokens", "3", "--trace-out"])
+        .args(["--max-tokens", "3", "--threads", "1", "--trace-out"])
         .arg(&trace)
         .arg("--html")
         .arg(dir.path().join("trace.html"))
@@ -228,17 +228,20 @@ fn the_tracer_binary_writes_a_trace_and_refuses_bad_input() {
         .count();
     assert_eq!(html.matches("<rect class=\"span\"").count(), complete);
 
-    let bad = Command::new(env!("CARGO_BIN_EXE_tracer"))
-        .args(["--tp", "3", "--trace-out"])
-        .arg(&trace)
-        .output()
-        .unwrap();
-    assert!(!bad.status.success());
-    let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(
-        err.starts_with("error:") && err.trim().lines().count() == 1,
-        "{err}"
-    );
+    for args in [["--tp", "3"], ["--threads", "0"]] {
+        let bad = Command::new(env!("CARGO_BIN_EXE_tracer"))
+            .args(args)
+            .arg("--trace-out")
+            .arg(&trace)
+            .output()
+            .unwrap();
+        assert!(!bad.status.success(), "{args:?}");
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert!(
+            err.starts_with("error:") && err.trim().lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
 }
 
 /// `--workload`: three requests arriving a step apart join and leave a running batch; the

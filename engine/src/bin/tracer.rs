@@ -63,6 +63,10 @@ struct Args {
     /// (one rank only), medians printed. A benchmark: build with --release.
     #[arg(long, value_name = "RUNS")]
     overhead: Option<usize>,
+    /// Threads of the CPU's kernels (default: one per CPU this process may run on; the
+    /// RAYON_NUM_THREADS environment variable sets the default too), as `lab --threads`.
+    #[arg(long)]
+    threads: Option<usize>,
 }
 
 fn main() -> ExitCode {
@@ -76,7 +80,9 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    engine::backend::cpu_thread_pool::build_global(None, args.tp * args.pp == 1)?; // steps here
+    anyhow::ensure!(args.threads != Some(0), "--threads must be at least 1");
+    // This thread steps the engine: with one rank it is one of the pool's workers.
+    engine::backend::cpu_thread_pool::build_global(args.threads, args.tp * args.pp == 1)?;
     let workload = match &args.workload {
         Some(spec) => Some(parse_workload(spec).map_err(anyhow::Error::msg)?),
         None => None,
