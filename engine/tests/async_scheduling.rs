@@ -17,7 +17,7 @@ use engine::sequence::FinishReason;
 use engine::{EngineConfig, LLMEngine, Prompt, RequestOutput, SamplingParams};
 
 mod common;
-use common::gpu::gpu_or_skip;
+use common::gpu::{gpu_or_skip, random_model, small_config};
 
 fn config(async_scheduling: bool) -> EngineConfig {
     let mut c = EngineConfig {
@@ -214,20 +214,8 @@ fn cuda_async_scheduling_generates_what_the_synchronous_engine_does() {
     if !gpu_or_skip() {
         return;
     }
-    let mut c = engine::tiny_model::tiny_config();
-    c.head_dim = 64;
-    c.num_attention_heads = 4;
-    c.num_key_value_heads = 2;
-    c.hidden_size = 256;
-    c.intermediate_size = 512;
-    c.num_hidden_layers = 3;
-    let model = || engine::model_source::LoadedModel {
-        name: "random d64".into(),
-        config: c.clone(),
-        weights: engine::model_source::ModelWeights::Random { seed: 7 },
-        tokenizer: engine::tiny_model::tiny_tokenizer(),
-        eos_token_ids: c.eos_token_ids.clone(),
-    };
+    let c = small_config(64);
+    let model = || random_model(&c);
     let prompts = || -> Vec<(Prompt, SamplingParams)> {
         [1usize, 5, 37, 130, 9]
             .iter()

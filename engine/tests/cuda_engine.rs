@@ -14,7 +14,7 @@ use engine::tiny_model::{tiny_config, tiny_tokenizer};
 use engine::{EngineConfig, LLMEngine, Prompt, RequestOutput, SamplingParams, LLM};
 
 mod common;
-use common::gpu::gpu_or_skip;
+use common::gpu::{gpu_or_skip, random_model, small_config};
 
 /// A top1−top2 gap below this (in logits) is within bf16 noise for these models: their logits
 /// spread over a few units, and bf16 carries ~3 significant digits through 3 layers. Used
@@ -62,24 +62,11 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn config(head_dim: usize) -> ModelConfig {
-    let mut c = tiny_config();
-    c.head_dim = head_dim;
-    c.num_attention_heads = 4;
-    c.num_key_value_heads = 2;
-    c.hidden_size = 256;
-    c.intermediate_size = 512;
-    c.num_hidden_layers = 3;
-    c
+    small_config(head_dim)
 }
 
 fn model(c: &ModelConfig) -> LoadedModel {
-    LoadedModel {
-        name: format!("random d{}", c.head_dim),
-        config: c.clone(),
-        weights: ModelWeights::Random { seed: 7 },
-        tokenizer: tiny_tokenizer(),
-        eos_token_ids: c.eos_token_ids.clone(),
-    }
+    random_model(c)
 }
 
 fn engine_config(device: Device, graphs: bool) -> EngineConfig {

@@ -12,12 +12,10 @@
 
 use engine::config::{Device, ModelConfig};
 use engine::kernel_log::{self, GRAPH_REPLAY};
-use engine::model_source::{LoadedModel, ModelWeights};
-use engine::tiny_model::{tiny_config, tiny_tokenizer};
 use engine::{EngineConfig, LLMEngine, Prompt, SamplingParams};
 
 mod common;
-use common::gpu::gpu_or_skip;
+use common::gpu::{gpu_or_skip, random_model, small_config};
 
 /// Where the data file is, for messages.
 const DATA: &str = "book/src/stage4/forward-step-kernels.toml";
@@ -123,25 +121,11 @@ fn cpu_sequence(cpu: &toml::Table, gpu: &[String]) -> Vec<String> {
 
 /// Three layers, 4 query and 2 KV heads of 64: a shape both backends run.
 fn config() -> ModelConfig {
-    let mut c = tiny_config();
-    c.head_dim = 64;
-    c.num_attention_heads = 4;
-    c.num_key_value_heads = 2;
-    c.hidden_size = 256;
-    c.intermediate_size = 512;
-    c.num_hidden_layers = 3;
-    c
+    small_config(64)
 }
 
 fn engine(device: Device, graphs: bool) -> LLMEngine {
-    let c = config();
-    let model = LoadedModel {
-        name: "random d64".into(),
-        config: c.clone(),
-        weights: ModelWeights::Random { seed: 7 },
-        tokenizer: tiny_tokenizer(),
-        eos_token_ids: c.eos_token_ids.clone(),
-    };
+    let model = random_model(&config());
     let mut e = EngineConfig {
         device,
         cuda_graphs: graphs,

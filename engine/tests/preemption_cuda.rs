@@ -5,14 +5,13 @@
 
 use engine::backend::cuda_backend::CudaBackend;
 use engine::backend::{Backend, DType, HostData, HostKvBlocks, SwapDirection};
-use engine::config::{Device, ModelConfig};
+use engine::config::Device;
 use engine::core::preemption::PreemptionMode;
-use engine::model_source::{LoadedModel, ModelWeights};
-use engine::tiny_model::{tiny_config, tiny_tokenizer};
+use engine::model_source::LoadedModel;
 use engine::{EngineConfig, LLMEngine, Prompt, SamplingParams};
 
 mod common;
-use common::gpu::gpu_or_skip;
+use common::gpu::{gpu_or_skip, random_model, small_config};
 
 #[test]
 fn cuda_swap_blocks_round_trip_bit_for_bit() {
@@ -58,20 +57,7 @@ fn cuda_swap_blocks_round_trip_bit_for_bit() {
 }
 
 fn model() -> LoadedModel {
-    let mut c: ModelConfig = tiny_config();
-    c.head_dim = 64;
-    c.num_attention_heads = 4;
-    c.num_key_value_heads = 2;
-    c.hidden_size = 256;
-    c.intermediate_size = 512;
-    c.num_hidden_layers = 3;
-    LoadedModel {
-        name: "random d64".into(),
-        config: c.clone(),
-        weights: ModelWeights::Random { seed: 7 },
-        tokenizer: tiny_tokenizer(),
-        eos_token_ids: c.eos_token_ids.clone(),
-    }
+    random_model(&small_config(64))
 }
 
 #[test]
