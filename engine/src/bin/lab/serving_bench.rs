@@ -91,6 +91,7 @@ pub fn run(
         "workload": if decode_only { "decode-b1" } else { "nano-vllm" },
         "model": model.model,
         "device": device.to_string(),
+        "async_scheduling": engine.config.async_scheduling,
     });
     if let Some(g) = &gpu {
         report["ceilings"] = roofline::json(g);

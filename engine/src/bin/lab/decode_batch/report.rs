@@ -116,6 +116,7 @@ pub fn run(
         "workload": "decode",
         "model": model.model,
         "device": engine.config.device.to_string(),
+        "async_scheduling": engine.config.async_scheduling,
         "batch_size": batch,
         "tp": tp,
         "pp": pp,
