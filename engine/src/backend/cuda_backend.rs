@@ -1634,8 +1634,9 @@ impl Backend for CudaBackend {
         forward: &mut dyn FnMut() -> Result<CudaTensor>,
         host_sample: SampleFn,
     ) -> Result<Option<ModelRunnerOutput>> {
-        // A tensor-parallel rank's step ends in its group's collectives: run it whole.
-        if self.comm.is_some() {
+        // A tensor-parallel rank's step ends in its group's collectives, and per-op device
+        // times (the tracer listening) are read against one step's start: run those whole.
+        if self.comm.is_some() || cuda_kernel_timer::wanted() {
             return self.run_step(step, forward, host_sample).map(Some);
         }
         let launched = self.launch_step(step, forward)?;
