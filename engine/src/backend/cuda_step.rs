@@ -156,11 +156,6 @@ impl StepBuffers {
     pub fn slot_mapping(&self) -> CudaView<'_, u64> {
         view(&self.packed, self.layout.slot_mapping)
     }
-    /// `[tokens]` the row of the previous step's sampled ids each token takes as its id
-    /// (async scheduling), or [`TAKE_NONE`].
-    pub fn from_rows(&self) -> CudaView<'_, u32> {
-        view(&self.packed, self.layout.from_rows)
-    }
     /// `[seqs + 1]` where each sequence's tokens start.
     pub fn query_start_loc(&self) -> CudaView<'_, u32> {
         view(&self.packed, self.layout.query_start_loc)
@@ -332,6 +327,13 @@ pub fn prepare(
     });
     let takes_previous = !input.from_previous_step.is_empty();
     if !fits {
+        // Every stream must be done with the old buffers before they are freed: the last
+        // step's ids may still be on their way to the host on the backend's download stream
+        // (a rare path: only a step larger than the planned limits gets here).
+        stream
+            .context()
+            .synchronize()
+            .map_err(|e| device("replace step buffers", e))?;
         // The previous step's sampled ids outlive its buffers when this step takes from them.
         let previous = match (&pooled, takes_previous) {
             (Some(old), true) => {
