@@ -26,7 +26,7 @@ for line in sys.stdin:
     done
     # The engine's GPU tests (CUDA engine against the CPU engine; the kernel sequence of a
     # forward step against the book's data file).
-    cargo test -p engine --release --no-run --test cuda_engine --test kernel_sequence --test preemption_cuda --test min_tokens --message-format=json 2>/dev/null | python3 -c '
+    cargo test -p engine --release --no-run --test cuda_engine --test kernel_sequence --test preemption_cuda --test min_tokens --test async_scheduling --message-format=json 2>/dev/null | python3 -c '
 import json, sys
 for line in sys.stdin:
     m = json.loads(line)

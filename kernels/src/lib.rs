@@ -22,6 +22,7 @@
 //!   sampling.rs           argmax, and temperature/top-k/top-p with a Philox draw, on the device
 //! custom_all_reduce.rs    tensor parallelism's small all-reduces, one hop over peer memory
 //! copy_rows.rs            a step's block tables: the used corner of a wide device matrix
+//! prepare_inputs.rs       a step's metadata, tables and hand-over from page-locked host memory
 //! launch.rs               every launch, with programmatic dependent launch (PDL)
 //! error.rs                KernelError: every wrapper returns Result; cudarc errors mapped
 //! roofline.rs             the ceilings the kernels are compared with: copy GB/s, GEMM TFLOP/s
@@ -49,6 +50,7 @@ pub mod linear_lt;
 pub mod nccl;
 pub mod paged_attention;
 pub mod prefill_attention;
+pub mod prepare_inputs;
 pub mod qkv_rotary_cache;
 pub mod reshape_and_cache;
 pub mod rms_norm;
@@ -126,7 +128,7 @@ pub fn check_device(ordinal: usize) -> Result<()> {
 }
 
 /// Every kernel file, in the order of the modules [`Kernels::load`] loads.
-pub(crate) const SOURCES: [(&str, &str); 13] = [
+pub(crate) const SOURCES: [(&str, &str); 14] = [
     (embedding::FILE, embedding::SOURCE),
     (rms_norm::FILE, rms_norm::SOURCE),
     (rotary_embedding::FILE, rotary_embedding::SOURCE),
@@ -140,6 +142,7 @@ pub(crate) const SOURCES: [(&str, &str); 13] = [
     (qkv_rotary_cache::FILE, qkv_rotary_cache::SOURCE),
     (custom_all_reduce::FILE, custom_all_reduce::SOURCE),
     (skinny_gemm::FILE, skinny_gemm::SOURCE),
+    (prepare_inputs::FILE, prepare_inputs::SOURCE),
 ];
 
 /// Every kernel of the crate, compiled and loaded into one context.
@@ -158,6 +161,7 @@ pub struct Kernels {
     pub qkv_rotary_cache: qkv_rotary_cache::QkvRotaryCache,
     pub custom_all_reduce: custom_all_reduce::CustomAllReduce,
     pub skinny_gemm: skinny_gemm::SkinnyGemm,
+    pub prepare_inputs: prepare_inputs::PrepareInputs,
 }
 
 impl Kernels {
@@ -206,6 +210,7 @@ impl Kernels {
                 num_sms,
                 arch == compile::ARCH_HOPPER_FEATURES,
             )?,
+            prepare_inputs: prepare_inputs::PrepareInputs::load(&modules[13])?,
         })
     }
 }

@@ -15,6 +15,8 @@
 //!   `min_tokens` tokens. Both samplers then behave as the CPU's on the masked row.
 //! - [`Sampling::take_sampled_ids`]: async scheduling's hand-over: a step's decodes take
 //!   their input ids from the previous step's sampled ids on the device.
+//! - [`Sampling::send_sampled_ids`]: the sampled ids written by the device into page-locked
+//!   host memory, where the host reads them after the step.
 //! - [`Sampling::sample_reference`]: the first version of the same sampler
 //!   (`cuda/sampling_reference.cu`): the same function, so the same token on every row, by more
 //!   passes over the row and contended 64-bit atomics. Kept as the test's oracle and
@@ -55,6 +57,7 @@ pub struct Sampling {
     mask_bf16: CudaFunction,
     mask_f32: CudaFunction,
     take_sampled_ids: CudaFunction,
+    send_sampled_ids: CudaFunction,
 }
 
 /// In [`Sampling::take_sampled_ids`]' `from_rows`: this input token keeps its id.
@@ -89,6 +92,7 @@ impl Sampling {
             mask_bf16: module.load_function("mask_logits_bf16_kernel")?,
             mask_f32: module.load_function("mask_logits_f32_kernel")?,
             take_sampled_ids: module.load_function("take_sampled_ids_kernel")?,
+            send_sampled_ids: module.load_function("send_sampled_ids_kernel")?,
         })
     }
 
@@ -230,6 +234,44 @@ impl Sampling {
         // SAFETY: the signature matches take_sampled_ids_kernel (input_ids, from_rows,
         // sampled, u32, u32); input_ids and from_rows hold num_tokens each (checked), and the
         // kernel reads `sampled` only below num_sampled, its length.
+        unsafe { launch.launch(LaunchConfig::for_num_elems(n32)) }?;
+        Ok(())
+    }
+
+    /// Writes `sampled` into page-locked host memory at device address `host_ids`
+    /// ([`crate::prepare_inputs::mapped_address`]), which holds at least `host_len` ids; the
+    /// host may read them once the stream has passed this launch (an event recorded after it).
+    ///
+    /// # Safety
+    /// `host_ids` must be the device address of at least `host_len` u32 of page-locked host
+    /// memory that stays allocated, and that the host neither reads nor writes, until the
+    /// stream has passed this launch.
+    pub unsafe fn send_sampled_ids(
+        &self,
+        stream: &Arc<CudaStream>,
+        host_ids: u64,
+        host_len: usize,
+        sampled: &CudaView<'_, u32>, // [num_sampled]
+    ) -> Result<()> {
+        const K: &str = "send_sampled_ids";
+        let n = sampled.len();
+        if n > host_len {
+            return Err(crate::KernelError::Shape {
+                kernel: K,
+                buffer: "host_ids",
+                got: host_len,
+                want: n,
+            });
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let n32 = to_u32(K, "num_sampled", n)?;
+        let mut launch = Launch::new(stream, &self.send_sampled_ids);
+        launch.arg(&host_ids).arg(sampled).arg(&n32);
+        // SAFETY: the signature matches send_sampled_ids_kernel (u32* as a 64-bit address,
+        // sampled, u32); it writes host_ids[0..n) (n <= host_len, checked) and reads sampled
+        // below its length; the host memory's lifetime is the caller's promise.
         unsafe { launch.launch(LaunchConfig::for_num_elems(n32)) }?;
         Ok(())
     }

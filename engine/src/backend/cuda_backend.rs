@@ -37,7 +37,7 @@ use rayon::prelude::*;
 use super::cuda_allocator::{self, CachingAllocator};
 use super::cuda_graph::{capture_sizes, padded_size, CudaGraphs, GraphKey};
 use super::cuda_kernel_timer::{self, KernelScope, KernelTimer};
-use super::cuda_step::{self, device, CudaStepMetadata, StepPool};
+use super::cuda_step::{self, device, CudaStepMetadata, StepPool, StepUpload};
 use super::cuda_tensor::{CudaData, CudaTensor};
 use super::cuda_tensor_parallel::RankComm;
 use super::{Backend, BackendError, DType, DeviceTime, Result, StepLimits, StepSampling};
@@ -278,6 +278,19 @@ fn early_reads_from_vars(
     }
 }
 
+/// How a step's inputs reach the device and its sampled ids the host ([`StepUpload`]):
+/// kernels reading and writing page-locked host memory, unless `LAB_STEP_UPLOAD=copy` asks
+/// for the copy engine (the way before, kept for A/B runs).
+fn step_upload_from_vars(
+    var: impl Fn(&str) -> Option<String>,
+) -> std::result::Result<StepUpload, String> {
+    match var("LAB_STEP_UPLOAD").as_deref().map(str::trim) {
+        None | Some("kernel") => Ok(StepUpload::Kernel),
+        Some("copy") => Ok(StepUpload::Copy),
+        Some(v) => Err(format!("LAB_STEP_UPLOAD={v}: expected kernel or copy")),
+    }
+}
+
 /// The longest context a small decode batch runs in one pass of the wide attention kernel
 /// (`kernels::paged_attention::PagedAttention::with_wide_single_pass`; 0: never, split as
 /// before): `LAB_ATTENTION_WIDE=N` tokens, default [`WIDE_SINGLE_PASS_TOKENS`].
@@ -334,6 +347,8 @@ pub struct CudaBackend {
     /// Where every op's output comes from (no allocation per op once warm).
     activations: CachingAllocator,
     steps: StepPool,
+    /// How each step's metadata reaches the device (`LAB_STEP_UPLOAD`).
+    step_upload: StepUpload,
     limits: StepLimits,
     generation: Mutex<u64>,
     graphs: Mutex<CudaGraphs>,
@@ -368,8 +383,12 @@ struct StepSlot {
     start: CudaEvent,
     end: CudaEvent,
     ids: PinnedHostSlice<u32>, // [capacity]
-    /// Recorded on the download stream after the copy into `ids` (cudarc records none itself:
-    /// event tracking is off); the next step's sampler waits for it.
+    /// `ids`' address on the device, where the driver mapped it: the sampled ids are then
+    /// written there by a kernel ([`StepUpload::Kernel`]), not copied.
+    ids_address: Option<u64>,
+    /// Recorded after the ids are in `ids` (on the download stream after a copy, cudarc
+    /// recording none itself with event tracking off; on the kernels' stream after the kernel
+    /// that writes them). After a copy the next step's sampler waits for it.
     copied: Arc<CudaEvent>,
 }
 
@@ -385,6 +404,7 @@ impl StepSlot {
         Ok(StepSlot {
             start: timing_event(gpu)?,
             end: timing_event(gpu)?,
+            ids_address: kernels::prepare_inputs::mapped_address(&ids).ok(),
             ids,
             copied: Arc::new(copied.map_err(|e| device("create an event", e))?),
         })
@@ -494,6 +514,13 @@ impl CudaBackend {
         let paged_attention = paged_attention
             .with_early_reads(early)
             .with_wide_single_pass(wide);
+        let step_upload = step_upload_from_vars(|name| std::env::var(name).ok()).map_err(|e| {
+            BackendError::Device {
+                backend: "cuda",
+                op: "reading LAB_STEP_UPLOAD",
+                source: e.into(),
+            }
+        })?;
         Ok(CudaBackend {
             gemv: gpu
                 .kernels
@@ -511,6 +538,7 @@ impl CudaBackend {
             split_k: Mutex::new(split_k),
             activations: CachingAllocator::new(gpu.stream.clone(), cuda_allocator::UNLIMITED),
             steps: Arc::new(Mutex::new(None)),
+            step_upload,
             limits: StepLimits {
                 max_num_tokens: 1,
                 max_num_seqs: 1,
@@ -1096,7 +1124,8 @@ impl Backend for CudaBackend {
             &mut generation,
             input,
             pad_to,
-            &self.gpu.kernels.sampling,
+            &self.gpu.kernels,
+            self.step_upload,
         )
     }
 
@@ -1732,13 +1761,40 @@ impl CudaBackend {
         } else {
             run()?;
         }
-        record(&slot.end)?;
-        // The ids go to the host on a stream of their own, once the step is done, so that the
-        // next step's metadata copies and kernels need not queue behind them; the next step's
-        // sampler, which overwrites `sampled`, waits for them (`last_copy`). Into the
-        // page-locked slot itself: a copy into pageable memory would wait for it.
-        let download = &self.download;
         let dev = |e| device("copy sampled ids", e);
+        if let (StepUpload::Kernel, Some(address)) = (self.step_upload, slot.ids_address) {
+            // A kernel writes the ids into the page-locked slot, on this stream: nothing to
+            // wait for on another stream, and the next step's sampler may overwrite `sampled`
+            // right away.
+            let _send = tracing::trace_span!("kernel", op = "send_sampled_ids").entered();
+            let ids = sampled.slice(0..rows.len());
+            // SAFETY: `address` is `slot.ids`' mapped address (StepSlot::new), `ids.len()`
+            // u32 long; the slot travels with this step and is read only after `copied`,
+            // recorded below after the kernel, has been passed.
+            unsafe {
+                let len = slot.ids.len();
+                self.gpu
+                    .kernels
+                    .sampling
+                    .send_sampled_ids(stream, address, len, &ids)
+            }
+            .map_err(kernel("send sampled ids"))?;
+            record(&slot.end)?;
+            slot.copied.record(stream).map_err(dev)?;
+            return Ok(LaunchedStep {
+                slot,
+                rows: rows.len(),
+                wants_logits: rows.iter().map(|r| r.output_logits).collect(),
+                logits: logits_host,
+            });
+        }
+        record(&slot.end)?;
+        // With copies (`LAB_STEP_UPLOAD=copy`), the ids go to the host on a stream of their
+        // own, once the step is done, so that the next step's metadata copies and kernels need
+        // not queue behind them; the next step's sampler, which overwrites `sampled`, waits
+        // for them (`last_copy`). Into the page-locked slot itself: a copy into pageable
+        // memory would wait for it.
+        let download = &self.download;
         download.wait(&slot.end).map_err(dev)?;
         if !rows.is_empty() {
             let _copy = tracing::trace_span!("copy_sampled_ids", rows = rows.len()).entered();
@@ -1914,6 +1970,19 @@ mod tests {
         assert!(read(Some("yes"))
             .unwrap_err()
             .contains("LAB_ATTENTION_EARLY=yes"));
+    }
+
+    #[test]
+    fn step_upload_follows_the_environment() {
+        let read = |v: Option<&'static str>| {
+            step_upload_from_vars(move |name| (name == "LAB_STEP_UPLOAD").then_some(v?.into()))
+        };
+        assert_eq!(read(None), Ok(StepUpload::Kernel), "the kernel by default");
+        assert_eq!(read(Some("kernel")), Ok(StepUpload::Kernel));
+        assert_eq!(read(Some(" copy ")), Ok(StepUpload::Copy));
+        assert!(read(Some("dma"))
+            .unwrap_err()
+            .contains("LAB_STEP_UPLOAD=dma"));
     }
 
     #[test]

@@ -21,8 +21,10 @@ use kernels::cudarc::driver::result::memcpy_htod_async;
 use kernels::cudarc::driver::{
     CudaEvent, CudaSlice, CudaStream, CudaView, DevicePtrMut, DeviceRepr, PinnedHostSlice,
 };
+use kernels::prepare_inputs::{mapped_address, Handover, StagedStep, TableCorner};
 use kernels::reshape_and_cache::PADDING_SLOT;
 use kernels::sampling::{Sampling, TAKE_NONE};
+use kernels::Kernels;
 
 use super::{BackendError, Result, StepLimits, StepSampling};
 use crate::sampler::SampleRow;
@@ -30,11 +32,13 @@ use crate::worker::model_runner::ModelInput;
 
 /// Device buffers for the largest step, and the pinned host memory a step is staged in.
 ///
-/// Every per-step array but the block tables travels in one copy: the host writes them one
-/// after the other into `staging` (page-locked, so the copy is a DMA the host only enqueues),
-/// and one `cuMemcpyHtoDAsync` moves them into `packed` at the same offsets. Twelve copies
-/// from pageable memory, each staged by the driver through a buffer of its own before it
-/// returns, cost the host tens of microseconds a step, time in which the GPU waits.
+/// The host writes every per-step array, one after the other, into `staging` (page-locked),
+/// and the block tables' used corner after them; one kernel (`kernels::prepare_inputs`) reads
+/// those bytes across PCIe into `packed` at the same offsets and the corner into
+/// `block_tables` ([`StepUpload`]). Twelve copies from pageable memory, each staged by the
+/// driver through a buffer of its own before it returns, had cost the host tens of
+/// microseconds a step; two copy-engine copies from `staging` then cost the stream about 8 µs
+/// each between two decode steps on an H200, time in which the GPU waits.
 ///
 /// The offsets are a function of the step's (padded) token and sequence counts only
 /// (`PackedLayout::new`): a decode step of n sequences always finds its arrays at the same
@@ -47,6 +51,8 @@ pub struct StepBuffers {
     layout: PackedLayout,
     /// Page-locked host bytes: the packed arrays, then the block tables' used corner.
     staging: PinnedHostSlice<u8>,
+    /// `staging`'s address on the device, where the driver mapped it (`None`: copies only).
+    staging_address: Option<u64>,
     /// Recorded after the copies out of `staging`: the host may write it again once passed.
     staged: CudaEvent,
     pub block_tables: CudaSlice<u32>, // [max_seqs, width]
@@ -134,6 +140,7 @@ impl StepBuffers {
         Ok(StepBuffers {
             packed: stream.alloc_zeros(largest).map_err(dev)?,
             layout: PackedLayout::default(),
+            staging_address: mapped_address(&staging).ok(),
             staging,
             staged: ctx.new_event(None).map_err(dev)?,
             block_tables: stream.alloc_zeros(s * width).map_err(dev)?,
@@ -184,6 +191,21 @@ impl StepBuffers {
     pub fn position(&self) -> CudaView<'_, u64> {
         view(&self.packed, self.layout.position)
     }
+}
+
+/// How a step's bytes cross between host and device: its staged inputs in, its sampled ids
+/// out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepUpload {
+    /// Kernels read and write page-locked host memory themselves: one reads the staged
+    /// inputs (`kernels::prepare_inputs`, the hand-over of async scheduling included), one
+    /// writes the sampled ids into the step's host slot (`Sampling::send_sampled_ids`). The
+    /// default.
+    Kernel,
+    /// The copy engine: one copy for the packed arrays, a 2-D copy for the tables' corner,
+    /// then the hand-over kernel; the ids back by a copy on a second stream
+    /// (`LAB_STEP_UPLOAD=copy`, and wherever the driver did not map the memory for the device).
+    Copy,
 }
 
 /// Where a backend keeps its step buffers between steps.
@@ -268,6 +290,7 @@ pub fn is_decode(input: &ModelInput) -> bool {
 
 /// Copies `input` into the pool's buffers (allocating them, at `limits` or larger if the step
 /// needs it, when the pool is empty or too small), padding a decode batch to `pad_to` rows.
+#[allow(clippy::too_many_arguments)]
 pub fn prepare(
     stream: &Arc<CudaStream>,
     pool: &StepPool,
@@ -275,7 +298,8 @@ pub fn prepare(
     next_generation: &mut u64,
     input: ModelInput,
     pad_to: Option<usize>,
-    sampling: &Sampling,
+    kernels: &Kernels,
+    via: StepUpload,
 ) -> Result<CudaStepMetadata> {
     let meta = &input.attn_metadata;
     let (t, n) = (input.input_ids.len(), meta.num_seqs());
@@ -362,10 +386,15 @@ pub fn prepare(
     let width = bufs.limits.max_blocks_per_seq().max(1);
 
     let host = layout(&input, padded, width)?;
-    upload(stream, &mut bufs, &host, width)?;
-    if takes_previous {
-        take_sampled_ids(stream, sampling, &mut bufs)?;
-    }
+    upload(
+        stream,
+        &mut bufs,
+        &host,
+        width,
+        takes_previous,
+        kernels,
+        via,
+    )?;
 
     Ok(CudaStepMetadata {
         num_tokens: tokens,
@@ -382,15 +411,19 @@ pub fn prepare(
     })
 }
 
-/// Writes `host` into the pinned staging bytes and copies it to the device: the packed
-/// arrays in one copy, the block tables' used corner in a second (a 2D copy into the rows of
-/// the `width`-wide device matrix; what lies right of the corner, earlier steps' entries, is
-/// never read: a kernel stops at a sequence's length).
+/// Writes `host` into the pinned staging bytes and moves it to the device, `via` one kernel or
+/// the copy engine: the packed arrays to the same offsets of `packed`, the block tables' used
+/// corner into the first columns of the `width`-wide device matrix (what lies right of the
+/// corner, earlier steps' entries, is never read: a kernel stops at a sequence's length), and
+/// where `takes_previous`, the previous step's sampled ids into the input ids.
 fn upload(
     stream: &Arc<CudaStream>,
     bufs: &mut StepBuffers,
     host: &HostStep,
     width: usize,
+    takes_previous: bool,
+    kernels: &Kernels,
+    via: StepUpload,
 ) -> Result<()> {
     let dev = |e| device("copy step metadata", e);
     let l = PackedLayout::new(
@@ -441,6 +474,47 @@ fn upload(
             &host.block_tables,
         );
     }
+    bufs.layout = l;
+    if let (StepUpload::Kernel, Some(address)) = (via, bufs.staging_address) {
+        let _span = tracing::trace_span!("kernel", op = "prepare_inputs").entered();
+        let step = StagedStep {
+            packed_bytes: l.bytes,
+            handover: takes_previous.then_some(Handover {
+                ids_at: l.input_ids.0,
+                from_rows_at: l.from_rows.0,
+                num_tokens: l.input_ids.1,
+            }),
+            tables: (!same_tables).then_some(TableCorner {
+                at: l.bytes,
+                rows: host.block_tables.len() / host.block_table_width.max(1),
+                used: host.block_table_width,
+            }),
+        };
+        let sampled = bufs.sampled.lock().map_err(|_| poisoned())?;
+        let staged_len = bufs.staging.len();
+        // SAFETY: `address` is `staging`'s mapped address (StepBuffers::new), `staged_len`
+        // bytes; `staging` lives as long as `bufs` and is not written again until `staged`,
+        // recorded below after this launch on the same stream, has been passed.
+        unsafe {
+            kernels.prepare_inputs.launch(
+                stream,
+                &mut bufs.packed,
+                address,
+                staged_len,
+                &step,
+                &sampled.as_view(),
+                &mut bufs.block_tables,
+                width,
+            )
+        }
+        .map_err(|e| device("prepare inputs", e))?;
+        drop(sampled);
+        if !same_tables {
+            bufs.uploaded_tables = (host.block_table_width, host.block_tables.clone());
+        }
+        bufs.staged.record(stream).map_err(dev)?;
+        return Ok(());
+    }
     let (packed_host, rest) = staging.split_at(l.bytes);
     {
         let (dst, _record) = bufs.packed.device_ptr_mut(stream);
@@ -466,7 +540,9 @@ fn upload(
         bufs.uploaded_tables = (host.block_table_width, host.block_tables.clone());
     }
     bufs.staged.record(stream).map_err(dev)?;
-    bufs.layout = l;
+    if takes_previous {
+        take_sampled_ids(stream, &kernels.sampling, bufs)?;
+    }
     Ok(())
 }
 
