@@ -37,7 +37,7 @@ use rayon::prelude::*;
 use super::cuda_allocator::{self, CachingAllocator};
 use super::cuda_graph::{capture_sizes, padded_size, CudaGraphs, GraphKey};
 use super::cuda_kernel_timer::{self, KernelScope, KernelTimer};
-use super::cuda_step::{self, device, CudaStepMetadata, StepPool, StepUpload};
+use super::cuda_step::{self, device, CudaStepMetadata, StepPool, StepTransfer};
 use super::cuda_tensor::{CudaData, CudaTensor};
 use super::cuda_tensor_parallel::RankComm;
 use super::{Backend, BackendError, DType, DeviceTime, Result, StepLimits, StepSampling};
@@ -278,16 +278,16 @@ fn early_reads_from_vars(
     }
 }
 
-/// How a step's inputs reach the device and its sampled ids the host ([`StepUpload`]):
-/// kernels reading and writing page-locked host memory, unless `LAB_STEP_UPLOAD=copy` asks
+/// How a step's inputs reach the device and its sampled ids the host ([`StepTransfer`]):
+/// kernels reading and writing page-locked host memory, unless `LAB_STEP_TRANSFER=copy` asks
 /// for the copy engine (the way before, kept for A/B runs).
-fn step_upload_from_vars(
+fn step_transfer_from_vars(
     var: impl Fn(&str) -> Option<String>,
-) -> std::result::Result<StepUpload, String> {
-    match var("LAB_STEP_UPLOAD").as_deref().map(str::trim) {
-        None | Some("kernel") => Ok(StepUpload::Kernel),
-        Some("copy") => Ok(StepUpload::Copy),
-        Some(v) => Err(format!("LAB_STEP_UPLOAD={v}: expected kernel or copy")),
+) -> std::result::Result<StepTransfer, String> {
+    match var("LAB_STEP_TRANSFER").as_deref().map(str::trim) {
+        None | Some("kernel") => Ok(StepTransfer::Kernel),
+        Some("copy") => Ok(StepTransfer::Copy),
+        Some(v) => Err(format!("LAB_STEP_TRANSFER={v}: expected kernel or copy")),
     }
 }
 
@@ -347,8 +347,8 @@ pub struct CudaBackend {
     /// Where every op's output comes from (no allocation per op once warm).
     activations: CachingAllocator,
     steps: StepPool,
-    /// How each step's metadata reaches the device (`LAB_STEP_UPLOAD`).
-    step_upload: StepUpload,
+    /// How each step's metadata reaches the device (`LAB_STEP_TRANSFER`).
+    step_transfer: StepTransfer,
     limits: StepLimits,
     generation: Mutex<u64>,
     graphs: Mutex<CudaGraphs>,
@@ -384,7 +384,7 @@ struct StepSlot {
     end: CudaEvent,
     ids: PinnedHostSlice<u32>, // [capacity]
     /// `ids`' address on the device, where the driver mapped it: the sampled ids are then
-    /// written there by a kernel ([`StepUpload::Kernel`]), not copied.
+    /// written there by a kernel ([`StepTransfer::Kernel`]), not copied.
     ids_address: Option<u64>,
     /// Recorded after the ids are in `ids` (on the download stream after a copy, cudarc
     /// recording none itself with event tracking off; on the kernels' stream after the kernel
@@ -514,13 +514,14 @@ impl CudaBackend {
         let paged_attention = paged_attention
             .with_early_reads(early)
             .with_wide_single_pass(wide);
-        let step_upload = step_upload_from_vars(|name| std::env::var(name).ok()).map_err(|e| {
-            BackendError::Device {
-                backend: "cuda",
-                op: "reading LAB_STEP_UPLOAD",
-                source: e.into(),
-            }
-        })?;
+        let step_transfer =
+            step_transfer_from_vars(|name| std::env::var(name).ok()).map_err(|e| {
+                BackendError::Device {
+                    backend: "cuda",
+                    op: "reading LAB_STEP_TRANSFER",
+                    source: e.into(),
+                }
+            })?;
         Ok(CudaBackend {
             gemv: gpu
                 .kernels
@@ -538,7 +539,7 @@ impl CudaBackend {
             split_k: Mutex::new(split_k),
             activations: CachingAllocator::new(gpu.stream.clone(), cuda_allocator::UNLIMITED),
             steps: Arc::new(Mutex::new(None)),
-            step_upload,
+            step_transfer,
             limits: StepLimits {
                 max_num_tokens: 1,
                 max_num_seqs: 1,
@@ -1125,7 +1126,7 @@ impl Backend for CudaBackend {
             input,
             pad_to,
             &self.gpu.kernels,
-            self.step_upload,
+            self.step_transfer,
         )
     }
 
@@ -1762,7 +1763,7 @@ impl CudaBackend {
             run()?;
         }
         let dev = |e| device("copy sampled ids", e);
-        if let (StepUpload::Kernel, Some(address)) = (self.step_upload, slot.ids_address) {
+        if let (StepTransfer::Kernel, Some(address)) = (self.step_transfer, slot.ids_address) {
             // A kernel writes the ids into the page-locked slot, on this stream: nothing to
             // wait for on another stream, and the next step's sampler may overwrite `sampled`
             // right away.
@@ -1789,7 +1790,7 @@ impl CudaBackend {
             });
         }
         record(&slot.end)?;
-        // With copies (`LAB_STEP_UPLOAD=copy`), the ids go to the host on a stream of their
+        // With copies (`LAB_STEP_TRANSFER=copy`), the ids go to the host on a stream of their
         // own, once the step is done, so that the next step's metadata copies and kernels need
         // not queue behind them; the next step's sampler, which overwrites `sampled`, waits
         // for them (`last_copy`). Into the page-locked slot itself: a copy into pageable
@@ -1973,16 +1974,20 @@ mod tests {
     }
 
     #[test]
-    fn step_upload_follows_the_environment() {
+    fn step_transfer_follows_the_environment() {
         let read = |v: Option<&'static str>| {
-            step_upload_from_vars(move |name| (name == "LAB_STEP_UPLOAD").then_some(v?.into()))
+            step_transfer_from_vars(move |name| (name == "LAB_STEP_TRANSFER").then_some(v?.into()))
         };
-        assert_eq!(read(None), Ok(StepUpload::Kernel), "the kernel by default");
-        assert_eq!(read(Some("kernel")), Ok(StepUpload::Kernel));
-        assert_eq!(read(Some(" copy ")), Ok(StepUpload::Copy));
+        assert_eq!(
+            read(None),
+            Ok(StepTransfer::Kernel),
+            "the kernel by default"
+        );
+        assert_eq!(read(Some("kernel")), Ok(StepTransfer::Kernel));
+        assert_eq!(read(Some(" copy ")), Ok(StepTransfer::Copy));
         assert!(read(Some("dma"))
             .unwrap_err()
-            .contains("LAB_STEP_UPLOAD=dma"));
+            .contains("LAB_STEP_TRANSFER=dma"));
     }
 
     #[test]

@@ -35,7 +35,7 @@ use crate::worker::model_runner::ModelInput;
 /// The host writes every per-step array, one after the other, into `staging` (page-locked),
 /// and the block tables' used corner after them; one kernel (`kernels::prepare_inputs`) reads
 /// those bytes across PCIe into `packed` at the same offsets and the corner into
-/// `block_tables` ([`StepUpload`]). Twelve copies from pageable memory, each staged by the
+/// `block_tables` ([`StepTransfer`]). Twelve copies from pageable memory, each staged by the
 /// driver through a buffer of its own before it returns, had cost the host tens of
 /// microseconds a step; two copy-engine copies from `staging` then cost the stream about 8 µs
 /// each between two decode steps on an H200, time in which the GPU waits.
@@ -196,7 +196,7 @@ impl StepBuffers {
 /// How a step's bytes cross between host and device: its staged inputs in, its sampled ids
 /// out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StepUpload {
+pub enum StepTransfer {
     /// Kernels read and write page-locked host memory themselves: one reads the staged
     /// inputs (`kernels::prepare_inputs`, the hand-over of async scheduling included), one
     /// writes the sampled ids into the step's host slot (`Sampling::send_sampled_ids`). The
@@ -204,7 +204,7 @@ pub enum StepUpload {
     Kernel,
     /// The copy engine: one copy for the packed arrays, a 2-D copy for the tables' corner,
     /// then the hand-over kernel; the ids back by a copy on a second stream
-    /// (`LAB_STEP_UPLOAD=copy`, and wherever the driver did not map the memory for the device).
+    /// (`LAB_STEP_TRANSFER=copy`, and wherever the driver did not map the memory for the device).
     Copy,
 }
 
@@ -299,7 +299,7 @@ pub fn prepare(
     input: ModelInput,
     pad_to: Option<usize>,
     kernels: &Kernels,
-    via: StepUpload,
+    via: StepTransfer,
 ) -> Result<CudaStepMetadata> {
     let meta = &input.attn_metadata;
     let (t, n) = (input.input_ids.len(), meta.num_seqs());
@@ -423,7 +423,7 @@ fn upload(
     width: usize,
     takes_previous: bool,
     kernels: &Kernels,
-    via: StepUpload,
+    via: StepTransfer,
 ) -> Result<()> {
     let dev = |e| device("copy step metadata", e);
     let l = PackedLayout::new(
@@ -475,7 +475,7 @@ fn upload(
         );
     }
     bufs.layout = l;
-    if let (StepUpload::Kernel, Some(address)) = (via, bufs.staging_address) {
+    if let (StepTransfer::Kernel, Some(address)) = (via, bufs.staging_address) {
         let _span = tracing::trace_span!("kernel", op = "prepare_inputs").entered();
         let step = StagedStep {
             packed_bytes: l.bytes,
