@@ -427,8 +427,17 @@ impl Executor for ThreadExecutor {
 }
 
 impl Drop for ThreadExecutor {
-    /// Closing the command channels ends each rank's loop; then every thread is joined.
+    /// Closing the command channels ends each rank's loop; then every thread is joined. A
+    /// group that never failed is told to shut down first, so that a rank in another process
+    /// exits cleanly; after a failure it is not: it sees its driver's connection close and
+    /// exits with an error, as its peers' failure means (otherwise a rank idle between two
+    /// steps when the driver failed would take the close for a clean end and exit 0).
     fn drop(&mut self) {
+        if self.failed.is_none() {
+            for commands in &self.commands {
+                let _ = commands.send(Command::Shutdown);
+            }
+        }
         self.commands.clear();
         for thread in self.threads.drain(..) {
             let _ = thread.join();
@@ -494,8 +503,8 @@ fn remote_rank(
                     return; // the reader reports it
                 }
             }
-            // The executor is dropped: the rank ends.
-            let _ = write_frame(&mut stream, &encode_command(&Command::Shutdown));
+            // The executor is dropped: the rank ends, cleanly if the executor sent `Shutdown`
+            // (a group that never failed), with an error on the bare close otherwise.
             let _ = stream.shutdown(std::net::Shutdown::Write);
         })
 }
