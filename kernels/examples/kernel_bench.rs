@@ -9,7 +9,8 @@
 //! `kernel_bench --lt-algos` times cuBLASLt's ranked algorithms for those projections;
 //! `kernel_bench --skinny` times `skinny_gemm` (each main loop compiled for the GPU, each row
 //! tile) against cuBLAS on them at 8-32 tokens; `kernel_bench --small-attention` times only
-//! decode attention at small batches (each split and merge, and the wide single pass).
+//! decode attention at small batches (each split and merge, and the wide single pass);
+//! `kernel_bench --fused-norm` times only the norm-fed GEMVs (`fused_norm_gemv`) beside the copy.
 //! Method (`kernels::roofline`, which also measures the copy and the 8192³ GEMM): random data
 //! (never zeros), buffers far larger than the 50 MB L2, 5 warm-up launches, then 20 launches
 //! each between two CUDA events; the median is reported. Bytes counted are the bytes a kernel
@@ -1092,6 +1093,11 @@ fn main() -> Result<()> {
     }
     if std::env::args().nth(1).as_deref() == Some("--skinny-sweep") {
         return skinny_sweep(&gpu);
+    }
+    if std::env::args().nth(1).as_deref() == Some("--fused-norm") {
+        let ceilings = roofline::measure_on(&gpu.ctx, &gpu.stream)?;
+        println!("copy (d2d) {:.0} GB/s", ceilings.copy_gb_s);
+        return fused_norm_gemv(&gpu, ceilings.copy_gb_s).map(drop);
     }
     if std::env::args().nth(1).as_deref() == Some("--small-attention") {
         let mut ws = SplitKWorkspace::new(&gpu.stream, 1, 128)?;
