@@ -77,28 +77,12 @@ __device__ __forceinline__ void wait_for_previous_kernel() {
 __device__ __forceinline__ void allow_next_kernel() {
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 }
-
-// Steps 2 and 3 together, in the order the build chose (kernels/src/launch.rs, `PdlTrigger`).
-// After the wait (the default): the next kernel starts once this one is past its wait, so its
-// own early reads overlap this kernel's work, never the kernel before this one. Before the wait
-// (PDL_TRIGGER_EARLY): the next kernel may start while this one still waits, and it in turn
-// lets the one after it start, so several kernels' early reads (weights, staged in registers or
-// shared memory) can run under one long kernel. Safe for the same reason as the default: every
-// wait still waits for the whole previous grid, which finished only after its own wait, so the
-// stream's order of activations holds by induction. What a kernel reads before its wait must
-// then be complete before the step's first kernel: weights, and the step's inputs, which
-// prepare_inputs.cu therefore writes and fences before it lets any kernel start.
-__device__ __forceinline__ void wait_and_allow_next_kernel() {
-#ifdef PDL_TRIGGER_EARLY
-    allow_next_kernel();
-    wait_for_previous_kernel();
-#else
-    wait_for_previous_kernel();
-    allow_next_kernel();
-#endif
-}
 // Steps 2 and 3, for kernels with nothing to prepare.
-#define PDL_ENTRY() wait_and_allow_next_kernel()
+#define PDL_ENTRY()                 \
+    do {                            \
+        wait_for_previous_kernel(); \
+        allow_next_kernel();        \
+    } while (0)
 
 // Peer inboxes of the one-shot all-reduce (custom_all_reduce.cu has the protocol): rank r's
 // inbox is [2 halves, ranks, capacity] bf16 in r's memory, every 32-bit word EMPTY until a

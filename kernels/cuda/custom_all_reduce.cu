@@ -151,14 +151,7 @@ __device__ __forceinline__ void custom_all_reduce(
             if (r != rank) mine[r * slot + i] = empty;
         }
     }
-    if (threadIdx.x == 0) {
-        counter[blockIdx.x] = c;
-        // Visible before any later kernel starts: with the early trigger (common.cuh) the next
-        // all-reduce may start, and read its count before its wait, while kernels between the
-        // two still wait for each other.
-        __threadfence();
-    }
-    __syncthreads();
+    if (threadIdx.x == 0) counter[blockIdx.x] = c;
     allow_next_kernel();
 }
 

@@ -225,7 +225,8 @@ __device__ __forceinline__ void gemv(
 #pragma unroll
             for (int t = 0; t < RM; t++) rope_in[r][t] = rope_operands(rope, min(f0 + r, width - 1), t);
     }
-    wait_and_allow_next_kernel();
+    wait_for_previous_kernel();
+    allow_next_kernel();
 
     // One warp of the grid stores the new residual stream (every warp computes it for itself;
     // the stream read above stays unchanged, as other blocks still read it).
@@ -421,7 +422,8 @@ __device__ __forceinline__ void gemv_block_norm(
         const u32 c = threadIdx.x + j * GEMV_THREADS;
         if (c < chunks) gamma[j] = __ldg(in.gamma + c);
     }
-    wait_and_allow_next_kernel();
+    wait_for_previous_kernel();
+    allow_next_kernel();
 
     // The norm, as rms_norm.cu computes it: the stream into shared memory, the sum of squares
     // by threads 0..T-1 in that kernel's order; block 0 also stores the new stream.
@@ -698,7 +700,8 @@ __device__ __forceinline__ void gemv_staged(
     const u32 total = (width + F - 1) / F;  // row groups in the grid
     const u32 first_group = blockIdx.x * groups;
     if (first_group >= total) {
-        wait_and_allow_next_kernel();
+        wait_for_previous_kernel();
+        allow_next_kernel();
         return;
     }
     const u32 count = min(groups, total - first_group);
@@ -729,7 +732,8 @@ __device__ __forceinline__ void gemv_staged(
         const u32 g = tid / (F * M), r = tid % (F * M) / M, t = tid % M;
         s_rope[EPI == EPI_ROPE ? tid : 0] = rope_operands(rope, min((first_group + g) * F + r, width - 1), t);
     }
-    wait_and_allow_next_kernel();
+    wait_for_previous_kernel();
+    allow_next_kernel();
 
     // The input, once for all row groups: x, or the residual stream normalized (sum of squares in
     // the `_split` kernel's order). Block 0 stores the new stream.

@@ -511,7 +511,8 @@ __device__ __forceinline__ void paged_attention_decode_mma(
     // before the previous kernel started, so they are read before waiting for it; only the
     // row it writes, each sequence's last token, and q wait.
     if (!early) {
-        wait_and_allow_next_kernel();
+        wait_for_previous_kernel();
+        allow_next_kernel();
     }
     const u32 first_head = blockIdx.x * HEADS, seq = blockIdx.y, part = blockIdx.z;
     const u32 kv_head = first_head / (num_heads / num_kv_heads);
@@ -559,7 +560,8 @@ __device__ __forceinline__ void paged_attention_decode_mma(
         // Tile 0 but the fresh row before the wait; that row into the same copy group after it
         // (copies join a group when it is committed), then the other tiles as usual.
         load_rows(0, 0, BUT_FRESH);
-        wait_and_allow_next_kernel();
+        wait_for_previous_kernel();
+        allow_next_kernel();
         load_rows(0, 0, ONLY_FRESH);
         cp_async_commit();
 #pragma unroll

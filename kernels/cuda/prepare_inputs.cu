@@ -48,9 +48,7 @@ extern "C" __global__ void prepare_inputs_kernel(
     if (takes) from = staged[from_rows_word + (i - ids_word)];
     if (is_entry) entry = staged_tables[i - packed_words];
     wait_for_previous_kernel();
-#ifndef PDL_TRIGGER_EARLY
-    allow_next_kernel();  // the next kernel reads what is written below only after its wait
-#endif
+    allow_next_kernel();
 
     if (takes) {
         u32* ids = reinterpret_cast<u32*>(&word);
@@ -67,12 +65,4 @@ extern "C" __global__ void prepare_inputs_kernel(
         const u32 e = i - packed_words;
         tables[(size_t)(e / used) * width + e % used] = entry;
     }
-#ifdef PDL_TRIGGER_EARLY
-    // With the early trigger (common.cuh) a kernel several launches on may start, and read the
-    // step's inputs before its wait, while this one runs: so it starts only after every
-    // thread's writes are visible to the whole device.
-    __threadfence();
-    __syncthreads();  // every thread of the block fenced (a block may signal with its first)
-    allow_next_kernel();
-#endif
 }

@@ -239,7 +239,8 @@ __device__ __forceinline__ void skinny_gemm(
         if (s < num_stages) load_w(s, s);
         sg_commit();
     }
-    wait_and_allow_next_kernel();
+    wait_for_previous_kernel();
+    allow_next_kernel();
 #pragma unroll
     for (int s = 0; s < SG_STAGES - 1; s++) {
         if (s < num_stages) load_x(s, s);
@@ -579,7 +580,8 @@ __device__ __forceinline__ void skinny_gemm_tma(
         }
     }
     __syncthreads();  // the barriers are initialised before anyone waits on them
-    wait_and_allow_next_kernel();
+    wait_for_previous_kernel();
+    allow_next_kernel();
     if (tid == 0) {
         for (int s = 0; s < S && s < num_stages; s++) copy_x(s);
     }

@@ -53,14 +53,8 @@ pub fn cuda_include_dir() -> String {
 /// Compiles one kernel file to a CUBIN for `arch` (see [`arch`]), or takes it from the
 /// kernel cache when the same source, options (the architecture among them) and NVRTC made
 /// it before.
-/// `defines` are further NVRTC options (`-D...`, as [`crate::launch::PdlTrigger`] gives).
-pub(crate) fn compile(
-    file: &'static str,
-    source: &str,
-    arch: &str,
-    defines: &[&str],
-) -> Result<Ptx> {
-    let cubin = compile_cubin(file, source, arch, defines, kernel_cache::dir().as_deref())?;
+pub(crate) fn compile(file: &'static str, source: &str, arch: &str) -> Result<Ptx> {
+    let cubin = compile_cubin(file, source, arch, kernel_cache::dir().as_deref())?;
     Ok(Ptx::from_binary(cubin))
 }
 
@@ -69,16 +63,14 @@ fn compile_cubin(
     file: &'static str,
     source: &str,
     arch: &str,
-    defines: &[&str],
     cache: Option<&std::path::Path>,
 ) -> Result<Vec<u8>> {
     let src = format!("{COMMON}\n#line 1 \"{file}\"\n{source}");
-    let mut options = vec![
+    let options = [
         format!("--gpu-architecture={arch}"),
         format!("--include-path={}", cuda_include_dir()),
         "--std=c++17".to_string(),
     ];
-    options.extend(defines.iter().map(|d| d.to_string()));
     let key = kernel_cache::fnv1a(&[
         src.as_bytes(),
         options.join(" ").as_bytes(),
@@ -164,7 +156,7 @@ pub(crate) fn entry_points(file: &'static str, source: &str) -> Option<Vec<Strin
         eprintln!("skipped: libnvrtc was not found");
         return None;
     }
-    compile(file, source, ARCH, &[]).unwrap_or_else(|e| panic!("{file} compiles to a CUBIN: {e}"));
+    compile(file, source, ARCH).unwrap_or_else(|e| panic!("{file} compiles to a CUBIN: {e}"));
     let ptx = compile_ptx_with_opts(
         format!("{COMMON}\n{source}"),
         CompileOptions {
@@ -200,7 +192,7 @@ mod tests {
         }
         let dir = std::env::temp_dir().join(format!("lab-compile-test-{}", std::process::id()));
         let (file, source) = (crate::silu_and_mul::FILE, crate::silu_and_mul::SOURCE);
-        let cubin = compile_cubin(file, source, "sm_90", &[], Some(&dir)).expect("compiles");
+        let cubin = compile_cubin(file, source, "sm_90", Some(&dir)).expect("compiles");
         assert_eq!(&cubin[..4], b"\x7fELF", "a CUBIN is an ELF file");
         let entries: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
         assert_eq!(entries.len(), 1, "one entry, no temporary file left");
@@ -208,23 +200,15 @@ mod tests {
         assert_eq!(kernel_cache::read(&path).as_deref(), Some(cubin.as_slice()));
 
         std::fs::write(&path, b"LABCUBN1 damaged").unwrap();
-        let again = compile_cubin(file, source, "sm_90", &[], Some(&dir)).expect("compiles again");
+        let again = compile_cubin(file, source, "sm_90", Some(&dir)).expect("compiles again");
         assert_eq!(again, cubin, "same source, same binary");
         assert_eq!(
             kernel_cache::read(&path).as_deref(),
             Some(cubin.as_slice()),
             "rebuilt"
         );
-        let defines = crate::launch::PdlTrigger::BeforeWait.nvrtc_defines();
-        let early = compile_cubin(file, source, "sm_90", defines, Some(&dir)).expect("compiles");
-        assert_ne!(early, cubin, "the trigger before the wait is another binary");
-        assert_eq!(
-            std::fs::read_dir(&dir).unwrap().count(),
-            2,
-            "kept under a key of its own"
-        );
 
-        let err = compile_cubin(file, "this is not CUDA", "sm_90", &[], None).unwrap_err();
+        let err = compile_cubin(file, "this is not CUDA", "sm_90", None).unwrap_err();
         assert!(err.to_string().contains("silu_and_mul.cu"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -238,14 +222,11 @@ mod tests {
             eprintln!("skipped: libnvrtc was not found");
             return;
         }
-        use crate::launch::PdlTrigger;
         for (file, source) in crate::SOURCES {
             for arch in ["sm_90", ARCH_HOPPER_FEATURES] {
-                for trigger in [PdlTrigger::AfterWait, PdlTrigger::BeforeWait] {
-                    let cubin = compile_cubin(file, source, arch, trigger.nvrtc_defines(), None)
-                        .unwrap_or_else(|e| panic!("{file} for {arch}, {trigger:?}: {e}"));
-                    assert_eq!(&cubin[..4], b"\x7fELF", "{file} for {arch}");
-                }
+                let cubin = compile_cubin(file, source, arch, None)
+                    .unwrap_or_else(|e| panic!("{file} for {arch}: {e}"));
+                assert_eq!(&cubin[..4], b"\x7fELF", "{file} for {arch}");
             }
         }
     }

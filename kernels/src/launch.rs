@@ -16,7 +16,6 @@
 //! events, which [`crate::Gpu::open`] turns off (every launch is on one stream).
 
 use std::ffi::c_void;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use cudarc::driver::sys::{
@@ -26,39 +25,6 @@ use cudarc::driver::{
     CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut,
     DriverError, LaunchConfig,
 };
-
-/// Where each kernel lets the next one start (`griddepcontrol.launch_dependents`), a choice
-/// made when the kernels are compiled (`cuda/common.cuh`, `wait_and_allow_next_kernel`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum PdlTrigger {
-    /// After its own wait: the next kernel's early reads overlap this kernel's work only.
-    #[default]
-    AfterWait,
-    /// Before its wait: several kernels ahead may be resident and read their weights under
-    /// one long kernel (`LAB_PDL_TRIGGER=early` in the engine).
-    BeforeWait,
-}
-
-impl PdlTrigger {
-    /// The NVRTC options that compile the kernels for this choice.
-    pub fn nvrtc_defines(self) -> &'static [&'static str] {
-        match self {
-            PdlTrigger::AfterWait => &[],
-            PdlTrigger::BeforeWait => &["-DPDL_TRIGGER_EARLY"],
-        }
-    }
-}
-
-impl FromStr for PdlTrigger {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s.trim() {
-            "late" => Ok(PdlTrigger::AfterWait),
-            "early" => Ok(PdlTrigger::BeforeWait),
-            other => Err(format!("{other}: expected early or late")),
-        }
-    }
-}
 
 /// One argument, as the kernel receives it: a device address, or a plain value's bytes.
 enum Arg {

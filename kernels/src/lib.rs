@@ -169,11 +169,6 @@ impl Kernels {
     /// paged_attention's instantiations on a slow CPU), or takes them from the kernel cache,
     /// and loads them.
     pub fn load(ctx: &Arc<CudaContext>) -> Result<Self> {
-        Self::load_with(ctx, launch::PdlTrigger::default())
-    }
-
-    /// [`Kernels::load`], compiled for `trigger` (where each kernel lets the next one start).
-    pub fn load_with(ctx: &Arc<CudaContext>, trigger: launch::PdlTrigger) -> Result<Self> {
         use cudarc::driver::sys::CUdevice_attribute as A;
         let arch = compile::arch((
             ctx.attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
@@ -183,9 +178,7 @@ impl Kernels {
         let ptx = std::thread::scope(|s| {
             let jobs: Vec<_> = SOURCES
                 .iter()
-                .map(|&(file, src)| {
-                    s.spawn(move || compile::compile(file, src, arch, trigger.nvrtc_defines()))
-                })
+                .map(|&(file, src)| s.spawn(move || compile::compile(file, src, arch)))
                 .collect();
             jobs.into_iter()
                 .map(|j| j.join().expect("NVRTC compile thread panicked"))
@@ -235,11 +228,6 @@ impl Gpu {
     /// Opens GPU `ordinal` and compiles the kernels. Without a driver or device:
     /// [`KernelError::Unavailable`] (no panic).
     pub fn open(ordinal: usize) -> Result<Self> {
-        Self::open_with(ordinal, launch::PdlTrigger::default())
-    }
-
-    /// [`Gpu::open`], with the kernels compiled for `trigger`.
-    pub fn open_with(ordinal: usize, trigger: launch::PdlTrigger) -> Result<Self> {
         check_device(ordinal)?;
         let ctx = CudaContext::new(ordinal)?;
         // SAFETY: everything this crate and the engine launch goes to the one stream made
@@ -248,7 +236,7 @@ impl Gpu {
         unsafe { ctx.disable_event_tracking() };
         // Not the legacy default stream: CUDA graphs can only be captured on a stream of our own.
         let stream = ctx.new_stream()?;
-        let kernels = Kernels::load_with(&ctx, trigger)?;
+        let kernels = Kernels::load(&ctx)?;
         Ok(Self {
             ctx,
             stream,

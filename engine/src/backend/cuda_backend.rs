@@ -23,7 +23,6 @@ use kernels::cudarc::driver::sys::CUevent_flags;
 use kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream, PinnedHostSlice};
 use kernels::custom_all_reduce::PushTarget;
 use kernels::gemv::{Epilogue, Gemv, NormInput, NormPrologue, RotaryCache, SplitK, Staging};
-use kernels::launch::PdlTrigger;
 use kernels::nccl::NcclRank;
 use kernels::paged_attention::{
     max_partitions, DecodeKernel, DecodeShape, PagedAttention, SplitKWorkspace,
@@ -279,17 +278,6 @@ fn early_reads_from_vars(
     }
 }
 
-/// Where each kernel lets the next one start under programmatic dependent launch
-/// ([`PdlTrigger`], a compile-time choice): after its own wait unless `LAB_PDL_TRIGGER=early`
-/// asks for before it.
-fn pdl_trigger_from_vars(
-    var: impl Fn(&str) -> Option<String>,
-) -> std::result::Result<PdlTrigger, String> {
-    var("LAB_PDL_TRIGGER").map_or(Ok(PdlTrigger::default()), |v| {
-        v.parse().map_err(|e| format!("LAB_PDL_TRIGGER={e}"))
-    })
-}
-
 /// How a step's inputs reach the device and its sampled ids the host ([`StepTransfer`]):
 /// kernels reading and writing page-locked host memory, unless `LAB_STEP_TRANSFER=copy` asks
 /// for the copy engine (the way before, kept for A/B runs).
@@ -458,14 +446,7 @@ impl CudaBackend {
     /// Opens GPU `ordinal` and compiles the kernels (NVRTC, a second or so). Without a usable
     /// GPU: an error that says why.
     pub fn new(ordinal: usize) -> Result<Self> {
-        let trigger = pdl_trigger_from_vars(|name| std::env::var(name).ok()).map_err(|e| {
-            BackendError::Device {
-                backend: "cuda",
-                op: "reading LAB_PDL_TRIGGER",
-                source: e.into(),
-            }
-        })?;
-        let gpu = Gpu::open_with(ordinal, trigger).map_err(kernel("open the GPU"))?;
+        let gpu = Gpu::open(ordinal).map_err(kernel("open the GPU"))?;
         let linear = kernels::linear::Linear::new(&gpu.stream, 1).map_err(kernel("cuBLAS"))?;
         let split_k = SplitKWorkspace::new(&gpu.stream, 1, 1).map_err(kernel("workspace"))?;
         let gemv_rule = GemvRule::from_vars(|name| std::env::var(name).ok()).map_err(|e| {
@@ -2007,23 +1988,6 @@ mod tests {
         assert!(read(Some("dma"))
             .unwrap_err()
             .contains("LAB_STEP_TRANSFER=dma"));
-    }
-
-    #[test]
-    fn pdl_trigger_follows_the_environment() {
-        let read = |v: Option<&'static str>| {
-            pdl_trigger_from_vars(move |name| (name == "LAB_PDL_TRIGGER").then_some(v?.into()))
-        };
-        assert_eq!(
-            read(None),
-            Ok(PdlTrigger::AfterWait),
-            "after the wait by default"
-        );
-        assert_eq!(read(Some("late")), Ok(PdlTrigger::AfterWait));
-        assert_eq!(read(Some(" early ")), Ok(PdlTrigger::BeforeWait));
-        assert!(read(Some("soon"))
-            .unwrap_err()
-            .contains("LAB_PDL_TRIGGER=soon: expected early or late"));
     }
 
     #[test]
