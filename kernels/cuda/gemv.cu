@@ -36,16 +36,16 @@ __device__ __forceinline__ float dot8(const f32x8& a, const f32x8& b) {
     return s;
 }
 
-// The N (default UNROLL) chunks c0, c0 + STRIDE, ... of the ROWS rows `rows` of W, for one lane. Past the end
+// The UNROLL chunks c0, c0 + STRIDE, ... of the ROWS rows `rows` of W, for one lane. Past the end
 // of a row the last valid chunk is loaded again (and never used).
 // STRIDE is the chunk stride of one thread: 32 (a warp per row group) or 256 (split-K).
-template <int ROWS, int STRIDE, int N = UNROLL>
+template <int ROWS, int STRIDE>
 __device__ __forceinline__ void load_chunks(
-    uint4 (&wraw)[N][ROWS],
+    uint4 (&wraw)[UNROLL][ROWS],
     const __nv_bfloat16* __restrict__ w,  // [n, k]
     const u32 (&rows)[ROWS], u32 c0, u32 k, u32 chunks) {
 #pragma unroll
-    for (int u = 0; u < N; u++) {
+    for (int u = 0; u < UNROLL; u++) {
         const u32 c = min(c0 + STRIDE * u, chunks - 1);
 #pragma unroll
         for (int r = 0; r < ROWS; r++)
@@ -409,32 +409,12 @@ __device__ __forceinline__ void gemv_block_norm(
         return f0;
     };
 
-    // The warp's work is a sequence of batches: its row groups one after another, each row
-    // PIPE chunks a lane at a time (batch b: group b / per_group, chunks from lane + (b %
-    // per_group) · 32 · PIPE). Two batches are held in registers: the products of one are
-    // computed while the other's loads are in flight, and a batch's registers are refilled with
-    // the batch two on as soon as they are used. So the stream never stops for the arithmetic,
-    // the warp's sums or a group's epilogue (an earlier version loaded UNROLL chunks, used them,
-    // then loaded again: the memory idled while every warp of the SM computed at once). Each
-    // row's chunks are still added in the same order (lane, lane + 32, ...): the same sums.
-    constexpr int PIPE = UNROLL / 2;
-    const u32 per_group = (chunks + 32 * PIPE - 1) / (32 * PIPE);
-    u32 active = 0;  // groups of this warp with features: the first `active` of `groups`
-    {
-        u32 rows[ROWS];
-        while (active < groups && group_rows(active, rows) < width) active++;
-    }
-    const u32 batches = active * per_group;
-    uint4 wraw[2][PIPE][ROWS];
-    auto load_batch = [&](uint4 (&into)[PIPE][ROWS], u32 b) {
-        u32 rows[ROWS];
-        group_rows(b / per_group, rows);
-        load_chunks<ROWS, 32, PIPE>(into, w, rows, lane + (b % per_group) * 32 * PIPE, k, chunks);
-    };
-    // The first two batches, and the chunks of gamma this thread normalizes (chunks tid,
-    // tid + 256, ...; a weight too), before waiting for the previous kernel (as in `gemv`).
-    if (batches > 0) load_batch(wraw[0], 0);
-    if (batches > 1) load_batch(wraw[1], 1);
+    // The first group's first chunks, before waiting for the previous kernel (as in `gemv`),
+    // and the chunks of gamma this thread normalizes (chunks tid, tid + 256, ...; a weight too).
+    uint4 wraw[UNROLL][ROWS];
+    u32 rows[ROWS];
+    u32 f0 = group_rows(0, rows);
+    if (f0 < width) load_chunks<ROWS, 32>(wraw, w, rows, lane, k, chunks);
     constexpr int GAMMA = 4;  // chunks <= 4 x GEMV_THREADS
     uint4 gamma[GAMMA];
 #pragma unroll
@@ -488,62 +468,58 @@ __device__ __forceinline__ void gemv_block_norm(
     }
     __syncthreads();
 
-    float acc[ROWS][M];
+    for (u32 g = 0; g < groups && f0 < width; g++) {
+        float acc[ROWS][M];
 #pragma unroll
-    for (int r = 0; r < ROWS; r++)
+        for (int r = 0; r < ROWS; r++)
 #pragma unroll
-        for (int t = 0; t < M; t++) acc[r][t] = 0.0f;
-    for (u32 b0 = 0; b0 < batches; b0 += 2) {
+            for (int t = 0; t < M; t++) acc[r][t] = 0.0f;
+        for (u32 c0 = lane; c0 < chunks; c0 += 32 * UNROLL) {
+            if (c0 != lane) load_chunks<ROWS, 32>(wraw, w, rows, c0, k, chunks);
 #pragma unroll
-        for (int slot = 0; slot < 2; slot++) {
-            const u32 b = b0 + slot;
-            if (b >= batches) break;
-            const u32 c0 = lane + (b % per_group) * 32 * PIPE;
-#pragma unroll
-            for (int u = 0; u < PIPE; u++) {
+            for (int u = 0; u < UNROLL; u++) {
                 const u32 c = c0 + 32 * u;
                 if (c >= chunks) break;
 #pragma unroll
                 for (int t = 0; t < M; t++) {
                     const f32x8 xf = unpack8(s_x[t * chunks + c]);
 #pragma unroll
-                    for (int r = 0; r < ROWS; r++) acc[r][t] += dot8(unpack8(wraw[slot][u][r]), xf);
+                    for (int r = 0; r < ROWS; r++) acc[r][t] += dot8(unpack8(wraw[u][r]), xf);
                 }
             }
-            if (b + 2 < batches) load_batch(wraw[slot], b + 2);
-            if (b % per_group != per_group - 1) continue;
-            // The group's last batch: its sums across the warp, then the epilogue (lane 0),
-            // while the next batches' loads are in flight.
-            u32 rows[ROWS];
-            const u32 cur = group_rows(b / per_group, rows);
-#pragma unroll
-            for (int r = 0; r < ROWS; r++)
-#pragma unroll
-                for (int t = 0; t < M; t++) acc[r][t] = warp_sum(acc[r][t]);
-            if (lane == 0) {
-#pragma unroll
-                for (int r = 0; r < F; r++) {
-                    const u32 f = cur + r;
-                    if (f >= width) break;
-#pragma unroll
-                    for (int t = 0; t < M; t++) {
-                        float y;
-                        if (EPI == EPI_GLU) {
-                            const float gt = __bfloat162float(__float2bfloat16(acc[r][t]));
-                            const float up = __bfloat162float(__float2bfloat16(acc[F + r][t]));
-                            y = silu(gt) * up;
-                        } else {
-                            y = acc[r][t] + (bias ? __bfloat162float(bias[f]) : 0.0f);
-                        }
-                        out[(size_t)t * width + f] = __float2bfloat16(y);
-                    }
-                }
-            }
-#pragma unroll
-            for (int r = 0; r < ROWS; r++)
-#pragma unroll
-                for (int t = 0; t < M; t++) acc[r][t] = 0.0f;
         }
+        // The next group's first chunks go out before this group's sums are reduced and stored.
+        const u32 cur = f0;
+        u32 next_rows[ROWS];
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) next_rows[r] = rows[r];
+        f0 = g + 1 < groups ? group_rows(g + 1, next_rows) : width;
+        if (f0 < width) load_chunks<ROWS, 32>(wraw, w, next_rows, lane, k, chunks);
+#pragma unroll
+        for (int r = 0; r < ROWS; r++)
+#pragma unroll
+            for (int t = 0; t < M; t++) acc[r][t] = warp_sum(acc[r][t]);
+        if (lane == 0) {
+#pragma unroll
+            for (int r = 0; r < F; r++) {
+                const u32 f = cur + r;
+                if (f >= width) break;
+#pragma unroll
+                for (int t = 0; t < M; t++) {
+                    float y;
+                    if (EPI == EPI_GLU) {
+                        const float gt = __bfloat162float(__float2bfloat16(acc[r][t]));
+                        const float up = __bfloat162float(__float2bfloat16(acc[F + r][t]));
+                        y = silu(gt) * up;
+                    } else {
+                        y = acc[r][t] + (bias ? __bfloat162float(bias[f]) : 0.0f);
+                    }
+                    out[(size_t)t * width + f] = __float2bfloat16(y);
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) rows[r] = next_rows[r];
     }
 }
 
