@@ -29,6 +29,46 @@ pub fn router(serving: Arc<OpenAIServing>) -> Router {
         .with_state(serving)
 }
 
+/// Connections the kernel completes and holds for the server before it accepts them (the
+/// listen backlog). tokio's own `bind` (through mio) asks for 128, as the standard library
+/// does, and on the H200 machine (2026-12-02) a burst of 1000 clients (`lab bench-serve
+/// --num-requests 1000`) overflowed it while the server accepted: the kernel dropped
+/// handshakes and fell back to SYN cookies, some of which failed, and 1-77 clients of a burst
+/// got "Connection reset by peer" before their request reached the engine. 4096 is Linux's
+/// default cap (`net.core.somaxconn`); the kernel lowers a larger request to the cap.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+// ANCHOR: bind
+/// Listens on `addr` (host:port; port 0 picks a free one) with [`LISTEN_BACKLOG`].
+pub async fn bind(addr: &str) -> std::io::Result<tokio::net::TcpListener> {
+    let mut last_error = None;
+    for addr in tokio::net::lookup_host(addr).await? {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        // As tokio's `bind` does on Unix: a restarted server may take its port back while the
+        // previous one's connections are still in TIME_WAIT.
+        #[cfg(unix)]
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(addr)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolved to nothing",
+        )
+    }))
+}
+// ANCHOR_END: bind
+
 /// Serves `router` on `listener` until the future ends (it never does on its own).
 pub async fn serve(
     listener: tokio::net::TcpListener,
