@@ -209,8 +209,12 @@ pub fn run(args: BenchServeArgs) -> anyhow::Result<()> {
     let results = results.into_inner().unwrap_or_else(|p| p.into_inner());
     let (ok, failed): (Vec<_>, Vec<_>) = results.into_iter().partition(|r| r.is_ok());
     let ok: Vec<RequestResult> = ok.into_iter().filter_map(Result::ok).collect();
-    if let Some(Err(e)) = failed.first() {
-        eprintln!("{} requests failed; the first: {e:#}", failed.len());
+    let failures = failure_kinds(failed.iter().filter_map(|r| r.as_ref().err()));
+    if !failures.is_empty() {
+        eprintln!("{} requests failed:", failed.len());
+        for (message, count) in &failures {
+            eprintln!("  {count} x {message}");
+        }
     }
     if ok.is_empty() {
         bail!("no request completed");
@@ -287,6 +291,10 @@ pub fn run(args: BenchServeArgs) -> anyhow::Result<()> {
                 "tpot_ms": stats(&tpot),
                 "itl_ms": stats(&itl),
                 "e2e_latency_ms": stats(&e2e),
+                "errors": failures
+                    .iter()
+                    .map(|(message, count)| serde_json::json!({"message": message, "count": count}))
+                    .collect::<Vec<_>>(),
             })
         );
     }
@@ -294,4 +302,48 @@ pub fn run(args: BenchServeArgs) -> anyhow::Result<()> {
         bail!("{} of {} requests failed", failed.len(), args.num_requests);
     }
     Ok(())
+}
+
+/// The failed requests' errors, one entry per distinct message with how many requests gave
+/// it, most frequent first (ties in the order first seen): a thousand clients reset by the
+/// kernel and one refused by the server are two lines, not the first error alone.
+fn failure_kinds<'a>(errors: impl Iterator<Item = &'a anyhow::Error>) -> Vec<(String, usize)> {
+    let mut kinds: Vec<(String, usize)> = Vec::new();
+    for e in errors {
+        let message = format!("{e:#}");
+        match kinds.iter_mut().find(|(m, _)| *m == message) {
+            Some((_, count)) => *count += 1,
+            None => kinds.push((message, 1)),
+        }
+    }
+    // A stable sort keeps first-seen order among equal counts.
+    kinds.sort_by_key(|(_, count)| std::cmp::Reverse(*count));
+    kinds
+}
+
+#[cfg(test)]
+mod tests {
+    use super::failure_kinds;
+
+    #[test]
+    fn failures_are_grouped_by_message_most_frequent_first() {
+        let errors = [
+            anyhow::anyhow!("refused"),
+            anyhow::anyhow!("Connection reset by peer").context("POST /v1/completions"),
+            anyhow::anyhow!("Connection reset by peer").context("POST /v1/completions"),
+            anyhow::anyhow!("timed out"),
+        ];
+        assert_eq!(
+            failure_kinds(errors.iter()),
+            vec![
+                (
+                    "POST /v1/completions: Connection reset by peer".to_string(),
+                    2
+                ),
+                ("refused".to_string(), 1),
+                ("timed out".to_string(), 1),
+            ]
+        );
+        assert!(failure_kinds([].iter()).is_empty());
+    }
 }
