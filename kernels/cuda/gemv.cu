@@ -617,6 +617,117 @@ GEMV_ENTRY(7, 2)
 GEMV_ENTRY(8, 2)
 
 // ---------------------------------------------------------------------------------------------
+// Split-K in one wave (the `_split_wave` entry points): the `_split` kernel's arithmetic for a
+// plain projection, with the grid cut to the blocks the GPU holds at once, each block taking row
+// groups blockIdx.x, blockIdx.x + gridDim.x, ... one after another.
+//
+// Why: Llama-3.2-1B's down projection at one token ([2048, 8192], 33.5 MB) is 512 split-K blocks
+// for the 264 an H200 holds: two waves, and every block of the second starts its one trip to
+// memory only after a block of the first has reduced, stored and left. Here the next group's
+// loads go out as soon as the current group's chunks are multiplied, before its warp sums meet
+// in shared memory, so the stream does not stop between groups (the `_block` kernels do the
+// same for the norm-fed projections). The Rust side (`SplitGrid::OneWave`) takes it only where a
+// block per group would need two waves at most: with many more groups than blocks, the fixed
+// share of each block ends the launch later than blocks handed out as SMs free up.
+//
+// Bit for bit the `_split` entry points: thread i takes chunks i, i + 256, ... of each row, the
+// eight warps' sums are added in warp order by thread 0, then the bias. The warps' sums go to
+// two alternating halves of shared memory, so one barrier per group suffices: a half is written
+// again only after the barrier that thread 0 reaches once it has read it.
+template <int M, int ROWS>
+__device__ __forceinline__ void gemv_split_wave(
+    __nv_bfloat16* __restrict__ out,         // [M, n]
+    const uint4* __restrict__ x,             // [M, k / 8]
+    const __nv_bfloat16* __restrict__ w,     // [n, k]
+    const __nv_bfloat16* __restrict__ bias,  // [n] or null
+    u32 n, u32 k) {
+    constexpr int WARPS = GEMV_THREADS / 32;
+    __shared__ float s_sum[2][WARPS][ROWS * M];
+    const u32 lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const u32 chunks = k / 8;
+    const u32 groups = (n + ROWS - 1) / ROWS;
+    auto group_rows = [&](u32 g, u32 (&rows)[ROWS]) {
+#pragma unroll
+        for (int r = 0; r < ROWS; r++) rows[r] = min(g * ROWS + r, n - 1);
+    };
+    uint4 wraw[UNROLL][ROWS];
+    u32 rows[ROWS];
+    u32 g = blockIdx.x;
+    if (g < groups) {
+        group_rows(g, rows);
+        load_chunks<ROWS, GEMV_THREADS>(wraw, w, rows, threadIdx.x, k, chunks);
+    }
+    wait_for_previous_kernel();
+    allow_next_kernel();
+    for (u32 half = 0; g < groups; g += gridDim.x, half ^= 1) {
+        float acc[ROWS][M];
+#pragma unroll
+        for (int r = 0; r < ROWS; r++)
+#pragma unroll
+            for (int t = 0; t < M; t++) acc[r][t] = 0.0f;
+        for (u32 c0 = threadIdx.x; c0 < chunks; c0 += GEMV_THREADS * UNROLL) {
+            if (c0 != threadIdx.x) load_chunks<ROWS, GEMV_THREADS>(wraw, w, rows, c0, k, chunks);
+#pragma unroll
+            for (int u = 0; u < UNROLL; u++) {
+                const u32 c = c0 + GEMV_THREADS * u;
+                if (c >= chunks) break;
+#pragma unroll
+                for (int t = 0; t < M; t++) {
+                    const f32x8 xf = unpack8(__ldg(x + (size_t)t * chunks + c));
+#pragma unroll
+                    for (int r = 0; r < ROWS; r++) acc[r][t] += dot8(unpack8(wraw[u][r]), xf);
+                }
+            }
+        }
+        // The next group's first chunks go out before this group's sums meet.
+        if (g + gridDim.x < groups) {
+            group_rows(g + gridDim.x, rows);
+            load_chunks<ROWS, GEMV_THREADS>(wraw, w, rows, threadIdx.x, k, chunks);
+        }
+#pragma unroll
+        for (int r = 0; r < ROWS; r++)
+#pragma unroll
+            for (int t = 0; t < M; t++) acc[r][t] = warp_sum(acc[r][t]);
+        if (lane == 0)
+#pragma unroll
+            for (int r = 0; r < ROWS; r++)
+#pragma unroll
+                for (int t = 0; t < M; t++) s_sum[half][warp][r * M + t] = acc[r][t];
+        __syncthreads();
+        if (threadIdx.x == 0) {
+#pragma unroll
+            for (int r = 0; r < ROWS; r++) {
+                const u32 f = g * ROWS + r;
+                if (f >= n) break;
+#pragma unroll
+                for (int t = 0; t < M; t++) {
+                    float sum = 0.0f;
+#pragma unroll
+                    for (int v = 0; v < WARPS; v++) sum += s_sum[half][v][r * M + t];
+                    out[(size_t)t * n + f] = __float2bfloat16(sum + (bias ? __bfloat162float(bias[f]) : 0.0f));
+                }
+            }
+        }
+    }
+}
+
+#define GEMV_SPLIT_WAVE(M, ROWS)                                                                   \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_m##M##_split_wave(             \
+        __nv_bfloat16* __restrict__ out, const __nv_bfloat16* __restrict__ x,                      \
+        const __nv_bfloat16* __restrict__ w, const __nv_bfloat16* __restrict__ bias, u32 n,        \
+        u32 k) {                                                                                   \
+        gemv_split_wave<M, ROWS>(out, reinterpret_cast<const uint4*>(x), w, bias, n, k);          \
+    }
+GEMV_SPLIT_WAVE(1, 4)
+GEMV_SPLIT_WAVE(2, 2)
+GEMV_SPLIT_WAVE(3, 2)
+GEMV_SPLIT_WAVE(4, 2)
+GEMV_SPLIT_WAVE(5, 2)
+GEMV_SPLIT_WAVE(6, 2)
+GEMV_SPLIT_WAVE(7, 2)
+GEMV_SPLIT_WAVE(8, 2)
+
+// ---------------------------------------------------------------------------------------------
 // Staged split-K (the `_staged` entry points): the split-K kernel's arithmetic, with a block's
 // whole share of W copied into shared memory (cp.async) before it waits for the previous kernel.
 //

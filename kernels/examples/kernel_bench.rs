@@ -10,7 +10,8 @@
 //! `kernel_bench --skinny` times `skinny_gemm` (each main loop compiled for the GPU, each row
 //! tile) against cuBLAS on them at 8-32 tokens; `kernel_bench --small-attention` times only
 //! decode attention at small batches (each split and merge, and the wide single pass);
-//! `kernel_bench --fused-norm` times only the norm-fed GEMVs (`fused_norm_gemv`) beside the copy.
+//! `kernel_bench --fused-norm` times only the norm-fed GEMVs (`fused_norm_gemv`) beside the copy,
+//! then the 1B shape's down and o_proj at one token (each GEMV entry point and cuBLAS).
 //! Method (`kernels::roofline`, which also measures the copy and the 8192³ GEMM): random data
 //! (never zeros), buffers far larger than the 50 MB L2, 5 warm-up launches, then 20 launches
 //! each between two CUDA events; the median is reported. Bytes counted are the bytes a kernel
@@ -196,6 +197,7 @@ fn fused_norm_gemv(gpu: &Gpu, copy_gb_s: f64) -> Result<Vec<FusedRow>> {
         ("fused, per-warp norm", NormPrologue::PerWarp),
         ("fused, per-block norm, G 1", block(1)),
         ("fused, per-block norm, G 2", block(2)),
+        ("fused, per-block norm, G 4", block(4)),
         ("fused, per-block norm, one wave", block(0)),
     ]
     .into_iter()
@@ -574,6 +576,9 @@ fn decode_projections(
     let lin = Linear::new(s, max_m)?;
     let never = k.gemv.clone().with_split_k(SplitK::Never);
     let always = k.gemv.clone().with_split_k(SplitK::Always);
+    let one_wave = always
+        .clone()
+        .with_split_grid(kernels::gemv::SplitGrid::OneWave);
     let engine = k.gemv.clone();
     for &(n, kk) in shapes {
         let copies = (2 * L2_BYTES).div_ceil(n * kk * 2);
@@ -587,6 +592,7 @@ fn decode_projections(
             let gemvs = [
                 ("gemv", &never),
                 ("gemv split-K", &always),
+                ("gemv split-K, one wave", &one_wave),
                 ("gemv (engine's rule)", &engine),
             ];
             // One graph of BACK_TO_BACK launches of `f`, each on the next copy of W.
@@ -1097,7 +1103,17 @@ fn main() -> Result<()> {
     if std::env::args().nth(1).as_deref() == Some("--fused-norm") {
         let ceilings = roofline::measure_on(&gpu.ctx, &gpu.stream)?;
         println!("copy (d2d) {:.0} GB/s", ceilings.copy_gb_s);
-        return fused_norm_gemv(&gpu, ceilings.copy_gb_s).map(drop);
+        fused_norm_gemv(&gpu, ceilings.copy_gb_s)?;
+        // Then the plain projections beside them in a 1B layer (down, o_proj), one token.
+        let mut print = |kernel: &str, size: String, ms: f64, bytes: f64| {
+            let gbs = bytes / (ms * 1e-3) / 1e9;
+            let of_copy = 100.0 * gbs / ceilings.copy_gb_s;
+            println!(
+                "{kernel:<28} {size:<44} {:>8.2} us {gbs:>6.0} GB/s {of_copy:>5.1}% of copy",
+                ms * 1e3
+            );
+        };
+        return decode_projections(&gpu, &[(2048, 8192), (2048, 2048)], &[1], &mut print);
     }
     if std::env::args().nth(1).as_deref() == Some("--small-attention") {
         let mut ws = SplitKWorkspace::new(&gpu.stream, 1, 128)?;

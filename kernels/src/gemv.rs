@@ -110,6 +110,28 @@ pub enum Staging {
     Shared,
 }
 
+/// How a plain split-K launch that is not staged covers its row groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitGrid {
+    /// A block per row group (`_split`), in as many waves as that takes ([`Gemv::load`]'s).
+    PerGroup,
+    /// One wave (`_split_wave`) where a block per group would take more than one wave and at
+    /// most two: as many blocks as the GPU holds at once, each taking row groups `b, b +
+    /// blocks, ...` and loading the next group's weights before the current group's sums meet.
+    /// Bit for bit [`SplitGrid::PerGroup`]. The engine's: on the H200 (2026-12-02, one token)
+    /// Llama-3.2-1B's down [2048, 8192], 512 groups for 264 resident blocks, 10.19 → 9.46 µs
+    /// (kernel_bench: 79% → 85% of the copy bandwidth) and its batch-1 decode 1.8% faster;
+    /// but the Llama-2-7B shape's o_proj and down (1024 groups each, four waves) made its
+    /// batch-1 step 1.3% slower, where a block per group keeps the SMs evenly loaded to the
+    /// end (a launch's blocks are handed to SMs as others finish, while a wave's blocks each
+    /// own a fixed share); beyond two waves a block per group is launched.
+    OneWave,
+    /// The same kernel on a grid of at most this many blocks an SM (fewer than the GPU holds:
+    /// room beside them for the next kernel's blocks, which can then load their weights
+    /// before this launch ends). Bit for bit [`SplitGrid::PerGroup`].
+    BlocksPerSm(usize),
+}
+
 /// Most tokens the `_staged` entry points take (`GEMV_STAGED` in the kernel).
 pub const STAGED_MAX_TOKENS: usize = 3;
 /// Row groups one staged block takes at most (`STAGE_MAX_GROUPS`).
@@ -143,10 +165,12 @@ pub struct Gemv {
     split: [Vec<CudaFunction>; 4],  // the four again, split-K (`_split`)
     block: [Vec<CudaFunction>; 2],  // norm and norm_glu with the norm once per block (`_block`)
     staged: [Vec<CudaFunction>; 4], // the four of `split` with W staged in shared memory, m <= 3
+    split_wave: Vec<CudaFunction>,  // gemv_m*_split_wave: plain split-K in one wave
     num_sms: usize,
     split_k: SplitK,
     norm_prologue: NormPrologue,
     staging: Staging,
+    split_grid: SplitGrid,
 }
 
 /// The RMSNorm before a projection, as `fused_add_rms_norm` (or `rms_norm` for the first
@@ -246,11 +270,24 @@ impl Gemv {
                 staged("gemv_norm_glu")?,
                 staged("gemv_norm_rope")?,
             ],
+            split_wave: load("gemv", "_split_wave")?,
             num_sms,
             split_k: SplitK::Auto,
             norm_prologue: NormPrologue::PerWarp,
             staging: Staging::Off,
+            split_grid: SplitGrid::PerGroup,
         })
+    }
+
+    /// The same kernels with plain split-K launches in one wave or a block per row group.
+    pub fn with_split_grid(mut self, split_grid: SplitGrid) -> Self {
+        self.split_grid = split_grid;
+        self
+    }
+
+    /// How plain split-K launches that are not staged cover their row groups.
+    pub fn split_grid(&self) -> SplitGrid {
+        self.split_grid
     }
 
     /// The same kernels with split-K launches staged in shared memory or not.
@@ -766,14 +803,32 @@ impl Gemv {
         } else {
             None
         };
+        let mut one_wave = split && staged.is_none() && self.split_grid != SplitGrid::PerGroup;
         let rows_per_block = rows
             * match (staged, split) {
                 (Some(groups), _) => groups,
                 (None, true) => 1,
                 (None, false) => THREADS as usize / 32,
             };
+        let mut blocks = n.div_ceil(rows_per_block);
+        if one_wave {
+            // As many blocks as are resident at once; each takes every `blocks`-th row group.
+            let resident = self.split_wave[num_tokens - 1]
+                .occupancy_max_active_blocks_per_multiprocessor(THREADS, 0, None)?
+                .max(1) as usize;
+            let per_sm = match self.split_grid {
+                SplitGrid::BlocksPerSm(n) => n.clamp(1, resident),
+                _ => resident,
+            };
+            // OneWave only where a block per group would take two waves at most (see its doc).
+            one_wave = matches!(self.split_grid, SplitGrid::BlocksPerSm(_))
+                || blocks <= 2 * resident * self.num_sms;
+            if one_wave {
+                blocks = blocks.min(per_sm * self.num_sms);
+            }
+        }
         let cfg = LaunchConfig {
-            grid_dim: (to_u32(K, "blocks", n.div_ceil(rows_per_block))?, 1, 1),
+            grid_dim: (to_u32(K, "blocks", blocks)?, 1, 1),
             block_dim: (THREADS, 1, 1),
             shared_mem_bytes: to_u32(K, "shared memory", staged.unwrap_or(0) * rows * k * 2)?,
         };
@@ -782,6 +837,8 @@ impl Gemv {
         let null: u64 = 0;
         let function = if staged.is_some() {
             &self.staged[0][num_tokens - 1]
+        } else if one_wave {
+            &self.split_wave[num_tokens - 1]
         } else if split {
             &self.split[0][num_tokens - 1]
         } else {
@@ -799,7 +856,7 @@ impl Gemv {
         }
         // gemv_m*_staged takes u32 groups after k (<= 16, its shared memory groups · rows · k
         // bf16 <= 100 KB, num_tokens <= 3 and k / 8 <= 4 x THREADS: checked by staged_groups).
-        // SAFETY: the signature matches gemv_m* and gemv_m*_split (out, x, w, bias or null, u32 n, u32 k); x holds
+        // SAFETY: the signature matches gemv_m*, gemv_m*_split and gemv_m*_split_wave (out, x, w, bias or null, u32 n, u32 k); x holds
         // num_tokens rows of k, weight n rows of k, out num_tokens rows of n, bias n (checked),
         // k % 8 == 0 and x, weight are 16-byte aligned (checked); the kernel clamps rows to n.
         unsafe { launch.launch(cfg) }?;
@@ -810,7 +867,8 @@ impl Gemv {
 #[cfg(test)]
 mod tests {
     /// NVRTC needs no GPU: where its library is found (CI has none), gemv.cu, with its
-    /// `_staged` entry points (cp.async, up to 100 KB of dynamic shared memory), compiles and
+    /// `_staged` entry points (cp.async, up to 100 KB of dynamic shared memory) and its
+    /// `_split_wave` ones, compiles and
     /// assembles for the H200's sm_90, and every entry point `Gemv::load` asks for is in it
     /// (looked up in the PTX, where each is an `.entry`).
     #[test]
@@ -830,6 +888,10 @@ mod tests {
                 let name = format!("{prefix}_m{m}_staged");
                 assert!(has(&name), "{name} is not in the PTX");
             }
+        }
+        for m in 1..=super::MAX_TOKENS {
+            let name = format!("gemv_m{m}_split_wave");
+            assert!(has(&name), "{name} is not in the PTX");
         }
     }
 }

@@ -342,3 +342,59 @@ fn staged_gemv_equals_split_k_bit_for_bit() {
         }
     }
 }
+
+/// The one-wave split-K entry points ([`SplitGrid::OneWave`]: as many blocks as the GPU holds,
+/// each taking every `blocks`-th row group and loading the next group's weights before the
+/// current group's sums meet) against the block-per-group `_split` ones, bit for bit, and
+/// against the f64 reference, at 1 to [`MAX_TOKENS`] tokens, with and without a bias. Shapes:
+/// Llama-3.2-1B's down (512 row groups at one token, 1024 at more: several groups a block on
+/// any GPU of fewer than 256 SMs), a ragged one (a last group cut short, groups not a multiple
+/// of the grid), and small ones whose groups all fit one wave (a group a block, as `_split`).
+/// [`SplitGrid::OneWave`] takes the wave kernel only up to two waves' worth of groups (the
+/// down shape at one token on an H200); [`SplitGrid::BlocksPerSm`]`(1)` takes it at every
+/// shape, with several groups a block wherever groups outnumber SMs.
+#[test]
+fn split_k_in_one_wave_equals_a_block_per_group_bit_for_bit() {
+    use kernels::gemv::SplitGrid;
+    let Some(gpu) = gpu_or_skip() else { return };
+    let s = &gpu.stream;
+    let mut rng = Rng::fresh("gemv_split_wave");
+    let per_group = gpu.kernels.gemv.clone().with_split_k(SplitK::Always);
+    let one_wave = per_group.clone().with_split_grid(SplitGrid::OneWave);
+    let one_a_sm = per_group.clone().with_split_grid(SplitGrid::BlocksPerSm(1));
+    let bits = |v: &[half::bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (n, k) in [(2048, 8192), (4099, 1032), (576, 1536), (17, 8)] {
+        let w = rng.bf16s(n * k, 1.0 / (k as f64).sqrt());
+        let bias = rng.bf16s(n, 0.5);
+        let (dw, db) = (s.clone_htod(&w).unwrap(), s.clone_htod(&bias).unwrap());
+        let (wf, bf) = (to_f64(&w), to_f64(&bias));
+        for m in 1..=MAX_TOKENS {
+            let x = rng.bf16s(m * k, 1.0);
+            let dx = s.clone_htod(&x).unwrap();
+            for b in [false, true] {
+                let dbias = db.as_view();
+                let mut outs = Vec::new();
+                for g in [&per_group, &one_wave, &one_a_sm] {
+                    let mut out = poisoned(s, m * n);
+                    g.forward(
+                        s,
+                        &mut out.as_view_mut(),
+                        &dx.as_view(),
+                        &dw.as_view(),
+                        b.then_some(&dbias),
+                        m,
+                    )
+                    .unwrap();
+                    outs.push(s.clone_dtoh(&out).unwrap());
+                }
+                let what = format!("one-wave split-K gemv [{m}, {k}] x [{n}, {k}]^T, bias {b}");
+                let want = linear_reference(&to_f64(&x), &wf, b.then_some(&bf[..]), m, n, k);
+                assert_close(&what, &outs[1], &want, BF16_BOUND);
+                assert!(
+                    bits(&outs[0]) == bits(&outs[1]) && bits(&outs[0]) == bits(&outs[2]),
+                    "{what}: differs from a block per group"
+                );
+            }
+        }
+    }
+}
