@@ -1,8 +1,8 @@
 //! The server's listener holds a burst of connections far larger than tokio's default backlog
 //! (128, the standard library's) before it accepts any: on the H200 machine bursts of 1000
-//! clients overflowed it and some were reset (`api_server::LISTEN_BACKLOG`). Nothing accepts here, so every
-//! connection below is completed by the kernel alone and waits in the listen queue; past the
-//! backlog the kernel drops the handshake and `connect` times out.
+//! clients overflowed it and some were reset (`api_server::LISTEN_BACKLOG`). Nothing accepts
+//! here, so every connection below is completed by the kernel alone and waits in the listen
+//! queue; past the backlog the kernel drops the handshake and `connect` times out.
 
 use std::net::TcpStream;
 use std::time::Duration;

@@ -856,9 +856,11 @@ impl Gemv {
         }
         // gemv_m*_staged takes u32 groups after k (<= 16, its shared memory groups · rows · k
         // bf16 <= 100 KB, num_tokens <= 3 and k / 8 <= 4 x THREADS: checked by staged_groups).
-        // SAFETY: the signature matches gemv_m*, gemv_m*_split and gemv_m*_split_wave (out, x, w, bias or null, u32 n, u32 k); x holds
-        // num_tokens rows of k, weight n rows of k, out num_tokens rows of n, bias n (checked),
-        // k % 8 == 0 and x, weight are 16-byte aligned (checked); the kernel clamps rows to n.
+        // SAFETY: the signature matches gemv_m*, gemv_m*_split and gemv_m*_split_wave (out, x,
+        // w, bias or null, u32 n, u32 k); x holds num_tokens rows of k, weight n rows of k, out
+        // num_tokens rows of n, bias n (checked), k % 8 == 0 and x, weight are 16-byte aligned
+        // (checked); the kernel clamps rows to n, and the wave kernel's grid-stride loop stops
+        // at the last row group.
         unsafe { launch.launch(cfg) }?;
         Ok(())
     }
