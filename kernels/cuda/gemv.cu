@@ -103,6 +103,22 @@ __device__ __forceinline__ float warp_sum(float v) {
     return v;
 }
 
+// Split-K's first half of the cross-warp add: each (row, token) sum over the warp's lanes, stored
+// by lane 0 into `slot` ([ROWS · M]: this warp's row of the block's shared sums), where after a
+// barrier one thread adds the warps' rows in warp order.
+template <int ROWS, int M>
+__device__ __forceinline__ void warp_sums_to_shared(float (&acc)[ROWS][M], float* slot, u32 lane) {
+#pragma unroll
+    for (int r = 0; r < ROWS; r++)
+#pragma unroll
+        for (int t = 0; t < M; t++) acc[r][t] = warp_sum(acc[r][t]);
+    if (lane == 0)
+#pragma unroll
+        for (int r = 0; r < ROWS; r++)
+#pragma unroll
+            for (int t = 0; t < M; t++) slot[r * M + t] = acc[r][t];
+}
+
 // What follows the products (the epilogue).
 #define EPI_PLAIN 0  // out = y (+ bias)
 #define EPI_GLU 1    // out = silu(gate) · up
@@ -684,15 +700,7 @@ __device__ __forceinline__ void gemv_split_wave(
             group_rows(g + gridDim.x, rows);
             load_chunks<ROWS, GEMV_THREADS>(wraw, w, rows, threadIdx.x, k, chunks);
         }
-#pragma unroll
-        for (int r = 0; r < ROWS; r++)
-#pragma unroll
-            for (int t = 0; t < M; t++) acc[r][t] = warp_sum(acc[r][t]);
-        if (lane == 0)
-#pragma unroll
-            for (int r = 0; r < ROWS; r++)
-#pragma unroll
-                for (int t = 0; t < M; t++) s_sum[half][warp][r * M + t] = acc[r][t];
+        warp_sums_to_shared<ROWS, M>(acc, s_sum[half][warp], lane);
         __syncthreads();
         if (threadIdx.x == 0) {
 #pragma unroll
@@ -912,15 +920,7 @@ __device__ __forceinline__ void gemv_staged(
                 for (int r = 0; r < ROWS; r++) acc[r][t] += dot8(unpack8(wg[(size_t)r * chunks + c]), xf);
             }
         }
-#pragma unroll
-        for (int r = 0; r < ROWS; r++)
-#pragma unroll
-            for (int t = 0; t < M; t++) acc[r][t] = warp_sum(acc[r][t]);
-        if (lane == 0)
-#pragma unroll
-            for (int r = 0; r < ROWS; r++)
-#pragma unroll
-                for (int t = 0; t < M; t++) s_sum[g][warp][r * M + t] = acc[r][t];
+        warp_sums_to_shared<ROWS, M>(acc, s_sum[g][warp], lane);
     }
     __syncthreads();
 

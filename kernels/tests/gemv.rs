@@ -8,7 +8,36 @@
 mod common;
 
 use common::{assert_close, gpu_or_skip, linear_reference, poisoned, to_f64, Rng, BF16_BOUND};
+use std::sync::Arc;
+
+use half::bf16;
+use kernels::cudarc::driver::{CudaSlice, CudaStream};
 use kernels::gemv::{Gemv, SplitK, MAX_TOKENS};
+
+/// `g.forward` of `m` tokens of `x` through `w` (`[n, k]`, `bias`) into a fresh poisoned
+/// output, read back.
+fn forward_out(
+    g: &Gemv,
+    s: &Arc<CudaStream>,
+    x: &CudaSlice<bf16>,
+    w: &CudaSlice<bf16>,
+    bias: Option<&CudaSlice<bf16>>,
+    m: usize,
+    n: usize,
+) -> Vec<bf16> {
+    let mut out = poisoned(s, m * n);
+    let bias = bias.map(|b| b.as_view());
+    g.forward(
+        s,
+        &mut out.as_view_mut(),
+        &x.as_view(),
+        &w.as_view(),
+        bias.as_ref(),
+        m,
+    )
+    .unwrap();
+    s.clone_dtoh(&out).unwrap()
+}
 
 #[test]
 fn gemv_matches_f64_reference() {
@@ -41,18 +70,7 @@ fn gemv_matches_f64_reference() {
                 .into_iter()
                 .flat_map(|b| splits.iter().map(move |g| (b, g)))
             {
-                let mut out = poisoned(s, m * n);
-                let dbias = db.as_view();
-                g.forward(
-                    s,
-                    &mut out.as_view_mut(),
-                    &dx.as_view(),
-                    &dw.as_view(),
-                    b.then_some(&dbias),
-                    m,
-                )
-                .unwrap();
-                let got = s.clone_dtoh(&out).unwrap();
+                let got = forward_out(g, s, &dx, &dw, b.then_some(&db), m, n);
                 let want = linear_reference(&xf, &wf, b.then_some(&bf[..]), m, n, k);
                 let what = format!(
                     "gemv [{m}, {k}] x [{n}, {k}]^T{}, split-K {split:?}",
@@ -269,21 +287,9 @@ fn staged_gemv_equals_split_k_bit_for_bit() {
             let dx = s.clone_htod(&x).unwrap();
             // Plain GEMV, with and without bias (pairs or not: all n rows).
             for b in [false, true] {
-                let dbias = db.as_view();
-                let mut outs = Vec::new();
-                for g in [&split, &staged] {
-                    let mut out = poisoned(s, m * n);
-                    g.forward(
-                        s,
-                        &mut out.as_view_mut(),
-                        &dx.as_view(),
-                        &dw.as_view(),
-                        b.then_some(&dbias),
-                        m,
-                    )
-                    .unwrap();
-                    outs.push(s.clone_dtoh(&out).unwrap());
-                }
+                let outs: Vec<_> = [&split, &staged]
+                    .map(|g| forward_out(g, s, &dx, &dw, b.then_some(&db), m, n))
+                    .into();
                 let what = format!("staged gemv [{m}, {k}] x [{n}, {k}]^T, bias {b}");
                 let want = linear_reference(&to_f64(&x), &wf, b.then_some(&bf[..]), m, n, k);
                 assert_close(&what, &outs[1], &want, BF16_BOUND);
@@ -372,21 +378,8 @@ fn split_k_in_one_wave_equals_a_block_per_group_bit_for_bit() {
             let x = rng.bf16s(m * k, 1.0);
             let dx = s.clone_htod(&x).unwrap();
             for b in [false, true] {
-                let dbias = db.as_view();
-                let mut outs = Vec::new();
-                for g in [&per_group, &one_wave, &one_a_sm] {
-                    let mut out = poisoned(s, m * n);
-                    g.forward(
-                        s,
-                        &mut out.as_view_mut(),
-                        &dx.as_view(),
-                        &dw.as_view(),
-                        b.then_some(&dbias),
-                        m,
-                    )
-                    .unwrap();
-                    outs.push(s.clone_dtoh(&out).unwrap());
-                }
+                let outs = [&per_group, &one_wave, &one_a_sm]
+                    .map(|g| forward_out(g, s, &dx, &dw, b.then_some(&db), m, n));
                 let what = format!("one-wave split-K gemv [{m}, {k}] x [{n}, {k}]^T, bias {b}");
                 let want = linear_reference(&to_f64(&x), &wf, b.then_some(&bf[..]), m, n, k);
                 assert_close(&what, &outs[1], &want, BF16_BOUND);
