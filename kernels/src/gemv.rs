@@ -113,7 +113,8 @@ pub enum Staging {
 /// How a plain split-K launch that is not staged covers its row groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SplitGrid {
-    /// A block per row group (`_split`), in as many waves as that takes ([`Gemv::load`]'s).
+    /// A block per row group (`_split`), in as many waves as that takes (what [`Gemv`] starts
+    /// with).
     PerGroup,
     /// One wave (`_split_wave`) where a block per group would take more than one wave and at
     /// most two: as many blocks as the GPU holds at once, each taking row groups `b, b +
