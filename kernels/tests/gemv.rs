@@ -39,6 +39,20 @@ fn forward_out(
     s.clone_dtoh(&out).unwrap()
 }
 
+/// A projection's random weight `[n, k]` (entries of scale 1/√k, as a layer's) and bias
+/// `[n]`: on the device, then in f64 for the reference.
+fn random_projection(
+    rng: &mut Rng,
+    s: &Arc<CudaStream>,
+    n: usize,
+    k: usize,
+) -> (CudaSlice<bf16>, CudaSlice<bf16>, Vec<f64>, Vec<f64>) {
+    let w = rng.bf16s(n * k, 1.0 / (k as f64).sqrt());
+    let bias = rng.bf16s(n, 0.5);
+    let (dw, db) = (s.clone_htod(&w).unwrap(), s.clone_htod(&bias).unwrap());
+    (dw, db, to_f64(&w), to_f64(&bias))
+}
+
 #[test]
 fn gemv_matches_f64_reference() {
     let Some(gpu) = gpu_or_skip() else { return };
@@ -58,10 +72,7 @@ fn gemv_matches_f64_reference() {
         (1, 24),
         (131, 40),
     ] {
-        let w = rng.bf16s(n * k, 1.0 / (k as f64).sqrt());
-        let bias = rng.bf16s(n, 0.5);
-        let (dw, db) = (s.clone_htod(&w).unwrap(), s.clone_htod(&bias).unwrap());
-        let (wf, bf) = (to_f64(&w), to_f64(&bias));
+        let (dw, db, wf, bf) = random_projection(&mut rng, s, n, k);
         for m in 1..=MAX_TOKENS {
             let x = rng.bf16s(m * k, 1.0);
             let dx = s.clone_htod(&x).unwrap();
@@ -271,11 +282,8 @@ fn staged_gemv_equals_split_k_bit_for_bit() {
     ] {
         let pairs = epilogue == Epilogue::SiluAndMul;
         let width = if pairs { n / 2 } else { n };
-        let w = rng.bf16s(n * k, 1.0 / (k as f64).sqrt());
-        let bias = rng.bf16s(n, 0.5);
-        let (dw, db) = (s.clone_htod(&w).unwrap(), s.clone_htod(&bias).unwrap());
+        let (dw, db, wf, bf) = random_projection(&mut rng, s, n, k);
         let gamma = s.clone_htod(&rng.bf16s(k, 1.0)).unwrap();
-        let (wf, bf) = (to_f64(&w), to_f64(&bias));
         for m in 1..=STAGED_MAX_TOKENS {
             assert!(
                 staged.stages(m, n, k, false)
@@ -370,10 +378,7 @@ fn split_k_in_one_wave_equals_a_block_per_group_bit_for_bit() {
     let one_a_sm = per_group.clone().with_split_grid(SplitGrid::BlocksPerSm(1));
     let bits = |v: &[half::bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     for (n, k) in [(2048, 8192), (4099, 1032), (576, 1536), (17, 8)] {
-        let w = rng.bf16s(n * k, 1.0 / (k as f64).sqrt());
-        let bias = rng.bf16s(n, 0.5);
-        let (dw, db) = (s.clone_htod(&w).unwrap(), s.clone_htod(&bias).unwrap());
-        let (wf, bf) = (to_f64(&w), to_f64(&bias));
+        let (dw, db, wf, bf) = random_projection(&mut rng, s, n, k);
         for m in 1..=MAX_TOKENS {
             let x = rng.bf16s(m * k, 1.0);
             let dx = s.clone_htod(&x).unwrap();
