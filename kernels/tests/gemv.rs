@@ -396,3 +396,103 @@ fn split_k_in_one_wave_equals_a_block_per_group_bit_for_bit() {
         }
     }
 }
+
+/// The MLP block in one launch (`Gemv::forward_mlp`: the per-block norm's gate/up with SiLU·mul,
+/// a grid barrier, then the one-wave down projection) against the two launches it replaces,
+/// bit for bit: the output, the SiLU·mul activation it leaves behind and the new residual
+/// stream, at 1 to [`MLP_MAX_TOKENS`] tokens, with and without a delta. Every launch passes the
+/// same barrier words, so a barrier that did not leave itself ready for the next launch would
+/// hang or let a block read the activation early (wrong bits). Shapes (hidden, intermediate):
+/// Llama-3.2-1B's, SmolLM2-135M's, and a ragged one (gate/up groups not a multiple of the
+/// grid's warps). A block that read an activation row before every block had written it would
+/// read the poison of the first launch or the previous launch's values.
+#[test]
+fn mlp_in_one_launch_equals_the_two_launches_bit_for_bit() {
+    use kernels::gemv::{Epilogue, MlpLaunch, NormInput, NormPrologue, SplitGrid, MLP_MAX_TOKENS};
+    let Some(gpu) = gpu_or_skip() else { return };
+    let s = &gpu.stream;
+    let mut rng = Rng::fresh("gemv_mlp");
+    let eps = 1e-5f32;
+    let two = (gpu.kernels.gemv.clone())
+        .with_norm_prologue(NormPrologue::PerBlock { groups_per_warp: 0 })
+        .with_split_grid(SplitGrid::OneWave);
+    let one = two.clone().with_mlp_launch(MlpLaunch::One);
+    assert!(!two.fuses_mlp(1, 2048, 8192), "fused without being asked");
+    let bits = |v: &[half::bf16]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    let mut barrier = s.alloc_zeros::<u32>(2).unwrap();
+    for (k, d) in [(2048, 8192), (576, 1536), (1000, 1544)] {
+        let gate_up = s
+            .clone_htod(&rng.bf16s(2 * d * k, 1.0 / (k as f64).sqrt()))
+            .unwrap();
+        let down = s
+            .clone_htod(&rng.bf16s(k * d, 1.0 / (d as f64).sqrt()))
+            .unwrap();
+        let gamma = s.clone_htod(&rng.bf16s(k, 1.0)).unwrap();
+        assert!(one.fuses_mlp(1, k, d), "[{k}, {d}] at one token not fused");
+        for m in (1..=MLP_MAX_TOKENS).filter(|&m| one.fuses_mlp(m, k, d)) {
+            let residual = s.clone_htod(&rng.bf16s(m * k, 1.0)).unwrap();
+            let delta = s.clone_htod(&rng.bf16s(m * k, 1.0)).unwrap();
+            for with_delta in [false, true] {
+                let (rv, gv, dv) = (residual.as_view(), gamma.as_view(), delta.as_view());
+                let input = NormInput {
+                    delta: with_delta.then_some(&dv),
+                    residual: &rv,
+                    gamma: &gv,
+                    eps,
+                };
+                let run = |fused: bool, barrier: &mut CudaSlice<u32>| {
+                    let mut out = poisoned(s, m * k);
+                    let mut act = poisoned(s, m * d);
+                    let mut r_out = poisoned(s, m * k);
+                    let mut r = with_delta.then(|| r_out.as_view_mut());
+                    if fused {
+                        one.forward_mlp(
+                            s,
+                            &mut out.as_view_mut(),
+                            r.as_mut(),
+                            &mut act.as_view_mut(),
+                            &input,
+                            &gate_up.as_view(),
+                            &down.as_view(),
+                            &mut barrier.as_view_mut(),
+                            m,
+                        )
+                        .unwrap();
+                    } else {
+                        two.forward_norm(
+                            s,
+                            &mut act.as_view_mut(),
+                            r.as_mut(),
+                            &input,
+                            &gate_up.as_view(),
+                            None,
+                            Epilogue::SiluAndMul,
+                            m,
+                        )
+                        .unwrap();
+                        let av = act.as_view();
+                        two.forward(s, &mut out.as_view_mut(), &av, &down.as_view(), None, m)
+                            .unwrap();
+                    }
+                    drop(r);
+                    let read = |v: &CudaSlice<bf16>| bits(&s.clone_dtoh(v).unwrap());
+                    let new_stream = with_delta.then(|| read(&r_out));
+                    (read(&out), read(&act), new_stream)
+                };
+                let want = run(false, &mut barrier);
+                let what = format!("MLP [{k}, {d}] at {m} tokens, delta {with_delta}");
+                assert!(
+                    !want.0.iter().any(|&b| half::bf16::from_bits(b).is_nan()),
+                    "{what}: the two launches left poison"
+                );
+                // Twice: the second launch finds the barrier as the first left it.
+                for round in 0..2 {
+                    let got = run(true, &mut barrier);
+                    assert!(got.0 == want.0, "{what}, launch {round}: output differs");
+                    assert!(got.1 == want.1, "{what}, launch {round}: activation differs");
+                    assert!(got.2 == want.2, "{what}, launch {round}: residual differs");
+                }
+            }
+        }
+    }
+}
