@@ -632,29 +632,6 @@ GEMV_ENTRY(6, 2)
 GEMV_ENTRY(7, 2)
 GEMV_ENTRY(8, 2)
 
-// A barrier over the whole grid (the `gemv_mlp_m*_wave` entry points below), reusable by every launch that passes the same zeroed pair
-// [arrivals, generation]: the last block to arrive resets the count and moves the generation on;
-// the others wait for the generation to move. A block reads the generation before it arrives
-// (it cannot move before then). Release/acquire at GPU scope: every write of a block before the
-// barrier is visible to every block after it.
-__device__ __forceinline__ void grid_barrier(u32* barrier) {
-    __syncthreads();  // the block's writes are done
-    if (threadIdx.x == 0) {
-        u32 generation, seen;
-        asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(generation) : "l"(barrier + 1) : "memory");
-        asm volatile("atom.add.acq_rel.gpu.u32 %0, [%1], 1;" : "=r"(seen) : "l"(barrier) : "memory");
-        if (seen == gridDim.x - 1) {
-            barrier[0] = 0;  // ordered before the release below; no block arrives again this launch
-            asm volatile("st.release.gpu.u32 [%0], %1;" ::"l"(barrier + 1), "r"(generation + 1) : "memory");
-        } else {
-            u32 now = generation;
-            while (now == generation)
-                asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(now) : "l"(barrier + 1) : "memory");
-        }
-    }
-    __syncthreads();
-}
-
 // ---------------------------------------------------------------------------------------------
 // Split-K in one wave (the `_split_wave` entry points): the `_split` kernel's arithmetic for a
 // plain projection, with the grid cut to the blocks the GPU holds at once, each block taking row
@@ -673,19 +650,13 @@ __device__ __forceinline__ void grid_barrier(u32* barrier) {
 // eight warps' sums are added in warp order by thread 0, then the bias. The warps' sums go to
 // two alternating halves of shared memory, so one barrier per group suffices: a half is written
 // again only after the barrier that thread 0 reaches once it has read it.
-//
-// FUSED (`gemv_mlp_m*_wave` below): x was written earlier in the same launch by other blocks, so
-// the block meets them at `barrier` where the plain kernel waits for the previous kernel, and reads
-// x through L2 (`ld.global.cg`): the read-only path (`__ldg`) may hold lines from before the write.
-template <int M, int ROWS, bool FUSED>
+template <int M, int ROWS>
 __device__ __forceinline__ void gemv_split_wave(
     __nv_bfloat16* __restrict__ out,         // [M, n]
-    const uint4* x,                          // [M, k / 8]
+    const uint4* __restrict__ x,             // [M, k / 8]
     const __nv_bfloat16* __restrict__ w,     // [n, k]
     const __nv_bfloat16* __restrict__ bias,  // [n] or null
-    u32 n, u32 k,
-    u32* barrier) {                          // FUSED: [2], see grid_barrier
-
+    u32 n, u32 k) {
     constexpr int WARPS = GEMV_THREADS / 32;
     __shared__ float s_sum[2][WARPS][ROWS * M];
     const u32 lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -702,12 +673,8 @@ __device__ __forceinline__ void gemv_split_wave(
         group_rows(g, rows);
         load_chunks<ROWS, GEMV_THREADS>(wraw, w, rows, threadIdx.x, k, chunks);
     }
-    if (FUSED) {
-        grid_barrier(barrier);
-    } else {
-        wait_for_previous_kernel();
-        allow_next_kernel();
-    }
+    wait_for_previous_kernel();
+    allow_next_kernel();
     for (u32 half = 0; g < groups; g += gridDim.x, half ^= 1) {
         float acc[ROWS][M];
 #pragma unroll
@@ -722,8 +689,7 @@ __device__ __forceinline__ void gemv_split_wave(
                 if (c >= chunks) break;
 #pragma unroll
                 for (int t = 0; t < M; t++) {
-                    const uint4* xc = x + (size_t)t * chunks + c;
-                    const f32x8 xf = unpack8(FUSED ? __ldcg(xc) : __ldg(xc));
+                    const f32x8 xf = unpack8(__ldg(x + (size_t)t * chunks + c));
 #pragma unroll
                     for (int r = 0; r < ROWS; r++) acc[r][t] += dot8(unpack8(wraw[u][r]), xf);
                 }
@@ -758,8 +724,7 @@ __device__ __forceinline__ void gemv_split_wave(
         __nv_bfloat16* __restrict__ out, const __nv_bfloat16* __restrict__ x,                      \
         const __nv_bfloat16* __restrict__ w, const __nv_bfloat16* __restrict__ bias, u32 n,        \
         u32 k) {                                                                                   \
-        gemv_split_wave<M, ROWS, false>(out, reinterpret_cast<const uint4*>(x), w, bias, n, k,     \
-                                        nullptr);                                                  \
+        gemv_split_wave<M, ROWS>(out, reinterpret_cast<const uint4*>(x), w, bias, n, k);          \
     }
 GEMV_SPLIT_WAVE(1, 4)
 GEMV_SPLIT_WAVE(2, 2)
@@ -769,51 +734,6 @@ GEMV_SPLIT_WAVE(5, 2)
 GEMV_SPLIT_WAVE(6, 2)
 GEMV_SPLIT_WAVE(7, 2)
 GEMV_SPLIT_WAVE(8, 2)
-
-// ---------------------------------------------------------------------------------------------
-// The MLP in one launch (the `gemv_mlp_m*_wave` entry points): the norm-fed gate/up GEMV with
-// SiLU·mul (`gemv_block_norm`), then the down projection in one wave (`gemv_split_wave`), its
-// blocks meeting at a grid barrier in between instead of a kernel boundary.
-//
-// Why: at one token Llama-3.2-1B's gate/up (67 MB) streams at ~80% of the copy bandwidth where
-// the LM head's 525 MB reach ~100%, and the difference is each launch's start and end: the last
-// row groups' sums and stores, then the next grid's first loads. Under programmatic dependent
-// launch the down projection could send its loads out under gate/up's tail, but gate/up's two
-// blocks an SM fill the register file, so down's blocks become resident only as gate/up's leave.
-// Here the same blocks go on: a block that finishes its gate/up rows loads its first down row
-// group (weights only, which need nothing from gate/up) and only then arrives at the barrier, so
-// the memory stays busy while the slowest blocks finish. The barrier costs about what a kernel
-// boundary costs (grid_barrier_bench: 1.2 µs at 264 blocks against 0.87 under PDL); what it
-// buys is the overlap.
-//
-// Every block must be resident at once (a barrier waits for all of them): the Rust side launches
-// at most the blocks the GPU holds. The next kernel is let in (after the gate/up part's wait)
-// only once every block has run that far, so it cannot take an SM this launch still needs.
-//
-// Bit for bit `gemv_norm_glu_m*_block` then `gemv_m*_split_wave`: each output is computed by
-// the same code in the same order, only which block computes which gate/up rows changes.
-
-#define GEMV_MLP_WAVE(M, GATE_ROWS, DOWN_ROWS)                                                     \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_mlp_m##M##_wave(              \
-        __nv_bfloat16* __restrict__ out, __nv_bfloat16* __restrict__ residual_out,                 \
-        __nv_bfloat16* act, const __nv_bfloat16* __restrict__ delta,                               \
-        const __nv_bfloat16* __restrict__ residual, const __nv_bfloat16* __restrict__ gamma,       \
-        float eps, const __nv_bfloat16* __restrict__ w_gate_up,                                    \
-        const __nv_bfloat16* __restrict__ w_down, u32 d, u32 k, u32 groups, u32* barrier) {        \
-        const Input in = {nullptr, reinterpret_cast<const uint4*>(delta),                          \
-                          reinterpret_cast<const uint4*>(residual),                                \
-                          reinterpret_cast<const uint4*>(gamma), k / 8};                           \
-        gemv_block_norm<M, GATE_ROWS, EPI_GLU>(act, residual_out, in, eps, w_gate_up, nullptr,     \
-                                               2 * d, k, groups);                                  \
-        gemv_split_wave<M, DOWN_ROWS, true>(out, reinterpret_cast<const uint4*>(act), w_down,      \
-                                            nullptr, k, d, barrier);                               \
-    }
-// out [M, k]: down(silu(gate) · up); act [M, d]: silu(gate) · up; w_gate_up [2d, k], w_down [k, d].
-// Row counts as the two kernels it joins take them (`GEMV_BLOCK_NORM`, `GEMV_SPLIT_WAVE`).
-GEMV_MLP_WAVE(1, 4, 4)
-GEMV_MLP_WAVE(2, 4, 2)
-GEMV_MLP_WAVE(3, 2, 2)
-GEMV_MLP_WAVE(4, 2, 2)
 
 // ---------------------------------------------------------------------------------------------
 // Staged split-K (the `_staged` entry points): the split-K kernel's arithmetic, with a block's

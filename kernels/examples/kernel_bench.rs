@@ -11,9 +11,7 @@
 //! tile) against cuBLAS on them at 8-32 tokens; `kernel_bench --small-attention` times only
 //! decode attention at small batches (each split and merge, and the wide single pass);
 //! `kernel_bench --fused-norm` times only the norm-fed GEMVs (`fused_norm_gemv`) beside the copy,
-//! then the 1B shape's down and o_proj at one token (each GEMV entry point and cuBLAS);
-//! `kernel_bench --mlp` times a decode MLP block in two GEMV launches and in one
-//! (`mlp_one_launch`).
+//! then the 1B shape's down and o_proj at one token (each GEMV entry point and cuBLAS).
 //! Method (`kernels::roofline`, which also measures the copy and the 8192³ GEMM): random data
 //! (never zeros), buffers far larger than the 50 MB L2, 5 warm-up launches, then 20 launches
 //! each between two CUDA events; the median is reported. Bytes counted are the bytes a kernel
@@ -620,98 +618,6 @@ fn decode_projections(
     Ok(())
 }
 
-/// `kernel_bench --mlp`: a decode MLP block (norm, gate/up, SiLU·mul, down) as the engine's
-/// two GEMV launches (the per-block norm's gate/up in one wave, then down as the engine's rule
-/// launches it: split-K in one wave for the 1B shape, staged for the 135M shape) against
-/// `Gemv::forward_mlp`'s one launch (a grid barrier between the two halves), at 1 and 2 tokens,
-/// inside a CUDA graph of 50 back-to-back blocks, weights cycled through copies larger than the
-/// L2 as in a decode step. µs per block, and the weights' bytes (both projections) over that
-/// time as a share of the copy bandwidth.
-fn mlp_one_launch(gpu: &Gpu, copy_gb_s: f64) -> Result<()> {
-    use kernels::gemv::{MlpLaunch, SplitGrid};
-    const L2_BYTES: usize = 50 << 20;
-    let s = &gpu.stream;
-    let two = (gpu.kernels.gemv.clone())
-        .with_norm_prologue(NormPrologue::PerBlock { groups_per_warp: 0 })
-        .with_staging(Staging::Shared)
-        .with_split_grid(SplitGrid::OneWave);
-    let one = two.clone().with_mlp_launch(MlpLaunch::One);
-    let mut barrier = s.alloc_zeros::<u32>(2)?;
-    for m in [1, 2] {
-        let [fused, gate_up, down] = one.mlp_attributes(m)?;
-        println!(
-            "m{m}: (registers, local bytes, blocks an SM) one launch {fused:?}, gate/up {gate_up:?}, down {down:?}"
-        );
-    }
-    for (what, k, d) in [("1B MLP", 2048usize, 8192usize), ("135M MLP", 576, 1536)] {
-        let bytes = 3 * d * k * 2;
-        let copies = (2 * L2_BYTES).div_ceil(bytes);
-        let gate_up = (0..copies)
-            .map(|c| random_bf16(s, 2 * d * k, 60 + c as u64))
-            .collect::<Result<Vec<_>, _>>()?;
-        let down = (0..copies)
-            .map(|c| random_bf16(s, k * d, 80 + c as u64))
-            .collect::<Result<Vec<_>, _>>()?;
-        let gamma = random_bf16(s, k, 59)?;
-        for m in [1, 2] {
-            if !one.fuses_mlp(m, k, d) {
-                println!("{what:<9} {m} tok  one launch does not apply");
-                continue;
-            }
-            let delta = random_bf16(s, m * k, 61)?;
-            let residual = random_bf16(s, m * k, 62)?;
-            let mut r_out = uninit_bf16(s, m * k)?;
-            let mut act = uninit_bf16(s, m * d)?;
-            let mut out = uninit_bf16(s, m * k)?;
-            for fused in [false, true] {
-                let mut i = 0;
-                let us = 1e3
-                    * graph_ms(gpu, BACK_TO_BACK, || {
-                        i += 1;
-                        let (dv, rv, gv) = (delta.as_view(), residual.as_view(), gamma.as_view());
-                        let input = NormInput {
-                            delta: Some(&dv),
-                            residual: &rv,
-                            gamma: &gv,
-                            eps: 1e-5,
-                        };
-                        let (gu, dn) = (gate_up[i % copies].as_view(), down[i % copies].as_view());
-                        if fused {
-                            one.forward_mlp(
-                                s,
-                                &mut out.as_view_mut(),
-                                Some(&mut r_out.as_view_mut()),
-                                &mut act.as_view_mut(),
-                                &input,
-                                &gu,
-                                &dn,
-                                &mut barrier.as_view_mut(),
-                                m,
-                            )?;
-                        } else {
-                            two.forward_norm(
-                                s,
-                                &mut act.as_view_mut(),
-                                Some(&mut r_out.as_view_mut()),
-                                &input,
-                                &gu,
-                                None,
-                                Epilogue::SiluAndMul,
-                                m,
-                            )?;
-                            two.forward(s, &mut out.as_view_mut(), &act.as_view(), &dn, None, m)?;
-                        }
-                        Ok(())
-                    })?;
-                let pct = 100.0 * bytes as f64 / (us * 1e-6) / 1e9 / copy_gb_s;
-                let name = if fused { "one launch" } else { "two launches" };
-                println!("{what:<9} {m} tok  {name:<14} {us:>8.2} us  {pct:>5.1}% of copy");
-            }
-        }
-    }
-    Ok(())
-}
-
 /// A weight's (out_features n, in_features k).
 type Shape = (usize, usize);
 
@@ -1208,11 +1114,6 @@ fn main() -> Result<()> {
             );
         };
         return decode_projections(&gpu, &[(2048, 8192), (2048, 2048)], &[1], &mut print);
-    }
-    if std::env::args().nth(1).as_deref() == Some("--mlp") {
-        let ceilings = roofline::measure_on(&gpu.ctx, &gpu.stream)?;
-        println!("copy (d2d) {:.0} GB/s", ceilings.copy_gb_s);
-        return mlp_one_launch(&gpu, ceilings.copy_gb_s);
     }
     if std::env::args().nth(1).as_deref() == Some("--small-attention") {
         let mut ws = SplitKWorkspace::new(&gpu.stream, 1, 128)?;

@@ -179,29 +179,12 @@ pub struct Gemv {
     split_wave: Vec<CudaFunction>,  // gemv_m*_split_wave: plain split-K in one wave
     /// Blocks of `split_wave[m - 1]` an SM holds at once, asked of the driver once at load.
     split_wave_resident: Vec<usize>,
-    mlp_wave: Vec<CudaFunction>, // gemv_mlp_m*_wave: gate/up and down in one launch, m <= 4
-    /// Blocks of `mlp_wave[m - 1]` an SM holds at once with its largest shared memory.
-    mlp_wave_resident: Vec<usize>,
     num_sms: usize,
     split_k: SplitK,
     norm_prologue: NormPrologue,
     staging: Staging,
     split_grid: SplitGrid,
-    mlp: MlpLaunch,
 }
-
-/// Whether [`Gemv::forward_mlp`] may take the MLP block in one launch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MlpLaunch {
-    /// Two launches: the norm-fed gate/up, then the down projection (what [`Gemv`] starts
-    /// with).
-    Two,
-    /// One launch (`gemv_mlp_m*_wave`) where [`Gemv::fuses_mlp`] says it applies.
-    One,
-}
-
-/// Most tokens `gemv_mlp_m*_wave` takes.
-pub const MLP_MAX_TOKENS: usize = 4;
 
 /// The RMSNorm before a projection, as `fused_add_rms_norm` (or `rms_norm` for the first
 /// layer) would run it: the residual stream is `residual + delta`, stored in `residual_out`.
@@ -280,19 +263,6 @@ impl Gemv {
             with_stage_shared(functions)
         };
         let split_wave = load("gemv", "_split_wave")?;
-        let mlp_wave = (1..=MLP_MAX_TOKENS)
-            .map(|m| module.load_function(&format!("gemv_mlp_m{m}_wave")))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mlp_wave = with_shared(mlp_wave)?;
-        // Asked with the most shared memory a launch may take (m tokens of 8192 bf16), so that
-        // a grid of this many blocks an SM is resident at once for every k the kernel takes.
-        let mlp_wave_resident = (mlp_wave.iter().enumerate())
-            .map(|(i, f)| {
-                let shared = (i + 1) * BLOCK_NORM_MAX_CHUNKS * 16;
-                f.occupancy_max_active_blocks_per_multiprocessor(THREADS, shared, None)
-            })
-            .map(|r| r.map(|blocks| blocks as usize))
-            .collect::<Result<_, _>>()?;
         Ok(Self {
             by_tokens: load("gemv", "")?,
             norm: load("gemv_norm", "")?,
@@ -319,82 +289,12 @@ impl Gemv {
                 .map(|r| r.map(|blocks| (blocks as usize).max(1)))
                 .collect::<Result<_, _>>()?,
             split_wave,
-            mlp_wave,
-            mlp_wave_resident,
             num_sms,
             split_k: SplitK::Auto,
             norm_prologue: NormPrologue::PerWarp,
             staging: Staging::Off,
             split_grid: SplitGrid::PerGroup,
-            mlp: MlpLaunch::Two,
         })
-    }
-
-    /// The same kernels with the MLP block in one launch where it applies, or never.
-    pub fn with_mlp_launch(mut self, mlp: MlpLaunch) -> Self {
-        self.mlp = mlp;
-        self
-    }
-
-    /// (registers a thread, local memory bytes a thread, resident blocks an SM) of
-    /// `gemv_mlp_m{m}_wave`, `gemv_norm_glu_m{m}_block` and `gemv_m{m}_split_wave`: what the
-    /// compiler made of the one-launch MLP beside the two kernels it joins (kernel_bench).
-    pub fn mlp_attributes(&self, m: usize) -> Result<[(i32, i32, usize); 3]> {
-        use cudarc::driver::sys::CUfunction_attribute as A;
-        let of = |f: &CudaFunction, resident: usize| -> Result<(i32, i32, usize)> {
-            Ok((f.num_regs()?, f.get_attribute(A::CU_FUNC_ATTRIBUTE_LOCAL_SIZE_BYTES)?, resident))
-        };
-        let block_resident = self.block[1][m - 1]
-            .occupancy_max_active_blocks_per_multiprocessor(THREADS, m * 2048 * 2, None)?
-            as usize;
-        Ok([
-            of(&self.mlp_wave[m - 1], self.mlp_wave_resident[m - 1])?,
-            of(&self.block[1][m - 1], block_resident)?,
-            of(&self.split_wave[m - 1], self.split_wave_resident[m - 1])?,
-        ])
-    }
-
-    /// Whether [`Gemv::fuses_mlp`] may answer yes.
-    pub fn mlp_launch(&self) -> MlpLaunch {
-        self.mlp
-    }
-
-    /// The grid of a `gemv_mlp_m*_wave` launch for `num_tokens` tokens, hidden size `k` and
-    /// intermediate size `d`: (blocks, gate/up row groups per warp); `None` where the launch
-    /// does not apply. It applies where [`MlpLaunch::One`] is set, the gate/up launch would take
-    /// the per-block norm without split-K (as [`Gemv::forward_norm`] decides), and the down
-    /// projection would be split-K ([`Gemv::splits`]) with at most two row groups a block of the
-    /// one wave.
-    fn mlp_grid(&self, num_tokens: usize, k: usize, d: usize) -> Option<(usize, usize)> {
-        if self.mlp != MlpLaunch::One
-            || !(1..=MLP_MAX_TOKENS).contains(&num_tokens)
-            || !Self::supports(num_tokens, k)
-            || !Self::supports(num_tokens, d)
-            || k / 8 > BLOCK_NORM_MAX_CHUNKS
-            || !matches!(self.norm_prologue, NormPrologue::PerBlock { .. })
-        {
-            return None;
-        }
-        let rows = rows_per_warp(num_tokens);
-        let gate_groups = d.div_ceil(block_rows_per_warp(num_tokens) / 2);
-        let down_groups = k.div_ceil(rows);
-        if self.splits(d, rows / 2, k) || !self.splits(k, rows, d) {
-            return None;
-        }
-        let wave = self.mlp_wave_resident[num_tokens - 1] * self.num_sms;
-        if wave == 0 || down_groups > 2 * wave {
-            return None;
-        }
-        let warps = THREADS as usize / 32;
-        let per_warp = gate_groups.div_ceil(warps * wave);
-        let blocks = gate_groups.div_ceil(warps * per_warp).max(down_groups).min(wave);
-        Some((blocks, per_warp))
-    }
-
-    /// Whether [`Gemv::forward_mlp`] takes `num_tokens` tokens through an MLP of hidden size `k`
-    /// and intermediate size `d` in one launch.
-    pub fn fuses_mlp(&self, num_tokens: usize, k: usize, d: usize) -> bool {
-        self.mlp_grid(num_tokens, k, d).is_some()
     }
 
     /// The same kernels with plain split-K launches in one wave or a block per row group.
@@ -878,113 +778,6 @@ impl Gemv {
         Ok(())
     }
 
-    /// The MLP block in one launch: `residual_out = residual + delta`, `act = silu(gate) · up`
-    /// of `rms_norm(residual_out) · W_gate_upᵀ`, `out = act · W_downᵀ`; bit for bit
-    /// [`Gemv::forward_norm`] with [`Epilogue::SiluAndMul`] then [`Gemv::forward`] through the
-    /// down projection, as the per-block norm and one-wave split-K launches compute them.
-    /// `barrier` is two words, zeroed before their first launch and given to no other kernel:
-    /// the launch's blocks meet there between gate/up and down, and leave it ready for the
-    /// next launch. Errors with [`KernelError::Unsupported`] where [`Gemv::fuses_mlp`] says no.
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_mlp(
-        &self,
-        stream: &Arc<CudaStream>,
-        out: &mut CudaViewMut<'_, bf16>, // [num_tokens, k]
-        residual_out: Option<&mut CudaViewMut<'_, bf16>>, // [num_tokens, k]
-        act: &mut CudaViewMut<'_, bf16>, // [num_tokens, d]
-        input: &NormInput<'_, '_>,
-        gate_up: &CudaView<'_, bf16>, // [2d, k]
-        down: &CudaView<'_, bf16>,    // [k, d]
-        barrier: &mut CudaViewMut<'_, u32>, // [2]
-        num_tokens: usize,
-    ) -> Result<()> {
-        const K: &str = "gemv_mlp";
-        let k = input.gamma.len();
-        let d = down.len() / k.max(1);
-        let Some((blocks, per_warp)) = self.mlp_grid(num_tokens, k, d) else {
-            return Err(KernelError::Unsupported {
-                kernel: K,
-                what: format!("{num_tokens} tokens through an MLP of [{k}, {d}] in one launch"),
-            });
-        };
-        check_len(K, "down", down.len(), k * d)?;
-        check_len(K, "gate_up", gate_up.len(), 2 * d * k)?;
-        check_len(K, "residual", input.residual.len(), num_tokens * k)?;
-        check_len(K, "out", out.len(), num_tokens * k)?;
-        check_len(K, "act", act.len(), num_tokens * d)?;
-        check_len(K, "barrier", barrier.len(), 2)?;
-        if let Some(dv) = input.delta {
-            check_len(K, "delta", dv.len(), num_tokens * k)?;
-            match &residual_out {
-                Some(r) => check_len(K, "residual_out", r.len(), num_tokens * k)?,
-                None => {
-                    return Err(KernelError::Unsupported {
-                        kernel: K,
-                        what: "a delta without residual_out to store the new stream".into(),
-                    })
-                }
-            }
-        }
-        let mut bits = 0u64;
-        for v in [input.residual, input.gamma, gate_up, down]
-            .into_iter()
-            .chain(input.delta)
-        {
-            bits |= v.device_ptr(stream).0;
-        }
-        bits |= out.device_ptr(stream).0 | act.device_ptr(stream).0;
-        if let Some(r) = &residual_out {
-            bits |= r.device_ptr(stream).0;
-        }
-        if !bits.is_multiple_of(16) {
-            return Err(KernelError::Unsupported {
-                kernel: K,
-                what: "an operand is not 16-byte aligned".into(),
-            });
-        }
-        let shared = num_tokens * k * 2; // the tokens' normed input, bf16
-        let cfg = LaunchConfig {
-            grid_dim: (to_u32(K, "blocks", blocks)?, 1, 1),
-            block_dim: (THREADS, 1, 1),
-            shared_mem_bytes: to_u32(K, "shared memory", shared)?,
-        };
-        let (d32, k32) = (to_u32(K, "d", d)?, to_u32(K, "k", k)?);
-        let g32 = to_u32(K, "groups per warp", per_warp)?;
-        let null: u64 = 0;
-        let mut launch = Launch::new(stream, &self.mlp_wave[num_tokens - 1]);
-        launch.arg(out);
-        match residual_out {
-            Some(r) => launch.arg(r),
-            None => launch.arg(&null),
-        };
-        launch.arg(act);
-        match input.delta {
-            Some(dv) => launch.arg(dv),
-            None => launch.arg(&null),
-        };
-        launch
-            .arg(input.residual)
-            .arg(input.gamma)
-            .arg(&input.eps)
-            .arg(gate_up)
-            .arg(down)
-            .arg(&d32)
-            .arg(&k32)
-            .arg(&g32)
-            .arg(barrier);
-        // SAFETY: the arguments follow gemv_mlp_m*_wave (out, residual_out or null, act, delta
-        // or null, residual, gamma, float eps, w_gate_up, w_down, u32 d, u32 k, u32 groups,
-        // barrier); every length was checked above against num_tokens, k and d, operands are
-        // 16-byte aligned, residual_out is given whenever delta is, k / 8 <= 4 x THREADS (the
-        // norm's threads fit the block; mlp_grid) and the dynamic shared memory is num_tokens ·
-        // k bf16 within the size with_shared allowed. The grid is at most the blocks the GPU
-        // holds at once with that shared memory (mlp_wave_resident), so every block reaches the
-        // grid barrier; the gate/up part covers d / per_group row groups at `per_warp` a warp
-        // and clamps rows, the down part's grid-stride loop stops at its last row group.
-        unsafe { launch.launch(cfg) }?;
-        Ok(())
-    }
-
     /// Whether [`Gemv::forward`] takes `num_tokens` rows of `in_features`: 1 to
     /// [`MAX_TOKENS`] tokens and whole 16-byte chunks per row.
     pub fn supports(num_tokens: usize, in_features: usize) -> bool {
@@ -1116,10 +909,6 @@ mod tests {
         }
         for m in 1..=super::MAX_TOKENS {
             let name = format!("gemv_m{m}_split_wave");
-            assert!(has(&name), "{name} is not in the PTX");
-        }
-        for m in 1..=super::MLP_MAX_TOKENS {
-            let name = format!("gemv_mlp_m{m}_wave");
             assert!(has(&name), "{name} is not in the PTX");
         }
     }

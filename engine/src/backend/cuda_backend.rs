@@ -23,7 +23,7 @@ use kernels::cudarc::driver::sys::CUevent_flags;
 use kernels::cudarc::driver::{CudaEvent, CudaSlice, CudaStream, PinnedHostSlice};
 use kernels::custom_all_reduce::PushTarget;
 use kernels::gemv::{
-    Epilogue, Gemv, MlpLaunch, NormInput, NormPrologue, RotaryCache, SplitGrid, SplitK, Staging,
+    Epilogue, Gemv, NormInput, NormPrologue, RotaryCache, SplitGrid, SplitK, Staging,
 };
 use kernels::nccl::NcclRank;
 use kernels::paged_attention::{
@@ -110,11 +110,6 @@ const GEMV_MAX_WEIGHTS: usize = 1 << 22;
 ///   0.8239 ms/token of device time (`scripts/gpu-env-ab.sh`, two rounds); the Llama-2-7B
 ///   shape's o_proj and down at one token (four waves) were 1.3% slower in one wave, hence
 ///   the two-wave limit.
-/// - `LAB_GEMV_MLP=one|two`: the MLP block of a decode batch of up to
-///   [`kernels::gemv::MLP_MAX_TOKENS`] tokens in one launch where the GEMV takes both of its
-///   projections, gate/up with the per-block norm and down split-K in one wave
-///   ([`MlpLaunch::One`]: a grid barrier between them instead of a kernel boundary, bit for bit
-///   the two launches), or in two (`two`, the default until measured).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct GemvRule {
     /// Weights (elements) the GEMV takes at one token: fewer than this.
@@ -128,8 +123,6 @@ struct GemvRule {
     split_k: SplitK,
     /// How unstaged split-K launches cover their row groups.
     split_grid: SplitGrid,
-    /// Whether the MLP block may run in one launch.
-    mlp: MlpLaunch,
 }
 
 impl Default for GemvRule {
@@ -141,7 +134,6 @@ impl Default for GemvRule {
             staging: Staging::Shared,
             split_k: SplitK::Auto,
             split_grid: SplitGrid::OneWave,
-            mlp: MlpLaunch::Two,
         }
     }
 }
@@ -197,13 +189,6 @@ impl GemvRule {
                         ))
                     }
                 },
-            };
-        }
-        if let Some(v) = var("LAB_GEMV_MLP") {
-            rule.mlp = match v.trim() {
-                "one" => MlpLaunch::One,
-                "two" => MlpLaunch::Two,
-                _ => return Err(format!("LAB_GEMV_MLP={v}: expected one or two")),
             };
         }
         if let Some(v) = var("LAB_GEMV_SPLIT_BELOW") {
@@ -388,9 +373,6 @@ pub struct CudaBackend {
     skinny_gemm: kernels::skinny_gemm::SkinnyGemm, // the rule's row tile
     skinny: Mutex<SkinnyGemmWorkspace>,
     split_k: Mutex<SplitKWorkspace>,
-    /// The grid barrier words of the one-launch MLP ([`Gemv::forward_mlp`]): zeroed once, left
-    /// ready by every launch, never reallocated (a recorded graph keeps their address).
-    mlp_barrier: Mutex<CudaSlice<u32>>,
     /// Where every op's output comes from (no allocation per op once warm).
     activations: CachingAllocator,
     steps: StepPool,
@@ -577,14 +559,8 @@ impl CudaBackend {
                 .with_norm_prologue(gemv_rule.norm_prologue)
                 .with_staging(gemv_rule.staging)
                 .with_split_k(gemv_rule.split_k)
-                .with_split_grid(gemv_rule.split_grid)
-                .with_mlp_launch(gemv_rule.mlp),
+                .with_split_grid(gemv_rule.split_grid),
             gemv_rule,
-            mlp_barrier: Mutex::new(
-                gpu.stream
-                    .alloc_zeros::<u32>(2)
-                    .map_err(|e| device("allocate the MLP's grid barrier", e))?,
-            ),
             paged_attention,
             linear,
             skinny_rule,
@@ -1022,91 +998,6 @@ impl CudaBackend {
             // Unaligned operands or an odd gate/up: the separate kernels do it.
             Err(KernelError::Unsupported { .. }) => return Ok(None),
             Err(e) => return Err(device(f.op, e)),
-        }
-        if let Some(r) = new_residual {
-            *residual = r;
-        }
-        Ok(Some(out))
-    }
-
-    /// The MLP block in one GEMV launch ([`Gemv::forward_mlp`]): `residual += delta`, then
-    /// down(silu(gate) · up of norm(residual)) → `[t, hidden]` (this rank's partial sum under
-    /// tensor parallelism), where the rule runs both projections on the GEMV and the GEMV
-    /// takes them in one launch; `None` otherwise (the caller makes the separate calls).
-    fn mlp_gemv(
-        &self,
-        delta: Option<&CudaTensor>,
-        residual: &mut CudaTensor,
-        norm: &CudaTensor,
-        eps: f32,
-        w_gate_up: &CudaTensor,
-        w_down: &CudaTensor,
-    ) -> Result<Option<CudaTensor>> {
-        const OP: &str = "add_rms_norm_mlp";
-        let (t, hidden) = (residual.rows, residual.cols);
-        let inter = w_down.cols;
-        if !self.gemv_rule.takes(t, w_gate_up)
-            || !self.gemv_rule.takes(t, w_down)
-            || !self.gemv.fuses_mlp(t, hidden, inter)
-        {
-            return Ok(None);
-        }
-        let _span = self.op_scope(OP);
-        shape(
-            w_gate_up.rows == 2 * inter
-                && w_gate_up.cols == hidden
-                && w_down.rows == hidden
-                && norm.rows * norm.cols == hidden,
-            OP,
-            || {
-                format!(
-                    "residual [{t}, {hidden}], norm [{}, {}], gate_up [{}, {}], down [{}, {inter}]",
-                    norm.rows, norm.cols, w_gate_up.rows, w_gate_up.cols, w_down.rows
-                )
-            },
-        )?;
-        if let Some(d) = delta {
-            shape(d.rows == t && d.cols == hidden, OP, || {
-                format!("delta [{}, {}] for residual [{t}, {hidden}]", d.rows, d.cols)
-            })?;
-        }
-        let mut out = self.empty(OP, t, hidden)?;
-        let mut act = self.empty(OP, t, inter)?;
-        let mut new_residual = match delta {
-            Some(_) => Some(self.empty(OP, t, hidden)?),
-            None => None,
-        };
-        let result = {
-            let (rv, gv) = (residual.view_bf16(OP)?, norm.view_bf16(OP)?);
-            let dv = delta.map(|d| d.view_bf16(OP)).transpose()?;
-            let mut r_out = new_residual
-                .as_mut()
-                .map(|r| r.view_bf16_mut(OP))
-                .transpose()?;
-            let input = NormInput {
-                delta: dv.as_ref(),
-                residual: &rv,
-                gamma: &gv,
-                eps,
-            };
-            let mut barrier = self.mlp_barrier.lock().map_err(|_| poisoned())?;
-            self.gemv.forward_mlp(
-                &self.gpu.stream,
-                &mut out.view_bf16_mut(OP)?,
-                r_out.as_mut(),
-                &mut act.view_bf16_mut(OP)?,
-                &input,
-                &w_gate_up.view_bf16(OP)?,
-                &w_down.view_bf16(OP)?,
-                &mut barrier.as_view_mut(),
-                t,
-            )
-        };
-        match result {
-            Ok(()) => {}
-            // Unaligned operands: the separate launches do it.
-            Err(KernelError::Unsupported { .. }) => return Ok(None),
-            Err(e) => return Err(device(OP, e)),
         }
         if let Some(r) = new_residual {
             *residual = r;
@@ -1638,25 +1529,6 @@ impl Backend for CudaBackend {
             return self.skinny_gate_up(&x, w);
         }
         self.silu_and_mul(&self.linear(&x, w, None)?)
-    }
-
-    fn add_rms_norm_mlp(
-        &self,
-        delta: Option<CudaTensor>,
-        residual: &mut CudaTensor,
-        norm: &CudaTensor,
-        eps: f32,
-        w_gate_up: &CudaTensor,
-        w_down: &CudaTensor,
-    ) -> Result<CudaTensor> {
-        if let Some(mut y) =
-            self.mlp_gemv(delta.as_ref(), residual, norm, eps, w_gate_up, w_down)?
-        {
-            self.all_reduce(&mut y)?; // down is row-parallel
-            return Ok(y);
-        }
-        let act = self.add_rms_norm_gate_up(delta, residual, norm, eps, w_gate_up)?;
-        self.row_parallel_linear(&act, w_down)
     }
 
     fn add_rms_norm_qkv_rotary_cache(
@@ -2244,15 +2116,6 @@ mod tests {
                 .split_grid,
             SplitGrid::BlocksPerSm(1)
         );
-        assert_eq!(rule(&[]).unwrap().mlp, MlpLaunch::Two);
-        assert_eq!(
-            rule(&[("LAB_GEMV_MLP", " one")]).unwrap().mlp,
-            MlpLaunch::One
-        );
-        assert_eq!(
-            rule(&[("LAB_GEMV_MLP", "two")]).unwrap().mlp,
-            MlpLaunch::Two
-        );
     }
 
     #[test]
@@ -2267,7 +2130,6 @@ mod tests {
             ("LAB_GEMV_SPLIT_BELOW", "2.5"),
             ("LAB_GEMV_SPLIT_WAVE", "on"),
             ("LAB_GEMV_SPLIT_WAVE", "blocks:0"),
-            ("LAB_GEMV_MLP", "1"),
         ] {
             let e = rule(&[(name, value)]).unwrap_err();
             assert!(e.starts_with(&format!("{name}={value}:")), "{e}");

@@ -328,22 +328,6 @@ pub trait Backend: Send + Sync {
         let x = self.add_rms_norm(delta, residual, norm, eps)?;
         self.silu_and_mul(&self.linear(&x, w, None)?)
     }
-    /// The whole MLP block: [`Backend::add_rms_norm_gate_up`], then the row-parallel down
-    /// projection `w_down` `[hidden, inter]` ([`Backend::row_parallel_linear`]) → `[t,
-    /// hidden]`, the block's output. Two calls by default; the CUDA backend can make them one
-    /// launch for small decode batches (gate/up and down meeting at a grid barrier).
-    fn add_rms_norm_mlp(
-        &self,
-        delta: Option<Self::Tensor>,
-        residual: &mut Self::Tensor,
-        norm: &Self::Tensor,
-        eps: f32,
-        w_gate_up: &Self::Tensor,
-        w_down: &Self::Tensor,
-    ) -> Result<Self::Tensor> {
-        let act = self.add_rms_norm_gate_up(delta, residual, norm, eps, w_gate_up)?;
-        self.row_parallel_linear(&act, w_down)
-    }
     /// The attention block's way in, up to attention: [`Backend::add_rms_norm_linear`] through
     /// the qkv projection `w` `[(heads + 2·kv_heads)·d, hidden]` (+ `bias`), then
     /// [`Backend::qkv_rotary_and_cache`] → q `[t, heads·d]`, k and v in the caches. Two calls

@@ -163,16 +163,15 @@ impl<B: Backend> LlamaForCausalLM<B> {
             // (linear, then all_reduce).
             let attn_out = b.row_parallel_linear(&attn, &layer.o_proj)?;
 
-            // MLP block (SwiGLU): residual += attn_out; silu(gate) · up of the normed stream,
-            // then down_proj (row-parallel too).
-            let mlp_out = b.add_rms_norm_mlp(
+            // MLP block (SwiGLU): residual += attn_out; silu(gate) · up of the normed stream.
+            let act = b.add_rms_norm_gate_up(
                 Some(attn_out),
                 &mut residual,
                 &layer.post_attention_layernorm,
                 eps,
                 &layer.gate_up_proj,
-                &layer.down_proj,
             )?;
+            let mlp_out = b.row_parallel_linear(&act, &layer.down_proj)?; // row-parallel too
             delta = Some(mlp_out);
         }
         if !self.stage.is_last() {
