@@ -141,8 +141,10 @@ impl LLMEngine {
             check_tensor_parallel(&model.config, &name, tp)?;
             check_pipeline_parallel(&model.config, &name, pp)?;
         }
-        // The ranks read the device from the config: the resolved one, never `auto`.
+        // The ranks read the device from the config: the resolved one, never `auto`; and the
+        // engine's config says whether it schedules one step ahead.
         config.device = device;
+        config.async_scheduling = Some(config.async_scheduling_on(device));
         let _span = tracing::info_span!("engine_start", %device, tp, pp).entered();
         let LoadedModel {
             name: _,
@@ -336,7 +338,7 @@ impl LLMEngine {
     // ANCHOR: step
     /// Runs one step; returns the requests that finished in it.
     pub fn step(&mut self) -> Result<Vec<RequestOutput>> {
-        if self.config.async_scheduling {
+        if self.config.async_scheduling == Some(true) {
             return self.step_async();
         }
         let Some(out) = self.schedule_step()? else {

@@ -22,7 +22,7 @@ use common::gpu::{gpu_or_skip, random_model, small_config};
 fn config(async_scheduling: bool) -> EngineConfig {
     let mut c = EngineConfig {
         device: Device::Cpu,
-        async_scheduling,
+        async_scheduling: Some(async_scheduling),
         ..EngineConfig::default()
     };
     c.cache.block_size = 4;
@@ -205,6 +205,38 @@ fn async_scheduling_with_several_ranks_is_refused_up_front() {
     assert!(!err.contains('\n'), "{err}");
 }
 
+/// The default (`None`, as vLLM's): on for one worker on a GPU, off on the CPU and with
+/// several ranks, where it is not refused but left off; given, it is what the engine runs.
+#[test]
+fn async_scheduling_is_on_by_default_for_one_gpu_worker_only() {
+    let default = EngineConfig::default();
+    assert_eq!(default.async_scheduling, None);
+    assert!(default.async_scheduling_on(Device::Cuda(0)));
+    assert!(!default.async_scheduling_on(Device::Cpu));
+    let mut tp2 = EngineConfig::default();
+    tp2.parallel.tensor_parallel_size = 2;
+    assert!(!tp2.async_scheduling_on(Device::Cuda(0)));
+    let mut pp2 = EngineConfig::default();
+    pp2.parallel.pipeline_parallel_size = 2;
+    assert!(!pp2.async_scheduling_on(Device::Cuda(0)));
+    let off = EngineConfig {
+        async_scheduling: Some(false),
+        ..EngineConfig::default()
+    };
+    assert!(!off.async_scheduling_on(Device::Cuda(0)));
+    assert!(config(true).async_scheduling_on(Device::Cpu));
+
+    // A running engine's config holds the choice: off on the CPU by default, also with ranks.
+    let model = || load_model(&ModelSpec::Tiny, false, 0).expect("tiny model");
+    let mut c = config(false);
+    c.async_scheduling = None;
+    let engine = LLMEngine::new(model(), c).expect("engine starts");
+    assert_eq!(engine.config.async_scheduling, Some(false));
+    c.parallel.tensor_parallel_size = 2;
+    let engine = LLMEngine::new(model(), c).expect("TP 2 starts, synchronous");
+    assert_eq!(engine.config.async_scheduling, Some(false));
+}
+
 /// On a GPU: the step behind takes its decodes' tokens on the device, from the sampled ids
 /// of the step still running. Every step here has the same batch in both modes (the prompts
 /// are prefilled together, every request runs the same number of tokens), so the same
@@ -238,7 +270,7 @@ fn cuda_async_scheduling_generates_what_the_synchronous_engine_does() {
             let mut e = EngineConfig {
                 device: Device::Cuda(0),
                 cuda_graphs: graphs,
-                async_scheduling,
+                async_scheduling: Some(async_scheduling),
                 ..EngineConfig::default()
             };
             e.cache.block_size = 16;

@@ -224,3 +224,23 @@ fn bad_requests_and_sampling_values() {
         expect_error(&dir, &[&format!("{flag}={value}")], needle);
     }
 }
+
+/// `--async-scheduling` and `--no-async-scheduling`: the last one given wins (as the prefix
+/// caching pair); asked for with several ranks it is a one-line error, turned off (or left to
+/// its default, off with ranks) the same run works.
+#[test]
+fn async_scheduling_flags_last_one_wins() {
+    let dir = model_dir("async");
+    let tp2 = ["--tp", "2", "--max-tokens", "2"];
+    expect_error(
+        &dir,
+        &[&tp2[..], &["--no-async-scheduling", "--async-scheduling"]].concat(),
+        "--async-scheduling",
+    );
+    let d = dir.to_str().unwrap();
+    let base = ["generate", "--model", d, "--prompt", "hello"];
+    for extra in [&["--async-scheduling", "--no-async-scheduling"][..], &[]] {
+        let (code, _, stderr) = lab(&[&base[..], &tp2, extra].concat());
+        assert_eq!(code, 0, "{extra:?}: {stderr}");
+    }
+}

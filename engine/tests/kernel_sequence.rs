@@ -129,6 +129,8 @@ fn engine(device: Device, graphs: bool) -> LLMEngine {
     let mut e = EngineConfig {
         device,
         cuda_graphs: graphs,
+        // One step's kernels per `step()` call: a GPU would otherwise schedule one step ahead.
+        async_scheduling: Some(false),
         ..EngineConfig::default()
     };
     e.cache.block_size = 16;

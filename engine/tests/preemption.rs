@@ -150,7 +150,7 @@ fn engine_for(w: &Workload) -> LLMEngine {
     config.scheduler.max_num_batched_tokens = w.budget;
     config.scheduler.max_num_seqs = w.max_num_seqs;
     config.scheduler.enable_chunked_prefill = true;
-    config.async_scheduling = w.async_scheduling;
+    config.async_scheduling = Some(w.async_scheduling);
     config.preemption = PreemptionConfig {
         mode: w.mode,
         victim: w.victim,

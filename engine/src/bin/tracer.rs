@@ -95,6 +95,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     let model = load_model(&ModelSpec::parse(&args.model), args.random_weights, 0)?;
     let mut config = EngineConfig {
         device: args.device,
+        // One step at a time, each from its schedule to its update, as the timeline and the
+        // book's request journey read them (on a GPU `lab` schedules one step ahead).
+        async_scheduling: Some(false),
         ..EngineConfig::default()
     };
     config.parallel.tensor_parallel_size = args.tp;
@@ -196,6 +199,7 @@ fn overhead(
     let model = load_model(&ModelSpec::parse(&args.model), args.random_weights, 0)?;
     let config = EngineConfig {
         device: args.device,
+        async_scheduling: Some(false), // as the traced run above
         ..EngineConfig::default()
     };
     let mut llm = LLM::new(model, config)?;

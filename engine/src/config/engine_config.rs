@@ -158,8 +158,12 @@ pub struct EngineConfig {
     pub preemption: crate::core::preemption::PreemptionConfig,
     /// Schedule and submit each step while the previous one still runs (vLLM's
     /// `--async-scheduling`; see `LLMEngine::step`): on a GPU the device no longer waits for
-    /// the host between steps. One worker only, for now.
-    pub async_scheduling: bool,
+    /// the host between steps. `None`, the default (as in vLLM, which turns it on where it is
+    /// supported): on for one worker on a GPU, off on the CPU (whose backend computes a step
+    /// inside its submit: there is nothing to overlap) and with several ranks (not supported
+    /// yet). `Some(true)` asks for it (refused with several ranks), `Some(false)` turns it
+    /// off. A running engine's config holds its choice ([`EngineConfig::async_scheduling_on`]).
+    pub async_scheduling: Option<bool>,
 }
 
 impl Default for EngineConfig {
@@ -178,12 +182,20 @@ impl Default for EngineConfig {
             cuda_graphs: true,
             parallel: ParallelConfig::default(),
             preemption: Default::default(),
-            async_scheduling: false,
+            async_scheduling: None,
         }
     }
 }
 
 impl EngineConfig {
+    /// Whether steps are scheduled one ahead on `device` (a resolved one, never `auto`):
+    /// `async_scheduling` where it is given, otherwise when one worker runs on a GPU.
+    pub fn async_scheduling_on(&self, device: Device) -> bool {
+        let ranks = self.parallel.tensor_parallel_size * self.parallel.pipeline_parallel_size;
+        self.async_scheduling
+            .unwrap_or(ranks == 1 && matches!(device, Device::Cuda(_)))
+    }
+
     /// Rejects values that cannot work, with a message naming the flag.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(EngineError::InvalidArgument(m.to_string()));
@@ -219,7 +231,7 @@ impl EngineConfig {
                  --pipeline-parallel-size",
             );
         }
-        if self.async_scheduling && parallel > 1 {
+        if self.async_scheduling == Some(true) && parallel > 1 {
             return bad(
                 "--async-scheduling runs with one worker for now (the ranks would each need \
                  the previous step's sampled tokens); leave it out with \

@@ -168,9 +168,14 @@ pub struct ModelArgs {
     /// Schedule and submit each step while the previous one still runs on the device, which
     /// fills each decode's input with the token it just sampled (vLLM's --async-scheduling):
     /// the GPU no longer waits for the host between steps; a request that stops costs one
-    /// extra token of compute. One worker only (no --tp/--pp).
-    #[arg(long)]
+    /// extra token of compute. On by default with one worker on a GPU (as in vLLM); off on the
+    /// CPU, where there is no gap to fill, and with --tp/--pp, which it does not support yet.
+    #[arg(long, overrides_with = "no_async_scheduling")]
     pub async_scheduling: bool,
+    /// Turn async scheduling off: each step is scheduled once the previous one's tokens are
+    /// back.
+    #[arg(long, overrides_with = "async_scheduling")]
+    pub no_async_scheduling: bool,
 }
 
 impl ModelArgs {
@@ -195,7 +200,10 @@ impl ModelArgs {
         c.parallel.collective_timeout =
             std::time::Duration::try_from_secs_f64(self.collective_timeout).unwrap_or_default();
         c.parallel.custom_all_reduce = self.custom_all_reduce;
-        c.async_scheduling = self.async_scheduling;
+        // As for prefix caching: the last of the two flags wins; neither keeps the default.
+        if self.async_scheduling || self.no_async_scheduling {
+            c.async_scheduling = Some(self.async_scheduling);
+        }
         c.preemption.mode = self.preemption_mode;
         c.preemption.victim = self.preemption_victim;
         // A bad value is refused in `load` (swap_space_bytes); here it is only converted.

@@ -149,7 +149,7 @@ pub fn run(
     );
     report["decode_b1_ms_per_token"] = ms.into();
     if let Some(device) = b1.device_ms_per_token {
-        if engine.config.async_scheduling {
+        if engine.config.async_scheduling == Some(true) {
             println!(
                 "  of which the device: {device:.3} ms/token (first kernel to sampled ids); \
                  async scheduling prepares each step while the one before runs"
