@@ -265,7 +265,7 @@ fn the_data_file_lists_one_attention_kernel_per_layer() {
             .cloned()
             .collect::<Vec<_>>()
     };
-    assert_eq!(attention(&book.decode), ["paged_attention_decode"]);
+    assert_eq!(attention(&book.decode), ["paged_attention_o_proj"]);
     assert_eq!(attention(&book.prefill), ["prefill_attention"]);
 }
 

@@ -104,3 +104,50 @@ __device__ __forceinline__ u32 sendable(u32 w) { return w == CAR_EMPTY ? 0x7fc07
 __device__ __forceinline__ void store_volatile_u32(u32* p, u32 v) {
     asm volatile("st.volatile.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
 }
+
+// Thread block clusters (sm_90): the blocks of a cluster run at once on neighbouring SMs and
+// may read each other's shared memory. The barrier: every thread of every block of the cluster
+// arrives (release: its writes, shared memory included, become visible to the cluster), then
+// waits for the others (acquire). Split in two where a block has work between the halves.
+__device__ __forceinline__ void cluster_arrive() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void cluster_wait() {
+    asm volatile("barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void cluster_sync() {
+    cluster_arrive();
+    cluster_wait();
+}
+// This block's rank in its cluster, and the cluster's blocks.
+__device__ __forceinline__ u32 cluster_rank() {
+    u32 r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+    return r;
+}
+__device__ __forceinline__ u32 cluster_blocks() {
+    u32 n;
+    asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(n));
+    return n;
+}
+// The shared address `addr` of this block, as the same offset in block `rank` of the cluster.
+__device__ __forceinline__ u32 cluster_address(u32 addr, u32 rank) {
+    u32 remote;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(addr), "r"(rank));
+    return remote;
+}
+// The f32 at shared address `addr` of block `rank` of this cluster (the same offset as ours).
+__device__ __forceinline__ float ld_cluster(u32 addr, u32 rank) {
+    float v;
+    asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(cluster_address(addr, rank)) : "memory");
+    return v;
+}
+// The 16 bytes at shared address `addr` (16-byte aligned) of block `rank` of this cluster.
+__device__ __forceinline__ uint4 ld_cluster_v4(u32 addr, u32 rank) {
+    uint4 v;
+    asm volatile("ld.shared::cluster.v4.u32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(cluster_address(addr, rank))
+                 : "memory");
+    return v;
+}

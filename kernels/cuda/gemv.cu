@@ -60,18 +60,37 @@ __device__ __forceinline__ void load_chunks(
 // exactly as rms_norm.cu does it, value by value: bf16(gamma * bf16(s * inv_rms[t])). So the
 // fused kernel multiplies W by the same bf16 values the norm kernel would have written; only
 // inv_rms may differ in its last bit (the sum of squares is added in another order).
+// The delta may also come as partial sums (the `_block` kernels only): f32 [M, P, chunks · 8],
+// o_proj's output per head group from paged_attention_o_proj (paged_attention.cu), added in
+// group order and rounded to bf16, as o_proj stores its sum, before it joins the stream.
 struct Input {
     const uint4* x;         // plain: [M, chunks]
     const uint4* delta;     // NORM: [M, chunks] or null
     const uint4* residual;  // NORM: [M, chunks]
     const uint4* gamma;     // NORM: [chunks]
     u32 chunks;
+    const float4* partials = nullptr;  // NORM, instead of delta: [M, num_partials, chunks · 2]
+    u32 num_partials = 0;
 };
+
+__device__ __forceinline__ bool has_delta(const Input& in) { return in.delta || in.partials; }
 
 __device__ __forceinline__ f32x8 stream_chunk(const Input& in, int t, u32 c) {
     f32x8 s = unpack8(__ldg(in.residual + (size_t)t * in.chunks + c));
-    if (in.delta) {
-        const f32x8 d = unpack8(__ldg(in.delta + (size_t)t * in.chunks + c));
+    if (has_delta(in)) {
+        f32x8 d;
+        if (in.partials) {
+            const float4* p = in.partials + ((size_t)t * in.num_partials * in.chunks + c) * 2;
+            for (int i = 0; i < 8; i++) d.v[i] = 0.0f;
+            for (u32 g = 0; g < in.num_partials; g++, p += 2 * in.chunks) {
+                const float4 lo = __ldg(p), hi = __ldg(p + 1);
+                d.v[0] += lo.x, d.v[1] += lo.y, d.v[2] += lo.z, d.v[3] += lo.w;
+                d.v[4] += hi.x, d.v[5] += hi.y, d.v[6] += hi.z, d.v[7] += hi.w;
+            }
+            d = unpack8(pack8(d));  // o_proj's output is stored in bf16
+        } else {
+            d = unpack8(__ldg(in.delta + (size_t)t * in.chunks + c));
+        }
 #pragma unroll
         for (int i = 0; i < 8; i++) s.v[i] += d.v[i];
         s = unpack8(pack8(s));  // the stream is stored in bf16
@@ -246,7 +265,7 @@ __device__ __forceinline__ void gemv(
 
     // One warp of the grid stores the new residual stream (every warp computes it for itself;
     // the stream read above stays unchanged, as other blocks still read it).
-    if (NORM && in.delta && residual_out && warp == 0) {
+    if (NORM && has_delta(in) && residual_out && warp == 0) {
         for (int t = 0; t < M; t++)
             for (u32 c = lane; c < chunks; c += 32)
                 reinterpret_cast<uint4*>(residual_out)[(size_t)t * chunks + c] = pack8(stream_chunk(in, t, c));
@@ -444,7 +463,7 @@ __device__ __forceinline__ void gemv_block_norm(
     // The norm, as rms_norm.cu computes it: the stream into shared memory, the sum of squares
     // by threads 0..T-1 in that kernel's order; block 0 also stores the new stream.
     const u32 T = norm_threads(chunks);
-    const bool store_stream = in.delta && residual_out && blockIdx.x == 0;
+    const bool store_stream = has_delta(in) && residual_out && blockIdx.x == 0;
 #pragma unroll
     for (int t = 0; t < M; t++) {
         if (threadIdx.x < T) {
@@ -546,20 +565,23 @@ __device__ __forceinline__ void gemv_block_norm(
         __nv_bfloat16* __restrict__ out, __nv_bfloat16* __restrict__ residual_out,                 \
         const __nv_bfloat16* __restrict__ delta, const __nv_bfloat16* __restrict__ residual,       \
         const __nv_bfloat16* __restrict__ gamma, float eps, const __nv_bfloat16* __restrict__ w,   \
-        const __nv_bfloat16* __restrict__ bias, u32 n, u32 k, u32 groups) {                        \
+        const __nv_bfloat16* __restrict__ bias, u32 n, u32 k, u32 groups,                          \
+        const float* __restrict__ partials, u32 num_partials) {                                    \
         const Input in = {nullptr, reinterpret_cast<const uint4*>(delta),                          \
                           reinterpret_cast<const uint4*>(residual),                                \
-                          reinterpret_cast<const uint4*>(gamma), k / 8};                           \
+                          reinterpret_cast<const uint4*>(gamma), k / 8,                            \
+                          reinterpret_cast<const float4*>(partials), num_partials};                \
         gemv_block_norm<M, ROWS, EPI_PLAIN>(out, residual_out, in, eps, w, bias, n, k, groups);    \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_norm_glu_m##M##_block(         \
         __nv_bfloat16* __restrict__ out, __nv_bfloat16* __restrict__ residual_out,                 \
         const __nv_bfloat16* __restrict__ delta, const __nv_bfloat16* __restrict__ residual,       \
         const __nv_bfloat16* __restrict__ gamma, float eps, const __nv_bfloat16* __restrict__ w,   \
-        u32 n, u32 k, u32 groups) {                                                                \
+        u32 n, u32 k, u32 groups, const float* __restrict__ partials, u32 num_partials) {          \
         const Input in = {nullptr, reinterpret_cast<const uint4*>(delta),                          \
                           reinterpret_cast<const uint4*>(residual),                                \
-                          reinterpret_cast<const uint4*>(gamma), k / 8};                           \
+                          reinterpret_cast<const uint4*>(gamma), k / 8,                            \
+                          reinterpret_cast<const float4*>(partials), num_partials};                \
         gemv_block_norm<M, ROWS, EPI_GLU>(out, residual_out, in, eps, w, nullptr, n, k, groups);   \
     }
 GEMV_BLOCK_NORM(1, 4)
@@ -858,7 +880,7 @@ __device__ __forceinline__ void gemv_staged(
     // the `_split` kernel's order). Block 0 stores the new stream.
     uint4 xs[XC][M];
     if (NORM) {
-        const bool store = in.delta && residual_out && blockIdx.x == 0;
+        const bool store = has_delta(in) && residual_out && blockIdx.x == 0;
 #pragma unroll
         for (int t = 0; t < M; t++) {
             float sum_sq = 0.0f;

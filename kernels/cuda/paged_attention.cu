@@ -490,7 +490,9 @@ __device__ __forceinline__ void paged_attention_decode_mma(
     const u32* __restrict__ seq_lens,               // [num_seqs]
     u32* __restrict__ tickets,                      // [num_seqs, head groups], 0 between launches; or null
     float scale, u32 num_heads, u32 num_kv_heads, u32 block_size, u32 max_blocks_per_seq,
-    u32 min_partition, u32 early) {
+    u32 min_partition, u32 early,
+    u32 head_group,                                 // which HEADS query heads: blockIdx.x, but in a cluster
+    __nv_bfloat16* s_out) {                         // [HEADS, head_dim] in shared memory, or null: `out`
     using R = Ring<D, S, TT>;
     constexpr int CHUNKS = R::CHUNKS, STAGES = R::STAGES;
     constexpr int WT = TT / W;           // tokens of a tile this warp owns
@@ -514,7 +516,7 @@ __device__ __forceinline__ void paged_attention_decode_mma(
         wait_for_previous_kernel();
         allow_next_kernel();
     }
-    const u32 first_head = blockIdx.x * HEADS, seq = blockIdx.y, part = blockIdx.z;
+    const u32 first_head = head_group * HEADS, seq = blockIdx.y, part = blockIdx.z;
     const u32 kv_head = first_head / (num_heads / num_kv_heads);
     const u32 seq_len = seq_lens[seq];
     const u32 partition_size = partition_tokens(seq_len, gridDim.z, min_partition);
@@ -726,7 +728,9 @@ __device__ __forceinline__ void paged_attention_decode_mma(
         }
         const size_t head_row = (size_t)seq * num_heads + first_head + h;
         if (num_partitions == 1) {
-            out[head_row * D + d] = __float2bfloat16(o / big_l);
+            const __nv_bfloat16 v = __float2bfloat16(o / big_l);
+            if (s_out) s_out[h * D + d] = v;
+            else out[head_row * D + d] = v;
         } else {
             const size_t p = head_row * num_partitions + part;
             tmp_out[p * D + d] = o;
@@ -774,7 +778,7 @@ DECODE_HEADS(128, 32, 2) DECODE_HEADS(128, 32, 3)
 #define DECODE_MMA(D, T, S, H)                                                                 \
     extern "C" __global__ void __launch_bounds__(NUM_THREADS)                                  \
         paged_attention_decode_mma_d##D##_t##T##_s##S##_h##H(DECODE_ARGS) {                    \
-        paged_attention_decode_mma<D, H, S, T, NUM_WARPS>(DECODE_NAMES, early);                \
+        paged_attention_decode_mma<D, H, S, T, NUM_WARPS>(DECODE_NAMES, early, blockIdx.x, nullptr); \
     }
 #define DECODE_MMA_HEADS(D, T, S)                                                              \
     DECODE_MMA(D, T, S, 1) DECODE_MMA(D, T, S, 2) DECODE_MMA(D, T, S, 3) DECODE_MMA(D, T, S, 4) \
@@ -796,12 +800,131 @@ DECODE_MMA_HEADS(128, 32, 2) DECODE_MMA_HEADS(128, 32, 3) DECODE_MMA_HEADS(128, 
 #define DECODE_MMA_WIDE(D, T, S, W, H)                                                         \
     extern "C" __global__ void __launch_bounds__(W * 32)                                       \
         paged_attention_decode_mma_d##D##_t##T##_s##S##_w##W##_h##H(DECODE_ARGS) {             \
-        paged_attention_decode_mma<D, H, S, T, W>(DECODE_NAMES, early);                        \
+        paged_attention_decode_mma<D, H, S, T, W>(DECODE_NAMES, early, blockIdx.x, nullptr);         \
     }
 #define DECODE_MMA_WIDE_HEADS(D, T, S, W)                                                      \
     DECODE_MMA_WIDE(D, T, S, W, 1) DECODE_MMA_WIDE(D, T, S, W, 2) DECODE_MMA_WIDE(D, T, S, W, 3) \
         DECODE_MMA_WIDE(D, T, S, W, 4) DECODE_MMA_WIDE(D, T, S, W, 8)
 DECODE_MMA_WIDE_HEADS(64, 256, 2, 16) DECODE_MMA_WIDE_HEADS(128, 128, 2, 16)
+// ---------------------------------------------------------------------------------------------
+// Decode attention and o_proj in one launch (`paged_attention_o_proj_*`, the wide single pass
+// only; `PagedAttention::decode_o_proj`). At batch 1 o_proj is a kernel of its own whose work
+// is tiny (the SmolLM2-135M shape's is 0.66 MB) and whose cost is a kernel boundary and a few
+// dependent trips to memory after it: a build that skipped it (wrong tokens, right timing)
+// ran the 135M shape's step 2.4 µs a layer faster and the 1B shape's 3.0.
+//
+// Work split: a thread block cluster per (sequence, head group) of C blocks. Block 0 is the
+// wide pass above, its output (HEADS heads of D, bf16, as the unfused kernel stores it) kept in
+// its shared memory. Blocks 1..C-1 each own a share of o_proj's rows: before anything else
+// they copy their rows' HEADS·D columns of W_o (the columns this head group's output
+// multiplies) into shared memory, which needs nothing from the previous kernel, so it streams
+// while that kernel and the attention run. At the cluster barrier block 0's output is ready;
+// each block reads it from block 0's shared memory (DSMEM) and dots it with its rows: a warp a
+// row, lane l taking 16-byte chunks l, l + 32, ... of the row, then a warp sum.
+//
+// The output is o_proj's, unsummed: the head groups' columns are in different clusters, so
+// each writes its partial sum, partials[seq, group, row] (f32), and the next kernel (the gate/up
+// GEMV's norm prologue, gemv.cu) adds the groups in order and rounds to bf16, where the unfused
+// o_proj would have rounded its sum: the same values up to the order of the f32 additions.
+template <int D, int HEADS, int S, int TT, int W>
+__device__ __forceinline__ void paged_attention_o_proj(
+    __nv_bfloat16* __restrict__ out, float* __restrict__ tmp_out, float* __restrict__ max_logits,
+    float* __restrict__ exp_sums, const __nv_bfloat16* __restrict__ query,
+    const __nv_bfloat16* __restrict__ key_cache, const __nv_bfloat16* __restrict__ value_cache,
+    const u32* __restrict__ block_tables, const u32* __restrict__ seq_lens, u32* __restrict__ tickets,
+    float scale, u32 num_heads, u32 num_kv_heads, u32 block_size, u32 max_blocks_per_seq,
+    u32 min_partition, u32 early,
+    float* __restrict__ partials,          // [num_seqs, num_heads / HEADS, hidden]
+    const __nv_bfloat16* __restrict__ w_o, // [hidden, num_heads * head_dim]
+    u32 hidden) {
+    constexpr int KC = HEADS * D;        // columns of W_o this head group multiplies
+    constexpr int CH = KC / 8;           // 16-byte chunks of them a row
+    constexpr int LANE_CHUNKS = (CH + 31) / 32;
+    static_assert(KC % 8 == 0, "whole chunks");
+    __shared__ __align__(16) __nv_bfloat16 s_attn[KC];  // block 0: the head group's output
+    extern __shared__ uint4 s_w[];                       // blocks 1..: [rows, CH] of W_o
+    const u32 rank = cluster_rank(), blocks = cluster_blocks();
+    const u32 group = blockIdx.x / blocks, groups = gridDim.x / blocks, seq = blockIdx.y;
+
+    if (rank == 0) {
+        // A padded sequence (no tokens) returns from the pass without an output: zeros, then.
+        for (int i = threadIdx.x; i < KC; i += W * 32) s_attn[i] = __float2bfloat16(0.0f);
+        __syncthreads();
+        paged_attention_decode_mma<D, HEADS, S, TT, W>(
+            out, tmp_out, max_logits, exp_sums, query, key_cache, value_cache, block_tables, seq_lens,
+            tickets, scale, num_heads, num_kv_heads, block_size, max_blocks_per_seq, min_partition,
+            early, group, s_attn);
+        __syncthreads();  // every thread's share of s_attn is written
+        cluster_sync();   // the output is the cluster's
+        cluster_sync();   // the peers have read it: the block may leave
+        return;
+    }
+
+    // This block's rows: an even share of `hidden` over blocks 1..C-1.
+    const u32 per = (hidden + blocks - 2) / (blocks - 1);
+    const u32 r0 = (rank - 1) * per;
+    const u32 rows = r0 < hidden ? min(per, hidden - r0) : 0;
+    const size_t ld = (size_t)num_heads * D;
+    const __nv_bfloat16* w_rows = w_o + (size_t)r0 * ld + (size_t)group * KC;
+    for (u32 i = threadIdx.x; i < rows * CH; i += W * 32)
+        cp_async16(s_w + i, w_rows + (size_t)(i / CH) * ld + (i % CH) * 8, true);
+    cp_async_commit();
+    allow_next_kernel();  // what this block reads of other kernels' output, block 0 waited for
+
+    cluster_sync();  // block 0's output is in its shared memory
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    f32x8 x[LANE_CHUNKS] = {};
+    const u32 s_attn_addr = (u32)__cvta_generic_to_shared(s_attn);
+#pragma unroll
+    for (int j = 0; j < LANE_CHUNKS; j++) {
+        const int c = lane + 32 * j;
+        if (c < CH) x[j] = unpack8(ld_cluster_v4(s_attn_addr + 16 * c, 0));
+    }
+    cluster_arrive();  // done with block 0's shared memory (its second barrier)
+    cp_async_wait<0>();
+    __syncthreads();  // every thread's copies of W_o have landed
+
+    // Four rows a warp at once, so that their warp sums overlap.
+    float* dst = partials + ((size_t)seq * groups + group) * hidden + r0;
+    for (u32 r = warp * 4; r < rows; r += W * 4) {
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            if (r + i >= rows) break;
+#pragma unroll
+            for (int j = 0; j < LANE_CHUNKS; j++) {
+                const int c = lane + 32 * j;
+                if (c < CH) {
+                    const f32x8 w = unpack8(s_w[(r + i) * CH + c]);
+#pragma unroll
+                    for (int e = 0; e < 8; e++) acc[i] += w.v[e] * x[j].v[e];
+                }
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[i] = warp_sum(acc[i]);
+        if (lane == 0) {
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                if (r + i < rows) dst[r + i] = acc[i];
+        }
+    }
+    cluster_wait();  // the second barrier's other half (block 0 waits on it)
+}
+// paged_attention_o_proj_d{D}_t{T}_s{S}_w{W}_h{H}: the wide rings', launched in clusters of C
+// blocks along x (grid: head groups · C, sequences) with max(the ring's bytes, a block's rows ·
+// H · D bf16) of dynamic shared memory.
+#define ATTENTION_O_PROJ(D, T, S, W, H)                                                        \
+    extern "C" __global__ void __launch_bounds__(W * 32)                                       \
+        paged_attention_o_proj_d##D##_t##T##_s##S##_w##W##_h##H(                               \
+            DECODE_ARGS, float* partials, const __nv_bfloat16* w_o, u32 hidden) {              \
+        paged_attention_o_proj<D, H, S, T, W>(DECODE_NAMES, early, partials, w_o, hidden);     \
+    }
+#define ATTENTION_O_PROJ_HEADS(D, T, S, W)                                                     \
+    ATTENTION_O_PROJ(D, T, S, W, 1) ATTENTION_O_PROJ(D, T, S, W, 2)                            \
+        ATTENTION_O_PROJ(D, T, S, W, 3) ATTENTION_O_PROJ(D, T, S, W, 4)                        \
+            ATTENTION_O_PROJ(D, T, S, W, 8)
+ATTENTION_O_PROJ_HEADS(64, 256, 2, 16) ATTENTION_O_PROJ_HEADS(128, 128, 2, 16)
 #define REDUCE(D)                                                                              \
     extern "C" __global__ void paged_attention_reduce_d##D(                                    \
         __nv_bfloat16 *out, const float *tmp_out, const float *max_logits,                     \

@@ -433,20 +433,6 @@ __device__ __forceinline__ void wgmma_step<4>(float (&d)[4][4], u64 a, u64 b) {
 }
 #undef SG_D4
 
-// Thread block clusters (sm_90): the blocks of a cluster run at once on neighbouring SMs and
-// may read each other's shared memory.
-__device__ __forceinline__ void cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-// The f32 at shared address `addr` of block `rank` of this cluster (the same offset as ours).
-__device__ __forceinline__ float ld_cluster(u32 addr, u32 rank) {
-    u32 remote;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(remote) : "r"(addr), "r"(rank));
-    float v;
-    asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(remote) : "memory");
-    return v;
-}
-
 // Outputs (t, c) and (t, c + 1) of a row tile (c even, plain epilogue), as one 32-bit word:
 // into `out`, and, sendable, into every peer's inbox at the same place of this call's half
 // (values from `half` on). A receiver checks 32-bit words, so the two values must arrive as

@@ -249,6 +249,7 @@ fn fused_norm_rows(
                         i += 1;
                         let (dv, rv, gv) = (delta.as_view(), residual.as_view(), gamma.as_view());
                         let input = NormInput {
+                            partials: None,
                             delta: Some(&dv),
                             residual: &rv,
                             gamma: &gv,
@@ -424,6 +425,7 @@ fn staged_gemv(gpu: &Gpu, copy_gb_s: f64) -> Result<Vec<FusedRow>> {
                             let (dv, rv, gv) =
                                 (delta.as_view(), residual.as_view(), gamma.as_view());
                             let input = NormInput {
+                                partials: None,
                                 delta: Some(&dv),
                                 residual: &rv,
                                 gamma: &gv,

@@ -179,6 +179,12 @@ pub struct Gemv {
 pub struct NormInput<'a, 'b> {
     /// The previous block's output, `[num_tokens, k]`; `None` before the first layer.
     pub delta: Option<&'a CudaView<'b, bf16>>,
+    /// Instead of `delta`: the previous block's output as partial sums, f32 `[num_tokens, P,
+    /// k]`, added up in order `0..P` and rounded to bf16 (as the projection that made them
+    /// would store its sum) before joining the stream: o_proj's output per head group, from
+    /// [`crate::paged_attention::PagedAttention::decode_o_proj`]. Only where
+    /// [`Gemv::norm_per_block`] holds.
+    pub partials: Option<&'a CudaView<'b, f32>>,
     /// The residual stream so far, `[num_tokens, k]`.
     pub residual: &'a CudaView<'b, bf16>,
     /// The norm's weight, `[k]`.
@@ -401,6 +407,27 @@ impl Gemv {
         plain_blocks < blocks_per_sm * self.num_sms && k / 8 > 32 * UNROLL
     }
 
+    /// Whether [`Gemv::forward_norm`] normalizes the input once per block for `num_tokens`
+    /// tokens and a weight of `n` rows and `k` columns (the `_block` kernels): the launch that
+    /// also takes its delta as partial sums ([`NormInput::partials`]).
+    pub fn norm_per_block(
+        &self,
+        num_tokens: usize,
+        n: usize,
+        k: usize,
+        epilogue: Epilogue,
+    ) -> bool {
+        let rows = rows_per_warp(num_tokens);
+        let (width, per_group) = match epilogue {
+            Epilogue::Plain => (n, rows),
+            Epilogue::SiluAndMul => (n / 2, rows / 2), // (gate, up) pairs
+        };
+        Self::supports(num_tokens, k)
+            && matches!(self.norm_prologue, NormPrologue::PerBlock { .. })
+            && !self.splits(width, per_group, k)
+            && k / 8 <= BLOCK_NORM_MAX_CHUNKS
+    }
+
     /// `residual_out = residual + delta; out = rms_norm(residual_out) · Wᵀ`, then the
     /// epilogue, in one launch: a decode layer's norm, projection and (for gate/up) activation.
     /// `residual_out` is written only when `delta` is given, and must not alias `residual`
@@ -554,8 +581,24 @@ impl Gemv {
         if let Some(b) = bias {
             check_len(K, "bias", b.len(), n)?;
         }
-        if let Some(d) = input.delta {
-            check_len(K, "delta", d.len(), num_tokens * k)?;
+        let num_partials = input
+            .partials
+            .map_or(0, |p| p.len() / (num_tokens * k).max(1));
+        if let Some(p) = input.partials {
+            let per_block = rope.is_none() && self.norm_per_block(num_tokens, n, k, epilogue);
+            if input.delta.is_some() || num_partials == 0 || !per_block {
+                return Err(KernelError::Unsupported {
+                    kernel: K,
+                    what: "partial sums without a delta, into the norm-once-per-block launch"
+                        .into(),
+                });
+            }
+            check_len(K, "partials", p.len(), num_tokens * num_partials * k)?;
+        }
+        if input.delta.is_some() || input.partials.is_some() {
+            if let Some(d) = input.delta {
+                check_len(K, "delta", d.len(), num_tokens * k)?;
+            }
             match &residual_out {
                 Some(r) => check_len(K, "residual_out", r.len(), num_tokens * k)?,
                 None => {
@@ -573,6 +616,9 @@ impl Gemv {
                 .chain(input.delta)
             {
                 bits |= v.device_ptr(stream).0;
+            }
+            if let Some(p) = input.partials {
+                bits |= p.device_ptr(stream).0;
             }
             if let Some(r) = &residual_out {
                 bits |= r.device_ptr(stream).0;
@@ -597,7 +643,7 @@ impl Gemv {
         // The norm once per block: its own launch.
         if let NormPrologue::PerBlock { groups_per_warp } = self.norm_prologue {
             let shared = num_tokens * k * 2; // the tokens' normed input, bf16
-            if rope.is_none() && !split && k / 8 <= BLOCK_NORM_MAX_CHUNKS {
+            if rope.is_none() && self.norm_per_block(num_tokens, n, k, epilogue) {
                 let per_group = match epilogue {
                     Epilogue::Plain => block_rows_per_warp(num_tokens),
                     Epilogue::SiluAndMul => block_rows_per_warp(num_tokens) / 2,
@@ -653,11 +699,18 @@ impl Gemv {
                     };
                 }
                 launch.arg(&n32).arg(&k32).arg(&g32);
+                let p32 = to_u32(K, "partial sums", num_partials)?;
+                match input.partials {
+                    Some(p) => launch.arg(p),
+                    None => launch.arg(&null),
+                };
+                launch.arg(&p32);
                 // SAFETY: the arguments follow gemv_norm_m*_block (out, residual_out or null,
                 // delta or null, residual, gamma, float eps, w, bias or null, u32 n, u32 k, u32
-                // groups) or gemv_norm_glu_m*_block (the same without bias); every length was
-                // checked above against num_tokens, k and n, operands are 16-byte aligned,
-                // residual_out is given whenever delta is, k / 8 <= 4 x THREADS (the norm's
+                // groups, partials or null, u32 num_partials) or gemv_norm_glu_m*_block (the
+                // same without bias); every length was checked above against num_tokens, k, n
+                // and num_partials (partials and delta never both), operands are 16-byte aligned,
+                // residual_out is given whenever delta or partials are, k / 8 <= 4 x THREADS (the norm's
                 // threads fit the block) and the dynamic shared memory is num_tokens · k bf16,
                 // within the default limit; the grid covers width / per_group row groups of
                 // groups_per_warp per warp, and the kernel clamps rows to n.

@@ -183,14 +183,33 @@ fn decode_kernel_name(head_dim: usize, ring: Ring, heads: usize) -> String {
     }
 }
 
+/// Dynamic shared memory of a block of [`PagedAttention::decode_o_proj`]: the wide ring, or
+/// a block's rows of o_proj (its head group's columns), whichever is larger.
+fn o_proj_shared(shape: &DecodeShape, hidden: usize, cluster: usize) -> Option<usize> {
+    let ring = wide_ring(shape.head_dim)?;
+    let heads = heads_per_block(shape.num_heads, shape.num_kv_heads);
+    let rows = hidden.div_ceil(cluster.checked_sub(1).filter(|&c| c > 0)?);
+    Some(
+        ring.bytes(shape.head_dim)
+            .max(rows * heads * shape.head_dim * 2),
+    )
+}
+
+/// The wide pass with o_proj NVRTC exports (`ATTENTION_O_PROJ` in the kernel file).
+fn o_proj_kernel_name(head_dim: usize, ring: Ring, heads: usize) -> String {
+    let (t, s, w) = (ring.tile, ring.stages, ring.warps);
+    format!("paged_attention_o_proj_d{head_dim}_t{t}_s{s}_w{w}_h{heads}")
+}
+
 /// Head sizes with an instantiation: `crate::HEAD_DIMS`. Query heads per block (largest
 /// dividing the group):
 const HEADS_PER_BLOCK: [usize; 5] = [8, 4, 3, 2, 1];
 
 /// Query heads per block for `num_heads` query heads over `num_kv_heads` KV heads: the largest
 /// of [`HEADS_PER_BLOCK`] that divides the group (each K/V row read once for all of them).
-/// `num_kv_heads` must divide `num_heads` (checked by `decode`).
-fn heads_per_block(num_heads: usize, num_kv_heads: usize) -> usize {
+/// `num_kv_heads` must divide `num_heads` (checked by `decode`). A head group of
+/// [`PagedAttention::decode_o_proj`]'s partial sums is this many heads.
+pub fn heads_per_block(num_heads: usize, num_kv_heads: usize) -> usize {
     let group = num_heads / num_kv_heads.max(1);
     HEADS_PER_BLOCK
         .into_iter()
@@ -272,7 +291,18 @@ pub struct PagedAttention {
     /// Longest context a small batch runs in one pass of the wide ring instead of split
     /// (0: never; [`PagedAttention::with_wide_single_pass`]).
     wide_max_tokens: usize,
+    /// `o_proj[d][h]`: the wide pass with o_proj (`paged_attention_o_proj_*`) at head size
+    /// `HEAD_DIMS[d]` and `HEADS_PER_BLOCK[h]` query heads per block.
+    o_proj: Vec<Vec<CudaFunction>>,
 }
+
+/// Most dynamic shared memory [`PagedAttention::decode_o_proj`] gives a block: the wide ring,
+/// or a block's rows of o_proj, whichever is larger (sm_90 allows 227 KB with the static part).
+const O_PROJ_MAX_SHARED: usize = 200 * 1024;
+
+/// Blocks of a cluster of [`PagedAttention::decode_o_proj`]: the attention's and the o_proj
+/// rows' (at least 2; at most 8, the largest cluster every sm_90 GPU runs).
+pub const O_PROJ_MAX_CLUSTER: usize = 8;
 
 /// How a launch splits each sequence's context: `count` blocks per sequence and head group
 /// (the grid's z), each taking an even share of the context in whole tiles, but at least
@@ -323,6 +353,15 @@ impl PagedAttention {
             .iter()
             .map(|d| module.load_function(&format!("paged_attention_reduce_d{d}")))
             .collect::<std::result::Result<_, _>>()?;
+        let mut o_proj = Vec::new();
+        for d in HEAD_DIMS {
+            let ring = wide_ring(d).expect("every head size has a wide ring");
+            let per_h = HEADS_PER_BLOCK
+                .iter()
+                .map(|&h| load(o_proj_kernel_name(d, ring, h), O_PROJ_MAX_SHARED))
+                .collect::<Result<Vec<_>>>()?;
+            o_proj.push(per_h);
+        }
         Ok(Self {
             decode,
             ring: vec![0; HEAD_DIMS.len()],
@@ -333,6 +372,7 @@ impl PagedAttention {
             early_reads: false,
             small_batch_split: true,
             wide_max_tokens: 0,
+            o_proj,
         })
     }
 
@@ -466,29 +506,21 @@ impl PagedAttention {
         rings(head_dim).get(self.ring[d]).copied()
     }
 
-    /// `out[s, h] = softmax(q[s, h] · K[s]ᵀ · scale) · V[s]` over the `seq_lens[s]` cached tokens
-    /// of sequence `s`, read through its block table. Query head `h` uses KV head
-    /// `h / (num_heads / num_kv_heads)`. `max_seq_len` (the largest of `seq_lens`, known to the
-    /// scheduler) sizes the grid. Contract, not checked on the device: `1 <= seq_lens[s] <=
-    /// max_seq_len`, and block-table entries name blocks inside the caches.
-    #[allow(clippy::too_many_arguments)] // mirrors the kernel's signature
-    pub fn decode(
-        &self,
-        stream: &Arc<CudaStream>,
-        workspace: &mut SplitKWorkspace,
-        out: &mut CudaViewMut<'_, bf16>, // [num_seqs, num_heads, head_dim]
-        query: &CudaView<'_, bf16>,      // [num_seqs, num_heads, head_dim]
-        key_cache: &CudaView<'_, bf16>,  // [num_blocks, block_size, num_kv_heads, head_dim]
-        value_cache: &CudaView<'_, bf16>, // [num_blocks, block_size, num_kv_heads, head_dim]
-        block_tables: &CudaView<'_, u32>, // [num_seqs, max_blocks_per_seq]
-        seq_lens: &CudaView<'_, u32>,    // [num_seqs]
-        shape: &DecodeShape,
-        scale: f32,
+    /// The shapes [`PagedAttention::decode`] and [`PagedAttention::decode_o_proj`] check:
+    /// the indices of the head size and of the heads per block launched.
+    #[allow(clippy::too_many_arguments)]
+    fn check(
+        kernel: &'static str,
+        out_len: usize,
+        query: &CudaView<'_, bf16>,
+        key_cache: &CudaView<'_, bf16>,
+        value_cache: &CudaView<'_, bf16>,
+        block_tables: &CudaView<'_, u32>,
+        seq_lens: &CudaView<'_, u32>,
+        s: &DecodeShape,
         max_seq_len: usize,
-    ) -> Result<()> {
-        const K: &str = "paged_attention";
-        let s = shape;
-        let unsupported = |what: String| KernelError::Unsupported { kernel: K, what };
+    ) -> Result<(usize, usize)> {
+        let unsupported = |what: String| KernelError::Unsupported { kernel, what };
         let d = HEAD_DIMS
             .iter()
             .position(|&d| d == s.head_dim)
@@ -512,23 +544,59 @@ impl PagedAttention {
             .position(|&h| h == heads_per_block(s.num_heads, s.num_kv_heads))
             .expect("heads_per_block returns one of HEADS_PER_BLOCK");
         let width = s.num_heads * s.head_dim;
-        check_len(K, "query", query.len(), s.num_seqs * width)?;
-        check_len(K, "out", out.len(), s.num_seqs * width)?;
+        check_len(kernel, "query", query.len(), s.num_seqs * width)?;
+        check_len(kernel, "out", out_len, s.num_seqs * width)?;
         check_len(
-            K,
+            kernel,
             "block_tables",
             block_tables.len(),
             s.num_seqs * s.max_blocks_per_seq,
         )?;
-        check_len(K, "seq_lens", seq_lens.len(), s.num_seqs)?;
+        check_len(kernel, "seq_lens", seq_lens.len(), s.num_seqs)?;
         let kv_row = s.block_size * s.num_kv_heads * s.head_dim;
         check_len(
-            K,
+            kernel,
             "key_cache",
             key_cache.len(),
             key_cache.len() / kv_row.max(1) * kv_row,
         )?;
-        check_len(K, "value_cache", value_cache.len(), key_cache.len())?;
+        check_len(kernel, "value_cache", value_cache.len(), key_cache.len())?;
+        Ok((d, h))
+    }
+
+    /// `out[s, h] = softmax(q[s, h] · K[s]ᵀ · scale) · V[s]` over the `seq_lens[s]` cached tokens
+    /// of sequence `s`, read through its block table. Query head `h` uses KV head
+    /// `h / (num_heads / num_kv_heads)`. `max_seq_len` (the largest of `seq_lens`, known to the
+    /// scheduler) sizes the grid. Contract, not checked on the device: `1 <= seq_lens[s] <=
+    /// max_seq_len`, and block-table entries name blocks inside the caches.
+    #[allow(clippy::too_many_arguments)] // mirrors the kernel's signature
+    pub fn decode(
+        &self,
+        stream: &Arc<CudaStream>,
+        workspace: &mut SplitKWorkspace,
+        out: &mut CudaViewMut<'_, bf16>, // [num_seqs, num_heads, head_dim]
+        query: &CudaView<'_, bf16>,      // [num_seqs, num_heads, head_dim]
+        key_cache: &CudaView<'_, bf16>,  // [num_blocks, block_size, num_kv_heads, head_dim]
+        value_cache: &CudaView<'_, bf16>, // [num_blocks, block_size, num_kv_heads, head_dim]
+        block_tables: &CudaView<'_, u32>, // [num_seqs, max_blocks_per_seq]
+        seq_lens: &CudaView<'_, u32>,    // [num_seqs]
+        shape: &DecodeShape,
+        scale: f32,
+        max_seq_len: usize,
+    ) -> Result<()> {
+        const K: &str = "paged_attention";
+        let s = shape;
+        let (d, h) = Self::check(
+            K,
+            out.len(),
+            query,
+            key_cache,
+            value_cache,
+            block_tables,
+            seq_lens,
+            s,
+            max_seq_len,
+        )?;
         if s.num_seqs == 0 || max_seq_len == 0 {
             return Ok(());
         }
@@ -632,6 +700,146 @@ impl PagedAttention {
         unsafe { launch.launch(reduce_cfg) }?;
         Ok(())
     }
+
+    /// Whether [`PagedAttention::decode_o_proj`] takes this batch, an o_proj of `hidden` rows
+    /// and clusters of `cluster` blocks: contexts within the wide single pass's reach
+    /// ([`PagedAttention::partitions`] gives the wide partition), a cluster of 2 to
+    /// [`O_PROJ_MAX_CLUSTER`], and a block's share of o_proj's rows within the shared memory
+    /// a block gets.
+    pub fn takes_o_proj(
+        &self,
+        shape: &DecodeShape,
+        max_seq_len: usize,
+        hidden: usize,
+        cluster: usize,
+    ) -> bool {
+        let s = shape;
+        s.num_kv_heads > 0
+            && s.num_heads.is_multiple_of(s.num_kv_heads)
+            && (2..=O_PROJ_MAX_CLUSTER).contains(&cluster)
+            && o_proj_shared(s, hidden, cluster).is_some_and(|b| b <= O_PROJ_MAX_SHARED)
+            && (self.partitions(
+                s.num_seqs,
+                s.num_heads,
+                s.num_kv_heads,
+                s.head_dim,
+                max_seq_len,
+            ))
+            .wide
+    }
+
+    /// [`PagedAttention::decode`]'s output multiplied by o_proj in the same launch, left as
+    /// one partial sum per head group: `partials[s, g] = out[s, g's heads] · W_o[:, g's
+    /// columns]ᵀ`, f32 `[num_seqs, num_heads / heads_per_block, hidden]`, where `g`'s heads are
+    /// `heads_per_block` consecutive query heads (those of one KV head, or a share of them) and
+    /// the sum over `g` is o_proj's output (`gemv::NormInput::partials` adds them). Each
+    /// sequence and head group is a thread block cluster of `cluster` blocks: the attention's,
+    /// and `cluster - 1` sharing o_proj's rows (`paged_attention_o_proj` in the kernel file).
+    /// Only for batches [`PagedAttention::takes_o_proj`] accepts; early reads as for
+    /// [`PagedAttention::decode`].
+    #[allow(clippy::too_many_arguments)] // mirrors the kernel's signature
+    pub fn decode_o_proj(
+        &self,
+        stream: &Arc<CudaStream>,
+        partials: &mut CudaViewMut<'_, f32>, // [num_seqs, num_heads / heads_per_block, hidden]
+        query: &CudaView<'_, bf16>,          // [num_seqs, num_heads, head_dim]
+        key_cache: &CudaView<'_, bf16>,      // [num_blocks, block_size, num_kv_heads, head_dim]
+        value_cache: &CudaView<'_, bf16>,    // [num_blocks, block_size, num_kv_heads, head_dim]
+        block_tables: &CudaView<'_, u32>,    // [num_seqs, max_blocks_per_seq]
+        seq_lens: &CudaView<'_, u32>,        // [num_seqs]
+        shape: &DecodeShape,
+        scale: f32,
+        max_seq_len: usize,
+        w_o: &CudaView<'_, bf16>, // [hidden, num_heads · head_dim]
+        cluster: usize,
+    ) -> Result<()> {
+        const K: &str = "paged_attention_o_proj";
+        let s = shape;
+        let width = s.num_heads * s.head_dim;
+        let (d, h) = Self::check(
+            K,
+            query.len(),
+            query,
+            key_cache,
+            value_cache,
+            block_tables,
+            seq_lens,
+            s,
+            max_seq_len,
+        )?;
+        let hidden = w_o.len() / width.max(1);
+        check_len(K, "w_o", w_o.len(), hidden * width)?;
+        if !self.takes_o_proj(s, max_seq_len, hidden, cluster) {
+            return Err(KernelError::Unsupported {
+                kernel: K,
+                what: format!(
+                    "{} sequences of up to {max_seq_len} tokens, {hidden} rows of o_proj in \
+                     clusters of {cluster} (see takes_o_proj)",
+                    s.num_seqs
+                ),
+            });
+        }
+        let heads = HEADS_PER_BLOCK[h];
+        let groups = s.num_heads / heads;
+        check_len(K, "partials", partials.len(), s.num_seqs * groups * hidden)?;
+        let ring = wide_ring(s.head_dim).expect("takes_o_proj: a wide ring");
+        let shared = o_proj_shared(s, hidden, cluster).expect("takes_o_proj: it fits");
+        if s.num_seqs == 0 || max_seq_len == 0 {
+            return Ok(());
+        }
+        let p = self.partitions(
+            s.num_seqs,
+            s.num_heads,
+            s.num_kv_heads,
+            s.head_dim,
+            max_seq_len,
+        );
+        let args = [
+            to_u32(K, "num_heads", s.num_heads)?,
+            to_u32(K, "num_kv_heads", s.num_kv_heads)?,
+            to_u32(K, "block_size", s.block_size)?,
+            to_u32(K, "max_blocks_per_seq", s.max_blocks_per_seq)?,
+            to_u32(K, "min_partition", p.min_tokens)?,
+        ];
+        let c32 = to_u32(K, "cluster", cluster)?;
+        let cfg = LaunchConfig {
+            grid_dim: (
+                to_u32(K, "head groups", groups)? * c32,
+                to_u32(K, "num_seqs", s.num_seqs)?,
+                1,
+            ),
+            block_dim: (32 * ring.warps as u32, 1, 1),
+            shared_mem_bytes: to_u32(K, "shared memory", shared)?,
+        };
+        let null = 0u64; // out, the split-K workspace and tickets: unused by one partition
+        let mut launch = Launch::new(stream, &self.o_proj[d][h]);
+        launch.cluster((c32, 1, 1));
+        for _ in 0..4 {
+            launch.arg(&null);
+        }
+        launch.arg(query).arg(key_cache).arg(value_cache);
+        launch
+            .arg(block_tables)
+            .arg(seq_lens)
+            .arg(&null)
+            .arg(&scale);
+        for a in &args {
+            launch.arg(a);
+        }
+        let early = u32::from(self.early_reads);
+        let hidden32 = to_u32(K, "hidden", hidden)?;
+        launch.arg(&early).arg(partials).arg(w_o).arg(&hidden32);
+        // SAFETY: the signature matches paged_attention_o_proj_d*_h* (DECODE_ARGS, then
+        // partials, w_o, u32 hidden); one partition (the wide pass, checked by takes_o_proj), so
+        // the kernel never touches out, the workspace or the tickets (null), and block 0 of each
+        // cluster writes its output to shared memory; query, tables and caches as for `decode`
+        // (checked by `check`); w_o holds hidden rows of num_heads · head_dim, partials
+        // num_seqs · groups · hidden values (checked); the grid is groups × cluster blocks
+        // along x in clusters of `cluster` (2..=8), each block given max(ring, its rows of
+        // W_o) bytes of dynamic shared memory, within what `load` allowed.
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -687,6 +895,11 @@ mod tests {
                     let name = decode_kernel_name(d, ring, h);
                     assert!(ptx.contains(&format!(".entry {name}(")), "{name} missing");
                 }
+            }
+            let wide = wide_ring(d).expect("a wide ring");
+            for h in HEADS_PER_BLOCK {
+                let name = o_proj_kernel_name(d, wide, h);
+                assert!(ptx.contains(&format!(".entry {name}(")), "{name} missing");
             }
             let reduce = format!(".entry paged_attention_reduce_d{d}(");
             assert!(ptx.contains(&reduce), "{reduce} missing");

@@ -191,6 +191,7 @@ fn fused_norm_gemv_matches_the_unfused_kernels() {
                 let mut r_out = poisoned(s, m * k);
                 let (dv, rv, gv) = (delta.as_view(), residual.as_view(), gamma.as_view());
                 let input = NormInput {
+                    partials: None,
                     delta: with_delta.then_some(&dv),
                     residual: &rv,
                     gamma: &gv,
@@ -304,6 +305,7 @@ fn staged_gemv_equals_split_k_bit_for_bit() {
             for with_delta in [false, true] {
                 let (dv, rv, gv) = (delta.as_view(), residual.as_view(), gamma.as_view());
                 let input = NormInput {
+                    partials: None,
                     delta: with_delta.then_some(&dv),
                     residual: &rv,
                     gamma: &gv,
@@ -389,5 +391,97 @@ fn split_k_in_one_wave_equals_a_block_per_group_bit_for_bit() {
                 );
             }
         }
+    }
+}
+
+/// The norm-once-per-block kernels take the previous block's output as partial sums
+/// ([`NormInput::partials`], f32 `[t, P, k]`, as `PagedAttention::decode_o_proj` leaves
+/// o_proj's): bit for bit what they compute from the bf16 of their sum (added in order 0..P,
+/// as the kernel does) given as the delta, the new residual stream too. SiLU·mul and plain, 1
+/// to 4 tokens, 1 to 8 partial sums, SmolLM2-135M's and Llama-3.2-1B's gate/up and a ragged
+/// shape. Partial sums are refused (not misread) by a launch that normalizes per warp.
+#[test]
+fn norm_gemv_adds_partial_sums_as_their_bf16_sum() {
+    use kernels::gemv::{Epilogue, NormInput, NormPrologue};
+    let Some(gpu) = gpu_or_skip() else { return };
+    let (s, k_) = (&gpu.stream, &gpu.kernels);
+    let mut rng = Rng::fresh("gemv_partials");
+    let eps = 1e-5f32;
+    let per_block = NormPrologue::PerBlock { groups_per_warp: 0 };
+    let gemv = k_.gemv.clone().with_norm_prologue(per_block);
+    let cases = [
+        (1, 576, 3072, Epilogue::SiluAndMul, 3),
+        (1, 2048, 16384, Epilogue::SiluAndMul, 8),
+        (2, 576, 3072, Epilogue::SiluAndMul, 1),
+        (4, 104, 70, Epilogue::Plain, 5),
+        (3, 576, 512, Epilogue::Plain, 2),
+    ];
+    for (m, k, n, epilogue, parts) in cases {
+        let what =
+            format!("gemv_norm {epilogue:?} [{m}, {k}] x [{n}, {k}]^T, {parts} partial sums");
+        assert!(
+            gemv.norm_per_block(m, n, k, epilogue),
+            "{what}: not per block"
+        );
+        let width = if epilogue == Epilogue::Plain {
+            n
+        } else {
+            n / 2
+        };
+        let partials: Vec<f32> = (0..m * parts * k).map(|_| rng.normal(0.5) as f32).collect();
+        // The delta they stand for: their f32 sum in group order, rounded to bf16.
+        let delta: Vec<bf16> = (0..m * k)
+            .map(|i| {
+                let (t, c) = (i / k, i % k);
+                let sum = (0..parts).fold(0.0f32, |a, p| a + partials[(t * parts + p) * k + c]);
+                bf16::from_f32(sum)
+            })
+            .collect();
+        let w = s.clone_htod(&rng.bf16s(n * k, 0.05)).unwrap();
+        let residual = s.clone_htod(&rng.bf16s(m * k, 1.0)).unwrap();
+        let gamma = s.clone_htod(&rng.bf16s(k, 1.0)).unwrap();
+        let (dp, dd) = (
+            s.clone_htod(&partials).unwrap(),
+            s.clone_htod(&delta).unwrap(),
+        );
+        let (pv, dv) = (dp.as_view(), dd.as_view());
+        let (rv, gv) = (residual.as_view(), gamma.as_view());
+        let run = |gemv: &kernels::gemv::Gemv, with_partials: bool| {
+            let (mut out, mut r_out) = (poisoned(s, m * width), poisoned(s, m * k));
+            let input = NormInput {
+                partials: with_partials.then_some(&pv),
+                delta: (!with_partials).then_some(&dv),
+                residual: &rv,
+                gamma: &gv,
+                eps,
+            };
+            let result = gemv.forward_norm(
+                s,
+                &mut out.as_view_mut(),
+                Some(&mut r_out.as_view_mut()),
+                &input,
+                &w.as_view(),
+                None,
+                epilogue,
+                m,
+            );
+            result.map(|()| (s.clone_dtoh(&out).unwrap(), s.clone_dtoh(&r_out).unwrap()))
+        };
+        let (want, want_r) = run(&gemv, false).unwrap();
+        let (got, got_r) = run(&gemv, true).unwrap();
+        let differ = (got.iter().zip(&want))
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        assert!(
+            differ == 0,
+            "{what}: {differ} of {} outputs differ",
+            got.len()
+        );
+        assert!(got_r == want_r, "{what}: the new residual stream differs");
+        let per_warp = k_.gemv.clone().with_norm_prologue(NormPrologue::PerWarp);
+        assert!(
+            run(&per_warp, true).is_err(),
+            "{what}: per warp took partial sums"
+        );
     }
 }

@@ -84,6 +84,7 @@ fn fused_rope_gemv_equals_gemv_then_qkv_rotary_cache() {
                     bias.as_view(),
                 );
                 let input = NormInput {
+                    partials: None,
                     delta: with_delta.then_some(&dv),
                     residual: &rv,
                     gamma: &gv,
@@ -187,6 +188,7 @@ fn fused_rope_gemv_refuses_mismatched_shapes() {
     let mut q = poisoned(s, nh * d);
     let (gv, rv) = (gamma.as_view(), residual.as_view());
     let input = NormInput {
+        partials: None,
         delta: None,
         residual: &rv,
         gamma: &gv,

@@ -11,7 +11,7 @@ mod common;
 
 use common::{assert_close, gpu_or_skip, poisoned, to_f64, Rng, BF16_BOUND};
 use kernels::paged_attention::{
-    rings, wide_ring, DecodeShape, SplitKWorkspace, SplitMerge, PARTITION_SIZE,
+    heads_per_block, rings, wide_ring, DecodeShape, SplitKWorkspace, SplitMerge, PARTITION_SIZE,
 };
 
 struct Case {
@@ -273,4 +273,156 @@ fn decode_matches_f64_reference() {
         wide_seen, [true; 2],
         "the wide single pass at head sizes 64 and 128"
     );
+}
+
+/// Decode attention with o_proj in one launch (`PagedAttention::decode_o_proj`): each head
+/// group's partial sum of o_proj's output against an f64 reference (the attention as above,
+/// rounded to bf16 as the kernel keeps it, times that group's columns of W_o), for SmolLM2-135M's
+/// and Llama-3.2-1B's heads at batch 1, groups of 2 to 4 heads at head sizes 64 and 128,
+/// contexts of 1 to 256 tokens, rows of o_proj that do not divide among the cluster's blocks,
+/// clusters of 2 to 8, early reads on and off. Partial sums are poisoned (NaN) before each
+/// launch, so a row no block wrote fails. Batches the wide pass does not take are refused.
+#[test]
+fn attention_with_o_proj_matches_f64_reference() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let (s, k) = (&gpu.stream, &gpu.kernels.paged_attention);
+    let mut rng = Rng::fresh("paged_attention_o_proj");
+    // (query heads, KV heads, head size, o_proj rows, sequence lengths)
+    let cases: [(usize, usize, usize, usize, &[usize]); 6] = [
+        (9, 3, 64, 576, &[190]),
+        (9, 3, 64, 576, &[1]),
+        (32, 8, 64, 2048, &[256]),
+        (8, 2, 128, 333, &[129, 7]),
+        (12, 2, 64, 100, &[64]),
+        (4, 2, 128, 1000, &[33, 200, 250]),
+    ];
+    let bs = 16;
+    for (nh, nkv, d, hidden, seq_lens) in cases {
+        let n = seq_lens.len();
+        let max_len = *seq_lens.iter().max().unwrap();
+        let max_blocks = max_len.div_ceil(bs);
+        let num_blocks = n * max_blocks + 2;
+        let order = rng.permutation(num_blocks);
+        let mut tables = vec![0u32; n * max_blocks];
+        for (i, &len) in seq_lens.iter().enumerate() {
+            for b in 0..len.div_ceil(bs) {
+                tables[i * max_blocks + b] = order[i * max_blocks + b] as u32;
+            }
+        }
+        let kv_len = num_blocks * bs * nkv * d;
+        let (kc, vc) = (rng.bf16s(kv_len, 1.0), rng.bf16s(kv_len, 1.0));
+        let q = rng.bf16s(n * nh * d, 3.0);
+        let w_o = rng.bf16s(hidden * nh * d, 0.05);
+        let scale = 1.0 / (d as f32).sqrt();
+        let lens32: Vec<u32> = seq_lens.iter().map(|&l| l as u32).collect();
+        let (dq, dw) = (s.clone_htod(&q).unwrap(), s.clone_htod(&w_o).unwrap());
+        let (dkc, dvc) = (s.clone_htod(&kc).unwrap(), s.clone_htod(&vc).unwrap());
+        let (dt, dl) = (
+            s.clone_htod(&tables).unwrap(),
+            s.clone_htod(&lens32).unwrap(),
+        );
+        let shape = DecodeShape {
+            num_seqs: n,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: d,
+            block_size: bs,
+            max_blocks_per_seq: max_blocks,
+        };
+        let heads = heads_per_block(nh, nkv);
+        let groups = nh / heads;
+
+        // f64 reference: attention per head, rounded to bf16, then each group's columns.
+        let (qf, kf, vf, wf) = (to_f64(&q), to_f64(&kc), to_f64(&vc), to_f64(&w_o));
+        let mut attn = vec![0.0f64; n * nh * d];
+        for (i, &len) in seq_lens.iter().enumerate() {
+            for h in 0..nh {
+                let kvh = h / (nh / nkv);
+                let qv = &qf[(i * nh + h) * d..][..d];
+                let row = |p: usize| {
+                    let slot = tables[i * max_blocks + p / bs] as usize * bs + p % bs;
+                    (slot * nkv + kvh) * d
+                };
+                let scores: Vec<f64> = (0..len)
+                    .map(|p| {
+                        let kr = &kf[row(p)..][..d];
+                        qv.iter().zip(kr).map(|(a, b)| a * b).sum::<f64>() * scale as f64
+                    })
+                    .collect();
+                let m = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let w: Vec<f64> = scores.iter().map(|x| (x - m).exp()).collect();
+                let sum: f64 = w.iter().sum();
+                let o = &mut attn[(i * nh + h) * d..][..d];
+                for (p, wp) in w.iter().enumerate() {
+                    let vr = &vf[row(p)..][..d];
+                    o.iter_mut().zip(vr).for_each(|(o, v)| *o += wp / sum * v);
+                }
+            }
+        }
+        let attn: Vec<f64> = attn
+            .iter()
+            .map(|&x| half::bf16::from_f64(x).to_f64())
+            .collect();
+        let cols = heads * d;
+        let mut want = vec![0.0f64; n * groups * hidden];
+        for i in 0..n {
+            for g in 0..groups {
+                let a = &attn[(i * nh + g * heads) * d..][..cols];
+                for r in 0..hidden {
+                    let wr = &wf[r * nh * d + g * cols..][..cols];
+                    want[(i * groups + g) * hidden + r] =
+                        a.iter().zip(wr).map(|(x, y)| x * y).sum::<f64>();
+                }
+            }
+        }
+
+        for (early, cluster) in [true, false]
+            .into_iter()
+            .flat_map(|e| (2..=8).map(move |c| (e, c)))
+        {
+            let variant = k.clone().with_early_reads(early).with_wide_single_pass(256);
+            let what = format!(
+                "attention + o_proj {nh}/{nkv} heads, d {d}, {hidden} rows, lens {seq_lens:?}, \
+                 cluster {cluster}, early reads {early}"
+            );
+            if !variant.takes_o_proj(&shape, max_len, hidden, cluster) {
+                // Only where a block's rows of o_proj do not fit its shared memory.
+                let bytes = hidden.div_ceil(cluster - 1) * cols * 2;
+                assert!(
+                    bytes > 200 * 1024,
+                    "{what}: not taken ({bytes} bytes a block)"
+                );
+                continue;
+            }
+            let mut partials = s.clone_htod(&vec![f32::NAN; n * groups * hidden]).unwrap();
+            variant
+                .decode_o_proj(
+                    s,
+                    &mut partials.as_view_mut(),
+                    &dq.as_view(),
+                    &dkc.as_view(),
+                    &dvc.as_view(),
+                    &dt.as_view(),
+                    &dl.as_view(),
+                    &shape,
+                    scale,
+                    max_len,
+                    &dw.as_view(),
+                    cluster,
+                )
+                .unwrap();
+            let got: Vec<f64> = s
+                .clone_dtoh(&partials)
+                .unwrap()
+                .iter()
+                .map(|&x| x as f64)
+                .collect();
+            let err = common::rel_l2(&got, &want);
+            println!("{what}: relative L2 error {err:.2e}");
+            assert!(err < BF16_BOUND, "{what}: relative L2 error {err:e}");
+        }
+        // Past the wide pass's reach (or with it off) the launch is refused.
+        let narrow = k.clone().with_wide_single_pass(0);
+        assert!(!narrow.takes_o_proj(&shape, max_len, hidden, 8));
+    }
 }

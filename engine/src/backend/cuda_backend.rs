@@ -27,7 +27,7 @@ use kernels::gemv::{
 };
 use kernels::nccl::NcclRank;
 use kernels::paged_attention::{
-    max_partitions, DecodeKernel, DecodeShape, PagedAttention, SplitKWorkspace,
+    heads_per_block, max_partitions, DecodeKernel, DecodeShape, PagedAttention, SplitKWorkspace,
 };
 use kernels::prefill_attention::PrefillShape;
 use kernels::qkv_rotary_cache::QkvShape;
@@ -340,6 +340,30 @@ fn wide_single_pass_from_vars(
 /// 4.2% (1B) less device time a token at contexts of 128-256.
 const WIDE_SINGLE_PASS_TOKENS: usize = 256;
 
+/// Decode attention and o_proj in one launch ([`Backend::paged_attention_o_proj`],
+/// `kernels::paged_attention::PagedAttention::decode_o_proj`) in clusters of how many blocks:
+/// `LAB_ATTENTION_O_PROJ=N` (2 to 8), `0` for two launches; default
+/// [`ATTENTION_O_PROJ_CLUSTER`].
+fn attention_o_proj_from_vars(
+    var: impl Fn(&str) -> Option<String>,
+) -> std::result::Result<Option<usize>, String> {
+    let max = kernels::paged_attention::O_PROJ_MAX_CLUSTER;
+    match var("LAB_ATTENTION_O_PROJ") {
+        None => Ok(ATTENTION_O_PROJ_CLUSTER),
+        Some(v) => match v.trim().parse::<usize>() {
+            Ok(0) => Ok(None),
+            Ok(n) if (2..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(format!(
+                "LAB_ATTENTION_O_PROJ={v}: expected 0 (off) or a cluster of 2 to {max} blocks"
+            )),
+        },
+    }
+}
+
+/// Decode attention with o_proj, in clusters of 8 blocks (the attention's and seven sharing
+/// o_proj's rows): the default.
+const ATTENTION_O_PROJ_CLUSTER: Option<usize> = Some(8);
+
 /// The decode attention kernel `LAB_DECODE_ATTENTION` asks for (`mma` or `shared`), read
 /// through `var` as [`GemvRule::from_vars`] reads its settings; `None` keeps the default
 /// (`rings()`' first, the mma kernel). Any other value is an error naming the variable.
@@ -373,6 +397,13 @@ pub struct CudaBackend {
     skinny_gemm: kernels::skinny_gemm::SkinnyGemm, // the rule's row tile
     skinny: Mutex<SkinnyGemmWorkspace>,
     split_k: Mutex<SplitKWorkspace>,
+    /// Decode attention with o_proj in one launch: the cluster size (`LAB_ATTENTION_O_PROJ`),
+    /// `None` for two launches.
+    attention_o_proj: Option<usize>,
+    /// o_proj's partial sums between that launch and the gate/up GEMV that adds them: one
+    /// buffer, lent to the tensor that carries them and given back once they are read, so that
+    /// a step allocates nothing (a recorded graph keeps the address).
+    o_proj_partials: Mutex<Option<CudaSlice<f32>>>,
     /// Where every op's output comes from (no allocation per op once warm).
     activations: CachingAllocator,
     steps: StepPool,
@@ -543,6 +574,12 @@ impl CudaBackend {
         let paged_attention = paged_attention
             .with_early_reads(early)
             .with_wide_single_pass(wide);
+        let attention_o_proj = attention_o_proj_from_vars(|name| std::env::var(name).ok())
+            .map_err(|e| BackendError::Device {
+                backend: "cuda",
+                op: "reading LAB_ATTENTION_O_PROJ",
+                source: e.into(),
+            })?;
         let step_transfer =
             step_transfer_from_vars(|name| std::env::var(name).ok()).map_err(|e| {
                 BackendError::Device {
@@ -567,6 +604,8 @@ impl CudaBackend {
             skinny_gemm,
             skinny: Mutex::new(skinny),
             split_k: Mutex::new(split_k),
+            attention_o_proj,
+            o_proj_partials: Mutex::new(None),
             activations: CachingAllocator::new(gpu.stream.clone(), cuda_allocator::UNLIMITED),
             steps: Arc::new(Mutex::new(None)),
             step_transfer,
@@ -915,8 +954,15 @@ impl CudaBackend {
                 )
             },
         )?;
+        // An f32 delta is o_proj's output as partial sums (`paged_attention_o_proj`), `[t ·
+        // groups, hidden]`; a bf16 one is `[t, hidden]`.
+        let partial_sums = delta.filter(|d| d.dtype() == DType::F32);
         if let Some(d) = delta {
-            shape(d.rows == t && d.cols == hidden, f.op, || {
+            let rows_ok = match partial_sums {
+                Some(_) => d.rows.is_multiple_of(t.max(1)) && d.rows >= t,
+                None => d.rows == t,
+            };
+            shape(rows_ok && d.cols == hidden, f.op, || {
                 format!(
                     "delta [{}, {}] for residual [{t}, {hidden}]",
                     d.rows, d.cols
@@ -939,13 +985,21 @@ impl CudaBackend {
                 f.norm.view_bf16(f.op)?,
                 f.w.view_bf16(f.op)?,
             );
-            let dv = delta.map(|d| d.view_bf16(f.op)).transpose()?;
+            let dv = match partial_sums {
+                Some(_) => None,
+                None => delta.map(|d| d.view_bf16(f.op)).transpose()?,
+            };
+            // The lent buffer may be longer than the partial sums in it.
+            let pv = partial_sums
+                .map(|d| d.view_f32(f.op).map(|v| v.slice(0..d.rows * d.cols)))
+                .transpose()?;
             let bv = f.bias.map(|b| b.view_bf16(f.op)).transpose()?;
             let mut r_out = new_residual
                 .as_mut()
                 .map(|r| r.view_bf16_mut(f.op))
                 .transpose()?;
             let input = NormInput {
+                partials: pv.as_ref(),
                 delta: dv.as_ref(),
                 residual: &rv,
                 gamma: &gv,
@@ -1003,6 +1057,110 @@ impl CudaBackend {
             *residual = r;
         }
         Ok(Some(out))
+    }
+
+    /// Decode attention and o_proj in one launch
+    /// (`kernels::paged_attention::PagedAttention::decode_o_proj`), where it runs: a decode
+    /// step of at most [`GEMV_MAX_TOKENS`] sequences within the wide pass's reach, on one rank
+    /// (with ranks, o_proj's sum is an all-reduce), and a gate/up that the GEMV with the norm
+    /// once per block takes (the launch that adds the partial sums up). Returns them, f32
+    /// `[t · groups, hidden]`, in the lent buffer; `None`: the caller makes the two launches.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_o_proj_fused(
+        &self,
+        q: &CudaTensor,
+        key_cache: &CudaTensor,
+        value_cache: &CudaTensor,
+        num_kv_heads: usize,
+        head_dim: usize,
+        scale: f32,
+        o_proj: &CudaTensor,
+        gate_up: &CudaTensor,
+        step: &CudaStepMetadata,
+    ) -> Result<Option<CudaTensor>> {
+        const OP: &str = "paged_attention_o_proj";
+        let Some(cluster) = self.attention_o_proj else {
+            return Ok(None);
+        };
+        let (t, hidden) = (q.rows, o_proj.rows);
+        let shape = DecodeShape {
+            num_seqs: step.num_seqs,
+            num_heads: q.cols / head_dim.max(1),
+            num_kv_heads,
+            head_dim,
+            block_size: step.block_size,
+            max_blocks_per_seq: step.max_blocks_per_seq,
+        };
+        let takes = step.is_decode
+            && self.comm.is_none()
+            && t == step.num_seqs
+            && t <= GEMV_MAX_TOKENS
+            && head_dim > 0
+            && o_proj.cols == q.cols
+            && [q, o_proj, gate_up]
+                .iter()
+                .all(|x| x.dtype() == DType::BF16)
+            && gate_up.cols == hidden
+            && gate_up.rows.is_multiple_of(2)
+            && self.gemv_rule.takes(t, gate_up)
+            && (self.gemv).norm_per_block(t, gate_up.rows, hidden, Epilogue::SiluAndMul)
+            && (self.paged_attention).takes_o_proj(&shape, step.max_seq_len, hidden, cluster);
+        if !takes {
+            return Ok(None);
+        }
+        let _span = self.op_scope(OP);
+        let groups = shape.num_heads / heads_per_block(shape.num_heads, num_kv_heads);
+        // Sized once for the most tokens and groups: a graph keeps the address it recorded.
+        let capacity = GEMV_MAX_TOKENS * shape.num_heads * hidden;
+        let lent = self.o_proj_partials.lock().map_err(|_| poisoned())?.take();
+        let mut partials = match lent {
+            Some(buf) if buf.len() >= capacity => buf,
+            _ => (self.gpu.stream.alloc_zeros::<f32>(capacity)).map_err(|e| device(OP, e))?,
+        };
+        let b = step.bufs();
+        let (s, width) = (step.num_seqs, step.max_blocks_per_seq);
+        let tables = b.block_tables.slice(0..s * width);
+        let seq_lens = b.seq_lens().slice(0..s);
+        let (qv, kc, vc, wv) = (
+            q.view_bf16(OP)?,
+            key_cache.view_bf16(OP)?,
+            value_cache.view_bf16(OP)?,
+            o_proj.view_bf16(OP)?,
+        );
+        self.paged_attention
+            .decode_o_proj(
+                &self.gpu.stream,
+                &mut partials.slice_mut(0..t * groups * hidden),
+                &qv,
+                &kc,
+                &vc,
+                &tables,
+                &seq_lens,
+                &shape,
+                scale,
+                step.max_seq_len,
+                &wv,
+                cluster,
+            )
+            .map_err(kernel(OP))?;
+        Ok(Some(CudaTensor {
+            data: CudaData::F32(partials),
+            rows: t * groups,
+            cols: hidden,
+        }))
+    }
+
+    /// Takes back the buffer of o_proj's partial sums once the gate/up launch has read them
+    /// (see `o_proj_partials`); any other tensor is dropped.
+    fn give_back_partials(&self, delta: Option<CudaTensor>) -> Result<()> {
+        if let Some(CudaTensor {
+            data: CudaData::F32(buf),
+            ..
+        }) = delta
+        {
+            *self.o_proj_partials.lock().map_err(|_| poisoned())? = Some(buf);
+        }
+        Ok(())
     }
 }
 
@@ -1419,6 +1577,44 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
+    fn paged_attention_o_proj(
+        &self,
+        q: &CudaTensor,
+        key_cache: &CudaTensor,
+        value_cache: &CudaTensor,
+        num_kv_heads: usize,
+        head_dim: usize,
+        scale: f32,
+        o_proj: &CudaTensor,
+        gate_up: &CudaTensor,
+        step: &CudaStepMetadata,
+    ) -> Result<CudaTensor> {
+        let fused = self.attention_o_proj_fused(
+            q,
+            key_cache,
+            value_cache,
+            num_kv_heads,
+            head_dim,
+            scale,
+            o_proj,
+            gate_up,
+            step,
+        )?;
+        if let Some(partials) = fused {
+            return Ok(partials);
+        }
+        let attn = self.paged_attention(
+            q,
+            key_cache,
+            value_cache,
+            num_kv_heads,
+            head_dim,
+            scale,
+            step,
+        )?;
+        self.row_parallel_linear(&attn, o_proj)
+    }
+
     fn silu_and_mul(&self, x: &CudaTensor) -> Result<CudaTensor> {
         let _span = self.op_scope("silu_and_mul");
         shape(x.cols.is_multiple_of(2), "silu_and_mul", || {
@@ -1521,7 +1717,17 @@ impl Backend for CudaBackend {
             bias: None,
             epilogue: Epilogue::SiluAndMul,
         };
-        if let Some(out) = self.norm_gemv(&fused, delta.as_ref(), residual, None)? {
+        let partial_sums = delta.as_ref().is_some_and(|d| d.dtype() == DType::F32);
+        let out = self.norm_gemv(&fused, delta.as_ref(), residual, None)?;
+        if partial_sums {
+            // `paged_attention_o_proj` gave partial sums only where this launch takes them.
+            self.give_back_partials(delta)?;
+            return out.ok_or_else(|| {
+                let detail = "o_proj's partial sums, but the fused gate/up launch did not run";
+                BackendError::shape("add_rms_norm_gate_up", detail)
+            });
+        }
+        if let Some(out) = out {
             return Ok(out);
         }
         let x = self.add_rms_norm(delta, residual, norm, eps)?;
@@ -2018,6 +2224,22 @@ mod tests {
         assert!(read(Some("dma"))
             .unwrap_err()
             .contains("LAB_STEP_TRANSFER=dma"));
+    }
+
+    #[test]
+    fn attention_o_proj_follows_the_environment() {
+        let read = |v: Option<&'static str>| {
+            attention_o_proj_from_vars(move |name| {
+                (name == "LAB_ATTENTION_O_PROJ").then_some(v?.into())
+            })
+        };
+        assert_eq!(read(None), Ok(ATTENTION_O_PROJ_CLUSTER));
+        assert_eq!(read(Some("0")), Ok(None));
+        assert_eq!(read(Some(" 4")), Ok(Some(4)));
+        for bad in ["1", "9", "on"] {
+            let e = read(Some(bad)).unwrap_err();
+            assert!(e.contains(&format!("LAB_ATTENTION_O_PROJ={bad}")), "{e}");
+        }
     }
 
     #[test]

@@ -384,6 +384,40 @@ pub trait Backend: Send + Sync {
         Ok(y)
     }
 
+    /// The attention block's end: [`paged_attention`](Self::paged_attention) over the caches,
+    /// then the row-parallel o_proj (`o_proj` `[hidden, heads·d]`). What it returns is for
+    /// [`add_rms_norm_gate_up`](Self::add_rms_norm_gate_up) to add into the residual stream,
+    /// with `gate_up`, the weight that op then projects with. This default is exactly those
+    /// two calls, returning o_proj's output `[t, hidden]`. A backend may run both in one launch
+    /// and return the output in a form only its own `add_rms_norm_gate_up` reads: the CUDA
+    /// backend, for a small decode batch, returns o_proj's output as one partial sum per head
+    /// group (f32 `[t · groups, hidden]`), which its gate/up launch adds up as it adds them in
+    /// (hence `gate_up`: it fuses only where that launch can).
+    #[allow(clippy::too_many_arguments)]
+    fn paged_attention_o_proj(
+        &self,
+        q: &Self::Tensor,
+        key_cache: &Self::Tensor,
+        value_cache: &Self::Tensor,
+        num_kv_heads: usize,
+        head_dim: usize,
+        scale: f32,
+        o_proj: &Self::Tensor,
+        _gate_up: &Self::Tensor,
+        step: &Self::StepMetadata,
+    ) -> Result<Self::Tensor> {
+        let attn = self.paged_attention(
+            q,
+            key_cache,
+            value_cache,
+            num_kv_heads,
+            head_dim,
+            scale,
+            step,
+        )?;
+        self.row_parallel_linear(&attn, o_proj)
+    }
+
     /// Tensor parallelism's gather of a column-parallel output: every rank's `x` `[t, c]`, in
     /// rank order, side by side → `[t, world·c]`, of which the first `cols` columns are kept
     /// (the vocabulary a vocab-parallel LM head padded to a multiple of the ranks, as vLLM's

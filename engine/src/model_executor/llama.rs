@@ -150,18 +150,20 @@ impl<B: Backend> LlamaForCausalLM<B> {
                 value_cache,
                 step,
             )?;
-            let attn = b.paged_attention(
+            // Attention over the cache, then o_proj, row-parallel: this rank's heads' share of
+            // the output, summed over the ranks (linear, then all_reduce). One call, as a
+            // backend may run both in one launch (its output then in a form the next op reads).
+            let attn_out = b.paged_attention_o_proj(
                 &q,
                 key_cache,
                 value_cache,
                 c.num_key_value_heads,
                 d,
                 scale,
+                &layer.o_proj,
+                &layer.gate_up_proj,
                 step,
             )?;
-            // Row-parallel: this rank's heads' share of the output, summed over the ranks
-            // (linear, then all_reduce).
-            let attn_out = b.row_parallel_linear(&attn, &layer.o_proj)?;
 
             // MLP block (SwiGLU): residual += attn_out; silu(gate) · up of the normed stream.
             let act = b.add_rms_norm_gate_up(
