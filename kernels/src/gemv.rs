@@ -44,7 +44,7 @@
 //! meet; bit for bit the `_split` kernels (the 1B shape's down projection: 78.6% → 84.7% of
 //! copy bandwidth, H200, 2026-12-02).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::{
     CudaFunction, CudaModule, CudaStream, CudaView, CudaViewMut, DevicePtr, LaunchConfig,
@@ -162,6 +162,9 @@ fn block_rows_per_warp(m: usize) -> usize {
     }
 }
 
+/// A `_block` entry point: `block[epilogue][m - 1]`.
+type BlockKernel = (usize, usize);
+
 /// Longest row (16-byte chunks) the `_block` entry points normalize: rms_norm's threads for
 /// it (4 chunks each) must fit in the GEMV's block.
 const BLOCK_NORM_MAX_CHUNKS: usize = 4 * THREADS as usize;
@@ -179,6 +182,10 @@ pub struct Gemv {
     split_wave: Vec<CudaFunction>,  // gemv_m*_split_wave: plain split-K in one wave
     /// Blocks of `split_wave[m - 1]` an SM holds at once, asked of the driver once at load.
     split_wave_resident: Vec<usize>,
+    /// Blocks of a `_block` kernel an SM holds at once, by (kernel, shared memory bytes): asked
+    /// of the driver once per pair (the shared memory is the launch's `m · k` inputs, so it is
+    /// not known at load), then answered from here, as a one-wave launch needs it every time.
+    block_resident: Arc<Mutex<Vec<(BlockKernel, usize, usize)>>>,
     num_sms: usize,
     split_k: SplitK,
     norm_prologue: NormPrologue,
@@ -289,12 +296,30 @@ impl Gemv {
                 .map(|r| r.map(|blocks| (blocks as usize).max(1)))
                 .collect::<Result<_, _>>()?,
             split_wave,
+            block_resident: Arc::default(),
             num_sms,
             split_k: SplitK::Auto,
             norm_prologue: NormPrologue::PerWarp,
             staging: Staging::Off,
             split_grid: SplitGrid::PerGroup,
         })
+    }
+
+    /// Blocks of the `_block` kernel `kernel` an SM holds at once with `shared` bytes of dynamic
+    /// shared memory (at least 1): asked of the driver the first time, remembered after.
+    fn block_resident(&self, kernel: BlockKernel, shared: usize) -> Result<usize> {
+        let mut known = self
+            .block_resident
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(&(_, _, blocks)) = known.iter().find(|(k, s, _)| *k == kernel && *s == shared) {
+            return Ok(blocks);
+        }
+        let blocks = self.block[kernel.0][kernel.1]
+            .occupancy_max_active_blocks_per_multiprocessor(THREADS, shared, None)?
+            .max(1) as usize;
+        known.push((kernel, shared, blocks));
+        Ok(blocks)
     }
 
     /// The same kernels with plain split-K launches in one wave or a block per row group.
@@ -619,19 +644,18 @@ impl Gemv {
                     Epilogue::Plain => block_rows_per_warp(num_tokens),
                     Epilogue::SiluAndMul => block_rows_per_warp(num_tokens) / 2,
                 };
-                let function = match epilogue {
-                    Epilogue::Plain => &self.block[0][num_tokens - 1],
-                    Epilogue::SiluAndMul => &self.block[1][num_tokens - 1],
+                let kernel = match epilogue {
+                    Epilogue::Plain => (0, num_tokens - 1),
+                    Epilogue::SiluAndMul => (1, num_tokens - 1),
                 };
+                let function = &self.block[kernel.0][kernel.1];
                 let warps = THREADS as usize / 32;
                 let groups = width.div_ceil(per_group);
                 let groups_per_warp = match groups_per_warp {
                     0 => {
                         // One wave: every block resident at once, each SM's share streamed by
                         // the warps it holds.
-                        let per_sm = function
-                            .occupancy_max_active_blocks_per_multiprocessor(THREADS, shared, None)?
-                            .max(1) as usize;
+                        let per_sm = self.block_resident(kernel, shared)?;
                         groups.div_ceil(warps * per_sm * self.num_sms)
                     }
                     g => g,
