@@ -8,7 +8,9 @@
 #   CASES="7b:32:2 1b:1:1" scripts/gpu-env-ab.sh gpu-bin/lab
 #
 # SETTINGS: NAME[:VAR=VALUE,VAR=VALUE...] each (a bare NAME runs the defaults); an item that
-# starts with -- is a flag for `lab bench` instead (e.g. `async:--async-scheduling`).
+# starts with -- is a flag for `lab bench` instead (e.g. `sync:--no-async-scheduling`: on one GPU
+# the default has been async scheduling since 2026-12-02; the 7b cases' decode-step report is
+# synchronous unless given `--async-scheduling`).
 # CASES: MODEL:BATCH:TP, MODEL one of 7b (Llama-2-7B shape, `--workload decode`: the decode step
 # at BATCH, each run 40-50 s), 1b / 135m (`--workload decode-b1`, batch-1 decode; BATCH must be
 # 1; the weights are written once under $MODELS, default /tmp/m), or nano1b / nano135m

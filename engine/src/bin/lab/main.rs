@@ -179,6 +179,17 @@ pub struct ModelArgs {
 }
 
 impl ModelArgs {
+    /// [`ModelArgs::engine_config`] for a tool that times one step at a time (from its
+    /// schedule to its tokens): synchronous steps unless `--async-scheduling` is given, where
+    /// a GPU would otherwise schedule one step ahead.
+    pub fn stepwise_engine_config(&self) -> engine::EngineConfig {
+        let mut c = self.engine_config();
+        if !self.async_scheduling {
+            c.async_scheduling = Some(false);
+        }
+        c
+    }
+
     pub fn engine_config(&self) -> engine::EngineConfig {
         let mut c = engine::EngineConfig::default();
         c.cache.block_size = self.block_size;

@@ -441,13 +441,10 @@ fn build_engine(
     args: &SimulateArgs,
     policy: Box<dyn engine::core::scheduling_policy::SchedulingPolicy>,
 ) -> anyhow::Result<LLMEngine> {
-    let mut config = args.model.engine_config();
-    config.scheduler.enable_chunked_prefill = !args.no_chunked_prefill;
     // Steps one at a time unless asked: calibration and validation time each step from its
-    // schedule to its tokens (on a GPU the engine would otherwise schedule one step ahead).
-    if !args.model.async_scheduling {
-        config.async_scheduling = Some(false);
-    }
+    // schedule to its tokens.
+    let mut config = args.model.stepwise_engine_config();
+    config.scheduler.enable_chunked_prefill = !args.no_chunked_prefill;
     Ok(LLMEngine::with_parts(
         args.model.load()?,
         config,

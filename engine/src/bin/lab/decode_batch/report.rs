@@ -48,12 +48,9 @@ pub fn run(
     json: bool,
     host_spans: bool,
 ) -> anyhow::Result<()> {
-    let mut config = model.engine_config();
     // Steps one at a time unless asked: this report compares a step across layouts (TP 1
     // against TP 2), and with several ranks steps are never scheduled ahead.
-    if !model.async_scheduling {
-        config.async_scheduling = Some(false);
-    }
+    let mut config = model.stepwise_engine_config();
     // Checked before the model loads: a bad flag fails at once.
     check_batch_size(batch, config.scheduler.max_num_seqs)?;
     // Every run repeats the same prompts: with prefix caching a later run's prefill would reuse
