@@ -52,6 +52,13 @@ pub trait Executor: Send {
     fn model_config(&self) -> &ModelConfig;
     /// The backend's device time so far ([`Backend::device_time`]).
     fn device_time(&self) -> Option<DeviceTime>;
+    /// The kernel timeline's records since the last call ([`Backend::take_kernel_timeline`]);
+    /// `None` unless one worker runs kernels built with its probe.
+    fn take_kernel_timeline(
+        &mut self,
+    ) -> Result<Option<kernels::kernel_timeline::TimelineRecords>> {
+        Ok(None)
+    }
     /// Each rank's communicator counters, in rank order; empty for a single worker.
     fn comm_stats(&mut self) -> Vec<CommStats> {
         Vec::new()
@@ -108,5 +115,11 @@ where
 
     fn device_time(&self) -> Option<DeviceTime> {
         self.model.backend.device_time()
+    }
+
+    fn take_kernel_timeline(
+        &mut self,
+    ) -> Result<Option<kernels::kernel_timeline::TimelineRecords>> {
+        Ok(self.model.backend.take_kernel_timeline()?)
     }
 }

@@ -182,7 +182,8 @@ impl LLMEngine {
                 build_executor(backend, model_config, weights, &config, &parts)?
             }
             Device::Cuda(ordinal) => {
-                let backend = CudaBackend::new(ordinal)?.with_cuda_graphs(config.cuda_graphs);
+                let backend = CudaBackend::open(ordinal, config.kernel_timeline)?
+                    .with_cuda_graphs(config.cuda_graphs);
                 build_executor(backend, model_config, weights, &config, &parts)?
             }
             Device::Auto => unreachable!("resolve() never returns Auto"),
@@ -231,6 +232,16 @@ impl LLMEngine {
     /// subtracts two readings to split a step's wall time into the device's and the host's.
     pub fn device_time(&self) -> Option<crate::backend::DeviceTime> {
         self.executor.device_time()
+    }
+
+    /// The kernel timeline's block records since the last call: when each block of each
+    /// kernel reached its wait for the previous kernel and was let go, on the device's clock
+    /// (`kernels::kernel_timeline`). `None` unless the engine was built with
+    /// [`EngineConfig::kernel_timeline`] on one GPU.
+    pub fn take_kernel_timeline(
+        &mut self,
+    ) -> Result<Option<kernels::kernel_timeline::TimelineRecords>> {
+        self.executor.take_kernel_timeline()
     }
 
     /// Each rank's communicator counters so far, in world-rank order (empty with one rank):

@@ -61,6 +61,13 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
 // SiLU, x·sigmoid(x): SwiGLU's activation (silu_and_mul.cu, and gemv.cu's fused epilogue).
 __device__ __forceinline__ float silu(float x) { return x / (1.0f + __expf(-x)); }
 
+// The GPU's nanosecond clock (%globaltimer), the same on every SM.
+__device__ __forceinline__ u64 global_ns() {
+    u64 t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
 // Programmatic dependent launch (sm_90). A decode step is hundreds of kernels of a few
 // microseconds each, and between two of them the GPU drains the first grid before it starts
 // the second. Launched with the PDL attribute (kernels/src/launch.rs), a kernel's blocks may
@@ -71,8 +78,46 @@ __device__ __forceinline__ float silu(float x) { return x / (1.0f + __expf(-x));
 //   3. lets the next kernel start early: `griddepcontrol.launch_dependents`.
 // Every kernel calls (2) before it reads or writes anything another kernel touches, so the
 // order of reads and writes is the stream's order, as without PDL.
+//
+// With -DLAB_KERNEL_TIMELINE (kernels/src/kernel_timeline.rs; off unless asked, and then
+// compiled in, never tested at run time) the wait also records, for each block, when its first
+// thread arrived at the wait and when the wait let it go, in the GPU's nanosecond clock: inside
+// a CUDA graph that is the only way to see when each kernel really started and ended, and how
+// early the next one's blocks were resident and had issued their weight loads.
+#ifdef LAB_KERNEL_TIMELINE
+// Where the records go; each module has its own copy of this variable, which the host sets.
+struct TimelineSink {
+    u64* records;  // [capacity, 4]: grid id, arrival ns, release ns, (block << 32) | (file << 16) | SM
+    u32* count;    // records claimed so far (past capacity: dropped)
+    u32 capacity;
+};
+__device__ TimelineSink lab_timeline;
+#endif
+
 __device__ __forceinline__ void wait_for_previous_kernel() {
+#ifdef LAB_KERNEL_TIMELINE
+    // The slot is claimed before the wait, so that its round trip to L2 overlaps the wait
+    // instead of delaying the block after it; after the wait only stores, which do not stall.
+    const bool first = threadIdx.x == 0 && threadIdx.y == 0 && threadIdx.z == 0;
+    const TimelineSink sink = lab_timeline;
+    const u64 arrived = global_ns();
+    const u32 slot = first && sink.records ? atomicAdd(sink.count, 1u) : 0xffffffffu;
+#endif
     asm volatile("griddepcontrol.wait;" ::: "memory");
+#ifdef LAB_KERNEL_TIMELINE
+    if (slot < sink.capacity) {
+        const u64 released = global_ns();
+        u64 grid, sm;
+        asm volatile("mov.u64 %0, %%gridid;" : "=l"(grid));
+        asm volatile("{ .reg .u32 r; mov.u32 r, %%smid; cvt.u64.u32 %0, r; }" : "=l"(sm));
+        const u64 block = blockIdx.x + (u64)gridDim.x * (blockIdx.y + (u64)gridDim.y * blockIdx.z);
+        u64* r = sink.records + 4 * (u64)slot;
+        r[0] = grid;
+        r[1] = arrived;
+        r[2] = released;
+        r[3] = (block << 32) | ((u64)LAB_KERNEL_FILE << 16) | sm;
+    }
+#endif
 }
 __device__ __forceinline__ void allow_next_kernel() {
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");

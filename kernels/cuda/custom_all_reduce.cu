@@ -56,12 +56,6 @@
 #define CAR_THREADS 512
 #define CAR_MAX_BLOCKS 32  // the grid (<= one block per SM)
 
-__device__ __forceinline__ u64 global_ns() {
-    u64 t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
-}
-
 __device__ __forceinline__ uint4 sendable4(uint4 v) {
     return make_uint4(sendable(v.x), sendable(v.y), sendable(v.z), sendable(v.w));
 }

@@ -52,20 +52,28 @@ pub fn cuda_include_dir() -> String {
 
 /// Compiles one kernel file to a CUBIN for `arch` (see [`arch`]), or takes it from the
 /// kernel cache when the same source, options (the architecture among them) and NVRTC made
-/// it before.
-pub(crate) fn compile(file: &'static str, source: &str, arch: &str) -> Result<Ptx> {
-    let cubin = compile_cubin(file, source, arch, kernel_cache::dir().as_deref())?;
+/// it before. `prelude` (`#define`s, usually empty) goes before `common.cuh`: how
+/// [`crate::kernel_timeline`] builds the kernels with its probe compiled in.
+pub(crate) fn compile_with(
+    file: &'static str,
+    prelude: &str,
+    source: &str,
+    arch: &str,
+) -> Result<Ptx> {
+    let cubin = compile_cubin(file, prelude, source, arch, kernel_cache::dir().as_deref())?;
     Ok(Ptx::from_binary(cubin))
 }
 
-/// [`compile`]'s work, with the cache directory given (`None`: no cache).
+/// [`compile_with`]'s work, with a prelude placed before `common.cuh` and the cache directory
+/// given (`None`: no cache).
 fn compile_cubin(
     file: &'static str,
+    prelude: &str,
     source: &str,
     arch: &str,
     cache: Option<&std::path::Path>,
 ) -> Result<Vec<u8>> {
-    let src = format!("{COMMON}\n#line 1 \"{file}\"\n{source}");
+    let src = format!("{prelude}{COMMON}\n#line 1 \"{file}\"\n{source}");
     let options = [
         format!("--gpu-architecture={arch}"),
         format!("--include-path={}", cuda_include_dir()),
@@ -156,7 +164,8 @@ pub(crate) fn entry_points(file: &'static str, source: &str) -> Option<Vec<Strin
         eprintln!("skipped: libnvrtc was not found");
         return None;
     }
-    compile(file, source, ARCH).unwrap_or_else(|e| panic!("{file} compiles to a CUBIN: {e}"));
+    compile_with(file, "", source, ARCH)
+        .unwrap_or_else(|e| panic!("{file} compiles to a CUBIN: {e}"));
     let ptx = compile_ptx_with_opts(
         format!("{COMMON}\n{source}"),
         CompileOptions {
@@ -192,7 +201,7 @@ mod tests {
         }
         let dir = std::env::temp_dir().join(format!("lab-compile-test-{}", std::process::id()));
         let (file, source) = (crate::silu_and_mul::FILE, crate::silu_and_mul::SOURCE);
-        let cubin = compile_cubin(file, source, "sm_90", Some(&dir)).expect("compiles");
+        let cubin = compile_cubin(file, "", source, "sm_90", Some(&dir)).expect("compiles");
         assert_eq!(&cubin[..4], b"\x7fELF", "a CUBIN is an ELF file");
         let entries: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
         assert_eq!(entries.len(), 1, "one entry, no temporary file left");
@@ -200,7 +209,7 @@ mod tests {
         assert_eq!(kernel_cache::read(&path).as_deref(), Some(cubin.as_slice()));
 
         std::fs::write(&path, b"LABCUBN1 damaged").unwrap();
-        let again = compile_cubin(file, source, "sm_90", Some(&dir)).expect("compiles again");
+        let again = compile_cubin(file, "", source, "sm_90", Some(&dir)).expect("compiles again");
         assert_eq!(again, cubin, "same source, same binary");
         assert_eq!(
             kernel_cache::read(&path).as_deref(),
@@ -208,7 +217,7 @@ mod tests {
             "rebuilt"
         );
 
-        let err = compile_cubin(file, "this is not CUDA", "sm_90", None).unwrap_err();
+        let err = compile_cubin(file, "", "this is not CUDA", "sm_90", None).unwrap_err();
         assert!(err.to_string().contains("silu_and_mul.cu"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -224,7 +233,7 @@ mod tests {
         }
         for (file, source) in crate::SOURCES {
             for arch in ["sm_90", ARCH_HOPPER_FEATURES] {
-                let cubin = compile_cubin(file, source, arch, None)
+                let cubin = compile_cubin(file, "", source, arch, None)
                     .unwrap_or_else(|e| panic!("{file} for {arch}: {e}"));
                 assert_eq!(&cubin[..4], b"\x7fELF", "{file} for {arch}");
             }

@@ -24,6 +24,7 @@
 //! copy_rows.rs            a step's block tables: the used corner of a wide device matrix
 //! prepare_inputs.rs       a step's metadata, tables and hand-over from page-locked host memory
 //! launch.rs               every launch, with programmatic dependent launch (PDL)
+//! kernel_timeline.rs      when each block of each kernel waited and was let go (a probe)
 //! error.rs                KernelError: every wrapper returns Result; cudarc errors mapped
 //! roofline.rs             the ceilings the kernels are compared with: copy GB/s, GEMM TFLOP/s
 //! ```
@@ -44,6 +45,7 @@ pub mod embedding;
 pub mod error;
 pub mod gemv;
 pub mod kernel_cache;
+pub mod kernel_timeline;
 pub mod launch;
 pub mod linear;
 pub mod linear_lt;
@@ -169,6 +171,15 @@ impl Kernels {
     /// paged_attention's instantiations on a slow CPU), or takes them from the kernel cache,
     /// and loads them.
     pub fn load(ctx: &Arc<CudaContext>) -> Result<Self> {
+        Self::load_with(ctx, None)
+    }
+
+    /// [`Kernels::load`], with the timeline probe compiled into every kernel and pointed at
+    /// `timeline` when one is given ([`kernel_timeline`]; `stream` is the one it was made on).
+    pub fn load_with(
+        ctx: &Arc<CudaContext>,
+        timeline: Option<(&kernel_timeline::KernelTimeline, &Arc<CudaStream>)>,
+    ) -> Result<Self> {
         use cudarc::driver::sys::CUdevice_attribute as A;
         let arch = compile::arch((
             ctx.attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?,
@@ -178,7 +189,13 @@ impl Kernels {
         let ptx = std::thread::scope(|s| {
             let jobs: Vec<_> = SOURCES
                 .iter()
-                .map(|&(file, src)| s.spawn(move || compile::compile(file, src, arch)))
+                .enumerate()
+                .map(|(i, &(file, src))| {
+                    let prelude = timeline
+                        .map(|_| kernel_timeline::KernelTimeline::prelude(i))
+                        .unwrap_or_default();
+                    s.spawn(move || compile::compile_with(file, &prelude, src, arch))
+                })
                 .collect();
             jobs.into_iter()
                 .map(|j| j.join().expect("NVRTC compile thread panicked"))
@@ -192,6 +209,11 @@ impl Kernels {
             .into_iter()
             .map(|p| ctx.load_module(p))
             .collect::<Result<Vec<Arc<CudaModule>>, _>>()?;
+        if let Some((timeline, stream)) = timeline {
+            for module in &modules {
+                timeline.attach(module, stream)?;
+            }
+        }
         Ok(Self {
             embedding: embedding::Embedding::load(&modules[0])?,
             rms_norm: rms_norm::RmsNorm::load(&modules[1])?,
@@ -222,12 +244,21 @@ pub struct Gpu {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     pub kernels: Kernels,
+    /// Where the kernels' timeline probe writes, when they were built with it
+    /// ([`Gpu::open_with_timeline`]).
+    pub timeline: Option<std::sync::Mutex<kernel_timeline::KernelTimeline>>,
 }
 
 impl Gpu {
     /// Opens GPU `ordinal` and compiles the kernels. Without a driver or device:
     /// [`KernelError::Unavailable`] (no panic).
     pub fn open(ordinal: usize) -> Result<Self> {
+        Self::open_with_timeline(ordinal, None)
+    }
+
+    /// [`Gpu::open`], with the kernels built with the timeline probe and room for
+    /// `timeline_records` block records when that is given ([`kernel_timeline`]).
+    pub fn open_with_timeline(ordinal: usize, timeline_records: Option<usize>) -> Result<Self> {
         check_device(ordinal)?;
         let ctx = CudaContext::new(ordinal)?;
         // SAFETY: everything this crate and the engine launch goes to the one stream made
@@ -236,11 +267,15 @@ impl Gpu {
         unsafe { ctx.disable_event_tracking() };
         // Not the legacy default stream: CUDA graphs can only be captured on a stream of our own.
         let stream = ctx.new_stream()?;
-        let kernels = Kernels::load(&ctx)?;
+        let timeline = timeline_records
+            .map(|n| kernel_timeline::KernelTimeline::new(&stream, n))
+            .transpose()?;
+        let kernels = Kernels::load_with(&ctx, timeline.as_ref().map(|t| (t, &stream)))?;
         Ok(Self {
             ctx,
             stream,
             kernels,
+            timeline: timeline.map(std::sync::Mutex::new),
         })
     }
 }

@@ -66,6 +66,10 @@ const GEMV_MAX_TOKENS: usize = 4;
 /// 1.31 → 1.23 ms/token in the same run). `LAB_GEMV_MAX_WEIGHTS` overrides it ([`GemvRule`]).
 const GEMV_MAX_WEIGHTS: usize = 1 << 22;
 
+/// Block records the kernel timeline keeps between two reads (32 bytes each: 128 MiB). A
+/// batch-1 decode step of the Llama-3.2-1B shape records about 20,000 blocks.
+const TIMELINE_RECORDS: usize = 1 << 22;
+
 /// Which projections of a decode batch run on the GEMV rather than cuBLAS, and how the fused
 /// GEMV computes its RMSNorm prologue. The defaults are the rule above; each can be overridden
 /// by an environment variable, read once when the backend opens, so that one build can be run
@@ -475,7 +479,14 @@ impl CudaBackend {
     /// Opens GPU `ordinal` and compiles the kernels (NVRTC, a second or so). Without a usable
     /// GPU: an error that says why.
     pub fn new(ordinal: usize) -> Result<Self> {
-        let gpu = Gpu::open(ordinal).map_err(kernel("open the GPU"))?;
+        Self::open(ordinal, false)
+    }
+
+    /// [`CudaBackend::new`], with the kernels built with the timeline probe when
+    /// `kernel_timeline` is set ([`Backend::take_kernel_timeline`]).
+    pub fn open(ordinal: usize, kernel_timeline: bool) -> Result<Self> {
+        let gpu = Gpu::open_with_timeline(ordinal, kernel_timeline.then_some(TIMELINE_RECORDS))
+            .map_err(kernel("open the GPU"))?;
         let linear = kernels::linear::Linear::new(&gpu.stream, 1).map_err(kernel("cuBLAS"))?;
         let split_k = SplitKWorkspace::new(&gpu.stream, 1, 1).map_err(kernel("workspace"))?;
         let gemv_rule = GemvRule::from_vars(|name| std::env::var(name).ok()).map_err(|e| {
@@ -487,6 +498,21 @@ impl CudaBackend {
         })?;
         if gemv_rule != GemvRule::default() {
             tracing::info!(?gemv_rule, "GEMV rule from the environment");
+        }
+        if let Ok(v) = std::env::var("LAB_CARVEOUT") {
+            let percent = v
+                .trim()
+                .parse::<i32>()
+                .ok()
+                .filter(|p| (0..=100).contains(p));
+            let percent = percent.ok_or_else(|| BackendError::Device {
+                backend: "cuda",
+                op: "reading LAB_CARVEOUT",
+                source: format!("LAB_CARVEOUT={v}: expected a percentage, 0 to 100").into(),
+            })?;
+            (gpu.kernels.gemv.prefer_carveout(percent))
+                .and_then(|()| gpu.kernels.paged_attention.prefer_carveout(percent))
+                .map_err(kernel("set the shared memory carveout"))?;
         }
         let has_tma = gpu.kernels.skinny_gemm.has_tma();
         let skinny_rule =
@@ -1650,6 +1676,17 @@ impl Backend for CudaBackend {
 
     fn device_time(&self) -> Option<DeviceTime> {
         self.step_timer.lock().ok().map(|t| t.time)
+    }
+
+    fn take_kernel_timeline(&self) -> Result<Option<kernels::kernel_timeline::TimelineRecords>> {
+        let Some(timeline) = &self.gpu.timeline else {
+            return Ok(None);
+        };
+        let mut timeline = timeline.lock().unwrap_or_else(|e| e.into_inner());
+        let records = timeline
+            .take(&self.gpu.stream)
+            .map_err(kernel("read the kernel timeline"))?;
+        Ok(Some(records))
     }
 
     fn kv_cache_budget(&self, engine: &EngineConfig, model: &ModelConfig) -> Result<usize> {

@@ -412,6 +412,13 @@ pub trait Backend: Send + Sync {
         None
     }
 
+    /// The kernel timeline's block records since the last call, where the kernels were built
+    /// with its probe (`EngineConfig::kernel_timeline`, GPU only; `kernels::kernel_timeline`);
+    /// `None` otherwise. Waits for the device.
+    fn take_kernel_timeline(&self) -> Result<Option<kernels::kernel_timeline::TimelineRecords>> {
+        Ok(None)
+    }
+
     /// Tells the backend the largest steps it will be given, once the KV cache is sized and
     /// before the first step, so that it can allocate per-step buffers once (a CUDA graph
     /// replays fixed addresses). The CPU backend needs nothing.

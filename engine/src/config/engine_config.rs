@@ -164,6 +164,11 @@ pub struct EngineConfig {
     /// yet). `Some(true)` asks for it (refused with several ranks), `Some(false)` turns it
     /// off. A running engine's config holds its choice ([`EngineConfig::async_scheduling_on`]).
     pub async_scheduling: Option<bool>,
+    /// Build the CUDA kernels with the timeline probe (`lab bench --kernel-timeline`): every
+    /// block records when it reached its wait for the previous kernel and when it was let go,
+    /// read back with `LLMEngine::take_kernel_timeline`. One GPU worker only; a diagnostic,
+    /// off by default (kernels built without it carry no trace of it).
+    pub kernel_timeline: bool,
 }
 
 impl Default for EngineConfig {
@@ -183,6 +188,7 @@ impl Default for EngineConfig {
             parallel: ParallelConfig::default(),
             preemption: Default::default(),
             async_scheduling: None,
+            kernel_timeline: false,
         }
     }
 }
@@ -235,6 +241,13 @@ impl EngineConfig {
             return bad(
                 "--async-scheduling runs with one worker for now (the ranks would each need \
                  the previous step's sampled tokens); leave it out with \
+                 --tensor-parallel-size or --pipeline-parallel-size",
+            );
+        }
+        if self.kernel_timeline && (parallel > 1 || matches!(self.device, Device::Cpu)) {
+            return bad(
+                "--kernel-timeline records the CUDA kernels of one worker: give it with \
+                 --device cuda (or auto on a GPU machine) and without \
                  --tensor-parallel-size or --pipeline-parallel-size",
             );
         }

@@ -111,6 +111,13 @@ pub struct BenchArgs {
     /// the file's tokenizer metadata, which our engine does not read.
     #[arg(long, value_name = "PATH")]
     llama_cpp_model: Option<std::path::PathBuf>,
+    /// --workload decode-b1 on a GPU: build the kernels with the timeline probe, and after
+    /// the timed runs record one more window's steps kernel by kernel inside their CUDA graphs
+    /// (when each kernel's blocks waited and were let go): a table of where a step's device
+    /// time goes, and the launches as a Chrome trace written to PATH (Perfetto opens it). The
+    /// probe moves the times a little: compare with a run without it.
+    #[arg(long, value_name = "PATH")]
+    kernel_timeline: Option<std::path::PathBuf>,
     /// Rounds of the whole bench; with --transformers or --llama-cpp each round is ours then
     /// theirs (A B A B), and each round's ratio is printed.
     #[arg(long, default_value_t = 1)]
@@ -130,6 +137,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     anyhow::ensure!(!args.host_spans, "--host-spans is for --workload decode");
     anyhow::ensure!(
+        args.kernel_timeline.is_none() || args.workload == Workload::DecodeB1,
+        "--kernel-timeline is for --workload decode-b1"
+    );
+    anyhow::ensure!(
         args.batch_size == 1,
         "--batch-size is for --workload decode; this workload has its own batches"
     );
@@ -144,6 +155,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             decode_only,
             args.runs,
             args.json,
+            args.kernel_timeline.as_deref(),
         );
     }
     let mut config = args.model.engine_config();

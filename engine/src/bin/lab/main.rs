@@ -16,6 +16,7 @@ mod bench;
 mod decode_b1;
 mod decode_batch;
 mod generate;
+mod kernel_timeline;
 mod launch;
 mod nano_vllm;
 mod plan;

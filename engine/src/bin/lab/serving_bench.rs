@@ -64,11 +64,19 @@ pub fn run(
     decode_only: bool,
     runs: usize,
     json: bool,
+    kernel_timeline: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     // Checked before the model loads: a bad flag fails at once.
     let workload = args.workload()?;
-    let config = model.engine_config();
+    let mut config = model.engine_config();
+    config.kernel_timeline = kernel_timeline.is_some();
+    config.validate()?;
     let device = config.device.resolve()?;
+    anyhow::ensure!(
+        kernel_timeline.is_none() || matches!(device, engine::config::Device::Cuda(_)),
+        "--kernel-timeline records the CUDA kernels: it needs a GPU (--device cuda), found \
+         {device}"
+    );
     let gpu = roofline::measure(device)?; // before the engine takes the GPU's memory
     let mut engine = LLMEngine::new(model.load()?, config)?;
     let vocab = engine.model_config().vocab_size;
@@ -181,6 +189,18 @@ pub fn run(
         report["decode_b1_bytes_per_token"] = (weights + kv).into();
         report["decode_b1_gb_s"] = gb_s.into();
         report["decode_b1_of_copy"] = (pct / 100.0).into();
+    }
+    if let Some(path) = kernel_timeline {
+        // The timed runs' records are dropped; one more window is recorded alone.
+        engine.take_kernel_timeline()?;
+        let prompts = crate::decode_batch::prompts(1, vocab);
+        crate::decode_batch::decode_window(&mut engine, &prompts)?;
+        let records = engine
+            .take_kernel_timeline()?
+            .ok_or_else(|| anyhow::anyhow!("--kernel-timeline: the engine recorded no timeline"))?;
+        let steps = crate::kernel_timeline::steps(&records);
+        report["kernel_timeline"] =
+            crate::kernel_timeline::report(&steps, c.num_hidden_layers, records.dropped, path)?;
     }
     if json {
         println!("{report}");
