@@ -305,33 +305,6 @@ impl Gemv {
         })
     }
 
-    /// Asks the driver to configure an SM with `percent` of its shared memory capacity (the
-    /// rest is L1) when it runs any of these kernels (`CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT`).
-    /// An SM changes its split only once it is empty, so a kernel whose blocks need more shared
-    /// memory than the split of the kernel before it has left cannot start its blocks beside
-    /// that kernel's last ones.
-    pub fn prefer_carveout(&self, percent: i32) -> Result<()> {
-        use cudarc::driver::sys::CUfunction_attribute as A;
-        let all = [
-            &self.by_tokens,
-            &self.norm,
-            &self.norm_glu,
-            &self.norm_rope,
-            &self.split_wave,
-        ]
-        .into_iter()
-        .chain(&self.split)
-        .chain(&self.block)
-        .chain(&self.staged);
-        for f in all.flatten() {
-            f.set_attribute(
-                A::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
-                percent,
-            )?;
-        }
-        Ok(())
-    }
-
     /// Blocks of the `_block` kernel `kernel` an SM holds at once with `shared` bytes of dynamic
     /// shared memory (at least 1): asked of the driver the first time, remembered after.
     fn block_resident(&self, kernel: BlockKernel, shared: usize) -> Result<usize> {

@@ -298,18 +298,6 @@ fn long_context_partitions(max_seq_len: usize) -> usize {
 }
 
 impl PagedAttention {
-    /// As [`crate::gemv::Gemv::prefer_carveout`], for the decode kernels and their reduce.
-    pub fn prefer_carveout(&self, percent: i32) -> Result<()> {
-        use cudarc::driver::sys::CUfunction_attribute as A;
-        for f in self.decode.iter().flatten().flatten().chain(&self.reduce) {
-            f.set_attribute(
-                A::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT,
-                percent,
-            )?;
-        }
-        Ok(())
-    }
-
     pub(crate) fn load(module: &Arc<CudaModule>, num_sms: usize) -> Result<Self> {
         let load = |name: String, bytes: usize| -> Result<CudaFunction> {
             let f = module.load_function(&name)?;

@@ -138,7 +138,14 @@ impl Sampling {
         logits: &CudaView<'_, bf16>,    // [num_seqs, vocab_size]
         params: &RowParams<'_>,
     ) -> Result<()> {
-        self.launch_sample(&self.sample_bf16, "sample", stream, out, logits, params)
+        self.launch_sample(
+            (&self.sample_bf16, true),
+            "sample",
+            stream,
+            out,
+            logits,
+            params,
+        )
     }
 
     /// As [`Sampling::sample`], for f32 logits.
@@ -149,7 +156,14 @@ impl Sampling {
         logits: &CudaView<'_, f32>,     // [num_seqs, vocab_size]
         params: &RowParams<'_>,
     ) -> Result<()> {
-        self.launch_sample(&self.sample_f32, "sample_f32", stream, out, logits, params)
+        self.launch_sample(
+            (&self.sample_f32, true),
+            "sample_f32",
+            stream,
+            out,
+            logits,
+            params,
+        )
     }
 
     /// As [`Sampling::sample`], by the first version of the kernel (same tokens, slower).
@@ -161,7 +175,7 @@ impl Sampling {
         params: &RowParams<'_>,
     ) -> Result<()> {
         let f = &self.sample_bf16_reference;
-        self.launch_sample(f, "sample_reference", stream, out, logits, params)
+        self.launch_sample((f, false), "sample_reference", stream, out, logits, params)
     }
 
     /// As [`Sampling::sample_f32`], by the first version of the kernel (same tokens, slower).
@@ -173,7 +187,14 @@ impl Sampling {
         params: &RowParams<'_>,
     ) -> Result<()> {
         let f = &self.sample_f32_reference;
-        self.launch_sample(f, "sample_f32_reference", stream, out, logits, params)
+        self.launch_sample(
+            (f, false),
+            "sample_f32_reference",
+            stream,
+            out,
+            logits,
+            params,
+        )
     }
 
     /// Sets `logits[rows[i], ids[i]]` to -inf for every i, in place (vLLM's `min_tokens`: a
@@ -326,7 +347,7 @@ impl Sampling {
 
     fn launch_sample<T: cudarc::driver::DeviceRepr>(
         &self,
-        function: &CudaFunction,
+        (function, split_greedy): (&CudaFunction, bool),
         kernel: &'static str,
         stream: &Arc<CudaStream>,
         out: &mut CudaViewMut<'_, u32>,
@@ -352,10 +373,16 @@ impl Sampling {
             .arg(p.seed)
             .arg(p.position)
             .arg(&vocab);
+        let rows = out_len(logits.len(), vocab);
+        let mut config = cfg(rows);
+        if split_greedy && rows as usize <= GREEDY_SPLIT_MAX_ROWS {
+            config.grid_dim.1 = GREEDY_SPLITS;
+        }
         // SAFETY: the signature matches sample_*_kernel (out, logits, temperature, top_k,
         // top_p, seed, position, u32); every per-row buffer holds num_seqs and logits num_seqs
-        // rows of vocab_size (checked), one block per row.
-        unsafe { launch.launch(cfg(out_len(logits.len(), vocab))) }?;
+        // rows of vocab_size (checked), one block per row (the grid's x), and with a split grid
+        // at most GREEDY_SPLIT_MAX_ROWS rows, the kernel's scratch for split greedy rows.
+        unsafe { launch.launch(config) }?;
         Ok(())
     }
 
@@ -424,6 +451,12 @@ pub struct KernelOccupancy {
     /// Threads per block.
     pub threads: u32,
 }
+
+/// Blocks a greedy row of a small batch is split over in `sample_*_kernel` (`GREEDY_SPLITS`
+/// in `sampling.cu`), and the most rows that are split (`GREEDY_SPLIT_MAX_ROWS`: the kernel's
+/// scratch); larger batches keep one block per row, which fills the SMs.
+const GREEDY_SPLITS: u32 = 16;
+const GREEDY_SPLIT_MAX_ROWS: usize = 32;
 
 fn out_len(len: usize, vocab: u32) -> u32 {
     (len / vocab as usize) as u32

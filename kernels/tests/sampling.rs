@@ -13,7 +13,15 @@ fn argmax_picks_the_lowest_id_among_the_largest() {
     let (s, k) = (&gpu.stream, &gpu.kernels.sampling);
     let mut rng = Rng::fresh("argmax");
     // (num_seqs, vocab_size, distinct values): heavy ties, a few ties, real vocabularies.
-    for (n, vocab, levels) in [(4, 49152, 7), (3, 128256, 1000), (5, 7, 2), (64, 1000, 50)] {
+    for (n, vocab, levels) in [
+        (4, 49152, 7),
+        (3, 128256, 1000),
+        (1, 128256, 3),
+        (5, 7, 2),
+        (32, 2000, 5),
+        (33, 2000, 5),
+        (64, 1000, 50),
+    ] {
         let mut logits: Vec<f32> = (0..n * vocab)
             .map(|_| bf16::from_f32(rng.below(levels) as f32 * 0.25 - 3.0).to_f32())
             .collect();
@@ -55,6 +63,44 @@ fn argmax_picks_the_lowest_id_among_the_largest() {
             want,
             "f32 argmax [{n}, {vocab}]"
         );
-        println!("argmax [{n}, {vocab}], {levels} distinct values: exact");
+        // The sampler's greedy rows: up to 32 rows each split over blocks that merge their
+        // slices' best (the last block of a row by ticket), beyond one block a row. Run twice,
+        // as graph replays would: each row's ticket must have been reset.
+        for round in 0..2 {
+            let zeros_f = s.clone_htod(&vec![0.0f32; n]).unwrap();
+            let zeros_u = s.clone_htod(&vec![0u32; n]).unwrap();
+            let ones = s.clone_htod(&vec![1.0f32; n]).unwrap();
+            let zeros_64 = s.clone_htod(&vec![0u64; n]).unwrap();
+            let (t, k0, p1, z) = (
+                zeros_f.as_view(),
+                zeros_u.as_view(),
+                ones.as_view(),
+                zeros_64.as_view(),
+            );
+            let params = kernels::sampling::RowParams {
+                temperature: &t,
+                top_k: &k0,
+                top_p: &p1,
+                seed: &z,
+                position: &z,
+            };
+            let mut out = s.clone_htod(&vec![u32::MAX; n]).unwrap();
+            k.sample(s, &mut out.as_view_mut(), &d16.as_view(), &params)
+                .unwrap();
+            assert_eq!(
+                s.clone_dtoh(&out).unwrap(),
+                want,
+                "bf16 greedy sample [{n}, {vocab}], round {round}"
+            );
+            let mut out = s.clone_htod(&vec![u32::MAX; n]).unwrap();
+            k.sample_f32(s, &mut out.as_view_mut(), &d32.as_view(), &params)
+                .unwrap();
+            assert_eq!(
+                s.clone_dtoh(&out).unwrap(),
+                want,
+                "f32 greedy sample [{n}, {vocab}], round {round}"
+            );
+        }
+        println!("argmax [{n}, {vocab}], {levels} distinct values: exact (argmax and the sampler's greedy rows)");
     }
 }

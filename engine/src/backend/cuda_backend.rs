@@ -499,21 +499,6 @@ impl CudaBackend {
         if gemv_rule != GemvRule::default() {
             tracing::info!(?gemv_rule, "GEMV rule from the environment");
         }
-        if let Ok(v) = std::env::var("LAB_CARVEOUT") {
-            let percent = v
-                .trim()
-                .parse::<i32>()
-                .ok()
-                .filter(|p| (0..=100).contains(p));
-            let percent = percent.ok_or_else(|| BackendError::Device {
-                backend: "cuda",
-                op: "reading LAB_CARVEOUT",
-                source: format!("LAB_CARVEOUT={v}: expected a percentage, 0 to 100").into(),
-            })?;
-            (gpu.kernels.gemv.prefer_carveout(percent))
-                .and_then(|()| gpu.kernels.paged_attention.prefer_carveout(percent))
-                .map_err(kernel("set the shared memory carveout"))?;
-        }
         let has_tma = gpu.kernels.skinny_gemm.has_tma();
         let skinny_rule =
             SkinnyRule::from_vars(|name| std::env::var(name).ok(), has_tma).map_err(|e| {

@@ -260,3 +260,25 @@ impl EngineConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel timeline records CUDA kernels: asked for on the CPU or with several ranks it
+    /// is refused before anything loads, naming the flag.
+    #[test]
+    fn the_kernel_timeline_is_refused_on_the_cpu_and_with_several_ranks() {
+        let mut config = EngineConfig {
+            kernel_timeline: true,
+            ..EngineConfig::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("--kernel-timeline"), "{err}");
+        config.device = Device::Cuda(0);
+        config.validate().expect("one GPU worker may record it");
+        config.parallel.tensor_parallel_size = 2;
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("--kernel-timeline"), "{err}");
+    }
+}
