@@ -15,7 +15,7 @@
 //! blocks' arrivals say whether they were already waiting (resident, loads issued) when it was
 //! let go, or arrived later (the previous kernel held the SMs, or the launch started late).
 //!
-//! The probe is compiled in only when asked ([`KernelTimeline::prelude`], `lab bench
+//! The probe is compiled in only when asked (`KernelTimeline::prelude`, `lab bench
 //! --kernel-timeline`), never tested at run time: kernels built without it are the engine's
 //! usual ones, at no cost. With it, one thread a block claims a slot with an atomic before the
 //! wait and stores 32 bytes after it, which moves a step's time a little: compare the step's
@@ -64,7 +64,7 @@ pub struct BlockRecord {
     pub released_ns: u64,
     /// Its linear block index in the grid.
     pub block: u32,
-    /// Which kernel file ([`crate::SOURCES`]' order).
+    /// Which kernel file (the order of the crate's `SOURCES`).
     pub file: u16,
     /// The SM it ran on.
     pub sm: u16,
@@ -178,7 +178,7 @@ impl KernelTimeline {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaunchTimes {
     pub grid: u64,
-    /// Its kernel file ([`crate::SOURCES`]' order).
+    /// Its kernel file (the order of the crate's `SOURCES`).
     pub file: u16,
     /// Blocks recorded (the grid's size when every block's first thread waits).
     pub blocks: usize,
