@@ -79,11 +79,12 @@ __device__ __forceinline__ u64 global_ns() {
 // Every kernel calls (2) before it reads or writes anything another kernel touches, so the
 // order of reads and writes is the stream's order, as without PDL.
 //
-// With -DLAB_KERNEL_TIMELINE (kernels/src/kernel_timeline.rs; off unless asked, and then
-// compiled in, never tested at run time) the wait also records, for each block, when its first
-// thread arrived at the wait and when the wait let it go, in the GPU's nanosecond clock: inside
-// a CUDA graph that is the only way to see when each kernel really started and ended, and how
-// early the next one's blocks were resident and had issued their weight loads.
+// With -DLAB_KERNEL_TIMELINE (kernels/src/kernel_timeline.rs; the kernels are built with it
+// only when asked, so the usual ones carry nothing of it) the wait also records, for each
+// block, when its first thread arrived at the wait and when the wait let it go, on the GPU's
+// nanosecond clock: inside a CUDA graph that shows when each kernel really started and ended
+// (no profiler on the GPU machine shows kernels in place), and how early the next one's blocks
+// were resident and had issued their weight loads.
 #ifdef LAB_KERNEL_TIMELINE
 // Where the records go; each module has its own copy of this variable, which the host sets.
 struct TimelineSink {
