@@ -299,7 +299,11 @@ __device__ void greedy_row(u32* out, const T* row, u32 vocab) {
 // The scratch is the module's own: launches on one stream run one after another (a PDL
 // launch's blocks touch it only after their wait), and each GPU loads its own module.
 #define GREEDY_SPLITS 16
-#define GREEDY_SPLIT_MAX_ROWS 32  // larger batches keep a block per row: they fill the SMs
+// Larger batches keep a block per row: they were measured only at batch 1, and nano-vllm's
+// workload (whose batches fall to 32 and fewer at its end) lost 1-3% of its output tokens a
+// second with rows of up to 32 split (four runs, 2026-12-02; within the runs' noise, all four
+// the same way).
+#define GREEDY_SPLIT_MAX_ROWS 4
 __device__ float greedy_partial_val[GREEDY_SPLIT_MAX_ROWS * GREEDY_SPLITS];
 __device__ u32 greedy_partial_id[GREEDY_SPLIT_MAX_ROWS * GREEDY_SPLITS];
 __device__ u32 greedy_tickets[GREEDY_SPLIT_MAX_ROWS];

@@ -454,9 +454,9 @@ pub struct KernelOccupancy {
 
 /// Blocks a greedy row of a small batch is split over in `sample_*_kernel` (`GREEDY_SPLITS`
 /// in `sampling.cu`), and the most rows that are split (`GREEDY_SPLIT_MAX_ROWS`: the kernel's
-/// scratch); larger batches keep one block per row, which fills the SMs.
+/// scratch); larger batches keep one block per row (`sampling.cu` says why).
 const GREEDY_SPLITS: u32 = 16;
-const GREEDY_SPLIT_MAX_ROWS: usize = 32;
+const GREEDY_SPLIT_MAX_ROWS: usize = 4;
 
 fn out_len(len: usize, vocab: u32) -> u32 {
     (len / vocab as usize) as u32
