@@ -293,7 +293,7 @@ __device__ void greedy_row(u32* out, const T* row, u32 vocab) {
 // scans a whole row as a chain of trips to memory from one SM: 11.7 µs for Llama-3.2-1B's
 // 128256 logits at batch 1 (H200, `lab bench --kernel-timeline`, 2026-12-02), against 0.06 µs
 // of bytes at the copy bandwidth. Split, each block scans a slice in about one trip and leaves
-// its best in greedy_partials; the last block of the row to finish (a ticket per row) merges
+// its best in greedy_partial_val / _id; the last block of the row to finish (a ticket per row) merges
 // them in slice order with the same total order (larger value, then lower id), so the answer
 // is the one-block answer, and resets the ticket for the next launch (or graph replay).
 // The scratch is the module's own: launches on one stream run one after another (a PDL

@@ -19,7 +19,7 @@
 
 use kernels::kernel_timeline::{launches, LaunchTimes, TimelineRecords};
 
-/// `prepare_inputs.cu`'s index among the kernel files: the first launch of every step.
+/// Whether `l` is `prepare_inputs.cu`'s kernel: the first launch of every step.
 fn is_step_start(l: &LaunchTimes) -> bool {
     l.file_name() == "prepare_inputs.cu"
 }
@@ -47,7 +47,8 @@ pub fn steps(records: &TimelineRecords) -> Vec<Vec<LaunchTimes>> {
     steps
 }
 
-/// One launch's three times, µs ([`self`] module docs); `runs` is `None` for a step's last.
+/// One launch's three times, µs (the module's docs say what each means); `runs` is `None`
+/// for a step's last launch.
 #[derive(Debug, Clone, Copy, Default)]
 struct Times {
     runs: Option<f64>,
