@@ -29,20 +29,6 @@
 #define GEMV_THREADS 256
 #define UNROLL 4  // 16-byte chunks of each row a lane loads at once
 
-// L2 prefetch of a later kernel's weights (an experiment, LAB_L2_PREFETCH): this block's share of
-// `bytes` from `p`, one `prefetch.global.L2` per 128-byte line, issued after the block's own
-// work so that its loads go first. Nothing waits for the lines: the bus fetches them while the
-// kernels in between read little.
-__device__ __forceinline__ void prefetch_to_l2(const char* p, u64 bytes) {
-    if (!p || bytes == 0) return;
-    const u64 lines = (bytes + 127) / 128;
-    const u64 per = (lines + gridDim.x - 1) / gridDim.x;
-    const u64 first = (u64)blockIdx.x * per;
-    const u64 last = min(first + per, lines);
-    for (u64 l = first + threadIdx.x; l < last; l += blockDim.x)
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(p + l * 128));
-}
-
 __device__ __forceinline__ float dot8(const f32x8& a, const f32x8& b) {
     float s = 0.0f;
 #pragma unroll
@@ -560,23 +546,21 @@ __device__ __forceinline__ void gemv_block_norm(
         __nv_bfloat16* __restrict__ out, __nv_bfloat16* __restrict__ residual_out,                 \
         const __nv_bfloat16* __restrict__ delta, const __nv_bfloat16* __restrict__ residual,       \
         const __nv_bfloat16* __restrict__ gamma, float eps, const __nv_bfloat16* __restrict__ w,   \
-        const __nv_bfloat16* __restrict__ bias, u32 n, u32 k, u32 groups, const char* pf, u64 pf_bytes) { \
+        const __nv_bfloat16* __restrict__ bias, u32 n, u32 k, u32 groups) {                        \
         const Input in = {nullptr, reinterpret_cast<const uint4*>(delta),                          \
                           reinterpret_cast<const uint4*>(residual),                                \
                           reinterpret_cast<const uint4*>(gamma), k / 8};                           \
         gemv_block_norm<M, ROWS, EPI_PLAIN>(out, residual_out, in, eps, w, bias, n, k, groups);    \
-        prefetch_to_l2(pf, pf_bytes);          \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_norm_glu_m##M##_block(         \
         __nv_bfloat16* __restrict__ out, __nv_bfloat16* __restrict__ residual_out,                 \
         const __nv_bfloat16* __restrict__ delta, const __nv_bfloat16* __restrict__ residual,       \
         const __nv_bfloat16* __restrict__ gamma, float eps, const __nv_bfloat16* __restrict__ w,   \
-        u32 n, u32 k, u32 groups, const char* pf, u64 pf_bytes) {                                  \
+        u32 n, u32 k, u32 groups) {                                                                \
         const Input in = {nullptr, reinterpret_cast<const uint4*>(delta),                          \
                           reinterpret_cast<const uint4*>(residual),                                \
                           reinterpret_cast<const uint4*>(gamma), k / 8};                           \
         gemv_block_norm<M, ROWS, EPI_GLU>(out, residual_out, in, eps, w, nullptr, n, k, groups);   \
-        prefetch_to_l2(pf, pf_bytes);          \
     }
 GEMV_BLOCK_NORM(1, 4)
 GEMV_BLOCK_NORM(2, 4)
@@ -739,9 +723,8 @@ __device__ __forceinline__ void gemv_split_wave(
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS) gemv_m##M##_split_wave(             \
         __nv_bfloat16* __restrict__ out, const __nv_bfloat16* __restrict__ x,                      \
         const __nv_bfloat16* __restrict__ w, const __nv_bfloat16* __restrict__ bias, u32 n,        \
-        u32 k, const char* pf, u64 pf_bytes) {                                                     \
+        u32 k) {                                                                                   \
         gemv_split_wave<M, ROWS>(out, reinterpret_cast<const uint4*>(x), w, bias, n, k);          \
-        prefetch_to_l2(pf, pf_bytes);          \
     }
 GEMV_SPLIT_WAVE(1, 4)
 GEMV_SPLIT_WAVE(2, 2)
@@ -982,32 +965,29 @@ __device__ __forceinline__ void gemv_staged(
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_m##M##_staged(              \
         __nv_bfloat16* __restrict__ out, const __nv_bfloat16* __restrict__ x,                      \
         const __nv_bfloat16* __restrict__ w, const __nv_bfloat16* __restrict__ bias, u32 n,        \
-        u32 k, u32 groups, const char* pf, u64 pf_bytes) {                                         \
+        u32 k, u32 groups) {                                                                       \
         const Input in = {reinterpret_cast<const uint4*>(x), nullptr, nullptr, nullptr, k / 8};    \
         gemv_staged<M, ROWS, false, EPI_PLAIN>(out, nullptr, in, 0.0f, w, bias, n, k, groups, Rope{}); \
-        prefetch_to_l2(pf, pf_bytes);          \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_norm_m##M##_staged(         \
         __nv_bfloat16* __restrict__ out, __nv_bfloat16* __restrict__ residual_out,                 \
         const __nv_bfloat16* __restrict__ delta, const __nv_bfloat16* __restrict__ residual,       \
         const __nv_bfloat16* __restrict__ gamma, float eps, const __nv_bfloat16* __restrict__ w,   \
-        const __nv_bfloat16* __restrict__ bias, u32 n, u32 k, u32 groups, const char* pf, u64 pf_bytes) { \
+        const __nv_bfloat16* __restrict__ bias, u32 n, u32 k, u32 groups) {                        \
         const Input in = {nullptr, reinterpret_cast<const uint4*>(delta),                          \
                           reinterpret_cast<const uint4*>(residual),                                \
                           reinterpret_cast<const uint4*>(gamma), k / 8};                           \
         gemv_staged<M, ROWS, true, EPI_PLAIN>(out, residual_out, in, eps, w, bias, n, k, groups, Rope{}); \
-        prefetch_to_l2(pf, pf_bytes);          \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_norm_glu_m##M##_staged(     \
         __nv_bfloat16* __restrict__ out, __nv_bfloat16* __restrict__ residual_out,                 \
         const __nv_bfloat16* __restrict__ delta, const __nv_bfloat16* __restrict__ residual,       \
         const __nv_bfloat16* __restrict__ gamma, float eps, const __nv_bfloat16* __restrict__ w,   \
-        u32 n, u32 k, u32 groups, const char* pf, u64 pf_bytes) {                                  \
+        u32 n, u32 k, u32 groups) {                                                                \
         const Input in = {nullptr, reinterpret_cast<const uint4*>(delta),                          \
                           reinterpret_cast<const uint4*>(residual),                                \
                           reinterpret_cast<const uint4*>(gamma), k / 8};                           \
         gemv_staged<M, ROWS, true, EPI_GLU>(out, residual_out, in, eps, w, nullptr, n, k, groups, Rope{}); \
-        prefetch_to_l2(pf, pf_bytes);          \
     }                                                                                              \
     extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_norm_rope_m##M##_staged(    \
         __nv_bfloat16* __restrict__ q_out, __nv_bfloat16* __restrict__ residual_out,               \
@@ -1016,14 +996,13 @@ __device__ __forceinline__ void gemv_staged(
         const __nv_bfloat16* __restrict__ bias, u32 n, u32 k, u32 groups,                          \
         __nv_bfloat16* __restrict__ key_cache, __nv_bfloat16* __restrict__ value_cache,            \
         const u32* __restrict__ positions, const u64* __restrict__ slot_mapping,                   \
-        const float* __restrict__ cos_sin_cache, u32 num_heads, u32 num_kv_heads, u32 head_dim, const char* pf, u64 pf_bytes) { \
+        const float* __restrict__ cos_sin_cache, u32 num_heads, u32 num_kv_heads, u32 head_dim) {  \
         const Input in = {nullptr, reinterpret_cast<const uint4*>(delta),                          \
                           reinterpret_cast<const uint4*>(residual),                                \
                           reinterpret_cast<const uint4*>(gamma), k / 8};                           \
         const Rope rope = {key_cache, value_cache, positions, slot_mapping, cos_sin_cache,         \
                            num_heads, num_kv_heads, head_dim};                                     \
         gemv_staged<M, ROWS, true, EPI_ROPE>(q_out, residual_out, in, eps, w, bias, n, k, groups, rope); \
-        prefetch_to_l2(pf, pf_bytes);          \
     }
 GEMV_STAGED(1, 4)
 GEMV_STAGED(2, 2)

@@ -191,8 +191,6 @@ pub struct Gemv {
     norm_prologue: NormPrologue,
     staging: Staging,
     split_grid: SplitGrid,
-    /// An L2 prefetch the next launch issues after its own work (experiment): (address, bytes).
-    pending_prefetch: Arc<Mutex<Option<(u64, u64)>>>,
 }
 
 /// The RMSNorm before a projection, as `fused_add_rms_norm` (or `rms_norm` for the first
@@ -304,20 +302,7 @@ impl Gemv {
             norm_prologue: NormPrologue::PerWarp,
             staging: Staging::Off,
             split_grid: SplitGrid::PerGroup,
-            pending_prefetch: Arc::default(),
         })
-    }
-
-    /// Asks the next launch (a `_staged`, `_split_wave` or `_block` kernel; any other drops
-    /// it) to prefetch `bytes` from `address` into L2 after its own work (experiment).
-    pub fn prefetch_after_next(&self, address: u64, bytes: usize) {
-        let mut p = (self.pending_prefetch.lock()).unwrap_or_else(|p| p.into_inner());
-        *p = Some((address, bytes as u64));
-    }
-
-    fn take_prefetch(&self) -> (u64, u64) {
-        let mut p = (self.pending_prefetch.lock()).unwrap_or_else(|p| p.into_inner());
-        p.take().unwrap_or((0, 0))
     }
 
     /// Blocks of the `_block` kernel `kernel` an SM holds at once with `shared` bytes of dynamic
@@ -709,8 +694,6 @@ impl Gemv {
                     };
                 }
                 launch.arg(&n32).arg(&k32).arg(&g32);
-                let pf = self.take_prefetch();
-                launch.arg(&pf.0).arg(&pf.1);
                 // SAFETY: the arguments follow gemv_norm_m*_block (out, residual_out or null,
                 // delta or null, residual, gamma, float eps, w, bias or null, u32 n, u32 k, u32
                 // groups) or gemv_norm_glu_m*_block (the same without bias); every length was
@@ -803,10 +786,6 @@ impl Gemv {
             for a in &shape32 {
                 launch.arg(a);
             }
-        }
-        let pf = self.take_prefetch();
-        if staged.is_some() {
-            launch.arg(&pf.0).arg(&pf.1);
         }
         // SAFETY: with `rope`, the arguments follow gemv_norm_rope_m* (as gemv_norm_m*, then
         // key_cache, value_cache, positions, slot_mapping, cos_sin_cache, u32 num_heads,
@@ -914,10 +893,6 @@ impl Gemv {
         launch.arg(&n32).arg(&k32);
         if staged.is_some() {
             launch.arg(&groups32);
-        }
-        let pf = self.take_prefetch();
-        if staged.is_some() || one_wave {
-            launch.arg(&pf.0).arg(&pf.1);
         }
         // gemv_m*_staged takes u32 groups after k (<= 16, its shared memory groups · rows · k
         // bf16 <= 100 KB, num_tokens <= 3 and k / 8 <= 4 x THREADS: checked by staged_groups).

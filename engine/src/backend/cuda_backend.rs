@@ -367,8 +367,6 @@ pub struct CudaBackend {
     gemv: Gemv,
     /// Which projections take the GEMV ([`GemvRule`]: defaults, or the environment's).
     gemv_rule: GemvRule,
-    /// `LAB_L2_PREFETCH`: the sites of [`Backend::l2_prefetch_hint`] taken (experiment).
-    l2_prefetch: String,
     /// The decode attention kernels: the default ring per head size, or the kernel
     /// `LAB_DECODE_ATTENTION` (`mma` or `shared`) names, for A/B runs.
     paged_attention: PagedAttention,
@@ -564,7 +562,6 @@ impl CudaBackend {
                     source: e.into(),
                 }
             })?;
-        let l2_prefetch = std::env::var("LAB_L2_PREFETCH").unwrap_or_default();
         Ok(CudaBackend {
             gemv: gpu
                 .kernels
@@ -584,7 +581,6 @@ impl CudaBackend {
             activations: CachingAllocator::new(gpu.stream.clone(), cuda_allocator::UNLIMITED),
             steps: Arc::new(Mutex::new(None)),
             step_transfer,
-            l2_prefetch,
             limits: StepLimits {
                 max_num_tokens: 1,
                 max_num_seqs: 1,
@@ -1641,17 +1637,6 @@ impl Backend for CudaBackend {
             )
             .map_err(kernel(OP))?;
         Ok(q)
-    }
-
-    fn l2_prefetch_hint(&self, site: char, next: &CudaTensor) {
-        use kernels::cudarc::driver::DevicePtr;
-        if !self.l2_prefetch.contains(site) {
-            return;
-        }
-        if let Ok(view) = next.view_bf16("l2_prefetch_hint") {
-            let (address, _record) = view.device_ptr(&self.gpu.stream);
-            self.gemv.prefetch_after_next(address, view.len() * 2);
-        }
     }
 
     fn gather_rows(&self, x: &CudaTensor, step: &CudaStepMetadata) -> Result<CudaTensor> {

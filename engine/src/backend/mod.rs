@@ -365,11 +365,6 @@ pub trait Backend: Send + Sync {
     /// Rows `step.logits_indices` of `x` `[t, hidden]`, in that order → `[num_logits, hidden]`.
     fn gather_rows(&self, x: &Self::Tensor, step: &Self::StepMetadata) -> Result<Self::Tensor>;
 
-    /// An experiment (the CUDA backend's `LAB_L2_PREFETCH`): the next kernel, after its own
-    /// work, asks the L2 cache for `next` (a weight read a kernel or two later). `site` names
-    /// the hint. A hint changes no value; this default ignores it.
-    fn l2_prefetch_hint(&self, _site: char, _next: &Self::Tensor) {}
-
     // ANCHOR: collectives
     /// Tensor parallelism's sum: `x` becomes the element-wise sum of every rank's `x` (after a
     /// row-parallel projection, each rank holds a partial sum of the full output). A backend

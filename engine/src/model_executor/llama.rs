@@ -135,7 +135,6 @@ impl<B: Backend> LlamaForCausalLM<B> {
             // Attention block: residual += delta; qkv = rms_norm(residual) · W_qkvᵀ; split q, k,
             // v; rotate q and k by position; write k and v into the cache.
             let (key_cache, value_cache) = kv_cache.layer_mut(i);
-            b.l2_prefetch_hint('o', &layer.o_proj);
             let q = b.add_rms_norm_qkv_rotary_cache(
                 delta.take(),
                 &mut residual,
@@ -160,7 +159,6 @@ impl<B: Backend> LlamaForCausalLM<B> {
                 scale,
                 step,
             )?;
-            b.l2_prefetch_hint('g', &layer.gate_up_proj);
             // Row-parallel: this rank's heads' share of the output, summed over the ranks
             // (linear, then all_reduce).
             let attn_out = b.row_parallel_linear(&attn, &layer.o_proj)?;
@@ -173,9 +171,6 @@ impl<B: Backend> LlamaForCausalLM<B> {
                 eps,
                 &layer.gate_up_proj,
             )?;
-            if let Some(next) = w.layers.get(i + 1) {
-                b.l2_prefetch_hint('q', &next.qkv_proj);
-            }
             let mlp_out = b.row_parallel_linear(&act, &layer.down_proj)?; // row-parallel too
             delta = Some(mlp_out);
         }
