@@ -27,6 +27,8 @@ const DATA_TEXT: &str = include_str!("../../book/src/stage4/forward-step-kernels
 #[derive(Debug)]
 struct StepKernels {
     before: Vec<String>,
+    /// The first layer's kernels where they differ from `per_layer`'s.
+    first_layer: Option<Vec<String>>,
     per_layer: Vec<String>,
     after: Vec<String>,
 }
@@ -35,8 +37,12 @@ impl StepKernels {
     /// The whole step for a model of `layers` layers.
     fn expand(&self, layers: usize) -> Vec<String> {
         let mut all = self.before.clone();
-        for _ in 0..layers {
-            all.extend(self.per_layer.iter().cloned());
+        for layer in 0..layers {
+            let ops = match &self.first_layer {
+                Some(first) if layer == 0 => first,
+                _ => &self.per_layer,
+            };
+            all.extend(ops.iter().cloned());
         }
         all.extend(self.after.iter().cloned());
         all
@@ -68,6 +74,8 @@ fn book() -> Book {
         let s = t[name].as_table().expect("a table per kind of step");
         StepKernels {
             before: strings(s.get("before"), &format!("{name}.before")),
+            first_layer: (s.get("first_layer"))
+                .map(|v| strings(Some(v), &format!("{name}.first_layer"))),
             per_layer: strings(s.get("per_layer"), &format!("{name}.per_layer")),
             after: strings(s.get("after"), &format!("{name}.after")),
         }

@@ -176,3 +176,103 @@ extern "C" __global__ void fused_add_rms_norm_kernel(
         }
     }
 }
+
+// The last layer's way out, for the rows a step samples from only: out[b] = rms_norm(s) *
+// weight with s = bf16(residual[r] + delta[r]) (residual[r] alone when delta is null) and r =
+// rows[b]. That is fused_add_rms_norm (or rms_norm) followed by a gather of the rows, in one
+// launch, normalizing only the gathered rows and storing no new stream: nothing reads the
+// stream after the last layer. A decode step then has one kernel fewer between its last layer
+// and the LM head. The threads, the vectors each keeps and the order of the sums are those of
+// the two kernels (same launch shape), so the output is theirs bit for bit. A row past
+// num_tokens gives NaN, as the gather would.
+extern "C" __global__ void add_rms_norm_rows_kernel(
+    __nv_bfloat16* __restrict__ out,             // [num_rows, hidden_size]
+    const __nv_bfloat16* __restrict__ delta,     // [num_tokens, hidden_size] or null
+    const __nv_bfloat16* __restrict__ residual,  // [num_tokens, hidden_size]
+    const u32* __restrict__ rows,                // [num_rows]: which rows, in order
+    u32 num_tokens,
+    const __nv_bfloat16* __restrict__ weight,    // [hidden_size]
+    float eps, u32 hidden_size) {
+    __shared__ float scratch[32];
+    __nv_bfloat16* o = out + (size_t)blockIdx.x * hidden_size;
+    const bool vec = hidden_size % 8 == 0 && aligned16(out) && aligned16(residual) &&
+                     aligned16(weight) && (delta == nullptr || aligned16(delta));
+    const u32 nvec = hidden_size / 8;
+    const uint4* wv = reinterpret_cast<const uint4*>(weight);
+    uint4 wcache[CACHED_VECS], cache[CACHED_VECS];
+    if (vec) {
+        // The weight before the wait: it never depends on the previous kernel.
+#pragma unroll
+        for (int j = 0; j < CACHED_VECS; j++) {
+            const u32 i = threadIdx.x + j * blockDim.x;
+            if (i < nvec) wcache[j] = wv[i];
+        }
+    }
+    PDL_ENTRY();
+    const u32 r = rows[blockIdx.x];  // written by this step's prepare_inputs: after the wait
+    if (r >= num_tokens) {
+        for (u32 i = threadIdx.x; i < hidden_size; i += blockDim.x) o[i] = __float2bfloat16(QUIET_NAN);
+        return;
+    }
+    const size_t row = (size_t)r * hidden_size;
+    if (vec) {
+        const uint4* rv = reinterpret_cast<const uint4*>(residual + row);
+        const uint4* dv = delta ? reinterpret_cast<const uint4*>(delta + row) : nullptr;
+        uint4* ov = reinterpret_cast<uint4*>(o);
+        // The stream's value of vector i: the bf16 sum, as fused_add_rms_norm stores it.
+        auto stream = [&](u32 i) {
+            f32x8 s = unpack8(rv[i]);
+            if (dv) {
+                const f32x8 d = unpack8(dv[i]);
+                for (int k = 0; k < 8; k++) s.v[k] += d.v[k];
+            }
+            return pack8(s);
+        };
+        float sum_sq = 0.0f;
+#pragma unroll
+        for (int j = 0; j < CACHED_VECS; j++) {
+            const u32 i = threadIdx.x + j * blockDim.x;
+            if (i < nvec) {
+                cache[j] = stream(i);
+                const f32x8 s = unpack8(cache[j]);
+                for (int k = 0; k < 8; k++) sum_sq += s.v[k] * s.v[k];
+            }
+        }
+        for (u32 i = threadIdx.x + CACHED_VECS * blockDim.x; i < nvec; i += blockDim.x) {
+            const f32x8 s = unpack8(stream(i));
+            for (int k = 0; k < 8; k++) sum_sq += s.v[k] * s.v[k];
+        }
+        const float inv_rms = rsqrtf(block_sum(sum_sq, scratch) / hidden_size + eps);
+#pragma unroll
+        for (int j = 0; j < CACHED_VECS; j++) {
+            const u32 i = threadIdx.x + j * blockDim.x;
+            if (i < nvec) {
+                f32x8 s = unpack8(cache[j]), w = unpack8(wcache[j]);
+                for (int k = 0; k < 8; k++)
+                    s.v[k] = w.v[k] * __bfloat162float(__float2bfloat16(s.v[k] * inv_rms));
+                ov[i] = pack8(s);
+            }
+        }
+        for (u32 i = threadIdx.x + CACHED_VECS * blockDim.x; i < nvec; i += blockDim.x) {
+            f32x8 s = unpack8(stream(i)), w = unpack8(wv[i]);
+            for (int k = 0; k < 8; k++)
+                s.v[k] = w.v[k] * __bfloat162float(__float2bfloat16(s.v[k] * inv_rms));
+            ov[i] = pack8(s);
+        }
+    } else {
+        auto stream = [&](u32 i) {
+            const float s = __bfloat162float(residual[row + i]);
+            return __bfloat162float(__float2bfloat16(delta ? s + __bfloat162float(delta[row + i]) : s));
+        };
+        float sum_sq = 0.0f;
+        for (u32 i = threadIdx.x; i < hidden_size; i += blockDim.x) {
+            const float v = stream(i);
+            sum_sq += v * v;
+        }
+        const float inv_rms = rsqrtf(block_sum(sum_sq, scratch) / hidden_size + eps);
+        for (u32 i = threadIdx.x; i < hidden_size; i += blockDim.x) {
+            const float n = __bfloat162float(__float2bfloat16(stream(i) * inv_rms));
+            o[i] = __float2bfloat16(__bfloat162float(weight[i]) * n);
+        }
+    }
+}

@@ -22,6 +22,7 @@ pub(crate) const SOURCE: &str = include_str!("../cuda/rms_norm.cu");
 pub struct RmsNorm {
     plain: CudaFunction,
     fused_add: CudaFunction,
+    rows: CudaFunction,
 }
 
 impl RmsNorm {
@@ -29,6 +30,7 @@ impl RmsNorm {
         Ok(Self {
             plain: module.load_function("rms_norm_kernel")?,
             fused_add: module.load_function("fused_add_rms_norm_kernel")?,
+            rows: module.load_function("add_rms_norm_rows_kernel")?,
         })
     }
 
@@ -77,6 +79,59 @@ impl RmsNorm {
         launch.arg(x).arg(residual).arg(weight).arg(&eps).arg(&h);
         // SAFETY: the signature matches fused_add_rms_norm_kernel (x, residual, weight, float,
         // u32); x and residual hold num_tokens * hidden_size elements, weight hidden_size.
+        unsafe { launch.launch(cfg) }?;
+        Ok(())
+    }
+
+    /// The last layer's way out, for the rows a step samples from: `out[b] =
+    /// rms_norm(residual[r] + delta[r]) * weight` with `r = rows[b]` (`residual[r]` alone
+    /// without `delta`), bit for bit [`RmsNorm::fused_add_rms_norm`] (or
+    /// [`RmsNorm::rms_norm`]) followed by a gather of those rows, in one launch that stores no
+    /// new stream. A row index past `num_tokens` gives a row of NaN.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_rms_norm_rows(
+        &self,
+        stream: &Arc<CudaStream>,
+        out: &mut CudaViewMut<'_, bf16>,    // [num_rows, hidden_size]
+        delta: Option<&CudaView<'_, bf16>>, // [num_tokens, hidden_size]
+        residual: &CudaView<'_, bf16>,      // [num_tokens, hidden_size]
+        rows: &CudaView<'_, u32>,           // [num_rows]
+        weight: &CudaView<'_, bf16>,        // [hidden_size]
+        eps: f32,
+    ) -> Result<()> {
+        const K: &str = "add_rms_norm_rows";
+        let (num_tokens, hidden) = self::rows(K, residual.len(), weight.len())?;
+        if let Some(d) = delta {
+            check_len(K, "delta", d.len(), residual.len())?;
+        }
+        check_len(K, "out", out.len(), rows.len() * hidden)?;
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let (h, t) = (
+            to_u32(K, "hidden_size", hidden)?,
+            to_u32(K, "num_tokens", num_tokens)?,
+        );
+        // The launch shape of the two kernels it replaces, so that its sums are theirs.
+        let cfg = norm_launch(rows.len(), hidden)?;
+        let null: u64 = 0;
+        let mut launch = Launch::new(stream, &self.rows);
+        launch.arg(out);
+        match delta {
+            Some(d) => launch.arg(d),
+            None => launch.arg(&null), // a null `const bf16*`: the stream is `residual`
+        };
+        launch
+            .arg(residual)
+            .arg(rows)
+            .arg(&t)
+            .arg(weight)
+            .arg(&eps)
+            .arg(&h);
+        // SAFETY: the signature matches add_rms_norm_rows_kernel (out, delta or null, residual,
+        // rows, u32 num_tokens, weight, float, u32); out holds rows.len() rows of hidden_size,
+        // delta and residual num_tokens rows, weight hidden_size (checked above); the kernel
+        // reads only rows below num_tokens and block b writes only row b of out.
         unsafe { launch.launch(cfg) }?;
         Ok(())
     }

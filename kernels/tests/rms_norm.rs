@@ -84,3 +84,102 @@ fn fused_add_rms_norm_matches_f64_reference() {
         );
     }
 }
+
+/// The last layer's way out: the sampled rows of `residual + delta` normalized, bit for bit what
+/// fused_add_rms_norm (rms_norm without delta) then a gather give, near the f64 reference, the
+/// inputs untouched, and a row index past the tokens a row of NaN.
+#[test]
+fn add_rms_norm_rows_is_the_norm_then_the_gather() {
+    let Some(gpu) = gpu_or_skip() else { return };
+    let (s, k) = (&gpu.stream, &gpu.kernels.rms_norm);
+    let mut rng = Rng::fresh("add_rms_norm_rows");
+    for (t, h) in SHAPES {
+        let x = rng.bf16s(t * h, 1.0);
+        let r = rng.bf16s(t * h, 3.0);
+        let w = rng
+            .bf16s(h, 0.3)
+            .iter()
+            .map(|v| *v + half::bf16::ONE)
+            .collect::<Vec<_>>();
+        // Last row first, a repeat, the first row, then one past the tokens.
+        let rows: Vec<u32> = vec![t as u32 - 1, t as u32 / 2, t as u32 - 1, 0, t as u32];
+        let (dx, dr, dw) = (
+            s.clone_htod(&x).unwrap(),
+            s.clone_htod(&r).unwrap(),
+            s.clone_htod(&w).unwrap(),
+        );
+        let drows = s.clone_htod(&rows).unwrap();
+        for with_delta in [true, false] {
+            let what = format!("[{t}, {h}], delta {with_delta}");
+            let mut out = poisoned(s, rows.len() * h);
+            let delta = dx.as_view();
+            k.add_rms_norm_rows(
+                s,
+                &mut out.as_view_mut(),
+                with_delta.then_some(&delta),
+                &dr.as_view(),
+                &drows.as_view(),
+                &dw.as_view(),
+                EPS,
+            )
+            .unwrap();
+            let got = s.clone_dtoh(&out).unwrap();
+            // The two kernels it replaces, on copies.
+            let normed = if with_delta {
+                let (mut nx, mut nr) = (s.clone_htod(&x).unwrap(), s.clone_htod(&r).unwrap());
+                k.fused_add_rms_norm(
+                    s,
+                    &mut nx.as_view_mut(),
+                    &mut nr.as_view_mut(),
+                    &dw.as_view(),
+                    EPS,
+                )
+                .unwrap();
+                s.clone_dtoh(&nx).unwrap()
+            } else {
+                let mut nx = poisoned(s, t * h);
+                k.rms_norm(s, &mut nx.as_view_mut(), &dr.as_view(), &dw.as_view(), EPS)
+                    .unwrap();
+                s.clone_dtoh(&nx).unwrap()
+            };
+            let stream: Vec<f64> = if with_delta {
+                to_f64(&x)
+                    .iter()
+                    .zip(to_f64(&r))
+                    .map(|(a, b)| a + b)
+                    .collect()
+            } else {
+                to_f64(&r)
+            };
+            let want_all = reference(&stream, &to_f64(&w));
+            let (mut exact, mut want) = (Vec::new(), Vec::new());
+            for &row in &rows[..rows.len() - 1] {
+                let at = row as usize * h;
+                exact.extend_from_slice(&normed[at..at + h]);
+                want.extend_from_slice(&want_all[at..at + h]);
+            }
+            let gathered = &got[..exact.len()];
+            let same = gathered
+                .iter()
+                .zip(&exact)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{what}: not the norm then the gather, bit for bit");
+            assert_close(
+                &format!("add_rms_norm_rows {what}"),
+                gathered,
+                &want,
+                BF16_BOUND,
+            );
+            assert!(
+                got[exact.len()..].iter().all(|v| v.is_nan()),
+                "{what}: a row past the tokens must be NaN"
+            );
+            assert_eq!(
+                s.clone_dtoh(&dr).unwrap(),
+                r,
+                "{what}: the residual was written"
+            );
+            assert_eq!(s.clone_dtoh(&dx).unwrap(), x, "{what}: delta was written");
+        }
+    }
+}

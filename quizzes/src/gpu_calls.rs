@@ -80,10 +80,21 @@ fn kernel_launches(args: &Args) -> Result<f64, String> {
     let ops = |part: &str| list(step.get(part), &format!("{name}.{part}"));
     let layers = model_config(text(args, "model")?)?.num_hidden_layers;
     let (before, per_layer, after) = (ops("before")?, ops("per_layer")?, ops("after")?);
+    // The first layer's kernels, where the file lists them apart.
+    let first_layer = match step.get("first_layer") {
+        Some(_) => ops("first_layer")?,
+        None => per_layer.clone(),
+    };
     // The whole step for `n` layers, on the backend asked for.
     let launches = |n: usize| -> Result<usize, String> {
         let mut all = before.clone();
-        (0..n).for_each(|_| all.extend(per_layer.iter().cloned()));
+        for layer in 0..n {
+            all.extend(
+                if layer == 0 { &first_layer } else { &per_layer }
+                    .iter()
+                    .cloned(),
+            );
+        }
         all.extend(after.iter().cloned());
         match args
             .get("backend")

@@ -1659,6 +1659,36 @@ impl Backend for CudaBackend {
         Ok(out)
     }
 
+    fn add_rms_norm_gather(
+        &self,
+        delta: Option<CudaTensor>,
+        residual: CudaTensor,
+        norm: &CudaTensor,
+        eps: f32,
+        step: &CudaStepMetadata,
+    ) -> Result<CudaTensor> {
+        const OP: &str = "add_rms_norm_gather";
+        let _span = self.op_scope(OP);
+        let n = step.num_logits;
+        let mut out = self.empty(OP, n, residual.cols)?;
+        let rows = step.bufs().logits_indices().slice(0..n);
+        let delta = delta.as_ref().map(|d| d.view_bf16(OP)).transpose()?;
+        self.gpu
+            .kernels
+            .rms_norm
+            .add_rms_norm_rows(
+                &self.gpu.stream,
+                &mut out.view_bf16_mut(OP)?,
+                delta.as_ref(),
+                &residual.view_bf16(OP)?,
+                &rows,
+                &norm.view_bf16(OP)?,
+                eps,
+            )
+            .map_err(kernel(OP))?;
+        Ok(out)
+    }
+
     fn device_time(&self) -> Option<DeviceTime> {
         self.step_timer.lock().ok().map(|t| t.time)
     }

@@ -364,6 +364,22 @@ pub trait Backend: Send + Sync {
     }
     /// Rows `step.logits_indices` of `x` `[t, hidden]`, in that order → `[num_logits, hidden]`.
     fn gather_rows(&self, x: &Self::Tensor, step: &Self::StepMetadata) -> Result<Self::Tensor>;
+    /// The last stage's way out: the final [`Backend::add_rms_norm`] of the rows the step
+    /// samples from only (`step.logits_indices`, in that order) → `[num_logits, hidden]`, the
+    /// LM head's input. It takes the residual stream, which nothing reads after the last layer.
+    /// This default normalizes every row, then gathers; the CUDA backend gathers as it
+    /// normalizes, in one launch (a decode step's last kernels are each a few microseconds).
+    fn add_rms_norm_gather(
+        &self,
+        delta: Option<Self::Tensor>,
+        mut residual: Self::Tensor,
+        norm: &Self::Tensor,
+        eps: f32,
+        step: &Self::StepMetadata,
+    ) -> Result<Self::Tensor> {
+        let hidden = self.add_rms_norm(delta, &mut residual, norm, eps)?;
+        self.gather_rows(&hidden, step)
+    }
 
     // ANCHOR: collectives
     /// Tensor parallelism's sum: `x` becomes the element-wise sum of every rank's `x` (after a

@@ -177,9 +177,8 @@ impl<B: Backend> LlamaForCausalLM<B> {
         if !self.stage.is_last() {
             return Ok(StageOutput::Hidden(Hidden { delta, residual }));
         }
-        let hidden = b.add_rms_norm(delta, &mut residual, &w.norm, eps)?;
-        // `hidden` is norm(final residual); project only the rows we sample from.
-        let last = b.gather_rows(&hidden, step)?; // [num_logits, hidden]
+        // The final norm, of only the rows we sample from: the LM head projects just those.
+        let last = b.add_rms_norm_gather(delta, residual, &w.norm, eps, step)?; // [num_logits, hidden]
         let logits = b.linear(&last, w.lm_head.as_ref().unwrap_or(&w.embed_tokens), None)?;
         let logits = b.all_gather_columns(logits, c.vocab_size)?; // this rank's slice → all
         Ok(StageOutput::Logits(logits))
