@@ -28,12 +28,6 @@
 
 #define GEMV_THREADS 256
 #define UNROLL 4  // 16-byte chunks of each row a lane loads at once
-#ifndef BLOCK_UNROLL
-#define BLOCK_UNROLL UNROLL  // the same, in the `_block` kernels (experiment: LAB_KERNEL_DEFINES)
-#endif
-#ifndef BLOCK_MIN_BLOCKS
-#define BLOCK_MIN_BLOCKS 2  // blocks per SM the `_block` kernels are compiled for (experiment)
-#endif
 
 __device__ __forceinline__ float dot8(const f32x8& a, const f32x8& b) {
     float s = 0.0f;
@@ -45,13 +39,13 @@ __device__ __forceinline__ float dot8(const f32x8& a, const f32x8& b) {
 // The UNROLL chunks c0, c0 + STRIDE, ... of the ROWS rows `rows` of W, for one lane. Past the end
 // of a row the last valid chunk is loaded again (and never used).
 // STRIDE is the chunk stride of one thread: 32 (a warp per row group) or 256 (split-K).
-template <int ROWS, int STRIDE, int U = UNROLL>
+template <int ROWS, int STRIDE>
 __device__ __forceinline__ void load_chunks(
-    uint4 (&wraw)[U][ROWS],
+    uint4 (&wraw)[UNROLL][ROWS],
     const __nv_bfloat16* __restrict__ w,  // [n, k]
     const u32 (&rows)[ROWS], u32 c0, u32 k, u32 chunks) {
 #pragma unroll
-    for (int u = 0; u < U; u++) {
+    for (int u = 0; u < UNROLL; u++) {
         const u32 c = min(c0 + STRIDE * u, chunks - 1);
 #pragma unroll
         for (int r = 0; r < ROWS; r++)
@@ -433,27 +427,17 @@ __device__ __forceinline__ void gemv_block_norm(
 
     // The first group's first chunks, before waiting for the previous kernel (as in `gemv`),
     // and the chunks of gamma this thread normalizes (chunks tid, tid + 256, ...; a weight too).
-    constexpr int BU = BLOCK_UNROLL;
-    uint4 wraw[BU][ROWS];
+    uint4 wraw[UNROLL][ROWS];
     u32 rows[ROWS];
     u32 f0 = group_rows(0, rows);
-    if (f0 < width) load_chunks<ROWS, 32, BU>(wraw, w, rows, lane, k, chunks);
+    if (f0 < width) load_chunks<ROWS, 32>(wraw, w, rows, lane, k, chunks);
     constexpr int GAMMA = 4;  // chunks <= 4 x GEMV_THREADS
-#ifdef BLOCK_GAMMA_SMEM
-    __shared__ uint4 s_gamma[GAMMA * GEMV_THREADS];  // each thread's own chunks: no barrier
-#pragma unroll
-    for (int j = 0; j < GAMMA; j++) {
-        const u32 c = threadIdx.x + j * GEMV_THREADS;
-        if (c < chunks) s_gamma[c] = __ldg(in.gamma + c);
-    }
-#else
     uint4 gamma[GAMMA];
 #pragma unroll
     for (int j = 0; j < GAMMA; j++) {
         const u32 c = threadIdx.x + j * GEMV_THREADS;
         if (c < chunks) gamma[j] = __ldg(in.gamma + c);
     }
-#endif
     wait_for_previous_kernel();
     allow_next_kernel();
 
@@ -493,11 +477,7 @@ __device__ __forceinline__ void gemv_block_norm(
     for (int j = 0; j < GAMMA; j++) {
         const u32 c = threadIdx.x + j * GEMV_THREADS;
         if (c < chunks) {
-#ifdef BLOCK_GAMMA_SMEM
-            const f32x8 g = unpack8(s_gamma[c]);
-#else
             const f32x8 g = unpack8(gamma[j]);
-#endif
 #pragma unroll
             for (int t = 0; t < M; t++) s_x[t * chunks + c] = normed(unpack8(s_x[t * chunks + c]), g, inv_rms[t]);
         }
@@ -510,10 +490,10 @@ __device__ __forceinline__ void gemv_block_norm(
         for (int r = 0; r < ROWS; r++)
 #pragma unroll
             for (int t = 0; t < M; t++) acc[r][t] = 0.0f;
-        for (u32 c0 = lane; c0 < chunks; c0 += 32 * BU) {
-            if (c0 != lane) load_chunks<ROWS, 32, BU>(wraw, w, rows, c0, k, chunks);
+        for (u32 c0 = lane; c0 < chunks; c0 += 32 * UNROLL) {
+            if (c0 != lane) load_chunks<ROWS, 32>(wraw, w, rows, c0, k, chunks);
 #pragma unroll
-            for (int u = 0; u < BU; u++) {
+            for (int u = 0; u < UNROLL; u++) {
                 const u32 c = c0 + 32 * u;
                 if (c >= chunks) break;
 #pragma unroll
@@ -530,7 +510,7 @@ __device__ __forceinline__ void gemv_block_norm(
 #pragma unroll
         for (int r = 0; r < ROWS; r++) next_rows[r] = rows[r];
         f0 = g + 1 < groups ? group_rows(g + 1, next_rows) : width;
-        if (f0 < width) load_chunks<ROWS, 32, BU>(wraw, w, next_rows, lane, k, chunks);
+        if (f0 < width) load_chunks<ROWS, 32>(wraw, w, next_rows, lane, k, chunks);
 #pragma unroll
         for (int r = 0; r < ROWS; r++)
 #pragma unroll
@@ -562,7 +542,7 @@ __device__ __forceinline__ void gemv_block_norm(
 // `_block` entry points (the norm once per block), 4 rows per warp up to 2 tokens, 2 beyond (4
 // rows at 3-4 tokens need more than the 128 registers that keep two blocks on an SM).
 #define GEMV_BLOCK_NORM(M, ROWS)                                                                   \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS, BLOCK_MIN_BLOCKS) gemv_norm_m##M##_block(             \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_norm_m##M##_block(             \
         __nv_bfloat16* __restrict__ out, __nv_bfloat16* __restrict__ residual_out,                 \
         const __nv_bfloat16* __restrict__ delta, const __nv_bfloat16* __restrict__ residual,       \
         const __nv_bfloat16* __restrict__ gamma, float eps, const __nv_bfloat16* __restrict__ w,   \
@@ -572,7 +552,7 @@ __device__ __forceinline__ void gemv_block_norm(
                           reinterpret_cast<const uint4*>(gamma), k / 8};                           \
         gemv_block_norm<M, ROWS, EPI_PLAIN>(out, residual_out, in, eps, w, bias, n, k, groups);    \
     }                                                                                              \
-    extern "C" __global__ void __launch_bounds__(GEMV_THREADS, BLOCK_MIN_BLOCKS) gemv_norm_glu_m##M##_block(         \
+    extern "C" __global__ void __launch_bounds__(GEMV_THREADS, 2) gemv_norm_glu_m##M##_block(         \
         __nv_bfloat16* __restrict__ out, __nv_bfloat16* __restrict__ residual_out,                 \
         const __nv_bfloat16* __restrict__ delta, const __nv_bfloat16* __restrict__ residual,       \
         const __nv_bfloat16* __restrict__ gamma, float eps, const __nv_bfloat16* __restrict__ w,   \

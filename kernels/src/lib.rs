@@ -186,15 +186,6 @@ impl Kernels {
             ctx.attribute(A::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?,
         ));
         let arch = arch.as_str();
-        // Experiment: `LAB_KERNEL_DEFINES="A=1;B"` puts `#define A 1` and `#define B` before
-        // every file.
-        let defines: String = std::env::var("LAB_KERNEL_DEFINES")
-            .unwrap_or_default()
-            .split(';')
-            .filter(|d| !d.is_empty())
-            .map(|d| format!("#define {}\n", d.replacen('=', " ", 1)))
-            .collect();
-        let defines = defines.as_str();
         let ptx = std::thread::scope(|s| {
             let jobs: Vec<_> = SOURCES
                 .iter()
@@ -202,8 +193,7 @@ impl Kernels {
                 .map(|(i, &(file, src))| {
                     let prelude = timeline
                         .map(|_| kernel_timeline::KernelTimeline::prelude(i))
-                        .unwrap_or_default()
-                        + defines;
+                        .unwrap_or_default();
                     s.spawn(move || compile::compile_with(file, &prelude, src, arch))
                 })
                 .collect();
