@@ -15,6 +15,30 @@ __device__ __forceinline__ bool aligned16(const void* p) {
     return (reinterpret_cast<size_t>(p) & 15) == 0;
 }
 
+// transformers' norm output, 8 values at a time: weight * bf16(s * inv_rms), rounded to bf16.
+__device__ __forceinline__ uint4 scale8(uint4 s, uint4 w, float inv_rms) {
+    f32x8 f = unpack8(s);
+    const f32x8 g = unpack8(w);
+    for (int k = 0; k < 8; k++) f.v[k] = g.v[k] * __bfloat162float(__float2bfloat16(f.v[k] * inv_rms));
+    return pack8(f);
+}
+
+// Pass 2 of the vector path: out vector i = scale8(stream vector i, weight vector i). The
+// first CACHED_VECS of this thread's vectors (and their weights) are in registers; `tail(i)`
+// gives the stream's vector i past them.
+template <typename Tail>
+__device__ __forceinline__ void write_normed(
+    uint4* __restrict__ ov, const uint4 (&cache)[CACHED_VECS], const uint4 (&wcache)[CACHED_VECS],
+    const uint4* __restrict__ wv, u32 nvec, float inv_rms, Tail tail) {
+#pragma unroll
+    for (int j = 0; j < CACHED_VECS; j++) {
+        const u32 i = threadIdx.x + j * blockDim.x;
+        if (i < nvec) ov[i] = scale8(cache[j], wcache[j], inv_rms);
+    }
+    for (u32 i = threadIdx.x + CACHED_VECS * blockDim.x; i < nvec; i += blockDim.x)
+        ov[i] = scale8(tail(i), wv[i], inv_rms);
+}
+
 extern "C" __global__ void rms_norm_kernel(
     __nv_bfloat16* __restrict__ out,           // [num_tokens, hidden_size]
     const __nv_bfloat16* __restrict__ x,       // [num_tokens, hidden_size]
@@ -52,23 +76,8 @@ extern "C" __global__ void rms_norm_kernel(
             for (int k = 0; k < 8; k++) sum_sq += f.v[k] * f.v[k];
         }
         const float inv_rms = rsqrtf(block_sum(sum_sq, scratch) / hidden_size + eps);
-#pragma unroll
-        for (int j = 0; j < CACHED_VECS; j++) {
-            const u32 i = threadIdx.x + j * blockDim.x;
-            if (i < nvec) {
-                f32x8 f = unpack8(cache[j]), w = unpack8(wcache[j]);
-                // transformers: weight * (x * inv_rms).to(bf16)
-                for (int k = 0; k < 8; k++)
-                    f.v[k] = w.v[k] * __bfloat162float(__float2bfloat16(f.v[k] * inv_rms));
-                ov[i] = pack8(f);
-            }
-        }
-        for (u32 i = threadIdx.x + CACHED_VECS * blockDim.x; i < nvec; i += blockDim.x) {
-            f32x8 f = unpack8(xv[i]), w = unpack8(wv[i]);
-            for (int k = 0; k < 8; k++)
-                f.v[k] = w.v[k] * __bfloat162float(__float2bfloat16(f.v[k] * inv_rms));
-            ov[i] = pack8(f);
-        }
+        // transformers: weight * (x * inv_rms).to(bf16)
+        write_normed(ov, cache, wcache, wv, nvec, inv_rms, [&](u32 i) { return xv[i]; });
     } else {
         PDL_ENTRY();
         float sum_sq = 0.0f;
@@ -142,22 +151,7 @@ extern "C" __global__ void fused_add_rms_norm_kernel(
         }
         const float inv_rms = rsqrtf(block_sum(sum_sq, scratch) / hidden_size + eps);
         // Pass 2: x = weight * bf16(r * inv_rms). Each thread re-reads only what it wrote.
-#pragma unroll
-        for (int j = 0; j < CACHED_VECS; j++) {
-            const u32 i = threadIdx.x + j * blockDim.x;
-            if (i < nvec) {
-                f32x8 r = unpack8(cache[j]), w = unpack8(wcache[j]);
-                for (int k = 0; k < 8; k++)
-                    r.v[k] = w.v[k] * __bfloat162float(__float2bfloat16(r.v[k] * inv_rms));
-                xv[i] = pack8(r);
-            }
-        }
-        for (u32 i = threadIdx.x + CACHED_VECS * blockDim.x; i < nvec; i += blockDim.x) {
-            f32x8 r = unpack8(rv[i]), w = unpack8(wv[i]);
-            for (int k = 0; k < 8; k++)
-                r.v[k] = w.v[k] * __bfloat162float(__float2bfloat16(r.v[k] * inv_rms));
-            xv[i] = pack8(r);
-        }
+        write_normed(xv, cache, wcache, wv, nvec, inv_rms, [&](u32 i) { return rv[i]; });
     } else {
         PDL_ENTRY();
         float sum_sq = 0.0f;
@@ -243,22 +237,7 @@ extern "C" __global__ void add_rms_norm_rows_kernel(
             for (int k = 0; k < 8; k++) sum_sq += s.v[k] * s.v[k];
         }
         const float inv_rms = rsqrtf(block_sum(sum_sq, scratch) / hidden_size + eps);
-#pragma unroll
-        for (int j = 0; j < CACHED_VECS; j++) {
-            const u32 i = threadIdx.x + j * blockDim.x;
-            if (i < nvec) {
-                f32x8 s = unpack8(cache[j]), w = unpack8(wcache[j]);
-                for (int k = 0; k < 8; k++)
-                    s.v[k] = w.v[k] * __bfloat162float(__float2bfloat16(s.v[k] * inv_rms));
-                ov[i] = pack8(s);
-            }
-        }
-        for (u32 i = threadIdx.x + CACHED_VECS * blockDim.x; i < nvec; i += blockDim.x) {
-            f32x8 s = unpack8(stream(i)), w = unpack8(wv[i]);
-            for (int k = 0; k < 8; k++)
-                s.v[k] = w.v[k] * __bfloat162float(__float2bfloat16(s.v[k] * inv_rms));
-            ov[i] = pack8(s);
-        }
+        write_normed(ov, cache, wcache, wv, nvec, inv_rms, stream);
     } else {
         auto stream = [&](u32 i) {
             const float s = __bfloat162float(residual[row + i]);

@@ -8,6 +8,14 @@ const EPS: f32 = 1e-5;
 /// (num_tokens, hidden_size): SmolLM2, Llama-3.2-1B at 7 tokens, odd widths, a long row.
 const SHAPES: [(usize, usize); 5] = [(1, 576), (7, 2048), (33, 100), (3, 13), (5, 8200)];
 
+/// A norm's weight: near 1, as trained ones are.
+fn norm_weight(rng: &mut Rng, h: usize) -> Vec<half::bf16> {
+    rng.bf16s(h, 0.3)
+        .iter()
+        .map(|v| *v + half::bf16::ONE)
+        .collect()
+}
+
 fn reference(x: &[f64], w: &[f64]) -> Vec<f64> {
     let h = w.len();
     x.chunks(h)
@@ -25,11 +33,7 @@ fn rms_norm_matches_f64_reference() {
     let mut rng = Rng::fresh("rms_norm");
     for (t, h) in SHAPES {
         let x = rng.bf16s(t * h, 2.0);
-        let w = rng
-            .bf16s(h, 0.3)
-            .iter()
-            .map(|v| *v + half::bf16::ONE)
-            .collect::<Vec<_>>();
+        let w = norm_weight(&mut rng, h);
         let (dx, dw) = (s.clone_htod(&x).unwrap(), s.clone_htod(&w).unwrap());
         let mut out = poisoned(s, t * h);
         k.rms_norm(s, &mut out.as_view_mut(), &dx.as_view(), &dw.as_view(), EPS)
@@ -48,11 +52,7 @@ fn fused_add_rms_norm_matches_f64_reference() {
     for (t, h) in SHAPES {
         let x = rng.bf16s(t * h, 1.0);
         let r = rng.bf16s(t * h, 3.0);
-        let w = rng
-            .bf16s(h, 0.3)
-            .iter()
-            .map(|v| *v + half::bf16::ONE)
-            .collect::<Vec<_>>();
+        let w = norm_weight(&mut rng, h);
         let (mut dx, mut dr) = (s.clone_htod(&x).unwrap(), s.clone_htod(&r).unwrap());
         let dw = s.clone_htod(&w).unwrap();
         k.fused_add_rms_norm(
@@ -96,11 +96,7 @@ fn add_rms_norm_rows_is_the_norm_then_the_gather() {
     for (t, h) in SHAPES {
         let x = rng.bf16s(t * h, 1.0);
         let r = rng.bf16s(t * h, 3.0);
-        let w = rng
-            .bf16s(h, 0.3)
-            .iter()
-            .map(|v| *v + half::bf16::ONE)
-            .collect::<Vec<_>>();
+        let w = norm_weight(&mut rng, h);
         // Last row first, a repeat, the first row, then one past the tokens.
         let rows: Vec<u32> = vec![t as u32 - 1, t as u32 / 2, t as u32 - 1, 0, t as u32];
         let (dx, dr, dw) = (
